@@ -1,0 +1,2 @@
+//! torpor benchmarks: shared helpers for the criterion benches and the scenario harness.
+#![deny(unsafe_op_in_unsafe_fn)]

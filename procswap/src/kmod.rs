@@ -1,0 +1,96 @@
+//! Talking to the `torpor` kernel module through `/dev/torpor`.
+//!
+//! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
+//! implementation of the [`Backend`](crate) operations builds on it.
+
+use crate::uapi::{self, TorporVersion};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Why the module cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KmodError {
+    #[error("torpor kernel module not loaded ({0} does not exist)")]
+    Absent(PathBuf),
+    #[error("permission denied opening {0} (the device is 0600 root; CAP_SYS_ADMIN is required)")]
+    PermissionDenied(PathBuf),
+    #[error("{path} speaks ABI {found}, this build needs {wanted}")]
+    AbiMismatch { path: PathBuf, found: u32, wanted: u32 },
+    #[error("{op} on {path} failed: {source}")]
+    Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// An open `/dev/torpor`.
+#[derive(Debug)]
+pub struct Kmod {
+    file: File,
+    path: PathBuf,
+    version: TorporVersion,
+}
+
+impl Kmod {
+    /// Open the default device and check its ABI version.
+    pub fn open() -> Result<Self, KmodError> {
+        Self::open_path(Path::new(uapi::TORPOR_DEV_PATH))
+    }
+
+    /// Open `path` and check its ABI version.
+    pub fn open_path(path: &Path) -> Result<Self, KmodError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => KmodError::Absent(path.to_owned()),
+            std::io::ErrorKind::PermissionDenied => KmodError::PermissionDenied(path.to_owned()),
+            _ => KmodError::Io { op: "open", path: path.to_owned(), source: e },
+        })?;
+        let mut version = TorporVersion::default();
+        // SAFETY: GET_VERSION writes exactly size_of::<TorporVersion>() bytes (encoded in the
+        // request number) into the valid, exclusively borrowed `version`.
+        let rc = unsafe {
+            libc::ioctl(file.as_raw_fd(), uapi::TORPOR_IOC_GET_VERSION as _, &mut version as *mut TorporVersion)
+        };
+        if rc < 0 {
+            return Err(KmodError::Io { op: "GET_VERSION", path: path.to_owned(), source: std::io::Error::last_os_error() });
+        }
+        if version.abi_version != uapi::TORPOR_ABI_VERSION {
+            return Err(KmodError::AbiMismatch {
+                path: path.to_owned(),
+                found: version.abi_version,
+                wanted: uapi::TORPOR_ABI_VERSION,
+            });
+        }
+        Ok(Self { file, path: path.to_owned(), version })
+    }
+
+    /// What `GET_VERSION` answered at open time.
+    pub fn version(&self) -> &TorporVersion {
+        &self.version
+    }
+
+    /// The device path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the module advertises a feature bit (see [`uapi::features`]).
+    pub fn has(&self, feature: u64) -> bool {
+        self.version.features & feature == feature
+    }
+
+    /// Issue a raw ioctl with an untyped argument (tests and fuzzing use this to
+    /// check that the module answers any request with an errno, never a crash).
+    /// Returns the ioctl's non-negative return value or the errno.
+    ///
+    /// # Safety
+    /// `arg` is passed to the kernel unchecked; if `cmd` is a request the module
+    /// implements, `arg` must be valid for that request's reads and writes.
+    pub unsafe fn raw_ioctl(&self, cmd: u32, arg: usize) -> Result<i32, nix::errno::Errno> {
+        // SAFETY: the caller guarantees `arg` matches `cmd` (see the function's contract); the
+        // fd is valid for the lifetime of `self`.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg) };
+        if rc < 0 {
+            Err(nix::errno::Errno::last())
+        } else {
+            Ok(rc)
+        }
+    }
+}

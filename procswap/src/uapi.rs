@@ -1,0 +1,137 @@
+//! Userspace mirror of the `/dev/torpor` ioctl ABI (`kmod/src/uapi.rs` is the
+//! kernel side). Both sides must agree byte for byte: the layout tests below pin
+//! sizes, offsets and ioctl numbers, and the module answers `GET_VERSION` with
+//! the ABI version and the size of the structure it knows.
+
+/// ioctl "type" byte; unused in Documentation/userspace-api/ioctl/ioctl-number.rst (6.12).
+pub const TORPOR_IOC_MAGIC: u8 = 0xD7;
+/// Bumped on any incompatible change of an ioctl structure or number.
+pub const TORPOR_ABI_VERSION: u32 = 1;
+/// Path of the device node the module registers.
+pub const TORPOR_DEV_PATH: &str = "/dev/torpor";
+
+/// Feature bits reported by `GET_VERSION` (`TorporVersion::features`).
+pub mod features {
+    /// `GET_VERSION` itself.
+    pub const GET_VERSION: u64 = 1 << 0;
+    /// `PREFETCH`: map a target's swapped pages in.
+    pub const PREFETCH: u64 = 1 << 1;
+    /// `DISCARD`: zap ranges of a target.
+    pub const DISCARD: u64 = 1 << 2;
+    /// `FREE_BITMAP` (guest side).
+    pub const FREE_BITMAP: u64 = 1 << 3;
+    /// `PRIORITY_MAP` (guest side).
+    pub const PRIORITY_MAP: u64 = 1 << 4;
+
+    /// Human-readable names, in bit order.
+    pub const NAMES: &[(u64, &str)] = &[
+        (GET_VERSION, "get_version"),
+        (PREFETCH, "prefetch"),
+        (DISCARD, "discard"),
+        (FREE_BITMAP, "free_bitmap"),
+        (PRIORITY_MAP, "priority_map"),
+    ];
+}
+
+/// `struct torpor_version`, filled by `TORPOR_IOC_GET_VERSION`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorporVersion {
+    /// `TORPOR_ABI_VERSION` of the module.
+    pub abi_version: u32,
+    /// `size_of::<TorporVersion>()` as the module knows it.
+    pub size: u32,
+    /// Bit set of [`features`].
+    pub features: u64,
+    /// NUL-padded module release string (e.g. "0.1.0").
+    pub release: [u8; 32],
+}
+
+impl Default for TorporVersion {
+    fn default() -> Self {
+        Self { abi_version: 0, size: 0, features: 0, release: [0; 32] }
+    }
+}
+
+impl TorporVersion {
+    /// The release string up to the first NUL.
+    pub fn release_str(&self) -> String {
+        let end = self.release.iter().position(|&b| b == 0).unwrap_or(self.release.len());
+        String::from_utf8_lossy(&self.release[..end]).into_owned()
+    }
+
+    /// Names of the feature bits that are set (unknown bits as `bitN`).
+    pub fn feature_names(&self) -> Vec<String> {
+        (0..64)
+            .filter(|b| self.features & (1u64 << b) != 0)
+            .map(|b| {
+                features::NAMES
+                    .iter()
+                    .find(|(bit, _)| *bit == 1u64 << b)
+                    .map(|(_, n)| (*n).to_string())
+                    .unwrap_or_else(|| format!("bit{b}"))
+            })
+            .collect()
+    }
+}
+
+// Linux asm-generic ioctl encoding (x86, arm64, riscv): dir<<30 | size<<16 | type<<8 | nr.
+const IOC_NRBITS: u32 = 8;
+const IOC_TYPEBITS: u32 = 8;
+const IOC_SIZEBITS: u32 = 14;
+const IOC_NRSHIFT: u32 = 0;
+const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
+const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
+const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
+/// `_IOC_NONE`.
+pub const IOC_NONE: u32 = 0;
+/// `_IOC_WRITE` (userspace writes, kernel reads).
+pub const IOC_WRITE: u32 = 1;
+/// `_IOC_READ` (kernel writes, userspace reads).
+pub const IOC_READ: u32 = 2;
+
+/// `_IOC(dir, type, nr, size)`.
+pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
+    (dir << IOC_DIRSHIFT)
+        | ((size as u32) << IOC_SIZESHIFT)
+        | ((ty as u32) << IOC_TYPESHIFT)
+        | ((nr as u32) << IOC_NRSHIFT)
+}
+
+/// `_IOR(TORPOR_IOC_MAGIC, 0x00, struct torpor_version)`.
+pub const TORPOR_IOC_GET_VERSION: u32 =
+    ioc(IOC_READ, TORPOR_IOC_MAGIC, 0x00, core::mem::size_of::<TorporVersion>());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn version_layout() {
+        assert_eq!(size_of::<TorporVersion>(), 48);
+        assert_eq!(offset_of!(TorporVersion, abi_version), 0);
+        assert_eq!(offset_of!(TorporVersion, size), 4);
+        assert_eq!(offset_of!(TorporVersion, features), 8);
+        assert_eq!(offset_of!(TorporVersion, release), 16);
+    }
+
+    #[test]
+    fn ioctl_numbers() {
+        // _IOR(0xD7, 0, 48) computed by hand: 2<<30 | 48<<16 | 0xD7<<8 | 0
+        assert_eq!(TORPOR_IOC_GET_VERSION, 0x8030_D700);
+        // Agrees with nix's independent encoder.
+        assert_eq!(
+            TORPOR_IOC_GET_VERSION as u64,
+            nix::request_code_read!(TORPOR_IOC_MAGIC, 0x00, size_of::<TorporVersion>()) as u64
+        );
+    }
+
+    #[test]
+    fn feature_names_and_release() {
+        let mut v = TorporVersion { abi_version: 1, size: 48, features: 0b1 | (1 << 40), ..Default::default() };
+        v.release[..5].copy_from_slice(b"0.1.0");
+        assert_eq!(v.release_str(), "0.1.0");
+        assert_eq!(v.feature_names(), vec!["get_version".to_string(), "bit40".to_string()]);
+    }
+}
