@@ -1,8 +1,55 @@
 //! procswap: what can be done to one process's memory.
 //!
-//! Mechanism only (inspect, purge, prefetch, freeze/thaw); when to do it is the
-//! controller's business (`local-controller/`).
+//! Mechanism only (inspect, purge, prefetch, freeze/thaw, working-set recording); when to do
+//! it is the controller's business (`local-controller/`).
+//!
+//! - [`inspect`]: VMAs with per-VMA present/swapped/unpopulated/file page counts, swap slots,
+//!   contiguity.
+//! - [`purge`]: page a frozen target out (`process_madvise(MADV_PAGEOUT)`), reclaim its own
+//!   memory cgroup so nothing stays in the swap cache, verify and report.
+//! - [`prefetch`]: swap-slot-ordered read-ahead pipelined with a PTE-installing mapping pass.
+//! - [`freeze`]: cgroup v2/v1 freezers and SIGSTOP; [`cgroup`]: find/create/move.
+//! - [`workingset`]: DAMON / idle-page-tracking working sets.
+//! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backend;
+pub mod cgroup;
+pub mod error;
+pub mod freeze;
+pub mod inspect;
 pub mod kmod;
+pub mod prefetch;
+pub mod progress;
+pub mod purge;
+pub mod sys;
+pub mod target;
 pub mod uapi;
+pub mod workingset;
+
+pub use backend::{select_backend, Backend, BackendPref, StockBackend};
+pub use error::{Error, Result};
+pub use freeze::{quiescence, Freezer, FreezerPref, Quiescence};
+pub use inspect::{InspectOptions, Inspection, VmaInfo};
+pub use prefetch::{prefetch_with, PrefetchOptions, PrefetchReport, StopReason};
+pub use progress::{NoProgress, Progress};
+pub use purge::{purge_with, PurgeOptions, PurgeReport};
+pub use sys::Range;
+pub use target::Target;
+pub use workingset::{WorkingSet, WsMethod};
+
+/// Inspect `pid` with the stock backend.
+pub fn inspect(pid: i32, opts: InspectOptions) -> Result<Inspection> {
+    let t = Target::open(pid, "inspect")?;
+    StockBackend.inspect(&t, opts)
+}
+
+/// Purge `pid` with the stock backend.
+pub fn purge(pid: i32, opts: &PurgeOptions) -> Result<PurgeReport> {
+    purge_with(&StockBackend, pid, opts, &NoProgress)
+}
+
+/// Prefetch `pid` with the stock backend.
+pub fn prefetch(pid: i32, opts: &PrefetchOptions) -> Result<PrefetchReport> {
+    prefetch_with(&StockBackend, pid, opts, &NoProgress)
+}

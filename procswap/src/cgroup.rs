@@ -1,0 +1,321 @@
+//! Finding, creating and using cgroups (v2 and v1 memory/freezer) of a process.
+//!
+//! Hosts differ: a pure cgroup2 system has `memory.reclaim` and `cgroup.freeze` in one tree; a
+//! v1 host has `memory` and `freezer` hierarchies; hybrids have v1 controllers plus a bare v2
+//! mount (no controllers) whose non-root cgroups still offer `cgroup.freeze`. Everything here
+//! works per controller, so any mix can be used.
+
+use crate::error::{Error, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the cgroup hierarchies are mounted on this host.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Mounts {
+    /// The cgroup2 mount (e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+    pub v2: Option<Mount>,
+    /// The v1 hierarchy carrying the `memory` controller.
+    pub v1_memory: Option<Mount>,
+    /// The v1 hierarchy carrying the `freezer` controller.
+    pub v1_freezer: Option<Mount>,
+}
+
+/// A mounted hierarchy: where, and which cgroup path is its root (not `/` inside containers).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub root: String,
+}
+
+impl Mount {
+    /// Absolute path of the cgroup `rel` (as in `/proc/pid/cgroup`) under this mount.
+    fn dir_of(&self, rel: &str) -> Option<PathBuf> {
+        let root = self.root.trim_end_matches('/');
+        let rest = rel.strip_prefix(root)?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        let rest = rest.trim_start_matches('/');
+        Some(if rest.is_empty() { self.mount_point.clone() } else { self.mount_point.join(rest) })
+    }
+}
+
+/// Read the cgroup mounts from `/proc/self/mountinfo`.
+pub fn mounts() -> Result<Mounts> {
+    let infos = procfs::process::Process::myself()?.mountinfo()?;
+    let mut m = Mounts::default();
+    for mi in infos {
+        let mount = Mount { mount_point: mi.mount_point.clone(), root: mi.root.clone() };
+        if mi.fs_type == "cgroup2" {
+            if m.v2.is_none() {
+                m.v2 = Some(mount);
+            }
+        } else if mi.fs_type == "cgroup" {
+            if mi.super_options.contains_key("memory") && m.v1_memory.is_none() {
+                m.v1_memory = Some(mount.clone());
+            }
+            if mi.super_options.contains_key("freezer") && m.v1_freezer.is_none() {
+                m.v1_freezer = Some(mount);
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// The cgroups a process is in, as absolute directories (only hierarchies that are mounted).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PidCgroups {
+    pub v2: Option<PathBuf>,
+    pub v1_memory: Option<PathBuf>,
+    pub v1_freezer: Option<PathBuf>,
+}
+
+/// Find `pid`'s cgroups.
+pub fn pid_cgroups(pid: i32) -> Result<PidCgroups> {
+    let m = mounts()?;
+    let p = procfs::process::Process::new(pid).map_err(|e| Error::proc(pid, e))?;
+    let groups = p.cgroups().map_err(|e| Error::proc(pid, e))?;
+    let mut out = PidCgroups::default();
+    for g in groups.0 {
+        if g.hierarchy == 0 && g.controllers.iter().all(|c| c.is_empty()) {
+            out.v2 = m.v2.as_ref().and_then(|mt| mt.dir_of(&g.pathname));
+        } else {
+            if g.controllers.iter().any(|c| c == "memory") {
+                out.v1_memory = m.v1_memory.as_ref().and_then(|mt| mt.dir_of(&g.pathname));
+            }
+            if g.controllers.iter().any(|c| c == "freezer") {
+                out.v1_freezer = m.v1_freezer.as_ref().and_then(|mt| mt.dir_of(&g.pathname));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_trim(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| Error::io(path, e))
+}
+
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(value.as_bytes()).map_err(|e| Error::io(path, e))
+}
+
+fn is_mount_point(dir: &Path, m: &Mounts) -> bool {
+    [&m.v2, &m.v1_memory, &m.v1_freezer].iter().any(|mt| mt.as_ref().is_some_and(|mt| mt.mount_point == dir))
+}
+
+/// Create (or reuse) the v2 cgroup `parent/name`. When `controllers` are given (e.g.
+/// `["memory"]`), they are enabled in `parent`'s `cgroup.subtree_control` first (they must be
+/// listed in `parent/cgroup.controllers`).
+pub fn create_v2(parent: &Path, name: &str, controllers: &[&str]) -> Result<PathBuf> {
+    if !controllers.is_empty() {
+        let avail = read_trim(&parent.join("cgroup.controllers"))?;
+        let enabled = read_trim(&parent.join("cgroup.subtree_control"))?;
+        for c in controllers {
+            if !avail.split_whitespace().any(|a| a == *c) {
+                return Err(Error::Cgroup(format!(
+                    "controller {c} is not available in {} (cgroup.controllers: {avail:?})",
+                    parent.display()
+                )));
+            }
+            if !enabled.split_whitespace().any(|a| a == *c) {
+                write_file(&parent.join("cgroup.subtree_control"), &format!("+{c}"))?;
+            }
+        }
+    }
+    mkdir(&parent.join(name))
+}
+
+/// Create (or reuse) the v1 cgroup `parent/name` in one hierarchy (memory or freezer).
+pub fn create_v1(parent: &Path, name: &str) -> Result<PathBuf> {
+    mkdir(&parent.join(name))
+}
+
+fn mkdir(dir: &Path) -> Result<PathBuf> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(dir.to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir.to_owned()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Move `pid` (the whole process) into the cgroup `dir` (v1 or v2).
+pub fn move_pid(dir: &Path, pid: i32) -> Result<()> {
+    write_file(&dir.join("cgroup.procs"), &pid.to_string())
+}
+
+/// Pids in the cgroup `dir`.
+pub fn procs(dir: &Path) -> Result<Vec<i32>> {
+    let s = read_trim(&dir.join("cgroup.procs"))?;
+    Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Remove the (empty) cgroup `dir`, retrying briefly while the kernel still sees it busy.
+pub fn remove(dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(Error::io(dir, e)),
+        }
+    }
+}
+
+/// The memory cgroup whose counters and reclaim apply to a process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Memcg {
+    /// A cgroup2 directory with the memory controller (`memory.current`, `memory.reclaim`).
+    V2(PathBuf),
+    /// A v1 memory cgroup directory (`memory.usage_in_bytes`, `memory.force_empty`).
+    V1(PathBuf),
+}
+
+/// What a memcg reclaim did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReclaimOutcome {
+    /// `memory.reclaim` or `memory.force_empty`.
+    pub method: String,
+    pub cgroup: PathBuf,
+    pub usage_before: u64,
+    pub usage_after: u64,
+    pub seconds: f64,
+    /// The kernel's complaint, if it could not reclaim everything (EAGAIN/EBUSY).
+    pub incomplete: Option<String>,
+}
+
+impl Memcg {
+    /// The memory cgroup of `pid`: the v2 cgroup when it has the memory controller, else the v1
+    /// memory cgroup; `None` when neither exists.
+    pub fn of_pid(pid: i32) -> Result<Option<Memcg>> {
+        let cg = pid_cgroups(pid)?;
+        if let Some(d) = cg.v2 {
+            if d.join("memory.current").exists() {
+                return Ok(Some(Memcg::V2(d)));
+            }
+        }
+        Ok(cg.v1_memory.filter(|d| d.join("memory.usage_in_bytes").exists()).map(Memcg::V1))
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            Memcg::V2(d) | Memcg::V1(d) => d,
+        }
+    }
+
+    /// A hierarchy root cannot (and must not) be reclaimed as "the target's own" cgroup.
+    pub fn is_root(&self) -> bool {
+        let m = match mounts() {
+            Ok(m) => m,
+            Err(_) => return false,
+        };
+        is_mount_point(self.dir(), &m) || !self.dir().join("cgroup.procs").exists()
+    }
+
+    /// Charged bytes (`memory.current` / `memory.usage_in_bytes`).
+    pub fn usage(&self) -> Result<u64> {
+        let f = match self {
+            Memcg::V2(d) => d.join("memory.current"),
+            Memcg::V1(d) => d.join("memory.usage_in_bytes"),
+        };
+        read_trim(&f)?.parse().map_err(|e| Error::Cgroup(format!("{}: {e}", f.display())))
+    }
+
+    /// One field of `memory.stat` (bytes for the byte-valued ones, e.g. `swapcached`).
+    pub fn stat(&self, key: &str) -> Result<Option<u64>> {
+        let f = self.dir().join("memory.stat");
+        let s = fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+        Ok(s.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok())).flatten()
+        }))
+    }
+
+    /// Bytes of this cgroup's pages that sit in the swap cache (`memory.stat` `swapcached`).
+    pub fn swapcached(&self) -> Result<Option<u64>> {
+        self.stat("swapcached")
+    }
+
+    /// Reclaim everything the cgroup holds: v2 `memory.reclaim` (repeated while it makes
+    /// progress), v1 `memory.force_empty`. Refuses hierarchy roots.
+    pub fn reclaim_all(&self) -> Result<ReclaimOutcome> {
+        if self.is_root() {
+            return Err(Error::Cgroup(format!(
+                "{} is a hierarchy root; refusing a whole-hierarchy reclaim (start the target in its own cgroup)",
+                self.dir().display()
+            )));
+        }
+        let t0 = Instant::now();
+        let usage_before = self.usage()?;
+        let mut out = ReclaimOutcome { cgroup: self.dir().to_owned(), usage_before, ..Default::default() };
+        match self {
+            Memcg::V2(d) => {
+                out.method = "memory.reclaim".into();
+                let f = d.join("memory.reclaim");
+                if !f.exists() {
+                    return Err(Error::Unsupported(format!("{} does not exist (kernel older than 5.19?)", f.display())));
+                }
+                let mut last = usage_before;
+                for _ in 0..8 {
+                    let want = last.max(1 << 20);
+                    match write_file(&f, &want.to_string()) {
+                        Ok(()) => {}
+                        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => {
+                            out.incomplete = Some(format!("memory.reclaim of {want} bytes: EAGAIN (not all reclaimable)"));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    let now = self.usage()?;
+                    if now == 0 || now >= last {
+                        break;
+                    }
+                    last = now;
+                }
+            }
+            Memcg::V1(d) => {
+                out.method = "memory.force_empty".into();
+                match write_file(&d.join("memory.force_empty"), "0") {
+                    Ok(()) => {}
+                    Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                        out.incomplete = Some("memory.force_empty: EBUSY (some charged pages could not be reclaimed)".into());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        out.usage_after = self.usage()?;
+        out.seconds = t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_of_handles_mount_roots() {
+        let m = Mount { mount_point: "/sys/fs/cgroup/memory".into(), root: "/".into() };
+        assert_eq!(m.dir_of("/"), Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(m.dir_of("/a/b"), Some(PathBuf::from("/sys/fs/cgroup/memory/a/b")));
+        let c = Mount { mount_point: "/sys/fs/cgroup".into(), root: "/ctr".into() };
+        assert_eq!(c.dir_of("/ctr/x"), Some(PathBuf::from("/sys/fs/cgroup/x")));
+        assert_eq!(c.dir_of("/ctr"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(c.dir_of("/other"), None);
+        assert_eq!(c.dir_of("/ctr2"), None);
+    }
+
+    #[test]
+    fn own_cgroups_resolve() {
+        // Works unprivileged: just reading /proc/self.
+        let cg = pid_cgroups(std::process::id() as i32).unwrap();
+        for d in [&cg.v2, &cg.v1_memory, &cg.v1_freezer].into_iter().flatten() {
+            assert!(d.join("cgroup.procs").exists(), "{} is not a cgroup dir", d.display());
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Prefetch: bring a target's swapped pages back before it is thawed, in swap-offset order,
+//! with reads issued ahead in large batches (`MADV_WILLNEED`) and a mapping pass pipelined
+//! behind them that installs the PTEs, so the thawed target takes no major faults.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::inspect::{classify, Pagemap, SwappedPage, VmaKind};
+use crate::progress::Progress;
+use crate::sys::{self, Range};
+use crate::target::Target;
+use crate::workingset::WorkingSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Prefetch options.
+#[derive(Debug, Clone)]
+pub struct PrefetchOptions {
+    /// Threads running the mapping pass (0 = no mapping pass: reads only, PTEs stay empty and
+    /// the first touch of each page is a minor fault).
+    pub threads: usize,
+    /// Bytes of swapped pages per read-ahead batch.
+    pub batch_bytes: u64,
+    /// How many batches reads may run ahead of the mapping pass.
+    pub window: usize,
+    /// Stop after this many bytes.
+    pub budget_bytes: Option<u64>,
+    /// Never let `MemAvailable` drop below this: stop and report instead.
+    pub free_floor_bytes: u64,
+    /// Pages recorded as the working set go first (in swap-offset order), then the rest.
+    pub working_set: Option<WorkingSet>,
+    /// Only the working set (the rest comes back on demand).
+    pub working_set_only: bool,
+}
+
+impl Default for PrefetchOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            batch_bytes: 16 << 20,
+            window: 4,
+            budget_bytes: None,
+            free_floor_bytes: 256 << 20,
+            working_set: None,
+            working_set_only: false,
+        }
+    }
+}
+
+/// Why a prefetch stopped before fetching every candidate page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The byte budget was used up.
+    Budget { budget_bytes: u64 },
+    /// `MemAvailable` would have dropped below the floor.
+    FreeFloor { available_bytes: u64, floor_bytes: u64 },
+}
+
+/// What a prefetch did, measured.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PrefetchReport {
+    pub pid: i32,
+    pub backend: String,
+    pub page_size: u64,
+    /// Pages pagemap reported swapped when the prefetch started.
+    pub swapped_before_pages: u64,
+    /// Pages selected (working set and/or the rest, after budget).
+    pub candidate_pages: u64,
+    /// How the working set was recorded, when one was given.
+    pub working_set_method: Option<String>,
+    /// Candidate pages that were in the working set (fetched first).
+    pub working_set_pages: u64,
+    /// Bytes for which reads were issued.
+    pub read_issued_bytes: u64,
+    /// Pages the mapping pass installed.
+    pub mapped_pages: u64,
+    /// Pages the mapping pass could not touch (unmapped meanwhile).
+    pub map_failed_pages: u64,
+    /// Pages still swapped afterwards (pagemap).
+    pub still_swapped_pages: u64,
+    /// Present pages afterwards (pagemap, whole process).
+    pub present_after_pages: u64,
+    /// Runs of consecutive swap slots the reads covered.
+    pub read_runs: u64,
+    pub stopped: Option<StopReason>,
+    pub seconds: f64,
+    /// read_issued_bytes / seconds, MB/s (10^6).
+    pub mb_per_s: f64,
+}
+
+/// The target's swapped pages (VMAs whose smaps `Swap:` is 0 are never walked).
+pub fn swapped_pages(t: &Target) -> Result<Vec<SwappedPage>> {
+    let vmas = crate::inspect::vmas(t)?;
+    let mut pm = Pagemap::open(t.pid())?;
+    let mut out = Vec::new();
+    for v in vmas.iter().filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special) {
+        pm.scan(v.start, v.end, |addr, info| {
+            if let (false, _, Some((ty, off))) = classify(&info) {
+                out.push(SwappedPage { addr, swap_type: ty, offset: off });
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+fn count_present(t: &Target) -> Result<u64> {
+    let vmas = crate::inspect::vmas(t)?;
+    let mut pm = Pagemap::open(t.pid())?;
+    let mut n = 0;
+    for v in vmas.iter().filter(|v| v.kind != VmaKind::Special) {
+        pm.scan(v.start, v.end, |_, info| n += classify(&info).0 as u64)?;
+    }
+    Ok(n)
+}
+
+/// Merge offset-ordered pages into ranges (consecutive in both address and slot).
+fn runs(pages: &[SwappedPage], ps: u64) -> Vec<Range> {
+    let mut out: Vec<Range> = Vec::new();
+    let mut prev: Option<SwappedPage> = None;
+    for p in pages {
+        match (out.last_mut(), prev) {
+            (Some(r), Some(q)) if q.addr + ps == p.addr && q.swap_type == p.swap_type && q.offset + 1 == p.offset => {
+                r.len += ps;
+            }
+            _ => out.push(Range { start: p.addr, len: ps }),
+        }
+        prev = Some(*p);
+    }
+    out
+}
+
+/// Prefetch through `backend`.
+pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, progress: &dyn Progress) -> Result<PrefetchReport> {
+    let t = Target::open(pid, "prefetch")?;
+    let ps = sys::page_size();
+    let t0 = Instant::now();
+    let mut all = swapped_pages(&t)?;
+    let swapped_before = all.len() as u64;
+    let key = |p: &SwappedPage| (p.swap_type, p.offset);
+
+    // Order: working set first (slot order), then the rest (slot order).
+    let mut ws_pages = 0u64;
+    let mut ordered: Vec<SwappedPage>;
+    if let Some(ws) = &opts.working_set {
+        let (mut first, mut rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| ws.contains(p.addr));
+        first.sort_unstable_by_key(key);
+        rest.sort_unstable_by_key(key);
+        ws_pages = first.len() as u64;
+        ordered = first;
+        if !opts.working_set_only {
+            ordered.extend(rest);
+        }
+    } else {
+        all.sort_unstable_by_key(key);
+        ordered = all;
+    }
+    let mut stopped = None;
+    if let Some(b) = opts.budget_bytes {
+        let max = (b / ps) as usize;
+        if ordered.len() > max {
+            ordered.truncate(max);
+            stopped = Some(StopReason::Budget { budget_bytes: b });
+        }
+    }
+    let candidates = ordered.len() as u64;
+    progress.phase("prefetch", candidates * ps);
+
+    let per_batch = ((opts.batch_bytes / ps).max(1)) as usize;
+    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u64>>>(opts.window.max(1));
+    let rx = Mutex::new(rx);
+    let mapped = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let map_error: Mutex<Option<Error>> = Mutex::new(None);
+    let mut issued = 0u64;
+    let mut read_runs = 0u64;
+
+    let issue_result: Result<()> = std::thread::scope(|s| {
+        for _ in 0..opts.threads {
+            s.spawn(|| loop {
+                let batch = {
+                    let guard = rx.lock().expect("prefetch channel lock");
+                    guard.recv()
+                };
+                let Ok(batch) = batch else { break };
+                match backend.map_pages(&t, &batch) {
+                    Ok((ok, bad)) => {
+                        let done = mapped.fetch_add(ok, Ordering::Relaxed) + ok;
+                        failed.fetch_add(bad, Ordering::Relaxed);
+                        progress.update(done * ps);
+                    }
+                    Err(e) => {
+                        let mut g = map_error.lock().expect("map error lock");
+                        if g.is_none() {
+                            *g = Some(e);
+                        }
+                    }
+                }
+            });
+        }
+        let res = (|| {
+            for chunk in ordered.chunks(per_batch) {
+                if map_error.lock().expect("map error lock").is_some() {
+                    break;
+                }
+                let need = chunk.len() as u64 * ps;
+                let m = sys::meminfo()?;
+                if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
+                    stopped = Some(StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: opts.free_floor_bytes });
+                    break;
+                }
+                t.check_alive("prefetch")?;
+                let ranges = runs(chunk, ps);
+                read_runs += ranges.len() as u64;
+                // Reads are issued in slot order; the kernel merges contiguous slots into large I/Os.
+                backend.read_ahead(&t, &ranges)?;
+                issued += need;
+                if opts.threads > 0 {
+                    let addrs: Vec<u64> = chunk.iter().map(|p| p.addr).collect();
+                    if tx.send(Arc::new(addrs)).is_err() {
+                        break;
+                    }
+                } else {
+                    progress.update(issued);
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        res
+    });
+    issue_result?;
+    if let Some(e) = map_error.into_inner().expect("map error lock") {
+        return Err(e);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let still = swapped_pages(&t)?.len() as u64;
+    let present = count_present(&t)?;
+    Ok(PrefetchReport {
+        pid,
+        backend: backend.name().to_string(),
+        page_size: ps,
+        swapped_before_pages: swapped_before,
+        candidate_pages: candidates,
+        working_set_method: opts.working_set.as_ref().map(|w| w.method.to_string()),
+        working_set_pages: ws_pages,
+        read_issued_bytes: issued,
+        mapped_pages: mapped.into_inner(),
+        map_failed_pages: failed.into_inner(),
+        still_swapped_pages: still,
+        present_after_pages: present,
+        read_runs,
+        stopped,
+        seconds,
+        mb_per_s: if seconds > 0.0 { issued as f64 / 1e6 / seconds } else { 0.0 },
+    })
+}
+
+/// Stock mapping pass: `process_vm_readv` of one byte per page, [`sys::IOV_MAX`] pages per
+/// call. Reading faults each page in through the kernel's GUP path, which installs the PTE in
+/// the target. Returns (pages mapped, pages that could not be read).
+pub fn map_pages_vm_readv(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
+    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    use std::io::IoSliceMut;
+    let npid = nix::unistd::Pid::from_raw(pid);
+    let mut scratch = vec![0u8; sys::IOV_MAX];
+    let mut ok = 0u64;
+    let mut bad = 0u64;
+    let mut rest = addrs;
+    while !rest.is_empty() {
+        let n = rest.len().min(sys::IOV_MAX);
+        let remote: Vec<RemoteIoVec> = rest[..n].iter().map(|&a| RemoteIoVec { base: a as usize, len: 1 }).collect();
+        let mut local = [IoSliceMut::new(&mut scratch[..n])];
+        match process_vm_readv(npid, &mut local, &remote) {
+            Ok(got) => {
+                ok += got as u64;
+                if got < n {
+                    // The page at index `got` failed: skip it, continue after it.
+                    bad += 1;
+                    rest = &rest[got + 1..];
+                } else {
+                    rest = &rest[n..];
+                }
+            }
+            Err(nix::errno::Errno::ESRCH) => return Err(Error::TargetExited { pid, op: "prefetch mapping pass" }),
+            Err(nix::errno::Errno::EFAULT) => {
+                bad += 1;
+                rest = &rest[1..];
+            }
+            Err(e) => return Err(Error::Sys { op: "process_vm_readv", pid, source: e.into() }),
+        }
+    }
+    Ok((ok, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_only_doubly_contiguous_pages() {
+        let p = |addr, offset| SwappedPage { addr, swap_type: 0, offset };
+        let pages = [p(0x1000, 7), p(0x2000, 8), p(0x3000, 9), p(0x9000, 10), p(0xa000, 20)];
+        let r = runs(&pages, 0x1000);
+        assert_eq!(
+            r,
+            vec![
+                Range { start: 0x1000, len: 0x3000 },
+                Range { start: 0x9000, len: 0x1000 },
+                Range { start: 0xa000, len: 0x1000 }
+            ]
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Thin, checked wrappers over the raw syscalls procswap needs and that nix
+//! does not wrap (pidfd_open, process_madvise), plus small procfs readings.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Page size of this machine.
+pub fn page_size() -> u64 {
+    procfs::page_size()
+}
+
+/// Largest number of iovecs one `process_madvise`/`process_vm_readv` call takes (`UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integer arguments and returns a new fd or -1; no memory is
+    // passed to the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signal exactly the process the pidfd refers to.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments and a NULL siginfo (allowed: the kernel fills a default one).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd() as libc::c_long,
+            sig as libc::c_long,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One range of the target's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Range {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Range {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// `process_madvise(pidfd, iov, n, advice, 0)` over at most [`IOV_MAX`] ranges. Returns the
+/// number of bytes advised (the kernel stops at the first range it cannot advise).
+pub fn process_madvise(pidfd: &OwnedFd, ranges: &[Range], advice: i32) -> io::Result<u64> {
+    assert!(ranges.len() <= IOV_MAX, "process_madvise takes at most {IOV_MAX} iovecs");
+    let iov: Vec<libc::iovec> = ranges
+        .iter()
+        .map(|r| libc::iovec { iov_base: r.start as usize as *mut libc::c_void, iov_len: r.len as usize })
+        .collect();
+    // SAFETY: `iov` is a valid array of `iov.len()` iovecs that lives across the call. The
+    // addresses inside are the *target's* and are only interpreted by the kernel against the
+    // target's mm (never dereferenced in our address space).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_process_madvise,
+            pidfd.as_raw_fd() as libc::c_long,
+            iov.as_ptr(),
+            iov.len() as libc::size_t,
+            advice as libc::c_long,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as u64)
+}
+
+/// Advise all `ranges` (any number), batching [`IOV_MAX`] iovecs per call and resuming after a
+/// short count. `on_batch` is called with the bytes advised so far. A range the kernel refuses
+/// (EINVAL: locked/hugetlb/pfnmap VMA; ENOMEM: unmapped) is skipped from the point of refusal and
+/// counted in the returned `skipped` bytes; ESRCH (target gone) is returned as an error.
+/// Returns `(advised, skipped)`.
+pub fn madvise_all(
+    pidfd: &OwnedFd,
+    ranges: &[Range],
+    advice: i32,
+    on_batch: &mut dyn FnMut(u64),
+) -> io::Result<(u64, u64)> {
+    use std::collections::VecDeque;
+    let mut queue: VecDeque<Range> = ranges.iter().copied().filter(|r| r.len > 0).collect();
+    let mut done = 0u64;
+    let mut skipped = 0u64;
+    while !queue.is_empty() {
+        let take = queue.len().min(IOV_MAX);
+        let batch: Vec<Range> = queue.drain(..take).collect();
+        let total: u64 = batch.iter().map(|r| r.len).sum();
+        let advised = match process_madvise(pidfd, &batch, advice) {
+            Ok(n) => n,
+            // Only "this range cannot be advised" is skippable; anything else (ESRCH: target gone,
+            // EPERM, EBADF, ENOSYS) ends the operation.
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOMEM)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(range = ?batch[0], error = %e, "process_madvise refused a range");
+                0
+            }
+        };
+        done += advised;
+        if advised < total {
+            // The kernel stopped inside `batch`: find the range and the offset, skip the rest of
+            // that range, and requeue the ranges after it.
+            let mut left = advised;
+            let mut i = 0;
+            while left >= batch[i].len {
+                left -= batch[i].len;
+                i += 1;
+            }
+            skipped += batch[i].len - left;
+            for r in batch[i + 1..].iter().rev() {
+                queue.push_front(*r);
+            }
+        }
+        on_batch(done);
+    }
+    Ok((done, skipped))
+}
+
+/// Whether the process behind `pidfd` has exited (the pidfd polls readable).
+pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is one valid pollfd that lives across the call; timeout 0 never blocks.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// System memory figures from `/proc/meminfo`, bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct MemFigures {
+    pub mem_free: u64,
+    pub mem_available: u64,
+    pub swap_total: u64,
+    pub swap_free: u64,
+    pub swap_cached: u64,
+}
+
+/// Read `/proc/meminfo`.
+pub fn meminfo() -> Result<MemFigures, procfs::ProcError> {
+    use procfs::Current;
+    let m = procfs::Meminfo::current()?;
+    Ok(MemFigures {
+        mem_free: m.mem_free,
+        mem_available: m.mem_available.unwrap_or(m.mem_free),
+        swap_total: m.swap_total,
+        swap_free: m.swap_free,
+        swap_cached: m.swap_cached,
+    })
+}

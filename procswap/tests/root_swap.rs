@@ -1,0 +1,347 @@
+//! Root suite, part 2: needs swap (run through `with-swap.sh`, see `run-root-tests.sh`).
+//! Every test is `#[ignore]`d so a plain `cargo test` does not need root or swap.
+
+mod common;
+
+use common::*;
+use procswap::inspect::{InspectOptions, Pagemap};
+use procswap::{
+    prefetch_with, purge_with, Error, Freezer, NoProgress, PrefetchOptions, Progress, PurgeOptions, StockBackend,
+    WorkingSet,
+};
+use std::time::{Duration, Instant};
+
+const ANON_MIB: u64 = 256;
+const FILE_MIB: u64 = 16;
+
+fn require_swap() {
+    require_root();
+    assert!(procswap::sys::meminfo().unwrap().swap_total > 0, "this suite needs swap: run it through procswap/tests/with-swap.sh");
+}
+
+/// (present, swapped) pages in [start, start+len) of `pid`.
+fn range_state(pid: i32, start: u64, len: u64) -> (u64, u64) {
+    let mut pm = Pagemap::open(pid).unwrap();
+    let (mut p, mut s) = (0, 0);
+    pm.scan(start, start + len, |_, info| match info {
+        procfs::process::PageInfo::MemoryPage(f) => p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64,
+        procfs::process::PageInfo::SwapPage(_) => s += 1,
+    })
+    .unwrap();
+    (p, s)
+}
+
+fn lifecycle(mode: Mode) {
+    require_swap();
+    if !selected(mode) {
+        summary(&format!("mode {}: NOT SELECTED by TORPOR_TEST_CGROUP (not run)", mode.name()));
+        return;
+    }
+    let mut c = Child::spawn();
+    let (freezer, desc) = match setup(mode, &mut c) {
+        Ok(x) => x,
+        Err(why) => {
+            summary(&format!("mode {}: SKIPPED, CANNOT RUN ON THIS HOST: {why}", mode.name()));
+            assert!(!required(mode), "mode {} is required (TORPOR_TEST_REQUIRE/TORPOR_TEST_CGROUP) but cannot run: {why}", mode.name());
+            return;
+        }
+    };
+    eprintln!("mode {}: {desc}", mode.name());
+    c.alloc(ANON_MIB, FILE_MIB, 0, 0);
+    let ps = procswap::sys::page_size();
+    let anon_pages = c.anon.1 / ps;
+    let pid = c.pid;
+
+    // A purge of a running target is refused without force, and changes nothing.
+    let before = procswap::inspect(pid, InspectOptions::default()).unwrap();
+    match procswap::purge(pid, &PurgeOptions::default()) {
+        Err(Error::NotQuiesced { .. }) => {}
+        other => panic!("purge of a running target: expected NotQuiesced, got {other:?}"),
+    }
+    let (p, s) = range_state(pid, c.anon.0, c.anon.1);
+    assert!(p >= anon_pages * 99 / 100 && s == 0, "refused purge changed the target: present {p} swapped {s}");
+
+    freezer.freeze(Duration::from_secs(10)).unwrap();
+    c.freezer = Some(freezer.clone());
+    assert!(procswap::quiescence(pid).unwrap().is_quiescent());
+
+    let rep = purge_with(&StockBackend, pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    eprintln!("purge report: {}", serde_json::to_string(&rep).unwrap());
+    let (p, s) = range_state(pid, c.anon.0, c.anon.1);
+    let after = procswap::inspect(pid, InspectOptions::default()).unwrap();
+    let memcg = procswap::cgroup::Memcg::of_pid(pid).unwrap().unwrap();
+    let usage = memcg.usage().unwrap();
+    let memcg_swapcached = memcg.swapcached().unwrap();
+    let sys_swapcached = swap_cached();
+    eprintln!(
+        "after purge: anon range present {p} swapped {s} of {anon_pages}; process present {} (file {}), memcg usage {} KiB, memcg swapcached {:?}, system SwapCached {} KiB",
+        after.totals.present,
+        after.totals.file_pages,
+        usage / 1024,
+        memcg_swapcached,
+        sys_swapcached / 1024
+    );
+    assert!(s * 100 >= anon_pages * 95, "only {s} of {anon_pages} anonymous pages swapped");
+    let beyond_file = (after.totals.present - after.totals.file_pages) * ps;
+    assert!(beyond_file <= MIB, "{beyond_file} bytes resident beyond file pages (> 1 MiB)");
+    assert!(rep.reclaim.is_some(), "no memcg reclaim ran: {:?}", rep.reclaim_skipped);
+    // Not held in the swap cache: the target's memcg says so, and so does the system figure.
+    if let Some(sc) = memcg_swapcached {
+        assert!(sc <= MIB, "target memcg still has {sc} bytes in the swap cache");
+    }
+    assert!(sys_swapcached <= 4 * MIB, "system SwapCached {sys_swapcached} bytes after purge");
+    assert!(
+        usage <= after.totals.file_pages * ps + 4 * MIB,
+        "memcg usage {usage} bytes after purge (file pages {} bytes)",
+        after.totals.file_pages * ps
+    );
+    assert_eq!(rep.resident_anon_bytes, (after.totals.present - after.totals.file_pages) * ps);
+    assert!(before.totals.present > after.totals.present);
+
+    let t0 = Instant::now();
+    let pf = prefetch_with(&StockBackend, pid, &PrefetchOptions { free_floor_bytes: 64 * MIB, ..Default::default() }, &NoProgress).unwrap();
+    let pf_s = t0.elapsed().as_secs_f64();
+    eprintln!("prefetch report: {}", serde_json::to_string(&pf).unwrap());
+    let (p, s) = range_state(pid, c.anon.0, c.anon.1);
+    assert!(p * 100 >= anon_pages * 99, "only {p} of {anon_pages} anonymous pages present after prefetch ({s} swapped)");
+    assert!(pf.stopped.is_none());
+
+    freezer.thaw(Duration::from_secs(10)).unwrap();
+    c.freezer = None;
+    let v = c.verify();
+    eprintln!("child verify: {v:?}");
+    assert!(v.anon_majflt <= 8, "{} major faults touching prefetched anonymous memory", v.anon_majflt);
+    summary(&format!(
+        "mode {}: RAN and PASSED ({desc}): purge {:.0} MiB in {:.3} s ({:.0} MB/s, page-out {:.3} s, reclaim {}), {} swap extents; \
+         prefetch {:.0} MiB in {:.3} s ({:.0} MB/s, {} read runs); after thaw: {} major / {} minor faults reading {} MiB in {:.3} s",
+        mode.name(),
+        rep.paged_out_bytes as f64 / MIB as f64,
+        rep.seconds,
+        rep.mb_per_s,
+        rep.pageout_seconds,
+        rep.reclaim.as_ref().map(|r| format!("{} {:.3} s", r.method, r.seconds)).unwrap_or_default(),
+        rep.contiguity.extents,
+        pf.read_issued_bytes as f64 / MIB as f64,
+        pf_s,
+        pf.mb_per_s,
+        pf.read_runs,
+        v.anon_majflt,
+        v.anon_minflt,
+        ANON_MIB,
+        v.anon_us as f64 / 1e6
+    ));
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn lifecycle_v1() {
+    lifecycle(Mode::V1);
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn lifecycle_v2() {
+    lifecycle(Mode::V2);
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn lifecycle_signals() {
+    lifecycle(Mode::Signals);
+}
+
+/// Kills the target when the page-out has made some progress.
+struct KillMidway {
+    pid: i32,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl Progress for KillMidway {
+    fn update(&self, done: u64) {
+        if done > 0 && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            // Wait until the kernel has torn the mm down (zombie, or reaped by nobody yet).
+            for _ in 0..500 {
+                let st = procfs::process::Process::new(self.pid).and_then(|p| p.stat()).map(|s| s.state);
+                if !matches!(st, Ok('R' | 'S' | 'D' | 'T' | 't')) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn purge_of_a_target_that_exits_midway() {
+    require_swap();
+    let mut c = Child::spawn();
+    c.alloc(64, 0, 0, 0);
+    Freezer::Signal(c.pid).freeze(Duration::from_secs(5)).unwrap();
+    // 1 MiB ranges, 4 per call: many calls, the target dies after the first.
+    let opts = PurgeOptions { chunk_bytes: MIB, batch_iovecs: 4, ..Default::default() };
+    let k = KillMidway { pid: c.pid, fired: false.into() };
+    let r = purge_with(&StockBackend, c.pid, &opts, &k);
+    assert!(k.fired.load(std::sync::atomic::Ordering::SeqCst), "the progress hook never ran");
+    match r {
+        Err(e @ Error::TargetExited { .. }) => eprintln!("as expected: {e}"),
+        other => panic!("expected TargetExited, got {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn prefetch_stops_at_free_memory_floor_and_budget() {
+    require_swap();
+    let mut c = Child::spawn();
+    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
+    c.alloc(64, 0, 0, 0);
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer);
+    purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    let ps = procswap::sys::page_size();
+    let (_, swapped0) = range_state(c.pid, c.anon.0, c.anon.1);
+    // A floor above what is available: nothing is fetched, and the report says why.
+    let avail = procswap::sys::meminfo().unwrap().mem_available;
+    let pf = prefetch_with(&StockBackend, c.pid, &PrefetchOptions { free_floor_bytes: avail + (1 << 30), ..Default::default() }, &NoProgress).unwrap();
+    assert!(matches!(pf.stopped, Some(procswap::StopReason::FreeFloor { .. })), "{:?}", pf.stopped);
+    assert_eq!(pf.read_issued_bytes, 0);
+    let (_, swapped1) = range_state(c.pid, c.anon.0, c.anon.1);
+    assert!(swapped1 * 100 >= swapped0 * 99, "pages came in despite the floor: {swapped0} -> {swapped1}");
+    // A budget of 8 MiB: about 8 MiB comes in.
+    let pf = prefetch_with(&StockBackend, c.pid, &PrefetchOptions { budget_bytes: Some(8 * MIB), free_floor_bytes: 0, ..Default::default() }, &NoProgress).unwrap();
+    assert!(matches!(pf.stopped, Some(procswap::StopReason::Budget { .. })), "{:?}", pf.stopped);
+    assert_eq!(pf.read_issued_bytes, 8 * MIB);
+    assert_eq!(pf.mapped_pages, 8 * MIB / ps);
+    let (_, swapped2) = range_state(c.pid, c.anon.0, c.anon.1);
+    let fetched = swapped1 - swapped2;
+    // The budget also covers the child's other swapped pages (stack, heap); readahead may bring
+    // a few neighbours along; never much more than the budget.
+    assert!(fetched >= 7 * MIB / ps && fetched <= 12 * MIB / ps, "fetched {fetched} pages for an 8 MiB budget");
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn unpurgeable_memory_is_reported() {
+    require_swap();
+    let mut c = Child::spawn();
+    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
+    c.alloc(32, 0, 4, 4);
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer);
+    let rep = purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    eprintln!("unpurged: {:?}", rep.unpurged);
+    assert!(rep.unpurged.locked_bytes >= 4 * MIB, "mlocked memory not reported: {:?}", rep.unpurged);
+    assert!(rep.unpurged.vmas.iter().any(|v| v.reason == "mlocked"));
+    // The shared anonymous area is either paged out (shmem swap) or reported as shared.
+    let shared_reported = rep.unpurged.shared_bytes;
+    eprintln!("shared anon still resident: {shared_reported} bytes");
+    let total_reported = rep.unpurged.locked_bytes
+        + rep.unpurged.hugetlb_bytes
+        + rep.unpurged.special_bytes
+        + rep.unpurged.shared_bytes
+        + rep.unpurged.file_bytes
+        + rep.unpurged.anon_bytes;
+    assert_eq!(total_reported, rep.resident_bytes, "every resident byte is attributed to a reason");
+    let v = {
+        Freezer::Signal(c.pid).thaw(Duration::from_secs(5)).unwrap();
+        c.freezer = None;
+        c.verify()
+    };
+    eprintln!("verify after purge without prefetch (demand paging): {v:?}");
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn working_set_record_and_prefetch_first() {
+    require_swap();
+    let Some(method) = procswap::WsMethod::detect() else {
+        summary(&format!("working set: SKIPPED, CANNOT RUN ON THIS HOST: {}", procswap::WsMethod::describe_host()));
+        assert!(std::env::var("TORPOR_TEST_REQUIRE_WS").is_err(), "working-set recording required but unavailable");
+        return;
+    };
+    let mut c = Child::spawn();
+    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
+    c.alloc(128, 0, 0, 0);
+    let ps = procswap::sys::page_size();
+    // The child touches MiB 32..64 for 3 s while we record.
+    let pid = c.pid;
+    let rec = std::thread::spawn(move || procswap::workingset::record(pid, Duration::from_millis(2500), None));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.cmd("TOUCH 32 64 3000"), "TOUCHED");
+    let ws: WorkingSet = rec.join().unwrap().unwrap();
+    let json = serde_json::to_string(&ws).unwrap();
+    let ws: WorkingSet = serde_json::from_str(&json).unwrap();
+    let in_ws = |from: u64, to: u64| -> f64 {
+        let (a, b) = (c.anon.0 + from * MIB, c.anon.0 + to * MIB);
+        let n = (b - a) / ps;
+        (0..n).filter(|i| ws.contains(a + i * ps)).count() as f64 / n as f64
+    };
+    let hot = in_ws(32, 64);
+    let cold = (in_ws(0, 32) * 32.0 + in_ws(64, 128) * 64.0) / 96.0;
+    eprintln!("working set by {method}: {} regions, {} KiB; hot area covered {:.0}%, cold area covered {:.0}%", ws.regions.len(), ws.bytes() / 1024, hot * 100.0, cold * 100.0);
+    assert!(hot >= 0.8, "working set covers only {:.0}% of the touched area", hot * 100.0);
+    assert!(cold <= 0.5, "working set covers {:.0}% of the untouched area", cold * 100.0);
+
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer.clone());
+    purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    let opts = PrefetchOptions { working_set: Some(ws), working_set_only: true, free_floor_bytes: 0, ..Default::default() };
+    let pf = prefetch_with(&StockBackend, c.pid, &opts, &NoProgress).unwrap();
+    eprintln!("working-set prefetch: {}", serde_json::to_string(&pf).unwrap());
+    let (hot_p, _) = range_state(c.pid, c.anon.0 + 32 * MIB, 32 * MIB);
+    let (cold_p, _) = range_state(c.pid, c.anon.0 + 64 * MIB, 64 * MIB);
+    assert!(hot_p * 100 >= (32 * MIB / ps) * 80, "hot area {hot_p} pages present");
+    assert!(cold_p * 2 <= 64 * MIB / ps, "cold area {cold_p} pages present after a working-set-only prefetch");
+    freezer.thaw(Duration::from_secs(5)).unwrap();
+    c.freezer = None;
+    c.verify();
+    summary(&format!("working set: RAN with {method}: hot covered {:.0}%, cold {:.0}%", hot * 100.0, cold * 100.0));
+}
+
+/// Working set by residency (works on any kernel): purge, thaw, the child touches MiB 32..64,
+/// freeze, record; then a working-set-only prefetch after the next purge brings back exactly that.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn working_set_by_residency_and_ws_first_prefetch() {
+    require_swap();
+    let mut c = Child::spawn();
+    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
+    c.alloc(128, 0, 0, 0);
+    let ps = procswap::sys::page_size();
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer.clone());
+    purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    freezer.thaw(Duration::from_secs(5)).unwrap();
+    c.freezer = None;
+    assert_eq!(c.cmd("TOUCH 32 64 200"), "TOUCHED");
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer.clone());
+    let ws = procswap::workingset::from_residency(c.pid).unwrap();
+    let ws: WorkingSet = serde_json::from_str(&serde_json::to_string(&ws).unwrap()).unwrap();
+    let cover = |from: u64, to: u64| -> f64 {
+        let (a, b) = (c.anon.0 + from * MIB, c.anon.0 + to * MIB);
+        let n = (b - a) / ps;
+        (0..n).filter(|i| ws.contains(a + i * ps)).count() as f64 / n as f64
+    };
+    let (hot, cold) = (cover(32, 64), (cover(0, 32) * 32.0 + cover(64, 128) * 64.0) / 96.0);
+    eprintln!("residency working set: {} regions, {} KiB; hot {:.1}%, cold {:.1}%", ws.regions.len(), ws.bytes() / 1024, hot * 100.0, cold * 100.0);
+    assert!(hot >= 0.99, "hot area covered {:.1}%", hot * 100.0);
+    // Swap readahead (page-cluster) may bring neighbours of touched pages back: a little.
+    assert!(cold <= 0.05, "cold area covered {:.1}%", cold * 100.0);
+
+    purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    let opts = PrefetchOptions { working_set: Some(ws), working_set_only: true, free_floor_bytes: 0, ..Default::default() };
+    let pf = prefetch_with(&StockBackend, c.pid, &opts, &NoProgress).unwrap();
+    eprintln!("working-set-only prefetch: {}", serde_json::to_string(&pf).unwrap());
+    assert_eq!(pf.working_set_method.as_deref(), Some("residency"));
+    let (hot_p, _) = range_state(c.pid, c.anon.0 + 32 * MIB, 32 * MIB);
+    let (cold_p, _) = range_state(c.pid, c.anon.0 + 64 * MIB, 64 * MIB);
+    assert!(hot_p * 100 >= (32 * MIB / ps) * 99, "hot area: {hot_p} pages present");
+    assert!(cold_p * 20 <= 64 * MIB / ps, "cold area: {cold_p} pages present after a working-set-only prefetch");
+    freezer.thaw(Duration::from_secs(5)).unwrap();
+    c.freezer = None;
+    c.verify();
+    summary(&format!("working set by residency: RAN and PASSED (hot {:.1}%, cold {:.1}%)", hot * 100.0, cold * 100.0));
+}
