@@ -217,6 +217,21 @@ impl Memcg {
         is_mount_point(self.dir(), &m) || !self.dir().join("cgroup.procs").exists()
     }
 
+    /// Why reclaiming this cgroup would hit more than process `pid`: other member processes or
+    /// child cgroups (their charges are reclaimed too). `None` when `pid` is alone in it.
+    pub fn shared_with_others(&self, pid: i32) -> Result<Option<String>> {
+        let others: Vec<i32> = procs(self.dir())?.into_iter().filter(|&p| p != pid).collect();
+        if !others.is_empty() {
+            return Ok(Some(format!("{} other process(es) in {} (e.g. pid {})", others.len(), self.dir().display(), others[0])));
+        }
+        let rd = fs::read_dir(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
+        let children = rd.filter_map(|e| e.ok()).filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).count();
+        if children > 0 {
+            return Ok(Some(format!("{} has {children} child cgroup(s)", self.dir().display())));
+        }
+        Ok(None)
+    }
+
     /// Charged bytes (`memory.current` / `memory.usage_in_bytes`).
     pub fn usage(&self) -> Result<u64> {
         let f = match self {

@@ -166,12 +166,10 @@ fn v2_frozen(dir: &Path) -> Result<Option<bool>> {
 pub fn thread_states(pid: i32) -> Result<Vec<char>> {
     let p = procfs::process::Process::new(pid).map_err(|e| Error::proc(pid, e))?;
     let mut out = Vec::new();
-    for t in p.tasks().map_err(|e| Error::proc(pid, e))? {
-        // A thread may exit while we iterate; skip it.
-        if let Ok(t) = t {
-            if let Ok(s) = t.stat() {
-                out.push(s.state);
-            }
+    // A thread may exit while we iterate: skip it.
+    for t in p.tasks().map_err(|e| Error::proc(pid, e))?.flatten() {
+        if let Ok(s) = t.stat() {
+            out.push(s.state);
         }
     }
     if out.is_empty() {

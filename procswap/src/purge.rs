@@ -18,6 +18,9 @@ pub struct PurgeOptions {
     /// After paging out, reclaim the target's own memory cgroup so the pages leave the swap cache
     /// (v2 `memory.reclaim`, v1 `memory.force_empty`). Hierarchy roots are never reclaimed.
     pub reclaim: bool,
+    /// Reclaim the target's memory cgroup even when other processes (or child cgroups) share
+    /// it: their memory is reclaimed too. Off by default.
+    pub reclaim_shared: bool,
     /// Ranges are cut to at most this many bytes (progress granularity).
     pub chunk_bytes: u64,
     /// iovecs per `process_madvise` call (at most 1024).
@@ -26,7 +29,7 @@ pub struct PurgeOptions {
 
 impl Default for PurgeOptions {
     fn default() -> Self {
-        Self { force: false, reclaim: true, chunk_bytes: 32 << 20, batch_iovecs: sys::IOV_MAX }
+        Self { force: false, reclaim: true, reclaim_shared: false, chunk_bytes: 32 << 20, batch_iovecs: sys::IOV_MAX }
     }
 }
 
@@ -148,6 +151,13 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
             reclaim_skipped = Some(format!(
                 "the target's memory cgroup {} is a hierarchy root: pages stay in the swap cache",
                 m.dir().display()
+            ))
+        }
+        (Some(m), true) if !opts.reclaim_shared && m.shared_with_others(pid)?.is_some() => {
+            reclaim_skipped = Some(format!(
+                "the target's memory cgroup is shared ({}); reclaiming it would evict others too, so pages stay in the swap cache \
+                 (start the target in its own cgroup, or allow a shared reclaim)",
+                m.shared_with_others(pid)?.unwrap_or_default()
             ))
         }
         (Some(m), true) => {

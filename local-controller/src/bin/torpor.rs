@@ -1,9 +1,17 @@
 //! `torpor`: command-line front end.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use procswap::kmod::Kmod;
+use procswap::{
+    select_backend, BackendPref, Freezer, FreezerPref, InspectOptions, Inspection, PrefetchOptions, PrefetchReport,
+    PurgeOptions, PurgeReport, WorkingSet, WsMethod,
+};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "torpor", version, about = "Fast suspend/resume of idle application servers")]
@@ -21,11 +29,429 @@ enum Cmd {
     Module {
         /// Device node.
         #[arg(long, default_value = procswap::uapi::TORPOR_DEV_PATH)]
-        device: std::path::PathBuf,
+        device: PathBuf,
+    },
+    /// Say which backend and which working-set recorder run on this host.
+    Backend {
+        #[arg(long, default_value = "auto")]
+        backend: BackendPref,
+    },
+    /// VMAs and page states (present, swapped, unpopulated, file) of a process or of every process in a cgroup.
+    Inspect {
+        /// A pid, or a cgroup directory (every process in its cgroup.procs).
+        target: String,
+        /// List every VMA (default: only VMAs holding present or swapped pages).
+        #[arg(long)]
+        all_vmas: bool,
+        /// Do not list VMAs at all.
+        #[arg(long, conflicts_with = "all_vmas")]
+        no_vmas: bool,
+        /// Include every swapped page (address, swap type, slot) in the JSON output.
+        #[arg(long)]
+        offsets: bool,
+    },
+    /// Page a frozen/stopped process out completely and free its memory (memcg reclaim), then verify.
+    Purge {
+        /// A pid, or a cgroup directory (every process in its cgroup.procs).
+        target: String,
+        /// Purge even if the process is neither frozen nor stopped.
+        #[arg(long)]
+        force: bool,
+        /// Skip the memcg reclaim (pages stay in the swap cache).
+        #[arg(long)]
+        no_reclaim: bool,
+        /// Reclaim the target's memory cgroup even if other processes share it (they lose memory too).
+        #[arg(long, conflicts_with = "no_reclaim")]
+        reclaim_shared: bool,
+        #[arg(long, default_value = "auto")]
+        backend: BackendPref,
+    },
+    /// Bring swapped pages back (swap-slot order, reads ahead, mapping pass) before a thaw.
+    Prefetch {
+        /// A pid, or a cgroup directory (every process in its cgroup.procs).
+        target: String,
+        /// Mapping-pass threads (0: reads only, no PTEs installed).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Stop after this many bytes (e.g. 64M, 1G).
+        #[arg(long, value_parser = parse_size)]
+        budget: Option<u64>,
+        /// Never let MemAvailable drop below this (stop and report).
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        free_floor: u64,
+        /// Bytes per read-ahead batch.
+        #[arg(long, value_parser = parse_size, default_value = "16M")]
+        batch: u64,
+        /// A recorded working set (JSON from `torpor record-ws`): fetched first.
+        #[arg(long)]
+        working_set: Option<PathBuf>,
+        /// Fetch only the working set.
+        #[arg(long, requires = "working_set")]
+        working_set_only: bool,
+        #[arg(long, default_value = "auto")]
+        backend: BackendPref,
+    },
+    /// Freeze a process or cgroup (cgroup v2 cgroup.freeze, v1 freezer, or SIGSTOP).
+    Freeze {
+        /// A pid, or a cgroup directory.
+        target: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        method: Method,
+        /// Seconds to wait for the kernel to confirm.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Thaw a process or cgroup frozen by `torpor freeze`.
+    Thaw {
+        /// A pid, or a cgroup directory.
+        target: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        method: Method,
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Record which pages a running process touches (working set), as JSON.
+    RecordWs {
+        pid: i32,
+        /// Recording time in seconds (DAMON, page_idle).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// auto (what the kernel offers), damon, page-idle, or residency (present pages of a
+        /// process purged at its last suspend).
+        #[arg(long, default_value = "auto")]
+        method: String,
+        /// Write the working set here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
-fn main() -> Result<()> {
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    /// The process's own cgroup2 group, else its v1 freezer cgroup, else signals.
+    Auto,
+    V2,
+    V1,
+    Signal,
+}
+
+impl From<Method> for FreezerPref {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Auto => FreezerPref::Auto,
+            Method::V2 => FreezerPref::CgroupV2,
+            Method::V1 => FreezerPref::CgroupV1,
+            Method::Signal => FreezerPref::Signal,
+        }
+    }
+}
+
+/// "123", "64k", "16M", "1G", "1.5G" → bytes (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let m: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?} (use k, M, G, T)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
+    if n < 0.0 {
+        return Err(format!("negative size {s:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// A command's target: one pid, or the processes of a cgroup.
+enum Target {
+    Pid(i32),
+    Cgroup(PathBuf),
+}
+
+fn parse_target(s: &str) -> Result<Target> {
+    if let Ok(pid) = s.parse::<i32>() {
+        return Ok(Target::Pid(pid));
+    }
+    let p = Path::new(s);
+    if p.join("cgroup.procs").exists() {
+        return Ok(Target::Cgroup(p.to_owned()));
+    }
+    bail!("{s:?} is neither a pid nor a cgroup directory (no {}/cgroup.procs)", p.display())
+}
+
+fn target_pids(t: &Target) -> Result<Vec<i32>> {
+    match t {
+        Target::Pid(p) => Ok(vec![*p]),
+        Target::Cgroup(d) => {
+            let pids = procswap::cgroup::procs(d)?;
+            if pids.is_empty() {
+                bail!("cgroup {} has no processes", d.display());
+            }
+            Ok(pids)
+        }
+    }
+}
+
+/// indicatif bar on stderr, hidden when stderr is not a terminal.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let pb = if std::io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("{msg:>14} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}")
+                .expect("progress template")
+                .progress_chars("=> "),
+        );
+        Bar(pb)
+    }
+}
+
+impl procswap::Progress for Bar {
+    fn phase(&self, name: &str, total: u64) {
+        self.0.set_message(name.to_string());
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+    fn update(&self, done: u64) {
+        self.0.set_position(done);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
+    let ps = i.page_size;
+    let t = &i.totals;
+    println!("pid {} ({})", i.pid, i.comm);
+    if !no_vmas {
+        println!(
+            "{:>16} {:>16} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  mapping",
+            "start", "end", "perm", "size KiB", "present", "file", "swapped", "unpop", "extents"
+        );
+        for v in i.vmas.iter().filter(|v| all_vmas || v.present > 0 || v.swapped > 0) {
+            let mut flags = Vec::new();
+            if v.locked {
+                flags.push("mlocked");
+            }
+            if v.hugetlb {
+                flags.push("hugetlb");
+            }
+            if v.shared {
+                flags.push("shared");
+            }
+            if v.pfnmap {
+                flags.push("pfnmap");
+            }
+            let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(",")) };
+            println!(
+                "{:>16x} {:>16x} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  {}{}",
+                v.start,
+                v.end,
+                v.perms,
+                (v.end - v.start) / 1024,
+                v.present,
+                v.file_pages,
+                v.swapped,
+                v.unpopulated,
+                v.swap_extents,
+                v.path,
+                flags
+            );
+        }
+        println!("(page counts in {} KiB pages)", ps / 1024);
+    }
+    println!(
+        "total: {} VMAs, {} mapped; present {} (file {}, anon {}); swapped {}; unpopulated {}",
+        i.vmas.len(),
+        mib(t.pages * ps),
+        mib(t.present * ps),
+        mib(t.file_pages * ps),
+        mib(t.present_anon * ps),
+        mib(t.swapped * ps),
+        mib(t.unpopulated * ps)
+    );
+    let c = &i.contiguity;
+    if t.swapped > 0 {
+        println!(
+            "swap: {} extents in address order, {} runs in slot order, span {} ({} slots {}..{})",
+            c.extents,
+            c.offset_runs,
+            mib(c.span_pages * ps),
+            c.span_pages,
+            c.min_offset.unwrap_or(0),
+            c.max_offset.unwrap_or(0)
+        );
+    }
+    if let Some(m) = &i.memcg {
+        println!(
+            "memcg {}: usage {}, swap cache {}",
+            m.memcg.dir().display(),
+            mib(m.usage_bytes),
+            m.swapcached_bytes.map(mib).unwrap_or_else(|| "n/a".into())
+        );
+    }
+}
+
+fn print_purge(r: &PurgeReport) {
+    let ps = r.page_size;
+    println!("pid {}: purged with the {} backend ({:?}{})", r.pid, r.backend, r.quiescence, if r.forced { ", forced" } else { "" });
+    println!(
+        "  paged out {} in {:.3} s ({:.0} MB/s); page-out {:.3} s, reclaim {}",
+        mib(r.paged_out_bytes),
+        r.seconds,
+        r.mb_per_s,
+        r.pageout_seconds,
+        match (&r.reclaim, &r.reclaim_skipped) {
+            (Some(o), _) => format!(
+                "{} of {} {:.3} s ({} -> {}){}",
+                o.method,
+                o.cgroup.display(),
+                o.seconds,
+                mib(o.usage_before),
+                mib(o.usage_after),
+                o.incomplete.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default()
+            ),
+            (None, Some(why)) => format!("skipped: {why}"),
+            (None, None) => "skipped".into(),
+        }
+    );
+    println!(
+        "  before: present {} swapped {}; after: present {} (file {}, anon {}), swapped {}",
+        mib(r.before.present * ps),
+        mib(r.before.swapped * ps),
+        mib(r.resident_bytes),
+        mib(r.resident_file_bytes),
+        mib(r.resident_anon_bytes),
+        mib(r.swapped_bytes)
+    );
+    println!(
+        "  swap cache: target memcg {}, system SwapCached change {:+.1} MiB; swap extents {}",
+        r.swap_cache_bytes.map(mib).unwrap_or_else(|| "n/a".into()),
+        r.system_swap_cached_delta as f64 / (1u64 << 20) as f64,
+        r.contiguity.extents
+    );
+    if r.refused_bytes > 0 {
+        println!("  the kernel refused {} of eligible ranges", mib(r.refused_bytes));
+    }
+    let u = &r.unpurged;
+    if r.resident_bytes > 0 {
+        println!(
+            "  not purged: mlocked {}, hugetlb {}, special {}, shared {}, file {}, anon {}",
+            mib(u.locked_bytes),
+            mib(u.hugetlb_bytes),
+            mib(u.special_bytes),
+            mib(u.shared_bytes),
+            mib(u.file_bytes),
+            mib(u.anon_bytes)
+        );
+        for v in u.vmas.iter().filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)") {
+            println!("    {:x}-{:x} {} {}: {}", v.start, v.end, v.path, v.reason, mib(v.resident_bytes));
+        }
+    }
+}
+
+fn print_prefetch(r: &PrefetchReport) {
+    let ps = r.page_size;
+    println!("pid {}: prefetched with the {} backend", r.pid, r.backend);
+    println!(
+        "  read {} in {:.3} s ({:.0} MB/s, {} runs of consecutive slots); mapped {} pages{}",
+        mib(r.read_issued_bytes),
+        r.seconds,
+        r.mb_per_s,
+        r.read_runs,
+        r.mapped_pages,
+        if r.map_failed_pages > 0 { format!(" ({} failed)", r.map_failed_pages) } else { String::new() }
+    );
+    if let Some(m) = &r.working_set_method {
+        println!("  working set ({m}): {} first", mib(r.working_set_pages * ps));
+    }
+    println!(
+        "  swapped before {}, candidates {}, still swapped {}, present now {}",
+        mib(r.swapped_before_pages * ps),
+        mib(r.candidate_pages * ps),
+        mib(r.still_swapped_pages * ps),
+        mib(r.present_after_pages * ps)
+    );
+    if let Some(s) = &r.stopped {
+        println!("  STOPPED EARLY: {s:?}");
+    }
+}
+
+fn freezers(target: &Target, method: Method) -> Result<Vec<Freezer>> {
+    match (target, method) {
+        (Target::Cgroup(d), Method::Signal) => Ok(target_pids(&Target::Cgroup(d.clone()))?.into_iter().map(Freezer::Signal).collect()),
+        (Target::Cgroup(d), _) => Ok(vec![Freezer::for_cgroup(d)?]),
+        (Target::Pid(p), m) => {
+            // Validate the pid first (pid 1, kernel threads, zombies, privilege) for every method.
+            procswap::Target::open(*p, "freeze/thaw")?;
+            Ok(vec![Freezer::for_pid(*p, m.into())?])
+        }
+    }
+}
+
+fn freeze_thaw(json: bool, target: &str, method: Method, timeout: f64, freeze: bool) -> Result<()> {
+    let t = parse_target(target)?;
+    let timeout = Duration::from_secs_f64(timeout);
+    let mut done = Vec::new();
+    for f in freezers(&t, method)? {
+        if freeze {
+            f.freeze(timeout).with_context(|| format!("freeze via {f}"))?;
+        } else {
+            f.thaw(timeout).with_context(|| format!("thaw via {f}"))?;
+        }
+        done.push(f);
+    }
+    let verb = if freeze { "frozen" } else { "thawed" };
+    if json {
+        print_json(&serde_json::json!({ "action": verb, "via": done }))?;
+    } else {
+        for f in &done {
+            println!("{verb}: {f}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("torpor: {e:#}");
+            // 2: refused before any change (bad target, privilege, no swap, not frozen); 1: failed.
+            let refusal = e.chain().any(|c| c.downcast_ref::<procswap::Error>().is_some_and(|pe| pe.is_refusal()));
+            std::process::ExitCode::from(if refusal { 2 } else { 1 })
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Module { device } => {
@@ -50,6 +476,144 @@ fn main() -> Result<()> {
                 println!("features:    {:#x} [{}]", v.features, v.feature_names().join(", "));
             }
         }
+        Cmd::Backend { backend } => {
+            let b = select_backend(backend)?;
+            let ws = WsMethod::describe_host();
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "backend": b.name(),
+                    "describe": b.describe(),
+                    "working_set": ws,
+                    "working_set_method": WsMethod::detect().map(|m| m.to_string()),
+                }))?;
+            } else {
+                println!("backend: {}", b.describe());
+                println!("{ws}");
+            }
+        }
+        Cmd::Inspect { target, all_vmas, no_vmas, offsets } => {
+            let t = parse_target(&target)?;
+            let mut out = Vec::new();
+            for pid in target_pids(&t)? {
+                let i = procswap::inspect(pid, InspectOptions { swapped_pages: offsets })
+                    .with_context(|| format!("inspect pid {pid}"))?;
+                if !cli.json {
+                    print_inspection(&i, all_vmas, no_vmas);
+                }
+                out.push(i);
+            }
+            if cli.json {
+                match t {
+                    Target::Pid(_) => print_json(&out[0])?,
+                    Target::Cgroup(_) => print_json(&out)?,
+                }
+            }
+        }
+        Cmd::Purge { target, force, no_reclaim, reclaim_shared, backend } => {
+            let t = parse_target(&target)?;
+            let b = select_backend(backend)?;
+            let opts = PurgeOptions { force, reclaim: !no_reclaim, reclaim_shared, ..Default::default() };
+            let mut out = Vec::new();
+            for pid in target_pids(&t)? {
+                let bar = Bar::new();
+                let r = procswap::purge_with(b.as_ref(), pid, &opts, &bar).with_context(|| format!("purge pid {pid}"))?;
+                drop(bar);
+                if !cli.json {
+                    print_purge(&r);
+                }
+                out.push(r);
+            }
+            if cli.json {
+                match t {
+                    Target::Pid(_) => print_json(&out[0])?,
+                    Target::Cgroup(_) => print_json(&out)?,
+                }
+            }
+        }
+        Cmd::Prefetch { target, threads, budget, free_floor, batch, working_set, working_set_only, backend } => {
+            let t = parse_target(&target)?;
+            let b = select_backend(backend)?;
+            let ws: Option<WorkingSet> = match &working_set {
+                Some(p) => Some(
+                    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                        .with_context(|| format!("parsing working set {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let opts = PrefetchOptions {
+                threads,
+                batch_bytes: batch,
+                budget_bytes: budget,
+                free_floor_bytes: free_floor,
+                working_set: ws,
+                working_set_only,
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            for pid in target_pids(&t)? {
+                if let Some(w) = &opts.working_set {
+                    if w.pid != pid {
+                        eprintln!("note: working set was recorded for pid {} ({}), applying it to pid {pid}", w.pid, w.comm);
+                    }
+                }
+                let bar = Bar::new();
+                let r = procswap::prefetch_with(b.as_ref(), pid, &opts, &bar).with_context(|| format!("prefetch pid {pid}"))?;
+                drop(bar);
+                if !cli.json {
+                    print_prefetch(&r);
+                }
+                out.push(r);
+            }
+            if cli.json {
+                match t {
+                    Target::Pid(_) => print_json(&out[0])?,
+                    Target::Cgroup(_) => print_json(&out)?,
+                }
+            }
+        }
+        Cmd::Freeze { target, method, timeout } => freeze_thaw(cli.json, &target, method, timeout, true)?,
+        Cmd::Thaw { target, method, timeout } => freeze_thaw(cli.json, &target, method, timeout, false)?,
+        Cmd::RecordWs { pid, duration, method, output } => {
+            let ws = match method.as_str() {
+                "residency" => procswap::workingset::from_residency(pid)?,
+                m => {
+                    let method = match m {
+                        "auto" => None,
+                        "damon" | "damon-vaddr" => Some(WsMethod::DamonVaddr),
+                        "page-idle" | "page_idle" => Some(WsMethod::PageIdle),
+                        other => bail!("unknown working-set method {other:?} (auto, damon, page-idle, residency)"),
+                    };
+                    eprintln!("{}", WsMethod::describe_host());
+                    procswap::workingset::record(pid, Duration::from_secs_f64(duration), method)?
+                }
+            };
+            let json = serde_json::to_string_pretty(&ws)?;
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
+                    if !cli.json {
+                        println!("working set of pid {} by {}: {} regions, {}", ws.pid, ws.method, ws.regions.len(), mib(ws.bytes()));
+                    }
+                }
+                None => println!("{json}"),
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1").is_err());
+    }
 }
