@@ -57,7 +57,11 @@ impl WsMethod {
             v.push((WsMethod::PageIdle, Ok(())));
         }
         let nr = Path::new(DAMON_ADMIN).join("kdamonds/nr_kdamonds");
-        if nr.exists() {
+        // Which operation sets the kernel has can only be read from an existing context.
+        let avail = std::fs::read_to_string(Path::new(DAMON_ADMIN).join("kdamonds/0/contexts/0/avail_operations")).ok();
+        if let Some(a) = avail.as_deref().filter(|a| !a.split_whitespace().any(|o| o == "vaddr")) {
+            v.push((WsMethod::DamonVaddr, Err(format!("this kernel's DAMON has no vaddr operations (avail_operations: {})", a.trim()))));
+        } else if nr.exists() {
             let usable = match read_trim(&nr).map(|s| s.parse::<u32>()) {
                 Ok(Ok(0)) => Ok(()),
                 Ok(Ok(n)) => Err(format!("DAMON sysfs busy: {n} kdamond(s) already configured by someone else")),
@@ -88,7 +92,9 @@ impl WsMethod {
             None if probe.is_empty() => {
                 "working-set recording: unavailable (kernel has neither DAMON sysfs nor page_idle); prefetch falls back to the whole process".into()
             }
-            None => "working-set recording: unavailable right now; prefetch falls back to the whole process".into(),
+            None => "working-set recording: no kernel recorder usable here; prefetch falls back to the whole process \
+                     (the residency method needs only pagemap)"
+                .into(),
         };
         if !why.is_empty() {
             s.push_str(&format!(" [{}]", why.join("; ")));
@@ -228,6 +234,10 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     write_file(&nr_path, "1")?;
     let d = Damon { kd: admin.join("kdamonds/0"), created: true };
     d.w("contexts/nr_contexts", "1")?;
+    let avail = read_trim(&d.kd.join("contexts/0/avail_operations")).unwrap_or_default();
+    if !avail.is_empty() && !avail.split_whitespace().any(|o| o == "vaddr") {
+        return Err(Error::WorkingSet(format!("this kernel's DAMON has no vaddr operations (avail_operations: {avail})")));
+    }
     d.w("contexts/0/operations", "vaddr")?;
     // 5 ms samples, 100 ms aggregation, 1 s region update; 10..2000 regions.
     d.w("contexts/0/monitoring_attrs/intervals/sample_us", "5000")?;

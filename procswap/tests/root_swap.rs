@@ -111,6 +111,27 @@ fn lifecycle(mode: Mode) {
     let v = c.verify();
     eprintln!("child verify: {v:?}");
     assert!(v.anon_majflt <= 8, "{} major faults touching prefetched anonymous memory", v.anon_majflt);
+
+    // For comparison, the same resume on stock demand paging (purge again, thaw, touch).
+    freezer.freeze(Duration::from_secs(10)).unwrap();
+    c.freezer = Some(freezer.clone());
+    let rep2 = purge_with(&StockBackend, pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    assert!(rep2.swapped_bytes >= c.anon.1 * 95 / 100);
+    freezer.thaw(Duration::from_secs(10)).unwrap();
+    c.freezer = None;
+    let dv = c.verify();
+    eprintln!("demand paging verify: {dv:?}");
+    assert!(dv.anon_majflt > 0, "demand paging after a purge took no major faults: the purge did not evict");
+    summary(&format!(
+        "mode {}: demand-paging comparison: thaw then read {} MiB: {:.3} s with {} major faults, vs prefetch {:.3} s + read {:.3} s with {} major faults",
+        mode.name(),
+        ANON_MIB,
+        dv.anon_us as f64 / 1e6,
+        dv.anon_majflt,
+        pf_s,
+        v.anon_us as f64 / 1e6,
+        v.anon_majflt
+    ));
     summary(&format!(
         "mode {}: RAN and PASSED ({desc}): purge {:.0} MiB in {:.3} s ({:.0} MB/s, page-out {:.3} s, reclaim {}), {} swap extents; \
          prefetch {:.0} MiB in {:.3} s ({:.0} MB/s, {} read runs); after thaw: {} major / {} minor faults reading {} MiB in {:.3} s",
