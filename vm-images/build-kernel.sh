@@ -13,6 +13,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/toolchain.sh"
 
 fragment="$here/kernel.fragment"
+# Bump RECIPE when the build steps below change in a way that changes the tree.
+RECIPE=1
 src_tar=/usr/src/linux-source-6.12.tar.xz
 [ -f "$src_tar" ] || { echo "build-kernel: $src_tar missing (run: make deps)" >&2; exit 1; }
 
@@ -20,7 +22,7 @@ src_ver="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
 key="$( {
   echo "src=$src_ver"
   sha256sum "$fragment" | cut -d' ' -f1
-  sha256sum "$here/build-kernel.sh" | cut -d' ' -f1
+  echo "recipe=$RECIPE"
   "$KRUSTC" --version
   "$KBINDGEN" --version
   clang --version | head -1
@@ -59,10 +61,9 @@ km rustavailable >&2
 grep -qx CONFIG_RUST=y "$kdir/.config" || { echo "kernel: CONFIG_RUST did not stick" >&2; exit 1; }
 [ "$missing" = 0 ] || { echo "kernel: fragment options were dropped (unmet dependencies); fix vm-images/kernel.fragment" >&2; exit 1; }
 km -j"$(( $(nproc) + 1 ))" bzImage modules >"$dest/build.log" 2>&1 || { tail -50 "$dest/build.log" >&2; echo "kernel: build failed, log $dest/build.log" >&2; exit 1; }
-# The out-of-tree module build needs only src/ and out/; drop object files
-# we can regenerate? No: modpost needs vmlinux.o/Module.symvers; keep all.
 touch "$dest/.complete"
 echo "kernel: built in $(( $(date +%s) - t0 )) s ($dest)" >&2
-# Keep at most 2 cached trees.
+# Drop unfinished trees and keep at most 2 finished ones.
+for d in "$TORPOR_CACHE"/kernel-*/; do [ -f "$d/.complete" ] || rm -rf "$d"; done
 ls -1dt "$TORPOR_CACHE"/kernel-*/ 2>/dev/null | tail -n +3 | xargs -r rm -rf
 echo "$kdir"

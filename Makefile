@@ -1,0 +1,73 @@
+# torpor — top-level entry points.  `make demo` and `make test` work on a fresh
+# Debian 12 machine as root (they install what they need via `make deps`).
+SHELL := /bin/bash
+export TORPOR_CACHE ?= /var/cache/torpor
+export TORPOR_TOOLS ?= /opt/torpor-tools
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
+PHASE := scripts/phase.sh
+VM := vm-images/run-vm.sh
+KDIR_FILE := target/kdir
+
+.PHONY: deps build kernel kmod vm-test vm-harness-test test demo clean clippy host-test root-test
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Rust-enabled Linux 6.12, cached in $(TORPOR_CACHE) keyed by a hash of its inputs.
+kernel: deps
+	@mkdir -p target
+	@vm-images/build-kernel.sh > $(KDIR_FILE).tmp && tail -1 $(KDIR_FILE).tmp > $(KDIR_FILE) && rm $(KDIR_FILE).tmp
+	@echo "kernel tree: $$(cat $(KDIR_FILE))"
+
+kmod: kernel
+	$(MAKE) -C kmod KDIR=$$(cat $(CURDIR)/$(KDIR_FILE))
+	@modinfo kmod/torpor.ko | grep -E '^(name|vermagic|description)'
+
+# Host-side binaries the guest runs in place (the guest's root is the host's /).
+target/vm-bins.env: FORCE
+	@mkdir -p target
+	@$(CARGO) build --bin torpor
+	@abi=$$($(CARGO) test -p procswap --test kmod_abi --no-run --message-format=json 2>/dev/null \
+	   | grep -o '"executable":"[^"]*kmod_abi[^"]*"' | tail -1 | cut -d'"' -f4); \
+	 [ -x "$$abi" ] || { echo "cannot find the kmod_abi test binary"; exit 1; }; \
+	 echo "TORPOR_ABI_TEST=$$abi TORPOR_CLI=$(CURDIR)/target/debug/torpor TORPOR_KO=$(CURDIR)/kmod/torpor.ko" > $@
+FORCE:
+
+# In-guest module suite: boot, load, GET_VERSION, ENOTTY, EFAULT, EPERM, 50 load/unload cycles.
+vm-test: kmod target/vm-bins.env
+	$(VM) --name kmod --timeout 600 -- env $$(cat target/vm-bins.env) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
+
+# The harness must fail on a failed guest test, a timeout and a bad console line.
+vm-harness-test: kmod target/vm-bins.env
+	vm-images/tests/harness-selftest.sh
+
+host-test: deps
+	$(CARGO) test --workspace
+
+root-test: deps
+	procswap/tests/run-root-tests.sh
+
+test:
+	@rm -f target/phases.txt
+	@$(PHASE) deps $(MAKE) --no-print-directory deps
+	@$(PHASE) kernel $(MAKE) --no-print-directory kernel
+	@$(PHASE) kmod $(MAKE) --no-print-directory kmod
+	@$(PHASE) cargo-test $(MAKE) --no-print-directory host-test
+	@$(PHASE) clippy $(MAKE) --no-print-directory clippy
+	@$(PHASE) root-test $(MAKE) --no-print-directory root-test
+	@$(PHASE) vm-test $(MAKE) --no-print-directory vm-test
+	@$(PHASE) vm-harness $(MAKE) --no-print-directory vm-harness-test
+	@echo "=== per-phase timings"; cat target/phases.txt
+
+demo: kmod target/vm-bins.env
+	$(VM) --name demo --timeout 300 -- env $$(cat target/vm-bins.env) scripts/demo-guest.sh
+
+clean:
+	$(CARGO) clean
+	-$(MAKE) -C kmod KDIR=$$(cat $(KDIR_FILE) 2>/dev/null) clean

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0
+//! torpor: `/dev/torpor`, ioctls that bring a suspended process's memory back
+//! faster than stock syscalls can (and, in a VM guest, export page maps).
+//!
+//! Security model: the device node is 0600 root, and every ioctl additionally
+//! requires CAP_SYS_ADMIN in the caller (`ptrace_may_access` is not exported in
+//! 6.12, so the module cannot do finer checks). Unknown commands get ENOTTY.
+
+use kernel::error::code::{ENOTTY, EPERM};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
+use kernel::prelude::*;
+use kernel::uaccess::UserSlice;
+
+#[path = "src/uapi.rs"]
+mod uapi;
+
+module! {
+    type: Torpor,
+    name: "torpor",
+    author: "torpor developers",
+    description: "torpor: whole-process prefetch and guest page maps",
+    license: "GPL",
+}
+
+/// Module release string reported by GET_VERSION.
+const RELEASE: &[u8] = b"0.1.0";
+
+/// `CAP_SYS_ADMIN` from include/uapi/linux/capability.h.
+const CAP_SYS_ADMIN: c_int = 21;
+
+extern "C" {
+    fn torpor_shim_register() -> c_int;
+    fn torpor_shim_unregister();
+    // Exported by kernel/capability.c; not an inline helper, so Rust calls it directly.
+    fn capable(cap: c_int) -> bool;
+}
+
+struct Torpor;
+
+impl kernel::Module for Torpor {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: module init runs once; the shim's static miscdevice is not registered yet,
+        // and `Drop` deregisters it exactly once on unload.
+        let rc = unsafe { torpor_shim_register() };
+        if rc != 0 {
+            pr_err!("misc_register failed: {}\n", rc);
+            return Err(Error::from_errno(rc));
+        }
+        pr_info!("loaded, /dev/torpor ABI {}\n", uapi::TORPOR_ABI_VERSION);
+        Ok(Torpor)
+    }
+}
+
+impl Drop for Torpor {
+    fn drop(&mut self) {
+        // SAFETY: `init` registered the device successfully (else `Torpor` would not exist).
+        // misc_deregister waits for no new opens; the module refcount (fops.owner) keeps us
+        // loaded while any file is open, so no ioctl can be running here.
+        unsafe { torpor_shim_unregister() };
+        pr_info!("unloaded\n");
+    }
+}
+
+/// Entry from the shim's `unlocked_ioctl`: returns >= 0 or a negative errno.
+#[no_mangle]
+pub extern "C" fn torpor_rust_ioctl(cmd: c_uint, arg: c_ulong) -> c_long {
+    match dispatch(cmd, arg) {
+        Ok(v) => v,
+        Err(e) => e.to_errno() as c_long,
+    }
+}
+
+fn dispatch(cmd: u32, arg: usize) -> Result<c_long> {
+    // SAFETY: `capable` only reads the current task's credentials; always safe to call
+    // from process context (ioctl).
+    if !unsafe { capable(CAP_SYS_ADMIN) } {
+        return Err(EPERM);
+    }
+    match cmd {
+        uapi::TORPOR_IOC_GET_VERSION => get_version(arg),
+        _ => Err(ENOTTY),
+    }
+}
+
+fn get_version(arg: usize) -> Result<c_long> {
+    let mut v = uapi::TorporVersion {
+        abi_version: uapi::TORPOR_ABI_VERSION,
+        size: core::mem::size_of::<uapi::TorporVersion>() as u32,
+        features: uapi::FEAT_GET_VERSION,
+        release: [0; 32],
+    };
+    v.release[..RELEASE.len()].copy_from_slice(RELEASE);
+    let mut w = UserSlice::new(arg, core::mem::size_of::<uapi::TorporVersion>()).writer();
+    w.write(&v)?;
+    Ok(0)
+}

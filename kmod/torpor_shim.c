@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * torpor C shim: registration glue only. The 6.12 `kernel` crate has no
+ * miscdevice abstraction, so the misc device and its file_operations live
+ * here and every ioctl is forwarded to Rust (torpor_rust_ioctl) unchanged.
+ */
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+
+#include "torpor_shim.h"
+
+
+static long torpor_unlocked_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	return torpor_rust_ioctl(cmd, arg);
+}
+
+static const struct file_operations torpor_fops = {
+	.owner = THIS_MODULE,
+	.open = nonseekable_open,
+	.llseek = noop_llseek,
+	.unlocked_ioctl = torpor_unlocked_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice torpor_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "torpor",
+	.fops = &torpor_fops,
+	.mode = 0600,
+};
+
+int torpor_shim_register(void)
+{
+	return misc_register(&torpor_misc);
+}
+
+void torpor_shim_unregister(void)
+{
+	misc_deregister(&torpor_misc);
+}

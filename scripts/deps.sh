@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install what torpor's build, tests and demo need on Debian 12. Idempotent:
+# prints what it installs, installs nothing when everything is present.
+set -euo pipefail
+: "${TORPOR_TOOLS:=/opt/torpor-tools}"
+pkgs=(
+  # kernel + module build (Rust-for-Linux with Debian's rustc-web 1.96)
+  rustc-web rust-web-src cargo-web libclang-dev clang lld llvm flex bison bc libelf-dev libssl-dev
+  cpio dwarves kmod linux-source-6.12 file
+  # guest
+  qemu-system-x86 busybox-static
+  # userspace tests: setpriv, swap tools, procps
+  util-linux procps
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "deps: need root to install: ${missing[*]}" >&2; exit 1; }
+  echo "deps: installing with apt-get: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "deps: all ${#pkgs[@]} Debian packages present"
+fi
+cargo_bin="$(command -v cargo || echo /usr/bin/cargo)"
+if [ ! -x "$TORPOR_TOOLS/bin/bindgen" ] || ! "$TORPOR_TOOLS/bin/bindgen" --version | grep -q '0.70.1'; then
+  echo "deps: installing bindgen-cli 0.70.1 into $TORPOR_TOOLS (cargo install, ~80 s)"
+  "$cargo_bin" install --locked --quiet --root "$TORPOR_TOOLS" bindgen-cli@0.70.1
+else
+  echo "deps: bindgen-cli 0.70.1 present ($TORPOR_TOOLS/bin/bindgen)"
+fi
+echo "deps: cargo $("$cargo_bin" --version | cut -d' ' -f2) at $cargo_bin; kernel rustc $(/usr/bin/rustc --version | cut -d' ' -f2)"
