@@ -79,6 +79,10 @@ fn bad_targets_are_refused() {
 fn freezers_freeze_and_thaw() {
     require_root();
     for mode in [Mode::V1, Mode::V2, Mode::Signals] {
+        if !selected(mode) {
+            summary(&format!("freezer {}: NOT SELECTED by TORPOR_TEST_CGROUP (not run)", mode.name()));
+            continue;
+        }
         let mut c = Child::spawn();
         let (f, desc) = match setup(mode, &mut c) {
             Ok(x) => x,
