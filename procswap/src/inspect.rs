@@ -46,6 +46,9 @@ pub struct VmaInfo {
     pub present: u64,
     /// Of the present ones, pages pagemap marks file-page-or-shared-anon.
     pub file_pages: u64,
+    /// Of the present ones, pages mapped more than once (not `MMAP_EXCLUSIVE`: shared with another
+    /// process, e.g. copy-on-write after fork, or a library page). `MADV_PAGEOUT` skips them.
+    pub present_shared: u64,
     /// Pages swapped out (a swap entry in the PTE).
     pub swapped: u64,
     /// Neither present nor swapped (never touched, or file pages not mapped).
@@ -210,6 +213,7 @@ pub fn vmas(t: &Target) -> Result<Vec<VmaInfo>> {
             pages: (end - start) / sys::page_size(),
             present: 0,
             file_pages: 0,
+            present_shared: 0,
             swapped: 0,
             unpopulated: 0,
             swap_extents: 0,
@@ -266,6 +270,12 @@ impl Pagemap {
     }
 }
 
+/// Whether a present page is mapped exactly once (pagemap bit 56).
+pub(crate) fn exclusive(info: &PageInfo) -> bool {
+    use procfs::process::MemoryPageFlags;
+    matches!(info, PageInfo::MemoryPage(f) if f.contains(MemoryPageFlags::MMAP_EXCLUSIVE))
+}
+
 /// Classify one pagemap entry: (present, file, swapped (type, offset)).
 pub(crate) fn classify(info: &PageInfo) -> (bool, bool, Option<(u8, u64)>) {
     use procfs::process::{MemoryPageFlags, SwapPageFlags};
@@ -291,7 +301,7 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
             continue;
         }
         let mut prev: Option<SwappedPage> = None;
-        let (mut present, mut file, mut swapped, mut extents) = (0u64, 0u64, 0u64, 0u64);
+        let (mut present, mut file, mut swapped, mut extents, mut shared) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let ps = sys::page_size();
         pm.scan(v.start, v.end, |addr, info| {
             let (p, f, s) = classify(&info);
@@ -299,6 +309,9 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
                 present += 1;
                 if f {
                     file += 1;
+                }
+                if !exclusive(&info) {
+                    shared += 1;
                 }
             } else if let Some((ty, off)) = s {
                 swapped += 1;
@@ -315,6 +328,7 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
         })?;
         v.present = present;
         v.file_pages = file;
+        v.present_shared = shared;
         v.swapped = swapped;
         v.unpopulated = v.pages - present - swapped;
         v.swap_extents = extents;

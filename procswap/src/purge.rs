@@ -49,6 +49,9 @@ pub struct Unpurged {
     pub file_bytes: u64,
     /// Private anonymous pages still present.
     pub anon_bytes: u64,
+    /// Of `anon_bytes`, pages mapped by more than one process (copy-on-write after fork):
+    /// `MADV_PAGEOUT` leaves them alone.
+    pub anon_shared_bytes: u64,
     /// The VMAs holding any of the above: (start, end, path, reason, resident bytes).
     pub vmas: Vec<UnpurgedVma>,
 }
@@ -193,7 +196,12 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         } else {
             un.file_bytes += v.file_pages * ps;
             un.anon_bytes += v.present_anon() * ps;
-            if v.present_anon() > 0 {
+            // Shared pages are file pages first (libraries), then anonymous COW pages.
+            let anon_shared = v.present_shared.saturating_sub(v.file_pages).min(v.present_anon());
+            un.anon_shared_bytes += anon_shared * ps;
+            if v.present_anon() > 0 && anon_shared == v.present_anon() {
+                "anonymous pages shared with another process (copy-on-write after fork)"
+            } else if v.present_anon() > 0 {
                 "anonymous pages still present"
             } else {
                 "file pages (mapped elsewhere too, or re-read)"

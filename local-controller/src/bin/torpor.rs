@@ -363,16 +363,17 @@ fn print_purge(r: &PurgeReport) {
     let u = &r.unpurged;
     if r.resident_bytes > 0 {
         println!(
-            "  not purged: mlocked {}, hugetlb {}, special {}, shared {}, file {}, anon {}",
+            "  not purged: mlocked {}, hugetlb {}, special {}, shared {}, file {}, anon {} (of which COW-shared {})",
             mib(u.locked_bytes),
             mib(u.hugetlb_bytes),
             mib(u.special_bytes),
             mib(u.shared_bytes),
             mib(u.file_bytes),
-            mib(u.anon_bytes)
+            mib(u.anon_bytes),
+            mib(u.anon_shared_bytes)
         );
         for v in u.vmas.iter().filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)") {
-            println!("    {:x}-{:x} {} {}: {}", v.start, v.end, v.path, v.reason, mib(v.resident_bytes));
+            println!("    {:x}-{:x} {}: {} ({} KiB)", v.start, v.end, v.path, v.reason, v.resident_bytes / 1024);
         }
     }
 }
