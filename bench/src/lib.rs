@@ -1,2 +1,7 @@
 //! torpor benchmarks: shared helpers for the criterion benches and the scenario harness.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod floor;
+pub mod machine;
+pub mod resume;
+pub mod stats;

@@ -1,0 +1,154 @@
+//! The child process of the `resume_touch_all` bench (not a user tool).
+//!
+//! Line protocol on stdin/stdout, so the bench can move it into its cgroups *before* it
+//! allocates (memcg charges pages at allocation time):
+//! - prints `HELLO <pid>` at start;
+//! - `ALLOC <mib>` → maps `mib` MiB of private anonymous memory (`MADV_NOHUGEPAGE`: 4 KiB pages,
+//!   the unit swap works in), fills it with pseudo-random data, records a checksum per MiB;
+//!   answers `READY <addr> <len>`;
+//! - `TOUCH` → reads one 8-byte word of every page of the area, in address order; answers
+//!   `DONE <majflt> <minflt> <micros> <acc>` (fault deltas and time of the touch loop itself);
+//! - `VERIFY` → re-checks every checksum (data integrity after purge/prefetch cycles); answers
+//!   `OK` or `BAD <mib index>`;
+//! - `EXIT` (or end of input) → exits 0.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::io::{BufRead, Write};
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+const MIB: usize = 1 << 20;
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn checksum(words: &[u64]) -> u64 {
+    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(5))
+}
+
+fn faults() -> (i64, i64) {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    (u.major_page_faults(), u.minor_page_faults())
+}
+
+/// The benchmarked area: a private anonymous mapping owned by this process until exit.
+struct Area {
+    ptr: NonNull<libc::c_void>,
+    len: usize,
+    sums: Vec<u64>,
+}
+
+impl Area {
+    fn alloc(mib: usize) -> Result<Area, String> {
+        if mib == 0 {
+            return Err("size must be > 0".into());
+        }
+        let len = mib * MIB;
+        // SAFETY: a fresh private anonymous mapping; nothing else aliases it. It is only
+        // accessed through `words`/`words_mut` below and never unmapped (the process exits).
+        let ptr = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                NonZeroUsize::new(len).ok_or("size")?,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_PRIVATE,
+            )
+        }
+        .map_err(|e| format!("mmap {mib} MiB: {e}"))?;
+        // 4 KiB pages: THP would change what one swap fault brings back, per run and per host.
+        // SAFETY: advising our own fresh mapping, `ptr`/`len` exactly as returned by mmap.
+        unsafe { nix::sys::mman::madvise(ptr, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
+            .map_err(|e| format!("madvise(MADV_NOHUGEPAGE): {e}"))?;
+        let mut a = Area { ptr, len, sums: Vec::new() };
+        let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+        for w in a.words_mut() {
+            *w = rng.next();
+        }
+        a.sums = a.words().chunks(MIB / 8).map(checksum).collect();
+        Ok(a)
+    }
+
+    fn words(&self) -> &[u64] {
+        // SAFETY: `ptr` is a live, page-aligned (so u64-aligned), readable and writable mapping
+        // of `len` bytes, exclusively owned by `self`; the shared borrow of `self` prevents
+        // concurrent mutation through `words_mut`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const u64, self.len / 8) }
+    }
+
+    fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as in `words`; the exclusive borrow of `self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr() as *mut u64, self.len / 8) }
+    }
+
+    /// Read one word per page, in address order. Volatile so the compiler cannot drop or
+    /// reorder the reads (each one is the page's first access after a resume).
+    fn touch(&self) -> u64 {
+        let words = self.words();
+        let stride = procswap::sys::page_size() as usize / 8;
+        let mut acc = 0u64;
+        let mut i = 0;
+        while i < words.len() {
+            // SAFETY: `i < words.len()`, so the pointer is in bounds, aligned and readable.
+            acc = acc.wrapping_add(unsafe { std::ptr::read_volatile(words.as_ptr().add(i)) });
+            i += stride;
+        }
+        acc
+    }
+
+    fn verify(&self) -> Result<(), usize> {
+        match self.words().chunks(MIB / 8).zip(&self.sums).position(|(c, &want)| checksum(c) != want) {
+            Some(i) => Err(i),
+            None => Ok(()),
+        }
+    }
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    writeln!(out, "HELLO {}", std::process::id()).ok();
+    out.flush().ok();
+    let mut area: Option<Area> = None;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let reply = match (parts.first().copied(), &area) {
+            (Some("ALLOC"), _) => match parts.get(1).and_then(|v| v.parse::<usize>().ok()).ok_or("ALLOC <mib>".to_string()).and_then(Area::alloc) {
+                Ok(a) => {
+                    let r = format!("READY {} {}", a.ptr.as_ptr() as usize, a.len);
+                    area = Some(a);
+                    r
+                }
+                Err(e) => format!("ERR {e}"),
+            },
+            (Some("TOUCH"), Some(a)) => {
+                let (maj0, min0) = faults();
+                let t0 = Instant::now();
+                let acc = a.touch();
+                let us = t0.elapsed().as_micros();
+                let (maj1, min1) = faults();
+                format!("DONE {} {} {} {}", maj1 - maj0, min1 - min0, us, acc)
+            }
+            (Some("VERIFY"), Some(a)) => match a.verify() {
+                Ok(()) => "OK".into(),
+                Err(i) => format!("BAD {i}"),
+            },
+            (Some("TOUCH" | "VERIFY"), None) => "ERR nothing allocated".into(),
+            (Some("EXIT"), _) => break,
+            _ => format!("ERR unknown command {line:?}"),
+        };
+        writeln!(out, "{reply}").ok();
+        out.flush().ok();
+    }
+}
