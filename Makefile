@@ -32,16 +32,15 @@ kmod: kernel
 # Host-side binaries the guest runs in place (the guest's root is the host's /).
 target/vm-bins.env: FORCE
 	@mkdir -p target
-	@$(CARGO) build --bin torpor
-	@abi=$$($(CARGO) test -p procswap --test kmod_abi --no-run --message-format=json 2>/dev/null \
-	   | grep -o '"executable":"[^"]*kmod_abi[^"]*"' | tail -1 | cut -d'"' -f4); \
-	 [ -x "$$abi" ] || { echo "cannot find the kmod_abi test binary"; exit 1; }; \
-	 echo "TORPOR_ABI_TEST=$$abi TORPOR_CLI=$(CURDIR)/target/debug/torpor TORPOR_KO=$(CURDIR)/kmod/torpor.ko" > $@
+	@CARGO=$(CARGO) scripts/vm-bins.sh > $@.tmp && mv $@.tmp $@
 FORCE:
 
-# In-guest module suite: boot, load, GET_VERSION, ENOTTY, EFAULT, EPERM, 50 load/unload cycles.
+# In-guest module suite: load, GET_VERSION/ENOTTY/EFAULT/EPERM, 50 load/unload cycles,
+# PREFETCH/DISCARD semantics, races, fuzz, procswap lifecycle on the module and stock
+# backends (pure cgroup v2), unload. VM_SUITE=quick runs only the ABI part.
+VM_SUITE ?= full
 vm-test: kmod target/vm-bins.env
-	$(VM) --name kmod --timeout 600 -- env $$(cat target/vm-bins.env) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
+	$(VM) --name kmod --timeout 1500 --swap-disk 2G -- env $$(cat target/vm-bins.env) TORPOR_VM_SUITE=$(VM_SUITE) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
 
 # The harness must fail on a failed guest test, a timeout and a bad console line.
 vm-harness-test: kmod target/vm-bins.env

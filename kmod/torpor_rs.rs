@@ -11,6 +11,8 @@ use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
+#[path = "src/mm.rs"]
+mod mm;
 #[path = "src/uapi.rs"]
 mod uapi;
 
@@ -78,6 +80,8 @@ fn dispatch(cmd: u32, arg: usize) -> Result<c_long> {
     }
     match cmd {
         uapi::TORPOR_IOC_GET_VERSION => get_version(arg),
+        uapi::TORPOR_IOC_PREFETCH => mm::prefetch(arg),
+        uapi::TORPOR_IOC_DISCARD => mm::discard(arg),
         _ => Err(ENOTTY),
     }
 }
@@ -86,7 +90,7 @@ fn get_version(arg: usize) -> Result<c_long> {
     let mut v = uapi::TorporVersion {
         abi_version: uapi::TORPOR_ABI_VERSION,
         size: core::mem::size_of::<uapi::TorporVersion>() as u32,
-        features: uapi::FEAT_GET_VERSION,
+        features: uapi::FEAT_GET_VERSION | uapi::FEAT_PREFETCH | uapi::FEAT_DISCARD,
         release: [0; 32],
     };
     v.release[..RELEASE.len()].copy_from_slice(RELEASE);

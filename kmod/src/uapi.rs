@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Kernel side of the `/dev/torpor` ABI. Mirrored in userspace by
-//! `procswap/src/uapi.rs`, whose layout tests pin sizes, offsets and numbers.
+//! `procswap/src/uapi.rs`, whose layout tests pin sizes, offsets and numbers;
+//! the `const` assertions below pin the same values here.
 
-use kernel::ioctl::_IOR;
+use kernel::ioctl::{_IOR, _IOWR};
 
 /// ioctl type byte (unused in ioctl-number.rst as of 6.12).
 pub(crate) const TORPOR_IOC_MAGIC: u32 = 0xD7;
@@ -11,6 +12,8 @@ pub(crate) const TORPOR_ABI_VERSION: u32 = 1;
 
 /// Feature bits (`TorporVersion::features`).
 pub(crate) const FEAT_GET_VERSION: u64 = 1 << 0;
+pub(crate) const FEAT_PREFETCH: u64 = 1 << 1;
+pub(crate) const FEAT_DISCARD: u64 = 1 << 2;
 
 /// `struct torpor_version`.
 #[repr(C)]
@@ -21,13 +24,84 @@ pub(crate) struct TorporVersion {
     pub(crate) release: [u8; 32],
 }
 
-// SAFETY: `TorporVersion` is `repr(C)` made only of integers and a byte array, with no
-// padding (4 + 4 + 8 + 32 = 48, every field naturally aligned), so every byte is initialized.
+/// `struct torpor_range`: `[start, start + len)` in the target's address space.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TorporRange {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
+/// PREFETCH flag: ignore `ranges`, walk every private anonymous VMA.
+pub(crate) const PREFETCH_WHOLE: u32 = 1 << 0;
+pub(crate) const PREFETCH_FLAGS_ALL: u32 = PREFETCH_WHOLE;
+/// PREFETCH order: ranges as given (userspace sorts them, e.g. by swap offset).
+pub(crate) const ORDER_GIVEN: u32 = 0;
+/// PREFETCH order: ranges sorted by address (at most `MAX_SORTED_RANGES`).
+pub(crate) const ORDER_ADDRESS: u32 = 1;
+pub(crate) const MAX_SORTED_RANGES: u32 = 65536;
+/// Upper bound on `nr_ranges` (larger is EINVAL: a caller bug, not a request).
+pub(crate) const MAX_RANGES: u32 = 1 << 24;
+
+/// `struct torpor_prefetch` (in/out).
+#[repr(C)]
+pub(crate) struct TorporPrefetch {
+    // in
+    pub(crate) pid: i32,
+    pub(crate) flags: u32,
+    pub(crate) ranges: u64,
+    pub(crate) nr_ranges: u32,
+    pub(crate) order: u32,
+    pub(crate) byte_budget: u64,
+    // out
+    pub(crate) pages_mapped: u64,
+    pub(crate) pages_present: u64,
+    pub(crate) pages_unpopulated: u64,
+    pub(crate) pages_failed: u64,
+    pub(crate) ns: u64,
+    pub(crate) stop_addr: u64,
+}
+
+/// `struct torpor_discard` (in/out).
+#[repr(C)]
+pub(crate) struct TorporDiscard {
+    // in
+    pub(crate) pid: i32,
+    pub(crate) flags: u32,
+    pub(crate) ranges: u64,
+    pub(crate) nr_ranges: u32,
+    pub(crate) reserved: u32,
+    // out
+    pub(crate) bytes_zapped: u64,
+    pub(crate) bytes_skipped: u64,
+    pub(crate) ns: u64,
+}
+
+// SAFETY (all four impls below): each type is `repr(C)`, made only of integers (and a byte
+// array), and has no padding: every field is naturally aligned and the sizes add up exactly
+// (asserted below), so every byte pattern is a valid value (FromBytes) and every byte of a
+// value is initialized (AsBytes).
 unsafe impl kernel::types::AsBytes for TorporVersion {}
+// SAFETY: see above.
+unsafe impl kernel::types::FromBytes for TorporRange {}
+// SAFETY: see above.
+unsafe impl kernel::types::FromBytes for TorporPrefetch {}
+// SAFETY: see above.
+unsafe impl kernel::types::AsBytes for TorporPrefetch {}
+// SAFETY: see above.
+unsafe impl kernel::types::FromBytes for TorporDiscard {}
+// SAFETY: see above.
+unsafe impl kernel::types::AsBytes for TorporDiscard {}
 
 const _: () = assert!(core::mem::size_of::<TorporVersion>() == 48);
+const _: () = assert!(core::mem::size_of::<TorporRange>() == 16);
+const _: () = assert!(core::mem::size_of::<TorporPrefetch>() == 80);
+const _: () = assert!(core::mem::size_of::<TorporDiscard>() == 48);
 
-pub(crate) const TORPOR_IOC_GET_VERSION: u32 =
-    _IOR::<TorporVersion>(TORPOR_IOC_MAGIC, 0x00);
+pub(crate) const TORPOR_IOC_GET_VERSION: u32 = _IOR::<TorporVersion>(TORPOR_IOC_MAGIC, 0x00);
+pub(crate) const TORPOR_IOC_PREFETCH: u32 = _IOWR::<TorporPrefetch>(TORPOR_IOC_MAGIC, 0x01);
+pub(crate) const TORPOR_IOC_DISCARD: u32 = _IOWR::<TorporDiscard>(TORPOR_IOC_MAGIC, 0x02);
 
 const _: () = assert!(TORPOR_IOC_GET_VERSION == 0x8030_D700);
+const _: () = assert!(TORPOR_IOC_PREFETCH == 0xC050_D701);
+const _: () = assert!(TORPOR_IOC_DISCARD == 0xC030_D702);

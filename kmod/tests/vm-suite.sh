@@ -49,6 +49,43 @@ cycles() {
   echo "50 cycles done"
 }
 check "50 load/unload cycles (GET_VERSION each time)" cycles
+check "module not loaded after the cycles" expect_fail loaded
+
+if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
+  VM_TEST="${TORPOR_VM_TEST:?}" SWAP_TEST="${TORPOR_SWAP_TEST:?}"
+  check "insmod torpor.ko (stress and backend tests)" insmod "$KO"
+  "$TORPOR" module | sed 's/^/#   /'
+  vmtest() { # NAME TEST: run one kmod_vm test, keep its output, show its summary lines
+    check "$1" sh -c "\"$VM_TEST\" --ignored --test-threads=1 --exact $2 --nocapture > /tmp/job/$2.log 2>&1"
+    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \().*' "/tmp/job/$2.log" | sed 's/^/#   /'
+  }
+  vmtest "PREFETCH/DISCARD semantics and bad input" prefetch_and_discard_semantics
+  for r in exits munmaps mremaps forks; do
+    vmtest "race: target $r during PREFETCH/DISCARD, 1000 iterations" "race_target_$r"
+  done
+  vmtest "fuzz: 100000 random ioctls answer success or a documented errno" fuzz_ioctls
+  # Swap on the virtio disk for the procswap suite.
+  if [ -n "${TORPOR_VM_SWAPDEV:-}" ]; then
+    check "mkswap + swapon $TORPOR_VM_SWAPDEV" sh -c "mkswap $TORPOR_VM_SWAPDEV >/dev/null && swapon $TORPOR_VM_SWAPDEV"
+    echo "+memory" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+    export TORPOR_TEST_SUMMARY=/tmp/job/summary.txt
+    : > "$TORPOR_TEST_SUMMARY"
+    swaptest() { # NAME BACKEND CGROUP-MODE TEST
+      check "$1" env TORPOR_TEST_BACKEND="$2" TORPOR_TEST_CGROUP="$3" TORPOR_TEST_REQUIRE="$3" \
+        sh -c "\"$SWAP_TEST\" --ignored --test-threads=1 --exact $4 --nocapture > /tmp/job/$2-$3-$4.log 2>&1"
+    }
+    swaptest "procswap lifecycle on the kmod backend, cgroup v2 (purge, prefetch, checksums)" kmod v2 lifecycle_v2
+    swaptest "procswap lifecycle on the kmod backend, SIGSTOP" kmod signals lifecycle_signals
+    swaptest "procswap lifecycle on the stock backend, pure cgroup v2 (memory.reclaim)" stock v2 lifecycle_v2
+    check "working-set recording (DAMON vaddr / idle page tracking) in the guest" env TORPOR_TEST_REQUIRE_WS=1 TORPOR_TEST_CGROUP=v2 \
+      sh -c "\"$SWAP_TEST\" --ignored --test-threads=1 --exact working_set_record_and_prefetch_first --nocapture > /tmp/job/ws.log 2>&1"
+    sed 's/^/#   /' "$TORPOR_TEST_SUMMARY"
+    swapoff "$TORPOR_VM_SWAPDEV"
+  else
+    check "a swap disk is attached (run-vm.sh --swap-disk)" false
+  fi
+  check "rmmod torpor after the stress tests" rmmod torpor
+fi
 check "module unloaded at end" expect_fail loaded
 if [ "${TORPOR_VM_INJECT_FAIL:-0}" = 1 ]; then
   check "deliberately broken test (TORPOR_VM_INJECT_FAIL=1)" false

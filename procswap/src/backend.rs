@@ -9,7 +9,9 @@
 use crate::error::{Error, Result};
 use crate::inspect::{inspect_target, InspectOptions, Inspection};
 use crate::sys::{self, Range};
+use crate::kmod::Kmod;
 use crate::target::Target;
+use crate::uapi;
 
 /// What a backend must provide. The whole-operation drivers ([`crate::purge_with`],
 /// [`crate::prefetch_with`]) are written against this trait only.
@@ -64,11 +66,80 @@ impl Backend for StockBackend {
     }
 }
 
+/// The torpor kernel module: page-out and read-ahead as the stock backend (process_madvise);
+/// the mapping pass is the module's PREFETCH ioctl, which faults pages in on the target's mm
+/// with `get_user_pages_remote` and installs PTEs without copying any data.
+#[derive(Debug)]
+pub struct KmodBackend {
+    kmod: Kmod,
+}
+
+impl KmodBackend {
+    /// Open `/dev/torpor`; fails unless the module answers with our ABI and has PREFETCH.
+    pub fn open() -> Result<Self> {
+        let kmod = Kmod::open()?;
+        if !kmod.has(uapi::features::PREFETCH) {
+            return Err(Error::Unsupported(format!(
+                "{} has no PREFETCH (features {:#x})",
+                kmod.path().display(),
+                kmod.version().features
+            )));
+        }
+        Ok(Self { kmod })
+    }
+
+    /// The open device.
+    pub fn kmod(&self) -> &Kmod {
+        &self.kmod
+    }
+}
+
+/// Coalesce page addresses into ranges, keeping the given order (adjacent pages merge).
+pub fn page_runs(addrs: &[u64], page_size: u64) -> Vec<uapi::TorporRange> {
+    let mut out: Vec<uapi::TorporRange> = Vec::new();
+    for &a in addrs {
+        match out.last_mut() {
+            Some(r) if r.start + r.len == a => r.len += page_size,
+            _ => out.push(uapi::TorporRange { start: a, len: page_size }),
+        }
+    }
+    out
+}
+
+impl Backend for KmodBackend {
+    fn name(&self) -> &'static str {
+        "kmod"
+    }
+
+    fn describe(&self) -> String {
+        let v = self.kmod.version();
+        format!(
+            "kmod backend (torpor.ko {} ABI {}, {}): page-out process_madvise(MADV_PAGEOUT) + memcg reclaim; \
+             prefetch reads process_madvise(MADV_WILLNEED) in swap-slot order, mapping pass PREFETCH ioctl \
+             (in-kernel get_user_pages_remote, no copy)",
+            v.release_str(),
+            v.abi_version,
+            self.kmod.path().display()
+        )
+    }
+
+    fn map_pages(&self, t: &Target, addrs: &[u64]) -> Result<(u64, u64)> {
+        let ps = sys::page_size();
+        let ranges = page_runs(addrs, ps);
+        match self.kmod.prefetch(t.pid(), &ranges, false, 0) {
+            // Pages already present count as mapped: the caller asked for "present after".
+            Ok(r) => Ok((r.pages_mapped + r.pages_present, r.pages_failed + r.pages_unpopulated)),
+            Err(nix::errno::Errno::ESRCH) => Err(Error::TargetExited { pid: t.pid(), op: "prefetch mapping pass (kmod)" }),
+            Err(e) => Err(Error::Sys { op: "ioctl(TORPOR_IOC_PREFETCH)", pid: t.pid(), source: e.into() }),
+        }
+    }
+}
+
 /// Which backend the caller wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendPref {
-    /// The best one available (today: always stock).
+    /// The module when `/dev/torpor` answers with a matching ABI and PREFETCH, else stock.
     #[default]
     Auto,
     Stock,
@@ -88,14 +159,26 @@ impl std::str::FromStr for BackendPref {
     }
 }
 
-/// Pick a backend. The seam for the kernel-module backend is here: `Kmod` must open
-/// `/dev/torpor` and check for `features::PREFETCH`; `Auto` should try it first and fall back
-/// to stock, saying why in [`Backend::describe`].
+/// Pick a backend. `Kmod` requires the module (error if absent or incompatible); `Auto`
+/// tries the module first and falls back to stock, logging why (see [`select_backend_explained`]).
 pub fn select_backend(pref: BackendPref) -> Result<Box<dyn Backend>> {
+    select_backend_explained(pref).map(|(b, _)| b)
+}
+
+/// Like [`select_backend`], also returning why that backend was chosen (for the CLI and logs).
+pub fn select_backend_explained(pref: BackendPref) -> Result<(Box<dyn Backend>, String)> {
     match pref {
-        BackendPref::Auto | BackendPref::Stock => Ok(Box::new(StockBackend)),
-        BackendPref::Kmod => Err(Error::Unsupported(
-            "the kernel-module backend is not implemented yet in this build (use --backend stock)".into(),
-        )),
+        BackendPref::Stock => Ok((Box::new(StockBackend), "stock backend requested".into())),
+        BackendPref::Kmod => {
+            let k = KmodBackend::open()?;
+            Ok((Box::new(k), "kmod backend requested".into()))
+        }
+        BackendPref::Auto => match KmodBackend::open() {
+            Ok(k) => Ok((Box::new(k), format!("auto: {} answered with ABI {}", uapi::TORPOR_DEV_PATH, uapi::TORPOR_ABI_VERSION))),
+            Err(e) => {
+                tracing::info!("torpor module not usable ({e}); using the stock backend");
+                Ok((Box::new(StockBackend), format!("auto: module not usable ({e}); stock backend")))
+            }
+        },
     }
 }

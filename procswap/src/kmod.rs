@@ -3,7 +3,7 @@
 //! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
 //! implementation of the [`Backend`](crate) operations builds on it.
 
-use crate::uapi::{self, TorporVersion};
+use crate::uapi::{self, TorporDiscard, TorporPrefetch, TorporRange, TorporVersion};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,40 @@ impl Kmod {
     /// Whether the module advertises a feature bit (see [`uapi::features`]).
     pub fn has(&self, feature: u64) -> bool {
         self.version.features & feature == feature
+    }
+
+    /// PREFETCH: fault in and map the existing pages of `ranges` (in the order given) in
+    /// process `pid`. `whole` ignores `ranges` and walks every private anonymous VMA.
+    /// Returns the module's statistics; on EINTR the partial statistics are lost with the error.
+    pub fn prefetch(&self, pid: i32, ranges: &[TorporRange], whole: bool, byte_budget: u64) -> Result<TorporPrefetch, nix::errno::Errno> {
+        let mut req = TorporPrefetch {
+            pid,
+            flags: if whole { uapi::PREFETCH_WHOLE } else { 0 },
+            ranges: ranges.as_ptr() as u64,
+            nr_ranges: u32::try_from(ranges.len()).map_err(|_| nix::errno::Errno::E2BIG)?,
+            order: uapi::ORDER_GIVEN,
+            byte_budget,
+            ..Default::default()
+        };
+        // SAFETY: PREFETCH reads and writes exactly one `TorporPrefetch` at the given address
+        // (valid, exclusively borrowed) and reads `nr_ranges` `TorporRange`s from `ranges`,
+        // which `ranges` (a live slice of that length) provides.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut TorporPrefetch as usize) }?;
+        Ok(req)
+    }
+
+    /// DISCARD: zap the private anonymous pages of `ranges` in process `pid`. Only for
+    /// memory proven free or dead: the data is gone.
+    pub fn discard(&self, pid: i32, ranges: &[TorporRange]) -> Result<TorporDiscard, nix::errno::Errno> {
+        let mut req = TorporDiscard {
+            pid,
+            ranges: ranges.as_ptr() as u64,
+            nr_ranges: u32::try_from(ranges.len()).map_err(|_| nix::errno::Errno::E2BIG)?,
+            ..Default::default()
+        };
+        // SAFETY: as for `prefetch`: one `TorporDiscard` read and written, `nr_ranges` ranges read.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut TorporDiscard as usize) }?;
+        Ok(req)
     }
 
     /// Issue a raw ioctl with an untyped argument (tests and fuzzing use this to

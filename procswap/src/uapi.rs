@@ -35,7 +35,7 @@ pub mod features {
 
 /// `struct torpor_version`, filled by `TORPOR_IOC_GET_VERSION`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TorporVersion {
     /// `TORPOR_ABI_VERSION` of the module.
     pub abi_version: u32,
@@ -45,12 +45,6 @@ pub struct TorporVersion {
     pub features: u64,
     /// NUL-padded module release string (e.g. "0.1.0").
     pub release: [u8; 32],
-}
-
-impl Default for TorporVersion {
-    fn default() -> Self {
-        Self { abi_version: 0, size: 0, features: 0, release: [0; 32] }
-    }
 }
 
 impl TorporVersion {
@@ -73,6 +67,82 @@ impl TorporVersion {
             })
             .collect()
     }
+}
+
+/// `struct torpor_range`: `[start, start + len)` in the target's address space
+/// (the module rounds start down and the end up to page boundaries).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// PREFETCH flag: ignore `ranges` and walk every private anonymous VMA in address order.
+pub const PREFETCH_WHOLE: u32 = 1 << 0;
+/// PREFETCH order: ranges in the order given (userspace sorts, e.g. by swap slot).
+pub const ORDER_GIVEN: u32 = 0;
+/// PREFETCH order: the module sorts ranges by address (at most [`MAX_SORTED_RANGES`], else E2BIG).
+pub const ORDER_ADDRESS: u32 = 1;
+/// Most ranges `ORDER_ADDRESS` accepts.
+pub const MAX_SORTED_RANGES: u32 = 65536;
+/// Most ranges one request may carry (more is EINVAL).
+pub const MAX_RANGES: u32 = 1 << 24;
+
+/// `struct torpor_prefetch`, argument of `TORPOR_IOC_PREFETCH` (in/out).
+///
+/// For every page of the ranges that exists (swapped out, or already present), the module
+/// faults it in for read on the target's mm (`get_user_pages_remote`, no data copied) so its
+/// PTE is installed. Holes (never-touched anonymous pages) are skipped, never zero-filled.
+/// Stats are written back even when the call fails (EINTR), so the caller sees how far it got.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporPrefetch {
+    /// Target pid in the caller's pid namespace.
+    pub pid: i32,
+    /// [`PREFETCH_WHOLE`] or 0.
+    pub flags: u32,
+    /// User pointer to `nr_ranges` [`TorporRange`]s.
+    pub ranges: u64,
+    pub nr_ranges: u32,
+    /// [`ORDER_GIVEN`] or [`ORDER_ADDRESS`].
+    pub order: u32,
+    /// Stop after mapping this many bytes (0: no limit); see `stop_addr`.
+    pub byte_budget: u64,
+    /// Out: pages faulted in and mapped by this call.
+    pub pages_mapped: u64,
+    /// Out: pages that were already present.
+    pub pages_present: u64,
+    /// Out: pages with nothing behind them (holes), skipped.
+    pub pages_unpopulated: u64,
+    /// Out: pages that could not be faulted in.
+    pub pages_failed: u64,
+    /// Out: time spent in the module.
+    pub ns: u64,
+    /// Out: where the byte budget stopped the walk (0: it did not).
+    pub stop_addr: u64,
+}
+
+/// `struct torpor_discard`, argument of `TORPOR_IOC_DISCARD` (in/out): zap (drop without
+/// writing anywhere) the private anonymous pages in the ranges, as MADV_DONTNEED would do in the
+/// target. Shared, locked, hugetlb, PFN-map and file-backed VMAs are skipped and counted.
+/// Only for memory the caller has proven free or dead.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporDiscard {
+    pub pid: i32,
+    /// Must be 0.
+    pub flags: u32,
+    pub ranges: u64,
+    pub nr_ranges: u32,
+    /// Must be 0.
+    pub reserved: u32,
+    /// Out: bytes zapped.
+    pub bytes_zapped: u64,
+    /// Out: bytes skipped (no VMA, or a VMA of a kind that is never zapped).
+    pub bytes_skipped: u64,
+    /// Out: time spent in the module.
+    pub ns: u64,
 }
 
 // Linux asm-generic ioctl encoding (x86, arm64, riscv): dir<<30 | size<<16 | type<<8 | nr.
@@ -102,6 +172,13 @@ pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
 pub const TORPOR_IOC_GET_VERSION: u32 =
     ioc(IOC_READ, TORPOR_IOC_MAGIC, 0x00, core::mem::size_of::<TorporVersion>());
 
+/// `_IOWR(TORPOR_IOC_MAGIC, 0x01, struct torpor_prefetch)`.
+pub const TORPOR_IOC_PREFETCH: u32 =
+    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x01, core::mem::size_of::<TorporPrefetch>());
+/// `_IOWR(TORPOR_IOC_MAGIC, 0x02, struct torpor_discard)`.
+pub const TORPOR_IOC_DISCARD: u32 =
+    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x02, core::mem::size_of::<TorporDiscard>());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +194,39 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_discard_layout() {
+        assert_eq!(size_of::<TorporRange>(), 16);
+        assert_eq!(size_of::<TorporPrefetch>(), 80);
+        assert_eq!(offset_of!(TorporPrefetch, pid), 0);
+        assert_eq!(offset_of!(TorporPrefetch, flags), 4);
+        assert_eq!(offset_of!(TorporPrefetch, ranges), 8);
+        assert_eq!(offset_of!(TorporPrefetch, nr_ranges), 16);
+        assert_eq!(offset_of!(TorporPrefetch, order), 20);
+        assert_eq!(offset_of!(TorporPrefetch, byte_budget), 24);
+        assert_eq!(offset_of!(TorporPrefetch, pages_mapped), 32);
+        assert_eq!(offset_of!(TorporPrefetch, pages_present), 40);
+        assert_eq!(offset_of!(TorporPrefetch, pages_unpopulated), 48);
+        assert_eq!(offset_of!(TorporPrefetch, pages_failed), 56);
+        assert_eq!(offset_of!(TorporPrefetch, ns), 64);
+        assert_eq!(offset_of!(TorporPrefetch, stop_addr), 72);
+        assert_eq!(size_of::<TorporDiscard>(), 48);
+        assert_eq!(offset_of!(TorporDiscard, ranges), 8);
+        assert_eq!(offset_of!(TorporDiscard, nr_ranges), 16);
+        assert_eq!(offset_of!(TorporDiscard, reserved), 20);
+        assert_eq!(offset_of!(TorporDiscard, bytes_zapped), 24);
+        assert_eq!(offset_of!(TorporDiscard, bytes_skipped), 32);
+        assert_eq!(offset_of!(TorporDiscard, ns), 40);
+    }
+
+    #[test]
     fn ioctl_numbers() {
+        // Same values the module asserts at compile time (kmod/src/uapi.rs).
+        assert_eq!(TORPOR_IOC_PREFETCH, 0xC050_D701);
+        assert_eq!(TORPOR_IOC_DISCARD, 0xC030_D702);
+        assert_eq!(
+            TORPOR_IOC_PREFETCH as u64,
+            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x01, size_of::<TorporPrefetch>()) as u64
+        );
         // _IOR(0xD7, 0, 48) computed by hand: 2<<30 | 48<<16 | 0xD7<<8 | 0
         assert_eq!(TORPOR_IOC_GET_VERSION, 0x8030_D700);
         // Agrees with nix's independent encoder.

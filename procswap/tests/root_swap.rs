@@ -31,6 +31,16 @@ fn range_state(pid: i32, start: u64, len: u64) -> (u64, u64) {
     (p, s)
 }
 
+/// The backend the lifecycle tests use: `TORPOR_TEST_BACKEND=stock|kmod|auto` (default stock).
+/// `kmod` fails the test if the module is not usable (the VM suite sets it).
+fn test_backend() -> Box<dyn procswap::backend::Backend> {
+    let pref: procswap::backend::BackendPref =
+        std::env::var("TORPOR_TEST_BACKEND").unwrap_or_else(|_| "stock".into()).parse().expect("TORPOR_TEST_BACKEND");
+    let (b, why) = procswap::backend::select_backend_explained(pref).expect("TORPOR_TEST_BACKEND backend not usable");
+    eprintln!("backend: {} ({why})", b.name());
+    b
+}
+
 fn lifecycle(mode: Mode) {
     require_swap();
     if !selected(mode) {
@@ -65,7 +75,8 @@ fn lifecycle(mode: Mode) {
     c.freezer = Some(freezer.clone());
     assert!(procswap::quiescence(pid).unwrap().is_quiescent());
 
-    let rep = purge_with(&StockBackend, pid, &PurgeOptions::default(), &NoProgress).unwrap();
+    let backend = test_backend();
+    let rep = purge_with(backend.as_ref(), pid, &PurgeOptions::default(), &NoProgress).unwrap();
     eprintln!("purge report: {}", serde_json::to_string(&rep).unwrap());
     let (p, s) = range_state(pid, c.anon.0, c.anon.1);
     let after = procswap::inspect(pid, InspectOptions::default()).unwrap();
@@ -99,7 +110,8 @@ fn lifecycle(mode: Mode) {
     assert!(before.totals.present > after.totals.present);
 
     let t0 = Instant::now();
-    let pf = prefetch_with(&StockBackend, pid, &PrefetchOptions { free_floor_bytes: 64 * MIB, ..Default::default() }, &NoProgress).unwrap();
+    let pf = prefetch_with(backend.as_ref(), pid, &PrefetchOptions { free_floor_bytes: 64 * MIB, ..Default::default() }, &NoProgress).unwrap();
+    assert_eq!(pf.backend, backend.name());
     let pf_s = t0.elapsed().as_secs_f64();
     eprintln!("prefetch report: {}", serde_json::to_string(&pf).unwrap());
     let (p, s) = range_state(pid, c.anon.0, c.anon.1);
@@ -133,9 +145,10 @@ fn lifecycle(mode: Mode) {
         v.anon_majflt
     ));
     summary(&format!(
-        "mode {}: RAN and PASSED ({desc}): purge {:.0} MiB in {:.3} s ({:.0} MB/s, page-out {:.3} s, reclaim {}), {} swap extents; \
+        "mode {} backend {}: RAN and PASSED ({desc}): purge {:.0} MiB in {:.3} s ({:.0} MB/s, page-out {:.3} s, reclaim {}), {} swap extents; \
          prefetch {:.0} MiB in {:.3} s ({:.0} MB/s, {} read runs); after thaw: {} major / {} minor faults reading {} MiB in {:.3} s",
         mode.name(),
+        backend.name(),
         rep.paged_out_bytes as f64 / MIB as f64,
         rep.seconds,
         rep.mb_per_s,

@@ -1,0 +1,383 @@
+//! Module stress tests: races and fuzz against a loaded torpor.ko. Need
+//! `/dev/torpor`, so `#[ignore]`d on the host; `make vm-test` runs them in the
+//! guest (kmod/tests/vm-suite.sh, `--ignored --test-threads=1`). The harness
+//! fails the run on any `BUG:`/`WARNING:`/`Oops` console line, so "no kernel
+//! trouble" is checked there; these tests check that every ioctl answers
+//! success or a documented errno, and that no mm is leaked.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+use procswap::kmod::Kmod;
+use procswap::uapi::{self, TorporDiscard, TorporPrefetch, TorporRange};
+use std::time::Instant;
+
+const ITER: usize = 1000;
+const FUZZ: usize = 100_000;
+/// Fixed address the race children map their region at (and the parent targets).
+const A: usize = 0x5e00_0000_0000;
+const B: usize = 0x5f00_0000_0000;
+const LEN: usize = 256 * 1024;
+
+/// errnos the module documents for PREFETCH/DISCARD.
+const ALLOWED: &[Errno] =
+    &[Errno::ESRCH, Errno::EINVAL, Errno::EFAULT, Errno::E2BIG, Errno::ENOMEM, Errno::EINTR, Errno::ENOTTY, Errno::EPERM];
+
+fn kmod() -> Kmod {
+    Kmod::open().expect("needs /dev/torpor (runs in the VM via make vm-test)")
+}
+
+fn mem_available_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap();
+    s.lines().find(|l| l.starts_with("MemAvailable:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// In a forked child: only raw syscalls, then `_exit`.
+fn child_map(addr: usize, len: usize) -> *mut u8 {
+    // SAFETY: MAP_FIXED_NOREPLACE at an address nothing else uses in this fresh child; the
+    // region is private anonymous memory owned by this child alone.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        // SAFETY: terminating the forked child without running the parent's destructors.
+        unsafe { libc::_exit(90) };
+    }
+    let p = p as *mut u8;
+    for off in (0..len).step_by(4096) {
+        // SAFETY: `off < len`, inside the mapping just created.
+        unsafe { p.add(off).write_volatile(off as u8 | 1) };
+    }
+    p
+}
+
+fn child_exit(code: i32) -> ! {
+    // SAFETY: `_exit` ends the forked child immediately; nothing of the parent's state is touched.
+    unsafe { libc::_exit(code) }
+}
+
+/// Fork a child running `f` (which must not return normally: it loops or exits).
+fn spawn(f: impl FnOnce()) -> Pid {
+    // SAFETY: the test runs single-threaded (--test-threads=1) and the child only makes raw
+    // syscalls (mmap/munmap/mremap/fork/_exit) before `_exit`, so no lock held by another
+    // thread of the parent can be needed in the child.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            f();
+            child_exit(0)
+        }
+        ForkResult::Parent { child } => child,
+    }
+}
+
+fn reap(pid: Pid) {
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u64,
+    errs: std::collections::BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add<T>(&mut self, what: &str, r: Result<T, Errno>) {
+        match r {
+            Ok(_) => self.ok += 1,
+            Err(e) => {
+                assert!(ALLOWED.contains(&e), "{what}: undocumented errno {e:?}");
+                *self.errs.entry(format!("{e:?}")).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn hammer(k: &Kmod, pid: Pid, t: &mut Tally, i: usize) {
+    let ranges = [TorporRange { start: A as u64, len: LEN as u64 }, TorporRange { start: B as u64, len: LEN as u64 }];
+    t.add("PREFETCH", k.prefetch(pid.as_raw(), &ranges, false, 0));
+    if i.is_multiple_of(2) {
+        t.add("PREFETCH whole", k.prefetch(pid.as_raw(), &[], true, 0));
+    }
+    t.add("DISCARD", k.discard(pid.as_raw(), &ranges[..1]));
+}
+
+fn race(name: &str, child: impl Fn() + Copy) {
+    let k = kmod();
+    let before = mem_available_kib();
+    let t0 = Instant::now();
+    let mut t = Tally::default();
+    for i in 0..ITER {
+        let pid = spawn(child);
+        // Hit it while it runs, and keep going while it dies.
+        for _ in 0..3 {
+            hammer(&k, pid, &mut t, i);
+        }
+        if i.is_multiple_of(2) {
+            let _ = kill(pid, Signal::SIGKILL);
+            hammer(&k, pid, &mut t, i);
+        }
+        reap(pid);
+        // After reaping, the pid is gone: ESRCH (or a reused pid, still a documented answer).
+        t.add("PREFETCH after reap", k.prefetch(pid.as_raw(), &[], true, 0));
+    }
+    let after = mem_available_kib();
+    println!(
+        "race {name}: {ITER} iterations in {:.1} s: {} ok, errors {:?}; MemAvailable {} -> {} KiB",
+        t0.elapsed().as_secs_f64(),
+        t.ok,
+        t.errs,
+        before,
+        after
+    );
+    // 1000 leaked mm_structs would pin at least 1000 * 256 KiB of the children's memory.
+    assert!(after + 64 * 1024 >= before, "MemAvailable dropped {} KiB: leaked mm references?", before - after);
+}
+
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn race_target_exits() {
+    race("exit", || {
+        child_map(A, LEN);
+        child_exit(0);
+    });
+}
+
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn race_target_munmaps() {
+    race("munmap", || loop {
+        let p = child_map(A, LEN);
+        // SAFETY: unmapping the region this child just mapped.
+        unsafe { libc::munmap(p.cast(), LEN) };
+    });
+}
+
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn race_target_mremaps() {
+    race("mremap", || {
+        let mut at = child_map(A, LEN) as usize;
+        loop {
+            let to = if at == A { B } else { A };
+            // SAFETY: moving this child's own mapping between two fixed addresses it owns.
+            let p = unsafe {
+                libc::mremap(at as *mut libc::c_void, LEN, LEN, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, to as *mut libc::c_void)
+            };
+            if p == libc::MAP_FAILED {
+                child_exit(91);
+            }
+            at = to;
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn race_target_forks() {
+    race("fork", || {
+        child_map(A, LEN);
+        loop {
+            // SAFETY: raw fork in a single-threaded child; the grandchild only calls _exit.
+            let g = unsafe { libc::fork() };
+            if g == 0 {
+                child_exit(0);
+            }
+            if g > 0 {
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(g, std::ptr::null_mut(), 0) };
+            }
+        }
+    });
+}
+
+/// xorshift64*: deterministic, seedable, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn pick<T: Copy>(r: u64, xs: &[T]) -> T {
+    xs[(r % xs.len() as u64) as usize]
+}
+
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn fuzz_ioctls() {
+    let k = kmod();
+    let seed = std::env::var("TORPOR_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7070_7270_u64);
+    let mut rng = Rng(seed | 1);
+    // A sacrificial child: the only real process DISCARD may be aimed at.
+    let victim = spawn(|| {
+        child_map(A, LEN);
+        loop {
+            // SAFETY: pause() just sleeps until a signal.
+            unsafe { libc::pause() };
+        }
+    });
+    let me = std::process::id() as i32;
+    let mut blob = vec![0u8; 1 << 16];
+    let mut ranges = vec![TorporRange::default(); 64];
+    let mut t = Tally::default();
+    let t0 = Instant::now();
+    let bad_ptrs = [0usize, 1, 4095, 0xffff_8880_0000_0000, usize::MAX - 15, 0x7fff_ffff_f000];
+    for i in 0..FUZZ {
+        for b in blob.iter_mut().take(128) {
+            *b = rng.next() as u8;
+        }
+        for r in ranges.iter_mut() {
+            *r = TorporRange {
+                start: pick(rng.next(), &[A as u64, B as u64, 0, u64::MAX - 4095, rng.next() & 0x7fff_ffff_f000, rng.next()]),
+                len: pick(rng.next(), &[4096, LEN as u64, 0, u64::MAX, 1 << 40, rng.next() & 0xffff_ffff]),
+            };
+        }
+        let ptr = if rng.next().is_multiple_of(4) { pick(rng.next(), &bad_ptrs) } else { blob.as_mut_ptr() as usize };
+        match rng.next() % 10 {
+            // Random command numbers, mostly unknown ones.
+            0..=3 => {
+                let cmd = match rng.next() % 3 {
+                    0 => rng.next() as u32,
+                    1 => uapi::ioc((rng.next() % 4) as u32, uapi::TORPOR_IOC_MAGIC, rng.next() as u8, (rng.next() % 256) as usize),
+                    _ => pick(rng.next(), &[uapi::TORPOR_IOC_GET_VERSION, uapi::TORPOR_IOC_PREFETCH, uapi::TORPOR_IOC_DISCARD]),
+                };
+                // DISCARD with a random blob could name any pid: never let it reach a real process.
+                if cmd == uapi::TORPOR_IOC_DISCARD && ptr == blob.as_mut_ptr() as usize {
+                    blob[..4].copy_from_slice(&(-(rng.next() as i32).abs() - 1).to_ne_bytes());
+                }
+                // SAFETY: the module must cope with any (cmd, arg); `ptr` is either invalid (the
+                // kernel faults, EFAULT) or our 64 KiB blob, which PREFETCH/DISCARD/GET_VERSION
+                // may read or overwrite (first 80 bytes) and whose ranges point only at memory
+                // of this process (read faults only) or at invalid pids for DISCARD.
+                t.add("random", unsafe { k.raw_ioctl(cmd, ptr) });
+            }
+            // PREFETCH with hostile fields (this process, the victim, or no such pid).
+            4..=6 => {
+                let mut req = TorporPrefetch {
+                    pid: pick(rng.next(), &[me, victim.as_raw(), 0, -1, i32::MAX, rng.next() as i32]),
+                    flags: pick(rng.next(), &[0, 1, 2, rng.next() as u32]),
+                    ranges: pick(rng.next(), &[ranges.as_ptr() as u64, 0, 1, rng.next()]),
+                    nr_ranges: pick(rng.next(), &[0, 1, 64, 65, uapi::MAX_SORTED_RANGES + 1, uapi::MAX_RANGES + 1, u32::MAX]),
+                    order: pick(rng.next(), &[0, 1, 2, rng.next() as u32]),
+                    byte_budget: pick(rng.next(), &[0, 4096, rng.next()]),
+                    ..Default::default()
+                };
+                if req.nr_ranges > 64 && req.ranges == ranges.as_ptr() as u64 {
+                    req.nr_ranges = 64; // reading past our own array would walk our stack/heap as ranges
+                }
+                // SAFETY: `req` is a valid TorporPrefetch; its `ranges` pointer is our array (with at
+                // most its length), or invalid (EFAULT); prefetch only read-faults existing pages.
+                t.add("PREFETCH", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut _ as usize) });
+            }
+            // DISCARD aimed only at the victim or at pids that cannot exist.
+            7..=8 => {
+                let mut req = TorporDiscard {
+                    pid: pick(rng.next(), &[victim.as_raw(), 0, -1, i32::MIN, -(rng.next() as i32).abs() - 1]),
+                    flags: pick(rng.next(), &[0, 0, 0, rng.next() as u32]),
+                    ranges: pick(rng.next(), &[ranges.as_ptr() as u64, 0, rng.next()]),
+                    nr_ranges: pick(rng.next(), &[0, 1, 64, uapi::MAX_RANGES + 1]),
+                    reserved: pick(rng.next(), &[0, 0, 1]),
+                    ..Default::default()
+                };
+                if req.nr_ranges > 64 && req.ranges == ranges.as_ptr() as u64 {
+                    req.nr_ranges = 64;
+                }
+                // SAFETY: as above; DISCARD can only affect the victim child (or no process).
+                t.add("DISCARD", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut _ as usize) });
+            }
+            _ => {
+                // SAFETY: GET_VERSION writes 48 bytes to `ptr`: our blob or an invalid address.
+                t.add("GET_VERSION", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_GET_VERSION, ptr) });
+            }
+        }
+        if i.is_multiple_of(20_000) {
+            println!("fuzz: {i} ioctls, {:.1} s", t0.elapsed().as_secs_f64());
+        }
+    }
+    reap(victim);
+    println!("fuzz: {FUZZ} ioctls (seed {seed:#x}) in {:.1} s: {} ok, errors {:?}", t0.elapsed().as_secs_f64(), t.ok, t.errs);
+    assert!(t.errs.contains_key("ENOTTY") && t.errs.contains_key("EFAULT") && t.ok > 0, "fuzz did not reach the handlers: {t:?}");
+}
+
+/// PREFETCH maps swapped pages and counts holes; DISCARD zaps; both report.
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn prefetch_and_discard_semantics() {
+    let k = kmod();
+    // A child with 64 pages touched at A and 64 untouched pages right after (holes).
+    let pid = spawn(|| {
+        // SAFETY: as in child_map, but twice the length and only the first half touched.
+        let p = unsafe {
+            libc::mmap(A as *mut libc::c_void, 2 * LEN, libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            child_exit(90);
+        }
+        for off in (0..LEN).step_by(4096) {
+            // SAFETY: inside the first half of the mapping.
+            unsafe { (p as *mut u8).add(off).write_volatile(7) };
+        }
+        loop {
+            // SAFETY: sleep until killed.
+            unsafe { libc::pause() };
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pages = (LEN / 4096) as u64;
+    let r = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: 2 * LEN as u64 }], false, 0).unwrap();
+    println!("prefetch of a touched+untouched region: {r:?}");
+    assert_eq!(r.pages_present, pages, "touched pages are present");
+    assert_eq!(r.pages_unpopulated, pages, "untouched pages are holes and must not be faulted in");
+    assert_eq!(r.pages_mapped + r.pages_failed, 0);
+    // Holes stayed holes (no zero page mapped): a second pass sees the same.
+    let r2 = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: 2 * LEN as u64 }], false, 0).unwrap();
+    assert_eq!(r2.pages_unpopulated, pages);
+    // Whole mode sees at least the touched pages.
+    let w = k.prefetch(pid.as_raw(), &[], true, 0).unwrap();
+    assert!(w.pages_present >= pages, "{w:?}");
+    // Budget: a budget stops the walk only after mapping; nothing to map here, so no stop.
+    assert_eq!(r.stop_addr, 0);
+    // DISCARD the touched half: zapped, then PREFETCH finds holes only.
+    let d = k.discard(pid.as_raw(), &[TorporRange { start: A as u64, len: LEN as u64 }]).unwrap();
+    assert_eq!(d.bytes_zapped, LEN as u64, "{d:?}");
+    let r3 = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: LEN as u64 }], false, 0).unwrap();
+    assert_eq!(r3.pages_unpopulated, pages, "{r3:?}");
+    // Range outside any VMA: skipped by DISCARD, nothing for PREFETCH.
+    let d2 = k.discard(pid.as_raw(), &[TorporRange { start: B as u64, len: LEN as u64 }]).unwrap();
+    assert_eq!((d2.bytes_zapped, d2.bytes_skipped), (0, LEN as u64));
+    // Bad input.
+    assert_eq!(k.prefetch(0, &[], true, 0).unwrap_err(), Errno::EINVAL);
+    assert_eq!(k.prefetch(-5, &[], true, 0).unwrap_err(), Errno::EINVAL);
+    assert_eq!(k.prefetch(2, &[], true, 0).unwrap_err(), Errno::EINVAL, "pid 2 is kthreadd: refused");
+    let overflow = [TorporRange { start: u64::MAX - 4095, len: 8192 }];
+    assert_eq!(k.prefetch(pid.as_raw(), &overflow, false, 0).unwrap_err(), Errno::EINVAL);
+    reap(pid);
+    assert_eq!(k.prefetch(pid.as_raw(), &[], true, 0).unwrap_err(), Errno::ESRCH);
+    // A zombie: exited, not reaped.
+    let z = spawn(|| child_exit(0));
+    // Wait until it is a zombie (state Z) without reaping it.
+    let t0 = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{z}/stat")).expect("zombie's /proc entry");
+        if stat.rsplit(')').next().unwrap().trim_start().starts_with('Z') {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "child never became a zombie: {stat}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(k.prefetch(z.as_raw(), &[], true, 0).unwrap_err(), Errno::ESRCH, "zombie has no mm");
+    reap(z);
+}
