@@ -199,6 +199,7 @@ fn run() -> Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
     }
     std::fs::write(&json, serde_json::to_string_pretty(&rec)?).with_context(|| format!("write {}", json.display()))?;
+    let json = json.canonicalize().unwrap_or(json);
     println!("raw measurements: {}", json.display());
     if let Ok(md) = std::env::var("TORPOR_BENCH_RESULTS") {
         let mut text = rec.markdown(&ctx);
