@@ -613,6 +613,28 @@ impl Record {
             self.measurements.iter().filter(|m| m.proof.purge_attempts > 1).count(),
             self.verified,
         );
+        let _ = writeln!(o, "<details><summary>All timed resumes, in run order (seconds)</summary>\n");
+        let _ = writeln!(o, "| size | pair | warm-up | stock | stock majflt | torpor | torpor prefetch | torpor touch | stock/torpor |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        for s in self.measurements.iter().filter(|m| m.variant == Variant::Stock) {
+            if let Some(t) = self.measurements.iter().find(|t| t.variant == Variant::Torpor && t.mib == s.mib && t.pair == s.pair) {
+                let _ = writeln!(
+                    o,
+                    "| {} MiB | {} | {} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.2}× |",
+                    s.mib,
+                    s.pair,
+                    if s.warmup { "yes" } else { "" },
+                    s.seconds,
+                    s.child_majflt,
+                    t.seconds,
+                    t.prefetch_seconds.unwrap_or(0.0),
+                    t.touch_seconds,
+                    s.seconds / t.seconds
+                );
+            }
+        }
+        let floors: Vec<String> = self.floors.iter().map(|f| format!("{} MiB {:.3}", f.0, f.1)).collect();
+        let _ = writeln!(o, "\nI/O floor reads, in run order: {}.\n\n</details>\n", floors.join(", "));
         o
     }
 }
