@@ -1,2 +1,18 @@
 //! torpord: policy (when to freeze, purge, prefetch, thaw) over the procswap mechanism.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`controller`]: app state machine (Start/Stop), standby pool, reserve, restart adoption,
+//!   overload monitoring, metrics.
+//! - [`api`]: HTTP/1.1 + JSON on a unix socket (SO_PEERCRED-checked).
+//! - [`client`]: a blocking client for that socket (CLI, tests).
+//! - [`overload`]: the sustained-overload (seed 001) and hotspot (seed 002) detectors.
+//! - [`probe`]: readiness probes; [`notify`]: sd_notify.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod controller;
+pub mod notify;
+pub mod overload;
+pub mod probe;

@@ -19,12 +19,32 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// torpord's API socket (apps, start, stop, status).
+    #[arg(long, global = true, env = "TORPOR_SOCKET", default_value = local_controller::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// List torpord's apps and their states.
+    Apps,
+    /// Ask torpord to start (resume or cold-start) an app; returns once it is ready.
+    Start {
+        name: String,
+        /// Seconds to wait for torpord's answer.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
+    /// Ask torpord to stop (freeze, purge) an app.
+    Stop {
+        name: String,
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
+    /// torpord's health, or one app's full status.
+    Status { name: Option<String> },
     /// Show the torpor kernel module's ABI version and features (GET_VERSION ioctl).
     Module {
         /// Device node.
@@ -455,6 +475,10 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Apps => daemon::apps(&cli.socket, cli.json)?,
+        Cmd::Start { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "start", timeout)?,
+        Cmd::Stop { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "stop", timeout)?,
+        Cmd::Status { ref name } => daemon::status(&cli.socket, cli.json, name.as_deref())?,
         Cmd::Module { device } => {
             let k = Kmod::open_path(&device)?;
             let v = k.version();
@@ -601,6 +625,137 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Subcommands that talk to torpord.
+mod daemon {
+    use anyhow::{bail, Result};
+    use local_controller::client::{request, Response};
+    use serde_json::Value;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn call(socket: &Path, method: &str, path: &str, timeout: f64) -> Result<(Response, Value)> {
+        let r = request(socket, method, path, None, Duration::from_secs_f64(timeout))?;
+        let v = r.json().unwrap_or(Value::Null);
+        Ok((r, v))
+    }
+
+    fn fail(r: &Response, v: &Value, json: bool) -> Result<()> {
+        if json {
+            println!("{v}");
+        }
+        let code = v["error"]["code"].as_str().unwrap_or("?");
+        let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        bail!("torpord answered {} {code}: {msg}", r.status)
+    }
+
+    fn mib(v: &Value) -> String {
+        v.as_u64().map(|b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)).unwrap_or_else(|| "-".into())
+    }
+
+    fn secs(v: &Value) -> String {
+        v.as_f64().map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into())
+    }
+
+    pub fn apps(socket: &Path, json: bool) -> Result<()> {
+        let (r, v) = call(socket, "GET", "/v1/apps", 30.0)?;
+        if !r.ok() {
+            return fail(&r, &v, json);
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!("{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  {}", "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S", "OVERLOAD");
+        for a in v["apps"].as_array().cloned().unwrap_or_default() {
+            let ov = &a["overload"];
+            let flags = [("sustained", ov["sustained"].as_bool()), ("hotspot", ov["hotspot"].as_bool())]
+                .iter()
+                .filter(|(_, b)| b.unwrap_or(false))
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  {}",
+                a["name"].as_str().unwrap_or("?"),
+                format!("{}{}", a["state"].as_str().unwrap_or("?"), if a["busy"].as_bool() == Some(true) { "*" } else { "" }),
+                a["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                mib(&a["memory"]["resident_bytes"]),
+                mib(&a["memory"]["swapped_bytes"]),
+                a["counters"]["starts"],
+                a["counters"]["stops"],
+                secs(&a["last_start"]["total_s"]),
+                if flags.is_empty() { "-".to_string() } else { flags },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn op(socket: &Path, json: bool, name: &str, what: &str, timeout: f64) -> Result<()> {
+        let (r, v) = call(socket, "POST", &format!("/v1/apps/{name}/{what}"), timeout)?;
+        if !r.ok() {
+            return fail(&r, &v, json);
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let t = &v["timing"];
+        if what == "start" {
+            if v["already_running"].as_bool() == Some(true) {
+                println!("{name}: already running, ready (probe {}s)", secs(&t["probe_s"]));
+            } else if v["cold"].as_bool() == Some(true) {
+                println!("{name}: ready (cold start: spawn {}s, probe {}s, total {}s)", secs(&t["spawn_s"]), secs(&t["probe_s"]), secs(&t["total_s"]));
+            } else {
+                println!(
+                    "{name}: ready (prefetch {}s [{} MiB], thaw {}s, probe {}s, total {}s)",
+                    secs(&t["prefetch_s"]),
+                    mib(&t["prefetch_bytes"]),
+                    secs(&t["thaw_s"]),
+                    secs(&t["probe_s"]),
+                    secs(&t["total_s"])
+                );
+            }
+        } else if v["already"].as_bool() == Some(true) {
+            println!("{name}: already {}", v["state"].as_str().unwrap_or("?"));
+        } else {
+            let p = &v["purge"];
+            println!(
+                "{name}: {} (freeze {}s, purge {}s, total {}s{})",
+                v["state"].as_str().unwrap_or("?"),
+                secs(&t["freeze_s"]),
+                secs(&t["purge_s"]),
+                secs(&t["total_s"]),
+                if p.is_null() { String::new() } else { format!("; freed {} MiB, {} MiB on swap", mib(&p["freed_bytes"]), mib(&p["swapped_bytes"])) }
+            );
+        }
+        Ok(())
+    }
+
+    pub fn status(socket: &Path, json: bool, name: Option<&str>) -> Result<()> {
+        let path = match name {
+            Some(n) => format!("/v1/apps/{n}"),
+            None => "/v1/health".into(),
+        };
+        let (r, v) = call(socket, "GET", &path, 30.0)?;
+        if !r.ok() {
+            return fail(&r, &v, json);
+        }
+        if json || name.is_some() {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!("torpord: {} (pool ready: {})", v["status"].as_str().unwrap_or("?"), v["pool_ready"]);
+        println!("  apps:      {}", v["apps"]);
+        println!("  backend:   {} ({})", v["backend"].as_str().unwrap_or("?"), v["backend_why"].as_str().unwrap_or(""));
+        println!("  cgroups:   {}", v["cgroups"].as_str().unwrap_or("?"));
+        println!("  reserve:   {} MiB (MemAvailable {} MiB)", mib(&v["reserve_bytes"]), mib(&v["mem_available_bytes"]));
+        println!("  uptime:    {}s", secs(&v["uptime_s"]));
+        let h = &v["host_overload"];
+        println!("  paging:    {:.0} ops/s (sustained overload: {}, hotspot: {})", h["rate"].as_f64().unwrap_or(0.0), h["sustained"], h["hotspot"]);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! The HTTP/1.1 + JSON API on a unix socket (axum + hyper), with SO_PEERCRED checks.
+
+use crate::controller::{ApiError, Controller};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tracing::{debug, warn};
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(serde_json::json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+type Ctl = Arc<Controller>;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::new(500, "internal", format!("worker failed: {e}")))?
+}
+
+async fn health(State(c): State<Ctl>) -> Json<serde_json::Value> {
+    let age = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        .saturating_sub(c.last_tick.load(Ordering::Relaxed));
+    Json(serde_json::json!({
+        "status": "ok",
+        "pool_ready": c.pool_ready.load(Ordering::Relaxed),
+        "apps": c.app_names().len(),
+        "backend": c.backend_name(),
+        "backend_why": c.backend_why,
+        "cgroups": c.layout.describe(),
+        "uptime_s": c.uptime().as_secs_f64(),
+        "last_tick_age_s": age,
+        "reserve_bytes": c.cfg.reserve,
+        "mem_available_bytes": procswap::sys::meminfo().map(|m| m.mem_available).ok(),
+        "host_overload": c.host_overload(),
+    }))
+}
+
+async fn apps(State(c): State<Ctl>) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = blocking(move || Ok(c.all_status())).await?;
+    Ok(Json(serde_json::json!({"apps": v})))
+}
+
+async fn app(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(blocking(move || c.app_status(&name)).await?))
+}
+
+async fn start(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(blocking(move || c.start(&name)).await?))
+}
+
+async fn stop(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(blocking(move || c.stop(&name)).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn events(State(c): State<Ctl>, Query(q): Query<Since>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"events": c.events(q.since.unwrap_or(0))}))
+}
+
+async fn metrics(State(c): State<Ctl>) -> Result<Response, ApiError> {
+    let body = blocking(move || Ok(c.metrics())).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "not_found", "no such endpoint (see GET /v1/apps, /v1/health, /metrics)")
+}
+
+async fn forbidden() -> ApiError {
+    ApiError::new(403, "forbidden", "peer is neither root nor in the configured socket group")
+}
+
+/// The API router.
+pub fn router(c: Ctl) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/apps", get(apps))
+        .route("/v1/apps/{name}", get(app))
+        .route("/v1/apps/{name}/start", post(start))
+        .route("/v1/apps/{name}/stop", post(stop))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { ApiError::new(405, "method_not_allowed", "wrong method for this endpoint") })
+        .with_state(c)
+}
+
+/// Is this peer allowed? root, the group's gid as primary group, or (from /proc) as a
+/// supplementary group.
+pub fn peer_allowed(uid: u32, gid: u32, pid: Option<i32>, group: Option<u32>) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(g) = group else { return false };
+    if gid == g {
+        return true;
+    }
+    let Some(pid) = pid else { return false };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Groups:").map(|v| v.split_whitespace().any(|x| x.parse() == Ok(g)))))
+        .unwrap_or(false)
+}
+
+/// Accept connections forever.
+pub async fn serve(listener: UnixListener, c: Ctl, group: Option<u32>) {
+    let ok = router(c);
+    let denied = Router::new().fallback(forbidden);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let allowed = match stream.peer_cred() {
+            Ok(cred) => {
+                let a = peer_allowed(cred.uid(), cred.gid(), cred.pid(), group);
+                if !a {
+                    warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "API peer refused (403)");
+                }
+                a
+            }
+            Err(e) => {
+                warn!("SO_PEERCRED: {e}; refusing");
+                false
+            }
+        };
+        let svc = TowerToHyperService::new(if allowed { ok.clone() } else { denied.clone() });
+        tokio::spawn(async move {
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                debug!("connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peers() {
+        assert!(super::peer_allowed(0, 0, None, None));
+        assert!(!super::peer_allowed(1000, 1000, None, None));
+        assert!(super::peer_allowed(1000, 4242, None, Some(4242)));
+        assert!(!super::peer_allowed(1000, 1000, None, Some(4242)));
+    }
+}

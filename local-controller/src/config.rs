@@ -1,0 +1,425 @@
+//! torpord's configuration (TOML).
+//!
+//! ```toml
+//! socket = "/run/torpor/torpord.sock"   # HTTP+JSON API
+//! socket_group = "torpor"               # peers in this group may use the API (root always may)
+//! state_dir = "/var/lib/torpor"
+//! reserve = "512M"                      # keep MemAvailable above this
+//! purge = "always"                      # always | never | on-pressure
+//! prefetch = "full"                     # full | working-set-only | none
+//! backend = "auto"                      # auto | stock | kmod
+//! cgroup_parent = "torpor"              # apps go to <hierarchy>/<cgroup_parent>/<app>
+//! sample_interval = "10s"               # overload detector sampling
+//!
+//! [[app]]
+//! name = "web"
+//! command = ["/usr/bin/python3", "-m", "http.server", "8080"]
+//! workdir = "/srv/web"
+//! env = { LANG = "C.UTF-8" }
+//! ready = { http = "http://127.0.0.1:8080/" }   # or { tcp = 8080 } or { command = ["curl", "-f", "..."] }
+//! ready_timeout = "30s"
+//! prestart = true
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/torpor/torpord.toml";
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/torpor/torpord.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/torpor";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// When a stopped (frozen) app is purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PurgePolicy {
+    /// Right after every Stop (pre-purge, as in the paper).
+    #[default]
+    Always,
+    /// Never purge; the kernel pages out as it sees fit.
+    Never,
+    /// Only when MemAvailable drops below the reserve (least recently stopped first).
+    OnPressure,
+}
+
+/// What is fetched before thaw on Start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefetchPolicy {
+    /// Everything swapped, working set first (when one was recorded).
+    #[default]
+    Full,
+    /// Only the recorded working set (nothing when none is recorded yet): the rest comes back on
+    /// demand, which keeps the residency working-set method exact.
+    WorkingSetOnly,
+    /// No prefetch: plain thaw and demand paging (the paper's "regular resume").
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Group allowed to use the API (besides root). The socket is chowned to it.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Socket file mode (octal string), default "0660".
+    #[serde(default = "default_mode")]
+    pub socket_mode: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Free-memory floor (MemAvailable), e.g. "512M".
+    #[serde(default = "default_reserve", deserialize_with = "de_size")]
+    pub reserve: u64,
+    #[serde(default)]
+    pub purge: PurgePolicy,
+    #[serde(default)]
+    pub prefetch: PrefetchPolicy,
+    /// auto | stock | kmod
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    #[serde(default = "default_cgroup_parent")]
+    pub cgroup_parent: String,
+    /// Overload detector sample interval.
+    #[serde(default = "default_interval", deserialize_with = "de_duration")]
+    pub sample_interval: Duration,
+    /// Paging operations per second above which an interval counts as overloaded.
+    #[serde(default = "default_threshold")]
+    pub overload_threshold: f64,
+    /// Mapping-pass threads for prefetch.
+    #[serde(default = "default_threads")]
+    pub prefetch_threads: usize,
+    #[serde(default, rename = "app")]
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub name: String,
+    /// argv of the server (exactly one of `command` and `unit`).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// An existing systemd unit: started with `systemctl start`, its processes moved into the
+    /// app's cgroups (memory charged before the move stays where it was: prefer `command`).
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ready: Option<Probe>,
+    #[serde(default = "default_ready_timeout", deserialize_with = "de_duration")]
+    pub ready_timeout: Duration,
+    #[serde(default)]
+    pub prestart: bool,
+    /// Optional user to run as (name or uid).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Readiness probe: the app is ready when it answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Probe {
+    /// GET this URL (http://host:port/path), any 2xx/3xx status.
+    Http(String),
+    /// TCP connect to 127.0.0.1:port.
+    Tcp(u16),
+    /// Run this argv; exit status 0 means ready.
+    Command(Vec<String>),
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_mode() -> String {
+    "0660".into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_reserve() -> u64 {
+    256 << 20
+}
+fn default_backend() -> String {
+    "auto".into()
+}
+fn default_cgroup_parent() -> String {
+    "torpor".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_threshold() -> f64 {
+    200.0
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeOrNum {
+    N(u64),
+    S(String),
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeOrNum::deserialize(d)? {
+        SizeOrNum::N(n) => Ok(n),
+        SizeOrNum::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum DurOrNum {
+        F(f64),
+        S(String),
+    }
+    match DurOrNum::deserialize(d)? {
+        DurOrNum::F(f) if f >= 0.0 && f.is_finite() => Ok(Duration::from_secs_f64(f)),
+        DurOrNum::F(f) => Err(serde::de::Error::custom(format!("bad duration {f}"))),
+        DurOrNum::S(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// "512M", "1G", "4096", "64k" → bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].trim().to_ascii_lowercase();
+            let m: u64 = match unit.as_str() {
+                "b" => 1,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                "t" | "tb" | "tib" => 1 << 40,
+                _ => return Err(format!("bad size unit in {s:?} (use K, M, G, T)")),
+            };
+            (t[..i].trim(), m)
+        }
+        None => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("bad size {s:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// "10s", "250ms", "2m", "1.5" (seconds) → Duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+/// 1-based (line, column) of a byte offset in `src`.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| before[i + 1..].chars().count()).unwrap_or(before.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parse and validate a config text (`path` only names it in errors).
+    pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(src, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&src, path)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        parse_mode(&self.socket_mode)?;
+        if self.backend.parse::<procswap::BackendPref>().is_err() {
+            return Err(format!("backend {:?}: use auto, stock or kmod", self.backend));
+        }
+        if self.cgroup_parent.is_empty() || !valid_name(&self.cgroup_parent) {
+            return Err(format!("cgroup_parent {:?} must be one directory name of [A-Za-z0-9_.-]", self.cgroup_parent));
+        }
+        if self.sample_interval < Duration::from_millis(50) {
+            return Err("sample_interval must be at least 50ms".into());
+        }
+        for a in &self.apps {
+            if !valid_name(&a.name) {
+                return Err(format!("app name {:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'", a.name));
+            }
+            if !seen.insert(a.name.clone()) {
+                return Err(format!("app {:?} is defined twice", a.name));
+            }
+            match (&a.command, &a.unit) {
+                (Some(c), None) if !c.is_empty() => {}
+                (Some(_), None) => return Err(format!("app {:?}: command is empty", a.name)),
+                (None, Some(u)) if !u.is_empty() => {}
+                _ => return Err(format!("app {:?}: give exactly one of command (argv) or unit", a.name)),
+            }
+            if let Some(Probe::Command(c)) = &a.ready {
+                if c.is_empty() {
+                    return Err(format!("app {:?}: ready.command is empty", a.name));
+                }
+            }
+            if let Some(Probe::Http(u)) = &a.ready {
+                crate::probe::parse_http_url(u).map_err(|e| format!("app {:?}: ready.http: {e}", a.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    pub fn socket_mode_bits(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("socket_mode {s:?}: an octal mode such as \"0660\""))
+}
+
+/// App names become cgroup and file names.
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.starts_with('.')
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example() {
+        let src = include_str!("../examples/torpord.toml");
+        let c = Config::parse(src, Path::new("example")).unwrap();
+        assert!(!c.apps.is_empty());
+    }
+
+    #[test]
+    fn full_config() {
+        let src = r#"
+socket = "/tmp/x.sock"
+reserve = "1G"
+purge = "on-pressure"
+prefetch = "working-set-only"
+sample_interval = "250ms"
+[[app]]
+name = "a"
+command = ["/bin/true"]
+ready = { tcp = 8080 }
+ready_timeout = "2s"
+prestart = true
+env = { A = "b" }
+[[app]]
+name = "b"
+unit = "nginx.service"
+ready = { http = "http://127.0.0.1:80/" }
+"#;
+        let c = Config::parse(src, Path::new("t")).unwrap();
+        assert_eq!(c.reserve, 1 << 30);
+        assert_eq!(c.purge, PurgePolicy::OnPressure);
+        assert_eq!(c.prefetch, PrefetchPolicy::WorkingSetOnly);
+        assert_eq!(c.sample_interval, Duration::from_millis(250));
+        assert_eq!(c.apps[0].ready, Some(Probe::Tcp(8080)));
+        assert_eq!(c.apps[0].ready_timeout, Duration::from_secs(2));
+        assert_eq!(c.apps[1].unit.as_deref(), Some("nginx.service"));
+        assert_eq!(c.socket_mode_bits(), 0o660);
+    }
+
+    #[test]
+    fn malformed_toml_reports_line_and_column() {
+        let src = "socket = \"/tmp/x\"\n[[app]]\nname = \"a\"\ncommand = [\"/bin/true\"\n";
+        match Config::parse(src, Path::new("bad.toml")) {
+            Err(ConfigError::Parse { line, column, .. }) => {
+                assert!(line >= 4, "line {line}");
+                assert!(column >= 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let src = "reserve = \"12Q\"\n";
+        let e = Config::parse(src, Path::new("bad.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("bad.toml:1:11:"), "{e}");
+        let src = "purge = \"sometimes\"\n";
+        let e = Config::parse(src, Path::new("bad.toml")).unwrap_err().to_string();
+        assert!(e.contains("bad.toml:1:9"), "{e}");
+    }
+
+    #[test]
+    fn rejects_invalid() {
+        for src in [
+            "[[app]]\nname = \"a/b\"\ncommand = [\"x\"]\n",
+            "[[app]]\nname = \"a\"\n",
+            "[[app]]\nname = \"a\"\ncommand = [\"x\"]\n[[app]]\nname = \"a\"\ncommand = [\"x\"]\n",
+            "[[app]]\nname = \"a\"\ncommand = [\"x\"]\nunit = \"u\"\n",
+            "bogus = 1\n",
+            "backend = \"fast\"\n",
+        ] {
+            assert!(Config::parse(src, Path::new("t")).is_err(), "{src}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,1485 @@
+//! The local controller: per-app state machine (Start/Stop), standby pool, reserve, adoption
+//! after a restart, overload monitoring. Blocking code: the API layer runs it on blocking threads.
+//!
+//! Locking: each app has an `op` mutex (held for a whole Start/Stop, so operations on one app
+//! are serialized) and a `st` mutex (held only briefly, to read or change the app's record).
+//! Nothing holds two apps' `op` locks except the reserve enforcer, which only `try_lock`s.
+
+use crate::config::{AppConfig, Config, PrefetchPolicy, Probe, PurgePolicy};
+use crate::overload::{rate, Hotspot, Sustained};
+use crate::probe;
+use procswap::cgroup::{self, Memcg};
+use procswap::{Backend, Freezer, NoProgress, PrefetchOptions, PurgeOptions, WorkingSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{error, info, warn};
+
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+const STATE_FILE: &str = "state.json";
+
+/// An app's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    /// Not running (never started, or exited).
+    Stopped,
+    /// A Start is in progress.
+    Starting,
+    /// Running and (at its last Start) ready.
+    Running,
+    /// A Stop is in progress.
+    Stopping,
+    /// Frozen, memory not (yet) purged.
+    Suspended,
+    /// Frozen and purged (memory out on swap).
+    Standby,
+}
+
+impl AppState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Stopped => "stopped",
+            AppState::Starting => "starting",
+            AppState::Running => "running",
+            AppState::Stopping => "stopping",
+            AppState::Suspended => "suspended",
+            AppState::Standby => "standby",
+        }
+    }
+    pub const ALL: [AppState; 6] =
+        [AppState::Stopped, AppState::Starting, AppState::Running, AppState::Stopping, AppState::Suspended, AppState::Standby];
+}
+
+/// The cgroup directories of one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCgroups {
+    pub v2: Option<PathBuf>,
+    pub v1_memory: Option<PathBuf>,
+    pub v1_freezer: Option<PathBuf>,
+}
+
+impl AppCgroups {
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.v2, &self.v1_memory, &self.v1_freezer].into_iter().flatten()
+    }
+    /// The directory whose `cgroup.procs` lists the app's processes.
+    fn primary(&self) -> Option<&PathBuf> {
+        self.v1_memory.as_ref().or(self.v2.as_ref()).or(self.v1_freezer.as_ref())
+    }
+}
+
+/// Timing of the last successful Start, seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StartTiming {
+    /// A cold start (process spawned) rather than a resume.
+    pub cold: bool,
+    pub spawn_s: f64,
+    pub prefetch_s: f64,
+    pub thaw_s: f64,
+    pub probe_s: f64,
+    pub total_s: f64,
+    pub prefetch_bytes: u64,
+    pub working_set_pages: u64,
+    pub still_swapped_pages: u64,
+    /// Why prefetch stopped early (free-memory floor, budget), if it did.
+    pub prefetch_stopped: Option<String>,
+    pub unix_time: f64,
+}
+
+/// What the last purge achieved.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PurgeSummary {
+    pub memcg_before_bytes: Option<u64>,
+    pub memcg_after_bytes: Option<u64>,
+    /// memcg before - after (the memory really freed).
+    pub freed_bytes: u64,
+    pub resident_bytes: u64,
+    pub resident_anon_bytes: u64,
+    pub swapped_bytes: u64,
+    pub seconds: f64,
+    pub reclaim_note: Option<String>,
+    pub unix_time: f64,
+}
+
+/// Transition counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub starts: u64,
+    pub cold_starts: u64,
+    pub start_failures: u64,
+    pub stops: u64,
+    pub purges: u64,
+    pub reserve_purges: u64,
+    pub prefetches: u64,
+    pub exits: u64,
+}
+
+/// Overload figures of one app or of the host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OverloadStatus {
+    /// Paging operations per second in the last interval.
+    pub rate: f64,
+    pub overloaded: bool,
+    pub overloaded_in_window: usize,
+    /// Seed 001: 8 of the last 12 intervals overloaded.
+    pub sustained: bool,
+    /// Seed 002: 3 of the last 5 above the threshold and the AR(1) prediction above.
+    pub hotspot: bool,
+    pub predicted: Option<f64>,
+}
+
+/// The persisted part of an app's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub state: AppState,
+    pub pid: Option<i32>,
+    pub cgroups: AppCgroups,
+    /// "start" or "stop" while one is in progress (persisted first: see adoption rules).
+    pub in_flight: Option<String>,
+    pub last_stop_unix: Option<f64>,
+    pub last_start: Option<StartTiming>,
+    pub last_purge: Option<PurgeSummary>,
+    pub last_error: Option<String>,
+    pub counters: Counters,
+    /// Bytes of the working set recorded at the last Stop (the set itself is in ws/NAME.json).
+    pub working_set_bytes: Option<u64>,
+}
+
+impl AppRecord {
+    fn new(cgroups: AppCgroups) -> Self {
+        Self {
+            state: AppState::Stopped,
+            pid: None,
+            cgroups,
+            in_flight: None,
+            last_stop_unix: None,
+            last_start: None,
+            last_purge: None,
+            last_error: None,
+            counters: Counters::default(),
+            working_set_bytes: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct StateFile {
+    version: u32,
+    apps: BTreeMap<String, AppRecord>,
+}
+
+/// Runtime monitoring of one app (not persisted).
+struct Monitor {
+    last: Option<(Instant, u64)>,
+    sustained: Sustained,
+    hotspot: Hotspot,
+    status: OverloadStatus,
+}
+
+impl Monitor {
+    fn new(threshold: f64) -> Self {
+        Self { last: None, sustained: Sustained::new(threshold), hotspot: Hotspot::new(threshold), status: OverloadStatus::default() }
+    }
+    /// Feed a counter sample; returns Some((was sustained, was hotspot)) when a rate was computed.
+    fn feed(&mut self, now: Instant, counter: u64) -> Option<(bool, bool)> {
+        let prev = self.last.replace((now, counter))?;
+        let r = rate(prev.1, counter, now.duration_since(prev.0).as_secs_f64());
+        let before = (self.status.sustained, self.status.hotspot);
+        let (over, sus) = self.sustained.push(r);
+        let (pred, hot) = self.hotspot.push(r);
+        self.status = OverloadStatus {
+            rate: r,
+            overloaded: over,
+            overloaded_in_window: self.sustained.overloaded_in_window(),
+            sustained: sus,
+            hotspot: hot,
+            predicted: pred,
+        };
+        Some(before)
+    }
+}
+
+struct AppSlot {
+    cfg: AppConfig,
+    op: Mutex<()>,
+    st: Mutex<AppRecord>,
+    mon: Mutex<Monitor>,
+}
+
+/// An event (also logged).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    pub unix_time: f64,
+    pub app: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// An API-level failure with a stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn unknown_app(name: &str) -> Self {
+        Self::new(404, "unknown_app", format!("no app named {name:?} in the configuration"))
+    }
+}
+
+/// Host-level errors that stop torpord from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    Procswap(#[from] procswap::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Which hierarchies apps are placed in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    pub v2_parent: Option<PathBuf>,
+    pub v2_memory: bool,
+    pub v2_freeze: bool,
+    pub v1_memory_parent: Option<PathBuf>,
+    pub v1_freezer_parent: Option<PathBuf>,
+}
+
+impl Layout {
+    /// Find the hierarchies and create `<hierarchy>/<parent>` where needed.
+    pub fn setup(parent: &str) -> Result<Layout, ControllerError> {
+        let m = cgroup::mounts()?;
+        let mut l = Layout { v2_parent: None, v2_memory: false, v2_freeze: false, v1_memory_parent: None, v1_freezer_parent: None };
+        if let Some(v2) = &m.v2 {
+            let ctl = std::fs::read_to_string(v2.mount_point.join("cgroup.controllers")).unwrap_or_default();
+            let mem = ctl.split_whitespace().any(|c| c == "memory");
+            let dir = cgroup::create_v2(&v2.mount_point, parent, if mem { &["memory"] } else { &[] })?;
+            l.v2_memory = mem && dir.join("cgroup.subtree_control").exists();
+            if l.v2_memory {
+                let sub = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                if !sub.split_whitespace().any(|c| c == "memory") {
+                    cgroup::create_v2(&v2.mount_point, parent, &["memory"])?;
+                    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+                        .map_err(|source| ControllerError::Io { path: dir.join("cgroup.subtree_control"), source })?;
+                }
+            }
+            l.v2_freeze = dir.join("cgroup.freeze").exists();
+            l.v2_parent = Some(dir);
+        }
+        if !l.v2_memory {
+            if let Some(mm) = &m.v1_memory {
+                l.v1_memory_parent = Some(cgroup::create_v1(&mm.mount_point, parent)?);
+            }
+        }
+        if !l.v2_freeze {
+            if let Some(fm) = &m.v1_freezer {
+                l.v1_freezer_parent = Some(cgroup::create_v1(&fm.mount_point, parent)?);
+            }
+        }
+        if l.v2_parent.is_none() && l.v1_memory_parent.is_none() {
+            return Err(ControllerError::Setup("no cgroup hierarchy found (neither cgroup2 nor v1 memory)".into()));
+        }
+        Ok(l)
+    }
+
+    fn app_cgroups(&self, name: &str) -> AppCgroups {
+        AppCgroups {
+            v2: self.v2_parent.as_ref().filter(|_| self.v2_memory || self.v2_freeze || self.v1_memory_parent.is_none()).map(|d| d.join(name)),
+            v1_memory: self.v1_memory_parent.as_ref().map(|d| d.join(name)),
+            v1_freezer: self.v1_freezer_parent.as_ref().map(|d| d.join(name)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mem = if self.v2_memory {
+            "memory: cgroup2".to_string()
+        } else if let Some(d) = &self.v1_memory_parent {
+            format!("memory: v1 {}", d.display())
+        } else {
+            "memory: none".into()
+        };
+        let fr = if self.v2_freeze {
+            format!("freezer: cgroup2 {}", self.v2_parent.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
+        } else if let Some(d) = &self.v1_freezer_parent {
+            format!("freezer: v1 {}", d.display())
+        } else {
+            "freezer: SIGSTOP".into()
+        };
+        format!("{mem}; {fr}")
+    }
+}
+
+/// The controller.
+pub struct Controller {
+    pub cfg: Config,
+    backend: Box<dyn Backend>,
+    pub backend_why: String,
+    pub layout: Layout,
+    apps: BTreeMap<String, Arc<AppSlot>>,
+    events: Mutex<VecDeque<Event>>,
+    event_seq: AtomicU64,
+    host_mon: Mutex<Monitor>,
+    persist_lock: Mutex<()>,
+    started: Instant,
+    /// Unix seconds of the last monitor tick (the watchdog only pings while it advances).
+    pub last_tick: AtomicU64,
+    /// Prestart of the standby pool finished.
+    pub pool_ready: AtomicBool,
+    reserve_warned: AtomicBool,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder must not take the whole daemon down: the data is plain records.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per-process memory figures from /proc/pid/status (bytes).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProcMem {
+    pub rss: u64,
+    pub rss_anon: u64,
+    pub swap: u64,
+}
+
+fn proc_mem(pid: i32) -> Option<ProcMem> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+            * 1024
+    };
+    Some(ProcMem { rss: kb("VmRSS:"), rss_anon: kb("RssAnon:"), swap: kb("VmSwap:") })
+}
+
+fn majflt(pid: i32) -> u64 {
+    procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| s.majflt).unwrap_or(0)
+}
+
+/// What the kernel says about an app right now.
+#[derive(Debug, Clone)]
+struct Observed {
+    pids: Vec<i32>,
+    /// All freezers report frozen.
+    frozen: bool,
+    /// A freeze was requested but not confirmed (v2 cgroup.freeze=1, v1 FREEZING).
+    freeze_pending: bool,
+    mem: ProcMem,
+}
+
+impl Controller {
+    /// Set up cgroups, choose the backend, load the persisted state and adopt what is running.
+    pub fn new(cfg: Config) -> Result<Arc<Controller>, ControllerError> {
+        for d in [cfg.state_dir.clone(), cfg.state_dir.join("ws"), cfg.state_dir.join("logs")] {
+            std::fs::create_dir_all(&d).map_err(|source| ControllerError::Io { path: d.clone(), source })?;
+        }
+        let layout = Layout::setup(&cfg.cgroup_parent)?;
+        let pref: procswap::BackendPref = cfg.backend.parse().map_err(ControllerError::Setup)?;
+        let (backend, backend_why) = procswap::backend::select_backend_explained(pref)?;
+        let persisted: StateFile = match std::fs::read(cfg.state_dir.join(STATE_FILE)) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                warn!("{}: unreadable state ({e}); rebuilding from the cgroups", cfg.state_dir.join(STATE_FILE).display());
+                StateFile::default()
+            }),
+            Err(_) => StateFile::default(),
+        };
+        let mut apps = BTreeMap::new();
+        for a in &cfg.apps {
+            let cgs = layout.app_cgroups(&a.name);
+            for d in cgs.dirs() {
+                std::fs::create_dir_all(d).map_err(|source| ControllerError::Io { path: d.clone(), source })?;
+            }
+            let rec = match persisted.apps.get(&a.name) {
+                Some(r) => AppRecord { cgroups: cgs, ..r.clone() },
+                None => AppRecord::new(cgs),
+            };
+            apps.insert(
+                a.name.clone(),
+                Arc::new(AppSlot {
+                    cfg: a.clone(),
+                    op: Mutex::new(()),
+                    st: Mutex::new(rec),
+                    mon: Mutex::new(Monitor::new(cfg.overload_threshold)),
+                }),
+            );
+        }
+        let threshold = cfg.overload_threshold;
+        let c = Arc::new(Controller {
+            cfg,
+            backend,
+            backend_why,
+            layout,
+            apps,
+            events: Mutex::new(VecDeque::new()),
+            event_seq: AtomicU64::new(0),
+            host_mon: Mutex::new(Monitor::new(threshold)),
+            persist_lock: Mutex::new(()),
+            started: Instant::now(),
+            last_tick: AtomicU64::new(now_unix() as u64),
+            pool_ready: AtomicBool::new(false),
+            reserve_warned: AtomicBool::new(false),
+        });
+        c.event(None, "startup", format!("backend: {}; cgroups: {}", c.backend_why, c.layout.describe()));
+        for slot in c.apps.values() {
+            c.adopt(slot);
+        }
+        c.persist();
+        Ok(c)
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<AppSlot>, ApiError> {
+        self.apps.get(name).ok_or_else(|| ApiError::unknown_app(name))
+    }
+
+    pub fn app_names(&self) -> Vec<String> {
+        self.apps.keys().cloned().collect()
+    }
+
+    // ---------- events and persistence ----------
+
+    fn event(&self, app: Option<&str>, kind: &str, message: String) {
+        match kind {
+            "error" | "start_failed" | "stop_failed" | "purge_failed" => error!(app = app.unwrap_or("-"), kind, "{message}"),
+            "overload" | "hotspot" | "reserve" | "adopt_warning" | "exited" => warn!(app = app.unwrap_or("-"), kind, "{message}"),
+            _ => info!(app = app.unwrap_or("-"), kind, "{message}"),
+        }
+        let e = Event {
+            seq: self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            unix_time: now_unix(),
+            app: app.map(str::to_string),
+            kind: kind.to_string(),
+            message,
+        };
+        let mut ev = lock(&self.events);
+        if ev.len() >= 1024 {
+            ev.pop_front();
+        }
+        ev.push_back(e);
+    }
+
+    /// Events with a sequence number above `since`.
+    pub fn events(&self, since: u64) -> Vec<Event> {
+        lock(&self.events).iter().filter(|e| e.seq > since).cloned().collect()
+    }
+
+    /// Write every app's record to state.json atomically (temp file, fsync, rename, fsync dir).
+    pub fn persist(&self) {
+        let _g = lock(&self.persist_lock);
+        let sf = StateFile { version: 1, apps: self.apps.iter().map(|(n, s)| (n.clone(), lock(&s.st).clone())).collect() };
+        let dir = &self.cfg.state_dir;
+        let res = (|| -> std::io::Result<()> {
+            let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&sf).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = res {
+            error!("persisting state to {}: {e}", dir.display());
+        }
+    }
+
+    fn set<R>(&self, slot: &AppSlot, f: impl FnOnce(&mut AppRecord) -> R) -> R {
+        let r = f(&mut lock(&slot.st));
+        self.persist();
+        r
+    }
+
+    fn ws_path(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("ws").join(format!("{name}.json"))
+    }
+
+    // ---------- observing the kernel ----------
+
+    fn freezers(&self, cgs: &AppCgroups, pids: &[i32]) -> Vec<Freezer> {
+        if let Some(d) = cgs.v2.as_ref().filter(|d| d.join("cgroup.freeze").exists()) {
+            return vec![Freezer::CgroupV2(d.clone())];
+        }
+        if let Some(d) = cgs.v1_freezer.as_ref().filter(|d| d.join("freezer.state").exists()) {
+            return vec![Freezer::CgroupV1(d.clone())];
+        }
+        pids.iter().map(|p| Freezer::Signal(*p)).collect()
+    }
+
+    fn observe(&self, cgs: &AppCgroups) -> Observed {
+        let pids = cgs.primary().and_then(|d| cgroup::procs(d).ok()).unwrap_or_default();
+        let fz = self.freezers(cgs, &pids);
+        let frozen = !pids.is_empty() && !fz.is_empty() && fz.iter().all(|f| f.is_frozen().unwrap_or(false));
+        let freeze_pending = !frozen
+            && (cgs.v2.as_ref().is_some_and(|d| std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
+                || cgs
+                    .v1_freezer
+                    .as_ref()
+                    .is_some_and(|d| std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING")));
+        let mut mem = ProcMem::default();
+        for p in &pids {
+            if let Some(m) = proc_mem(*p) {
+                mem.rss += m.rss;
+                mem.rss_anon += m.rss_anon;
+                mem.swap += m.swap;
+            }
+        }
+        Observed { pids, frozen, freeze_pending, mem }
+    }
+
+    /// Rebuild one app's state from its cgroups after a (re)start of torpord.
+    ///
+    /// Rules (the kernel is the truth; the persisted record only says what was in flight):
+    /// - no process in the app's cgroup: `stopped` (nothing is lost: a process that exists is
+    ///   always found through its cgroup, whatever the pid in the record);
+    /// - a freeze requested but not confirmed: an interrupted Stop is completed (frozen),
+    ///   anything else is thawed;
+    /// - not frozen: `running` (an interrupted Start had already thawed it; an interrupted Stop
+    ///   had not frozen it yet);
+    /// - frozen: `standby` when most of its anonymous memory is on swap, else `suspended`.
+    ///   An interrupted Start is NOT resumed: the app stays suspended/standby (its caller never
+    ///   got "ready"; a new Start resumes it). An interrupted Stop is completed: with
+    ///   `purge = "always"` the purge is redone.
+    fn adopt(&self, slot: &AppSlot) {
+        let name = slot.cfg.name.clone();
+        let (cgs, in_flight, old_state, old_pid) = {
+            let r = lock(&slot.st);
+            (r.cgroups.clone(), r.in_flight.clone(), r.state, r.pid)
+        };
+        let mut o = self.observe(&cgs);
+        if o.pids.is_empty() {
+            if old_state != AppState::Stopped {
+                self.event(Some(&name), "adopt_warning", format!("was {} but no process is left in its cgroup", old_state.as_str()));
+            }
+            let mut r = lock(&slot.st);
+            r.state = AppState::Stopped;
+            r.pid = None;
+            r.in_flight = None;
+            return;
+        }
+        if o.freeze_pending {
+            let fz = self.freezers(&cgs, &o.pids);
+            let finish_freeze = in_flight.as_deref() == Some("stop");
+            for f in &fz {
+                let res = if finish_freeze { f.freeze(FREEZE_TIMEOUT) } else { f.thaw(FREEZE_TIMEOUT) };
+                if let Err(e) = res {
+                    self.event(Some(&name), "adopt_warning", format!("completing an interrupted freeze/thaw: {e}"));
+                }
+            }
+            o = self.observe(&cgs);
+        }
+        let pid = old_pid.filter(|p| o.pids.contains(p)).or(o.pids.first().copied());
+        let purged = o.mem.swap > 0 && o.mem.swap * 2 > o.mem.swap + o.mem.rss_anon;
+        let state = if !o.frozen {
+            AppState::Running
+        } else if purged {
+            AppState::Standby
+        } else {
+            AppState::Suspended
+        };
+        let note = match (in_flight.as_deref(), state) {
+            (Some("start"), AppState::Running) => Some("a Start was interrupted by a torpord restart after the thaw: app is running".to_string()),
+            (Some("start"), s) => Some(format!(
+                "a Start was interrupted by a torpord restart before the thaw: app left {} (send Start again)",
+                s.as_str()
+            )),
+            (Some("stop"), AppState::Running) => Some("a Stop was interrupted by a torpord restart before the freeze: app is running".into()),
+            (Some("stop"), s) => Some(format!("a Stop was interrupted by a torpord restart: app is {}", s.as_str())),
+            _ => None,
+        };
+        {
+            let mut r = lock(&slot.st);
+            r.state = state;
+            r.pid = pid;
+            r.in_flight = None;
+            if let Some(n) = &note {
+                r.last_error = Some(n.clone());
+            }
+        }
+        self.event(
+            Some(&name),
+            "adopt",
+            format!(
+                "adopted {} process(es) (pid {:?}) as {}{}",
+                o.pids.len(),
+                pid,
+                state.as_str(),
+                note.map(|n| format!("; {n}")).unwrap_or_default()
+            ),
+        );
+        if state == AppState::Suspended && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always {
+            let _op = lock(&slot.op);
+            let _ = self.purge_app(slot, false);
+        }
+    }
+
+    // ---------- spawning ----------
+
+    fn spawn(&self, slot: &AppSlot) -> Result<i32, String> {
+        let a = &slot.cfg;
+        let cgs = lock(&slot.st).cgroups.clone();
+        if let Some(unit) = &a.unit {
+            return self.spawn_unit(slot, unit, &cgs);
+        }
+        let argv = a.command.as_ref().ok_or("no command")?;
+        let procs: Vec<CString> = cgs
+            .dirs()
+            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let ids = match &a.user {
+            Some(u) => Some(resolve_user(u)?),
+            None => None,
+        };
+        let log_path = self.cfg.state_dir.join("logs").join(format!("{}.log", a.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).envs(&a.env).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
+        if let Some(d) = &a.workdir {
+            cmd.current_dir(d);
+        }
+        // SAFETY: the hook runs in the forked child before exec and only makes async-signal-safe
+        // system calls (setsid, open, write, close, setgroups, setgid, setuid) on data prepared
+        // before the fork; it allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own session: no controlling terminal, not in torpord's process group, so a
+                // signal to torpord's group (or its death) does not reach the app.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Join the app's cgroups before exec, i.e. before the app allocates anything:
+                // "0" moves the writing process itself (v1 and v2).
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(1, &gid) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("spawning {:?}: {e}", argv[0]))?;
+        let pid = child.id() as i32;
+        // Reap it when it exits (torpord is its parent while torpord lives).
+        let name = a.name.clone();
+        let slot_st = Arc::clone(self.apps.get(&name).ok_or("app vanished")?);
+        std::thread::Builder::new()
+            .name(format!("reap-{name}"))
+            .spawn(move || {
+                let st = child.wait();
+                let mut r = lock(&slot_st.st);
+                if r.pid == Some(pid) {
+                    r.counters.exits += 1;
+                    r.last_error = Some(format!("process {pid} exited: {}", st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())));
+                    warn!(app = %name, "{}", r.last_error.as_deref().unwrap_or(""));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(pid)
+    }
+
+    fn spawn_unit(&self, slot: &AppSlot, unit: &str, cgs: &AppCgroups) -> Result<i32, String> {
+        let st = std::process::Command::new("systemctl").args(["start", unit]).status().map_err(|e| format!("systemctl: {e}"))?;
+        if !st.success() {
+            return Err(format!("systemctl start {unit}: {st}"));
+        }
+        let out = std::process::Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", unit])
+            .output()
+            .map_err(|e| format!("systemctl: {e}"))?;
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| format!("{unit}: no MainPID"))?;
+        if pid <= 0 {
+            return Err(format!("{unit}: no MainPID (not running?)"));
+        }
+        // The unit's processes move into the app's cgroups (memory charged before the move
+        // stays charged where it was).
+        let src = cgroup::pid_cgroups(pid).map_err(|e| e.to_string())?;
+        let pids = src.v2.as_ref().or(src.v1_memory.as_ref()).and_then(|d| cgroup::procs(d).ok()).unwrap_or_else(|| vec![pid]);
+        for d in cgs.dirs() {
+            for p in &pids {
+                cgroup::move_pid(d, *p).map_err(|e| e.to_string())?;
+            }
+        }
+        let _ = slot;
+        Ok(pid)
+    }
+
+    // ---------- operations ----------
+
+    /// Purge the (frozen) app; caller holds its `op` lock. `reserve`: counted as a reserve purge.
+    fn purge_app(&self, slot: &AppSlot, reserve: bool) -> Result<PurgeSummary, String> {
+        let name = slot.cfg.name.clone();
+        let cgs = lock(&slot.st).cgroups.clone();
+        let o = self.observe(&cgs);
+        if o.pids.is_empty() {
+            return Err("no process to purge".into());
+        }
+        let memcg = o.pids.first().and_then(|p| Memcg::of_pid(*p).ok().flatten());
+        let usage_before = memcg.as_ref().and_then(|m| m.usage().ok());
+        let mut sum = PurgeSummary { memcg_before_bytes: usage_before, unix_time: now_unix(), ..Default::default() };
+        let n = o.pids.len();
+        for (i, pid) in o.pids.iter().enumerate() {
+            let opts = PurgeOptions {
+                // Reclaim once, after the last process; the cgroup is the app's own, so every
+                // process in it belongs to the app (unit apps: not ours to reclaim if shared).
+                reclaim: i + 1 == n,
+                reclaim_shared: slot.cfg.unit.is_none(),
+                ..PurgeOptions::default()
+            };
+            match procswap::purge_with(&*self.backend, *pid, &opts, &NoProgress) {
+                Ok(r) => {
+                    sum.resident_bytes += r.resident_bytes;
+                    sum.resident_anon_bytes += r.resident_anon_bytes;
+                    sum.swapped_bytes += r.swapped_bytes;
+                    sum.seconds += r.seconds;
+                    if let Some(s) = r.reclaim_skipped {
+                        sum.reclaim_note = Some(s);
+                    }
+                    if let Some(rc) = r.reclaim.as_ref().and_then(|rc| rc.incomplete.clone()) {
+                        sum.reclaim_note = Some(rc);
+                    }
+                }
+                Err(procswap::Error::NoSuchProcess(_)) => continue,
+                Err(e) => {
+                    let msg = format!("purge of pid {pid} failed: {e}");
+                    self.event(Some(&name), "purge_failed", msg.clone());
+                    self.set(slot, |r| r.last_error = Some(msg.clone()));
+                    return Err(msg);
+                }
+            }
+        }
+        sum.memcg_after_bytes = memcg.as_ref().and_then(|m| m.usage().ok());
+        sum.freed_bytes = match (sum.memcg_before_bytes, sum.memcg_after_bytes) {
+            (Some(b), Some(a)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        self.event(
+            Some(&name),
+            if reserve { "reserve_purge" } else { "purge" },
+            format!(
+                "purged in {:.3}s: memcg {} -> {} MiB ({} MiB freed), resident anon {} KiB, swapped {} MiB",
+                sum.seconds,
+                sum.memcg_before_bytes.unwrap_or(0) >> 20,
+                sum.memcg_after_bytes.unwrap_or(0) >> 20,
+                sum.freed_bytes >> 20,
+                sum.resident_anon_bytes >> 10,
+                sum.swapped_bytes >> 20
+            ),
+        );
+        let s2 = sum.clone();
+        self.set(slot, |r| {
+            if r.state == AppState::Suspended {
+                r.state = AppState::Standby;
+            }
+            r.counters.purges += 1;
+            if reserve {
+                r.counters.reserve_purges += 1;
+            }
+            r.last_purge = Some(s2);
+        });
+        Ok(sum)
+    }
+
+    /// Keep MemAvailable above the reserve by purging suspended apps, least recently stopped
+    /// first. `held`: an app whose `op` lock the caller already holds (it may be purged too).
+    pub fn enforce_reserve(&self, held: Option<&str>) {
+        loop {
+            let avail = match procswap::sys::meminfo() {
+                Ok(m) => m.mem_available,
+                Err(_) => return,
+            };
+            if avail >= self.cfg.reserve {
+                self.reserve_warned.store(false, Ordering::Relaxed);
+                return;
+            }
+            let mut cands: Vec<(f64, &Arc<AppSlot>)> = self
+                .apps
+                .values()
+                .filter_map(|s| {
+                    let r = lock(&s.st);
+                    (r.state == AppState::Suspended).then(|| (r.last_stop_unix.unwrap_or(0.0), s))
+                })
+                .collect();
+            cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut done = false;
+            for (_, s) in cands {
+                let guard = if held == Some(s.cfg.name.as_str()) {
+                    None
+                } else {
+                    match s.op.try_lock() {
+                        Ok(g) => Some(g),
+                        Err(_) => continue,
+                    }
+                };
+                if lock(&s.st).state != AppState::Suspended {
+                    continue;
+                }
+                self.event(
+                    Some(&s.cfg.name),
+                    "reserve",
+                    format!("MemAvailable {} MiB < reserve {} MiB: purging", avail >> 20, self.cfg.reserve >> 20),
+                );
+                let ok = self.purge_app(s, true).is_ok();
+                drop(guard);
+                if ok {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                if !self.reserve_warned.swap(true, Ordering::Relaxed) {
+                    self.event(
+                        None,
+                        "reserve",
+                        format!("MemAvailable {} MiB < reserve {} MiB and no suspended app left to purge", avail >> 20, self.cfg.reserve >> 20),
+                    );
+                }
+                return;
+            }
+        }
+    }
+
+    /// Start(app): resume a suspended/standby app (prefetch, thaw, probe) or cold-start it.
+    /// Answers only once the readiness probe succeeded.
+    pub fn start(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let slot = self.slot(name)?;
+        let _op = lock(&slot.op);
+        let t0 = Instant::now();
+        let (cgs, state) = {
+            let r = lock(&slot.st);
+            (r.cgroups.clone(), r.state)
+        };
+        let o = self.observe(&cgs);
+        // The kernel is the truth: an app that died is cold, an app found running is running.
+        let state = if o.pids.is_empty() {
+            AppState::Stopped
+        } else if !o.frozen {
+            AppState::Running
+        } else if matches!(state, AppState::Suspended | AppState::Standby) {
+            state
+        } else {
+            AppState::Suspended
+        };
+        match state {
+            AppState::Running => {
+                let probe_t = Instant::now();
+                if let Some(p) = &slot.cfg.ready {
+                    probe::wait_ready(p, slot.cfg.ready_timeout, || Ok(())).map_err(|e| {
+                        ApiError::new(503, "start_failed", format!("app is running but not ready: {e}"))
+                    })?;
+                }
+                self.set(slot, |r| r.state = AppState::Running);
+                Ok(serde_json::json!({
+                    "app": name, "state": "running", "ready": true, "already_running": true,
+                    "timing": {"probe_s": probe_t.elapsed().as_secs_f64(), "total_s": t0.elapsed().as_secs_f64()}
+                }))
+            }
+            AppState::Stopped => self.cold_start(slot, t0),
+            _ => self.resume(slot, t0, o.pids),
+        }
+    }
+
+    fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<serde_json::Value, ApiError> {
+        let name = slot.cfg.name.clone();
+        self.set(slot, |r| {
+            r.state = AppState::Starting;
+            r.in_flight = Some("start".into());
+            r.pid = None;
+        });
+        let pid = match self.spawn(slot) {
+            Ok(p) => p,
+            Err(e) => {
+                self.set(slot, |r| {
+                    r.state = AppState::Stopped;
+                    r.in_flight = None;
+                    r.counters.start_failures += 1;
+                    r.last_error = Some(e.clone());
+                });
+                self.event(Some(&name), "start_failed", e.clone());
+                return Err(ApiError::new(500, "start_failed", e));
+            }
+        };
+        self.set(slot, |r| r.pid = Some(pid));
+        let spawn_s = t0.elapsed().as_secs_f64();
+        self.event(Some(&name), "spawn", format!("spawned pid {pid}"));
+        let tp = Instant::now();
+        let cgs = lock(&slot.st).cgroups.clone();
+        let res = match &slot.cfg.ready {
+            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
+                if self.observe(&cgs).pids.is_empty() {
+                    Err(format!("the app exited during startup (see {})", self.cfg.state_dir.join("logs").join(format!("{name}.log")).display()))
+                } else {
+                    Ok(())
+                }
+            }),
+            None => Ok(0),
+        };
+        let probe_s = tp.elapsed().as_secs_f64();
+        match res {
+            Ok(_) => {
+                let timing = StartTiming { cold: true, spawn_s, probe_s, total_s: t0.elapsed().as_secs_f64(), unix_time: now_unix(), ..Default::default() };
+                self.finish_start(slot, timing)
+            }
+            Err(e) => Err(self.fail_start(slot, e)),
+        }
+    }
+
+    fn resume(&self, slot: &AppSlot, t0: Instant, pids: Vec<i32>) -> Result<serde_json::Value, ApiError> {
+        let name = slot.cfg.name.clone();
+        let prev_state = self.set(slot, |r| {
+            r.in_flight = Some("start".into());
+            let p = r.state;
+            r.state = AppState::Starting;
+            p
+        });
+        let _ = prev_state;
+        // Make room first (other suspended apps), then fetch without crossing the floor.
+        self.enforce_reserve(Some(&name));
+        let tpf = Instant::now();
+        let mut timing = StartTiming::default();
+        let ws: Option<WorkingSet> =
+            std::fs::read(self.ws_path(&name)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let do_prefetch = match self.cfg.prefetch {
+            PrefetchPolicy::Full => true,
+            PrefetchPolicy::WorkingSetOnly => ws.is_some(),
+            PrefetchPolicy::None => false,
+        };
+        if do_prefetch && procswap::sys::meminfo().map(|m| m.swap_total > 0).unwrap_or(false) {
+            for pid in &pids {
+                let opts = PrefetchOptions {
+                    threads: self.cfg.prefetch_threads,
+                    free_floor_bytes: self.cfg.reserve,
+                    working_set: ws.clone().filter(|w| w.pid == *pid),
+                    working_set_only: self.cfg.prefetch == PrefetchPolicy::WorkingSetOnly,
+                    ..PrefetchOptions::default()
+                };
+                if opts.working_set_only && opts.working_set.is_none() {
+                    continue;
+                }
+                match procswap::prefetch_with(&*self.backend, *pid, &opts, &NoProgress) {
+                    Ok(r) => {
+                        timing.prefetch_bytes += r.read_issued_bytes;
+                        timing.working_set_pages += r.working_set_pages;
+                        timing.still_swapped_pages += r.still_swapped_pages;
+                        if let Some(s) = r.stopped {
+                            timing.prefetch_stopped = Some(format!("{s:?}"));
+                            self.event(Some(&name), "reserve", format!("prefetch of pid {pid} stopped early: {s:?}"));
+                        }
+                    }
+                    Err(procswap::Error::NoSuchProcess(_)) => {}
+                    // Prefetch is an optimisation: demand paging still brings everything back.
+                    Err(e) => self.event(Some(&name), "error", format!("prefetch of pid {pid} failed (continuing with demand paging): {e}")),
+                }
+            }
+            lock(&slot.st).counters.prefetches += 1;
+        }
+        timing.prefetch_s = tpf.elapsed().as_secs_f64();
+        let tt = Instant::now();
+        let cgs = lock(&slot.st).cgroups.clone();
+        for f in self.freezers(&cgs, &pids) {
+            if let Err(e) = f.thaw(FREEZE_TIMEOUT) {
+                let msg = format!("thaw failed: {e}");
+                return Err(self.fail_start(slot, msg));
+            }
+        }
+        timing.thaw_s = tt.elapsed().as_secs_f64();
+        // Thawed: from here on a restart finds it running (see adopt()).
+        let tp = Instant::now();
+        let res = match &slot.cfg.ready {
+            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
+                if self.observe(&cgs).pids.is_empty() {
+                    Err("the app exited".into())
+                } else {
+                    Ok(())
+                }
+            }),
+            None => Ok(0),
+        };
+        timing.probe_s = tp.elapsed().as_secs_f64();
+        timing.total_s = t0.elapsed().as_secs_f64();
+        timing.unix_time = now_unix();
+        match res {
+            Ok(_) => self.finish_start(slot, timing),
+            Err(e) => Err(self.fail_start(slot, e)),
+        }
+    }
+
+    fn finish_start(&self, slot: &AppSlot, timing: StartTiming) -> Result<serde_json::Value, ApiError> {
+        let name = &slot.cfg.name;
+        let pid = self.set(slot, |r| {
+            r.state = AppState::Running;
+            r.in_flight = None;
+            r.counters.starts += 1;
+            if timing.cold {
+                r.counters.cold_starts += 1;
+            }
+            r.last_error = None;
+            r.last_start = Some(timing.clone());
+            r.pid
+        });
+        self.event(
+            Some(name),
+            "start",
+            format!(
+                "ready ({}): prefetch {:.3}s ({} MiB), thaw {:.3}s, probe {:.3}s, total {:.3}s",
+                if timing.cold { "cold" } else { "resume" },
+                timing.prefetch_s,
+                timing.prefetch_bytes >> 20,
+                timing.thaw_s,
+                timing.probe_s,
+                timing.total_s
+            ),
+        );
+        Ok(serde_json::json!({"app": name, "state": "running", "ready": true, "pid": pid, "cold": timing.cold, "timing": timing}))
+    }
+
+    /// A Start that did not reach "ready": leave the app frozen and purged (not half-started)
+    /// when processes remain, else stopped.
+    fn fail_start(&self, slot: &AppSlot, why: String) -> ApiError {
+        let name = slot.cfg.name.clone();
+        let cgs = lock(&slot.st).cgroups.clone();
+        let o = self.observe(&cgs);
+        let mut left = "stopped";
+        if !o.pids.is_empty() {
+            let mut frozen = true;
+            for f in self.freezers(&cgs, &o.pids) {
+                if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
+                    self.event(Some(&name), "error", format!("freezing after a failed start: {e}"));
+                    frozen = false;
+                }
+            }
+            if frozen {
+                self.set(slot, |r| {
+                    r.state = AppState::Suspended;
+                    r.last_stop_unix = Some(now_unix());
+                });
+                left = "suspended";
+                if self.cfg.purge != PurgePolicy::Never && self.purge_app(slot, false).is_ok() {
+                    left = "standby";
+                }
+            } else {
+                left = "running";
+            }
+        }
+        let st = match left {
+            "stopped" => AppState::Stopped,
+            "suspended" => AppState::Suspended,
+            "standby" => AppState::Standby,
+            _ => AppState::Running,
+        };
+        let msg = format!("{why}; app left {left}");
+        self.set(slot, |r| {
+            r.state = st;
+            r.in_flight = None;
+            r.counters.start_failures += 1;
+            r.last_error = Some(msg.clone());
+            if st == AppState::Stopped {
+                r.pid = None;
+            }
+        });
+        self.event(Some(&name), "start_failed", msg.clone());
+        ApiError::new(if st == AppState::Stopped { 500 } else { 503 }, "start_failed", msg)
+    }
+
+    /// Stop(app): record the working set, freeze, purge per policy.
+    pub fn stop(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let slot = self.slot(name)?;
+        let _op = lock(&slot.op);
+        self.stop_locked(slot)
+    }
+
+    fn stop_locked(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
+        let name = slot.cfg.name.clone();
+        let t0 = Instant::now();
+        let (cgs, state) = {
+            let r = lock(&slot.st);
+            (r.cgroups.clone(), r.state)
+        };
+        let o = self.observe(&cgs);
+        if o.pids.is_empty() {
+            self.set(slot, |r| {
+                r.state = AppState::Stopped;
+                r.pid = None;
+            });
+            return Ok(serde_json::json!({"app": name, "state": "stopped", "already": true}));
+        }
+        if o.frozen && matches!(state, AppState::Suspended | AppState::Standby) {
+            return Ok(serde_json::json!({"app": name, "state": state.as_str(), "already": true}));
+        }
+        self.set(slot, |r| {
+            r.in_flight = Some("stop".into());
+            r.state = AppState::Stopping;
+        });
+        let tf = Instant::now();
+        for f in self.freezers(&cgs, &o.pids) {
+            if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
+                let _ = f.thaw(FREEZE_TIMEOUT);
+                let msg = format!("freeze failed: {e}; app left running");
+                self.set(slot, |r| {
+                    r.state = AppState::Running;
+                    r.in_flight = None;
+                    r.last_error = Some(msg.clone());
+                });
+                self.event(Some(&name), "stop_failed", msg.clone());
+                return Err(ApiError::new(500, "stop_failed", msg));
+            }
+        }
+        let freeze_s = tf.elapsed().as_secs_f64();
+        // Working set by residency (works on every kernel): the pages present now.
+        let tw = Instant::now();
+        let pid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
+        let ws_bytes = match procswap::workingset::from_residency(pid) {
+            Ok(ws) => {
+                let b = ws.bytes();
+                let p = self.ws_path(&name);
+                let tmp = p.with_extension("json.tmp");
+                let wr = serde_json::to_vec(&ws)
+                    .map_err(std::io::Error::other)
+                    .and_then(|v| std::fs::write(&tmp, v))
+                    .and_then(|_| std::fs::rename(&tmp, &p));
+                if let Err(e) = wr {
+                    self.event(Some(&name), "error", format!("saving working set: {e}"));
+                }
+                Some(b)
+            }
+            Err(e) => {
+                self.event(Some(&name), "error", format!("working-set recording failed: {e}"));
+                None
+            }
+        };
+        let ws_s = tw.elapsed().as_secs_f64();
+        self.set(slot, |r| {
+            r.state = AppState::Suspended;
+            r.pid = Some(pid);
+            r.last_stop_unix = Some(now_unix());
+            r.counters.stops += 1;
+            r.working_set_bytes = ws_bytes.or(r.working_set_bytes);
+        });
+        let tp = Instant::now();
+        let mut purge = None;
+        if self.cfg.purge == PurgePolicy::Always {
+            purge = self.purge_app(slot, false).ok();
+        }
+        let purge_s = tp.elapsed().as_secs_f64();
+        let st = self.set(slot, |r| {
+            r.in_flight = None;
+            r.state
+        });
+        self.event(
+            Some(&name),
+            "stop",
+            format!("{} (freeze {freeze_s:.3}s, working set {} KiB in {ws_s:.3}s, purge {purge_s:.3}s)", st.as_str(), ws_bytes.unwrap_or(0) >> 10),
+        );
+        self.enforce_reserve(Some(&name));
+        let st = lock(&slot.st).state;
+        Ok(serde_json::json!({
+            "app": name, "state": st.as_str(),
+            "timing": {"freeze_s": freeze_s, "working_set_s": ws_s, "purge_s": purge_s, "total_s": t0.elapsed().as_secs_f64()},
+            "working_set_bytes": ws_bytes, "purge": purge,
+        }))
+    }
+
+    /// The standby pool: cold-start every `prestart` app that is not running, wait until ready,
+    /// freeze and purge it.
+    pub fn prestart_pool(&self) {
+        for slot in self.apps.values().filter(|s| s.cfg.prestart) {
+            let name = slot.cfg.name.clone();
+            if lock(&slot.st).state != AppState::Stopped {
+                continue;
+            }
+            match self.start(&name) {
+                Ok(_) => {
+                    let _op = lock(&slot.op);
+                    if let Err(e) = self.stop_locked(slot) {
+                        self.event(Some(&name), "error", format!("prestart: stop failed: {}", e.message));
+                        continue;
+                    }
+                    // The pool is purged whatever the policy says, unless purging is off.
+                    if self.cfg.purge == PurgePolicy::OnPressure && lock(&slot.st).state == AppState::Suspended {
+                        let _ = self.purge_app(slot, false);
+                    }
+                    let st = lock(&slot.st).state;
+                    self.event(Some(&name), "standby", format!("prestarted, now {}", st.as_str()));
+                }
+                Err(e) => self.event(Some(&name), "error", format!("prestart failed: {}", e.message)),
+            }
+        }
+        self.pool_ready.store(true, Ordering::Relaxed);
+    }
+
+    // ---------- monitoring ----------
+
+    /// One monitoring tick: paging rates and overload detectors (host and apps), app deaths,
+    /// the reserve.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        if let Some((inn, out)) = vmstat_swaps() {
+            let mut hm = lock(&self.host_mon);
+            if let Some((was_s, was_h)) = hm.feed(now, inn + out) {
+                let s = hm.status.clone();
+                drop(hm);
+                self.overload_events(None, was_s, was_h, &s);
+            }
+        }
+        for slot in self.apps.values() {
+            let name = slot.cfg.name.clone();
+            let cgs = lock(&slot.st).cgroups.clone();
+            let o = self.observe(&cgs);
+            let counter = cgs
+                .v1_memory
+                .as_ref()
+                .map(|d| Memcg::V1(d.clone()))
+                .or_else(|| cgs.v2.as_ref().filter(|d| d.join("memory.stat").exists()).map(|d| Memcg::V2(d.clone())))
+                .and_then(|m| m.stat(if matches!(m, Memcg::V1(_)) { "total_pgmajfault" } else { "pgmajfault" }).ok().flatten())
+                .unwrap_or_else(|| o.pids.iter().map(|p| majflt(*p)).sum());
+            {
+                let mut mon = lock(&slot.mon);
+                if let Some((was_s, was_h)) = mon.feed(now, counter) {
+                    let s = mon.status.clone();
+                    drop(mon);
+                    self.overload_events(Some(&name), was_s, was_h, &s);
+                }
+            }
+            // Deaths: only when no operation runs on the app.
+            if let Ok(_op) = slot.op.try_lock() {
+                let state = lock(&slot.st).state;
+                if o.pids.is_empty() && state != AppState::Stopped {
+                    self.set(slot, |r| {
+                        r.state = AppState::Stopped;
+                        r.pid = None;
+                    });
+                    self.event(Some(&name), "exited", format!("no process left in its cgroup (was {})", state.as_str()));
+                }
+            }
+        }
+        self.enforce_reserve(None);
+        self.last_tick.store(now_unix() as u64, Ordering::Relaxed);
+    }
+
+    fn overload_events(&self, app: Option<&str>, was_s: bool, was_h: bool, s: &OverloadStatus) {
+        let who = app.map(|a| format!("app {a}")).unwrap_or_else(|| "host".into());
+        if s.sustained != was_s {
+            self.event(
+                app,
+                "overload",
+                format!(
+                    "{who}: sustained overload {} ({} of the last 12 intervals above {} ops/s; last {:.0} ops/s)",
+                    if s.sustained { "BEGINS" } else { "ends" },
+                    s.overloaded_in_window,
+                    self.cfg.overload_threshold,
+                    s.rate
+                ),
+            );
+        }
+        if s.hotspot != was_h {
+            self.event(
+                app,
+                "hotspot",
+                format!(
+                    "{who}: hotspot {} (rate {:.0} ops/s, AR(1) prediction {:.0})",
+                    if s.hotspot { "detected" } else { "cleared" },
+                    s.rate,
+                    s.predicted.unwrap_or(0.0)
+                ),
+            );
+        }
+    }
+
+    pub fn host_overload(&self) -> OverloadStatus {
+        lock(&self.host_mon).status.clone()
+    }
+
+    // ---------- status ----------
+
+    /// Status of one app (JSON).
+    pub fn app_status(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let slot = self.slot(name)?;
+        let rec = lock(&slot.st).clone();
+        let o = self.observe(&rec.cgroups);
+        let memcg = rec
+            .cgroups
+            .v1_memory
+            .as_ref()
+            .map(|d| Memcg::V1(d.clone()))
+            .or_else(|| rec.cgroups.v2.as_ref().filter(|d| d.join("memory.current").exists()).map(|d| Memcg::V2(d.clone())))
+            .and_then(|m| m.usage().ok());
+        let ov = lock(&slot.mon).status.clone();
+        let busy = slot.op.try_lock().is_err();
+        Ok(serde_json::json!({
+            "name": name,
+            "state": rec.state.as_str(),
+            "busy": busy,
+            "in_flight": rec.in_flight,
+            "pid": rec.pid,
+            "pids": o.pids,
+            "frozen": o.frozen,
+            "prestart": slot.cfg.prestart,
+            "command": slot.cfg.command,
+            "unit": slot.cfg.unit,
+            "cgroups": rec.cgroups,
+            "memory": {"resident_bytes": o.mem.rss, "resident_anon_bytes": o.mem.rss_anon, "swapped_bytes": o.mem.swap, "memcg_bytes": memcg},
+            "last_stop_unix": rec.last_stop_unix,
+            "last_start": rec.last_start,
+            "last_purge": rec.last_purge,
+            "last_error": rec.last_error,
+            "working_set_bytes": rec.working_set_bytes,
+            "counters": rec.counters,
+            "overload": ov,
+        }))
+    }
+
+    pub fn all_status(&self) -> Vec<serde_json::Value> {
+        self.apps.keys().filter_map(|n| self.app_status(n).ok()).collect()
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let help = |s: &mut String, name: &str, ty: &str, h: &str| {
+            let _ = writeln!(s, "# HELP {name} {h}\n# TYPE {name} {ty}");
+        };
+        let recs: Vec<(String, AppRecord, Observed, OverloadStatus)> = self
+            .apps
+            .iter()
+            .map(|(n, sl)| {
+                let r = lock(&sl.st).clone();
+                let o = self.observe(&r.cgroups);
+                let ov = lock(&sl.mon).status.clone();
+                (n.clone(), r, o, ov)
+            })
+            .collect();
+        help(&mut s, "torpord_app_state", "gauge", "1 for the app's current state");
+        for (n, r, _, _) in &recs {
+            for st in AppState::ALL {
+                let _ = writeln!(s, "torpord_app_state{{app=\"{n}\",state=\"{}\"}} {}", st.as_str(), u8::from(r.state == st));
+            }
+        }
+        help(&mut s, "torpord_transitions_total", "counter", "Transitions by kind");
+        for (n, r, _, _) in &recs {
+            let c = &r.counters;
+            for (k, v) in [
+                ("start", c.starts),
+                ("cold_start", c.cold_starts),
+                ("start_failed", c.start_failures),
+                ("stop", c.stops),
+                ("purge", c.purges),
+                ("reserve_purge", c.reserve_purges),
+                ("prefetch", c.prefetches),
+                ("exit", c.exits),
+            ] {
+                let _ = writeln!(s, "torpord_transitions_total{{app=\"{n}\",transition=\"{k}\"}} {v}");
+            }
+        }
+        help(&mut s, "torpord_last_start_seconds", "gauge", "Phases of the last successful Start");
+        for (n, r, _, _) in &recs {
+            if let Some(t) = &r.last_start {
+                for (ph, v) in [("spawn", t.spawn_s), ("prefetch", t.prefetch_s), ("thaw", t.thaw_s), ("probe", t.probe_s), ("total", t.total_s)] {
+                    let _ = writeln!(s, "torpord_last_start_seconds{{app=\"{n}\",phase=\"{ph}\"}} {v}");
+                }
+            }
+        }
+        help(&mut s, "torpord_app_memory_bytes", "gauge", "App memory (resident, resident_anon, swapped) from /proc");
+        for (n, _, o, _) in &recs {
+            for (k, v) in [("resident", o.mem.rss), ("resident_anon", o.mem.rss_anon), ("swapped", o.mem.swap)] {
+                let _ = writeln!(s, "torpord_app_memory_bytes{{app=\"{n}\",kind=\"{k}\"}} {v}");
+            }
+        }
+        help(&mut s, "torpord_last_purge_freed_bytes", "gauge", "Memory cgroup bytes freed by the last purge");
+        for (n, r, _, _) in &recs {
+            if let Some(p) = &r.last_purge {
+                let _ = writeln!(s, "torpord_last_purge_freed_bytes{{app=\"{n}\"}} {}", p.freed_bytes);
+            }
+        }
+        help(&mut s, "torpord_paging_rate", "gauge", "Paging operations per second in the last sample interval");
+        help(&mut s, "torpord_overloaded", "gauge", "Overload flags (interval, sustained 8-of-12, hotspot 3-of-5 + AR(1))");
+        let host = self.host_overload();
+        let mut ov_lines = |scope: &str, ov: &OverloadStatus| {
+            let _ = writeln!(s, "torpord_paging_rate{{{scope}}} {}", ov.rate);
+            for (k, v) in [("interval", ov.overloaded), ("sustained", ov.sustained), ("hotspot", ov.hotspot)] {
+                let _ = writeln!(s, "torpord_overloaded{{{scope},kind=\"{k}\"}} {}", u8::from(v));
+            }
+        };
+        ov_lines("scope=\"host\"", &host);
+        for (n, _, _, ov) in &recs {
+            ov_lines(&format!("scope=\"app\",app=\"{n}\""), ov);
+        }
+        if let Ok(m) = procswap::sys::meminfo() {
+            let _ = writeln!(s, "# TYPE torpord_mem_available_bytes gauge\ntorpord_mem_available_bytes {}", m.mem_available);
+        }
+        let _ = writeln!(s, "# TYPE torpord_reserve_bytes gauge\ntorpord_reserve_bytes {}", self.cfg.reserve);
+        let _ = writeln!(s, "# TYPE torpord_uptime_seconds gauge\ntorpord_uptime_seconds {:.3}", self.uptime().as_secs_f64());
+        s
+    }
+}
+
+fn vmstat_swaps() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let get = |k: &str| s.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<u64>().ok()));
+    Some((get("pswpin ")?, get("pswpout ")?))
+}
+
+fn resolve_user(u: &str) -> Result<(libc::uid_t, libc::gid_t), String> {
+    let user = if let Ok(uid) = u.parse::<u32>() {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    } else {
+        nix::unistd::User::from_name(u)
+    }
+    .map_err(|e| format!("user {u}: {e}"))?
+    .ok_or_else(|| format!("no user {u}"))?;
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Probe kinds for display.
+pub fn describe_probe(p: &Option<Probe>) -> String {
+    match p {
+        None => "-".into(),
+        Some(Probe::Http(u)) => u.clone(),
+        Some(Probe::Tcp(p)) => format!("tcp:{p}"),
+        Some(Probe::Command(c)) => c.join(" "),
+    }
+}
+
+/// Unused-path helper kept for symmetry with the CLI.
+pub fn state_file(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
