@@ -1,0 +1,492 @@
+//! torpord root suite: real apps (torpor-testapp) in real cgroups, with swap.
+//! Run through `local-controller/tests/run-root-tests.sh` (as root, under with-swap.sh):
+//!   cargo test -p local-controller --test root_torpord -- --ignored --test-threads=1 --nocapture
+
+use local_controller::client::request;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
+const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
+const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
+const MIB: u64 = 1 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn api(sock: &Path, method: &str, path: &str) -> (u16, Value) {
+    let r = request(sock, method, path, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let v = r.json().unwrap_or(Value::Null);
+    (r.status, v)
+}
+
+fn app_get(port: u16, path: &str) -> u16 {
+    match local_controller::probe::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(30)) {
+        Ok((s, _)) => s,
+        Err(e) => panic!("GET :{port}{path}: {e}"),
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct TestApp {
+    name: String,
+    port: u16,
+    mib: u64,
+    prestart: bool,
+    extra: Vec<String>,
+    timeout: &'static str,
+}
+
+fn app(name: &str, mib: u64, prestart: bool) -> TestApp {
+    TestApp { name: name.into(), port: free_port(), mib, prestart, extra: vec![], timeout: "30s" }
+}
+
+/// A temporary torpord setup: config, state dir, socket, its own cgroup parent. Dropping it
+/// kills torpord and every app process and removes the cgroups.
+struct Fixture {
+    dir: PathBuf,
+    parent: String,
+    cfg: PathBuf,
+    sock: PathBuf,
+    daemon: Option<Child>,
+    apps: Vec<TestApp>,
+}
+
+impl Fixture {
+    fn new(tag: &str, apps: Vec<TestApp>, extra_global: &str) -> Fixture {
+        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "the root suite needs root");
+        let parent = format!("torpor-test-{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&parent);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Let an unprivileged peer reach the socket's directory (the socket's mode decides).
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let sock = dir.join("torpord.sock");
+        let mut toml = format!(
+            "socket = {:?}\nstate_dir = {:?}\ncgroup_parent = {:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\nbackend = \"auto\"\n{extra_global}\n",
+            sock,
+            dir.join("state"),
+            parent
+        );
+        for a in &apps {
+            let mut argv = vec![TESTAPP.to_string(), "--port".into(), a.port.to_string(), "--mib".into(), a.mib.to_string()];
+            argv.extend(a.extra.iter().cloned());
+            toml += &format!(
+                "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n",
+                a.name, argv, a.port, a.timeout, a.prestart
+            );
+        }
+        let cfg = dir.join("torpord.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        Fixture { dir, parent, cfg, sock, daemon: None, apps }
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("torpord.log")).unwrap();
+        let child = Command::new(TORPORD)
+            .arg("--config")
+            .arg(&self.cfg)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let sock = self.sock.clone();
+        wait_until("torpord's socket", Duration::from_secs(30), || {
+            request(&sock, "GET", "/v1/health", None, Duration::from_secs(5)).map(|r| r.status == 200).unwrap_or(false)
+        });
+    }
+
+    fn wait_pool(&self) {
+        wait_until("the standby pool", Duration::from_secs(120), || self.api("GET", "/v1/health").1["pool_ready"] == true);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn api(&self, method: &str, path: &str) -> (u16, Value) {
+        api(&self.sock, method, path)
+    }
+
+    fn status(&self, name: &str) -> Value {
+        let (s, v) = self.api("GET", &format!("/v1/apps/{name}"));
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    fn port(&self, name: &str) -> u16 {
+        self.apps.iter().find(|a| a.name == name).unwrap().port
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("torpord.log")).unwrap_or_default()
+    }
+
+    fn metric(&self, name_and_labels: &str) -> Option<f64> {
+        let r = request(&self.sock, "GET", "/metrics", None, Duration::from_secs(30)).unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let m = procswap::cgroup::mounts().unwrap();
+        [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten().map(|mt| mt.mount_point.join(&self.parent)).collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill9();
+        for parent in self.cgroup_dirs() {
+            let Ok(rd) = std::fs::read_dir(&parent) else { continue };
+            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
+                let d = e.path();
+                let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+                let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+                for _ in 0..100 {
+                    let pids = procswap::cgroup::procs(&d).unwrap_or_default();
+                    if pids.is_empty() {
+                        break;
+                    }
+                    for p in pids {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = procswap::cgroup::remove(&d);
+            }
+            let _ = procswap::cgroup::remove(&parent);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn frozen_of(v: &Value) -> bool {
+    v["frozen"] == true
+}
+
+/// An app that is reported standby is frozen, and its memory is out: most of it swapped,
+/// little anonymous memory resident, the memcg purge freed about its size.
+fn assert_standby(f: &Fixture, name: &str, mib: u64) -> Value {
+    let v = f.status(name);
+    assert_eq!(v["state"], "standby", "{name}: {v:#}");
+    assert!(frozen_of(&v), "{name} standby but not frozen: {v:#}");
+    let swapped = v["memory"]["swapped_bytes"].as_u64().unwrap();
+    let anon = v["memory"]["resident_anon_bytes"].as_u64().unwrap();
+    let freed = v["last_purge"]["freed_bytes"].as_u64().unwrap();
+    let memcg = v["memory"]["memcg_bytes"].as_u64().unwrap_or(0);
+    assert!(swapped >= mib * MIB * 9 / 10, "{name}: only {} MiB swapped of {mib}: {v:#}", swapped / MIB);
+    assert!(anon <= 8 * MIB, "{name}: {} KiB anon still resident: {v:#}", anon >> 10);
+    assert!(freed >= mib * MIB * 9 / 10, "{name}: purge freed only {} MiB: {v:#}", freed / MIB);
+    assert!(memcg <= 16 * MIB, "{name}: memcg still charged {} MiB: {v:#}", memcg / MIB);
+    v
+}
+
+fn pids_of(f: &Fixture) -> Vec<(String, Vec<i64>)> {
+    f.apps
+        .iter()
+        .map(|a| (a.name.clone(), f.status(&a.name)["pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()))
+        .collect()
+}
+
+fn stats(xs: &mut [f64]) -> String {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        return "-".into();
+    }
+    format!("min {:.3} median {:.3} max {:.3}", xs[0], xs[xs.len() / 2], xs[xs.len() - 1])
+}
+
+#[test]
+#[ignore = "root suite"]
+fn standby_pool_then_20_start_stop_cycles() {
+    let apps = vec![app("alpha", 64, true), app("beta", 160, true), app("gamma", 96, true)];
+    let sizes: Vec<(String, u64)> = apps.iter().map(|a| (a.name.clone(), a.mib)).collect();
+    let mut f = Fixture::new("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
+    let t0 = Instant::now();
+    f.start_daemon();
+    f.wait_pool();
+    eprintln!("standby pool of 3 apps ready in {:.2}s", t0.elapsed().as_secs_f64());
+    for (name, mib) in &sizes {
+        let v = assert_standby(&f, name, *mib);
+        eprintln!(
+            "STANDBY {name}: {mib} MiB app: purge freed {} MiB (memcg {} -> {} MiB) in {:.3}s; swapped {} MiB, anon resident {} KiB",
+            v["last_purge"]["freed_bytes"].as_u64().unwrap() / MIB,
+            v["last_purge"]["memcg_before_bytes"].as_u64().unwrap_or(0) / MIB,
+            v["last_purge"]["memcg_after_bytes"].as_u64().unwrap_or(0) / MIB,
+            v["last_purge"]["seconds"].as_f64().unwrap(),
+            v["memory"]["swapped_bytes"].as_u64().unwrap() / MIB,
+            v["memory"]["resident_anon_bytes"].as_u64().unwrap() >> 10
+        );
+        assert_eq!(f.metric(&format!("torpord_app_state{{app=\"{name}\",state=\"standby\"}}")), Some(1.0));
+    }
+    let (mut pf, mut th, mut pr, mut tot) = (vec![], vec![], vec![], vec![]);
+    let mut starts = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..20 {
+        let (name, mib) = &sizes[i % 3];
+        let port = f.port(name);
+        let (s, v) = f.api("POST", &format!("/v1/apps/{name}/start"));
+        assert_eq!(s, 200, "start {name}: {v}");
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["ready"], true);
+        // Answered only once the app serves: a null request right now succeeds.
+        assert_eq!(app_get(port, "/"), 200, "{name} does not serve right after Start");
+        // Memory contents byte-exact after the purge/prefetch round trip.
+        assert_eq!(app_get(port, "/verify"), 200, "{name}: memory corrupted after resume");
+        let t = &v["timing"];
+        pf.push(t["prefetch_s"].as_f64().unwrap());
+        th.push(t["thaw_s"].as_f64().unwrap());
+        pr.push(t["probe_s"].as_f64().unwrap());
+        tot.push(t["total_s"].as_f64().unwrap());
+        eprintln!(
+            "cycle {i:2} {name:<5} ({mib:3} MiB): prefetch {:.3}s [{} MiB] thaw {:.4}s probe {:.4}s total {:.3}s",
+            t["prefetch_s"].as_f64().unwrap(),
+            t["prefetch_bytes"].as_u64().unwrap() / MIB,
+            t["thaw_s"].as_f64().unwrap(),
+            t["probe_s"].as_f64().unwrap(),
+            t["total_s"].as_f64().unwrap()
+        );
+        *starts.entry(name.clone()).or_default() += 1;
+        let (s, v) = f.api("POST", &format!("/v1/apps/{name}/stop"));
+        assert_eq!(s, 200, "stop {name}: {v}");
+        assert_eq!(v["state"], "standby", "{v}");
+        assert_standby(&f, name, *mib);
+    }
+    eprintln!("START TIMING over 20 resumes (s): prefetch {}", stats(&mut pf));
+    eprintln!("START TIMING over 20 resumes (s): thaw     {}", stats(&mut th));
+    eprintln!("START TIMING over 20 resumes (s): probe    {}", stats(&mut pr));
+    eprintln!("START TIMING over 20 resumes (s): total    {}", stats(&mut tot));
+    // Metrics reflect every transition: 1 cold start (prestart) + the resumes; stops likewise.
+    for (name, _) in &sizes {
+        let n = starts[name] as f64;
+        let m = |k: &str| f.metric(&format!("torpord_transitions_total{{app=\"{name}\",transition=\"{k}\"}}")).unwrap();
+        assert_eq!(m("start"), n + 1.0, "{name} starts");
+        assert_eq!(m("cold_start"), 1.0, "{name} cold starts");
+        assert_eq!(m("stop"), n + 1.0, "{name} stops");
+        assert_eq!(m("purge"), n + 1.0, "{name} purges");
+        assert_eq!(m("start_failed"), 0.0);
+        assert!(f.metric(&format!("torpord_last_start_seconds{{app=\"{name}\",phase=\"total\"}}")).is_some());
+    }
+    // The CLI sees the same.
+    let out = Command::new(TORPOR).arg("--socket").arg(&f.sock).arg("apps").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success());
+    assert_eq!(text.lines().filter(|l| l.contains("standby")).count(), 3, "{text}");
+    // Events were recorded for the transitions.
+    let (_, ev) = f.api("GET", "/v1/events");
+    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.iter().filter(|k| **k == "start").count() >= 20, "{kinds:?}");
+}
+
+/// After a restart, every app is reported in a state that matches the kernel, with its
+/// original processes.
+fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i64>)]) -> Vec<String> {
+    let after = pids_of(f);
+    assert_eq!(before, after.as_slice(), "app processes changed across the torpord restart (lost or killed)");
+    let mut states = vec![];
+    for a in &f.apps {
+        let v = f.status(&a.name);
+        let st = v["state"].as_str().unwrap().to_string();
+        assert!(v["in_flight"].is_null(), "{v:#}");
+        match st.as_str() {
+            "running" => {
+                assert!(!frozen_of(&v), "{v:#}");
+                assert_eq!(app_get(a.port, "/verify"), 200);
+            }
+            "standby" | "suspended" => assert!(frozen_of(&v), "{} reported {st} but not frozen", a.name),
+            other => panic!("{}: unexpected state {other} after restart: {v:#}", a.name),
+        }
+        eprintln!("  after restart: {} is {st} (note: {})", a.name, v["last_error"]);
+        states.push(st);
+    }
+    states
+}
+
+#[test]
+#[ignore = "root suite"]
+fn kill9_mid_start_and_mid_stop_then_restart() {
+    let apps = vec![app("one", 192, true), app("two", 64, true)];
+    let mut f = Fixture::new("kill9", apps, "purge = \"always\"");
+    f.start_daemon();
+    f.wait_pool();
+    let before = pids_of(&f);
+    // Kill during Start at several points (reserve/prefetch, thaw, probe) and during Stop
+    // (freeze, working set, purge).
+    for (op, delay_ms) in [("start", 30u64), ("start", 150), ("stop", 10), ("stop", 80), ("start", 5), ("stop", 200)] {
+        // Bring "one" to the state the op starts from.
+        let want_from = if op == "start" { "standby" } else { "running" };
+        let cur = f.status("one")["state"].as_str().unwrap().to_string();
+        if cur != want_from {
+            let other = if op == "start" { "stop" } else { "start" };
+            let (s, v) = f.api("POST", &format!("/v1/apps/one/{other}"));
+            assert_eq!(s, 200, "{v}");
+        }
+        let sock = f.sock.clone();
+        let h = std::thread::spawn(move || request(&sock, "POST", &format!("/v1/apps/one/{op}"), None, Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        f.kill9();
+        let r = h.join().unwrap();
+        eprintln!("kill -9 torpord {delay_ms} ms into {op}(one): client got {:?}", r.as_ref().map(|r| r.status));
+        f.start_daemon();
+        f.wait_pool();
+        let states = assert_consistent_after_restart(&f, &before);
+        // Whatever state it was left in, Start brings it back intact.
+        let (s, v) = f.api("POST", "/v1/apps/one/start");
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(app_get(f.port("one"), "/verify"), 200);
+        let _ = states;
+    }
+    // The daemon's death never killed or froze "two" by mistake either.
+    assert_eq!(f.status("two")["state"], "standby");
+    let (s, _) = f.api("POST", "/v1/apps/two/start");
+    assert_eq!(s, 200);
+    assert_eq!(app_get(f.port("two"), "/verify"), 200);
+    let log = f.log();
+    assert!(log.contains("adopted"), "no adoption logged");
+}
+
+#[test]
+#[ignore = "root suite"]
+fn malformed_config_is_refused_with_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("torpor-test-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    let sock = dir.join("s.sock");
+    std::fs::write(&cfg, format!("socket = {sock:?}\n[[app]]\nname = \"x\"\ncommand = [\"/bin/true\"\nprestart = true\n")).unwrap();
+    let out = Command::new(TORPORD).arg("--config").arg(&cfg).stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let needle = format!("{}:5:", cfg.display());
+    assert!(err.contains(&needle), "no line:column in {err:?}");
+    assert!(!sock.exists(), "torpord created its socket despite the bad config");
+    // A semantic error too.
+    std::fs::write(&cfg, "purge = \"sometimes\"\n").unwrap();
+    let out = Command::new(TORPORD).arg("--config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains(":1:9:"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "root suite"]
+fn bad_requests_concurrency_permissions_and_never_ready() {
+    let mut never = app("never", 64, false);
+    never.extra = vec!["--never-ready".into()];
+    never.timeout = "2s";
+    let apps = vec![app("busy", 96, true), never];
+    // Group 4242 may use the API (it need not exist: SO_PEERCRED gives the gid).
+    let mut f = Fixture::new("bad", apps, "socket_group = \"4242\"");
+    f.start_daemon();
+    f.wait_pool();
+
+    // Unknown app, unknown endpoint, wrong method.
+    let (s, v) = f.api("POST", "/v1/apps/nope/start");
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["code"], "unknown_app", "{v}");
+    let (s, v) = f.api("GET", "/v1/apps/nope");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("unknown_app")));
+    let (s, v) = f.api("GET", "/v2/whatever");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, v) = f.api("GET", "/v1/apps/busy/start");
+    assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+
+    // Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
+    let m = |f: &Fixture, k: &str| f.metric(&format!("torpord_transitions_total{{app=\"busy\",transition=\"{k}\"}}")).unwrap();
+    let (starts0, stops0) = (m(&f, "start"), m(&f, "stop"));
+    let mut hs = vec![];
+    for t in 0..6 {
+        let sock = f.sock.clone();
+        hs.push(std::thread::spawn(move || {
+            let mut done = vec![];
+            for i in 0..5 {
+                let op = if (t + i) % 2 == 0 { "start" } else { "stop" };
+                let (s, v) = api(&sock, "POST", &format!("/v1/apps/busy/{op}"));
+                assert_eq!(s, 200, "{op}: {v}");
+                let effective = if op == "start" { v["already_running"] != true } else { v["already"] != true };
+                done.push((op, effective, v["state"].as_str().unwrap().to_string()));
+            }
+            done
+        }));
+    }
+    let results: Vec<_> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let eff_starts = results.iter().filter(|r| r.0 == "start" && r.1).count() as f64;
+    let eff_stops = results.iter().filter(|r| r.0 == "stop" && r.1).count() as f64;
+    for r in &results {
+        let ok = if r.0 == "start" { r.2 == "running" } else { r.2 == "standby" };
+        assert!(ok, "{r:?}");
+    }
+    assert_eq!(m(&f, "start") - starts0, eff_starts, "start counter vs effective starts");
+    assert_eq!(m(&f, "stop") - stops0, eff_stops, "stop counter vs effective stops");
+    // Effective starts and stops alternate, so they differ by at most one.
+    assert!((eff_starts - eff_stops).abs() <= 1.0, "{eff_starts} starts vs {eff_stops} stops");
+    eprintln!("concurrent: 30 requests, {eff_starts} effective starts, {eff_stops} effective stops");
+    let (s, _) = f.api("POST", "/v1/apps/busy/start");
+    assert_eq!(s, 200);
+    assert_eq!(app_get(f.port("busy"), "/verify"), 200, "memory corrupted under concurrent Start/Stop");
+    let (s, _) = f.api("POST", "/v1/apps/busy/stop");
+    assert_eq!(s, 200);
+
+    // Permissions: the socket is 0660 root:4242.
+    let setpriv = |gid: u32| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", TORPOR, "--json", "--socket"])
+            .arg(&f.sock)
+            .arg("apps")
+            .output()
+            .unwrap()
+    };
+    // nobody in group 4242: allowed (socket group + SO_PEERCRED gid).
+    let out = setpriv(4242);
+    assert!(out.status.success(), "group member refused: {}", String::from_utf8_lossy(&out.stderr));
+    // nobody/nogroup: the socket mode refuses the connect.
+    let out = setpriv(65534);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ermission denied"), "{err}");
+    // With the socket opened to everyone, the SO_PEERCRED check answers 403.
+    std::fs::set_permissions(&f.sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = setpriv(65534);
+    let so = String::from_utf8_lossy(&out.stdout);
+    eprintln!("nobody via 0666 socket: {so} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_str(so.trim()).unwrap();
+    assert_eq!(v["error"]["code"], "forbidden");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    std::fs::set_permissions(&f.sock, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+
+    // An app that never becomes ready: start_failed after its timeout, left frozen and purged.
+    let t = Instant::now();
+    let (s, v) = f.api("POST", "/v1/apps/never/start");
+    eprintln!("never-ready start: {s} {v} after {:.2}s", t.elapsed().as_secs_f64());
+    assert!(s == 503 || s == 500, "{s} {v}");
+    assert_eq!(v["error"]["code"], "start_failed");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not ready after 2.0s"), "{msg}");
+    assert!(msg.contains("left standby"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_standby(&f, "never", 64);
+    let st = f.status("never");
+    assert_eq!(st["counters"]["start_failures"], 1);
+    assert!(st["last_error"].as_str().unwrap().contains("not ready"));
+}
