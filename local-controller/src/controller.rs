@@ -566,7 +566,7 @@ impl Controller {
     /// - frozen: `standby` when most of its anonymous memory is on swap, else `suspended`.
     ///   An interrupted Start is NOT resumed: the app stays suspended/standby (its caller never
     ///   got "ready"; a new Start resumes it). An interrupted Stop is completed: with
-    ///   `purge = "always"` the purge is redone.
+    ///   `purge = "always"` the purge is redone (standby or suspended alike).
     fn adopt(&self, slot: &AppSlot) {
         let name = slot.cfg.name.clone();
         let (cgs, in_flight, old_state, old_pid) = {
@@ -634,9 +634,14 @@ impl Controller {
                 note.map(|n| format!("; {n}")).unwrap_or_default()
             ),
         );
-        if state == AppState::Suspended && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always {
+        // An interrupted Stop under purge = "always" is completed: the purge is redone even when
+        // the app looks purged (the kill may have come between page-out and the memcg reclaim,
+        // leaving pages in the swap cache); a purge of a purged app is cheap.
+        if o.frozen && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always {
             let _op = lock(&slot.op);
-            let _ = self.purge_app(slot, false);
+            if self.purge_app(slot, false).is_ok() {
+                self.set(slot, |r| r.last_error = Some("a Stop was interrupted by a torpord restart: completed (purged) at adoption".into()));
+            }
         }
     }
 

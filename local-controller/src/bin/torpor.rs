@@ -667,7 +667,7 @@ mod daemon {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
-        println!("{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  {}", "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S", "OVERLOAD");
+        println!("{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  OVERLOAD", "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S");
         for a in v["apps"].as_array().cloned().unwrap_or_default() {
             let ov = &a["overload"];
             let flags = [("sustained", ov["sustained"].as_bool()), ("hotspot", ov["hotspot"].as_bool())]
@@ -683,8 +683,8 @@ mod daemon {
                 a["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 mib(&a["memory"]["resident_bytes"]),
                 mib(&a["memory"]["swapped_bytes"]),
-                a["counters"]["starts"],
-                a["counters"]["stops"],
+                a["counters"]["starts"].to_string(),
+                a["counters"]["stops"].to_string(),
                 secs(&a["last_start"]["total_s"]),
                 if flags.is_empty() { "-".to_string() } else { flags },
             );
