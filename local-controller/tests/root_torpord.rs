@@ -298,6 +298,17 @@ fn standby_pool_then_20_start_stop_cycles() {
     let (_, ev) = f.api("GET", "/v1/events");
     let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.iter().filter(|k| **k == "start").count() >= 20, "{kinds:?}");
+    // Overload detection ran on the paging of these cycles (200 ms samples): the host's rate is
+    // exported, and tens of MiB paged per cycle exceed 200 ops/s in most samples.
+    assert!(f.metric("torpord_paging_rate{scope=\"host\"}").is_some());
+    assert!(f.metric("torpord_overloaded{scope=\"app\",app=\"beta\",kind=\"sustained\"}").is_some());
+    for e in ev["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "overload" || e["kind"] == "hotspot") {
+        eprintln!("EVENT {}: {}", e["kind"], e["message"]);
+    }
+    assert!(
+        kinds.iter().any(|k| *k == "hotspot" || *k == "overload"),
+        "no overload/hotspot event although every cycle paged 64-160 MiB: {kinds:?}"
+    );
 }
 
 /// After a restart, every app is reported in a state that matches the kernel, with its
