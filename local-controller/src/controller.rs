@@ -459,6 +459,9 @@ impl Controller {
     }
 
     fn slot(&self, name: &str) -> Result<&Arc<AppSlot>, ApiError> {
+        if !crate::config::valid_name(name) {
+            return Err(ApiError::new(400, "bad_request", format!("{name:?} is not a valid app name ([A-Za-z0-9_.-], 1-64 characters)")));
+        }
         self.apps.get(name).ok_or_else(|| ApiError::unknown_app(name))
     }
 

@@ -420,6 +420,8 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert_eq!(v["error"]["code"], "unknown_app", "{v}");
     let (s, v) = f.api("GET", "/v1/apps/nope");
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("unknown_app")));
+    let (s, v) = f.api("POST", "/v1/apps/bad%20name/stop");
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
     let (s, v) = f.api("GET", "/v2/whatever");
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = f.api("GET", "/v1/apps/busy/start");
