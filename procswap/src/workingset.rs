@@ -239,12 +239,14 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
         return Err(Error::WorkingSet(format!("this kernel's DAMON has no vaddr operations (avail_operations: {avail})")));
     }
     d.w("contexts/0/operations", "vaddr")?;
-    // 5 ms samples, 100 ms aggregation, 1 s region update; 10..2000 regions.
+    // 5 ms samples, 100 ms aggregation, 1 s region update; 200..5000 regions. DAMON starts
+    // from a few big regions and splits them adaptively; a high minimum makes the first
+    // snapshots fine-grained enough to be worth keeping.
     d.w("contexts/0/monitoring_attrs/intervals/sample_us", "5000")?;
     d.w("contexts/0/monitoring_attrs/intervals/aggr_us", "100000")?;
     d.w("contexts/0/monitoring_attrs/intervals/update_us", "1000000")?;
-    d.w("contexts/0/monitoring_attrs/nr_regions/min", "10")?;
-    d.w("contexts/0/monitoring_attrs/nr_regions/max", "2000")?;
+    d.w("contexts/0/monitoring_attrs/nr_regions/min", "200")?;
+    d.w("contexts/0/monitoring_attrs/nr_regions/max", "5000")?;
     d.w("contexts/0/targets/nr_targets", "1")?;
     d.w("contexts/0/targets/0/pid_target", &t.pid().to_string())?;
     // A "stat" scheme matching every region accessed at least once per aggregation: its
@@ -260,6 +262,9 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     d.w(&format!("{sc}/access_pattern/age/max"), &u32::MAX.to_string())?;
     d.w("state", "on")?;
     let deadline = Instant::now() + duration;
+    // Regions seen accessed are unioned over the second half of the period only: early
+    // snapshots still have coarse regions, whose union would cover cold memory too.
+    let keep_from = Instant::now() + duration / 2;
     let mut out = Vec::new();
     let tried = d.kd.join(sc).join("tried_regions");
     loop {
@@ -276,7 +281,7 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
                 read_trim(&e.path().join(k))?.parse().map_err(|x| Error::WorkingSet(format!("{k}: {x}")))
             };
             let (start, end) = (rd("start")?, rd("end")?);
-            if end > start {
+            if end > start && Instant::now() >= keep_from {
                 out.push(Range { start, len: end - start });
             }
         }
@@ -309,10 +314,64 @@ fn present_pfns(t: &Target) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// Maps a PFN to the PFN of its compound head via `/proc/kpageflags`
+/// (KPF_COMPOUND_HEAD = bit 15, KPF_COMPOUND_TAIL = bit 16).
+struct CompoundHeads {
+    f: File,
+    last_head: Option<u64>,
+}
+
+impl CompoundHeads {
+    const KPAGEFLAGS: &'static str = "/proc/kpageflags";
+    const HEAD: u64 = 1 << 15;
+    const TAIL: u64 = 1 << 16;
+    /// Largest compound page searched backwards (a PMD-sized THP on x86-64: 512 pages).
+    const MAX_ORDER_PAGES: u64 = 512;
+
+    fn open() -> Result<Self> {
+        let p = Path::new(Self::KPAGEFLAGS);
+        Ok(Self { f: File::open(p).map_err(|e| Error::io(p, e))?, last_head: None })
+    }
+
+    fn flags(&self, pfn: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.f.read_exact_at(&mut b, pfn * 8).map_err(|e| Error::io(Self::KPAGEFLAGS, e))?;
+        Ok(u64::from_ne_bytes(b))
+    }
+
+    fn head_of(&mut self, pfn: u64) -> Result<u64> {
+        let fl = self.flags(pfn)?;
+        if fl & Self::HEAD != 0 {
+            self.last_head = Some(pfn);
+            return Ok(pfn);
+        }
+        if fl & Self::TAIL == 0 {
+            return Ok(pfn);
+        }
+        if let Some(h) = self.last_head.filter(|&h| h < pfn && pfn - h < Self::MAX_ORDER_PAGES) {
+            return Ok(h);
+        }
+        for back in 1..Self::MAX_ORDER_PAGES.min(pfn + 1) {
+            if self.flags(pfn - back)? & Self::HEAD != 0 {
+                self.last_head = Some(pfn - back);
+                return Ok(pfn - back);
+            }
+        }
+        Ok(pfn)
+    }
+}
+
 fn record_page_idle(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let bitmap = Path::new(PAGE_IDLE_BITMAP);
     let f: File = OpenOptions::new().read(true).write(true).open(bitmap).map_err(|e| Error::io(bitmap, e))?;
-    let pages = present_pfns(t)?;
+    // The kernel keeps the idle flag of a huge page (THP) on its head page only; tail PFNs
+    // always read "not idle" (mm/page_idle.c skips tail pages). Track each page by the PFN
+    // that carries its flag: its compound head, found through /proc/kpageflags.
+    let pages: Vec<(u64, u64)> = {
+        let raw = present_pfns(t)?;
+        let mut heads = CompoundHeads::open()?;
+        raw.into_iter().map(|(addr, pfn)| Ok((addr, heads.head_of(pfn)?))).collect::<Result<_>>()?
+    };
     // Mark every present page idle (one 64-bit word per 64 PFNs).
     let mut words: BTreeMap<u64, u64> = BTreeMap::new();
     for &(_, pfn) in &pages {
