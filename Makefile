@@ -8,7 +8,7 @@ PHASE := scripts/phase.sh
 VM := vm-images/run-vm.sh
 KDIR_FILE := target/kdir
 
-.PHONY: deps build kernel kmod vm-test vm-harness-test test demo clean clippy host-test root-test
+.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test bench vm-bench install vm-bench
 
 deps:
 	@scripts/deps.sh
@@ -49,8 +49,29 @@ vm-harness-test: kmod target/vm-bins.env
 host-test: deps
 	$(CARGO) test --workspace
 
+# procswap + torpor CLI as root on the host (own swapfile, cgroups v1/v2/signals).
 root-test: deps
-	procswap/tests/run-root-tests.sh
+	CARGO=$(CARGO) procswap/tests/run-root-tests.sh
+
+# torpord as root: standby pool, Start/Stop cycles, kill -9 recovery, bad input.
+torpord-test: deps
+	CARGO=$(CARGO) local-controller/tests/run-root-tests.sh
+
+# Benchmarks (host): resume_touch_all, stock demand paging vs procswap prefetch.
+bench: deps
+	CARGO=$(CARGO) bench/run-resume-bench.sh
+
+# In-guest benchmark of the module backend (256 MiB touch-all, interleaved, throttled
+# virtio swap disk: VM_DISK=ssd|hdd|fast): stock demand paging vs stock prefetch vs module prefetch.
+VM_DISK ?= ssd
+vm-bench: kmod target/vm-bins.env
+	$(CARGO) build --release -p bench --bins
+	$(VM) --name vmbench-$(VM_DISK) --timeout 3000 --swap-disk 2G --disk $(VM_DISK) --results bench/results/vm -- \
+	  env $$(cat target/vm-bins.env) TORPOR_VMBENCH_OUT=/tmp/job/vmbench-$(VM_DISK)-$$(date +%F).md \
+	  TORPOR_VMBENCH=$(CURDIR)/target/release/torpor-vmbench scripts/vm-bench-guest.sh
+
+install: deps
+	CARGO=$(CARGO) local-controller/install.sh
 
 test:
 	@rm -f target/phases.txt
@@ -60,11 +81,18 @@ test:
 	@$(PHASE) cargo-test $(MAKE) --no-print-directory host-test
 	@$(PHASE) clippy $(MAKE) --no-print-directory clippy
 	@$(PHASE) root-test $(MAKE) --no-print-directory root-test
+	@$(PHASE) torpord-test $(MAKE) --no-print-directory torpord-test
 	@$(PHASE) vm-test $(MAKE) --no-print-directory vm-test
 	@$(PHASE) vm-harness $(MAKE) --no-print-directory vm-harness-test
 	@echo "=== per-phase timings"; cat target/phases.txt
 
-demo: kmod target/vm-bins.env
+# The whole story: a real Debian server, cold start vs torpor Start (host, stock
+# backend), then the module in our guest kernel.
+demo: deps
+	scripts/demo-host.sh
+	$(MAKE) --no-print-directory demo-guest
+
+demo-guest: kmod target/vm-bins.env
 	$(VM) --name demo --timeout 300 -- env $$(cat target/vm-bins.env) scripts/demo-guest.sh
 
 clean:

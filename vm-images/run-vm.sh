@@ -15,6 +15,7 @@
 #   --swap-disk SIZE   attach a fresh raw virtio disk of SIZE (e.g. 2G) as /dev/vda
 #   --disk fast|ssd|hdd  throttle that disk (ssd: 400 MB/s 20k IOPS; hdd: 120 MB/s 150 IOPS)
 #   --name NAME        label for logs (default vm)
+#   --results DIR      after the run, copy the *.md files the guest left in /tmp/job to DIR
 #
 # Fails (non-zero) if the command fails, the VM times out or dies without the
 # exit marker, or any console line matches a kernel-trouble pattern
@@ -25,7 +26,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 . "$here/toolchain.sh"
 
-timeout=900 mem=2G smp=2 swap_disk="" disk=fast name=vm
+timeout=900 mem=2G smp=2 swap_disk="" disk=fast name=vm results=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout="$2"; shift 2 ;;
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     --swap-disk) swap_disk="$2"; shift 2 ;;
     --disk) disk="$2"; shift 2 ;;
     --name) name="$2"; shift 2 ;;
+    --results) results="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "run-vm: unknown option $1" >&2; exit 2 ;;
   esac
@@ -112,6 +114,10 @@ if [ -z "$marker" ]; then
 elif [ "$marker" != 0 ]; then
   echo "vm[$name]: FAIL: guest command exited $marker"
   status=1
+fi
+if [ -n "$results" ]; then
+  mkdir -p "$results"
+  for f in "$jobdir"/*.md; do [ -f "$f" ] && cp "$f" "$results/" && echo "vm[$name]: result $results/$(basename "$f")"; done
 fi
 nbad=$(printf '%s' "$bad" | grep -c . || true)
 echo "vm[$name]: guest status ${marker:-none}, ${nbad} bad console lines, ${secs%.*}s wall; full log: $log; job dir: $jobdir"

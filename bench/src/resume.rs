@@ -346,6 +346,14 @@ impl Subject {
         unreachable!("the loop returns or bails on its last attempt")
     }
 
+    /// Thaw after [`Subject::suspend_and_purge`] and wait for the queued touch to finish
+    /// (for callers that time something else while it is frozen). Returns the child's reply.
+    pub fn thaw_and_wait(&mut self) -> Result<String> {
+        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw ({})", self.freezer))?;
+        self.frozen = false;
+        self.read_line()
+    }
+
     /// One timed resume of `variant` (setup excluded).
     pub fn measure(&mut self, variant: Variant, pair: usize, warmup: bool) -> Result<Measurement> {
         let proof = self.suspend_and_purge()?;

@@ -19,7 +19,7 @@ const PAGE_SIZE: u64 = bindings::PAGE_SIZE as u64;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Pages handled per mmap-lock hold, so munmap/mremap/fork of the target and
 /// fatal signals are not held off for long.
-const PAGES_PER_LOCK: u64 = 64;
+const PAGES_PER_LOCK: u64 = 256;
 /// errnos that GUP returns for a pending (fatal) signal.
 const ERESTARTSYS: c_long = 512;
 
@@ -142,8 +142,9 @@ struct MmapReadGuard<'a> {
 }
 
 impl MmapReadGuard<'_> {
-    /// One GUP call on one page, no page references taken (pages == NULL).
-    fn gup_one(&self, addr: u64, flags: u32) -> c_long {
+    /// One GUP call on up to `nr` pages from `addr`, no page references taken (pages ==
+    /// NULL). Returns how many leading pages it handled, or a negative errno if none.
+    fn gup(&self, addr: u64, nr: u64, flags: u32) -> c_long {
         // SAFETY: the mmap read lock is held (this guard exists) and `locked` is NULL, so GUP
         // never drops it; `pages` is NULL so no references are taken; the flags are public
         // FOLL_* flags only (FOLL_NOFAULT, FOLL_DUMP), which is_valid_gup_args accepts.
@@ -151,7 +152,7 @@ impl MmapReadGuard<'_> {
             bindings::get_user_pages_remote(
                 self.mm.mm,
                 addr as _,
-                1,
+                nr as _,
                 flags,
                 core::ptr::null_mut(),
                 core::ptr::null_mut(),
@@ -227,7 +228,8 @@ fn errno(e: Error) -> c_long {
 }
 
 /// Fault in and map the pages of `[start, end)` that exist (swapped or already
-/// present), page by page, skipping addresses no VMA covers. Returns `Some(addr)`
+/// present), in runs (one GUP call per run of present, or of faulted, pages),
+/// skipping addresses no VMA covers. Returns `Some(addr)`
 /// if the byte budget stopped it at `addr`.
 fn prefetch_range(t: &TargetMm, start: u64, end: u64, budget: u64, st: &mut PrefetchStats) -> Result<Option<u64>> {
     let mut addr = start;
@@ -243,25 +245,42 @@ fn prefetch_range(t: &TargetMm, start: u64, end: u64, budget: u64, st: &mut Pref
         addr = core::cmp::max(addr, vs);
         let batch_end = core::cmp::min(core::cmp::min(end, ve), addr.saturating_add(PAGES_PER_LOCK * PAGE_SIZE));
         while addr < batch_end {
-            if budget != 0 && st.mapped * PAGE_SIZE >= budget {
-                return Ok(Some(addr));
+            let mut n = (batch_end - addr) / PAGE_SIZE;
+            if budget != 0 {
+                let left = budget.saturating_sub(st.mapped * PAGE_SIZE) / PAGE_SIZE;
+                if left == 0 {
+                    return Ok(Some(addr));
+                }
+                n = core::cmp::min(n, left);
             }
-            // Present already? FOLL_NOFAULT never faults: 1 if mapped, -EFAULT otherwise.
-            if g.gup_one(addr, bindings::FOLL_NOFAULT | bindings::FOLL_DUMP) == 1 {
-                st.present += 1;
-            } else {
-                // Fault it in for read. FOLL_DUMP makes a hole (pte_none or no page table in an
-                // anonymous VMA) fail with -EFAULT instead of mapping the zero page, so only
-                // pages that exist (swapped, or file-backed) are brought in.
-                match g.gup_one(addr, bindings::FOLL_DUMP) {
-                    1 => st.mapped += 1,
-                    r if r == errno(EFAULT) => st.unpopulated += 1,
-                    r if r == errno(EINTR) || r == -ERESTARTSYS => return Err(EINTR),
-                    r if r == errno(ENOMEM) => return Err(ENOMEM),
-                    _ => st.failed += 1,
+            // The run of pages already present: FOLL_NOFAULT never faults, it stops at the
+            // first page that is not mapped.
+            let r = g.gup(addr, n, bindings::FOLL_NOFAULT | bindings::FOLL_DUMP);
+            if r > 0 {
+                st.present += r as u64;
+                addr += r as u64 * PAGE_SIZE;
+                continue;
+            }
+            // `addr` is not present: fault in the run starting there, for read. FOLL_DUMP
+            // makes a hole (pte_none or no page table in an anonymous VMA) fail with -EFAULT
+            // instead of mapping the zero page, so only pages that exist (swapped, or
+            // file-backed) are brought in; the run stops at the first hole.
+            match g.gup(addr, n, bindings::FOLL_DUMP) {
+                r if r > 0 => {
+                    st.mapped += r as u64;
+                    addr += r as u64 * PAGE_SIZE;
+                }
+                r if r == errno(EFAULT) => {
+                    st.unpopulated += 1;
+                    addr += PAGE_SIZE;
+                }
+                r if r == errno(EINTR) || r == -ERESTARTSYS => return Err(EINTR),
+                r if r == errno(ENOMEM) => return Err(ENOMEM),
+                _ => {
+                    st.failed += 1;
+                    addr += PAGE_SIZE;
                 }
             }
-            addr += PAGE_SIZE;
         }
         drop(g);
     }

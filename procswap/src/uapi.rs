@@ -109,9 +109,10 @@ pub struct TorporPrefetch {
     pub order: u32,
     /// Stop after mapping this many bytes (0: no limit); see `stop_addr`.
     pub byte_budget: u64,
-    /// Out: pages faulted in and mapped by this call.
+    /// Out: pages in runs this call had to fault in (a run starts at a page that was not
+    /// present; a present page later in the same run is counted here too).
     pub pages_mapped: u64,
-    /// Out: pages that were already present.
+    /// Out: pages found present at the start of a run (nothing to do).
     pub pages_present: u64,
     /// Out: pages with nothing behind them (holes), skipped.
     pub pages_unpopulated: u64,

@@ -1,0 +1,162 @@
+//! In-guest benchmark for the module backend (run inside our VM by `make vm-bench`,
+//! with swap on a throttled virtio disk): one child with N MiB of random data, resumed
+//! three ways, interleaved with the order rotated every round:
+//! - `stock`: thaw, then demand paging;
+//! - `torpor`: procswap prefetch with the stock backend (WILLNEED + process_vm_readv pass);
+//! - `torpor_kmod`: procswap prefetch with the module backend (WILLNEED + PREFETCH ioctl pass);
+//!
+//! then the mapping pass alone (reads finished first, so only the mapping is timed):
+//! process_vm_readv vs the PREFETCH ioctl. Memory is proven out before every timed resume
+//! (pagemap, memcg usage, SwapCached). Prints a table and writes markdown to
+//! `$TORPOR_VMBENCH_OUT` (default /tmp/job/vmbench.md).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use anyhow::{ensure, Context, Result};
+use bench::resume::{FreezerChoice, Measurement, Subject, Variant};
+use bench::stats::Spread;
+use procswap::backend::KmodBackend;
+use procswap::{Backend, InspectOptions, StockBackend, Target};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+fn env_u64(k: &str, d: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+/// Mapping pass alone: purge, issue WILLNEED for every swapped page (slot order), wait for the
+/// reads to land in the swap cache, then time `backend.map_pages` over every page.
+fn map_pass_only(subj: &mut Subject, backend: &dyn Backend) -> Result<(f64, u64, f64)> {
+    subj.suspend_and_purge()?;
+    let pid = subj.pid;
+    let ins = procswap::inspect(pid, InspectOptions { swapped_pages: true })?;
+    let mut pages = ins.swapped_pages.clone();
+    pages.sort_unstable_by_key(|p| (p.swap_type, p.offset));
+    let ps = procswap::sys::page_size();
+    let ranges: Vec<procswap::Range> = pages.iter().map(|p| procswap::Range { start: p.addr, len: ps }).collect();
+    let t = Target::open(pid, "vmbench map pass")?;
+    let t_read = Instant::now();
+    backend.read_ahead(&t, &ranges)?;
+    // Wait until the swap cache holds (nearly) all of them: the reads are done.
+    let want = pages.len() as u64 * ps * 98 / 100;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sc = procswap::sys::meminfo()?.swap_cached;
+        if sc >= want {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "swap reads did not finish: SwapCached {sc} < {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read_s = t_read.elapsed().as_secs_f64();
+    let mut addrs: Vec<u64> = pages.iter().map(|p| p.addr).collect();
+    addrs.sort_unstable();
+    let t0 = Instant::now();
+    let (mapped, failed) = backend.map_pages(&t, &addrs)?;
+    let map_s = t0.elapsed().as_secs_f64();
+    ensure!(failed == 0, "{failed} pages failed to map");
+    let reply = subj.thaw_and_wait()?;
+    ensure!(reply.starts_with("DONE"), "child: {reply}");
+    Ok((map_s, mapped, read_s))
+}
+
+fn main() -> Result<()> {
+    let mib = env_u64("TORPOR_VMBENCH_MIB", 256);
+    let rounds = env_u64("TORPOR_VMBENCH_ROUNDS", 5) as usize;
+    let out = std::env::var("TORPOR_VMBENCH_OUT").unwrap_or_else(|_| "/tmp/job/vmbench.md".into());
+    let disk = std::env::var("TORPOR_VM_DISK").unwrap_or_else(|_| "unknown".into());
+    let swap = bench::machine::require_root_and_swap()?;
+    let kmod = KmodBackend::open().context("torpor.ko must be loaded (make vm-bench loads it)")?;
+    let child = std::env::current_exe()?.with_file_name("torpor-bench-child");
+    let mut subj = Subject::spawn(&child, mib, FreezerChoice::from_env()?)?;
+    eprintln!("vmbench: {mib} MiB child pid {} ({}), swap {:?}, disk profile {disk}, {rounds} rounds", subj.pid, subj.desc, swap);
+
+    let variants = [Variant::Stock, Variant::Torpor, Variant::TorporKmod];
+    let mut ms: Vec<Measurement> = Vec::new();
+    for r in 0..=rounds {
+        for k in 0..variants.len() {
+            let v = variants[(k + r) % variants.len()];
+            let m = subj.measure(v, r, r == 0)?;
+            eprintln!(
+                "round {r}{} {:<12} {:>7.3} s (prefetch {:?} s, touch {:.3} s, majflt {}; proof: {} of {} pages present, memcg {} KiB, SwapCached {} KiB)",
+                if r == 0 { " (warm-up)" } else { "" },
+                v.name(),
+                m.seconds,
+                m.prefetch_seconds.map(|s| (s * 1000.0).round() / 1000.0),
+                m.touch_seconds,
+                m.child_majflt,
+                m.proof.area_present_pages,
+                m.proof.area_pages,
+                m.proof.memcg_usage_bytes / 1024,
+                m.proof.system_swapcached_bytes / 1024
+            );
+            ms.push(m);
+        }
+    }
+    subj.verify_data()?;
+
+    let mut maps: Vec<(&str, f64, u64, f64)> = Vec::new();
+    for r in 0..rounds.max(1) {
+        let pair: [(&str, &dyn Backend); 2] = [("process_vm_readv", &StockBackend), ("kmod PREFETCH", &kmod)];
+        for k in 0..2 {
+            let (name, b) = pair[(k + r) % 2];
+            let (s, mapped, read_s) = map_pass_only(&mut subj, b)?;
+            eprintln!("map pass only, {name:<16}: {s:.3} s for {mapped} pages (reads took {read_s:.3} s before)");
+            maps.push((name, s, mapped, read_s));
+        }
+    }
+    subj.verify_data()?;
+
+    let secs = |v: Variant| -> Vec<f64> { ms.iter().filter(|m| m.variant == v && !m.warmup).map(|m| m.seconds).collect() };
+    let med = |v: Variant| Spread::of(&secs(v)).map(|s| s.median).unwrap_or(f64::NAN);
+    let map_med = |n: &str| {
+        Spread::of(&maps.iter().filter(|m| m.0 == n).map(|m| m.1).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN)
+    };
+    let (st, tp, tk) = (med(Variant::Stock), med(Variant::Torpor), med(Variant::TorporKmod));
+    let (mr, mk) = (map_med("process_vm_readv"), map_med("kmod PREFETCH"));
+    let machine = bench::machine::Machine::probe().map(|m| format!("{m:?}")).unwrap_or_default();
+    let mut md = String::new();
+    writeln!(md, "# In-guest resume benchmark: stock vs stock prefetch vs module prefetch ({mib} MiB touch-all)\n")?;
+    writeln!(md, "- date: {}", chrono_like_now())?;
+    writeln!(md, "- guest: Linux {} under qemu TCG (`make vm-bench`), swap on a virtio disk, disk profile **{disk}**", uname_r())?;
+    writeln!(md, "- machine (guest view): {machine}")?;
+    writeln!(md, "- child: {} ({}); {rounds} interleaved rounds after one warm-up round, order rotated each round", mib, subj.desc)?;
+    writeln!(md, "- memory proven out before every timed resume (pagemap present pages, memcg usage, SwapCached): see the per-run lines below\n")?;
+    writeln!(md, "| resume path | median s | min s | max s | vs stock |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for v in variants {
+        let s = Spread::of(&secs(v));
+        if let Some(s) = s {
+            writeln!(md, "| {} | {:.3} | {:.3} | {:.3} | {:.2}× |", v.name(), s.median, s.min, s.max, st / s.median)?;
+        }
+    }
+    writeln!(md, "\nMapping pass alone (reads already in the swap cache), median of {}:\n", rounds.max(1))?;
+    writeln!(md, "| mapping pass | median s | pages |")?;
+    writeln!(md, "|---|---|---|")?;
+    writeln!(md, "| process_vm_readv (stock) | {mr:.3} | {} |", maps.iter().find(|m| m.0 == "process_vm_readv").map(|m| m.2).unwrap_or(0))?;
+    writeln!(md, "| PREFETCH ioctl (module) | {mk:.3} | {} |", maps.iter().find(|m| m.0 == "kmod PREFETCH").map(|m| m.2).unwrap_or(0))?;
+    writeln!(md, "\nRatios: stock/torpor = {:.2}×, stock/torpor_kmod = {:.2}×, torpor/torpor_kmod = {:.2}×; mapping pass process_vm_readv/PREFETCH = {:.2}×.", st / tp, st / tk, tp / tk, mr / mk)?;
+    writeln!(md, "\n## Every timed resume\n\n```")?;
+    for m in &ms {
+        writeln!(md, "round {} {:<12} {:.3} s warmup={} prefetch={:?} touch={:.3} majflt={} present={}/{} memcg={}KiB swapcached={}KiB", m.pair, m.variant.name(), m.seconds, m.warmup, m.prefetch_seconds, m.touch_seconds, m.child_majflt, m.proof.area_present_pages, m.proof.area_pages, m.proof.memcg_usage_bytes / 1024, m.proof.system_swapcached_bytes / 1024)?;
+    }
+    for m in &maps {
+        writeln!(md, "map-only {:<16} {:.3} s pages={} (reads {:.3} s)", m.0, m.1, m.2, m.3)?;
+    }
+    writeln!(md, "```")?;
+    std::fs::write(&out, &md).with_context(|| format!("write {out}"))?;
+    println!("{md}");
+    Ok(())
+}
+
+fn uname_r() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn chrono_like_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
