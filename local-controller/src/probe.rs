@@ -106,18 +106,20 @@ mod tests {
     fn tcp_and_http_probe_against_a_local_listener() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let h = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (mut s, _) = l.accept().unwrap();
+        // Serve every connection (probes may retry) until the test process ends.
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
                 let mut b = [0u8; 1024];
                 let _ = s.read(&mut b);
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
             }
         });
-        wait_ready(&Probe::Tcp(port), Duration::from_secs(2), || Ok(())).unwrap();
-        wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(2), || Ok(())).unwrap();
-        h.join().unwrap();
-        let e = wait_ready(&Probe::Tcp(port), Duration::from_millis(200), || Ok(())).unwrap_err();
+        wait_ready(&Probe::Tcp(port), Duration::from_secs(5), || Ok(())).unwrap();
+        wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(5), || Ok(())).unwrap();
+        // A port nobody listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = wait_ready(&Probe::Tcp(closed), Duration::from_millis(200), || Ok(())).unwrap_err();
         assert!(e.contains("not ready after"), "{e}");
         wait_ready(&Probe::Command(vec!["true".into()]), Duration::from_secs(2), || Ok(())).unwrap();
         assert!(wait_ready(&Probe::Command(vec!["false".into()]), Duration::from_millis(100), || Ok(())).is_err());
