@@ -56,6 +56,10 @@ jobdir="$vmdir/job-$name-$stamp"
 mkdir -p "$jobdir"
 log="$vmdir/console-$name-$stamp.log"
 : > "$log"
+# The repository is shared on its own, read-only, and mounted at the same path in the
+# guest, so a checkout under a path the guest covers with tmpfs (/tmp, /var/tmp, /run)
+# still works.
+echo "$repo" > "$jobdir/repo.path"
 {
   echo "cd $(printf %q "$PWD") || exit 126"
   [ -n "$swap_disk" ] && echo "export TORPOR_VM_SWAPDEV=/dev/vda"
@@ -88,6 +92,7 @@ timeout --foreground --signal=KILL "$timeout" qemu-system-x86_64 \
   -append "console=ttyS0 panic=-1 oops=panic loglevel=7" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$jobdir,mount_tag=job,security_model=none" \
+  -virtfs "local,path=$repo,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
   -device virtio-rng-pci \
   "${drive[@]}" </dev/null &
 qpid=$!
