@@ -11,6 +11,8 @@ use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
+#[path = "src/guest.rs"]
+mod guest;
 #[path = "src/mm.rs"]
 mod mm;
 #[path = "src/uapi.rs"]
@@ -82,6 +84,7 @@ fn dispatch(cmd: u32, arg: usize) -> Result<c_long> {
         uapi::TORPOR_IOC_GET_VERSION => get_version(arg),
         uapi::TORPOR_IOC_PREFETCH => mm::prefetch(arg),
         uapi::TORPOR_IOC_DISCARD => mm::discard(arg),
+        uapi::TORPOR_IOC_FREE_BITMAP => guest::free_bitmap(arg),
         _ => Err(ENOTTY),
     }
 }
@@ -90,7 +93,7 @@ fn get_version(arg: usize) -> Result<c_long> {
     let mut v = uapi::TorporVersion {
         abi_version: uapi::TORPOR_ABI_VERSION,
         size: core::mem::size_of::<uapi::TorporVersion>() as u32,
-        features: uapi::FEAT_GET_VERSION | uapi::FEAT_PREFETCH | uapi::FEAT_DISCARD,
+        features: uapi::FEAT_GET_VERSION | uapi::FEAT_PREFETCH | uapi::FEAT_DISCARD | uapi::FEAT_FREE_BITMAP,
         release: [0; 32],
     };
     v.release[..RELEASE.len()].copy_from_slice(RELEASE);

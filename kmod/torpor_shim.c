@@ -8,7 +8,11 @@
 #include <linux/fs.h>
 #include <linux/types.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/mmap_lock.h>
+#include <linux/mmzone.h>
+#include <linux/page-flags.h>
+#include <linux/spinlock.h>
 #include <linux/module.h>
 #include <linux/sched/signal.h>
 
@@ -60,4 +64,38 @@ void torpor_mmap_read_unlock(struct mm_struct *mm)
 bool torpor_fatal_signal_pending(void)
 {
 	return fatal_signal_pending(current);
+}
+
+/*
+ * Buddy order of the free block starting at @pfn, or -1 when @pfn has no
+ * struct page or is not the head of a free buddy block. pfn_valid,
+ * pfn_to_page, PageBuddy and page_private are static inline / macros. The
+ * caller holds the zone lock, so the order is stable; it is clamped anyway.
+ */
+int torpor_pfn_buddy_order(unsigned long pfn)
+{
+	struct page *page;
+	unsigned long order;
+
+	if (!pfn_valid(pfn))
+		return -1;
+	page = pfn_to_page(pfn);
+	if (!PageBuddy(page))
+		return -1;
+	order = page_private(page);
+	return order > MAX_PAGE_ORDER ? MAX_PAGE_ORDER : (int)order;
+}
+
+/* spin_lock_irqsave/spin_unlock_irqrestore on zone->lock are macros. */
+unsigned long torpor_zone_lock(struct zone *zone)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&zone->lock, flags);
+	return flags;
+}
+
+void torpor_zone_unlock(struct zone *zone, unsigned long flags)
+{
+	spin_unlock_irqrestore(&zone->lock, flags);
 }

@@ -17,5 +17,9 @@ struct mm_struct;
 int torpor_mmap_read_lock_killable(struct mm_struct *mm);
 void torpor_mmap_read_unlock(struct mm_struct *mm);
 bool torpor_fatal_signal_pending(void);
+struct zone;
+int torpor_pfn_buddy_order(unsigned long pfn);
+unsigned long torpor_zone_lock(struct zone *zone);
+void torpor_zone_unlock(struct zone *zone, unsigned long flags);
 
 #endif

@@ -14,6 +14,7 @@ pub(crate) const TORPOR_ABI_VERSION: u32 = 1;
 pub(crate) const FEAT_GET_VERSION: u64 = 1 << 0;
 pub(crate) const FEAT_PREFETCH: u64 = 1 << 1;
 pub(crate) const FEAT_DISCARD: u64 = 1 << 2;
+pub(crate) const FEAT_FREE_BITMAP: u64 = 1 << 3;
 
 /// `struct torpor_version`.
 #[repr(C)]
@@ -77,7 +78,22 @@ pub(crate) struct TorporDiscard {
     pub(crate) ns: u64,
 }
 
-// SAFETY (all four impls below): each type is `repr(C)`, made only of integers (and a byte
+/// `struct torpor_free_bitmap` (in/out): bit `pfn` of the user buffer is set when page frame
+/// `pfn` is in a free buddy block.
+#[repr(C)]
+pub(crate) struct TorporFreeBitmap {
+    // in
+    pub(crate) bitmap: u64,
+    pub(crate) bitmap_bytes: u64,
+    pub(crate) flags: u32,
+    pub(crate) reserved: u32,
+    // out
+    pub(crate) end_pfn: u64,
+    pub(crate) free_pages: u64,
+    pub(crate) ns: u64,
+}
+
+// SAFETY (all impls below): each type is `repr(C)`, made only of integers (and a byte
 // array), and has no padding: every field is naturally aligned and the sizes add up exactly
 // (asserted below), so every byte pattern is a valid value (FromBytes) and every byte of a
 // value is initialized (AsBytes).
@@ -93,7 +109,13 @@ unsafe impl kernel::types::FromBytes for TorporDiscard {}
 // SAFETY: see above.
 unsafe impl kernel::types::AsBytes for TorporDiscard {}
 
+// SAFETY: see above.
+unsafe impl kernel::types::FromBytes for TorporFreeBitmap {}
+// SAFETY: see above.
+unsafe impl kernel::types::AsBytes for TorporFreeBitmap {}
+
 const _: () = assert!(core::mem::size_of::<TorporVersion>() == 48);
+const _: () = assert!(core::mem::size_of::<TorporFreeBitmap>() == 48);
 const _: () = assert!(core::mem::size_of::<TorporRange>() == 16);
 const _: () = assert!(core::mem::size_of::<TorporPrefetch>() == 80);
 const _: () = assert!(core::mem::size_of::<TorporDiscard>() == 48);
@@ -101,7 +123,9 @@ const _: () = assert!(core::mem::size_of::<TorporDiscard>() == 48);
 pub(crate) const TORPOR_IOC_GET_VERSION: u32 = _IOR::<TorporVersion>(TORPOR_IOC_MAGIC, 0x00);
 pub(crate) const TORPOR_IOC_PREFETCH: u32 = _IOWR::<TorporPrefetch>(TORPOR_IOC_MAGIC, 0x01);
 pub(crate) const TORPOR_IOC_DISCARD: u32 = _IOWR::<TorporDiscard>(TORPOR_IOC_MAGIC, 0x02);
+pub(crate) const TORPOR_IOC_FREE_BITMAP: u32 = _IOWR::<TorporFreeBitmap>(TORPOR_IOC_MAGIC, 0x03);
 
 const _: () = assert!(TORPOR_IOC_GET_VERSION == 0x8030_D700);
 const _: () = assert!(TORPOR_IOC_PREFETCH == 0xC050_D701);
 const _: () = assert!(TORPOR_IOC_DISCARD == 0xC030_D702);
+const _: () = assert!(TORPOR_IOC_FREE_BITMAP == 0xC030_D703);

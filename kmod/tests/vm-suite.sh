@@ -55,15 +55,18 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   VM_TEST="${TORPOR_VM_TEST:?}" SWAP_TEST="${TORPOR_SWAP_TEST:?}"
   check "insmod torpor.ko (stress and backend tests)" insmod "$KO"
   "$TORPOR" module | sed 's/^/#   /'
+  check "auto backend selection picks the module when it is loaded" sh -c "\"$TORPOR\" --json backend | grep -q '\"backend\":\"kmod\"'"
+  "$TORPOR" backend | sed 's/^/#   /'
   vmtest() { # NAME TEST: run one kmod_vm test, keep its output, show its summary lines
     check "$1" sh -c "\"$VM_TEST\" --ignored --test-threads=1 --exact $2 --nocapture > /tmp/job/$2.log 2>&1"
-    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \().*' "/tmp/job/$2.log" | sed 's/^/#   /'
+    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \(|free bitmap round).*' "/tmp/job/$2.log" | sed 's/^/#   /'
   }
   vmtest "PREFETCH/DISCARD semantics and bad input" prefetch_and_discard_semantics
   for r in exits munmaps mremaps forks; do
     vmtest "race: target $r during PREFETCH/DISCARD, 1000 iterations" "race_target_$r"
   done
   vmtest "fuzz: 100000 random ioctls answer success or a documented errno" fuzz_ioctls
+  vmtest "FREE_BITMAP matches MemFree within 1%, bad input refused" free_bitmap_matches_memfree
   # Swap on the virtio disk for the procswap suite.
   if [ -n "${TORPOR_VM_SWAPDEV:-}" ]; then
     check "mkswap + swapon $TORPOR_VM_SWAPDEV" sh -c "mkswap $TORPOR_VM_SWAPDEV >/dev/null && swapon $TORPOR_VM_SWAPDEV"

@@ -114,7 +114,10 @@ fn nonroot_caller_is_refused_without_change() {
     }
     let states = procswap::freeze::thread_states(c.pid).unwrap();
     assert!(states.iter().all(|&s| s != 'T'), "the child got stopped: {states:?}");
-    assert_eq!(c.present(), p0, "the refused commands changed the child");
+    // The child keeps running, so a page or two of its stack/heap may fault in meanwhile; a
+    // purge that got through would have removed ~2048 pages (8 MiB).
+    let p1 = c.present();
+    assert!(p1.abs_diff(p0) <= 16, "the refused commands changed the child: present pages {p0} -> {p1}");
     c.verify();
 }
 

@@ -3,7 +3,7 @@
 //! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
 //! implementation of the [`Backend`](crate) operations builds on it.
 
-use crate::uapi::{self, TorporDiscard, TorporPrefetch, TorporRange, TorporVersion};
+use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporRange, TorporVersion};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,21 @@ impl Kmod {
         // SAFETY: as for `prefetch`: one `TorporDiscard` read and written, `nr_ranges` ranges read.
         unsafe { self.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut TorporDiscard as usize) }?;
         Ok(req)
+    }
+
+    /// FREE_BITMAP (guest side): the free-page bitmap (bit per PFN) and the module's report.
+    pub fn free_bitmap(&self) -> Result<(Vec<u8>, TorporFreeBitmap), nix::errno::Errno> {
+        let mut req = TorporFreeBitmap::default();
+        // SAFETY: with `bitmap == 0` the module only reads and writes the request itself.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut TorporFreeBitmap as usize) }?;
+        // Headroom in case the node grew between the two calls (it does not without hotplug).
+        let mut buf = vec![0u8; (req.end_pfn.div_ceil(8) + 64) as usize];
+        req.bitmap = buf.as_mut_ptr() as u64;
+        req.bitmap_bytes = buf.len() as u64;
+        // SAFETY: the module writes at most `bitmap_bytes` bytes into `buf`, which is live and
+        // exclusively borrowed for the call, and reads/writes the request.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut TorporFreeBitmap as usize) }?;
+        Ok((buf, req))
     }
 
     /// Issue a raw ioctl with an untyped argument (tests and fuzzing use this to

@@ -146,6 +146,28 @@ pub struct TorporDiscard {
     pub ns: u64,
 }
 
+/// `struct torpor_free_bitmap`, argument of `TORPOR_IOC_FREE_BITMAP` (in/out), guest side:
+/// bit `pfn` of the buffer at `bitmap` is set when page frame `pfn` belongs to a free buddy
+/// block (every page of the block, not only its head). `bitmap == 0` only reports `end_pfn`
+/// (size query); a buffer shorter than `ceil(end_pfn / 8)` bytes gets ENOSPC (with `end_pfn`
+/// written back). A snapshot: each 32768-PFN chunk is read under its zone's lock.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporFreeBitmap {
+    pub bitmap: u64,
+    pub bitmap_bytes: u64,
+    /// Must be 0.
+    pub flags: u32,
+    /// Must be 0.
+    pub reserved: u32,
+    /// Out: one past the last PFN of the node (node_start_pfn + node_spanned_pages).
+    pub end_pfn: u64,
+    /// Out: bits set.
+    pub free_pages: u64,
+    /// Out: time spent in the module.
+    pub ns: u64,
+}
+
 // Linux asm-generic ioctl encoding (x86, arm64, riscv): dir<<30 | size<<16 | type<<8 | nr.
 const IOC_NRBITS: u32 = 8;
 const IOC_TYPEBITS: u32 = 8;
@@ -179,6 +201,10 @@ pub const TORPOR_IOC_PREFETCH: u32 =
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x02, struct torpor_discard)`.
 pub const TORPOR_IOC_DISCARD: u32 =
     ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x02, core::mem::size_of::<TorporDiscard>());
+
+/// `_IOWR(TORPOR_IOC_MAGIC, 0x03, struct torpor_free_bitmap)`.
+pub const TORPOR_IOC_FREE_BITMAP: u32 =
+    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x03, core::mem::size_of::<TorporFreeBitmap>());
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +250,10 @@ mod tests {
         // Same values the module asserts at compile time (kmod/src/uapi.rs).
         assert_eq!(TORPOR_IOC_PREFETCH, 0xC050_D701);
         assert_eq!(TORPOR_IOC_DISCARD, 0xC030_D702);
+        assert_eq!(TORPOR_IOC_FREE_BITMAP, 0xC030_D703);
+        assert_eq!(size_of::<TorporFreeBitmap>(), 48);
+        assert_eq!(offset_of!(TorporFreeBitmap, end_pfn), 24);
+        assert_eq!(offset_of!(TorporFreeBitmap, ns), 40);
         assert_eq!(
             TORPOR_IOC_PREFETCH as u64,
             nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x01, size_of::<TorporPrefetch>()) as u64

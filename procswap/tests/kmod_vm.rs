@@ -21,8 +21,17 @@ const B: usize = 0x5f00_0000_0000;
 const LEN: usize = 256 * 1024;
 
 /// errnos the module documents for PREFETCH/DISCARD.
-const ALLOWED: &[Errno] =
-    &[Errno::ESRCH, Errno::EINVAL, Errno::EFAULT, Errno::E2BIG, Errno::ENOMEM, Errno::EINTR, Errno::ENOTTY, Errno::EPERM];
+const ALLOWED: &[Errno] = &[
+    Errno::ESRCH,
+    Errno::EINVAL,
+    Errno::EFAULT,
+    Errno::E2BIG,
+    Errno::ENOMEM,
+    Errno::EINTR,
+    Errno::ENOTTY,
+    Errno::EPERM,
+    Errno::ENOSPC,
+];
 
 fn kmod() -> Kmod {
     Kmod::open().expect("needs /dev/torpor (runs in the VM via make vm-test)")
@@ -297,9 +306,26 @@ fn fuzz_ioctls() {
                 // SAFETY: as above; DISCARD can only affect the victim child (or no process).
                 t.add("DISCARD", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut _ as usize) });
             }
-            _ => {
+            _ if i % 2 == 0 => {
                 // SAFETY: GET_VERSION writes 48 bytes to `ptr`: our blob or an invalid address.
                 t.add("GET_VERSION", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_GET_VERSION, ptr) });
+            }
+            _ => {
+                // FREE_BITMAP with hostile fields; the bitmap lands in our 64 KiB blob (enough for
+                // a 2 GiB guest) or at an address that cannot be written.
+                let mut req = uapi::TorporFreeBitmap {
+                    bitmap: pick(rng.next(), &[0, blob.as_mut_ptr() as u64, 8, 0xffff_8880_0000_0000, u64::MAX - 7]),
+                    bitmap_bytes: pick(rng.next(), &[0, 16, blob.len() as u64, u64::MAX]),
+                    flags: pick(rng.next(), &[0, 0, 1, rng.next() as u32]),
+                    reserved: pick(rng.next(), &[0, 0, 1]),
+                    ..Default::default()
+                };
+                if req.bitmap == blob.as_mut_ptr() as u64 {
+                    req.bitmap_bytes = req.bitmap_bytes.min(blob.len() as u64);
+                }
+                // SAFETY: the module writes at most `bitmap_bytes` bytes at `bitmap`: within our
+                // blob, or to an invalid address (EFAULT).
+                t.add("FREE_BITMAP", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) });
             }
         }
         if i.is_multiple_of(20_000) {
@@ -380,4 +406,51 @@ fn prefetch_and_discard_semantics() {
     }
     assert_eq!(k.prefetch(z.as_raw(), &[], true, 0).unwrap_err(), Errno::ESRCH, "zombie has no mm");
     reap(z);
+}
+
+fn meminfo_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap();
+    s.lines().find(|l| l.starts_with(key)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// FREE_BITMAP: the count of set bits is the module's free_pages, and matches MemFree read
+/// around it within 1%; a size query and a short buffer answer correctly.
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn free_bitmap_matches_memfree() {
+    let k = kmod();
+    assert!(k.has(uapi::features::FREE_BITMAP));
+    for round in 0..3 {
+        let before = meminfo_kib("MemFree:");
+        let (bits, rep) = k.free_bitmap().unwrap();
+        let after = meminfo_kib("MemFree:");
+        let set: u64 = bits.iter().map(|b| b.count_ones() as u64).sum();
+        assert_eq!(set, rep.free_pages, "bits set vs the module's count");
+        let free_kib = rep.free_pages * 4;
+        let memfree = (before + after) / 2;
+        let diff = free_kib.abs_diff(memfree);
+        println!(
+            "free bitmap round {round}: {} free pages = {free_kib} KiB vs MemFree {before}..{after} KiB (diff {:.2}%), end_pfn {}, {:.3} ms in the module",
+            rep.free_pages,
+            diff as f64 * 100.0 / memfree as f64,
+            rep.end_pfn,
+            rep.ns as f64 / 1e6
+        );
+        assert!(diff * 100 <= memfree, "free bitmap {free_kib} KiB vs MemFree {memfree} KiB: more than 1% apart");
+    }
+    // Bad input: short buffer -> ENOSPC with end_pfn reported; nonzero flags -> EINVAL.
+    let mut small = [0u8; 16];
+    let mut req = uapi::TorporFreeBitmap { bitmap: small.as_mut_ptr() as u64, bitmap_bytes: 16, ..Default::default() };
+    // SAFETY: the module writes at most 16 bytes into `small` (it refuses: too short).
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::ENOSPC));
+    assert!(req.end_pfn > 4096, "end_pfn reported with ENOSPC: {req:?}");
+    let mut req = uapi::TorporFreeBitmap { flags: 1, ..Default::default() };
+    // SAFETY: a size query with bad flags: only the request is touched.
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::EINVAL));
+    let mut req = uapi::TorporFreeBitmap { bitmap: 8, bitmap_bytes: u64::MAX, ..Default::default() };
+    // SAFETY: an invalid buffer address: the module must answer EFAULT.
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::EFAULT));
 }

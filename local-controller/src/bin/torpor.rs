@@ -502,17 +502,18 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Backend { backend } => {
-            let b = select_backend(backend)?;
+            let (b, why) = procswap::backend::select_backend_explained(backend)?;
             let ws = WsMethod::describe_host();
             if cli.json {
                 print_json(&serde_json::json!({
                     "backend": b.name(),
+                    "why": why,
                     "describe": b.describe(),
                     "working_set": ws,
                     "working_set_method": WsMethod::detect().map(|m| m.to_string()),
                 }))?;
             } else {
-                println!("backend: {}", b.describe());
+                println!("backend: {} ({why})", b.describe());
                 println!("{ws}");
             }
         }
