@@ -1,3 +1,55 @@
-//! Guest enlightenment (page-priority map, free-page bitmap, wire protocol).
-//! Not implemented yet: see the open guest-enlightenment issue.
+//! Guest enlightenment for torpor: the guest's RAM layout, free-page bitmap and
+//! page-priority map (categories of seed 003, enlightened post-copy), a small
+//! versioned binary wire protocol to hand them to the host, and the `torpor-guest`
+//! agent that serves it over a virtio-serial port.
+//!
+//! Two kinds of map sources exist behind [`source::MapSource`]:
+//! * [`source::PortableSource`] (this crate): built from `/proc/kpageflags` and
+//!   `/proc/PID/pagemap` on a stock kernel. **Approximate** (see [`portable`]); every map
+//!   it builds carries `approximate = true`, also on the wire.
+//! * a kernel-module source (exact maps through ioctls on `/dev/torpor`), to come; it
+//!   only has to implement the trait.
+//!
+//! Safety rule (DESIGN.md §4): any map generated while the guest runs is stale the
+//! moment it is written. Consumers may use it only to reorder or skip prefetch, never
+//! to discard memory.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod category;
+pub mod layout;
+pub mod maps;
+pub mod portable;
+pub mod protocol;
+pub mod rle;
+pub mod source;
+
+pub use category::Category;
+pub use layout::{PfnRange, RamLayout};
+pub use maps::{FreeBitmap, MapInfo, MapSourceKind, PriorityMap};
+
+/// Errors of this library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("/proc/iomem shows no System RAM with non-zero addresses (root is needed to see them)")]
+    NoRamVisible,
+    #[error("parse error: {0}")]
+    Parse(String),
+    #[error("pagemap gives PFN 0 for present pages: CAP_SYS_ADMIN (root) is needed")]
+    PfnHidden,
+    #[error("procfs: {0}")]
+    Procfs(String),
+    #[error("map does not match the layout: {0}")]
+    Mismatch(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
