@@ -3,5 +3,6 @@
 
 pub mod floor;
 pub mod machine;
+pub mod plot;
 pub mod resume;
 pub mod stats;

@@ -346,6 +346,56 @@ impl Subject {
         unreachable!("the loop returns or bails on its last attempt")
     }
 
+    /// Send one command line and read its one-line reply (child running).
+    pub fn command(&mut self, line: &str) -> Result<String> {
+        self.cmd(line)
+    }
+
+    /// Queue a command line on the child's pipe without waiting (a frozen child reads it
+    /// once thawed); [`Subject::reply`] reads the answer.
+    pub fn queue(&mut self, line: &str) -> Result<()> {
+        self.send(line)
+    }
+
+    /// Read the child's next reply line.
+    pub fn reply(&mut self) -> Result<String> {
+        self.read_line()
+    }
+
+    /// Freeze (no purge).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.freezer.freeze(FREEZE_TIMEOUT).with_context(|| format!("freeze ({})", self.freezer))?;
+        self.frozen = true;
+        Ok(())
+    }
+
+    /// Thaw (no wait for any reply).
+    pub fn thaw(&mut self) -> Result<()> {
+        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw ({})", self.freezer))?;
+        self.frozen = false;
+        Ok(())
+    }
+
+    /// Collect the same evidence [`Subject::suspend_and_purge`] does, and whether it proves the
+    /// memory is out (`Err(why)` when not), for callers that evicted the memory another way.
+    pub fn prove_out(&self, purge_seconds: f64, purge_attempts: u32) -> Result<(Proof, Option<String>)> {
+        let (present, swapped) = self.area_state()?;
+        let insp = procswap::inspect(self.pid, Default::default())?;
+        let proof = Proof {
+            area_pages: self.area.1 / procswap::sys::page_size(),
+            area_present_pages: present,
+            area_swapped_pages: swapped,
+            process_present_anon_pages: insp.totals.present_anon,
+            memcg_usage_bytes: self.memcg.usage()?,
+            memcg_swapcached_bytes: self.memcg.swapcached()?,
+            system_swapcached_bytes: procswap::sys::meminfo()?.swap_cached,
+            purge_seconds,
+            purge_attempts,
+        };
+        let why = proof.failure();
+        Ok((proof, why))
+    }
+
     /// Thaw after [`Subject::suspend_and_purge`] and wait for the queued touch to finish
     /// (for callers that time something else while it is frozen). Returns the child's reply.
     pub fn thaw_and_wait(&mut self) -> Result<String> {

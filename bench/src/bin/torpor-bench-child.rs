@@ -8,6 +8,14 @@
 //!   answers `READY <addr> <len>`;
 //! - `TOUCH` → reads one 8-byte word of every page of the area, in address order; answers
 //!   `DONE <majflt> <minflt> <micros> <acc>` (fault deltas and time of the touch loop itself);
+//! - `NULL` → the paper's null request: reads one word of the area's first page only; answers
+//!   `DONE` like `TOUCH`;
+//! - `TOUCHSET <pct>` → reads one word of every page in a fixed pseudo-random `pct`% subset of
+//!   the area's pages (the "working set" a served load touches), address order; answers `DONE`;
+//! - `CHURN <n> <seed>` → rewrites (same value, so checksums hold) one word of `n` pseudo-random
+//!   pages: dirties them, so pages swapped in by the writes lose their swap slot and get a new
+//!   one when reclaimed again (used to let kernel reclaim under pressure lay the area out);
+//!   answers `DONE`;
 //! - `VERIFY` → re-checks every checksum (data integrity after purge/prefetch cycles); answers
 //!   `OK` or `BAD <mib index>`;
 //! - `EXIT` (or end of input) → exits 0.
@@ -106,12 +114,62 @@ impl Area {
         acc
     }
 
+    /// Read one word of each page in the `pct`% subset (page index hashed; fixed across runs).
+    fn touch_set(&self, pct: u64) -> u64 {
+        let words = self.words();
+        let stride = procswap::sys::page_size() as usize / 8;
+        let mut acc = 0u64;
+        for (page, i) in (0..words.len()).step_by(stride).enumerate() {
+            if in_set(page as u64, pct) {
+                // SAFETY: `i < words.len()`, so the pointer is in bounds, aligned and readable.
+                acc = acc.wrapping_add(unsafe { std::ptr::read_volatile(words.as_ptr().add(i)) });
+            }
+        }
+        acc
+    }
+
+    /// Rewrite one word (same value) of `n` pseudo-random pages.
+    fn churn(&mut self, n: u64, seed: u64) -> u64 {
+        let stride = procswap::sys::page_size() as usize / 8;
+        let words = self.words_mut();
+        let pages = (words.len() / stride) as u64;
+        let mut rng = Xorshift(seed | 1);
+        let mut acc = 0u64;
+        for _ in 0..n {
+            let i = (rng.next() % pages) as usize * stride;
+            let p = words[i..].as_mut_ptr();
+            // SAFETY: `i < words.len()` (page index < pages), so `p` is in bounds, aligned, and
+            // exclusively borrowed through `words`.
+            unsafe {
+                let v = std::ptr::read_volatile(p);
+                std::ptr::write_volatile(p, v);
+                acc = acc.wrapping_add(v);
+            }
+        }
+        acc
+    }
+
     fn verify(&self) -> Result<(), usize> {
         match self.words().chunks(MIB / 8).zip(&self.sums).position(|(c, &want)| checksum(c) != want) {
             Some(i) => Err(i),
             None => Ok(()),
         }
     }
+}
+
+/// Is page `page` in the `pct`% subset?
+fn in_set(page: u64, pct: u64) -> bool {
+    (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < pct
+}
+
+/// Run `f`, answering `DONE <majflt> <minflt> <micros> <acc>`.
+fn timed(f: impl FnOnce() -> u64) -> String {
+    let (maj0, min0) = faults();
+    let t0 = Instant::now();
+    let acc = f();
+    let us = t0.elapsed().as_micros();
+    let (maj1, min1) = faults();
+    format!("DONE {} {} {} {}", maj1 - maj0, min1 - min0, us, acc)
 }
 
 fn main() {
@@ -123,7 +181,8 @@ fn main() {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let reply = match (parts.first().copied(), &area) {
+        let arg = |i: usize| parts.get(i).and_then(|v| v.parse::<u64>().ok());
+        let reply = match (parts.first().copied(), &mut area) {
             (Some("ALLOC"), _) => match parts.get(1).and_then(|v| v.parse::<usize>().ok()).ok_or("ALLOC <mib>".to_string()).and_then(Area::alloc) {
                 Ok(a) => {
                     let r = format!("READY {} {}", a.ptr.as_ptr() as usize, a.len);
@@ -140,11 +199,23 @@ fn main() {
                 let (maj1, min1) = faults();
                 format!("DONE {} {} {} {}", maj1 - maj0, min1 - min0, us, acc)
             }
+            (Some("NULL"), Some(a)) => timed(|| {
+                // SAFETY: the area is at least one page long; its first word is readable.
+                unsafe { std::ptr::read_volatile(a.words().as_ptr()) }
+            }),
+            (Some("TOUCHSET"), Some(a)) => match arg(1) {
+                Some(pct) if pct <= 100 => timed(|| a.touch_set(pct)),
+                _ => "ERR TOUCHSET <pct 0..=100>".into(),
+            },
+            (Some("CHURN"), Some(a)) => match (arg(1), arg(2)) {
+                (Some(n), Some(seed)) => timed(|| a.churn(n, seed)),
+                _ => "ERR CHURN <pages> <seed>".into(),
+            },
             (Some("VERIFY"), Some(a)) => match a.verify() {
                 Ok(()) => "OK".into(),
                 Err(i) => format!("BAD {i}"),
             },
-            (Some("TOUCH" | "VERIFY"), None) => "ERR nothing allocated".into(),
+            (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN"), None) => "ERR nothing allocated".into(),
             (Some("EXIT"), _) => break,
             _ => format!("ERR unknown command {line:?}"),
         };
