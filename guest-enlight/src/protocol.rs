@@ -581,7 +581,7 @@ impl WireMap {
         WireMap {
             info: b.info,
             layout: b.layout.clone(),
-            runs: Runs::from_iter((0..b.len()).map(|i| u8::from(b.get(i)))),
+            runs: Runs::from_values((0..b.len()).map(|i| u8::from(b.get(i)))),
         }
     }
 

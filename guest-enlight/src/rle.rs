@@ -62,10 +62,10 @@ impl fmt::Debug for Runs {
 impl Runs {
     /// Canonical runs of a byte slice.
     pub fn from_bytes(bytes: &[u8]) -> Runs {
-        Self::from_iter(bytes.iter().copied())
+        Self::from_values(bytes.iter().copied())
     }
 
-    pub fn from_iter(values: impl IntoIterator<Item = u8>) -> Runs {
+    pub fn from_values(values: impl IntoIterator<Item = u8>) -> Runs {
         let mut runs: Vec<(u8, u64)> = Vec::new();
         for v in values {
             match runs.last_mut() {
