@@ -422,8 +422,9 @@ pub fn build_priority_map(
     window: Duration,
     opts: &PriorityOptions,
 ) -> Result<(PriorityMap, PriorityStats), Error> {
-    let t0 = Instant::now();
+    // The build time excludes waiting for activity samples (only a first call waits).
     let active = tracker.active(window);
+    let t0 = Instant::now();
     let scan = scan_kpageflags(layout, opts.free_mode)?;
     let mut stats = PriorityStats {
         processes_seen: active.processes_seen,
