@@ -96,11 +96,20 @@ fn lifecycle(mode: Mode) {
     let beyond_file = (after.totals.present - after.totals.file_pages) * ps;
     assert!(beyond_file <= MIB, "{beyond_file} bytes resident beyond file pages (> 1 MiB)");
     assert!(rep.reclaim.is_some(), "no memcg reclaim ran: {:?}", rep.reclaim_skipped);
-    // Not held in the swap cache: the target's memcg says so, and so does the system figure.
+    // Not held in the swap cache: the target's memcg says so where the kernel reports it
+    // (v1 memory.stat, v2 >= 6.x). The system-wide SwapCached also counts other processes'
+    // pages on a shared machine (seen: 14 MiB from a concurrent benchmark), so it is checked
+    // only as a fallback, through the purge's own before/after delta.
     if let Some(sc) = memcg_swapcached {
         assert!(sc <= MIB, "target memcg still has {sc} bytes in the swap cache");
+    } else {
+        assert!(sys_swapcached <= 4 * MIB, "system SwapCached {sys_swapcached} bytes after purge");
     }
-    assert!(sys_swapcached <= 4 * MIB, "system SwapCached {sys_swapcached} bytes after purge");
+    assert!(
+        rep.system_swap_cached_delta <= 4 * MIB as i64,
+        "system SwapCached grew by {} bytes during the purge",
+        rep.system_swap_cached_delta
+    );
     assert!(
         usage <= after.totals.file_pages * ps + 4 * MIB,
         "memcg usage {usage} bytes after purge (file pages {} bytes)",
