@@ -55,7 +55,7 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   VM_TEST="${TORPOR_VM_TEST:?}" SWAP_TEST="${TORPOR_SWAP_TEST:?}"
   check "insmod torpor.ko (stress and backend tests)" insmod "$KO"
   "$TORPOR" module | sed 's/^/#   /'
-  check "auto backend selection picks the module when it is loaded" sh -c "\"$TORPOR\" --json backend | grep -q '\"backend\":\"kmod\"'"
+  check "auto backend selection picks the module when it is loaded" sh -c "\"$TORPOR\" --json backend | grep -Eq '\"backend\": *\"kmod\"'"
   "$TORPOR" backend | sed 's/^/#   /'
   vmtest() { # NAME TEST: run one kmod_vm test, keep its output, show its summary lines
     check "$1" sh -c "\"$VM_TEST\" --ignored --test-threads=1 --exact $2 --nocapture > /tmp/job/$2.log 2>&1"
