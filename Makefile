@@ -8,7 +8,7 @@ PHASE := scripts/phase.sh
 VM := vm-images/run-vm.sh
 KDIR_FILE := target/kdir
 
-.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test bench vm-bench install vm-bench
+.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench vm-bench bench-full install
 
 deps:
 	@scripts/deps.sh
@@ -53,13 +53,27 @@ host-test: deps
 root-test: deps
 	CARGO=$(CARGO) procswap/tests/run-root-tests.sh
 
+# guest-enlight as root: portable maps from this host's kpageflags/pagemap, agent over a socket.
+guest-test: deps
+	CARGO=$(CARGO) guest-enlight/tests/run-root-tests.sh
+
 # torpord as root: standby pool, Start/Stop cycles, kill -9 recovery, bad input.
 torpord-test: deps
 	CARGO=$(CARGO) local-controller/tests/run-root-tests.sh
 
-# Benchmarks (host): resume_touch_all, stock demand paging vs procswap prefetch.
+# Benchmarks. `make bench`: the quick set (< 10 minutes): resume_touch_all at 64/256 MiB
+# and the paper experiments in quick mode. `make bench-full`: resume_touch_all at
+# 64/256/1024 MiB, the full experiment set (size sweep to 2 GiB), and the in-guest
+# module benchmark on SSD- and HDD-like disks. Results go to bench/results/.
 bench: deps
+	TORPOR_BENCH_QUICK=1 CARGO=$(CARGO) bench/run-resume-bench.sh
+	CARGO=$(CARGO) bench/run-experiments.sh --quick
+
+bench-full: deps
 	CARGO=$(CARGO) bench/run-resume-bench.sh
+	CARGO=$(CARGO) bench/run-experiments.sh
+	$(MAKE) --no-print-directory vm-bench VM_DISK=ssd
+	$(MAKE) --no-print-directory vm-bench VM_DISK=hdd
 
 # In-guest benchmark of the module backend (256 MiB touch-all, interleaved, throttled
 # virtio swap disk: VM_DISK=ssd|hdd|fast): stock demand paging vs stock prefetch vs module prefetch.
@@ -82,6 +96,7 @@ test:
 	@$(PHASE) clippy $(MAKE) --no-print-directory clippy
 	@$(PHASE) root-test $(MAKE) --no-print-directory root-test
 	@$(PHASE) torpord-test $(MAKE) --no-print-directory torpord-test
+	@$(PHASE) guest-test $(MAKE) --no-print-directory guest-test
 	@$(PHASE) vm-test $(MAKE) --no-print-directory vm-test
 	@$(PHASE) vm-harness $(MAKE) --no-print-directory vm-harness-test
 	@echo "=== per-phase timings"; cat target/phases.txt

@@ -11,6 +11,8 @@ pkgs=(
   qemu-system-x86 busybox-static
   # userspace tests: setpriv, swap tools, procps
   util-linux procps
+  # benchmarks: plot labels (plotters reads DejaVu Sans at run time)
+  fonts-dejavu-core
 )
 missing=()
 for p in "${pkgs[@]}"; do
