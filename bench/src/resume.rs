@@ -313,7 +313,6 @@ impl Subject {
     pub fn suspend_and_purge(&mut self) -> Result<Proof> {
         self.freezer.freeze(FREEZE_TIMEOUT).with_context(|| format!("freeze ({})", self.freezer))?;
         self.frozen = true;
-        let ps = procswap::sys::page_size();
         let mut purge_seconds = 0.0;
         for attempt in 1..=3 {
             let t0 = Instant::now();
@@ -321,20 +320,8 @@ impl Subject {
                 .with_context(|| format!("purge pid {}", self.pid))?;
             purge_seconds += t0.elapsed().as_secs_f64();
             ensure!(rep.reclaim.is_some(), "purge ran no memcg reclaim: {:?}", rep.reclaim_skipped);
-            let (present, swapped) = self.area_state()?;
-            let insp = procswap::inspect(self.pid, Default::default())?;
-            let proof = Proof {
-                area_pages: self.area.1 / ps,
-                area_present_pages: present,
-                area_swapped_pages: swapped,
-                process_present_anon_pages: insp.totals.present_anon,
-                memcg_usage_bytes: self.memcg.usage()?,
-                memcg_swapcached_bytes: self.memcg.swapcached()?,
-                system_swapcached_bytes: procswap::sys::meminfo()?.swap_cached,
-                purge_seconds,
-                purge_attempts: attempt,
-            };
-            match proof.failure() {
+            let (proof, failure) = self.prove_out(purge_seconds, attempt)?;
+            match failure {
                 None => {
                     self.send("TOUCH")?;
                     return Ok(proof);
