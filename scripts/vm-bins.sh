@@ -13,4 +13,4 @@ exe() {
   echo "$p"
 }
 echo "TORPOR_ABI_TEST=$(exe kmod_abi) TORPOR_VM_TEST=$(exe kmod_vm) TORPOR_SWAP_TEST=$(exe root_swap)" \
-     "TORPOR_CLI=$PWD/target/debug/torpor TORPOR_KO=$PWD/kmod/torpor.ko"
+     "TORPOR_CLI=${CARGO_TARGET_DIR:-$PWD/target}/debug/torpor TORPOR_KO=$PWD/kmod/torpor.ko"
