@@ -1,0 +1,16 @@
+//! torpor end-to-end acceptance (issue 6): host-side helpers shared by the runner and the tests.
+//!
+//! - [`pattern`]: the deterministic memory contents of the guest web app (`torpor-e2e-app`),
+//!   so `/verify` can recompute every word without keeping a copy;
+//! - [`http`]: a minimal blocking HTTP/1.1 GET (the runner polls the guest through QEMU's
+//!   `hostfwd`, independently of torpord's own probe);
+//! - [`qmp`]: a QMP client on QEMU's unix socket (`qmp_capabilities`, `stop`, `cont`, `query-status`);
+//! - [`mem`]: the QEMU process's guest-RAM mapping and its present/swapped pages (pagemap),
+//!   `/proc/meminfo`, `/proc/vmstat` and block-device counters.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod http;
+pub mod mem;
+pub mod pattern;
+pub mod qmp;
+pub mod stats;
