@@ -53,8 +53,9 @@ async fn app(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serd
     Ok(Json(blocking(move || c.app_status(&name)).await?))
 }
 
-async fn start(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(blocking(move || c.start(&name)).await?))
+async fn start(State(c): State<Ctl>, Path(name): Path<String>, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = crate::controller::StartRequest::parse(&body)?;
+    Ok(Json(blocking(move || c.start_with(&name, &req)).await?))
 }
 
 async fn stop(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -158,5 +159,18 @@ mod tests {
         assert!(!super::peer_allowed(1000, 1000, None, None));
         assert!(super::peer_allowed(1000, 4242, None, Some(4242)));
         assert!(!super::peer_allowed(1000, 1000, None, Some(4242)));
+    }
+
+    #[test]
+    fn start_request_body() {
+        use crate::controller::StartRequest;
+        assert_eq!(StartRequest::parse(b"").unwrap(), StartRequest::default());
+        assert_eq!(StartRequest::parse(b" \r\n").unwrap(), StartRequest::default());
+        assert_eq!(StartRequest::parse(b"{}").unwrap(), StartRequest::default());
+        assert_eq!(StartRequest::parse(br#"{"prefetch":"none"}"#).unwrap().prefetch.as_deref(), Some("none"));
+        for bad in [&b"{"[..], br#"{"prefetch":1}"#, br#"{"prefech":"none"}"#, b"none", b"\"full\""] {
+            let e = StartRequest::parse(bad).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "bad_request"), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -132,6 +132,119 @@ pub struct AppConfig {
     /// Optional user to run as (name or uid).
     #[serde(default)]
     pub user: Option<String>,
+    /// `process` (default) or `vm` (a QEMU process with a QMP socket; needs `vm = {...}`).
+    #[serde(default)]
+    pub kind: AppKind,
+    /// VM apps: where QEMU's QMP socket and the guest agent's socket are.
+    #[serde(default)]
+    pub vm: Option<VmConfig>,
+    /// VM apps: what Start fetches before `cont` (default `priority`).
+    #[serde(default)]
+    pub vm_prefetch: Option<VmPrefetch>,
+}
+
+impl AppConfig {
+    pub fn is_vm(&self) -> bool {
+        self.kind == AppKind::Vm
+    }
+    /// The prefetch mode of a VM app (its `vm_prefetch`, default `priority`).
+    pub fn vm_prefetch_mode(&self) -> VmPrefetch {
+        self.vm_prefetch.unwrap_or_default()
+    }
+}
+
+/// What an app is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppKind {
+    /// An ordinary server process (tree) in its own cgroups.
+    #[default]
+    Process,
+    /// A QEMU process whose guest runs the app: Stop asks the guest agent for its maps, stops
+    /// the VM over QMP, freezes and purges QEMU; Start prefetches guest RAM by priority class,
+    /// thaws and `cont`s.
+    Vm,
+}
+
+/// `vm = { qmp = "...", agent = "..." }` of a `kind = "vm"` app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// QEMU's QMP unix socket (`-qmp unix:PATH,server=on,wait=off`).
+    pub qmp: PathBuf,
+    /// Host end of the guest agent's virtio-serial chardev (a unix socket QEMU listens on:
+    /// `-chardev socket,id=tg,path=PATH,server=on,wait=off`). Absent: no guest maps.
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
+    /// Budget for the whole agent exchange at Stop (connect, HELLO, 3 maps); past it, Stop
+    /// proceeds without maps.
+    #[serde(default = "default_agent_timeout", deserialize_with = "de_duration")]
+    pub agent_timeout: Duration,
+    /// Timeout of one QMP command (and of connecting to the socket).
+    #[serde(default = "default_qmp_timeout", deserialize_with = "de_duration")]
+    pub qmp_timeout: Duration,
+    /// After a `priority` Start, fetch the rest in the background with Twinkle's segment rule.
+    #[serde(default = "default_true")]
+    pub background: bool,
+}
+
+/// What a VM app's Start fetches before the VM runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmPrefetch {
+    /// Guest priority classes 0-5 (kernel .. user data of active processes) minus the pages the
+    /// guest reported free, before `cont`; the rest in the background (Twinkle). Without guest
+    /// maps: like `full`.
+    #[default]
+    Priority,
+    /// All of guest RAM that is on swap, before `cont`.
+    Full,
+    /// Nothing: demand paging.
+    None,
+}
+
+impl VmPrefetch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPrefetch::Priority => "priority",
+            VmPrefetch::Full => "full",
+            VmPrefetch::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for VmPrefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "priority" => Ok(VmPrefetch::Priority),
+            "full" => Ok(VmPrefetch::Full),
+            "none" => Ok(VmPrefetch::None),
+            _ => Err(format!("unknown VM prefetch mode {s:?} (priority, full, none)")),
+        }
+    }
+}
+
+impl PrefetchPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrefetchPolicy::Full => "full",
+            PrefetchPolicy::WorkingSetOnly => "working-set-only",
+            PrefetchPolicy::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for PrefetchPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(PrefetchPolicy::Full),
+            "working-set-only" => Ok(PrefetchPolicy::WorkingSetOnly),
+            "none" => Ok(PrefetchPolicy::None),
+            _ => Err(format!("unknown prefetch mode {s:?} (full, working-set-only, none)")),
+        }
+    }
 }
 
 /// Readiness probe: the app is ready when it answers.
@@ -175,6 +288,15 @@ fn default_threads() -> usize {
 }
 fn default_ready_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_qmp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -309,6 +431,30 @@ impl Config {
             if let Some(Probe::Http(u)) = &a.ready {
                 crate::probe::parse_http_url(u).map_err(|e| format!("app {:?}: ready.http: {e}", a.name))?;
             }
+            match (a.kind, &a.vm) {
+                (AppKind::Vm, None) => {
+                    return Err(format!("app {:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}", a.name))
+                }
+                (AppKind::Vm, Some(v)) => {
+                    if a.unit.is_some() {
+                        return Err(format!("app {:?}: a vm app is started with command (the QEMU argv), not unit", a.name));
+                    }
+                    if !v.qmp.is_absolute() {
+                        return Err(format!("app {:?}: vm.qmp {:?} must be an absolute path", a.name, v.qmp));
+                    }
+                    if let Some(ag) = v.agent.as_ref().filter(|p| !p.is_absolute()) {
+                        return Err(format!("app {:?}: vm.agent {:?} must be an absolute path", a.name, ag));
+                    }
+                    if v.qmp_timeout.is_zero() || v.agent_timeout.is_zero() {
+                        return Err(format!("app {:?}: vm.qmp_timeout and vm.agent_timeout must be > 0", a.name));
+                    }
+                }
+                (AppKind::Process, Some(_)) => return Err(format!("app {:?}: vm = {{...}} needs kind = \"vm\"", a.name)),
+                (AppKind::Process, None) => {}
+            }
+            if a.kind == AppKind::Process && a.vm_prefetch.is_some() {
+                return Err(format!("app {:?}: vm_prefetch needs kind = \"vm\"", a.name));
+            }
         }
         Ok(())
     }
@@ -409,6 +555,63 @@ ready = { http = "http://127.0.0.1:80/" }
         ] {
             assert!(Config::parse(src, Path::new("t")).is_err(), "{src}");
         }
+    }
+
+    #[test]
+    fn vm_app() {
+        let src = r#"
+[[app]]
+name = "guest"
+kind = "vm"
+command = ["qemu-system-x86_64", "-qmp", "unix:/run/x/guest.qmp,server=on,wait=off"]
+vm = { qmp = "/run/x/guest.qmp", agent = "/run/x/guest.agent" }
+ready = { http = "http://127.0.0.1:18080/" }
+vm_prefetch = "full"
+[[app]]
+name = "g2"
+kind = "vm"
+command = ["qemu-system-x86_64"]
+vm = { qmp = "/run/x/g2.qmp", agent_timeout = "2s", background = false }
+[[app]]
+name = "p"
+command = ["/bin/true"]
+"#;
+        let c = Config::parse(src, Path::new("t")).unwrap();
+        assert!(c.apps[0].is_vm());
+        assert_eq!(c.apps[0].vm_prefetch_mode(), VmPrefetch::Full);
+        let v = c.apps[0].vm.as_ref().unwrap();
+        assert_eq!(v.agent.as_deref(), Some(Path::new("/run/x/guest.agent")));
+        assert_eq!(v.agent_timeout, Duration::from_secs(5));
+        assert!(v.background);
+        assert_eq!(c.apps[1].vm_prefetch_mode(), VmPrefetch::Priority);
+        let v2 = c.apps[1].vm.as_ref().unwrap();
+        assert_eq!(v2.agent, None);
+        assert_eq!(v2.agent_timeout, Duration::from_secs(2));
+        assert!(!v2.background);
+        assert_eq!(c.apps[2].kind, AppKind::Process);
+        assert!(!c.apps[2].is_vm());
+    }
+
+    #[test]
+    fn vm_app_errors_are_clear() {
+        let cases = [
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\n", "needs vm = "),
+            ("[[app]]\nname = \"g\"\ncommand = [\"q\"]\nvm = { qmp = \"/q\" }\n", "needs kind = \"vm\""),
+            ("[[app]]\nname = \"g\"\ncommand = [\"q\"]\nvm_prefetch = \"full\"\n", "vm_prefetch needs kind"),
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { qmp = \"rel.qmp\" }\n", "absolute path"),
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { qmp = \"/q\", agent = \"a\" }\n", "absolute path"),
+            ("[[app]]\nname = \"g\"\nkind = \"kvm\"\ncommand = [\"q\"]\n", "t:3:8"),
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { qmp = \"/q\" }\nvm_prefetch = \"most\"\n", "t:6:15"),
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { qmp = \"/q\", qmpp = 1 }\n", "unknown field"),
+            ("[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { agent = \"/a\" }\n", "qmp"),
+        ];
+        for (src, want) in cases {
+            let e = Config::parse(src, Path::new("t")).unwrap_err().to_string();
+            assert!(e.contains(want), "{src}: {e}");
+        }
+        assert_eq!("priority".parse::<VmPrefetch>(), Ok(VmPrefetch::Priority));
+        assert!("fast".parse::<VmPrefetch>().is_err());
+        assert_eq!("working-set-only".parse::<PrefetchPolicy>(), Ok(PrefetchPolicy::WorkingSetOnly));
     }
 
     #[test]

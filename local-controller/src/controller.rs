@@ -5,7 +5,7 @@
 //! are serialized) and a `st` mutex (held only briefly, to read or change the app's record).
 //! Nothing holds two apps' `op` locks except the reserve enforcer, which only `try_lock`s.
 
-use crate::config::{AppConfig, Config, PrefetchPolicy, Probe, PurgePolicy};
+use crate::config::{AppConfig, Config, PrefetchPolicy, Probe, PurgePolicy, VmPrefetch};
 use crate::overload::{rate, Hotspot, Sustained};
 use crate::probe;
 use procswap::cgroup::{self, Memcg};
@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
+
+mod vm;
 
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 const STATE_FILE: &str = "state.json";
@@ -91,6 +93,9 @@ pub struct StartTiming {
     pub still_swapped_pages: u64,
     /// Why prefetch stopped early (free-memory floor, budget), if it did.
     pub prefetch_stopped: Option<String>,
+    /// The prefetch mode this Start ran with (the configured one or the request's override).
+    #[serde(default)]
+    pub prefetch_mode: Option<String>,
     pub unix_time: f64,
 }
 
@@ -239,6 +244,35 @@ impl ApiError {
     }
     fn unknown_app(name: &str) -> Self {
         Self::new(404, "unknown_app", format!("no app named {name:?} in the configuration"))
+    }
+}
+
+/// The prefetch mode a Start runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartMode {
+    Process(PrefetchPolicy),
+    Vm(VmPrefetch),
+}
+
+/// The optional JSON body of `POST /v1/apps/{name}/start`: `{"prefetch": MODE}` overrides the
+/// configured prefetch for this Start only. MODE for a process app: `full`, `working-set-only`,
+/// `none`; for a VM app: `priority`, `full`, `none`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    #[serde(default)]
+    pub prefetch: Option<String>,
+}
+
+impl StartRequest {
+    /// Parse a request body (empty = no override); a malformed body is a 400 `bad_request`.
+    pub fn parse(body: &[u8]) -> Result<StartRequest, ApiError> {
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(StartRequest::default());
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(400, "bad_request", format!("start body: {e} (expected {{\"prefetch\": \"none\"|\"full\"|\"priority\"|\"working-set-only\"}})"))
+        })
     }
 }
 
@@ -889,7 +923,13 @@ impl Controller {
     /// Start(app): resume a suspended/standby app (prefetch, thaw, probe) or cold-start it.
     /// Answers only once the readiness probe succeeded.
     pub fn start(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        self.start_with(name, &StartRequest::default())
+    }
+
+    /// Start(app) with a per-request override (see [`StartRequest`]).
+    pub fn start_with(&self, name: &str, req: &StartRequest) -> Result<serde_json::Value, ApiError> {
         let slot = self.slot(name)?;
+        let mode = self.start_mode(slot, req)?;
         let _op = lock(&slot.op);
         let t0 = Instant::now();
         let (cgs, state) = {
@@ -922,7 +962,24 @@ impl Controller {
                 }))
             }
             AppState::Stopped => self.cold_start(slot, t0),
-            _ => self.resume(slot, t0, o.pids),
+            _ => match mode {
+                StartMode::Process(p) => self.resume(slot, t0, o.pids, p),
+                StartMode::Vm(m) => self.resume_vm(slot, t0, o.pids, m),
+            },
+        }
+    }
+
+    /// The prefetch mode of this Start: the request's override, checked against the app's kind,
+    /// else the configuration's.
+    fn start_mode(&self, slot: &AppSlot, req: &StartRequest) -> Result<StartMode, ApiError> {
+        let bad = |m: String| ApiError::new(400, "bad_request", m);
+        match (slot.cfg.is_vm(), req.prefetch.as_deref()) {
+            (false, None) => Ok(StartMode::Process(self.cfg.prefetch)),
+            (true, None) => Ok(StartMode::Vm(slot.cfg.vm_prefetch_mode())),
+            (false, Some(m)) => m.parse::<PrefetchPolicy>().map(StartMode::Process).map_err(|e| {
+                bad(format!("app {:?} is a process app: {e}", slot.cfg.name))
+            }),
+            (true, Some(m)) => m.parse::<VmPrefetch>().map(StartMode::Vm).map_err(|e| bad(format!("app {:?} is a vm app: {e}", slot.cfg.name))),
         }
     }
 
@@ -971,7 +1028,7 @@ impl Controller {
         }
     }
 
-    fn resume(&self, slot: &AppSlot, t0: Instant, pids: Vec<i32>) -> Result<serde_json::Value, ApiError> {
+    fn resume(&self, slot: &AppSlot, t0: Instant, pids: Vec<i32>, policy: PrefetchPolicy) -> Result<serde_json::Value, ApiError> {
         let name = slot.cfg.name.clone();
         let prev_state = self.set(slot, |r| {
             r.in_flight = Some("start".into());
@@ -986,7 +1043,8 @@ impl Controller {
         let mut timing = StartTiming::default();
         let ws: Option<WorkingSet> =
             std::fs::read(self.ws_path(&name)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let do_prefetch = match self.cfg.prefetch {
+        timing.prefetch_mode = Some(policy.as_str().to_string());
+        let do_prefetch = match policy {
             PrefetchPolicy::Full => true,
             PrefetchPolicy::WorkingSetOnly => ws.is_some(),
             PrefetchPolicy::None => false,
@@ -997,7 +1055,7 @@ impl Controller {
                     threads: self.cfg.prefetch_threads,
                     free_floor_bytes: self.cfg.reserve,
                     working_set: ws.clone().filter(|w| w.pid == *pid),
-                    working_set_only: self.cfg.prefetch == PrefetchPolicy::WorkingSetOnly,
+                    working_set_only: policy == PrefetchPolicy::WorkingSetOnly,
                     ..PrefetchOptions::default()
                 };
                 if opts.working_set_only && opts.working_set.is_none() {

@@ -36,6 +36,10 @@ enum Cmd {
         /// Seconds to wait for torpord's answer.
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
+        /// Override the configured prefetch for this Start: process apps full | working-set-only
+        /// | none; vm apps priority | full | none.
+        #[arg(long, value_parser = ["none", "full", "priority", "working-set-only"])]
+        prefetch: Option<String>,
     },
     /// Ask torpord to stop (freeze, purge) an app.
     Stop {
@@ -476,8 +480,11 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Apps => daemon::apps(&cli.socket, cli.json)?,
-        Cmd::Start { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "start", timeout)?,
-        Cmd::Stop { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "stop", timeout)?,
+        Cmd::Start { ref name, timeout, ref prefetch } => {
+            let body = prefetch.as_ref().map(|p| serde_json::json!({ "prefetch": p }).to_string());
+            daemon::op(&cli.socket, cli.json, name, "start", timeout, body.as_deref())?
+        }
+        Cmd::Stop { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "stop", timeout, None)?,
         Cmd::Status { ref name } => daemon::status(&cli.socket, cli.json, name.as_deref())?,
         Cmd::Module { device } => {
             let k = Kmod::open_path(&device)?;
@@ -637,7 +644,11 @@ mod daemon {
     use std::time::Duration;
 
     fn call(socket: &Path, method: &str, path: &str, timeout: f64) -> Result<(Response, Value)> {
-        let r = request(socket, method, path, None, Duration::from_secs_f64(timeout))?;
+        call_body(socket, method, path, timeout, None)
+    }
+
+    fn call_body(socket: &Path, method: &str, path: &str, timeout: f64, body: Option<&str>) -> Result<(Response, Value)> {
+        let r = request(socket, method, path, body, Duration::from_secs_f64(timeout))?;
         let v = r.json().unwrap_or(Value::Null);
         Ok((r, v))
     }
@@ -693,8 +704,8 @@ mod daemon {
         Ok(())
     }
 
-    pub fn op(socket: &Path, json: bool, name: &str, what: &str, timeout: f64) -> Result<()> {
-        let (r, v) = call(socket, "POST", &format!("/v1/apps/{name}/{what}"), timeout)?;
+    pub fn op(socket: &Path, json: bool, name: &str, what: &str, timeout: f64, body: Option<&str>) -> Result<()> {
+        let (r, v) = call_body(socket, "POST", &format!("/v1/apps/{name}/{what}"), timeout, body)?;
         if !r.ok() {
             return fail(&r, &v, json);
         }
@@ -718,6 +729,23 @@ mod daemon {
                     secs(&t["total_s"])
                 );
             }
+            let vm = &v["vm"];
+            if !vm.is_null() {
+                println!(
+                    "  vm: mode {} (maps: {}), prefetch {} ms, {} pages ({} MiB) before cont, {} free pages skipped, ready {} ms, pswpin +{}",
+                    vm["mode"].as_str().unwrap_or("?"),
+                    vm["maps"].as_str().unwrap_or("?"),
+                    vm["prefetch_ms"],
+                    vm["prefetched_pages"],
+                    mib(&vm["prefetched_bytes"]),
+                    vm["skipped_free_pages"],
+                    vm["ready_ms"],
+                    vm["pswpin_delta"]
+                );
+                for c in vm["classes"].as_array().cloned().unwrap_or_default() {
+                    println!("    class {} {:<16} {:>9} pages fetched of {} planned", c["class"], c["name"].as_str().unwrap_or("?"), c["fetched_pages"], c["planned_pages"]);
+                }
+            }
         } else if v["already"].as_bool() == Some(true) {
             println!("{name}: already {}", v["state"].as_str().unwrap_or("?"));
         } else {
@@ -730,6 +758,21 @@ mod daemon {
                 secs(&t["total_s"]),
                 if p.is_null() { String::new() } else { format!("; freed {} MiB, {} MiB on swap", mib(&p["freed_bytes"]), mib(&p["swapped_bytes"])) }
             );
+            let vm = &v["vm"];
+            if !vm.is_null() {
+                let e = &vm["evidence"];
+                println!(
+                    "  vm: maps {} ({}); guest RAM resident {} -> {} pages, swapped {} -> {} pages; SwapCached {} -> {} MiB",
+                    vm["maps"].as_str().unwrap_or("?"),
+                    vm["agent_note"].as_str().unwrap_or("-"),
+                    e["before"]["guest_resident_pages"],
+                    e["after"]["guest_resident_pages"],
+                    e["before"]["guest_swapped_pages"],
+                    e["after"]["guest_swapped_pages"],
+                    mib(&e["before"]["swap_cached_bytes"]),
+                    mib(&e["after"]["swap_cached_bytes"])
+                );
+            }
         }
         Ok(())
     }
