@@ -24,6 +24,7 @@ pub mod progress;
 pub mod purge;
 pub mod sys;
 pub mod target;
+pub mod testdata;
 pub mod uapi;
 pub mod workingset;
 

@@ -23,27 +23,7 @@ use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-fn checksum(words: &[u64]) -> u64 {
-    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(5))
-}
-
-fn faults() -> (i64, i64) {
-    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
-    (u.major_page_faults(), u.minor_page_faults())
-}
+use procswap::testdata::{checksum, self_faults as faults, Xorshift};
 
 /// A read-only view of a mapped area.
 struct Mapping {

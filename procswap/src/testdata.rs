@@ -1,0 +1,46 @@
+//! Deterministic test data shared by the test and benchmark children (`torpor-testchild`,
+//! `torpor-bench-child`): the pseudo-random fill, the per-MiB checksum and the process's own
+//! fault counters. Not part of the mechanism.
+
+/// xorshift64* generator: fast, fixed sequence per seed (seed must be non-zero).
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// FNV-style checksum of a run of words (one per MiB in the children).
+pub fn checksum(words: &[u64]) -> u64 {
+    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(5))
+}
+
+/// This process's (major, minor) page faults so far.
+pub fn self_faults() -> (i64, i64) {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    (u.major_page_faults(), u.minor_page_faults())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_sequence_and_checksum() {
+        let mut r = Xorshift(0x9E37_79B9_7F4A_7C15);
+        let a: Vec<u64> = (0..4).map(|_| r.next()).collect();
+        let mut r2 = Xorshift(0x9E37_79B9_7F4A_7C15);
+        let b: Vec<u64> = (0..4).map(|_| r2.next()).collect();
+        assert_eq!(a, b);
+        assert_ne!(a[0], a[1]);
+        assert_eq!(checksum(&a), checksum(&b));
+        assert_ne!(checksum(&a), checksum(&a[..3]));
+    }
+}
