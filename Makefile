@@ -62,9 +62,11 @@ torpord-test: deps
 	CARGO=$(CARGO) local-controller/tests/run-root-tests.sh
 
 # Benchmarks. `make bench`: the quick set (< 10 minutes): resume_touch_all at 64/256 MiB
-# and the paper experiments in quick mode. `make bench-full`: resume_touch_all at
-# 64/256/1024 MiB, the full experiment set (size sweep to 2 GiB), and the in-guest
-# module benchmark on SSD- and HDD-like disks. Results go to bench/results/.
+# and every paper experiment in quick mode (size sweep, contribution, contiguity, repeated,
+# CPU-load sweep and Tomcat cold start vs resume with a 64 MiB webapp). `make bench-full`:
+# resume_touch_all at 64/256/1024 MiB, the full experiment set (size sweep to 2 GiB, Tomcat
+# with 128/256 MiB webapps), the in-guest benchmark on all three disk models and their combined
+# table (bench/results/disk-models/). Results go to bench/results/.
 bench: deps
 	TORPOR_BENCH_QUICK=1 CARGO=$(CARGO) bench/run-resume-bench.sh
 	CARGO=$(CARGO) bench/run-experiments.sh --quick
@@ -72,17 +74,17 @@ bench: deps
 bench-full: deps
 	CARGO=$(CARGO) bench/run-resume-bench.sh
 	CARGO=$(CARGO) bench/run-experiments.sh
+	$(MAKE) --no-print-directory vm-bench VM_DISK=fast
 	$(MAKE) --no-print-directory vm-bench VM_DISK=ssd
 	$(MAKE) --no-print-directory vm-bench VM_DISK=hdd
+	CARGO=$(CARGO) bench/run-experiments.sh disk-models
 
-# In-guest benchmark of the module backend (256 MiB touch-all, interleaved, throttled
-# virtio swap disk: VM_DISK=ssd|hdd|fast): stock demand paging vs stock prefetch vs module prefetch.
+# In-guest benchmark of the module backend (256 MiB touch-all, 128 MiB on hdd, interleaved,
+# throttled virtio swap disk: VM_DISK=ssd|hdd|fast): stock demand paging vs stock prefetch vs
+# module prefetch. Honours CARGO_TARGET_DIR; results (md + json) in bench/results/vm/.
 VM_DISK ?= ssd
-vm-bench: kmod target/vm-bins.env
-	$(CARGO) build --release -p bench --bins
-	$(VM) --name vmbench-$(VM_DISK) --timeout 3000 --swap-disk 2G --disk $(VM_DISK) --results bench/results/vm -- \
-	  env $$(cat target/vm-bins.env) TORPOR_VMBENCH_OUT=/tmp/job/vmbench-$(VM_DISK)-$$(date +%F).md \
-	  TORPOR_VMBENCH=$(CURDIR)/target/release/torpor-vmbench scripts/vm-bench-guest.sh
+vm-bench: kmod
+	VM_DISK=$(VM_DISK) CARGO=$(CARGO) scripts/vm-bench-host.sh
 
 install: deps
 	CARGO=$(CARGO) local-controller/install.sh

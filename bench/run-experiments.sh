@@ -2,7 +2,10 @@
 # The paper-experiment scenario harness (seed 004): builds torpor-bench, sets up its own
 # temporary swapfile and runs the experiments; results go to bench/results/<experiment>/.
 #   bench/run-experiments.sh [--quick] [EXPERIMENT...]
-# EXPERIMENT: size-sweep, contribution, contiguity, repeated, all (default: all).
+# EXPERIMENT: size-sweep, contribution, contiguity, repeated, cpu-load, tomcat, all (default: all);
+#   disk-models (alone: table + plot from the latest bench/results/vm/vmbench-*.json, no root needed).
+# cpu-load and tomcat run Tomcat 10 from Debian with a small webapp compiled by javac: missing
+# packages (tomcat10, openjdk-17-jdk-headless) are installed with apt-get, services kept from starting.
 # Env: TORPOR_SWAPFILE (default /var/tmp/torpor-exp.swap), TORPOR_SWAP_MIB (default 3072 with
 #      --quick, else 6144: the 2 GiB size-sweep child plus slack), TORPOR_BENCH_SIZES=64,256,...
 #      (size-sweep sizes), TORPOR_BENCH_FREEZER=auto|v2|v1|signal, TORPOR_BENCH_OUT (results dir).
@@ -18,8 +21,8 @@ exps=()
 for a in "$@"; do
     case "$a" in
         --quick) quick=(--quick) ;;
-        size-sweep|contribution|contiguity|repeated|all) exps+=("$a") ;;
-        *) echo "run-experiments.sh: unknown argument $a (usage: [--quick] [size-sweep|contribution|contiguity|repeated|all]...)" >&2; exit 2 ;;
+        size-sweep|contribution|contiguity|repeated|cpu-load|tomcat|all|disk-models) exps+=("$a") ;;
+        *) echo "run-experiments.sh: unknown argument $a (usage: [--quick] [size-sweep|contribution|contiguity|repeated|cpu-load|tomcat|all|disk-models]...)" >&2; exit 2 ;;
     esac
 done
 [ "${#exps[@]}" -gt 0 ] || exps=(all)
@@ -29,7 +32,29 @@ out=()
 CARGO=${CARGO:-cargo}
 # Build first, at low priority, so no measurement includes compilation.
 nice "$CARGO" build -p bench --release --bins
-BIN=$ROOT/target/release/torpor-bench
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/torpor-bench
+if [ "${exps[*]}" = disk-models ]; then
+    exec "$BIN" "${out[@]}" disk-models
+fi
+
+# Tomcat 10 and a JDK (javac) for cpu-load / tomcat.
+if [[ " ${exps[*]} " =~ \ (all|cpu-load|tomcat)\  ]]; then
+    missing=()
+    for p in tomcat10 openjdk-17-jdk-headless; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "run-experiments.sh: installing with apt-get: ${missing[*]} (services kept from starting)" >&2
+        policy=/usr/sbin/policy-rc.d
+        [ -e "$policy" ] && { echo "run-experiments.sh: $policy exists; not touching it" >&2; policy=""; }
+        if [ -n "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; fi
+        rc=0
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >&2 \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >&2; } || rc=$?
+        [ -n "$policy" ] && rm -f "$policy"
+        [ "$rc" = 0 ] || { echo "run-experiments.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
+    fi
+fi
 
 echo "run-experiments.sh: load average now: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)" >&2
 if [ "$(awk 'NR>1' /proc/swaps | wc -l)" -gt 0 ]; then

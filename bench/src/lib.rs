@@ -5,4 +5,5 @@ pub mod floor;
 pub mod machine;
 pub mod plot;
 pub mod resume;
+pub mod server;
 pub mod stats;

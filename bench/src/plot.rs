@@ -54,6 +54,11 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Log-log line plot of medians with min–max error bars.
 pub fn log_lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Result<()> {
+    lines(path, title, xlabel, ylabel, series, true)
+}
+
+/// Line plot of medians with min–max error bars: log y, log x when `log_x` (else linear x).
+pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series], log_x: bool) -> Result<()> {
     font()?;
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -66,45 +71,51 @@ pub fn log_lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &
     anyhow::ensure!(x0 <= x1, "plot {}: no points", path.display());
     let root = BitMapBackend::new(path, (1100, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(15)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), (y0 / 2.0..y1 * 2.0).log_scale())
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(xlabel)
-        .y_desc(ylabel)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y}") })
-        .label_style(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
-        let c = color(i);
-        let width = if s.reference { 1 } else { 2 };
-        chart
-            .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(width)))
-            .map_err(err)?
-            .label(s.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
-        if !s.reference {
-            chart.draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled()))).map_err(err)?;
-        }
-        chart
-            .draw_series(s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2.max(1e-6), p.1, p.3, c.stroke_width(1), 8)))
-            .map_err(err)?;
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y}") })
+                .label_style(("sans-serif", 16))
+                .draw()
+                .map_err(err)?;
+            for (i, s) in series.iter().enumerate() {
+                let c = color(i);
+                let width = if s.reference { 1 } else { 2 };
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(width)))
+                    .map_err(err)?
+                    .label(s.name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                if !s.reference {
+                    chart.draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled()))).map_err(err)?;
+                }
+                chart
+                    .draw_series(s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2.max(1e-6), p.1, p.3, c.stroke_width(1), 8)))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 16))
+                .draw()
+                .map_err(err)?;
+        }};
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+    let mut cb = ChartBuilder::on(&root);
+    cb.caption(title, ("sans-serif", 24)).margin(15).x_label_area_size(50).y_label_area_size(80);
+    if log_x {
+        draw!(cb.build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), (y0 / 2.0..y1 * 2.0).log_scale()).map_err(err)?);
+    } else {
+        let pad = ((x1 - x0) * 0.06).max(1.0);
+        draw!(cb.build_cartesian_2d(x0 - pad..x1 + pad, (y0 / 2.0..y1 * 2.0).log_scale()).map_err(err)?);
+    }
     root.present().map_err(err).with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }

@@ -65,12 +65,22 @@ fn main() -> Result<()> {
     let out = std::env::var("TORPOR_VMBENCH_OUT").unwrap_or_else(|_| "/tmp/job/vmbench.md".into());
     let disk = std::env::var("TORPOR_VM_DISK").unwrap_or_else(|_| "unknown".into());
     let swap = bench::machine::require_root_and_swap()?;
-    let kmod = KmodBackend::open().context("torpor.ko must be loaded (make vm-bench loads it)")?;
+    // Without the module (it failed to load: e.g. built for another kernel), the stock rows
+    // still count; the file says so.
+    let kmod = match KmodBackend::open() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("vmbench: torpor.ko not usable ({e:#}): stock rows only");
+            None
+        }
+    };
+    let kmod_why = if kmod.is_none() { std::env::var("TORPOR_VMBENCH_KMOD_WHY").unwrap_or_else(|_| "module not loaded".into()) } else { String::new() };
+    let host_load = std::env::var("TORPOR_VMBENCH_HOST_LOAD").unwrap_or_default();
     let child = std::env::current_exe()?.with_file_name("torpor-bench-child");
     let mut subj = Subject::spawn(&child, mib, FreezerChoice::from_env()?)?;
     eprintln!("vmbench: {mib} MiB child pid {} ({}), swap {:?}, disk profile {disk}, {rounds} rounds", subj.pid, subj.desc, swap);
 
-    let variants = [Variant::Stock, Variant::Torpor, Variant::TorporKmod];
+    let variants: Vec<Variant> = if kmod.is_some() { vec![Variant::Stock, Variant::Torpor, Variant::TorporKmod] } else { vec![Variant::Stock, Variant::Torpor] };
     let mut ms: Vec<Measurement> = Vec::new();
     for r in 0..=rounds {
         for k in 0..variants.len() {
@@ -96,9 +106,12 @@ fn main() -> Result<()> {
 
     let mut maps: Vec<(&str, f64, u64, f64)> = Vec::new();
     for r in 0..rounds.max(1) {
-        let pair: [(&str, &dyn Backend); 2] = [("process_vm_readv", &StockBackend), ("kmod PREFETCH", &kmod)];
-        for k in 0..2 {
-            let (name, b) = pair[(k + r) % 2];
+        let mut pair: Vec<(&str, &dyn Backend)> = vec![("process_vm_readv", &StockBackend)];
+        if let Some(k) = &kmod {
+            pair.push(("kmod PREFETCH", k));
+        }
+        for k in 0..pair.len() {
+            let (name, b) = pair[(k + r) % pair.len()];
             let (s, mapped, read_s) = map_pass_only(&mut subj, b)?;
             eprintln!("map pass only, {name:<16}: {s:.3} s for {mapped} pages (reads took {read_s:.3} s before)");
             maps.push((name, s, mapped, read_s));
@@ -119,11 +132,16 @@ fn main() -> Result<()> {
     writeln!(md, "- date: {}", chrono_like_now())?;
     writeln!(md, "- guest: Linux {} under qemu TCG (`make vm-bench`), swap on a virtio disk, disk profile **{disk}**", uname_r())?;
     writeln!(md, "- machine (guest view): {machine}")?;
+    writeln!(md, "- host load average when the VM started: {} (2-CPU host shared with other work; qemu TCG itself needs CPU)", if host_load.is_empty() { "not recorded" } else { &host_load })?;
+    writeln!(md, "- guest load average at the end: {:?}", bench::machine::loadavg())?;
+    if kmod.is_none() {
+        writeln!(md, "- **module rows missing**: torpor.ko was not usable in this guest ({kmod_why}); stock rows only")?;
+    }
     writeln!(md, "- child: {} ({}); {rounds} interleaved rounds after one warm-up round, order rotated each round", mib, subj.desc)?;
     writeln!(md, "- memory proven out before every timed resume (pagemap present pages, memcg usage, SwapCached): see the per-run lines below\n")?;
     writeln!(md, "| resume path | median s | min s | max s | vs stock |")?;
     writeln!(md, "|---|---|---|---|---|")?;
-    for v in variants {
+    for &v in &variants {
         let s = Spread::of(&secs(v));
         if let Some(s) = s {
             writeln!(md, "| {} | {:.3} | {:.3} | {:.3} | {:.2}× |", v.name(), s.median, s.min, s.max, st / s.median)?;
@@ -144,6 +162,24 @@ fn main() -> Result<()> {
     }
     writeln!(md, "```")?;
     std::fs::write(&out, &md).with_context(|| format!("write {out}"))?;
+    let spread = |v: Variant| Spread::of(&secs(v)).map(|s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}));
+    let json = serde_json::json!({
+        "date": chrono_like_now(),
+        "disk": disk,
+        "mib": mib,
+        "rounds": rounds,
+        "guest_kernel": uname_r(),
+        "machine": machine,
+        "host_load": host_load,
+        "guest_load_end": bench::machine::loadavg(),
+        "kmod": kmod.is_some(),
+        "kmod_why": kmod_why,
+        "seconds": {"stock": spread(Variant::Stock), "torpor": spread(Variant::Torpor), "torpor_kmod": spread(Variant::TorporKmod)},
+        "map_pass_median": {"process_vm_readv": mr, "kmod_prefetch": if kmod.is_some() { Some(mk) } else { None }},
+        "measurements": ms,
+    });
+    let json_out = out.strip_suffix(".md").map(|s| format!("{s}.json")).unwrap_or_else(|| format!("{out}.json"));
+    std::fs::write(&json_out, serde_json::to_string_pretty(&json)?).with_context(|| format!("write {json_out}"))?;
     println!("{md}");
     Ok(())
 }
