@@ -26,6 +26,7 @@ pub mod sys;
 pub mod target;
 pub mod testdata;
 pub mod uapi;
+pub mod vm;
 pub mod workingset;
 
 pub use backend::{select_backend, Backend, BackendPref, StockBackend};

@@ -1,0 +1,108 @@
+//! VM targets: a QEMU process whose guest RAM is purged to swap and prefetched back by the
+//! guest's priority classes (issue 6, host side). Mechanism only; torpord decides when.
+//!
+//! - [`qmp`]: a QMP client (stop, cont, query-status, HMP commands) with timeouts;
+//! - [`ram`]: guest RAM discovery (flat view of `info mtree -f` + `gpa2hva`, checked against
+//!   `/proc/PID/maps`), guest-physical → host-virtual translation (the PCI hole included);
+//! - [`plan`]: host ranges ordered by class, free pages skipped, from a per-page classifier
+//!   (the controller builds it from the guest agent's maps; procswap does not depend on
+//!   guest-enlight, which depends on procswap);
+//! - [`twinkle`]: the background fetcher (segments of 1024 pages, fetched once 30 % of their
+//!   swapped pages were faulted in, then the remaining classes).
+//!
+//! The fetching itself is procswap's prefetch ([`crate::prefetch_with`]) restricted to given
+//! ranges ([`fetch_ranges`]), so both backends (stock, kmod) work unchanged.
+//!
+//! **Safety rule**: the guest's maps only order and skip prefetch. Nothing in this module
+//! discards memory.
+
+pub mod plan;
+pub mod qmp;
+pub mod ram;
+pub mod twinkle;
+
+pub use plan::{class_name, ClassPlan, PageClass, Plan, CLASSES, CLASS_OUTSIDE};
+pub use qmp::{Qmp, QmpError, VmStatus};
+pub use ram::{GuestRam, RamRange};
+pub use twinkle::{Background, TwinkleConfig, TwinkleStats};
+
+use crate::backend::Backend;
+use crate::inspect::{classify, Pagemap, VmaKind};
+use crate::progress::NoProgress;
+use crate::sys::Range;
+use crate::target::Target;
+use crate::workingset::{WorkingSet, WsMethod};
+use crate::{PrefetchOptions, PrefetchReport};
+use std::time::Duration;
+
+/// Errors of VM operations.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("parsing QEMU output: {0}")]
+    Parse(String),
+    #[error("guest RAM discovery: {0}")]
+    Discovery(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Procswap(#[from] crate::Error),
+}
+
+/// Page states of a set of ranges of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageCounts {
+    pub resident: u64,
+    pub swapped: u64,
+    /// Neither (never touched, or dropped).
+    pub other: u64,
+}
+
+/// Count present / swapped pages of `ranges` in `pid` (pagemap).
+pub fn page_counts(pid: i32, ranges: &[Range]) -> Result<PageCounts, crate::Error> {
+    let mut pm = Pagemap::open(pid)?;
+    let mut c = PageCounts::default();
+    for r in ranges {
+        pm.scan(r.start, r.end(), |_, info| match classify(&info) {
+            (true, _, _) => c.resident += 1,
+            (false, _, Some(_)) => c.swapped += 1,
+            _ => c.other += 1,
+        })?;
+    }
+    Ok(c)
+}
+
+/// QEMU's own memory: every private/anonymous mapping range of `pid` outside guest RAM
+/// (kernel-special and shared file mappings excluded).
+pub fn qemu_own_ranges(pid: i32, ram: &GuestRam) -> Result<Vec<Range>, crate::Error> {
+    let t = Target::open(pid, "inspect")?;
+    let vmas = crate::inspect::vmas(&t)?;
+    let mut guest = ram.hva_ranges();
+    guest.sort_unstable();
+    let mut out = Vec::new();
+    for v in vmas.iter().filter(|v| v.kind != VmaKind::Special && v.kind != VmaKind::FileShared) {
+        let mut cur = v.start;
+        for g in guest.iter().filter(|g| g.end() > v.start && g.start < v.end) {
+            if g.start > cur {
+                out.push(Range { start: cur, len: g.start - cur });
+            }
+            cur = cur.max(g.end());
+        }
+        if cur < v.end {
+            out.push(Range { start: cur, len: v.end - cur });
+        }
+    }
+    Ok(out)
+}
+
+/// Prefetch exactly the swapped pages of `pid` inside `ranges` (swap-slot order, read-ahead
+/// pipelined with the backend's mapping pass), through [`crate::prefetch_with`].
+pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &PrefetchOptions) -> Result<PrefetchReport, crate::Error> {
+    let opts = PrefetchOptions {
+        working_set: Some(WorkingSet::new(pid, "guest-ram", WsMethod::External, Duration::ZERO, ranges)),
+        working_set_only: true,
+        ..base.clone()
+    };
+    crate::prefetch_with(backend, pid, &opts, &NoProgress)
+}
