@@ -85,6 +85,7 @@ fn dispatch(cmd: u32, arg: usize) -> Result<c_long> {
         uapi::TORPOR_IOC_PREFETCH => mm::prefetch(arg),
         uapi::TORPOR_IOC_DISCARD => mm::discard(arg),
         uapi::TORPOR_IOC_FREE_BITMAP => guest::free_bitmap(arg),
+        uapi::TORPOR_IOC_PRIORITY_MAP => guest::priority_map(arg),
         _ => Err(ENOTTY),
     }
 }
@@ -93,7 +94,11 @@ fn get_version(arg: usize) -> Result<c_long> {
     let mut v = uapi::TorporVersion {
         abi_version: uapi::TORPOR_ABI_VERSION,
         size: core::mem::size_of::<uapi::TorporVersion>() as u32,
-        features: uapi::FEAT_GET_VERSION | uapi::FEAT_PREFETCH | uapi::FEAT_DISCARD | uapi::FEAT_FREE_BITMAP,
+        features: uapi::FEAT_GET_VERSION
+            | uapi::FEAT_PREFETCH
+            | uapi::FEAT_DISCARD
+            | uapi::FEAT_FREE_BITMAP
+            | uapi::FEAT_PRIORITY_MAP,
         release: [0; 32],
     };
     v.release[..RELEASE.len()].copy_from_slice(RELEASE);

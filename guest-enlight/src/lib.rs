@@ -7,8 +7,11 @@
 //! * [`source::PortableSource`] (this crate): built from `/proc/kpageflags` and
 //!   `/proc/PID/pagemap` on a stock kernel. **Approximate** (see [`portable`]); every map
 //!   it builds carries `approximate = true`, also on the wire.
-//! * a kernel-module source (exact maps through ioctls on `/dev/torpor`), to come; it
-//!   only has to implement the trait.
+//! * [`kmod_source::KmodSource`]: exact maps from the torpor kernel module through the
+//!   `FREE_BITMAP` and `PRIORITY_MAP` ioctls on `/dev/torpor` (feature bits 3 and 4 of
+//!   `GET_VERSION`); `approximate = false`, `build_us` is the module's own time. The agent
+//!   (`torpor-guest --source auto`, the default) uses it when the module is loaded and
+//!   advertises both bits, else the portable source.
 //!
 //! Safety rule (DESIGN.md §4): any map generated while the guest runs is stale the
 //! moment it is written. Consumers may use it only to reorder or skip prefetch, never
@@ -16,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod category;
+pub mod kmod_source;
 pub mod layout;
 pub mod maps;
 pub mod portable;
@@ -46,6 +50,8 @@ pub enum Error {
     Procfs(String),
     #[error("map does not match the layout: {0}")]
     Mismatch(String),
+    #[error("torpor kernel module: {0}")]
+    Kmod(String),
 }
 
 impl Error {

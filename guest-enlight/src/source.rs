@@ -1,5 +1,5 @@
-//! Map sources behind one trait, so the kernel module's exact source (ioctls on
-//! `/dev/torpor`) drops in next to the portable one.
+//! Map sources behind one trait: the portable source here (procfs, approximate) and the
+//! kernel module's exact source ([`crate::kmod_source::KmodSource`], ioctls on `/dev/torpor`).
 
 use crate::layout::RamLayout;
 use crate::maps::{FreeBitmap, MapSourceKind, PriorityMap};
@@ -15,6 +15,10 @@ pub trait MapSource: Send {
     fn free_bitmap(&mut self) -> Result<FreeBitmap, Error>;
     /// `window`: activity window; `None` = the source's default.
     fn priority_map(&mut self, window: Option<Duration>) -> Result<PriorityMap, Error>;
+    /// Counters of the last build, for logs and `torpor-guest dump` (source-specific).
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Default activity window (DESIGN.md §4).
@@ -85,5 +89,9 @@ impl MapSource for PortableSource {
         let (map, stats) = portable::build_priority_map(&l, &mut tracker, window, &self.options)?;
         self.last_stats = Some(stats);
         Ok(map)
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        self.last_stats.as_ref().and_then(|s| serde_json::to_value(s).ok())
     }
 }

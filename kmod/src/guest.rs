@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Guest-side maps. FREE_BITMAP: one bit per page frame, set for every page of
 //! every free buddy block (head and the rest of the block), read under each
-//! zone's lock chunk by chunk. PFN bounds come from the exported node data
-//! (`contig_page_data`: node_start_pfn + node_spanned_pages) and `pfn_valid`
-//! (mem_section), never from `max_pfn` (not exported).
+//! zone's lock chunk by chunk. PRIORITY_MAP: one byte per page frame, the
+//! page's category (seed 003 order, lowest value wins): a page-flag pass over
+//! every PFN, then a page-table walk of every process scheduled within the
+//! activity window (User_Code / User_Data). PFN bounds come from the exported
+//! node data (`contig_page_data`: node_start_pfn + node_spanned_pages) and
+//! `pfn_valid` (mem_section), never from `max_pfn` (not exported).
 
 use crate::uapi;
 use kernel::bindings;
-use kernel::error::code::{EINVAL, ENOSPC};
-use kernel::ffi::{c_int, c_long, c_ulong};
+use kernel::error::code::{EINTR, EINVAL, ENOSPC};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
@@ -20,6 +23,14 @@ extern "C" {
     fn torpor_pfn_buddy_order(pfn: c_ulong) -> c_int;
     fn torpor_zone_lock(zone: *mut core::ffi::c_void) -> c_ulong;
     fn torpor_zone_unlock(zone: *mut core::ffi::c_void, flags: c_ulong);
+    fn torpor_pfn_flags(pfn: c_ulong) -> c_uint;
+    // `struct mm_struct *` as `void *`: see mm.rs (the bindgen type is not FFI-safe to rustc).
+    fn torpor_active_mms(window_ns: u64, skip: c_uint, mms: *mut *mut c_void, max: c_uint, nr_procs: *mut c_uint) -> c_int;
+    fn torpor_scan_pmd(mm: *mut c_void, addr: c_ulong, end: c_ulong, pfns: *mut c_ulong, next: *mut c_ulong) -> c_int;
+    fn torpor_cond_resched();
+    fn torpor_mmap_read_lock_killable(mm: *mut c_void) -> c_int;
+    fn torpor_mmap_read_unlock(mm: *mut c_void);
+    fn torpor_fatal_signal_pending() -> bool;
 }
 
 fn now_ns() -> u64 {
@@ -120,6 +131,253 @@ pub(crate) fn free_bitmap(arg: usize) -> Result<c_long> {
         chunk = chunk_end;
     }
     req.free_pages = free;
+    req.ns = now_ns() - t0;
+    w.write(&req)?;
+    Ok(0)
+}
+
+// Categories (seed 003 order; the lowest value wins).
+const CAT_KERNEL: u8 = 0;
+const CAT_KERNEL_ALLOCATED: u8 = 1;
+const CAT_MEMORY_IO: u8 = 2;
+const CAT_PAGE_TABLE: u8 = 3;
+const CAT_USER_CODE: u8 = 4;
+const CAT_USER_DATA: u8 = 5;
+const CAT_FILE_ACTIVE: u8 = 6;
+const CAT_FILE_INACTIVE: u8 = 7;
+const CAT_OTHER: u8 = 8;
+
+// TORPOR_PF_* from torpor_shim.h.
+const PF_VALID: u32 = 1 << 0;
+const PF_BUDDY: u32 = 1 << 1;
+const PF_RESERVED: u32 = 1 << 2;
+const PF_SLAB: u32 = 1 << 3;
+const PF_PGTABLE: u32 = 1 << 4;
+const PF_WRITEBACK: u32 = 1 << 5;
+const PF_LRU: u32 = 1 << 6;
+const PF_ACTIVE: u32 = 1 << 7;
+const PF_ANON: u32 = 1 << 8;
+const PF_FILE: u32 = 1 << 9;
+const PF_LOCKED: u32 = 1 << 10;
+const PF_UPTODATE: u32 = 1 << 11;
+const PF_ORDER_SHIFT: u32 = 24;
+
+/// PMD-sized steps of the page-table walk per mmap-lock hold (512 = 1 GiB of address space).
+const PMDS_PER_LOCK: u32 = 512;
+/// Processes whose mm is referenced at once.
+const MMS_PER_BATCH: usize = 256;
+/// PTEs per page-table page (x86-64).
+const PTRS_PER_PTE: usize = 512;
+
+fn fatal_signal() -> bool {
+    // SAFETY: reads `current`'s pending signals; always valid in process context (ioctl).
+    unsafe { torpor_fatal_signal_pending() }
+}
+
+fn cond_resched() {
+    // SAFETY: process context (ioctl), no spinlock or RCU read lock held by the callers.
+    unsafe { torpor_cond_resched() }
+}
+
+/// Category of one page from its flags, and how many PFNs it covers (a free buddy block
+/// covers `1 << order`).
+fn classify(f: u32) -> (u8, u64) {
+    if f & PF_VALID == 0 {
+        return (CAT_OTHER, 1);
+    }
+    if f & PF_BUDDY != 0 {
+        return (CAT_OTHER, 1u64 << ((f >> PF_ORDER_SHIFT) & 0x1f));
+    }
+    let c = if f & PF_RESERVED != 0 {
+        CAT_KERNEL
+    } else if f & PF_PGTABLE != 0 {
+        CAT_PAGE_TABLE
+    } else if f & PF_SLAB != 0 {
+        CAT_KERNEL_ALLOCATED
+    } else if f & PF_WRITEBACK != 0 || (f & PF_FILE != 0 && f & PF_LOCKED != 0 && f & PF_UPTODATE == 0) {
+        // Under writeback, or a file page being read in (locked, not yet uptodate).
+        CAT_MEMORY_IO
+    } else if f & PF_FILE != 0 {
+        if f & PF_ACTIVE != 0 {
+            CAT_FILE_ACTIVE
+        } else {
+            CAT_FILE_INACTIVE
+        }
+    } else if f & (PF_ANON | PF_LRU) != 0 {
+        // Anonymous memory: User_* if an active process maps it (second pass), else Other.
+        CAT_OTHER
+    } else {
+        // Allocated, not free in the buddy allocator, not on an LRU, no mapping: kernel use
+        // (also the tails of non-compound multi-page allocations and per-CPU free lists).
+        CAT_KERNEL_ALLOCATED
+    };
+    (c, 1)
+}
+
+/// An `mm_users` reference from `torpor_active_mms`; dropping it calls `mmput`.
+struct MmRef(*mut bindings::mm_struct);
+
+impl Drop for MmRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one mm_users reference (get_task_mm in the shim), released exactly once;
+        // process context with no locks held (the walk's guard is gone by now).
+        unsafe { bindings::mmput(self.0) };
+    }
+}
+
+/// Lower `buf[pfn]` to `cat` for every present page mapped by `mm` (VM_EXEC: User_Code, else
+/// User_Data). The mmap read lock is held for at most `PMDS_PER_LOCK` PMD steps at a time.
+fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong]) -> Result {
+    let skip_flags = (bindings::VM_IO | bindings::VM_PFNMAP | bindings::VM_HUGETLB) as u64;
+    let end_pfn = buf.len() as u64;
+    let mut addr: u64 = 0;
+    loop {
+        // SAFETY: `mm.0` is kept alive by our mm_users reference.
+        if unsafe { torpor_mmap_read_lock_killable(mm.0.cast()) } != 0 {
+            return Err(EINTR);
+        }
+        let mut budget = PMDS_PER_LOCK;
+        let mut done = false;
+        while budget > 0 {
+            // SAFETY: the mmap read lock is held, as find_vma requires; the VMA it returns stays
+            // valid (and its bounds/flags stable) while the lock is held; we read three words.
+            let vma = unsafe {
+                let v = bindings::find_vma(mm.0, addr as _);
+                if v.is_null() {
+                    None
+                } else {
+                    Some((
+                        (*v).__bindgen_anon_1.__bindgen_anon_1.vm_start as u64,
+                        (*v).__bindgen_anon_1.__bindgen_anon_1.vm_end as u64,
+                        (*v).__bindgen_anon_2.vm_flags as u64,
+                    ))
+                }
+            };
+            let Some((start, end, flags)) = vma else {
+                done = true;
+                break;
+            };
+            let mut a = core::cmp::max(addr, start);
+            if flags & skip_flags != 0 {
+                addr = end;
+                continue;
+            }
+            let cat = if flags & bindings::VM_EXEC as u64 != 0 { CAT_USER_CODE } else { CAT_USER_DATA };
+            while a < end && budget > 0 {
+                let mut next: c_ulong = 0;
+                // SAFETY: the mmap read lock is held and [a, end) lies inside one VMA of `mm`;
+                // `pfns` has room for PTRS_PER_PTE entries, the most one PMD step stores; the
+                // shim only reads page tables (see torpor_shim.c).
+                let n = unsafe { torpor_scan_pmd(mm.0.cast(), a as c_ulong, end as c_ulong, pfns.as_mut_ptr(), &mut next) };
+                let n = (n.max(0) as usize).min(pfns.len());
+                for &pfn in &pfns[..n] {
+                    let pfn = pfn as u64;
+                    if pfn < end_pfn {
+                        let b = &mut buf[pfn as usize];
+                        *b = core::cmp::min(*b, cat);
+                    }
+                }
+                // The shim always moves forward (to the next PMD or upper-level boundary).
+                a = core::cmp::max(next as u64, a + 1);
+                budget -= 1;
+            }
+            addr = a;
+        }
+        // SAFETY: releases the read lock taken above.
+        unsafe { torpor_mmap_read_unlock(mm.0.cast()) };
+        if done {
+            return Ok(());
+        }
+        if fatal_signal() {
+            return Err(EINTR);
+        }
+        cond_resched();
+    }
+}
+
+pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
+    let size = core::mem::size_of::<uapi::TorporPriorityMap>();
+    let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
+    let mut req: uapi::TorporPriorityMap = r.read()?;
+    if req.flags != 0 {
+        return Err(EINVAL);
+    }
+    let t0 = now_ns();
+    if req.window_ms == 0 {
+        req.window_ms = uapi::DEFAULT_WINDOW_MS;
+    }
+    let end = node_end_pfn();
+    req.end_pfn = end;
+    req.user_ns = 0;
+    req.active_procs = 0;
+    req.total_procs = 0;
+    req.counts = [0; uapi::NR_CATEGORIES];
+    if req.map == 0 || req.map_bytes < end {
+        // Size query, or a buffer too short for one byte per PFN.
+        req.ns = now_ns() - t0;
+        w.write(&req)?;
+        return if req.map == 0 { Ok(0) } else { Err(ENOSPC) };
+    }
+    let mut buf = VVec::<u8>::from_elem(CAT_OTHER, end as usize, GFP_KERNEL)?;
+
+    // Pass 1: page flags of every PFN.
+    let mut pfn = 0u64;
+    while pfn < end {
+        let chunk_end = core::cmp::min(end, pfn + CHUNK_PFNS);
+        while pfn < chunk_end {
+            // SAFETY: any pfn may be passed: the shim checks pfn_valid first and only reads
+            // struct page words (racily, as /proc/kpageflags does).
+            let f = unsafe { torpor_pfn_flags(pfn as c_ulong) };
+            let (cat, n) = classify(f);
+            let n = core::cmp::min(n, end - pfn);
+            buf[pfn as usize..(pfn + n) as usize].iter_mut().for_each(|b| *b = cat);
+            pfn += n;
+        }
+        if fatal_signal() {
+            return Err(EINTR);
+        }
+        cond_resched();
+    }
+
+    // Pass 2: pages mapped by processes scheduled within the window.
+    let t1 = now_ns();
+    let window_ns = req.window_ms as u64 * 1_000_000;
+    let mut pfns = KVec::<c_ulong>::from_elem(0, PTRS_PER_PTE, GFP_KERNEL)?;
+    let mut raw = KVec::<*mut c_void>::from_elem(core::ptr::null_mut(), MMS_PER_BATCH, GFP_KERNEL)?;
+    let mut skip: u32 = 0;
+    loop {
+        let mut total: c_uint = 0;
+        // SAFETY: `raw` has room for MMS_PER_BATCH pointers; the shim stores at most that many
+        // counted mm references and returns how many; `total` is a valid out pointer.
+        let n = unsafe { torpor_active_mms(window_ns, skip, raw.as_mut_ptr(), MMS_PER_BATCH as c_uint, &mut total) };
+        let n = (n.max(0) as usize).min(MMS_PER_BATCH);
+        req.total_procs = total;
+        // Own every reference first, so each one is released even if a walk fails.
+        let mut refs = KVec::<MmRef>::with_capacity(n, GFP_KERNEL)?;
+        for &p in &raw[..n] {
+            // Cannot fail: capacity reserved above.
+            let _ = refs.push(MmRef(p.cast()), GFP_KERNEL);
+        }
+        for m in refs.iter() {
+            mark_user_pages(m, &mut buf, &mut pfns)?;
+            req.active_procs += 1;
+        }
+        drop(refs);
+        if n < MMS_PER_BATCH {
+            break;
+        }
+        skip += n as u32;
+        if fatal_signal() {
+            return Err(EINTR);
+        }
+    }
+    req.user_ns = now_ns() - t1;
+
+    for &b in buf.iter() {
+        req.counts[(b as usize).min(uapi::NR_CATEGORIES - 1)] += 1;
+    }
+    let mut out = UserSlice::new(req.map as usize, end as usize).writer();
+    out.write_slice(&buf)?;
     req.ns = now_ns() - t0;
     w.write(&req)?;
     Ok(0)

@@ -15,6 +15,7 @@ pub(crate) const FEAT_GET_VERSION: u64 = 1 << 0;
 pub(crate) const FEAT_PREFETCH: u64 = 1 << 1;
 pub(crate) const FEAT_DISCARD: u64 = 1 << 2;
 pub(crate) const FEAT_FREE_BITMAP: u64 = 1 << 3;
+pub(crate) const FEAT_PRIORITY_MAP: u64 = 1 << 4;
 
 /// `struct torpor_version`.
 #[repr(C)]
@@ -93,6 +94,29 @@ pub(crate) struct TorporFreeBitmap {
     pub(crate) ns: u64,
 }
 
+/// Number of priority categories (values 0..=8 in the map).
+pub(crate) const NR_CATEGORIES: usize = 9;
+/// PRIORITY_MAP default activity window (DESIGN.md §4).
+pub(crate) const DEFAULT_WINDOW_MS: u32 = 16_000;
+
+/// `struct torpor_priority_map` (in/out): byte `pfn` of the user buffer is the category
+/// (0 Kernel .. 8 Other) of page frame `pfn`.
+#[repr(C)]
+pub(crate) struct TorporPriorityMap {
+    // in
+    pub(crate) map: u64,
+    pub(crate) map_bytes: u64,
+    pub(crate) window_ms: u32,
+    pub(crate) flags: u32,
+    // out
+    pub(crate) end_pfn: u64,
+    pub(crate) ns: u64,
+    pub(crate) user_ns: u64,
+    pub(crate) active_procs: u32,
+    pub(crate) total_procs: u32,
+    pub(crate) counts: [u64; NR_CATEGORIES],
+}
+
 // SAFETY (all impls below): each type is `repr(C)`, made only of integers (and a byte
 // array), and has no padding: every field is naturally aligned and the sizes add up exactly
 // (asserted below), so every byte pattern is a valid value (FromBytes) and every byte of a
@@ -114,7 +138,16 @@ unsafe impl kernel::types::FromBytes for TorporFreeBitmap {}
 // SAFETY: see above.
 unsafe impl kernel::types::AsBytes for TorporFreeBitmap {}
 
+// SAFETY: see above.
+unsafe impl kernel::types::FromBytes for TorporPriorityMap {}
+// SAFETY: see above.
+unsafe impl kernel::types::AsBytes for TorporPriorityMap {}
+
 const _: () = assert!(core::mem::size_of::<TorporVersion>() == 48);
+const _: () = assert!(core::mem::size_of::<TorporPriorityMap>() == 128);
+const _: () = assert!(core::mem::offset_of!(TorporPriorityMap, end_pfn) == 24);
+const _: () = assert!(core::mem::offset_of!(TorporPriorityMap, active_procs) == 48);
+const _: () = assert!(core::mem::offset_of!(TorporPriorityMap, counts) == 56);
 const _: () = assert!(core::mem::size_of::<TorporFreeBitmap>() == 48);
 const _: () = assert!(core::mem::size_of::<TorporRange>() == 16);
 const _: () = assert!(core::mem::size_of::<TorporPrefetch>() == 80);
@@ -124,8 +157,10 @@ pub(crate) const TORPOR_IOC_GET_VERSION: u32 = _IOR::<TorporVersion>(TORPOR_IOC_
 pub(crate) const TORPOR_IOC_PREFETCH: u32 = _IOWR::<TorporPrefetch>(TORPOR_IOC_MAGIC, 0x01);
 pub(crate) const TORPOR_IOC_DISCARD: u32 = _IOWR::<TorporDiscard>(TORPOR_IOC_MAGIC, 0x02);
 pub(crate) const TORPOR_IOC_FREE_BITMAP: u32 = _IOWR::<TorporFreeBitmap>(TORPOR_IOC_MAGIC, 0x03);
+pub(crate) const TORPOR_IOC_PRIORITY_MAP: u32 = _IOWR::<TorporPriorityMap>(TORPOR_IOC_MAGIC, 0x04);
 
 const _: () = assert!(TORPOR_IOC_GET_VERSION == 0x8030_D700);
 const _: () = assert!(TORPOR_IOC_PREFETCH == 0xC050_D701);
 const _: () = assert!(TORPOR_IOC_DISCARD == 0xC030_D702);
 const _: () = assert!(TORPOR_IOC_FREE_BITMAP == 0xC030_D703);
+const _: () = assert!(TORPOR_IOC_PRIORITY_MAP == 0xC080_D704);

@@ -3,7 +3,7 @@
 //! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
 //! implementation of the [`Backend`](crate) operations builds on it.
 
-use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporRange, TorporVersion};
+use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange, TorporVersion};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -122,6 +122,24 @@ impl Kmod {
         // SAFETY: the module writes at most `bitmap_bytes` bytes into `buf`, which is live and
         // exclusively borrowed for the call, and reads/writes the request.
         unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut TorporFreeBitmap as usize) }?;
+        Ok((buf, req))
+    }
+
+    /// PRIORITY_MAP (guest side): one category byte per PFN in `[0, end_pfn)` and the module's
+    /// report. `window_ms`: activity window (0 = the module's default, 16 s).
+    pub fn priority_map(&self, window_ms: u32) -> Result<(Vec<u8>, TorporPriorityMap), nix::errno::Errno> {
+        let mut req = TorporPriorityMap { window_ms, ..Default::default() };
+        // SAFETY: with `map == 0` the module only reads and writes the request itself.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut TorporPriorityMap as usize) }?;
+        // Headroom in case the node grew between the two calls (it does not without hotplug).
+        let mut buf = vec![0u8; (req.end_pfn + 4096) as usize];
+        req.map = buf.as_mut_ptr() as u64;
+        req.map_bytes = buf.len() as u64;
+        req.window_ms = window_ms;
+        // SAFETY: the module writes at most `map_bytes` bytes into `buf`, which is live and
+        // exclusively borrowed for the call, and reads/writes the request.
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut TorporPriorityMap as usize) }?;
+        buf.truncate(req.end_pfn as usize);
         Ok((buf, req))
     }
 

@@ -168,6 +168,41 @@ pub struct TorporFreeBitmap {
     pub ns: u64,
 }
 
+/// Number of priority-map categories (values 0..=8).
+pub const NR_CATEGORIES: usize = 9;
+/// PRIORITY_MAP's default activity window (ms), used when `window_ms == 0`.
+pub const DEFAULT_WINDOW_MS: u32 = 16_000;
+
+/// `struct torpor_priority_map`, argument of `TORPOR_IOC_PRIORITY_MAP` (in/out), guest side:
+/// byte `pfn` of the buffer at `map` is the category of page frame `pfn` (seed 003 order:
+/// 0 Kernel, 1 Kernel_Allocated, 2 Memory_I/O, 3 Page_Table, 4 User_Code, 5 User_Data,
+/// 6 File_Active, 7 File_Inactive, 8 Other; a page in several categories gets the lowest value).
+/// User_* are the pages mapped by processes scheduled within `window_ms`. `map == 0` only
+/// reports `end_pfn` (size query); a buffer shorter than `end_pfn` bytes gets ENOSPC (with
+/// `end_pfn` written back). A snapshot computed on request.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporPriorityMap {
+    pub map: u64,
+    pub map_bytes: u64,
+    /// In: activity window in ms (0: [`DEFAULT_WINDOW_MS`]); out: the window used.
+    pub window_ms: u32,
+    /// Must be 0.
+    pub flags: u32,
+    /// Out: one past the last PFN of the node.
+    pub end_pfn: u64,
+    /// Out: time spent in the module (whole call).
+    pub ns: u64,
+    /// Out: time of the process pass (page-table walks of the active processes).
+    pub user_ns: u64,
+    /// Out: processes found active in the window (and walked).
+    pub active_procs: u32,
+    /// Out: user processes seen.
+    pub total_procs: u32,
+    /// Out: pages per category.
+    pub counts: [u64; NR_CATEGORIES],
+}
+
 // Linux asm-generic ioctl encoding (x86, arm64, riscv): dir<<30 | size<<16 | type<<8 | nr.
 const IOC_NRBITS: u32 = 8;
 const IOC_TYPEBITS: u32 = 8;
@@ -205,6 +240,10 @@ pub const TORPOR_IOC_DISCARD: u32 =
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x03, struct torpor_free_bitmap)`.
 pub const TORPOR_IOC_FREE_BITMAP: u32 =
     ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x03, core::mem::size_of::<TorporFreeBitmap>());
+
+/// `_IOWR(TORPOR_IOC_MAGIC, 0x04, struct torpor_priority_map)`.
+pub const TORPOR_IOC_PRIORITY_MAP: u32 =
+    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x04, core::mem::size_of::<TorporPriorityMap>());
 
 #[cfg(test)]
 mod tests {
@@ -265,6 +304,28 @@ mod tests {
             TORPOR_IOC_GET_VERSION as u64,
             nix::request_code_read!(TORPOR_IOC_MAGIC, 0x00, size_of::<TorporVersion>()) as u64
         );
+    }
+
+    #[test]
+    fn priority_map_layout() {
+        assert_eq!(size_of::<TorporPriorityMap>(), 128);
+        assert_eq!(offset_of!(TorporPriorityMap, map), 0);
+        assert_eq!(offset_of!(TorporPriorityMap, map_bytes), 8);
+        assert_eq!(offset_of!(TorporPriorityMap, window_ms), 16);
+        assert_eq!(offset_of!(TorporPriorityMap, flags), 20);
+        assert_eq!(offset_of!(TorporPriorityMap, end_pfn), 24);
+        assert_eq!(offset_of!(TorporPriorityMap, ns), 32);
+        assert_eq!(offset_of!(TorporPriorityMap, user_ns), 40);
+        assert_eq!(offset_of!(TorporPriorityMap, active_procs), 48);
+        assert_eq!(offset_of!(TorporPriorityMap, total_procs), 52);
+        assert_eq!(offset_of!(TorporPriorityMap, counts), 56);
+        // Same value the module asserts at compile time (kmod/src/uapi.rs).
+        assert_eq!(TORPOR_IOC_PRIORITY_MAP, 0xC080_D704);
+        assert_eq!(
+            TORPOR_IOC_PRIORITY_MAP as u64,
+            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x04, size_of::<TorporPriorityMap>()) as u64
+        );
+        assert_eq!(features::PRIORITY_MAP, 1 << 4);
     }
 
     #[test]

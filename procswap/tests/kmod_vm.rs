@@ -454,3 +454,215 @@ fn free_bitmap_matches_memfree() {
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::EFAULT));
 }
+
+// ---------------------------------------------------------------------------------------
+// PRIORITY_MAP (guest side).
+
+const CAT_KERNEL: u8 = 0;
+const CAT_USER_CODE: u8 = 4;
+const CAT_USER_DATA: u8 = 5;
+const CAT_OTHER: u8 = 8;
+const PAGE: u64 = 4096;
+
+/// PFNs of the present pages of `[start, start + len)` in process `pid` (`/proc/PID/pagemap`;
+/// root sees real PFNs).
+fn present_pfns(pid: &str, start: u64, len: u64) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let n = (len / PAGE) as usize;
+    let mut raw = vec![0u8; n * 8];
+    f.read_exact_at(&mut raw, start / PAGE * 8).unwrap();
+    raw.chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .filter(|e| e >> 63 & 1 == 1)
+        .map(|e| e & ((1 << 55) - 1))
+        .inspect(|&pfn| assert_ne!(pfn, 0, "pagemap hides PFNs: not root?"))
+        .collect()
+}
+
+/// `(category -> pages)` of `pfns` in `map`, as a readable string, and how many are `want`.
+fn tally(map: &[u8], pfns: &[u64], want: u8) -> (usize, String) {
+    let mut h = [0usize; 9];
+    for &p in pfns {
+        h[map[p as usize].min(8) as usize] += 1;
+    }
+    (h[want as usize], format!("{h:?}"))
+}
+
+/// "Kernel code" ranges of /proc/iomem, as PFN ranges (pages fully inside).
+fn kernel_code_pfns() -> Vec<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/iomem").unwrap();
+    s.lines()
+        .filter(|l| l.trim_start().ends_with(": Kernel code"))
+        .map(|l| {
+            let (a, b) = l.trim().split(' ').next().unwrap().split_once('-').unwrap();
+            let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+            (a.div_ceil(PAGE), (b + 1) / PAGE)
+        })
+        .collect()
+}
+
+/// Executable mappings of this test binary (`/proc/self/maps`).
+fn own_text_ranges() -> Vec<(u64, u64)> {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && f[1].as_bytes()[2] == b'x' && f[5] == exe).then(|| {
+                let (a, b) = f[0].split_once('-').unwrap();
+                (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap())
+            })
+        })
+        .collect()
+}
+
+/// PRIORITY_MAP: a well-formed map (one valid category per PFN, counts agree), kernel text
+/// is Kernel, this running process's text pages are User_Code and its touched heap
+/// User_Data; bad input answers EINVAL/ENOSPC/EFAULT.
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn priority_map_categories() {
+    let k = kmod();
+    assert!(k.has(uapi::features::PRIORITY_MAP), "GET_VERSION features {:#x} lack priority_map", k.version().features);
+    // Touched heap: 8 MiB, every page written (so present, private, anonymous).
+    let mut heap = vec![0u8; 8 << 20];
+    for (i, b) in heap.iter_mut().step_by(PAGE as usize).enumerate() {
+        *b = i as u8 | 1;
+    }
+    let heap_pfns = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
+    let text: Vec<u64> = own_text_ranges().iter().flat_map(|&(a, b)| present_pfns("self", a, b - a)).collect();
+    let kcode = kernel_code_pfns();
+    assert!(!kcode.is_empty(), "no Kernel code in /proc/iomem");
+    assert!(heap_pfns.len() as u64 >= (8 << 20) / PAGE - 2, "heap not present: {} pages", heap_pfns.len());
+    assert!(text.len() > 16, "only {} text pages present", text.len());
+    let mut times = Vec::new();
+    for round in 0..3 {
+        let (map, rep) = k.priority_map(0).unwrap();
+        assert_eq!(map.len() as u64, rep.end_pfn);
+        assert_eq!(rep.window_ms, uapi::DEFAULT_WINDOW_MS, "window used when 0 is asked");
+        assert!(map.iter().all(|&b| b <= CAT_OTHER), "a byte outside 0..=8");
+        let mut h = [0u64; 9];
+        map.iter().for_each(|&b| h[b as usize] += 1);
+        assert_eq!(h, rep.counts, "module counts vs the map");
+        assert!(rep.active_procs >= 1 && rep.active_procs <= rep.total_procs, "{rep:?}");
+        for &(a, b) in &kcode {
+            let (n, hist) = tally(&map, &(a..b).collect::<Vec<_>>(), CAT_KERNEL);
+            assert_eq!(n as u64, b - a, "kernel code PFNs {a:#x}..{b:#x} not all Kernel: {hist}");
+        }
+        let (n, hist) = tally(&map, &text, CAT_USER_CODE);
+        assert_eq!(n, text.len(), "own text pages not all User_Code: {hist}");
+        let (n, hist) = tally(&map, &heap_pfns, CAT_USER_DATA);
+        assert_eq!(n, heap_pfns.len(), "own touched heap not all User_Data: {hist}");
+        println!(
+            "priority map round {round}: end_pfn {} ({} MiB), {:.3} ms in the module ({:.3} ms walking {} of {} processes), counts {:?}; kernel code {} pages Kernel, own text {} pages User_Code, heap {} pages User_Data",
+            rep.end_pfn,
+            (rep.end_pfn * PAGE) >> 20,
+            rep.ns as f64 / 1e6,
+            rep.user_ns as f64 / 1e6,
+            rep.active_procs,
+            rep.total_procs,
+            rep.counts,
+            kcode.iter().map(|(a, b)| b - a).sum::<u64>(),
+            text.len(),
+            heap_pfns.len()
+        );
+        times.push(rep.ns);
+    }
+    std::hint::black_box(&heap);
+    // Bad input.
+    let mut req = uapi::TorporPriorityMap { flags: 1, ..Default::default() };
+    // SAFETY: a size query with bad flags: only the request is touched.
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::EINVAL));
+    let mut small = [0u8; 4096];
+    let mut req = uapi::TorporPriorityMap { map: small.as_mut_ptr() as u64, map_bytes: 4096, ..Default::default() };
+    // SAFETY: the module writes at most 4096 bytes into `small` (it refuses: too short).
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::ENOSPC));
+    assert!(req.end_pfn > 4096, "end_pfn reported with ENOSPC: {req:?}");
+    assert!(small.iter().all(|&b| b == 0), "ENOSPC wrote into the short buffer");
+    let mut req = uapi::TorporPriorityMap { map: 8, map_bytes: u64::MAX, ..Default::default() };
+    // SAFETY: an invalid buffer address: the module must answer EFAULT.
+    let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
+    assert_eq!(r, Err(Errno::EFAULT));
+    for bad in [0usize, 8, 0xffff_8880_0000_0000] {
+        // SAFETY: invalid request pointers: the module must answer EFAULT without touching memory.
+        let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, bad) };
+        assert_eq!(r, Err(Errno::EFAULT), "request at {bad:#x}");
+    }
+    // Hostile fields: only success or a documented errno, never anything else.
+    let mut rng = Rng(0x5eed_0004);
+    let mut buf = vec![0u8; k.priority_map(0).unwrap().1.end_pfn as usize];
+    let mut t = Tally::default();
+    for _ in 0..300 {
+        let good = buf.as_mut_ptr() as u64;
+        let mut req = uapi::TorporPriorityMap {
+            map: pick(rng.next(), &[0, good, good, 1, 0xffff_8880_0000_0000, u64::MAX - 4095, rng.next()]),
+            map_bytes: pick(rng.next(), &[buf.len() as u64, 0, 1, buf.len() as u64 - 1, u64::MAX, rng.next()]),
+            window_ms: pick(rng.next(), &[0, 1, 1000, u32::MAX, rng.next() as u32]),
+            flags: pick(rng.next(), &[0, 0, 0, 1, rng.next() as u32]),
+            ..Default::default()
+        };
+        if req.map == good {
+            req.map_bytes = req.map_bytes.min(buf.len() as u64); // never claim more than we own
+        }
+        // SAFETY: `map` is either our buffer with at most its length claimed, or an address the
+        // kernel must refuse (EFAULT) — never memory of ours the module could corrupt.
+        let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
+        t.add("priority_map", r);
+    }
+    println!("priority map fuzz: 300 ioctls ({} ok, errors {:?})", t.ok, t.errs);
+    times.sort();
+    println!("priority map build time: median {:.3} ms", times[times.len() / 2] as f64 / 1e6);
+}
+
+/// PRIORITY_MAP: the pages of a process that ran recently are User_Data; after it has slept
+/// longer than a short window they drop to Other (while this running process's stay User_Data).
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn priority_map_idle_process_drops_to_other() {
+    let k = kmod();
+    let (rfd, wfd) = nix::unistd::pipe().unwrap();
+    const CLEN: usize = 8 << 20;
+    let child = spawn(move || {
+        let p = child_map(A, CLEN);
+        // SAFETY: `p` is our own fresh CLEN-byte private mapping; touch every page, then tell
+        // the parent (raw write) and sleep until killed.
+        unsafe {
+            for i in (0..CLEN).step_by(PAGE as usize) {
+                *p.add(i) = 1;
+            }
+            libc::write(std::os::fd::AsRawFd::as_raw_fd(&wfd), b"x".as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    });
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b), Ok(1));
+    let pfns = present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64);
+    assert_eq!(pfns.len() as u64, CLEN as u64 / PAGE, "child's region not fully present");
+    let mut heap = vec![1u8; 4 << 20];
+    heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 2);
+    let mine = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
+
+    let (map, rep) = k.priority_map(60_000).unwrap();
+    let (n, hist) = tally(&map, &pfns, CAT_USER_DATA);
+    println!("idle test: child just ran, window 60 s: {n}/{} pages User_Data {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
+    assert_eq!(n, pfns.len(), "pages of a process that just ran are not all User_Data: {hist}");
+
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (map, rep) = k.priority_map(1000).unwrap();
+    assert_eq!(rep.window_ms, 1000);
+    let (n, hist) = tally(&map, &pfns, CAT_OTHER);
+    println!("idle test: child asleep 2.5 s, window 1 s: {n}/{} pages Other {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
+    assert_eq!(n, pfns.len(), "pages of a process idle longer than the window are not all Other: {hist}");
+    let (n, hist) = tally(&map, &mine, CAT_USER_DATA);
+    assert_eq!(n, mine.len(), "the running process's heap is not User_Data with a 1 s window: {hist}");
+    std::hint::black_box(&heap);
+    kill(child, Signal::SIGKILL).unwrap();
+    waitpid(child, None).unwrap();
+}

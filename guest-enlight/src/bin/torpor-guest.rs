@@ -9,6 +9,7 @@ use guest_enlight::portable::{self, FreeMode, PriorityOptions};
 use guest_enlight::protocol::{
     self, encode_frame, negotiate, Client, ErrorCode, FrameReader, ProtoError, ReadEvent, Request, Response, WireMap,
 };
+use guest_enlight::kmod_source::KmodSource;
 use guest_enlight::source::{MapSource, PortableSource};
 use guest_enlight::{Category, MapSourceKind};
 use serde::Serialize;
@@ -35,6 +36,21 @@ struct MapArgs {
     /// How the portable free bitmap treats buddy tails.
     #[arg(long, value_enum, default_value_t = FreeMode::Flagged)]
     free_mode: FreeMode,
+    /// Map source: the torpor kernel module (exact), the portable procfs source
+    /// (approximate), or auto: the module when its device exists and advertises
+    /// free_bitmap+priority_map, else portable.
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    source: SourceChoice,
+    /// The module's device node.
+    #[arg(long, default_value = "/dev/torpor")]
+    kmod_dev: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceChoice {
+    Auto,
+    Kmod,
+    Portable,
 }
 
 #[derive(Subcommand)]
@@ -108,13 +124,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { device, port_name, unix, stdio, max_payload, maps } => {
-            let mut source = make_source(&maps, true);
-            let _sampler = source.spawn_sampler();
+            let mut source = make_source(&maps, true)?;
+            let source = source.as_mut();
             if stdio {
                 tracing::info!("serving on stdin/stdout");
                 let stdin = std::io::stdin().lock();
                 let stdout = std::io::stdout().lock();
-                serve_stream(stdin, stdout, &mut source, max_payload)?;
+                serve_stream(stdin, stdout, source, max_payload)?;
                 Ok(())
             } else if let Some(path) = unix {
                 let _ = std::fs::remove_file(&path);
@@ -129,19 +145,19 @@ fn main() -> Result<()> {
                         }
                     };
                     let w = conn.try_clone().context("clone socket")?;
-                    if let Err(e) = serve_stream(conn, w, &mut source, max_payload) {
+                    if let Err(e) = serve_stream(conn, w, source, max_payload) {
                         tracing::warn!("connection ended: {e:#}");
                     }
                 }
                 Ok(())
             } else {
                 let path = device.unwrap_or_else(|| PathBuf::from(format!("/dev/virtio-ports/{port_name}")));
-                serve_device(&path, &mut source, max_payload)
+                serve_device(&path, source, max_payload)
             }
         }
         Cmd::Dump { json, maps } => {
-            let mut source = make_source(&maps, false);
-            let s = local_summary(&mut source, maps.window)?;
+            let mut source = make_source(&maps, false)?;
+            let s = local_summary(source.as_mut(), maps.window)?;
             print_summary(&s, json)
         }
         Cmd::Query { unix, device, window_ms, json } => {
@@ -159,17 +175,46 @@ fn main() -> Result<()> {
     }
 }
 
-fn make_source(maps: &MapArgs, exclude_self: bool) -> PortableSource {
+/// Pick the map source (`serving`: the agent, which samples activity in the background
+/// for the portable source and leaves itself out of the portable priority map).
+fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
+    let kmod = match maps.source {
+        SourceChoice::Portable => None,
+        SourceChoice::Kmod => Some(KmodSource::open_path(&maps.kmod_dev, maps.window).with_context(|| {
+            format!("--source kmod: cannot use the torpor module at {} (insmod torpor.ko?)", maps.kmod_dev.display())
+        })?),
+        SourceChoice::Auto => match KmodSource::open_path(&maps.kmod_dev, maps.window) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                if maps.kmod_dev.exists() {
+                    tracing::warn!("not using {}: {e}; falling back to the portable source", maps.kmod_dev.display());
+                } else {
+                    tracing::info!("{} absent: portable (approximate) source", maps.kmod_dev.display());
+                }
+                None
+            }
+        },
+    };
+    if let Some(k) = kmod {
+        let d = k.device();
+        tracing::info!(release = %d.release(), features = %d.feature_names(), "map source: torpor kernel module (exact)");
+        return Ok(Box::new(k));
+    }
     let mut opts = PriorityOptions { free_mode: maps.free_mode, ..Default::default() };
-    if exclude_self {
+    if serving {
         opts.exclude_pids.insert(std::process::id() as i32);
     }
-    PortableSource::new(maps.window, opts)
+    let p = PortableSource::new(maps.window, opts);
+    if serving {
+        // Detached: samples for the life of the agent.
+        drop(p.spawn_sampler());
+    }
+    Ok(Box::new(p))
 }
 
 /// Serve a character device (virtio-serial port). EOF means no host is connected:
 /// wait and read again rather than exit.
-fn serve_device(path: &std::path::Path, source: &mut PortableSource, max_payload: u32) -> Result<()> {
+fn serve_device(path: &std::path::Path, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
     let mut warned = false;
     loop {
         let f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
@@ -194,7 +239,7 @@ fn serve_device(path: &std::path::Path, source: &mut PortableSource, max_payload
 }
 
 /// Serve requests until EOF.
-fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut PortableSource, max_payload: u32) -> Result<()> {
+fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
     let mut reader = FrameReader::new(r, max_payload);
     loop {
         let (id, resp) = match reader.next_event()? {
@@ -220,7 +265,7 @@ fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut PortableSource, 
     }
 }
 
-fn handle(f: &protocol::Frame, source: &mut PortableSource) -> Response {
+fn handle(f: &protocol::Frame, source: &mut dyn MapSource) -> Response {
     let req = match Request::decode(f) {
         Ok(r) => r,
         Err(e @ ProtoError::UnknownType(_)) => return Response::Error { code: ErrorCode::UnknownType, message: e.to_string() },
@@ -264,7 +309,7 @@ fn handle(f: &protocol::Frame, source: &mut PortableSource) -> Response {
             let window = (window_ms > 0).then(|| Duration::from_millis(window_ms as u64));
             match source.priority_map(window) {
                 Ok(p) => {
-                    tracing::info!(build_ms = p.info.build_us / 1000, stats = ?source.last_stats, "priority map built");
+                    tracing::info!(build_ms = p.info.build_us / 1000, stats = ?source.stats(), "priority map built");
                     Response::PriorityMap(WireMap::from_priority_map(&p))
                 }
                 Err(e) => unavailable(e),
@@ -290,10 +335,10 @@ struct Summary {
     window_ms: u32,
     categories: Vec<(String, u64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stats: Option<portable::PriorityStats>,
+    stats: Option<serde_json::Value>,
 }
 
-fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<portable::PriorityStats>) -> Summary {
+fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<serde_json::Value>) -> Summary {
     let fh = free.runs.histogram();
     let ph = prio.runs.histogram();
     let total_pages = prio.layout.total_pages();
@@ -319,7 +364,7 @@ fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<porta
     }
 }
 
-fn local_summary(source: &mut PortableSource, window: Duration) -> Result<Summary> {
+fn local_summary(source: &mut dyn MapSource, window: Duration) -> Result<Summary> {
     let t = Instant::now();
     let free = source.free_bitmap()?;
     let prio = source.priority_map(Some(window))?;
@@ -328,7 +373,7 @@ fn local_summary(source: &mut PortableSource, window: Duration) -> Result<Summar
         &WireMap::from_free_bitmap(&free),
         &WireMap::from_priority_map(&prio),
         guest_enlight::layout::page_size(),
-        source.last_stats.clone(),
+        source.stats(),
     ))
 }
 
