@@ -40,6 +40,7 @@ FORCE:
 # backends (pure cgroup v2), unload. VM_SUITE=quick runs only the ABI part.
 VM_SUITE ?= full
 vm-test: kmod target/vm-bins.env
+	$(CARGO) build -q -p guest-enlight --bin torpor-guest
 	$(VM) --name kmod --timeout 1500 --swap-disk 2G -- env $$(cat target/vm-bins.env) TORPOR_VM_SUITE=$(VM_SUITE) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
 
 # The harness must fail on a failed guest test, a timeout and a bad console line.
