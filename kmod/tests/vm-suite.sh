@@ -59,7 +59,7 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   "$TORPOR" backend | sed 's/^/#   /'
   vmtest() { # NAME TEST: run one kmod_vm test, keep its output, show its summary lines
     check "$1" sh -c "\"$VM_TEST\" --ignored --test-threads=1 --exact $2 --nocapture > /tmp/job/$2.log 2>&1"
-    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \(|free bitmap round).*' "/tmp/job/$2.log" | sed 's/^/#   /'
+    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \(|free bitmap round|priority map (round|fuzz|build)|idle test:|agent ).*' "/tmp/job/$2.log" | sed 's/^/#   /'
   }
   vmtest "PREFETCH/DISCARD semantics and bad input" prefetch_and_discard_semantics
   for r in exits munmaps mremaps forks; do
@@ -67,6 +67,9 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   done
   vmtest "fuzz: 100000 random ioctls answer success or a documented errno" fuzz_ioctls
   vmtest "FREE_BITMAP matches MemFree within 1%, bad input refused" free_bitmap_matches_memfree
+  vmtest "PRIORITY_MAP: kernel text Kernel, own text User_Code, touched heap User_Data, bad input refused" priority_map_categories
+  vmtest "PRIORITY_MAP: a process asleep longer than a 1 s window drops to Other" priority_map_idle_process_drops_to_other
+  vmtest "torpor-guest dump/serve+query use the module source (exact), free within 1% of MemFree" agent_uses_kmod_source
   # Swap on the virtio disk for the procswap suite.
   if [ -n "${TORPOR_VM_SWAPDEV:-}" ]; then
     check "mkswap + swapon $TORPOR_VM_SWAPDEV" sh -c "mkswap $TORPOR_VM_SWAPDEV >/dev/null && swapon $TORPOR_VM_SWAPDEV"

@@ -15,7 +15,9 @@ fn get_version_answers() {
     let v = k.version();
     assert_eq!(v.abi_version, uapi::TORPOR_ABI_VERSION);
     assert_eq!(v.size as usize, std::mem::size_of::<TorporVersion>());
-    assert!(k.has(uapi::features::GET_VERSION), "features {:#x}", v.features);
+    // Every implemented ioctl is advertised (bits 0..=4), and nothing else.
+    let all = uapi::features::NAMES.iter().fold(0, |acc, (bit, _)| acc | bit);
+    assert_eq!(v.features, all, "features {:#x}: expected get_version..priority_map", v.features);
     assert_eq!(v.release_str(), "0.1.0");
     println!(
         "GET_VERSION: abi {} size {} features {:#x} [{}] release {}",

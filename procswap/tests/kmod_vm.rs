@@ -666,3 +666,88 @@ fn priority_map_idle_process_drops_to_other() {
     kill(child, Signal::SIGKILL).unwrap();
     waitpid(child, None).unwrap();
 }
+
+/// `torpor-guest` next to this test binary (target/debug/torpor-guest; `make vm-test`
+/// builds it), or `$TORPOR_GUEST`.
+fn torpor_guest_bin() -> std::path::PathBuf {
+    let p = std::env::var_os("TORPOR_GUEST").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("torpor-guest")
+    });
+    assert!(p.is_file(), "{} missing: cargo build -p guest-enlight --bin torpor-guest", p.display());
+    p
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(torpor_guest_bin()).args(args).output().unwrap();
+    assert!(out.status.success(), "torpor-guest {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("torpor-guest {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Checks on a `torpor-guest dump/query --json` summary; returns the category counts.
+fn check_summary(what: &str, s: &serde_json::Value, source: &str) -> Vec<u64> {
+    assert_eq!(s["source"], source, "{what}: {s}");
+    assert_eq!(s["approximate"], source != "ModuleExact", "{what}: {s}");
+    let cats: Vec<u64> = s["categories"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).collect();
+    assert_eq!(cats.len(), 9);
+    assert_eq!(cats.iter().sum::<u64>(), s["total_pages"].as_u64().unwrap(), "{what}: categories do not cover the layout");
+    assert!(cats[0] > 0 && cats[4] > 0, "{what}: no Kernel or no User_Code pages: {cats:?}");
+    let r = s["free_over_memfree"].as_f64().unwrap();
+    println!(
+        "agent {what}: source {source}, {:.2} GiB, free bitmap {} pages = {r:.4} x MemFree in {:.2} ms, priority map in {:.2} ms, categories {cats:?}",
+        s["total_gib"].as_f64().unwrap(),
+        s["free_pages"],
+        s["free_build_ms"].as_f64().unwrap(),
+        s["priority_build_ms"].as_f64().unwrap()
+    );
+    cats
+}
+
+/// The agent path with the module source: `torpor-guest dump` and a served agent queried over
+/// a unix socket both use the module (exact maps); the free bitmap is within 1% of MemFree;
+/// `--source kmod` without a module is a clear error; `--source portable` still works.
+#[test]
+#[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
+fn agent_uses_kmod_source() {
+    let _k = kmod();
+    for round in 0..2 {
+        let s = run_json(&["dump", "--source", "kmod", "--window", "2s", "--json"]);
+        check_summary(&format!("dump --source kmod #{round}"), &s, "ModuleExact");
+        let r = s["free_over_memfree"].as_f64().unwrap();
+        assert!((0.99..=1.01).contains(&r), "module free bitmap {r} x MemFree: more than 1% apart");
+        assert_eq!(s["window_ms"], 2000);
+        assert!(s["stats"]["priority_ns"].as_u64().unwrap() > 0, "{s}");
+    }
+    let s = run_json(&["dump", "--window", "2s", "--json"]);
+    check_summary("dump --source auto", &s, "ModuleExact");
+    let s = run_json(&["dump", "--source", "portable", "--window", "2s", "--json"]);
+    check_summary("dump --source portable", &s, "PortableApprox");
+
+    let sock = std::env::temp_dir().join(format!("torpor-guest-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut server = std::process::Command::new(torpor_guest_bin())
+        .args(["serve", "--source", "kmod", "--unix"])
+        .arg(&sock)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed().as_secs() < 30, "agent did not create {}", sock.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let q = run_json(&["query", "--unix", sock.to_str().unwrap(), "--window-ms", "2000", "--json"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&sock);
+    check_summary("query (serve --source kmod)", &q, "ModuleExact");
+    assert_eq!(q["window_ms"], 2000);
+
+    let out = std::process::Command::new(torpor_guest_bin())
+        .args(["dump", "--source", "kmod", "--kmod-dev", "/nonexistent/torpor"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--source kmod") && err.contains("not loaded"), "absent module: {err}");
+    println!("agent: --source kmod without the module fails: {}", err.lines().last().unwrap_or(""));
+}
