@@ -16,6 +16,8 @@
 //!   pages: dirties them, so pages swapped in by the writes lose their swap slot and get a new
 //!   one when reclaimed again (used to let kernel reclaim under pressure lay the area out);
 //!   answers `DONE`;
+//! - `DIRTY` → rewrites (same value) one word of every page: brings the whole area back into
+//!   memory, dirty (a memory hog that must be written to swap to be reclaimed); answers `DONE`;
 //! - `VERIFY` → re-checks every checksum (data integrity after purge/prefetch cycles); answers
 //!   `OK` or `BAD <mib index>`;
 //! - `EXIT` (or end of input) → exits 0.
@@ -129,6 +131,26 @@ impl Area {
         acc
     }
 
+    /// Rewrite one word (same value) of every page.
+    fn dirty_all(&mut self) -> u64 {
+        let stride = procswap::sys::page_size() as usize / 8;
+        let words = self.words_mut();
+        let mut acc = 0u64;
+        let mut i = 0;
+        while i < words.len() {
+            let p = words[i..].as_mut_ptr();
+            // SAFETY: `i < words.len()`, so `p` is in bounds, aligned, and exclusively borrowed
+            // through `words`.
+            unsafe {
+                let v = std::ptr::read_volatile(p);
+                std::ptr::write_volatile(p, v);
+                acc = acc.wrapping_add(v);
+            }
+            i += stride;
+        }
+        acc
+    }
+
     fn verify(&self) -> Result<(), usize> {
         match self.words().chunks(MIB / 8).zip(&self.sums).position(|(c, &want)| checksum(c) != want) {
             Some(i) => Err(i),
@@ -191,11 +213,12 @@ fn main() {
                 (Some(n), Some(seed)) => timed(|| a.churn(n, seed)),
                 _ => "ERR CHURN <pages> <seed>".into(),
             },
+            (Some("DIRTY"), Some(a)) => timed(|| a.dirty_all()),
             (Some("VERIFY"), Some(a)) => match a.verify() {
                 Ok(()) => "OK".into(),
                 Err(i) => format!("BAD {i}"),
             },
-            (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN"), None) => "ERR nothing allocated".into(),
+            (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN" | "DIRTY"), None) => "ERR nothing allocated".into(),
             (Some("EXIT"), _) => break,
             _ => format!("ERR unknown command {line:?}"),
         };
