@@ -116,3 +116,13 @@ demo-guest: kmod target/vm-bins.env
 clean:
 	$(CARGO) clean
 	-$(MAKE) -C kmod KDIR=$$(cat $(KDIR_FILE) 2>/dev/null) clean
+
+# Issue 6 end to end (root, QEMU TCG, temporary swapfile): a guest with an HTTP app and the
+# torpor-guest agent (virtio-serial); smoke (HTTP via hostfwd, agent, QMP), then torpord
+# Stop/purge/Start interleaved none/full/priority, time to first response, swap-in bytes,
+# /verify in the guest. Results: bench/results/vm-resume/. VM_E2E_TRIALS per mode (quick: 2).
+VM_E2E_TRIALS ?= 2
+VM_E2E_DRIVER ?= torpord
+.PHONY: vm-e2e
+vm-e2e: kernel
+	CARGO=$(CARGO) vm-e2e/run.sh --trials $(VM_E2E_TRIALS) --driver $(VM_E2E_DRIVER)

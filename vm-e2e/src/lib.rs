@@ -9,8 +9,12 @@
 //!   `/proc/meminfo`, `/proc/vmstat` and block-device counters.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
+pub mod guest;
 pub mod http;
 pub mod mem;
 pub mod pattern;
 pub mod qmp;
+pub mod smoke;
 pub mod stats;
+pub mod torpord;

@@ -1,0 +1,573 @@
+//! The e2e measurement: Stop (purge) → verify memory freed → Start with a prefetch mode →
+//! time to first HTTP response and bytes read from swap → `/verify` in the guest; modes
+//! interleaved (none = demand paging, full, priority).
+//!
+//! Two drivers: `torpord` (the real path: torpord's `kind = "vm"` app, Start/Stop over its
+//! API) and `direct` (the fallback: QMP stop/cont + the `torpor` CLI's freeze/purge/prefetch/
+//! thaw on the QEMU pid; priority = the agent's classes 0-5 minus free pages as a
+//! working-set-only prefetch).
+
+use crate::guest::{Guest, GuestEnv};
+use crate::{http, mem, qmp, stats, torpord};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const MODES: [&str; 3] = ["none", "full", "priority"];
+
+pub struct Opts {
+    pub trials: usize,
+    pub out_dir: PathBuf,
+    pub guest_sh: PathBuf,
+    pub driver: String,
+    pub torpord_bin: PathBuf,
+    pub torpor_bin: PathBuf,
+    pub boot_timeout: Duration,
+}
+
+/// Swap-read counters at one instant.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counters {
+    pub pswpin: u64,
+    pub dev_read_sectors: u64,
+}
+
+fn counters(swap_dev: &Option<String>) -> Counters {
+    Counters {
+        pswpin: mem::vmstat("pswpin").unwrap_or(0),
+        dev_read_sectors: swap_dev.as_deref().and_then(|d| mem::dev_read_sectors(d).ok()).unwrap_or(0),
+    }
+}
+
+/// Evidence that the guest's memory is out of RAM after a Stop.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Evidence {
+    pub ram_present_pages: u64,
+    pub ram_swapped_pages: u64,
+    pub ram_untouched_pages: u64,
+    pub qemu_rss_bytes: u64,
+    pub qemu_swap_bytes: u64,
+    pub swap_cached_bytes: u64,
+}
+
+fn evidence(pid: i32, ram: &mem::Vma) -> Result<Evidence> {
+    let pc = mem::page_counts(pid, ram.start, ram.end)?;
+    Ok(Evidence {
+        ram_present_pages: pc.present,
+        ram_swapped_pages: pc.swapped,
+        ram_untouched_pages: pc.none,
+        qemu_rss_bytes: mem::status_bytes(pid, "VmRSS")?,
+        qemu_swap_bytes: mem::status_bytes(pid, "VmSwap")?,
+        swap_cached_bytes: mem::meminfo_bytes("SwapCached")?,
+    })
+}
+
+/// One Stop → Start → verify cycle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Trial {
+    pub trial: usize,
+    pub mode: String,
+    pub driver: String,
+    pub before_stop: Evidence,
+    pub after_stop: Evidence,
+    pub stop_s: f64,
+    pub freed_ok: bool,
+    pub freed_note: String,
+    pub first_response_s: f64,
+    pub start_return_s: f64,
+    pub swapin_bytes_to_first_response: u64,
+    pub swapin_bytes_to_start_return: u64,
+    pub dev_read_bytes_to_first_response: u64,
+    pub ram_present_pages_at_first_response: u64,
+    pub verify_app: String,
+    pub verify_checksum: String,
+    pub verify_ok: bool,
+    pub torpord_start: Value,
+    pub torpord_stop: Value,
+    pub error: String,
+}
+
+enum Driver {
+    Torpord { sock: PathBuf, child: Child, pid: i32 },
+    Direct { guest: Guest, torpor: PathBuf, ws_file: PathBuf },
+}
+
+fn run_cmd(argv: &[&str]) -> Result<String> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("run {argv:?}"))?;
+    if !out.status.success() {
+        bail!("{argv:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Driver {
+    fn pid(&self) -> i32 {
+        match self {
+            Driver::Torpord { pid, .. } => *pid,
+            Driver::Direct { guest, .. } => guest.pid(),
+        }
+    }
+
+    fn app_status(sock: &Path) -> Result<Value> {
+        let (st, v) = torpord::call(sock, "GET", "/v1/apps/guest", None, Duration::from_secs(30))?;
+        if st != 200 {
+            bail!("GET /v1/apps/guest: {st} {v}");
+        }
+        Ok(v)
+    }
+
+    fn stop(&mut self, env: &GuestEnv, ram: &mem::Vma) -> Result<Value> {
+        match self {
+            Driver::Torpord { sock, .. } => {
+                let (st, v) = torpord::call(sock, "POST", "/v1/apps/guest/stop", None, Duration::from_secs(900))?;
+                if st != 200 {
+                    bail!("stop: {st} {v}");
+                }
+                Ok(v)
+            }
+            Driver::Direct { guest, torpor, ws_file } => {
+                let pid = guest.pid();
+                // The agent's maps, while the guest runs (as torpord does at Stop).
+                let ws = priority_ws(env, pid, ram).map_err(|e| anyhow!("agent maps: {e:#}"))?;
+                std::fs::write(&*ws_file, serde_json::to_vec(&ws.0)?)?;
+                let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(60))?;
+                q.execute("stop", None)?;
+                drop(q);
+                let p = pid.to_string();
+                let t = torpor.display().to_string();
+                run_cmd(&[&t, "freeze", &p])?;
+                let purge = run_cmd(&[&t, "--json", "purge", &p])?;
+                Ok(json!({ "purge": serde_json::from_str::<Value>(&purge).unwrap_or(Value::Null), "priority_ws_pages": ws.1 }))
+            }
+        }
+    }
+
+    fn start(&mut self, env: &GuestEnv, mode: &str) -> Result<Value> {
+        match self {
+            Driver::Torpord { sock, .. } => {
+                let (st, v) = torpord::call(sock, "POST", "/v1/apps/guest/start", Some(&json!({ "prefetch": mode })), Duration::from_secs(900))?;
+                if st != 200 {
+                    bail!("start --prefetch {mode}: {st} {v}");
+                }
+                Ok(v)
+            }
+            Driver::Direct { guest, torpor, ws_file } => {
+                let p = guest.pid().to_string();
+                let t = torpor.display().to_string();
+                let ws = ws_file.display().to_string();
+                let pre = match mode {
+                    "none" => Value::Null,
+                    "full" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p])?).unwrap_or(Value::Null),
+                    "priority" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p, "--working-set", &ws, "--working-set-only"])?).unwrap_or(Value::Null),
+                    m => bail!("unknown mode {m}"),
+                };
+                run_cmd(&[&t, "thaw", &p])?;
+                let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(60))?;
+                q.execute("cont", None)?;
+                Ok(json!({ "prefetch": pre }))
+            }
+        }
+    }
+
+    fn shutdown(self, env: &GuestEnv) -> Result<()> {
+        match self {
+            Driver::Torpord { sock, mut child, pid } => {
+                // Leave the guest running, quit it, then stop torpord (SIGTERM leaves apps alone).
+                let st = Self::app_status(&sock).ok();
+                if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
+                    let _ = torpord::call(&sock, "POST", "/v1/apps/guest/start", Some(&json!({ "prefetch": "none" })), Duration::from_secs(300));
+                }
+                if let Ok(mut q) = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(10)) {
+                    let _ = q.execute("quit", None);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                // SAFETY: kill(2) on the QEMU pid torpord reported; harmless if it already exited.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: kill(2) on our own child torpord.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let _ = child.wait();
+                Ok(())
+            }
+            Driver::Direct { guest, torpor, .. } => {
+                let _ = run_cmd(&[&torpor.display().to_string(), "thaw", &guest.pid().to_string()]);
+                guest.shutdown(Duration::from_secs(30))
+            }
+        }
+    }
+}
+
+/// The agent's priority classes 0-5 minus free pages, as host-virtual ranges of guest RAM
+/// (a procswap working set). Guest-physical = host offset in the RAM block: true for a
+/// `pc` guest with RAM below the PCI hole (checked: the layout ends within the mapping).
+fn priority_ws(env: &GuestEnv, pid: i32, ram: &mem::Vma) -> Result<(Value, u64)> {
+    let s = std::os::unix::net::UnixStream::connect(env.agent_path())?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut c = guest_enlight::protocol::Client::new(s);
+    c.hello("torpor-vm-e2e direct")?;
+    let free = c.free_bitmap()?;
+    let prio = c.priority_map(0)?;
+    let total = prio.layout.total_pages();
+    let f = free.runs.expand(total).context("free bitmap")?;
+    let p = prio.runs.expand(total).context("priority map")?;
+    let mut regions: Vec<Value> = Vec::new();
+    let mut pages = 0u64;
+    let mut idx = 0usize;
+    for r in &prio.layout.ranges {
+        if r.end() * 4096 > ram.len() {
+            bail!("guest RAM range {r:?} beyond the {} MiB mapping", ram.len() >> 20);
+        }
+        let mut run: Option<(u64, u64)> = None;
+        for pfn in r.start..r.end() {
+            let want = p[idx] <= 5 && f.get(idx).copied() != Some(1);
+            idx += 1;
+            if want {
+                pages += 1;
+                run = match run {
+                    Some((s, n)) if s + n == pfn => Some((s, n + 1)),
+                    Some((s, n)) => {
+                        regions.push(json!({ "start": ram.start + s * 4096, "len": n * 4096 }));
+                        Some((pfn, 1))
+                    }
+                    None => Some((pfn, 1)),
+                };
+            }
+        }
+        if let Some((s, n)) = run {
+            regions.push(json!({ "start": ram.start + s * 4096, "len": n * 4096 }));
+        }
+    }
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok((
+        json!({ "format_version": 1, "pid": pid, "comm": "qemu-system-x86", "method": "external", "recorded_at": now,
+                "duration_ms": 0, "page_size": 4096, "regions": regions }),
+        pages,
+    ))
+}
+
+fn guest_ram(pid: i32, env: &GuestEnv) -> Result<mem::Vma> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("maps of {pid}"))?;
+    mem::find_guest_ram(&mem::parse_maps(&maps), env.mem_bytes())
+}
+
+fn verify(env: &GuestEnv) -> (bool, String, String) {
+    let one = |addr| match http::get(addr, "/verify", Duration::from_secs(300)) {
+        Ok(r) if r.status == 200 && r.body.starts_with("ok") => (true, r.body.trim().to_string()),
+        Ok(r) => (false, format!("{} {}", r.status, r.body.trim())),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    let (a_ok, a) = one(env.app_addr());
+    let (c_ok, c) = one(env.check_addr());
+    (a_ok && c_ok, a, c)
+}
+
+fn preflight() -> Result<Option<String>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the e2e bench must run as root (cgroups, purge, pagemap swap bits)");
+    }
+    let swaps = mem::swap_devices()?;
+    if swaps.is_empty() {
+        bail!("no swap is active: run under procswap/tests/with-swap.sh (make vm-e2e does)");
+    }
+    let free = mem::meminfo_bytes("SwapFree")?;
+    if free < 1 << 30 {
+        bail!("only {} MiB of swap free; need 1 GiB", free >> 20);
+    }
+    Ok(swaps.last().map(|s| s.1.clone()))
+}
+
+fn wait_state(sock: &Path, want: &[&str], timeout: Duration) -> Result<Value> {
+    let t = Instant::now();
+    let mut last = Value::Null;
+    while t.elapsed() < timeout {
+        if let Ok(v) = Driver::app_status(sock) {
+            if want.iter().any(|w| v["state"].as_str() == Some(w)) && v["busy"].as_bool() != Some(true) {
+                return Ok(v);
+            }
+            last = v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("app not in {want:?} after {timeout:?}: {last}")
+}
+
+pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
+    let swap_dev = preflight()?;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let started = chrono_like_now();
+    println!("bench: driver {}, {} trials per mode, swap device {:?}", o.driver, o.trials, swap_dev.as_deref().map(mem::dev_name));
+    let mut driver = match o.driver.as_str() {
+        "torpord" => {
+            let sock = env.dir.join("torpord.sock");
+            let state = env.dir.join("torpord-state");
+            let _ = std::fs::remove_dir_all(&state);
+            std::fs::create_dir_all(&state)?;
+            let cfg_path = env.dir.join("torpord.toml");
+            std::fs::write(&cfg_path, torpord::config(env, &env.launch_argv(&o.guest_sh), &state, &sock, "torpor-e2e"))?;
+            let check = Command::new(&o.torpord_bin).args(["--check", "--config"]).arg(&cfg_path).output()?;
+            if !check.status.success() {
+                bail!("torpord --check {}: {}", cfg_path.display(), String::from_utf8_lossy(&check.stderr));
+            }
+            let log = std::fs::File::create(env.dir.join("torpord.log"))?;
+            let child = Command::new(&o.torpord_bin)
+                .arg("--config")
+                .arg(&cfg_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("spawn torpord")?;
+            println!("bench: torpord pid {} (log {}), waiting for the prestarted guest (boot + Stop)", child.id(), env.dir.join("torpord.log").display());
+            let t = Instant::now();
+            while !sock.exists() && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let st = wait_state(&sock, &["standby", "running", "suspended"], o.boot_timeout + Duration::from_secs(300))?;
+            let pid = st["pid"].as_i64().context("no pid in the app status")? as i32;
+            println!("bench: guest QEMU pid {pid}, state {} after {:.0} s", st["state"], t.elapsed().as_secs_f64());
+            Driver::Torpord { sock, child, pid }
+        }
+        "direct" => {
+            let guest = Guest::launch(env, &o.guest_sh)?;
+            let t0 = Instant::now();
+            http::poll_ok(env.app_addr(), "/", t0 + o.boot_timeout, Duration::from_millis(250))
+                .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
+            println!("bench: guest up after {:.0} s (direct driver, QEMU pid {})", t0.elapsed().as_secs_f64(), guest.pid());
+            Driver::Direct { guest, torpor: o.torpor_bin.clone(), ws_file: env.dir.join("priority-ws.json") }
+        }
+        d => bail!("unknown driver {d}"),
+    };
+    let pid = driver.pid();
+    let ram = guest_ram(pid, env)?;
+    println!("bench: guest RAM at {:#x}, {} MiB", ram.start, ram.len() >> 20);
+
+    // Warm-up (not measured): make sure the guest is running and intact.
+    if let Driver::Torpord { sock, .. } = &driver {
+        let st = Driver::app_status(sock)?;
+        if st["state"].as_str() != Some("running") {
+            let v = driver.start(env, "full").context("warm-up start")?;
+            println!("bench: warm-up Start (full): {}", v["timing"]);
+        }
+    }
+    let (ok, a, c) = verify(env);
+    if !ok {
+        bail!("warm-up verify failed: app {a}, checksum {c}");
+    }
+
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut failures = 0;
+    for t in 0..o.trials {
+        for k in 0..MODES.len() {
+            let mode = MODES[(t + k) % MODES.len()];
+            let mut tr = Trial { trial: t, mode: mode.into(), driver: o.driver.clone(), ..Default::default() };
+            if let Err(e) = one_trial(&mut driver, env, &ram, &swap_dev, &mut tr) {
+                tr.error = format!("{e:#}");
+            }
+            let ok = tr.error.is_empty() && tr.freed_ok && tr.verify_ok;
+            if !ok {
+                failures += 1;
+            }
+            println!(
+                "{} trial {t} {mode:<8} first response {:.3} s, Start returned {:.3} s, swap-in {:.1} MiB (dev {:.1} MiB), freed {} ({}), verify {}{}",
+                if ok { "PASS" } else { "FAIL" },
+                tr.first_response_s,
+                tr.start_return_s,
+                tr.swapin_bytes_to_first_response as f64 / 1048576.0,
+                tr.dev_read_bytes_to_first_response as f64 / 1048576.0,
+                tr.freed_ok,
+                tr.freed_note,
+                if tr.verify_ok { "ok" } else { "BAD" },
+                if tr.error.is_empty() { String::new() } else { format!(", error: {}", tr.error) }
+            );
+            let fatal = !tr.error.is_empty() && tr.first_response_s == 0.0;
+            trials.push(tr);
+            if fatal {
+                break;
+            }
+        }
+        if trials.last().is_some_and(|t| !t.error.is_empty() && t.first_response_s == 0.0) {
+            println!("bench: stopping after a failed Stop/Start");
+            break;
+        }
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let module = std::fs::read_to_string(env.console_path()).map(|s| s.contains("torpor.ko loaded")).unwrap_or(false);
+    let _ = driver.shutdown(env);
+    let written = write_results(env, o, &trials, &started, load_before.trim(), load_after.trim(), swap_dev.as_deref(), module)?;
+    for w in &written {
+        println!("bench: wrote {}", w.display());
+    }
+    let want = o.trials * MODES.len();
+    if failures > 0 || trials.len() < want {
+        bail!("{failures} failed trial(s), {} of {want} run", trials.len());
+    }
+    println!("bench: all {want} trials passed");
+    Ok(())
+}
+
+fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Option<String>, tr: &mut Trial) -> Result<()> {
+    let pid = driver.pid();
+    tr.before_stop = evidence(pid, ram)?;
+    let t = Instant::now();
+    let sv = driver.stop(env, ram)?;
+    tr.stop_s = t.elapsed().as_secs_f64();
+    tr.torpord_stop = sv;
+    tr.after_stop = evidence(pid, ram)?;
+    let b = &tr.before_stop;
+    let a = &tr.after_stop;
+    let app_pages = (env.app_mib + env.check_mib) << 8;
+    let limit = (b.ram_present_pages / 50).max(256);
+    let mut notes = Vec::new();
+    if a.ram_present_pages > limit {
+        notes.push(format!("{} guest-RAM pages still resident (limit {limit})", a.ram_present_pages));
+    }
+    if a.ram_swapped_pages < app_pages * 9 / 10 {
+        notes.push(format!("only {} guest-RAM pages on swap, the apps hold {app_pages}", a.ram_swapped_pages));
+    }
+    // SwapCached is host-wide; the guest's pages must not sit there (≤ 10% of what it swapped + 64 MiB slack).
+    let sc_limit = a.ram_swapped_pages * 4096 / 10 + (64 << 20);
+    if a.swap_cached_bytes > sc_limit {
+        notes.push(format!("SwapCached {} MiB > {} MiB", a.swap_cached_bytes >> 20, sc_limit >> 20));
+    }
+    tr.freed_ok = notes.is_empty();
+    tr.freed_note = if notes.is_empty() {
+        format!("resident {} -> {} pages, swapped {}, RSS {} MiB, SwapCached {} MiB", b.ram_present_pages, a.ram_present_pages, a.ram_swapped_pages, a.qemu_rss_bytes >> 20, a.swap_cached_bytes >> 20)
+    } else {
+        notes.join("; ")
+    };
+
+    // Start with the mode; poll GET / from the moment Start is issued, independently of torpord.
+    let c0 = counters(swap_dev);
+    let t0 = Instant::now();
+    let addr = env.app_addr();
+    let sd = swap_dev.clone();
+    let first: Arc<Mutex<Option<(Duration, Counters, u64)>>> = Arc::new(Mutex::new(None));
+    let first2 = first.clone();
+    let ram2 = ram.clone();
+    let poller = std::thread::spawn(move || -> Result<()> {
+        let (_r, at) = http::poll_ok(addr, "/", t0 + Duration::from_secs(900), Duration::from_millis(10))?;
+        let c = counters(&sd);
+        let present = mem::page_counts(pid, ram2.start, ram2.end).map(|p| p.present).unwrap_or(0);
+        *first2.lock().map_err(|_| anyhow!("poisoned"))? = Some((at.duration_since(t0), c, present));
+        Ok(())
+    });
+    let started = driver.start(env, &tr.mode);
+    tr.start_return_s = t0.elapsed().as_secs_f64();
+    let c1 = counters(swap_dev);
+    tr.swapin_bytes_to_start_return = (c1.pswpin - c0.pswpin) * 4096;
+    let sv = started?;
+    tr.torpord_start = sv;
+    poller.join().map_err(|_| anyhow!("poller panicked"))??;
+    let (d, c, present) = first.lock().map_err(|_| anyhow!("poisoned"))?.context("no first response")?;
+    tr.first_response_s = d.as_secs_f64();
+    tr.swapin_bytes_to_first_response = c.pswpin.saturating_sub(c0.pswpin) * 4096;
+    tr.dev_read_bytes_to_first_response = c.dev_read_sectors.saturating_sub(c0.dev_read_sectors) * 512;
+    tr.ram_present_pages_at_first_response = present;
+    let (ok, va, vc) = verify(env);
+    tr.verify_ok = ok;
+    tr.verify_app = va;
+    tr.verify_checksum = vc;
+    Ok(())
+}
+
+/// UTC "YYYY-MM-DD HH:MM" without a date crate.
+fn chrono_like_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|x| x.1.trim().to_string()))
+        .unwrap_or_default();
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memg = mem::meminfo_bytes("MemTotal").unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    let kernel = run_cmd(&["uname", "-r"]).unwrap_or_default();
+    let qemu = run_cmd(&["qemu-system-x86_64", "--version"]).unwrap_or_default();
+    format!("{ncpu} CPUs ({cpu}), {memg:.0} GiB RAM, host kernel {}, {}", kernel.trim(), qemu.lines().next().unwrap_or("").trim())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load_before: &str, load_after: &str, swap_dev: Option<&str>, module: bool) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(&o.out_dir)?;
+    let stamp = started.replace([' ', ':'], "-").replace("-UTC", "");
+    let base = o.out_dir.join(format!("vm-resume-{}-{stamp}", o.driver));
+    let json_path = base.with_extension("json");
+    let csv_path = base.with_extension("csv");
+    let md_path = base.with_extension("md");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json!({ "started": started, "driver": o.driver, "machine": machine(),
+        "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "torpor_ko_loaded": module }, "trials": trials }))?)?;
+    let mut csv = String::from("trial,mode,driver,first_response_s,start_return_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
+    for t in trials {
+        csv += &format!(
+            "{},{},{},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
+            t.trial, t.mode, t.driver, t.first_response_s, t.start_return_s, t.swapin_bytes_to_first_response, t.swapin_bytes_to_start_return,
+            t.dev_read_bytes_to_first_response, t.ram_present_pages_at_first_response, t.stop_s, t.before_stop.ram_present_pages,
+            t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes, t.freed_ok, t.verify_ok, t.error
+        );
+    }
+    std::fs::write(&csv_path, csv)?;
+
+    let ok = |t: &&Trial| t.error.is_empty() && t.freed_ok && t.verify_ok;
+    let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> { trials.iter().filter(|t| t.mode == mode).filter(ok).map(f).collect() };
+    let med_none = stats::median(&col("none", &|t| t.first_response_s));
+    let mut md = String::new();
+    md += &format!("# VM resume end to end ({} driver), {started}\n\n", o.driver);
+    md += "A QEMU **TCG** guest (no KVM on this host: every guest instruction is emulated, so absolute times are \
+           several times those of a KVM guest; the ratios between modes are the result) runs an HTTP app holding \
+           deterministic data and a standalone checksum process, plus `torpor-guest serve` on a virtio-serial port. \
+           Each trial: Stop (QMP stop, freeze, purge QEMU to swap) → check the guest's RAM is out (pagemap of QEMU's \
+           guest-RAM mapping, QEMU RSS, host SwapCached) → Start with a prefetch mode → time to the first `GET /` \
+           answer, polled through hostfwd from the moment Start is issued (independently of torpord's probe) → \
+           `GET /verify` of both processes in the guest (every word checked). Modes interleaved per trial.\n\n";
+    md += &format!("- machine: {}\n", machine());
+    md += &format!("- load average: before `{load_before}`, after `{load_after}` (2 cores shared with other jobs)\n");
+    md += &format!(
+        "- guest: {} MiB RAM, 1 vCPU, TCG; app {} MiB (working set `GET /` touches {} MiB), checksum process {} MiB; torpor.ko in the guest: {}\n",
+        env.mem_mib, env.app_mib, env.ws_mib, env.check_mib, if module { "loaded (agent source: module)" } else { "not loaded (agent source: portable)" }
+    );
+    md += &format!("- swap: {} (swapfile on that device); bytes read = `pswpin` delta × 4096 (host-wide) and the device's read sectors × 512 (includes any other reads on that disk)\n", swap_dev.map(mem::dev_name).unwrap_or_else(|| "?".into()));
+    md += &format!("- driver: `{}`; trials per mode: {}; raw data: `{}`, `{}`\n\n", o.driver, o.trials, csv_path.file_name().unwrap_or_default().to_string_lossy(), json_path.file_name().unwrap_or_default().to_string_lossy());
+    md += "| mode | ok trials | first response, median (min–max) s | vs demand paging | Start returned, median s | swap-in to first response, median MiB | device reads, median MiB |\n|---|---|---|---|---|---|---|\n";
+    for mode in MODES {
+        let fr = col(mode, &|t| t.first_response_s);
+        let n_all = trials.iter().filter(|t| t.mode == mode).count();
+        let m = stats::median(&fr);
+        let (lo, hi) = stats::min_max(&fr).unwrap_or((f64::NAN, f64::NAN));
+        let ratio = match (med_none, m) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}× {}", a / b, if mode == "none" { "(baseline)" } else if a > b { "faster" } else { "slower" }),
+            _ => "–".into(),
+        };
+        let f = |v: Option<f64>, scale: f64| v.map(|x| format!("{:.2}", x / scale)).unwrap_or_else(|| "–".into());
+        md += &format!(
+            "| {} | {}/{} | {} ({:.2}–{:.2}) | {} | {} | {} | {} |\n",
+            if mode == "none" { "none (demand paging)" } else { mode },
+            fr.len(),
+            n_all,
+            f(m, 1.0),
+            lo,
+            hi,
+            ratio,
+            f(stats::median(&col(mode, &|t| t.start_return_s)), 1.0),
+            f(stats::median(&col(mode, &|t| t.swapin_bytes_to_first_response as f64)), 1048576.0),
+            f(stats::median(&col(mode, &|t| t.dev_read_bytes_to_first_response as f64)), 1048576.0),
+        );
+    }
+    md += "\n## Trials\n\n| trial | mode | first response s | Start returned s | swap-in MiB | guest RAM resident before/after Stop (pages) | swapped after Stop | SwapCached after Stop MiB | freed | verify |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    for t in trials {
+        md += &format!(
+            "| {} | {} | {:.3} | {:.3} | {:.1} | {} / {} | {} | {} | {} | {} |\n",
+            t.trial, t.mode, t.first_response_s, t.start_return_s, t.swapin_bytes_to_first_response as f64 / 1048576.0,
+            t.before_stop.ram_present_pages, t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes >> 20,
+            if t.freed_ok { "yes" } else { "**NO**" },
+            if t.verify_ok { "ok".to_string() } else { format!("**BAD** {} / {} {}", t.verify_app, t.verify_checksum, t.error) }
+        );
+    }
+    std::fs::write(&md_path, md)?;
+    Ok(vec![md_path, csv_path, json_path])
+}
