@@ -110,7 +110,9 @@ void torpor_zone_unlock(struct zone *zone, unsigned long flags)
  * /proc/kpageflags (fs/proc/page.c) reads them: folio-level flags from the
  * head page's flags word with plain bit tests, so no VM_BUG_ON_PGFLAGS check
  * can fire on a page that is being split or freed meanwhile. For a free buddy
- * head, bits 24.. hold its order (clamped to MAX_PAGE_ORDER).
+ * head, bits 24.. hold its order (clamped to MAX_PAGE_ORDER); for the head
+ * page of a large folio (TORPOR_PF_HEAD) they hold the folio's order (clamped
+ * to 20), so the caller can classify the whole folio at once.
  */
 unsigned int torpor_pfn_flags(unsigned long pfn)
 {
@@ -148,6 +150,11 @@ unsigned int torpor_pfn_flags(unsigned long pfn)
 		f |= TORPOR_PF_LOCKED;
 	if (fl & (1UL << PG_uptodate))
 		f |= TORPOR_PF_UPTODATE;
+	if (&folio->page == page && (fl & (1UL << PG_head))) {
+		unsigned int order = data_race(folio->_flags_1) & 0xff;
+
+		f |= TORPOR_PF_HEAD | ((order > 20 ? 20 : order) << TORPOR_PF_ORDER_SHIFT);
+	}
 	mapping = (unsigned long)READ_ONCE(folio->mapping);
 	if (mapping & PAGE_MAPPING_ANON)
 		f |= TORPOR_PF_ANON;

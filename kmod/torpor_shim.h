@@ -35,6 +35,7 @@ void torpor_zone_unlock(struct zone *zone, unsigned long flags);
 #define TORPOR_PF_FILE		(1u << 9)
 #define TORPOR_PF_LOCKED	(1u << 10)
 #define TORPOR_PF_UPTODATE	(1u << 11)
+#define TORPOR_PF_HEAD		(1u << 12)
 #define TORPOR_PF_ORDER_SHIFT	24
 unsigned int torpor_pfn_flags(unsigned long pfn);
 int torpor_active_mms(u64 window_ns, unsigned int skip, struct mm_struct **mms,

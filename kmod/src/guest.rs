@@ -160,6 +160,7 @@ const PF_ANON: u32 = 1 << 8;
 const PF_FILE: u32 = 1 << 9;
 const PF_LOCKED: u32 = 1 << 10;
 const PF_UPTODATE: u32 = 1 << 11;
+const PF_HEAD: u32 = 1 << 12;
 const PF_ORDER_SHIFT: u32 = 24;
 
 /// PMD-sized steps of the page-table walk per mmap-lock hold (512 = 1 GiB of address space).
@@ -179,8 +180,8 @@ fn cond_resched() {
     unsafe { torpor_cond_resched() }
 }
 
-/// Category of one page from its flags, and how many PFNs it covers (a free buddy block
-/// covers `1 << order`).
+/// Category of one page from its flags, and how many PFNs it covers (a free buddy block or
+/// the head of a large folio covers `1 << order`: every page of a folio shares its flags).
 fn classify(f: u32) -> (u8, u64) {
     if f & PF_VALID == 0 {
         return (CAT_OTHER, 1);
@@ -211,7 +212,11 @@ fn classify(f: u32) -> (u8, u64) {
         // (also the tails of non-compound multi-page allocations and per-CPU free lists).
         CAT_KERNEL_ALLOCATED
     };
-    (c, 1)
+    if f & PF_HEAD != 0 {
+        (c, 1u64 << ((f >> PF_ORDER_SHIFT) & 0x1f))
+    } else {
+        (c, 1)
+    }
 }
 
 /// An `mm_users` reference from `torpor_active_mms`; dropping it calls `mmput`.
