@@ -25,7 +25,7 @@ else
   echo "e2e-guest: no virtio port named org.torpor.agent.0 (ls: $(ls /sys/class/virtio-ports 2>&1))"
   port=/dev/virtio-ports/org.torpor.agent.0
 fi
-RUST_LOG=info "$TORPOR_GUEST" serve --device "$port" > "$log/agent.log" 2>&1 &
+NO_COLOR=1 RUST_LOG=info "$TORPOR_GUEST" serve --device "$port" > "$log/agent.log" 2>&1 &
 echo "e2e-guest: torpor-guest serve pid $!"
 "$E2E_APP" --port 80 --mib "$APP_MIB" --ws-mib "$WS_MIB" --seed 1 --name app > "$log/app.log" 2>&1 &
 echo "e2e-guest: web app pid $!"

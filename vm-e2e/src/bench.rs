@@ -139,7 +139,7 @@ impl Driver {
                 drop(q);
                 let p = pid.to_string();
                 let t = torpor.display().to_string();
-                run_cmd(&[&t, "freeze", &p])?;
+                run_cmd(&[&t, "freeze", "--method", "signal", &p])?;
                 let purge = run_cmd(&[&t, "--json", "purge", &p])?;
                 Ok(json!({ "purge": serde_json::from_str::<Value>(&purge).unwrap_or(Value::Null), "priority_ws_pages": ws.1 }))
             }
@@ -165,7 +165,7 @@ impl Driver {
                     "priority" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p, "--working-set", &ws, "--working-set-only"])?).unwrap_or(Value::Null),
                     m => bail!("unknown mode {m}"),
                 };
-                run_cmd(&[&t, "thaw", &p])?;
+                run_cmd(&[&t, "thaw", "--method", "signal", &p])?;
                 let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(60))?;
                 q.execute("cont", None)?;
                 Ok(json!({ "prefetch": pre }))
@@ -193,7 +193,7 @@ impl Driver {
                 Ok(())
             }
             Driver::Direct { guest, torpor, .. } => {
-                let _ = run_cmd(&[&torpor.display().to_string(), "thaw", &guest.pid().to_string()]);
+                let _ = run_cmd(&[&torpor.display().to_string(), "thaw", "--method", "signal", &guest.pid().to_string()]);
                 guest.shutdown(Duration::from_secs(30))
             }
         }

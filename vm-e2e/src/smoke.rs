@@ -42,6 +42,24 @@ impl Checks {
     }
 }
 
+/// Drop ANSI colour escapes (tracing's output in the agent log).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn expect_ok(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     let r = http::get(addr, path, timeout)?;
     if r.status != 200 || !r.body.starts_with("ok") {
@@ -52,7 +70,7 @@ fn expect_ok(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
 
 /// The agent exchange over the virtio-serial chardev: HELLO, GET_LAYOUT, GET_FREE_BITMAP,
 /// GET_PRIORITY_MAP, each checked against the guest's RAM size and the app's memory.
-pub fn agent_checks(c: &mut Checks, env: &GuestEnv, require_module: bool) {
+pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
     let connect = || -> Result<Client<UnixStream>> {
         let s = UnixStream::connect(env.agent_path()).with_context(|| format!("connect {}", env.agent_path().display()))?;
         s.set_read_timeout(Some(Duration::from_secs(180)))?;
@@ -77,10 +95,18 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, require_module: bool) {
                         bail!("version {version}, page size {page_size}");
                     }
                     source = Some(s);
-                    if require_module && s != MapSourceKind::ModuleExact {
-                        bail!("torpor.ko was loaded but the agent's source is {s:?}");
+                    let mut note = String::new();
+                    if module_loaded && s != MapSourceKind::ModuleExact {
+                        // The agent may decline the module (e.g. no PRIORITY_MAP in this build);
+                        // it must say why in its log, else the auto-selection is broken.
+                        let log = std::fs::read_to_string(env.dir.join("job/agent.log")).unwrap_or_default();
+                        let why = log.lines().find(|l| l.contains("not using /dev/torpor")).map(strip_ansi);
+                        match why {
+                            Some(w) => note = format!(" (torpor.ko loaded, agent declined it: {})", w.split("not using").nth(1).map(|x| format!("not using{x}")).unwrap_or(w.clone())),
+                            None => bail!("torpor.ko was loaded but the agent's source is {s:?} and its log does not say why"),
+                        }
                     }
-                    Ok(format!("{agent}, protocol v{version}, source {s:?}, {:.0} ms", t.elapsed().as_secs_f64() * 1e3))
+                    Ok(format!("{agent}, protocol v{version}, source {s:?}{note}, {:.0} ms", t.elapsed().as_secs_f64() * 1e3))
                 }
                 r => bail!("unexpected response {r:?}"),
             }
@@ -155,6 +181,14 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, require_module: bool) {
         })(),
     );
     let _ = source;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(super::strip_ansi("\x1b[2mtime\x1b[0m \x1b[33m WARN\x1b[0m x"), "time  WARN x");
+    }
 }
 
 pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()> {
