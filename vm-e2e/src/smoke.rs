@@ -183,13 +183,6 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
     let _ = source;
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ansi_is_stripped() {
-        assert_eq!(super::strip_ansi("\x1b[2mtime\x1b[0m \x1b[33m WARN\x1b[0m x"), "time  WARN x");
-    }
-}
 
 pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()> {
     let mut c = Checks::default();
@@ -283,4 +276,12 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
         println!("{}", env.diagnostics(20));
     }
     c.finish("smoke")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(super::strip_ansi("\x1b[2mtime\x1b[0m \x1b[33m WARN\x1b[0m x"), "time  WARN x");
+    }
 }
