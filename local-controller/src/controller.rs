@@ -217,6 +217,8 @@ struct AppSlot {
     op: Mutex<()>,
     st: Mutex<AppRecord>,
     mon: Mutex<Monitor>,
+    /// VM apps: maps, guest RAM and the background fetcher (runtime only).
+    vm: Mutex<vm::VmRuntime>,
 }
 
 /// An event (also logged).
@@ -457,6 +459,7 @@ impl Controller {
                     op: Mutex::new(()),
                     st: Mutex::new(rec),
                     mon: Mutex::new(Monitor::new(cfg.overload_threshold)),
+                    vm: Mutex::new(vm::VmRuntime::default()),
                 }),
             );
         }
@@ -1022,7 +1025,15 @@ impl Controller {
         match res {
             Ok(_) => {
                 let timing = StartTiming { cold: true, spawn_s, probe_s, total_s: t0.elapsed().as_secs_f64(), unix_time: now_unix(), ..Default::default() };
-                self.finish_start(slot, timing)
+                let vm = if slot.cfg.is_vm() {
+                    match self.vm_after_cold_start(slot, t0) {
+                        Ok(v) => Some(v),
+                        Err(e) => return Err(self.fail_start(slot, e)),
+                    }
+                } else {
+                    None
+                };
+                self.finish_start_vm(slot, timing, vm)
             }
             Err(e) => Err(self.fail_start(slot, e)),
         }
@@ -1110,6 +1121,11 @@ impl Controller {
     }
 
     fn finish_start(&self, slot: &AppSlot, timing: StartTiming) -> Result<serde_json::Value, ApiError> {
+        self.finish_start_vm(slot, timing, None)
+    }
+
+    /// Like [`Self::finish_start`], with a VM app's `vm` report added to the answer.
+    fn finish_start_vm(&self, slot: &AppSlot, timing: StartTiming, vm: Option<serde_json::Value>) -> Result<serde_json::Value, ApiError> {
         let name = &slot.cfg.name;
         let pid = self.set(slot, |r| {
             r.state = AppState::Running;
@@ -1135,7 +1151,11 @@ impl Controller {
                 timing.total_s
             ),
         );
-        Ok(serde_json::json!({"app": name, "state": "running", "ready": true, "pid": pid, "cold": timing.cold, "timing": timing}))
+        let mut v = serde_json::json!({"app": name, "state": "running", "ready": true, "pid": pid, "cold": timing.cold, "timing": timing});
+        if let Some(vm) = vm {
+            v["vm"] = vm;
+        }
+        Ok(v)
     }
 
     /// A Start that did not reach "ready": leave the app frozen and purged (not half-started)
@@ -1194,6 +1214,9 @@ impl Controller {
     }
 
     fn stop_locked(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
+        if slot.cfg.is_vm() {
+            return self.stop_vm(slot);
+        }
         let name = slot.cfg.name.clone();
         let t0 = Instant::now();
         let (cgs, state) = {
@@ -1430,6 +1453,8 @@ impl Controller {
             "working_set_bytes": rec.working_set_bytes,
             "counters": rec.counters,
             "overload": ov,
+            "kind": slot.cfg.kind,
+            "vm": if slot.cfg.is_vm() { Some(self.vm_status(slot)) } else { None },
         }))
     }
 

@@ -22,5 +22,10 @@ echo "== torpord root suite (with a temporary swapfile)" >&2
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_torpord -- \
     --ignored --test-threads=1 --nocapture "$@"
 rc=$?
+echo "== torpord VM-app root suite (real qemu-system-x86_64 -accel tcg, fake guest agent)" >&2
+command -v qemu-system-x86_64 >/dev/null || { echo "run-root-tests.sh: qemu-system-x86_64 is needed (apt-get install qemu-system-x86)" >&2; rc=1; }
+# shellcheck disable=SC2086
+nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_vm -- \
+    --ignored --test-threads=1 --nocapture "$@" || rc=1
 echo "== torpord root suite: $( [ $rc = 0 ] && echo PASSED || echo FAILED ) in $(( $(date +%s) - start ))s" >&2
 exit $rc

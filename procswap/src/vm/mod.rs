@@ -53,19 +53,59 @@ pub enum VmError {
 /// Page states of a set of ranges of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PageCounts {
+    /// Present pages (excluding `zero_page` when zero pages were looked for).
     pub resident: u64,
     pub swapped: u64,
     /// Neither (never touched, or dropped).
     pub other: u64,
+    /// Present pages that map the kernel's shared zero page (read, never written: they hold
+    /// no memory and cannot be paged out). Only counted by [`page_counts_exact`].
+    pub zero_page: u64,
 }
 
 /// Count present / swapped pages of `ranges` in `pid` (pagemap).
 pub fn page_counts(pid: i32, ranges: &[Range]) -> Result<PageCounts, crate::Error> {
+    counts(pid, ranges, false)
+}
+
+/// Like [`page_counts`], and tells zero-page mappings apart (`/proc/kpageflags`
+/// `KPF_ZERO_PAGE`, root): the proof that a purge left no memory resident.
+pub fn page_counts_exact(pid: i32, ranges: &[Range]) -> Result<PageCounts, crate::Error> {
+    counts(pid, ranges, true)
+}
+
+const KPF_ZERO_PAGE: u64 = 1 << 24;
+
+fn counts(pid: i32, ranges: &[Range], zero: bool) -> Result<PageCounts, crate::Error> {
+    use std::os::unix::fs::FileExt;
     let mut pm = Pagemap::open(pid)?;
+    let kpf = if zero { std::fs::File::open("/proc/kpageflags").ok() } else { None };
     let mut c = PageCounts::default();
+    let mut zero_pfns = std::collections::HashSet::new();
     for r in ranges {
         pm.scan(r.start, r.end(), |_, info| match classify(&info) {
-            (true, _, _) => c.resident += 1,
+            (true, _, _) => {
+                let pfn = match &info {
+                    procfs::process::PageInfo::MemoryPage(f) => f.get_page_frame_number().0,
+                    _ => 0,
+                };
+                let is_zero = kpf.as_ref().is_some_and(|k| {
+                    pfn != 0
+                        && (zero_pfns.contains(&pfn) || {
+                            let mut b = [0u8; 8];
+                            let z = k.read_exact_at(&mut b, pfn * 8).is_ok() && u64::from_ne_bytes(b) & KPF_ZERO_PAGE != 0;
+                            if z {
+                                zero_pfns.insert(pfn);
+                            }
+                            z
+                        })
+                });
+                if is_zero {
+                    c.zero_page += 1;
+                } else {
+                    c.resident += 1;
+                }
+            }
             (false, _, Some(_)) => c.swapped += 1,
             _ => c.other += 1,
         })?;

@@ -31,11 +31,21 @@ pub struct TwinkleConfig {
     pub rest_pages_per_round: u64,
     /// Prefetch options for every fetch (threads, free floor).
     pub prefetch: PrefetchOptions,
+    /// Once the rest phase has nothing left, keep watching the segments that are still on swap
+    /// (free pages, untouched) this long after the last fetch, then end.
+    pub linger: Duration,
 }
 
 impl Default for TwinkleConfig {
     fn default() -> Self {
-        Self { segment_pages: 1024, threshold: 0.30, poll: Duration::from_millis(50), rest_pages_per_round: 4096, prefetch: PrefetchOptions::default() }
+        Self {
+            segment_pages: 1024,
+            threshold: 0.30,
+            poll: Duration::from_millis(50),
+            rest_pages_per_round: 4096,
+            prefetch: PrefetchOptions::default(),
+            linger: Duration::from_secs(10),
+        }
     }
 }
 
@@ -132,6 +142,11 @@ impl Tracker {
     /// Segments still watched (not done, with swapped pages).
     pub fn watching(&self) -> usize {
         self.segments.iter().filter(|s| !s.done && s.swapped_count > 0).count()
+    }
+
+    /// True when the rest phase has nothing left (segments may still be watched for faults).
+    pub fn rest_done(&self) -> bool {
+        self.segments.iter().all(|s| s.done || s.rest_class.is_none())
     }
 
     /// True when nothing is left: every segment done or without swapped pages and no rest.
@@ -283,8 +298,12 @@ fn run(
     stats: &Mutex<TwinkleStats>,
 ) -> crate::Result<&'static str> {
     let upd = |f: &dyn Fn(&mut TwinkleStats)| f(&mut stats.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut last_fetch = Instant::now();
     loop {
         if tr.finished() {
+            return Ok("finished");
+        }
+        if (tr.rest_done() || cfg.rest_pages_per_round == 0) && last_fetch.elapsed() >= cfg.linger {
             return Ok("finished");
         }
         // Sleep one poll period in small steps, so a stop is honoured quickly.
@@ -310,6 +329,7 @@ fn run(
             let ranges: Vec<Range> = triggered.iter().map(|&i| Range { start: tr.segments[i].start, len: tr.segments[i].pages * ps }).collect();
             let r = super::fetch_ranges(backend, pid, ranges, &cfg.prefetch)?;
             let n = triggered.len() as u64;
+            last_fetch = Instant::now();
             upd(&|s| {
                 s.segments_triggered += n;
                 s.twinkle_pages += r.read_issued_bytes / ps;
@@ -320,13 +340,12 @@ fn run(
                 let ranges: Vec<Range> = take.iter().flat_map(|&i| tr.segments[i].rest_ranges.clone()).collect();
                 let r = super::fetch_ranges(backend, pid, ranges, &cfg.prefetch)?;
                 let n = take.len() as u64;
+                last_fetch = Instant::now();
                 upd(&|s| {
                     s.segments_rest += n;
                     s.rest_pages += r.read_issued_bytes / ps;
                 });
             }
-        } else if tr.watching() == 0 {
-            return Ok("finished");
         }
         upd(&|s| s.rounds += 1);
     }
@@ -396,6 +415,7 @@ mod tests {
         assert_eq!(t.take_rest(1024), vec![3]);
         assert_eq!(t.take_rest(1 << 20), vec![0]);
         assert!(t.take_rest(1 << 20).is_empty());
+        assert!(t.rest_done());
         // Segment 4 (all free: no rest) is still watched for faults.
         assert!(!t.finished());
         assert!(t.observe(4, &vec![true; n]));

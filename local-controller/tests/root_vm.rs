@@ -1,0 +1,402 @@
+//! torpord VM apps (`kind = "vm"`), root suite: a real QEMU (`-accel tcg -S`, no guest OS)
+//! run by torpord, a fake guest agent on the agent socket (the test serves the guest-enlight
+//! protocol with a known layout, free bitmap and priority map), real cgroups and swap.
+//! Run through `local-controller/tests/run-root-tests.sh` (root, under with-swap.sh):
+//!   cargo test -p local-controller --test root_vm -- --ignored --test-threads=1 --nocapture
+//!
+//! Guest RAM 64..128 MiB is filled with a random pattern through /proc/PID/mem (at the host
+//! address torpord's mechanism translates to) and read back by QEMU itself (HMP `pmemsave`)
+//! after every Start: the content must be unchanged whatever the mode, and the pages the fake
+//! guest called free (96..112 MiB) must never be prefetched ahead (they come back on demand).
+
+use guest_enlight::protocol::{encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD};
+use guest_enlight::{Category, FreeBitmap, MapInfo, MapSourceKind, PfnRange, PriorityMap, RamLayout};
+use local_controller::client::request;
+use procswap::vm::{GuestRam, Qmp};
+use procswap::Range;
+use serde_json::Value;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
+const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
+const MIB: u64 = 1 << 20;
+const PS: u64 = 4096;
+/// Regions (guest-physical): Kernel, User_Data, free, Other.
+const K: u64 = 64 * MIB;
+const U: u64 = 80 * MIB;
+const F: u64 = 96 * MIB;
+const O: u64 = 112 * MIB;
+const END: u64 = 128 * MIB;
+const REGION_PAGES: u64 = 16 * MIB / PS;
+
+fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let r = request(sock, method, path, body, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.json().unwrap_or(Value::Null))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fake agent's maps: a pc guest with 512 MiB (System RAM 4 KiB..636 KiB and 1 MiB..512 MiB).
+fn fake_maps() -> (RamLayout, FreeBitmap, PriorityMap) {
+    let layout = RamLayout::new(vec![PfnRange { start: 1, count: 0x9e }, PfnRange { start: 0x100, count: 0x20000 - 0x100 }]).unwrap();
+    let info = MapInfo::now(MapSourceKind::PortableApprox, Duration::from_millis(1), 16000);
+    let idx = |gpa: u64| layout.index_of(gpa / PS).unwrap();
+    let mut free = FreeBitmap::new(layout.clone(), info);
+    free.set_range(idx(F), REGION_PAGES);
+    let mut pri = PriorityMap::new(layout.clone(), info);
+    for i in 0..REGION_PAGES {
+        pri.raise(idx(K) + i, Category::Kernel);
+        pri.raise(idx(U) + i, Category::UserData);
+    }
+    (layout, free, pri)
+}
+
+/// Serve the agent protocol on `path` until `stop`; counts connections.
+fn fake_agent(path: PathBuf, stop: Arc<AtomicBool>, conns: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    let l = UnixListener::bind(&path).unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let (layout, free, pri) = fake_maps();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            conns.fetch_add(1, Ordering::Relaxed);
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            while let Ok(f) = read_frame(&mut s, DEFAULT_MAX_PAYLOAD) {
+                let resp = match Request::decode(&f) {
+                    Ok(Request::Hello { .. }) => Response::Hello { version: 1, agent: "fake-agent".into(), page_size: 4096, source: MapSourceKind::PortableApprox },
+                    Ok(Request::Ping { nonce }) => Response::Pong { nonce },
+                    Ok(Request::GetLayout) => Response::Layout { page_size: 4096, layout: layout.clone() },
+                    Ok(Request::GetFreeBitmap) => Response::FreeBitmap(WireMap::from_free_bitmap(&free)),
+                    Ok(Request::GetPriorityMap { .. }) => Response::PriorityMap(WireMap::from_priority_map(&pri)),
+                    Err(e) => panic!("fake agent: {e}"),
+                };
+                if s.write_all(&encode_frame(&resp.to_frame(f.request_id))).is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+struct Fixture {
+    dir: PathBuf,
+    parent: String,
+    sock: PathBuf,
+    qmp: PathBuf,
+    agent: PathBuf,
+    daemon: Option<Child>,
+    agent_stop: Arc<AtomicBool>,
+    agent_conns: Arc<AtomicU64>,
+    agent_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn qemu_argv(qmp: &Path, mem: &str) -> Vec<String> {
+    ["qemu-system-x86_64", "-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-M", "pc", "-m", mem, "-qmp"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("unix:{},server=on,wait=off", qmp.display())])
+        .collect()
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "the root suite needs root");
+        assert!(Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-system-x86_64 is needed");
+        let parent = format!("torpor-vmtest-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&parent);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("torpord.sock");
+        let qmp = dir.join("guest.qmp");
+        let agent = dir.join("guest.agent");
+        let toml = format!(
+            "socket = {sock:?}\nstate_dir = {:?}\ncgroup_parent = {parent:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\n\n\
+             [[app]]\nname = \"guest\"\nkind = \"vm\"\ncommand = {:?}\nvm = {{ qmp = {qmp:?}, agent = {agent:?}, agent_timeout = \"2s\" }}\n\n\
+             [[app]]\nname = \"badqmp\"\nkind = \"vm\"\ncommand = {:?}\nvm = {{ qmp = {:?}, qmp_timeout = \"1s\" }}\nready_timeout = \"2s\"\n",
+            dir.join("state"),
+            qemu_argv(&qmp, "512"),
+            qemu_argv(&dir.join("real.qmp"), "64"),
+            dir.join("wrong.qmp"),
+        );
+        std::fs::write(dir.join("torpord.toml"), toml).unwrap();
+        let agent_stop = Arc::new(AtomicBool::new(false));
+        let agent_conns = Arc::new(AtomicU64::new(0));
+        let agent_thread = Some(fake_agent(agent.clone(), agent_stop.clone(), agent_conns.clone()));
+        let log = std::fs::File::create(dir.join("torpord.log")).unwrap();
+        let daemon = Command::new(TORPORD)
+            .arg("--config")
+            .arg(dir.join("torpord.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let f = Fixture { dir, parent, sock, qmp, agent, daemon: Some(daemon), agent_stop, agent_conns, agent_thread };
+        wait_until("torpord's socket", Duration::from_secs(30), || {
+            request(&f.sock, "GET", "/v1/health", None, Duration::from_secs(5)).map(|r| r.status == 200).unwrap_or(false)
+        });
+        f
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        api(&self.sock, method, path, body)
+    }
+
+    fn stop_agent(&mut self) {
+        self.agent_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.agent_thread.take() {
+            h.join().unwrap();
+        }
+        let _ = std::fs::remove_file(&self.agent);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("torpord.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.agent_stop.store(true, Ordering::Relaxed);
+        let m = procswap::cgroup::mounts().unwrap();
+        for mt in [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten() {
+            let parent = mt.mount_point.join(&self.parent);
+            let Ok(rd) = std::fs::read_dir(&parent) else { continue };
+            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
+                let d = e.path();
+                let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+                let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+                for _ in 0..100 {
+                    let pids = procswap::cgroup::procs(&d).unwrap_or_default();
+                    if pids.is_empty() {
+                        break;
+                    }
+                    for p in pids {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = procswap::cgroup::remove(&d);
+            }
+            let _ = procswap::cgroup::remove(&parent);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn qmp(f: &Fixture) -> Qmp {
+    Qmp::connect_retry(&f.qmp, Duration::from_secs(10), Instant::now() + Duration::from_secs(20)).expect("QMP")
+}
+
+/// QEMU reads guest RAM [K, END) by guest-physical address into a file.
+fn pmemsave(f: &Fixture, tag: &str) -> Vec<u8> {
+    let mut q = qmp(f);
+    let out = f.dir.join(format!("pmem-{tag}"));
+    let r = q.hmp(&format!("pmemsave {K:#x} {:#x} \"{}\"", END - K, out.display())).unwrap();
+    assert!(r.trim().is_empty(), "pmemsave: {r}");
+    let mut b = Vec::new();
+    std::fs::File::open(&out).unwrap().read_to_end(&mut b).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    b
+}
+
+fn region(ram: &GuestRam, a: u64, b: u64) -> Vec<Range> {
+    vec![Range { start: ram.gpa_to_hva(a).unwrap(), len: b - a }]
+}
+
+fn counts(pid: i32, ram: &GuestRam, a: u64, b: u64) -> procswap::vm::PageCounts {
+    procswap::vm::page_counts(pid, &region(ram, a, b)).unwrap()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+#[ignore = "root: run through local-controller/tests/run-root-tests.sh"]
+fn vm_app_stop_purge_start_each_mode_content_unchanged() {
+    let mut f = Fixture::new();
+    // Cold start: QEMU spawned in its cgroup, QMP answers.
+    let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
+    assert_eq!(s, 200, "{v:#}");
+    assert_eq!((v["cold"].as_bool(), v["vm"]["cold"].as_bool()), (Some(true), Some(true)), "{v:#}");
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    assert_eq!(v["vm"]["status"], "prelaunch", "{v:#}");
+
+    // Fill guest RAM [64, 128) MiB through QEMU's memory at the translated addresses.
+    let ram = {
+        let mut q = qmp(&f);
+        GuestRam::discover(&mut q, pid).unwrap()
+    };
+    let pat = pattern((END - K) as usize);
+    {
+        let mut mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).unwrap();
+        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap())).unwrap();
+        mem.write_all(&pat).unwrap();
+    }
+    assert!(pmemsave(&f, "initial") == pat, "the pattern is not where the guest sees it");
+    let all = REGION_PAGES * 4;
+
+    for (round, mode) in ["priority", "full", "none", "priority"].into_iter().enumerate() {
+        // Stop: maps from the agent, QMP stop, freeze, purge, verified evicted.
+        let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
+        assert_eq!(s, 200, "{v:#}");
+        let vm = &v["vm"];
+        assert_eq!(v["state"], "standby", "{v:#}");
+        assert_eq!(vm["maps"], "fresh", "{v:#}");
+        assert_eq!(u(&vm["agent"]["free_pages"]), REGION_PAGES, "{v:#}");
+        assert_eq!(vm["status_after"], if round == 0 { "prelaunch" } else { "paused" }, "{v:#}");
+        assert_eq!(vm["evidence"]["evicted"], true, "{v:#}");
+        // Once the firmware ran, PAM shadowing makes parts of 0xc0000-0xfffff RAM too: the flat
+        // view (rediscovered at every Stop) grows by those pages.
+        let gb = u(&vm["guest_ram"]["bytes"]);
+        assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#}");
+        let ev_after = &vm["evidence"]["after"];
+        assert!(u(&ev_after["guest_swapped_pages"]) >= all, "{v:#}");
+        let c = counts(pid, &ram, K, END);
+        assert_eq!((c.resident, c.swapped), (0, all), "pattern region after the purge (round {round})");
+
+        // Start with the mode given per request.
+        let body = format!("{{\"prefetch\": \"{mode}\"}}");
+        let (s, v) = f.api("POST", "/v1/apps/guest/start", Some(&body));
+        assert_eq!(s, 200, "{v:#}");
+        let vm = &v["vm"];
+        eprintln!(
+            "round {round} {mode}: prefetch {} ms, {} pages, skipped free {}, ready {} ms, pswpin +{} (+{} during prefetch)",
+            vm["prefetch_ms"], vm["prefetched_pages"], vm["skipped_free_pages"], vm["ready_ms"], vm["pswpin_delta"], vm["pswpin_delta_prefetch"]
+        );
+        assert_eq!((vm["mode"].as_str(), vm["effective"].as_str()), (Some(mode), Some(mode)), "{v:#}");
+        assert_eq!(v["timing"]["prefetch_mode"], mode);
+        let after = |a, b| counts(pid, &ram, a, b);
+        match mode {
+            "priority" => {
+                let cls = vm["classes"].as_array().unwrap();
+                assert_eq!(cls.len(), 10);
+                assert_eq!((u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])), (REGION_PAGES, REGION_PAGES), "{v:#}");
+                assert_eq!(u(&cls[8]["fetched_pages"]), 0, "class 8 is left to the background: {v:#}");
+                assert_eq!(u(&vm["skipped_free_pages"]), REGION_PAGES, "{v:#}");
+                assert!(u(&vm["pswpin_delta_prefetch"]) >= 2 * REGION_PAGES * 9 / 10, "swap-in evidence: {v:#}");
+                assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
+                // Second priority round: the "guest" faults every other page of [F, F+8 MiB)
+                // in (reads through /proc/PID/mem fault swapped pages in, as guest accesses
+                // would): every 1024-page segment inside that window passes 30 % and Twinkle
+                // fetches its other half.
+                if round == 3 {
+                    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+                    let mut b = [0u8; 1];
+                    for p in (0..(8 * MIB / PS)).step_by(2) {
+                        mem.seek(SeekFrom::Start(ram.gpa_to_hva(F + p * PS).unwrap())).unwrap();
+                        mem.read_exact(&mut b).unwrap();
+                    }
+                }
+                // The background fetcher takes the rest (class 8) but never the free pages.
+                wait_until("the background fetch", Duration::from_secs(120), || {
+                    f.api("GET", "/v1/apps/guest", None).1["vm"]["background"]["running"] == false
+                });
+                let st = f.api("GET", "/v1/apps/guest", None).1;
+                let bg = &st["vm"]["background"];
+                eprintln!("round {round} background: {bg}");
+                assert_eq!(bg["ended"], "finished", "{st:#}");
+                assert!(u(&bg["rest_pages"]) >= REGION_PAGES, "{st:#}");
+                assert_eq!(after(O, END).swapped, 0, "class 8 fetched in the background");
+                if round == 3 {
+                    assert!(u(&bg["segments_triggered"]) >= 1, "{st:#}");
+                    assert!(u(&bg["twinkle_pages"]) >= 500, "{st:#}");
+                    let win = after(F, F + 8 * MIB);
+                    assert!(win.swapped <= 512, "Twinkle fetched the triggered segments: {win:?}");
+                    assert_eq!(after(F + 12 * MIB, O).swapped, 1024, "untouched free pages stay on swap");
+                } else {
+                    assert_eq!(u(&bg["segments_triggered"]), 0, "{st:#}");
+                    assert_eq!(after(F, O).swapped, REGION_PAGES, "free pages must not be prefetched");
+                }
+            }
+            "full" => {
+                assert!(u(&vm["prefetched_pages"]) >= all, "{v:#}");
+                assert_eq!(after(K, END).swapped, 0);
+                assert!(vm["background"].is_null());
+            }
+            _ => {
+                assert_eq!(u(&vm["prefetched_pages"]), 0, "{v:#}");
+                assert!(after(K, END).swapped >= all * 9 / 10, "none: demand paging only");
+            }
+        }
+        assert_eq!(f.api("GET", "/v1/apps/guest", None).1["state"], "running");
+        // Whatever was fetched or skipped: the guest sees exactly what was written.
+        assert!(pmemsave(&f, mode) == pat, "round {round} ({mode}): guest RAM content changed");
+    }
+
+    // Bad requests: a process-only mode, an unknown mode, not JSON, an unknown field.
+    for body in [r#"{"prefetch": "working-set-only"}"#, r#"{"prefetch": "most"}"#, "prefetch=none", r#"{"prefetch": "none", "x": 1}"#] {
+        let (s, v) = f.api("POST", "/v1/apps/guest/start", Some(body));
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{body}: {v:#}");
+    }
+
+    // The CLI: torpor stop / start --prefetch none --json.
+    let out = Command::new(TORPOR).args(["--socket"]).arg(&f.sock).args(["stop", "guest"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("guest RAM resident"), "{text}");
+    let out = Command::new(TORPOR).args(["--json", "--socket"]).arg(&f.sock).args(["start", "guest", "--prefetch", "none"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vm"]["mode"], "none", "{v:#}");
+    let bad = Command::new(TORPOR).args(["--socket"]).arg(&f.sock).args(["start", "guest", "--prefetch", "sometimes"]).output().unwrap();
+    assert!(!bad.status.success());
+
+    // Agent gone: Stop proceeds without maps (and says why); priority then runs as full.
+    let conns = f.agent_conns.load(Ordering::Relaxed);
+    assert!(conns >= 5, "agent connections {conns}");
+    f.stop_agent();
+    let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
+    assert_eq!(s, 200, "{v:#}");
+    assert_eq!(v["vm"]["maps"], "none", "{v:#}");
+    assert!(v["vm"]["agent_note"].as_str().unwrap().contains("cannot connect"), "{v:#}");
+    assert_eq!(v["vm"]["evidence"]["evicted"], true, "{v:#}");
+    let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
+    assert_eq!(s, 200, "{v:#}");
+    assert_eq!((v["vm"]["mode"].as_str(), v["vm"]["effective"].as_str()), (Some("priority"), Some("full")), "{v:#}");
+    assert_eq!(counts(pid, &ram, K, END).swapped, 0);
+    assert!(pmemsave(&f, "noagent") == pat, "guest RAM content changed (no agent)");
+
+    // QMP socket missing: a clear start failure naming it.
+    let (s, v) = f.api("POST", "/v1/apps/badqmp/start", None);
+    assert!(s == 503 || s == 500, "{s} {v:#}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("wrong.qmp") && msg.contains("QMP"), "{msg}");
+}
