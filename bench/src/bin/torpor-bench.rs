@@ -1027,16 +1027,17 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
     let at = |l: u32| ratio_at.iter().find(|r| r.0 == l).map(|r| r.1);
     let verdict = |l: u32, target: f64| match at(l) {
         Some(r) if r > target => format!("{r:.1}× — MET"),
-        Some(r) => format!(
-            "{r:.1}× — NOT MET: the ratio is bounded by the cold start, and a warm-cache Tomcat with this small webapp starts in seconds where the paper's JBoss app took over 90 s; the torpor resume itself is {:.2} s here",
-            get(l, names[2]).map(|s| s.median).unwrap_or(f64::NAN)
-        ),
+        Some(r) => format!("{r:.1}× — NOT MET (torpor resume {:.2} s)", get(l, names[2]).map(|s| s.median).unwrap_or(f64::NAN)),
         None => "not measured".into(),
     };
     let _ = writeln!(
         o,
         "\nPaper (seed 004, prose): enhanced resume \"over 20×\" faster than a cold start on an idle machine, \"over 30×\" at 40% CPU load. \
-         Here: idle {}; 40% {}. Ratios are of medians from this one interleaved run.\n",
+         Here: idle {}; 40% {}. Ratios are of medians from this one interleaved run. Where a target is missed, the reason is the \
+         denominator: the ratio is bounded by the cold start, and a warm-cache Tomcat with this small webapp starts in seconds where the \
+         paper's JBoss application took over 90 s; the resumes themselves take well under a second to a few seconds. The burners also reach \
+         less than their target where the machine is already busy with other work (see the achieved columns): competing load here is what \
+         the burners add on top of an already loaded machine.\n",
         verdict(0, 20.0),
         verdict(40, 30.0)
     );
