@@ -261,20 +261,8 @@ impl MapSource for KmodSource {
         let mut b = FreeBitmap::new(layout.clone(), MapInfo::now(MapSourceKind::ModuleExact, Duration::from_nanos(rep.ns), 0));
         let mut i = 0u64;
         for r in &layout.ranges {
-            let mut pfn = r.start;
-            while pfn < r.end() {
-                // Skip whole zero bytes (8 PFNs in use) at once.
-                if pfn % 8 == 0 && pfn + 8 <= r.end() && bits.get((pfn / 8) as usize).is_none_or(|&x| x == 0) {
-                    pfn += 8;
-                    i += 8;
-                    continue;
-                }
-                if pfn < rep.end_pfn && bits[(pfn / 8) as usize] >> (pfn % 8) & 1 == 1 {
-                    b.set(i, true);
-                }
-                pfn += 1;
-                i += 1;
-            }
+            b.or_bits_from(i, &bits, r.start, r.count);
+            i += r.count;
         }
         self.last_stats.end_pfn = rep.end_pfn;
         self.last_stats.free_ns = rep.ns;

@@ -89,6 +89,34 @@ impl FreeBitmap {
             self.set(i, true);
         }
     }
+    /// Set index `start + k` for every `k < count` whose bit `src_start + k` is set in `src`
+    /// (bit i = byte i/8, bit i%8, as the module's FREE_BITMAP); bits past the end of `src` count
+    /// as clear. 64 bits at a time. `start + count` must not exceed [`Self::len`].
+    pub fn or_bits_from(&mut self, start: u64, src: &[u8], src_start: u64, count: u64) {
+        assert!(start + count <= self.len, "or_bits_from past the end");
+        let mut k = 0;
+        while k < count {
+            let n = (count - k).min(64);
+            let bit = src_start + k;
+            let byte = (bit / 8) as usize;
+            let mut buf = [0u8; 16];
+            if byte < src.len() {
+                let end = src.len().min(byte + 9);
+                buf[..end - byte].copy_from_slice(&src[byte..end]);
+            }
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            let v = ((u128::from_le_bytes(buf) >> (bit % 8)) as u64) & mask;
+            if v != 0 {
+                let idx = start + k;
+                let (w, sh) = ((idx / 64) as usize, idx % 64);
+                self.words[w] |= v << sh;
+                if sh != 0 && sh + n > 64 {
+                    self.words[w + 1] |= v >> (64 - sh);
+                }
+            }
+            k += n;
+        }
+    }
     /// Number of free pages.
     pub fn count_free(&self) -> u64 {
         self.words.iter().map(|w| w.count_ones() as u64).sum()
@@ -156,6 +184,32 @@ mod tests {
         assert_eq!(b.is_free_pfn(105), Some(false));
         assert_eq!(b.is_free_pfn(90), None);
         assert!(info().approximate);
+    }
+
+    #[test]
+    fn or_bits_from_matches_bit_by_bit() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let src: Vec<u8> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for (start, src_start, count) in [(0, 0, 2000), (3, 5, 1000), (63, 1, 130), (64, 7, 64), (100, 2390, 300), (5, 0, 1)] {
+            let l = RamLayout::new(vec![PfnRange { start: 0, count: 2500 }]).unwrap();
+            let mut fast = FreeBitmap::new(l.clone(), info());
+            let mut slow = FreeBitmap::new(l, info());
+            fast.or_bits_from(start, &src, src_start, count);
+            for k in 0..count {
+                let b = src_start + k;
+                if src.get((b / 8) as usize).is_some_and(|&v| v >> (b % 8) & 1 == 1) {
+                    slow.set(start + k, true);
+                }
+            }
+            assert_eq!(fast, slow, "start {start} src_start {src_start} count {count}");
+        }
     }
 
     #[test]
