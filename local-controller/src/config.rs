@@ -19,6 +19,13 @@
 //! ready = { http = "http://127.0.0.1:8080/" }   # or { tcp = 8080 } or { command = ["curl", "-f", "..."] }
 //! ready_timeout = "30s"
 //! prestart = true
+//!
+//! [[app]]
+//! name = "guest"
+//! kind = "vm"                                   # default "process"
+//! command = ["qemu-system-x86_64", "...", "-qmp", "unix:/run/x/guest.qmp,server=on,wait=off"]
+//! vm = { qmp = "/run/x/guest.qmp", agent = "/run/x/guest.agent" }
+//! vm_prefetch = "priority"                      # priority | full | none
 //! ```
 
 use serde::{Deserialize, Serialize};

@@ -301,6 +301,10 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
             "round {round} {mode}: prefetch {} ms, {} pages, skipped free {}, ready {} ms, pswpin +{} (+{} during prefetch)",
             vm["prefetch_ms"], vm["prefetched_pages"], vm["skipped_free_pages"], vm["ready_ms"], vm["pswpin_delta"], vm["pswpin_delta_prefetch"]
         );
+        if mode == "priority" {
+            let c = &vm["classes"];
+            eprintln!("  qemu own {} pages in {} ms; class 0 {} ms, class 5 {} ms", vm["qemu_own_pages"], vm["qemu_own_ms"], c[0]["ms"], c[5]["ms"]);
+        }
         assert_eq!((vm["mode"].as_str(), vm["effective"].as_str()), (Some(mode), Some(mode)), "{v:#}");
         assert_eq!(v["timing"]["prefetch_mode"], mode);
         let after = |a, b| counts(pid, &ram, a, b);

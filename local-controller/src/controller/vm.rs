@@ -54,6 +54,8 @@ pub struct ClassFetch {
     /// Pages whose reads were issued before `cont`.
     pub fetched_pages: u64,
     pub fetched_bytes: u64,
+    /// Time of this class's prefetch call, ms.
+    pub ms: f64,
 }
 
 fn pswpin() -> u64 {
@@ -321,6 +323,7 @@ impl Controller {
         let mut timing = StartTiming { prefetch_mode: Some(effective.as_str().to_string()), ..Default::default() };
         let mut classes: Vec<ClassFetch> = Vec::new();
         let mut qemu_own_pages = 0u64;
+        let mut qemu_own_ms = 0.0;
         let mut plan: Option<Plan> = None;
         let note_err = |what: &str, e: &dyn std::fmt::Display| {
             self.event(Some(&name), "error", format!("{what} failed (continuing; demand paging brings the rest): {e}"));
@@ -342,6 +345,7 @@ impl Controller {
                 let (m, _) = maps.as_ref().expect("priority needs maps");
                 let p = Plan::build(ram, ps, |pfn| m.classify(pfn));
                 // QEMU itself first (its heap, TCG/KVM state): nothing runs without it.
+                let tq = Instant::now();
                 match vm::qemu_own_ranges(qpid, ram).and_then(|own| vm::fetch_ranges(&*self.backend, qpid, own, &base)) {
                     Ok(r) => {
                         qemu_own_pages = r.read_issued_bytes / ps;
@@ -349,8 +353,11 @@ impl Controller {
                     }
                     Err(e) => note_err("prefetch of QEMU's own memory", &e),
                 }
+                qemu_own_ms = ms(tq.elapsed());
                 for c in &p.classes {
-                    let mut cf = ClassFetch { class: c.class, name: vm::class_name(c.class), planned_pages: c.pages, swapped_pages: 0, fetched_pages: 0, fetched_bytes: 0 };
+                    let tc = Instant::now();
+                    let mut cf =
+                        ClassFetch { class: c.class, name: vm::class_name(c.class), planned_pages: c.pages, swapped_pages: 0, fetched_pages: 0, fetched_bytes: 0, ms: 0.0 };
                     if c.class <= BEFORE_CONT_MAX_CLASS && c.pages > 0 && timing.prefetch_stopped.is_none() {
                         match vm::fetch_ranges(&*self.backend, qpid, c.ranges.clone(), &base) {
                             Ok(r) => {
@@ -361,6 +368,7 @@ impl Controller {
                             }
                             Err(e) => note_err(&format!("prefetch of class {}", c.class), &e),
                         }
+                        cf.ms = ms(tc.elapsed());
                     } else if c.pages > 0 {
                         cf.swapped_pages = vm::page_counts(qpid, &c.ranges).map(|k| k.swapped).unwrap_or(0);
                     }
@@ -429,6 +437,7 @@ impl Controller {
             "prefetched_pages": prefetched_pages,
             "prefetched_bytes": timing.prefetch_bytes,
             "qemu_own_pages": qemu_own_pages,
+            "qemu_own_ms": qemu_own_ms,
             "classes": classes,
             "skipped_free_pages": plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0),
             "guest_ram_bytes": ram.as_ref().map(|r| r.bytes()),
