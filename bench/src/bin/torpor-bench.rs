@@ -583,9 +583,12 @@ fn contribution(ctx: &Ctx) -> Result<String> {
          Before every timed resume each child is frozen and purged the same way (for pages that already own a swap slot the purge only drops \
          the clean swap-cache copy — it writes nothing, so each child keeps the layout it was given; the extents column below proves it) and \
          memory is proven out. The four configurations alternate within each trial (order reversed every other trial).\n\n\
-         **Not reproduced: \"free memory only\"** (the paper's pre-purge that keeps free memory so a resume never waits for reclaim). In all four \
+         **\"Free memory only\" is a separate experiment** (`free-memory`, run in our guest by `scripts/vm-free-memory.sh`): in all four \
          configurations here the machine and the child's memcg have ample free memory at resume time (the limit is lifted before any timed resume), \
-         so every configuration already has the free-memory enhancement's benefit; a run without free memory (a hog filling the memcg/host) is missing. An attempt (not committed as code) put the bench, both children and a dirty N MiB hog under one v1 memcg limit (N + N/8 + 16 MiB, then N + N/4 + 96 MiB) so the resumed child would have to reclaim the hog, with a pre-purged hog as the enhancement: resuming under the limit got a child memcg-OOM-killed in both settings (swap writeback of the dirty hog too slow for the memcg's reclaim retries) and the surviving trials were too noisy (none 1.4–4.9 s at 256 MiB) to report.\n\n\
+         so every configuration already has the free-memory enhancement's benefit. Measuring its absence needs a full machine: an attempt here put \
+         the bench, both children and a dirty hog under one v1 memcg limit, and the resumed children got memcg-OOM-killed (most likely the memcg's reclaim \
+         retries ran out while the dirty hog's swap writeback was in flight; not investigated further); `free-memory` instead fills a 2 GiB guest with dirty hogs (global pressure, no \
+         memcg limits) and has torpor pre-purge an idle one.\n\n\
          Kernel layout: limit {} MiB, {} rewrites in {:.2} s, {:.2} s in all.\n",
         churn_pages(mib),
         kl.limit_bytes / MIB,
