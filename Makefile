@@ -67,7 +67,8 @@ torpord-test: deps
 # CPU-load sweep and Tomcat cold start vs resume with a 64 MiB webapp). `make bench-full`:
 # resume_touch_all at 64/256/1024 MiB, the full experiment set (size sweep to 2 GiB, Tomcat
 # with 128/256 MiB webapps), the in-guest benchmark on all three disk models and their combined
-# table (bench/results/disk-models/). Results go to bench/results/.
+# table (bench/results/disk-models/), and experiment 3's "free memory only" row in the guest
+# (bench/results/free-memory/). Results go to bench/results/.
 bench: deps
 	TORPOR_BENCH_QUICK=1 CARGO=$(CARGO) bench/run-resume-bench.sh
 	CARGO=$(CARGO) bench/run-experiments.sh --quick
@@ -79,6 +80,7 @@ bench-full: deps
 	$(MAKE) --no-print-directory vm-bench VM_DISK=ssd
 	$(MAKE) --no-print-directory vm-bench VM_DISK=hdd
 	CARGO=$(CARGO) bench/run-experiments.sh disk-models
+	CARGO=$(CARGO) scripts/vm-free-memory.sh
 
 # In-guest benchmark of the module backend (256 MiB touch-all, 128 MiB on hdd, interleaved,
 # throttled virtio swap disk: VM_DISK=ssd|hdd|fast): stock demand paging vs stock prefetch vs
