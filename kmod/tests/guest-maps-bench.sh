@@ -29,14 +29,15 @@ run idle-portable "$NP" portable
 fifo=/tmp/maps-bench.$$
 mkfifo "$fifo"
 "$TC" < "$fifo" > "$fifo.out" &
+tc=$!
 exec 7>"$fifo"
 echo "ALLOC 512 - 0" >&7
 while ! grep -q READY "$fifo.out"; do sleep 0.5; done
-echo "TOUCH 0 512 600000" >&7
+echo "TOUCH 0 512 300000" >&7
 sleep 2
 run loaded512-kmod "$N" kmod
 run loaded512-portable "$NP" portable
-kill %1 2>/dev/null
+kill "$tc" 2>/dev/null
 exec 7>&-
 wait
 rmmod torpor
