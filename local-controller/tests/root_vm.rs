@@ -289,8 +289,14 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#}");
         let ev_after = &vm["evidence"]["after"];
         assert!(u(&ev_after["guest_swapped_pages"]) >= all, "{v:#}");
+        // procswap's purge is verified by its own figures; on a loaded host MADV_PAGEOUT can
+        // leave a few pages (seen once: 140 of 16384), hence the 1 % of `evicted`.
         let c = counts(pid, &ram, K, END);
-        assert_eq!((c.resident, c.swapped), (0, all), "pattern region after the purge (round {round})");
+        eprintln!("round {round}: pattern region after the purge: {c:?}");
+        assert!(c.resident * 100 <= all && c.resident + c.swapped == all, "pattern region after the purge (round {round}): {c:?}");
+        // Baselines: what is on swap in the free region, and in its untouched tail.
+        let f_swapped = counts(pid, &ram, F, O).swapped;
+        let f_tail_swapped = counts(pid, &ram, F + 12 * MIB, O).swapped;
 
         // Start with the mode given per request.
         let body = format!("{{\"prefetch\": \"{mode}\"}}");
@@ -303,7 +309,10 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         );
         if mode == "priority" {
             let c = &vm["classes"];
-            eprintln!("  qemu own {} pages in {} ms; class 0 {} ms, class 5 {} ms", vm["qemu_own_pages"], vm["qemu_own_ms"], c[0]["ms"], c[5]["ms"]);
+            eprintln!(
+                "  qemu own {} pages; single pass {}: plan+scans {} ms, fetch call {} ms; per class (ordered calls): qemu {} ms, class 0 {} ms, class 5 {} ms",
+                vm["qemu_own_pages"], vm["single_pass"], vm["plan_ms"], vm["fetch_call_ms"], vm["qemu_own_ms"], c[0]["ms"], c[5]["ms"]
+            );
         }
         assert_eq!((vm["mode"].as_str(), vm["effective"].as_str()), (Some(mode), Some(mode)), "{v:#}");
         assert_eq!(v["timing"]["prefetch_mode"], mode);
@@ -312,10 +321,12 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
             "priority" => {
                 let cls = vm["classes"].as_array().unwrap();
                 assert_eq!(cls.len(), 10);
-                assert_eq!((u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])), (REGION_PAGES, REGION_PAGES), "{v:#}");
+                let (s0, s5) = (u(&cls[0]["swapped_pages"]), u(&cls[5]["swapped_pages"]));
+                assert!(s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99, "{v:#}");
+                assert_eq!((u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])), (s0, s5), "{v:#}");
                 assert_eq!(u(&cls[8]["fetched_pages"]), 0, "class 8 is left to the background: {v:#}");
                 assert_eq!(u(&vm["skipped_free_pages"]), REGION_PAGES, "{v:#}");
-                assert!(u(&vm["pswpin_delta_prefetch"]) >= 2 * REGION_PAGES * 9 / 10, "swap-in evidence: {v:#}");
+                assert!(u(&vm["pswpin_delta_prefetch"]) >= (s0 + s5) * 9 / 10, "swap-in evidence: {v:#}");
                 assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
                 // Second priority round: the "guest" faults every other page of [F, F+8 MiB)
                 // in (reads through /proc/PID/mem fault swapped pages in, as guest accesses
@@ -337,21 +348,21 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                 let bg = &st["vm"]["background"];
                 eprintln!("round {round} background: {bg}");
                 assert_eq!(bg["ended"], "finished", "{st:#}");
-                assert!(u(&bg["rest_pages"]) >= REGION_PAGES, "{st:#}");
+                assert!(u(&bg["rest_pages"]) * 100 >= REGION_PAGES * 99, "{st:#}");
                 assert_eq!(after(O, END).swapped, 0, "class 8 fetched in the background");
                 if round == 3 {
                     assert!(u(&bg["segments_triggered"]) >= 1, "{st:#}");
                     assert!(u(&bg["twinkle_pages"]) >= 500, "{st:#}");
                     let win = after(F, F + 8 * MIB);
                     assert!(win.swapped <= 512, "Twinkle fetched the triggered segments: {win:?}");
-                    assert_eq!(after(F + 12 * MIB, O).swapped, 1024, "untouched free pages stay on swap");
+                    assert_eq!(after(F + 12 * MIB, O).swapped, f_tail_swapped, "untouched free pages stay on swap");
                 } else {
                     assert_eq!(u(&bg["segments_triggered"]), 0, "{st:#}");
-                    assert_eq!(after(F, O).swapped, REGION_PAGES, "free pages must not be prefetched");
+                    assert_eq!(after(F, O).swapped, f_swapped, "free pages must not be prefetched");
                 }
             }
             "full" => {
-                assert!(u(&vm["prefetched_pages"]) >= all, "{v:#}");
+                assert!(u(&vm["prefetched_pages"]) >= all * 99 / 100, "{v:#}");
                 assert_eq!(after(K, END).swapped, 0);
                 assert!(vm["background"].is_null());
             }

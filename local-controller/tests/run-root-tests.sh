@@ -27,5 +27,9 @@ command -v qemu-system-x86_64 >/dev/null || { echo "run-root-tests.sh: qemu-syst
 # shellcheck disable=SC2086
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_vm -- \
     --ignored --test-threads=1 --nocapture "$@" || rc=1
+# The mechanism under it (procswap::vm on a real QEMU: fetch_ranges, Twinkle, pmemsave check).
+# shellcheck disable=SC2086
+nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p procswap --test root_vm_fetch --test vm_qmp -- \
+    --include-ignored --test-threads=1 --nocapture "$@" || rc=1
 echo "== torpord root suite: $( [ $rc = 0 ] && echo PASSED || echo FAILED ) in $(( $(date +%s) - start ))s" >&2
 exit $rc

@@ -324,6 +324,9 @@ impl Controller {
         let mut classes: Vec<ClassFetch> = Vec::new();
         let mut qemu_own_pages = 0u64;
         let mut qemu_own_ms = 0.0;
+        let mut single_pass = false;
+        let mut plan_ms = 0.0;
+        let mut fetch_call_ms = 0.0;
         let mut plan: Option<Plan> = None;
         let note_err = |what: &str, e: &dyn std::fmt::Display| {
             self.event(Some(&name), "error", format!("{what} failed (continuing; demand paging brings the rest): {e}"));
@@ -343,34 +346,64 @@ impl Controller {
             VmPrefetch::Priority => {
                 let ram = ram.as_ref().expect("priority needs guest RAM");
                 let (m, _) = maps.as_ref().expect("priority needs maps");
+                let tplan = Instant::now();
                 let p = Plan::build(ram, ps, |pfn| m.classify(pfn));
-                // QEMU itself first (its heap, TCG/KVM state): nothing runs without it.
-                let tq = Instant::now();
-                match vm::qemu_own_ranges(qpid, ram).and_then(|own| vm::fetch_ranges(&*self.backend, qpid, own, &base)) {
-                    Ok(r) => {
-                        qemu_own_pages = r.read_issued_bytes / ps;
-                        add(&mut timing, &r);
+                // QEMU itself first (its heap, TCG/KVM state): nothing runs without it; then
+                // guest classes 0..=5, free pages excluded.
+                let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_else(|e| {
+                    note_err("listing QEMU's own memory", &e);
+                    vec![]
+                });
+                let swapped_in = |r: &[procswap::Range]| vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0);
+                let own_before = swapped_in(&own);
+                let before: Vec<u64> = p.classes.iter().map(|c| if c.pages > 0 { swapped_in(&c.ranges) } else { 0 }).collect();
+                let pre_pages = own_before + before.iter().take(BEFORE_CONT_MAX_CLASS as usize + 1).sum::<u64>();
+                let avail = procswap::sys::meminfo().map(|mi| mi.mem_available).unwrap_or(0);
+                // Class order only matters when the fetch can be cut short by the free-memory
+                // floor: then one prefetch call per class, in order. Otherwise one call over all
+                // of it (each call rescans QEMU: ~0.1-0.5 s here), reads in swap-slot order.
+                single_pass = avail >= self.cfg.reserve + pre_pages * ps + (64 << 20);
+                plan_ms = ms(tplan.elapsed());
+                if single_pass {
+                    let mut all = own.clone();
+                    all.extend(p.ranges_of(0, BEFORE_CONT_MAX_CLASS));
+                    let tf = Instant::now();
+                    match vm::fetch_ranges(&*self.backend, qpid, all, &base) {
+                        Ok(r) => add(&mut timing, &r),
+                        Err(e) => note_err("priority prefetch", &e),
                     }
-                    Err(e) => note_err("prefetch of QEMU's own memory", &e),
+                    fetch_call_ms = ms(tf.elapsed());
+                    qemu_own_pages = own_before.saturating_sub(swapped_in(&own));
+                } else {
+                    let tq = Instant::now();
+                    match vm::fetch_ranges(&*self.backend, qpid, own.clone(), &base) {
+                        Ok(r) => {
+                            qemu_own_pages = r.read_issued_bytes / ps;
+                            add(&mut timing, &r);
+                        }
+                        Err(e) => note_err("prefetch of QEMU's own memory", &e),
+                    }
+                    qemu_own_ms = ms(tq.elapsed());
                 }
-                qemu_own_ms = ms(tq.elapsed());
-                for c in &p.classes {
+                for (c, &sw) in p.classes.iter().zip(&before) {
                     let tc = Instant::now();
                     let mut cf =
-                        ClassFetch { class: c.class, name: vm::class_name(c.class), planned_pages: c.pages, swapped_pages: 0, fetched_pages: 0, fetched_bytes: 0, ms: 0.0 };
-                    if c.class <= BEFORE_CONT_MAX_CLASS && c.pages > 0 && timing.prefetch_stopped.is_none() {
-                        match vm::fetch_ranges(&*self.backend, qpid, c.ranges.clone(), &base) {
-                            Ok(r) => {
-                                cf.swapped_pages = r.candidate_pages;
-                                cf.fetched_pages = r.read_issued_bytes / ps;
-                                cf.fetched_bytes = r.read_issued_bytes;
-                                add(&mut timing, &r);
+                        ClassFetch { class: c.class, name: vm::class_name(c.class), planned_pages: c.pages, swapped_pages: sw, fetched_pages: 0, fetched_bytes: 0, ms: 0.0 };
+                    if c.class <= BEFORE_CONT_MAX_CLASS && sw > 0 {
+                        if single_pass {
+                            cf.fetched_pages = sw.saturating_sub(swapped_in(&c.ranges));
+                            cf.fetched_bytes = cf.fetched_pages * ps;
+                        } else if timing.prefetch_stopped.is_none() {
+                            match vm::fetch_ranges(&*self.backend, qpid, c.ranges.clone(), &base) {
+                                Ok(r) => {
+                                    cf.fetched_pages = r.read_issued_bytes / ps;
+                                    cf.fetched_bytes = r.read_issued_bytes;
+                                    add(&mut timing, &r);
+                                }
+                                Err(e) => note_err(&format!("prefetch of class {}", c.class), &e),
                             }
-                            Err(e) => note_err(&format!("prefetch of class {}", c.class), &e),
+                            cf.ms = ms(tc.elapsed());
                         }
-                        cf.ms = ms(tc.elapsed());
-                    } else if c.pages > 0 {
-                        cf.swapped_pages = vm::page_counts(qpid, &c.ranges).map(|k| k.swapped).unwrap_or(0);
                     }
                     classes.push(cf);
                 }
@@ -438,6 +471,9 @@ impl Controller {
             "prefetched_bytes": timing.prefetch_bytes,
             "qemu_own_pages": qemu_own_pages,
             "qemu_own_ms": qemu_own_ms,
+            "single_pass": single_pass,
+            "plan_ms": plan_ms,
+            "fetch_call_ms": fetch_call_ms,
             "classes": classes,
             "skipped_free_pages": plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0),
             "guest_ram_bytes": ram.as_ref().map(|r| r.bytes()),

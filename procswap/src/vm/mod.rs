@@ -27,10 +27,9 @@ pub use ram::{GuestRam, RamRange};
 pub use twinkle::{Background, TwinkleConfig, TwinkleStats};
 
 use crate::backend::Backend;
-use crate::inspect::{classify, Pagemap, VmaKind};
+use crate::inspect::{classify, Pagemap};
 use crate::progress::NoProgress;
 use crate::sys::Range;
-use crate::target::Target;
 use crate::workingset::{WorkingSet, WsMethod};
 use crate::{PrefetchOptions, PrefetchReport};
 use std::time::Duration;
@@ -113,27 +112,40 @@ fn counts(pid: i32, ranges: &[Range], zero: bool) -> Result<PageCounts, crate::E
     Ok(c)
 }
 
-/// QEMU's own memory: every private/anonymous mapping range of `pid` outside guest RAM
-/// (kernel-special and shared file mappings excluded).
+/// QEMU's own memory: every private mapping range of `pid` outside guest RAM, from
+/// `/proc/PID/maps` (cheap: no page-table walk, unlike smaps). Inaccessible (`---p`), shared
+/// (never paged out by a purge) and kernel-special mappings are left out.
 pub fn qemu_own_ranges(pid: i32, ram: &GuestRam) -> Result<Vec<Range>, crate::Error> {
-    let t = Target::open(pid, "inspect")?;
-    let vmas = crate::inspect::vmas(&t)?;
+    let path = format!("/proc/{pid}/maps");
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => crate::Error::NoSuchProcess(pid),
+        _ => crate::Error::Io { path: path.clone().into(), source: e },
+    })?;
+    let maps = ram::parse_maps(&text).map_err(|e| crate::Error::Unsupported(e.to_string()))?;
+    Ok(own_ranges(&maps, ram))
+}
+
+fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
     let mut guest = ram.hva_ranges();
     guest.sort_unstable();
     let mut out = Vec::new();
-    for v in vmas.iter().filter(|v| v.kind != VmaKind::Special && v.kind != VmaKind::FileShared) {
-        let mut cur = v.start;
-        for g in guest.iter().filter(|g| g.end() > v.start && g.start < v.end) {
+    for m in maps {
+        let p = m.perms.as_bytes();
+        if p.len() < 4 || p[3] != b'p' || (p[0] != b'r' && p[1] != b'w') || m.path.starts_with('[') && m.path != "[heap]" && m.path != "[stack]" {
+            continue;
+        }
+        let mut cur = m.start;
+        for g in guest.iter().filter(|g| g.end() > m.start && g.start < m.end) {
             if g.start > cur {
                 out.push(Range { start: cur, len: g.start - cur });
             }
             cur = cur.max(g.end());
         }
-        if cur < v.end {
-            out.push(Range { start: cur, len: v.end - cur });
+        if cur < m.end {
+            out.push(Range { start: cur, len: m.end - cur });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Prefetch exactly the swapped pages of `pid` inside `ranges` (swap-slot order, read-ahead
@@ -145,4 +157,32 @@ pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &
         ..base.clone()
     };
     crate::prefetch_with(backend, pid, &opts, &NoProgress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_ranges_leave_out_guest_ram_and_unusable_mappings() {
+        let maps = ram::parse_maps(
+            "1000-3000 r--p 00000000 fe:00 1 /usr/bin/qemu\n\
+             10000-20000 rw-p 00000000 00:00 0 [heap]\n\
+             20000-30000 ---p 00000000 00:00 0\n\
+             30000-40000 rw-s 00000000 00:01 5 /dev/shm/x\n\
+             100000-200000 rw-p 00000000 00:00 0\n\
+             200000-201000 r--p 00000000 00:00 0 [vvar]\n",
+        )
+        .unwrap();
+        let ram = GuestRam { pid: 1, ranges: vec![ram::RamRange { gpa: 0, len: 0x80000, block: "pc.ram".into(), block_offset: 0, hva: 0x140000 }] };
+        assert_eq!(
+            own_ranges(&maps, &ram),
+            vec![
+                Range { start: 0x1000, len: 0x2000 },
+                Range { start: 0x10000, len: 0x10000 },
+                Range { start: 0x100000, len: 0x40000 },
+                Range { start: 0x1c0000, len: 0x40000 },
+            ]
+        );
+    }
 }
