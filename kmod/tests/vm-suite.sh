@@ -69,7 +69,7 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   vmtest "FREE_BITMAP matches MemFree within 1%, bad input refused" free_bitmap_matches_memfree
   vmtest "PRIORITY_MAP: kernel text Kernel, own text User_Code, touched heap User_Data, bad input refused" priority_map_categories
   vmtest "PRIORITY_MAP: a process asleep longer than a 1 s window drops to Other" priority_map_idle_process_drops_to_other
-  vmtest "torpor-guest dump/serve+query use the module source (exact), free within 1% of MemFree" agent_uses_kmod_source
+  vmtest "torpor-guest dump/serve+query use the module source (exact): free within 1% of MemFree, kernel text/own text/heap/idle child categories via the agent" agent_uses_kmod_source
   # Swap on the virtio disk for the procswap suite.
   if [ -n "${TORPOR_VM_SWAPDEV:-}" ]; then
     check "mkswap + swapon $TORPOR_VM_SWAPDEV" sh -c "mkswap $TORPOR_VM_SWAPDEV >/dev/null && swapon $TORPOR_VM_SWAPDEV"

@@ -737,11 +737,62 @@ fn agent_uses_kmod_source() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let q = run_json(&["query", "--unix", sock.to_str().unwrap(), "--window-ms", "2000", "--json"]);
+    check_summary("query (serve --source kmod)", &q, "ModuleExact");
+    assert_eq!(q["window_ms"], 2000);
+
+    // The same category checks as the ioctl tests, through the wire protocol and the agent's
+    // re-indexing by layout (`query --pfns`): kernel text, this process's text and heap, and a
+    // child that goes idle.
+    let sock_s = sock.to_str().unwrap().to_string();
+    let cats_of = |what: &str, window_ms: &str, ranges: &[(u64, u64)]| -> Vec<u64> {
+        let f = std::env::temp_dir().join(format!("torpor-pfns-{}.txt", std::process::id()));
+        let text: String = ranges.iter().map(|(a, b)| format!("{a:#x}-{b:#x}\n")).collect();
+        std::fs::write(&f, text).unwrap();
+        let q = run_json(&["query", "--unix", &sock_s, "--window-ms", window_ms, "--json", "--pfns", f.to_str().unwrap()]);
+        let p = &q["pfn_categories"];
+        let listed: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+        assert_eq!(p["listed"], listed, "{what}: {q}");
+        assert_eq!(p["outside_layout"], 0, "{what}: PFNs outside the agent's layout: {p}");
+        let v: Vec<u64> = p["per_category"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        println!("agent --pfns {what} (window {window_ms} ms): {listed} PFNs, per category {v:?}");
+        v
+    };
+    let single = |pfns: &[u64]| -> Vec<(u64, u64)> { pfns.iter().map(|&p| (p, p + 1)).collect() };
+    let kcode = kernel_code_pfns();
+    let n: u64 = kcode.iter().map(|(a, b)| b - a).sum();
+    assert_eq!(cats_of("kernel code", "16000", &kcode)[CAT_KERNEL as usize], n, "kernel code not all Kernel via the agent");
+    let mut heap = vec![0u8; 4 << 20];
+    heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 7);
+    let heap_pfns = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
+    let text: Vec<u64> = own_text_ranges().iter().flat_map(|&(a, b)| present_pfns("self", a, b - a)).collect();
+    assert_eq!(cats_of("own text", "16000", &single(&text))[CAT_USER_CODE as usize], text.len() as u64, "own text not all User_Code via the agent");
+    assert_eq!(cats_of("own heap", "16000", &single(&heap_pfns))[CAT_USER_DATA as usize], heap_pfns.len() as u64, "own heap not all User_Data via the agent");
+    std::hint::black_box(&heap);
+    let (rfd, wfd) = nix::unistd::pipe().unwrap();
+    const CLEN: usize = 4 << 20;
+    let child = spawn(move || {
+        child_map(B, CLEN);
+        // SAFETY: raw write to the pipe, then sleep until killed (pause only waits for a signal).
+        unsafe {
+            libc::write(std::os::fd::AsRawFd::as_raw_fd(&wfd), b"x".as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    });
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b), Ok(1));
+    let cpfns = present_pfns(&child.as_raw().to_string(), B as u64, CLEN as u64);
+    assert_eq!(cpfns.len(), CLEN / PAGE as usize);
+    let ran = cats_of("child that just ran", "60000", &single(&cpfns));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let idle = cats_of("child asleep 2.5 s", "1000", &single(&cpfns));
+    reap(child);
+    assert_eq!(ran[CAT_USER_DATA as usize], cpfns.len() as u64, "child's pages not User_Data via the agent: {ran:?}");
+    assert_eq!(idle[CAT_OTHER as usize], cpfns.len() as u64, "idle child's pages not Other via the agent: {idle:?}");
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_file(&sock);
-    check_summary("query (serve --source kmod)", &q, "ModuleExact");
-    assert_eq!(q["window_ms"], 2000);
 
     let out = std::process::Command::new(torpor_guest_bin())
         .args(["dump", "--source", "kmod", "--kmod-dev", "/nonexistent/torpor"])

@@ -81,6 +81,10 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         maps: MapArgs,
+        /// Also report the categories of these PFNs (file: one PFN or START-END, end exclusive,
+        /// per line; decimal or 0x hex; '#' comments).
+        #[arg(long)]
+        pfns: Option<PathBuf>,
     },
     /// Ask a running agent (unix socket or character device) and print the summary.
     Query {
@@ -93,6 +97,9 @@ enum Cmd {
         window_ms: u32,
         #[arg(long)]
         json: bool,
+        /// Also report the categories of these PFNs (as for `dump --pfns`).
+        #[arg(long)]
+        pfns: Option<PathBuf>,
     },
 }
 
@@ -155,18 +162,20 @@ fn main() -> Result<()> {
                 serve_device(&path, source, max_payload)
             }
         }
-        Cmd::Dump { json, maps } => {
+        Cmd::Dump { json, maps, pfns } => {
+            let pfns = pfns.map(|p| read_pfn_list(&p)).transpose()?;
             let mut source = make_source(&maps, false)?;
-            let s = local_summary(source.as_mut(), maps.window)?;
+            let s = local_summary(source.as_mut(), maps.window, pfns.as_deref())?;
             print_summary(&s, json)
         }
-        Cmd::Query { unix, device, window_ms, json } => {
+        Cmd::Query { unix, device, window_ms, json, pfns } => {
+            let pfns = pfns.map(|p| read_pfn_list(&p)).transpose()?;
             let s = if let Some(p) = unix {
                 let c = UnixStream::connect(&p).with_context(|| format!("connect {}", p.display()))?;
-                remote_summary(Client::new(c), window_ms)?
+                remote_summary(Client::new(c), window_ms, pfns.as_deref())?
             } else if let Some(p) = device {
                 let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).with_context(|| format!("open {}", p.display()))?;
-                remote_summary(Client::new(f), window_ms)?
+                remote_summary(Client::new(f), window_ms, pfns.as_deref())?
             } else {
                 bail!("give --unix PATH or --device PATH");
             };
@@ -336,6 +345,59 @@ struct Summary {
     categories: Vec<(String, u64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stats: Option<serde_json::Value>,
+    /// `--pfns`: how many of the listed PFNs fall in each category (index = value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pfn_categories: Option<PfnCategories>,
+}
+
+#[derive(Serialize, Debug, Default)]
+struct PfnCategories {
+    listed: u64,
+    outside_layout: u64,
+    per_category: [u64; Category::COUNT],
+}
+
+/// PFN ranges `[start, end)` from a `--pfns` file.
+fn read_pfn_list(path: &std::path::Path) -> Result<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let num = |t: &str| -> Result<u64> {
+        let t = t.trim();
+        Ok(match t.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16)?,
+            None => t.parse()?,
+        })
+    };
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let r = match line.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(line)?, num(line)? + 1),
+        };
+        if r.1 < r.0 {
+            bail!("bad PFN range {line:?}");
+        }
+        v.push(r);
+    }
+    Ok(v)
+}
+
+fn pfn_categories(prio: &WireMap, pfns: &[(u64, u64)]) -> Result<PfnCategories> {
+    let map = prio.to_priority_map(prio.layout.total_pages()).context("expand priority map")?;
+    let mut c = PfnCategories::default();
+    for &(a, b) in pfns {
+        for pfn in a..b {
+            c.listed += 1;
+            match map.category_of_pfn(pfn) {
+                Some(cat) => c.per_category[cat as usize] += 1,
+                None => c.outside_layout += 1,
+            }
+        }
+    }
+    Ok(c)
 }
 
 fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<serde_json::Value>) -> Summary {
@@ -361,30 +423,31 @@ fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<serde
         window_ms: prio.info.window_ms,
         categories: Category::ALL.iter().map(|c| (c.name().to_string(), ph[*c as usize])).collect(),
         stats,
+        pfn_categories: None,
     }
 }
 
-fn local_summary(source: &mut dyn MapSource, window: Duration) -> Result<Summary> {
+fn local_summary(source: &mut dyn MapSource, window: Duration, pfns: Option<&[(u64, u64)]>) -> Result<Summary> {
     let t = Instant::now();
     let free = source.free_bitmap()?;
     let prio = source.priority_map(Some(window))?;
     tracing::debug!(total_ms = t.elapsed().as_millis() as u64, "maps built");
-    Ok(summarize(
-        &WireMap::from_free_bitmap(&free),
-        &WireMap::from_priority_map(&prio),
-        guest_enlight::layout::page_size(),
-        source.stats(),
-    ))
+    let prio = WireMap::from_priority_map(&prio);
+    let mut s = summarize(&WireMap::from_free_bitmap(&free), &prio, guest_enlight::layout::page_size(), source.stats());
+    s.pfn_categories = pfns.map(|p| pfn_categories(&prio, p)).transpose()?;
+    Ok(s)
 }
 
-fn remote_summary<S: Read + Write>(mut c: Client<S>, window_ms: u32) -> Result<Summary> {
+fn remote_summary<S: Read + Write>(mut c: Client<S>, window_ms: u32, pfns: Option<&[(u64, u64)]>) -> Result<Summary> {
     let page_size = match c.hello("torpor-guest query")? {
         Response::Hello { page_size, .. } => page_size as u64,
         r => bail!("unexpected hello response {r:?}"),
     };
     let free = c.free_bitmap()?;
     let prio = c.priority_map(window_ms)?;
-    Ok(summarize(&free, &prio, page_size, None))
+    let mut s = summarize(&free, &prio, page_size, None);
+    s.pfn_categories = pfns.map(|p| pfn_categories(&prio, p)).transpose()?;
+    Ok(s)
 }
 
 fn print_summary(s: &Summary, json: bool) -> Result<()> {
@@ -411,6 +474,9 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     }
     if let Some(st) = &s.stats {
         println!("  stats: {}", serde_json::to_string(st)?);
+    }
+    if let Some(p) = &s.pfn_categories {
+        println!("listed PFNs: {} ({} outside the layout), per category {:?}", p.listed, p.outside_layout, p.per_category);
     }
     Ok(())
 }
