@@ -463,6 +463,29 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     let (s, _) = f.api("POST", "/v1/apps/busy/stop");
     assert_eq!(s, 200);
 
+    // Per-request prefetch override of a process app: "none" (demand paging), then "full";
+    // a VM-only mode or a malformed body is a 400 and changes nothing.
+    let start_body = |body: &str| {
+        let r = request(&f.sock, "POST", "/v1/apps/busy/start", Some(body), Duration::from_secs(120)).unwrap();
+        (r.status, r.json().unwrap_or(Value::Null))
+    };
+    for bad in [r#"{"prefetch": "priority"}"#, r#"{"prefetch": 3}"#, "{"] {
+        let (s, v) = start_body(bad);
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}: {v}");
+    }
+    assert_eq!(f.status("busy")["state"], "standby");
+    let (s, v) = start_body(r#"{"prefetch": "none"}"#);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["timing"]["prefetch_mode"].as_str(), v["timing"]["prefetch_bytes"].as_u64()), (Some("none"), Some(0)), "{v}");
+    assert_eq!(app_get(f.port("busy"), "/verify"), 200);
+    assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
+    let (s, v) = start_body(r#"{"prefetch": "full"}"#);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["timing"]["prefetch_mode"], "full", "{v}");
+    assert!(v["timing"]["prefetch_bytes"].as_u64().unwrap() >= 64 * MIB, "{v}");
+    assert_eq!(app_get(f.port("busy"), "/verify"), 200);
+    assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
+
     // Permissions: the socket is 0660 root:4242.
     let setpriv = |gid: u32| {
         Command::new("setpriv")
