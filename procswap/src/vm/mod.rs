@@ -159,6 +159,29 @@ pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &
     crate::prefetch_with(backend, pid, &opts, &NoProgress)
 }
 
+/// Fetch `sets` strictly in order (one prefetch call per non-empty set), sharing one byte
+/// budget (`base.budget_bytes`); once a call stops early (budget or free-memory floor), the
+/// later sets are not fetched (`None`). For class-ordered prefetch where the order matters:
+/// whatever cuts the fetch short cuts the last classes.
+pub fn fetch_ordered(backend: &dyn Backend, pid: i32, sets: Vec<Vec<Range>>, base: &PrefetchOptions) -> Result<Vec<Option<(PrefetchReport, f64)>>, crate::Error> {
+    let mut out = Vec::with_capacity(sets.len());
+    let mut left = base.budget_bytes;
+    let mut stopped = false;
+    for set in sets {
+        if stopped || set.is_empty() || left == Some(0) {
+            stopped |= left == Some(0);
+            out.push(None);
+            continue;
+        }
+        let t = std::time::Instant::now();
+        let r = fetch_ranges(backend, pid, set, &PrefetchOptions { budget_bytes: left, ..base.clone() })?;
+        left = left.map(|l| l.saturating_sub(r.read_issued_bytes));
+        stopped = r.stopped.is_some();
+        out.push(Some((r, t.elapsed().as_secs_f64() * 1e3)));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
