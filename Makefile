@@ -122,8 +122,8 @@ clean:
 # Issue 6 end to end (root, QEMU TCG, temporary swapfile): a guest with an HTTP app and the
 # torpor-guest agent (virtio-serial); smoke (HTTP via hostfwd, agent, QMP), then torpord
 # Stop/purge/Start interleaved none/full/priority, time to first response, swap-in bytes,
-# /verify in the guest. Results: bench/results/vm-resume/. VM_E2E_TRIALS per mode (quick: 2).
-VM_E2E_TRIALS ?= 2
+# /verify in the guest. Results: bench/results/vm-resume/. VM_E2E_TRIALS per mode (default 3, about 3 minutes).
+VM_E2E_TRIALS ?= 3
 VM_E2E_DRIVER ?= torpord
 .PHONY: vm-e2e
 vm-e2e: kernel

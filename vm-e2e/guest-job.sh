@@ -31,6 +31,8 @@ echo "e2e-guest: torpor-guest serve pid $!"
 echo "e2e-guest: web app pid $!"
 "$E2E_APP" --port 81 --mib "$CHECK_MIB" --ws-mib 0 --seed 2 --name checksum > "$log/checksum.log" 2>&1 &
 echo "e2e-guest: checksum process pid $!"
+"$E2E_APP" --port 82 --mib "$IDLE_MIB" --ws-mib 0 --seed 3 --name idle > "$log/idle.log" 2>&1 &
+echo "e2e-guest: idle process pid $!"
 echo "E2E-GUEST-STARTED"
 # Stay up; report children that die (the host tests see it as a failed HTTP/agent check).
 while :; do

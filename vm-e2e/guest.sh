@@ -4,8 +4,8 @@
 # QEMU user networking (hostfwd), a QMP socket, and the torpor-guest agent on a
 # virtio-serial port.
 #
-#   vm-e2e/guest.sh prepare DIR [--port P] [--check-port P] [--mem MIB] [--smp N]
-#                               [--app-mib N] [--ws-mib N] [--check-mib N] [--no-kmod]
+#   vm-e2e/guest.sh prepare DIR [--port P] [--check-port P] [--idle-port P] [--mem MIB] [--smp N]
+#                               [--app-mib N] [--ws-mib N] [--check-mib N] [--idle-mib N] [--no-kmod]
 #       builds nothing: finds the kernel (vm-images/build-kernel.sh, cached), writes the
 #       initramfs and the guest's job (DIR/job/run.sh) and DIR/guest.env. Needs these host
 #       binaries (env, absolute paths the guest can see, i.e. not under /tmp /run /var/tmp):
@@ -13,11 +13,13 @@
 #   vm-e2e/guest.sh launch DIR
 #       execs qemu-system-x86_64 in the foreground (this is the command torpord runs), with
 #       DIR/qmp.sock, DIR/agent.sock (chardev of virtio port org.torpor.agent.0),
-#       DIR/console.log and 127.0.0.1:PORT -> guest :80, 127.0.0.1:CHECK_PORT -> guest :81.
+#       DIR/console.log and 127.0.0.1:PORT -> guest :80, CHECK_PORT -> :81, IDLE_PORT -> :82.
 #
 # In the guest (vm-e2e/guest-job.sh): insmod kmod/torpor.ko when present and loadable,
 # `torpor-guest serve` on the virtio port, the web app on :80 (APP_MIB MiB, WS_MIB MiB
-# working set) and the standalone checksum process on :81 (CHECK_MIB MiB); then it stays up.
+# working set), the standalone checksum process on :81 (CHECK_MIB MiB) and an idle process
+# on :82 (IDLE_MIB MiB, verified only at the end: memory of an inactive process, class Other
+# in the agent's priority map); then it stays up.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -28,11 +30,13 @@ shift 2
 
 case "$cmd" in
 prepare)
-  port=18080 check_port=18081 mem=512 smp=1 app_mib=192 ws_mib=16 check_mib=32 kmod=1
+  port=18080 check_port=18081 idle_port=18082 mem=512 smp=1 app_mib=192 ws_mib=16 check_mib=32 idle_mib=96 kmod=1
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) port="$2"; shift 2 ;;
       --check-port) check_port="$2"; shift 2 ;;
+      --idle-port) idle_port="$2"; shift 2 ;;
+      --idle-mib) idle_mib="$2"; shift 2 ;;
       --mem) mem="$2"; shift 2 ;;
       --smp) smp="$2"; shift 2 ;;
       --app-mib) app_mib="$2"; shift 2 ;;
@@ -62,15 +66,15 @@ prepare)
   {
     echo "cd $(printf %q "$repo") || exit 126"
     echo "export TORPOR_VM_JOBDIR=/tmp/job TORPOR_KDIR=$(printf %q "$kdir")"
-    printf 'exec env E2E_APP=%q TORPOR_GUEST=%q TORPOR_KO=%q APP_MIB=%q WS_MIB=%q CHECK_MIB=%q %q\n' \
-      "$E2E_APP" "$TORPOR_GUEST" "$ko" "$app_mib" "$ws_mib" "$check_mib" "$here/guest-job.sh"
+    printf 'exec env E2E_APP=%q TORPOR_GUEST=%q TORPOR_KO=%q APP_MIB=%q WS_MIB=%q CHECK_MIB=%q IDLE_MIB=%q %q\n' \
+      "$E2E_APP" "$TORPOR_GUEST" "$ko" "$app_mib" "$ws_mib" "$check_mib" "$idle_mib" "$here/guest-job.sh"
   } > "$dir/job/run.sh"
   {
     echo "BZIMAGE=$(printf %q "$bzimage")"
-    echo "PORT=$port CHECK_PORT=$check_port MEM=$mem SMP=$smp"
-    echo "APP_MIB=$app_mib WS_MIB=$ws_mib CHECK_MIB=$check_mib KO=$(printf %q "$ko")"
+    echo "PORT=$port CHECK_PORT=$check_port IDLE_PORT=$idle_port MEM=$mem SMP=$smp"
+    echo "APP_MIB=$app_mib WS_MIB=$ws_mib CHECK_MIB=$check_mib IDLE_MIB=$idle_mib KO=$(printf %q "$ko")"
   } > "$dir/guest.env"
-  echo "guest.sh: prepared $dir (kernel $bzimage, ${mem} MiB RAM, app ${app_mib} MiB ws ${ws_mib} MiB, checksum ${check_mib} MiB, ports $port/$check_port, module: ${ko:-none})" >&2
+  echo "guest.sh: prepared $dir (kernel $bzimage, ${mem} MiB RAM, app ${app_mib} MiB ws ${ws_mib} MiB, checksum ${check_mib} MiB, idle ${idle_mib} MiB, ports $port/$check_port/$idle_port, module: ${ko:-none})" >&2
   ;;
 launch)
   case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
@@ -89,7 +93,7 @@ launch)
     -virtfs "local,path=$dir/job,mount_tag=job,security_model=none" \
     -virtfs "local,path=$repo,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
     -device virtio-rng-pci \
-    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:80,hostfwd=tcp:127.0.0.1:$CHECK_PORT-:81" \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:80,hostfwd=tcp:127.0.0.1:$CHECK_PORT-:81,hostfwd=tcp:127.0.0.1:$IDLE_PORT-:82" \
     -device virtio-net-pci,netdev=n0 \
     -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
     -device virtio-serial \

@@ -9,11 +9,11 @@
 #    first HTTP response, swap-in bytes → /verify in the guest. Results: bench/results/vm-resume/.
 # Exits non-zero on any failure. Env: CARGO, CARGO_TARGET_DIR (must be visible in the guest:
 # not under /tmp, /run, /var/tmp), VM_E2E_SWAPFILE (default /var/tmp/torpor-vm-e2e.swap),
-# VM_E2E_PORT (first of two host ports, default: a free pair from 18480).
+# VM_E2E_PORT (first of three host ports, default: three free ones from 18480).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$PWD"
-trials=2 driver=torpord smoke_only=0 kmod_flag=""
+trials=3 driver=torpord smoke_only=0 kmod_flag=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --trials) trials="$2"; shift 2 ;;
@@ -39,17 +39,19 @@ done
 
 port="${VM_E2E_PORT:-}"
 if [ -z "$port" ]; then
-  for p in $(seq 18480 2 18580); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null; then port=$p; break; fi
+  for p in $(seq 18480 3 18580); do
+    busy=0
+    for q in "$p" "$((p + 1))" "$((p + 2))"; do (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && busy=1; done
+    [ "$busy" = 0 ] && { port=$p; break; }
   done
 fi
-[ -n "$port" ] || { echo "vm-e2e: FAIL: no free port pair in 18480-18581" >&2; exit 1; }
+[ -n "$port" ] || { echo "vm-e2e: FAIL: no three free ports in 18480-18582" >&2; exit 1; }
 
 dir="$tdir/vm-e2e/run-$(date +%Y%m%d-%H%M%S)-$$"
 mkdir -p "$dir"
-echo "== vm-e2e: guest dir $dir, ports $port/$((port + 1))" >&2
+echo "== vm-e2e: guest dir $dir, ports $port/$((port + 1))/$((port + 2))" >&2
 E2E_APP="$bin/torpor-e2e-app" TORPOR_GUEST="$bin/torpor-guest" \
-  vm-e2e/guest.sh prepare "$dir" --port "$port" --check-port "$((port + 1))" $kmod_flag || { echo "vm-e2e: FAIL: prepare" >&2; exit 1; }
+  vm-e2e/guest.sh prepare "$dir" --port "$port" --check-port "$((port + 1))" --idle-port "$((port + 2))" $kmod_flag || { echo "vm-e2e: FAIL: prepare" >&2; exit 1; }
 
 echo "== vm-e2e: smoke (HTTP, agent over virtio-serial, QMP)" >&2
 "$bin/torpor-vm-e2e" smoke "$dir"

@@ -47,6 +47,8 @@ fn counters(swap_dev: &Option<String>) -> Counters {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Evidence {
     pub ram_present_pages: u64,
+    /// Present but mapping the shared zero page (no memory; page-out leaves them).
+    pub ram_zero_pages: u64,
     pub ram_swapped_pages: u64,
     pub ram_untouched_pages: u64,
     pub qemu_rss_bytes: u64,
@@ -58,6 +60,7 @@ fn evidence(pid: i32, ram: &mem::Vma) -> Result<Evidence> {
     let pc = mem::page_counts(pid, ram.start, ram.end)?;
     Ok(Evidence {
         ram_present_pages: pc.present,
+        ram_zero_pages: pc.zero,
         ram_swapped_pages: pc.swapped,
         ram_untouched_pages: pc.none,
         qemu_rss_bytes: mem::status_bytes(pid, "VmRSS")?,
@@ -83,9 +86,17 @@ pub struct Trial {
     pub swapin_bytes_to_start_return: u64,
     pub dev_read_bytes_to_first_response: u64,
     pub ram_present_pages_at_first_response: u64,
+    /// From Start issued until the app's `/verify` (which reads all 192 MiB) answered.
+    pub app_all_data_s: f64,
     pub verify_app: String,
     pub verify_checksum: String,
     pub verify_ok: bool,
+    /// torpord's own account: effective mode, bytes prefetched before `cont`, whether the
+    /// guest maps were fresh, whether its evidence says the guest was evicted.
+    pub effective_mode: String,
+    pub prefetched_bytes: u64,
+    pub maps: String,
+    pub torpord_evicted: Option<bool>,
     pub torpord_start: Value,
     pub torpord_stop: Value,
     pub error: String,
@@ -93,7 +104,7 @@ pub struct Trial {
 
 enum Driver {
     Torpord { sock: PathBuf, child: Child, pid: i32 },
-    Direct { guest: Guest, torpor: PathBuf, ws_file: PathBuf },
+    Direct { guest: Guest, torpor: PathBuf, ws_file: PathBuf, cgroup: PathBuf },
 }
 
 fn run_cmd(argv: &[&str]) -> Result<String> {
@@ -129,7 +140,7 @@ impl Driver {
                 }
                 Ok(v)
             }
-            Driver::Direct { guest, torpor, ws_file } => {
+            Driver::Direct { guest, torpor, ws_file, .. } => {
                 let pid = guest.pid();
                 // The agent's maps, while the guest runs (as torpord does at Stop).
                 let ws = priority_ws(env, pid, ram).map_err(|e| anyhow!("agent maps: {e:#}"))?;
@@ -155,7 +166,7 @@ impl Driver {
                 }
                 Ok(v)
             }
-            Driver::Direct { guest, torpor, ws_file } => {
+            Driver::Direct { guest, torpor, ws_file, .. } => {
                 let p = guest.pid().to_string();
                 let t = torpor.display().to_string();
                 let ws = ws_file.display().to_string();
@@ -192,9 +203,11 @@ impl Driver {
                 let _ = child.wait();
                 Ok(())
             }
-            Driver::Direct { guest, torpor, .. } => {
+            Driver::Direct { guest, torpor, cgroup, .. } => {
                 let _ = run_cmd(&[&torpor.display().to_string(), "thaw", "--method", "signal", &guest.pid().to_string()]);
-                guest.shutdown(Duration::from_secs(30))
+                let r = guest.shutdown(Duration::from_secs(30));
+                let _ = std::fs::remove_dir(&cgroup);
+                r
             }
         }
     }
@@ -248,19 +261,36 @@ fn priority_ws(env: &GuestEnv, pid: i32, ram: &mem::Vma) -> Result<(Value, u64)>
     ))
 }
 
+/// A fresh memory cgroup for the direct driver's QEMU (cgroup v2 with the memory
+/// controller, else v1 memory).
+fn direct_memcg() -> Result<PathBuf> {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let base = if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory")) {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    let cg = base.join(format!("torpor-e2e-direct-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
+    Ok(cg)
+}
+
 fn guest_ram(pid: i32, env: &GuestEnv) -> Result<mem::Vma> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("maps of {pid}"))?;
     mem::find_guest_ram(&mem::parse_maps(&maps), env.mem_bytes())
 }
 
-fn verify(env: &GuestEnv) -> (bool, String, String) {
-    let one = |addr| match http::get(addr, "/verify", Duration::from_secs(300)) {
+fn verify_one(addr: std::net::SocketAddr) -> (bool, String) {
+    match http::get(addr, "/verify", Duration::from_secs(300)) {
         Ok(r) if r.status == 200 && r.body.starts_with("ok") => (true, r.body.trim().to_string()),
         Ok(r) => (false, format!("{} {}", r.status, r.body.trim())),
         Err(e) => (false, format!("{e:#}")),
-    };
-    let (a_ok, a) = one(env.app_addr());
-    let (c_ok, c) = one(env.check_addr());
+    }
+}
+
+fn verify(env: &GuestEnv) -> (bool, String, String) {
+    let (a_ok, a) = verify_one(env.app_addr());
+    let (c_ok, c) = verify_one(env.check_addr());
     (a_ok && c_ok, a, c)
 }
 
@@ -332,12 +362,14 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
             Driver::Torpord { sock, child, pid }
         }
         "direct" => {
-            let guest = Guest::launch(env, &o.guest_sh)?;
+            // QEMU gets its own memory cgroup so the purge's memcg reclaim touches nothing else.
+            let cg = direct_memcg()?;
+            let guest = Guest::launch_in(env, &o.guest_sh, Some(&cg))?;
             let t0 = Instant::now();
             http::poll_ok(env.app_addr(), "/", t0 + o.boot_timeout, Duration::from_millis(250))
                 .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
             println!("bench: guest up after {:.0} s (direct driver, QEMU pid {})", t0.elapsed().as_secs_f64(), guest.pid());
-            Driver::Direct { guest, torpor: o.torpor_bin.clone(), ws_file: env.dir.join("priority-ws.json") }
+            Driver::Direct { guest, torpor: o.torpor_bin.clone(), ws_file: env.dir.join("priority-ws.json"), cgroup: cg }
         }
         d => bail!("unknown driver {d}"),
     };
@@ -357,6 +389,10 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     if !ok {
         bail!("warm-up verify failed: app {a}, checksum {c}");
     }
+    // The idle process must be older than the agent's 16 s activity window at the first
+    // measured Stop, so the priority map classes its memory as an inactive process's.
+    println!("bench: warm-up ok; waiting 17 s so the idle guest process is outside the activity window");
+    std::thread::sleep(Duration::from_secs(17));
 
     let mut trials: Vec<Trial> = Vec::new();
     let mut failures = 0;
@@ -394,10 +430,16 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
             break;
         }
     }
+    // The idle process was never touched since boot: its data crossed every Stop/Start.
+    let (idle_ok, idle) = verify_one(env.idle_addr());
+    println!("{} idle process ({} MiB, untouched across all trials) GET /verify: {idle}", if idle_ok { "PASS" } else { "FAIL" }, env.idle_mib);
+    if !idle_ok {
+        failures += 1;
+    }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let module = std::fs::read_to_string(env.console_path()).map(|s| s.contains("torpor.ko loaded")).unwrap_or(false);
     let _ = driver.shutdown(env);
-    let written = write_results(env, o, &trials, &started, load_before.trim(), load_after.trim(), swap_dev.as_deref(), module)?;
+    let written = write_results(env, o, &trials, &started, load_before.trim(), load_after.trim(), swap_dev.as_deref(), module, &if idle_ok { idle.clone() } else { format!("BAD {idle}") })?;
     for w in &written {
         println!("bench: wrote {}", w.display());
     }
@@ -419,7 +461,7 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     tr.after_stop = evidence(pid, ram)?;
     let b = &tr.before_stop;
     let a = &tr.after_stop;
-    let app_pages = (env.app_mib + env.check_mib) << 8;
+    let app_pages = env.data_pages();
     let limit = (b.ram_present_pages / 50).max(256);
     let mut notes = Vec::new();
     if a.ram_present_pages > limit {
@@ -435,7 +477,7 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     }
     tr.freed_ok = notes.is_empty();
     tr.freed_note = if notes.is_empty() {
-        format!("resident {} -> {} pages, swapped {}, RSS {} MiB, SwapCached {} MiB", b.ram_present_pages, a.ram_present_pages, a.ram_swapped_pages, a.qemu_rss_bytes >> 20, a.swap_cached_bytes >> 20)
+        format!("resident {} -> {} pages (+{} zero-page), swapped {}, RSS {} MiB, SwapCached {} MiB", b.ram_present_pages, a.ram_present_pages, a.ram_zero_pages, a.ram_swapped_pages, a.qemu_rss_bytes >> 20, a.swap_cached_bytes >> 20)
     } else {
         notes.join("; ")
     };
@@ -460,6 +502,10 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     let c1 = counters(swap_dev);
     tr.swapin_bytes_to_start_return = (c1.pswpin - c0.pswpin) * 4096;
     let sv = started?;
+    tr.effective_mode = sv["vm"]["effective"].as_str().unwrap_or(&tr.mode).to_string();
+    tr.prefetched_bytes = sv["vm"]["prefetched_bytes"].as_u64().unwrap_or(0);
+    tr.maps = tr.torpord_stop["vm"]["maps"].as_str().unwrap_or("").to_string();
+    tr.torpord_evicted = tr.torpord_stop["vm"]["evidence"]["evicted"].as_bool();
     tr.torpord_start = sv;
     poller.join().map_err(|_| anyhow!("poller panicked"))??;
     let (d, c, present) = first.lock().map_err(|_| anyhow!("poisoned"))?.context("no first response")?;
@@ -467,7 +513,11 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     tr.swapin_bytes_to_first_response = c.pswpin.saturating_sub(c0.pswpin) * 4096;
     tr.dev_read_bytes_to_first_response = c.dev_read_sectors.saturating_sub(c0.dev_read_sectors) * 512;
     tr.ram_present_pages_at_first_response = present;
-    let (ok, va, vc) = verify(env);
+    // The app's /verify reads all its data: with demand paging the rest comes back now.
+    let (a_ok, va) = verify_one(env.app_addr());
+    tr.app_all_data_s = t0.elapsed().as_secs_f64();
+    let (c_ok, vc) = verify_one(env.check_addr());
+    let ok = a_ok && c_ok;
     tr.verify_ok = ok;
     tr.verify_app = va;
     tr.verify_checksum = vc;
@@ -493,7 +543,7 @@ fn machine() -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load_before: &str, load_after: &str, swap_dev: Option<&str>, module: bool) -> Result<Vec<PathBuf>> {
+fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load_before: &str, load_after: &str, swap_dev: Option<&str>, module: bool, idle: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&o.out_dir)?;
     let stamp = started.replace([' ', ':'], "-").replace("-UTC", "");
     let base = o.out_dir.join(format!("vm-resume-{}-{stamp}", o.driver));
@@ -501,12 +551,12 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
     let csv_path = base.with_extension("csv");
     let md_path = base.with_extension("md");
     std::fs::write(&json_path, serde_json::to_string_pretty(&json!({ "started": started, "driver": o.driver, "machine": machine(),
-        "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "torpor_ko_loaded": module }, "trials": trials }))?)?;
-    let mut csv = String::from("trial,mode,driver,first_response_s,start_return_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
+        "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko_loaded": module }, "idle_verify_at_end": idle, "trials": trials }))?)?;
+    let mut csv = String::from("trial,mode,effective_mode,prefetched_bytes,maps,torpord_evicted,driver,first_response_s,start_return_s,app_all_data_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
     for t in trials {
         csv += &format!(
-            "{},{},{},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
-            t.trial, t.mode, t.driver, t.first_response_s, t.start_return_s, t.swapin_bytes_to_first_response, t.swapin_bytes_to_start_return,
+            "{},{},{},{},{},{:?},{},{:.4},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
+            t.trial, t.mode, t.effective_mode, t.prefetched_bytes, t.maps, t.torpord_evicted, t.driver, t.first_response_s, t.start_return_s, t.app_all_data_s, t.swapin_bytes_to_first_response, t.swapin_bytes_to_start_return,
             t.dev_read_bytes_to_first_response, t.ram_present_pages_at_first_response, t.stop_s, t.before_stop.ram_present_pages,
             t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes, t.freed_ok, t.verify_ok, t.error
         );
@@ -516,6 +566,7 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
     let ok = |t: &&Trial| t.error.is_empty() && t.freed_ok && t.verify_ok;
     let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> { trials.iter().filter(|t| t.mode == mode).filter(ok).map(f).collect() };
     let med_none = stats::median(&col("none", &|t| t.first_response_s));
+    let med_none_all = stats::median(&col("none", &|t| t.app_all_data_s));
     let mut md = String::new();
     md += &format!("# VM resume end to end ({} driver), {started}\n\n", o.driver);
     md += "A QEMU **TCG** guest (no KVM on this host: every guest instruction is emulated, so absolute times are \
@@ -524,16 +575,18 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
            Each trial: Stop (QMP stop, freeze, purge QEMU to swap) → check the guest's RAM is out (pagemap of QEMU's \
            guest-RAM mapping, QEMU RSS, host SwapCached) → Start with a prefetch mode → time to the first `GET /` \
            answer, polled through hostfwd from the moment Start is issued (independently of torpord's probe) → \
-           `GET /verify` of both processes in the guest (every word checked). Modes interleaved per trial.\n\n";
+           `GET /verify` of the app and the checksum process in the guest (every word checked; the app's `/verify` reads all its data, so its completion time is \"all app data back\"). Modes rotate per trial. With `none` only what the first request touches is read before it is answered; `full` reads the whole QEMU process first; `priority` reads QEMU's own memory and the guest's classes 0-5 minus free pages first.\n\n";
     md += &format!("- machine: {}\n", machine());
     md += &format!("- load average: before `{load_before}`, after `{load_after}` (2 cores shared with other jobs)\n");
     md += &format!(
-        "- guest: {} MiB RAM, 1 vCPU, TCG; app {} MiB (working set `GET /` touches {} MiB), checksum process {} MiB; torpor.ko in the guest: {}\n",
-        env.mem_mib, env.app_mib, env.ws_mib, env.check_mib, if module { "loaded (agent source: module)" } else { "not loaded (agent source: portable)" }
+        "- guest: {} MiB RAM, 1 vCPU, TCG; app {} MiB (working set `GET /` touches {} MiB), checksum process {} MiB (verified every trial), idle process {} MiB (untouched after boot, verified once at the end: {idle}); torpor.ko in the guest: {}\n",
+        env.mem_mib, env.app_mib, env.ws_mib, env.check_mib, env.idle_mib, if module { "loaded (agent source: module)" } else { "not loaded (agent source: portable)" }
     );
-    md += &format!("- swap: {} (swapfile on that device); bytes read = `pswpin` delta × 4096 (host-wide) and the device's read sectors × 512 (includes any other reads on that disk)\n", swap_dev.map(mem::dev_name).unwrap_or_else(|| "?".into()));
+    let swapfiles: Vec<String> = mem::swap_devices().unwrap_or_default().into_iter().map(|(p, d)| format!("`{p}` on {}", mem::dev_name(&d))).collect();
+    md += &format!("- swap: {} (the runner's 2 GiB swapfile has the highest priority); bytes read = `pswpin` delta × 4096 (host-wide) and the device's read sectors × 512 (includes any other reads on that disk)\n", swapfiles.join(", "));
+    let _ = swap_dev;
     md += &format!("- driver: `{}`; trials per mode: {}; raw data: `{}`, `{}`\n\n", o.driver, o.trials, csv_path.file_name().unwrap_or_default().to_string_lossy(), json_path.file_name().unwrap_or_default().to_string_lossy());
-    md += "| mode | ok trials | first response, median (min–max) s | vs demand paging | Start returned, median s | swap-in to first response, median MiB | device reads, median MiB |\n|---|---|---|---|---|---|---|\n";
+    md += "| mode | ok trials | first response, median (min–max) s | vs demand paging | Start returned, median s | all app data back (`/verify` done), median s | vs demand paging | swap-in to first response, median MiB | device reads, median MiB |\n|---|---|---|---|---|---|---|---|---|\n";
     for mode in MODES {
         let fr = col(mode, &|t| t.first_response_s);
         let n_all = trials.iter().filter(|t| t.mode == mode).count();
@@ -544,8 +597,13 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
             _ => "–".into(),
         };
         let f = |v: Option<f64>, scale: f64| v.map(|x| format!("{:.2}", x / scale)).unwrap_or_else(|| "–".into());
+        let m_all = stats::median(&col(mode, &|t| t.app_all_data_s));
+        let ratio_all = match (med_none_all, m_all) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "–".into(),
+        };
         md += &format!(
-            "| {} | {}/{} | {} ({:.2}–{:.2}) | {} | {} | {} | {} |\n",
+            "| {} | {}/{} | {} ({:.2}–{:.2}) | {} | {} | {} | {} | {} | {} |\n",
             if mode == "none" { "none (demand paging)" } else { mode },
             fr.len(),
             n_all,
@@ -554,15 +612,18 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
             hi,
             ratio,
             f(stats::median(&col(mode, &|t| t.start_return_s)), 1.0),
+            f(m_all, 1.0),
+            ratio_all,
             f(stats::median(&col(mode, &|t| t.swapin_bytes_to_first_response as f64)), 1048576.0),
             f(stats::median(&col(mode, &|t| t.dev_read_bytes_to_first_response as f64)), 1048576.0),
         );
     }
-    md += "\n## Trials\n\n| trial | mode | first response s | Start returned s | swap-in MiB | guest RAM resident before/after Stop (pages) | swapped after Stop | SwapCached after Stop MiB | freed | verify |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    md += "\n## Trials\n\n| trial | mode (effective, maps) | first response s | Start returned s | prefetched before cont MiB | swap-in MiB | guest RAM resident before/after Stop (pages) | swapped after Stop | SwapCached after Stop MiB | freed | verify |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for t in trials {
         md += &format!(
-            "| {} | {} | {:.3} | {:.3} | {:.1} | {} / {} | {} | {} | {} | {} |\n",
-            t.trial, t.mode, t.first_response_s, t.start_return_s, t.swapin_bytes_to_first_response as f64 / 1048576.0,
+            "| {} | {} ({}, {}) | {:.3} | {:.3} | {:.1} | {:.1} | {} / {} | {} | {} | {} | {} |\n",
+            t.trial, t.mode, t.effective_mode, if t.maps.is_empty() { "-" } else { &t.maps }, t.first_response_s, t.start_return_s,
+            t.prefetched_bytes as f64 / 1048576.0, t.swapin_bytes_to_first_response as f64 / 1048576.0,
             t.before_stop.ram_present_pages, t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes >> 20,
             if t.freed_ok { "yes" } else { "**NO**" },
             if t.verify_ok { "ok".to_string() } else { format!("**BAD** {} / {} {}", t.verify_app, t.verify_checksum, t.error) }

@@ -13,10 +13,12 @@ pub struct GuestEnv {
     pub dir: PathBuf,
     pub port: u16,
     pub check_port: u16,
+    pub idle_port: u16,
     pub mem_mib: u64,
     pub app_mib: u64,
     pub ws_mib: u64,
     pub check_mib: u64,
+    pub idle_mib: u64,
     pub ko: String,
 }
 
@@ -38,10 +40,12 @@ impl GuestEnv {
             dir: dir.to_path_buf(),
             port: get("PORT")?.parse()?,
             check_port: get("CHECK_PORT")?.parse()?,
+            idle_port: get("IDLE_PORT")?.parse()?,
             mem_mib: get("MEM")?.parse()?,
             app_mib: get("APP_MIB")?.parse()?,
             ws_mib: get("WS_MIB")?.parse()?,
             check_mib: get("CHECK_MIB")?.parse()?,
+            idle_mib: get("IDLE_MIB")?.parse()?,
             ko: m.get("KO").cloned().unwrap_or_default(),
         })
     }
@@ -50,6 +54,13 @@ impl GuestEnv {
     }
     pub fn check_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.check_port))
+    }
+    pub fn idle_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.idle_port))
+    }
+    /// Pages the three guest processes hold.
+    pub fn data_pages(&self) -> u64 {
+        (self.app_mib + self.check_mib + self.idle_mib) << 8
     }
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -70,7 +81,7 @@ impl GuestEnv {
     /// Last `n` lines of the guest console and the guest-side logs, for failure reports.
     pub fn diagnostics(&self, n: usize) -> String {
         let mut out = String::new();
-        for f in ["console.log", "job/agent.log", "job/app.log", "job/checksum.log"] {
+        for f in ["console.log", "job/agent.log", "job/app.log", "job/checksum.log", "job/idle.log"] {
             let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_else(|e| format!("({e})"));
             let lines: Vec<&str> = text.lines().collect();
             out += &format!("--- {f} (last {n} lines)\n");
@@ -90,7 +101,18 @@ pub struct Guest {
 
 impl Guest {
     pub fn launch(env: &GuestEnv, guest_sh: &Path) -> Result<Guest> {
-        let argv = env.launch_argv(guest_sh);
+        Self::launch_in(env, guest_sh, None)
+    }
+
+    /// Launch with QEMU in its own cgroup (`cgroup.procs` written by the launching shell
+    /// before it execs, so all of QEMU's memory is charged there from the start).
+    pub fn launch_in(env: &GuestEnv, guest_sh: &Path, cgroup: Option<&Path>) -> Result<Guest> {
+        let mut argv = env.launch_argv(guest_sh);
+        if let Some(cg) = cgroup {
+            let mut w = vec!["/bin/sh".to_string(), "-c".into(), r#"echo $$ > "$0/cgroup.procs" && exec "$@""#.into(), cg.display().to_string()];
+            w.append(&mut argv);
+            argv = w;
+        }
         let log = std::fs::File::create(env.dir.join("qemu.log"))?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -145,9 +167,10 @@ mod tests {
         assert_eq!(m["KO"], "");
         let dir = std::env::temp_dir().join(format!("vm-e2e-env-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("guest.env"), "PORT=1 CHECK_PORT=2 MEM=512 APP_MIB=3 WS_MIB=1 CHECK_MIB=4 KO=/k.ko\n").unwrap();
+        std::fs::write(dir.join("guest.env"), "PORT=1 CHECK_PORT=2 IDLE_PORT=5 MEM=512 APP_MIB=3 WS_MIB=1 CHECK_MIB=4 IDLE_MIB=6 KO=/k.ko\n").unwrap();
         let e = GuestEnv::load(&dir).unwrap();
-        assert_eq!((e.port, e.check_port, e.mem_bytes(), e.ko.as_str()), (1, 2, 512 << 20, "/k.ko"));
+        assert_eq!((e.port, e.check_port, e.idle_port, e.mem_bytes(), e.ko.as_str()), (1, 2, 5, 512 << 20, "/k.ko"));
+        assert_eq!(e.data_pages(), 13 << 8);
         std::fs::write(dir.join("guest.env"), "PORT=1\n").unwrap();
         assert!(GuestEnv::load(&dir).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -43,7 +43,8 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> 
     let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    // One write: a server that reads once and closes with unread bytes would reset the connection.
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).with_context(|| format!("read {addr}{path}"))?;
     if raw.is_empty() {
@@ -96,8 +97,14 @@ mod tests {
             // second: 503, third: 200.
             for (i, s) in l.incoming().take(3).enumerate() {
                 let mut s = s.unwrap();
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
+                let mut buf = Vec::new();
+                let mut b = [0u8; 512];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
                 match i {
                     0 => drop(s),
                     1 => s.write_all(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n").unwrap(),

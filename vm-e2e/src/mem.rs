@@ -59,7 +59,11 @@ pub fn find_guest_ram(vmas: &[Vma], ram_bytes: u64) -> Result<Vma> {
 /// Pages of a range by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PageCounts {
+    /// Present and not the shared zero page (memory this range really holds).
     pub present: u64,
+    /// Present, mapping the shared zero page (or huge zero page): holds no memory, and
+    /// page-out leaves it mapped.
+    pub zero: u64,
     pub swapped: u64,
     /// Neither (never touched, or dropped).
     pub none: u64,
@@ -67,14 +71,20 @@ pub struct PageCounts {
 
 impl PageCounts {
     pub fn total(&self) -> u64 {
-        self.present + self.swapped + self.none
+        self.present + self.zero + self.swapped + self.none
     }
-    /// Count pagemap entries (bit 63 present, bit 62 swapped).
-    pub fn add_entries(&mut self, entries: &[u8]) {
+    /// Count pagemap entries (bit 63 present, bit 62 swapped, bits 0-54 PFN); `is_zero(pfn)`
+    /// says whether a present page is the zero page.
+    pub fn add_entries(&mut self, entries: &[u8], is_zero: &mut dyn FnMut(u64) -> bool) {
         for e in entries.chunks_exact(8) {
             let v = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
             if v & (1 << 63) != 0 {
-                self.present += 1;
+                let pfn = v & ((1 << 55) - 1);
+                if pfn != 0 && is_zero(pfn) {
+                    self.zero += 1;
+                } else {
+                    self.present += 1;
+                }
             } else if v & (1 << 62) != 0 {
                 self.swapped += 1;
             } else {
@@ -88,6 +98,17 @@ impl PageCounts {
 /// swap bit on recent kernels; the present bit is always there).
 pub fn page_counts(pid: i32, start: u64, end: u64) -> Result<PageCounts> {
     let mut f = fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("open /proc/{pid}/pagemap"))?;
+    // KPF_ZERO_PAGE (bit 24) from /proc/kpageflags, cached per PFN (the zero page is one PFN,
+    // the huge zero page 512); without kpageflags (not root) nothing counts as zero.
+    let mut kpf = fs::File::open("/proc/kpageflags").ok();
+    let mut cache: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    let mut is_zero = |pfn: u64| -> bool {
+        *cache.entry(pfn).or_insert_with(|| {
+            let Some(k) = kpf.as_mut() else { return false };
+            let mut b = [0u8; 8];
+            k.seek(SeekFrom::Start(pfn * 8)).is_ok() && k.read_exact(&mut b).is_ok() && u64::from_le_bytes(b) & (1 << 24) != 0
+        })
+    };
     let mut c = PageCounts::default();
     let mut buf = vec![0u8; 8 * 16384];
     let mut vpn = start / PAGE;
@@ -96,7 +117,7 @@ pub fn page_counts(pid: i32, start: u64, end: u64) -> Result<PageCounts> {
         let n = ((end_vpn - vpn) as usize).min(16384);
         f.seek(SeekFrom::Start(vpn * 8))?;
         f.read_exact(&mut buf[..n * 8]).with_context(|| format!("read pagemap of {pid} at vpn {vpn:#x}"))?;
-        c.add_entries(&buf[..n * 8]);
+        c.add_entries(&buf[..n * 8], &mut is_zero);
         vpn += n as u64;
     }
     Ok(c)
@@ -189,12 +210,12 @@ mod tests {
     fn pagemap_entries() {
         let mut c = PageCounts::default();
         let mut e = Vec::new();
-        for v in [1u64 << 63 | 5, 1 << 62 | 77, 0, 1 << 63, 1 << 62] {
+        for v in [1u64 << 63 | 5, 1 << 62 | 77, 0, 1 << 63, 1 << 62, 1 << 63 | 9, 1 << 63 | 9] {
             e.extend_from_slice(&v.to_le_bytes());
         }
-        c.add_entries(&e);
-        assert_eq!(c, PageCounts { present: 2, swapped: 2, none: 1 });
-        assert_eq!(c.total(), 5);
+        c.add_entries(&e, &mut |pfn| pfn == 9);
+        assert_eq!(c, PageCounts { present: 2, zero: 2, swapped: 2, none: 1 });
+        assert_eq!(c.total(), 7);
     }
 
     #[test]
@@ -210,6 +231,31 @@ mod tests {
         assert_eq!(c.total(), 32);
         assert_eq!(c.present, 32);
         std::hint::black_box(&buf);
+    }
+
+    #[test]
+    fn zero_page_mappings_are_told_apart() {
+        // Read-only faults on untouched anonymous memory map the shared zero page.
+        // SAFETY: a fresh private anonymous mapping, unmapped below; only read through volatile reads.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 16 * PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as *mut u8;
+        for i in 0..8 {
+            // SAFETY: within the 16-page mapping.
+            unsafe { std::ptr::read_volatile(base.add(i * PAGE as usize)) };
+        }
+        for i in 8..12 {
+            // SAFETY: within the 16-page mapping.
+            unsafe { std::ptr::write_volatile(base.add(i * PAGE as usize), 1) };
+        }
+        let c = page_counts(std::process::id() as i32, p as u64, p as u64 + 16 * PAGE).unwrap();
+        // SAFETY: unmapping the mapping created above.
+        unsafe { libc::munmap(p, 16 * PAGE as usize) };
+        assert_eq!(c.present, 4, "{c:?}");
+        assert_eq!(c.total(), 16);
+        if std::fs::File::open("/proc/kpageflags").is_ok() {
+            assert_eq!(c.zero, 8, "{c:?}");
+        }
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
             Ok(format!("{} ranges, {} pages = {:.1} MiB of {} MiB", l.ranges.len(), l.total_pages(), total as f64 / 1048576.0, mem >> 20))
         })(),
     );
-    let app_pages = (env.app_mib + env.check_mib) << 8;
+    let app_pages = env.data_pages();
     c.check(
         "agent GET_FREE_BITMAP covers the layout, app memory not free",
         (|| {
@@ -172,9 +172,11 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
                 bail!("no Kernel pages");
             }
             let user = h[Category::UserData as usize] + h[Category::UserCode as usize];
-            // Both apps were just active; their data is resident (no swap in the guest).
-            if user * 10 < app_pages * 9 {
-                bail!("User_Code+User_Data {user} pages < 90% of the apps' {app_pages} pages (histogram {:?})", &h[..9]);
+            // The web app and the checksum process were just active; their data is resident
+            // (no swap in the guest).
+            let active_pages = (env.app_mib + env.check_mib) << 8;
+            if user * 10 < active_pages * 9 {
+                bail!("User_Code+User_Data {user} pages < 90% of the active apps' {active_pages} pages (histogram {:?})", &h[..9]);
             }
             let cats: Vec<String> = Category::ALL.iter().map(|k| format!("{}={}", k.name(), h[*k as usize])).collect();
             Ok(format!("window {} ms, built in {:.1} ms, fetched in {:.0} ms; {}", m.info.window_ms, m.info.build_us as f64 / 1e3, t.elapsed().as_secs_f64() * 1e3, cats.join(" ")))
@@ -204,6 +206,10 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
         "checksum process GET /verify",
         http::poll_ok(env.check_addr(), "/verify", Instant::now() + Duration::from_secs(60), Duration::from_millis(250)).map(|(r, _)| r.body.trim().to_string()),
     );
+    c.check(
+        "idle process GET /verify",
+        http::poll_ok(env.idle_addr(), "/verify", Instant::now() + Duration::from_secs(60), Duration::from_millis(250)).map(|(r, _)| r.body.trim().to_string()),
+    );
     let module_loaded = std::fs::read_to_string(env.console_path()).map(|s| s.contains("torpor.ko loaded")).unwrap_or(false);
     println!("smoke: torpor.ko in the guest: {}", if module_loaded { "loaded" } else { "not loaded (portable source)" });
     agent_checks(&mut c, env, module_loaded);
@@ -215,7 +221,7 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
             let maps = std::fs::read_to_string(format!("/proc/{}/maps", guest.pid()))?;
             let ram = mem::find_guest_ram(&mem::parse_maps(&maps), env.mem_bytes())?;
             let pc = mem::page_counts(guest.pid(), ram.start, ram.end)?;
-            let app_pages = (env.app_mib + env.check_mib) << 8;
+            let app_pages = env.data_pages();
             if pc.present < app_pages {
                 bail!("only {} pages present, the apps hold {app_pages}", pc.present);
             }

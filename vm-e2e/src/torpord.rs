@@ -57,7 +57,7 @@ pub fn call(sock: &Path, method: &str, path: &str, body: Option<&Value>, timeout
     let mut s = UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
     s.set_read_timeout(Some(timeout))?;
     let b = body.map(|v| v.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: torpord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())?;
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: torpord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).with_context(|| format!("{method} {path}"))?;
     let (status, body) = parse_raw(&raw)?;
@@ -123,10 +123,12 @@ mod tests {
             dir: "/work/x".into(),
             port: 18080,
             check_port: 18081,
+            idle_port: 18082,
             mem_mib: 512,
             app_mib: 192,
             ws_mib: 16,
             check_mib: 32,
+            idle_mib: 96,
             ko: String::new(),
         };
         let text = config(&env, &["/w/guest.sh".into(), "launch".into(), "/work/x".into()], Path::new("/work/x/state"), Path::new("/work/x/t.sock"), "torpor-e2e");

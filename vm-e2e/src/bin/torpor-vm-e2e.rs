@@ -29,7 +29,10 @@ fn main() -> Result<()> {
             let bin_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
             let o = vm_e2e::bench::Opts {
                 trials: opt("--trials").map(|s| s.parse()).transpose().context("--trials")?.unwrap_or(3),
-                out_dir: PathBuf::from(opt("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/results/vm-resume").into())),
+                out_dir: match opt("--out") {
+                    Some(o) => PathBuf::from(o),
+                    None => std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))?.join("bench/results/vm-resume"),
+                },
                 guest_sh: guest_sh(),
                 driver: opt("--driver").unwrap_or_else(|| "torpord".into()),
                 torpord_bin: opt("--torpord").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("torpord")),
