@@ -151,11 +151,11 @@ impl Controller {
         });
         let qpid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
-        {
-            let mut rt = lock(&slot.vm);
-            if let Some(bg) = rt.background.take() {
-                rt.last_background = Some(bg.stop());
-            }
+        // (Joined outside the lock: status reads never wait for an operation.)
+        let bg = lock(&slot.vm).background.take();
+        if let Some(bg) = bg {
+            let st = bg.stop();
+            lock(&slot.vm).last_background = Some(st);
         }
         let fail = |msg: String| -> ApiError {
             let msg = format!("{msg}; app left running");
@@ -474,8 +474,10 @@ impl Controller {
         timing.total_s = t0.elapsed().as_secs_f64();
         timing.unix_time = now_unix();
         if let Err(e) = res {
-            if let Some(bg) = lock(&slot.vm).background.take() {
-                bg.stop();
+            let bg = lock(&slot.vm).background.take();
+            if let Some(bg) = bg {
+                let st = bg.stop();
+                lock(&slot.vm).last_background = Some(st);
             }
             return Err(self.fail_start(slot, e));
         }
