@@ -32,6 +32,10 @@ pub struct PrefetchOptions {
     pub working_set: Option<WorkingSet>,
     /// Only the working set (the rest comes back on demand).
     pub working_set_only: bool,
+    /// With `working_set_only`: look only inside the working set's ranges. No smaps read and
+    /// no whole-process pagemap walk (a big process, e.g. QEMU with its TCG code buffer, costs
+    /// 100+ ms per walk); the report's swapped/present counts then cover those ranges only.
+    pub scan_working_set_only: bool,
 }
 
 impl Default for PrefetchOptions {
@@ -44,6 +48,7 @@ impl Default for PrefetchOptions {
             free_floor_bytes: 256 << 20,
             working_set: None,
             working_set_only: false,
+            scan_working_set_only: false,
         }
     }
 }
@@ -80,7 +85,8 @@ pub struct PrefetchReport {
     pub map_failed_pages: u64,
     /// Pages still swapped afterwards (pagemap).
     pub still_swapped_pages: u64,
-    /// Present pages afterwards (pagemap, whole process).
+    /// Present pages afterwards (pagemap, whole process; only the working set's ranges with
+    /// `scan_working_set_only`).
     pub present_after_pages: u64,
     /// Runs of consecutive swap slots the reads covered.
     pub read_runs: u64,
@@ -105,12 +111,30 @@ pub fn swapped_pages(t: &Target) -> Result<Vec<SwappedPage>> {
     Ok(out)
 }
 
-fn count_present(t: &Target) -> Result<u64> {
-    let vmas = crate::inspect::vmas(t)?;
+/// The target's swapped pages inside `ranges` only (sorted, non-overlapping; addresses that
+/// are not mapped read as empty pagemap entries).
+pub fn swapped_pages_in(t: &Target, ranges: &[Range]) -> Result<Vec<SwappedPage>> {
+    let mut pm = Pagemap::open(t.pid())?;
+    let mut out = Vec::new();
+    for r in ranges {
+        pm.scan(r.start, r.end(), |addr, info| {
+            if let (false, _, Some((ty, off))) = classify(&info) {
+                out.push(SwappedPage { addr, swap_type: ty, offset: off });
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+fn count_present(t: &Target, only: Option<&[Range]>) -> Result<u64> {
     let mut pm = Pagemap::open(t.pid())?;
     let mut n = 0;
-    for v in vmas.iter().filter(|v| v.kind != VmaKind::Special) {
-        pm.scan(v.start, v.end, |_, info| n += classify(&info).0 as u64)?;
+    let spans: Vec<(u64, u64)> = match only {
+        Some(rs) => rs.iter().map(|r| (r.start, r.end())).collect(),
+        None => crate::inspect::vmas(t)?.iter().filter(|v| v.kind != VmaKind::Special).map(|v| (v.start, v.end)).collect(),
+    };
+    for (start, end) in spans {
+        pm.scan(start, end, |_, info| n += classify(&info).0 as u64)?;
     }
     Ok(n)
 }
@@ -136,7 +160,15 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
     let t = Target::open(pid, "prefetch")?;
     let ps = sys::page_size();
     let t0 = Instant::now();
-    let mut all = swapped_pages(&t)?;
+    let scope: Option<&[Range]> = match (&opts.working_set, opts.working_set_only && opts.scan_working_set_only) {
+        (Some(ws), true) => Some(&ws.regions),
+        _ => None,
+    };
+    let scan = |t: &Target| match scope {
+        Some(rs) => swapped_pages_in(t, rs),
+        None => swapped_pages(t),
+    };
+    let mut all = scan(&t)?;
     let swapped_before = all.len() as u64;
     let key = |p: &SwappedPage| (p.swap_type, p.offset);
 
@@ -235,8 +267,8 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
         return Err(e);
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let still = swapped_pages(&t)?.len() as u64;
-    let present = count_present(&t)?;
+    let still = scan(&t)?.len() as u64;
+    let present = count_present(&t, scope)?;
     Ok(PrefetchReport {
         pid,
         backend: backend.name().to_string(),

@@ -154,6 +154,7 @@ pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &
     let opts = PrefetchOptions {
         working_set: Some(WorkingSet::new(pid, "guest-ram", WsMethod::External, Duration::ZERO, ranges)),
         working_set_only: true,
+        scan_working_set_only: true,
         ..base.clone()
     };
     crate::prefetch_with(backend, pid, &opts, &NoProgress)
