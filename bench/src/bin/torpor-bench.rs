@@ -2,7 +2,13 @@
 //! placement in hosting platforms"). Needs root and active swap (`bench/run-experiments.sh`
 //! sets up its own swapfile).
 //!
-//!   torpor-bench [--quick] [--out DIR] size-sweep|contribution|contiguity|repeated|all
+//!   torpor-bench [--quick] [--out DIR] size-sweep|contribution|contiguity|repeated|cpu-load|tomcat|all
+//!   torpor-bench [--quick] [--out DIR] free-memory    (fills the machine: scripts/vm-free-memory.sh runs it in our guest)
+//!   torpor-bench [--out DIR] disk-models              (table + plot from <out>/vm/vmbench-*.json; measures nothing)
+//!
+//! Experiments (numbers as in the bench issue): 1 `cpu-load`, 2 `size-sweep`, 3 `contribution` +
+//! `free-memory`, 4 `contiguity`, 5 `repeated`, 6 `tomcat`, 7 `disk-models`. `cpu-load` and
+//! `tomcat` run Tomcat 10 from Debian with `bench/tomcat-app/` (see `bench::server`).
 //!
 //! Each experiment writes `<out>/<experiment>/<experiment>-<date>-<host>[-quick].{md,json,png}`
 //! (default out: `bench/results`). Every timed resume is preceded by a proof that the child's
