@@ -15,7 +15,8 @@ pub enum Category {
     KernelAllocated = 1,
     /// Used for I/O (portable: pages under writeback, `KPF_WRITEBACK`).
     MemoryIo = 2,
-    /// Page tables (exact: of active processes; portable: every `KPF_PGTABLE` page).
+    /// Page tables: every page-table page, user or kernel, in both sources (the module's
+    /// page-type test and the portable `KPF_PGTABLE`); neither tells the owning process.
     PageTable = 3,
     /// Executable page mapped by an active process.
     UserCode = 4,

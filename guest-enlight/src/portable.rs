@@ -33,8 +33,8 @@
 //! * `KPF_SLAB` → Kernel_Allocated; flag-less pages that are not inferred free, and
 //!   pages with only unclassifiable flags, → Kernel_Allocated (a guess: vmalloc, stacks,
 //!   per-cpu lists);
-//! * `KPF_PGTABLE` (bit 26) → Page_Table (exact: page tables *of active processes*;
-//!   portable: every page table, since kpageflags does not name the owner);
+//! * `KPF_PGTABLE` (bit 26) → Page_Table: every page table, as the module does (neither
+//!   source names the owning process);
 //! * `KPF_WRITEBACK` → Memory_I/O (exact: memory used for I/O; portable: pages under
 //!   writeback at the moment of the scan);
 //! * `KPF_ANON` (or `KPF_SWAPBACKED`) not raised below → Other (anonymous memory of
