@@ -9,7 +9,8 @@
 #    first HTTP response, swap-in bytes → /verify in the guest. Results: bench/results/vm-resume/.
 # Exits non-zero on any failure. Env: CARGO, CARGO_TARGET_DIR (must be visible in the guest:
 # not under /tmp, /run, /var/tmp), VM_E2E_SWAPFILE (default /var/tmp/torpor-vm-e2e.swap),
-# VM_E2E_PORT (first of three host ports, default: three free ones from 18480).
+# VM_E2E_PORT (first of three host ports, default: three free ones from 18480),
+# VM_E2E_OUT (results directory, default bench/results/vm-resume).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$PWD"
@@ -61,7 +62,7 @@ if [ "$smoke" = 0 ] && [ "$smoke_only" = 0 ]; then
   echo "== vm-e2e: bench ($driver, $trials trials per mode, temporary swapfile)" >&2
   TORPOR_SWAPFILE="${VM_E2E_SWAPFILE:-/var/tmp/torpor-vm-e2e.swap}" TORPOR_SWAP_MIB=2048 \
     procswap/tests/with-swap.sh "$bin/torpor-vm-e2e" bench "$dir" --trials "$trials" --driver "$driver" \
-      --torpord "$bin/torpord" --torpor "$bin/torpor"
+      --torpord "$bin/torpord" --torpor "$bin/torpor" --out "${VM_E2E_OUT:-$repo/bench/results/vm-resume}"
   bench=$?
 fi
 echo "== vm-e2e: smoke $( [ "$smoke" = 0 ] && echo PASSED || echo FAILED ), bench $( case "$bench" in 0) echo PASSED ;; skipped) echo "NOT RUN" ;; *) echo FAILED ;; esac ) in $(( $(date +%s) - t0 ))s (logs: $dir)" >&2

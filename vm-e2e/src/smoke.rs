@@ -73,7 +73,8 @@ fn expect_ok(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
 pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
     let connect = || -> Result<Client<UnixStream>> {
         let s = UnixStream::connect(env.agent_path()).with_context(|| format!("connect {}", env.agent_path().display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(180)))?;
+        // HELLO must come back quickly (an absent agent fails here, not after the map budget).
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_write_timeout(Some(Duration::from_secs(30)))?;
         Ok(Client::new(s))
     };
@@ -112,6 +113,10 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
             }
         })(),
     );
+    // Maps may take longer to build under TCG.
+    let s = client.into_inner();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(180)));
+    let mut client = Client::new(s);
     let mut layout = None;
     c.check(
         "agent GET_LAYOUT matches the guest's RAM",
