@@ -10,7 +10,8 @@
 # Exits non-zero on any failure. Env: CARGO, CARGO_TARGET_DIR (must be visible in the guest:
 # not under /tmp, /run, /var/tmp), VM_E2E_SWAPFILE (default /var/tmp/torpor-vm-e2e.swap),
 # VM_E2E_PORT (first of three host ports, default: three free ones from 18480),
-# VM_E2E_OUT (results directory, default bench/results/vm-resume).
+# VM_E2E_OUT (results directory, default bench/results/vm-resume), VM_E2E_WS_MIB (MiB the
+# app's GET / touches, default 16 of its 192).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$PWD"
@@ -52,7 +53,8 @@ dir="$tdir/vm-e2e/run-$(date +%Y%m%d-%H%M%S)-$$"
 mkdir -p "$dir"
 echo "== vm-e2e: guest dir $dir, ports $port/$((port + 1))/$((port + 2))" >&2
 E2E_APP="$bin/torpor-e2e-app" TORPOR_GUEST="$bin/torpor-guest" \
-  vm-e2e/guest.sh prepare "$dir" --port "$port" --check-port "$((port + 1))" --idle-port "$((port + 2))" $kmod_flag || { echo "vm-e2e: FAIL: prepare" >&2; exit 1; }
+  vm-e2e/guest.sh prepare "$dir" --port "$port" --check-port "$((port + 1))" --idle-port "$((port + 2))" \
+  --ws-mib "${VM_E2E_WS_MIB:-16}" $kmod_flag || { echo "vm-e2e: FAIL: prepare" >&2; exit 1; }
 
 echo "== vm-e2e: smoke (HTTP, agent over virtio-serial, QMP)" >&2
 "$bin/torpor-vm-e2e" smoke "$dir"

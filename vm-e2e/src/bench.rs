@@ -546,7 +546,9 @@ fn machine() -> String {
 fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load_before: &str, load_after: &str, swap_dev: Option<&str>, module: bool, idle: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&o.out_dir)?;
     let stamp = started.replace([' ', ':'], "-").replace("-UTC", "");
-    let base = o.out_dir.join(format!("vm-resume-{}-{stamp}", o.driver));
+    // vm-resume-<driver>-<date>-ws<MiB>-<time>
+    let (date, time) = stamp.split_at(stamp.len().min(10));
+    let base = o.out_dir.join(format!("vm-resume-{}-{date}-ws{}{time}", o.driver, env.ws_mib));
     let json_path = base.with_extension("json");
     let csv_path = base.with_extension("csv");
     let md_path = base.with_extension("md");
@@ -577,6 +579,7 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
            answer, polled through hostfwd from the moment Start is issued (independently of torpord's probe) → \
            `GET /verify` of the app and the checksum process in the guest (every word checked; the app's `/verify` reads all its data, so its completion time is \"all app data back\"). Modes rotate per trial. With `none` only what the first request touches is read before it is answered; `full` reads the whole QEMU process first; `priority` reads QEMU's own memory and the guest's classes 0-5 minus free pages first.\n\n";
     md += &format!("- machine: {}\n", machine());
+    md += "- QEMU: `-accel tcg,tb-size=128 -m 512 -smp 1`, user networking with hostfwd, virtio-serial agent port, QMP; QEMU's own memory (outside guest RAM) includes TCG's translated-code cache, which a KVM guest does not have\n";
     md += &format!("- load average: before `{load_before}`, after `{load_after}` (2 cores shared with other jobs)\n");
     md += &format!(
         "- guest: {} MiB RAM, 1 vCPU, TCG; app {} MiB (working set `GET /` touches {} MiB), checksum process {} MiB (verified every trial), idle process {} MiB (untouched after boot, verified once at the end: {idle}); torpor.ko in the guest: {}\n",
