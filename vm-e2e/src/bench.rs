@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub const MODES: [&str; 3] = ["none", "full", "priority"];
+/// torpord's `cgroup_parent` for the e2e guest.
+const CGROUP_PARENT: &str = "torpor-e2e";
 
 pub struct Opts {
     pub trials: usize,
@@ -201,6 +203,15 @@ impl Driver {
                 // SAFETY: kill(2) on our own child torpord.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 let _ = child.wait();
+                // torpord leaves app cgroups behind by design; remove ours once QEMU is gone.
+                let t = Instant::now();
+                while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup"] {
+                    let _ = std::fs::remove_dir(Path::new(base).join(CGROUP_PARENT).join("guest"));
+                    let _ = std::fs::remove_dir(Path::new(base).join(CGROUP_PARENT));
+                }
                 Ok(())
             }
             Driver::Direct { guest, torpor, cgroup, .. } => {
@@ -337,7 +348,7 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
             let _ = std::fs::remove_dir_all(&state);
             std::fs::create_dir_all(&state)?;
             let cfg_path = env.dir.join("torpord.toml");
-            std::fs::write(&cfg_path, torpord::config(env, &env.launch_argv(&o.guest_sh), &state, &sock, "torpor-e2e"))?;
+            std::fs::write(&cfg_path, torpord::config(env, &env.launch_argv(&o.guest_sh), &state, &sock, CGROUP_PARENT))?;
             let check = Command::new(&o.torpord_bin).args(["--check", "--config"]).arg(&cfg_path).output()?;
             if !check.status.success() {
                 bail!("torpord --check {}: {}", cfg_path.display(), String::from_utf8_lossy(&check.stderr));
