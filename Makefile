@@ -104,6 +104,7 @@ test:
 	@$(PHASE) guest-test $(MAKE) --no-print-directory guest-test
 	@$(PHASE) vm-test $(MAKE) --no-print-directory vm-test
 	@$(PHASE) vm-harness $(MAKE) --no-print-directory vm-harness-test
+	@$(PHASE) vm-e2e env VM_E2E_OUT=$(CURDIR)/target/vm-resume $(MAKE) --no-print-directory vm-e2e
 	@echo "=== per-phase timings"; cat target/phases.txt
 
 # The whole story: a real Debian server, cold start vs torpor Start (host, stock
