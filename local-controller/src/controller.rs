@@ -1213,12 +1213,11 @@ impl Controller {
         self.stop_locked(slot)
     }
 
-    fn stop_locked(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
-        if slot.cfg.is_vm() {
-            return self.stop_vm(slot);
-        }
+    /// The common start of a Stop: the app's cgroups and what runs in them, with the app
+    /// marked Stopping; or (`Err`) the answer when there is nothing to stop (no process left,
+    /// or already frozen in Suspended/Standby).
+    fn begin_stop(&self, slot: &AppSlot) -> Result<(AppCgroups, Observed), serde_json::Value> {
         let name = slot.cfg.name.clone();
-        let t0 = Instant::now();
         let (cgs, state) = {
             let r = lock(&slot.st);
             (r.cgroups.clone(), r.state)
@@ -1229,15 +1228,28 @@ impl Controller {
                 r.state = AppState::Stopped;
                 r.pid = None;
             });
-            return Ok(serde_json::json!({"app": name, "state": "stopped", "already": true}));
+            return Err(serde_json::json!({"app": name, "state": "stopped", "already": true}));
         }
         if o.frozen && matches!(state, AppState::Suspended | AppState::Standby) {
-            return Ok(serde_json::json!({"app": name, "state": state.as_str(), "already": true}));
+            return Err(serde_json::json!({"app": name, "state": state.as_str(), "already": true}));
         }
         self.set(slot, |r| {
             r.in_flight = Some("stop".into());
             r.state = AppState::Stopping;
         });
+        Ok((cgs, o))
+    }
+
+    fn stop_locked(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
+        if slot.cfg.is_vm() {
+            return self.stop_vm(slot);
+        }
+        let name = slot.cfg.name.clone();
+        let t0 = Instant::now();
+        let (cgs, o) = match self.begin_stop(slot) {
+            Ok(x) => x,
+            Err(already) => return Ok(already),
+        };
         let tf = Instant::now();
         for f in self.freezers(&cgs, &o.pids) {
             if let Err(e) = f.freeze(FREEZE_TIMEOUT) {

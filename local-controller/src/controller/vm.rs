@@ -130,25 +130,10 @@ impl Controller {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let t0 = Instant::now();
-        let (cgs, state) = {
-            let r = lock(&slot.st);
-            (r.cgroups.clone(), r.state)
+        let (cgs, o) = match self.begin_stop(slot) {
+            Ok(x) => x,
+            Err(already) => return Ok(already),
         };
-        let o = self.observe(&cgs);
-        if o.pids.is_empty() {
-            self.set(slot, |r| {
-                r.state = AppState::Stopped;
-                r.pid = None;
-            });
-            return Ok(serde_json::json!({"app": name, "state": "stopped", "already": true}));
-        }
-        if o.frozen && matches!(state, AppState::Suspended | AppState::Standby) {
-            return Ok(serde_json::json!({"app": name, "state": state.as_str(), "already": true}));
-        }
-        self.set(slot, |r| {
-            r.in_flight = Some("stop".into());
-            r.state = AppState::Stopping;
-        });
         let qpid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
         // (Joined outside the lock: status reads never wait for an operation.)
