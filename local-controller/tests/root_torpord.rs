@@ -2,6 +2,8 @@
 //! Run through `local-controller/tests/run-root-tests.sh` (as root, under with-swap.sh):
 //!   cargo test -p local-controller --test root_torpord -- --ignored --test-threads=1 --nocapture
 
+mod common;
+
 use local_controller::client::request;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -146,34 +148,14 @@ impl Fixture {
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let m = procswap::cgroup::mounts().unwrap();
-        [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten().map(|mt| mt.mount_point.join(&self.parent)).collect()
+        common::cgroup_dirs(&self.parent)
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill9();
-        for parent in self.cgroup_dirs() {
-            let Ok(rd) = std::fs::read_dir(&parent) else { continue };
-            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
-                let d = e.path();
-                let _ = std::fs::write(d.join("cgroup.freeze"), "0");
-                let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-                for _ in 0..100 {
-                    let pids = procswap::cgroup::procs(&d).unwrap_or_default();
-                    if pids.is_empty() {
-                        break;
-                    }
-                    for p in pids {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = procswap::cgroup::remove(&d);
-            }
-            let _ = procswap::cgroup::remove(&parent);
-        }
+        common::remove_app_cgroups(&self.cgroup_dirs());
         if std::thread::panicking() {
             eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
         } else {

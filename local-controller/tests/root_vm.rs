@@ -9,6 +9,8 @@
 //! after every Start: the content must be unchanged whatever the mode, and the pages the fake
 //! guest called free (96..112 MiB) must never be prefetched ahead (they come back on demand).
 
+mod common;
+
 use guest_enlight::protocol::{encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD};
 use guest_enlight::{Category, FreeBitmap, MapInfo, MapSourceKind, PfnRange, PriorityMap, RamLayout};
 use local_controller::client::request;
@@ -178,28 +180,7 @@ impl Drop for Fixture {
             let _ = c.wait();
         }
         self.agent_stop.store(true, Ordering::Relaxed);
-        let m = procswap::cgroup::mounts().unwrap();
-        for mt in [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten() {
-            let parent = mt.mount_point.join(&self.parent);
-            let Ok(rd) = std::fs::read_dir(&parent) else { continue };
-            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
-                let d = e.path();
-                let _ = std::fs::write(d.join("cgroup.freeze"), "0");
-                let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-                for _ in 0..100 {
-                    let pids = procswap::cgroup::procs(&d).unwrap_or_default();
-                    if pids.is_empty() {
-                        break;
-                    }
-                    for p in pids {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = procswap::cgroup::remove(&d);
-            }
-            let _ = procswap::cgroup::remove(&parent);
-        }
+        common::remove_app_cgroups(&common::cgroup_dirs(&self.parent));
         if std::thread::panicking() {
             eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
         } else {
