@@ -10,171 +10,16 @@ use crate::maps::{FreeBitmap, MapInfo, MapSourceKind, PriorityMap};
 use crate::source::MapSource;
 use crate::Error;
 use serde::Serialize;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The guest-side subset of the `/dev/torpor` ABI (kmod/src/uapi.rs; procswap/src/uapi.rs
-/// mirrors all of it). A copy rather than a dependency on procswap, so that procswap (the
-/// host side) can depend on this crate's protocol client. The tests below pin the same
-/// sizes, offsets and ioctl numbers the module asserts at compile time.
-pub mod uapi {
-    pub const TORPOR_DEV_PATH: &str = "/dev/torpor";
-    pub const TORPOR_ABI_VERSION: u32 = 1;
-    /// Feature bits of `GET_VERSION`.
-    pub const FEAT_FREE_BITMAP: u64 = 1 << 3;
-    pub const FEAT_PRIORITY_MAP: u64 = 1 << 4;
-    pub const FEATURE_NAMES: [&str; 5] = ["get_version", "prefetch", "discard", "free_bitmap", "priority_map"];
-
-    /// `struct torpor_version`.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct TorporVersion {
-        pub abi_version: u32,
-        pub size: u32,
-        pub features: u64,
-        pub release: [u8; 32],
-    }
-
-    /// `struct torpor_free_bitmap`: bit `pfn` set = page frame `pfn` in a free buddy block.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct TorporFreeBitmap {
-        pub bitmap: u64,
-        pub bitmap_bytes: u64,
-        pub flags: u32,
-        pub reserved: u32,
-        pub end_pfn: u64,
-        pub free_pages: u64,
-        pub ns: u64,
-    }
-
-    /// `struct torpor_priority_map`: byte `pfn` = category (0..=8) of page frame `pfn`.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct TorporPriorityMap {
-        pub map: u64,
-        pub map_bytes: u64,
-        pub window_ms: u32,
-        pub flags: u32,
-        pub end_pfn: u64,
-        pub ns: u64,
-        pub user_ns: u64,
-        pub active_procs: u32,
-        pub total_procs: u32,
-        pub counts: [u64; 9],
-    }
-
-    const fn iowr(nr: u32, size: usize) -> u32 {
-        (3 << 30) | ((size as u32) << 16) | (0xD7 << 8) | nr
-    }
-    /// `_IOR(0xD7, 0x00, struct torpor_version)`.
-    pub const TORPOR_IOC_GET_VERSION: u32 = (2 << 30) | ((core::mem::size_of::<TorporVersion>() as u32) << 16) | (0xD7 << 8);
-    pub const TORPOR_IOC_FREE_BITMAP: u32 = iowr(0x03, core::mem::size_of::<TorporFreeBitmap>());
-    pub const TORPOR_IOC_PRIORITY_MAP: u32 = iowr(0x04, core::mem::size_of::<TorporPriorityMap>());
-}
-
-/// An open `/dev/torpor` (guest-side ioctls only).
-pub struct Device {
-    file: File,
-    path: PathBuf,
-    version: uapi::TorporVersion,
-}
-
-impl Device {
-    /// Open the device and read `GET_VERSION` (ABI version checked).
-    pub fn open(path: &Path) -> Result<Self, Error> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
-            Error::Kmod(match e.kind() {
-                std::io::ErrorKind::NotFound => format!("module not loaded ({} does not exist)", path.display()),
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("permission denied opening {} (0600 root, CAP_SYS_ADMIN needed)", path.display())
-                }
-                _ => format!("open {}: {e}", path.display()),
-            })
-        })?;
-        let mut d = Device { file, path: path.to_owned(), version: uapi::TorporVersion::default() };
-        let mut v = uapi::TorporVersion::default();
-        // SAFETY: GET_VERSION writes exactly size_of::<TorporVersion>() bytes (encoded in the
-        // request number) into the valid, exclusively borrowed `v`.
-        unsafe { d.ioctl(uapi::TORPOR_IOC_GET_VERSION, &mut v as *mut _ as usize) }.map_err(|e| ioctl_err("GET_VERSION", e))?;
-        if v.abi_version != uapi::TORPOR_ABI_VERSION {
-            return Err(Error::Kmod(format!("{} speaks ABI {}, this build needs {}", path.display(), v.abi_version, uapi::TORPOR_ABI_VERSION)));
-        }
-        d.version = v;
-        Ok(d)
-    }
-
-    /// Raw ioctl.
-    ///
-    /// # Safety
-    /// `arg` must be valid for the reads and writes request `cmd` makes.
-    unsafe fn ioctl(&self, cmd: u32, arg: usize) -> Result<(), std::io::Error> {
-        // SAFETY: the caller guarantees `arg` matches `cmd`; the fd is valid while `self` lives.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg) };
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn features(&self) -> u64 {
-        self.version.features
-    }
-
-    pub fn feature_names(&self) -> String {
-        (0..64)
-            .filter(|b| self.version.features >> b & 1 == 1)
-            .map(|b| uapi::FEATURE_NAMES.get(b).map(|s| s.to_string()).unwrap_or_else(|| format!("bit{b}")))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    pub fn release(&self) -> String {
-        let r = &self.version.release;
-        String::from_utf8_lossy(&r[..r.iter().position(|&b| b == 0).unwrap_or(r.len())]).into_owned()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// FREE_BITMAP: one bit per PFN in `[0, end_pfn)`, and the module's report.
-    pub fn free_bitmap(&self) -> Result<(Vec<u8>, uapi::TorporFreeBitmap), std::io::Error> {
-        let mut req = uapi::TorporFreeBitmap::default();
-        // SAFETY: with `bitmap == 0` the module only reads and writes the request itself.
-        unsafe { self.ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) }?;
-        let mut buf = vec![0u8; (req.end_pfn.div_ceil(8) + 64) as usize];
-        req.bitmap = buf.as_mut_ptr() as u64;
-        req.bitmap_bytes = buf.len() as u64;
-        // SAFETY: the module writes at most `bitmap_bytes` bytes into `buf` (live, exclusively
-        // borrowed for the call) and reads/writes the request.
-        unsafe { self.ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) }?;
-        buf.truncate(req.end_pfn.div_ceil(8) as usize);
-        Ok((buf, req))
-    }
-
-    /// PRIORITY_MAP: one category byte per PFN in `[0, end_pfn)`, and the module's report.
-    pub fn priority_map(&self, window_ms: u32) -> Result<(Vec<u8>, uapi::TorporPriorityMap), std::io::Error> {
-        let mut req = uapi::TorporPriorityMap { window_ms, ..Default::default() };
-        // SAFETY: with `map == 0` the module only reads and writes the request itself.
-        unsafe { self.ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) }?;
-        let mut buf = vec![0u8; (req.end_pfn + 4096) as usize];
-        req.map = buf.as_mut_ptr() as u64;
-        req.map_bytes = buf.len() as u64;
-        req.window_ms = window_ms;
-        // SAFETY: the module writes at most `map_bytes` bytes into `buf` (live, exclusively
-        // borrowed for the call) and reads/writes the request.
-        unsafe { self.ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) }?;
-        buf.truncate(req.end_pfn as usize);
-        Ok((buf, req))
-    }
-}
+/// The `/dev/torpor` ABI and its ioctl wrappers are procswap's (one mirror of the module's
+/// uapi, with layout tests there).
+pub use procswap::kmod::Kmod as Device;
+pub use procswap::uapi;
 
 /// Feature bits the source needs from `GET_VERSION`.
-pub const REQUIRED_FEATURES: u64 = uapi::FEAT_FREE_BITMAP | uapi::FEAT_PRIORITY_MAP;
+pub const REQUIRED_FEATURES: u64 = uapi::features::FREE_BITMAP | uapi::features::PRIORITY_MAP;
 
 /// Counters of the last map the module built.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -210,13 +55,14 @@ impl KmodSource {
     }
 
     pub fn open_path(path: &Path, default_window: Duration) -> Result<Self, Error> {
-        let kmod = Device::open(path)?;
-        if kmod.features() & REQUIRED_FEATURES != REQUIRED_FEATURES {
+        let kmod = Device::open_path(path).map_err(|e| Error::Kmod(e.to_string()))?;
+        if !kmod.has(REQUIRED_FEATURES) {
+            let v = kmod.version();
             return Err(Error::Kmod(format!(
                 "{} does not advertise free_bitmap+priority_map (features {:#x}: {})",
                 path.display(),
-                kmod.features(),
-                kmod.feature_names()
+                v.features,
+                v.feature_names().join(",")
             )));
         }
         Ok(KmodSource { kmod, default_window, last_stats: KmodStats::default() })
@@ -227,7 +73,7 @@ impl KmodSource {
     }
 }
 
-fn ioctl_err(op: &str, e: std::io::Error) -> Error {
+fn ioctl_err(op: &str, e: impl std::fmt::Display) -> Error {
     Error::Kmod(format!("{op} ioctl failed: {e}"))
 }
 
@@ -256,7 +102,8 @@ impl MapSource for KmodSource {
 
     fn free_bitmap(&mut self) -> Result<FreeBitmap, Error> {
         let layout = self.layout()?;
-        let (bits, rep) = self.kmod.free_bitmap().map_err(|e| ioctl_err("FREE_BITMAP", e))?;
+        let (mut bits, rep) = self.kmod.free_bitmap().map_err(|e| ioctl_err("FREE_BITMAP", e))?;
+        bits.truncate(rep.end_pfn.div_ceil(8) as usize);
         let t = Instant::now();
         let mut b = FreeBitmap::new(layout.clone(), MapInfo::now(MapSourceKind::ModuleExact, Duration::from_nanos(rep.ns), 0));
         let mut i = 0u64;
@@ -311,27 +158,6 @@ mod tests {
         let mut out = vec![0u8; l.total_pages() as usize];
         pfn_bytes_to_layout(&l, &raw, 8, &mut out);
         assert_eq!(out, vec![0, 1, 2, 5, 6, 8, 8]);
-    }
-
-    #[test]
-    fn abi_matches_the_module() {
-        use core::mem::{offset_of, size_of};
-        use uapi::*;
-        // The values kmod/src/uapi.rs asserts at compile time.
-        assert_eq!(size_of::<TorporVersion>(), 48);
-        assert_eq!(TORPOR_IOC_GET_VERSION, 0x8030_D700);
-        assert_eq!(size_of::<TorporFreeBitmap>(), 48);
-        assert_eq!(offset_of!(TorporFreeBitmap, end_pfn), 24);
-        assert_eq!(offset_of!(TorporFreeBitmap, ns), 40);
-        assert_eq!(TORPOR_IOC_FREE_BITMAP, 0xC030_D703);
-        assert_eq!(size_of::<TorporPriorityMap>(), 128);
-        assert_eq!(offset_of!(TorporPriorityMap, window_ms), 16);
-        assert_eq!(offset_of!(TorporPriorityMap, end_pfn), 24);
-        assert_eq!(offset_of!(TorporPriorityMap, user_ns), 40);
-        assert_eq!(offset_of!(TorporPriorityMap, active_procs), 48);
-        assert_eq!(offset_of!(TorporPriorityMap, counts), 56);
-        assert_eq!(TORPOR_IOC_PRIORITY_MAP, 0xC080_D704);
-        assert_eq!((FEAT_FREE_BITMAP, FEAT_PRIORITY_MAP), (1 << 3, 1 << 4));
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
     };
     if let Some(k) = kmod {
         let d = k.device();
-        tracing::info!(release = %d.release(), features = %d.feature_names(), "map source: torpor kernel module (exact)");
+        tracing::info!(release = %d.version().release_str(), features = %d.version().feature_names().join(","), "map source: torpor kernel module (exact)");
         return Ok(Box::new(k));
     }
     let mut opts = PriorityOptions { free_mode: maps.free_mode, ..Default::default() };
