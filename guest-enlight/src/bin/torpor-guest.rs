@@ -225,6 +225,10 @@ fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
 /// wait and read again rather than exit.
 fn serve_device(path: &std::path::Path, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
     let mut warned = false;
+    let mut announced = false;
+    // A virtio-serial port with no host connected reads EOF at once (and polls as HUP), so
+    // the port is re-read on a timer: 250 ms after a session, backing off to 1 s while idle.
+    let mut idle = Duration::from_millis(250);
     loop {
         let f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
@@ -237,13 +241,19 @@ fn serve_device(path: &std::path::Path, source: &mut dyn MapSource, max_payload:
                 continue;
             }
         };
-        tracing::info!(path = %path.display(), "serving on character device");
+        if !announced {
+            tracing::info!(path = %path.display(), "serving on character device");
+            announced = true;
+        }
         let w = f.try_clone().context("dup port fd")?;
+        let t = std::time::Instant::now();
         match serve_stream(f, w, source, max_payload) {
             Ok(()) => tracing::debug!("port EOF (host not connected)"),
             Err(e) => tracing::warn!("port error: {e:#}"),
         }
-        std::thread::sleep(Duration::from_millis(250));
+        // A session that lasted (a host talked to us) resets the back-off.
+        idle = if t.elapsed() > Duration::from_millis(50) { Duration::from_millis(250) } else { (idle * 2).min(Duration::from_secs(1)) };
+        std::thread::sleep(idle);
     }
 }
 
@@ -462,7 +472,7 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     );
     println!("RAM: {} ranges, {} pages of {} B = {:.2} GiB", s.ram_ranges, s.total_pages, s.page_size, s.total_gib);
     match (s.memfree_pages, s.free_over_memfree) {
-        (Some(m), Some(r)) => println!("free bitmap: {} pages ({:.3} x MemFree {} pages), built in {:.1} ms", s.free_pages, r, m, s.free_build_ms),
+        (Some(m), Some(r)) => println!("free bitmap: {} pages ({:.3} x MemFree {} pages of the machine running this command: compare only when the agent runs here), built in {:.1} ms", s.free_pages, r, m, s.free_build_ms),
         _ => println!("free bitmap: {} pages, built in {:.1} ms", s.free_pages, s.free_build_ms),
     }
     println!(
