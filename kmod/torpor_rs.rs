@@ -15,6 +15,8 @@ use kernel::uaccess::UserSlice;
 mod guest;
 #[path = "src/mm.rs"]
 mod mm;
+#[path = "src/pgwalk.rs"]
+mod pgwalk;
 #[path = "src/uapi.rs"]
 mod uapi;
 

@@ -4,6 +4,7 @@
 #define TORPOR_SHIM_H
 
 #include <linux/types.h>
+#include <asm/pgtable_types.h>
 
 /* Implemented in Rust. */
 long torpor_rust_ioctl(unsigned int cmd, unsigned long arg);
@@ -18,30 +19,29 @@ int torpor_mmap_read_lock_killable(struct mm_struct *mm);
 void torpor_mmap_read_unlock(struct mm_struct *mm);
 bool torpor_fatal_signal_pending(void);
 struct zone;
-int torpor_pfn_buddy_order(unsigned long pfn);
 unsigned long torpor_zone_lock(struct zone *zone);
 void torpor_zone_unlock(struct zone *zone, unsigned long flags);
-
-/* PRIORITY_MAP helpers (torpor_shim.c). */
-#define TORPOR_PF_VALID		(1u << 0)
-#define TORPOR_PF_BUDDY		(1u << 1)
-#define TORPOR_PF_RESERVED	(1u << 2)
-#define TORPOR_PF_SLAB		(1u << 3)
-#define TORPOR_PF_PGTABLE	(1u << 4)
-#define TORPOR_PF_WRITEBACK	(1u << 5)
-#define TORPOR_PF_LRU		(1u << 6)
-#define TORPOR_PF_ACTIVE	(1u << 7)
-#define TORPOR_PF_ANON		(1u << 8)
-#define TORPOR_PF_FILE		(1u << 9)
-#define TORPOR_PF_LOCKED	(1u << 10)
-#define TORPOR_PF_UPTODATE	(1u << 11)
-#define TORPOR_PF_HEAD		(1u << 12)
-#define TORPOR_PF_ORDER_SHIFT	24
-unsigned int torpor_pfn_flags(unsigned long pfn);
-int torpor_active_mms(u64 window_ns, unsigned int skip, struct mm_struct **mms,
-		      unsigned int max, unsigned int *nr_procs);
-int torpor_scan_pmd(struct mm_struct *mm, unsigned long addr, unsigned long end,
-		    unsigned long *pfns, unsigned long *next);
 void torpor_cond_resched(void);
+
+/* Page flags and page-table walk (FREE_BITMAP / PRIORITY_MAP; logic in src/pgwalk.rs). */
+struct page;
+struct folio;
+struct task_struct;
+struct page *torpor_pfn_to_page(unsigned long pfn);
+struct folio *torpor_page_folio(struct page *page);
+void torpor_rcu_read_lock(void);
+void torpor_rcu_read_unlock(void);
+struct task_struct *torpor_next_process(struct task_struct *p);
+struct task_struct *torpor_next_thread(struct task_struct *p, struct task_struct *t);
+pgd_t *torpor_pgd_offset(struct mm_struct *mm, unsigned long addr);
+p4d_t *torpor_p4d_offset(pgd_t *pgd, unsigned long addr);
+pud_t *torpor_pud_offset(p4d_t *p4d, unsigned long addr);
+pmdval_t torpor_pmd_get_lockless(pud_t *pud, unsigned long addr);
+bool torpor_pmd_none_or_absent(pmdval_t v);
+bool torpor_pmd_leaf(pmdval_t v);
+bool torpor_pmd_bad(pmdval_t v);
+unsigned long torpor_pmd_pfn(pmdval_t v);
+pte_t *torpor_pte_offset(pmdval_t v, unsigned long addr);
+long torpor_pte_pfn(pte_t *pte);
 
 #endif

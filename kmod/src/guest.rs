@@ -8,10 +8,11 @@
 //! node data (`contig_page_data`: node_start_pfn + node_spanned_pages) and
 //! `pfn_valid` (mem_section), never from `max_pfn` (not exported).
 
+use crate::pgwalk::{self, MmRef, PF_ACTIVE, PF_ANON, PF_BUDDY, PF_FILE, PF_HEAD, PF_LOCKED, PF_LRU, PF_ORDER_SHIFT, PF_PGTABLE, PF_RESERVED, PF_SLAB, PF_UPTODATE, PF_VALID, PF_WRITEBACK, PTRS_PER_PTE};
 use crate::uapi;
 use kernel::bindings;
 use kernel::error::code::{EINTR, EINVAL, ENOSPC};
-use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
+use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
@@ -20,13 +21,9 @@ use kernel::uaccess::UserSlice;
 const CHUNK_PFNS: u64 = 32768;
 
 extern "C" {
-    fn torpor_pfn_buddy_order(pfn: c_ulong) -> c_int;
     fn torpor_zone_lock(zone: *mut core::ffi::c_void) -> c_ulong;
     fn torpor_zone_unlock(zone: *mut core::ffi::c_void, flags: c_ulong);
-    fn torpor_pfn_flags(pfn: c_ulong) -> c_uint;
     // `struct mm_struct *` as `void *`: see mm.rs (the bindgen type is not FFI-safe to rustc).
-    fn torpor_active_mms(window_ns: u64, skip: c_uint, mms: *mut *mut c_void, max: c_uint, nr_procs: *mut c_uint) -> c_int;
-    fn torpor_scan_pmd(mm: *mut c_void, addr: c_ulong, end: c_ulong, pfns: *mut c_ulong, next: *mut c_ulong) -> c_int;
     fn torpor_cond_resched();
     fn torpor_mmap_read_lock_killable(mm: *mut c_void) -> c_int;
     fn torpor_mmap_read_unlock(mm: *mut c_void);
@@ -107,13 +104,11 @@ pub(crate) fn free_bitmap(arg: usize) -> Result<c_long> {
             let flags = unsafe { torpor_zone_lock(z.cast()) };
             let mut pfn = lo;
             while pfn < hi {
-                // SAFETY: any pfn may be passed: the shim checks pfn_valid first; the zone lock
-                // is held, as reading a buddy page's order requires.
-                let order = unsafe { torpor_pfn_buddy_order(pfn as c_ulong) };
-                if order < 0 {
+                // The zone lock is held, so a free block's order is stable while we read it.
+                let Some(order) = pgwalk::buddy_order(pfn) else {
                     pfn += 1;
                     continue;
-                }
+                };
                 let n = core::cmp::min(1u64 << order, hi - pfn);
                 for p in pfn..pfn + n {
                     let i = (p - chunk) as usize;
@@ -147,28 +142,8 @@ const CAT_FILE_ACTIVE: u8 = 6;
 const CAT_FILE_INACTIVE: u8 = 7;
 const CAT_OTHER: u8 = 8;
 
-// TORPOR_PF_* from torpor_shim.h.
-const PF_VALID: u32 = 1 << 0;
-const PF_BUDDY: u32 = 1 << 1;
-const PF_RESERVED: u32 = 1 << 2;
-const PF_SLAB: u32 = 1 << 3;
-const PF_PGTABLE: u32 = 1 << 4;
-const PF_WRITEBACK: u32 = 1 << 5;
-const PF_LRU: u32 = 1 << 6;
-const PF_ACTIVE: u32 = 1 << 7;
-const PF_ANON: u32 = 1 << 8;
-const PF_FILE: u32 = 1 << 9;
-const PF_LOCKED: u32 = 1 << 10;
-const PF_UPTODATE: u32 = 1 << 11;
-const PF_HEAD: u32 = 1 << 12;
-const PF_ORDER_SHIFT: u32 = 24;
-
 /// PMD-sized steps of the page-table walk per mmap-lock hold (512 = 1 GiB of address space).
 const PMDS_PER_LOCK: u32 = 512;
-/// Processes whose mm is referenced at once.
-const MMS_PER_BATCH: usize = 256;
-/// PTEs per page-table page (x86-64).
-const PTRS_PER_PTE: usize = 512;
 
 fn fatal_signal() -> bool {
     // SAFETY: reads `current`'s pending signals; always valid in process context (ioctl).
@@ -219,26 +194,15 @@ fn classify(f: u32) -> (u8, u64) {
     }
 }
 
-/// An `mm_users` reference from `torpor_active_mms`; dropping it calls `mmput`.
-struct MmRef(*mut bindings::mm_struct);
-
-impl Drop for MmRef {
-    fn drop(&mut self) {
-        // SAFETY: we own one mm_users reference (get_task_mm in the shim), released exactly once;
-        // process context with no locks held (the walk's guard is gone by now).
-        unsafe { bindings::mmput(self.0) };
-    }
-}
-
 /// Lower `buf[pfn]` to `cat` for every present page mapped by `mm` (VM_EXEC: User_Code, else
 /// User_Data). The mmap read lock is held for at most `PMDS_PER_LOCK` PMD steps at a time.
-fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong]) -> Result {
+fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong; PTRS_PER_PTE]) -> Result {
     let skip_flags = (bindings::VM_IO | bindings::VM_PFNMAP | bindings::VM_HUGETLB) as u64;
     let end_pfn = buf.len() as u64;
     let mut addr: u64 = 0;
     loop {
-        // SAFETY: `mm.0` is kept alive by our mm_users reference.
-        if unsafe { torpor_mmap_read_lock_killable(mm.0.cast()) } != 0 {
+        // SAFETY: `mm.as_ptr()` is kept alive by our mm_users reference.
+        if unsafe { torpor_mmap_read_lock_killable(mm.as_ptr().cast()) } != 0 {
             return Err(EINTR);
         }
         let mut budget = PMDS_PER_LOCK;
@@ -247,7 +211,7 @@ fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong]) -> Result {
             // SAFETY: the mmap read lock is held, as find_vma requires; the VMA it returns stays
             // valid (and its bounds/flags stable) while the lock is held; we read three words.
             let vma = unsafe {
-                let v = bindings::find_vma(mm.0, addr as _);
+                let v = bindings::find_vma(mm.as_ptr(), addr as _);
                 if v.is_null() {
                     None
                 } else {
@@ -269,12 +233,9 @@ fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong]) -> Result {
             }
             let cat = if flags & bindings::VM_EXEC as u64 != 0 { CAT_USER_CODE } else { CAT_USER_DATA };
             while a < end && budget > 0 {
-                let mut next: c_ulong = 0;
-                // SAFETY: the mmap read lock is held and [a, end) lies inside one VMA of `mm`;
-                // `pfns` has room for PTRS_PER_PTE entries, the most one PMD step stores; the
-                // shim only reads page tables (see torpor_shim.c).
-                let n = unsafe { torpor_scan_pmd(mm.0.cast(), a as c_ulong, end as c_ulong, pfns.as_mut_ptr(), &mut next) };
-                let n = (n.max(0) as usize).min(pfns.len());
+                // SAFETY: the mmap read lock is held, `mm` is kept alive by our reference and
+                // [a, end) lies inside one VMA of `mm`; scan_pmd only reads page tables.
+                let (n, next) = unsafe { pgwalk::scan_pmd(mm.as_ptr(), a, end, pfns) };
                 for &pfn in &pfns[..n] {
                     let pfn = pfn as u64;
                     if pfn < end_pfn {
@@ -282,14 +243,14 @@ fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong]) -> Result {
                         *b = core::cmp::min(*b, cat);
                     }
                 }
-                // The shim always moves forward (to the next PMD or upper-level boundary).
-                a = core::cmp::max(next as u64, a + 1);
+                // scan_pmd always moves forward (to the next PMD or upper-level boundary).
+                a = core::cmp::max(next, a + 1);
                 budget -= 1;
             }
             addr = a;
         }
         // SAFETY: releases the read lock taken above.
-        unsafe { torpor_mmap_read_unlock(mm.0.cast()) };
+        unsafe { torpor_mmap_read_unlock(mm.as_ptr().cast()) };
         if done {
             return Ok(());
         }
@@ -330,9 +291,7 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
     while pfn < end {
         let chunk_end = core::cmp::min(end, pfn + CHUNK_PFNS);
         while pfn < chunk_end {
-            // SAFETY: any pfn may be passed: the shim checks pfn_valid first and only reads
-            // struct page words (racily, as /proc/kpageflags does).
-            let f = unsafe { torpor_pfn_flags(pfn as c_ulong) };
+            let f = pgwalk::pfn_flags(pfn);
             let (cat, n) = classify(f);
             let n = core::cmp::min(n, end - pfn);
             buf[pfn as usize..(pfn + n) as usize].iter_mut().for_each(|b| *b = cat);
@@ -347,35 +306,16 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
     // Pass 2: pages mapped by processes scheduled within the window.
     let t1 = now_ns();
     let window_ns = req.window_ms as u64 * 1_000_000;
-    let mut pfns = KVec::<c_ulong>::from_elem(0, PTRS_PER_PTE, GFP_KERNEL)?;
-    let mut raw = KVec::<*mut c_void>::from_elem(core::ptr::null_mut(), MMS_PER_BATCH, GFP_KERNEL)?;
-    let mut skip: u32 = 0;
-    loop {
-        let mut total: c_uint = 0;
-        // SAFETY: `raw` has room for MMS_PER_BATCH pointers; the shim stores at most that many
-        // counted mm references and returns how many; `total` is a valid out pointer.
-        let n = unsafe { torpor_active_mms(window_ns, skip, raw.as_mut_ptr(), MMS_PER_BATCH as c_uint, &mut total) };
-        let n = (n.max(0) as usize).min(MMS_PER_BATCH);
-        req.total_procs = total;
-        // Own every reference first, so each one is released even if a walk fails.
-        let mut refs = KVec::<MmRef>::with_capacity(n, GFP_KERNEL)?;
-        for &p in &raw[..n] {
-            // Cannot fail: capacity reserved above.
-            let _ = refs.push(MmRef(p.cast()), GFP_KERNEL);
-        }
-        for m in refs.iter() {
-            mark_user_pages(m, &mut buf, &mut pfns)?;
-            req.active_procs += 1;
-        }
-        drop(refs);
-        if n < MMS_PER_BATCH {
-            break;
-        }
-        skip += n as u32;
-        if fatal_signal() {
-            return Err(EINTR);
-        }
+    let mut pfns = KBox::new([0 as c_ulong; PTRS_PER_PTE], GFP_KERNEL)?;
+    // One consistent pass over the task list (pgwalk::active_mms); the references are
+    // released (mmput) when `mms` is dropped, on every path.
+    let (mms, total) = pgwalk::active_mms(window_ns)?;
+    req.total_procs = total;
+    for m in mms.iter() {
+        mark_user_pages(m, &mut buf, &mut pfns)?;
+        req.active_procs += 1;
     }
+    drop(mms);
     req.user_ns = now_ns() - t1;
 
     for &b in buf.iter() {
