@@ -102,6 +102,11 @@ unsafe fn page_mapping(p: *const Page) -> usize {
     unsafe { read_volatile(addr_of!((*p).__bindgen_anon_1.__bindgen_anon_1.mapping)) as usize }
 }
 
+unsafe fn page_compound_head(p: *const Page) -> c_ulong {
+    // SAFETY: as in `page_flags`; the union member is a plain integer in every variant.
+    unsafe { read_volatile(addr_of!((*p).__bindgen_anon_1.__bindgen_anon_3.compound_head)) }
+}
+
 /// `Page##uname()` of page-flags.h: the page-type byte of `page_type`.
 fn has_type(page_type: u32, ty: bindings::pagetype) -> bool {
     page_type >> 24 == ty
@@ -147,14 +152,22 @@ pub(crate) fn pfn_flags(pfn: u64) -> u32 {
             let order = core::cmp::min(page_private(page), bindings::MAX_PAGE_ORDER as c_ulong) as u32;
             return f | PF_BUDDY | (order << PF_ORDER_SHIFT);
         }
-        if bit(page_flags(page), bindings::pageflags_PG_reserved) {
+        let pfl = page_flags(page);
+        if bit(pfl, bindings::pageflags_PG_reserved) {
             f |= PF_RESERVED;
         }
         if has_type(pt, bindings::pagetype_PGTY_table) {
             f |= PF_PGTABLE;
         }
-        let head: *const Page = torpor_page_folio(page.cast_mut().cast()).cast_const().cast();
-        let fl = page_flags(head);
+        // page_folio(): a page that is neither a head (PG_head) nor a tail (compound_head bit 0)
+        // is its own folio, which is what _compound_head() answers for it too (a vmemmap "fake
+        // head" has PG_head set); only compound pages go through the shim.
+        let head: *const Page = if !bit(pfl, bindings::pageflags_PG_head) && page_compound_head(page) & 1 == 0 {
+            page
+        } else {
+            torpor_page_folio(page.cast_mut().cast()).cast_const().cast()
+        };
+        let fl = if head == page { pfl } else { page_flags(head) };
         if has_type(page_type(head), bindings::pagetype_PGTY_slab) {
             f |= PF_SLAB;
         }
