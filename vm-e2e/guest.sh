@@ -8,7 +8,7 @@
 #                               [--app-mib N] [--ws-mib N] [--check-mib N] [--idle-mib N] [--no-kmod]
 #       builds nothing: finds the kernel (vm-images/build-kernel.sh, cached), writes the
 #       initramfs and the guest's job (DIR/job/run.sh) and DIR/guest.env. Needs these host
-#       binaries (env, absolute paths the guest can see, i.e. not under /tmp /run /var/tmp):
+#       binaries (env, absolute paths the guest can see: inside the repository, or not under /tmp /run /var/tmp):
 #       E2E_APP (torpor-e2e-app), TORPOR_GUEST (torpor-guest).
 #   vm-e2e/guest.sh launch DIR
 #       execs qemu-system-x86_64 in the foreground (this is the command torpord runs), with
@@ -49,7 +49,8 @@ prepare)
   for v in E2E_APP TORPOR_GUEST; do
     p="${!v:-}"
     [ -n "$p" ] && [ -x "$p" ] || { echo "guest.sh: $v must name an executable (got '${p}')" >&2; exit 2; }
-    case "$p" in /tmp/*|/run/*|/var/tmp/*|/dev/*) echo "guest.sh: $v=$p is not visible in the guest (tmpfs there)" >&2; exit 2 ;; esac
+    # Visible in the guest: the host's / except its tmpfs dirs, and the repository share.
+    case "$p" in "$repo"/*) ;; /tmp/*|/run/*|/var/tmp/*|/dev/*) echo "guest.sh: $v=$p is not visible in the guest (tmpfs there, outside the repository share)" >&2; exit 2 ;; esac
   done
   case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
   mkdir -p "$dir/job"

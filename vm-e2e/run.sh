@@ -8,7 +8,7 @@
 #    N trials of Stop → memory-freed check → Start none/full/priority (interleaved) → time to
 #    first HTTP response, swap-in bytes → /verify in the guest. Results: bench/results/vm-resume/.
 # Exits non-zero on any failure. Env: CARGO, CARGO_TARGET_DIR (must be visible in the guest:
-# not under /tmp, /run, /var/tmp), VM_E2E_SWAPFILE (default /var/tmp/torpor-vm-e2e.swap),
+# inside the repository or not under /tmp, /run, /var/tmp), VM_E2E_SWAPFILE (default /var/tmp/torpor-vm-e2e.swap),
 # VM_E2E_PORT (first of three host ports, default: three free ones from 18480),
 # VM_E2E_OUT (results directory, default bench/results/vm-resume), VM_E2E_WS_MIB (MiB the
 # app's GET / touches, default 16 of its 192).
@@ -29,7 +29,9 @@ CARGO=${CARGO:-cargo}
 [ "$(id -u)" = 0 ] || { echo "vm-e2e: FAIL: must run as root (cgroups, swap, pagemap)" >&2; exit 2; }
 command -v qemu-system-x86_64 >/dev/null || { echo "vm-e2e: FAIL: qemu-system-x86_64 missing (make deps)" >&2; exit 2; }
 tdir="${CARGO_TARGET_DIR:-$repo/target}"
-case "$tdir" in /tmp/*|/run/*|/var/tmp/*) echo "vm-e2e: FAIL: CARGO_TARGET_DIR=$tdir is tmpfs in the guest; the guest runs host binaries in place" >&2; exit 2 ;; esac
+# The guest sees the host's / (where /tmp, /run, /var/tmp are its own tmpfs) plus the repository
+# shared at the same path: a target dir inside the repository is visible wherever the clone is.
+case "$tdir" in "$repo"/*) ;; /tmp/*|/run/*|/var/tmp/*) echo "vm-e2e: FAIL: CARGO_TARGET_DIR=$tdir is tmpfs in the guest (and outside the repository share); the guest runs host binaries in place" >&2; exit 2 ;; esac
 t0=$(date +%s)
 
 echo "== vm-e2e: building (release)" >&2
