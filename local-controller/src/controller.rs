@@ -1213,6 +1213,19 @@ impl Controller {
         self.stop_locked(slot)
     }
 
+    /// A Stop that could not complete: the app is left (or put back) running, the error is
+    /// recorded and announced.
+    fn stop_failed(&self, slot: &AppSlot, msg: String) -> ApiError {
+        let msg = format!("{msg}; app left running");
+        self.set(slot, |r| {
+            r.state = AppState::Running;
+            r.in_flight = None;
+            r.last_error = Some(msg.clone());
+        });
+        self.event(Some(&slot.cfg.name), "stop_failed", msg.clone());
+        ApiError::new(500, "stop_failed", msg)
+    }
+
     /// The common start of a Stop: the app's cgroups and what runs in them, with the app
     /// marked Stopping; or (`Err`) the answer when there is nothing to stop (no process left,
     /// or already frozen in Suspended/Standby).
@@ -1254,14 +1267,7 @@ impl Controller {
         for f in self.freezers(&cgs, &o.pids) {
             if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
                 let _ = f.thaw(FREEZE_TIMEOUT);
-                let msg = format!("freeze failed: {e}; app left running");
-                self.set(slot, |r| {
-                    r.state = AppState::Running;
-                    r.in_flight = None;
-                    r.last_error = Some(msg.clone());
-                });
-                self.event(Some(&name), "stop_failed", msg.clone());
-                return Err(ApiError::new(500, "stop_failed", msg));
+                return Err(self.stop_failed(slot, format!("freeze failed: {e}")));
             }
         }
         let freeze_s = tf.elapsed().as_secs_f64();

@@ -142,16 +142,7 @@ impl Controller {
             let st = bg.stop();
             lock(&slot.vm).last_background = Some(st);
         }
-        let fail = |msg: String| -> ApiError {
-            let msg = format!("{msg}; app left running");
-            self.set(slot, |r| {
-                r.state = AppState::Running;
-                r.in_flight = None;
-                r.last_error = Some(msg.clone());
-            });
-            self.event(Some(&name), "stop_failed", msg.clone());
-            ApiError::new(500, "stop_failed", msg)
-        };
+        let fail = |msg: String| -> ApiError { self.stop_failed(slot, msg) };
         // 1. The guest's maps (while it runs). Never fails the Stop.
         let ta = Instant::now();
         let (maps, agent_note): (Option<(GuestMaps, String)>, String) = match &v.agent {
