@@ -124,6 +124,36 @@ impl Machine {
             swap_mount,
         })
     }
+
+    /// The results files' machine table rows (host, CPU, memory, kernel, THP, swap and its
+    /// filesystem), each a `| name | value |` line; callers add the table head and their own rows.
+    pub fn markdown_rows(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "| host | `{}` |", self.hostname);
+        let _ = writeln!(o, "| CPU | {} ({} CPUs) |", self.cpu_model, self.nproc);
+        let _ = writeln!(o, "| memory | {:.1} GiB |", self.mem_total_kib as f64 / (1 << 20) as f64);
+        let _ = writeln!(o, "| kernel | `{}` |", self.kernel);
+        let _ = writeln!(o, "| THP | `{}` (the child opts out with MADV_NOHUGEPAGE) |", self.thp);
+        if let Some(sw) = &self.swap {
+            let _ = writeln!(o, "| swap | `{}` ({}, {} MiB, priority {}) |", sw.path.display(), sw.kind, sw.size_kib / 1024, sw.priority);
+        }
+        if let Some(mt) = &self.swap_mount {
+            let _ = writeln!(
+                o,
+                "| swap's filesystem | {} on `{}` mounted at `{}`{} |",
+                mt.fs_type,
+                mt.source,
+                mt.mount_point.display(),
+                match mt.rotational {
+                    Some(true) => ", rotational per sysfs (a virtual disk may say so whatever backs it)",
+                    Some(false) => ", non-rotational per sysfs",
+                    None => "",
+                }
+            );
+        }
+        o
+    }
 }
 
 /// The 1-, 5- and 15-minute load averages.

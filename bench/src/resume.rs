@@ -586,29 +586,7 @@ impl Record {
         );
         let _ = writeln!(o, "## Machine\n");
         let _ = writeln!(o, "| | |\n|---|---|");
-        let _ = writeln!(o, "| host | `{}` |", m.hostname);
-        let _ = writeln!(o, "| CPU | {} |", m.cpu_model);
-        let _ = writeln!(o, "| nproc | {} |", m.nproc);
-        let _ = writeln!(o, "| memory | {:.1} GiB |", m.mem_total_kib as f64 / (1 << 20) as f64);
-        let _ = writeln!(o, "| kernel | `{}` |", m.kernel);
-        let _ = writeln!(o, "| THP | `{}` (the child opts out with MADV_NOHUGEPAGE) |", m.thp);
-        if let Some(sw) = &m.swap {
-            let _ = writeln!(o, "| swap | `{}` ({}, {} MiB, priority {}) |", sw.path.display(), sw.kind, sw.size_kib / 1024, sw.priority);
-        }
-        if let Some(mt) = &m.swap_mount {
-            let _ = writeln!(
-                o,
-                "| swap's filesystem | {} on `{}` mounted at `{}`{} |",
-                mt.fs_type,
-                mt.source,
-                mt.mount_point.display(),
-                match mt.rotational {
-                    Some(true) => ", rotational per sysfs (a virtual disk may say so whatever backs it)",
-                    Some(false) => ", non-rotational per sysfs",
-                    None => "",
-                }
-            );
-        }
+        o.push_str(&m.markdown_rows());
         let _ = writeln!(o, "| page-cluster | `{}` |", ctx.page_cluster);
         let _ = writeln!(o, "| suspend / memcg | {} |", self.subjects.first().map(|s| s.1.as_str()).unwrap_or("-"));
         let _ = writeln!(

@@ -236,17 +236,7 @@ impl Ctx {
             if self.quick { " --quick" } else { "" }
         );
         let _ = writeln!(o, "## Machine\n\n| | |\n|---|---|");
-        let _ = writeln!(o, "| host | `{}` |", m.hostname);
-        let _ = writeln!(o, "| CPU | {} ({} CPUs) |", m.cpu_model, m.nproc);
-        let _ = writeln!(o, "| memory | {:.1} GiB |", m.mem_total_kib as f64 / (1 << 20) as f64);
-        let _ = writeln!(o, "| kernel | `{}` |", m.kernel);
-        let _ = writeln!(o, "| THP | `{}` (the child opts out with MADV_NOHUGEPAGE) |", m.thp);
-        if let Some(sw) = &m.swap {
-            let _ = writeln!(o, "| swap | `{}` ({}, {} MiB, priority {}) |", sw.path.display(), sw.kind, sw.size_kib / 1024, sw.priority);
-        }
-        if let Some(mt) = &m.swap_mount {
-            let _ = writeln!(o, "| swap's filesystem | {} on `{}` at `{}` |", mt.fs_type, mt.source, mt.mount_point.display());
-        }
+        o.push_str(&m.markdown_rows());
         let _ = writeln!(o, "| page-cluster | `{}` |", self.page_cluster);
         let _ = writeln!(
             o,
