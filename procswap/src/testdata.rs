@@ -1,5 +1,5 @@
 //! Deterministic test data shared by the test and benchmark children (`torpor-testchild`,
-//! `torpor-bench-child`): the pseudo-random fill, the per-MiB checksum and the process's own
+//! `torpor-bench-child`) and the randomized tests: the pseudo-random fill, the per-MiB checksum and the process's own
 //! fault counters. Not part of the mechanism.
 
 /// xorshift64* generator: fast, fixed sequence per seed (seed must be non-zero).
@@ -14,6 +14,11 @@ impl Xorshift {
         x ^= x << 17;
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..n` (`n > 0`; modulo bias is irrelevant for test data).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 }
 

@@ -208,16 +208,8 @@ fn race_target_forks() {
     });
 }
 
-/// xorshift64*: deterministic, seedable, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+/// Deterministic, seedable randomness (seed non-zero).
+use procswap::testdata::Xorshift as Rng;
 
 fn pick<T: Copy>(r: u64, xs: &[T]) -> T {
     xs[(r % xs.len() as u64) as usize]

@@ -9,19 +9,8 @@ fn info(window_ms: u32) -> MapInfo {
     MapInfo::now(MapSourceKind::PortableApprox, Duration::from_micros(12345), window_ms)
 }
 
-/// xorshift64*: deterministic randomness for property-style tests.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// Deterministic randomness for property-style tests.
+use procswap::testdata::Xorshift as Rng;
 
 fn roundtrip_req(r: Request) {
     let bytes = encode_frame(&r.to_frame(77));
