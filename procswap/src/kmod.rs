@@ -3,7 +3,7 @@
 //! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
 //! implementation of the [`Backend`](crate) operations builds on it.
 
-use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange, TorporVersion};
+use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange, TorporStats, TorporVersion};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,17 @@ impl Kmod {
         unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut TorporPriorityMap as usize) }?;
         buf.truncate(req.end_pfn as usize);
         Ok((buf, req))
+    }
+
+    /// GET_STATS: references the module holds now (pid, task, mm, page) and its call
+    /// counters. With no other ioctl running, `outstanding_refs()` must be 0: anything else is
+    /// a reference leaked by the module.
+    pub fn stats(&self) -> Result<TorporStats, nix::errno::Errno> {
+        let mut s = TorporStats::default();
+        // SAFETY: GET_STATS writes exactly one `TorporStats` at the given address (valid,
+        // exclusively borrowed for the call).
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_GET_STATS, &mut s as *mut TorporStats as usize) }?;
+        Ok(s)
     }
 
     /// Issue a raw ioctl with an untyped argument (tests and fuzzing use this to

@@ -22,6 +22,8 @@ pub mod features {
     pub const FREE_BITMAP: u64 = 1 << 3;
     /// `PRIORITY_MAP` (guest side).
     pub const PRIORITY_MAP: u64 = 1 << 4;
+    /// `GET_STATS`: the module's outstanding references and call counters.
+    pub const GET_STATS: u64 = 1 << 5;
 
     /// Human-readable names, in bit order.
     pub const NAMES: &[(u64, &str)] = &[
@@ -30,6 +32,7 @@ pub mod features {
         (DISCARD, "discard"),
         (FREE_BITMAP, "free_bitmap"),
         (PRIORITY_MAP, "priority_map"),
+        (GET_STATS, "get_stats"),
     ];
 }
 
@@ -203,6 +206,44 @@ pub struct TorporPriorityMap {
     pub counts: [u64; NR_CATEGORIES],
 }
 
+/// `struct torpor_stats`, filled by `TORPOR_IOC_GET_STATS`: what the module holds right now
+/// and what it has answered since it was loaded. Every reference the module takes on a
+/// kernel object (`struct pid`, `task_struct`, `mm_struct`, `struct page`) goes through a
+/// counting wrapper that increments on acquire and decrements on release, so a reference
+/// leaked on any path shows up here as a nonzero count after the calls have returned (and in
+/// the module's unload line). Snapshot semantics: counters are read one after the other,
+/// without a lock; with no other ioctl running, the reference counts are exact.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TorporStats {
+    /// Out: `size_of::<TorporStats>()` as the module knows it.
+    pub size: u32,
+    /// Must be 0.
+    pub reserved: u32,
+    /// Out: `struct pid` references held (`find_get_pid`, released with `put_pid`).
+    pub pid_refs: u64,
+    /// Out: `task_struct` references held (`get_pid_task`, released with `put_task_struct`).
+    pub task_refs: u64,
+    /// Out: `mm_struct` `mm_users` references held (`get_task_mm`, released with `mmput`).
+    pub mm_refs: u64,
+    /// Out: `struct page` references held (the module's GUP calls pass no page array, so it
+    /// takes none; counted so that a path that ever pins a page is covered).
+    pub page_refs: u64,
+    /// Out: other ioctls running now (this GET_STATS call not included).
+    pub in_flight: u64,
+    /// Out: ioctls answered since the module was loaded (this one not included).
+    pub calls: u64,
+    /// Out: of those, how many returned an errno.
+    pub errors: u64,
+}
+
+impl TorporStats {
+    /// References of any kind the module holds.
+    pub fn outstanding_refs(&self) -> u64 {
+        self.pid_refs + self.task_refs + self.mm_refs + self.page_refs
+    }
+}
+
 // Linux asm-generic ioctl encoding (x86, arm64, riscv): dir<<30 | size<<16 | type<<8 | nr.
 const IOC_NRBITS: u32 = 8;
 const IOC_TYPEBITS: u32 = 8;
@@ -244,6 +285,9 @@ pub const TORPOR_IOC_FREE_BITMAP: u32 =
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x04, struct torpor_priority_map)`.
 pub const TORPOR_IOC_PRIORITY_MAP: u32 =
     ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x04, core::mem::size_of::<TorporPriorityMap>());
+
+/// `_IOR(TORPOR_IOC_MAGIC, 0x05, struct torpor_stats)`.
+pub const TORPOR_IOC_GET_STATS: u32 = ioc(IOC_READ, TORPOR_IOC_MAGIC, 0x05, core::mem::size_of::<TorporStats>());
 
 #[cfg(test)]
 mod tests {
@@ -326,6 +370,27 @@ mod tests {
             nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x04, size_of::<TorporPriorityMap>()) as u64
         );
         assert_eq!(features::PRIORITY_MAP, 1 << 4);
+    }
+
+    #[test]
+    fn stats_layout() {
+        assert_eq!(size_of::<TorporStats>(), 64);
+        assert_eq!(offset_of!(TorporStats, size), 0);
+        assert_eq!(offset_of!(TorporStats, reserved), 4);
+        assert_eq!(offset_of!(TorporStats, pid_refs), 8);
+        assert_eq!(offset_of!(TorporStats, task_refs), 16);
+        assert_eq!(offset_of!(TorporStats, mm_refs), 24);
+        assert_eq!(offset_of!(TorporStats, page_refs), 32);
+        assert_eq!(offset_of!(TorporStats, in_flight), 40);
+        assert_eq!(offset_of!(TorporStats, calls), 48);
+        assert_eq!(offset_of!(TorporStats, errors), 56);
+        // Same value the module asserts at compile time (kmod/src/uapi.rs).
+        assert_eq!(TORPOR_IOC_GET_STATS, 0x8040_D705);
+        assert_eq!(
+            TORPOR_IOC_GET_STATS as u64,
+            nix::request_code_read!(TORPOR_IOC_MAGIC, 0x05, size_of::<TorporStats>()) as u64
+        );
+        assert_eq!(features::GET_STATS, 1 << 5);
     }
 
     #[test]
