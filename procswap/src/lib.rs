@@ -10,6 +10,10 @@
 //! - [`prefetch`]: swap-slot-ordered read-ahead pipelined with a PTE-installing mapping pass.
 //! - [`freeze`]: cgroup v2/v1 freezers and SIGSTOP; [`cgroup`]: find/create/move.
 //! - [`workingset`]: DAMON / idle-page-tracking working sets.
+//! - [`memkind`]: the three kinds of memory (anon, shmem, file) and how each is seen from
+//!   outside; [`residency`]: the Stop-time residency snapshot; [`loadingset`]: what the app
+//!   touches after a thaw, in order, merged across cycles; [`plan`]: the Start plan computed at
+//!   Stop and [`plan::fetch_unmapped`].
 //! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -19,9 +23,13 @@ pub mod error;
 pub mod freeze;
 pub mod inspect;
 pub mod kmod;
+pub mod loadingset;
+pub mod memkind;
 pub mod prefetch;
 pub mod progress;
+pub mod plan;
 pub mod purge;
+pub mod residency;
 pub mod sys;
 pub mod target;
 pub mod testdata;
@@ -33,9 +41,13 @@ pub use backend::{select_backend, Backend, BackendPref, StockBackend};
 pub use error::{Error, Result};
 pub use freeze::{quiescence, Freezer, FreezerPref, Quiescence};
 pub use inspect::{InspectOptions, Inspection, VmaInfo};
+pub use loadingset::{Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions, Recording};
+pub use memkind::{ByKind, KindUsage, MemKind};
+pub use plan::{fetch_unmapped, ActivationPlan, FetchOptions, FetchReport, Part, PlanPart};
 pub use prefetch::{prefetch_with, PrefetchOptions, PrefetchReport, StopReason};
 pub use progress::{NoProgress, Progress};
 pub use purge::{purge_with, PurgeOptions, PurgeReport};
+pub use residency::ResidencySnapshot;
 pub use sys::Range;
 pub use target::Target;
 pub use workingset::{WorkingSet, WsMethod};

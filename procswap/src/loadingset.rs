@@ -1,0 +1,834 @@
+//! Loading set: what the app touches from thaw until it has answered its first requests and
+//! over a window after, in order of first touch, per memory kind — recorded with nothing but
+//! `/proc/PID/pagemap` and `mincore(2)` (any kernel ≥ 5.10, no module) — and kept across
+//! cycles with decay (seed 004's "snapshot prefetching", with a policy derived from an LRU
+//! stack).
+//!
+//! ## How touches are seen
+//! Start fetches pages into the swap cache / page cache **without mapping them** (`MADV_WILLNEED`
+//! only: [`crate::plan::fetch_unmapped`]), thaws, and the recorder polls pagemap's present bit
+//! over the candidate pages (those of the Stop-time [`ResidencySnapshot`] not mapped when
+//! recording starts). A page becomes present only when the app touches it (a minor fault if it
+//! was fetched, a major one if not), so the round in which it first shows present is its
+//! touch order. Per kind:
+//! - anon: pagemap of the snapshot's anonymous pages (exact per page: swap-cache pages are
+//!   mapped one by one by `do_swap_page`);
+//! - shmem and file *mappings*: pagemap of the VMAs over the object pages. Exact for shmem pages
+//!   fetched into the swap cache (the kernel's fault-around only maps pages already in the
+//!   shmem page cache). For file pages in the page cache the kernel's fault-around maps up to
+//!   `fault_around_bytes` (64 KiB) of cached neighbours on one fault: the recorded set is then
+//!   rounded to 16-page blocks (approximate; the knob is system-wide, not torpor's to change);
+//! - files the app *reads* (`read(2)`, no mapping): `mincore` of our own mapping of the file;
+//!   only pages that were not cached when recording started can be seen (they appear when the
+//!   app reads them, with the kernel's read-ahead neighbours). Pages torpor itself fetches while
+//!   recording must be announced with [`LoadingSetRecorder::note_fetched`].
+//!
+//! ## Across cycles
+//! [`LoadingSet::merge`]: pages touched in this cycle get weight 1 (age 0) with this cycle's
+//! order; a page of the previous set that was **observable** in this cycle (a candidate not
+//! mapped at start) and was not touched decays (weight × `decay`, age + 1) and is dropped below
+//! `min_weight`; a page that could not be observed (already mapped at thaw, e.g. after a full
+//! prefetch *with* a mapping pass) keeps its weight: no evidence, no change. So a Stop after a
+//! full prefetch never turns the loading set into the whole process: only what the app mapped
+//! counts, never what was merely fetched.
+
+use crate::error::{Error, Result};
+use crate::inspect::{classify, Pagemap};
+use crate::memkind::{self, intersect, normalize, pages, subtract, Handle, MemKind, MemObject, ObjectKey, ObjectView, PageRun};
+use crate::residency::ResidencySnapshot;
+use crate::sys;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+/// An object the loading set refers to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LsObject {
+    pub kind: MemKind,
+    pub key: ObjectKey,
+    pub path: String,
+}
+
+/// A run of consecutive pages with the same history.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LsRun {
+    pub kind: MemKind,
+    /// Index into [`LoadingSet::objects`] (shmem, file); `None` for anon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<u32>,
+    /// Anon: page number (address / page size). Objects: file page index.
+    pub first: u64,
+    pub count: u64,
+    /// Round of first touch in the cycle it was last touched in (1 = first poll after start).
+    pub round: u32,
+    /// Cycles since it was last touched (0: the last recorded cycle).
+    pub age: u32,
+    pub weight: f32,
+    /// Touched before the first response of that cycle (every touched page when the recorder
+    /// was never told when the first response came).
+    pub first_response: bool,
+}
+
+impl LsRun {
+    fn attrs_eq(&self, o: &LsRun) -> bool {
+        self.kind == o.kind
+            && self.object == o.object
+            && self.round == o.round
+            && self.age == o.age
+            && self.weight == o.weight
+            && self.first_response == o.first_response
+    }
+}
+
+/// Figures of the last recording.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecordStats {
+    pub rounds: u32,
+    pub duration_ms: u64,
+    pub interval_us: u64,
+    /// Candidate pages when recording started (snapshot pages), per kind.
+    pub candidate_pages: memkind::ByKind<u64>,
+    /// Of those, observable (not mapped/cached at start).
+    pub observable_pages: memkind::ByKind<u64>,
+    /// Touched pages seen, per kind.
+    pub touched_pages: memkind::ByKind<u64>,
+    pub first_response_round: Option<u32>,
+    /// Time spent polling, total and the slowest round, microseconds.
+    pub poll_us_total: u64,
+    pub poll_us_max: u64,
+    /// Pages whose pagemap entries one round read, at the first round.
+    pub first_round_pages: u64,
+    pub stop: String,
+}
+
+/// What the recorder saw in one cycle.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Recording {
+    pub pid: i32,
+    pub comm: String,
+    pub page_size: u64,
+    pub objects: Vec<LsObject>,
+    /// Touched runs, in order of first touch (age 0, weight 1).
+    pub touched: Vec<LsRun>,
+    /// Pages that could be observed (candidates not mapped/cached at start), per (kind, object).
+    pub observable: Vec<(MemKind, Option<u32>, Vec<PageRun>)>,
+    pub stats: RecordStats,
+}
+
+/// Decay policy of [`LoadingSet::merge`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecayPolicy {
+    /// Weight multiplier per cycle an observable page was not touched.
+    pub decay: f32,
+    /// Pages whose weight falls below this are dropped.
+    pub min_weight: f32,
+}
+
+impl Default for DecayPolicy {
+    fn default() -> Self {
+        // 1 → 0.5 → 0.25 → dropped: a page untouched in three observed cycles leaves the set.
+        Self { decay: 0.5, min_weight: 0.2 }
+    }
+}
+
+/// The loading set, merged over cycles. Persist with [`LoadingSet::save`] / [`LoadingSet::load`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoadingSet {
+    pub format_version: u32,
+    pub pid: i32,
+    pub comm: String,
+    pub page_size: u64,
+    /// Cycles merged into this set.
+    pub cycles: u32,
+    /// Seconds since the epoch of the last merge.
+    pub recorded_at: u64,
+    pub last: RecordStats,
+    pub objects: Vec<LsObject>,
+    /// In order: most recent cycle first (age), then first-touch round, then kind/object/page.
+    pub runs: Vec<LsRun>,
+}
+
+/// What [`LoadingSet::load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    Set(LoadingSet),
+    /// No file.
+    Missing,
+    /// A file that is not a loading set of this version: ignored, with a note.
+    Ignored(String),
+}
+
+type GroupKey = (MemKind, Option<ObjectKey>);
+
+impl LoadingSet {
+    pub const FORMAT_VERSION: u32 = 1;
+
+    /// Pages per kind.
+    pub fn pages(&self) -> memkind::ByKind<u64> {
+        let mut b = memkind::ByKind::default();
+        for r in &self.runs {
+            *b.get_mut(r.kind) += r.count;
+        }
+        b
+    }
+
+    /// The object a run refers to.
+    pub fn object_of(&self, r: &LsRun) -> Option<&LsObject> {
+        r.object.and_then(|i| self.objects.get(i as usize))
+    }
+
+    /// Merge this cycle's recording into the previous set (see the module doc).
+    pub fn merge(prev: Option<&LoadingSet>, rec: &Recording, policy: &DecayPolicy) -> LoadingSet {
+        let key_of = |objs: &[LsObject], r: &LsRun| -> GroupKey { (r.kind, r.object.map(|i| objs[i as usize].key)) };
+        // Touched and observable pages of this cycle, per group.
+        let mut touched: HashMap<GroupKey, Vec<PageRun>> = HashMap::new();
+        for r in &rec.touched {
+            touched.entry(key_of(&rec.objects, r)).or_default().push(PageRun { first: r.first, count: r.count });
+        }
+        let touched: HashMap<GroupKey, Vec<PageRun>> = touched.into_iter().map(|(k, v)| (k, normalize(v))).collect();
+        let observable: HashMap<GroupKey, Vec<PageRun>> = rec
+            .observable
+            .iter()
+            .map(|(kind, o, runs)| ((*kind, o.map(|i| rec.objects[i as usize].key)), normalize(runs.clone())))
+            .fold(HashMap::new(), |mut m, (k, v)| {
+                let e: &mut Vec<PageRun> = m.entry(k).or_default();
+                e.extend(v);
+                *e = normalize(std::mem::take(e));
+                m
+            });
+        // Objects: this cycle's, then the previous set's others.
+        let mut objects: Vec<LsObject> = rec.objects.clone();
+        let mut index: HashMap<(MemKind, ObjectKey), u32> =
+            objects.iter().enumerate().map(|(i, o)| ((o.kind, o.key), i as u32)).collect();
+        let mut obj_index = |o: &LsObject, objects: &mut Vec<LsObject>| -> u32 {
+            *index.entry((o.kind, o.key)).or_insert_with(|| {
+                objects.push(o.clone());
+                (objects.len() - 1) as u32
+            })
+        };
+        let mut runs: Vec<LsRun> = rec.touched.clone();
+        let empty: Vec<PageRun> = Vec::new();
+        if let Some(p) = prev {
+            for r in &p.runs {
+                let g = key_of(&p.objects, r);
+                let t = touched.get(&g).unwrap_or(&empty);
+                let obs = observable.get(&g).unwrap_or(&empty);
+                let object = r.object.map(|i| obj_index(&p.objects[i as usize], &mut objects));
+                let rest = subtract_one(PageRun { first: r.first, count: r.count }, t);
+                // Observable and untouched: decays. Not observable: unchanged.
+                let decayed = LsRun { age: r.age + 1, weight: r.weight * policy.decay, object, ..*r };
+                if decayed.weight >= policy.min_weight {
+                    for x in intersect(&rest, obs) {
+                        runs.push(LsRun { first: x.first, count: x.count, ..decayed });
+                    }
+                }
+                for x in subtract(&rest, obs) {
+                    runs.push(LsRun { first: x.first, count: x.count, object, ..*r });
+                }
+            }
+        }
+        let rank = |r: &LsRun| (r.age, r.round, r.kind, r.object, r.first);
+        runs.sort_by(|a, b| rank(a).cmp(&rank(b)));
+        let mut merged: Vec<LsRun> = Vec::with_capacity(runs.len());
+        for r in runs {
+            match merged.last_mut() {
+                Some(l) if l.attrs_eq(&r) && l.first + l.count == r.first => l.count += r.count,
+                _ => merged.push(r),
+            }
+        }
+        // Drop objects no run refers to any more, renumbering.
+        let mut used: Vec<Option<u32>> = vec![None; objects.len()];
+        let mut kept: Vec<LsObject> = Vec::new();
+        for r in merged.iter_mut() {
+            if let Some(i) = r.object {
+                let n = *used[i as usize].get_or_insert_with(|| {
+                    kept.push(objects[i as usize].clone());
+                    (kept.len() - 1) as u32
+                });
+                r.object = Some(n);
+            }
+        }
+        LoadingSet {
+            format_version: Self::FORMAT_VERSION,
+            pid: rec.pid,
+            comm: rec.comm.clone(),
+            page_size: rec.page_size,
+            cycles: prev.map(|p| p.cycles).unwrap_or(0) + 1,
+            recorded_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            last: rec.stats.clone(),
+            objects: kept,
+            runs: merged,
+        }
+    }
+
+    /// The set for `pid`: anonymous runs are addresses of the process they were recorded in, so
+    /// they are dropped (with a note) when `pid` is another process; object runs are kept.
+    pub fn for_pid(&self, pid: i32) -> (LoadingSet, Option<String>) {
+        if pid == self.pid {
+            return (self.clone(), None);
+        }
+        let mut s = self.clone();
+        let n = s.pages().anon;
+        s.runs.retain(|r| r.kind != MemKind::Anon);
+        s.pid = pid;
+        (s, Some(format!("loading set recorded for pid {}: its {n} anonymous pages do not apply to pid {pid}", self.pid)))
+    }
+
+    /// Page runs of a (kind, object) group, optionally only those touched before the first
+    /// response (normalized).
+    pub fn runs_of(&self, kind: MemKind, key: Option<ObjectKey>, first_response: Option<bool>) -> Vec<PageRun> {
+        normalize(
+            self.runs
+                .iter()
+                .filter(|r| r.kind == kind && r.object.map(|i| self.objects[i as usize].key) == key)
+                .filter(|r| first_response.is_none_or(|f| r.first_response == f))
+                .map(|r| PageRun { first: r.first, count: r.count })
+                .collect(),
+        )
+    }
+
+    /// Write atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let j = serde_json::to_vec(self).map_err(|e| Error::WorkingSet(format!("loading set: {e}")))?;
+        std::fs::write(&tmp, j).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Read a saved set. Never an error for content: a file of another format version (or not a
+    /// loading set at all) is [`Loaded::Ignored`] with a note saying why.
+    pub fn load(path: &Path) -> Result<Loaded> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        Ok(Self::from_json(&bytes).map_or_else(|n| Loaded::Ignored(format!("{}: {n}", path.display())), Loaded::Set))
+    }
+
+    /// Parse; a set of another format version is refused with a note (the caller ignores it).
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct V {
+            format_version: Option<u32>,
+        }
+        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not a loading set ({e}): ignored"))?;
+        match v.format_version {
+            Some(Self::FORMAT_VERSION) => {}
+            Some(n) => {
+                return Err(format!("loading set format {n}, this torpor reads {}: ignored (recorded anew)", Self::FORMAT_VERSION))
+            }
+            None => return Err("no format_version (not a loading set, or written before loading sets existed): ignored".into()),
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("loading set format {}: {e}: ignored", Self::FORMAT_VERSION))
+    }
+
+    /// Address ranges, in touch order, of the set's pages in the target's **current** mappings:
+    /// anon runs as they are; shmem and file runs through the VMAs that map them now (`objs`
+    /// from [`memkind::objects`]). For the purge's loading-set-first layout.
+    pub fn address_order(&self, objs: &[MemObject]) -> Vec<sys::Range> {
+        let ps = self.page_size;
+        let by_key: HashMap<(MemKind, ObjectKey), &MemObject> = objs.iter().map(|o| ((o.kind, o.key), o)).collect();
+        let mut out: Vec<sys::Range> = Vec::new();
+        let mut push = |start: u64, len: u64| match out.last_mut() {
+            Some(l) if l.end() == start => l.len += len,
+            _ => out.push(sys::Range { start, len }),
+        };
+        for r in &self.runs {
+            match r.object {
+                None => push(r.first * ps, r.count * ps),
+                Some(i) => {
+                    let o = &self.objects[i as usize];
+                    let Some(m) = by_key.get(&(o.kind, o.key)) else { continue };
+                    // The first mapping that covers each part of the run.
+                    for h in &m.handles {
+                        if let Handle::Mapped { start, end, pgoff, .. } = *h {
+                            let vma = PageRun { first: pgoff, count: (end - start) / ps };
+                            for x in intersect(&[PageRun { first: r.first, count: r.count }], &[vma]) {
+                                push(start + (x.first - pgoff) * ps, x.count * ps);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `[r] − list` for one run against a normalized list (binary search for the window).
+fn subtract_one(r: PageRun, list: &[PageRun]) -> Vec<PageRun> {
+    let i = list.partition_point(|x| x.end() <= r.first);
+    let j = list.partition_point(|x| x.first < r.end());
+    subtract(&[r], &list[i..j.max(i)])
+}
+
+// ---------------------------------------------------------------- recorder
+
+/// When recording stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecorderOptions {
+    /// Time between polls.
+    pub interval: Duration,
+    /// Twinkle's stop rule: stop after this many consecutive rounds that each saw fewer than
+    /// `min_new_pages` new pages...
+    pub quiet_rounds: u32,
+    pub min_new_pages: u64,
+    /// ...but not before this much time has passed (e.g. the first response plus a window)...
+    pub min_duration: Duration,
+    /// ...and always after this much.
+    pub max_duration: Duration,
+    /// Watch files the app reads through file descriptors (mincore on our own mapping).
+    pub files_read: bool,
+}
+
+impl Default for RecorderOptions {
+    fn default() -> Self {
+        // 5 ms rounds; 1 s without a new page ends the recording; never more than 30 s.
+        Self {
+            interval: Duration::from_millis(5),
+            quiet_rounds: 200,
+            min_new_pages: 1,
+            min_duration: Duration::ZERO,
+            max_duration: Duration::from_secs(30),
+            files_read: true,
+        }
+    }
+}
+
+/// Pages to watch: what the app had resident at Stop.
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    /// Anonymous page numbers (address / page size).
+    pub anon: Vec<PageRun>,
+    pub objects: Vec<MemObject>,
+    /// Per object (index into `objects`): file page runs to watch.
+    pub object_runs: Vec<Vec<PageRun>>,
+}
+
+impl Candidates {
+    /// Every page resident in the Stop-time snapshot.
+    pub fn from_snapshot(snap: &ResidencySnapshot) -> Self {
+        Self {
+            anon: snap.anon.clone(),
+            objects: snap.objects.iter().map(|o| o.object.clone()).collect(),
+            object_runs: snap.objects.iter().map(|o| o.resident.clone()).collect(),
+        }
+    }
+}
+
+/// Address pages of object pages mapped by one VMA.
+#[derive(Debug)]
+struct MappedWatch {
+    object: u32,
+    vma_page: u64,
+    pgoff: u64,
+    /// Address page runs still unobserved.
+    runs: Vec<PageRun>,
+}
+
+#[derive(Debug)]
+struct FileWatch {
+    object: u32,
+    view: ObjectViewBox,
+    /// File page runs still unobserved (not cached yet).
+    runs: Vec<PageRun>,
+}
+
+struct ObjectViewBox(ObjectView);
+
+impl std::fmt::Debug for ObjectViewBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectView({} pages)", self.0.pages())
+    }
+}
+
+/// Result of one poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Poll {
+    pub round: u32,
+    pub new_pages: u64,
+    pub poll_us: u64,
+}
+
+/// Records a loading set by polling (see the module doc). Start it right before the thaw.
+pub struct LoadingSetRecorder {
+    pid: i32,
+    comm: String,
+    ps: u64,
+    pm: Pagemap,
+    opts: RecorderOptions,
+    objects: Vec<LsObject>,
+    anon: Vec<PageRun>,
+    mapped: Vec<MappedWatch>,
+    files: Vec<FileWatch>,
+    observable: Vec<(MemKind, Option<u32>, Vec<PageRun>)>,
+    touched: Vec<LsRun>,
+    round: u32,
+    quiet: u32,
+    t0: Instant,
+    stats: RecordStats,
+    exited: bool,
+}
+
+impl std::fmt::Debug for LoadingSetRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadingSetRecorder")
+            .field("pid", &self.pid)
+            .field("round", &self.round)
+            .field("anon_watch_pages", &pages(&self.anon))
+            .field("mapped_watches", &self.mapped.len())
+            .field("file_watches", &self.files)
+            .finish()
+    }
+}
+
+/// Present pages among address-page runs (pagemap), as runs.
+fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun>> {
+    let mut out: Vec<PageRun> = Vec::new();
+    for r in runs {
+        pm.scan(r.first * ps, r.end() * ps, |addr, info| {
+            if classify(&info).0 {
+                let p = addr / ps;
+                match out.last_mut() {
+                    Some(l) if l.end() == p => l.count += 1,
+                    _ => out.push(PageRun { first: p, count: 1 }),
+                }
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+impl LoadingSetRecorder {
+    /// Start watching `cand` in `pid` (typically frozen, right before the thaw). Pages already
+    /// mapped (or, for read files, cached) now are not observable and are left out.
+    pub fn start(pid: i32, cand: &Candidates, opts: RecorderOptions) -> Result<Self> {
+        let t = crate::target::Target::open(pid, "loading-set recording")?;
+        let ps = sys::page_size();
+        let mut pm = Pagemap::open(pid)?;
+        let mut stats = RecordStats { interval_us: opts.interval.as_micros() as u64, ..Default::default() };
+        let objects: Vec<LsObject> =
+            cand.objects.iter().map(|o| LsObject { kind: o.kind, key: o.key, path: o.path.clone() }).collect();
+        let mut observable = Vec::new();
+        // Anon.
+        let anon_c = normalize(cand.anon.clone());
+        stats.candidate_pages.anon = pages(&anon_c);
+        let anon = subtract(&anon_c, &present_in(&mut pm, ps, &anon_c)?);
+        stats.observable_pages.anon = pages(&anon);
+        observable.push((MemKind::Anon, None, anon.clone()));
+        // Objects: through their mappings, and (read files) through mincore.
+        let mut mapped = Vec::new();
+        let mut files = Vec::new();
+        for (i, (o, runs)) in cand.objects.iter().zip(&cand.object_runs).enumerate() {
+            let runs = normalize(runs.clone());
+            *stats.candidate_pages.get_mut(o.kind) += pages(&runs);
+            let mut seen_mapped: Vec<PageRun> = Vec::new();
+            let mut obs: Vec<PageRun> = Vec::new();
+            for h in &o.handles {
+                let Handle::Mapped { start, end, pgoff, .. } = *h else { continue };
+                let vma = PageRun { first: pgoff, count: (end - start) / ps };
+                let file_pages = subtract(&intersect(&runs, &[vma]), &seen_mapped);
+                if file_pages.is_empty() {
+                    continue;
+                }
+                seen_mapped = normalize([seen_mapped, file_pages.clone()].concat());
+                let vma_page = start / ps;
+                let addr: Vec<PageRun> =
+                    file_pages.iter().map(|r| PageRun { first: vma_page + r.first - pgoff, count: r.count }).collect();
+                let watch = subtract(&addr, &present_in(&mut pm, ps, &addr)?);
+                obs.extend(watch.iter().map(|r| PageRun { first: r.first - vma_page + pgoff, count: r.count }));
+                mapped.push(MappedWatch { object: i as u32, vma_page, pgoff, runs: watch });
+            }
+            let unmapped = subtract(&runs, &seen_mapped);
+            if opts.files_read && !unmapped.is_empty() && o.handles.iter().any(|h| matches!(h, Handle::Fd { .. })) {
+                if let Ok(f) = memkind::open_current(pid, o) {
+                    if let Ok(v) = ObjectView::new(f, None) {
+                        let cached = v.resident(&unmapped).unwrap_or_default();
+                        let watch = subtract(&unmapped, &normalize(cached));
+                        obs.extend(watch.iter().copied());
+                        files.push(FileWatch { object: i as u32, view: ObjectViewBox(v), runs: watch });
+                    }
+                }
+            }
+            let obs = normalize(obs);
+            *stats.observable_pages.get_mut(o.kind) += pages(&obs);
+            observable.push((o.kind, Some(i as u32), obs));
+        }
+        stats.first_round_pages = pages(&anon) + mapped.iter().map(|m| pages(&m.runs)).sum::<u64>();
+        Ok(Self {
+            pid,
+            comm: t.comm().to_string(),
+            ps,
+            pm,
+            opts,
+            objects,
+            anon,
+            mapped,
+            files,
+            observable,
+            touched: Vec::new(),
+            round: 0,
+            quiet: 0,
+            t0: Instant::now(),
+            stats,
+            exited: false,
+        })
+    }
+
+    fn touch(&mut self, kind: MemKind, object: Option<u32>, runs: &[PageRun]) -> u64 {
+        let fr = self.stats.first_response_round.is_none();
+        for r in runs {
+            self.touched.push(LsRun {
+                kind,
+                object,
+                first: r.first,
+                count: r.count,
+                round: self.round,
+                age: 0,
+                weight: 1.0,
+                first_response: fr,
+            });
+        }
+        let n = pages(runs);
+        *self.stats.touched_pages.get_mut(kind) += n;
+        n
+    }
+
+    /// One round: read pagemap over the unobserved pages (and mincore of read files); pages
+    /// seen for the first time are recorded with this round number.
+    pub fn poll(&mut self) -> Result<Poll> {
+        let t = Instant::now();
+        self.round += 1;
+        let mut new = 0;
+        let res: Result<()> = (|| {
+            let hit = present_in(&mut self.pm, self.ps, &self.anon)?;
+            if !hit.is_empty() {
+                self.anon = subtract(&self.anon, &hit);
+                new += self.touch(MemKind::Anon, None, &hit);
+            }
+            for i in 0..self.mapped.len() {
+                if self.mapped[i].runs.is_empty() {
+                    continue;
+                }
+                let hit = present_in(&mut self.pm, self.ps, &self.mapped[i].runs)?;
+                if hit.is_empty() {
+                    continue;
+                }
+                let m = &mut self.mapped[i];
+                m.runs = subtract(&m.runs, &hit);
+                let (obj, vp, pg) = (m.object, m.vma_page, m.pgoff);
+                let kind = self.objects[obj as usize].kind;
+                let file_runs: Vec<PageRun> = hit.iter().map(|r| PageRun { first: r.first - vp + pg, count: r.count }).collect();
+                new += self.touch(kind, Some(obj), &file_runs);
+            }
+            for i in 0..self.files.len() {
+                if self.files[i].runs.is_empty() {
+                    continue;
+                }
+                let f = &self.files[i];
+                let Ok(hit) = f.view.0.resident(&f.runs) else { continue };
+                let hit = normalize(hit);
+                if hit.is_empty() {
+                    continue;
+                }
+                let obj = f.object;
+                self.files[i].runs = subtract(&self.files[i].runs, &hit);
+                let kind = self.objects[obj as usize].kind;
+                new += self.touch(kind, Some(obj), &hit);
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            match e {
+                Error::TargetExited { .. } | Error::NoSuchProcess(_) => self.exited = true,
+                e => return Err(e),
+            }
+        }
+        let us = t.elapsed().as_micros() as u64;
+        self.stats.poll_us_total += us;
+        self.stats.poll_us_max = self.stats.poll_us_max.max(us);
+        if new < self.opts.min_new_pages {
+            self.quiet += 1;
+        } else {
+            self.quiet = 0;
+        }
+        Ok(Poll { round: self.round, new_pages: new, poll_us: us })
+    }
+
+    /// The first response has been answered: later touches are not `first_response`.
+    pub fn mark_first_response(&mut self) {
+        if self.stats.first_response_round.is_none() {
+            self.stats.first_response_round = Some(self.round);
+        }
+    }
+
+    /// File pages torpor is about to fetch itself (e.g. the background part of a Start): they
+    /// will appear in the page cache without the app, so read-file watches stop looking at them.
+    pub fn note_fetched(&mut self, key: ObjectKey, runs: &[PageRun]) {
+        let runs = normalize(runs.to_vec());
+        for f in self.files.iter_mut() {
+            if self.objects[f.object as usize].key == key {
+                f.runs = subtract(&f.runs, &runs);
+            }
+        }
+        for (kind, o, obs) in self.observable.iter_mut() {
+            if *kind != MemKind::Anon && o.is_some_and(|i| self.objects[i as usize].key == key) {
+                // Still observable through mappings; only the read-file watch is blind now.
+                let mapped: Vec<PageRun> = self
+                    .mapped
+                    .iter()
+                    .filter(|m| Some(m.object) == *o)
+                    .flat_map(|m| m.runs.iter().map(move |r| PageRun { first: r.first - m.vma_page + m.pgoff, count: r.count }))
+                    .collect();
+                let blind = subtract(&runs, &normalize(mapped));
+                *obs = subtract(obs, &blind);
+            }
+        }
+    }
+
+    /// Whether the stop rule says to stop (or the target exited).
+    pub fn should_stop(&self) -> bool {
+        let el = self.t0.elapsed();
+        self.exited
+            || el >= self.opts.max_duration
+            || (el >= self.opts.min_duration && self.quiet >= self.opts.quiet_rounds)
+            || (self.anon.is_empty() && self.mapped.iter().all(|m| m.runs.is_empty()) && self.files.iter().all(|f| f.runs.is_empty()))
+    }
+
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Poll every `interval` until the stop rule fires; `stop` is checked between rounds (set
+    /// it to end early, e.g. when the app is stopped again).
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+        while !self.should_stop() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let next = Instant::now() + self.opts.interval;
+            self.poll()?;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// End the recording.
+    pub fn finish(mut self) -> Recording {
+        let el = self.t0.elapsed();
+        self.stats.rounds = self.round;
+        self.stats.duration_ms = el.as_millis() as u64;
+        self.stats.stop = if self.exited {
+            "target exited".into()
+        } else if el >= self.opts.max_duration {
+            "max duration".into()
+        } else if self.quiet >= self.opts.quiet_rounds {
+            format!("{} quiet rounds", self.quiet)
+        } else if self.anon.is_empty() && self.mapped.iter().all(|m| m.runs.is_empty()) {
+            "every candidate touched".into()
+        } else {
+            "stopped by caller".into()
+        };
+        // Group each round's runs by kind/object/page (they were pushed in scan order).
+        let rank = |r: &LsRun| (r.round, r.kind, r.object, r.first);
+        self.touched.sort_by(|a, b| rank(a).cmp(&rank(b)));
+        Recording {
+            pid: self.pid,
+            comm: self.comm,
+            page_size: self.ps,
+            objects: self.objects,
+            touched: self.touched,
+            observable: self.observable,
+            stats: self.stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_loadingset {
+    use super::*;
+
+    fn run(first: u64, count: u64, round: u32) -> LsRun {
+        LsRun { kind: MemKind::Anon, object: None, first, count, round, age: 0, weight: 1.0, first_response: true }
+    }
+
+    fn rec(touched: Vec<LsRun>, observable: Vec<PageRun>) -> Recording {
+        Recording {
+            pid: 1,
+            comm: "t".into(),
+            page_size: 4096,
+            objects: vec![],
+            touched,
+            observable: vec![(MemKind::Anon, None, observable)],
+            stats: RecordStats::default(),
+        }
+    }
+
+    #[test]
+    fn merge_decays_only_observed_pages_and_keeps_touch_order() {
+        let p = DecayPolicy::default();
+        // Cycle 1: pages 100..104 in round 2, 10..12 in round 1.
+        let s1 = LoadingSet::merge(None, &rec(vec![run(10, 2, 1), run(100, 4, 2)], vec![PageRun { first: 0, count: 1000 }]), &p);
+        assert_eq!(s1.runs.iter().map(|r| (r.first, r.count, r.round)).collect::<Vec<_>>(), vec![(10, 2, 1), (100, 4, 2)]);
+        // Cycle 2: only 100..102 touched (round 1); 10..12 observable but untouched → 0.5;
+        // 102..104 not observable (already mapped at thaw) → unchanged.
+        let s2 = LoadingSet::merge(
+            Some(&s1),
+            &rec(vec![run(100, 2, 1)], vec![PageRun { first: 0, count: 100 }]),
+            &p,
+        );
+        let v: Vec<_> = s2.runs.iter().map(|r| (r.first, r.count, r.age, r.weight)).collect();
+        assert_eq!(v, vec![(100, 2, 0, 1.0), (102, 2, 0, 1.0), (10, 2, 1, 0.5)]);
+        assert_eq!(s2.cycles, 2);
+        // Two more observed cycles without touching 10..12: 0.25, then dropped (< 0.2).
+        let obs = vec![PageRun { first: 0, count: 1000 }];
+        let s3 = LoadingSet::merge(Some(&s2), &rec(vec![run(100, 4, 1)], obs.clone()), &p);
+        assert!(s3.runs.iter().any(|r| r.first == 10 && r.weight == 0.25));
+        let s4 = LoadingSet::merge(Some(&s3), &rec(vec![run(100, 4, 1)], obs), &p);
+        assert!(!s4.runs.iter().any(|r| r.first == 10), "{:?}", s4.runs);
+        assert_eq!(s4.pages().anon, 4);
+    }
+
+    #[test]
+    fn a_full_prefetch_with_mapping_changes_nothing() {
+        let p = DecayPolicy::default();
+        let s1 = LoadingSet::merge(None, &rec(vec![run(10, 2, 1)], vec![PageRun { first: 0, count: 1000 }]), &p);
+        // Everything was mapped at thaw: nothing observable, nothing touched.
+        let s2 = LoadingSet::merge(Some(&s1), &rec(vec![], vec![]), &p);
+        assert_eq!(s2.runs, s1.runs);
+    }
+
+    #[test]
+    fn objects_are_renumbered_and_versions_checked() {
+        let p = DecayPolicy::default();
+        let o = |ino| LsObject { kind: MemKind::File, key: ObjectKey { dev: 1, ino }, path: format!("/f{ino}") };
+        let fr = |obj: u32, first, round| LsRun { kind: MemKind::File, object: Some(obj), ..run(first, 1, round) };
+        let r1 = Recording { objects: vec![o(1), o(2)], touched: vec![fr(1, 5, 1), fr(0, 3, 2)], ..rec(vec![], vec![]) };
+        let s1 = LoadingSet::merge(None, &r1, &p);
+        // Cycle 2 knows only object 2, as its object 0.
+        let r2 = Recording { objects: vec![o(2)], touched: vec![fr(0, 5, 1)], ..rec(vec![], vec![]) };
+        let s2 = LoadingSet::merge(Some(&s1), &r2, &p);
+        assert_eq!(s2.objects, vec![o(2), o(1)]);
+        assert_eq!(s2.runs_of(MemKind::File, Some(ObjectKey { dev: 1, ino: 1 }), None), vec![PageRun { first: 3, count: 1 }]);
+        let j = serde_json::to_vec(&s2).unwrap();
+        assert_eq!(LoadingSet::from_json(&j).unwrap(), s2);
+        let mut v: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        v["format_version"] = 0.into();
+        assert!(LoadingSet::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err().contains("ignored"));
+        assert!(LoadingSet::from_json(b"{\"regions\":[]}").unwrap_err().contains("ignored"));
+        let dir = std::env::temp_dir().join(format!("torpor-ls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ls.json");
+        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Missing));
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Ignored(_)));
+        s2.save(&path).unwrap();
+        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Set(s) if s == s2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

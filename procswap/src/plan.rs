@@ -1,0 +1,421 @@
+//! The Start plan, computed at Stop (after the purge) so that Start walks nothing big: which
+//! pages to fetch before the thaw (`first`: the loading set's part needed before the first
+//! response), which right after (`loading_rest`), and which in the background (`rest`), per kind,
+//! with anonymous pages in swap-slot order. [`fetch_unmapped`] executes one part with
+//! `MADV_WILLNEED`/`posix_fadvise(WILLNEED)` only — nothing is mapped into the target, so a
+//! [`crate::loadingset::LoadingSetRecorder`] running after the thaw still sees every touch.
+
+use crate::error::{Error, Result};
+use crate::inspect::{classify, Pagemap};
+use crate::loadingset::LoadingSet;
+use crate::memkind::{self, intersect, normalize, pages, subtract, ByKind, Gone, MemKind, MemObject, ObjectView, PageRun};
+use crate::residency::ResidencySnapshot;
+use crate::sys::{self, Range};
+use crate::target::Target;
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+/// Consecutive anonymous pages on consecutive swap slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwapRun {
+    pub addr: u64,
+    pub pages: u64,
+    pub swap_type: u8,
+    pub offset: u64,
+}
+
+/// File pages of one object in a plan part.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectPart {
+    /// Index into [`ActivationPlan::objects`].
+    pub object: u32,
+    pub runs: Vec<PageRun>,
+}
+
+/// One part of a plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanPart {
+    /// In swap-slot order.
+    pub anon: Vec<SwapRun>,
+    /// Objects in order of first touch (loading-set parts) or snapshot order (rest).
+    pub shmem: Vec<ObjectPart>,
+    pub file: Vec<ObjectPart>,
+}
+
+impl PlanPart {
+    pub fn pages(&self) -> ByKind<u64> {
+        ByKind {
+            anon: self.anon.iter().map(|r| r.pages).sum(),
+            shmem: self.shmem.iter().map(|o| pages(&o.runs)).sum(),
+            file: self.file.iter().map(|o| pages(&o.runs)).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anon.is_empty() && self.shmem.is_empty() && self.file.is_empty()
+    }
+
+    /// Runs of consecutive swap slots (what one sequential read each costs).
+    pub fn swap_extents(&self) -> u64 {
+        let mut n = 0;
+        let mut prev: Option<(u8, u64)> = None;
+        for r in &self.anon {
+            if prev != Some((r.swap_type, r.offset)) {
+                n += 1;
+            }
+            prev = Some((r.swap_type, r.offset + r.pages));
+        }
+        n
+    }
+
+    fn objects_mut(&mut self, k: MemKind) -> &mut Vec<ObjectPart> {
+        match k {
+            MemKind::Shmem => &mut self.shmem,
+            _ => &mut self.file,
+        }
+    }
+}
+
+/// What Start will fetch, computed at Stop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActivationPlan {
+    pub format_version: u32,
+    pub pid: i32,
+    pub comm: String,
+    pub page_size: u64,
+    pub computed_at: u64,
+    /// Shmem and file objects the parts refer to (reopened and checked at Start).
+    pub objects: Vec<MemObject>,
+    /// Loading-set pages touched before the first response: fetch before the thaw.
+    pub first: PlanPart,
+    /// The rest of the loading set: fetch right after the thaw.
+    pub loading_rest: PlanPart,
+    /// Everything else that was resident at Stop and is out now: background.
+    pub rest: PlanPart,
+    pub notes: Vec<String>,
+}
+
+/// Which part of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    First,
+    LoadingRest,
+    Rest,
+}
+
+impl ActivationPlan {
+    pub const FORMAT_VERSION: u32 = 1;
+
+    pub fn part(&self, p: Part) -> &PlanPart {
+        match p {
+            Part::First => &self.first,
+            Part::LoadingRest => &self.loading_rest,
+            Part::Rest => &self.rest,
+        }
+    }
+
+    /// Compute the plan of a (purged) target from its Stop-time snapshot and loading set: a
+    /// pagemap walk over the snapshot's anonymous pages (their swap slots now), one `mincore`
+    /// per object (what is out now).
+    pub fn compute(pid: i32, snap: &ResidencySnapshot, ls: Option<&LoadingSet>) -> Result<Self> {
+        let t = Target::open(pid, "activation plan")?;
+        let ps = snap.page_size;
+        let mut notes = Vec::new();
+        let ls = ls.map(|l| {
+            let (s, note) = l.for_pid(pid);
+            notes.extend(note);
+            s
+        });
+        let (f_anon, l_anon) = match &ls {
+            Some(l) => (l.runs_of(MemKind::Anon, None, Some(true)), l.runs_of(MemKind::Anon, None, Some(false))),
+            None => (vec![], vec![]),
+        };
+        let contains = |v: &[PageRun], p: u64| {
+            let i = v.partition_point(|r| r.first <= p);
+            i > 0 && p < v[i - 1].end()
+        };
+        // Anonymous: swap slots of the snapshot's pages now.
+        let mut buckets: [Vec<(u8, u64, u64)>; 3] = [vec![], vec![], vec![]];
+        let mut pm = Pagemap::open(pid)?;
+        for r in &snap.anon {
+            pm.scan(r.first * ps, r.end() * ps, |addr, info| {
+                if let (false, _, Some((ty, off))) = classify(&info) {
+                    let p = addr / ps;
+                    let b = if contains(&f_anon, p) {
+                        0
+                    } else if contains(&l_anon, p) {
+                        1
+                    } else {
+                        2
+                    };
+                    buckets[b].push((ty, off, addr));
+                }
+            })?;
+        }
+        let mut parts = [PlanPart::default(), PlanPart::default(), PlanPart::default()];
+        for (b, part) in buckets.iter_mut().zip(parts.iter_mut()) {
+            b.sort_unstable();
+            for &(ty, off, addr) in b.iter() {
+                match part.anon.last_mut() {
+                    Some(r) if r.swap_type == ty && r.offset + r.pages == off && r.addr + r.pages * ps == addr => r.pages += 1,
+                    _ => part.anon.push(SwapRun { addr, pages: 1, swap_type: ty, offset: off }),
+                }
+            }
+        }
+        // Objects: what was resident at Stop and is out now.
+        let mut objects: Vec<MemObject> = Vec::new();
+        // (part, kind) -> [(first touch rank, ObjectPart)]
+        let mut obj_parts: Vec<Vec<(u64, ObjectPart)>> = vec![vec![], vec![], vec![]];
+        let rank_of: HashMap<(MemKind, memkind::ObjectKey), u64> = match &ls {
+            Some(l) => {
+                let mut m = HashMap::new();
+                for (i, r) in l.runs.iter().enumerate() {
+                    if let Some(o) = l.object_of(r) {
+                        m.entry((o.kind, o.key)).or_insert(i as u64);
+                    }
+                }
+                m
+            }
+            None => HashMap::new(),
+        };
+        for o in &snap.objects {
+            let now = match memkind::reopen(pid, &o.object).and_then(|f| {
+                let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
+                v.resident(&o.resident).map_err(|e| Gone::Unreadable(e.to_string()))
+            }) {
+                Ok(r) => normalize(r),
+                Err(g) => {
+                    notes.push(format!("{} {}: {g}: left out of the plan", o.object.kind, o.object.path));
+                    continue;
+                }
+            };
+            let out = subtract(&o.resident, &now);
+            if out.is_empty() {
+                continue;
+            }
+            let idx = objects.len() as u32;
+            objects.push(o.object.clone());
+            let (f, l) = match &ls {
+                Some(ls) => {
+                    let k = Some(o.object.key);
+                    let f = intersect(&out, &ls.runs_of(o.object.kind, k, Some(true)));
+                    let l = subtract(&intersect(&out, &ls.runs_of(o.object.kind, k, Some(false))), &f);
+                    (f, l)
+                }
+                None => (vec![], vec![]),
+            };
+            let rest = subtract(&subtract(&out, &f), &l);
+            let rank = rank_of.get(&(o.object.kind, o.object.key)).copied().unwrap_or(u64::MAX);
+            for (i, runs) in [f, l, rest].into_iter().enumerate() {
+                if !runs.is_empty() {
+                    obj_parts[i].push((if i == 2 { idx as u64 } else { rank }, ObjectPart { object: idx, runs }));
+                }
+            }
+        }
+        for (i, mut v) in obj_parts.into_iter().enumerate() {
+            v.sort_by_key(|(r, p)| (*r, p.object));
+            for (_, p) in v {
+                let kind = objects[p.object as usize].kind;
+                parts[i].objects_mut(kind).push(p);
+            }
+        }
+        t.check_alive("activation plan")?;
+        let [first, loading_rest, rest] = parts;
+        Ok(Self {
+            format_version: Self::FORMAT_VERSION,
+            pid,
+            comm: t.comm().to_string(),
+            page_size: ps,
+            computed_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            objects,
+            first,
+            loading_rest,
+            rest,
+            notes,
+        })
+    }
+
+    /// Parse; a plan of another format version is refused with a note.
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct V {
+            format_version: Option<u32>,
+        }
+        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not an activation plan ({e}): ignored"))?;
+        if v.format_version != Some(Self::FORMAT_VERSION) {
+            return Err(format!("activation plan format {:?}, this torpor reads {}: ignored", v.format_version, Self::FORMAT_VERSION));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("activation plan: {e}: ignored"))
+    }
+}
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Never let `MemAvailable` drop below this: stop and report instead.
+    pub free_floor_bytes: u64,
+    /// Stop after this many bytes (all kinds).
+    pub budget_bytes: Option<u64>,
+    /// Anonymous ranges per `process_madvise` batch.
+    pub batch_bytes: u64,
+    /// Shmem and file: `MADV_POPULATE_READ` on our own mapping (synchronous: returns when the
+    /// data is in) instead of `WILLNEED` (asynchronous). Never maps anything into the target.
+    pub populate: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false }
+    }
+}
+
+/// An object a fetch skipped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SkippedFetch {
+    pub kind: MemKind,
+    pub path: String,
+    pub reason: String,
+    pub bytes: u64,
+}
+
+/// What [`fetch_unmapped`] did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FetchReport {
+    /// Bytes for which reads were issued (or, with `populate`, completed), per kind.
+    pub issued_bytes: ByKind<u64>,
+    /// Objects skipped (deleted, replaced, truncated, modified, not held any more).
+    pub skipped: Vec<SkippedFetch>,
+    /// Runs of consecutive swap slots read (anonymous).
+    pub swap_extents: u64,
+    pub stopped: Option<crate::prefetch::StopReason>,
+    pub seconds: f64,
+}
+
+/// Fetch one part of `plan` into the swap cache / page cache without mapping anything into the
+/// target. Anonymous pages: `process_madvise(MADV_WILLNEED)` in the plan's slot order (pages no
+/// longer swapped are a no-op). Shmem: `madvise(MADV_WILLNEED)` on our own read-only mapping of
+/// the object (swaps it in; charged to the memcg the pages were swapped out from). Files:
+/// `posix_fadvise(POSIX_FADV_WILLNEED)`. Objects are reopened and checked first
+/// ([`memkind::reopen`]): one deleted, replaced, resized or modified since Stop is skipped and
+/// reported; nothing is ever read past the end of a file.
+pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: &FetchOptions) -> Result<FetchReport> {
+    let t0 = Instant::now();
+    let ps = plan.page_size;
+    let mut rep = FetchReport { swap_extents: part.swap_extents(), ..Default::default() };
+    let mut spent = 0u64;
+    let mut room = |need: u64, rep: &mut FetchReport| -> Result<bool> {
+        if let Some(b) = opts.budget_bytes {
+            if spent + need > b {
+                rep.stopped = Some(crate::prefetch::StopReason::Budget { budget_bytes: b });
+                return Ok(false);
+            }
+        }
+        let m = sys::meminfo()?;
+        if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
+            rep.stopped = Some(crate::prefetch::StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: opts.free_floor_bytes });
+            return Ok(false);
+        }
+        spent += need;
+        Ok(true)
+    };
+    // Anonymous, in slot order, in batches.
+    let per_batch = (opts.batch_bytes / ps).max(1);
+    let mut batch: Vec<Range> = Vec::new();
+    let mut batch_pages = 0u64;
+    let flush = |batch: &mut Vec<Range>, rep: &mut FetchReport| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        t.check_alive("fetch")?;
+        let (done, _) = sys::madvise_all(t.pidfd(), batch, libc::MADV_WILLNEED, &mut |_| {})
+            .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", t.pid(), e))?;
+        rep.issued_bytes.anon += done;
+        batch.clear();
+        Ok(())
+    };
+    let mut stopped = false;
+    let anon_pages = part.pages().anon;
+    for r in &part.anon {
+        if batch_pages + r.pages > per_batch && !batch.is_empty() {
+            flush(&mut batch, &mut rep)?;
+            batch_pages = 0;
+        }
+        if batch_pages == 0 && !room(per_batch.min(anon_pages) * ps, &mut rep)? {
+            stopped = true;
+            break;
+        }
+        batch.push(Range { start: r.addr, len: r.pages * ps });
+        batch_pages += r.pages;
+    }
+    if !stopped {
+        flush(&mut batch, &mut rep)?;
+    }
+    // Shmem, then files.
+    for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
+        for op in list {
+            if stopped {
+                break;
+            }
+            let o = &plan.objects[op.object as usize];
+            let bytes = pages(&op.runs) * ps;
+            let f = match memkind::reopen(plan.pid, o) {
+                Ok(f) => f,
+                Err(g) => {
+                    rep.skipped.push(SkippedFetch { kind, path: o.path.clone(), reason: g.to_string(), bytes });
+                    continue;
+                }
+            };
+            if !room(bytes, &mut rep)? {
+                stopped = true;
+                break;
+            }
+            let res = if kind == MemKind::Shmem || opts.populate {
+                ObjectView::new(f, None).and_then(|v| {
+                    v.madvise(&op.runs, if opts.populate { libc::MADV_POPULATE_READ } else { libc::MADV_WILLNEED })
+                })
+            } else {
+                memkind::fadvise(&f, &op.runs, libc::POSIX_FADV_WILLNEED)
+            };
+            match res {
+                Ok(n) => *rep.issued_bytes.get_mut(kind) += n,
+                Err(e) => rep.skipped.push(SkippedFetch { kind, path: o.path.clone(), reason: format!("fetch failed: {e}"), bytes }),
+            }
+        }
+    }
+    rep.seconds = t0.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// How much of a part's shmem and file pages are resident now (`mincore`; anonymous pages in
+/// the swap cache of another process cannot be seen from outside, so only mapped anonymous
+/// pages would count: not reported). Returns (pages in the part, resident now) per kind.
+pub fn completion(plan: &ActivationPlan, part: &PlanPart) -> (ByKind<u64>, ByKind<u64>) {
+    let mut want = part.pages();
+    want.anon = 0;
+    let mut have = ByKind::default();
+    for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
+        for op in list {
+            let o = &plan.objects[op.object as usize];
+            if let Ok(v) = memkind::reopen(plan.pid, o).and_then(|f| ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))) {
+                if let Ok(r) = v.resident(&op.runs) {
+                    *have.get_mut(kind) += pages(&r);
+                }
+            }
+        }
+    }
+    (want, have)
+}
+
+#[cfg(test)]
+mod tests_plan {
+    use super::*;
+
+    #[test]
+    fn swap_extents_count_slot_breaks() {
+        let r = |addr, pages, offset| SwapRun { addr, pages, swap_type: 0, offset };
+        let p = PlanPart { anon: vec![r(0x1000, 2, 10), r(0x9000, 3, 12), r(0x2000, 1, 20)], ..Default::default() };
+        assert_eq!(p.swap_extents(), 2);
+        assert_eq!(p.pages().anon, 6);
+    }
+}

@@ -1,0 +1,215 @@
+//! Residency snapshot: which pages of every kind were in RAM when the app was stopped (taken
+//! *before* the purge), small (page runs, not page lists), serializable and versioned; and the
+//! checks built on it (what the purge evicted, what a restore brought back).
+
+use crate::error::Result;
+use crate::inspect::{classify, Pagemap, VmaKind};
+use crate::memkind::{self, normalize, pages, ByKind, Gone, MemKind, MemObject, ObjectView, PageRun, SkippedObject};
+use crate::sys;
+use crate::target::Target;
+use std::time::SystemTime;
+
+/// One shmem or file object and its pages resident at snapshot time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectResidency {
+    #[serde(flatten)]
+    pub object: MemObject,
+    /// Resident file page indexes (page cache or swap cache), within the object's interest.
+    pub resident: Vec<PageRun>,
+}
+
+/// Which pages of every kind were resident.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResidencySnapshot {
+    pub format_version: u32,
+    pub pid: i32,
+    pub comm: String,
+    /// Seconds since the epoch.
+    pub taken_at: u64,
+    pub page_size: u64,
+    /// Present private anonymous pages, as runs of page numbers (address / page size).
+    pub anon: Vec<PageRun>,
+    /// Shmem and file objects with their resident pages.
+    pub objects: Vec<ObjectResidency>,
+    /// Handles not followed (devices, pseudo files, unreadable objects), with why.
+    #[serde(default)]
+    pub skipped: Vec<SkippedObject>,
+}
+
+/// Pages of a snapshot that are resident now, per kind.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResidencyCheck {
+    /// Pages in the snapshot.
+    pub snapshot_pages: ByKind<u64>,
+    /// Of those, resident now (anon: mapped in the page tables — pagemap cannot see the swap
+    /// cache of another process; shmem/file: page cache or swap cache).
+    pub resident_pages: ByKind<u64>,
+    /// Objects that could not be checked, with why.
+    pub gone: Vec<(String, Gone)>,
+}
+
+impl ResidencyCheck {
+    /// Snapshot pages not resident now.
+    pub fn out_pages(&self) -> ByKind<u64> {
+        ByKind {
+            anon: self.snapshot_pages.anon - self.resident_pages.anon,
+            shmem: self.snapshot_pages.shmem - self.resident_pages.shmem,
+            file: self.snapshot_pages.file - self.resident_pages.file,
+        }
+    }
+}
+
+impl ResidencySnapshot {
+    pub const FORMAT_VERSION: u32 = 1;
+
+    /// Take a snapshot of a validated target (cost: one pagemap walk of its VMAs that are not
+    /// kernel-special, one `mincore` per object).
+    pub fn take(t: &Target) -> Result<Self> {
+        let pid = t.pid();
+        let ps = sys::page_size();
+        let vmas = crate::inspect::vmas(t)?;
+        let mut pm = Pagemap::open(pid)?;
+        let mut anon: Vec<PageRun> = Vec::new();
+        for v in vmas.iter().filter(|v| v.kind != VmaKind::Special && !v.pfnmap) {
+            pm.scan(v.start, v.end, |addr, info| {
+                let (present, file, _) = classify(&info);
+                if present && !file {
+                    let p = addr / ps;
+                    match anon.last_mut() {
+                        Some(r) if r.end() == p => r.count += 1,
+                        _ => anon.push(PageRun { first: p, count: 1 }),
+                    }
+                }
+            })?;
+        }
+        let (objs, mut skipped) = memkind::objects(pid)?;
+        let (_, resident, sk) = memkind::object_usage(pid, &objs);
+        skipped.extend(sk);
+        let objects = objs
+            .into_iter()
+            .zip(resident)
+            .map(|(object, resident)| ObjectResidency { object, resident })
+            .filter(|o| !o.resident.is_empty())
+            .collect();
+        t.check_alive("residency snapshot")?;
+        Ok(Self {
+            format_version: Self::FORMAT_VERSION,
+            pid,
+            comm: t.comm().to_string(),
+            taken_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            page_size: ps,
+            anon,
+            objects,
+            skipped,
+        })
+    }
+
+    /// Take a snapshot of `pid` (root).
+    pub fn of_pid(pid: i32) -> Result<Self> {
+        let t = Target::open(pid, "residency snapshot")?;
+        Self::take(&t)
+    }
+
+    /// Resident pages per kind in the snapshot.
+    pub fn pages(&self) -> ByKind<u64> {
+        let mut b = ByKind { anon: pages(&self.anon), ..Default::default() };
+        for o in &self.objects {
+            *b.get_mut(o.object.kind) += pages(&o.resident);
+        }
+        b
+    }
+
+    pub fn bytes(&self) -> ByKind<u64> {
+        let p = self.pages();
+        ByKind { anon: p.anon * self.page_size, shmem: p.shmem * self.page_size, file: p.file * self.page_size }
+    }
+
+    pub fn objects_of(&self, kind: MemKind) -> impl Iterator<Item = &ObjectResidency> {
+        self.objects.iter().filter(move |o| o.object.kind == kind)
+    }
+
+    /// Parse a snapshot; one from another format version is refused with a note.
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct V {
+            format_version: u32,
+        }
+        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not a residency snapshot: {e}"))?;
+        if v.format_version != Self::FORMAT_VERSION {
+            return Err(format!(
+                "residency snapshot format {} (this torpor reads {}): ignored",
+                v.format_version,
+                Self::FORMAT_VERSION
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("residency snapshot: {e}"))
+    }
+
+    /// Which of the snapshot's pages are resident now (objects are reopened as for a restore:
+    /// by path when they were reachable by path, else through the target).
+    pub fn check(&self, pid: i32) -> Result<ResidencyCheck> {
+        let ps = self.page_size;
+        let mut c = ResidencyCheck { snapshot_pages: self.pages(), ..Default::default() };
+        let mut pm = Pagemap::open(pid)?;
+        let mut present = 0u64;
+        for r in &self.anon {
+            pm.scan(r.first * ps, r.end() * ps, |_, info| present += classify(&info).0 as u64)?;
+        }
+        c.resident_pages.anon = present;
+        for o in &self.objects {
+            match memkind::reopen(pid, &o.object).and_then(|f| {
+                let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
+                v.resident(&o.resident).map_err(|e| Gone::Unreadable(e.to_string()))
+            }) {
+                Ok(runs) => *c.resident_pages.get_mut(o.object.kind) += pages(&normalize(runs)),
+                Err(g) => c.gone.push((o.object.path.clone(), g)),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Take a snapshot of `pid` (convenience for [`ResidencySnapshot::of_pid`]).
+pub fn snapshot(pid: i32) -> Result<ResidencySnapshot> {
+    ResidencySnapshot::of_pid(pid)
+}
+
+#[cfg(test)]
+mod tests_residency {
+    use super::*;
+    use crate::memkind::{Handle, ObjectKey};
+
+    #[test]
+    fn snapshot_round_trips_and_refuses_other_versions() {
+        let s = ResidencySnapshot {
+            format_version: ResidencySnapshot::FORMAT_VERSION,
+            pid: 7,
+            comm: "x".into(),
+            taken_at: 1,
+            page_size: 4096,
+            anon: vec![PageRun { first: 16, count: 4 }],
+            objects: vec![ObjectResidency {
+                object: MemObject {
+                    kind: MemKind::Shmem,
+                    key: ObjectKey { dev: 1, ino: 2 },
+                    path: "/memfd:a (deleted)".into(),
+                    size: 8192,
+                    mtime_sec: 0,
+                    mtime_nsec: 0,
+                    by_path: false,
+                    handles: vec![Handle::Mapped { start: 0x1000, end: 0x3000, pgoff: 0, shared: true }],
+                    interest: vec![PageRun { first: 0, count: 2 }],
+                },
+                resident: vec![PageRun { first: 1, count: 1 }],
+            }],
+            skipped: vec![],
+        };
+        let j = serde_json::to_vec(&s).unwrap();
+        assert_eq!(ResidencySnapshot::from_json(&j).unwrap(), s);
+        assert_eq!(s.pages(), ByKind { anon: 4, shmem: 1, file: 0 });
+        let mut v: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        v["format_version"] = 0.into();
+        let e = ResidencySnapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(e.contains("ignored"), "{e}");
+    }
+}
