@@ -3,6 +3,7 @@
 
 use crate::cgroup::{Memcg, PidCgroups};
 use crate::error::{Error, Result};
+use crate::memkind::{ByKind, Handle, KindUsage, MemKind, ObjectUsage, SkippedObject};
 use crate::sys::{self, Range};
 use crate::target::Target;
 use procfs::process::{MMapPath, MemoryMap, PageInfo, VmFlags};
@@ -126,6 +127,17 @@ pub struct Inspection {
     pub swapped_pages: Vec<SwappedPage>,
     pub cgroups: PidCgroups,
     pub memcg: Option<MemcgFigures>,
+    /// Per memory kind (anon, shmem, file). `None` when the object scan failed (`kinds_note`).
+    #[serde(default)]
+    pub kinds: Option<ByKind<KindUsage>>,
+    /// Shmem and file objects (inodes) the target maps or has open, with their residency.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectUsage>,
+    /// Handles the object scan did not follow (devices, pseudo files), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects_skipped: Vec<SkippedObject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds_note: Option<String>,
 }
 
 /// The target's memory cgroup counters.
@@ -352,6 +364,10 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
     if !opts.swapped_pages {
         all_swapped = Vec::new();
     }
+    let (kinds, objects, objects_skipped, kinds_note) = match kind_usage(t.pid(), &vmas, &totals) {
+        Ok((k, o, s)) => (Some(k), o, s, None),
+        Err(e) => (None, vec![], vec![], Some(format!("object scan failed: {e}"))),
+    };
     Ok(Inspection {
         pid: t.pid(),
         comm: t.comm().to_string(),
@@ -362,7 +378,48 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
         swapped_pages: all_swapped,
         cgroups,
         memcg,
+        kinds,
+        objects,
+        objects_skipped,
+        kinds_note,
     })
+}
+
+/// Per-kind usage: anon from the pagemap totals; shmem and file from the objects (mincore,
+/// cachestat), their mapped pages from the VMAs that map them.
+pub fn kind_usage(pid: i32, vmas: &[VmaInfo], totals: &Totals) -> Result<(ByKind<KindUsage>, Vec<ObjectUsage>, Vec<SkippedObject>)> {
+    let ps = sys::page_size();
+    let (objs, mut skipped) = crate::memkind::objects(pid)?;
+    let (usage, _, sk) = crate::memkind::object_usage(pid, &objs);
+    skipped.extend(sk);
+    let mut k: ByKind<KindUsage> = ByKind::default();
+    k.anon = KindUsage {
+        resident_bytes: totals.present_anon * ps,
+        mapped_bytes: totals.present_anon * ps,
+        out_bytes: totals.swapped * ps,
+        objects: 0,
+    };
+    for (o, u) in objs.iter().zip(&usage) {
+        let ku = k.get_mut(o.kind);
+        ku.objects += 1;
+        ku.resident_bytes += u.resident_pages * ps;
+        for h in &o.handles {
+            if let Handle::Mapped { start, .. } = h {
+                if let Some(v) = vmas.iter().find(|v| v.start == *start) {
+                    ku.mapped_bytes += v.file_pages * ps;
+                    // Before Linux 6.5 (no cachestat): smaps Swap of shared mappings of shmem.
+                    if o.kind == MemKind::Shmem && u.swapped_pages.is_none() && v.shared {
+                        ku.out_bytes += v.smaps_swap_bytes;
+                    }
+                }
+            }
+        }
+        match o.kind {
+            MemKind::Shmem => ku.out_bytes += u.swapped_pages.unwrap_or(0) * ps,
+            _ => ku.out_bytes += (u.interest_pages - u.resident_pages.min(u.interest_pages)) * ps,
+        }
+    }
+    Ok((k, usage, skipped))
 }
 
 /// Contiguity figures of a set of swapped pages (in address order) with `extents` already

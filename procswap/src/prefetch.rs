@@ -5,6 +5,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::inspect::{classify, Pagemap, SwappedPage, VmaKind};
+use crate::memkind::ByKind;
 use crate::progress::Progress;
 use crate::sys::{self, Range};
 use crate::target::Target;
@@ -36,6 +37,15 @@ pub struct PrefetchOptions {
     /// no whole-process pagemap walk (a big process, e.g. QEMU with its TCG code buffer, costs
     /// 100+ ms per walk); the report's swapped/present counts then cover those ranges only.
     pub scan_working_set_only: bool,
+    /// Shared memory without a snapshot: `process_madvise(MADV_WILLNEED)` over every shared
+    /// mapping whose smaps `Swap:` is not 0 (swaps the swapped shmem pages back into the swap
+    /// cache; pagemap cannot say which pages they are, so no mapping pass). Full prefetch only
+    /// (not with `working_set_only`).
+    pub shmem: bool,
+    /// A Stop-time residency snapshot: its shmem and file pages that are out now are fetched
+    /// too (after the anonymous pages; objects deleted, replaced, resized or modified since are
+    /// skipped and reported). Replaces the `shmem` pass.
+    pub residency: Option<crate::residency::ResidencySnapshot>,
 }
 
 impl Default for PrefetchOptions {
@@ -49,6 +59,8 @@ impl Default for PrefetchOptions {
             working_set: None,
             working_set_only: false,
             scan_working_set_only: false,
+            shmem: true,
+            residency: None,
         }
     }
 }
@@ -94,11 +106,23 @@ pub struct PrefetchReport {
     pub seconds: f64,
     /// read_issued_bytes / seconds, MB/s (10^6).
     pub mb_per_s: f64,
+    /// Bytes for which reads were issued, per kind (anon = `read_issued_bytes`).
+    #[serde(default)]
+    pub restored_bytes: ByKind<u64>,
+    /// Shmem/file objects of the snapshot skipped (deleted, replaced, truncated...), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore_skipped: Vec<crate::plan::SkippedFetch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore_notes: Vec<String>,
 }
 
 /// The target's swapped pages (VMAs whose smaps `Swap:` is 0 are never walked).
 pub fn swapped_pages(t: &Target) -> Result<Vec<SwappedPage>> {
-    let vmas = crate::inspect::vmas(t)?;
+    swapped_pages_of(t, &crate::inspect::vmas(t)?)
+}
+
+/// [`swapped_pages`] over VMAs already read.
+pub fn swapped_pages_of(t: &Target, vmas: &[crate::inspect::VmaInfo]) -> Result<Vec<SwappedPage>> {
     let mut pm = Pagemap::open(t.pid())?;
     let mut out = Vec::new();
     for v in vmas.iter().filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special) {
@@ -168,7 +192,13 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
         Some(rs) => swapped_pages_in(t, rs),
         None => swapped_pages(t),
     };
-    let mut all = scan(&t)?;
+    let (mut all, vmas0) = match scope {
+        Some(rs) => (swapped_pages_in(&t, rs)?, None),
+        None => {
+            let v = crate::inspect::vmas(&t)?;
+            (swapped_pages_of(&t, &v)?, Some(v))
+        }
+    };
     let swapped_before = all.len() as u64;
     let key = |p: &SwappedPage| (p.swap_type, p.offset);
 
@@ -266,6 +296,39 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
     if let Some(e) = map_error.into_inner().expect("map error lock") {
         return Err(e);
     }
+    // Shared memory and file pages.
+    let mut restored = ByKind { anon: issued, ..Default::default() };
+    let mut restore_skipped = Vec::new();
+    let mut restore_notes = Vec::new();
+    if stopped.is_none() {
+        if let Some(snap) = &opts.residency {
+            let plan = crate::plan::ActivationPlan::compute(pid, &crate::residency::ResidencySnapshot { anon: vec![], ..snap.clone() }, None)?;
+            restore_notes.extend(plan.notes.iter().cloned());
+            let fo = crate::plan::FetchOptions {
+                free_floor_bytes: opts.free_floor_bytes,
+                budget_bytes: opts.budget_bytes.map(|b| b.saturating_sub(issued)),
+                ..Default::default()
+            };
+            let r = crate::plan::fetch_unmapped(&t, &plan, &plan.rest, &fo)?;
+            restored.shmem = r.issued_bytes.shmem;
+            restored.file = r.issued_bytes.file;
+            restore_skipped = r.skipped;
+            stopped = r.stopped;
+        } else if opts.shmem && !opts.working_set_only {
+            let shm: Vec<crate::inspect::VmaInfo> = vmas0
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| v.shared && v.smaps_swap_bytes > 0 && v.pageout_eligible())
+                .collect();
+            let ranges: Vec<Range> = shm.iter().map(|v| v.range()).collect();
+            if !ranges.is_empty() {
+                sys::madvise_all(t.pidfd(), &ranges, libc::MADV_WILLNEED, &mut |_| {})
+                    .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", pid, e))?;
+                // What the kernel reads: the swapped shmem pages of those mappings (smaps).
+                restored.shmem = shm.iter().map(|v| v.smaps_swap_bytes).sum();
+            }
+        }
+    }
     let seconds = t0.elapsed().as_secs_f64();
     let still = scan(&t)?.len() as u64;
     let present = count_present(&t, scope)?;
@@ -286,6 +349,9 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
         stopped,
         seconds,
         mb_per_s: if seconds > 0.0 { issued as f64 / 1e6 / seconds } else { 0.0 },
+        restored_bytes: restored,
+        restore_skipped,
+        restore_notes,
     })
 }
 

@@ -4,7 +4,9 @@ use crate::backend::Backend;
 use crate::cgroup::{Memcg, ReclaimOutcome};
 use crate::error::{Error, Result};
 use crate::freeze::{quiescence, Quiescence};
-use crate::inspect::{Contiguity, InspectOptions, Totals, VmaKind};
+use crate::inspect::{classify, Contiguity, InspectOptions, Pagemap, SwappedPage, Totals, VmaKind};
+use crate::memkind::{ByKind, KindUsage};
+use crate::residency::ResidencySnapshot;
 use crate::progress::Progress;
 use crate::sys::{self, Range};
 use crate::target::{require_swap, Target};
@@ -25,12 +27,53 @@ pub struct PurgeOptions {
     pub chunk_bytes: u64,
     /// iovecs per `process_madvise` call (at most 1024).
     pub batch_iovecs: usize,
+    /// Take a [`ResidencySnapshot`] (every kind) before paging out: returned in
+    /// [`PurgeReport::snapshot`], and the per-kind `evicted_bytes` are measured against it.
+    pub snapshot: bool,
+    /// Layout for the next Start: page these ranges out **first, in this order** (the loading
+    /// set in touch order: [`crate::LoadingSet::address_order`]), one range after the other
+    /// from one CPU, so the kernel hands out consecutive swap slots; then the rest as usual.
+    /// Pages already on swap and clean since (swapped in by a read fault) keep their old slot:
+    /// the kernel drops them without writing (reported in [`LayoutReport::kept_slot_pages`]).
+    pub layout_first: Option<Vec<Range>>,
 }
 
 impl Default for PurgeOptions {
     fn default() -> Self {
-        Self { force: false, reclaim: true, reclaim_shared: false, chunk_bytes: 32 << 20, batch_iovecs: sys::IOV_MAX }
+        Self {
+            force: false,
+            reclaim: true,
+            reclaim_shared: false,
+            chunk_bytes: 32 << 20,
+            batch_iovecs: sys::IOV_MAX,
+            snapshot: true,
+            layout_first: None,
+        }
     }
+}
+
+/// Swap layout of the loading set and of the rest after a purge with
+/// [`PurgeOptions::layout_first`] (anonymous pages: shmem swap slots are not visible from
+/// userspace).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayoutReport {
+    /// Pages in the layout ranges (the loading set's addresses).
+    pub loading_set_pages: u64,
+    /// Of those, anonymous pages on swap now.
+    pub loading_set_swapped_pages: u64,
+    /// Runs of consecutive swap slots among them in slot order (sequential reads of a
+    /// slot-ordered fetch).
+    pub loading_set_extents: u64,
+    /// Runs of consecutive slots walking them in the given (touch) order.
+    pub loading_set_touch_order_extents: u64,
+    /// Of the loading set's anonymous pages on swap, those that were on swap (in the swap
+    /// cache) before this purge already and kept their old slot.
+    pub kept_slot_pages: u64,
+    /// Every other swapped anonymous page of the target.
+    pub rest_pages: u64,
+    pub rest_extents: u64,
+    /// Time of the ordered page-out of the loading set.
+    pub first_seconds: f64,
 }
 
 /// Resident memory that the purge could not remove, by reason.
@@ -102,6 +145,27 @@ pub struct PurgeReport {
     pub memcg_usage_after: Option<u64>,
     pub contiguity: Contiguity,
     pub unpurged: Unpurged,
+    /// Per memory kind before and after (see [`KindUsage`]).
+    #[serde(default)]
+    pub kinds_before: Option<ByKind<KindUsage>>,
+    #[serde(default)]
+    pub kinds_after: Option<ByKind<KindUsage>>,
+    /// Bytes of the Stop-time snapshot's resident pages that are out of RAM now, per kind
+    /// (anon: not mapped; shmem, file: neither in the page cache nor the swap cache).
+    #[serde(default)]
+    pub evicted_bytes: Option<ByKind<u64>>,
+    /// Resident bytes per kind in the snapshot (what the app had in RAM at Stop).
+    #[serde(default)]
+    pub snapshot_bytes: Option<ByKind<u64>>,
+    /// Objects the snapshot or the eviction check could not follow, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kind_notes: Vec<String>,
+    #[serde(default)]
+    pub layout: Option<LayoutReport>,
+    /// The Stop-time residency snapshot (taken before the page-out), for the Start plan
+    /// ([`crate::ActivationPlan::compute`]). Not serialized: persist it separately.
+    #[serde(skip)]
+    pub snapshot: Option<ResidencySnapshot>,
 }
 
 /// Purge through `backend` (page-out is `process_madvise` for every backend).
@@ -119,6 +183,42 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
     let usage0 = memcg.as_ref().map(|m| m.usage()).transpose()?;
     let before = backend.inspect(&t, InspectOptions::default())?;
     let ps = before.page_size;
+    let mut kind_notes = Vec::new();
+    let snapshot = if opts.snapshot {
+        match ResidencySnapshot::take(&t) {
+            Ok(s) => {
+                kind_notes.extend(s.skipped.iter().map(|k| format!("{}: {}", k.path, k.reason)));
+                Some(s)
+            }
+            Err(e @ Error::TargetExited { .. }) => return Err(e),
+            Err(e) => {
+                kind_notes.push(format!("no residency snapshot: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // Loading set first, in the given order, from one CPU (slots come from per-CPU clusters).
+    let mut layout_pre: Vec<SwappedPage> = Vec::new();
+    let mut first_seconds = 0.0;
+    let mut advised = 0u64;
+    let mut refused = 0u64;
+    if let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) {
+        layout_pre = swapped_in(t.pid(), first)?;
+        let tf = Instant::now();
+        let _pin = PinCpu::here();
+        progress.phase("page-out (loading set first)", first.iter().map(|r| r.len).sum());
+        for batch in first.chunks(opts.batch_iovecs.clamp(1, sys::IOV_MAX)) {
+            t.check_alive("purge")?;
+            let base = advised + refused;
+            let (a, r) = backend.page_out(&t, batch, &mut |d| progress.update(base + d))?;
+            advised += a;
+            refused += r;
+        }
+        first_seconds = tf.elapsed().as_secs_f64();
+    }
 
     // Address-ordered ranges of every eligible VMA that holds present pages, cut into chunks.
     let mut ranges: Vec<Range> = Vec::new();
@@ -133,8 +233,6 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
     let total: u64 = ranges.iter().map(|r| r.len).sum();
     progress.phase("page-out", total);
     let tp = Instant::now();
-    let mut advised = 0u64;
-    let mut refused = 0u64;
     for batch in ranges.chunks(opts.batch_iovecs.clamp(1, sys::IOV_MAX)) {
         t.check_alive("purge")?;
         let base = advised + refused;
@@ -173,7 +271,23 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         }
     }
     t.check_alive("purge")?;
-    let after = backend.inspect(&t, InspectOptions::default())?;
+    let after = backend.inspect(&t, InspectOptions { swapped_pages: opts.layout_first.is_some() })?;
+    let layout = opts.layout_first.as_ref().map(|first| layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds));
+    let (snapshot_bytes, evicted_bytes) = match &snapshot {
+        Some(s) => match s.check(pid) {
+            Ok(c) => {
+                kind_notes.extend(c.gone.iter().map(|(p, g)| format!("{p}: {g}")));
+                let out = c.out_pages();
+                (Some(s.bytes()), Some(ByKind { anon: out.anon * ps, shmem: out.shmem * ps, file: out.file * ps }))
+            }
+            Err(e @ Error::TargetExited { .. }) => return Err(e),
+            Err(e) => {
+                kind_notes.push(format!("eviction check failed: {e}"));
+                (Some(s.bytes()), None)
+            }
+        },
+        None => (None, None),
+    };
     let seconds = t0.elapsed().as_secs_f64();
     let mem1 = sys::meminfo()?;
     let paged_out_bytes = after.totals.swapped.saturating_sub(before.totals.swapped) * ps;
@@ -237,5 +351,116 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         memcg,
         contiguity: after.contiguity,
         unpurged: un,
+        kinds_before: before.kinds,
+        kinds_after: after.kinds,
+        evicted_bytes,
+        snapshot_bytes,
+        kind_notes,
+        layout,
+        snapshot,
     })
+}
+
+/// Pins the calling thread to the CPU it runs on until dropped (best effort).
+struct PinCpu(Option<libc::cpu_set_t>);
+
+impl PinCpu {
+    fn here() -> Self {
+        // SAFETY: sched_getcpu takes no arguments.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu < 0 {
+            return Self(None);
+        }
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the get/set calls receive a pointer
+        // to it and its size, for the calling thread (pid 0).
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return Self(None);
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return Self(None);
+            }
+            Self(Some(old))
+        }
+    }
+}
+
+impl Drop for PinCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the affinity mask read in `here`, for the calling thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old) };
+        }
+    }
+}
+
+/// Anonymous pages with a swap entry in `ranges`, in the ranges' order.
+fn swapped_in(pid: i32, ranges: &[Range]) -> Result<Vec<SwappedPage>> {
+    let mut pm = Pagemap::open(pid)?;
+    let mut out = Vec::new();
+    for r in ranges {
+        pm.scan(r.start, r.end(), |addr, info| {
+            if let (false, _, Some((ty, off))) = classify(&info) {
+                out.push(SwappedPage { addr, swap_type: ty, offset: off });
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
+/// page after the purge, address order); `pre`: the loading set's pages on swap before.
+fn layout_report(first: &[Range], pre: &[SwappedPage], all: &[SwappedPage], ps: u64, first_seconds: f64) -> LayoutReport {
+    let mut sorted: Vec<Range> = first.to_vec();
+    sorted.sort_unstable();
+    let inside = |a: u64| {
+        let i = sorted.partition_point(|r| r.start <= a);
+        i > 0 && a < sorted[i - 1].end()
+    };
+    let by_addr: std::collections::HashMap<u64, (u8, u64)> = all.iter().map(|p| (p.addr, (p.swap_type, p.offset))).collect();
+    let pre: std::collections::HashMap<u64, (u8, u64)> = pre.iter().map(|p| (p.addr, (p.swap_type, p.offset))).collect();
+    let mut rep = LayoutReport { first_seconds, ..Default::default() };
+    let mut prev: Option<(u8, u64)> = None;
+    let mut ls_slots = Vec::new();
+    for r in first {
+        rep.loading_set_pages += r.len / ps;
+        for i in 0..r.len / ps {
+            let a = r.start + i * ps;
+            match by_addr.get(&a) {
+                Some(&slot) => {
+                    rep.loading_set_swapped_pages += 1;
+                    if pre.get(&a) == Some(&slot) {
+                        rep.kept_slot_pages += 1;
+                    }
+                    if prev.is_none_or(|(t, o)| t != slot.0 || o + 1 != slot.1) {
+                        rep.loading_set_touch_order_extents += 1;
+                    }
+                    prev = Some(slot);
+                    ls_slots.push(slot);
+                }
+                None => prev = None,
+            }
+        }
+    }
+    let runs = |mut v: Vec<(u8, u64)>| -> u64 {
+        v.sort_unstable();
+        v.dedup();
+        let mut n = 0;
+        let mut p: Option<(u8, u64)> = None;
+        for s in v {
+            if p.is_none_or(|(t, o)| t != s.0 || o + 1 != s.1) {
+                n += 1;
+            }
+            p = Some(s);
+        }
+        n
+    };
+    rep.loading_set_extents = runs(ls_slots);
+    let rest: Vec<(u8, u64)> = all.iter().filter(|p| !inside(p.addr)).map(|p| (p.swap_type, p.offset)).collect();
+    rep.rest_pages = rest.len() as u64;
+    rep.rest_extents = runs(rest);
+    rep
 }

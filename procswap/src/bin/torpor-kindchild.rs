@@ -1,0 +1,240 @@
+//! Test helper for procswap's memory-kinds root tests (`procswap/tests/root_kinds.rs`); not
+//! part of the library API.
+//!
+//! Holds one area of every kind, each page filled with a pattern derived from (area, page), so
+//! any page can be checked. Line protocol on stdin/stdout (moved into cgroups before it
+//! allocates: memcg charges pages at allocation):
+//! - prints `HELLO <pid>`;
+//! - `ANON <pages>` → private anonymous area; `OK <addr>`
+//! - `MEMFD <pages>` → memfd, mapped shared; `OK <addr>`
+//! - `SYSV <pages>` → SysV segment (IPC_PRIVATE, removed once attached); `OK <addr>`
+//! - `MFILE <path> <pages> <from> <to>` → writes the file, syncs, drops its cache except pages
+//!   [from, to), maps it shared read-only (MADV_RANDOM) and touches [from, to); `OK <addr>`
+//! - `RFILE <path> <pages> <from> <to>` → writes the file, syncs, drops its cache except pages
+//!   [from, to), keeps it open (never mapped) with POSIX_FADV_RANDOM; `OK <fd>`
+//! - `TOUCH <area> <page>...` → reads those pages in that order; `OK <majflt> <minflt> <micros>`
+//! - `TOUCHRANGE <area> <from> <to>` → reads pages [from, to) in address order; same answer
+//! - `READ <page>...` → `pread`s those pages of the RFILE; `OK <majflt> <minflt> <micros>`
+//! - `VERIFY` → checks every page of every area; `OK <majflt> <minflt>` or `BAD <what>`
+//! - `EXIT`.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use procswap::testdata::self_faults as faults;
+
+struct Area {
+    name: &'static str,
+    tag: u64,
+    ptr: *mut u8,
+    pages: usize,
+}
+
+fn ps() -> usize {
+    procswap::sys::page_size() as usize
+}
+
+fn word(tag: u64, page: usize) -> u64 {
+    (tag << 48) ^ (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn fill(buf: &mut [u8], tag: u64, first_page: usize) {
+    for (i, p) in buf.chunks_exact_mut(ps()).enumerate() {
+        let w = word(tag, first_page + i).to_ne_bytes();
+        for c in p.chunks_exact_mut(8) {
+            c.copy_from_slice(&w);
+        }
+    }
+}
+
+impl Area {
+    fn page(&self, i: usize) -> &[u8] {
+        assert!(i < self.pages, "page {i} out of {} in {}", self.pages, self.name);
+        // SAFETY: `ptr` is a live mapping of `pages` pages that stays mapped while the process
+        // runs; page `i` is inside it; nothing writes it after the fill.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(i * ps()), ps()) }
+    }
+
+    fn check(&self, i: usize) -> bool {
+        let want = word(self.tag, i).to_ne_bytes();
+        let p = self.page(i);
+        p[..8] == want && p[ps() - 8..] == want
+    }
+}
+
+fn map(pages: usize, flags: i32, fd: i32, prot: i32) -> Result<*mut u8, String> {
+    // SAFETY: a fresh mapping chosen by the kernel; checked against MAP_FAILED.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), pages * ps(), prot, flags, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    Ok(p as *mut u8)
+}
+
+fn writable_area(name: &'static str, tag: u64, ptr: *mut u8, pages: usize) -> Area {
+    // SAFETY: `ptr` is a fresh writable mapping of `pages` pages owned by this process.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, pages * ps()) };
+    fill(buf, tag, 0);
+    Area { name, tag, ptr, pages }
+}
+
+/// Write a file of `pages` pattern pages, sync, and drop its cache except [from, to).
+fn make_file(path: &str, tag: u64, pages: usize, from: usize, to: usize) -> Result<File, String> {
+    let f = File::options().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut buf = vec![0u8; pages * ps()];
+    fill(&mut buf, tag, 0);
+    f.write_all_at(&buf, 0).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    let drop = |a: usize, b: usize| {
+        if b > a {
+            // SAFETY: integer arguments on an fd we own.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), (a * ps()) as i64, ((b - a) * ps()) as i64, libc::POSIX_FADV_DONTNEED) };
+        }
+    };
+    drop(0, from);
+    drop(to, pages);
+    Ok(f)
+}
+
+fn touch(a: &Area, idx: &[usize]) -> Result<(), String> {
+    for &i in idx {
+        if !a.check(i) {
+            return Err(format!("{} page {i}", a.name));
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    writeln!(out, "HELLO {}", std::process::id()).ok();
+    out.flush().ok();
+    let mut areas: Vec<Area> = Vec::new();
+    let mut rfile: Option<(File, u64, usize)> = None;
+    let prw = libc::PROT_READ | libc::PROT_WRITE;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let n = |i: usize| parts.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let reply: Result<String, String> = match parts.first().copied() {
+            Some("ANON") => map(n(1), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, prw).map(|p| {
+                areas.push(writable_area("anon", 1, p, n(1)));
+                format!("OK {}", p as usize)
+            }),
+            Some("MEMFD") => (|| {
+                // SAFETY: a NUL-terminated name literal.
+                let fd = unsafe { libc::memfd_create(c"torpor-kindchild".as_ptr(), libc::MFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+                }
+                // SAFETY: integer arguments on the fd just created.
+                if unsafe { libc::ftruncate(fd, (n(1) * ps()) as i64) } != 0 {
+                    return Err("ftruncate".into());
+                }
+                let p = map(n(1), libc::MAP_SHARED, fd, prw)?;
+                // SAFETY: the mapping holds its own reference to the memfd.
+                unsafe { libc::close(fd) };
+                areas.push(writable_area("memfd", 2, p, n(1)));
+                Ok(format!("OK {}", p as usize))
+            })(),
+            Some("SYSV") => (|| {
+                // SAFETY: integer arguments.
+                let id = unsafe { libc::shmget(libc::IPC_PRIVATE, n(1) * ps(), libc::IPC_CREAT | 0o600) };
+                if id < 0 {
+                    return Err(format!("shmget: {}", std::io::Error::last_os_error()));
+                }
+                // SAFETY: attach the segment just created at a kernel-chosen address.
+                let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+                // SAFETY: marking it removed: it lives until the last detach.
+                unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+                if p as isize == -1 {
+                    return Err(format!("shmat: {}", std::io::Error::last_os_error()));
+                }
+                areas.push(writable_area("sysv", 3, p as *mut u8, n(1)));
+                Ok(format!("OK {}", p as usize))
+            })(),
+            Some("MFILE") => (|| {
+                let path = parts.get(1).ok_or("path")?;
+                let (pages, from, to) = (n(2), n(3), n(4));
+                let f = make_file(path, 4, pages, from, to)?;
+                let p = map(pages, libc::MAP_SHARED, f.as_raw_fd(), libc::PROT_READ)?;
+                // SAFETY: advice on our own fresh mapping.
+                unsafe { libc::madvise(p as *mut libc::c_void, pages * ps(), libc::MADV_RANDOM) };
+                let a = Area { name: "mfile", tag: 4, ptr: p, pages };
+                touch(&a, &(from..to).collect::<Vec<_>>())?;
+                areas.push(a);
+                Ok(format!("OK {}", p as usize))
+            })(),
+            Some("RFILE") => (|| {
+                let path = parts.get(1).ok_or("path")?;
+                let f = make_file(path, 5, n(2), n(3), n(4))?;
+                // SAFETY: integer arguments on an fd we own.
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+                let fd = f.as_raw_fd();
+                rfile = Some((f, 5, n(2)));
+                Ok(format!("OK {fd}"))
+            })(),
+            Some("TOUCH") => (|| {
+                let name = parts.get(1).ok_or("area")?;
+                let a = areas.iter().find(|a| a.name == *name).ok_or(format!("no area {name}"))?;
+                let idx: Vec<usize> = parts[2..].iter().filter_map(|v| v.parse().ok()).collect();
+                let (m0, n0) = faults();
+                let t0 = Instant::now();
+                touch(a, &idx)?;
+                let us = t0.elapsed().as_micros();
+                let (m1, n1) = faults();
+                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
+            })(),
+            Some("TOUCHRANGE") => (|| {
+                let name = parts.get(1).ok_or("area")?;
+                let a = areas.iter().find(|a| a.name == *name).ok_or(format!("no area {name}"))?;
+                let idx: Vec<usize> = (n(2)..n(3).min(a.pages)).collect();
+                let (m0, n0) = faults();
+                let t0 = Instant::now();
+                touch(a, &idx)?;
+                let us = t0.elapsed().as_micros();
+                let (m1, n1) = faults();
+                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
+            })(),
+            Some("READ") => (|| {
+                let (f, tag, pages) = rfile.as_ref().ok_or("no RFILE")?;
+                let mut buf = vec![0u8; ps()];
+                let (m0, n0) = faults();
+                let t0 = Instant::now();
+                for i in parts[1..].iter().filter_map(|v| v.parse::<usize>().ok()) {
+                    if i >= *pages {
+                        return Err(format!("rfile page {i} out of {pages}"));
+                    }
+                    f.read_exact_at(&mut buf, (i * ps()) as u64).map_err(|e| e.to_string())?;
+                    if buf[..8] != word(*tag, i).to_ne_bytes() {
+                        return Err(format!("rfile page {i}"));
+                    }
+                }
+                let us = t0.elapsed().as_micros();
+                let (m1, n1) = faults();
+                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
+            })(),
+            Some("VERIFY") => (|| {
+                let (m0, n0) = faults();
+                for a in &areas {
+                    touch(a, &(0..a.pages).collect::<Vec<_>>())?;
+                }
+                let (m1, n1) = faults();
+                Ok(format!("OK {} {}", m1 - m0, n1 - n0))
+            })(),
+            Some("EXIT") => break,
+            _ => Err(format!("unknown command {line:?}")),
+        };
+        match reply {
+            Ok(r) => writeln!(out, "{r}"),
+            Err(e) => writeln!(out, "BAD {e}"),
+        }
+        .ok();
+        out.flush().ok();
+    }
+}
