@@ -5,7 +5,7 @@ set -euo pipefail
 : "${TORPOR_TOOLS:=/opt/torpor-tools}"
 pkgs=(
   # kernel + module build (Rust-for-Linux with Debian's rustc-web 1.96)
-  rustc-web rust-web-src cargo-web libclang-dev clang lld llvm flex bison bc libelf-dev libssl-dev
+  rustc-web rust-web-src cargo-web rust-web-clippy libclang-dev clang lld llvm flex bison bc libelf-dev libssl-dev
   cpio dwarves kmod linux-source-6.12 file
   # guest
   qemu-system-x86 busybox-static

@@ -11,7 +11,7 @@
 use crate::pgwalk::{self, MmRef, PF_ACTIVE, PF_ANON, PF_BUDDY, PF_FILE, PF_HEAD, PF_LOCKED, PF_LRU, PF_ORDER_SHIFT, PF_PGTABLE, PF_RESERVED, PF_SLAB, PF_UPTODATE, PF_VALID, PF_WRITEBACK, PTRS_PER_PTE};
 use crate::uapi;
 use kernel::bindings;
-use kernel::error::code::{EINTR, EINVAL, ENOSPC};
+use kernel::error::code::{EFAULT, EINTR, EINVAL, ENOSPC};
 use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
@@ -19,6 +19,8 @@ use kernel::uaccess::UserSlice;
 /// PFNs per chunk: a multiple of the largest buddy block (2^MAX_PAGE_ORDER = 1024 pages
 /// on x86-64), so no free block straddles two chunks (blocks are aligned to their size).
 const CHUNK_PFNS: u64 = 32768;
+/// Bytes of one chunk of the free bitmap (one bit per PFN).
+const CHUNK_BYTES: usize = (CHUNK_PFNS / 8) as usize;
 
 extern "C" {
     fn torpor_zone_lock(zone: *mut core::ffi::c_void) -> c_ulong;
@@ -43,11 +45,14 @@ fn zones() -> KVec<(*mut bindings::zone, u64, u64)> {
     // kernel does not build; we read them without the span seqlock, as /proc/zoneinfo does.
     unsafe {
         let pgdat = core::ptr::addr_of_mut!(bindings::contig_page_data);
+        // `clamp(0, len)` with 0 <= len (a constant, MAX_NR_ZONES): cannot panic.
         let n = (*pgdat).nr_zones.clamp(0, (*pgdat).node_zones.len() as c_int) as usize;
-        for i in 0..n {
-            let z = core::ptr::addr_of_mut!((*pgdat).node_zones[i]);
+        // `take(n)`: at most the array's length (nr_zones is clamped to it above anyway).
+        for z in (*pgdat).node_zones.iter_mut().take(n) {
+            let z: *mut bindings::zone = z;
             let (s, len) = ((*z).zone_start_pfn as u64, (*z).spanned_pages as u64);
-            if len > 0 && v.push((z, s, s + len), GFP_KERNEL).is_err() {
+            // Kernel data, < 2^52 PFNs each: saturating only documents that.
+            if len > 0 && v.push((z, s, s.saturating_add(len)), GFP_KERNEL).is_err() {
                 break;
             }
         }
@@ -59,7 +64,7 @@ fn node_end_pfn() -> u64 {
     // SAFETY: as in `zones`: static node data read without locks.
     unsafe {
         let pgdat = core::ptr::addr_of!(bindings::contig_page_data);
-        ((*pgdat).node_start_pfn + (*pgdat).node_spanned_pages) as u64
+        ((*pgdat).node_start_pfn as u64).saturating_add((*pgdat).node_spanned_pages as u64)
     }
 }
 
@@ -77,21 +82,22 @@ pub(crate) fn free_bitmap(arg: usize) -> Result<c_long> {
     let needed = end.div_ceil(8);
     if req.bitmap == 0 {
         // Size query.
-        req.ns = now_ns() - t0;
+        req.ns = now_ns().saturating_sub(t0);
         w.write(&req)?;
         return Ok(0);
     }
     if req.bitmap_bytes < needed {
-        req.ns = now_ns() - t0;
+        req.ns = now_ns().saturating_sub(t0);
         w.write(&req)?;
         return Err(ENOSPC);
     }
     let zones = zones();
-    let mut buf = KVec::<u8>::from_elem(0, (CHUNK_PFNS / 8) as usize, GFP_KERNEL)?;
+    let mut buf = KVec::<u8>::from_elem(0, CHUNK_BYTES, GFP_KERNEL)?;
+    // Free pages counted: at most `end` (each PFN once), so no sum can overflow; saturating.
     let mut free = 0u64;
     let mut chunk = 0u64;
     while chunk < end {
-        let chunk_end = core::cmp::min(end, chunk + CHUNK_PFNS);
+        let chunk_end = core::cmp::min(end, chunk.saturating_add(CHUNK_PFNS));
         buf.iter_mut().for_each(|b| *b = 0);
         for &(z, zs, ze) in zones.iter() {
             let lo = core::cmp::max(zs, chunk);
@@ -106,27 +112,37 @@ pub(crate) fn free_bitmap(arg: usize) -> Result<c_long> {
             while pfn < hi {
                 // The zone lock is held, so a free block's order is stable while we read it.
                 let Some(order) = pgwalk::buddy_order(pfn) else {
-                    pfn += 1;
+                    pfn = pfn.saturating_add(1);
                     continue;
                 };
-                let n = core::cmp::min(1u64 << order, hi - pfn);
-                for p in pfn..pfn + n {
-                    let i = (p - chunk) as usize;
-                    buf[i / 8] |= 1 << (i % 8);
+                // order <= MAX_PAGE_ORDER (buddy_order clamps it); `pfn < hi` (loop).
+                let n = core::cmp::min(block_pages(order), hi.saturating_sub(pfn));
+                let first = pfn.saturating_sub(chunk);
+                for i in first..first.saturating_add(n) {
+                    // `chunk <= pfn` and `pfn + n <= hi <= chunk_end <= chunk + CHUNK_PFNS`, so
+                    // `i < CHUNK_PFNS` and `i / 8 < CHUNK_BYTES`; `get_mut` makes that a no-op
+                    // instead of a panic if it were ever wrong.
+                    if let Some(b) = buf.get_mut((i / 8) as usize) {
+                        // Shift amount `i % 8` < 8 = u8::BITS: cannot panic.
+                        *b |= 1u8 << (i % 8);
+                    }
                 }
-                free += n;
-                pfn += n;
+                free = free.saturating_add(n);
+                pfn = pfn.saturating_add(n);
             }
             // SAFETY: releases the lock taken above with its saved flags.
             unsafe { torpor_zone_unlock(z.cast(), flags) };
         }
-        let bytes = (chunk_end - chunk).div_ceil(8) as usize;
-        let mut out = UserSlice::new((req.bitmap + chunk / 8) as usize, bytes).writer();
-        out.write_slice(&buf[..bytes])?;
+        // At most CHUNK_BYTES: `chunk_end - chunk <= CHUNK_PFNS`.
+        let bytes = core::cmp::min(chunk_end.saturating_sub(chunk).div_ceil(8) as usize, CHUNK_BYTES);
+        // `bitmap` comes from userspace: an address that wraps is EFAULT, not arithmetic.
+        let dst = req.bitmap.checked_add(chunk / 8).ok_or(EFAULT)?;
+        let mut out = UserSlice::new(dst as usize, bytes).writer();
+        out.write_slice(buf.get(..bytes).ok_or(EFAULT)?)?;
         chunk = chunk_end;
     }
     req.free_pages = free;
-    req.ns = now_ns() - t0;
+    req.ns = now_ns().saturating_sub(t0);
     w.write(&req)?;
     Ok(0)
 }
@@ -155,6 +171,17 @@ fn cond_resched() {
     unsafe { torpor_cond_resched() }
 }
 
+/// `1 << order` pages; `order` comes from a racily read struct page, so it is clamped by
+/// the readers (<= 20) and the shift is checked anyway (an absurd order counts 1 page).
+fn block_pages(order: u32) -> u64 {
+    1u64.checked_shl(order).unwrap_or(1)
+}
+
+/// The order stored in bits 24.. of a `pgwalk::pfn_flags` summary.
+fn flags_order(f: u32) -> u32 {
+    f.checked_shr(PF_ORDER_SHIFT).unwrap_or(0) & 0x1f
+}
+
 /// Category of one page from its flags, and how many PFNs it covers (a free buddy block or
 /// the head of a large folio covers `1 << order`: every page of a folio shares its flags).
 fn classify(f: u32) -> (u8, u64) {
@@ -162,7 +189,7 @@ fn classify(f: u32) -> (u8, u64) {
         return (CAT_OTHER, 1);
     }
     if f & PF_BUDDY != 0 {
-        return (CAT_OTHER, 1u64 << ((f >> PF_ORDER_SHIFT) & 0x1f));
+        return (CAT_OTHER, block_pages(flags_order(f)));
     }
     let c = if f & PF_RESERVED != 0 {
         CAT_KERNEL
@@ -188,7 +215,7 @@ fn classify(f: u32) -> (u8, u64) {
         CAT_KERNEL_ALLOCATED
     };
     if f & PF_HEAD != 0 {
-        (c, 1u64 << ((f >> PF_ORDER_SHIFT) & 0x1f))
+        (c, block_pages(flags_order(f)))
     } else {
         (c, 1)
     }
@@ -198,7 +225,6 @@ fn classify(f: u32) -> (u8, u64) {
 /// User_Data). The mmap read lock is held for at most `PMDS_PER_LOCK` PMD steps at a time.
 fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong; PTRS_PER_PTE]) -> Result {
     let skip_flags = (bindings::VM_IO | bindings::VM_PFNMAP | bindings::VM_HUGETLB) as u64;
-    let end_pfn = buf.len() as u64;
     let mut addr: u64 = 0;
     loop {
         // SAFETY: `mm.as_ptr()` is kept alive by our mm_users reference.
@@ -236,16 +262,16 @@ fn mark_user_pages(mm: &MmRef, buf: &mut [u8], pfns: &mut [c_ulong; PTRS_PER_PTE
                 // SAFETY: the mmap read lock is held, `mm` is kept alive by our reference and
                 // [a, end) lies inside one VMA of `mm`; scan_pmd only reads page tables.
                 let (n, next) = unsafe { pgwalk::scan_pmd(mm.as_ptr(), a, end, pfns) };
-                for &pfn in &pfns[..n] {
-                    let pfn = pfn as u64;
-                    if pfn < end_pfn {
-                        let b = &mut buf[pfn as usize];
+                // `n <= PTRS_PER_PTE` (scan_pmd fills at most the array); a PFN from the page
+                // tables beyond the node (device memory) has no byte in the map: skipped.
+                for &pfn in pfns.iter().take(n) {
+                    if let Some(b) = buf.get_mut(pfn) {
                         *b = core::cmp::min(*b, cat);
                     }
                 }
                 // scan_pmd always moves forward (to the next PMD or upper-level boundary).
-                a = core::cmp::max(next, a + 1);
-                budget -= 1;
+                a = core::cmp::max(next, a.saturating_add(1));
+                budget = budget.saturating_sub(1);
             }
             addr = a;
         }
@@ -280,7 +306,7 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
     req.counts = [0; uapi::NR_CATEGORIES];
     if req.map == 0 || req.map_bytes < end {
         // Size query, or a buffer too short for one byte per PFN.
-        req.ns = now_ns() - t0;
+        req.ns = now_ns().saturating_sub(t0);
         w.write(&req)?;
         return if req.map == 0 { Ok(0) } else { Err(ENOSPC) };
     }
@@ -289,13 +315,14 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
     // Pass 1: page flags of every PFN.
     let mut pfn = 0u64;
     while pfn < end {
-        let chunk_end = core::cmp::min(end, pfn + CHUNK_PFNS);
+        let chunk_end = core::cmp::min(end, pfn.saturating_add(CHUNK_PFNS));
         while pfn < chunk_end {
             let f = pgwalk::pfn_flags(pfn);
             let (cat, n) = classify(f);
-            let n = core::cmp::min(n, end - pfn);
-            buf[pfn as usize..(pfn + n) as usize].iter_mut().for_each(|b| *b = cat);
-            pfn += n;
+            // `pfn < end` (loop), `n >= 1`: the walk always advances and stays in the map.
+            let n = core::cmp::min(n, end.saturating_sub(pfn));
+            buf.iter_mut().skip(pfn as usize).take(n as usize).for_each(|b| *b = cat);
+            pfn = pfn.saturating_add(n);
         }
         if fatal_signal() {
             return Err(EINTR);
@@ -305,7 +332,8 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
 
     // Pass 2: pages mapped by processes scheduled within the window.
     let t1 = now_ns();
-    let window_ns = req.window_ms as u64 * 1_000_000;
+    // u32::MAX ms = 4.3e15 ns < 2^64: cannot overflow; saturating documents it.
+    let window_ns = (req.window_ms as u64).saturating_mul(1_000_000);
     let mut pfns = KBox::new([0 as c_ulong; PTRS_PER_PTE], GFP_KERNEL)?;
     // One consistent pass over the task list (pgwalk::active_mms); the references are
     // released (mmput) when `mms` is dropped, on every path.
@@ -313,17 +341,21 @@ pub(crate) fn priority_map(arg: usize) -> Result<c_long> {
     req.total_procs = total;
     for m in mms.iter() {
         mark_user_pages(m, &mut buf, &mut pfns)?;
-        req.active_procs += 1;
+        req.active_procs = req.active_procs.saturating_add(1);
     }
     drop(mms);
-    req.user_ns = now_ns() - t1;
+    req.user_ns = now_ns().saturating_sub(t1);
 
+    // Every byte is a category 0..=8 (CAT_*); an out-of-range one would count as Other.
     for &b in buf.iter() {
-        req.counts[(b as usize).min(uapi::NR_CATEGORIES - 1)] += 1;
+        let i = core::cmp::min(b as usize, uapi::NR_CATEGORIES.saturating_sub(1));
+        if let Some(c) = req.counts.get_mut(i) {
+            *c = c.saturating_add(1);
+        }
     }
     let mut out = UserSlice::new(req.map as usize, end as usize).writer();
     out.write_slice(&buf)?;
-    req.ns = now_ns() - t0;
+    req.ns = now_ns().saturating_sub(t0);
     w.write(&req)?;
     Ok(0)
 }

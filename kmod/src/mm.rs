@@ -8,9 +8,10 @@
 //! the mmap lock and `fatal_signal_pending` go through the C shim because
 //! they are static inline.
 
+use crate::refs::MmRef;
 use crate::uapi::{self, TorporRange};
 use kernel::bindings;
-use kernel::error::code::{E2BIG, EFAULT, EINTR, EINVAL, ENOMEM, ESRCH};
+use kernel::error::code::{E2BIG, EFAULT, EINTR, EINVAL, ENOMEM};
 use kernel::ffi::{c_int, c_long, c_void};
 use kernel::prelude::*;
 use kernel::uaccess::{UserSlice, UserSliceReader};
@@ -20,8 +21,8 @@ const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Pages handled per mmap-lock hold, so munmap/mremap/fork of the target and
 /// fatal signals are not held off for long.
 const PAGES_PER_LOCK: u64 = 256;
-/// errnos that GUP returns for a pending (fatal) signal.
-const ERESTARTSYS: c_long = 512;
+/// `-ERESTARTSYS`, which GUP returns for a pending (fatal) signal (besides `-EINTR`).
+const NEG_ERESTARTSYS: c_long = -512;
 
 // The shim takes `struct mm_struct *`; declared as `void *` here because the bindgen
 // type holds a zero-sized lockdep field that rustc calls not FFI-safe.
@@ -40,6 +41,9 @@ extern "C" {
 }
 
 /// `sort()` comparator for [`TorporRange`] by start address.
+///
+/// # Safety
+/// `a` and `b` point to valid `TorporRange`s (`sort` passes elements of the array it sorts).
 unsafe extern "C" fn cmp_range_start(a: *const c_void, b: *const c_void) -> c_int {
     // SAFETY: `sort` passes pointers to two elements of the `TorporRange` array it sorts.
     let (a, b) = unsafe { ((*(a as *const TorporRange)).start, (*(b as *const TorporRange)).start) };
@@ -71,86 +75,52 @@ fn fatal_signal() -> bool {
     unsafe { torpor_fatal_signal_pending() }
 }
 
-/// A reference on a target process's address space (`mm_users`), taken by pid
-/// in the caller's pid namespace. Dropping it calls `mmput`.
+/// A reference on a target process's address space (`mm_users`, counted in
+/// [`crate::refs`]), taken by pid in the caller's pid namespace; dropping it calls `mmput`.
 pub(crate) struct TargetMm {
-    mm: *mut bindings::mm_struct,
+    mm: MmRef,
 }
 
 impl TargetMm {
     /// Resolve `pid`: ESRCH for no such process or one with no mm left
     /// (zombie, exiting), EINVAL for pid <= 0 or a kernel thread.
     pub(crate) fn get(pid: i32) -> Result<Self> {
-        if pid <= 0 {
-            return Err(EINVAL);
-        }
-        // SAFETY: find_get_pid looks `pid` up in the caller's active pid namespace under RCU
-        // and returns a counted reference or NULL.
-        let p = unsafe { bindings::find_get_pid(pid) };
-        if p.is_null() {
-            return Err(ESRCH);
-        }
-        // SAFETY: `p` is a valid counted `struct pid`; get_pid_task returns a counted task or NULL.
-        let task = unsafe { bindings::get_pid_task(p, bindings::pid_type_PIDTYPE_PID) };
-        // SAFETY: we own one reference on `p`, released exactly once here.
-        unsafe { bindings::put_pid(p) };
-        if task.is_null() {
-            return Err(ESRCH);
-        }
-        // SAFETY: `task` is a valid counted task_struct; `flags` is a plain word read racily
-        // but PF_KTHREAD never changes after creation.
-        let kthread = unsafe { (*task).flags } & bindings::PF_KTHREAD != 0;
-        let mm = if kthread {
-            core::ptr::null_mut()
-        } else {
-            // SAFETY: `task` is valid; get_task_mm takes task_lock and returns a counted mm or
-            // NULL (no mm: exited, zombie).
-            unsafe { bindings::get_task_mm(task) }
-        };
-        // SAFETY: we own the reference from get_pid_task, released exactly once here.
-        unsafe { bindings::put_task_struct(task) };
-        if kthread {
-            return Err(EINVAL);
-        }
-        if mm.is_null() {
-            return Err(ESRCH);
-        }
-        Ok(Self { mm })
+        Ok(Self { mm: MmRef::of_pid(pid)? })
+    }
+
+    fn ptr(&self) -> *mut bindings::mm_struct {
+        self.mm.as_ptr()
     }
 
     fn lock(&self) -> Result<MmapReadGuard<'_>> {
-        // SAFETY: `self.mm` is kept alive by our mm_users reference.
-        if unsafe { torpor_mmap_read_lock_killable(self.mm.cast()) } != 0 {
+        // SAFETY: `self.ptr()` is kept alive by our mm_users reference.
+        if unsafe { torpor_mmap_read_lock_killable(self.ptr().cast()) } != 0 {
             return Err(EINTR);
         }
         Ok(MmapReadGuard { mm: self })
     }
 }
 
-impl Drop for TargetMm {
-    fn drop(&mut self) {
-        // SAFETY: we own one mm_users reference from get_task_mm, released exactly once.
-        // If the target exited meanwhile, this may run exit_mmap here, which is allowed
-        // in process context with no locks held (none are: guards borrow `self`).
-        unsafe { bindings::mmput(self.mm) };
-    }
-}
-
-/// mmap_read_lock held on a [`TargetMm`]; released on drop.
+/// mmap_read_lock held on a [`TargetMm`]; released on drop. Guards borrow the `TargetMm`, so
+/// the mm reference (whose release may sleep) always outlives the lock hold.
 struct MmapReadGuard<'a> {
     mm: &'a TargetMm,
 }
 
 impl MmapReadGuard<'_> {
     /// One GUP call on up to `nr` pages from `addr`, no page references taken (pages ==
-    /// NULL). Returns how many leading pages it handled, or a negative errno if none.
+    /// NULL). Returns how many leading pages it handled (at most `nr`), or a negative errno.
     fn gup(&self, addr: u64, nr: u64, flags: u32) -> c_long {
+        // `nr` is at most PAGES_PER_LOCK (the callers' batch), so it fits any integer type.
+        let nr = core::cmp::min(nr, PAGES_PER_LOCK);
         // SAFETY: the mmap read lock is held (this guard exists) and `locked` is NULL, so GUP
-        // never drops it; `pages` is NULL so no references are taken; the flags are public
-        // FOLL_* flags only (FOLL_NOFAULT, FOLL_DUMP), which is_valid_gup_args accepts.
+        // never drops it; `pages` is NULL so no page references are taken (PAGE_REFS stays
+        // 0); the flags are public FOLL_* flags only (FOLL_NOFAULT, FOLL_DUMP), which
+        // is_valid_gup_args accepts; GUP checks `addr` itself (any value is refused or
+        // handled), and `nr` is small and nonzero-checked by GUP.
         unsafe {
             bindings::get_user_pages_remote(
-                self.mm.mm,
+                self.mm.ptr(),
                 addr as _,
                 nr as _,
                 flags,
@@ -160,12 +130,13 @@ impl MmapReadGuard<'_> {
         }
     }
 
-    /// The first VMA that ends above `addr`, as (start, end, flags, anonymous).
+    /// The first VMA that ends above `addr`, as (start, end, flags, anonymous). `start < end`
+    /// always holds for a VMA in the tree.
     fn vma_from(&self, addr: u64) -> Option<(u64, u64, u64, bool)> {
         // SAFETY: the mmap read lock is held, as find_vma requires; the VMA it returns stays
         // valid while the lock is held and we only read plain fields of it.
         unsafe {
-            let vma = bindings::find_vma(self.mm.mm, addr as _);
+            let vma = bindings::find_vma(self.mm.ptr(), addr as _);
             if vma.is_null() {
                 return None;
             }
@@ -179,12 +150,16 @@ impl MmapReadGuard<'_> {
 
     /// Zap `[start, end)`, which must lie inside one VMA found under this lock.
     fn zap(&self, start: u64, end: u64) {
+        let len = end.saturating_sub(start);
+        if len == 0 {
+            return;
+        }
         // SAFETY: mmap read lock held; the caller found [start, end) inside a single VMA under
         // this same lock hold (zap_page_range_single's requirement), as MADV_DONTNEED does.
         unsafe {
-            let vma = bindings::find_vma(self.mm.mm, start as _);
+            let vma = bindings::find_vma(self.mm.ptr(), start as _);
             if !vma.is_null() {
-                bindings::zap_page_range_single(vma, start as _, (end - start) as _, core::ptr::null_mut());
+                bindings::zap_page_range_single(vma, start as _, len as _, core::ptr::null_mut());
             }
         }
     }
@@ -193,7 +168,7 @@ impl MmapReadGuard<'_> {
 impl Drop for MmapReadGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: this guard was created by a successful lock on this mm.
-        unsafe { torpor_mmap_read_unlock(self.mm.mm.cast()) };
+        unsafe { torpor_mmap_read_unlock(self.mm.ptr().cast()) };
     }
 }
 
@@ -208,6 +183,9 @@ fn plain_private_anon(flags: u64, anon: bool) -> bool {
     anon && flags & bad == 0
 }
 
+/// Page counts of one PREFETCH call. Each is at most the number of pages the call walked,
+/// itself bounded by the 2^52 pages of a 64-bit address space per range, summed over at most
+/// 2^24 ranges: the additions saturate rather than prove that sum fits.
 #[derive(Default)]
 struct PrefetchStats {
     mapped: u64,
@@ -217,6 +195,7 @@ struct PrefetchStats {
 }
 
 /// Validate and page-align a user range: `[start & PAGE_MASK, roundup(start + len))`.
+/// EINVAL when `start + len` (rounded up) does not fit in 64 bits: such a range wraps.
 fn align(r: &TorporRange) -> Result<(u64, u64)> {
     let end = r.start.checked_add(r.len).ok_or(EINVAL)?;
     let end = end.checked_add(PAGE_SIZE - 1).ok_or(EINVAL)? & PAGE_MASK;
@@ -225,6 +204,21 @@ fn align(r: &TorporRange) -> Result<(u64, u64)> {
 
 fn errno(e: Error) -> c_long {
     e.to_errno() as c_long
+}
+
+/// `addr + pages * PAGE_SIZE`, saturating (GUP never reports more pages than asked, and the
+/// callers ask for pages below `end`, so the true value is below `end` anyway).
+fn advance(addr: u64, pages: u64) -> u64 {
+    addr.saturating_add(pages.saturating_mul(PAGE_SIZE))
+}
+
+/// Pages the byte budget still allows (`None`: no budget), from the pages mapped so far.
+fn budget_left(budget: u64, mapped: u64) -> Option<u64> {
+    if budget == 0 {
+        None
+    } else {
+        Some(budget.saturating_sub(mapped.saturating_mul(PAGE_SIZE)) / PAGE_SIZE)
+    }
 }
 
 /// Fault in and map the pages of `[start, end)` that exist (swapped or already
@@ -243,22 +237,28 @@ fn prefetch_range(t: &TargetMm, start: u64, end: u64, budget: u64, st: &mut Pref
             return Ok(None);
         }
         addr = core::cmp::max(addr, vs);
-        let batch_end = core::cmp::min(core::cmp::min(end, ve), addr.saturating_add(PAGES_PER_LOCK * PAGE_SIZE));
+        let batch_end = core::cmp::min(core::cmp::min(end, ve), advance(addr, PAGES_PER_LOCK));
         while addr < batch_end {
-            let mut n = (batch_end - addr) / PAGE_SIZE;
-            if budget != 0 {
-                let left = budget.saturating_sub(st.mapped * PAGE_SIZE) / PAGE_SIZE;
+            // `addr < batch_end` (loop condition): no underflow; at most PAGES_PER_LOCK pages.
+            let mut n = batch_end.saturating_sub(addr) / PAGE_SIZE;
+            if let Some(left) = budget_left(budget, st.mapped) {
                 if left == 0 {
                     return Ok(Some(addr));
                 }
                 n = core::cmp::min(n, left);
             }
+            if n == 0 {
+                // `batch_end - addr` below one page cannot happen (both page-aligned); stop
+                // rather than spin if it ever did.
+                break;
+            }
             // The run of pages already present: FOLL_NOFAULT never faults, it stops at the
             // first page that is not mapped.
             let r = g.gup(addr, n, bindings::FOLL_NOFAULT | bindings::FOLL_DUMP);
             if r > 0 {
-                st.present += r as u64;
-                addr += r as u64 * PAGE_SIZE;
+                let r = core::cmp::min(r as u64, n);
+                st.present = st.present.saturating_add(r);
+                addr = advance(addr, r);
                 continue;
             }
             // `addr` is not present: fault in the run starting there, for read. FOLL_DUMP
@@ -267,18 +267,19 @@ fn prefetch_range(t: &TargetMm, start: u64, end: u64, budget: u64, st: &mut Pref
             // file-backed) are brought in; the run stops at the first hole.
             match g.gup(addr, n, bindings::FOLL_DUMP) {
                 r if r > 0 => {
-                    st.mapped += r as u64;
-                    addr += r as u64 * PAGE_SIZE;
+                    let r = core::cmp::min(r as u64, n);
+                    st.mapped = st.mapped.saturating_add(r);
+                    addr = advance(addr, r);
                 }
                 r if r == errno(EFAULT) => {
-                    st.unpopulated += 1;
-                    addr += PAGE_SIZE;
+                    st.unpopulated = st.unpopulated.saturating_add(1);
+                    addr = advance(addr, 1);
                 }
-                r if r == errno(EINTR) || r == -ERESTARTSYS => return Err(EINTR),
+                r if r == errno(EINTR) || r == NEG_ERESTARTSYS => return Err(EINTR),
                 r if r == errno(ENOMEM) => return Err(ENOMEM),
                 _ => {
-                    st.failed += 1;
-                    addr += PAGE_SIZE;
+                    st.failed = st.failed.saturating_add(1);
+                    addr = advance(addr, 1);
                 }
             }
         }
@@ -302,17 +303,43 @@ fn prefetch_whole(t: &TargetMm, budget: u64, st: &mut PrefetchStats) -> Result<O
                 return Ok(Some(stop));
             }
         }
-        // The VMA may have changed while unlocked; continue from its old end either way.
+        // The VMA may have changed while unlocked; continue from its old end either way
+        // (`end > addr`: find_vma returns a VMA ending above `addr`, so this always advances).
         addr = end;
     }
 }
 
-fn read_ranges(reader: &mut UserSliceReader, n: u32) -> Result<KVec<TorporRange>> {
-    let mut v = KVec::with_capacity(n as usize, GFP_KERNEL)?;
+/// Bytes of `nr` user ranges: at most MAX_RANGES (2^24) × 16 = 2^28, checked anyway.
+fn ranges_bytes(nr: u32) -> Result<usize> {
+    (nr as usize).checked_mul(core::mem::size_of::<TorporRange>()).ok_or(EINVAL)
+}
+
+/// The ranges of an ORDER_ADDRESS request (at most MAX_SORTED_RANGES × 16 B = 1 MiB), in a
+/// kvmalloc buffer: a fragmented machine falls back to vmalloc instead of failing (and
+/// logging) a high-order allocation.
+fn read_ranges(reader: &mut UserSliceReader, n: u32) -> Result<KVVec<TorporRange>> {
+    let mut v = KVVec::with_capacity(n as usize, GFP_KERNEL)?;
     for _ in 0..n {
         v.push(reader.read::<TorporRange>()?, GFP_KERNEL)?;
     }
     Ok(v)
+}
+
+/// PREFETCH the given ranges, in the order the iterator yields them, until one stops
+/// (budget, error).
+fn prefetch_ranges(
+    t: &TargetMm,
+    ranges: impl Iterator<Item = Result<TorporRange>>,
+    budget: u64,
+    st: &mut PrefetchStats,
+) -> Result<Option<u64>> {
+    for range in ranges {
+        let (s, e) = align(&range?)?;
+        if let Some(stop) = prefetch_range(t, s, e, budget, st)? {
+            return Ok(Some(stop));
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) fn prefetch(arg: usize) -> Result<c_long> {
@@ -335,31 +362,18 @@ pub(crate) fn prefetch(arg: usize) -> Result<c_long> {
     let res = if whole {
         prefetch_whole(&t, req.byte_budget, &mut st)
     } else {
-        let bytes = (req.nr_ranges as usize) * core::mem::size_of::<TorporRange>();
-        let mut rr = UserSlice::new(req.ranges as usize, bytes).reader();
+        let mut rr = UserSlice::new(req.ranges as usize, ranges_bytes(req.nr_ranges)?).reader();
         if req.order == uapi::ORDER_ADDRESS {
-            let mut v = read_ranges(&mut rr, req.nr_ranges)?;
-            sort_ranges_by_start(&mut v);
-            let mut out = Ok(None);
-            for range in v.iter() {
-                let (s, e) = align(range)?;
-                out = prefetch_range(&t, s, e, req.byte_budget, &mut st);
-                if !matches!(out, Ok(None)) {
-                    break;
+            match read_ranges(&mut rr, req.nr_ranges) {
+                Ok(mut v) => {
+                    sort_ranges_by_start(&mut v);
+                    prefetch_ranges(&t, v.iter().map(|r| Ok(*r)), req.byte_budget, &mut st)
                 }
+                Err(e) => Err(e),
             }
-            out
         } else {
-            let mut out = Ok(None);
-            for _ in 0..req.nr_ranges {
-                let range: TorporRange = rr.read()?;
-                let (s, e) = align(&range)?;
-                out = prefetch_range(&t, s, e, req.byte_budget, &mut st);
-                if !matches!(out, Ok(None)) {
-                    break;
-                }
-            }
-            out
+            let ranges = (0..req.nr_ranges).map(|_| rr.read::<TorporRange>());
+            prefetch_ranges(&t, ranges, req.byte_budget, &mut st)
         }
     };
     drop(t);
@@ -378,6 +392,58 @@ pub(crate) fn prefetch(arg: usize) -> Result<c_long> {
     res.map(|_| 0)
 }
 
+/// Byte counts of one DISCARD call. Each range adds at most its own length (< 2^64) and
+/// there are up to 2^24 ranges, so the sums can exceed 2^64 (hostile overlapping ranges):
+/// they saturate. (An unchecked `+=` here panicked the kernel: the bug this file was audited
+/// for.)
+#[derive(Default)]
+struct DiscardStats {
+    zapped: u64,
+    skipped: u64,
+}
+
+impl DiscardStats {
+    fn skip(&mut self, from: u64, to: u64) {
+        self.skipped = self.skipped.saturating_add(to.saturating_sub(from));
+    }
+
+    fn zap(&mut self, from: u64, to: u64) {
+        self.zapped = self.zapped.saturating_add(to.saturating_sub(from));
+    }
+}
+
+/// Zap the private anonymous parts of `[addr, end)`, one VMA per lock hold.
+fn discard_range(t: &TargetMm, mut addr: u64, end: u64, st: &mut DiscardStats) -> Result {
+    while addr < end {
+        if fatal_signal() {
+            return Err(EINTR);
+        }
+        let g = t.lock()?;
+        let Some((vs, ve, flags, anon)) = g.vma_from(addr) else {
+            st.skip(addr, end);
+            return Ok(());
+        };
+        if vs >= end {
+            st.skip(addr, end);
+            return Ok(());
+        }
+        if vs > addr {
+            st.skip(addr, vs);
+            addr = vs;
+        }
+        // `ve > addr` (find_vma: the VMA ends above the address asked), so this advances.
+        let e = core::cmp::min(end, ve);
+        if plain_private_anon(flags, anon) {
+            g.zap(addr, e);
+            st.zap(addr, e);
+        } else {
+            st.skip(addr, e);
+        }
+        addr = e;
+    }
+    Ok(())
+}
+
 pub(crate) fn discard(arg: usize) -> Result<c_long> {
     let size = core::mem::size_of::<uapi::TorporDiscard>();
     let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
@@ -387,67 +453,19 @@ pub(crate) fn discard(arg: usize) -> Result<c_long> {
     }
     let t = TargetMm::get(req.pid)?;
     let t0 = now_ns();
-    let bytes = (req.nr_ranges as usize) * core::mem::size_of::<TorporRange>();
-    let mut rr = UserSlice::new(req.ranges as usize, bytes).reader();
-    let (mut zapped, mut skipped) = (0u64, 0u64);
+    let mut rr = UserSlice::new(req.ranges as usize, ranges_bytes(req.nr_ranges)?).reader();
+    let mut st = DiscardStats::default();
     let mut res = Ok(());
-    'ranges: for _ in 0..req.nr_ranges {
-        let range: TorporRange = match rr.read() {
-            Ok(v) => v,
-            Err(e) => {
-                res = Err(e);
-                break;
-            }
-        };
-        let (mut addr, end) = match align(&range) {
-            Ok(v) => v,
-            Err(e) => {
-                res = Err(e);
-                break;
-            }
-        };
-        while addr < end {
-            if fatal_signal() {
-                res = Err(EINTR);
-                break 'ranges;
-            }
-            let g = match t.lock() {
-                Ok(g) => g,
-                Err(e) => {
-                    res = Err(e);
-                    break 'ranges;
-                }
-            };
-            match g.vma_from(addr) {
-                None => {
-                    skipped += end - addr;
-                    break;
-                }
-                Some((vs, ve, flags, anon)) => {
-                    if vs >= end {
-                        skipped += end - addr;
-                        break;
-                    }
-                    if vs > addr {
-                        skipped += vs - addr;
-                        addr = vs;
-                    }
-                    let e = core::cmp::min(end, ve);
-                    if plain_private_anon(flags, anon) {
-                        g.zap(addr, e);
-                        zapped += e - addr;
-                    } else {
-                        skipped += e - addr;
-                    }
-                    addr = e;
-                }
-            }
+    for _ in 0..req.nr_ranges {
+        res = rr.read::<TorporRange>().and_then(|range| align(&range)).and_then(|(s, e)| discard_range(&t, s, e, &mut st));
+        if res.is_err() {
+            break;
         }
     }
     drop(t);
-    req.bytes_zapped = zapped;
-    req.bytes_skipped = skipped;
+    req.bytes_zapped = st.zapped;
+    req.bytes_skipped = st.skipped;
     req.ns = now_ns().saturating_sub(t0);
     w.write(&req)?;
-    res.map(|_| 0)
+    res.map(|()| 0)
 }

@@ -12,6 +12,8 @@ use kernel::bindings;
 use kernel::ffi::{c_long, c_ulong, c_void};
 use kernel::prelude::*;
 
+pub(crate) use crate::refs::MmRef;
+
 // Pointers to kernel structs go through the shim as `void *`: several bindgen types hold
 // zero-sized lockdep fields that rustc calls not FFI-safe (see mm.rs).
 extern "C" {
@@ -58,6 +60,13 @@ const MAX_FOLIO_ORDER: u32 = 20;
 /// PTEs per page-table page (x86-64).
 pub(crate) const PTRS_PER_PTE: usize = bindings::PTRS_PER_PTE as usize;
 const PAGE_SIZE: u64 = bindings::PAGE_SIZE as u64;
+const PAGE_SHIFT: u32 = bindings::PAGE_SHIFT;
+// Sizes of the ranges one entry maps at each level (x86-64: 512 GiB, 1 GiB, 2 MiB); shifts
+// of constants, checked at compile time.
+const P4D_SIZE: u64 = 1 << bindings::P4D_SHIFT;
+const PUD_SIZE: u64 = 1 << bindings::PUD_SHIFT;
+const PMD_SIZE: u64 = 1 << bindings::PMD_SHIFT;
+const PMD_OFFSET_MASK: u64 = PMD_SIZE - 1;
 
 type Page = bindings::page;
 
@@ -85,23 +94,31 @@ unsafe fn page_flags(p: *const Page) -> c_ulong {
     unsafe { read_volatile(addr_of!((*p).flags)) }
 }
 
+/// # Safety
+/// As [`page_flags`].
 unsafe fn page_type(p: *const Page) -> u32 {
     // SAFETY: as in `page_flags`; `page_type` shares its word with `_mapcount` (a union of
     // plain integers), read racily like PageBuddy()'s data_race().
     unsafe { read_volatile(addr_of!((*p).__bindgen_anon_2.page_type)) }
 }
 
+/// # Safety
+/// As [`page_flags`].
 unsafe fn page_private(p: *const Page) -> c_ulong {
     // SAFETY: as in `page_flags`; the union member is a plain integer in every variant.
     unsafe { read_volatile(addr_of!((*p).__bindgen_anon_1.__bindgen_anon_1.private)) }
 }
 
+/// # Safety
+/// As [`page_flags`].
 unsafe fn page_mapping(p: *const Page) -> usize {
     // SAFETY: as in `page_flags`; read as a value (low bits are PAGE_MAPPING_* flags), never
     // dereferenced.
     unsafe { read_volatile(addr_of!((*p).__bindgen_anon_1.__bindgen_anon_1.mapping)) as usize }
 }
 
+/// # Safety
+/// As [`page_flags`].
 unsafe fn page_compound_head(p: *const Page) -> c_ulong {
     // SAFETY: as in `page_flags`; the union member is a plain integer in every variant.
     unsafe { read_volatile(addr_of!((*p).__bindgen_anon_1.__bindgen_anon_3.compound_head)) }
@@ -109,11 +126,13 @@ unsafe fn page_compound_head(p: *const Page) -> c_ulong {
 
 /// `Page##uname()` of page-flags.h: the page-type byte of `page_type`.
 fn has_type(page_type: u32, ty: bindings::pagetype) -> bool {
+    // Constant shift amount (24 < 32): cannot panic.
     page_type >> 24 == ty
 }
 
 fn bit(word: c_ulong, flag: bindings::pageflags) -> bool {
-    word & (1 << flag) != 0
+    // Page-flag numbers are below BITS_PER_LONG (the kernel's own build asserts it).
+    (word >> (flag % c_ulong::BITS)) & 1 != 0
 }
 
 /// Buddy order of the free block that `pfn` heads, or `None` when `pfn` has no struct page
@@ -150,7 +169,10 @@ pub(crate) fn pfn_flags(pfn: u64) -> u32 {
         let pt = page_type(page);
         if has_type(pt, bindings::pagetype_PGTY_buddy) {
             let order = core::cmp::min(page_private(page), bindings::MAX_PAGE_ORDER as c_ulong) as u32;
-            return f | PF_BUDDY | (order << PF_ORDER_SHIFT);
+            // order <= MAX_PAGE_ORDER (10) < 2^8: the shifted value fits the top byte (constant
+            // shift amount 24 < 32: cannot panic).
+            let bits = order << PF_ORDER_SHIFT;
+            return f | PF_BUDDY | bits;
         }
         let pfl = page_flags(page);
         if bit(pfl, bindings::pageflags_PG_reserved) {
@@ -189,7 +211,10 @@ pub(crate) fn pfn_flags(pfn: u64) -> u32 {
         if head == page && bit(fl, bindings::pageflags_PG_head) {
             // folio->_flags_1: the flags word of the first tail page; its low byte is the order.
             let order = core::cmp::min((page_flags(head.add(1)) & 0xff) as u32, MAX_FOLIO_ORDER);
-            f |= PF_HEAD | (order << PF_ORDER_SHIFT);
+            // order <= 20 < 2^8: the shifted value fits the top byte of the u32 (and the shift
+            // amount is the constant 24 < 32, so it cannot panic).
+            let bits = order << PF_ORDER_SHIFT;
+            f |= PF_HEAD | bits;
         }
         let mapping = page_mapping(head);
         if mapping & bindings::PAGE_MAPPING_ANON as usize != 0 {
@@ -199,24 +224,6 @@ pub(crate) fn pfn_flags(pfn: u64) -> u32 {
         }
     }
     f
-}
-
-/// An `mm_users` reference taken with `get_task_mm`; dropping it calls `mmput`.
-pub(crate) struct MmRef(*mut bindings::mm_struct);
-
-impl MmRef {
-    pub(crate) fn as_ptr(&self) -> *mut bindings::mm_struct {
-        self.0
-    }
-}
-
-impl Drop for MmRef {
-    fn drop(&mut self) {
-        // SAFETY: we own one mm_users reference (get_task_mm in `active_mms`), released exactly
-        // once; every MmRef is dropped in process context with no spinlock or RCU read lock
-        // held (`active_mms` drops a batch only after torpor_rcu_read_unlock).
-        unsafe { bindings::mmput(self.0) };
-    }
 }
 
 /// First capacity for the active-process scan, and how many times the scan is redone with a
@@ -259,6 +266,8 @@ unsafe fn any_thread_since(p: *mut bindings::task_struct, cutoff: u64) -> bool {
 /// user process (at most `cap`), the number of user processes seen and of active ones.
 fn scan_processes(cutoff: u64, cap: usize) -> Result<(KVVec<MmRef>, u32, usize)> {
     let mut mms = KVVec::<MmRef>::with_capacity(cap, GFP_KERNEL)?;
+    // Counts of tasks on the task list: bounded by pid_max (at most 2^22), so they fit; the
+    // additions saturate all the same.
     let (mut seen, mut active) = (0u32, 0usize);
     // SAFETY: no lock held here; paired with the unlock below, with nothing in between that
     // sleeps (get_task_mm takes task_lock, a spinlock; pushes stay within capacity).
@@ -277,22 +286,23 @@ fn scan_processes(cutoff: u64, cap: usize) -> Result<(KVVec<MmRef>, u32, usize)>
         if unsafe { read_volatile(addr_of!((*pt).flags)) } & bindings::PF_KTHREAD != 0 {
             continue;
         }
-        seen += 1;
+        seen = seen.saturating_add(1);
         // SAFETY: RCU read lock held, `pt` found under it.
         if !unsafe { any_thread_since(pt, cutoff) } {
             continue;
         }
-        active += 1;
+        active = active.saturating_add(1);
         if mms.len() >= mms.capacity() {
             continue;
         }
         // SAFETY: `pt` is valid under the RCU read lock; get_task_mm takes task_lock (a
         // spinlock, allowed under RCU) and returns a counted reference or NULL.
         let mm = unsafe { bindings::get_task_mm(pt) };
-        if !mm.is_null() {
+        // SAFETY: `mm` is NULL or the reference get_task_mm just gave us, handed over.
+        if let Some(m) = unsafe { MmRef::from_counted(mm) } {
             // There is room (checked above), so push does not allocate and cannot fail (a
             // failure would drop the MmRef, i.e. mmput, which may sleep, under RCU).
-            let _ = mms.push(MmRef(mm), GFP_NOWAIT);
+            let _ = mms.push(m, GFP_NOWAIT);
         }
     }
     // SAFETY: pairs with the lock above.
@@ -319,13 +329,15 @@ pub(crate) fn active_mms(window_ns: u64) -> Result<(KVVec<MmRef>, u32)> {
         // Released here, outside the RCU read lock.
         drop(mms);
         cap = active.saturating_add(active / 4).saturating_add(64);
-        attempt += 1;
+        attempt = attempt.saturating_add(1);
     }
 }
 
 /// `pXd_addr_end`: the next `size`-aligned boundary after `addr`, or `end` if that comes first.
+/// Wrapping on purpose, as the kernel's macro: at the top of the address space the boundary
+/// wraps to 0 and the `- 1` comparisons make `end` win. `size` is a power of two.
 fn addr_end(addr: u64, end: u64, size: u64) -> u64 {
-    let boundary = (addr.wrapping_add(size)) & !(size - 1);
+    let boundary = (addr.wrapping_add(size)) & !size.wrapping_sub(1);
     if boundary.wrapping_sub(1) < end.wrapping_sub(1) {
         boundary
     } else {
@@ -350,27 +362,30 @@ pub(crate) unsafe fn scan_pmd(
     pfns: &mut [c_ulong; PTRS_PER_PTE],
 ) -> (usize, u64) {
     // SAFETY: `pgdir_shift` is set once at boot (4- or 5-level paging) and exported.
-    let pgdir_size = 1u64 << unsafe { read_volatile(addr_of!(bindings::pgdir_shift)) };
+    let shift = unsafe { read_volatile(addr_of!(bindings::pgdir_shift)) };
+    // 39 or 48 in practice; a shift of 64 or more (impossible) would give 0: no skipping.
+    let pgdir_size = 1u64.checked_shl(shift as u32).unwrap_or(0);
     let a = addr as c_ulong;
-    // SAFETY (the three upper levels): mmap read lock held and `addr` inside a VMA (caller);
+    // The three upper levels: the mmap read lock is held and `addr` is inside a VMA (caller);
     // each shim returns a pointer into a live page-table page, or NULL when the entry is empty
     // or bad, in which case we skip to the end of that level's range.
+    // SAFETY: see above; `mm` is alive (caller's reference).
     let pgd = unsafe { torpor_pgd_offset(mm.cast(), a) };
     if pgd.is_null() {
-        return (0, addr_end(addr, end, pgdir_size));
+        return (0, if pgdir_size == 0 { end } else { addr_end(addr, end, pgdir_size) });
     }
     // SAFETY: see above; `pgd` is a present, good entry.
     let p4d = unsafe { torpor_p4d_offset(pgd, a) };
     if p4d.is_null() {
-        return (0, addr_end(addr, end, 1 << bindings::P4D_SHIFT));
+        return (0, addr_end(addr, end, P4D_SIZE));
     }
     // SAFETY: see above; `p4d` is a present, good entry.
     let pud = unsafe { torpor_pud_offset(p4d, a) };
     if pud.is_null() {
-        return (0, addr_end(addr, end, 1 << bindings::PUD_SHIFT));
+        return (0, addr_end(addr, end, PUD_SIZE));
     }
-    let e_pmd = addr_end(addr, end, 1 << bindings::PMD_SHIFT);
-    let mut n = 0;
+    let e_pmd = addr_end(addr, end, PMD_SIZE);
+    let mut n: usize = 0;
     // SAFETY: paired with the unlock below; nothing in between sleeps.
     unsafe { torpor_rcu_read_lock() };
     // SAFETY: `pud` is a present, good, non-leaf entry under the mmap read lock, so the PMD
@@ -384,13 +399,18 @@ pub(crate) unsafe fn scan_pmd(
     } else if leaf {
         // A huge PMD (THP): every page of it is mapped.
         // SAFETY: pure function of the snapshot value.
-        let mut pfn = unsafe { torpor_pmd_pfn(pmd) } as u64
-            + ((addr & ((1 << bindings::PMD_SHIFT) - 1)) >> bindings::PAGE_SHIFT);
-        while addr < e_pmd && n < PTRS_PER_PTE {
-            pfns[n] = pfn as c_ulong;
-            n += 1;
-            pfn += 1;
-            addr += PAGE_SIZE;
+        let head = unsafe { torpor_pmd_pfn(pmd) } as u64;
+        // A PFN of physical memory (< 2^52) plus an index below 512: saturating never bites.
+        let mut pfn = head.saturating_add((addr & PMD_OFFSET_MASK) >> PAGE_SHIFT);
+        // One slot per page of this PMD (`e_pmd - addr <= PMD_SIZE` = PTRS_PER_PTE pages).
+        for slot in pfns.iter_mut() {
+            if addr >= e_pmd {
+                break;
+            }
+            *slot = pfn as c_ulong;
+            n = n.saturating_add(1);
+            pfn = pfn.saturating_add(1);
+            addr = addr.saturating_add(PAGE_SIZE);
         }
     } else if !bad {
         // SAFETY: the snapshot points to a PTE table; the RCU read lock keeps it from being
@@ -403,13 +423,20 @@ pub(crate) unsafe fn scan_pmd(
             // An all-zero entry is pte_none, never present: skip it without a call (most
             // entries of a sparse table). Otherwise the shim decodes the entry (it reads it
             // again: either value is a valid snapshot).
-            // SAFETY: as above.
-            let pfn = if raw == 0 { -1 } else { unsafe { torpor_pte_pfn(pte) } };
-            if pfn >= 0 && n < PTRS_PER_PTE {
-                pfns[n] = pfn as c_ulong;
-                n += 1;
+            let pfn = if raw == 0 {
+                -1
+            } else {
+                // SAFETY: as above: `pte` points into the live PTE table.
+                unsafe { torpor_pte_pfn(pte) }
+            };
+            if pfn >= 0 {
+                if let Some(slot) = pfns.get_mut(n) {
+                    *slot = pfn as c_ulong;
+                    n = n.saturating_add(1);
+                }
             }
-            addr += PAGE_SIZE;
+            // `addr < e_pmd`, a PMD boundary or `end` of a VMA: far below u64::MAX.
+            addr = addr.saturating_add(PAGE_SIZE);
             // SAFETY: see above (at most one past the last entry read, never dereferenced).
             pte = unsafe { pte.cast::<bindings::pte_t>().add(1) }.cast();
         }

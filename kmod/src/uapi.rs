@@ -16,6 +16,7 @@ pub(crate) const FEAT_PREFETCH: u64 = 1 << 1;
 pub(crate) const FEAT_DISCARD: u64 = 1 << 2;
 pub(crate) const FEAT_FREE_BITMAP: u64 = 1 << 3;
 pub(crate) const FEAT_PRIORITY_MAP: u64 = 1 << 4;
+pub(crate) const FEAT_GET_STATS: u64 = 1 << 5;
 
 /// `struct torpor_version`.
 #[repr(C)]
@@ -117,11 +118,28 @@ pub(crate) struct TorporPriorityMap {
     pub(crate) counts: [u64; NR_CATEGORIES],
 }
 
-// SAFETY (all impls below): each type is `repr(C)`, made only of integers (and a byte
-// array), and has no padding: every field is naturally aligned and the sizes add up exactly
-// (asserted below), so every byte pattern is a valid value (FromBytes) and every byte of a
-// value is initialized (AsBytes).
+/// `struct torpor_stats` (out): references the module holds now and its call counters.
+#[repr(C)]
+pub(crate) struct TorporStats {
+    pub(crate) size: u32,
+    pub(crate) reserved: u32,
+    pub(crate) pid_refs: u64,
+    pub(crate) task_refs: u64,
+    pub(crate) mm_refs: u64,
+    pub(crate) page_refs: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
+}
+
+// All impls below: each type is `repr(C)`, made only of integers (and a byte array), and
+// has no padding: every field is naturally aligned and the sizes add up exactly (asserted
+// below), so every byte pattern is a valid value (FromBytes) and every byte of a value is
+// initialized (AsBytes).
+// SAFETY: see above.
 unsafe impl kernel::types::AsBytes for TorporVersion {}
+// SAFETY: see above.
+unsafe impl kernel::types::AsBytes for TorporStats {}
 // SAFETY: see above.
 unsafe impl kernel::types::FromBytes for TorporRange {}
 // SAFETY: see above.
@@ -152,15 +170,19 @@ const _: () = assert!(core::mem::size_of::<TorporFreeBitmap>() == 48);
 const _: () = assert!(core::mem::size_of::<TorporRange>() == 16);
 const _: () = assert!(core::mem::size_of::<TorporPrefetch>() == 80);
 const _: () = assert!(core::mem::size_of::<TorporDiscard>() == 48);
+const _: () = assert!(core::mem::size_of::<TorporStats>() == 64);
+const _: () = assert!(core::mem::offset_of!(TorporStats, in_flight) == 40);
 
 pub(crate) const TORPOR_IOC_GET_VERSION: u32 = _IOR::<TorporVersion>(TORPOR_IOC_MAGIC, 0x00);
 pub(crate) const TORPOR_IOC_PREFETCH: u32 = _IOWR::<TorporPrefetch>(TORPOR_IOC_MAGIC, 0x01);
 pub(crate) const TORPOR_IOC_DISCARD: u32 = _IOWR::<TorporDiscard>(TORPOR_IOC_MAGIC, 0x02);
 pub(crate) const TORPOR_IOC_FREE_BITMAP: u32 = _IOWR::<TorporFreeBitmap>(TORPOR_IOC_MAGIC, 0x03);
 pub(crate) const TORPOR_IOC_PRIORITY_MAP: u32 = _IOWR::<TorporPriorityMap>(TORPOR_IOC_MAGIC, 0x04);
+pub(crate) const TORPOR_IOC_GET_STATS: u32 = _IOR::<TorporStats>(TORPOR_IOC_MAGIC, 0x05);
 
 const _: () = assert!(TORPOR_IOC_GET_VERSION == 0x8030_D700);
 const _: () = assert!(TORPOR_IOC_PREFETCH == 0xC050_D701);
 const _: () = assert!(TORPOR_IOC_DISCARD == 0xC030_D702);
 const _: () = assert!(TORPOR_IOC_FREE_BITMAP == 0xC030_D703);
 const _: () = assert!(TORPOR_IOC_PRIORITY_MAP == 0xC080_D704);
+const _: () = assert!(TORPOR_IOC_GET_STATS == 0x8040_D705);
