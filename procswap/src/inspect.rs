@@ -392,12 +392,14 @@ pub fn kind_usage(pid: i32, vmas: &[VmaInfo], totals: &Totals) -> Result<(ByKind
     let (objs, mut skipped) = crate::memkind::objects(pid)?;
     let (usage, _, sk) = crate::memkind::object_usage(pid, &objs);
     skipped.extend(sk);
-    let mut k: ByKind<KindUsage> = ByKind::default();
-    k.anon = KindUsage {
-        resident_bytes: totals.present_anon * ps,
-        mapped_bytes: totals.present_anon * ps,
-        out_bytes: totals.swapped * ps,
-        objects: 0,
+    let mut k: ByKind<KindUsage> = ByKind {
+        anon: KindUsage {
+            resident_bytes: totals.present_anon * ps,
+            mapped_bytes: totals.present_anon * ps,
+            out_bytes: totals.swapped * ps,
+            objects: 0,
+        },
+        ..Default::default()
     };
     for (o, u) in objs.iter().zip(&usage) {
         let ku = k.get_mut(o.kind);

@@ -151,7 +151,7 @@ pub struct LoadingSet {
 /// What [`LoadingSet::load`] found.
 #[derive(Debug)]
 pub enum Loaded {
-    Set(LoadingSet),
+    Set(Box<LoadingSet>),
     /// No file.
     Missing,
     /// A file that is not a loading set of this version: ignored, with a note.
@@ -228,7 +228,7 @@ impl LoadingSet {
             }
         }
         let rank = |r: &LsRun| (r.age, r.round, r.kind, r.object, r.first);
-        runs.sort_by(|a, b| rank(a).cmp(&rank(b)));
+        runs.sort_by_key(rank);
         let mut merged: Vec<LsRun> = Vec::with_capacity(runs.len());
         for r in runs {
             match merged.last_mut() {
@@ -303,7 +303,7 @@ impl LoadingSet {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
             Err(e) => return Err(Error::io(path, e)),
         };
-        Ok(Self::from_json(&bytes).map_or_else(|n| Loaded::Ignored(format!("{}: {n}", path.display())), Loaded::Set))
+        Ok(Self::from_json(&bytes).map_or_else(|n| Loaded::Ignored(format!("{}: {n}", path.display())), |s| Loaded::Set(Box::new(s))))
     }
 
     /// Parse; a set of another format version is refused with a note (the caller ignores it).
@@ -736,7 +736,7 @@ impl LoadingSetRecorder {
         };
         // Group each round's runs by kind/object/page (they were pushed in scan order).
         let rank = |r: &LsRun| (r.round, r.kind, r.object, r.first);
-        self.touched.sort_by(|a, b| rank(a).cmp(&rank(b)));
+        self.touched.sort_by_key(rank);
         Recording {
             pid: self.pid,
             comm: self.comm,
@@ -828,7 +828,7 @@ mod tests_loadingset {
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Ignored(_)));
         s2.save(&path).unwrap();
-        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Set(s) if s == s2));
+        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Set(s) if *s == s2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -290,6 +290,7 @@ const PSEUDO_FS: &[(i64, &str)] = &[
     (0x5346_414f, "openpromfs"),
 ];
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+const NOT_REGULAR: &str = "not a regular file";
 
 /// `statfs(path).f_type` (follows magic links).
 fn fs_type(path: &Path) -> std::io::Result<i64> {
@@ -310,7 +311,7 @@ fn fs_type(path: &Path) -> std::io::Result<i64> {
 fn classify_link(link: &Path) -> std::result::Result<(MemKind, std::fs::Metadata), String> {
     let md = std::fs::metadata(link).map_err(|e| format!("stat: {e}"))?;
     if !md.file_type().is_file() {
-        return Err("not a regular file".into());
+        return Err(NOT_REGULAR.into());
     }
     let ty = fs_type(link).map_err(|e| format!("statfs: {e}"))?;
     if let Some((_, name)) = PSEUDO_FS.iter().find(|(m, _)| *m == ty) {
@@ -406,6 +407,8 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
                 let count = md.size().div_ceil(ps);
                 add(kind, &md, path, Handle::Fd { fd }, vec![PageRun { first: 0, count }]);
             }
+            // Devices, pipes, sockets behind a path: not memory of the app's.
+            Err(reason) if reason == NOT_REGULAR => {}
             Err(reason) => skipped.push(SkippedObject { path, reason }),
         }
     }

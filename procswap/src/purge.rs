@@ -33,8 +33,9 @@ pub struct PurgeOptions {
     /// Layout for the next Start: page these ranges out **first, in this order** (the loading
     /// set in touch order: [`crate::LoadingSet::address_order`]), one range after the other
     /// from one CPU, so the kernel hands out consecutive swap slots; then the rest as usual.
-    /// Pages already on swap and clean since (swapped in by a read fault) keep their old slot:
-    /// the kernel drops them without writing (reported in [`LayoutReport::kept_slot_pages`]).
+    /// Pages already on swap, and pages clean since their last swap-in (read-faulted), keep
+    /// their old slot: the kernel drops them without writing. A layout is written once per
+    /// page that was dirtied (or never swapped).
     pub layout_first: Option<Vec<Range>>,
 }
 
@@ -66,9 +67,11 @@ pub struct LayoutReport {
     pub loading_set_extents: u64,
     /// Runs of consecutive slots walking them in the given (touch) order.
     pub loading_set_touch_order_extents: u64,
-    /// Of the loading set's anonymous pages on swap, those that were on swap (in the swap
-    /// cache) before this purge already and kept their old slot.
-    pub kept_slot_pages: u64,
+    /// Of the loading set's anonymous pages on swap, those that were on swap already before
+    /// this purge (not mapped): they keep their old slot. (Mapped pages that are clean in the
+    /// swap cache — read-faulted since their last swap-out — keep theirs too; pagemap cannot
+    /// show the slot of a mapped page, so they are not counted here.)
+    pub already_swapped_pages: u64,
     /// Every other swapped anonymous page of the target.
     pub rest_pages: u64,
     pub rest_extents: u64,
@@ -433,7 +436,7 @@ fn layout_report(first: &[Range], pre: &[SwappedPage], all: &[SwappedPage], ps: 
                 Some(&slot) => {
                     rep.loading_set_swapped_pages += 1;
                     if pre.get(&a) == Some(&slot) {
-                        rep.kept_slot_pages += 1;
+                        rep.already_swapped_pages += 1;
                     }
                     if prev.is_none_or(|(t, o)| t != slot.0 || o + 1 != slot.1) {
                         rep.loading_set_touch_order_extents += 1;

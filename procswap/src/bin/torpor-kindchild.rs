@@ -85,9 +85,13 @@ fn writable_area(name: &'static str, tag: u64, ptr: *mut u8, pages: usize) -> Ar
 /// Write a file of `pages` pattern pages, sync, and drop its cache except [from, to).
 fn make_file(path: &str, tag: u64, pages: usize, from: usize, to: usize) -> Result<File, String> {
     let f = File::options().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut buf = vec![0u8; pages * ps()];
-    fill(&mut buf, tag, 0);
-    f.write_all_at(&buf, 0).map_err(|e| e.to_string())?;
+    // Page by page: a large write would get large page-cache folios (ext4, Linux ≥ 6.16), which
+    // the partial DONTNEED below cannot split.
+    let mut buf = vec![0u8; ps()];
+    for i in 0..pages {
+        fill(&mut buf, tag, i);
+        f.write_all_at(&buf, (i * ps()) as u64).map_err(|e| e.to_string())?;
+    }
     f.sync_all().map_err(|e| e.to_string())?;
     let drop = |a: usize, b: usize| {
         if b > a {

@@ -1,0 +1,548 @@
+//! Root suite: memory kinds (anon, shmem, file), residency snapshot and restore, loading-set
+//! recording, loading-set-first layout, Start plan. Needs swap (run through `with-swap.sh`, see
+//! `run-root-tests.sh`). Every test is `#[ignore]`d so a plain `cargo test` needs neither root
+//! nor swap. Assertions are exact page counts; timings are only printed (`measure_*`).
+
+mod common;
+
+use common::{require_root, summary};
+use procswap::cgroup::{self, Memcg};
+use procswap::inspect::Pagemap;
+use procswap::loadingset::{Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions};
+use procswap::memkind::{self, MemKind, ObjectView, PageRun};
+use procswap::plan::{completion, fetch_unmapped, ActivationPlan, FetchOptions, PlanPart};
+use procswap::{NoProgress, PurgeOptions, PurgeReport, ResidencySnapshot, StockBackend, Target};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn require_swap() {
+    require_root();
+    assert!(procswap::sys::meminfo().unwrap().swap_total > 0, "this suite needs swap: run it through procswap/tests/with-swap.sh");
+}
+
+fn ps() -> u64 {
+    procswap::sys::page_size()
+}
+
+/// `torpor-kindchild` in its own memory cgroup (v2 memory controller where available, else v1).
+struct Kid {
+    proc: std::process::Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: i32,
+    cgroups: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    stopped: bool,
+}
+
+impl Kid {
+    fn spawn(tag: &str) -> Kid {
+        let mut proc = Command::new(env!("CARGO_BIN_EXE_torpor-kindchild"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn torpor-kindchild");
+        let stdin = proc.stdin.take().unwrap();
+        let mut stdout = BufReader::new(proc.stdout.take().unwrap());
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        assert!(l.starts_with("HELLO "), "child said {l:?}");
+        let pid = proc.id() as i32;
+        let mut k = Kid { proc, stdin, stdout, pid, cgroups: vec![], files: vec![], stopped: false };
+        let own = cgroup::pid_cgroups(std::process::id() as i32).unwrap();
+        let name = format!("torpor-kinds-{tag}-{pid}");
+        let v2mem = own.v2.clone().filter(|d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+        });
+        let dir = match v2mem {
+            Some(p) => cgroup::create_v2(&p, &name, &["memory"]).expect("create v2 memory cgroup"),
+            None => cgroup::create_v1(own.v1_memory.as_ref().expect("no v1 memory hierarchy and no v2 memory controller"), &name)
+                .expect("create v1 memory cgroup"),
+        };
+        k.cgroups.push(dir.clone());
+        cgroup::move_pid(&dir, pid).unwrap();
+        assert!(Memcg::of_pid(pid).unwrap().is_some());
+        k
+    }
+
+    fn cmd(&mut self, line: &str) -> Vec<u64> {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).unwrap();
+        let v: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(v.first(), Some(&"OK"), "child: {line:?} -> {l:?}");
+        v[1..].iter().map(|x| x.parse().unwrap()).collect()
+    }
+
+    fn file(&mut self, name: &str) -> PathBuf {
+        let p = PathBuf::from(format!("/var/tmp/torpor-kinds-{}-{name}", self.pid));
+        self.files.push(p.clone());
+        p
+    }
+
+    fn stop(&mut self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+        self.stopped = true;
+        for _ in 0..500 {
+            if procswap::quiescence(self.pid).unwrap().is_quiescent() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("child did not stop");
+    }
+
+    fn cont(&mut self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGCONT).unwrap();
+        self.stopped = false;
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if self.stopped {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGCONT);
+        }
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+        for d in self.cgroups.iter().rev() {
+            // The kernel needs a moment to release the cgroup of a reaped process.
+            for _ in 0..50 {
+                if cgroup::remove(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// (present, swapped) pages of `pid` in `[addr, addr + pages*ps)`.
+fn pm_state(pid: i32, addr: u64, pages: u64) -> (u64, u64) {
+    let mut pm = Pagemap::open(pid).unwrap();
+    let (mut p, mut s) = (0, 0);
+    pm.scan(addr, addr + pages * ps(), |_, info| match info {
+        procfs::process::PageInfo::MemoryPage(f) => p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64,
+        procfs::process::PageInfo::SwapPage(_) => s += 1,
+    })
+    .unwrap();
+    (p, s)
+}
+
+/// Resident (page cache / swap cache) page runs of a file or of the object a mapping of `pid`
+/// at `addr` maps (through map_files).
+fn cached(path: &Path, pages: u64) -> Vec<PageRun> {
+    let f = memkind::open_readonly(path).unwrap();
+    let v = ObjectView::new(f, Some(pages)).unwrap();
+    memkind::normalize(v.resident(&[PageRun { first: 0, count: pages }]).unwrap())
+}
+
+fn map_file_of(pid: i32, addr: u64, pages: u64) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", addr, addr + pages * ps()))
+}
+
+fn run(first: u64, count: u64) -> PageRun {
+    PageRun { first, count }
+}
+
+fn purge(pid: i32, opts: &PurgeOptions) -> PurgeReport {
+    procswap::purge_with(&StockBackend, pid, opts, &NoProgress).unwrap()
+}
+
+/// Wait until the shmem and file pages of `part` are all resident (WILLNEED is asynchronous).
+fn wait_objects(plan: &ActivationPlan, part: &PlanPart) {
+    let t0 = Instant::now();
+    loop {
+        let (want, have) = completion(plan, part);
+        if want.shmem == have.shmem && want.file == have.file {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "fetch never completed: want {want:?} have {have:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const ANON: u64 = 1024;
+const MEMFD: u64 = 512;
+const SYSV: u64 = 256;
+const MFILE: u64 = 64;
+const RFILE: u64 = 64;
+
+/// A child with every kind: anon, memfd, SysV, a mapped file with pages 16..48 cached and
+/// mapped, a read file with pages 8..40 cached. Returns (anon, memfd, sysv, mfile addr).
+fn every_kind(k: &mut Kid) -> (u64, u64, u64, u64) {
+    let a = k.cmd(&format!("ANON {ANON}"))[0];
+    let m = k.cmd(&format!("MEMFD {MEMFD}"))[0];
+    let s = k.cmd(&format!("SYSV {SYSV}"))[0];
+    let mf = k.file("mfile");
+    let f = k.cmd(&format!("MFILE {} {MFILE} 16 48", mf.display()))[0];
+    let rf = k.file("rfile");
+    k.cmd(&format!("RFILE {} {RFILE} 8 40", rf.display()));
+    // Warm the touch/read code paths (their text pages become part of the snapshot).
+    k.cmd("TOUCH anon 0");
+    k.cmd("READ 8");
+    (a, m, s, f)
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn every_kind_is_accounted_purged_and_restored_exactly() {
+    require_swap();
+    let mut k = Kid::spawn("restore");
+    let (a, m, s, f) = every_kind(&mut k);
+    let (mf, rf) = (k.files[0].clone(), k.files[1].clone());
+    let pid = k.pid;
+    k.stop();
+
+    // Inspect: per kind.
+    let i = procswap::inspect(pid, Default::default()).unwrap();
+    let kinds = i.kinds.expect("per-kind figures");
+    eprintln!("kinds before purge: {kinds:?}");
+    assert_eq!(kinds.shmem.objects, 2, "memfd + SysV: {:?}", i.objects);
+    assert_eq!(kinds.shmem.resident_bytes, (MEMFD + SYSV) * ps());
+    assert_eq!(kinds.shmem.mapped_bytes, (MEMFD + SYSV) * ps());
+    assert_eq!(kinds.shmem.out_bytes, 0);
+    let obj = |path: &Path| i.objects.iter().find(|o| o.path == path.display().to_string()).unwrap_or_else(|| panic!("{path:?} not in {:?}", i.objects)).clone();
+    assert_eq!((obj(&mf).kind, obj(&mf).interest_pages, obj(&mf).resident_pages), (MemKind::File, MFILE, 32));
+    assert_eq!((obj(&rf).kind, obj(&rf).interest_pages, obj(&rf).resident_pages), (MemKind::File, RFILE, 32));
+    assert_eq!(pm_state(pid, a, ANON), (ANON, 0));
+
+    // Purge: snapshot first, per-kind eviction.
+    let rep = purge(pid, &PurgeOptions::default());
+    eprintln!("purge: kinds after {:?}, evicted {:?}, snapshot {:?}, notes {:?}", rep.kinds_after, rep.evicted_bytes, rep.snapshot_bytes, rep.kind_notes);
+    let snap = rep.snapshot.clone().expect("snapshot");
+    let snap: ResidencySnapshot = ResidencySnapshot::from_json(&serde_json::to_vec(&snap).unwrap()).unwrap();
+    let in_snap = |path: &Path| snap.objects.iter().find(|o| o.object.path == path.display().to_string()).map(|o| o.resident.clone());
+    assert_eq!(in_snap(&mf), Some(vec![run(16, 32)]));
+    assert_eq!(in_snap(&rf), Some(vec![run(8, 32)]));
+    let shm: Vec<u64> = snap.objects_of(MemKind::Shmem).map(|o| memkind::pages(&o.resident)).collect();
+    assert_eq!(shm.iter().sum::<u64>(), MEMFD + SYSV, "{shm:?}");
+    assert!(memkind::intersect(&snap.anon, &[run(a / ps(), ANON)]) == vec![run(a / ps(), ANON)], "anon area in the snapshot");
+    // Everything of ours is out: anon on swap, shmem on swap (not even in the swap cache), files dropped.
+    assert_eq!(pm_state(pid, a, ANON), (0, ANON));
+    assert_eq!(cached(&map_file_of(pid, m, MEMFD), MEMFD), vec![]);
+    assert_eq!(cached(&map_file_of(pid, s, SYSV), SYSV), vec![]);
+    assert_eq!(cached(&mf, MFILE), vec![]);
+    assert_eq!(cached(&rf, RFILE), vec![]);
+    let ka = rep.kinds_after.unwrap();
+    assert_eq!(ka.shmem.resident_bytes, 0);
+    assert_eq!(ka.shmem.out_bytes, (MEMFD + SYSV) * ps(), "shmem on swap (cachestat)");
+    let ev = rep.evicted_bytes.unwrap();
+    assert_eq!(ev.shmem, (MEMFD + SYSV) * ps());
+    assert!(ev.anon >= ANON * ps() && ev.file >= 64 * ps(), "{ev:?}");
+
+    // Plan (no loading set: everything is "rest") and restore without mapping anything.
+    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+    assert!(plan.first.is_empty() && plan.loading_rest.is_empty());
+    let part_of = |path: &Path| {
+        plan.rest.file.iter().find(|p| plan.objects[p.object as usize].path == path.display().to_string()).map(|p| p.runs.clone())
+    };
+    assert_eq!(part_of(&mf), Some(vec![run(16, 32)]));
+    assert_eq!(part_of(&rf), Some(vec![run(8, 32)]));
+    assert_eq!(plan.rest.pages().shmem, MEMFD + SYSV);
+    assert!(plan.rest.pages().anon >= ANON);
+    let t = Target::open(pid, "test").unwrap();
+    let fr = fetch_unmapped(&t, &plan, &plan.rest, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    eprintln!("fetch: {fr:?}");
+    assert!(fr.skipped.is_empty(), "{:?}", fr.skipped);
+    assert_eq!(fr.issued_bytes.shmem, (MEMFD + SYSV) * ps());
+    wait_objects(&plan, &plan.rest);
+    // Exactly those pages: all shmem, the files' recorded runs and no neighbour.
+    assert_eq!(cached(&map_file_of(pid, m, MEMFD), MEMFD), vec![run(0, MEMFD)]);
+    assert_eq!(cached(&map_file_of(pid, s, SYSV), SYSV), vec![run(0, SYSV)]);
+    assert_eq!(cached(&mf, MFILE), vec![run(16, 32)]);
+    assert_eq!(cached(&rf, RFILE), vec![run(8, 32)]);
+    // Nothing was mapped into the target.
+    assert_eq!(pm_state(pid, a, ANON), (0, ANON));
+    assert_eq!(pm_state(pid, m, MEMFD).0, 0);
+    assert_eq!(pm_state(pid, f, MFILE).0, 0);
+
+    // Thaw: every page of every area comes from the caches, no major fault.
+    k.cont();
+    let anon = k.cmd(&format!("TOUCHRANGE anon 0 {ANON}"));
+    let memfd = k.cmd(&format!("TOUCHRANGE memfd 0 {MEMFD}"));
+    let sysv = k.cmd(&format!("TOUCHRANGE sysv 0 {SYSV}"));
+    let mfile = k.cmd("TOUCHRANGE mfile 16 48");
+    let rfile = k.cmd(&format!("READ {}", (8..40).map(|i| i.to_string()).collect::<Vec<_>>().join(" ")));
+    eprintln!("after restore (major, minor, us): anon {anon:?} memfd {memfd:?} sysv {sysv:?} mfile {mfile:?} rfile {rfile:?}");
+    for (what, v) in [("anon", &anon), ("memfd", &memfd), ("sysv", &sysv), ("mfile", &mfile), ("rfile", &rfile)] {
+        assert_eq!(v[0], 0, "{what}: major faults after restore");
+    }
+    summary(&format!(
+        "kinds restore: RAN and PASSED: snapshot anon {} / shmem {} / file {} pages; evicted {:?}; restored shmem {} B file {} B; \
+         0 major faults on {ANON}+{MEMFD}+{SYSV}+32+32 pages",
+        snap.pages().anon,
+        snap.pages().shmem,
+        snap.pages().file,
+        ev,
+        fr.issued_bytes.shmem,
+        fr.issued_bytes.file
+    ));
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn changed_files_are_skipped_and_reported_without_sigbus() {
+    require_swap();
+    let mut k = Kid::spawn("changed");
+    let trunc = k.file("trunc");
+    let repl = k.file("repl");
+    let del = k.file("del");
+    let tf = k.cmd(&format!("MFILE {} 64 0 64", trunc.display()))[0];
+    k.cmd(&format!("MFILE {} 64 0 64", repl.display()));
+    k.cmd(&format!("RFILE {} 64 0 64", del.display()));
+    let pid = k.pid;
+    k.stop();
+    let rep = purge(pid, &PurgeOptions::default());
+    let snap = rep.snapshot.unwrap();
+    // While suspended: truncate one (to 16 pages), replace one (rename over it), delete one.
+    std::fs::OpenOptions::new().write(true).open(&trunc).unwrap().set_len(16 * ps()).unwrap();
+    let other = k.file("other");
+    std::fs::write(&other, vec![1u8; (64 * ps()) as usize]).unwrap();
+    std::fs::rename(&other, &repl).unwrap();
+    std::fs::remove_file(&del).unwrap();
+
+    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+    eprintln!("plan notes: {:?}", plan.notes);
+    let note = |p: &Path, what: &str| plan.notes.iter().any(|n| n.contains(&p.display().to_string()) && n.contains(what));
+    assert!(note(&trunc, "truncated (262144 -> 65536 bytes)"), "{:?}", plan.notes);
+    assert!(note(&repl, "replaced"), "{:?}", plan.notes);
+    assert!(note(&del, "deleted"), "{:?}", plan.notes);
+    // A plan computed before the change, executed after it: skipped at fetch time too.
+    let t = Target::open(pid, "test").unwrap();
+    let mut rec = snap.clone();
+    let prefix = format!("/var/tmp/torpor-kinds-{pid}-");
+    rec.objects.retain(|o| o.object.path.starts_with(&prefix));
+    assert_eq!(rec.objects.len(), 3);
+    let stale = ActivationPlan { objects: rec.objects.iter().map(|o| o.object.clone()).collect(), ..plan.clone() };
+    let part = PlanPart {
+        file: (0..stale.objects.len() as u32).map(|i| procswap::plan::ObjectPart { object: i, runs: vec![run(0, 64)] }).collect(),
+        ..Default::default()
+    };
+    let fr = fetch_unmapped(&t, &stale, &part, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    eprintln!("fetch of a stale plan: {fr:?}");
+    assert_eq!(fr.issued_bytes.file, 0);
+    assert_eq!(fr.skipped.len(), 3, "{:?}", fr.skipped);
+    // The prefetch path reports them too.
+    let pf = procswap::prefetch(pid, &procswap::PrefetchOptions { residency: Some(snap.clone()), free_floor_bytes: 0, ..Default::default() }).unwrap();
+    eprintln!("prefetch notes {:?}", pf.restore_notes);
+    assert_eq!(pf.restore_notes.len(), 3, "{:?}", pf.restore_notes);
+    // Nothing of the truncated file past its new end is touched; the child lives on.
+    assert!(cached(&trunc, 64).iter().map(|r| r.end()).max().unwrap_or(0) <= 16);
+    k.cont();
+    k.cmd("TOUCHRANGE mfile 0 16"); // the truncated file's remaining pages (first MFILE area)
+    let _ = tf;
+    writeln!(k.stdin, "EXIT").unwrap();
+    k.stdin.flush().unwrap();
+    let st = k.proc.wait().unwrap();
+    assert!(st.success(), "child exit status {st:?} (a SIGBUS would show here)");
+    summary("changed files: RAN and PASSED: truncated, replaced and deleted files skipped and reported (plan, fetch, prefetch); no SIGBUS");
+}
+
+/// Loading set: the child touches a known sequence after the thaw, one group per poll; the
+/// recording is exactly that set in that order.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn loading_set_is_exactly_what_was_touched_in_order() {
+    require_swap();
+    let mut k = Kid::spawn("ls");
+    let a = k.cmd("ANON 256")[0];
+    let m = k.cmd("MEMFD 128")[0];
+    let mf = k.file("mfile");
+    let f = k.cmd(&format!("MFILE {} 64 0 64", mf.display()))[0];
+    let rf = k.file("rfile");
+    k.cmd(&format!("RFILE {} 64 0 64", rf.display()));
+    k.cmd("VERIFY");
+    let pid = k.pid;
+    k.stop();
+    let rep = purge(pid, &PurgeOptions::default());
+    let snap = rep.snapshot.unwrap();
+    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+    // Fetch everything except the two files (fetched file pages would be mapped by the kernel's
+    // fault-around and, for read files, be invisible): anon and shmem into the swap cache.
+    let part = PlanPart { file: vec![], ..plan.rest.clone() };
+    let t = Target::open(pid, "test").unwrap();
+    fetch_unmapped(&t, &plan, &part, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    wait_objects(&plan, &part);
+    let mut r = LoadingSetRecorder::start(pid, &Candidates::from_snapshot(&snap), RecorderOptions::default()).unwrap();
+    k.cont();
+    let groups: Vec<(&str, Vec<u64>)> = vec![
+        ("TOUCH anon 5 9 200", vec![]),
+        ("TOUCH memfd 3 100", vec![]),
+        ("TOUCH mfile 7", vec![]),
+        ("READ 11 12", vec![]),
+        ("TOUCH anon 5 7", vec![]),
+    ];
+    let mut faults = Vec::new();
+    for (i, (g, _)) in groups.iter().enumerate() {
+        faults.push(k.cmd(g));
+        let p = r.poll().unwrap();
+        assert_eq!(p.round, i as u32 + 1);
+        if i == 2 {
+            r.mark_first_response();
+        }
+    }
+    eprintln!("faults per group (major, minor, us): {faults:?}");
+    // Anon and shmem came from the swap cache: minor faults only.
+    assert_eq!((faults[0][0], faults[1][0]), (0, 0));
+    let rec = r.finish();
+    let mine = |kind: MemKind, base: Option<u64>, path: Option<&Path>| -> Vec<(u32, u64, u64, bool)> {
+        rec.touched
+            .iter()
+            .filter(|x| x.kind == kind)
+            .filter(|x| match (base, path) {
+                (Some(b), _) => x.first >= b / ps() && x.first < b / ps() + 256,
+                (None, Some(p)) => x.object.is_some_and(|o| rec.objects[o as usize].path == p.display().to_string()),
+                _ => true,
+            })
+            .map(|x| (x.round, base.map(|b| x.first - b / ps()).unwrap_or(x.first), x.count, x.first_response))
+            .collect()
+    };
+    assert_eq!(mine(MemKind::Anon, Some(a), None), vec![(1, 5, 1, true), (1, 9, 1, true), (1, 200, 1, true), (5, 7, 1, false)]);
+    let memfd_path = rec.objects.iter().find(|o| o.kind == MemKind::Shmem).unwrap().path.clone();
+    assert_eq!(mine(MemKind::Shmem, None, Some(Path::new(&memfd_path))), vec![(2, 3, 1, true), (2, 100, 1, true)]);
+    assert_eq!(mine(MemKind::File, None, Some(&mf)), vec![(3, 7, 1, true)]);
+    assert_eq!(mine(MemKind::File, None, Some(&rf)), vec![(4, 11, 2, false)]);
+    let _ = (m, f);
+    eprintln!("recording stats: {:?}", rec.stats);
+
+    // Persist, reload, merge a second cycle in which only anon page 9 is touched again.
+    let set = LoadingSet::merge(None, &rec, &DecayPolicy::default());
+    let dir = PathBuf::from(format!("/var/tmp/torpor-kinds-ls-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ls.json");
+    set.save(&path).unwrap();
+    let Loaded::Set(back) = LoadingSet::load(&path).unwrap() else { panic!("reload") };
+    assert_eq!(*back, set);
+    // An older format on disk is ignored with a note, never an error.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["format_version"] = 0.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    match LoadingSet::load(&path).unwrap() {
+        Loaded::Ignored(note) => eprintln!("as expected: {note}"),
+        other => panic!("an old loading set must be ignored with a note, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // The plan of the next Start puts the first-response part first.
+    k.stop();
+    let rep = purge(pid, &PurgeOptions::default());
+    let snap2 = rep.snapshot.unwrap();
+    let plan2 = ActivationPlan::compute(pid, &snap2, Some(&set)).unwrap();
+    let anon_first: Vec<u64> = plan2.first.anon.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps())).filter(|x| *x >= a && *x < a + 256 * ps()).map(|x| (x - a) / ps()).collect();
+    let mut sorted = anon_first.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![5, 9, 200]);
+    let anon_rest: Vec<u64> = plan2.loading_rest.anon.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps())).filter(|x| *x >= a && *x < a + 256 * ps()).map(|x| (x - a) / ps()).collect();
+    assert_eq!(anon_rest, vec![7]);
+    let rf_rest: Vec<Vec<PageRun>> =
+        plan2.loading_rest.file.iter().filter(|p| plan2.objects[p.object as usize].path == rf.display().to_string()).map(|p| p.runs.clone()).collect();
+    assert_eq!(rf_rest, vec![vec![run(11, 2)]]);
+    summary(&format!(
+        "loading set: RAN and PASSED: 5 groups in 5 rounds exactly (anon, memfd, mapped file, read file), first-response split, \
+         merge/persist/old-version note, plan first/loading_rest; polls {} us total, max {} us",
+        rec.stats.poll_us_total, rec.stats.poll_us_max
+    ));
+}
+
+/// The purge pages the loading set out first, in touch order: its pages land on consecutive
+/// swap slots (few extents), unlike an address-ordered purge.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn loading_set_first_layout_gives_few_extents() {
+    require_swap();
+    const N: u64 = 4096;
+    const LS: u64 = 256;
+    // A scattered touch order over the area.
+    let order: Vec<u64> = (0..LS).map(|i| (i * 997 + 13) % N).collect();
+    let extents_of = |layout: bool| -> (procswap::purge::LayoutReport, PurgeReport) {
+        let mut k = Kid::spawn(if layout { "layout" } else { "plain" });
+        let a = k.cmd(&format!("ANON {N}"))[0];
+        let ranges: Vec<procswap::Range> = order.iter().map(|p| procswap::Range { start: a + p * ps(), len: ps() }).collect();
+        k.stop();
+        let opts = PurgeOptions { layout_first: layout.then(|| ranges.clone()), ..Default::default() };
+        let rep = purge(k.pid, &opts);
+        let lr = match rep.layout.clone() {
+            Some(l) => l,
+            None => {
+                // Control: measure the same figures for an address-ordered purge.
+                let again = purge(k.pid, &PurgeOptions { layout_first: Some(ranges), ..Default::default() });
+                again.layout.unwrap()
+            }
+        };
+        (lr, rep)
+    };
+    let (plain, _) = extents_of(false);
+    let (ordered, rep) = extents_of(true);
+    eprintln!("address-ordered purge: {plain:?}\nloading-set-first purge: {ordered:?}");
+    assert_eq!(ordered.loading_set_pages, LS);
+    assert_eq!(ordered.loading_set_swapped_pages, LS);
+    assert_eq!(ordered.already_swapped_pages, 0);
+    assert_eq!(plain.loading_set_swapped_pages, LS);
+    assert!(
+        ordered.loading_set_touch_order_extents * 8 <= plain.loading_set_touch_order_extents,
+        "touch-order extents: layout {} vs address order {}",
+        ordered.loading_set_touch_order_extents,
+        plain.loading_set_touch_order_extents
+    );
+    summary(&format!(
+        "layout: RAN and PASSED: {LS} scattered loading-set pages of {N}: touch-order swap extents {} (slot-order runs {}) with \
+         loading-set-first vs {} with an address-ordered purge; rest {} pages in {} extents; ordered page-out {:.3} s",
+        ordered.loading_set_touch_order_extents,
+        ordered.loading_set_extents,
+        plain.loading_set_touch_order_extents,
+        ordered.rest_pages,
+        ordered.rest_extents,
+        rep.layout.as_ref().map(|l| l.first_seconds).unwrap_or(0.0)
+    ));
+}
+
+/// Clean pages swapped in by a read keep their swap slot: a second loading-set-first purge
+/// does not move them (the kernel drops a clean swap-cache page without writing it).
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn read_faulted_pages_keep_their_slots() {
+    require_swap();
+    let mut k = Kid::spawn("kept");
+    let a = k.cmd("ANON 1024")[0];
+    k.stop();
+    purge(k.pid, &PurgeOptions::default());
+    let slots = |pid: i32| -> Vec<u64> {
+        let mut pm = Pagemap::open(pid).unwrap();
+        let mut v = Vec::new();
+        pm.scan(a, a + 64 * ps(), |_, info| {
+            if let procfs::process::PageInfo::SwapPage(f) = info {
+                v.push(f.get_swap_offset());
+            }
+        })
+        .unwrap();
+        v
+    };
+    let before = slots(k.pid);
+    assert_eq!(before.len(), 64);
+    k.cont();
+    k.cmd("TOUCHRANGE anon 0 64");
+    k.stop();
+    // Page them out in reverse order: fresh slots would be consecutive in that order.
+    let ranges: Vec<procswap::Range> = (0..64).rev().map(|p| procswap::Range { start: a + p * ps(), len: ps() }).collect();
+    let rep = purge(k.pid, &PurgeOptions { layout_first: Some(ranges), ..Default::default() });
+    let l = rep.layout.unwrap();
+    let after = slots(k.pid);
+    let kept = before.iter().zip(&after).filter(|(x, y)| x == y).count();
+    eprintln!("{l:?}; kept {kept} of 64");
+    assert_eq!(l.loading_set_swapped_pages, 64);
+    assert_eq!(l.already_swapped_pages, 0, "they were mapped (read-faulted) at the purge");
+    assert_eq!(kept, 64, "clean read-faulted pages kept their swap slot (kernel behaviour this layout relies on knowing)");
+    assert_eq!(l.loading_set_touch_order_extents, 64, "kept slots are in the old (address) order, not the new one");
+    summary(&format!(
+        "kept slots: RAN and PASSED: {kept} of 64 read-faulted (clean) pages kept their old swap slot on the next ordered purge \
+         (touch-order extents {}): a layout is written once per dirtied page",
+        l.loading_set_touch_order_extents
+    ));
+}
