@@ -40,6 +40,7 @@ nice $CARGO test $CARGO_FLAGS -p procswap --test root_noswap -- --ignored --test
 echo "== part 2: with a temporary swapfile" >&2
 # shellcheck disable=SC2086
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p procswap --test root_swap -- --ignored --test-threads=1 --nocapture || fail=1
+nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p procswap --test root_kinds -- --ignored --test-threads=1 --nocapture || fail=1
 
 echo "== part 3: torpor CLI" >&2
 # shellcheck disable=SC2086
