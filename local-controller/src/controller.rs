@@ -1090,6 +1090,9 @@ impl Controller {
             lock(&slot.st).counters.prefetches += 1;
         }
         timing.prefetch_s = tpf.elapsed().as_secs_f64();
+        // The readiness request goes out before thaw (it waits in the frozen app's accept
+        // backlog), so its answer marks readiness the moment the app produces it.
+        let armed = slot.cfg.ready.as_ref().map(probe::arm);
         let tt = Instant::now();
         let cgs = lock(&slot.st).cgroups.clone();
         for f in self.freezers(&cgs, &pids) {
@@ -1101,15 +1104,15 @@ impl Controller {
         timing.thaw_s = tt.elapsed().as_secs_f64();
         // Thawed: from here on a restart finds it running (see adopt()).
         let tp = Instant::now();
-        let res = match &slot.cfg.ready {
-            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
+        let res = match (&slot.cfg.ready, armed) {
+            (Some(p), Some(armed)) => probe::wait_armed(armed, p, slot.cfg.ready_timeout, || {
                 if self.observe(&cgs).pids.is_empty() {
                     Err("the app exited".into())
                 } else {
                     Ok(())
                 }
             }),
-            None => Ok(0),
+            _ => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();
         timing.total_s = t0.elapsed().as_secs_f64();

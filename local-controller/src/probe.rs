@@ -69,12 +69,96 @@ pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// A readiness probe sent before the app is thawed (see [`arm`]).
+#[derive(Debug)]
+pub struct Armed {
+    /// The connection with the request already written: a frozen app's listening socket
+    /// completes the handshake in the kernel (the accept backlog), so the request waits there
+    /// and is the first thing the thawed app reads.
+    conn: Option<TcpStream>,
+    url: String,
+}
+
+impl Armed {
+    /// Whether a request is waiting on a pre-connected socket (false: plain polling).
+    pub fn is_armed(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+/// Before thaw: for an HTTP probe, connect to the (frozen) app and send the GET, so that the
+/// answer arrives the moment the app has produced it — readiness is seen without a polling
+/// interval in the way. Anything else (TCP and command probes, nobody listening, a send that
+/// fails) gives an unarmed probe, and [`wait_armed`] polls as [`wait_ready`] does.
+pub fn arm(p: &Probe) -> Armed {
+    let Probe::Http(url) = p else { return Armed { conn: None, url: String::new() } };
+    let conn = (|| -> Result<TcpStream, String> {
+        let (hp, path) = parse_http_url(url)?;
+        let addr = hp.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+        // Loopback to a listening socket completes at once even while the app is frozen; the
+        // timeout only bounds a remote or filtered address.
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).ok();
+        let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        Ok(s)
+    })()
+    .ok();
+    Armed { conn, url: url.clone() }
+}
+
+/// After thaw: the armed request's answer (2xx/3xx = ready, at the moment it arrives), read in
+/// slices so `alive` is asked at least every 100 ms; if the armed request fails or answers
+/// with an error status, poll with [`wait_ready`] for what is left of `timeout`. Returns the
+/// number of probes (1 when the armed request answered).
+pub fn wait_armed(a: Armed, p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<u32, String> {
+    let deadline = Instant::now() + timeout;
+    if let Some(mut s) = a.conn {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+        let answered = loop {
+            match s.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break false,
+            }
+            // The status line is all readiness needs: don't wait for the body or the close.
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break true;
+            }
+            alive()?;
+            if Instant::now() >= deadline {
+                return Err(format!("not ready after {:.1}s (armed GET {} unanswered)", timeout.as_secs_f64(), a.url));
+            }
+        };
+        if answered && http_status(&buf).is_some_and(|c| (200..400).contains(&c)) {
+            return Ok(1);
+        }
+        // The armed request counts as the first probe.
+        return wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive).map(|n| n + 1);
+    }
+    wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive)
+}
+
+/// The status code of an HTTP answer's status line.
+fn http_status(buf: &[u8]) -> Option<u16> {
+    let line = buf.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(line).ok()?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Probe until ready or `timeout`; `alive` is asked between attempts (a dead app fails at once).
-/// Returns the number of attempts.
+/// Returns the number of attempts. HTTP and TCP attempts are 1 ms apart while the app refuses
+/// connections or answers with an error (a refused loopback connect costs microseconds), so
+/// readiness is seen within about a millisecond of the app starting to answer; a command probe
+/// (a process per attempt) backs off from 5 to 100 ms.
 pub fn wait_ready(p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<u32, String> {
     let deadline = Instant::now() + timeout;
     let mut attempts = 0u32;
-    let mut sleep = Duration::from_millis(5);
+    let command = matches!(p, Probe::Command(_));
+    let mut sleep = Duration::from_millis(if command { 5 } else { 1 });
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
@@ -87,7 +171,9 @@ pub fn wait_ready(p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Resul
             return Err(format!("not ready after {:.1}s ({attempts} probes; last: {last})", timeout.as_secs_f64()));
         }
         std::thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
-        sleep = (sleep * 2).min(Duration::from_millis(100));
+        if command {
+            sleep = (sleep * 2).min(Duration::from_millis(100));
+        }
     }
 }
 
@@ -115,13 +201,74 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
             }
         });
-        wait_ready(&Probe::Tcp(port), Duration::from_secs(5), || Ok(())).unwrap();
-        wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(5), || Ok(())).unwrap();
+        // Probes that must succeed get budgets that only catch a hang (the listener is a thread
+        // of this test process, sharing 2 cores with the rest of `cargo test`).
+        wait_ready(&Probe::Tcp(port), Duration::from_secs(120), || Ok(())).unwrap();
+        wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(120), || Ok(())).unwrap();
         // A port nobody listens on: bound, then closed.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let e = wait_ready(&Probe::Tcp(closed), Duration::from_millis(200), || Ok(())).unwrap_err();
         assert!(e.contains("not ready after"), "{e}");
-        wait_ready(&Probe::Command(vec!["true".into()]), Duration::from_secs(2), || Ok(())).unwrap();
+        wait_ready(&Probe::Command(vec!["true".into()]), Duration::from_secs(120), || Ok(())).unwrap();
         assert!(wait_ready(&Probe::Command(vec!["false".into()]), Duration::from_millis(100), || Ok(())).is_err());
+    }
+}
+
+#[cfg(test)]
+mod armed_tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Answer `answers` connections in order (status codes), reading each request first.
+    fn serve(l: TcpListener, answers: Vec<u16>) -> std::thread::JoinHandle<Vec<String>> {
+        std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for code in answers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).unwrap();
+                requests.push(String::from_utf8_lossy(&b[..n]).into_owned());
+                write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            }
+            requests
+        })
+    }
+
+    #[test]
+    fn armed_request_waits_in_the_backlog_and_is_the_only_probe() {
+        // A listener nobody accepts on yet: like a frozen app, the kernel completes the
+        // handshake and queues the connection.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Probe::Http(format!("http://127.0.0.1:{}/ready", l.local_addr().unwrap().port()));
+        let armed = arm(&p);
+        assert!(armed.is_armed());
+        // "Thaw": start accepting; the queued request is the first thing read.
+        let server = serve(l, vec![200]);
+        assert_eq!(wait_armed(armed, &p, Duration::from_secs(120), || Ok(())), Ok(1));
+        let reqs = server.join().unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert!(reqs[0].starts_with("GET /ready HTTP/1.1\r\n"), "{:?}", reqs[0]);
+    }
+
+    #[test]
+    fn armed_error_answer_falls_back_to_polling() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Probe::Http(format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port()));
+        let armed = arm(&p);
+        let server = serve(l, vec![503, 200]);
+        // The armed probe (503) and one poll (200).
+        assert_eq!(wait_armed(armed, &p, Duration::from_secs(120), || Ok(())), Ok(2));
+        assert_eq!(server.join().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn nobody_listening_gives_an_unarmed_probe_and_a_dead_app_fails_at_once() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = Probe::Http(format!("http://127.0.0.1:{port}/"));
+        let armed = arm(&p);
+        assert!(!armed.is_armed());
+        let e = wait_armed(armed, &p, Duration::from_secs(120), || Err("the app exited".into())).unwrap_err();
+        assert_eq!(e, "the app exited");
+        assert!(!arm(&Probe::Tcp(port)).is_armed());
     }
 }
