@@ -341,6 +341,50 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
             m.swapcached_bytes.map(mib).unwrap_or_else(|| "n/a".into())
         );
     }
+    match &i.kinds {
+        Some(k) => {
+            print_kinds(k);
+            if !no_vmas {
+                // Largest first; all of them with --all-vmas.
+                let mut objs: Vec<_> = i.objects.iter().collect();
+                objs.sort_by_key(|o| std::cmp::Reverse((o.resident_pages, o.swapped_pages, o.interest_pages)));
+                let shown = if all_vmas { objs.len() } else { objs.len().min(20) };
+                for o in &objs[..shown] {
+                    println!(
+                        "    {:5} {:>10} resident of {:>10}{}  {}",
+                        o.kind.as_str(),
+                        mib(o.resident_pages * ps),
+                        mib(o.interest_pages * ps),
+                        o.swapped_pages.map(|p| format!(", {} on swap", mib(p * ps))).unwrap_or_default(),
+                        o.path
+                    );
+                }
+                if shown < objs.len() {
+                    println!("    ... {} more objects (--all-vmas lists them)", objs.len() - shown);
+                }
+            }
+        }
+        None => println!("kinds: {}", i.kinds_note.as_deref().unwrap_or("not available")),
+    }
+}
+
+/// Per-kind table: anon / shmem / file, resident (mapped) and out.
+fn print_kinds(k: &procswap::ByKind<procswap::KindUsage>) {
+    for kind in procswap::MemKind::ALL {
+        let u = k.get(kind);
+        let out = match kind {
+            procswap::MemKind::File => "not cached",
+            _ => "swapped",
+        };
+        let objs = if kind == procswap::MemKind::Anon { String::new() } else { format!(" in {} objects", u.objects) };
+        println!(
+            "  {:5}: resident {} (mapped {}), {out} {}{objs}",
+            kind.as_str(),
+            mib(u.resident_bytes),
+            mib(u.mapped_bytes),
+            mib(u.out_bytes)
+        );
+    }
 }
 
 fn print_purge(r: &PurgeReport) {
@@ -384,6 +428,37 @@ fn print_purge(r: &PurgeReport) {
     if r.refused_bytes > 0 {
         println!("  the kernel refused {} of eligible ranges", mib(r.refused_bytes));
     }
+    if let (Some(sb), Some(ev)) = (&r.snapshot_bytes, &r.evicted_bytes) {
+        println!(
+            "  by kind (resident at Stop -> evicted): anon {} -> {}, shmem {} -> {}, file {} -> {}",
+            mib(sb.anon),
+            mib(ev.anon),
+            mib(sb.shmem),
+            mib(ev.shmem),
+            mib(sb.file),
+            mib(ev.file)
+        );
+    }
+    if let Some(k) = &r.kinds_after {
+        println!("  after:");
+        print_kinds(k);
+    }
+    if let Some(l) = &r.layout {
+        println!(
+            "  layout: loading set {} pages ({} on swap, {} already were) in {} swap extents ({} in touch order), rest {} pages in {} extents; ordered page-out {:.3} s",
+            l.loading_set_pages,
+            l.loading_set_swapped_pages,
+            l.already_swapped_pages,
+            l.loading_set_extents,
+            l.loading_set_touch_order_extents,
+            l.rest_pages,
+            l.rest_extents,
+            l.first_seconds
+        );
+    }
+    for n in &r.kind_notes {
+        println!("  note: {n}");
+    }
     let u = &r.unpurged;
     if r.resident_bytes > 0 {
         println!(
@@ -424,6 +499,14 @@ fn print_prefetch(r: &PrefetchReport) {
         mib(r.still_swapped_pages * ps),
         mib(r.present_after_pages * ps)
     );
+    let k = &r.restored_bytes;
+    println!("  restored by kind: anon {}, shmem {}, file {}", mib(k.anon), mib(k.shmem), mib(k.file));
+    for sk in &r.restore_skipped {
+        println!("  skipped {} {}: {} ({})", sk.kind, sk.path, sk.reason, mib(sk.bytes));
+    }
+    for n in &r.restore_notes {
+        println!("  note: {n}");
+    }
     if let Some(s) = &r.stopped {
         println!("  STOPPED EARLY: {s:?}");
     }
