@@ -37,6 +37,12 @@ pub struct ObjectPart {
 pub struct PlanPart {
     /// In swap-slot order.
     pub anon: Vec<SwapRun>,
+    /// Anonymous (copy-on-write) pages of *private file mappings* (a library's `.data`), in
+    /// swap-slot order. `MADV_WILLNEED` cannot reach them (on a file VMA it advises the file),
+    /// so [`fetch_unmapped`] faults them in with `process_vm_readv` (they are then mapped, and
+    /// invisible to a loading-set recorder: few pages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anon_cow: Vec<SwapRun>,
     /// Objects in order of first touch (loading-set parts) or snapshot order (rest).
     pub shmem: Vec<ObjectPart>,
     pub file: Vec<ObjectPart>,
@@ -45,21 +51,21 @@ pub struct PlanPart {
 impl PlanPart {
     pub fn pages(&self) -> ByKind<u64> {
         ByKind {
-            anon: self.anon.iter().map(|r| r.pages).sum(),
+            anon: self.anon.iter().chain(&self.anon_cow).map(|r| r.pages).sum(),
             shmem: self.shmem.iter().map(|o| pages(&o.runs)).sum(),
             file: self.file.iter().map(|o| pages(&o.runs)).sum(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.anon.is_empty() && self.shmem.is_empty() && self.file.is_empty()
+        self.anon.is_empty() && self.anon_cow.is_empty() && self.shmem.is_empty() && self.file.is_empty()
     }
 
     /// Runs of consecutive swap slots (what one sequential read each costs).
     pub fn swap_extents(&self) -> u64 {
         let mut n = 0;
         let mut prev: Option<(u8, u64)> = None;
-        for r in &self.anon {
+        for r in self.anon.iter().chain(&self.anon_cow) {
             if prev != Some((r.swap_type, r.offset)) {
                 n += 1;
             }
@@ -135,8 +141,19 @@ impl ActivationPlan {
             let i = v.partition_point(|r| r.first <= p);
             i > 0 && p < v[i - 1].end()
         };
-        // Anonymous: swap slots of the snapshot's pages now.
-        let mut buckets: [Vec<(u8, u64, u64)>; 3] = [vec![], vec![], vec![]];
+        // Anonymous: swap slots of the snapshot's pages now; those in private file mappings
+        // (copy-on-write pages) apart.
+        let mut file_vmas: Vec<(u64, u64)> = crate::inspect::vmas(&t)?
+            .iter()
+            .filter(|v| v.kind == crate::inspect::VmaKind::FilePrivate)
+            .map(|v| (v.start, v.end))
+            .collect();
+        file_vmas.sort_unstable();
+        let in_file_vma = |a: u64| {
+            let i = file_vmas.partition_point(|v| v.0 <= a);
+            i > 0 && a < file_vmas[i - 1].1
+        };
+        let mut buckets: [Vec<(u8, u64, u64)>; 6] = Default::default();
         let mut pm = Pagemap::open(pid)?;
         for r in &snap.anon {
             pm.scan(r.first * ps, r.end() * ps, |addr, info| {
@@ -149,17 +166,18 @@ impl ActivationPlan {
                     } else {
                         2
                     };
-                    buckets[b].push((ty, off, addr));
+                    buckets[b + if in_file_vma(addr) { 3 } else { 0 }].push((ty, off, addr));
                 }
             })?;
         }
         let mut parts = [PlanPart::default(), PlanPart::default(), PlanPart::default()];
-        for (b, part) in buckets.iter_mut().zip(parts.iter_mut()) {
+        for (i, b) in buckets.iter_mut().enumerate() {
             b.sort_unstable();
+            let list = if i < 3 { &mut parts[i].anon } else { &mut parts[i - 3].anon_cow };
             for &(ty, off, addr) in b.iter() {
-                match part.anon.last_mut() {
+                match list.last_mut() {
                     Some(r) if r.swap_type == ty && r.offset + r.pages == off && r.addr + r.pages * ps == addr => r.pages += 1,
-                    _ => part.anon.push(SwapRun { addr, pages: 1, swap_type: ty, offset: off }),
+                    _ => list.push(SwapRun { addr, pages: 1, swap_type: ty, offset: off }),
                 }
             }
         }
@@ -288,6 +306,9 @@ pub struct FetchReport {
     pub skipped: Vec<SkippedFetch>,
     /// Runs of consecutive swap slots read (anonymous).
     pub swap_extents: u64,
+    /// Copy-on-write pages of private file mappings faulted in (mapped) by `process_vm_readv`.
+    #[serde(default)]
+    pub cow_mapped_pages: u64,
     pub stopped: Option<crate::prefetch::StopReason>,
     pub seconds: f64,
 }
@@ -350,6 +371,17 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
     }
     if !stopped {
         flush(&mut batch, &mut rep)?;
+    }
+    // Copy-on-write pages of private file mappings: only a fault brings them in.
+    if !stopped && !part.anon_cow.is_empty() {
+        let addrs: Vec<u64> = part.anon_cow.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps)).collect();
+        if room(addrs.len() as u64 * ps, &mut rep)? {
+            let (ok, _) = crate::prefetch::map_pages_vm_readv(t.pid(), &addrs)?;
+            rep.cow_mapped_pages = ok;
+            rep.issued_bytes.anon += ok * ps;
+        } else {
+            stopped = true;
+        }
     }
     // Shmem, then files.
     for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
