@@ -280,11 +280,15 @@ pub struct FetchOptions {
     /// Shmem and file: `MADV_POPULATE_READ` on our own mapping (synchronous: returns when the
     /// data is in) instead of `WILLNEED` (asynchronous). Never maps anything into the target.
     pub populate: bool,
+    /// Issue file read-ahead from a helper process in this memory cgroup (the app's: see
+    /// [`crate::cgroup::Memcg::dir`]) so the page cache is charged to the app and the next
+    /// Stop's memcg reclaim evicts it again. `None`: charged to the caller's cgroup.
+    pub charge_files_to: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false }
+        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false, charge_files_to: None }
     }
 }
 
@@ -309,6 +313,8 @@ pub struct FetchReport {
     /// Copy-on-write pages of private file mappings faulted in (mapped) by `process_vm_readv`.
     #[serde(default)]
     pub cow_mapped_pages: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub stopped: Option<crate::prefetch::StopReason>,
     pub seconds: f64,
 }
@@ -384,6 +390,7 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
         }
     }
     // Shmem, then files.
+    let mut in_memcg: Vec<(std::fs::File, Vec<PageRun>)> = Vec::new();
     for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
         for op in list {
             if stopped {
@@ -402,6 +409,14 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
                 stopped = true;
                 break;
             }
+            if kind == MemKind::File && !opts.populate && opts.charge_files_to.is_some() {
+                // Issued below, all at once, from a helper in the app's memory cgroup.
+                let limit = f.metadata().map(|m| m.len().div_ceil(ps)).unwrap_or(0);
+                let runs = memkind::clip(&op.runs, limit);
+                *rep.issued_bytes.get_mut(kind) += pages(&runs) * ps;
+                in_memcg.push((f, runs));
+                continue;
+            }
             let res = if kind == MemKind::Shmem || opts.populate {
                 ObjectView::new(f, None).and_then(|v| {
                     v.madvise(&op.runs, if opts.populate { libc::MADV_POPULATE_READ } else { libc::MADV_WILLNEED })
@@ -415,8 +430,63 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
             }
         }
     }
+    if let (Some(dir), false) = (&opts.charge_files_to, in_memcg.is_empty()) {
+        if let Err(e) = fadvise_in_memcg(dir, &in_memcg, ps) {
+            // Not charged to the app, but still fetched: from here, charged to the caller.
+            rep.notes.push(format!("file read-ahead from {}: {e}; issued from this process instead", dir.display()));
+            for (f, runs) in &in_memcg {
+                let _ = memkind::fadvise(f, runs, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+    }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// Issue `posix_fadvise(WILLNEED)` for `work` from a short-lived child process that first
+/// joins the memory cgroup `dir` (writes 0 to its `cgroup.procs`), so the page cache it reads
+/// is charged to that cgroup (the app's: its next Stop's memcg reclaim evicts it again), not
+/// to the caller's. The child only makes system calls (no allocation after `fork`, which is safe
+/// in a multi-threaded caller). Returns when the child has issued everything (the reads
+/// themselves stay asynchronous).
+pub fn fadvise_in_memcg(dir: &std::path::Path, work: &[(std::fs::File, Vec<PageRun>)], ps: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let procs = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+    // Everything the child needs, prepared before fork.
+    let jobs: Vec<(i32, i64, i64)> = work
+        .iter()
+        .flat_map(|(f, runs)| runs.iter().map(move |r| (f.as_raw_fd(), (r.first * ps) as i64, (r.count * ps) as i64)))
+        .collect();
+    let pfd = procs.as_raw_fd();
+    // SAFETY: fork() in a possibly multi-threaded process: the child below only calls
+    // async-signal-safe system calls (write, posix_fadvise, _exit) on data prepared before the
+    // fork, never allocates and never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; `jobs` and `pfd` are valid in the child's copy of the memory.
+        unsafe {
+            if libc::write(pfd, b"0\n".as_ptr() as *const libc::c_void, 2) != 2 {
+                libc::_exit(2);
+            }
+            for &(fd, off, len) in &jobs {
+                libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_WILLNEED);
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child just forked; `status` is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(std::io::Error::other(format!("helper could not join {} (status {status:#x})", dir.display())));
+    }
+    Ok(())
 }
 
 /// How much of a part's shmem and file pages are resident now (`mincore`; anonymous pages in

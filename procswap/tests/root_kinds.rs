@@ -248,7 +248,10 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     assert_eq!(plan.rest.pages().shmem, MEMFD + SYSV);
     assert!(plan.rest.pages().anon >= ANON);
     let t = Target::open(pid, "test").unwrap();
-    let fr = fetch_unmapped(&t, &plan, &plan.rest, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    // File read-ahead issued from the child's memory cgroup: charged to it (checked below).
+    let memcg_dir = Memcg::of_pid(pid).unwrap().unwrap().dir().to_path_buf();
+    let fo = FetchOptions { free_floor_bytes: 0, charge_files_to: Some(memcg_dir), ..Default::default() };
+    let fr = fetch_unmapped(&t, &plan, &plan.rest, &fo).unwrap();
     eprintln!("fetch: {fr:?}");
     assert!(fr.skipped.is_empty(), "{:?}", fr.skipped);
     assert_eq!(fr.issued_bytes.shmem, (MEMFD + SYSV) * ps());
@@ -281,6 +284,13 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     // retried and counted as a major fault by the kernel: printed, not asserted.)
     eprintln!("after restore (major, minor, us): anon {anon:?} memfd {memfd:?} sysv {sysv:?} mfile {mfile:?} rfile {rfile:?}");
     let majors: u64 = [&anon, &memfd, &sysv, &mfile, &rfile].iter().map(|v| v[0]).sum();
+    assert!(fr.notes.is_empty(), "{:?}", fr.notes);
+    // The read file's pages were charged to the child's memcg: the next purge evicts them
+    // again (only the memcg reclaim can: the child never maps them).
+    k.stop();
+    purge(pid, &PurgeOptions::default());
+    assert_eq!(cached(&rf, RFILE), vec![], "restored read-file pages not charged to the app's memcg");
+    assert_eq!(cached(&mf, MFILE), vec![]);
     summary(&format!(
         "kinds restore: RAN and PASSED: snapshot anon {} / shmem {} / file {} pages; evicted {:?}; restored shmem {} B file {} B; \
          {majors} major faults touching {ANON}+{MEMFD}+{SYSV}+32+32 pages",
