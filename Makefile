@@ -43,6 +43,21 @@ vm-test: kmod target/vm-bins.env
 	$(CARGO) build -q -p guest-enlight --bin torpor-guest
 	$(VM) --name kmod --timeout 1500 --swap-disk 2G -- env $$(cat target/vm-bins.env) TORPOR_VM_SUITE=$(VM_SUITE) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
 
+# Long run of the module fuzzer in the guest (issue 11): insmod, torpor-kmod-fuzz for DURATION
+# (phases ranges, guard, guest-maps, concurrency, exits: hostile ioctls against live churning
+# children; only documented errnos, 0 references held after each phase), rmmod, and the
+# module's unload line must report 0 outstanding references. DURATION like 90s, 10m, 1h;
+# FUZZ_SEED=N replays a run (the seed is printed at the start).
+DURATION ?= 10m
+FUZZ_SEED ?=
+.PHONY: vm-fuzz
+vm-fuzz: kmod target/vm-bins.env
+	@expr=$$(echo '$(DURATION)' | sed -nE 's/^([0-9]+)s?$$/\1/p; s/^([0-9]+)m$$/\1*60/p; s/^([0-9]+)h$$/\1*3600/p'); \
+	[ -n "$$expr" ] || { echo "vm-fuzz: DURATION must look like 90s, 10m or 1h (got '$(DURATION)')" >&2; exit 2; }; \
+	secs=$$(($$expr)); \
+	$(VM) --name fuzz --timeout $$((secs + secs / 5 + 600)) --swap-disk 1G -- env $$(cat target/vm-bins.env) \
+	  TORPOR_FUZZ_DURATION=$(DURATION) TORPOR_FUZZ_SEED=$(FUZZ_SEED) kmod/tests/vm-fuzz.sh
+
 # The harness must fail on a failed guest test, a timeout and a bad console line.
 vm-harness-test: kmod target/vm-bins.env
 	vm-images/tests/harness-selftest.sh

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO="${CARGO:-$(command -v cargo || echo /usr/bin/cargo)}"
-"$CARGO" build -q --bin torpor --bin torpor-testchild >&2
+"$CARGO" build -q --bin torpor --bin torpor-testchild --bin torpor-kmod-fuzz >&2
 json="$("$CARGO" test -q -p procswap --test kmod_abi --test kmod_vm --test root_swap --no-run --message-format=json 2>/dev/null)"
 exe() {
   local p
@@ -13,4 +13,5 @@ exe() {
   echo "$p"
 }
 echo "TORPOR_ABI_TEST=$(exe kmod_abi) TORPOR_VM_TEST=$(exe kmod_vm) TORPOR_SWAP_TEST=$(exe root_swap)" \
-     "TORPOR_CLI=${CARGO_TARGET_DIR:-$PWD/target}/debug/torpor TORPOR_KO=$PWD/kmod/torpor.ko"
+     "TORPOR_CLI=${CARGO_TARGET_DIR:-$PWD/target}/debug/torpor TORPOR_KO=$PWD/kmod/torpor.ko" \
+     "TORPOR_FUZZ=${CARGO_TARGET_DIR:-$PWD/target}/debug/torpor-kmod-fuzz"

@@ -59,13 +59,13 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   "$TORPOR" backend | sed 's/^/#   /'
   vmtest() { # NAME TEST: run one kmod_vm test, keep its output, show its summary lines
     check "$1" sh -c "\"$VM_TEST\" --ignored --test-threads=1 --exact $2 --nocapture > /tmp/job/$2.log 2>&1"
-    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \(|free bitmap round|priority map (round|fuzz|build)|idle test:|agent ).*' "/tmp/job/$2.log" | sed 's/^/#   /'
+    grep -aoE '(race [a-z]+:|prefetch of a|fuzz: [0-9]+ ioctls \(|fuzz: module holds|free bitmap round|priority map (round|fuzz|build)|idle test:|agent ).*' "/tmp/job/$2.log" | sed 's/^/#   /'
   }
-  vmtest "PREFETCH/DISCARD semantics and bad input" prefetch_and_discard_semantics
+  vmtest "PREFETCH/DISCARD semantics and bad input, 0 references held after (GET_STATS)" prefetch_and_discard_semantics
   for r in exits munmaps mremaps forks; do
-    vmtest "race: target $r during PREFETCH/DISCARD, 1000 iterations" "race_target_$r"
+    vmtest "race: target $r during PREFETCH/DISCARD, 1000 iterations, 0 references held after (GET_STATS)" "race_target_$r"
   done
-  vmtest "fuzz: 100000 random ioctls answer success or a documented errno" fuzz_ioctls
+  vmtest "fuzz: 20000 random ioctls answer success or a documented errno, 0 references held after" fuzz_ioctls
   vmtest "FREE_BITMAP matches MemFree within 1%, bad input refused" free_bitmap_matches_memfree
   vmtest "PRIORITY_MAP: kernel text Kernel, own text User_Code, touched heap User_Data, bad input refused" priority_map_categories
   vmtest "PRIORITY_MAP: a process asleep longer than a 1 s window drops to Other" priority_map_idle_process_drops_to_other
@@ -86,12 +86,38 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
     check "working-set recording (DAMON vaddr / idle page tracking) in the guest" env TORPOR_TEST_REQUIRE_WS=1 TORPOR_TEST_CGROUP=v2 \
       sh -c "\"$SWAP_TEST\" --ignored --test-threads=1 --exact working_set_record_and_prefetch_first --nocapture > /tmp/job/ws.log 2>&1"
     sed 's/^/#   /' "$TORPOR_TEST_SUMMARY"
-    swapoff "$TORPOR_VM_SWAPDEV"
   else
     check "a swap disk is attached (run-vm.sh --swap-disk)" false
   fi
+  # The structure-aware fuzzer (issue 11), a fixed time over all its phases (ranges, guard,
+  # guest-maps, concurrency, exits) against live churning children (swap on, so their
+  # MADV_PAGEOUT really swaps): only documented errnos, answers the rules allow, and 0
+  # references held / 0 calls in flight after each phase (GET_STATS). The seed is printed;
+  # TORPOR_FUZZ_SEED replays one.
+  FUZZ="${TORPOR_FUZZ:?TORPOR_FUZZ must name the torpor-kmod-fuzz binary}"
+  FUZZ_TIME="${TORPOR_FUZZ_DURATION:-60s}"
+  check "torpor-kmod-fuzz for $FUZZ_TIME, all phases: documented errnos only, 0 references held after each phase" \
+    sh -c "\"$FUZZ\" --duration $FUZZ_TIME ${TORPOR_FUZZ_SEED:+--seed $TORPOR_FUZZ_SEED} > /tmp/job/kmod-fuzz.log 2>&1"
+  grep -aE '^(torpor-kmod-fuzz: (seed|PASS|FAIL)|== |   [0-9.]+ s, |   [A-Za-z_-]+ +[0-9]+ calls|   GET_STATS after|   (UNDOCUMENTED|VIOLATION))' \
+    /tmp/job/kmod-fuzz.log | sed 's/^/#   /'
+  [ -n "${TORPOR_VM_SWAPDEV:-}" ] && swapoff "$TORPOR_VM_SWAPDEV"
   check "rmmod torpor after the stress tests" rmmod torpor
+  # The module prints what it still holds when it unloads: after all of the above, nothing.
+  unload_zero() {
+    line="$(dmesg | grep -a 'torpor: unloaded, outstanding references' | tail -1)"
+    echo "last unload line: ${line:-none}"
+    echo "$line" | grep -qF 'torpor: unloaded, outstanding references: pid 0 task 0 mm 0 page 0'
+  }
+  check "unload after the stress tests: 0 outstanding references (pid 0 task 0 mm 0 page 0)" unload_zero
 fi
+# Every unload of this boot (the 50 cycles included) released everything.
+all_unloads_zero() {
+  n="$(dmesg | grep -ac 'torpor: unloaded, outstanding references')"
+  z="$(dmesg | grep -aF 'torpor: unloaded, outstanding references: pid 0 task 0 mm 0 page 0' | wc -l)"
+  echo "$z of $n unload lines report 0 outstanding references"
+  [ "$n" -gt 0 ] && [ "$n" = "$z" ]
+}
+check "every unload line in dmesg reports 0 outstanding references" all_unloads_zero
 check "module unloaded at end" expect_fail loaded
 if [ "${TORPOR_VM_INJECT_FAIL:-0}" = 1 ]; then
   check "deliberately broken test (TORPOR_VM_INJECT_FAIL=1)" false
