@@ -323,6 +323,14 @@ impl LoadingSet {
         serde_json::from_slice(bytes).map_err(|e| format!("loading set format {}: {e}: ignored", Self::FORMAT_VERSION))
     }
 
+    /// [`address_order`](Self::address_order) against `pid`'s current objects: the
+    /// [`crate::PurgeOptions::layout_first`] of the next purge.
+    pub fn layout_ranges(&self, pid: i32) -> Result<Vec<sys::Range>> {
+        let (objs, _) = memkind::objects(pid)?;
+        let (s, _) = self.for_pid(pid);
+        Ok(s.address_order(&objs))
+    }
+
     /// Address ranges, in touch order, of the set's pages in the target's **current** mappings:
     /// anon runs as they are; shmem and file runs through the VMAs that map them now (`objs`
     /// from [`memkind::objects`]). For the purge's loading-set-first layout.
@@ -415,6 +423,30 @@ impl Candidates {
             objects: snap.objects.iter().map(|o| o.object.clone()).collect(),
             object_runs: snap.objects.iter().map(|o| o.resident.clone()).collect(),
         }
+    }
+}
+
+impl Candidates {
+    /// Every page a Start plan fetches (all three parts): what was resident at Stop and out
+    /// after the purge. Smaller than [`Candidates::from_snapshot`] (pages that stayed resident,
+    /// e.g. shared libraries, are not watched) and needs no snapshot at Start.
+    pub fn from_plan(plan: &crate::plan::ActivationPlan) -> Self {
+        let ps = plan.page_size;
+        let parts = [&plan.first, &plan.loading_rest, &plan.rest];
+        let anon = normalize(
+            parts
+                .iter()
+                .flat_map(|p| p.anon.iter().chain(&p.anon_cow))
+                .map(|r| PageRun { first: r.addr / ps, count: r.pages })
+                .collect(),
+        );
+        let mut object_runs: Vec<Vec<PageRun>> = vec![Vec::new(); plan.objects.len()];
+        for p in parts {
+            for op in p.shmem.iter().chain(&p.file) {
+                object_runs[op.object as usize].extend(op.runs.iter().copied());
+            }
+        }
+        Self { anon, objects: plan.objects.clone(), object_runs: object_runs.into_iter().map(normalize).collect() }
     }
 }
 
@@ -685,6 +717,13 @@ impl LoadingSetRecorder {
                 let blind = subtract(&runs, &normalize(mapped));
                 *obs = subtract(obs, &blind);
             }
+        }
+    }
+
+    /// [`note_fetched`](Self::note_fetched) for every file and shmem object of a plan part.
+    pub fn note_fetched_part(&mut self, plan: &crate::plan::ActivationPlan, part: &crate::plan::PlanPart) {
+        for op in part.shmem.iter().chain(&part.file) {
+            self.note_fetched(plan.objects[op.object as usize].key, &op.runs);
         }
     }
 

@@ -284,11 +284,14 @@ pub struct FetchOptions {
     /// [`crate::cgroup::Memcg::dir`]) so the page cache is charged to the app and the next
     /// Stop's memcg reclaim evicts it again. `None`: charged to the caller's cgroup.
     pub charge_files_to: Option<std::path::PathBuf>,
+    /// I/O priority of the reads issued (e.g. `BestEffort(7)` or `Idle` for the background
+    /// parts, so the app's own faults go first). `None`: the caller's.
+    pub io_priority: Option<sys::IoPriority>,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false, charge_files_to: None }
+        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false, charge_files_to: None, io_priority: None }
     }
 }
 
@@ -330,6 +333,14 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
     let t0 = Instant::now();
     let ps = plan.page_size;
     let mut rep = FetchReport { swap_extents: part.swap_extents(), ..Default::default() };
+    let _prio = match opts.io_priority.map(sys::io_priority) {
+        Some(Err(e)) => {
+            rep.notes.push(format!("I/O priority not set: {e}"));
+            None
+        }
+        Some(Ok(g)) => Some(g),
+        None => None,
+    };
     let mut spent = 0u64;
     let mut room = |need: u64, rep: &mut FetchReport| -> Result<bool> {
         if let Some(b) = opts.budget_bytes {

@@ -161,3 +161,52 @@ pub fn meminfo() -> Result<MemFigures, procfs::ProcError> {
         swap_cached: m.swap_cached,
     })
 }
+
+/// An I/O scheduling class and level (`ioprio_set(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoPriority {
+    /// Best effort, level 0 (highest) to 7 (lowest).
+    BestEffort(u8),
+    /// Only when the disk is otherwise idle.
+    Idle,
+}
+
+impl IoPriority {
+    fn value(self) -> i32 {
+        const CLASS_SHIFT: i32 = 13;
+        match self {
+            IoPriority::BestEffort(l) => (2 << CLASS_SHIFT) | i32::from(l.min(7)),
+            IoPriority::Idle => 3 << CLASS_SHIFT,
+        }
+    }
+}
+
+const IOPRIO_WHO_PROCESS: i32 = 1;
+
+/// Set the calling thread's I/O priority until the guard is dropped (then the previous one is
+/// restored). Reads issued meanwhile (`MADV_WILLNEED`, `posix_fadvise`) carry it.
+pub fn io_priority(p: IoPriority) -> io::Result<IoPriorityGuard> {
+    // SAFETY: ioprio_get/ioprio_set take integers only; who = 0 is the calling thread.
+    let old = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
+    if old < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, p.value()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(IoPriorityGuard(old as i32))
+}
+
+/// Restores the previous I/O priority of the thread on drop.
+#[derive(Debug)]
+pub struct IoPriorityGuard(i32);
+
+impl Drop for IoPriorityGuard {
+    fn drop(&mut self) {
+        // SAFETY: integers only; restores the value read by `io_priority` for this thread.
+        unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, self.0) };
+    }
+}

@@ -459,10 +459,53 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     let rf_rest: Vec<Vec<PageRun>> =
         plan2.loading_rest.file.iter().filter(|p| plan2.objects[p.object as usize].path == rf.display().to_string()).map(|p| p.runs.clone()).collect();
     assert_eq!(rf_rest, vec![vec![run(11, 2)]]);
+
+    // Cycle 2, as a Start would run it: fetch the whole plan except the read file (so its pages
+    // stay observable), watch the plan's pages, thaw; only anon page 9 is touched.
+    let t = Target::open(pid, "test").unwrap();
+    let fo = FetchOptions { free_floor_bytes: 0, ..Default::default() };
+    let mut r = LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan2), RecorderOptions::default()).unwrap();
+    for part in [&plan2.first, &plan2.loading_rest, &plan2.rest] {
+        let p = PlanPart { file: part.file.iter().filter(|o| plan2.objects[o.object as usize].path != rf.display().to_string()).cloned().collect(), ..part.clone() };
+        r.note_fetched_part(&plan2, &p);
+        fetch_unmapped(&t, &plan2, &p, &fo).unwrap();
+    }
+    k.cont();
+    k.cmd("TOUCH anon 9");
+    r.poll().unwrap();
+    r.mark_first_response();
+    let rec2 = r.finish();
+    let set2 = LoadingSet::merge(Some(&set), &rec2, &DecayPolicy::default());
+    let anon_of = |s: &LoadingSet| -> Vec<(u64, u32, f32)> {
+        let mut v: Vec<(u64, u32, f32)> = s
+            .runs
+            .iter()
+            .filter(|x| x.kind == MemKind::Anon && x.first >= a / ps() && x.first < a / ps() + 256)
+            .flat_map(|x| (0..x.count).map(move |i| (x.first + i - a / ps(), x.age, x.weight)))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    assert_eq!(anon_of(&set2), vec![(5, 1, 0.5), (7, 1, 0.5), (9, 0, 1.0), (200, 1, 0.5)]);
+    let rf_key = set2.objects.iter().find(|o| o.path == rf.display().to_string()).unwrap().key;
+    let rf2: Vec<(u64, u32)> = set2
+        .runs
+        .iter()
+        .filter(|x| x.object.is_some_and(|o| set2.objects[o as usize].key == rf_key))
+        .map(|x| (x.first, x.age))
+        .collect();
+    assert_eq!(rf2, vec![(11, 1)], "read-file pages observable and unread decay");
+    // The next purge lays the loading set out first (set2's anon pages in touch order).
+    k.stop();
+    let ranges = set2.layout_ranges(pid).unwrap();
+    let rep = purge(pid, &PurgeOptions { layout_first: Some(ranges.clone()), ..Default::default() });
+    let l = rep.layout.unwrap();
+    assert_eq!(l.loading_set_pages, ranges.iter().map(|r| r.len / ps()).sum::<u64>());
     summary(&format!(
         "loading set: RAN and PASSED: 5 groups in 5 rounds exactly (anon, memfd, mapped file, read file), first-response split, \
-         merge/persist/old-version note, plan first/loading_rest; polls {} us total, max {} us",
-        rec.stats.poll_us_total, rec.stats.poll_us_max
+         merge/persist/old-version note, plan first/loading_rest, second cycle from the plan decays exactly the observed-untouched \
+         pages; polls {} us total, max {} us; next purge lays {} loading-set pages out first ({} swap extents)",
+        rec.stats.poll_us_total, rec.stats.poll_us_max, l.loading_set_pages, l.loading_set_extents
     ));
 }
 
