@@ -15,6 +15,38 @@
 //!   touches after a thaw, in order, merged across cycles; [`plan`]: the Start plan computed at
 //!   Stop and [`plan::fetch_unmapped`].
 //! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
+//!
+//! ## Near-warm activation: the calls a Start/Stop pipeline makes (issue 12)
+//! **Stop** (target frozen):
+//! 1. if a [`LoadingSetRecorder`] ran since the last Start: `rec.finish()`, then
+//!    [`LoadingSet::merge`]`(previous, &rec, &DecayPolicy::default())`, [`LoadingSet::save`];
+//! 2. `layout = set.layout_ranges(pid)?` ([`LoadingSet::layout_ranges`]);
+//! 3. [`purge_with`] with [`PurgeOptions::layout_first`]` = Some(layout)`: the loading set is
+//!    paged out first in touch order; the report carries the Stop-time
+//!    [`PurgeReport::snapshot`] (every kind, taken before the page-out), per-kind
+//!    `evicted_bytes` and the [`purge::LayoutReport`];
+//! 4. [`ActivationPlan::compute`]`(pid, &snapshot, Some(&set))` (one pagemap walk over the
+//!    snapshot's anonymous pages, one `mincore` per object); persist it (JSON, versioned:
+//!    [`ActivationPlan::from_json`] refuses other versions with a note).
+//!
+//! **Start** (walks nothing big):
+//! 1. [`fetch_unmapped`]`(&target, &plan, &plan.first, &FetchOptions { charge_files_to:
+//!    Some(app memcg dir), .. })`: `MADV_WILLNEED` / `posix_fadvise`, nothing mapped;
+//! 2. `LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan), opts)`, then
+//!    `rec.note_fetched_part(&plan, &plan.loading_rest)` and the same for `plan.rest` (the
+//!    background fetch must not be mistaken for the app's reads);
+//! 3. thaw; on the first response `rec.mark_first_response()`; poll in a thread
+//!    ([`LoadingSetRecorder::run`] until Twinkle's stop rule or a stop flag);
+//! 4. in the background: `fetch_unmapped(loading_rest)`, then `fetch_unmapped(rest)` with
+//!    [`FetchOptions::io_priority`] (`BestEffort(7)` / `Idle`) so the app's own faults go first.
+//!
+//! Limits found while building it (measured on Linux 6.18, see `tests/root_kinds.rs`):
+//! `MADV_WILLNEED` cannot swap in copy-on-write pages of private *file* mappings (it advises
+//! the file): [`fetch_unmapped`] faults those few in with `process_vm_readv` (then they are
+//! mapped, and invisible to the recorder); pages read-faulted since their last swap-out keep
+//! their old swap slot on the next purge (the kernel drops them without writing), so a layout
+//! is written once per dirtied page; a fetched file page is mapped with up to 15 cached
+//! neighbours on one fault (fault-around), so file touches are recorded at 64 KiB granularity.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
