@@ -504,6 +504,15 @@ pub struct LoadingSetRecorder {
     exited: bool,
 }
 
+/// Whether `PAGEMAP_SCAN` is used (cleared the first time the kernel refuses it;
+/// [`use_pagemap_scan`] forces the portable path, for comparison).
+static USE_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Use `PAGEMAP_SCAN` when the kernel has it (default), or always the portable pagemap read.
+pub fn use_pagemap_scan(on: bool) {
+    USE_SCAN.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl std::fmt::Debug for LoadingSetRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadingSetRecorder")
@@ -516,9 +525,27 @@ impl std::fmt::Debug for LoadingSetRecorder {
     }
 }
 
-/// Present pages among address-page runs (pagemap), as runs.
+/// Present pages among address-page runs (pagemap), as runs. Uses `PAGEMAP_SCAN` where the
+/// kernel has it (≥ 6.7), else reads and decodes the pagemap entries.
 fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun>> {
     let mut out: Vec<PageRun> = Vec::new();
+    if USE_SCAN.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut ok = true;
+        for r in runs {
+            match pm.present_ranges(r.first * ps, r.end() * ps)? {
+                Some(v) => out.extend(v.iter().map(|x| PageRun { first: x.start / ps, count: x.len / ps })),
+                None => {
+                    USE_SCAN.store(false, std::sync::atomic::Ordering::Relaxed);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return Ok(normalize(out));
+        }
+        out.clear();
+    }
     for r in runs {
         pm.scan(r.first * ps, r.end() * ps, |addr, info| {
             if classify(&info).0 {

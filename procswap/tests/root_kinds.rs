@@ -387,6 +387,9 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     let t = Target::open(pid, "test").unwrap();
     fetch_unmapped(&t, &plan, &part, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
     wait_objects(&plan, &part);
+    // The portable path (pagemap entries read and decoded: any kernel) for this cycle;
+    // PAGEMAP_SCAN (≥ 6.7, where present) for the second one below.
+    procswap::loadingset::use_pagemap_scan(false);
     let mut r = LoadingSetRecorder::start(pid, &Candidates::from_snapshot(&snap), RecorderOptions::default()).unwrap();
     k.cont();
     let groups: Vec<(&str, Vec<u64>)> = vec![
@@ -464,6 +467,7 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     // stay observable), watch the plan's pages, thaw; only anon page 9 is touched.
     let t = Target::open(pid, "test").unwrap();
     let fo = FetchOptions { free_floor_bytes: 0, ..Default::default() };
+    procswap::loadingset::use_pagemap_scan(true);
     let mut r = LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan2), RecorderOptions::default()).unwrap();
     for part in [&plan2.first, &plan2.loading_rest, &plan2.rest] {
         let p = PlanPart { file: part.file.iter().filter(|o| plan2.objects[o.object as usize].path != rf.display().to_string()).cloned().collect(), ..part.clone() };
@@ -653,15 +657,19 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     // 1. Polling cost, nothing touched yet (every candidate page is read each round).
     let cand_anon = Candidates { anon: snap.anon.clone(), ..Default::default() };
     let cand_shm = Candidates { anon: vec![], ..Candidates::from_snapshot(&snap) };
-    let poll_cost = |c: &Candidates| -> (u64, f64) {
+    let poll_cost = |c: &Candidates, scan: bool| -> (u64, f64) {
+        procswap::loadingset::use_pagemap_scan(scan);
         let mut r = LoadingSetRecorder::start(k.pid, c, RecorderOptions::default()).unwrap();
         let rounds = 20;
         let mut us: Vec<u64> = (0..rounds).map(|_| r.poll().unwrap().poll_us).collect();
         us.sort();
         (r.finish().stats.first_round_pages, us[rounds / 2] as f64 / 1000.0)
     };
-    let (pa, ca) = poll_cost(&cand_anon);
-    let (psh, csh) = poll_cost(&cand_shm);
+    let (pa, ca_read) = poll_cost(&cand_anon, false);
+    let (psh, csh_read) = poll_cost(&cand_shm, false);
+    let (_, ca) = poll_cost(&cand_anon, true);
+    let (_, csh) = poll_cost(&cand_shm, true);
+    procswap::loadingset::use_pagemap_scan(true);
 
     // 2. Throughput, same method for both kinds: WILLNEED, then a process_vm_readv pass over
     // the area (waits for every read to complete).
@@ -717,8 +725,9 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     assert_eq!(area(a), n, "every touched anon page recorded");
     assert_eq!(rec.touched.iter().filter(|x| x.kind == MemKind::Shmem).map(|x| x.count).sum::<u64>(), n);
     let line = format!(
-        "measure ({mib} MiB per kind, {} KiB pages): loading-set poll with nothing touched: anon {pa} pages {ca:.2} ms/round \
-         ({:.1} ns/page), shmem {psh} pages {csh:.2} ms/round; {} us/round once all touched. Touch of a fetched, unmapped page: \
+        "measure ({mib} MiB per kind, {} KiB pages): loading-set poll with nothing touched: anon {pa} pages {ca:.3} ms/round \
+         ({:.1} ns/page) with PAGEMAP_SCAN, {ca_read:.2} ms/round reading pagemap entries; shmem {psh} pages {csh:.3} / \
+         {csh_read:.2} ms/round; {} us/round once all touched. Touch of a fetched, unmapped page: \
          anon {:.2} us/page ({} minor, {} major faults), shmem {:.2} us/page ({} minor, {} major). WILLNEED + vm_readv pass: anon \
          {:.0} MB/s (issue {:.1} ms, {} swap extents), shmem {:.0} MB/s (issue {:.1} ms)",
         ps() / 1024,
