@@ -525,6 +525,47 @@ mod tests_plan {
     use super::*;
 
     #[test]
+    fn candidates_from_plan_cover_every_part() {
+        use crate::memkind::{Handle, ObjectKey};
+        let o = MemObject {
+            kind: MemKind::File,
+            key: ObjectKey { dev: 1, ino: 2 },
+            path: "/f".into(),
+            size: 1 << 20,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            by_path: true,
+            handles: vec![Handle::Fd { fd: 3 }],
+            interest: vec![PageRun { first: 0, count: 256 }],
+        };
+        let sr = |addr, pages| SwapRun { addr, pages, swap_type: 0, offset: 0 };
+        let part = |a: Vec<SwapRun>, f: Vec<PageRun>| PlanPart {
+            anon: a,
+            file: if f.is_empty() { vec![] } else { vec![ObjectPart { object: 0, runs: f }] },
+            ..Default::default()
+        };
+        let plan = ActivationPlan {
+            format_version: ActivationPlan::FORMAT_VERSION,
+            pid: 1,
+            comm: "x".into(),
+            page_size: 4096,
+            computed_at: 0,
+            objects: vec![o],
+            first: part(vec![sr(0x5000, 2)], vec![PageRun { first: 4, count: 2 }]),
+            loading_rest: part(vec![sr(0x7000, 1)], vec![]),
+            rest: PlanPart { anon_cow: vec![sr(0x1000, 1)], ..part(vec![], vec![PageRun { first: 0, count: 4 }]) },
+            notes: vec![],
+        };
+        let c = crate::loadingset::Candidates::from_plan(&plan);
+        assert_eq!(c.anon, vec![PageRun { first: 1, count: 1 }, PageRun { first: 5, count: 3 }]);
+        assert_eq!(c.object_runs, vec![vec![PageRun { first: 0, count: 6 }]]);
+        assert_eq!(plan.first.pages(), ByKind { anon: 2, shmem: 0, file: 2 });
+        let j = serde_json::to_vec(&plan).unwrap();
+        assert_eq!(ActivationPlan::from_json(&j).unwrap(), plan);
+        assert!(ActivationPlan::from_json(b"{\"format_version\":0}").unwrap_err().contains("ignored"));
+    }
+
+    #[test]
     fn swap_extents_count_slot_breaks() {
         let r = |addr, pages, offset| SwapRun { addr, pages, swap_type: 0, offset };
         let p = PlanPart { anon: vec![r(0x1000, 2, 10), r(0x9000, 3, 12), r(0x2000, 1, 20)], ..Default::default() };

@@ -210,3 +210,21 @@ impl Drop for IoPriorityGuard {
         unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, self.0) };
     }
 }
+
+#[cfg(test)]
+mod tests_sys {
+    use super::*;
+
+    #[test]
+    fn io_priority_is_set_and_restored() {
+        // SAFETY: integers only; reads this thread's I/O priority.
+        let get = || unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) } as i32;
+        let before = get();
+        {
+            let _g = io_priority(IoPriority::Idle).unwrap();
+            assert_eq!(get(), IoPriority::Idle.value());
+        }
+        assert_eq!(get(), before);
+        assert_eq!(IoPriority::BestEffort(7).value(), (2 << 13) | 7);
+    }
+}
