@@ -123,12 +123,17 @@ impl Drop for Kid {
     }
 }
 
-/// (present, swapped) pages of `pid` in `[addr, addr + pages*ps)`.
+/// (present, swapped) pages of `pid` in `[addr, addr + pages*ps)`. A page being migrated
+/// (compaction, on a busy machine) shows as a non-swap entry of a high "swap type": it is a
+/// present page in transit, counted as present.
 fn pm_state(pid: i32, addr: u64, pages: u64) -> (u64, u64) {
     let mut pm = Pagemap::open(pid).unwrap();
     let (mut p, mut s) = (0, 0);
     pm.scan(addr, addr + pages * ps(), |_, info| match info {
         procfs::process::PageInfo::MemoryPage(f) => p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64,
+        // Real swap devices have small type numbers; migration, device-private, hwpoison and
+        // marker entries use the top of the 5-bit range.
+        procfs::process::PageInfo::SwapPage(f) if f.get_swap_type() >= 24 => p += 1,
         procfs::process::PageInfo::SwapPage(_) => s += 1,
     })
     .unwrap();
