@@ -456,7 +456,7 @@ impl std::fmt::Display for Gone {
 ///   resized or modified since → refused with the reason;
 /// - an object reachable only through the target (memfd, SysV, shared anonymous, a file
 ///   already deleted when recorded) is reopened through the target's own handles, checked
-///   by inode, size and mtime.
+///   by inode (it cannot have been replaced under a path; the caller clips to its size).
 pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
     let same = |md: &std::fs::Metadata| -> std::result::Result<(), Gone> {
         if md.dev() != o.key.dev || md.ino() != o.key.ino {
@@ -485,6 +485,9 @@ pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
         same(&f.metadata().map_err(|e| Gone::Unreadable(e.to_string()))?)?;
         return Ok(f);
     }
+    // Reachable only through the target: the same inode is all that matters (the target itself
+    // may have written or resized it before it stopped; ranges are clipped to the current size
+    // by every user, and nothing ever touches the mapping's memory).
     for h in &o.handles {
         let link = h.proc_path(pid);
         let Ok(md) = std::fs::metadata(&link) else { continue };
@@ -492,7 +495,10 @@ pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
             continue;
         }
         let f = open_readonly(&link).map_err(|e| Gone::Unreadable(e.to_string()))?;
-        same(&f.metadata().map_err(|e| Gone::Unreadable(e.to_string()))?)?;
+        let md = f.metadata().map_err(|e| Gone::Unreadable(e.to_string()))?;
+        if md.dev() != o.key.dev || md.ino() != o.key.ino {
+            return Err(Gone::Replaced);
+        }
         return Ok(f);
     }
     Err(Gone::NotHeld)
