@@ -290,8 +290,11 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
         (Some(k), None) => Some(quiescent_stats(k, &format!("before phase {}", phase.name()), &mut failures)?),
         (_, p) => p,
     };
-    let t0 = Instant::now();
+    let t_setup = Instant::now();
     let reg = Registry::new(r.exe.as_deref(), r.seed, phase.index(), phase.modes())?;
+    let setup = t_setup.elapsed();
+    // The phase's time starts once its targets are up (an exec takes a while in a TCG guest).
+    let t0 = Instant::now();
     let shared = if phase.mutator() { Some(SharedRanges::new()?) } else { None };
     let env = Env {
         kmod: r.kmod,
@@ -339,7 +342,12 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
                 let exe = r.exe.as_deref().unwrap_or(Path::new("/proc/self/exe"));
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let c = Caller::spawn(exe, &r.dev, stream(r.seed, 5000 + phase.index(), n).next(), reg.snapshot())?;
+                    let c = Caller::spawn(exe, &r.dev, stream(r.seed, 5000 + phase.index(), n).next(), reg.snapshot(), &reg)?;
+                    if stop.load(Ordering::Relaxed) && !c.ready {
+                        // Killed while starting at the end of the phase: not a caller failure.
+                        let _ = c.finish();
+                        break;
+                    }
                     n += 1;
                     reg.stats.callers.fetch_add(1, Ordering::Relaxed);
                     // It is issuing ioctls from now on: kill it somewhere in the middle of one.
@@ -402,6 +410,7 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
             }
         }
         stop.store(true, Ordering::Relaxed);
+        reg.abort_starting();
         sup.join().expect("supervisor panicked");
         if let Some(sp) = spawner {
             sp.join().expect("spawner panicked")?;
@@ -420,7 +429,14 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
     reg.shutdown();
     procs::assert_no_children()?;
     let secs = t0.elapsed().as_secs_f64();
-    println!("   {:.1} s, {} ioctls ({:.0}/s), {}", secs, tally.calls(), tally.calls() as f64 / secs.max(1e-9), reg.stats.line());
+    println!(
+        "   {:.1} s (+{:.1} s starting the targets), {} ioctls ({:.0}/s), {}",
+        secs,
+        setup.as_secs_f64(),
+        tally.calls(),
+        tally.calls() as f64 / secs.max(1e-9),
+        reg.stats.line()
+    );
     for l in tally.lines() {
         println!("   {l}");
     }

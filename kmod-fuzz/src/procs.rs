@@ -61,8 +61,9 @@ impl Target {
             .with_context(|| format!("spawning {} target", mode.name()))
     }
 
-    /// Wait until a started target is set up; `None` (reaped) if it died first.
-    fn ready(mut child: Child, mode: Mode) -> Option<Arc<Target>> {
+    /// Wait until a started target is set up: the target, and whether it got ready (one that
+    /// did not is reaped when dropped).
+    fn ready(mut child: Child, mode: Mode) -> (Arc<Target>, bool) {
         let ready = wait_ready(&mut child);
         let go = Mutex::new(child.stdin.take());
         let t = Arc::new(Target {
@@ -73,7 +74,7 @@ impl Target {
             child: Some(child),
             go,
         });
-        ready.then_some(t)
+        (t, ready)
     }
 
     /// Let it start churning (once).
@@ -145,6 +146,9 @@ pub struct Registry {
     /// Ready targets waiting (idle) for a slot.
     spares: Mutex<Vec<Arc<Target>>>,
     generation: AtomicU64,
+    /// Children started and not yet ready (killed by `abort_starting` at the end of a phase, so
+    /// that nobody waits for a slow exec).
+    starting: Mutex<Vec<i32>>,
     pub stats: ProcStats,
 }
 
@@ -159,6 +163,7 @@ impl Registry {
             slots: Mutex::new(Vec::new()),
             spares: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            starting: Mutex::new(Vec::new()),
             stats: ProcStats::default(),
         };
         for _ in 0..20 {
@@ -190,15 +195,20 @@ impl Registry {
             let g = self.generation.fetch_add(1, Ordering::Relaxed);
             let seed = stream(self.seed, 1000 + self.phase, g).next();
             self.stats.spawned.fetch_add(1, Ordering::Relaxed);
-            started.push((Target::start(&self.exe, m, seed)?, m));
+            let c = Target::start(&self.exe, m, seed)?;
+            self.starting.lock().unwrap().push(c.id() as i32);
+            started.push((c, m));
         }
         let mut ready = Vec::new();
         for (c, m) in started {
-            match Target::ready(c, m) {
-                Some(t) => ready.push(t),
-                None => {
-                    self.stats.exited.fetch_add(1, Ordering::Relaxed);
-                }
+            let pid = c.id() as i32;
+            let (t, ok) = Target::ready(c, m);
+            // Off the list before it can be reaped (dropped): a reaped pid may be reused.
+            self.starting.lock().unwrap().retain(|&p| p != pid);
+            if ok {
+                ready.push(t);
+            } else {
+                self.stats.exited.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(ready)
@@ -237,6 +247,24 @@ impl Registry {
             self.spares.lock().unwrap().extend(ready);
         }
         Ok(())
+    }
+
+    /// Track a child being started elsewhere (a caller) until it is ready.
+    pub fn starting(&self, pid: i32, on: bool) {
+        let mut s = self.starting.lock().unwrap();
+        if on {
+            s.push(pid);
+        } else {
+            s.retain(|&p| p != pid);
+        }
+    }
+
+    /// SIGKILL the children still starting (they are ours and unreaped: whoever waits for
+    /// their ready line sees EOF and reaps them).
+    pub fn abort_starting(&self) {
+        for &p in self.starting.lock().unwrap().iter() {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
     }
 
     /// Number of target slots (constant during a phase).
@@ -327,7 +355,7 @@ pub enum CallerEnd {
 
 impl Caller {
     /// Spawn a caller and wait until it has the device open.
-    pub fn spawn(exe: &Path, dev: &Path, seed: u64, targets: Vec<Arc<Target>>) -> Result<Caller> {
+    pub fn spawn(exe: &Path, dev: &Path, seed: u64, targets: Vec<Arc<Target>>, reg: &Registry) -> Result<Caller> {
         let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
         let mut cmd = Command::new(exe);
         cmd.args(["caller", "--seed", &seed.to_string(), "--count", "100000", "--dev"]).arg(dev);
@@ -335,7 +363,9 @@ impl Caller {
             cmd.arg("--targets").arg(pids.join(","));
         }
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("spawning a caller")?;
+        reg.starting(child.id() as i32, true);
         let ready = wait_ready(&mut child);
+        reg.starting(child.id() as i32, false);
         Ok(Caller { child, ready, _targets: targets })
     }
 
