@@ -694,13 +694,17 @@ impl<'a> Worker<'a> {
     /// are read lazily with ORDER_GIVEN; ORDER_ADDRESS reads them all first but checks each
     /// one when it gets to it). `clean`: no wrapping range and a readable array (the request
     /// may still be hostile in other ways: huge, kernel, zero-length, overlapping ranges).
-    fn gen_ranges(&mut self, vmas: &[(u64, u64)], soft_fault: bool, soft_wrap: bool, clean: bool) -> RangeSet {
+    ///
+    /// The "sum-overflow" recipe (ranges of u64::MAX/3 from the target's VMAs, whose lengths add
+    /// up past 2^64: issue 11's crash) has 64 ranges for DISCARD and `overflow_n` (fewer) for
+    /// PREFETCH, which walks every page of each range page by page through the holes.
+    fn gen_ranges(&mut self, vmas: &[(u64, u64)], soft_fault: bool, soft_wrap: bool, clean: bool, overflow_n: u64) -> RangeSet {
         let (cls, a, b) = (self.rng.below(100), self.rng.next(), self.rng.next());
         // A clean set stays readable: none of the counts past the big array.
         let cls = if clean { cls % 85 } else { cls };
         let (n, big, recipe): (u64, bool, &str) = match cls {
             0..=54 => (1 + a % 16, false, "small"),
-            55..=69 if b % 2 == 0 => (64, false, "sum-overflow"),
+            55..=69 if b % 2 == 0 => (overflow_n, false, "sum-overflow"),
             55..=69 => (64, false, "64"),
             70..=79 => (17 + a % (ARR_CAP as u64 - 16), false, "medium"),
             80..=84 => (0, false, "none"),
@@ -860,7 +864,7 @@ impl<'a> Worker<'a> {
         // A budget may stop the walk before a bad range is read (ORDER_GIVEN streams them).
         let vmas = t.vmas.clone();
         let shared = self.shared_ranges();
-        let rs = self.gen_ranges(&vmas, budget != 0 && order != uapi::ORDER_ADDRESS, budget != 0, clean);
+        let rs = self.gen_ranges(&vmas, budget != 0 && order != uapi::ORDER_ADDRESS, budget != 0, clean, 8);
         let any = shared.is_some();
         let rs = shared.unwrap_or(rs);
         let mut defects = t.defects.clone();
@@ -929,7 +933,7 @@ impl<'a> Worker<'a> {
         let reserved = if fsel % 10 == 3 && fsel < 90 { ((x >> 32) as u32) | 1 } else { 0 };
         let vmas = t.vmas.clone();
         let shared = self.shared_ranges();
-        let rs = self.gen_ranges(&vmas, false, false, clean);
+        let rs = self.gen_ranges(&vmas, false, false, clean, 64);
         let any = shared.is_some();
         let rs = shared.unwrap_or(rs);
         let mut defects = t.defects.clone();
