@@ -67,8 +67,14 @@ pub enum PurgePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum PrefetchPolicy {
-    /// Everything swapped, working set first (when one was recorded).
+    /// Near-warm activation (the default): before thaw only the pages the app touched before
+    /// its first response last time (its loading set, laid out contiguously on swap by the
+    /// purge), read into the caches without mapping them; after thaw the rest of the loading
+    /// set, then everything else, in the background at low I/O priority, while the app's
+    /// touches are recorded for the next cycle. Every kind of memory: anonymous, shmem, file.
     #[default]
+    LoadingSet,
+    /// Everything swapped, working set first (when one was recorded), before thaw.
     Full,
     /// Only the recorded working set (nothing when none is recorded yet): the rest comes back on
     /// demand, which keeps the residency working-set method exact.
@@ -235,6 +241,7 @@ impl std::str::FromStr for VmPrefetch {
 impl PrefetchPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
+            PrefetchPolicy::LoadingSet => "loading-set",
             PrefetchPolicy::Full => "full",
             PrefetchPolicy::WorkingSetOnly => "working-set-only",
             PrefetchPolicy::None => "none",
@@ -246,10 +253,11 @@ impl std::str::FromStr for PrefetchPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "loading-set" => Ok(PrefetchPolicy::LoadingSet),
             "full" => Ok(PrefetchPolicy::Full),
             "working-set-only" => Ok(PrefetchPolicy::WorkingSetOnly),
             "none" => Ok(PrefetchPolicy::None),
-            _ => Err(format!("unknown prefetch mode {s:?} (full, working-set-only, none)")),
+            _ => Err(format!("unknown prefetch mode {s:?} (loading-set, full, working-set-only, none)")),
         }
     }
 }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
+mod activation;
 mod vm;
 
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +97,9 @@ pub struct StartTiming {
     /// The prefetch mode this Start ran with (the configured one or the request's override).
     #[serde(default)]
     pub prefetch_mode: Option<String>,
+    /// `loading-set` mode: the plan's parts, what was read before thaw, notes.
+    #[serde(default)]
+    pub activation: Option<activation::ActivationTiming>,
     pub unix_time: f64,
 }
 
@@ -219,6 +223,8 @@ struct AppSlot {
     mon: Mutex<Monitor>,
     /// VM apps: maps, guest RAM and the background fetcher (runtime only).
     vm: Mutex<vm::VmRuntime>,
+    /// Process apps in `loading-set` mode: the recorder and background fetch of the last Start.
+    act: Mutex<activation::ActRuntime>,
 }
 
 /// An event (also logged).
@@ -460,6 +466,7 @@ impl Controller {
                     st: Mutex::new(rec),
                     mon: Mutex::new(Monitor::new(cfg.overload_threshold)),
                     vm: Mutex::new(vm::VmRuntime::default()),
+                    act: Mutex::new(activation::ActRuntime::default()),
                 }),
             );
         }
@@ -802,16 +809,25 @@ impl Controller {
         let usage_before = memcg.as_ref().and_then(|m| m.usage().ok());
         let mut sum = PurgeSummary { memcg_before_bytes: usage_before, unix_time: now_unix(), ..Default::default() };
         let n = o.pids.len();
+        let plans = self.keeps_plans() && !slot.cfg.is_vm();
+        let mut snapshots = Vec::new();
         for (i, pid) in o.pids.iter().enumerate() {
             let opts = PurgeOptions {
                 // Reclaim once, after the last process; the cgroup is the app's own, so every
                 // process in it belongs to the app (unit apps: not ours to reclaim if shared).
                 reclaim: i + 1 == n,
                 reclaim_shared: slot.cfg.unit.is_none(),
+                // loading-set mode: the loading set goes out first, in touch order, and the
+                // residency snapshot taken before the page-out is the Start plan's input.
+                snapshot: plans,
+                layout_first: if plans { self.purge_layout(slot, *pid) } else { None },
                 ..PurgeOptions::default()
             };
             match procswap::purge_with(&*self.backend, *pid, &opts, &NoProgress) {
                 Ok(r) => {
+                    if let Some(snap) = r.snapshot.filter(|_| plans) {
+                        snapshots.push((*pid, snap));
+                    }
                     sum.resident_bytes += r.resident_bytes;
                     sum.resident_anon_bytes += r.resident_anon_bytes;
                     sum.swapped_bytes += r.swapped_bytes;
@@ -831,6 +847,11 @@ impl Controller {
                     return Err(msg);
                 }
             }
+        }
+        // Plans after the last process's purge: the memcg reclaim (which evicts shmem and the
+        // page cache) has run, so "out now" is true for every kind.
+        for (pid, snap) in &snapshots {
+            self.save_plan(slot, *pid, snap);
         }
         sum.memcg_after_bytes = memcg.as_ref().and_then(|m| m.usage().ok());
         sum.freed_bytes = match (sum.memcg_before_bytes, sum.memcg_after_bytes) {
@@ -1055,7 +1076,11 @@ impl Controller {
         let ws: Option<WorkingSet> =
             std::fs::read(self.ws_path(&name)).ok().and_then(|b| serde_json::from_slice(&b).ok());
         timing.prefetch_mode = Some(policy.as_str().to_string());
+        // loading-set: the plan's first part before thaw (falls back to full without a plan).
+        let act = if policy == PrefetchPolicy::LoadingSet { self.activation_before_thaw(slot, &pids, &mut timing) } else { None };
+        let policy = if policy == PrefetchPolicy::LoadingSet && act.is_none() { PrefetchPolicy::Full } else { policy };
         let do_prefetch = match policy {
+            PrefetchPolicy::LoadingSet => false,
             PrefetchPolicy::Full => true,
             PrefetchPolicy::WorkingSetOnly => ws.is_some(),
             PrefetchPolicy::None => false,
@@ -1103,6 +1128,12 @@ impl Controller {
         }
         timing.thaw_s = tt.elapsed().as_secs_f64();
         // Thawed: from here on a restart finds it running (see adopt()).
+        let armed_probe = armed.as_ref().is_some_and(probe::Armed::is_armed);
+        if let Some((plans, recorders, mut at)) = act {
+            self.activation_after_thaw(slot, plans, recorders);
+            at.armed_probe = armed_probe;
+            timing.activation = Some(at);
+        }
         let tp = Instant::now();
         let res = match (&slot.cfg.ready, armed) {
             (Some(p), Some(armed)) => probe::wait_armed(armed, p, slot.cfg.ready_timeout, || {
@@ -1117,6 +1148,9 @@ impl Controller {
         timing.probe_s = tp.elapsed().as_secs_f64();
         timing.total_s = t0.elapsed().as_secs_f64();
         timing.unix_time = now_unix();
+        if res.is_ok() && timing.activation.is_some() {
+            self.activation_first_response(slot);
+        }
         match res {
             Ok(_) => self.finish_start(slot, timing),
             Err(e) => Err(self.fail_start(slot, e)),
@@ -1274,6 +1308,8 @@ impl Controller {
             }
         }
         let freeze_s = tf.elapsed().as_secs_f64();
+        // The last Start's recordings become the loading sets the purge lays out first.
+        let activation = self.activation_stop(slot);
         // Working set by residency (works on every kernel): the pages present now.
         let tw = Instant::now();
         let pid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
@@ -1324,7 +1360,7 @@ impl Controller {
         Ok(serde_json::json!({
             "app": name, "state": st.as_str(),
             "timing": {"freeze_s": freeze_s, "working_set_s": ws_s, "purge_s": purge_s, "total_s": t0.elapsed().as_secs_f64()},
-            "working_set_bytes": ws_bytes, "purge": purge,
+            "working_set_bytes": ws_bytes, "purge": purge, "activation": activation,
         }))
     }
 

@@ -19,6 +19,11 @@ pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
     Ok((hp, path.to_string()))
 }
 
+/// The probe's GET, written with one `write` (one segment: a server that reads once gets it all).
+fn request(path: &str, host: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n")
+}
+
 /// One HTTP GET; Ok(status) when an HTTP answer came back.
 pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
     let (hp, path) = parse_http_url(url)?;
@@ -27,8 +32,7 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> 
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n")
-        .map_err(|e| format!("send to {hp}: {e}"))?;
+    s.write_all(request(&path, host).as_bytes()).map_err(|e| format!("send to {hp}: {e}"))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read from {hp}: {e}"))?;
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{hp}: no HTTP answer"))?;
@@ -100,8 +104,7 @@ pub fn arm(p: &Probe) -> Armed {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())?;
         s.set_nodelay(true).ok();
         let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n")
-            .map_err(|e| e.to_string())?;
+        s.write_all(request(&path, host).as_bytes()).map_err(|e| e.to_string())?;
         Ok(s)
     })()
     .ok();
@@ -150,15 +153,16 @@ fn http_status(buf: &[u8]) -> Option<u16> {
 }
 
 /// Probe until ready or `timeout`; `alive` is asked between attempts (a dead app fails at once).
-/// Returns the number of attempts. HTTP and TCP attempts are 1 ms apart while the app refuses
-/// connections or answers with an error (a refused loopback connect costs microseconds), so
-/// readiness is seen within about a millisecond of the app starting to answer; a command probe
-/// (a process per attempt) backs off from 5 to 100 ms.
+/// Returns the number of attempts. HTTP and TCP attempts are 1 ms apart while the connection is
+/// refused (nobody listens yet: a refused loopback connect costs microseconds and no work in the
+/// app), so readiness is seen within about a millisecond of the app starting to listen; any
+/// other failure (an error answer, a reset, a proxy such as QEMU's user network accepting for a
+/// guest that is not ready) and command probes (a process per attempt) back off from 5 to 100 ms,
+/// so a probe never floods an app that is busy starting.
 pub fn wait_ready(p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<u32, String> {
     let deadline = Instant::now() + timeout;
     let mut attempts = 0u32;
-    let command = matches!(p, Probe::Command(_));
-    let mut sleep = Duration::from_millis(if command { 5 } else { 1 });
+    let mut backoff = Duration::from_millis(5);
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
@@ -170,9 +174,11 @@ pub fn wait_ready(p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Resul
         if Instant::now() >= deadline {
             return Err(format!("not ready after {:.1}s ({attempts} probes; last: {last})", timeout.as_secs_f64()));
         }
+        let refused = !matches!(p, Probe::Command(_)) && last.contains("Connection refused");
+        let sleep = if refused { Duration::from_millis(1) } else { backoff };
         std::thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
-        if command {
-            sleep = (sleep * 2).min(Duration::from_millis(100));
+        if !refused {
+            backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
 }
@@ -205,8 +211,8 @@ mod tests {
         // of this test process, sharing 2 cores with the rest of `cargo test`).
         wait_ready(&Probe::Tcp(port), Duration::from_secs(120), || Ok(())).unwrap();
         wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(120), || Ok(())).unwrap();
-        // A port nobody listens on: bound, then closed.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // A port nobody listens on (held bound, not listening: no parallel test can get it).
+        let (_held, closed) = super::armed_tests::refusing_port();
         let e = wait_ready(&Probe::Tcp(closed), Duration::from_millis(200), || Ok(())).unwrap_err();
         assert!(e.contains("not ready after"), "{e}");
         wait_ready(&Probe::Command(vec!["true".into()]), Duration::from_secs(120), || Ok(())).unwrap();
@@ -225,9 +231,15 @@ mod armed_tests {
             let mut requests = Vec::new();
             for code in answers {
                 let (mut s, _) = l.accept().unwrap();
+                // The whole request head (closing with unread data would reset the connection).
+                let mut req = Vec::new();
                 let mut b = [0u8; 1024];
-                let n = s.read(&mut b).unwrap();
-                requests.push(String::from_utf8_lossy(&b[..n]).into_owned());
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).unwrap();
+                    assert!(n > 0, "client closed before the end of its request");
+                    req.extend_from_slice(&b[..n]);
+                }
+                requests.push(String::from_utf8_lossy(&req).into_owned());
                 write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
             }
             requests
@@ -261,9 +273,20 @@ mod armed_tests {
         assert_eq!(server.join().unwrap().len(), 2);
     }
 
+    /// A loopback port that refuses connections for as long as the returned socket lives: bound
+    /// but not listening, so no other test (tests run in parallel) can be given the same port,
+    /// as could happen with a listener bound and closed.
+    pub(super) fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+        use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap().port();
+        (fd, port)
+    }
+
     #[test]
     fn nobody_listening_gives_an_unarmed_probe_and_a_dead_app_fails_at_once() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (_held, port) = refusing_port();
         let p = Probe::Http(format!("http://127.0.0.1:{port}/"));
         let armed = arm(&p);
         assert!(!armed.is_armed());

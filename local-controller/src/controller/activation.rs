@@ -1,0 +1,386 @@
+//! Near-warm activation: the `loading-set` prefetch mode (the default) of process apps.
+//!
+//! Policy over procswap's mechanism (`procswap/src/lib.rs`, "Near-warm activation"):
+//! - **Stop**: the recordings of the last Start (what the app mapped from thaw on, in touch
+//!   order) are merged into each process's loading set with decay and saved; every purge of
+//!   the app (at Stop, or later for the reserve) pages the loading set out first, in touch
+//!   order, takes the Stop-time residency snapshot (anonymous, shmem, file pages) and computes
+//!   the Start plan from it, so Start walks nothing big.
+//! - **Start**: the plan's `first` part (pages touched before the first response last time)
+//!   is read into the swap and page caches with `MADV_WILLNEED`/`posix_fadvise` — nothing is
+//!   mapped, so the app's touches stay visible —, the readiness request is armed, the app is
+//!   thawed, and two threads run: a recorder (pagemap/mincore rounds, Twinkle's stop rule) and
+//!   a background fetch of the rest of the loading set, then everything else, at low I/O
+//!   priority, never below the reserve, stopping at Stop.
+//!
+//! A Start without a plan (none computed yet, an unreadable or other-version file) falls back
+//! to `full` for that Start, with an event.
+
+use super::{lock, AppSlot, Controller, StartTiming};
+use crate::config::PrefetchPolicy;
+use procswap::cgroup::Memcg;
+use procswap::sys::IoPriority;
+use procswap::{
+    fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, Loaded, LoadingSet, LoadingSetRecorder,
+    PlanPart, Range, RecorderOptions, Recording, ResidencySnapshot, Target,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Anonymous pages per background fetch step: the stop flag and the reserve are checked
+/// between steps (4 MiB with 4 KiB pages).
+const STEP_PAGES: u64 = 1024;
+
+/// The threads a loading-set Start leaves running (runtime only).
+#[derive(Default)]
+pub(crate) struct ActRuntime {
+    stop: Arc<AtomicBool>,
+    first_response: Arc<AtomicBool>,
+    recorder: Option<JoinHandle<Vec<Recording>>>,
+    background: Option<JoinHandle<BackgroundReport>>,
+}
+
+/// What the background fetch did (in the Stop answer and events).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackgroundReport {
+    pub loading_rest_bytes: u64,
+    pub rest_bytes: u64,
+    pub seconds: f64,
+    /// Why it ended early: stopped, target exited, free-memory floor.
+    pub ended: Option<String>,
+    pub skipped: Vec<String>,
+}
+
+/// The `loading-set` part of a Start's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActivationTiming {
+    /// Processes with a plan (the others fell back).
+    pub planned_pids: usize,
+    /// Pages of the plans' parts: before thaw / rest of the loading set / everything else.
+    pub first_pages: u64,
+    pub loading_rest_pages: u64,
+    pub rest_pages: u64,
+    /// Bytes whose reads were issued before thaw, and in how many swap extents.
+    pub first_issued_bytes: u64,
+    pub first_swap_extents: u64,
+    pub first_fetch_s: f64,
+    /// Objects skipped (deleted, truncated, replaced since Stop) and plan notes.
+    pub notes: Vec<String>,
+    /// The armed readiness request answered (no polling interval in the way).
+    pub armed_probe: bool,
+}
+
+/// The per-process loading sets and plans of one app, on disk under the state directory.
+fn dir(ctl: &Controller, what: &str, app: &str) -> PathBuf {
+    ctl.cfg.state_dir.join(what).join(app)
+}
+
+fn plan_path(ctl: &Controller, app: &str, pid: i32) -> PathBuf {
+    dir(ctl, "plan", app).join(format!("{pid}.json"))
+}
+
+fn set_path(ctl: &Controller, app: &str, pid: i32) -> PathBuf {
+    dir(ctl, "loading-set", app).join(format!("{pid}.json"))
+}
+
+fn write_atomic(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A plan part cut into steps of at most `STEP_PAGES` anonymous pages or one object each.
+fn steps(part: &PlanPart) -> Vec<PlanPart> {
+    let mut out = Vec::new();
+    let mut cur = PlanPart::default();
+    let mut pages = 0;
+    for r in &part.anon {
+        if pages + r.pages > STEP_PAGES && !cur.anon.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            pages = 0;
+        }
+        cur.anon.push(*r);
+        pages += r.pages;
+    }
+    if !cur.anon.is_empty() {
+        out.push(cur);
+    }
+    for o in &part.shmem {
+        out.push(PlanPart { shmem: vec![o.clone()], ..Default::default() });
+    }
+    for o in &part.file {
+        out.push(PlanPart { file: vec![o.clone()], ..Default::default() });
+    }
+    out
+}
+
+impl Controller {
+    /// Whether the configured mode keeps loading sets and plans (a per-request override does
+    /// not change what Stop prepares).
+    pub(super) fn keeps_plans(&self) -> bool {
+        self.cfg.prefetch == PrefetchPolicy::LoadingSet
+    }
+
+    /// Stop: end the last Start's threads and merge its recordings into the loading sets.
+    /// Returns notes for the Stop answer.
+    pub(super) fn activation_stop(&self, slot: &AppSlot) -> Vec<String> {
+        let name = &slot.cfg.name;
+        let (recorder, background) = {
+            let mut a = lock(&slot.act);
+            a.stop.store(true, Ordering::SeqCst);
+            (a.recorder.take(), a.background.take())
+        };
+        let mut notes = Vec::new();
+        if let Some(h) = background {
+            if let Ok(b) = h.join() {
+                notes.push(format!(
+                    "background fetch: {} MiB of the loading set, {} MiB of the rest in {:.2}s{}",
+                    b.loading_rest_bytes >> 20,
+                    b.rest_bytes >> 20,
+                    b.seconds,
+                    b.ended.map(|e| format!(" ({e})")).unwrap_or_default()
+                ));
+            }
+        }
+        let recordings = recorder.and_then(|h| h.join().ok()).unwrap_or_default();
+        for rec in recordings {
+            let path = set_path(self, name, rec.pid);
+            let prev = match LoadingSet::load(&path) {
+                Ok(Loaded::Set(s)) => Some(*s),
+                Ok(Loaded::Missing) => None,
+                Ok(Loaded::Ignored(note)) => {
+                    notes.push(format!("pid {}: previous loading set ignored: {note}", rec.pid));
+                    None
+                }
+                Err(e) => {
+                    notes.push(format!("pid {}: previous loading set unreadable: {e}", rec.pid));
+                    None
+                }
+            };
+            let set = LoadingSet::merge(prev.as_ref(), &rec, &DecayPolicy::default());
+            let p = set.pages();
+            notes.push(format!(
+                "pid {}: recorded {} rounds, loading set {} anon + {} shmem + {} file pages",
+                rec.pid, rec.stats.rounds, p.anon, p.shmem, p.file
+            ));
+            if let Some(d) = path.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            if let Err(e) = set.save(&path) {
+                notes.push(format!("pid {}: saving the loading set: {e}", rec.pid));
+            }
+        }
+        for n in &notes {
+            self.event(Some(name), "activation", n.clone());
+        }
+        notes
+    }
+
+    /// The purge layout of `pid`: its loading set's pages first, in touch order.
+    pub(super) fn purge_layout(&self, slot: &AppSlot, pid: i32) -> Option<Vec<Range>> {
+        match LoadingSet::load(&set_path(self, &slot.cfg.name, pid)) {
+            Ok(Loaded::Set(s)) => s.layout_ranges(pid).ok().filter(|l| !l.is_empty()),
+            _ => None,
+        }
+    }
+
+    /// After a purge of `pid` (snapshot taken before its page-out): the Start plan.
+    pub(super) fn save_plan(&self, slot: &AppSlot, pid: i32, snap: &ResidencySnapshot) {
+        let name = &slot.cfg.name;
+        let set = match LoadingSet::load(&set_path(self, name, pid)) {
+            Ok(Loaded::Set(s)) => Some(*s),
+            _ => None,
+        };
+        let res = ActivationPlan::compute(pid, snap, set.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|p| serde_json::to_vec(&p).map_err(|e| e.to_string()).map(|v| (p, v)))
+            .and_then(|(p, v)| write_atomic(&plan_path(self, name, pid), &v).map_err(|e| e.to_string()).map(|_| p));
+        match res {
+            Ok(p) => {
+                let (f, l, r) = (p.first.pages(), p.loading_rest.pages(), p.rest.pages());
+                self.event(
+                    Some(name),
+                    "activation",
+                    format!(
+                        "pid {pid}: plan: before thaw {} pages ({} swap extents), loading set {} pages, rest {} pages",
+                        f.anon + f.shmem + f.file,
+                        p.first.swap_extents(),
+                        l.anon + l.shmem + l.file,
+                        r.anon + r.shmem + r.file
+                    ),
+                );
+            }
+            Err(e) => self.event(Some(name), "error", format!("pid {pid}: activation plan not computed: {e}")),
+        }
+    }
+
+    /// The saved plans of `pids` (a missing or unreadable one is left out, with a note).
+    fn load_plans(&self, slot: &AppSlot, pids: &[i32], notes: &mut Vec<String>) -> Vec<ActivationPlan> {
+        let mut plans = Vec::new();
+        for &pid in pids {
+            let path = plan_path(self, &slot.cfg.name, pid);
+            match std::fs::read(&path) {
+                Ok(b) => match ActivationPlan::from_json(&b) {
+                    Ok(p) if p.pid == pid => plans.push(p),
+                    Ok(p) => notes.push(format!("pid {pid}: plan is for pid {}: ignored", p.pid)),
+                    Err(e) => notes.push(format!("pid {pid}: plan ignored: {e}")),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => notes.push(format!("pid {pid}: no plan yet")),
+                Err(e) => notes.push(format!("pid {pid}: {}: {e}", path.display())),
+            }
+        }
+        plans
+    }
+
+    /// Start, before thaw: fetch each plan's `first` part, prepare the recorders. Returns
+    /// `None` when no process has a plan (the caller falls back to `full`).
+    pub(super) fn activation_before_thaw(
+        &self,
+        slot: &AppSlot,
+        pids: &[i32],
+        timing: &mut StartTiming,
+    ) -> Option<(Vec<ActivationPlan>, Vec<LoadingSetRecorder>, ActivationTiming)> {
+        let mut at = ActivationTiming::default();
+        // Under an unmet reserve nothing is fetched (not even in the background): demand paging
+        // brings the app back, and the answer says why.
+        if let Ok(m) = procswap::sys::meminfo() {
+            if m.mem_available < self.cfg.reserve {
+                let s = procswap::StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: self.cfg.reserve };
+                timing.prefetch_stopped = Some(format!("{s:?}"));
+                at.notes.push("free memory below the reserve: nothing fetched".into());
+                return Some((Vec::new(), Vec::new(), at));
+            }
+        }
+        let plans = self.load_plans(slot, pids, &mut at.notes);
+        if plans.is_empty() {
+            for n in &at.notes {
+                self.event(Some(&slot.cfg.name), "activation", format!("{n}: this Start runs as full"));
+            }
+            return None;
+        }
+        let memcg = pids.first().and_then(|p| Memcg::of_pid(*p).ok().flatten()).map(|m| m.dir().to_path_buf());
+        let opts = FetchOptions { free_floor_bytes: self.cfg.reserve, charge_files_to: memcg, ..FetchOptions::default() };
+        let t = Instant::now();
+        let mut recorders = Vec::new();
+        for plan in &plans {
+            let (f, l, r) = (plan.first.pages(), plan.loading_rest.pages(), plan.rest.pages());
+            at.first_pages += f.anon + f.shmem + f.file;
+            at.loading_rest_pages += l.anon + l.shmem + l.file;
+            at.rest_pages += r.anon + r.shmem + r.file;
+            at.notes.extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
+            match Target::open(plan.pid, "activation").and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts)) {
+                Ok(rep) => {
+                    at.first_issued_bytes += rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
+                    at.first_swap_extents += rep.swap_extents;
+                    at.notes.extend(rep.skipped.iter().map(|s| format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason)));
+                    if let Some(s) = rep.stopped {
+                        timing.prefetch_stopped = Some(format!("{s:?}"));
+                    }
+                }
+                Err(e) => at.notes.push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
+            }
+            match LoadingSetRecorder::start(plan.pid, &Candidates::from_plan(plan), RecorderOptions::default()) {
+                Ok(mut rec) => {
+                    // The background fetch must not be mistaken for the app's own reads.
+                    rec.note_fetched_part(plan, &plan.loading_rest);
+                    rec.note_fetched_part(plan, &plan.rest);
+                    recorders.push(rec);
+                }
+                Err(e) => at.notes.push(format!("pid {}: no recording this time: {e}", plan.pid)),
+            }
+        }
+        at.first_fetch_s = t.elapsed().as_secs_f64();
+        at.planned_pids = plans.len();
+        timing.prefetch_bytes += at.first_issued_bytes;
+        Some((plans, recorders, at))
+    }
+
+    /// Start, right after thaw: the recorder and background threads.
+    pub(super) fn activation_after_thaw(&self, slot: &AppSlot, plans: Vec<ActivationPlan>, recorders: Vec<LoadingSetRecorder>) {
+        let mut a = lock(&slot.act);
+        let stop = Arc::new(AtomicBool::new(false));
+        let first = Arc::new(AtomicBool::new(false));
+        a.stop = stop.clone();
+        a.first_response = first.clone();
+        let (stop_r, first_r) = (stop.clone(), first);
+        a.recorder = Some(std::thread::spawn(move || record(recorders, &stop_r, &first_r)));
+        let reserve = self.cfg.reserve;
+        a.background = Some(std::thread::spawn(move || background(plans, &stop, reserve)));
+    }
+
+    /// Start: the app answered its first request.
+    pub(super) fn activation_first_response(&self, slot: &AppSlot) {
+        lock(&slot.act).first_response.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Poll every recorder in rounds until each one's stop rule (or the stop flag) ends it.
+fn record(mut recs: Vec<LoadingSetRecorder>, stop: &AtomicBool, first: &AtomicBool) -> Vec<Recording> {
+    let interval = RecorderOptions::default().interval;
+    let mut marked = false;
+    while !recs.is_empty() && !stop.load(Ordering::SeqCst) {
+        let next = Instant::now() + interval;
+        if !marked && first.load(Ordering::SeqCst) {
+            recs.iter_mut().for_each(|r| r.mark_first_response());
+            marked = true;
+        }
+        for r in recs.iter_mut() {
+            let _ = r.poll();
+        }
+        if recs.iter().all(|r| r.should_stop()) {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    recs.into_iter().map(|r| r.finish()).collect()
+}
+
+/// The rest of the loading set, then everything else, in steps, at low I/O priority.
+fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> BackgroundReport {
+    let t = Instant::now();
+    let mut rep = BackgroundReport::default();
+    'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
+        for plan in &plans {
+            let part = if which == 0 { &plan.loading_rest } else { &plan.rest };
+            let Ok(tg) = Target::open(plan.pid, "background fetch") else {
+                rep.ended = Some(format!("pid {} exited", plan.pid));
+                continue;
+            };
+            let opts = FetchOptions { free_floor_bytes: reserve, io_priority: Some(prio), ..FetchOptions::default() };
+            for step in steps(part) {
+                if stop.load(Ordering::SeqCst) {
+                    rep.ended = Some("stopped".into());
+                    break 'parts;
+                }
+                match fetch_unmapped(&tg, plan, &step, &opts) {
+                    Ok(r) => {
+                        let b = r.issued_bytes.anon + r.issued_bytes.shmem + r.issued_bytes.file;
+                        if which == 0 {
+                            rep.loading_rest_bytes += b;
+                        } else {
+                            rep.rest_bytes += b;
+                        }
+                        rep.skipped.extend(r.skipped.iter().map(|s| format!("{} ({})", s.path, s.reason)));
+                        if let Some(s) = r.stopped {
+                            rep.ended = Some(format!("{s:?}"));
+                            break 'parts;
+                        }
+                    }
+                    Err(e) => {
+                        rep.ended = Some(format!("pid {}: {e}", plan.pid));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    rep.seconds = t.elapsed().as_secs_f64();
+    rep
+}
