@@ -8,7 +8,7 @@ PHASE := scripts/phase.sh
 VM := vm-images/run-vm.sh
 KDIR_FILE := target/kdir
 
-.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench vm-bench bench-full install
+.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench bench-activation vm-bench bench-full install
 
 deps:
 	@scripts/deps.sh
@@ -87,6 +87,16 @@ torpord-test: deps
 bench: deps
 	TORPOR_BENCH_QUICK=1 CARGO=$(CARGO) bench/run-resume-bench.sh
 	CARGO=$(CARGO) bench/run-experiments.sh --quick
+
+# Issue 12's acceptance benchmark (root): Tomcat 10 (default webapp and a 256 MiB webapp), redis-server
+# with 1 GiB of keys, PostgreSQL 15 (shared_buffers 1 GB, 1 GB pgbench database), the bench child's
+# touch-all and null request at 1 GiB, the VM e2e guest; each run by torpord with its default config,
+# Started in every mode (warm = never purged, and every prefetch mode torpord accepts), interleaved,
+# memory proven out before every timed Start. Installs tomcat10/redis-server/postgresql-15 with
+# apt-get when missing. ACTIVATION_APPS=tomcat,redis,... (default all), ACTIVATION_TRIALS=N (default 5),
+# ACTIVATION_QUICK=1 (2 trials). Results: bench/results/activation/ (index in its README.md).
+bench-activation: deps
+	ACTIVATION_APPS="$(ACTIVATION_APPS)" ACTIVATION_TRIALS="$(ACTIVATION_TRIALS)" ACTIVATION_QUICK="$(ACTIVATION_QUICK)" CARGO=$(CARGO) bench/run-activation.sh
 
 bench-full: deps
 	CARGO=$(CARGO) bench/run-resume-bench.sh

@@ -1361,6 +1361,9 @@ fn main() -> Result<()> {
         let f = |i: usize| argv.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
         bench::server::burn_main(f(2), f(3) as u64, f(4) as usize);
     }
+    if argv.get(1).map(String::as_str) == Some("activation") {
+        return bench::activation::main(&argv[2..]);
+    }
     let mut args = argv.into_iter().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

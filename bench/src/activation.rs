@@ -1,0 +1,1063 @@
+//! `torpor-bench activation`: the benchmark of issue 12's acceptance ("near-warm activation").
+//!
+//! Every app is a real server run **by torpord with its default configuration** (only socket,
+//! state directory and cgroup parent set); the benchmark talks to torpord's API like any client.
+//! For each app, trials rotate over the modes (round-robin, the starting mode shifting by one
+//! each trial):
+//!
+//! - `warm`: torpord restarted with `purge = "never"` (it adopts the app: the same process),
+//!   Start with prefetch `full` + the app's settle step so everything is in memory, Stop (freeze,
+//!   no purge), memory **proven in** (memcg swap ≈ 0), timed Start with `{"prefetch": "none"}`
+//!   = a plain thaw; torpord restarted with the default configuration afterwards;
+//! - every prefetch mode torpord's configuration accepts (read from the binary: `torpord --check`
+//!   of a config with an unknown mode lists them), so a new mode — the new default — is measured
+//!   the moment it lands; the mode torpord uses without a body is marked *default*.
+//!
+//! Before each timed Start of mode M the app goes through `condition` untimed cycles of
+//! Stop → Start(M) → the same workload (other random requests) → so that what torpord records at
+//! Stop (working set, loading set) comes from M's own history, then Stop; then the memory is
+//! **proven out** (the app's memcg: anon + page cache resident ≤ the limit; torpord's status is
+//! printed too) or the trial is refused. The timed part: counters (host `pswpin`, the memcg's
+//! major faults) → the Start request goes out on one thread while the app's client (its first
+//! request, then its workload) starts on this one → the client's own time to its first
+//! successful response, torpord's answer (breakdown), swap-in and major faults to the first
+//! response and to the end of the workload.
+//!
+//! Results: `<out>/<date>-<app>[-quick].{md,json,png}` and the index table in `<out>/README.md`.
+
+mod apps;
+mod daemon;
+
+use crate::floor::{FloorFile, DEFAULT_BLOCK};
+use crate::machine::{loadavg, Machine};
+use crate::plot::{self, Bar};
+use crate::stats;
+use anyhow::{bail, ensure, Context, Result};
+use apps::{At, Outcome, Workload};
+use daemon::{Daemon, MemSnap, Memcg};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const ALL_APPS: [&str; 7] = ["tomcat", "tomcat-256", "redis", "postgres", "child-touch", "child-null", "vm"];
+const MIB: u64 = 1 << 20;
+
+const USAGE: &str = "usage: torpor-bench activation [--quick] [--apps LIST] [--trials N] [--out DIR] [--torpord PATH] [--modes LIST] [--condition N]
+  apps (default all): tomcat, tomcat-256, redis, postgres, child-touch, child-null, vm
+  env (flags win): ACTIVATION_APPS, ACTIVATION_TRIALS (default 5, quick 2), ACTIVATION_QUICK=1, ACTIVATION_MODES (default: warm + every
+  prefetch mode torpord accepts), ACTIVATION_CONDITION (untimed same-mode cycles before each timed Start, default 1),
+  ACTIVATION_MAX_RESIDENT_KIB (memory-out limit, default 4096), ACTIVATION_REDIS_MIB (1024), ACTIVATION_REDIS_GETS (200000),
+  ACTIVATION_PG_SCALE (70), ACTIVATION_PG_SHARED_BUFFERS_MIB (1024), ACTIVATION_CHILD_MIB (1024), ACTIVATION_TOMCAT_APP_MIB (256),
+  ACTIVATION_VM_WS_MIB (16), ACTIVATION_SOURCE (a note on what torpord was built from, kept in the results)
+  needs root and swap: run it through bench/run-activation.sh (make bench-activation)";
+
+/// Options.
+#[derive(Debug, Clone, Serialize)]
+pub struct Opts {
+    pub apps: Vec<String>,
+    pub trials: usize,
+    pub quick: bool,
+    pub out: PathBuf,
+    pub torpord: PathBuf,
+    pub modes: Option<Vec<String>>,
+    pub condition: usize,
+    pub max_resident: u64,
+    pub redis_mib: u64,
+    pub redis_gets: u64,
+    pub pg_scale: u64,
+    pub pg_sb_mib: u64,
+    pub child_mib: u64,
+    pub tomcat_app_mib: u64,
+    pub vm_ws_mib: u64,
+    pub bin_dir: PathBuf,
+    pub work: PathBuf,
+}
+
+fn env_u64(k: &str, d: u64) -> Result<u64> {
+    match std::env::var(k) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{k}={v:?}")),
+        _ => Ok(d),
+    }
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split([',', ' ']).map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect()
+}
+
+impl Opts {
+    pub fn parse(args: &[String]) -> Result<Opts> {
+        let me = std::env::current_exe()?;
+        let bin_dir = me.parent().context("exe dir")?.to_path_buf();
+        let envs = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut quick = envs("ACTIVATION_QUICK").is_some_and(|v| v != "0");
+        let mut apps = envs("ACTIVATION_APPS").map(|v| list(&v));
+        let mut trials = envs("ACTIVATION_TRIALS").map(|v| v.trim().parse::<usize>()).transpose().context("ACTIVATION_TRIALS")?;
+        let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/activation"));
+        let mut torpord = bin_dir.join("torpord");
+        let mut modes = envs("ACTIVATION_MODES").map(|v| list(&v));
+        let mut condition = env_u64("ACTIVATION_CONDITION", 1)? as usize;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--apps" => apps = Some(list(&val()?)),
+                "--trials" => trials = Some(val()?.parse().context("--trials")?),
+                "--out" => out = PathBuf::from(val()?),
+                "--torpord" => torpord = PathBuf::from(val()?),
+                "--modes" => modes = Some(list(&val()?)),
+                "--condition" => condition = val()?.parse().context("--condition")?,
+                "-h" | "--help" => bail!("{USAGE}"),
+                other => bail!("unknown argument {other:?}\n{USAGE}"),
+            }
+        }
+        let apps = match apps {
+            Some(v) if !v.is_empty() && v != ["all"] => v,
+            _ => ALL_APPS.iter().map(|s| s.to_string()).collect(),
+        };
+        for a in &apps {
+            ensure!(ALL_APPS.contains(&a.as_str()), "unknown app {a:?} (known: {})", ALL_APPS.join(", "));
+        }
+        let trials = trials.unwrap_or(if quick { 2 } else { 5 });
+        ensure!(trials >= 1, "at least one trial");
+        Ok(Opts {
+            apps,
+            trials,
+            quick,
+            out,
+            torpord,
+            modes,
+            condition,
+            max_resident: env_u64("ACTIVATION_MAX_RESIDENT_KIB", 4096)? * 1024,
+            redis_mib: env_u64("ACTIVATION_REDIS_MIB", 1024)?,
+            redis_gets: env_u64("ACTIVATION_REDIS_GETS", 200_000)?,
+            pg_scale: env_u64("ACTIVATION_PG_SCALE", 70)?,
+            pg_sb_mib: env_u64("ACTIVATION_PG_SHARED_BUFFERS_MIB", 1024)?,
+            child_mib: env_u64("ACTIVATION_CHILD_MIB", 1024)?,
+            tomcat_app_mib: env_u64("ACTIVATION_TOMCAT_APP_MIB", 256)?,
+            vm_ws_mib: env_u64("ACTIVATION_VM_WS_MIB", 16)?,
+            bin_dir,
+            work: PathBuf::from(format!("/var/tmp/torpor-activation-{}", std::process::id())),
+        })
+    }
+}
+
+/// Evidence about the app's memory right before a timed Start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Proof {
+    /// `out` (purged) or `in` (warm).
+    pub kind: String,
+    pub ok: bool,
+    pub why: String,
+    pub memcg: MemSnap,
+    /// torpord's `memory` of the app status (resident = sum of the processes' RSS, which
+    /// includes file pages mapped from elsewhere, e.g. shared libraries).
+    pub torpord_memory: Value,
+    pub state: String,
+    pub frozen: bool,
+    /// Stop → Start cycles done before the proof held (1 = the first).
+    pub attempts: usize,
+}
+
+fn prove(d: &Daemon, warm: bool, limit: u64, attempts: usize) -> Result<(Proof, Memcg)> {
+    let st = d.status()?;
+    let mc = Memcg::from_status(&st).context("no memory cgroup in torpord's app status")?;
+    let m = mc.snap();
+    let mut why = Vec::new();
+    let state = st["state"].as_str().unwrap_or("?").to_string();
+    let frozen = st["frozen"].as_bool().unwrap_or(false);
+    if !frozen {
+        why.push("not frozen".to_string());
+    }
+    if warm {
+        // Everything in memory: no more than 1% of it (+ the limit) on swap.
+        if m.swap > m.resident / 100 + limit {
+            why.push(format!("{} KiB on swap (warm must be all in memory)", m.swap >> 10));
+        }
+        if state != "suspended" {
+            why.push(format!("state {state} (warm: suspended = frozen, not purged)"));
+        }
+    } else {
+        if m.resident > limit {
+            why.push(format!("memcg resident {} KiB (anon {} KiB, page cache {} KiB) > {} KiB", m.resident >> 10, m.anon >> 10, m.file >> 10, limit >> 10));
+        }
+        if let Some(ra) = st["memory"]["resident_anon_bytes"].as_u64() {
+            if ra > limit {
+                why.push(format!("resident anon (torpord) {} KiB > {} KiB", ra >> 10, limit >> 10));
+            }
+        }
+        if state != "standby" {
+            why.push(format!("state {state} (expected standby)"));
+        }
+    }
+    let p = Proof { kind: if warm { "in" } else { "out" }.into(), ok: why.is_empty(), why: why.join("; "), memcg: m, torpord_memory: st["memory"].clone(), state, frozen, attempts };
+    Ok((p, mc))
+}
+
+/// One trial: one timed Start of one mode.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Trial {
+    /// Run order (all trials of the app).
+    pub seq: usize,
+    pub trial: usize,
+    pub mode: String,
+    /// The mode torpord says it ran (`timing.prefetch_mode` / `vm.effective`).
+    pub effective_mode: String,
+    pub load_before: (f64, f64, f64),
+    pub load_after: (f64, f64, f64),
+    pub proof: Option<Proof>,
+    pub refused: bool,
+    pub error: String,
+    pub outcome: Option<Outcome>,
+    /// Start request sent → torpord's answer, seconds.
+    pub start_return_s: f64,
+    pub start_answer: Value,
+    pub stop_answer: Value,
+    /// Host `pswpin` × page size, Start request → first response / → end of the workload.
+    pub swapin_first_bytes: u64,
+    pub swapin_total_bytes: u64,
+    /// The app memcg's major faults over the same intervals.
+    pub majflt_first: u64,
+    pub majflt_total: u64,
+    /// The O_DIRECT floor measured before this trial round: bytes and seconds.
+    pub floor_bytes: u64,
+    pub floor_s: Option<f64>,
+    pub conditioning_s: f64,
+}
+
+impl Trial {
+    fn ok(&self) -> bool {
+        self.error.is_empty() && !self.refused && self.outcome.is_some()
+    }
+}
+
+fn body_mode(mode: &str) -> Option<&str> {
+    // warm's timed Start is a plain thaw.
+    Some(if mode == "warm" { "none" } else { mode })
+}
+
+/// The mode torpord reports for a Start answer.
+fn effective(ans: &Value) -> String {
+    ans["vm"]["effective"].as_str().or(ans["vm"]["mode"].as_str()).or(ans["timing"]["prefetch_mode"].as_str()).unwrap_or("").to_string()
+}
+
+fn page_size() -> u64 {
+    procswap::sys::page_size()
+}
+
+fn pswpin() -> u64 {
+    vm_e2e::mem::vmstat("pswpin").unwrap_or(0)
+}
+
+struct Ctx<'a> {
+    o: &'a Opts,
+    machine: &'a Machine,
+    day: String,
+}
+
+fn run_one(ctx: &Ctx, d: &mut Daemon, wl: &mut dyn Workload, mode: &str, trial: usize, seq: usize) -> Result<Trial> {
+    let o = ctx.o;
+    let warm = mode == "warm";
+    let mut tr = Trial { seq, trial, mode: mode.into(), load_before: loadavg(), ..Default::default() };
+    d.switch(warm)?;
+    let tc = Instant::now();
+    let cond_mode = if warm { "full" } else { mode };
+    let cycles = if warm { o.condition.max(1) } else { o.condition };
+    for c in 0..cycles {
+        d.stop_app().context("conditioning Stop")?;
+        d.start_app(Some(cond_mode)).context("conditioning Start")?;
+        wl.run(&At::now(), 1_000_003 + (trial * 31 + c) as u64, &mut || {}).context("conditioning workload")?;
+    }
+    if warm {
+        wl.settle(d).context("settle (warm)")?;
+    }
+    tr.stop_answer = d.stop_app()?;
+    let (mut proof, mut mc) = prove(d, warm, o.max_resident, 1)?;
+    if !proof.ok {
+        // One more cycle in the same mode, then give up on this trial.
+        eprintln!("activation: {} {mode} trial {trial}: memory not {} after Stop: {}; one more Stop/Start cycle", wl.name(), proof.kind, proof.why);
+        d.start_app(Some(cond_mode))?;
+        wl.run(&At::now(), 2_000_003 + trial as u64, &mut || {})?;
+        if warm {
+            wl.settle(d)?;
+        }
+        tr.stop_answer = d.stop_app()?;
+        (proof, mc) = prove(d, warm, o.max_resident, 2)?;
+    }
+    tr.conditioning_s = tc.elapsed().as_secs_f64();
+    let ok = proof.ok;
+    tr.proof = Some(proof);
+    let seed = trial as u64 + 1;
+    if !ok {
+        tr.refused = true;
+        d.start_app(body_mode(mode))?;
+        wl.run(&At::now(), seed, &mut || {})?;
+    } else {
+        let (sw0, mf0) = (pswpin(), mc.snap().majflt);
+        let at = At::now();
+        let sock_d = (d.sock.clone(), d.app.clone());
+        let body = body_mode(mode).map(|m| json!({ "prefetch": m }));
+        let h = std::thread::spawn(move || {
+            let r = vm_e2e::torpord::call(&sock_d.0, "POST", &format!("/v1/apps/{}/start", sock_d.1), body.as_ref(), Duration::from_secs(900));
+            (r, at.secs())
+        });
+        let mut first = None;
+        let res = wl.run(&at, seed, &mut || first = Some((pswpin(), mc.snap().majflt)));
+        let (ans, ret_s) = h.join().map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
+        let (sw1, mf1) = (pswpin(), mc.snap().majflt);
+        tr.start_return_s = ret_s;
+        match ans {
+            Ok((200, v)) => {
+                if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true) {
+                    tr.error = format!("Start was not a resume: {v}");
+                }
+                tr.effective_mode = effective(&v);
+                tr.start_answer = v;
+            }
+            Ok((st, v)) => {
+                tr.error = format!("Start answered {st}: {v}");
+                tr.start_answer = v;
+            }
+            Err(e) => tr.error = format!("Start request: {e:#}"),
+        }
+        match res {
+            Ok(out) => tr.outcome = Some(out),
+            Err(e) => {
+                if tr.error.is_empty() {
+                    tr.error = format!("workload: {e:#}");
+                }
+            }
+        }
+        let (swf, mff) = first.unwrap_or((sw1, mf1));
+        tr.swapin_first_bytes = swf.saturating_sub(sw0) * page_size();
+        tr.swapin_total_bytes = sw1.saturating_sub(sw0) * page_size();
+        tr.majflt_first = mff.saturating_sub(mf0);
+        tr.majflt_total = mf1.saturating_sub(mf0);
+    }
+    if warm {
+        d.switch(false)?;
+    }
+    tr.load_after = loadavg();
+    Ok(tr)
+}
+
+fn mib(b: f64) -> f64 {
+    b / MIB as f64
+}
+
+fn fmt_load(l: (f64, f64, f64)) -> String {
+    format!("{:.2}", l.0)
+}
+
+/// Median, min and max of some trials (`stats::Spread`, here also read back from the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub n: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(xs: &[f64]) -> Option<Spread> {
+        stats::Spread::of(xs).map(|s| Spread { n: s.n, median: s.median, min: s.min, max: s.max })
+    }
+}
+
+/// Per-mode medians.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeSummary {
+    pub mode: String,
+    pub ok: usize,
+    pub refused: usize,
+    pub failed: usize,
+    pub first_response: Option<Spread>,
+    pub start_return: Option<Spread>,
+    pub torpord_total: Option<Spread>,
+    pub swapin_first_mib: Option<Spread>,
+    pub swapin_total_mib: Option<Spread>,
+    pub majflt_first: Option<Spread>,
+    pub majflt_total: Option<Spread>,
+    pub metrics: BTreeMap<String, Spread>,
+    /// Median of each second of the per-second series.
+    pub series_median: Vec<f64>,
+    pub effective_modes: Vec<String>,
+}
+
+fn summarize(trials: &[Trial], mode: &str) -> ModeSummary {
+    let ts: Vec<&Trial> = trials.iter().filter(|t| t.mode == mode).collect();
+    let ok: Vec<&&Trial> = ts.iter().filter(|t| t.ok()).collect();
+    let col = |f: &dyn Fn(&Trial) -> Option<f64>| Spread::of(&ok.iter().filter_map(|t| f(t)).collect::<Vec<_>>());
+    let mut metrics = BTreeMap::new();
+    let keys: std::collections::BTreeSet<String> = ok.iter().filter_map(|t| t.outcome.as_ref()).flat_map(|o| o.metrics.keys().cloned()).collect();
+    for k in keys {
+        if let Some(s) = col(&|t| t.outcome.as_ref().and_then(|o| o.metrics.get(&k).copied())) {
+            metrics.insert(k, s);
+        }
+    }
+    let n = ok.iter().filter_map(|t| t.outcome.as_ref().map(|o| o.series.len())).max().unwrap_or(0);
+    let series_median = (0..n).map(|i| Spread::of(&ok.iter().filter_map(|t| t.outcome.as_ref().and_then(|o| o.series.get(i).copied())).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN)).collect();
+    let mut eff: Vec<String> = ts.iter().map(|t| t.effective_mode.clone()).filter(|e| !e.is_empty()).collect();
+    eff.sort();
+    eff.dedup();
+    ModeSummary {
+        mode: mode.into(),
+        ok: ok.len(),
+        refused: ts.iter().filter(|t| t.refused).count(),
+        failed: ts.iter().filter(|t| !t.error.is_empty()).count(),
+        first_response: col(&|t| t.outcome.as_ref().map(|o| o.first_response_s)),
+        start_return: col(&|t| Some(t.start_return_s)),
+        torpord_total: col(&|t| t.start_answer["timing"]["total_s"].as_f64()),
+        swapin_first_mib: col(&|t| Some(mib(t.swapin_first_bytes as f64))),
+        swapin_total_mib: col(&|t| Some(mib(t.swapin_total_bytes as f64))),
+        majflt_first: col(&|t| Some(t.majflt_first as f64)),
+        majflt_total: col(&|t| Some(t.majflt_total as f64)),
+        metrics,
+        series_median,
+        effective_modes: eff,
+    }
+}
+
+/// The whole result of one app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppResult {
+    pub schema: String,
+    pub app: String,
+    pub date: String,
+    pub quick: bool,
+    pub machine: Value,
+    /// The machine table rows of the results file.
+    pub machine_md: String,
+    pub load_start: (f64, f64, f64),
+    pub load_end: (f64, f64, f64),
+    pub seconds: f64,
+    pub torpord: Value,
+    pub config_default: String,
+    pub config_warm: String,
+    pub modes: Vec<String>,
+    pub default_mode: String,
+    pub demand_mode: String,
+    pub condition: usize,
+    pub max_resident_bytes: u64,
+    pub app_info: Value,
+    pub description: String,
+    pub trials: Vec<Trial>,
+    pub summary: Vec<ModeSummary>,
+    pub check: String,
+    pub error: String,
+    /// App-specific summary columns: (metric key, label, higher is better).
+    #[serde(default)]
+    pub columns: Vec<(String, String, bool)>,
+}
+
+fn git(args: &[&str]) -> String {
+    std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR")])
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn make_workload(o: &Opts, app: &str, work: &Path) -> Result<Box<dyn Workload>> {
+    Ok(match app {
+        "tomcat" => Box::new(apps::Tomcat::new(work, None)?),
+        "tomcat-256" => Box::new(apps::Tomcat::new(work, Some(o.tomcat_app_mib))?),
+        "redis" => Box::new(apps::Redis::new(work, o.redis_mib, o.redis_gets)?),
+        "postgres" => Box::new(apps::Postgres::new(work, o.pg_scale, o.pg_sb_mib, 10)?),
+        "child-touch" => Box::new(apps::Child::new(&o.bin_dir, o.child_mib, true)?),
+        "child-null" => Box::new(apps::Child::new(&o.bin_dir, o.child_mib, false)?),
+        "vm" => Box::new(apps::Vm::new(o)?),
+        _ => bail!("unknown app {app}"),
+    })
+}
+
+fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppResult> {
+    let o = ctx.o;
+    let t_app = Instant::now();
+    let work = o.work.join(app);
+    std::fs::create_dir_all(&work)?;
+    let mut wl = make_workload(o, app, &work)?;
+    let vm = wl.is_vm();
+    let accepted = daemon::accepted_modes(&o.torpord, &work, vm)?;
+    let mut modes = match &o.modes {
+        Some(m) => m.clone(),
+        None => std::iter::once("warm".to_string()).chain(accepted.iter().cloned()).collect(),
+    };
+    modes.dedup();
+    for m in &modes {
+        ensure!(m == "warm" || accepted.contains(m), "mode {m:?} is not one torpord accepts for this app ({})", accepted.join(", "));
+    }
+    let demand_mode = if accepted.iter().any(|m| m == "none") { "none".to_string() } else { String::new() };
+    let mut d = Daemon::new(&o.torpord, &work.join("torpord"), &wl.name(), &wl.app_toml())?;
+    let mut res = AppResult {
+        schema: "torpor-activation/1".into(),
+        app: app.into(),
+        date: now_date(),
+        quick: o.quick,
+        machine: serde_json::to_value(ctx.machine)?,
+        machine_md: ctx.machine.markdown_rows(),
+        load_start: loadavg(),
+        load_end: (0.0, 0.0, 0.0),
+        seconds: 0.0,
+        torpord: json!({"binary": o.torpord.display().to_string(), "accepted_modes": accepted,
+            "repo_commit": git(&["rev-parse", "HEAD"]), "repo_dirty_paths": git(&["status", "--porcelain", "--", "local-controller", "procswap"]),
+            "source": std::env::var("ACTIVATION_SOURCE").unwrap_or_default()}),
+        config_default: d.config_text(false),
+        config_warm: d.config_text(true),
+        modes: modes.clone(),
+        default_mode: String::new(),
+        demand_mode,
+        condition: o.condition,
+        max_resident_bytes: o.max_resident,
+        app_info: Value::Null,
+        description: String::new(),
+        trials: Vec::new(),
+        summary: Vec::new(),
+        check: String::new(),
+        error: String::new(),
+        columns: wl.columns().into_iter().map(|c| (c.key.to_string(), c.label.to_string(), c.higher_better)).collect(),
+    };
+    eprintln!("activation: {app}: modes {modes:?} (torpord accepts {accepted:?}), {} trials, work dir {}", o.trials, work.display());
+    let r = (|| -> Result<()> {
+        d.start(false)?;
+        let t = Instant::now();
+        let cold = d.start_app(None).context("cold start")?;
+        eprintln!("activation: {app}: cold start by torpord in {:.2} s; setting up", t.elapsed().as_secs_f64());
+        res.app_info = wl.setup(&d).context("setup")?;
+        res.app_info["cold_start_torpord_s"] = cold["timing"]["total_s"].clone();
+        res.description = wl.describe();
+        // One untimed cycle with an empty Start body: which mode is the default.
+        d.stop_app()?;
+        let ans = d.start_app(None)?;
+        res.default_mode = effective(&ans);
+        wl.run(&At::now(), 999, &mut || {})?;
+        eprintln!("activation: {app}: default mode {:?}", res.default_mode);
+        let mut seq = 0;
+        for t in 0..o.trials {
+            let floor_bytes = if app == "child-touch" { o.child_mib * MIB } else { 256 * MIB };
+            if floor.as_ref().map(|f| f.bytes) != Some(floor_bytes) {
+                let dir = ctx.machine.swap.as_ref().and_then(|s| s.path.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+                *floor = Some(FloorFile::create(&dir, floor_bytes)?);
+            }
+            let floor_s = floor.as_ref().map(|f| f.read_direct(DEFAULT_BLOCK)).transpose()?;
+            for k in 0..modes.len() {
+                let mode = &modes[(t + k) % modes.len()];
+                let mut tr = match run_one(ctx, &mut d, wl.as_mut(), mode, t, seq) {
+                    Ok(tr) => tr,
+                    Err(e) => {
+                        let tr = Trial { seq, trial: t, mode: mode.clone(), error: format!("{e:#}"), load_after: loadavg(), ..Default::default() };
+                        eprintln!("activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}", d.log_tail(8));
+                        res.trials.push(tr);
+                        // Back to a running app with the default configuration, or give up.
+                        d.switch(false).ok();
+                        let st = d.status().ok();
+                        if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
+                            d.start_app(None).context("recovering after a failed trial")?;
+                        }
+                        seq += 1;
+                        continue;
+                    }
+                };
+                tr.floor_bytes = floor_bytes;
+                tr.floor_s = floor_s;
+                if app == "child-touch" {
+                    // Touch-all against the I/O floor of the same number of bytes (this round's).
+                    if let (Some(out), Some(f)) = (tr.outcome.as_mut(), floor_s) {
+                        out.metrics.insert("floor_ratio".into(), out.first_response_s / f);
+                    }
+                }
+                let p = tr.proof.clone().unwrap_or_default();
+                let line = match &tr.outcome {
+                    Some(out) if tr.error.is_empty() => format!(
+                        "first response {:.3} s, Start answered {:.3} s (torpord total {:.3} s), swap-in {:.1}/{:.1} MiB, majflt {}/{}{}",
+                        out.first_response_s,
+                        tr.start_return_s,
+                        tr.start_answer["timing"]["total_s"].as_f64().unwrap_or(f64::NAN),
+                        mib(tr.swapin_first_bytes as f64),
+                        mib(tr.swapin_total_bytes as f64),
+                        tr.majflt_first,
+                        tr.majflt_total,
+                        out.metrics.iter().map(|(k, v)| format!(", {k} {}", num(*v))).collect::<String>()
+                    ),
+                    _ if tr.refused => "REFUSED (memory not proven)".into(),
+                    _ => format!("FAILED: {}", tr.error),
+                };
+                eprintln!(
+                    "activation: {app} trial {t} {mode:<17} memory {} ({}): memcg resident {} KiB, swap {} MiB, torpord resident {} KiB | {line} | load {:.2}->{:.2}",
+                    p.kind,
+                    if p.ok { "proven" } else { "NOT proven" },
+                    p.memcg.resident >> 10,
+                    p.memcg.swap >> 20,
+                    p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) >> 10,
+                    tr.load_before.0,
+                    tr.load_after.0
+                );
+                res.trials.push(tr);
+                seq += 1;
+            }
+        }
+        res.check = wl.check(&d).unwrap_or_else(|e| format!("FAILED: {e:#}"));
+        Ok(())
+    })();
+    if let Err(e) = r {
+        res.error = format!("{e:#}");
+        eprintln!("activation: {app}: FAILED: {}\n{}", res.error, d.log_tail(15));
+    }
+    d.cleanup();
+    res.load_end = loadavg();
+    res.seconds = t_app.elapsed().as_secs_f64();
+    res.summary = modes.iter().map(|m| summarize(&res.trials, m)).collect();
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(res)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn cell(s: &Option<Spread>, prec: usize) -> String {
+    match s {
+        Some(s) => format!("{:.p$} ({:.p$}–{:.p$})", s.median, s.min, s.max, p = prec),
+        None => "–".into(),
+    }
+}
+
+/// A number with as many decimals as its size calls for.
+fn num(v: f64) -> String {
+    match v.abs() {
+        m if m >= 100.0 => format!("{v:.0}"),
+        m if m >= 10.0 => format!("{v:.1}"),
+        m if m >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+/// A cell with as many decimals as the size of the numbers calls for.
+fn cell_auto(s: &Option<Spread>) -> String {
+    let prec = match s.map(|x| x.median.abs()) {
+        Some(m) if m >= 100.0 => 0,
+        Some(m) if m >= 10.0 => 1,
+        Some(m) if m >= 1.0 => 2,
+        _ => 3,
+    };
+    cell(s, prec)
+}
+
+fn mode_label(r: &AppResult, m: &str) -> String {
+    let mut s = match m {
+        "warm" => "warm (never purged, thaw only)".to_string(),
+        x if x == r.demand_mode => format!("{x} (demand paging)"),
+        x => x.to_string(),
+    };
+    if m == r.default_mode {
+        s += " **default**";
+    }
+    s
+}
+
+/// The files of one app's result.
+fn paths(out: &Path, r: &AppResult) -> (PathBuf, PathBuf, PathBuf) {
+    let base = format!("{}-{}{}", &r.date[..10.min(r.date.len())], r.app, if r.quick { "-quick" } else { "" });
+    (out.join(format!("{base}.md")), out.join(format!("{base}.json")), out.join(format!("{base}.png")))
+}
+
+fn median_of(r: &AppResult, mode: &str, f: &dyn Fn(&ModeSummary) -> Option<f64>) -> Option<f64> {
+    r.summary.iter().find(|s| s.mode == mode).and_then(f)
+}
+
+fn fr(s: &ModeSummary) -> Option<f64> {
+    s.first_response.map(|x| x.median)
+}
+
+/// Issue 12's acceptance lines for this app, evaluated for the default mode (informational:
+/// the benchmark prints, it does not assert).
+fn acceptance(r: &AppResult) -> Vec<String> {
+    let d = r.default_mode.as_str();
+    let mut v = Vec::new();
+    if d.is_empty() {
+        return v;
+    }
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let m = |mode: &str, f: &dyn Fn(&ModeSummary) -> Option<f64>| median_of(r, mode, f);
+    let metric = |k: &'static str| move |s: &ModeSummary| s.metrics.get(k).map(|x| x.median);
+    let (fd, fw, fn_) = (m(d, &fr), m("warm", &fr), m(&r.demand_mode, &fr));
+    if let (Some(a), Some(b)) = (fd, fn_) {
+        if matches!(r.app.as_str(), "tomcat" | "vm") {
+            v.push(format!("first response ≤ 0.5× demand paging: {:.2}× — {}", a / b, met(a <= 0.5 * b)));
+        }
+        v.push(format!("first response never worse than 1.1× demand paging: {:.2}× — {}", a / b, met(a <= 1.1 * b)));
+    }
+    if r.app == "tomcat" {
+        if let (Some(a), Some(w)) = (fd, fw) {
+            v.push(format!("first response ≤ 3× warm: {:.2}× ({:.3} vs {:.3} s) — {}", a / w, a, w, met(a <= 3.0 * w)));
+            let need = m(&r.demand_mode, &|s| s.swapin_first_mib.map(|x| x.median));
+            let floor: Vec<f64> = r.trials.iter().filter_map(|t| t.floor_s.map(|s| t.floor_bytes as f64 / s)).collect();
+            if let (Some(need), Some(bw)) = (need, Spread::of(&floor)) {
+                let bound = w + need * MIB as f64 / bw.median + 0.010;
+                v.push(format!(
+                    "first response ≤ warm + bytes the first response needed ÷ floor bandwidth + 10 ms = {:.3} + {:.1} MiB ÷ {:.0} MiB/s + 0.010 = {:.3} s: {:.3} s — {}",
+                    w,
+                    need,
+                    bw.median / MIB as f64,
+                    bound,
+                    a,
+                    met(a <= bound.max(3.0 * w))
+                ));
+            }
+        }
+    }
+    if r.app == "postgres" {
+        if let (Some(a), Some(w)) = (m(d, &metric("tps_window")), m("warm", &metric("tps_window"))) {
+            v.push(format!("TPS over the first 10 s ≥ 0.8× warm: {:.2}× ({a:.0} vs {w:.0}) — {}", a / w, met(a >= 0.8 * w)));
+        }
+    }
+    if r.app == "redis" {
+        if let (Some(a), Some(b)) = (m(d, &metric("gets_done_s")), m(&r.demand_mode, &metric("gets_done_s"))) {
+            v.push(format!("200k GETs done ≤ 0.8× demand paging: {:.2}× ({a:.2} vs {b:.2} s) — {}", a / b, met(a <= 0.8 * b)));
+        }
+    }
+    if r.app == "child-touch" {
+        let floor: Vec<f64> = r.trials.iter().filter_map(|t| t.floor_s).collect();
+        if let (Some(a), Some(f)) = (fd, Spread::of(&floor)) {
+            v.push(format!("touch-all ≤ 1.1× the O_DIRECT floor: {:.2}× ({a:.3} vs {:.3} s) — {}", a / f.median, f.median, met(a <= 1.1 * f.median)));
+        }
+    }
+    let worst = r.trials.iter().filter(|t| t.mode != "warm").filter_map(|t| t.proof.as_ref().filter(|p| p.ok)).map(|p| p.memcg.resident).max();
+    if let Some(w) = worst {
+        v.push(format!("a suspended app keeps ≤ 3 MiB resident (memcg anon + page cache after Stop, worst of all purged trials): {:.2} MiB — {}", mib(w as f64), met(w <= 3 * MIB)));
+    }
+    v
+}
+
+fn write_md(r: &AppResult, png: &Path) -> String {
+    let cols = &r.columns;
+    let mut o = String::new();
+    let _ = writeln!(o, "# Activation: {} — {}{}\n", r.app, r.date, if r.quick { " (quick)" } else { "" });
+    let _ = writeln!(o, "Issue 12's acceptance benchmark (`make bench-activation`, `torpor-bench activation`, bench/src/activation.rs).\n");
+    let _ = writeln!(o, "{}\n", r.description);
+    let _ = writeln!(
+        o,
+        "Every trial: the app was running; `{}` untimed Stop → Start(mode) → workload cycle(s) in the trial's mode (other random requests), so what \
+         torpord records at Stop comes from that mode's own history; Stop; the memory **proven out** (the app's memcg: anon + page cache resident \
+         ≤ {} KiB, torpord's resident anon too; state standby) — for `warm` proven **in** (swap ≤ 1% of resident + that limit; state suspended) — \
+         else the trial is refused; then the Start request and the app's first request go out at the same instant. Times are the client's own; \
+         \"Start answered\" is torpord's answer arriving, `total_s` torpord's own breakdown total. Swap-in = host `pswpin` delta × page size \
+         (host-wide: other work on this shared machine can add to it); major faults = the app memcg's. Modes rotate per trial (round-robin, the \
+         first mode shifting by one each trial). Ratios are of medians of this run.\n",
+        r.condition,
+        r.max_resident_bytes >> 10
+    );
+    if !r.error.is_empty() {
+        let _ = writeln!(o, "**The run failed**: {}\n", r.error);
+    }
+    let _ = writeln!(o, "## Setup\n\n| | |\n|---|---|");
+    o.push_str(&r.machine_md);
+    let _ = writeln!(o, "| date | {} |", r.date);
+    let loads: Vec<f64> = r.trials.iter().flat_map(|t| [t.load_before.0, t.load_after.0]).filter(|x| *x > 0.0).collect();
+    let lr = Spread::of(&loads).map(|s| format!("{:.2}–{:.2} (1-min, before/after each trial; median {:.2})", s.min, s.max, s.median)).unwrap_or_default();
+    let _ = writeln!(o, "| load average | at start {:.2} / {:.2} / {:.2}, at end {:.2} / {:.2} / {:.2}; trials {lr} |", r.load_start.0, r.load_start.1, r.load_start.2, r.load_end.0, r.load_end.1, r.load_end.2);
+    let _ = writeln!(o, "| torpord | `{}`; repository at `{}`{}{} |", r.torpord["binary"].as_str().unwrap_or("?"), r.torpord["repo_commit"].as_str().unwrap_or("?"), {
+        let src = r.torpord["source"].as_str().unwrap_or("");
+        if src.is_empty() { String::new() } else { format!("; built from: {src}") }
+    }, {
+        let dirty = r.torpord["repo_dirty_paths"].as_str().unwrap_or("");
+        if dirty.is_empty() { String::new() } else { format!(" (uncommitted changes in local-controller/procswap: `{}`)", dirty.replace('\n', "; ")) }
+    });
+    let _ = writeln!(o, "| modes | {} (torpord accepts: {}); default (Start without a body): `{}` |", r.modes.join(", "), r.torpord["accepted_modes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(), r.default_mode);
+    let _ = writeln!(o, "| trials | {} per mode{}; run took {:.0} s |", r.trials.iter().map(|t| t.trial).max().map(|x| x + 1).unwrap_or(0), if r.quick { " (quick)" } else { "" }, r.seconds);
+    let _ = writeln!(o, "| app | `{}` |", r.app_info.to_string().replace('|', "\\|"));
+    if !r.check.is_empty() {
+        let _ = writeln!(o, "| data check after the last trial | {} |", r.check);
+    }
+    let _ = writeln!(o, "\ntorpord's configuration (default; `warm` adds `purge = \"never\"`, torpord restarted around each warm trial and adopting the same app process):\n\n```toml\n{}```\n", r.config_default);
+
+    let _ = writeln!(o, "## Results (medians of the trials, min–max)\n");
+    let base = |m: &str| median_of(r, m, &fr);
+    let (w, dm) = (base("warm"), base(&r.demand_mode));
+    let mut head = "| mode | ok / refused / failed | first response, s | × warm | × demand paging | Start answered, s | torpord total_s | swap-in to first response, MiB | major faults to first response | swap-in total, MiB | major faults total |".to_string();
+    let mut sep = "|---|---|---|---|---|---|---|---|---|---|---|".to_string();
+    for (_, label, _) in cols {
+        head += &format!(" {label} | × warm | × demand paging |");
+        sep += "---|---|---|";
+    }
+    let _ = writeln!(o, "{head}\n{sep}");
+    for s in &r.summary {
+        let f = s.first_response.map(|x| x.median);
+        let mut row = format!(
+            "| {}{} | {} / {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            mode_label(r, &s.mode),
+            if s.effective_modes.iter().any(|e| e != &s.mode && s.mode != "warm") { format!(" (torpord ran: {})", s.effective_modes.join(", ")) } else { String::new() },
+            s.ok,
+            s.refused,
+            s.failed,
+            cell(&s.first_response, 3),
+            ratio(f, w),
+            ratio(f, dm),
+            cell(&s.start_return, 3),
+            cell(&s.torpord_total, 3),
+            cell(&s.swapin_first_mib, 1),
+            cell(&s.majflt_first, 0),
+            cell(&s.swapin_total_mib, 1),
+            cell(&s.majflt_total, 0)
+        );
+        for (k, _, _) in cols {
+            let v = s.metrics.get(k).copied();
+            let bw = median_of(r, "warm", &|x| x.metrics.get(k).map(|y| y.median));
+            let bd = median_of(r, &r.demand_mode, &|x| x.metrics.get(k).map(|y| y.median));
+            row += &format!(" {} | {} | {} |", cell_auto(&v), ratio(v.map(|x| x.median), bw), ratio(v.map(|x| x.median), bd));
+        }
+        let _ = writeln!(o, "{row}");
+    }
+    if r.summary.iter().any(|s| !s.series_median.is_empty()) {
+        let n = r.summary.iter().map(|s| s.series_median.len()).max().unwrap_or(0);
+        let _ = writeln!(o, "\nTransactions per second after the Start request (median of the trials, per second):\n");
+        let _ = writeln!(o, "| mode | {} |\n|---|{}", (0..n).map(|i| format!("{i}–{} s", i + 1)).collect::<Vec<_>>().join(" | "), "---|".repeat(n));
+        for s in &r.summary {
+            let _ = writeln!(o, "| {} | {} |", mode_label(r, &s.mode), s.series_median.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" | "));
+        }
+    }
+    let acc = acceptance(r);
+    if !acc.is_empty() {
+        let _ = writeln!(o, "\n## Issue 12's acceptance, for the default mode `{}` (informational: printed, not asserted)\n", r.default_mode);
+        for a in acc {
+            let _ = writeln!(o, "- {a}");
+        }
+    }
+    let _ = writeln!(o, "\n![first response per mode]({})\n", png.file_name().unwrap_or_default().to_string_lossy());
+    let _ = writeln!(o, "## Trials (run order)\n");
+    let _ = writeln!(o, "| # | trial | mode | load before → after | memory before Start (memcg resident / swap, torpord resident) | first response s | Start answered s | torpord breakdown | swap-in MiB (first / total) | major faults (first / total) | app metrics | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for t in &r.trials {
+        let p = t.proof.clone().unwrap_or_default();
+        let mem = if t.proof.is_some() {
+            format!(
+                "{} {}: {:.2} / {:.1} MiB, {:.1} MiB{}",
+                p.kind,
+                if p.ok { "proven" } else { "**not proven**" },
+                mib(p.memcg.resident as f64),
+                mib(p.memcg.swap as f64),
+                mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
+                if p.ok { String::new() } else { format!(" ({})", p.why) }
+            )
+        } else {
+            "–".into()
+        };
+        let timing = &t.start_answer["timing"];
+        let mut bd: Vec<String> = timing.as_object().map(|m| m.iter().filter(|(k, v)| k.ends_with("_s") && v.as_f64().is_some_and(|x| x > 0.0)).map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
+        if let Some(b) = timing["prefetch_bytes"].as_u64().filter(|b| *b > 0) {
+            bd.push(format!("prefetch {:.1} MiB", mib(b as f64)));
+        }
+        let (first, metrics, note) = match &t.outcome {
+            Some(out) => (
+                format!("{:.3}", out.first_response_s),
+                out.metrics.iter().map(|(k, v)| format!("{k} {}", num(*v))).collect::<Vec<_>>().join(", "),
+                out.note.clone(),
+            ),
+            None => ("–".into(), String::new(), String::new()),
+        };
+        let note = [note, if t.refused { "REFUSED".into() } else { String::new() }, t.error.clone()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+        let _ = writeln!(
+            o,
+            "| {} | {} | {}{} | {} → {} | {} | {} | {:.3} | {} | {:.1} / {:.1} | {} / {} | {} | {} |",
+            t.seq,
+            t.trial,
+            t.mode,
+            if !t.effective_mode.is_empty() && t.effective_mode != t.mode && t.mode != "warm" { format!(" ({})", t.effective_mode) } else { String::new() },
+            fmt_load(t.load_before),
+            fmt_load(t.load_after),
+            mem,
+            first,
+            t.start_return_s,
+            bd.join(", "),
+            mib(t.swapin_first_bytes as f64),
+            mib(t.swapin_total_bytes as f64),
+            t.majflt_first,
+            t.majflt_total,
+            metrics,
+            note.replace('|', "\\|")
+        );
+    }
+    o
+}
+
+fn write_results(out: &Path, r: &AppResult) -> Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let (md, js, png) = paths(out, r);
+    std::fs::write(&js, serde_json::to_string_pretty(r)?)?;
+    let bars: Vec<Bar> = r
+        .summary
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.first_response.map(|f| Bar { label: if s.mode == r.default_mode { format!("{} (default)", s.mode) } else { s.mode.clone() }, value: f.median, lo: f.min, hi: f.max, color: i }))
+        .collect();
+    let mut md_text = write_md(r, &png);
+    if !bars.is_empty() {
+        if let Err(e) = plot::bars(&png, &format!("{}: time to first response after Start, {}", r.app, &r.date[..10.min(r.date.len())]), "seconds (median, min–max)", &bars, true) {
+            md_text += &format!("\n(plot failed: {e:#})\n");
+        }
+    }
+    std::fs::write(&md, md_text)?;
+    Ok(md)
+}
+
+/// Regenerate the index table of `out/README.md` from every result JSON there (the text
+/// outside the markers is kept).
+pub fn write_index(out: &Path) -> Result<()> {
+    const BEGIN: &str = "<!-- activation-index:begin (generated by torpor-bench activation from the .json files) -->";
+    const END: &str = "<!-- activation-index:end -->";
+    let mut rs: Vec<AppResult> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                if let Ok(r) = serde_json::from_slice::<AppResult>(&std::fs::read(e.path())?) {
+                    if r.schema.starts_with("torpor-activation/") {
+                        rs.push(r);
+                    }
+                }
+            }
+        }
+    }
+    rs.sort_by(|a, b| (ALL_APPS.iter().position(|x| *x == a.app), &b.date).cmp(&(ALL_APPS.iter().position(|x| *x == b.app), &a.date)));
+    let mut t = String::new();
+    let _ = writeln!(t, "{BEGIN}\n");
+    let _ = writeln!(t, "| app | date | trials | load (1-min, min–max) | default mode | first response, median s, per mode | default × warm | default × demand paging | app metric (default / warm / demand paging) | files |\n|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rs {
+        let (md, _, png) = paths(Path::new(""), r);
+        let loads: Vec<f64> = r.trials.iter().flat_map(|t| [t.load_before.0, t.load_after.0]).filter(|x| *x > 0.0).collect();
+        let load = Spread::of(&loads).map(|s| format!("{:.1}–{:.1}", s.min, s.max)).unwrap_or_else(|| "–".into());
+        let per = r.summary.iter().map(|s| format!("{} {}", s.mode, s.first_response.map(|f| format!("{:.3}", f.median)).unwrap_or_else(|| "–".into()))).collect::<Vec<_>>().join("; ");
+        let d = r.default_mode.as_str();
+        let g = |m: &str| median_of(r, m, &fr);
+        let metric = ["gets_done_s", "tps_window", "all_data_s", "floor_ratio", "all_data_back_s"].iter().find_map(|k| {
+            let v = |m: &str| median_of(r, m, &|s| s.metrics.get(*k).map(|x| x.median)).map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+            r.summary.iter().any(|s| s.metrics.contains_key(*k)).then(|| format!("{k}: {} / {} / {}", v(d), v("warm"), v(&r.demand_mode)))
+        });
+        let _ = writeln!(
+            t,
+            "| {} | {} | {}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
+            r.app,
+            r.date,
+            r.trials.iter().map(|t| t.trial).max().map(|x| x + 1).unwrap_or(0),
+            if r.quick { " (quick)" } else { "" },
+            ratio(g(d), g("warm")),
+            ratio(g(d), g(&r.demand_mode)),
+            metric.unwrap_or_else(|| "–".into()),
+            md.display(),
+            png.display(),
+            if r.error.is_empty() { String::new() } else { " — **run failed**".into() }
+        );
+    }
+    let _ = writeln!(t, "\n{END}");
+    let path = out.join("README.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], t.trim_end(), &old[b + END.len()..]),
+        _ if old.trim().is_empty() => format!("# Activation benchmark (issue 12)\n\n`make bench-activation` (`bench/run-activation.sh` → `torpor-bench activation`). One row per app and run.\n\n{t}"),
+        _ => format!("{}\n\n{t}", old.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}
+
+fn now_date() -> String {
+    std::process::Command::new("date").arg("+%Y-%m-%d %H:%M:%S %Z").output().ok().and_then(|x| String::from_utf8(x.stdout).ok()).unwrap_or_default().trim().to_string()
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args)?;
+    crate::machine::require_root_and_swap()?;
+    ensure!(o.torpord.exists(), "{} not found (cargo build --release -p local-controller, or --torpord PATH)", o.torpord.display());
+    let date = now_date();
+    let machine = Machine::probe()?;
+    let ctx = Ctx { o: &o, machine: &machine, day: date.get(..10).unwrap_or("unknown").to_string() };
+    std::fs::create_dir_all(&o.work)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&o.work, std::fs::Permissions::from_mode(0o755))?;
+    eprintln!("activation: apps {:?}, {} trials, out {}, torpord {}, {} ({} CPUs), load {:?}", o.apps, o.trials, o.out.display(), o.torpord.display(), ctx.day, machine.nproc, loadavg());
+    let mut floor = None;
+    let mut failed = Vec::new();
+    let mut written = Vec::new();
+    for app in &o.apps {
+        let r = match run_app(&ctx, app, &mut floor) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("activation: {app}: not run: {e:#}");
+                failed.push(format!("{app}: {e:#}"));
+                continue;
+            }
+        };
+        if !r.error.is_empty() {
+            failed.push(format!("{app}: {}", r.error));
+        }
+        let md = write_results(&o.out, &r)?;
+        eprintln!("activation: {app}: wrote {}", md.display());
+        written.push(md);
+        write_index(&o.out)?;
+    }
+    drop(floor);
+    let _ = std::fs::remove_dir_all(&o.work);
+    for w in &written {
+        let text = std::fs::read_to_string(w).unwrap_or_default();
+        println!("== {}", w.display());
+        for l in text.lines().skip_while(|l| !l.starts_with("## Results")).take_while(|l| !l.starts_with("![")) {
+            println!("{l}");
+        }
+    }
+    ensure!(failed.is_empty(), "{} app(s) failed:\n{}", failed.len(), failed.join("\n"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(mode: &str, fr: f64, ok: bool) -> Trial {
+        Trial {
+            mode: mode.into(),
+            effective_mode: mode.into(),
+            outcome: ok.then(|| Outcome { first_response_s: fr, ..Default::default() }),
+            refused: !ok,
+            start_answer: json!({"timing": {"total_s": fr / 2.0, "prefetch_mode": mode}}),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summaries_skip_refused_trials() {
+        let ts = vec![trial("none", 1.0, true), trial("none", 3.0, true), trial("none", 100.0, false), trial("full", 2.0, true)];
+        let s = summarize(&ts, "none");
+        assert_eq!((s.ok, s.refused), (2, 1));
+        assert_eq!(s.first_response.unwrap().median, 2.0);
+        assert_eq!(s.torpord_total.unwrap().median, 1.0);
+        assert_eq!(s.effective_modes, vec!["none".to_string()]);
+    }
+
+    #[test]
+    fn effective_mode_of_answers() {
+        assert_eq!(effective(&json!({"timing": {"prefetch_mode": "full"}})), "full");
+        assert_eq!(effective(&json!({"timing": {}, "vm": {"mode": "priority", "effective": "full"}})), "full");
+        assert_eq!(body_mode("warm"), Some("none"));
+    }
+
+    #[test]
+    fn index_keeps_text_outside_markers() {
+        let dir = std::env::temp_dir().join(format!("torpor-activation-index-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("README.md"), "# Title\n\nnotes kept\n").unwrap();
+        write_index(&dir).unwrap();
+        write_index(&dir).unwrap();
+        let s = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        assert!(s.starts_with("# Title\n\nnotes kept\n"));
+        assert_eq!(s.matches("activation-index:begin").count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,1005 @@
+//! The apps of the activation benchmark and their client workloads. Each app is a real server
+//! run by torpord (`[[app]]` entry); its workload is the client side, started at the instant
+//! the Start request is sent (the app is frozen then: its first request waits in the socket
+//! backlog), and it measures the time to the first successful response itself.
+
+use super::daemon::{q, Daemon};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The instant a Start request is sent (monotonic and wall clock).
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub t0: Instant,
+    pub t0_unix: f64,
+}
+
+impl At {
+    pub fn now() -> At {
+        At { t0: Instant::now(), t0_unix: now_unix() }
+    }
+    pub fn secs(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+}
+
+pub fn now_unix() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// What a workload measured in one run.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// Start request sent → first successful response, seconds (the client's own clock).
+    pub first_response_s: f64,
+    /// App-specific numbers (see [`Workload::columns`]).
+    pub metrics: BTreeMap<String, f64>,
+    /// Per-second series (PostgreSQL: transactions completed in each second after Start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// A summary column of an app-specific metric.
+pub struct Col {
+    pub key: &'static str,
+    pub label: &'static str,
+    /// Higher is better (throughput), else lower is better (time).
+    pub higher_better: bool,
+}
+
+pub trait Workload {
+    /// torpord app name and results name.
+    fn name(&self) -> String;
+    fn is_vm(&self) -> bool {
+        false
+    }
+    /// The `[[app]]` entry.
+    fn app_toml(&self) -> String;
+    /// After the cold start: load data, warm up; facts for the results file.
+    fn setup(&mut self, d: &Daemon) -> Result<Value>;
+    /// Warm only, after a full-prefetch Start: bring in what a full prefetch of private anonymous
+    /// memory does not (PostgreSQL's shared buffers), so the warm app is all in memory.
+    fn settle(&mut self, _d: &Daemon) -> Result<()> {
+        Ok(())
+    }
+    /// The client side, from `at` (the Start request goes out at the same instant from another
+    /// thread). Calls `mark` the moment the first successful response arrives. `seed` picks the
+    /// random requests (the same in every mode of one trial).
+    fn run(&mut self, at: &At, seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome>;
+    /// After the last trial: check the app's data (where it can), untimed.
+    fn check(&mut self, _d: &Daemon) -> Result<String> {
+        Ok(String::new())
+    }
+    /// Markdown: what the app is, what the first response and the other metrics are.
+    fn describe(&self) -> String;
+    fn columns(&self) -> Vec<Col> {
+        Vec::new()
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
+    let o = Command::new(c).args(args).output().with_context(|| format!("run {c}"))?;
+    ensure!(o.status.success(), "{c} {args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn dpkg_version(pkg: &str) -> String {
+    cmd_out("dpkg-query", &["-W", "-f=${Version}", pkg]).unwrap_or_else(|_| "?".into())
+}
+
+fn toml_list(v: &[String]) -> String {
+    format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "))
+}
+
+fn app_entry(name: &str, command: &[String], workdir: Option<&Path>, env: &[(&str, String)], ready: &str, ready_timeout: &str) -> String {
+    let mut s = format!("[[app]]\nname = {}\ncommand = {}\n", q(name), toml_list(command));
+    if let Some(w) = workdir {
+        s += &format!("workdir = {}\n", q(&w.display().to_string()));
+    }
+    if !env.is_empty() {
+        s += &format!("env = {{ {} }}\n", env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect::<Vec<_>>().join(", "));
+    }
+    s + &format!("ready = {ready}\nready_timeout = {}\n", q(ready_timeout))
+}
+
+/// GET `path` until a 2xx/3xx answer; seconds since `at` when it arrived, and the body. The
+/// first attempt goes out at once (the app is frozen: it waits in the backlog); after a failure
+/// the next one follows 2 ms later.
+pub fn http_first_ok(port: u16, path: &str, at: &At, limit: Duration) -> Result<(f64, String)> {
+    loop {
+        let last = match vm_e2e::http::get(local(port), path, Duration::from_secs(300)) {
+            Ok(r) if (200..400).contains(&r.status) => return Ok((at.secs(), r.body)),
+            Ok(r) => format!("status {}", r.status),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(at.t0.elapsed() < limit, "no successful GET {path} on :{port} within {limit:?} (last: {last})");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ------------------------------------------------------------------------------- Tomcat
+
+pub const TOMCAT_HOME: &str = "/usr/share/tomcat10";
+
+/// Tomcat 10 from Debian (`catalina.sh run`, own CATALINA_BASE): the package's default ROOT
+/// webapp, or `bench/tomcat-app` holding `mib` MiB of heap data.
+pub struct Tomcat {
+    mib: Option<u64>,
+    port: u16,
+    base: PathBuf,
+    java_home: String,
+    info: Value,
+    /// The compiled webapp's work dir (kept while the app runs).
+    _prep: Option<crate::server::Tomcat>,
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let e = e?;
+        let p = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &p)?;
+        } else {
+            std::fs::copy(e.path(), &p).with_context(|| format!("copy {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+impl Tomcat {
+    pub fn new(work: &Path, mib: Option<u64>) -> Result<Tomcat> {
+        ensure!(Path::new(TOMCAT_HOME).join("bin/catalina.sh").exists(), "{TOMCAT_HOME}/bin/catalina.sh missing: apt-get install tomcat10 (bench/run-activation.sh does)");
+        let (prep, java_home) = match mib {
+            Some(m) => {
+                let t = crate::server::Tomcat::prepare(m)?;
+                let jh = t.info.java_home.clone();
+                (Some(t), jh)
+            }
+            None => {
+                let java = std::fs::canonicalize(which("java").context("no java on PATH (tomcat10 depends on a JRE)")?)?;
+                let jh = java.parent().and_then(Path::parent).context("JAVA_HOME from java")?.display().to_string();
+                (None, jh)
+            }
+        };
+        let port = free_port()?;
+        let base = work.join("catalina-base");
+        let _ = std::fs::remove_dir_all(&base);
+        for d in ["conf", "logs", "temp", "work", "webapps", "lib"] {
+            std::fs::create_dir_all(base.join(d))?;
+        }
+        for e in std::fs::read_dir(Path::new(TOMCAT_HOME).join("etc"))? {
+            let e = e?;
+            if e.path().is_file() {
+                std::fs::copy(e.path(), base.join("conf").join(e.file_name()))?;
+            }
+        }
+        let sx = base.join("conf/server.xml");
+        let s = std::fs::read_to_string(&sx)?;
+        ensure!(s.contains("port=\"8080\""), "{}: no port=\"8080\" connector", sx.display());
+        std::fs::write(&sx, s.replace("port=\"8080\"", &format!("port=\"{port}\"")).replace("<Server port=\"8005\"", "<Server port=\"-1\""))?;
+        match &prep {
+            Some(t) => copy_dir(&t.dir.join("app"), &base.join("webapps/app"))?,
+            None => copy_dir(Path::new("/usr/share/tomcat10-root/default_root"), &base.join("webapps/ROOT")).context("the default ROOT webapp (package tomcat10)")?,
+        }
+        let java_version = Command::new(format!("{java_home}/bin/java")).arg("-version").output().ok().map(|o| String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+        let info = json!({"tomcat10": dpkg_version("tomcat10"), "java": java_version, "java_home": java_home, "port": port,
+            "webapp": match mib { Some(m) => format!("bench/tomcat-app as /app, {m} MiB of heap data"), None => "Debian's default ROOT webapp (/usr/share/tomcat10-root/default_root)".into() }});
+        Ok(Tomcat { mib, port, base, java_home, info, _prep: prep })
+    }
+
+    fn path(&self) -> &'static str {
+        if self.mib.is_some() {
+            "/app/"
+        } else {
+            "/"
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+impl Workload for Tomcat {
+    fn name(&self) -> String {
+        match self.mib {
+            Some(m) => format!("tomcat-{m}"),
+            None => "tomcat".into(),
+        }
+    }
+    fn app_toml(&self) -> String {
+        let b = self.base.display().to_string();
+        let mut env = vec![
+            ("CATALINA_HOME", TOMCAT_HOME.to_string()),
+            ("CATALINA_BASE", b.clone()),
+            ("CATALINA_TMPDIR", format!("{b}/temp")),
+            ("JAVA_HOME", self.java_home.clone()),
+        ];
+        if let Some(m) = self.mib {
+            env.push(("TORPOR_APP_MIB", m.to_string()));
+        }
+        let ready = format!("{{ http = {} }}", q(&format!("http://127.0.0.1:{}{}", self.port, self.path())));
+        app_entry(&self.name(), &[format!("{TOMCAT_HOME}/bin/catalina.sh"), "run".into()], Some(&self.base), &env, &ready, "180s")
+    }
+    fn setup(&mut self, _d: &Daemon) -> Result<Value> {
+        let (_, body) = http_first_ok(self.port, self.path(), &At::now(), Duration::from_secs(60))?;
+        if self.mib.is_some() {
+            let (_, b) = http_first_ok(self.port, "/app/?touch=all", &At::now(), Duration::from_secs(60))?;
+            ensure!(b.starts_with("OK "), "GET /app/?touch=all answered {b:?}");
+        }
+        let mut v = self.info.clone();
+        v["first_answer_bytes"] = json!(body.len());
+        Ok(v)
+    }
+    fn run(&mut self, at: &At, _seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
+        let (fr, _) = http_first_ok(self.port, self.path(), at, Duration::from_secs(300))?;
+        mark();
+        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        if self.mib.is_some() {
+            let (all, b) = http_first_ok(self.port, "/app/?touch=all", at, Duration::from_secs(600))?;
+            ensure!(b.starts_with("OK "), "GET /app/?touch=all answered {b:?}");
+            o.metrics.insert("all_data_s".into(), all);
+        }
+        Ok(o)
+    }
+    fn describe(&self) -> String {
+        match self.mib {
+            None => format!(
+                "Tomcat {} from Debian, `catalina.sh run` with its own CATALINA_BASE (the package's configuration, HTTP on a free port) and \
+                 Debian's default ROOT webapp. **First response**: the first 2xx answer to `GET /`, sent the instant the Start request is sent.",
+                self.info["tomcat10"].as_str().unwrap_or("?")
+            ),
+            Some(m) => format!(
+                "Tomcat {} from Debian with `bench/tomcat-app` as `/app` (a servlet holding {m} MiB of pseudo-random heap data). **First response**: \
+                 the first 2xx answer to `GET /app/` (touches no data), sent the instant the Start request is sent; **all data**: then \
+                 `GET /app/?touch=all` (reads one byte of every page of the {m} MiB), time from the Start request to its answer.",
+                self.info["tomcat10"].as_str().unwrap_or("?")
+            ),
+        }
+    }
+    fn columns(&self) -> Vec<Col> {
+        if self.mib.is_some() {
+            vec![Col { key: "all_data_s", label: "all data (`?touch=all` answered), s", higher_better: false }]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------- redis
+
+/// A RESP connection.
+struct Resp {
+    r: BufReader<TcpStream>,
+    w: std::io::BufWriter<TcpStream>,
+}
+
+impl Resp {
+    fn connect(port: u16, timeout: Duration) -> Result<Resp> {
+        let s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5)).with_context(|| format!("connect redis :{port}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_nodelay(true)?;
+        Ok(Resp { r: BufReader::new(s.try_clone()?), w: std::io::BufWriter::with_capacity(1 << 16, s) })
+    }
+    fn send(&mut self, args: &[&[u8]]) -> Result<()> {
+        write!(self.w, "*{}\r\n", args.len())?;
+        for a in args {
+            write!(self.w, "${}\r\n", a.len())?;
+            self.w.write_all(a)?;
+            self.w.write_all(b"\r\n")?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(self.w.flush()?)
+    }
+    /// One reply: simple/integer as text, bulk as bytes (`None` for nil); errors fail.
+    fn reply(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut line = String::new();
+        ensure!(self.r.read_line(&mut line)? > 0, "redis closed the connection");
+        let l = line.trim_end();
+        match l.as_bytes().first() {
+            Some(b'+') | Some(b':') => Ok(Some(l.as_bytes()[1..].to_vec())),
+            Some(b'-') => bail!("redis error: {}", &l[1..]),
+            Some(b'$') => {
+                let n: i64 = l[1..].parse().with_context(|| format!("bad bulk header {l:?}"))?;
+                if n < 0 {
+                    return Ok(None);
+                }
+                let mut b = vec![0u8; n as usize + 2];
+                self.r.read_exact(&mut b)?;
+                b.truncate(n as usize);
+                Ok(Some(b))
+            }
+            _ => bail!("unexpected redis reply {l:?}"),
+        }
+    }
+}
+
+/// The value stored under key number `i`: `len` pseudo-random letters derived from `i` (so any
+/// GET can be checked without a copy).
+fn redis_value(i: u64, len: usize) -> Vec<u8> {
+    let mut x = procswap::testdata::Xorshift(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        let r = x.next();
+        for k in 0..8 {
+            if v.len() < len {
+                v.push(b'a' + ((r >> (8 * k)) as u8 % 26));
+            }
+        }
+    }
+    v
+}
+
+fn redis_key(i: u64) -> String {
+    format!("k:{i:09}")
+}
+
+/// redis-server from Debian holding `mib` MiB of values (1 KiB each, random letters).
+pub struct Redis {
+    port: u16,
+    dir: PathBuf,
+    mib: u64,
+    value_len: usize,
+    keys: u64,
+    gets: u64,
+    conns: u64,
+    depth: u64,
+    info: Value,
+}
+
+impl Redis {
+    pub fn new(work: &Path, mib: u64, gets: u64) -> Result<Redis> {
+        ensure!(Path::new("/usr/bin/redis-server").exists(), "/usr/bin/redis-server missing: apt-get install redis-server (bench/run-activation.sh does)");
+        let dir = work.join("redis");
+        std::fs::create_dir_all(&dir)?;
+        let value_len = 1024;
+        Ok(Redis { port: free_port()?, dir, mib, value_len, keys: (mib << 20) / value_len as u64, gets, conns: 4, depth: 16, info: Value::Null })
+    }
+
+    fn get_many(&self, n: u64, seed: u64, conns: u64) -> Result<()> {
+        let per = n / conns;
+        let mut hs = Vec::new();
+        for c in 0..conns {
+            let (port, keys, depth, vlen) = (self.port, self.keys, self.depth, self.value_len);
+            let count = if c == conns - 1 { n - per * (conns - 1) } else { per };
+            hs.push(std::thread::spawn(move || -> Result<()> {
+                let mut r = Resp::connect(port, Duration::from_secs(600))?;
+                let mut x = procswap::testdata::Xorshift((seed.wrapping_add(1) << 8 | c).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+                let mut done = 0;
+                while done < count {
+                    let batch = depth.min(count - done);
+                    let mut ids = Vec::with_capacity(batch as usize);
+                    for _ in 0..batch {
+                        let i = x.next() % keys;
+                        ids.push(i);
+                        r.send(&[b"GET", redis_key(i).as_bytes()])?;
+                    }
+                    r.flush()?;
+                    for (j, i) in ids.iter().enumerate() {
+                        let v = r.reply()?.with_context(|| format!("GET {} answered nil", redis_key(*i)))?;
+                        ensure!(v.len() == vlen, "GET {}: {} bytes", redis_key(*i), v.len());
+                        // Spot check of the contents (every 97th), so the data is not only the right size.
+                        if (done + j as u64).is_multiple_of(97) {
+                            ensure!(v == redis_value(*i, vlen), "GET {}: wrong value", redis_key(*i));
+                        }
+                    }
+                    done += batch;
+                }
+                Ok(())
+            }));
+        }
+        for h in hs {
+            h.join().map_err(|_| anyhow::anyhow!("GET thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Workload for Redis {
+    fn name(&self) -> String {
+        "redis".into()
+    }
+    fn app_toml(&self) -> String {
+        let p = self.port.to_string();
+        let cmd: Vec<String> = ["/usr/bin/redis-server", "--port", &p, "--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", &self.dir.display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        app_entry("redis", &cmd, Some(&self.dir), &[], &format!("{{ tcp = {} }}", self.port), "60s")
+    }
+    fn setup(&mut self, _d: &Daemon) -> Result<Value> {
+        let t = Instant::now();
+        let mut r = Resp::connect(self.port, Duration::from_secs(120))?;
+        let batch = 1000;
+        let mut i = 0;
+        while i < self.keys {
+            let end = (i + batch).min(self.keys);
+            for k in i..end {
+                r.send(&[b"SET", redis_key(k).as_bytes(), &redis_value(k, self.value_len)])?;
+            }
+            r.flush()?;
+            for _ in i..end {
+                r.reply()?;
+            }
+            i = end;
+        }
+        r.send(&[b"INFO", b"memory"])?;
+        r.flush()?;
+        let info = String::from_utf8_lossy(&r.reply()?.unwrap_or_default()).to_string();
+        let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':'))).map(|v| v.trim().to_string());
+        let used: u64 = field("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+        ensure!(used >= self.mib << 20, "redis used_memory {} MiB < {} MiB after loading {} keys", used >> 20, self.mib, self.keys);
+        r.send(&[b"INFO", b"server"])?;
+        r.flush()?;
+        let srv = String::from_utf8_lossy(&r.reply()?.unwrap_or_default()).to_string();
+        let ver = srv.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
+        self.info = json!({"redis_server": dpkg_version("redis-server"), "redis_version": ver, "keys": self.keys, "value_bytes": self.value_len,
+            "values_mib": (self.keys * self.value_len as u64) >> 20, "used_memory_bytes": used, "used_memory_rss": field("used_memory_rss"),
+            "load_seconds": t.elapsed().as_secs_f64(), "port": self.port, "gets": self.gets, "get_connections": self.conns, "pipeline_depth": self.depth});
+        Ok(self.info.clone())
+    }
+    fn run(&mut self, at: &At, seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
+        let mut x = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let i = x.next() % self.keys;
+        let mut r = Resp::connect(self.port, Duration::from_secs(600))?;
+        r.send(&[b"GET", redis_key(i).as_bytes()])?;
+        r.flush()?;
+        let v = r.reply()?.with_context(|| format!("first GET {}: nil", redis_key(i)))?;
+        let fr = at.secs();
+        mark();
+        ensure!(v == redis_value(i, self.value_len), "first GET {}: wrong value", redis_key(i));
+        let t1 = Instant::now();
+        self.get_many(self.gets, seed, self.conns)?;
+        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        o.metrics.insert("gets_done_s".into(), at.secs());
+        o.metrics.insert("gets_only_s".into(), t1.elapsed().as_secs_f64());
+        Ok(o)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "redis-server {} from Debian (no persistence), {} keys of {} random letters ({} MiB of values; `used_memory` {} MiB). \
+             **First response**: a `GET` of a random key sent the instant the Start request is sent (its value checked). \
+             Then **{} random GETs** ({} connections, pipeline depth {}, uniform over all keys, same sequence in every mode of a trial, \
+             every 97th value checked): **GETs done** = from the Start request to the last answer; **GETs alone** = from the first answer.",
+            self.info["redis_version"].as_str().unwrap_or("?"),
+            self.keys,
+            self.value_len,
+            (self.keys * self.value_len as u64) >> 20,
+            self.info["used_memory_bytes"].as_u64().unwrap_or(0) >> 20,
+            self.gets,
+            self.conns,
+            self.depth
+        )
+    }
+    fn columns(&self) -> Vec<Col> {
+        vec![
+            Col { key: "gets_done_s", label: "GETs done (from Start), s", higher_better: false },
+            Col { key: "gets_only_s", label: "GETs alone, s", higher_better: false },
+        ]
+    }
+}
+
+// ------------------------------------------------------------------------------- PostgreSQL
+
+/// PostgreSQL 15 from Debian (`postgres` run by torpord as user postgres via `setpriv`), a
+/// pgbench database of `scale`, `shared_buffers` of `sb_mib` MiB.
+pub struct Postgres {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    scale: u64,
+    sb_mib: u64,
+    seconds: u64,
+    clients: u64,
+    runs: u64,
+    info: Value,
+}
+
+impl Postgres {
+    pub fn new(work: &Path, scale: u64, sb_mib: u64, seconds: u64) -> Result<Postgres> {
+        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
+        ensure!(bin.join("postgres").exists() && bin.join("pgbench").exists(), "{}/postgres or pgbench missing: apt-get install postgresql-15 (bench/run-activation.sh does)", bin.display());
+        let pw = nix::unistd::User::from_name("postgres")?.context("no user postgres (package postgresql-common creates it)")?;
+        let dir = work.join("pg");
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["", "data", "run"] {
+            std::fs::create_dir_all(dir.join(d))?;
+            nix::unistd::chown(&dir.join(d), Some(pw.uid), Some(pw.gid))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o700))?;
+        // The work dir must be reachable by user postgres.
+        let mut p = dir.parent();
+        while let Some(d) = p {
+            if d == Path::new("/") {
+                break;
+            }
+            let m = std::fs::metadata(d)?.permissions().mode();
+            ensure!(m & 0o001 != 0, "{} is not searchable by user postgres (mode {m:o})", d.display());
+            p = d.parent();
+        }
+        let o = Command::new("setpriv")
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-D"])
+            .arg(dir.join("data"))
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .output()
+            .context("run initdb")?;
+        ensure!(o.status.success(), "initdb: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        Ok(Postgres { port: free_port()?, dir, bin, scale, sb_mib, seconds, clients: 4, runs: 0, info: Value::Null })
+    }
+
+    fn psql(&self, sql: &str) -> Result<String> {
+        let o = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .context("run psql")?;
+        ensure!(o.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    fn prewarm(&self) -> Result<()> {
+        self.psql("SELECT pg_prewarm('pgbench_accounts'), pg_prewarm('pgbench_accounts_pkey'), pg_prewarm('pgbench_branches'), pg_prewarm('pgbench_tellers')")?;
+        Ok(())
+    }
+}
+
+/// Completion times (unix seconds) from pgbench per-transaction logs
+/// (`client_id transaction_no time script_no time_epoch time_us`).
+pub fn pgbench_log_times(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (s, us) = (f.get(4)?.parse::<f64>().ok()?, f.get(5)?.parse::<f64>().ok()?);
+            Some(s + us / 1e6)
+        })
+        .collect()
+}
+
+/// Transactions completed in each second `[i, i+1)` after `t0`, for `n` seconds.
+pub fn per_second(times: &[f64], t0: f64, n: usize) -> Vec<f64> {
+    let mut v = vec![0.0; n];
+    for t in times {
+        let d = t - t0;
+        if d >= 0.0 && (d as usize) < n {
+            v[d as usize] += 1.0;
+        }
+    }
+    v
+}
+
+/// One simple query over the PostgreSQL v3 wire protocol (user and database `postgres`, trust
+/// authentication, TCP on 127.0.0.1): the first column of each row.
+pub fn pg_query(port: u16, sql: &str, timeout: Duration) -> Result<Vec<String>> {
+    let mut s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5)).with_context(|| format!("connect postgres :{port}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    for kv in ["user", "postgres", "database", "postgres"] {
+        startup.extend_from_slice(kv.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    s.write_all(&msg)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let read_msg = |r: &mut BufReader<TcpStream>| -> Result<(u8, Vec<u8>)> {
+        let mut h = [0u8; 5];
+        r.read_exact(&mut h)?;
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        ensure!((4..1 << 24).contains(&len), "bad message length {len}");
+        let mut b = vec![0u8; len - 4];
+        r.read_exact(&mut b)?;
+        Ok((h[0], b))
+    };
+    let err = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', " ").trim().to_string();
+    loop {
+        match read_msg(&mut r)? {
+            (b'R', b) => ensure!(b.get(..4) == Some(&[0, 0, 0, 0][..]), "authentication required (code {:?}): the benchmark's cluster uses trust", b.get(..4)),
+            (b'E', b) => bail!("postgres: {}", err(&b)),
+            (b'Z', _) => break,
+            _ => {}
+        }
+    }
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    s.write_all(&q)?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        match read_msg(&mut r)? {
+            (b'D', b) => {
+                ensure!(b.len() >= 6, "short DataRow");
+                let n = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                rows.push(if n < 0 { "NULL".into() } else { String::from_utf8_lossy(b.get(6..6 + n as usize).context("short DataRow")?).to_string() });
+            }
+            (b'E', b) => error = Some(err(&b)),
+            (b'Z', _) => break,
+            _ => {}
+        }
+    }
+    let _ = s.write_all(&[b'X', 0, 0, 0, 4]);
+    if let Some(e) = error {
+        bail!("postgres: {e}");
+    }
+    Ok(rows)
+}
+
+impl Workload for Postgres {
+    fn name(&self) -> String {
+        "postgres".into()
+    }
+    fn app_toml(&self) -> String {
+        let cmd: Vec<String> = vec![
+            "setpriv".into(),
+            "--reuid=postgres".into(),
+            "--regid=postgres".into(),
+            "--init-groups".into(),
+            "--".into(),
+            self.bin.join("postgres").display().to_string(),
+            "-D".into(),
+            self.dir.join("data").display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-k".into(),
+            self.dir.join("run").display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            format!("shared_buffers={}MB", self.sb_mib),
+            "-c".into(),
+            "max_connections=30".into(),
+        ];
+        app_entry("postgres", &cmd, Some(&self.dir), &[], &format!("{{ tcp = {} }}", self.port), "120s")
+    }
+    fn setup(&mut self, _d: &Daemon) -> Result<Value> {
+        let t = Instant::now();
+        while self.psql("SELECT 1").is_err() {
+            ensure!(t.elapsed() < Duration::from_secs(60), "PostgreSQL did not accept connections within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ti = Instant::now();
+        let o = Command::new(self.bin.join("pgbench"))
+            .args(["-i", "-q", "-s", &self.scale.to_string(), "-h", "127.0.0.1", "-U", "postgres", "-p", &self.port.to_string(), "postgres"])
+            .output()
+            .context("run pgbench -i")?;
+        ensure!(o.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&o.stderr));
+        let init_s = ti.elapsed().as_secs_f64();
+        self.psql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")?;
+        self.prewarm()?;
+        let db: u64 = self.psql("SELECT pg_database_size('postgres')")?.parse()?;
+        let sb = self.psql("SHOW shared_buffers")?;
+        let ver = self.psql("SHOW server_version")?;
+        if db < 1 << 30 {
+            eprintln!("activation: postgres: the pgbench database is {} MiB, below the 1 GiB issue 12 asks for (ACTIVATION_PG_SCALE)", db >> 20);
+        }
+        self.info = json!({"postgresql_15": dpkg_version("postgresql-15"), "server_version": ver, "shared_buffers": sb, "pgbench_scale": self.scale,
+            "database_bytes": db, "init_seconds": init_s, "port": self.port, "clients": self.clients, "threads": 2, "window_seconds": self.seconds});
+        Ok(self.info.clone())
+    }
+    fn settle(&mut self, _d: &Daemon) -> Result<()> {
+        self.prewarm()
+    }
+    fn run(&mut self, at: &At, seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
+        self.runs += 1;
+        let prefix = self.dir.join(format!("pgbench-log-{}", self.runs));
+        // Our own probe query and pgbench go out together, at once.
+        let aid = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).next() % (self.scale * 100_000) + 1;
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
+        let port = self.port;
+        let child = Command::new(self.bin.join("pgbench"))
+            .args(["-S", "-n", "-c", &self.clients.to_string(), "-j", "2", "-T", &(self.seconds + 3).to_string(), "-l"])
+            .arg(format!("--log-prefix={}", prefix.display()))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "postgres"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn pgbench")?;
+        let probe = pg_query(port, &sql, Duration::from_secs(600));
+        let fr = at.secs();
+        mark();
+        let o = child.wait_with_output()?;
+        let answer = probe.with_context(|| format!("first query {sql:?}"))?;
+        ensure!(answer.len() == 1, "{sql:?} answered {answer:?}");
+        ensure!(o.status.success(), "pgbench -S: {}", String::from_utf8_lossy(&o.stderr).trim());
+        let mut times = Vec::new();
+        let name = prefix.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!("{name}.")) {
+                times.extend(pgbench_log_times(&std::fs::read_to_string(e.path())?));
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        ensure!(!times.is_empty(), "pgbench wrote no transaction log ({}*)", prefix.display());
+        let first_tx = times.iter().copied().fold(f64::MAX, f64::min);
+        let series = per_second(&times, at.t0_unix, self.seconds as usize);
+        let mut out = Outcome { first_response_s: fr, series: series.clone(), ..Default::default() };
+        out.metrics.insert("tps_window".into(), series.iter().sum::<f64>() / self.seconds as f64);
+        out.metrics.insert("pgbench_first_tx_s".into(), first_tx - at.t0_unix);
+        out.metrics.insert("transactions".into(), times.len() as f64);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        if let Some(l) = stdout.lines().find(|l| l.starts_with("latency average")) {
+            out.note = l.trim().to_string();
+        }
+        Ok(out)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "PostgreSQL {} from Debian (`postgres` run by torpord as user postgres through `setpriv`), `shared_buffers = {}`, a pgbench \
+             database of scale {} ({} MiB), tables prewarmed into shared buffers (`pg_prewarm`) after loading. **First response**: the answer \
+             to `SELECT abalance FROM pgbench_accounts WHERE aid = <random>` on our own connection (PostgreSQL wire protocol, trust auth), sent the \
+             instant the Start request is sent. **Workload**: `pgbench -S` (select-only, {} clients, 2 threads, per-transaction log) started at \
+             the same instant; **TPS over {} s**: transactions completed (pgbench's log, unix time) in [Start, Start + {} s) / {}; the \
+             per-second series is in the table below.",
+            self.info["server_version"].as_str().unwrap_or("?"),
+            self.info["shared_buffers"].as_str().unwrap_or("?"),
+            self.scale,
+            self.info["database_bytes"].as_u64().unwrap_or(0) >> 20,
+            self.clients,
+            self.seconds,
+            self.seconds,
+            self.seconds
+        )
+    }
+    fn columns(&self) -> Vec<Col> {
+        vec![
+            Col { key: "tps_window", label: "TPS over the first 10 s", higher_better: true },
+            Col { key: "pgbench_first_tx_s", label: "pgbench's first transaction, s", higher_better: false },
+        ]
+    }
+}
+
+// ------------------------------------------------------------------------------- the bench child
+
+/// `torpor-bench-child` holding `mib` MiB behind `torpor-bench-netchild` (TCP), with the
+/// touch-all (`TOUCH`) or null (`NULL`) request.
+pub struct Child {
+    port: u16,
+    mib: u64,
+    touch: bool,
+    netchild: PathBuf,
+    child: PathBuf,
+}
+
+impl Child {
+    pub fn new(bin_dir: &Path, mib: u64, touch: bool) -> Result<Child> {
+        let netchild = bin_dir.join("torpor-bench-netchild");
+        let child = bin_dir.join("torpor-bench-child");
+        ensure!(netchild.exists() && child.exists(), "{} or {} missing (cargo build --release -p bench)", netchild.display(), child.display());
+        Ok(Child { port: free_port()?, mib, touch, netchild, child })
+    }
+
+    fn ask(&self, req: &str, timeout: Duration) -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&local(self.port), Duration::from_secs(5))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(format!("{req}\n").as_bytes())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+}
+
+impl Workload for Child {
+    fn name(&self) -> String {
+        format!("child-{}", if self.touch { "touch" } else { "null" })
+    }
+    fn app_toml(&self) -> String {
+        let cmd = [self.netchild.display().to_string(), self.port.to_string(), self.mib.to_string(), self.child.display().to_string()];
+        app_entry(&self.name(), &cmd, None, &[], &format!("{{ tcp = {} }}", self.port), "300s")
+    }
+    fn setup(&mut self, _d: &Daemon) -> Result<Value> {
+        let r = self.ask("TOUCH", Duration::from_secs(120))?;
+        ensure!(r.starts_with("DONE "), "child answered TOUCH with {r:?}");
+        Ok(json!({"mib": self.mib, "port": self.port, "request": if self.touch { "TOUCH" } else { "NULL" }}))
+    }
+    fn run(&mut self, at: &At, _seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
+        let req = if self.touch { "TOUCH" } else { "NULL" };
+        let r = self.ask(req, Duration::from_secs(600))?;
+        let fr = at.secs();
+        mark();
+        let v: Vec<&str> = r.split_whitespace().collect();
+        ensure!(v.first() == Some(&"DONE") && v.len() == 5, "child answered {req} with {r:?}");
+        let n = |i: usize| v[i].parse::<f64>().unwrap_or(f64::NAN);
+        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        o.metrics.insert("child_majflt".into(), n(1));
+        o.metrics.insert("child_request_s".into(), n(3) / 1e6);
+        Ok(o)
+    }
+    fn check(&mut self, _d: &Daemon) -> Result<String> {
+        let r = self.ask("VERIFY", Duration::from_secs(600))?;
+        ensure!(r == "OK", "child VERIFY answered {r:?}");
+        Ok(format!("VERIFY of all {} MiB: OK", self.mib))
+    }
+    fn describe(&self) -> String {
+        let what = if self.touch {
+            "`TOUCH` (reads one word of every page of the area, in address order: the paper's touch-all); **first response** = its `DONE` \
+             answer, i.e. the time until all of the memory is back and read"
+        } else {
+            "`NULL` (reads one word of the area's first page only: seed 004's Fig. 8b null request); **first response** = its `DONE` answer"
+        };
+        format!(
+            "`torpor-bench-child` holding {} MiB of private anonymous pseudo-random memory (4 KiB pages, `MADV_NOHUGEPAGE`), run by torpord \
+             through `torpor-bench-netchild` (torpord gives apps no stdin pipe): the process torpord spawns forks a small TCP front and execs \
+             the child, so torpord's main pid is the one holding the memory. The request is sent on a TCP connection the instant the Start \
+             request is sent: {what}. The child's data is checked (`VERIFY`, per-MiB checksums) after the last trial.",
+            self.mib
+        )
+    }
+    fn columns(&self) -> Vec<Col> {
+        let mut v = vec![Col { key: "child_majflt", label: "child's major faults in the request", higher_better: false }];
+        if self.touch {
+            v.push(Col { key: "floor_ratio", label: "touch-all ÷ O_DIRECT floor (same bytes, this round)", higher_better: false });
+        }
+        v
+    }
+}
+
+// ------------------------------------------------------------------------------- the VM app
+
+/// The VM e2e guest of `vm-e2e/` (issue 6): `vm-e2e/guest.sh prepare` and `launch` reused as they
+/// are, run by torpord as a `kind = "vm"` app. First response: `GET /` of the guest's web app
+/// through hostfwd; all data back: its `GET /verify` (reads and checks all its data).
+pub struct Vm {
+    env: vm_e2e::guest::GuestEnv,
+    guest_sh: PathBuf,
+    info: Value,
+}
+
+impl Vm {
+    pub fn new(o: &super::Opts) -> Result<Vm> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("repository")?.to_path_buf();
+        let guest_sh = repo.join("vm-e2e/guest.sh");
+        let (app, agent) = (o.bin_dir.join("torpor-e2e-app"), o.bin_dir.join("torpor-guest"));
+        ensure!(app.exists() && agent.exists(), "{} or {} missing (cargo build --release -p vm-e2e -p guest-enlight)", app.display(), agent.display());
+        // The guest runs host binaries and its job dir in place: inside the repository's target dir.
+        let dir = o.bin_dir.parent().context("target dir")?.join(format!("activation-vm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let out = Command::new(&guest_sh)
+            .arg("prepare")
+            .arg(&dir)
+            .args(["--port", &ports[0].to_string(), "--check-port", &ports[1].to_string(), "--idle-port", &ports[2].to_string(), "--ws-mib", &o.vm_ws_mib.to_string()])
+            .env("E2E_APP", &app)
+            .env("TORPOR_GUEST", &agent)
+            .output()
+            .context("run vm-e2e/guest.sh prepare")?;
+        ensure!(out.status.success(), "vm-e2e/guest.sh prepare: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let env = vm_e2e::guest::GuestEnv::load(&dir)?;
+        let qemu = cmd_out("qemu-system-x86_64", &["--version"]).unwrap_or_default().lines().next().unwrap_or("").to_string();
+        let info = json!({"guest_dir": dir.display().to_string(), "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib,
+            "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko": env.ko, "qemu": qemu, "accel": "tcg"});
+        Ok(Vm { env, guest_sh, info })
+    }
+
+    fn verify(&self, addr: SocketAddr) -> Result<String> {
+        let r = vm_e2e::http::get(addr, "/verify", Duration::from_secs(600))?;
+        ensure!(r.status == 200 && r.body.starts_with("ok"), "GET /verify on {addr}: {} {}", r.status, r.body.trim());
+        Ok(r.body.trim().to_string())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.env.dir);
+    }
+}
+
+impl Workload for Vm {
+    fn name(&self) -> String {
+        "vm".into()
+    }
+    fn is_vm(&self) -> bool {
+        true
+    }
+    fn app_toml(&self) -> String {
+        let e = &self.env;
+        let mut s = app_entry("vm", &e.launch_argv(&self.guest_sh), None, &[], &format!("{{ http = {} }}", q(&format!("http://127.0.0.1:{}/", e.port))), "600s");
+        // TCG is slow: the agent's maps (portable source) and QMP get more than the defaults
+        // (as vm-e2e's own config); vm_prefetch is left at torpord's default.
+        s += &format!(
+            "kind = \"vm\"\nvm = {{ qmp = {}, agent = {}, agent_timeout = \"120s\", qmp_timeout = \"60s\" }}\n",
+            q(&e.qmp_path().display().to_string()),
+            q(&e.agent_path().display().to_string())
+        );
+        s
+    }
+    fn setup(&mut self, _d: &Daemon) -> Result<Value> {
+        http_first_ok(self.env.port, "/", &At::now(), Duration::from_secs(600))?;
+        self.verify(self.env.app_addr())?;
+        self.verify(self.env.check_addr())?;
+        // The idle process must be older than the agent's 16 s activity window at the first
+        // Stop, so its memory is classed as an inactive process's (as vm-e2e does).
+        std::thread::sleep(Duration::from_secs(17));
+        Ok(self.info.clone())
+    }
+    fn run(&mut self, at: &At, _seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
+        let (fr, _) = http_first_ok(self.env.port, "/", at, Duration::from_secs(900))?;
+        mark();
+        let v = self.verify(self.env.app_addr())?;
+        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        o.metrics.insert("all_data_back_s".into(), at.secs());
+        self.verify(self.env.check_addr())?;
+        o.note = v;
+        Ok(o)
+    }
+    fn check(&mut self, _d: &Daemon) -> Result<String> {
+        let a = self.verify(self.env.idle_addr())?;
+        Ok(format!("the guest's idle process ({} MiB, untouched across all trials) GET /verify: {a}", self.env.idle_mib))
+    }
+    fn describe(&self) -> String {
+        let e = &self.env;
+        format!(
+            "The VM e2e guest of `vm-e2e/` (`vm-e2e/guest.sh prepare`/`launch` reused): QEMU **TCG** (no KVM here), {} MiB RAM, 1 vCPU; a web app \
+             holding {} MiB (`GET /` touches a {} MiB working set), a checksum process ({} MiB), an idle process ({} MiB, verified once at the end), \
+             `torpor-guest serve` on virtio-serial; run by torpord as a `kind = \"vm\"` app (`vm_prefetch` at torpord's default). **First response**: \
+             `GET /` through hostfwd, sent the instant the Start request is sent; **all app data back**: then the app's `GET /verify` (reads and \
+             checks all its data), time from the Start request to its answer; the checksum process is verified after every trial.",
+            e.mem_mib, e.app_mib, e.ws_mib, e.check_mib, e.idle_mib
+        )
+    }
+    fn columns(&self) -> Vec<Col> {
+        vec![Col { key: "all_data_back_s", label: "all app data back (`/verify` done), s", higher_better: false }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_logs_and_buckets() {
+        let log = "0 1 1520 0 1700000000 250000\n1 1 1600 0 1700000001 900000\n0 2 800 0 1700000012 0\nbad line\n";
+        let t = pgbench_log_times(log);
+        assert_eq!(t.len(), 3);
+        assert!((t[0] - 1_700_000_000.25).abs() < 1e-6);
+        assert_eq!(per_second(&t, 1_700_000_000.0, 10), vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn redis_values_are_deterministic_letters() {
+        let a = redis_value(7, 1024);
+        assert_eq!(a.len(), 1024);
+        assert_eq!(a, redis_value(7, 1024));
+        assert_ne!(a, redis_value(8, 1024));
+        assert!(a.iter().all(|c| c.is_ascii_lowercase()));
+        assert_eq!(redis_key(42), "k:000000042");
+    }
+
+    #[test]
+    fn app_entries_are_valid_toml() {
+        let s = app_entry("a", &["/bin/x".into(), "".into(), "q\"uote".into()], Some(Path::new("/w")), &[("K", "v v".into())], "{ tcp = 1 }", "60s");
+        let v: toml::Value = toml::from_str(&s).unwrap();
+        let app = &v["app"][0];
+        assert_eq!(app["command"][1].as_str(), Some(""));
+        assert_eq!(app["command"][2].as_str(), Some("q\"uote"));
+        assert_eq!(app["env"]["K"].as_str(), Some("v v"));
+        assert_eq!(app["ready"]["tcp"].as_integer(), Some(1));
+    }
+}
