@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::cgroup::{Memcg, ReclaimOutcome};
 use crate::error::{Error, Result};
 use crate::freeze::{quiescence, Quiescence};
-use crate::inspect::{classify, Contiguity, InspectOptions, Pagemap, SwappedPage, Totals, VmaKind};
+use crate::inspect::{Contiguity, InspectOptions, SwappedPage, Totals, VmaKind};
 use crate::memkind::{ByKind, KindUsage};
 use crate::residency::ResidencySnapshot;
 use crate::progress::Progress;
@@ -209,7 +209,7 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
     let mut advised = 0u64;
     let mut refused = 0u64;
     if let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) {
-        layout_pre = swapped_in(t.pid(), first)?;
+        layout_pre = crate::prefetch::swapped_pages_in(&t, first)?;
         let tf = Instant::now();
         let _pin = PinCpu::here();
         progress.phase("page-out (loading set first)", first.iter().map(|r| r.len).sum());
@@ -400,19 +400,6 @@ impl Drop for PinCpu {
     }
 }
 
-/// Anonymous pages with a swap entry in `ranges`, in the ranges' order.
-fn swapped_in(pid: i32, ranges: &[Range]) -> Result<Vec<SwappedPage>> {
-    let mut pm = Pagemap::open(pid)?;
-    let mut out = Vec::new();
-    for r in ranges {
-        pm.scan(r.start, r.end(), |addr, info| {
-            if let (false, _, Some((ty, off))) = classify(&info) {
-                out.push(SwappedPage { addr, swap_type: ty, offset: off });
-            }
-        })?;
-    }
-    Ok(out)
-}
 
 /// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
 /// page after the purge, address order); `pre`: the loading set's pages on swap before.
