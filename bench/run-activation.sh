@@ -12,7 +12,7 @@
 #   3. under procswap/tests/with-swap.sh (its own swapfile): torpor-bench activation.
 #
 # Env: ACTIVATION_APPS (comma list; default all: tomcat,tomcat-256,redis,postgres,child-touch,child-null,vm),
-#      ACTIVATION_TRIALS (default 5; quick 2), ACTIVATION_QUICK=1, ACTIVATION_OUT (results dir),
+#      ACTIVATION_TRIALS (default 5; quick 2), ACTIVATION_QUICK=1, ACTIVATION_OUT (results dir), ACTIVATION_TAG (file-name tag),
 #      ACTIVATION_SWAP_MIB (default 6144), ACTIVATION_SWAPFILE, ACTIVATION_SKIP_INSTALL=1,
 #      ACTIVATION_SKIP_BUILD=1, ACTIVATION_TORPORD (a torpord binary to use instead of the one built
 #      here), CARGO, CARGO_TARGET_DIR; the rest (ACTIVATION_MODES, ACTIVATION_CONDITION, sizes) is read
@@ -102,6 +102,7 @@ args=(activation --apps "$APPS" --torpord "${ACTIVATION_TORPORD:-$BIN/torpord}")
 [ -n "${ACTIVATION_TRIALS:-}" ] && args+=(--trials "$ACTIVATION_TRIALS")
 [ "${ACTIVATION_QUICK:-0}" = 1 ] && args+=(--quick)
 [ -n "${ACTIVATION_OUT:-}" ] && args+=(--out "$ACTIVATION_OUT")
+[ -n "${ACTIVATION_TAG:-}" ] && args+=(--tag "$ACTIVATION_TAG")
 export TORPOR_SWAPFILE=${ACTIVATION_SWAPFILE:-/var/tmp/torpor-activation.swap}
 export TORPOR_SWAP_MIB=${ACTIVATION_SWAP_MIB:-6144}
 say "running under $TORPOR_SWAPFILE ($TORPOR_SWAP_MIB MiB): $BIN/torpor-bench ${args[*]}"

@@ -45,13 +45,13 @@ use std::time::{Duration, Instant};
 pub const ALL_APPS: [&str; 7] = ["tomcat", "tomcat-256", "redis", "postgres", "child-touch", "child-null", "vm"];
 const MIB: u64 = 1 << 20;
 
-const USAGE: &str = "usage: torpor-bench activation [--quick] [--apps LIST] [--trials N] [--out DIR] [--torpord PATH] [--modes LIST] [--condition N]
+const USAGE: &str = "usage: torpor-bench activation [--quick] [--apps LIST] [--trials N] [--out DIR] [--torpord PATH] [--modes LIST] [--condition N] [--tag TAG]
   apps (default all): tomcat, tomcat-256, redis, postgres, child-touch, child-null, vm
   env (flags win): ACTIVATION_APPS, ACTIVATION_TRIALS (default 5, quick 2), ACTIVATION_QUICK=1, ACTIVATION_MODES (default: warm + every
   prefetch mode torpord accepts), ACTIVATION_CONDITION (untimed same-mode cycles before each timed Start, default 1),
   ACTIVATION_MAX_RESIDENT_KIB (memory-out limit, default 4096), ACTIVATION_REDIS_MIB (1024), ACTIVATION_REDIS_GETS (200000),
   ACTIVATION_PG_SCALE (70), ACTIVATION_PG_SHARED_BUFFERS_MIB (1024), ACTIVATION_CHILD_MIB (1024), ACTIVATION_TOMCAT_APP_MIB (256),
-  ACTIVATION_VM_WS_MIB (16), ACTIVATION_SOURCE (a note on what torpord was built from, kept in the results)
+  ACTIVATION_VM_WS_MIB (16), ACTIVATION_TAG (added to the result file names: <date>-<app>-<tag>[-quick]), ACTIVATION_SOURCE (a note on what torpord was built from, kept in the results)
   needs root and swap: run it through bench/run-activation.sh (make bench-activation)";
 
 /// Options.
@@ -64,6 +64,7 @@ pub struct Opts {
     pub torpord: PathBuf,
     pub modes: Option<Vec<String>>,
     pub condition: usize,
+    pub tag: String,
     pub max_resident: u64,
     pub redis_mib: u64,
     pub redis_gets: u64,
@@ -99,6 +100,7 @@ impl Opts {
         let mut torpord = bin_dir.join("torpord");
         let mut modes = envs("ACTIVATION_MODES").map(|v| list(&v));
         let mut condition = env_u64("ACTIVATION_CONDITION", 1)? as usize;
+        let mut tag = envs("ACTIVATION_TAG").unwrap_or_default();
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -110,6 +112,7 @@ impl Opts {
                 "--torpord" => torpord = PathBuf::from(val()?),
                 "--modes" => modes = Some(list(&val()?)),
                 "--condition" => condition = val()?.parse().context("--condition")?,
+                "--tag" => tag = val()?,
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
@@ -121,6 +124,7 @@ impl Opts {
         for a in &apps {
             ensure!(ALL_APPS.contains(&a.as_str()), "unknown app {a:?} (known: {})", ALL_APPS.join(", "));
         }
+        ensure!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "tag {tag:?}: letters, digits, - and _ only");
         let trials = trials.unwrap_or(if quick { 2 } else { 5 });
         ensure!(trials >= 1, "at least one trial");
         Ok(Opts {
@@ -131,6 +135,7 @@ impl Opts {
             torpord,
             modes,
             condition,
+            tag,
             max_resident: env_u64("ACTIVATION_MAX_RESIDENT_KIB", 4096)? * 1024,
             redis_mib: env_u64("ACTIVATION_REDIS_MIB", 1024)?,
             redis_gets: env_u64("ACTIVATION_REDIS_GETS", 200_000)?,
@@ -428,6 +433,9 @@ pub struct AppResult {
     pub app: String,
     pub date: String,
     pub quick: bool,
+    /// Added to the file names (`ACTIVATION_TAG`).
+    #[serde(default)]
+    pub tag: String,
     pub machine: Value,
     /// The machine table rows of the results file.
     pub machine_md: String,
@@ -500,6 +508,7 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
         app: app.into(),
         date: now_date(),
         quick: o.quick,
+        tag: o.tag.clone(),
         machine: serde_json::to_value(ctx.machine)?,
         machine_md: ctx.machine.markdown_rows(),
         load_start: loadavg(),
@@ -666,7 +675,8 @@ fn mode_label(r: &AppResult, m: &str) -> String {
 
 /// The files of one app's result.
 fn paths(out: &Path, r: &AppResult) -> (PathBuf, PathBuf, PathBuf) {
-    let base = format!("{}-{}{}", &r.date[..10.min(r.date.len())], r.app, if r.quick { "-quick" } else { "" });
+    let tag = if r.tag.is_empty() { String::new() } else { format!("-{}", r.tag) };
+    let base = format!("{}-{}{tag}{}", &r.date[..10.min(r.date.len())], r.app, if r.quick { "-quick" } else { "" });
     (out.join(format!("{base}.md")), out.join(format!("{base}.json")), out.join(format!("{base}.png")))
 }
 
@@ -942,11 +952,12 @@ pub fn write_index(out: &Path) -> Result<()> {
         });
         let _ = writeln!(
             t,
-            "| {} | {} | {}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
+            "| {} | {} | {}{}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
             r.app,
             r.date,
             r.trials.iter().map(|t| t.trial).max().map(|x| x + 1).unwrap_or(0),
             if r.quick { " (quick)" } else { "" },
+            if r.tag.is_empty() { String::new() } else { format!(", `{}`", r.tag) },
             ratio(g(d), g("warm")),
             ratio(g(d), g(&r.demand_mode)),
             metric.unwrap_or_else(|| "–".into()),
