@@ -74,8 +74,18 @@ impl TestChild {
         r.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    fn present(&self) -> u64 {
-        procswap::inspect(self.pid, Default::default()).unwrap().totals.present
+    /// Present pages of the anonymous area (a running child's stack, heap and file pages come
+    /// and go on their own; its filled anonymous area only leaves RAM if something pages it out).
+    fn anon_present(&self) -> u64 {
+        let mut pm = procswap::inspect::Pagemap::open(self.pid).unwrap();
+        let mut n = 0;
+        pm.scan(self.anon.0, self.anon.0 + self.anon.1, |_, info| {
+            if let procfs::process::PageInfo::MemoryPage(f) = info {
+                n += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64;
+            }
+        })
+        .unwrap();
+        n
     }
 }
 
@@ -97,7 +107,8 @@ impl Drop for TestChild {
 fn nonroot_caller_is_refused_without_change() {
     let mut c = TestChild::spawn();
     c.alloc(8);
-    let p0 = c.present();
+    let p0 = c.anon_present();
+    assert!(p0 >= 8 * MIB / 4096, "the 8 MiB area is not all present to begin with: {p0} pages");
     let pid = c.pid.to_string();
     for args in [
         vec!["inspect", pid.as_str()],
@@ -114,10 +125,9 @@ fn nonroot_caller_is_refused_without_change() {
     }
     let states = procswap::freeze::thread_states(c.pid).unwrap();
     assert!(states.iter().all(|&s| s != 'T'), "the child got stopped: {states:?}");
-    // The child keeps running, so a page or two of its stack/heap may fault in meanwhile; a
-    // purge that got through would have removed ~2048 pages (8 MiB).
-    let p1 = c.present();
-    assert!(p1.abs_diff(p0) <= 16, "the refused commands changed the child: present pages {p0} -> {p1}");
+    // A purge that got through would have removed its ~2048 pages (8 MiB).
+    let p1 = c.anon_present();
+    assert_eq!(p1, p0, "the refused commands changed the child's anonymous area: present pages {p0} -> {p1}");
     c.verify();
 }
 
@@ -137,9 +147,13 @@ fn bad_targets_have_clear_messages() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
         assert!(e.contains(want), "{args:?}: wanted {want:?} in {e:?}");
     }
-    // A zombie: a child that exited and is not reaped.
+    // A zombie: a child that exited and is not reaped (waited for, not assumed after a sleep).
     let mut z = Command::new("true").spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    while !procfs::process::Process::new(z.id() as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'Z') {
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "`true` did not exit within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let o = run(&["purge", "--force", &z.id().to_string()]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");

@@ -14,19 +14,23 @@ const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
 const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
 const MIB: u64 = 1 << 20;
+/// Bounds on waits for something that must happen: they only catch a hang, so they are far
+/// above what a 2-core machine at load 8 needs (this suite runs under `nice`).
+const API_TIMEOUT: Duration = Duration::from_secs(600);
+const HANG: Duration = Duration::from_secs(600);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn api(sock: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(sock, method, path, None, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let r = request(sock, method, path, None, API_TIMEOUT).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let v = r.json().unwrap_or(Value::Null);
     (r.status, v)
 }
 
 fn app_get(port: u16, path: &str) -> u16 {
-    match local_controller::probe::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(30)) {
+    match local_controller::probe::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(120)) {
         Ok((s, _)) => s,
         Err(e) => panic!("GET :{port}{path}: {e}"),
     }
@@ -49,8 +53,10 @@ struct TestApp {
     timeout: &'static str,
 }
 
+/// A test app; its readiness timeout only catches an app that never serves (a cold start fills
+/// its memory with random data, which takes a while at load 8 under `nice`).
 fn app(name: &str, mib: u64, prestart: bool) -> TestApp {
-    TestApp { name: name.into(), port: free_port(), mib, prestart, extra: vec![], timeout: "30s" }
+    TestApp { name: name.into(), port: free_port(), mib, prestart, extra: vec![], timeout: "300s" }
 }
 
 /// A temporary torpord setup: config, state dir, socket, its own cgroup parent. Dropping it
@@ -107,13 +113,13 @@ impl Fixture {
             .unwrap();
         self.daemon = Some(child);
         let sock = self.sock.clone();
-        wait_until("torpord's socket", Duration::from_secs(30), || {
+        wait_until("torpord's socket", Duration::from_secs(120), || {
             request(&sock, "GET", "/v1/health", None, Duration::from_secs(5)).map(|r| r.status == 200).unwrap_or(false)
         });
     }
 
     fn wait_pool(&self) {
-        wait_until("the standby pool", Duration::from_secs(120), || self.api("GET", "/v1/health").1["pool_ready"] == true);
+        wait_until("the standby pool", HANG, || self.api("GET", "/v1/health").1["pool_ready"] == true);
     }
 
     fn kill9(&mut self) {
@@ -142,7 +148,7 @@ impl Fixture {
     }
 
     fn metric(&self, name_and_labels: &str) -> Option<f64> {
-        let r = request(&self.sock, "GET", "/metrics", None, Duration::from_secs(30)).unwrap();
+        let r = request(&self.sock, "GET", "/metrics", None, API_TIMEOUT).unwrap();
         let text = String::from_utf8_lossy(&r.body).into_owned();
         text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
     }
@@ -280,17 +286,58 @@ fn standby_pool_then_20_start_stop_cycles() {
     let (_, ev) = f.api("GET", "/v1/events");
     let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.iter().filter(|k| **k == "start").count() >= 20, "{kinds:?}");
-    // Overload detection ran on the paging of these cycles (200 ms samples): the host's rate is
-    // exported, and tens of MiB paged per cycle exceed 200 ops/s in most samples.
+    // Overload detection ran on the paging of these cycles (200 ms samples): the host's and the
+    // apps' rates and flags are exported. Whether a 200 ms sample of these cycles exceeds
+    // 200 ops/s depends on how fast the machine pages and computes in between, so the events
+    // are shown, not required; `overload_events_follow_the_detectors` checks the detectors'
+    // wiring to events and metrics with an outcome fixed by the number of samples.
     assert!(f.metric("torpord_paging_rate{scope=\"host\"}").is_some());
     assert!(f.metric("torpord_overloaded{scope=\"app\",app=\"beta\",kind=\"sustained\"}").is_some());
     for e in ev["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "overload" || e["kind"] == "hotspot") {
         eprintln!("EVENT {}: {}", e["kind"], e["message"]);
     }
-    assert!(
-        kinds.iter().any(|k| *k == "hotspot" || *k == "overload"),
-        "no overload/hotspot event although every cycle paged 64-160 MiB: {kinds:?}"
-    );
+}
+
+/// The overload detectors run on every sample, for the host and for each app, and their
+/// transitions become events and metrics. With a threshold every rate exceeds (rates are >= 0),
+/// every interval is overloaded whatever the machine does, so the outcome depends only on the
+/// number of samples: a sustained overload once 8 of the last 12 intervals are over, for the
+/// host and the app, and for good. The app is never started, so its fault counter stays 0 and
+/// its AR(1) prediction is 0 (> -1): a hotspot once 3 of the last 5 are over, for good too. (The
+/// host's own paging may move its prediction: its hotspot is not required.)
+#[test]
+#[ignore = "root suite"]
+fn overload_events_follow_the_detectors() {
+    let mut f = Fixture::new("overload", vec![app("ov", 16, false)], "overload_threshold = -1.0");
+    f.start_daemon();
+    f.wait_pool();
+    let want = ["host: sustained overload BEGINS", "app ov: sustained overload BEGINS", "app ov: hotspot detected"];
+    let messages = || -> Vec<String> {
+        let (_, ev) = f.api("GET", "/v1/events");
+        ev["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+    };
+    wait_until("overload events for the host and the app", HANG, || {
+        let m = messages();
+        want.iter().all(|w| m.iter().any(|x| x.starts_with(w)))
+    });
+    let m = messages();
+    for e in m.iter().filter(|m| m.contains("overload") || m.contains("hotspot")) {
+        eprintln!("EVENT {e}");
+    }
+    let (_, ev) = f.api("GET", "/v1/events");
+    let evs = ev["events"].as_array().unwrap();
+    assert!(evs.iter().any(|e| e["kind"] == "overload" && e["app"] == "ov"), "{ev:#}");
+    assert!(evs.iter().any(|e| e["kind"] == "overload" && e["app"].is_null()), "{ev:#}");
+    assert!(evs.iter().any(|e| e["kind"] == "hotspot" && e["app"] == "ov"), "{ev:#}");
+    assert!(!m.iter().any(|x| x.contains("sustained overload ends") || x.starts_with("app ov: hotspot cleared")), "{m:?}");
+    for (scope, kinds) in [("scope=\"host\"", &["interval", "sustained"][..]), ("scope=\"app\",app=\"ov\"", &["interval", "sustained", "hotspot"][..])] {
+        for kind in kinds {
+            assert_eq!(f.metric(&format!("torpord_overloaded{{{scope},kind=\"{kind}\"}}")), Some(1.0), "{scope} {kind}");
+        }
+    }
+    let ov = &f.status("ov")["overload"];
+    assert_eq!((ov["overloaded"].as_bool(), ov["sustained"].as_bool(), ov["hotspot"].as_bool()), (Some(true), Some(true), Some(true)), "{ov:#}");
+    assert_eq!(ov["rate"].as_f64(), Some(0.0), "a never-started app takes no faults: {ov:#}");
 }
 
 /// After a restart, every app is reported in a state that matches the kernel, with its
@@ -337,7 +384,7 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
             assert_eq!(s, 200, "{v}");
         }
         let sock = f.sock.clone();
-        let h = std::thread::spawn(move || request(&sock, "POST", &format!("/v1/apps/one/{op}"), None, Duration::from_secs(60)));
+        let h = std::thread::spawn(move || request(&sock, "POST", &format!("/v1/apps/one/{op}"), None, API_TIMEOUT));
         std::thread::sleep(Duration::from_millis(delay_ms));
         f.kill9();
         let r = h.join().unwrap();
@@ -448,7 +495,7 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     // Per-request prefetch override of a process app: "none" (demand paging), then "full";
     // a VM-only mode or a malformed body is a 400 and changes nothing.
     let start_body = |body: &str| {
-        let r = request(&f.sock, "POST", "/v1/apps/busy/start", Some(body), Duration::from_secs(120)).unwrap();
+        let r = request(&f.sock, "POST", "/v1/apps/busy/start", Some(body), API_TIMEOUT).unwrap();
         (r.status, r.json().unwrap_or(Value::Null))
     };
     for bad in [r#"{"prefetch": "priority"}"#, r#"{"prefetch": 3}"#, "{"] {
@@ -504,7 +551,9 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("not ready after 2.0s"), "{msg}");
     assert!(msg.contains("left standby"), "{msg}");
-    assert!(t.elapsed() < Duration::from_secs(20));
+    // It cannot fail before its 2 s readiness timeout has run out (how long the cold start and
+    // the purge after it take on a loaded machine is not the point; API_TIMEOUT catches a hang).
+    assert!(t.elapsed() >= Duration::from_secs(2), "start_failed after {:?}, before the 2 s readiness timeout", t.elapsed());
     assert_standby(&f, "never", 64);
     let st = f.status("never");
     assert_eq!(st["counters"]["start_failures"], 1);
@@ -550,22 +599,35 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     let mut f = Fixture::new("notify", vec![app("n1", 64, true)], "");
     let ns = f.dir.join("notify.sock");
     let rx = std::os::unix::net::UnixDatagram::bind(&ns).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     f.env = vec![("NOTIFY_SOCKET".into(), ns.display().to_string()), ("WATCHDOG_USEC".into(), "1000000".into())];
+    // Drain the socket all along: torpord's sends block once 10 datagrams wait unread
+    // (net.unix.max_dgram_qlen), and a STOPPING=1 blocked that way would never let it exit.
+    let msgs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = {
+        let (msgs, done) = (msgs.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut b = [0u8; 512];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut b) {
+                    msgs.lock().unwrap().push(String::from_utf8_lossy(&b[..n]).into_owned());
+                }
+            }
+        })
+    };
+    let got = || msgs.lock().unwrap().clone();
+    let watchdogs = || got().iter().filter(|m| *m == "WATCHDOG=1").count();
     f.start_daemon();
     f.wait_pool();
-    let mut msgs = vec![];
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(3) {
-        let mut b = [0u8; 512];
-        if let Ok(n) = rx.recv(&mut b) {
-            msgs.push(String::from_utf8_lossy(&b[..n]).into_owned());
-        }
-    }
-    eprintln!("sd_notify messages: {msgs:?}");
-    assert!(msgs.iter().any(|m| m.starts_with("STATUS=")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("READY=1")), "{msgs:?}");
-    assert!(msgs.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3, "{msgs:?}");
+    // WATCHDOG_USEC=1 s: torpord pings every 0.5 s while its monitor loop runs. Three pings are
+    // waited for, not expected within a fixed window.
+    let w0 = watchdogs();
+    wait_until("3 more WATCHDOG=1 pings", HANG, || watchdogs() >= w0 + 3);
+    let m = got();
+    eprintln!("sd_notify messages: {m:?}");
+    assert!(m.iter().any(|m| m.starts_with("STATUS=")), "{m:?}");
+    assert!(m.iter().any(|m| m.contains("READY=1")), "{m:?}");
     // SIGTERM: torpord exits 0, removes its socket, leaves the app alone.
     let pid = f.status("n1")["pid"].as_i64().unwrap() as i32;
     let mut d = f.daemon.take().unwrap();
@@ -574,12 +636,10 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     assert!(st.success(), "{st}");
     assert!(!f.sock.exists());
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "the app died with torpord");
-    let mut b = [0u8; 512];
-    let mut stopping = false;
-    while let Ok(n) = rx.recv(&mut b) {
-        stopping |= String::from_utf8_lossy(&b[..n]).contains("STOPPING=1");
-    }
-    assert!(stopping, "no STOPPING=1");
+    // Sent before it exited, so queued: it arrives at the next read.
+    wait_until("STOPPING=1", Duration::from_secs(60), || got().iter().any(|m| m.contains("STOPPING=1")));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drain.join().unwrap();
     // Restarted, it adopts the app as it was.
     f.start_daemon();
     assert_eq!(f.status("n1")["state"], "standby");
