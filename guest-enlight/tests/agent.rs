@@ -155,7 +155,7 @@ fn unix_socket_agent_serves_real_maps() {
     let stream = loop {
         match UnixStream::connect(&sock) {
             Ok(s) => break s,
-            Err(_) if t0.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if t0.elapsed() < Duration::from_secs(120) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("connect: {e}"),
         }
     };
@@ -170,12 +170,17 @@ fn unix_socket_agent_serves_real_maps() {
     assert_eq!(free.layout, local_layout);
     assert!(free.info.approximate && free.info.source == MapSourceKind::PortableApprox);
     assert!(free.info.build_us > 0 && free.info.generated_unix_ms > 0);
-    let local_free = guest_enlight::portable::build_free_bitmap(&local_layout, Default::default()).unwrap();
+    let local_free = || guest_enlight::portable::build_free_bitmap(&local_layout, Default::default()).unwrap().count_free();
+    let before = local_free();
+    let free = c.free_bitmap().unwrap();
+    let after = local_free();
+    assert_eq!(free.layout, local_layout);
     let remote_free = free.runs.histogram()[1];
-    let local = local_free.count_free();
-    eprintln!("free pages: agent {remote_free}, local {local}");
-    let ratio = remote_free as f64 / local.max(1) as f64;
-    assert!((0.8..1.25).contains(&ratio), "agent free {remote_free} vs local {local}");
+    eprintln!("free pages: agent {remote_free}, local {before} before / {after} after it");
+    // Free memory moves with everything else running: the agent's count is compared with local
+    // builds on both sides of it.
+    let (lo, hi) = (before.min(after), before.max(after));
+    assert!(remote_free as f64 >= lo as f64 * 0.8 && (remote_free as f64) < hi.max(1) as f64 * 1.25, "agent free {remote_free} vs local {before} / {after}");
 
     let prio = c.priority_map(1000).unwrap();
     assert_eq!(prio.layout, local_layout);
