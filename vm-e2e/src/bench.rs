@@ -55,7 +55,10 @@ pub struct Evidence {
     pub ram_untouched_pages: u64,
     pub qemu_rss_bytes: u64,
     pub qemu_swap_bytes: u64,
+    /// Host-wide `SwapCached` (every process's pages: reported, not judged).
     pub swap_cached_bytes: u64,
+    /// QEMU's memory cgroup's `swapcached` (its own pages only), where the kernel reports it.
+    pub memcg_swap_cached_bytes: Option<u64>,
 }
 
 fn evidence(pid: i32, ram: &mem::Vma) -> Result<Evidence> {
@@ -68,6 +71,7 @@ fn evidence(pid: i32, ram: &mem::Vma) -> Result<Evidence> {
         qemu_rss_bytes: mem::status_bytes(pid, "VmRSS")?,
         qemu_swap_bytes: mem::status_bytes(pid, "VmSwap")?,
         swap_cached_bytes: mem::meminfo_bytes("SwapCached")?,
+        memcg_swap_cached_bytes: mem::memcg_swap_cached_bytes(pid)?,
     })
 }
 
@@ -481,14 +485,30 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     if a.ram_swapped_pages < app_pages * 9 / 10 {
         notes.push(format!("only {} guest-RAM pages on swap, the apps hold {app_pages}", a.ram_swapped_pages));
     }
-    // SwapCached is host-wide; the guest's pages must not sit there (≤ 10% of what it swapped + 64 MiB slack).
+    // The guest's pages must not sit in the swap cache (≤ 10% of what it swapped + 64 MiB slack):
+    // judged on QEMU's own memory cgroup, which counts nothing but QEMU's pages; host-wide
+    // SwapCached (anything else on the machine swapping meanwhile counts there) only where the
+    // kernel does not report a cgroup's swap cache.
     let sc_limit = a.ram_swapped_pages * 4096 / 10 + (64 << 20);
-    if a.swap_cached_bytes > sc_limit {
-        notes.push(format!("SwapCached {} MiB > {} MiB", a.swap_cached_bytes >> 20, sc_limit >> 20));
+    let (sc, sc_what) = match a.memcg_swap_cached_bytes {
+        Some(b) => (b, "QEMU's memcg swapcached"),
+        None => (a.swap_cached_bytes, "host SwapCached"),
+    };
+    if sc > sc_limit {
+        notes.push(format!("{sc_what} {} MiB > {} MiB", sc >> 20, sc_limit >> 20));
     }
     tr.freed_ok = notes.is_empty();
     tr.freed_note = if notes.is_empty() {
-        format!("resident {} -> {} pages (+{} zero-page), swapped {}, RSS {} MiB, SwapCached {} MiB", b.ram_present_pages, a.ram_present_pages, a.ram_zero_pages, a.ram_swapped_pages, a.qemu_rss_bytes >> 20, a.swap_cached_bytes >> 20)
+        format!(
+            "resident {} -> {} pages (+{} zero-page), swapped {}, RSS {} MiB, {sc_what} {} MiB (host SwapCached {} MiB)",
+            b.ram_present_pages,
+            a.ram_present_pages,
+            a.ram_zero_pages,
+            a.ram_swapped_pages,
+            a.qemu_rss_bytes >> 20,
+            sc >> 20,
+            a.swap_cached_bytes >> 20
+        )
     } else {
         notes.join("; ")
     };

@@ -152,6 +152,43 @@ pub fn status_bytes(pid: i32, key: &str) -> Result<u64> {
     Ok(kv_file(&format!("/proc/{pid}/status"), key)? * 1024)
 }
 
+/// The memory cgroup directory of `pid`: its cgroup v2 group when that has the memory
+/// controller (a `memory.stat`), else its v1 `memory` group; `None` when it has neither.
+pub fn memcg_dir(pid: i32) -> Result<Option<std::path::PathBuf>> {
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).with_context(|| format!("/proc/{pid}/cgroup"))?;
+    let mounts = fs::read_to_string("/proc/self/mounts").context("/proc/self/mounts")?;
+    let mount_of = |fstype: &str, opt: Option<&str>| {
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[2] == fstype && opt.is_none_or(|o| f[3].split(',').any(|x| x == o))).then(|| f[1].to_string())
+        })
+    };
+    let mut v1 = None;
+    for l in cg.lines() {
+        let mut it = l.splitn(3, ':');
+        let (_, ctl, path) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or("").trim_start_matches('/'));
+        if ctl.is_empty() {
+            if let Some(m) = mount_of("cgroup2", None) {
+                let d = std::path::Path::new(&m).join(path);
+                if d.join("memory.stat").exists() {
+                    return Ok(Some(d));
+                }
+            }
+        } else if ctl.split(',').any(|c| c == "memory") {
+            v1 = mount_of("cgroup", Some("memory")).map(|m| std::path::Path::new(&m).join(path));
+        }
+    }
+    Ok(v1.filter(|d| d.join("memory.stat").exists()))
+}
+
+/// Bytes of `pid`'s memory cgroup that sit in the swap cache (`memory.stat` `swapcached`),
+/// `None` where the kernel does not report it.
+pub fn memcg_swap_cached_bytes(pid: i32) -> Result<Option<u64>> {
+    let Some(d) = memcg_dir(pid)? else { return Ok(None) };
+    let text = fs::read_to_string(d.join("memory.stat")).with_context(|| format!("{}/memory.stat", d.display()))?;
+    Ok(kv(&text, "swapcached"))
+}
+
 /// Active swap areas: (path, block device "major:minor" whose `stat` counts its reads).
 pub fn swap_devices() -> Result<Vec<(String, String)>> {
     let text = fs::read_to_string("/proc/swaps")?;
@@ -184,6 +221,19 @@ pub fn dev_name(majmin: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_memcg_is_found() {
+        let pid = std::process::id() as i32;
+        let v1_memory = fs::read_to_string("/proc/self/cgroup").unwrap().lines().any(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == "memory")));
+        match memcg_dir(pid).unwrap() {
+            Some(d) => {
+                assert!(d.join("memory.stat").exists(), "{}", d.display());
+                memcg_swap_cached_bytes(pid).unwrap();
+            }
+            None => assert!(!v1_memory, "in a v1 memory cgroup, but none found"),
+        }
+    }
 
     #[test]
     fn maps_and_guest_ram() {
