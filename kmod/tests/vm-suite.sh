@@ -17,6 +17,17 @@ check() {
   fi
 }
 expect_fail() { ! "$@"; }
+# Wait (up to 300 s, a bound that only catches a hang) until no process holds /dev/torpor open:
+# processes the fuzzer killed in the middle of a slow ioctl finish exiting only when the call
+# returns, which under TCG on a loaded host can take seconds after the fuzzer itself is done.
+unused() {
+  i=0
+  while [ "$(cat /sys/module/torpor/refcnt 2>/dev/null || echo 0)" != 0 ]; do
+    [ $i -ge 3000 ] && { echo "torpor still in use after 300 s:"; ls -l /proc/[0-9]*/fd 2>/dev/null | grep -B8 /dev/torpor | grep -E '^/proc|torpor' | head; return 1; }
+    sleep 0.1; i=$((i + 1))
+  done
+}
+
 loaded() { grep -q '^torpor ' /proc/modules; }
 dev_ok() { [ -c /dev/torpor ] && [ "$(stat -c %a /dev/torpor)" = 600 ] && [ "$(stat -c %u /dev/torpor)" = 0 ]; }
 
@@ -101,6 +112,7 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   grep -aE '^(torpor-kmod-fuzz: (seed|PASS|FAIL)|== |   [0-9.]+ s |   [A-Za-z_-]+ +[0-9]+ calls|   GET_STATS after|   module counted|   (UNDOCUMENTED|VIOLATION))' \
     /tmp/job/kmod-fuzz.log | sed 's/^/#   /'
   [ -n "${TORPOR_VM_SWAPDEV:-}" ] && swapoff "$TORPOR_VM_SWAPDEV"
+  check "no process holds /dev/torpor after the stress tests" unused
   check "rmmod torpor after the stress tests" rmmod torpor
   # The module prints what it still holds when it unloads: after all of the above, nothing.
   unload_zero() {

@@ -483,6 +483,17 @@ fn present_pfns(pid: &str, start: u64, len: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The PFNs of `before` that are still at the same position in `after` (pages that did not move
+/// between two pagemap reads); panics when none are left (nothing would be judged).
+fn stable(before: &[u64], after: &[u64]) -> Vec<u64> {
+    let same: Vec<u64> = before.iter().zip(after).filter(|(a, b)| a == b).map(|(a, _)| *a).collect();
+    assert!(!same.is_empty(), "every page moved between two reads: nothing to judge");
+    if same.len() != before.len() {
+        println!("{} of {} pages moved during the call (khugepaged/compaction): judged the {} that did not", before.len() - same.len(), before.len(), same.len());
+    }
+    same
+}
+
 /// `(category -> pages)` of `pfns` in `map`, as a readable string, and how many are `want`.
 fn tally(map: &[u8], pfns: &[u64], want: u8) -> (usize, String) {
     let mut h = [0usize; 9];
@@ -632,9 +643,11 @@ fn priority_map_idle_process_drops_to_other() {
     const CLEN: usize = 8 << 20;
     let child = spawn(move || {
         let p = child_map(A, CLEN);
-        // SAFETY: `p` is our own fresh CLEN-byte private mapping; touch every page, then tell
-        // the parent (raw write) and sleep until killed.
+        // SAFETY: `p` is our own fresh CLEN-byte private mapping; no huge pages (khugepaged
+        // would move its pages to new frames), touch every page, then tell the parent (raw
+        // write) and sleep until killed.
         unsafe {
+            libc::madvise(p.cast(), CLEN, libc::MADV_NOHUGEPAGE);
             for i in (0..CLEN).step_by(PAGE as usize) {
                 *p.add(i) = 1;
             }
@@ -649,10 +662,16 @@ fn priority_map_idle_process_drops_to_other() {
     let pfns = present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64);
     assert_eq!(pfns.len() as u64, CLEN as u64 / PAGE, "child's region not fully present");
     let mut heap = vec![1u8; 4 << 20];
+    // SAFETY: advice on whole pages inside our own live allocation (no huge pages: see above).
+    unsafe { libc::madvise(((heap.as_ptr() as u64 + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void, heap.len() - PAGE as usize, libc::MADV_NOHUGEPAGE) };
     heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 2);
     let mine = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
 
     let (map, rep) = k.priority_map(60_000).unwrap();
+    // Pages can move while the map is built (khugepaged collapsing the heap into a huge page,
+    // compaction on a loaded machine): only the pages whose PFN is the same before and after the
+    // call are judged (their page frame is theirs throughout), and there must be some.
+    let pfns = stable(&pfns, &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64));
     let (n, hist) = tally(&map, &pfns, CAT_USER_DATA);
     println!("idle test: child just ran, window 60 s: {n}/{} pages User_Data {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
     assert_eq!(n, pfns.len(), "pages of a process that just ran are not all User_Data: {hist}");
@@ -660,6 +679,8 @@ fn priority_map_idle_process_drops_to_other() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let (map, rep) = k.priority_map(1000).unwrap();
     assert_eq!(rep.window_ms, 1000);
+    let pfns = stable(&pfns, &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64));
+    let mine = stable(&mine, &present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE));
     let (n, hist) = tally(&map, &pfns, CAT_OTHER);
     println!("idle test: child asleep 2.5 s, window 1 s: {n}/{} pages Other {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
     assert_eq!(n, pfns.len(), "pages of a process idle longer than the window are not all Other: {hist}");
