@@ -31,6 +31,17 @@ echo "# torpor-kmod-fuzz --duration $DURATION${TORPOR_FUZZ_SEED:+ --seed $TORPOR
   tee /tmp/job/kmod-fuzz.log | sed 's/^/#   /'
 check "torpor-kmod-fuzz for $DURATION: documented errnos only, answers the rules allow, 0 references held after each phase" \
   test "$(cat /tmp/kmod-fuzz.rc)" = 0
+# Processes the fuzzer killed in the middle of a slow ioctl finish exiting only when the call
+# returns (seconds under TCG on a loaded host): wait (300 s bound: a hang) until none holds
+# /dev/torpor, then unload.
+unused() {
+  i=0
+  while [ "$(cat /sys/module/torpor/refcnt 2>/dev/null || echo 0)" != 0 ]; do
+    [ $i -ge 3000 ] && { echo "torpor still in use after 300 s"; return 1; }
+    sleep 0.1; i=$((i + 1))
+  done
+}
+check "no process holds /dev/torpor" unused
 check "rmmod torpor (unloads cleanly)" rmmod torpor
 unload_zero() {
   line="$(dmesg | grep -a 'torpor: unloaded, outstanding references' | tail -1)"
