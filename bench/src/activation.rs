@@ -52,7 +52,8 @@ const USAGE: &str = "usage: torpor-bench activation [--quick] [--apps LIST] [--t
   ACTIVATION_MAX_RESIDENT_KIB (memory-out limit, default 4096), ACTIVATION_REDIS_MIB (1024), ACTIVATION_REDIS_GETS (200000),
   ACTIVATION_PG_SCALE (70), ACTIVATION_PG_SHARED_BUFFERS_MIB (1024), ACTIVATION_CHILD_MIB (1024), ACTIVATION_TOMCAT_APP_MIB (256),
   ACTIVATION_VM_WS_MIB (16), ACTIVATION_TAG (added to the result file names: <date>-<app>-<tag>[-quick]), ACTIVATION_SOURCE (a note on what torpord was built from, kept in the results)
-  needs root and swap: run it through bench/run-activation.sh (make bench-activation)";
+  needs root and swap: run it through bench/run-activation.sh (make bench-activation)
+       torpor-bench activation --render [DIR]   (re-render the md/png files and the index from the JSON files; measures nothing)";
 
 /// Options.
 #[derive(Debug, Clone, Serialize)]
@@ -860,11 +861,7 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         } else {
             "–".into()
         };
-        let timing = &t.start_answer["timing"];
-        let mut bd: Vec<String> = timing.as_object().map(|m| m.iter().filter(|(k, v)| k.ends_with("_s") && v.as_f64().is_some_and(|x| x > 0.0)).map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
-        if let Some(b) = timing["prefetch_bytes"].as_u64().filter(|b| *b > 0) {
-            bd.push(format!("prefetch {:.1} MiB", mib(b as f64)));
-        }
+        let bd = breakdown(&t.start_answer);
         let (first, metrics, note) = match &t.outcome {
             Some(out) => (
                 format!("{:.3}", out.first_response_s),
@@ -898,10 +895,60 @@ fn write_md(r: &AppResult, png: &Path) -> String {
     o
 }
 
-fn write_results(out: &Path, r: &AppResult) -> Result<PathBuf> {
+/// torpord's Start breakdown: every positive `*_s` of `timing` and of the objects in it (e.g. the
+/// loading-set Start's `timing.activation`), and the byte counts.
+fn breakdown(ans: &Value) -> Vec<String> {
+    let mut bd = Vec::new();
+    let mut walk = |prefix: &str, v: &Value| {
+        if let Some(m) = v.as_object() {
+            for (k, x) in m {
+                match x.as_f64() {
+                    Some(f) if f > 0.0 && k.ends_with("_s") => bd.push(format!("{prefix}{k} {f:.3}")),
+                    Some(f) if f > 0.0 && k.ends_with("_bytes") => bd.push(format!("{prefix}{k} {:.1} MiB", mib(f))),
+                    _ => {}
+                }
+            }
+        }
+    };
+    let timing = &ans["timing"];
+    walk("", timing);
+    if let Some(m) = timing.as_object() {
+        for (k, v) in m {
+            if v.is_object() {
+                walk(&format!("{k}."), v);
+            }
+        }
+    }
+    for k in ["prefetch_ms", "plan_ms", "fetch_call_ms", "ready_ms"] {
+        if let Some(f) = ans["vm"][k].as_f64() {
+            bd.push(format!("vm.{k} {f:.0}"));
+        }
+    }
+    bd
+}
+
+/// Re-render the md, png and index of every result JSON in `out` (no measuring).
+pub fn render(out: &Path) -> Result<()> {
+    for e in std::fs::read_dir(out).with_context(|| format!("read {}", out.display()))?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            if let Ok(r) = serde_json::from_slice::<AppResult>(&std::fs::read(e.path())?) {
+                if r.schema.starts_with("torpor-activation/") {
+                    let md = write_results(out, &r, false)?;
+                    eprintln!("activation: rendered {}", md.display());
+                }
+            }
+        }
+    }
+    write_index(out)
+}
+
+/// Write the md and png (and the JSON when `json`: a re-render leaves the measured data as it is).
+fn write_results(out: &Path, r: &AppResult, json: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(out)?;
     let (md, js, png) = paths(out, r);
-    std::fs::write(&js, serde_json::to_string_pretty(r)?)?;
+    if json {
+        std::fs::write(&js, serde_json::to_string_pretty(r)?)?;
+    }
     let bars: Vec<Bar> = r
         .summary
         .iter()
@@ -983,6 +1030,10 @@ fn now_date() -> String {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("--render") {
+        let out = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/activation")));
+        return render(&out);
+    }
     let o = Opts::parse(args)?;
     crate::machine::require_root_and_swap()?;
     ensure!(o.torpord.exists(), "{} not found (cargo build --release -p local-controller, or --torpord PATH)", o.torpord.display());
@@ -1008,7 +1059,7 @@ pub fn main(args: &[String]) -> Result<()> {
         if !r.error.is_empty() {
             failed.push(format!("{app}: {}", r.error));
         }
-        let md = write_results(&o.out, &r)?;
+        let md = write_results(&o.out, &r, true)?;
         eprintln!("activation: {app}: wrote {}", md.display());
         written.push(md);
         write_index(&o.out)?;
@@ -1056,6 +1107,13 @@ mod tests {
         assert_eq!(effective(&json!({"timing": {"prefetch_mode": "full"}})), "full");
         assert_eq!(effective(&json!({"timing": {}, "vm": {"mode": "priority", "effective": "full"}})), "full");
         assert_eq!(body_mode("warm"), Some("none"));
+    }
+
+    #[test]
+    fn breakdown_includes_nested_timings_and_bytes() {
+        let a = json!({"timing": {"prefetch_s": 0.3, "thaw_s": 0.0, "prefetch_bytes": 1048576, "activation": {"first_fetch_s": 0.18, "first_pages": 44}}});
+        let b = breakdown(&a);
+        assert_eq!(b, vec!["prefetch_bytes 1.0 MiB", "prefetch_s 0.300", "activation.first_fetch_s 0.180"]);
     }
 
     #[test]
