@@ -857,7 +857,7 @@ fn write_md(r: &AppResult, png: &Path) -> String {
                 mib(p.memcg.swap as f64),
                 mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
                 if p.ok { String::new() } else { format!(" ({})", p.why) }
-            )
+            ) + if p.attempts > 1 { " — the first Stop did not get it out: one more Stop/Start cycle" } else { "" }
         } else {
             "–".into()
         };
