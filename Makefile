@@ -8,7 +8,7 @@ PHASE := scripts/phase.sh
 VM := vm-images/run-vm.sh
 KDIR_FILE := target/kdir
 
-.PHONY: deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench bench-activation vm-bench bench-full install
+.PHONY: fmt-check deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench bench-activation vm-bench bench-full install
 
 deps:
 	@scripts/deps.sh
@@ -18,6 +18,10 @@ build: deps
 
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The format is code (rustfmt.toml); `cargo fmt --all` fixes what this refuses.
+fmt-check:
+	$(CARGO) fmt --all --check
 
 # Rust-enabled Linux 6.12, cached in $(TORPOR_CACHE) keyed by a hash of its inputs.
 kernel: deps
@@ -122,6 +126,7 @@ test:
 	@$(PHASE) deps $(MAKE) --no-print-directory deps
 	@$(PHASE) kernel $(MAKE) --no-print-directory kernel
 	@$(PHASE) kmod $(MAKE) --no-print-directory kmod
+	@$(PHASE) fmt $(MAKE) --no-print-directory fmt-check
 	@$(PHASE) cargo-test $(MAKE) --no-print-directory host-test
 	@$(PHASE) clippy $(MAKE) --no-print-directory clippy
 	@$(PHASE) root-test $(MAKE) --no-print-directory root-test

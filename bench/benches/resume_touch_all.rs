@@ -35,7 +35,13 @@ struct Run {
 impl Run {
     /// One stock resume then one torpor resume of `subj`; both recorded.
     fn pair(&mut self, subj: &mut Subject, warmup: bool) -> (Measurement, Measurement) {
-        let pair = self.record.measurements.iter().filter(|m| m.mib == subj.mib).count() / 2;
+        let pair = self
+            .record
+            .measurements
+            .iter()
+            .filter(|m| m.mib == subj.mib)
+            .count()
+            / 2;
         let go = |subj: &mut Subject, v: Variant| {
             subj.measure(v, pair, warmup)
                 .unwrap_or_else(|e| panic!("resume_touch_all {} MiB {}: {e:#}", subj.mib, v.name()))
@@ -67,14 +73,24 @@ impl Run {
         let t0 = Instant::now();
         let s = Subject::spawn(Path::new(CHILD), mib, self.freezer)
             .unwrap_or_else(|e| panic!("resume_touch_all: set up the {mib} MiB child: {e:#}"));
-        eprintln!("resume_touch_all: {mib} MiB child pid {} ready in {:.1} s ({})", s.pid, t0.elapsed().as_secs_f64(), s.desc);
+        eprintln!(
+            "resume_touch_all: {mib} MiB child pid {} ready in {:.1} s ({})",
+            s.pid,
+            t0.elapsed().as_secs_f64(),
+            s.desc
+        );
         self.record.subjects.push((mib, s.desc.clone()));
         s
     }
 
     fn floor(&mut self, ff: &FloorFile, mib: u64) {
-        let secs = ff.read_direct(DEFAULT_BLOCK).unwrap_or_else(|e| panic!("I/O floor: {e:#}"));
-        eprintln!("  {mib:>4} MiB I/O floor: {secs:.3} s ({:.0} MB/s, O_DIRECT 4 MiB reads)", (mib * MIB) as f64 / 1e6 / secs);
+        let secs = ff
+            .read_direct(DEFAULT_BLOCK)
+            .unwrap_or_else(|e| panic!("I/O floor: {e:#}"));
+        eprintln!(
+            "  {mib:>4} MiB I/O floor: {secs:.3} s ({:.0} MB/s, O_DIRECT 4 MiB reads)",
+            (mib * MIB) as f64 / 1e6 / secs
+        );
         self.record.floors.push((mib, secs));
     }
 
@@ -91,8 +107,19 @@ impl Run {
 
 fn sizes(quick: bool) -> Result<Vec<u64>> {
     match std::env::var("TORPOR_BENCH_SIZES") {
-        Ok(s) if !s.trim().is_empty() => s.split(',').map(|x| x.trim().parse::<u64>().with_context(|| format!("TORPOR_BENCH_SIZES: {x:?}"))).collect(),
-        _ => Ok(if quick { QUICK_SIZES.to_vec() } else { FULL_SIZES.to_vec() }),
+        Ok(s) if !s.trim().is_empty() => s
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("TORPOR_BENCH_SIZES: {x:?}"))
+            })
+            .collect(),
+        _ => Ok(if quick {
+            QUICK_SIZES.to_vec()
+        } else {
+            FULL_SIZES.to_vec()
+        }),
     }
 }
 
@@ -130,7 +157,11 @@ fn run() -> Result<()> {
         swap.kind,
         ctx.load_before.0
     );
-    let run = RefCell::new(Run { record: Record::default(), freezer: FreezerChoice::from_env()?, floor_dir: floor_dir(&swap) });
+    let run = RefCell::new(Run {
+        record: Record::default(),
+        freezer: FreezerChoice::from_env()?,
+        floor_dir: floor_dir(&swap),
+    });
 
     if quick {
         for &mib in &sizes {
@@ -166,7 +197,11 @@ fn run() -> Result<()> {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             let (s, t) = run.borrow_mut().pair(&mut subj.borrow_mut(), warm);
-                            total += Duration::from_secs_f64(if v == Variant::Stock { s.seconds } else { t.seconds });
+                            total += Duration::from_secs_f64(if v == Variant::Stock {
+                                s.seconds
+                            } else {
+                                t.seconds
+                            });
                         }
                         total
                     })
@@ -187,18 +222,24 @@ fn run() -> Result<()> {
     print!("{}", rec.table());
     let verdict = rec.target_verdict(TARGET_RATIO, TARGET_MIB);
     println!("{verdict}");
-    println!("bench wall time {:.0} s; load before {:.2}, after {:.2}", ctx.wall_seconds, ctx.load_before.0, ctx.load_after.0);
+    println!(
+        "bench wall time {:.0} s; load before {:.2}, after {:.2}",
+        ctx.wall_seconds, ctx.load_before.0, ctx.load_after.0
+    );
 
-    let json = std::env::var("TORPOR_BENCH_JSON").map(PathBuf::from).unwrap_or_else(|_| {
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        target.join("torpor-bench/resume_touch_all.json")
-    });
+    let json = std::env::var("TORPOR_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("torpor-bench/resume_touch_all.json")
+        });
     if let Some(d) = json.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
     }
-    std::fs::write(&json, serde_json::to_string_pretty(&rec)?).with_context(|| format!("write {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&rec)?)
+        .with_context(|| format!("write {}", json.display()))?;
     let json = json.canonicalize().unwrap_or(json);
     println!("raw measurements: {}", json.display());
     if let Ok(md) = std::env::var("TORPOR_BENCH_RESULTS") {

@@ -42,7 +42,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const ALL_APPS: [&str; 7] = ["tomcat", "tomcat-256", "redis", "postgres", "child-touch", "child-null", "vm"];
+pub const ALL_APPS: [&str; 7] = [
+    "tomcat",
+    "tomcat-256",
+    "redis",
+    "postgres",
+    "child-touch",
+    "child-null",
+    "vm",
+];
 const MIB: u64 = 1 << 20;
 
 const USAGE: &str = "usage: torpor-bench activation [--quick] [--apps LIST] [--trials N] [--out DIR] [--torpord PATH] [--modes LIST] [--condition N] [--tag TAG]
@@ -86,7 +94,11 @@ fn env_u64(k: &str, d: u64) -> Result<u64> {
 }
 
 fn list(s: &str) -> Vec<String> {
-    s.split([',', ' ']).map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect()
+    s.split([',', ' '])
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Opts {
@@ -96,7 +108,10 @@ impl Opts {
         let envs = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut quick = envs("ACTIVATION_QUICK").is_some_and(|v| v != "0");
         let mut apps = envs("ACTIVATION_APPS").map(|v| list(&v));
-        let mut trials = envs("ACTIVATION_TRIALS").map(|v| v.trim().parse::<usize>()).transpose().context("ACTIVATION_TRIALS")?;
+        let mut trials = envs("ACTIVATION_TRIALS")
+            .map(|v| v.trim().parse::<usize>())
+            .transpose()
+            .context("ACTIVATION_TRIALS")?;
         let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/activation"));
         let mut torpord = bin_dir.join("torpord");
         let mut modes = envs("ACTIVATION_MODES").map(|v| list(&v));
@@ -104,7 +119,11 @@ impl Opts {
         let mut tag = envs("ACTIVATION_TAG").unwrap_or_default();
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{a} needs a value\n{USAGE}"))
+            };
             match a.as_str() {
                 "--quick" => quick = true,
                 "--apps" => apps = Some(list(&val()?)),
@@ -123,9 +142,17 @@ impl Opts {
             _ => ALL_APPS.iter().map(|s| s.to_string()).collect(),
         };
         for a in &apps {
-            ensure!(ALL_APPS.contains(&a.as_str()), "unknown app {a:?} (known: {})", ALL_APPS.join(", "));
+            ensure!(
+                ALL_APPS.contains(&a.as_str()),
+                "unknown app {a:?} (known: {})",
+                ALL_APPS.join(", ")
+            );
         }
-        ensure!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "tag {tag:?}: letters, digits, - and _ only");
+        ensure!(
+            tag.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "tag {tag:?}: letters, digits, - and _ only"
+        );
         let trials = trials.unwrap_or(if quick { 2 } else { 5 });
         ensure!(trials >= 1, "at least one trial");
         Ok(Opts {
@@ -181,25 +208,49 @@ fn prove(d: &Daemon, warm: bool, limit: u64, attempts: usize) -> Result<(Proof, 
     if warm {
         // Everything in memory: no more than 1% of it (+ the limit) on swap.
         if m.swap > m.resident / 100 + limit {
-            why.push(format!("{} KiB on swap (warm must be all in memory)", m.swap >> 10));
+            why.push(format!(
+                "{} KiB on swap (warm must be all in memory)",
+                m.swap >> 10
+            ));
         }
         if state != "suspended" {
-            why.push(format!("state {state} (warm: suspended = frozen, not purged)"));
+            why.push(format!(
+                "state {state} (warm: suspended = frozen, not purged)"
+            ));
         }
     } else {
         if m.resident > limit {
-            why.push(format!("memcg resident {} KiB (anon {} KiB, page cache {} KiB) > {} KiB", m.resident >> 10, m.anon >> 10, m.file >> 10, limit >> 10));
+            why.push(format!(
+                "memcg resident {} KiB (anon {} KiB, page cache {} KiB) > {} KiB",
+                m.resident >> 10,
+                m.anon >> 10,
+                m.file >> 10,
+                limit >> 10
+            ));
         }
         if let Some(ra) = st["memory"]["resident_anon_bytes"].as_u64() {
             if ra > limit {
-                why.push(format!("resident anon (torpord) {} KiB > {} KiB", ra >> 10, limit >> 10));
+                why.push(format!(
+                    "resident anon (torpord) {} KiB > {} KiB",
+                    ra >> 10,
+                    limit >> 10
+                ));
             }
         }
         if state != "standby" {
             why.push(format!("state {state} (expected standby)"));
         }
     }
-    let p = Proof { kind: if warm { "in" } else { "out" }.into(), ok: why.is_empty(), why: why.join("; "), memcg: m, torpord_memory: st["memory"].clone(), state, frozen, attempts };
+    let p = Proof {
+        kind: if warm { "in" } else { "out" }.into(),
+        ok: why.is_empty(),
+        why: why.join("; "),
+        memcg: m,
+        torpord_memory: st["memory"].clone(),
+        state,
+        frozen,
+        attempts,
+    };
     Ok((p, mc))
 }
 
@@ -247,7 +298,12 @@ fn body_mode(mode: &str) -> Option<&str> {
 
 /// The mode torpord reports for a Start answer.
 fn effective(ans: &Value) -> String {
-    ans["vm"]["effective"].as_str().or(ans["vm"]["mode"].as_str()).or(ans["timing"]["prefetch_mode"].as_str()).unwrap_or("").to_string()
+    ans["vm"]["effective"]
+        .as_str()
+        .or(ans["vm"]["mode"].as_str())
+        .or(ans["timing"]["prefetch_mode"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn page_size() -> u64 {
@@ -264,18 +320,36 @@ struct Ctx<'a> {
     day: String,
 }
 
-fn run_one(ctx: &Ctx, d: &mut Daemon, wl: &mut dyn Workload, mode: &str, trial: usize, seq: usize) -> Result<Trial> {
+fn run_one(
+    ctx: &Ctx,
+    d: &mut Daemon,
+    wl: &mut dyn Workload,
+    mode: &str,
+    trial: usize,
+    seq: usize,
+) -> Result<Trial> {
     let o = ctx.o;
     let warm = mode == "warm";
-    let mut tr = Trial { seq, trial, mode: mode.into(), load_before: loadavg(), ..Default::default() };
+    let mut tr = Trial {
+        seq,
+        trial,
+        mode: mode.into(),
+        load_before: loadavg(),
+        ..Default::default()
+    };
     d.switch(warm)?;
     let tc = Instant::now();
     let cond_mode = if warm { "full" } else { mode };
-    let cycles = if warm { o.condition.max(1) } else { o.condition };
+    let cycles = if warm {
+        o.condition.max(1)
+    } else {
+        o.condition
+    };
     for c in 0..cycles {
         d.stop_app().context("conditioning Stop")?;
         d.start_app(Some(cond_mode)).context("conditioning Start")?;
-        wl.run(&At::now(), 1_000_003 + (trial * 31 + c) as u64, &mut || {}).context("conditioning workload")?;
+        wl.run(&At::now(), 1_000_003 + (trial * 31 + c) as u64, &mut || {})
+            .context("conditioning workload")?;
     }
     if warm {
         wl.settle(d).context("settle (warm)")?;
@@ -307,17 +381,28 @@ fn run_one(ctx: &Ctx, d: &mut Daemon, wl: &mut dyn Workload, mode: &str, trial: 
         let sock_d = (d.sock.clone(), d.app.clone());
         let body = body_mode(mode).map(|m| json!({ "prefetch": m }));
         let h = std::thread::spawn(move || {
-            let r = vm_e2e::torpord::call(&sock_d.0, "POST", &format!("/v1/apps/{}/start", sock_d.1), body.as_ref(), Duration::from_secs(900));
+            let r = vm_e2e::torpord::call(
+                &sock_d.0,
+                "POST",
+                &format!("/v1/apps/{}/start", sock_d.1),
+                body.as_ref(),
+                Duration::from_secs(900),
+            );
             (r, at.secs())
         });
         let mut first = None;
-        let res = wl.run(&at, seed, &mut || first = Some((pswpin(), mc.snap().majflt)));
-        let (ans, ret_s) = h.join().map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
+        let res = wl.run(&at, seed, &mut || {
+            first = Some((pswpin(), mc.snap().majflt))
+        });
+        let (ans, ret_s) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
         let (sw1, mf1) = (pswpin(), mc.snap().majflt);
         tr.start_return_s = ret_s;
         match ans {
             Ok((200, v)) => {
-                if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true) {
+                if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true)
+                {
                     tr.error = format!("Start was not a resume: {v}");
                 }
                 tr.effective_mode = effective(&v);
@@ -369,7 +454,12 @@ pub struct Spread {
 
 impl Spread {
     pub fn of(xs: &[f64]) -> Option<Spread> {
-        stats::Spread::of(xs).map(|s| Spread { n: s.n, median: s.median, min: s.min, max: s.max })
+        stats::Spread::of(xs).map(|s| Spread {
+            n: s.n,
+            median: s.median,
+            min: s.min,
+            max: s.max,
+        })
     }
 }
 
@@ -396,17 +486,41 @@ pub struct ModeSummary {
 fn summarize(trials: &[Trial], mode: &str) -> ModeSummary {
     let ts: Vec<&Trial> = trials.iter().filter(|t| t.mode == mode).collect();
     let ok: Vec<&&Trial> = ts.iter().filter(|t| t.ok()).collect();
-    let col = |f: &dyn Fn(&Trial) -> Option<f64>| Spread::of(&ok.iter().filter_map(|t| f(t)).collect::<Vec<_>>());
+    let col = |f: &dyn Fn(&Trial) -> Option<f64>| {
+        Spread::of(&ok.iter().filter_map(|t| f(t)).collect::<Vec<_>>())
+    };
     let mut metrics = BTreeMap::new();
-    let keys: std::collections::BTreeSet<String> = ok.iter().filter_map(|t| t.outcome.as_ref()).flat_map(|o| o.metrics.keys().cloned()).collect();
+    let keys: std::collections::BTreeSet<String> = ok
+        .iter()
+        .filter_map(|t| t.outcome.as_ref())
+        .flat_map(|o| o.metrics.keys().cloned())
+        .collect();
     for k in keys {
         if let Some(s) = col(&|t| t.outcome.as_ref().and_then(|o| o.metrics.get(&k).copied())) {
             metrics.insert(k, s);
         }
     }
-    let n = ok.iter().filter_map(|t| t.outcome.as_ref().map(|o| o.series.len())).max().unwrap_or(0);
-    let series_median = (0..n).map(|i| Spread::of(&ok.iter().filter_map(|t| t.outcome.as_ref().and_then(|o| o.series.get(i).copied())).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN)).collect();
-    let mut eff: Vec<String> = ts.iter().map(|t| t.effective_mode.clone()).filter(|e| !e.is_empty()).collect();
+    let n = ok
+        .iter()
+        .filter_map(|t| t.outcome.as_ref().map(|o| o.series.len()))
+        .max()
+        .unwrap_or(0);
+    let series_median = (0..n)
+        .map(|i| {
+            Spread::of(
+                &ok.iter()
+                    .filter_map(|t| t.outcome.as_ref().and_then(|o| o.series.get(i).copied()))
+                    .collect::<Vec<_>>(),
+            )
+            .map(|s| s.median)
+            .unwrap_or(f64::NAN)
+        })
+        .collect();
+    let mut eff: Vec<String> = ts
+        .iter()
+        .map(|t| t.effective_mode.clone())
+        .filter(|e| !e.is_empty())
+        .collect();
     eff.sort();
     eff.dedup();
     ModeSummary {
@@ -496,14 +610,29 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
     let accepted = daemon::accepted_modes(&o.torpord, &work, vm)?;
     let mut modes = match &o.modes {
         Some(m) => m.clone(),
-        None => std::iter::once("warm".to_string()).chain(accepted.iter().cloned()).collect(),
+        None => std::iter::once("warm".to_string())
+            .chain(accepted.iter().cloned())
+            .collect(),
     };
     modes.dedup();
     for m in &modes {
-        ensure!(m == "warm" || accepted.contains(m), "mode {m:?} is not one torpord accepts for this app ({})", accepted.join(", "));
+        ensure!(
+            m == "warm" || accepted.contains(m),
+            "mode {m:?} is not one torpord accepts for this app ({})",
+            accepted.join(", ")
+        );
     }
-    let demand_mode = if accepted.iter().any(|m| m == "none") { "none".to_string() } else { String::new() };
-    let mut d = Daemon::new(&o.torpord, &work.join("torpord"), &wl.name(), &wl.app_toml())?;
+    let demand_mode = if accepted.iter().any(|m| m == "none") {
+        "none".to_string()
+    } else {
+        String::new()
+    };
+    let mut d = Daemon::new(
+        &o.torpord,
+        &work.join("torpord"),
+        &wl.name(),
+        &wl.app_toml(),
+    )?;
     let mut res = AppResult {
         schema: "torpor-activation/1".into(),
         app: app.into(),
@@ -531,14 +660,25 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
         summary: Vec::new(),
         check: String::new(),
         error: String::new(),
-        columns: wl.columns().into_iter().map(|c| (c.key.to_string(), c.label.to_string(), c.higher_better)).collect(),
+        columns: wl
+            .columns()
+            .into_iter()
+            .map(|c| (c.key.to_string(), c.label.to_string(), c.higher_better))
+            .collect(),
     };
-    eprintln!("activation: {app}: modes {modes:?} (torpord accepts {accepted:?}), {} trials, work dir {}", o.trials, work.display());
+    eprintln!(
+        "activation: {app}: modes {modes:?} (torpord accepts {accepted:?}), {} trials, work dir {}",
+        o.trials,
+        work.display()
+    );
     let r = (|| -> Result<()> {
         d.start(false)?;
         let t = Instant::now();
         let cold = d.start_app(None).context("cold start")?;
-        eprintln!("activation: {app}: cold start by torpord in {:.2} s; setting up", t.elapsed().as_secs_f64());
+        eprintln!(
+            "activation: {app}: cold start by torpord in {:.2} s; setting up",
+            t.elapsed().as_secs_f64()
+        );
         res.app_info = wl.setup(&d).context("setup")?;
         res.app_info["cold_start_torpord_s"] = cold["timing"]["total_s"].clone();
         res.description = wl.describe();
@@ -550,25 +690,48 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
         eprintln!("activation: {app}: default mode {:?}", res.default_mode);
         let mut seq = 0;
         for t in 0..o.trials {
-            let floor_bytes = if app == "child-touch" { o.child_mib * MIB } else { 256 * MIB };
+            let floor_bytes = if app == "child-touch" {
+                o.child_mib * MIB
+            } else {
+                256 * MIB
+            };
             if floor.as_ref().map(|f| f.bytes) != Some(floor_bytes) {
-                let dir = ctx.machine.swap.as_ref().and_then(|s| s.path.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+                let dir = ctx
+                    .machine
+                    .swap
+                    .as_ref()
+                    .and_then(|s| s.path.parent().map(Path::to_path_buf))
+                    .unwrap_or_else(|| PathBuf::from("/var/tmp"));
                 *floor = Some(FloorFile::create(&dir, floor_bytes)?);
             }
-            let floor_s = floor.as_ref().map(|f| f.read_direct(DEFAULT_BLOCK)).transpose()?;
+            let floor_s = floor
+                .as_ref()
+                .map(|f| f.read_direct(DEFAULT_BLOCK))
+                .transpose()?;
             for k in 0..modes.len() {
                 let mode = &modes[(t + k) % modes.len()];
                 let mut tr = match run_one(ctx, &mut d, wl.as_mut(), mode, t, seq) {
                     Ok(tr) => tr,
                     Err(e) => {
-                        let tr = Trial { seq, trial: t, mode: mode.clone(), error: format!("{e:#}"), load_after: loadavg(), ..Default::default() };
-                        eprintln!("activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}", d.log_tail(8));
+                        let tr = Trial {
+                            seq,
+                            trial: t,
+                            mode: mode.clone(),
+                            error: format!("{e:#}"),
+                            load_after: loadavg(),
+                            ..Default::default()
+                        };
+                        eprintln!(
+                            "activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}",
+                            d.log_tail(8)
+                        );
                         res.trials.push(tr);
                         // Back to a running app with the default configuration, or give up.
                         d.switch(false).ok();
                         let st = d.status().ok();
                         if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
-                            d.start_app(None).context("recovering after a failed trial")?;
+                            d.start_app(None)
+                                .context("recovering after a failed trial")?;
                         }
                         seq += 1;
                         continue;
@@ -579,7 +742,8 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
                 if app == "child-touch" {
                     // Touch-all against the I/O floor of the same number of bytes (this round's).
                     if let (Some(out), Some(f)) = (tr.outcome.as_mut(), floor_s) {
-                        out.metrics.insert("floor_ratio".into(), out.first_response_s / f);
+                        out.metrics
+                            .insert("floor_ratio".into(), out.first_response_s / f);
                     }
                 }
                 let p = tr.proof.clone().unwrap_or_default();
@@ -617,7 +781,11 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
     })();
     if let Err(e) = r {
         res.error = format!("{e:#}");
-        eprintln!("activation: {app}: FAILED: {}\n{}", res.error, d.log_tail(15));
+        eprintln!(
+            "activation: {app}: FAILED: {}\n{}",
+            res.error,
+            d.log_tail(15)
+        );
     }
     d.cleanup();
     res.load_end = loadavg();
@@ -676,9 +844,22 @@ fn mode_label(r: &AppResult, m: &str) -> String {
 
 /// The files of one app's result.
 fn paths(out: &Path, r: &AppResult) -> (PathBuf, PathBuf, PathBuf) {
-    let tag = if r.tag.is_empty() { String::new() } else { format!("-{}", r.tag) };
-    let base = format!("{}-{}{tag}{}", &r.date[..10.min(r.date.len())], r.app, if r.quick { "-quick" } else { "" });
-    (out.join(format!("{base}.md")), out.join(format!("{base}.json")), out.join(format!("{base}.png")))
+    let tag = if r.tag.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", r.tag)
+    };
+    let base = format!(
+        "{}-{}{tag}{}",
+        &r.date[..10.min(r.date.len())],
+        r.app,
+        if r.quick { "-quick" } else { "" }
+    );
+    (
+        out.join(format!("{base}.md")),
+        out.join(format!("{base}.json")),
+        out.join(format!("{base}.png")),
+    )
 }
 
 fn median_of(r: &AppResult, mode: &str, f: &dyn Fn(&ModeSummary) -> Option<f64>) -> Option<f64> {
@@ -703,15 +884,33 @@ fn acceptance(r: &AppResult) -> Vec<String> {
     let (fd, fw, fn_) = (m(d, &fr), m("warm", &fr), m(&r.demand_mode, &fr));
     if let (Some(a), Some(b)) = (fd, fn_) {
         if matches!(r.app.as_str(), "tomcat" | "vm") {
-            v.push(format!("first response ≤ 0.5× demand paging: {:.2}× — {}", a / b, met(a <= 0.5 * b)));
+            v.push(format!(
+                "first response ≤ 0.5× demand paging: {:.2}× — {}",
+                a / b,
+                met(a <= 0.5 * b)
+            ));
         }
-        v.push(format!("first response never worse than 1.1× demand paging: {:.2}× — {}", a / b, met(a <= 1.1 * b)));
+        v.push(format!(
+            "first response never worse than 1.1× demand paging: {:.2}× — {}",
+            a / b,
+            met(a <= 1.1 * b)
+        ));
     }
     if r.app == "tomcat" {
         if let (Some(a), Some(w)) = (fd, fw) {
-            v.push(format!("first response ≤ 3× warm: {:.2}× ({:.3} vs {:.3} s) — {}", a / w, a, w, met(a <= 3.0 * w)));
+            v.push(format!(
+                "first response ≤ 3× warm: {:.2}× ({:.3} vs {:.3} s) — {}",
+                a / w,
+                a,
+                w,
+                met(a <= 3.0 * w)
+            ));
             let need = m(&r.demand_mode, &|s| s.swapin_first_mib.map(|x| x.median));
-            let floor: Vec<f64> = r.trials.iter().filter_map(|t| t.floor_s.map(|s| t.floor_bytes as f64 / s)).collect();
+            let floor: Vec<f64> = r
+                .trials
+                .iter()
+                .filter_map(|t| t.floor_s.map(|s| t.floor_bytes as f64 / s))
+                .collect();
             if let (Some(need), Some(bw)) = (need, Spread::of(&floor)) {
                 let bound = w + need * MIB as f64 / bw.median + 0.010;
                 v.push(format!(
@@ -727,22 +926,47 @@ fn acceptance(r: &AppResult) -> Vec<String> {
         }
     }
     if r.app == "postgres" {
-        if let (Some(a), Some(w)) = (m(d, &metric("tps_window")), m("warm", &metric("tps_window"))) {
-            v.push(format!("TPS over the first 10 s ≥ 0.8× warm: {:.2}× ({a:.0} vs {w:.0}) — {}", a / w, met(a >= 0.8 * w)));
+        if let (Some(a), Some(w)) = (
+            m(d, &metric("tps_window")),
+            m("warm", &metric("tps_window")),
+        ) {
+            v.push(format!(
+                "TPS over the first 10 s ≥ 0.8× warm: {:.2}× ({a:.0} vs {w:.0}) — {}",
+                a / w,
+                met(a >= 0.8 * w)
+            ));
         }
     }
     if r.app == "redis" {
-        if let (Some(a), Some(b)) = (m(d, &metric("gets_done_s")), m(&r.demand_mode, &metric("gets_done_s"))) {
-            v.push(format!("200k GETs done ≤ 0.8× demand paging: {:.2}× ({a:.2} vs {b:.2} s) — {}", a / b, met(a <= 0.8 * b)));
+        if let (Some(a), Some(b)) = (
+            m(d, &metric("gets_done_s")),
+            m(&r.demand_mode, &metric("gets_done_s")),
+        ) {
+            v.push(format!(
+                "200k GETs done ≤ 0.8× demand paging: {:.2}× ({a:.2} vs {b:.2} s) — {}",
+                a / b,
+                met(a <= 0.8 * b)
+            ));
         }
     }
     if r.app == "child-touch" {
         let floor: Vec<f64> = r.trials.iter().filter_map(|t| t.floor_s).collect();
         if let (Some(a), Some(f)) = (fd, Spread::of(&floor)) {
-            v.push(format!("touch-all ≤ 1.1× the O_DIRECT floor: {:.2}× ({a:.3} vs {:.3} s) — {}", a / f.median, f.median, met(a <= 1.1 * f.median)));
+            v.push(format!(
+                "touch-all ≤ 1.1× the O_DIRECT floor: {:.2}× ({a:.3} vs {:.3} s) — {}",
+                a / f.median,
+                f.median,
+                met(a <= 1.1 * f.median)
+            ));
         }
     }
-    let worst = r.trials.iter().filter(|t| t.mode != "warm").filter_map(|t| t.proof.as_ref().filter(|p| p.ok)).map(|p| p.memcg.resident).max();
+    let worst = r
+        .trials
+        .iter()
+        .filter(|t| t.mode != "warm")
+        .filter_map(|t| t.proof.as_ref().filter(|p| p.ok))
+        .map(|p| p.memcg.resident)
+        .max();
     if let Some(w) = worst {
         v.push(format!("a suspended app keeps ≤ 3 MiB resident (memcg anon + page cache after Stop, worst of all purged trials): {:.2} MiB — {}", mib(w as f64), met(w <= 3 * MIB)));
     }
@@ -752,7 +976,13 @@ fn acceptance(r: &AppResult) -> Vec<String> {
 fn write_md(r: &AppResult, png: &Path) -> String {
     let cols = &r.columns;
     let mut o = String::new();
-    let _ = writeln!(o, "# Activation: {} — {}{}\n", r.app, r.date, if r.quick { " (quick)" } else { "" });
+    let _ = writeln!(
+        o,
+        "# Activation: {} — {}{}\n",
+        r.app,
+        r.date,
+        if r.quick { " (quick)" } else { "" }
+    );
     let _ = writeln!(o, "Issue 12's acceptance benchmark (`make bench-activation`, `torpor-bench activation`, bench/src/activation.rs).\n");
     let _ = writeln!(o, "{}\n", r.description);
     let _ = writeln!(
@@ -773,19 +1003,77 @@ fn write_md(r: &AppResult, png: &Path) -> String {
     let _ = writeln!(o, "## Setup\n\n| | |\n|---|---|");
     o.push_str(&r.machine_md);
     let _ = writeln!(o, "| date | {} |", r.date);
-    let loads: Vec<f64> = r.trials.iter().flat_map(|t| [t.load_before.0, t.load_after.0]).filter(|x| *x > 0.0).collect();
-    let lr = Spread::of(&loads).map(|s| format!("{:.2}–{:.2} (1-min, before/after each trial; median {:.2})", s.min, s.max, s.median)).unwrap_or_default();
+    let loads: Vec<f64> = r
+        .trials
+        .iter()
+        .flat_map(|t| [t.load_before.0, t.load_after.0])
+        .filter(|x| *x > 0.0)
+        .collect();
+    let lr = Spread::of(&loads)
+        .map(|s| {
+            format!(
+                "{:.2}–{:.2} (1-min, before/after each trial; median {:.2})",
+                s.min, s.max, s.median
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(o, "| load average | at start {:.2} / {:.2} / {:.2}, at end {:.2} / {:.2} / {:.2}; trials {lr} |", r.load_start.0, r.load_start.1, r.load_start.2, r.load_end.0, r.load_end.1, r.load_end.2);
-    let _ = writeln!(o, "| torpord | `{}`; repository at `{}`{}{} |", r.torpord["binary"].as_str().unwrap_or("?"), r.torpord["repo_commit"].as_str().unwrap_or("?"), {
-        let src = r.torpord["source"].as_str().unwrap_or("");
-        if src.is_empty() { String::new() } else { format!("; built from: {src}") }
-    }, {
-        let dirty = r.torpord["repo_dirty_paths"].as_str().unwrap_or("");
-        if dirty.is_empty() { String::new() } else { format!(" (uncommitted changes in local-controller/procswap: `{}`)", dirty.replace('\n', "; ")) }
-    });
-    let _ = writeln!(o, "| modes | {} (torpord accepts: {}); default (Start without a body): `{}` |", r.modes.join(", "), r.torpord["accepted_modes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(), r.default_mode);
-    let _ = writeln!(o, "| trials | {} per mode{}; run took {:.0} s |", r.trials.iter().map(|t| t.trial).max().map(|x| x + 1).unwrap_or(0), if r.quick { " (quick)" } else { "" }, r.seconds);
-    let _ = writeln!(o, "| app | `{}` |", r.app_info.to_string().replace('|', "\\|"));
+    let _ = writeln!(
+        o,
+        "| torpord | `{}`; repository at `{}`{}{} |",
+        r.torpord["binary"].as_str().unwrap_or("?"),
+        r.torpord["repo_commit"].as_str().unwrap_or("?"),
+        {
+            let src = r.torpord["source"].as_str().unwrap_or("");
+            if src.is_empty() {
+                String::new()
+            } else {
+                format!("; built from: {src}")
+            }
+        },
+        {
+            let dirty = r.torpord["repo_dirty_paths"].as_str().unwrap_or("");
+            if dirty.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (uncommitted changes in local-controller/procswap: `{}`)",
+                    dirty.replace('\n', "; ")
+                )
+            }
+        }
+    );
+    let _ = writeln!(
+        o,
+        "| modes | {} (torpord accepts: {}); default (Start without a body): `{}` |",
+        r.modes.join(", "),
+        r.torpord["accepted_modes"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        r.default_mode
+    );
+    let _ = writeln!(
+        o,
+        "| trials | {} per mode{}; run took {:.0} s |",
+        r.trials
+            .iter()
+            .map(|t| t.trial)
+            .max()
+            .map(|x| x + 1)
+            .unwrap_or(0),
+        if r.quick { " (quick)" } else { "" },
+        r.seconds
+    );
+    let _ = writeln!(
+        o,
+        "| app | `{}` |",
+        r.app_info.to_string().replace('|', "\\|")
+    );
     if !r.check.is_empty() {
         let _ = writeln!(o, "| data check after the last trial | {} |", r.check);
     }
@@ -806,7 +1094,14 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         let mut row = format!(
             "| {}{} | {} / {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             mode_label(r, &s.mode),
-            if s.effective_modes.iter().any(|e| e != &s.mode && s.mode != "warm") { format!(" (torpord ran: {})", s.effective_modes.join(", ")) } else { String::new() },
+            if s.effective_modes
+                .iter()
+                .any(|e| e != &s.mode && s.mode != "warm")
+            {
+                format!(" (torpord ran: {})", s.effective_modes.join(", "))
+            } else {
+                String::new()
+            },
             s.ok,
             s.refused,
             s.failed,
@@ -824,16 +1119,43 @@ fn write_md(r: &AppResult, png: &Path) -> String {
             let v = s.metrics.get(k).copied();
             let bw = median_of(r, "warm", &|x| x.metrics.get(k).map(|y| y.median));
             let bd = median_of(r, &r.demand_mode, &|x| x.metrics.get(k).map(|y| y.median));
-            row += &format!(" {} | {} | {} |", cell_auto(&v), ratio(v.map(|x| x.median), bw), ratio(v.map(|x| x.median), bd));
+            row += &format!(
+                " {} | {} | {} |",
+                cell_auto(&v),
+                ratio(v.map(|x| x.median), bw),
+                ratio(v.map(|x| x.median), bd)
+            );
         }
         let _ = writeln!(o, "{row}");
     }
     if r.summary.iter().any(|s| !s.series_median.is_empty()) {
-        let n = r.summary.iter().map(|s| s.series_median.len()).max().unwrap_or(0);
+        let n = r
+            .summary
+            .iter()
+            .map(|s| s.series_median.len())
+            .max()
+            .unwrap_or(0);
         let _ = writeln!(o, "\nTransactions per second after the Start request (median of the trials, per second):\n");
-        let _ = writeln!(o, "| mode | {} |\n|---|{}", (0..n).map(|i| format!("{i}–{} s", i + 1)).collect::<Vec<_>>().join(" | "), "---|".repeat(n));
+        let _ = writeln!(
+            o,
+            "| mode | {} |\n|---|{}",
+            (0..n)
+                .map(|i| format!("{i}–{} s", i + 1))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(n)
+        );
         for s in &r.summary {
-            let _ = writeln!(o, "| {} | {} |", mode_label(r, &s.mode), s.series_median.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(
+                o,
+                "| {} | {} |",
+                mode_label(r, &s.mode),
+                s.series_median
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
         }
     }
     let acc = acceptance(r);
@@ -843,7 +1165,11 @@ fn write_md(r: &AppResult, png: &Path) -> String {
             let _ = writeln!(o, "- {a}");
         }
     }
-    let _ = writeln!(o, "\n![first response per mode]({})\n", png.file_name().unwrap_or_default().to_string_lossy());
+    let _ = writeln!(
+        o,
+        "\n![first response per mode]({})\n",
+        png.file_name().unwrap_or_default().to_string_lossy()
+    );
     let _ = writeln!(o, "## Trials (run order)\n");
     let _ = writeln!(o, "| # | trial | mode | load before → after | memory before Start (memcg resident / swap, torpord resident) | first response s | Start answered s | torpord breakdown | swap-in MiB (first / total) | major faults (first / total) | app metrics | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
     for t in &r.trials {
@@ -856,8 +1182,16 @@ fn write_md(r: &AppResult, png: &Path) -> String {
                 mib(p.memcg.resident as f64),
                 mib(p.memcg.swap as f64),
                 mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
-                if p.ok { String::new() } else { format!(" ({})", p.why) }
-            ) + if p.attempts > 1 { " — the first Stop did not get it out: one more Stop/Start cycle" } else { "" }
+                if p.ok {
+                    String::new()
+                } else {
+                    format!(" ({})", p.why)
+                }
+            ) + if p.attempts > 1 {
+                " — the first Stop did not get it out: one more Stop/Start cycle"
+            } else {
+                ""
+            }
         } else {
             "–".into()
         };
@@ -865,12 +1199,28 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         let (first, metrics, note) = match &t.outcome {
             Some(out) => (
                 format!("{:.3}", out.first_response_s),
-                out.metrics.iter().map(|(k, v)| format!("{k} {}", num(*v))).collect::<Vec<_>>().join(", "),
+                out.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", num(*v)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 out.note.clone(),
             ),
             None => ("–".into(), String::new(), String::new()),
         };
-        let note = [note, if t.refused { "REFUSED".into() } else { String::new() }, t.error.clone()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+        let note = [
+            note,
+            if t.refused {
+                "REFUSED".into()
+            } else {
+                String::new()
+            },
+            t.error.clone(),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
         let _ = writeln!(
             o,
             "| {} | {} | {}{} | {} → {} | {} | {} | {:.3} | {} | {:.1} / {:.1} | {} / {} | {} | {} |",
@@ -903,8 +1253,12 @@ fn breakdown(ans: &Value) -> Vec<String> {
         if let Some(m) = v.as_object() {
             for (k, x) in m {
                 match x.as_f64() {
-                    Some(f) if f > 0.0 && k.ends_with("_s") => bd.push(format!("{prefix}{k} {f:.3}")),
-                    Some(f) if f > 0.0 && k.ends_with("_bytes") => bd.push(format!("{prefix}{k} {:.1} MiB", mib(f))),
+                    Some(f) if f > 0.0 && k.ends_with("_s") => {
+                        bd.push(format!("{prefix}{k} {f:.3}"))
+                    }
+                    Some(f) if f > 0.0 && k.ends_with("_bytes") => {
+                        bd.push(format!("{prefix}{k} {:.1} MiB", mib(f)))
+                    }
                     _ => {}
                 }
             }
@@ -929,7 +1283,10 @@ fn breakdown(ans: &Value) -> Vec<String> {
 
 /// Re-render the md, png and index of every result JSON in `out` (no measuring).
 pub fn render(out: &Path) -> Result<()> {
-    for e in std::fs::read_dir(out).with_context(|| format!("read {}", out.display()))?.flatten() {
+    for e in std::fs::read_dir(out)
+        .with_context(|| format!("read {}", out.display()))?
+        .flatten()
+    {
         if e.path().extension().is_some_and(|x| x == "json") {
             if let Ok(r) = serde_json::from_slice::<AppResult>(&std::fs::read(e.path())?) {
                 if r.schema.starts_with("torpor-activation/") {
@@ -953,11 +1310,33 @@ fn write_results(out: &Path, r: &AppResult, json: bool) -> Result<PathBuf> {
         .summary
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| s.first_response.map(|f| Bar { label: if s.mode == r.default_mode { format!("{} (default)", s.mode) } else { s.mode.clone() }, value: f.median, lo: f.min, hi: f.max, color: i }))
+        .filter_map(|(i, s)| {
+            s.first_response.map(|f| Bar {
+                label: if s.mode == r.default_mode {
+                    format!("{} (default)", s.mode)
+                } else {
+                    s.mode.clone()
+                },
+                value: f.median,
+                lo: f.min,
+                hi: f.max,
+                color: i,
+            })
+        })
         .collect();
     let mut md_text = write_md(r, &png);
     if !bars.is_empty() {
-        if let Err(e) = plot::bars(&png, &format!("{}: time to first response after Start, {}", r.app, &r.date[..10.min(r.date.len())]), "seconds (median, min–max)", &bars, true) {
+        if let Err(e) = plot::bars(
+            &png,
+            &format!(
+                "{}: time to first response after Start, {}",
+                r.app,
+                &r.date[..10.min(r.date.len())]
+            ),
+            "seconds (median, min–max)",
+            &bars,
+            true,
+        ) {
             md_text += &format!("\n(plot failed: {e:#})\n");
         }
     }
@@ -982,22 +1361,61 @@ pub fn write_index(out: &Path) -> Result<()> {
             }
         }
     }
-    rs.sort_by(|a, b| (ALL_APPS.iter().position(|x| *x == a.app), &b.date).cmp(&(ALL_APPS.iter().position(|x| *x == b.app), &a.date)));
+    rs.sort_by(|a, b| {
+        (ALL_APPS.iter().position(|x| *x == a.app), &b.date)
+            .cmp(&(ALL_APPS.iter().position(|x| *x == b.app), &a.date))
+    });
     let mut t = String::new();
     let _ = writeln!(t, "{BEGIN}\n");
     let _ = writeln!(t, "| app | date | trials | load (1-min, min–max) | default mode | first response, median s, per mode | default × warm | default × demand paging | app metric (default / warm / demand paging) | files |\n|---|---|---|---|---|---|---|---|---|---|");
     for r in &rs {
         let (md, _, png) = paths(Path::new(""), r);
-        let loads: Vec<f64> = r.trials.iter().flat_map(|t| [t.load_before.0, t.load_after.0]).filter(|x| *x > 0.0).collect();
-        let load = Spread::of(&loads).map(|s| format!("{:.1}–{:.1}", s.min, s.max)).unwrap_or_else(|| "–".into());
-        let per = r.summary.iter().map(|s| format!("{} {}", s.mode, s.first_response.map(|f| format!("{:.3}", f.median)).unwrap_or_else(|| "–".into()))).collect::<Vec<_>>().join("; ");
+        let loads: Vec<f64> = r
+            .trials
+            .iter()
+            .flat_map(|t| [t.load_before.0, t.load_after.0])
+            .filter(|x| *x > 0.0)
+            .collect();
+        let load = Spread::of(&loads)
+            .map(|s| format!("{:.1}–{:.1}", s.min, s.max))
+            .unwrap_or_else(|| "–".into());
+        let per = r
+            .summary
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s.mode,
+                    s.first_response
+                        .map(|f| format!("{:.3}", f.median))
+                        .unwrap_or_else(|| "–".into())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         let d = r.default_mode.as_str();
         let g = |m: &str| median_of(r, m, &fr);
-        let metric = ["gets_done_s", "tps_window", "all_data_s", "floor_ratio", "all_data_back_s"].iter().find_map(|k| {
-            let v = |m: &str| median_of(r, m, &|s| s.metrics.get(*k).map(|x| x.median)).map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
-            r.summary.iter().any(|s| s.metrics.contains_key(*k)).then(|| format!("{k}: {} / {} / {}", v(d), v("warm"), v(&r.demand_mode)))
+        let metric = [
+            "gets_done_s",
+            "tps_window",
+            "all_data_s",
+            "floor_ratio",
+            "all_data_back_s",
+        ]
+        .iter()
+        .find_map(|k| {
+            let v = |m: &str| {
+                median_of(r, m, &|s| s.metrics.get(*k).map(|x| x.median))
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "–".into())
+            };
+            r.summary
+                .iter()
+                .any(|s| s.metrics.contains_key(*k))
+                .then(|| format!("{k}: {} / {} / {}", v(d), v("warm"), v(&r.demand_mode)))
         });
-        let _ = writeln!(
+        let _ =
+            writeln!(
             t,
             "| {} | {} | {}{}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
             r.app,
@@ -1026,24 +1444,50 @@ pub fn write_index(out: &Path) -> Result<()> {
 }
 
 fn now_date() -> String {
-    std::process::Command::new("date").arg("+%Y-%m-%d %H:%M:%S %Z").output().ok().and_then(|x| String::from_utf8(x.stdout).ok()).unwrap_or_default().trim().to_string()
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S %Z")
+        .output()
+        .ok()
+        .and_then(|x| String::from_utf8(x.stdout).ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 pub fn main(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("--render") {
-        let out = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/activation")));
+        let out = args.get(1).map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/activation"))
+        });
         return render(&out);
     }
     let o = Opts::parse(args)?;
     crate::machine::require_root_and_swap()?;
-    ensure!(o.torpord.exists(), "{} not found (cargo build --release -p local-controller, or --torpord PATH)", o.torpord.display());
+    ensure!(
+        o.torpord.exists(),
+        "{} not found (cargo build --release -p local-controller, or --torpord PATH)",
+        o.torpord.display()
+    );
     let date = now_date();
     let machine = Machine::probe()?;
-    let ctx = Ctx { o: &o, machine: &machine, day: date.get(..10).unwrap_or("unknown").to_string() };
+    let ctx = Ctx {
+        o: &o,
+        machine: &machine,
+        day: date.get(..10).unwrap_or("unknown").to_string(),
+    };
     std::fs::create_dir_all(&o.work)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&o.work, std::fs::Permissions::from_mode(0o755))?;
-    eprintln!("activation: apps {:?}, {} trials, out {}, torpord {}, {} ({} CPUs), load {:?}", o.apps, o.trials, o.out.display(), o.torpord.display(), ctx.day, machine.nproc, loadavg());
+    eprintln!(
+        "activation: apps {:?}, {} trials, out {}, torpord {}, {} ({} CPUs), load {:?}",
+        o.apps,
+        o.trials,
+        o.out.display(),
+        o.torpord.display(),
+        ctx.day,
+        machine.nproc,
+        loadavg()
+    );
     let mut floor = None;
     let mut failed = Vec::new();
     let mut written = Vec::new();
@@ -1069,11 +1513,20 @@ pub fn main(args: &[String]) -> Result<()> {
     for w in &written {
         let text = std::fs::read_to_string(w).unwrap_or_default();
         println!("== {}", w.display());
-        for l in text.lines().skip_while(|l| !l.starts_with("## Results")).take_while(|l| !l.starts_with("![")) {
+        for l in text
+            .lines()
+            .skip_while(|l| !l.starts_with("## Results"))
+            .take_while(|l| !l.starts_with("!["))
+        {
             println!("{l}");
         }
     }
-    ensure!(failed.is_empty(), "{} app(s) failed:\n{}", failed.len(), failed.join("\n"));
+    ensure!(
+        failed.is_empty(),
+        "{} app(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     Ok(())
 }
 
@@ -1085,7 +1538,10 @@ mod tests {
         Trial {
             mode: mode.into(),
             effective_mode: mode.into(),
-            outcome: ok.then(|| Outcome { first_response_s: fr, ..Default::default() }),
+            outcome: ok.then(|| Outcome {
+                first_response_s: fr,
+                ..Default::default()
+            }),
             refused: !ok,
             start_answer: json!({"timing": {"total_s": fr / 2.0, "prefetch_mode": mode}}),
             ..Default::default()
@@ -1094,7 +1550,12 @@ mod tests {
 
     #[test]
     fn summaries_skip_refused_trials() {
-        let ts = vec![trial("none", 1.0, true), trial("none", 3.0, true), trial("none", 100.0, false), trial("full", 2.0, true)];
+        let ts = vec![
+            trial("none", 1.0, true),
+            trial("none", 3.0, true),
+            trial("none", 100.0, false),
+            trial("full", 2.0, true),
+        ];
         let s = summarize(&ts, "none");
         assert_eq!((s.ok, s.refused), (2, 1));
         assert_eq!(s.first_response.unwrap().median, 2.0);
@@ -1104,8 +1565,14 @@ mod tests {
 
     #[test]
     fn effective_mode_of_answers() {
-        assert_eq!(effective(&json!({"timing": {"prefetch_mode": "full"}})), "full");
-        assert_eq!(effective(&json!({"timing": {}, "vm": {"mode": "priority", "effective": "full"}})), "full");
+        assert_eq!(
+            effective(&json!({"timing": {"prefetch_mode": "full"}})),
+            "full"
+        );
+        assert_eq!(
+            effective(&json!({"timing": {}, "vm": {"mode": "priority", "effective": "full"}})),
+            "full"
+        );
         assert_eq!(body_mode("warm"), Some("none"));
     }
 
@@ -1113,12 +1580,22 @@ mod tests {
     fn breakdown_includes_nested_timings_and_bytes() {
         let a = json!({"timing": {"prefetch_s": 0.3, "thaw_s": 0.0, "prefetch_bytes": 1048576, "activation": {"first_fetch_s": 0.18, "first_pages": 44}}});
         let b = breakdown(&a);
-        assert_eq!(b, vec!["prefetch_bytes 1.0 MiB", "prefetch_s 0.300", "activation.first_fetch_s 0.180"]);
+        assert_eq!(
+            b,
+            vec![
+                "prefetch_bytes 1.0 MiB",
+                "prefetch_s 0.300",
+                "activation.first_fetch_s 0.180"
+            ]
+        );
     }
 
     #[test]
     fn index_keeps_text_outside_markers() {
-        let dir = std::env::temp_dir().join(format!("torpor-activation-index-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "torpor-activation-index-test-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("README.md"), "# Title\n\nnotes kept\n").unwrap();

@@ -24,8 +24,15 @@ impl FloorFile {
     /// fsync it. Random, so that no layer below (thin provisioning, zero detection) can answer
     /// reads without reading.
     pub fn create(dir: &Path, bytes: u64) -> Result<FloorFile> {
-        ensure!(bytes > 0 && bytes & ((1 << 20) - 1) == 0, "floor file size must be a positive multiple of 1 MiB");
-        let path = dir.join(format!("torpor-bench-floor-{}-{}.dat", std::process::id(), bytes >> 20));
+        ensure!(
+            bytes > 0 && bytes & ((1 << 20) - 1) == 0,
+            "floor file size must be a positive multiple of 1 MiB"
+        );
+        let path = dir.join(format!(
+            "torpor-bench-floor-{}-{}.dat",
+            std::process::id(),
+            bytes >> 20
+        ));
         let ff = FloorFile { path, bytes };
         let mut f = File::options()
             .write(true)
@@ -42,27 +49,43 @@ impl FloorFile {
                 x ^= x << 17;
                 c.copy_from_slice(&x.to_ne_bytes());
             }
-            f.write_all(&buf).with_context(|| format!("write {}", ff.path.display()))?;
+            f.write_all(&buf)
+                .with_context(|| format!("write {}", ff.path.display()))?;
         }
-        f.sync_all().with_context(|| format!("fsync {}", ff.path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("fsync {}", ff.path.display()))?;
         Ok(ff)
     }
 
     /// Drop the file's page cache, then read it whole, sequentially, with `O_DIRECT` in
     /// `block`-byte requests. Returns the seconds the reads took.
     pub fn read_direct(&self, block: usize) -> Result<f64> {
-        ensure!(block >= 4096 && block & 4095 == 0, "O_DIRECT block must be a multiple of 4096");
+        ensure!(
+            block >= 4096 && block & 4095 == 0,
+            "O_DIRECT block must be a multiple of 4096"
+        );
         {
-            let f = File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
+            let f =
+                File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
             f.sync_all()?;
-            nix::fcntl::posix_fadvise(f.as_raw_fd(), 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED)
-                .with_context(|| format!("posix_fadvise(DONTNEED) {}", self.path.display()))?;
+            nix::fcntl::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .with_context(|| format!("posix_fadvise(DONTNEED) {}", self.path.display()))?;
         }
         let mut f = File::options()
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(&self.path)
-            .with_context(|| format!("open O_DIRECT {} (filesystem without O_DIRECT support?)", self.path.display()))?;
+            .with_context(|| {
+                format!(
+                    "open O_DIRECT {} (filesystem without O_DIRECT support?)",
+                    self.path.display()
+                )
+            })?;
         // O_DIRECT needs an aligned buffer: take the 4096-aligned window of a larger Vec.
         let mut raw = vec![0u8; block + 4096];
         let off = raw.as_ptr().align_offset(4096);
@@ -70,7 +93,9 @@ impl FloorFile {
         let t0 = Instant::now();
         let mut total = 0u64;
         loop {
-            let n = f.read(buf).with_context(|| format!("O_DIRECT read {}", self.path.display()))?;
+            let n = f
+                .read(buf)
+                .with_context(|| format!("O_DIRECT read {}", self.path.display()))?;
             if n == 0 {
                 break;
             }
@@ -78,7 +103,12 @@ impl FloorFile {
         }
         let secs = t0.elapsed().as_secs_f64();
         std::hint::black_box(&buf[..]);
-        ensure!(total == self.bytes, "read {total} of {} bytes from {}", self.bytes, self.path.display());
+        ensure!(
+            total == self.bytes,
+            "read {total} of {} bytes from {}",
+            self.bytes,
+            self.path.display()
+        );
         Ok(secs)
     }
 }

@@ -73,10 +73,17 @@ pub fn mount_of(path: &Path) -> Result<MountOf> {
             } else {
                 dev.trim_end_matches(|c: char| c.is_ascii_digit())
             };
-            [dev, base].iter().find_map(|d| std::fs::read_to_string(format!("/sys/block/{d}/queue/rotational")).ok())
+            [dev, base].iter().find_map(|d| {
+                std::fs::read_to_string(format!("/sys/block/{d}/queue/rotational")).ok()
+            })
         })
         .map(|s| s.trim() == "1");
-    Ok(MountOf { mount_point: best.mount_point, fs_type: best.fs_type, source, rotational })
+    Ok(MountOf {
+        mount_point: best.mount_point,
+        fs_type: best.fs_type,
+        source,
+        rotational,
+    })
 }
 
 /// Facts about the machine, for the results file.
@@ -93,7 +100,9 @@ pub struct Machine {
 }
 
 fn first_line(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.lines().next().unwrap_or("").trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
 }
 
 impl Machine {
@@ -101,12 +110,19 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_total_kib = meminfo
             .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0);
         let swap = SwapArea::active()?;
         let swap_mount = match &swap {
@@ -115,7 +131,9 @@ impl Machine {
         };
         Ok(Machine {
             hostname: first_line("/proc/sys/kernel/hostname"),
-            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             cpu_model,
             mem_total_kib,
             kernel: first_line("/proc/sys/kernel/osrelease"),
@@ -132,11 +150,26 @@ impl Machine {
         let mut o = String::new();
         let _ = writeln!(o, "| host | `{}` |", self.hostname);
         let _ = writeln!(o, "| CPU | {} ({} CPUs) |", self.cpu_model, self.nproc);
-        let _ = writeln!(o, "| memory | {:.1} GiB |", self.mem_total_kib as f64 / (1 << 20) as f64);
+        let _ = writeln!(
+            o,
+            "| memory | {:.1} GiB |",
+            self.mem_total_kib as f64 / (1 << 20) as f64
+        );
         let _ = writeln!(o, "| kernel | `{}` |", self.kernel);
-        let _ = writeln!(o, "| THP | `{}` (the child opts out with MADV_NOHUGEPAGE) |", self.thp);
+        let _ = writeln!(
+            o,
+            "| THP | `{}` (the child opts out with MADV_NOHUGEPAGE) |",
+            self.thp
+        );
         if let Some(sw) = &self.swap {
-            let _ = writeln!(o, "| swap | `{}` ({}, {} MiB, priority {}) |", sw.path.display(), sw.kind, sw.size_kib / 1024, sw.priority);
+            let _ = writeln!(
+                o,
+                "| swap | `{}` ({}, {} MiB, priority {}) |",
+                sw.path.display(),
+                sw.kind,
+                sw.size_kib / 1024,
+                sw.priority
+            );
         }
         if let Some(mt) = &self.swap_mount {
             let _ = writeln!(
@@ -146,7 +179,8 @@ impl Machine {
                 mt.source,
                 mt.mount_point.display(),
                 match mt.rotational {
-                    Some(true) => ", rotational per sysfs (a virtual disk may say so whatever backs it)",
+                    Some(true) =>
+                        ", rotational per sysfs (a virtual disk may say so whatever backs it)",
                     Some(false) => ", non-rotational per sysfs",
                     None => "",
                 }
@@ -159,7 +193,11 @@ impl Machine {
 /// The 1-, 5- and 15-minute load averages.
 pub fn loadavg() -> (f64, f64, f64) {
     let s = first_line("/proc/loadavg");
-    let v: Vec<f64> = s.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = s
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     match v.as_slice() {
         [a, b, c] => (*a, *b, *c),
         _ => (f64::NAN, f64::NAN, f64::NAN),
@@ -196,6 +234,9 @@ mod tests {
         assert_eq!(v.len(), 2);
         let a = v.into_iter().max_by_key(|a| a.priority).unwrap();
         assert_eq!(a.path, PathBuf::from("/var/tmp/torpor-test.swap"));
-        assert_eq!((a.kind.as_str(), a.size_kib, a.used_kib), ("file", 3145724, 12));
+        assert_eq!(
+            (a.kind.as_str(), a.size_kib, a.used_kib),
+            ("file", 3145724, 12)
+        );
     }
 }

@@ -7,7 +7,10 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
-const FONT_PATHS: &[&str] = &["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
 
 /// Register the font once (plotters' ab_glyph backend needs `'static` bytes).
 fn font() -> Result<()> {
@@ -53,12 +56,25 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Log-log line plot of medians with min–max error bars.
-pub fn log_lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Result<()> {
+pub fn log_lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+) -> Result<()> {
     lines(path, title, xlabel, ylabel, series, true)
 }
 
 /// Line plot of medians with min–max error bars: log y, log x when `log_x` (else linear x).
-pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series], log_x: bool) -> Result<()> {
+pub fn lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    log_x: bool,
+) -> Result<()> {
     font()?;
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -79,7 +95,13 @@ pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Ser
                 .x_desc(xlabel)
                 .y_desc(ylabel)
                 .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y}") })
+                .y_label_formatter(&|y| {
+                    if *y >= 1.0 {
+                        format!("{y:.0}")
+                    } else {
+                        format!("{y}")
+                    }
+                })
                 .label_style(("sans-serif", 16))
                 .draw()
                 .map_err(err)?;
@@ -87,15 +109,28 @@ pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Ser
                 let c = color(i);
                 let width = if s.reference { 1 } else { 2 };
                 chart
-                    .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(width)))
+                    .draw_series(LineSeries::new(
+                        s.points.iter().map(|p| (p.0, p.1)),
+                        c.stroke_width(width),
+                    ))
                     .map_err(err)?
                     .label(s.name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                    });
                 if !s.reference {
-                    chart.draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled()))).map_err(err)?;
+                    chart
+                        .draw_series(
+                            s.points
+                                .iter()
+                                .map(|p| Circle::new((p.0, p.1), 4, c.filled())),
+                        )
+                        .map_err(err)?;
                 }
                 chart
-                    .draw_series(s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2.max(1e-6), p.1, p.3, c.stroke_width(1), 8)))
+                    .draw_series(s.points.iter().map(|p| {
+                        ErrorBar::new_vertical(p.0, p.2.max(1e-6), p.1, p.3, c.stroke_width(1), 8)
+                    }))
                     .map_err(err)?;
             }
             chart
@@ -109,14 +144,26 @@ pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Ser
         }};
     }
     let mut cb = ChartBuilder::on(&root);
-    cb.caption(title, ("sans-serif", 24)).margin(15).x_label_area_size(50).y_label_area_size(80);
+    cb.caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(80);
     if log_x {
-        draw!(cb.build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), (y0 / 2.0..y1 * 2.0).log_scale()).map_err(err)?);
+        draw!(cb
+            .build_cartesian_2d(
+                (x0 / 1.3..x1 * 1.3).log_scale(),
+                (y0 / 2.0..y1 * 2.0).log_scale()
+            )
+            .map_err(err)?);
     } else {
         let pad = ((x1 - x0) * 0.06).max(1.0);
-        draw!(cb.build_cartesian_2d(x0 - pad..x1 + pad, (y0 / 2.0..y1 * 2.0).log_scale()).map_err(err)?);
+        draw!(cb
+            .build_cartesian_2d(x0 - pad..x1 + pad, (y0 / 2.0..y1 * 2.0).log_scale())
+            .map_err(err)?);
     }
-    root.present().map_err(err).with_context(|| format!("write {}", path.display()))?;
+    root.present()
+        .map_err(err)
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 
@@ -134,8 +181,17 @@ pub fn bars(path: &Path, title: &str, ylabel: &str, bars: &[Bar], log_y: bool) -
     font()?;
     anyhow::ensure!(!bars.is_empty(), "plot {}: no bars", path.display());
     let n = bars.len();
-    let ymax = bars.iter().map(|b| b.hi.max(b.value)).fold(0.0, f64::max) * if log_y { 3.0 } else { 1.15 };
-    let ymin = if log_y { bars.iter().map(|b| b.lo.min(b.value)).fold(f64::MAX, f64::min).max(1e-6) / 3.0 } else { 0.0 };
+    let ymax =
+        bars.iter().map(|b| b.hi.max(b.value)).fold(0.0, f64::max) * if log_y { 3.0 } else { 1.15 };
+    let ymin = if log_y {
+        bars.iter()
+            .map(|b| b.lo.min(b.value))
+            .fold(f64::MAX, f64::min)
+            .max(1e-6)
+            / 3.0
+    } else {
+        0.0
+    };
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     let root = BitMapBackend::new(path, (1100, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -163,22 +219,53 @@ pub fn bars(path: &Path, title: &str, ylabel: &str, bars: &[Bar], log_y: bool) -
             for (i, b) in bars.iter().enumerate() {
                 let x = i as f64;
                 let c = color(b.color);
-                chart.draw_series(std::iter::once(Rectangle::new([(x - 0.35, ymin), (x + 0.35, b.value)], c.mix(0.75).filled()))).map_err(err)?;
-                chart.draw_series(std::iter::once(ErrorBar::new_vertical(x, b.lo, b.value, b.hi, BLACK.stroke_width(2), 14))).map_err(err)?;
-                let txt = if b.value >= 100.0 { format!("{:.0}", b.value) } else if b.value >= 1.0 { format!("{:.2}", b.value) } else { format!("{:.3}", b.value) };
                 chart
-                    .draw_series(std::iter::once(Text::new(txt, (x - 0.2, b.hi.max(b.value) * if log_y { 1.3 } else { 1.02 }), ("sans-serif", 15))))
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.35, ymin), (x + 0.35, b.value)],
+                        c.mix(0.75).filled(),
+                    )))
+                    .map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(ErrorBar::new_vertical(
+                        x,
+                        b.lo,
+                        b.value,
+                        b.hi,
+                        BLACK.stroke_width(2),
+                        14,
+                    )))
+                    .map_err(err)?;
+                let txt = if b.value >= 100.0 {
+                    format!("{:.0}", b.value)
+                } else if b.value >= 1.0 {
+                    format!("{:.2}", b.value)
+                } else {
+                    format!("{:.3}", b.value)
+                };
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        txt,
+                        (x - 0.2, b.hi.max(b.value) * if log_y { 1.3 } else { 1.02 }),
+                        ("sans-serif", 15),
+                    )))
                     .map_err(err)?;
             }
         }};
     }
     let mut cb = ChartBuilder::on(&root);
-    cb.caption(title, ("sans-serif", 22)).margin(15).x_label_area_size(45).y_label_area_size(80);
+    cb.caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80);
     if log_y {
-        draw!(cb.build_cartesian_2d(xr, (ymin..ymax).log_scale()).map_err(err)?);
+        draw!(cb
+            .build_cartesian_2d(xr, (ymin..ymax).log_scale())
+            .map_err(err)?);
     } else {
         draw!(cb.build_cartesian_2d(xr, ymin..ymax).map_err(err)?);
     }
-    root.present().map_err(err).with_context(|| format!("write {}", path.display()))?;
+    root.present()
+        .map_err(err)
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }

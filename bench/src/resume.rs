@@ -59,7 +59,10 @@ pub enum FreezerChoice {
 
 impl FreezerChoice {
     pub fn from_env() -> Result<FreezerChoice> {
-        match std::env::var("TORPOR_BENCH_FREEZER").unwrap_or_default().as_str() {
+        match std::env::var("TORPOR_BENCH_FREEZER")
+            .unwrap_or_default()
+            .as_str()
+        {
             "" | "auto" => Ok(FreezerChoice::Auto),
             "v2" => Ok(FreezerChoice::V2),
             "v1" => Ok(FreezerChoice::V1),
@@ -101,10 +104,16 @@ impl Proof {
         let n_bytes = self.area_pages * procswap::sys::page_size();
         let mut why = Vec::new();
         if self.area_present_pages > self.area_pages / 1000 + 8 {
-            why.push(format!("{} of {} area pages still present", self.area_present_pages, self.area_pages));
+            why.push(format!(
+                "{} of {} area pages still present",
+                self.area_present_pages, self.area_pages
+            ));
         }
         if self.area_swapped_pages * 100 < self.area_pages * 99 {
-            why.push(format!("only {} of {} area pages swapped", self.area_swapped_pages, self.area_pages));
+            why.push(format!(
+                "only {} of {} area pages swapped",
+                self.area_swapped_pages, self.area_pages
+            ));
         }
         if self.memcg_usage_bytes > 8 * MIB + n_bytes / 128 {
             why.push(format!("memcg usage {} KiB", self.memcg_usage_bytes / 1024));
@@ -115,9 +124,10 @@ impl Proof {
         match self.memcg_swapcached_bytes {
             Some(sc) if sc > MIB => why.push(format!("memcg swapcached {} KiB", sc / 1024)),
             Some(_) => {}
-            None if self.system_swapcached_bytes > 8 * MIB => {
-                why.push(format!("system SwapCached {} KiB (memcg reports no swapcached)", self.system_swapcached_bytes / 1024))
-            }
+            None if self.system_swapcached_bytes > 8 * MIB => why.push(format!(
+                "system SwapCached {} KiB (memcg reports no swapcached)",
+                self.system_swapcached_bytes / 1024
+            )),
             None => {}
         }
         (!why.is_empty()).then(|| why.join("; "))
@@ -210,14 +220,18 @@ impl Subject {
     fn place(&mut self, choice: FreezerChoice) -> Result<()> {
         let own = cgroup::pid_cgroups(std::process::id() as i32)?;
         let name = format!("torpor-bench-{}-{}", std::process::id(), self.pid);
-        let v2_freeze_ok = own.v2.as_ref().is_some_and(|d| d.join("cgroup.procs").exists());
+        let v2_freeze_ok = own
+            .v2
+            .as_ref()
+            .is_some_and(|d| d.join("cgroup.procs").exists());
         // Freezer first (a v2 group may carry memory too).
         let mut v2_dir = None;
         self.freezer = match choice {
             FreezerChoice::V2 | FreezerChoice::Auto if v2_freeze_ok => {
                 let parent = own.v2.clone().context("no cgroup2 mount")?;
                 let d = match v2_memory_parent(&own.v2) {
-                    Some(_) => cgroup::create_v2(&parent, &name, &["memory"]).or_else(|_| cgroup::create_v2(&parent, &name, &[])),
+                    Some(_) => cgroup::create_v2(&parent, &name, &["memory"])
+                        .or_else(|_| cgroup::create_v2(&parent, &name, &[])),
                     None => cgroup::create_v2(&parent, &name, &[]),
                 }?;
                 self.cgroups.push(d.clone());
@@ -251,13 +265,21 @@ impl Subject {
             }
         };
         let found = Memcg::of_pid(self.pid)?.context("procswap finds no memcg for the child")?;
-        ensure!(found == memcg, "procswap finds memcg {found:?}, the bench set up {memcg:?}");
+        ensure!(
+            found == memcg,
+            "procswap finds memcg {found:?}, the bench set up {memcg:?}"
+        );
         self.desc = format!("{}; memcg {}", self.freezer, memcg.dir().display());
         self.memcg = memcg;
         Ok(())
     }
 
-    fn v1_or_signal_freezer(&mut self, own: &cgroup::PidCgroups, name: &str, choice: FreezerChoice) -> Result<Freezer> {
+    fn v1_or_signal_freezer(
+        &mut self,
+        own: &cgroup::PidCgroups,
+        name: &str,
+        choice: FreezerChoice,
+    ) -> Result<Freezer> {
         if choice != FreezerChoice::Signal {
             if let Some(parent) = &own.v1_freezer {
                 let d = cgroup::create_v1(parent, name)?;
@@ -293,7 +315,10 @@ impl Subject {
     /// Re-check every checksum of the area (outside any timing).
     pub fn verify_data(&mut self) -> Result<()> {
         let r = self.cmd("VERIFY")?;
-        ensure!(r == "OK", "child data verification failed after purge/resume cycles: {r}");
+        ensure!(
+            r == "OK",
+            "child data verification failed after purge/resume cycles: {r}"
+        );
         Ok(())
     }
 
@@ -301,25 +326,42 @@ impl Subject {
     fn area_state(&self) -> Result<(u64, u64)> {
         let mut pm = Pagemap::open(self.pid)?;
         let (mut p, mut s) = (0, 0);
-        pm.scan(self.area.0, self.area.0 + self.area.1, |_, info| match info {
-            procfs::process::PageInfo::MemoryPage(f) => p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64,
-            procfs::process::PageInfo::SwapPage(_) => s += 1,
-        })?;
+        pm.scan(
+            self.area.0,
+            self.area.0 + self.area.1,
+            |_, info| match info {
+                procfs::process::PageInfo::MemoryPage(f) => {
+                    p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64
+                }
+                procfs::process::PageInfo::SwapPage(_) => s += 1,
+            },
+        )?;
         Ok((p, s))
     }
 
     /// Freeze, purge, and prove the memory is out; then queue the `TOUCH` command (the
     /// frozen child reads it only once resumed).
     pub fn suspend_and_purge(&mut self) -> Result<Proof> {
-        self.freezer.freeze(FREEZE_TIMEOUT).with_context(|| format!("freeze ({})", self.freezer))?;
+        self.freezer
+            .freeze(FREEZE_TIMEOUT)
+            .with_context(|| format!("freeze ({})", self.freezer))?;
         self.frozen = true;
         let mut purge_seconds = 0.0;
         for attempt in 1..=3 {
             let t0 = Instant::now();
-            let rep = procswap::purge_with(&StockBackend, self.pid, &PurgeOptions::default(), &NoProgress)
-                .with_context(|| format!("purge pid {}", self.pid))?;
+            let rep = procswap::purge_with(
+                &StockBackend,
+                self.pid,
+                &PurgeOptions::default(),
+                &NoProgress,
+            )
+            .with_context(|| format!("purge pid {}", self.pid))?;
             purge_seconds += t0.elapsed().as_secs_f64();
-            ensure!(rep.reclaim.is_some(), "purge ran no memcg reclaim: {:?}", rep.reclaim_skipped);
+            ensure!(
+                rep.reclaim.is_some(),
+                "purge ran no memcg reclaim: {:?}",
+                rep.reclaim_skipped
+            );
             let (proof, failure) = self.prove_out(purge_seconds, attempt)?;
             match failure {
                 None => {
@@ -351,21 +393,29 @@ impl Subject {
 
     /// Freeze (no purge).
     pub fn freeze(&mut self) -> Result<()> {
-        self.freezer.freeze(FREEZE_TIMEOUT).with_context(|| format!("freeze ({})", self.freezer))?;
+        self.freezer
+            .freeze(FREEZE_TIMEOUT)
+            .with_context(|| format!("freeze ({})", self.freezer))?;
         self.frozen = true;
         Ok(())
     }
 
     /// Thaw (no wait for any reply).
     pub fn thaw(&mut self) -> Result<()> {
-        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw ({})", self.freezer))?;
+        self.freezer
+            .thaw(FREEZE_TIMEOUT)
+            .with_context(|| format!("thaw ({})", self.freezer))?;
         self.frozen = false;
         Ok(())
     }
 
     /// Collect the same evidence [`Subject::suspend_and_purge`] does, and whether it proves the
     /// memory is out (`Err(why)` when not), for callers that evicted the memory another way.
-    pub fn prove_out(&self, purge_seconds: f64, purge_attempts: u32) -> Result<(Proof, Option<String>)> {
+    pub fn prove_out(
+        &self,
+        purge_seconds: f64,
+        purge_attempts: u32,
+    ) -> Result<(Proof, Option<String>)> {
         let (present, swapped) = self.area_state()?;
         let insp = procswap::inspect(self.pid, Default::default())?;
         let proof = Proof {
@@ -386,7 +436,9 @@ impl Subject {
     /// Thaw after [`Subject::suspend_and_purge`] and wait for the queued touch to finish
     /// (for callers that time something else while it is frozen). Returns the child's reply.
     pub fn thaw_and_wait(&mut self) -> Result<String> {
-        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw ({})", self.freezer))?;
+        self.freezer
+            .thaw(FREEZE_TIMEOUT)
+            .with_context(|| format!("thaw ({})", self.freezer))?;
         self.frozen = false;
         self.read_line()
     }
@@ -400,25 +452,39 @@ impl Subject {
             let opts = PrefetchOptions::default();
             let kmod;
             let backend: &dyn procswap::Backend = if variant == Variant::TorporKmod {
-                kmod = procswap::backend::KmodBackend::open().context("the module backend needs torpor.ko loaded")?;
+                kmod = procswap::backend::KmodBackend::open()
+                    .context("the module backend needs torpor.ko loaded")?;
                 &kmod
             } else {
                 &StockBackend
             };
             let rep = procswap::prefetch_with(backend, self.pid, &opts, &NoProgress)
                 .with_context(|| format!("prefetch pid {}", self.pid))?;
-            ensure!(rep.stopped.is_none(), "prefetch stopped early: {:?}", rep.stopped);
-            prefetch = Some((t0.elapsed().as_secs_f64(), rep.read_issued_bytes, rep.mapped_pages));
+            ensure!(
+                rep.stopped.is_none(),
+                "prefetch stopped early: {:?}",
+                rep.stopped
+            );
+            prefetch = Some((
+                t0.elapsed().as_secs_f64(),
+                rep.read_issued_bytes,
+                rep.mapped_pages,
+            ));
         }
         let t_thaw = Instant::now();
-        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw ({})", self.freezer))?;
+        self.freezer
+            .thaw(FREEZE_TIMEOUT)
+            .with_context(|| format!("thaw ({})", self.freezer))?;
         self.frozen = false;
         let thaw_seconds = t_thaw.elapsed().as_secs_f64();
         let r = self.read_line()?;
         let seconds = t0.elapsed().as_secs_f64();
         let v: Vec<&str> = r.split_whitespace().collect();
         ensure!(v.first() == Some(&"DONE") && v.len() == 5, "child: {r}");
-        let n = |i: usize| v[i].parse::<u64>().with_context(|| format!("child reply {r:?}"));
+        let n = |i: usize| {
+            v[i].parse::<u64>()
+                .with_context(|| format!("child reply {r:?}"))
+        };
         Ok(Measurement {
             mib: self.mib,
             variant,
@@ -447,7 +513,10 @@ impl Drop for Subject {
         let _ = self.proc.wait();
         for d in self.cgroups.iter().rev() {
             if let Err(e) = cgroup::remove(d) {
-                eprintln!("resume_touch_all: could not remove cgroup {}: {e}", d.display());
+                eprintln!(
+                    "resume_touch_all: could not remove cgroup {}: {e}",
+                    d.display()
+                );
             }
         }
     }
@@ -485,11 +554,18 @@ pub struct SizeSummary {
 
 impl Record {
     fn timed(&self, mib: u64, v: Variant) -> impl Iterator<Item = &Measurement> {
-        self.measurements.iter().filter(move |m| m.mib == mib && m.variant == v && !m.warmup)
+        self.measurements
+            .iter()
+            .filter(move |m| m.mib == mib && m.variant == v && !m.warmup)
     }
 
     pub fn sizes(&self) -> Vec<u64> {
-        let mut s: Vec<u64> = self.measurements.iter().map(|m| m.mib).chain(self.floors.iter().map(|f| f.0)).collect();
+        let mut s: Vec<u64> = self
+            .measurements
+            .iter()
+            .map(|m| m.mib)
+            .chain(self.floors.iter().map(|f| f.0))
+            .collect();
         s.sort_unstable();
         s.dedup();
         s
@@ -502,11 +578,26 @@ impl Record {
         let pair_ratios: Vec<f64> = self
             .timed(mib, Variant::Stock)
             .filter_map(|s| {
-                self.timed(mib, Variant::Torpor).find(|t| t.pair == s.pair).map(|t| s.seconds / t.seconds)
+                self.timed(mib, Variant::Torpor)
+                    .find(|t| t.pair == s.pair)
+                    .map(|t| s.seconds / t.seconds)
             })
             .collect();
-        let floors: Vec<f64> = self.floors.iter().filter(|f| f.0 == mib).map(|f| f.1).collect();
-        let majflt = |v| Spread::of(&self.timed(mib, v).map(|m| m.child_majflt as f64).collect::<Vec<_>>()).map(|s| s.median);
+        let floors: Vec<f64> = self
+            .floors
+            .iter()
+            .filter(|f| f.0 == mib)
+            .map(|f| f.1)
+            .collect();
+        let majflt = |v| {
+            Spread::of(
+                &self
+                    .timed(mib, v)
+                    .map(|m| m.child_majflt as f64)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|s| s.median)
+        };
         SizeSummary {
             mib,
             ratio_of_medians: stock.zip(torpor).map(|(s, t)| s.median / t.median),
@@ -514,11 +605,25 @@ impl Record {
             torpor,
             pair_ratio: Spread::of(&pair_ratios),
             floor: Spread::of(&floors),
-            torpor_prefetch: Spread::of(&self.timed(mib, Variant::Torpor).filter_map(|m| m.prefetch_seconds).collect::<Vec<_>>()),
-            torpor_touch: Spread::of(&self.timed(mib, Variant::Torpor).map(|m| m.touch_seconds).collect::<Vec<_>>()),
+            torpor_prefetch: Spread::of(
+                &self
+                    .timed(mib, Variant::Torpor)
+                    .filter_map(|m| m.prefetch_seconds)
+                    .collect::<Vec<_>>(),
+            ),
+            torpor_touch: Spread::of(
+                &self
+                    .timed(mib, Variant::Torpor)
+                    .map(|m| m.touch_seconds)
+                    .collect::<Vec<_>>(),
+            ),
             stock_majflt_median: majflt(Variant::Stock),
             torpor_majflt_median: majflt(Variant::Torpor),
-            warmup_excluded: self.measurements.iter().filter(|m| m.mib == mib && m.warmup).count(),
+            warmup_excluded: self
+                .measurements
+                .iter()
+                .filter(|m| m.mib == mib && m.warmup)
+                .count(),
         }
     }
 
@@ -529,7 +634,14 @@ impl Record {
         let _ = writeln!(
             o,
             "{:>7} {:>5}  {:>28}  {:>28}  {:>6} {:>13}  {:>28}  {:>7}",
-            "size", "pairs", "stock (thaw + demand paging)", "torpor (prefetch + thaw)", "ratio", "pair ratios", "I/O floor (O_DIRECT 4 MiB)", "torp/fl"
+            "size",
+            "pairs",
+            "stock (thaw + demand paging)",
+            "torpor (prefetch + thaw)",
+            "ratio",
+            "pair ratios",
+            "I/O floor (O_DIRECT 4 MiB)",
+            "torp/fl"
         );
         for mib in self.sizes() {
             let s = self.summary(mib);
@@ -541,10 +653,17 @@ impl Record {
                 s.stock.map(|x| x.n).unwrap_or(0),
                 sp(&s.stock),
                 sp(&s.torpor),
-                s.ratio_of_medians.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into()),
-                s.pair_ratio.map(|r| format!("{:.2}–{:.2}", r.min, r.max)).unwrap_or_else(|| "-".into()),
+                s.ratio_of_medians
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+                s.pair_ratio
+                    .map(|r| format!("{:.2}–{:.2}", r.min, r.max))
+                    .unwrap_or_else(|| "-".into()),
                 sp(&s.floor),
-                s.torpor.zip(s.floor).map(|(t, f)| format!("{:.2}x", t.median / f.median)).unwrap_or_else(|| "-".into()),
+                s.torpor
+                    .zip(s.floor)
+                    .map(|(t, f)| format!("{:.2}x", t.median / f.median))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         o
@@ -588,14 +707,26 @@ impl Record {
         let _ = writeln!(o, "| | |\n|---|---|");
         o.push_str(&m.markdown_rows());
         let _ = writeln!(o, "| page-cluster | `{}` |", ctx.page_cluster);
-        let _ = writeln!(o, "| suspend / memcg | {} |", self.subjects.first().map(|s| s.1.as_str()).unwrap_or("-"));
+        let _ = writeln!(
+            o,
+            "| suspend / memcg | {} |",
+            self.subjects.first().map(|s| s.1.as_str()).unwrap_or("-")
+        );
         let _ = writeln!(
             o,
             "| load average | before {:.2} {:.2} {:.2}; after {:.2} {:.2} {:.2} |",
-            ctx.load_before.0, ctx.load_before.1, ctx.load_before.2, ctx.load_after.0, ctx.load_after.1, ctx.load_after.2
+            ctx.load_before.0,
+            ctx.load_before.1,
+            ctx.load_before.2,
+            ctx.load_after.0,
+            ctx.load_after.1,
+            ctx.load_after.2
         );
         let _ = writeln!(o);
-        let _ = writeln!(o, "## Results (seconds; median, min–max over interleaved pairs)\n");
+        let _ = writeln!(
+            o,
+            "## Results (seconds; median, min–max over interleaved pairs)\n"
+        );
         let _ = writeln!(
             o,
             "| size | pairs | stock median | stock min–max | torpor median | torpor min–max | ratio stock/torpor (medians) | per-pair ratio median (min–max) | I/O floor median (min–max) | torpor / floor |"
@@ -603,8 +734,14 @@ impl Record {
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
         for mib in self.sizes() {
             let s = self.summary(mib);
-            let med = |x: &Option<Spread>| x.map(|x| format!("{:.3}", x.median)).unwrap_or_else(|| "-".into());
-            let mm = |x: &Option<Spread>| x.map(|x| format!("{:.3}–{:.3}", x.min, x.max)).unwrap_or_else(|| "-".into());
+            let med = |x: &Option<Spread>| {
+                x.map(|x| format!("{:.3}", x.median))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mm = |x: &Option<Spread>| {
+                x.map(|x| format!("{:.3}–{:.3}", x.min, x.max))
+                    .unwrap_or_else(|| "-".into())
+            };
             let _ = writeln!(
                 o,
                 "| {mib} MiB | {} | {} | {} | {} | {} | **{}** | {} | {} | {} |",
@@ -613,10 +750,19 @@ impl Record {
                 mm(&s.stock),
                 med(&s.torpor),
                 mm(&s.torpor),
-                s.ratio_of_medians.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "-".into()),
-                s.pair_ratio.map(|r| format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max)).unwrap_or_else(|| "-".into()),
-                s.floor.map(|f| format!("{:.3} ({:.3}–{:.3})", f.median, f.min, f.max)).unwrap_or_else(|| "-".into()),
-                s.torpor.zip(s.floor).map(|(t, f)| format!("{:.2}×", t.median / f.median)).unwrap_or_else(|| "-".into()),
+                s.ratio_of_medians
+                    .map(|r| format!("{r:.2}×"))
+                    .unwrap_or_else(|| "-".into()),
+                s.pair_ratio
+                    .map(|r| format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max))
+                    .unwrap_or_else(|| "-".into()),
+                s.floor
+                    .map(|f| format!("{:.3} ({:.3}–{:.3})", f.median, f.min, f.max))
+                    .unwrap_or_else(|| "-".into()),
+                s.torpor
+                    .zip(s.floor)
+                    .map(|(t, f)| format!("{:.2}×", t.median / f.median))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         let _ = writeln!(o, "\nBreakdown (medians):\n");
@@ -624,20 +770,37 @@ impl Record {
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
         for mib in self.sizes() {
             let s = self.summary(mib);
-            let mbs = |x: Option<Spread>| x.map(|x| format!("{:.0}", (mib * MIB) as f64 / 1e6 / x.median)).unwrap_or_else(|| "-".into());
+            let mbs = |x: Option<Spread>| {
+                x.map(|x| format!("{:.0}", (mib * MIB) as f64 / 1e6 / x.median))
+                    .unwrap_or_else(|| "-".into())
+            };
             let _ = writeln!(
                 o,
                 "| {mib} MiB | {} | {} | {} | {} | {} | {} | {} |",
-                s.stock_majflt_median.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into()),
-                s.torpor_prefetch.map(|x| format!("{:.3} s", x.median)).unwrap_or_else(|| "-".into()),
-                s.torpor_touch.map(|x| format!("{:.3} s", x.median)).unwrap_or_else(|| "-".into()),
-                s.torpor_majflt_median.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into()),
+                s.stock_majflt_median
+                    .map(|x| format!("{x:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+                s.torpor_prefetch
+                    .map(|x| format!("{:.3} s", x.median))
+                    .unwrap_or_else(|| "-".into()),
+                s.torpor_touch
+                    .map(|x| format!("{:.3} s", x.median))
+                    .unwrap_or_else(|| "-".into()),
+                s.torpor_majflt_median
+                    .map(|x| format!("{x:.0}"))
+                    .unwrap_or_else(|| "-".into()),
                 mbs(s.stock),
                 mbs(s.torpor),
                 mbs(s.floor),
             );
         }
-        let worst = |f: &dyn Fn(&Proof) -> u64| self.measurements.iter().map(|m| f(&m.proof)).max().unwrap_or(0);
+        let worst = |f: &dyn Fn(&Proof) -> u64| {
+            self.measurements
+                .iter()
+                .map(|m| f(&m.proof))
+                .max()
+                .unwrap_or(0)
+        };
         let _ = writeln!(o, "\n## Memory was out before every timed resume\n");
         let _ = writeln!(
             o,
@@ -656,11 +819,22 @@ impl Record {
             self.measurements.iter().filter(|m| m.proof.purge_attempts > 1).count(),
             self.verified,
         );
-        let _ = writeln!(o, "<details><summary>All timed resumes, in run order (seconds)</summary>\n");
+        let _ = writeln!(
+            o,
+            "<details><summary>All timed resumes, in run order (seconds)</summary>\n"
+        );
         let _ = writeln!(o, "| size | pair | warm-up | stock | stock majflt | torpor | torpor prefetch | torpor touch | stock/torpor |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-        for s in self.measurements.iter().filter(|m| m.variant == Variant::Stock) {
-            if let Some(t) = self.measurements.iter().find(|t| t.variant == Variant::Torpor && t.mib == s.mib && t.pair == s.pair) {
+        for s in self
+            .measurements
+            .iter()
+            .filter(|m| m.variant == Variant::Stock)
+        {
+            if let Some(t) = self
+                .measurements
+                .iter()
+                .find(|t| t.variant == Variant::Torpor && t.mib == s.mib && t.pair == s.pair)
+            {
                 let _ = writeln!(
                     o,
                     "| {} MiB | {} | {} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.2}× |",
@@ -676,8 +850,16 @@ impl Record {
                 );
             }
         }
-        let floors: Vec<String> = self.floors.iter().map(|f| format!("{} MiB {:.3}", f.0, f.1)).collect();
-        let _ = writeln!(o, "\nI/O floor reads, in run order: {}.\n\n</details>\n", floors.join(", "));
+        let floors: Vec<String> = self
+            .floors
+            .iter()
+            .map(|f| format!("{} MiB {:.3}", f.0, f.1))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nI/O floor reads, in run order: {}.\n\n</details>\n",
+            floors.join(", ")
+        );
         o
     }
 }
@@ -710,7 +892,9 @@ impl RunContext {
             load_before: loadavg(),
             load_after: (f64::NAN, f64::NAN, f64::NAN),
             wall_seconds: 0.0,
-            page_cluster: std::fs::read_to_string("/proc/sys/vm/page-cluster").map(|s| s.trim().to_string()).unwrap_or_default(),
+            page_cluster: std::fs::read_to_string("/proc/sys/vm/page-cluster")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
         })
     }
 }

@@ -40,9 +40,20 @@ pub struct Tomcat {
 }
 
 fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
-    let o = Command::new(c).args(args).output().with_context(|| format!("run {c}"))?;
-    ensure!(o.status.success(), "{c} {args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-    Ok(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let o = Command::new(c)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {c}"))?;
+    ensure!(
+        o.status.success(),
+        "{c} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    ))
 }
 
 impl Tomcat {
@@ -52,14 +63,25 @@ impl Tomcat {
             Path::new(TOMCAT_HOME).join("bin/catalina.sh").exists(),
             "{TOMCAT_HOME}/bin/catalina.sh missing: apt-get install tomcat10 (bench/run-experiments.sh does)"
         );
-        let javac = which("javac").context("no javac: apt-get install openjdk-17-jdk-headless (bench/run-experiments.sh does)")?;
+        let javac = which("javac").context(
+            "no javac: apt-get install openjdk-17-jdk-headless (bench/run-experiments.sh does)",
+        )?;
         let javac = std::fs::canonicalize(&javac).unwrap_or(javac);
-        let java_home = javac.parent().and_then(Path::parent).context("JAVA_HOME from javac")?.display().to_string();
+        let java_home = javac
+            .parent()
+            .and_then(Path::parent)
+            .context("JAVA_HOME from javac")?
+            .display()
+            .to_string();
         let dir = std::env::temp_dir().join(format!("torpor-bench-tomcat-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let classes = dir.join("app/WEB-INF/classes");
         std::fs::create_dir_all(&classes)?;
-        std::fs::copy(Path::new(APP_SRC).join("web.xml"), dir.join("app/WEB-INF/web.xml")).context("copy web.xml")?;
+        std::fs::copy(
+            Path::new(APP_SRC).join("web.xml"),
+            dir.join("app/WEB-INF/web.xml"),
+        )
+        .context("copy web.xml")?;
         let o = Command::new(&javac)
             .arg("-d")
             .arg(&classes)
@@ -68,13 +90,27 @@ impl Tomcat {
             .arg(Path::new(APP_SRC).join("TorporApp.java"))
             .output()
             .context("run javac")?;
-        ensure!(o.status.success(), "javac TorporApp.java failed: {}", String::from_utf8_lossy(&o.stderr));
-        let tomcat_version = cmd_out("dpkg-query", &["-W", "-f=${Version}", "tomcat10"]).unwrap_or_else(|_| "?".into());
-        let java_version = cmd_out(&format!("{java_home}/bin/java"), &["-version"]).ok().and_then(|s| s.lines().next().map(str::to_string)).unwrap_or_default();
+        ensure!(
+            o.status.success(),
+            "javac TorporApp.java failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let tomcat_version = cmd_out("dpkg-query", &["-W", "-f=${Version}", "tomcat10"])
+            .unwrap_or_else(|_| "?".into());
+        let java_version = cmd_out(&format!("{java_home}/bin/java"), &["-version"])
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_default();
         Ok(Tomcat {
             dir,
             java_home: java_home.clone(),
-            info: ServerInfo { tomcat_version, java_version, java_home, app_mib, request: REQUEST.into() },
+            info: ServerInfo {
+                tomcat_version,
+                java_version,
+                java_home,
+                app_mib,
+                request: REQUEST.into(),
+            },
             bases: 0,
         })
     }
@@ -96,8 +132,16 @@ impl Tomcat {
         let port = free_port()?;
         let sx = base.join("conf/server.xml");
         let s = std::fs::read_to_string(&sx)?;
-        ensure!(s.contains("port=\"8080\""), "{}: no port=\"8080\" connector", sx.display());
-        std::fs::write(&sx, s.replace("port=\"8080\"", &format!("port=\"{port}\"")).replace("<Server port=\"8005\"", "<Server port=\"-1\""))?;
+        ensure!(
+            s.contains("port=\"8080\""),
+            "{}: no port=\"8080\" connector",
+            sx.display()
+        );
+        std::fs::write(
+            &sx,
+            s.replace("port=\"8080\"", &format!("port=\"{port}\""))
+                .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
+        )?;
         copy_dir(&self.dir.join("app"), &base.join("webapps/app"))?;
         Ok((base, port))
     }
@@ -107,7 +151,10 @@ impl Tomcat {
         // every page the server ever touches is charged to its memcg.
         let mut script = String::new();
         for d in cgroups {
-            script.push_str(&format!("echo $$ > '{}/cgroup.procs' || exit 97; ", d.display()));
+            script.push_str(&format!(
+                "echo $$ > '{}/cgroup.procs' || exit 97; ",
+                d.display()
+            ));
         }
         script.push_str(&format!("exec '{TOMCAT_HOME}/bin/catalina.sh' run"));
         let mut c = Command::new("/bin/sh");
@@ -129,7 +176,12 @@ impl Tomcat {
         let (base, port) = self.new_base()?;
         let log = std::fs::File::create(base.join("logs/stdout.log"))?;
         let t0 = Instant::now();
-        let mut child = self.command(&base, &[]).stdout(log.try_clone()?).stderr(log).spawn().context("spawn catalina.sh")?;
+        let mut child = self
+            .command(&base, &[])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn catalina.sh")?;
         let r = wait_ready(&mut child, port, t0, &base);
         let secs = t0.elapsed().as_secs_f64();
         let rss = rss_bytes(child.id() as i32).unwrap_or(0);
@@ -164,20 +216,42 @@ impl Tomcat {
             };
             (Memcg::V1(m), f)
         } else {
-            let v2 = own.v2.clone().context("no v1 memory hierarchy and no cgroup2 mount")?;
+            let v2 = own
+                .v2
+                .clone()
+                .context("no v1 memory hierarchy and no cgroup2 mount")?;
             let d = cgroup::create_v2(&v2, &cgname, &["memory"])?;
             dirs.push(d.clone());
             (Memcg::V2(d.clone()), Freezer::CgroupV2(d))
         };
         let log = std::fs::File::create(base.join("logs/stdout.log"))?;
         let t0 = Instant::now();
-        let child = self.command(&base, &dirs).stdout(log.try_clone()?).stderr(log).spawn().context("spawn catalina.sh")?;
+        let child = self
+            .command(&base, &dirs)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn catalina.sh")?;
         let pid = child.id() as i32;
-        let mut srv = Server { child: Some(child), pid, port, base, memcg, freezer, cgroups: dirs, frozen: false, start_seconds: 0.0 };
+        let mut srv = Server {
+            child: Some(child),
+            pid,
+            port,
+            base,
+            memcg,
+            freezer,
+            cgroups: dirs,
+            frozen: false,
+            start_seconds: 0.0,
+        };
         wait_ready(srv.child.as_mut().context("child")?, port, t0, &srv.base)?;
         srv.start_seconds = t0.elapsed().as_secs_f64();
         let found = Memcg::of_pid(pid)?.context("no memcg for the server")?;
-        ensure!(found == srv.memcg, "server pid {pid} is in memcg {found:?}, expected {:?}", srv.memcg);
+        ensure!(
+            found == srv.memcg,
+            "server pid {pid} is in memcg {found:?}, expected {:?}",
+            srv.memcg
+        );
         Ok(srv)
     }
 }
@@ -204,19 +278,27 @@ pub struct Server {
 
 impl Server {
     pub fn freeze(&mut self) -> Result<()> {
-        self.freezer.freeze(FREEZE_TIMEOUT).with_context(|| format!("freeze {}", self.freezer))?;
+        self.freezer
+            .freeze(FREEZE_TIMEOUT)
+            .with_context(|| format!("freeze {}", self.freezer))?;
         self.frozen = true;
         Ok(())
     }
     pub fn thaw(&mut self) -> Result<()> {
-        self.freezer.thaw(FREEZE_TIMEOUT).with_context(|| format!("thaw {}", self.freezer))?;
+        self.freezer
+            .thaw(FREEZE_TIMEOUT)
+            .with_context(|| format!("thaw {}", self.freezer))?;
         self.frozen = false;
         Ok(())
     }
     /// GET [`REQUEST`]; the body.
     pub fn request(&self) -> Result<String> {
         let (code, body) = http_get(self.port, REQUEST, Duration::from_secs(120))?;
-        ensure!(code == 200, "GET {REQUEST} on :{} answered {code}: {body}", self.port);
+        ensure!(
+            code == 200,
+            "GET {REQUEST} on :{} answered {code}: {body}",
+            self.port
+        );
         Ok(body)
     }
     pub fn rss(&self) -> u64 {
@@ -247,9 +329,15 @@ fn wait_ready(child: &mut Child, port: u16, t0: Instant, base: &Path) -> Result<
         if let Some(st) = child.try_wait()? {
             let log = std::fs::read_to_string(base.join("logs/stdout.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            bail!("Tomcat exited ({st}) before answering; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "Tomcat exited ({st}) before answering; log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        ensure!(t0.elapsed() < START_TIMEOUT, "Tomcat on :{port} did not answer 200 within {START_TIMEOUT:?}");
+        ensure!(
+            t0.elapsed() < START_TIMEOUT,
+            "Tomcat on :{port} did not answer 200 within {START_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -274,11 +362,19 @@ fn stop(child: &mut Child) {
 fn rss_bytes(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    l.split_whitespace().nth(1)?.parse::<u64>().ok().map(|k| k * 1024)
+    l.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|k| k * 1024)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 fn free_port() -> Result<u16> {
@@ -304,12 +400,22 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let txt = String::from_utf8_lossy(&buf);
-    let code = txt.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")?;
-    let body = txt.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    let code = txt
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    let body = txt
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -325,7 +431,14 @@ pub struct Burners {
 /// `(busy, total)` jiffies of all CPUs from /proc/stat.
 pub fn cpu_jiffies() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = s.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)
@@ -336,7 +449,8 @@ fn proc_cpu_ticks(pid: i32) -> u64 {
     let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // After the comm: state is field 3 → index 0; utime 14 → 11, stime 15 → 12.
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// What burners achieved over their lifetime.
@@ -354,13 +468,20 @@ pub struct Achieved {
 impl Burners {
     /// Start one burner per CPU at `duty` (0 = none) with a `period_ms` period.
     pub fn start(exe: &Path, duty: f64, period_ms: u64) -> Result<Burners> {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut kids = Vec::new();
         if duty > 0.0 {
             for cpu in 0..n {
                 kids.push(
                     Command::new(exe)
-                        .args(["__burn", &duty.to_string(), &period_ms.to_string(), &cpu.to_string()])
+                        .args([
+                            "__burn",
+                            &duty.to_string(),
+                            &period_ms.to_string(),
+                            &cpu.to_string(),
+                        ])
                         .stdin(Stdio::null())
                         .spawn()
                         .context("spawn burner")?,
@@ -368,19 +489,37 @@ impl Burners {
             }
         }
         let cpu0 = kids.iter().map(|k| proc_cpu_ticks(k.id() as i32)).sum();
-        Ok(Burners { kids, duty, t0: Instant::now(), cpu0, sys0: cpu_jiffies() })
+        Ok(Burners {
+            kids,
+            duty,
+            t0: Instant::now(),
+            cpu0,
+            sys0: cpu_jiffies(),
+        })
     }
 
     /// Achieved load so far.
     pub fn achieved(&self) -> Achieved {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
         let secs = self.t0.elapsed().as_secs_f64();
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let ticks: u64 = self.kids.iter().map(|k| proc_cpu_ticks(k.id() as i32)).sum::<u64>() - self.cpu0;
+        let ticks: u64 = self
+            .kids
+            .iter()
+            .map(|k| proc_cpu_ticks(k.id() as i32))
+            .sum::<u64>()
+            - self.cpu0;
         let (b1, t1) = cpu_jiffies();
         let busy = (b1 - self.sys0.0) as f64 / ((t1 - self.sys0.1).max(1)) as f64;
-        Achieved { target: self.duty, burners: ticks as f64 / hz / (secs * n).max(1e-9), system_busy: busy, seconds: secs }
+        Achieved {
+            target: self.duty,
+            burners: ticks as f64 / hz / (secs * n).max(1e-9),
+            system_busy: busy,
+            seconds: secs,
+        }
     }
 }
 
@@ -410,7 +549,9 @@ pub fn burn_main(duty: f64, period_ms: u64, cpu: usize) -> ! {
         let end_busy = next + busy;
         while Instant::now() < end_busy {
             for _ in 0..1000 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
             }
             std::hint::black_box(x);
         }

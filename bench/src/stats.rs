@@ -17,8 +17,17 @@ impl Spread {
         let mut v = xs.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Spread { n, median, min: v[0], max: v[n - 1] })
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            n,
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
     }
 
     /// `median (min–max)` in seconds with 3 decimals.

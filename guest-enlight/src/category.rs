@@ -80,8 +80,14 @@ mod tests {
             assert_eq!(Category::from_u8(i as u8), Some(*c));
         }
         assert_eq!(Category::from_u8(9), None);
-        assert_eq!(Category::UserData.merge(Category::UserCode), Category::UserCode);
+        assert_eq!(
+            Category::UserData.merge(Category::UserCode),
+            Category::UserCode
+        );
         assert_eq!(Category::Other.merge(Category::Kernel), Category::Kernel);
-        assert_eq!(Category::FileActive.merge(Category::UserData), Category::UserData);
+        assert_eq!(
+            Category::FileActive.merge(Category::UserData),
+            Category::UserData
+        );
     }
 }

@@ -65,7 +65,11 @@ impl KmodSource {
                 v.feature_names().join(",")
             )));
         }
-        Ok(KmodSource { kmod, default_window, last_stats: KmodStats::default() })
+        Ok(KmodSource {
+            kmod,
+            default_window,
+            last_stats: KmodStats::default(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -102,10 +106,16 @@ impl MapSource for KmodSource {
 
     fn free_bitmap(&mut self) -> Result<FreeBitmap, Error> {
         let layout = self.layout()?;
-        let (mut bits, rep) = self.kmod.free_bitmap().map_err(|e| ioctl_err("FREE_BITMAP", e))?;
+        let (mut bits, rep) = self
+            .kmod
+            .free_bitmap()
+            .map_err(|e| ioctl_err("FREE_BITMAP", e))?;
         bits.truncate(rep.end_pfn.div_ceil(8) as usize);
         let t = Instant::now();
-        let mut b = FreeBitmap::new(layout.clone(), MapInfo::now(MapSourceKind::ModuleExact, Duration::from_nanos(rep.ns), 0));
+        let mut b = FreeBitmap::new(
+            layout.clone(),
+            MapInfo::now(MapSourceKind::ModuleExact, Duration::from_nanos(rep.ns), 0),
+        );
         let mut i = 0u64;
         for r in &layout.ranges {
             b.or_bits_from(i, &bits, r.start, r.count);
@@ -122,13 +132,26 @@ impl MapSource for KmodSource {
         let layout = self.layout()?;
         let window = window.unwrap_or(self.default_window);
         let window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX).max(1);
-        let (raw, rep) = self.kmod.priority_map(window_ms).map_err(|e| ioctl_err("PRIORITY_MAP", e))?;
+        let (raw, rep) = self
+            .kmod
+            .priority_map(window_ms)
+            .map_err(|e| ioctl_err("PRIORITY_MAP", e))?;
         let t = Instant::now();
-        let info = MapInfo::now(MapSourceKind::ModuleExact, Duration::from_nanos(rep.ns), rep.window_ms);
+        let info = MapInfo::now(
+            MapSourceKind::ModuleExact,
+            Duration::from_nanos(rep.ns),
+            rep.window_ms,
+        );
         let mut p = PriorityMap::new(layout.clone(), info);
         pfn_bytes_to_layout(&layout, &raw, crate::Category::Other as u8, &mut p.bytes);
-        if let Some(bad) = p.bytes.iter().find(|&&b| b as usize >= crate::Category::COUNT) {
-            return Err(Error::Kmod(format!("PRIORITY_MAP returned an invalid category {bad}")));
+        if let Some(bad) = p
+            .bytes
+            .iter()
+            .find(|&&b| b as usize >= crate::Category::COUNT)
+        {
+            return Err(Error::Kmod(format!(
+                "PRIORITY_MAP returned an invalid category {bad}"
+            )));
         }
         self.last_stats.end_pfn = rep.end_pfn;
         self.last_stats.priority_ns = rep.ns;
@@ -152,7 +175,11 @@ mod tests {
 
     #[test]
     fn reindexes_by_layout() {
-        let l = RamLayout::new(vec![PfnRange { start: 1, count: 3 }, PfnRange { start: 8, count: 4 }]).unwrap();
+        let l = RamLayout::new(vec![
+            PfnRange { start: 1, count: 3 },
+            PfnRange { start: 8, count: 4 },
+        ])
+        .unwrap();
         // raw covers PFNs 0..10: PFNs 10 and 11 lie past end_pfn and get the fill value.
         let raw = [9, 0, 1, 2, 9, 9, 9, 9, 5, 6];
         let mut out = vec![0u8; l.total_pages() as usize];
@@ -162,7 +189,9 @@ mod tests {
 
     #[test]
     fn absent_device_is_a_clear_error() {
-        let e = KmodSource::open_path(Path::new("/nonexistent/torpor"), DEFAULT_WINDOW).err().unwrap();
+        let e = KmodSource::open_path(Path::new("/nonexistent/torpor"), DEFAULT_WINDOW)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not loaded"), "{e}");
     }
 }

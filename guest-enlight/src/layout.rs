@@ -87,7 +87,9 @@ impl RamLayout {
             if line.starts_with(' ') || line.starts_with('\t') {
                 continue;
             }
-            let Some((addrs, name)) = line.split_once(" : ") else { continue };
+            let Some((addrs, name)) = line.split_once(" : ") else {
+                continue;
+            };
             if name.trim() != "System RAM" {
                 continue;
             }
@@ -95,8 +97,10 @@ impl RamLayout {
                 .trim()
                 .split_once('-')
                 .ok_or_else(|| Error::Parse(format!("bad iomem line {line:?}")))?;
-            let a = u64::from_str_radix(a, 16).map_err(|e| Error::Parse(format!("{line:?}: {e}")))?;
-            let b = u64::from_str_radix(b, 16).map_err(|e| Error::Parse(format!("{line:?}: {e}")))?;
+            let a =
+                u64::from_str_radix(a, 16).map_err(|e| Error::Parse(format!("{line:?}: {e}")))?;
+            let b =
+                u64::from_str_radix(b, 16).map_err(|e| Error::Parse(format!("{line:?}: {e}")))?;
             if b != 0 {
                 any_nonzero = true;
             }
@@ -109,7 +113,10 @@ impl RamLayout {
                 // Adjacent entries (split only by a page-aligned boundary) are merged.
                 match ranges.last_mut() {
                     Some(last) if last.end() == start => last.count += end - start,
-                    _ => ranges.push(PfnRange { start, count: end - start }),
+                    _ => ranges.push(PfnRange {
+                        start,
+                        count: end - start,
+                    }),
                 }
             }
         }
@@ -122,7 +129,8 @@ impl RamLayout {
 
     /// This machine's layout (needs root).
     pub fn from_proc() -> Result<Self, Error> {
-        let text = std::fs::read_to_string("/proc/iomem").map_err(|e| Error::io("/proc/iomem", e))?;
+        let text =
+            std::fs::read_to_string("/proc/iomem").map_err(|e| Error::io("/proc/iomem", e))?;
         Self::parse_iomem(&text, page_size())
     }
 }
@@ -156,9 +164,18 @@ feffc000-feffffff : Reserved
         assert_eq!(
             l.ranges,
             vec![
-                PfnRange { start: 1, count: 0x9f - 1 },
-                PfnRange { start: 0x100, count: 0xbffdf - 0x100 },
-                PfnRange { start: 0x100000, count: 0x640000 - 0x100000 },
+                PfnRange {
+                    start: 1,
+                    count: 0x9f - 1
+                },
+                PfnRange {
+                    start: 0x100,
+                    count: 0xbffdf - 0x100
+                },
+                PfnRange {
+                    start: 0x100000,
+                    count: 0x640000 - 0x100000
+                },
             ]
         );
         assert_eq!(l.index_of(0), None);
@@ -176,17 +193,30 @@ feffc000-feffffff : Reserved
     #[test]
     fn unprivileged_iomem_is_refused() {
         let zeros = "00000000-00000000 : Reserved\n00000000-00000000 : System RAM\n";
-        assert!(matches!(RamLayout::parse_iomem(zeros, 4096), Err(Error::NoRamVisible)));
+        assert!(matches!(
+            RamLayout::parse_iomem(zeros, 4096),
+            Err(Error::NoRamVisible)
+        ));
     }
 
     #[test]
     fn rejects_bad_layouts() {
         assert!(RamLayout::new(vec![PfnRange { start: 5, count: 0 }]).is_err());
         assert!(RamLayout::new(vec![
-            PfnRange { start: 5, count: 10 },
-            PfnRange { start: 10, count: 1 }
+            PfnRange {
+                start: 5,
+                count: 10
+            },
+            PfnRange {
+                start: 10,
+                count: 1
+            }
         ])
         .is_err());
-        assert!(RamLayout::new(vec![PfnRange { start: u64::MAX, count: 2 }]).is_err());
+        assert!(RamLayout::new(vec![PfnRange {
+            start: u64::MAX,
+            count: 2
+        }])
+        .is_err());
     }
 }

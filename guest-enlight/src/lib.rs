@@ -40,7 +40,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("/proc/iomem shows no System RAM with non-zero addresses (root is needed to see them)")]
+    #[error(
+        "/proc/iomem shows no System RAM with non-zero addresses (root is needed to see them)"
+    )]
     NoRamVisible,
     #[error("parse error: {0}")]
     Parse(String),
@@ -56,6 +58,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

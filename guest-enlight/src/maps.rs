@@ -65,7 +65,12 @@ pub struct FreeBitmap {
 impl FreeBitmap {
     pub fn new(layout: RamLayout, info: MapInfo) -> Self {
         let len = layout.total_pages();
-        FreeBitmap { layout, info, words: vec![0; len.div_ceil(64) as usize], len }
+        FreeBitmap {
+            layout,
+            info,
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
     }
     pub fn len(&self) -> u64 {
         self.len
@@ -139,7 +144,11 @@ impl PriorityMap {
     /// A map with every page `Other`.
     pub fn new(layout: RamLayout, info: MapInfo) -> Self {
         let n = layout.total_pages() as usize;
-        PriorityMap { layout, info, bytes: vec![Category::Other as u8; n] }
+        PriorityMap {
+            layout,
+            info,
+            bytes: vec![Category::Other as u8; n],
+        }
     }
     pub fn get(&self, i: u64) -> Category {
         Category::from_u8(self.bytes[i as usize]).unwrap_or(Category::Other)
@@ -168,12 +177,26 @@ mod tests {
     use crate::PfnRange;
 
     fn info() -> MapInfo {
-        MapInfo::now(MapSourceKind::PortableApprox, std::time::Duration::from_millis(3), 0)
+        MapInfo::now(
+            MapSourceKind::PortableApprox,
+            std::time::Duration::from_millis(3),
+            0,
+        )
     }
 
     #[test]
     fn bitmap_basics() {
-        let l = RamLayout::new(vec![PfnRange { start: 10, count: 70 }, PfnRange { start: 100, count: 30 }]).unwrap();
+        let l = RamLayout::new(vec![
+            PfnRange {
+                start: 10,
+                count: 70,
+            },
+            PfnRange {
+                start: 100,
+                count: 30,
+            },
+        ])
+        .unwrap();
         let mut b = FreeBitmap::new(l, info());
         assert_eq!(b.len(), 100);
         b.set_range(60, 15);
@@ -197,18 +220,35 @@ mod tests {
                 x as u8
             })
             .collect();
-        for (start, src_start, count) in [(0, 0, 2000), (3, 5, 1000), (63, 1, 130), (64, 7, 64), (100, 2390, 300), (5, 0, 1)] {
-            let l = RamLayout::new(vec![PfnRange { start: 0, count: 2500 }]).unwrap();
+        for (start, src_start, count) in [
+            (0, 0, 2000),
+            (3, 5, 1000),
+            (63, 1, 130),
+            (64, 7, 64),
+            (100, 2390, 300),
+            (5, 0, 1),
+        ] {
+            let l = RamLayout::new(vec![PfnRange {
+                start: 0,
+                count: 2500,
+            }])
+            .unwrap();
             let mut fast = FreeBitmap::new(l.clone(), info());
             let mut slow = FreeBitmap::new(l, info());
             fast.or_bits_from(start, &src, src_start, count);
             for k in 0..count {
                 let b = src_start + k;
-                if src.get((b / 8) as usize).is_some_and(|&v| v >> (b % 8) & 1 == 1) {
+                if src
+                    .get((b / 8) as usize)
+                    .is_some_and(|&v| v >> (b % 8) & 1 == 1)
+                {
                     slow.set(start + k, true);
                 }
             }
-            assert_eq!(fast, slow, "start {start} src_start {src_start} count {count}");
+            assert_eq!(
+                fast, slow,
+                "start {start} src_start {src_start} count {count}"
+            );
         }
     }
 

@@ -165,7 +165,8 @@ pub fn scan_kpageflags(layout: &RamLayout, mode: FreeMode) -> Result<FlagsScan, 
         while off < r.count {
             let n = (r.count - off).min(CHUNK_PAGES);
             let bytes = &mut buf[..(n * 8) as usize];
-            f.read_exact_at(bytes, (r.start + off) * 8).map_err(|e| Error::io(path, e))?;
+            f.read_exact_at(bytes, (r.start + off) * 8)
+                .map_err(|e| Error::io(path, e))?;
             for (j, w) in bytes.chunks_exact(8).enumerate() {
                 let flags = u64::from_le_bytes(w.try_into().expect("8 bytes"));
                 let pfn = r.start + off + j as u64;
@@ -200,7 +201,12 @@ pub fn scan_kpageflags(layout: &RamLayout, mode: FreeMode) -> Result<FlagsScan, 
         }
         base += r.count;
     }
-    Ok(FlagsScan { free, priority: prio, buddy_heads, elapsed: t0.elapsed() })
+    Ok(FlagsScan {
+        free,
+        priority: prio,
+        buddy_heads,
+        elapsed: t0.elapsed(),
+    })
 }
 
 /// Free bitmap only.
@@ -250,7 +256,9 @@ fn ticks_ns() -> u64 {
 fn take_sample() -> Sample {
     let at = Instant::now();
     let mut cpu_ns = HashMap::new();
-    let Ok(procs) = procfs::process::all_processes() else { return Sample { at, cpu_ns } };
+    let Ok(procs) = procfs::process::all_processes() else {
+        return Sample { at, cpu_ns };
+    };
     let tick = ticks_ns();
     for p in procs.flatten() {
         let Ok(stat) = p.stat() else { continue };
@@ -274,7 +282,10 @@ fn take_sample() -> Sample {
 
 impl ActivityTracker {
     pub fn new(max_window: Duration) -> Self {
-        ActivityTracker { samples: VecDeque::new(), max_window }
+        ActivityTracker {
+            samples: VecDeque::new(),
+            max_window,
+        }
     }
 
     /// Record a sample now; keep one sample older than `max_window`, drop older ones.
@@ -318,10 +329,16 @@ impl ActivityTracker {
         let processes_seen = now.cpu_ns.len();
         self.samples.push_back(now);
         let newest = self.samples.back().expect("pushed").at;
-        while self.samples.len() >= 2 && newest.duration_since(self.samples[1].at) >= self.max_window.max(window) {
+        while self.samples.len() >= 2
+            && newest.duration_since(self.samples[1].at) >= self.max_window.max(window)
+        {
             self.samples.pop_front();
         }
-        ActiveSet { pids, effective_window, processes_seen }
+        ActiveSet {
+            pids,
+            effective_window,
+            processes_seen,
+        }
     }
 }
 
@@ -340,7 +357,11 @@ pub struct PriorityOptions {
 
 impl Default for PriorityOptions {
     fn default() -> Self {
-        PriorityOptions { free_mode: FreeMode::Flagged, exclude_pids: HashSet::new(), max_vma_bytes: 64 << 30 }
+        PriorityOptions {
+            free_mode: FreeMode::Flagged,
+            exclude_pids: HashSet::new(),
+            max_vma_bytes: 64 << 30,
+        }
     }
 }
 
@@ -360,7 +381,12 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_PFN_MASK: u64 = (1 << 55) - 1;
 
 /// Raise the pages mapped by `pid` into `map`. Returns the number of pages seen present.
-pub fn mark_process(map: &mut PriorityMap, pid: i32, max_vma_bytes: u64, skipped: &mut u64) -> Result<u64, Error> {
+pub fn mark_process(
+    map: &mut PriorityMap,
+    pid: i32,
+    max_vma_bytes: u64,
+    skipped: &mut u64,
+) -> Result<u64, Error> {
     let proc_ = procfs::process::Process::new(pid).map_err(|e| Error::Procfs(e.to_string()))?;
     let maps = proc_.maps().map_err(|e| Error::Procfs(e.to_string()))?;
     let path = format!("/proc/{pid}/pagemap");
@@ -438,7 +464,12 @@ pub fn build_priority_map(
         if opts.exclude_pids.contains(&pid) {
             continue;
         }
-        match mark_process(&mut map, pid, opts.max_vma_bytes, &mut stats.vmas_skipped_large) {
+        match mark_process(
+            &mut map,
+            pid,
+            opts.max_vma_bytes,
+            &mut stats.vmas_skipped_large,
+        ) {
             Ok(n) => {
                 if n > 0 {
                     stats.active_processes += 1;
@@ -472,15 +503,36 @@ mod tests {
     #[test]
     fn flags_classification() {
         assert_eq!(category_from_flags(bit(kpf::RESERVED)), Category::Kernel);
-        assert_eq!(category_from_flags(bit(kpf::ZERO_PAGE) | bit(kpf::MMAP)), Category::Kernel);
-        assert_eq!(category_from_flags(bit(kpf::SLAB) | bit(kpf::COMPOUND_HEAD)), Category::KernelAllocated);
+        assert_eq!(
+            category_from_flags(bit(kpf::ZERO_PAGE) | bit(kpf::MMAP)),
+            Category::Kernel
+        );
+        assert_eq!(
+            category_from_flags(bit(kpf::SLAB) | bit(kpf::COMPOUND_HEAD)),
+            Category::KernelAllocated
+        );
         assert_eq!(category_from_flags(bit(kpf::PGTABLE)), Category::PageTable);
-        assert_eq!(category_from_flags(bit(kpf::WRITEBACK) | bit(kpf::LRU)), Category::MemoryIo);
-        assert_eq!(category_from_flags(bit(kpf::ANON) | bit(kpf::LRU) | bit(kpf::ACTIVE)), Category::Other);
-        assert_eq!(category_from_flags(bit(kpf::LRU) | bit(kpf::ACTIVE) | bit(kpf::UPTODATE)), Category::FileActive);
-        assert_eq!(category_from_flags(bit(kpf::LRU) | bit(kpf::MMAP)), Category::FileInactive);
+        assert_eq!(
+            category_from_flags(bit(kpf::WRITEBACK) | bit(kpf::LRU)),
+            Category::MemoryIo
+        );
+        assert_eq!(
+            category_from_flags(bit(kpf::ANON) | bit(kpf::LRU) | bit(kpf::ACTIVE)),
+            Category::Other
+        );
+        assert_eq!(
+            category_from_flags(bit(kpf::LRU) | bit(kpf::ACTIVE) | bit(kpf::UPTODATE)),
+            Category::FileActive
+        );
+        assert_eq!(
+            category_from_flags(bit(kpf::LRU) | bit(kpf::MMAP)),
+            Category::FileInactive
+        );
         assert_eq!(category_from_flags(bit(kpf::NOPAGE)), Category::Other);
         assert_eq!(category_from_flags(0), Category::Other);
-        assert_eq!(category_from_flags(bit(kpf::COMPOUND_TAIL)), Category::KernelAllocated);
+        assert_eq!(
+            category_from_flags(bit(kpf::COMPOUND_TAIL)),
+            Category::KernelAllocated
+        );
     }
 }

@@ -69,7 +69,11 @@ pub enum ProtoError {
     #[error("header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     HeaderCrc { stored: u32, computed: u32 },
     #[error("payload CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    PayloadCrc { stored: u32, computed: u32, request_id: u32 },
+    PayloadCrc {
+        stored: u32,
+        computed: u32,
+        request_id: u32,
+    },
     #[error("payload length {len} above the limit {max}")]
     TooLarge { len: u32, max: u32, request_id: u32 },
     #[error("truncated frame: need {needed} more bytes")]
@@ -155,7 +159,10 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header, Pr
     let request_id = le32(&h[8..12]);
     let version = h[4];
     if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
-        return Err(ProtoError::UnsupportedVersion { got: version, request_id });
+        return Err(ProtoError::UnsupportedVersion {
+            got: version,
+            request_id,
+        });
     }
     let flags = u16::from_le_bytes([h[6], h[7]]);
     if flags != 0 {
@@ -163,30 +170,53 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header, Pr
     }
     let payload_len = le32(&h[12..16]);
     if payload_len > max_payload {
-        return Err(ProtoError::TooLarge { len: payload_len, max: max_payload, request_id });
+        return Err(ProtoError::TooLarge {
+            len: payload_len,
+            max: max_payload,
+            request_id,
+        });
     }
-    Ok(Header { msg_type: h[5], request_id, payload_len })
+    Ok(Header {
+        msg_type: h[5],
+        request_id,
+        payload_len,
+    })
 }
 
 /// Decode one frame from the start of `buf`; returns it and the bytes consumed.
 pub fn decode_frame(buf: &[u8], max_payload: u32) -> Result<(Frame, usize), ProtoError> {
     if buf.len() < HEADER_LEN {
-        return Err(ProtoError::Truncated { needed: HEADER_LEN - buf.len() });
+        return Err(ProtoError::Truncated {
+            needed: HEADER_LEN - buf.len(),
+        });
     }
     let mut h = [0u8; HEADER_LEN];
     h.copy_from_slice(&buf[..HEADER_LEN]);
     let hdr = parse_header(&h, max_payload)?;
     let total = HEADER_LEN + hdr.payload_len as usize + TRAILER_LEN;
     if buf.len() < total {
-        return Err(ProtoError::Truncated { needed: total - buf.len() });
+        return Err(ProtoError::Truncated {
+            needed: total - buf.len(),
+        });
     }
     let payload = &buf[HEADER_LEN..HEADER_LEN + hdr.payload_len as usize];
     let stored = le32(&buf[total - TRAILER_LEN..total]);
     let computed = crc32fast::hash(payload);
     if stored != computed {
-        return Err(ProtoError::PayloadCrc { stored, computed, request_id: hdr.request_id });
+        return Err(ProtoError::PayloadCrc {
+            stored,
+            computed,
+            request_id: hdr.request_id,
+        });
     }
-    Ok((Frame { msg_type: hdr.msg_type, request_id: hdr.request_id, payload: payload.to_vec() }, total))
+    Ok((
+        Frame {
+            msg_type: hdr.msg_type,
+            request_id: hdr.request_id,
+            payload: payload.to_vec(),
+        },
+        total,
+    ))
 }
 
 /// Read exactly one frame from a stream (no resynchronisation: for clients).
@@ -202,9 +232,17 @@ pub fn read_frame<R: Read>(r: &mut R, max_payload: u32) -> Result<Frame, ProtoEr
     let stored = u32::from_le_bytes(t);
     let computed = crc32fast::hash(&payload);
     if stored != computed {
-        return Err(ProtoError::PayloadCrc { stored, computed, request_id: hdr.request_id });
+        return Err(ProtoError::PayloadCrc {
+            stored,
+            computed,
+            request_id: hdr.request_id,
+        });
     }
-    Ok(Frame { msg_type: hdr.msg_type, request_id: hdr.request_id, payload })
+    Ok(Frame {
+        msg_type: hdr.msg_type,
+        request_id: hdr.request_id,
+        payload,
+    })
 }
 
 fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtoError> {
@@ -220,9 +258,14 @@ fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtoE
 pub enum ReadEvent {
     Frame(Frame),
     /// A bad frame was skipped; `error.request_id()` tells whom to answer, if anyone.
-    Skipped { error: ProtoError, garbage_bytes: usize },
+    Skipped {
+        error: ProtoError,
+        garbage_bytes: usize,
+    },
     /// End of stream (no partial frame pending, or the rest dropped as garbage).
-    Eof { garbage_bytes: usize },
+    Eof {
+        garbage_bytes: usize,
+    },
 }
 
 /// Server-side frame reader that survives garbage: bytes that do not start a valid
@@ -235,7 +278,11 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, max_payload: u32) -> Self {
-        FrameReader { inner, buf: Vec::new(), max_payload }
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            max_payload,
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -277,13 +324,17 @@ impl<R: Read> FrameReader<R> {
                     garbage += drop;
                     self.buf.drain(..drop);
                     if !self.fill(self.buf.len() + 1)? {
-                        return Ok(ReadEvent::Eof { garbage_bytes: garbage + self.buf.len() });
+                        return Ok(ReadEvent::Eof {
+                            garbage_bytes: garbage + self.buf.len(),
+                        });
                     }
                     continue;
                 }
             }
             if !self.fill(HEADER_LEN)? {
-                return Ok(ReadEvent::Eof { garbage_bytes: garbage + self.buf.len() });
+                return Ok(ReadEvent::Eof {
+                    garbage_bytes: garbage + self.buf.len(),
+                });
             }
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&self.buf[..HEADER_LEN]);
@@ -300,12 +351,17 @@ impl<R: Read> FrameReader<R> {
                     // A genuine header we refuse (version, flags, too large): drop the
                     // header, resynchronise on whatever follows, and report it.
                     self.buf.drain(..HEADER_LEN);
-                    return Ok(ReadEvent::Skipped { error: e, garbage_bytes: garbage + HEADER_LEN });
+                    return Ok(ReadEvent::Skipped {
+                        error: e,
+                        garbage_bytes: garbage + HEADER_LEN,
+                    });
                 }
             };
             let total = HEADER_LEN + hdr.payload_len as usize + TRAILER_LEN;
             if !self.fill(total)? {
-                return Ok(ReadEvent::Eof { garbage_bytes: garbage + self.buf.len() });
+                return Ok(ReadEvent::Eof {
+                    garbage_bytes: garbage + self.buf.len(),
+                });
             }
             let res = decode_frame(&self.buf[..total], self.max_payload);
             self.buf.drain(..total);
@@ -316,7 +372,10 @@ impl<R: Read> FrameReader<R> {
                     }
                     ReadEvent::Frame(f)
                 }
-                Err(e) => ReadEvent::Skipped { error: e, garbage_bytes: garbage + total },
+                Err(e) => ReadEvent::Skipped {
+                    error: e,
+                    garbage_bytes: garbage + total,
+                },
             });
         }
     }
@@ -330,12 +389,20 @@ fn find_magic(buf: &[u8]) -> Option<usize> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Hello { min_version: u8, max_version: u8, client: String },
-    Ping { nonce: u64 },
+    Hello {
+        min_version: u8,
+        max_version: u8,
+        client: String,
+    },
+    Ping {
+        nonce: u64,
+    },
     GetLayout,
     GetFreeBitmap,
     /// `window_ms == 0`: the agent's default activity window.
-    GetPriorityMap { window_ms: u32 },
+    GetPriorityMap {
+        window_ms: u32,
+    },
 }
 
 /// A map as carried on the wire: metadata, the layout it indexes, and its runs.
@@ -348,12 +415,25 @@ pub struct WireMap {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
-    Hello { version: u8, agent: String, page_size: u32, source: MapSourceKind },
-    Pong { nonce: u64 },
-    Layout { page_size: u32, layout: RamLayout },
+    Hello {
+        version: u8,
+        agent: String,
+        page_size: u32,
+        source: MapSourceKind,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Layout {
+        page_size: u32,
+        layout: RamLayout,
+    },
     FreeBitmap(WireMap),
     PriorityMap(WireMap),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -395,14 +475,20 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String, ProtoError> {
         let n = self.varint()?;
         if n > 4096 {
-            return Err(ProtoError::Payload(format!("{what} longer than 4096 bytes")));
+            return Err(ProtoError::Payload(format!(
+                "{what} longer than 4096 bytes"
+            )));
         }
         let b = self.take(n as usize, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Payload(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| ProtoError::Payload(format!("{what} is not UTF-8")))
     }
     fn end(&self) -> Result<(), ProtoError> {
         if self.pos != self.buf.len() {
-            return Err(ProtoError::Payload(format!("{} trailing bytes", self.buf.len() - self.pos)));
+            return Err(ProtoError::Payload(format!(
+                "{} trailing bytes",
+                self.buf.len() - self.pos
+            )));
         }
         Ok(())
     }
@@ -419,7 +505,9 @@ fn put_layout(out: &mut Vec<u8>, l: &RamLayout) {
 fn get_layout(c: &mut Cursor) -> Result<RamLayout, ProtoError> {
     let n = c.varint()?;
     if n > MAX_RANGES {
-        return Err(ProtoError::Payload(format!("{n} ranges (max {MAX_RANGES})")));
+        return Err(ProtoError::Payload(format!(
+            "{n} ranges (max {MAX_RANGES})"
+        )));
     }
     let mut ranges = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -442,17 +530,26 @@ fn put_map(out: &mut Vec<u8>, m: &WireMap) {
 
 fn get_map(c: &mut Cursor, max_value: u8) -> Result<WireMap, ProtoError> {
     let source = c.u8("source")?;
-    let source = MapSourceKind::from_u8(source).ok_or_else(|| ProtoError::Payload(format!("unknown source {source}")))?;
+    let source = MapSourceKind::from_u8(source)
+        .ok_or_else(|| ProtoError::Payload(format!("unknown source {source}")))?;
     let flags = c.u8("flags")?;
     if flags & !1 != 0 {
-        return Err(ProtoError::Payload(format!("unknown map flags {flags:#04x}")));
+        return Err(ProtoError::Payload(format!(
+            "unknown map flags {flags:#04x}"
+        )));
     }
     let generated_unix_ms = c.u64("timestamp")?;
     let build_us = c.u64("build time")?;
     let window_ms = c.u32("window")?;
     let layout = get_layout(c)?;
     let runs = Runs::decode(c.buf, &mut c.pos, max_value, layout.total_pages())?;
-    let info = MapInfo { source, approximate: flags & 1 == 1, generated_unix_ms, build_us, window_ms };
+    let info = MapInfo {
+        source,
+        approximate: flags & 1 == 1,
+        generated_unix_ms,
+        build_us,
+        window_ms,
+    };
     Ok(WireMap { info, layout, runs })
 }
 
@@ -470,20 +567,30 @@ impl Request {
     pub fn encode_payload(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Request::Hello { min_version, max_version, client } => {
+            Request::Hello {
+                min_version,
+                max_version,
+                client,
+            } => {
                 out.push(*min_version);
                 out.push(*max_version);
                 put_str(&mut out, client);
             }
             Request::Ping { nonce } => out.extend_from_slice(&nonce.to_le_bytes()),
             Request::GetLayout | Request::GetFreeBitmap => {}
-            Request::GetPriorityMap { window_ms } => out.extend_from_slice(&window_ms.to_le_bytes()),
+            Request::GetPriorityMap { window_ms } => {
+                out.extend_from_slice(&window_ms.to_le_bytes())
+            }
         }
         out
     }
 
     pub fn to_frame(&self, request_id: u32) -> Frame {
-        Frame { msg_type: self.msg_type(), request_id, payload: self.encode_payload() }
+        Frame {
+            msg_type: self.msg_type(),
+            request_id,
+            payload: self.encode_payload(),
+        }
     }
 
     pub fn decode(f: &Frame) -> Result<Request, ProtoError> {
@@ -493,12 +600,20 @@ impl Request {
                 let min_version = c.u8("min version")?;
                 let max_version = c.u8("max version")?;
                 let client = c.string("client name")?;
-                Request::Hello { min_version, max_version, client }
+                Request::Hello {
+                    min_version,
+                    max_version,
+                    client,
+                }
             }
-            msg::PING => Request::Ping { nonce: c.u64("nonce")? },
+            msg::PING => Request::Ping {
+                nonce: c.u64("nonce")?,
+            },
             msg::GET_LAYOUT => Request::GetLayout,
             msg::GET_FREE_BITMAP => Request::GetFreeBitmap,
-            msg::GET_PRIORITY_MAP => Request::GetPriorityMap { window_ms: c.u32("window")? },
+            msg::GET_PRIORITY_MAP => Request::GetPriorityMap {
+                window_ms: c.u32("window")?,
+            },
             t => return Err(ProtoError::UnknownType(t)),
         };
         c.end()?;
@@ -521,7 +636,12 @@ impl Response {
     pub fn encode_payload(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Response::Hello { version, agent, page_size, source } => {
+            Response::Hello {
+                version,
+                agent,
+                page_size,
+                source,
+            } => {
                 out.push(*version);
                 out.extend_from_slice(&page_size.to_le_bytes());
                 out.push(*source as u8);
@@ -542,7 +662,11 @@ impl Response {
     }
 
     pub fn to_frame(&self, request_id: u32) -> Frame {
-        Frame { msg_type: self.msg_type(), request_id, payload: self.encode_payload() }
+        Frame {
+            msg_type: self.msg_type(),
+            request_id,
+            payload: self.encode_payload(),
+        }
     }
 
     pub fn decode(f: &Frame) -> Result<Response, ProtoError> {
@@ -552,22 +676,38 @@ impl Response {
                 let version = c.u8("version")?;
                 let page_size = c.u32("page size")?;
                 let s = c.u8("source")?;
-                let source = MapSourceKind::from_u8(s).ok_or_else(|| ProtoError::Payload(format!("unknown source {s}")))?;
+                let source = MapSourceKind::from_u8(s)
+                    .ok_or_else(|| ProtoError::Payload(format!("unknown source {s}")))?;
                 let agent = c.string("agent name")?;
-                Response::Hello { version, agent, page_size, source }
+                Response::Hello {
+                    version,
+                    agent,
+                    page_size,
+                    source,
+                }
             }
-            t if t == msg::PING | msg::RESPONSE => Response::Pong { nonce: c.u64("nonce")? },
+            t if t == msg::PING | msg::RESPONSE => Response::Pong {
+                nonce: c.u64("nonce")?,
+            },
             t if t == msg::GET_LAYOUT | msg::RESPONSE => {
                 let page_size = c.u32("page size")?;
-                Response::Layout { page_size, layout: get_layout(&mut c)? }
+                Response::Layout {
+                    page_size,
+                    layout: get_layout(&mut c)?,
+                }
             }
-            t if t == msg::GET_FREE_BITMAP | msg::RESPONSE => Response::FreeBitmap(get_map(&mut c, 1)?),
+            t if t == msg::GET_FREE_BITMAP | msg::RESPONSE => {
+                Response::FreeBitmap(get_map(&mut c, 1)?)
+            }
             t if t == msg::GET_PRIORITY_MAP | msg::RESPONSE => {
                 Response::PriorityMap(get_map(&mut c, Category::Other as u8)?)
             }
             msg::ERROR => {
                 let code = ErrorCode::from_u16(u16::from_le_bytes([c.u8("code")?, c.u8("code")?]));
-                Response::Error { code, message: c.string("message")? }
+                Response::Error {
+                    code,
+                    message: c.string("message")?,
+                }
             }
             t => return Err(ProtoError::UnknownType(t)),
         };
@@ -586,7 +726,11 @@ impl WireMap {
     }
 
     pub fn from_priority_map(p: &PriorityMap) -> WireMap {
-        WireMap { info: p.info, layout: p.layout.clone(), runs: Runs::from_bytes(&p.bytes) }
+        WireMap {
+            info: p.info,
+            layout: p.layout.clone(),
+            runs: Runs::from_bytes(&p.bytes),
+        }
     }
 
     /// Expand into a bitmap; `None` above `max_pages`.
@@ -607,7 +751,11 @@ impl WireMap {
 
     pub fn to_priority_map(&self, max_pages: u64) -> Option<PriorityMap> {
         let bytes = self.runs.expand(max_pages)?;
-        Some(PriorityMap { layout: self.layout.clone(), info: self.info, bytes })
+        Some(PriorityMap {
+            layout: self.layout.clone(),
+            info: self.info,
+            bytes,
+        })
     }
 }
 
@@ -627,7 +775,11 @@ pub struct Client<S> {
 
 impl<S: Read + Write> Client<S> {
     pub fn new(stream: S) -> Self {
-        Client { stream, next_id: 1, max_payload: DEFAULT_MAX_PAYLOAD }
+        Client {
+            stream,
+            next_id: 1,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        }
     }
 
     pub fn call(&mut self, req: &Request) -> Result<Response, ProtoError> {
@@ -637,7 +789,10 @@ impl<S: Read + Write> Client<S> {
         self.stream.flush()?;
         let f = read_frame(&mut self.stream, self.max_payload)?;
         if f.request_id != id {
-            return Err(ProtoError::IdMismatch { got: f.request_id, want: id });
+            return Err(ProtoError::IdMismatch {
+                got: f.request_id,
+                want: id,
+            });
         }
         match Response::decode(&f)? {
             Response::Error { code, message } => Err(ProtoError::Remote { code, message }),
@@ -646,7 +801,11 @@ impl<S: Read + Write> Client<S> {
     }
 
     pub fn hello(&mut self, client: &str) -> Result<Response, ProtoError> {
-        self.call(&Request::Hello { min_version: MIN_VERSION, max_version: MAX_VERSION, client: client.into() })
+        self.call(&Request::Hello {
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
+            client: client.into(),
+        })
     }
 
     pub fn ping(&mut self, nonce: u64) -> Result<u64, ProtoError> {

@@ -112,11 +112,19 @@ impl Runs {
 
     /// Decode, checking every value is `<= max_value` and the runs cover exactly
     /// `want_pages` pages.
-    pub fn decode(buf: &[u8], pos: &mut usize, max_value: u8, want_pages: u64) -> Result<Runs, RleError> {
+    pub fn decode(
+        buf: &[u8],
+        pos: &mut usize,
+        max_value: u8,
+        want_pages: u64,
+    ) -> Result<Runs, RleError> {
         let count = get_varint(buf, pos)?;
         let remaining = buf.len().saturating_sub(*pos);
         if count > (remaining / 2) as u64 {
-            return Err(RleError::TooManyRuns { count, bytes: remaining });
+            return Err(RleError::TooManyRuns {
+                count,
+                bytes: remaining,
+            });
         }
         let mut runs = Vec::with_capacity(count as usize);
         let mut total: u64 = 0;
@@ -124,20 +132,33 @@ impl Runs {
             let value = *buf.get(*pos).ok_or(RleError::Truncated("run value"))?;
             *pos += 1;
             if value > max_value {
-                return Err(RleError::BadValue { value, pair, max: max_value });
+                return Err(RleError::BadValue {
+                    value,
+                    pair,
+                    max: max_value,
+                });
             }
             let n = get_varint(buf, pos)?;
             if n == 0 {
                 return Err(RleError::EmptyRun(pair));
             }
-            total = total.checked_add(n).ok_or(RleError::LengthMismatch { got: u64::MAX, want: want_pages })?;
+            total = total.checked_add(n).ok_or(RleError::LengthMismatch {
+                got: u64::MAX,
+                want: want_pages,
+            })?;
             if total > want_pages {
-                return Err(RleError::LengthMismatch { got: total, want: want_pages });
+                return Err(RleError::LengthMismatch {
+                    got: total,
+                    want: want_pages,
+                });
             }
             runs.push((value, n));
         }
         if total != want_pages {
-            return Err(RleError::LengthMismatch { got: total, want: want_pages });
+            return Err(RleError::LengthMismatch {
+                got: total,
+                want: want_pages,
+            });
         }
         Ok(Runs { runs })
     }
@@ -157,9 +178,15 @@ mod tests {
             assert_eq!(p, b.len());
         }
         let mut p = 0;
-        assert_eq!(get_varint(&[0x80, 0x80], &mut p), Err(RleError::Truncated("varint")));
+        assert_eq!(
+            get_varint(&[0x80, 0x80], &mut p),
+            Err(RleError::Truncated("varint"))
+        );
         let mut p = 0;
-        assert_eq!(get_varint(&[0xff; 11], &mut p), Err(RleError::VarintOverflow));
+        assert_eq!(
+            get_varint(&[0xff; 11], &mut p),
+            Err(RleError::VarintOverflow)
+        );
         let mut p = 0;
         // 10th byte carrying more than the top bit of u64.
         let mut over = vec![0xff; 9];
@@ -187,19 +214,34 @@ mod tests {
         let mut enc = Vec::new();
         Runs { runs: vec![(3, 5)] }.encode(&mut enc);
         let mut p = 0;
-        assert!(matches!(Runs::decode(&enc, &mut p, 2, 5), Err(RleError::BadValue { value: 3, .. })));
+        assert!(matches!(
+            Runs::decode(&enc, &mut p, 2, 5),
+            Err(RleError::BadValue { value: 3, .. })
+        ));
         let mut p = 0;
-        assert!(matches!(Runs::decode(&enc, &mut p, 8, 6), Err(RleError::LengthMismatch { got: 5, want: 6 })));
+        assert!(matches!(
+            Runs::decode(&enc, &mut p, 8, 6),
+            Err(RleError::LengthMismatch { got: 5, want: 6 })
+        ));
         let mut p = 0;
-        assert!(matches!(Runs::decode(&enc, &mut p, 8, 4), Err(RleError::LengthMismatch { .. })));
+        assert!(matches!(
+            Runs::decode(&enc, &mut p, 8, 4),
+            Err(RleError::LengthMismatch { .. })
+        ));
         // A claimed huge run count is refused before allocating.
         let mut huge = Vec::new();
         put_varint(&mut huge, u64::MAX / 2);
         huge.extend_from_slice(&[1, 1]);
         let mut p = 0;
-        assert!(matches!(Runs::decode(&huge, &mut p, 8, 1), Err(RleError::TooManyRuns { .. })));
+        assert!(matches!(
+            Runs::decode(&huge, &mut p, 8, 1),
+            Err(RleError::TooManyRuns { .. })
+        ));
         // Zero-length run.
         let mut p = 0;
-        assert_eq!(Runs::decode(&[1, 0, 0], &mut p, 8, 0), Err(RleError::EmptyRun(0)));
+        assert_eq!(
+            Runs::decode(&[1, 0, 0], &mut p, 8, 0),
+            Err(RleError::EmptyRun(0))
+        );
     }
 }

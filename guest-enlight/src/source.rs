@@ -36,7 +36,9 @@ pub struct PortableSource {
 impl PortableSource {
     pub fn new(default_window: Duration, options: PriorityOptions) -> Self {
         PortableSource {
-            tracker: Arc::new(Mutex::new(ActivityTracker::new(default_window.max(DEFAULT_WINDOW)))),
+            tracker: Arc::new(Mutex::new(ActivityTracker::new(
+                default_window.max(DEFAULT_WINDOW),
+            ))),
             default_window,
             options,
             last_stats: None,
@@ -92,6 +94,8 @@ impl MapSource for PortableSource {
     }
 
     fn stats(&self) -> Option<serde_json::Value> {
-        self.last_stats.as_ref().and_then(|s| serde_json::to_value(s).ok())
+        self.last_stats
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
     }
 }

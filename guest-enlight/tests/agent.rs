@@ -2,7 +2,8 @@
 //! garbage handling), and over a unix socket with real maps (root).
 
 use guest_enlight::protocol::{
-    encode_frame, msg, read_frame, Client, ErrorCode, ProtoError, Request, Response, DEFAULT_MAX_PAYLOAD, MAGIC,
+    encode_frame, msg, read_frame, Client, ErrorCode, ProtoError, Request, Response,
+    DEFAULT_MAX_PAYLOAD, MAGIC,
 };
 use guest_enlight::{Category, MapSourceKind, RamLayout};
 use std::io::Write;
@@ -51,15 +52,33 @@ fn stdio_agent_survives_garbage() {
     input.extend_from_slice(&raw_header(7, msg::PING, 2, 8));
     input.extend_from_slice(&[0u8; 12]);
     // Unknown type.
-    input.extend_from_slice(&encode_frame(&guest_enlight::protocol::Frame { msg_type: 0x33, request_id: 3, payload: vec![] }));
+    input.extend_from_slice(&encode_frame(&guest_enlight::protocol::Frame {
+        msg_type: 0x33,
+        request_id: 3,
+        payload: vec![],
+    }));
     // Corrupt payload CRC.
     let mut bad = encode_frame(&Request::Ping { nonce: 1 }.to_frame(4));
     let n = bad.len();
     bad[n - 1] ^= 1;
     input.extend_from_slice(&bad);
     // Hello with a range the agent does not speak, then a good one.
-    input.extend_from_slice(&encode_frame(&Request::Hello { min_version: 5, max_version: 9, client: "t".into() }.to_frame(5)));
-    input.extend_from_slice(&encode_frame(&Request::Hello { min_version: 1, max_version: 4, client: "t".into() }.to_frame(6)));
+    input.extend_from_slice(&encode_frame(
+        &Request::Hello {
+            min_version: 5,
+            max_version: 9,
+            client: "t".into(),
+        }
+        .to_frame(5),
+    ));
+    input.extend_from_slice(&encode_frame(
+        &Request::Hello {
+            min_version: 1,
+            max_version: 4,
+            client: "t".into(),
+        }
+        .to_frame(6),
+    ));
     // Claimed 4 GiB payload: refused from the header.
     input.extend_from_slice(&raw_header(1, msg::PING, 7, u32::MAX));
     input.extend_from_slice(&encode_frame(&Request::Ping { nonce: 8 }.to_frame(8)));
@@ -69,25 +88,66 @@ fn stdio_agent_survives_garbage() {
     let mut out = child.0.stdout.take().unwrap();
     let mut next = || {
         let f = read_frame(&mut out, DEFAULT_MAX_PAYLOAD).expect("response frame");
-        (f.request_id, Response::decode(&f).expect("decodable response"))
+        (
+            f.request_id,
+            Response::decode(&f).expect("decodable response"),
+        )
     };
     assert_eq!(next(), (1, Response::Pong { nonce: 42 }));
     let (id, r) = next();
     assert_eq!(id, 2);
-    assert!(matches!(r, Response::Error { code: ErrorCode::VersionMismatch, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::VersionMismatch,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let (id, r) = next();
     assert_eq!(id, 3);
-    assert!(matches!(r, Response::Error { code: ErrorCode::UnknownType, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::UnknownType,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let (id, r) = next();
     assert_eq!(id, 4);
-    assert!(matches!(r, Response::Error { code: ErrorCode::BadFrame, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let (id, r) = next();
     assert_eq!(id, 5);
-    assert!(matches!(r, Response::Error { code: ErrorCode::VersionMismatch, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::VersionMismatch,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     let (id, r) = next();
     assert_eq!(id, 6);
     match r {
-        Response::Hello { version, source, .. } => {
+        Response::Hello {
+            version, source, ..
+        } => {
             assert_eq!(version, 1);
             assert_eq!(source, MapSourceKind::PortableApprox);
         }
@@ -95,9 +155,21 @@ fn stdio_agent_survives_garbage() {
     }
     let (id, r) = next();
     assert_eq!(id, 7);
-    assert!(matches!(r, Response::Error { code: ErrorCode::BadFrame, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     assert_eq!(next(), (8, Response::Pong { nonce: 8 }));
-    assert!(matches!(read_frame(&mut out, DEFAULT_MAX_PAYLOAD), Err(ProtoError::Closed)));
+    assert!(matches!(
+        read_frame(&mut out, DEFAULT_MAX_PAYLOAD),
+        Err(ProtoError::Closed)
+    ));
     let status = child.0.wait().unwrap();
     assert!(status.success(), "agent exit: {status:?}");
 }
@@ -110,7 +182,11 @@ fn pty_device_agent_answers() {
     let mut t = tcgetattr(&pty.slave).unwrap();
     cfmakeraw(&mut t);
     tcsetattr(&pty.slave, SetArg::TCSANOW, &t).unwrap();
-    let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pty.slave))).unwrap();
+    let slave_path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+    ))
+    .unwrap();
     let _child = Kill(
         Command::new(BIN)
             .args(["serve", "--window", "1s", "--device"])
@@ -125,7 +201,11 @@ fn pty_device_agent_answers() {
     let mut c = Client::new(master);
     assert_eq!(c.ping(99).unwrap(), 99);
     match c.hello("pty test").unwrap() {
-        Response::Hello { version: 1, page_size, .. } => assert_eq!(page_size as u64, guest_enlight::layout::page_size()),
+        Response::Hello {
+            version: 1,
+            page_size,
+            ..
+        } => assert_eq!(page_size as u64, guest_enlight::layout::page_size()),
         r => panic!("{r:?}"),
     }
     assert_eq!(c.ping(100).unwrap(), 100);
@@ -155,12 +235,17 @@ fn unix_socket_agent_serves_real_maps() {
     let stream = loop {
         match UnixStream::connect(&sock) {
             Ok(s) => break s,
-            Err(_) if t0.elapsed() < Duration::from_secs(120) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if t0.elapsed() < Duration::from_secs(120) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => panic!("connect: {e}"),
         }
     };
     let mut c = Client::new(stream);
-    assert!(matches!(c.hello("root test").unwrap(), Response::Hello { version: 1, .. }));
+    assert!(matches!(
+        c.hello("root test").unwrap(),
+        Response::Hello { version: 1, .. }
+    ));
     let (page_size, layout) = c.layout().unwrap();
     assert_eq!(page_size as u64, guest_enlight::layout::page_size());
     let local_layout = RamLayout::from_proc().unwrap();
@@ -170,7 +255,11 @@ fn unix_socket_agent_serves_real_maps() {
     assert_eq!(free.layout, local_layout);
     assert!(free.info.approximate && free.info.source == MapSourceKind::PortableApprox);
     assert!(free.info.build_us > 0 && free.info.generated_unix_ms > 0);
-    let local_free = || guest_enlight::portable::build_free_bitmap(&local_layout, Default::default()).unwrap().count_free();
+    let local_free = || {
+        guest_enlight::portable::build_free_bitmap(&local_layout, Default::default())
+            .unwrap()
+            .count_free()
+    };
     let before = local_free();
     let free = c.free_bitmap().unwrap();
     let after = local_free();
@@ -180,7 +269,10 @@ fn unix_socket_agent_serves_real_maps() {
     // Free memory moves with everything else running: the agent's count is compared with local
     // builds on both sides of it.
     let (lo, hi) = (before.min(after), before.max(after));
-    assert!(remote_free as f64 >= lo as f64 * 0.8 && (remote_free as f64) < hi.max(1) as f64 * 1.25, "agent free {remote_free} vs local {before} / {after}");
+    assert!(
+        remote_free as f64 >= lo as f64 * 0.8 && (remote_free as f64) < hi.max(1) as f64 * 1.25,
+        "agent free {remote_free} vs local {before} / {after}"
+    );
 
     let prio = c.priority_map(1000).unwrap();
     assert_eq!(prio.layout, local_layout);
@@ -197,12 +289,23 @@ fn unix_socket_agent_serves_real_maps() {
     .unwrap();
     let lc = local_prio.counts();
     for c in Category::ALL {
-        eprintln!("{:<17} agent {:>9} local {:>9}", c.name(), h[c as usize], lc[c as usize]);
+        eprintln!(
+            "{:<17} agent {:>9} local {:>9}",
+            c.name(),
+            h[c as usize],
+            lc[c as usize]
+        );
     }
     assert_eq!(h.iter().sum::<u64>(), local_layout.total_pages());
     // Kernel (reserved) pages barely move; the rest of a live system does.
-    let (a, b) = (h[Category::Kernel as usize] as f64, lc[Category::Kernel as usize] as f64);
-    assert!(a > 0.0 && (a - b).abs() / b < 0.05, "Kernel pages agent {a} local {b}");
+    let (a, b) = (
+        h[Category::Kernel as usize] as f64,
+        lc[Category::Kernel as usize] as f64,
+    );
+    assert!(
+        a > 0.0 && (a - b).abs() / b < 0.05,
+        "Kernel pages agent {a} local {b}"
+    );
     assert!(h[9..].iter().all(|&n| n == 0));
     let _ = std::fs::remove_file(&sock);
 }

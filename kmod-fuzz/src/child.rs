@@ -94,7 +94,10 @@ fn reserve_window() {
             WINDOW as *mut c_void,
             WINDOW_LEN as usize,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_FIXED_NOREPLACE
+                | libc::MAP_NORESERVE,
             -1,
             0,
         )
@@ -132,7 +135,11 @@ struct Churner {
 
 impl Churner {
     fn new(rng: Rng, base: usize, pages: usize, can_fork: bool) -> Self {
-        let memfd = nix::sys::memfd::memfd_create(c"torpor-fuzz", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap_or_else(|e| {
+        let memfd = nix::sys::memfd::memfd_create(
+            c"torpor-fuzz",
+            nix::sys::memfd::MemFdCreateFlag::empty(),
+        )
+        .unwrap_or_else(|e| {
             eprintln!("torpor-kmod-fuzz target: memfd_create: {e}");
             std::process::exit(91)
         });
@@ -140,8 +147,18 @@ impl Churner {
             std::process::exit(91);
         }
         let exe = std::fs::File::open("/proc/self/exe").unwrap_or_else(|_| std::process::exit(91));
-        let exe_pages = (exe.metadata().map(|m| m.len() as usize).unwrap_or(0) / PAGE).clamp(1, 256);
-        Self { rng, base, pages, memfd, exe, exe_pages, can_fork, kids: Vec::with_capacity(4) }
+        let exe_pages =
+            (exe.metadata().map(|m| m.len() as usize).unwrap_or(0) / PAGE).clamp(1, 256);
+        Self {
+            rng,
+            base,
+            pages,
+            memfd,
+            exe,
+            exe_pages,
+            can_fork,
+            kids: Vec::with_capacity(4),
+        }
     }
 
     /// A random page-aligned span of at most `max` pages inside our part of the window.
@@ -154,7 +171,16 @@ impl Churner {
     fn map_fixed(&self, addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> bool {
         // SAFETY: MAP_FIXED strictly inside our part of the window (reserved at start, used by
         // nothing else in this process), so it can only replace our own window mappings.
-        let p = unsafe { libc::mmap(addr as *mut c_void, len, prot, flags | libc::MAP_FIXED, fd, off) };
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut c_void,
+                len,
+                prot,
+                flags | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
         p != libc::MAP_FAILED
     }
 
@@ -163,9 +189,15 @@ impl Churner {
     fn touch(&mut self, addr: usize, len: usize, n: usize) {
         let pages = len / PAGE;
         for _ in 0..n.min(pages) {
-            let p = addr + self.rng.below(pages as u64) as usize * PAGE + (self.rng.below(512) as usize) * 8;
+            let p = addr
+                + self.rng.below(pages as u64) as usize * PAGE
+                + (self.rng.below(512) as usize) * 8;
             let v = self.rng.next().to_ne_bytes();
-            let _ = process_vm_writev(Pid::this(), &[IoSlice::new(&v)], &[RemoteIoVec { base: p, len: 8 }]);
+            let _ = process_vm_writev(
+                Pid::this(),
+                &[IoSlice::new(&v)],
+                &[RemoteIoVec { base: p, len: 8 }],
+            );
         }
     }
 
@@ -175,7 +207,11 @@ impl Churner {
         for _ in 0..n.min(pages) {
             let p = addr + self.rng.below(pages as u64) as usize * PAGE;
             let mut v = [0u8; 8];
-            let _ = process_vm_readv(Pid::this(), &mut [IoSliceMut::new(&mut v)], &[RemoteIoVec { base: p, len: 8 }]);
+            let _ = process_vm_readv(
+                Pid::this(),
+                &mut [IoSliceMut::new(&mut v)],
+                &[RemoteIoVec { base: p, len: 8 }],
+            );
         }
     }
 
@@ -209,7 +245,11 @@ impl Churner {
                 let (a, l) = self.span(32);
                 let l = l.min(MEMFD_PAGES * PAGE);
                 let off = self.rng.below((MEMFD_PAGES - l / PAGE + 1) as u64) as i64 * PAGE as i64;
-                let flags = if self.rng.below(2) == 0 { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let flags = if self.rng.below(2) == 0 {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
                 if self.map_fixed(a, l, rw, flags, self.memfd.as_raw_fd(), off) {
                     self.touch(a, l, 8);
                 }
@@ -218,7 +258,14 @@ impl Churner {
                 // The executable, read-only private: page-cache pages from a real file.
                 let (a, l) = self.span(self.exe_pages);
                 let l = l.min(self.exe_pages * PAGE);
-                if self.map_fixed(a, l, libc::PROT_READ, libc::MAP_PRIVATE, self.exe.as_raw_fd(), 0) {
+                if self.map_fixed(
+                    a,
+                    l,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    self.exe.as_raw_fd(),
+                    0,
+                ) {
                     self.read(a, l, 8);
                 }
             }
@@ -237,7 +284,13 @@ impl Churner {
                 // (`new_len` bounded by the distance to it).
                 unsafe {
                     match kind {
-                        0 => libc::mremap(old as *mut c_void, olen, nlen, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, new as *mut c_void),
+                        0 => libc::mremap(
+                            old as *mut c_void,
+                            olen,
+                            nlen,
+                            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                            new as *mut c_void,
+                        ),
                         1 => libc::mremap(
                             old as *mut c_void,
                             olen,
@@ -254,7 +307,16 @@ impl Churner {
             }
             60..=66 => {
                 let (a, l) = self.span(64);
-                let prot = pick(self.rng.next(), &[libc::PROT_NONE, libc::PROT_READ, rw, rw, libc::PROT_READ | libc::PROT_EXEC]);
+                let prot = pick(
+                    self.rng.next(),
+                    &[
+                        libc::PROT_NONE,
+                        libc::PROT_READ,
+                        rw,
+                        rw,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                    ],
+                );
                 // SAFETY: changes the protection of our own window pages only; nothing in this
                 // process dereferences them (touches go through process_vm_writev).
                 unsafe { libc::mprotect(a as *mut c_void, l, prot) };
@@ -305,7 +367,14 @@ impl Churner {
             95..=96 => sleep_ms(1),
             97 => {
                 // Reset the whole part to one PROT_NONE reservation (everything gone at once).
-                let _ = self.map_fixed(self.base, self.pages * PAGE, libc::PROT_NONE, anon | libc::MAP_NORESERVE, -1, 0);
+                let _ = self.map_fixed(
+                    self.base,
+                    self.pages * PAGE,
+                    libc::PROT_NONE,
+                    anon | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                );
             }
             _ => {
                 // A 2 MiB-aligned THP candidate, touched so the kernel may back it huge.
@@ -315,7 +384,9 @@ impl Churner {
                     let a = self.base + slot * huge * PAGE;
                     if self.map_fixed(a, huge * PAGE, rw, anon, -1, 0) {
                         // SAFETY: advice on the region just mapped.
-                        unsafe { libc::madvise(a as *mut c_void, huge * PAGE, libc::MADV_HUGEPAGE) };
+                        unsafe {
+                            libc::madvise(a as *mut c_void, huge * PAGE, libc::MADV_HUGEPAGE)
+                        };
                         self.touch(a, huge * PAGE, 64);
                     }
                 }
@@ -379,7 +450,14 @@ pub fn run_target(mode: Mode, seed: u64) -> ! {
         }
         Mode::Exit => {
             let mut c = Churner::new(stream(seed, 1, 0), base, pages, true);
-            if c.map_fixed(base, 64 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) {
+            if c.map_fixed(
+                base,
+                64 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) {
                 c.touch(base, 64 * PAGE, 32);
             }
             ready();
@@ -394,12 +472,40 @@ pub fn run_target(mode: Mode, seed: u64) -> ! {
             let mut c = Churner::new(stream(seed, 1, 0), base, pages, false);
             let anon_len = base + pages * PAGE - 2 * (1 << 20) - base;
             let rw = libc::PROT_READ | libc::PROT_WRITE;
-            c.map_fixed(base, anon_len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-            c.map_fixed(base + anon_len, 1 << 20, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0);
-            c.map_fixed(base + anon_len + (1 << 20), 1 << 20, rw, libc::MAP_SHARED, c.memfd.as_raw_fd(), 0);
+            c.map_fixed(
+                base,
+                anon_len,
+                rw,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            c.map_fixed(
+                base + anon_len,
+                1 << 20,
+                rw,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            c.map_fixed(
+                base + anon_len + (1 << 20),
+                1 << 20,
+                rw,
+                libc::MAP_SHARED,
+                c.memfd.as_raw_fd(),
+                0,
+            );
             for p in (0..anon_len / 2).step_by(4 * PAGE) {
                 let v = [1u8; 8];
-                let _ = process_vm_writev(Pid::this(), &[IoSlice::new(&v)], &[RemoteIoVec { base: base + p, len: 8 }]);
+                let _ = process_vm_writev(
+                    Pid::this(),
+                    &[IoSlice::new(&v)],
+                    &[RemoteIoVec {
+                        base: base + p,
+                        len: 8,
+                    }],
+                );
             }
             c.touch(base + anon_len, 2 << 20, 64);
             if protect {
@@ -418,20 +524,27 @@ pub fn run_target(mode: Mode, seed: u64) -> ! {
             // (small: the lock populates them) and their std state at spawn.
             let go = std::sync::Arc::new(std::sync::Barrier::new(4));
             for i in 0..3usize {
-                let mut c = Churner::new(stream(seed, 2, i as u64), base + i * part * PAGE, part, false);
+                let mut c = Churner::new(
+                    stream(seed, 2, i as u64),
+                    base + i * part * PAGE,
+                    part,
+                    false,
+                );
                 let go = go.clone();
-                let spawned = std::thread::Builder::new().stack_size(256 << 10).spawn(move || {
-                    go.wait();
-                    loop {
-                        c.step();
-                        if c.rng.below(2) == 0 {
-                            sleep_ms(1);
+                let spawned = std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn(move || {
+                        go.wait();
+                        loop {
+                            c.step();
+                            if c.rng.below(2) == 0 {
+                                sleep_ms(1);
+                            }
+                            if c.rng.below(100_000) == 0 {
+                                std::process::exit(0);
+                            }
                         }
-                        if c.rng.below(100_000) == 0 {
-                            std::process::exit(0);
-                        }
-                    }
-                });
+                    });
                 if spawned.is_err() {
                     std::process::exit(92);
                 }
@@ -485,14 +598,28 @@ pub fn run_caller(seed: u64, targets: &[i32], dev: &Path, count: u64) -> ! {
     };
     ready();
     let mut r = stream(seed, 4, 0);
-    let huge: Vec<TorporRange> = (0..64).map(|i| TorporRange { start: WINDOW + i * PAGE as u64, len: u64::MAX / 3 }).collect();
-    let window = [TorporRange { start: WINDOW, len: WINDOW_LEN }];
+    let huge: Vec<TorporRange> = (0..64)
+        .map(|i| TorporRange {
+            start: WINDOW + i * PAGE as u64,
+            len: u64::MAX / 3,
+        })
+        .collect();
+    let window = [TorporRange {
+        start: WINDOW,
+        len: WINDOW_LEN,
+    }];
     for _ in 0..count {
-        let pid = if targets.is_empty() || r.below(5) == 0 { impossible_pid(r.next()) } else { pick(r.next(), targets) };
+        let pid = if targets.is_empty() || r.below(5) == 0 {
+            impossible_pid(r.next())
+        } else {
+            pick(r.next(), targets)
+        };
         let op = r.below(6);
         let res: Result<(), nix::errno::Errno> = match op {
             0 => k.prefetch(pid, &[], true, 0).map(|_| ()),
-            1 => k.prefetch(pid, &huge, false, pick(r.next(), &[0, 4096, u64::MAX])).map(|_| ()),
+            1 => k
+                .prefetch(pid, &huge, false, pick(r.next(), &[0, 4096, u64::MAX]))
+                .map(|_| ()),
             // DISCARD only ever at the fuzzer's targets or at a pid that cannot exist.
             2 => k.discard(pid, &huge).map(|_| ()),
             3 => k.discard(pid, &window).map(|_| ()),
@@ -501,7 +628,9 @@ pub fn run_caller(seed: u64, targets: &[i32], dev: &Path, count: u64) -> ! {
         };
         if let Err(e) = res {
             if !crate::oracle::is_documented(e) {
-                eprintln!("torpor-kmod-fuzz caller: op {op} on pid {pid} answered undocumented {e:?}");
+                eprintln!(
+                    "torpor-kmod-fuzz caller: op {op} on pid {pid} answered undocumented {e:?}"
+                );
                 std::process::exit(3);
             }
         }

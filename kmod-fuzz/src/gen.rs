@@ -23,8 +23,8 @@ use anyhow::Result;
 use nix::errno::Errno;
 use procswap::kmod::Kmod;
 use procswap::uapi::{
-    self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange, TorporStats, TorporVersion,
-    MAX_RANGES, MAX_SORTED_RANGES, NR_CATEGORIES,
+    self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange,
+    TorporStats, TorporVersion, MAX_RANGES, MAX_SORTED_RANGES, NR_CATEGORIES,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,8 +46,25 @@ pub const KNOWN: [u32; 6] = [
 /// unknown-command generator never issues them. Found by a 30-minute run: a random 16-bit
 /// command was 0x5451 (FIOCLEX).
 const VFS_CMDS: [u32; 19] = [
-    0x5421, 0x5450, 0x5451, 0x5452, 0x5460, 0xC004_5877, 0xC004_5878, 0xC020_660B, 0x4004_9409, 0x4020_940D,
-    0xC018_9436, 0x8011_1500, 0x8081_1501, 1, 2, 0x8008_6601, 0x4008_6602, 0x801C_581F, 0x401C_5820,
+    0x5421,
+    0x5450,
+    0x5451,
+    0x5452,
+    0x5460,
+    0xC004_5877,
+    0xC004_5878,
+    0xC020_660B,
+    0x4004_9409,
+    0x4020_940D,
+    0xC018_9436,
+    0x8011_1500,
+    0x8081_1501,
+    1,
+    2,
+    0x8008_6601,
+    0x4008_6602,
+    0x801C_581F,
+    0x401C_5820,
 ];
 /// Every feature bit GET_VERSION must advertise.
 const ALL_FEATURES: u64 = uapi::features::GET_VERSION
@@ -85,7 +102,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Ranges, Phase::Guard, Phase::GuestMaps, Phase::Concurrency, Phase::Exits];
+    pub const ALL: [Phase; 5] = [
+        Phase::Ranges,
+        Phase::Guard,
+        Phase::GuestMaps,
+        Phase::Concurrency,
+        Phase::Exits,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -136,7 +159,14 @@ impl Phase {
         use Kind::*;
         match self {
             Phase::Ranges => Profile {
-                weights: &[(Prefetch, 45), (Discard, 45), (GetVersion, 2), (GetStats, 2), (Unknown, 3), (WrongShape, 3)],
+                weights: &[
+                    (Prefetch, 45),
+                    (Discard, 45),
+                    (GetVersion, 2),
+                    (GetStats, 2),
+                    (Unknown, 3),
+                    (WrongShape, 3),
+                ],
                 hostile_req: 10,
                 hostile_ranges: 15,
                 hostile_buf: 30,
@@ -161,7 +191,14 @@ impl Phase {
                 clean: 10,
             },
             Phase::GuestMaps => Profile {
-                weights: &[(FreeBitmap, 50), (PriorityMap, 30), (Prefetch, 8), (Discard, 8), (GetStats, 2), (GetVersion, 2)],
+                weights: &[
+                    (FreeBitmap, 50),
+                    (PriorityMap, 30),
+                    (Prefetch, 8),
+                    (Discard, 8),
+                    (GetStats, 2),
+                    (GetVersion, 2),
+                ],
                 hostile_req: 25,
                 hostile_ranges: 15,
                 hostile_buf: 50,
@@ -186,7 +223,14 @@ impl Phase {
                 clean: 30,
             },
             Phase::Exits => Profile {
-                weights: &[(Prefetch, 50), (Discard, 40), (PriorityMap, 3), (FreeBitmap, 3), (GetVersion, 2), (GetStats, 2)],
+                weights: &[
+                    (Prefetch, 50),
+                    (Discard, 40),
+                    (PriorityMap, 3),
+                    (FreeBitmap, 3),
+                    (GetVersion, 2),
+                    (GetStats, 2),
+                ],
                 hostile_req: 5,
                 hostile_ranges: 10,
                 hostile_buf: 20,
@@ -256,7 +300,9 @@ impl SharedRanges {
     pub const N: usize = 64;
 
     pub fn new() -> Result<Self> {
-        Ok(Self { buf: GuardBuf::new(Self::N * RANGE, PAGE)? })
+        Ok(Self {
+            buf: GuardBuf::new(Self::N * RANGE, PAGE)?,
+        })
     }
 
     pub fn addr(&self) -> usize {
@@ -311,12 +357,31 @@ enum At {
 /// What to check when the call succeeds.
 enum Post {
     None,
-    Prefetch { at: At, whole: bool, budget: u64, max_pages: Option<u64> },
-    Discard { at: At, total_bytes: Option<u64> },
-    FreeBitmap { at: At, buf: Option<usize> },
-    PriorityMap { at: At, buf: Option<usize>, window: u32 },
-    Version { at: At },
-    Stats { at: At },
+    Prefetch {
+        at: At,
+        whole: bool,
+        budget: u64,
+        max_pages: Option<u64>,
+    },
+    Discard {
+        at: At,
+        total_bytes: Option<u64>,
+    },
+    FreeBitmap {
+        at: At,
+        buf: Option<usize>,
+    },
+    PriorityMap {
+        at: At,
+        buf: Option<usize>,
+        window: u32,
+    },
+    Version {
+        at: At,
+    },
+    Stats {
+        at: At,
+    },
 }
 
 struct Prepared {
@@ -367,7 +432,10 @@ fn cheap_range(i: usize) -> TorporRange {
     if i.is_multiple_of(2) {
         TorporRange { start: 0, len: 0 }
     } else {
-        TorporRange { start: KERNEL_DIRECT + (i * PAGE) as u64, len: PAGE as u64 }
+        TorporRange {
+            start: KERNEL_DIRECT + (i * PAGE) as u64,
+            len: PAGE as u64,
+        }
     }
 }
 
@@ -464,7 +532,14 @@ impl<'a> Worker<'a> {
         }
         if self.env.trace {
             let o = out.map(outcome_name).unwrap_or_else(|| "-".into());
-            println!("[{} t{} #{}] {} => {o} (allowed {})", self.phase.name(), self.id, self.seq, p.desc, p.expect);
+            println!(
+                "[{} t{} #{}] {} => {o} (allowed {})",
+                self.phase.name(),
+                self.id,
+                self.seq,
+                p.desc,
+                p.expect
+            );
         }
         if let Some(o) = out {
             self.check(&p, o);
@@ -537,8 +612,19 @@ impl<'a> Worker<'a> {
 
     fn impossible(&self, r: u64) -> Tgt {
         let pid = impossible_pid(r);
-        let d = if pid <= 0 { Defect::hard("pid<=0", Errno::EINVAL) } else { Defect::hard("no-such-pid", Errno::ESRCH) };
-        Tgt { pid, hold: None, defects: vec![d], extras: Expect::err(Errno::ENOMEM), label: format!("impossible:{pid}"), vmas: vec![] }
+        let d = if pid <= 0 {
+            Defect::hard("pid<=0", Errno::EINVAL)
+        } else {
+            Defect::hard("no-such-pid", Errno::ESRCH)
+        };
+        Tgt {
+            pid,
+            hold: None,
+            defects: vec![d],
+            extras: Expect::err(Errno::ENOMEM),
+            label: format!("impossible:{pid}"),
+            vmas: vec![],
+        }
     }
 
     fn prefetch_target(&mut self) -> Tgt {
@@ -547,9 +633,23 @@ impl<'a> Worker<'a> {
             0..=69 => self.child_or_impossible(r),
             70..=79 => {
                 let vmas = self.vmas(self.env.me);
-                Tgt { pid: self.env.me, hold: None, defects: vec![], extras: Expect::err(Errno::ENOMEM), label: "self".into(), vmas }
+                Tgt {
+                    pid: self.env.me,
+                    hold: None,
+                    defects: vec![],
+                    extras: Expect::err(Errno::ENOMEM),
+                    label: "self".into(),
+                    vmas,
+                }
             }
-            80..=81 => Tgt { pid: 1, hold: None, defects: vec![], extras: Expect::err(Errno::ENOMEM), label: "init".into(), vmas: vec![] },
+            80..=81 => Tgt {
+                pid: 1,
+                hold: None,
+                defects: vec![],
+                extras: Expect::err(Errno::ENOMEM),
+                label: "init".into(),
+                vmas: vec![],
+            },
             82..=84 if self.env.kthreadd => Tgt {
                 pid: 2,
                 hold: None,
@@ -598,7 +698,13 @@ impl<'a> Worker<'a> {
             0 => {
                 let off = 1 + (k >> 8) as usize % 7;
                 self.req.write(off, v);
-                (self.req.addr() + off, At::Req(off), vec![], format!("req+{off}"), false)
+                (
+                    self.req.addr() + off,
+                    At::Req(off),
+                    vec![],
+                    format!("req+{off}"),
+                    false,
+                )
             }
             1 => {
                 // Crosses into the guard: only the first `PAGE - off` bytes are readable.
@@ -607,17 +713,35 @@ impl<'a> Worker<'a> {
                 for (i, b) in bytes.iter().take(PAGE - off).enumerate() {
                     self.req.write(off + i, b);
                 }
-                (self.req.addr() + off, At::Nowhere, vec![Defect::hard("req-into-guard", Errno::EFAULT)], format!("guard-{}", PAGE - off), false)
+                (
+                    self.req.addr() + off,
+                    At::Nowhere,
+                    vec![Defect::hard("req-into-guard", Errno::EFAULT)],
+                    format!("guard-{}", PAGE - off),
+                    false,
+                )
             }
             2 => {
                 self.ro.set_readonly(false).expect("mprotect our own page");
                 self.ro.write(0, v);
                 self.ro.set_readonly(true).expect("mprotect our own page");
-                (self.ro.addr(), At::Nowhere, vec![Defect::hard("req-read-only", Errno::EFAULT)], "read-only".into(), true)
+                (
+                    self.ro.addr(),
+                    At::Nowhere,
+                    vec![Defect::hard("req-read-only", Errno::EFAULT)],
+                    "read-only".into(),
+                    true,
+                )
             }
             _ => {
                 let p = self.bad_ptr(k >> 3);
-                (p as usize, At::Nowhere, vec![Defect::hard("req-bad-ptr", Errno::EFAULT)], ptr_label(p, self.env.none_addr), false)
+                (
+                    p as usize,
+                    At::Nowhere,
+                    vec![Defect::hard("req-bad-ptr", Errno::EFAULT)],
+                    ptr_label(p, self.env.none_addr),
+                    false,
+                )
             }
         }
     }
@@ -626,7 +750,12 @@ impl<'a> Worker<'a> {
 
     /// One range (always 4 draws, whatever the branch and the live state).
     fn gen_range(&mut self, vmas: &[(u64, u64)], prev: Option<TorporRange>) -> TorporRange {
-        let (sel, a, b, c) = (self.rng.below(100), self.rng.next(), self.rng.next(), self.rng.next());
+        let (sel, a, b, c) = (
+            self.rng.below(100),
+            self.rng.next(),
+            self.rng.next(),
+            self.rng.next(),
+        );
         let pg = PAGE as u64;
         let window = |a: u64, b: u64, c: u64| {
             let off = a % WPAGES;
@@ -663,25 +792,70 @@ impl<'a> Worker<'a> {
                 (r.start, r.len)
             }
             45..=54 => {
-                let s = pick(a, &[WINDOW, WINDOW + (b % WPAGES) * pg, vmas.first().map_or(WINDOW, |v| v.0), 0, pg]);
-                (s, pick(c, &[u64::MAX / 3, u64::MAX - s, 1 << 47, u64::MAX / 2, 1 << 40]))
+                let s = pick(
+                    a,
+                    &[
+                        WINDOW,
+                        WINDOW + (b % WPAGES) * pg,
+                        vmas.first().map_or(WINDOW, |v| v.0),
+                        0,
+                        pg,
+                    ],
+                );
+                (
+                    s,
+                    pick(
+                        c,
+                        &[u64::MAX / 3, u64::MAX - s, 1 << 47, u64::MAX / 2, 1 << 40],
+                    ),
+                )
             }
             55..=58 => {
-                let s = pick(a, &[WINDOW, u64::MAX - 4095, KERNEL_DIRECT, u64::MAX - b % 4095, 1 << 63]);
+                let s = pick(
+                    a,
+                    &[
+                        WINDOW,
+                        u64::MAX - 4095,
+                        KERNEL_DIRECT,
+                        u64::MAX - b % 4095,
+                        1 << 63,
+                    ],
+                );
                 (s, (u64::MAX - s).wrapping_add(1 + c % (1 << 20)))
             }
             59..=68 => {
                 let s = pick(
                     a,
-                    &[KERNEL_DIRECT + (b % (1 << 30)) * pg, 0xffff_ffff_8000_0000 + (b % 65536) * pg, 0xffff_c900_0000_0000, 0xffff_ea00_0000_0000],
+                    &[
+                        KERNEL_DIRECT + (b % (1 << 30)) * pg,
+                        0xffff_ffff_8000_0000 + (b % 65536) * pg,
+                        0xffff_c900_0000_0000,
+                        0xffff_ea00_0000_0000,
+                    ],
                 );
                 (s, pick(c, &[pg, 1, 1 << 30, 0x10_0000]))
             }
             69..=73 => match c % 3 {
                 0 => (0x7fff_ffff_f000, 2 * pg),
-                _ => ((0x0000_8000_0000_0000 + a % (1 << 46)) & !(pg - 1), pick(b, &[pg, 1 << 40, 0])),
+                _ => (
+                    (0x0000_8000_0000_0000 + a % (1 << 46)) & !(pg - 1),
+                    pick(b, &[pg, 1 << 40, 0]),
+                ),
             },
-            74..=80 => (pick(a, &[WINDOW + b % WINDOW_LEN, WINDOW, 0, KERNEL_DIRECT + 1, u64::MAX, u64::MAX - 4095]), 0),
+            74..=80 => (
+                pick(
+                    a,
+                    &[
+                        WINDOW + b % WINDOW_LEN,
+                        WINDOW,
+                        0,
+                        KERNEL_DIRECT + 1,
+                        u64::MAX,
+                        u64::MAX - 4095,
+                    ],
+                ),
+                0,
+            ),
             81..=87 => match prev {
                 Some(p) => match a % 3 {
                     0 => (p.start, p.len),
@@ -709,7 +883,14 @@ impl<'a> Worker<'a> {
     /// The "sum-overflow" recipe (ranges of u64::MAX/3 from the target's VMAs, whose lengths add
     /// up past 2^64: issue 11's crash) has 64 ranges for DISCARD and `overflow_n` (fewer) for
     /// PREFETCH, which walks every page of each range page by page through the holes.
-    fn gen_ranges(&mut self, vmas: &[(u64, u64)], soft_fault: bool, soft_wrap: bool, clean: bool, overflow_n: u64) -> RangeSet {
+    fn gen_ranges(
+        &mut self,
+        vmas: &[(u64, u64)],
+        soft_fault: bool,
+        soft_wrap: bool,
+        clean: bool,
+        overflow_n: u64,
+    ) -> RangeSet {
         let (cls, a, b) = (self.rng.below(100), self.rng.next(), self.rng.next());
         // A clean set stays readable: none of the counts past the big array.
         let cls = if clean { cls % 85 } else { cls };
@@ -744,15 +925,28 @@ impl<'a> Worker<'a> {
         for i in 0..built {
             let mut r = if recipe == "sum-overflow" {
                 // 64 ranges over a live mapping whose lengths add up past 2^64 (issue 11's crash).
-                let base = vmas.get(i % vmas.len().max(1)).map_or(WINDOW + (i * PAGE) as u64, |v| v.0);
-                let _ = (self.rng.next(), self.rng.next(), self.rng.next(), self.rng.next());
-                TorporRange { start: base, len: u64::MAX / 3 }
+                let base = vmas
+                    .get(i % vmas.len().max(1))
+                    .map_or(WINDOW + (i * PAGE) as u64, |v| v.0);
+                let _ = (
+                    self.rng.next(),
+                    self.rng.next(),
+                    self.rng.next(),
+                    self.rng.next(),
+                );
+                TorporRange {
+                    start: base,
+                    len: u64::MAX / 3,
+                }
             } else {
                 self.gen_range(vmas, prev)
             };
             if clean && aligned(&r).is_none() {
                 // Same draws, no wrap: the page after the window instead.
-                r = TorporRange { start: WINDOW + WINDOW_LEN, len: PAGE as u64 };
+                r = TorporRange {
+                    start: WINDOW + WINDOW_LEN,
+                    len: PAGE as u64,
+                };
             }
             prev = Some(r);
             ranges.push(r);
@@ -800,7 +994,10 @@ impl<'a> Worker<'a> {
                     }
                     ranges.truncate(fit);
                     fault = true;
-                    ((self.arr.addr() + start) as u64, format!("guard-{fit}-ranges"))
+                    (
+                        (self.arr.addr() + start) as u64,
+                        format!("guard-{fit}-ranges"),
+                    )
                 }
                 3 | 4 => {
                     fault = true;
@@ -827,29 +1024,64 @@ impl<'a> Worker<'a> {
             total = total.saturating_add(cheap_bytes(read));
         }
         if fault {
-            defects.push(Defect { what: "ranges-fault", errno: Errno::EFAULT, soft: soft_fault });
+            defects.push(Defect {
+                what: "ranges-fault",
+                errno: Errno::EFAULT,
+                soft: soft_fault,
+            });
         }
         if wraps > 0 {
-            defects.push(Defect { what: "range-wraps", errno: Errno::EINVAL, soft: soft_wrap });
+            defects.push(Defect {
+                what: "range-wraps",
+                errno: Errno::EINVAL,
+                soft: soft_wrap,
+            });
         }
-        let shown: Vec<String> = ranges.iter().take(3).map(|r| format!("{:#x}+{:#x}", r.start, r.len)).collect();
+        let shown: Vec<String> = ranges
+            .iter()
+            .take(3)
+            .map(|r| format!("{:#x}+{:#x}", r.start, r.len))
+            .collect();
         let desc = format!(
             "nr={n} {recipe}@{place}{} [{}{}]",
-            if wraps > 0 { format!(" wraps={wraps}") } else { String::new() },
+            if wraps > 0 {
+                format!(" wraps={wraps}")
+            } else {
+                String::new()
+            },
             shown.join(", "),
             if ranges.len() > 3 { ", ..." } else { "" }
         );
-        RangeSet { nr: n.min(u32::MAX as u64) as u32, ptr, total_bytes: if fault || wraps > 0 { None } else { Some(total) }, defects, desc }
+        RangeSet {
+            nr: n.min(u32::MAX as u64) as u32,
+            ptr,
+            total_bytes: if fault || wraps > 0 {
+                None
+            } else {
+                Some(total)
+            },
+            defects,
+            desc,
+        }
     }
 
     /// With probability `shared`%, the array another thread rewrites during the call.
     fn shared_ranges(&mut self) -> Option<RangeSet> {
-        let (p, n) = (self.rng.below(100), 1 + self.rng.below(SharedRanges::N as u64));
+        let (p, n) = (
+            self.rng.below(100),
+            1 + self.rng.below(SharedRanges::N as u64),
+        );
         let sh = self.env.shared?;
         if p >= self.prof.shared {
             return None;
         }
-        Some(RangeSet { nr: n as u32, ptr: sh.addr() as u64, defects: vec![], total_bytes: None, desc: format!("nr={n} shared-mutating") })
+        Some(RangeSet {
+            nr: n as u32,
+            ptr: sh.addr() as u64,
+            defects: vec![],
+            total_bytes: None,
+            desc: format!("nr={n} shared-mutating"),
+        })
     }
 
     // ---- requests -----------------------------------------------------------------------
@@ -857,8 +1089,17 @@ impl<'a> Worker<'a> {
     fn gen_prefetch(&mut self) -> Prepared {
         let clean = self.rng.below(100) < self.prof.clean;
         let t = self.prefetch_target();
-        let (fsel, osel, bsel, x) = (self.rng.below(100), self.rng.below(100), self.rng.next(), self.rng.next());
-        let (fsel, osel) = if clean { (fsel % 80, osel % 90) } else { (fsel, osel) };
+        let (fsel, osel, bsel, x) = (
+            self.rng.below(100),
+            self.rng.below(100),
+            self.rng.next(),
+            self.rng.next(),
+        );
+        let (fsel, osel) = if clean {
+            (fsel % 80, osel % 90)
+        } else {
+            (fsel, osel)
+        };
         let flags = match fsel {
             0..=59 => 0,
             60..=79 => uapi::PREFETCH_WHOLE,
@@ -875,7 +1116,13 @@ impl<'a> Worker<'a> {
         // A budget may stop the walk before a bad range is read (ORDER_GIVEN streams them).
         let vmas = t.vmas.clone();
         let shared = self.shared_ranges();
-        let rs = self.gen_ranges(&vmas, budget != 0 && order != uapi::ORDER_ADDRESS, budget != 0, clean, 8);
+        let rs = self.gen_ranges(
+            &vmas,
+            budget != 0 && order != uapi::ORDER_ADDRESS,
+            budget != 0,
+            clean,
+            8,
+        );
         let any = shared.is_some();
         let rs = shared.unwrap_or(rs);
         let mut defects = t.defects.clone();
@@ -888,9 +1135,17 @@ impl<'a> Worker<'a> {
         // With PREFETCH_WHOLE the ranges are ignored; whether their count is still checked is
         // not documented, so there a count over the limits may or may not be refused.
         if rs.nr > MAX_RANGES {
-            defects.push(Defect { what: "nr>MAX_RANGES", errno: Errno::EINVAL, soft: whole });
+            defects.push(Defect {
+                what: "nr>MAX_RANGES",
+                errno: Errno::EINVAL,
+                soft: whole,
+            });
         } else if order == uapi::ORDER_ADDRESS && rs.nr > MAX_SORTED_RANGES {
-            defects.push(Defect { what: "nr>MAX_SORTED_RANGES", errno: Errno::E2BIG, soft: whole });
+            defects.push(Defect {
+                what: "nr>MAX_SORTED_RANGES",
+                errno: Errno::E2BIG,
+                soft: whole,
+            });
         }
         if !whole {
             defects.extend(rs.defects.iter().copied());
@@ -910,11 +1165,20 @@ impl<'a> Worker<'a> {
             ns: 2,
             stop_addr: 3,
         };
-        let (arg, at, pd, plabel, ro) = self.place(&req, if clean { 0 } else { self.prof.hostile_req });
+        let (arg, at, pd, plabel, ro) =
+            self.place(&req, if clean { 0 } else { self.prof.hostile_req });
         defects.extend(pd);
         let extras = t.extras.or_err(Errno::ENOMEM);
-        let expect = if any && !whole { Expect::ANY } else { expectation(&defects, extras) };
-        let max_pages = if whole || any { None } else { rs.total_bytes.map(|b| b / PAGE as u64) };
+        let expect = if any && !whole {
+            Expect::ANY
+        } else {
+            expectation(&defects, extras)
+        };
+        let max_pages = if whole || any {
+            None
+        } else {
+            rs.total_bytes.map(|b| b / PAGE as u64)
+        };
         let desc = format!(
             "PREFETCH{} pid={} flags={flags:#x} order={order} budget={budget:#x} {} req@{plabel} defects={:?}",
             if clean { "(clean)" } else { "" },
@@ -928,7 +1192,12 @@ impl<'a> Worker<'a> {
             arg,
             expect,
             desc,
-            post: Post::Prefetch { at, whole, budget, max_pages },
+            post: Post::Prefetch {
+                at,
+                whole,
+                budget,
+                max_pages,
+            },
             hold: t.hold,
             ro,
             discard_pid: None,
@@ -941,7 +1210,11 @@ impl<'a> Worker<'a> {
         let (fsel, x) = (self.rng.below(100), self.rng.next());
         let fsel = if clean { fsel % 90 / 10 * 10 } else { fsel };
         let flags = if fsel < 90 { 0 } else { (x as u32) | 1 };
-        let reserved = if fsel % 10 == 3 && fsel < 90 { ((x >> 32) as u32) | 1 } else { 0 };
+        let reserved = if fsel % 10 == 3 && fsel < 90 {
+            ((x >> 32) as u32) | 1
+        } else {
+            0
+        };
         let vmas = t.vmas.clone();
         let shared = self.shared_ranges();
         let rs = self.gen_ranges(&vmas, false, false, clean, 64);
@@ -968,10 +1241,15 @@ impl<'a> Worker<'a> {
             bytes_skipped: !x,
             ns: 7,
         };
-        let (arg, at, pd, plabel, ro) = self.place(&req, if clean { 0 } else { self.prof.hostile_req });
+        let (arg, at, pd, plabel, ro) =
+            self.place(&req, if clean { 0 } else { self.prof.hostile_req });
         defects.extend(pd);
         let extras = t.extras.or_err(Errno::ENOMEM);
-        let expect = if any { Expect::ANY } else { expectation(&defects, extras) };
+        let expect = if any {
+            Expect::ANY
+        } else {
+            expectation(&defects, extras)
+        };
         let desc = format!(
             "DISCARD{} pid={} flags={flags:#x} reserved={reserved:#x} {} req@{plabel} defects={:?}",
             if clean { "(clean)" } else { "" },
@@ -985,7 +1263,10 @@ impl<'a> Worker<'a> {
             arg,
             expect,
             desc,
-            post: Post::Discard { at, total_bytes: if any { None } else { rs.total_bytes } },
+            post: Post::Discard {
+                at,
+                total_bytes: if any { None } else { rs.total_bytes },
+            },
             hold: t.hold,
             ro,
             discard_pid: Some(t.pid),
@@ -994,11 +1275,28 @@ impl<'a> Worker<'a> {
 
     /// An output buffer for a map of `need` bytes in `buf`: (pointer, claimed size, offset of
     /// an owned buffer that gets the whole map, defects, label). `ptr == 0` is a size query.
-    fn map_buffer(&mut self, which: u8, need: usize) -> (u64, u64, Option<usize>, Vec<Defect>, String) {
+    fn map_buffer(
+        &mut self,
+        which: u8,
+        need: usize,
+    ) -> (u64, u64, Option<usize>, Vec<Defect>, String) {
         let (sel, k, z) = (self.rng.below(100), self.rng.next(), self.rng.next());
-        let (addr, guard) = if which == 0 { (self.fb.addr(), self.fb.guard_addr()) } else { (self.pm.addr(), self.pm.guard_addr()) };
+        let (addr, guard) = if which == 0 {
+            (self.fb.addr(), self.fb.guard_addr())
+        } else {
+            (self.pm.addr(), self.pm.guard_addr())
+        };
         let need64 = need as u64;
-        let enough = pick(k, &[need64, need64 + 1, need64 + PAGE as u64, u64::MAX, need64 + (z % (1 << 20))]);
+        let enough = pick(
+            k,
+            &[
+                need64,
+                need64 + 1,
+                need64 + PAGE as u64,
+                u64::MAX,
+                need64 + (z % (1 << 20)),
+            ],
+        );
         let short = pick(k, &[0, 1, need64 - 1, z % need64]);
         let hostile = sel < self.prof.hostile_buf;
         let sq = |b: u64| (0u64, b, None, vec![], format!("size-query({b:#x})"));
@@ -1016,20 +1314,44 @@ impl<'a> Worker<'a> {
         if !hostile {
             return match sel % 4 {
                 0 => sq(pick(z, &[0, need64, u64::MAX, z])),
-                _ => (addr as u64, enough, Some(0), past(addr, enough), format!("owned({enough:#x})")),
+                _ => (
+                    addr as u64,
+                    enough,
+                    Some(0),
+                    past(addr, enough),
+                    format!("owned({enough:#x})"),
+                ),
             };
         }
         match k % 6 {
             0 => sq(pick(z, &[0, 1, u64::MAX])),
-            1 => (addr as u64, short, None, vec![Defect::hard("buffer-short", Errno::ENOSPC)], format!("short({short:#x})")),
+            1 => (
+                addr as u64,
+                short,
+                None,
+                vec![Defect::hard("buffer-short", Errno::ENOSPC)],
+                format!("short({short:#x})"),
+            ),
             2 => {
                 let off = 1 + (z % 7) as usize;
-                ((addr + off) as u64, enough, Some(off), past(addr + off, enough), format!("owned+{off}({enough:#x})"))
+                (
+                    (addr + off) as u64,
+                    enough,
+                    Some(off),
+                    past(addr + off, enough),
+                    format!("owned+{off}({enough:#x})"),
+                )
             }
             3 => {
                 // Claimed size is enough, but the accessible part ends `m` bytes in.
                 let m = 1 + (z % (need64 - 1)) as usize;
-                ((guard - m) as u64, enough, None, vec![Defect::hard("buffer-into-guard", Errno::EFAULT)], format!("guard-{m}({enough:#x})"))
+                (
+                    (guard - m) as u64,
+                    enough,
+                    None,
+                    vec![Defect::hard("buffer-into-guard", Errno::EFAULT)],
+                    format!("guard-{m}({enough:#x})"),
+                )
             }
             _ => {
                 let p = self.bad_ptr(z);
@@ -1042,7 +1364,13 @@ impl<'a> Worker<'a> {
                 if p == 0 {
                     return sq(b);
                 }
-                (p, b, None, d, format!("{}({b:#x})", ptr_label(p, self.env.none_addr)))
+                (
+                    p,
+                    b,
+                    None,
+                    d,
+                    format!("{}({b:#x})", ptr_label(p, self.env.none_addr)),
+                )
             }
         }
     }
@@ -1050,7 +1378,11 @@ impl<'a> Worker<'a> {
     fn gen_free_bitmap(&mut self) -> Prepared {
         let (fsel, x) = (self.rng.below(100), self.rng.next());
         let flags = if fsel < 90 { 0 } else { (x as u32) | 1 };
-        let reserved = if fsel % 9 == 4 && fsel < 90 { ((x >> 32) as u32) | 1 } else { 0 };
+        let reserved = if fsel % 9 == 4 && fsel < 90 {
+            ((x >> 32) as u32) | 1
+        } else {
+            0
+        };
         let (ptr, bytes, owned, mut defects, blabel) = self.map_buffer(0, self.fb_need);
         if flags != 0 {
             defects.push(Defect::hard("flags!=0", Errno::EINVAL));
@@ -1061,7 +1393,15 @@ impl<'a> Worker<'a> {
         if let Some(off) = owned {
             self.fb.fill(off, self.fb_need, 0xa5);
         }
-        let req = TorporFreeBitmap { bitmap: ptr, bitmap_bytes: bytes, flags, reserved, end_pfn: x, free_pages: !x, ns: 1 };
+        let req = TorporFreeBitmap {
+            bitmap: ptr,
+            bitmap_bytes: bytes,
+            flags,
+            reserved,
+            end_pfn: x,
+            free_pages: !x,
+            ns: 1,
+        };
         let (arg, at, pd, plabel, ro) = self.place(&req, self.prof.hostile_req);
         defects.extend(pd);
         let expect = expectation(&defects, Expect::err(Errno::ENOMEM));
@@ -1086,7 +1426,8 @@ impl<'a> Worker<'a> {
         let (fsel, wsel, x) = (self.rng.below(100), self.rng.next(), self.rng.next());
         let flags = if fsel < 90 { 0 } else { (x as u32) | 1 };
         let window = pick(wsel, &[0, 0, 1, 1000, 16_000, u32::MAX, x as u32]);
-        let (ptr, bytes, owned, mut defects, blabel) = self.map_buffer(1, self.env.end_pfn as usize);
+        let (ptr, bytes, owned, mut defects, blabel) =
+            self.map_buffer(1, self.env.end_pfn as usize);
         if flags != 0 {
             defects.push(Defect::hard("flags!=0", Errno::EINVAL));
         }
@@ -1118,7 +1459,11 @@ impl<'a> Worker<'a> {
             arg,
             expect,
             desc,
-            post: Post::PriorityMap { at, buf: owned, window },
+            post: Post::PriorityMap {
+                at,
+                buf: owned,
+                window,
+            },
             hold: None,
             ro,
             discard_pid: None,
@@ -1127,10 +1472,12 @@ impl<'a> Worker<'a> {
 
     fn gen_get(&mut self, kind: Kind) -> Prepared {
         let (cmd, arg, at, defects, plabel, ro) = if kind == Kind::GetVersion {
-            let (arg, at, d, l, ro) = self.place(&TorporVersion::default(), self.prof.hostile_req.max(30));
+            let (arg, at, d, l, ro) =
+                self.place(&TorporVersion::default(), self.prof.hostile_req.max(30));
             (uapi::TORPOR_IOC_GET_VERSION, arg, at, d, l, ro)
         } else {
-            let (arg, at, d, l, ro) = self.place(&TorporStats::default(), self.prof.hostile_req.max(30));
+            let (arg, at, d, l, ro) =
+                self.place(&TorporStats::default(), self.prof.hostile_req.max(30));
             (uapi::TORPOR_IOC_GET_STATS, arg, at, d, l, ro)
         };
         let expect = expectation(&defects, Expect::NONE);
@@ -1139,8 +1486,16 @@ impl<'a> Worker<'a> {
             cmd,
             arg,
             expect,
-            desc: format!("{} out@{plabel} defects={:?}", kind.name(), defects.iter().map(|d| d.what).collect::<Vec<_>>()),
-            post: if kind == Kind::GetVersion { Post::Version { at } } else { Post::Stats { at } },
+            desc: format!(
+                "{} out@{plabel} defects={:?}",
+                kind.name(),
+                defects.iter().map(|d| d.what).collect::<Vec<_>>()
+            ),
+            post: if kind == Kind::GetVersion {
+                Post::Version { at }
+            } else {
+                Post::Stats { at }
+            },
             hold: None,
             ro,
             discard_pid: None,
@@ -1161,7 +1516,12 @@ impl<'a> Worker<'a> {
         let mut cmd = if kind == Kind::Unknown {
             match sel {
                 0 => a as u32,
-                1 => uapi::ioc((a % 4) as u32, uapi::TORPOR_IOC_MAGIC, (6 + (a >> 8) % 250) as u8, ((a >> 16) % 16384) as usize),
+                1 => uapi::ioc(
+                    (a % 4) as u32,
+                    uapi::TORPOR_IOC_MAGIC,
+                    (6 + (a >> 8) % 250) as u8,
+                    ((a >> 16) % 16384) as usize,
+                ),
                 2 => {
                     let nr = ((a >> 8) % 6) as usize;
                     let ty = pick(a >> 4, &[0xD6u8, 0xD8, 0, 0xFF, b'T']);
@@ -1174,7 +1534,20 @@ impl<'a> Worker<'a> {
             let real_dir = KNOWN[nr] >> 30;
             let (dir, size) = match sel {
                 0 => (real_dir ^ (1 + (b % 3) as u32), sizes[nr]),
-                1 => (real_dir, pick(b, &[sizes[nr] + 1, sizes[nr] - 1, sizes[nr] + 8, sizes[nr] - 8, 0, 16383])),
+                1 => (
+                    real_dir,
+                    pick(
+                        b,
+                        &[
+                            sizes[nr] + 1,
+                            sizes[nr] - 1,
+                            sizes[nr] + 8,
+                            sizes[nr] - 8,
+                            0,
+                            16383,
+                        ],
+                    ),
+                ),
                 2 => (real_dir, ((b >> 8) % 16384) as usize),
                 _ => ((b % 4) as u32, ((b >> 8) % 16384) as usize),
             };
@@ -1198,7 +1571,15 @@ impl<'a> Worker<'a> {
             cmd,
             arg,
             expect: Expect::err(Errno::ENOTTY),
-            desc: format!("{} cmd={cmd:#010x} arg={}", kind.name(), if use_blob { "blob".into() } else { ptr_label(arg as u64, self.env.none_addr) }),
+            desc: format!(
+                "{} cmd={cmd:#010x} arg={}",
+                kind.name(),
+                if use_blob {
+                    "blob".into()
+                } else {
+                    ptr_label(arg as u64, self.env.none_addr)
+                }
+            ),
             post: Post::None,
             hold: None,
             ro: false,
@@ -1214,7 +1595,10 @@ impl<'a> Worker<'a> {
             // The safety rule, checked on every DISCARD: a held (unreaped) child of ours, or a
             // pid no process can have.
             let child = p.hold.as_ref().is_some_and(|t| t.pid == pid);
-            assert!(child || pid <= 0 || pid > 4 * 1024 * 1024, "DISCARD aimed at pid {pid}: refused by the fuzzer");
+            assert!(
+                child || pid <= 0 || pid > 4 * 1024 * 1024,
+                "DISCARD aimed at pid {pid}: refused by the fuzzer"
+            );
         }
         if let Some(t) = &p.hold {
             t.busy.fetch_add(1, Ordering::Relaxed);
@@ -1239,13 +1623,22 @@ impl<'a> Worker<'a> {
         self.tally.record(name, o);
         if let Err(e) = o {
             if !crate::oracle::is_documented(e) {
-                let m = format!("{} answered {e:?} ({}), not in kmod/README.md's list", self.ctx(p), e.desc());
+                let m = format!(
+                    "{} answered {e:?} ({}), not in kmod/README.md's list",
+                    self.ctx(p),
+                    e.desc()
+                );
                 self.tally.undocumented(m);
                 return;
             }
         }
         if !p.expect.allows(o) {
-            let m = format!("{} answered {}, the documented rules allow {}", self.ctx(p), outcome_name(o), p.expect);
+            let m = format!(
+                "{} answered {}, the documented rules allow {}",
+                self.ctx(p),
+                outcome_name(o),
+                p.expect
+            );
             self.tally.violation(m);
             return;
         }
@@ -1256,16 +1649,35 @@ impl<'a> Worker<'a> {
     }
 
     fn ctx(&self, p: &Prepared) -> String {
-        format!("[{} t{} #{} seed {:#x}] {}", self.phase.name(), self.id, self.seq, self.env.seed, p.desc)
+        format!(
+            "[{} t{} #{} seed {:#x}] {}",
+            self.phase.name(),
+            self.id,
+            self.seq,
+            self.env.seed,
+            p.desc
+        )
     }
 
     /// Checks on what the module wrote back; `Some(problem)` if it does not add up.
     fn post_check(&self, p: &Prepared, o: Outcome) -> Option<String> {
         let end_pfn = self.env.end_pfn;
         match (&p.post, o) {
-            (&Post::Prefetch { at: At::Req(off), whole, budget, max_pages }, Ok(_)) => {
+            (
+                &Post::Prefetch {
+                    at: At::Req(off),
+                    whole,
+                    budget,
+                    max_pages,
+                },
+                Ok(_),
+            ) => {
                 let r: TorporPrefetch = self.req.read(off);
-                let counted = r.pages_mapped.saturating_add(r.pages_present).saturating_add(r.pages_unpopulated).saturating_add(r.pages_failed);
+                let counted = r
+                    .pages_mapped
+                    .saturating_add(r.pages_present)
+                    .saturating_add(r.pages_unpopulated)
+                    .saturating_add(r.pages_failed);
                 if budget == 0 && r.stop_addr != 0 {
                     return Some(format!("stop_addr {:#x} with no budget", r.stop_addr));
                 }
@@ -1276,7 +1688,13 @@ impl<'a> Worker<'a> {
                 }
                 None
             }
-            (&Post::Discard { at: At::Req(off), total_bytes: Some(total) }, Ok(_)) => {
+            (
+                &Post::Discard {
+                    at: At::Req(off),
+                    total_bytes: Some(total),
+                },
+                Ok(_),
+            ) => {
                 let r: TorporDiscard = self.req.read(off);
                 let sum = r.bytes_zapped.saturating_add(r.bytes_skipped);
                 (sum != total).then(|| format!("zapped {:#x} + skipped {:#x} != {total:#x}, the page-rounded bytes of the ranges", r.bytes_zapped, r.bytes_skipped))
@@ -1285,12 +1703,23 @@ impl<'a> Worker<'a> {
                 let At::Req(off) = at else { return None };
                 let r: TorporFreeBitmap = self.req.read(off);
                 if (o.is_ok() || o == Err(Errno::ENOSPC)) && r.end_pfn != end_pfn {
-                    return Some(format!("end_pfn {} (size query at start said {end_pfn})", r.end_pfn));
+                    return Some(format!(
+                        "end_pfn {} (size query at start said {end_pfn})",
+                        r.end_pfn
+                    ));
                 }
                 if let (Ok(_), Some(b)) = (o, buf) {
-                    let bits: u64 = self.fb.bytes(b, self.fb_need).iter().map(|x| x.count_ones() as u64).sum();
+                    let bits: u64 = self
+                        .fb
+                        .bytes(b, self.fb_need)
+                        .iter()
+                        .map(|x| x.count_ones() as u64)
+                        .sum();
                     if bits != r.free_pages || r.free_pages > end_pfn {
-                        return Some(format!("{bits} bits set in the bitmap, free_pages {} (end_pfn {end_pfn})", r.free_pages));
+                        return Some(format!(
+                            "{bits} bits set in the bitmap, free_pages {} (end_pfn {end_pfn})",
+                            r.free_pages
+                        ));
                     }
                 }
                 None
@@ -1299,12 +1728,22 @@ impl<'a> Worker<'a> {
                 let At::Req(off) = at else { return None };
                 let r: TorporPriorityMap = self.req.read(off);
                 if (o.is_ok() || o == Err(Errno::ENOSPC)) && r.end_pfn != end_pfn {
-                    return Some(format!("end_pfn {} (size query at start said {end_pfn})", r.end_pfn));
+                    return Some(format!(
+                        "end_pfn {} (size query at start said {end_pfn})",
+                        r.end_pfn
+                    ));
                 }
                 if let (Ok(_), Some(b)) = (o, buf) {
-                    let want = if window == 0 { uapi::DEFAULT_WINDOW_MS } else { window };
+                    let want = if window == 0 {
+                        uapi::DEFAULT_WINDOW_MS
+                    } else {
+                        window
+                    };
                     if r.window_ms != want {
-                        return Some(format!("window_ms {} written back, {want} used", r.window_ms));
+                        return Some(format!(
+                            "window_ms {} written back, {want} used",
+                            r.window_ms
+                        ));
                     }
                     let mut h = [0u64; NR_CATEGORIES];
                     for &c in &self.pm.bytes(b, end_pfn as usize) {
@@ -1317,19 +1756,25 @@ impl<'a> Worker<'a> {
                         return Some(format!("histogram {h:?} != counts {:?}", r.counts));
                     }
                     if r.active_procs > r.total_procs {
-                        return Some(format!("active_procs {} > total_procs {}", r.active_procs, r.total_procs));
+                        return Some(format!(
+                            "active_procs {} > total_procs {}",
+                            r.active_procs, r.total_procs
+                        ));
                     }
                 }
                 None
             }
             (&Post::Version { at: At::Req(off) }, Ok(_)) => {
                 let v: TorporVersion = self.req.read(off);
-                (v.abi_version != uapi::TORPOR_ABI_VERSION || v.size as usize != size_of::<TorporVersion>() || v.features & ALL_FEATURES != ALL_FEATURES)
+                (v.abi_version != uapi::TORPOR_ABI_VERSION
+                    || v.size as usize != size_of::<TorporVersion>()
+                    || v.features & ALL_FEATURES != ALL_FEATURES)
                     .then(|| format!("GET_VERSION wrote {v:?}"))
             }
             (&Post::Stats { at: At::Req(off) }, Ok(_)) => {
                 let s: TorporStats = self.req.read(off);
-                (s.size as usize != size_of::<TorporStats>() || s.reserved != 0).then(|| format!("GET_STATS wrote {s:?}"))
+                (s.size as usize != size_of::<TorporStats>() || s.reserved != 0)
+                    .then(|| format!("GET_STATS wrote {s:?}"))
             }
             _ => None,
         }
@@ -1342,17 +1787,57 @@ mod tests {
 
     #[test]
     fn alignment_rule() {
-        assert_eq!(aligned(&TorporRange { start: 0x1001, len: 0 }), Some((0x1000, 0x2000)));
-        assert_eq!(aligned(&TorporRange { start: 0x1000, len: 0 }), Some((0x1000, 0x1000)));
-        assert_eq!(aligned(&TorporRange { start: u64::MAX - 4095, len: 4096 }), None);
-        assert_eq!(aligned(&TorporRange { start: u64::MAX - 100, len: 50 }), None, "rounding up wraps");
-        assert_eq!(aligned(&TorporRange { start: u64::MAX - 8191, len: 4096 }), Some((u64::MAX - 8191, u64::MAX - 4095)));
-        assert_eq!(aligned(&TorporRange { start: WINDOW, len: u64::MAX / 3 }).map(|(s, _)| s), Some(WINDOW));
+        assert_eq!(
+            aligned(&TorporRange {
+                start: 0x1001,
+                len: 0
+            }),
+            Some((0x1000, 0x2000))
+        );
+        assert_eq!(
+            aligned(&TorporRange {
+                start: 0x1000,
+                len: 0
+            }),
+            Some((0x1000, 0x1000))
+        );
+        assert_eq!(
+            aligned(&TorporRange {
+                start: u64::MAX - 4095,
+                len: 4096
+            }),
+            None
+        );
+        assert_eq!(
+            aligned(&TorporRange {
+                start: u64::MAX - 100,
+                len: 50
+            }),
+            None,
+            "rounding up wraps"
+        );
+        assert_eq!(
+            aligned(&TorporRange {
+                start: u64::MAX - 8191,
+                len: 4096
+            }),
+            Some((u64::MAX - 8191, u64::MAX - 4095))
+        );
+        assert_eq!(
+            aligned(&TorporRange {
+                start: WINDOW,
+                len: u64::MAX / 3
+            })
+            .map(|(s, _)| s),
+            Some(WINDOW)
+        );
     }
 
     #[test]
     fn cheap_tail_bytes() {
-        let direct: u64 = (BIG_HEAD..1000).map(|i| aligned(&cheap_range(i)).map(|(s, e)| e - s).unwrap()).sum();
+        let direct: u64 = (BIG_HEAD..1000)
+            .map(|i| aligned(&cheap_range(i)).map(|(s, e)| e - s).unwrap())
+            .sum();
         assert_eq!(cheap_bytes(1000), direct);
         assert_eq!(cheap_bytes(BIG_HEAD), 0);
         assert_eq!(cheap_bytes(BIG_HEAD + 1), 0);
@@ -1363,10 +1848,24 @@ mod tests {
     fn bad_commands_are_never_known() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env { kmod: None, reg: &reg, me: 1, end_pfn: 524_288, kthreadd: false, shared: None, trace: false, none_addr: none.addr() as u64, seed: 9 };
+        let env = Env {
+            kmod: None,
+            reg: &reg,
+            me: 1,
+            end_pfn: 524_288,
+            kthreadd: false,
+            shared: None,
+            trace: false,
+            none_addr: none.addr() as u64,
+            seed: 9,
+        };
         let mut w = Worker::new(&env, Phase::Guard, 0).unwrap();
         for i in 0..2000 {
-            let p = w.gen_bad_cmd(if i % 2 == 0 { Kind::Unknown } else { Kind::WrongShape });
+            let p = w.gen_bad_cmd(if i % 2 == 0 {
+                Kind::Unknown
+            } else {
+                Kind::WrongShape
+            });
             assert!(!KNOWN.contains(&p.cmd), "{:#x}", p.cmd);
             assert_eq!(p.expect, Expect::err(Errno::ENOTTY));
         }
@@ -1376,11 +1875,24 @@ mod tests {
     fn generation_is_a_function_of_the_seed() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env { kmod: None, reg: &reg, me: 1, end_pfn: 524_288, kthreadd: true, shared: None, trace: false, none_addr: none.addr() as u64, seed: 7 };
+        let env = Env {
+            kmod: None,
+            reg: &reg,
+            me: 1,
+            end_pfn: 524_288,
+            kthreadd: true,
+            shared: None,
+            trace: false,
+            none_addr: none.addr() as u64,
+            seed: 7,
+        };
         for phase in Phase::ALL {
             let run = || {
                 let mut w = Worker::new(&env, phase, 0).unwrap();
-                (0..300).map(|_| w.prepare()).map(|p| (p.cmd, p.desc, p.expect)).collect::<Vec<_>>()
+                (0..300)
+                    .map(|_| w.prepare())
+                    .map(|p| (p.cmd, p.desc, p.expect))
+                    .collect::<Vec<_>>()
             };
             let (a, b) = (run(), run());
             if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
@@ -1388,7 +1900,9 @@ mod tests {
             }
             // Every kind of the phase shows up, and DISCARD never names a possible pid here
             // (no children in this test: only impossible pids).
-            assert!(a.iter().any(|x| x.1.starts_with("PREFETCH") || x.1.starts_with("FREE_BITMAP")));
+            assert!(a
+                .iter()
+                .any(|x| x.1.starts_with("PREFETCH") || x.1.starts_with("FREE_BITMAP")));
         }
         let mut w = Worker::new(&env, Phase::Ranges, 0).unwrap();
         for _ in 0..2000 {
@@ -1406,7 +1920,17 @@ mod tests {
     fn the_crash_recipe_is_generated() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env { kmod: None, reg: &reg, me: 1, end_pfn: 524_288, kthreadd: false, shared: None, trace: false, none_addr: none.addr() as u64, seed: 3 };
+        let env = Env {
+            kmod: None,
+            reg: &reg,
+            me: 1,
+            end_pfn: 524_288,
+            kthreadd: false,
+            shared: None,
+            trace: false,
+            none_addr: none.addr() as u64,
+            seed: 3,
+        };
         let mut w = Worker::new(&env, Phase::Ranges, 0).unwrap();
         let descs: Vec<String> = (0..3000)
             .map(|_| {
@@ -1417,8 +1941,12 @@ mod tests {
                 p.desc
             })
             .collect();
-        assert!(descs.iter().any(|d| d.starts_with("DISCARD") && d.contains("nr=64 sum-overflow")));
-        assert!(descs.iter().any(|d| d.contains(&format!("nr={}", MAX_SORTED_RANGES + 1))));
+        assert!(descs
+            .iter()
+            .any(|d| d.starts_with("DISCARD") && d.contains("nr=64 sum-overflow")));
+        assert!(descs
+            .iter()
+            .any(|d| d.contains(&format!("nr={}", MAX_SORTED_RANGES + 1))));
         assert!(descs.iter().any(|d| d.contains("range-wraps")));
         assert!(descs.iter().any(|d| d.contains("guard-")));
     }

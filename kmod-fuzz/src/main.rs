@@ -118,7 +118,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.sub {
         Some(Sub::Target { mode, seed }) => child::run_target(mode, seed),
-        Some(Sub::Caller { seed, targets, dev, count }) => child::run_caller(seed, &targets, &dev, count),
+        Some(Sub::Caller {
+            seed,
+            targets,
+            dev,
+            count,
+        }) => child::run_caller(seed, &targets, &dev, count),
         None => match run(cli.run) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -154,7 +159,9 @@ struct Run<'a> {
 
 fn run(a: RunArgs) -> Result<bool> {
     let seed = a.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         t.as_secs().wrapping_mul(1_000_000_007) ^ u64::from(t.subsec_nanos())
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -171,13 +178,23 @@ fn run(a: RunArgs) -> Result<bool> {
         "torpor-kmod-fuzz: seed {seed:#x} ({seed}), {threads} threads, phases {}, {}",
         names.join(","),
         match budget {
-            Budget::Time(d) => format!("{} per phase", humantime::format_duration(Duration::from_secs(d.as_secs()))),
+            Budget::Time(d) => format!(
+                "{} per phase",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            ),
             Budget::Count(c) => format!("{c} requests per phase"),
         }
     );
-    println!("torpor-kmod-fuzz: replay with --seed {seed} --threads 1 --count N --phases {}", names.join(","));
+    println!(
+        "torpor-kmod-fuzz: replay with --seed {seed} --threads 1 --count N --phases {}",
+        names.join(",")
+    );
 
-    let kmod = if a.dry_run { None } else { Some(Kmod::open_path(&a.dev).with_context(|| format!("opening {}", a.dev.display()))?) };
+    let kmod = if a.dry_run {
+        None
+    } else {
+        Some(Kmod::open_path(&a.dev).with_context(|| format!("opening {}", a.dev.display()))?)
+    };
     let mut end_pfn = 524_288;
     if let Some(k) = &kmod {
         let v = k.version();
@@ -193,14 +210,19 @@ fn run(a: RunArgs) -> Result<bool> {
         let mut q = uapi::TorporFreeBitmap::default();
         // SAFETY: a FREE_BITMAP size query (bitmap = 0): the module reads and writes only the
         // request, a valid exclusively borrowed struct.
-        unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut q as *mut _ as usize) }.context("FREE_BITMAP size query")?;
+        unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut q as *mut _ as usize) }
+            .context("FREE_BITMAP size query")?;
         end_pfn = q.end_pfn;
     }
     let kthreadd = std::fs::read_to_string("/proc/2/comm").is_ok_and(|s| s.trim() == "kthreadd");
     let none = GuardBuf::inaccessible(65536)?;
     let r = Run {
         kmod: kmod.as_ref(),
-        exe: if a.dry_run { None } else { Some(std::env::current_exe().context("current_exe")?) },
+        exe: if a.dry_run {
+            None
+        } else {
+            Some(std::env::current_exe().context("current_exe")?)
+        },
         dev: a.dev.clone(),
         seed,
         threads,
@@ -220,7 +242,11 @@ fn run(a: RunArgs) -> Result<bool> {
         total.merge(rep.tally);
         failures.extend(rep.failures);
     }
-    println!("== all phases: {} ioctls in {:.1} s", total.calls(), t0.elapsed().as_secs_f64());
+    println!(
+        "== all phases: {} ioctls in {:.1} s",
+        total.calls(),
+        t0.elapsed().as_secs_f64()
+    );
     for l in total.lines() {
         println!("   {l}");
     }
@@ -285,9 +311,17 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 
 fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseReport> {
     let mut failures = Vec::new();
-    println!("== phase {}: targets {:?}", phase.name(), phase.modes().iter().map(|m| m.name()).collect::<Vec<_>>());
+    println!(
+        "== phase {}: targets {:?}",
+        phase.name(),
+        phase.modes().iter().map(|m| m.name()).collect::<Vec<_>>()
+    );
     let before = match (r.kmod, prev) {
-        (Some(k), None) => Some(quiescent_stats(k, &format!("before phase {}", phase.name()), &mut failures)?),
+        (Some(k), None) => Some(quiescent_stats(
+            k,
+            &format!("before phase {}", phase.name()),
+            &mut failures,
+        )?),
         (_, p) => p,
     };
     let t_setup = Instant::now();
@@ -295,7 +329,11 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
     let setup = t_setup.elapsed();
     // The phase's time starts once its targets are up (an exec takes a while in a TCG guest).
     let t0 = Instant::now();
-    let shared = if phase.mutator() { Some(SharedRanges::new()?) } else { None };
+    let shared = if phase.mutator() {
+        Some(SharedRanges::new()?)
+    } else {
+        None
+    };
     let env = Env {
         kmod: r.kmod,
         reg: &reg,
@@ -342,7 +380,13 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
                 let exe = r.exe.as_deref().unwrap_or(Path::new("/proc/self/exe"));
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let c = Caller::spawn(exe, &r.dev, stream(r.seed, 5000 + phase.index(), n).next(), reg.snapshot(), &reg)?;
+                    let c = Caller::spawn(
+                        exe,
+                        &r.dev,
+                        stream(r.seed, 5000 + phase.index(), n).next(),
+                        reg.snapshot(),
+                        &reg,
+                    )?;
                     if stop.load(Ordering::Relaxed) && !c.ready {
                         // Killed while starting at the end of the phase: not a caller failure.
                         let _ = c.finish();
@@ -382,7 +426,9 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
         let workers: Vec<_> = (0..r.threads)
             .map(|i| {
                 let quota = match r.budget {
-                    Budget::Count(c) => Some(c / r.threads as u64 + u64::from((i as u64) < c % r.threads as u64)),
+                    Budget::Count(c) => {
+                        Some(c / r.threads as u64 + u64::from((i as u64) < c % r.threads as u64))
+                    }
                     Budget::Time(_) => None,
                 };
                 s.spawn(move || -> Result<Tally> {
@@ -444,10 +490,18 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
         println!("   {e}");
     }
     if tally.undocumented > 0 {
-        failures.push(format!("phase {}: {} answers with an undocumented errno", phase.name(), tally.undocumented));
+        failures.push(format!(
+            "phase {}: {} answers with an undocumented errno",
+            phase.name(),
+            tally.undocumented
+        ));
     }
     if tally.violations > 0 {
-        failures.push(format!("phase {}: {} answers the documented rules do not allow, or results that do not add up", phase.name(), tally.violations));
+        failures.push(format!(
+            "phase {}: {} answers the documented rules do not allow, or results that do not add up",
+            phase.name(),
+            tally.violations
+        ));
     }
     for m in caller_failures.into_inner().unwrap() {
         failures.push(format!("phase {}: {m}", phase.name()));
@@ -466,7 +520,11 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
                 "   module counted {calls} calls / {errors} errors since the previous GET_STATS; this process issued {want_calls} / {want_errors}{}",
                 if exact { "" } else { " (plus the callers')" }
             );
-            let bad = if exact { calls != want_calls || errors != want_errors } else { calls < want_calls || errors < want_errors };
+            let bad = if exact {
+                calls != want_calls || errors != want_errors
+            } else {
+                calls < want_calls || errors < want_errors
+            };
             if bad {
                 failures.push(format!(
                     "phase {}: the module's call/error counters moved by {calls}/{errors}, this process issued {want_calls}/{want_errors} (another process using {}?)",
@@ -480,5 +538,9 @@ fn run_phase(r: &Run, phase: Phase, prev: Option<TorporStats>) -> Result<PhaseRe
     if failures.is_empty() {
         println!("   phase {}: ok", phase.name());
     }
-    Ok(PhaseReport { tally, stats, failures })
+    Ok(PhaseReport {
+        tally,
+        stats,
+        failures,
+    })
 }

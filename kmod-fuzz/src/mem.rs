@@ -47,9 +47,15 @@ impl GuardBuf {
             )
         }
         .context("mmap for a guarded buffer")?;
-        let b = Self { base, data, total, readonly: std::cell::Cell::new(false) };
+        let b = Self {
+            base,
+            data,
+            total,
+            readonly: std::cell::Cell::new(false),
+        };
         // SAFETY: the guard is the tail of the mapping just created, page-aligned.
-        unsafe { mprotect(b.at(data).cast(), guard, ProtFlags::PROT_NONE) }.context("mprotect the guard")?;
+        unsafe { mprotect(b.at(data).cast(), guard, ProtFlags::PROT_NONE) }
+            .context("mprotect the guard")?;
         Ok(b)
     }
 
@@ -58,10 +64,20 @@ impl GuardBuf {
         let len = round_up(len.max(PAGE));
         // SAFETY: a fresh anonymous PROT_NONE mapping: nothing can be read or written there.
         let base = unsafe {
-            mmap_anonymous(None, NonZeroUsize::new(len).expect("nonzero"), ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE)
+            mmap_anonymous(
+                None,
+                NonZeroUsize::new(len).expect("nonzero"),
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
         }
         .context("mmap PROT_NONE region")?;
-        Ok(Self { base, data: 0, total: len, readonly: std::cell::Cell::new(true) })
+        Ok(Self {
+            base,
+            data: 0,
+            total: len,
+            readonly: std::cell::Cell::new(true),
+        })
     }
 
     fn at(&self, off: usize) -> NonNull<c_void> {
@@ -88,7 +104,11 @@ impl GuardBuf {
 
     /// Make the accessible part read-only (or writable again).
     pub fn set_readonly(&self, ro: bool) -> Result<()> {
-        let prot = if ro { ProtFlags::PROT_READ } else { ProtFlags::PROT_READ | ProtFlags::PROT_WRITE };
+        let prot = if ro {
+            ProtFlags::PROT_READ
+        } else {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        };
         // SAFETY: changes the protection of our own accessible pages only; no Rust reference
         // into them is live across this call (all accesses go through `write`/`read`).
         unsafe { mprotect(self.base, self.data, prot) }.context("mprotect")?;
@@ -98,7 +118,10 @@ impl GuardBuf {
 
     /// Store `v` at byte offset `off` (any alignment). Panics if it does not fit.
     pub fn write<T: Copy>(&self, off: usize, v: &T) {
-        assert!(off + size_of::<T>() <= self.data, "write past the accessible part");
+        assert!(
+            off + size_of::<T>() <= self.data,
+            "write past the accessible part"
+        );
         assert!(!self.readonly.get(), "write into a read-only buffer");
         // SAFETY: in bounds (checked above), the part is readable and writable (callers only
         // write while it is not read-only), and unaligned stores are explicit.
@@ -107,7 +130,10 @@ impl GuardBuf {
 
     /// Load a `T` from byte offset `off` (any alignment). Panics if it does not fit.
     pub fn read<T: Copy>(&self, off: usize) -> T {
-        assert!(off + size_of::<T>() <= self.data, "read past the accessible part");
+        assert!(
+            off + size_of::<T>() <= self.data,
+            "read past the accessible part"
+        );
         // SAFETY: in bounds and readable; `T: Copy` is plain data in every use (ABI structs,
         // integers), valid for any bit pattern.
         unsafe { self.at(off).as_ptr().cast::<T>().read_unaligned() }
@@ -118,7 +144,9 @@ impl GuardBuf {
         assert!(off + len <= self.data);
         let mut v = vec![0u8; len];
         // SAFETY: in bounds and readable; `v` is a distinct allocation of `len` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(self.at(off).as_ptr().cast::<u8>(), v.as_mut_ptr(), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.at(off).as_ptr().cast::<u8>(), v.as_mut_ptr(), len)
+        };
         v
     }
 
@@ -176,13 +204,22 @@ mod tests {
         assert_eq!(b.bytes(0, 4), vec![0xa5; 4]);
         b.set_readonly(true).unwrap();
         assert_eq!(b.read::<u8>(0), 0xa5);
-        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.write(0, &1u8))).is_err(), "a write into the read-only page is refused, not a SIGSEGV");
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.write(0, &1u8))).is_err(),
+            "a write into the read-only page is refused, not a SIGSEGV"
+        );
         b.set_readonly(false).unwrap();
         // The guard really faults: the kernel refuses to read it for us.
         let mut x = [0u8; 1];
         let iov = [std::io::IoSliceMut::new(&mut x)];
-        let remote = [nix::sys::uio::RemoteIoVec { base: b.guard_addr(), len: 1 }];
-        assert!(nix::sys::uio::process_vm_readv(nix::unistd::Pid::this(), &mut { iov }, &remote).is_err());
+        let remote = [nix::sys::uio::RemoteIoVec {
+            base: b.guard_addr(),
+            len: 1,
+        }];
+        assert!(
+            nix::sys::uio::process_vm_readv(nix::unistd::Pid::this(), &mut { iov }, &remote)
+                .is_err()
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl Expect {
     pub const ANY: Expect = Expect((1 << (DOCUMENTED.len() + 1)) - 1);
 
     pub fn err(e: Errno) -> Expect {
-        let i = DOCUMENTED.iter().position(|&d| d == e).expect("only documented errnos can be expected");
+        let i = DOCUMENTED
+            .iter()
+            .position(|&d| d == e)
+            .expect("only documented errnos can be expected");
         Expect(1 << (i + 1))
     }
 
@@ -69,7 +72,10 @@ impl Expect {
     pub fn allows(self, o: Outcome) -> bool {
         match o {
             Ok(_) => self.0 & 1 != 0,
-            Err(e) => DOCUMENTED.iter().position(|&d| d == e).is_some_and(|i| self.0 & (1 << (i + 1)) != 0),
+            Err(e) => DOCUMENTED
+                .iter()
+                .position(|&d| d == e)
+                .is_some_and(|i| self.0 & (1 << (i + 1)) != 0),
         }
     }
 }
@@ -101,10 +107,18 @@ pub struct Defect {
 
 impl Defect {
     pub const fn hard(what: &'static str, errno: Errno) -> Self {
-        Self { what, errno, soft: false }
+        Self {
+            what,
+            errno,
+            soft: false,
+        }
     }
     pub const fn soft(what: &'static str, errno: Errno) -> Self {
-        Self { what, errno, soft: true }
+        Self {
+            what,
+            errno,
+            soft: true,
+        }
     }
 }
 
@@ -174,7 +188,10 @@ impl Tally {
     }
 
     pub fn errors(&self) -> u64 {
-        self.per.values().map(|c| c.errs.values().sum::<u64>()).sum()
+        self.per
+            .values()
+            .map(|c| c.errs.values().sum::<u64>())
+            .sum()
     }
 
     pub fn merge(&mut self, o: Tally) {
@@ -222,17 +239,37 @@ mod tests {
         for d in DOCUMENTED {
             assert!(Expect::ANY.allows(Err(d)));
         }
-        assert!(!Expect::ANY.allows(Err(Errno::EIO)), "an undocumented errno is never expected");
+        assert!(
+            !Expect::ANY.allows(Err(Errno::EIO)),
+            "an undocumented errno is never expected"
+        );
     }
 
     #[test]
     fn defects_union() {
         let none = expectation(&[], Expect::err(Errno::ESRCH));
-        assert!(none.allows(Ok(0)) && none.allows(Err(Errno::ESRCH)) && !none.allows(Err(Errno::EINVAL)));
-        let hard = expectation(&[Defect::hard("flags", Errno::EINVAL), Defect::hard("ptr", Errno::EFAULT)], Expect::err(Errno::ENOMEM));
+        assert!(
+            none.allows(Ok(0))
+                && none.allows(Err(Errno::ESRCH))
+                && !none.allows(Err(Errno::EINVAL))
+        );
+        let hard = expectation(
+            &[
+                Defect::hard("flags", Errno::EINVAL),
+                Defect::hard("ptr", Errno::EFAULT),
+            ],
+            Expect::err(Errno::ENOMEM),
+        );
         assert!(!hard.allows(Ok(0)));
-        assert!(hard.allows(Err(Errno::EINVAL)) && hard.allows(Err(Errno::EFAULT)) && hard.allows(Err(Errno::ENOMEM)));
-        let soft = expectation(&[Defect::soft("wrap", Errno::EINVAL)], Expect::err(Errno::ENOMEM));
+        assert!(
+            hard.allows(Err(Errno::EINVAL))
+                && hard.allows(Err(Errno::EFAULT))
+                && hard.allows(Err(Errno::ENOMEM))
+        );
+        let soft = expectation(
+            &[Defect::soft("wrap", Errno::EINVAL)],
+            Expect::err(Errno::ENOMEM),
+        );
         assert!(soft.allows(Ok(0)) && soft.allows(Err(Errno::EINVAL)));
     }
 
@@ -250,6 +287,9 @@ mod tests {
         assert_eq!(a.errors(), 3);
         assert_eq!(a.per["PREFETCH"].errs[&(Errno::EINVAL as i32)], 2);
         assert_eq!((a.undocumented, a.violations), (1, 0));
-        assert_eq!(a.lines()[1], format!("{:<12} {:>8} calls: ok 1, EINVAL 2", "PREFETCH", 3));
+        assert_eq!(
+            a.lines()[1],
+            format!("{:<12} {:>8} calls: ok 1, EINVAL 2", "PREFETCH", 3)
+        );
     }
 }

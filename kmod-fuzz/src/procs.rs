@@ -30,7 +30,9 @@ pub const READY: &[u8] = b"ready\n";
 
 /// Wait for `child`'s ready line; false if it ended first.
 fn wait_ready(child: &mut Child) -> bool {
-    let Some(out) = child.stdout.take() else { return false };
+    let Some(out) = child.stdout.take() else {
+        return false;
+    };
     let mut line = String::new();
     matches!(BufReader::new(out).read_line(&mut line), Ok(n) if n > 0 && line.as_bytes() == READY)
 }
@@ -87,7 +89,10 @@ impl Target {
     /// Whether it has exited (without reaping it: the pid stays ours).
     fn exited(&self) -> bool {
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        !matches!(waitid(Id::Pid(Pid::from_raw(self.pid)), flags), Ok(WaitStatus::StillAlive))
+        !matches!(
+            waitid(Id::Pid(Pid::from_raw(self.pid)), flags),
+            Ok(WaitStatus::StillAlive)
+        )
     }
 }
 
@@ -159,7 +164,11 @@ impl Registry {
             exe: exe.map(Path::to_path_buf).unwrap_or_default(),
             seed,
             phase,
-            modes: if exe.is_some() { modes.to_vec() } else { Vec::new() },
+            modes: if exe.is_some() {
+                modes.to_vec()
+            } else {
+                Vec::new()
+            },
             slots: Mutex::new(Vec::new()),
             spares: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
@@ -167,7 +176,12 @@ impl Registry {
             stats: ProcStats::default(),
         };
         for _ in 0..20 {
-            let missing: Vec<Mode> = r.modes.iter().skip(r.slots.lock().unwrap().len()).copied().collect();
+            let missing: Vec<Mode> = r
+                .modes
+                .iter()
+                .skip(r.slots.lock().unwrap().len())
+                .copied()
+                .collect();
             if missing.is_empty() {
                 break;
             }
@@ -220,7 +234,9 @@ impl Registry {
         let t = {
             let mut s = self.spares.lock().unwrap();
             s.retain(|t| !t.exited());
-            s.iter().position(|t| t.mode == mode).map(|i| s.swap_remove(i))
+            s.iter()
+                .position(|t| t.mode == mode)
+                .map(|i| s.swap_remove(i))
         }?;
         t.activate();
         Some(t)
@@ -306,7 +322,10 @@ impl Registry {
             let r = rng.below(n as u64) as usize;
             let i = {
                 let s = self.slots.lock().unwrap();
-                (0..n).map(|k| (r + k) % n).find(|&k| s[k].busy.load(Ordering::Relaxed) > 0).unwrap_or(r)
+                (0..n)
+                    .map(|k| (r + k) % n)
+                    .find(|&k| s[k].busy.load(Ordering::Relaxed) > 0)
+                    .unwrap_or(r)
             };
             let cur = self.slots.lock().unwrap()[i].clone();
             if cur.exited() {
@@ -355,18 +374,40 @@ pub enum CallerEnd {
 
 impl Caller {
     /// Spawn a caller and wait until it has the device open.
-    pub fn spawn(exe: &Path, dev: &Path, seed: u64, targets: Vec<Arc<Target>>, reg: &Registry) -> Result<Caller> {
+    pub fn spawn(
+        exe: &Path,
+        dev: &Path,
+        seed: u64,
+        targets: Vec<Arc<Target>>,
+        reg: &Registry,
+    ) -> Result<Caller> {
         let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
         let mut cmd = Command::new(exe);
-        cmd.args(["caller", "--seed", &seed.to_string(), "--count", "100000", "--dev"]).arg(dev);
+        cmd.args([
+            "caller",
+            "--seed",
+            &seed.to_string(),
+            "--count",
+            "100000",
+            "--dev",
+        ])
+        .arg(dev);
         if !pids.is_empty() {
             cmd.arg("--targets").arg(pids.join(","));
         }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("spawning a caller")?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning a caller")?;
         reg.starting(child.id() as i32, true);
         let ready = wait_ready(&mut child);
         reg.starting(child.id() as i32, false);
-        Ok(Caller { child, ready, _targets: targets })
+        Ok(Caller {
+            child,
+            ready,
+            _targets: targets,
+        })
     }
 
     /// SIGKILL it (if still running) and reap it.
@@ -378,7 +419,11 @@ impl Caller {
         match self.child.wait() {
             Ok(st) if st.success() => CallerEnd::Finished,
             Ok(st) if st.signal() == Some(libc::SIGKILL) && self.ready => CallerEnd::Killed,
-            Ok(st) => CallerEnd::Failed(format!("caller {} ended with {st} (ready: {})", self.child.id(), self.ready)),
+            Ok(st) => CallerEnd::Failed(format!(
+                "caller {} ended with {st} (ready: {})",
+                self.child.id(),
+                self.ready
+            )),
             Err(e) => CallerEnd::Failed(format!("waiting for caller {}: {e}", self.child.id())),
         }
     }
@@ -387,7 +432,10 @@ impl Caller {
 /// After a phase: the fuzzer must have no child left, alive or zombie.
 pub fn assert_no_children() -> Result<()> {
     for _ in 0..50 {
-        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+        match waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
             Err(nix::errno::Errno::ECHILD) => return Ok(()),
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
             Ok(st) => bail!("an unreaped child after the phase: {st:?}"),

@@ -16,19 +16,30 @@ use tracing::{debug, warn};
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(serde_json::json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            code,
+            Json(serde_json::json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
 type Ctl = Arc<Controller>;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::new(500, "internal", format!("worker failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("worker failed: {e}")))?
 }
 
 async fn health(State(c): State<Ctl>) -> Json<serde_json::Value> {
-    let age = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
-        .saturating_sub(c.last_tick.load(Ordering::Relaxed));
+    let age = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+    .saturating_sub(c.last_tick.load(Ordering::Relaxed));
     Json(serde_json::json!({
         "status": "ok",
         "pool_ready": c.pool_ready.load(Ordering::Relaxed),
@@ -49,16 +60,26 @@ async fn apps(State(c): State<Ctl>) -> Result<Json<serde_json::Value>, ApiError>
     Ok(Json(serde_json::json!({"apps": v})))
 }
 
-async fn app(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn app(
+    State(c): State<Ctl>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(blocking(move || c.app_status(&name)).await?))
 }
 
-async fn start(State(c): State<Ctl>, Path(name): Path<String>, body: axum::body::Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn start(
+    State(c): State<Ctl>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let req = crate::controller::StartRequest::parse(&body)?;
     Ok(Json(blocking(move || c.start_with(&name, &req)).await?))
 }
 
-async fn stop(State(c): State<Ctl>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn stop(
+    State(c): State<Ctl>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(blocking(move || c.stop(&name)).await?))
 }
 
@@ -77,11 +98,19 @@ async fn metrics(State(c): State<Ctl>) -> Result<Response, ApiError> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(404, "not_found", "no such endpoint (see GET /v1/apps, /v1/health, /metrics)")
+    ApiError::new(
+        404,
+        "not_found",
+        "no such endpoint (see GET /v1/apps, /v1/health, /metrics)",
+    )
 }
 
 async fn forbidden() -> ApiError {
-    ApiError::new(403, "forbidden", "peer is neither root nor in the configured socket group")
+    ApiError::new(
+        403,
+        "forbidden",
+        "peer is neither root nor in the configured socket group",
+    )
 }
 
 /// The API router.
@@ -95,7 +124,9 @@ pub fn router(c: Ctl) -> Router {
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .method_not_allowed_fallback(|| async { ApiError::new(405, "method_not_allowed", "wrong method for this endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(405, "method_not_allowed", "wrong method for this endpoint")
+        })
         .with_state(c)
 }
 
@@ -112,7 +143,12 @@ pub fn peer_allowed(uid: u32, gid: u32, pid: Option<i32>, group: Option<u32>) ->
     let Some(pid) = pid else { return false };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Groups:").map(|v| v.split_whitespace().any(|x| x.parse() == Ok(g)))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:")
+                    .map(|v| v.split_whitespace().any(|x| x.parse() == Ok(g)))
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -144,7 +180,10 @@ pub async fn serve(listener: UnixListener, c: Ctl, group: Option<u32>) {
         };
         let svc = TowerToHyperService::new(if allowed { ok.clone() } else { denied.clone() });
         tokio::spawn(async move {
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 debug!("connection: {e}");
             }
         });
@@ -165,12 +204,32 @@ mod tests {
     fn start_request_body() {
         use crate::controller::StartRequest;
         assert_eq!(StartRequest::parse(b"").unwrap(), StartRequest::default());
-        assert_eq!(StartRequest::parse(b" \r\n").unwrap(), StartRequest::default());
+        assert_eq!(
+            StartRequest::parse(b" \r\n").unwrap(),
+            StartRequest::default()
+        );
         assert_eq!(StartRequest::parse(b"{}").unwrap(), StartRequest::default());
-        assert_eq!(StartRequest::parse(br#"{"prefetch":"none"}"#).unwrap().prefetch.as_deref(), Some("none"));
-        for bad in [&b"{"[..], br#"{"prefetch":1}"#, br#"{"prefech":"none"}"#, b"none", b"\"full\""] {
+        assert_eq!(
+            StartRequest::parse(br#"{"prefetch":"none"}"#)
+                .unwrap()
+                .prefetch
+                .as_deref(),
+            Some("none")
+        );
+        for bad in [
+            &b"{"[..],
+            br#"{"prefetch":1}"#,
+            br#"{"prefech":"none"}"#,
+            b"none",
+            b"\"full\"",
+        ] {
             let e = StartRequest::parse(bad).unwrap_err();
-            assert_eq!((e.status, e.code), (400, "bad_request"), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                (e.status, e.code),
+                (400, "bad_request"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

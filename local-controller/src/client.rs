@@ -8,7 +8,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to torpord at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("talking to torpord: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad answer from torpord: {0}")]
@@ -24,7 +27,9 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> Result<serde_json::Value, ClientError> {
-        serde_json::from_slice(&self.body).map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&self.body))))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        })
     }
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
@@ -32,8 +37,17 @@ impl Response {
 }
 
 /// One request (`Connection: close`), waiting up to `timeout` for the answer.
-pub fn request(socket: &Path, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<Response, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
@@ -77,7 +91,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ClientError> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = len {
-        rest.get(..n).ok_or_else(|| ClientError::Protocol(format!("body shorter than Content-Length {n}")))?.to_vec()
+        rest.get(..n)
+            .ok_or_else(|| ClientError::Protocol(format!("body shorter than Content-Length {n}")))?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -87,7 +103,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ClientError> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| ClientError::Protocol("bad chunk".into()))?;
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| ClientError::Protocol("bad chunk".into()))?;
         let size_s = String::from_utf8_lossy(&b[..eol]);
         let size = usize::from_str_radix(size_s.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| ClientError::Protocol(format!("bad chunk size {size_s:?}")))?;
@@ -95,7 +114,9 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, ClientError> {
         if size == 0 {
             return Ok(out);
         }
-        let chunk = b.get(..size).ok_or_else(|| ClientError::Protocol("truncated chunk".into()))?;
+        let chunk = b
+            .get(..size)
+            .ok_or_else(|| ClientError::Protocol("truncated chunk".into()))?;
         out.extend_from_slice(chunk);
         b = b.get(size + 2..).unwrap_or(&[]);
     }

@@ -43,9 +43,17 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/torpor";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -233,7 +241,9 @@ impl std::str::FromStr for VmPrefetch {
             "priority" => Ok(VmPrefetch::Priority),
             "full" => Ok(VmPrefetch::Full),
             "none" => Ok(VmPrefetch::None),
-            _ => Err(format!("unknown VM prefetch mode {s:?} (priority, full, none)")),
+            _ => Err(format!(
+                "unknown VM prefetch mode {s:?} (priority, full, none)"
+            )),
         }
     }
 }
@@ -257,7 +267,9 @@ impl std::str::FromStr for PrefetchPolicy {
             "full" => Ok(PrefetchPolicy::Full),
             "working-set-only" => Ok(PrefetchPolicy::WorkingSetOnly),
             "none" => Ok(PrefetchPolicy::None),
-            _ => Err(format!("unknown prefetch mode {s:?} (loading-set, full, working-set-only, none)")),
+            _ => Err(format!(
+                "unknown prefetch mode {s:?} (loading-set, full, working-set-only, none)"
+            )),
         }
     }
 }
@@ -381,7 +393,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("bad duration {s:?}"));
     }
@@ -393,7 +408,11 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| before[i + 1..].chars().count()).unwrap_or(before.chars().count()) + 1;
+    let col = before
+        .rfind('\n')
+        .map(|i| before[i + 1..].chars().count())
+        .unwrap_or(before.chars().count())
+        + 1;
     (line, col)
 }
 
@@ -402,14 +421,25 @@ impl Config {
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(src).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(src, s.start)).unwrap_or((0, 0));
-            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
         })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&src, path)
     }
 
@@ -417,17 +447,26 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         parse_mode(&self.socket_mode)?;
         if self.backend.parse::<procswap::BackendPref>().is_err() {
-            return Err(format!("backend {:?}: use auto, stock or kmod", self.backend));
+            return Err(format!(
+                "backend {:?}: use auto, stock or kmod",
+                self.backend
+            ));
         }
         if self.cgroup_parent.is_empty() || !valid_name(&self.cgroup_parent) {
-            return Err(format!("cgroup_parent {:?} must be one directory name of [A-Za-z0-9_.-]", self.cgroup_parent));
+            return Err(format!(
+                "cgroup_parent {:?} must be one directory name of [A-Za-z0-9_.-]",
+                self.cgroup_parent
+            ));
         }
         if self.sample_interval < Duration::from_millis(50) {
             return Err("sample_interval must be at least 50ms".into());
         }
         for a in &self.apps {
             if !valid_name(&a.name) {
-                return Err(format!("app name {:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'", a.name));
+                return Err(format!(
+                    "app name {:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'",
+                    a.name
+                ));
             }
             if !seen.insert(a.name.clone()) {
                 return Err(format!("app {:?} is defined twice", a.name));
@@ -436,7 +475,12 @@ impl Config {
                 (Some(c), None) if !c.is_empty() => {}
                 (Some(_), None) => return Err(format!("app {:?}: command is empty", a.name)),
                 (None, Some(u)) if !u.is_empty() => {}
-                _ => return Err(format!("app {:?}: give exactly one of command (argv) or unit", a.name)),
+                _ => {
+                    return Err(format!(
+                        "app {:?}: give exactly one of command (argv) or unit",
+                        a.name
+                    ))
+                }
             }
             if let Some(Probe::Command(c)) = &a.ready {
                 if c.is_empty() {
@@ -444,27 +488,48 @@ impl Config {
                 }
             }
             if let Some(Probe::Http(u)) = &a.ready {
-                crate::probe::parse_http_url(u).map_err(|e| format!("app {:?}: ready.http: {e}", a.name))?;
+                crate::probe::parse_http_url(u)
+                    .map_err(|e| format!("app {:?}: ready.http: {e}", a.name))?;
             }
             match (a.kind, &a.vm) {
                 (AppKind::Vm, None) => {
-                    return Err(format!("app {:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}", a.name))
+                    return Err(format!(
+                        "app {:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}",
+                        a.name
+                    ))
                 }
                 (AppKind::Vm, Some(v)) => {
                     if a.unit.is_some() {
-                        return Err(format!("app {:?}: a vm app is started with command (the QEMU argv), not unit", a.name));
+                        return Err(format!(
+                            "app {:?}: a vm app is started with command (the QEMU argv), not unit",
+                            a.name
+                        ));
                     }
                     if !v.qmp.is_absolute() {
-                        return Err(format!("app {:?}: vm.qmp {:?} must be an absolute path", a.name, v.qmp));
+                        return Err(format!(
+                            "app {:?}: vm.qmp {:?} must be an absolute path",
+                            a.name, v.qmp
+                        ));
                     }
                     if let Some(ag) = v.agent.as_ref().filter(|p| !p.is_absolute()) {
-                        return Err(format!("app {:?}: vm.agent {:?} must be an absolute path", a.name, ag));
+                        return Err(format!(
+                            "app {:?}: vm.agent {:?} must be an absolute path",
+                            a.name, ag
+                        ));
                     }
                     if v.qmp_timeout.is_zero() || v.agent_timeout.is_zero() {
-                        return Err(format!("app {:?}: vm.qmp_timeout and vm.agent_timeout must be > 0", a.name));
+                        return Err(format!(
+                            "app {:?}: vm.qmp_timeout and vm.agent_timeout must be > 0",
+                            a.name
+                        ));
                     }
                 }
-                (AppKind::Process, Some(_)) => return Err(format!("app {:?}: vm = {{...}} needs kind = \"vm\"", a.name)),
+                (AppKind::Process, Some(_)) => {
+                    return Err(format!(
+                        "app {:?}: vm = {{...}} needs kind = \"vm\"",
+                        a.name
+                    ))
+                }
                 (AppKind::Process, None) => {}
             }
             if a.kind == AppKind::Process && a.vm_prefetch.is_some() {
@@ -495,7 +560,8 @@ pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && !n.starts_with('.')
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 #[cfg(test)]
@@ -551,10 +617,14 @@ ready = { http = "http://127.0.0.1:80/" }
             other => panic!("{other:?}"),
         }
         let src = "reserve = \"12Q\"\n";
-        let e = Config::parse(src, Path::new("bad.toml")).unwrap_err().to_string();
+        let e = Config::parse(src, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("bad.toml:1:11:"), "{e}");
         let src = "purge = \"sometimes\"\n";
-        let e = Config::parse(src, Path::new("bad.toml")).unwrap_err().to_string();
+        let e = Config::parse(src, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.toml:1:9"), "{e}");
     }
 
@@ -626,7 +696,10 @@ command = ["/bin/true"]
         }
         assert_eq!("priority".parse::<VmPrefetch>(), Ok(VmPrefetch::Priority));
         assert!("fast".parse::<VmPrefetch>().is_err());
-        assert_eq!("working-set-only".parse::<PrefetchPolicy>(), Ok(PrefetchPolicy::WorkingSetOnly));
+        assert_eq!(
+            "working-set-only".parse::<PrefetchPolicy>(),
+            Ok(PrefetchPolicy::WorkingSetOnly)
+        );
     }
 
     #[test]

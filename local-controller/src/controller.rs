@@ -57,8 +57,14 @@ impl AppState {
             AppState::Standby => "standby",
         }
     }
-    pub const ALL: [AppState; 6] =
-        [AppState::Stopped, AppState::Starting, AppState::Running, AppState::Stopping, AppState::Suspended, AppState::Standby];
+    pub const ALL: [AppState; 6] = [
+        AppState::Stopped,
+        AppState::Starting,
+        AppState::Running,
+        AppState::Stopping,
+        AppState::Suspended,
+        AppState::Standby,
+    ];
 }
 
 /// The cgroup directories of one app.
@@ -71,11 +77,16 @@ pub struct AppCgroups {
 
 impl AppCgroups {
     fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.v2, &self.v1_memory, &self.v1_freezer].into_iter().flatten()
+        [&self.v2, &self.v1_memory, &self.v1_freezer]
+            .into_iter()
+            .flatten()
     }
     /// The directory whose `cgroup.procs` lists the app's processes.
     fn primary(&self) -> Option<&PathBuf> {
-        self.v1_memory.as_ref().or(self.v2.as_ref()).or(self.v1_freezer.as_ref())
+        self.v1_memory
+            .as_ref()
+            .or(self.v2.as_ref())
+            .or(self.v1_freezer.as_ref())
     }
 }
 
@@ -195,7 +206,12 @@ struct Monitor {
 
 impl Monitor {
     fn new(threshold: f64) -> Self {
-        Self { last: None, sustained: Sustained::new(threshold), hotspot: Hotspot::new(threshold), status: OverloadStatus::default() }
+        Self {
+            last: None,
+            sustained: Sustained::new(threshold),
+            hotspot: Hotspot::new(threshold),
+            status: OverloadStatus::default(),
+        }
     }
     /// Feed a counter sample; returns Some((was sustained, was hotspot)) when a rate was computed.
     fn feed(&mut self, now: Instant, counter: u64) -> Option<(bool, bool)> {
@@ -248,10 +264,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn unknown_app(name: &str) -> Self {
-        Self::new(404, "unknown_app", format!("no app named {name:?} in the configuration"))
+        Self::new(
+            404,
+            "unknown_app",
+            format!("no app named {name:?} in the configuration"),
+        )
     }
 }
 
@@ -290,7 +314,10 @@ pub enum ControllerError {
     #[error("{0}")]
     Procswap(#[from] procswap::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -309,18 +336,31 @@ impl Layout {
     /// Find the hierarchies and create `<hierarchy>/<parent>` where needed.
     pub fn setup(parent: &str) -> Result<Layout, ControllerError> {
         let m = cgroup::mounts()?;
-        let mut l = Layout { v2_parent: None, v2_memory: false, v2_freeze: false, v1_memory_parent: None, v1_freezer_parent: None };
+        let mut l = Layout {
+            v2_parent: None,
+            v2_memory: false,
+            v2_freeze: false,
+            v1_memory_parent: None,
+            v1_freezer_parent: None,
+        };
         if let Some(v2) = &m.v2 {
-            let ctl = std::fs::read_to_string(v2.mount_point.join("cgroup.controllers")).unwrap_or_default();
+            let ctl = std::fs::read_to_string(v2.mount_point.join("cgroup.controllers"))
+                .unwrap_or_default();
             let mem = ctl.split_whitespace().any(|c| c == "memory");
-            let dir = cgroup::create_v2(&v2.mount_point, parent, if mem { &["memory"] } else { &[] })?;
+            let dir =
+                cgroup::create_v2(&v2.mount_point, parent, if mem { &["memory"] } else { &[] })?;
             l.v2_memory = mem && dir.join("cgroup.subtree_control").exists();
             if l.v2_memory {
-                let sub = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                let sub =
+                    std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
                 if !sub.split_whitespace().any(|c| c == "memory") {
                     cgroup::create_v2(&v2.mount_point, parent, &["memory"])?;
-                    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
-                        .map_err(|source| ControllerError::Io { path: dir.join("cgroup.subtree_control"), source })?;
+                    std::fs::write(dir.join("cgroup.subtree_control"), "+memory").map_err(
+                        |source| ControllerError::Io {
+                            path: dir.join("cgroup.subtree_control"),
+                            source,
+                        },
+                    )?;
                 }
             }
             l.v2_freeze = dir.join("cgroup.freeze").exists();
@@ -337,14 +377,20 @@ impl Layout {
             }
         }
         if l.v2_parent.is_none() && l.v1_memory_parent.is_none() {
-            return Err(ControllerError::Setup("no cgroup hierarchy found (neither cgroup2 nor v1 memory)".into()));
+            return Err(ControllerError::Setup(
+                "no cgroup hierarchy found (neither cgroup2 nor v1 memory)".into(),
+            ));
         }
         Ok(l)
     }
 
     fn app_cgroups(&self, name: &str) -> AppCgroups {
         AppCgroups {
-            v2: self.v2_parent.as_ref().filter(|_| self.v2_memory || self.v2_freeze || self.v1_memory_parent.is_none()).map(|d| d.join(name)),
+            v2: self
+                .v2_parent
+                .as_ref()
+                .filter(|_| self.v2_memory || self.v2_freeze || self.v1_memory_parent.is_none())
+                .map(|d| d.join(name)),
             v1_memory: self.v1_memory_parent.as_ref().map(|d| d.join(name)),
             v1_freezer: self.v1_freezer_parent.as_ref().map(|d| d.join(name)),
         }
@@ -359,7 +405,13 @@ impl Layout {
             "memory: none".into()
         };
         let fr = if self.v2_freeze {
-            format!("freezer: cgroup2 {}", self.v2_parent.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
+            format!(
+                "freezer: cgroup2 {}",
+                self.v2_parent
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )
         } else if let Some(d) = &self.v1_freezer_parent {
             format!("freezer: v1 {}", d.display())
         } else {
@@ -389,7 +441,10 @@ pub struct Controller {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -410,15 +465,26 @@ fn proc_mem(pid: i32) -> Option<ProcMem> {
     let kb = |key: &str| -> u64 {
         s.lines()
             .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            .and_then(|v| {
+                v.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
             .unwrap_or(0)
             * 1024
     };
-    Some(ProcMem { rss: kb("VmRSS:"), rss_anon: kb("RssAnon:"), swap: kb("VmSwap:") })
+    Some(ProcMem {
+        rss: kb("VmRSS:"),
+        rss_anon: kb("RssAnon:"),
+        swap: kb("VmSwap:"),
+    })
 }
 
 fn majflt(pid: i32) -> u64 {
-    procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| s.majflt).unwrap_or(0)
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.majflt)
+        .unwrap_or(0)
 }
 
 /// What the kernel says about an app right now.
@@ -435,15 +501,25 @@ struct Observed {
 impl Controller {
     /// Set up cgroups, choose the backend, load the persisted state and adopt what is running.
     pub fn new(cfg: Config) -> Result<Arc<Controller>, ControllerError> {
-        for d in [cfg.state_dir.clone(), cfg.state_dir.join("ws"), cfg.state_dir.join("logs")] {
-            std::fs::create_dir_all(&d).map_err(|source| ControllerError::Io { path: d.clone(), source })?;
+        for d in [
+            cfg.state_dir.clone(),
+            cfg.state_dir.join("ws"),
+            cfg.state_dir.join("logs"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|source| ControllerError::Io {
+                path: d.clone(),
+                source,
+            })?;
         }
         let layout = Layout::setup(&cfg.cgroup_parent)?;
         let pref: procswap::BackendPref = cfg.backend.parse().map_err(ControllerError::Setup)?;
         let (backend, backend_why) = procswap::backend::select_backend_explained(pref)?;
         let persisted: StateFile = match std::fs::read(cfg.state_dir.join(STATE_FILE)) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!("{}: unreadable state ({e}); rebuilding from the cgroups", cfg.state_dir.join(STATE_FILE).display());
+                warn!(
+                    "{}: unreadable state ({e}); rebuilding from the cgroups",
+                    cfg.state_dir.join(STATE_FILE).display()
+                );
                 StateFile::default()
             }),
             Err(_) => StateFile::default(),
@@ -452,10 +528,16 @@ impl Controller {
         for a in &cfg.apps {
             let cgs = layout.app_cgroups(&a.name);
             for d in cgs.dirs() {
-                std::fs::create_dir_all(d).map_err(|source| ControllerError::Io { path: d.clone(), source })?;
+                std::fs::create_dir_all(d).map_err(|source| ControllerError::Io {
+                    path: d.clone(),
+                    source,
+                })?;
             }
             let rec = match persisted.apps.get(&a.name) {
-                Some(r) => AppRecord { cgroups: cgs, ..r.clone() },
+                Some(r) => AppRecord {
+                    cgroups: cgs,
+                    ..r.clone()
+                },
                 None => AppRecord::new(cgs),
             };
             apps.insert(
@@ -486,7 +568,15 @@ impl Controller {
             pool_ready: AtomicBool::new(false),
             reserve_warned: AtomicBool::new(false),
         });
-        c.event(None, "startup", format!("backend: {}; cgroups: {}", c.backend_why, c.layout.describe()));
+        c.event(
+            None,
+            "startup",
+            format!(
+                "backend: {}; cgroups: {}",
+                c.backend_why,
+                c.layout.describe()
+            ),
+        );
         for slot in c.apps.values() {
             c.adopt(slot);
         }
@@ -504,9 +594,15 @@ impl Controller {
 
     fn slot(&self, name: &str) -> Result<&Arc<AppSlot>, ApiError> {
         if !crate::config::valid_name(name) {
-            return Err(ApiError::new(400, "bad_request", format!("{name:?} is not a valid app name ([A-Za-z0-9_.-], 1-64 characters)")));
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                format!("{name:?} is not a valid app name ([A-Za-z0-9_.-], 1-64 characters)"),
+            ));
         }
-        self.apps.get(name).ok_or_else(|| ApiError::unknown_app(name))
+        self.apps
+            .get(name)
+            .ok_or_else(|| ApiError::unknown_app(name))
     }
 
     pub fn app_names(&self) -> Vec<String> {
@@ -517,8 +613,12 @@ impl Controller {
 
     fn event(&self, app: Option<&str>, kind: &str, message: String) {
         match kind {
-            "error" | "start_failed" | "stop_failed" | "purge_failed" => error!(app = app.unwrap_or("-"), kind, "{message}"),
-            "overload" | "hotspot" | "reserve" | "adopt_warning" | "exited" => warn!(app = app.unwrap_or("-"), kind, "{message}"),
+            "error" | "start_failed" | "stop_failed" | "purge_failed" => {
+                error!(app = app.unwrap_or("-"), kind, "{message}")
+            }
+            "overload" | "hotspot" | "reserve" | "adopt_warning" | "exited" => {
+                warn!(app = app.unwrap_or("-"), kind, "{message}")
+            }
             _ => info!(app = app.unwrap_or("-"), kind, "{message}"),
         }
         let e = Event {
@@ -537,13 +637,24 @@ impl Controller {
 
     /// Events with a sequence number above `since`.
     pub fn events(&self, since: u64) -> Vec<Event> {
-        lock(&self.events).iter().filter(|e| e.seq > since).cloned().collect()
+        lock(&self.events)
+            .iter()
+            .filter(|e| e.seq > since)
+            .cloned()
+            .collect()
     }
 
     /// Write every app's record to state.json atomically (temp file, fsync, rename, fsync dir).
     pub fn persist(&self) {
         let _g = lock(&self.persist_lock);
-        let sf = StateFile { version: 1, apps: self.apps.iter().map(|(n, s)| (n.clone(), lock(&s.st).clone())).collect() };
+        let sf = StateFile {
+            version: 1,
+            apps: self
+                .apps
+                .iter()
+                .map(|(n, s)| (n.clone(), lock(&s.st).clone()))
+                .collect(),
+        };
         let dir = &self.cfg.state_dir;
         let res = (|| -> std::io::Result<()> {
             let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
@@ -574,22 +685,31 @@ impl Controller {
         if let Some(d) = cgs.v2.as_ref().filter(|d| d.join("cgroup.freeze").exists()) {
             return vec![Freezer::CgroupV2(d.clone())];
         }
-        if let Some(d) = cgs.v1_freezer.as_ref().filter(|d| d.join("freezer.state").exists()) {
+        if let Some(d) = cgs
+            .v1_freezer
+            .as_ref()
+            .filter(|d| d.join("freezer.state").exists())
+        {
             return vec![Freezer::CgroupV1(d.clone())];
         }
         pids.iter().map(|p| Freezer::Signal(*p)).collect()
     }
 
     fn observe(&self, cgs: &AppCgroups) -> Observed {
-        let pids = cgs.primary().and_then(|d| cgroup::procs(d).ok()).unwrap_or_default();
+        let pids = cgs
+            .primary()
+            .and_then(|d| cgroup::procs(d).ok())
+            .unwrap_or_default();
         let fz = self.freezers(cgs, &pids);
-        let frozen = !pids.is_empty() && !fz.is_empty() && fz.iter().all(|f| f.is_frozen().unwrap_or(false));
+        let frozen =
+            !pids.is_empty() && !fz.is_empty() && fz.iter().all(|f| f.is_frozen().unwrap_or(false));
         let freeze_pending = !frozen
-            && (cgs.v2.as_ref().is_some_and(|d| std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
-                || cgs
-                    .v1_freezer
-                    .as_ref()
-                    .is_some_and(|d| std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING")));
+            && (cgs.v2.as_ref().is_some_and(|d| {
+                std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+            }) || cgs.v1_freezer.as_ref().is_some_and(|d| {
+                std::fs::read_to_string(d.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FREEZING")
+            }));
         let mut mem = ProcMem::default();
         for p in &pids {
             if let Some(m) = proc_mem(*p) {
@@ -598,7 +718,12 @@ impl Controller {
                 mem.swap += m.swap;
             }
         }
-        Observed { pids, frozen, freeze_pending, mem }
+        Observed {
+            pids,
+            frozen,
+            freeze_pending,
+            mem,
+        }
     }
 
     /// Rebuild one app's state from its cgroups after a (re)start of torpord.
@@ -623,7 +748,14 @@ impl Controller {
         let mut o = self.observe(&cgs);
         if o.pids.is_empty() {
             if old_state != AppState::Stopped {
-                self.event(Some(&name), "adopt_warning", format!("was {} but no process is left in its cgroup", old_state.as_str()));
+                self.event(
+                    Some(&name),
+                    "adopt_warning",
+                    format!(
+                        "was {} but no process is left in its cgroup",
+                        old_state.as_str()
+                    ),
+                );
             }
             let mut r = lock(&slot.st);
             r.state = AppState::Stopped;
@@ -635,14 +767,24 @@ impl Controller {
             let fz = self.freezers(&cgs, &o.pids);
             let finish_freeze = in_flight.as_deref() == Some("stop");
             for f in &fz {
-                let res = if finish_freeze { f.freeze(FREEZE_TIMEOUT) } else { f.thaw(FREEZE_TIMEOUT) };
+                let res = if finish_freeze {
+                    f.freeze(FREEZE_TIMEOUT)
+                } else {
+                    f.thaw(FREEZE_TIMEOUT)
+                };
                 if let Err(e) = res {
-                    self.event(Some(&name), "adopt_warning", format!("completing an interrupted freeze/thaw: {e}"));
+                    self.event(
+                        Some(&name),
+                        "adopt_warning",
+                        format!("completing an interrupted freeze/thaw: {e}"),
+                    );
                 }
             }
             o = self.observe(&cgs);
         }
-        let pid = old_pid.filter(|p| o.pids.contains(p)).or(o.pids.first().copied());
+        let pid = old_pid
+            .filter(|p| o.pids.contains(p))
+            .or(o.pids.first().copied());
         let purged = o.mem.swap > 0 && o.mem.swap * 2 > o.mem.swap + o.mem.rss_anon;
         let state = if !o.frozen {
             AppState::Running
@@ -684,7 +826,8 @@ impl Controller {
         // An interrupted Stop under purge = "always" is completed: the purge is redone even when
         // the app looks purged (the kill may have come between page-out and the memcg reclaim,
         // leaving pages in the swap cache); a purge of a purged app is cheap.
-        if o.frozen && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always {
+        if o.frozen && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always
+        {
             let _op = lock(&slot.op);
             if self.purge_app(slot, false).is_ok() {
                 self.set(slot, |r| r.last_error = Some("a Stop was interrupted by a torpord restart: completed (purged) at adoption".into()));
@@ -703,17 +846,32 @@ impl Controller {
         let argv = a.command.as_ref().ok_or("no command")?;
         let procs: Vec<CString> = cgs
             .dirs()
-            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).map_err(|e| e.to_string()))
+            .map(|d| {
+                CString::new(d.join("cgroup.procs").as_os_str().as_bytes())
+                    .map_err(|e| e.to_string())
+            })
             .collect::<Result<_, _>>()?;
         let ids = match &a.user {
             Some(u) => Some(resolve_user(u)?),
             None => None,
         };
-        let log_path = self.cfg.state_dir.join("logs").join(format!("{}.log", a.name));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log_path = self
+            .cfg
+            .state_dir
+            .join("logs")
+            .join(format!("{}.log", a.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..]).envs(&a.env).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
+        cmd.args(&argv[1..])
+            .envs(&a.env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2);
         if let Some(d) = &a.workdir {
             cmd.current_dir(d);
         }
@@ -742,14 +900,19 @@ impl Controller {
                     }
                 }
                 if let Some((uid, gid)) = ids {
-                    if libc::setgroups(1, &gid) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                    if libc::setgroups(1, &gid) < 0
+                        || libc::setgid(gid) < 0
+                        || libc::setuid(uid) < 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("spawning {:?}: {e}", argv[0]))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {:?}: {e}", argv[0]))?;
         let pid = child.id() as i32;
         // Reap it when it exits (torpord is its parent while torpord lives).
         let name = a.name.clone();
@@ -761,7 +924,10 @@ impl Controller {
                 let mut r = lock(&slot_st.st);
                 if r.pid == Some(pid) {
                     r.counters.exits += 1;
-                    r.last_error = Some(format!("process {pid} exited: {}", st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())));
+                    r.last_error = Some(format!(
+                        "process {pid} exited: {}",
+                        st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                    ));
                     warn!(app = %name, "{}", r.last_error.as_deref().unwrap_or(""));
                 }
             })
@@ -770,7 +936,10 @@ impl Controller {
     }
 
     fn spawn_unit(&self, slot: &AppSlot, unit: &str, cgs: &AppCgroups) -> Result<i32, String> {
-        let st = std::process::Command::new("systemctl").args(["start", unit]).status().map_err(|e| format!("systemctl: {e}"))?;
+        let st = std::process::Command::new("systemctl")
+            .args(["start", unit])
+            .status()
+            .map_err(|e| format!("systemctl: {e}"))?;
         if !st.success() {
             return Err(format!("systemctl start {unit}: {st}"));
         }
@@ -778,14 +947,22 @@ impl Controller {
             .args(["show", "-p", "MainPID", "--value", unit])
             .output()
             .map_err(|e| format!("systemctl: {e}"))?;
-        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| format!("{unit}: no MainPID"))?;
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| format!("{unit}: no MainPID"))?;
         if pid <= 0 {
             return Err(format!("{unit}: no MainPID (not running?)"));
         }
         // The unit's processes move into the app's cgroups (memory charged before the move
         // stays charged where it was).
         let src = cgroup::pid_cgroups(pid).map_err(|e| e.to_string())?;
-        let pids = src.v2.as_ref().or(src.v1_memory.as_ref()).and_then(|d| cgroup::procs(d).ok()).unwrap_or_else(|| vec![pid]);
+        let pids = src
+            .v2
+            .as_ref()
+            .or(src.v1_memory.as_ref())
+            .and_then(|d| cgroup::procs(d).ok())
+            .unwrap_or_else(|| vec![pid]);
         for d in cgs.dirs() {
             for p in &pids {
                 cgroup::move_pid(d, *p).map_err(|e| e.to_string())?;
@@ -805,9 +982,16 @@ impl Controller {
         if o.pids.is_empty() {
             return Err("no process to purge".into());
         }
-        let memcg = o.pids.first().and_then(|p| Memcg::of_pid(*p).ok().flatten());
+        let memcg = o
+            .pids
+            .first()
+            .and_then(|p| Memcg::of_pid(*p).ok().flatten());
         let usage_before = memcg.as_ref().and_then(|m| m.usage().ok());
-        let mut sum = PurgeSummary { memcg_before_bytes: usage_before, unix_time: now_unix(), ..Default::default() };
+        let mut sum = PurgeSummary {
+            memcg_before_bytes: usage_before,
+            unix_time: now_unix(),
+            ..Default::default()
+        };
         let n = o.pids.len();
         let plans = self.keeps_plans() && !slot.cfg.is_vm();
         let mut snapshots = Vec::new();
@@ -820,7 +1004,11 @@ impl Controller {
                 // loading-set mode: the loading set goes out first, in touch order, and the
                 // residency snapshot taken before the page-out is the Start plan's input.
                 snapshot: plans,
-                layout_first: if plans { self.purge_layout(slot, *pid) } else { None },
+                layout_first: if plans {
+                    self.purge_layout(slot, *pid)
+                } else {
+                    None
+                },
                 ..PurgeOptions::default()
             };
             match procswap::purge_with(&*self.backend, *pid, &opts, &NoProgress) {
@@ -922,7 +1110,11 @@ impl Controller {
                 self.event(
                     Some(&s.cfg.name),
                     "reserve",
-                    format!("MemAvailable {} MiB < reserve {} MiB: purging", avail >> 20, self.cfg.reserve >> 20),
+                    format!(
+                        "MemAvailable {} MiB < reserve {} MiB: purging",
+                        avail >> 20,
+                        self.cfg.reserve >> 20
+                    ),
                 );
                 let ok = self.purge_app(s, true).is_ok();
                 drop(guard);
@@ -951,7 +1143,11 @@ impl Controller {
     }
 
     /// Start(app) with a per-request override (see [`StartRequest`]).
-    pub fn start_with(&self, name: &str, req: &StartRequest) -> Result<serde_json::Value, ApiError> {
+    pub fn start_with(
+        &self,
+        name: &str,
+        req: &StartRequest,
+    ) -> Result<serde_json::Value, ApiError> {
         let slot = self.slot(name)?;
         let mode = self.start_mode(slot, req)?;
         let _op = lock(&slot.op);
@@ -976,7 +1172,11 @@ impl Controller {
                 let probe_t = Instant::now();
                 if let Some(p) = &slot.cfg.ready {
                     probe::wait_ready(p, slot.cfg.ready_timeout, || Ok(())).map_err(|e| {
-                        ApiError::new(503, "start_failed", format!("app is running but not ready: {e}"))
+                        ApiError::new(
+                            503,
+                            "start_failed",
+                            format!("app is running but not ready: {e}"),
+                        )
                     })?;
                 }
                 self.set(slot, |r| r.state = AppState::Running);
@@ -1000,10 +1200,14 @@ impl Controller {
         match (slot.cfg.is_vm(), req.prefetch.as_deref()) {
             (false, None) => Ok(StartMode::Process(self.cfg.prefetch)),
             (true, None) => Ok(StartMode::Vm(slot.cfg.vm_prefetch_mode())),
-            (false, Some(m)) => m.parse::<PrefetchPolicy>().map(StartMode::Process).map_err(|e| {
-                bad(format!("app {:?} is a process app: {e}", slot.cfg.name))
-            }),
-            (true, Some(m)) => m.parse::<VmPrefetch>().map(StartMode::Vm).map_err(|e| bad(format!("app {:?} is a vm app: {e}", slot.cfg.name))),
+            (false, Some(m)) => m
+                .parse::<PrefetchPolicy>()
+                .map(StartMode::Process)
+                .map_err(|e| bad(format!("app {:?} is a process app: {e}", slot.cfg.name))),
+            (true, Some(m)) => m
+                .parse::<VmPrefetch>()
+                .map(StartMode::Vm)
+                .map_err(|e| bad(format!("app {:?} is a vm app: {e}", slot.cfg.name))),
         }
     }
 
@@ -1035,7 +1239,14 @@ impl Controller {
         let res = match &slot.cfg.ready {
             Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
                 if self.observe(&cgs).pids.is_empty() {
-                    Err(format!("the app exited during startup (see {})", self.cfg.state_dir.join("logs").join(format!("{name}.log")).display()))
+                    Err(format!(
+                        "the app exited during startup (see {})",
+                        self.cfg
+                            .state_dir
+                            .join("logs")
+                            .join(format!("{name}.log"))
+                            .display()
+                    ))
                 } else {
                     Ok(())
                 }
@@ -1045,7 +1256,14 @@ impl Controller {
         let probe_s = tp.elapsed().as_secs_f64();
         match res {
             Ok(_) => {
-                let timing = StartTiming { cold: true, spawn_s, probe_s, total_s: t0.elapsed().as_secs_f64(), unix_time: now_unix(), ..Default::default() };
+                let timing = StartTiming {
+                    cold: true,
+                    spawn_s,
+                    probe_s,
+                    total_s: t0.elapsed().as_secs_f64(),
+                    unix_time: now_unix(),
+                    ..Default::default()
+                };
                 let vm = if slot.cfg.is_vm() {
                     match self.vm_after_cold_start(slot, t0) {
                         Ok(v) => Some(v),
@@ -1060,7 +1278,13 @@ impl Controller {
         }
     }
 
-    fn resume(&self, slot: &AppSlot, t0: Instant, pids: Vec<i32>, policy: PrefetchPolicy) -> Result<serde_json::Value, ApiError> {
+    fn resume(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+        pids: Vec<i32>,
+        policy: PrefetchPolicy,
+    ) -> Result<serde_json::Value, ApiError> {
         let name = slot.cfg.name.clone();
         let prev_state = self.set(slot, |r| {
             r.in_flight = Some("start".into());
@@ -1073,19 +1297,32 @@ impl Controller {
         self.enforce_reserve(Some(&name));
         let tpf = Instant::now();
         let mut timing = StartTiming::default();
-        let ws: Option<WorkingSet> =
-            std::fs::read(self.ws_path(&name)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let ws: Option<WorkingSet> = std::fs::read(self.ws_path(&name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         timing.prefetch_mode = Some(policy.as_str().to_string());
         // loading-set: the plan's first part before thaw (falls back to full without a plan).
-        let act = if policy == PrefetchPolicy::LoadingSet { self.activation_before_thaw(slot, &pids, &mut timing) } else { None };
-        let policy = if policy == PrefetchPolicy::LoadingSet && act.is_none() { PrefetchPolicy::Full } else { policy };
+        let act = if policy == PrefetchPolicy::LoadingSet {
+            self.activation_before_thaw(slot, &pids, &mut timing)
+        } else {
+            None
+        };
+        let policy = if policy == PrefetchPolicy::LoadingSet && act.is_none() {
+            PrefetchPolicy::Full
+        } else {
+            policy
+        };
         let do_prefetch = match policy {
             PrefetchPolicy::LoadingSet => false,
             PrefetchPolicy::Full => true,
             PrefetchPolicy::WorkingSetOnly => ws.is_some(),
             PrefetchPolicy::None => false,
         };
-        if do_prefetch && procswap::sys::meminfo().map(|m| m.swap_total > 0).unwrap_or(false) {
+        if do_prefetch
+            && procswap::sys::meminfo()
+                .map(|m| m.swap_total > 0)
+                .unwrap_or(false)
+        {
             for pid in &pids {
                 let opts = PrefetchOptions {
                     threads: self.cfg.prefetch_threads,
@@ -1104,12 +1341,22 @@ impl Controller {
                         timing.still_swapped_pages += r.still_swapped_pages;
                         if let Some(s) = r.stopped {
                             timing.prefetch_stopped = Some(format!("{s:?}"));
-                            self.event(Some(&name), "reserve", format!("prefetch of pid {pid} stopped early: {s:?}"));
+                            self.event(
+                                Some(&name),
+                                "reserve",
+                                format!("prefetch of pid {pid} stopped early: {s:?}"),
+                            );
                         }
                     }
                     Err(procswap::Error::NoSuchProcess(_)) => {}
                     // Prefetch is an optimisation: demand paging still brings everything back.
-                    Err(e) => self.event(Some(&name), "error", format!("prefetch of pid {pid} failed (continuing with demand paging): {e}")),
+                    Err(e) => self.event(
+                        Some(&name),
+                        "error",
+                        format!(
+                            "prefetch of pid {pid} failed (continuing with demand paging): {e}"
+                        ),
+                    ),
                 }
             }
             lock(&slot.st).counters.prefetches += 1;
@@ -1157,12 +1404,21 @@ impl Controller {
         }
     }
 
-    fn finish_start(&self, slot: &AppSlot, timing: StartTiming) -> Result<serde_json::Value, ApiError> {
+    fn finish_start(
+        &self,
+        slot: &AppSlot,
+        timing: StartTiming,
+    ) -> Result<serde_json::Value, ApiError> {
         self.finish_start_vm(slot, timing, None)
     }
 
     /// Like [`Self::finish_start`], with a VM app's `vm` report added to the answer.
-    fn finish_start_vm(&self, slot: &AppSlot, timing: StartTiming, vm: Option<serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+    fn finish_start_vm(
+        &self,
+        slot: &AppSlot,
+        timing: StartTiming,
+        vm: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiError> {
         let name = &slot.cfg.name;
         let pid = self.set(slot, |r| {
             r.state = AppState::Running;
@@ -1206,7 +1462,11 @@ impl Controller {
             let mut frozen = true;
             for f in self.freezers(&cgs, &o.pids) {
                 if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
-                    self.event(Some(&name), "error", format!("freezing after a failed start: {e}"));
+                    self.event(
+                        Some(&name),
+                        "error",
+                        format!("freezing after a failed start: {e}"),
+                    );
                     frozen = false;
                 }
             }
@@ -1240,7 +1500,11 @@ impl Controller {
             }
         });
         self.event(Some(&name), "start_failed", msg.clone());
-        ApiError::new(if st == AppState::Stopped { 500 } else { 503 }, "start_failed", msg)
+        ApiError::new(
+            if st == AppState::Stopped { 500 } else { 503 },
+            "start_failed",
+            msg,
+        )
     }
 
     /// Stop(app): record the working set, freeze, purge per policy.
@@ -1312,7 +1576,10 @@ impl Controller {
         let activation = self.activation_stop(slot);
         // Working set by residency (works on every kernel): the pages present now.
         let tw = Instant::now();
-        let pid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
+        let pid = lock(&slot.st)
+            .pid
+            .filter(|p| o.pids.contains(p))
+            .unwrap_or(o.pids[0]);
         let ws_bytes = match procswap::workingset::from_residency(pid) {
             Ok(ws) => {
                 let b = ws.bytes();
@@ -1328,7 +1595,11 @@ impl Controller {
                 Some(b)
             }
             Err(e) => {
-                self.event(Some(&name), "error", format!("working-set recording failed: {e}"));
+                self.event(
+                    Some(&name),
+                    "error",
+                    format!("working-set recording failed: {e}"),
+                );
                 None
             }
         };
@@ -1353,7 +1624,11 @@ impl Controller {
         self.event(
             Some(&name),
             "stop",
-            format!("{} (freeze {freeze_s:.3}s, working set {} KiB in {ws_s:.3}s, purge {purge_s:.3}s)", st.as_str(), ws_bytes.unwrap_or(0) >> 10),
+            format!(
+                "{} (freeze {freeze_s:.3}s, working set {} KiB in {ws_s:.3}s, purge {purge_s:.3}s)",
+                st.as_str(),
+                ws_bytes.unwrap_or(0) >> 10
+            ),
         );
         self.enforce_reserve(Some(&name));
         let st = lock(&slot.st).state;
@@ -1376,17 +1651,31 @@ impl Controller {
                 Ok(_) => {
                     let _op = lock(&slot.op);
                     if let Err(e) = self.stop_locked(slot) {
-                        self.event(Some(&name), "error", format!("prestart: stop failed: {}", e.message));
+                        self.event(
+                            Some(&name),
+                            "error",
+                            format!("prestart: stop failed: {}", e.message),
+                        );
                         continue;
                     }
                     // The pool is purged whatever the policy says, unless purging is off.
-                    if self.cfg.purge == PurgePolicy::OnPressure && lock(&slot.st).state == AppState::Suspended {
+                    if self.cfg.purge == PurgePolicy::OnPressure
+                        && lock(&slot.st).state == AppState::Suspended
+                    {
                         let _ = self.purge_app(slot, false);
                     }
                     let st = lock(&slot.st).state;
-                    self.event(Some(&name), "standby", format!("prestarted, now {}", st.as_str()));
+                    self.event(
+                        Some(&name),
+                        "standby",
+                        format!("prestarted, now {}", st.as_str()),
+                    );
                 }
-                Err(e) => self.event(Some(&name), "error", format!("prestart failed: {}", e.message)),
+                Err(e) => self.event(
+                    Some(&name),
+                    "error",
+                    format!("prestart failed: {}", e.message),
+                ),
             }
         }
         self.pool_ready.store(true, Ordering::Relaxed);
@@ -1414,8 +1703,21 @@ impl Controller {
                 .v1_memory
                 .as_ref()
                 .map(|d| Memcg::V1(d.clone()))
-                .or_else(|| cgs.v2.as_ref().filter(|d| d.join("memory.stat").exists()).map(|d| Memcg::V2(d.clone())))
-                .and_then(|m| m.stat(if matches!(m, Memcg::V1(_)) { "total_pgmajfault" } else { "pgmajfault" }).ok().flatten())
+                .or_else(|| {
+                    cgs.v2
+                        .as_ref()
+                        .filter(|d| d.join("memory.stat").exists())
+                        .map(|d| Memcg::V2(d.clone()))
+                })
+                .and_then(|m| {
+                    m.stat(if matches!(m, Memcg::V1(_)) {
+                        "total_pgmajfault"
+                    } else {
+                        "pgmajfault"
+                    })
+                    .ok()
+                    .flatten()
+                })
                 .unwrap_or_else(|| o.pids.iter().map(|p| majflt(*p)).sum());
             {
                 let mut mon = lock(&slot.mon);
@@ -1433,7 +1735,11 @@ impl Controller {
                         r.state = AppState::Stopped;
                         r.pid = None;
                     });
-                    self.event(Some(&name), "exited", format!("no process left in its cgroup (was {})", state.as_str()));
+                    self.event(
+                        Some(&name),
+                        "exited",
+                        format!("no process left in its cgroup (was {})", state.as_str()),
+                    );
                 }
             }
         }
@@ -1442,7 +1748,9 @@ impl Controller {
     }
 
     fn overload_events(&self, app: Option<&str>, was_s: bool, was_h: bool, s: &OverloadStatus) {
-        let who = app.map(|a| format!("app {a}")).unwrap_or_else(|| "host".into());
+        let who = app
+            .map(|a| format!("app {a}"))
+            .unwrap_or_else(|| "host".into());
         if s.sustained != was_s {
             self.event(
                 app,
@@ -1486,7 +1794,13 @@ impl Controller {
             .v1_memory
             .as_ref()
             .map(|d| Memcg::V1(d.clone()))
-            .or_else(|| rec.cgroups.v2.as_ref().filter(|d| d.join("memory.current").exists()).map(|d| Memcg::V2(d.clone())))
+            .or_else(|| {
+                rec.cgroups
+                    .v2
+                    .as_ref()
+                    .filter(|d| d.join("memory.current").exists())
+                    .map(|d| Memcg::V2(d.clone()))
+            })
             .and_then(|m| m.usage().ok());
         let ov = lock(&slot.mon).status.clone();
         let busy = slot.op.try_lock().is_err();
@@ -1516,7 +1830,10 @@ impl Controller {
     }
 
     pub fn all_status(&self) -> Vec<serde_json::Value> {
-        self.apps.keys().filter_map(|n| self.app_status(n).ok()).collect()
+        self.apps
+            .keys()
+            .filter_map(|n| self.app_status(n).ok())
+            .collect()
     }
 
     /// Prometheus text exposition.
@@ -1536,13 +1853,28 @@ impl Controller {
                 (n.clone(), r, o, ov)
             })
             .collect();
-        help(&mut s, "torpord_app_state", "gauge", "1 for the app's current state");
+        help(
+            &mut s,
+            "torpord_app_state",
+            "gauge",
+            "1 for the app's current state",
+        );
         for (n, r, _, _) in &recs {
             for st in AppState::ALL {
-                let _ = writeln!(s, "torpord_app_state{{app=\"{n}\",state=\"{}\"}} {}", st.as_str(), u8::from(r.state == st));
+                let _ = writeln!(
+                    s,
+                    "torpord_app_state{{app=\"{n}\",state=\"{}\"}} {}",
+                    st.as_str(),
+                    u8::from(r.state == st)
+                );
             }
         }
-        help(&mut s, "torpord_transitions_total", "counter", "Transitions by kind");
+        help(
+            &mut s,
+            "torpord_transitions_total",
+            "counter",
+            "Transitions by kind",
+        );
         for (n, r, _, _) in &recs {
             let c = &r.counters;
             for (k, v) in [
@@ -1555,36 +1887,92 @@ impl Controller {
                 ("prefetch", c.prefetches),
                 ("exit", c.exits),
             ] {
-                let _ = writeln!(s, "torpord_transitions_total{{app=\"{n}\",transition=\"{k}\"}} {v}");
+                let _ = writeln!(
+                    s,
+                    "torpord_transitions_total{{app=\"{n}\",transition=\"{k}\"}} {v}"
+                );
             }
         }
-        help(&mut s, "torpord_last_start_seconds", "gauge", "Phases of the last successful Start");
+        help(
+            &mut s,
+            "torpord_last_start_seconds",
+            "gauge",
+            "Phases of the last successful Start",
+        );
         for (n, r, _, _) in &recs {
             if let Some(t) = &r.last_start {
-                for (ph, v) in [("spawn", t.spawn_s), ("prefetch", t.prefetch_s), ("thaw", t.thaw_s), ("probe", t.probe_s), ("total", t.total_s)] {
-                    let _ = writeln!(s, "torpord_last_start_seconds{{app=\"{n}\",phase=\"{ph}\"}} {v}");
+                for (ph, v) in [
+                    ("spawn", t.spawn_s),
+                    ("prefetch", t.prefetch_s),
+                    ("thaw", t.thaw_s),
+                    ("probe", t.probe_s),
+                    ("total", t.total_s),
+                ] {
+                    let _ = writeln!(
+                        s,
+                        "torpord_last_start_seconds{{app=\"{n}\",phase=\"{ph}\"}} {v}"
+                    );
                 }
             }
         }
-        help(&mut s, "torpord_app_memory_bytes", "gauge", "App memory (resident, resident_anon, swapped) from /proc");
+        help(
+            &mut s,
+            "torpord_app_memory_bytes",
+            "gauge",
+            "App memory (resident, resident_anon, swapped) from /proc",
+        );
         for (n, _, o, _) in &recs {
-            for (k, v) in [("resident", o.mem.rss), ("resident_anon", o.mem.rss_anon), ("swapped", o.mem.swap)] {
-                let _ = writeln!(s, "torpord_app_memory_bytes{{app=\"{n}\",kind=\"{k}\"}} {v}");
+            for (k, v) in [
+                ("resident", o.mem.rss),
+                ("resident_anon", o.mem.rss_anon),
+                ("swapped", o.mem.swap),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "torpord_app_memory_bytes{{app=\"{n}\",kind=\"{k}\"}} {v}"
+                );
             }
         }
-        help(&mut s, "torpord_last_purge_freed_bytes", "gauge", "Memory cgroup bytes freed by the last purge");
+        help(
+            &mut s,
+            "torpord_last_purge_freed_bytes",
+            "gauge",
+            "Memory cgroup bytes freed by the last purge",
+        );
         for (n, r, _, _) in &recs {
             if let Some(p) = &r.last_purge {
-                let _ = writeln!(s, "torpord_last_purge_freed_bytes{{app=\"{n}\"}} {}", p.freed_bytes);
+                let _ = writeln!(
+                    s,
+                    "torpord_last_purge_freed_bytes{{app=\"{n}\"}} {}",
+                    p.freed_bytes
+                );
             }
         }
-        help(&mut s, "torpord_paging_rate", "gauge", "Paging operations per second in the last sample interval");
-        help(&mut s, "torpord_overloaded", "gauge", "Overload flags (interval, sustained 8-of-12, hotspot 3-of-5 + AR(1))");
+        help(
+            &mut s,
+            "torpord_paging_rate",
+            "gauge",
+            "Paging operations per second in the last sample interval",
+        );
+        help(
+            &mut s,
+            "torpord_overloaded",
+            "gauge",
+            "Overload flags (interval, sustained 8-of-12, hotspot 3-of-5 + AR(1))",
+        );
         let host = self.host_overload();
         let mut ov_lines = |scope: &str, ov: &OverloadStatus| {
             let _ = writeln!(s, "torpord_paging_rate{{{scope}}} {}", ov.rate);
-            for (k, v) in [("interval", ov.overloaded), ("sustained", ov.sustained), ("hotspot", ov.hotspot)] {
-                let _ = writeln!(s, "torpord_overloaded{{{scope},kind=\"{k}\"}} {}", u8::from(v));
+            for (k, v) in [
+                ("interval", ov.overloaded),
+                ("sustained", ov.sustained),
+                ("hotspot", ov.hotspot),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "torpord_overloaded{{{scope},kind=\"{k}\"}} {}",
+                    u8::from(v)
+                );
             }
         };
         ov_lines("scope=\"host\"", &host);
@@ -1592,17 +1980,32 @@ impl Controller {
             ov_lines(&format!("scope=\"app\",app=\"{n}\""), ov);
         }
         if let Ok(m) = procswap::sys::meminfo() {
-            let _ = writeln!(s, "# TYPE torpord_mem_available_bytes gauge\ntorpord_mem_available_bytes {}", m.mem_available);
+            let _ = writeln!(
+                s,
+                "# TYPE torpord_mem_available_bytes gauge\ntorpord_mem_available_bytes {}",
+                m.mem_available
+            );
         }
-        let _ = writeln!(s, "# TYPE torpord_reserve_bytes gauge\ntorpord_reserve_bytes {}", self.cfg.reserve);
-        let _ = writeln!(s, "# TYPE torpord_uptime_seconds gauge\ntorpord_uptime_seconds {:.3}", self.uptime().as_secs_f64());
+        let _ = writeln!(
+            s,
+            "# TYPE torpord_reserve_bytes gauge\ntorpord_reserve_bytes {}",
+            self.cfg.reserve
+        );
+        let _ = writeln!(
+            s,
+            "# TYPE torpord_uptime_seconds gauge\ntorpord_uptime_seconds {:.3}",
+            self.uptime().as_secs_f64()
+        );
         s
     }
 }
 
 fn vmstat_swaps() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/vmstat").ok()?;
-    let get = |k: &str| s.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<u64>().ok()));
+    let get = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<u64>().ok()))
+    };
     Some((get("pswpin ")?, get("pswpout ")?))
 }
 

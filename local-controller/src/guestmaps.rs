@@ -7,8 +7,8 @@
 //! skip prefetch; nothing is discarded because of them.
 
 use guest_enlight::protocol::{Client, ProtoError, Response};
-use procswap::vm::PageClass;
 use guest_enlight::{FreeBitmap, MapInfo, PriorityMap, RamLayout};
+use procswap::vm::PageClass;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,23 +59,48 @@ pub struct MapsSummary {
 impl GuestMaps {
     /// HELLO, GET_LAYOUT, GET_FREE_BITMAP, GET_PRIORITY_MAP over `client`. A map that fails or
     /// does not match the layout is left out (noted); a failed HELLO or layout is an error.
-    pub fn fetch<S: std::io::Read + std::io::Write>(client: &mut Client<S>, window_ms: u32, host_page_size: u64) -> Result<(GuestMaps, String), AgentError> {
+    pub fn fetch<S: std::io::Read + std::io::Write>(
+        client: &mut Client<S>,
+        window_ms: u32,
+        host_page_size: u64,
+    ) -> Result<(GuestMaps, String), AgentError> {
         let agent = match client.hello("torpord")? {
-            Response::Hello { agent, page_size, .. } => {
+            Response::Hello {
+                agent, page_size, ..
+            } => {
                 if page_size as u64 != host_page_size {
-                    return Err(AgentError::Agent(format!("guest page size {page_size} differs from the host's {host_page_size}")));
+                    return Err(AgentError::Agent(format!(
+                        "guest page size {page_size} differs from the host's {host_page_size}"
+                    )));
                 }
                 agent
             }
-            r => return Err(AgentError::Agent(format!("unexpected answer to HELLO (type {:#x})", r.msg_type()))),
+            r => {
+                return Err(AgentError::Agent(format!(
+                    "unexpected answer to HELLO (type {:#x})",
+                    r.msg_type()
+                )))
+            }
         };
         let (page_size, layout) = client.layout()?;
         if layout.total_pages() > MAX_MAP_PAGES {
-            return Err(AgentError::Agent(format!("layout of {} pages exceeds the host's limit {MAX_MAP_PAGES}", layout.total_pages())));
+            return Err(AgentError::Agent(format!(
+                "layout of {} pages exceeds the host's limit {MAX_MAP_PAGES}",
+                layout.total_pages()
+            )));
         }
-        let mut m = GuestMaps { page_size: page_size as u64, layout, free: None, priority: None, info: None, notes: vec![] };
+        let mut m = GuestMaps {
+            page_size: page_size as u64,
+            layout,
+            free: None,
+            priority: None,
+            info: None,
+            notes: vec![],
+        };
         match client.free_bitmap() {
-            Ok(w) if w.layout != m.layout => m.notes.push("free bitmap indexes another layout: ignored".into()),
+            Ok(w) if w.layout != m.layout => m
+                .notes
+                .push("free bitmap indexes another layout: ignored".into()),
             Ok(w) => match w.to_free_bitmap(MAX_MAP_PAGES) {
                 Some(b) => {
                     m.info = Some(b.info);
@@ -86,7 +111,9 @@ impl GuestMaps {
             Err(e) => m.notes.push(format!("free bitmap unavailable: {e}")),
         }
         match client.priority_map(window_ms) {
-            Ok(w) if w.layout != m.layout => m.notes.push("priority map indexes another layout: ignored".into()),
+            Ok(w) if w.layout != m.layout => m
+                .notes
+                .push("priority map indexes another layout: ignored".into()),
             Ok(w) => match w.to_priority_map(MAX_MAP_PAGES) {
                 Some(p) => {
                     m.info = Some(p.info);
@@ -105,22 +132,39 @@ impl GuestMaps {
         match self.layout.index_of(pfn) {
             None => PageClass::Outside,
             Some(i) if self.free.as_ref().is_some_and(|f| f.get(i)) => PageClass::Free,
-            Some(i) => PageClass::Class(self.priority.as_ref().map(|p| p.get(i) as u8).unwrap_or(0)),
+            Some(i) => {
+                PageClass::Class(self.priority.as_ref().map(|p| p.get(i) as u8).unwrap_or(0))
+            }
         }
     }
 
     /// Connect to the agent's socket and fetch, all within `budget`.
-    pub fn fetch_from_socket(path: &Path, budget: Duration, window_ms: u32) -> Result<(GuestMaps, String), AgentError> {
+    pub fn fetch_from_socket(
+        path: &Path,
+        budget: Duration,
+        window_ms: u32,
+    ) -> Result<(GuestMaps, String), AgentError> {
         let t0 = Instant::now();
-        let s = UnixStream::connect(path).map_err(|e| AgentError::Agent(format!("cannot connect to {}: {e}", path.display())))?;
+        let s = UnixStream::connect(path)
+            .map_err(|e| AgentError::Agent(format!("cannot connect to {}: {e}", path.display())))?;
         // One deadline for the whole exchange: each read/write may take what is left of it.
-        let left = budget.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
-        s.set_read_timeout(Some(left)).map_err(|e| AgentError::Agent(e.to_string()))?;
-        s.set_write_timeout(Some(left)).map_err(|e| AgentError::Agent(e.to_string()))?;
-        let mut c = Client::new(DeadlineStream { s, deadline: t0 + budget });
+        let left = budget
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left))
+            .map_err(|e| AgentError::Agent(e.to_string()))?;
+        s.set_write_timeout(Some(left))
+            .map_err(|e| AgentError::Agent(e.to_string()))?;
+        let mut c = Client::new(DeadlineStream {
+            s,
+            deadline: t0 + budget,
+        });
         GuestMaps::fetch(&mut c, window_ms, procswap::sys::page_size()).map_err(|e| match e {
             AgentError::Proto(ProtoError::Io(io))
-                if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) || t0.elapsed() >= budget =>
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) || t0.elapsed() >= budget =>
             {
                 AgentError::Agent(format!("no complete answer within {budget:?} ({io})"))
             }
@@ -157,7 +201,10 @@ impl DeadlineStream {
     fn arm(&self) -> std::io::Result<()> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "agent deadline passed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "agent deadline passed",
+            ));
         }
         self.s.set_read_timeout(Some(left))?;
         self.s.set_write_timeout(Some(left))
@@ -184,12 +231,24 @@ impl std::io::Write for DeadlineStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guest_enlight::protocol::{encode_frame, read_frame, Request, WireMap, DEFAULT_MAX_PAYLOAD};
+    use guest_enlight::protocol::{
+        encode_frame, read_frame, Request, WireMap, DEFAULT_MAX_PAYLOAD,
+    };
     use guest_enlight::{Category, MapSourceKind, PfnRange};
     use std::os::unix::net::UnixListener;
 
     fn maps() -> (RamLayout, FreeBitmap, PriorityMap) {
-        let layout = RamLayout::new(vec![PfnRange { start: 1, count: 100 }, PfnRange { start: 1 << 20, count: 50 }]).unwrap();
+        let layout = RamLayout::new(vec![
+            PfnRange {
+                start: 1,
+                count: 100,
+            },
+            PfnRange {
+                start: 1 << 20,
+                count: 50,
+            },
+        ])
+        .unwrap();
         let info = MapInfo::now(MapSourceKind::PortableApprox, Duration::ZERO, 0);
         let mut free = FreeBitmap::new(layout.clone(), info);
         free.set_range(10, 20);
@@ -201,7 +260,11 @@ mod tests {
 
     /// A fake agent on a unix socket: answers the requests, or, given `silent`, holds the
     /// connection open without a word until told to go.
-    fn agent(path: &Path, silent: Option<std::sync::mpsc::Receiver<()>>, other_layout: bool) -> std::thread::JoinHandle<()> {
+    fn agent(
+        path: &Path,
+        silent: Option<std::sync::mpsc::Receiver<()>>,
+        other_layout: bool,
+    ) -> std::thread::JoinHandle<()> {
         let l = UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
@@ -211,21 +274,41 @@ mod tests {
             }
             let (layout, free, pri) = maps();
             for _ in 0..4 {
-                let Ok(f) = read_frame(&mut s, DEFAULT_MAX_PAYLOAD) else { return };
+                let Ok(f) = read_frame(&mut s, DEFAULT_MAX_PAYLOAD) else {
+                    return;
+                };
                 let resp = match Request::decode(&f).unwrap() {
-                    Request::Hello { .. } => Response::Hello { version: 1, agent: "fake-agent".into(), page_size: 4096, source: MapSourceKind::PortableApprox },
-                    Request::GetLayout => Response::Layout { page_size: 4096, layout: layout.clone() },
-                    Request::GetFreeBitmap => Response::FreeBitmap(WireMap::from_free_bitmap(&free)),
+                    Request::Hello { .. } => Response::Hello {
+                        version: 1,
+                        agent: "fake-agent".into(),
+                        page_size: 4096,
+                        source: MapSourceKind::PortableApprox,
+                    },
+                    Request::GetLayout => Response::Layout {
+                        page_size: 4096,
+                        layout: layout.clone(),
+                    },
+                    Request::GetFreeBitmap => {
+                        Response::FreeBitmap(WireMap::from_free_bitmap(&free))
+                    }
                     Request::GetPriorityMap { .. } => {
                         let mut w = WireMap::from_priority_map(&pri);
                         if other_layout {
-                            w = WireMap::from_priority_map(&PriorityMap::new(RamLayout::new(vec![PfnRange { start: 0, count: 150 }]).unwrap(), pri.info));
+                            w = WireMap::from_priority_map(&PriorityMap::new(
+                                RamLayout::new(vec![PfnRange {
+                                    start: 0,
+                                    count: 150,
+                                }])
+                                .unwrap(),
+                                pri.info,
+                            ));
                         }
                         Response::PriorityMap(w)
                     }
                     r => panic!("{r:?}"),
                 };
-                std::io::Write::write_all(&mut s, &encode_frame(&resp.to_frame(f.request_id))).unwrap();
+                std::io::Write::write_all(&mut s, &encode_frame(&resp.to_frame(f.request_id)))
+                    .unwrap();
             }
         })
     }
@@ -250,7 +333,15 @@ mod tests {
         assert_eq!(m.classify(1 << 20), PageClass::Class(4));
         assert_eq!(m.classify(101), PageClass::Outside);
         let s = m.summary(&name);
-        assert_eq!((s.layout_pages, s.free_pages, s.source.as_str(), s.approximate), (150, Some(20), "portable", true));
+        assert_eq!(
+            (
+                s.layout_pages,
+                s.free_pages,
+                s.source.as_str(),
+                s.approximate
+            ),
+            (150, Some(20), "portable", true)
+        );
         assert_eq!(s.priority_counts.unwrap()[Category::UserCode as usize], 1);
 
         // A priority map for another layout is left out (noted), the rest is kept.
@@ -260,7 +351,11 @@ mod tests {
         h.join().unwrap();
         assert!(m.priority.is_none() && m.free.is_some());
         assert!(m.notes[0].contains("another layout"), "{:?}", m.notes);
-        assert_eq!(m.classify(1), PageClass::Class(0), "no priority map: non-free layout pages are class 0");
+        assert_eq!(
+            m.classify(1),
+            PageClass::Class(0),
+            "no priority map: non-free layout pages are class 0"
+        );
 
         // A silent agent (it keeps the connection open for as long as the fetch takes): an error
         // once the budget has run out, naming it; the upper bound only catches a fetch that
@@ -274,9 +369,13 @@ mod tests {
         go.send(()).unwrap();
         h.join().unwrap();
         assert!(e.to_string().contains("within"), "{e}");
-        assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(60), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(60),
+            "{took:?}"
+        );
         // No agent at all.
-        let e = GuestMaps::fetch_from_socket(&dir.join("absent.sock"), Duration::from_secs(1), 0).unwrap_err();
+        let e = GuestMaps::fetch_from_socket(&dir.join("absent.sock"), Duration::from_secs(1), 0)
+            .unwrap_err();
         assert!(e.to_string().contains("cannot connect"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -4,12 +4,17 @@ use std::os::unix::net::UnixDatagram;
 
 /// Send `msg` (e.g. "READY=1\nSTATUS=...") to systemd; false when not under systemd.
 pub fn notify(msg: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return false };
-    let Ok(sock) = UnixDatagram::unbound() else { return false };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return false;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return false;
+    };
     let bytes = path.as_encoded_bytes();
     let res = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
     } else {
         sock.send_to(msg.as_bytes(), &path)
     };
@@ -18,7 +23,10 @@ pub fn notify(msg: &str) -> bool {
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, honouring `WATCHDOG_PID`).
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
         if pid != std::process::id() {
             return None;
         }

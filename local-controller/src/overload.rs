@@ -23,7 +23,12 @@ impl Sustained {
         Self::with_window(threshold, 8, 12)
     }
     pub fn with_window(threshold: f64, k: usize, n: usize) -> Self {
-        Self { threshold, k, n, window: VecDeque::with_capacity(n) }
+        Self {
+            threshold,
+            k,
+            n,
+            window: VecDeque::with_capacity(n),
+        }
     }
     /// Add one interval's rate; returns (this interval overloaded, sustained overload now).
     pub fn push(&mut self, rate: f64) -> (bool, bool) {
@@ -56,7 +61,13 @@ pub struct Hotspot {
 
 impl Hotspot {
     pub fn new(threshold: f64) -> Self {
-        Self { threshold, k: 3, n: 5, history: 20, samples: VecDeque::new() }
+        Self {
+            threshold,
+            k: 3,
+            n: 5,
+            history: 20,
+            samples: VecDeque::new(),
+        }
     }
     /// Add a sample; returns (prediction of the next sample, hotspot now).
     pub fn push(&mut self, x: f64) -> (Option<f64>, bool) {
@@ -65,7 +76,13 @@ impl Hotspot {
         }
         self.samples.push_back(x);
         let pred = ar1_predict(self.samples.make_contiguous());
-        let above = self.samples.iter().rev().take(self.n).filter(|v| **v > self.threshold).count();
+        let above = self
+            .samples
+            .iter()
+            .rev()
+            .take(self.n)
+            .filter(|v| **v > self.threshold)
+            .count();
         let hot = above >= self.k && pred.is_some_and(|p| p > self.threshold);
         (pred, hot)
     }
@@ -83,7 +100,11 @@ pub fn ar1_predict(xs: &[f64]) -> Option<f64> {
         num += (w[1] - mu) * (w[0] - mu);
         den += (w[0] - mu) * (w[0] - mu);
     }
-    let phi = if den > 0.0 { (num / den).clamp(-1.0, 1.0) } else { 0.0 };
+    let phi = if den > 0.0 {
+        (num / den).clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
     let last = *xs.last()?;
     Some(mu + phi * (last - mu))
 }
@@ -166,7 +187,10 @@ mod tests {
         assert!(!h.push(5000.0).1);
         // 3 of 5 above, but falling fast to near zero: the AR(1) prediction stays below.
         let mut h = Hotspot::new(200.0);
-        for v in [10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 210.0, 205.0, 201.0] {
+        for v in [
+            10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0,
+            10.0, 210.0, 205.0, 201.0,
+        ] {
             h.push(v);
         }
         // Last five: 10, 210, 205, 201, 0 (3 above), but the model predicts a low next value.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 /// (host:port, path) of an `http://` URL.
 pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -15,27 +17,43 @@ pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
     if hostport.is_empty() {
         return Err(format!("{url:?}: no host"));
     }
-    let hp = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let hp = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     Ok((hp, path.to_string()))
 }
 
 /// The probe's GET, written with one `write` (one segment: a server that reads once gets it all).
 fn request(path: &str, host: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n")
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n"
+    )
 }
 
 /// One HTTP GET; Ok(status) when an HTTP answer came back.
 pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
     let (hp, path) = parse_http_url(url)?;
-    let addr = hp.to_socket_addrs().map_err(|e| format!("{hp}: {e}"))?.next().ok_or_else(|| format!("{hp}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {hp}: {e}"))?;
+    let addr = hp
+        .to_socket_addrs()
+        .map_err(|e| format!("{hp}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hp}: no address"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {hp}: {e}"))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-    s.write_all(request(&path, host).as_bytes()).map_err(|e| format!("send to {hp}: {e}"))?;
+    s.write_all(request(&path, host).as_bytes())
+        .map_err(|e| format!("send to {hp}: {e}"))?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read from {hp}: {e}"))?;
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{hp}: no HTTP answer"))?;
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("read from {hp}: {e}"))?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{hp}: no HTTP answer"))?;
     let head = String::from_utf8_lossy(&buf[..head_end]);
     let status: u16 = head
         .split_whitespace()
@@ -54,7 +72,9 @@ pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
         },
         Probe::Tcp(port) => {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
-            TcpStream::connect_timeout(&addr, timeout).map(|_| ()).map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))
+            TcpStream::connect_timeout(&addr, timeout)
+                .map(|_| ())
+                .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))
         }
         Probe::Command(argv) => {
             let st = std::process::Command::new(&argv[0])
@@ -95,27 +115,46 @@ impl Armed {
 /// interval in the way. Anything else (TCP and command probes, nobody listening, a send that
 /// fails) gives an unarmed probe, and [`wait_armed`] polls as [`wait_ready`] does.
 pub fn arm(p: &Probe) -> Armed {
-    let Probe::Http(url) = p else { return Armed { conn: None, url: String::new() } };
+    let Probe::Http(url) = p else {
+        return Armed {
+            conn: None,
+            url: String::new(),
+        };
+    };
     let conn = (|| -> Result<TcpStream, String> {
         let (hp, path) = parse_http_url(url)?;
-        let addr = hp.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+        let addr = hp
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
         // Loopback to a listening socket completes at once even while the app is frozen; the
         // timeout only bounds a remote or filtered address.
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .map_err(|e| e.to_string())?;
         s.set_nodelay(true).ok();
         let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-        s.write_all(request(&path, host).as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(request(&path, host).as_bytes())
+            .map_err(|e| e.to_string())?;
         Ok(s)
     })()
     .ok();
-    Armed { conn, url: url.clone() }
+    Armed {
+        conn,
+        url: url.clone(),
+    }
 }
 
 /// After thaw: the armed request's answer (2xx/3xx = ready, at the moment it arrives), read in
 /// slices so `alive` is asked at least every 100 ms; if the armed request fails or answers
 /// with an error status, poll with [`wait_ready`] for what is left of `timeout`. Returns the
 /// number of probes (1 when the armed request answered).
-pub fn wait_armed(a: Armed, p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<u32, String> {
+pub fn wait_armed(
+    a: Armed,
+    p: &Probe,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<u32, String> {
     let deadline = Instant::now() + timeout;
     if let Some(mut s) = a.conn {
         let mut buf = Vec::new();
@@ -125,7 +164,11 @@ pub fn wait_armed(a: Armed, p: &Probe, timeout: Duration, mut alive: impl FnMut(
             match s.read(&mut chunk) {
                 Ok(0) => break true,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => break false,
             }
             // The status line is all readiness needs: don't wait for the body or the close.
@@ -134,14 +177,19 @@ pub fn wait_armed(a: Armed, p: &Probe, timeout: Duration, mut alive: impl FnMut(
             }
             alive()?;
             if Instant::now() >= deadline {
-                return Err(format!("not ready after {:.1}s (armed GET {} unanswered)", timeout.as_secs_f64(), a.url));
+                return Err(format!(
+                    "not ready after {:.1}s (armed GET {} unanswered)",
+                    timeout.as_secs_f64(),
+                    a.url
+                ));
             }
         };
         if answered && http_status(&buf).is_some_and(|c| (200..400).contains(&c)) {
             return Ok(1);
         }
         // The armed request counts as the first probe.
-        return wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive).map(|n| n + 1);
+        return wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive)
+            .map(|n| n + 1);
     }
     wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive)
 }
@@ -149,7 +197,12 @@ pub fn wait_armed(a: Armed, p: &Probe, timeout: Duration, mut alive: impl FnMut(
 /// The status code of an HTTP answer's status line.
 fn http_status(buf: &[u8]) -> Option<u16> {
     let line = buf.split(|&b| b == b'\n').next()?;
-    std::str::from_utf8(line).ok()?.split_whitespace().nth(1)?.parse().ok()
+    std::str::from_utf8(line)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Probe until ready or `timeout`; `alive` is asked between attempts (a dead app fails at once).
@@ -159,23 +212,36 @@ fn http_status(buf: &[u8]) -> Option<u16> {
 /// other failure (an error answer, a reset, a proxy such as QEMU's user network accepting for a
 /// guest that is not ready) and command probes (a process per attempt) back off from 5 to 100 ms,
 /// so a probe never floods an app that is busy starting.
-pub fn wait_ready(p: &Probe, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<u32, String> {
+pub fn wait_ready(
+    p: &Probe,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<u32, String> {
     let deadline = Instant::now() + timeout;
     let mut attempts = 0u32;
     let mut backoff = Duration::from_millis(5);
     loop {
         attempts += 1;
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(50));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(50));
         let last = match probe_once(p, left.min(Duration::from_secs(5))) {
             Ok(()) => return Ok(attempts),
             Err(e) => e,
         };
         alive()?;
         if Instant::now() >= deadline {
-            return Err(format!("not ready after {:.1}s ({attempts} probes; last: {last})", timeout.as_secs_f64()));
+            return Err(format!(
+                "not ready after {:.1}s ({attempts} probes; last: {last})",
+                timeout.as_secs_f64()
+            ));
         }
         let refused = !matches!(p, Probe::Command(_)) && last.contains("Connection refused");
-        let sleep = if refused { Duration::from_millis(1) } else { backoff };
+        let sleep = if refused {
+            Duration::from_millis(1)
+        } else {
+            backoff
+        };
         std::thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
         if !refused {
             backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -189,8 +255,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_http_url("http://127.0.0.1:8080/x").unwrap(), ("127.0.0.1:8080".into(), "/x".into()));
-        assert_eq!(parse_http_url("http://localhost").unwrap(), ("localhost:80".into(), "/".into()));
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:8080/x").unwrap(),
+            ("127.0.0.1:8080".into(), "/x".into())
+        );
+        assert_eq!(
+            parse_http_url("http://localhost").unwrap(),
+            ("localhost:80".into(), "/".into())
+        );
         assert!(parse_http_url("https://x/").is_err());
     }
 
@@ -210,13 +282,28 @@ mod tests {
         // Probes that must succeed get budgets that only catch a hang (the listener is a thread
         // of this test process, sharing 2 cores with the rest of `cargo test`).
         wait_ready(&Probe::Tcp(port), Duration::from_secs(120), || Ok(())).unwrap();
-        wait_ready(&Probe::Http(format!("http://127.0.0.1:{port}/")), Duration::from_secs(120), || Ok(())).unwrap();
+        wait_ready(
+            &Probe::Http(format!("http://127.0.0.1:{port}/")),
+            Duration::from_secs(120),
+            || Ok(()),
+        )
+        .unwrap();
         // A port nobody listens on (held bound, not listening: no parallel test can get it).
         let (_held, closed) = super::armed_tests::refusing_port();
         let e = wait_ready(&Probe::Tcp(closed), Duration::from_millis(200), || Ok(())).unwrap_err();
         assert!(e.contains("not ready after"), "{e}");
-        wait_ready(&Probe::Command(vec!["true".into()]), Duration::from_secs(120), || Ok(())).unwrap();
-        assert!(wait_ready(&Probe::Command(vec!["false".into()]), Duration::from_millis(100), || Ok(())).is_err());
+        wait_ready(
+            &Probe::Command(vec!["true".into()]),
+            Duration::from_secs(120),
+            || Ok(()),
+        )
+        .unwrap();
+        assert!(wait_ready(
+            &Probe::Command(vec!["false".into()]),
+            Duration::from_millis(100),
+            || Ok(())
+        )
+        .is_err());
     }
 }
 
@@ -251,25 +338,41 @@ mod armed_tests {
         // A listener nobody accepts on yet: like a frozen app, the kernel completes the
         // handshake and queues the connection.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = Probe::Http(format!("http://127.0.0.1:{}/ready", l.local_addr().unwrap().port()));
+        let p = Probe::Http(format!(
+            "http://127.0.0.1:{}/ready",
+            l.local_addr().unwrap().port()
+        ));
         let armed = arm(&p);
         assert!(armed.is_armed());
         // "Thaw": start accepting; the queued request is the first thing read.
         let server = serve(l, vec![200]);
-        assert_eq!(wait_armed(armed, &p, Duration::from_secs(120), || Ok(())), Ok(1));
+        assert_eq!(
+            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())),
+            Ok(1)
+        );
         let reqs = server.join().unwrap();
         assert_eq!(reqs.len(), 1);
-        assert!(reqs[0].starts_with("GET /ready HTTP/1.1\r\n"), "{:?}", reqs[0]);
+        assert!(
+            reqs[0].starts_with("GET /ready HTTP/1.1\r\n"),
+            "{:?}",
+            reqs[0]
+        );
     }
 
     #[test]
     fn armed_error_answer_falls_back_to_polling() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = Probe::Http(format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port()));
+        let p = Probe::Http(format!(
+            "http://127.0.0.1:{}/",
+            l.local_addr().unwrap().port()
+        ));
         let armed = arm(&p);
         let server = serve(l, vec![503, 200]);
         // The armed probe (503) and one poll (200).
-        assert_eq!(wait_armed(armed, &p, Duration::from_secs(120), || Ok(())), Ok(2));
+        assert_eq!(
+            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())),
+            Ok(2)
+        );
         assert_eq!(server.join().unwrap().len(), 2);
     }
 
@@ -277,10 +380,24 @@ mod armed_tests {
     /// but not listening, so no other test (tests run in parallel) can be given the same port,
     /// as could happen with a listener bound and closed.
     pub(super) fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
-        use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
-        let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap().port();
+        use nix::sys::socket::{
+            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd))
+            .unwrap()
+            .port();
         (fd, port)
     }
 
@@ -290,7 +407,10 @@ mod armed_tests {
         let p = Probe::Http(format!("http://127.0.0.1:{port}/"));
         let armed = arm(&p);
         assert!(!armed.is_armed());
-        let e = wait_armed(armed, &p, Duration::from_secs(120), || Err("the app exited".into())).unwrap_err();
+        let e = wait_armed(armed, &p, Duration::from_secs(120), || {
+            Err("the app exited".into())
+        })
+        .unwrap_err();
         assert_eq!(e, "the app exited");
         assert!(!arm(&Probe::Tcp(port)).is_armed());
     }

@@ -12,12 +12,20 @@ fn torpor() -> &'static str {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(torpor()).args(args).output().expect("run torpor")
+    Command::new(torpor())
+        .args(args)
+        .output()
+        .expect("run torpor")
 }
 
 fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", torpor()])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            torpor(),
+        ])
         .args(args)
         .output()
         .expect("run setpriv (util-linux)")
@@ -41,15 +49,31 @@ struct TestChild {
 impl TestChild {
     fn spawn() -> Self {
         let exe = Path::new(torpor()).with_file_name("torpor-testchild");
-        assert!(exe.exists(), "{} missing: build procswap's bins first (run-root-tests.sh does)", exe.display());
-        let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        assert!(
+            exe.exists(),
+            "{} missing: build procswap's bins first (run-root-tests.sh does)",
+            exe.display()
+        );
+        let mut child = Command::new(exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut l = String::new();
         stdout.read_line(&mut l).unwrap();
         assert!(l.starts_with("HELLO"));
         let pid = child.id() as i32;
-        TestChild { child, stdin, stdout, pid, anon: (0, 0), cgroups: vec![], thaw: vec![] }
+        TestChild {
+            child,
+            stdin,
+            stdout,
+            pid,
+            anon: (0, 0),
+            cgroups: vec![],
+            thaw: vec![],
+        }
     }
 
     fn cmd(&mut self, line: &str) -> String {
@@ -108,7 +132,10 @@ fn nonroot_caller_is_refused_without_change() {
     let mut c = TestChild::spawn();
     c.alloc(8);
     let p0 = c.anon_present();
-    assert!(p0 >= 8 * MIB / 4096, "the 8 MiB area is not all present to begin with: {p0} pages");
+    assert!(
+        p0 >= 8 * MIB / 4096,
+        "the 8 MiB area is not all present to begin with: {p0} pages"
+    );
     let pid = c.pid.to_string();
     for args in [
         vec!["inspect", pid.as_str()],
@@ -121,13 +148,22 @@ fn nonroot_caller_is_refused_without_change() {
         let e = stderr(&o);
         eprintln!("torpor {args:?} as nobody: {e}");
         assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
-        assert!(e.contains("needs root") && e.contains("uid 65534"), "{args:?}: {e}");
+        assert!(
+            e.contains("needs root") && e.contains("uid 65534"),
+            "{args:?}: {e}"
+        );
     }
     let states = procswap::freeze::thread_states(c.pid).unwrap();
-    assert!(states.iter().all(|&s| s != 'T'), "the child got stopped: {states:?}");
+    assert!(
+        states.iter().all(|&s| s != 'T'),
+        "the child got stopped: {states:?}"
+    );
     // A purge that got through would have removed its ~2048 pages (8 MiB).
     let p1 = c.anon_present();
-    assert_eq!(p1, p0, "the refused commands changed the child's anonymous area: present pages {p0} -> {p1}");
+    assert_eq!(
+        p1, p0,
+        "the refused commands changed the child's anonymous area: present pages {p0} -> {p1}"
+    );
     c.verify();
 }
 
@@ -135,10 +171,22 @@ fn nonroot_caller_is_refused_without_change() {
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn bad_targets_have_clear_messages() {
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["inspect".into(), "99999999".into()], "no such process: pid 99999999"),
-        (vec!["purge".into(), "1".into()], "refusing to operate on pid 1"),
-        (vec!["freeze".into(), "1".into()], "refusing to operate on pid 1"),
-        (vec!["purge".into(), "--force".into(), "2".into()], "is a kernel thread"),
+        (
+            vec!["inspect".into(), "99999999".into()],
+            "no such process: pid 99999999",
+        ),
+        (
+            vec!["purge".into(), "1".into()],
+            "refusing to operate on pid 1",
+        ),
+        (
+            vec!["freeze".into(), "1".into()],
+            "refusing to operate on pid 1",
+        ),
+        (
+            vec!["purge".into(), "--force".into(), "2".into()],
+            "is a kernel thread",
+        ),
         (vec!["freeze".into(), "2".into()], "is a kernel thread"),
     ];
     for (args, want) in cases {
@@ -150,8 +198,14 @@ fn bad_targets_have_clear_messages() {
     // A zombie: a child that exited and is not reaped (waited for, not assumed after a sleep).
     let mut z = Command::new("true").spawn().unwrap();
     let t = std::time::Instant::now();
-    while !procfs::process::Process::new(z.id() as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'Z') {
-        assert!(t.elapsed() < std::time::Duration::from_secs(120), "`true` did not exit within 120 s");
+    while !procfs::process::Process::new(z.id() as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.state == 'Z')
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "`true` did not exit within 120 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let o = run(&["purge", "--force", &z.id().to_string()]);
@@ -161,7 +215,11 @@ fn bad_targets_have_clear_messages() {
     z.wait().unwrap();
     // Neither a pid nor a cgroup.
     let o = run(&["inspect", "/nonexistent/cgroup"]);
-    assert!(stderr(&o).contains("neither a pid nor a cgroup directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("neither a pid nor a cgroup directory"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -181,7 +239,8 @@ fn cli_lifecycle_on_cgroup_paths() {
             (md, fd)
         }
         (_, _, Some(v2)) => {
-            let d = procswap::cgroup::create_v2(v2, &name, &["memory"]).expect("a v2 group with the memory controller");
+            let d = procswap::cgroup::create_v2(v2, &name, &["memory"])
+                .expect("a v2 group with the memory controller");
             (d.clone(), d)
         }
         _ => panic!("neither v1 memory+freezer nor cgroup2 here"),
@@ -194,11 +253,15 @@ fn cli_lifecycle_on_cgroup_paths() {
     procswap::cgroup::move_pid(&memdir, c.pid).unwrap();
     c.alloc(64);
     let pid = c.pid.to_string();
-    let (fpath, mpath) = (freezedir.display().to_string(), memdir.display().to_string());
+    let (fpath, mpath) = (
+        freezedir.display().to_string(),
+        memdir.display().to_string(),
+    );
 
     let o = run(&["freeze", &fpath]);
     assert!(o.status.success(), "{}", stderr(&o));
-    c.thaw.push(procswap::Freezer::for_cgroup(&freezedir).unwrap());
+    c.thaw
+        .push(procswap::Freezer::for_cgroup(&freezedir).unwrap());
     let o = run(&["--json", "purge", &mpath]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -206,10 +269,18 @@ fn cli_lifecycle_on_cgroup_paths() {
     eprintln!("purge: {r}");
     assert!(r["swapped_bytes"].as_u64().unwrap() >= 64 * MIB * 95 / 100);
     assert!(r["resident_anon_bytes"].as_u64().unwrap() <= MIB);
-    assert!(r["reclaim"].is_object(), "no reclaim: {}", r["reclaim_skipped"]);
+    assert!(
+        r["reclaim"].is_object(),
+        "no reclaim: {}",
+        r["reclaim_skipped"]
+    );
     // Human output of inspect works too.
     let o = run(&["inspect", &pid]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("swap:"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("swap:"),
+        "{}",
+        stderr(&o)
+    );
 
     // Active period on demand paging: touch MiB 16..32; then suspend and record by residency.
     let o = run(&["thaw", &fpath]);
@@ -218,12 +289,27 @@ fn cli_lifecycle_on_cgroup_paths() {
     let o = run(&["freeze", &fpath]);
     assert!(o.status.success(), "{}", stderr(&o));
     let wsfile = std::env::temp_dir().join(format!("torpor-cli-ws-{}.json", c.pid));
-    let o = run(&["record-ws", &pid, "--method", "residency", "-o", wsfile.to_str().unwrap()]);
+    let o = run(&[
+        "record-ws",
+        &pid,
+        "--method",
+        "residency",
+        "-o",
+        wsfile.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(&["--json", "purge", &pid]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Working set first, then the rest.
-    let o = run(&["--json", "prefetch", &pid, "--working-set", wsfile.to_str().unwrap(), "--free-floor", "64M"]);
+    let o = run(&[
+        "--json",
+        "prefetch",
+        &pid,
+        "--working-set",
+        wsfile.to_str().unwrap(),
+        "--free-floor",
+        "64M",
+    ]);
     let _ = std::fs::remove_file(&wsfile);
     assert!(o.status.success(), "{}", stderr(&o));
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -20,17 +20,25 @@ const API_TIMEOUT: Duration = Duration::from_secs(600);
 const HANG: Duration = Duration::from_secs(600);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn api(sock: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(sock, method, path, None, API_TIMEOUT).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let r = request(sock, method, path, None, API_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let v = r.json().unwrap_or(Value::Null);
     (r.status, v)
 }
 
 fn app_get(port: u16, path: &str) -> u16 {
-    match local_controller::probe::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(120)) {
+    match local_controller::probe::http_get(
+        &format!("http://127.0.0.1:{port}{path}"),
+        Duration::from_secs(120),
+    ) {
         Ok((s, _)) => s,
         Err(e) => panic!("GET :{port}{path}: {e}"),
     }
@@ -39,7 +47,10 @@ fn app_get(port: u16, path: &str) -> u16 {
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -56,7 +67,14 @@ struct TestApp {
 /// A test app; its readiness timeout only catches an app that never serves (a cold start fills
 /// its memory with random data, which takes a while at load 8 under `nice`).
 fn app(name: &str, mib: u64, prestart: bool) -> TestApp {
-    TestApp { name: name.into(), port: free_port(), mib, prestart, extra: vec![], timeout: "300s" }
+    TestApp {
+        name: name.into(),
+        port: free_port(),
+        mib,
+        prestart,
+        extra: vec![],
+        timeout: "300s",
+    }
 }
 
 /// A temporary torpord setup: config, state dir, socket, its own cgroup parent. Dropping it
@@ -73,13 +91,18 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str, apps: Vec<TestApp>, extra_global: &str) -> Fixture {
-        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "the root suite needs root");
+        assert_eq!(
+            nix::unistd::geteuid().as_raw(),
+            0,
+            "the root suite needs root"
+        );
         let parent = format!("torpor-test-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&parent);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Let an unprivileged peer reach the socket's directory (the socket's mode decides).
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let sock = dir.join("torpord.sock");
         let mut toml = format!(
             "socket = {:?}\nstate_dir = {:?}\ncgroup_parent = {:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\nbackend = \"auto\"\n{extra_global}\n",
@@ -88,7 +111,13 @@ impl Fixture {
             parent
         );
         for a in &apps {
-            let mut argv = vec![TESTAPP.to_string(), "--port".into(), a.port.to_string(), "--mib".into(), a.mib.to_string()];
+            let mut argv = vec![
+                TESTAPP.to_string(),
+                "--port".into(),
+                a.port.to_string(),
+                "--mib".into(),
+                a.mib.to_string(),
+            ];
             argv.extend(a.extra.iter().cloned());
             toml += &format!(
                 "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n",
@@ -97,11 +126,23 @@ impl Fixture {
         }
         let cfg = dir.join("torpord.toml");
         std::fs::write(&cfg, toml).unwrap();
-        Fixture { dir, parent, cfg, sock, daemon: None, apps, env: vec![] }
+        Fixture {
+            dir,
+            parent,
+            cfg,
+            sock,
+            daemon: None,
+            apps,
+            env: vec![],
+        }
     }
 
     fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("torpord.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("torpord.log"))
+            .unwrap();
         let child = Command::new(TORPORD)
             .arg("--config")
             .arg(&self.cfg)
@@ -114,12 +155,16 @@ impl Fixture {
         self.daemon = Some(child);
         let sock = self.sock.clone();
         wait_until("torpord's socket", Duration::from_secs(120), || {
-            request(&sock, "GET", "/v1/health", None, Duration::from_secs(5)).map(|r| r.status == 200).unwrap_or(false)
+            request(&sock, "GET", "/v1/health", None, Duration::from_secs(5))
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
         });
     }
 
     fn wait_pool(&self) {
-        wait_until("the standby pool", HANG, || self.api("GET", "/v1/health").1["pool_ready"] == true);
+        wait_until("the standby pool", HANG, || {
+            self.api("GET", "/v1/health").1["pool_ready"] == true
+        });
     }
 
     fn kill9(&mut self) {
@@ -150,7 +195,10 @@ impl Fixture {
     fn metric(&self, name_and_labels: &str) -> Option<f64> {
         let r = request(&self.sock, "GET", "/metrics", None, API_TIMEOUT).unwrap();
         let text = String::from_utf8_lossy(&r.body).into_owned();
-        text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
@@ -163,7 +211,11 @@ impl Drop for Fixture {
         self.kill9();
         common::remove_app_cgroups(&self.cgroup_dirs());
         if std::thread::panicking() {
-            eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
+            eprintln!(
+                "---- torpord log ({}) ----\n{}",
+                self.dir.display(),
+                self.log()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -184,17 +236,43 @@ fn assert_standby(f: &Fixture, name: &str, mib: u64) -> Value {
     let anon = v["memory"]["resident_anon_bytes"].as_u64().unwrap();
     let freed = v["last_purge"]["freed_bytes"].as_u64().unwrap();
     let memcg = v["memory"]["memcg_bytes"].as_u64().unwrap_or(0);
-    assert!(swapped >= mib * MIB * 9 / 10, "{name}: only {} MiB swapped of {mib}: {v:#}", swapped / MIB);
-    assert!(anon <= 8 * MIB, "{name}: {} KiB anon still resident: {v:#}", anon >> 10);
-    assert!(freed >= mib * MIB * 9 / 10, "{name}: purge freed only {} MiB: {v:#}", freed / MIB);
-    assert!(memcg <= 16 * MIB, "{name}: memcg still charged {} MiB: {v:#}", memcg / MIB);
+    assert!(
+        swapped >= mib * MIB * 9 / 10,
+        "{name}: only {} MiB swapped of {mib}: {v:#}",
+        swapped / MIB
+    );
+    assert!(
+        anon <= 8 * MIB,
+        "{name}: {} KiB anon still resident: {v:#}",
+        anon >> 10
+    );
+    assert!(
+        freed >= mib * MIB * 9 / 10,
+        "{name}: purge freed only {} MiB: {v:#}",
+        freed / MIB
+    );
+    assert!(
+        memcg <= 16 * MIB,
+        "{name}: memcg still charged {} MiB: {v:#}",
+        memcg / MIB
+    );
     v
 }
 
 fn pids_of(f: &Fixture) -> Vec<(String, Vec<i64>)> {
     f.apps
         .iter()
-        .map(|a| (a.name.clone(), f.status(&a.name)["pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()))
+        .map(|a| {
+            (
+                a.name.clone(),
+                f.status(&a.name)["pids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -203,19 +281,31 @@ fn stats(xs: &mut [f64]) -> String {
     if xs.is_empty() {
         return "-".into();
     }
-    format!("min {:.3} median {:.3} max {:.3}", xs[0], xs[xs.len() / 2], xs[xs.len() - 1])
+    format!(
+        "min {:.3} median {:.3} max {:.3}",
+        xs[0],
+        xs[xs.len() / 2],
+        xs[xs.len() - 1]
+    )
 }
 
 #[test]
 #[ignore = "root suite"]
 fn standby_pool_then_20_start_stop_cycles() {
-    let apps = vec![app("alpha", 64, true), app("beta", 160, true), app("gamma", 96, true)];
+    let apps = vec![
+        app("alpha", 64, true),
+        app("beta", 160, true),
+        app("gamma", 96, true),
+    ];
     let sizes: Vec<(String, u64)> = apps.iter().map(|a| (a.name.clone(), a.mib)).collect();
     let mut f = Fixture::new("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
     let t0 = Instant::now();
     f.start_daemon();
     f.wait_pool();
-    eprintln!("standby pool of 3 apps ready in {:.2}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "standby pool of 3 apps ready in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     for (name, mib) in &sizes {
         let v = assert_standby(&f, name, *mib);
         eprintln!(
@@ -227,7 +317,12 @@ fn standby_pool_then_20_start_stop_cycles() {
             v["memory"]["swapped_bytes"].as_u64().unwrap() / MIB,
             v["memory"]["resident_anon_bytes"].as_u64().unwrap() >> 10
         );
-        assert_eq!(f.metric(&format!("torpord_app_state{{app=\"{name}\",state=\"standby\"}}")), Some(1.0));
+        assert_eq!(
+            f.metric(&format!(
+                "torpord_app_state{{app=\"{name}\",state=\"standby\"}}"
+            )),
+            Some(1.0)
+        );
     }
     let (mut pf, mut th, mut pr, mut tot) = (vec![], vec![], vec![], vec![]);
     let mut starts = std::collections::BTreeMap::<String, u64>::new();
@@ -239,9 +334,17 @@ fn standby_pool_then_20_start_stop_cycles() {
         assert_eq!(v["state"], "running");
         assert_eq!(v["ready"], true);
         // Answered only once the app serves: a null request right now succeeds.
-        assert_eq!(app_get(port, "/"), 200, "{name} does not serve right after Start");
+        assert_eq!(
+            app_get(port, "/"),
+            200,
+            "{name} does not serve right after Start"
+        );
         // Memory contents byte-exact after the purge/prefetch round trip.
-        assert_eq!(app_get(port, "/verify"), 200, "{name}: memory corrupted after resume");
+        assert_eq!(
+            app_get(port, "/verify"),
+            200,
+            "{name}: memory corrupted after resume"
+        );
         let t = &v["timing"];
         pf.push(t["prefetch_s"].as_f64().unwrap());
         th.push(t["thaw_s"].as_f64().unwrap());
@@ -261,39 +364,84 @@ fn standby_pool_then_20_start_stop_cycles() {
         assert_eq!(v["state"], "standby", "{v}");
         assert_standby(&f, name, *mib);
     }
-    eprintln!("START TIMING over 20 resumes (s): prefetch {}", stats(&mut pf));
-    eprintln!("START TIMING over 20 resumes (s): thaw     {}", stats(&mut th));
-    eprintln!("START TIMING over 20 resumes (s): probe    {}", stats(&mut pr));
-    eprintln!("START TIMING over 20 resumes (s): total    {}", stats(&mut tot));
+    eprintln!(
+        "START TIMING over 20 resumes (s): prefetch {}",
+        stats(&mut pf)
+    );
+    eprintln!(
+        "START TIMING over 20 resumes (s): thaw     {}",
+        stats(&mut th)
+    );
+    eprintln!(
+        "START TIMING over 20 resumes (s): probe    {}",
+        stats(&mut pr)
+    );
+    eprintln!(
+        "START TIMING over 20 resumes (s): total    {}",
+        stats(&mut tot)
+    );
     // Metrics reflect every transition: 1 cold start (prestart) + the resumes; stops likewise.
     for (name, _) in &sizes {
         let n = starts[name] as f64;
-        let m = |k: &str| f.metric(&format!("torpord_transitions_total{{app=\"{name}\",transition=\"{k}\"}}")).unwrap();
+        let m = |k: &str| {
+            f.metric(&format!(
+                "torpord_transitions_total{{app=\"{name}\",transition=\"{k}\"}}"
+            ))
+            .unwrap()
+        };
         assert_eq!(m("start"), n + 1.0, "{name} starts");
         assert_eq!(m("cold_start"), 1.0, "{name} cold starts");
         assert_eq!(m("stop"), n + 1.0, "{name} stops");
         assert_eq!(m("purge"), n + 1.0, "{name} purges");
         assert_eq!(m("start_failed"), 0.0);
-        assert!(f.metric(&format!("torpord_last_start_seconds{{app=\"{name}\",phase=\"total\"}}")).is_some());
+        assert!(f
+            .metric(&format!(
+                "torpord_last_start_seconds{{app=\"{name}\",phase=\"total\"}}"
+            ))
+            .is_some());
     }
     // The CLI sees the same.
-    let out = Command::new(TORPOR).arg("--socket").arg(&f.sock).arg("apps").output().unwrap();
+    let out = Command::new(TORPOR)
+        .arg("--socket")
+        .arg(&f.sock)
+        .arg("apps")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
     assert!(out.status.success());
-    assert_eq!(text.lines().filter(|l| l.contains("standby")).count(), 3, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("standby")).count(),
+        3,
+        "{text}"
+    );
     // Events were recorded for the transitions.
     let (_, ev) = f.api("GET", "/v1/events");
-    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert!(kinds.iter().filter(|k| **k == "start").count() >= 20, "{kinds:?}");
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "start").count() >= 20,
+        "{kinds:?}"
+    );
     // Overload detection ran on the paging of these cycles (200 ms samples): the host's and the
     // apps' rates and flags are exported. Whether a 200 ms sample of these cycles exceeds
     // 200 ops/s depends on how fast the machine pages and computes in between, so the events
     // are shown, not required; `overload_events_follow_the_detectors` checks the detectors'
     // wiring to events and metrics with an outcome fixed by the number of samples.
     assert!(f.metric("torpord_paging_rate{scope=\"host\"}").is_some());
-    assert!(f.metric("torpord_overloaded{scope=\"app\",app=\"beta\",kind=\"sustained\"}").is_some());
-    for e in ev["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "overload" || e["kind"] == "hotspot") {
+    assert!(f
+        .metric("torpord_overloaded{scope=\"app\",app=\"beta\",kind=\"sustained\"}")
+        .is_some());
+    for e in ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "overload" || e["kind"] == "hotspot")
+    {
         eprintln!("EVENT {}: {}", e["kind"], e["message"]);
     }
 }
@@ -308,43 +456,102 @@ fn standby_pool_then_20_start_stop_cycles() {
 #[test]
 #[ignore = "root suite"]
 fn overload_events_follow_the_detectors() {
-    let mut f = Fixture::new("overload", vec![app("ov", 16, false)], "overload_threshold = -1.0");
+    let mut f = Fixture::new(
+        "overload",
+        vec![app("ov", 16, false)],
+        "overload_threshold = -1.0",
+    );
     f.start_daemon();
     f.wait_pool();
-    let want = ["host: sustained overload BEGINS", "app ov: sustained overload BEGINS", "app ov: hotspot detected"];
+    let want = [
+        "host: sustained overload BEGINS",
+        "app ov: sustained overload BEGINS",
+        "app ov: hotspot detected",
+    ];
     let messages = || -> Vec<String> {
         let (_, ev) = f.api("GET", "/v1/events");
-        ev["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["message"].as_str().map(str::to_string))
+            .collect()
     };
     wait_until("overload events for the host and the app", HANG, || {
         let m = messages();
         want.iter().all(|w| m.iter().any(|x| x.starts_with(w)))
     });
     let m = messages();
-    for e in m.iter().filter(|m| m.contains("overload") || m.contains("hotspot")) {
+    for e in m
+        .iter()
+        .filter(|m| m.contains("overload") || m.contains("hotspot"))
+    {
         eprintln!("EVENT {e}");
     }
     let (_, ev) = f.api("GET", "/v1/events");
     let evs = ev["events"].as_array().unwrap();
-    assert!(evs.iter().any(|e| e["kind"] == "overload" && e["app"] == "ov"), "{ev:#}");
-    assert!(evs.iter().any(|e| e["kind"] == "overload" && e["app"].is_null()), "{ev:#}");
-    assert!(evs.iter().any(|e| e["kind"] == "hotspot" && e["app"] == "ov"), "{ev:#}");
-    assert!(!m.iter().any(|x| x.contains("sustained overload ends") || x.starts_with("app ov: hotspot cleared")), "{m:?}");
-    for (scope, kinds) in [("scope=\"host\"", &["interval", "sustained"][..]), ("scope=\"app\",app=\"ov\"", &["interval", "sustained", "hotspot"][..])] {
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "overload" && e["app"] == "ov"),
+        "{ev:#}"
+    );
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "overload" && e["app"].is_null()),
+        "{ev:#}"
+    );
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "hotspot" && e["app"] == "ov"),
+        "{ev:#}"
+    );
+    assert!(
+        !m.iter()
+            .any(|x| x.contains("sustained overload ends")
+                || x.starts_with("app ov: hotspot cleared")),
+        "{m:?}"
+    );
+    for (scope, kinds) in [
+        ("scope=\"host\"", &["interval", "sustained"][..]),
+        (
+            "scope=\"app\",app=\"ov\"",
+            &["interval", "sustained", "hotspot"][..],
+        ),
+    ] {
         for kind in kinds {
-            assert_eq!(f.metric(&format!("torpord_overloaded{{{scope},kind=\"{kind}\"}}")), Some(1.0), "{scope} {kind}");
+            assert_eq!(
+                f.metric(&format!("torpord_overloaded{{{scope},kind=\"{kind}\"}}")),
+                Some(1.0),
+                "{scope} {kind}"
+            );
         }
     }
     let ov = &f.status("ov")["overload"];
-    assert_eq!((ov["overloaded"].as_bool(), ov["sustained"].as_bool(), ov["hotspot"].as_bool()), (Some(true), Some(true), Some(true)), "{ov:#}");
-    assert_eq!(ov["rate"].as_f64(), Some(0.0), "a never-started app takes no faults: {ov:#}");
+    assert_eq!(
+        (
+            ov["overloaded"].as_bool(),
+            ov["sustained"].as_bool(),
+            ov["hotspot"].as_bool()
+        ),
+        (Some(true), Some(true), Some(true)),
+        "{ov:#}"
+    );
+    assert_eq!(
+        ov["rate"].as_f64(),
+        Some(0.0),
+        "a never-started app takes no faults: {ov:#}"
+    );
 }
 
 /// After a restart, every app is reported in a state that matches the kernel, with its
 /// original processes.
 fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i64>)]) -> Vec<String> {
     let after = pids_of(f);
-    assert_eq!(before, after.as_slice(), "app processes changed across the torpord restart (lost or killed)");
+    assert_eq!(
+        before,
+        after.as_slice(),
+        "app processes changed across the torpord restart (lost or killed)"
+    );
     let mut states = vec![];
     for a in &f.apps {
         let v = f.status(&a.name);
@@ -355,10 +562,15 @@ fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i64>)]) -
                 assert!(!frozen_of(&v), "{v:#}");
                 assert_eq!(app_get(a.port, "/verify"), 200);
             }
-            "standby" | "suspended" => assert!(frozen_of(&v), "{} reported {st} but not frozen", a.name),
+            "standby" | "suspended" => {
+                assert!(frozen_of(&v), "{} reported {st} but not frozen", a.name)
+            }
             other => panic!("{}: unexpected state {other} after restart: {v:#}", a.name),
         }
-        eprintln!("  after restart: {} is {st} (note: {})", a.name, v["last_error"]);
+        eprintln!(
+            "  after restart: {} is {st} (note: {})",
+            a.name, v["last_error"]
+        );
         states.push(st);
     }
     states
@@ -374,7 +586,15 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
     let before = pids_of(&f);
     // Kill during Start at several points (reserve/prefetch, thaw, probe) and during Stop
     // (freeze, working set, purge).
-    for (op, delay_ms) in [("start", 30u64), ("start", 150), ("stop", 10), ("stop", 80), ("start", 5), ("stop", 200), ("start", 330)] {
+    for (op, delay_ms) in [
+        ("start", 30u64),
+        ("start", 150),
+        ("stop", 10),
+        ("stop", 80),
+        ("start", 5),
+        ("stop", 200),
+        ("start", 330),
+    ] {
         // Bring "one" to the state the op starts from.
         let want_from = if op == "start" { "standby" } else { "running" };
         let cur = f.status("one")["state"].as_str().unwrap().to_string();
@@ -384,11 +604,22 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
             assert_eq!(s, 200, "{v}");
         }
         let sock = f.sock.clone();
-        let h = std::thread::spawn(move || request(&sock, "POST", &format!("/v1/apps/one/{op}"), None, API_TIMEOUT));
+        let h = std::thread::spawn(move || {
+            request(
+                &sock,
+                "POST",
+                &format!("/v1/apps/one/{op}"),
+                None,
+                API_TIMEOUT,
+            )
+        });
         std::thread::sleep(Duration::from_millis(delay_ms));
         f.kill9();
         let r = h.join().unwrap();
-        eprintln!("kill -9 torpord {delay_ms} ms into {op}(one): client got {:?}", r.as_ref().map(|r| r.status));
+        eprintln!(
+            "kill -9 torpord {delay_ms} ms into {op}(one): client got {:?}",
+            r.as_ref().map(|r| r.status)
+        );
         f.start_daemon();
         f.wait_pool();
         let states = assert_consistent_after_restart(&f, &before);
@@ -414,17 +645,35 @@ fn malformed_config_is_refused_with_line_and_column() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("bad.toml");
     let sock = dir.join("s.sock");
-    std::fs::write(&cfg, format!("socket = {sock:?}\n[[app]]\nname = \"x\"\ncommand = [\"/bin/true\"\nprestart = true\n")).unwrap();
-    let out = Command::new(TORPORD).arg("--config").arg(&cfg).stdin(Stdio::null()).output().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {sock:?}\n[[app]]\nname = \"x\"\ncommand = [\"/bin/true\"\nprestart = true\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(TORPORD)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("{err}");
     assert_eq!(out.status.code(), Some(2), "{err}");
     let needle = format!("{}:5:", cfg.display());
     assert!(err.contains(&needle), "no line:column in {err:?}");
-    assert!(!sock.exists(), "torpord created its socket despite the bad config");
+    assert!(
+        !sock.exists(),
+        "torpord created its socket despite the bad config"
+    );
     // A semantic error too.
     std::fs::write(&cfg, "purge = \"sometimes\"\n").unwrap();
-    let out = Command::new(TORPORD).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(TORPORD)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains(":1:9:"), "{err}");
@@ -450,14 +699,26 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     let (s, v) = f.api("GET", "/v1/apps/nope");
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("unknown_app")));
     let (s, v) = f.api("POST", "/v1/apps/bad%20name/stop");
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     let (s, v) = f.api("GET", "/v2/whatever");
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = f.api("GET", "/v1/apps/busy/start");
-    assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 
     // Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
-    let m = |f: &Fixture, k: &str| f.metric(&format!("torpord_transitions_total{{app=\"busy\",transition=\"{k}\"}}")).unwrap();
+    let m = |f: &Fixture, k: &str| {
+        f.metric(&format!(
+            "torpord_transitions_total{{app=\"busy\",transition=\"{k}\"}}"
+        ))
+        .unwrap()
+    };
     let (starts0, stops0) = (m(&f, "start"), m(&f, "stop"));
     let mut hs = vec![];
     for t in 0..6 {
@@ -468,7 +729,11 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
                 let op = if (t + i) % 2 == 0 { "start" } else { "stop" };
                 let (s, v) = api(&sock, "POST", &format!("/v1/apps/busy/{op}"));
                 assert_eq!(s, 200, "{op}: {v}");
-                let effective = if op == "start" { v["already_running"] != true } else { v["already"] != true };
+                let effective = if op == "start" {
+                    v["already_running"] != true
+                } else {
+                    v["already"] != true
+                };
                 done.push((op, effective, v["state"].as_str().unwrap().to_string()));
             }
             done
@@ -478,47 +743,96 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     let eff_starts = results.iter().filter(|r| r.0 == "start" && r.1).count() as f64;
     let eff_stops = results.iter().filter(|r| r.0 == "stop" && r.1).count() as f64;
     for r in &results {
-        let ok = if r.0 == "start" { r.2 == "running" } else { r.2 == "standby" };
+        let ok = if r.0 == "start" {
+            r.2 == "running"
+        } else {
+            r.2 == "standby"
+        };
         assert!(ok, "{r:?}");
     }
-    assert_eq!(m(&f, "start") - starts0, eff_starts, "start counter vs effective starts");
-    assert_eq!(m(&f, "stop") - stops0, eff_stops, "stop counter vs effective stops");
+    assert_eq!(
+        m(&f, "start") - starts0,
+        eff_starts,
+        "start counter vs effective starts"
+    );
+    assert_eq!(
+        m(&f, "stop") - stops0,
+        eff_stops,
+        "stop counter vs effective stops"
+    );
     // Effective starts and stops alternate, so they differ by at most one.
-    assert!((eff_starts - eff_stops).abs() <= 1.0, "{eff_starts} starts vs {eff_stops} stops");
-    eprintln!("concurrent: 30 requests, {eff_starts} effective starts, {eff_stops} effective stops");
+    assert!(
+        (eff_starts - eff_stops).abs() <= 1.0,
+        "{eff_starts} starts vs {eff_stops} stops"
+    );
+    eprintln!(
+        "concurrent: 30 requests, {eff_starts} effective starts, {eff_stops} effective stops"
+    );
     let (s, _) = f.api("POST", "/v1/apps/busy/start");
     assert_eq!(s, 200);
-    assert_eq!(app_get(f.port("busy"), "/verify"), 200, "memory corrupted under concurrent Start/Stop");
+    assert_eq!(
+        app_get(f.port("busy"), "/verify"),
+        200,
+        "memory corrupted under concurrent Start/Stop"
+    );
     let (s, _) = f.api("POST", "/v1/apps/busy/stop");
     assert_eq!(s, 200);
 
     // Per-request prefetch override of a process app: "none" (demand paging), then "full";
     // a VM-only mode or a malformed body is a 400 and changes nothing.
     let start_body = |body: &str| {
-        let r = request(&f.sock, "POST", "/v1/apps/busy/start", Some(body), API_TIMEOUT).unwrap();
+        let r = request(
+            &f.sock,
+            "POST",
+            "/v1/apps/busy/start",
+            Some(body),
+            API_TIMEOUT,
+        )
+        .unwrap();
         (r.status, r.json().unwrap_or(Value::Null))
     };
     for bad in [r#"{"prefetch": "priority"}"#, r#"{"prefetch": 3}"#, "{"] {
         let (s, v) = start_body(bad);
-        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}: {v}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {v}"
+        );
     }
     assert_eq!(f.status("busy")["state"], "standby");
     let (s, v) = start_body(r#"{"prefetch": "none"}"#);
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["timing"]["prefetch_mode"].as_str(), v["timing"]["prefetch_bytes"].as_u64()), (Some("none"), Some(0)), "{v}");
+    assert_eq!(
+        (
+            v["timing"]["prefetch_mode"].as_str(),
+            v["timing"]["prefetch_bytes"].as_u64()
+        ),
+        (Some("none"), Some(0)),
+        "{v}"
+    );
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
     assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
     let (s, v) = start_body(r#"{"prefetch": "full"}"#);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["timing"]["prefetch_mode"], "full", "{v}");
-    assert!(v["timing"]["prefetch_bytes"].as_u64().unwrap() >= 64 * MIB, "{v}");
+    assert!(
+        v["timing"]["prefetch_bytes"].as_u64().unwrap() >= 64 * MIB,
+        "{v}"
+    );
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
     assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
 
     // Permissions: the socket is 0660 root:4242.
     let setpriv = |gid: u32| {
         Command::new("setpriv")
-            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", TORPOR, "--json", "--socket"])
+            .args([
+                "--reuid=65534",
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                TORPOR,
+                "--json",
+                "--socket",
+            ])
             .arg(&f.sock)
             .arg("apps")
             .output()
@@ -526,16 +840,26 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     };
     // nobody in group 4242: allowed (socket group + SO_PEERCRED gid).
     let out = setpriv(4242);
-    assert!(out.status.success(), "group member refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "group member refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // nobody/nogroup: the socket mode refuses the connect.
     let out = setpriv(65534);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("ermission denied"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("ermission denied"),
+        "{err}"
+    );
     // With the socket opened to everyone, the SO_PEERCRED check answers 403.
     std::fs::set_permissions(&f.sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let out = setpriv(65534);
     let so = String::from_utf8_lossy(&out.stdout);
-    eprintln!("nobody via 0666 socket: {so} {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "nobody via 0666 socket: {so} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success());
     let v: Value = serde_json::from_str(so.trim()).unwrap();
     assert_eq!(v["error"]["code"], "forbidden");
@@ -545,7 +869,10 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     // An app that never becomes ready: start_failed after its timeout, left frozen and purged.
     let t = Instant::now();
     let (s, v) = f.api("POST", "/v1/apps/never/start");
-    eprintln!("never-ready start: {s} {v} after {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "never-ready start: {s} {v} after {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(s == 503 || s == 500, "{s} {v}");
     assert_eq!(v["error"]["code"], "start_failed");
     let msg = v["error"]["message"].as_str().unwrap();
@@ -553,7 +880,11 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert!(msg.contains("left standby"), "{msg}");
     // It cannot fail before its 2 s readiness timeout has run out (how long the cold start and
     // the purge after it take on a loaded machine is not the point; API_TIMEOUT catches a hang).
-    assert!(t.elapsed() >= Duration::from_secs(2), "start_failed after {:?}, before the 2 s readiness timeout", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "start_failed after {:?}, before the 2 s readiness timeout",
+        t.elapsed()
+    );
     assert_standby(&f, "never", 64);
     let st = f.status("never");
     assert_eq!(st["counters"]["start_failures"], 1);
@@ -568,7 +899,9 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     let apps = vec![app("r1", 96, true), app("r2", 64, true)];
     let mut f = Fixture::new("reserve", apps, "purge = \"never\"\nreserve = \"100T\"");
     // Override the fixture's reserve line (the later key would be a duplicate).
-    let cfg = std::fs::read_to_string(&f.cfg).unwrap().replace("reserve = \"128M\"\n", "");
+    let cfg = std::fs::read_to_string(&f.cfg)
+        .unwrap()
+        .replace("reserve = \"128M\"\n", "");
     std::fs::write(&f.cfg, cfg).unwrap();
     f.start_daemon();
     f.wait_pool();
@@ -580,7 +913,13 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     assert_eq!(s, 200, "{v}");
     let t = &v["timing"];
     eprintln!("start under an unmet reserve: {t}");
-    assert!(t["prefetch_stopped"].as_str().unwrap_or("").contains("FreeFloor"), "{t}");
+    assert!(
+        t["prefetch_stopped"]
+            .as_str()
+            .unwrap_or("")
+            .contains("FreeFloor"),
+        "{t}"
+    );
     assert_eq!(t["prefetch_bytes"], 0);
     // Demand paging brings it back intact.
     assert_eq!(app_get(f.port("r1"), "/verify"), 200);
@@ -588,9 +927,19 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     assert_eq!(s, 200);
     assert_eq!(v["state"], "standby", "{v}");
     assert_standby(&f, "r1", 96);
-    assert_eq!(f.metric("torpord_transitions_total{app=\"r1\",transition=\"reserve_purge\"}"), Some(2.0));
+    assert_eq!(
+        f.metric("torpord_transitions_total{app=\"r1\",transition=\"reserve_purge\"}"),
+        Some(2.0)
+    );
     let (_, ev) = f.api("GET", "/v1/events");
-    assert!(ev["events"].as_array().unwrap().iter().any(|e| e["kind"] == "reserve"), "no reserve event");
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "reserve"),
+        "no reserve event"
+    );
 }
 
 #[test]
@@ -599,8 +948,12 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     let mut f = Fixture::new("notify", vec![app("n1", 64, true)], "");
     let ns = f.dir.join("notify.sock");
     let rx = std::os::unix::net::UnixDatagram::bind(&ns).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    f.env = vec![("NOTIFY_SOCKET".into(), ns.display().to_string()), ("WATCHDOG_USEC".into(), "1000000".into())];
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    f.env = vec![
+        ("NOTIFY_SOCKET".into(), ns.display().to_string()),
+        ("WATCHDOG_USEC".into(), "1000000".into()),
+    ];
     // Drain the socket all along: torpord's sends block once 10 datagrams wait unread
     // (net.unix.max_dgram_qlen), and a STOPPING=1 blocked that way would never let it exit.
     let msgs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -611,7 +964,9 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
             let mut b = [0u8; 512];
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(n) = rx.recv(&mut b) {
-                    msgs.lock().unwrap().push(String::from_utf8_lossy(&b[..n]).into_owned());
+                    msgs.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&b[..n]).into_owned());
                 }
             }
         })
@@ -631,13 +986,22 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     // SIGTERM: torpord exits 0, removes its socket, leaves the app alone.
     let pid = f.status("n1")["pid"].as_i64().unwrap() as i32;
     let mut d = f.daemon.take().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let st = d.wait().unwrap();
     assert!(st.success(), "{st}");
     assert!(!f.sock.exists());
-    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the app died with torpord");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the app died with torpord"
+    );
     // Sent before it exited, so queued: it arrives at the next read.
-    wait_until("STOPPING=1", Duration::from_secs(60), || got().iter().any(|m| m.contains("STOPPING=1")));
+    wait_until("STOPPING=1", Duration::from_secs(60), || {
+        got().iter().any(|m| m.contains("STOPPING=1"))
+    });
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     drain.join().unwrap();
     // Restarted, it adopts the app as it was.

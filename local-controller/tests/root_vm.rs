@@ -11,8 +11,12 @@
 
 mod common;
 
-use guest_enlight::protocol::{encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD};
-use guest_enlight::{Category, FreeBitmap, MapInfo, MapSourceKind, PfnRange, PriorityMap, RamLayout};
+use guest_enlight::protocol::{
+    encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD,
+};
+use guest_enlight::{
+    Category, FreeBitmap, MapInfo, MapSourceKind, PfnRange, PriorityMap, RamLayout,
+};
 use local_controller::client::request;
 use procswap::vm::{GuestRam, Qmp};
 use procswap::Range;
@@ -38,22 +42,40 @@ const END: u64 = 128 * MIB;
 const REGION_PAGES: u64 = 16 * MIB / PS;
 
 fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let r = request(sock, method, path, body, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let r = request(sock, method, path, body, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     (r.status, r.json().unwrap_or(Value::Null))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// The fake agent's maps: a pc guest with 512 MiB (System RAM 4 KiB..636 KiB and 1 MiB..512 MiB).
 fn fake_maps() -> (RamLayout, FreeBitmap, PriorityMap) {
-    let layout = RamLayout::new(vec![PfnRange { start: 1, count: 0x9e }, PfnRange { start: 0x100, count: 0x20000 - 0x100 }]).unwrap();
-    let info = MapInfo::now(MapSourceKind::PortableApprox, Duration::from_millis(1), 16000);
+    let layout = RamLayout::new(vec![
+        PfnRange {
+            start: 1,
+            count: 0x9e,
+        },
+        PfnRange {
+            start: 0x100,
+            count: 0x20000 - 0x100,
+        },
+    ])
+    .unwrap();
+    let info = MapInfo::now(
+        MapSourceKind::PortableApprox,
+        Duration::from_millis(1),
+        16000,
+    );
     let idx = |gpa: u64| layout.index_of(gpa / PS).unwrap();
     let mut free = FreeBitmap::new(layout.clone(), info);
     free.set_range(idx(F), REGION_PAGES);
@@ -66,7 +88,11 @@ fn fake_maps() -> (RamLayout, FreeBitmap, PriorityMap) {
 }
 
 /// Serve the agent protocol on `path` until `stop`; counts connections.
-fn fake_agent(path: PathBuf, stop: Arc<AtomicBool>, conns: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+fn fake_agent(
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    conns: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     let l = UnixListener::bind(&path).unwrap();
     l.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -81,14 +107,28 @@ fn fake_agent(path: PathBuf, stop: Arc<AtomicBool>, conns: Arc<AtomicU64>) -> st
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             while let Ok(f) = read_frame(&mut s, DEFAULT_MAX_PAYLOAD) {
                 let resp = match Request::decode(&f) {
-                    Ok(Request::Hello { .. }) => Response::Hello { version: 1, agent: "fake-agent".into(), page_size: 4096, source: MapSourceKind::PortableApprox },
+                    Ok(Request::Hello { .. }) => Response::Hello {
+                        version: 1,
+                        agent: "fake-agent".into(),
+                        page_size: 4096,
+                        source: MapSourceKind::PortableApprox,
+                    },
                     Ok(Request::Ping { nonce }) => Response::Pong { nonce },
-                    Ok(Request::GetLayout) => Response::Layout { page_size: 4096, layout: layout.clone() },
-                    Ok(Request::GetFreeBitmap) => Response::FreeBitmap(WireMap::from_free_bitmap(&free)),
-                    Ok(Request::GetPriorityMap { .. }) => Response::PriorityMap(WireMap::from_priority_map(&pri)),
+                    Ok(Request::GetLayout) => Response::Layout {
+                        page_size: 4096,
+                        layout: layout.clone(),
+                    },
+                    Ok(Request::GetFreeBitmap) => {
+                        Response::FreeBitmap(WireMap::from_free_bitmap(&free))
+                    }
+                    Ok(Request::GetPriorityMap { .. }) => {
+                        Response::PriorityMap(WireMap::from_priority_map(&pri))
+                    }
                     Err(e) => panic!("fake agent: {e}"),
                 };
-                if s.write_all(&encode_frame(&resp.to_frame(f.request_id))).is_err() {
+                if s.write_all(&encode_frame(&resp.to_frame(f.request_id)))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -109,17 +149,40 @@ struct Fixture {
 }
 
 fn qemu_argv(qmp: &Path, mem: &str) -> Vec<String> {
-    ["qemu-system-x86_64", "-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-M", "pc", "-m", mem, "-qmp"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("unix:{},server=on,wait=off", qmp.display())])
-        .collect()
+    [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-S",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-M",
+        "pc",
+        "-m",
+        mem,
+        "-qmp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("unix:{},server=on,wait=off", qmp.display())])
+    .collect()
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "the root suite needs root");
-        assert!(Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-system-x86_64 is needed");
+        assert_eq!(
+            nix::unistd::geteuid().as_raw(),
+            0,
+            "the root suite needs root"
+        );
+        assert!(
+            Command::new("qemu-system-x86_64")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "qemu-system-x86_64 is needed"
+        );
         let parent = format!("torpor-vmtest-{}", std::process::id());
         let dir = std::env::temp_dir().join(&parent);
         let _ = std::fs::remove_dir_all(&dir);
@@ -142,7 +205,11 @@ impl Fixture {
         std::fs::write(dir.join("torpord.toml"), toml).unwrap();
         let agent_stop = Arc::new(AtomicBool::new(false));
         let agent_conns = Arc::new(AtomicU64::new(0));
-        let agent_thread = Some(fake_agent(agent.clone(), agent_stop.clone(), agent_conns.clone()));
+        let agent_thread = Some(fake_agent(
+            agent.clone(),
+            agent_stop.clone(),
+            agent_conns.clone(),
+        ));
         let log = std::fs::File::create(dir.join("torpord.log")).unwrap();
         let daemon = Command::new(TORPORD)
             .arg("--config")
@@ -152,9 +219,21 @@ impl Fixture {
             .stderr(log)
             .spawn()
             .unwrap();
-        let f = Fixture { dir, parent, sock, qmp, agent, daemon: Some(daemon), agent_stop, agent_conns, agent_thread };
+        let f = Fixture {
+            dir,
+            parent,
+            sock,
+            qmp,
+            agent,
+            daemon: Some(daemon),
+            agent_stop,
+            agent_conns,
+            agent_thread,
+        };
         wait_until("torpord's socket", Duration::from_secs(30), || {
-            request(&f.sock, "GET", "/v1/health", None, Duration::from_secs(5)).map(|r| r.status == 200).unwrap_or(false)
+            request(&f.sock, "GET", "/v1/health", None, Duration::from_secs(5))
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
         });
         f
     }
@@ -185,7 +264,11 @@ impl Drop for Fixture {
         self.agent_stop.store(true, Ordering::Relaxed);
         common::remove_app_cgroups(&common::cgroup_dirs(&self.parent));
         if std::thread::panicking() {
-            eprintln!("---- torpord log ({}) ----\n{}", self.dir.display(), self.log());
+            eprintln!(
+                "---- torpord log ({}) ----\n{}",
+                self.dir.display(),
+                self.log()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -205,23 +288,40 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn qmp(f: &Fixture) -> Qmp {
-    Qmp::connect_retry(&f.qmp, Duration::from_secs(10), Instant::now() + Duration::from_secs(20)).expect("QMP")
+    Qmp::connect_retry(
+        &f.qmp,
+        Duration::from_secs(10),
+        Instant::now() + Duration::from_secs(20),
+    )
+    .expect("QMP")
 }
 
 /// QEMU reads guest RAM [K, END) by guest-physical address into a file.
 fn pmemsave(f: &Fixture, tag: &str) -> Vec<u8> {
     let mut q = qmp(f);
     let out = f.dir.join(format!("pmem-{tag}"));
-    let r = q.hmp(&format!("pmemsave {K:#x} {:#x} \"{}\"", END - K, out.display())).unwrap();
+    let r = q
+        .hmp(&format!(
+            "pmemsave {K:#x} {:#x} \"{}\"",
+            END - K,
+            out.display()
+        ))
+        .unwrap();
     assert!(r.trim().is_empty(), "pmemsave: {r}");
     let mut b = Vec::new();
-    std::fs::File::open(&out).unwrap().read_to_end(&mut b).unwrap();
+    std::fs::File::open(&out)
+        .unwrap()
+        .read_to_end(&mut b)
+        .unwrap();
     std::fs::remove_file(&out).unwrap();
     b
 }
 
 fn region(ram: &GuestRam, a: u64, b: u64) -> Vec<Range> {
-    vec![Range { start: ram.gpa_to_hva(a).unwrap(), len: b - a }]
+    vec![Range {
+        start: ram.gpa_to_hva(a).unwrap(),
+        len: b - a,
+    }]
 }
 
 fn counts(pid: i32, ram: &GuestRam, a: u64, b: u64) -> procswap::vm::PageCounts {
@@ -239,7 +339,11 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     // Cold start: QEMU spawned in its cgroup, QMP answers.
     let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
     assert_eq!(s, 200, "{v:#}");
-    assert_eq!((v["cold"].as_bool(), v["vm"]["cold"].as_bool()), (Some(true), Some(true)), "{v:#}");
+    assert_eq!(
+        (v["cold"].as_bool(), v["vm"]["cold"].as_bool()),
+        (Some(true), Some(true)),
+        "{v:#}"
+    );
     let pid = v["pid"].as_i64().unwrap() as i32;
     assert_eq!(v["vm"]["status"], "prelaunch", "{v:#}");
 
@@ -250,14 +354,25 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     };
     let pat = pattern((END - K) as usize);
     {
-        let mut mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).unwrap();
-        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap())).unwrap();
+        let mut mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .unwrap();
+        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap()))
+            .unwrap();
         mem.write_all(&pat).unwrap();
     }
-    assert!(pmemsave(&f, "initial") == pat, "the pattern is not where the guest sees it");
+    assert!(
+        pmemsave(&f, "initial") == pat,
+        "the pattern is not where the guest sees it"
+    );
     let all = REGION_PAGES * 4;
 
-    for (round, mode) in ["priority", "full", "none", "priority"].into_iter().enumerate() {
+    for (round, mode) in ["priority", "full", "none", "priority"]
+        .into_iter()
+        .enumerate()
+    {
         // Stop: maps from the agent, QMP stop, freeze, purge, verified evicted.
         let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
         assert_eq!(s, 200, "{v:#}");
@@ -265,7 +380,11 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         assert_eq!(v["state"], "standby", "{v:#}");
         assert_eq!(vm["maps"], "fresh", "{v:#}");
         assert_eq!(u(&vm["agent"]["free_pages"]), REGION_PAGES, "{v:#}");
-        assert_eq!(vm["status_after"], if round == 0 { "prelaunch" } else { "paused" }, "{v:#}");
+        assert_eq!(
+            vm["status_after"],
+            if round == 0 { "prelaunch" } else { "paused" },
+            "{v:#}"
+        );
         assert_eq!(vm["evidence"]["evicted"], true, "{v:#}");
         // Once the firmware ran, PAM shadowing makes parts of 0xc0000-0xfffff RAM too: the flat
         // view (rediscovered at every Stop) grows by those pages.
@@ -277,7 +396,10 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         // leave a few pages (seen once: 140 of 16384), hence the 1 % of `evicted`.
         let c = counts(pid, &ram, K, END);
         eprintln!("round {round}: pattern region after the purge: {c:?}");
-        assert!(c.resident * 100 <= all && c.resident + c.swapped == all, "pattern region after the purge (round {round}): {c:?}");
+        assert!(
+            c.resident * 100 <= all && c.resident + c.swapped == all,
+            "pattern region after the purge (round {round}): {c:?}"
+        );
         // Baselines: what is on swap in the free region, and in its untouched tail.
         let f_swapped = counts(pid, &ram, F, O).swapped;
         let f_tail_swapped = counts(pid, &ram, F + 12 * MIB, O).swapped;
@@ -298,7 +420,11 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                 vm["qemu_own_pages"], vm["single_pass"], vm["plan_ms"], vm["fetch_call_ms"], vm["qemu_own_ms"], c[0]["ms"], c[5]["ms"]
             );
         }
-        assert_eq!((vm["mode"].as_str(), vm["effective"].as_str()), (Some(mode), Some(mode)), "{v:#}");
+        assert_eq!(
+            (vm["mode"].as_str(), vm["effective"].as_str()),
+            (Some(mode), Some(mode)),
+            "{v:#}"
+        );
         assert_eq!(v["timing"]["prefetch_mode"], mode);
         let after = |a, b| counts(pid, &ram, a, b);
         match mode {
@@ -306,11 +432,25 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                 let cls = vm["classes"].as_array().unwrap();
                 assert_eq!(cls.len(), 10);
                 let (s0, s5) = (u(&cls[0]["swapped_pages"]), u(&cls[5]["swapped_pages"]));
-                assert!(s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99, "{v:#}");
-                assert_eq!((u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])), (s0, s5), "{v:#}");
-                assert_eq!(u(&cls[8]["fetched_pages"]), 0, "class 8 is left to the background: {v:#}");
+                assert!(
+                    s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99,
+                    "{v:#}"
+                );
+                assert_eq!(
+                    (u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])),
+                    (s0, s5),
+                    "{v:#}"
+                );
+                assert_eq!(
+                    u(&cls[8]["fetched_pages"]),
+                    0,
+                    "class 8 is left to the background: {v:#}"
+                );
                 assert_eq!(u(&vm["skipped_free_pages"]), REGION_PAGES, "{v:#}");
-                assert!(u(&vm["pswpin_delta_prefetch"]) >= (s0 + s5) * 9 / 10, "swap-in evidence: {v:#}");
+                assert!(
+                    u(&vm["pswpin_delta_prefetch"]) >= (s0 + s5) * 9 / 10,
+                    "swap-in evidence: {v:#}"
+                );
                 assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
                 // Second priority round: the "guest" faults every other page of [F, F+8 MiB)
                 // in (reads through /proc/PID/mem fault swapped pages in, as guest accesses
@@ -321,10 +461,14 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                     let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
                     let mut b = [0u8; 1];
                     for p in (0..(8 * MIB / PS)).step_by(2) {
-                        mem.seek(SeekFrom::Start(ram.gpa_to_hva(F + p * PS).unwrap())).unwrap();
+                        mem.seek(SeekFrom::Start(ram.gpa_to_hva(F + p * PS).unwrap()))
+                            .unwrap();
                         mem.read_exact(&mut b).unwrap();
                     }
-                    eprintln!("round 3: 1024 faults through /proc/{pid}/mem in {:.3} s", t.elapsed().as_secs_f64());
+                    eprintln!(
+                        "round 3: 1024 faults through /proc/{pid}/mem in {:.3} s",
+                        t.elapsed().as_secs_f64()
+                    );
                 }
                 // The background fetcher takes the rest (class 8) but never the free pages.
                 wait_until("the background fetch", Duration::from_secs(120), || {
@@ -335,21 +479,35 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                 eprintln!("round {round} background: {bg}");
                 assert_eq!(bg["ended"], "finished", "{st:#}");
                 assert!(u(&bg["rest_pages"]) * 100 >= REGION_PAGES * 99, "{st:#}");
-                assert_eq!(after(O, END).swapped, 0, "class 8 fetched in the background");
+                assert_eq!(
+                    after(O, END).swapped,
+                    0,
+                    "class 8 fetched in the background"
+                );
                 if round == 3 {
                     assert!(u(&bg["segments_triggered"]) >= 1, "{st:#}");
                     assert!(u(&bg["twinkle_pages"]) >= 500, "{st:#}");
                     let win = after(F, F + 8 * MIB);
-                    assert!(win.swapped <= 512, "Twinkle fetched the triggered segments: {win:?}");
+                    assert!(
+                        win.swapped <= 512,
+                        "Twinkle fetched the triggered segments: {win:?}"
+                    );
                     // The untouched tail stays on swap unless a segment there was triggered by
                     // faults this test does not make (seen once in ~8 runs: a 4th segment, fully
                     // outside the touched window, was faulted in while the VM ran): the rest
                     // phase itself never fetches free pages.
                     let tail = after(F + 12 * MIB, O).swapped;
-                    assert!(tail == f_tail_swapped || u(&bg["segments_triggered"]) > 3, "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#}");
+                    assert!(
+                        tail == f_tail_swapped || u(&bg["segments_triggered"]) > 3,
+                        "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#}"
+                    );
                 } else {
                     assert_eq!(u(&bg["segments_triggered"]), 0, "{st:#}");
-                    assert_eq!(after(F, O).swapped, f_swapped, "free pages must not be prefetched");
+                    assert_eq!(
+                        after(F, O).swapped,
+                        f_swapped,
+                        "free pages must not be prefetched"
+                    );
                 }
             }
             "full" => {
@@ -359,30 +517,68 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
             }
             _ => {
                 assert_eq!(u(&vm["prefetched_pages"]), 0, "{v:#}");
-                assert!(after(K, END).swapped >= all * 9 / 10, "none: demand paging only");
+                assert!(
+                    after(K, END).swapped >= all * 9 / 10,
+                    "none: demand paging only"
+                );
             }
         }
         assert_eq!(f.api("GET", "/v1/apps/guest", None).1["state"], "running");
         // Whatever was fetched or skipped: the guest sees exactly what was written.
-        assert!(pmemsave(&f, mode) == pat, "round {round} ({mode}): guest RAM content changed");
+        assert!(
+            pmemsave(&f, mode) == pat,
+            "round {round} ({mode}): guest RAM content changed"
+        );
     }
 
     // Bad requests: a process-only mode, an unknown mode, not JSON, an unknown field.
-    for body in [r#"{"prefetch": "working-set-only"}"#, r#"{"prefetch": "most"}"#, "prefetch=none", r#"{"prefetch": "none", "x": 1}"#] {
+    for body in [
+        r#"{"prefetch": "working-set-only"}"#,
+        r#"{"prefetch": "most"}"#,
+        "prefetch=none",
+        r#"{"prefetch": "none", "x": 1}"#,
+    ] {
         let (s, v) = f.api("POST", "/v1/apps/guest/start", Some(body));
-        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{body}: {v:#}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}: {v:#}"
+        );
     }
 
     // The CLI: torpor stop / start --prefetch none --json.
-    let out = Command::new(TORPOR).args(["--socket"]).arg(&f.sock).args(["stop", "guest"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(TORPOR)
+        .args(["--socket"])
+        .arg(&f.sock)
+        .args(["stop", "guest"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("guest RAM resident"), "{text}");
-    let out = Command::new(TORPOR).args(["--json", "--socket"]).arg(&f.sock).args(["start", "guest", "--prefetch", "none"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(TORPOR)
+        .args(["--json", "--socket"])
+        .arg(&f.sock)
+        .args(["start", "guest", "--prefetch", "none"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vm"]["mode"], "none", "{v:#}");
-    let bad = Command::new(TORPOR).args(["--socket"]).arg(&f.sock).args(["start", "guest", "--prefetch", "sometimes"]).output().unwrap();
+    let bad = Command::new(TORPOR)
+        .args(["--socket"])
+        .arg(&f.sock)
+        .args(["start", "guest", "--prefetch", "sometimes"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 
     // Agent gone: Stop proceeds without maps (and says why); priority then runs as full.
@@ -392,13 +588,26 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
     assert_eq!(s, 200, "{v:#}");
     assert_eq!(v["vm"]["maps"], "none", "{v:#}");
-    assert!(v["vm"]["agent_note"].as_str().unwrap().contains("cannot connect"), "{v:#}");
+    assert!(
+        v["vm"]["agent_note"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{v:#}"
+    );
     assert_eq!(v["vm"]["evidence"]["evicted"], true, "{v:#}");
     let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
     assert_eq!(s, 200, "{v:#}");
-    assert_eq!((v["vm"]["mode"].as_str(), v["vm"]["effective"].as_str()), (Some("priority"), Some("full")), "{v:#}");
+    assert_eq!(
+        (v["vm"]["mode"].as_str(), v["vm"]["effective"].as_str()),
+        (Some("priority"), Some("full")),
+        "{v:#}"
+    );
     assert_eq!(counts(pid, &ram, K, END).swapped, 0);
-    assert!(pmemsave(&f, "noagent") == pat, "guest RAM content changed (no agent)");
+    assert!(
+        pmemsave(&f, "noagent") == pat,
+        "guest RAM content changed (no agent)"
+    );
 
     // QMP socket missing: a clear start failure naming it.
     let (s, v) = f.api("POST", "/v1/apps/badqmp/start", None);

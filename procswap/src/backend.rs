@@ -8,8 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::inspect::{inspect_target, InspectOptions, Inspection};
-use crate::sys::{self, Range};
 use crate::kmod::Kmod;
+use crate::sys::{self, Range};
 use crate::target::Target;
 use crate::uapi;
 
@@ -29,7 +29,12 @@ pub trait Backend: Send + Sync {
 
     /// Page out `ranges` (address order). Returns (bytes advised, bytes refused).
     /// `on_progress` receives the bytes advised so far within this call.
-    fn page_out(&self, t: &Target, ranges: &[Range], on_progress: &mut dyn FnMut(u64)) -> Result<(u64, u64)> {
+    fn page_out(
+        &self,
+        t: &Target,
+        ranges: &[Range],
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<(u64, u64)> {
         sys::madvise_all(t.pidfd(), ranges, libc::MADV_PAGEOUT, on_progress)
             .map_err(|e| Error::sys("process_madvise(MADV_PAGEOUT)", t.pid(), e))
     }
@@ -100,7 +105,10 @@ pub fn page_runs(addrs: &[u64], page_size: u64) -> Vec<uapi::TorporRange> {
     for &a in addrs {
         match out.last_mut() {
             Some(r) if r.start + r.len == a => r.len += page_size,
-            _ => out.push(uapi::TorporRange { start: a, len: page_size }),
+            _ => out.push(uapi::TorporRange {
+                start: a,
+                len: page_size,
+            }),
         }
     }
     out
@@ -128,9 +136,19 @@ impl Backend for KmodBackend {
         let ranges = page_runs(addrs, ps);
         match self.kmod.prefetch(t.pid(), &ranges, false, 0) {
             // Pages already present count as mapped: the caller asked for "present after".
-            Ok(r) => Ok((r.pages_mapped + r.pages_present, r.pages_failed + r.pages_unpopulated)),
-            Err(nix::errno::Errno::ESRCH) => Err(Error::TargetExited { pid: t.pid(), op: "prefetch mapping pass (kmod)" }),
-            Err(e) => Err(Error::Sys { op: "ioctl(TORPOR_IOC_PREFETCH)", pid: t.pid(), source: e.into() }),
+            Ok(r) => Ok((
+                r.pages_mapped + r.pages_present,
+                r.pages_failed + r.pages_unpopulated,
+            )),
+            Err(nix::errno::Errno::ESRCH) => Err(Error::TargetExited {
+                pid: t.pid(),
+                op: "prefetch mapping pass (kmod)",
+            }),
+            Err(e) => Err(Error::Sys {
+                op: "ioctl(TORPOR_IOC_PREFETCH)",
+                pid: t.pid(),
+                source: e.into(),
+            }),
         }
     }
 }
@@ -174,10 +192,20 @@ pub fn select_backend_explained(pref: BackendPref) -> Result<(Box<dyn Backend>, 
             Ok((Box::new(k), "kmod backend requested".into()))
         }
         BackendPref::Auto => match KmodBackend::open() {
-            Ok(k) => Ok((Box::new(k), format!("auto: {} answered with ABI {}", uapi::TORPOR_DEV_PATH, uapi::TORPOR_ABI_VERSION))),
+            Ok(k) => Ok((
+                Box::new(k),
+                format!(
+                    "auto: {} answered with ABI {}",
+                    uapi::TORPOR_DEV_PATH,
+                    uapi::TORPOR_ABI_VERSION
+                ),
+            )),
             Err(e) => {
                 tracing::info!("torpor module not usable ({e}); using the stock backend");
-                Ok((Box::new(StockBackend), format!("auto: module not usable ({e}); stock backend")))
+                Ok((
+                    Box::new(StockBackend),
+                    format!("auto: module not usable ({e}); stock backend"),
+                ))
             }
         },
     }

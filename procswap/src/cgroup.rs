@@ -38,7 +38,11 @@ impl Mount {
             return None;
         }
         let rest = rest.trim_start_matches('/');
-        Some(if rest.is_empty() { self.mount_point.clone() } else { self.mount_point.join(rest) })
+        Some(if rest.is_empty() {
+            self.mount_point.clone()
+        } else {
+            self.mount_point.join(rest)
+        })
     }
 }
 
@@ -47,7 +51,10 @@ pub fn mounts() -> Result<Mounts> {
     let infos = procfs::process::Process::myself()?.mountinfo()?;
     let mut m = Mounts::default();
     for mi in infos {
-        let mount = Mount { mount_point: mi.mount_point.clone(), root: mi.root.clone() };
+        let mount = Mount {
+            mount_point: mi.mount_point.clone(),
+            root: mi.root.clone(),
+        };
         if mi.fs_type == "cgroup2" {
             if m.v2.is_none() {
                 m.v2 = Some(mount);
@@ -94,16 +101,24 @@ pub fn pid_cgroups(pid: i32) -> Result<PidCgroups> {
 }
 
 pub(crate) fn read_trim(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| Error::io(path, e))
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io(path, e))
 }
 
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
-    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(value.as_bytes()).map_err(|e| Error::io(path, e))
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn is_mount_point(dir: &Path, m: &Mounts) -> bool {
-    [&m.v2, &m.v1_memory, &m.v1_freezer].iter().any(|mt| mt.as_ref().is_some_and(|mt| mt.mount_point == dir))
+    [&m.v2, &m.v1_memory, &m.v1_freezer]
+        .iter()
+        .any(|mt| mt.as_ref().is_some_and(|mt| mt.mount_point == dir))
 }
 
 /// Create (or reuse) the v2 cgroup `parent/name`. When `controllers` are given (e.g.
@@ -199,7 +214,10 @@ impl Memcg {
                 return Ok(Some(Memcg::V2(d)));
             }
         }
-        Ok(cg.v1_memory.filter(|d| d.join("memory.usage_in_bytes").exists()).map(Memcg::V1))
+        Ok(cg
+            .v1_memory
+            .filter(|d| d.join("memory.usage_in_bytes").exists())
+            .map(Memcg::V1))
     }
 
     pub fn dir(&self) -> &Path {
@@ -220,14 +238,28 @@ impl Memcg {
     /// Why reclaiming this cgroup would hit more than process `pid`: other member processes or
     /// child cgroups (their charges are reclaimed too). `None` when `pid` is alone in it.
     pub fn shared_with_others(&self, pid: i32) -> Result<Option<String>> {
-        let others: Vec<i32> = procs(self.dir())?.into_iter().filter(|&p| p != pid).collect();
+        let others: Vec<i32> = procs(self.dir())?
+            .into_iter()
+            .filter(|&p| p != pid)
+            .collect();
         if !others.is_empty() {
-            return Ok(Some(format!("{} other process(es) in {} (e.g. pid {})", others.len(), self.dir().display(), others[0])));
+            return Ok(Some(format!(
+                "{} other process(es) in {} (e.g. pid {})",
+                others.len(),
+                self.dir().display(),
+                others[0]
+            )));
         }
         let rd = fs::read_dir(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
-        let children = rd.filter_map(|e| e.ok()).filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).count();
+        let children = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .count();
         if children > 0 {
-            return Ok(Some(format!("{} has {children} child cgroup(s)", self.dir().display())));
+            return Ok(Some(format!(
+                "{} has {children} child cgroup(s)",
+                self.dir().display()
+            )));
         }
         Ok(None)
     }
@@ -238,7 +270,9 @@ impl Memcg {
             Memcg::V2(d) => d.join("memory.current"),
             Memcg::V1(d) => d.join("memory.usage_in_bytes"),
         };
-        read_trim(&f)?.parse().map_err(|e| Error::Cgroup(format!("{}: {e}", f.display())))
+        read_trim(&f)?
+            .parse()
+            .map_err(|e| Error::Cgroup(format!("{}: {e}", f.display())))
     }
 
     /// One field of `memory.stat` (bytes for the byte-valued ones, e.g. `swapcached`).
@@ -247,7 +281,9 @@ impl Memcg {
         let s = fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
         Ok(s.lines().find_map(|l| {
             let mut it = l.split_whitespace();
-            (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok())).flatten()
+            (it.next() == Some(key))
+                .then(|| it.next().and_then(|v| v.parse().ok()))
+                .flatten()
         }))
     }
 
@@ -267,21 +303,32 @@ impl Memcg {
         }
         let t0 = Instant::now();
         let usage_before = self.usage()?;
-        let mut out = ReclaimOutcome { cgroup: self.dir().to_owned(), usage_before, ..Default::default() };
+        let mut out = ReclaimOutcome {
+            cgroup: self.dir().to_owned(),
+            usage_before,
+            ..Default::default()
+        };
         match self {
             Memcg::V2(d) => {
                 out.method = "memory.reclaim".into();
                 let f = d.join("memory.reclaim");
                 if !f.exists() {
-                    return Err(Error::Unsupported(format!("{} does not exist (kernel older than 5.19?)", f.display())));
+                    return Err(Error::Unsupported(format!(
+                        "{} does not exist (kernel older than 5.19?)",
+                        f.display()
+                    )));
                 }
                 let mut last = usage_before;
                 for _ in 0..8 {
                     let want = last.max(1 << 20);
                     match write_file(&f, &want.to_string()) {
                         Ok(()) => {}
-                        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => {
-                            out.incomplete = Some(format!("memory.reclaim of {want} bytes: EAGAIN (not all reclaimable)"));
+                        Err(Error::Io { source, .. })
+                            if source.raw_os_error() == Some(libc::EAGAIN) =>
+                        {
+                            out.incomplete = Some(format!(
+                                "memory.reclaim of {want} bytes: EAGAIN (not all reclaimable)"
+                            ));
                         }
                         Err(e) => return Err(e),
                     }
@@ -297,7 +344,10 @@ impl Memcg {
                 match write_file(&d.join("memory.force_empty"), "0") {
                     Ok(()) => {}
                     Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
-                        out.incomplete = Some("memory.force_empty: EBUSY (some charged pages could not be reclaimed)".into());
+                        out.incomplete = Some(
+                            "memory.force_empty: EBUSY (some charged pages could not be reclaimed)"
+                                .into(),
+                        );
                     }
                     Err(e) => return Err(e),
                 }
@@ -315,10 +365,19 @@ mod tests {
 
     #[test]
     fn dir_of_handles_mount_roots() {
-        let m = Mount { mount_point: "/sys/fs/cgroup/memory".into(), root: "/".into() };
+        let m = Mount {
+            mount_point: "/sys/fs/cgroup/memory".into(),
+            root: "/".into(),
+        };
         assert_eq!(m.dir_of("/"), Some(PathBuf::from("/sys/fs/cgroup/memory")));
-        assert_eq!(m.dir_of("/a/b"), Some(PathBuf::from("/sys/fs/cgroup/memory/a/b")));
-        let c = Mount { mount_point: "/sys/fs/cgroup".into(), root: "/ctr".into() };
+        assert_eq!(
+            m.dir_of("/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
+        );
+        let c = Mount {
+            mount_point: "/sys/fs/cgroup".into(),
+            root: "/ctr".into(),
+        };
         assert_eq!(c.dir_of("/ctr/x"), Some(PathBuf::from("/sys/fs/cgroup/x")));
         assert_eq!(c.dir_of("/ctr"), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(c.dir_of("/other"), None);
@@ -329,8 +388,15 @@ mod tests {
     fn own_cgroups_resolve() {
         // Works unprivileged: just reading /proc/self.
         let cg = pid_cgroups(std::process::id() as i32).unwrap();
-        for d in [&cg.v2, &cg.v1_memory, &cg.v1_freezer].into_iter().flatten() {
-            assert!(d.join("cgroup.procs").exists(), "{} is not a cgroup dir", d.display());
+        for d in [&cg.v2, &cg.v1_memory, &cg.v1_freezer]
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                d.join("cgroup.procs").exists(),
+                "{} is not a cgroup dir",
+                d.display()
+            );
         }
     }
 }

@@ -57,14 +57,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Map a procfs error about `pid` (NotFound → [`Error::NoSuchProcess`]).
     pub(crate) fn proc(pid: i32, e: procfs::ProcError) -> Self {
         match e {
             procfs::ProcError::NotFound(_) => Error::NoSuchProcess(pid),
-            procfs::ProcError::Io(ref io, _) if io.raw_os_error() == Some(libc::ESRCH) => Error::NoSuchProcess(pid),
+            procfs::ProcError::Io(ref io, _) if io.raw_os_error() == Some(libc::ESRCH) => {
+                Error::NoSuchProcess(pid)
+            }
             e => Error::Procfs(e),
         }
     }

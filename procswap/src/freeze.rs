@@ -43,7 +43,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn is_root_dir(dir: &Path) -> bool {
     cgroup::mounts()
-        .map(|m| [&m.v2, &m.v1_memory, &m.v1_freezer].iter().any(|mt| mt.as_ref().is_some_and(|mt| mt.mount_point == dir)))
+        .map(|m| {
+            [&m.v2, &m.v1_memory, &m.v1_freezer]
+                .iter()
+                .any(|mt| mt.as_ref().is_some_and(|mt| mt.mount_point == dir))
+        })
         .unwrap_or(false)
 }
 
@@ -52,12 +56,21 @@ impl Freezer {
     /// it), so a hierarchy root is never chosen.
     pub fn for_pid(pid: i32, pref: FreezerPref) -> Result<Freezer> {
         let cg = pid_cgroups(pid)?;
-        let v2 = cg.v2.filter(|d| !is_root_dir(d) && d.join("cgroup.freeze").exists());
-        let v1 = cg.v1_freezer.filter(|d| !is_root_dir(d) && d.join("freezer.state").exists());
+        let v2 = cg
+            .v2
+            .filter(|d| !is_root_dir(d) && d.join("cgroup.freeze").exists());
+        let v1 = cg
+            .v1_freezer
+            .filter(|d| !is_root_dir(d) && d.join("freezer.state").exists());
         match pref {
-            FreezerPref::Auto => Ok(v2.map(Freezer::CgroupV2).or(v1.map(Freezer::CgroupV1)).unwrap_or(Freezer::Signal(pid))),
+            FreezerPref::Auto => Ok(v2
+                .map(Freezer::CgroupV2)
+                .or(v1.map(Freezer::CgroupV1))
+                .unwrap_or(Freezer::Signal(pid))),
             FreezerPref::CgroupV2 => v2.map(Freezer::CgroupV2).ok_or_else(|| {
-                Error::Cgroup(format!("pid {pid} is not in a non-root cgroup2 group with cgroup.freeze"))
+                Error::Cgroup(format!(
+                    "pid {pid} is not in a non-root cgroup2 group with cgroup.freeze"
+                ))
             }),
             FreezerPref::CgroupV1 => v1.map(Freezer::CgroupV1).ok_or_else(|| {
                 Error::Cgroup(format!("pid {pid} is not in a non-root v1 freezer cgroup"))
@@ -69,14 +82,20 @@ impl Freezer {
     /// The freezer of a cgroup directory (v2 if it has `cgroup.freeze`, v1 if `freezer.state`).
     pub fn for_cgroup(dir: &Path) -> Result<Freezer> {
         if is_root_dir(dir) {
-            return Err(Error::Cgroup(format!("{} is a hierarchy root; refusing to freeze it", dir.display())));
+            return Err(Error::Cgroup(format!(
+                "{} is a hierarchy root; refusing to freeze it",
+                dir.display()
+            )));
         }
         if dir.join("cgroup.freeze").exists() {
             Ok(Freezer::CgroupV2(dir.to_owned()))
         } else if dir.join("freezer.state").exists() {
             Ok(Freezer::CgroupV1(dir.to_owned()))
         } else {
-            Err(Error::Cgroup(format!("{} has neither cgroup.freeze nor freezer.state", dir.display())))
+            Err(Error::Cgroup(format!(
+                "{} has neither cgroup.freeze nor freezer.state",
+                dir.display()
+            )))
         }
     }
 
@@ -85,24 +104,36 @@ impl Freezer {
         match self {
             Freezer::CgroupV2(d) => {
                 write_file(&d.join("cgroup.freeze"), "1")?;
-                wait_for(timeout, &format!("{}/cgroup.events frozen 1", d.display()), || v2_frozen(d).map(|f| f == Some(true)))
+                wait_for(
+                    timeout,
+                    &format!("{}/cgroup.events frozen 1", d.display()),
+                    || v2_frozen(d).map(|f| f == Some(true)),
+                )
             }
             Freezer::CgroupV1(d) => {
                 write_file(&d.join("freezer.state"), "FROZEN")?;
-                wait_for(timeout, &format!("{}/freezer.state FROZEN", d.display()), || {
-                    // Re-writing FROZEN retries tasks that were busy on the first attempt.
-                    let s = read_trim(&d.join("freezer.state"))?;
-                    if s == "FREEZING" {
-                        write_file(&d.join("freezer.state"), "FROZEN")?;
-                    }
-                    Ok(s == "FROZEN")
-                })
+                wait_for(
+                    timeout,
+                    &format!("{}/freezer.state FROZEN", d.display()),
+                    || {
+                        // Re-writing FROZEN retries tasks that were busy on the first attempt.
+                        let s = read_trim(&d.join("freezer.state"))?;
+                        if s == "FREEZING" {
+                            write_file(&d.join("freezer.state"), "FROZEN")?;
+                        }
+                        Ok(s == "FROZEN")
+                    },
+                )
             }
             Freezer::Signal(pid) => {
                 let t = Target::open(*pid, "SIGSTOP")?;
                 crate::sys::pidfd_send_signal(t.pidfd(), libc::SIGSTOP)
                     .map_err(|e| Error::sys("pidfd_send_signal(SIGSTOP)", *pid, e))?;
-                wait_for(timeout, &format!("every thread of pid {pid} in state T"), || all_threads_stopped(*pid))
+                wait_for(
+                    timeout,
+                    &format!("every thread of pid {pid} in state T"),
+                    || all_threads_stopped(*pid),
+                )
             }
         }
     }
@@ -112,21 +143,29 @@ impl Freezer {
         match self {
             Freezer::CgroupV2(d) => {
                 write_file(&d.join("cgroup.freeze"), "0")?;
-                wait_for(timeout, &format!("{}/cgroup.events frozen 0", d.display()), || v2_frozen(d).map(|f| f == Some(false)))
+                wait_for(
+                    timeout,
+                    &format!("{}/cgroup.events frozen 0", d.display()),
+                    || v2_frozen(d).map(|f| f == Some(false)),
+                )
             }
             Freezer::CgroupV1(d) => {
                 write_file(&d.join("freezer.state"), "THAWED")?;
-                wait_for(timeout, &format!("{}/freezer.state THAWED", d.display()), || {
-                    Ok(read_trim(&d.join("freezer.state"))? == "THAWED")
-                })
+                wait_for(
+                    timeout,
+                    &format!("{}/freezer.state THAWED", d.display()),
+                    || Ok(read_trim(&d.join("freezer.state"))? == "THAWED"),
+                )
             }
             Freezer::Signal(pid) => {
                 let t = Target::open(*pid, "SIGCONT")?;
                 crate::sys::pidfd_send_signal(t.pidfd(), libc::SIGCONT)
                     .map_err(|e| Error::sys("pidfd_send_signal(SIGCONT)", *pid, e))?;
-                wait_for(timeout, &format!("no thread of pid {pid} in state T"), || {
-                    Ok(thread_states(*pid)?.iter().all(|s| !matches!(s, 'T')))
-                })
+                wait_for(
+                    timeout,
+                    &format!("no thread of pid {pid} in state T"),
+                    || Ok(thread_states(*pid)?.iter().all(|s| !matches!(s, 'T'))),
+                )
             }
         }
     }
@@ -159,7 +198,8 @@ fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) 
 /// `frozen` from `cgroup.events`.
 fn v2_frozen(dir: &Path) -> Result<Option<bool>> {
     let s = read_trim(&dir.join("cgroup.events"))?;
-    Ok(s.lines().find_map(|l| l.strip_prefix("frozen ").map(|v| v.trim() == "1")))
+    Ok(s.lines()
+        .find_map(|l| l.strip_prefix("frozen ").map(|v| v.trim() == "1")))
 }
 
 /// State letters of every thread of `pid` (from /proc/pid/task/*/stat).
@@ -219,5 +259,7 @@ pub fn quiescence(pid: i32) -> Result<Quiescence> {
         return Ok(Quiescence::Stopped);
     }
     let s: String = states.iter().collect();
-    Ok(Quiescence::Running(format!("thread states {s:?}, cgroup freezers not frozen")))
+    Ok(Quiescence::Running(format!(
+        "thread states {s:?}, cgroup freezers not frozen"
+    )))
 }

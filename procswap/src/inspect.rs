@@ -73,7 +73,10 @@ impl VmaInfo {
     }
 
     pub fn range(&self) -> Range {
-        Range { start: self.start, len: self.end - self.start }
+        Range {
+            start: self.start,
+            len: self.end - self.start,
+        }
     }
 }
 
@@ -150,7 +153,11 @@ pub struct MemcgFigures {
 
 impl MemcgFigures {
     pub fn read(m: &Memcg) -> Result<Self> {
-        Ok(Self { memcg: m.clone(), usage_bytes: m.usage()?, swapcached_bytes: m.swapcached()? })
+        Ok(Self {
+            memcg: m.clone(),
+            usage_bytes: m.usage()?,
+            swapcached_bytes: m.swapcached()?,
+        })
     }
 }
 
@@ -171,7 +178,9 @@ fn kind_of(m: &MemoryMap) -> VmaKind {
     let shared = m.perms.contains(procfs::process::MMPermissions::SHARED);
     match &m.pathname {
         MMapPath::Vdso | MMapPath::Vvar | MMapPath::Vsyscall => VmaKind::Special,
-        MMapPath::Other(s) if s.starts_with("[vvar") || s.starts_with("[uprobes") => VmaKind::Special,
+        MMapPath::Other(s) if s.starts_with("[vvar") || s.starts_with("[uprobes") => {
+            VmaKind::Special
+        }
         MMapPath::Path(_) if m.inode != 0 && !shared => VmaKind::FilePrivate,
         MMapPath::Path(_) if m.inode != 0 => {
             // /dev/zero and memfd/shm files are shmem: "shared anon" for our purposes.
@@ -218,7 +227,8 @@ pub fn vmas(t: &Target) -> Result<Vec<VmaInfo>> {
             perms: m.perms.as_str(),
             path: path_of(&m.pathname),
             kind,
-            shared: fl.contains(VmFlags::SH) || m.perms.contains(procfs::process::MMPermissions::SHARED),
+            shared: fl.contains(VmFlags::SH)
+                || m.perms.contains(procfs::process::MMPermissions::SHARED),
             locked: fl.contains(VmFlags::LO),
             hugetlb: fl.contains(VmFlags::HT),
             pfnmap: fl.contains(VmFlags::PF) || fl.contains(VmFlags::IO),
@@ -252,7 +262,11 @@ impl Pagemap {
             Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess(pid),
             _ => Error::io(&path, e),
         })?;
-        Ok(Self { file, pid, buf: vec![0; PAGEMAP_CHUNK * 8] })
+        Ok(Self {
+            file,
+            pid,
+            buf: vec![0; PAGEMAP_CHUNK * 8],
+        })
     }
 
     /// Call `f(addr, info)` for every page of `[start, end)`.
@@ -263,13 +277,22 @@ impl Pagemap {
         while page < end_page {
             let n = ((end_page - page) as usize).min(PAGEMAP_CHUNK);
             let bytes = &mut self.buf[..n * 8];
-            let got = self.file.read_at(bytes, page * 8).map_err(|e| match e.raw_os_error() {
-                Some(libc::ESRCH) => Error::TargetExited { pid: self.pid, op: "pagemap read" },
-                _ => Error::io(format!("/proc/{}/pagemap", self.pid), e),
-            })?;
+            let got = self
+                .file
+                .read_at(bytes, page * 8)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ESRCH) => Error::TargetExited {
+                        pid: self.pid,
+                        op: "pagemap read",
+                    },
+                    _ => Error::io(format!("/proc/{}/pagemap", self.pid), e),
+                })?;
             if got == 0 {
                 // The mm is gone (process exited).
-                return Err(Error::TargetExited { pid: self.pid, op: "pagemap read" });
+                return Err(Error::TargetExited {
+                    pid: self.pid,
+                    op: "pagemap read",
+                });
             }
             let got = got / 8;
             for (i, c) in self.buf[..got * 8].chunks_exact(8).enumerate() {
@@ -333,19 +356,38 @@ impl Pagemap {
             };
             // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions` (vec_len
             // entries of the kernel's page_region layout), both alive across the call.
-            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+            let rc = unsafe {
+                libc::ioctl(
+                    self.file.as_raw_fd(),
+                    PAGEMAP_SCAN as _,
+                    &mut arg as *mut PmScanArg,
+                )
+            };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 return match e.raw_os_error() {
-                    Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::ENOSYS) if out.is_empty() && from == start => Ok(None),
-                    Some(libc::ESRCH) => Err(Error::TargetExited { pid: self.pid, op: "PAGEMAP_SCAN" }),
-                    _ => Err(Error::io(format!("/proc/{}/pagemap (PAGEMAP_SCAN)", self.pid), e)),
+                    Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+                        if out.is_empty() && from == start =>
+                    {
+                        Ok(None)
+                    }
+                    Some(libc::ESRCH) => Err(Error::TargetExited {
+                        pid: self.pid,
+                        op: "PAGEMAP_SCAN",
+                    }),
+                    _ => Err(Error::io(
+                        format!("/proc/{}/pagemap (PAGEMAP_SCAN)", self.pid),
+                        e,
+                    )),
                 };
             }
             for r in &regions[..rc as usize] {
                 match out.last_mut() {
                     Some(l) if l.end() == r.start => l.len += r.end - r.start,
-                    _ => out.push(Range { start: r.start, len: r.end - r.start }),
+                    _ => out.push(Range {
+                        start: r.start,
+                        len: r.end - r.start,
+                    }),
                 }
             }
             if arg.walk_end <= from {
@@ -367,10 +409,18 @@ pub(crate) fn exclusive(info: &PageInfo) -> bool {
 pub(crate) fn classify(info: &PageInfo) -> (bool, bool, Option<(u8, u64)>) {
     use procfs::process::{MemoryPageFlags, SwapPageFlags};
     match info {
-        PageInfo::MemoryPage(f) => (f.contains(MemoryPageFlags::PRESENT), f.contains(MemoryPageFlags::FILE), None),
+        PageInfo::MemoryPage(f) => (
+            f.contains(MemoryPageFlags::PRESENT),
+            f.contains(MemoryPageFlags::FILE),
+            None,
+        ),
         PageInfo::SwapPage(f) => {
             let present = f.contains(SwapPageFlags::PRESENT);
-            (present, f.contains(SwapPageFlags::FILE), Some((f.get_swap_type() as u8, f.get_swap_offset())))
+            (
+                present,
+                f.contains(SwapPageFlags::FILE),
+                Some((f.get_swap_type() as u8, f.get_swap_offset())),
+            )
         }
     }
 }
@@ -388,7 +438,8 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
             continue;
         }
         let mut prev: Option<SwappedPage> = None;
-        let (mut present, mut file, mut swapped, mut extents, mut shared) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut present, mut file, mut swapped, mut extents, mut shared) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         let ps = sys::page_size();
         pm.scan(v.start, v.end, |addr, info| {
             let (p, f, s) = classify(&info);
@@ -402,8 +453,14 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
                 }
             } else if let Some((ty, off)) = s {
                 swapped += 1;
-                let sp = SwappedPage { addr, swap_type: ty, offset: off };
-                let continues = prev.is_some_and(|q| q.addr + ps == addr && q.swap_type == ty && q.offset + 1 == off);
+                let sp = SwappedPage {
+                    addr,
+                    swap_type: ty,
+                    offset: off,
+                };
+                let continues = prev.is_some_and(|q| {
+                    q.addr + ps == addr && q.swap_type == ty && q.offset + 1 == off
+                });
                 if !continues {
                     extents += 1;
                 }
@@ -441,7 +498,12 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
     }
     let (kinds, objects, objects_skipped, kinds_note) = match kind_usage(t.pid(), &vmas, &totals) {
         Ok((k, o, s)) => (Some(k), o, s, None),
-        Err(e) => (None, vec![], vec![], Some(format!("object scan failed: {e}"))),
+        Err(e) => (
+            None,
+            vec![],
+            vec![],
+            Some(format!("object scan failed: {e}")),
+        ),
     };
     Ok(Inspection {
         pid: t.pid(),
@@ -462,7 +524,11 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
 
 /// Per-kind usage: anon from the pagemap totals; shmem and file from the objects (mincore,
 /// cachestat), their mapped pages from the VMAs that map them.
-pub fn kind_usage(pid: i32, vmas: &[VmaInfo], totals: &Totals) -> Result<(ByKind<KindUsage>, Vec<ObjectUsage>, Vec<SkippedObject>)> {
+pub fn kind_usage(
+    pid: i32,
+    vmas: &[VmaInfo],
+    totals: &Totals,
+) -> Result<(ByKind<KindUsage>, Vec<ObjectUsage>, Vec<SkippedObject>)> {
     let ps = sys::page_size();
     let (objs, mut skipped) = crate::memkind::objects(pid)?;
     let (usage, _, sk) = crate::memkind::object_usage(pid, &objs);
@@ -502,7 +568,10 @@ pub fn kind_usage(pid: i32, vmas: &[VmaInfo], totals: &Totals) -> Result<(ByKind
 /// Contiguity figures of a set of swapped pages (in address order) with `extents` already
 /// counted in address order.
 pub fn contiguity(pages: &[SwappedPage], extents: u64) -> Contiguity {
-    let mut c = Contiguity { extents, ..Default::default() };
+    let mut c = Contiguity {
+        extents,
+        ..Default::default()
+    };
     if pages.is_empty() {
         return c;
     }
@@ -541,12 +610,22 @@ mod tests {
     use super::*;
 
     fn sp(addr: u64, ty: u8, offset: u64) -> SwappedPage {
-        SwappedPage { addr, swap_type: ty, offset }
+        SwappedPage {
+            addr,
+            swap_type: ty,
+            offset,
+        }
     }
 
     #[test]
     fn contiguity_counts_runs_and_span() {
-        let pages = [sp(0x1000, 0, 10), sp(0x2000, 0, 11), sp(0x3000, 0, 5), sp(0x4000, 0, 6), sp(0x5000, 1, 100)];
+        let pages = [
+            sp(0x1000, 0, 10),
+            sp(0x2000, 0, 11),
+            sp(0x3000, 0, 5),
+            sp(0x4000, 0, 6),
+            sp(0x5000, 1, 100),
+        ];
         let c = contiguity(&pages, 3);
         assert_eq!(c.extents, 3);
         // sorted: (0,5)(0,6) (0,10)(0,11) (1,100) -> 3 runs

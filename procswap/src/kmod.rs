@@ -3,7 +3,10 @@
 //! Only the plumbing lives here (open, ABI check, raw ioctls). The module-backed
 //! implementation of the [`Backend`](crate) operations builds on it.
 
-use crate::uapi::{self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange, TorporStats, TorporVersion};
+use crate::uapi::{
+    self, TorporDiscard, TorporFreeBitmap, TorporPrefetch, TorporPriorityMap, TorporRange,
+    TorporStats, TorporVersion,
+};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -16,9 +19,18 @@ pub enum KmodError {
     #[error("permission denied opening {0} (the device is 0600 root; CAP_SYS_ADMIN is required)")]
     PermissionDenied(PathBuf),
     #[error("{path} speaks ABI {found}, this build needs {wanted}")]
-    AbiMismatch { path: PathBuf, found: u32, wanted: u32 },
+    AbiMismatch {
+        path: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
     #[error("{op} on {path} failed: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An open `/dev/torpor`.
@@ -37,19 +49,37 @@ impl Kmod {
 
     /// Open `path` and check its ABI version.
     pub fn open_path(path: &Path) -> Result<Self, KmodError> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => KmodError::Absent(path.to_owned()),
-            std::io::ErrorKind::PermissionDenied => KmodError::PermissionDenied(path.to_owned()),
-            _ => KmodError::Io { op: "open", path: path.to_owned(), source: e },
-        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => KmodError::Absent(path.to_owned()),
+                std::io::ErrorKind::PermissionDenied => {
+                    KmodError::PermissionDenied(path.to_owned())
+                }
+                _ => KmodError::Io {
+                    op: "open",
+                    path: path.to_owned(),
+                    source: e,
+                },
+            })?;
         let mut version = TorporVersion::default();
         // SAFETY: GET_VERSION writes exactly size_of::<TorporVersion>() bytes (encoded in the
         // request number) into the valid, exclusively borrowed `version`.
         let rc = unsafe {
-            libc::ioctl(file.as_raw_fd(), uapi::TORPOR_IOC_GET_VERSION as _, &mut version as *mut TorporVersion)
+            libc::ioctl(
+                file.as_raw_fd(),
+                uapi::TORPOR_IOC_GET_VERSION as _,
+                &mut version as *mut TorporVersion,
+            )
         };
         if rc < 0 {
-            return Err(KmodError::Io { op: "GET_VERSION", path: path.to_owned(), source: std::io::Error::last_os_error() });
+            return Err(KmodError::Io {
+                op: "GET_VERSION",
+                path: path.to_owned(),
+                source: std::io::Error::last_os_error(),
+            });
         }
         if version.abi_version != uapi::TORPOR_ABI_VERSION {
             return Err(KmodError::AbiMismatch {
@@ -58,7 +88,11 @@ impl Kmod {
                 wanted: uapi::TORPOR_ABI_VERSION,
             });
         }
-        Ok(Self { file, path: path.to_owned(), version })
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            version,
+        })
     }
 
     /// What `GET_VERSION` answered at open time.
@@ -79,7 +113,13 @@ impl Kmod {
     /// PREFETCH: fault in and map the existing pages of `ranges` (in the order given) in
     /// process `pid`. `whole` ignores `ranges` and walks every private anonymous VMA.
     /// Returns the module's statistics; on EINTR the partial statistics are lost with the error.
-    pub fn prefetch(&self, pid: i32, ranges: &[TorporRange], whole: bool, byte_budget: u64) -> Result<TorporPrefetch, nix::errno::Errno> {
+    pub fn prefetch(
+        &self,
+        pid: i32,
+        ranges: &[TorporRange],
+        whole: bool,
+        byte_budget: u64,
+    ) -> Result<TorporPrefetch, nix::errno::Errno> {
         let mut req = TorporPrefetch {
             pid,
             flags: if whole { uapi::PREFETCH_WHOLE } else { 0 },
@@ -92,13 +132,22 @@ impl Kmod {
         // SAFETY: PREFETCH reads and writes exactly one `TorporPrefetch` at the given address
         // (valid, exclusively borrowed) and reads `nr_ranges` `TorporRange`s from `ranges`,
         // which `ranges` (a live slice of that length) provides.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut TorporPrefetch as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_PREFETCH,
+                &mut req as *mut TorporPrefetch as usize,
+            )
+        }?;
         Ok(req)
     }
 
     /// DISCARD: zap the private anonymous pages of `ranges` in process `pid`. Only for
     /// memory proven free or dead: the data is gone.
-    pub fn discard(&self, pid: i32, ranges: &[TorporRange]) -> Result<TorporDiscard, nix::errno::Errno> {
+    pub fn discard(
+        &self,
+        pid: i32,
+        ranges: &[TorporRange],
+    ) -> Result<TorporDiscard, nix::errno::Errno> {
         let mut req = TorporDiscard {
             pid,
             ranges: ranges.as_ptr() as u64,
@@ -106,7 +155,12 @@ impl Kmod {
             ..Default::default()
         };
         // SAFETY: as for `prefetch`: one `TorporDiscard` read and written, `nr_ranges` ranges read.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut TorporDiscard as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_DISCARD,
+                &mut req as *mut TorporDiscard as usize,
+            )
+        }?;
         Ok(req)
     }
 
@@ -114,23 +168,44 @@ impl Kmod {
     pub fn free_bitmap(&self) -> Result<(Vec<u8>, TorporFreeBitmap), nix::errno::Errno> {
         let mut req = TorporFreeBitmap::default();
         // SAFETY: with `bitmap == 0` the module only reads and writes the request itself.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut TorporFreeBitmap as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_FREE_BITMAP,
+                &mut req as *mut TorporFreeBitmap as usize,
+            )
+        }?;
         // Headroom in case the node grew between the two calls (it does not without hotplug).
         let mut buf = vec![0u8; (req.end_pfn.div_ceil(8) + 64) as usize];
         req.bitmap = buf.as_mut_ptr() as u64;
         req.bitmap_bytes = buf.len() as u64;
         // SAFETY: the module writes at most `bitmap_bytes` bytes into `buf`, which is live and
         // exclusively borrowed for the call, and reads/writes the request.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut TorporFreeBitmap as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_FREE_BITMAP,
+                &mut req as *mut TorporFreeBitmap as usize,
+            )
+        }?;
         Ok((buf, req))
     }
 
     /// PRIORITY_MAP (guest side): one category byte per PFN in `[0, end_pfn)` and the module's
     /// report. `window_ms`: activity window (0 = the module's default, 16 s).
-    pub fn priority_map(&self, window_ms: u32) -> Result<(Vec<u8>, TorporPriorityMap), nix::errno::Errno> {
-        let mut req = TorporPriorityMap { window_ms, ..Default::default() };
+    pub fn priority_map(
+        &self,
+        window_ms: u32,
+    ) -> Result<(Vec<u8>, TorporPriorityMap), nix::errno::Errno> {
+        let mut req = TorporPriorityMap {
+            window_ms,
+            ..Default::default()
+        };
         // SAFETY: with `map == 0` the module only reads and writes the request itself.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut TorporPriorityMap as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_PRIORITY_MAP,
+                &mut req as *mut TorporPriorityMap as usize,
+            )
+        }?;
         // Headroom in case the node grew between the two calls (it does not without hotplug).
         let mut buf = vec![0u8; (req.end_pfn + 4096) as usize];
         req.map = buf.as_mut_ptr() as u64;
@@ -138,7 +213,12 @@ impl Kmod {
         req.window_ms = window_ms;
         // SAFETY: the module writes at most `map_bytes` bytes into `buf`, which is live and
         // exclusively borrowed for the call, and reads/writes the request.
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut TorporPriorityMap as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_PRIORITY_MAP,
+                &mut req as *mut TorporPriorityMap as usize,
+            )
+        }?;
         buf.truncate(req.end_pfn as usize);
         Ok((buf, req))
     }
@@ -150,7 +230,12 @@ impl Kmod {
         let mut s = TorporStats::default();
         // SAFETY: GET_STATS writes exactly one `TorporStats` at the given address (valid,
         // exclusively borrowed for the call).
-        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_GET_STATS, &mut s as *mut TorporStats as usize) }?;
+        unsafe {
+            self.raw_ioctl(
+                uapi::TORPOR_IOC_GET_STATS,
+                &mut s as *mut TorporStats as usize,
+            )
+        }?;
         Ok(s)
     }
 

@@ -57,9 +57,9 @@ pub mod inspect;
 pub mod kmod;
 pub mod loadingset;
 pub mod memkind;
+pub mod plan;
 pub mod prefetch;
 pub mod progress;
-pub mod plan;
 pub mod purge;
 pub mod residency;
 pub mod sys;
@@ -73,7 +73,9 @@ pub use backend::{select_backend, Backend, BackendPref, StockBackend};
 pub use error::{Error, Result};
 pub use freeze::{quiescence, Freezer, FreezerPref, Quiescence};
 pub use inspect::{InspectOptions, Inspection, VmaInfo};
-pub use loadingset::{Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions, Recording};
+pub use loadingset::{
+    Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions, Recording,
+};
 pub use memkind::{ByKind, KindUsage, MemKind};
 pub use plan::{fetch_unmapped, ActivationPlan, FetchOptions, FetchReport, Part, PlanPart};
 pub use prefetch::{prefetch_with, PrefetchOptions, PrefetchReport, StopReason};

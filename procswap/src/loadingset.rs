@@ -34,7 +34,10 @@
 
 use crate::error::{Error, Result};
 use crate::inspect::{classify, Pagemap};
-use crate::memkind::{self, intersect, normalize, pages, subtract, Handle, MemKind, MemObject, ObjectKey, ObjectView, PageRun};
+use crate::memkind::{
+    self, intersect, normalize, pages, subtract, Handle, MemKind, MemObject, ObjectKey, ObjectView,
+    PageRun,
+};
 use crate::residency::ResidencySnapshot;
 use crate::sys;
 use std::collections::HashMap;
@@ -127,7 +130,10 @@ pub struct DecayPolicy {
 impl Default for DecayPolicy {
     fn default() -> Self {
         // 1 → 0.5 → 0.25 → dropped: a page untouched in three observed cycles leaves the set.
-        Self { decay: 0.5, min_weight: 0.2 }
+        Self {
+            decay: 0.5,
+            min_weight: 0.2,
+        }
     }
 }
 
@@ -179,17 +185,33 @@ impl LoadingSet {
 
     /// Merge this cycle's recording into the previous set (see the module doc).
     pub fn merge(prev: Option<&LoadingSet>, rec: &Recording, policy: &DecayPolicy) -> LoadingSet {
-        let key_of = |objs: &[LsObject], r: &LsRun| -> GroupKey { (r.kind, r.object.map(|i| objs[i as usize].key)) };
+        let key_of = |objs: &[LsObject], r: &LsRun| -> GroupKey {
+            (r.kind, r.object.map(|i| objs[i as usize].key))
+        };
         // Touched and observable pages of this cycle, per group.
         let mut touched: HashMap<GroupKey, Vec<PageRun>> = HashMap::new();
         for r in &rec.touched {
-            touched.entry(key_of(&rec.objects, r)).or_default().push(PageRun { first: r.first, count: r.count });
+            touched
+                .entry(key_of(&rec.objects, r))
+                .or_default()
+                .push(PageRun {
+                    first: r.first,
+                    count: r.count,
+                });
         }
-        let touched: HashMap<GroupKey, Vec<PageRun>> = touched.into_iter().map(|(k, v)| (k, normalize(v))).collect();
+        let touched: HashMap<GroupKey, Vec<PageRun>> = touched
+            .into_iter()
+            .map(|(k, v)| (k, normalize(v)))
+            .collect();
         let observable: HashMap<GroupKey, Vec<PageRun>> = rec
             .observable
             .iter()
-            .map(|(kind, o, runs)| ((*kind, o.map(|i| rec.objects[i as usize].key)), normalize(runs.clone())))
+            .map(|(kind, o, runs)| {
+                (
+                    (*kind, o.map(|i| rec.objects[i as usize].key)),
+                    normalize(runs.clone()),
+                )
+            })
             .fold(HashMap::new(), |mut m, (k, v)| {
                 let e: &mut Vec<PageRun> = m.entry(k).or_default();
                 e.extend(v);
@@ -198,8 +220,11 @@ impl LoadingSet {
             });
         // Objects: this cycle's, then the previous set's others.
         let mut objects: Vec<LsObject> = rec.objects.clone();
-        let mut index: HashMap<(MemKind, ObjectKey), u32> =
-            objects.iter().enumerate().map(|(i, o)| ((o.kind, o.key), i as u32)).collect();
+        let mut index: HashMap<(MemKind, ObjectKey), u32> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((o.kind, o.key), i as u32))
+            .collect();
         let mut obj_index = |o: &LsObject, objects: &mut Vec<LsObject>| -> u32 {
             *index.entry((o.kind, o.key)).or_insert_with(|| {
                 objects.push(o.clone());
@@ -213,17 +238,39 @@ impl LoadingSet {
                 let g = key_of(&p.objects, r);
                 let t = touched.get(&g).unwrap_or(&empty);
                 let obs = observable.get(&g).unwrap_or(&empty);
-                let object = r.object.map(|i| obj_index(&p.objects[i as usize], &mut objects));
-                let rest = subtract_one(PageRun { first: r.first, count: r.count }, t);
+                let object = r
+                    .object
+                    .map(|i| obj_index(&p.objects[i as usize], &mut objects));
+                let rest = subtract_one(
+                    PageRun {
+                        first: r.first,
+                        count: r.count,
+                    },
+                    t,
+                );
                 // Observable and untouched: decays. Not observable: unchanged.
-                let decayed = LsRun { age: r.age + 1, weight: r.weight * policy.decay, object, ..*r };
+                let decayed = LsRun {
+                    age: r.age + 1,
+                    weight: r.weight * policy.decay,
+                    object,
+                    ..*r
+                };
                 if decayed.weight >= policy.min_weight {
                     for x in intersect(&rest, obs) {
-                        runs.push(LsRun { first: x.first, count: x.count, ..decayed });
+                        runs.push(LsRun {
+                            first: x.first,
+                            count: x.count,
+                            ..decayed
+                        });
                     }
                 }
                 for x in subtract(&rest, obs) {
-                    runs.push(LsRun { first: x.first, count: x.count, object, ..*r });
+                    runs.push(LsRun {
+                        first: x.first,
+                        count: x.count,
+                        object,
+                        ..*r
+                    });
                 }
             }
         }
@@ -254,7 +301,10 @@ impl LoadingSet {
             comm: rec.comm.clone(),
             page_size: rec.page_size,
             cycles: prev.map(|p| p.cycles).unwrap_or(0) + 1,
-            recorded_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            recorded_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             last: rec.stats.clone(),
             objects: kept,
             runs: merged,
@@ -276,13 +326,21 @@ impl LoadingSet {
 
     /// Page runs of a (kind, object) group, optionally only those touched before the first
     /// response (normalized).
-    pub fn runs_of(&self, kind: MemKind, key: Option<ObjectKey>, first_response: Option<bool>) -> Vec<PageRun> {
+    pub fn runs_of(
+        &self,
+        kind: MemKind,
+        key: Option<ObjectKey>,
+        first_response: Option<bool>,
+    ) -> Vec<PageRun> {
         normalize(
             self.runs
                 .iter()
                 .filter(|r| r.kind == kind && r.object.map(|i| self.objects[i as usize].key) == key)
                 .filter(|r| first_response.is_none_or(|f| r.first_response == f))
-                .map(|r| PageRun { first: r.first, count: r.count })
+                .map(|r| PageRun {
+                    first: r.first,
+                    count: r.count,
+                })
                 .collect(),
         )
     }
@@ -290,7 +348,8 @@ impl LoadingSet {
     /// Write atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        let j = serde_json::to_vec(self).map_err(|e| Error::WorkingSet(format!("loading set: {e}")))?;
+        let j =
+            serde_json::to_vec(self).map_err(|e| Error::WorkingSet(format!("loading set: {e}")))?;
         std::fs::write(&tmp, j).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
@@ -303,7 +362,10 @@ impl LoadingSet {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
             Err(e) => return Err(Error::io(path, e)),
         };
-        Ok(Self::from_json(&bytes).map_or_else(|n| Loaded::Ignored(format!("{}: {n}", path.display())), |s| Loaded::Set(Box::new(s))))
+        Ok(Self::from_json(&bytes).map_or_else(
+            |n| Loaded::Ignored(format!("{}: {n}", path.display())),
+            |s| Loaded::Set(Box::new(s)),
+        ))
     }
 
     /// Parse; a set of another format version is refused with a note (the caller ignores it).
@@ -312,7 +374,8 @@ impl LoadingSet {
         struct V {
             format_version: Option<u32>,
         }
-        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not a loading set ({e}): ignored"))?;
+        let v: V = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not a loading set ({e}): ignored"))?;
         match v.format_version {
             Some(Self::FORMAT_VERSION) => {}
             Some(n) => {
@@ -320,7 +383,8 @@ impl LoadingSet {
             }
             None => return Err("no format_version (not a loading set, or written before loading sets existed): ignored".into()),
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("loading set format {}: {e}: ignored", Self::FORMAT_VERSION))
+        serde_json::from_slice(bytes)
+            .map_err(|e| format!("loading set format {}: {e}: ignored", Self::FORMAT_VERSION))
     }
 
     /// [`address_order`](Self::address_order) against `pid`'s current objects: the
@@ -336,7 +400,8 @@ impl LoadingSet {
     /// from [`memkind::objects`]). For the purge's loading-set-first layout.
     pub fn address_order(&self, objs: &[MemObject]) -> Vec<sys::Range> {
         let ps = self.page_size;
-        let by_key: HashMap<(MemKind, ObjectKey), &MemObject> = objs.iter().map(|o| ((o.kind, o.key), o)).collect();
+        let by_key: HashMap<(MemKind, ObjectKey), &MemObject> =
+            objs.iter().map(|o| ((o.kind, o.key), o)).collect();
         let mut out: Vec<sys::Range> = Vec::new();
         let mut push = |start: u64, len: u64| match out.last_mut() {
             Some(l) if l.end() == start => l.len += len,
@@ -347,12 +412,26 @@ impl LoadingSet {
                 None => push(r.first * ps, r.count * ps),
                 Some(i) => {
                     let o = &self.objects[i as usize];
-                    let Some(m) = by_key.get(&(o.kind, o.key)) else { continue };
+                    let Some(m) = by_key.get(&(o.kind, o.key)) else {
+                        continue;
+                    };
                     // The first mapping that covers each part of the run.
                     for h in &m.handles {
-                        if let Handle::Mapped { start, end, pgoff, .. } = *h {
-                            let vma = PageRun { first: pgoff, count: (end - start) / ps };
-                            for x in intersect(&[PageRun { first: r.first, count: r.count }], &[vma]) {
+                        if let Handle::Mapped {
+                            start, end, pgoff, ..
+                        } = *h
+                        {
+                            let vma = PageRun {
+                                first: pgoff,
+                                count: (end - start) / ps,
+                            };
+                            for x in intersect(
+                                &[PageRun {
+                                    first: r.first,
+                                    count: r.count,
+                                }],
+                                &[vma],
+                            ) {
                                 push(start + (x.first - pgoff) * ps, x.count * ps);
                             }
                             break;
@@ -437,7 +516,10 @@ impl Candidates {
             parts
                 .iter()
                 .flat_map(|p| p.anon.iter().chain(&p.anon_cow))
-                .map(|r| PageRun { first: r.addr / ps, count: r.pages })
+                .map(|r| PageRun {
+                    first: r.addr / ps,
+                    count: r.pages,
+                })
                 .collect(),
         );
         let mut object_runs: Vec<Vec<PageRun>> = vec![Vec::new(); plan.objects.len()];
@@ -446,7 +528,11 @@ impl Candidates {
                 object_runs[op.object as usize].extend(op.runs.iter().copied());
             }
         }
-        Self { anon, objects: plan.objects.clone(), object_runs: object_runs.into_iter().map(normalize).collect() }
+        Self {
+            anon,
+            objects: plan.objects.clone(),
+            object_runs: object_runs.into_iter().map(normalize).collect(),
+        }
     }
 }
 
@@ -533,7 +619,10 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
         let mut ok = true;
         for r in runs {
             match pm.present_ranges(r.first * ps, r.end() * ps)? {
-                Some(v) => out.extend(v.iter().map(|x| PageRun { first: x.start / ps, count: x.len / ps })),
+                Some(v) => out.extend(v.iter().map(|x| PageRun {
+                    first: x.start / ps,
+                    count: x.len / ps,
+                })),
                 None => {
                     USE_SCAN.store(false, std::sync::atomic::Ordering::Relaxed);
                     ok = false;
@@ -567,9 +656,19 @@ impl LoadingSetRecorder {
         let t = crate::target::Target::open(pid, "loading-set recording")?;
         let ps = sys::page_size();
         let mut pm = Pagemap::open(pid)?;
-        let mut stats = RecordStats { interval_us: opts.interval.as_micros() as u64, ..Default::default() };
-        let objects: Vec<LsObject> =
-            cand.objects.iter().map(|o| LsObject { kind: o.kind, key: o.key, path: o.path.clone() }).collect();
+        let mut stats = RecordStats {
+            interval_us: opts.interval.as_micros() as u64,
+            ..Default::default()
+        };
+        let objects: Vec<LsObject> = cand
+            .objects
+            .iter()
+            .map(|o| LsObject {
+                kind: o.kind,
+                key: o.key,
+                path: o.path.clone(),
+            })
+            .collect();
         let mut observable = Vec::new();
         // Anon.
         let anon_c = normalize(cand.anon.clone());
@@ -586,28 +685,56 @@ impl LoadingSetRecorder {
             let mut seen_mapped: Vec<PageRun> = Vec::new();
             let mut obs: Vec<PageRun> = Vec::new();
             for h in &o.handles {
-                let Handle::Mapped { start, end, pgoff, .. } = *h else { continue };
-                let vma = PageRun { first: pgoff, count: (end - start) / ps };
+                let Handle::Mapped {
+                    start, end, pgoff, ..
+                } = *h
+                else {
+                    continue;
+                };
+                let vma = PageRun {
+                    first: pgoff,
+                    count: (end - start) / ps,
+                };
                 let file_pages = subtract(&intersect(&runs, &[vma]), &seen_mapped);
                 if file_pages.is_empty() {
                     continue;
                 }
                 seen_mapped = normalize([seen_mapped, file_pages.clone()].concat());
                 let vma_page = start / ps;
-                let addr: Vec<PageRun> =
-                    file_pages.iter().map(|r| PageRun { first: vma_page + r.first - pgoff, count: r.count }).collect();
+                let addr: Vec<PageRun> = file_pages
+                    .iter()
+                    .map(|r| PageRun {
+                        first: vma_page + r.first - pgoff,
+                        count: r.count,
+                    })
+                    .collect();
                 let watch = subtract(&addr, &present_in(&mut pm, ps, &addr)?);
-                obs.extend(watch.iter().map(|r| PageRun { first: r.first - vma_page + pgoff, count: r.count }));
-                mapped.push(MappedWatch { object: i as u32, vma_page, pgoff, runs: watch });
+                obs.extend(watch.iter().map(|r| PageRun {
+                    first: r.first - vma_page + pgoff,
+                    count: r.count,
+                }));
+                mapped.push(MappedWatch {
+                    object: i as u32,
+                    vma_page,
+                    pgoff,
+                    runs: watch,
+                });
             }
             let unmapped = subtract(&runs, &seen_mapped);
-            if opts.files_read && !unmapped.is_empty() && o.handles.iter().any(|h| matches!(h, Handle::Fd { .. })) {
+            if opts.files_read
+                && !unmapped.is_empty()
+                && o.handles.iter().any(|h| matches!(h, Handle::Fd { .. }))
+            {
                 if let Ok(f) = memkind::open_current(pid, o) {
                     if let Ok(v) = ObjectView::new(f, None) {
                         let cached = v.resident(&unmapped).unwrap_or_default();
                         let watch = subtract(&unmapped, &normalize(cached));
                         obs.extend(watch.iter().copied());
-                        files.push(FileWatch { object: i as u32, view: ObjectViewBox(v), runs: watch });
+                        files.push(FileWatch {
+                            object: i as u32,
+                            view: ObjectViewBox(v),
+                            runs: watch,
+                        });
                     }
                 }
             }
@@ -679,7 +806,13 @@ impl LoadingSetRecorder {
                 m.runs = subtract(&m.runs, &hit);
                 let (obj, vp, pg) = (m.object, m.vma_page, m.pgoff);
                 let kind = self.objects[obj as usize].kind;
-                let file_runs: Vec<PageRun> = hit.iter().map(|r| PageRun { first: r.first - vp + pg, count: r.count }).collect();
+                let file_runs: Vec<PageRun> = hit
+                    .iter()
+                    .map(|r| PageRun {
+                        first: r.first - vp + pg,
+                        count: r.count,
+                    })
+                    .collect();
                 new += self.touch(kind, Some(obj), &file_runs);
             }
             for i in 0..self.files.len() {
@@ -687,7 +820,9 @@ impl LoadingSetRecorder {
                     continue;
                 }
                 let f = &self.files[i];
-                let Ok(hit) = f.view.0.resident(&f.runs) else { continue };
+                let Ok(hit) = f.view.0.resident(&f.runs) else {
+                    continue;
+                };
                 let hit = normalize(hit);
                 if hit.is_empty() {
                     continue;
@@ -713,7 +848,11 @@ impl LoadingSetRecorder {
         } else {
             self.quiet = 0;
         }
-        Ok(Poll { round: self.round, new_pages: new, poll_us: us })
+        Ok(Poll {
+            round: self.round,
+            new_pages: new,
+            poll_us: us,
+        })
     }
 
     /// The first response has been answered: later touches are not `first_response`.
@@ -739,7 +878,12 @@ impl LoadingSetRecorder {
                     .mapped
                     .iter()
                     .filter(|m| Some(m.object) == *o)
-                    .flat_map(|m| m.runs.iter().map(move |r| PageRun { first: r.first - m.vma_page + m.pgoff, count: r.count }))
+                    .flat_map(|m| {
+                        m.runs.iter().map(move |r| PageRun {
+                            first: r.first - m.vma_page + m.pgoff,
+                            count: r.count,
+                        })
+                    })
                     .collect();
                 let blind = subtract(&runs, &normalize(mapped));
                 *obs = subtract(obs, &blind);
@@ -748,7 +892,11 @@ impl LoadingSetRecorder {
     }
 
     /// [`note_fetched`](Self::note_fetched) for every file and shmem object of a plan part.
-    pub fn note_fetched_part(&mut self, plan: &crate::plan::ActivationPlan, part: &crate::plan::PlanPart) {
+    pub fn note_fetched_part(
+        &mut self,
+        plan: &crate::plan::ActivationPlan,
+        part: &crate::plan::PlanPart,
+    ) {
         for op in part.shmem.iter().chain(&part.file) {
             self.note_fetched(plan.objects[op.object as usize].key, &op.runs);
         }
@@ -760,7 +908,9 @@ impl LoadingSetRecorder {
         self.exited
             || el >= self.opts.max_duration
             || (el >= self.opts.min_duration && self.quiet >= self.opts.quiet_rounds)
-            || (self.anon.is_empty() && self.mapped.iter().all(|m| m.runs.is_empty()) && self.files.iter().all(|f| f.runs.is_empty()))
+            || (self.anon.is_empty()
+                && self.mapped.iter().all(|m| m.runs.is_empty())
+                && self.files.iter().all(|f| f.runs.is_empty()))
     }
 
     pub fn round(&self) -> u32 {
@@ -820,7 +970,16 @@ mod tests_loadingset {
     use super::*;
 
     fn run(first: u64, count: u64, round: u32) -> LsRun {
-        LsRun { kind: MemKind::Anon, object: None, first, count, round, age: 0, weight: 1.0, first_response: true }
+        LsRun {
+            kind: MemKind::Anon,
+            object: None,
+            first,
+            count,
+            round,
+            age: 0,
+            weight: 1.0,
+            first_response: true,
+        }
     }
 
     fn rec(touched: Vec<LsRun>, observable: Vec<PageRun>) -> Recording {
@@ -839,20 +998,49 @@ mod tests_loadingset {
     fn merge_decays_only_observed_pages_and_keeps_touch_order() {
         let p = DecayPolicy::default();
         // Cycle 1: pages 100..104 in round 2, 10..12 in round 1.
-        let s1 = LoadingSet::merge(None, &rec(vec![run(10, 2, 1), run(100, 4, 2)], vec![PageRun { first: 0, count: 1000 }]), &p);
-        assert_eq!(s1.runs.iter().map(|r| (r.first, r.count, r.round)).collect::<Vec<_>>(), vec![(10, 2, 1), (100, 4, 2)]);
+        let s1 = LoadingSet::merge(
+            None,
+            &rec(
+                vec![run(10, 2, 1), run(100, 4, 2)],
+                vec![PageRun {
+                    first: 0,
+                    count: 1000,
+                }],
+            ),
+            &p,
+        );
+        assert_eq!(
+            s1.runs
+                .iter()
+                .map(|r| (r.first, r.count, r.round))
+                .collect::<Vec<_>>(),
+            vec![(10, 2, 1), (100, 4, 2)]
+        );
         // Cycle 2: only 100..102 touched (round 1); 10..12 observable but untouched → 0.5;
         // 102..104 not observable (already mapped at thaw) → unchanged.
         let s2 = LoadingSet::merge(
             Some(&s1),
-            &rec(vec![run(100, 2, 1)], vec![PageRun { first: 0, count: 100 }]),
+            &rec(
+                vec![run(100, 2, 1)],
+                vec![PageRun {
+                    first: 0,
+                    count: 100,
+                }],
+            ),
             &p,
         );
-        let v: Vec<_> = s2.runs.iter().map(|r| (r.first, r.count, r.age, r.weight)).collect();
+        let v: Vec<_> = s2
+            .runs
+            .iter()
+            .map(|r| (r.first, r.count, r.age, r.weight))
+            .collect();
         assert_eq!(v, vec![(100, 2, 0, 1.0), (102, 2, 0, 1.0), (10, 2, 1, 0.5)]);
         assert_eq!(s2.cycles, 2);
         // Two more observed cycles without touching 10..12: 0.25, then dropped (< 0.2).
-        let obs = vec![PageRun { first: 0, count: 1000 }];
+        let obs = vec![PageRun {
+            first: 0,
+            count: 1000,
+        }];
         let s3 = LoadingSet::merge(Some(&s2), &rec(vec![run(100, 4, 1)], obs.clone()), &p);
         assert!(s3.runs.iter().any(|r| r.first == 10 && r.weight == 0.25));
         let s4 = LoadingSet::merge(Some(&s3), &rec(vec![run(100, 4, 1)], obs), &p);
@@ -863,7 +1051,17 @@ mod tests_loadingset {
     #[test]
     fn a_full_prefetch_with_mapping_changes_nothing() {
         let p = DecayPolicy::default();
-        let s1 = LoadingSet::merge(None, &rec(vec![run(10, 2, 1)], vec![PageRun { first: 0, count: 1000 }]), &p);
+        let s1 = LoadingSet::merge(
+            None,
+            &rec(
+                vec![run(10, 2, 1)],
+                vec![PageRun {
+                    first: 0,
+                    count: 1000,
+                }],
+            ),
+            &p,
+        );
         // Everything was mapped at thaw: nothing observable, nothing touched.
         let s2 = LoadingSet::merge(Some(&s1), &rec(vec![], vec![]), &p);
         assert_eq!(s2.runs, s1.runs);
@@ -872,27 +1070,53 @@ mod tests_loadingset {
     #[test]
     fn objects_are_renumbered_and_versions_checked() {
         let p = DecayPolicy::default();
-        let o = |ino| LsObject { kind: MemKind::File, key: ObjectKey { dev: 1, ino }, path: format!("/f{ino}") };
-        let fr = |obj: u32, first, round| LsRun { kind: MemKind::File, object: Some(obj), ..run(first, 1, round) };
-        let r1 = Recording { objects: vec![o(1), o(2)], touched: vec![fr(1, 5, 1), fr(0, 3, 2)], ..rec(vec![], vec![]) };
+        let o = |ino| LsObject {
+            kind: MemKind::File,
+            key: ObjectKey { dev: 1, ino },
+            path: format!("/f{ino}"),
+        };
+        let fr = |obj: u32, first, round| LsRun {
+            kind: MemKind::File,
+            object: Some(obj),
+            ..run(first, 1, round)
+        };
+        let r1 = Recording {
+            objects: vec![o(1), o(2)],
+            touched: vec![fr(1, 5, 1), fr(0, 3, 2)],
+            ..rec(vec![], vec![])
+        };
         let s1 = LoadingSet::merge(None, &r1, &p);
         // Cycle 2 knows only object 2, as its object 0.
-        let r2 = Recording { objects: vec![o(2)], touched: vec![fr(0, 5, 1)], ..rec(vec![], vec![]) };
+        let r2 = Recording {
+            objects: vec![o(2)],
+            touched: vec![fr(0, 5, 1)],
+            ..rec(vec![], vec![])
+        };
         let s2 = LoadingSet::merge(Some(&s1), &r2, &p);
         assert_eq!(s2.objects, vec![o(2), o(1)]);
-        assert_eq!(s2.runs_of(MemKind::File, Some(ObjectKey { dev: 1, ino: 1 }), None), vec![PageRun { first: 3, count: 1 }]);
+        assert_eq!(
+            s2.runs_of(MemKind::File, Some(ObjectKey { dev: 1, ino: 1 }), None),
+            vec![PageRun { first: 3, count: 1 }]
+        );
         let j = serde_json::to_vec(&s2).unwrap();
         assert_eq!(LoadingSet::from_json(&j).unwrap(), s2);
         let mut v: serde_json::Value = serde_json::from_slice(&j).unwrap();
         v["format_version"] = 0.into();
-        assert!(LoadingSet::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err().contains("ignored"));
-        assert!(LoadingSet::from_json(b"{\"regions\":[]}").unwrap_err().contains("ignored"));
+        assert!(LoadingSet::from_json(&serde_json::to_vec(&v).unwrap())
+            .unwrap_err()
+            .contains("ignored"));
+        assert!(LoadingSet::from_json(b"{\"regions\":[]}")
+            .unwrap_err()
+            .contains("ignored"));
         let dir = std::env::temp_dir().join(format!("torpor-ls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ls.json");
         assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Missing));
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Ignored(_)));
+        assert!(matches!(
+            LoadingSet::load(&path).unwrap(),
+            Loaded::Ignored(_)
+        ));
         s2.save(&path).unwrap();
         assert!(matches!(LoadingSet::load(&path).unwrap(), Loaded::Set(s) if *s == s2));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -32,7 +32,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The kinds of memory torpor accounts, purges and restores separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MemKind {
     /// Private anonymous memory (swap-backed; visible in pagemap).
@@ -112,7 +114,9 @@ pub struct KindUsage {
 
 /// A run of consecutive pages: page indexes of a file, or page numbers (address / page size)
 /// of an address space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PageRun {
     pub first: u64,
     pub count: u64,
@@ -146,7 +150,10 @@ pub fn intersect(a: &[PageRun], b: &[PageRun]) -> Vec<PageRun> {
         let s = a[i].first.max(b[j].first);
         let e = a[i].end().min(b[j].end());
         if s < e {
-            out.push(PageRun { first: s, count: e - s });
+            out.push(PageRun {
+                first: s,
+                count: e - s,
+            });
         }
         if a[i].end() < b[j].end() {
             i += 1;
@@ -172,13 +179,19 @@ pub fn subtract(a: &[PageRun], b: &[PageRun]) -> Vec<PageRun> {
             match b.get(k) {
                 Some(x) if x.first < e => {
                     if x.first > s {
-                        out.push(PageRun { first: s, count: x.first - s });
+                        out.push(PageRun {
+                            first: s,
+                            count: x.first - s,
+                        });
                     }
                     s = s.max(x.end());
                     k += 1;
                 }
                 _ => {
-                    out.push(PageRun { first: s, count: e - s });
+                    out.push(PageRun {
+                        first: s,
+                        count: e - s,
+                    });
                     s = e;
                 }
             }
@@ -196,7 +209,10 @@ pub fn pages(v: &[PageRun]) -> u64 {
 pub fn clip(v: &[PageRun], limit: u64) -> Vec<PageRun> {
     v.iter()
         .filter(|r| r.first < limit)
-        .map(|r| PageRun { first: r.first, count: r.count.min(limit - r.first) })
+        .map(|r| PageRun {
+            first: r.first,
+            count: r.count.min(limit - r.first),
+        })
         .collect()
 }
 
@@ -205,18 +221,28 @@ pub fn runs_of_ranges(ranges: &[Range], ps: u64) -> Vec<PageRun> {
     normalize(
         ranges
             .iter()
-            .map(|r| PageRun { first: r.start / ps, count: r.end().div_ceil(ps) - r.start / ps })
+            .map(|r| PageRun {
+                first: r.start / ps,
+                count: r.end().div_ceil(ps) - r.start / ps,
+            })
             .collect(),
     )
 }
 
 /// Address ranges of page runs.
 pub fn ranges_of_runs(runs: &[PageRun], ps: u64) -> Vec<Range> {
-    runs.iter().map(|r| Range { start: r.first * ps, len: r.count * ps }).collect()
+    runs.iter()
+        .map(|r| Range {
+            start: r.first * ps,
+            len: r.count * ps,
+        })
+        .collect()
 }
 
 /// An inode: what identifies a shmem or file object across handles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectKey {
     pub dev: u64,
     pub ino: u64,
@@ -227,7 +253,12 @@ pub struct ObjectKey {
 #[serde(rename_all = "snake_case")]
 pub enum Handle {
     /// A VMA `[start, end)` mapping the object from page `pgoff`.
-    Mapped { start: u64, end: u64, pgoff: u64, shared: bool },
+    Mapped {
+        start: u64,
+        end: u64,
+        pgoff: u64,
+        shared: bool,
+    },
     /// An open file descriptor.
     Fd { fd: i32 },
 }
@@ -236,7 +267,9 @@ impl Handle {
     /// The magic link in `/proc/PID` that opens the object.
     pub fn proc_path(&self, pid: i32) -> PathBuf {
         match self {
-            Handle::Mapped { start, end, .. } => PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}")),
+            Handle::Mapped { start, end, .. } => {
+                PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+            }
             Handle::Fd { fd } => PathBuf::from(format!("/proc/{pid}/fd/{fd}")),
         }
     }
@@ -294,7 +327,8 @@ const NOT_REGULAR: &str = "not a regular file";
 
 /// `statfs(path).f_type` (follows magic links).
 fn fs_type(path: &Path) -> std::io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `st` is a zeroed statfs the kernel fills; `c` is a valid NUL-terminated path that
     // lives across the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -317,7 +351,14 @@ fn classify_link(link: &Path) -> std::result::Result<(MemKind, std::fs::Metadata
     if let Some((_, name)) = PSEUDO_FS.iter().find(|(m, _)| *m == ty) {
         return Err(format!("on {name} (not page cache torpor may read)"));
     }
-    Ok((if ty == TMPFS_MAGIC { MemKind::Shmem } else { MemKind::File }, md))
+    Ok((
+        if ty == TMPFS_MAGIC {
+            MemKind::Shmem
+        } else {
+            MemKind::File
+        },
+        md,
+    ))
 }
 
 /// Open an object read-only through `path` (a magic link or a real path), no atime, never
@@ -330,7 +371,10 @@ pub fn open_readonly(path: &Path) -> std::io::Result<File> {
         .or_else(|e| {
             // O_NOATIME needs ownership or CAP_FOWNER; retry without it.
             if e.raw_os_error() == Some(libc::EPERM) {
-                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(path)
             } else {
                 Err(e)
             }
@@ -345,23 +389,29 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
     let ps = sys::page_size();
     let mut by_key: BTreeMap<ObjectKey, MemObject> = BTreeMap::new();
     let mut skipped = Vec::new();
-    let mut add = |kind: MemKind, md: &std::fs::Metadata, path: String, h: Handle, interest: Vec<PageRun>| {
-        let key = ObjectKey { dev: md.dev(), ino: md.ino() };
-        let o = by_key.entry(key).or_insert_with(|| MemObject {
-            kind,
-            key,
-            by_path: !path.ends_with(" (deleted)")
-                && std::fs::metadata(&path).map(|m| m.dev() == md.dev() && m.ino() == md.ino()).unwrap_or(false),
-            path,
-            size: md.size(),
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec(),
-            handles: Vec::new(),
-            interest: Vec::new(),
-        });
-        o.handles.push(h);
-        o.interest.extend(interest);
-    };
+    let mut add =
+        |kind: MemKind, md: &std::fs::Metadata, path: String, h: Handle, interest: Vec<PageRun>| {
+            let key = ObjectKey {
+                dev: md.dev(),
+                ino: md.ino(),
+            };
+            let o = by_key.entry(key).or_insert_with(|| MemObject {
+                kind,
+                key,
+                by_path: !path.ends_with(" (deleted)")
+                    && std::fs::metadata(&path)
+                        .map(|m| m.dev() == md.dev() && m.ino() == md.ino())
+                        .unwrap_or(false),
+                path,
+                size: md.size(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec(),
+                handles: Vec::new(),
+                interest: Vec::new(),
+            });
+            o.handles.push(h);
+            o.interest.extend(interest);
+        };
     for m in &maps {
         use procfs::process::{MMPermissions, MMapPath};
         if m.inode == 0 {
@@ -374,16 +424,27 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
             _ => continue,
         };
         let (start, end) = m.address;
-        let h = Handle::Mapped { start, end, pgoff: m.offset / ps, shared: m.perms.contains(MMPermissions::SHARED) };
+        let h = Handle::Mapped {
+            start,
+            end,
+            pgoff: m.offset / ps,
+            shared: m.perms.contains(MMPermissions::SHARED),
+        };
         let link = h.proc_path(pid);
         match classify_link(&link) {
             Ok((kind, md)) => {
-                let run = PageRun { first: m.offset / ps, count: (end - start) / ps };
+                let run = PageRun {
+                    first: m.offset / ps,
+                    count: (end - start) / ps,
+                };
                 add(kind, &md, path, h, vec![run]);
             }
             Err(reason) => {
                 if !Path::new(&format!("/proc/{pid}/maps")).exists() {
-                    return Err(Error::TargetExited { pid, op: "object scan" });
+                    return Err(Error::TargetExited {
+                        pid,
+                        op: "object scan",
+                    });
                 }
                 skipped.push(SkippedObject { path, reason });
             }
@@ -391,13 +452,20 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
     }
     let fd_dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&fd_dir).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::TargetExited { pid, op: "object scan" },
+        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::TargetExited {
+            pid,
+            op: "object scan",
+        },
         _ => Error::io(&fd_dir, e),
     })?;
     for e in rd.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         let link = e.path();
-        let Ok(target) = std::fs::read_link(&link) else { continue };
+        let Ok(target) = std::fs::read_link(&link) else {
+            continue;
+        };
         let path = target.display().to_string();
         if !path.starts_with('/') {
             continue; // socket:[..], pipe:[..], anon_inode:[..]
@@ -405,7 +473,13 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
         match classify_link(&link) {
             Ok((kind, md)) => {
                 let count = md.size().div_ceil(ps);
-                add(kind, &md, path, Handle::Fd { fd }, vec![PageRun { first: 0, count }]);
+                add(
+                    kind,
+                    &md,
+                    path,
+                    Handle::Fd { fd },
+                    vec![PageRun { first: 0, count }],
+                );
             }
             // Devices, pipes, sockets behind a path: not memory of the app's.
             Err(reason) if reason == NOT_REGULAR => {}
@@ -414,7 +488,10 @@ pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
     }
     let mut out: Vec<MemObject> = by_key.into_values().collect();
     for o in out.iter_mut() {
-        o.interest = clip(&normalize(std::mem::take(&mut o.interest)), o.size.div_ceil(ps));
+        o.interest = clip(
+            &normalize(std::mem::take(&mut o.interest)),
+            o.size.div_ceil(ps),
+        );
     }
     Ok((out, skipped))
 }
@@ -442,7 +519,9 @@ impl std::fmt::Display for Gone {
         match self {
             Gone::Deleted => f.write_str("deleted"),
             Gone::Replaced => f.write_str("replaced (the path names another inode)"),
-            Gone::Resized { was, now } if now < was => write!(f, "truncated ({was} -> {now} bytes)"),
+            Gone::Resized { was, now } if now < was => {
+                write!(f, "truncated ({was} -> {now} bytes)")
+            }
             Gone::Resized { was, now } => write!(f, "resized ({was} -> {now} bytes)"),
             Gone::Modified => f.write_str("modified (mtime changed)"),
             Gone::NotHeld => f.write_str("no longer held by the target"),
@@ -463,7 +542,10 @@ pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
             return Err(Gone::Replaced);
         }
         if md.size() != o.size {
-            return Err(Gone::Resized { was: o.size, now: md.size() });
+            return Err(Gone::Resized {
+                was: o.size,
+                now: md.size(),
+            });
         }
         if (md.mtime(), md.mtime_nsec()) != (o.mtime_sec, o.mtime_nsec) {
             return Err(Gone::Modified);
@@ -490,7 +572,9 @@ pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
     // by every user, and nothing ever touches the mapping's memory).
     for h in &o.handles {
         let link = h.proc_path(pid);
-        let Ok(md) = std::fs::metadata(&link) else { continue };
+        let Ok(md) = std::fs::metadata(&link) else {
+            continue;
+        };
         if md.dev() != o.key.dev || md.ino() != o.key.ino || !md.file_type().is_file() {
             continue;
         }
@@ -543,11 +627,25 @@ impl ObjectView {
         let len = (pages * ps) as usize;
         // SAFETY: a fresh read-only shared mapping of an fd we own; the kernel picks the
         // address; the result is checked against MAP_FAILED.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self { file, ptr, len, pages })
+        Ok(Self {
+            file,
+            ptr,
+            len,
+            pages,
+        })
     }
 
     pub fn file(&self) -> &File {
@@ -604,7 +702,11 @@ impl ObjectView {
             // DONTNEED) on a read-only shared file mapping does not touch our memory safety (a
             // POPULATE_READ failure past EOF is reported as EFAULT, not a signal).
             let rc = unsafe {
-                libc::madvise((self.ptr as *mut u8).add((r.first * ps) as usize) as *mut libc::c_void, (r.count * ps) as usize, advice)
+                libc::madvise(
+                    (self.ptr as *mut u8).add((r.first * ps) as usize) as *mut libc::c_void,
+                    (r.count * ps) as usize,
+                    advice,
+                )
             };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -629,7 +731,14 @@ pub fn fadvise(file: &File, runs: &[PageRun], advice: i32) -> std::io::Result<u6
     let mut done = 0;
     for r in clip(runs, limit) {
         // SAFETY: integer arguments on an fd we own.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), (r.first * ps) as i64, (r.count * ps) as i64, advice) };
+        let rc = unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                (r.first * ps) as i64,
+                (r.count * ps) as i64,
+                advice,
+            )
+        };
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
@@ -672,10 +781,22 @@ pub fn cachestat(file: &File, off: u64, len: u64) -> std::io::Result<Option<Cach
         let mut cs = Cs::default();
         // SAFETY: `r` and `cs` are valid #[repr(C)] structs matching the kernel's
         // cachestat_range/cachestat layouts, alive across the call.
-        let rc = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &r as *const CsRange, &mut cs as *mut Cs, 0u32) };
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &r as *const CsRange,
+                &mut cs as *mut Cs,
+                0u32,
+            )
+        };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::ENOSYS) { Ok(None) } else { Err(e) };
+            return if e.raw_os_error() == Some(libc::ENOSYS) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         Ok(Some(CacheStat {
             cache: cs.nr_cache,
@@ -708,7 +829,10 @@ pub struct ObjectUsage {
 }
 
 /// Residency of every object of `pid` (found by [`objects`]): per object, and resident runs.
-pub fn object_usage(pid: i32, objs: &[MemObject]) -> (Vec<ObjectUsage>, Vec<Vec<PageRun>>, Vec<SkippedObject>) {
+pub fn object_usage(
+    pid: i32,
+    objs: &[MemObject],
+) -> (Vec<ObjectUsage>, Vec<Vec<PageRun>>, Vec<SkippedObject>) {
     let ps = sys::page_size();
     let mut usage = Vec::with_capacity(objs.len());
     let mut resident = Vec::with_capacity(objs.len());
@@ -744,7 +868,10 @@ pub fn object_usage(pid: i32, objs: &[MemObject]) -> (Vec<ObjectUsage>, Vec<Vec<
                 resident.push(runs);
             }
             Err(e) => {
-                skipped.push(SkippedObject { path: o.path.clone(), reason: format!("open/mincore: {e}") });
+                skipped.push(SkippedObject {
+                    path: o.path.clone(),
+                    reason: format!("open/mincore: {e}"),
+                });
                 usage.push(ObjectUsage {
                     kind: o.kind,
                     path: o.path.clone(),

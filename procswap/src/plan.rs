@@ -8,7 +8,10 @@
 use crate::error::{Error, Result};
 use crate::inspect::{classify, Pagemap};
 use crate::loadingset::LoadingSet;
-use crate::memkind::{self, intersect, normalize, pages, subtract, ByKind, Gone, MemKind, MemObject, ObjectView, PageRun};
+use crate::memkind::{
+    self, intersect, normalize, pages, subtract, ByKind, Gone, MemKind, MemObject, ObjectView,
+    PageRun,
+};
 use crate::residency::ResidencySnapshot;
 use crate::sys::{self, Range};
 use crate::target::Target;
@@ -51,14 +54,22 @@ pub struct PlanPart {
 impl PlanPart {
     pub fn pages(&self) -> ByKind<u64> {
         ByKind {
-            anon: self.anon.iter().chain(&self.anon_cow).map(|r| r.pages).sum(),
+            anon: self
+                .anon
+                .iter()
+                .chain(&self.anon_cow)
+                .map(|r| r.pages)
+                .sum(),
             shmem: self.shmem.iter().map(|o| pages(&o.runs)).sum(),
             file: self.file.iter().map(|o| pages(&o.runs)).sum(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.anon.is_empty() && self.anon_cow.is_empty() && self.shmem.is_empty() && self.file.is_empty()
+        self.anon.is_empty()
+            && self.anon_cow.is_empty()
+            && self.shmem.is_empty()
+            && self.file.is_empty()
     }
 
     /// Runs of consecutive swap slots (what one sequential read each costs).
@@ -134,7 +145,10 @@ impl ActivationPlan {
             s
         });
         let (f_anon, l_anon) = match &ls {
-            Some(l) => (l.runs_of(MemKind::Anon, None, Some(true)), l.runs_of(MemKind::Anon, None, Some(false))),
+            Some(l) => (
+                l.runs_of(MemKind::Anon, None, Some(true)),
+                l.runs_of(MemKind::Anon, None, Some(false)),
+            ),
             None => (vec![], vec![]),
         };
         let contains = |v: &[PageRun], p: u64| {
@@ -170,14 +184,33 @@ impl ActivationPlan {
                 }
             })?;
         }
-        let mut parts = [PlanPart::default(), PlanPart::default(), PlanPart::default()];
+        let mut parts = [
+            PlanPart::default(),
+            PlanPart::default(),
+            PlanPart::default(),
+        ];
         for (i, b) in buckets.iter_mut().enumerate() {
             b.sort_unstable();
-            let list = if i < 3 { &mut parts[i].anon } else { &mut parts[i - 3].anon_cow };
+            let list = if i < 3 {
+                &mut parts[i].anon
+            } else {
+                &mut parts[i - 3].anon_cow
+            };
             for &(ty, off, addr) in b.iter() {
                 match list.last_mut() {
-                    Some(r) if r.swap_type == ty && r.offset + r.pages == off && r.addr + r.pages * ps == addr => r.pages += 1,
-                    _ => list.push(SwapRun { addr, pages: 1, swap_type: ty, offset: off }),
+                    Some(r)
+                        if r.swap_type == ty
+                            && r.offset + r.pages == off
+                            && r.addr + r.pages * ps == addr =>
+                    {
+                        r.pages += 1
+                    }
+                    _ => list.push(SwapRun {
+                        addr,
+                        pages: 1,
+                        swap_type: ty,
+                        offset: off,
+                    }),
                 }
             }
         }
@@ -200,11 +233,15 @@ impl ActivationPlan {
         for o in &snap.objects {
             let now = match memkind::reopen(pid, &o.object).and_then(|f| {
                 let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
-                v.resident(&o.resident).map_err(|e| Gone::Unreadable(e.to_string()))
+                v.resident(&o.resident)
+                    .map_err(|e| Gone::Unreadable(e.to_string()))
             }) {
                 Ok(r) => normalize(r),
                 Err(g) => {
-                    notes.push(format!("{} {}: {g}: left out of the plan", o.object.kind, o.object.path));
+                    notes.push(format!(
+                        "{} {}: {g}: left out of the plan",
+                        o.object.kind, o.object.path
+                    ));
                     continue;
                 }
             };
@@ -218,16 +255,25 @@ impl ActivationPlan {
                 Some(ls) => {
                     let k = Some(o.object.key);
                     let f = intersect(&out, &ls.runs_of(o.object.kind, k, Some(true)));
-                    let l = subtract(&intersect(&out, &ls.runs_of(o.object.kind, k, Some(false))), &f);
+                    let l = subtract(
+                        &intersect(&out, &ls.runs_of(o.object.kind, k, Some(false))),
+                        &f,
+                    );
                     (f, l)
                 }
                 None => (vec![], vec![]),
             };
             let rest = subtract(&subtract(&out, &f), &l);
-            let rank = rank_of.get(&(o.object.kind, o.object.key)).copied().unwrap_or(u64::MAX);
+            let rank = rank_of
+                .get(&(o.object.kind, o.object.key))
+                .copied()
+                .unwrap_or(u64::MAX);
             for (i, runs) in [f, l, rest].into_iter().enumerate() {
                 if !runs.is_empty() {
-                    obj_parts[i].push((if i == 2 { idx as u64 } else { rank }, ObjectPart { object: idx, runs }));
+                    obj_parts[i].push((
+                        if i == 2 { idx as u64 } else { rank },
+                        ObjectPart { object: idx, runs },
+                    ));
                 }
             }
         }
@@ -245,7 +291,10 @@ impl ActivationPlan {
             pid,
             comm: t.comm().to_string(),
             page_size: ps,
-            computed_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            computed_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             objects,
             first,
             loading_rest,
@@ -260,9 +309,14 @@ impl ActivationPlan {
         struct V {
             format_version: Option<u32>,
         }
-        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not an activation plan ({e}): ignored"))?;
+        let v: V = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not an activation plan ({e}): ignored"))?;
         if v.format_version != Some(Self::FORMAT_VERSION) {
-            return Err(format!("activation plan format {:?}, this torpor reads {}: ignored", v.format_version, Self::FORMAT_VERSION));
+            return Err(format!(
+                "activation plan format {:?}, this torpor reads {}: ignored",
+                v.format_version,
+                Self::FORMAT_VERSION
+            ));
         }
         serde_json::from_slice(bytes).map_err(|e| format!("activation plan: {e}: ignored"))
     }
@@ -291,7 +345,14 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { free_floor_bytes: 256 << 20, budget_bytes: None, batch_bytes: 16 << 20, populate: false, charge_files_to: None, io_priority: None }
+        Self {
+            free_floor_bytes: 256 << 20,
+            budget_bytes: None,
+            batch_bytes: 16 << 20,
+            populate: false,
+            charge_files_to: None,
+            io_priority: None,
+        }
     }
 }
 
@@ -329,10 +390,18 @@ pub struct FetchReport {
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`. Objects are reopened and checked first
 /// ([`memkind::reopen`]): one deleted, replaced, resized or modified since Stop is skipped and
 /// reported; nothing is ever read past the end of a file.
-pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: &FetchOptions) -> Result<FetchReport> {
+pub fn fetch_unmapped(
+    t: &Target,
+    plan: &ActivationPlan,
+    part: &PlanPart,
+    opts: &FetchOptions,
+) -> Result<FetchReport> {
     let t0 = Instant::now();
     let ps = plan.page_size;
-    let mut rep = FetchReport { swap_extents: part.swap_extents(), ..Default::default() };
+    let mut rep = FetchReport {
+        swap_extents: part.swap_extents(),
+        ..Default::default()
+    };
     let _prio = match opts.io_priority.map(sys::io_priority) {
         Some(Err(e)) => {
             rep.notes.push(format!("I/O priority not set: {e}"));
@@ -351,7 +420,10 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
         }
         let m = sys::meminfo()?;
         if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
-            rep.stopped = Some(crate::prefetch::StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: opts.free_floor_bytes });
+            rep.stopped = Some(crate::prefetch::StopReason::FreeFloor {
+                available_bytes: m.mem_available,
+                floor_bytes: opts.free_floor_bytes,
+            });
             return Ok(false);
         }
         spent += need;
@@ -383,7 +455,10 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
             stopped = true;
             break;
         }
-        batch.push(Range { start: r.addr, len: r.pages * ps });
+        batch.push(Range {
+            start: r.addr,
+            len: r.pages * ps,
+        });
         batch_pages += r.pages;
     }
     if !stopped {
@@ -391,7 +466,11 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
     }
     // Copy-on-write pages of private file mappings: only a fault brings them in.
     if !stopped && !part.anon_cow.is_empty() {
-        let addrs: Vec<u64> = part.anon_cow.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps)).collect();
+        let addrs: Vec<u64> = part
+            .anon_cow
+            .iter()
+            .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps))
+            .collect();
         if room(addrs.len() as u64 * ps, &mut rep)? {
             let (ok, _) = crate::prefetch::map_pages_vm_readv(t.pid(), &addrs)?;
             rep.cow_mapped_pages = ok;
@@ -412,7 +491,12 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
             let f = match memkind::reopen(plan.pid, o) {
                 Ok(f) => f,
                 Err(g) => {
-                    rep.skipped.push(SkippedFetch { kind, path: o.path.clone(), reason: g.to_string(), bytes });
+                    rep.skipped.push(SkippedFetch {
+                        kind,
+                        path: o.path.clone(),
+                        reason: g.to_string(),
+                        bytes,
+                    });
                     continue;
                 }
             };
@@ -430,21 +514,36 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
             }
             let res = if kind == MemKind::Shmem || opts.populate {
                 ObjectView::new(f, None).and_then(|v| {
-                    v.madvise(&op.runs, if opts.populate { libc::MADV_POPULATE_READ } else { libc::MADV_WILLNEED })
+                    v.madvise(
+                        &op.runs,
+                        if opts.populate {
+                            libc::MADV_POPULATE_READ
+                        } else {
+                            libc::MADV_WILLNEED
+                        },
+                    )
                 })
             } else {
                 memkind::fadvise(&f, &op.runs, libc::POSIX_FADV_WILLNEED)
             };
             match res {
                 Ok(n) => *rep.issued_bytes.get_mut(kind) += n,
-                Err(e) => rep.skipped.push(SkippedFetch { kind, path: o.path.clone(), reason: format!("fetch failed: {e}"), bytes }),
+                Err(e) => rep.skipped.push(SkippedFetch {
+                    kind,
+                    path: o.path.clone(),
+                    reason: format!("fetch failed: {e}"),
+                    bytes,
+                }),
             }
         }
     }
     if let (Some(dir), false) = (&opts.charge_files_to, in_memcg.is_empty()) {
         if let Err(e) = fadvise_in_memcg(dir, &in_memcg, ps) {
             // Not charged to the app, but still fetched: from here, charged to the caller.
-            rep.notes.push(format!("file read-ahead from {}: {e}; issued from this process instead", dir.display()));
+            rep.notes.push(format!(
+                "file read-ahead from {}: {e}; issued from this process instead",
+                dir.display()
+            ));
             for (f, runs) in &in_memcg {
                 let _ = memkind::fadvise(f, runs, libc::POSIX_FADV_WILLNEED);
             }
@@ -460,13 +559,22 @@ pub fn fetch_unmapped(t: &Target, plan: &ActivationPlan, part: &PlanPart, opts: 
 /// to the caller's. The child only makes system calls (no allocation after `fork`, which is safe
 /// in a multi-threaded caller). Returns when the child has issued everything (the reads
 /// themselves stay asynchronous).
-pub fn fadvise_in_memcg(dir: &std::path::Path, work: &[(std::fs::File, Vec<PageRun>)], ps: u64) -> std::io::Result<()> {
+pub fn fadvise_in_memcg(
+    dir: &std::path::Path,
+    work: &[(std::fs::File, Vec<PageRun>)],
+    ps: u64,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let procs = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
     // Everything the child needs, prepared before fork.
     let jobs: Vec<(i32, i64, i64)> = work
         .iter()
-        .flat_map(|(f, runs)| runs.iter().map(move |r| (f.as_raw_fd(), (r.first * ps) as i64, (r.count * ps) as i64)))
+        .flat_map(|(f, runs)| {
+            runs.iter()
+                .map(move |r| (f.as_raw_fd(), (r.first * ps) as i64, (r.count * ps) as i64))
+        })
         .collect();
     let pfd = procs.as_raw_fd();
     // SAFETY: fork() in a possibly multi-threaded process: the child below only calls
@@ -495,7 +603,10 @@ pub fn fadvise_in_memcg(dir: &std::path::Path, work: &[(std::fs::File, Vec<PageR
         return Err(std::io::Error::last_os_error());
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(std::io::Error::other(format!("helper could not join {} (status {status:#x})", dir.display())));
+        return Err(std::io::Error::other(format!(
+            "helper could not join {} (status {status:#x})",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -510,7 +621,9 @@ pub fn completion(plan: &ActivationPlan, part: &PlanPart) -> (ByKind<u64>, ByKin
     for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
         for op in list {
             let o = &plan.objects[op.object as usize];
-            if let Ok(v) = memkind::reopen(plan.pid, o).and_then(|f| ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))) {
+            if let Ok(v) = memkind::reopen(plan.pid, o)
+                .and_then(|f| ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string())))
+            {
                 if let Ok(r) = v.resident(&op.runs) {
                     *have.get_mut(kind) += pages(&r);
                 }
@@ -536,12 +649,24 @@ mod tests_plan {
             mtime_nsec: 0,
             by_path: true,
             handles: vec![Handle::Fd { fd: 3 }],
-            interest: vec![PageRun { first: 0, count: 256 }],
+            interest: vec![PageRun {
+                first: 0,
+                count: 256,
+            }],
         };
-        let sr = |addr, pages| SwapRun { addr, pages, swap_type: 0, offset: 0 };
+        let sr = |addr, pages| SwapRun {
+            addr,
+            pages,
+            swap_type: 0,
+            offset: 0,
+        };
         let part = |a: Vec<SwapRun>, f: Vec<PageRun>| PlanPart {
             anon: a,
-            file: if f.is_empty() { vec![] } else { vec![ObjectPart { object: 0, runs: f }] },
+            file: if f.is_empty() {
+                vec![]
+            } else {
+                vec![ObjectPart { object: 0, runs: f }]
+            },
             ..Default::default()
         };
         let plan = ActivationPlan {
@@ -553,22 +678,48 @@ mod tests_plan {
             objects: vec![o],
             first: part(vec![sr(0x5000, 2)], vec![PageRun { first: 4, count: 2 }]),
             loading_rest: part(vec![sr(0x7000, 1)], vec![]),
-            rest: PlanPart { anon_cow: vec![sr(0x1000, 1)], ..part(vec![], vec![PageRun { first: 0, count: 4 }]) },
+            rest: PlanPart {
+                anon_cow: vec![sr(0x1000, 1)],
+                ..part(vec![], vec![PageRun { first: 0, count: 4 }])
+            },
             notes: vec![],
         };
         let c = crate::loadingset::Candidates::from_plan(&plan);
-        assert_eq!(c.anon, vec![PageRun { first: 1, count: 1 }, PageRun { first: 5, count: 3 }]);
+        assert_eq!(
+            c.anon,
+            vec![
+                PageRun { first: 1, count: 1 },
+                PageRun { first: 5, count: 3 }
+            ]
+        );
         assert_eq!(c.object_runs, vec![vec![PageRun { first: 0, count: 6 }]]);
-        assert_eq!(plan.first.pages(), ByKind { anon: 2, shmem: 0, file: 2 });
+        assert_eq!(
+            plan.first.pages(),
+            ByKind {
+                anon: 2,
+                shmem: 0,
+                file: 2
+            }
+        );
         let j = serde_json::to_vec(&plan).unwrap();
         assert_eq!(ActivationPlan::from_json(&j).unwrap(), plan);
-        assert!(ActivationPlan::from_json(b"{\"format_version\":0}").unwrap_err().contains("ignored"));
+        assert!(ActivationPlan::from_json(b"{\"format_version\":0}")
+            .unwrap_err()
+            .contains("ignored"));
     }
 
     #[test]
     fn swap_extents_count_slot_breaks() {
-        let r = |addr, pages, offset| SwapRun { addr, pages, swap_type: 0, offset };
-        let p = PlanPart { anon: vec![r(0x1000, 2, 10), r(0x9000, 3, 12), r(0x2000, 1, 20)], ..Default::default() };
+        let r = |addr, pages, offset| SwapRun {
+            addr,
+            pages,
+            swap_type: 0,
+            offset,
+        };
+        let p = PlanPart {
+            anon: vec![r(0x1000, 2, 10), r(0x9000, 3, 12), r(0x2000, 1, 20)],
+            ..Default::default()
+        };
         assert_eq!(p.swap_extents(), 2);
         assert_eq!(p.pages().anon, 6);
     }

@@ -72,7 +72,10 @@ pub enum StopReason {
     /// The byte budget was used up.
     Budget { budget_bytes: u64 },
     /// `MemAvailable` would have dropped below the floor.
-    FreeFloor { available_bytes: u64, floor_bytes: u64 },
+    FreeFloor {
+        available_bytes: u64,
+        floor_bytes: u64,
+    },
 }
 
 /// What a prefetch did, measured.
@@ -125,10 +128,17 @@ pub fn swapped_pages(t: &Target) -> Result<Vec<SwappedPage>> {
 pub fn swapped_pages_of(t: &Target, vmas: &[crate::inspect::VmaInfo]) -> Result<Vec<SwappedPage>> {
     let mut pm = Pagemap::open(t.pid())?;
     let mut out = Vec::new();
-    for v in vmas.iter().filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special) {
+    for v in vmas
+        .iter()
+        .filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special)
+    {
         pm.scan(v.start, v.end, |addr, info| {
             if let (false, _, Some((ty, off))) = classify(&info) {
-                out.push(SwappedPage { addr, swap_type: ty, offset: off });
+                out.push(SwappedPage {
+                    addr,
+                    swap_type: ty,
+                    offset: off,
+                });
             }
         })?;
     }
@@ -143,7 +153,11 @@ pub fn swapped_pages_in(t: &Target, ranges: &[Range]) -> Result<Vec<SwappedPage>
     for r in ranges {
         pm.scan(r.start, r.end(), |addr, info| {
             if let (false, _, Some((ty, off))) = classify(&info) {
-                out.push(SwappedPage { addr, swap_type: ty, offset: off });
+                out.push(SwappedPage {
+                    addr,
+                    swap_type: ty,
+                    offset: off,
+                });
             }
         })?;
     }
@@ -155,7 +169,11 @@ fn count_present(t: &Target, only: Option<&[Range]>) -> Result<u64> {
     let mut n = 0;
     let spans: Vec<(u64, u64)> = match only {
         Some(rs) => rs.iter().map(|r| (r.start, r.end())).collect(),
-        None => crate::inspect::vmas(t)?.iter().filter(|v| v.kind != VmaKind::Special).map(|v| (v.start, v.end)).collect(),
+        None => crate::inspect::vmas(t)?
+            .iter()
+            .filter(|v| v.kind != VmaKind::Special)
+            .map(|v| (v.start, v.end))
+            .collect(),
     };
     for (start, end) in spans {
         pm.scan(start, end, |_, info| n += classify(&info).0 as u64)?;
@@ -169,10 +187,17 @@ fn runs(pages: &[SwappedPage], ps: u64) -> Vec<Range> {
     let mut prev: Option<SwappedPage> = None;
     for p in pages {
         match (out.last_mut(), prev) {
-            (Some(r), Some(q)) if q.addr + ps == p.addr && q.swap_type == p.swap_type && q.offset + 1 == p.offset => {
+            (Some(r), Some(q))
+                if q.addr + ps == p.addr
+                    && q.swap_type == p.swap_type
+                    && q.offset + 1 == p.offset =>
+            {
                 r.len += ps;
             }
-            _ => out.push(Range { start: p.addr, len: ps }),
+            _ => out.push(Range {
+                start: p.addr,
+                len: ps,
+            }),
         }
         prev = Some(*p);
     }
@@ -180,11 +205,19 @@ fn runs(pages: &[SwappedPage], ps: u64) -> Vec<Range> {
 }
 
 /// Prefetch through `backend`.
-pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, progress: &dyn Progress) -> Result<PrefetchReport> {
+pub fn prefetch_with(
+    backend: &dyn Backend,
+    pid: i32,
+    opts: &PrefetchOptions,
+    progress: &dyn Progress,
+) -> Result<PrefetchReport> {
     let t = Target::open(pid, "prefetch")?;
     let ps = sys::page_size();
     let t0 = Instant::now();
-    let scope: Option<&[Range]> = match (&opts.working_set, opts.working_set_only && opts.scan_working_set_only) {
+    let scope: Option<&[Range]> = match (
+        &opts.working_set,
+        opts.working_set_only && opts.scan_working_set_only,
+    ) {
         (Some(ws), true) => Some(&ws.regions),
         _ => None,
     };
@@ -206,7 +239,8 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
     let mut ws_pages = 0u64;
     let mut ordered: Vec<SwappedPage>;
     if let Some(ws) = &opts.working_set {
-        let (mut first, mut rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| ws.contains(p.addr));
+        let (mut first, mut rest): (Vec<_>, Vec<_>) =
+            all.drain(..).partition(|p| ws.contains(p.addr));
         first.sort_unstable_by_key(key);
         rest.sort_unstable_by_key(key);
         ws_pages = first.len() as u64;
@@ -269,7 +303,10 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
                 let need = chunk.len() as u64 * ps;
                 let m = sys::meminfo()?;
                 if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
-                    stopped = Some(StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: opts.free_floor_bytes });
+                    stopped = Some(StopReason::FreeFloor {
+                        available_bytes: m.mem_available,
+                        floor_bytes: opts.free_floor_bytes,
+                    });
                     break;
                 }
                 t.check_alive("prefetch")?;
@@ -297,12 +334,22 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
         return Err(e);
     }
     // Shared memory and file pages.
-    let mut restored = ByKind { anon: issued, ..Default::default() };
+    let mut restored = ByKind {
+        anon: issued,
+        ..Default::default()
+    };
     let mut restore_skipped = Vec::new();
     let mut restore_notes = Vec::new();
     if stopped.is_none() {
         if let Some(snap) = &opts.residency {
-            let plan = crate::plan::ActivationPlan::compute(pid, &crate::residency::ResidencySnapshot { anon: vec![], ..snap.clone() }, None)?;
+            let plan = crate::plan::ActivationPlan::compute(
+                pid,
+                &crate::residency::ResidencySnapshot {
+                    anon: vec![],
+                    ..snap.clone()
+                },
+                None,
+            )?;
             restore_notes.extend(plan.notes.iter().cloned());
             let fo = crate::plan::FetchOptions {
                 free_floor_bytes: opts.free_floor_bytes,
@@ -348,7 +395,11 @@ pub fn prefetch_with(backend: &dyn Backend, pid: i32, opts: &PrefetchOptions, pr
         read_runs,
         stopped,
         seconds,
-        mb_per_s: if seconds > 0.0 { issued as f64 / 1e6 / seconds } else { 0.0 },
+        mb_per_s: if seconds > 0.0 {
+            issued as f64 / 1e6 / seconds
+        } else {
+            0.0
+        },
         restored_bytes: restored,
         restore_skipped,
         restore_notes,
@@ -368,7 +419,13 @@ pub fn map_pages_vm_readv(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
     let mut rest = addrs;
     while !rest.is_empty() {
         let n = rest.len().min(sys::IOV_MAX);
-        let remote: Vec<RemoteIoVec> = rest[..n].iter().map(|&a| RemoteIoVec { base: a as usize, len: 1 }).collect();
+        let remote: Vec<RemoteIoVec> = rest[..n]
+            .iter()
+            .map(|&a| RemoteIoVec {
+                base: a as usize,
+                len: 1,
+            })
+            .collect();
         let mut local = [IoSliceMut::new(&mut scratch[..n])];
         match process_vm_readv(npid, &mut local, &remote) {
             Ok(got) => {
@@ -381,12 +438,23 @@ pub fn map_pages_vm_readv(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
                     rest = &rest[n..];
                 }
             }
-            Err(nix::errno::Errno::ESRCH) => return Err(Error::TargetExited { pid, op: "prefetch mapping pass" }),
+            Err(nix::errno::Errno::ESRCH) => {
+                return Err(Error::TargetExited {
+                    pid,
+                    op: "prefetch mapping pass",
+                })
+            }
             Err(nix::errno::Errno::EFAULT) => {
                 bad += 1;
                 rest = &rest[1..];
             }
-            Err(e) => return Err(Error::Sys { op: "process_vm_readv", pid, source: e.into() }),
+            Err(e) => {
+                return Err(Error::Sys {
+                    op: "process_vm_readv",
+                    pid,
+                    source: e.into(),
+                })
+            }
         }
     }
     Ok((ok, bad))
@@ -398,15 +466,34 @@ mod tests {
 
     #[test]
     fn runs_merge_only_doubly_contiguous_pages() {
-        let p = |addr, offset| SwappedPage { addr, swap_type: 0, offset };
-        let pages = [p(0x1000, 7), p(0x2000, 8), p(0x3000, 9), p(0x9000, 10), p(0xa000, 20)];
+        let p = |addr, offset| SwappedPage {
+            addr,
+            swap_type: 0,
+            offset,
+        };
+        let pages = [
+            p(0x1000, 7),
+            p(0x2000, 8),
+            p(0x3000, 9),
+            p(0x9000, 10),
+            p(0xa000, 20),
+        ];
         let r = runs(&pages, 0x1000);
         assert_eq!(
             r,
             vec![
-                Range { start: 0x1000, len: 0x3000 },
-                Range { start: 0x9000, len: 0x1000 },
-                Range { start: 0xa000, len: 0x1000 }
+                Range {
+                    start: 0x1000,
+                    len: 0x3000
+                },
+                Range {
+                    start: 0x9000,
+                    len: 0x1000
+                },
+                Range {
+                    start: 0xa000,
+                    len: 0x1000
+                }
             ]
         );
     }

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::freeze::{quiescence, Quiescence};
 use crate::inspect::{Contiguity, InspectOptions, SwappedPage, Totals, VmaKind};
 use crate::memkind::{ByKind, KindUsage};
-use crate::residency::ResidencySnapshot;
 use crate::progress::Progress;
+use crate::residency::ResidencySnapshot;
 use crate::sys::{self, Range};
 use crate::target::{require_swap, Target};
 use std::time::Instant;
@@ -172,12 +172,19 @@ pub struct PurgeReport {
 }
 
 /// Purge through `backend` (page-out is `process_madvise` for every backend).
-pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress: &dyn Progress) -> Result<PurgeReport> {
+pub fn purge_with(
+    backend: &dyn Backend,
+    pid: i32,
+    opts: &PurgeOptions,
+    progress: &dyn Progress,
+) -> Result<PurgeReport> {
     let t = Target::open(pid, "purge")?;
     require_swap()?;
     let q = quiescence(pid)?;
     if !q.is_quiescent() && !opts.force {
-        let Quiescence::Running(detail) = q else { unreachable!() };
+        let Quiescence::Running(detail) = q else {
+            unreachable!()
+        };
         return Err(Error::NotQuiesced { pid, detail });
     }
     let t0 = Instant::now();
@@ -190,7 +197,11 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
     let snapshot = if opts.snapshot {
         match ResidencySnapshot::take(&t) {
             Ok(s) => {
-                kind_notes.extend(s.skipped.iter().map(|k| format!("{}: {}", k.path, k.reason)));
+                kind_notes.extend(
+                    s.skipped
+                        .iter()
+                        .map(|k| format!("{}: {}", k.path, k.reason)),
+                );
                 Some(s)
             }
             Err(e @ Error::TargetExited { .. }) => return Err(e),
@@ -212,7 +223,10 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         layout_pre = crate::prefetch::swapped_pages_in(&t, first)?;
         let tf = Instant::now();
         let _pin = PinCpu::here();
-        progress.phase("page-out (loading set first)", first.iter().map(|r| r.len).sum());
+        progress.phase(
+            "page-out (loading set first)",
+            first.iter().map(|r| r.len).sum(),
+        );
         for batch in first.chunks(opts.batch_iovecs.clamp(1, sys::IOV_MAX)) {
             t.check_alive("purge")?;
             let base = advised + refused;
@@ -225,7 +239,11 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
 
     // Address-ordered ranges of every eligible VMA that holds present pages, cut into chunks.
     let mut ranges: Vec<Range> = Vec::new();
-    for v in before.vmas.iter().filter(|v| v.pageout_eligible() && v.present > 0) {
+    for v in before
+        .vmas
+        .iter()
+        .filter(|v| v.pageout_eligible() && v.present > 0)
+    {
         let mut s = v.start;
         while s < v.end {
             let len = (v.end - s).min(opts.chunk_bytes.max(ps));
@@ -274,14 +292,29 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         }
     }
     t.check_alive("purge")?;
-    let after = backend.inspect(&t, InspectOptions { swapped_pages: opts.layout_first.is_some() })?;
-    let layout = opts.layout_first.as_ref().map(|first| layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds));
+    let after = backend.inspect(
+        &t,
+        InspectOptions {
+            swapped_pages: opts.layout_first.is_some(),
+        },
+    )?;
+    let layout = opts
+        .layout_first
+        .as_ref()
+        .map(|first| layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds));
     let (snapshot_bytes, evicted_bytes) = match &snapshot {
         Some(s) => match s.check(pid) {
             Ok(c) => {
                 kind_notes.extend(c.gone.iter().map(|(p, g)| format!("{p}: {g}")));
                 let out = c.out_pages();
-                (Some(s.bytes()), Some(ByKind { anon: out.anon * ps, shmem: out.shmem * ps, file: out.file * ps }))
+                (
+                    Some(s.bytes()),
+                    Some(ByKind {
+                        anon: out.anon * ps,
+                        shmem: out.shmem * ps,
+                        file: out.file * ps,
+                    }),
+                )
             }
             Err(e @ Error::TargetExited { .. }) => return Err(e),
             Err(e) => {
@@ -314,7 +347,10 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
             un.file_bytes += v.file_pages * ps;
             un.anon_bytes += v.present_anon() * ps;
             // Shared pages are file pages first (libraries), then anonymous COW pages.
-            let anon_shared = v.present_shared.saturating_sub(v.file_pages).min(v.present_anon());
+            let anon_shared = v
+                .present_shared
+                .saturating_sub(v.file_pages)
+                .min(v.present_anon());
             un.anon_shared_bytes += anon_shared * ps;
             if v.present_anon() > 0 && anon_shared == v.present_anon() {
                 "anonymous pages shared with another process (copy-on-write after fork)"
@@ -324,7 +360,13 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
                 "file pages (mapped elsewhere too, or re-read)"
             }
         };
-        un.vmas.push(UnpurgedVma { start: v.start, end: v.end, path: v.path.clone(), reason: reason.into(), resident_bytes: bytes });
+        un.vmas.push(UnpurgedVma {
+            start: v.start,
+            end: v.end,
+            path: v.path.clone(),
+            reason: reason.into(),
+            resident_bytes: bytes,
+        });
     }
 
     Ok(PurgeReport {
@@ -342,12 +384,20 @@ pub fn purge_with(backend: &dyn Backend, pid: i32, opts: &PurgeOptions, progress
         reclaim,
         reclaim_skipped,
         seconds,
-        mb_per_s: if seconds > 0.0 { paged_out_bytes as f64 / 1e6 / seconds } else { 0.0 },
+        mb_per_s: if seconds > 0.0 {
+            paged_out_bytes as f64 / 1e6 / seconds
+        } else {
+            0.0
+        },
         resident_bytes: after.totals.present * ps,
         resident_file_bytes: after.totals.file_pages * ps,
         resident_anon_bytes: after.totals.present_anon * ps,
         swapped_bytes: after.totals.swapped * ps,
-        swap_cache_bytes: memcg.as_ref().map(|m| m.swapcached()).transpose()?.flatten(),
+        swap_cache_bytes: memcg
+            .as_ref()
+            .map(|m| m.swapcached())
+            .transpose()?
+            .flatten(),
         system_swap_cached_delta: mem1.swap_cached as i64 - mem0.swap_cached as i64,
         memcg_usage_before: usage0,
         memcg_usage_after: memcg.as_ref().map(|m| m.usage()).transpose()?,
@@ -400,19 +450,33 @@ impl Drop for PinCpu {
     }
 }
 
-
 /// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
 /// page after the purge, address order); `pre`: the loading set's pages on swap before.
-fn layout_report(first: &[Range], pre: &[SwappedPage], all: &[SwappedPage], ps: u64, first_seconds: f64) -> LayoutReport {
+fn layout_report(
+    first: &[Range],
+    pre: &[SwappedPage],
+    all: &[SwappedPage],
+    ps: u64,
+    first_seconds: f64,
+) -> LayoutReport {
     let mut sorted: Vec<Range> = first.to_vec();
     sorted.sort_unstable();
     let inside = |a: u64| {
         let i = sorted.partition_point(|r| r.start <= a);
         i > 0 && a < sorted[i - 1].end()
     };
-    let by_addr: std::collections::HashMap<u64, (u8, u64)> = all.iter().map(|p| (p.addr, (p.swap_type, p.offset))).collect();
-    let pre: std::collections::HashMap<u64, (u8, u64)> = pre.iter().map(|p| (p.addr, (p.swap_type, p.offset))).collect();
-    let mut rep = LayoutReport { first_seconds, ..Default::default() };
+    let by_addr: std::collections::HashMap<u64, (u8, u64)> = all
+        .iter()
+        .map(|p| (p.addr, (p.swap_type, p.offset)))
+        .collect();
+    let pre: std::collections::HashMap<u64, (u8, u64)> = pre
+        .iter()
+        .map(|p| (p.addr, (p.swap_type, p.offset)))
+        .collect();
+    let mut rep = LayoutReport {
+        first_seconds,
+        ..Default::default()
+    };
     let mut prev: Option<(u8, u64)> = None;
     let mut ls_slots = Vec::new();
     for r in first {
@@ -449,7 +513,11 @@ fn layout_report(first: &[Range], pre: &[SwappedPage], all: &[SwappedPage], ps: 
         n
     };
     rep.loading_set_extents = runs(ls_slots);
-    let rest: Vec<(u8, u64)> = all.iter().filter(|p| !inside(p.addr)).map(|p| (p.swap_type, p.offset)).collect();
+    let rest: Vec<(u8, u64)> = all
+        .iter()
+        .filter(|p| !inside(p.addr))
+        .map(|p| (p.swap_type, p.offset))
+        .collect();
     rep.rest_pages = rest.len() as u64;
     rep.rest_extents = runs(rest);
     rep

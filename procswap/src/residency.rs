@@ -4,7 +4,9 @@
 
 use crate::error::Result;
 use crate::inspect::{classify, Pagemap, VmaKind};
-use crate::memkind::{self, normalize, pages, ByKind, Gone, MemKind, MemObject, ObjectView, PageRun, SkippedObject};
+use crate::memkind::{
+    self, normalize, pages, ByKind, Gone, MemKind, MemObject, ObjectView, PageRun, SkippedObject,
+};
 use crate::sys;
 use crate::target::Target;
 use std::time::SystemTime;
@@ -70,7 +72,10 @@ impl ResidencySnapshot {
         let vmas = crate::inspect::vmas(t)?;
         let mut pm = Pagemap::open(pid)?;
         let mut anon: Vec<PageRun> = Vec::new();
-        for v in vmas.iter().filter(|v| v.kind != VmaKind::Special && !v.pfnmap) {
+        for v in vmas
+            .iter()
+            .filter(|v| v.kind != VmaKind::Special && !v.pfnmap)
+        {
             pm.scan(v.start, v.end, |addr, info| {
                 let (present, file, _) = classify(&info);
                 if present && !file {
@@ -96,7 +101,10 @@ impl ResidencySnapshot {
             format_version: Self::FORMAT_VERSION,
             pid,
             comm: t.comm().to_string(),
-            taken_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            taken_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             page_size: ps,
             anon,
             objects,
@@ -112,7 +120,10 @@ impl ResidencySnapshot {
 
     /// Resident pages per kind in the snapshot.
     pub fn pages(&self) -> ByKind<u64> {
-        let mut b = ByKind { anon: pages(&self.anon), ..Default::default() };
+        let mut b = ByKind {
+            anon: pages(&self.anon),
+            ..Default::default()
+        };
         for o in &self.objects {
             *b.get_mut(o.object.kind) += pages(&o.resident);
         }
@@ -121,7 +132,11 @@ impl ResidencySnapshot {
 
     pub fn bytes(&self) -> ByKind<u64> {
         let p = self.pages();
-        ByKind { anon: p.anon * self.page_size, shmem: p.shmem * self.page_size, file: p.file * self.page_size }
+        ByKind {
+            anon: p.anon * self.page_size,
+            shmem: p.shmem * self.page_size,
+            file: p.file * self.page_size,
+        }
     }
 
     pub fn objects_of(&self, kind: MemKind) -> impl Iterator<Item = &ObjectResidency> {
@@ -134,7 +149,8 @@ impl ResidencySnapshot {
         struct V {
             format_version: u32,
         }
-        let v: V = serde_json::from_slice(bytes).map_err(|e| format!("not a residency snapshot: {e}"))?;
+        let v: V =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a residency snapshot: {e}"))?;
         if v.format_version != Self::FORMAT_VERSION {
             return Err(format!(
                 "residency snapshot format {} (this torpor reads {}): ignored",
@@ -149,17 +165,23 @@ impl ResidencySnapshot {
     /// by path when they were reachable by path, else through the target).
     pub fn check(&self, pid: i32) -> Result<ResidencyCheck> {
         let ps = self.page_size;
-        let mut c = ResidencyCheck { snapshot_pages: self.pages(), ..Default::default() };
+        let mut c = ResidencyCheck {
+            snapshot_pages: self.pages(),
+            ..Default::default()
+        };
         let mut pm = Pagemap::open(pid)?;
         let mut present = 0u64;
         for r in &self.anon {
-            pm.scan(r.first * ps, r.end() * ps, |_, info| present += classify(&info).0 as u64)?;
+            pm.scan(r.first * ps, r.end() * ps, |_, info| {
+                present += classify(&info).0 as u64
+            })?;
         }
         c.resident_pages.anon = present;
         for o in &self.objects {
             match memkind::reopen(pid, &o.object).and_then(|f| {
                 let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
-                v.resident(&o.resident).map_err(|e| Gone::Unreadable(e.to_string()))
+                v.resident(&o.resident)
+                    .map_err(|e| Gone::Unreadable(e.to_string()))
             }) {
                 Ok(runs) => *c.resident_pages.get_mut(o.object.kind) += pages(&normalize(runs)),
                 Err(g) => c.gone.push((o.object.path.clone(), g)),
@@ -187,7 +209,10 @@ mod tests_residency {
             comm: "x".into(),
             taken_at: 1,
             page_size: 4096,
-            anon: vec![PageRun { first: 16, count: 4 }],
+            anon: vec![PageRun {
+                first: 16,
+                count: 4,
+            }],
             objects: vec![ObjectResidency {
                 object: MemObject {
                     kind: MemKind::Shmem,
@@ -197,7 +222,12 @@ mod tests_residency {
                     mtime_sec: 0,
                     mtime_nsec: 0,
                     by_path: false,
-                    handles: vec![Handle::Mapped { start: 0x1000, end: 0x3000, pgoff: 0, shared: true }],
+                    handles: vec![Handle::Mapped {
+                        start: 0x1000,
+                        end: 0x3000,
+                        pgoff: 0,
+                        shared: true,
+                    }],
                     interest: vec![PageRun { first: 0, count: 2 }],
                 },
                 resident: vec![PageRun { first: 1, count: 1 }],
@@ -206,7 +236,14 @@ mod tests_residency {
         };
         let j = serde_json::to_vec(&s).unwrap();
         assert_eq!(ResidencySnapshot::from_json(&j).unwrap(), s);
-        assert_eq!(s.pages(), ByKind { anon: 4, shmem: 1, file: 0 });
+        assert_eq!(
+            s.pages(),
+            ByKind {
+                anon: 4,
+                shmem: 1,
+                file: 0
+            }
+        );
         let mut v: serde_json::Value = serde_json::from_slice(&j).unwrap();
         v["format_version"] = 0.into();
         let e = ResidencySnapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();

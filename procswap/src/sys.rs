@@ -43,7 +43,9 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
 }
 
 /// One range of the target's address space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Range {
     pub start: u64,
     pub len: u64,
@@ -58,10 +60,16 @@ impl Range {
 /// `process_madvise(pidfd, iov, n, advice, 0)` over at most [`IOV_MAX`] ranges. Returns the
 /// number of bytes advised (the kernel stops at the first range it cannot advise).
 pub fn process_madvise(pidfd: &OwnedFd, ranges: &[Range], advice: i32) -> io::Result<u64> {
-    assert!(ranges.len() <= IOV_MAX, "process_madvise takes at most {IOV_MAX} iovecs");
+    assert!(
+        ranges.len() <= IOV_MAX,
+        "process_madvise takes at most {IOV_MAX} iovecs"
+    );
     let iov: Vec<libc::iovec> = ranges
         .iter()
-        .map(|r| libc::iovec { iov_base: r.start as usize as *mut libc::c_void, iov_len: r.len as usize })
+        .map(|r| libc::iovec {
+            iov_base: r.start as usize as *mut libc::c_void,
+            iov_len: r.len as usize,
+        })
         .collect();
     // SAFETY: `iov` is a valid array of `iov.len()` iovecs that lives across the call. The
     // addresses inside are the *target's* and are only interpreted by the kernel against the
@@ -105,7 +113,9 @@ pub fn madvise_all(
             Ok(n) => n,
             // Only "this range cannot be advised" is skippable; anything else (ESRCH: target gone,
             // EPERM, EBADF, ENOSYS) ends the operation.
-            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOMEM)) => return Err(e),
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOMEM)) => {
+                return Err(e)
+            }
             Err(e) => {
                 tracing::debug!(range = ?batch[0], error = %e, "process_madvise refused a range");
                 0
@@ -133,7 +143,11 @@ pub fn madvise_all(
 
 /// Whether the process behind `pidfd` has exited (the pidfd polls readable).
 pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: `pfd` is one valid pollfd that lives across the call; timeout 0 never blocks.
     let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
     rc > 0 && pfd.revents & libc::POLLIN != 0

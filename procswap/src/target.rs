@@ -24,7 +24,10 @@ pub fn require_root(what: &'static str) -> Result<()> {
     if uid.is_root() {
         Ok(())
     } else {
-        Err(Error::NotRoot { what, uid: uid.as_raw() })
+        Err(Error::NotRoot {
+            what,
+            uid: uid.as_raw(),
+        })
     }
 }
 
@@ -44,24 +47,39 @@ impl Target {
         let stat = Self::stat(pid)?;
         let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => Error::NoSuchProcess(pid),
-            _ => Error::Sys { op: "pidfd_open", pid, source: e },
+            _ => Error::Sys {
+                op: "pidfd_open",
+                pid,
+                source: e,
+            },
         })?;
         // Same process as the one we checked? (pid reuse between the stat and the pidfd)
         let again = Self::stat(pid)?;
         if again.starttime != stat.starttime {
             return Err(Error::NoSuchProcess(pid));
         }
-        Ok(Self { pid, pidfd, starttime: stat.starttime, comm: stat.comm })
+        Ok(Self {
+            pid,
+            pidfd,
+            starttime: stat.starttime,
+            comm: stat.comm,
+        })
     }
 
     fn stat(pid: i32) -> Result<procfs::process::Stat> {
         let p = procfs::process::Process::new(pid).map_err(|e| Error::proc(pid, e))?;
         let stat = p.stat().map_err(|e| Error::proc(pid, e))?;
         if stat.flags & PF_KTHREAD != 0 {
-            return Err(Error::KernelThread { pid, comm: stat.comm });
+            return Err(Error::KernelThread {
+                pid,
+                comm: stat.comm,
+            });
         }
         if matches!(stat.state, 'Z' | 'X' | 'x') {
-            return Err(Error::Zombie { pid, comm: stat.comm });
+            return Err(Error::Zombie {
+                pid,
+                comm: stat.comm,
+            });
         }
         Ok(stat)
     }
@@ -96,7 +114,10 @@ impl Target {
 
     /// Major and minor fault counters of the whole process (all threads).
     pub fn faults(&self) -> Result<(u64, u64)> {
-        let s = self.process()?.stat().map_err(|e| Error::proc(self.pid, e))?;
+        let s = self
+            .process()?
+            .stat()
+            .map_err(|e| Error::proc(self.pid, e))?;
         Ok((s.majflt, s.minflt))
     }
 }

@@ -24,12 +24,15 @@ impl Xorshift {
 
 /// FNV-style checksum of a run of words (one per MiB in the children).
 pub fn checksum(words: &[u64]) -> u64 {
-    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(5))
+    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| {
+        (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(5)
+    })
 }
 
 /// This process's (major, minor) page faults so far.
 pub fn self_faults() -> (i64, i64) {
-    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
     (u.major_page_faults(), u.minor_page_faults())
 }
 

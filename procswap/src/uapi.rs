@@ -53,7 +53,11 @@ pub struct TorporVersion {
 impl TorporVersion {
     /// The release string up to the first NUL.
     pub fn release_str(&self) -> String {
-        let end = self.release.iter().position(|&b| b == 0).unwrap_or(self.release.len());
+        let end = self
+            .release
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.release.len());
         String::from_utf8_lossy(&self.release[..end]).into_owned()
     }
 
@@ -268,26 +272,51 @@ pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
 }
 
 /// `_IOR(TORPOR_IOC_MAGIC, 0x00, struct torpor_version)`.
-pub const TORPOR_IOC_GET_VERSION: u32 =
-    ioc(IOC_READ, TORPOR_IOC_MAGIC, 0x00, core::mem::size_of::<TorporVersion>());
+pub const TORPOR_IOC_GET_VERSION: u32 = ioc(
+    IOC_READ,
+    TORPOR_IOC_MAGIC,
+    0x00,
+    core::mem::size_of::<TorporVersion>(),
+);
 
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x01, struct torpor_prefetch)`.
-pub const TORPOR_IOC_PREFETCH: u32 =
-    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x01, core::mem::size_of::<TorporPrefetch>());
+pub const TORPOR_IOC_PREFETCH: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    TORPOR_IOC_MAGIC,
+    0x01,
+    core::mem::size_of::<TorporPrefetch>(),
+);
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x02, struct torpor_discard)`.
-pub const TORPOR_IOC_DISCARD: u32 =
-    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x02, core::mem::size_of::<TorporDiscard>());
+pub const TORPOR_IOC_DISCARD: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    TORPOR_IOC_MAGIC,
+    0x02,
+    core::mem::size_of::<TorporDiscard>(),
+);
 
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x03, struct torpor_free_bitmap)`.
-pub const TORPOR_IOC_FREE_BITMAP: u32 =
-    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x03, core::mem::size_of::<TorporFreeBitmap>());
+pub const TORPOR_IOC_FREE_BITMAP: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    TORPOR_IOC_MAGIC,
+    0x03,
+    core::mem::size_of::<TorporFreeBitmap>(),
+);
 
 /// `_IOWR(TORPOR_IOC_MAGIC, 0x04, struct torpor_priority_map)`.
-pub const TORPOR_IOC_PRIORITY_MAP: u32 =
-    ioc(IOC_READ | IOC_WRITE, TORPOR_IOC_MAGIC, 0x04, core::mem::size_of::<TorporPriorityMap>());
+pub const TORPOR_IOC_PRIORITY_MAP: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    TORPOR_IOC_MAGIC,
+    0x04,
+    core::mem::size_of::<TorporPriorityMap>(),
+);
 
 /// `_IOR(TORPOR_IOC_MAGIC, 0x05, struct torpor_stats)`.
-pub const TORPOR_IOC_GET_STATS: u32 = ioc(IOC_READ, TORPOR_IOC_MAGIC, 0x05, core::mem::size_of::<TorporStats>());
+pub const TORPOR_IOC_GET_STATS: u32 = ioc(
+    IOC_READ,
+    TORPOR_IOC_MAGIC,
+    0x05,
+    core::mem::size_of::<TorporStats>(),
+);
 
 #[cfg(test)]
 mod tests {
@@ -339,7 +368,8 @@ mod tests {
         assert_eq!(offset_of!(TorporFreeBitmap, ns), 40);
         assert_eq!(
             TORPOR_IOC_PREFETCH as u64,
-            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x01, size_of::<TorporPrefetch>()) as u64
+            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x01, size_of::<TorporPrefetch>())
+                as u64
         );
         // _IOR(0xD7, 0, 48) computed by hand: 2<<30 | 48<<16 | 0xD7<<8 | 0
         assert_eq!(TORPOR_IOC_GET_VERSION, 0x8030_D700);
@@ -367,7 +397,8 @@ mod tests {
         assert_eq!(TORPOR_IOC_PRIORITY_MAP, 0xC080_D704);
         assert_eq!(
             TORPOR_IOC_PRIORITY_MAP as u64,
-            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x04, size_of::<TorporPriorityMap>()) as u64
+            nix::request_code_readwrite!(TORPOR_IOC_MAGIC, 0x04, size_of::<TorporPriorityMap>())
+                as u64
         );
         assert_eq!(features::PRIORITY_MAP, 1 << 4);
     }
@@ -395,9 +426,17 @@ mod tests {
 
     #[test]
     fn feature_names_and_release() {
-        let mut v = TorporVersion { abi_version: 1, size: 48, features: 0b1 | (1 << 40), ..Default::default() };
+        let mut v = TorporVersion {
+            abi_version: 1,
+            size: 48,
+            features: 0b1 | (1 << 40),
+            ..Default::default()
+        };
         v.release[..5].copy_from_slice(b"0.1.0");
         assert_eq!(v.release_str(), "0.1.0");
-        assert_eq!(v.feature_names(), vec!["get_version".to_string(), "bit40".to_string()]);
+        assert_eq!(
+            v.feature_names(),
+            vec!["get_version".to_string(), "bit40".to_string()]
+        );
     }
 }

@@ -58,13 +58,27 @@ impl WsMethod {
         }
         let nr = Path::new(DAMON_ADMIN).join("kdamonds/nr_kdamonds");
         // Which operation sets the kernel has can only be read from an existing context.
-        let avail = std::fs::read_to_string(Path::new(DAMON_ADMIN).join("kdamonds/0/contexts/0/avail_operations")).ok();
-        if let Some(a) = avail.as_deref().filter(|a| !a.split_whitespace().any(|o| o == "vaddr")) {
-            v.push((WsMethod::DamonVaddr, Err(format!("this kernel's DAMON has no vaddr operations (avail_operations: {})", a.trim()))));
+        let avail = std::fs::read_to_string(
+            Path::new(DAMON_ADMIN).join("kdamonds/0/contexts/0/avail_operations"),
+        )
+        .ok();
+        if let Some(a) = avail
+            .as_deref()
+            .filter(|a| !a.split_whitespace().any(|o| o == "vaddr"))
+        {
+            v.push((
+                WsMethod::DamonVaddr,
+                Err(format!(
+                    "this kernel's DAMON has no vaddr operations (avail_operations: {})",
+                    a.trim()
+                )),
+            ));
         } else if nr.exists() {
             let usable = match read_trim(&nr).map(|s| s.parse::<u32>()) {
                 Ok(Ok(0)) => Ok(()),
-                Ok(Ok(n)) => Err(format!("DAMON sysfs busy: {n} kdamond(s) already configured by someone else")),
+                Ok(Ok(n)) => Err(format!(
+                    "DAMON sysfs busy: {n} kdamond(s) already configured by someone else"
+                )),
                 Ok(Err(e)) => Err(format!("{}: {e}", nr.display())),
                 Err(e) => Err(e.to_string()),
             };
@@ -75,7 +89,11 @@ impl WsMethod {
 
     /// The methods usable now, best first (page_idle is exact per page, DAMON approximate).
     pub fn available() -> Vec<WsMethod> {
-        Self::probe().into_iter().filter(|(_, ok)| ok.is_ok()).map(|(m, _)| m).collect()
+        Self::probe()
+            .into_iter()
+            .filter(|(_, ok)| ok.is_ok())
+            .map(|(m, _)| m)
+            .collect()
     }
 
     /// The method that runs here, or `None` (then prefetch the whole process).
@@ -86,7 +104,10 @@ impl WsMethod {
     /// A human sentence saying which method runs, and why the others do not.
     pub fn describe_host() -> String {
         let probe = Self::probe();
-        let why: Vec<String> = probe.iter().filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{m}: {e}"))).collect();
+        let why: Vec<String> = probe
+            .iter()
+            .filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{m}: {e}")))
+            .collect();
         let mut s = match Self::detect() {
             Some(m) => format!("working-set recording: {m}"),
             None if probe.is_empty() => {
@@ -123,7 +144,13 @@ impl WorkingSet {
     pub const FORMAT_VERSION: u32 = 1;
 
     /// Build from arbitrary ranges (sorted and merged here).
-    pub fn new(pid: i32, comm: &str, method: WsMethod, duration: Duration, mut ranges: Vec<Range>) -> Self {
+    pub fn new(
+        pid: i32,
+        comm: &str,
+        method: WsMethod,
+        duration: Duration,
+        mut ranges: Vec<Range>,
+    ) -> Self {
         let ps = sys::page_size();
         ranges.retain(|r| r.len > 0);
         ranges.sort_unstable();
@@ -133,10 +160,16 @@ impl WorkingSet {
             let end = r.end().div_ceil(ps) * ps;
             match merged.last_mut() {
                 Some(m) if start <= m.end() => m.len = m.len.max(end - m.start),
-                _ => merged.push(Range { start, len: end - start }),
+                _ => merged.push(Range {
+                    start,
+                    len: end - start,
+                }),
             }
         }
-        let recorded_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let recorded_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Self {
             format_version: Self::FORMAT_VERSION,
             pid,
@@ -170,7 +203,9 @@ pub fn record(pid: i32, duration: Duration, method: Option<WsMethod>) -> Result<
         WsMethod::DamonVaddr => record_damon(&t, duration)?,
         WsMethod::PageIdle => record_page_idle(&t, duration)?,
         WsMethod::Residency | WsMethod::External => {
-            return Err(Error::WorkingSet(format!("{method} is not a recording method (see from_residency)")))
+            return Err(Error::WorkingSet(format!(
+                "{method} is not a recording method (see from_residency)"
+            )))
         }
     };
     t.check_alive("working-set recording")?;
@@ -186,17 +221,29 @@ pub fn from_residency(pid: i32) -> Result<WorkingSet> {
     let mut pm = Pagemap::open(pid)?;
     let ps = sys::page_size();
     let mut out: Vec<Range> = Vec::new();
-    for v in vmas.iter().filter(|v| v.kind != VmaKind::Special && v.kind != VmaKind::FileShared) {
+    for v in vmas
+        .iter()
+        .filter(|v| v.kind != VmaKind::Special && v.kind != VmaKind::FileShared)
+    {
         pm.scan(v.start, v.end, |addr, info| {
             if classify(&info).0 {
                 match out.last_mut() {
                     Some(r) if r.end() == addr => r.len += ps,
-                    _ => out.push(Range { start: addr, len: ps }),
+                    _ => out.push(Range {
+                        start: addr,
+                        len: ps,
+                    }),
                 }
             }
         })?;
     }
-    Ok(WorkingSet::new(pid, t.comm(), WsMethod::Residency, Duration::ZERO, out))
+    Ok(WorkingSet::new(
+        pid,
+        t.comm(),
+        WsMethod::Residency,
+        Duration::ZERO,
+        out,
+    ))
 }
 
 // ---------- DAMON ----------
@@ -224,7 +271,9 @@ impl Drop for Damon {
 fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let admin = Path::new(DAMON_ADMIN);
     let nr_path = admin.join("kdamonds/nr_kdamonds");
-    let nr: u32 = read_trim(&nr_path)?.parse().map_err(|e| Error::WorkingSet(format!("nr_kdamonds: {e}")))?;
+    let nr: u32 = read_trim(&nr_path)?
+        .parse()
+        .map_err(|e| Error::WorkingSet(format!("nr_kdamonds: {e}")))?;
     if nr != 0 {
         return Err(Error::WorkingSet(format!(
             "DAMON sysfs is already in use ({} has {nr} kdamond(s)); not touching someone else's monitoring",
@@ -232,11 +281,16 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
         )));
     }
     write_file(&nr_path, "1")?;
-    let d = Damon { kd: admin.join("kdamonds/0"), created: true };
+    let d = Damon {
+        kd: admin.join("kdamonds/0"),
+        created: true,
+    };
     d.w("contexts/nr_contexts", "1")?;
     let avail = read_trim(&d.kd.join("contexts/0/avail_operations")).unwrap_or_default();
     if !avail.is_empty() && !avail.split_whitespace().any(|o| o == "vaddr") {
-        return Err(Error::WorkingSet(format!("this kernel's DAMON has no vaddr operations (avail_operations: {avail})")));
+        return Err(Error::WorkingSet(format!(
+            "this kernel's DAMON has no vaddr operations (avail_operations: {avail})"
+        )));
     }
     d.w("contexts/0/operations", "vaddr")?;
     // 5 ms samples, 100 ms aggregation, 1 s region update; 200..5000 regions. DAMON starts
@@ -255,11 +309,20 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let sc = "contexts/0/schemes/0";
     d.w(&format!("{sc}/action"), "stat")?;
     d.w(&format!("{sc}/access_pattern/sz/min"), "0")?;
-    d.w(&format!("{sc}/access_pattern/sz/max"), &u64::MAX.to_string())?;
+    d.w(
+        &format!("{sc}/access_pattern/sz/max"),
+        &u64::MAX.to_string(),
+    )?;
     d.w(&format!("{sc}/access_pattern/nr_accesses/min"), "1")?;
-    d.w(&format!("{sc}/access_pattern/nr_accesses/max"), &u32::MAX.to_string())?;
+    d.w(
+        &format!("{sc}/access_pattern/nr_accesses/max"),
+        &u32::MAX.to_string(),
+    )?;
     d.w(&format!("{sc}/access_pattern/age/min"), "0")?;
-    d.w(&format!("{sc}/access_pattern/age/max"), &u32::MAX.to_string())?;
+    d.w(
+        &format!("{sc}/access_pattern/age/max"),
+        &u32::MAX.to_string(),
+    )?;
     d.w("state", "on")?;
     let deadline = Instant::now() + duration;
     // Regions seen accessed are unioned over the second half of the period only: early
@@ -268,7 +331,9 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let mut out = Vec::new();
     let tried = d.kd.join(sc).join("tried_regions");
     loop {
-        std::thread::sleep(Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
+        );
         t.check_alive("working-set recording")?;
         // Blocks until kdamond has applied the schemes once more, then fills tried_regions.
         d.w("state", "update_schemes_tried_regions")?;
@@ -278,11 +343,16 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
                 continue;
             }
             let rd = |k: &str| -> Result<u64> {
-                read_trim(&e.path().join(k))?.parse().map_err(|x| Error::WorkingSet(format!("{k}: {x}")))
+                read_trim(&e.path().join(k))?
+                    .parse()
+                    .map_err(|x| Error::WorkingSet(format!("{k}: {x}")))
             };
             let (start, end) = (rd("start")?, rd("end")?);
             if end > start && Instant::now() >= keep_from {
-                out.push(Range { start, len: end - start });
+                out.push(Range {
+                    start,
+                    len: end - start,
+                });
             }
         }
         if Instant::now() >= deadline {
@@ -330,12 +400,17 @@ impl CompoundHeads {
 
     fn open() -> Result<Self> {
         let p = Path::new(Self::KPAGEFLAGS);
-        Ok(Self { f: File::open(p).map_err(|e| Error::io(p, e))?, last_head: None })
+        Ok(Self {
+            f: File::open(p).map_err(|e| Error::io(p, e))?,
+            last_head: None,
+        })
     }
 
     fn flags(&self, pfn: u64) -> Result<u64> {
         let mut b = [0u8; 8];
-        self.f.read_exact_at(&mut b, pfn * 8).map_err(|e| Error::io(Self::KPAGEFLAGS, e))?;
+        self.f
+            .read_exact_at(&mut b, pfn * 8)
+            .map_err(|e| Error::io(Self::KPAGEFLAGS, e))?;
         Ok(u64::from_ne_bytes(b))
     }
 
@@ -348,7 +423,10 @@ impl CompoundHeads {
         if fl & Self::TAIL == 0 {
             return Ok(pfn);
         }
-        if let Some(h) = self.last_head.filter(|&h| h < pfn && pfn - h < Self::MAX_ORDER_PAGES) {
+        if let Some(h) = self
+            .last_head
+            .filter(|&h| h < pfn && pfn - h < Self::MAX_ORDER_PAGES)
+        {
             return Ok(h);
         }
         for back in 1..Self::MAX_ORDER_PAGES.min(pfn + 1) {
@@ -363,14 +441,20 @@ impl CompoundHeads {
 
 fn record_page_idle(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let bitmap = Path::new(PAGE_IDLE_BITMAP);
-    let f: File = OpenOptions::new().read(true).write(true).open(bitmap).map_err(|e| Error::io(bitmap, e))?;
+    let f: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(bitmap)
+        .map_err(|e| Error::io(bitmap, e))?;
     // The kernel keeps the idle flag of a huge page (THP) on its head page only; tail PFNs
     // always read "not idle" (mm/page_idle.c skips tail pages). Track each page by the PFN
     // that carries its flag: its compound head, found through /proc/kpageflags.
     let pages: Vec<(u64, u64)> = {
         let raw = present_pfns(t)?;
         let mut heads = CompoundHeads::open()?;
-        raw.into_iter().map(|(addr, pfn)| Ok((addr, heads.head_of(pfn)?))).collect::<Result<_>>()?
+        raw.into_iter()
+            .map(|(addr, pfn)| Ok((addr, heads.head_of(pfn)?)))
+            .collect::<Result<_>>()?
     };
     // Mark every present page idle (one 64-bit word per 64 PFNs).
     let mut words: BTreeMap<u64, u64> = BTreeMap::new();
@@ -396,7 +480,9 @@ fn record_page_idle(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let mut now: BTreeMap<u64, u64> = BTreeMap::new();
     for &w in words.keys() {
         let mut b = [0u8; 8];
-        if untracked.contains(&w) || f.read_at(&mut b, w * 8).map_err(|e| Error::io(bitmap, e))? != 8 {
+        if untracked.contains(&w)
+            || f.read_at(&mut b, w * 8).map_err(|e| Error::io(bitmap, e))? != 8
+        {
             now.insert(w, 0); // untrackable: "accessed"
             continue;
         }
@@ -406,7 +492,10 @@ fn record_page_idle(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     Ok(pages
         .into_iter()
         .filter(|&(_, pfn)| now[&(pfn / 64)] & (1 << (pfn % 64)) == 0)
-        .map(|(addr, _)| Range { start: addr, len: ps })
+        .map(|(addr, _)| Range {
+            start: addr,
+            len: ps,
+        })
         .collect())
 }
 
@@ -423,13 +512,37 @@ mod tests {
             WsMethod::DamonVaddr,
             Duration::from_secs(1),
             vec![
-                Range { start: 10 * ps, len: 2 * ps },
-                Range { start: 11 * ps, len: 3 * ps },
-                Range { start: 20 * ps, len: ps },
-                Range { start: 30 * ps, len: 0 },
+                Range {
+                    start: 10 * ps,
+                    len: 2 * ps,
+                },
+                Range {
+                    start: 11 * ps,
+                    len: 3 * ps,
+                },
+                Range {
+                    start: 20 * ps,
+                    len: ps,
+                },
+                Range {
+                    start: 30 * ps,
+                    len: 0,
+                },
             ],
         );
-        assert_eq!(ws.regions, vec![Range { start: 10 * ps, len: 4 * ps }, Range { start: 20 * ps, len: ps }]);
+        assert_eq!(
+            ws.regions,
+            vec![
+                Range {
+                    start: 10 * ps,
+                    len: 4 * ps
+                },
+                Range {
+                    start: 20 * ps,
+                    len: ps
+                }
+            ]
+        );
         assert!(ws.contains(10 * ps) && ws.contains(13 * ps + 5) && ws.contains(20 * ps));
         assert!(!ws.contains(14 * ps) && !ws.contains(9 * ps) && !ws.contains(21 * ps));
         let j = serde_json::to_string(&ws).unwrap();

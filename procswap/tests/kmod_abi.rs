@@ -16,8 +16,14 @@ fn get_version_answers() {
     assert_eq!(v.abi_version, uapi::TORPOR_ABI_VERSION);
     assert_eq!(v.size as usize, std::mem::size_of::<TorporVersion>());
     // Every implemented ioctl is advertised (bits 0..=5), and nothing else.
-    let all = uapi::features::NAMES.iter().fold(0, |acc, (bit, _)| acc | bit);
-    assert_eq!(v.features, all, "features {:#x}: expected get_version..get_stats", v.features);
+    let all = uapi::features::NAMES
+        .iter()
+        .fold(0, |acc, (bit, _)| acc | bit);
+    assert_eq!(
+        v.features, all,
+        "features {:#x}: expected get_version..get_stats",
+        v.features
+    );
     assert_eq!(v.release_str(), "0.1.0");
     println!(
         "GET_VERSION: abi {} size {} features {:#x} [{}] release {}",
@@ -53,7 +59,10 @@ fn unknown_ioctls_get_enotty() {
         assert_eq!(r, Err(Errno::ENOTTY), "cmd {cmd:#x}");
         println!("cmd {cmd:#010x}: ENOTTY");
     }
-    assert!(buf.iter().all(|&b| b == 0), "a rejected ioctl wrote to the buffer");
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "a rejected ioctl wrote to the buffer"
+    );
 }
 
 #[test]
@@ -78,7 +87,11 @@ fn get_stats_answers() {
     assert_eq!(s.outstanding_refs(), 0, "{s:?}");
     assert_eq!(s.in_flight, 0, "{s:?}");
     let again = k.stats().expect("GET_STATS");
-    assert_eq!(again.calls, s.calls + 1, "the first GET_STATS is counted: {s:?} -> {again:?}");
+    assert_eq!(
+        again.calls,
+        s.calls + 1,
+        "the first GET_STATS is counted: {s:?} -> {again:?}"
+    );
     for ptr in [0usize, 1, 0xffff_8880_0000_0000, usize::MAX - 8] {
         // SAFETY: deliberately invalid pointers (not mapped writable here): EFAULT.
         let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_GET_STATS, ptr) };
@@ -131,18 +144,37 @@ fn discard_byte_sums_past_2_64_saturate() {
     };
     drop(tx);
     let mut b = [0u8; 1];
-    assert_eq!(read(rx.as_raw_fd(), &mut b).ok(), Some(1), "child mapped its memory");
+    assert_eq!(
+        read(rx.as_raw_fd(), &mut b).ok(),
+        Some(1),
+        "child mapped its memory"
+    );
     // The child's mapping, then 64 ranges of 2^63 bytes above user space: each one is valid
     // (no wrap), together they cover 2^69 bytes.
-    let mut ranges = vec![uapi::TorporRange { start: AT as u64, len: LEN as u64 }];
-    ranges.extend(std::iter::repeat_n(uapi::TorporRange { start: 0x8000_0000_0000, len: 1 << 63 }, 64));
+    let mut ranges = vec![uapi::TorporRange {
+        start: AT as u64,
+        len: LEN as u64,
+    }];
+    ranges.extend(std::iter::repeat_n(
+        uapi::TorporRange {
+            start: 0x8000_0000_0000,
+            len: 1 << 63,
+        },
+        64,
+    ));
     let r = k.discard(child.as_raw(), &ranges);
     let _ = kill(child, Signal::SIGKILL);
     let _ = waitpid(child, None);
     let d = r.expect("DISCARD with 2^69 bytes of ranges");
     assert_eq!(d.bytes_skipped, u64::MAX, "skipped bytes saturate: {d:?}");
-    assert_eq!(d.bytes_zapped, LEN as u64, "exactly the child's mapping is zapped: {d:?}");
+    assert_eq!(
+        d.bytes_zapped, LEN as u64,
+        "exactly the child's mapping is zapped: {d:?}"
+    );
     let s = k.stats().expect("GET_STATS");
     assert_eq!(s.outstanding_refs(), 0, "{s:?}");
-    println!("DISCARD past 2^64: zapped {} B, skipped saturated; {s:?}", d.bytes_zapped);
+    println!(
+        "DISCARD past 2^64: zapped {} B, skipped saturated; {s:?}",
+        d.bytes_zapped
+    );
 }

@@ -44,13 +44,22 @@ fn kmod() -> Kmod {
 /// GET_STATS with no ioctl running and every child reaped: the module must hold no reference
 /// and have no call in flight. Prints the counters (the suite shows the line).
 fn assert_no_refs(k: &Kmod, what: &str) -> uapi::TorporStats {
-    let s = k.stats().expect("GET_STATS (needs a torpor.ko with the get_stats feature)");
+    let s = k
+        .stats()
+        .expect("GET_STATS (needs a torpor.ko with the get_stats feature)");
     println!(
         "{what}: module holds pid {} task {} mm {} page {} references, {} ioctls in flight ({} calls, {} errors since load)",
         s.pid_refs, s.task_refs, s.mm_refs, s.page_refs, s.in_flight, s.calls, s.errors
     );
-    assert_eq!(s.outstanding_refs(), 0, "{what}: references still held after every call returned and every child was reaped: {s:?}");
-    assert_eq!(s.in_flight, 0, "{what}: ioctls in flight with none running: {s:?}");
+    assert_eq!(
+        s.outstanding_refs(),
+        0,
+        "{what}: references still held after every call returned and every child was reaped: {s:?}"
+    );
+    assert_eq!(
+        s.in_flight, 0,
+        "{what}: ioctls in flight with none running: {s:?}"
+    );
     s
 }
 
@@ -123,7 +132,16 @@ impl Tally {
 }
 
 fn hammer(k: &Kmod, pid: Pid, t: &mut Tally, i: usize) {
-    let ranges = [TorporRange { start: A as u64, len: LEN as u64 }, TorporRange { start: B as u64, len: LEN as u64 }];
+    let ranges = [
+        TorporRange {
+            start: A as u64,
+            len: LEN as u64,
+        },
+        TorporRange {
+            start: B as u64,
+            len: LEN as u64,
+        },
+    ];
     t.add("PREFETCH", k.prefetch(pid.as_raw(), &ranges, false, 0));
     if i.is_multiple_of(2) {
         t.add("PREFETCH whole", k.prefetch(pid.as_raw(), &[], true, 0));
@@ -147,9 +165,17 @@ fn race(name: &str, child: impl Fn() + Copy) {
         }
         reap(pid);
         // After reaping, the pid is gone: ESRCH (or a reused pid, still a documented answer).
-        t.add("PREFETCH after reap", k.prefetch(pid.as_raw(), &[], true, 0));
+        t.add(
+            "PREFETCH after reap",
+            k.prefetch(pid.as_raw(), &[], true, 0),
+        );
     }
-    println!("race {name}: {ITER} iterations in {:.1} s: {} ok, errors {:?}", t0.elapsed().as_secs_f64(), t.ok, t.errs);
+    println!(
+        "race {name}: {ITER} iterations in {:.1} s: {} ok, errors {:?}",
+        t0.elapsed().as_secs_f64(),
+        t.ok,
+        t.errs
+    );
     // Every child is reaped (`reap` waits for each) and no call is running: a reference taken
     // on any path of any of those calls and not released shows here.
     assert_no_refs(&k, &format!("race {name}"));
@@ -183,7 +209,13 @@ fn race_target_mremaps() {
             let to = if at == A { B } else { A };
             // SAFETY: moving this child's own mapping between two fixed addresses it owns.
             let p = unsafe {
-                libc::mremap(at as *mut libc::c_void, LEN, LEN, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, to as *mut libc::c_void)
+                libc::mremap(
+                    at as *mut libc::c_void,
+                    LEN,
+                    LEN,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to as *mut libc::c_void,
+                )
             };
             if p == libc::MAP_FAILED {
                 child_exit(91);
@@ -223,7 +255,10 @@ fn pick<T: Copy>(r: u64, xs: &[T]) -> T {
 #[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
 fn fuzz_ioctls() {
     let k = kmod();
-    let seed = std::env::var("TORPOR_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7070_7270_u64);
+    let seed = std::env::var("TORPOR_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7070_7270_u64);
     let mut rng = Rng(seed | 1);
     // A sacrificial child: the only real process DISCARD may be aimed at.
     let victim = spawn(|| {
@@ -238,25 +273,68 @@ fn fuzz_ioctls() {
     let mut ranges = vec![TorporRange::default(); 64];
     let mut t = Tally::default();
     let t0 = Instant::now();
-    let bad_ptrs = [0usize, 1, 4095, 0xffff_8880_0000_0000, usize::MAX - 15, 0x7fff_ffff_f000];
+    let bad_ptrs = [
+        0usize,
+        1,
+        4095,
+        0xffff_8880_0000_0000,
+        usize::MAX - 15,
+        0x7fff_ffff_f000,
+    ];
     for i in 0..FUZZ {
         for b in blob.iter_mut().take(128) {
             *b = rng.next() as u8;
         }
         for r in ranges.iter_mut() {
             *r = TorporRange {
-                start: pick(rng.next(), &[A as u64, B as u64, 0, u64::MAX - 4095, rng.next() & 0x7fff_ffff_f000, rng.next()]),
-                len: pick(rng.next(), &[4096, LEN as u64, 0, u64::MAX, 1 << 40, rng.next() & 0xffff_ffff]),
+                start: pick(
+                    rng.next(),
+                    &[
+                        A as u64,
+                        B as u64,
+                        0,
+                        u64::MAX - 4095,
+                        rng.next() & 0x7fff_ffff_f000,
+                        rng.next(),
+                    ],
+                ),
+                len: pick(
+                    rng.next(),
+                    &[
+                        4096,
+                        LEN as u64,
+                        0,
+                        u64::MAX,
+                        1 << 40,
+                        rng.next() & 0xffff_ffff,
+                    ],
+                ),
             };
         }
-        let ptr = if rng.next().is_multiple_of(4) { pick(rng.next(), &bad_ptrs) } else { blob.as_mut_ptr() as usize };
+        let ptr = if rng.next().is_multiple_of(4) {
+            pick(rng.next(), &bad_ptrs)
+        } else {
+            blob.as_mut_ptr() as usize
+        };
         match rng.next() % 10 {
             // Random command numbers, mostly unknown ones.
             0..=3 => {
                 let cmd = match rng.next() % 3 {
                     0 => rng.next() as u32,
-                    1 => uapi::ioc((rng.next() % 4) as u32, uapi::TORPOR_IOC_MAGIC, rng.next() as u8, (rng.next() % 256) as usize),
-                    _ => pick(rng.next(), &[uapi::TORPOR_IOC_GET_VERSION, uapi::TORPOR_IOC_PREFETCH, uapi::TORPOR_IOC_DISCARD]),
+                    1 => uapi::ioc(
+                        (rng.next() % 4) as u32,
+                        uapi::TORPOR_IOC_MAGIC,
+                        rng.next() as u8,
+                        (rng.next() % 256) as usize,
+                    ),
+                    _ => pick(
+                        rng.next(),
+                        &[
+                            uapi::TORPOR_IOC_GET_VERSION,
+                            uapi::TORPOR_IOC_PREFETCH,
+                            uapi::TORPOR_IOC_DISCARD,
+                        ],
+                    ),
                 };
                 // DISCARD with a random blob could name any pid: never let it reach a real process.
                 if cmd == uapi::TORPOR_IOC_DISCARD && ptr == blob.as_mut_ptr() as usize {
@@ -264,7 +342,9 @@ fn fuzz_ioctls() {
                 }
                 // FREE_BITMAP/PRIORITY_MAP (a random nr can hit them) would write through the
                 // blob's first word: make it a size query.
-                if (cmd == uapi::TORPOR_IOC_FREE_BITMAP || cmd == uapi::TORPOR_IOC_PRIORITY_MAP) && ptr == blob.as_mut_ptr() as usize {
+                if (cmd == uapi::TORPOR_IOC_FREE_BITMAP || cmd == uapi::TORPOR_IOC_PRIORITY_MAP)
+                    && ptr == blob.as_mut_ptr() as usize
+                {
                     blob[..8].fill(0);
                 }
                 // SAFETY: the module must cope with any (cmd, arg); `ptr` is either invalid (the
@@ -276,10 +356,24 @@ fn fuzz_ioctls() {
             // PREFETCH with hostile fields (this process, the victim, or no such pid).
             4..=6 => {
                 let mut req = TorporPrefetch {
-                    pid: pick(rng.next(), &[me, victim.as_raw(), 0, -1, i32::MAX, rng.next() as i32]),
+                    pid: pick(
+                        rng.next(),
+                        &[me, victim.as_raw(), 0, -1, i32::MAX, rng.next() as i32],
+                    ),
                     flags: pick(rng.next(), &[0, 1, 2, rng.next() as u32]),
                     ranges: pick(rng.next(), &[ranges.as_ptr() as u64, 0, 1, rng.next()]),
-                    nr_ranges: pick(rng.next(), &[0, 1, 64, 65, uapi::MAX_SORTED_RANGES + 1, uapi::MAX_RANGES + 1, u32::MAX]),
+                    nr_ranges: pick(
+                        rng.next(),
+                        &[
+                            0,
+                            1,
+                            64,
+                            65,
+                            uapi::MAX_SORTED_RANGES + 1,
+                            uapi::MAX_RANGES + 1,
+                            u32::MAX,
+                        ],
+                    ),
                     order: pick(rng.next(), &[0, 1, 2, rng.next() as u32]),
                     byte_budget: pick(rng.next(), &[0, 4096, rng.next()]),
                     ..Default::default()
@@ -289,12 +383,23 @@ fn fuzz_ioctls() {
                 }
                 // SAFETY: `req` is a valid TorporPrefetch; its `ranges` pointer is our array (with at
                 // most its length), or invalid (EFAULT); prefetch only read-faults existing pages.
-                t.add("PREFETCH", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut _ as usize) });
+                t.add("PREFETCH", unsafe {
+                    k.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut _ as usize)
+                });
             }
             // DISCARD aimed only at the victim or at pids that cannot exist.
             7..=8 => {
                 let mut req = TorporDiscard {
-                    pid: pick(rng.next(), &[victim.as_raw(), 0, -1, i32::MIN, -(rng.next() as i32).abs() - 1]),
+                    pid: pick(
+                        rng.next(),
+                        &[
+                            victim.as_raw(),
+                            0,
+                            -1,
+                            i32::MIN,
+                            -(rng.next() as i32).abs() - 1,
+                        ],
+                    ),
                     flags: pick(rng.next(), &[0, 0, 0, rng.next() as u32]),
                     ranges: pick(rng.next(), &[ranges.as_ptr() as u64, 0, rng.next()]),
                     nr_ranges: pick(rng.next(), &[0, 1, 64, uapi::MAX_RANGES + 1]),
@@ -305,17 +410,30 @@ fn fuzz_ioctls() {
                     req.nr_ranges = 64;
                 }
                 // SAFETY: as above; DISCARD can only affect the victim child (or no process).
-                t.add("DISCARD", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut _ as usize) });
+                t.add("DISCARD", unsafe {
+                    k.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut _ as usize)
+                });
             }
             _ if i % 2 == 0 => {
                 // SAFETY: GET_VERSION writes 48 bytes to `ptr`: our blob or an invalid address.
-                t.add("GET_VERSION", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_GET_VERSION, ptr) });
+                t.add("GET_VERSION", unsafe {
+                    k.raw_ioctl(uapi::TORPOR_IOC_GET_VERSION, ptr)
+                });
             }
             _ => {
                 // FREE_BITMAP with hostile fields; the bitmap lands in our 64 KiB blob (enough for
                 // a 2 GiB guest) or at an address that cannot be written.
                 let mut req = uapi::TorporFreeBitmap {
-                    bitmap: pick(rng.next(), &[0, blob.as_mut_ptr() as u64, 8, 0xffff_8880_0000_0000, u64::MAX - 7]),
+                    bitmap: pick(
+                        rng.next(),
+                        &[
+                            0,
+                            blob.as_mut_ptr() as u64,
+                            8,
+                            0xffff_8880_0000_0000,
+                            u64::MAX - 7,
+                        ],
+                    ),
                     bitmap_bytes: pick(rng.next(), &[0, 16, blob.len() as u64, u64::MAX]),
                     flags: pick(rng.next(), &[0, 0, 1, rng.next() as u32]),
                     reserved: pick(rng.next(), &[0, 0, 1]),
@@ -326,7 +444,9 @@ fn fuzz_ioctls() {
                 }
                 // SAFETY: the module writes at most `bitmap_bytes` bytes at `bitmap`: within our
                 // blob, or to an invalid address (EFAULT).
-                t.add("FREE_BITMAP", unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) });
+                t.add("FREE_BITMAP", unsafe {
+                    k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize)
+                });
             }
         }
         if i.is_multiple_of(20_000) {
@@ -334,8 +454,16 @@ fn fuzz_ioctls() {
         }
     }
     reap(victim);
-    println!("fuzz: {FUZZ} ioctls (seed {seed:#x}) in {:.1} s: {} ok, errors {:?}", t0.elapsed().as_secs_f64(), t.ok, t.errs);
-    assert!(t.errs.contains_key("ENOTTY") && t.errs.contains_key("EFAULT") && t.ok > 0, "fuzz did not reach the handlers: {t:?}");
+    println!(
+        "fuzz: {FUZZ} ioctls (seed {seed:#x}) in {:.1} s: {} ok, errors {:?}",
+        t0.elapsed().as_secs_f64(),
+        t.ok,
+        t.errs
+    );
+    assert!(
+        t.errs.contains_key("ENOTTY") && t.errs.contains_key("EFAULT") && t.ok > 0,
+        "fuzz did not reach the handlers: {t:?}"
+    );
     assert_no_refs(&k, "fuzz");
 }
 
@@ -348,8 +476,14 @@ fn prefetch_and_discard_semantics() {
     let pid = spawn(|| {
         // SAFETY: as in child_map, but twice the length and only the first half touched.
         let p = unsafe {
-            libc::mmap(A as *mut libc::c_void, 2 * LEN, libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+            libc::mmap(
+                A as *mut libc::c_void,
+                2 * LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             child_exit(90);
@@ -365,13 +499,36 @@ fn prefetch_and_discard_semantics() {
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pages = (LEN / 4096) as u64;
-    let r = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: 2 * LEN as u64 }], false, 0).unwrap();
+    let r = k
+        .prefetch(
+            pid.as_raw(),
+            &[TorporRange {
+                start: A as u64,
+                len: 2 * LEN as u64,
+            }],
+            false,
+            0,
+        )
+        .unwrap();
     println!("prefetch of a touched+untouched region: {r:?}");
     assert_eq!(r.pages_present, pages, "touched pages are present");
-    assert_eq!(r.pages_unpopulated, pages, "untouched pages are holes and must not be faulted in");
+    assert_eq!(
+        r.pages_unpopulated, pages,
+        "untouched pages are holes and must not be faulted in"
+    );
     assert_eq!(r.pages_mapped + r.pages_failed, 0);
     // Holes stayed holes (no zero page mapped): a second pass sees the same.
-    let r2 = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: 2 * LEN as u64 }], false, 0).unwrap();
+    let r2 = k
+        .prefetch(
+            pid.as_raw(),
+            &[TorporRange {
+                start: A as u64,
+                len: 2 * LEN as u64,
+            }],
+            false,
+            0,
+        )
+        .unwrap();
     assert_eq!(r2.pages_unpopulated, pages);
     // Whole mode sees at least the touched pages.
     let w = k.prefetch(pid.as_raw(), &[], true, 0).unwrap();
@@ -379,41 +536,101 @@ fn prefetch_and_discard_semantics() {
     // Budget: a budget stops the walk only after mapping; nothing to map here, so no stop.
     assert_eq!(r.stop_addr, 0);
     // DISCARD the touched half: zapped, then PREFETCH finds holes only.
-    let d = k.discard(pid.as_raw(), &[TorporRange { start: A as u64, len: LEN as u64 }]).unwrap();
+    let d = k
+        .discard(
+            pid.as_raw(),
+            &[TorporRange {
+                start: A as u64,
+                len: LEN as u64,
+            }],
+        )
+        .unwrap();
     assert_eq!(d.bytes_zapped, LEN as u64, "{d:?}");
-    let r3 = k.prefetch(pid.as_raw(), &[TorporRange { start: A as u64, len: LEN as u64 }], false, 0).unwrap();
+    let r3 = k
+        .prefetch(
+            pid.as_raw(),
+            &[TorporRange {
+                start: A as u64,
+                len: LEN as u64,
+            }],
+            false,
+            0,
+        )
+        .unwrap();
     assert_eq!(r3.pages_unpopulated, pages, "{r3:?}");
     // Range outside any VMA: skipped by DISCARD, nothing for PREFETCH.
-    let d2 = k.discard(pid.as_raw(), &[TorporRange { start: B as u64, len: LEN as u64 }]).unwrap();
+    let d2 = k
+        .discard(
+            pid.as_raw(),
+            &[TorporRange {
+                start: B as u64,
+                len: LEN as u64,
+            }],
+        )
+        .unwrap();
     assert_eq!((d2.bytes_zapped, d2.bytes_skipped), (0, LEN as u64));
     // Bad input.
     assert_eq!(k.prefetch(0, &[], true, 0).unwrap_err(), Errno::EINVAL);
     assert_eq!(k.prefetch(-5, &[], true, 0).unwrap_err(), Errno::EINVAL);
-    assert_eq!(k.prefetch(2, &[], true, 0).unwrap_err(), Errno::EINVAL, "pid 2 is kthreadd: refused");
-    let overflow = [TorporRange { start: u64::MAX - 4095, len: 8192 }];
-    assert_eq!(k.prefetch(pid.as_raw(), &overflow, false, 0).unwrap_err(), Errno::EINVAL);
+    assert_eq!(
+        k.prefetch(2, &[], true, 0).unwrap_err(),
+        Errno::EINVAL,
+        "pid 2 is kthreadd: refused"
+    );
+    let overflow = [TorporRange {
+        start: u64::MAX - 4095,
+        len: 8192,
+    }];
+    assert_eq!(
+        k.prefetch(pid.as_raw(), &overflow, false, 0).unwrap_err(),
+        Errno::EINVAL
+    );
     reap(pid);
-    assert_eq!(k.prefetch(pid.as_raw(), &[], true, 0).unwrap_err(), Errno::ESRCH);
+    assert_eq!(
+        k.prefetch(pid.as_raw(), &[], true, 0).unwrap_err(),
+        Errno::ESRCH
+    );
     // A zombie: exited, not reaped.
     let z = spawn(|| child_exit(0));
     // Wait until it is a zombie (state Z) without reaping it.
     let t0 = Instant::now();
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{z}/stat")).expect("zombie's /proc entry");
-        if stat.rsplit(')').next().unwrap().trim_start().starts_with('Z') {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{z}/stat")).expect("zombie's /proc entry");
+        if stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z')
+        {
             break;
         }
-        assert!(t0.elapsed().as_secs() < 10, "child never became a zombie: {stat}");
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "child never became a zombie: {stat}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(k.prefetch(z.as_raw(), &[], true, 0).unwrap_err(), Errno::ESRCH, "zombie has no mm");
+    assert_eq!(
+        k.prefetch(z.as_raw(), &[], true, 0).unwrap_err(),
+        Errno::ESRCH,
+        "zombie has no mm"
+    );
     reap(z);
     assert_no_refs(&k, "prefetch of a touched+untouched region, semantics done");
 }
 
 fn meminfo_kib(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap();
-    s.lines().find(|l| l.starts_with(key)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// FREE_BITMAP: the count of set bits is the module's free_pages, and matches MemFree read
@@ -439,20 +656,34 @@ fn free_bitmap_matches_memfree() {
             rep.end_pfn,
             rep.ns as f64 / 1e6
         );
-        assert!(diff * 100 <= memfree, "free bitmap {free_kib} KiB vs MemFree {memfree} KiB: more than 1% apart");
+        assert!(
+            diff * 100 <= memfree,
+            "free bitmap {free_kib} KiB vs MemFree {memfree} KiB: more than 1% apart"
+        );
     }
     // Bad input: short buffer -> ENOSPC with end_pfn reported; nonzero flags -> EINVAL.
     let mut small = [0u8; 16];
-    let mut req = uapi::TorporFreeBitmap { bitmap: small.as_mut_ptr() as u64, bitmap_bytes: 16, ..Default::default() };
+    let mut req = uapi::TorporFreeBitmap {
+        bitmap: small.as_mut_ptr() as u64,
+        bitmap_bytes: 16,
+        ..Default::default()
+    };
     // SAFETY: the module writes at most 16 bytes into `small` (it refuses: too short).
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::ENOSPC));
     assert!(req.end_pfn > 4096, "end_pfn reported with ENOSPC: {req:?}");
-    let mut req = uapi::TorporFreeBitmap { flags: 1, ..Default::default() };
+    let mut req = uapi::TorporFreeBitmap {
+        flags: 1,
+        ..Default::default()
+    };
     // SAFETY: a size query with bad flags: only the request is touched.
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::EINVAL));
-    let mut req = uapi::TorporFreeBitmap { bitmap: 8, bitmap_bytes: u64::MAX, ..Default::default() };
+    let mut req = uapi::TorporFreeBitmap {
+        bitmap: 8,
+        bitmap_bytes: u64::MAX,
+        ..Default::default()
+    };
     // SAFETY: an invalid buffer address: the module must answer EFAULT.
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::EFAULT));
@@ -486,8 +717,16 @@ fn present_pfns(pid: &str, start: u64, len: u64) -> Vec<u64> {
 /// The PFNs of `before` that are still at the same position in `after` (pages that did not move
 /// between two pagemap reads); panics when none are left (nothing would be judged).
 fn stable(before: &[u64], after: &[u64]) -> Vec<u64> {
-    let same: Vec<u64> = before.iter().zip(after).filter(|(a, b)| a == b).map(|(a, _)| *a).collect();
-    assert!(!same.is_empty(), "every page moved between two reads: nothing to judge");
+    let same: Vec<u64> = before
+        .iter()
+        .zip(after)
+        .filter(|(a, b)| a == b)
+        .map(|(a, _)| *a)
+        .collect();
+    assert!(
+        !same.is_empty(),
+        "every page moved between two reads: nothing to judge"
+    );
     if same.len() != before.len() {
         println!("{} of {} pages moved during the call (khugepaged/compaction): judged the {} that did not", before.len() - same.len(), before.len(), same.len());
     }
@@ -510,7 +749,10 @@ fn kernel_code_pfns() -> Vec<(u64, u64)> {
         .filter(|l| l.trim_start().ends_with(": Kernel code"))
         .map(|l| {
             let (a, b) = l.trim().split(' ').next().unwrap().split_once('-').unwrap();
-            let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
             (a.div_ceil(PAGE), (b + 1) / PAGE)
         })
         .collect()
@@ -527,7 +769,10 @@ fn own_text_ranges() -> Vec<(u64, u64)> {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() >= 6 && f[1].as_bytes()[2] == b'x' && f[5] == exe).then(|| {
                 let (a, b) = f[0].split_once('-').unwrap();
-                (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap())
+                (
+                    u64::from_str_radix(a, 16).unwrap(),
+                    u64::from_str_radix(b, 16).unwrap(),
+                )
             })
         })
         .collect()
@@ -540,36 +785,66 @@ fn own_text_ranges() -> Vec<(u64, u64)> {
 #[ignore = "needs /dev/torpor: runs in the VM via make vm-test"]
 fn priority_map_categories() {
     let k = kmod();
-    assert!(k.has(uapi::features::PRIORITY_MAP), "GET_VERSION features {:#x} lack priority_map", k.version().features);
+    assert!(
+        k.has(uapi::features::PRIORITY_MAP),
+        "GET_VERSION features {:#x} lack priority_map",
+        k.version().features
+    );
     // Touched heap: 8 MiB, every page written (so present, private, anonymous).
     let mut heap = vec![0u8; 8 << 20];
     for (i, b) in heap.iter_mut().step_by(PAGE as usize).enumerate() {
         *b = i as u8 | 1;
     }
-    let heap_pfns = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
-    let text: Vec<u64> = own_text_ranges().iter().flat_map(|&(a, b)| present_pfns("self", a, b - a)).collect();
+    let heap_pfns = present_pfns(
+        "self",
+        heap.as_ptr() as u64 & !(PAGE - 1),
+        heap.len() as u64 - PAGE,
+    );
+    let text: Vec<u64> = own_text_ranges()
+        .iter()
+        .flat_map(|&(a, b)| present_pfns("self", a, b - a))
+        .collect();
     let kcode = kernel_code_pfns();
     assert!(!kcode.is_empty(), "no Kernel code in /proc/iomem");
-    assert!(heap_pfns.len() as u64 >= (8 << 20) / PAGE - 2, "heap not present: {} pages", heap_pfns.len());
+    assert!(
+        heap_pfns.len() as u64 >= (8 << 20) / PAGE - 2,
+        "heap not present: {} pages",
+        heap_pfns.len()
+    );
     assert!(text.len() > 16, "only {} text pages present", text.len());
     let mut times = Vec::new();
     for round in 0..3 {
         let (map, rep) = k.priority_map(0).unwrap();
         assert_eq!(map.len() as u64, rep.end_pfn);
-        assert_eq!(rep.window_ms, uapi::DEFAULT_WINDOW_MS, "window used when 0 is asked");
+        assert_eq!(
+            rep.window_ms,
+            uapi::DEFAULT_WINDOW_MS,
+            "window used when 0 is asked"
+        );
         assert!(map.iter().all(|&b| b <= CAT_OTHER), "a byte outside 0..=8");
         let mut h = [0u64; 9];
         map.iter().for_each(|&b| h[b as usize] += 1);
         assert_eq!(h, rep.counts, "module counts vs the map");
-        assert!(rep.active_procs >= 1 && rep.active_procs <= rep.total_procs, "{rep:?}");
+        assert!(
+            rep.active_procs >= 1 && rep.active_procs <= rep.total_procs,
+            "{rep:?}"
+        );
         for &(a, b) in &kcode {
             let (n, hist) = tally(&map, &(a..b).collect::<Vec<_>>(), CAT_KERNEL);
-            assert_eq!(n as u64, b - a, "kernel code PFNs {a:#x}..{b:#x} not all Kernel: {hist}");
+            assert_eq!(
+                n as u64,
+                b - a,
+                "kernel code PFNs {a:#x}..{b:#x} not all Kernel: {hist}"
+            );
         }
         let (n, hist) = tally(&map, &text, CAT_USER_CODE);
         assert_eq!(n, text.len(), "own text pages not all User_Code: {hist}");
         let (n, hist) = tally(&map, &heap_pfns, CAT_USER_DATA);
-        assert_eq!(n, heap_pfns.len(), "own touched heap not all User_Data: {hist}");
+        assert_eq!(
+            n,
+            heap_pfns.len(),
+            "own touched heap not all User_Data: {hist}"
+        );
         println!(
             "priority map round {round}: end_pfn {} ({} MiB), {:.3} ms in the module ({:.3} ms walking {} of {} processes), counts {:?}; kernel code {} pages Kernel, own text {} pages User_Code, heap {} pages User_Data",
             rep.end_pfn,
@@ -587,18 +862,32 @@ fn priority_map_categories() {
     }
     std::hint::black_box(&heap);
     // Bad input.
-    let mut req = uapi::TorporPriorityMap { flags: 1, ..Default::default() };
+    let mut req = uapi::TorporPriorityMap {
+        flags: 1,
+        ..Default::default()
+    };
     // SAFETY: a size query with bad flags: only the request is touched.
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::EINVAL));
     let mut small = [0u8; 4096];
-    let mut req = uapi::TorporPriorityMap { map: small.as_mut_ptr() as u64, map_bytes: 4096, ..Default::default() };
+    let mut req = uapi::TorporPriorityMap {
+        map: small.as_mut_ptr() as u64,
+        map_bytes: 4096,
+        ..Default::default()
+    };
     // SAFETY: the module writes at most 4096 bytes into `small` (it refuses: too short).
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::ENOSPC));
     assert!(req.end_pfn > 4096, "end_pfn reported with ENOSPC: {req:?}");
-    assert!(small.iter().all(|&b| b == 0), "ENOSPC wrote into the short buffer");
-    let mut req = uapi::TorporPriorityMap { map: 8, map_bytes: u64::MAX, ..Default::default() };
+    assert!(
+        small.iter().all(|&b| b == 0),
+        "ENOSPC wrote into the short buffer"
+    );
+    let mut req = uapi::TorporPriorityMap {
+        map: 8,
+        map_bytes: u64::MAX,
+        ..Default::default()
+    };
     // SAFETY: an invalid buffer address: the module must answer EFAULT.
     let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
     assert_eq!(r, Err(Errno::EFAULT));
@@ -614,8 +903,29 @@ fn priority_map_categories() {
     for _ in 0..300 {
         let good = buf.as_mut_ptr() as u64;
         let mut req = uapi::TorporPriorityMap {
-            map: pick(rng.next(), &[0, good, good, 1, 0xffff_8880_0000_0000, u64::MAX - 4095, rng.next()]),
-            map_bytes: pick(rng.next(), &[buf.len() as u64, 0, 1, buf.len() as u64 - 1, u64::MAX, rng.next()]),
+            map: pick(
+                rng.next(),
+                &[
+                    0,
+                    good,
+                    good,
+                    1,
+                    0xffff_8880_0000_0000,
+                    u64::MAX - 4095,
+                    rng.next(),
+                ],
+            ),
+            map_bytes: pick(
+                rng.next(),
+                &[
+                    buf.len() as u64,
+                    0,
+                    1,
+                    buf.len() as u64 - 1,
+                    u64::MAX,
+                    rng.next(),
+                ],
+            ),
             window_ms: pick(rng.next(), &[0, 1, 1000, u32::MAX, rng.next() as u32]),
             flags: pick(rng.next(), &[0, 0, 0, 1, rng.next() as u32]),
             ..Default::default()
@@ -628,9 +938,15 @@ fn priority_map_categories() {
         let r = unsafe { k.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) };
         t.add("priority_map", r);
     }
-    println!("priority map fuzz: 300 ioctls ({} ok, errors {:?})", t.ok, t.errs);
+    println!(
+        "priority map fuzz: 300 ioctls ({} ok, errors {:?})",
+        t.ok, t.errs
+    );
     times.sort();
-    println!("priority map build time: median {:.3} ms", times[times.len() / 2] as f64 / 1e6);
+    println!(
+        "priority map build time: median {:.3} ms",
+        times[times.len() / 2] as f64 / 1e6
+    );
 }
 
 /// PRIORITY_MAP: the pages of a process that ran recently are User_Data; after it has slept
@@ -651,41 +967,97 @@ fn priority_map_idle_process_drops_to_other() {
             for i in (0..CLEN).step_by(PAGE as usize) {
                 *p.add(i) = 1;
             }
-            libc::write(std::os::fd::AsRawFd::as_raw_fd(&wfd), b"x".as_ptr().cast(), 1);
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&wfd),
+                b"x".as_ptr().cast(),
+                1,
+            );
             loop {
                 libc::pause();
             }
         }
     });
     let mut b = [0u8; 1];
-    assert_eq!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b), Ok(1));
+    assert_eq!(
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b),
+        Ok(1)
+    );
     let pfns = present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64);
-    assert_eq!(pfns.len() as u64, CLEN as u64 / PAGE, "child's region not fully present");
+    assert_eq!(
+        pfns.len() as u64,
+        CLEN as u64 / PAGE,
+        "child's region not fully present"
+    );
     let mut heap = vec![1u8; 4 << 20];
     // SAFETY: advice on whole pages inside our own live allocation (no huge pages: see above).
-    unsafe { libc::madvise(((heap.as_ptr() as u64 + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void, heap.len() - PAGE as usize, libc::MADV_NOHUGEPAGE) };
+    unsafe {
+        libc::madvise(
+            ((heap.as_ptr() as u64 + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void,
+            heap.len() - PAGE as usize,
+            libc::MADV_NOHUGEPAGE,
+        )
+    };
     heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 2);
-    let mine = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
+    let mine = present_pfns(
+        "self",
+        heap.as_ptr() as u64 & !(PAGE - 1),
+        heap.len() as u64 - PAGE,
+    );
 
     let (map, rep) = k.priority_map(60_000).unwrap();
     // Pages can move while the map is built (khugepaged collapsing the heap into a huge page,
     // compaction on a loaded machine): only the pages whose PFN is the same before and after the
     // call are judged (their page frame is theirs throughout), and there must be some.
-    let pfns = stable(&pfns, &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64));
+    let pfns = stable(
+        &pfns,
+        &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64),
+    );
     let (n, hist) = tally(&map, &pfns, CAT_USER_DATA);
-    println!("idle test: child just ran, window 60 s: {n}/{} pages User_Data {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
-    assert_eq!(n, pfns.len(), "pages of a process that just ran are not all User_Data: {hist}");
+    println!(
+        "idle test: child just ran, window 60 s: {n}/{} pages User_Data {hist} ({} active of {})",
+        pfns.len(),
+        rep.active_procs,
+        rep.total_procs
+    );
+    assert_eq!(
+        n,
+        pfns.len(),
+        "pages of a process that just ran are not all User_Data: {hist}"
+    );
 
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let (map, rep) = k.priority_map(1000).unwrap();
     assert_eq!(rep.window_ms, 1000);
-    let pfns = stable(&pfns, &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64));
-    let mine = stable(&mine, &present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE));
+    let pfns = stable(
+        &pfns,
+        &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64),
+    );
+    let mine = stable(
+        &mine,
+        &present_pfns(
+            "self",
+            heap.as_ptr() as u64 & !(PAGE - 1),
+            heap.len() as u64 - PAGE,
+        ),
+    );
     let (n, hist) = tally(&map, &pfns, CAT_OTHER);
-    println!("idle test: child asleep 2.5 s, window 1 s: {n}/{} pages Other {hist} ({} active of {})", pfns.len(), rep.active_procs, rep.total_procs);
-    assert_eq!(n, pfns.len(), "pages of a process idle longer than the window are not all Other: {hist}");
+    println!(
+        "idle test: child asleep 2.5 s, window 1 s: {n}/{} pages Other {hist} ({} active of {})",
+        pfns.len(),
+        rep.active_procs,
+        rep.total_procs
+    );
+    assert_eq!(
+        n,
+        pfns.len(),
+        "pages of a process idle longer than the window are not all Other: {hist}"
+    );
     let (n, hist) = tally(&map, &mine, CAT_USER_DATA);
-    assert_eq!(n, mine.len(), "the running process's heap is not User_Data with a 1 s window: {hist}");
+    assert_eq!(
+        n,
+        mine.len(),
+        "the running process's heap is not User_Data with a 1 s window: {hist}"
+    );
     std::hint::black_box(&heap);
     kill(child, Signal::SIGKILL).unwrap();
     waitpid(child, None).unwrap();
@@ -694,28 +1066,59 @@ fn priority_map_idle_process_drops_to_other() {
 /// `torpor-guest` next to this test binary (target/debug/torpor-guest; `make vm-test`
 /// builds it), or `$TORPOR_GUEST`.
 fn torpor_guest_bin() -> std::path::PathBuf {
-    let p = std::env::var_os("TORPOR_GUEST").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("torpor-guest")
-    });
-    assert!(p.is_file(), "{} missing: cargo build -p guest-enlight --bin torpor-guest", p.display());
+    let p = std::env::var_os("TORPOR_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().join("torpor-guest")
+        });
+    assert!(
+        p.is_file(),
+        "{} missing: cargo build -p guest-enlight --bin torpor-guest",
+        p.display()
+    );
     p
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(torpor_guest_bin()).args(args).output().unwrap();
-    assert!(out.status.success(), "torpor-guest {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("torpor-guest {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    let out = std::process::Command::new(torpor_guest_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "torpor-guest {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "torpor-guest {args:?}: bad JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// Checks on a `torpor-guest dump/query --json` summary; returns the category counts.
 fn check_summary(what: &str, s: &serde_json::Value, source: &str) -> Vec<u64> {
     assert_eq!(s["source"], source, "{what}: {s}");
     assert_eq!(s["approximate"], source != "ModuleExact", "{what}: {s}");
-    let cats: Vec<u64> = s["categories"].as_array().unwrap().iter().map(|c| c[1].as_u64().unwrap()).collect();
+    let cats: Vec<u64> = s["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[1].as_u64().unwrap())
+        .collect();
     assert_eq!(cats.len(), 9);
-    assert_eq!(cats.iter().sum::<u64>(), s["total_pages"].as_u64().unwrap(), "{what}: categories do not cover the layout");
-    assert!(cats[0] > 0 && cats[4] > 0, "{what}: no Kernel or no User_Code pages: {cats:?}");
+    assert_eq!(
+        cats.iter().sum::<u64>(),
+        s["total_pages"].as_u64().unwrap(),
+        "{what}: categories do not cover the layout"
+    );
+    assert!(
+        cats[0] > 0 && cats[4] > 0,
+        "{what}: no Kernel or no User_Code pages: {cats:?}"
+    );
     let r = s["free_over_memfree"].as_f64().unwrap();
     println!(
         "agent {what}: source {source}, {:.2} GiB, free bitmap {} pages = {r:.4} x MemFree in {:.2} ms, priority map in {:.2} ms, categories {cats:?}",
@@ -738,7 +1141,10 @@ fn agent_uses_kmod_source() {
         let s = run_json(&["dump", "--source", "kmod", "--window", "2s", "--json"]);
         check_summary(&format!("dump --source kmod #{round}"), &s, "ModuleExact");
         let r = s["free_over_memfree"].as_f64().unwrap();
-        assert!((0.99..=1.01).contains(&r), "module free bitmap {r} x MemFree: more than 1% apart");
+        assert!(
+            (0.99..=1.01).contains(&r),
+            "module free bitmap {r} x MemFree: more than 1% apart"
+        );
         assert_eq!(s["window_ms"], 2000);
         assert!(s["stats"]["priority_ns"].as_u64().unwrap() > 0, "{s}");
     }
@@ -757,10 +1163,21 @@ fn agent_uses_kmod_source() {
         .unwrap();
     let t0 = Instant::now();
     while !sock.exists() {
-        assert!(t0.elapsed().as_secs() < 30, "agent did not create {}", sock.display());
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "agent did not create {}",
+            sock.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let q = run_json(&["query", "--unix", sock.to_str().unwrap(), "--window-ms", "2000", "--json"]);
+    let q = run_json(&[
+        "query",
+        "--unix",
+        sock.to_str().unwrap(),
+        "--window-ms",
+        "2000",
+        "--json",
+    ]);
     check_summary("query (serve --source kmod)", &q, "ModuleExact");
     assert_eq!(q["window_ms"], 2000);
 
@@ -770,27 +1187,66 @@ fn agent_uses_kmod_source() {
     let sock_s = sock.to_str().unwrap().to_string();
     let cats_of = |what: &str, window_ms: &str, ranges: &[(u64, u64)]| -> Vec<u64> {
         let f = std::env::temp_dir().join(format!("torpor-pfns-{}.txt", std::process::id()));
-        let text: String = ranges.iter().map(|(a, b)| format!("{a:#x}-{b:#x}\n")).collect();
+        let text: String = ranges
+            .iter()
+            .map(|(a, b)| format!("{a:#x}-{b:#x}\n"))
+            .collect();
         std::fs::write(&f, text).unwrap();
-        let q = run_json(&["query", "--unix", &sock_s, "--window-ms", window_ms, "--json", "--pfns", f.to_str().unwrap()]);
+        let q = run_json(&[
+            "query",
+            "--unix",
+            &sock_s,
+            "--window-ms",
+            window_ms,
+            "--json",
+            "--pfns",
+            f.to_str().unwrap(),
+        ]);
         let p = &q["pfn_categories"];
         let listed: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         assert_eq!(p["listed"], listed, "{what}: {q}");
-        assert_eq!(p["outside_layout"], 0, "{what}: PFNs outside the agent's layout: {p}");
-        let v: Vec<u64> = p["per_category"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        assert_eq!(
+            p["outside_layout"], 0,
+            "{what}: PFNs outside the agent's layout: {p}"
+        );
+        let v: Vec<u64> = p["per_category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
         println!("agent --pfns {what} (window {window_ms} ms): {listed} PFNs, per category {v:?}");
         v
     };
     let single = |pfns: &[u64]| -> Vec<(u64, u64)> { pfns.iter().map(|&p| (p, p + 1)).collect() };
     let kcode = kernel_code_pfns();
     let n: u64 = kcode.iter().map(|(a, b)| b - a).sum();
-    assert_eq!(cats_of("kernel code", "16000", &kcode)[CAT_KERNEL as usize], n, "kernel code not all Kernel via the agent");
+    assert_eq!(
+        cats_of("kernel code", "16000", &kcode)[CAT_KERNEL as usize],
+        n,
+        "kernel code not all Kernel via the agent"
+    );
     let mut heap = vec![0u8; 4 << 20];
     heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 7);
-    let heap_pfns = present_pfns("self", heap.as_ptr() as u64 & !(PAGE - 1), heap.len() as u64 - PAGE);
-    let text: Vec<u64> = own_text_ranges().iter().flat_map(|&(a, b)| present_pfns("self", a, b - a)).collect();
-    assert_eq!(cats_of("own text", "16000", &single(&text))[CAT_USER_CODE as usize], text.len() as u64, "own text not all User_Code via the agent");
-    assert_eq!(cats_of("own heap", "16000", &single(&heap_pfns))[CAT_USER_DATA as usize], heap_pfns.len() as u64, "own heap not all User_Data via the agent");
+    let heap_pfns = present_pfns(
+        "self",
+        heap.as_ptr() as u64 & !(PAGE - 1),
+        heap.len() as u64 - PAGE,
+    );
+    let text: Vec<u64> = own_text_ranges()
+        .iter()
+        .flat_map(|&(a, b)| present_pfns("self", a, b - a))
+        .collect();
+    assert_eq!(
+        cats_of("own text", "16000", &single(&text))[CAT_USER_CODE as usize],
+        text.len() as u64,
+        "own text not all User_Code via the agent"
+    );
+    assert_eq!(
+        cats_of("own heap", "16000", &single(&heap_pfns))[CAT_USER_DATA as usize],
+        heap_pfns.len() as u64,
+        "own heap not all User_Data via the agent"
+    );
     std::hint::black_box(&heap);
     let (rfd, wfd) = nix::unistd::pipe().unwrap();
     const CLEN: usize = 4 << 20;
@@ -798,31 +1254,58 @@ fn agent_uses_kmod_source() {
         child_map(B, CLEN);
         // SAFETY: raw write to the pipe, then sleep until killed (pause only waits for a signal).
         unsafe {
-            libc::write(std::os::fd::AsRawFd::as_raw_fd(&wfd), b"x".as_ptr().cast(), 1);
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&wfd),
+                b"x".as_ptr().cast(),
+                1,
+            );
             loop {
                 libc::pause();
             }
         }
     });
     let mut b = [0u8; 1];
-    assert_eq!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b), Ok(1));
+    assert_eq!(
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b),
+        Ok(1)
+    );
     let cpfns = present_pfns(&child.as_raw().to_string(), B as u64, CLEN as u64);
     assert_eq!(cpfns.len(), CLEN / PAGE as usize);
     let ran = cats_of("child that just ran", "60000", &single(&cpfns));
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let idle = cats_of("child asleep 2.5 s", "1000", &single(&cpfns));
     reap(child);
-    assert_eq!(ran[CAT_USER_DATA as usize], cpfns.len() as u64, "child's pages not User_Data via the agent: {ran:?}");
-    assert_eq!(idle[CAT_OTHER as usize], cpfns.len() as u64, "idle child's pages not Other via the agent: {idle:?}");
+    assert_eq!(
+        ran[CAT_USER_DATA as usize],
+        cpfns.len() as u64,
+        "child's pages not User_Data via the agent: {ran:?}"
+    );
+    assert_eq!(
+        idle[CAT_OTHER as usize],
+        cpfns.len() as u64,
+        "idle child's pages not Other via the agent: {idle:?}"
+    );
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_file(&sock);
 
     let out = std::process::Command::new(torpor_guest_bin())
-        .args(["dump", "--source", "kmod", "--kmod-dev", "/nonexistent/torpor"])
+        .args([
+            "dump",
+            "--source",
+            "kmod",
+            "--kmod-dev",
+            "/nonexistent/torpor",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--source kmod") && err.contains("not loaded"), "absent module: {err}");
-    println!("agent: --source kmod without the module fails: {}", err.lines().last().unwrap_or(""));
+    assert!(
+        !out.status.success() && err.contains("--source kmod") && err.contains("not loaded"),
+        "absent module: {err}"
+    );
+    println!(
+        "agent: --source kmod without the module fails: {}",
+        err.lines().last().unwrap_or("")
+    );
 }

@@ -8,7 +8,9 @@ mod common;
 use common::{require_root, summary};
 use procswap::cgroup::{self, Memcg};
 use procswap::inspect::Pagemap;
-use procswap::loadingset::{Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions};
+use procswap::loadingset::{
+    Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions,
+};
 use procswap::memkind::{self, MemKind, ObjectView, PageRun};
 use procswap::plan::{completion, fetch_unmapped, ActivationPlan, FetchOptions, PlanPart};
 use procswap::{NoProgress, PurgeOptions, PurgeReport, ResidencySnapshot, StockBackend, Target};
@@ -19,7 +21,10 @@ use std::time::{Duration, Instant};
 
 fn require_swap() {
     require_root();
-    assert!(procswap::sys::meminfo().unwrap().swap_total > 0, "this suite needs swap: run it through procswap/tests/with-swap.sh");
+    assert!(
+        procswap::sys::meminfo().unwrap().swap_total > 0,
+        "this suite needs swap: run it through procswap/tests/with-swap.sh"
+    );
 }
 
 fn ps() -> u64 {
@@ -50,16 +55,30 @@ impl Kid {
         stdout.read_line(&mut l).unwrap();
         assert!(l.starts_with("HELLO "), "child said {l:?}");
         let pid = proc.id() as i32;
-        let mut k = Kid { proc, stdin, stdout, pid, cgroups: vec![], files: vec![], stopped: false };
+        let mut k = Kid {
+            proc,
+            stdin,
+            stdout,
+            pid,
+            cgroups: vec![],
+            files: vec![],
+            stopped: false,
+        };
         let own = cgroup::pid_cgroups(std::process::id() as i32).unwrap();
         let name = format!("torpor-kinds-{tag}-{pid}");
         let v2mem = own.v2.clone().filter(|d| {
-            std::fs::read_to_string(d.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+            std::fs::read_to_string(d.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
         });
         let dir = match v2mem {
             Some(p) => cgroup::create_v2(&p, &name, &["memory"]).expect("create v2 memory cgroup"),
-            None => cgroup::create_v1(own.v1_memory.as_ref().expect("no v1 memory hierarchy and no v2 memory controller"), &name)
-                .expect("create v1 memory cgroup"),
+            None => cgroup::create_v1(
+                own.v1_memory
+                    .as_ref()
+                    .expect("no v1 memory hierarchy and no v2 memory controller"),
+                &name,
+            )
+            .expect("create v1 memory cgroup"),
         };
         k.cgroups.push(dir.clone());
         cgroup::move_pid(&dir, pid).unwrap();
@@ -84,7 +103,11 @@ impl Kid {
     }
 
     fn stop(&mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
         self.stopped = true;
         for _ in 0..500 {
             if procswap::quiescence(self.pid).unwrap().is_quiescent() {
@@ -96,7 +119,11 @@ impl Kid {
     }
 
     fn cont(&mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGCONT).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
         self.stopped = false;
     }
 }
@@ -104,7 +131,10 @@ impl Kid {
 impl Drop for Kid {
     fn drop(&mut self) {
         if self.stopped {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
         let _ = self.proc.kill();
         let _ = self.proc.wait();
@@ -130,7 +160,9 @@ fn pm_state(pid: i32, addr: u64, pages: u64) -> (u64, u64) {
     let mut pm = Pagemap::open(pid).unwrap();
     let (mut p, mut s) = (0, 0);
     pm.scan(addr, addr + pages * ps(), |_, info| match info {
-        procfs::process::PageInfo::MemoryPage(f) => p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64,
+        procfs::process::PageInfo::MemoryPage(f) => {
+            p += f.contains(procfs::process::MemoryPageFlags::PRESENT) as u64
+        }
         // Real swap devices have small type numbers; migration, device-private, hwpoison and
         // marker entries use the top of the 5-bit range.
         procfs::process::PageInfo::SwapPage(f) if f.get_swap_type() >= 24 => p += 1,
@@ -145,11 +177,21 @@ fn pm_state(pid: i32, addr: u64, pages: u64) -> (u64, u64) {
 fn cached(path: &Path, pages: u64) -> Vec<PageRun> {
     let f = memkind::open_readonly(path).unwrap();
     let v = ObjectView::new(f, Some(pages)).unwrap();
-    memkind::normalize(v.resident(&[PageRun { first: 0, count: pages }]).unwrap())
+    memkind::normalize(
+        v.resident(&[PageRun {
+            first: 0,
+            count: pages,
+        }])
+        .unwrap(),
+    )
 }
 
 fn map_file_of(pid: i32, addr: u64, pages: u64) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", addr, addr + pages * ps()))
+    PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        addr,
+        addr + pages * ps()
+    ))
 }
 
 fn run(first: u64, count: u64) -> PageRun {
@@ -168,7 +210,10 @@ fn wait_objects(plan: &ActivationPlan, part: &PlanPart) {
         if want.shmem == have.shmem && want.file == have.file {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "fetch never completed: want {want:?} have {have:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "fetch never completed: want {want:?} have {have:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -213,22 +258,57 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     assert_eq!(kinds.shmem.resident_bytes, (MEMFD + SYSV) * ps());
     assert_eq!(kinds.shmem.mapped_bytes, (MEMFD + SYSV) * ps());
     assert_eq!(kinds.shmem.out_bytes, 0);
-    let obj = |path: &Path| i.objects.iter().find(|o| o.path == path.display().to_string()).unwrap_or_else(|| panic!("{path:?} not in {:?}", i.objects)).clone();
-    assert_eq!((obj(&mf).kind, obj(&mf).interest_pages, obj(&mf).resident_pages), (MemKind::File, MFILE, 32));
-    assert_eq!((obj(&rf).kind, obj(&rf).interest_pages, obj(&rf).resident_pages), (MemKind::File, RFILE, 32));
+    let obj = |path: &Path| {
+        i.objects
+            .iter()
+            .find(|o| o.path == path.display().to_string())
+            .unwrap_or_else(|| panic!("{path:?} not in {:?}", i.objects))
+            .clone()
+    };
+    assert_eq!(
+        (
+            obj(&mf).kind,
+            obj(&mf).interest_pages,
+            obj(&mf).resident_pages
+        ),
+        (MemKind::File, MFILE, 32)
+    );
+    assert_eq!(
+        (
+            obj(&rf).kind,
+            obj(&rf).interest_pages,
+            obj(&rf).resident_pages
+        ),
+        (MemKind::File, RFILE, 32)
+    );
     assert_eq!(pm_state(pid, a, ANON), (ANON, 0));
 
     // Purge: snapshot first, per-kind eviction.
     let rep = purge(pid, &PurgeOptions::default());
-    eprintln!("purge: kinds after {:?}, evicted {:?}, snapshot {:?}, notes {:?}", rep.kinds_after, rep.evicted_bytes, rep.snapshot_bytes, rep.kind_notes);
+    eprintln!(
+        "purge: kinds after {:?}, evicted {:?}, snapshot {:?}, notes {:?}",
+        rep.kinds_after, rep.evicted_bytes, rep.snapshot_bytes, rep.kind_notes
+    );
     let snap = rep.snapshot.clone().expect("snapshot");
-    let snap: ResidencySnapshot = ResidencySnapshot::from_json(&serde_json::to_vec(&snap).unwrap()).unwrap();
-    let in_snap = |path: &Path| snap.objects.iter().find(|o| o.object.path == path.display().to_string()).map(|o| o.resident.clone());
+    let snap: ResidencySnapshot =
+        ResidencySnapshot::from_json(&serde_json::to_vec(&snap).unwrap()).unwrap();
+    let in_snap = |path: &Path| {
+        snap.objects
+            .iter()
+            .find(|o| o.object.path == path.display().to_string())
+            .map(|o| o.resident.clone())
+    };
     assert_eq!(in_snap(&mf), Some(vec![run(16, 32)]));
     assert_eq!(in_snap(&rf), Some(vec![run(8, 32)]));
-    let shm: Vec<u64> = snap.objects_of(MemKind::Shmem).map(|o| memkind::pages(&o.resident)).collect();
+    let shm: Vec<u64> = snap
+        .objects_of(MemKind::Shmem)
+        .map(|o| memkind::pages(&o.resident))
+        .collect();
     assert_eq!(shm.iter().sum::<u64>(), MEMFD + SYSV, "{shm:?}");
-    assert!(memkind::intersect(&snap.anon, &[run(a / ps(), ANON)]) == vec![run(a / ps(), ANON)], "anon area in the snapshot");
+    assert!(
+        memkind::intersect(&snap.anon, &[run(a / ps(), ANON)]) == vec![run(a / ps(), ANON)],
+        "anon area in the snapshot"
+    );
     // Everything of ours is out: anon on swap, shmem on swap (not even in the swap cache), files dropped.
     assert_eq!(pm_state(pid, a, ANON), (0, ANON));
     assert_eq!(cached(&map_file_of(pid, m, MEMFD), MEMFD), vec![]);
@@ -237,7 +317,11 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     assert_eq!(cached(&rf, RFILE), vec![]);
     let ka = rep.kinds_after.unwrap();
     assert_eq!(ka.shmem.resident_bytes, 0);
-    assert_eq!(ka.shmem.out_bytes, (MEMFD + SYSV) * ps(), "shmem on swap (cachestat)");
+    assert_eq!(
+        ka.shmem.out_bytes,
+        (MEMFD + SYSV) * ps(),
+        "shmem on swap (cachestat)"
+    );
     let ev = rep.evicted_bytes.unwrap();
     assert_eq!(ev.shmem, (MEMFD + SYSV) * ps());
     assert!(ev.anon >= ANON * ps() && ev.file >= 64 * ps(), "{ev:?}");
@@ -246,7 +330,11 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
     assert!(plan.first.is_empty() && plan.loading_rest.is_empty());
     let part_of = |path: &Path| {
-        plan.rest.file.iter().find(|p| plan.objects[p.object as usize].path == path.display().to_string()).map(|p| p.runs.clone())
+        plan.rest
+            .file
+            .iter()
+            .find(|p| plan.objects[p.object as usize].path == path.display().to_string())
+            .map(|p| p.runs.clone())
     };
     assert_eq!(part_of(&mf), Some(vec![run(16, 32)]));
     assert_eq!(part_of(&rf), Some(vec![run(8, 32)]));
@@ -255,14 +343,21 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     let t = Target::open(pid, "test").unwrap();
     // File read-ahead issued from the child's memory cgroup: charged to it (checked below).
     let memcg_dir = Memcg::of_pid(pid).unwrap().unwrap().dir().to_path_buf();
-    let fo = FetchOptions { free_floor_bytes: 0, charge_files_to: Some(memcg_dir), ..Default::default() };
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        charge_files_to: Some(memcg_dir),
+        ..Default::default()
+    };
     let fr = fetch_unmapped(&t, &plan, &plan.rest, &fo).unwrap();
     eprintln!("fetch: {fr:?}");
     assert!(fr.skipped.is_empty(), "{:?}", fr.skipped);
     assert_eq!(fr.issued_bytes.shmem, (MEMFD + SYSV) * ps());
     wait_objects(&plan, &plan.rest);
     // Exactly those pages: all shmem, the files' recorded runs and no neighbour.
-    assert_eq!(cached(&map_file_of(pid, m, MEMFD), MEMFD), vec![run(0, MEMFD)]);
+    assert_eq!(
+        cached(&map_file_of(pid, m, MEMFD), MEMFD),
+        vec![run(0, MEMFD)]
+    );
     assert_eq!(cached(&map_file_of(pid, s, SYSV), SYSV), vec![run(0, SYSV)]);
     assert_eq!(cached(&mf, MFILE), vec![run(16, 32)]);
     assert_eq!(cached(&rf, RFILE), vec![run(8, 32)]);
@@ -271,7 +366,13 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     // in the swap cache cannot be seen from outside: memcg `swapcached` is flushed lazily and
     // zero-filled pages are swapped in without I/O, so neither it nor pswpin is an exact count.)
     assert_eq!(fr.issued_bytes.anon, plan.rest.pages().anon * ps());
-    let area_pages: u64 = plan.rest.anon.iter().filter(|r| r.addr >= a && r.addr < a + ANON * ps()).map(|r| r.pages).sum();
+    let area_pages: u64 = plan
+        .rest
+        .anon
+        .iter()
+        .filter(|r| r.addr >= a && r.addr < a + ANON * ps())
+        .map(|r| r.pages)
+        .sum();
     assert_eq!(area_pages, ANON);
     // Nothing was mapped into the target.
     assert_eq!(pm_state(pid, a, ANON), (0, ANON));
@@ -284,17 +385,27 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     let memfd = k.cmd(&format!("TOUCHRANGE memfd 0 {MEMFD}"));
     let sysv = k.cmd(&format!("TOUCHRANGE sysv 0 {SYSV}"));
     let mfile = k.cmd("TOUCHRANGE mfile 16 48");
-    let rfile = k.cmd(&format!("READ {}", (8..40).map(|i| i.to_string()).collect::<Vec<_>>().join(" ")));
+    let rfile = k.cmd(&format!(
+        "READ {}",
+        (8..40).map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+    ));
     // (A touch that waits for a read still in flight, or for a page locked by compaction, is
     // retried and counted as a major fault by the kernel: printed, not asserted.)
     eprintln!("after restore (major, minor, us): anon {anon:?} memfd {memfd:?} sysv {sysv:?} mfile {mfile:?} rfile {rfile:?}");
-    let majors: u64 = [&anon, &memfd, &sysv, &mfile, &rfile].iter().map(|v| v[0]).sum();
+    let majors: u64 = [&anon, &memfd, &sysv, &mfile, &rfile]
+        .iter()
+        .map(|v| v[0])
+        .sum();
     assert!(fr.notes.is_empty(), "{:?}", fr.notes);
     // The read file's pages were charged to the child's memcg: the next purge evicts them
     // again (only the memcg reclaim can: the child never maps them).
     k.stop();
     purge(pid, &PurgeOptions::default());
-    assert_eq!(cached(&rf, RFILE), vec![], "restored read-file pages not charged to the app's memcg");
+    assert_eq!(
+        cached(&rf, RFILE),
+        vec![],
+        "restored read-file pages not charged to the app's memcg"
+    );
     assert_eq!(cached(&mf, MFILE), vec![]);
     summary(&format!(
         "kinds restore: RAN and PASSED: snapshot anon {} / shmem {} / file {} pages; evicted {:?}; restored shmem {} B file {} B; \
@@ -324,7 +435,12 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
     let rep = purge(pid, &PurgeOptions::default());
     let snap = rep.snapshot.unwrap();
     // While suspended: truncate one (to 16 pages), replace one (rename over it), delete one.
-    std::fs::OpenOptions::new().write(true).open(&trunc).unwrap().set_len(16 * ps()).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&trunc)
+        .unwrap()
+        .set_len(16 * ps())
+        .unwrap();
     let other = k.file("other");
     std::fs::write(&other, vec![1u8; (64 * ps()) as usize]).unwrap();
     std::fs::rename(&other, &repl).unwrap();
@@ -332,8 +448,16 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
 
     let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
     eprintln!("plan notes: {:?}", plan.notes);
-    let note = |p: &Path, what: &str| plan.notes.iter().any(|n| n.contains(&p.display().to_string()) && n.contains(what));
-    assert!(note(&trunc, "truncated (262144 -> 65536 bytes)"), "{:?}", plan.notes);
+    let note = |p: &Path, what: &str| {
+        plan.notes
+            .iter()
+            .any(|n| n.contains(&p.display().to_string()) && n.contains(what))
+    };
+    assert!(
+        note(&trunc, "truncated (262144 -> 65536 bytes)"),
+        "{:?}",
+        plan.notes
+    );
     assert!(note(&repl, "replaced"), "{:?}", plan.notes);
     assert!(note(&del, "deleted"), "{:?}", plan.notes);
     // A plan computed before the change, executed after it: skipped at fetch time too.
@@ -342,31 +466,70 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
     let prefix = format!("/var/tmp/torpor-kinds-{pid}-");
     rec.objects.retain(|o| o.object.path.starts_with(&prefix));
     assert_eq!(rec.objects.len(), 3);
-    let stale = ActivationPlan { objects: rec.objects.iter().map(|o| o.object.clone()).collect(), ..plan.clone() };
+    let stale = ActivationPlan {
+        objects: rec.objects.iter().map(|o| o.object.clone()).collect(),
+        ..plan.clone()
+    };
     let part = PlanPart {
-        file: (0..stale.objects.len() as u32).map(|i| procswap::plan::ObjectPart { object: i, runs: vec![run(0, 64)] }).collect(),
+        file: (0..stale.objects.len() as u32)
+            .map(|i| procswap::plan::ObjectPart {
+                object: i,
+                runs: vec![run(0, 64)],
+            })
+            .collect(),
         ..Default::default()
     };
-    let fr = fetch_unmapped(&t, &stale, &part, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    let fr = fetch_unmapped(
+        &t,
+        &stale,
+        &part,
+        &FetchOptions {
+            free_floor_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     eprintln!("fetch of a stale plan: {fr:?}");
     assert_eq!(fr.issued_bytes.file, 0);
     assert_eq!(fr.skipped.len(), 3, "{:?}", fr.skipped);
     // The prefetch path reports them too.
-    let pf = procswap::prefetch(pid, &procswap::PrefetchOptions { residency: Some(snap.clone()), free_floor_bytes: 0, ..Default::default() }).unwrap();
+    let pf = procswap::prefetch(
+        pid,
+        &procswap::PrefetchOptions {
+            residency: Some(snap.clone()),
+            free_floor_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     eprintln!("prefetch notes {:?}", pf.restore_notes);
     // Exactly our three files (the child also holds whatever file the test's stdout/stderr is,
     // e.g. a CI log that grows meanwhile: reported too, rightly, but not ours to count).
-    let ours: Vec<_> = pf.restore_notes.iter().filter(|n| n.contains(&prefix)).collect();
+    let ours: Vec<_> = pf
+        .restore_notes
+        .iter()
+        .filter(|n| n.contains(&prefix))
+        .collect();
     assert_eq!(ours.len(), 3, "{:?}", pf.restore_notes);
     // Nothing of the truncated file past its new end is touched; the child lives on.
-    assert!(cached(&trunc, 64).iter().map(|r| r.end()).max().unwrap_or(0) <= 16);
+    assert!(
+        cached(&trunc, 64)
+            .iter()
+            .map(|r| r.end())
+            .max()
+            .unwrap_or(0)
+            <= 16
+    );
     k.cont();
     k.cmd("TOUCHRANGE mfile 0 16"); // the truncated file's remaining pages (first MFILE area)
     let _ = tf;
     writeln!(k.stdin, "EXIT").unwrap();
     k.stdin.flush().unwrap();
     let st = k.proc.wait().unwrap();
-    assert!(st.success(), "child exit status {st:?} (a SIGBUS would show here)");
+    assert!(
+        st.success(),
+        "child exit status {st:?} (a SIGBUS would show here)"
+    );
     summary("changed files: RAN and PASSED: truncated, replaced and deleted files skipped and reported (plan, fetch, prefetch); no SIGBUS");
 }
 
@@ -391,14 +554,31 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
     // Fetch everything except the two files (fetched file pages would be mapped by the kernel's
     // fault-around and, for read files, be invisible): anon and shmem into the swap cache.
-    let part = PlanPart { file: vec![], ..plan.rest.clone() };
+    let part = PlanPart {
+        file: vec![],
+        ..plan.rest.clone()
+    };
     let t = Target::open(pid, "test").unwrap();
-    fetch_unmapped(&t, &plan, &part, &FetchOptions { free_floor_bytes: 0, ..Default::default() }).unwrap();
+    fetch_unmapped(
+        &t,
+        &plan,
+        &part,
+        &FetchOptions {
+            free_floor_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     wait_objects(&plan, &part);
     // The portable path (pagemap entries read and decoded: any kernel) for this cycle;
     // PAGEMAP_SCAN (≥ 6.7, where present) for the second one below.
     procswap::loadingset::use_pagemap_scan(false);
-    let mut r = LoadingSetRecorder::start(pid, &Candidates::from_snapshot(&snap), RecorderOptions::default()).unwrap();
+    let mut r = LoadingSetRecorder::start(
+        pid,
+        &Candidates::from_snapshot(&snap),
+        RecorderOptions::default(),
+    )
+    .unwrap();
     k.cont();
     let groups: Vec<(&str, Vec<u64>)> = vec![
         ("TOUCH anon 5 9 200", vec![]),
@@ -418,23 +598,53 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     }
     eprintln!("faults per group (major, minor, us): {faults:?}");
     let rec = r.finish();
-    let mine = |kind: MemKind, base: Option<u64>, path: Option<&Path>| -> Vec<(u32, u64, u64, bool)> {
-        rec.touched
-            .iter()
-            .filter(|x| x.kind == kind)
-            .filter(|x| match (base, path) {
-                (Some(b), _) => x.first >= b / ps() && x.first < b / ps() + 256,
-                (None, Some(p)) => x.object.is_some_and(|o| rec.objects[o as usize].path == p.display().to_string()),
-                _ => true,
-            })
-            .map(|x| (x.round, base.map(|b| x.first - b / ps()).unwrap_or(x.first), x.count, x.first_response))
-            .collect()
-    };
-    assert_eq!(mine(MemKind::Anon, Some(a), None), vec![(1, 5, 1, true), (1, 9, 1, true), (1, 200, 1, true), (5, 7, 1, false)]);
-    let memfd_path = rec.objects.iter().find(|o| o.kind == MemKind::Shmem).unwrap().path.clone();
-    assert_eq!(mine(MemKind::Shmem, None, Some(Path::new(&memfd_path))), vec![(2, 3, 1, true), (2, 100, 1, true)]);
+    let mine =
+        |kind: MemKind, base: Option<u64>, path: Option<&Path>| -> Vec<(u32, u64, u64, bool)> {
+            rec.touched
+                .iter()
+                .filter(|x| x.kind == kind)
+                .filter(|x| match (base, path) {
+                    (Some(b), _) => x.first >= b / ps() && x.first < b / ps() + 256,
+                    (None, Some(p)) => x
+                        .object
+                        .is_some_and(|o| rec.objects[o as usize].path == p.display().to_string()),
+                    _ => true,
+                })
+                .map(|x| {
+                    (
+                        x.round,
+                        base.map(|b| x.first - b / ps()).unwrap_or(x.first),
+                        x.count,
+                        x.first_response,
+                    )
+                })
+                .collect()
+        };
+    assert_eq!(
+        mine(MemKind::Anon, Some(a), None),
+        vec![
+            (1, 5, 1, true),
+            (1, 9, 1, true),
+            (1, 200, 1, true),
+            (5, 7, 1, false)
+        ]
+    );
+    let memfd_path = rec
+        .objects
+        .iter()
+        .find(|o| o.kind == MemKind::Shmem)
+        .unwrap()
+        .path
+        .clone();
+    assert_eq!(
+        mine(MemKind::Shmem, None, Some(Path::new(&memfd_path))),
+        vec![(2, 3, 1, true), (2, 100, 1, true)]
+    );
     assert_eq!(mine(MemKind::File, None, Some(&mf)), vec![(3, 7, 1, true)]);
-    assert_eq!(mine(MemKind::File, None, Some(&rf)), vec![(4, 11, 2, false)]);
+    assert_eq!(
+        mine(MemKind::File, None, Some(&rf)),
+        vec![(4, 11, 2, false)]
+    );
     let _ = (m, f);
     eprintln!("recording stats: {:?}", rec.stats);
 
@@ -444,7 +654,9 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ls.json");
     set.save(&path).unwrap();
-    let Loaded::Set(back) = LoadingSet::load(&path).unwrap() else { panic!("reload") };
+    let Loaded::Set(back) = LoadingSet::load(&path).unwrap() else {
+        panic!("reload")
+    };
     assert_eq!(*back, set);
     // An older format on disk is ignored with a note, never an error.
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -461,24 +673,59 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     let rep = purge(pid, &PurgeOptions::default());
     let snap2 = rep.snapshot.unwrap();
     let plan2 = ActivationPlan::compute(pid, &snap2, Some(&set)).unwrap();
-    let anon_first: Vec<u64> = plan2.first.anon.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps())).filter(|x| *x >= a && *x < a + 256 * ps()).map(|x| (x - a) / ps()).collect();
+    let anon_first: Vec<u64> = plan2
+        .first
+        .anon
+        .iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps()))
+        .filter(|x| *x >= a && *x < a + 256 * ps())
+        .map(|x| (x - a) / ps())
+        .collect();
     let mut sorted = anon_first.clone();
     sorted.sort();
     assert_eq!(sorted, vec![5, 9, 200]);
-    let anon_rest: Vec<u64> = plan2.loading_rest.anon.iter().flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps())).filter(|x| *x >= a && *x < a + 256 * ps()).map(|x| (x - a) / ps()).collect();
+    let anon_rest: Vec<u64> = plan2
+        .loading_rest
+        .anon
+        .iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps()))
+        .filter(|x| *x >= a && *x < a + 256 * ps())
+        .map(|x| (x - a) / ps())
+        .collect();
     assert_eq!(anon_rest, vec![7]);
-    let rf_rest: Vec<Vec<PageRun>> =
-        plan2.loading_rest.file.iter().filter(|p| plan2.objects[p.object as usize].path == rf.display().to_string()).map(|p| p.runs.clone()).collect();
+    let rf_rest: Vec<Vec<PageRun>> = plan2
+        .loading_rest
+        .file
+        .iter()
+        .filter(|p| plan2.objects[p.object as usize].path == rf.display().to_string())
+        .map(|p| p.runs.clone())
+        .collect();
     assert_eq!(rf_rest, vec![vec![run(11, 2)]]);
 
     // Cycle 2, as a Start would run it: fetch the whole plan except the read file (so its pages
     // stay observable), watch the plan's pages, thaw; only anon page 9 is touched.
     let t = Target::open(pid, "test").unwrap();
-    let fo = FetchOptions { free_floor_bytes: 0, ..Default::default() };
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        ..Default::default()
+    };
     procswap::loadingset::use_pagemap_scan(true);
-    let mut r = LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan2), RecorderOptions::default()).unwrap();
+    let mut r = LoadingSetRecorder::start(
+        pid,
+        &Candidates::from_plan(&plan2),
+        RecorderOptions::default(),
+    )
+    .unwrap();
     for part in [&plan2.first, &plan2.loading_rest, &plan2.rest] {
-        let p = PlanPart { file: part.file.iter().filter(|o| plan2.objects[o.object as usize].path != rf.display().to_string()).cloned().collect(), ..part.clone() };
+        let p = PlanPart {
+            file: part
+                .file
+                .iter()
+                .filter(|o| plan2.objects[o.object as usize].path != rf.display().to_string())
+                .cloned()
+                .collect(),
+            ..part.clone()
+        };
         r.note_fetched_part(&plan2, &p);
         fetch_unmapped(&t, &plan2, &p, &fo).unwrap();
     }
@@ -498,21 +745,45 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         v.sort_by_key(|x| x.0);
         v
     };
-    assert_eq!(anon_of(&set2), vec![(5, 1, 0.5), (7, 1, 0.5), (9, 0, 1.0), (200, 1, 0.5)]);
-    let rf_key = set2.objects.iter().find(|o| o.path == rf.display().to_string()).unwrap().key;
+    assert_eq!(
+        anon_of(&set2),
+        vec![(5, 1, 0.5), (7, 1, 0.5), (9, 0, 1.0), (200, 1, 0.5)]
+    );
+    let rf_key = set2
+        .objects
+        .iter()
+        .find(|o| o.path == rf.display().to_string())
+        .unwrap()
+        .key;
     let rf2: Vec<(u64, u32)> = set2
         .runs
         .iter()
-        .filter(|x| x.object.is_some_and(|o| set2.objects[o as usize].key == rf_key))
+        .filter(|x| {
+            x.object
+                .is_some_and(|o| set2.objects[o as usize].key == rf_key)
+        })
         .map(|x| (x.first, x.age))
         .collect();
-    assert_eq!(rf2, vec![(11, 1)], "read-file pages observable and unread decay");
+    assert_eq!(
+        rf2,
+        vec![(11, 1)],
+        "read-file pages observable and unread decay"
+    );
     // The next purge lays the loading set out first (set2's anon pages in touch order).
     k.stop();
     let ranges = set2.layout_ranges(pid).unwrap();
-    let rep = purge(pid, &PurgeOptions { layout_first: Some(ranges.clone()), ..Default::default() });
+    let rep = purge(
+        pid,
+        &PurgeOptions {
+            layout_first: Some(ranges.clone()),
+            ..Default::default()
+        },
+    );
     let l = rep.layout.unwrap();
-    assert_eq!(l.loading_set_pages, ranges.iter().map(|r| r.len / ps()).sum::<u64>());
+    assert_eq!(
+        l.loading_set_pages,
+        ranges.iter().map(|r| r.len / ps()).sum::<u64>()
+    );
     summary(&format!(
         "loading set: RAN and PASSED: 5 groups in 5 rounds exactly (anon, memfd, mapped file, read file), first-response split, \
          merge/persist/old-version note, plan first/loading_rest, second cycle from the plan decays exactly the observed-untouched \
@@ -550,15 +821,30 @@ fn loading_set_first_layout_gives_few_extents() {
     let extents_of = |layout: bool| -> (procswap::purge::LayoutReport, PurgeReport) {
         let mut k = Kid::spawn(if layout { "layout" } else { "plain" });
         let a = k.cmd(&format!("ANON {N}"))[0];
-        let ranges: Vec<procswap::Range> = order.iter().map(|p| procswap::Range { start: a + p * ps(), len: ps() }).collect();
+        let ranges: Vec<procswap::Range> = order
+            .iter()
+            .map(|p| procswap::Range {
+                start: a + p * ps(),
+                len: ps(),
+            })
+            .collect();
         k.stop();
-        let opts = PurgeOptions { layout_first: layout.then(|| ranges.clone()), ..Default::default() };
+        let opts = PurgeOptions {
+            layout_first: layout.then(|| ranges.clone()),
+            ..Default::default()
+        };
         let rep = purge(k.pid, &opts);
         let lr = match rep.layout.clone() {
             Some(l) => l,
             None => {
                 // Control: measure the same figures for an address-ordered purge.
-                let again = purge(k.pid, &PurgeOptions { layout_first: Some(ranges), ..Default::default() });
+                let again = purge(
+                    k.pid,
+                    &PurgeOptions {
+                        layout_first: Some(ranges),
+                        ..Default::default()
+                    },
+                );
                 again.layout.unwrap()
             }
         };
@@ -616,16 +902,34 @@ fn read_faulted_pages_keep_their_slots() {
     k.cmd("TOUCHRANGE anon 0 64");
     k.stop();
     // Page them out in reverse order: fresh slots would be consecutive in that order.
-    let ranges: Vec<procswap::Range> = (0..64).rev().map(|p| procswap::Range { start: a + p * ps(), len: ps() }).collect();
-    let rep = purge(k.pid, &PurgeOptions { layout_first: Some(ranges), ..Default::default() });
+    let ranges: Vec<procswap::Range> = (0..64)
+        .rev()
+        .map(|p| procswap::Range {
+            start: a + p * ps(),
+            len: ps(),
+        })
+        .collect();
+    let rep = purge(
+        k.pid,
+        &PurgeOptions {
+            layout_first: Some(ranges),
+            ..Default::default()
+        },
+    );
     let l = rep.layout.unwrap();
     let after = slots(k.pid);
     let kept = before.iter().zip(&after).filter(|(x, y)| x == y).count();
     eprintln!("{l:?}; kept {kept} of 64");
     assert_eq!(l.loading_set_swapped_pages, 64);
-    assert_eq!(l.already_swapped_pages, 0, "they were mapped (read-faulted) at the purge");
+    assert_eq!(
+        l.already_swapped_pages, 0,
+        "they were mapped (read-faulted) at the purge"
+    );
     assert_eq!(kept, 64, "clean read-faulted pages kept their swap slot (kernel behaviour this layout relies on knowing)");
-    assert_eq!(l.loading_set_touch_order_extents, 64, "kept slots are in the old (address) order, not the new one");
+    assert_eq!(
+        l.loading_set_touch_order_extents, 64,
+        "kept slots are in the old (address) order, not the new one"
+    );
     summary(&format!(
         "kept slots: RAN and PASSED: {kept} of 64 read-faulted (clean) pages kept their old swap slot on the next ordered purge \
          (touch-order extents {}): a layout is written once per dirtied page",
@@ -663,7 +967,10 @@ fn wait_pswpin_quiet(quiet: Duration) -> Duration {
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn measure_polling_minor_faults_and_shmem_throughput() {
     require_swap();
-    let mib: u64 = std::env::var("TORPOR_KINDS_MEASURE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let mib: u64 = std::env::var("TORPOR_KINDS_MEASURE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let n = mib * 256 * 4096 / ps();
     let mut k = Kid::spawn("measure");
     let a = k.cmd(&format!("ANON {n}"))[0];
@@ -672,22 +979,43 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     let rep = purge(k.pid, &PurgeOptions::default());
     let snap = rep.snapshot.unwrap();
     assert_eq!(pm_state(k.pid, a, n), (0, n));
-    let fo = FetchOptions { free_floor_bytes: 0, ..Default::default() };
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        ..Default::default()
+    };
     let parts = |plan: &ActivationPlan| {
-        (PlanPart { anon: plan.rest.anon.clone(), ..Default::default() }, PlanPart { shmem: plan.rest.shmem.clone(), ..Default::default() })
+        (
+            PlanPart {
+                anon: plan.rest.anon.clone(),
+                ..Default::default()
+            },
+            PlanPart {
+                shmem: plan.rest.shmem.clone(),
+                ..Default::default()
+            },
+        )
     };
     let t = Target::open(k.pid, "test").unwrap();
 
     // 1. Polling cost, nothing touched yet (every candidate page is read each round).
-    let cand_anon = Candidates { anon: snap.anon.clone(), ..Default::default() };
-    let cand_shm = Candidates { anon: vec![], ..Candidates::from_snapshot(&snap) };
+    let cand_anon = Candidates {
+        anon: snap.anon.clone(),
+        ..Default::default()
+    };
+    let cand_shm = Candidates {
+        anon: vec![],
+        ..Candidates::from_snapshot(&snap)
+    };
     let poll_cost = |c: &Candidates, scan: bool| -> (u64, f64) {
         procswap::loadingset::use_pagemap_scan(scan);
         let mut r = LoadingSetRecorder::start(k.pid, c, RecorderOptions::default()).unwrap();
         let rounds = 20;
         let mut us: Vec<u64> = (0..rounds).map(|_| r.poll().unwrap().poll_us).collect();
         us.sort();
-        (r.finish().stats.first_round_pages, us[rounds / 2] as f64 / 1000.0)
+        (
+            r.finish().stats.first_round_pages,
+            us[rounds / 2] as f64 / 1000.0,
+        )
     };
     let (pa, ca_read) = poll_cost(&cand_anon, false);
     let (psh, csh_read) = poll_cost(&cand_shm, false);
@@ -731,7 +1059,10 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
         if pm_state(k.pid, a, n).0 == 0 && pm_state(k.pid, m, n).0 == 0 {
             break;
         }
-        eprintln!("pages still mapped after the purge: {:?}", rep.unpurged.vmas);
+        eprintln!(
+            "pages still mapped after the purge: {:?}",
+            rep.unpurged.vmas
+        );
         rep = purge(k.pid, &PurgeOptions::default());
     }
     let plan = ActivationPlan::compute(k.pid, &snap, None).unwrap();
@@ -744,8 +1075,15 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     let shm_cached = memkind::pages(&cached(&map_file_of(k.pid, m, n), n));
     // Only pages not mapped now can be observed (normally all of them: the fetch maps nothing).
     let (pa0, pm0) = (pm_state(k.pid, a, n).0, pm_state(k.pid, m, n).0);
-    eprintln!("before the thaw: memfd pages cached {shm_cached} of {n}; mapped: anon {pa0}, memfd {pm0}");
-    let mut r = LoadingSetRecorder::start(k.pid, &Candidates::from_snapshot(&snap), RecorderOptions::default()).unwrap();
+    eprintln!(
+        "before the thaw: memfd pages cached {shm_cached} of {n}; mapped: anon {pa0}, memfd {pm0}"
+    );
+    let mut r = LoadingSetRecorder::start(
+        k.pid,
+        &Candidates::from_snapshot(&snap),
+        RecorderOptions::default(),
+    )
+    .unwrap();
     k.cont();
     let ta = k.cmd(&format!("TOUCHRANGE anon 0 {n}"));
     let p1 = r.poll().unwrap();
@@ -755,10 +1093,27 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     eprintln!("touch (major, minor, us) anon {ta:?} memfd {tm:?}; polls {p1:?} {p2:?} {p3:?}; waited {waited:?} for the reads");
     let rec = r.finish();
     let area = |base: u64| -> u64 {
-        rec.touched.iter().filter(|x| x.kind == MemKind::Anon && x.first >= base / ps() && x.first < base / ps() + n).map(|x| x.count).sum()
+        rec.touched
+            .iter()
+            .filter(|x| {
+                x.kind == MemKind::Anon && x.first >= base / ps() && x.first < base / ps() + n
+            })
+            .map(|x| x.count)
+            .sum()
     };
-    assert_eq!(area(a), n - pa0, "every observable touched anon page recorded");
-    assert_eq!(rec.touched.iter().filter(|x| x.kind == MemKind::Shmem).map(|x| x.count).sum::<u64>(), n - pm0);
+    assert_eq!(
+        area(a),
+        n - pa0,
+        "every observable touched anon page recorded"
+    );
+    assert_eq!(
+        rec.touched
+            .iter()
+            .filter(|x| x.kind == MemKind::Shmem)
+            .map(|x| x.count)
+            .sum::<u64>(),
+        n - pm0
+    );
     let line = format!(
         "measure ({mib} MiB per kind, {} KiB pages): loading-set poll with nothing touched: anon {pa} pages {ca:.3} ms/round \
          ({:.1} ns/page) with PAGEMAP_SCAN, {ca_read:.2} ms/round reading pagemap entries; shmem {psh} pages {csh:.3} / \

@@ -23,10 +23,21 @@ fn present_in(pid: i32, start: u64, len: u64) -> u64 {
 /// SIGKILL `pid` (our unreaped child) and wait until it is a zombie; the deadline only catches
 /// a process that never dies, however loaded the machine.
 fn kill_to_zombie(pid: i32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let t = std::time::Instant::now();
-    while !procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| s.state == 'Z').unwrap_or(false) {
-        assert!(t.elapsed() < Duration::from_secs(120), "pid {pid} not a zombie 120 s after SIGKILL");
+    while !procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.state == 'Z')
+        .unwrap_or(false)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "pid {pid} not a zombie 120 s after SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -35,21 +46,34 @@ fn kill_to_zombie(pid: i32) {
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn no_swap_configured_is_refused_without_change() {
     require_root();
-    assert_eq!(procswap::sys::meminfo().unwrap().swap_total, 0, "this test must run with swap off");
+    assert_eq!(
+        procswap::sys::meminfo().unwrap().swap_total,
+        0,
+        "this test must run with swap off"
+    );
     let mut c = Child::spawn();
     c.alloc(16, 0, 0, 0);
-    Freezer::Signal(c.pid).freeze(Duration::from_secs(5)).unwrap();
+    Freezer::Signal(c.pid)
+        .freeze(Duration::from_secs(5))
+        .unwrap();
     // The anonymous area, not the whole process: without swap nothing can take an anonymous
     // page away, while the kernel may drop the child's clean file pages (its binary) whenever
     // other memory is short, purge or not.
     let (a, len) = c.anon;
     let p0 = present_in(c.pid, a, len);
-    assert!(p0 >= len / procswap::sys::page_size(), "anonymous area not all present before the purge: {p0} pages");
+    assert!(
+        p0 >= len / procswap::sys::page_size(),
+        "anonymous area not all present before the purge: {p0} pages"
+    );
     let e = procswap::purge(c.pid, &PurgeOptions::default()).unwrap_err();
     eprintln!("{e}");
     assert!(matches!(e, Error::NoSwap), "{e:?}");
     assert!(e.to_string().contains("no swap configured"));
-    assert_eq!(present_in(c.pid, a, len), p0, "the refused purge changed the target");
+    assert_eq!(
+        present_in(c.pid, a, len),
+        p0,
+        "the refused purge changed the target"
+    );
     Freezer::Signal(c.pid).thaw(Duration::from_secs(5)).unwrap();
     c.verify();
 }
@@ -65,38 +89,76 @@ fn bad_targets_are_refused() {
     // pid 1, for every operation.
     for e in [
         procswap::inspect(1, Default::default()).unwrap_err(),
-        procswap::purge(1, &PurgeOptions { force: true, ..Default::default() }).unwrap_err(),
+        procswap::purge(
+            1,
+            &PurgeOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err(),
         procswap::prefetch(1, &PrefetchOptions::default()).unwrap_err(),
-        Freezer::Signal(1).freeze(Duration::from_secs(1)).unwrap_err(),
+        Freezer::Signal(1)
+            .freeze(Duration::from_secs(1))
+            .unwrap_err(),
     ] {
         assert!(matches!(e, Error::Init), "{e:?}");
         assert!(e.to_string().contains("pid 1"));
     }
-    let init_state = procfs::process::Process::new(1).unwrap().stat().unwrap().state;
+    let init_state = procfs::process::Process::new(1)
+        .unwrap()
+        .stat()
+        .unwrap()
+        .state;
     assert_ne!(init_state, 'T', "init got stopped");
     // A kernel thread: kthreadd is pid 2 in the initial pid namespace; find one by flags anyway.
     let kthread = procfs::process::all_processes()
         .unwrap()
         .filter_map(|p| p.ok())
-        .find(|p| p.stat().map(|s| s.flags & 0x0020_0000 != 0).unwrap_or(false))
+        .find(|p| {
+            p.stat()
+                .map(|s| s.flags & 0x0020_0000 != 0)
+                .unwrap_or(false)
+        })
         .expect("a kernel thread");
-    let e = procswap::purge(kthread.pid, &PurgeOptions { force: true, ..Default::default() }).unwrap_err();
+    let e = procswap::purge(
+        kthread.pid,
+        &PurgeOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::KernelThread { .. }), "{e:?}");
     assert!(e.to_string().contains("kernel thread"));
-    let e = Freezer::Signal(kthread.pid).freeze(Duration::from_secs(1)).unwrap_err();
+    let e = Freezer::Signal(kthread.pid)
+        .freeze(Duration::from_secs(1))
+        .unwrap_err();
     assert!(matches!(e, Error::KernelThread { .. }), "{e:?}");
     // A zombie.
     let c = Child::spawn();
     let pid = c.pid;
     kill_to_zombie(pid);
-    let e = procswap::purge(pid, &PurgeOptions { force: true, ..Default::default() }).unwrap_err();
+    let e = procswap::purge(
+        pid,
+        &PurgeOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Zombie { .. }), "{e:?}");
     assert!(e.to_string().contains("zombie"));
     let e = procswap::prefetch(pid, &PrefetchOptions::default()).unwrap_err();
     assert!(matches!(e, Error::Zombie { .. }), "{e:?}");
     // Ourselves.
     let me = std::process::id() as i32;
-    assert!(matches!(Freezer::Signal(me).freeze(Duration::from_secs(1)).unwrap_err(), Error::SelfTarget(_)));
+    assert!(matches!(
+        Freezer::Signal(me)
+            .freeze(Duration::from_secs(1))
+            .unwrap_err(),
+        Error::SelfTarget(_)
+    ));
 }
 
 #[test]
@@ -105,15 +167,25 @@ fn freezers_freeze_and_thaw() {
     require_root();
     for mode in [Mode::V1, Mode::V2, Mode::Signals] {
         if !selected(mode) {
-            summary(&format!("freezer {}: NOT SELECTED by TORPOR_TEST_CGROUP (not run)", mode.name()));
+            summary(&format!(
+                "freezer {}: NOT SELECTED by TORPOR_TEST_CGROUP (not run)",
+                mode.name()
+            ));
             continue;
         }
         let mut c = Child::spawn();
         let (f, desc) = match setup(mode, &mut c) {
             Ok(x) => x,
             Err(why) => {
-                summary(&format!("freezer {}: SKIPPED, CANNOT RUN ON THIS HOST: {why}", mode.name()));
-                assert!(!required(mode), "mode {} required but cannot run: {why}", mode.name());
+                summary(&format!(
+                    "freezer {}: SKIPPED, CANNOT RUN ON THIS HOST: {why}",
+                    mode.name()
+                ));
+                assert!(
+                    !required(mode),
+                    "mode {} required but cannot run: {why}",
+                    mode.name()
+                );
                 continue;
             }
         };
@@ -123,11 +195,17 @@ fn freezers_freeze_and_thaw() {
         let q = procswap::quiescence(c.pid).unwrap();
         assert!(q.is_quiescent(), "{mode:?}: {q:?}");
         if mode == Mode::Signals {
-            assert!(procswap::freeze::thread_states(c.pid).unwrap().iter().all(|&s| s == 'T'));
+            assert!(procswap::freeze::thread_states(c.pid)
+                .unwrap()
+                .iter()
+                .all(|&s| s == 'T'));
         }
         // Auto selection finds the same freezer from the pid.
         if mode != Mode::Signals {
-            assert_eq!(Freezer::for_pid(c.pid, procswap::FreezerPref::Auto).unwrap(), f);
+            assert_eq!(
+                Freezer::for_pid(c.pid, procswap::FreezerPref::Auto).unwrap(),
+                f
+            );
         }
         f.thaw(Duration::from_secs(5)).unwrap();
         assert!(!procswap::quiescence(c.pid).unwrap().is_quiescent());

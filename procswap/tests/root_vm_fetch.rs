@@ -18,7 +18,10 @@ const END: u64 = 128 * MIB;
 struct Kill(std::process::Child, std::path::PathBuf);
 impl Drop for Kill {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = std::fs::remove_dir_all(&self.1);
@@ -38,7 +41,14 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn counts(pid: i32, ram: &GuestRam, a: u64, b: u64) -> vm::PageCounts {
-    vm::page_counts(pid, &[Range { start: ram.gpa_to_hva(a).unwrap(), len: b - a }]).unwrap()
+    vm::page_counts(
+        pid,
+        &[Range {
+            start: ram.gpa_to_hva(a).unwrap(),
+            len: b - a,
+        }],
+    )
+    .unwrap()
 }
 
 /// Move every CPU's pending LRU batch to the LRU lists: a page still in a CPU's batch cannot be
@@ -49,8 +59,13 @@ fn drain_lru_batches() {
     let cpus: Vec<usize> = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     };
     for cpu in cpus {
         std::thread::spawn(move || {
@@ -60,11 +75,26 @@ fn drain_lru_batches() {
                 let mut one: libc::cpu_set_t = std::mem::zeroed();
                 libc::CPU_ZERO(&mut one);
                 libc::CPU_SET(cpu, &mut one);
-                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one), 0, "pin to CPU {cpu}");
-                let p = libc::mmap(std::ptr::null_mut(), PS as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
+                    0,
+                    "pin to CPU {cpu}"
+                );
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    PS as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
                 assert_ne!(p, libc::MAP_FAILED);
                 *(p as *mut u8) = 1;
-                assert_eq!(libc::madvise(p, PS as usize, libc::MADV_COLD), 0, "madvise(MADV_COLD)");
+                assert_eq!(
+                    libc::madvise(p, PS as usize, libc::MADV_COLD),
+                    0,
+                    "madvise(MADV_COLD)"
+                );
                 libc::munmap(p, PS as usize);
             }
         })
@@ -77,13 +107,26 @@ fn drain_lru_batches() {
 #[ignore = "root + swap: run through local-controller/tests/run-root-tests.sh"]
 fn purge_fetch_ranges_twinkle_on_real_qemu() {
     assert_eq!(nix::unistd::geteuid().as_raw(), 0, "needs root");
-    assert!(procswap::sys::meminfo().unwrap().swap_total > 0, "needs swap (with-swap.sh)");
+    assert!(
+        procswap::sys::meminfo().unwrap().swap_total > 0,
+        "needs swap (with-swap.sh)"
+    );
     let dir = std::env::temp_dir().join(format!("procswap-vmfetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let qmp_path = dir.join("qmp.sock");
     let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-m", "512", "-qmp"])
+        .args([
+            "-accel",
+            "tcg",
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-m",
+            "512",
+            "-qmp",
+        ])
         .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -91,12 +134,21 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         .expect("qemu-system-x86_64");
     let q = Kill(child, dir.clone());
     let pid = q.0.id() as i32;
-    let mut qmp = Qmp::connect_retry(&qmp_path, Duration::from_secs(10), Instant::now() + Duration::from_secs(20)).unwrap();
+    let mut qmp = Qmp::connect_retry(
+        &qmp_path,
+        Duration::from_secs(10),
+        Instant::now() + Duration::from_secs(20),
+    )
+    .unwrap();
     let ram = GuestRam::discover(&mut qmp, pid).unwrap();
     let pat = pattern((END - K) as usize);
     {
-        let mut mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap();
-        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap())).unwrap();
+        let mut mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .unwrap();
+        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap()))
+            .unwrap();
         mem.write_all(&pat).unwrap();
     }
     drop(qmp); // a stopped QEMU cannot answer; reconnect after the thaw.
@@ -106,7 +158,10 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     assert!(!own.is_empty());
     for o in &own {
         for g in ram.hva_ranges() {
-            assert!(o.end() <= g.start || o.start >= g.end(), "own range {o:?} overlaps guest RAM {g:?}");
+            assert!(
+                o.end() <= g.start || o.start >= g.end(),
+                "own range {o:?} overlaps guest RAM {g:?}"
+            );
         }
     }
 
@@ -119,27 +174,60 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     let t = Instant::now();
     for i in 0.. {
         drain_lru_batches();
-        let r = procswap::purge_with(&StockBackend, pid, &PurgeOptions::default(), &procswap::NoProgress).unwrap();
+        let r = procswap::purge_with(
+            &StockBackend,
+            pid,
+            &PurgeOptions::default(),
+            &procswap::NoProgress,
+        )
+        .unwrap();
         let c = counts(pid, &ram, K, END);
-        eprintln!("purge {i}: {} MiB swapped in {:.3}s; pattern region {c:?}", r.swapped_bytes >> 20, r.seconds);
+        eprintln!(
+            "purge {i}: {} MiB swapped in {:.3}s; pattern region {c:?}",
+            r.swapped_bytes >> 20,
+            r.seconds
+        );
         if c.swapped == region {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "pattern region not out after {i} purges: {c:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "pattern region not out after {i} purges: {c:?}"
+        );
     }
     assert_eq!(counts(pid, &ram, K, END).swapped, region);
 
-    let base = PrefetchOptions { threads: 2, free_floor_bytes: 64 * MIB, ..Default::default() };
+    let base = PrefetchOptions {
+        threads: 2,
+        free_floor_bytes: 64 * MIB,
+        ..Default::default()
+    };
     // Nothing asked: nothing fetched (and the cost of one call is the scan).
     let t = Instant::now();
     let e = vm::fetch_ranges(&StockBackend, pid, vec![], &base).unwrap();
-    eprintln!("fetch_ranges([]): {:.1} ms (scan overhead of one prefetch call on QEMU)", t.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "fetch_ranges([]): {:.1} ms (scan overhead of one prefetch call on QEMU)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     assert_eq!((e.candidate_pages, e.read_issued_bytes), (0, 0));
     assert_eq!(counts(pid, &ram, K, END).swapped, region);
     // 16 MiB asked: exactly those come back.
     let t = Instant::now();
-    let a = vm::fetch_ranges(&StockBackend, pid, vec![Range { start: ram.gpa_to_hva(K).unwrap(), len: 16 * MIB }], &base).unwrap();
-    eprintln!("fetch_ranges(16 MiB): {:.1} ms, {} pages", t.elapsed().as_secs_f64() * 1e3, a.read_issued_bytes / PS);
+    let a = vm::fetch_ranges(
+        &StockBackend,
+        pid,
+        vec![Range {
+            start: ram.gpa_to_hva(K).unwrap(),
+            len: 16 * MIB,
+        }],
+        &base,
+    )
+    .unwrap();
+    eprintln!(
+        "fetch_ranges(16 MiB): {:.1} ms, {} pages",
+        t.elapsed().as_secs_f64() * 1e3,
+        a.read_issued_bytes / PS
+    );
     assert_eq!(a.read_issued_bytes, 16 * MIB);
     assert_eq!(counts(pid, &ram, K, K + 16 * MIB).swapped, 0);
     assert_eq!(counts(pid, &ram, K + 16 * MIB, END).swapped, region - 4096);
@@ -152,27 +240,48 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     fz.thaw(Duration::from_secs(10)).unwrap();
     let plan = Plan::build(&ram, PS, |_| PageClass::Outside);
     let watch = Duration::from_secs(3600);
-    let cfg = TwinkleConfig { rest_pages_per_round: 0, linger: watch, prefetch: base.clone(), ..Default::default() };
-    let bg = Background::spawn(Box::new(StockBackend), pid, &plan, 8, ram.hva_ranges(), cfg).unwrap();
+    let cfg = TwinkleConfig {
+        rest_pages_per_round: 0,
+        linger: watch,
+        prefetch: base.clone(),
+        ..Default::default()
+    };
+    let bg =
+        Background::spawn(Box::new(StockBackend), pid, &plan, 8, ram.hva_ranges(), cfg).unwrap();
     let s0 = bg.stats();
-    assert!(s0.segments >= 128 && s0.segments_with_swapped >= 12, "{s0:?}");
+    assert!(
+        s0.segments >= 128 && s0.segments_with_swapped >= 12,
+        "{s0:?}"
+    );
     {
         let t = Instant::now();
         let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
         let mut b = [0u8; 1];
         for p in (0..(8 * MIB / PS)).step_by(2) {
-            mem.seek(SeekFrom::Start(ram.gpa_to_hva(80 * MIB + p * PS).unwrap())).unwrap();
+            mem.seek(SeekFrom::Start(ram.gpa_to_hva(80 * MIB + p * PS).unwrap()))
+                .unwrap();
             mem.read_exact(&mut b).unwrap();
         }
-        eprintln!("1024 faults through /proc/{pid}/mem in {:.3} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "1024 faults through /proc/{pid}/mem in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     // The round running now may have scanned some segments before the last fault; the one after
     // it starts after all of them.
     let r0 = bg.stats().rounds;
     let t = Instant::now();
     while bg.stats().rounds < r0 + 2 {
-        assert!(bg.is_running(), "background fetcher ended early: {:?}", bg.stats());
-        assert!(t.elapsed() < Duration::from_secs(120), "background fetcher made no 2 rounds in 120 s: {:?}", bg.stats());
+        assert!(
+            bg.is_running(),
+            "background fetcher ended early: {:?}",
+            bg.stats()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "background fetcher made no 2 rounds in 120 s: {:?}",
+            bg.stats()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let t = Instant::now();
@@ -180,42 +289,103 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     eprintln!("twinkle: {s:?}");
     // Stopped, not finished: it would have watched for an hour; the bound only catches a hang.
     assert_eq!(s.ended.as_deref(), Some("stopped"), "{s:?}");
-    assert!(t.elapsed() < Duration::from_secs(120), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "stop took {:?}",
+        t.elapsed()
+    );
     assert!(s.segments_triggered >= 1 && s.twinkle_pages >= 500, "{s:?}");
     assert_eq!(s.rest_pages, 0);
-    assert!(counts(pid, &ram, 80 * MIB, 88 * MIB).swapped <= 512, "triggered segments fetched whole");
-    assert_eq!(counts(pid, &ram, 96 * MIB, END).swapped, 8192, "untouched segments stay on swap");
+    assert!(
+        counts(pid, &ram, 80 * MIB, 88 * MIB).swapped <= 512,
+        "triggered segments fetched whole"
+    );
+    assert_eq!(
+        counts(pid, &ram, 96 * MIB, END).swapped,
+        8192,
+        "untouched segments stay on swap"
+    );
     // Without faults and with no rest phase, a fetcher ends by itself once it has lingered,
     // having fetched nothing.
-    let brief = TwinkleConfig { rest_pages_per_round: 0, linger: Duration::from_millis(200), prefetch: base.clone(), ..Default::default() };
-    let bg = Background::spawn(Box::new(StockBackend), pid, &plan, 8, ram.hva_ranges(), brief).unwrap();
+    let brief = TwinkleConfig {
+        rest_pages_per_round: 0,
+        linger: Duration::from_millis(200),
+        prefetch: base.clone(),
+        ..Default::default()
+    };
+    let bg = Background::spawn(
+        Box::new(StockBackend),
+        pid,
+        &plan,
+        8,
+        ram.hva_ranges(),
+        brief,
+    )
+    .unwrap();
     let t = Instant::now();
     while bg.is_running() {
-        assert!(t.elapsed() < Duration::from_secs(120), "background fetcher did not end after its linger: {:?}", bg.stats());
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "background fetcher did not end after its linger: {:?}",
+            bg.stats()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let s = bg.stop();
     assert_eq!(s.ended.as_deref(), Some("finished"), "{s:?}");
-    assert_eq!((s.segments_triggered, s.twinkle_pages, s.rest_pages), (0, 0, 0), "{s:?}");
-    assert_eq!(counts(pid, &ram, 96 * MIB, END).swapped, 8192, "a lingering fetcher fetches nothing");
+    assert_eq!(
+        (s.segments_triggered, s.twinkle_pages, s.rest_pages),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        counts(pid, &ram, 96 * MIB, END).swapped,
+        8192,
+        "a lingering fetcher fetches nothing"
+    );
 
     // Class-ordered fetch with one shared budget: the first set whole, the second cut, the
     // third not fetched at all.
     let hva = |gpa: u64| ram.gpa_to_hva(gpa).unwrap();
     let sets = vec![
-        vec![Range { start: hva(96 * MIB), len: 8 * MIB }],
+        vec![Range {
+            start: hva(96 * MIB),
+            len: 8 * MIB,
+        }],
         vec![],
-        vec![Range { start: hva(104 * MIB), len: 8 * MIB }],
-        vec![Range { start: hva(112 * MIB), len: 8 * MIB }],
+        vec![Range {
+            start: hva(104 * MIB),
+            len: 8 * MIB,
+        }],
+        vec![Range {
+            start: hva(112 * MIB),
+            len: 8 * MIB,
+        }],
     ];
-    let res = vm::fetch_ordered(&StockBackend, pid, sets, &PrefetchOptions { budget_bytes: Some(10 * MIB), ..base.clone() }).unwrap();
+    let res = vm::fetch_ordered(
+        &StockBackend,
+        pid,
+        sets,
+        &PrefetchOptions {
+            budget_bytes: Some(10 * MIB),
+            ..base.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(res.len(), 4);
     let (a, _) = res[0].as_ref().unwrap();
-    assert_eq!((a.read_issued_bytes, a.stopped.is_none()), (8 * MIB, true), "{a:?}");
+    assert_eq!(
+        (a.read_issued_bytes, a.stopped.is_none()),
+        (8 * MIB, true),
+        "{a:?}"
+    );
     assert!(res[1].is_none(), "empty set: no call");
     let (b, _) = res[2].as_ref().unwrap();
     assert_eq!(b.read_issued_bytes, 2 * MIB, "{b:?}");
-    assert!(matches!(b.stopped, Some(procswap::StopReason::Budget { .. })), "{b:?}");
+    assert!(
+        matches!(b.stopped, Some(procswap::StopReason::Budget { .. })),
+        "{b:?}"
+    );
     assert!(res[3].is_none(), "after a cut, later sets are not fetched");
     assert_eq!(counts(pid, &ram, 96 * MIB, 104 * MIB).swapped, 0);
     assert_eq!(counts(pid, &ram, 104 * MIB, 112 * MIB).swapped, 2048 - 512);
@@ -224,9 +394,18 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     // The guest sees exactly what was written, fetched or not.
     let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(10)).unwrap();
     let out = dir.join("pmem");
-    let r = qmp.hmp(&format!("pmemsave {K:#x} {:#x} \"{}\"", END - K, out.display())).unwrap();
+    let r = qmp
+        .hmp(&format!(
+            "pmemsave {K:#x} {:#x} \"{}\"",
+            END - K,
+            out.display()
+        ))
+        .unwrap();
     assert!(r.trim().is_empty(), "{r}");
     let mut back = Vec::new();
-    std::fs::File::open(&out).unwrap().read_to_end(&mut back).unwrap();
+    std::fs::File::open(&out)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
     assert!(back == pat, "guest RAM content changed");
 }

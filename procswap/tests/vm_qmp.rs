@@ -29,7 +29,19 @@ fn qemu(tag: &str, mem: &str, machine: &str) -> Qemu {
     std::fs::create_dir_all(&dir).unwrap();
     let qmp = dir.join("qmp.sock");
     let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-m", mem, "-M", machine, "-qmp"])
+        .args([
+            "-accel",
+            "tcg",
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-m",
+            mem,
+            "-M",
+            machine,
+            "-qmp",
+        ])
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -39,14 +51,23 @@ fn qemu(tag: &str, mem: &str, machine: &str) -> Qemu {
 }
 
 fn connect(q: &Qemu) -> Qmp {
-    Qmp::connect_retry(&q.qmp, Duration::from_secs(10), Instant::now() + Duration::from_secs(20)).expect("QMP connect")
+    Qmp::connect_retry(
+        &q.qmp,
+        Duration::from_secs(10),
+        Instant::now() + Duration::from_secs(20),
+    )
+    .expect("QMP connect")
 }
 
 #[test]
 fn stop_cont_query_status_and_errors() {
     let q = qemu("sc", "256", "pc");
     let mut c = connect(&q);
-    assert!(c.qemu_version().starts_with(char::is_numeric), "{}", c.qemu_version());
+    assert!(
+        c.qemu_version().starts_with(char::is_numeric),
+        "{}",
+        c.qemu_version()
+    );
     let s = c.query_status().unwrap();
     assert_eq!((s.status.as_str(), s.running), ("prelaunch", false));
     c.cont().unwrap();
@@ -56,7 +77,11 @@ fn stop_cont_query_status_and_errors() {
     let s = c.query_status().unwrap();
     assert_eq!((s.status.as_str(), s.running), ("paused", false));
     // `stop` emits a STOP event, which the client set aside while waiting for the return.
-    assert!(c.events.iter().any(|e| e["event"] == "STOP"), "{:?}", c.events);
+    assert!(
+        c.events.iter().any(|e| e["event"] == "STOP"),
+        "{:?}",
+        c.events
+    );
     c.cont().unwrap();
     assert!(c.query_status().unwrap().running);
     // A QMP error is reported with its class and description.
@@ -94,16 +119,34 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// Write `data` at guest-physical `gpa` through QEMU's /proc/PID/mem at the translated host
 /// address, then let QEMU itself read it back by guest-physical address (`pmemsave`).
 fn write_and_pmemsave(q: &Qemu, c: &mut Qmp, ram: &GuestRam, gpa: u64, data: &[u8]) {
-    let hva = ram.gpa_to_hva(gpa).unwrap_or_else(|| panic!("gpa {gpa:#x} is not guest RAM"));
-    let mut mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{}/mem", q.child.id())).unwrap();
+    let hva = ram
+        .gpa_to_hva(gpa)
+        .unwrap_or_else(|| panic!("gpa {gpa:#x} is not guest RAM"));
+    let mut mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{}/mem", q.child.id()))
+        .unwrap();
     mem.seek(SeekFrom::Start(hva)).unwrap();
     mem.write_all(data).unwrap();
     let out = q.dir.join(format!("pmem-{gpa:x}"));
-    let r = c.hmp(&format!("pmemsave {gpa:#x} {:#x} \"{}\"", data.len(), out.display())).unwrap();
+    let r = c
+        .hmp(&format!(
+            "pmemsave {gpa:#x} {:#x} \"{}\"",
+            data.len(),
+            out.display()
+        ))
+        .unwrap();
     assert!(r.trim().is_empty(), "pmemsave: {r}");
     let mut back = Vec::new();
-    std::fs::File::open(&out).unwrap().read_to_end(&mut back).unwrap();
-    assert!(back == data, "gpa {gpa:#x}: pmemsave differs from what was written at hva {hva:#x}");
+    std::fs::File::open(&out)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(
+        back == data,
+        "gpa {gpa:#x}: pmemsave differs from what was written at hva {hva:#x}"
+    );
 }
 
 #[test]
@@ -112,17 +155,36 @@ fn discovery_pc_4g_and_q35_translate_across_the_pci_hole() {
         let q = qemu(machine, "4G", machine);
         let mut c = connect(&q);
         let ram = GuestRam::discover(&mut c, q.child.id() as i32).unwrap();
-        assert_eq!(ram.bytes(), (4u64 << 30) - 0x40000, "{machine}: {:?}", ram.ranges);
+        assert_eq!(
+            ram.bytes(),
+            (4u64 << 30) - 0x40000,
+            "{machine}: {:?}",
+            ram.ranges
+        );
         let hi = ram.ranges.last().unwrap();
-        assert_eq!((hi.gpa, hi.len, hi.block_offset), (1 << 32, (4u64 << 30) - low, low), "{machine}");
-        assert_eq!(ram.gpa_to_hva(low), None, "{machine}: the PCI hole is not RAM");
+        assert_eq!(
+            (hi.gpa, hi.len, hi.block_offset),
+            (1 << 32, (4u64 << 30) - low, low),
+            "{machine}"
+        );
+        assert_eq!(
+            ram.gpa_to_hva(low),
+            None,
+            "{machine}: the PCI hole is not RAM"
+        );
         assert_eq!(ram.gpa_to_hva((1 << 32) - 1), None);
         // Contents written at the translated host address are what the guest sees at the GPA,
         // below and above the hole.
         write_and_pmemsave(&q, &mut c, &ram, 64 << 20, &pattern(1, 1 << 20));
         write_and_pmemsave(&q, &mut c, &ram, low - (1 << 20), &pattern(2, 1 << 20));
         write_and_pmemsave(&q, &mut c, &ram, 1 << 32, &pattern(3, 1 << 20));
-        write_and_pmemsave(&q, &mut c, &ram, (1 << 32) + (512 << 20) + 4096, &pattern(4, 12288));
+        write_and_pmemsave(
+            &q,
+            &mut c,
+            &ram,
+            (1 << 32) + (512 << 20) + 4096,
+            &pattern(4, 12288),
+        );
     }
 }
 
@@ -135,8 +197,15 @@ fn discovery_512m_and_unknown_pid() {
     assert_eq!(ram.bytes(), (512 << 20) - 0x40000);
     write_and_pmemsave(&q, &mut c, &ram, 100 << 20, &pattern(5, 256 << 10));
     // The maps check refuses a pid that is not this QEMU (its maps lack the guest RAM).
-    let e = GuestRam::discover(&mut c, std::process::id() as i32).unwrap_err().to_string();
-    assert!(e.contains("not mapped") || e.contains("past the end"), "{e}");
-    let e = GuestRam::discover(&mut c, 0x3fff_fff0).unwrap_err().to_string();
+    let e = GuestRam::discover(&mut c, std::process::id() as i32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not mapped") || e.contains("past the end"),
+        "{e}"
+    );
+    let e = GuestRam::discover(&mut c, 0x3fff_fff0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no such process"), "{e}");
 }

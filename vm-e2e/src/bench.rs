@@ -41,7 +41,10 @@ pub struct Counters {
 fn counters(swap_dev: &Option<String>) -> Counters {
     Counters {
         pswpin: mem::vmstat("pswpin").unwrap_or(0),
-        dev_read_sectors: swap_dev.as_deref().and_then(|d| mem::dev_read_sectors(d).ok()).unwrap_or(0),
+        dev_read_sectors: swap_dev
+            .as_deref()
+            .and_then(|d| mem::dev_read_sectors(d).ok())
+            .unwrap_or(0),
     }
 }
 
@@ -109,14 +112,30 @@ pub struct Trial {
 }
 
 enum Driver {
-    Torpord { sock: PathBuf, child: Child, pid: i32 },
-    Direct { guest: Guest, torpor: PathBuf, ws_file: PathBuf, cgroup: PathBuf },
+    Torpord {
+        sock: PathBuf,
+        child: Child,
+        pid: i32,
+    },
+    Direct {
+        guest: Guest,
+        torpor: PathBuf,
+        ws_file: PathBuf,
+        cgroup: PathBuf,
+    },
 }
 
 fn run_cmd(argv: &[&str]) -> Result<String> {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("run {argv:?}"))?;
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("run {argv:?}"))?;
     if !out.status.success() {
-        bail!("{argv:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{argv:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -140,13 +159,24 @@ impl Driver {
     fn stop(&mut self, env: &GuestEnv, ram: &mem::Vma) -> Result<Value> {
         match self {
             Driver::Torpord { sock, .. } => {
-                let (st, v) = torpord::call(sock, "POST", "/v1/apps/guest/stop", None, Duration::from_secs(900))?;
+                let (st, v) = torpord::call(
+                    sock,
+                    "POST",
+                    "/v1/apps/guest/stop",
+                    None,
+                    Duration::from_secs(900),
+                )?;
                 if st != 200 {
                     bail!("stop: {st} {v}");
                 }
                 Ok(v)
             }
-            Driver::Direct { guest, torpor, ws_file, .. } => {
+            Driver::Direct {
+                guest,
+                torpor,
+                ws_file,
+                ..
+            } => {
                 let pid = guest.pid();
                 // The agent's maps, while the guest runs (as torpord does at Stop).
                 let ws = priority_ws(env, pid, ram).map_err(|e| anyhow!("agent maps: {e:#}"))?;
@@ -158,7 +188,9 @@ impl Driver {
                 let t = torpor.display().to_string();
                 run_cmd(&[&t, "freeze", "--method", "signal", &p])?;
                 let purge = run_cmd(&[&t, "--json", "purge", &p])?;
-                Ok(json!({ "purge": serde_json::from_str::<Value>(&purge).unwrap_or(Value::Null), "priority_ws_pages": ws.1 }))
+                Ok(
+                    json!({ "purge": serde_json::from_str::<Value>(&purge).unwrap_or(Value::Null), "priority_ws_pages": ws.1 }),
+                )
             }
         }
     }
@@ -166,20 +198,41 @@ impl Driver {
     fn start(&mut self, env: &GuestEnv, mode: &str) -> Result<Value> {
         match self {
             Driver::Torpord { sock, .. } => {
-                let (st, v) = torpord::call(sock, "POST", "/v1/apps/guest/start", Some(&json!({ "prefetch": mode })), Duration::from_secs(900))?;
+                let (st, v) = torpord::call(
+                    sock,
+                    "POST",
+                    "/v1/apps/guest/start",
+                    Some(&json!({ "prefetch": mode })),
+                    Duration::from_secs(900),
+                )?;
                 if st != 200 {
                     bail!("start --prefetch {mode}: {st} {v}");
                 }
                 Ok(v)
             }
-            Driver::Direct { guest, torpor, ws_file, .. } => {
+            Driver::Direct {
+                guest,
+                torpor,
+                ws_file,
+                ..
+            } => {
                 let p = guest.pid().to_string();
                 let t = torpor.display().to_string();
                 let ws = ws_file.display().to_string();
                 let pre = match mode {
                     "none" => Value::Null,
-                    "full" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p])?).unwrap_or(Value::Null),
-                    "priority" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p, "--working-set", &ws, "--working-set-only"])?).unwrap_or(Value::Null),
+                    "full" => serde_json::from_str(&run_cmd(&[&t, "--json", "prefetch", &p])?)
+                        .unwrap_or(Value::Null),
+                    "priority" => serde_json::from_str(&run_cmd(&[
+                        &t,
+                        "--json",
+                        "prefetch",
+                        &p,
+                        "--working-set",
+                        &ws,
+                        "--working-set-only",
+                    ])?)
+                    .unwrap_or(Value::Null),
                     m => bail!("unknown mode {m}"),
                 };
                 run_cmd(&[&t, "thaw", "--method", "signal", &p])?;
@@ -192,11 +245,21 @@ impl Driver {
 
     fn shutdown(self, env: &GuestEnv) -> Result<()> {
         match self {
-            Driver::Torpord { sock, mut child, pid } => {
+            Driver::Torpord {
+                sock,
+                mut child,
+                pid,
+            } => {
                 // Leave the guest running, quit it, then stop torpord (SIGTERM leaves apps alone).
                 let st = Self::app_status(&sock).ok();
                 if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
-                    let _ = torpord::call(&sock, "POST", "/v1/apps/guest/start", Some(&json!({ "prefetch": "none" })), Duration::from_secs(300));
+                    let _ = torpord::call(
+                        &sock,
+                        "POST",
+                        "/v1/apps/guest/start",
+                        Some(&json!({ "prefetch": "none" })),
+                        Duration::from_secs(300),
+                    );
                 }
                 if let Ok(mut q) = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(10)) {
                     let _ = q.execute("quit", None);
@@ -209,17 +272,35 @@ impl Driver {
                 let _ = child.wait();
                 // torpord leaves app cgroups behind by design; remove ours once QEMU is gone.
                 let t = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(10) {
+                while Path::new(&format!("/proc/{pid}")).exists()
+                    && t.elapsed() < Duration::from_secs(10)
+                {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup"] {
+                for base in [
+                    "/sys/fs/cgroup/unified",
+                    "/sys/fs/cgroup/memory",
+                    "/sys/fs/cgroup/freezer",
+                    "/sys/fs/cgroup",
+                ] {
                     let _ = std::fs::remove_dir(Path::new(base).join(CGROUP_PARENT).join("guest"));
                     let _ = std::fs::remove_dir(Path::new(base).join(CGROUP_PARENT));
                 }
                 Ok(())
             }
-            Driver::Direct { guest, torpor, cgroup, .. } => {
-                let _ = run_cmd(&[&torpor.display().to_string(), "thaw", "--method", "signal", &guest.pid().to_string()]);
+            Driver::Direct {
+                guest,
+                torpor,
+                cgroup,
+                ..
+            } => {
+                let _ = run_cmd(&[
+                    &torpor.display().to_string(),
+                    "thaw",
+                    "--method",
+                    "signal",
+                    &guest.pid().to_string(),
+                ]);
                 let r = guest.shutdown(Duration::from_secs(30));
                 let _ = std::fs::remove_dir(&cgroup);
                 r
@@ -246,7 +327,10 @@ fn priority_ws(env: &GuestEnv, pid: i32, ram: &mem::Vma) -> Result<(Value, u64)>
     let mut idx = 0usize;
     for r in &prio.layout.ranges {
         if r.end() * 4096 > ram.len() {
-            bail!("guest RAM range {r:?} beyond the {} MiB mapping", ram.len() >> 20);
+            bail!(
+                "guest RAM range {r:?} beyond the {} MiB mapping",
+                ram.len() >> 20
+            );
         }
         let mut run: Option<(u64, u64)> = None;
         for pfn in r.start..r.end() {
@@ -268,7 +352,10 @@ fn priority_ws(env: &GuestEnv, pid: i32, ram: &mem::Vma) -> Result<(Value, u64)>
             regions.push(json!({ "start": ram.start + s * 4096, "len": n * 4096 }));
         }
     }
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Ok((
         json!({ "format_version": 1, "pid": pid, "comm": "qemu-system-x86", "method": "external", "recorded_at": now,
                 "duration_ms": 0, "page_size": 4096, "regions": regions }),
@@ -280,18 +367,20 @@ fn priority_ws(env: &GuestEnv, pid: i32, ram: &mem::Vma) -> Result<(Value, u64)>
 /// controller, else v1 memory).
 fn direct_memcg() -> Result<PathBuf> {
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
-    let base = if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory")) {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/memory")
-    };
+    let base =
+        if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory")) {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/memory")
+        };
     let cg = base.join(format!("torpor-e2e-direct-{}", std::process::id()));
     std::fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
     Ok(cg)
 }
 
 fn guest_ram(pid: i32, env: &GuestEnv) -> Result<mem::Vma> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("maps of {pid}"))?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("maps of {pid}"))?;
     mem::find_guest_ram(&mem::parse_maps(&maps), env.mem_bytes())
 }
 
@@ -330,7 +419,9 @@ fn wait_state(sock: &Path, want: &[&str], timeout: Duration) -> Result<Value> {
     let mut last = Value::Null;
     while t.elapsed() < timeout {
         if let Ok(v) = Driver::app_status(sock) {
-            if want.iter().any(|w| v["state"].as_str() == Some(w)) && v["busy"].as_bool() != Some(true) {
+            if want.iter().any(|w| v["state"].as_str() == Some(w))
+                && v["busy"].as_bool() != Some(true)
+            {
                 return Ok(v);
             }
             last = v;
@@ -344,7 +435,12 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     let swap_dev = preflight()?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = chrono_like_now();
-    println!("bench: driver {}, {} trials per mode, swap device {:?}", o.driver, o.trials, swap_dev.as_deref().map(mem::dev_name));
+    println!(
+        "bench: driver {}, {} trials per mode, swap device {:?}",
+        o.driver,
+        o.trials,
+        swap_dev.as_deref().map(mem::dev_name)
+    );
     let mut driver = match o.driver.as_str() {
         "torpord" => {
             let sock = env.dir.join("torpord.sock");
@@ -352,10 +448,26 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
             let _ = std::fs::remove_dir_all(&state);
             std::fs::create_dir_all(&state)?;
             let cfg_path = env.dir.join("torpord.toml");
-            std::fs::write(&cfg_path, torpord::config(env, &env.launch_argv(&o.guest_sh), &state, &sock, CGROUP_PARENT))?;
-            let check = Command::new(&o.torpord_bin).args(["--check", "--config"]).arg(&cfg_path).output()?;
+            std::fs::write(
+                &cfg_path,
+                torpord::config(
+                    env,
+                    &env.launch_argv(&o.guest_sh),
+                    &state,
+                    &sock,
+                    CGROUP_PARENT,
+                ),
+            )?;
+            let check = Command::new(&o.torpord_bin)
+                .args(["--check", "--config"])
+                .arg(&cfg_path)
+                .output()?;
             if !check.status.success() {
-                bail!("torpord --check {}: {}", cfg_path.display(), String::from_utf8_lossy(&check.stderr));
+                bail!(
+                    "torpord --check {}: {}",
+                    cfg_path.display(),
+                    String::from_utf8_lossy(&check.stderr)
+                );
             }
             let log = std::fs::File::create(env.dir.join("torpord.log"))?;
             let child = Command::new(&o.torpord_bin)
@@ -366,14 +478,26 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
                 .stderr(log)
                 .spawn()
                 .context("spawn torpord")?;
-            println!("bench: torpord pid {} (log {}), waiting for the prestarted guest (boot + Stop)", child.id(), env.dir.join("torpord.log").display());
+            println!(
+                "bench: torpord pid {} (log {}), waiting for the prestarted guest (boot + Stop)",
+                child.id(),
+                env.dir.join("torpord.log").display()
+            );
             let t = Instant::now();
             while !sock.exists() && t.elapsed() < Duration::from_secs(30) {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let st = wait_state(&sock, &["standby", "running", "suspended"], o.boot_timeout + Duration::from_secs(300))?;
+            let st = wait_state(
+                &sock,
+                &["standby", "running", "suspended"],
+                o.boot_timeout + Duration::from_secs(300),
+            )?;
             let pid = st["pid"].as_i64().context("no pid in the app status")? as i32;
-            println!("bench: guest QEMU pid {pid}, state {} after {:.0} s", st["state"], t.elapsed().as_secs_f64());
+            println!(
+                "bench: guest QEMU pid {pid}, state {} after {:.0} s",
+                st["state"],
+                t.elapsed().as_secs_f64()
+            );
             Driver::Torpord { sock, child, pid }
         }
         "direct" => {
@@ -381,16 +505,34 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
             let cg = direct_memcg()?;
             let guest = Guest::launch_in(env, &o.guest_sh, Some(&cg))?;
             let t0 = Instant::now();
-            http::poll_ok(env.app_addr(), "/", t0 + o.boot_timeout, Duration::from_millis(250))
-                .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
-            println!("bench: guest up after {:.0} s (direct driver, QEMU pid {})", t0.elapsed().as_secs_f64(), guest.pid());
-            Driver::Direct { guest, torpor: o.torpor_bin.clone(), ws_file: env.dir.join("priority-ws.json"), cgroup: cg }
+            http::poll_ok(
+                env.app_addr(),
+                "/",
+                t0 + o.boot_timeout,
+                Duration::from_millis(250),
+            )
+            .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
+            println!(
+                "bench: guest up after {:.0} s (direct driver, QEMU pid {})",
+                t0.elapsed().as_secs_f64(),
+                guest.pid()
+            );
+            Driver::Direct {
+                guest,
+                torpor: o.torpor_bin.clone(),
+                ws_file: env.dir.join("priority-ws.json"),
+                cgroup: cg,
+            }
         }
         d => bail!("unknown driver {d}"),
     };
     let pid = driver.pid();
     let ram = guest_ram(pid, env)?;
-    println!("bench: guest RAM at {:#x}, {} MiB", ram.start, ram.len() >> 20);
+    println!(
+        "bench: guest RAM at {:#x}, {} MiB",
+        ram.start,
+        ram.len() >> 20
+    );
 
     // Warm-up (not measured): make sure the guest is running and intact.
     if let Driver::Torpord { sock, .. } = &driver {
@@ -406,7 +548,9 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     }
     // The idle process must be older than the agent's 16 s activity window at the first
     // measured Stop, so the priority map classes its memory as an inactive process's.
-    println!("bench: warm-up ok; waiting 17 s so the idle guest process is outside the activity window");
+    println!(
+        "bench: warm-up ok; waiting 17 s so the idle guest process is outside the activity window"
+    );
     std::thread::sleep(Duration::from_secs(17));
 
     let mut trials: Vec<Trial> = Vec::new();
@@ -414,7 +558,12 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     for t in 0..o.trials {
         for k in 0..MODES.len() {
             let mode = MODES[(t + k) % MODES.len()];
-            let mut tr = Trial { trial: t, mode: mode.into(), driver: o.driver.clone(), ..Default::default() };
+            let mut tr = Trial {
+                trial: t,
+                mode: mode.into(),
+                driver: o.driver.clone(),
+                ..Default::default()
+            };
             if let Err(e) = one_trial(&mut driver, env, &ram, &swap_dev, &mut tr) {
                 tr.error = format!("{e:#}");
             }
@@ -440,21 +589,44 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
                 break;
             }
         }
-        if trials.last().is_some_and(|t| !t.error.is_empty() && t.first_response_s == 0.0) {
+        if trials
+            .last()
+            .is_some_and(|t| !t.error.is_empty() && t.first_response_s == 0.0)
+        {
             println!("bench: stopping after a failed Stop/Start");
             break;
         }
     }
     // The idle process was never touched since boot: its data crossed every Stop/Start.
     let (idle_ok, idle) = verify_one(env.idle_addr());
-    println!("{} idle process ({} MiB, untouched across all trials) GET /verify: {idle}", if idle_ok { "PASS" } else { "FAIL" }, env.idle_mib);
+    println!(
+        "{} idle process ({} MiB, untouched across all trials) GET /verify: {idle}",
+        if idle_ok { "PASS" } else { "FAIL" },
+        env.idle_mib
+    );
     if !idle_ok {
         failures += 1;
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let module = std::fs::read_to_string(env.console_path()).map(|s| s.contains("torpor.ko loaded")).unwrap_or(false);
+    let module = std::fs::read_to_string(env.console_path())
+        .map(|s| s.contains("torpor.ko loaded"))
+        .unwrap_or(false);
     let _ = driver.shutdown(env);
-    let written = write_results(env, o, &trials, &started, load_before.trim(), load_after.trim(), swap_dev.as_deref(), module, &if idle_ok { idle.clone() } else { format!("BAD {idle}") })?;
+    let written = write_results(
+        env,
+        o,
+        &trials,
+        &started,
+        load_before.trim(),
+        load_after.trim(),
+        swap_dev.as_deref(),
+        module,
+        &if idle_ok {
+            idle.clone()
+        } else {
+            format!("BAD {idle}")
+        },
+    )?;
     for w in &written {
         println!("bench: wrote {}", w.display());
     }
@@ -466,7 +638,13 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     Ok(())
 }
 
-fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Option<String>, tr: &mut Trial) -> Result<()> {
+fn one_trial(
+    driver: &mut Driver,
+    env: &GuestEnv,
+    ram: &mem::Vma,
+    swap_dev: &Option<String>,
+    tr: &mut Trial,
+) -> Result<()> {
     let pid = driver.pid();
     tr.before_stop = evidence(pid, ram)?;
     let t = Instant::now();
@@ -480,10 +658,16 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     let limit = (b.ram_present_pages / 50).max(256);
     let mut notes = Vec::new();
     if a.ram_present_pages > limit {
-        notes.push(format!("{} guest-RAM pages still resident (limit {limit})", a.ram_present_pages));
+        notes.push(format!(
+            "{} guest-RAM pages still resident (limit {limit})",
+            a.ram_present_pages
+        ));
     }
     if a.ram_swapped_pages < app_pages * 9 / 10 {
-        notes.push(format!("only {} guest-RAM pages on swap, the apps hold {app_pages}", a.ram_swapped_pages));
+        notes.push(format!(
+            "only {} guest-RAM pages on swap, the apps hold {app_pages}",
+            a.ram_swapped_pages
+        ));
     }
     // The guest's pages must not sit in the swap cache (≤ 10% of what it swapped + 64 MiB slack):
     // judged on QEMU's own memory cgroup, which counts nothing but QEMU's pages; host-wide
@@ -495,7 +679,11 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
         None => (a.swap_cached_bytes, "host SwapCached"),
     };
     if sc > sc_limit {
-        notes.push(format!("{sc_what} {} MiB > {} MiB", sc >> 20, sc_limit >> 20));
+        notes.push(format!(
+            "{sc_what} {} MiB > {} MiB",
+            sc >> 20,
+            sc_limit >> 20
+        ));
     }
     tr.freed_ok = notes.is_empty();
     tr.freed_note = if notes.is_empty() {
@@ -522,10 +710,18 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     let first2 = first.clone();
     let ram2 = ram.clone();
     let poller = std::thread::spawn(move || -> Result<()> {
-        let (_r, at) = http::poll_ok(addr, "/", t0 + Duration::from_secs(900), Duration::from_millis(10))?;
+        let (_r, at) = http::poll_ok(
+            addr,
+            "/",
+            t0 + Duration::from_secs(900),
+            Duration::from_millis(10),
+        )?;
         let c = counters(&sd);
-        let present = mem::page_counts(pid, ram2.start, ram2.end).map(|p| p.present).unwrap_or(0);
-        *first2.lock().map_err(|_| anyhow!("poisoned"))? = Some((at.duration_since(t0), c, present));
+        let present = mem::page_counts(pid, ram2.start, ram2.end)
+            .map(|p| p.present)
+            .unwrap_or(0);
+        *first2.lock().map_err(|_| anyhow!("poisoned"))? =
+            Some((at.duration_since(t0), c, present));
         Ok(())
     });
     let started = driver.start(env, &tr.mode);
@@ -533,16 +729,26 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
     let c1 = counters(swap_dev);
     tr.swapin_bytes_to_start_return = (c1.pswpin - c0.pswpin) * 4096;
     let sv = started?;
-    tr.effective_mode = sv["vm"]["effective"].as_str().unwrap_or(&tr.mode).to_string();
+    tr.effective_mode = sv["vm"]["effective"]
+        .as_str()
+        .unwrap_or(&tr.mode)
+        .to_string();
     tr.prefetched_bytes = sv["vm"]["prefetched_bytes"].as_u64().unwrap_or(0);
-    tr.maps = tr.torpord_stop["vm"]["maps"].as_str().unwrap_or("").to_string();
+    tr.maps = tr.torpord_stop["vm"]["maps"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     tr.torpord_evicted = tr.torpord_stop["vm"]["evidence"]["evicted"].as_bool();
     tr.torpord_start = sv;
     poller.join().map_err(|_| anyhow!("poller panicked"))??;
-    let (d, c, present) = first.lock().map_err(|_| anyhow!("poisoned"))?.context("no first response")?;
+    let (d, c, present) = first
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .context("no first response")?;
     tr.first_response_s = d.as_secs_f64();
     tr.swapin_bytes_to_first_response = c.pswpin.saturating_sub(c0.pswpin) * 4096;
-    tr.dev_read_bytes_to_first_response = c.dev_read_sectors.saturating_sub(c0.dev_read_sectors) * 512;
+    tr.dev_read_bytes_to_first_response =
+        c.dev_read_sectors.saturating_sub(c0.dev_read_sectors) * 512;
     tr.ram_present_pages_at_first_response = present;
     // The app's /verify reads all its data: with demand paging the rest comes back now.
     let (a_ok, va) = verify_one(env.app_addr());
@@ -557,51 +763,112 @@ fn one_trial(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma, swap_dev: &Opt
 
 /// UTC "YYYY-MM-DD HH:MM" without a date crate.
 fn chrono_like_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|x| x.1.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|x| x.1.trim().to_string())
+        })
         .unwrap_or_default();
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let memg = mem::meminfo_bytes("MemTotal").unwrap_or(0) as f64 / (1u64 << 30) as f64;
     let kernel = run_cmd(&["uname", "-r"]).unwrap_or_default();
     let qemu = run_cmd(&["qemu-system-x86_64", "--version"]).unwrap_or_default();
-    format!("{ncpu} CPUs ({cpu}), {memg:.0} GiB RAM, host kernel {}, {}", kernel.trim(), qemu.lines().next().unwrap_or("").trim())
+    format!(
+        "{ncpu} CPUs ({cpu}), {memg:.0} GiB RAM, host kernel {}, {}",
+        kernel.trim(),
+        qemu.lines().next().unwrap_or("").trim()
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load_before: &str, load_after: &str, swap_dev: Option<&str>, module: bool, idle: &str) -> Result<Vec<PathBuf>> {
+fn write_results(
+    env: &GuestEnv,
+    o: &Opts,
+    trials: &[Trial],
+    started: &str,
+    load_before: &str,
+    load_after: &str,
+    swap_dev: Option<&str>,
+    module: bool,
+    idle: &str,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&o.out_dir)?;
     let stamp = started.replace([' ', ':'], "-").replace("-UTC", "");
     // vm-resume-<driver>-<date>-ws<MiB>-<time>
     let (date, time) = stamp.split_at(stamp.len().min(10));
-    let base = o.out_dir.join(format!("vm-resume-{}-{date}-ws{}{time}", o.driver, env.ws_mib));
+    let base = o.out_dir.join(format!(
+        "vm-resume-{}-{date}-ws{}{time}",
+        o.driver, env.ws_mib
+    ));
     let json_path = base.with_extension("json");
     let csv_path = base.with_extension("csv");
     let md_path = base.with_extension("md");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json!({ "started": started, "driver": o.driver, "machine": machine(),
-        "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko_loaded": module }, "idle_verify_at_end": idle, "trials": trials }))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &json!({ "started": started, "driver": o.driver, "machine": machine(),
+        "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko_loaded": module }, "idle_verify_at_end": idle, "trials": trials }),
+        )?,
+    )?;
     let mut csv = String::from("trial,mode,effective_mode,prefetched_bytes,maps,torpord_evicted,driver,first_response_s,start_return_s,app_all_data_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
     for t in trials {
         csv += &format!(
             "{},{},{},{},{},{:?},{},{:.4},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
-            t.trial, t.mode, t.effective_mode, t.prefetched_bytes, t.maps, t.torpord_evicted, t.driver, t.first_response_s, t.start_return_s, t.app_all_data_s, t.swapin_bytes_to_first_response, t.swapin_bytes_to_start_return,
-            t.dev_read_bytes_to_first_response, t.ram_present_pages_at_first_response, t.stop_s, t.before_stop.ram_present_pages,
-            t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes, t.freed_ok, t.verify_ok, t.error
+            t.trial,
+            t.mode,
+            t.effective_mode,
+            t.prefetched_bytes,
+            t.maps,
+            t.torpord_evicted,
+            t.driver,
+            t.first_response_s,
+            t.start_return_s,
+            t.app_all_data_s,
+            t.swapin_bytes_to_first_response,
+            t.swapin_bytes_to_start_return,
+            t.dev_read_bytes_to_first_response,
+            t.ram_present_pages_at_first_response,
+            t.stop_s,
+            t.before_stop.ram_present_pages,
+            t.after_stop.ram_present_pages,
+            t.after_stop.ram_swapped_pages,
+            t.after_stop.swap_cached_bytes,
+            t.freed_ok,
+            t.verify_ok,
+            t.error
         );
     }
     std::fs::write(&csv_path, csv)?;
 
     let ok = |t: &&Trial| t.error.is_empty() && t.freed_ok && t.verify_ok;
-    let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> { trials.iter().filter(|t| t.mode == mode).filter(ok).map(f).collect() };
+    let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> {
+        trials
+            .iter()
+            .filter(|t| t.mode == mode)
+            .filter(ok)
+            .map(f)
+            .collect()
+    };
     let med_none = stats::median(&col("none", &|t| t.first_response_s));
     let med_none_all = stats::median(&col("none", &|t| t.app_all_data_s));
     let mut md = String::new();
-    md += &format!("# VM resume end to end ({} driver), {started}\n\n", o.driver);
+    md += &format!(
+        "# VM resume end to end ({} driver), {started}\n\n",
+        o.driver
+    );
     md += "A QEMU **TCG** guest (no KVM on this host: every guest instruction is emulated, so absolute times are \
            several times those of a KVM guest; the ratios between modes are the result) runs an HTTP app holding \
            deterministic data and a standalone checksum process, plus `torpor-guest serve` on a virtio-serial port. \
@@ -616,10 +883,20 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
         "- guest: {} MiB RAM, 1 vCPU, TCG; app {} MiB (working set `GET /` touches {} MiB), checksum process {} MiB (verified every trial), idle process {} MiB (untouched after boot, verified once at the end: {idle}); torpor.ko in the guest: {}\n",
         env.mem_mib, env.app_mib, env.ws_mib, env.check_mib, env.idle_mib, if module { "loaded (agent source: module)" } else { "not loaded (agent source: portable)" }
     );
-    let swapfiles: Vec<String> = mem::swap_devices().unwrap_or_default().into_iter().map(|(p, d)| format!("`{p}` on {}", mem::dev_name(&d))).collect();
+    let swapfiles: Vec<String> = mem::swap_devices()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, d)| format!("`{p}` on {}", mem::dev_name(&d)))
+        .collect();
     md += &format!("- swap: {} (the runner's 2 GiB swapfile has the highest priority); bytes read = `pswpin` delta × 4096 (host-wide) and the device's read sectors × 512 (includes any other reads on that disk)\n", swapfiles.join(", "));
     let _ = swap_dev;
-    md += &format!("- driver: `{}`; trials per mode: {}; raw data: `{}`, `{}`\n\n", o.driver, o.trials, csv_path.file_name().unwrap_or_default().to_string_lossy(), json_path.file_name().unwrap_or_default().to_string_lossy());
+    md += &format!(
+        "- driver: `{}`; trials per mode: {}; raw data: `{}`, `{}`\n\n",
+        o.driver,
+        o.trials,
+        csv_path.file_name().unwrap_or_default().to_string_lossy(),
+        json_path.file_name().unwrap_or_default().to_string_lossy()
+    );
     md += "| mode | ok trials | first response, median (min–max) s | vs demand paging | Start returned, median s | all app data back (`/verify` done), median s | vs demand paging | swap-in to first response, median MiB | device reads, median MiB |\n|---|---|---|---|---|---|---|---|---|\n";
     for mode in MODES {
         let fr = col(mode, &|t| t.first_response_s);
@@ -627,10 +904,23 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
         let m = stats::median(&fr);
         let (lo, hi) = stats::min_max(&fr).unwrap_or((f64::NAN, f64::NAN));
         let ratio = match (med_none, m) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}× {}", a / b, if mode == "none" { "(baseline)" } else if a > b { "faster" } else { "slower" }),
+            (Some(a), Some(b)) if b > 0.0 => format!(
+                "{:.2}× {}",
+                a / b,
+                if mode == "none" {
+                    "(baseline)"
+                } else if a > b {
+                    "faster"
+                } else {
+                    "slower"
+                }
+            ),
             _ => "–".into(),
         };
-        let f = |v: Option<f64>, scale: f64| v.map(|x| format!("{:.2}", x / scale)).unwrap_or_else(|| "–".into());
+        let f = |v: Option<f64>, scale: f64| {
+            v.map(|x| format!("{:.2}", x / scale))
+                .unwrap_or_else(|| "–".into())
+        };
         let m_all = stats::median(&col(mode, &|t| t.app_all_data_s));
         let ratio_all = match (med_none_all, m_all) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
@@ -638,7 +928,11 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
         };
         md += &format!(
             "| {} | {}/{} | {} ({:.2}–{:.2}) | {} | {} | {} | {} | {} | {} |\n",
-            if mode == "none" { "none (demand paging)" } else { mode },
+            if mode == "none" {
+                "none (demand paging)"
+            } else {
+                mode
+            },
             fr.len(),
             n_all,
             f(m, 1.0),
@@ -648,19 +942,41 @@ fn write_results(env: &GuestEnv, o: &Opts, trials: &[Trial], started: &str, load
             f(stats::median(&col(mode, &|t| t.start_return_s)), 1.0),
             f(m_all, 1.0),
             ratio_all,
-            f(stats::median(&col(mode, &|t| t.swapin_bytes_to_first_response as f64)), 1048576.0),
-            f(stats::median(&col(mode, &|t| t.dev_read_bytes_to_first_response as f64)), 1048576.0),
+            f(
+                stats::median(&col(mode, &|t| t.swapin_bytes_to_first_response as f64)),
+                1048576.0
+            ),
+            f(
+                stats::median(&col(mode, &|t| t.dev_read_bytes_to_first_response as f64)),
+                1048576.0
+            ),
         );
     }
     md += "\n## Trials\n\n| trial | mode (effective, maps) | first response s | Start returned s | prefetched before cont MiB | swap-in MiB | guest RAM resident before/after Stop (pages) | swapped after Stop | SwapCached after Stop MiB | freed | verify |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for t in trials {
         md += &format!(
             "| {} | {} ({}, {}) | {:.3} | {:.3} | {:.1} | {:.1} | {} / {} | {} | {} | {} | {} |\n",
-            t.trial, t.mode, t.effective_mode, if t.maps.is_empty() { "-" } else { &t.maps }, t.first_response_s, t.start_return_s,
-            t.prefetched_bytes as f64 / 1048576.0, t.swapin_bytes_to_first_response as f64 / 1048576.0,
-            t.before_stop.ram_present_pages, t.after_stop.ram_present_pages, t.after_stop.ram_swapped_pages, t.after_stop.swap_cached_bytes >> 20,
+            t.trial,
+            t.mode,
+            t.effective_mode,
+            if t.maps.is_empty() { "-" } else { &t.maps },
+            t.first_response_s,
+            t.start_return_s,
+            t.prefetched_bytes as f64 / 1048576.0,
+            t.swapin_bytes_to_first_response as f64 / 1048576.0,
+            t.before_stop.ram_present_pages,
+            t.after_stop.ram_present_pages,
+            t.after_stop.ram_swapped_pages,
+            t.after_stop.swap_cached_bytes >> 20,
             if t.freed_ok { "yes" } else { "**NO**" },
-            if t.verify_ok { "ok".to_string() } else { format!("**BAD** {} / {} {}", t.verify_app, t.verify_checksum, t.error) }
+            if t.verify_ok {
+                "ok".to_string()
+            } else {
+                format!(
+                    "**BAD** {} / {} {}",
+                    t.verify_app, t.verify_checksum, t.error
+                )
+            }
         );
     }
     std::fs::write(&md_path, md)?;

@@ -33,7 +33,8 @@ pub fn parse_env(text: &str) -> HashMap<String, String> {
 impl GuestEnv {
     pub fn load(dir: &Path) -> Result<GuestEnv> {
         let p = dir.join("guest.env");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("read {} (run guest.sh prepare first)", p.display()))?;
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("read {} (run guest.sh prepare first)", p.display()))?;
         let m = parse_env(&text);
         let get = |k: &str| m.get(k).with_context(|| format!("{}: no {k}", p.display()));
         Ok(GuestEnv {
@@ -76,13 +77,24 @@ impl GuestEnv {
     }
     /// The argv that runs the guest (what torpord spawns).
     pub fn launch_argv(&self, guest_sh: &Path) -> Vec<String> {
-        vec![guest_sh.display().to_string(), "launch".into(), self.dir.display().to_string()]
+        vec![
+            guest_sh.display().to_string(),
+            "launch".into(),
+            self.dir.display().to_string(),
+        ]
     }
     /// Last `n` lines of the guest console and the guest-side logs, for failure reports.
     pub fn diagnostics(&self, n: usize) -> String {
         let mut out = String::new();
-        for f in ["console.log", "job/agent.log", "job/app.log", "job/checksum.log", "job/idle.log"] {
-            let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_else(|e| format!("({e})"));
+        for f in [
+            "console.log",
+            "job/agent.log",
+            "job/app.log",
+            "job/checksum.log",
+            "job/idle.log",
+        ] {
+            let text =
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_else(|e| format!("({e})"));
             let lines: Vec<&str> = text.lines().collect();
             out += &format!("--- {f} (last {n} lines)\n");
             for l in &lines[lines.len().saturating_sub(n)..] {
@@ -109,7 +121,12 @@ impl Guest {
     pub fn launch_in(env: &GuestEnv, guest_sh: &Path, cgroup: Option<&Path>) -> Result<Guest> {
         let mut argv = env.launch_argv(guest_sh);
         if let Some(cg) = cgroup {
-            let mut w = vec!["/bin/sh".to_string(), "-c".into(), r#"echo $$ > "$0/cgroup.procs" && exec "$@""#.into(), cg.display().to_string()];
+            let mut w = vec![
+                "/bin/sh".to_string(),
+                "-c".into(),
+                r#"echo $$ > "$0/cgroup.procs" && exec "$@""#.into(),
+                cg.display().to_string(),
+            ];
             w.append(&mut argv);
             argv = w;
         }
@@ -121,7 +138,10 @@ impl Guest {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {argv:?}"))?;
-        Ok(Guest { env: env.clone(), child })
+        Ok(Guest {
+            env: env.clone(),
+            child,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -169,7 +189,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("guest.env"), "PORT=1 CHECK_PORT=2 IDLE_PORT=5 MEM=512 APP_MIB=3 WS_MIB=1 CHECK_MIB=4 IDLE_MIB=6 KO=/k.ko\n").unwrap();
         let e = GuestEnv::load(&dir).unwrap();
-        assert_eq!((e.port, e.check_port, e.idle_port, e.mem_bytes(), e.ko.as_str()), (1, 2, 5, 512 << 20, "/k.ko"));
+        assert_eq!(
+            (
+                e.port,
+                e.check_port,
+                e.idle_port,
+                e.mem_bytes(),
+                e.ko.as_str()
+            ),
+            (1, 2, 5, 512 << 20, "/k.ko")
+        );
         assert_eq!(e.data_pages(), 13 << 8);
         std::fs::write(dir.join("guest.env"), "PORT=1\n").unwrap();
         assert!(GuestEnv::load(&dir).is_err());

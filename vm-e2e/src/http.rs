@@ -15,14 +15,20 @@ pub struct Response {
 /// Parse a complete `Connection: close` response.
 pub fn parse_response(raw: &[u8]) -> Result<Response> {
     let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("no end of headers in {} bytes", raw.len()) };
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no end of headers in {} bytes", raw.len())
+    };
     let status_line = head.lines().next().unwrap_or("");
     let mut parts = status_line.split_whitespace();
     let proto = parts.next().unwrap_or("");
     if !proto.starts_with("HTTP/1.") {
         bail!("not an HTTP/1.x status line: {status_line:?}");
     }
-    let status: u16 = parts.next().unwrap_or("").parse().with_context(|| format!("bad status line {status_line:?}"))?;
+    let status: u16 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .with_context(|| format!("bad status line {status_line:?}"))?;
     if let Some(len) = head
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -33,20 +39,30 @@ pub fn parse_response(raw: &[u8]) -> Result<Response> {
         if body.len() < len {
             bail!("truncated body: {} of {len} bytes", body.len());
         }
-        return Ok(Response { status, body: body[..len].to_string() });
+        return Ok(Response {
+            status,
+            body: body[..len].to_string(),
+        });
     }
-    Ok(Response { status, body: body.to_string() })
+    Ok(Response {
+        status,
+        body: body.to_string(),
+    })
 }
 
 /// GET `path` from `addr`; `timeout` bounds connect and each read/write.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     // One write: a server that reads once and closes with unread bytes would reset the connection.
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).with_context(|| format!("read {addr}{path}"))?;
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read {addr}{path}"))?;
     if raw.is_empty() {
         bail!("connection closed without a response");
     }
@@ -56,7 +72,12 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> 
 /// Poll `GET path` until a 200 arrives or `deadline` passes; returns the response and when
 /// it arrived. Connection errors and resets (QEMU's hostfwd accepts before the guest listens)
 /// are retried every `every`.
-pub fn poll_ok(addr: SocketAddr, path: &str, deadline: Instant, every: Duration) -> Result<(Response, Instant)> {
+pub fn poll_ok(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Instant,
+    every: Duration,
+) -> Result<(Response, Instant)> {
     let mut last_err = String::from("no attempt");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -80,7 +101,13 @@ mod tests {
     #[test]
     fn parses_status_and_body() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\nextra").unwrap();
-        assert_eq!(r, Response { status: 200, body: "ok\n".into() });
+        assert_eq!(
+            r,
+            Response {
+                status: 200,
+                body: "ok\n".into()
+            }
+        );
         let r = parse_response(b"HTTP/1.0 500 Bad\r\n\r\nbad").unwrap();
         assert_eq!(r.status, 500);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok").is_err());
@@ -107,17 +134,33 @@ mod tests {
                 }
                 match i {
                     0 => drop(s),
-                    1 => s.write_all(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n").unwrap(),
-                    _ => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap(),
+                    1 => s
+                        .write_all(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap(),
+                    _ => s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .unwrap(),
                 }
             }
         });
-        let (r, _) = poll_ok(addr, "/", Instant::now() + Duration::from_secs(10), Duration::from_millis(5)).unwrap();
+        let (r, _) = poll_ok(
+            addr,
+            "/",
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_millis(5),
+        )
+        .unwrap();
         assert_eq!(r.body, "ok");
         t.join().unwrap();
         // Nothing listens any more: the deadline is honoured.
         let t0 = Instant::now();
-        assert!(poll_ok(addr, "/", Instant::now() + Duration::from_millis(200), Duration::from_millis(20)).is_err());
+        assert!(poll_ok(
+            addr,
+            "/",
+            Instant::now() + Duration::from_millis(200),
+            Duration::from_millis(20)
+        )
+        .is_err());
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 }

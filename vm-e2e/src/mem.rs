@@ -37,7 +37,12 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
             let (_off, _dev, _ino) = (f.next()?, f.next()?, f.next()?);
             let path = f.collect::<Vec<_>>().join(" ");
             let (a, b) = range.split_once('-')?;
-            Some(Vma { start: u64::from_str_radix(a, 16).ok()?, end: u64::from_str_radix(b, 16).ok()?, perms, path })
+            Some(Vma {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                perms,
+                path,
+            })
         })
         .collect()
 }
@@ -46,14 +51,24 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
 /// read-write mapping of exactly that size (QEMU maps each RAM block on its own, with a
 /// guard page after it). Fails, listing the candidates, when there is not exactly one.
 pub fn find_guest_ram(vmas: &[Vma], ram_bytes: u64) -> Result<Vma> {
-    let anon_rw: Vec<&Vma> = vmas.iter().filter(|v| v.path.is_empty() && v.perms == "rw-p").collect();
+    let anon_rw: Vec<&Vma> = vmas
+        .iter()
+        .filter(|v| v.path.is_empty() && v.perms == "rw-p")
+        .collect();
     let exact: Vec<&&Vma> = anon_rw.iter().filter(|v| v.len() == ram_bytes).collect();
     if exact.len() == 1 {
         return Ok((*exact[0]).clone());
     }
-    let big: Vec<String> =
-        anon_rw.iter().filter(|v| v.len() >= 64 << 20).map(|v| format!("{:x}-{:x} {} MiB", v.start, v.end, v.len() >> 20)).collect();
-    bail!("{} anonymous rw mappings of exactly {} MiB (large ones: {big:?})", exact.len(), ram_bytes >> 20)
+    let big: Vec<String> = anon_rw
+        .iter()
+        .filter(|v| v.len() >= 64 << 20)
+        .map(|v| format!("{:x}-{:x} {} MiB", v.start, v.end, v.len() >> 20))
+        .collect();
+    bail!(
+        "{} anonymous rw mappings of exactly {} MiB (large ones: {big:?})",
+        exact.len(),
+        ram_bytes >> 20
+    )
 }
 
 /// Pages of a range by state.
@@ -97,7 +112,8 @@ impl PageCounts {
 /// Present/swapped/none pages of `[start, end)` in process `pid` (root needed for the
 /// swap bit on recent kernels; the present bit is always there).
 pub fn page_counts(pid: i32, start: u64, end: u64) -> Result<PageCounts> {
-    let mut f = fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("open /proc/{pid}/pagemap"))?;
+    let mut f = fs::File::open(format!("/proc/{pid}/pagemap"))
+        .with_context(|| format!("open /proc/{pid}/pagemap"))?;
     // KPF_ZERO_PAGE (bit 24) from /proc/kpageflags, cached per PFN (the zero page is one PFN,
     // the huge zero page 512); without kpageflags (not root) nothing counts as zero.
     let mut kpf = fs::File::open("/proc/kpageflags").ok();
@@ -106,7 +122,9 @@ pub fn page_counts(pid: i32, start: u64, end: u64) -> Result<PageCounts> {
         *cache.entry(pfn).or_insert_with(|| {
             let Some(k) = kpf.as_mut() else { return false };
             let mut b = [0u8; 8];
-            k.seek(SeekFrom::Start(pfn * 8)).is_ok() && k.read_exact(&mut b).is_ok() && u64::from_le_bytes(b) & (1 << 24) != 0
+            k.seek(SeekFrom::Start(pfn * 8)).is_ok()
+                && k.read_exact(&mut b).is_ok()
+                && u64::from_le_bytes(b) & (1 << 24) != 0
         })
     };
     let mut c = PageCounts::default();
@@ -116,7 +134,8 @@ pub fn page_counts(pid: i32, start: u64, end: u64) -> Result<PageCounts> {
     while vpn < end_vpn {
         let n = ((end_vpn - vpn) as usize).min(16384);
         f.seek(SeekFrom::Start(vpn * 8))?;
-        f.read_exact(&mut buf[..n * 8]).with_context(|| format!("read pagemap of {pid} at vpn {vpn:#x}"))?;
+        f.read_exact(&mut buf[..n * 8])
+            .with_context(|| format!("read pagemap of {pid} at vpn {vpn:#x}"))?;
         c.add_entries(&buf[..n * 8], &mut is_zero);
         vpn += n as u64;
     }
@@ -155,18 +174,24 @@ pub fn status_bytes(pid: i32, key: &str) -> Result<u64> {
 /// The memory cgroup directory of `pid`: its cgroup v2 group when that has the memory
 /// controller (a `memory.stat`), else its v1 `memory` group; `None` when it has neither.
 pub fn memcg_dir(pid: i32) -> Result<Option<std::path::PathBuf>> {
-    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).with_context(|| format!("/proc/{pid}/cgroup"))?;
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("/proc/{pid}/cgroup"))?;
     let mounts = fs::read_to_string("/proc/self/mounts").context("/proc/self/mounts")?;
     let mount_of = |fstype: &str, opt: Option<&str>| {
         mounts.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[2] == fstype && opt.is_none_or(|o| f[3].split(',').any(|x| x == o))).then(|| f[1].to_string())
+            (f.len() >= 4 && f[2] == fstype && opt.is_none_or(|o| f[3].split(',').any(|x| x == o)))
+                .then(|| f[1].to_string())
         })
     };
     let mut v1 = None;
     for l in cg.lines() {
         let mut it = l.splitn(3, ':');
-        let (_, ctl, path) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or("").trim_start_matches('/'));
+        let (_, ctl, path) = (
+            it.next(),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or("").trim_start_matches('/'),
+        );
         if ctl.is_empty() {
             if let Some(m) = mount_of("cgroup2", None) {
                 let d = std::path::Path::new(&m).join(path);
@@ -184,8 +209,11 @@ pub fn memcg_dir(pid: i32) -> Result<Option<std::path::PathBuf>> {
 /// Bytes of `pid`'s memory cgroup that sit in the swap cache (`memory.stat` `swapcached`),
 /// `None` where the kernel does not report it.
 pub fn memcg_swap_cached_bytes(pid: i32) -> Result<Option<u64>> {
-    let Some(d) = memcg_dir(pid)? else { return Ok(None) };
-    let text = fs::read_to_string(d.join("memory.stat")).with_context(|| format!("{}/memory.stat", d.display()))?;
+    let Some(d) = memcg_dir(pid)? else {
+        return Ok(None);
+    };
+    let text = fs::read_to_string(d.join("memory.stat"))
+        .with_context(|| format!("{}/memory.stat", d.display()))?;
     Ok(kv(&text, "swapcached"))
 }
 
@@ -194,11 +222,20 @@ pub fn swap_devices() -> Result<Vec<(String, String)>> {
     let text = fs::read_to_string("/proc/swaps")?;
     let mut out = Vec::new();
     for l in text.lines().skip(1) {
-        let Some(path) = l.split_whitespace().next() else { continue };
+        let Some(path) = l.split_whitespace().next() else {
+            continue;
+        };
         // Swap paths escape spaces as \040; good enough for the files we create.
         let md = fs::metadata(path).with_context(|| format!("stat {path}"))?;
-        let dev = if md.file_type().is_file() { md.dev() } else { md.rdev() };
-        out.push((path.to_string(), format!("{}:{}", libc::major(dev), libc::minor(dev))));
+        let dev = if md.file_type().is_file() {
+            md.dev()
+        } else {
+            md.rdev()
+        };
+        out.push((
+            path.to_string(),
+            format!("{}:{}", libc::major(dev), libc::minor(dev)),
+        ));
     }
     Ok(out)
 }
@@ -207,7 +244,11 @@ pub fn swap_devices() -> Result<Vec<(String, String)>> {
 pub fn dev_read_sectors(majmin: &str) -> Result<u64> {
     let p = format!("/sys/dev/block/{majmin}/stat");
     let text = fs::read_to_string(&p).with_context(|| format!("read {p}"))?;
-    text.split_whitespace().nth(2).context("short stat")?.parse().context("bad sector count")
+    text.split_whitespace()
+        .nth(2)
+        .context("short stat")?
+        .parse()
+        .context("bad sector count")
 }
 
 /// A name for `maj:min` (e.g. "vda1").
@@ -225,7 +266,14 @@ mod tests {
     #[test]
     fn own_memcg_is_found() {
         let pid = std::process::id() as i32;
-        let v1_memory = fs::read_to_string("/proc/self/cgroup").unwrap().lines().any(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == "memory")));
+        let v1_memory = fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|x| x == "memory"))
+            });
         match memcg_dir(pid).unwrap() {
             Some(d) => {
                 assert!(d.join("memory.stat").exists(), "{}", d.display());
@@ -260,11 +308,27 @@ mod tests {
     fn pagemap_entries() {
         let mut c = PageCounts::default();
         let mut e = Vec::new();
-        for v in [1u64 << 63 | 5, 1 << 62 | 77, 0, 1 << 63, 1 << 62, 1 << 63 | 9, 1 << 63 | 9] {
+        for v in [
+            1u64 << 63 | 5,
+            1 << 62 | 77,
+            0,
+            1 << 63,
+            1 << 62,
+            1 << 63 | 9,
+            1 << 63 | 9,
+        ] {
             e.extend_from_slice(&v.to_le_bytes());
         }
         c.add_entries(&e, &mut |pfn| pfn == 9);
-        assert_eq!(c, PageCounts { present: 2, zero: 2, swapped: 2, none: 1 });
+        assert_eq!(
+            c,
+            PageCounts {
+                present: 2,
+                zero: 2,
+                swapped: 2,
+                none: 1
+            }
+        );
         assert_eq!(c.total(), 7);
     }
 
@@ -287,7 +351,16 @@ mod tests {
     fn zero_page_mappings_are_told_apart() {
         // Read-only faults on untouched anonymous memory map the shared zero page.
         // SAFETY: a fresh private anonymous mapping, unmapped below; only read through volatile reads.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), 16 * PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                16 * PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         assert_ne!(p, libc::MAP_FAILED);
         let base = p as *mut u8;
         for i in 0..8 {
@@ -311,7 +384,13 @@ mod tests {
 
     #[test]
     fn kv_parsing() {
-        assert_eq!(kv("MemTotal:       24684012 kB\nSwapCached:  12 kB\n", "SwapCached"), Some(12));
+        assert_eq!(
+            kv(
+                "MemTotal:       24684012 kB\nSwapCached:  12 kB\n",
+                "SwapCached"
+            ),
+            Some(12)
+        );
         assert_eq!(kv("pswpin 77\npswpout 3\n", "pswpin"), Some(77));
         assert_eq!(kv("pswpin 77\n", "pswpout"), None);
         assert!(vmstat("pswpin").is_ok());

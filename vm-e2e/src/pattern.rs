@@ -72,12 +72,18 @@ mod tests {
         for w in &mut buf[3 * WORDS_PER_PAGE..4 * WORDS_PER_PAGE] {
             *w = 0;
         }
-        assert_eq!(first_mismatch(42, 1000, &buf), Some((3 * WORDS_PER_PAGE, WORDS_PER_PAGE)));
+        assert_eq!(
+            first_mismatch(42, 1000, &buf),
+            Some((3 * WORDS_PER_PAGE, WORDS_PER_PAGE))
+        );
         assert_eq!(touch_pages(42, 1000, &buf), Err(3 * WORDS_PER_PAGE));
         // Two pages swapped with each other.
         fill(42, 1000, &mut buf);
         let (a, b) = buf.split_at_mut(WORDS_PER_PAGE);
         a.swap_with_slice(&mut b[..WORDS_PER_PAGE]);
-        assert_eq!(first_mismatch(42, 1000, &buf), Some((0, 2 * WORDS_PER_PAGE)));
+        assert_eq!(
+            first_mismatch(42, 1000, &buf),
+            Some((0, 2 * WORDS_PER_PAGE))
+        );
     }
 }

@@ -17,10 +17,15 @@ pub struct Qmp {
 impl Qmp {
     /// Connect, read the greeting and enter command mode.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
-        let s = UnixStream::connect(path).with_context(|| format!("connect QMP {}", path.display()))?;
+        let s =
+            UnixStream::connect(path).with_context(|| format!("connect QMP {}", path.display()))?;
         s.set_read_timeout(Some(timeout))?;
         let writer = s.try_clone()?;
-        let mut q = Qmp { reader: BufReader::new(s), writer, events: Vec::new() };
+        let mut q = Qmp {
+            reader: BufReader::new(s),
+            writer,
+            events: Vec::new(),
+        };
         let greeting = q.read_msg()?;
         if greeting.get("QMP").is_none() {
             bail!("not a QMP greeting: {greeting}");
@@ -63,8 +68,15 @@ impl Qmp {
     /// `query-status`: (running, status string).
     pub fn status(&mut self) -> Result<(bool, String)> {
         let r = self.execute("query-status", None)?;
-        let running = r.get("running").and_then(Value::as_bool).context("query-status: no running")?;
-        let status = r.get("status").and_then(Value::as_str).unwrap_or("").to_string();
+        let running = r
+            .get("running")
+            .and_then(Value::as_bool)
+            .context("query-status: no running")?;
+        let status = r
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         Ok((running, status))
     }
 }
@@ -90,7 +102,9 @@ mod tests {
             let mut line = String::new();
             for reply in [
                 r#"{"return": {}}"#.to_string(),
-                r#"{"event": "STOP", "timestamp": {}}"#.to_string() + "\n" + r#"{"return": {"running": false, "status": "paused"}}"#,
+                r#"{"event": "STOP", "timestamp": {}}"#.to_string()
+                    + "\n"
+                    + r#"{"return": {"running": false, "status": "paused"}}"#,
                 r#"{"error": {"class": "CommandNotFound", "desc": "nope"}}"#.to_string(),
             ] {
                 line.clear();

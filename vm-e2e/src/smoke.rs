@@ -33,7 +33,16 @@ impl Checks {
         }
     }
     pub fn finish(&self, what: &str) -> Result<()> {
-        println!("{what}: {} passed, {} failed{}", self.passed, self.failed.len(), if self.failed.is_empty() { String::new() } else { format!(" ({})", self.failed.join(", ")) });
+        println!(
+            "{what}: {} passed, {} failed{}",
+            self.passed,
+            self.failed.len(),
+            if self.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.failed.join(", "))
+            }
+        );
         if self.failed.is_empty() {
             Ok(())
         } else {
@@ -63,7 +72,11 @@ fn strip_ansi(s: &str) -> String {
 fn expect_ok(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     let r = http::get(addr, path, timeout)?;
     if r.status != 200 || !r.body.starts_with("ok") {
-        bail!("http://{addr}{path}: status {} body {:?}", r.status, r.body.trim());
+        bail!(
+            "http://{addr}{path}: status {} body {:?}",
+            r.status,
+            r.body.trim()
+        );
     }
     Ok(r.body.trim().to_string())
 }
@@ -72,7 +85,8 @@ fn expect_ok(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
 /// GET_PRIORITY_MAP, each checked against the guest's RAM size and the app's memory.
 pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
     let connect = || -> Result<Client<UnixStream>> {
-        let s = UnixStream::connect(env.agent_path()).with_context(|| format!("connect {}", env.agent_path().display()))?;
+        let s = UnixStream::connect(env.agent_path())
+            .with_context(|| format!("connect {}", env.agent_path().display()))?;
         // HELLO must come back quickly (an absent agent fails here, not after the map budget).
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_write_timeout(Some(Duration::from_secs(30)))?;
@@ -127,13 +141,23 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
             let last = l.ranges.last().context("empty layout")?;
             // A 512 MiB pc guest: all RAM below the PCI hole, a little reserved by the BIOS.
             if total > mem || total < mem - (16 << 20) {
-                bail!("layout covers {} KiB, guest has {} KiB", total >> 10, mem >> 10);
+                bail!(
+                    "layout covers {} KiB, guest has {} KiB",
+                    total >> 10,
+                    mem >> 10
+                );
             }
             if last.end() * ps as u64 > mem {
                 bail!("last PFN {:#x} beyond {} MiB of RAM", last.end(), mem >> 20);
             }
             layout = Some(l.clone());
-            Ok(format!("{} ranges, {} pages = {:.1} MiB of {} MiB", l.ranges.len(), l.total_pages(), total as f64 / 1048576.0, mem >> 20))
+            Ok(format!(
+                "{} ranges, {} pages = {:.1} MiB of {} MiB",
+                l.ranges.len(),
+                l.total_pages(),
+                total as f64 / 1048576.0,
+                mem >> 20
+            ))
         })(),
     );
     let app_pages = env.data_pages();
@@ -190,33 +214,73 @@ pub fn agent_checks(c: &mut Checks, env: &GuestEnv, module_loaded: bool) {
     let _ = source;
 }
 
-
 pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()> {
     let mut c = Checks::default();
-    println!("smoke: launching the guest ({} MiB RAM, ports {}/{}, dir {})", env.mem_mib, env.port, env.check_port, env.dir.display());
+    println!(
+        "smoke: launching the guest ({} MiB RAM, ports {}/{}, dir {})",
+        env.mem_mib,
+        env.port,
+        env.check_port,
+        env.dir.display()
+    );
     let guest = Guest::launch(env, guest_sh)?;
     let t0 = Instant::now();
     let booted = c.check(
         "guest boots and its web app answers GET / through hostfwd",
-        http::poll_ok(env.app_addr(), "/", t0 + boot_timeout, Duration::from_millis(250))
-            .map(|(r, at)| format!("{} after {:.1} s", r.body.trim(), at.duration_since(t0).as_secs_f64())),
+        http::poll_ok(
+            env.app_addr(),
+            "/",
+            t0 + boot_timeout,
+            Duration::from_millis(250),
+        )
+        .map(|(r, at)| {
+            format!(
+                "{} after {:.1} s",
+                r.body.trim(),
+                at.duration_since(t0).as_secs_f64()
+            )
+        }),
     );
     if !booted {
         println!("{}", env.diagnostics(30));
         drop(guest);
         return c.finish("smoke");
     }
-    c.check("web app GET /verify (192 MiB checksum in the guest)", expect_ok(env.app_addr(), "/verify", Duration::from_secs(120)));
+    c.check(
+        "web app GET /verify (192 MiB checksum in the guest)",
+        expect_ok(env.app_addr(), "/verify", Duration::from_secs(120)),
+    );
     c.check(
         "checksum process GET /verify",
-        http::poll_ok(env.check_addr(), "/verify", Instant::now() + Duration::from_secs(60), Duration::from_millis(250)).map(|(r, _)| r.body.trim().to_string()),
+        http::poll_ok(
+            env.check_addr(),
+            "/verify",
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_millis(250),
+        )
+        .map(|(r, _)| r.body.trim().to_string()),
     );
     c.check(
         "idle process GET /verify",
-        http::poll_ok(env.idle_addr(), "/verify", Instant::now() + Duration::from_secs(60), Duration::from_millis(250)).map(|(r, _)| r.body.trim().to_string()),
+        http::poll_ok(
+            env.idle_addr(),
+            "/verify",
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_millis(250),
+        )
+        .map(|(r, _)| r.body.trim().to_string()),
     );
-    let module_loaded = std::fs::read_to_string(env.console_path()).map(|s| s.contains("torpor.ko loaded")).unwrap_or(false);
-    println!("smoke: torpor.ko in the guest: {}", if module_loaded { "loaded" } else { "not loaded (portable source)" });
+    let module_loaded = std::fs::read_to_string(env.console_path())
+        .map(|s| s.contains("torpor.ko loaded"))
+        .unwrap_or(false);
+    println!(
+        "smoke: torpor.ko in the guest: {}",
+        if module_loaded {
+            "loaded"
+        } else {
+            "not loaded (portable source)"
+        }
+    );
     agent_checks(&mut c, env, module_loaded);
 
     // QEMU's guest-RAM mapping: what the bench measures.
@@ -228,9 +292,19 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
             let pc = mem::page_counts(guest.pid(), ram.start, ram.end)?;
             let app_pages = env.data_pages();
             if pc.present < app_pages {
-                bail!("only {} pages present, the apps hold {app_pages}", pc.present);
+                bail!(
+                    "only {} pages present, the apps hold {app_pages}",
+                    pc.present
+                );
             }
-            Ok(format!("{:#x}+{} MiB: {} present, {} swapped, {} untouched", ram.start, ram.len() >> 20, pc.present, pc.swapped, pc.none))
+            Ok(format!(
+                "{:#x}+{} MiB: {} present, {} swapped, {} untouched",
+                ram.start,
+                ram.len() >> 20,
+                pc.present,
+                pc.swapped,
+                pc.none
+            ))
         })(),
     );
 
@@ -257,32 +331,66 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
             if !running {
                 bail!("after cont: status {st}");
             }
-            let (r, _) = http::poll_ok(env.app_addr(), "/", Instant::now() + Duration::from_secs(60), Duration::from_millis(50))?;
-            Ok(format!("paused guest did not answer in 3 s; after cont {} in {:.0} ms", r.body.trim(), t.elapsed().as_secs_f64() * 1e3))
+            let (r, _) = http::poll_ok(
+                env.app_addr(),
+                "/",
+                Instant::now() + Duration::from_secs(60),
+                Duration::from_millis(50),
+            )?;
+            Ok(format!(
+                "paused guest did not answer in 3 s; after cont {} in {:.0} ms",
+                r.body.trim(),
+                t.elapsed().as_secs_f64() * 1e3
+            ))
         })(),
     );
-    c.check("web app GET /verify after stop/cont", expect_ok(env.app_addr(), "/verify", Duration::from_secs(120)));
-    c.check("agent still answers after stop/cont (PING)", (|| {
-        let s = UnixStream::connect(env.agent_path())?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut cl = Client::new(s);
-        let n = cl.ping(0xfeed_beef)?;
-        if n != 0xfeed_beef {
-            bail!("nonce {n:#x}");
-        }
-        Ok("PONG".into())
-    })());
+    c.check(
+        "web app GET /verify after stop/cont",
+        expect_ok(env.app_addr(), "/verify", Duration::from_secs(120)),
+    );
+    c.check(
+        "agent still answers after stop/cont (PING)",
+        (|| {
+            let s = UnixStream::connect(env.agent_path())?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let mut cl = Client::new(s);
+            let n = cl.ping(0xfeed_beef)?;
+            if n != 0xfeed_beef {
+                bail!("nonce {n:#x}");
+            }
+            Ok("PONG".into())
+        })(),
+    );
     let bad_console = std::fs::read_to_string(env.console_path())
         .unwrap_or_default()
         .lines()
-        .filter(|l| ["BUG:", "WARNING:", "Oops", "general protection", "Kernel panic"].iter().any(|p| l.contains(p)))
+        .filter(|l| {
+            [
+                "BUG:",
+                "WARNING:",
+                "Oops",
+                "general protection",
+                "Kernel panic",
+            ]
+            .iter()
+            .any(|p| l.contains(p))
+        })
         .map(str::to_string)
         .collect::<Vec<_>>();
     c.check(
         "guest console has no kernel trouble",
-        if bad_console.is_empty() { Ok("clean".into()) } else { Err(anyhow::anyhow!("{bad_console:?}")) },
+        if bad_console.is_empty() {
+            Ok("clean".into())
+        } else {
+            Err(anyhow::anyhow!("{bad_console:?}"))
+        },
     );
-    c.check("QEMU quits on QMP quit", guest.shutdown(Duration::from_secs(30)).map(|()| "exited".into()));
+    c.check(
+        "QEMU quits on QMP quit",
+        guest
+            .shutdown(Duration::from_secs(30))
+            .map(|()| "exited".into()),
+    );
     if !c.failed.is_empty() {
         println!("{}", env.diagnostics(20));
     }
@@ -293,6 +401,9 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
 mod tests {
     #[test]
     fn ansi_is_stripped() {
-        assert_eq!(super::strip_ansi("\x1b[2mtime\x1b[0m \x1b[33m WARN\x1b[0m x"), "time  WARN x");
+        assert_eq!(
+            super::strip_ansi("\x1b[2mtime\x1b[0m \x1b[33m WARN\x1b[0m x"),
+            "time  WARN x"
+        );
     }
 }

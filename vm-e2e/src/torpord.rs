@@ -14,9 +14,18 @@ pub fn dechunk(body: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut rest = body;
     loop {
-        let nl = rest.windows(2).position(|w| w == b"\r\n").context("chunk size line")?;
-        let size_s = std::str::from_utf8(&rest[..nl])?.split(';').next().unwrap_or("").trim().to_string();
-        let size = usize::from_str_radix(&size_s, 16).with_context(|| format!("bad chunk size {size_s:?}"))?;
+        let nl = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line")?;
+        let size_s = std::str::from_utf8(&rest[..nl])?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let size = usize::from_str_radix(&size_s, 16)
+            .with_context(|| format!("bad chunk size {size_s:?}"))?;
         rest = &rest[nl + 2..];
         if size == 0 {
             return Ok(out);
@@ -31,12 +40,23 @@ pub fn dechunk(body: &[u8]) -> Result<Vec<u8>> {
 
 /// Split a raw HTTP response into (status, decoded body).
 pub fn parse_raw(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no end of headers")?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
     let head = String::from_utf8_lossy(&raw[..end]).to_string();
     let body = &raw[end + 4..];
-    let status: u16 = head.split_whitespace().nth(1).context("no status")?.parse()?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
     let header = |k: &str| {
-        head.lines().skip(1).filter_map(|l| l.split_once(':')).find(|(n, _)| n.trim().eq_ignore_ascii_case(k)).map(|(_, v)| v.trim().to_string())
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.trim().to_string())
     };
     let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(body)?
@@ -53,15 +73,31 @@ pub fn parse_raw(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
 }
 
 /// One API call; returns (status, JSON body).
-pub fn call(sock: &Path, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, Value)> {
+pub fn call(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, Value)> {
     let mut s = UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
     s.set_read_timeout(Some(timeout))?;
     let b = body.map(|v| v.to_string()).unwrap_or_default();
     s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: torpord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).with_context(|| format!("{method} {path}"))?;
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("{method} {path}"))?;
     let (status, body) = parse_raw(&raw)?;
-    let v = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).with_context(|| format!("{method} {path}: not JSON: {}", String::from_utf8_lossy(&body)))? };
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "{method} {path}: not JSON: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?
+    };
     Ok((status, v))
 }
 
@@ -70,7 +106,13 @@ fn toml_str(s: &str) -> String {
 }
 
 /// torpord's configuration for the e2e guest (app "guest", `kind = "vm"`).
-pub fn config(env: &GuestEnv, argv: &[String], state_dir: &Path, sock: &Path, cgroup_parent: &str) -> String {
+pub fn config(
+    env: &GuestEnv,
+    argv: &[String],
+    state_dir: &Path,
+    sock: &Path,
+    cgroup_parent: &str,
+) -> String {
     let cmd: Vec<String> = argv.iter().map(|a| toml_str(a)).collect();
     format!(
         r#"# written by torpor-vm-e2e
@@ -131,13 +173,22 @@ mod tests {
             idle_mib: 96,
             ko: String::new(),
         };
-        let text = config(&env, &["/w/guest.sh".into(), "launch".into(), "/work/x".into()], Path::new("/work/x/state"), Path::new("/work/x/t.sock"), "torpor-e2e");
+        let text = config(
+            &env,
+            &["/w/guest.sh".into(), "launch".into(), "/work/x".into()],
+            Path::new("/work/x/state"),
+            Path::new("/work/x/t.sock"),
+            "torpor-e2e",
+        );
         let v: toml::Value = toml::from_str(&text).unwrap();
         let app = &v["app"][0];
         assert_eq!(app["kind"].as_str(), Some("vm"));
         assert_eq!(app["vm"]["qmp"].as_str(), Some("/work/x/qmp.sock"));
         assert_eq!(app["vm"]["agent"].as_str(), Some("/work/x/agent.sock"));
         assert_eq!(app["command"][1].as_str(), Some("launch"));
-        assert_eq!(app["ready"]["http"].as_str(), Some("http://127.0.0.1:18080/"));
+        assert_eq!(
+            app["ready"]["http"].as_str(),
+            Some("http://127.0.0.1:18080/")
+        );
     }
 }

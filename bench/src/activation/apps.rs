@@ -22,7 +22,10 @@ pub struct At {
 
 impl At {
     pub fn now() -> At {
-        At { t0: Instant::now(), t0_unix: now_unix() }
+        At {
+            t0: Instant::now(),
+            t0_unix: now_unix(),
+        }
     }
     pub fn secs(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
@@ -30,7 +33,10 @@ impl At {
 }
 
 pub fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// What a workload measured in one run.
@@ -94,8 +100,15 @@ fn local(port: u16) -> SocketAddr {
 }
 
 fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
-    let o = Command::new(c).args(args).output().with_context(|| format!("run {c}"))?;
-    ensure!(o.status.success(), "{c} {args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+    let o = Command::new(c)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {c}"))?;
+    ensure!(
+        o.status.success(),
+        "{c} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
@@ -104,16 +117,36 @@ fn dpkg_version(pkg: &str) -> String {
 }
 
 fn toml_list(v: &[String]) -> String {
-    format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+    )
 }
 
-fn app_entry(name: &str, command: &[String], workdir: Option<&Path>, env: &[(&str, String)], ready: &str, ready_timeout: &str) -> String {
-    let mut s = format!("[[app]]\nname = {}\ncommand = {}\n", q(name), toml_list(command));
+fn app_entry(
+    name: &str,
+    command: &[String],
+    workdir: Option<&Path>,
+    env: &[(&str, String)],
+    ready: &str,
+    ready_timeout: &str,
+) -> String {
+    let mut s = format!(
+        "[[app]]\nname = {}\ncommand = {}\n",
+        q(name),
+        toml_list(command)
+    );
     if let Some(w) = workdir {
         s += &format!("workdir = {}\n", q(&w.display().to_string()));
     }
     if !env.is_empty() {
-        s += &format!("env = {{ {} }}\n", env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect::<Vec<_>>().join(", "));
+        s += &format!(
+            "env = {{ {} }}\n",
+            env.iter()
+                .map(|(k, v)| format!("{k} = {}", q(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     s + &format!("ready = {ready}\nready_timeout = {}\n", q(ready_timeout))
 }
@@ -128,7 +161,10 @@ pub fn http_first_ok(port: u16, path: &str, at: &At, limit: Duration) -> Result<
             Ok(r) => format!("status {}", r.status),
             Err(e) => format!("{e:#}"),
         };
-        ensure!(at.t0.elapsed() < limit, "no successful GET {path} on :{port} within {limit:?} (last: {last})");
+        ensure!(
+            at.t0.elapsed() < limit,
+            "no successful GET {path} on :{port} within {limit:?} (last: {last})"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -173,8 +209,15 @@ impl Tomcat {
                 (Some(t), jh)
             }
             None => {
-                let java = std::fs::canonicalize(which("java").context("no java on PATH (tomcat10 depends on a JRE)")?)?;
-                let jh = java.parent().and_then(Path::parent).context("JAVA_HOME from java")?.display().to_string();
+                let java = std::fs::canonicalize(
+                    which("java").context("no java on PATH (tomcat10 depends on a JRE)")?,
+                )?;
+                let jh = java
+                    .parent()
+                    .and_then(Path::parent)
+                    .context("JAVA_HOME from java")?
+                    .display()
+                    .to_string();
                 (None, jh)
             }
         };
@@ -192,16 +235,46 @@ impl Tomcat {
         }
         let sx = base.join("conf/server.xml");
         let s = std::fs::read_to_string(&sx)?;
-        ensure!(s.contains("port=\"8080\""), "{}: no port=\"8080\" connector", sx.display());
-        std::fs::write(&sx, s.replace("port=\"8080\"", &format!("port=\"{port}\"")).replace("<Server port=\"8005\"", "<Server port=\"-1\""))?;
+        ensure!(
+            s.contains("port=\"8080\""),
+            "{}: no port=\"8080\" connector",
+            sx.display()
+        );
+        std::fs::write(
+            &sx,
+            s.replace("port=\"8080\"", &format!("port=\"{port}\""))
+                .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
+        )?;
         match &prep {
             Some(t) => copy_dir(&t.dir.join("app"), &base.join("webapps/app"))?,
-            None => copy_dir(Path::new("/usr/share/tomcat10-root/default_root"), &base.join("webapps/ROOT")).context("the default ROOT webapp (package tomcat10)")?,
+            None => copy_dir(
+                Path::new("/usr/share/tomcat10-root/default_root"),
+                &base.join("webapps/ROOT"),
+            )
+            .context("the default ROOT webapp (package tomcat10)")?,
         }
-        let java_version = Command::new(format!("{java_home}/bin/java")).arg("-version").output().ok().map(|o| String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+        let java_version = Command::new(format!("{java_home}/bin/java"))
+            .arg("-version")
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
         let info = json!({"tomcat10": dpkg_version("tomcat10"), "java": java_version, "java_home": java_home, "port": port,
             "webapp": match mib { Some(m) => format!("bench/tomcat-app as /app, {m} MiB of heap data"), None => "Debian's default ROOT webapp (/usr/share/tomcat10-root/default_root)".into() }});
-        Ok(Tomcat { mib, port, base, java_home, info, _prep: prep })
+        Ok(Tomcat {
+            mib,
+            port,
+            base,
+            java_home,
+            info,
+            _prep: prep,
+        })
     }
 
     fn path(&self) -> &'static str {
@@ -214,7 +287,11 @@ impl Tomcat {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 impl Workload for Tomcat {
@@ -235,13 +312,28 @@ impl Workload for Tomcat {
         if let Some(m) = self.mib {
             env.push(("TORPOR_APP_MIB", m.to_string()));
         }
-        let ready = format!("{{ http = {} }}", q(&format!("http://127.0.0.1:{}{}", self.port, self.path())));
-        app_entry(&self.name(), &[format!("{TOMCAT_HOME}/bin/catalina.sh"), "run".into()], Some(&self.base), &env, &ready, "180s")
+        let ready = format!(
+            "{{ http = {} }}",
+            q(&format!("http://127.0.0.1:{}{}", self.port, self.path()))
+        );
+        app_entry(
+            &self.name(),
+            &[format!("{TOMCAT_HOME}/bin/catalina.sh"), "run".into()],
+            Some(&self.base),
+            &env,
+            &ready,
+            "180s",
+        )
     }
     fn setup(&mut self, _d: &Daemon) -> Result<Value> {
         let (_, body) = http_first_ok(self.port, self.path(), &At::now(), Duration::from_secs(60))?;
         if self.mib.is_some() {
-            let (_, b) = http_first_ok(self.port, "/app/?touch=all", &At::now(), Duration::from_secs(60))?;
+            let (_, b) = http_first_ok(
+                self.port,
+                "/app/?touch=all",
+                &At::now(),
+                Duration::from_secs(60),
+            )?;
             ensure!(b.starts_with("OK "), "GET /app/?touch=all answered {b:?}");
         }
         let mut v = self.info.clone();
@@ -251,9 +343,13 @@ impl Workload for Tomcat {
     fn run(&mut self, at: &At, _seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
         let (fr, _) = http_first_ok(self.port, self.path(), at, Duration::from_secs(300))?;
         mark();
-        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        let mut o = Outcome {
+            first_response_s: fr,
+            ..Default::default()
+        };
         if self.mib.is_some() {
-            let (all, b) = http_first_ok(self.port, "/app/?touch=all", at, Duration::from_secs(600))?;
+            let (all, b) =
+                http_first_ok(self.port, "/app/?touch=all", at, Duration::from_secs(600))?;
             ensure!(b.starts_with("OK "), "GET /app/?touch=all answered {b:?}");
             o.metrics.insert("all_data_s".into(), all);
         }
@@ -276,7 +372,11 @@ impl Workload for Tomcat {
     }
     fn columns(&self) -> Vec<Col> {
         if self.mib.is_some() {
-            vec![Col { key: "all_data_s", label: "all data (`?touch=all` answered), s", higher_better: false }]
+            vec![Col {
+                key: "all_data_s",
+                label: "all data (`?touch=all` answered), s",
+                higher_better: false,
+            }]
         } else {
             Vec::new()
         }
@@ -293,10 +393,14 @@ struct Resp {
 
 impl Resp {
     fn connect(port: u16, timeout: Duration) -> Result<Resp> {
-        let s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5)).with_context(|| format!("connect redis :{port}"))?;
+        let s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5))
+            .with_context(|| format!("connect redis :{port}"))?;
         s.set_read_timeout(Some(timeout))?;
         s.set_nodelay(true)?;
-        Ok(Resp { r: BufReader::new(s.try_clone()?), w: std::io::BufWriter::with_capacity(1 << 16, s) })
+        Ok(Resp {
+            r: BufReader::new(s.try_clone()?),
+            w: std::io::BufWriter::with_capacity(1 << 16, s),
+        })
     }
     fn send(&mut self, args: &[&[u8]]) -> Result<()> {
         write!(self.w, "*{}\r\n", args.len())?;
@@ -313,13 +417,18 @@ impl Resp {
     /// One reply: simple/integer as text, bulk as bytes (`None` for nil); errors fail.
     fn reply(&mut self) -> Result<Option<Vec<u8>>> {
         let mut line = String::new();
-        ensure!(self.r.read_line(&mut line)? > 0, "redis closed the connection");
+        ensure!(
+            self.r.read_line(&mut line)? > 0,
+            "redis closed the connection"
+        );
         let l = line.trim_end();
         match l.as_bytes().first() {
             Some(b'+') | Some(b':') => Ok(Some(l.as_bytes()[1..].to_vec())),
             Some(b'-') => bail!("redis error: {}", &l[1..]),
             Some(b'$') => {
-                let n: i64 = l[1..].parse().with_context(|| format!("bad bulk header {l:?}"))?;
+                let n: i64 = l[1..]
+                    .parse()
+                    .with_context(|| format!("bad bulk header {l:?}"))?;
                 if n < 0 {
                     return Ok(None);
                 }
@@ -372,7 +481,17 @@ impl Redis {
         let dir = work.join("redis");
         std::fs::create_dir_all(&dir)?;
         let value_len = 1024;
-        Ok(Redis { port: free_port()?, dir, mib, value_len, keys: (mib << 20) / value_len as u64, gets, conns: 4, depth: 16, info: Value::Null })
+        Ok(Redis {
+            port: free_port()?,
+            dir,
+            mib,
+            value_len,
+            keys: (mib << 20) / value_len as u64,
+            gets,
+            conns: 4,
+            depth: 16,
+            info: Value::Null,
+        })
     }
 
     fn get_many(&self, n: u64, seed: u64, conns: u64) -> Result<()> {
@@ -380,10 +499,16 @@ impl Redis {
         let mut hs = Vec::new();
         for c in 0..conns {
             let (port, keys, depth, vlen) = (self.port, self.keys, self.depth, self.value_len);
-            let count = if c == conns - 1 { n - per * (conns - 1) } else { per };
+            let count = if c == conns - 1 {
+                n - per * (conns - 1)
+            } else {
+                per
+            };
             hs.push(std::thread::spawn(move || -> Result<()> {
                 let mut r = Resp::connect(port, Duration::from_secs(600))?;
-                let mut x = procswap::testdata::Xorshift((seed.wrapping_add(1) << 8 | c).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+                let mut x = procswap::testdata::Xorshift(
+                    (seed.wrapping_add(1) << 8 | c).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1,
+                );
                 let mut done = 0;
                 while done < count {
                     let batch = depth.min(count - done);
@@ -395,11 +520,17 @@ impl Redis {
                     }
                     r.flush()?;
                     for (j, i) in ids.iter().enumerate() {
-                        let v = r.reply()?.with_context(|| format!("GET {} answered nil", redis_key(*i)))?;
+                        let v = r
+                            .reply()?
+                            .with_context(|| format!("GET {} answered nil", redis_key(*i)))?;
                         ensure!(v.len() == vlen, "GET {}: {} bytes", redis_key(*i), v.len());
                         // Spot check of the contents (every 97th), so the data is not only the right size.
                         if (done + j as u64).is_multiple_of(97) {
-                            ensure!(v == redis_value(*i, vlen), "GET {}: wrong value", redis_key(*i));
+                            ensure!(
+                                v == redis_value(*i, vlen),
+                                "GET {}: wrong value",
+                                redis_key(*i)
+                            );
                         }
                     }
                     done += batch;
@@ -408,7 +539,8 @@ impl Redis {
             }));
         }
         for h in hs {
-            h.join().map_err(|_| anyhow::anyhow!("GET thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("GET thread panicked"))??;
         }
         Ok(())
     }
@@ -420,11 +552,34 @@ impl Workload for Redis {
     }
     fn app_toml(&self) -> String {
         let p = self.port.to_string();
-        let cmd: Vec<String> = ["/usr/bin/redis-server", "--port", &p, "--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", &self.dir.display().to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        app_entry("redis", &cmd, Some(&self.dir), &[], &format!("{{ tcp = {} }}", self.port), "60s")
+        let cmd: Vec<String> = [
+            "/usr/bin/redis-server",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &self.dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        app_entry(
+            "redis",
+            &cmd,
+            Some(&self.dir),
+            &[],
+            &format!("{{ tcp = {} }}", self.port),
+            "60s",
+        )
     }
     fn setup(&mut self, _d: &Daemon) -> Result<Value> {
         let t = Instant::now();
@@ -434,7 +589,11 @@ impl Workload for Redis {
         while i < self.keys {
             let end = (i + batch).min(self.keys);
             for k in i..end {
-                r.send(&[b"SET", redis_key(k).as_bytes(), &redis_value(k, self.value_len)])?;
+                r.send(&[
+                    b"SET",
+                    redis_key(k).as_bytes(),
+                    &redis_value(k, self.value_len),
+                ])?;
             }
             r.flush()?;
             for _ in i..end {
@@ -445,13 +604,30 @@ impl Workload for Redis {
         r.send(&[b"INFO", b"memory"])?;
         r.flush()?;
         let info = String::from_utf8_lossy(&r.reply()?.unwrap_or_default()).to_string();
-        let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':'))).map(|v| v.trim().to_string());
-        let used: u64 = field("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
-        ensure!(used >= self.mib << 20, "redis used_memory {} MiB < {} MiB after loading {} keys", used >> 20, self.mib, self.keys);
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':')))
+                .map(|v| v.trim().to_string())
+        };
+        let used: u64 = field("used_memory")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        ensure!(
+            used >= self.mib << 20,
+            "redis used_memory {} MiB < {} MiB after loading {} keys",
+            used >> 20,
+            self.mib,
+            self.keys
+        );
         r.send(&[b"INFO", b"server"])?;
         r.flush()?;
         let srv = String::from_utf8_lossy(&r.reply()?.unwrap_or_default()).to_string();
-        let ver = srv.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
+        let ver = srv
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
         self.info = json!({"redis_server": dpkg_version("redis-server"), "redis_version": ver, "keys": self.keys, "value_bytes": self.value_len,
             "values_mib": (self.keys * self.value_len as u64) >> 20, "used_memory_bytes": used, "used_memory_rss": field("used_memory_rss"),
             "load_seconds": t.elapsed().as_secs_f64(), "port": self.port, "gets": self.gets, "get_connections": self.conns, "pipeline_depth": self.depth});
@@ -463,15 +639,25 @@ impl Workload for Redis {
         let mut r = Resp::connect(self.port, Duration::from_secs(600))?;
         r.send(&[b"GET", redis_key(i).as_bytes()])?;
         r.flush()?;
-        let v = r.reply()?.with_context(|| format!("first GET {}: nil", redis_key(i)))?;
+        let v = r
+            .reply()?
+            .with_context(|| format!("first GET {}: nil", redis_key(i)))?;
         let fr = at.secs();
         mark();
-        ensure!(v == redis_value(i, self.value_len), "first GET {}: wrong value", redis_key(i));
+        ensure!(
+            v == redis_value(i, self.value_len),
+            "first GET {}: wrong value",
+            redis_key(i)
+        );
         let t1 = Instant::now();
         self.get_many(self.gets, seed, self.conns)?;
-        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        let mut o = Outcome {
+            first_response_s: fr,
+            ..Default::default()
+        };
         o.metrics.insert("gets_done_s".into(), at.secs());
-        o.metrics.insert("gets_only_s".into(), t1.elapsed().as_secs_f64());
+        o.metrics
+            .insert("gets_only_s".into(), t1.elapsed().as_secs_f64());
         Ok(o)
     }
     fn describe(&self) -> String {
@@ -492,8 +678,16 @@ impl Workload for Redis {
     }
     fn columns(&self) -> Vec<Col> {
         vec![
-            Col { key: "gets_done_s", label: "GETs done (from Start), s", higher_better: false },
-            Col { key: "gets_only_s", label: "GETs alone, s", higher_better: false },
+            Col {
+                key: "gets_done_s",
+                label: "GETs done (from Start), s",
+                higher_better: false,
+            },
+            Col {
+                key: "gets_only_s",
+                label: "GETs alone, s",
+                higher_better: false,
+            },
         ]
     }
 }
@@ -518,7 +712,8 @@ impl Postgres {
     pub fn new(work: &Path, scale: u64, sb_mib: u64, seconds: u64) -> Result<Postgres> {
         let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
         ensure!(bin.join("postgres").exists() && bin.join("pgbench").exists(), "{}/postgres or pgbench missing: apt-get install postgresql-15 (bench/run-activation.sh does)", bin.display());
-        let pw = nix::unistd::User::from_name("postgres")?.context("no user postgres (package postgresql-common creates it)")?;
+        let pw = nix::unistd::User::from_name("postgres")?
+            .context("no user postgres (package postgresql-common creates it)")?;
         let dir = work.join("pg");
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["", "data", "run"] {
@@ -534,27 +729,81 @@ impl Postgres {
                 break;
             }
             let m = std::fs::metadata(d)?.permissions().mode();
-            ensure!(m & 0o001 != 0, "{} is not searchable by user postgres (mode {m:o})", d.display());
+            ensure!(
+                m & 0o001 != 0,
+                "{} is not searchable by user postgres (mode {m:o})",
+                d.display()
+            );
             p = d.parent();
         }
         let o = Command::new("setpriv")
-            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
             .arg(bin.join("initdb"))
             .args(["-D"])
             .arg(dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .context("run initdb")?;
-        ensure!(o.status.success(), "initdb: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        Ok(Postgres { port: free_port()?, dir, bin, scale, sb_mib, seconds, clients: 4, runs: 0, info: Value::Null })
+        ensure!(
+            o.status.success(),
+            "initdb: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(Postgres {
+            port: free_port()?,
+            dir,
+            bin,
+            scale,
+            sb_mib,
+            seconds,
+            clients: 4,
+            runs: 0,
+            info: Value::Null,
+        })
     }
 
     fn psql(&self, sql: &str) -> Result<String> {
         let o = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p", &self.port.to_string(), "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                sql,
+            ])
             .output()
             .context("run psql")?;
-        ensure!(o.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+        ensure!(
+            o.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
@@ -570,7 +819,10 @@ pub fn pgbench_log_times(text: &str) -> Vec<f64> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (s, us) = (f.get(4)?.parse::<f64>().ok()?, f.get(5)?.parse::<f64>().ok()?);
+            let (s, us) = (
+                f.get(4)?.parse::<f64>().ok()?,
+                f.get(5)?.parse::<f64>().ok()?,
+            );
             Some(s + us / 1e6)
         })
         .collect()
@@ -591,7 +843,8 @@ pub fn per_second(times: &[f64], t0: f64, n: usize) -> Vec<f64> {
 /// One simple query over the PostgreSQL v3 wire protocol (user and database `postgres`, trust
 /// authentication, TCP on 127.0.0.1): the first column of each row.
 pub fn pg_query(port: u16, sql: &str, timeout: Duration) -> Result<Vec<String>> {
-    let mut s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5)).with_context(|| format!("connect postgres :{port}"))?;
+    let mut s = TcpStream::connect_timeout(&local(port), Duration::from_secs(5))
+        .with_context(|| format!("connect postgres :{port}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_nodelay(true)?;
     let mut startup = Vec::new();
@@ -614,10 +867,19 @@ pub fn pg_query(port: u16, sql: &str, timeout: Duration) -> Result<Vec<String>> 
         r.read_exact(&mut b)?;
         Ok((h[0], b))
     };
-    let err = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', " ").trim().to_string();
+    let err = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .replace('\0', " ")
+            .trim()
+            .to_string()
+    };
     loop {
         match read_msg(&mut r)? {
-            (b'R', b) => ensure!(b.get(..4) == Some(&[0, 0, 0, 0][..]), "authentication required (code {:?}): the benchmark's cluster uses trust", b.get(..4)),
+            (b'R', b) => ensure!(
+                b.get(..4) == Some(&[0, 0, 0, 0][..]),
+                "authentication required (code {:?}): the benchmark's cluster uses trust",
+                b.get(..4)
+            ),
             (b'E', b) => bail!("postgres: {}", err(&b)),
             (b'Z', _) => break,
             _ => {}
@@ -635,7 +897,12 @@ pub fn pg_query(port: u16, sql: &str, timeout: Duration) -> Result<Vec<String>> 
             (b'D', b) => {
                 ensure!(b.len() >= 6, "short DataRow");
                 let n = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-                rows.push(if n < 0 { "NULL".into() } else { String::from_utf8_lossy(b.get(6..6 + n as usize).context("short DataRow")?).to_string() });
+                rows.push(if n < 0 {
+                    "NULL".into()
+                } else {
+                    String::from_utf8_lossy(b.get(6..6 + n as usize).context("short DataRow")?)
+                        .to_string()
+                });
             }
             (b'E', b) => error = Some(err(&b)),
             (b'Z', _) => break,
@@ -674,20 +941,46 @@ impl Workload for Postgres {
             "-c".into(),
             "max_connections=30".into(),
         ];
-        app_entry("postgres", &cmd, Some(&self.dir), &[], &format!("{{ tcp = {} }}", self.port), "120s")
+        app_entry(
+            "postgres",
+            &cmd,
+            Some(&self.dir),
+            &[],
+            &format!("{{ tcp = {} }}", self.port),
+            "120s",
+        )
     }
     fn setup(&mut self, _d: &Daemon) -> Result<Value> {
         let t = Instant::now();
         while self.psql("SELECT 1").is_err() {
-            ensure!(t.elapsed() < Duration::from_secs(60), "PostgreSQL did not accept connections within 60 s");
+            ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "PostgreSQL did not accept connections within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         let ti = Instant::now();
         let o = Command::new(self.bin.join("pgbench"))
-            .args(["-i", "-q", "-s", &self.scale.to_string(), "-h", "127.0.0.1", "-U", "postgres", "-p", &self.port.to_string(), "postgres"])
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                &self.scale.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &self.port.to_string(),
+                "postgres",
+            ])
             .output()
             .context("run pgbench -i")?;
-        ensure!(o.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&o.stderr));
+        ensure!(
+            o.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let init_s = ti.elapsed().as_secs_f64();
         self.psql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")?;
         self.prewarm()?;
@@ -708,13 +1001,33 @@ impl Workload for Postgres {
         self.runs += 1;
         let prefix = self.dir.join(format!("pgbench-log-{}", self.runs));
         // Our own probe query and pgbench go out together, at once.
-        let aid = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).next() % (self.scale * 100_000) + 1;
+        let aid = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).next()
+            % (self.scale * 100_000)
+            + 1;
         let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
         let port = self.port;
         let child = Command::new(self.bin.join("pgbench"))
-            .args(["-S", "-n", "-c", &self.clients.to_string(), "-j", "2", "-T", &(self.seconds + 3).to_string(), "-l"])
+            .args([
+                "-S",
+                "-n",
+                "-c",
+                &self.clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                &(self.seconds + 3).to_string(),
+                "-l",
+            ])
             .arg(format!("--log-prefix={}", prefix.display()))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &port.to_string(),
+                "postgres",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -725,9 +1038,17 @@ impl Workload for Postgres {
         let o = child.wait_with_output()?;
         let answer = probe.with_context(|| format!("first query {sql:?}"))?;
         ensure!(answer.len() == 1, "{sql:?} answered {answer:?}");
-        ensure!(o.status.success(), "pgbench -S: {}", String::from_utf8_lossy(&o.stderr).trim());
+        ensure!(
+            o.status.success(),
+            "pgbench -S: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
         let mut times = Vec::new();
-        let name = prefix.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = prefix
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if n.starts_with(&format!("{name}.")) {
@@ -735,13 +1056,26 @@ impl Workload for Postgres {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        ensure!(!times.is_empty(), "pgbench wrote no transaction log ({}*)", prefix.display());
+        ensure!(
+            !times.is_empty(),
+            "pgbench wrote no transaction log ({}*)",
+            prefix.display()
+        );
         let first_tx = times.iter().copied().fold(f64::MAX, f64::min);
         let series = per_second(&times, at.t0_unix, self.seconds as usize);
-        let mut out = Outcome { first_response_s: fr, series: series.clone(), ..Default::default() };
-        out.metrics.insert("tps_window".into(), series.iter().sum::<f64>() / self.seconds as f64);
-        out.metrics.insert("pgbench_first_tx_s".into(), first_tx - at.t0_unix);
-        out.metrics.insert("transactions".into(), times.len() as f64);
+        let mut out = Outcome {
+            first_response_s: fr,
+            series: series.clone(),
+            ..Default::default()
+        };
+        out.metrics.insert(
+            "tps_window".into(),
+            series.iter().sum::<f64>() / self.seconds as f64,
+        );
+        out.metrics
+            .insert("pgbench_first_tx_s".into(), first_tx - at.t0_unix);
+        out.metrics
+            .insert("transactions".into(), times.len() as f64);
         let stdout = String::from_utf8_lossy(&o.stdout);
         if let Some(l) = stdout.lines().find(|l| l.starts_with("latency average")) {
             out.note = l.trim().to_string();
@@ -768,8 +1102,16 @@ impl Workload for Postgres {
     }
     fn columns(&self) -> Vec<Col> {
         vec![
-            Col { key: "tps_window", label: "TPS over the first 10 s", higher_better: true },
-            Col { key: "pgbench_first_tx_s", label: "pgbench's first transaction, s", higher_better: false },
+            Col {
+                key: "tps_window",
+                label: "TPS over the first 10 s",
+                higher_better: true,
+            },
+            Col {
+                key: "pgbench_first_tx_s",
+                label: "pgbench's first transaction, s",
+                higher_better: false,
+            },
         ]
     }
 }
@@ -790,8 +1132,19 @@ impl Child {
     pub fn new(bin_dir: &Path, mib: u64, touch: bool) -> Result<Child> {
         let netchild = bin_dir.join("torpor-bench-netchild");
         let child = bin_dir.join("torpor-bench-child");
-        ensure!(netchild.exists() && child.exists(), "{} or {} missing (cargo build --release -p bench)", netchild.display(), child.display());
-        Ok(Child { port: free_port()?, mib, touch, netchild, child })
+        ensure!(
+            netchild.exists() && child.exists(),
+            "{} or {} missing (cargo build --release -p bench)",
+            netchild.display(),
+            child.display()
+        );
+        Ok(Child {
+            port: free_port()?,
+            mib,
+            touch,
+            netchild,
+            child,
+        })
     }
 
     fn ask(&self, req: &str, timeout: Duration) -> Result<String> {
@@ -810,13 +1163,27 @@ impl Workload for Child {
         format!("child-{}", if self.touch { "touch" } else { "null" })
     }
     fn app_toml(&self) -> String {
-        let cmd = [self.netchild.display().to_string(), self.port.to_string(), self.mib.to_string(), self.child.display().to_string()];
-        app_entry(&self.name(), &cmd, None, &[], &format!("{{ tcp = {} }}", self.port), "300s")
+        let cmd = [
+            self.netchild.display().to_string(),
+            self.port.to_string(),
+            self.mib.to_string(),
+            self.child.display().to_string(),
+        ];
+        app_entry(
+            &self.name(),
+            &cmd,
+            None,
+            &[],
+            &format!("{{ tcp = {} }}", self.port),
+            "300s",
+        )
     }
     fn setup(&mut self, _d: &Daemon) -> Result<Value> {
         let r = self.ask("TOUCH", Duration::from_secs(120))?;
         ensure!(r.starts_with("DONE "), "child answered TOUCH with {r:?}");
-        Ok(json!({"mib": self.mib, "port": self.port, "request": if self.touch { "TOUCH" } else { "NULL" }}))
+        Ok(
+            json!({"mib": self.mib, "port": self.port, "request": if self.touch { "TOUCH" } else { "NULL" }}),
+        )
     }
     fn run(&mut self, at: &At, _seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
         let req = if self.touch { "TOUCH" } else { "NULL" };
@@ -824,9 +1191,15 @@ impl Workload for Child {
         let fr = at.secs();
         mark();
         let v: Vec<&str> = r.split_whitespace().collect();
-        ensure!(v.first() == Some(&"DONE") && v.len() == 5, "child answered {req} with {r:?}");
+        ensure!(
+            v.first() == Some(&"DONE") && v.len() == 5,
+            "child answered {req} with {r:?}"
+        );
         let n = |i: usize| v[i].parse::<f64>().unwrap_or(f64::NAN);
-        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        let mut o = Outcome {
+            first_response_s: fr,
+            ..Default::default()
+        };
         o.metrics.insert("child_majflt".into(), n(1));
         o.metrics.insert("child_request_s".into(), n(3) / 1e6);
         Ok(o)
@@ -852,9 +1225,17 @@ impl Workload for Child {
         )
     }
     fn columns(&self) -> Vec<Col> {
-        let mut v = vec![Col { key: "child_majflt", label: "child's major faults in the request", higher_better: false }];
+        let mut v = vec![Col {
+            key: "child_majflt",
+            label: "child's major faults in the request",
+            higher_better: false,
+        }];
         if self.touch {
-            v.push(Col { key: "floor_ratio", label: "touch-all ÷ O_DIRECT floor (same bytes, this round)", higher_better: false });
+            v.push(Col {
+                key: "floor_ratio",
+                label: "touch-all ÷ O_DIRECT floor (same bytes, this round)",
+                higher_better: false,
+            });
         }
         v
     }
@@ -873,34 +1254,76 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(o: &super::Opts) -> Result<Vm> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("repository")?.to_path_buf();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("repository")?
+            .to_path_buf();
         let guest_sh = repo.join("vm-e2e/guest.sh");
-        let (app, agent) = (o.bin_dir.join("torpor-e2e-app"), o.bin_dir.join("torpor-guest"));
-        ensure!(app.exists() && agent.exists(), "{} or {} missing (cargo build --release -p vm-e2e -p guest-enlight)", app.display(), agent.display());
+        let (app, agent) = (
+            o.bin_dir.join("torpor-e2e-app"),
+            o.bin_dir.join("torpor-guest"),
+        );
+        ensure!(
+            app.exists() && agent.exists(),
+            "{} or {} missing (cargo build --release -p vm-e2e -p guest-enlight)",
+            app.display(),
+            agent.display()
+        );
         // The guest runs host binaries and its job dir in place: inside the repository's target dir.
-        let dir = o.bin_dir.parent().context("target dir")?.join(format!("activation-vm-{}", std::process::id()));
+        let dir = o
+            .bin_dir
+            .parent()
+            .context("target dir")?
+            .join(format!("activation-vm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let ports = [free_port()?, free_port()?, free_port()?];
         let out = Command::new(&guest_sh)
             .arg("prepare")
             .arg(&dir)
-            .args(["--port", &ports[0].to_string(), "--check-port", &ports[1].to_string(), "--idle-port", &ports[2].to_string(), "--ws-mib", &o.vm_ws_mib.to_string()])
+            .args([
+                "--port",
+                &ports[0].to_string(),
+                "--check-port",
+                &ports[1].to_string(),
+                "--idle-port",
+                &ports[2].to_string(),
+                "--ws-mib",
+                &o.vm_ws_mib.to_string(),
+            ])
             .env("E2E_APP", &app)
             .env("TORPOR_GUEST", &agent)
             .output()
             .context("run vm-e2e/guest.sh prepare")?;
-        ensure!(out.status.success(), "vm-e2e/guest.sh prepare: {}", String::from_utf8_lossy(&out.stderr).trim());
+        ensure!(
+            out.status.success(),
+            "vm-e2e/guest.sh prepare: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         let env = vm_e2e::guest::GuestEnv::load(&dir)?;
-        let qemu = cmd_out("qemu-system-x86_64", &["--version"]).unwrap_or_default().lines().next().unwrap_or("").to_string();
+        let qemu = cmd_out("qemu-system-x86_64", &["--version"])
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         let info = json!({"guest_dir": dir.display().to_string(), "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib,
             "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko": env.ko, "qemu": qemu, "accel": "tcg"});
-        Ok(Vm { env, guest_sh, info })
+        Ok(Vm {
+            env,
+            guest_sh,
+            info,
+        })
     }
 
     fn verify(&self, addr: SocketAddr) -> Result<String> {
         let r = vm_e2e::http::get(addr, "/verify", Duration::from_secs(600))?;
-        ensure!(r.status == 200 && r.body.starts_with("ok"), "GET /verify on {addr}: {} {}", r.status, r.body.trim());
+        ensure!(
+            r.status == 200 && r.body.starts_with("ok"),
+            "GET /verify on {addr}: {} {}",
+            r.status,
+            r.body.trim()
+        );
         Ok(r.body.trim().to_string())
     }
 }
@@ -920,7 +1343,17 @@ impl Workload for Vm {
     }
     fn app_toml(&self) -> String {
         let e = &self.env;
-        let mut s = app_entry("vm", &e.launch_argv(&self.guest_sh), None, &[], &format!("{{ http = {} }}", q(&format!("http://127.0.0.1:{}/", e.port))), "600s");
+        let mut s = app_entry(
+            "vm",
+            &e.launch_argv(&self.guest_sh),
+            None,
+            &[],
+            &format!(
+                "{{ http = {} }}",
+                q(&format!("http://127.0.0.1:{}/", e.port))
+            ),
+            "600s",
+        );
         // TCG is slow: the agent's maps (portable source) and QMP get more than the defaults
         // (as vm-e2e's own config); vm_prefetch is left at torpord's default.
         s += &format!(
@@ -943,7 +1376,10 @@ impl Workload for Vm {
         let (fr, _) = http_first_ok(self.env.port, "/", at, Duration::from_secs(900))?;
         mark();
         let v = self.verify(self.env.app_addr())?;
-        let mut o = Outcome { first_response_s: fr, ..Default::default() };
+        let mut o = Outcome {
+            first_response_s: fr,
+            ..Default::default()
+        };
         o.metrics.insert("all_data_back_s".into(), at.secs());
         self.verify(self.env.check_addr())?;
         o.note = v;
@@ -951,7 +1387,10 @@ impl Workload for Vm {
     }
     fn check(&mut self, _d: &Daemon) -> Result<String> {
         let a = self.verify(self.env.idle_addr())?;
-        Ok(format!("the guest's idle process ({} MiB, untouched across all trials) GET /verify: {a}", self.env.idle_mib))
+        Ok(format!(
+            "the guest's idle process ({} MiB, untouched across all trials) GET /verify: {a}",
+            self.env.idle_mib
+        ))
     }
     fn describe(&self) -> String {
         let e = &self.env;
@@ -965,7 +1404,11 @@ impl Workload for Vm {
         )
     }
     fn columns(&self) -> Vec<Col> {
-        vec![Col { key: "all_data_back_s", label: "all app data back (`/verify` done), s", higher_better: false }]
+        vec![Col {
+            key: "all_data_back_s",
+            label: "all app data back (`/verify` done), s",
+            higher_better: false,
+        }]
     }
 }
 
@@ -979,7 +1422,10 @@ mod tests {
         let t = pgbench_log_times(log);
         assert_eq!(t.len(), 3);
         assert!((t[0] - 1_700_000_000.25).abs() < 1e-6);
-        assert_eq!(per_second(&t, 1_700_000_000.0, 10), vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            per_second(&t, 1_700_000_000.0, 10),
+            vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
     }
 
     #[test]
@@ -994,7 +1440,14 @@ mod tests {
 
     #[test]
     fn app_entries_are_valid_toml() {
-        let s = app_entry("a", &["/bin/x".into(), "".into(), "q\"uote".into()], Some(Path::new("/w")), &[("K", "v v".into())], "{ tcp = 1 }", "60s");
+        let s = app_entry(
+            "a",
+            &["/bin/x".into(), "".into(), "q\"uote".into()],
+            Some(Path::new("/w")),
+            &[("K", "v v".into())],
+            "{ tcp = 1 }",
+            "60s",
+        );
         let v: toml::Value = toml::from_str(&s).unwrap();
         let app = &v["app"][0];
         assert_eq!(app["command"][1].as_str(), Some(""));

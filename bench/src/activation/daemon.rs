@@ -31,7 +31,8 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(bin: &Path, dir: &Path, app: &str, app_toml: &str) -> Result<Daemon> {
-        std::fs::create_dir_all(dir.join("state")).with_context(|| format!("mkdir {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("state"))
+            .with_context(|| format!("mkdir {}", dir.display()))?;
         Ok(Daemon {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -52,7 +53,12 @@ impl Daemon {
             "# written by torpor-bench activation: torpord's defaults for every policy key; only the socket,\n\
              # state directory and cgroup parent are set (isolation from other torpord instances).\n",
         );
-        s += &format!("socket = {}\nstate_dir = {}\ncgroup_parent = {}\n", q(&self.sock.display().to_string()), q(&self.dir.join("state").display().to_string()), q(&self.cg_parent));
+        s += &format!(
+            "socket = {}\nstate_dir = {}\ncgroup_parent = {}\n",
+            q(&self.sock.display().to_string()),
+            q(&self.dir.join("state").display().to_string()),
+            q(&self.cg_parent)
+        );
         if warm {
             s += "# warm: Stop freezes and never purges; Start is a plain thaw.\npurge = \"never\"\n";
         }
@@ -60,7 +66,11 @@ impl Daemon {
     }
 
     fn config_path(&self, warm: bool) -> PathBuf {
-        self.dir.join(if warm { "torpord-warm.toml" } else { "torpord.toml" })
+        self.dir.join(if warm {
+            "torpord-warm.toml"
+        } else {
+            "torpord.toml"
+        })
     }
 
     /// Start torpord with the default (`warm = false`) or warm configuration.
@@ -68,9 +78,22 @@ impl Daemon {
         ensure!(self.child.is_none(), "torpord already running");
         let cfg = self.config_path(warm);
         std::fs::write(&cfg, self.config_text(warm))?;
-        let check = Command::new(&self.bin).arg("--check").arg("--config").arg(&cfg).output().with_context(|| format!("run {}", self.bin.display()))?;
-        ensure!(check.status.success(), "torpord --check {}: {}", cfg.display(), String::from_utf8_lossy(&check.stderr).trim());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("torpord.log"))?;
+        let check = Command::new(&self.bin)
+            .arg("--check")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .with_context(|| format!("run {}", self.bin.display()))?;
+        ensure!(
+            check.status.success(),
+            "torpord --check {}: {}",
+            cfg.display(),
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("torpord.log"))?;
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&cfg)
@@ -89,10 +112,17 @@ impl Daemon {
             if let Some(c) = self.child.as_mut() {
                 if let Some(st) = c.try_wait()? {
                     self.child = None;
-                    bail!("torpord exited at startup ({st}); log: {}\n{}", self.dir.join("torpord.log").display(), self.log_tail(10));
+                    bail!(
+                        "torpord exited at startup ({st}); log: {}\n{}",
+                        self.dir.join("torpord.log").display(),
+                        self.log_tail(10)
+                    );
                 }
             }
-            ensure!(t.elapsed() < Duration::from_secs(60), "torpord's socket did not answer within 60 s");
+            ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "torpord's socket did not answer within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -105,7 +135,9 @@ impl Daemon {
 
     /// SIGTERM torpord (it leaves apps as they are), wait for it.
     pub fn stop(&mut self) -> Result<()> {
-        let Some(mut c) = self.child.take() else { return Ok(()) };
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
@@ -126,22 +158,40 @@ impl Daemon {
         if self.child.is_some() && self.warm == warm {
             return Ok(());
         }
-        let before = self.status().ok().and_then(|s| s["state"].as_str().map(str::to_string));
+        let before = self
+            .status()
+            .ok()
+            .and_then(|s| s["state"].as_str().map(str::to_string));
         self.stop()?;
         self.start(warm)?;
         self.restarts += 1;
         let after = self.status()?;
         let st = after["state"].as_str().unwrap_or("?");
-        ensure!(before.as_deref().is_none_or(|b| b == st), "torpord restart: app {} was {before:?}, adopted as {st}", self.app);
+        ensure!(
+            before.as_deref().is_none_or(|b| b == st),
+            "torpord restart: app {} was {before:?}, adopted as {st}",
+            self.app
+        );
         Ok(())
     }
 
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, Value)> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Value)> {
         vm_e2e::torpord::call(&self.sock, method, path, body, timeout)
     }
 
     pub fn status(&self) -> Result<Value> {
-        let (st, v) = self.call("GET", &format!("/v1/apps/{}", self.app), None, Duration::from_secs(60))?;
+        let (st, v) = self.call(
+            "GET",
+            &format!("/v1/apps/{}", self.app),
+            None,
+            Duration::from_secs(60),
+        )?;
         ensure!(st == 200, "GET /v1/apps/{}: {st} {v}", self.app);
         Ok(v)
     }
@@ -149,13 +199,27 @@ impl Daemon {
     /// POST start (body `{"prefetch": mode}` or none); the answer, which must be a 200.
     pub fn start_app(&self, mode: Option<&str>) -> Result<Value> {
         let body = mode.map(|m| json!({ "prefetch": m }));
-        let (st, v) = self.call("POST", &format!("/v1/apps/{}/start", self.app), body.as_ref(), Duration::from_secs(900))?;
-        ensure!(st == 200, "start {} (prefetch {mode:?}): {st} {v}", self.app);
+        let (st, v) = self.call(
+            "POST",
+            &format!("/v1/apps/{}/start", self.app),
+            body.as_ref(),
+            Duration::from_secs(900),
+        )?;
+        ensure!(
+            st == 200,
+            "start {} (prefetch {mode:?}): {st} {v}",
+            self.app
+        );
         Ok(v)
     }
 
     pub fn stop_app(&self) -> Result<Value> {
-        let (st, v) = self.call("POST", &format!("/v1/apps/{}/stop", self.app), None, Duration::from_secs(900))?;
+        let (st, v) = self.call(
+            "POST",
+            &format!("/v1/apps/{}/stop", self.app),
+            None,
+            Duration::from_secs(900),
+        )?;
         ensure!(st == 200, "stop {}: {st} {v}", self.app);
         Ok(v)
     }
@@ -180,7 +244,13 @@ impl Daemon {
     pub fn cleanup(&mut self) {
         let _ = self.stop();
         let dirs = self.app_cgroups();
-        let procs = |d: &Path| -> Vec<i32> { std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect() };
+        let procs = |d: &Path| -> Vec<i32> {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        };
         for d in &dirs {
             let _ = std::fs::write(d.join("cgroup.freeze"), "0");
             let _ = std::fs::write(d.join("freezer.state"), "THAWED");
@@ -193,7 +263,8 @@ impl Daemon {
                 }
             }
             let t = Instant::now();
-            while dirs.iter().any(|d| !procs(d).is_empty()) && t.elapsed() < Duration::from_secs(20) {
+            while dirs.iter().any(|d| !procs(d).is_empty()) && t.elapsed() < Duration::from_secs(20)
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -223,12 +294,33 @@ pub fn accepted_modes(torpord: &Path, dir: &Path, vm: bool) -> Result<Vec<String
         format!("prefetch = \"{PROBE}\"\n")
     };
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(if vm { "modes-probe-vm.toml" } else { "modes-probe.toml" });
+    let path = dir.join(if vm {
+        "modes-probe-vm.toml"
+    } else {
+        "modes-probe.toml"
+    });
     std::fs::write(&path, text)?;
-    let out = Command::new(torpord).arg("--check").arg("--config").arg(&path).output().with_context(|| format!("run {}", torpord.display()))?;
-    let msg = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    ensure!(!out.status.success(), "torpord --check accepted prefetch mode {PROBE:?}: cannot list its modes");
-    parse_modes(&msg).with_context(|| format!("no mode list in torpord's answer to an unknown mode: {}", msg.trim()))
+    let out = Command::new(torpord)
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .with_context(|| format!("run {}", torpord.display()))?;
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(
+        !out.status.success(),
+        "torpord --check accepted prefetch mode {PROBE:?}: cannot list its modes"
+    );
+    parse_modes(&msg).with_context(|| {
+        format!(
+            "no mode list in torpord's answer to an unknown mode: {}",
+            msg.trim()
+        )
+    })
 }
 
 /// Mode names from a config error message.
@@ -236,13 +328,22 @@ pub fn parse_modes(msg: &str) -> Option<Vec<String>> {
     let mut v: Vec<String> = Vec::new();
     if let Some((_, rest)) = msg.split_once("expected") {
         let parts: Vec<&str> = rest.split('`').collect();
-        v = parts.iter().skip(1).step_by(2).map(|s| s.to_string()).collect();
+        v = parts
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|s| s.to_string())
+            .collect();
     }
     if v.is_empty() {
         // "unknown prefetch mode \"x\" (a, b, c)"
         let open = msg.rfind('(')?;
         let close = msg[open..].find(')')? + open;
-        v = msg[open + 1..close].split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        v = msg[open + 1..close]
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
     }
     v.retain(|m| !m.contains(' ') && !m.is_empty());
     v.dedup();
@@ -276,16 +377,34 @@ impl Memcg {
     /// From torpord's app status (`cgroups.v1_memory`, else `cgroups.v2` with a memory controller).
     pub fn from_status(st: &Value) -> Option<Memcg> {
         if let Some(d) = st["cgroups"]["v1_memory"].as_str() {
-            return Some(Memcg { dir: d.into(), v1: true });
+            return Some(Memcg {
+                dir: d.into(),
+                v1: true,
+            });
         }
         let d = PathBuf::from(st["cgroups"]["v2"].as_str()?);
-        d.join("memory.current").exists().then_some(Memcg { dir: d, v1: false })
+        d.join("memory.current")
+            .exists()
+            .then_some(Memcg { dir: d, v1: false })
     }
 
     pub fn snap(&self) -> MemSnap {
         let stat = std::fs::read_to_string(self.dir.join("memory.stat")).unwrap_or_default();
-        let get = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0);
-        let file_u64 = |f: &str| std::fs::read_to_string(self.dir.join(f)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let get = |k: &str| {
+            stat.lines()
+                .find_map(|l| {
+                    l.strip_prefix(k)
+                        .and_then(|r| r.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let file_u64 = |f: &str| {
+            std::fs::read_to_string(self.dir.join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         if self.v1 {
             let (anon, cache) = (get("total_rss"), get("total_cache"));
             MemSnap {
@@ -321,11 +440,17 @@ mod tests {
     #[test]
     fn modes_from_serde_and_from_str_errors() {
         let serde = "torpord: configuration error: /x.toml:1:12: unknown variant `torpor-bench-no-such-mode`, expected one of `full`, `working-set-only`, `none`";
-        assert_eq!(parse_modes(serde).unwrap(), ["full", "working-set-only", "none"]);
+        assert_eq!(
+            parse_modes(serde).unwrap(),
+            ["full", "working-set-only", "none"]
+        );
         let two = "unknown variant `zz`, expected `a` or `b`";
         assert_eq!(parse_modes(two).unwrap(), ["a", "b"]);
         let fs = "unknown prefetch mode \"zz\" (full, working-set-only, none)";
-        assert_eq!(parse_modes(fs).unwrap(), ["full", "working-set-only", "none"]);
+        assert_eq!(
+            parse_modes(fs).unwrap(),
+            ["full", "working-set-only", "none"]
+        );
         assert!(parse_modes("something else").is_none());
     }
 
@@ -344,7 +469,10 @@ mod tests {
         };
         let def = d.config_text(false);
         for k in ["prefetch", "purge", "reserve", "backend"] {
-            assert!(!def.lines().any(|l| l.starts_with(k)), "{k} set in the default config:\n{def}");
+            assert!(
+                !def.lines().any(|l| l.starts_with(k)),
+                "{k} set in the default config:\n{def}"
+            );
         }
         let warm = d.config_text(true);
         assert!(warm.lines().any(|l| l == "purge = \"never\""));

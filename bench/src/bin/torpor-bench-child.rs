@@ -60,7 +60,11 @@ impl Area {
         // SAFETY: advising our own fresh mapping, `ptr`/`len` exactly as returned by mmap.
         unsafe { nix::sys::mman::madvise(ptr, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
             .map_err(|e| format!("madvise(MADV_NOHUGEPAGE): {e}"))?;
-        let mut a = Area { ptr, len, sums: Vec::new() };
+        let mut a = Area {
+            ptr,
+            len,
+            sums: Vec::new(),
+        };
         let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
         for w in a.words_mut() {
             *w = rng.next();
@@ -152,7 +156,12 @@ impl Area {
     }
 
     fn verify(&self) -> Result<(), usize> {
-        match self.words().chunks(MIB / 8).zip(&self.sums).position(|(c, &want)| checksum(c) != want) {
+        match self
+            .words()
+            .chunks(MIB / 8)
+            .zip(&self.sums)
+            .position(|(c, &want)| checksum(c) != want)
+        {
             Some(i) => Err(i),
             None => Ok(()),
         }
@@ -185,7 +194,12 @@ fn main() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let arg = |i: usize| parts.get(i).and_then(|v| v.parse::<u64>().ok());
         let reply = match (parts.first().copied(), &mut area) {
-            (Some("ALLOC"), _) => match parts.get(1).and_then(|v| v.parse::<usize>().ok()).ok_or("ALLOC <mib>".to_string()).and_then(Area::alloc) {
+            (Some("ALLOC"), _) => match parts
+                .get(1)
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or("ALLOC <mib>".to_string())
+                .and_then(Area::alloc)
+            {
                 Ok(a) => {
                     let r = format!("READY {} {}", a.ptr.as_ptr() as usize, a.len);
                     area = Some(a);
@@ -218,7 +232,9 @@ fn main() {
                 Ok(()) => "OK".into(),
                 Err(i) => format!("BAD {i}"),
             },
-            (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN" | "DIRTY"), None) => "ERR nothing allocated".into(),
+            (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN" | "DIRTY"), None) => {
+                "ERR nothing allocated".into()
+            }
             (Some("EXIT"), _) => break,
             _ => format!("ERR unknown command {line:?}"),
         };

@@ -21,13 +21,18 @@ use std::process::Command;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: torpor-bench-netchild PORT MIB [CHILD]";
-    let (Some(port), Some(mib)) = (args.get(1).and_then(|p| p.parse::<u16>().ok()), args.get(2).and_then(|p| p.parse::<u64>().ok())) else {
+    let (Some(port), Some(mib)) = (
+        args.get(1).and_then(|p| p.parse::<u16>().ok()),
+        args.get(2).and_then(|p| p.parse::<u64>().ok()),
+    ) else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
     let child = match args.get(3) {
         Some(p) => PathBuf::from(p),
-        None => std::env::current_exe().map(|e| e.with_file_name("torpor-bench-child")).unwrap_or_default(),
+        None => std::env::current_exe()
+            .map(|e| e.with_file_name("torpor-bench-child"))
+            .unwrap_or_default(),
     };
     if let Err(e) = run(port, mib, &child) {
         eprintln!("torpor-bench-netchild: {e}");
@@ -63,7 +68,10 @@ fn run(port: u16, mib: u64, child: &std::path::Path) -> Result<(), String> {
             drop(to_child_w);
             drop(from_child_r);
             // Become the child, stdin/stdout on the pipes to the front.
-            let err = Command::new(child).stdin(File::from(to_child_r)).stdout(File::from(from_child_w)).exec();
+            let err = Command::new(child)
+                .stdin(File::from(to_child_r))
+                .stdout(File::from(from_child_w))
+                .exec();
             Err(format!("exec {}: {err}", child.display()))
         }
     }
@@ -73,12 +81,16 @@ fn front(port: u16, mib: u64, to_child: OwnedFd, from_child: OwnedFd) -> Result<
     let mut to_child = File::from(to_child);
     let mut from_child = BufReader::new(File::from(from_child));
     let mut line = String::new();
-    from_child.read_line(&mut line).map_err(|e| format!("child hello: {e}"))?;
+    from_child
+        .read_line(&mut line)
+        .map_err(|e| format!("child hello: {e}"))?;
     if !line.starts_with("HELLO ") {
         return Err(format!("child said {line:?}"));
     }
     let mut ask = |cmd: &str, line: &mut String| -> Result<(), String> {
-        writeln!(to_child, "{cmd}").and_then(|_| to_child.flush()).map_err(|e| format!("to child: {e}"))?;
+        writeln!(to_child, "{cmd}")
+            .and_then(|_| to_child.flush())
+            .map_err(|e| format!("to child: {e}"))?;
         line.clear();
         match from_child.read_line(line) {
             Ok(0) => Err("the child exited".into()),
@@ -90,7 +102,8 @@ fn front(port: u16, mib: u64, to_child: OwnedFd, from_child: OwnedFd) -> Result<
     if !line.starts_with("READY ") {
         return Err(format!("ALLOC {mib}: child said {:?}", line.trim()));
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
     eprintln!(
         "torpor-bench-netchild: child pid {} holds {mib} MiB ({}); front pid {} listening on 127.0.0.1:{port} (fd {})",
         nix::unistd::getppid(),
@@ -100,7 +113,9 @@ fn front(port: u16, mib: u64, to_child: OwnedFd, from_child: OwnedFd) -> Result<
     );
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let Ok(mut w) = conn.try_clone() else { continue };
+        let Ok(mut w) = conn.try_clone() else {
+            continue;
+        };
         let mut r = BufReader::new(conn);
         let mut req = String::new();
         loop {
@@ -119,7 +134,10 @@ fn front(port: u16, mib: u64, to_child: OwnedFd, from_child: OwnedFd) -> Result<
                 continue;
             }
             ask(cmd, &mut line)?;
-            if w.write_all(line.as_bytes()).and_then(|_| w.flush()).is_err() {
+            if w.write_all(line.as_bytes())
+                .and_then(|_| w.flush())
+                .is_err()
+            {
                 break;
             }
         }

@@ -85,21 +85,39 @@ struct Timed {
 /// Freeze, purge (page-out + memcg reclaim; pages already on swap with their slot are only
 /// dropped, not rewritten), prove the memory is out, then time: resume (stock or prefetch) →
 /// the child's answer to `request`.
-fn timed_resume(s: &mut Subject, config: &str, trial: usize, how: &How, request: &str) -> Result<Timed> {
+fn timed_resume(
+    s: &mut Subject,
+    config: &str,
+    trial: usize,
+    how: &How,
+    request: &str,
+) -> Result<Timed> {
     timed_resume_with(s, config, trial, how, request, &mut || Ok(()))
 }
 
 /// [`timed_resume`] with `before` run after the proof and right before the timer starts
 /// (untimed: e.g. setting up memory pressure elsewhere on the machine).
-fn timed_resume_with(s: &mut Subject, config: &str, trial: usize, how: &How, request: &str, before: &mut dyn FnMut() -> Result<()>) -> Result<Timed> {
+fn timed_resume_with(
+    s: &mut Subject,
+    config: &str,
+    trial: usize,
+    how: &How,
+    request: &str,
+    before: &mut dyn FnMut() -> Result<()>,
+) -> Result<Timed> {
     s.freeze()?;
     let mut purge_seconds = 0.0;
     let mut proof = None;
     for attempt in 1..=3 {
         let t0 = Instant::now();
-        let rep = procswap::purge_with(&StockBackend, s.pid, &PurgeOptions::default(), &NoProgress).with_context(|| format!("purge pid {}", s.pid))?;
+        let rep = procswap::purge_with(&StockBackend, s.pid, &PurgeOptions::default(), &NoProgress)
+            .with_context(|| format!("purge pid {}", s.pid))?;
         purge_seconds += t0.elapsed().as_secs_f64();
-        ensure!(rep.reclaim.is_some(), "purge ran no memcg reclaim: {:?}", rep.reclaim_skipped);
+        ensure!(
+            rep.reclaim.is_some(),
+            "purge ran no memcg reclaim: {:?}",
+            rep.reclaim_skipped
+        );
         let (p, why) = s.prove_out(purge_seconds, attempt)?;
         match why {
             None => {
@@ -107,7 +125,9 @@ fn timed_resume_with(s: &mut Subject, config: &str, trial: usize, how: &How, req
                 break;
             }
             Some(why) if attempt == 3 => bail!("memory is not out after 3 purges: {why} ({p:?})"),
-            Some(why) => eprintln!("torpor-bench: purge attempt {attempt} left memory in: {why}; purging again"),
+            Some(why) => eprintln!(
+                "torpor-bench: purge attempt {attempt} left memory in: {why}; purging again"
+            ),
         }
     }
     let proof = proof.context("no proof")?;
@@ -118,9 +138,14 @@ fn timed_resume_with(s: &mut Subject, config: &str, trial: usize, how: &How, req
     let mut pf = None;
     let mut prefetch_stopped = None;
     if let How::Prefetch(o) | How::PrefetchMayStop(o) = how {
-        let rep = procswap::prefetch_with(&StockBackend, s.pid, o, &NoProgress).with_context(|| format!("prefetch pid {}", s.pid))?;
+        let rep = procswap::prefetch_with(&StockBackend, s.pid, o, &NoProgress)
+            .with_context(|| format!("prefetch pid {}", s.pid))?;
         if matches!(how, How::Prefetch(_)) {
-            ensure!(rep.stopped.is_none(), "prefetch stopped early: {:?}", rep.stopped);
+            ensure!(
+                rep.stopped.is_none(),
+                "prefetch stopped early: {:?}",
+                rep.stopped
+            );
         }
         prefetch_stopped = rep.stopped.as_ref().map(|x| format!("{x:?}"));
         pf = Some((t0.elapsed().as_secs_f64(), rep.read_issued_bytes));
@@ -129,8 +154,14 @@ fn timed_resume_with(s: &mut Subject, config: &str, trial: usize, how: &How, req
     let r = s.reply()?;
     let seconds = t0.elapsed().as_secs_f64();
     let v: Vec<&str> = r.split_whitespace().collect();
-    ensure!(v.first() == Some(&"DONE") && v.len() == 5, "child answered {request:?} with {r:?}");
-    let n = |i: usize| v[i].parse::<u64>().with_context(|| format!("child reply {r:?}"));
+    ensure!(
+        v.first() == Some(&"DONE") && v.len() == 5,
+        "child answered {request:?} with {r:?}"
+    );
+    let n = |i: usize| {
+        v[i].parse::<u64>()
+            .with_context(|| format!("child reply {r:?}"))
+    };
     Ok(Timed {
         config: config.into(),
         mib: s.mib,
@@ -177,9 +208,14 @@ fn kernel_layout(s: &mut Subject, churn: u64, seed: u64) -> Result<KernelLayout>
     let t0 = Instant::now();
     let lf = limit_file(&s.memcg);
     let limit = s.mib * MIB / 4;
-    std::fs::write(&lf, limit.to_string()).with_context(|| format!("write {} = {limit}", lf.display()))?;
+    std::fs::write(&lf, limit.to_string())
+        .with_context(|| format!("write {} = {limit}", lf.display()))?;
     let r = s.command(&format!("CHURN {churn} {seed}"));
-    let unlimited = if matches!(s.memcg, Memcg::V2(_)) { "max" } else { "-1" };
+    let unlimited = if matches!(s.memcg, Memcg::V2(_)) {
+        "max"
+    } else {
+        "-1"
+    };
     let r = match r {
         Ok(r) => r,
         Err(e) => {
@@ -188,12 +224,24 @@ fn kernel_layout(s: &mut Subject, churn: u64, seed: u64) -> Result<KernelLayout>
         }
     };
     ensure!(r.starts_with("DONE "), "child answered CHURN with {r:?}");
-    let churn_seconds = r.split_whitespace().nth(3).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0) / 1e6;
+    let churn_seconds = r
+        .split_whitespace()
+        .nth(3)
+        .and_then(|x| x.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e6;
     s.freeze()?;
     let rec = s.memcg.reclaim_all();
-    std::fs::write(&lf, unlimited).with_context(|| format!("write {} = {unlimited}", lf.display()))?;
+    std::fs::write(&lf, unlimited)
+        .with_context(|| format!("write {} = {unlimited}", lf.display()))?;
     rec.context("memcg reclaim of the remainder")?;
-    Ok(KernelLayout { limit_file: lf.file_name().unwrap_or_default().to_string_lossy().into(), limit_bytes: limit, churn_pages: churn, churn_seconds, total_seconds: t0.elapsed().as_secs_f64() })
+    Ok(KernelLayout {
+        limit_file: lf.file_name().unwrap_or_default().to_string_lossy().into(),
+        limit_bytes: limit,
+        churn_pages: churn,
+        churn_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 fn median(xs: &[f64]) -> Option<Spread> {
@@ -205,13 +253,18 @@ fn secs_of<'a>(ts: impl Iterator<Item = &'a Timed>) -> Vec<f64> {
 }
 
 fn fmt_spread(s: Option<Spread>) -> String {
-    s.map(|s| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max)).unwrap_or_else(|| "-".into())
+    s.map(|s| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -219,10 +272,27 @@ impl Ctx {
     fn files(&self, exp: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
         let dir = self.out.join(exp);
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let host: String = self.machine.hostname.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').collect();
-        let host = if host.is_empty() || host == "none" { "guest".to_string() } else { host };
-        let stem = format!("{exp}-{}-{host}{}", self.day, if self.quick { "-quick" } else { "" });
-        Ok((dir.join(format!("{stem}.md")), dir.join(format!("{stem}.json")), dir.join(format!("{stem}.png"))))
+        let host: String = self
+            .machine
+            .hostname
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+            .collect();
+        let host = if host.is_empty() || host == "none" {
+            "guest".to_string()
+        } else {
+            host
+        };
+        let stem = format!(
+            "{exp}-{}-{host}{}",
+            self.day,
+            if self.quick { "-quick" } else { "" }
+        );
+        Ok((
+            dir.join(format!("{stem}.md")),
+            dir.join(format!("{stem}.json")),
+            dir.join(format!("{stem}.png")),
+        ))
     }
 
     fn header(&self, exp: &str, what: &str, load_before: (f64, f64, f64), wall: f64) -> String {
@@ -255,7 +325,11 @@ impl Ctx {
     }
 
     fn swap_dir(&self) -> PathBuf {
-        self.machine.swap.as_ref().and_then(|s| s.path.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        self.machine
+            .swap
+            .as_ref()
+            .and_then(|s| s.path.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"))
     }
 }
 
@@ -289,7 +363,9 @@ fn runs_table(ts: &[Timed]) -> String {
             t.trial,
             t.request,
             t.seconds,
-            t.prefetch_seconds.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
+            t.prefetch_seconds
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|| "-".into()),
             t.request_seconds,
             t.majflt,
             t.extents,
@@ -316,13 +392,21 @@ fn size_sweep(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
     let load0 = loadavg();
     let sizes: Vec<u64> = match std::env::var("TORPOR_BENCH_SIZES") {
-        Ok(v) if !v.is_empty() => v.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>().context("TORPOR_BENCH_SIZES")?,
+        Ok(v) if !v.is_empty() => v
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .context("TORPOR_BENCH_SIZES")?,
         _ if ctx.quick => vec![64, 256],
         _ => vec![64, 128, 256, 512, 1024, 2048],
     };
     let trials = if ctx.quick { 3 } else { 5 };
-    let configs: [(&str, How, &str); 4] =
-        [("stock touch-all", How::Stock, "TOUCH"), ("torpor touch-all", full_prefetch(), "TOUCH"), ("stock null", How::Stock, "NULL"), ("torpor null", full_prefetch(), "NULL")];
+    let configs: [(&str, How, &str); 4] = [
+        ("stock touch-all", How::Stock, "TOUCH"),
+        ("torpor touch-all", full_prefetch(), "TOUCH"),
+        ("stock null", How::Stock, "NULL"),
+        ("torpor null", full_prefetch(), "NULL"),
+    ];
     let mut ts: Vec<Timed> = Vec::new();
     let mut floors: Vec<(u64, f64)> = Vec::new();
     for &mib in &sizes {
@@ -332,7 +416,11 @@ fn size_sweep(ctx: &Ctx) -> Result<String> {
         timed_resume(&mut s, "warm-up", 0, &How::Stock, "TOUCH")?;
         let ff = FloorFile::create(&ctx.swap_dir(), mib * MIB)?;
         for trial in 1..=trials {
-            let order: Vec<usize> = if trial % 2 == 1 { vec![0, 1, 2, 3] } else { vec![3, 2, 1, 0] };
+            let order: Vec<usize> = if trial % 2 == 1 {
+                vec![0, 1, 2, 3]
+            } else {
+                vec![3, 2, 1, 0]
+            };
             for i in order {
                 let (name, how, req) = &configs[i];
                 let t = timed_resume(&mut s, name, trial, how, req)?;
@@ -345,22 +433,46 @@ fn size_sweep(ctx: &Ctx) -> Result<String> {
         s.verify_data()?;
     }
     let (md_path, json_path, png_path) = ctx.files("size-sweep")?;
-    let get = |mib: u64, c: &str| median(&secs_of(ts.iter().filter(|t| t.mib == mib && t.config == c)));
-    let floor = |mib: u64| median(&floors.iter().filter(|f| f.0 == mib).map(|f| f.1).collect::<Vec<_>>());
+    let get = |mib: u64, c: &str| {
+        median(&secs_of(
+            ts.iter().filter(|t| t.mib == mib && t.config == c),
+        ))
+    };
+    let floor = |mib: u64| {
+        median(
+            &floors
+                .iter()
+                .filter(|f| f.0 == mib)
+                .map(|f| f.1)
+                .collect::<Vec<_>>(),
+        )
+    };
     let mut series: Vec<Series> = configs
         .iter()
         .map(|(c, _, _)| Series {
             name: c.to_string(),
-            points: sizes.iter().filter_map(|&m| get(m, c).map(|s| (m as f64, s.median, s.min, s.max))).collect(),
+            points: sizes
+                .iter()
+                .filter_map(|&m| get(m, c).map(|s| (m as f64, s.median, s.min, s.max)))
+                .collect(),
             reference: false,
         })
         .collect();
     series.push(Series {
         name: "I/O floor (O_DIRECT sequential read)".into(),
-        points: sizes.iter().filter_map(|&m| floor(m).map(|s| (m as f64, s.median, s.min, s.max))).collect(),
+        points: sizes
+            .iter()
+            .filter_map(|&m| floor(m).map(|s| (m as f64, s.median, s.min, s.max)))
+            .collect(),
         reference: true,
     });
-    plot::log_lines(&png_path, "Placement delay vs application size (median, min-max)", "application size (MiB)", "resume request -> answer (s)", &series)?;
+    plot::log_lines(
+        &png_path,
+        "Placement delay vs application size (median, min-max)",
+        "application size (MiB)",
+        "resume request -> answer (s)",
+        &series,
+    )?;
     let mut o = ctx.header(
         "size-sweep",
         "Experiment 2 of the bench issue: placement delay vs application size, touch-all and null request.",
@@ -378,12 +490,25 @@ fn size_sweep(ctx: &Ctx) -> Result<String> {
          after one excluded warm-up resume that writes the swap layout (address order, contiguous). The I/O floor is an `O_DIRECT` sequential read of \
          N MiB of written random data in 4 MiB requests from a file on the swap file's filesystem, once per trial.\n\n",
     );
-    let _ = writeln!(o, "## Results (seconds: median (min–max) over {trials} trials)\n");
+    let _ = writeln!(
+        o,
+        "## Results (seconds: median (min–max) over {trials} trials)\n"
+    );
     let _ = writeln!(o, "| size | stock touch-all | torpor touch-all | **touch-all speed-up** | stock null | torpor null | **null: torpor / stock** | I/O floor | torpor touch-all / floor |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
     for &m in &sizes {
-        let (st, tt, sn, tn, fl) = (get(m, "stock touch-all"), get(m, "torpor touch-all"), get(m, "stock null"), get(m, "torpor null"), floor(m));
-        let r = |a: Option<Spread>, b: Option<Spread>| a.zip(b).map(|(a, b)| format!("{:.2}×", a.median / b.median)).unwrap_or_else(|| "-".into());
+        let (st, tt, sn, tn, fl) = (
+            get(m, "stock touch-all"),
+            get(m, "torpor touch-all"),
+            get(m, "stock null"),
+            get(m, "torpor null"),
+            floor(m),
+        );
+        let r = |a: Option<Spread>, b: Option<Spread>| {
+            a.zip(b)
+                .map(|(a, b)| format!("{:.2}×", a.median / b.median))
+                .unwrap_or_else(|| "-".into())
+        };
         let _ = writeln!(
             o,
             "| {m} MiB | {} | {} | **{}** | {} | {} | **{}** | {} | {} |",
@@ -405,13 +530,33 @@ fn size_sweep(ctx: &Ctx) -> Result<String> {
          so here the penalty is the whole prefetch. A working-set-only prefetch (see `repeated/`) is torpor's answer to this case.\n\n",
     );
     o.push_str(FLOOR_NOTE);
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        proof_summary(&ts)
+    );
     o.push_str(&runs_table(&ts));
-    let floors_s: Vec<String> = floors.iter().map(|f| format!("{} MiB {:.3}", f.0, f.1)).collect();
-    let _ = writeln!(o, "\nI/O floor reads, in run order: {}.", floors_s.join(", "));
+    let floors_s: Vec<String> = floors
+        .iter()
+        .map(|f| format!("{} MiB {:.3}", f.0, f.1))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nI/O floor reads, in run order: {}.",
+        floors_s.join(", ")
+    );
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -430,7 +575,13 @@ struct LayoutSample {
     kernel: Option<KernelLayout>,
 }
 
-fn layout_sample(s: &Subject, how: &str, instance: usize, seconds: f64, kernel: Option<KernelLayout>) -> Result<LayoutSample> {
+fn layout_sample(
+    s: &Subject,
+    how: &str,
+    instance: usize,
+    seconds: f64,
+    kernel: Option<KernelLayout>,
+) -> Result<LayoutSample> {
     let (p, why) = s.prove_out(0.0, 1)?;
     if let Some(why) = why {
         eprintln!("contiguity: {how} #{instance}: memory not entirely out ({why}); counting the swapped pages only");
@@ -464,7 +615,13 @@ fn contiguity(ctx: &Ctx) -> Result<String> {
         a.freeze()?;
         let t0 = Instant::now();
         procswap::purge_with(&StockBackend, a.pid, &PurgeOptions::default(), &NoProgress)?;
-        samples.push(layout_sample(&a, "torpor purge", i, t0.elapsed().as_secs_f64(), None)?);
+        samples.push(layout_sample(
+            &a,
+            "torpor purge",
+            i,
+            t0.elapsed().as_secs_f64(),
+            None,
+        )?);
         drop(a);
         let mut b = ctx.spawn(mib)?;
         let k = kernel_layout(&mut b, churn_pages(mib), i as u64 * 7919)?;
@@ -472,13 +629,30 @@ fn contiguity(ctx: &Ctx) -> Result<String> {
         samples.push(layout_sample(&b, "kernel reclaim", i, secs, Some(k))?);
     }
     let (md_path, json_path, png_path) = ctx.files("contiguity")?;
-    let ext = |h: &str| samples.iter().filter(|s| s.how == h).map(|s| s.extents as f64).collect::<Vec<_>>();
-    let (tp, kr) = (median(&ext("torpor purge")).context("no samples")?, median(&ext("kernel reclaim")).context("no samples")?);
+    let ext = |h: &str| {
+        samples
+            .iter()
+            .filter(|s| s.how == h)
+            .map(|s| s.extents as f64)
+            .collect::<Vec<_>>()
+    };
+    let (tp, kr) = (
+        median(&ext("torpor purge")).context("no samples")?,
+        median(&ext("kernel reclaim")).context("no samples")?,
+    );
     let ratio = kr.median / tp.median;
     let bars: Vec<Bar> = samples
         .iter()
         .map(|s| Bar {
-            label: format!("{} #{}", if s.how == "torpor purge" { "purge" } else { "kernel" }, s.instance),
+            label: format!(
+                "{} #{}",
+                if s.how == "torpor purge" {
+                    "purge"
+                } else {
+                    "kernel"
+                },
+                s.instance
+            ),
             value: s.extents as f64,
             lo: s.extents as f64,
             hi: s.extents as f64,
@@ -503,7 +677,11 @@ fn contiguity(ctx: &Ctx) -> Result<String> {
     );
     let _ = writeln!(o, "## Results\n\n| how | instance | swapped pages | swap extents | offset runs | slot span (pages) | seconds to evict |\n|---|---|---|---|---|---|---|");
     for s in &samples {
-        let _ = writeln!(o, "| {} | {} | {} | {} | {} | {} | {:.2} |", s.how, s.instance, s.swapped_pages, s.extents, s.offset_runs, s.span_pages, s.seconds);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {:.2} |",
+            s.how, s.instance, s.swapped_pages, s.extents, s.offset_runs, s.span_pages, s.seconds
+        );
     }
     let _ = writeln!(
         o,
@@ -518,9 +696,18 @@ fn contiguity(ctx: &Ctx) -> Result<String> {
             format!("NOT MET — our kernel-reclaim scenario is milder than the paper's (one process, one memcg limit, {} random rewrites; the paper paged out many JVMs competing for memory over time); the extent count after kernel reclaim grows with how much the process writes under pressure", churn_pages(mib))
         }
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"mib": mib, "samples": samples, "median_extents_purge": tp.median, "median_extents_kernel": kr.median, "ratio": ratio}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"mib": mib, "samples": samples, "median_extents_purge": tp.median, "median_extents_kernel": kr.median, "ratio": ratio}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -542,7 +729,11 @@ fn contribution(ctx: &Ctx) -> Result<String> {
     let configs = ["none", "prefetch only", "contiguity only", "all"];
     let mut ts: Vec<Timed> = Vec::new();
     for trial in 1..=trials {
-        let order: Vec<usize> = if trial % 2 == 1 { vec![0, 1, 2, 3] } else { vec![3, 2, 1, 0] };
+        let order: Vec<usize> = if trial % 2 == 1 {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![3, 2, 1, 0]
+        };
         for i in order {
             let (s, how) = match i {
                 0 => (&mut k, How::Stock),
@@ -551,7 +742,10 @@ fn contribution(ctx: &Ctx) -> Result<String> {
                 _ => (&mut p, full_prefetch()),
             };
             let t = timed_resume(s, configs[i], trial, &how, "TOUCH")?;
-            eprintln!("  {} trial {trial}: {:.3} s (extents {})", configs[i], t.seconds, t.extents);
+            eprintln!(
+                "  {} trial {trial}: {:.3} s (extents {})",
+                configs[i], t.seconds, t.extents
+            );
             ts.push(t);
         }
     }
@@ -563,10 +757,23 @@ fn contribution(ctx: &Ctx) -> Result<String> {
     let bars: Vec<Bar> = configs
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| get(c).map(|s| Bar { label: c.to_string(), value: s.median, lo: s.min, hi: s.max, color: i }))
+        .filter_map(|(i, c)| {
+            get(c).map(|s| Bar {
+                label: c.to_string(),
+                value: s.median,
+                lo: s.min,
+                hi: s.max,
+                color: i,
+            })
+        })
         .collect();
     plot::bars(&png_path, &format!("Contribution of each enhancement, {mib} MiB touch-all (median, min-max, {trials} trials)"), "resume request -> all pages touched (s)", &bars, false)?;
-    let mut o = ctx.header("contribution", "Experiment 3 of the bench issue: contribution of each enhancement (the paper's Figure 9).", load0, t_start.elapsed().as_secs_f64());
+    let mut o = ctx.header(
+        "contribution",
+        "Experiment 3 of the bench issue: contribution of each enhancement (the paper's Figure 9).",
+        load0,
+        t_start.elapsed().as_secs_f64(),
+    );
     let _ = writeln!(
         o,
         "## What is measured (definitions as implemented here)\n\n\
@@ -596,15 +803,24 @@ fn contribution(ctx: &Ctx) -> Result<String> {
     for c in configs {
         let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == c).collect();
         let s = get(c);
-        let med = |f: &dyn Fn(&Timed) -> f64| median(&sel.iter().map(|t| f(t)).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN);
+        let med = |f: &dyn Fn(&Timed) -> f64| {
+            median(&sel.iter().map(|t| f(t)).collect::<Vec<_>>())
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN)
+        };
         let _ = writeln!(
             o,
             "| {c} | {} | **{}** | {:.0} | {:.0} | {} |",
             fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none.median / s.median)).unwrap_or_else(|| "-".into()),
+            s.map(|s| format!("{:.2}×", none.median / s.median))
+                .unwrap_or_else(|| "-".into()),
             med(&|t| t.extents as f64),
             med(&|t| t.majflt as f64),
-            if c.contains("prefetch") || c == "all" { format!("{:.3} s", med(&|t| t.prefetch_seconds.unwrap_or(0.0))) } else { "-".into() }
+            if c.contains("prefetch") || c == "all" {
+                format!("{:.3} s", med(&|t| t.prefetch_seconds.unwrap_or(0.0)))
+            } else {
+                "-".into()
+            }
         );
     }
     o.push_str(
@@ -614,11 +830,24 @@ fn contribution(ctx: &Ctx) -> Result<String> {
          virtual-address neighbours, wherever their slots lie) and that a virtual disk on fast storage serves scattered small reads nearly as \
          fast as sequential ones; contiguity then shows mainly in the prefetch (compare prefetch only with all).\n\n",
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        proof_summary(&ts)
+    );
     o.push_str(&runs_table(&ts));
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"mib": mib, "trials": trials, "kernel_layout": kl, "timed": ts}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"mib": mib, "trials": trials, "kernel_layout": kl, "timed": ts}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -627,7 +856,11 @@ fn contribution(ctx: &Ctx) -> Result<String> {
 fn repeated(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
     let load0 = loadavg();
-    let (mib, trials, pct) = if ctx.quick { (128, 10, 20) } else { (512, 12, 20) };
+    let (mib, trials, pct) = if ctx.quick {
+        (128, 10, 20)
+    } else {
+        (512, 12, 20)
+    };
     let req = format!("TOUCHSET {pct}");
     eprintln!("repeated: {mib} MiB, {trials} trials, working set {pct}%");
     let mut s = ctx.spawn(mib)?;
@@ -643,7 +876,11 @@ fn repeated(ctx: &Ctx) -> Result<String> {
         ("full prefetch", full_prefetch()),
         (
             "working set only",
-            How::Prefetch(Box::new(PrefetchOptions { working_set: Some(ws.clone()), working_set_only: true, ..Default::default() })),
+            How::Prefetch(Box::new(PrefetchOptions {
+                working_set: Some(ws.clone()),
+                working_set_only: true,
+                ..Default::default()
+            })),
         ),
     ];
     let mut ts: Vec<Timed> = Vec::new();
@@ -667,11 +904,22 @@ fn repeated(ctx: &Ctx) -> Result<String> {
         .enumerate()
         .map(|(i, (c, _))| {
             let (m, _, sp) = stats(c);
-            Bar { label: c.to_string(), value: m, lo: sp.map(|s| s.min).unwrap_or(m), hi: sp.map(|s| s.max).unwrap_or(m), color: i }
+            Bar {
+                label: c.to_string(),
+                value: m,
+                lo: sp.map(|s| s.min).unwrap_or(m),
+                hi: sp.map(|s| s.max).unwrap_or(m),
+                color: i,
+            }
         })
         .collect();
     plot::bars(&png_path, &format!("Repeated placement, {mib} MiB app, first request touches a {pct}% working set (mean, min-max, {trials} trials)"), "resume request -> answer (s)", &bars, false)?;
-    let mut o = ctx.header("repeated", "Experiment 5 of the bench issue: repeated placement (the paper's Figure 10).", load0, t_start.elapsed().as_secs_f64());
+    let mut o = ctx.header(
+        "repeated",
+        "Experiment 5 of the bench issue: repeated placement (the paper's Figure 10).",
+        load0,
+        t_start.elapsed().as_secs_f64(),
+    );
     let _ = writeln!(
         o,
         "## What is measured\n\nOne child with {mib} MiB of random data. The \"load\" it serves is `{req}`: read one word of each page in a fixed \
@@ -689,19 +937,46 @@ fn repeated(ctx: &Ctx) -> Result<String> {
     for (c, _) in &configs {
         let (m, sd, sp) = stats(c);
         let sp = sp.context("no samples")?;
-        let pf = median(&ts.iter().filter(|t| t.config == *c).map(|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(0.0);
-        let _ = writeln!(o, "| {c} | {m:.3} | {sd:.3} | {:.3} | {:.3} | {:.3} | **{:.2}×** | {pf:.0} |", sp.median, sp.min, sp.max, sm / m);
+        let pf = median(
+            &ts.iter()
+                .filter(|t| t.config == *c)
+                .map(|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
+                .collect::<Vec<_>>(),
+        )
+        .map(|s| s.median)
+        .unwrap_or(0.0);
+        let _ = writeln!(
+            o,
+            "| {c} | {m:.3} | {sd:.3} | {:.3} | {:.3} | {:.3} | **{:.2}×** | {pf:.0} |",
+            sp.median,
+            sp.min,
+            sp.max,
+            sm / m
+        );
     }
     o.push_str(
         "\nPaper (Figure 10, prose): on repeated placement regular resume gets faster (only the pages the app used come back) while \
          \"the enhanced resume time remains stable because it prefetches all the memory footprint anyway\". Ratios above are of means \
          from this one interleaved run.\n\n",
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        proof_summary(&ts)
+    );
     o.push_str(&runs_table(&ts));
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -731,14 +1006,20 @@ impl SrvProof {
         let mut why = Vec::new();
         let anon = self.present_anon_pages + self.swapped_pages;
         if self.present_anon_pages > anon / 200 + 64 {
-            why.push(format!("{} of {anon} anonymous pages still present", self.present_anon_pages));
+            why.push(format!(
+                "{} of {anon} anonymous pages still present",
+                self.present_anon_pages
+            ));
         }
         if self.memcg_usage_bytes > 32 * MIB {
             why.push(format!("memcg usage {} KiB", self.memcg_usage_bytes / 1024));
         }
         match self.memcg_swapcached_bytes {
             Some(sc) if sc > MIB => why.push(format!("memcg swapcached {} KiB", sc / 1024)),
-            None if self.system_swapcached_bytes > 16 * MIB => why.push(format!("system SwapCached {} KiB", self.system_swapcached_bytes / 1024)),
+            None if self.system_swapcached_bytes > 16 * MIB => why.push(format!(
+                "system SwapCached {} KiB",
+                self.system_swapcached_bytes / 1024
+            )),
             _ => {}
         }
         (!why.is_empty()).then(|| why.join("; "))
@@ -752,10 +1033,18 @@ fn srv_evict(s: &mut Server, torpor_purge: bool) -> Result<SrvProof> {
     for attempt in 1..=3 {
         let t0 = Instant::now();
         if torpor_purge {
-            let rep = procswap::purge_with(&StockBackend, s.pid, &PurgeOptions::default(), &NoProgress).with_context(|| format!("purge server pid {}", s.pid))?;
-            ensure!(rep.reclaim.is_some(), "purge ran no memcg reclaim: {:?}", rep.reclaim_skipped);
+            let rep =
+                procswap::purge_with(&StockBackend, s.pid, &PurgeOptions::default(), &NoProgress)
+                    .with_context(|| format!("purge server pid {}", s.pid))?;
+            ensure!(
+                rep.reclaim.is_some(),
+                "purge ran no memcg reclaim: {:?}",
+                rep.reclaim_skipped
+            );
         } else {
-            s.memcg.reclaim_all().context("memcg reclaim of the server")?;
+            s.memcg
+                .reclaim_all()
+                .context("memcg reclaim of the server")?;
         }
         secs += t0.elapsed().as_secs_f64();
         let insp = procswap::inspect(s.pid, Default::default())?;
@@ -827,7 +1116,10 @@ impl Servers {
         let mut tc = Tomcat::prepare(app_mib)?;
         let mut stock = tc.start_kept("stock")?;
         let mut torpor = tc.start_kept("torpor")?;
-        eprintln!("  kept servers up: stock pid {} ({:.1} s), torpor pid {} ({:.1} s)", stock.pid, stock.start_seconds, torpor.pid, torpor.start_seconds);
+        eprintln!(
+            "  kept servers up: stock pid {} ({:.1} s), torpor pid {} ({:.1} s)",
+            stock.pid, stock.start_seconds, torpor.pid, torpor.start_seconds
+        );
         srv_evict(&mut stock, false)?;
         stock.thaw()?;
         stock.request()?;
@@ -837,7 +1129,12 @@ impl Servers {
         torpor.freeze()?;
         let ws = procswap::workingset::from_residency(torpor.pid)?;
         torpor.thaw()?;
-        Ok(Servers { tc, stock, torpor, ws: Some(ws) })
+        Ok(Servers {
+            tc,
+            stock,
+            torpor,
+            ws: Some(ws),
+        })
     }
 
     fn run(&mut self, how: SrvHow, load_pct: u32, trial: usize) -> Result<SrvTimed> {
@@ -849,20 +1146,43 @@ impl Servers {
         };
         if how == SrvHow::Cold {
             let (secs, rss) = self.tc.cold_start()?;
-            return Ok(SrvTimed { config: name.into(), load_pct, trial, seconds: secs, prefetch_seconds: None, prefetch_read_bytes: None, rss_bytes: rss, answer: String::new(), proof: None });
+            return Ok(SrvTimed {
+                config: name.into(),
+                load_pct,
+                trial,
+                seconds: secs,
+                prefetch_seconds: None,
+                prefetch_read_bytes: None,
+                rss_bytes: rss,
+                answer: String::new(),
+                proof: None,
+            });
         }
-        let s = if how == SrvHow::Stock { &mut self.stock } else { &mut self.torpor };
+        let s = if how == SrvHow::Stock {
+            &mut self.stock
+        } else {
+            &mut self.torpor
+        };
         let proof = srv_evict(s, how != SrvHow::Stock)?;
         let t0 = Instant::now();
         let mut pf = None;
         if how != SrvHow::Stock {
             let o = if how == SrvHow::WsOnly {
-                PrefetchOptions { working_set: self.ws.clone(), working_set_only: true, ..Default::default() }
+                PrefetchOptions {
+                    working_set: self.ws.clone(),
+                    working_set_only: true,
+                    ..Default::default()
+                }
             } else {
                 PrefetchOptions::default()
             };
-            let rep = procswap::prefetch_with(&StockBackend, s.pid, &o, &NoProgress).with_context(|| format!("prefetch server pid {}", s.pid))?;
-            ensure!(rep.stopped.is_none(), "prefetch stopped early: {:?}", rep.stopped);
+            let rep = procswap::prefetch_with(&StockBackend, s.pid, &o, &NoProgress)
+                .with_context(|| format!("prefetch server pid {}", s.pid))?;
+            ensure!(
+                rep.stopped.is_none(),
+                "prefetch stopped early: {:?}",
+                rep.stopped
+            );
             pf = Some((t0.elapsed().as_secs_f64(), rep.read_issued_bytes));
         }
         s.thaw()?;
@@ -916,12 +1236,26 @@ fn srv_runs_table(ts: &[SrvTimed]) -> String {
             t.load_pct,
             t.trial,
             t.seconds,
-            t.prefetch_seconds.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
-            t.prefetch_read_bytes.map(|x| format!("{:.0}", x as f64 / MIB as f64)).unwrap_or_else(|| "-".into()),
+            t.prefetch_seconds
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            t.prefetch_read_bytes
+                .map(|x| format!("{:.0}", x as f64 / MIB as f64))
+                .unwrap_or_else(|| "-".into()),
             t.rss_bytes as f64 / MIB as f64,
-            t.proof.map(|p| if p.torpor_purge { "torpor purge" } else { "kernel reclaim" }).unwrap_or("-"),
-            t.proof.map(|p| format!("{:.0}", (p.swapped_pages * ps) as f64 / MIB as f64)).unwrap_or_else(|| "-".into()),
-            t.proof.map(|p| p.extents.to_string()).unwrap_or_else(|| "-".into()),
+            t.proof
+                .map(|p| if p.torpor_purge {
+                    "torpor purge"
+                } else {
+                    "kernel reclaim"
+                })
+                .unwrap_or("-"),
+            t.proof
+                .map(|p| format!("{:.0}", (p.swapped_pages * ps) as f64 / MIB as f64))
+                .unwrap_or_else(|| "-".into()),
+            t.proof
+                .map(|p| p.extents.to_string())
+                .unwrap_or_else(|| "-".into()),
             t.answer
         );
     }
@@ -976,7 +1310,11 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
         let b = Burners::start(&ctx.me, lvl as f64 / 100.0, period_ms)?;
         std::thread::sleep(std::time::Duration::from_secs(2));
         let cal = b.achieved();
-        eprintln!("  load {lvl}%: calibration 2 s: burners {:.0}%, all CPUs busy {:.0}%", cal.burners * 100.0, cal.system_busy * 100.0);
+        eprintln!(
+            "  load {lvl}%: calibration 2 s: burners {:.0}%, all CPUs busy {:.0}%",
+            cal.burners * 100.0,
+            cal.system_busy * 100.0
+        );
         for trial in 1..=trials {
             for j in 0..3 {
                 let how = hows[(j + trial + lvl as usize / 20) % 3];
@@ -989,12 +1327,30 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
     }
     let (md_path, json_path, png_path) = ctx.files("cpu-load")?;
     let names = ["cold start", "stock resume", "torpor (purge + prefetch)"];
-    let get = |lvl: u32, c: &str| median(&secs_of_srv(ts.iter().filter(|t| t.load_pct == lvl && t.config == c)));
+    let get = |lvl: u32, c: &str| {
+        median(&secs_of_srv(
+            ts.iter().filter(|t| t.load_pct == lvl && t.config == c),
+        ))
+    };
     let series: Vec<Series> = names
         .iter()
-        .map(|c| Series { name: c.to_string(), points: levels.iter().filter_map(|&l| get(l, c).map(|s| (l as f64, s.median, s.min, s.max))).collect(), reference: false })
+        .map(|c| Series {
+            name: c.to_string(),
+            points: levels
+                .iter()
+                .filter_map(|&l| get(l, c).map(|s| (l as f64, s.median, s.min, s.max)))
+                .collect(),
+            reference: false,
+        })
         .collect();
-    plot::lines(&png_path, &format!("Resume delay vs competing CPU load, Tomcat + {mib} MiB webapp (median, min-max)"), "competing CPU load, target (% of both CPUs)", "start/resume -> first answer (s)", &series, false)?;
+    plot::lines(
+        &png_path,
+        &format!("Resume delay vs competing CPU load, Tomcat + {mib} MiB webapp (median, min-max)"),
+        "competing CPU load, target (% of both CPUs)",
+        "start/resume -> first answer (s)",
+        &series,
+        false,
+    )?;
     let mut o = ctx.header("cpu-load", "Experiment 1 of the bench issue: resume delay vs competing CPU load (the paper's first experiment).", load0, t_start.elapsed().as_secs_f64());
     o.push_str(&server_text(&srv.tc, &srv));
     let _ = writeln!(
@@ -1011,7 +1367,11 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
     );
     let mut ratio_at = Vec::new();
     for (lvl, cal, ach, la) in &achieved {
-        let (c, s, e) = (get(*lvl, names[0]), get(*lvl, names[1]), get(*lvl, names[2]));
+        let (c, s, e) = (
+            get(*lvl, names[0]),
+            get(*lvl, names[1]),
+            get(*lvl, names[2]),
+        );
         let r = |a: Option<Spread>, b: Option<Spread>| match (a, b) {
             (Some(a), Some(b)) => format!("{:.1}×", a.median / b.median),
             _ => "-".into(),
@@ -1037,7 +1397,10 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
     let at = |l: u32| ratio_at.iter().find(|r| r.0 == l).map(|r| r.1);
     let verdict = |l: u32, target: f64| match at(l) {
         Some(r) if r > target => format!("{r:.1}× — MET"),
-        Some(r) => format!("{r:.1}× — NOT MET (torpor resume {:.2} s)", get(l, names[2]).map(|s| s.median).unwrap_or(f64::NAN)),
+        Some(r) => format!(
+            "{r:.1}× — NOT MET (torpor resume {:.2} s)",
+            get(l, names[2]).map(|s| s.median).unwrap_or(f64::NAN)
+        ),
         None => "not measured".into(),
     };
     let _ = writeln!(
@@ -1051,13 +1414,26 @@ fn cpu_load(ctx: &Ctx) -> Result<String> {
         verdict(0, 20.0),
         verdict(40, 30.0)
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", srv_proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        srv_proof_summary(&ts)
+    );
     o.push_str(&srv_runs_table(&ts));
     std::fs::write(&md_path, &o)?;
     let ach_json: Vec<serde_json::Value> =
         achieved.iter().map(|(l, c, a, la)| serde_json::json!({"target_pct": l, "calibration": c, "level": a, "loadavg_after": [la.0, la.1, la.2]})).collect();
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"server": srv.tc.info, "trials": trials, "period_ms": period_ms, "load": ach_json, "timed": ts}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"server": srv.tc.info, "trials": trials, "period_ms": period_ms, "load": ach_json, "timed": ts}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -1072,7 +1448,12 @@ fn tomcat(ctx: &Ctx) -> Result<String> {
     let mib = app_mib(ctx.quick, 256)?;
     eprintln!("tomcat: Tomcat + {mib} MiB webapp, {trials} trials");
     let mut srv = Servers::start(mib)?;
-    let hows = [SrvHow::Cold, SrvHow::Stock, SrvHow::Enhanced, SrvHow::WsOnly];
+    let hows = [
+        SrvHow::Cold,
+        SrvHow::Stock,
+        SrvHow::Enhanced,
+        SrvHow::WsOnly,
+    ];
     let mut ts: Vec<SrvTimed> = Vec::new();
     for trial in 1..=trials {
         for j in 0..hows.len() {
@@ -1082,11 +1463,36 @@ fn tomcat(ctx: &Ctx) -> Result<String> {
         }
     }
     let (md_path, json_path, png_path) = ctx.files("tomcat")?;
-    let names = ["cold start", "stock resume", "torpor (purge + prefetch)", "torpor working-set-only"];
+    let names = [
+        "cold start",
+        "stock resume",
+        "torpor (purge + prefetch)",
+        "torpor working-set-only",
+    ];
     let get = |c: &str| median(&secs_of_srv(ts.iter().filter(|t| t.config == c)));
     let cold = get(names[0]).context("no cold starts")?;
-    let bars: Vec<Bar> = names.iter().enumerate().filter_map(|(i, c)| get(c).map(|s| Bar { label: c.to_string(), value: s.median, lo: s.min, hi: s.max, color: i })).collect();
-    plot::bars(&png_path, &format!("Tomcat 10 + {mib} MiB webapp: cold start vs resume (median, min-max, {trials} trials)"), "start/resume -> first answer (s)", &bars, true)?;
+    let bars: Vec<Bar> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            get(c).map(|s| Bar {
+                label: c.to_string(),
+                value: s.median,
+                lo: s.min,
+                hi: s.max,
+                color: i,
+            })
+        })
+        .collect();
+    plot::bars(
+        &png_path,
+        &format!(
+            "Tomcat 10 + {mib} MiB webapp: cold start vs resume (median, min-max, {trials} trials)"
+        ),
+        "start/resume -> first answer (s)",
+        &bars,
+        true,
+    )?;
     let mut o = ctx.header("tomcat", "Experiment 6 of the bench issue: cold start of a real JVM server from Debian vs torpor Start.", load0, t_start.elapsed().as_secs_f64());
     o.push_str(&server_text(&srv.tc, &srv));
     let _ = writeln!(o, "No competing load is added (the machine is shared: see the load average). The four configurations alternate, order rotated every trial.\n");
@@ -1094,17 +1500,31 @@ fn tomcat(ctx: &Ctx) -> Result<String> {
     for c in names {
         let sel: Vec<&SrvTimed> = ts.iter().filter(|t| t.config == c).collect();
         let s = get(c);
-        let med = |f: &dyn Fn(&SrvTimed) -> f64| median(&sel.iter().map(|t| f(t)).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN);
+        let med = |f: &dyn Fn(&SrvTimed) -> f64| {
+            median(&sel.iter().map(|t| f(t)).collect::<Vec<_>>())
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN)
+        };
         let _ = writeln!(
             o,
             "| {c} | {} | **{}** | {:.0} | {} |",
             fmt_spread(s),
-            s.map(|s| format!("{:.1}×", cold.median / s.median)).unwrap_or_else(|| "-".into()),
+            s.map(|s| format!("{:.1}×", cold.median / s.median))
+                .unwrap_or_else(|| "-".into()),
             med(&|t| t.rss_bytes as f64 / MIB as f64),
-            if c.starts_with("torpor") { format!("{:.0}", med(&|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)) } else { "-".into() }
+            if c.starts_with("torpor") {
+                format!(
+                    "{:.0}",
+                    med(&|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
+                )
+            } else {
+                "-".into()
+            }
         );
     }
-    let e = get(names[2]).map(|s| cold.median / s.median).unwrap_or(f64::NAN);
+    let e = get(names[2])
+        .map(|s| cold.median / s.median)
+        .unwrap_or(f64::NAN);
     let _ = writeln!(
         o,
         "\nPaper (seed 004, prose): a JBoss app took \"over 90 seconds\" to start cold; enhanced resume \"over 20×\" faster than the cold start \
@@ -1113,11 +1533,24 @@ fn tomcat(ctx: &Ctx) -> Result<String> {
         if e > 20.0 { "target MET" } else { "target (20×) NOT MET" },
         cold.median
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", srv_proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        srv_proof_summary(&ts)
+    );
     o.push_str(&srv_runs_table(&ts));
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"server": srv.tc.info, "trials": trials, "working_set_bytes": srv.ws.as_ref().map(|w| w.bytes()), "timed": ts}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"server": srv.tc.info, "trials": trials, "working_set_bytes": srv.ws.as_ref().map(|w| w.bytes()), "timed": ts}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -1132,34 +1565,69 @@ fn disk_models(out: &Path) -> Result<String> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&vm)
             .with_context(|| format!("read {}", vm.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("vmbench-{disk}-")) && n.ends_with(".json")))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("vmbench-{disk}-")) && n.ends_with(".json")
+                })
+            })
             .collect();
         files.sort();
         match files.last() {
             Some(f) => {
-                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f)?).with_context(|| format!("parse {}", f.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f)?)
+                    .with_context(|| format!("parse {}", f.display()))?;
                 rows.push((disk, f.clone(), v));
             }
-            None => eprintln!("disk-models: no vmbench-{disk}-*.json in {} (run make vm-bench VM_DISK={disk})", vm.display()),
+            None => eprintln!(
+                "disk-models: no vmbench-{disk}-*.json in {} (run make vm-bench VM_DISK={disk})",
+                vm.display()
+            ),
         }
     }
     ensure!(!rows.is_empty(), "no vm-bench results in {}", vm.display());
     let dir = out.join("disk-models");
     std::fs::create_dir_all(&dir)?;
-    let day = std::process::Command::new("date").arg("+%F").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).unwrap_or_default();
+    let day = std::process::Command::new("date")
+        .arg("+%F")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
     let stem = format!("disk-models-{}", day.trim());
-    let (md_path, json_path, png_path) = (dir.join(format!("{stem}.md")), dir.join(format!("{stem}.json")), dir.join(format!("{stem}.png")));
+    let (md_path, json_path, png_path) = (
+        dir.join(format!("{stem}.md")),
+        dir.join(format!("{stem}.json")),
+        dir.join(format!("{stem}.png")),
+    );
     let f = |v: &serde_json::Value, k: &str, s: &str| v["seconds"][k][s].as_f64();
-    let variants = [("stock", "stock: thaw + demand paging"), ("torpor", "torpor prefetch (stock backend)"), ("torpor_kmod", "torpor prefetch (module backend)")];
+    let variants = [
+        ("stock", "stock: thaw + demand paging"),
+        ("torpor", "torpor prefetch (stock backend)"),
+        ("torpor_kmod", "torpor prefetch (module backend)"),
+    ];
     let mut bars = Vec::new();
     for (disk, _, v) in &rows {
         for (i, (k, _)) in variants.iter().enumerate() {
-            if let (Some(m), Some(lo), Some(hi)) = (f(v, k, "median"), f(v, k, "min"), f(v, k, "max")) {
-                bars.push(Bar { label: format!("{disk}: {k}"), value: m, lo, hi, color: i });
+            if let (Some(m), Some(lo), Some(hi)) =
+                (f(v, k, "median"), f(v, k, "min"), f(v, k, "max"))
+            {
+                bars.push(Bar {
+                    label: format!("{disk}: {k}"),
+                    value: m,
+                    lo,
+                    hi,
+                    color: i,
+                });
             }
         }
     }
-    plot::bars(&png_path, "In-guest resume by disk model (touch-all, median, min-max)", "resume -> all pages touched (s)", &bars, true)?;
+    plot::bars(
+        &png_path,
+        "In-guest resume by disk model (touch-all, median, min-max)",
+        "resume -> all pages touched (s)",
+        &bars,
+        true,
+    )?;
     let mut o = format!("# disk-models — {}\n\nExperiment 7 of the bench issue: the in-guest 3-way resume benchmark (`make vm-bench VM_DISK=fast|ssd|hdd`, \
         `bench/src/bin/torpor-vmbench.rs`) on the three disk models of `vm-images/run-vm.sh` (swap on a virtio disk throttled by qemu: \
         **fast** = unthrottled, **ssd** = 400 MB/s + 20k IOPS, **hdd** = 120 MB/s + 150 IOPS), combined by `torpor-bench disk-models` from \
@@ -1176,9 +1644,15 @@ fn disk_models(out: &Path) -> Result<String> {
             (Some(x), Some(y)) => format!("{:.2}×", x / y),
             _ => "-".into(),
         };
-        let mp = match (v["map_pass_median"]["process_vm_readv"].as_f64(), v["map_pass_median"]["kmod_prefetch"].as_f64()) {
+        let mp = match (
+            v["map_pass_median"]["process_vm_readv"].as_f64(),
+            v["map_pass_median"]["kmod_prefetch"].as_f64(),
+        ) {
             (Some(a), Some(b)) => format!("{a:.3} / {b:.3} s = {:.2}×", a / b),
-            (Some(a), None) => format!("{a:.3} s / - (module not loaded: {})", v["kmod_why"].as_str().unwrap_or("")),
+            (Some(a), None) => format!(
+                "{a:.3} s / - (module not loaded: {})",
+                v["kmod_why"].as_str().unwrap_or("")
+            ),
             _ => "-".into(),
         };
         let _ = writeln!(
@@ -1191,7 +1665,10 @@ fn disk_models(out: &Path) -> Result<String> {
             cell("torpor_kmod"),
             ratio("stock", "torpor"),
             ratio("stock", "torpor_kmod"),
-            v["host_load"].as_str().filter(|s| !s.is_empty()).unwrap_or("not recorded"),
+            v["host_load"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("not recorded"),
             path.file_name().unwrap_or_default().to_string_lossy(),
             v["date"].as_str().unwrap_or("?")
         );
@@ -1199,7 +1676,11 @@ fn disk_models(out: &Path) -> Result<String> {
     o.push_str("\nPaper (seed 004): prefetching pays most where random reads are expensive (its testbed: local disks). The slower the disk's random \
         reads (IOPS limit), the more demand paging (one fault, one small read) loses against a prefetch that reads in swap-slot order with \
         many requests in flight; where the module row is missing, torpor.ko was not usable in that guest and the stock rows stand alone.\n\n");
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
     std::fs::write(&md_path, &o)?;
     let j: Vec<serde_json::Value> = rows.iter().map(|(d, p, v)| serde_json::json!({"disk": d, "source": p.display().to_string(), "seconds": v["seconds"], "map_pass_median": v["map_pass_median"], "mib": v["mib"], "host_load": v["host_load"], "date": v["date"]})).collect();
     std::fs::write(&json_path, serde_json::to_string_pretty(&j)?)?;
@@ -1207,7 +1688,13 @@ fn disk_models(out: &Path) -> Result<String> {
 }
 
 fn chrono_now() -> String {
-    std::process::Command::new("date").arg("+%Y-%m-%d %H:%M:%S %Z").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S %Z")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- experiment 3, "free memory only" (fills the machine: run it in the VM)
@@ -1232,7 +1719,10 @@ fn free_memory(ctx: &Ctx) -> Result<String> {
     c.freeze()?;
     procswap::purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress)?;
     let avail = procswap::sys::meminfo()?.mem_available / MIB;
-    ensure!(avail > margin_mib + 64, "only {avail} MiB available with the child out: nothing to fill");
+    ensure!(
+        avail > margin_mib + 64,
+        "only {avail} MiB available with the child out: nothing to fill"
+    );
     let b_mib = avail - margin_mib;
     let mut b = ctx.spawn(b_mib)?;
     c.thaw()?;
@@ -1240,10 +1730,19 @@ fn free_memory(ctx: &Ctx) -> Result<String> {
     // torpor's prefetch keeps a free-memory floor and stops when the machine is full; the rest of
     // the child then comes back on demand. 32 MiB here (default 256 MiB: sized for big hosts, more
     // than this 2 GiB guest has free even after the pre-purge).
-    let pf = || How::PrefetchMayStop(Box::new(PrefetchOptions { free_floor_bytes: 32 * MIB, ..Default::default() }));
+    let pf = || {
+        How::PrefetchMayStop(Box::new(PrefetchOptions {
+            free_floor_bytes: 32 * MIB,
+            ..Default::default()
+        }))
+    };
     let configs: [(&str, bool, How); 4] = [
         ("none (memory full, demand paging)", false, How::Stock),
-        ("free memory only (pre-purged hog, demand paging)", true, How::Stock),
+        (
+            "free memory only (pre-purged hog, demand paging)",
+            true,
+            How::Stock,
+        ),
         ("prefetch only (memory full)", false, pf()),
         ("free memory + prefetch", true, pf()),
     ];
@@ -1275,17 +1774,32 @@ fn free_memory(ctx: &Ctx) -> Result<String> {
                 if *free {
                     let t1 = Instant::now();
                     a.freeze()?;
-                    procswap::purge_with(&StockBackend, a.pid, &PurgeOptions::default(), &NoProgress)?;
+                    procswap::purge_with(
+                        &StockBackend,
+                        a.pid,
+                        &PurgeOptions::default(),
+                        &NoProgress,
+                    )?;
                     a.thaw()?;
                     purge = Some(t1.elapsed().as_secs_f64());
                 }
                 let m = procswap::sys::meminfo()?;
-                mem = Some(Mem { config: name.to_string(), trial, mem_free_mib: m.mem_free / MIB, mem_available_mib: m.mem_available / MIB, hog_dirty_seconds: dirty, hog_purge_seconds: purge });
+                mem = Some(Mem {
+                    config: name.to_string(),
+                    trial,
+                    mem_free_mib: m.mem_free / MIB,
+                    mem_available_mib: m.mem_available / MIB,
+                    hog_dirty_seconds: dirty,
+                    hog_purge_seconds: purge,
+                });
                 Ok(())
             };
             let t = timed_resume_with(&mut c, name, trial, how, "TOUCH", &mut hook)?;
             let m = mem.context("hook did not run")?;
-            eprintln!("  {name} trial {trial}: {:.3} s (MemFree {} MiB before)", t.seconds, m.mem_free_mib);
+            eprintln!(
+                "  {name} trial {trial}: {:.3} s (MemFree {} MiB before)",
+                t.seconds, m.mem_free_mib
+            );
             ts.push(t);
             mems.push(m);
         }
@@ -1296,7 +1810,19 @@ fn free_memory(ctx: &Ctx) -> Result<String> {
     let (md_path, json_path, png_path) = ctx.files("free-memory")?;
     let get = |cfg: &str| median(&secs_of(ts.iter().filter(|t| t.config == cfg)));
     let none = get(configs[0].0).context("no none")?;
-    let bars: Vec<Bar> = configs.iter().enumerate().filter_map(|(i, (cfg, _, _))| get(cfg).map(|s| Bar { label: cfg.split(" (").next().unwrap_or(cfg).to_string(), value: s.median, lo: s.min, hi: s.max, color: i })).collect();
+    let bars: Vec<Bar> = configs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (cfg, _, _))| {
+            get(cfg).map(|s| Bar {
+                label: cfg.split(" (").next().unwrap_or(cfg).to_string(),
+                value: s.median,
+                lo: s.min,
+                hi: s.max,
+                color: i,
+            })
+        })
+        .collect();
     plot::bars(&png_path, &format!("Free memory kept vs memory full, {mib} MiB touch-all (median, min-max, {trials} trials)"), "resume request -> all pages touched (s)", &bars, false)?;
     let mut o = ctx.header("free-memory", "Experiment 3 of the bench issue, the \"free memory only\" row: what keeping free memory (pre-purging idle apps) contributes.", load0, t_start.elapsed().as_secs_f64());
     let _ = writeln!(
@@ -1319,36 +1845,79 @@ fn free_memory(ctx: &Ctx) -> Result<String> {
     let _ = writeln!(o, "## Results (seconds, median (min–max) over {trials} trials)\n\n| configuration | resume → touched all | speed-up vs none | MemFree before (MiB, median) | MemAvailable before (MiB, median) | major faults (median) | prefetched MiB (median); prefetch stopped at its free-memory floor |\n|---|---|---|---|---|---|---|");
     for (cfg, _, _) in &configs {
         let s = get(cfg);
-        let mm = |f: &dyn Fn(&Mem) -> f64| median(&mems.iter().filter(|m| m.config == *cfg).map(f).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN);
-        let mf = median(&ts.iter().filter(|t| t.config == *cfg).map(|t| t.majflt as f64).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN);
+        let mm = |f: &dyn Fn(&Mem) -> f64| {
+            median(
+                &mems
+                    .iter()
+                    .filter(|m| m.config == *cfg)
+                    .map(f)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|s| s.median)
+            .unwrap_or(f64::NAN)
+        };
+        let mf = median(
+            &ts.iter()
+                .filter(|t| t.config == *cfg)
+                .map(|t| t.majflt as f64)
+                .collect::<Vec<_>>(),
+        )
+        .map(|s| s.median)
+        .unwrap_or(f64::NAN);
         let _ = writeln!(
             o,
             "| {cfg} | {} | **{}** | {:.0} | {:.0} | {mf:.0} | {} |",
             fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none.median / s.median)).unwrap_or_else(|| "-".into()),
+            s.map(|s| format!("{:.2}×", none.median / s.median))
+                .unwrap_or_else(|| "-".into()),
             mm(&|m| m.mem_free_mib as f64),
             mm(&|m| m.mem_available_mib as f64),
             if cfg.contains("prefetch") {
                 let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == *cfg).collect();
-                let pmib = median(&sel.iter().map(|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(0.0);
-                format!("{pmib:.0}; stopped in {} of {}", sel.iter().filter(|t| t.prefetch_stopped.is_some()).count(), sel.len())
+                let pmib = median(
+                    &sel.iter()
+                        .map(|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
+                        .collect::<Vec<_>>(),
+                )
+                .map(|s| s.median)
+                .unwrap_or(0.0);
+                format!(
+                    "{pmib:.0}; stopped in {} of {}",
+                    sel.iter().filter(|t| t.prefetch_stopped.is_some()).count(),
+                    sel.len()
+                )
             } else {
                 "-".into()
             }
         );
     }
-    let fo = get(configs[1].0).map(|s| none.median / s.median).unwrap_or(f64::NAN);
+    let fo = get(configs[1].0)
+        .map(|s| none.median / s.median)
+        .unwrap_or(f64::NAN);
     let _ = writeln!(
         o,
         "\nPaper (Figure 9, prose): \"Prefetching contributes the most to the overall performance improvement, while prepurging and contiguous disk \
          allocation both exhibit similar benefits.\" Here free memory alone gives {fo:.2}× over none{}. Ratios are of medians from this one interleaved run.\n",
         if fo > 1.05 { "" } else { " — no measurable benefit in this setting (the kernel's reclaim of the clean/dirty hog keeps up with demand paging)" }
     );
-    let _ = writeln!(o, "![plot]({})\n", png_path.file_name().unwrap_or_default().to_string_lossy());
-    let _ = writeln!(o, "## Memory was out before every timed resume\n\n{}\n", proof_summary(&ts));
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        proof_summary(&ts)
+    );
     o.push_str(&runs_table(&ts));
     std::fs::write(&md_path, &o)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}))?)?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}),
+        )?,
+    )?;
     Ok(md_path.display().to_string())
 }
 
@@ -1358,7 +1927,11 @@ fn main() -> Result<()> {
     let mut exps: Vec<String> = Vec::new();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("__burn") {
-        let f = |i: usize| argv.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        let f = |i: usize| {
+            argv.get(i)
+                .and_then(|x| x.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         bench::server::burn_main(f(2), f(3) as u64, f(4) as usize);
     }
     if argv.get(1).map(String::as_str) == Some("activation") {
@@ -1373,8 +1946,19 @@ fn main() -> Result<()> {
                 println!("{USAGE}");
                 return Ok(());
             }
-            "size-sweep" | "contribution" | "contiguity" | "repeated" | "cpu-load" | "tomcat" | "free-memory" | "disk-models" => exps.push(a),
-            "all" => exps.extend(["size-sweep", "contribution", "contiguity", "repeated", "cpu-load", "tomcat"].map(String::from)),
+            "size-sweep" | "contribution" | "contiguity" | "repeated" | "cpu-load" | "tomcat"
+            | "free-memory" | "disk-models" => exps.push(a),
+            "all" => exps.extend(
+                [
+                    "size-sweep",
+                    "contribution",
+                    "contiguity",
+                    "repeated",
+                    "cpu-load",
+                    "tomcat",
+                ]
+                .map(String::from),
+            ),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -1384,12 +1968,24 @@ fn main() -> Result<()> {
         println!("{}", std::fs::read_to_string(&path).unwrap_or_default());
         return Ok(());
     }
-    ensure!(!exps.iter().any(|e| e == "disk-models"), "disk-models runs alone (it reads results, it measures nothing)");
+    ensure!(
+        !exps.iter().any(|e| e == "disk-models"),
+        "disk-models runs alone (it reads results, it measures nothing)"
+    );
     machine::require_root_and_swap()?;
     let me = std::env::current_exe()?;
     let child = me.with_file_name("torpor-bench-child");
-    ensure!(child.exists(), "{} not found (build the bench package's binaries)", child.display());
-    let date = std::process::Command::new("date").arg("+%Y-%m-%d %H:%M:%S %Z").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).unwrap_or_default();
+    ensure!(
+        child.exists(),
+        "{} not found (build the bench package's binaries)",
+        child.display()
+    );
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S %Z")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
     let ctx = Ctx {
         quick,
         out,
@@ -1398,7 +1994,9 @@ fn main() -> Result<()> {
         day: date.get(..10).unwrap_or("unknown").to_string(),
         date: date.trim().to_string(),
         machine: Machine::probe()?,
-        page_cluster: std::fs::read_to_string("/proc/sys/vm/page-cluster").map(|s| s.trim().to_string()).unwrap_or_default(),
+        page_cluster: std::fs::read_to_string("/proc/sys/vm/page-cluster")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         me,
     };
     let t0 = Instant::now();
@@ -1414,9 +2012,24 @@ fn main() -> Result<()> {
             _ => repeated(&ctx),
         }
         .with_context(|| format!("experiment {e}"))?;
-        eprintln!("torpor-bench: {e} done in {:.0} s -> {path}", t.elapsed().as_secs_f64());
-        println!("{}", std::fs::read_to_string(&path).unwrap_or_default().lines().take_while(|l| !l.starts_with("![plot]")).filter(|l| l.starts_with('|') || l.starts_with("**")).collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "torpor-bench: {e} done in {:.0} s -> {path}",
+            t.elapsed().as_secs_f64()
+        );
+        println!(
+            "{}",
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .take_while(|l| !l.starts_with("![plot]"))
+                .filter(|l| l.starts_with('|') || l.starts_with("**"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
-    eprintln!("torpor-bench: all requested experiments done in {:.0} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "torpor-bench: all requested experiments done in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -20,7 +20,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 /// Mapping pass alone: purge, issue WILLNEED for every swapped page (slot order), wait for the
@@ -28,11 +31,22 @@ fn env_u64(k: &str, d: u64) -> u64 {
 fn map_pass_only(subj: &mut Subject, backend: &dyn Backend) -> Result<(f64, u64, f64)> {
     subj.suspend_and_purge()?;
     let pid = subj.pid;
-    let ins = procswap::inspect(pid, InspectOptions { swapped_pages: true })?;
+    let ins = procswap::inspect(
+        pid,
+        InspectOptions {
+            swapped_pages: true,
+        },
+    )?;
     let mut pages = ins.swapped_pages.clone();
     pages.sort_unstable_by_key(|p| (p.swap_type, p.offset));
     let ps = procswap::sys::page_size();
-    let ranges: Vec<procswap::Range> = pages.iter().map(|p| procswap::Range { start: p.addr, len: ps }).collect();
+    let ranges: Vec<procswap::Range> = pages
+        .iter()
+        .map(|p| procswap::Range {
+            start: p.addr,
+            len: ps,
+        })
+        .collect();
     let t = Target::open(pid, "vmbench map pass")?;
     let t_read = Instant::now();
     backend.read_ahead(&t, &ranges)?;
@@ -44,7 +58,10 @@ fn map_pass_only(subj: &mut Subject, backend: &dyn Backend) -> Result<(f64, u64,
         if sc >= want {
             break;
         }
-        ensure!(Instant::now() < deadline, "swap reads did not finish: SwapCached {sc} < {want}");
+        ensure!(
+            Instant::now() < deadline,
+            "swap reads did not finish: SwapCached {sc} < {want}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let read_s = t_read.elapsed().as_secs_f64();
@@ -74,13 +91,24 @@ fn main() -> Result<()> {
             None
         }
     };
-    let kmod_why = if kmod.is_none() { std::env::var("TORPOR_VMBENCH_KMOD_WHY").unwrap_or_else(|_| "module not loaded".into()) } else { String::new() };
+    let kmod_why = if kmod.is_none() {
+        std::env::var("TORPOR_VMBENCH_KMOD_WHY").unwrap_or_else(|_| "module not loaded".into())
+    } else {
+        String::new()
+    };
     let host_load = std::env::var("TORPOR_VMBENCH_HOST_LOAD").unwrap_or_default();
     let child = std::env::current_exe()?.with_file_name("torpor-bench-child");
     let mut subj = Subject::spawn(&child, mib, FreezerChoice::from_env()?)?;
-    eprintln!("vmbench: {mib} MiB child pid {} ({}), swap {:?}, disk profile {disk}, {rounds} rounds", subj.pid, subj.desc, swap);
+    eprintln!(
+        "vmbench: {mib} MiB child pid {} ({}), swap {:?}, disk profile {disk}, {rounds} rounds",
+        subj.pid, subj.desc, swap
+    );
 
-    let variants: Vec<Variant> = if kmod.is_some() { vec![Variant::Stock, Variant::Torpor, Variant::TorporKmod] } else { vec![Variant::Stock, Variant::Torpor] };
+    let variants: Vec<Variant> = if kmod.is_some() {
+        vec![Variant::Stock, Variant::Torpor, Variant::TorporKmod]
+    } else {
+        vec![Variant::Stock, Variant::Torpor]
+    };
     let mut ms: Vec<Measurement> = Vec::new();
     for r in 0..=rounds {
         for k in 0..variants.len() {
@@ -119,21 +147,44 @@ fn main() -> Result<()> {
     }
     subj.verify_data()?;
 
-    let secs = |v: Variant| -> Vec<f64> { ms.iter().filter(|m| m.variant == v && !m.warmup).map(|m| m.seconds).collect() };
+    let secs = |v: Variant| -> Vec<f64> {
+        ms.iter()
+            .filter(|m| m.variant == v && !m.warmup)
+            .map(|m| m.seconds)
+            .collect()
+    };
     let med = |v: Variant| Spread::of(&secs(v)).map(|s| s.median).unwrap_or(f64::NAN);
     let map_med = |n: &str| {
-        Spread::of(&maps.iter().filter(|m| m.0 == n).map(|m| m.1).collect::<Vec<_>>()).map(|s| s.median).unwrap_or(f64::NAN)
+        Spread::of(
+            &maps
+                .iter()
+                .filter(|m| m.0 == n)
+                .map(|m| m.1)
+                .collect::<Vec<_>>(),
+        )
+        .map(|s| s.median)
+        .unwrap_or(f64::NAN)
     };
-    let (st, tp, tk) = (med(Variant::Stock), med(Variant::Torpor), med(Variant::TorporKmod));
+    let (st, tp, tk) = (
+        med(Variant::Stock),
+        med(Variant::Torpor),
+        med(Variant::TorporKmod),
+    );
     let (mr, mk) = (map_med("process_vm_readv"), map_med("kmod PREFETCH"));
-    let machine = bench::machine::Machine::probe().map(|m| format!("{m:?}")).unwrap_or_default();
+    let machine = bench::machine::Machine::probe()
+        .map(|m| format!("{m:?}"))
+        .unwrap_or_default();
     let mut md = String::new();
     writeln!(md, "# In-guest resume benchmark: stock vs stock prefetch vs module prefetch ({mib} MiB touch-all)\n")?;
     writeln!(md, "- date: {}", chrono_like_now())?;
     writeln!(md, "- guest: Linux {} under qemu TCG (`make vm-bench`), swap on a virtio disk, disk profile **{disk}**", uname_r())?;
     writeln!(md, "- machine (guest view): {machine}")?;
     writeln!(md, "- host load average when the VM started: {} (2-CPU host shared with other work; qemu TCG itself needs CPU)", if host_load.is_empty() { "not recorded" } else { &host_load })?;
-    writeln!(md, "- guest load average at the end: {:?}", bench::machine::loadavg())?;
+    writeln!(
+        md,
+        "- guest load average at the end: {:?}",
+        bench::machine::loadavg()
+    )?;
     if kmod.is_none() {
         writeln!(md, "- **module rows missing**: torpor.ko was not usable in this guest ({kmod_why}); stock rows only")?;
     }
@@ -144,25 +195,58 @@ fn main() -> Result<()> {
     for &v in &variants {
         let s = Spread::of(&secs(v));
         if let Some(s) = s {
-            writeln!(md, "| {} | {:.3} | {:.3} | {:.3} | {:.2}× |", v.name(), s.median, s.min, s.max, st / s.median)?;
+            writeln!(
+                md,
+                "| {} | {:.3} | {:.3} | {:.3} | {:.2}× |",
+                v.name(),
+                s.median,
+                s.min,
+                s.max,
+                st / s.median
+            )?;
         }
     }
-    writeln!(md, "\nMapping pass alone (reads already in the swap cache), median of {}:\n", rounds.max(1))?;
+    writeln!(
+        md,
+        "\nMapping pass alone (reads already in the swap cache), median of {}:\n",
+        rounds.max(1)
+    )?;
     writeln!(md, "| mapping pass | median s | pages |")?;
     writeln!(md, "|---|---|---|")?;
-    writeln!(md, "| process_vm_readv (stock) | {mr:.3} | {} |", maps.iter().find(|m| m.0 == "process_vm_readv").map(|m| m.2).unwrap_or(0))?;
-    writeln!(md, "| PREFETCH ioctl (module) | {mk:.3} | {} |", maps.iter().find(|m| m.0 == "kmod PREFETCH").map(|m| m.2).unwrap_or(0))?;
+    writeln!(
+        md,
+        "| process_vm_readv (stock) | {mr:.3} | {} |",
+        maps.iter()
+            .find(|m| m.0 == "process_vm_readv")
+            .map(|m| m.2)
+            .unwrap_or(0)
+    )?;
+    writeln!(
+        md,
+        "| PREFETCH ioctl (module) | {mk:.3} | {} |",
+        maps.iter()
+            .find(|m| m.0 == "kmod PREFETCH")
+            .map(|m| m.2)
+            .unwrap_or(0)
+    )?;
     writeln!(md, "\nRatios: stock/torpor = {:.2}×, stock/torpor_kmod = {:.2}×, torpor/torpor_kmod = {:.2}×; mapping pass process_vm_readv/PREFETCH = {:.2}×.", st / tp, st / tk, tp / tk, mr / mk)?;
     writeln!(md, "\n## Every timed resume\n\n```")?;
     for m in &ms {
         writeln!(md, "round {} {:<12} {:.3} s warmup={} prefetch={:?} touch={:.3} majflt={} present={}/{} memcg={}KiB swapcached={}KiB", m.pair, m.variant.name(), m.seconds, m.warmup, m.prefetch_seconds, m.touch_seconds, m.child_majflt, m.proof.area_present_pages, m.proof.area_pages, m.proof.memcg_usage_bytes / 1024, m.proof.system_swapcached_bytes / 1024)?;
     }
     for m in &maps {
-        writeln!(md, "map-only {:<16} {:.3} s pages={} (reads {:.3} s)", m.0, m.1, m.2, m.3)?;
+        writeln!(
+            md,
+            "map-only {:<16} {:.3} s pages={} (reads {:.3} s)",
+            m.0, m.1, m.2, m.3
+        )?;
     }
     writeln!(md, "```")?;
     std::fs::write(&out, &md).with_context(|| format!("write {out}"))?;
-    let spread = |v: Variant| Spread::of(&secs(v)).map(|s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}));
+    let spread = |v: Variant| {
+        Spread::of(&secs(v))
+            .map(|s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}))
+    };
     let json = serde_json::json!({
         "date": chrono_like_now(),
         "disk": disk,
@@ -178,14 +262,20 @@ fn main() -> Result<()> {
         "map_pass_median": {"process_vm_readv": mr, "kmod_prefetch": if kmod.is_some() { Some(mk) } else { None }},
         "measurements": ms,
     });
-    let json_out = out.strip_suffix(".md").map(|s| format!("{s}.json")).unwrap_or_else(|| format!("{out}.json"));
-    std::fs::write(&json_out, serde_json::to_string_pretty(&json)?).with_context(|| format!("write {json_out}"))?;
+    let json_out = out
+        .strip_suffix(".md")
+        .map(|s| format!("{s}.json"))
+        .unwrap_or_else(|| format!("{out}.json"));
+    std::fs::write(&json_out, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("write {json_out}"))?;
     println!("{md}");
     Ok(())
 }
 
 fn uname_r() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn chrono_like_now() -> String {

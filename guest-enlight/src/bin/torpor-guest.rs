@@ -5,11 +5,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use guest_enlight::kmod_source::KmodSource;
 use guest_enlight::portable::{self, FreeMode, PriorityOptions};
 use guest_enlight::protocol::{
-    self, encode_frame, negotiate, Client, ErrorCode, FrameReader, ProtoError, ReadEvent, Request, Response, WireMap,
+    self, encode_frame, negotiate, Client, ErrorCode, FrameReader, ProtoError, ReadEvent, Request,
+    Response, WireMap,
 };
-use guest_enlight::kmod_source::KmodSource;
 use guest_enlight::source::{MapSource, PortableSource};
 use guest_enlight::{Category, MapSourceKind};
 use serde::Serialize;
@@ -22,7 +23,11 @@ use std::time::{Duration, Instant};
 const DEFAULT_PORT_NAME: &str = "org.torpor.agent.0";
 
 #[derive(Parser)]
-#[command(name = "torpor-guest", version, about = "torpor guest agent: page-priority map and free-page bitmap for the host")]
+#[command(
+    name = "torpor-guest",
+    version,
+    about = "torpor guest agent: page-priority map and free-page bitmap for the host"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -114,7 +119,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|e| format!("bad duration {s:?}: {e}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad duration {s:?}: {e}"))?;
     if !(v >= 0.0 && v.is_finite()) {
         return Err(format!("bad duration {s:?}"));
     }
@@ -124,13 +132,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { device, port_name, unix, stdio, max_payload, maps } => {
+        Cmd::Serve {
+            device,
+            port_name,
+            unix,
+            stdio,
+            max_payload,
+            maps,
+        } => {
             let mut source = make_source(&maps, true)?;
             let source = source.as_mut();
             if stdio {
@@ -141,7 +157,8 @@ fn main() -> Result<()> {
                 Ok(())
             } else if let Some(path) = unix {
                 let _ = std::fs::remove_file(&path);
-                let l = UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+                let l = UnixListener::bind(&path)
+                    .with_context(|| format!("bind {}", path.display()))?;
                 tracing::info!(path = %path.display(), "serving on unix socket");
                 for conn in l.incoming() {
                     let conn = match conn {
@@ -158,7 +175,8 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             } else {
-                let path = device.unwrap_or_else(|| PathBuf::from(format!("/dev/virtio-ports/{port_name}")));
+                let path = device
+                    .unwrap_or_else(|| PathBuf::from(format!("/dev/virtio-ports/{port_name}")));
                 serve_device(&path, source, max_payload)
             }
         }
@@ -168,13 +186,24 @@ fn main() -> Result<()> {
             let s = local_summary(source.as_mut(), maps.window, pfns.as_deref())?;
             print_summary(&s, json)
         }
-        Cmd::Query { unix, device, window_ms, json, pfns } => {
+        Cmd::Query {
+            unix,
+            device,
+            window_ms,
+            json,
+            pfns,
+        } => {
             let pfns = pfns.map(|p| read_pfn_list(&p)).transpose()?;
             let s = if let Some(p) = unix {
-                let c = UnixStream::connect(&p).with_context(|| format!("connect {}", p.display()))?;
+                let c =
+                    UnixStream::connect(&p).with_context(|| format!("connect {}", p.display()))?;
                 remote_summary(Client::new(c), window_ms, pfns.as_deref())?
             } else if let Some(p) = device {
-                let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).with_context(|| format!("open {}", p.display()))?;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .with_context(|| format!("open {}", p.display()))?;
                 remote_summary(Client::new(f), window_ms, pfns.as_deref())?
             } else {
                 bail!("give --unix PATH or --device PATH");
@@ -189,16 +218,27 @@ fn main() -> Result<()> {
 fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
     let kmod = match maps.source {
         SourceChoice::Portable => None,
-        SourceChoice::Kmod => Some(KmodSource::open_path(&maps.kmod_dev, maps.window).with_context(|| {
-            format!("--source kmod: cannot use the torpor module at {} (insmod torpor.ko?)", maps.kmod_dev.display())
-        })?),
+        SourceChoice::Kmod => Some(
+            KmodSource::open_path(&maps.kmod_dev, maps.window).with_context(|| {
+                format!(
+                    "--source kmod: cannot use the torpor module at {} (insmod torpor.ko?)",
+                    maps.kmod_dev.display()
+                )
+            })?,
+        ),
         SourceChoice::Auto => match KmodSource::open_path(&maps.kmod_dev, maps.window) {
             Ok(k) => Some(k),
             Err(e) => {
                 if maps.kmod_dev.exists() {
-                    tracing::warn!("not using {}: {e}; falling back to the portable source", maps.kmod_dev.display());
+                    tracing::warn!(
+                        "not using {}: {e}; falling back to the portable source",
+                        maps.kmod_dev.display()
+                    );
                 } else {
-                    tracing::info!("{} absent: portable (approximate) source", maps.kmod_dev.display());
+                    tracing::info!(
+                        "{} absent: portable (approximate) source",
+                        maps.kmod_dev.display()
+                    );
                 }
                 None
             }
@@ -209,7 +249,10 @@ fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
         tracing::info!(release = %d.version().release_str(), features = %d.version().feature_names().join(","), "map source: torpor kernel module (exact)");
         return Ok(Box::new(k));
     }
-    let mut opts = PriorityOptions { free_mode: maps.free_mode, ..Default::default() };
+    let mut opts = PriorityOptions {
+        free_mode: maps.free_mode,
+        ..Default::default()
+    };
     if serving {
         opts.exclude_pids.insert(std::process::id() as i32);
     }
@@ -223,14 +266,22 @@ fn make_source(maps: &MapArgs, serving: bool) -> Result<Box<dyn MapSource>> {
 
 /// Serve a character device (virtio-serial port). EOF means no host is connected:
 /// wait and read again rather than exit.
-fn serve_device(path: &std::path::Path, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
+fn serve_device(
+    path: &std::path::Path,
+    source: &mut dyn MapSource,
+    max_payload: u32,
+) -> Result<()> {
     let mut warned = false;
     let mut announced = false;
     // A virtio-serial port with no host connected reads EOF at once (and polls as HUP), so
     // the port is re-read on a timer: 250 ms after a session, backing off to 1 s while idle.
     let mut idle = Duration::from_millis(250);
     loop {
-        let f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        let f = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) => {
                 if !warned {
@@ -252,13 +303,22 @@ fn serve_device(path: &std::path::Path, source: &mut dyn MapSource, max_payload:
             Err(e) => tracing::warn!("port error: {e:#}"),
         }
         // A session that lasted (a host talked to us) resets the back-off.
-        idle = if t.elapsed() > Duration::from_millis(50) { Duration::from_millis(250) } else { (idle * 2).min(Duration::from_secs(1)) };
+        idle = if t.elapsed() > Duration::from_millis(50) {
+            Duration::from_millis(250)
+        } else {
+            (idle * 2).min(Duration::from_secs(1))
+        };
         std::thread::sleep(idle);
     }
 }
 
 /// Serve requests until EOF.
-fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
+fn serve_stream<R: Read, W: Write>(
+    r: R,
+    mut w: W,
+    source: &mut dyn MapSource,
+    max_payload: u32,
+) -> Result<()> {
     let mut reader = FrameReader::new(r, max_payload);
     loop {
         let (id, resp) = match reader.next_event()? {
@@ -268,14 +328,25 @@ fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut dyn MapSource, m
                 }
                 return Ok(());
             }
-            ReadEvent::Skipped { error, garbage_bytes } => {
+            ReadEvent::Skipped {
+                error,
+                garbage_bytes,
+            } => {
                 tracing::warn!(garbage_bytes, "bad frame skipped: {error}");
-                let Some(id) = error.request_id() else { continue };
+                let Some(id) = error.request_id() else {
+                    continue;
+                };
                 let code = match error {
                     ProtoError::UnsupportedVersion { .. } => ErrorCode::VersionMismatch,
                     _ => ErrorCode::BadFrame,
                 };
-                (id, Response::Error { code, message: error.to_string() })
+                (
+                    id,
+                    Response::Error {
+                        code,
+                        message: error.to_string(),
+                    },
+                )
             }
             ReadEvent::Frame(f) => (f.request_id, handle(&f, source)),
         };
@@ -287,13 +358,30 @@ fn serve_stream<R: Read, W: Write>(r: R, mut w: W, source: &mut dyn MapSource, m
 fn handle(f: &protocol::Frame, source: &mut dyn MapSource) -> Response {
     let req = match Request::decode(f) {
         Ok(r) => r,
-        Err(e @ ProtoError::UnknownType(_)) => return Response::Error { code: ErrorCode::UnknownType, message: e.to_string() },
-        Err(e) => return Response::Error { code: ErrorCode::BadPayload, message: e.to_string() },
+        Err(e @ ProtoError::UnknownType(_)) => {
+            return Response::Error {
+                code: ErrorCode::UnknownType,
+                message: e.to_string(),
+            }
+        }
+        Err(e) => {
+            return Response::Error {
+                code: ErrorCode::BadPayload,
+                message: e.to_string(),
+            }
+        }
     };
     tracing::debug!(?req, "request");
-    let unavailable = |e: guest_enlight::Error| Response::Error { code: ErrorCode::Unavailable, message: e.to_string() };
+    let unavailable = |e: guest_enlight::Error| Response::Error {
+        code: ErrorCode::Unavailable,
+        message: e.to_string(),
+    };
     match req {
-        Request::Hello { min_version, max_version, client } => match negotiate(min_version, max_version) {
+        Request::Hello {
+            min_version,
+            max_version,
+            client,
+        } => match negotiate(min_version, max_version) {
             Some(version) => {
                 tracing::info!(client, version, "hello");
                 Response::Hello {
@@ -314,12 +402,19 @@ fn handle(f: &protocol::Frame, source: &mut dyn MapSource) -> Response {
         },
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::GetLayout => match source.layout() {
-            Ok(layout) => Response::Layout { page_size: guest_enlight::layout::page_size() as u32, layout },
+            Ok(layout) => Response::Layout {
+                page_size: guest_enlight::layout::page_size() as u32,
+                layout,
+            },
             Err(e) => unavailable(e),
         },
         Request::GetFreeBitmap => match source.free_bitmap() {
             Ok(b) => {
-                tracing::info!(free_pages = b.count_free(), build_ms = b.info.build_us / 1000, "free bitmap built");
+                tracing::info!(
+                    free_pages = b.count_free(),
+                    build_ms = b.info.build_us / 1000,
+                    "free bitmap built"
+                );
                 Response::FreeBitmap(WireMap::from_free_bitmap(&b))
             }
             Err(e) => unavailable(e),
@@ -396,7 +491,9 @@ fn read_pfn_list(path: &std::path::Path) -> Result<Vec<(u64, u64)>> {
 }
 
 fn pfn_categories(prio: &WireMap, pfns: &[(u64, u64)]) -> Result<PfnCategories> {
-    let map = prio.to_priority_map(prio.layout.total_pages()).context("expand priority map")?;
+    let map = prio
+        .to_priority_map(prio.layout.total_pages())
+        .context("expand priority map")?;
     let mut c = PfnCategories::default();
     for &(a, b) in pfns {
         for pfn in a..b {
@@ -410,7 +507,12 @@ fn pfn_categories(prio: &WireMap, pfns: &[(u64, u64)]) -> Result<PfnCategories> 
     Ok(c)
 }
 
-fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<serde_json::Value>) -> Summary {
+fn summarize(
+    free: &WireMap,
+    prio: &WireMap,
+    page_size: u64,
+    stats: Option<serde_json::Value>,
+) -> Summary {
     let fh = free.runs.histogram();
     let ph = prio.runs.histogram();
     let total_pages = prio.layout.total_pages();
@@ -431,24 +533,40 @@ fn summarize(free: &WireMap, prio: &WireMap, page_size: u64, stats: Option<serde
         priority_build_ms,
         priority_build_ms_per_gib: priority_build_ms / total_gib.max(1e-9),
         window_ms: prio.info.window_ms,
-        categories: Category::ALL.iter().map(|c| (c.name().to_string(), ph[*c as usize])).collect(),
+        categories: Category::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), ph[*c as usize]))
+            .collect(),
         stats,
         pfn_categories: None,
     }
 }
 
-fn local_summary(source: &mut dyn MapSource, window: Duration, pfns: Option<&[(u64, u64)]>) -> Result<Summary> {
+fn local_summary(
+    source: &mut dyn MapSource,
+    window: Duration,
+    pfns: Option<&[(u64, u64)]>,
+) -> Result<Summary> {
     let t = Instant::now();
     let free = source.free_bitmap()?;
     let prio = source.priority_map(Some(window))?;
     tracing::debug!(total_ms = t.elapsed().as_millis() as u64, "maps built");
     let prio = WireMap::from_priority_map(&prio);
-    let mut s = summarize(&WireMap::from_free_bitmap(&free), &prio, guest_enlight::layout::page_size(), source.stats());
+    let mut s = summarize(
+        &WireMap::from_free_bitmap(&free),
+        &prio,
+        guest_enlight::layout::page_size(),
+        source.stats(),
+    );
     s.pfn_categories = pfns.map(|p| pfn_categories(&prio, p)).transpose()?;
     Ok(s)
 }
 
-fn remote_summary<S: Read + Write>(mut c: Client<S>, window_ms: u32, pfns: Option<&[(u64, u64)]>) -> Result<Summary> {
+fn remote_summary<S: Read + Write>(
+    mut c: Client<S>,
+    window_ms: u32,
+    pfns: Option<&[(u64, u64)]>,
+) -> Result<Summary> {
     let page_size = match c.hello("torpor-guest query")? {
         Response::Hello { page_size, .. } => page_size as u64,
         r => bail!("unexpected hello response {r:?}"),
@@ -468,9 +586,16 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     println!(
         "source: {:?}{}",
         s.source,
-        if s.approximate { " (APPROXIMATE: portable procfs maps, see guest-enlight docs)" } else { "" }
+        if s.approximate {
+            " (APPROXIMATE: portable procfs maps, see guest-enlight docs)"
+        } else {
+            ""
+        }
     );
-    println!("RAM: {} ranges, {} pages of {} B = {:.2} GiB", s.ram_ranges, s.total_pages, s.page_size, s.total_gib);
+    println!(
+        "RAM: {} ranges, {} pages of {} B = {:.2} GiB",
+        s.ram_ranges, s.total_pages, s.page_size, s.total_gib
+    );
     match (s.memfree_pages, s.free_over_memfree) {
         (Some(m), Some(r)) => println!("free bitmap: {} pages ({:.3} x MemFree {} pages of the machine running this command: compare only when the agent runs here), built in {:.1} ms", s.free_pages, r, m, s.free_build_ms),
         _ => println!("free bitmap: {} pages, built in {:.1} ms", s.free_pages, s.free_build_ms),
@@ -480,13 +605,21 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         s.priority_build_ms, s.priority_build_ms_per_gib, s.window_ms
     );
     for (name, n) in &s.categories {
-        println!("  {:<17} {:>10} pages {:>9.1} MiB", name, n, (*n * s.page_size) as f64 / (1u64 << 20) as f64);
+        println!(
+            "  {:<17} {:>10} pages {:>9.1} MiB",
+            name,
+            n,
+            (*n * s.page_size) as f64 / (1u64 << 20) as f64
+        );
     }
     if let Some(st) = &s.stats {
         println!("  stats: {}", serde_json::to_string(st)?);
     }
     if let Some(p) = &s.pfn_categories {
-        println!("listed PFNs: {} ({} outside the layout), per category {:?}", p.listed, p.outside_layout, p.per_category);
+        println!(
+            "listed PFNs: {} ({} outside the layout), per category {:?}",
+            p.listed, p.outside_layout, p.per_category
+        );
     }
     Ok(())
 }

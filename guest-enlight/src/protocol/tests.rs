@@ -2,11 +2,29 @@ use super::*;
 use std::time::Duration;
 
 fn layout() -> RamLayout {
-    RamLayout::new(vec![PfnRange { start: 1, count: 158 }, PfnRange { start: 256, count: 1000 }, PfnRange { start: 1 << 20, count: 4096 }]).unwrap()
+    RamLayout::new(vec![
+        PfnRange {
+            start: 1,
+            count: 158,
+        },
+        PfnRange {
+            start: 256,
+            count: 1000,
+        },
+        PfnRange {
+            start: 1 << 20,
+            count: 4096,
+        },
+    ])
+    .unwrap()
 }
 
 fn info(window_ms: u32) -> MapInfo {
-    MapInfo::now(MapSourceKind::PortableApprox, Duration::from_micros(12345), window_ms)
+    MapInfo::now(
+        MapSourceKind::PortableApprox,
+        Duration::from_micros(12345),
+        window_ms,
+    )
 }
 
 /// Deterministic randomness for property-style tests.
@@ -30,8 +48,14 @@ fn roundtrip_resp(r: Response) -> Response {
 
 #[test]
 fn requests_roundtrip() {
-    roundtrip_req(Request::Hello { min_version: 1, max_version: 3, client: "torpord".into() });
-    roundtrip_req(Request::Ping { nonce: 0xdead_beef_cafe });
+    roundtrip_req(Request::Hello {
+        min_version: 1,
+        max_version: 3,
+        client: "torpord".into(),
+    });
+    roundtrip_req(Request::Ping {
+        nonce: 0xdead_beef_cafe,
+    });
     roundtrip_req(Request::GetLayout);
     roundtrip_req(Request::GetFreeBitmap);
     roundtrip_req(Request::GetPriorityMap { window_ms: 16000 });
@@ -39,10 +63,21 @@ fn requests_roundtrip() {
 
 #[test]
 fn responses_roundtrip() {
-    roundtrip_resp(Response::Hello { version: 1, agent: "torpor-guest 0.1".into(), page_size: 4096, source: MapSourceKind::PortableApprox });
+    roundtrip_resp(Response::Hello {
+        version: 1,
+        agent: "torpor-guest 0.1".into(),
+        page_size: 4096,
+        source: MapSourceKind::PortableApprox,
+    });
     roundtrip_resp(Response::Pong { nonce: 5 });
-    roundtrip_resp(Response::Layout { page_size: 4096, layout: layout() });
-    roundtrip_resp(Response::Error { code: ErrorCode::VersionMismatch, message: "nope".into() });
+    roundtrip_resp(Response::Layout {
+        page_size: 4096,
+        layout: layout(),
+    });
+    roundtrip_resp(Response::Error {
+        code: ErrorCode::VersionMismatch,
+        message: "nope".into(),
+    });
 
     let l = layout();
     let mut b = FreeBitmap::new(l.clone(), info(0));
@@ -50,7 +85,9 @@ fn responses_roundtrip() {
     b.set_range(2000, 1024);
     let wm = WireMap::from_free_bitmap(&b);
     assert_eq!(wm.runs.runs.len(), 5);
-    let Response::FreeBitmap(d) = roundtrip_resp(Response::FreeBitmap(wm)) else { unreachable!() };
+    let Response::FreeBitmap(d) = roundtrip_resp(Response::FreeBitmap(wm)) else {
+        unreachable!()
+    };
     let b2 = d.to_free_bitmap(1 << 30).unwrap();
     assert_eq!(b2, b);
     assert!(b2.info.approximate);
@@ -60,10 +97,17 @@ fn responses_roundtrip() {
     for i in 0..p.bytes.len() {
         p.bytes[i] = ((i / 37) % 9) as u8;
     }
-    let Response::PriorityMap(d) = roundtrip_resp(Response::PriorityMap(WireMap::from_priority_map(&p))) else { unreachable!() };
+    let Response::PriorityMap(d) =
+        roundtrip_resp(Response::PriorityMap(WireMap::from_priority_map(&p)))
+    else {
+        unreachable!()
+    };
     assert_eq!(d.info.window_ms, 16000);
     assert_eq!(d.to_priority_map(1 << 30).unwrap(), p);
-    assert!(d.to_priority_map(10).is_none(), "expansion above the limit is refused");
+    assert!(
+        d.to_priority_map(10).is_none(),
+        "expansion above the limit is refused"
+    );
 }
 
 #[test]
@@ -88,11 +132,17 @@ fn property_random_maps_roundtrip() {
             let run = (1 + rng.below(2 * mean)).min(n - bytes.len() as u64);
             bytes.extend(std::iter::repeat_n(v, run as usize));
         }
-        let p = PriorityMap { layout: l.clone(), info: info(rng.below(100_000) as u32), bytes };
+        let p = PriorityMap {
+            layout: l.clone(),
+            info: info(rng.below(100_000) as u32),
+            bytes,
+        };
         let f = Response::PriorityMap(WireMap::from_priority_map(&p)).to_frame(iter);
         let enc = encode_frame(&f);
         let (f2, _) = decode_frame(&enc, DEFAULT_MAX_PAYLOAD).unwrap();
-        let Response::PriorityMap(w) = Response::decode(&f2).unwrap() else { panic!() };
+        let Response::PriorityMap(w) = Response::decode(&f2).unwrap() else {
+            panic!()
+        };
         assert_eq!(w.to_priority_map(u64::MAX).unwrap(), p);
 
         let mut b = FreeBitmap::new(l, info(0));
@@ -106,7 +156,9 @@ fn property_random_maps_roundtrip() {
         }
         let enc = encode_frame(&Response::FreeBitmap(WireMap::from_free_bitmap(&b)).to_frame(iter));
         let f3 = read_frame(&mut &enc[..], DEFAULT_MAX_PAYLOAD).unwrap();
-        let Response::FreeBitmap(w) = Response::decode(&f3).unwrap() else { panic!() };
+        let Response::FreeBitmap(w) = Response::decode(&f3).unwrap() else {
+            panic!()
+        };
         assert_eq!(w.to_free_bitmap(u64::MAX).unwrap(), b);
     }
 }
@@ -118,7 +170,11 @@ fn truncated_frames_are_reported() {
         match decode_frame(&bytes[..cut], DEFAULT_MAX_PAYLOAD) {
             Err(ProtoError::Truncated { needed }) => {
                 // Before the header is complete only the header's missing bytes are known.
-                let want = if cut < HEADER_LEN { HEADER_LEN - cut } else { bytes.len() - cut };
+                let want = if cut < HEADER_LEN {
+                    HEADER_LEN - cut
+                } else {
+                    bytes.len() - cut
+                };
                 assert_eq!(needed, want)
             }
             other => panic!("cut {cut}: {other:?}"),
@@ -140,14 +196,22 @@ fn corrupt_frames_are_reported() {
             b[i] ^= 1 << bit;
             let r = decode_frame(&b, DEFAULT_MAX_PAYLOAD);
             assert!(
-                matches!(r, Err(ProtoError::BadMagic(_) | ProtoError::HeaderCrc { .. } | ProtoError::PayloadCrc { .. })),
+                matches!(
+                    r,
+                    Err(ProtoError::BadMagic(_)
+                        | ProtoError::HeaderCrc { .. }
+                        | ProtoError::PayloadCrc { .. })
+                ),
                 "byte {i} bit {bit}: {r:?}"
             );
         }
     }
     let mut b = bytes.clone();
     b[0] = b'X';
-    assert!(decode_frame(&b, DEFAULT_MAX_PAYLOAD).unwrap_err().to_string().contains("bad magic"));
+    assert!(decode_frame(&b, DEFAULT_MAX_PAYLOAD)
+        .unwrap_err()
+        .to_string()
+        .contains("bad magic"));
 }
 
 /// Build a header with arbitrary fields and a valid header CRC.
@@ -168,10 +232,18 @@ fn raw_header(version: u8, msg_type: u8, flags: u16, id: u32, len: u32) -> Vec<u
 fn version_mismatch_and_flags() {
     let h = raw_header(2, msg::PING, 0, 42, 0);
     match decode_frame(&h, DEFAULT_MAX_PAYLOAD) {
-        Err(e @ ProtoError::UnsupportedVersion { got: 2, request_id: 42 }) => assert_eq!(e.request_id(), Some(42)),
+        Err(
+            e @ ProtoError::UnsupportedVersion {
+                got: 2,
+                request_id: 42,
+            },
+        ) => assert_eq!(e.request_id(), Some(42)),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(decode_frame(&raw_header(1, msg::PING, 4, 1, 0), DEFAULT_MAX_PAYLOAD), Err(ProtoError::BadFlags(4))));
+    assert!(matches!(
+        decode_frame(&raw_header(1, msg::PING, 4, 1, 0), DEFAULT_MAX_PAYLOAD),
+        Err(ProtoError::BadFlags(4))
+    ));
     assert_eq!(negotiate(1, 5), Some(1));
     assert_eq!(negotiate(0, 1), Some(1));
     assert_eq!(negotiate(2, 5), None);
@@ -182,49 +254,117 @@ fn huge_lengths_refused_without_allocating() {
     // A 4 GiB claimed payload on a 20-byte stream: refused from the header alone.
     let h = raw_header(1, msg::GET_LAYOUT | msg::RESPONSE, 0, 1, u32::MAX);
     match read_frame(&mut &h[..], DEFAULT_MAX_PAYLOAD) {
-        Err(ProtoError::TooLarge { len, max, .. }) => assert_eq!((len, max), (u32::MAX, DEFAULT_MAX_PAYLOAD)),
+        Err(ProtoError::TooLarge { len, max, .. }) => {
+            assert_eq!((len, max), (u32::MAX, DEFAULT_MAX_PAYLOAD))
+        }
         other => panic!("{other:?}"),
     }
     // A small limit applies too.
-    let f = encode_frame(&Request::Hello { min_version: 1, max_version: 1, client: "x".repeat(100) }.to_frame(1));
-    assert!(matches!(decode_frame(&f, 16), Err(ProtoError::TooLarge { .. })));
+    let f = encode_frame(
+        &Request::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "x".repeat(100),
+        }
+        .to_frame(1),
+    );
+    assert!(matches!(
+        decode_frame(&f, 16),
+        Err(ProtoError::TooLarge { .. })
+    ));
     // A map claiming 2^60 pages in one run decodes to runs, and expansion is refused.
-    let l = RamLayout::new(vec![PfnRange { start: 0, count: 1 << 60 }]).unwrap();
-    let w = WireMap { info: info(0), layout: l, runs: Runs { runs: vec![(8, 1 << 60)] } };
+    let l = RamLayout::new(vec![PfnRange {
+        start: 0,
+        count: 1 << 60,
+    }])
+    .unwrap();
+    let w = WireMap {
+        info: info(0),
+        layout: l,
+        runs: Runs {
+            runs: vec![(8, 1 << 60)],
+        },
+    };
     let enc = encode_frame(&Response::PriorityMap(w).to_frame(1));
     assert!(enc.len() < 100);
     let (f, _) = decode_frame(&enc, DEFAULT_MAX_PAYLOAD).unwrap();
-    let Response::PriorityMap(w) = Response::decode(&f).unwrap() else { panic!() };
+    let Response::PriorityMap(w) = Response::decode(&f).unwrap() else {
+        panic!()
+    };
     assert!(w.to_priority_map(1 << 32).is_none());
     assert!(w.to_free_bitmap(1 << 32).is_none());
     // Layout with a huge range count is refused before allocating.
     let mut p = 4096u32.to_le_bytes().to_vec();
     put_varint(&mut p, u64::MAX);
-    let f = Frame { msg_type: msg::GET_LAYOUT | msg::RESPONSE, request_id: 1, payload: p };
-    assert!(Response::decode(&f).unwrap_err().to_string().contains("ranges"));
+    let f = Frame {
+        msg_type: msg::GET_LAYOUT | msg::RESPONSE,
+        request_id: 1,
+        payload: p,
+    };
+    assert!(Response::decode(&f)
+        .unwrap_err()
+        .to_string()
+        .contains("ranges"));
 }
 
 #[test]
 fn bad_payloads_are_reported() {
     // Unknown type.
-    let f = Frame { msg_type: 0x42, request_id: 1, payload: vec![] };
-    assert!(matches!(Request::decode(&f), Err(ProtoError::UnknownType(0x42))));
+    let f = Frame {
+        msg_type: 0x42,
+        request_id: 1,
+        payload: vec![],
+    };
+    assert!(matches!(
+        Request::decode(&f),
+        Err(ProtoError::UnknownType(0x42))
+    ));
     // Trailing bytes.
-    let f = Frame { msg_type: msg::GET_LAYOUT, request_id: 1, payload: vec![0] };
-    assert!(Request::decode(&f).unwrap_err().to_string().contains("trailing"));
+    let f = Frame {
+        msg_type: msg::GET_LAYOUT,
+        request_id: 1,
+        payload: vec![0],
+    };
+    assert!(Request::decode(&f)
+        .unwrap_err()
+        .to_string()
+        .contains("trailing"));
     // Truncated ping.
-    let f = Frame { msg_type: msg::PING, request_id: 1, payload: vec![1, 2] };
-    assert!(Request::decode(&f).unwrap_err().to_string().contains("truncated nonce"));
+    let f = Frame {
+        msg_type: msg::PING,
+        request_id: 1,
+        payload: vec![1, 2],
+    };
+    assert!(Request::decode(&f)
+        .unwrap_err()
+        .to_string()
+        .contains("truncated nonce"));
     // A priority value of 9 is invalid; a bitmap value of 2 is invalid.
     let l = RamLayout::new(vec![PfnRange { start: 0, count: 2 }]).unwrap();
-    let w = WireMap { info: info(0), layout: l, runs: Runs { runs: vec![(9, 2)] } };
+    let w = WireMap {
+        info: info(0),
+        layout: l,
+        runs: Runs { runs: vec![(9, 2)] },
+    };
     let f = Response::PriorityMap(w.clone()).to_frame(1);
-    assert!(matches!(Response::decode(&f), Err(ProtoError::Rle(RleError::BadValue { value: 9, .. }))));
-    let w2 = WireMap { runs: Runs { runs: vec![(2, 2)] }, ..w.clone() };
+    assert!(matches!(
+        Response::decode(&f),
+        Err(ProtoError::Rle(RleError::BadValue { value: 9, .. }))
+    ));
+    let w2 = WireMap {
+        runs: Runs { runs: vec![(2, 2)] },
+        ..w.clone()
+    };
     assert!(Response::decode(&Response::FreeBitmap(w2).to_frame(1)).is_err());
     // Runs not covering the layout.
-    let w3 = WireMap { runs: Runs { runs: vec![(1, 1)] }, ..w };
-    assert!(matches!(Response::decode(&Response::FreeBitmap(w3).to_frame(1)), Err(ProtoError::Rle(RleError::LengthMismatch { .. }))));
+    let w3 = WireMap {
+        runs: Runs { runs: vec![(1, 1)] },
+        ..w
+    };
+    assert!(matches!(
+        Response::decode(&Response::FreeBitmap(w3).to_frame(1)),
+        Err(ProtoError::Rle(RleError::LengthMismatch { .. }))
+    ));
 }
 
 #[test]
@@ -246,17 +386,36 @@ fn frame_reader_resyncs_over_garbage() {
     stream.extend_from_slice(&good2);
     stream.extend_from_slice(b"TPG");
     let mut r = FrameReader::new(&stream[..], DEFAULT_MAX_PAYLOAD);
-    let ReadEvent::Frame(f) = r.next_event().unwrap() else { panic!() };
+    let ReadEvent::Frame(f) = r.next_event().unwrap() else {
+        panic!()
+    };
     assert_eq!(Request::decode(&f).unwrap(), Request::Ping { nonce: 1 });
-    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else { panic!() };
+    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else {
+        panic!()
+    };
     assert_eq!(error.request_id(), Some(3));
-    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else { panic!() };
-    assert!(matches!(error, ProtoError::UnsupportedVersion { got: 9, request_id: 4 }));
-    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else { panic!() };
+    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        error,
+        ProtoError::UnsupportedVersion {
+            got: 9,
+            request_id: 4
+        }
+    ));
+    let ReadEvent::Skipped { error, .. } = r.next_event().unwrap() else {
+        panic!()
+    };
     assert!(matches!(error, ProtoError::TooLarge { request_id: 5, .. }));
-    let ReadEvent::Frame(f) = r.next_event().unwrap() else { panic!() };
+    let ReadEvent::Frame(f) = r.next_event().unwrap() else {
+        panic!()
+    };
     assert_eq!(f.request_id, 2);
-    assert!(matches!(r.next_event().unwrap(), ReadEvent::Eof { garbage_bytes: 3 }));
+    assert!(matches!(
+        r.next_event().unwrap(),
+        ReadEvent::Eof { garbage_bytes: 3 }
+    ));
 }
 
 #[test]

@@ -29,11 +29,23 @@ fn checksum(b: &[u8]) -> u64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let port: u16 = opt("--port").context("--port P is required")?.parse()?;
     let mib: usize = opt("--mib").map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let mut seed: u64 = opt("--seed").map(|s| s.parse()).transpose()?.unwrap_or(0x9e3779b97f4a7c15) | 1;
-    let delay: u64 = opt("--startup-delay-ms").map(|s| s.parse()).transpose()?.unwrap_or(0);
+    let mut seed: u64 = opt("--seed")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0x9e3779b97f4a7c15)
+        | 1;
+    let delay: u64 = opt("--startup-delay-ms")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0);
     let never = args.iter().any(|a| a == "--never-ready");
 
     const CHUNK: usize = 1 << 20;
@@ -42,7 +54,10 @@ fn main() -> Result<()> {
         w.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
     }
     let sums: Vec<u64> = mem.chunks(CHUNK).map(checksum).collect();
-    eprintln!("torpor-testapp: pid {} holds {mib} MiB (checksummed)", std::process::id());
+    eprintln!(
+        "torpor-testapp: pid {} holds {mib} MiB (checksummed)",
+        std::process::id()
+    );
     std::thread::sleep(std::time::Duration::from_millis(delay));
     if never {
         eprintln!("torpor-testapp: --never-ready: not listening");
@@ -50,7 +65,8 @@ fn main() -> Result<()> {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
-    let l = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("bind 127.0.0.1:{port}"))?;
+    let l =
+        TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("bind 127.0.0.1:{port}"))?;
     eprintln!("torpor-testapp: listening on 127.0.0.1:{port}");
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
@@ -79,7 +95,11 @@ fn main() -> Result<()> {
                 (200, format!("touched {mib} MiB ({x})\n"))
             }
             "/verify" => {
-                let bad = mem.chunks(CHUNK).zip(&sums).filter(|(c, s)| checksum(c) != **s).count();
+                let bad = mem
+                    .chunks(CHUNK)
+                    .zip(&sums)
+                    .filter(|(c, s)| checksum(c) != **s)
+                    .count();
                 if bad == 0 {
                     (200, format!("verified {mib} MiB\n"))
                 } else {

@@ -6,15 +6,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use procswap::kmod::Kmod;
 use procswap::{
-    select_backend, BackendPref, Freezer, FreezerPref, InspectOptions, Inspection, PrefetchOptions, PrefetchReport,
-    PurgeOptions, PurgeReport, WorkingSet, WsMethod,
+    select_backend, BackendPref, Freezer, FreezerPref, InspectOptions, Inspection, PrefetchOptions,
+    PrefetchReport, PurgeOptions, PurgeReport, WorkingSet, WsMethod,
 };
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "torpor", version, about = "Fast suspend/resume of idle application servers")]
+#[command(
+    name = "torpor",
+    version,
+    about = "Fast suspend/resume of idle application servers"
+)]
 struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -188,7 +192,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (s, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
     if n < 0.0 {
         return Err(format!("negative size {s:?}"));
     }
@@ -209,7 +216,10 @@ fn parse_target(s: &str) -> Result<Target> {
     if p.join("cgroup.procs").exists() {
         return Ok(Target::Cgroup(p.to_owned()));
     }
-    bail!("{s:?} is neither a pid nor a cgroup directory (no {}/cgroup.procs)", p.display())
+    bail!(
+        "{s:?} is neither a pid nor a cgroup directory (no {}/cgroup.procs)",
+        p.display()
+    )
 }
 
 fn target_pids(t: &Target) -> Result<Vec<i32>> {
@@ -236,9 +246,11 @@ impl Bar {
             ProgressBar::hidden()
         };
         pb.set_style(
-            ProgressStyle::with_template("{msg:>14} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}")
-                .expect("progress template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>14} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}",
+            )
+            .expect("progress template")
+            .progress_chars("=> "),
         );
         Bar(pb)
     }
@@ -279,7 +291,11 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
             "{:>16} {:>16} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  mapping",
             "start", "end", "perm", "size KiB", "present", "file", "swapped", "unpop", "extents"
         );
-        for v in i.vmas.iter().filter(|v| all_vmas || v.present > 0 || v.swapped > 0) {
+        for v in i
+            .vmas
+            .iter()
+            .filter(|v| all_vmas || v.present > 0 || v.swapped > 0)
+        {
             let mut flags = Vec::new();
             if v.locked {
                 flags.push("mlocked");
@@ -293,7 +309,11 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
             if v.pfnmap {
                 flags.push("pfnmap");
             }
-            let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(",")) };
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(","))
+            };
             println!(
                 "{:>16x} {:>16x} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  {}{}",
                 v.start,
@@ -347,24 +367,38 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
             if !no_vmas {
                 // Largest first; all of them with --all-vmas.
                 let mut objs: Vec<_> = i.objects.iter().collect();
-                objs.sort_by_key(|o| std::cmp::Reverse((o.resident_pages, o.swapped_pages, o.interest_pages)));
-                let shown = if all_vmas { objs.len() } else { objs.len().min(20) };
+                objs.sort_by_key(|o| {
+                    std::cmp::Reverse((o.resident_pages, o.swapped_pages, o.interest_pages))
+                });
+                let shown = if all_vmas {
+                    objs.len()
+                } else {
+                    objs.len().min(20)
+                };
                 for o in &objs[..shown] {
                     println!(
                         "    {:5} {:>10} resident of {:>10}{}  {}",
                         o.kind.as_str(),
                         mib(o.resident_pages * ps),
                         mib(o.interest_pages * ps),
-                        o.swapped_pages.map(|p| format!(", {} on swap", mib(p * ps))).unwrap_or_default(),
+                        o.swapped_pages
+                            .map(|p| format!(", {} on swap", mib(p * ps)))
+                            .unwrap_or_default(),
                         o.path
                     );
                 }
                 if shown < objs.len() {
-                    println!("    ... {} more objects (--all-vmas lists them)", objs.len() - shown);
+                    println!(
+                        "    ... {} more objects (--all-vmas lists them)",
+                        objs.len() - shown
+                    );
                 }
             }
         }
-        None => println!("kinds: {}", i.kinds_note.as_deref().unwrap_or("not available")),
+        None => println!(
+            "kinds: {}",
+            i.kinds_note.as_deref().unwrap_or("not available")
+        ),
     }
 }
 
@@ -376,7 +410,11 @@ fn print_kinds(k: &procswap::ByKind<procswap::KindUsage>) {
             procswap::MemKind::File => "not cached",
             _ => "swapped",
         };
-        let objs = if kind == procswap::MemKind::Anon { String::new() } else { format!(" in {} objects", u.objects) };
+        let objs = if kind == procswap::MemKind::Anon {
+            String::new()
+        } else {
+            format!(" in {} objects", u.objects)
+        };
         println!(
             "  {:5}: resident {} (mapped {}), {out} {}{objs}",
             kind.as_str(),
@@ -389,7 +427,13 @@ fn print_kinds(k: &procswap::ByKind<procswap::KindUsage>) {
 
 fn print_purge(r: &PurgeReport) {
     let ps = r.page_size;
-    println!("pid {}: purged with the {} backend ({:?}{})", r.pid, r.backend, r.quiescence, if r.forced { ", forced" } else { "" });
+    println!(
+        "pid {}: purged with the {} backend ({:?}{})",
+        r.pid,
+        r.backend,
+        r.quiescence,
+        if r.forced { ", forced" } else { "" }
+    );
     println!(
         "  paged out {} in {:.3} s ({:.0} MB/s); page-out {:.3} s, reclaim {}",
         mib(r.paged_out_bytes),
@@ -404,7 +448,10 @@ fn print_purge(r: &PurgeReport) {
                 o.seconds,
                 mib(o.usage_before),
                 mib(o.usage_after),
-                o.incomplete.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default()
+                o.incomplete
+                    .as_ref()
+                    .map(|s| format!(" [{s}]"))
+                    .unwrap_or_default()
             ),
             (None, Some(why)) => format!("skipped: {why}"),
             (None, None) => "skipped".into(),
@@ -426,7 +473,10 @@ fn print_purge(r: &PurgeReport) {
         r.contiguity.extents
     );
     if r.refused_bytes > 0 {
-        println!("  the kernel refused {} of eligible ranges", mib(r.refused_bytes));
+        println!(
+            "  the kernel refused {} of eligible ranges",
+            mib(r.refused_bytes)
+        );
     }
     if let (Some(sb), Some(ev)) = (&r.snapshot_bytes, &r.evicted_bytes) {
         println!(
@@ -471,8 +521,19 @@ fn print_purge(r: &PurgeReport) {
             mib(u.anon_bytes),
             mib(u.anon_shared_bytes)
         );
-        for v in u.vmas.iter().filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)") {
-            println!("    {:x}-{:x} {}: {} ({} KiB)", v.start, v.end, v.path, v.reason, v.resident_bytes / 1024);
+        for v in u
+            .vmas
+            .iter()
+            .filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)")
+        {
+            println!(
+                "    {:x}-{:x} {}: {} ({} KiB)",
+                v.start,
+                v.end,
+                v.path,
+                v.reason,
+                v.resident_bytes / 1024
+            );
         }
     }
 }
@@ -487,10 +548,17 @@ fn print_prefetch(r: &PrefetchReport) {
         r.mb_per_s,
         r.read_runs,
         r.mapped_pages,
-        if r.map_failed_pages > 0 { format!(" ({} failed)", r.map_failed_pages) } else { String::new() }
+        if r.map_failed_pages > 0 {
+            format!(" ({} failed)", r.map_failed_pages)
+        } else {
+            String::new()
+        }
     );
     if let Some(m) = &r.working_set_method {
-        println!("  working set ({m}): {} first", mib(r.working_set_pages * ps));
+        println!(
+            "  working set ({m}): {} first",
+            mib(r.working_set_pages * ps)
+        );
     }
     println!(
         "  swapped before {}, candidates {}, still swapped {}, present now {}",
@@ -500,9 +568,20 @@ fn print_prefetch(r: &PrefetchReport) {
         mib(r.present_after_pages * ps)
     );
     let k = &r.restored_bytes;
-    println!("  restored by kind: anon {}, shmem {}, file {}", mib(k.anon), mib(k.shmem), mib(k.file));
+    println!(
+        "  restored by kind: anon {}, shmem {}, file {}",
+        mib(k.anon),
+        mib(k.shmem),
+        mib(k.file)
+    );
     for sk in &r.restore_skipped {
-        println!("  skipped {} {}: {} ({})", sk.kind, sk.path, sk.reason, mib(sk.bytes));
+        println!(
+            "  skipped {} {}: {} ({})",
+            sk.kind,
+            sk.path,
+            sk.reason,
+            mib(sk.bytes)
+        );
     }
     for n in &r.restore_notes {
         println!("  note: {n}");
@@ -514,7 +593,10 @@ fn print_prefetch(r: &PrefetchReport) {
 
 fn freezers(target: &Target, method: Method) -> Result<Vec<Freezer>> {
     match (target, method) {
-        (Target::Cgroup(d), Method::Signal) => Ok(target_pids(&Target::Cgroup(d.clone()))?.into_iter().map(Freezer::Signal).collect()),
+        (Target::Cgroup(d), Method::Signal) => Ok(target_pids(&Target::Cgroup(d.clone()))?
+            .into_iter()
+            .map(Freezer::Signal)
+            .collect()),
         (Target::Cgroup(d), _) => Ok(vec![Freezer::for_cgroup(d)?]),
         (Target::Pid(p), m) => {
             // Validate the pid first (pid 1, kernel threads, zombies, privilege) for every method.
@@ -530,7 +612,8 @@ fn freeze_thaw(json: bool, target: &str, method: Method, timeout: f64, freeze: b
     let mut done = Vec::new();
     for f in freezers(&t, method)? {
         if freeze {
-            f.freeze(timeout).with_context(|| format!("freeze via {f}"))?;
+            f.freeze(timeout)
+                .with_context(|| format!("freeze via {f}"))?;
         } else {
             f.thaw(timeout).with_context(|| format!("thaw via {f}"))?;
         }
@@ -553,7 +636,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("torpor: {e:#}");
             // 2: refused before any change (bad target, privilege, no swap, not frozen); 1: failed.
-            let refusal = e.chain().any(|c| c.downcast_ref::<procswap::Error>().is_some_and(|pe| pe.is_refusal()));
+            let refusal = e.chain().any(|c| {
+                c.downcast_ref::<procswap::Error>()
+                    .is_some_and(|pe| pe.is_refusal())
+            });
             std::process::ExitCode::from(if refusal { 2 } else { 1 })
         }
     }
@@ -563,11 +649,26 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Apps => daemon::apps(&cli.socket, cli.json)?,
-        Cmd::Start { ref name, timeout, ref prefetch } => {
-            let body = prefetch.as_ref().map(|p| serde_json::json!({ "prefetch": p }).to_string());
-            daemon::op(&cli.socket, cli.json, name, "start", timeout, body.as_deref())?
+        Cmd::Start {
+            ref name,
+            timeout,
+            ref prefetch,
+        } => {
+            let body = prefetch
+                .as_ref()
+                .map(|p| serde_json::json!({ "prefetch": p }).to_string());
+            daemon::op(
+                &cli.socket,
+                cli.json,
+                name,
+                "start",
+                timeout,
+                body.as_deref(),
+            )?
         }
-        Cmd::Stop { ref name, timeout } => daemon::op(&cli.socket, cli.json, name, "stop", timeout, None)?,
+        Cmd::Stop { ref name, timeout } => {
+            daemon::op(&cli.socket, cli.json, name, "stop", timeout, None)?
+        }
         Cmd::Status { ref name } => daemon::status(&cli.socket, cli.json, name.as_deref())?,
         Cmd::Module { device } => {
             let k = Kmod::open_path(&device)?;
@@ -588,7 +689,11 @@ fn run() -> Result<()> {
                 println!("device:      {}", device.display());
                 println!("release:     {}", v.release_str());
                 println!("abi version: {} (struct size {})", v.abi_version, v.size);
-                println!("features:    {:#x} [{}]", v.features, v.feature_names().join(", "));
+                println!(
+                    "features:    {:#x} [{}]",
+                    v.features,
+                    v.feature_names().join(", ")
+                );
             }
         }
         Cmd::Backend { backend } => {
@@ -607,12 +712,22 @@ fn run() -> Result<()> {
                 println!("{ws}");
             }
         }
-        Cmd::Inspect { target, all_vmas, no_vmas, offsets } => {
+        Cmd::Inspect {
+            target,
+            all_vmas,
+            no_vmas,
+            offsets,
+        } => {
             let t = parse_target(&target)?;
             let mut out = Vec::new();
             for pid in target_pids(&t)? {
-                let i = procswap::inspect(pid, InspectOptions { swapped_pages: offsets })
-                    .with_context(|| format!("inspect pid {pid}"))?;
+                let i = procswap::inspect(
+                    pid,
+                    InspectOptions {
+                        swapped_pages: offsets,
+                    },
+                )
+                .with_context(|| format!("inspect pid {pid}"))?;
                 if !cli.json {
                     print_inspection(&i, all_vmas, no_vmas);
                 }
@@ -625,14 +740,26 @@ fn run() -> Result<()> {
                 }
             }
         }
-        Cmd::Purge { target, force, no_reclaim, reclaim_shared, backend } => {
+        Cmd::Purge {
+            target,
+            force,
+            no_reclaim,
+            reclaim_shared,
+            backend,
+        } => {
             let t = parse_target(&target)?;
             let b = select_backend(backend)?;
-            let opts = PurgeOptions { force, reclaim: !no_reclaim, reclaim_shared, ..Default::default() };
+            let opts = PurgeOptions {
+                force,
+                reclaim: !no_reclaim,
+                reclaim_shared,
+                ..Default::default()
+            };
             let mut out = Vec::new();
             for pid in target_pids(&t)? {
                 let bar = Bar::new();
-                let r = procswap::purge_with(b.as_ref(), pid, &opts, &bar).with_context(|| format!("purge pid {pid}"))?;
+                let r = procswap::purge_with(b.as_ref(), pid, &opts, &bar)
+                    .with_context(|| format!("purge pid {pid}"))?;
                 drop(bar);
                 if !cli.json {
                     print_purge(&r);
@@ -646,13 +773,24 @@ fn run() -> Result<()> {
                 }
             }
         }
-        Cmd::Prefetch { target, threads, budget, free_floor, batch, working_set, working_set_only, backend } => {
+        Cmd::Prefetch {
+            target,
+            threads,
+            budget,
+            free_floor,
+            batch,
+            working_set,
+            working_set_only,
+            backend,
+        } => {
             let t = parse_target(&target)?;
             let b = select_backend(backend)?;
             let ws: Option<WorkingSet> = match &working_set {
                 Some(p) => Some(
-                    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-                        .with_context(|| format!("parsing working set {}", p.display()))?,
+                    serde_json::from_slice(
+                        &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| format!("parsing working set {}", p.display()))?,
                 ),
                 None => None,
             };
@@ -673,7 +811,8 @@ fn run() -> Result<()> {
                     }
                 }
                 let bar = Bar::new();
-                let r = procswap::prefetch_with(b.as_ref(), pid, &opts, &bar).with_context(|| format!("prefetch pid {pid}"))?;
+                let r = procswap::prefetch_with(b.as_ref(), pid, &opts, &bar)
+                    .with_context(|| format!("prefetch pid {pid}"))?;
                 drop(bar);
                 if !cli.json {
                     print_prefetch(&r);
@@ -687,9 +826,22 @@ fn run() -> Result<()> {
                 }
             }
         }
-        Cmd::Freeze { target, method, timeout } => freeze_thaw(cli.json, &target, method, timeout, true)?,
-        Cmd::Thaw { target, method, timeout } => freeze_thaw(cli.json, &target, method, timeout, false)?,
-        Cmd::RecordWs { pid, duration, method, output } => {
+        Cmd::Freeze {
+            target,
+            method,
+            timeout,
+        } => freeze_thaw(cli.json, &target, method, timeout, true)?,
+        Cmd::Thaw {
+            target,
+            method,
+            timeout,
+        } => freeze_thaw(cli.json, &target, method, timeout, false)?,
+        Cmd::RecordWs {
+            pid,
+            duration,
+            method,
+            output,
+        } => {
             let ws = match method.as_str() {
                 "residency" => procswap::workingset::from_residency(pid)?,
                 m => {
@@ -708,7 +860,13 @@ fn run() -> Result<()> {
                 Some(p) => {
                     std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
                     if !cli.json {
-                        println!("working set of pid {} by {}: {} regions, {}", ws.pid, ws.method, ws.regions.len(), mib(ws.bytes()));
+                        println!(
+                            "working set of pid {} by {}: {} regions, {}",
+                            ws.pid,
+                            ws.method,
+                            ws.regions.len(),
+                            mib(ws.bytes())
+                        );
                     }
                 }
                 None => println!("{json}"),
@@ -730,7 +888,13 @@ mod daemon {
         call_body(socket, method, path, timeout, None)
     }
 
-    fn call_body(socket: &Path, method: &str, path: &str, timeout: f64, body: Option<&str>) -> Result<(Response, Value)> {
+    fn call_body(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        timeout: f64,
+        body: Option<&str>,
+    ) -> Result<(Response, Value)> {
         let r = request(socket, method, path, body, Duration::from_secs_f64(timeout))?;
         let v = r.json().unwrap_or(Value::Null);
         Ok((r, v))
@@ -741,16 +905,23 @@ mod daemon {
             println!("{v}");
         }
         let code = v["error"]["code"].as_str().unwrap_or("?");
-        let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        let msg = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
         bail!("torpord answered {} {code}: {msg}", r.status)
     }
 
     fn mib(v: &Value) -> String {
-        v.as_u64().map(|b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)).unwrap_or_else(|| "-".into())
+        v.as_u64()
+            .map(|b| format!("{:.1}", b as f64 / (1u64 << 20) as f64))
+            .unwrap_or_else(|| "-".into())
     }
 
     fn secs(v: &Value) -> String {
-        v.as_f64().map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into())
+        v.as_f64()
+            .map(|s| format!("{s:.3}"))
+            .unwrap_or_else(|| "-".into())
     }
 
     pub fn apps(socket: &Path, json: bool) -> Result<()> {
@@ -762,33 +933,67 @@ mod daemon {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
-        println!("{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  OVERLOAD", "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S");
+        println!(
+            "{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  OVERLOAD",
+            "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S"
+        );
         for a in v["apps"].as_array().cloned().unwrap_or_default() {
             let ov = &a["overload"];
-            let flags = [("sustained", ov["sustained"].as_bool()), ("hotspot", ov["hotspot"].as_bool())]
-                .iter()
-                .filter(|(_, b)| b.unwrap_or(false))
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(",");
+            let flags = [
+                ("sustained", ov["sustained"].as_bool()),
+                ("hotspot", ov["hotspot"].as_bool()),
+            ]
+            .iter()
+            .filter(|(_, b)| b.unwrap_or(false))
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",");
             println!(
                 "{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  {}",
                 a["name"].as_str().unwrap_or("?"),
-                format!("{}{}", a["state"].as_str().unwrap_or("?"), if a["busy"].as_bool() == Some(true) { "*" } else { "" }),
-                a["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                format!(
+                    "{}{}",
+                    a["state"].as_str().unwrap_or("?"),
+                    if a["busy"].as_bool() == Some(true) {
+                        "*"
+                    } else {
+                        ""
+                    }
+                ),
+                a["pid"]
+                    .as_i64()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 mib(&a["memory"]["resident_bytes"]),
                 mib(&a["memory"]["swapped_bytes"]),
                 a["counters"]["starts"].to_string(),
                 a["counters"]["stops"].to_string(),
                 secs(&a["last_start"]["total_s"]),
-                if flags.is_empty() { "-".to_string() } else { flags },
+                if flags.is_empty() {
+                    "-".to_string()
+                } else {
+                    flags
+                },
             );
         }
         Ok(())
     }
 
-    pub fn op(socket: &Path, json: bool, name: &str, what: &str, timeout: f64, body: Option<&str>) -> Result<()> {
-        let (r, v) = call_body(socket, "POST", &format!("/v1/apps/{name}/{what}"), timeout, body)?;
+    pub fn op(
+        socket: &Path,
+        json: bool,
+        name: &str,
+        what: &str,
+        timeout: f64,
+        body: Option<&str>,
+    ) -> Result<()> {
+        let (r, v) = call_body(
+            socket,
+            "POST",
+            &format!("/v1/apps/{name}/{what}"),
+            timeout,
+            body,
+        )?;
         if !r.ok() {
             return fail(&r, &v, json);
         }
@@ -799,9 +1004,17 @@ mod daemon {
         let t = &v["timing"];
         if what == "start" {
             if v["already_running"].as_bool() == Some(true) {
-                println!("{name}: already running, ready (probe {}s)", secs(&t["probe_s"]));
+                println!(
+                    "{name}: already running, ready (probe {}s)",
+                    secs(&t["probe_s"])
+                );
             } else if v["cold"].as_bool() == Some(true) {
-                println!("{name}: ready (cold start: spawn {}s, probe {}s, total {}s)", secs(&t["spawn_s"]), secs(&t["probe_s"]), secs(&t["total_s"]));
+                println!(
+                    "{name}: ready (cold start: spawn {}s, probe {}s, total {}s)",
+                    secs(&t["spawn_s"]),
+                    secs(&t["probe_s"]),
+                    secs(&t["total_s"])
+                );
             } else {
                 println!(
                     "{name}: ready (prefetch {}s [{} MiB], thaw {}s, probe {}s, total {}s)",
@@ -826,7 +1039,13 @@ mod daemon {
                     vm["pswpin_delta"]
                 );
                 for c in vm["classes"].as_array().cloned().unwrap_or_default() {
-                    println!("    class {} {:<16} {:>9} pages fetched of {} planned", c["class"], c["name"].as_str().unwrap_or("?"), c["fetched_pages"], c["planned_pages"]);
+                    println!(
+                        "    class {} {:<16} {:>9} pages fetched of {} planned",
+                        c["class"],
+                        c["name"].as_str().unwrap_or("?"),
+                        c["fetched_pages"],
+                        c["planned_pages"]
+                    );
                 }
             }
         } else if v["already"].as_bool() == Some(true) {
@@ -839,7 +1058,15 @@ mod daemon {
                 secs(&t["freeze_s"]),
                 secs(&t["purge_s"]),
                 secs(&t["total_s"]),
-                if p.is_null() { String::new() } else { format!("; freed {} MiB, {} MiB on swap", mib(&p["freed_bytes"]), mib(&p["swapped_bytes"])) }
+                if p.is_null() {
+                    String::new()
+                } else {
+                    format!(
+                        "; freed {} MiB, {} MiB on swap",
+                        mib(&p["freed_bytes"]),
+                        mib(&p["swapped_bytes"])
+                    )
+                }
             );
             let vm = &v["vm"];
             if !vm.is_null() {
@@ -873,14 +1100,31 @@ mod daemon {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
-        println!("torpord: {} (pool ready: {})", v["status"].as_str().unwrap_or("?"), v["pool_ready"]);
+        println!(
+            "torpord: {} (pool ready: {})",
+            v["status"].as_str().unwrap_or("?"),
+            v["pool_ready"]
+        );
         println!("  apps:      {}", v["apps"]);
-        println!("  backend:   {} ({})", v["backend"].as_str().unwrap_or("?"), v["backend_why"].as_str().unwrap_or(""));
+        println!(
+            "  backend:   {} ({})",
+            v["backend"].as_str().unwrap_or("?"),
+            v["backend_why"].as_str().unwrap_or("")
+        );
         println!("  cgroups:   {}", v["cgroups"].as_str().unwrap_or("?"));
-        println!("  reserve:   {} MiB (MemAvailable {} MiB)", mib(&v["reserve_bytes"]), mib(&v["mem_available_bytes"]));
+        println!(
+            "  reserve:   {} MiB (MemAvailable {} MiB)",
+            mib(&v["reserve_bytes"]),
+            mib(&v["mem_available_bytes"])
+        );
         println!("  uptime:    {}s", secs(&v["uptime_s"]));
         let h = &v["host_overload"];
-        println!("  paging:    {:.0} ops/s (sustained overload: {}, hotspot: {})", h["rate"].as_f64().unwrap_or(0.0), h["sustained"], h["hotspot"]);
+        println!(
+            "  paging:    {:.0} ops/s (sustained overload: {}, hotspot: {})",
+            h["rate"].as_f64().unwrap_or(0.0),
+            h["sustained"],
+            h["hotspot"]
+        );
         Ok(())
     }
 }

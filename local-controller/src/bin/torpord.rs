@@ -14,7 +14,11 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "torpord", version, about = "torpor local controller: Start/Stop of suspended app servers")]
+#[command(
+    name = "torpord",
+    version,
+    about = "torpor local controller: Start/Stop of suspended app servers"
+)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -26,8 +30,12 @@ struct Args {
 
 fn init_logging() {
     let tty = std::io::stderr().is_terminal();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(tty);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty);
     // Under journald the journal has the timestamps.
     if std::env::var_os("JOURNAL_STREAM").is_some() && !tty {
         b.without_time().init();
@@ -65,7 +73,9 @@ fn group_gid(name: &str) -> Result<u32> {
         return Ok(g);
     }
     let g = nix::unistd::Group::from_name(name).with_context(|| format!("group {name}"))?;
-    Ok(g.with_context(|| format!("no group named {name}"))?.gid.as_raw())
+    Ok(g.with_context(|| format!("no group named {name}"))?
+        .gid
+        .as_raw())
 }
 
 fn run(cfg: Config) -> Result<()> {
@@ -79,7 +89,8 @@ fn run(cfg: Config) -> Result<()> {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             bail!("{} is in use: is another torpord running?", sock.display());
         }
-        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
+        std::fs::remove_file(&sock)
+            .with_context(|| format!("removing stale {}", sock.display()))?;
     }
     let ctl = Controller::new(cfg).context("setting up the controller")?;
     info!(
@@ -90,22 +101,36 @@ fn run(cfg: Config) -> Result<()> {
         ctl.backend_why,
         ctl.layout.describe()
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(ctl.cfg.socket_mode_bits()))?;
+        let listener = tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("binding {}", sock.display()))?;
+        std::fs::set_permissions(
+            &sock,
+            std::fs::Permissions::from_mode(ctl.cfg.socket_mode_bits()),
+        )?;
         if let Some(g) = group {
-            nix::unistd::chown(&sock, None, Some(nix::unistd::Gid::from_raw(g))).with_context(|| format!("chown {}", sock.display()))?;
+            nix::unistd::chown(&sock, None, Some(nix::unistd::Gid::from_raw(g)))
+                .with_context(|| format!("chown {}", sock.display()))?;
         }
-        info!("listening on {} (mode {:o})", sock.display(), ctl.cfg.socket_mode_bits());
+        info!(
+            "listening on {} (mode {:o})",
+            sock.display(),
+            ctl.cfg.socket_mode_bits()
+        );
         tokio::spawn(api::serve(listener, Arc::clone(&ctl), group));
 
         // Monitoring thread (blocking work: /proc, cgroups, purges for the reserve).
         let m = Arc::clone(&ctl);
-        std::thread::Builder::new().name("monitor".into()).spawn(move || loop {
-            std::thread::sleep(m.cfg.sample_interval);
-            m.tick();
-        })?;
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || loop {
+                std::thread::sleep(m.cfg.sample_interval);
+                m.tick();
+            })?;
         // Standby pool, then READY=1.
         let p = Arc::clone(&ctl);
         notify::notify("STATUS=starting the standby pool");
@@ -121,7 +146,10 @@ fn run(cfg: Config) -> Result<()> {
                 let mut iv = tokio::time::interval(wd / 2);
                 loop {
                     iv.tick().await;
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
                     let age = now.saturating_sub(w.last_tick.load(Ordering::Relaxed));
                     // Ping only while the monitor loop is alive.
                     let limit = (w.cfg.sample_interval * 3).max(wd).as_secs() + 1;

@@ -21,8 +21,8 @@ use crate::config::PrefetchPolicy;
 use procswap::cgroup::Memcg;
 use procswap::sys::IoPriority;
 use procswap::{
-    fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, Loaded, LoadingSet, LoadingSetRecorder,
-    PlanPart, Range, RecorderOptions, Recording, ResidencySnapshot, Target,
+    fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, Loaded, LoadingSet,
+    LoadingSetRecorder, PlanPart, Range, RecorderOptions, Recording, ResidencySnapshot, Target,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -113,10 +113,16 @@ fn steps(part: &PlanPart) -> Vec<PlanPart> {
         out.push(cur);
     }
     for o in &part.shmem {
-        out.push(PlanPart { shmem: vec![o.clone()], ..Default::default() });
+        out.push(PlanPart {
+            shmem: vec![o.clone()],
+            ..Default::default()
+        });
     }
     for o in &part.file {
-        out.push(PlanPart { file: vec![o.clone()], ..Default::default() });
+        out.push(PlanPart {
+            file: vec![o.clone()],
+            ..Default::default()
+        });
     }
     out
 }
@@ -156,11 +162,17 @@ impl Controller {
                 Ok(Loaded::Set(s)) => Some(*s),
                 Ok(Loaded::Missing) => None,
                 Ok(Loaded::Ignored(note)) => {
-                    notes.push(format!("pid {}: previous loading set ignored: {note}", rec.pid));
+                    notes.push(format!(
+                        "pid {}: previous loading set ignored: {note}",
+                        rec.pid
+                    ));
                     None
                 }
                 Err(e) => {
-                    notes.push(format!("pid {}: previous loading set unreadable: {e}", rec.pid));
+                    notes.push(format!(
+                        "pid {}: previous loading set unreadable: {e}",
+                        rec.pid
+                    ));
                     None
                 }
             };
@@ -200,8 +212,16 @@ impl Controller {
         };
         let res = ActivationPlan::compute(pid, snap, set.as_ref())
             .map_err(|e| e.to_string())
-            .and_then(|p| serde_json::to_vec(&p).map_err(|e| e.to_string()).map(|v| (p, v)))
-            .and_then(|(p, v)| write_atomic(&plan_path(self, name, pid), &v).map_err(|e| e.to_string()).map(|_| p));
+            .and_then(|p| {
+                serde_json::to_vec(&p)
+                    .map_err(|e| e.to_string())
+                    .map(|v| (p, v))
+            })
+            .and_then(|(p, v)| {
+                write_atomic(&plan_path(self, name, pid), &v)
+                    .map_err(|e| e.to_string())
+                    .map(|_| p)
+            });
         match res {
             Ok(p) => {
                 let (f, l, r) = (p.first.pages(), p.loading_rest.pages(), p.rest.pages());
@@ -217,12 +237,21 @@ impl Controller {
                     ),
                 );
             }
-            Err(e) => self.event(Some(name), "error", format!("pid {pid}: activation plan not computed: {e}")),
+            Err(e) => self.event(
+                Some(name),
+                "error",
+                format!("pid {pid}: activation plan not computed: {e}"),
+            ),
         }
     }
 
     /// The saved plans of `pids` (a missing or unreadable one is left out, with a note).
-    fn load_plans(&self, slot: &AppSlot, pids: &[i32], notes: &mut Vec<String>) -> Vec<ActivationPlan> {
+    fn load_plans(
+        &self,
+        slot: &AppSlot,
+        pids: &[i32],
+        notes: &mut Vec<String>,
+    ) -> Vec<ActivationPlan> {
         let mut plans = Vec::new();
         for &pid in pids {
             let path = plan_path(self, &slot.cfg.name, pid);
@@ -232,7 +261,9 @@ impl Controller {
                     Ok(p) => notes.push(format!("pid {pid}: plan is for pid {}: ignored", p.pid)),
                     Err(e) => notes.push(format!("pid {pid}: plan ignored: {e}")),
                 },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => notes.push(format!("pid {pid}: no plan yet")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    notes.push(format!("pid {pid}: no plan yet"))
+                }
                 Err(e) => notes.push(format!("pid {pid}: {}: {e}", path.display())),
             }
         }
@@ -246,54 +277,93 @@ impl Controller {
         slot: &AppSlot,
         pids: &[i32],
         timing: &mut StartTiming,
-    ) -> Option<(Vec<ActivationPlan>, Vec<LoadingSetRecorder>, ActivationTiming)> {
+    ) -> Option<(
+        Vec<ActivationPlan>,
+        Vec<LoadingSetRecorder>,
+        ActivationTiming,
+    )> {
         let mut at = ActivationTiming::default();
         // Under an unmet reserve nothing is fetched (not even in the background): demand paging
         // brings the app back, and the answer says why.
         if let Ok(m) = procswap::sys::meminfo() {
             if m.mem_available < self.cfg.reserve {
-                let s = procswap::StopReason::FreeFloor { available_bytes: m.mem_available, floor_bytes: self.cfg.reserve };
+                let s = procswap::StopReason::FreeFloor {
+                    available_bytes: m.mem_available,
+                    floor_bytes: self.cfg.reserve,
+                };
                 timing.prefetch_stopped = Some(format!("{s:?}"));
-                at.notes.push("free memory below the reserve: nothing fetched".into());
+                at.notes
+                    .push("free memory below the reserve: nothing fetched".into());
                 return Some((Vec::new(), Vec::new(), at));
             }
         }
         let plans = self.load_plans(slot, pids, &mut at.notes);
         if plans.is_empty() {
             for n in &at.notes {
-                self.event(Some(&slot.cfg.name), "activation", format!("{n}: this Start runs as full"));
+                self.event(
+                    Some(&slot.cfg.name),
+                    "activation",
+                    format!("{n}: this Start runs as full"),
+                );
             }
             return None;
         }
-        let memcg = pids.first().and_then(|p| Memcg::of_pid(*p).ok().flatten()).map(|m| m.dir().to_path_buf());
-        let opts = FetchOptions { free_floor_bytes: self.cfg.reserve, charge_files_to: memcg, ..FetchOptions::default() };
+        let memcg = pids
+            .first()
+            .and_then(|p| Memcg::of_pid(*p).ok().flatten())
+            .map(|m| m.dir().to_path_buf());
+        let opts = FetchOptions {
+            free_floor_bytes: self.cfg.reserve,
+            charge_files_to: memcg,
+            ..FetchOptions::default()
+        };
         let t = Instant::now();
         let mut recorders = Vec::new();
         for plan in &plans {
-            let (f, l, r) = (plan.first.pages(), plan.loading_rest.pages(), plan.rest.pages());
+            let (f, l, r) = (
+                plan.first.pages(),
+                plan.loading_rest.pages(),
+                plan.rest.pages(),
+            );
             at.first_pages += f.anon + f.shmem + f.file;
             at.loading_rest_pages += l.anon + l.shmem + l.file;
             at.rest_pages += r.anon + r.shmem + r.file;
-            at.notes.extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
-            match Target::open(plan.pid, "activation").and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts)) {
+            at.notes
+                .extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
+            match Target::open(plan.pid, "activation")
+                .and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts))
+            {
                 Ok(rep) => {
-                    at.first_issued_bytes += rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
+                    at.first_issued_bytes +=
+                        rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
                     at.first_swap_extents += rep.swap_extents;
-                    at.notes.extend(rep.skipped.iter().map(|s| format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason)));
+                    at.notes.extend(
+                        rep.skipped.iter().map(|s| {
+                            format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason)
+                        }),
+                    );
                     if let Some(s) = rep.stopped {
                         timing.prefetch_stopped = Some(format!("{s:?}"));
                     }
                 }
-                Err(e) => at.notes.push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
+                Err(e) => at
+                    .notes
+                    .push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
             }
-            match LoadingSetRecorder::start(plan.pid, &Candidates::from_plan(plan), RecorderOptions::default()) {
+            match LoadingSetRecorder::start(
+                plan.pid,
+                &Candidates::from_plan(plan),
+                RecorderOptions::default(),
+            ) {
                 Ok(mut rec) => {
                     // The background fetch must not be mistaken for the app's own reads.
                     rec.note_fetched_part(plan, &plan.loading_rest);
                     rec.note_fetched_part(plan, &plan.rest);
                     recorders.push(rec);
                 }
-                Err(e) => at.notes.push(format!("pid {}: no recording this time: {e}", plan.pid)),
+                Err(e) => at
+                    .notes
+                    .push(format!("pid {}: no recording this time: {e}", plan.pid)),
             }
         }
         at.first_fetch_s = t.elapsed().as_secs_f64();
@@ -303,16 +373,25 @@ impl Controller {
     }
 
     /// Start, right after thaw: the recorder and background threads.
-    pub(super) fn activation_after_thaw(&self, slot: &AppSlot, plans: Vec<ActivationPlan>, recorders: Vec<LoadingSetRecorder>) {
+    pub(super) fn activation_after_thaw(
+        &self,
+        slot: &AppSlot,
+        plans: Vec<ActivationPlan>,
+        recorders: Vec<LoadingSetRecorder>,
+    ) {
         let mut a = lock(&slot.act);
         let stop = Arc::new(AtomicBool::new(false));
         let first = Arc::new(AtomicBool::new(false));
         a.stop = stop.clone();
         a.first_response = first.clone();
         let (stop_r, first_r) = (stop.clone(), first);
-        a.recorder = Some(std::thread::spawn(move || record(recorders, &stop_r, &first_r)));
+        a.recorder = Some(std::thread::spawn(move || {
+            record(recorders, &stop_r, &first_r)
+        }));
         let reserve = self.cfg.reserve;
-        a.background = Some(std::thread::spawn(move || background(plans, &stop, reserve)));
+        a.background = Some(std::thread::spawn(move || {
+            background(plans, &stop, reserve)
+        }));
     }
 
     /// Start: the app answered its first request.
@@ -322,7 +401,11 @@ impl Controller {
 }
 
 /// Poll every recorder in rounds until each one's stop rule (or the stop flag) ends it.
-fn record(mut recs: Vec<LoadingSetRecorder>, stop: &AtomicBool, first: &AtomicBool) -> Vec<Recording> {
+fn record(
+    mut recs: Vec<LoadingSetRecorder>,
+    stop: &AtomicBool,
+    first: &AtomicBool,
+) -> Vec<Recording> {
     let interval = RecorderOptions::default().interval;
     let mut marked = false;
     while !recs.is_empty() && !stop.load(Ordering::SeqCst) {
@@ -348,12 +431,20 @@ fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> Ba
     let mut rep = BackgroundReport::default();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
         for plan in &plans {
-            let part = if which == 0 { &plan.loading_rest } else { &plan.rest };
+            let part = if which == 0 {
+                &plan.loading_rest
+            } else {
+                &plan.rest
+            };
             let Ok(tg) = Target::open(plan.pid, "background fetch") else {
                 rep.ended = Some(format!("pid {} exited", plan.pid));
                 continue;
             };
-            let opts = FetchOptions { free_floor_bytes: reserve, io_priority: Some(prio), ..FetchOptions::default() };
+            let opts = FetchOptions {
+                free_floor_bytes: reserve,
+                io_priority: Some(prio),
+                ..FetchOptions::default()
+            };
             for step in steps(part) {
                 if stop.load(Ordering::SeqCst) {
                     rep.ended = Some("stopped".into());
@@ -367,7 +458,11 @@ fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> Ba
                         } else {
                             rep.rest_bytes += b;
                         }
-                        rep.skipped.extend(r.skipped.iter().map(|s| format!("{} ({})", s.path, s.reason)));
+                        rep.skipped.extend(
+                            r.skipped
+                                .iter()
+                                .map(|s| format!("{} ({})", s.path, s.reason)),
+                        );
                         if let Some(s) = r.stopped {
                             rep.ended = Some(format!("{s:?}"));
                             break 'parts;

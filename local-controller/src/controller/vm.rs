@@ -6,11 +6,15 @@
 //! `none`), thaw, QMP `cont`, Twinkle in the background (`priority`), probe.
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
-use super::{lock, now_unix, proc_mem, ApiError, AppSlot, AppState, Controller, StartTiming, FREEZE_TIMEOUT};
+use super::{
+    lock, now_unix, proc_mem, ApiError, AppSlot, AppState, Controller, StartTiming, FREEZE_TIMEOUT,
+};
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
 use crate::probe;
-use procswap::vm::{self, Background, GuestRam, PageCounts, Plan, Qmp, TwinkleConfig, TwinkleStats};
+use procswap::vm::{
+    self, Background, GuestRam, PageCounts, Plan, Qmp, TwinkleConfig, TwinkleStats,
+};
 use procswap::{NoProgress, PrefetchOptions};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -60,7 +64,15 @@ pub struct ClassFetch {
 
 impl ClassFetch {
     fn new(c: &vm::ClassPlan, swapped: u64) -> Self {
-        ClassFetch { class: c.class, name: vm::class_name(c.class), planned_pages: c.pages, swapped_pages: swapped, fetched_pages: 0, fetched_bytes: 0, ms: 0.0 }
+        ClassFetch {
+            class: c.class,
+            name: vm::class_name(c.class),
+            planned_pages: c.pages,
+            swapped_pages: swapped,
+            fetched_pages: 0,
+            fetched_bytes: 0,
+            ms: 0.0,
+        }
     }
 }
 
@@ -82,15 +94,22 @@ fn qmp_connect(v: &VmConfig, deadline: Option<Instant>) -> Result<Qmp, String> {
 
 impl Controller {
     fn vm_cfg<'a>(&self, slot: &'a AppSlot) -> &'a VmConfig {
-        slot.cfg.vm.as_ref().expect("validated: vm apps have vm = {...}")
+        slot.cfg
+            .vm
+            .as_ref()
+            .expect("validated: vm apps have vm = {...}")
     }
 
     fn vm_ram_path(&self, name: &str) -> PathBuf {
-        self.cfg.state_dir.join("vm").join(format!("{name}.ram.json"))
+        self.cfg
+            .state_dir
+            .join("vm")
+            .join(format!("{name}.ram.json"))
     }
 
     fn evidence(&self, pid: i32, ram: Option<&GuestRam>) -> Evidence {
-        let g: Option<PageCounts> = ram.and_then(|r| vm::page_counts_exact(pid, &r.hva_ranges()).ok());
+        let g: Option<PageCounts> =
+            ram.and_then(|r| vm::page_counts_exact(pid, &r.hva_ranges()).ok());
         let m = proc_mem(pid).unwrap_or_default();
         Evidence {
             guest_resident_pages: g.map(|g| g.resident),
@@ -105,7 +124,11 @@ impl Controller {
     /// `vm` part of an app's status.
     pub(super) fn vm_status(&self, slot: &AppSlot) -> serde_json::Value {
         let rt = lock(&slot.vm);
-        let bg = rt.background.as_ref().map(|b| b.stats()).or_else(|| rt.last_background.clone());
+        let bg = rt
+            .background
+            .as_ref()
+            .map(|b| b.stats())
+            .or_else(|| rt.last_background.clone());
         serde_json::json!({
             "qmp": self.vm_cfg(slot).qmp,
             "agent": self.vm_cfg(slot).agent,
@@ -117,12 +140,18 @@ impl Controller {
     }
 
     /// After a cold start of a VM app: QMP answers (within the readiness timeout).
-    pub(super) fn vm_after_cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<serde_json::Value, String> {
+    pub(super) fn vm_after_cold_start(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+    ) -> Result<serde_json::Value, String> {
         let v = self.vm_cfg(slot);
         let deadline = t0 + slot.cfg.ready_timeout.max(v.qmp_timeout);
         let mut q = qmp_connect(v, Some(deadline))?;
         let st = q.query_status().map_err(|e| e.to_string())?;
-        Ok(serde_json::json!({"cold": true, "mode": slot.cfg.vm_prefetch_mode().as_str(), "qemu": q.qemu_version(), "status": st.status}))
+        Ok(
+            serde_json::json!({"cold": true, "mode": slot.cfg.vm_prefetch_mode().as_str(), "qemu": q.qemu_version(), "status": st.status}),
+        )
     }
 
     /// Stop of a VM app (its `op` lock held).
@@ -134,7 +163,10 @@ impl Controller {
             Ok(x) => x,
             Err(already) => return Ok(already),
         };
-        let qpid = lock(&slot.st).pid.filter(|p| o.pids.contains(p)).unwrap_or(o.pids[0]);
+        let qpid = lock(&slot.st)
+            .pid
+            .filter(|p| o.pids.contains(p))
+            .unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
         // (Joined outside the lock: status reads never wait for an operation.)
         let bg = lock(&slot.vm).background.take();
@@ -167,12 +199,18 @@ impl Controller {
             Ok(q) => q,
             Err(e) => return Err(fail(format!("QMP: {e}"))),
         };
-        let before = q.query_status().map(|s| s.status).unwrap_or_else(|e| format!("unknown ({e})"));
+        let before = q
+            .query_status()
+            .map(|s| s.status)
+            .unwrap_or_else(|e| format!("unknown ({e})"));
         if let Err(e) = q.stop() {
             return Err(fail(format!("QMP stop: {e}")));
         }
         let qmp_stop_ms = ms(tq.elapsed());
-        let after = q.query_status().map(|s| s.status).unwrap_or_else(|e| format!("unknown ({e})"));
+        let after = q
+            .query_status()
+            .map(|s| s.status)
+            .unwrap_or_else(|e| format!("unknown ({e})"));
         let ram = match GuestRam::discover(&mut q, qpid) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -202,11 +240,21 @@ impl Controller {
         });
         // 5. Purge, 6. evidence.
         let tp = Instant::now();
-        let mut purge = if self.cfg.purge == PurgePolicy::Always { self.purge_app(slot, false).ok() } else { None };
+        let mut purge = if self.cfg.purge == PurgePolicy::Always {
+            self.purge_app(slot, false).ok()
+        } else {
+            None
+        };
         let mut ev_after = self.evidence(qpid, ram.as_ref());
-        let is_evicted = |after: &Evidence, purged: bool| match (ev_before.guest_resident_pages, after.guest_resident_pages) {
+        let is_evicted = |after: &Evidence, purged: bool| match (
+            ev_before.guest_resident_pages,
+            after.guest_resident_pages,
+        ) {
             (Some(b), Some(a)) => purged && a * 100 <= b,
-            _ => purged && after.qemu_resident_bytes * 100 <= ev_before.qemu_resident_bytes.max(1) * 10,
+            _ => {
+                purged
+                    && after.qemu_resident_bytes * 100 <= ev_before.qemu_resident_bytes.max(1) * 10
+            }
         };
         let mut evicted = is_evicted(&ev_after, purge.is_some());
         // MADV_PAGEOUT cannot isolate pages still in a CPU's LRU batch: with THP-backed guest
@@ -224,7 +272,11 @@ impl Controller {
         }
         let purge_s = tp.elapsed().as_secs_f64();
         if purge.is_some() && !evicted {
-            self.event(Some(&name), "error", format!("purge left guest RAM resident: before {ev_before:?}, after {ev_after:?}"));
+            self.event(
+                Some(&name),
+                "error",
+                format!("purge left guest RAM resident: before {ev_before:?}, after {ev_after:?}"),
+            );
         }
         if let Some(r) = &ram {
             let p = self.vm_ram_path(&name);
@@ -235,7 +287,9 @@ impl Controller {
                 self.event(Some(&name), "error", format!("saving {}: {e}", p.display()));
             }
         }
-        let ram_json = ram.as_ref().map(|r| serde_json::json!({"bytes": r.bytes(), "ranges": r.ranges}));
+        let ram_json = ram
+            .as_ref()
+            .map(|r| serde_json::json!({"bytes": r.bytes(), "ranges": r.ranges}));
         {
             let mut rt = lock(&slot.vm);
             rt.maps = maps;
@@ -277,7 +331,13 @@ impl Controller {
     }
 
     /// Resume a frozen VM app (prefetch by `mode`, thaw, QMP `cont`, probe).
-    pub(super) fn resume_vm(&self, slot: &AppSlot, t0: Instant, pids: Vec<i32>, mode: VmPrefetch) -> Result<serde_json::Value, ApiError> {
+    pub(super) fn resume_vm(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+        pids: Vec<i32>,
+        mode: VmPrefetch,
+    ) -> Result<serde_json::Value, ApiError> {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let pswpin0 = pswpin();
@@ -286,7 +346,10 @@ impl Controller {
             r.state = AppState::Starting;
         });
         self.enforce_reserve(Some(&name));
-        let qpid = lock(&slot.st).pid.filter(|p| pids.contains(p)).unwrap_or(pids[0]);
+        let qpid = lock(&slot.st)
+            .pid
+            .filter(|p| pids.contains(p))
+            .unwrap_or(pids[0]);
         // Guest RAM: from the Stop, or (after a torpord restart) from state_dir/vm if it is
         // the same QEMU process.
         let (ram, maps) = {
@@ -300,7 +363,14 @@ impl Controller {
             (rt.ram.clone(), rt.maps.clone())
         };
         let mut maps_note = match (&maps, &ram) {
-            (Some((m, a)), Some(_)) => format!("maps from {a} at the last Stop{}", if m.notes.is_empty() { String::new() } else { format!(" ({})", m.notes.join("; ")) }),
+            (Some((m, a)), Some(_)) => format!(
+                "maps from {a} at the last Stop{}",
+                if m.notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", m.notes.join("; "))
+                }
+            ),
             (None, _) => "no guest maps from the last Stop".to_string(),
             (Some(_), None) => "guest RAM unknown (discovery failed at the last Stop)".to_string(),
         };
@@ -313,10 +383,19 @@ impl Controller {
             (m, _, _) => m,
         };
         let ps = procswap::sys::page_size();
-        let base = PrefetchOptions { threads: self.cfg.prefetch_threads, free_floor_bytes: self.cfg.reserve, ..PrefetchOptions::default() };
-        let guest_before = ram.as_ref().and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
+        let base = PrefetchOptions {
+            threads: self.cfg.prefetch_threads,
+            free_floor_bytes: self.cfg.reserve,
+            ..PrefetchOptions::default()
+        };
+        let guest_before = ram
+            .as_ref()
+            .and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
         let tpf = Instant::now();
-        let mut timing = StartTiming { prefetch_mode: Some(effective.as_str().to_string()), ..Default::default() };
+        let mut timing = StartTiming {
+            prefetch_mode: Some(effective.as_str().to_string()),
+            ..Default::default()
+        };
         let mut classes: Vec<ClassFetch> = Vec::new();
         let mut qemu_own_pages = 0u64;
         let mut qemu_own_ms = 0.0;
@@ -325,7 +404,11 @@ impl Controller {
         let mut fetch_call_ms = 0.0;
         let mut plan: Option<Plan> = None;
         let note_err = |what: &str, e: &dyn std::fmt::Display| {
-            self.event(Some(&name), "error", format!("{what} failed (continuing; demand paging brings the rest): {e}"));
+            self.event(
+                Some(&name),
+                "error",
+                format!("{what} failed (continuing; demand paging brings the rest): {e}"),
+            );
         };
         let add = |timing: &mut StartTiming, r: &procswap::PrefetchReport| {
             timing.prefetch_bytes += r.read_issued_bytes;
@@ -335,10 +418,12 @@ impl Controller {
         };
         match effective {
             VmPrefetch::None => {}
-            VmPrefetch::Full => match procswap::prefetch_with(&*self.backend, qpid, &base, &NoProgress) {
-                Ok(r) => add(&mut timing, &r),
-                Err(e) => note_err("full prefetch", &e),
-            },
+            VmPrefetch::Full => {
+                match procswap::prefetch_with(&*self.backend, qpid, &base, &NoProgress) {
+                    Ok(r) => add(&mut timing, &r),
+                    Err(e) => note_err("full prefetch", &e),
+                }
+            }
             VmPrefetch::Priority => {
                 let ram = ram.as_ref().expect("priority needs guest RAM");
                 let (m, _) = maps.as_ref().expect("priority needs maps");
@@ -350,11 +435,29 @@ impl Controller {
                     note_err("listing QEMU's own memory", &e);
                     vec![]
                 });
-                let swapped_in = |r: &[procswap::Range]| vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0);
+                let swapped_in = |r: &[procswap::Range]| {
+                    vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0)
+                };
                 let own_before = swapped_in(&own);
-                let before: Vec<u64> = p.classes.iter().map(|c| if c.pages > 0 { swapped_in(&c.ranges) } else { 0 }).collect();
-                let pre_pages = own_before + before.iter().take(BEFORE_CONT_MAX_CLASS as usize + 1).sum::<u64>();
-                let avail = procswap::sys::meminfo().map(|mi| mi.mem_available).unwrap_or(0);
+                let before: Vec<u64> = p
+                    .classes
+                    .iter()
+                    .map(|c| {
+                        if c.pages > 0 {
+                            swapped_in(&c.ranges)
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let pre_pages = own_before
+                    + before
+                        .iter()
+                        .take(BEFORE_CONT_MAX_CLASS as usize + 1)
+                        .sum::<u64>();
+                let avail = procswap::sys::meminfo()
+                    .map(|mi| mi.mem_available)
+                    .unwrap_or(0);
                 // Class order only matters when the fetch can be cut short by the free-memory
                 // floor: then one prefetch call per class, in order. Otherwise one call over all
                 // of it (each call rescans QEMU: ~0.1-0.5 s here), reads in swap-slot order.
@@ -381,11 +484,17 @@ impl Controller {
                 } else {
                     // QEMU's own memory, then classes 0..=5, one call each, in order.
                     let mut sets = vec![own.clone()];
-                    sets.extend(p.classes.iter().take(BEFORE_CONT_MAX_CLASS as usize + 1).map(|c| c.ranges.clone()));
-                    let res = vm::fetch_ordered(&*self.backend, qpid, sets, &base).unwrap_or_else(|e| {
-                        note_err("class-ordered prefetch", &e);
-                        vec![]
-                    });
+                    sets.extend(
+                        p.classes
+                            .iter()
+                            .take(BEFORE_CONT_MAX_CLASS as usize + 1)
+                            .map(|c| c.ranges.clone()),
+                    );
+                    let res =
+                        vm::fetch_ordered(&*self.backend, qpid, sets, &base).unwrap_or_else(|e| {
+                            note_err("class-ordered prefetch", &e);
+                            vec![]
+                        });
                     let mut res = res.into_iter();
                     if let Some(Some((r, t))) = res.next() {
                         qemu_own_pages = r.read_issued_bytes / ps;
@@ -394,7 +503,10 @@ impl Controller {
                     }
                     for (c, &sw) in p.classes.iter().zip(&before) {
                         let mut cf = ClassFetch::new(c, sw);
-                        if let Some(Some((r, t))) = (c.class <= BEFORE_CONT_MAX_CLASS).then(|| res.next()).flatten() {
+                        if let Some(Some((r, t))) = (c.class <= BEFORE_CONT_MAX_CLASS)
+                            .then(|| res.next())
+                            .flatten()
+                        {
                             cf.fetched_pages = r.read_issued_bytes / ps;
                             cf.fetched_bytes = r.read_issued_bytes;
                             cf.ms = t;
@@ -411,7 +523,9 @@ impl Controller {
         }
         let prefetch_d = tpf.elapsed();
         timing.prefetch_s = prefetch_d.as_secs_f64();
-        let guest_after = ram.as_ref().and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
+        let guest_after = ram
+            .as_ref()
+            .and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
         let pswpin_prefetch = pswpin().saturating_sub(pswpin0);
         // Thaw, then cont (a frozen QEMU cannot answer QMP).
         let tt = Instant::now();
@@ -423,7 +537,8 @@ impl Controller {
         }
         timing.thaw_s = tt.elapsed().as_secs_f64();
         let tc = Instant::now();
-        let cont = qmp_connect(&v, Some(Instant::now() + v.qmp_timeout)).and_then(|mut q| q.cont().map_err(|e| e.to_string()));
+        let cont = qmp_connect(&v, Some(Instant::now() + v.qmp_timeout))
+            .and_then(|mut q| q.cont().map_err(|e| e.to_string()));
         if let Err(e) = cont {
             return Err(self.fail_start(slot, format!("QMP cont: {e}")));
         }
@@ -432,18 +547,33 @@ impl Controller {
         let mut bg_started = false;
         if let (Some(p), Some(r), true) = (&plan, &ram, v.background) {
             let pref: procswap::BackendPref = self.cfg.backend.parse().unwrap_or_default();
-            let cfg = TwinkleConfig { prefetch: base.clone(), ..TwinkleConfig::default() };
-            match procswap::select_backend(pref).and_then(|b| Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg)) {
+            let cfg = TwinkleConfig {
+                prefetch: base.clone(),
+                ..TwinkleConfig::default()
+            };
+            match procswap::select_backend(pref).and_then(|b| {
+                Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg)
+            }) {
                 Ok(bg) => {
                     lock(&slot.vm).background = Some(bg);
                     bg_started = true;
                 }
-                Err(e) => self.event(Some(&name), "error", format!("background fetcher not started: {e}")),
+                Err(e) => self.event(
+                    Some(&name),
+                    "error",
+                    format!("background fetcher not started: {e}"),
+                ),
             }
         }
         let tp = Instant::now();
         let res = match &slot.cfg.ready {
-            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || if self.observe(&cgs).pids.is_empty() { Err("QEMU exited".into()) } else { Ok(()) }),
+            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
+                if self.observe(&cgs).pids.is_empty() {
+                    Err("QEMU exited".into())
+                } else {
+                    Ok(())
+                }
+            }),
             None => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();

@@ -53,7 +53,12 @@ fn fill(buf: &mut [u8], tag: u64, first_page: usize) {
 
 impl Area {
     fn page(&self, i: usize) -> &[u8] {
-        assert!(i < self.pages, "page {i} out of {} in {}", self.pages, self.name);
+        assert!(
+            i < self.pages,
+            "page {i} out of {} in {}",
+            self.pages,
+            self.name
+        );
         // SAFETY: `ptr` is a live mapping of `pages` pages that stays mapped while the process
         // runs; page `i` is inside it; nothing writes it after the fill.
         unsafe { std::slice::from_raw_parts(self.ptr.add(i * ps()), ps()) }
@@ -79,24 +84,43 @@ fn writable_area(name: &'static str, tag: u64, ptr: *mut u8, pages: usize) -> Ar
     // SAFETY: `ptr` is a fresh writable mapping of `pages` pages owned by this process.
     let buf = unsafe { std::slice::from_raw_parts_mut(ptr, pages * ps()) };
     fill(buf, tag, 0);
-    Area { name, tag, ptr, pages }
+    Area {
+        name,
+        tag,
+        ptr,
+        pages,
+    }
 }
 
 /// Write a file of `pages` pattern pages, sync, and drop its cache except [from, to).
 fn make_file(path: &str, tag: u64, pages: usize, from: usize, to: usize) -> Result<File, String> {
-    let f = File::options().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| format!("{path}: {e}"))?;
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
     // Page by page: a large write would get large page-cache folios (ext4, Linux ≥ 6.16), which
     // the partial DONTNEED below cannot split.
     let mut buf = vec![0u8; ps()];
     for i in 0..pages {
         fill(&mut buf, tag, i);
-        f.write_all_at(&buf, (i * ps()) as u64).map_err(|e| e.to_string())?;
+        f.write_all_at(&buf, (i * ps()) as u64)
+            .map_err(|e| e.to_string())?;
     }
     f.sync_all().map_err(|e| e.to_string())?;
     let drop = |a: usize, b: usize| {
         if b > a {
             // SAFETY: integer arguments on an fd we own.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), (a * ps()) as i64, ((b - a) * ps()) as i64, libc::POSIX_FADV_DONTNEED) };
+            unsafe {
+                libc::posix_fadvise(
+                    f.as_raw_fd(),
+                    (a * ps()) as i64,
+                    ((b - a) * ps()) as i64,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
         }
     };
     drop(0, from);
@@ -124,7 +148,12 @@ fn main() {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let n = |i: usize| parts.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let n = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
         let reply: Result<String, String> = match parts.first().copied() {
             Some("ANON") => map(n(1), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, prw).map(|p| {
                 areas.push(writable_area("anon", 1, p, n(1)));
@@ -132,7 +161,8 @@ fn main() {
             }),
             Some("MEMFD") => (|| {
                 // SAFETY: a NUL-terminated name literal.
-                let fd = unsafe { libc::memfd_create(c"torpor-kindchild".as_ptr(), libc::MFD_CLOEXEC) };
+                let fd =
+                    unsafe { libc::memfd_create(c"torpor-kindchild".as_ptr(), libc::MFD_CLOEXEC) };
                 if fd < 0 {
                     return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
                 }
@@ -148,7 +178,9 @@ fn main() {
             })(),
             Some("SYSV") => (|| {
                 // SAFETY: integer arguments.
-                let id = unsafe { libc::shmget(libc::IPC_PRIVATE, n(1) * ps(), libc::IPC_CREAT | 0o600) };
+                let id = unsafe {
+                    libc::shmget(libc::IPC_PRIVATE, n(1) * ps(), libc::IPC_CREAT | 0o600)
+                };
                 if id < 0 {
                     return Err(format!("shmget: {}", std::io::Error::last_os_error()));
                 }
@@ -169,7 +201,12 @@ fn main() {
                 let p = map(pages, libc::MAP_SHARED, f.as_raw_fd(), libc::PROT_READ)?;
                 // SAFETY: advice on our own fresh mapping.
                 unsafe { libc::madvise(p as *mut libc::c_void, pages * ps(), libc::MADV_RANDOM) };
-                let a = Area { name: "mfile", tag: 4, ptr: p, pages };
+                let a = Area {
+                    name: "mfile",
+                    tag: 4,
+                    ptr: p,
+                    pages,
+                };
                 touch(&a, &(from..to).collect::<Vec<_>>())?;
                 areas.push(a);
                 Ok(format!("OK {}", p as usize))
@@ -185,7 +222,10 @@ fn main() {
             })(),
             Some("TOUCH") => (|| {
                 let name = parts.get(1).ok_or("area")?;
-                let a = areas.iter().find(|a| a.name == *name).ok_or(format!("no area {name}"))?;
+                let a = areas
+                    .iter()
+                    .find(|a| a.name == *name)
+                    .ok_or(format!("no area {name}"))?;
                 let idx: Vec<usize> = parts[2..].iter().filter_map(|v| v.parse().ok()).collect();
                 let (m0, n0) = faults();
                 let t0 = Instant::now();
@@ -196,7 +236,10 @@ fn main() {
             })(),
             Some("TOUCHRANGE") => (|| {
                 let name = parts.get(1).ok_or("area")?;
-                let a = areas.iter().find(|a| a.name == *name).ok_or(format!("no area {name}"))?;
+                let a = areas
+                    .iter()
+                    .find(|a| a.name == *name)
+                    .ok_or(format!("no area {name}"))?;
                 let idx: Vec<usize> = (n(2)..n(3).min(a.pages)).collect();
                 let (m0, n0) = faults();
                 let t0 = Instant::now();
@@ -214,7 +257,8 @@ fn main() {
                     if i >= *pages {
                         return Err(format!("rfile page {i} out of {pages}"));
                     }
-                    f.read_exact_at(&mut buf, (i * ps()) as u64).map_err(|e| e.to_string())?;
+                    f.read_exact_at(&mut buf, (i * ps()) as u64)
+                        .map_err(|e| e.to_string())?;
                     if buf[..8] != word(*tag, i).to_ne_bytes() {
                         return Err(format!("rfile page {i}"));
                     }

@@ -47,11 +47,27 @@ struct State {
 }
 
 fn alloc(args: &[&str]) -> Result<State, String> {
-    let anon_mib: usize = args.first().ok_or("anon_mib")?.parse().map_err(|e| format!("{e}"))?;
+    let anon_mib: usize = args
+        .first()
+        .ok_or("anon_mib")?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let file_path = *args.get(1).unwrap_or(&"-");
-    let file_mib: usize = args.get(2).unwrap_or(&"0").parse().map_err(|e| format!("{e}"))?;
-    let locked_mib: usize = args.get(3).unwrap_or(&"0").parse().map_err(|e| format!("{e}"))?;
-    let shared_mib: usize = args.get(4).unwrap_or(&"0").parse().map_err(|e| format!("{e}"))?;
+    let file_mib: usize = args
+        .get(2)
+        .unwrap_or(&"0")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let locked_mib: usize = args
+        .get(3)
+        .unwrap_or(&"0")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let shared_mib: usize = args
+        .get(4)
+        .unwrap_or(&"0")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
 
     let words_per_mib = MIB / 8;
     let mut anon = vec![0u64; anon_mib * words_per_mib];
@@ -63,7 +79,13 @@ fn alloc(args: &[&str]) -> Result<State, String> {
 
     let mut file = None;
     if file_path != "-" && file_mib > 0 {
-        let mut f = File::options().read(true).write(true).create(true).truncate(true).open(file_path).map_err(|e| format!("{file_path}: {e}"))?;
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(file_path)
+            .map_err(|e| format!("{file_path}: {e}"))?;
         let mut buf = vec![0u8; MIB];
         for _ in 0..file_mib {
             for c in buf.chunks_exact_mut(8) {
@@ -93,7 +115,10 @@ fn alloc(args: &[&str]) -> Result<State, String> {
 
     let mut extra = Vec::new();
     for (mib, flags) in [
-        (locked_mib, nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_LOCKED),
+        (
+            locked_mib,
+            nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_LOCKED,
+        ),
         (shared_mib, nix::sys::mman::MapFlags::MAP_SHARED),
     ] {
         if mib == 0 {
@@ -115,7 +140,12 @@ fn alloc(args: &[&str]) -> Result<State, String> {
         unsafe { std::ptr::write_bytes(ptr.as_ptr() as *mut u8, 0x5a, len) };
         extra.push(Mapping { ptr, len });
     }
-    Ok(State { anon, anon_sums, file, extra })
+    Ok(State {
+        anon,
+        anon_sums,
+        file,
+        extra,
+    })
 }
 
 fn verify_anon(s: &State) -> Result<(), String> {
@@ -157,8 +187,18 @@ fn main() {
         let reply = match parts.first().copied() {
             Some("ALLOC") => match alloc(&parts[1..]) {
                 Ok(s) => {
-                    let (fa, fl) = s.file.as_ref().map(|(m, _)| (m.ptr.as_ptr() as usize, m.len)).unwrap_or((0, 0));
-                    let r = format!("READY {} {} {} {}", s.anon.as_ptr() as usize, s.anon.len() * 8, fa, fl);
+                    let (fa, fl) = s
+                        .file
+                        .as_ref()
+                        .map(|(m, _)| (m.ptr.as_ptr() as usize, m.len))
+                        .unwrap_or((0, 0));
+                    let r = format!(
+                        "READY {} {} {} {}",
+                        s.anon.as_ptr() as usize,
+                        s.anon.len() * 8,
+                        fa,
+                        fl
+                    );
                     state = Some(s);
                     r
                 }
@@ -177,7 +217,9 @@ fn main() {
                     let r = r.and_then(|()| verify_rest(s));
                     let (maj2, _) = faults();
                     match r {
-                        Ok(()) => format!("OK {} {} {} {}", maj1 - maj0, min1 - min0, us, maj2 - maj1),
+                        Ok(()) => {
+                            format!("OK {} {} {} {}", maj1 - maj0, min1 - min0, us, maj2 - maj1)
+                        }
                         Err(e) => format!("BAD {e}"),
                     }
                 }
@@ -185,7 +227,12 @@ fn main() {
             Some("TOUCH") => match &state {
                 None => "ERR nothing allocated".into(),
                 Some(s) => {
-                    let p = |i: usize| parts.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+                    let p = |i: usize| {
+                        parts
+                            .get(i)
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0)
+                    };
                     let (from, to, ms) = (p(1), p(2).min(s.anon.len() * 8 / MIB), p(3));
                     let t0 = Instant::now();
                     let mut acc = 0u64;

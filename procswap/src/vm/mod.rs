@@ -44,7 +44,10 @@ pub enum VmError {
     #[error("guest RAM discovery: {0}")]
     Discovery(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Procswap(#[from] crate::Error),
 }
@@ -78,7 +81,11 @@ const KPF_ZERO_PAGE: u64 = 1 << 24;
 fn counts(pid: i32, ranges: &[Range], zero: bool) -> Result<PageCounts, crate::Error> {
     use std::os::unix::fs::FileExt;
     let mut pm = Pagemap::open(pid)?;
-    let kpf = if zero { std::fs::File::open("/proc/kpageflags").ok() } else { None };
+    let kpf = if zero {
+        std::fs::File::open("/proc/kpageflags").ok()
+    } else {
+        None
+    };
     let mut c = PageCounts::default();
     let mut zero_pfns = std::collections::HashSet::new();
     for r in ranges {
@@ -92,7 +99,8 @@ fn counts(pid: i32, ranges: &[Range], zero: bool) -> Result<PageCounts, crate::E
                     pfn != 0
                         && (zero_pfns.contains(&pfn) || {
                             let mut b = [0u8; 8];
-                            let z = k.read_exact_at(&mut b, pfn * 8).is_ok() && u64::from_ne_bytes(b) & KPF_ZERO_PAGE != 0;
+                            let z = k.read_exact_at(&mut b, pfn * 8).is_ok()
+                                && u64::from_ne_bytes(b) & KPF_ZERO_PAGE != 0;
                             if z {
                                 zero_pfns.insert(pfn);
                             }
@@ -119,7 +127,10 @@ pub fn qemu_own_ranges(pid: i32, ram: &GuestRam) -> Result<Vec<Range>, crate::Er
     let path = format!("/proc/{pid}/maps");
     let text = std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ESRCH) => crate::Error::NoSuchProcess(pid),
-        _ => crate::Error::Io { path: path.clone().into(), source: e },
+        _ => crate::Error::Io {
+            path: path.clone().into(),
+            source: e,
+        },
     })?;
     let maps = ram::parse_maps(&text).map_err(|e| crate::Error::Unsupported(e.to_string()))?;
     Ok(own_ranges(&maps, ram))
@@ -131,18 +142,31 @@ fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
     let mut out = Vec::new();
     for m in maps {
         let p = m.perms.as_bytes();
-        if p.len() < 4 || p[3] != b'p' || (p[0] != b'r' && p[1] != b'w') || m.path.starts_with('[') && m.path != "[heap]" && m.path != "[stack]" {
+        if p.len() < 4
+            || p[3] != b'p'
+            || (p[0] != b'r' && p[1] != b'w')
+            || m.path.starts_with('[') && m.path != "[heap]" && m.path != "[stack]"
+        {
             continue;
         }
         let mut cur = m.start;
-        for g in guest.iter().filter(|g| g.end() > m.start && g.start < m.end) {
+        for g in guest
+            .iter()
+            .filter(|g| g.end() > m.start && g.start < m.end)
+        {
             if g.start > cur {
-                out.push(Range { start: cur, len: g.start - cur });
+                out.push(Range {
+                    start: cur,
+                    len: g.start - cur,
+                });
             }
             cur = cur.max(g.end());
         }
         if cur < m.end {
-            out.push(Range { start: cur, len: m.end - cur });
+            out.push(Range {
+                start: cur,
+                len: m.end - cur,
+            });
         }
     }
     out
@@ -150,9 +174,20 @@ fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
 
 /// Prefetch exactly the swapped pages of `pid` inside `ranges` (swap-slot order, read-ahead
 /// pipelined with the backend's mapping pass), through [`crate::prefetch_with`].
-pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &PrefetchOptions) -> Result<PrefetchReport, crate::Error> {
+pub fn fetch_ranges(
+    backend: &dyn Backend,
+    pid: i32,
+    ranges: Vec<Range>,
+    base: &PrefetchOptions,
+) -> Result<PrefetchReport, crate::Error> {
     let opts = PrefetchOptions {
-        working_set: Some(WorkingSet::new(pid, "guest-ram", WsMethod::External, Duration::ZERO, ranges)),
+        working_set: Some(WorkingSet::new(
+            pid,
+            "guest-ram",
+            WsMethod::External,
+            Duration::ZERO,
+            ranges,
+        )),
         working_set_only: true,
         scan_working_set_only: true,
         ..base.clone()
@@ -164,7 +199,12 @@ pub fn fetch_ranges(backend: &dyn Backend, pid: i32, ranges: Vec<Range>, base: &
 /// budget (`base.budget_bytes`); once a call stops early (budget or free-memory floor), the
 /// later sets are not fetched (`None`). For class-ordered prefetch where the order matters:
 /// whatever cuts the fetch short cuts the last classes.
-pub fn fetch_ordered(backend: &dyn Backend, pid: i32, sets: Vec<Vec<Range>>, base: &PrefetchOptions) -> Result<Vec<Option<(PrefetchReport, f64)>>, crate::Error> {
+pub fn fetch_ordered(
+    backend: &dyn Backend,
+    pid: i32,
+    sets: Vec<Vec<Range>>,
+    base: &PrefetchOptions,
+) -> Result<Vec<Option<(PrefetchReport, f64)>>, crate::Error> {
     let mut out = Vec::with_capacity(sets.len());
     let mut left = base.budget_bytes;
     let mut stopped = false;
@@ -175,7 +215,15 @@ pub fn fetch_ordered(backend: &dyn Backend, pid: i32, sets: Vec<Vec<Range>>, bas
             continue;
         }
         let t = std::time::Instant::now();
-        let r = fetch_ranges(backend, pid, set, &PrefetchOptions { budget_bytes: left, ..base.clone() })?;
+        let r = fetch_ranges(
+            backend,
+            pid,
+            set,
+            &PrefetchOptions {
+                budget_bytes: left,
+                ..base.clone()
+            },
+        )?;
         left = left.map(|l| l.saturating_sub(r.read_issued_bytes));
         stopped = r.stopped.is_some();
         out.push(Some((r, t.elapsed().as_secs_f64() * 1e3)));
@@ -198,14 +246,35 @@ mod tests {
              200000-201000 r--p 00000000 00:00 0 [vvar]\n",
         )
         .unwrap();
-        let ram = GuestRam { pid: 1, ranges: vec![ram::RamRange { gpa: 0, len: 0x80000, block: "pc.ram".into(), block_offset: 0, hva: 0x140000 }] };
+        let ram = GuestRam {
+            pid: 1,
+            ranges: vec![ram::RamRange {
+                gpa: 0,
+                len: 0x80000,
+                block: "pc.ram".into(),
+                block_offset: 0,
+                hva: 0x140000,
+            }],
+        };
         assert_eq!(
             own_ranges(&maps, &ram),
             vec![
-                Range { start: 0x1000, len: 0x2000 },
-                Range { start: 0x10000, len: 0x10000 },
-                Range { start: 0x100000, len: 0x40000 },
-                Range { start: 0x1c0000, len: 0x40000 },
+                Range {
+                    start: 0x1000,
+                    len: 0x2000
+                },
+                Range {
+                    start: 0x10000,
+                    len: 0x10000
+                },
+                Range {
+                    start: 0x100000,
+                    len: 0x40000
+                },
+                Range {
+                    start: 0x1c0000,
+                    len: 0x40000
+                },
             ]
         );
     }

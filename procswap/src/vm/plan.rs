@@ -68,7 +68,10 @@ pub struct Plan {
 fn push(ranges: &mut Vec<Range>, addr: u64, ps: u64) {
     match ranges.last_mut() {
         Some(r) if r.end() == addr => r.len += ps,
-        _ => ranges.push(Range { start: addr, len: ps }),
+        _ => ranges.push(Range {
+            start: addr,
+            len: ps,
+        }),
     }
 }
 
@@ -76,7 +79,12 @@ impl Plan {
     /// Plan guest RAM: `classify(pfn)` says what the guest's maps say about each guest page
     /// frame (`|_| PageClass::Outside` without maps).
     pub fn build(ram: &GuestRam, page_size: u64, classify: impl Fn(u64) -> PageClass) -> Plan {
-        let mut classes: Vec<ClassPlan> = (0..CLASSES as u8).map(|class| ClassPlan { class, ..Default::default() }).collect();
+        let mut classes: Vec<ClassPlan> = (0..CLASSES as u8)
+            .map(|class| ClassPlan {
+                class,
+                ..Default::default()
+            })
+            .collect();
         let mut p = Plan::default();
         for r in &ram.ranges {
             let mut gpa = r.gpa.div_ceil(page_size) * page_size;
@@ -106,7 +114,11 @@ impl Plan {
 
     /// Host ranges of classes `lo..=hi`, class order kept.
     pub fn ranges_of(&self, lo: u8, hi: u8) -> Vec<Range> {
-        self.classes.iter().filter(|c| c.class >= lo && c.class <= hi).flat_map(|c| c.ranges.iter().copied()).collect()
+        self.classes
+            .iter()
+            .filter(|c| c.class >= lo && c.class <= hi)
+            .flat_map(|c| c.ranges.iter().copied())
+            .collect()
     }
 
     /// For each host page: its class, or `None` when free. For the background fetcher.
@@ -134,8 +146,20 @@ mod tests {
         GuestRam {
             pid: 1,
             ranges: vec![
-                RamRange { gpa: 0, len: 16 * PS, block: "pc.ram".into(), block_offset: 0, hva: 0x10_0000 },
-                RamRange { gpa: 32 * PS, len: 16 * PS, block: "pc.ram".into(), block_offset: 16 * PS, hva: 0x10_0000 + 16 * PS },
+                RamRange {
+                    gpa: 0,
+                    len: 16 * PS,
+                    block: "pc.ram".into(),
+                    block_offset: 0,
+                    hva: 0x10_0000,
+                },
+                RamRange {
+                    gpa: 32 * PS,
+                    len: 16 * PS,
+                    block: "pc.ram".into(),
+                    block_offset: 16 * PS,
+                    hva: 0x10_0000 + 16 * PS,
+                },
             ],
         }
     }
@@ -157,14 +181,56 @@ mod tests {
     fn classes_order_skip_free_and_cover_everything() {
         let p = Plan::build(&ram(), PS, classify);
         assert_eq!(p.guest_pages, 32);
-        let hva = |gpa_page: u64| if gpa_page < 16 { 0x10_0000 + gpa_page * PS } else { 0x10_0000 + (gpa_page - 16) * PS };
-        assert_eq!(p.classes[0].ranges, vec![Range { start: hva(1), len: 2 * PS }]);
-        assert_eq!(p.classes[3].ranges, vec![Range { start: hva(33), len: PS }]);
-        assert_eq!(p.classes[5].ranges, vec![Range { start: hva(3), len: PS }]);
+        let hva = |gpa_page: u64| {
+            if gpa_page < 16 {
+                0x10_0000 + gpa_page * PS
+            } else {
+                0x10_0000 + (gpa_page - 16) * PS
+            }
+        };
+        assert_eq!(
+            p.classes[0].ranges,
+            vec![Range {
+                start: hva(1),
+                len: 2 * PS
+            }]
+        );
+        assert_eq!(
+            p.classes[3].ranges,
+            vec![Range {
+                start: hva(33),
+                len: PS
+            }]
+        );
+        assert_eq!(
+            p.classes[5].ranges,
+            vec![Range {
+                start: hva(3),
+                len: PS
+            }]
+        );
         assert_eq!(p.skipped_free_pages, 6);
         // Free ranges merge across the hole where the host addresses are adjacent (15 | 32).
-        assert_eq!(p.free_ranges, vec![Range { start: hva(11), len: 6 * PS }]);
-        assert_eq!(p.classes[CLASS_OUTSIDE as usize].ranges, vec![Range { start: hva(0), len: PS }, Range { start: hva(40), len: 2 * PS }]);
+        assert_eq!(
+            p.free_ranges,
+            vec![Range {
+                start: hva(11),
+                len: 6 * PS
+            }]
+        );
+        assert_eq!(
+            p.classes[CLASS_OUTSIDE as usize].ranges,
+            vec![
+                Range {
+                    start: hva(0),
+                    len: PS
+                },
+                Range {
+                    start: hva(40),
+                    len: 2 * PS
+                }
+            ]
+        );
         let total: u64 = p.classes.iter().map(|c| c.pages).sum::<u64>() + p.skipped_free_pages;
         assert_eq!(total, 32);
         assert_eq!(p.classes[8].pages, 32 - 3 - 6 - 2 - 1 - 1);
@@ -172,7 +238,11 @@ mod tests {
         assert_eq!(p.class_of(hva(12)), None, "free");
         assert_eq!(p.ranges_of(0, 5).len(), 3);
         // The hole (gpa pages 16..32) is never produced: the high range continues in the block.
-        assert!(p.classes.iter().flat_map(|c| &c.ranges).all(|r| r.start >= 0x10_0000 && r.end() <= 0x10_0000 + 32 * PS));
+        assert!(p
+            .classes
+            .iter()
+            .flat_map(|c| &c.ranges)
+            .all(|r| r.start >= 0x10_0000 && r.end() <= 0x10_0000 + 32 * PS));
         assert_eq!(class_name(0), "Kernel");
         assert_eq!(class_name(9), "Outside_Layout");
     }
@@ -181,7 +251,13 @@ mod tests {
     fn without_maps_everything_is_outside() {
         let p = Plan::build(&ram(), PS, |_| PageClass::Outside);
         assert_eq!(p.classes[CLASS_OUTSIDE as usize].pages, 32);
-        assert_eq!(p.classes[CLASS_OUTSIDE as usize].ranges, vec![Range { start: 0x10_0000, len: 32 * PS }]);
+        assert_eq!(
+            p.classes[CLASS_OUTSIDE as usize].ranges,
+            vec![Range {
+                start: 0x10_0000,
+                len: 32 * PS
+            }]
+        );
         assert_eq!(p.skipped_free_pages, 0);
         // Values above 8 from a classifier count as Other.
         let p = Plan::build(&ram(), PS, |_| PageClass::Class(200));

@@ -16,19 +16,39 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("QMP socket {path}: cannot connect: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("QMP socket {path}: no greeting within {timeout:?} (is QEMU alive and not frozen, and no other QMP client connected?)")]
     NoGreeting { path: PathBuf, timeout: Duration },
     #[error("QMP socket {path}: {cmd}: no answer within {timeout:?} (QEMU frozen or hung?)")]
-    Timeout { path: PathBuf, cmd: String, timeout: Duration },
+    Timeout {
+        path: PathBuf,
+        cmd: String,
+        timeout: Duration,
+    },
     #[error("QMP socket {path}: {cmd}: I/O error: {source}")]
-    Io { path: PathBuf, cmd: String, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        cmd: String,
+        source: std::io::Error,
+    },
     #[error("QMP socket {path}: QEMU closed the connection during {cmd}")]
     Closed { path: PathBuf, cmd: String },
     #[error("QMP socket {path}: {cmd}: malformed answer: {detail}")]
-    Protocol { path: PathBuf, cmd: String, detail: String },
+    Protocol {
+        path: PathBuf,
+        cmd: String,
+        detail: String,
+    },
     #[error("QMP socket {path}: {cmd} failed: {class}: {desc}")]
-    Command { path: PathBuf, cmd: String, class: String, desc: String },
+    Command {
+        path: PathBuf,
+        cmd: String,
+        class: String,
+        desc: String,
+    },
 }
 
 /// `query-status`.
@@ -53,33 +73,60 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("path", &self.path).field("timeout", &self.timeout).finish()
+        f.debug_struct("Qmp")
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl Qmp {
     /// Connect, read the greeting, enter command mode. `timeout` bounds each step.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
-        let io = |source| QmpError::Io { path: path.to_owned(), cmd: "connect".into(), source };
+        let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let io = |source| QmpError::Io {
+            path: path.to_owned(),
+            cmd: "connect".into(),
+            source,
+        };
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
-        let mut q = Qmp { path: path.to_owned(), reader: BufReader::new(stream), writer, timeout, greeting: Value::Null, events: Vec::new() };
+        let mut q = Qmp {
+            path: path.to_owned(),
+            reader: BufReader::new(stream),
+            writer,
+            timeout,
+            greeting: Value::Null,
+            events: Vec::new(),
+        };
         let g = match q.read_message("greeting") {
-            Err(QmpError::Timeout { .. }) => return Err(QmpError::NoGreeting { path: path.to_owned(), timeout }),
+            Err(QmpError::Timeout { .. }) => {
+                return Err(QmpError::NoGreeting {
+                    path: path.to_owned(),
+                    timeout,
+                })
+            }
             r => r?,
         };
-        q.greeting = g
-            .get("QMP")
-            .cloned()
-            .ok_or_else(|| QmpError::Protocol { path: path.to_owned(), cmd: "greeting".into(), detail: format!("not a QMP greeting: {g}") })?;
+        q.greeting = g.get("QMP").cloned().ok_or_else(|| QmpError::Protocol {
+            path: path.to_owned(),
+            cmd: "greeting".into(),
+            detail: format!("not a QMP greeting: {g}"),
+        })?;
         q.execute("qmp_capabilities", None)?;
         Ok(q)
     }
 
     /// Connect, retrying while the socket does not exist or refuses, until `deadline`.
-    pub fn connect_retry(path: &Path, timeout: Duration, deadline: Instant) -> Result<Qmp, QmpError> {
+    pub fn connect_retry(
+        path: &Path,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<Qmp, QmpError> {
         loop {
             match Qmp::connect(path, timeout) {
                 Ok(q) => return Ok(q),
@@ -104,17 +151,34 @@ impl Qmp {
 
     fn read_message(&mut self, cmd: &str) -> Result<Value, QmpError> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(|source| match source.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                QmpError::Timeout { path: self.path.clone(), cmd: cmd.into(), timeout: self.timeout }
-            }
-            _ => QmpError::Io { path: self.path.clone(), cmd: cmd.into(), source },
-        })?;
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    QmpError::Timeout {
+                        path: self.path.clone(),
+                        cmd: cmd.into(),
+                        timeout: self.timeout,
+                    }
+                }
+                _ => QmpError::Io {
+                    path: self.path.clone(),
+                    cmd: cmd.into(),
+                    source,
+                },
+            })?;
         if n == 0 {
-            return Err(QmpError::Closed { path: self.path.clone(), cmd: cmd.into() });
+            return Err(QmpError::Closed {
+                path: self.path.clone(),
+                cmd: cmd.into(),
+            });
         }
-        serde_json::from_str(line.trim_end())
-            .map_err(|e| QmpError::Protocol { path: self.path.clone(), cmd: cmd.into(), detail: format!("{e}: {:?}", line.trim_end()) })
+        serde_json::from_str(line.trim_end()).map_err(|e| QmpError::Protocol {
+            path: self.path.clone(),
+            cmd: cmd.into(),
+            detail: format!("{e}: {:?}", line.trim_end()),
+        })
     }
 
     /// Run one command; returns its `return` value.
@@ -125,12 +189,22 @@ impl Qmp {
         };
         let mut bytes = serde_json::to_vec(&msg).expect("json");
         bytes.push(b'\n');
-        self.writer.write_all(&bytes).map_err(|source| match source.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                QmpError::Timeout { path: self.path.clone(), cmd: cmd.into(), timeout: self.timeout }
-            }
-            _ => QmpError::Io { path: self.path.clone(), cmd: cmd.into(), source },
-        })?;
+        self.writer
+            .write_all(&bytes)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    QmpError::Timeout {
+                        path: self.path.clone(),
+                        cmd: cmd.into(),
+                        timeout: self.timeout,
+                    }
+                }
+                _ => QmpError::Io {
+                    path: self.path.clone(),
+                    cmd: cmd.into(),
+                    source,
+                },
+            })?;
         let t0 = Instant::now();
         loop {
             let m = self.read_message(cmd)?;
@@ -152,11 +226,19 @@ impl Qmp {
                 self.events.push(m);
                 // Events do not extend the deadline indefinitely.
                 if t0.elapsed() > self.timeout {
-                    return Err(QmpError::Timeout { path: self.path.clone(), cmd: cmd.into(), timeout: self.timeout });
+                    return Err(QmpError::Timeout {
+                        path: self.path.clone(),
+                        cmd: cmd.into(),
+                        timeout: self.timeout,
+                    });
                 }
                 continue;
             }
-            return Err(QmpError::Protocol { path: self.path.clone(), cmd: cmd.into(), detail: format!("unexpected message {m}") });
+            return Err(QmpError::Protocol {
+                path: self.path.clone(),
+                cmd: cmd.into(),
+                detail: format!("unexpected message {m}"),
+            });
         }
     }
 
@@ -173,13 +255,19 @@ impl Qmp {
     /// `query-status`.
     pub fn query_status(&mut self) -> Result<VmStatus, QmpError> {
         let v = self.execute("query-status", None)?;
-        serde_json::from_value(v.clone())
-            .map_err(|e| QmpError::Protocol { path: self.path.clone(), cmd: "query-status".into(), detail: format!("{e}: {v}") })
+        serde_json::from_value(v.clone()).map_err(|e| QmpError::Protocol {
+            path: self.path.clone(),
+            cmd: "query-status".into(),
+            detail: format!("{e}: {v}"),
+        })
     }
 
     /// An HMP command through `human-monitor-command`; returns its text output (CRLF → LF).
     pub fn hmp(&mut self, command_line: &str) -> Result<String, QmpError> {
-        let v = self.execute("human-monitor-command", Some(json!({"command-line": command_line})))?;
+        let v = self.execute(
+            "human-monitor-command",
+            Some(json!({"command-line": command_line})),
+        )?;
         let s = v.as_str().ok_or_else(|| QmpError::Protocol {
             path: self.path.clone(),
             cmd: format!("human-monitor-command {command_line:?}"),

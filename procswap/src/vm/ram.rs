@@ -68,7 +68,8 @@ pub struct GuestRam {
 }
 
 fn hex(s: &str, what: &str) -> Result<u64, VmError> {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| VmError::Parse(format!("bad hex {what} {s:?}")))
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| VmError::Parse(format!("bad hex {what} {s:?}")))
 }
 
 /// Parse the flat view of the system address space (`AS "memory"`) out of `info mtree -f`.
@@ -83,28 +84,46 @@ pub fn parse_mtree_flat(text: &str) -> Result<Vec<FlatRange>, VmError> {
     }
     let view = views
         .iter()
-        .find(|v| v.iter().any(|l| l.trim_start().starts_with("AS \"memory\",")))
+        .find(|v| {
+            v.iter()
+                .any(|l| l.trim_start().starts_with("AS \"memory\","))
+        })
         .ok_or_else(|| VmError::Parse("info mtree -f: no FlatView for AS \"memory\"".into()))?;
     let mut out = Vec::new();
     for l in view.iter().map(|l| l.trim()) {
         // 0000000000100000-00000000bfffffff (prio 0, ram): pc.ram @0000000000100000 [KVM]
-        let Some((range, rest)) = l.split_once(' ') else { continue };
-        let Some((a, b)) = range.split_once('-') else { continue };
-        if a.is_empty() || !a.bytes().all(|c| c.is_ascii_hexdigit()) || !b.bytes().all(|c| c.is_ascii_hexdigit()) {
+        let Some((range, rest)) = l.split_once(' ') else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        if a.is_empty()
+            || !a.bytes().all(|c| c.is_ascii_hexdigit())
+            || !b.bytes().all(|c| c.is_ascii_hexdigit())
+        {
             continue;
         }
         let start = hex(a, "range start")?;
         let last = hex(b, "range end")?;
         if last < start {
-            return Err(VmError::Parse(format!("info mtree -f: empty range in {l:?}")));
+            return Err(VmError::Parse(format!(
+                "info mtree -f: empty range in {l:?}"
+            )));
         }
         let rest = rest.trim();
         let inner = rest
             .strip_prefix("(prio ")
             .and_then(|r| r.split_once("): "))
             .ok_or_else(|| VmError::Parse(format!("info mtree -f: cannot parse {l:?}")))?;
-        let (prio, kind) = inner.0.split_once(", ").ok_or_else(|| VmError::Parse(format!("info mtree -f: cannot parse {l:?}")))?;
-        let prio: i64 = prio.trim().parse().map_err(|_| VmError::Parse(format!("info mtree -f: bad prio in {l:?}")))?;
+        let (prio, kind) = inner
+            .0
+            .split_once(", ")
+            .ok_or_else(|| VmError::Parse(format!("info mtree -f: cannot parse {l:?}")))?;
+        let prio: i64 = prio
+            .trim()
+            .parse()
+            .map_err(|_| VmError::Parse(format!("info mtree -f: bad prio in {l:?}")))?;
         let mut words: Vec<&str> = inner.1.split_whitespace().collect();
         if words.last() == Some(&"KVM") {
             words.pop();
@@ -114,16 +133,27 @@ pub fn parse_mtree_flat(text: &str) -> Result<Vec<FlatRange>, VmError> {
             offset = hex(&w[1..], "offset")?;
             words.pop();
         }
-        out.push(FlatRange { start, len: last - start + 1, prio, kind: kind.trim().to_string(), name: words.join(" "), offset });
+        out.push(FlatRange {
+            start,
+            len: last - start + 1,
+            prio,
+            kind: kind.trim().to_string(),
+            name: words.join(" "),
+            offset,
+        });
     }
     if out.is_empty() {
-        return Err(VmError::Parse("info mtree -f: the system FlatView has no ranges".into()));
+        return Err(VmError::Parse(
+            "info mtree -f: the system FlatView has no ranges".into(),
+        ));
     }
     Ok(out)
 }
 
 fn size_with_unit(num: &str, unit: &str) -> Result<u64, VmError> {
-    let n: u64 = num.parse().map_err(|_| VmError::Parse(format!("bad page size {num:?}")))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| VmError::Parse(format!("bad page size {num:?}")))?;
     let m = match unit {
         "B" => 1,
         "KiB" => 1 << 10,
@@ -138,9 +168,13 @@ fn size_with_unit(num: &str, unit: &str) -> Result<u64, VmError> {
 /// append an `HVA` column, ignored here).
 pub fn parse_ramblock(text: &str) -> Result<Vec<RamBlock>, VmError> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let head = lines.next().ok_or_else(|| VmError::Parse("info ramblock: empty".into()))?;
+    let head = lines
+        .next()
+        .ok_or_else(|| VmError::Parse("info ramblock: empty".into()))?;
     if !head.contains("Block Name") || !head.contains("Offset") {
-        return Err(VmError::Parse(format!("info ramblock: unexpected header {head:?}")));
+        return Err(VmError::Parse(format!(
+            "info ramblock: unexpected header {head:?}"
+        )));
     }
     let mut out = Vec::new();
     for l in lines {
@@ -165,8 +199,12 @@ pub fn parse_gpa2hva(text: &str) -> Result<(String, u64), VmError> {
     let rest = t
         .strip_prefix("Host virtual address for ")
         .ok_or_else(|| VmError::Parse(format!("gpa2hva: {t:?}")))?;
-    let open = rest.find(" (").ok_or_else(|| VmError::Parse(format!("gpa2hva: {t:?}")))?;
-    let close = rest.rfind(") is ").ok_or_else(|| VmError::Parse(format!("gpa2hva: {t:?}")))?;
+    let open = rest
+        .find(" (")
+        .ok_or_else(|| VmError::Parse(format!("gpa2hva: {t:?}")))?;
+    let close = rest
+        .rfind(") is ")
+        .ok_or_else(|| VmError::Parse(format!("gpa2hva: {t:?}")))?;
     let name = rest[open + 2..close].to_string();
     let hva = hex(rest[close + 5..].trim(), "host address")?;
     Ok((name, hva))
@@ -188,45 +226,79 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, VmError> {
         let mut w = l.split_whitespace();
         let range = w.next().unwrap_or("");
         let perms = w.next().unwrap_or("").to_string();
-        let (a, b) = range.split_once('-').ok_or_else(|| VmError::Parse(format!("maps: {l:?}")))?;
+        let (a, b) = range
+            .split_once('-')
+            .ok_or_else(|| VmError::Parse(format!("maps: {l:?}")))?;
         let path = w.nth(3).map(str::to_string).unwrap_or_default();
-        out.push(MapsLine { start: hex(a, "maps start")?, end: hex(b, "maps end")?, perms, path });
+        out.push(MapsLine {
+            start: hex(a, "maps start")?,
+            end: hex(b, "maps end")?,
+            perms,
+            path,
+        });
     }
     Ok(out)
 }
 
 /// The guest's main RAM block: the largest by `used` (ties: the first listed).
 pub fn main_block(blocks: &[RamBlock]) -> Option<&RamBlock> {
-    blocks.iter().fold(None, |best: Option<&RamBlock>, b| match best {
-        Some(x) if x.used >= b.used => Some(x),
-        _ => Some(b),
-    })
+    blocks
+        .iter()
+        .fold(None, |best: Option<&RamBlock>, b| match best {
+            Some(x) if x.used >= b.used => Some(x),
+            _ => Some(b),
+        })
 }
 
 impl GuestRam {
     /// Build from parsed sources: the flat view, the blocks, the HVA of each RAM block's base
     /// (from gpa2hva), and QEMU's maps (every range must lie in one private writable mapping).
     /// Only `ram` ranges of `main` are guest RAM.
-    pub fn assemble(pid: i32, flat: &[FlatRange], main: &str, bases: &BTreeMap<String, u64>, maps: &[MapsLine]) -> Result<GuestRam, VmError> {
-        let base = *bases.get(main).ok_or_else(|| VmError::Discovery(format!("no host address known for RAM block {main:?}")))?;
+    pub fn assemble(
+        pid: i32,
+        flat: &[FlatRange],
+        main: &str,
+        bases: &BTreeMap<String, u64>,
+        maps: &[MapsLine],
+    ) -> Result<GuestRam, VmError> {
+        let base = *bases.get(main).ok_or_else(|| {
+            VmError::Discovery(format!("no host address known for RAM block {main:?}"))
+        })?;
         let mut ranges: Vec<RamRange> = flat
             .iter()
             .filter(|f| f.kind == "ram" && f.name == main)
-            .map(|f| RamRange { gpa: f.start, len: f.len, block: f.name.clone(), block_offset: f.offset, hva: base + f.offset })
+            .map(|f| RamRange {
+                gpa: f.start,
+                len: f.len,
+                block: f.name.clone(),
+                block_offset: f.offset,
+                hva: base + f.offset,
+            })
             .collect();
         if ranges.is_empty() {
-            return Err(VmError::Discovery(format!("the system flat view has no ram range of block {main:?}")));
+            return Err(VmError::Discovery(format!(
+                "the system flat view has no ram range of block {main:?}"
+            )));
         }
         ranges.sort_by_key(|r| r.gpa);
         for w in ranges.windows(2) {
             if w[0].gpa_end() > w[1].gpa {
-                return Err(VmError::Discovery(format!("overlapping RAM ranges at gpa {:#x}", w[1].gpa)));
+                return Err(VmError::Discovery(format!(
+                    "overlapping RAM ranges at gpa {:#x}",
+                    w[1].gpa
+                )));
             }
         }
         for r in &ranges {
-            let m = maps.iter().find(|m| m.start <= r.hva && r.hva < m.end).ok_or_else(|| {
-                VmError::Discovery(format!("gpa {:#x} -> hva {:#x}: not mapped in /proc/{pid}/maps", r.gpa, r.hva))
-            })?;
+            let m = maps
+                .iter()
+                .find(|m| m.start <= r.hva && r.hva < m.end)
+                .ok_or_else(|| {
+                    VmError::Discovery(format!(
+                        "gpa {:#x} -> hva {:#x}: not mapped in /proc/{pid}/maps",
+                        r.gpa, r.hva
+                    ))
+                })?;
             if r.hva + r.len > m.end {
                 return Err(VmError::Discovery(format!(
                     "gpa {:#x}+{:#x} -> hva {:#x}: runs past the end of mapping {:#x}-{:#x}",
@@ -248,17 +320,27 @@ impl GuestRam {
     pub fn discover(qmp: &mut Qmp, pid: i32) -> Result<GuestRam, VmError> {
         let flat = parse_mtree_flat(&qmp.hmp("info mtree -f")?)?;
         let blocks = parse_ramblock(&qmp.hmp("info ramblock")?)?;
-        let main = main_block(&blocks).ok_or_else(|| VmError::Discovery("info ramblock lists no block".into()))?.name.clone();
+        let main = main_block(&blocks)
+            .ok_or_else(|| VmError::Discovery("info ramblock lists no block".into()))?
+            .name
+            .clone();
         let mut bases = BTreeMap::new();
         for f in flat.iter().filter(|f| f.kind == "ram" && f.name == main) {
             let (name, hva) = parse_gpa2hva(&qmp.hmp(&format!("gpa2hva {:#x}", f.start))?)?;
             if name != main {
-                return Err(VmError::Discovery(format!("gpa2hva {:#x} names block {name:?}, the flat view {main:?}", f.start)));
+                return Err(VmError::Discovery(format!(
+                    "gpa2hva {:#x} names block {name:?}, the flat view {main:?}",
+                    f.start
+                )));
             }
-            let base = hva.checked_sub(f.offset).ok_or_else(|| VmError::Discovery(format!("gpa2hva {:#x}: hva below offset", f.start)))?;
+            let base = hva.checked_sub(f.offset).ok_or_else(|| {
+                VmError::Discovery(format!("gpa2hva {:#x}: hva below offset", f.start))
+            })?;
             match bases.get(&name) {
                 Some(&b) if b != base => {
-                    return Err(VmError::Discovery(format!("block {name:?}: ranges disagree on its host base ({b:#x} vs {base:#x})")))
+                    return Err(VmError::Discovery(format!(
+                        "block {name:?}: ranges disagree on its host base ({b:#x} vs {base:#x})"
+                    )))
                 }
                 _ => {
                     bases.insert(name, base);
@@ -267,8 +349,13 @@ impl GuestRam {
         }
         let path = format!("/proc/{pid}/maps");
         let maps_text = std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => VmError::Procswap(crate::Error::NoSuchProcess(pid)),
-            _ => VmError::Io { path: path.clone(), source: e },
+            Some(libc::ENOENT) | Some(libc::ESRCH) => {
+                VmError::Procswap(crate::Error::NoSuchProcess(pid))
+            }
+            _ => VmError::Io {
+                path: path.clone(),
+                source: e,
+            },
         })?;
         GuestRam::assemble(pid, &flat, &main, &bases, &parse_maps(&maps_text)?)
     }
@@ -287,7 +374,13 @@ impl GuestRam {
 
     /// Host ranges of all guest RAM.
     pub fn hva_ranges(&self) -> Vec<crate::Range> {
-        self.ranges.iter().map(|r| crate::Range { start: r.hva, len: r.len }).collect()
+        self.ranges
+            .iter()
+            .map(|r| crate::Range {
+                start: r.hva,
+                len: r.len,
+            })
+            .collect()
     }
 }
 
@@ -313,11 +406,18 @@ mod tests {
         let mut bases = BTreeMap::new();
         bases.insert(main.clone(), hva0);
         // Every captured gpa2hva line of the main block agrees with the assembled translation.
-        let ram = GuestRam::assemble(4242, &flat, &main, &bases, &parse_maps(&maps).unwrap()).unwrap();
+        let ram =
+            GuestRam::assemble(4242, &flat, &main, &bases, &parse_maps(&maps).unwrap()).unwrap();
         for l in g.lines() {
-            let gpa = hex(l.split_whitespace().find(|w| w.starts_with("0x")).unwrap(), "gpa").unwrap();
+            let gpa = hex(
+                l.split_whitespace().find(|w| w.starts_with("0x")).unwrap(),
+                "gpa",
+            )
+            .unwrap();
             match parse_gpa2hva(l) {
-                Ok((n, hva)) if n == main => assert_eq!(ram.gpa_to_hva(gpa), Some(hva), "{tag}: {l}"),
+                Ok((n, hva)) if n == main => {
+                    assert_eq!(ram.gpa_to_hva(gpa), Some(hva), "{tag}: {l}")
+                }
                 Ok(_) => assert_eq!(ram.gpa_to_hva(gpa), None, "{tag}: {l} is not main RAM"),
                 Err(_) => assert_eq!(ram.gpa_to_hva(gpa), None, "{tag}: {l}"),
             }
@@ -331,11 +431,25 @@ mod tests {
         let ram: Vec<_> = f.iter().filter(|r| r.kind == "ram").collect();
         assert_eq!(ram.len(), 3);
         assert_eq!((ram[0].start, ram[0].len, ram[0].offset), (0, 0xc0000, 0));
-        assert_eq!((ram[1].start, ram[1].len, ram[1].offset), (0x100000, 0xbff00000, 0x100000));
-        assert_eq!((ram[2].start, ram[2].len, ram[2].offset), (1 << 32, 1 << 30, 0xc0000000));
+        assert_eq!(
+            (ram[1].start, ram[1].len, ram[1].offset),
+            (0x100000, 0xbff00000, 0x100000)
+        );
+        assert_eq!(
+            (ram[2].start, ram[2].len, ram[2].offset),
+            (1 << 32, 1 << 30, 0xc0000000)
+        );
         assert!(ram.iter().all(|r| r.name == "pc.ram"));
         let bios = f.iter().find(|r| r.start == 0xe0000).unwrap();
-        assert_eq!((bios.kind.as_str(), bios.name.as_str(), bios.offset, bios.prio), ("rom", "pc.bios", 0x20000, 0));
+        assert_eq!(
+            (
+                bios.kind.as_str(),
+                bios.name.as_str(),
+                bios.offset,
+                bios.prio
+            ),
+            ("rom", "pc.bios", 0x20000, 0)
+        );
         let msi = f.iter().find(|r| r.name == "apic-msi").unwrap();
         assert_eq!((msi.kind.as_str(), msi.prio), ("i/o", 4096));
     }
@@ -345,35 +459,62 @@ mod tests {
         let r = assemble("pc-512m", PC512_MTREE);
         assert_eq!(r.bytes(), (512 << 20) - 0x40000); // 0xc0000-0xfffff are ROMs
         assert_eq!(r.ranges.len(), 2);
-        assert_eq!(r.gpa_to_hva(0x1000_0000), Some(0x7f01abe00000 + 0x1000_0000));
+        assert_eq!(
+            r.gpa_to_hva(0x1000_0000),
+            Some(0x7f01abe00000 + 0x1000_0000)
+        );
         assert_eq!(r.gpa_to_hva(0xc0000), None);
         assert_eq!(r.gpa_to_hva(512 << 20), None);
 
         let r = assemble("pc-4g", PC4G_MTREE);
         // pc: 3 GiB below the hole, 1 GiB above 4 GiB, continuing at block offset 3 GiB.
         let hi = r.ranges.last().unwrap();
-        assert_eq!((hi.gpa, hi.len, hi.block_offset), (1 << 32, 1 << 30, 3 << 30));
+        assert_eq!(
+            (hi.gpa, hi.len, hi.block_offset),
+            (1 << 32, 1 << 30, 3 << 30)
+        );
         assert_eq!(r.gpa_to_hva(1 << 32), Some(0x7efd7fe00000 + (3 << 30)));
         assert_eq!(r.gpa_to_hva(0xc000_0000), None, "PCI hole");
-        assert_eq!(r.gpa_to_hva(0xbfff_ffff), Some(0x7efd7fe00000 + 0xbfff_ffff));
+        assert_eq!(
+            r.gpa_to_hva(0xbfff_ffff),
+            Some(0x7efd7fe00000 + 0xbfff_ffff)
+        );
 
         let r = assemble("q35-4g", Q35_MTREE);
         let hi = r.ranges.last().unwrap();
-        assert_eq!((hi.gpa, hi.len, hi.block_offset), (1 << 32, 2 << 30, 2 << 30));
+        assert_eq!(
+            (hi.gpa, hi.len, hi.block_offset),
+            (1 << 32, 2 << 30, 2 << 30)
+        );
         assert_eq!(r.gpa_to_hva(0x8000_0000), None, "q35 hole starts at 2 GiB");
-        assert_eq!(r.gpa_to_hva((1 << 32) + 5), Some(0x7f313be00000 + (2 << 30) + 5));
+        assert_eq!(
+            r.gpa_to_hva((1 << 32) + 5),
+            Some(0x7f313be00000 + (2 << 30) + 5)
+        );
     }
 
     #[test]
     fn ramblock_and_gpa2hva_parsers() {
         let b = parse_ramblock(include_str!("testdata/pc-4g.ramblock.txt")).unwrap();
         assert_eq!(b.len(), 6);
-        assert_eq!(b[0], RamBlock { name: "pc.ram".into(), page_size: 4096, offset: 0, used: 1 << 32, total: 1 << 32 });
+        assert_eq!(
+            b[0],
+            RamBlock {
+                name: "pc.ram".into(),
+                page_size: 4096,
+                offset: 0,
+                used: 1 << 32,
+                total: 1 << 32
+            }
+        );
         assert_eq!(main_block(&b).unwrap().name, "pc.ram");
         assert_eq!(b[1].name, "/rom@etc/acpi/tables");
         assert!(parse_ramblock("garbage\n").is_err());
         assert!(parse_ramblock("").is_err());
-        assert_eq!(parse_gpa2hva("Host virtual address for 0x0 (pc.ram) is 0x7f313be00000\n").unwrap(), ("pc.ram".into(), 0x7f313be00000));
+        assert_eq!(
+            parse_gpa2hva("Host virtual address for 0x0 (pc.ram) is 0x7f313be00000\n").unwrap(),
+            ("pc.ram".into(), 0x7f313be00000)
+        );
         assert!(parse_gpa2hva("No memory is mapped at address 0x100000000").is_err());
     }
 
@@ -381,15 +522,21 @@ mod tests {
     fn bad_inputs_are_refused() {
         assert!(parse_mtree_flat("").is_err());
         assert!(parse_mtree_flat("FlatView #0\n AS \"I/O\", root: io\n").is_err());
-        assert!(parse_mtree_flat("FlatView #0\n AS \"memory\", root: system\n  0000-zzzz (prio 0, ram): x\n").is_err());
+        assert!(parse_mtree_flat(
+            "FlatView #0\n AS \"memory\", root: system\n  0000-zzzz (prio 0, ram): x\n"
+        )
+        .is_err());
         let flat = parse_mtree_flat(PC512_MTREE).unwrap();
         let mut bases = BTreeMap::new();
         bases.insert("pc.ram".to_string(), 0x7f01abe00000);
         // A mapping too short for guest RAM, and a shared mapping: refused.
         let short = parse_maps("7f01abe00000-7f01abf00000 rw-p 00000000 00:00 0\n").unwrap();
         assert!(GuestRam::assemble(1, &flat, "pc.ram", &bases, &short).is_err());
-        let shared = parse_maps("7f01abe00000-7f01cbe00000 rw-s 00000000 00:01 7 /dev/shm/x\n").unwrap();
-        let e = GuestRam::assemble(1, &flat, "pc.ram", &bases, &shared).unwrap_err().to_string();
+        let shared =
+            parse_maps("7f01abe00000-7f01cbe00000 rw-s 00000000 00:01 7 /dev/shm/x\n").unwrap();
+        let e = GuestRam::assemble(1, &flat, "pc.ram", &bases, &shared)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not private writable"), "{e}");
         assert!(GuestRam::assemble(1, &flat, "vga.vram", &bases, &short).is_err());
     }

@@ -98,12 +98,20 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(segments: Vec<Segment>, threshold: f64) -> Self {
-        Self { segments, threshold }
+        Self {
+            segments,
+            threshold,
+        }
     }
 
     /// Faulted-in pages of segment `i`: swapped at the start and present in `present` now.
     pub fn faulted(&self, i: usize, present: &[bool]) -> u64 {
-        self.segments[i].swapped.iter().zip(present).filter(|(s, p)| **s && **p).count() as u64
+        self.segments[i]
+            .swapped
+            .iter()
+            .zip(present)
+            .filter(|(s, p)| **s && **p)
+            .count() as u64
     }
 
     /// Feed segment `i`'s present-bitmap; true when this triggers it (then it is done).
@@ -123,8 +131,13 @@ impl Tracker {
     /// Segments left for the rest phase, up to `max_pages`, lowest class first (ties: address
     /// order); they are marked done.
     pub fn take_rest(&mut self, max_pages: u64) -> Vec<usize> {
-        let mut cand: Vec<(u8, usize)> =
-            self.segments.iter().enumerate().filter(|(_, s)| !s.done).filter_map(|(i, s)| s.rest_class.map(|c| (c, i))).collect();
+        let mut cand: Vec<(u8, usize)> = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.done)
+            .filter_map(|(i, s)| s.rest_class.map(|c| (c, i)))
+            .collect();
         cand.sort_unstable();
         let mut out = Vec::new();
         let mut pages = 0;
@@ -141,17 +154,24 @@ impl Tracker {
 
     /// Segments still watched (not done, with swapped pages).
     pub fn watching(&self) -> usize {
-        self.segments.iter().filter(|s| !s.done && s.swapped_count > 0).count()
+        self.segments
+            .iter()
+            .filter(|s| !s.done && s.swapped_count > 0)
+            .count()
     }
 
     /// True when the rest phase has nothing left (segments may still be watched for faults).
     pub fn rest_done(&self) -> bool {
-        self.segments.iter().all(|s| s.done || s.rest_class.is_none())
+        self.segments
+            .iter()
+            .all(|s| s.done || s.rest_class.is_none())
     }
 
     /// True when nothing is left: every segment done or without swapped pages and no rest.
     pub fn finished(&self) -> bool {
-        self.segments.iter().all(|s| s.done || (s.swapped_count == 0 && s.rest_class.is_none()))
+        self.segments
+            .iter()
+            .all(|s| s.done || (s.swapped_count == 0 && s.rest_class.is_none()))
     }
 }
 
@@ -184,13 +204,22 @@ pub struct Background {
 
 impl std::fmt::Debug for Background {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Background").field("stats", &self.stats()).finish()
+        f.debug_struct("Background")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
 /// Build the segments of everything `plan` leaves to the background: guest RAM pages of
 /// classes `> before_hi` and free pages. `swapped_of` gives the pages' swapped bits.
-pub fn build_segments(plan: &Plan, before_hi: u8, guest: &[Range], cfg: &TwinkleConfig, page_size: u64, mut swapped_of: impl FnMut(u64, u64) -> crate::Result<Vec<bool>>) -> crate::Result<Vec<Segment>> {
+pub fn build_segments(
+    plan: &Plan,
+    before_hi: u8,
+    guest: &[Range],
+    cfg: &TwinkleConfig,
+    page_size: u64,
+    mut swapped_of: impl FnMut(u64, u64) -> crate::Result<Vec<bool>>,
+) -> crate::Result<Vec<Segment>> {
     let mut segs = Vec::new();
     for (start, pages) in split(guest, cfg.segment_pages, page_size) {
         let swapped = swapped_of(start, pages)?;
@@ -203,7 +232,10 @@ pub fn build_segments(plan: &Plan, before_hi: u8, guest: &[Range], cfg: &Twinkle
                 rest_class = Some(rest_class.map_or(c, |x: u8| x.min(c)));
                 match rest_ranges.last_mut() {
                     Some(r) if r.end() == a => r.len += page_size,
-                    _ => rest_ranges.push(Range { start: a, len: page_size }),
+                    _ => rest_ranges.push(Range {
+                        start: a,
+                        len: page_size,
+                    }),
                 }
             }
         }
@@ -212,16 +244,34 @@ pub fn build_segments(plan: &Plan, before_hi: u8, guest: &[Range], cfg: &Twinkle
             rest_class = None;
             rest_ranges.clear();
         }
-        segs.push(Segment { start, pages, swapped, swapped_count, rest_class, rest_ranges, done: false });
+        segs.push(Segment {
+            start,
+            pages,
+            swapped,
+            swapped_count,
+            rest_class,
+            rest_ranges,
+            done: false,
+        });
     }
     Ok(segs)
 }
 
-fn scan_bits(pm: &mut Pagemap, start: u64, pages: u64, page_size: u64, want_swapped: bool) -> crate::Result<Vec<bool>> {
+fn scan_bits(
+    pm: &mut Pagemap,
+    start: u64,
+    pages: u64,
+    page_size: u64,
+    want_swapped: bool,
+) -> crate::Result<Vec<bool>> {
     let mut v = Vec::with_capacity(pages as usize);
     pm.scan(start, start + pages * page_size, |_, info| {
         let (present, _, swap) = classify(&info);
-        v.push(if want_swapped { !present && swap.is_some() } else { present });
+        v.push(if want_swapped {
+            !present && swap.is_some()
+        } else {
+            present
+        });
     })?;
     Ok(v)
 }
@@ -229,16 +279,29 @@ fn scan_bits(pm: &mut Pagemap, start: u64, pages: u64, page_size: u64, want_swap
 impl Background {
     /// Start watching `pid` (QEMU, running again). `plan`: the Start's plan; classes
     /// `0..=before_hi` were fetched before `cont`; `guest`: all guest RAM host ranges.
-    pub fn spawn(backend: Box<dyn Backend>, pid: i32, plan: &Plan, before_hi: u8, guest: Vec<Range>, cfg: TwinkleConfig) -> crate::Result<Background> {
+    pub fn spawn(
+        backend: Box<dyn Backend>,
+        pid: i32,
+        plan: &Plan,
+        before_hi: u8,
+        guest: Vec<Range>,
+        cfg: TwinkleConfig,
+    ) -> crate::Result<Background> {
         let ps = sys::page_size();
         let mut pm = Pagemap::open(pid)?;
-        let segs = build_segments(plan, before_hi, &guest, &cfg, ps, |s, n| scan_bits(&mut pm, s, n, ps, true))?;
+        let segs = build_segments(plan, before_hi, &guest, &cfg, ps, |s, n| {
+            scan_bits(&mut pm, s, n, ps, true)
+        })?;
         let mut tracker = Tracker::new(segs, cfg.threshold);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(TwinkleStats {
             running: true,
             segments: tracker.segments.len() as u64,
-            segments_with_swapped: tracker.segments.iter().filter(|s| s.swapped_count > 0).count() as u64,
+            segments_with_swapped: tracker
+                .segments
+                .iter()
+                .filter(|s| s.swapped_count > 0)
+                .count() as u64,
             ..Default::default()
         }));
         let (stop2, stats2) = (Arc::clone(&stop), Arc::clone(&stats));
@@ -246,7 +309,16 @@ impl Background {
             .name(format!("twinkle-{pid}"))
             .spawn(move || {
                 let t0 = Instant::now();
-                let res = run(&*backend, pid, &mut pm, &mut tracker, &cfg, ps, &stop2, &stats2);
+                let res = run(
+                    &*backend,
+                    pid,
+                    &mut pm,
+                    &mut tracker,
+                    &cfg,
+                    ps,
+                    &stop2,
+                    &stats2,
+                );
                 let mut s = stats2.lock().unwrap_or_else(|p| p.into_inner());
                 s.running = false;
                 s.seconds = t0.elapsed().as_secs_f64();
@@ -258,8 +330,14 @@ impl Background {
                     }
                 }
             })
-            .map_err(|e| crate::Error::Unsupported(format!("spawning the background fetcher: {e}")))?;
-        Ok(Background { stop, stats, handle: Some(handle) })
+            .map_err(|e| {
+                crate::Error::Unsupported(format!("spawning the background fetcher: {e}"))
+            })?;
+        Ok(Background {
+            stop,
+            stats,
+            handle: Some(handle),
+        })
     }
 
     pub fn stats(&self) -> TwinkleStats {
@@ -297,7 +375,8 @@ fn run(
     stop: &AtomicBool,
     stats: &Mutex<TwinkleStats>,
 ) -> crate::Result<&'static str> {
-    let upd = |f: &dyn Fn(&mut TwinkleStats)| f(&mut stats.lock().unwrap_or_else(|p| p.into_inner()));
+    let upd =
+        |f: &dyn Fn(&mut TwinkleStats)| f(&mut stats.lock().unwrap_or_else(|p| p.into_inner()));
     let mut last_fetch = Instant::now();
     loop {
         if tr.finished() {
@@ -326,7 +405,13 @@ fn run(
             }
         }
         if !triggered.is_empty() {
-            let ranges: Vec<Range> = triggered.iter().map(|&i| Range { start: tr.segments[i].start, len: tr.segments[i].pages * ps }).collect();
+            let ranges: Vec<Range> = triggered
+                .iter()
+                .map(|&i| Range {
+                    start: tr.segments[i].start,
+                    len: tr.segments[i].pages * ps,
+                })
+                .collect();
             let r = super::fetch_ranges(backend, pid, ranges, &cfg.prefetch)?;
             let n = triggered.len() as u64;
             last_fetch = Instant::now();
@@ -337,7 +422,10 @@ fn run(
         } else if cfg.rest_pages_per_round > 0 {
             let take = tr.take_rest(cfg.rest_pages_per_round);
             if !take.is_empty() {
-                let ranges: Vec<Range> = take.iter().flat_map(|&i| tr.segments[i].rest_ranges.clone()).collect();
+                let ranges: Vec<Range> = take
+                    .iter()
+                    .flat_map(|&i| tr.segments[i].rest_ranges.clone())
+                    .collect();
                 let r = super::fetch_ranges(backend, pid, ranges, &cfg.prefetch)?;
                 let n = take.len() as u64;
                 last_fetch = Instant::now();
@@ -357,15 +445,40 @@ mod tests {
 
     fn seg(swapped: Vec<bool>, rest_class: Option<u8>) -> Segment {
         let swapped_count = swapped.iter().filter(|b| **b).count() as u64;
-        Segment { start: 0, pages: swapped.len() as u64, swapped, swapped_count, rest_class, rest_ranges: vec![], done: false }
+        Segment {
+            start: 0,
+            pages: swapped.len() as u64,
+            swapped,
+            swapped_count,
+            rest_class,
+            rest_ranges: vec![],
+            done: false,
+        }
     }
 
     #[test]
     fn split_into_1024_page_segments_per_range() {
         let ps = 4096;
-        let r = [Range { start: 0x1000_0000, len: 2500 * ps }, Range { start: 0x9000_0000, len: 10 * ps }];
+        let r = [
+            Range {
+                start: 0x1000_0000,
+                len: 2500 * ps,
+            },
+            Range {
+                start: 0x9000_0000,
+                len: 10 * ps,
+            },
+        ];
         let s = split(&r, 1024, ps);
-        assert_eq!(s, vec![(0x1000_0000, 1024), (0x1000_0000 + 1024 * ps, 1024), (0x1000_0000 + 2048 * ps, 452), (0x9000_0000, 10)]);
+        assert_eq!(
+            s,
+            vec![
+                (0x1000_0000, 1024),
+                (0x1000_0000 + 1024 * ps, 1024),
+                (0x1000_0000 + 2048 * ps, 452),
+                (0x9000_0000, 10)
+            ]
+        );
     }
 
     #[test]
@@ -400,7 +513,13 @@ mod tests {
     fn scattered_faults_trigger_only_their_segment_and_rest_goes_by_class() {
         let n = 1024;
         let mut t = Tracker::new(
-            vec![seg(vec![true; n], Some(8)), seg(vec![true; n], Some(6)), seg(vec![false; n], None), seg(vec![true; n], Some(7)), seg(vec![true; n], None)],
+            vec![
+                seg(vec![true; n], Some(8)),
+                seg(vec![true; n], Some(6)),
+                seg(vec![false; n], None),
+                seg(vec![true; n], Some(7)),
+                seg(vec![true; n], None),
+            ],
             0.30,
         );
         // Segment 1 gets every third page faulted (34 %), segment 0 10 %.
@@ -428,20 +547,73 @@ mod tests {
         let ps = 4096;
         let base = 0x4000_0000u64;
         // 2048 pages: 0..100 class 0, 100..1024 free, 1024..1500 class 6, 1500..2048 class 9.
-        let mut classes: Vec<ClassPlan> = (0..10).map(|c| ClassPlan { class: c, ..Default::default() }).collect();
-        classes[0].ranges = vec![Range { start: base, len: 100 * ps }];
-        classes[6].ranges = vec![Range { start: base + 1024 * ps, len: 476 * ps }];
-        classes[9].ranges = vec![Range { start: base + 1500 * ps, len: 548 * ps }];
-        let plan = Plan { classes, free_ranges: vec![Range { start: base + 100 * ps, len: 924 * ps }], skipped_free_pages: 924, guest_pages: 2048 };
+        let mut classes: Vec<ClassPlan> = (0..10)
+            .map(|c| ClassPlan {
+                class: c,
+                ..Default::default()
+            })
+            .collect();
+        classes[0].ranges = vec![Range {
+            start: base,
+            len: 100 * ps,
+        }];
+        classes[6].ranges = vec![Range {
+            start: base + 1024 * ps,
+            len: 476 * ps,
+        }];
+        classes[9].ranges = vec![Range {
+            start: base + 1500 * ps,
+            len: 548 * ps,
+        }];
+        let plan = Plan {
+            classes,
+            free_ranges: vec![Range {
+                start: base + 100 * ps,
+                len: 924 * ps,
+            }],
+            skipped_free_pages: 924,
+            guest_pages: 2048,
+        };
         let cfg = TwinkleConfig::default();
-        let segs = build_segments(&plan, 5, &[Range { start: base, len: 2048 * ps }], &cfg, ps, |_, n| Ok(vec![true; n as usize])).unwrap();
+        let segs = build_segments(
+            &plan,
+            5,
+            &[Range {
+                start: base,
+                len: 2048 * ps,
+            }],
+            &cfg,
+            ps,
+            |_, n| Ok(vec![true; n as usize]),
+        )
+        .unwrap();
         assert_eq!(segs.len(), 2);
-        assert_eq!(segs[0].rest_class, None, "class 0 was fetched before cont, the rest is free");
+        assert_eq!(
+            segs[0].rest_class, None,
+            "class 0 was fetched before cont, the rest is free"
+        );
         assert!(segs[0].rest_ranges.is_empty());
         assert_eq!(segs[1].rest_class, Some(6));
-        assert_eq!(segs[1].rest_ranges, vec![Range { start: base + 1024 * ps, len: 1024 * ps }]);
+        assert_eq!(
+            segs[1].rest_ranges,
+            vec![Range {
+                start: base + 1024 * ps,
+                len: 1024 * ps
+            }]
+        );
         // Nothing swapped: nothing for later.
-        let segs = build_segments(&plan, 5, &[Range { start: base, len: 2048 * ps }], &cfg, ps, |_, n| Ok(vec![false; n as usize])).unwrap();
+        let segs = build_segments(
+            &plan,
+            5,
+            &[Range {
+                start: base,
+                len: 2048 * ps,
+            }],
+            &cfg,
+            ps,
+            |_, n| Ok(vec![false; n as usize]),
+        )
+        .unwrap();
         assert!(segs.iter().all(|s| s.rest_class.is_none()));
         assert!(Tracker::new(segs, 0.3).finished());
     }

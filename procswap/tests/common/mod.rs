@@ -57,7 +57,17 @@ impl Child {
         stdout.read_line(&mut l).unwrap();
         assert!(l.starts_with("HELLO "), "child said {l:?}");
         let pid = proc.id() as i32;
-        Child { proc, stdin, stdout, pid, anon: (0, 0), file: (0, 0), cgroups: vec![], freezer: None, file_path: None }
+        Child {
+            proc,
+            stdin,
+            stdout,
+            pid,
+            anon: (0, 0),
+            file: (0, 0),
+            cgroups: vec![],
+            freezer: None,
+            file_path: None,
+        }
     }
 
     pub fn cmd(&mut self, line: &str) -> String {
@@ -72,7 +82,10 @@ impl Child {
     /// mlocked / shared-anon areas.
     pub fn alloc(&mut self, anon_mib: u64, file_mib: u64, locked_mib: u64, shared_mib: u64) {
         let path = PathBuf::from(format!("/var/tmp/torpor-testchild-{}.dat", self.pid));
-        let r = self.cmd(&format!("ALLOC {anon_mib} {} {file_mib} {locked_mib} {shared_mib}", path.display()));
+        let r = self.cmd(&format!(
+            "ALLOC {anon_mib} {} {file_mib} {locked_mib} {shared_mib}",
+            path.display()
+        ));
         self.file_path = Some(path);
         let v: Vec<&str> = r.split_whitespace().collect();
         assert_eq!(v.first(), Some(&"READY"), "child: {r}");
@@ -87,7 +100,12 @@ impl Child {
         let v: Vec<&str> = r.split_whitespace().collect();
         assert_eq!(v.first(), Some(&"OK"), "child verification failed: {r}");
         let n = |i: usize| v[i].parse::<u64>().unwrap();
-        Verify { anon_majflt: n(1), anon_minflt: n(2), anon_us: n(3), rest_majflt: n(4) }
+        Verify {
+            anon_majflt: n(1),
+            anon_minflt: n(2),
+            anon_us: n(3),
+            rest_majflt: n(4),
+        }
     }
 
     pub fn kill(&mut self) {
@@ -100,9 +118,17 @@ impl Child {
 
     /// Kill without reaping: leaves a zombie.
     pub fn kill_no_reap(&mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         for _ in 0..200 {
-            if procfs::process::Process::new(self.pid).and_then(|p| p.stat()).map(|s| s.state == 'Z').unwrap_or(false) {
+            if procfs::process::Process::new(self.pid)
+                .and_then(|p| p.stat())
+                .map(|s| s.state == 'Z')
+                .unwrap_or(false)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -149,7 +175,8 @@ impl Mode {
 /// Is this mode selected by `TORPOR_TEST_CGROUP` (v1|v2|signals|auto, comma-separated; default auto)?
 pub fn selected(mode: Mode) -> bool {
     let sel = std::env::var("TORPOR_TEST_CGROUP").unwrap_or_else(|_| "auto".into());
-    sel.split(',').any(|s| s.trim() == "auto" || s.trim() == mode.name())
+    sel.split(',')
+        .any(|s| s.trim() == "auto" || s.trim() == mode.name())
 }
 
 /// Must this mode run (fail if it cannot)? `TORPOR_TEST_REQUIRE` = comma-separated modes, or
@@ -157,14 +184,20 @@ pub fn selected(mode: Mode) -> bool {
 pub fn required(mode: Mode) -> bool {
     let req = std::env::var("TORPOR_TEST_REQUIRE").unwrap_or_default();
     let sel = std::env::var("TORPOR_TEST_CGROUP").unwrap_or_default();
-    req.split(',').chain(sel.split(',')).any(|s| s.trim() == "all" || s.trim() == mode.name())
+    req.split(',')
+        .chain(sel.split(','))
+        .any(|s| s.trim() == "all" || s.trim() == mode.name())
 }
 
 /// Record a mode's outcome in the summary file (`TORPOR_TEST_SUMMARY`) and on stderr.
 pub fn summary(line: &str) {
     eprintln!("=== {line}");
     if let Ok(p) = std::env::var("TORPOR_TEST_SUMMARY") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -207,7 +240,10 @@ pub fn setup(mode: Mode, child: &mut Child) -> Result<(Freezer, String), String>
                 }
             }
         }
-        let parent = own.v1_memory.clone().ok_or("no v1 memory hierarchy and no usable v2 memory controller")?;
+        let parent = own
+            .v1_memory
+            .clone()
+            .ok_or("no v1 memory hierarchy and no usable v2 memory controller")?;
         let d = cgroup::create_v1(&parent, &name).map_err(|e| e.to_string())?;
         child.cgroups.push(d.clone());
         cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
@@ -216,7 +252,10 @@ pub fn setup(mode: Mode, child: &mut Child) -> Result<(Freezer, String), String>
     };
     let freezer = match mode {
         Mode::V1 => {
-            let fparent = own.v1_freezer.clone().ok_or("no v1 freezer hierarchy mounted")?;
+            let fparent = own
+                .v1_freezer
+                .clone()
+                .ok_or("no v1 freezer hierarchy mounted")?;
             if m.v1_memory.is_none() {
                 return Err("no v1 memory hierarchy mounted".into());
             }
@@ -230,13 +269,17 @@ pub fn setup(mode: Mode, child: &mut Child) -> Result<(Freezer, String), String>
             let parent = own.v2.clone().ok_or("no cgroup2 mount")?;
             // With the v2 memory controller available, one v2 group carries both.
             let d = match v2_memory_parent() {
-                Some(_) => cgroup::create_v2(&parent, &name, &["memory"]).or_else(|_| cgroup::create_v2(&parent, &name, &[])),
+                Some(_) => cgroup::create_v2(&parent, &name, &["memory"])
+                    .or_else(|_| cgroup::create_v2(&parent, &name, &[])),
                 None => cgroup::create_v2(&parent, &name, &[]),
             }
             .map_err(|e| e.to_string())?;
             child.cgroups.push(d.clone());
             if !d.join("cgroup.freeze").exists() {
-                return Err(format!("{} has no cgroup.freeze (kernel < 5.2?)", d.display()));
+                return Err(format!(
+                    "{} has no cgroup.freeze (kernel < 5.2?)",
+                    d.display()
+                ));
             }
             cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
             setup_memory(child, Some(&d))?;
@@ -249,8 +292,13 @@ pub fn setup(mode: Mode, child: &mut Child) -> Result<(Freezer, String), String>
     };
     let desc = format!("freezer: {freezer}; {memdesc}");
     // Sanity: the library finds the same memcg.
-    let mc = Memcg::of_pid(child.pid).map_err(|e| e.to_string())?.ok_or("library finds no memcg for the child")?;
-    assert!(memdesc.contains(&mc.dir().display().to_string()), "library memcg {mc:?} vs setup {memdesc}");
+    let mc = Memcg::of_pid(child.pid)
+        .map_err(|e| e.to_string())?
+        .ok_or("library finds no memcg for the child")?;
+    assert!(
+        memdesc.contains(&mc.dir().display().to_string()),
+        "library memcg {mc:?} vs setup {memdesc}"
+    );
     Ok((freezer, desc))
 }
 

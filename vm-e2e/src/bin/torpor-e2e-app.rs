@@ -38,14 +38,34 @@ impl App {
             "/verify" => {
                 let t = Instant::now();
                 match pattern::first_mismatch(self.seed, 0, &self.data) {
-                    None => (200, format!("ok words={} ms={}\n", self.data.len(), t.elapsed().as_millis())),
+                    None => (
+                        200,
+                        format!(
+                            "ok words={} ms={}\n",
+                            self.data.len(),
+                            t.elapsed().as_millis()
+                        ),
+                    ),
                     Some((first, n)) => {
-                        eprintln!("{}: VERIFY FAILED: {n} bad words, first at {first} (page {})", self.name, first / pattern::WORDS_PER_PAGE);
+                        eprintln!(
+                            "{}: VERIFY FAILED: {n} bad words, first at {first} (page {})",
+                            self.name,
+                            first / pattern::WORDS_PER_PAGE
+                        );
                         (500, format!("bad words={n} first={first}\n"))
                     }
                 }
             }
-            "/info" => (200, format!("pid={} mib={} ws_mib={} seed={}\n", std::process::id(), self.mib, self.ws_mib, self.seed)),
+            "/info" => (
+                200,
+                format!(
+                    "pid={} mib={} ws_mib={} seed={}\n",
+                    std::process::id(),
+                    self.mib,
+                    self.ws_mib,
+                    self.seed
+                ),
+            ),
             _ => (404, "not found\n".to_string()),
         }
     }
@@ -108,14 +128,25 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let mut data = vec![0u64; mib * WORDS_PER_MIB];
     pattern::fill(seed, 0, &mut data);
-    eprintln!("{name}: pid {} filled {mib} MiB (seed {seed}, working set {ws_mib} MiB) in {} ms", std::process::id(), t.elapsed().as_millis());
-    let app = App { name: name.clone(), seed, mib, ws_mib, data };
+    eprintln!(
+        "{name}: pid {} filled {mib} MiB (seed {seed}, working set {ws_mib} MiB) in {} ms",
+        std::process::id(),
+        t.elapsed().as_millis()
+    );
+    let app = App {
+        name: name.clone(),
+        seed,
+        mib,
+        ws_mib,
+        data,
+    };
     // Prove the fill before listening: a broken pattern must not look like swap corruption later.
     let (code, body) = app.handle("/verify");
     if code != 200 {
         bail!("self-check after fill failed: {body}");
     }
-    let l = TcpListener::bind((bind.as_str(), port)).with_context(|| format!("bind {bind}:{port}"))?;
+    let l =
+        TcpListener::bind((bind.as_str(), port)).with_context(|| format!("bind {bind}:{port}"))?;
     eprintln!("{name}: listening on {bind}:{port} ({})", body.trim());
     for s in l.incoming() {
         match s {

@@ -21,22 +21,45 @@ fn main() -> Result<()> {
         _ => bail!("usage: torpor-vm-e2e smoke|bench DIR [options]"),
     };
     let env = GuestEnv::load(&dir)?;
-    let opt = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
-    let boot_timeout = Duration::from_secs(opt("--boot-timeout").map(|s| s.parse()).transpose().context("--boot-timeout")?.unwrap_or(300));
+    let opt = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let boot_timeout = Duration::from_secs(
+        opt("--boot-timeout")
+            .map(|s| s.parse())
+            .transpose()
+            .context("--boot-timeout")?
+            .unwrap_or(300),
+    );
     match cmd {
         "smoke" => vm_e2e::smoke::run(&env, &guest_sh(), boot_timeout),
         "bench" => {
-            let bin_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+            let bin_dir = std::env::current_exe()?
+                .parent()
+                .context("exe dir")?
+                .to_path_buf();
             let o = vm_e2e::bench::Opts {
-                trials: opt("--trials").map(|s| s.parse()).transpose().context("--trials")?.unwrap_or(3),
+                trials: opt("--trials")
+                    .map(|s| s.parse())
+                    .transpose()
+                    .context("--trials")?
+                    .unwrap_or(3),
                 out_dir: match opt("--out") {
                     Some(o) => PathBuf::from(o),
-                    None => std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))?.join("bench/results/vm-resume"),
+                    None => std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))?
+                        .join("bench/results/vm-resume"),
                 },
                 guest_sh: guest_sh(),
                 driver: opt("--driver").unwrap_or_else(|| "torpord".into()),
-                torpord_bin: opt("--torpord").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("torpord")),
-                torpor_bin: opt("--torpor").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("torpor")),
+                torpord_bin: opt("--torpord")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| bin_dir.join("torpord")),
+                torpor_bin: opt("--torpor")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| bin_dir.join("torpor")),
                 boot_timeout,
             };
             vm_e2e::bench::run(&env, &o)
