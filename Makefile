@@ -13,10 +13,14 @@ KDIR_FILE := target/kdir
 deps:
 	@scripts/deps.sh
 
+# Cargo-only targets (host-test, clippy) run without root where cargo and clippy are present;
+# elsewhere they first run `deps` (root) to install them.
+CARGO_DEPS := $(if $(shell $(CARGO) clippy --version 2>/dev/null),,deps)
+
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-clippy: deps
+clippy: $(CARGO_DEPS)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The format is code (rustfmt.toml); `cargo fmt --all` fixes what this refuses.
@@ -66,7 +70,7 @@ vm-fuzz: kmod target/vm-bins.env
 vm-harness-test: kmod target/vm-bins.env
 	vm-images/tests/harness-selftest.sh
 
-host-test: deps
+host-test: $(CARGO_DEPS)
 	$(CARGO) test --workspace
 
 # procswap + torpor CLI as root on the host (own swapfile, cgroups v1/v2/signals).

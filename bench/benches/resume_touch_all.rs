@@ -7,7 +7,6 @@
 //! needs at least 10 samples), `TORPOR_BENCH_SIZES=64,256` (override sizes), `TORPOR_BENCH_FREEZER`
 //! (auto|v2|v1|signal), `TORPOR_BENCH_RESULTS=<file.md>` (write the markdown results there),
 //! `TORPOR_BENCH_JSON=<file.json>` (raw measurements; default `target/torpor-bench/resume_touch_all.json`).
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use anyhow::{Context, Result};
 use bench::floor::{FloorFile, DEFAULT_BLOCK};

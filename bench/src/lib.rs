@@ -1,5 +1,4 @@
 //! torpor benchmarks: shared helpers for the criterion benches and the scenario harness.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
 pub mod floor;

@@ -8,7 +8,6 @@
 //! - [`client`]: a blocking client for that socket (CLI, tests).
 //! - [`overload`]: the sustained-overload (seed 001) and hotspot (seed 002) detectors.
 //! - [`probe`]: readiness probes; [`notify`]: sd_notify.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
 pub mod client;

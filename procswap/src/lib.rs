@@ -47,7 +47,6 @@
 //! their old swap slot on the next purge (the kernel drops them without writing), so a layout
 //! is written once per dirtied page; a fetched file page is mapped with up to 15 cached
 //! neighbours on one fault (fault-around), so file touches are recorded at 64 KiB granularity.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
 pub mod cgroup;

@@ -7,7 +7,6 @@
 //! - [`qmp`]: a QMP client on QEMU's unix socket (`qmp_capabilities`, `stop`, `cont`, `query-status`);
 //! - [`mem`]: the QEMU process's guest-RAM mapping and its present/swapped pages (pagemap),
 //!   `/proc/meminfo`, `/proc/vmstat` and block-device counters.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
 pub mod guest;

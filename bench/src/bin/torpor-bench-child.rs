@@ -21,7 +21,6 @@
 //! - `VERIFY` → re-checks every checksum (data integrity after purge/prefetch cycles); answers
 //!   `OK` or `BAD <mib index>`;
 //! - `EXIT` (or end of input) → exits 0.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::io::{BufRead, Write};
 use std::num::NonZeroUsize;

@@ -14,7 +14,6 @@
 //! (default out: `bench/results`). Every timed resume is preceded by a proof that the child's
 //! memory is out (pagemap, memcg usage, memcg swapcached); every comparison is interleaved
 //! within one run.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use anyhow::{bail, ensure, Context, Result};
 use bench::floor::{FloorFile, DEFAULT_BLOCK};

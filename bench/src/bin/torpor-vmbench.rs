@@ -9,7 +9,6 @@
 //! process_vm_readv vs the PREFETCH ioctl. Memory is proven out before every timed resume
 //! (pagemap, memcg usage, SwapCached). Prints a table and writes markdown to
 //! `$TORPOR_VMBENCH_OUT` (default /tmp/job/vmbench.md).
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use anyhow::{ensure, Context, Result};
 use bench::resume::{FreezerChoice, Measurement, Subject, Variant};

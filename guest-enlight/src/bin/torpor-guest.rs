@@ -1,7 +1,7 @@
 //! torpor-guest: the guest agent. Serves the guest-enlightenment protocol
 //! (see guest-enlight/PROTOCOL.md) on a virtio-serial port, a unix socket, or
 //! stdin/stdout, one request at a time; `dump` prints map summaries.
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::too_many_lines)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -16,7 +16,7 @@ use guest_enlight::{Category, MapSourceKind};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Default virtio-serial port name (QEMU: `-device virtserialport,name=org.torpor.agent.0`).
@@ -156,24 +156,7 @@ fn main() -> Result<()> {
                 serve_stream(stdin, stdout, source, max_payload)?;
                 Ok(())
             } else if let Some(path) = unix {
-                let _ = std::fs::remove_file(&path);
-                let l = UnixListener::bind(&path)
-                    .with_context(|| format!("bind {}", path.display()))?;
-                tracing::info!(path = %path.display(), "serving on unix socket");
-                for conn in l.incoming() {
-                    let conn = match conn {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!("accept: {e}");
-                            continue;
-                        }
-                    };
-                    let w = conn.try_clone().context("clone socket")?;
-                    if let Err(e) = serve_stream(conn, w, source, max_payload) {
-                        tracing::warn!("connection ended: {e:#}");
-                    }
-                }
-                Ok(())
+                serve_unix(&path, source, max_payload)
             } else {
                 let path = device
                     .unwrap_or_else(|| PathBuf::from(format!("/dev/virtio-ports/{port_name}")));
@@ -211,6 +194,27 @@ fn main() -> Result<()> {
             print_summary(&s, json)
         }
     }
+}
+
+/// Serves the protocol on a unix socket at `path`, one connection at a time, forever.
+fn serve_unix(path: &Path, source: &mut dyn MapSource, max_payload: u32) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    tracing::info!(path = %path.display(), "serving on unix socket");
+    for conn in l.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let w = conn.try_clone().context("clone socket")?;
+        if let Err(e) = serve_stream(conn, w, source, max_payload) {
+            tracing::warn!("connection ended: {e:#}");
+        }
+    }
+    Ok(())
 }
 
 /// Pick the map source (`serving`: the agent, which samples activity in the background

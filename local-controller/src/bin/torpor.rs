@@ -1,5 +1,4 @@
 //! `torpor`: command-line front end.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};

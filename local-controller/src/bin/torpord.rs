@@ -1,5 +1,4 @@
 //! `torpord`: the torpor local controller daemon.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

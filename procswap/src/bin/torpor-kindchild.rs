@@ -17,7 +17,6 @@
 //! - `READ <page>...` → `pread`s those pages of the RFILE; `OK <majflt> <minflt> <micros>`
 //! - `VERIFY` → checks every page of every area; `OK <majflt> <minflt>` or `BAD <what>`
 //! - `EXIT`.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::fs::File;
 use std::io::{BufRead, Write};

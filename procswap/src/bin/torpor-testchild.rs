@@ -12,7 +12,6 @@
 //! - `TOUCH <from_mib> <to_mib> <millis>` → reads every page of that part of the anon area,
 //!   repeatedly for `millis` (at least once, however late it runs); answers `TOUCHED`;
 //! - `EXIT` → exits 0.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::fs::File;
 use std::io::{BufRead, Write};
