@@ -126,6 +126,9 @@ pub struct PurgeSummary {
     pub swapped_bytes: u64,
     pub seconds: f64,
     pub reclaim_note: Option<String>,
+    /// The purge is partial (swap full...): procswap's note, per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
     pub unix_time: f64,
 }
 
@@ -1026,6 +1029,10 @@ impl Controller {
                     if let Some(rc) = r.reclaim.as_ref().and_then(|rc| rc.incomplete.clone()) {
                         sum.reclaim_note = Some(rc);
                     }
+                    if let Some(p) = r.partial {
+                        self.event(Some(&name), "purge", format!("pid {pid}: {p}"));
+                        sum.partial = Some(format!("pid {pid}: {p}"));
+                    }
                 }
                 Err(procswap::Error::NoSuchProcess(_)) => continue,
                 Err(e) => {
@@ -1213,6 +1220,7 @@ impl Controller {
 
     fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<serde_json::Value, ApiError> {
         let name = slot.cfg.name.clone();
+        self.activation_exited(slot);
         self.set(slot, |r| {
             r.state = AppState::Starting;
             r.in_flight = Some("start".into());
@@ -1542,6 +1550,7 @@ impl Controller {
                 r.state = AppState::Stopped;
                 r.pid = None;
             });
+            self.activation_exited(slot);
             return Err(serde_json::json!({"app": name, "state": "stopped", "already": true}));
         }
         if o.frozen && matches!(state, AppState::Suspended | AppState::Standby) {
@@ -1740,6 +1749,7 @@ impl Controller {
                         "exited",
                         format!("no process left in its cgroup (was {})", state.as_str()),
                     );
+                    self.activation_exited(slot);
                 }
             }
         }

@@ -22,6 +22,17 @@ echo "== torpord root suite (with a temporary swapfile)" >&2
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_torpord -- \
     --ignored --test-threads=1 --nocapture "$@"
 rc=$?
+echo "== loading-set activation: bad input and faults (issue 12)" >&2
+# shellcheck disable=SC2086
+nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_activation -- \
+    --ignored --test-threads=1 --nocapture --skip swap_full_at_stop "$@" || rc=1
+# Swap full at Stop: the only swap is a 64 MiB swapfile, smaller than the test's 256 MiB app.
+if [ "$#" = 0 ] || [[ swap_full_at_stop_partial_purge_loses_nothing == *"$1"* ]]; then
+    # shellcheck disable=SC2086
+    TORPOR_SWAP_MIB=64 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller \
+        --test root_activation -- --ignored --test-threads=1 --nocapture --exact \
+        swap_full_at_stop_partial_purge_loses_nothing || rc=1
+fi
 echo "== torpord VM-app root suite (real qemu-system-x86_64 -accel tcg, fake guest agent)" >&2
 command -v qemu-system-x86_64 >/dev/null || { echo "run-root-tests.sh: qemu-system-x86_64 is needed (apt-get install qemu-system-x86)" >&2; rc=1; }
 # shellcheck disable=SC2086

@@ -165,6 +165,11 @@ pub struct PurgeReport {
     pub kind_notes: Vec<String>,
     #[serde(default)]
     pub layout: Option<LayoutReport>,
+    /// Set when the purge is partial: private anonymous memory the page-out should have moved
+    /// to swap is still resident (swap full, or the kernel refused); says how much and how much
+    /// swap is free. Nothing is lost: those pages simply stay in RAM.
+    #[serde(default)]
+    pub partial: Option<String>,
     /// The Stop-time residency snapshot (taken before the page-out), for the Start plan
     /// ([`crate::ActivationPlan::compute`]). Not serialized: persist it separately.
     #[serde(skip)]
@@ -369,6 +374,21 @@ pub fn purge_with(
         });
     }
 
+    let left = un.anon_bytes.saturating_sub(un.anon_shared_bytes);
+    let partial = (left > 0).then(|| {
+        format!(
+            "partial purge: {} KiB of private anonymous memory still resident; swap free {} of {} MiB{}",
+            left >> 10,
+            mem1.swap_free >> 20,
+            mem1.swap_total >> 20,
+            if mem1.swap_free < left {
+                " (swap full: it does not fit)"
+            } else {
+                ""
+            }
+        )
+    });
+
     Ok(PurgeReport {
         pid,
         backend: backend.name().to_string(),
@@ -410,6 +430,7 @@ pub fn purge_with(
         snapshot_bytes,
         kind_notes,
         layout,
+        partial,
         snapshot,
     })
 }

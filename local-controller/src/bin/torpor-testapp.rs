@@ -2,8 +2,12 @@
 //!   GET /        null request
 //!   GET /touch   touch every page
 //!   GET /verify  recompute the checksums (500 when any differs)
+//!   GET /files   each --map file read through its mapping and each --read file re-read
+//!                (`map|read <path> <bytes> <fnv>` lines, up to the file's current size: a
+//!                file truncated since is read only as far as it goes now, never past its end)
 //! Options: --port P (required), --mib N (default 64), --seed S, --startup-delay-ms D,
-//! --never-ready (allocate, then never listen).
+//! --never-ready (allocate, then never listen), --map FILE (map it shared read-only and read
+//! it; repeatable), --read FILE (read it and keep it open; repeatable).
 
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
@@ -26,6 +30,82 @@ fn checksum(b: &[u8]) -> u64 {
     h
 }
 
+/// FNV-1a over bytes (the `/files` checksum; tests compute the same).
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A file mapped shared and read-only, kept open (its size is checked before each read).
+struct MappedFile {
+    path: String,
+    file: std::fs::File,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl MappedFile {
+    fn open(path: &str) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+        let len = file.metadata()?.len() as usize;
+        anyhow::ensure!(len > 0, "{path} is empty");
+        // SAFETY: a fresh shared read-only mapping of `len` bytes of an open file; it is only
+        // read through `read_current`, never past the file's size at the time of the read.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        anyhow::ensure!(
+            ptr != libc::MAP_FAILED,
+            "mmap {path}: {}",
+            std::io::Error::last_os_error()
+        );
+        let m = Self {
+            path: path.to_string(),
+            file,
+            ptr: ptr as *const u8,
+            len,
+        };
+        m.read_current();
+        Ok(m)
+    }
+
+    /// Read the mapping up to the file's current size (a file truncated since is read only as
+    /// far as it goes now: reading past its end would be a SIGBUS). Single-threaded server:
+    /// nothing of ours truncates it while we read.
+    fn read_current(&self) -> (usize, u64) {
+        let n = self
+            .file
+            .metadata()
+            .map(|m| (m.len() as usize).min(self.len))
+            .unwrap_or(0);
+        // SAFETY: `ptr` maps `len` readable bytes and `n <= len` is within the file's current
+        // size, so every byte read is backed by the file.
+        let b = unsafe { std::slice::from_raw_parts(self.ptr, n) };
+        (n, fnv(b))
+    }
+}
+
+/// The whole file as it is now, read through the descriptor kept open (`pread` from 0).
+fn read_all_at(f: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::os::unix::fs::FileExt::read_at(f, &mut buf, v.len() as u64)?;
+        if n == 0 {
+            return Ok(v);
+        }
+        v.extend_from_slice(&buf[..n]);
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let opt = |k: &str| {
@@ -46,6 +126,23 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(0);
     let never = args.iter().any(|a| a == "--never-ready");
+    let all = |k: &str| -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == k)
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    let mapped: Vec<MappedFile> = all("--map")
+        .iter()
+        .map(|p| MappedFile::open(p))
+        .collect::<Result<_>>()?;
+    let mut read: Vec<(String, std::fs::File)> = Vec::new();
+    for p in all("--read") {
+        let mut f = std::fs::File::open(&p).with_context(|| format!("open {p}"))?;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).with_context(|| format!("read {p}"))?;
+        read.push((p, f));
+    }
 
     const CHUNK: usize = 1 << 20;
     let mut mem = vec![0u8; mib * CHUNK];
@@ -104,6 +201,20 @@ fn main() -> Result<()> {
                 } else {
                     (500, format!("CORRUPT: {bad} of {mib} MiB differ\n"))
                 }
+            }
+            "/files" => {
+                let mut body = String::new();
+                for m in &mapped {
+                    let (n, h) = m.read_current();
+                    body += &format!("map {} {n} {h:016x}\n", m.path);
+                }
+                for (p, f) in &read {
+                    match read_all_at(f) {
+                        Ok(v) => body += &format!("read {p} {} {:016x}\n", v.len(), fnv(&v)),
+                        Err(e) => body += &format!("read {p} error {e}\n"),
+                    }
+                }
+                (200, body)
             }
             _ => (404, "not found\n".to_string()),
         };

@@ -35,6 +35,13 @@ use std::time::Instant;
 /// between steps (4 MiB with 4 KiB pages).
 const STEP_PAGES: u64 = 1024;
 
+/// Thread names (15 bytes at most: the kernel's comm).
+const RECORDER_THREAD: &str = "torpor-record";
+const FETCH_THREAD: &str = "torpor-fetch";
+/// Test hook: while the file this names exists, the background fetch waits before each step
+/// (so a test can act during the fetch, e.g. kill the app, whatever the machine's speed).
+const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
+
 /// The threads a loading-set Start leaves running (runtime only).
 #[derive(Default)]
 pub(crate) struct ActRuntime {
@@ -53,6 +60,31 @@ pub struct BackgroundReport {
     /// Why it ended early: stopped, target exited, free-memory floor.
     pub ended: Option<String>,
     pub skipped: Vec<String>,
+}
+
+impl BackgroundReport {
+    /// One line for the Stop answer and the events: bytes, time, why it ended early, and the
+    /// objects it skipped (deleted, truncated... since Stop).
+    pub fn describe(&self) -> String {
+        let mut skipped = self.skipped.clone();
+        skipped.sort();
+        skipped.dedup();
+        format!(
+            "background fetch: {} MiB of the loading set, {} MiB of the rest in {:.2}s{}{}",
+            self.loading_rest_bytes >> 20,
+            self.rest_bytes >> 20,
+            self.seconds,
+            self.ended
+                .as_ref()
+                .map(|e| format!(" (ended: {e})"))
+                .unwrap_or_default(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped {}", skipped.join(", "))
+            }
+        )
+    }
 }
 
 /// The `loading-set` part of a Start's answer.
@@ -146,13 +178,7 @@ impl Controller {
         let mut notes = Vec::new();
         if let Some(h) = background {
             if let Ok(b) = h.join() {
-                notes.push(format!(
-                    "background fetch: {} MiB of the loading set, {} MiB of the rest in {:.2}s{}",
-                    b.loading_rest_bytes >> 20,
-                    b.rest_bytes >> 20,
-                    b.seconds,
-                    b.ended.map(|e| format!(" ({e})")).unwrap_or_default()
-                ));
+                notes.push(b.describe());
             }
         }
         let recordings = recorder.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -306,6 +332,11 @@ impl Controller {
                     format!("{n}: this Start runs as full"),
                 );
             }
+            // The answer says so too: the mode that ran and why.
+            at.notes
+                .push("no usable plan: this Start runs as full".into());
+            timing.prefetch_mode = Some(PrefetchPolicy::Full.as_str().to_string());
+            timing.activation = Some(at);
             return None;
         }
         let memcg = pids
@@ -366,6 +397,17 @@ impl Controller {
                     .push(format!("pid {}: no recording this time: {e}", plan.pid)),
             }
         }
+        // Objects gone since Stop (deleted, truncated, replaced...) are skipped by every fetch
+        // and the recorder; the answer names each one, whatever part of the plan it is in.
+        for plan in &plans {
+            for (o, g) in gone_objects(plan) {
+                let n = format!("pid {}: skipped {} ({g})", plan.pid, o.path);
+                if !at.notes.contains(&n) {
+                    self.event(Some(&slot.cfg.name), "activation", n.clone());
+                    at.notes.push(n);
+                }
+            }
+        }
         at.first_fetch_s = t.elapsed().as_secs_f64();
         at.planned_pids = plans.len();
         timing.prefetch_bytes += at.first_issued_bytes;
@@ -385,13 +427,80 @@ impl Controller {
         a.stop = stop.clone();
         a.first_response = first.clone();
         let (stop_r, first_r) = (stop.clone(), first);
-        a.recorder = Some(std::thread::spawn(move || {
-            record(recorders, &stop_r, &first_r)
-        }));
+        // Named, so that a test (or an operator) sees them in /proc/PID/task/*/comm.
+        a.recorder = std::thread::Builder::new()
+            .name(RECORDER_THREAD.into())
+            .spawn(move || record(recorders, &stop_r, &first_r))
+            .map_err(|e| {
+                self.event(
+                    Some(&slot.cfg.name),
+                    "error",
+                    format!("no recorder thread: {e}"),
+                )
+            })
+            .ok();
         let reserve = self.cfg.reserve;
-        a.background = Some(std::thread::spawn(move || {
-            background(plans, &stop, reserve)
-        }));
+        let hold = std::env::var_os(HOLD_ENV).map(PathBuf::from);
+        a.background = std::thread::Builder::new()
+            .name(FETCH_THREAD.into())
+            .spawn(move || background(plans, &stop, reserve, hold.as_deref()))
+            .map_err(|e| {
+                self.event(
+                    Some(&slot.cfg.name),
+                    "error",
+                    format!("no background fetch thread: {e}"),
+                )
+            })
+            .ok();
+    }
+
+    /// The app has no process left (it exited, or was killed, maybe during the background
+    /// fetch): end the last Start's threads (they stop at their next step: the target is
+    /// gone), report what the fetch did and why it ended, and drop the per-process plans and
+    /// loading sets (they name processes that no longer exist). Nothing is left running or
+    /// referring to the app.
+    pub(super) fn activation_exited(&self, slot: &AppSlot) {
+        let name = &slot.cfg.name;
+        let (recorder, background) = {
+            let mut a = lock(&slot.act);
+            a.stop.store(true, Ordering::SeqCst);
+            (a.recorder.take(), a.background.take())
+        };
+        if let Some(h) = background {
+            match h.join() {
+                Ok(b) => self.event(
+                    Some(name),
+                    "activation",
+                    format!("app exited: {}", b.describe()),
+                ),
+                Err(_) => self.event(
+                    Some(name),
+                    "error",
+                    "background fetch thread panicked".into(),
+                ),
+            }
+        }
+        if let Some(h) = recorder {
+            // Recordings of a process that no longer exists are of no use.
+            let n = h.join().map(|r| r.len()).unwrap_or(0);
+            self.event(
+                Some(name),
+                "activation",
+                format!("app exited: recorder ended ({n} recordings discarded)"),
+            );
+        }
+        for what in ["plan", "loading-set"] {
+            let d = dir(self, what, name);
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => self.event(
+                    Some(name),
+                    "error",
+                    format!("removing {}: {e}", d.display()),
+                ),
+            }
+        }
     }
 
     /// Start: the app answered its first request.
@@ -426,7 +535,12 @@ fn record(
 }
 
 /// The rest of the loading set, then everything else, in steps, at low I/O priority.
-fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> BackgroundReport {
+fn background(
+    plans: Vec<ActivationPlan>,
+    stop: &AtomicBool,
+    reserve: u64,
+    hold: Option<&std::path::Path>,
+) -> BackgroundReport {
     let t = Instant::now();
     let mut rep = BackgroundReport::default();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
@@ -443,9 +557,24 @@ fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> Ba
             let opts = FetchOptions {
                 free_floor_bytes: reserve,
                 io_priority: Some(prio),
+                // The app's page cache is charged to the app (as before thaw), so its next
+                // purge evicts it again; from torpord's own cgroup it would stay resident.
+                charge_files_to: Memcg::of_pid(plan.pid)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.dir().to_path_buf()),
                 ..FetchOptions::default()
             };
             for step in steps(part) {
+                while hold.is_some_and(|h| h.exists()) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                // A process that exited is not fetched any further (file steps would still
+                // read its files), and the report says so rather than "stopped".
+                if tg.check_alive("background fetch").is_err() {
+                    rep.ended = Some(format!("pid {} exited", plan.pid));
+                    break;
+                }
                 if stop.load(Ordering::SeqCst) {
                     rep.ended = Some("stopped".into());
                     break 'parts;
@@ -478,4 +607,20 @@ fn background(plans: Vec<ActivationPlan>, stop: &AtomicBool, reserve: u64) -> Ba
     }
     rep.seconds = t.elapsed().as_secs_f64();
     rep
+}
+
+/// The objects of `plan`'s parts that cannot be reopened as they were at Stop, with why.
+fn gone_objects(
+    plan: &ActivationPlan,
+) -> Vec<(&procswap::memkind::MemObject, procswap::memkind::Gone)> {
+    let mut used: Vec<u32> = [&plan.first, &plan.loading_rest, &plan.rest]
+        .iter()
+        .flat_map(|p| p.shmem.iter().chain(&p.file).map(|o| o.object))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used.into_iter()
+        .filter_map(|i| plan.objects.get(i as usize))
+        .filter_map(|o| procswap::memkind::reopen(plan.pid, o).err().map(|g| (o, g)))
+        .collect()
 }

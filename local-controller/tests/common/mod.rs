@@ -46,3 +46,5 @@ pub fn remove_app_cgroups(parents: &[PathBuf]) {
         let _ = procswap::cgroup::remove(parent);
     }
 }
+
+pub mod torpord;

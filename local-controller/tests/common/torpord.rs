@@ -1,0 +1,333 @@
+//! A torpord under test with real apps (torpor-testapp) in real cgroups: config, state dir,
+//! socket, its own cgroup parent. Used by `root_activation.rs` (issue 12's bad input and faults).
+
+use local_controller::client::request;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
+pub const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
+pub const MIB: u64 = 1 << 20;
+/// Bounds on waits for something that must happen: they only catch a hang.
+pub const HANG: Duration = Duration::from_secs(600);
+
+/// Wait for `f` to hold, polling every 50 ms; panics with `what` after `timeout` (a hang).
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An unused TCP port on 127.0.0.1.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:port/path: (status, body).
+pub fn http(port: u16, path: &str) -> (u16, String) {
+    match local_controller::probe::http_get(
+        &format!("http://127.0.0.1:{port}{path}"),
+        Duration::from_secs(120),
+    ) {
+        Ok((s, b)) => (s, String::from_utf8_lossy(&b).into_owned()),
+        Err(e) => panic!("GET :{port}{path}: {e}"),
+    }
+}
+
+/// FNV-1a over bytes: torpor-testapp's `/files` checksum.
+pub fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Pseudo-random bytes (xorshift from `seed`).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Write `data` to `path` and drop it from the page cache, so that the app reading it first
+/// brings it in (charged to the app's memory cgroup, which its purge reclaims), not the writer.
+pub fn write_uncached(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap();
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// The comm names of a process's threads.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a process's open file descriptors point to.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Active swap devices: (path, size KiB, used KiB).
+pub fn swaps() -> Vec<(String, u64, u64)> {
+    std::fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// One app of the fixture.
+pub struct App {
+    pub name: String,
+    pub port: u16,
+    pub mib: u64,
+    pub prestart: bool,
+    pub extra: Vec<String>,
+}
+
+impl App {
+    pub fn new(name: &str, mib: u64) -> App {
+        App {
+            name: name.into(),
+            port: unused_port(),
+            mib,
+            prestart: true,
+            extra: vec![],
+        }
+    }
+}
+
+/// A temporary torpord with the default prefetch and purge configuration (only the paths, the
+/// cgroup parent, a reserve and the sample interval are set). Dropping it kills torpord and
+/// every app process and removes the cgroups (the directory is kept when the test failed).
+pub struct Torpord {
+    pub dir: PathBuf,
+    pub parent: String,
+    pub cfg: PathBuf,
+    pub sock: PathBuf,
+    pub state: PathBuf,
+    pub daemon: Option<Child>,
+    pub apps: Vec<App>,
+}
+
+impl Torpord {
+    pub fn new(tag: &str, apps: Vec<App>) -> Torpord {
+        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "needs root");
+        let parent = format!("torpor-test-{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&parent);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("torpord.sock");
+        let state = dir.join("state");
+        let mut toml = format!(
+            "socket = {sock:?}\nstate_dir = {state:?}\ncgroup_parent = {parent:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\n",
+        );
+        for a in &apps {
+            let mut argv = vec![
+                TESTAPP.to_string(),
+                "--port".into(),
+                a.port.to_string(),
+                "--mib".into(),
+                a.mib.to_string(),
+            ];
+            argv.extend(a.extra.iter().cloned());
+            toml += &format!(
+                "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = \"300s\"\nprestart = {}\n",
+                a.name, argv, a.port, a.prestart
+            );
+        }
+        let cfg = dir.join("torpord.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        Torpord {
+            dir,
+            parent,
+            cfg,
+            sock,
+            state,
+            daemon: None,
+            apps,
+        }
+    }
+
+    /// Start torpord (with `env` added) and wait for its socket and standby pool.
+    pub fn start(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("torpord.log"))
+            .unwrap();
+        let child = Command::new(TORPORD)
+            .arg("--config")
+            .arg(&self.cfg)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let sock = self.sock.clone();
+        wait_for("torpord's socket", HANG, || {
+            request(&sock, "GET", "/v1/health", None, Duration::from_secs(5))
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        });
+        wait_for("the standby pool", HANG, || {
+            self.api("GET", "/v1/health").1["pool_ready"] == true
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().unwrap().id()
+    }
+
+    /// torpord still runs (not exited, e.g. by a signal).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn api(&self, method: &str, path: &str) -> (u16, Value) {
+        let r = request(&self.sock, method, path, None, HANG)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v = r.json().unwrap_or(Value::Null);
+        (r.status, v)
+    }
+
+    /// POST /v1/apps/NAME/OP, which must answer 200.
+    pub fn op(&self, name: &str, op: &str) -> Value {
+        let (s, v) = self.api("POST", &format!("/v1/apps/{name}/{op}"));
+        assert_eq!(s, 200, "{op} {name}: {v:#}");
+        v
+    }
+
+    pub fn status(&self, name: &str) -> Value {
+        let (s, v) = self.api("GET", &format!("/v1/apps/{name}"));
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Every event's (kind, message) for `app`.
+    pub fn events(&self, app: &str) -> Vec<(String, String)> {
+        let (_, ev) = self.api("GET", "/v1/events");
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["app"] == app)
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or("").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.apps.iter().find(|a| a.name == name).unwrap().port
+    }
+
+    pub fn app_pid(&self, name: &str) -> i32 {
+        self.status(name)["pid"].as_i64().unwrap() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("torpord.log")).unwrap_or_default()
+    }
+
+    /// The app's memory cgroup directory (v2 with the memory controller, else v1).
+    pub fn memcg_dir(&self, name: &str) -> PathBuf {
+        let pid = self.app_pid(name);
+        procswap::cgroup::Memcg::of_pid(pid)
+            .unwrap()
+            .expect("the app has a memory cgroup")
+            .dir()
+            .to_path_buf()
+    }
+
+    /// Files under the state directory's `what/APP` (plans, loading sets).
+    pub fn state_files(&self, what: &str, app: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state.join(what).join(app))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn plan_path(&self, app: &str, pid: i32) -> PathBuf {
+        self.state
+            .join("plan")
+            .join(app)
+            .join(format!("{pid}.json"))
+    }
+
+    pub fn set_path(&self, app: &str, pid: i32) -> PathBuf {
+        self.state
+            .join("loading-set")
+            .join(app)
+            .join(format!("{pid}.json"))
+    }
+}
+
+impl Drop for Torpord {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        super::remove_app_cgroups(&super::cgroup_dirs(&self.parent));
+        if std::thread::panicking() {
+            eprintln!(
+                "---- torpord log ({}) ----\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
