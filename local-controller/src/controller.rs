@@ -1385,7 +1385,7 @@ impl Controller {
         // Thawed: from here on a restart finds it running (see adopt()).
         let armed_probe = armed.as_ref().is_some_and(probe::Armed::is_armed);
         if let Some((plans, recorders, mut at)) = act {
-            self.activation_after_thaw(slot, plans, recorders);
+            self.activation_after_thaw(slot, plans, recorders, &mut at);
             at.armed_probe = armed_probe;
             timing.activation = Some(at);
         }

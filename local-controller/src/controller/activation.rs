@@ -397,17 +397,6 @@ impl Controller {
                     .push(format!("pid {}: no recording this time: {e}", plan.pid)),
             }
         }
-        // Objects gone since Stop (deleted, truncated, replaced...) are skipped by every fetch
-        // and the recorder; the answer names each one, whatever part of the plan it is in.
-        for plan in &plans {
-            for (o, g) in gone_objects(plan) {
-                let n = format!("pid {}: skipped {} ({g})", plan.pid, o.path);
-                if !at.notes.contains(&n) {
-                    self.event(Some(&slot.cfg.name), "activation", n.clone());
-                    at.notes.push(n);
-                }
-            }
-        }
         at.first_fetch_s = t.elapsed().as_secs_f64();
         at.planned_pids = plans.len();
         timing.prefetch_bytes += at.first_issued_bytes;
@@ -420,7 +409,21 @@ impl Controller {
         slot: &AppSlot,
         plans: Vec<ActivationPlan>,
         recorders: Vec<LoadingSetRecorder>,
+        at: &mut ActivationTiming,
     ) {
+        // Objects gone since Stop (deleted, truncated, replaced...) are skipped by every fetch
+        // and the recorder; the answer names each one, whatever part of the plan it is in.
+        // Checked here, after the thaw, while the app works towards its first response (a
+        // reopen per object: not worth delaying the thaw for).
+        for plan in &plans {
+            for (o, g) in gone_objects(plan) {
+                let n = format!("pid {}: skipped {} ({g})", plan.pid, o.path);
+                if !at.notes.contains(&n) {
+                    self.event(Some(&slot.cfg.name), "activation", n.clone());
+                    at.notes.push(n);
+                }
+            }
+        }
         let mut a = lock(&slot.act);
         let stop = Arc::new(AtomicBool::new(false));
         let first = Arc::new(AtomicBool::new(false));
