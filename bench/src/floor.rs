@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use torpor_testsupport::pattern::Xorshift;
 
 /// Default read size: 4 MiB requests (large enough to reach the device's streaming rate).
 pub const DEFAULT_BLOCK: usize = 4 << 20;
@@ -40,14 +41,11 @@ impl FloorFile {
             .truncate(true)
             .open(&ff.path)
             .with_context(|| format!("create {}", ff.path.display()))?;
-        let mut x = 0x2545_F491_4F6C_DD1Du64 ^ bytes;
+        let mut x = Xorshift(0x2545_F491_4F6C_DD1Du64 ^ bytes);
         let mut buf = vec![0u8; 1 << 20];
         for _ in 0..bytes >> 20 {
             for c in buf.chunks_exact_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_ne_bytes());
+                c.copy_from_slice(&x.next().to_ne_bytes());
             }
             f.write_all(&buf)
                 .with_context(|| format!("write {}", ff.path.display()))?;

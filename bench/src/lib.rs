@@ -6,4 +6,5 @@ pub mod machine;
 pub mod plot;
 pub mod resume;
 pub mod server;
-pub mod stats;
+// Medians and spreads: one copy, in the test-support crate.
+pub use torpor_testsupport::stats;

@@ -7,8 +7,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use procswap::cgroup::{self, Memcg};
 use procswap::Freezer;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -395,28 +394,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Minimal HTTP/1.0 GET on 127.0.0.1: (status, body).
+/// GET on 127.0.0.1: (status, trimmed body).
 pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let txt = String::from_utf8_lossy(&buf);
-    let code = txt
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = txt
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let r = torpor_testsupport::http::get(([127, 0, 0, 1], port).into(), path, timeout)?;
+    Ok((r.status, r.body.trim().to_string()))
 }
 
 /// Duty-cycled CPU burners, one pinned to each CPU (processes: `torpor-bench __burn`).

@@ -211,15 +211,7 @@ mod tests {
 
     #[test]
     fn or_bits_from_matches_bit_by_bit() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let src: Vec<u8> = (0..300)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let src = torpor_testsupport::pattern::pattern_bytes(0x9e37_79b9_7f4a_7c15, 300);
         for (start, src_start, count) in [
             (0, 0, 2000),
             (3, 5, 1000),

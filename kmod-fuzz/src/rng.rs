@@ -1,7 +1,7 @@
 //! Seeded random streams: one per worker thread, child and supervisor, derived from the run's
 //! seed so that `--seed S --threads 1` replays the same request sequence.
 
-pub use procswap::testdata::Xorshift as Rng;
+pub use torpor_testsupport::pattern::Xorshift as Rng;
 
 /// Stream `(a, b)` of `seed`: a splitmix64 finalizer over the three inputs (Xorshift needs a
 /// nonzero state, hence `| 1`).

@@ -354,54 +354,8 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
     }
 }
 
-/// "512M", "1G", "4096", "64k" → bytes (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let unit = t[i..].trim().to_ascii_lowercase();
-            let m: u64 = match unit.as_str() {
-                "b" => 1,
-                "k" | "kb" | "kib" => 1 << 10,
-                "m" | "mb" | "mib" => 1 << 20,
-                "g" | "gb" | "gib" => 1 << 30,
-                "t" | "tb" | "tib" => 1 << 40,
-                _ => return Err(format!("bad size unit in {s:?} (use K, M, G, T)")),
-            };
-            (t[..i].trim(), m)
-        }
-        None => (t, 1),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    if !(n >= 0.0 && n.is_finite()) {
-        return Err(format!("bad size {s:?}"));
-    }
-    Ok((n * mult as f64) as u64)
-}
-
-/// "10s", "250ms", "2m", "1.5" (seconds) → Duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 10s, 250ms, 2m)"))?;
-    if !(n >= 0.0 && n.is_finite()) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(n * mult))
-}
+// Sizes and durations: one definition of their unit rules, shared with the command lines.
+pub use procswap::units::{parse_duration, parse_size};
 
 /// 1-based (line, column) of a byte offset in `src`.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {

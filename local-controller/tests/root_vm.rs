@@ -149,24 +149,7 @@ struct Fixture {
 }
 
 fn qemu_argv(qmp: &Path, mem: &str) -> Vec<String> {
-    [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-S",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-M",
-        "pc",
-        "-m",
-        mem,
-        "-qmp",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("unix:{},server=on,wait=off", qmp.display())])
-    .collect()
+    torpor_testsupport::qemu::bare_argv(mem, Some("pc"), qmp)
 }
 
 impl Fixture {
@@ -177,10 +160,7 @@ impl Fixture {
             "the root suite needs root"
         );
         assert!(
-            Command::new("qemu-system-x86_64")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success()),
+            torpor_testsupport::qemu::available(),
             "qemu-system-x86_64 is needed"
         );
         let parent = format!("torpor-vmtest-{}", std::process::id());
@@ -276,15 +256,7 @@ impl Drop for Fixture {
 }
 
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    torpor_testsupport::pattern::pattern_bytes(0x9e37_79b9_7f4a_7c15, len)
 }
 
 fn qmp(f: &Fixture) -> Qmp {

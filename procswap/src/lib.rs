@@ -63,8 +63,8 @@ pub mod purge;
 pub mod residency;
 pub mod sys;
 pub mod target;
-pub mod testdata;
 pub mod uapi;
+pub mod units;
 pub mod vm;
 pub mod workingset;
 

@@ -245,7 +245,7 @@ fn race_target_forks() {
 }
 
 /// Deterministic, seedable randomness (seed non-zero).
-use procswap::testdata::Xorshift as Rng;
+use torpor_testsupport::pattern::Xorshift as Rng;
 
 fn pick<T: Copy>(r: u64, xs: &[T]) -> T {
     xs[(r % xs.len() as u64) as usize]

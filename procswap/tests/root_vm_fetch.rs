@@ -7,37 +7,17 @@
 use procswap::vm::{self, Background, GuestRam, PageClass, Plan, Qmp, TwinkleConfig};
 use procswap::{Freezer, PrefetchOptions, PurgeOptions, Range, StockBackend};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use torpor_testsupport::pattern::pattern_bytes;
+use torpor_testsupport::qemu::Qemu;
 
 const MIB: u64 = 1 << 20;
 const PS: u64 = 4096;
 const K: u64 = 64 * MIB;
 const END: u64 = 128 * MIB;
 
-struct Kill(std::process::Child, std::path::PathBuf);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as u8
-        })
-        .collect()
+    pattern_bytes(0x2545_f491_4f6c_dd1d, len)
 }
 
 fn counts(pid: i32, ram: &GuestRam, a: u64, b: u64) -> vm::PageCounts {
@@ -111,29 +91,9 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         procswap::sys::meminfo().unwrap().swap_total > 0,
         "needs swap (with-swap.sh)"
     );
-    let dir = std::env::temp_dir().join(format!("procswap-vmfetch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let qmp_path = dir.join("qmp.sock");
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-m",
-            "512",
-            "-qmp",
-        ])
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64");
-    let q = Kill(child, dir.clone());
-    let pid = q.0.id() as i32;
+    let q = Qemu::spawn("procswap-vmfetch", "512", None).expect("qemu-system-x86_64");
+    let qmp_path = q.qmp.clone();
+    let pid = q.pid();
     let mut qmp = Qmp::connect_retry(
         &qmp_path,
         Duration::from_secs(10),
@@ -393,7 +353,7 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
 
     // The guest sees exactly what was written, fetched or not.
     let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(10)).unwrap();
-    let out = dir.join("pmem");
+    let out = q.dir.join("pmem");
     let r = qmp
         .hmp(&format!(
             "pmemsave {K:#x} {:#x} \"{}\"",

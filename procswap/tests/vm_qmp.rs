@@ -5,49 +5,14 @@
 
 use procswap::vm::{GuestRam, Qmp, QmpError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-struct Qemu {
-    child: Child,
-    dir: PathBuf,
-    qmp: PathBuf,
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use torpor_testsupport::pattern::pattern_bytes;
+use torpor_testsupport::qemu::Qemu;
 
 fn qemu(tag: &str, mem: &str, machine: &str) -> Qemu {
-    let dir = std::env::temp_dir().join(format!("procswap-vmqmp-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let qmp = dir.join("qmp.sock");
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-m",
-            mem,
-            "-M",
-            machine,
-            "-qmp",
-        ])
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 must be installed (apt-get install qemu-system-x86)");
-    Qemu { child, dir, qmp }
+    Qemu::spawn(&format!("procswap-vmqmp-{tag}"), mem, Some(machine))
+        .expect("qemu-system-x86_64 must be installed (apt-get install qemu-system-x86)")
 }
 
 fn connect(q: &Qemu) -> Qmp {
@@ -105,15 +70,7 @@ fn stop_cont_query_status_and_errors() {
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pattern_bytes(seed | 1, len)
 }
 
 /// Write `data` at guest-physical `gpa` through QEMU's /proc/PID/mem at the translated host

@@ -10,10 +10,11 @@
 
 pub mod bench;
 pub mod guest;
-pub mod http;
 pub mod mem;
 pub mod pattern;
 pub mod qmp;
 pub mod smoke;
-pub mod stats;
 pub mod torpord;
+
+// HTTP GET and medians: one copy, in the test-support crate.
+pub use torpor_testsupport::{http, stats};

@@ -445,7 +445,7 @@ impl Resp {
 /// The value stored under key number `i`: `len` pseudo-random letters derived from `i` (so any
 /// GET can be checked without a copy).
 fn redis_value(i: u64, len: usize) -> Vec<u8> {
-    let mut x = procswap::testdata::Xorshift(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut x = torpor_testsupport::pattern::Xorshift(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
         let r = x.next();
@@ -506,7 +506,7 @@ impl Redis {
             };
             hs.push(std::thread::spawn(move || -> Result<()> {
                 let mut r = Resp::connect(port, Duration::from_secs(600))?;
-                let mut x = procswap::testdata::Xorshift(
+                let mut x = torpor_testsupport::pattern::Xorshift(
                     (seed.wrapping_add(1) << 8 | c).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1,
                 );
                 let mut done = 0;
@@ -634,7 +634,8 @@ impl Workload for Redis {
         Ok(self.info.clone())
     }
     fn run(&mut self, at: &At, seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome> {
-        let mut x = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut x =
+            torpor_testsupport::pattern::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let i = x.next() % self.keys;
         let mut r = Resp::connect(self.port, Duration::from_secs(600))?;
         r.send(&[b"GET", redis_key(i).as_bytes()])?;
@@ -1001,9 +1002,11 @@ impl Workload for Postgres {
         self.runs += 1;
         let prefix = self.dir.join(format!("pgbench-log-{}", self.runs));
         // Our own probe query and pgbench go out together, at once.
-        let aid = procswap::testdata::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).next()
-            % (self.scale * 100_000)
-            + 1;
+        let aid =
+            torpor_testsupport::pattern::Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+                .next()
+                % (self.scale * 100_000)
+                + 1;
         let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
         let port = self.port;
         let child = Command::new(self.bin.join("pgbench"))

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-use procswap::testdata::{checksum, self_faults as faults, Xorshift};
+use torpor_testsupport::pattern::{checksum, self_faults as faults, Xorshift};
 
 /// The benchmarked area: a private anonymous mapping owned by this process until exit.
 struct Area {

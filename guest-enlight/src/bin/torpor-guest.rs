@@ -13,6 +13,7 @@ use guest_enlight::protocol::{
 };
 use guest_enlight::source::{MapSource, PortableSource};
 use guest_enlight::{Category, MapSourceKind};
+use procswap::units::parse_duration;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -106,27 +107,6 @@ enum Cmd {
         #[arg(long)]
         pfns: Option<PathBuf>,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad duration {s:?}: {e}"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
 }
 
 fn main() -> Result<()> {

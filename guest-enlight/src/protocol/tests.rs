@@ -28,7 +28,7 @@ fn info(window_ms: u32) -> MapInfo {
 }
 
 /// Deterministic randomness for property-style tests.
-use procswap::testdata::Xorshift as Rng;
+use torpor_testsupport::pattern::Xorshift as Rng;
 
 fn roundtrip_req(r: Request) {
     let bytes = encode_frame(&r.to_frame(77));

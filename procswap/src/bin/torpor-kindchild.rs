@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
-use procswap::testdata::self_faults as faults;
+use torpor_testsupport::pattern::self_faults as faults;
 
 struct Area {
     name: &'static str,

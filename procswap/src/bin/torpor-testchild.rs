@@ -22,7 +22,7 @@ use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-use procswap::testdata::{checksum, self_faults as faults, Xorshift};
+use torpor_testsupport::pattern::{checksum, self_faults as faults, Xorshift};
 
 /// A read-only view of a mapped area.
 struct Mapping {

@@ -1,6 +1,7 @@
 //! Deterministic test data shared by the test and benchmark children (`torpor-testchild`,
-//! `torpor-bench-child`) and the randomized tests: the pseudo-random fill, the per-MiB checksum and the process's own
-//! fault counters. Not part of the mechanism.
+//! `torpor-kindchild`, `torpor-bench-child`), the fuzzer and the randomized tests: the one
+//! pseudo-random generator (xorshift64*), byte patterns made from it, the per-MiB checksum and
+//! the process's own fault counters.
 
 /// xorshift64* generator: fast, fixed sequence per seed (seed must be non-zero).
 pub struct Xorshift(pub u64);
@@ -16,10 +17,28 @@ impl Xorshift {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// Fills `words` with the next values.
+    pub fn fill(&mut self, words: &mut [u64]) {
+        for w in words {
+            *w = self.next();
+        }
+    }
+
     /// A value in `0..n` (`n > 0`; modulo bias is irrelevant for test data).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// `len` pseudo-random bytes, a fixed sequence per seed (a zero seed counts as 1).
+pub fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = Xorshift(seed.max(1));
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&x.next().to_ne_bytes());
+    }
+    v.truncate(len);
+    v
 }
 
 /// FNV-style checksum of a run of words (one per MiB in the children).
@@ -50,5 +69,10 @@ mod tests {
         assert_ne!(a[0], a[1]);
         assert_eq!(checksum(&a), checksum(&b));
         assert_ne!(checksum(&a), checksum(&a[..3]));
+        let p = pattern_bytes(7, 21);
+        assert_eq!(p.len(), 21);
+        assert_eq!(p, pattern_bytes(7, 21));
+        assert_ne!(p, pattern_bytes(8, 21));
+        assert_eq!(pattern_bytes(0, 9), pattern_bytes(1, 9));
     }
 }

@@ -1,4 +1,5 @@
-//! Minimal blocking HTTP/1.1 GET (`Connection: close`), enough for the guest app.
+//! Minimal blocking HTTP/1.1 GET (`Connection: close`; Content-Length, chunked or read to the
+//! end): enough for the guest app, Tomcat and the test apps.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -29,6 +30,19 @@ pub fn parse_response(raw: &[u8]) -> Result<Response> {
         .unwrap_or("")
         .parse()
         .with_context(|| format!("bad status line {status_line:?}"))?;
+    if head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    {
+        return Ok(Response {
+            status,
+            body: decode_chunked(body)?,
+        });
+    }
     if let Some(len) = head
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -48,6 +62,28 @@ pub fn parse_response(raw: &[u8]) -> Result<Response> {
         status,
         body: body.to_string(),
     })
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (what an HTTP/1.1 server such as
+/// Tomcat sends when it does not know the length in advance).
+fn decode_chunked(mut rest: &str) -> Result<String> {
+    let mut body = String::new();
+    loop {
+        let Some((size_line, after)) = rest.split_once("\r\n") else {
+            bail!("truncated chunked body")
+        };
+        let hex = size_line.split(';').next().unwrap_or("").trim();
+        let n =
+            usize::from_str_radix(hex, 16).with_context(|| format!("bad chunk size {hex:?}"))?;
+        if n == 0 {
+            return Ok(body);
+        }
+        let Some(chunk) = after.get(..n) else {
+            bail!("truncated chunk: {} of {n} bytes", after.len())
+        };
+        body.push_str(chunk);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
 }
 
 /// GET `path` from `addr`; `timeout` bounds connect and each read/write.
@@ -113,6 +149,15 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok").is_err());
         assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, "abcde");
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab")
+                .is_err()
+        );
     }
 
     #[test]
