@@ -14,7 +14,13 @@
 //!   priority, never below the reserve, stopping at Stop.
 //!
 //! A Start without a plan (none computed yet, an unreadable or other-version file) falls back
-//! to `full` for that Start, with an event.
+//! to `full` for that Start, with an event and a note in its answer.
+//!
+//! Faults (`tests/root_activation.rs`): a shmem or file object deleted, truncated or replaced
+//! since Stop is skipped by every fetch and named in the Start answer's notes and events; an
+//! app that exits (even during the background fetch) has both threads ended and reported by
+//! torpord's exit handling, and its per-process plans and loading sets dropped; a partial purge
+//! (swap full) is reported in the Stop answer and loses nothing (the pages stay in RAM).
 
 use super::{lock, AppSlot, Controller, StartTiming};
 use crate::config::PrefetchPolicy;
