@@ -51,7 +51,7 @@ vm-test: kmod target/vm-bins.env
 	$(CARGO) build -q -p guest-enlight --bin torpor-guest
 	$(VM) --name kmod --timeout 1500 --swap-disk 2G -- env $$(cat target/vm-bins.env) TORPOR_VM_SUITE=$(VM_SUITE) TORPOR_VM_INJECT_FAIL=$(TORPOR_VM_INJECT_FAIL) kmod/tests/vm-suite.sh
 
-# Long run of the module fuzzer in the guest (issue 11): insmod, torpor-kmod-fuzz for DURATION
+# Long run of the module fuzzer in the guest (kmod-fuzz/): insmod, torpor-kmod-fuzz for DURATION
 # (phases ranges, guard, guest-maps, concurrency, exits: hostile ioctls against live churning
 # children; only documented errnos, 0 references held after each phase), rmmod, and the
 # module's unload line must report 0 outstanding references. DURATION like 90s, 10m, 1h;
@@ -96,7 +96,7 @@ bench: deps
 	TORPOR_BENCH_QUICK=1 CARGO=$(CARGO) bench/run-resume-bench.sh
 	CARGO=$(CARGO) bench/run-experiments.sh --quick
 
-# Issue 12's acceptance benchmark (root): Tomcat 10 (default webapp and a 256 MiB webapp), redis-server
+# The near-warm activation benchmark (root): Tomcat 10 (default webapp and a 256 MiB webapp), redis-server
 # with 1 GiB of keys, PostgreSQL 15 (shared_buffers 1 GB, 1 GB pgbench database), the bench child's
 # touch-all and null request at 1 GiB, the VM e2e guest; each run by torpord with its default config,
 # Started in every mode (warm = never purged, and every prefetch mode torpord accepts), interleaved,
@@ -154,7 +154,7 @@ clean:
 	$(CARGO) clean
 	-$(MAKE) -C kmod KDIR=$$(cat $(KDIR_FILE) 2>/dev/null) clean
 
-# Issue 6 end to end (root, QEMU TCG, temporary swapfile): a guest with an HTTP app and the
+# VM resume end to end (root, QEMU TCG, temporary swapfile): a guest with an HTTP app and the
 # torpor-guest agent (virtio-serial); smoke (HTTP via hostfwd, agent, QMP), then torpord
 # Stop/purge/Start interleaved none/full/priority, time to first response, swap-in bytes,
 # /verify in the guest. Results: bench/results/vm-resume/. VM_E2E_TRIALS per mode (default 3, about 3 minutes).

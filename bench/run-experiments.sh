@@ -1,5 +1,5 @@
 #!/bin/bash
-# The paper-experiment scenario harness (seed 004): builds torpor-bench, sets up its own
+# The paper-experiment scenario harness (Agile application placement in hosting platforms): builds torpor-bench, sets up its own
 # temporary swapfile and runs the experiments; results go to bench/results/<experiment>/.
 #   bench/run-experiments.sh [--quick] [EXPERIMENT...]
 # EXPERIMENT: size-sweep, contribution, contiguity, repeated, cpu-load, tomcat, all (default: all);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make vm-e2e: issue 6 end to end on this host (root, QEMU TCG, a temporary swapfile).
+# make vm-e2e: VM resume end to end on this host (root, QEMU TCG, a temporary swapfile).
 #   vm-e2e/run.sh [--trials N] [--driver torpord|direct] [--smoke-only] [--no-kmod]
 # 1. builds torpor-e2e-app, torpor-vm-e2e, torpor-guest, torpord, torpor (release);
 # 2. smoke: boots the guest, checks HTTP through hostfwd, the torpor-guest agent over

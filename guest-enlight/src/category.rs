@@ -1,4 +1,4 @@
-//! Page-priority categories (seed 003, chapter 5), in priority order.
+//! Page-priority categories of enlightened post-copy (*Liberating Virtual Machines from Physical Boundaries through Execution Knowledge*, ch. 5), in priority order.
 
 use serde::Serialize;
 
@@ -53,7 +53,7 @@ impl Category {
         self.min(other)
     }
 
-    /// Seed 003's name for the category.
+    /// The thesis' name for the category.
     pub fn name(self) -> &'static str {
         match self {
             Category::Kernel => "Kernel",

@@ -2,7 +2,7 @@
 //! `/dev/torpor` (see kmod/README.md). The module indexes its maps by PFN over
 //! `[0, end_pfn)`; this source re-indexes them by position in the `/proc/iomem` layout,
 //! like every map of the protocol. Maps are exact at the moment the module built them
-//! (`approximate = false`) and still only a snapshot (DESIGN.md §4: order or skip
+//! (`approximate = false`) and still only a snapshot (docs/guest-maps.md: order or skip
 //! prefetch, never discard). `build_us` is the module's own time for the map.
 
 use crate::layout::RamLayout;

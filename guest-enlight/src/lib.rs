@@ -1,5 +1,6 @@
 //! Guest enlightenment for torpor: the guest's RAM layout, free-page bitmap and
-//! page-priority map (categories of seed 003, enlightened post-copy), a small
+//! page-priority map (the categories of enlightened post-copy, *Liberating Virtual Machines
+//! from Physical Boundaries through Execution Knowledge*, ch. 5), a small
 //! versioned binary wire protocol to hand them to the host, and the `torpor-guest`
 //! agent that serves it over a virtio-serial port.
 //!
@@ -13,7 +14,7 @@
 //!   (`torpor-guest --source auto`, the default) uses it when the module is loaded and
 //!   advertises both bits, else the portable source.
 //!
-//! Safety rule (DESIGN.md §4): any map generated while the guest runs is stale the
+//! Safety rule (docs/guest-maps.md): any map generated while the guest runs is stale the
 //! moment it is written. Consumers may use it only to reorder or skip prefetch, never
 //! to discard memory.
 #![deny(clippy::too_many_lines)]

@@ -23,7 +23,7 @@
 //! deferred struct-page init: on this host `MemFree` counts ~3.5 M such flag-less pages
 //! that `/proc/buddyinfo` does not, so flagged/MemFree is only ~0.33). `KPF_NOPAGE`,
 //! `KPF_OFFLINE`, `KPF_HWPOISON` pages are never marked free. Every map is a snapshot
-//! of a running system: pages move while it is read (DESIGN.md §4: never discard on it).
+//! of a running system: pages move while it is read (docs/guest-maps.md: never discard on it).
 //!
 //! **Priority map.** Per-page from kpageflags, then raised by the user pages of active
 //! processes (the highest category wins):
@@ -296,10 +296,6 @@ impl ActivityTracker {
         while self.samples.len() >= 2 && now.duration_since(self.samples[1].at) >= self.max_window {
             self.samples.pop_front();
         }
-    }
-
-    pub fn oldest_age(&self) -> Option<Duration> {
-        self.samples.front().map(|s| s.at.elapsed())
     }
 
     /// Processes active within `window`. With no sample at all, samples now, waits

@@ -21,7 +21,7 @@ pub trait MapSource: Send {
     }
 }
 
-/// Default activity window (DESIGN.md §4).
+/// Default activity window (docs/guest-maps.md).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(16);
 
 /// The portable source (approximate maps from procfs).

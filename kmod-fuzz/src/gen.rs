@@ -881,7 +881,7 @@ impl<'a> Worker<'a> {
     /// may still be hostile in other ways: huge, kernel, zero-length, overlapping ranges).
     ///
     /// The "sum-overflow" recipe (ranges of u64::MAX/3 from the target's VMAs, whose lengths add
-    /// up past 2^64: issue 11's crash) has 64 ranges for DISCARD and `overflow_n` (fewer) for
+    /// up past 2^64: the input that used to panic the guest kernel) has 64 ranges for DISCARD and `overflow_n` (fewer) for
     /// PREFETCH, which walks every page of each range page by page through the holes.
     fn gen_ranges(
         &mut self,
@@ -924,7 +924,7 @@ impl<'a> Worker<'a> {
         let mut prev = None;
         for i in 0..built {
             let mut r = if recipe == "sum-overflow" {
-                // 64 ranges over a live mapping whose lengths add up past 2^64 (issue 11's crash).
+                // 64 ranges over a live mapping whose lengths add up past 2^64 (the input that used to panic the guest kernel).
                 let base = vmas
                     .get(i % vmas.len().max(1))
                     .map_or(WINDOW + (i * PAGE) as u64, |v| v.0);

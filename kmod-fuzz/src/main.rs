@@ -1,4 +1,4 @@
-//! torpor-kmod-fuzz: a structure-aware fuzzer for `/dev/torpor` (torpor.ko), issue 11.
+//! torpor-kmod-fuzz: a structure-aware fuzzer for `/dev/torpor` (torpor.ko).
 //!
 //! Every ioctl (PREFETCH, DISCARD, FREE_BITMAP, PRIORITY_MAP, GET_VERSION, GET_STATS, unknown
 //! numbers, known numbers with the wrong size or direction) with hostile fields, range sets and

@@ -2,7 +2,7 @@
 //! Guest-side maps. FREE_BITMAP: one bit per page frame, set for every page of
 //! every free buddy block (head and the rest of the block), read under each
 //! zone's lock chunk by chunk. PRIORITY_MAP: one byte per page frame, the
-//! page's category (seed 003 order, lowest value wins): a page-flag pass over
+//! page's category (enlightened post-copy's order, lowest value wins): a page-flag pass over
 //! every PFN, then a page-table walk of every process scheduled within the
 //! activity window (User_Code / User_Data). PFN bounds come from the exported
 //! node data (`contig_page_data`: node_start_pfn + node_spanned_pages) and
@@ -147,7 +147,7 @@ pub(crate) fn free_bitmap(arg: usize) -> Result<c_long> {
     Ok(0)
 }
 
-// Categories (seed 003 order; the lowest value wins).
+// Categories (enlightened post-copy's order; the lowest value wins).
 const CAT_KERNEL: u8 = 0;
 const CAT_KERNEL_ALLOCATED: u8 = 1;
 const CAT_MEMORY_IO: u8 = 2;

@@ -97,7 +97,7 @@ pub(crate) struct TorporFreeBitmap {
 
 /// Number of priority categories (values 0..=8 in the map).
 pub(crate) const NR_CATEGORIES: usize = 9;
-/// PRIORITY_MAP default activity window (DESIGN.md §4).
+/// PRIORITY_MAP default activity window (docs/guest-maps.md).
 pub(crate) const DEFAULT_WINDOW_MS: u32 = 16_000;
 
 /// `struct torpor_priority_map` (in/out): byte `pfn` of the user buffer is the category

@@ -1,5 +1,5 @@
 #!/bin/sh
-# In-guest long run of the module fuzzer (`make vm-fuzz DURATION=30m`, issue 11): insmod,
+# In-guest long run of the module fuzzer (`make vm-fuzz DURATION=30m`): insmod,
 # torpor-kmod-fuzz for TORPOR_FUZZ_DURATION over all its phases (each ends with GET_STATS
 # reporting 0 references held and 0 calls in flight), rmmod, and the module's unload line must
 # report 0 outstanding references. The harness (run-vm.sh) fails the run on any

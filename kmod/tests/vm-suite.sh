@@ -100,7 +100,7 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   else
     check "a swap disk is attached (run-vm.sh --swap-disk)" false
   fi
-  # The structure-aware fuzzer (issue 11), a fixed time over all its phases (ranges, guard,
+  # The structure-aware fuzzer (kmod-fuzz/), a fixed time over all its phases (ranges, guard,
   # guest-maps, concurrency, exits) against live churning children (swap on, so their
   # MADV_PAGEOUT really swaps): only documented errnos, answers the rules allow, and 0
   # references held / 0 calls in flight after each phase (GET_STATS). The seed is printed;

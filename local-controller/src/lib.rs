@@ -6,7 +6,7 @@
 //! - [`guestmaps`]: the guest agent's maps for VM apps (guest-enlight protocol).
 //! - [`api`]: HTTP/1.1 + JSON on a unix socket (SO_PEERCRED-checked).
 //! - [`client`]: a blocking client for that socket (CLI, tests).
-//! - [`overload`]: the sustained-overload (seed 001) and hotspot (seed 002) detectors.
+//! - [`overload`]: the sustained-overload (Overdriver) and hotspot (Sandpiper) detectors.
 //! - [`probe`]: readiness probes; [`notify`]: sd_notify.
 
 pub mod api;

@@ -1,9 +1,11 @@
 //! Overload detectors over paging-rate samples.
 //!
-//! - [`Sustained`] (seed 001, Overdriver): every sample interval (10 s there) the paging rate
-//!   is compared with a threshold (200 operations/s); an interval above it is *overloaded*; the
-//!   overload is *sustained* when at least 8 of the last 12 intervals were overloaded.
-//! - [`Hotspot`] (seed 002, Sandpiper): a hotspot is flagged when at least 3 of the last 5
+//! - [`Sustained`] (*Overdriver: Handling Memory Overload in an Oversubscribed Cloud*): every
+//!   sample interval (10 s there) the paging rate is compared with a threshold (200
+//!   operations/s); an interval above it is *overloaded*; the overload is *sustained* when at
+//!   least 8 of the last 12 intervals were overloaded.
+//! - [`Hotspot`] (Sandpiper, in Wood's *Improving Data Center Resource Management, Deployment, and
+//!   Availability with Virtualization*): a hotspot is flagged when at least 3 of the last 5
 //!   samples exceed the threshold **and** the next value predicted by an AR(1) model fitted to
 //!   the recent history exceeds it too.
 

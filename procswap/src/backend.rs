@@ -2,9 +2,10 @@
 //!
 //! Page-out is `process_madvise(MADV_PAGEOUT)` for every backend (a module cannot page a
 //! process out on a stock kernel: `reclaim_pages` is not exported). What differs is the
-//! prefetch mapping pass: the stock backend faults pages in with `process_vm_readv`; the
-//! kernel-module backend (to be added next to [`StockBackend`], using [`crate::kmod::Kmod`])
-//! will install PTEs with the module's PREFETCH ioctl, without copying.
+//! prefetch mapping pass: [`StockBackend`] faults pages in with `process_vm_readv`;
+//! [`KmodBackend`] installs PTEs with the module's PREFETCH ioctl ([`crate::kmod::Kmod`]),
+//! without copying. [`select_backend`] picks one (`auto`: the module when `/dev/torpor`
+//! answers with our ABI and PREFETCH).
 
 use crate::error::{Error, Result};
 use crate::inspect::{inspect_target, InspectOptions, Inspection};

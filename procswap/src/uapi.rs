@@ -181,7 +181,7 @@ pub const NR_CATEGORIES: usize = 9;
 pub const DEFAULT_WINDOW_MS: u32 = 16_000;
 
 /// `struct torpor_priority_map`, argument of `TORPOR_IOC_PRIORITY_MAP` (in/out), guest side:
-/// byte `pfn` of the buffer at `map` is the category of page frame `pfn` (seed 003 order:
+/// byte `pfn` of the buffer at `map` is the category of page frame `pfn` (enlightened post-copy's order:
 /// 0 Kernel, 1 Kernel_Allocated, 2 Memory_I/O, 3 Page_Table, 4 User_Code, 5 User_Data,
 /// 6 File_Active, 7 File_Inactive, 8 Other; a page in several categories gets the lowest value).
 /// User_* are the pages mapped by processes scheduled within `window_ms`. `map == 0` only

@@ -1,4 +1,4 @@
-//! torpor end-to-end acceptance (issue 6): host-side helpers shared by the runner and the tests.
+//! torpor end-to-end acceptance of VM resume: host-side helpers shared by the runner and the tests.
 //!
 //! - [`pattern`]: the deterministic memory contents of the guest web app (`torpor-e2e-app`),
 //!   so `/verify` can recompute every word without keeping a copy;

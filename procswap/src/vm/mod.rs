@@ -1,5 +1,5 @@
 //! VM targets: a QEMU process whose guest RAM is purged to swap and prefetched back by the
-//! guest's priority classes (issue 6, host side). Mechanism only; torpord decides when.
+//! guest's priority classes (the host side of VM resume). Mechanism only; torpord decides when.
 //!
 //! - [`qmp`]: a QMP client (stop, cont, query-status, HMP commands) with timeouts;
 //! - [`ram`]: guest RAM discovery (flat view of `info mtree -f` + `gpa2hva`, checked against

@@ -1,14 +1,14 @@
 //! The prefetch planner: guest RAM (host addresses) ordered by the guest's priority classes,
 //! minus the pages the guest reported free.
 //!
-//! Safety (DESIGN.md §4): the maps are stale the moment they were sent; a plan only orders and
+//! Safety (docs/guest-maps.md): the maps are stale the moment they were sent; a plan only orders and
 //! skips prefetch. Nothing here (or anywhere in torpor) discards memory because of a map: a
 //! skipped page stays on swap and comes back on demand, byte-exact.
 
 use super::ram::GuestRam;
 use crate::sys::Range;
 
-/// Classes: 0..=8 are the guest's categories (seed 003, `guest_enlight::Category`: Kernel,
+/// Classes: 0..=8 are the guest's categories (enlightened post-copy's, `guest_enlight::Category`: Kernel,
 /// Kernel_Allocated, Memory_I/O, Page_Table, User_Code, User_Data, File_Active,
 /// File_Inactive, Other); 9 is guest RAM outside the guest's layout (firmware-reserved
 /// ranges, or no map at all).

@@ -1,4 +1,4 @@
-//! `torpor-vm-e2e`: end-to-end acceptance of torpor on a QEMU TCG guest (issue 6).
+//! `torpor-vm-e2e`: end-to-end acceptance of torpor on a QEMU TCG guest.
 //!   torpor-vm-e2e smoke DIR                 host ↔ guest reachability: HTTP, agent over virtio-serial, QMP
 //!   torpor-vm-e2e bench DIR [--trials N] [--driver torpord|direct] [--out DIR] [--torpord BIN] [--torpor BIN]
 //!                                           Stop/purge/Start interleaved none/full/priority

@@ -123,7 +123,7 @@ pub fn cpu_load(ctx: &Ctx) -> Result<String> {
     };
     let _ = writeln!(
         o,
-        "\nPaper (seed 004, prose): enhanced resume \"over 20×\" faster than a cold start on an idle machine, \"over 30×\" at 40% CPU load. \
+        "\nPaper (Agile application placement in hosting platforms, prose): enhanced resume \"over 20×\" faster than a cold start on an idle machine, \"over 30×\" at 40% CPU load. \
          Here: idle {}; 40% {}. Ratios are of medians from this one interleaved run. Where a target is missed, the reason is the \
          denominator: the ratio is bounded by the cold start, and a warm-cache Tomcat with this small webapp starts in seconds where the \
          paper's JBoss application took over 90 s; the resumes themselves take well under a second to a few seconds. The burners also reach \

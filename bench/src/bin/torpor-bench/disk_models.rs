@@ -123,7 +123,7 @@ pub fn disk_models(out: &Path) -> Result<String> {
             v["date"].as_str().unwrap_or("?")
         );
     }
-    o.push_str("\nPaper (seed 004): prefetching pays most where random reads are expensive (its testbed: local disks). The slower the disk's random \
+    o.push_str("\nPaper (Agile application placement in hosting platforms): prefetching pays most where random reads are expensive (its testbed: local disks). The slower the disk's random \
         reads (IOPS limit), the more demand paging (one fault, one small read) loses against a prefetch that reads in swap-slot order with \
         many requests in flight; where the module row is missing, torpor.ko was not usable in that guest and the stock rows stand alone.\n\n");
     let _ = writeln!(

@@ -5,7 +5,7 @@
 //!   torpor-bench [--quick] [--out DIR] size-sweep|contribution|contiguity|repeated|cpu-load|tomcat|all [MORE...]
 //!   torpor-bench [--quick] [--out DIR] free-memory    (fills the machine: scripts/vm-free-memory.sh runs it in our guest)
 //!   torpor-bench [--out DIR] disk-models              (table + plot from <out>/vm/vmbench-*.json; measures nothing)
-//!   torpor-bench activation [OPTIONS]                 (issue 12's benchmark, `bench::activation`)
+//!   torpor-bench activation [OPTIONS]                 (the activation benchmark, `bench::activation`)
 //!
 //! Experiments (numbers as in the bench issue): 1 `cpu-load`, 2 `size-sweep`, 3 `contribution` +
 //! `free-memory`, 4 `contiguity`, 5 `repeated`, 6 `tomcat`, 7 `disk-models`. `cpu-load` and
@@ -122,7 +122,7 @@ enum Cmd {
     FreeMemory(Then),
     /// Experiment 7: table and plot from <out>/vm/vmbench-*.json (measures nothing).
     DiskModels,
-    /// Issue 12's activation benchmark (bench/run-activation.sh); its own options follow.
+    /// The near-warm activation benchmark (bench/run-activation.sh); its own options follow.
     #[command(disable_help_flag = true)]
     Activation {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -96,7 +96,7 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
         .unwrap_or(f64::NAN);
     let _ = writeln!(
         o,
-        "\nPaper (seed 004, prose): a JBoss app took \"over 90 seconds\" to start cold; enhanced resume \"over 20×\" faster than the cold start \
+        "\nPaper (Agile application placement in hosting platforms, prose): a JBoss app took \"over 90 seconds\" to start cold; enhanced resume \"over 20×\" faster than the cold start \
          (plain resume 5.3×). Here torpor full prefetch is {e:.1}× faster than the cold start — {}. The ratio is bounded by the cold start: \
          this Tomcat starts in {:.1} s with its page cache warm.\n",
         if e > 20.0 { "target MET" } else { "target (20×) NOT MET" },
