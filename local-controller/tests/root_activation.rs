@@ -7,8 +7,7 @@
 mod common;
 
 use common::torpord::{
-    fd_targets, fnv, http, pattern, swaps, thread_names, wait_for, write_uncached, App, Torpord,
-    HANG, MIB,
+    fd_targets, fnv, http, swaps, thread_names, wait_for, write_uncached, App, Torpord, HANG, MIB,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -105,7 +104,7 @@ fn files_deleted_or_truncated_while_suspended() {
     ];
     let mut want = std::collections::BTreeMap::new();
     for (i, n) in names.iter().enumerate() {
-        let data = pattern(FILE, 0x5eed + i as u64);
+        let data = torpor_testsupport::pattern::pattern_bytes(0x5eed + i as u64, FILE);
         write_uncached(Path::new(&path(n)), &data);
         let kind = if n.starts_with("map") { "map" } else { "read" };
         let now = if n.ends_with("truncated") {

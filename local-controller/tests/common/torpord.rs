@@ -52,20 +52,6 @@ pub fn fnv(b: &[u8]) -> u64 {
     })
 }
 
-/// Pseudo-random bytes (xorshift from `seed`).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        v.extend_from_slice(&s.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// Write `data` to `path` and drop it from the page cache, so that the app reading it first
 /// brings it in (charged to the app's memory cgroup, which its purge reclaims), not the writer.
 pub fn write_uncached(path: &Path, data: &[u8]) {
