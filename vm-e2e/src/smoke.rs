@@ -6,6 +6,7 @@ use crate::{http, mem, qmp};
 use anyhow::{bail, Context, Result};
 use guest_enlight::protocol::{Client, Response};
 use guest_enlight::{Category, MapSourceKind};
+use procswap::vm::VmStatus;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -313,12 +314,18 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
         "QMP stop / cont",
         (|| {
             let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(30))?;
-            let (running, st) = q.status()?;
+            let VmStatus {
+                running,
+                status: st,
+            } = q.query_status()?;
             if !running {
                 bail!("guest not running before stop: {st}");
             }
             q.execute("stop", None)?;
-            let (running, st) = q.status()?;
+            let VmStatus {
+                running,
+                status: st,
+            } = q.query_status()?;
             if running || st != "paused" {
                 bail!("after stop: running={running} status={st}");
             }
@@ -327,7 +334,10 @@ pub fn run(env: &GuestEnv, guest_sh: &Path, boot_timeout: Duration) -> Result<()
             }
             q.execute("cont", None)?;
             let t = Instant::now();
-            let (running, st) = q.status()?;
+            let VmStatus {
+                running,
+                status: st,
+            } = q.query_status()?;
             if !running {
                 bail!("after cont: status {st}");
             }

@@ -276,3 +276,46 @@ impl Qmp {
         Ok(s.replace("\r\n", "\n"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake QMP server: greeting, an event in the middle, errors.
+    #[test]
+    fn handshake_events_and_errors() {
+        let dir = std::env::temp_dir().join(format!("procswap-qmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&sock);
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            let mut line = String::new();
+            for reply in [
+                r#"{"return": {}}"#.to_string(),
+                r#"{"event": "STOP", "timestamp": {}}"#.to_string()
+                    + "\n"
+                    + r#"{"return": {"running": false, "status": "paused"}}"#,
+                r#"{"error": {"class": "CommandNotFound", "desc": "nope"}}"#.to_string(),
+            ] {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                assert!(line.contains("execute"), "{line}");
+                writeln!(w, "{reply}").unwrap();
+            }
+        });
+        let mut q = Qmp::connect(&sock, Duration::from_secs(5)).unwrap();
+        let st = q.query_status().unwrap();
+        assert_eq!((st.running, st.status.as_str()), (false, "paused"));
+        assert_eq!(q.events.len(), 1);
+        let e = q.execute("bogus", None).unwrap_err().to_string();
+        assert!(e.contains("CommandNotFound"), "{e}");
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
