@@ -2,6 +2,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use bench::machine::{loadavg, Machine};
+use bench::plot::Bar;
 use bench::resume::{FreezerChoice, Proof, Subject, MIB};
 use bench::stats::Spread;
 use procswap::cgroup::Memcg;
@@ -374,3 +375,54 @@ pub fn chrono_now() -> String {
 }
 
 // ---------------------------------------------------------------- experiment 3, "free memory only" (fills the machine: run it in the VM)
+
+/// The plot link, the proof that memory was out before every timed resume, and the runs table.
+pub fn plot_and_proofs(o: &mut String, png_path: &Path, ts: &[Timed]) {
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        proof_summary(ts)
+    );
+    o.push_str(&runs_table(ts));
+}
+
+/// Median of `f` over `sel` (NaN when empty).
+pub fn median_by<T>(sel: &[&T], f: &dyn Fn(&T) -> f64) -> f64 {
+    Spread::of(&sel.iter().map(|t| f(t)).collect::<Vec<_>>())
+        .map(|s| s.median)
+        .unwrap_or(f64::NAN)
+}
+
+/// One bar per configuration with samples: median, min–max, colour by position.
+pub fn spread_bars(names: &[&str], get: impl Fn(&str) -> Option<Spread>) -> Vec<Bar> {
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            get(c).map(|s| Bar {
+                label: c.to_string(),
+                value: s.median,
+                lo: s.min,
+                hi: s.max,
+                color: i,
+            })
+        })
+        .collect()
+}
+
+/// Writes the markdown and the JSON of an experiment; the markdown's path.
+pub fn write_results(
+    md_path: &Path,
+    md: &str,
+    json_path: &Path,
+    json: &serde_json::Value,
+) -> Result<String> {
+    std::fs::write(md_path, md)?;
+    std::fs::write(json_path, serde_json::to_string_pretty(json)?)?;
+    Ok(md_path.display().to_string())
+}

@@ -149,14 +149,12 @@ pub fn contiguity(ctx: &Ctx) -> Result<String> {
         "![plot]({})\n",
         png_path.file_name().unwrap_or_default().to_string_lossy()
     );
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"mib": mib, "samples": samples, "median_extents_purge": tp.median, "median_extents_kernel": kr.median, "ratio": ratio}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"mib": mib, "samples": samples, "median_extents_purge": tp.median, "median_extents_kernel": kr.median, "ratio": ratio}),
+    )
 }
 
 // ---------------------------------------------------------------- experiment 3: contribution

@@ -4,7 +4,7 @@ use crate::common::*;
 use crate::contiguity::*;
 use anyhow::{Context, Result};
 use bench::machine::loadavg;
-use bench::plot::{self, Bar};
+use bench::plot::{self};
 use bench::resume::MIB;
 use bench::stats::Spread;
 use std::fmt::Write as _;
@@ -51,19 +51,7 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
     let (md_path, json_path, png_path) = ctx.files("contribution")?;
     let get = |c: &str| Spread::of(&secs_of(ts.iter().filter(|t| t.config == c)));
     let none = get("none").context("no none")?;
-    let bars: Vec<Bar> = configs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            get(c).map(|s| Bar {
-                label: c.to_string(),
-                value: s.median,
-                lo: s.min,
-                hi: s.max,
-                color: i,
-            })
-        })
-        .collect();
+    let bars = spread_bars(&configs, get);
     plot::bars(&png_path, &format!("Contribution of each enhancement, {mib} MiB touch-all (median, min-max, {trials} trials)"), "resume request -> all pages touched (s)", &bars, false)?;
     let mut o = ctx.header(
         "contribution",
@@ -100,11 +88,7 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
     for c in configs {
         let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == c).collect();
         let s = get(c);
-        let med = |f: &dyn Fn(&Timed) -> f64| {
-            Spread::of(&sel.iter().map(|t| f(t)).collect::<Vec<_>>())
-                .map(|s| s.median)
-                .unwrap_or(f64::NAN)
-        };
+        let med = |f: &dyn Fn(&Timed) -> f64| median_by(&sel, f);
         let _ = writeln!(
             o,
             "| {c} | {} | **{}** | {:.0} | {:.0} | {} |",
@@ -127,25 +111,13 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
          virtual-address neighbours, wherever their slots lie) and that a virtual disk on fast storage serves scattered small reads nearly as \
          fast as sequential ones; contiguity then shows mainly in the prefetch (compare prefetch only with all).\n\n",
     );
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        proof_summary(&ts)
-    );
-    o.push_str(&runs_table(&ts));
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    plot_and_proofs(&mut o, &png_path, &ts);
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"mib": mib, "trials": trials, "kernel_layout": kl, "timed": ts}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"mib": mib, "trials": trials, "kernel_layout": kl, "timed": ts}),
+    )
 }
 
 // ---------------------------------------------------------------- experiment 5: repeated placement

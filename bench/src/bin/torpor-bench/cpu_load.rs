@@ -132,17 +132,7 @@ pub fn cpu_load(ctx: &Ctx) -> Result<String> {
         verdict(0, 20.0),
         verdict(40, 30.0)
     );
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        srv_proof_summary(&ts)
-    );
-    o.push_str(&srv_runs_table(&ts));
+    srv_plot_and_proofs(&mut o, &png_path, &ts);
     std::fs::write(&md_path, &o)?;
     let ach_json: Vec<serde_json::Value> =
         achieved.iter().map(|(l, c, a, la)| serde_json::json!({"target_pct": l, "calibration": c, "level": a, "loadavg_after": [la.0, la.1, la.2]})).collect();

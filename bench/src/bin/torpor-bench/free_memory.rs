@@ -211,23 +211,11 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
          allocation both exhibit similar benefits.\" Here free memory alone gives {fo:.2}× over none{}. Ratios are of medians from this one interleaved run.\n",
         if fo > 1.05 { "" } else { " — no measurable benefit in this setting (the kernel's reclaim of the clean/dirty hog keeps up with demand paging)" }
     );
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        proof_summary(&ts)
-    );
-    o.push_str(&runs_table(&ts));
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    plot_and_proofs(&mut o, &png_path, &ts);
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}),
+    )
 }

@@ -116,25 +116,13 @@ pub fn repeated(ctx: &Ctx) -> Result<String> {
          \"the enhanced resume time remains stable because it prefetches all the memory footprint anyway\". Ratios above are of means \
          from this one interleaved run.\n\n",
     );
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        proof_summary(&ts)
-    );
-    o.push_str(&runs_table(&ts));
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    plot_and_proofs(&mut o, &png_path, &ts);
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}),
+    )
 }
 
 // ---------------------------------------------------------------- experiments 1 and 6: a real server

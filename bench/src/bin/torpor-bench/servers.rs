@@ -5,6 +5,7 @@ use bench::resume::MIB;
 use bench::server::{Server, Tomcat};
 use procswap::{NoProgress, PrefetchOptions, PurgeOptions, StockBackend};
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Instant;
 
 /// Evidence that a frozen server's memory is out before a timed resume.
@@ -319,4 +320,19 @@ pub fn server_text(tc: &Tomcat, srv: &Servers) -> String {
 
 pub fn secs_of_srv<'a>(ts: impl Iterator<Item = &'a SrvTimed>) -> Vec<f64> {
     ts.map(|t| t.seconds).collect()
+}
+
+/// The plot link, the proof that memory was out before every timed resume, and the runs table.
+pub fn srv_plot_and_proofs(o: &mut String, png_path: &Path, ts: &[SrvTimed]) {
+    let _ = writeln!(
+        o,
+        "![plot]({})\n",
+        png_path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(
+        o,
+        "## Memory was out before every timed resume\n\n{}\n",
+        srv_proof_summary(ts)
+    );
+    o.push_str(&srv_runs_table(ts));
 }

@@ -152,17 +152,7 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
          so here the penalty is the whole prefetch. A working-set-only prefetch (see `repeated/`) is torpor's answer to this case.\n\n",
     );
     o.push_str(FLOOR_NOTE);
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        proof_summary(&ts)
-    );
-    o.push_str(&runs_table(&ts));
+    plot_and_proofs(&mut o, &png_path, &ts);
     let floors_s: Vec<String> = floors
         .iter()
         .map(|f| format!("{} MiB {:.3}", f.0, f.1))
@@ -172,14 +162,12 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
         "\nI/O floor reads, in run order: {}.",
         floors_s.join(", ")
     );
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}),
+    )
 }
 
 // ---------------------------------------------------------------- experiment 4: contiguity

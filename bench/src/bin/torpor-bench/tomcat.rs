@@ -4,7 +4,7 @@ use crate::common::*;
 use crate::servers::*;
 use anyhow::{Context, Result};
 use bench::machine::loadavg;
-use bench::plot::{self, Bar};
+use bench::plot::{self};
 use bench::resume::MIB;
 use bench::stats::Spread;
 use std::fmt::Write as _;
@@ -40,19 +40,7 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
     ];
     let get = |c: &str| Spread::of(&secs_of_srv(ts.iter().filter(|t| t.config == c)));
     let cold = get(names[0]).context("no cold starts")?;
-    let bars: Vec<Bar> = names
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            get(c).map(|s| Bar {
-                label: c.to_string(),
-                value: s.median,
-                lo: s.min,
-                hi: s.max,
-                color: i,
-            })
-        })
-        .collect();
+    let bars = spread_bars(&names, get);
     plot::bars(
         &png_path,
         &format!(
@@ -69,11 +57,7 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
     for c in names {
         let sel: Vec<&SrvTimed> = ts.iter().filter(|t| t.config == c).collect();
         let s = get(c);
-        let med = |f: &dyn Fn(&SrvTimed) -> f64| {
-            Spread::of(&sel.iter().map(|t| f(t)).collect::<Vec<_>>())
-                .map(|s| s.median)
-                .unwrap_or(f64::NAN)
-        };
+        let med = |f: &dyn Fn(&SrvTimed) -> f64| median_by(&sel, f);
         let _ = writeln!(
             o,
             "| {c} | {} | **{}** | {:.0} | {} |",
@@ -102,25 +86,13 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
         if e > 20.0 { "target MET" } else { "target (20×) NOT MET" },
         cold.median
     );
-    let _ = writeln!(
-        o,
-        "![plot]({})\n",
-        png_path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(
-        o,
-        "## Memory was out before every timed resume\n\n{}\n",
-        srv_proof_summary(&ts)
-    );
-    o.push_str(&srv_runs_table(&ts));
-    std::fs::write(&md_path, &o)?;
-    std::fs::write(
+    srv_plot_and_proofs(&mut o, &png_path, &ts);
+    write_results(
+        &md_path,
+        &o,
         &json_path,
-        serde_json::to_string_pretty(
-            &serde_json::json!({"server": srv.tc.info, "trials": trials, "working_set_bytes": srv.ws.as_ref().map(|w| w.bytes()), "timed": ts}),
-        )?,
-    )?;
-    Ok(md_path.display().to_string())
+        &serde_json::json!({"server": srv.tc.info, "trials": trials, "working_set_bytes": srv.ws.as_ref().map(|w| w.bytes()), "timed": ts}),
+    )
 }
 
 // ---------------------------------------------------------------- experiment 7: disk models (from vm-bench runs)
