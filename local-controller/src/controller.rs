@@ -1012,6 +1012,7 @@ impl Controller {
                 } else {
                     None
                 },
+                layout_rewrite_bytes: activation::LAYOUT_REWRITE_BYTES,
                 ..PurgeOptions::default()
             };
             match procswap::purge_with(&*self.backend, *pid, &opts, &NoProgress) {
@@ -1304,11 +1305,10 @@ impl Controller {
         // Make room first (other suspended apps), then fetch without crossing the floor.
         self.enforce_reserve(Some(&name));
         let tpf = Instant::now();
-        let mut timing = StartTiming::default();
-        let ws: Option<WorkingSet> = std::fs::read(self.ws_path(&name))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        timing.prefetch_mode = Some(policy.as_str().to_string());
+        let mut timing = StartTiming {
+            prefetch_mode: Some(policy.as_str().to_string()),
+            ..StartTiming::default()
+        };
         // loading-set: the plan's first part before thaw (falls back to full without a plan).
         let act = if policy == PrefetchPolicy::LoadingSet {
             self.activation_before_thaw(slot, &pids, &mut timing)
@@ -1320,6 +1320,11 @@ impl Controller {
         } else {
             policy
         };
+        // Read only by the modes that use it (megabytes of JSON for a large app).
+        let ws: Option<WorkingSet> = (policy != PrefetchPolicy::LoadingSet)
+            .then(|| std::fs::read(self.ws_path(&name)).ok())
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let do_prefetch = match policy {
             PrefetchPolicy::LoadingSet => false,
             PrefetchPolicy::Full => true,

@@ -76,7 +76,9 @@ pub use loadingset::{
     Candidates, DecayPolicy, Loaded, LoadingSet, LoadingSetRecorder, RecorderOptions, Recording,
 };
 pub use memkind::{ByKind, KindUsage, MemKind};
-pub use plan::{fetch_unmapped, ActivationPlan, FetchOptions, FetchReport, Part, PlanPart};
+pub use plan::{
+    fetch_unmapped, ActivationPlan, FetchOptions, FetchReport, IoQueue, Part, PlanPart,
+};
 pub use prefetch::{prefetch_with, PrefetchOptions, PrefetchReport, StopReason};
 pub use progress::{NoProgress, Progress};
 pub use purge::{purge_with, PurgeOptions, PurgeReport};

@@ -611,13 +611,34 @@ impl std::fmt::Debug for LoadingSetRecorder {
     }
 }
 
+/// Runs at most this many pages apart are scanned with one `PAGEMAP_SCAN` (8 MiB of 4 KiB pages).
+const SCAN_GAP_PAGES: u64 = 2048;
+
+/// Spans covering sorted, non-overlapping `runs`: neighbours with a hole of at most `gap`
+/// pages between them are joined.
+fn scan_spans(runs: &[PageRun], gap: u64) -> Vec<PageRun> {
+    let mut out: Vec<PageRun> = Vec::new();
+    for r in runs {
+        match out.last_mut() {
+            Some(l) if r.first <= l.end() + gap => l.count = l.count.max(r.end() - l.first),
+            _ => out.push(*r),
+        }
+    }
+    out
+}
+
 /// Present pages among address-page runs (pagemap), as runs. Uses `PAGEMAP_SCAN` where the
 /// kernel has it (≥ 6.7), else reads and decodes the pagemap entries.
+///
+/// Runs at most [`SCAN_GAP_PAGES`] apart are scanned as one span and the answer intersected
+/// with the runs: a loading set of scattered pages (redis' random keys) is tens of thousands of
+/// runs, and one system call per run made every poll cost ~150 ms of CPU (measured on a 1 GiB
+/// redis); a span's page-table walk over the gaps costs far less than the calls it saves.
 fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun>> {
     let mut out: Vec<PageRun> = Vec::new();
     if USE_SCAN.load(std::sync::atomic::Ordering::Relaxed) {
         let mut ok = true;
-        for r in runs {
+        for r in &scan_spans(runs, SCAN_GAP_PAGES) {
             match pm.present_ranges(r.first * ps, r.end() * ps)? {
                 Some(v) => out.extend(v.iter().map(|x| PageRun {
                     first: x.start / ps,
@@ -631,11 +652,11 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
             }
         }
         if ok {
-            return Ok(normalize(out));
+            return Ok(intersect(&normalize(out), runs));
         }
         out.clear();
     }
-    for r in runs {
+    for r in &scan_spans(runs, SCAN_GAP_PAGES) {
         pm.scan(r.first * ps, r.end() * ps, |addr, info| {
             if classify(&info).0 {
                 let p = addr / ps;
@@ -646,7 +667,7 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
             }
         })?;
     }
-    Ok(out)
+    Ok(intersect(&out, runs))
 }
 
 impl LoadingSetRecorder {
@@ -968,6 +989,66 @@ impl LoadingSetRecorder {
 #[cfg(test)]
 mod tests_loadingset {
     use super::*;
+
+    #[test]
+    fn scan_spans_join_only_close_runs() {
+        let r = |first, count| PageRun { first, count };
+        let runs = [r(10, 2), r(13, 1), r(20, 5), r(100, 1)];
+        assert_eq!(
+            scan_spans(&runs, 0),
+            vec![r(10, 2), r(13, 1), r(20, 5), r(100, 1)]
+        );
+        assert_eq!(scan_spans(&runs, 1), vec![r(10, 4), r(20, 5), r(100, 1)]);
+        assert_eq!(scan_spans(&runs, 74), vec![r(10, 15), r(100, 1)]);
+        assert_eq!(scan_spans(&runs, 75), vec![r(10, 91)]);
+        assert!(scan_spans(&[], 5).is_empty());
+    }
+
+    /// Both pagemap paths answer exactly the present pages *among the runs asked*, although
+    /// they scan whole spans: present pages in the gaps between runs are not reported.
+    #[test]
+    fn present_in_reports_only_pages_of_the_runs() {
+        let ps = sys::page_size();
+        let n = 64usize;
+        // SAFETY: a fresh private anonymous mapping of n pages, unmapped below; nothing else
+        // refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * ps as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let touched = [0usize, 1, 5, 6, 7, 20, 40, 63];
+        for &i in &touched {
+            // SAFETY: page i of the mapping above (i < n), writable.
+            unsafe { *(base as *mut u8).add(i * ps as usize) = 1 };
+        }
+        let p0 = base as u64 / ps;
+        let r = |first: u64, count| PageRun {
+            first: p0 + first,
+            count,
+        };
+        // Runs leave out touched pages 0, 7 and 40 (in the gaps, or cut off a run's edge).
+        let runs = [r(1, 5), r(8, 20), r(41, 23)];
+        let want = vec![r(1, 1), r(5, 1), r(20, 1), r(63, 1)];
+        let mut pm = Pagemap::open(std::process::id() as i32).unwrap();
+        for scan in [true, false] {
+            use_pagemap_scan(scan);
+            assert_eq!(
+                present_in(&mut pm, ps, &runs).unwrap(),
+                want,
+                "PAGEMAP_SCAN {scan}"
+            );
+        }
+        use_pagemap_scan(true);
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(base, n * ps as usize) };
+    }
 
     fn run(first: u64, count: u64, round: u32) -> LsRun {
         LsRun {

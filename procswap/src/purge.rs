@@ -37,6 +37,16 @@ pub struct PurgeOptions {
     /// their old slot: the kernel drops them without writing. A layout is written once per
     /// page that was dirtied (or never swapped).
     pub layout_first: Option<Vec<Range>>,
+    /// With [`layout_first`](Self::layout_first): the head of the layout, up to this many
+    /// bytes (the pages the app touched first), is **rewritten** before the page-out — one
+    /// byte of every present, exclusively mapped anonymous page read and written back
+    /// unchanged with `process_vm_readv`/`process_vm_writev` (the target is frozen) — so pages
+    /// read-faulted since their last swap-out lose their old slot (the write fault frees it)
+    /// and are written into the layout's consecutive slots instead of staying scattered. Pages
+    /// shared with another process (copy-on-write after fork, the zero page) are left alone:
+    /// writing would give the target a private copy. Costs one page write per clean page at
+    /// Stop. 0 (the default) rewrites nothing.
+    pub layout_rewrite_bytes: u64,
 }
 
 impl Default for PurgeOptions {
@@ -49,6 +59,7 @@ impl Default for PurgeOptions {
             batch_iovecs: sys::IOV_MAX,
             snapshot: true,
             layout_first: None,
+            layout_rewrite_bytes: 0,
         }
     }
 }
@@ -77,6 +88,12 @@ pub struct LayoutReport {
     pub rest_extents: u64,
     /// Time of the ordered page-out of the loading set.
     pub first_seconds: f64,
+    /// Pages of the layout's head rewritten before the page-out
+    /// ([`PurgeOptions::layout_rewrite_bytes`]), and those that could not be (read-only).
+    #[serde(default)]
+    pub rewritten_pages: u64,
+    #[serde(default)]
+    pub rewrite_refused_pages: u64,
 }
 
 /// Resident memory that the purge could not remove, by reason.
@@ -224,9 +241,14 @@ pub fn purge_with(
     let mut first_seconds = 0.0;
     let mut advised = 0u64;
     let mut refused = 0u64;
+    let mut rewritten = (0, 0);
     if let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) {
         layout_pre = crate::prefetch::swapped_pages_in(&t, first)?;
         let tf = Instant::now();
+        if opts.layout_rewrite_bytes >= ps {
+            let addrs = exclusive_present(&t, first, opts.layout_rewrite_bytes / ps)?;
+            rewritten = rewrite_pages_vm(pid, &addrs)?;
+        }
         let _pin = PinCpu::here();
         progress.phase(
             "page-out (loading set first)",
@@ -303,10 +325,11 @@ pub fn purge_with(
             swapped_pages: opts.layout_first.is_some(),
         },
     )?;
-    let layout = opts
-        .layout_first
-        .as_ref()
-        .map(|first| layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds));
+    let layout = opts.layout_first.as_ref().map(|first| {
+        let mut l = layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds);
+        (l.rewritten_pages, l.rewrite_refused_pages) = rewritten;
+        l
+    });
     let (snapshot_bytes, evicted_bytes) = match &snapshot {
         Some(s) => match s.check(pid) {
             Ok(c) => {
@@ -471,6 +494,82 @@ impl Drop for PinCpu {
     }
 }
 
+/// Present, exclusively mapped **anonymous** pages of `ranges` (never a file page: writing
+/// it back would write the file, or give a private mapping a copy), in the ranges' order, at
+/// most `max`.
+fn exclusive_present(t: &Target, ranges: &[Range], max: u64) -> Result<Vec<u64>> {
+    let mut pm = crate::inspect::Pagemap::open(t.pid())?;
+    let mut out = Vec::new();
+    for r in ranges {
+        if out.len() as u64 >= max {
+            break;
+        }
+        pm.scan(r.start, r.end(), |addr, info| {
+            let (present, file, _) = crate::inspect::classify(&info);
+            if (out.len() as u64) < max && present && !file && crate::inspect::exclusive(&info) {
+                out.push(addr);
+            }
+        })?;
+    }
+    out.truncate(max as usize);
+    Ok(out)
+}
+
+/// Read one byte of each page at `addrs` in `pid` and write it back unchanged
+/// (`process_vm_readv`/`process_vm_writev`, [`sys::IOV_MAX`] pages per call): a write fault
+/// on each page, which frees a clean swap-cache page's swap slot. Only for a frozen target (no
+/// write of its own can come between the read and the write). Returns (pages rewritten, pages
+/// that could not be read or written, e.g. read-only mappings).
+pub fn rewrite_pages_vm(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
+    use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+    use std::io::{IoSlice, IoSliceMut};
+    let npid = nix::unistd::Pid::from_raw(pid);
+    let mut buf = vec![0u8; sys::IOV_MAX];
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let mut rest = addrs;
+    let sys_err = |op, e: nix::errno::Errno| match e {
+        nix::errno::Errno::ESRCH => Error::TargetExited { pid, op: "rewrite" },
+        e => Error::Sys {
+            op,
+            pid,
+            source: e.into(),
+        },
+    };
+    while !rest.is_empty() {
+        let n = rest.len().min(sys::IOV_MAX);
+        let remote: Vec<RemoteIoVec> = rest[..n]
+            .iter()
+            .map(|&a| RemoteIoVec {
+                base: a as usize,
+                len: 1,
+            })
+            .collect();
+        let got = match process_vm_readv(npid, &mut [IoSliceMut::new(&mut buf[..n])], &remote) {
+            Ok(g) => g,
+            Err(nix::errno::Errno::EFAULT) => 0,
+            Err(e) => return Err(sys_err("process_vm_readv", e)),
+        };
+        let put = if got == 0 {
+            0
+        } else {
+            match process_vm_writev(npid, &[IoSlice::new(&buf[..got])], &remote[..got]) {
+                Ok(p) => p,
+                Err(nix::errno::Errno::EFAULT) => 0,
+                Err(e) => return Err(sys_err("process_vm_writev", e)),
+            }
+        };
+        ok += put as u64;
+        // The page at index `put` failed (read or write): skip it, continue after it.
+        if put < n {
+            bad += 1;
+            rest = &rest[put + 1..];
+        } else {
+            rest = &rest[n..];
+        }
+    }
+    Ok((ok, bad))
+}
+
 /// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
 /// page after the purge, address order); `pre`: the loading set's pages on swap before.
 fn layout_report(
@@ -542,4 +641,51 @@ fn layout_report(
     rep.rest_pages = rest.len() as u64;
     rep.rest_extents = runs(rest);
     rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every page is read and written back unchanged; a read-only page is counted as refused
+    /// and the pages after it are still rewritten.
+    #[test]
+    fn rewrite_keeps_contents_and_skips_read_only_pages() {
+        let ps = sys::page_size() as usize;
+        let n = 8usize;
+        // SAFETY: a fresh private anonymous mapping of n pages, unmapped below; nothing else
+        // refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
+        for i in 0..n {
+            // SAFETY: page i of the writable mapping above (i < n).
+            unsafe { *base.add(i * ps) = 0x40 + i as u8 };
+        }
+        // SAFETY: page 3 of the mapping above becomes read-only (it stays mapped).
+        let rc =
+            unsafe { libc::mprotect(base.add(3 * ps) as *mut libc::c_void, ps, libc::PROT_READ) };
+        assert_eq!(rc, 0);
+        let addrs: Vec<u64> = (0..n).map(|i| base as u64 + (i * ps) as u64).collect();
+        let (ok, bad) = rewrite_pages_vm(std::process::id() as i32, &addrs).unwrap();
+        assert_eq!((ok, bad), (7, 1));
+        for i in 0..n {
+            // SAFETY: page i of the (readable) mapping above.
+            assert_eq!(unsafe { *base.add(i * ps) }, 0x40 + i as u8, "page {i}");
+        }
+        assert_eq!(
+            rewrite_pages_vm(std::process::id() as i32, &[]).unwrap(),
+            (0, 0)
+        );
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, n * ps) };
+    }
 }

@@ -27,8 +27,9 @@ use crate::config::PrefetchPolicy;
 use procswap::cgroup::Memcg;
 use procswap::sys::IoPriority;
 use procswap::{
-    fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, Loaded, LoadingSet,
-    LoadingSetRecorder, PlanPart, Range, RecorderOptions, Recording, ResidencySnapshot, Target,
+    fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, IoQueue, Loaded,
+    LoadingSet, LoadingSetRecorder, PlanPart, Range, RecorderOptions, Recording, ResidencySnapshot,
+    Target,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -36,6 +37,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+/// Swap extents (separate reads) per background step; see [`steps`].
+const STEP_EXTENTS: u64 = 16;
+
+/// Before each background step: wait until at most this many reads are in flight on the swap
+/// devices ([`IoQueue`]), but never longer than `QUEUE_WAIT_MAX` (another tenant's I/O must not
+/// stall the fetch).
+const QUEUE_READS: u64 = 4;
+const QUEUE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The first response, for the loading set's `first` part (fetched before the next thaw) and
+/// for the start of the background fetch, is the readiness probe's answer but never earlier
+/// than this after the thaw: a TCP probe is answered by the kernel before the app has served
+/// anything (redis: its first client request touches ~150 pages after the probe's answer), and
+/// the app's first requests then fault alone, not behind the background's reads.
+const FIRST_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest the background fetch waits for the first response before it starts anyway.
+const FIRST_RESPONSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Anonymous pages per background fetch step: the stop flag and the reserve are checked
 /// between steps (4 MiB with 4 KiB pages).
@@ -48,6 +68,13 @@ const FETCH_THREAD: &str = "torpor-fetch";
 /// (so a test can act during the fetch, e.g. kill the app, whatever the machine's speed).
 const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
 
+/// The head of the loading set (in touch order: what the first response needs) that every
+/// purge rewrites so that it lands in consecutive swap slots even where the app only read it
+/// (`procswap::PurgeOptions::layout_rewrite_bytes`): the plan's `first` part is then one
+/// sequential read, not a thousand scattered ones (Tomcat: ~4,700 pages in ~1,200 extents
+/// without it).
+pub(super) const LAYOUT_REWRITE_BYTES: u64 = 32 << 20;
+
 /// The threads a loading-set Start leaves running (runtime only).
 #[derive(Default)]
 pub(crate) struct ActRuntime {
@@ -55,6 +82,25 @@ pub(crate) struct ActRuntime {
     first_response: Arc<AtomicBool>,
     recorder: Option<JoinHandle<Vec<Recording>>>,
     background: Option<JoinHandle<BackgroundReport>>,
+    /// The plans the last purge computed, per pid, kept so that Start does not parse them
+    /// again (megabytes of JSON for a large process: ~80 ms of redis' Start before the
+    /// thaw); taken by the next Start, and used only while the file is the one written with
+    /// it (same length and modification time): otherwise, and after a torpord restart, the
+    /// file is read.
+    plans: std::collections::HashMap<i32, (ActivationPlan, Option<FileStamp>)>,
+}
+
+/// Length, modification time and first bytes of a file (is it still the one we wrote? The
+/// format version is at the start of a plan's JSON).
+type FileStamp = (u64, std::time::SystemTime, Vec<u8>);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let m = f.metadata().ok()?;
+    let mut head = Vec::with_capacity(256);
+    f.by_ref().take(256).read_to_end(&mut head).ok()?;
+    Some((m.len(), m.modified().ok()?, head))
 }
 
 /// What the background fetch did (in the Stop answer and events).
@@ -63,6 +109,15 @@ pub struct BackgroundReport {
     pub loading_rest_bytes: u64,
     pub rest_bytes: u64,
     pub seconds: f64,
+    /// Time spent waiting for the swap devices' queues to drain between steps.
+    #[serde(default)]
+    pub queue_wait_s: f64,
+    /// Time spent waiting for the first response before the first read.
+    #[serde(default)]
+    pub waited_s: f64,
+    /// When the rest of the loading set was issued (seconds from the first read).
+    #[serde(default)]
+    pub loading_rest_s: f64,
     /// Why it ended early: stopped, target exited, free-memory floor.
     pub ended: Option<String>,
     pub skipped: Vec<String>,
@@ -76,10 +131,13 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set, {} MiB of the rest in {:.2}s{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest in {:.2}s ({:.2}s waiting for the queue), after {:.3}s waiting for the first response{}{}",
             self.loading_rest_bytes >> 20,
+            self.loading_rest_s,
             self.rest_bytes >> 20,
             self.seconds,
+            self.queue_wait_s,
+            self.waited_s,
             self.ended
                 .as_ref()
                 .map(|e| format!(" (ended: {e})"))
@@ -106,6 +164,14 @@ pub struct ActivationTiming {
     pub first_issued_bytes: u64,
     pub first_swap_extents: u64,
     pub first_fetch_s: f64,
+    /// Where the time before thaw went: loading the saved plans, issuing the `first` reads,
+    /// starting the recorders (their first pagemap pass).
+    #[serde(default)]
+    pub plan_load_s: f64,
+    #[serde(default)]
+    pub first_issue_s: f64,
+    #[serde(default)]
+    pub recorder_start_s: f64,
     /// Objects skipped (deleted, truncated, replaced since Stop) and plan notes.
     pub notes: Vec<String>,
     /// The armed readiness request answered (no polling interval in the way).
@@ -135,17 +201,27 @@ fn write_atomic(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A plan part cut into steps of at most `STEP_PAGES` anonymous pages or one object each.
+/// A step also ends at `STEP_EXTENTS` runs of consecutive swap slots: scattered pages are one
+/// read each, and a step's reads are what the app's next fault may have to wait behind.
 fn steps(part: &PlanPart) -> Vec<PlanPart> {
     let mut out = Vec::new();
     let mut cur = PlanPart::default();
-    let mut pages = 0;
+    let (mut pages, mut extents) = (0, 0);
+    let mut next_slot: Option<(u8, u64)> = None;
     for r in &part.anon {
-        if pages + r.pages > STEP_PAGES && !cur.anon.is_empty() {
+        let new_extent = next_slot != Some((r.swap_type, r.offset));
+        if !cur.anon.is_empty()
+            && (pages + r.pages > STEP_PAGES || (new_extent && extents == STEP_EXTENTS))
+        {
             out.push(std::mem::take(&mut cur));
-            pages = 0;
+            (pages, extents) = (0, 0);
+        }
+        if new_extent || cur.anon.is_empty() {
+            extents += 1;
         }
         cur.anon.push(*r);
         pages += r.pages;
+        next_slot = Some((r.swap_type, r.offset + r.pages));
     }
     if !cur.anon.is_empty() {
         out.push(cur);
@@ -257,6 +333,8 @@ impl Controller {
         match res {
             Ok(p) => {
                 let (f, l, r) = (p.first.pages(), p.loading_rest.pages(), p.rest.pages());
+                let st = stamp(&plan_path(self, name, pid));
+                lock(&slot.act).plans.insert(pid, (p.clone(), st));
                 self.event(
                     Some(name),
                     "activation",
@@ -285,8 +363,15 @@ impl Controller {
         notes: &mut Vec<String>,
     ) -> Vec<ActivationPlan> {
         let mut plans = Vec::new();
+        let mut cached = std::mem::take(&mut lock(&slot.act).plans);
         for &pid in pids {
             let path = plan_path(self, &slot.cfg.name, pid);
+            if let Some((p, st)) = cached.remove(&pid) {
+                if st.is_some() && st == stamp(&path) {
+                    plans.push(p);
+                    continue;
+                }
+            }
             match std::fs::read(&path) {
                 Ok(b) => match ActivationPlan::from_json(&b) {
                     Ok(p) if p.pid == pid => plans.push(p),
@@ -329,7 +414,9 @@ impl Controller {
                 return Some((Vec::new(), Vec::new(), at));
             }
         }
+        let tl = Instant::now();
         let plans = self.load_plans(slot, pids, &mut at.notes);
+        at.plan_load_s = tl.elapsed().as_secs_f64();
         if plans.is_empty() {
             for n in &at.notes {
                 self.event(
@@ -367,18 +454,23 @@ impl Controller {
             at.rest_pages += r.anon + r.shmem + r.file;
             at.notes
                 .extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
-            match Target::open(plan.pid, "activation")
-                .and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts))
-            {
+            let ti = Instant::now();
+            let fetched = Target::open(plan.pid, "activation")
+                .and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts));
+            at.first_issue_s += ti.elapsed().as_secs_f64();
+            match fetched {
                 Ok(rep) => {
                     at.first_issued_bytes +=
                         rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
                     at.first_swap_extents += rep.swap_extents;
-                    at.notes.extend(
-                        rep.skipped.iter().map(|s| {
-                            format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason)
-                        }),
-                    );
+                    for s in &rep.skipped {
+                        let n = format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason);
+                        if !at.notes.contains(&n) {
+                            // Reported like the objects found gone after the thaw.
+                            self.event(Some(&slot.cfg.name), "activation", n.clone());
+                            at.notes.push(n);
+                        }
+                    }
                     if let Some(s) = rep.stopped {
                         timing.prefetch_stopped = Some(format!("{s:?}"));
                     }
@@ -387,11 +479,13 @@ impl Controller {
                     .notes
                     .push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
             }
-            match LoadingSetRecorder::start(
+            let tr = Instant::now();
+            let rec = LoadingSetRecorder::start(
                 plan.pid,
                 &Candidates::from_plan(plan),
                 RecorderOptions::default(),
-            ) {
+            );
+            match rec {
                 Ok(mut rec) => {
                     // The background fetch must not be mistaken for the app's own reads.
                     rec.note_fetched_part(plan, &plan.loading_rest);
@@ -402,6 +496,7 @@ impl Controller {
                     .notes
                     .push(format!("pid {}: no recording this time: {e}", plan.pid)),
             }
+            at.recorder_start_s += tr.elapsed().as_secs_f64();
         }
         at.first_fetch_s = t.elapsed().as_secs_f64();
         at.planned_pids = plans.len();
@@ -450,9 +545,15 @@ impl Controller {
             .ok();
         let reserve = self.cfg.reserve;
         let hold = std::env::var_os(HOLD_ENV).map(PathBuf::from);
+        let first_b = a.first_response.clone();
         a.background = std::thread::Builder::new()
             .name(FETCH_THREAD.into())
-            .spawn(move || background(plans, &stop, reserve, hold.as_deref()))
+            .spawn(move || {
+                let waited = wait_first_response(&first_b, &stop);
+                let mut rep = background(plans, &stop, reserve, hold.as_deref());
+                rep.waited_s = waited;
+                rep
+            })
             .map_err(|e| {
                 self.event(
                     Some(&slot.cfg.name),
@@ -526,9 +627,10 @@ fn record(
 ) -> Vec<Recording> {
     let interval = RecorderOptions::default().interval;
     let mut marked = false;
+    let thawed = Instant::now();
     while !recs.is_empty() && !stop.load(Ordering::SeqCst) {
-        let next = Instant::now() + interval;
-        if !marked && first.load(Ordering::SeqCst) {
+        let t = Instant::now();
+        if !marked && first.load(Ordering::SeqCst) && thawed.elapsed() >= FIRST_WINDOW {
             recs.iter_mut().for_each(|r| r.mark_first_response());
             marked = true;
         }
@@ -538,10 +640,33 @@ fn record(
         if recs.iter().all(|r| r.should_stop()) {
             break;
         }
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pause(interval, t.elapsed()));
     }
     recs.into_iter().map(|r| r.finish()).collect()
 }
+
+/// Wait until the first response is answered and [`FIRST_WINDOW`] has passed (the first
+/// requests' faults get the device to themselves), the app is stopped, or
+/// [`FIRST_RESPONSE_WAIT`] passed. Returns the seconds waited.
+fn wait_first_response(first: &AtomicBool, stop: &AtomicBool) -> f64 {
+    let t = Instant::now();
+    let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= FIRST_WINDOW;
+    while !answered(&t) && !stop.load(Ordering::SeqCst) && t.elapsed() < FIRST_RESPONSE_WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The pause after a recorder round that took `poll`: the rest of the interval, but at least
+/// `RECORDER_DUTY` × `poll`, so recording never takes more than a fraction of a CPU from the
+/// app it watches (polls over a large process cost milliseconds each).
+fn pause(interval: std::time::Duration, poll: std::time::Duration) -> std::time::Duration {
+    interval.saturating_sub(poll).max(poll * RECORDER_DUTY)
+}
+
+/// See [`pause`]: a round of `p` is followed by at least `RECORDER_DUTY × p` of sleep (the
+/// recorder takes at most 1/(1+RECORDER_DUTY) of one CPU).
+const RECORDER_DUTY: u32 = 3;
 
 /// The rest of the loading set, then everything else, in steps, at low I/O priority.
 fn background(
@@ -552,7 +677,11 @@ fn background(
 ) -> BackgroundReport {
     let t = Instant::now();
     let mut rep = BackgroundReport::default();
+    let queue = IoQueue::of_swap();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
+        if which == 1 {
+            rep.loading_rest_s = t.elapsed().as_secs_f64();
+        }
         for plan in &plans {
             let part = if which == 0 {
                 &plan.loading_rest
@@ -587,6 +716,9 @@ fn background(
                 if stop.load(Ordering::SeqCst) {
                     rep.ended = Some("stopped".into());
                     break 'parts;
+                }
+                if !step.anon.is_empty() {
+                    rep.queue_wait_s += queue.wait_below(QUEUE_READS, QUEUE_WAIT_MAX).as_secs_f64();
                 }
                 match fetch_unmapped(&tg, plan, &step, &opts) {
                     Ok(r) => {
@@ -632,4 +764,63 @@ fn gone_objects(
         .filter_map(|i| plan.objects.get(i as usize))
         .filter_map(|o| procswap::memkind::reopen(plan.pid, o).err().map(|g| (o, g)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procswap::plan::{ObjectPart, SwapRun};
+    use std::time::Duration;
+
+    fn run(addr_page: u64, pages: u64, offset: u64) -> SwapRun {
+        SwapRun {
+            addr: addr_page * 4096,
+            pages,
+            swap_type: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn steps_end_at_the_page_or_the_extent_limit() {
+        // 40 scattered single pages: one read each, cut every STEP_EXTENTS.
+        let scattered = PlanPart {
+            anon: (0..40).map(|i| run(i * 2, 1, 1000 + i * 7)).collect(),
+            ..Default::default()
+        };
+        let s = steps(&scattered);
+        let sizes: Vec<usize> = s.iter().map(|p| p.anon.len()).collect();
+        assert_eq!(sizes, vec![16, 16, 8]);
+        // Address-discontiguous runs on consecutive slots are one extent: only the page
+        // limit cuts them (3 × 400 pages: 1024 fits two).
+        let sequential = PlanPart {
+            anon: vec![run(0, 400, 0), run(1000, 400, 400), run(5000, 400, 800)],
+            file: vec![ObjectPart {
+                object: 0,
+                runs: vec![],
+            }],
+            ..Default::default()
+        };
+        let s = steps(&sequential);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].anon.len(), 2);
+        assert_eq!(s[0].swap_extents(), 1);
+        assert_eq!(s[1].anon.len(), 1);
+        assert_eq!(s[2].file.len(), 1);
+        assert!(s[2].anon.is_empty());
+        // Nothing is lost or reordered.
+        let back: Vec<SwapRun> = steps(&scattered).into_iter().flat_map(|p| p.anon).collect();
+        assert_eq!(back, scattered.anon);
+    }
+
+    #[test]
+    fn recorder_pause_caps_its_share_of_a_cpu() {
+        let ms = Duration::from_millis;
+        // Cheap polls keep the interval.
+        assert_eq!(pause(ms(5), ms(1)), ms(4));
+        assert_eq!(pause(ms(5), Duration::ZERO), ms(5));
+        // Expensive ones are followed by RECORDER_DUTY times their own time.
+        assert_eq!(pause(ms(5), ms(4)), ms(12));
+        assert_eq!(pause(ms(5), ms(150)), ms(450));
+    }
 }
