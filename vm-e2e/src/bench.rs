@@ -442,88 +442,8 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
         swap_dev.as_deref().map(mem::dev_name)
     );
     let mut driver = match o.driver.as_str() {
-        "torpord" => {
-            let sock = env.dir.join("torpord.sock");
-            let state = env.dir.join("torpord-state");
-            let _ = std::fs::remove_dir_all(&state);
-            std::fs::create_dir_all(&state)?;
-            let cfg_path = env.dir.join("torpord.toml");
-            std::fs::write(
-                &cfg_path,
-                torpord::config(
-                    env,
-                    &env.launch_argv(&o.guest_sh),
-                    &state,
-                    &sock,
-                    CGROUP_PARENT,
-                ),
-            )?;
-            let check = Command::new(&o.torpord_bin)
-                .args(["--check", "--config"])
-                .arg(&cfg_path)
-                .output()?;
-            if !check.status.success() {
-                bail!(
-                    "torpord --check {}: {}",
-                    cfg_path.display(),
-                    String::from_utf8_lossy(&check.stderr)
-                );
-            }
-            let log = std::fs::File::create(env.dir.join("torpord.log"))?;
-            let child = Command::new(&o.torpord_bin)
-                .arg("--config")
-                .arg(&cfg_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("spawn torpord")?;
-            println!(
-                "bench: torpord pid {} (log {}), waiting for the prestarted guest (boot + Stop)",
-                child.id(),
-                env.dir.join("torpord.log").display()
-            );
-            let t = Instant::now();
-            while !sock.exists() && t.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let st = wait_state(
-                &sock,
-                &["standby", "running", "suspended"],
-                o.boot_timeout + Duration::from_secs(300),
-            )?;
-            let pid = st["pid"].as_i64().context("no pid in the app status")? as i32;
-            println!(
-                "bench: guest QEMU pid {pid}, state {} after {:.0} s",
-                st["state"],
-                t.elapsed().as_secs_f64()
-            );
-            Driver::Torpord { sock, child, pid }
-        }
-        "direct" => {
-            // QEMU gets its own memory cgroup so the purge's memcg reclaim touches nothing else.
-            let cg = direct_memcg()?;
-            let guest = Guest::launch_in(env, &o.guest_sh, Some(&cg))?;
-            let t0 = Instant::now();
-            http::poll_ok(
-                env.app_addr(),
-                "/",
-                t0 + o.boot_timeout,
-                Duration::from_millis(250),
-            )
-            .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
-            println!(
-                "bench: guest up after {:.0} s (direct driver, QEMU pid {})",
-                t0.elapsed().as_secs_f64(),
-                guest.pid()
-            );
-            Driver::Direct {
-                guest,
-                torpor: o.torpor_bin.clone(),
-                ws_file: env.dir.join("priority-ws.json"),
-                cgroup: cg,
-            }
-        }
+        "torpord" => start_torpord(env, o)?,
+        "direct" => start_direct(env, o)?,
         d => bail!("unknown driver {d}"),
     };
     let pid = driver.pid();
@@ -534,69 +454,9 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
         ram.len() >> 20
     );
 
-    // Warm-up (not measured): make sure the guest is running and intact.
-    if let Driver::Torpord { sock, .. } = &driver {
-        let st = Driver::app_status(sock)?;
-        if st["state"].as_str() != Some("running") {
-            let v = driver.start(env, "full").context("warm-up start")?;
-            println!("bench: warm-up Start (full): {}", v["timing"]);
-        }
-    }
-    let (ok, a, c) = verify(env);
-    if !ok {
-        bail!("warm-up verify failed: app {a}, checksum {c}");
-    }
-    // The idle process must be older than the agent's 16 s activity window at the first
-    // measured Stop, so the priority map classes its memory as an inactive process's.
-    println!(
-        "bench: warm-up ok; waiting 17 s so the idle guest process is outside the activity window"
-    );
-    std::thread::sleep(Duration::from_secs(17));
+    warm_up(&mut driver, env)?;
 
-    let mut trials: Vec<Trial> = Vec::new();
-    let mut failures = 0;
-    for t in 0..o.trials {
-        for k in 0..MODES.len() {
-            let mode = MODES[(t + k) % MODES.len()];
-            let mut tr = Trial {
-                trial: t,
-                mode: mode.into(),
-                driver: o.driver.clone(),
-                ..Default::default()
-            };
-            if let Err(e) = one_trial(&mut driver, env, &ram, &swap_dev, &mut tr) {
-                tr.error = format!("{e:#}");
-            }
-            let ok = tr.error.is_empty() && tr.freed_ok && tr.verify_ok;
-            if !ok {
-                failures += 1;
-            }
-            println!(
-                "{} trial {t} {mode:<8} first response {:.3} s, Start returned {:.3} s, swap-in {:.1} MiB (dev {:.1} MiB), freed {} ({}), verify {}{}",
-                if ok { "PASS" } else { "FAIL" },
-                tr.first_response_s,
-                tr.start_return_s,
-                tr.swapin_bytes_to_first_response as f64 / 1048576.0,
-                tr.dev_read_bytes_to_first_response as f64 / 1048576.0,
-                tr.freed_ok,
-                tr.freed_note,
-                if tr.verify_ok { "ok" } else { "BAD" },
-                if tr.error.is_empty() { String::new() } else { format!(", error: {}", tr.error) }
-            );
-            let fatal = !tr.error.is_empty() && tr.first_response_s == 0.0;
-            trials.push(tr);
-            if fatal {
-                break;
-            }
-        }
-        if trials
-            .last()
-            .is_some_and(|t| !t.error.is_empty() && t.first_response_s == 0.0)
-        {
-            println!("bench: stopping after a failed Stop/Start");
-            break;
-        }
-    }
+    let (trials, mut failures) = run_trials(&mut driver, env, o, &ram, &swap_dev);
     // The idle process was never touched since boot: its data crossed every Stop/Start.
     let (idle_ok, idle) = verify_one(env.idle_addr());
     println!(
@@ -638,23 +498,175 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     Ok(())
 }
 
-fn one_trial(
+/// torpord as the driver: its config checked, the daemon spawned, the prestarted guest waited for.
+fn start_torpord(env: &GuestEnv, o: &Opts) -> Result<Driver> {
+    let sock = env.dir.join("torpord.sock");
+    let state = env.dir.join("torpord-state");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state)?;
+    let cfg_path = env.dir.join("torpord.toml");
+    std::fs::write(
+        &cfg_path,
+        torpord::config(
+            env,
+            &env.launch_argv(&o.guest_sh),
+            &state,
+            &sock,
+            CGROUP_PARENT,
+        ),
+    )?;
+    let check = Command::new(&o.torpord_bin)
+        .args(["--check", "--config"])
+        .arg(&cfg_path)
+        .output()?;
+    if !check.status.success() {
+        bail!(
+            "torpord --check {}: {}",
+            cfg_path.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let log = std::fs::File::create(env.dir.join("torpord.log"))?;
+    let child = Command::new(&o.torpord_bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawn torpord")?;
+    println!(
+        "bench: torpord pid {} (log {}), waiting for the prestarted guest (boot + Stop)",
+        child.id(),
+        env.dir.join("torpord.log").display()
+    );
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = wait_state(
+        &sock,
+        &["standby", "running", "suspended"],
+        o.boot_timeout + Duration::from_secs(300),
+    )?;
+    let pid = st["pid"].as_i64().context("no pid in the app status")? as i32;
+    println!(
+        "bench: guest QEMU pid {pid}, state {} after {:.0} s",
+        st["state"],
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Driver::Torpord { sock, child, pid })
+}
+
+/// The direct driver: QEMU launched in a memory cgroup of its own, its web app waited for.
+fn start_direct(env: &GuestEnv, o: &Opts) -> Result<Driver> {
+    // QEMU gets its own memory cgroup so the purge's memcg reclaim touches nothing else.
+    let cg = direct_memcg()?;
+    let guest = Guest::launch_in(env, &o.guest_sh, Some(&cg))?;
+    let t0 = Instant::now();
+    http::poll_ok(
+        env.app_addr(),
+        "/",
+        t0 + o.boot_timeout,
+        Duration::from_millis(250),
+    )
+    .map_err(|e| anyhow!("{e:#}\n{}", env.diagnostics(20)))?;
+    println!(
+        "bench: guest up after {:.0} s (direct driver, QEMU pid {})",
+        t0.elapsed().as_secs_f64(),
+        guest.pid()
+    );
+    Ok(Driver::Direct {
+        guest,
+        torpor: o.torpor_bin.clone(),
+        ws_file: env.dir.join("priority-ws.json"),
+        cgroup: cg,
+    })
+}
+
+/// Warm-up (not measured): the guest running and intact, then out of the activity window.
+fn warm_up(driver: &mut Driver, env: &GuestEnv) -> Result<()> {
+    if let Driver::Torpord { sock, .. } = &*driver {
+        let st = Driver::app_status(sock)?;
+        if st["state"].as_str() != Some("running") {
+            let v = driver.start(env, "full").context("warm-up start")?;
+            println!("bench: warm-up Start (full): {}", v["timing"]);
+        }
+    }
+    let (ok, a, c) = verify(env);
+    if !ok {
+        bail!("warm-up verify failed: app {a}, checksum {c}");
+    }
+    // The idle process must be older than the agent's 16 s activity window at the first
+    // measured Stop, so the priority map classes its memory as an inactive process's.
+    println!(
+        "bench: warm-up ok; waiting 17 s so the idle guest process is outside the activity window"
+    );
+    std::thread::sleep(Duration::from_secs(17));
+    Ok(())
+}
+
+/// Every mode `o.trials` times, rotated; the trials and how many failed. Stops after a
+/// Stop/Start that failed outright.
+fn run_trials(
     driver: &mut Driver,
     env: &GuestEnv,
+    o: &Opts,
     ram: &mem::Vma,
     swap_dev: &Option<String>,
-    tr: &mut Trial,
-) -> Result<()> {
-    let pid = driver.pid();
-    tr.before_stop = evidence(pid, ram)?;
-    let t = Instant::now();
-    let sv = driver.stop(env, ram)?;
-    tr.stop_s = t.elapsed().as_secs_f64();
-    tr.torpord_stop = sv;
-    tr.after_stop = evidence(pid, ram)?;
+) -> (Vec<Trial>, usize) {
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut failures = 0;
+    for t in 0..o.trials {
+        for k in 0..MODES.len() {
+            let mode = MODES[(t + k) % MODES.len()];
+            let mut tr = Trial {
+                trial: t,
+                mode: mode.into(),
+                driver: o.driver.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = one_trial(driver, env, ram, swap_dev, &mut tr) {
+                tr.error = format!("{e:#}");
+            }
+            let ok = tr.error.is_empty() && tr.freed_ok && tr.verify_ok;
+            if !ok {
+                failures += 1;
+            }
+            println!(
+                "{} trial {t} {mode:<8} first response {:.3} s, Start returned {:.3} s, swap-in {:.1} MiB (dev {:.1} MiB), freed {} ({}), verify {}{}",
+                if ok { "PASS" } else { "FAIL" },
+                tr.first_response_s,
+                tr.start_return_s,
+                tr.swapin_bytes_to_first_response as f64 / 1048576.0,
+                tr.dev_read_bytes_to_first_response as f64 / 1048576.0,
+                tr.freed_ok,
+                tr.freed_note,
+                if tr.verify_ok { "ok" } else { "BAD" },
+                if tr.error.is_empty() { String::new() } else { format!(", error: {}", tr.error) }
+            );
+            let fatal = !tr.error.is_empty() && tr.first_response_s == 0.0;
+            trials.push(tr);
+            if fatal {
+                break;
+            }
+        }
+        if trials
+            .last()
+            .is_some_and(|t| !t.error.is_empty() && t.first_response_s == 0.0)
+        {
+            println!("bench: stopping after a failed Stop/Start");
+            break;
+        }
+    }
+    (trials, failures)
+}
+
+/// Whether the Stop really moved the guest's RAM out (resident pages, pages on swap, swap
+/// cache), into `tr.freed_ok` and `tr.freed_note`.
+fn judge_freed(tr: &mut Trial, app_pages: u64) {
     let b = &tr.before_stop;
     let a = &tr.after_stop;
-    let app_pages = env.data_pages();
     let limit = (b.ram_present_pages / 50).max(256);
     let mut notes = Vec::new();
     if a.ram_present_pages > limit {
@@ -700,6 +712,23 @@ fn one_trial(
     } else {
         notes.join("; ")
     };
+}
+
+fn one_trial(
+    driver: &mut Driver,
+    env: &GuestEnv,
+    ram: &mem::Vma,
+    swap_dev: &Option<String>,
+    tr: &mut Trial,
+) -> Result<()> {
+    let pid = driver.pid();
+    tr.before_stop = evidence(pid, ram)?;
+    let t = Instant::now();
+    let sv = driver.stop(env, ram)?;
+    tr.stop_s = t.elapsed().as_secs_f64();
+    tr.torpord_stop = sv;
+    tr.after_stop = evidence(pid, ram)?;
+    judge_freed(tr, env.data_pages());
 
     // Start with the mode; poll GET / from the moment Start is issued, independently of torpord.
     let c0 = counters(swap_dev);
@@ -823,47 +852,8 @@ fn write_results(
         "load_before": load_before, "load_after": load_after, "guest": { "mem_mib": env.mem_mib, "app_mib": env.app_mib, "ws_mib": env.ws_mib, "check_mib": env.check_mib, "idle_mib": env.idle_mib, "torpor_ko_loaded": module }, "idle_verify_at_end": idle, "trials": trials }),
         )?,
     )?;
-    let mut csv = String::from("trial,mode,effective_mode,prefetched_bytes,maps,torpord_evicted,driver,first_response_s,start_return_s,app_all_data_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
-    for t in trials {
-        csv += &format!(
-            "{},{},{},{},{},{:?},{},{:.4},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
-            t.trial,
-            t.mode,
-            t.effective_mode,
-            t.prefetched_bytes,
-            t.maps,
-            t.torpord_evicted,
-            t.driver,
-            t.first_response_s,
-            t.start_return_s,
-            t.app_all_data_s,
-            t.swapin_bytes_to_first_response,
-            t.swapin_bytes_to_start_return,
-            t.dev_read_bytes_to_first_response,
-            t.ram_present_pages_at_first_response,
-            t.stop_s,
-            t.before_stop.ram_present_pages,
-            t.after_stop.ram_present_pages,
-            t.after_stop.ram_swapped_pages,
-            t.after_stop.swap_cached_bytes,
-            t.freed_ok,
-            t.verify_ok,
-            t.error
-        );
-    }
-    std::fs::write(&csv_path, csv)?;
+    std::fs::write(&csv_path, trials_csv(trials))?;
 
-    let ok = |t: &&Trial| t.error.is_empty() && t.freed_ok && t.verify_ok;
-    let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> {
-        trials
-            .iter()
-            .filter(|t| t.mode == mode)
-            .filter(ok)
-            .map(f)
-            .collect()
-    };
-    let med_none = stats::median(&col("none", &|t| t.first_response_s));
-    let med_none_all = stats::median(&col("none", &|t| t.app_all_data_s));
     let mut md = String::new();
     md += &format!(
         "# VM resume end to end ({} driver), {started}\n\n",
@@ -897,6 +887,60 @@ fn write_results(
         csv_path.file_name().unwrap_or_default().to_string_lossy(),
         json_path.file_name().unwrap_or_default().to_string_lossy()
     );
+    md += &modes_table(trials);
+    md += &trials_table(trials);
+    std::fs::write(&md_path, md)?;
+    Ok(vec![md_path, csv_path, json_path])
+}
+
+/// One CSV line per trial.
+fn trials_csv(trials: &[Trial]) -> String {
+    let mut csv = String::from("trial,mode,effective_mode,prefetched_bytes,maps,torpord_evicted,driver,first_response_s,start_return_s,app_all_data_s,swapin_bytes_to_first_response,swapin_bytes_to_start_return,dev_read_bytes_to_first_response,ram_present_pages_at_first_response,stop_s,ram_present_before_stop,ram_present_after_stop,ram_swapped_after_stop,swap_cached_after_stop,freed_ok,verify_ok,error\n");
+    for t in trials {
+        csv += &format!(
+            "{},{},{},{},{},{:?},{},{:.4},{:.4},{:.4},{},{},{},{},{:.3},{},{},{},{},{},{},{:?}\n",
+            t.trial,
+            t.mode,
+            t.effective_mode,
+            t.prefetched_bytes,
+            t.maps,
+            t.torpord_evicted,
+            t.driver,
+            t.first_response_s,
+            t.start_return_s,
+            t.app_all_data_s,
+            t.swapin_bytes_to_first_response,
+            t.swapin_bytes_to_start_return,
+            t.dev_read_bytes_to_first_response,
+            t.ram_present_pages_at_first_response,
+            t.stop_s,
+            t.before_stop.ram_present_pages,
+            t.after_stop.ram_present_pages,
+            t.after_stop.ram_swapped_pages,
+            t.after_stop.swap_cached_bytes,
+            t.freed_ok,
+            t.verify_ok,
+            t.error
+        );
+    }
+    csv
+}
+
+/// Per mode over the good trials: first response, Start return, all data back, swap-in and
+/// device reads (medians), against demand paging.
+fn modes_table(trials: &[Trial]) -> String {
+    let ok = |t: &&Trial| t.error.is_empty() && t.freed_ok && t.verify_ok;
+    let col = |mode: &str, f: &dyn Fn(&Trial) -> f64| -> Vec<f64> {
+        trials
+            .iter()
+            .filter(|t| t.mode == mode)
+            .filter(ok)
+            .map(f)
+            .collect()
+    };
+    let med_none = stats::median(&col("none", &|t| t.first_response_s));
+    let med_none_all = stats::median(&col("none", &|t| t.app_all_data_s));
+    let mut md = String::new();
     md += "| mode | ok trials | first response, median (min–max) s | vs demand paging | Start returned, median s | all app data back (`/verify` done), median s | vs demand paging | swap-in to first response, median MiB | device reads, median MiB |\n|---|---|---|---|---|---|---|---|---|\n";
     for mode in MODES {
         let fr = col(mode, &|t| t.first_response_s);
@@ -952,6 +996,12 @@ fn write_results(
             ),
         );
     }
+    md
+}
+
+/// One row per trial.
+fn trials_table(trials: &[Trial]) -> String {
+    let mut md = String::new();
     md += "\n## Trials\n\n| trial | mode (effective, maps) | first response s | Start returned s | prefetched before cont MiB | swap-in MiB | guest RAM resident before/after Stop (pages) | swapped after Stop | SwapCached after Stop MiB | freed | verify |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for t in trials {
         md += &format!(
@@ -979,6 +1029,5 @@ fn write_results(
             }
         );
     }
-    std::fs::write(&md_path, md)?;
-    Ok(vec![md_path, csv_path, json_path])
+    md
 }
