@@ -140,6 +140,16 @@ fn run_cmd(argv: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// POST to torpord (a Stop or Start may take minutes under TCG); anything but 200 is an error
+/// named `what`.
+fn post_ok(sock: &Path, path: &str, body: Option<&Value>, what: &str) -> Result<Value> {
+    let (st, v) = torpord::call(sock, "POST", path, body, Duration::from_secs(900))?;
+    if st != 200 {
+        bail!("{what}: {st} {v}");
+    }
+    Ok(v)
+}
+
 impl Driver {
     fn pid(&self) -> i32 {
         match self {
@@ -158,19 +168,7 @@ impl Driver {
 
     fn stop(&mut self, env: &GuestEnv, ram: &mem::Vma) -> Result<Value> {
         match self {
-            Driver::Torpord { sock, .. } => {
-                let (st, v) = torpord::call(
-                    sock,
-                    "POST",
-                    "/v1/apps/guest/stop",
-                    None,
-                    Duration::from_secs(900),
-                )?;
-                if st != 200 {
-                    bail!("stop: {st} {v}");
-                }
-                Ok(v)
-            }
+            Driver::Torpord { sock, .. } => post_ok(sock, "/v1/apps/guest/stop", None, "stop"),
             Driver::Direct {
                 guest,
                 torpor,
@@ -197,19 +195,12 @@ impl Driver {
 
     fn start(&mut self, env: &GuestEnv, mode: &str) -> Result<Value> {
         match self {
-            Driver::Torpord { sock, .. } => {
-                let (st, v) = torpord::call(
-                    sock,
-                    "POST",
-                    "/v1/apps/guest/start",
-                    Some(&json!({ "prefetch": mode })),
-                    Duration::from_secs(900),
-                )?;
-                if st != 200 {
-                    bail!("start --prefetch {mode}: {st} {v}");
-                }
-                Ok(v)
-            }
+            Driver::Torpord { sock, .. } => post_ok(
+                sock,
+                "/v1/apps/guest/start",
+                Some(&json!({ "prefetch": mode })),
+                &format!("start --prefetch {mode}"),
+            ),
             Driver::Direct {
                 guest,
                 torpor,
