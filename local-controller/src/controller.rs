@@ -1390,8 +1390,8 @@ impl Controller {
         // Thawed: from here on a restart finds it running (see adopt()).
         let armed_probe = armed.as_ref().is_some_and(probe::Armed::is_armed);
         if let Some((plans, recorders, mut at)) = act {
-            self.activation_after_thaw(slot, plans, recorders, &mut at);
             at.armed_probe = armed_probe;
+            self.activation_after_thaw(slot, plans, recorders, &mut at);
             timing.activation = Some(at);
         }
         let tp = Instant::now();

@@ -48,8 +48,9 @@ const QUEUE_READS: u64 = 4;
 const QUEUE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The first response, for the loading set's `first` part (fetched before the next thaw) and
-/// for the start of the background fetch, is the readiness probe's answer but never earlier
-/// than this after the thaw: a TCP probe is answered by the kernel before the app has served
+/// for the start of the background fetch, is the readiness probe's answer; without an armed
+/// probe (an HTTP request answered by the app itself) never earlier than this after the thaw:
+/// a TCP probe is answered by the kernel before the app has served
 /// anything (redis: its first client request touches ~150 pages after the probe's answer), and
 /// the app's first requests then fault alone, not behind the background's reads.
 const FIRST_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
@@ -70,10 +71,10 @@ const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
 
 /// The head of the loading set (in touch order: what the first response needs) that every
 /// purge rewrites so that it lands in consecutive swap slots even where the app only read it
-/// (`procswap::PurgeOptions::layout_rewrite_bytes`): the plan's `first` part is then one
-/// sequential read, not a thousand scattered ones (Tomcat: ~4,700 pages in ~1,200 extents
-/// without it).
-pub(super) const LAYOUT_REWRITE_BYTES: u64 = 32 << 20;
+/// (`procswap::PurgeOptions::layout_rewrite_bytes`). Off: with 32 MiB, Tomcat's `first` part
+/// was still ~1,100-1,500 swap extents for ~4,400-7,500 pages (2026-12-02, bench
+/// `-speed` files), as without it; why is not found yet, and it costs page writes at Stop.
+pub(super) const LAYOUT_REWRITE_BYTES: u64 = 0;
 
 /// The threads a loading-set Start leaves running (runtime only).
 #[derive(Default)]
@@ -531,10 +532,17 @@ impl Controller {
         a.stop = stop.clone();
         a.first_response = first.clone();
         let (stop_r, first_r) = (stop.clone(), first);
+        // An armed probe's answer is the app's own first response; any other readiness (a
+        // TCP connect, no probe) says nothing about what the app has served yet.
+        let window = if at.armed_probe {
+            std::time::Duration::ZERO
+        } else {
+            FIRST_WINDOW
+        };
         // Named, so that a test (or an operator) sees them in /proc/PID/task/*/comm.
         a.recorder = std::thread::Builder::new()
             .name(RECORDER_THREAD.into())
-            .spawn(move || record(recorders, &stop_r, &first_r))
+            .spawn(move || record(recorders, &stop_r, &first_r, window))
             .map_err(|e| {
                 self.event(
                     Some(&slot.cfg.name),
@@ -549,7 +557,7 @@ impl Controller {
         a.background = std::thread::Builder::new()
             .name(FETCH_THREAD.into())
             .spawn(move || {
-                let waited = wait_first_response(&first_b, &stop);
+                let waited = wait_first_response(&first_b, &stop, window);
                 let mut rep = background(plans, &stop, reserve, hold.as_deref());
                 rep.waited_s = waited;
                 rep
@@ -624,13 +632,14 @@ fn record(
     mut recs: Vec<LoadingSetRecorder>,
     stop: &AtomicBool,
     first: &AtomicBool,
+    window: std::time::Duration,
 ) -> Vec<Recording> {
     let interval = RecorderOptions::default().interval;
     let mut marked = false;
     let thawed = Instant::now();
     while !recs.is_empty() && !stop.load(Ordering::SeqCst) {
         let t = Instant::now();
-        if !marked && first.load(Ordering::SeqCst) && thawed.elapsed() >= FIRST_WINDOW {
+        if !marked && first.load(Ordering::SeqCst) && thawed.elapsed() >= window {
             recs.iter_mut().for_each(|r| r.mark_first_response());
             marked = true;
         }
@@ -645,12 +654,13 @@ fn record(
     recs.into_iter().map(|r| r.finish()).collect()
 }
 
-/// Wait until the first response is answered and [`FIRST_WINDOW`] has passed (the first
+/// Wait until the first response is answered and `window` ([`FIRST_WINDOW`] without an
+/// armed probe) has passed since the thaw (the first
 /// requests' faults get the device to themselves), the app is stopped, or
 /// [`FIRST_RESPONSE_WAIT`] passed. Returns the seconds waited.
-fn wait_first_response(first: &AtomicBool, stop: &AtomicBool) -> f64 {
+fn wait_first_response(first: &AtomicBool, stop: &AtomicBool, window: std::time::Duration) -> f64 {
     let t = Instant::now();
-    let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= FIRST_WINDOW;
+    let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= window;
     while !answered(&t) && !stop.load(Ordering::SeqCst) && t.elapsed() < FIRST_RESPONSE_WAIT {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
