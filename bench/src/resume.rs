@@ -20,8 +20,9 @@ use procswap::{Freezer, NoProgress, PrefetchOptions, PurgeOptions, StockBackend}
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command};
 use std::time::{Duration, Instant};
+use torpor_testsupport::child::LineChild;
 
 pub const MIB: u64 = 1 << 20;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,14 +186,12 @@ impl Subject {
     /// Spawn the child (`exe` = torpor-bench-child), put it in its own memory cgroup and the
     /// chosen freezer, then let it allocate and fill `mib` MiB.
     pub fn spawn(exe: &Path, mib: u64, choice: FreezerChoice) -> Result<Subject> {
-        let mut proc = Command::new(exe)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {}", exe.display()))?;
-        let stdin = proc.stdin.take().context("child stdin")?;
-        let stdout = BufReader::new(proc.stdout.take().context("child stdout")?);
-        let pid = proc.id() as i32;
+        let LineChild {
+            proc,
+            stdin,
+            stdout,
+            pid,
+        } = LineChild::spawn(exe)?;
         let mut s = Subject {
             proc,
             stdin,
@@ -206,8 +205,6 @@ impl Subject {
             cgroups: Vec::new(),
             frozen: false,
         };
-        let hello = s.read_line()?;
-        ensure!(hello.starts_with("HELLO "), "child said {hello:?}");
         s.place(choice)?;
         let r = s.cmd(&format!("ALLOC {mib}"))?;
         let v: Vec<&str> = r.split_whitespace().collect();

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output};
+use torpor_testsupport::child::LineChild;
 
 const MIB: u64 = 1 << 20;
 
@@ -54,17 +55,12 @@ impl TestChild {
             "{} missing: build procswap's bins first (run-root-tests.sh does)",
             exe.display()
         );
-        let mut child = Command::new(exe)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut l = String::new();
-        stdout.read_line(&mut l).unwrap();
-        assert!(l.starts_with("HELLO"));
-        let pid = child.id() as i32;
+        let LineChild {
+            proc: child,
+            stdin,
+            stdout,
+            pid,
+        } = LineChild::spawn(&exe).unwrap();
         TestChild {
             child,
             stdin,

@@ -16,8 +16,9 @@ use procswap::plan::{completion, fetch_unmapped, ActivationPlan, FetchOptions, P
 use procswap::{NoProgress, PurgeOptions, PurgeReport, ResidencySnapshot, StockBackend, Target};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
+use torpor_testsupport::child::LineChild;
 
 fn require_swap() {
     require_root();
@@ -44,17 +45,13 @@ struct Kid {
 
 impl Kid {
     fn spawn(tag: &str) -> Kid {
-        let mut proc = Command::new(env!("CARGO_BIN_EXE_torpor-kindchild"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+        let LineChild {
+            proc,
+            stdin,
+            stdout,
+            pid,
+        } = LineChild::spawn(Path::new(env!("CARGO_BIN_EXE_torpor-kindchild")))
             .expect("spawn torpor-kindchild");
-        let stdin = proc.stdin.take().unwrap();
-        let mut stdout = BufReader::new(proc.stdout.take().unwrap());
-        let mut l = String::new();
-        stdout.read_line(&mut l).unwrap();
-        assert!(l.starts_with("HELLO "), "child said {l:?}");
-        let pid = proc.id() as i32;
         let mut k = Kid {
             proc,
             stdin,

@@ -5,9 +5,10 @@
 use procswap::cgroup::{self, Memcg};
 use procswap::freeze::Freezer;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout};
 use std::time::Duration;
+use torpor_testsupport::child::LineChild;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -46,17 +47,13 @@ pub struct Child {
 
 impl Child {
     pub fn spawn() -> Child {
-        let mut proc = Command::new(env!("CARGO_BIN_EXE_torpor-testchild"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+        let LineChild {
+            proc,
+            stdin,
+            stdout,
+            pid,
+        } = LineChild::spawn(Path::new(env!("CARGO_BIN_EXE_torpor-testchild")))
             .expect("spawn torpor-testchild");
-        let stdin = proc.stdin.take().unwrap();
-        let mut stdout = BufReader::new(proc.stdout.take().unwrap());
-        let mut l = String::new();
-        stdout.read_line(&mut l).unwrap();
-        assert!(l.starts_with("HELLO "), "child said {l:?}");
-        let pid = proc.id() as i32;
         Child {
             proc,
             stdin,
