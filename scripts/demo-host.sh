@@ -506,7 +506,7 @@ inner_main() {
         fi
     fi
     say "  backend: $BACKEND"
-    say "  paper (seed 004, for context; JBoss, 2009 hardware): cold start over 90 s on an idle machine; plain resume 5.3x, enhanced (prefetch + pre-purge) resume over 20x faster than a cold start."
+    say "  paper (Agile application placement in hosting platforms, for context; JBoss, 2009 hardware): cold start over 90 s on an idle machine; plain resume 5.3x, enhanced (prefetch + pre-purge) resume over 20x faster than a cold start."
 }
 
 if [ "${1:-}" = --inner ]; then
