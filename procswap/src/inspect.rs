@@ -425,6 +425,50 @@ pub(crate) fn classify(info: &PageInfo) -> (bool, bool, Option<(u8, u64)>) {
     }
 }
 
+/// Counts one VMA's pages from the pagemap into `v` (present, file, shared, swapped,
+/// unpopulated, swap extents) and appends its swapped pages to `all_swapped`; the extents.
+fn scan_vma(pm: &mut Pagemap, v: &mut VmaInfo, all_swapped: &mut Vec<SwappedPage>) -> Result<u64> {
+    let mut prev: Option<SwappedPage> = None;
+    let (mut present, mut file, mut swapped, mut extents, mut shared) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let ps = sys::page_size();
+    pm.scan(v.start, v.end, |addr, info| {
+        let (p, f, s) = classify(&info);
+        if p {
+            present += 1;
+            if f {
+                file += 1;
+            }
+            if !exclusive(&info) {
+                shared += 1;
+            }
+        } else if let Some((ty, off)) = s {
+            swapped += 1;
+            let sp = SwappedPage {
+                addr,
+                swap_type: ty,
+                offset: off,
+            };
+            let continues = prev
+                .is_some_and(|q| q.addr + ps == addr && q.swap_type == ty && q.offset + 1 == off);
+            if !continues {
+                extents += 1;
+            }
+            prev = Some(sp);
+            all_swapped.push(sp);
+        } else {
+            prev = None;
+        }
+    })?;
+    v.present = present;
+    v.file_pages = file;
+    v.present_shared = shared;
+    v.swapped = swapped;
+    v.unpopulated = v.pages - present - swapped;
+    v.swap_extents = extents;
+    Ok(extents)
+}
+
 /// Inspect a validated target.
 pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
     let mut vmas = vmas(t)?;
@@ -437,46 +481,7 @@ pub fn inspect_target(t: &Target, opts: InspectOptions) -> Result<Inspection> {
             v.unpopulated = v.pages;
             continue;
         }
-        let mut prev: Option<SwappedPage> = None;
-        let (mut present, mut file, mut swapped, mut extents, mut shared) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
-        let ps = sys::page_size();
-        pm.scan(v.start, v.end, |addr, info| {
-            let (p, f, s) = classify(&info);
-            if p {
-                present += 1;
-                if f {
-                    file += 1;
-                }
-                if !exclusive(&info) {
-                    shared += 1;
-                }
-            } else if let Some((ty, off)) = s {
-                swapped += 1;
-                let sp = SwappedPage {
-                    addr,
-                    swap_type: ty,
-                    offset: off,
-                };
-                let continues = prev.is_some_and(|q| {
-                    q.addr + ps == addr && q.swap_type == ty && q.offset + 1 == off
-                });
-                if !continues {
-                    extents += 1;
-                }
-                prev = Some(sp);
-                all_swapped.push(sp);
-            } else {
-                prev = None;
-            }
-        })?;
-        v.present = present;
-        v.file_pages = file;
-        v.present_shared = shared;
-        v.swapped = swapped;
-        v.unpopulated = v.pages - present - swapped;
-        v.swap_extents = extents;
-        extents_total += extents;
+        extents_total += scan_vma(&mut pm, v, &mut all_swapped)?;
     }
     let mut totals = Totals::default();
     for v in &vmas {
