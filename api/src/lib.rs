@@ -17,7 +17,6 @@
 //!
 //! Optional values are always present on the wire (`null` when absent), except where a field
 //! belongs to one kind of answer only (`vm`, `working_set_bytes`, `activation`).
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -284,6 +283,14 @@ pub struct ActivationTiming {
     pub first_issued_bytes: u64,
     pub first_swap_extents: u64,
     pub first_fetch_s: f64,
+    /// Where the time before thaw went: loading the saved plans, issuing the `first` reads,
+    /// starting the recorders (their first pagemap pass).
+    #[serde(default)]
+    pub plan_load_s: f64,
+    #[serde(default)]
+    pub first_issue_s: f64,
+    #[serde(default)]
+    pub recorder_start_s: f64,
     /// Objects skipped (deleted, truncated, replaced since Stop) and plan notes.
     pub notes: Vec<String>,
     /// The armed readiness request answered (no polling interval in the way).
@@ -302,6 +309,9 @@ pub struct PurgeSummary {
     pub swapped_bytes: u64,
     pub seconds: f64,
     pub reclaim_note: Option<String>,
+    /// The purge is partial (swap full...): procswap's note, per process. Absent when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
     pub unix_time: f64,
 }
 
@@ -318,6 +328,8 @@ pub struct StartRequest {
 /// `POST /v1/apps/{name}/start`: the app is ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+// One answer per request: its size does not matter, matching on it unboxed does.
+#[allow(clippy::large_enum_variant)]
 pub enum StartAnswer {
     /// It was running already (and answered its readiness probe).
     AlreadyRunning(AlreadyRunning),

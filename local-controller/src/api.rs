@@ -11,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::UnixListener;
+use torpor_api::{self as api, paths};
 use tracing::{debug, warn};
 
 impl IntoResponse for ApiError {
@@ -18,7 +19,12 @@ impl IntoResponse for ApiError {
         let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             code,
-            Json(serde_json::json!({"error": {"code": self.code, "message": self.message}})),
+            Json(api::ErrorBody {
+                error: api::ErrorDetail {
+                    code: self.code.to_string(),
+                    message: self.message,
+                },
+            }),
         )
             .into_response()
     }
@@ -34,36 +40,36 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new(500, "internal", format!("worker failed: {e}")))?
 }
 
-async fn health(State(c): State<Ctl>) -> Json<serde_json::Value> {
+async fn health(State(c): State<Ctl>) -> Json<api::Health> {
     let age = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0))
     .saturating_sub(c.last_tick.load(Ordering::Relaxed));
-    Json(serde_json::json!({
-        "status": "ok",
-        "pool_ready": c.pool_ready.load(Ordering::Relaxed),
-        "apps": c.app_names().len(),
-        "backend": c.backend_name(),
-        "backend_why": c.backend_why,
-        "cgroups": c.layout.describe(),
-        "uptime_s": c.uptime().as_secs_f64(),
-        "last_tick_age_s": age,
-        "reserve_bytes": c.cfg.reserve,
-        "mem_available_bytes": procswap::sys::meminfo().map(|m| m.mem_available).ok(),
-        "host_overload": c.host_overload(),
-    }))
+    Json(api::Health {
+        status: "ok".into(),
+        pool_ready: c.pool_ready.load(Ordering::Relaxed),
+        apps: c.app_names().len(),
+        backend: c.backend_name().to_string(),
+        backend_why: c.backend_why.clone(),
+        cgroups: c.layout.describe(),
+        uptime_s: c.uptime().as_secs_f64(),
+        last_tick_age_s: age,
+        reserve_bytes: c.cfg.reserve,
+        mem_available_bytes: procswap::sys::meminfo().map(|m| m.mem_available).ok(),
+        host_overload: c.host_overload(),
+    })
 }
 
-async fn apps(State(c): State<Ctl>) -> Result<Json<serde_json::Value>, ApiError> {
-    let v = blocking(move || Ok(c.all_status())).await?;
-    Ok(Json(serde_json::json!({"apps": v})))
+async fn apps(State(c): State<Ctl>) -> Result<Json<api::AppList>, ApiError> {
+    let apps = blocking(move || Ok(c.all_status())).await?;
+    Ok(Json(api::AppList { apps }))
 }
 
 async fn app(
     State(c): State<Ctl>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::AppStatus>, ApiError> {
     Ok(Json(blocking(move || c.app_status(&name)).await?))
 }
 
@@ -71,16 +77,33 @@ async fn start(
     State(c): State<Ctl>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let req = crate::controller::StartRequest::parse(&body)?;
+) -> Result<Json<api::StartAnswer>, ApiError> {
+    let req = parse_start_request(&body)?;
     Ok(Json(blocking(move || c.start_with(&name, &req)).await?))
 }
 
 async fn stop(
     State(c): State<Ctl>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::StopAnswer>, ApiError> {
     Ok(Json(blocking(move || c.stop(&name)).await?))
+}
+
+/// The optional body of a Start (empty = no override); a malformed body is a 400
+/// `bad_request`.
+pub fn parse_start_request(body: &[u8]) -> Result<api::StartRequest, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(api::StartRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "bad_request",
+            format!(
+                "start body: {e} (expected {{\"prefetch\": \"none\"|\"full\"|\"priority\"|\"working-set-only\"}})"
+            ),
+        )
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -88,8 +111,10 @@ struct Since {
     since: Option<u64>,
 }
 
-async fn events(State(c): State<Ctl>, Query(q): Query<Since>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"events": c.events(q.since.unwrap_or(0))}))
+async fn events(State(c): State<Ctl>, Query(q): Query<Since>) -> Json<api::EventList> {
+    Json(api::EventList {
+        events: c.events(q.since.unwrap_or(0)),
+    })
 }
 
 async fn metrics(State(c): State<Ctl>) -> Result<Response, ApiError> {
@@ -116,13 +141,13 @@ async fn forbidden() -> ApiError {
 /// The API router.
 pub fn router(c: Ctl) -> Router {
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/apps", get(apps))
-        .route("/v1/apps/{name}", get(app))
-        .route("/v1/apps/{name}/start", post(start))
-        .route("/v1/apps/{name}/stop", post(stop))
-        .route("/v1/events", get(events))
-        .route("/metrics", get(metrics))
+        .route(paths::HEALTH, get(health))
+        .route(paths::APPS, get(apps))
+        .route(&paths::app("{name}"), get(app))
+        .route(&paths::start("{name}"), post(start))
+        .route(&paths::stop("{name}"), post(stop))
+        .route(paths::EVENTS, get(events))
+        .route(paths::METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, "method_not_allowed", "wrong method for this endpoint")
@@ -202,15 +227,13 @@ mod tests {
 
     #[test]
     fn start_request_body() {
-        use crate::controller::StartRequest;
-        assert_eq!(StartRequest::parse(b"").unwrap(), StartRequest::default());
+        use super::parse_start_request as parse;
+        use torpor_api::StartRequest;
+        assert_eq!(parse(b"").unwrap(), StartRequest::default());
+        assert_eq!(parse(b" \r\n").unwrap(), StartRequest::default());
+        assert_eq!(parse(b"{}").unwrap(), StartRequest::default());
         assert_eq!(
-            StartRequest::parse(b" \r\n").unwrap(),
-            StartRequest::default()
-        );
-        assert_eq!(StartRequest::parse(b"{}").unwrap(), StartRequest::default());
-        assert_eq!(
-            StartRequest::parse(br#"{"prefetch":"none"}"#)
+            parse(br#"{"prefetch":"none"}"#)
                 .unwrap()
                 .prefetch
                 .as_deref(),
@@ -223,7 +246,7 @@ mod tests {
             b"none",
             b"\"full\"",
         ] {
-            let e = StartRequest::parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert_eq!(
                 (e.status, e.code),
                 (400, "bad_request"),

@@ -26,10 +26,19 @@ pub struct Response {
 }
 
 impl Response {
+    /// The body as untyped JSON (for printing it, and for tests of the JSON format itself).
     pub fn json(&self) -> Result<serde_json::Value, ClientError> {
+        self.parse()
+    }
+    /// The body as one of the API's answers ([`torpor_api`]).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&self.body)))
         })
+    }
+    /// A failure's code and message (`None` when the body is not an error body).
+    pub fn error(&self) -> Option<torpor_api::ErrorDetail> {
+        self.parse::<torpor_api::ErrorBody>().ok().map(|b| b.error)
     }
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)

@@ -174,18 +174,7 @@ impl AppConfig {
     }
 }
 
-/// What an app is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum AppKind {
-    /// An ordinary server process (tree) in its own cgroups.
-    #[default]
-    Process,
-    /// A QEMU process whose guest runs the app: Stop asks the guest agent for its maps, stops
-    /// the VM over QMP, freezes and purges QEMU; Start prefetches guest RAM by priority class,
-    /// thaws and `cont`s.
-    Vm,
-}
+pub use torpor_api::AppKind;
 
 /// `vm = { qmp = "...", agent = "..." }` of a `kind = "vm"` app.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

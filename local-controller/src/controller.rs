@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use torpor_api as api;
 use tracing::{error, info, warn};
 
 mod activation;
@@ -28,60 +29,24 @@ mod vm;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 const STATE_FILE: &str = "state.json";
 
-/// An app's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AppState {
-    /// Not running (never started, or exited).
-    Stopped,
-    /// A Start is in progress.
-    Starting,
-    /// Running and (at its last Start) ready.
-    Running,
-    /// A Stop is in progress.
-    Stopping,
-    /// Frozen, memory not (yet) purged.
-    Suspended,
-    /// Frozen and purged (memory out on swap).
-    Standby,
+pub use torpor_api::{
+    ActivationTiming, AppCgroups, AppState, Counters, Event, EventKind, Op, OverloadStatus,
+    PurgeSummary, StartRequest, StartTiming,
+};
+
+/// The directories of an app's cgroups.
+trait CgroupDirs {
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf>;
+    /// The directory whose `cgroup.procs` lists the app's processes.
+    fn primary(&self) -> Option<&PathBuf>;
 }
 
-impl AppState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppState::Stopped => "stopped",
-            AppState::Starting => "starting",
-            AppState::Running => "running",
-            AppState::Stopping => "stopping",
-            AppState::Suspended => "suspended",
-            AppState::Standby => "standby",
-        }
-    }
-    pub const ALL: [AppState; 6] = [
-        AppState::Stopped,
-        AppState::Starting,
-        AppState::Running,
-        AppState::Stopping,
-        AppState::Suspended,
-        AppState::Standby,
-    ];
-}
-
-/// The cgroup directories of one app.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppCgroups {
-    pub v2: Option<PathBuf>,
-    pub v1_memory: Option<PathBuf>,
-    pub v1_freezer: Option<PathBuf>,
-}
-
-impl AppCgroups {
+impl CgroupDirs for AppCgroups {
     fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
         [&self.v2, &self.v1_memory, &self.v1_freezer]
             .into_iter()
             .flatten()
     }
-    /// The directory whose `cgroup.procs` lists the app's processes.
     fn primary(&self) -> Option<&PathBuf> {
         self.v1_memory
             .as_ref()
@@ -90,83 +55,14 @@ impl AppCgroups {
     }
 }
 
-/// Timing of the last successful Start, seconds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StartTiming {
-    /// A cold start (process spawned) rather than a resume.
-    pub cold: bool,
-    pub spawn_s: f64,
-    pub prefetch_s: f64,
-    pub thaw_s: f64,
-    pub probe_s: f64,
-    pub total_s: f64,
-    pub prefetch_bytes: u64,
-    pub working_set_pages: u64,
-    pub still_swapped_pages: u64,
-    /// Why prefetch stopped early (free-memory floor, budget), if it did.
-    pub prefetch_stopped: Option<String>,
-    /// The prefetch mode this Start ran with (the configured one or the request's override).
-    #[serde(default)]
-    pub prefetch_mode: Option<String>,
-    /// `loading-set` mode: the plan's parts, what was read before thaw, notes.
-    #[serde(default)]
-    pub activation: Option<activation::ActivationTiming>,
-    pub unix_time: f64,
-}
-
-/// What the last purge achieved.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PurgeSummary {
-    pub memcg_before_bytes: Option<u64>,
-    pub memcg_after_bytes: Option<u64>,
-    /// memcg before - after (the memory really freed).
-    pub freed_bytes: u64,
-    pub resident_bytes: u64,
-    pub resident_anon_bytes: u64,
-    pub swapped_bytes: u64,
-    pub seconds: f64,
-    pub reclaim_note: Option<String>,
-    /// The purge is partial (swap full...): procswap's note, per process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial: Option<String>,
-    pub unix_time: f64,
-}
-
-/// Transition counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Counters {
-    pub starts: u64,
-    pub cold_starts: u64,
-    pub start_failures: u64,
-    pub stops: u64,
-    pub purges: u64,
-    pub reserve_purges: u64,
-    pub prefetches: u64,
-    pub exits: u64,
-}
-
-/// Overload figures of one app or of the host.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OverloadStatus {
-    /// Paging operations per second in the last interval.
-    pub rate: f64,
-    pub overloaded: bool,
-    pub overloaded_in_window: usize,
-    /// Seed 001: 8 of the last 12 intervals overloaded.
-    pub sustained: bool,
-    /// Seed 002: 3 of the last 5 above the threshold and the AR(1) prediction above.
-    pub hotspot: bool,
-    pub predicted: Option<f64>,
-}
-
 /// The persisted part of an app's record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppRecord {
     pub state: AppState,
     pub pid: Option<i32>,
     pub cgroups: AppCgroups,
-    /// "start" or "stop" while one is in progress (persisted first: see adoption rules).
-    pub in_flight: Option<String>,
+    /// Start or Stop while one is in progress (persisted first: see adoption rules).
+    pub in_flight: Option<Op>,
     pub last_stop_unix: Option<f64>,
     pub last_start: Option<StartTiming>,
     pub last_purge: Option<PurgeSummary>,
@@ -246,16 +142,6 @@ struct AppSlot {
     act: Mutex<activation::ActRuntime>,
 }
 
-/// An event (also logged).
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub seq: u64,
-    pub unix_time: f64,
-    pub app: Option<String>,
-    pub kind: String,
-    pub message: String,
-}
-
 /// An API-level failure with a stable code.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -287,28 +173,6 @@ impl ApiError {
 enum StartMode {
     Process(PrefetchPolicy),
     Vm(VmPrefetch),
-}
-
-/// The optional JSON body of `POST /v1/apps/{name}/start`: `{"prefetch": MODE}` overrides the
-/// configured prefetch for this Start only. MODE for a process app: `full`, `working-set-only`,
-/// `none`; for a VM app: `priority`, `full`, `none`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StartRequest {
-    #[serde(default)]
-    pub prefetch: Option<String>,
-}
-
-impl StartRequest {
-    /// Parse a request body (empty = no override); a malformed body is a 400 `bad_request`.
-    pub fn parse(body: &[u8]) -> Result<StartRequest, ApiError> {
-        if body.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(StartRequest::default());
-        }
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(400, "bad_request", format!("start body: {e} (expected {{\"prefetch\": \"none\"|\"full\"|\"priority\"|\"working-set-only\"}})"))
-        })
-    }
 }
 
 /// Host-level errors that stop torpord from starting.
@@ -573,7 +437,7 @@ impl Controller {
         });
         c.event(
             None,
-            "startup",
+            EventKind::Startup,
             format!(
                 "backend: {}; cgroups: {}",
                 c.backend_why,
@@ -614,21 +478,26 @@ impl Controller {
 
     // ---------- events and persistence ----------
 
-    fn event(&self, app: Option<&str>, kind: &str, message: String) {
+    fn event(&self, app: Option<&str>, kind: EventKind, message: String) {
+        let app_s = app.unwrap_or("-");
+        let kind_s = kind.as_str();
         match kind {
-            "error" | "start_failed" | "stop_failed" | "purge_failed" => {
-                error!(app = app.unwrap_or("-"), kind, "{message}")
-            }
-            "overload" | "hotspot" | "reserve" | "adopt_warning" | "exited" => {
-                warn!(app = app.unwrap_or("-"), kind, "{message}")
-            }
-            _ => info!(app = app.unwrap_or("-"), kind, "{message}"),
+            EventKind::Error
+            | EventKind::StartFailed
+            | EventKind::StopFailed
+            | EventKind::PurgeFailed => error!(app = app_s, kind = kind_s, "{message}"),
+            EventKind::Overload
+            | EventKind::Hotspot
+            | EventKind::Reserve
+            | EventKind::AdoptWarning
+            | EventKind::Exited => warn!(app = app_s, kind = kind_s, "{message}"),
+            _ => info!(app = app_s, kind = kind_s, "{message}"),
         }
         let e = Event {
             seq: self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
             unix_time: now_unix(),
             app: app.map(str::to_string),
-            kind: kind.to_string(),
+            kind,
             message,
         };
         let mut ev = lock(&self.events);
@@ -746,14 +615,14 @@ impl Controller {
         let name = slot.cfg.name.clone();
         let (cgs, in_flight, old_state, old_pid) = {
             let r = lock(&slot.st);
-            (r.cgroups.clone(), r.in_flight.clone(), r.state, r.pid)
+            (r.cgroups.clone(), r.in_flight, r.state, r.pid)
         };
         let mut o = self.observe(&cgs);
         if o.pids.is_empty() {
             if old_state != AppState::Stopped {
                 self.event(
                     Some(&name),
-                    "adopt_warning",
+                    EventKind::AdoptWarning,
                     format!(
                         "was {} but no process is left in its cgroup",
                         old_state.as_str()
@@ -768,7 +637,7 @@ impl Controller {
         }
         if o.freeze_pending {
             let fz = self.freezers(&cgs, &o.pids);
-            let finish_freeze = in_flight.as_deref() == Some("stop");
+            let finish_freeze = in_flight == Some(Op::Stop);
             for f in &fz {
                 let res = if finish_freeze {
                     f.freeze(FREEZE_TIMEOUT)
@@ -778,7 +647,7 @@ impl Controller {
                 if let Err(e) = res {
                     self.event(
                         Some(&name),
-                        "adopt_warning",
+                        EventKind::AdoptWarning,
                         format!("completing an interrupted freeze/thaw: {e}"),
                     );
                 }
@@ -796,14 +665,14 @@ impl Controller {
         } else {
             AppState::Suspended
         };
-        let note = match (in_flight.as_deref(), state) {
-            (Some("start"), AppState::Running) => Some("a Start was interrupted by a torpord restart after the thaw: app is running".to_string()),
-            (Some("start"), s) => Some(format!(
+        let note = match (in_flight, state) {
+            (Some(Op::Start), AppState::Running) => Some("a Start was interrupted by a torpord restart after the thaw: app is running".to_string()),
+            (Some(Op::Start), s) => Some(format!(
                 "a Start was interrupted by a torpord restart before the thaw: app left {} (send Start again)",
                 s.as_str()
             )),
-            (Some("stop"), AppState::Running) => Some("a Stop was interrupted by a torpord restart before the freeze: app is running".into()),
-            (Some("stop"), s) => Some(format!("a Stop was interrupted by a torpord restart: app is {}", s.as_str())),
+            (Some(Op::Stop), AppState::Running) => Some("a Stop was interrupted by a torpord restart before the freeze: app is running".into()),
+            (Some(Op::Stop), s) => Some(format!("a Stop was interrupted by a torpord restart: app is {}", s.as_str())),
             _ => None,
         };
         {
@@ -817,7 +686,7 @@ impl Controller {
         }
         self.event(
             Some(&name),
-            "adopt",
+            EventKind::Adopt,
             format!(
                 "adopted {} process(es) (pid {:?}) as {}{}",
                 o.pids.len(),
@@ -829,8 +698,7 @@ impl Controller {
         // An interrupted Stop under purge = "always" is completed: the purge is redone even when
         // the app looks purged (the kill may have come between page-out and the memcg reclaim,
         // leaving pages in the swap cache); a purge of a purged app is cheap.
-        if o.frozen && in_flight.as_deref() == Some("stop") && self.cfg.purge == PurgePolicy::Always
-        {
+        if o.frozen && in_flight == Some(Op::Stop) && self.cfg.purge == PurgePolicy::Always {
             let _op = lock(&slot.op);
             if self.purge_app(slot, false).is_ok() {
                 self.set(slot, |r| r.last_error = Some("a Stop was interrupted by a torpord restart: completed (purged) at adoption".into()));
@@ -1031,14 +899,14 @@ impl Controller {
                         sum.reclaim_note = Some(rc);
                     }
                     if let Some(p) = r.partial {
-                        self.event(Some(&name), "purge", format!("pid {pid}: {p}"));
+                        self.event(Some(&name), EventKind::Purge, format!("pid {pid}: {p}"));
                         sum.partial = Some(format!("pid {pid}: {p}"));
                     }
                 }
                 Err(procswap::Error::NoSuchProcess(_)) => continue,
                 Err(e) => {
                     let msg = format!("purge of pid {pid} failed: {e}");
-                    self.event(Some(&name), "purge_failed", msg.clone());
+                    self.event(Some(&name), EventKind::PurgeFailed, msg.clone());
                     self.set(slot, |r| r.last_error = Some(msg.clone()));
                     return Err(msg);
                 }
@@ -1056,7 +924,11 @@ impl Controller {
         };
         self.event(
             Some(&name),
-            if reserve { "reserve_purge" } else { "purge" },
+            if reserve {
+                EventKind::ReservePurge
+            } else {
+                EventKind::Purge
+            },
             format!(
                 "purged in {:.3}s: memcg {} -> {} MiB ({} MiB freed), resident anon {} KiB, swapped {} MiB",
                 sum.seconds,
@@ -1117,7 +989,7 @@ impl Controller {
                 }
                 self.event(
                     Some(&s.cfg.name),
-                    "reserve",
+                    EventKind::Reserve,
                     format!(
                         "MemAvailable {} MiB < reserve {} MiB: purging",
                         avail >> 20,
@@ -1135,7 +1007,7 @@ impl Controller {
                 if !self.reserve_warned.swap(true, Ordering::Relaxed) {
                     self.event(
                         None,
-                        "reserve",
+                        EventKind::Reserve,
                         format!("MemAvailable {} MiB < reserve {} MiB and no suspended app left to purge", avail >> 20, self.cfg.reserve >> 20),
                     );
                 }
@@ -1146,16 +1018,12 @@ impl Controller {
 
     /// Start(app): resume a suspended/standby app (prefetch, thaw, probe) or cold-start it.
     /// Answers only once the readiness probe succeeded.
-    pub fn start(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+    pub fn start(&self, name: &str) -> Result<api::StartAnswer, ApiError> {
         self.start_with(name, &StartRequest::default())
     }
 
     /// Start(app) with a per-request override (see [`StartRequest`]).
-    pub fn start_with(
-        &self,
-        name: &str,
-        req: &StartRequest,
-    ) -> Result<serde_json::Value, ApiError> {
+    pub fn start_with(&self, name: &str, req: &StartRequest) -> Result<api::StartAnswer, ApiError> {
         let slot = self.slot(name)?;
         let mode = self.start_mode(slot, req)?;
         let _op = lock(&slot.op);
@@ -1188,9 +1056,15 @@ impl Controller {
                     })?;
                 }
                 self.set(slot, |r| r.state = AppState::Running);
-                Ok(serde_json::json!({
-                    "app": name, "state": "running", "ready": true, "already_running": true,
-                    "timing": {"probe_s": probe_t.elapsed().as_secs_f64(), "total_s": t0.elapsed().as_secs_f64()}
+                Ok(api::StartAnswer::AlreadyRunning(api::AlreadyRunning {
+                    app: name.to_string(),
+                    state: AppState::Running,
+                    ready: true,
+                    already_running: true,
+                    timing: api::ProbeTiming {
+                        probe_s: probe_t.elapsed().as_secs_f64(),
+                        total_s: t0.elapsed().as_secs_f64(),
+                    },
                 }))
             }
             AppState::Stopped => self.cold_start(slot, t0),
@@ -1219,12 +1093,12 @@ impl Controller {
         }
     }
 
-    fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<serde_json::Value, ApiError> {
+    fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<api::StartAnswer, ApiError> {
         let name = slot.cfg.name.clone();
         self.activation_exited(slot);
         self.set(slot, |r| {
             r.state = AppState::Starting;
-            r.in_flight = Some("start".into());
+            r.in_flight = Some(Op::Start);
             r.pid = None;
         });
         let pid = match self.spawn(slot) {
@@ -1236,13 +1110,13 @@ impl Controller {
                     r.counters.start_failures += 1;
                     r.last_error = Some(e.clone());
                 });
-                self.event(Some(&name), "start_failed", e.clone());
+                self.event(Some(&name), EventKind::StartFailed, e.clone());
                 return Err(ApiError::new(500, "start_failed", e));
             }
         };
         self.set(slot, |r| r.pid = Some(pid));
         let spawn_s = t0.elapsed().as_secs_f64();
-        self.event(Some(&name), "spawn", format!("spawned pid {pid}"));
+        self.event(Some(&name), EventKind::Spawn, format!("spawned pid {pid}"));
         let tp = Instant::now();
         let cgs = lock(&slot.st).cgroups.clone();
         let res = match &slot.cfg.ready {
@@ -1293,10 +1167,10 @@ impl Controller {
         t0: Instant,
         pids: Vec<i32>,
         policy: PrefetchPolicy,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<api::StartAnswer, ApiError> {
         let name = slot.cfg.name.clone();
         let prev_state = self.set(slot, |r| {
-            r.in_flight = Some("start".into());
+            r.in_flight = Some(Op::Start);
             let p = r.state;
             r.state = AppState::Starting;
             p
@@ -1356,7 +1230,7 @@ impl Controller {
                             timing.prefetch_stopped = Some(format!("{s:?}"));
                             self.event(
                                 Some(&name),
-                                "reserve",
+                                EventKind::Reserve,
                                 format!("prefetch of pid {pid} stopped early: {s:?}"),
                             );
                         }
@@ -1365,7 +1239,7 @@ impl Controller {
                     // Prefetch is an optimisation: demand paging still brings everything back.
                     Err(e) => self.event(
                         Some(&name),
-                        "error",
+                        EventKind::Error,
                         format!(
                             "prefetch of pid {pid} failed (continuing with demand paging): {e}"
                         ),
@@ -1421,7 +1295,7 @@ impl Controller {
         &self,
         slot: &AppSlot,
         timing: StartTiming,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<api::StartAnswer, ApiError> {
         self.finish_start_vm(slot, timing, None)
     }
 
@@ -1430,8 +1304,8 @@ impl Controller {
         &self,
         slot: &AppSlot,
         timing: StartTiming,
-        vm: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, ApiError> {
+        vm: Option<api::VmStart>,
+    ) -> Result<api::StartAnswer, ApiError> {
         let name = &slot.cfg.name;
         let pid = self.set(slot, |r| {
             r.state = AppState::Running;
@@ -1446,7 +1320,7 @@ impl Controller {
         });
         self.event(
             Some(name),
-            "start",
+            EventKind::Start,
             format!(
                 "ready ({}): prefetch {:.3}s ({} MiB), thaw {:.3}s, probe {:.3}s, total {:.3}s",
                 if timing.cold { "cold" } else { "resume" },
@@ -1457,11 +1331,15 @@ impl Controller {
                 timing.total_s
             ),
         );
-        let mut v = serde_json::json!({"app": name, "state": "running", "ready": true, "pid": pid, "cold": timing.cold, "timing": timing});
-        if let Some(vm) = vm {
-            v["vm"] = vm;
-        }
-        Ok(v)
+        Ok(api::StartAnswer::Started(api::Started {
+            app: name.clone(),
+            state: AppState::Running,
+            ready: true,
+            pid,
+            cold: timing.cold,
+            timing,
+            vm,
+        }))
     }
 
     /// A Start that did not reach "ready": leave the app frozen and purged (not half-started)
@@ -1477,7 +1355,7 @@ impl Controller {
                 if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
                     self.event(
                         Some(&name),
-                        "error",
+                        EventKind::Error,
                         format!("freezing after a failed start: {e}"),
                     );
                     frozen = false;
@@ -1512,7 +1390,7 @@ impl Controller {
                 r.pid = None;
             }
         });
-        self.event(Some(&name), "start_failed", msg.clone());
+        self.event(Some(&name), EventKind::StartFailed, msg.clone());
         ApiError::new(
             if st == AppState::Stopped { 500 } else { 503 },
             "start_failed",
@@ -1521,7 +1399,7 @@ impl Controller {
     }
 
     /// Stop(app): record the working set, freeze, purge per policy.
-    pub fn stop(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+    pub fn stop(&self, name: &str) -> Result<api::StopAnswer, ApiError> {
         let slot = self.slot(name)?;
         let _op = lock(&slot.op);
         self.stop_locked(slot)
@@ -1536,14 +1414,14 @@ impl Controller {
             r.in_flight = None;
             r.last_error = Some(msg.clone());
         });
-        self.event(Some(&slot.cfg.name), "stop_failed", msg.clone());
+        self.event(Some(&slot.cfg.name), EventKind::StopFailed, msg.clone());
         ApiError::new(500, "stop_failed", msg)
     }
 
     /// The common start of a Stop: the app's cgroups and what runs in them, with the app
     /// marked Stopping; or (`Err`) the answer when there is nothing to stop (no process left,
     /// or already frozen in Suspended/Standby).
-    fn begin_stop(&self, slot: &AppSlot) -> Result<(AppCgroups, Observed), serde_json::Value> {
+    fn begin_stop(&self, slot: &AppSlot) -> Result<(AppCgroups, Observed), api::AlreadyStopped> {
         let name = slot.cfg.name.clone();
         let (cgs, state) = {
             let r = lock(&slot.st);
@@ -1556,19 +1434,27 @@ impl Controller {
                 r.pid = None;
             });
             self.activation_exited(slot);
-            return Err(serde_json::json!({"app": name, "state": "stopped", "already": true}));
+            return Err(api::AlreadyStopped {
+                app: name,
+                state: AppState::Stopped,
+                already: true,
+            });
         }
         if o.frozen && matches!(state, AppState::Suspended | AppState::Standby) {
-            return Err(serde_json::json!({"app": name, "state": state.as_str(), "already": true}));
+            return Err(api::AlreadyStopped {
+                app: name,
+                state,
+                already: true,
+            });
         }
         self.set(slot, |r| {
-            r.in_flight = Some("stop".into());
+            r.in_flight = Some(Op::Stop);
             r.state = AppState::Stopping;
         });
         Ok((cgs, o))
     }
 
-    fn stop_locked(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
+    fn stop_locked(&self, slot: &AppSlot) -> Result<api::StopAnswer, ApiError> {
         if slot.cfg.is_vm() {
             return self.stop_vm(slot);
         }
@@ -1576,7 +1462,7 @@ impl Controller {
         let t0 = Instant::now();
         let (cgs, o) = match self.begin_stop(slot) {
             Ok(x) => x,
-            Err(already) => return Ok(already),
+            Err(already) => return Ok(api::StopAnswer::Already(already)),
         };
         let tf = Instant::now();
         for f in self.freezers(&cgs, &o.pids) {
@@ -1604,14 +1490,18 @@ impl Controller {
                     .and_then(|v| std::fs::write(&tmp, v))
                     .and_then(|_| std::fs::rename(&tmp, &p));
                 if let Err(e) = wr {
-                    self.event(Some(&name), "error", format!("saving working set: {e}"));
+                    self.event(
+                        Some(&name),
+                        EventKind::Error,
+                        format!("saving working set: {e}"),
+                    );
                 }
                 Some(b)
             }
             Err(e) => {
                 self.event(
                     Some(&name),
-                    "error",
+                    EventKind::Error,
                     format!("working-set recording failed: {e}"),
                 );
                 None
@@ -1637,7 +1527,7 @@ impl Controller {
         });
         self.event(
             Some(&name),
-            "stop",
+            EventKind::Stop,
             format!(
                 "{} (freeze {freeze_s:.3}s, working set {} KiB in {ws_s:.3}s, purge {purge_s:.3}s)",
                 st.as_str(),
@@ -1646,10 +1536,18 @@ impl Controller {
         );
         self.enforce_reserve(Some(&name));
         let st = lock(&slot.st).state;
-        Ok(serde_json::json!({
-            "app": name, "state": st.as_str(),
-            "timing": {"freeze_s": freeze_s, "working_set_s": ws_s, "purge_s": purge_s, "total_s": t0.elapsed().as_secs_f64()},
-            "working_set_bytes": ws_bytes, "purge": purge, "activation": activation,
+        Ok(api::StopAnswer::Process(api::ProcessStopped {
+            app: name,
+            state: st,
+            timing: api::StopTiming {
+                freeze_s,
+                working_set_s: ws_s,
+                purge_s,
+                total_s: t0.elapsed().as_secs_f64(),
+            },
+            working_set_bytes: ws_bytes,
+            purge,
+            activation,
         }))
     }
 
@@ -1667,7 +1565,7 @@ impl Controller {
                     if let Err(e) = self.stop_locked(slot) {
                         self.event(
                             Some(&name),
-                            "error",
+                            EventKind::Error,
                             format!("prestart: stop failed: {}", e.message),
                         );
                         continue;
@@ -1681,13 +1579,13 @@ impl Controller {
                     let st = lock(&slot.st).state;
                     self.event(
                         Some(&name),
-                        "standby",
+                        EventKind::Standby,
                         format!("prestarted, now {}", st.as_str()),
                     );
                 }
                 Err(e) => self.event(
                     Some(&name),
-                    "error",
+                    EventKind::Error,
                     format!("prestart failed: {}", e.message),
                 ),
             }
@@ -1751,7 +1649,7 @@ impl Controller {
                     });
                     self.event(
                         Some(&name),
-                        "exited",
+                        EventKind::Exited,
                         format!("no process left in its cgroup (was {})", state.as_str()),
                     );
                     self.activation_exited(slot);
@@ -1769,7 +1667,7 @@ impl Controller {
         if s.sustained != was_s {
             self.event(
                 app,
-                "overload",
+                EventKind::Overload,
                 format!(
                     "{who}: sustained overload {} ({} of the last 12 intervals above {} ops/s; last {:.0} ops/s)",
                     if s.sustained { "BEGINS" } else { "ends" },
@@ -1782,7 +1680,7 @@ impl Controller {
         if s.hotspot != was_h {
             self.event(
                 app,
-                "hotspot",
+                EventKind::Hotspot,
                 format!(
                     "{who}: hotspot {} (rate {:.0} ops/s, AR(1) prediction {:.0})",
                     if s.hotspot { "detected" } else { "cleared" },
@@ -1800,7 +1698,7 @@ impl Controller {
     // ---------- status ----------
 
     /// Status of one app (JSON).
-    pub fn app_status(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+    pub fn app_status(&self, name: &str) -> Result<api::AppStatus, ApiError> {
         let slot = self.slot(name)?;
         let rec = lock(&slot.st).clone();
         let o = self.observe(&rec.cgroups);
@@ -1819,32 +1717,37 @@ impl Controller {
             .and_then(|m| m.usage().ok());
         let ov = lock(&slot.mon).status.clone();
         let busy = slot.op.try_lock().is_err();
-        Ok(serde_json::json!({
-            "name": name,
-            "state": rec.state.as_str(),
-            "busy": busy,
-            "in_flight": rec.in_flight,
-            "pid": rec.pid,
-            "pids": o.pids,
-            "frozen": o.frozen,
-            "prestart": slot.cfg.prestart,
-            "command": slot.cfg.command,
-            "unit": slot.cfg.unit,
-            "cgroups": rec.cgroups,
-            "memory": {"resident_bytes": o.mem.rss, "resident_anon_bytes": o.mem.rss_anon, "swapped_bytes": o.mem.swap, "memcg_bytes": memcg},
-            "last_stop_unix": rec.last_stop_unix,
-            "last_start": rec.last_start,
-            "last_purge": rec.last_purge,
-            "last_error": rec.last_error,
-            "working_set_bytes": rec.working_set_bytes,
-            "counters": rec.counters,
-            "overload": ov,
-            "kind": slot.cfg.kind,
-            "vm": if slot.cfg.is_vm() { Some(self.vm_status(slot)) } else { None },
-        }))
+        Ok(api::AppStatus {
+            name: name.to_string(),
+            state: rec.state,
+            busy,
+            in_flight: rec.in_flight,
+            pid: rec.pid,
+            pids: o.pids,
+            frozen: o.frozen,
+            prestart: slot.cfg.prestart,
+            command: slot.cfg.command.clone(),
+            unit: slot.cfg.unit.clone(),
+            cgroups: rec.cgroups,
+            memory: api::MemoryStatus {
+                resident_bytes: o.mem.rss,
+                resident_anon_bytes: o.mem.rss_anon,
+                swapped_bytes: o.mem.swap,
+                memcg_bytes: memcg,
+            },
+            last_stop_unix: rec.last_stop_unix,
+            last_start: rec.last_start,
+            last_purge: rec.last_purge,
+            last_error: rec.last_error,
+            working_set_bytes: rec.working_set_bytes,
+            counters: rec.counters,
+            overload: ov,
+            kind: slot.cfg.kind,
+            vm: slot.cfg.is_vm().then(|| self.vm_status(slot)),
+        })
     }
 
-    pub fn all_status(&self) -> Vec<serde_json::Value> {
+    pub fn all_status(&self) -> Vec<api::AppStatus> {
         self.apps
             .keys()
             .filter_map(|n| self.app_status(n).ok())

@@ -40,21 +40,8 @@ pub struct GuestMaps {
     pub notes: Vec<String>,
 }
 
-/// Summary for reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MapsSummary {
-    pub agent: String,
-    /// "module" (exact) or "portable" (approximate).
-    pub source: String,
-    pub approximate: bool,
-    pub layout_pages: u64,
-    pub layout_ranges: usize,
-    pub free_pages: Option<u64>,
-    /// Pages per category 0..=8.
-    pub priority_counts: Option<Vec<u64>>,
-    pub window_ms: Option<u32>,
-    pub notes: Vec<String>,
-}
+/// What the guest agent's maps held (in the API).
+pub use torpor_api::MapsSummary;
 
 impl GuestMaps {
     /// HELLO, GET_LAYOUT, GET_FREE_BITMAP, GET_PRIORITY_MAP over `client`. A map that fails or

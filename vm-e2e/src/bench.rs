@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use torpor_api as api;
 
 pub const MODES: [&str; 3] = ["none", "full", "priority"];
 /// torpord's `cgroup_parent` for the e2e guest.
@@ -150,6 +151,26 @@ fn post_ok(sock: &Path, path: &str, body: Option<&Value>, what: &str) -> Result<
     Ok(v)
 }
 
+/// POST to torpord, the answer as written and typed.
+fn post_typed<T: serde::de::DeserializeOwned>(
+    sock: &Path,
+    path: &str,
+    body: Option<&Value>,
+    what: &str,
+) -> Result<(Value, Option<T>)> {
+    let v = post_ok(sock, path, body, what)?;
+    let t = serde_json::from_value(v.clone())?;
+    Ok((v, Some(t)))
+}
+
+/// The body of a Start with this prefetch mode.
+fn start_body(mode: &str) -> Value {
+    serde_json::to_value(api::StartRequest {
+        prefetch: Some(mode.to_string()),
+    })
+    .unwrap_or(Value::Null)
+}
+
 impl Driver {
     fn pid(&self) -> i32 {
         match self {
@@ -158,17 +179,18 @@ impl Driver {
         }
     }
 
-    fn app_status(sock: &Path) -> Result<Value> {
+    fn app_status(sock: &Path) -> Result<api::AppStatus> {
         let (st, v) = torpord::call(sock, "GET", "/v1/apps/guest", None, Duration::from_secs(30))?;
         if st != 200 {
             bail!("GET /v1/apps/guest: {st} {v}");
         }
-        Ok(v)
+        Ok(serde_json::from_value(v)?)
     }
 
-    fn stop(&mut self, env: &GuestEnv, ram: &mem::Vma) -> Result<Value> {
+    /// Stop: the answer as written, and torpord's typed answer (torpord driver).
+    fn stop(&mut self, env: &GuestEnv, ram: &mem::Vma) -> Result<(Value, Option<api::StopAnswer>)> {
         match self {
-            Driver::Torpord { sock, .. } => post_ok(sock, "/v1/apps/guest/stop", None, "stop"),
+            Driver::Torpord { sock, .. } => post_typed(sock, "/v1/apps/guest/stop", None, "stop"),
             Driver::Direct {
                 guest,
                 torpor,
@@ -186,19 +208,21 @@ impl Driver {
                 let t = torpor.display().to_string();
                 run_cmd(&[&t, "freeze", "--method", "signal", &p])?;
                 let purge = run_cmd(&[&t, "--json", "purge", &p])?;
-                Ok(
+                Ok((
                     json!({ "purge": serde_json::from_str::<Value>(&purge).unwrap_or(Value::Null), "priority_ws_pages": ws.1 }),
-                )
+                    None,
+                ))
             }
         }
     }
 
-    fn start(&mut self, env: &GuestEnv, mode: &str) -> Result<Value> {
+    /// Start: the answer as written, and torpord's typed answer (torpord driver).
+    fn start(&mut self, env: &GuestEnv, mode: &str) -> Result<(Value, Option<api::StartAnswer>)> {
         match self {
-            Driver::Torpord { sock, .. } => post_ok(
+            Driver::Torpord { sock, .. } => post_typed(
                 sock,
                 "/v1/apps/guest/start",
-                Some(&json!({ "prefetch": mode })),
+                Some(&start_body(mode)),
                 &format!("start --prefetch {mode}"),
             ),
             Driver::Direct {
@@ -229,7 +253,7 @@ impl Driver {
                 run_cmd(&[&t, "thaw", "--method", "signal", &p])?;
                 let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(60))?;
                 q.execute("cont", None)?;
-                Ok(json!({ "prefetch": pre }))
+                Ok((json!({ "prefetch": pre }), None))
             }
         }
     }
@@ -243,12 +267,12 @@ impl Driver {
             } => {
                 // Leave the guest running, quit it, then stop torpord (SIGTERM leaves apps alone).
                 let st = Self::app_status(&sock).ok();
-                if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
+                if st.map(|s| s.state) != Some(api::AppState::Running) {
                     let _ = torpord::call(
                         &sock,
                         "POST",
                         "/v1/apps/guest/start",
-                        Some(&json!({ "prefetch": "none" })),
+                        Some(&start_body("none")),
                         Duration::from_secs(300),
                     );
                 }
@@ -405,21 +429,19 @@ fn preflight() -> Result<Option<String>> {
     Ok(swaps.last().map(|s| s.1.clone()))
 }
 
-fn wait_state(sock: &Path, want: &[&str], timeout: Duration) -> Result<Value> {
+fn wait_state(sock: &Path, want: &[api::AppState], timeout: Duration) -> Result<api::AppStatus> {
     let t = Instant::now();
-    let mut last = Value::Null;
+    let mut last = None;
     while t.elapsed() < timeout {
         if let Ok(v) = Driver::app_status(sock) {
-            if want.iter().any(|w| v["state"].as_str() == Some(w))
-                && v["busy"].as_bool() != Some(true)
-            {
+            if want.contains(&v.state) && !v.busy {
                 return Ok(v);
             }
-            last = v;
+            last = Some(v);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    bail!("app not in {want:?} after {timeout:?}: {last}")
+    bail!("app not in {want:?} after {timeout:?}: {last:?}")
 }
 
 pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
@@ -537,13 +559,17 @@ fn start_torpord(env: &GuestEnv, o: &Opts) -> Result<Driver> {
     }
     let st = wait_state(
         &sock,
-        &["standby", "running", "suspended"],
+        &[
+            api::AppState::Standby,
+            api::AppState::Running,
+            api::AppState::Suspended,
+        ],
         o.boot_timeout + Duration::from_secs(300),
     )?;
-    let pid = st["pid"].as_i64().context("no pid in the app status")? as i32;
+    let pid = st.pid.context("no pid in the app status")?;
     println!(
-        "bench: guest QEMU pid {pid}, state {} after {:.0} s",
-        st["state"],
+        "bench: guest QEMU pid {pid}, state \"{}\" after {:.0} s",
+        st.state,
         t.elapsed().as_secs_f64()
     );
     Ok(Driver::Torpord { sock, child, pid })
@@ -579,9 +605,12 @@ fn start_direct(env: &GuestEnv, o: &Opts) -> Result<Driver> {
 fn warm_up(driver: &mut Driver, env: &GuestEnv) -> Result<()> {
     if let Driver::Torpord { sock, .. } = &*driver {
         let st = Driver::app_status(sock)?;
-        if st["state"].as_str() != Some("running") {
-            let v = driver.start(env, "full").context("warm-up start")?;
-            println!("bench: warm-up Start (full): {}", v["timing"]);
+        if st.state != api::AppState::Running {
+            let (v, _) = driver.start(env, "full").context("warm-up start")?;
+            println!(
+                "bench: warm-up Start (full): {}",
+                v.get("timing").unwrap_or(&Value::Null)
+            );
         }
     }
     let (ok, a, c) = verify(env);
@@ -715,7 +744,7 @@ fn one_trial(
     let pid = driver.pid();
     tr.before_stop = evidence(pid, ram)?;
     let t = Instant::now();
-    let sv = driver.stop(env, ram)?;
+    let (sv, stop_answer) = driver.stop(env, ram)?;
     tr.stop_s = t.elapsed().as_secs_f64();
     tr.torpord_stop = sv;
     tr.after_stop = evidence(pid, ram)?;
@@ -748,17 +777,21 @@ fn one_trial(
     tr.start_return_s = t0.elapsed().as_secs_f64();
     let c1 = counters(swap_dev);
     tr.swapin_bytes_to_start_return = (c1.pswpin - c0.pswpin) * 4096;
-    let sv = started?;
-    tr.effective_mode = sv["vm"]["effective"]
-        .as_str()
-        .unwrap_or(&tr.mode)
-        .to_string();
-    tr.prefetched_bytes = sv["vm"]["prefetched_bytes"].as_u64().unwrap_or(0);
-    tr.maps = tr.torpord_stop["vm"]["maps"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    tr.torpord_evicted = tr.torpord_stop["vm"]["evidence"]["evicted"].as_bool();
+    let (sv, start_answer) = started?;
+    let resume = match start_answer.as_ref().and_then(|a| a.started()) {
+        Some(api::Started {
+            vm: Some(api::VmStart::Resume(r)),
+            ..
+        }) => Some(r),
+        _ => None,
+    };
+    tr.effective_mode = resume
+        .map(|r| r.effective.clone())
+        .unwrap_or_else(|| tr.mode.clone());
+    tr.prefetched_bytes = resume.map(|r| r.prefetched_bytes).unwrap_or(0);
+    let vm_stop = stop_answer.as_ref().and_then(|a| a.vm());
+    tr.maps = vm_stop.map(|v| v.maps.clone()).unwrap_or_default();
+    tr.torpord_evicted = vm_stop.map(|v| v.evidence.evicted);
     tr.torpord_start = sv;
     poller.join().map_err(|_| anyhow!("poller panicked"))??;
     let (d, c, present) = first

@@ -5,7 +5,7 @@
 //! the app's memory cgroup.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,17 +158,13 @@ impl Daemon {
         if self.child.is_some() && self.warm == warm {
             return Ok(());
         }
-        let before = self
-            .status()
-            .ok()
-            .and_then(|s| s["state"].as_str().map(str::to_string));
+        let before = self.app_status().ok().map(|s| s.state);
         self.stop()?;
         self.start(warm)?;
         self.restarts += 1;
-        let after = self.status()?;
-        let st = after["state"].as_str().unwrap_or("?");
+        let st = self.app_status()?.state;
         ensure!(
-            before.as_deref().is_none_or(|b| b == st),
+            before.is_none_or(|b| b == st),
             "torpord restart: app {} was {before:?}, adopted as {st}",
             self.app
         );
@@ -196,9 +192,20 @@ impl Daemon {
         Ok(v)
     }
 
+    /// The app's status, typed.
+    pub fn app_status(&self) -> Result<torpor_api::AppStatus> {
+        Ok(serde_json::from_value(self.status()?)?)
+    }
+
     /// POST start (body `{"prefetch": mode}` or none); the answer, which must be a 200.
     pub fn start_app(&self, mode: Option<&str>) -> Result<Value> {
-        let body = mode.map(|m| json!({ "prefetch": m }));
+        let body = mode
+            .map(|m| {
+                serde_json::to_value(torpor_api::StartRequest {
+                    prefetch: Some(m.to_string()),
+                })
+            })
+            .transpose()?;
         let (st, v) = self.call(
             "POST",
             &format!("/v1/apps/{}/start", self.app),
@@ -376,13 +383,11 @@ pub struct Memcg {
 impl Memcg {
     /// From torpord's app status (`cgroups.v1_memory`, else `cgroups.v2` with a memory controller).
     pub fn from_status(st: &Value) -> Option<Memcg> {
-        if let Some(d) = st["cgroups"]["v1_memory"].as_str() {
-            return Some(Memcg {
-                dir: d.into(),
-                v1: true,
-            });
+        let st: torpor_api::AppStatus = serde_json::from_value(st.clone()).ok()?;
+        if let Some(d) = st.cgroups.v1_memory {
+            return Some(Memcg { dir: d, v1: true });
         }
-        let d = PathBuf::from(st["cgroups"]["v2"].as_str()?);
+        let d = st.cgroups.v2?;
         d.join("memory.current")
             .exists()
             .then_some(Memcg { dir: d, v1: false })

@@ -653,21 +653,12 @@ fn run() -> Result<()> {
             timeout,
             ref prefetch,
         } => {
-            let body = prefetch
-                .as_ref()
-                .map(|p| serde_json::json!({ "prefetch": p }).to_string());
-            daemon::op(
-                &cli.socket,
-                cli.json,
-                name,
-                "start",
-                timeout,
-                body.as_deref(),
-            )?
+            let req = torpor_api::StartRequest {
+                prefetch: prefetch.clone(),
+            };
+            daemon::start(&cli.socket, cli.json, name, timeout, &req)?
         }
-        Cmd::Stop { ref name, timeout } => {
-            daemon::op(&cli.socket, cli.json, name, "stop", timeout, None)?
-        }
+        Cmd::Stop { ref name, timeout } => daemon::stop(&cli.socket, cli.json, name, timeout)?,
         Cmd::Status { ref name } => daemon::status(&cli.socket, cli.json, name.as_deref())?,
         Cmd::Module { device } => {
             let k = Kmod::open_path(&device)?;
@@ -879,95 +870,90 @@ fn run() -> Result<()> {
 mod daemon {
     use anyhow::{bail, Result};
     use local_controller::client::{request, Response};
-    use serde_json::Value;
+    use serde::de::DeserializeOwned;
     use std::path::Path;
     use std::time::Duration;
+    use torpor_api::{self as api, paths, StartAnswer, StopAnswer, VmStart};
 
-    fn call(socket: &Path, method: &str, path: &str, timeout: f64) -> Result<(Response, Value)> {
-        call_body(socket, method, path, timeout, None)
-    }
-
-    fn call_body(
+    fn call(
         socket: &Path,
         method: &str,
         path: &str,
         timeout: f64,
         body: Option<&str>,
-    ) -> Result<(Response, Value)> {
-        let r = request(socket, method, path, body, Duration::from_secs_f64(timeout))?;
-        let v = r.json().unwrap_or(Value::Null);
-        Ok((r, v))
+    ) -> Result<Response> {
+        Ok(request(
+            socket,
+            method,
+            path,
+            body,
+            Duration::from_secs_f64(timeout),
+        )?)
     }
 
-    fn fail(r: &Response, v: &Value, json: bool) -> Result<()> {
-        if json {
-            println!("{v}");
+    /// The answer as `T`; `None` when `--json` printed it already.
+    fn answer<T: DeserializeOwned>(r: &Response, json: bool) -> Result<Option<T>> {
+        if !r.ok() {
+            if json {
+                println!("{}", String::from_utf8_lossy(&r.body));
+            }
+            let (code, msg) = match r.error() {
+                Some(e) => (e.code, e.message),
+                None => ("?".into(), String::from_utf8_lossy(&r.body).into_owned()),
+            };
+            bail!("torpord answered {} {code}: {msg}", r.status)
         }
-        let code = v["error"]["code"].as_str().unwrap_or("?");
-        let msg = v["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-        bail!("torpord answered {} {code}: {msg}", r.status)
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r.json()?)?);
+            return Ok(None);
+        }
+        Ok(Some(r.parse()?))
     }
 
-    fn mib(v: &Value) -> String {
-        v.as_u64()
+    fn mib(b: impl Into<Option<u64>>) -> String {
+        b.into()
             .map(|b| format!("{:.1}", b as f64 / (1u64 << 20) as f64))
             .unwrap_or_else(|| "-".into())
     }
 
-    fn secs(v: &Value) -> String {
-        v.as_f64()
+    fn secs(s: impl Into<Option<f64>>) -> String {
+        s.into()
             .map(|s| format!("{s:.3}"))
             .unwrap_or_else(|| "-".into())
     }
 
+    /// A JSON-like rendering of an optional number (`null` when absent).
+    fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map(|x| x.to_string()).unwrap_or_else(|| "null".into())
+    }
+
     pub fn apps(socket: &Path, json: bool) -> Result<()> {
-        let (r, v) = call(socket, "GET", "/v1/apps", 30.0)?;
-        if !r.ok() {
-            return fail(&r, &v, json);
-        }
-        if json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        let r = call(socket, "GET", paths::APPS, 30.0, None)?;
+        let Some(list) = answer::<api::AppList>(&r, json)? else {
             return Ok(());
-        }
+        };
         println!(
             "{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  OVERLOAD",
             "APP", "STATE", "PID", "RSS_MiB", "SWAP_MiB", "STARTS", "STOPS", "LAST_S"
         );
-        for a in v["apps"].as_array().cloned().unwrap_or_default() {
-            let ov = &a["overload"];
-            let flags = [
-                ("sustained", ov["sustained"].as_bool()),
-                ("hotspot", ov["hotspot"].as_bool()),
-            ]
-            .iter()
-            .filter(|(_, b)| b.unwrap_or(false))
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(",");
+        for a in &list.apps {
+            let ov = &a.overload;
+            let flags = [("sustained", ov.sustained), ("hotspot", ov.hotspot)]
+                .iter()
+                .filter(|(_, b)| *b)
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(",");
             println!(
                 "{:<16} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}  {}",
-                a["name"].as_str().unwrap_or("?"),
-                format!(
-                    "{}{}",
-                    a["state"].as_str().unwrap_or("?"),
-                    if a["busy"].as_bool() == Some(true) {
-                        "*"
-                    } else {
-                        ""
-                    }
-                ),
-                a["pid"]
-                    .as_i64()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                mib(&a["memory"]["resident_bytes"]),
-                mib(&a["memory"]["swapped_bytes"]),
-                a["counters"]["starts"].to_string(),
-                a["counters"]["stops"].to_string(),
-                secs(&a["last_start"]["total_s"]),
+                a.name,
+                format!("{}{}", a.state, if a.busy { "*" } else { "" }),
+                a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                mib(a.memory.resident_bytes),
+                mib(a.memory.swapped_bytes),
+                a.counters.starts,
+                a.counters.stops,
+                secs(a.last_start.as_ref().map(|t| t.total_s)),
                 if flags.is_empty() {
                     "-".to_string()
                 } else {
@@ -978,151 +964,151 @@ mod daemon {
         Ok(())
     }
 
-    pub fn op(
+    pub fn start(
         socket: &Path,
         json: bool,
         name: &str,
-        what: &str,
         timeout: f64,
-        body: Option<&str>,
+        req: &api::StartRequest,
     ) -> Result<()> {
-        let (r, v) = call_body(
+        let body = (*req != api::StartRequest::default())
+            .then(|| serde_json::to_string(req))
+            .transpose()?;
+        let r = call(
             socket,
             "POST",
-            &format!("/v1/apps/{name}/{what}"),
+            &paths::start(name),
             timeout,
-            body,
+            body.as_deref(),
         )?;
-        if !r.ok() {
-            return fail(&r, &v, json);
-        }
-        if json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        let Some(a) = answer::<StartAnswer>(&r, json)? else {
             return Ok(());
-        }
-        let t = &v["timing"];
-        if what == "start" {
-            if v["already_running"].as_bool() == Some(true) {
+        };
+        let s = match a {
+            StartAnswer::AlreadyRunning(a) => {
                 println!(
                     "{name}: already running, ready (probe {}s)",
-                    secs(&t["probe_s"])
+                    secs(a.timing.probe_s)
                 );
-            } else if v["cold"].as_bool() == Some(true) {
-                println!(
-                    "{name}: ready (cold start: spawn {}s, probe {}s, total {}s)",
-                    secs(&t["spawn_s"]),
-                    secs(&t["probe_s"]),
-                    secs(&t["total_s"])
-                );
-            } else {
-                println!(
-                    "{name}: ready (prefetch {}s [{} MiB], thaw {}s, probe {}s, total {}s)",
-                    secs(&t["prefetch_s"]),
-                    mib(&t["prefetch_bytes"]),
-                    secs(&t["thaw_s"]),
-                    secs(&t["probe_s"]),
-                    secs(&t["total_s"])
-                );
+                return Ok(());
             }
-            let vm = &v["vm"];
-            if !vm.is_null() {
+            StartAnswer::Started(s) => s,
+        };
+        let t = &s.timing;
+        if s.cold {
+            println!(
+                "{name}: ready (cold start: spawn {}s, probe {}s, total {}s)",
+                secs(t.spawn_s),
+                secs(t.probe_s),
+                secs(t.total_s)
+            );
+        } else {
+            println!(
+                "{name}: ready (prefetch {}s [{} MiB], thaw {}s, probe {}s, total {}s)",
+                secs(t.prefetch_s),
+                mib(t.prefetch_bytes),
+                secs(t.thaw_s),
+                secs(t.probe_s),
+                secs(t.total_s)
+            );
+        }
+        match &s.vm {
+            None => {}
+            Some(VmStart::Cold(c)) => println!(
+                "  vm: mode {} (maps: ?), prefetch null ms, null pages (- MiB) before cont, null free pages skipped, ready null ms, pswpin +null",
+                c.mode
+            ),
+            Some(VmStart::Resume(vm)) => {
                 println!(
                     "  vm: mode {} (maps: {}), prefetch {} ms, {} pages ({} MiB) before cont, {} free pages skipped, ready {} ms, pswpin +{}",
-                    vm["mode"].as_str().unwrap_or("?"),
-                    vm["maps"].as_str().unwrap_or("?"),
-                    vm["prefetch_ms"],
-                    vm["prefetched_pages"],
-                    mib(&vm["prefetched_bytes"]),
-                    vm["skipped_free_pages"],
-                    vm["ready_ms"],
-                    vm["pswpin_delta"]
+                    vm.mode,
+                    vm.maps,
+                    vm.prefetch_ms,
+                    vm.prefetched_pages,
+                    mib(vm.prefetched_bytes),
+                    vm.skipped_free_pages,
+                    vm.ready_ms,
+                    vm.pswpin_delta
                 );
-                for c in vm["classes"].as_array().cloned().unwrap_or_default() {
+                for c in &vm.classes {
                     println!(
                         "    class {} {:<16} {:>9} pages fetched of {} planned",
-                        c["class"],
-                        c["name"].as_str().unwrap_or("?"),
-                        c["fetched_pages"],
-                        c["planned_pages"]
+                        c.class, c.name, c.fetched_pages, c.planned_pages
                     );
                 }
-            }
-        } else if v["already"].as_bool() == Some(true) {
-            println!("{name}: already {}", v["state"].as_str().unwrap_or("?"));
-        } else {
-            let p = &v["purge"];
-            println!(
-                "{name}: {} (freeze {}s, purge {}s, total {}s{})",
-                v["state"].as_str().unwrap_or("?"),
-                secs(&t["freeze_s"]),
-                secs(&t["purge_s"]),
-                secs(&t["total_s"]),
-                if p.is_null() {
-                    String::new()
-                } else {
-                    format!(
-                        "; freed {} MiB, {} MiB on swap",
-                        mib(&p["freed_bytes"]),
-                        mib(&p["swapped_bytes"])
-                    )
-                }
-            );
-            let vm = &v["vm"];
-            if !vm.is_null() {
-                let e = &vm["evidence"];
-                println!(
-                    "  vm: maps {} ({}); guest RAM resident {} -> {} pages, swapped {} -> {} pages; SwapCached {} -> {} MiB",
-                    vm["maps"].as_str().unwrap_or("?"),
-                    vm["agent_note"].as_str().unwrap_or("-"),
-                    e["before"]["guest_resident_pages"],
-                    e["after"]["guest_resident_pages"],
-                    e["before"]["guest_swapped_pages"],
-                    e["after"]["guest_swapped_pages"],
-                    mib(&e["before"]["swap_cached_bytes"]),
-                    mib(&e["after"]["swap_cached_bytes"])
-                );
             }
         }
         Ok(())
     }
 
-    pub fn status(socket: &Path, json: bool, name: Option<&str>) -> Result<()> {
-        let path = match name {
-            Some(n) => format!("/v1/apps/{n}"),
-            None => "/v1/health".into(),
+    pub fn stop(socket: &Path, json: bool, name: &str, timeout: f64) -> Result<()> {
+        let r = call(socket, "POST", &paths::stop(name), timeout, None)?;
+        let Some(a) = answer::<StopAnswer>(&r, json)? else {
+            return Ok(());
         };
-        let (r, v) = call(socket, "GET", &path, 30.0)?;
-        if !r.ok() {
-            return fail(&r, &v, json);
+        let Some(t) = a.timing() else {
+            println!("{name}: already {}", a.state());
+            return Ok(());
+        };
+        println!(
+            "{name}: {} (freeze {}s, purge {}s, total {}s{})",
+            a.state(),
+            secs(t.freeze_s),
+            secs(t.purge_s),
+            secs(t.total_s),
+            match a.purge() {
+                None => String::new(),
+                Some(p) => format!(
+                    "; freed {} MiB, {} MiB on swap",
+                    mib(p.freed_bytes),
+                    mib(p.swapped_bytes)
+                ),
+            }
+        );
+        if let Some(vm) = a.vm() {
+            let e = &vm.evidence;
+            println!(
+                "  vm: maps {} ({}); guest RAM resident {} -> {} pages, swapped {} -> {} pages; SwapCached {} -> {} MiB",
+                vm.maps,
+                vm.agent_note,
+                opt(e.before.guest_resident_pages),
+                opt(e.after.guest_resident_pages),
+                opt(e.before.guest_swapped_pages),
+                opt(e.after.guest_swapped_pages),
+                mib(e.before.swap_cached_bytes),
+                mib(e.after.swap_cached_bytes)
+            );
         }
-        if json || name.is_some() {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    }
+
+    pub fn status(socket: &Path, json: bool, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name {
+            // One app: its whole record, as torpord wrote it.
+            let r = call(socket, "GET", &paths::app(n), 30.0, None)?;
+            if let Some(a) = answer::<serde_json::Value>(&r, json)? {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            }
             return Ok(());
         }
-        println!(
-            "torpord: {} (pool ready: {})",
-            v["status"].as_str().unwrap_or("?"),
-            v["pool_ready"]
-        );
-        println!("  apps:      {}", v["apps"]);
-        println!(
-            "  backend:   {} ({})",
-            v["backend"].as_str().unwrap_or("?"),
-            v["backend_why"].as_str().unwrap_or("")
-        );
-        println!("  cgroups:   {}", v["cgroups"].as_str().unwrap_or("?"));
+        let r = call(socket, "GET", paths::HEALTH, 30.0, None)?;
+        let Some(h) = answer::<api::Health>(&r, json)? else {
+            return Ok(());
+        };
+        println!("torpord: {} (pool ready: {})", h.status, h.pool_ready);
+        println!("  apps:      {}", h.apps);
+        println!("  backend:   {} ({})", h.backend, h.backend_why);
+        println!("  cgroups:   {}", h.cgroups);
         println!(
             "  reserve:   {} MiB (MemAvailable {} MiB)",
-            mib(&v["reserve_bytes"]),
-            mib(&v["mem_available_bytes"])
+            mib(h.reserve_bytes),
+            mib(h.mem_available_bytes)
         );
-        println!("  uptime:    {}s", secs(&v["uptime_s"]));
-        let h = &v["host_overload"];
+        println!("  uptime:    {}s", secs(h.uptime_s));
+        let o = &h.host_overload;
         println!(
             "  paging:    {:.0} ops/s (sustained overload: {}, hotspot: {})",
-            h["rate"].as_f64().unwrap_or(0.0),
-            h["sustained"],
-            h["hotspot"]
+            o.rate, o.sustained, o.hotspot
         );
         Ok(())
     }

@@ -22,7 +22,7 @@
 //! torpord's exit handling, and its per-process plans and loading sets dropped; a partial purge
 //! (swap full) is reported in the Stop answer and loses nothing (the pages stay in RAM).
 
-use super::{lock, AppSlot, Controller, StartTiming};
+use super::{lock, AppSlot, Controller, EventKind, StartTiming};
 use crate::config::PrefetchPolicy;
 use procswap::cgroup::Memcg;
 use procswap::sys::IoPriority;
@@ -152,32 +152,8 @@ impl BackgroundReport {
     }
 }
 
-/// The `loading-set` part of a Start's answer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ActivationTiming {
-    /// Processes with a plan (the others fell back).
-    pub planned_pids: usize,
-    /// Pages of the plans' parts: before thaw / rest of the loading set / everything else.
-    pub first_pages: u64,
-    pub loading_rest_pages: u64,
-    pub rest_pages: u64,
-    /// Bytes whose reads were issued before thaw, and in how many swap extents.
-    pub first_issued_bytes: u64,
-    pub first_swap_extents: u64,
-    pub first_fetch_s: f64,
-    /// Where the time before thaw went: loading the saved plans, issuing the `first` reads,
-    /// starting the recorders (their first pagemap pass).
-    #[serde(default)]
-    pub plan_load_s: f64,
-    #[serde(default)]
-    pub first_issue_s: f64,
-    #[serde(default)]
-    pub recorder_start_s: f64,
-    /// Objects skipped (deleted, truncated, replaced since Stop) and plan notes.
-    pub notes: Vec<String>,
-    /// The armed readiness request answered (no polling interval in the way).
-    pub armed_probe: bool,
-}
+/// The `loading-set` part of a Start's answer (in the API).
+pub use torpor_api::ActivationTiming;
 
 /// The per-process loading sets and plans of one app, on disk under the state directory.
 fn dir(ctl: &Controller, what: &str, app: &str) -> PathBuf {
@@ -299,7 +275,7 @@ impl Controller {
             }
         }
         for n in &notes {
-            self.event(Some(name), "activation", n.clone());
+            self.event(Some(name), EventKind::Activation, n.clone());
         }
         notes
     }
@@ -338,7 +314,7 @@ impl Controller {
                 lock(&slot.act).plans.insert(pid, (p.clone(), st));
                 self.event(
                     Some(name),
-                    "activation",
+                    EventKind::Activation,
                     format!(
                         "pid {pid}: plan: before thaw {} pages ({} swap extents), loading set {} pages, rest {} pages",
                         f.anon + f.shmem + f.file,
@@ -350,7 +326,7 @@ impl Controller {
             }
             Err(e) => self.event(
                 Some(name),
-                "error",
+                EventKind::Error,
                 format!("pid {pid}: activation plan not computed: {e}"),
             ),
         }
@@ -422,7 +398,7 @@ impl Controller {
             for n in &at.notes {
                 self.event(
                     Some(&slot.cfg.name),
-                    "activation",
+                    EventKind::Activation,
                     format!("{n}: this Start runs as full"),
                 );
             }
@@ -468,7 +444,7 @@ impl Controller {
                         let n = format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason);
                         if !at.notes.contains(&n) {
                             // Reported like the objects found gone after the thaw.
-                            self.event(Some(&slot.cfg.name), "activation", n.clone());
+                            self.event(Some(&slot.cfg.name), EventKind::Activation, n.clone());
                             at.notes.push(n);
                         }
                     }
@@ -521,7 +497,7 @@ impl Controller {
             for (o, g) in gone_objects(plan) {
                 let n = format!("pid {}: skipped {} ({g})", plan.pid, o.path);
                 if !at.notes.contains(&n) {
-                    self.event(Some(&slot.cfg.name), "activation", n.clone());
+                    self.event(Some(&slot.cfg.name), EventKind::Activation, n.clone());
                     at.notes.push(n);
                 }
             }
@@ -546,7 +522,7 @@ impl Controller {
             .map_err(|e| {
                 self.event(
                     Some(&slot.cfg.name),
-                    "error",
+                    EventKind::Error,
                     format!("no recorder thread: {e}"),
                 )
             })
@@ -565,7 +541,7 @@ impl Controller {
             .map_err(|e| {
                 self.event(
                     Some(&slot.cfg.name),
-                    "error",
+                    EventKind::Error,
                     format!("no background fetch thread: {e}"),
                 )
             })
@@ -588,12 +564,12 @@ impl Controller {
             match h.join() {
                 Ok(b) => self.event(
                     Some(name),
-                    "activation",
+                    EventKind::Activation,
                     format!("app exited: {}", b.describe()),
                 ),
                 Err(_) => self.event(
                     Some(name),
-                    "error",
+                    EventKind::Error,
                     "background fetch thread panicked".into(),
                 ),
             }
@@ -603,7 +579,7 @@ impl Controller {
             let n = h.join().map(|r| r.len()).unwrap_or(0);
             self.event(
                 Some(name),
-                "activation",
+                EventKind::Activation,
                 format!("app exited: recorder ended ({n} recordings discarded)"),
             );
         }
@@ -614,7 +590,7 @@ impl Controller {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => self.event(
                     Some(name),
-                    "error",
+                    EventKind::Error,
                     format!("removing {}: {e}", d.display()),
                 ),
             }

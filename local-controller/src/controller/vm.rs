@@ -7,7 +7,8 @@
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
 use super::{
-    lock, now_unix, proc_mem, ApiError, AppSlot, AppState, Controller, StartTiming, FREEZE_TIMEOUT,
+    lock, now_unix, proc_mem, ApiError, AppSlot, AppState, Controller, EventKind, Op, StartTiming,
+    FREEZE_TIMEOUT,
 };
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
@@ -16,9 +17,9 @@ use procswap::vm::{
     self, Background, GuestRam, PageCounts, Plan, Qmp, TwinkleConfig, TwinkleStats,
 };
 use procswap::{NoProgress, PrefetchOptions};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use torpor_api as api;
 
 /// Guest classes fetched before `cont` in `priority` mode: 0..=5 (Kernel .. User_Data).
 pub const BEFORE_CONT_MAX_CLASS: u8 = 5;
@@ -33,46 +34,65 @@ pub(crate) struct VmRuntime {
     last_background: Option<TwinkleStats>,
 }
 
-/// Page evidence around a purge.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Evidence {
-    /// Guest RAM pages present in QEMU, not counting zero-page mappings.
-    pub guest_resident_pages: Option<u64>,
-    /// Guest RAM pages that map the shared zero page (read, never written: no memory).
-    pub guest_zero_pages: Option<u64>,
-    pub guest_swapped_pages: Option<u64>,
-    pub qemu_resident_bytes: u64,
-    pub qemu_swapped_bytes: u64,
-    pub swap_cached_bytes: u64,
+pub use torpor_api::{ClassFetch, Evidence};
+
+fn class_fetch(c: &vm::ClassPlan, swapped: u64) -> ClassFetch {
+    ClassFetch {
+        class: c.class,
+        name: vm::class_name(c.class).to_string(),
+        planned_pages: c.pages,
+        swapped_pages: swapped,
+        fetched_pages: 0,
+        fetched_bytes: 0,
+        ms: 0.0,
+    }
 }
 
-/// Per-class figures of a Start.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassFetch {
-    pub class: u8,
-    pub name: &'static str,
-    /// Guest pages of this class (any state; free pages excluded).
-    pub planned_pages: u64,
-    /// Of them, swapped when the prefetch looked.
-    pub swapped_pages: u64,
-    /// Pages whose reads were issued before `cont`.
-    pub fetched_pages: u64,
-    pub fetched_bytes: u64,
-    /// Time of this class's prefetch call, ms.
-    pub ms: f64,
+/// The API's copy of a background fetch's figures.
+fn twinkle(s: TwinkleStats) -> api::TwinkleStats {
+    let TwinkleStats {
+        running,
+        segments,
+        segments_with_swapped,
+        segments_triggered,
+        segments_rest,
+        twinkle_pages,
+        rest_pages,
+        rounds,
+        seconds,
+        ended,
+        error,
+    } = s;
+    api::TwinkleStats {
+        running,
+        segments,
+        segments_with_swapped,
+        segments_triggered,
+        segments_rest,
+        twinkle_pages,
+        rest_pages,
+        rounds,
+        seconds,
+        ended,
+        error,
+    }
 }
 
-impl ClassFetch {
-    fn new(c: &vm::ClassPlan, swapped: u64) -> Self {
-        ClassFetch {
-            class: c.class,
-            name: vm::class_name(c.class),
-            planned_pages: c.pages,
-            swapped_pages: swapped,
-            fetched_pages: 0,
-            fetched_bytes: 0,
-            ms: 0.0,
-        }
+/// The API's account of guest RAM.
+fn ram_report(r: &GuestRam) -> api::GuestRamReport {
+    api::GuestRamReport {
+        bytes: r.bytes(),
+        ranges: r
+            .ranges
+            .iter()
+            .map(|x| api::RamRange {
+                gpa: x.gpa,
+                len: x.len,
+                block: x.block.clone(),
+                block_offset: x.block_offset,
+                hva: x.hva,
+            })
+            .collect(),
     }
 }
 
@@ -122,21 +142,21 @@ impl Controller {
     }
 
     /// `vm` part of an app's status.
-    pub(super) fn vm_status(&self, slot: &AppSlot) -> serde_json::Value {
+    pub(super) fn vm_status(&self, slot: &AppSlot) -> api::VmStatus {
         let rt = lock(&slot.vm);
         let bg = rt
             .background
             .as_ref()
             .map(|b| b.stats())
             .or_else(|| rt.last_background.clone());
-        serde_json::json!({
-            "qmp": self.vm_cfg(slot).qmp,
-            "agent": self.vm_cfg(slot).agent,
-            "prefetch": slot.cfg.vm_prefetch_mode().as_str(),
-            "maps": rt.maps.as_ref().map(|(m, a)| m.summary(a)),
-            "guest_ram_bytes": rt.ram.as_ref().map(|r| r.bytes()),
-            "background": bg,
-        })
+        api::VmStatus {
+            qmp: self.vm_cfg(slot).qmp.clone(),
+            agent: self.vm_cfg(slot).agent.clone(),
+            prefetch: slot.cfg.vm_prefetch_mode().as_str().to_string(),
+            maps: rt.maps.as_ref().map(|(m, a)| m.summary(a)),
+            guest_ram_bytes: rt.ram.as_ref().map(|r| r.bytes()),
+            background: bg.map(twinkle),
+        }
     }
 
     /// After a cold start of a VM app: QMP answers (within the readiness timeout).
@@ -144,24 +164,27 @@ impl Controller {
         &self,
         slot: &AppSlot,
         t0: Instant,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<api::VmStart, String> {
         let v = self.vm_cfg(slot);
         let deadline = t0 + slot.cfg.ready_timeout.max(v.qmp_timeout);
         let mut q = qmp_connect(v, Some(deadline))?;
         let st = q.query_status().map_err(|e| e.to_string())?;
-        Ok(
-            serde_json::json!({"cold": true, "mode": slot.cfg.vm_prefetch_mode().as_str(), "qemu": q.qemu_version(), "status": st.status}),
-        )
+        Ok(api::VmStart::Cold(api::VmColdStart {
+            cold: true,
+            mode: slot.cfg.vm_prefetch_mode().as_str().to_string(),
+            qemu: q.qemu_version(),
+            status: st.status,
+        }))
     }
 
     /// Stop of a VM app (its `op` lock held).
-    pub(super) fn stop_vm(&self, slot: &AppSlot) -> Result<serde_json::Value, ApiError> {
+    pub(super) fn stop_vm(&self, slot: &AppSlot) -> Result<api::StopAnswer, ApiError> {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let t0 = Instant::now();
         let (cgs, o) = match self.begin_stop(slot) {
             Ok(x) => x,
-            Err(already) => return Ok(already),
+            Err(already) => return Ok(api::StopAnswer::Already(already)),
         };
         let qpid = lock(&slot.st)
             .pid
@@ -186,7 +209,7 @@ impl Controller {
                 }
                 Err(e) => {
                     let note = format!("agent {}: {e}; stopping without guest maps", p.display());
-                    self.event(Some(&name), "agent", note.clone());
+                    self.event(Some(&name), EventKind::Agent, note.clone());
                     (None, note)
                 }
             },
@@ -214,7 +237,7 @@ impl Controller {
         let ram = match GuestRam::discover(&mut q, qpid) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.event(Some(&name), "error", format!("guest RAM discovery failed ({e}): the whole QEMU process is purged; the next Start fetches it whole"));
+                self.event(Some(&name), EventKind::Error, format!("guest RAM discovery failed ({e}): the whole QEMU process is purged; the next Start fetches it whole"));
                 None
             }
         };
@@ -274,7 +297,7 @@ impl Controller {
         if purge.is_some() && !evicted {
             self.event(
                 Some(&name),
-                "error",
+                EventKind::Error,
                 format!("purge left guest RAM resident: before {ev_before:?}, after {ev_after:?}"),
             );
         }
@@ -284,12 +307,14 @@ impl Controller {
                 .and_then(|_| serde_json::to_vec(r).map_err(std::io::Error::other))
                 .and_then(|b| std::fs::write(&p, b));
             if let Err(e) = wr {
-                self.event(Some(&name), "error", format!("saving {}: {e}", p.display()));
+                self.event(
+                    Some(&name),
+                    EventKind::Error,
+                    format!("saving {}: {e}", p.display()),
+                );
             }
         }
-        let ram_json = ram
-            .as_ref()
-            .map(|r| serde_json::json!({"bytes": r.bytes(), "ranges": r.ranges}));
+        let guest_ram = ram.as_ref().map(ram_report);
         {
             let mut rt = lock(&slot.vm);
             rt.maps = maps;
@@ -301,7 +326,7 @@ impl Controller {
         });
         self.event(
             Some(&name),
-            "stop",
+            EventKind::Stop,
             format!(
                 "{} (vm: maps {}, QMP stop {qmp_stop_ms} ms, freeze {freeze_s:.3}s, purge {purge_s:.3}s, guest resident {:?} -> {:?} pages, evicted {evicted})",
                 st.as_str(),
@@ -312,22 +337,33 @@ impl Controller {
         );
         self.enforce_reserve(Some(&name));
         let st = lock(&slot.st).state;
-        Ok(serde_json::json!({
-            "app": name, "state": st.as_str(),
-            "timing": {"freeze_s": freeze_s, "working_set_s": 0.0, "purge_s": purge_s, "total_s": t0.elapsed().as_secs_f64()},
-            "purge": purge,
-            "vm": {
-                "maps": if summary.is_some() { "fresh" } else { "none" },
-                "agent_note": agent_note,
-                "agent_ms": agent_ms,
-                "agent": summary,
-                "qmp_stop_ms": qmp_stop_ms,
-                "status_before": before,
-                "status_after": after,
-                "guest_ram": ram_json,
-                "evidence": {"before": ev_before, "after": ev_after, "evicted": evicted, "purge_retries": purge_retries},
+        Ok(api::StopAnswer::Vm(Box::new(api::VmStopped {
+            app: name,
+            state: st,
+            timing: api::StopTiming {
+                freeze_s,
+                working_set_s: 0.0,
+                purge_s,
+                total_s: t0.elapsed().as_secs_f64(),
             },
-        }))
+            purge,
+            vm: api::VmStop {
+                maps: if summary.is_some() { "fresh" } else { "none" }.to_string(),
+                agent_note,
+                agent_ms,
+                agent: summary,
+                qmp_stop_ms,
+                status_before: before,
+                status_after: after,
+                guest_ram,
+                evidence: api::StopEvidence {
+                    before: ev_before,
+                    after: ev_after,
+                    evicted,
+                    purge_retries,
+                },
+            },
+        })))
     }
 
     /// Resume a frozen VM app (prefetch by `mode`, thaw, QMP `cont`, probe).
@@ -337,12 +373,12 @@ impl Controller {
         t0: Instant,
         pids: Vec<i32>,
         mode: VmPrefetch,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<api::StartAnswer, ApiError> {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let pswpin0 = pswpin();
         self.set(slot, |r| {
-            r.in_flight = Some("start".into());
+            r.in_flight = Some(Op::Start);
             r.state = AppState::Starting;
         });
         self.enforce_reserve(Some(&name));
@@ -406,7 +442,7 @@ impl Controller {
         let note_err = |what: &str, e: &dyn std::fmt::Display| {
             self.event(
                 Some(&name),
-                "error",
+                EventKind::Error,
                 format!("{what} failed (continuing; demand paging brings the rest): {e}"),
             );
         };
@@ -474,7 +510,7 @@ impl Controller {
                     fetch_call_ms = ms(tf.elapsed());
                     qemu_own_pages = own_before.saturating_sub(swapped_in(&own));
                     for (c, &sw) in p.classes.iter().zip(&before) {
-                        let mut cf = ClassFetch::new(c, sw);
+                        let mut cf = class_fetch(c, sw);
                         if c.class <= BEFORE_CONT_MAX_CLASS && sw > 0 {
                             cf.fetched_pages = sw.saturating_sub(swapped_in(&c.ranges));
                             cf.fetched_bytes = cf.fetched_pages * ps;
@@ -502,7 +538,7 @@ impl Controller {
                         add(&mut timing, &r);
                     }
                     for (c, &sw) in p.classes.iter().zip(&before) {
-                        let mut cf = ClassFetch::new(c, sw);
+                        let mut cf = class_fetch(c, sw);
                         if let Some(Some((r, t))) = (c.class <= BEFORE_CONT_MAX_CLASS)
                             .then(|| res.next())
                             .flatten()
@@ -560,7 +596,7 @@ impl Controller {
                 }
                 Err(e) => self.event(
                     Some(&name),
-                    "error",
+                    EventKind::Error,
                     format!("background fetcher not started: {e}"),
                 ),
             }
@@ -589,32 +625,32 @@ impl Controller {
         }
         let bg = lock(&slot.vm).background.as_ref().map(|b| b.stats());
         let prefetched_pages: u64 = timing.prefetch_bytes / ps;
-        let vmj = serde_json::json!({
-            "mode": mode.as_str(),
-            "effective": effective.as_str(),
-            "maps": if maps.is_some() { "fresh" } else { "none" },
-            "maps_note": maps_note,
-            "prefetch_ms": ms(prefetch_d),
-            "prefetched_pages": prefetched_pages,
-            "prefetched_bytes": timing.prefetch_bytes,
-            "qemu_own_pages": qemu_own_pages,
-            "qemu_own_ms": qemu_own_ms,
-            "single_pass": single_pass,
-            "plan_ms": plan_ms,
-            "fetch_call_ms": fetch_call_ms,
-            "classes": classes,
-            "skipped_free_pages": plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0),
-            "guest_ram_bytes": ram.as_ref().map(|r| r.bytes()),
-            "guest_swapped_before_pages": guest_before.map(|g| g.swapped),
-            "guest_swapped_after_prefetch_pages": guest_after.map(|g| g.swapped),
-            "thaw_ms": ms(Duration::from_secs_f64(timing.thaw_s)),
-            "cont_ms": cont_ms,
-            "probe_ms": ms(Duration::from_secs_f64(timing.probe_s)),
-            "ready_ms": ms(t0.elapsed()),
-            "pswpin_delta": pswpin().saturating_sub(pswpin0),
-            "pswpin_delta_prefetch": pswpin_prefetch,
-            "background": if bg_started { bg } else { None },
-        });
+        let vmj = api::VmStart::Resume(Box::new(api::VmResume {
+            mode: mode.as_str().to_string(),
+            effective: effective.as_str().to_string(),
+            maps: if maps.is_some() { "fresh" } else { "none" }.to_string(),
+            maps_note,
+            prefetch_ms: ms(prefetch_d),
+            prefetched_pages,
+            prefetched_bytes: timing.prefetch_bytes,
+            qemu_own_pages,
+            qemu_own_ms,
+            single_pass,
+            plan_ms,
+            fetch_call_ms,
+            classes,
+            skipped_free_pages: plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0),
+            guest_ram_bytes: ram.as_ref().map(|r| r.bytes()),
+            guest_swapped_before_pages: guest_before.map(|g| g.swapped),
+            guest_swapped_after_prefetch_pages: guest_after.map(|g| g.swapped),
+            thaw_ms: ms(Duration::from_secs_f64(timing.thaw_s)),
+            cont_ms,
+            probe_ms: ms(Duration::from_secs_f64(timing.probe_s)),
+            ready_ms: ms(t0.elapsed()),
+            pswpin_delta: pswpin().saturating_sub(pswpin0),
+            pswpin_delta_prefetch: pswpin_prefetch,
+            background: if bg_started { bg.map(twinkle) } else { None },
+        }));
         self.finish_start_vm(slot, timing, Some(vmj))
     }
 }
