@@ -410,6 +410,22 @@ pub enum VmStart {
     Cold(VmColdStart),
 }
 
+impl VmStart {
+    /// The prefetch mode asked for (a cold start: the configured one).
+    pub fn mode(&self) -> &str {
+        match self {
+            VmStart::Resume(r) => &r.mode,
+            VmStart::Cold(c) => &c.mode,
+        }
+    }
+    pub fn resume(&self) -> Option<&VmResume> {
+        match self {
+            VmStart::Resume(r) => Some(r),
+            VmStart::Cold(_) => None,
+        }
+    }
+}
+
 /// A cold start of a VM app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmColdStart {

@@ -5,10 +5,15 @@
 mod common;
 
 use local_controller::client::request;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use torpor_api::{
+    paths, AppState, AppStatus, ErrorBody, ErrorDetail, Event, EventKind, EventList, Health,
+    StartAnswer, StopAnswer,
+};
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
@@ -27,11 +32,39 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn api(sock: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(sock, method, path, None, API_TIMEOUT)
+/// An answer: the typed body of a 2xx, else the error body.
+type Answer<T> = Result<T, ErrorDetail>;
+
+fn api_body<T: DeserializeOwned + Debug>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Answer<T>) {
+    let r = request(sock, method, path, body, API_TIMEOUT)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let v = r.json().unwrap_or(Value::Null);
+    let v = if r.ok() {
+        Ok(r.parse::<T>()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}")))
+    } else {
+        Err(r.error().unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: {} without an error body: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+        }))
+    };
     (r.status, v)
+}
+
+fn api<T: DeserializeOwned + Debug>(sock: &Path, method: &str, path: &str) -> (u16, Answer<T>) {
+    api_body(sock, method, path, None)
+}
+
+/// The error code of a failed answer.
+fn code<T>(a: &Answer<T>) -> Option<&str> {
+    a.as_ref().err().map(|e| e.code.as_str())
 }
 
 fn app_get(port: u16, path: &str) -> u16 {
@@ -163,7 +196,10 @@ impl Fixture {
 
     fn wait_pool(&self) {
         wait_until("the standby pool", HANG, || {
-            self.api("GET", "/v1/health").1["pool_ready"] == true
+            self.api::<Health>("GET", paths::HEALTH)
+                .1
+                .unwrap()
+                .pool_ready
         });
     }
 
@@ -174,14 +210,29 @@ impl Fixture {
         }
     }
 
-    fn api(&self, method: &str, path: &str) -> (u16, Value) {
+    fn api<T: DeserializeOwned + Debug>(&self, method: &str, path: &str) -> (u16, Answer<T>) {
         api(&self.sock, method, path)
     }
 
-    fn status(&self, name: &str) -> Value {
-        let (s, v) = self.api("GET", &format!("/v1/apps/{name}"));
-        assert_eq!(s, 200, "{v}");
-        v
+    fn start(&self, name: &str) -> (u16, Answer<StartAnswer>) {
+        self.api("POST", &paths::start(name))
+    }
+
+    fn stop(&self, name: &str) -> (u16, Answer<StopAnswer>) {
+        self.api("POST", &paths::stop(name))
+    }
+
+    fn status(&self, name: &str) -> AppStatus {
+        let (s, v) = self.api("GET", &paths::app(name));
+        assert_eq!(s, 200, "{v:?}");
+        v.unwrap()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.api::<EventList>("GET", paths::EVENTS)
+            .1
+            .unwrap()
+            .events
     }
 
     fn port(&self, name: &str) -> u16 {
@@ -222,57 +273,47 @@ impl Drop for Fixture {
     }
 }
 
-fn frozen_of(v: &Value) -> bool {
-    v["frozen"] == true
+fn frozen_of(v: &AppStatus) -> bool {
+    v.frozen
 }
 
 /// An app that is reported standby is frozen, and its memory is out: most of it swapped,
 /// little anonymous memory resident, the memcg purge freed about its size.
-fn assert_standby(f: &Fixture, name: &str, mib: u64) -> Value {
+fn assert_standby(f: &Fixture, name: &str, mib: u64) -> AppStatus {
     let v = f.status(name);
-    assert_eq!(v["state"], "standby", "{name}: {v:#}");
-    assert!(frozen_of(&v), "{name} standby but not frozen: {v:#}");
-    let swapped = v["memory"]["swapped_bytes"].as_u64().unwrap();
-    let anon = v["memory"]["resident_anon_bytes"].as_u64().unwrap();
-    let freed = v["last_purge"]["freed_bytes"].as_u64().unwrap();
-    let memcg = v["memory"]["memcg_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(v.state, AppState::Standby, "{name}: {v:#?}");
+    assert!(frozen_of(&v), "{name} standby but not frozen: {v:#?}");
+    let swapped = v.memory.swapped_bytes;
+    let anon = v.memory.resident_anon_bytes;
+    let freed = v.last_purge.as_ref().unwrap().freed_bytes;
+    let memcg = v.memory.memcg_bytes.unwrap_or(0);
     assert!(
         swapped >= mib * MIB * 9 / 10,
-        "{name}: only {} MiB swapped of {mib}: {v:#}",
+        "{name}: only {} MiB swapped of {mib}: {v:#?}",
         swapped / MIB
     );
     assert!(
         anon <= 8 * MIB,
-        "{name}: {} KiB anon still resident: {v:#}",
+        "{name}: {} KiB anon still resident: {v:#?}",
         anon >> 10
     );
     assert!(
         freed >= mib * MIB * 9 / 10,
-        "{name}: purge freed only {} MiB: {v:#}",
+        "{name}: purge freed only {} MiB: {v:#?}",
         freed / MIB
     );
     assert!(
         memcg <= 16 * MIB,
-        "{name}: memcg still charged {} MiB: {v:#}",
+        "{name}: memcg still charged {} MiB: {v:#?}",
         memcg / MIB
     );
     v
 }
 
-fn pids_of(f: &Fixture) -> Vec<(String, Vec<i64>)> {
+fn pids_of(f: &Fixture) -> Vec<(String, Vec<i32>)> {
     f.apps
         .iter()
-        .map(|a| {
-            (
-                a.name.clone(),
-                f.status(&a.name)["pids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_i64().unwrap())
-                    .collect(),
-            )
-        })
+        .map(|a| (a.name.clone(), f.status(&a.name).pids))
         .collect()
 }
 
@@ -308,14 +349,15 @@ fn standby_pool_then_20_start_stop_cycles() {
     );
     for (name, mib) in &sizes {
         let v = assert_standby(&f, name, *mib);
+        let p = v.last_purge.as_ref().unwrap();
         eprintln!(
             "STANDBY {name}: {mib} MiB app: purge freed {} MiB (memcg {} -> {} MiB) in {:.3}s; swapped {} MiB, anon resident {} KiB",
-            v["last_purge"]["freed_bytes"].as_u64().unwrap() / MIB,
-            v["last_purge"]["memcg_before_bytes"].as_u64().unwrap_or(0) / MIB,
-            v["last_purge"]["memcg_after_bytes"].as_u64().unwrap_or(0) / MIB,
-            v["last_purge"]["seconds"].as_f64().unwrap(),
-            v["memory"]["swapped_bytes"].as_u64().unwrap() / MIB,
-            v["memory"]["resident_anon_bytes"].as_u64().unwrap() >> 10
+            p.freed_bytes / MIB,
+            p.memcg_before_bytes.unwrap_or(0) / MIB,
+            p.memcg_after_bytes.unwrap_or(0) / MIB,
+            p.seconds,
+            v.memory.swapped_bytes / MIB,
+            v.memory.resident_anon_bytes >> 10
         );
         assert_eq!(
             f.metric(&format!(
@@ -329,10 +371,11 @@ fn standby_pool_then_20_start_stop_cycles() {
     for i in 0..20 {
         let (name, mib) = &sizes[i % 3];
         let port = f.port(name);
-        let (s, v) = f.api("POST", &format!("/v1/apps/{name}/start"));
-        assert_eq!(s, 200, "start {name}: {v}");
-        assert_eq!(v["state"], "running");
-        assert_eq!(v["ready"], true);
+        let (s, v) = f.start(name);
+        assert_eq!(s, 200, "start {name}: {v:?}");
+        let v = v.unwrap();
+        assert_eq!(v.state(), AppState::Running);
+        assert!(v.ready());
         // Answered only once the app serves: a null request right now succeeds.
         assert_eq!(
             app_get(port, "/"),
@@ -345,23 +388,23 @@ fn standby_pool_then_20_start_stop_cycles() {
             200,
             "{name}: memory corrupted after resume"
         );
-        let t = &v["timing"];
-        pf.push(t["prefetch_s"].as_f64().unwrap());
-        th.push(t["thaw_s"].as_f64().unwrap());
-        pr.push(t["probe_s"].as_f64().unwrap());
-        tot.push(t["total_s"].as_f64().unwrap());
+        let t = &v.started().expect("a resume, not already running").timing;
+        pf.push(t.prefetch_s);
+        th.push(t.thaw_s);
+        pr.push(t.probe_s);
+        tot.push(t.total_s);
         eprintln!(
             "cycle {i:2} {name:<5} ({mib:3} MiB): prefetch {:.3}s [{} MiB] thaw {:.4}s probe {:.4}s total {:.3}s",
-            t["prefetch_s"].as_f64().unwrap(),
-            t["prefetch_bytes"].as_u64().unwrap() / MIB,
-            t["thaw_s"].as_f64().unwrap(),
-            t["probe_s"].as_f64().unwrap(),
-            t["total_s"].as_f64().unwrap()
+            t.prefetch_s,
+            t.prefetch_bytes / MIB,
+            t.thaw_s,
+            t.probe_s,
+            t.total_s
         );
         *starts.entry(name.clone()).or_default() += 1;
-        let (s, v) = f.api("POST", &format!("/v1/apps/{name}/stop"));
-        assert_eq!(s, 200, "stop {name}: {v}");
-        assert_eq!(v["state"], "standby", "{v}");
+        let (s, v) = f.stop(name);
+        assert_eq!(s, 200, "stop {name}: {v:?}");
+        assert_eq!(v.as_ref().unwrap().state(), AppState::Standby, "{v:?}");
         assert_standby(&f, name, *mib);
     }
     eprintln!(
@@ -416,15 +459,10 @@ fn standby_pool_then_20_start_stop_cycles() {
         "{text}"
     );
     // Events were recorded for the transitions.
-    let (_, ev) = f.api("GET", "/v1/events");
-    let kinds: Vec<&str> = ev["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let ev = f.events();
+    let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
     assert!(
-        kinds.iter().filter(|k| **k == "start").count() >= 20,
+        kinds.iter().filter(|k| **k == EventKind::Start).count() >= 20,
         "{kinds:?}"
     );
     // Overload detection ran on the paging of these cycles (200 ms samples): the host's and the
@@ -436,13 +474,11 @@ fn standby_pool_then_20_start_stop_cycles() {
     assert!(f
         .metric("torpord_overloaded{scope=\"app\",app=\"beta\",kind=\"sustained\"}")
         .is_some());
-    for e in ev["events"]
-        .as_array()
-        .unwrap()
+    for e in ev
         .iter()
-        .filter(|e| e["kind"] == "overload" || e["kind"] == "hotspot")
+        .filter(|e| matches!(e.kind, EventKind::Overload | EventKind::Hotspot))
     {
-        eprintln!("EVENT {}: {}", e["kind"], e["message"]);
+        eprintln!("EVENT \"{}\": {:?}", e.kind, e.message);
     }
 }
 
@@ -468,15 +504,7 @@ fn overload_events_follow_the_detectors() {
         "app ov: sustained overload BEGINS",
         "app ov: hotspot detected",
     ];
-    let messages = || -> Vec<String> {
-        let (_, ev) = f.api("GET", "/v1/events");
-        ev["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["message"].as_str().map(str::to_string))
-            .collect()
-    };
+    let messages = || -> Vec<String> { f.events().into_iter().map(|e| e.message).collect() };
     wait_until("overload events for the host and the app", HANG, || {
         let m = messages();
         want.iter().all(|w| m.iter().any(|x| x.starts_with(w)))
@@ -488,22 +516,22 @@ fn overload_events_follow_the_detectors() {
     {
         eprintln!("EVENT {e}");
     }
-    let (_, ev) = f.api("GET", "/v1/events");
-    let evs = ev["events"].as_array().unwrap();
+    let evs = f.events();
+    let ov_app = Some("ov");
     assert!(
         evs.iter()
-            .any(|e| e["kind"] == "overload" && e["app"] == "ov"),
-        "{ev:#}"
+            .any(|e| e.kind == EventKind::Overload && e.app.as_deref() == ov_app),
+        "{evs:#?}"
     );
     assert!(
         evs.iter()
-            .any(|e| e["kind"] == "overload" && e["app"].is_null()),
-        "{ev:#}"
+            .any(|e| e.kind == EventKind::Overload && e.app.is_none()),
+        "{evs:#?}"
     );
     assert!(
         evs.iter()
-            .any(|e| e["kind"] == "hotspot" && e["app"] == "ov"),
-        "{ev:#}"
+            .any(|e| e.kind == EventKind::Hotspot && e.app.as_deref() == ov_app),
+        "{evs:#?}"
     );
     assert!(
         !m.iter()
@@ -526,26 +554,18 @@ fn overload_events_follow_the_detectors() {
             );
         }
     }
-    let ov = &f.status("ov")["overload"];
+    let ov = &f.status("ov").overload;
     assert_eq!(
-        (
-            ov["overloaded"].as_bool(),
-            ov["sustained"].as_bool(),
-            ov["hotspot"].as_bool()
-        ),
-        (Some(true), Some(true), Some(true)),
-        "{ov:#}"
+        (ov.overloaded, ov.sustained, ov.hotspot),
+        (true, true, true),
+        "{ov:#?}"
     );
-    assert_eq!(
-        ov["rate"].as_f64(),
-        Some(0.0),
-        "a never-started app takes no faults: {ov:#}"
-    );
+    assert_eq!(ov.rate, 0.0, "a never-started app takes no faults: {ov:#?}");
 }
 
 /// After a restart, every app is reported in a state that matches the kernel, with its
 /// original processes.
-fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i64>)]) -> Vec<String> {
+fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i32>)]) -> Vec<AppState> {
     let after = pids_of(f);
     assert_eq!(
         before,
@@ -555,21 +575,21 @@ fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i64>)]) -
     let mut states = vec![];
     for a in &f.apps {
         let v = f.status(&a.name);
-        let st = v["state"].as_str().unwrap().to_string();
-        assert!(v["in_flight"].is_null(), "{v:#}");
-        match st.as_str() {
-            "running" => {
-                assert!(!frozen_of(&v), "{v:#}");
+        let st = v.state;
+        assert!(v.in_flight.is_none(), "{v:#?}");
+        match st {
+            AppState::Running => {
+                assert!(!frozen_of(&v), "{v:#?}");
                 assert_eq!(app_get(a.port, "/verify"), 200);
             }
-            "standby" | "suspended" => {
+            AppState::Standby | AppState::Suspended => {
                 assert!(frozen_of(&v), "{} reported {st} but not frozen", a.name)
             }
-            other => panic!("{}: unexpected state {other} after restart: {v:#}", a.name),
+            other => panic!("{}: unexpected state {other} after restart: {v:#?}", a.name),
         }
         eprintln!(
-            "  after restart: {} is {st} (note: {})",
-            a.name, v["last_error"]
+            "  after restart: {} is {st} (note: {:?})",
+            a.name, v.last_error
         );
         states.push(st);
     }
@@ -596,12 +616,19 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
         ("start", 330),
     ] {
         // Bring "one" to the state the op starts from.
-        let want_from = if op == "start" { "standby" } else { "running" };
-        let cur = f.status("one")["state"].as_str().unwrap().to_string();
+        let want_from = if op == "start" {
+            AppState::Standby
+        } else {
+            AppState::Running
+        };
+        let cur = f.status("one").state;
         if cur != want_from {
-            let other = if op == "start" { "stop" } else { "start" };
-            let (s, v) = f.api("POST", &format!("/v1/apps/one/{other}"));
-            assert_eq!(s, 200, "{v}");
+            let s = if op == "start" {
+                f.stop("one").0
+            } else {
+                f.start("one").0
+            };
+            assert_eq!(s, 200);
         }
         let sock = f.sock.clone();
         let h = std::thread::spawn(move || {
@@ -624,14 +651,14 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
         f.wait_pool();
         let states = assert_consistent_after_restart(&f, &before);
         // Whatever state it was left in, Start brings it back intact.
-        let (s, v) = f.api("POST", "/v1/apps/one/start");
-        assert_eq!(s, 200, "{v}");
+        let (s, v) = f.start("one");
+        assert_eq!(s, 200, "{v:?}");
         assert_eq!(app_get(f.port("one"), "/verify"), 200);
         let _ = states;
     }
     // The daemon's death never killed or froze "two" by mistake either.
-    assert_eq!(f.status("two")["state"], "standby");
-    let (s, _) = f.api("POST", "/v1/apps/two/start");
+    assert_eq!(f.status("two").state, AppState::Standby);
+    let (s, _) = f.start("two");
     assert_eq!(s, 200);
     assert_eq!(app_get(f.port("two"), "/verify"), 200);
     let log = f.log();
@@ -693,24 +720,17 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     f.wait_pool();
 
     // Unknown app, unknown endpoint, wrong method.
-    let (s, v) = f.api("POST", "/v1/apps/nope/start");
+    let (s, v) = f.start("nope");
     assert_eq!(s, 404);
-    assert_eq!(v["error"]["code"], "unknown_app", "{v}");
-    let (s, v) = f.api("GET", "/v1/apps/nope");
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("unknown_app")));
-    let (s, v) = f.api("POST", "/v1/apps/bad%20name/stop");
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{v}"
-    );
-    let (s, v) = f.api("GET", "/v2/whatever");
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
-    let (s, v) = f.api("GET", "/v1/apps/busy/start");
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    assert_eq!(code(&v), Some("unknown_app"), "{v:?}");
+    let (s, v) = f.api::<AppStatus>("GET", &paths::app("nope"));
+    assert_eq!((s, code(&v)), (404, Some("unknown_app")));
+    let (s, v) = f.stop("bad%20name");
+    assert_eq!((s, code(&v)), (400, Some("bad_request")), "{v:?}");
+    let (s, v) = f.api::<()>("GET", "/v2/whatever");
+    assert_eq!((s, code(&v)), (404, Some("not_found")));
+    let (s, v) = f.api::<()>("GET", &paths::start("busy"));
+    assert_eq!((s, code(&v)), (405, Some("method_not_allowed")));
 
     // Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
     let m = |f: &Fixture, k: &str| {
@@ -727,14 +747,18 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
             let mut done = vec![];
             for i in 0..5 {
                 let op = if (t + i) % 2 == 0 { "start" } else { "stop" };
-                let (s, v) = api(&sock, "POST", &format!("/v1/apps/busy/{op}"));
-                assert_eq!(s, 200, "{op}: {v}");
-                let effective = if op == "start" {
-                    v["already_running"] != true
+                let (effective, state) = if op == "start" {
+                    let (s, v) = api::<StartAnswer>(&sock, "POST", &paths::start("busy"));
+                    assert_eq!(s, 200, "{op}: {v:?}");
+                    let v = v.unwrap();
+                    (!v.already_running(), v.state())
                 } else {
-                    v["already"] != true
+                    let (s, v) = api::<StopAnswer>(&sock, "POST", &paths::stop("busy"));
+                    assert_eq!(s, 200, "{op}: {v:?}");
+                    let v = v.unwrap();
+                    (!v.already(), v.state())
                 };
-                done.push((op, effective, v["state"].as_str().unwrap().to_string()));
+                done.push((op, effective, state));
             }
             done
         }));
@@ -744,9 +768,9 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     let eff_stops = results.iter().filter(|r| r.0 == "stop" && r.1).count() as f64;
     for r in &results {
         let ok = if r.0 == "start" {
-            r.2 == "running"
+            r.2 == AppState::Running
         } else {
-            r.2 == "standby"
+            r.2 == AppState::Standby
         };
         assert!(ok, "{r:?}");
     }
@@ -768,59 +792,50 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     eprintln!(
         "concurrent: 30 requests, {eff_starts} effective starts, {eff_stops} effective stops"
     );
-    let (s, _) = f.api("POST", "/v1/apps/busy/start");
+    let (s, _) = f.start("busy");
     assert_eq!(s, 200);
     assert_eq!(
         app_get(f.port("busy"), "/verify"),
         200,
         "memory corrupted under concurrent Start/Stop"
     );
-    let (s, _) = f.api("POST", "/v1/apps/busy/stop");
+    let (s, _) = f.stop("busy");
     assert_eq!(s, 200);
 
     // Per-request prefetch override of a process app: "none" (demand paging), then "full";
     // a VM-only mode or a malformed body is a 400 and changes nothing.
-    let start_body = |body: &str| {
-        let r = request(
-            &f.sock,
-            "POST",
-            "/v1/apps/busy/start",
-            Some(body),
-            API_TIMEOUT,
-        )
-        .unwrap();
-        (r.status, r.json().unwrap_or(Value::Null))
+    let start_body = |body: &str| -> (u16, Answer<StartAnswer>) {
+        api_body(&f.sock, "POST", &paths::start("busy"), Some(body))
+    };
+    let timing = |v: &Answer<StartAnswer>| {
+        v.as_ref()
+            .ok()
+            .and_then(|a| a.started())
+            .map(|s| s.timing.clone())
+            .unwrap_or_default()
     };
     for bad in [r#"{"prefetch": "priority"}"#, r#"{"prefetch": 3}"#, "{"] {
         let (s, v) = start_body(bad);
-        assert_eq!(
-            (s, v["error"]["code"].as_str()),
-            (400, Some("bad_request")),
-            "{bad}: {v}"
-        );
+        assert_eq!((s, code(&v)), (400, Some("bad_request")), "{bad}: {v:?}");
     }
-    assert_eq!(f.status("busy")["state"], "standby");
+    assert_eq!(f.status("busy").state, AppState::Standby);
     let (s, v) = start_body(r#"{"prefetch": "none"}"#);
-    assert_eq!(s, 200, "{v}");
+    assert_eq!(s, 200, "{v:?}");
+    let t = timing(&v);
     assert_eq!(
-        (
-            v["timing"]["prefetch_mode"].as_str(),
-            v["timing"]["prefetch_bytes"].as_u64()
-        ),
-        (Some("none"), Some(0)),
-        "{v}"
+        (t.prefetch_mode.as_deref(), t.prefetch_bytes),
+        (Some("none"), 0),
+        "{v:?}"
     );
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
-    assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
+    assert_eq!(f.stop("busy").0, 200);
     let (s, v) = start_body(r#"{"prefetch": "full"}"#);
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["timing"]["prefetch_mode"], "full", "{v}");
-    assert!(
-        v["timing"]["prefetch_bytes"].as_u64().unwrap() >= 64 * MIB,
-        "{v}"
-    );
+    assert_eq!(s, 200, "{v:?}");
+    let t = timing(&v);
+    assert_eq!(t.prefetch_mode.as_deref(), Some("full"), "{v:?}");
+    assert!(t.prefetch_bytes >= 64 * MIB, "{v:?}");
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
-    assert_eq!(f.api("POST", "/v1/apps/busy/stop").0, 200);
+    assert_eq!(f.stop("busy").0, 200);
 
     // Permissions: the socket is 0660 root:4242.
     let setpriv = |gid: u32| {
@@ -861,21 +876,21 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.status.success());
-    let v: Value = serde_json::from_str(so.trim()).unwrap();
-    assert_eq!(v["error"]["code"], "forbidden");
+    let v: ErrorBody = serde_json::from_str(so.trim()).unwrap();
+    assert_eq!(v.error.code, "forbidden");
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
     std::fs::set_permissions(&f.sock, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
 
     // An app that never becomes ready: start_failed after its timeout, left frozen and purged.
     let t = Instant::now();
-    let (s, v) = f.api("POST", "/v1/apps/never/start");
+    let (s, v) = f.start("never");
     eprintln!(
-        "never-ready start: {s} {v} after {:.2}s",
+        "never-ready start: {s} {v:?} after {:.2}s",
         t.elapsed().as_secs_f64()
     );
-    assert!(s == 503 || s == 500, "{s} {v}");
-    assert_eq!(v["error"]["code"], "start_failed");
-    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(s == 503 || s == 500, "{s} {v:?}");
+    assert_eq!(code(&v), Some("start_failed"));
+    let msg = v.as_ref().unwrap_err().message.as_str();
     assert!(msg.contains("not ready after 2.0s"), "{msg}");
     assert!(msg.contains("left standby"), "{msg}");
     // It cannot fail before its 2 s readiness timeout has run out (how long the cold start and
@@ -887,8 +902,8 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     );
     assert_standby(&f, "never", 64);
     let st = f.status("never");
-    assert_eq!(st["counters"]["start_failures"], 1);
-    assert!(st["last_error"].as_str().unwrap().contains("not ready"));
+    assert_eq!(st.counters.start_failures, 1);
+    assert!(st.last_error.as_deref().unwrap().contains("not ready"));
 }
 
 #[test]
@@ -907,37 +922,33 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     f.wait_pool();
     for (n, mib) in [("r1", 96), ("r2", 64)] {
         let v = assert_standby(&f, n, mib);
-        assert_eq!(v["counters"]["reserve_purges"], 1, "{v:#}");
+        assert_eq!(v.counters.reserve_purges, 1, "{v:#?}");
     }
-    let (s, v) = f.api("POST", "/v1/apps/r1/start");
-    assert_eq!(s, 200, "{v}");
-    let t = &v["timing"];
-    eprintln!("start under an unmet reserve: {t}");
+    let (s, v) = f.start("r1");
+    assert_eq!(s, 200, "{v:?}");
+    let v = v.unwrap();
+    let t = &v.started().expect("a resume").timing;
+    eprintln!("start under an unmet reserve: {t:?}");
     assert!(
-        t["prefetch_stopped"]
-            .as_str()
+        t.prefetch_stopped
+            .as_deref()
             .unwrap_or("")
             .contains("FreeFloor"),
-        "{t}"
+        "{t:?}"
     );
-    assert_eq!(t["prefetch_bytes"], 0);
+    assert_eq!(t.prefetch_bytes, 0);
     // Demand paging brings it back intact.
     assert_eq!(app_get(f.port("r1"), "/verify"), 200);
-    let (s, v) = f.api("POST", "/v1/apps/r1/stop");
+    let (s, v) = f.stop("r1");
     assert_eq!(s, 200);
-    assert_eq!(v["state"], "standby", "{v}");
+    assert_eq!(v.as_ref().unwrap().state(), AppState::Standby, "{v:?}");
     assert_standby(&f, "r1", 96);
     assert_eq!(
         f.metric("torpord_transitions_total{app=\"r1\",transition=\"reserve_purge\"}"),
         Some(2.0)
     );
-    let (_, ev) = f.api("GET", "/v1/events");
     assert!(
-        ev["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "reserve"),
+        f.events().iter().any(|e| e.kind == EventKind::Reserve),
         "no reserve event"
     );
 }
@@ -984,7 +995,7 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     assert!(m.iter().any(|m| m.starts_with("STATUS=")), "{m:?}");
     assert!(m.iter().any(|m| m.contains("READY=1")), "{m:?}");
     // SIGTERM: torpord exits 0, removes its socket, leaves the app alone.
-    let pid = f.status("n1")["pid"].as_i64().unwrap() as i32;
+    let pid = f.status("n1").pid.unwrap();
     let mut d = f.daemon.take().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.id() as i32),
@@ -1006,6 +1017,6 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     drain.join().unwrap();
     // Restarted, it adopts the app as it was.
     f.start_daemon();
-    assert_eq!(f.status("n1")["state"], "standby");
-    assert_eq!(f.status("n1")["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(f.status("n1").state, AppState::Standby);
+    assert_eq!(f.status("n1").pid, Some(pid));
 }

@@ -20,7 +20,8 @@ use guest_enlight::{
 use local_controller::client::request;
 use procswap::vm::{GuestRam, Qmp};
 use procswap::Range;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use torpor_api::{paths, AppState, AppStatus, ErrorDetail, StartAnswer, StopAnswer, VmStart};
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
@@ -41,10 +43,30 @@ const O: u64 = 112 * MIB;
 const END: u64 = 128 * MIB;
 const REGION_PAGES: u64 = 16 * MIB / PS;
 
-fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+/// An answer: the typed body of a 2xx, else the error body.
+type Answer<T> = Result<T, ErrorDetail>;
+
+fn api<T: DeserializeOwned + Debug>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Answer<T>) {
     let r = request(sock, method, path, body, Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    (r.status, r.json().unwrap_or(Value::Null))
+    let v = if r.ok() {
+        Ok(r.parse::<T>()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}")))
+    } else {
+        Err(r.error().unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: {} without an error body: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+        }))
+    };
+    (r.status, v)
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -218,8 +240,18 @@ impl Fixture {
         f
     }
 
-    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        api(&self.sock, method, path, body)
+    fn start(&self, name: &str, body: Option<&str>) -> (u16, Answer<StartAnswer>) {
+        api(&self.sock, "POST", &paths::start(name), body)
+    }
+
+    fn stop(&self, name: &str) -> (u16, Answer<StopAnswer>) {
+        api(&self.sock, "POST", &paths::stop(name), None)
+    }
+
+    fn status(&self, name: &str) -> AppStatus {
+        let (s, v) = api(&self.sock, "GET", &paths::app(name), None);
+        assert_eq!(s, 200, "{v:?}");
+        v.unwrap()
     }
 
     fn stop_agent(&mut self) {
@@ -300,8 +332,16 @@ fn counts(pid: i32, ram: &GuestRam, a: u64, b: u64) -> procswap::vm::PageCounts 
     procswap::vm::page_counts(pid, &region(ram, a, b)).unwrap()
 }
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+fn u(v: Option<u64>) -> u64 {
+    v.unwrap_or_else(|| panic!("not a number: null"))
+}
+
+/// The started part of a Start's answer (not "already running").
+fn started(v: &Answer<StartAnswer>) -> &torpor_api::Started {
+    v.as_ref()
+        .expect("Start failed")
+        .started()
+        .expect("a Start, not already running")
 }
 
 #[test]
@@ -309,15 +349,15 @@ fn u(v: &Value) -> u64 {
 fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     let mut f = Fixture::new();
     // Cold start: QEMU spawned in its cgroup, QMP answers.
-    let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
-    assert_eq!(s, 200, "{v:#}");
-    assert_eq!(
-        (v["cold"].as_bool(), v["vm"]["cold"].as_bool()),
-        (Some(true), Some(true)),
-        "{v:#}"
-    );
-    let pid = v["pid"].as_i64().unwrap() as i32;
-    assert_eq!(v["vm"]["status"], "prelaunch", "{v:#}");
+    let (s, v) = f.start("guest", None);
+    assert_eq!(s, 200, "{v:#?}");
+    let st = started(&v);
+    let Some(VmStart::Cold(cold)) = &st.vm else {
+        panic!("not a VM cold start: {v:#?}")
+    };
+    assert_eq!((st.cold, cold.cold), (true, true), "{v:#?}");
+    let pid = st.pid.unwrap();
+    assert_eq!(cold.status, "prelaunch", "{v:#?}");
 
     // Fill guest RAM [64, 128) MiB through QEMU's memory at the translated addresses.
     let ram = {
@@ -346,24 +386,29 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         .enumerate()
     {
         // Stop: maps from the agent, QMP stop, freeze, purge, verified evicted.
-        let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
-        assert_eq!(s, 200, "{v:#}");
-        let vm = &v["vm"];
-        assert_eq!(v["state"], "standby", "{v:#}");
-        assert_eq!(vm["maps"], "fresh", "{v:#}");
-        assert_eq!(u(&vm["agent"]["free_pages"]), REGION_PAGES, "{v:#}");
+        let (s, v) = f.stop("guest");
+        assert_eq!(s, 200, "{v:#?}");
+        let v = v.unwrap();
+        let vm = v.vm().expect("a VM Stop");
+        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+        assert_eq!(vm.maps, "fresh", "{v:#?}");
         assert_eq!(
-            vm["status_after"],
-            if round == 0 { "prelaunch" } else { "paused" },
-            "{v:#}"
+            u(vm.agent.as_ref().and_then(|a| a.free_pages)),
+            REGION_PAGES,
+            "{v:#?}"
         );
-        assert_eq!(vm["evidence"]["evicted"], true, "{v:#}");
+        assert_eq!(
+            vm.status_after,
+            if round == 0 { "prelaunch" } else { "paused" },
+            "{v:#?}"
+        );
+        assert!(vm.evidence.evicted, "{v:#?}");
         // Once the firmware ran, PAM shadowing makes parts of 0xc0000-0xfffff RAM too: the flat
         // view (rediscovered at every Stop) grows by those pages.
-        let gb = u(&vm["guest_ram"]["bytes"]);
-        assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#}");
-        let ev_after = &vm["evidence"]["after"];
-        assert!(u(&ev_after["guest_swapped_pages"]) >= all, "{v:#}");
+        let gb = u(vm.guest_ram.as_ref().map(|g| g.bytes));
+        assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#?}");
+        let ev_after = &vm.evidence.after;
+        assert!(u(ev_after.guest_swapped_pages) >= all, "{v:#?}");
         // procswap's purge is verified by its own figures; on a loaded host MADV_PAGEOUT can
         // leave a few pages (seen once: 140 of 16384), hence the 1 % of `evicted`.
         let c = counts(pid, &ram, K, END);
@@ -378,50 +423,54 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
 
         // Start with the mode given per request.
         let body = format!("{{\"prefetch\": \"{mode}\"}}");
-        let (s, v) = f.api("POST", "/v1/apps/guest/start", Some(&body));
-        assert_eq!(s, 200, "{v:#}");
-        let vm = &v["vm"];
+        let (s, v) = f.start("guest", Some(&body));
+        assert_eq!(s, 200, "{v:#?}");
+        let st = started(&v);
+        let vm = st
+            .vm
+            .as_ref()
+            .and_then(VmStart::resume)
+            .expect("a VM resume");
         eprintln!(
             "round {round} {mode}: prefetch {} ms, {} pages, skipped free {}, ready {} ms, pswpin +{} (+{} during prefetch)",
-            vm["prefetch_ms"], vm["prefetched_pages"], vm["skipped_free_pages"], vm["ready_ms"], vm["pswpin_delta"], vm["pswpin_delta_prefetch"]
+            vm.prefetch_ms, vm.prefetched_pages, vm.skipped_free_pages, vm.ready_ms, vm.pswpin_delta, vm.pswpin_delta_prefetch
         );
         if mode == "priority" {
-            let c = &vm["classes"];
+            let c = &vm.classes;
             eprintln!(
                 "  qemu own {} pages; single pass {}: plan+scans {} ms, fetch call {} ms; per class (ordered calls): qemu {} ms, class 0 {} ms, class 5 {} ms",
-                vm["qemu_own_pages"], vm["single_pass"], vm["plan_ms"], vm["fetch_call_ms"], vm["qemu_own_ms"], c[0]["ms"], c[5]["ms"]
+                vm.qemu_own_pages, vm.single_pass, vm.plan_ms, vm.fetch_call_ms, vm.qemu_own_ms, c[0].ms, c[5].ms
             );
         }
         assert_eq!(
-            (vm["mode"].as_str(), vm["effective"].as_str()),
-            (Some(mode), Some(mode)),
-            "{v:#}"
+            (vm.mode.as_str(), vm.effective.as_str()),
+            (mode, mode),
+            "{v:#?}"
         );
-        assert_eq!(v["timing"]["prefetch_mode"], mode);
+        assert_eq!(st.timing.prefetch_mode.as_deref(), Some(mode));
         let after = |a, b| counts(pid, &ram, a, b);
         match mode {
             "priority" => {
-                let cls = vm["classes"].as_array().unwrap();
+                let cls = &vm.classes;
                 assert_eq!(cls.len(), 10);
-                let (s0, s5) = (u(&cls[0]["swapped_pages"]), u(&cls[5]["swapped_pages"]));
+                let (s0, s5) = (cls[0].swapped_pages, cls[5].swapped_pages);
                 assert!(
                     s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99,
-                    "{v:#}"
+                    "{v:#?}"
                 );
                 assert_eq!(
-                    (u(&cls[0]["fetched_pages"]), u(&cls[5]["fetched_pages"])),
+                    (cls[0].fetched_pages, cls[5].fetched_pages),
                     (s0, s5),
-                    "{v:#}"
+                    "{v:#?}"
                 );
                 assert_eq!(
-                    u(&cls[8]["fetched_pages"]),
-                    0,
-                    "class 8 is left to the background: {v:#}"
+                    cls[8].fetched_pages, 0,
+                    "class 8 is left to the background: {v:#?}"
                 );
-                assert_eq!(u(&vm["skipped_free_pages"]), REGION_PAGES, "{v:#}");
+                assert_eq!(vm.skipped_free_pages, REGION_PAGES, "{v:#?}");
                 assert!(
-                    u(&vm["pswpin_delta_prefetch"]) >= (s0 + s5) * 9 / 10,
-                    "swap-in evidence: {v:#}"
+                    vm.pswpin_delta_prefetch >= (s0 + s5) * 9 / 10,
+                    "swap-in evidence: {v:#?}"
                 );
                 assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
                 // Second priority round: the "guest" faults every other page of [F, F+8 MiB)
@@ -443,22 +492,29 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                     );
                 }
                 // The background fetcher takes the rest (class 8) but never the free pages.
+                let background = |st: &AppStatus| {
+                    st.vm
+                        .as_ref()
+                        .and_then(|v| v.background.clone())
+                        .expect("a background fetch in the status")
+                };
                 wait_until("the background fetch", Duration::from_secs(120), || {
-                    f.api("GET", "/v1/apps/guest", None).1["vm"]["background"]["running"] == false
+                    let st = f.status("guest");
+                    st.vm.and_then(|v| v.background).is_some_and(|b| !b.running)
                 });
-                let st = f.api("GET", "/v1/apps/guest", None).1;
-                let bg = &st["vm"]["background"];
-                eprintln!("round {round} background: {bg}");
-                assert_eq!(bg["ended"], "finished", "{st:#}");
-                assert!(u(&bg["rest_pages"]) * 100 >= REGION_PAGES * 99, "{st:#}");
+                let st = f.status("guest");
+                let bg = background(&st);
+                eprintln!("round {round} background: {bg:?}");
+                assert_eq!(bg.ended.as_deref(), Some("finished"), "{st:#?}");
+                assert!(bg.rest_pages * 100 >= REGION_PAGES * 99, "{st:#?}");
                 assert_eq!(
                     after(O, END).swapped,
                     0,
                     "class 8 fetched in the background"
                 );
                 if round == 3 {
-                    assert!(u(&bg["segments_triggered"]) >= 1, "{st:#}");
-                    assert!(u(&bg["twinkle_pages"]) >= 500, "{st:#}");
+                    assert!(bg.segments_triggered >= 1, "{st:#?}");
+                    assert!(bg.twinkle_pages >= 500, "{st:#?}");
                     let win = after(F, F + 8 * MIB);
                     assert!(
                         win.swapped <= 512,
@@ -470,11 +526,11 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                     // phase itself never fetches free pages.
                     let tail = after(F + 12 * MIB, O).swapped;
                     assert!(
-                        tail == f_tail_swapped || u(&bg["segments_triggered"]) > 3,
-                        "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#}"
+                        tail == f_tail_swapped || bg.segments_triggered > 3,
+                        "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#?}"
                     );
                 } else {
-                    assert_eq!(u(&bg["segments_triggered"]), 0, "{st:#}");
+                    assert_eq!(bg.segments_triggered, 0, "{st:#?}");
                     assert_eq!(
                         after(F, O).swapped,
                         f_swapped,
@@ -483,19 +539,19 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
                 }
             }
             "full" => {
-                assert!(u(&vm["prefetched_pages"]) >= all * 99 / 100, "{v:#}");
+                assert!(vm.prefetched_pages >= all * 99 / 100, "{v:#?}");
                 assert_eq!(after(K, END).swapped, 0);
-                assert!(vm["background"].is_null());
+                assert!(vm.background.is_none());
             }
             _ => {
-                assert_eq!(u(&vm["prefetched_pages"]), 0, "{v:#}");
+                assert_eq!(vm.prefetched_pages, 0, "{v:#?}");
                 assert!(
                     after(K, END).swapped >= all * 9 / 10,
                     "none: demand paging only"
                 );
             }
         }
-        assert_eq!(f.api("GET", "/v1/apps/guest", None).1["state"], "running");
+        assert_eq!(f.status("guest").state, AppState::Running);
         // Whatever was fetched or skipped: the guest sees exactly what was written.
         assert!(
             pmemsave(&f, mode) == pat,
@@ -510,11 +566,11 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         "prefetch=none",
         r#"{"prefetch": "none", "x": 1}"#,
     ] {
-        let (s, v) = f.api("POST", "/v1/apps/guest/start", Some(body));
+        let (s, v) = f.start("guest", Some(body));
         assert_eq!(
-            (s, v["error"]["code"].as_str()),
+            (s, v.as_ref().err().map(|e| e.code.as_str())),
             (400, Some("bad_request")),
-            "{body}: {v:#}"
+            "{body}: {v:#?}"
         );
     }
 
@@ -543,8 +599,12 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["vm"]["mode"], "none", "{v:#}");
+    let v: StartAnswer = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.started().and_then(|s| s.vm.as_ref()).map(VmStart::mode),
+        Some("none"),
+        "{v:#?}"
+    );
     let bad = Command::new(TORPOR)
         .args(["--socket"])
         .arg(&f.sock)
@@ -557,23 +617,19 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     let conns = f.agent_conns.load(Ordering::Relaxed);
     assert!(conns >= 5, "agent connections {conns}");
     f.stop_agent();
-    let (s, v) = f.api("POST", "/v1/apps/guest/stop", None);
-    assert_eq!(s, 200, "{v:#}");
-    assert_eq!(v["vm"]["maps"], "none", "{v:#}");
-    assert!(
-        v["vm"]["agent_note"]
-            .as_str()
-            .unwrap()
-            .contains("cannot connect"),
-        "{v:#}"
-    );
-    assert_eq!(v["vm"]["evidence"]["evicted"], true, "{v:#}");
-    let (s, v) = f.api("POST", "/v1/apps/guest/start", None);
-    assert_eq!(s, 200, "{v:#}");
+    let (s, v) = f.stop("guest");
+    assert_eq!(s, 200, "{v:#?}");
+    let vm = v.as_ref().unwrap().vm().expect("a VM Stop");
+    assert_eq!(vm.maps, "none", "{v:#?}");
+    assert!(vm.agent_note.contains("cannot connect"), "{v:#?}");
+    assert!(vm.evidence.evicted, "{v:#?}");
+    let (s, v) = f.start("guest", None);
+    assert_eq!(s, 200, "{v:#?}");
+    let vm = started(&v).vm.as_ref().and_then(VmStart::resume);
     assert_eq!(
-        (v["vm"]["mode"].as_str(), v["vm"]["effective"].as_str()),
-        (Some("priority"), Some("full")),
-        "{v:#}"
+        vm.map(|r| (r.mode.as_str(), r.effective.as_str())),
+        Some(("priority", "full")),
+        "{v:#?}"
     );
     assert_eq!(counts(pid, &ram, K, END).swapped, 0);
     assert!(
@@ -582,8 +638,8 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     );
 
     // QMP socket missing: a clear start failure naming it.
-    let (s, v) = f.api("POST", "/v1/apps/badqmp/start", None);
-    assert!(s == 503 || s == 500, "{s} {v:#}");
-    let msg = v["error"]["message"].as_str().unwrap();
+    let (s, v) = f.start("badqmp", None);
+    assert!(s == 503 || s == 500, "{s} {v:#?}");
+    let msg = v.as_ref().unwrap_err().message.as_str();
     assert!(msg.contains("wrong.qmp") && msg.contains("QMP"), "{msg}");
 }
