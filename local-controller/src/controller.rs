@@ -13,21 +13,27 @@ use procswap::{Backend, Freezer, NoProgress, PrefetchOptions, PurgeOptions, Work
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::CString;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use torpor_api as api;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 mod activation;
+mod events;
+pub mod lifecycle;
+mod metrics;
+mod persistence;
+mod status;
 mod vm;
 
+pub use persistence::state_file;
+use persistence::StateFile;
+
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
-const STATE_FILE: &str = "state.json";
 
 pub use torpor_api::{
     ActivationTiming, AppCgroups, AppState, Counters, Event, EventKind, Op, OverloadStatus,
@@ -73,6 +79,18 @@ pub struct AppRecord {
 }
 
 impl AppRecord {
+    /// Move the app to `to`: the one place a running torpord changes an app's state. An
+    /// invalid transition ([`lifecycle::valid_transition`]) is refused (and logged).
+    fn transition(&mut self, to: AppState) {
+        match lifecycle::valid_transition(self.state, to) {
+            Ok(()) => self.state = to,
+            Err(e) => {
+                error!("{e} refused");
+                debug_assert!(false, "{e}");
+            }
+        }
+    }
+
     fn new(cgroups: AppCgroups) -> Self {
         Self {
             state: AppState::Stopped,
@@ -87,12 +105,6 @@ impl AppRecord {
             working_set_bytes: None,
         }
     }
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct StateFile {
-    version: u32,
-    apps: BTreeMap<String, AppRecord>,
 }
 
 /// Runtime monitoring of one app (not persisted).
@@ -381,16 +393,7 @@ impl Controller {
         let layout = Layout::setup(&cfg.cgroup_parent)?;
         let pref: procswap::BackendPref = cfg.backend.parse().map_err(ControllerError::Setup)?;
         let (backend, backend_why) = procswap::backend::select_backend_explained(pref)?;
-        let persisted: StateFile = match std::fs::read(cfg.state_dir.join(STATE_FILE)) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!(
-                    "{}: unreadable state ({e}); rebuilding from the cgroups",
-                    cfg.state_dir.join(STATE_FILE).display()
-                );
-                StateFile::default()
-            }),
-            Err(_) => StateFile::default(),
-        };
+        let persisted = StateFile::load(&cfg.state_dir);
         let mut apps = BTreeMap::new();
         for a in &cfg.apps {
             let cgs = layout.app_cgroups(&a.name);
@@ -476,77 +479,6 @@ impl Controller {
         self.apps.keys().cloned().collect()
     }
 
-    // ---------- events and persistence ----------
-
-    fn event(&self, app: Option<&str>, kind: EventKind, message: String) {
-        let app_s = app.unwrap_or("-");
-        let kind_s = kind.as_str();
-        match kind {
-            EventKind::Error
-            | EventKind::StartFailed
-            | EventKind::StopFailed
-            | EventKind::PurgeFailed => error!(app = app_s, kind = kind_s, "{message}"),
-            EventKind::Overload
-            | EventKind::Hotspot
-            | EventKind::Reserve
-            | EventKind::AdoptWarning
-            | EventKind::Exited => warn!(app = app_s, kind = kind_s, "{message}"),
-            _ => info!(app = app_s, kind = kind_s, "{message}"),
-        }
-        let e = Event {
-            seq: self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
-            unix_time: now_unix(),
-            app: app.map(str::to_string),
-            kind,
-            message,
-        };
-        let mut ev = lock(&self.events);
-        if ev.len() >= 1024 {
-            ev.pop_front();
-        }
-        ev.push_back(e);
-    }
-
-    /// Events with a sequence number above `since`.
-    pub fn events(&self, since: u64) -> Vec<Event> {
-        lock(&self.events)
-            .iter()
-            .filter(|e| e.seq > since)
-            .cloned()
-            .collect()
-    }
-
-    /// Write every app's record to state.json atomically (temp file, fsync, rename, fsync dir).
-    pub fn persist(&self) {
-        let _g = lock(&self.persist_lock);
-        let sf = StateFile {
-            version: 1,
-            apps: self
-                .apps
-                .iter()
-                .map(|(n, s)| (n.clone(), lock(&s.st).clone()))
-                .collect(),
-        };
-        let dir = &self.cfg.state_dir;
-        let res = (|| -> std::io::Result<()> {
-            let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&sf).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = res {
-            error!("persisting state to {}: {e}", dir.display());
-        }
-    }
-
-    fn set<R>(&self, slot: &AppSlot, f: impl FnOnce(&mut AppRecord) -> R) -> R {
-        let r = f(&mut lock(&slot.st));
-        self.persist();
-        r
-    }
-
     fn ws_path(&self, name: &str) -> PathBuf {
         self.cfg.state_dir.join("ws").join(format!("{name}.json"))
     }
@@ -598,19 +530,9 @@ impl Controller {
         }
     }
 
-    /// Rebuild one app's state from its cgroups after a (re)start of torpord.
-    ///
-    /// Rules (the kernel is the truth; the persisted record only says what was in flight):
-    /// - no process in the app's cgroup: `stopped` (nothing is lost: a process that exists is
-    ///   always found through its cgroup, whatever the pid in the record);
-    /// - a freeze requested but not confirmed: an interrupted Stop is completed (frozen),
-    ///   anything else is thawed;
-    /// - not frozen: `running` (an interrupted Start had already thawed it; an interrupted Stop
-    ///   had not frozen it yet);
-    /// - frozen: `standby` when most of its anonymous memory is on swap, else `suspended`.
-    ///   An interrupted Start is NOT resumed: the app stays suspended/standby (its caller never
-    ///   got "ready"; a new Start resumes it). An interrupted Stop is completed: with
-    ///   `purge = "always"` the purge is redone (standby or suspended alike).
+    /// Rebuild one app's state from its cgroups after a (re)start of torpord (the rules:
+    /// [`lifecycle::adopt`]). A freeze requested but not confirmed is completed first: an
+    /// interrupted Stop is frozen, anything else is thawed.
     fn adopt(&self, slot: &AppSlot) {
         let name = slot.cfg.name.clone();
         let (cgs, in_flight, old_state, old_pid) = {
@@ -618,31 +540,12 @@ impl Controller {
             (r.cgroups.clone(), r.in_flight, r.state, r.pid)
         };
         let mut o = self.observe(&cgs);
-        if o.pids.is_empty() {
-            if old_state != AppState::Stopped {
-                self.event(
-                    Some(&name),
-                    EventKind::AdoptWarning,
-                    format!(
-                        "was {} but no process is left in its cgroup",
-                        old_state.as_str()
-                    ),
-                );
-            }
-            let mut r = lock(&slot.st);
-            r.state = AppState::Stopped;
-            r.pid = None;
-            r.in_flight = None;
-            return;
-        }
-        if o.freeze_pending {
-            let fz = self.freezers(&cgs, &o.pids);
-            let finish_freeze = in_flight == Some(Op::Stop);
-            for f in &fz {
-                let res = if finish_freeze {
-                    f.freeze(FREEZE_TIMEOUT)
-                } else {
-                    f.thaw(FREEZE_TIMEOUT)
+        if !o.pids.is_empty() && o.freeze_pending {
+            let action = lifecycle::complete_pending_freeze(in_flight);
+            for f in &self.freezers(&cgs, &o.pids) {
+                let res = match action {
+                    lifecycle::PendingFreeze::Freeze => f.freeze(FREEZE_TIMEOUT),
+                    lifecycle::PendingFreeze::Thaw => f.thaw(FREEZE_TIMEOUT),
                 };
                 if let Err(e) = res {
                     self.event(
@@ -654,35 +557,36 @@ impl Controller {
             }
             o = self.observe(&cgs);
         }
+        let kernel = lifecycle::KernelView {
+            processes: o.pids.len(),
+            frozen: o.frozen,
+            rss_anon: o.mem.rss_anon,
+            swap: o.mem.swap,
+        };
+        let a = lifecycle::adopt(
+            old_state,
+            in_flight,
+            &kernel,
+            self.cfg.purge == PurgePolicy::Always,
+        );
+        if let Some(w) = &a.warning {
+            self.event(Some(&name), EventKind::AdoptWarning, w.clone());
+        }
         let pid = old_pid
             .filter(|p| o.pids.contains(p))
             .or(o.pids.first().copied());
-        let purged = o.mem.swap > 0 && o.mem.swap * 2 > o.mem.swap + o.mem.rss_anon;
-        let state = if !o.frozen {
-            AppState::Running
-        } else if purged {
-            AppState::Standby
-        } else {
-            AppState::Suspended
-        };
-        let note = match (in_flight, state) {
-            (Some(Op::Start), AppState::Running) => Some("a Start was interrupted by a torpord restart after the thaw: app is running".to_string()),
-            (Some(Op::Start), s) => Some(format!(
-                "a Start was interrupted by a torpord restart before the thaw: app left {} (send Start again)",
-                s.as_str()
-            )),
-            (Some(Op::Stop), AppState::Running) => Some("a Stop was interrupted by a torpord restart before the freeze: app is running".into()),
-            (Some(Op::Stop), s) => Some(format!("a Stop was interrupted by a torpord restart: app is {}", s.as_str())),
-            _ => None,
-        };
         {
+            // Adoption sets the state afresh (no transition: this process had none before).
             let mut r = lock(&slot.st);
-            r.state = state;
+            r.state = a.state;
             r.pid = pid;
             r.in_flight = None;
-            if let Some(n) = &note {
+            if let Some(n) = &a.note {
                 r.last_error = Some(n.clone());
             }
+        }
+        if o.pids.is_empty() {
+            return;
         }
         self.event(
             Some(&name),
@@ -691,17 +595,20 @@ impl Controller {
                 "adopted {} process(es) (pid {:?}) as {}{}",
                 o.pids.len(),
                 pid,
-                state.as_str(),
-                note.map(|n| format!("; {n}")).unwrap_or_default()
+                a.state.as_str(),
+                a.note.map(|n| format!("; {n}")).unwrap_or_default()
             ),
         );
-        // An interrupted Stop under purge = "always" is completed: the purge is redone even when
-        // the app looks purged (the kill may have come between page-out and the memcg reclaim,
-        // leaving pages in the swap cache); a purge of a purged app is cheap.
-        if o.frozen && in_flight == Some(Op::Stop) && self.cfg.purge == PurgePolicy::Always {
+        if a.redo_purge {
             let _op = lock(&slot.op);
             if self.purge_app(slot, false).is_ok() {
-                self.set(slot, |r| r.last_error = Some("a Stop was interrupted by a torpord restart: completed (purged) at adoption".into()));
+                self.set(slot, |r| {
+                    r.last_error = Some(
+                        "a Stop was interrupted by a torpord restart: completed (purged) at \
+                         adoption"
+                            .into(),
+                    )
+                });
             }
         }
     }
@@ -942,7 +849,7 @@ impl Controller {
         let s2 = sum.clone();
         self.set(slot, |r| {
             if r.state == AppState::Suspended {
-                r.state = AppState::Standby;
+                r.transition(AppState::Standby);
             }
             r.counters.purges += 1;
             if reserve {
@@ -1055,7 +962,7 @@ impl Controller {
                         )
                     })?;
                 }
-                self.set(slot, |r| r.state = AppState::Running);
+                self.set(slot, |r| r.transition(AppState::Running));
                 Ok(api::StartAnswer::AlreadyRunning(api::AlreadyRunning {
                     app: name.to_string(),
                     state: AppState::Running,
@@ -1097,7 +1004,7 @@ impl Controller {
         let name = slot.cfg.name.clone();
         self.activation_exited(slot);
         self.set(slot, |r| {
-            r.state = AppState::Starting;
+            r.transition(AppState::Starting);
             r.in_flight = Some(Op::Start);
             r.pid = None;
         });
@@ -1105,7 +1012,7 @@ impl Controller {
             Ok(p) => p,
             Err(e) => {
                 self.set(slot, |r| {
-                    r.state = AppState::Stopped;
+                    r.transition(AppState::Stopped);
                     r.in_flight = None;
                     r.counters.start_failures += 1;
                     r.last_error = Some(e.clone());
@@ -1172,7 +1079,7 @@ impl Controller {
         let prev_state = self.set(slot, |r| {
             r.in_flight = Some(Op::Start);
             let p = r.state;
-            r.state = AppState::Starting;
+            r.transition(AppState::Starting);
             p
         });
         let _ = prev_state;
@@ -1308,7 +1215,7 @@ impl Controller {
     ) -> Result<api::StartAnswer, ApiError> {
         let name = &slot.cfg.name;
         let pid = self.set(slot, |r| {
-            r.state = AppState::Running;
+            r.transition(AppState::Running);
             r.in_flight = None;
             r.counters.starts += 1;
             if timing.cold {
@@ -1363,7 +1270,7 @@ impl Controller {
             }
             if frozen {
                 self.set(slot, |r| {
-                    r.state = AppState::Suspended;
+                    r.transition(AppState::Suspended);
                     r.last_stop_unix = Some(now_unix());
                 });
                 left = "suspended";
@@ -1382,7 +1289,7 @@ impl Controller {
         };
         let msg = format!("{why}; app left {left}");
         self.set(slot, |r| {
-            r.state = st;
+            r.transition(st);
             r.in_flight = None;
             r.counters.start_failures += 1;
             r.last_error = Some(msg.clone());
@@ -1410,7 +1317,7 @@ impl Controller {
     fn stop_failed(&self, slot: &AppSlot, msg: String) -> ApiError {
         let msg = format!("{msg}; app left running");
         self.set(slot, |r| {
-            r.state = AppState::Running;
+            r.transition(AppState::Running);
             r.in_flight = None;
             r.last_error = Some(msg.clone());
         });
@@ -1430,7 +1337,7 @@ impl Controller {
         let o = self.observe(&cgs);
         if o.pids.is_empty() {
             self.set(slot, |r| {
-                r.state = AppState::Stopped;
+                r.transition(AppState::Stopped);
                 r.pid = None;
             });
             self.activation_exited(slot);
@@ -1449,7 +1356,7 @@ impl Controller {
         }
         self.set(slot, |r| {
             r.in_flight = Some(Op::Stop);
-            r.state = AppState::Stopping;
+            r.transition(AppState::Stopping);
         });
         Ok((cgs, o))
     }
@@ -1509,7 +1416,7 @@ impl Controller {
         };
         let ws_s = tw.elapsed().as_secs_f64();
         self.set(slot, |r| {
-            r.state = AppState::Suspended;
+            r.transition(AppState::Suspended);
             r.pid = Some(pid);
             r.last_stop_unix = Some(now_unix());
             r.counters.stops += 1;
@@ -1644,7 +1551,7 @@ impl Controller {
                 let state = lock(&slot.st).state;
                 if o.pids.is_empty() && state != AppState::Stopped {
                     self.set(slot, |r| {
-                        r.state = AppState::Stopped;
+                        r.transition(AppState::Stopped);
                         r.pid = None;
                     });
                     self.event(
@@ -1694,228 +1601,6 @@ impl Controller {
     pub fn host_overload(&self) -> OverloadStatus {
         lock(&self.host_mon).status.clone()
     }
-
-    // ---------- status ----------
-
-    /// Status of one app (JSON).
-    pub fn app_status(&self, name: &str) -> Result<api::AppStatus, ApiError> {
-        let slot = self.slot(name)?;
-        let rec = lock(&slot.st).clone();
-        let o = self.observe(&rec.cgroups);
-        let memcg = rec
-            .cgroups
-            .v1_memory
-            .as_ref()
-            .map(|d| Memcg::V1(d.clone()))
-            .or_else(|| {
-                rec.cgroups
-                    .v2
-                    .as_ref()
-                    .filter(|d| d.join("memory.current").exists())
-                    .map(|d| Memcg::V2(d.clone()))
-            })
-            .and_then(|m| m.usage().ok());
-        let ov = lock(&slot.mon).status.clone();
-        let busy = slot.op.try_lock().is_err();
-        Ok(api::AppStatus {
-            name: name.to_string(),
-            state: rec.state,
-            busy,
-            in_flight: rec.in_flight,
-            pid: rec.pid,
-            pids: o.pids,
-            frozen: o.frozen,
-            prestart: slot.cfg.prestart,
-            command: slot.cfg.command.clone(),
-            unit: slot.cfg.unit.clone(),
-            cgroups: rec.cgroups,
-            memory: api::MemoryStatus {
-                resident_bytes: o.mem.rss,
-                resident_anon_bytes: o.mem.rss_anon,
-                swapped_bytes: o.mem.swap,
-                memcg_bytes: memcg,
-            },
-            last_stop_unix: rec.last_stop_unix,
-            last_start: rec.last_start,
-            last_purge: rec.last_purge,
-            last_error: rec.last_error,
-            working_set_bytes: rec.working_set_bytes,
-            counters: rec.counters,
-            overload: ov,
-            kind: slot.cfg.kind,
-            vm: slot.cfg.is_vm().then(|| self.vm_status(slot)),
-        })
-    }
-
-    pub fn all_status(&self) -> Vec<api::AppStatus> {
-        self.apps
-            .keys()
-            .filter_map(|n| self.app_status(n).ok())
-            .collect()
-    }
-
-    /// Prometheus text exposition.
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        let help = |s: &mut String, name: &str, ty: &str, h: &str| {
-            let _ = writeln!(s, "# HELP {name} {h}\n# TYPE {name} {ty}");
-        };
-        let recs: Vec<(String, AppRecord, Observed, OverloadStatus)> = self
-            .apps
-            .iter()
-            .map(|(n, sl)| {
-                let r = lock(&sl.st).clone();
-                let o = self.observe(&r.cgroups);
-                let ov = lock(&sl.mon).status.clone();
-                (n.clone(), r, o, ov)
-            })
-            .collect();
-        help(
-            &mut s,
-            "torpord_app_state",
-            "gauge",
-            "1 for the app's current state",
-        );
-        for (n, r, _, _) in &recs {
-            for st in AppState::ALL {
-                let _ = writeln!(
-                    s,
-                    "torpord_app_state{{app=\"{n}\",state=\"{}\"}} {}",
-                    st.as_str(),
-                    u8::from(r.state == st)
-                );
-            }
-        }
-        help(
-            &mut s,
-            "torpord_transitions_total",
-            "counter",
-            "Transitions by kind",
-        );
-        for (n, r, _, _) in &recs {
-            let c = &r.counters;
-            for (k, v) in [
-                ("start", c.starts),
-                ("cold_start", c.cold_starts),
-                ("start_failed", c.start_failures),
-                ("stop", c.stops),
-                ("purge", c.purges),
-                ("reserve_purge", c.reserve_purges),
-                ("prefetch", c.prefetches),
-                ("exit", c.exits),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "torpord_transitions_total{{app=\"{n}\",transition=\"{k}\"}} {v}"
-                );
-            }
-        }
-        help(
-            &mut s,
-            "torpord_last_start_seconds",
-            "gauge",
-            "Phases of the last successful Start",
-        );
-        for (n, r, _, _) in &recs {
-            if let Some(t) = &r.last_start {
-                for (ph, v) in [
-                    ("spawn", t.spawn_s),
-                    ("prefetch", t.prefetch_s),
-                    ("thaw", t.thaw_s),
-                    ("probe", t.probe_s),
-                    ("total", t.total_s),
-                ] {
-                    let _ = writeln!(
-                        s,
-                        "torpord_last_start_seconds{{app=\"{n}\",phase=\"{ph}\"}} {v}"
-                    );
-                }
-            }
-        }
-        help(
-            &mut s,
-            "torpord_app_memory_bytes",
-            "gauge",
-            "App memory (resident, resident_anon, swapped) from /proc",
-        );
-        for (n, _, o, _) in &recs {
-            for (k, v) in [
-                ("resident", o.mem.rss),
-                ("resident_anon", o.mem.rss_anon),
-                ("swapped", o.mem.swap),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "torpord_app_memory_bytes{{app=\"{n}\",kind=\"{k}\"}} {v}"
-                );
-            }
-        }
-        help(
-            &mut s,
-            "torpord_last_purge_freed_bytes",
-            "gauge",
-            "Memory cgroup bytes freed by the last purge",
-        );
-        for (n, r, _, _) in &recs {
-            if let Some(p) = &r.last_purge {
-                let _ = writeln!(
-                    s,
-                    "torpord_last_purge_freed_bytes{{app=\"{n}\"}} {}",
-                    p.freed_bytes
-                );
-            }
-        }
-        help(
-            &mut s,
-            "torpord_paging_rate",
-            "gauge",
-            "Paging operations per second in the last sample interval",
-        );
-        help(
-            &mut s,
-            "torpord_overloaded",
-            "gauge",
-            "Overload flags (interval, sustained 8-of-12, hotspot 3-of-5 + AR(1))",
-        );
-        let host = self.host_overload();
-        let mut ov_lines = |scope: &str, ov: &OverloadStatus| {
-            let _ = writeln!(s, "torpord_paging_rate{{{scope}}} {}", ov.rate);
-            for (k, v) in [
-                ("interval", ov.overloaded),
-                ("sustained", ov.sustained),
-                ("hotspot", ov.hotspot),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "torpord_overloaded{{{scope},kind=\"{k}\"}} {}",
-                    u8::from(v)
-                );
-            }
-        };
-        ov_lines("scope=\"host\"", &host);
-        for (n, _, _, ov) in &recs {
-            ov_lines(&format!("scope=\"app\",app=\"{n}\""), ov);
-        }
-        if let Ok(m) = procswap::sys::meminfo() {
-            let _ = writeln!(
-                s,
-                "# TYPE torpord_mem_available_bytes gauge\ntorpord_mem_available_bytes {}",
-                m.mem_available
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# TYPE torpord_reserve_bytes gauge\ntorpord_reserve_bytes {}",
-            self.cfg.reserve
-        );
-        let _ = writeln!(
-            s,
-            "# TYPE torpord_uptime_seconds gauge\ntorpord_uptime_seconds {:.3}",
-            self.uptime().as_secs_f64()
-        );
-        s
-    }
 }
 
 fn vmstat_swaps() -> Option<(u64, u64)> {
@@ -1946,9 +1631,4 @@ pub fn describe_probe(p: &Option<Probe>) -> String {
         Some(Probe::Tcp(p)) => format!("tcp:{p}"),
         Some(Probe::Command(c)) => c.join(" "),
     }
-}
-
-/// Unused-path helper kept for symmetry with the CLI.
-pub fn state_file(dir: &Path) -> PathBuf {
-    dir.join(STATE_FILE)
 }

@@ -256,7 +256,7 @@ impl Controller {
         }
         let freeze_s = tf.elapsed().as_secs_f64();
         self.set(slot, |r| {
-            r.state = AppState::Suspended;
+            r.transition(AppState::Suspended);
             r.pid = Some(qpid);
             r.last_stop_unix = Some(now_unix());
             r.counters.stops += 1;
@@ -379,7 +379,7 @@ impl Controller {
         let pswpin0 = pswpin();
         self.set(slot, |r| {
             r.in_flight = Some(Op::Start);
-            r.state = AppState::Starting;
+            r.transition(AppState::Starting);
         });
         self.enforce_reserve(Some(&name));
         let qpid = lock(&slot.st)
