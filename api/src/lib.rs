@@ -16,7 +16,8 @@
 //! | any failure | [`ErrorBody`] with an HTTP status |
 //!
 //! Optional values are always present on the wire (`null` when absent), except where a field
-//! belongs to one kind of answer only (`vm`, `working_set_bytes`, `activation`).
+//! belongs to one kind of answer only (`vm`, `working_set_bytes`, `activation`) or is a note
+//! written only when there is one (`partial` of a purge).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

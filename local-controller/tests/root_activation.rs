@@ -11,19 +11,41 @@ use common::torpord::{
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use torpor_api::{AppState, StartAnswer, StartTiming, StopAnswer};
 
 /// The threads a loading-set Start leaves running (torpord names them).
 const THREADS: [&str; 2] = ["torpor-record", "torpor-fetch"];
 
-fn notes(start: &Value) -> Vec<String> {
-    start["timing"]["activation"]["notes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n.as_str().map(str::to_string))
-                .collect()
-        })
+fn notes(start: &StartAnswer) -> Vec<String> {
+    timing(start)
+        .activation
+        .map(|a| a.notes)
         .unwrap_or_default()
+}
+
+/// A Start's timing (the default when the app was running already).
+fn timing(start: &StartAnswer) -> StartTiming {
+    start
+        .started()
+        .map(|s| s.timing.clone())
+        .unwrap_or_default()
+}
+
+fn prefetch_mode(start: &StartAnswer) -> Option<String> {
+    timing(start).prefetch_mode
+}
+
+/// Was this Start a cold start?
+fn cold(start: &StartAnswer) -> bool {
+    start.started().is_some_and(|s| s.cold)
+}
+
+/// The activation notes of a process app's Stop.
+fn stop_activation(stop: &StopAnswer) -> Vec<String> {
+    match stop {
+        StopAnswer::Process(p) => p.activation.clone(),
+        _ => vec![],
+    }
 }
 
 /// `/files` of torpor-testapp: path -> (bytes, checksum).
@@ -131,13 +153,13 @@ fn files_deleted_or_truncated_while_suspended() {
     let port = f.port("files");
     // One loading-set cycle first, the app reading its files after the Start: the next Stop's
     // plan holds them (read at startup and after Start, evicted by the purge).
-    let v = f.op("files", "start");
-    assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+    let v = f.start_app("files");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
     let before: std::collections::BTreeMap<_, _> =
         want.iter().map(|(k, v)| (k.clone(), v.0)).collect();
     assert_eq!(files(port), before, "the files as written");
-    let v = f.op("files", "stop");
-    assert_eq!(v["state"], "standby", "{v:#}");
+    let v = f.stop_app("files");
+    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
     let pid = f.app_pid("files");
     let plan = read_json(&f.plan_path("files", pid));
     let objs = plan_objects(&plan);
@@ -160,10 +182,10 @@ fn files_deleted_or_truncated_while_suspended() {
             .set_len(CUT)
             .unwrap();
     }
-    let v = f.op("files", "start");
-    eprintln!("Start after the files changed: {:#}", v["timing"]);
-    assert_eq!(v["state"], "running", "{v:#}");
-    assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+    let v = f.start_app("files");
+    eprintln!("Start after the files changed: {:#?}", timing(&v));
+    assert_eq!(v.state(), AppState::Running, "{v:#?}");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
     let ns = notes(&v);
     for (n, why) in [
         ("map-deleted", "deleted".to_string()),
@@ -201,15 +223,15 @@ fn files_deleted_or_truncated_while_suspended() {
 
     // The next cycles see the files as they are now (deleted ones only through the app).
     for cycle in 0..2 {
-        let v = f.op("files", "stop");
-        assert_eq!(v["state"], "standby", "{v:#}");
-        eprintln!("Stop {cycle}: activation notes {:#}", v["activation"]);
-        let v = f.op("files", "start");
-        assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+        let v = f.stop_app("files");
+        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+        eprintln!("Stop {cycle}: activation notes {:#?}", stop_activation(&v));
+        let v = f.start_app("files");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
         eprintln!("Start {cycle}: notes {:#?}", notes(&v));
         assert!(
             !notes(&v).iter().any(|n| n.contains(" skipped ")),
-            "nothing changed since this Stop: {v:#}"
+            "nothing changed since this Stop: {v:#?}"
         );
         assert_eq!(f.app_pid("files"), pid);
         assert_eq!(files(port), now);
@@ -217,8 +239,8 @@ fn files_deleted_or_truncated_while_suspended() {
     }
     assert!(f.alive(), "torpord died");
     let status = f.status("files");
-    assert_eq!(status["state"], "running", "{status:#}");
-    assert_eq!(status["counters"]["start_failures"], 0, "{status:#}");
+    assert_eq!(status.state, AppState::Running, "{status:#?}");
+    assert_eq!(status.counters.start_failures, 0, "{status:#?}");
     let log = f.log();
     assert!(
         !log.contains("SIGBUS") && !log.contains("panicked"),
@@ -245,10 +267,10 @@ fn app_killed_during_the_background_fetch() {
         "a plan after the pool's Stop"
     );
     std::fs::write(&hold, b"").unwrap();
-    let v = f.op("victim", "start");
-    assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
-    let rest = v["timing"]["activation"]["rest_pages"].as_u64().unwrap();
-    assert!(rest > 0, "nothing for the background fetch: {v:#}");
+    let v = f.start_app("victim");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+    let rest = timing(&v).activation.unwrap().rest_pages;
+    assert!(rest > 0, "nothing for the background fetch: {v:#?}");
     // Both threads run; the fetch waits at its first step.
     wait_for("torpord's recorder and fetch threads", HANG, || {
         let t = thread_names(tp);
@@ -260,7 +282,7 @@ fn app_killed_during_the_background_fetch() {
     )
     .unwrap();
     wait_for("the app's process to go", HANG, || {
-        f.status("victim")["pids"].as_array().unwrap().is_empty()
+        f.status("victim").pids.is_empty()
     });
     std::fs::remove_file(&hold).unwrap();
     // torpord's exit handling marks it stopped, then ends the threads and reports (the
@@ -270,7 +292,7 @@ fn app_killed_during_the_background_fetch() {
             .iter()
             .any(|(k, m)| k == "activation" && m.starts_with("app exited: recorder ended"))
     });
-    assert_eq!(f.status("victim")["state"], "stopped");
+    assert_eq!(f.status("victim").state, AppState::Stopped);
     let ev = f.events("victim");
     for (k, m) in &ev {
         eprintln!("EVENT {k}: {m}");
@@ -316,25 +338,25 @@ fn app_killed_during_the_background_fetch() {
         Vec::<PathBuf>::new()
     );
     // Later requests answer clearly.
-    let v = f.op("victim", "stop");
+    let v = f.stop_app("victim");
     assert_eq!(
-        (v["state"].as_str(), v["already"].as_bool()),
-        (Some("stopped"), Some(true)),
-        "{v:#}"
+        (v.state(), v.already()),
+        (AppState::Stopped, true),
+        "{v:#?}"
     );
     let st = f.status("victim");
-    assert_eq!(st["state"], "stopped", "{st:#}");
-    assert!(st["pid"].is_null(), "{st:#}");
-    let v = f.op("victim", "start");
-    assert_eq!(v["cold"], true, "{v:#}");
+    assert_eq!(st.state, AppState::Stopped, "{st:#?}");
+    assert!(st.pid.is_none(), "{st:#?}");
+    let v = f.start_app("victim");
+    assert!(cold(&v), "{v:#?}");
     let pid2 = f.app_pid("victim");
     assert_ne!(pid2, pid);
     assert_eq!(http(f.port("victim"), "/verify").0, 200);
     // And it cycles again with loading-set activation.
-    let v = f.op("victim", "stop");
-    assert_eq!(v["state"], "standby", "{v:#}");
-    let v = f.op("victim", "start");
-    assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+    let v = f.stop_app("victim");
+    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+    let v = f.start_app("victim");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
     assert_eq!(f.app_pid("victim"), pid2);
     assert_eq!(http(f.port("victim"), "/verify").0, 200);
     assert!(f.alive(), "torpord died");
@@ -368,11 +390,11 @@ fn swap_full_at_stop_partial_purge_loses_nothing() {
     let mut f = Torpord::new("swapfull", vec![a]);
     f.start(&[]);
     let port = f.port("big");
-    let v = f.op("big", "start");
-    assert_eq!(v["cold"], true, "{v:#}");
+    let v = f.start_app("big");
+    assert!(cold(&v), "{v:#?}");
     for cycle in 0..2 {
-        let v = f.op("big", "stop");
-        eprintln!("Stop {cycle} with swap full: {:#}", v["purge"]);
+        let v = f.stop_app("big");
+        eprintln!("Stop {cycle} with swap full: {:#?}", v.purge());
         let sw = swaps();
         assert_eq!(
             sw.iter().map(|s| s.1 << 10).sum::<u64>(),
@@ -380,25 +402,26 @@ fn swap_full_at_stop_partial_purge_loses_nothing() {
             "another swap device came on during the test (run it through run-root-tests.sh, \
              with no other swap active): /proc/swaps {sw:?}"
         );
-        assert_eq!(v["state"], "standby", "{v:#}");
-        let p = &v["purge"];
-        let partial = p["partial"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not reported partial: {v:#}"));
+        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+        let p = v.purge().unwrap();
+        let partial = p
+            .partial
+            .as_deref()
+            .unwrap_or_else(|| panic!("not reported partial: {v:#?}"));
         assert!(partial.contains("swap full"), "{partial}");
         assert!(
-            p["swapped_bytes"].as_u64().unwrap() <= total,
-            "more swapped than there is swap: {p:#}"
+            p.swapped_bytes <= total,
+            "more swapped than there is swap: {p:#?}"
         );
-        assert!(p["resident_anon_bytes"].as_u64().unwrap() > 0, "{p:#}");
+        assert!(p.resident_anon_bytes > 0, "{p:#?}");
         assert!(
             f.events("big")
                 .iter()
                 .any(|(k, m)| k == "purge" && m.contains("partial purge")),
             "no partial-purge event"
         );
-        let v = f.op("big", "start");
-        assert_eq!(v["state"], "running", "{v:#}");
+        let v = f.start_app("big");
+        assert_eq!(v.state(), AppState::Running, "{v:#?}");
         assert_eq!(
             http(port, "/verify").0,
             200,
@@ -443,13 +466,13 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
     ];
     for (bytes, why) in bad_plans {
         std::fs::write(&plan_p, &bytes).unwrap();
-        let v = f.op("old", "start");
+        let v = f.start_app("old");
         let ns = notes(&v);
         eprintln!(
-            "Start with a bad plan: mode {} notes {ns:?}",
-            v["timing"]["prefetch_mode"]
+            "Start with a bad plan: mode {:?} notes {ns:?}",
+            prefetch_mode(&v)
         );
-        assert_eq!(v["timing"]["prefetch_mode"], "full", "{v:#}");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("full"), "{v:#?}");
         assert!(
             ns.iter()
                 .any(|n| n.starts_with(&format!("pid {pid}: plan ignored: {why}"))),
@@ -467,20 +490,20 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
         );
         assert_eq!(http(port, "/verify").0, 200);
         // Stop writes a plan of this version again.
-        let v = f.op("old", "stop");
-        assert_eq!(v["state"], "standby", "{v:#}");
+        let v = f.stop_app("old");
+        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
         assert_eq!(read_json(&plan_p)["format_version"], 1);
     }
     // Loading sets: ignored at the Stop that merges a recording into them, and recorded anew.
     // A loading-set Start records; its Stop saves the set.
     for _ in 0..2 {
-        let v = f.op("old", "start");
-        assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+        let v = f.start_app("old");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
         assert_eq!(http(port, "/verify").0, 200);
-        assert_eq!(f.op("old", "stop")["state"], "standby");
+        assert_eq!(f.stop_app("old").state(), AppState::Standby);
     }
-    let v = f.op("old", "start");
-    assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+    let v = f.start_app("old");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
     let set = read_json(&set_p);
     assert!(set["cycles"].as_u64().unwrap() >= 1, "{set}");
     assert_eq!(set["format_version"], 1);
@@ -495,14 +518,9 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
     ];
     for (bytes, why) in bad_sets {
         std::fs::write(&set_p, &bytes).unwrap();
-        let v = f.op("old", "stop");
-        assert_eq!(v["state"], "standby", "{v:#}");
-        let act: Vec<String> = v["activation"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.as_str().map(str::to_string))
-            .collect();
+        let v = f.stop_app("old");
+        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+        let act: Vec<String> = stop_activation(&v);
         eprintln!("Stop with a bad loading set: {act:?}");
         let want = format!(
             "pid {pid}: previous loading set ignored: {}: {why}",
@@ -522,8 +540,8 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
         let set = read_json(&set_p);
         assert_eq!(set["format_version"], 1, "recorded anew");
         assert_eq!(set["cycles"], 1, "recorded anew: {set}");
-        let v = f.op("old", "start");
-        assert_eq!(v["timing"]["prefetch_mode"], "loading-set", "{v:#}");
+        let v = f.start_app("old");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
         assert_eq!(http(port, "/verify").0, 200);
     }
     assert_eq!(f.app_pid("old"), pid);

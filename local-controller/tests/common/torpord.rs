@@ -2,10 +2,10 @@
 //! socket, its own cgroup parent. Used by `root_activation.rs` (issue 12's bad input and faults).
 
 use local_controller::client::request;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use torpor_api::{paths, AppStatus, EventList, Health, StartAnswer, StopAnswer};
 
 pub const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 pub const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
@@ -205,7 +205,7 @@ impl Torpord {
                 .unwrap_or(false)
         });
         wait_for("the standby pool", HANG, || {
-            self.api("GET", "/v1/health").1["pool_ready"] == true
+            self.get::<Health>(paths::HEALTH).pool_ready
         });
     }
 
@@ -218,40 +218,44 @@ impl Torpord {
         matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    pub fn api(&self, method: &str, path: &str) -> (u16, Value) {
+    /// METHOD PATH, which must answer 200: the answer, typed.
+    fn call<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str) -> T {
         let r = request(&self.sock, method, path, None, HANG)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let v = r.json().unwrap_or(Value::Null);
-        (r.status, v)
+        assert_eq!(
+            r.status,
+            200,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.parse().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    /// POST /v1/apps/NAME/OP, which must answer 200.
-    pub fn op(&self, name: &str, op: &str) -> Value {
-        let (s, v) = self.api("POST", &format!("/v1/apps/{name}/{op}"));
-        assert_eq!(s, 200, "{op} {name}: {v:#}");
-        v
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.call("GET", path)
     }
 
-    pub fn status(&self, name: &str) -> Value {
-        let (s, v) = self.api("GET", &format!("/v1/apps/{name}"));
-        assert_eq!(s, 200, "{v}");
-        v
+    /// POST /v1/apps/NAME/start, which must answer 200.
+    pub fn start_app(&self, name: &str) -> StartAnswer {
+        self.call("POST", &paths::start(name))
+    }
+
+    /// POST /v1/apps/NAME/stop, which must answer 200.
+    pub fn stop_app(&self, name: &str) -> StopAnswer {
+        self.call("POST", &paths::stop(name))
+    }
+
+    pub fn status(&self, name: &str) -> AppStatus {
+        self.get(&paths::app(name))
     }
 
     /// Every event's (kind, message) for `app`.
     pub fn events(&self, app: &str) -> Vec<(String, String)> {
-        let (_, ev) = self.api("GET", "/v1/events");
-        ev["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["app"] == app)
-            .map(|e| {
-                (
-                    e["kind"].as_str().unwrap_or("").to_string(),
-                    e["message"].as_str().unwrap_or("").to_string(),
-                )
-            })
+        self.get::<EventList>(paths::EVENTS)
+            .events
+            .into_iter()
+            .filter(|e| e.app.as_deref() == Some(app))
+            .map(|e| (e.kind.as_str().to_string(), e.message))
             .collect()
     }
 
@@ -260,7 +264,7 @@ impl Torpord {
     }
 
     pub fn app_pid(&self, name: &str) -> i32 {
-        self.status(name)["pid"].as_i64().unwrap() as i32
+        self.status(name).pid.unwrap()
     }
 
     pub fn log(&self) -> String {
