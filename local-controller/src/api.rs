@@ -1,6 +1,6 @@
 //! The HTTP/1.1 + JSON API on a unix socket (axum + hyper), with SO_PEERCRED checks.
 
-use crate::controller::{ApiError, Controller};
+use crate::controller::{Controller, LookupError, StartError, StopError};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,12 +11,74 @@ use hyper_util::service::TowerToHyperService;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::UnixListener;
+use torpor_api::AppState;
 use torpor_api::{self as api, paths};
 use tracing::{debug, warn};
 
+/// A failure as the API answers it: an HTTP status, a stable code, a message. The statuses
+/// are chosen here, from the controller's typed errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::InvalidName(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
+            LookupError::Unknown(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_app", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> Self {
+        let status = match &e {
+            StartError::Lookup(l) => return l.clone().into(),
+            StartError::BadMode(_) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
+            // Left stopped: nothing of the app runs (500); else it is there, not ready (503).
+            StartError::Failed {
+                left: AppState::Stopped,
+                ..
+            } => StatusCode::INTERNAL_SERVER_ERROR,
+            StartError::Failed { .. } | StartError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, "start_failed", e.to_string())
+    }
+}
+
+impl From<StopError> for ApiError {
+    fn from(e: StopError) -> Self {
+        match e {
+            StopError::Lookup(l) => l.into(),
+            StopError::Failed(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stop_failed", m)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = self.status;
         (
             code,
             Json(api::ErrorBody {
@@ -32,12 +94,19 @@ impl IntoResponse for ApiError {
 
 type Ctl = Arc<Controller>;
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::new(500, "internal", format!("worker failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("worker failed: {e}"),
+            )
+        })?
+        .map_err(Into::into)
 }
 
 async fn health(State(c): State<Ctl>) -> Json<api::Health> {
@@ -62,7 +131,7 @@ async fn health(State(c): State<Ctl>) -> Json<api::Health> {
 }
 
 async fn apps(State(c): State<Ctl>) -> Result<Json<api::AppList>, ApiError> {
-    let apps = blocking(move || Ok(c.all_status())).await?;
+    let apps = blocking(move || Ok::<_, ApiError>(c.all_status())).await?;
     Ok(Json(api::AppList { apps }))
 }
 
@@ -97,7 +166,7 @@ pub fn parse_start_request(body: &[u8]) -> Result<api::StartRequest, ApiError> {
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
-            400,
+            StatusCode::BAD_REQUEST,
             "bad_request",
             format!(
                 "start body: {e} (expected {{\"prefetch\": \"none\"|\"full\"|\"priority\"|\"working-set-only\"}})"
@@ -118,13 +187,13 @@ async fn events(State(c): State<Ctl>, Query(q): Query<Since>) -> Json<api::Event
 }
 
 async fn metrics(State(c): State<Ctl>) -> Result<Response, ApiError> {
-    let body = blocking(move || Ok(c.metrics())).await?;
+    let body = blocking(move || Ok::<_, ApiError>(c.metrics())).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(
-        404,
+        StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint (see GET /v1/apps, /v1/health, /metrics)",
     )
@@ -132,7 +201,7 @@ async fn not_found() -> ApiError {
 
 async fn forbidden() -> ApiError {
     ApiError::new(
-        403,
+        StatusCode::FORBIDDEN,
         "forbidden",
         "peer is neither root nor in the configured socket group",
     )
@@ -150,7 +219,11 @@ pub fn router(c: Ctl) -> Router {
         .route(paths::METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
-            ApiError::new(405, "method_not_allowed", "wrong method for this endpoint")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "wrong method for this endpoint",
+            )
         })
         .with_state(c)
 }
@@ -217,6 +290,46 @@ pub async fn serve(listener: UnixListener, c: Ctl, group: Option<u32>) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_chosen_at_the_edge() {
+        let st = |e: ApiError| (e.status.as_u16(), e.code);
+        assert_eq!(
+            st(LookupError::InvalidName("a b".into()).into()),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            st(LookupError::Unknown("x".into()).into()),
+            (404, "unknown_app")
+        );
+        assert_eq!(
+            st(StartError::Lookup(LookupError::Unknown("x".into())).into()),
+            (404, "unknown_app")
+        );
+        assert_eq!(
+            st(StartError::BadMode("m".into()).into()),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            st(StartError::NotReady("p".into()).into()),
+            (503, "start_failed")
+        );
+        let failed = |left| StartError::Failed {
+            message: "m".into(),
+            left,
+        };
+        assert_eq!(st(failed(AppState::Stopped).into()), (500, "start_failed"));
+        assert_eq!(st(failed(AppState::Standby).into()), (503, "start_failed"));
+        assert_eq!(st(failed(AppState::Running).into()), (503, "start_failed"));
+        assert_eq!(
+            st(StopError::Failed("f".into()).into()),
+            (500, "stop_failed")
+        );
+        let e: ApiError = StartError::NotReady("p".into()).into();
+        assert_eq!(e.message, "app is running but not ready: p");
+    }
+
     #[test]
     fn peers() {
         assert!(super::peer_allowed(0, 0, None, None));
@@ -248,7 +361,7 @@ mod tests {
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(
-                (e.status, e.code),
+                (e.status.as_u16(), e.code),
                 (400, "bad_request"),
                 "{}",
                 String::from_utf8_lossy(bad)

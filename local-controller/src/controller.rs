@@ -154,30 +154,38 @@ struct AppSlot {
     act: Mutex<activation::ActRuntime>,
 }
 
-/// An API-level failure with a stable code.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+/// Finding an app by name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("{0:?} is not a valid app name ([A-Za-z0-9_.-], 1-64 characters)")]
+    InvalidName(String),
+    #[error("no app named {0:?} in the configuration")]
+    Unknown(String),
 }
 
-impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    fn unknown_app(name: &str) -> Self {
-        Self::new(
-            404,
-            "unknown_app",
-            format!("no app named {name:?} in the configuration"),
-        )
-    }
+/// A Start that did not make the app ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The request's prefetch mode does not fit the app.
+    #[error("{0}")]
+    BadMode(String),
+    /// Found running, but its readiness probe failed.
+    #[error("app is running but not ready: {0}")]
+    NotReady(String),
+    /// Spawn, prefetch, thaw or probe failed; `left`: the state the app was left in.
+    #[error("{message}")]
+    Failed { message: String, left: AppState },
+}
+
+/// A Stop that could not freeze the app (it is left running).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The prefetch mode a Start runs with.
@@ -462,17 +470,13 @@ impl Controller {
         self.started.elapsed()
     }
 
-    fn slot(&self, name: &str) -> Result<&Arc<AppSlot>, ApiError> {
+    fn slot(&self, name: &str) -> Result<&Arc<AppSlot>, LookupError> {
         if !crate::config::valid_name(name) {
-            return Err(ApiError::new(
-                400,
-                "bad_request",
-                format!("{name:?} is not a valid app name ([A-Za-z0-9_.-], 1-64 characters)"),
-            ));
+            return Err(LookupError::InvalidName(name.to_string()));
         }
         self.apps
             .get(name)
-            .ok_or_else(|| ApiError::unknown_app(name))
+            .ok_or_else(|| LookupError::Unknown(name.to_string()))
     }
 
     pub fn app_names(&self) -> Vec<String> {
@@ -925,12 +929,16 @@ impl Controller {
 
     /// Start(app): resume a suspended/standby app (prefetch, thaw, probe) or cold-start it.
     /// Answers only once the readiness probe succeeded.
-    pub fn start(&self, name: &str) -> Result<api::StartAnswer, ApiError> {
+    pub fn start(&self, name: &str) -> Result<api::StartAnswer, StartError> {
         self.start_with(name, &StartRequest::default())
     }
 
     /// Start(app) with a per-request override (see [`StartRequest`]).
-    pub fn start_with(&self, name: &str, req: &StartRequest) -> Result<api::StartAnswer, ApiError> {
+    pub fn start_with(
+        &self,
+        name: &str,
+        req: &StartRequest,
+    ) -> Result<api::StartAnswer, StartError> {
         let slot = self.slot(name)?;
         let mode = self.start_mode(slot, req)?;
         let _op = lock(&slot.op);
@@ -954,13 +962,8 @@ impl Controller {
             AppState::Running => {
                 let probe_t = Instant::now();
                 if let Some(p) = &slot.cfg.ready {
-                    probe::wait_ready(p, slot.cfg.ready_timeout, || Ok(())).map_err(|e| {
-                        ApiError::new(
-                            503,
-                            "start_failed",
-                            format!("app is running but not ready: {e}"),
-                        )
-                    })?;
+                    probe::wait_ready(p, slot.cfg.ready_timeout, || Ok(()))
+                        .map_err(|e| StartError::NotReady(e.to_string()))?;
                 }
                 self.set(slot, |r| r.transition(AppState::Running));
                 Ok(api::StartAnswer::AlreadyRunning(api::AlreadyRunning {
@@ -984,8 +987,8 @@ impl Controller {
 
     /// The prefetch mode of this Start: the request's override, checked against the app's kind,
     /// else the configuration's.
-    fn start_mode(&self, slot: &AppSlot, req: &StartRequest) -> Result<StartMode, ApiError> {
-        let bad = |m: String| ApiError::new(400, "bad_request", m);
+    fn start_mode(&self, slot: &AppSlot, req: &StartRequest) -> Result<StartMode, StartError> {
+        let bad = StartError::BadMode;
         match (slot.cfg.is_vm(), req.prefetch.as_deref()) {
             (false, None) => Ok(StartMode::Process(self.cfg.prefetch)),
             (true, None) => Ok(StartMode::Vm(slot.cfg.vm_prefetch_mode())),
@@ -1000,7 +1003,7 @@ impl Controller {
         }
     }
 
-    fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<api::StartAnswer, ApiError> {
+    fn cold_start(&self, slot: &AppSlot, t0: Instant) -> Result<api::StartAnswer, StartError> {
         let name = slot.cfg.name.clone();
         self.activation_exited(slot);
         self.set(slot, |r| {
@@ -1018,7 +1021,10 @@ impl Controller {
                     r.last_error = Some(e.clone());
                 });
                 self.event(Some(&name), EventKind::StartFailed, e.clone());
-                return Err(ApiError::new(500, "start_failed", e));
+                return Err(StartError::Failed {
+                    message: e,
+                    left: AppState::Stopped,
+                });
             }
         };
         self.set(slot, |r| r.pid = Some(pid));
@@ -1074,7 +1080,7 @@ impl Controller {
         t0: Instant,
         pids: Vec<i32>,
         policy: PrefetchPolicy,
-    ) -> Result<api::StartAnswer, ApiError> {
+    ) -> Result<api::StartAnswer, StartError> {
         let name = slot.cfg.name.clone();
         let prev_state = self.set(slot, |r| {
             r.in_flight = Some(Op::Start);
@@ -1202,7 +1208,7 @@ impl Controller {
         &self,
         slot: &AppSlot,
         timing: StartTiming,
-    ) -> Result<api::StartAnswer, ApiError> {
+    ) -> Result<api::StartAnswer, StartError> {
         self.finish_start_vm(slot, timing, None)
     }
 
@@ -1212,7 +1218,7 @@ impl Controller {
         slot: &AppSlot,
         timing: StartTiming,
         vm: Option<api::VmStart>,
-    ) -> Result<api::StartAnswer, ApiError> {
+    ) -> Result<api::StartAnswer, StartError> {
         let name = &slot.cfg.name;
         let pid = self.set(slot, |r| {
             r.transition(AppState::Running);
@@ -1251,7 +1257,7 @@ impl Controller {
 
     /// A Start that did not reach "ready": leave the app frozen and purged (not half-started)
     /// when processes remain, else stopped.
-    fn fail_start(&self, slot: &AppSlot, why: String) -> ApiError {
+    fn fail_start(&self, slot: &AppSlot, why: String) -> StartError {
         let name = slot.cfg.name.clone();
         let cgs = lock(&slot.st).cgroups.clone();
         let o = self.observe(&cgs);
@@ -1298,15 +1304,14 @@ impl Controller {
             }
         });
         self.event(Some(&name), EventKind::StartFailed, msg.clone());
-        ApiError::new(
-            if st == AppState::Stopped { 500 } else { 503 },
-            "start_failed",
-            msg,
-        )
+        StartError::Failed {
+            message: msg,
+            left: st,
+        }
     }
 
     /// Stop(app): record the working set, freeze, purge per policy.
-    pub fn stop(&self, name: &str) -> Result<api::StopAnswer, ApiError> {
+    pub fn stop(&self, name: &str) -> Result<api::StopAnswer, StopError> {
         let slot = self.slot(name)?;
         let _op = lock(&slot.op);
         self.stop_locked(slot)
@@ -1314,7 +1319,7 @@ impl Controller {
 
     /// A Stop that could not complete: the app is left (or put back) running, the error is
     /// recorded and announced.
-    fn stop_failed(&self, slot: &AppSlot, msg: String) -> ApiError {
+    fn stop_failed(&self, slot: &AppSlot, msg: String) -> StopError {
         let msg = format!("{msg}; app left running");
         self.set(slot, |r| {
             r.transition(AppState::Running);
@@ -1322,7 +1327,7 @@ impl Controller {
             r.last_error = Some(msg.clone());
         });
         self.event(Some(&slot.cfg.name), EventKind::StopFailed, msg.clone());
-        ApiError::new(500, "stop_failed", msg)
+        StopError::Failed(msg)
     }
 
     /// The common start of a Stop: the app's cgroups and what runs in them, with the app
@@ -1361,7 +1366,7 @@ impl Controller {
         Ok((cgs, o))
     }
 
-    fn stop_locked(&self, slot: &AppSlot) -> Result<api::StopAnswer, ApiError> {
+    fn stop_locked(&self, slot: &AppSlot) -> Result<api::StopAnswer, StopError> {
         if slot.cfg.is_vm() {
             return self.stop_vm(slot);
         }
@@ -1473,7 +1478,7 @@ impl Controller {
                         self.event(
                             Some(&name),
                             EventKind::Error,
-                            format!("prestart: stop failed: {}", e.message),
+                            format!("prestart: stop failed: {e}"),
                         );
                         continue;
                     }
@@ -1493,7 +1498,7 @@ impl Controller {
                 Err(e) => self.event(
                     Some(&name),
                     EventKind::Error,
-                    format!("prestart failed: {}", e.message),
+                    format!("prestart failed: {e}"),
                 ),
             }
         }

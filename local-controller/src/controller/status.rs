@@ -1,12 +1,12 @@
 //! Status: an app's record joined with what the kernel shows now (`GET /v1/apps[/{name}]`).
 
-use super::{lock, ApiError, Controller};
+use super::{lock, Controller, LookupError};
 use procswap::cgroup::Memcg;
 use torpor_api as api;
 
 impl Controller {
     /// Status of one app (JSON).
-    pub fn app_status(&self, name: &str) -> Result<api::AppStatus, ApiError> {
+    pub fn app_status(&self, name: &str) -> Result<api::AppStatus, LookupError> {
         let slot = self.slot(name)?;
         let rec = lock(&slot.st).clone();
         let o = self.observe(&rec.cgroups);

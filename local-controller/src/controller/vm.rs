@@ -7,8 +7,8 @@
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
 use super::{
-    lock, now_unix, proc_mem, ApiError, AppSlot, AppState, Controller, EventKind, Op, StartTiming,
-    FREEZE_TIMEOUT,
+    lock, now_unix, proc_mem, AppSlot, AppState, Controller, EventKind, Op, StartError,
+    StartTiming, StopError, FREEZE_TIMEOUT,
 };
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
@@ -178,7 +178,7 @@ impl Controller {
     }
 
     /// Stop of a VM app (its `op` lock held).
-    pub(super) fn stop_vm(&self, slot: &AppSlot) -> Result<api::StopAnswer, ApiError> {
+    pub(super) fn stop_vm(&self, slot: &AppSlot) -> Result<api::StopAnswer, StopError> {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let t0 = Instant::now();
@@ -197,7 +197,7 @@ impl Controller {
             let st = bg.stop();
             lock(&slot.vm).last_background = Some(st);
         }
-        let fail = |msg: String| -> ApiError { self.stop_failed(slot, msg) };
+        let fail = |msg: String| -> StopError { self.stop_failed(slot, msg) };
         // 1. The guest's maps (while it runs). Never fails the Stop.
         let ta = Instant::now();
         let (maps, agent_note): (Option<(GuestMaps, String)>, String) = match &v.agent {
@@ -373,7 +373,7 @@ impl Controller {
         t0: Instant,
         pids: Vec<i32>,
         mode: VmPrefetch,
-    ) -> Result<api::StartAnswer, ApiError> {
+    ) -> Result<api::StartAnswer, StartError> {
         let name = slot.cfg.name.clone();
         let v = self.vm_cfg(slot).clone();
         let pswpin0 = pswpin();
