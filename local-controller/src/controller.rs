@@ -619,19 +619,16 @@ impl Controller {
 
     // ---------- spawning ----------
 
-    fn spawn(&self, slot: &AppSlot) -> Result<i32, String> {
+    fn spawn(&self, slot: &AppSlot) -> Result<i32, SpawnError> {
         let a = &slot.cfg;
         let cgs = lock(&slot.st).cgroups.clone();
         if let Some(unit) = &a.unit {
             return self.spawn_unit(slot, unit, &cgs);
         }
-        let argv = a.command.as_ref().ok_or("no command")?;
+        let argv = a.command.as_ref().ok_or(SpawnError::NoCommand)?;
         let procs: Vec<CString> = cgs
             .dirs()
-            .map(|d| {
-                CString::new(d.join("cgroup.procs").as_os_str().as_bytes())
-                    .map_err(|e| e.to_string())
-            })
+            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
             .collect::<Result<_, _>>()?;
         let ids = match &a.user {
             Some(u) => Some(resolve_user(u)?),
@@ -646,8 +643,11 @@ impl Controller {
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(|source| SpawnError::Log {
+                path: log_path.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone()?;
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .envs(&a.env)
@@ -692,13 +692,14 @@ impl Controller {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning {:?}: {e}", argv[0]))?;
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            argv0: argv[0].clone(),
+            source,
+        })?;
         let pid = child.id() as i32;
         // Reap it when it exits (torpord is its parent while torpord lives).
         let name = a.name.clone();
-        let slot_st = Arc::clone(self.apps.get(&name).ok_or("app vanished")?);
+        let slot_st = Arc::clone(self.apps.get(&name).ok_or(SpawnError::Vanished)?);
         std::thread::Builder::new()
             .name(format!("reap-{name}"))
             .spawn(move || {
@@ -712,33 +713,35 @@ impl Controller {
                     ));
                     warn!(app = %name, "{}", r.last_error.as_deref().unwrap_or(""));
                 }
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
         Ok(pid)
     }
 
-    fn spawn_unit(&self, slot: &AppSlot, unit: &str, cgs: &AppCgroups) -> Result<i32, String> {
+    fn spawn_unit(&self, slot: &AppSlot, unit: &str, cgs: &AppCgroups) -> Result<i32, SpawnError> {
         let st = std::process::Command::new("systemctl")
             .args(["start", unit])
             .status()
-            .map_err(|e| format!("systemctl: {e}"))?;
+            .map_err(SpawnError::Systemctl)?;
         if !st.success() {
-            return Err(format!("systemctl start {unit}: {st}"));
+            return Err(SpawnError::UnitStart {
+                unit: unit.to_string(),
+                status: st,
+            });
         }
         let out = std::process::Command::new("systemctl")
             .args(["show", "-p", "MainPID", "--value", unit])
             .output()
-            .map_err(|e| format!("systemctl: {e}"))?;
+            .map_err(SpawnError::Systemctl)?;
         let pid: i32 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| format!("{unit}: no MainPID"))?;
+            .map_err(|_| SpawnError::NoMainPid(unit.to_string()))?;
         if pid <= 0 {
-            return Err(format!("{unit}: no MainPID (not running?)"));
+            return Err(SpawnError::UnitNotRunning(unit.to_string()));
         }
         // The unit's processes move into the app's cgroups (memory charged before the move
         // stays charged where it was).
-        let src = cgroup::pid_cgroups(pid).map_err(|e| e.to_string())?;
+        let src = cgroup::pid_cgroups(pid)?;
         let pids = src
             .v2
             .as_ref()
@@ -747,7 +750,7 @@ impl Controller {
             .unwrap_or_else(|| vec![pid]);
         for d in cgs.dirs() {
             for p in &pids {
-                cgroup::move_pid(d, *p).map_err(|e| e.to_string())?;
+                cgroup::move_pid(d, *p)?;
             }
         }
         let _ = slot;
@@ -1014,6 +1017,7 @@ impl Controller {
         let pid = match self.spawn(slot) {
             Ok(p) => p,
             Err(e) => {
+                let e = e.to_string();
                 self.set(slot, |r| {
                     r.transition(AppState::Stopped);
                     r.in_flight = None;
@@ -1617,14 +1621,57 @@ fn vmstat_swaps() -> Option<(u64, u64)> {
     Some((get("pswpin ")?, get("pswpout ")?))
 }
 
-fn resolve_user(u: &str) -> Result<(libc::uid_t, libc::gid_t), String> {
+/// Starting an app's process (or unit) in its cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no command")]
+    NoCommand,
+    #[error("{0}")]
+    BadPath(#[from] std::ffi::NulError),
+    #[error("user {user}: {source}")]
+    User { user: String, source: nix::Error },
+    #[error("no user {0}")]
+    NoUser(String),
+    #[error("{}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("spawning {argv0:?}: {source}")]
+    Exec {
+        argv0: String,
+        source: std::io::Error,
+    },
+    #[error("app vanished")]
+    Vanished,
+    #[error("systemctl: {0}")]
+    Systemctl(std::io::Error),
+    #[error("systemctl start {unit}: {status}")]
+    UnitStart {
+        unit: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("{0}: no MainPID")]
+    NoMainPid(String),
+    #[error("{0}: no MainPID (not running?)")]
+    UnitNotRunning(String),
+    #[error("{0}")]
+    Cgroup(#[from] procswap::Error),
+}
+
+fn resolve_user(u: &str) -> Result<(libc::uid_t, libc::gid_t), SpawnError> {
     let user = if let Ok(uid) = u.parse::<u32>() {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
     } else {
         nix::unistd::User::from_name(u)
     }
-    .map_err(|e| format!("user {u}: {e}"))?
-    .ok_or_else(|| format!("no user {u}"))?;
+    .map_err(|source| SpawnError::User {
+        user: u.to_string(),
+        source,
+    })?
+    .ok_or_else(|| SpawnError::NoUser(u.to_string()))?;
     Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
