@@ -760,12 +760,12 @@ impl Controller {
     // ---------- operations ----------
 
     /// Purge the (frozen) app; caller holds its `op` lock. `reserve`: counted as a reserve purge.
-    fn purge_app(&self, slot: &AppSlot, reserve: bool) -> Result<PurgeSummary, String> {
+    fn purge_app(&self, slot: &AppSlot, reserve: bool) -> Result<PurgeSummary, PurgeError> {
         let name = slot.cfg.name.clone();
         let cgs = lock(&slot.st).cgroups.clone();
         let o = self.observe(&cgs);
         if o.pids.is_empty() {
-            return Err("no process to purge".into());
+            return Err(PurgeError::NoProcess);
         }
         let memcg = o
             .pids
@@ -818,11 +818,12 @@ impl Controller {
                     }
                 }
                 Err(procswap::Error::NoSuchProcess(_)) => continue,
-                Err(e) => {
-                    let msg = format!("purge of pid {pid} failed: {e}");
+                Err(source) => {
+                    let e = PurgeError::Failed { pid: *pid, source };
+                    let msg = e.to_string();
                     self.event(Some(&name), EventKind::PurgeFailed, msg.clone());
-                    self.set(slot, |r| r.last_error = Some(msg.clone()));
-                    return Err(msg);
+                    self.set(slot, |r| r.last_error = Some(msg));
+                    return Err(e);
                 }
             }
         }
@@ -1619,6 +1620,15 @@ fn vmstat_swaps() -> Option<(u64, u64)> {
             .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<u64>().ok()))
     };
     Some((get("pswpin ")?, get("pswpout ")?))
+}
+
+/// Purging a frozen app.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("no process to purge")]
+    NoProcess,
+    #[error("purge of pid {pid} failed: {source}")]
+    Failed { pid: i32, source: procswap::Error },
 }
 
 /// Starting an app's process (or unit) in its cgroups.
