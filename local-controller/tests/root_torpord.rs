@@ -280,27 +280,39 @@ fn frozen_of(v: &AppStatus) -> bool {
 /// An app that is reported standby is frozen, and its memory is out: most of it swapped,
 /// little anonymous memory resident, the memcg purge freed about its size.
 fn assert_standby(f: &Fixture, name: &str, mib: u64) -> AppStatus {
-    let v = f.status(name);
-    assert_eq!(v.state, AppState::Standby, "{name}: {v:#?}");
-    assert!(frozen_of(&v), "{name} standby but not frozen: {v:#?}");
+    let v = assert_frozen_and_out(f, name);
     let swapped = v.memory.swapped_bytes;
-    let anon = v.memory.resident_anon_bytes;
     let freed = v.last_purge.as_ref().unwrap().freed_bytes;
-    let memcg = v.memory.memcg_bytes.unwrap_or(0);
     assert!(
         swapped >= mib * MIB * 9 / 10,
         "{name}: only {} MiB swapped of {mib}: {v:#?}",
         swapped / MIB
     );
     assert!(
-        anon <= 8 * MIB,
-        "{name}: {} KiB anon still resident: {v:#?}",
-        anon >> 10
-    );
-    assert!(
         freed >= mib * MIB * 9 / 10,
         "{name}: purge freed only {} MiB: {v:#?}",
         freed / MIB
+    );
+    v
+}
+
+/// Standby, frozen, purged: whatever anonymous memory the app had is out (for an app frozen
+/// at a moment the test does not choose, e.g. a readiness timeout while it is still filling
+/// its memory, so how much it had is not known).
+fn assert_frozen_and_out(f: &Fixture, name: &str) -> AppStatus {
+    let v = f.status(name);
+    assert_eq!(v.state, AppState::Standby, "{name}: {v:#?}");
+    assert!(frozen_of(&v), "{name} standby but not frozen: {v:#?}");
+    let anon = v.memory.resident_anon_bytes;
+    let memcg = v.memory.memcg_bytes.unwrap_or(0);
+    assert!(
+        v.last_purge.is_some(),
+        "{name}: standby without a purge: {v:#?}"
+    );
+    assert!(
+        anon <= 8 * MIB,
+        "{name}: {} KiB anon still resident: {v:#?}",
+        anon >> 10
     );
     assert!(
         memcg <= 16 * MIB,
@@ -900,7 +912,9 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
         "start_failed after {:?}, before the 2 s readiness timeout",
         t.elapsed()
     );
-    assert_standby(&f, "never", 64);
+    // Frozen at the readiness timeout, possibly before it had filled its 64 MiB (a debug build
+    // on a loaded machine): purged, whatever it held (a CI run saw 56 MiB of 64).
+    assert_frozen_and_out(&f, "never");
     let st = f.status("never");
     assert_eq!(st.counters.start_failures, 1);
     assert!(st.last_error.as_deref().unwrap().contains("not ready"));
