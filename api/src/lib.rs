@@ -649,6 +649,13 @@ pub struct RamRange {
     pub hva: u64,
 }
 
+impl RamRange {
+    /// The guest-physical address just past the range.
+    pub fn gpa_end(&self) -> u64 {
+        self.gpa + self.len
+    }
+}
+
 /// Page evidence around a VM's purge.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StopEvidence {

@@ -48,51 +48,11 @@ fn class_fetch(c: &vm::ClassPlan, swapped: u64) -> ClassFetch {
     }
 }
 
-/// The API's copy of a background fetch's figures.
-fn twinkle(s: TwinkleStats) -> api::TwinkleStats {
-    let TwinkleStats {
-        running,
-        segments,
-        segments_with_swapped,
-        segments_triggered,
-        segments_rest,
-        twinkle_pages,
-        rest_pages,
-        rounds,
-        seconds,
-        ended,
-        error,
-    } = s;
-    api::TwinkleStats {
-        running,
-        segments,
-        segments_with_swapped,
-        segments_triggered,
-        segments_rest,
-        twinkle_pages,
-        rest_pages,
-        rounds,
-        seconds,
-        ended,
-        error,
-    }
-}
-
 /// The API's account of guest RAM.
 fn ram_report(r: &GuestRam) -> api::GuestRamReport {
     api::GuestRamReport {
         bytes: r.bytes(),
-        ranges: r
-            .ranges
-            .iter()
-            .map(|x| api::RamRange {
-                gpa: x.gpa,
-                len: x.len,
-                block: x.block.clone(),
-                block_offset: x.block_offset,
-                hva: x.hva,
-            })
-            .collect(),
+        ranges: r.ranges.clone(),
     }
 }
 
@@ -155,7 +115,7 @@ impl Controller {
             prefetch: slot.cfg.vm_prefetch_mode().as_str().to_string(),
             maps: rt.maps.as_ref().map(|(m, a)| m.summary(a)),
             guest_ram_bytes: rt.ram.as_ref().map(|r| r.bytes()),
-            background: bg.map(twinkle),
+            background: bg,
         }
     }
 
@@ -649,7 +609,7 @@ impl Controller {
             ready_ms: ms(t0.elapsed()),
             pswpin_delta: pswpin().saturating_sub(pswpin0),
             pswpin_delta_prefetch: pswpin_prefetch,
-            background: if bg_started { bg.map(twinkle) } else { None },
+            background: if bg_started { bg } else { None },
         }));
         self.finish_start_vm(slot, timing, Some(vmj))
     }

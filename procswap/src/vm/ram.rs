@@ -43,21 +43,8 @@ pub struct RamBlock {
     pub total: u64,
 }
 
-/// One guest-physical RAM range and where QEMU maps it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RamRange {
-    pub gpa: u64,
-    pub len: u64,
-    pub block: String,
-    pub block_offset: u64,
-    pub hva: u64,
-}
-
-impl RamRange {
-    pub fn gpa_end(&self) -> u64 {
-        self.gpa + self.len
-    }
-}
+/// One guest-physical RAM range and where QEMU maps it: defined once, in the API crate.
+pub use torpor_api::RamRange;
 
 /// Guest RAM of one QEMU process.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

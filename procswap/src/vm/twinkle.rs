@@ -175,25 +175,8 @@ impl Tracker {
     }
 }
 
-/// Figures of a background fetch.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TwinkleStats {
-    pub running: bool,
-    pub segments: u64,
-    /// Segments with swapped pages when watching began.
-    pub segments_with_swapped: u64,
-    pub segments_triggered: u64,
-    pub segments_rest: u64,
-    /// Pages read by triggered segment fetches.
-    pub twinkle_pages: u64,
-    /// Pages read by the rest phase.
-    pub rest_pages: u64,
-    pub rounds: u64,
-    pub seconds: f64,
-    /// Why it ended: "finished", "stopped", or an error.
-    pub ended: Option<String>,
-    pub error: Option<String>,
-}
+/// Figures of a background fetch: defined once, in the API crate (torpord reports them as is).
+pub use torpor_api::TwinkleStats;
 
 /// A background fetcher thread.
 pub struct Background {
