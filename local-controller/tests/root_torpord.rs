@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::torpord::{config_toml, App};
 use local_controller::client::request;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -17,20 +18,11 @@ use torpor_api::{
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
-const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
 const MIB: u64 = 1 << 20;
 /// Bounds on waits for something that must happen: they only catch a hang, so they are far
 /// above what a 2-core machine at load 8 needs (this suite runs under `nice`).
 const API_TIMEOUT: Duration = Duration::from_secs(600);
 const HANG: Duration = Duration::from_secs(600);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An answer: the typed body of a 2xx, else the error body.
 type Answer<T> = Result<T, ErrorDetail>;
@@ -88,25 +80,11 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct TestApp {
-    name: String,
-    port: u16,
-    mib: u64,
-    prestart: bool,
-    extra: Vec<String>,
-    timeout: &'static str,
-}
-
-/// A test app; its readiness timeout only catches an app that never serves (a cold start fills
-/// its memory with random data, which takes a while at load 8 under `nice`).
-fn app(name: &str, mib: u64, prestart: bool) -> TestApp {
-    TestApp {
-        name: name.into(),
-        port: free_port(),
-        mib,
+/// A test app (the readiness timeout only catches an app that never serves).
+fn app(name: &str, mib: u64, prestart: bool) -> App {
+    App {
         prestart,
-        extra: vec![],
-        timeout: "300s",
+        ..App::new(name, mib)
     }
 }
 
@@ -118,12 +96,12 @@ struct Fixture {
     cfg: PathBuf,
     sock: PathBuf,
     daemon: Option<Child>,
-    apps: Vec<TestApp>,
+    apps: Vec<App>,
     env: Vec<(String, String)>,
 }
 
 impl Fixture {
-    fn new(tag: &str, apps: Vec<TestApp>, extra_global: &str) -> Fixture {
+    fn new(tag: &str, apps: Vec<App>, extra_global: &str) -> Fixture {
         assert_eq!(
             nix::unistd::geteuid().as_raw(),
             0,
@@ -137,26 +115,8 @@ impl Fixture {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let sock = dir.join("torpord.sock");
-        let mut toml = format!(
-            "socket = {:?}\nstate_dir = {:?}\ncgroup_parent = {:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\nbackend = \"auto\"\n{extra_global}\n",
-            sock,
-            dir.join("state"),
-            parent
-        );
-        for a in &apps {
-            let mut argv = vec![
-                TESTAPP.to_string(),
-                "--port".into(),
-                a.port.to_string(),
-                "--mib".into(),
-                a.mib.to_string(),
-            ];
-            argv.extend(a.extra.iter().cloned());
-            toml += &format!(
-                "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n",
-                a.name, argv, a.port, a.timeout, a.prestart
-            );
-        }
+        let global = format!("backend = \"auto\"\n{extra_global}");
+        let toml = config_toml(&sock, &dir.join("state"), &parent, &global, &apps);
         let cfg = dir.join("torpord.toml");
         std::fs::write(&cfg, toml).unwrap();
         Fixture {

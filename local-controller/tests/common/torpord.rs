@@ -115,6 +115,9 @@ pub struct App {
     pub mib: u64,
     pub prestart: bool,
     pub extra: Vec<String>,
+    /// Its readiness timeout: only catches an app that never serves (a cold start fills its
+    /// memory with random data, which takes a while on a loaded machine).
+    pub timeout: &'static str,
 }
 
 impl App {
@@ -125,8 +128,32 @@ impl App {
             mib,
             prestart: true,
             extra: vec![],
+            timeout: "300s",
         }
     }
+}
+
+/// A torpord config for the test apps: the paths, the cgroup parent, a reserve and the sample
+/// interval, then `global` (more top-level keys, may be empty), then one `[[app]]` each.
+pub fn config_toml(sock: &Path, state: &Path, parent: &str, global: &str, apps: &[App]) -> String {
+    let mut toml = format!(
+        "socket = {sock:?}\nstate_dir = {state:?}\ncgroup_parent = {parent:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\n{global}\n",
+    );
+    for a in apps {
+        let mut argv = vec![
+            TESTAPP.to_string(),
+            "--port".into(),
+            a.port.to_string(),
+            "--mib".into(),
+            a.mib.to_string(),
+        ];
+        argv.extend(a.extra.iter().cloned());
+        toml += &format!(
+            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n",
+            a.name, argv, a.port, a.timeout, a.prestart
+        );
+    }
+    toml
 }
 
 /// A temporary torpord with the default prefetch and purge configuration (only the paths, the
@@ -151,25 +178,8 @@ impl Torpord {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("torpord.sock");
         let state = dir.join("state");
-        let mut toml = format!(
-            "socket = {sock:?}\nstate_dir = {state:?}\ncgroup_parent = {parent:?}\nreserve = \"128M\"\nsample_interval = \"200ms\"\n",
-        );
-        for a in &apps {
-            let mut argv = vec![
-                TESTAPP.to_string(),
-                "--port".into(),
-                a.port.to_string(),
-                "--mib".into(),
-                a.mib.to_string(),
-            ];
-            argv.extend(a.extra.iter().cloned());
-            toml += &format!(
-                "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = \"300s\"\nprestart = {}\n",
-                a.name, argv, a.port, a.prestart
-            );
-        }
         let cfg = dir.join("torpord.toml");
-        std::fs::write(&cfg, toml).unwrap();
+        std::fs::write(&cfg, config_toml(&sock, &state, &parent, "", &apps)).unwrap();
         Torpord {
             dir,
             parent,
