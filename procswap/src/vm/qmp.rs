@@ -149,25 +149,28 @@ impl Qmp {
         format!("{}.{}.{}", v["major"], v["minor"], v["micro"])
     }
 
+    /// A failed read or write of `cmd`: a socket timeout is `Timeout`, anything else `Io`.
+    fn io_error(&self, cmd: &str, source: std::io::Error) -> QmpError {
+        match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => QmpError::Timeout {
+                path: self.path.clone(),
+                cmd: cmd.into(),
+                timeout: self.timeout,
+            },
+            _ => QmpError::Io {
+                path: self.path.clone(),
+                cmd: cmd.into(),
+                source,
+            },
+        }
+    }
+
     fn read_message(&mut self, cmd: &str) -> Result<Value, QmpError> {
         let mut line = String::new();
         let n = self
             .reader
             .read_line(&mut line)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    QmpError::Timeout {
-                        path: self.path.clone(),
-                        cmd: cmd.into(),
-                        timeout: self.timeout,
-                    }
-                }
-                _ => QmpError::Io {
-                    path: self.path.clone(),
-                    cmd: cmd.into(),
-                    source,
-                },
-            })?;
+            .map_err(|source| self.io_error(cmd, source))?;
         if n == 0 {
             return Err(QmpError::Closed {
                 path: self.path.clone(),
@@ -191,20 +194,7 @@ impl Qmp {
         bytes.push(b'\n');
         self.writer
             .write_all(&bytes)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    QmpError::Timeout {
-                        path: self.path.clone(),
-                        cmd: cmd.into(),
-                        timeout: self.timeout,
-                    }
-                }
-                _ => QmpError::Io {
-                    path: self.path.clone(),
-                    cmd: cmd.into(),
-                    source,
-                },
-            })?;
+            .map_err(|source| self.io_error(cmd, source))?;
         let t0 = Instant::now();
         loop {
             let m = self.read_message(cmd)?;
