@@ -119,28 +119,8 @@ impl Tomcat {
     fn new_base(&mut self) -> Result<(PathBuf, u16)> {
         self.bases += 1;
         let base = self.dir.join(format!("base-{}", self.bases));
-        for d in ["conf", "logs", "temp", "work", "webapps", "lib"] {
-            std::fs::create_dir_all(base.join(d))?;
-        }
-        for e in std::fs::read_dir(Path::new(TOMCAT_HOME).join("etc"))? {
-            let e = e?;
-            if e.file_type()?.is_file() || e.path().is_file() {
-                std::fs::copy(e.path(), base.join("conf").join(e.file_name()))?;
-            }
-        }
         let port = free_port()?;
-        let sx = base.join("conf/server.xml");
-        let s = std::fs::read_to_string(&sx)?;
-        ensure!(
-            s.contains("port=\"8080\""),
-            "{}: no port=\"8080\" connector",
-            sx.display()
-        );
-        std::fs::write(
-            &sx,
-            s.replace("port=\"8080\"", &format!("port=\"{port}\""))
-                .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
-        )?;
+        catalina_base(&base, port)?;
         copy_dir(&self.dir.join("app"), &base.join("webapps/app"))?;
         Ok((base, port))
     }
@@ -376,21 +356,50 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback TCP port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+/// Copy a directory tree (symbolic links followed: Debian's webapps link into /usr/share).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
+    for e in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
         let e = e?;
         let p = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
+        if e.path().is_dir() {
             copy_dir(&e.path(), &p)?;
         } else {
-            std::fs::copy(e.path(), &p)?;
+            std::fs::copy(e.path(), &p).with_context(|| format!("copy {}", e.path().display()))?;
         }
     }
+    Ok(())
+}
+
+/// Make `base` a CATALINA_BASE with no webapp yet: Debian's configuration (`TOMCAT_HOME/etc`),
+/// HTTP on `port` instead of 8080, no shutdown port.
+pub fn catalina_base(base: &Path, port: u16) -> Result<()> {
+    for d in ["conf", "logs", "temp", "work", "webapps", "lib"] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    for e in std::fs::read_dir(Path::new(TOMCAT_HOME).join("etc"))? {
+        let e = e?;
+        if e.path().is_file() {
+            std::fs::copy(e.path(), base.join("conf").join(e.file_name()))?;
+        }
+    }
+    let sx = base.join("conf/server.xml");
+    let s = std::fs::read_to_string(&sx)?;
+    ensure!(
+        s.contains("port=\"8080\""),
+        "{}: no port=\"8080\" connector",
+        sx.display()
+    );
+    std::fs::write(
+        &sx,
+        s.replace("port=\"8080\"", &format!("port=\"{port}\""))
+            .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
+    )?;
     Ok(())
 }
 

@@ -4,11 +4,12 @@
 //! backlog), and it measures the time to the first successful response itself.
 
 use super::daemon::{q, Daemon};
+use crate::server::{catalina_base, copy_dir, free_port};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -91,10 +92,6 @@ pub trait Workload {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -171,7 +168,7 @@ pub fn http_first_ok(port: u16, path: &str, at: &At, limit: Duration) -> Result<
 
 // ------------------------------------------------------------------------------- Tomcat
 
-pub const TOMCAT_HOME: &str = "/usr/share/tomcat10";
+pub use crate::server::TOMCAT_HOME;
 
 /// Tomcat 10 from Debian (`catalina.sh run`, own CATALINA_BASE): the package's default ROOT
 /// webapp, or `bench/tomcat-app` holding `mib` MiB of heap data.
@@ -183,20 +180,6 @@ pub struct Tomcat {
     info: Value,
     /// The compiled webapp's work dir (kept while the app runs).
     _prep: Option<crate::server::Tomcat>,
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
-        let e = e?;
-        let p = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &p)?;
-        } else {
-            std::fs::copy(e.path(), &p).with_context(|| format!("copy {}", e.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 impl Tomcat {
@@ -224,27 +207,7 @@ impl Tomcat {
         let port = free_port()?;
         let base = work.join("catalina-base");
         let _ = std::fs::remove_dir_all(&base);
-        for d in ["conf", "logs", "temp", "work", "webapps", "lib"] {
-            std::fs::create_dir_all(base.join(d))?;
-        }
-        for e in std::fs::read_dir(Path::new(TOMCAT_HOME).join("etc"))? {
-            let e = e?;
-            if e.path().is_file() {
-                std::fs::copy(e.path(), base.join("conf").join(e.file_name()))?;
-            }
-        }
-        let sx = base.join("conf/server.xml");
-        let s = std::fs::read_to_string(&sx)?;
-        ensure!(
-            s.contains("port=\"8080\""),
-            "{}: no port=\"8080\" connector",
-            sx.display()
-        );
-        std::fs::write(
-            &sx,
-            s.replace("port=\"8080\"", &format!("port=\"{port}\""))
-                .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
-        )?;
+        catalina_base(&base, port)?;
         match &prep {
             Some(t) => copy_dir(&t.dir.join("app"), &base.join("webapps/app"))?,
             None => copy_dir(
