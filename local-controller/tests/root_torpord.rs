@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::torpord::{config_toml, App};
+use common::torpord::{api_call, config_toml, Answer, App};
 use local_controller::client::request;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use torpor_api::{
-    paths, AppState, AppStatus, ErrorBody, ErrorDetail, Event, EventKind, EventList, Health,
-    StartAnswer, StopAnswer,
+    paths, AppState, AppStatus, ErrorBody, Event, EventKind, EventList, Health, StartAnswer,
+    StopAnswer,
 };
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
@@ -24,30 +24,13 @@ const MIB: u64 = 1 << 20;
 const API_TIMEOUT: Duration = Duration::from_secs(600);
 const HANG: Duration = Duration::from_secs(600);
 
-/// An answer: the typed body of a 2xx, else the error body.
-type Answer<T> = Result<T, ErrorDetail>;
-
 fn api_body<T: DeserializeOwned + Debug>(
     sock: &Path,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> (u16, Answer<T>) {
-    let r = request(sock, method, path, body, API_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let v = if r.ok() {
-        Ok(r.parse::<T>()
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}")))
-    } else {
-        Err(r.error().unwrap_or_else(|| {
-            panic!(
-                "{method} {path}: {} without an error body: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            )
-        }))
-    };
-    (r.status, v)
+    api_call(sock, method, path, body, API_TIMEOUT)
 }
 
 fn api<T: DeserializeOwned + Debug>(sock: &Path, method: &str, path: &str) -> (u16, Answer<T>) {

@@ -10,6 +10,7 @@
 //! guest called free (96..112 MiB) must never be prefetched ahead (they come back on demand).
 
 mod common;
+use common::torpord::{api_call, Answer};
 
 use guest_enlight::protocol::{
     encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD,
@@ -29,7 +30,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use torpor_api::{paths, AppState, AppStatus, ErrorDetail, StartAnswer, StopAnswer, VmStart};
+use torpor_api::{paths, AppState, AppStatus, StartAnswer, StopAnswer, VmStart};
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
@@ -43,30 +44,13 @@ const O: u64 = 112 * MIB;
 const END: u64 = 128 * MIB;
 const REGION_PAGES: u64 = 16 * MIB / PS;
 
-/// An answer: the typed body of a 2xx, else the error body.
-type Answer<T> = Result<T, ErrorDetail>;
-
 fn api<T: DeserializeOwned + Debug>(
     sock: &Path,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> (u16, Answer<T>) {
-    let r = request(sock, method, path, body, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let v = if r.ok() {
-        Ok(r.parse::<T>()
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}")))
-    } else {
-        Err(r.error().unwrap_or_else(|| {
-            panic!(
-                "{method} {path}: {} without an error body: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            )
-        }))
-    };
-    (r.status, v)
+    api_call(sock, method, path, body, Duration::from_secs(300))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

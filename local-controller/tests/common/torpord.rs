@@ -108,6 +108,34 @@ pub fn swaps() -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// An answer of torpord: the typed body of a 2xx, else the error body.
+pub type Answer<T> = Result<T, torpor_api::ErrorDetail>;
+
+/// One API call; a transport failure or an unreadable body panics (`timeout` only catches a hang).
+pub fn api_call<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> (u16, Answer<T>) {
+    let r = request(sock, method, path, body, timeout)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let v = if r.ok() {
+        Ok(r.parse::<T>()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}")))
+    } else {
+        Err(r.error().unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: {} without an error body: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+        }))
+    };
+    (r.status, v)
+}
+
 /// One app of the fixture.
 pub struct App {
     pub name: String,
