@@ -85,6 +85,12 @@ guest-test: deps
 torpord-test: deps
 	CARGO=$(CARGO) local-controller/tests/run-root-tests.sh
 
+# The fleet as root: real etcd and HAProxy on loopback, emulated hosts (torpord each), host
+# agents, controllers (fleet/tests/run-fleet-tests.sh; docs/fleet.md).
+.PHONY: fleet-test
+fleet-test: deps
+	CARGO=$(CARGO) fleet/tests/run-fleet-tests.sh
+
 # Benchmarks. `make bench`: the quick set (< 10 minutes): resume_touch_all at 64/256 MiB
 # and every paper experiment in quick mode (size sweep, contribution, contiguity, repeated,
 # CPU-load sweep and Tomcat cold start vs resume with a 64 MiB webapp). `make bench-full`:
@@ -136,6 +142,7 @@ test:
 	@$(PHASE) root-test $(MAKE) --no-print-directory root-test
 	@$(PHASE) torpord-test $(MAKE) --no-print-directory torpord-test
 	@$(PHASE) guest-test $(MAKE) --no-print-directory guest-test
+	@$(PHASE) fleet-test $(MAKE) --no-print-directory fleet-test
 	@$(PHASE) vm-test $(MAKE) --no-print-directory vm-test
 	@$(PHASE) vm-harness $(MAKE) --no-print-directory vm-harness-test
 	@$(PHASE) vm-e2e env VM_E2E_OUT=$(CURDIR)/target/vm-resume $(MAKE) --no-print-directory vm-e2e

@@ -11,6 +11,9 @@ pkgs=(
   qemu-system-x86 busybox-static
   # userspace tests: setpriv, swap tools, procps
   util-linux procps
+  # fleet: coordination, request router, load generator; protoc and its well-known types for
+  # the etcd client's generated gRPC code
+  etcd-server haproxy wrk protobuf-compiler libprotobuf-dev
   # benchmarks: plot labels (plotters reads DejaVu Sans at run time)
   fonts-dejavu-core
 )

@@ -1,0 +1,17 @@
+//! torpor-fleet: many hosts under one placement controller, coordinated through etcd only,
+//! with HAProxy as the request router (the platform of *Agile application placement in hosting
+//! platforms*, WWW 2009, section 5). See `docs/fleet.md`.
+//!
+//! - [`schema`]: the etcd key layout and value schema (version 1), one definition.
+//! - [`measure`]: a host share's CPU, memory and paging figures.
+//! - [`torpord`]: torpord's typed API from async code.
+//! - [`agent`]: the host agent (`torpor-fleet host`).
+
+#![deny(clippy::too_many_lines)]
+
+pub mod agent;
+pub mod haproxy;
+pub mod measure;
+pub mod policy;
+pub mod schema;
+pub mod torpord;

@@ -1,0 +1,221 @@
+//! A host's measurements: the CPU use of its share (cgroup v2 `cpu.stat` over wall time, the
+//! share from `cpu.max`), the host's MemAvailable, the share's free memory and major-fault rate.
+
+use crate::schema::CpuShare;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Figures that only make sense as differences between two samples.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    at: Instant,
+    usage_usec: u64,
+    majfaults: u64,
+}
+
+/// One interval's measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub interval_s: f64,
+    pub cpu: CpuShare,
+    pub mem_available_bytes: u64,
+    pub share_mem_free_bytes: Option<u64>,
+    pub paging_rate: f64,
+}
+
+/// Measures the host's share (torpord's cgroup parent): CPU from its cgroup v2 directory
+/// (`cpu.stat` exists there in every v2 hierarchy, hybrid included), memory from its memory
+/// cgroup (v2, or v1's `total_pgmajfault`).
+#[derive(Debug)]
+pub struct Meter {
+    dir: PathBuf,
+    memory_dir: PathBuf,
+    /// The share in cores when configured (else `cpu.max`, else the online CPUs).
+    share_cores: Option<f64>,
+    last: Option<Counters>,
+}
+
+/// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid system).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct MeasureError {
+    path: String,
+    message: String,
+}
+
+fn read(path: &Path) -> Result<String, MeasureError> {
+    std::fs::read_to_string(path).map_err(|e| MeasureError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The value of `key` in a flat-keyed file (`key value` per line).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next()? == key).then(|| f.next()?.parse().ok())?
+    })
+}
+
+/// `cpu.max` (`QUOTA PERIOD` or `max PERIOD`) as cores; `None` when unlimited.
+pub fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut f = text.split_whitespace();
+    let quota: f64 = f.next()?.parse().ok()?;
+    let period: f64 = f.next()?.parse().ok()?;
+    (period > 0.0).then_some(quota / period)
+}
+
+/// `/proc/meminfo`'s MemAvailable, bytes.
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("MemAvailable:")?;
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+}
+
+fn online_cpus() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
+}
+
+impl Meter {
+    /// `dir`: the share's cgroup v2 directory; `memory_dir`: its memory cgroup (the same
+    /// directory on a pure v2 system); `share_cores`: the share when it is not in `cpu.max`.
+    pub fn new(dir: PathBuf, memory_dir: PathBuf, share_cores: Option<f64>) -> Meter {
+        Meter {
+            dir,
+            memory_dir,
+            share_cores,
+            last: None,
+        }
+    }
+
+    fn counters(&self) -> Result<Counters, MeasureError> {
+        let cpu_stat = self.dir.join("cpu.stat");
+        let usage_usec = keyed(&read(&cpu_stat)?, "usage_usec").ok_or_else(|| MeasureError {
+            path: cpu_stat.display().to_string(),
+            message: "no usage_usec".into(),
+        })?;
+        // memory.stat is absent when the memory controller is not enabled for the share.
+        let majfaults = read(&self.memory_dir.join("memory.stat"))
+            .ok()
+            .and_then(|t| keyed(&t, "pgmajfault").or_else(|| keyed(&t, "total_pgmajfault")))
+            .unwrap_or(0);
+        Ok(Counters {
+            at: Instant::now(),
+            usage_usec,
+            majfaults,
+        })
+    }
+
+    fn share_cores(&self) -> f64 {
+        self.share_cores
+            .or_else(|| {
+                read(&self.dir.join("cpu.max"))
+                    .ok()
+                    .and_then(|t| parse_cpu_max(&t))
+            })
+            .unwrap_or_else(online_cpus)
+    }
+
+    fn share_mem_free(&self) -> Option<u64> {
+        let max: u64 = read(&self.memory_dir.join("memory.max"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cur: u64 = read(&self.memory_dir.join("memory.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(max.saturating_sub(cur))
+    }
+
+    /// The figures since the last call (the first call's rates are zero).
+    pub fn sample(&mut self) -> Result<Sample, MeasureError> {
+        let now = self.counters()?;
+        let prev = self.last.replace(now).unwrap_or(now);
+        let dt = now.at.duration_since(prev.at).as_secs_f64();
+        let share = self.share_cores();
+        let (used, paging) = if dt > 0.0 {
+            (
+                now.usage_usec.saturating_sub(prev.usage_usec) as f64 / 1e6 / dt,
+                now.majfaults.saturating_sub(prev.majfaults) as f64 / dt,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let meminfo = read(Path::new("/proc/meminfo"))?;
+        Ok(Sample {
+            interval_s: dt,
+            cpu: CpuShare {
+                share_cores: share,
+                used_cores: used,
+                fraction: if share > 0.0 { used / share } else { 0.0 },
+            },
+            mem_available_bytes: parse_mem_available(&meminfo).unwrap_or(0),
+            share_mem_free_bytes: self.share_mem_free(),
+            paging_rate: paging,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_files() {
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("200000 100000"), Some(2.0));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max(""), None);
+        assert_eq!(
+            parse_mem_available("MemTotal: 10 kB\nMemAvailable:    2048 kB\n"),
+            Some(2 << 20)
+        );
+        assert_eq!(parse_mem_available("MemTotal: 10 kB\n"), None);
+        assert_eq!(
+            keyed("usage_usec 17\nuser_usec 5\n", "usage_usec"),
+            Some(17)
+        );
+        assert_eq!(keyed("pgfault 3\npgmajfault 9\n", "pgmajfault"), Some(9));
+        assert_eq!(keyed("pgmajfault x\n", "pgmajfault"), None);
+    }
+
+    /// The root of the machine's cgroup v2 hierarchy (Debian 12 has one, hybrid or not): the
+    /// first sample's rates are zero, and a second sample's fraction is of the given share.
+    #[test]
+    fn measures_a_real_cgroup() {
+        let root = cgroup2_mount().expect("a cgroup v2 hierarchy is mounted");
+        let mut m = Meter::new(root.clone(), root, Some(2.0));
+        let first = m.sample().unwrap();
+        assert_eq!((first.cpu.used_cores, first.paging_rate), (0.0, 0.0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = m.sample().unwrap();
+        assert!(second.interval_s > 0.0);
+        assert_eq!(second.cpu.share_cores, 2.0);
+        assert_eq!(second.cpu.fraction, second.cpu.used_cores / 2.0);
+        assert!(second.cpu.fraction >= 0.0);
+        assert!(second.mem_available_bytes > 0);
+    }
+}

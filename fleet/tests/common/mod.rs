@@ -1,0 +1,361 @@
+//! The fleet's test bed on one machine: a real etcd and a real HAProxy on loopback in a temp
+//! directory, emulated hosts (a torpord each, with its own socket, state directory and cgroup
+//! parent, and a host agent), controllers. Every process is killed on drop; the directory is
+//! kept (and the logs printed) when the test failed.
+#![allow(dead_code)]
+
+use etcd_client::{Client, GetOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use torpor_fleet::schema::{decode, Key, Value};
+
+pub const FLEET: &str = env!("CARGO_BIN_EXE_torpor-fleet");
+/// Bounds on waits for something that must happen: they only catch a hang.
+pub const HANG: Duration = Duration::from_secs(300);
+
+/// torpord and torpor-testapp, built beside this test (`cargo build -p local-controller`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: build it first (cargo build -p local-controller)",
+        p.display()
+    );
+    p
+}
+
+/// Wait for `f` to hold, polling every 50 ms; panics with `what` after `timeout` (a hang).
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !f().await {
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process with its log in the test directory.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path, name: &str, cmd: &mut Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A temporary directory, kept when the test failed.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("torpor-fleet-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test directory kept: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A one-member etcd (Debian's etcd-server) on loopback.
+pub struct Etcd {
+    pub proc: Proc,
+    pub url: String,
+    pub peer_url: String,
+}
+
+impl Etcd {
+    pub async fn start(dir: &Path) -> Etcd {
+        let url = format!("http://127.0.0.1:{}", unused_port());
+        let peer_url = format!("http://127.0.0.1:{}", unused_port());
+        Etcd::spawn(dir, url, peer_url).await
+    }
+
+    /// The same member again (same data directory and ports), after `old` was killed.
+    pub async fn restart(dir: &Path, mut old: Etcd) -> Etcd {
+        old.proc.kill();
+        let (url, peer_url) = (old.url.clone(), old.peer_url.clone());
+        drop(old);
+        Etcd::spawn(dir, url, peer_url).await
+    }
+
+    async fn spawn(dir: &Path, url: String, peer_url: String) -> Etcd {
+        let proc = Proc::spawn(
+            dir,
+            "etcd",
+            Command::new("etcd")
+                .arg("--name=t")
+                .arg(format!("--data-dir={}", dir.join("etcd").display()))
+                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--advertise-client-urls={url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster=t={peer_url}")),
+        );
+        let e = Etcd {
+            proc,
+            url,
+            peer_url,
+        };
+        wait_for("etcd to answer", HANG, || async {
+            match e.client().await {
+                Some(mut c) => c.get("/", None).await.is_ok(),
+                None => false,
+            }
+        })
+        .await;
+        e
+    }
+
+    pub async fn client(&self) -> Option<Client> {
+        torpor_fleet::agent::connect(std::slice::from_ref(&self.url))
+            .await
+            .ok()
+    }
+}
+
+/// Every value under `prefix`, parsed (a malformed one fails the test).
+pub async fn get_all<V: Value>(c: &mut Client, prefix: &str) -> Vec<(i64, V)> {
+    let r = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            let k = Key::parse(kv.key_str().unwrap()).unwrap();
+            (kv.mod_revision(), decode::<V>(&k, kv.value()).unwrap())
+        })
+        .collect()
+}
+
+/// One value, parsed, with its mod_revision.
+pub async fn get_one<V: Value>(c: &mut Client, key: &Key) -> Option<(i64, V)> {
+    let r = c.get(key.path(), None).await.ok()?;
+    let kv = r.kvs().first()?;
+    Some((kv.mod_revision(), decode::<V>(key, kv.value()).unwrap()))
+}
+
+/// An emulated host: a torpord with test apps under its own cgroup parent, and (when started)
+/// its host agent.
+pub struct Host {
+    pub name: String,
+    pub dir: PathBuf,
+    pub parent: String,
+    pub sock: PathBuf,
+    pub apps: Vec<(String, u16)>,
+    pub torpord: Option<Proc>,
+    pub agent: Option<Proc>,
+}
+
+impl Host {
+    /// A torpord whose apps (torpor-testapp, `mib` MiB each) are prestarted into standby.
+    pub fn start_torpord(root: &Path, name: &str, apps: &[&str], mib: u64) -> Host {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let parent = format!("torpor-fleet-{name}-{}", std::process::id());
+        let sock = dir.join("torpord.sock");
+        let apps: Vec<(String, u16)> = apps
+            .iter()
+            .map(|a| (a.to_string(), unused_port()))
+            .collect();
+        let testapp = sibling_bin("torpor-testapp");
+        let mut toml = format!(
+            "socket = {sock:?}\nstate_dir = {:?}\ncgroup_parent = {parent:?}\nreserve = \"64M\"\nsample_interval = \"200ms\"\n",
+            dir.join("state")
+        );
+        for (a, port) in &apps {
+            let argv = [
+                testapp.display().to_string(),
+                "--port".into(),
+                port.to_string(),
+                "--mib".into(),
+                mib.to_string(),
+            ];
+            toml += &format!(
+                "\n[[app]]\nname = {a:?}\ncommand = {argv:?}\nready = {{ http = \"http://127.0.0.1:{port}/\" }}\nready_timeout = \"300s\"\nprestart = true\n"
+            );
+        }
+        let cfg = dir.join("torpord.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let torpord = Proc::spawn(
+            &dir,
+            "torpord",
+            Command::new(sibling_bin("torpord"))
+                .arg("--config")
+                .arg(&cfg)
+                .env("RUST_LOG", "info"),
+        );
+        Host {
+            name: name.into(),
+            dir,
+            parent,
+            sock,
+            apps,
+            torpord: Some(torpord),
+            agent: None,
+        }
+    }
+
+    pub fn torpord_api(&self) -> torpor_fleet::torpord::Torpord {
+        torpor_fleet::torpord::Torpord::new(self.sock.clone())
+    }
+
+    /// Wait until every app is in standby (the pool is ready).
+    pub async fn wait_standby(&self) {
+        let api = self.torpord_api();
+        wait_for("the standby pool", HANG, || async {
+            match api.health().await {
+                Ok(h) => h.pool_ready,
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    pub fn port(&self, app: &str) -> u16 {
+        self.apps.iter().find(|(a, _)| a == app).unwrap().1
+    }
+
+    /// Start the host agent against `etcd`.
+    pub fn start_agent(&mut self, etcd: &str) {
+        let mut cmd = Command::new(FLEET);
+        cmd.arg("--etcd")
+            .arg(etcd)
+            .arg("host")
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--torpord")
+            .arg(&self.sock)
+            .arg("--cgroup-parent")
+            .arg(&self.parent)
+            .arg("--share-cores")
+            .arg("1")
+            .arg("--ttl")
+            .arg("2")
+            .env("RUST_LOG", "info");
+        for (a, port) in &self.apps {
+            cmd.arg("--serve").arg(format!("{a}=127.0.0.1:{port}"));
+        }
+        self.agent = Some(Proc::spawn(&self.dir, "agent", &mut cmd));
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.as_mut() {
+            a.kill();
+        }
+        if let Some(t) = self.torpord.as_mut() {
+            t.kill();
+        }
+        remove_app_cgroups(&self.parent);
+    }
+}
+
+/// Thaw and kill what is left in the parent's app cgroups, then remove them (best effort).
+pub fn remove_app_cgroups(parent: &str) {
+    let Ok(m) = procswap::cgroup::mounts() else {
+        return;
+    };
+    for mt in [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten() {
+        let p = mt.mount_point.join(parent);
+        let Ok(rd) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let d = e.path();
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            for _ in 0..100 {
+                let pids = procswap::cgroup::procs(&d).unwrap_or_default();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = procswap::cgroup::remove(&d);
+        }
+        let _ = procswap::cgroup::remove(&p);
+    }
+}

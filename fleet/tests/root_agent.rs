@@ -1,0 +1,189 @@
+//! The host agent on a real etcd and a real torpord (root: torpord puts apps in cgroups).
+//! Run by `make fleet-test` (`fleet/tests/run-fleet-tests.sh`).
+
+#![deny(clippy::too_many_lines)]
+
+mod common;
+
+use common::*;
+use torpor_api::AppState;
+use torpor_fleet::schema::{
+    encode, unix_now, Desired, HostRecord, Key, Outcome, Placement, Report, Status, SCHEMA,
+};
+
+fn placement(host: &str, app: &str, desired: Desired) -> Placement {
+    Placement {
+        schema: SCHEMA,
+        host: host.into(),
+        app: app.into(),
+        desired,
+        leader_rev: 0,
+        reason: "test".into(),
+        unix_time: unix_now(),
+    }
+}
+
+fn status_key(host: &str, app: &str) -> Key {
+    Key::Status {
+        host: host.into(),
+        app: app.into(),
+    }
+}
+
+/// Put a placement; wait for the agent's status answering exactly that revision.
+async fn place(c: &mut etcd_client::Client, p: &Placement) -> Status {
+    let key = Key::Placement {
+        host: p.host.clone(),
+        app: p.app.clone(),
+    };
+    let rev = c
+        .put(key.path(), encode(p), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let sk = status_key(&p.host, &p.app);
+    let t = std::time::Instant::now();
+    loop {
+        if let Some((_, s)) = get_one::<Status>(c, &sk).await {
+            if s.placement_rev == rev {
+                return s;
+            }
+        }
+        assert!(
+            t.elapsed() < HANG,
+            "timed out waiting for the status of placement rev {rev}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, torpord and cgroups (make fleet-test)"]
+async fn agent_enacts_placements_and_reports() {
+    let tmp = TempDir::new("agent");
+    let etcd = Etcd::start(&tmp.0).await;
+    let mut h = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
+    h.wait_standby().await;
+    h.start_agent(&etcd.url);
+    let mut c = etcd.client().await.unwrap();
+
+    // Registration and reports: the app in standby, as torpord says.
+    wait_for("h1's first report with torpord's apps", HANG, || {
+        let mut c = c.clone();
+        async move {
+            matches!(get_one::<Report>(&mut c, &Key::Report("h1".into())).await,
+                Some((_, r)) if r.apps.contains_key("web"))
+        }
+    })
+    .await;
+    let (_, rec) = get_one::<HostRecord>(&mut c, &Key::Host("h1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.endpoints["web"],
+        format!("127.0.0.1:{}", h.port("web")).parse().unwrap()
+    );
+    let (_, r) = get_one::<Report>(&mut c, &Key::Report("h1".into()))
+        .await
+        .unwrap();
+    assert_eq!(r.apps["web"].state, AppState::Standby);
+    assert!(r.apps["web"].standby);
+    assert_eq!(r.cpu.share_cores, 1.0);
+    assert!(r.torpord.is_some(), "{:?}", r.torpord_error);
+    let api = h.torpord_api();
+    let before = api.apps().await.unwrap().apps[0].counters.clone();
+
+    // Running: torpord resumes the standby instance and the agent reports ready.
+    let s = place(&mut c, &placement("h1", "web", Desired::Running)).await;
+    assert_eq!(
+        (s.outcome, s.error.as_deref(), s.cold),
+        (Outcome::Ready, None, Some(false))
+    );
+    assert!(s.done_unix >= s.seen_unix);
+    assert!(s.torpord_s.is_some());
+    let st = api.apps().await.unwrap();
+    assert_eq!(st.apps[0].state, AppState::Running);
+    assert_eq!(st.apps[0].counters.starts, before.starts + 1);
+
+    // Garbage and unknown apps: refused or ignored, the agent keeps going.
+    c.put(
+        Key::Placement {
+            host: "h1".into(),
+            app: "junk".into(),
+        }
+        .path(),
+        "not json",
+        None,
+    )
+    .await
+    .unwrap();
+    let s = place(&mut c, &placement("h1", "nosuch", Desired::Running)).await;
+    assert_eq!(s.outcome, Outcome::Failed);
+    assert!(s.error.as_deref().unwrap().contains("unknown_app"), "{s:?}");
+    assert!(h.agent.as_mut().unwrap().alive());
+    assert!(h
+        .agent
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .contains("malformed value ignored"));
+
+    // Standby: torpord stops (freezes, purges) it.
+    let s = place(&mut c, &placement("h1", "web", Desired::Standby)).await;
+    assert_eq!((s.outcome, s.error.as_deref()), (Outcome::Stopped, None));
+    let st = api.apps().await.unwrap();
+    assert!(st.apps[0].state.is_frozen(), "{:?}", st.apps[0].state);
+    let after = &st.apps[0].counters;
+    assert_eq!(
+        (after.starts, after.stops),
+        (before.starts + 1, before.stops + 1)
+    );
+}
+
+/// etcd goes away: the app stays as it is; when etcd is back the agent re-registers and a
+/// new placement is enacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, torpord and cgroups (make fleet-test)"]
+async fn agent_survives_etcd_outage() {
+    let tmp = TempDir::new("outage");
+    let mut etcd = Etcd::start(&tmp.0).await;
+    let mut h = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
+    h.wait_standby().await;
+    h.start_agent(&etcd.url);
+    let mut c = etcd.client().await.unwrap();
+    let api = h.torpord_api();
+    let before = api.apps().await.unwrap().apps[0].counters.clone();
+    let s = place(&mut c, &placement("h1", "web", Desired::Running)).await;
+    assert_eq!(s.outcome, Outcome::Ready);
+    // SIGKILL etcd; the agent retries with backoff; the app keeps running.
+    etcd.proc.kill();
+    wait_for("the agent to notice etcd is gone", HANG, || {
+        let log = h.agent.as_ref().unwrap().log_text();
+        async move { log.contains("etcd session ended") }
+    })
+    .await;
+    let st = api.apps().await.unwrap();
+    assert_eq!(st.apps[0].state, AppState::Running);
+    assert!(h.agent.as_mut().unwrap().alive());
+    // The same etcd (same data directory) back on the same ports.
+    etcd = Etcd::restart(&tmp.0, etcd).await;
+    let mut c = etcd.client().await.unwrap();
+    wait_for("h1 registered again", HANG, || {
+        let mut c = c.clone();
+        async move {
+            get_one::<HostRecord>(&mut c, &Key::Host("h1".into()))
+                .await
+                .is_some()
+        }
+    })
+    .await;
+    let s = place(&mut c, &placement("h1", "web", Desired::Standby)).await;
+    assert_eq!(s.outcome, Outcome::Stopped);
+    let after = api.apps().await.unwrap().apps[0].counters.clone();
+    assert_eq!(
+        (after.starts, after.stops),
+        (before.starts + 1, before.stops + 1)
+    );
+}
