@@ -6,12 +6,18 @@
 //! - [`measure`]: a host share's CPU, memory and paging figures.
 //! - [`torpord`]: torpord's typed API from async code.
 //! - [`agent`]: the host agent (`torpor-fleet host`).
+//! - [`policy`]: the placement policy and the router's wanted state (pure).
+//! - [`haproxy`]: HAProxy's runtime API.
+//! - [`controller`]: the placement controller (`torpor-fleet controller`), leader-elected.
+//! - [`obs`]: the controller's events and Prometheus metrics.
 
 #![deny(clippy::too_many_lines)]
 
 pub mod agent;
+pub mod controller;
 pub mod haproxy;
 pub mod measure;
+pub mod obs;
 pub mod policy;
 pub mod schema;
 pub mod torpord;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use torpor_fleet::{agent, measure, schema};
+use torpor_fleet::{agent, controller, measure, schema};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,64 @@ struct Cli {
 enum Cmd {
     /// Run a host agent: register, report every second, enact this host's placements.
     Host(HostArgs),
+    /// Run a placement controller (two or more replicas: etcd elects the one that acts).
+    Controller(ControllerArgs),
+    /// Declare an app to the fleet (writes /torpor/v1/apps/APP).
+    App(AppArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// This replica's name (its election value).
+    #[arg(long)]
+    id: String,
+    /// HAProxy's stats socket (`stats socket PATH level admin`); without it, no routing.
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
+    /// Leadership lease TTL, seconds.
+    #[arg(long, default_value_t = 3)]
+    ttl: i64,
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
+    /// Lightly loaded ticks before an instance is drained.
+    #[arg(long, default_value_t = 30)]
+    cooldown: u32,
+    /// Serve GET /metrics and GET /events here.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct AppArgs {
+    name: String,
+    /// Its HAProxy backend (default: the app's name).
+    #[arg(long)]
+    backend: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    min_running: u32,
+    #[arg(long, default_value_t = 1)]
+    max_running: u32,
+}
+
+async fn put_app(etcd: &[String], a: AppArgs) -> anyhow::Result<()> {
+    let spec = schema::AppSpec {
+        schema: schema::SCHEMA,
+        backend: a.backend.unwrap_or_else(|| a.name.clone()),
+        app: a.name.clone(),
+        min_running: a.min_running,
+        max_running: a.max_running,
+    };
+    let key = schema::Key::App(a.name.clone());
+    // The same checks a reader applies: refuse what the controller would refuse.
+    let bytes = schema::encode(&spec);
+    if !schema::valid_name(&a.name) {
+        bail!("bad app name {:?} (1-64 of [A-Za-z0-9_.-])", a.name);
+    }
+    schema::decode::<schema::AppSpec>(&key, &bytes)?;
+    let mut c = agent::connect(etcd).await?;
+    c.put(key.path(), bytes, None).await?;
+    println!("{}", key.path());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -120,5 +178,21 @@ fn main() -> anyhow::Result<()> {
             let cfg = host_config(cli.etcd, a)?;
             rt.block_on(agent::run(cfg))
         }
+        Cmd::Controller(a) => {
+            if !schema::valid_name(&a.id) || a.ttl < 2 {
+                bail!("--id must be 1-64 of [A-Za-z0-9_.-] and --ttl at least 2");
+            }
+            let cfg = controller::ControllerConfig {
+                id: a.id,
+                etcd: cli.etcd,
+                haproxy: a.haproxy,
+                ttl: a.ttl,
+                tick: Duration::from_millis(a.tick_ms.max(50)),
+                cooldown: a.cooldown.max(1),
+                listen: a.listen,
+            };
+            rt.block_on(controller::run(cfg))
+        }
+        Cmd::App(a) => rt.block_on(put_app(&cli.etcd, a)),
     }
 }

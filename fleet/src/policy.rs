@@ -6,7 +6,7 @@
 
 use crate::haproxy::Admin;
 use crate::schema::{AppSpec, Desired, HostRecord, Outcome, Placement, Report, Status};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// Below this CPU fraction of its share a host counts as lightly loaded.
@@ -21,8 +21,9 @@ pub struct View {
     /// (host, app) → (mod_revision, placement).
     pub placements: BTreeMap<(String, String), (i64, Placement)>,
     pub statuses: BTreeMap<(String, String), Status>,
-    /// (backend, server) → current sessions, from HAProxy.
-    pub sessions: BTreeMap<(String, String), u64>,
+    /// (backend, server) the router has drained: HAProxy shows it out of service (drain or
+    /// maintenance) with no session left. Without a router, every draining server.
+    pub drained: BTreeSet<(String, String)>,
 }
 
 /// A decision: write (or delete) one placement.
@@ -134,13 +135,18 @@ fn place(host: &str, app: &str, desired: Desired, reason: String) -> Action {
 pub fn decide(view: &View, mem: &mut Memory, cooldown: u32) -> Vec<Action> {
     let mut out = vec![];
     for ((host, app), (_, p)) in &view.placements {
-        if !view.hosts.contains_key(host) && p.desired != Desired::Standby {
-            out.push(Action::Forget {
-                host: host.clone(),
-                app: app.clone(),
-                reason: format!("host {host}'s lease expired"),
-            });
-        }
+        let reason = if !view.apps.contains_key(app) {
+            format!("refused: no app {app} in apps/")
+        } else if !view.hosts.contains_key(host) && p.desired != Desired::Standby {
+            format!("host {host} is not registered (its lease expired)")
+        } else {
+            continue;
+        };
+        out.push(Action::Forget {
+            host: host.clone(),
+            app: app.clone(),
+            reason,
+        });
     }
     for (app, spec) in &view.apps {
         out.extend(decide_app(view, mem, cooldown, app, spec));
@@ -174,13 +180,9 @@ fn decide_app(
     // Drained instances are stopped.
     for h in view.placed(app, Desired::Draining) {
         let server = (spec.backend.clone(), h.to_string());
-        if view.sessions.get(&server).copied().unwrap_or(0) == 0 {
-            out.push(place(
-                h,
-                app,
-                Desired::Standby,
-                "drained: no sessions left".into(),
-            ));
+        if view.drained.contains(&server) {
+            let why = "drained: out of service, no session left".to_string();
+            out.push(place(h, app, Desired::Standby, why));
         }
     }
     let live = running.iter().filter(|h| !view.failed(h, app)).count() as u32;
@@ -236,9 +238,18 @@ fn decide_app(
     out
 }
 
-/// The router's wanted state: (backend, server) → (address, admin state), for every placement
-/// on a live host that serves the app (ready → in service, draining → drain, else maintenance).
-pub fn router(view: &View) -> BTreeMap<(String, String), (SocketAddr, Admin)> {
+/// What the router should have for one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin: Admin,
+    /// HAProxy weight: the host's share in hundredths of a core (1..=256).
+    pub weight: u32,
+}
+
+/// The router's wanted state: (backend, server) → [`Server`], for every placement on a live
+/// host that serves the app (ready → in service, draining → drain, else maintenance).
+pub fn router(view: &View) -> BTreeMap<(String, String), Server> {
     let mut out = BTreeMap::new();
     for ((host, app), (_, p)) in &view.placements {
         let (Some(rec), Some(spec)) = (view.hosts.get(host), view.apps.get(app)) else {
@@ -252,7 +263,14 @@ pub fn router(view: &View) -> BTreeMap<(String, String), (SocketAddr, Admin)> {
             Desired::Draining => Admin::Drain,
             _ => Admin::Maint,
         };
-        out.insert((spec.backend.clone(), host.clone()), (*addr, admin));
+        let share = view.reports.get(host).map_or(1.0, |r| r.cpu.share_cores);
+        let weight = (share * 100.0).round().clamp(1.0, 256.0) as u32;
+        let server = Server {
+            addr: *addr,
+            admin,
+            weight,
+        };
+        out.insert((spec.backend.clone(), host.clone()), server);
     }
     out
 }

@@ -175,9 +175,8 @@ fn low_load_drains_the_newest_instance_after_cooldown_then_stops_it_when_drained
     );
     // Draining with a session left: nothing; none left: Standby.
     placed(&mut v, "b", 21, Desired::Draining, None);
-    v.sessions.insert(("be_web".into(), "b".into()), 1);
     assert_eq!(decide(&v, &mut mem, 3), vec![]);
-    v.sessions.insert(("be_web".into(), "b".into()), 0);
+    v.drained.insert(("be_web".into(), "b".into()));
     let acts = decide(&v, &mut mem, 3);
     assert!(
         matches!(&acts[..], [Action::Place { host, desired: Desired::Standby, .. }] if host == "b"),
@@ -222,6 +221,29 @@ fn dead_hosts_are_forgotten_and_replaced() {
 }
 
 #[test]
+fn placements_of_unknown_apps_are_refused() {
+    let mut v = View::default();
+    spec(&mut v, 0, 1);
+    host(&mut v, "a", 1, 0.1, AppState::Running);
+    placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
+    v.placements.insert(
+        ("a".into(), "ghost".into()),
+        (
+            11,
+            Placement {
+                app: "ghost".into(),
+                ..v.placements[&("a".into(), "web".into())].1.clone()
+            },
+        ),
+    );
+    let acts = decide(&v, &mut Memory::default(), 3);
+    assert!(
+        matches!(&acts[..], [Action::Forget { host, app, reason }] if host == "a" && app == "ghost" && reason.starts_with("refused")),
+        "{acts:?}"
+    );
+}
+
+#[test]
 fn router_serves_ready_drains_draining_and_keeps_the_rest_out() {
     let mut v = View::default();
     spec(&mut v, 1, 3);
@@ -235,15 +257,22 @@ fn router_serves_ready_drains_draining_and_keeps_the_rest_out() {
     placed(&mut v, "d", 13, Desired::Standby, Some(Outcome::Stopped));
     let r = router(&v);
     let get = |h: &str| r[&("be_web".to_string(), h.to_string())];
-    assert_eq!(get("a"), ("127.0.0.1:1".parse().unwrap(), Admin::Ready));
-    assert_eq!(get("b").1, Admin::Drain);
-    assert_eq!(get("c").1, Admin::Maint);
-    assert_eq!(get("d").1, Admin::Maint);
+    assert_eq!(
+        get("a"),
+        Server {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            admin: Admin::Ready,
+            weight: 100
+        }
+    );
+    assert_eq!(get("b").admin, Admin::Drain);
+    assert_eq!(get("c").admin, Admin::Maint);
+    assert_eq!(get("d").admin, Admin::Maint);
     // A ready status of an older placement is not ready for the current one.
     placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
     v.placements.get_mut(&("a".into(), "web".into())).unwrap().0 = 14;
     assert_eq!(
-        router(&v)[&("be_web".to_string(), "a".to_string())].1,
+        router(&v)[&("be_web".to_string(), "a".to_string())].admin,
         Admin::Maint
     );
 }

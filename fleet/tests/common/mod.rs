@@ -43,6 +43,27 @@ where
     }
 }
 
+/// Wait until `f` yields `want`; panics with the last value after [`HANG`].
+pub async fn wait_eq<T, F, Fut>(what: &str, mut f: F, want: T)
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let t = Instant::now();
+    loop {
+        let got = f().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < HANG,
+            "timed out waiting for {what}: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -358,4 +379,168 @@ pub fn remove_app_cgroups(parent: &str) {
         }
         let _ = procswap::cgroup::remove(&p);
     }
+}
+
+/// A real HAProxy (Debian 2.6) in the foreground: one frontend and one backend per app (no
+/// servers: the controller adds them), the runtime API on a unix socket in `dir`.
+pub struct Haproxy {
+    pub proc: Proc,
+    pub cfg: PathBuf,
+    pub sock: PathBuf,
+    /// app → frontend port.
+    pub frontends: Vec<(String, u16)>,
+}
+
+impl Haproxy {
+    pub async fn start(dir: &Path, apps: &[&str]) -> Haproxy {
+        let sock = dir.join("haproxy.sock");
+        let mut cfg = format!(
+            "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n",
+            sock.display()
+        );
+        let mut frontends = vec![];
+        for a in apps {
+            let port = unused_port();
+            cfg += &format!(
+                "\nfrontend fe_{a}\n    bind 127.0.0.1:{port}\n    default_backend {a}\n\nbackend {a}\n    balance roundrobin\n    option httpchk GET /\n"
+            );
+            frontends.push((a.to_string(), port));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        Haproxy::spawn(dir, path, sock, frontends).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        cfg: PathBuf,
+        sock: PathBuf,
+        frontends: Vec<(String, u16)>,
+    ) -> Haproxy {
+        let _ = std::fs::remove_file(&sock);
+        let proc = Proc::spawn(
+            dir,
+            "haproxy",
+            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        );
+        let h = Haproxy {
+            proc,
+            cfg,
+            sock,
+            frontends,
+        };
+        wait_for("HAProxy's stats socket", HANG, || async {
+            h.api().pid().await.is_ok()
+        })
+        .await;
+        h
+    }
+
+    /// Kill -9 and start again from the same configuration (its dynamic servers are gone).
+    pub async fn restart(dir: &Path, mut old: Haproxy) -> Haproxy {
+        old.proc.kill();
+        let (cfg, sock, fe) = (old.cfg.clone(), old.sock.clone(), old.frontends.clone());
+        drop(old);
+        Haproxy::spawn(dir, cfg, sock, fe).await
+    }
+
+    pub fn api(&self) -> torpor_fleet::haproxy::Haproxy {
+        torpor_fleet::haproxy::Haproxy::new(self.sock.clone())
+    }
+
+    pub fn frontend(&self, app: &str) -> u16 {
+        self.frontends.iter().find(|(a, _)| a == app).unwrap().1
+    }
+
+    /// The admin state of BACKEND/SERVER, if HAProxy has it.
+    pub async fn admin(&self, backend: &str, server: &str) -> Option<torpor_fleet::haproxy::Admin> {
+        let s = self.api().servers().await.unwrap();
+        s.get(&(backend.to_string(), server.to_string()))
+            .map(|s| s.admin())
+    }
+}
+
+/// A controller replica.
+pub struct Controller {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Controller {
+    pub fn start(
+        dir: &Path,
+        id: &str,
+        etcd: &str,
+        haproxy: Option<&Path>,
+        cooldown: u32,
+    ) -> Controller {
+        let port = unused_port();
+        let mut cmd = Command::new(FLEET);
+        cmd.arg("--etcd")
+            .arg(etcd)
+            .arg("controller")
+            .arg("--id")
+            .arg(id)
+            .arg("--ttl")
+            .arg("2")
+            .arg("--tick-ms")
+            .arg("250")
+            .arg("--cooldown")
+            .arg(cooldown.to_string())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        if let Some(h) = haproxy {
+            cmd.arg("--haproxy").arg(h);
+        }
+        Controller {
+            proc: Proc::spawn(dir, id, &mut cmd),
+            port,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let (status, body) =
+            local_controller::probe::http_get(&url, Duration::from_secs(10)).ok()?;
+        (status == 200).then(|| String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A metric's value (the first sample line named exactly `name`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        text.lines().find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok())?
+        })
+    }
+
+    pub fn leads(&self) -> bool {
+        self.metric("torpor_fleet_leader") == Some(1.0)
+    }
+
+    pub fn events(&self) -> Vec<torpor_fleet::obs::Event> {
+        let body = self
+            .get("/events")
+            .unwrap_or_else(|| panic!("GET /events of {}", self.proc.name));
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Write apps/APP.
+pub async fn put_app(c: &mut Client, app: &str, min: u32, max: u32) {
+    let spec = torpor_fleet::schema::AppSpec {
+        schema: torpor_fleet::schema::SCHEMA,
+        app: app.into(),
+        backend: app.into(),
+        min_running: min,
+        max_running: max,
+    };
+    c.put(
+        Key::App(app.into()).path(),
+        torpor_fleet::schema::encode(&spec),
+        None,
+    )
+    .await
+    .unwrap();
 }

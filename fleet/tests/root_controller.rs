@@ -1,0 +1,223 @@
+//! The controller on a real etcd, a real HAProxy and emulated hosts (root: torpord).
+//! Run by `make fleet-test` (`fleet/tests/run-fleet-tests.sh`).
+
+#![deny(clippy::too_many_lines)]
+
+mod common;
+
+use common::*;
+use std::time::Instant;
+use torpor_api::AppState;
+use torpor_fleet::haproxy::Admin;
+use torpor_fleet::obs::Event;
+use torpor_fleet::schema::{Desired, Key, Outcome, Placement, Status};
+
+/// The seq of the first event of `kind` about `host`, panicking with the list when none.
+fn seq(events: &[Event], kind: &str, host: &str) -> u64 {
+    events
+        .iter()
+        .find(|e| e.kind == kind && e.host.as_deref() == Some(host))
+        .map(|e| e.seq)
+        .unwrap_or_else(|| panic!("no {kind} event for {host} in {events:#?}"))
+}
+
+fn status_key(host: &str) -> Key {
+    Key::Status {
+        host: host.into(),
+        app: "web".into(),
+    }
+}
+
+fn placement_key(host: &str) -> Key {
+    Key::Placement {
+        host: host.into(),
+        app: "web".into(),
+    }
+}
+
+/// GET / through HAProxy's frontend: (status, body).
+fn through_router(port: u16) -> (u16, Vec<u8>) {
+    local_controller::probe::http_get(&format!("http://127.0.0.1:{port}/"), HANG).unwrap()
+}
+
+/// min_running 0 on an idle app: drained, then Standby, then out of service, in that order.
+async fn scale_to_zero(etcd: &Etcd, hap: &Haproxy, ctl: &Controller) {
+    let mut c = etcd.client().await.unwrap();
+    put_app(&mut c, "web", 0, 1).await;
+    wait_for("web stopped on h1", HANG, || async {
+        let mut c = etcd.client().await.unwrap();
+        matches!(get_one::<Status>(&mut c, &status_key("h1")).await, Some((_, s)) if s.outcome == Outcome::Stopped)
+    })
+    .await;
+    wait_eq(
+        "web/h1 in maintenance",
+        || hap.admin("web", "h1"),
+        Some(Admin::Maint),
+    )
+    .await;
+    let ev = ctl.events();
+    let (d, r, st, m) = (
+        seq(&ev, "place_draining", "h1"),
+        seq(&ev, "router_drain", "h1"),
+        seq(&ev, "place_standby", "h1"),
+        seq(&ev, "router_maint", "h1"),
+    );
+    assert!(
+        d < r && r < st && st < m,
+        "draining {d}, drain {r}, standby {st}, maint {m}"
+    );
+}
+
+/// min_running 1: the controller activates the standby app, adds the server to HAProxy once the
+/// host reported ready and serves through it; min_running 0 and an idle app: it drains the
+/// server before placing Standby, and takes it out after the Stop. A restarted HAProxy is
+/// re-synced from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, HAProxy, torpord and cgroups (make fleet-test)"]
+async fn routes_after_ready_and_drains_before_stop() {
+    let tmp = TempDir::new("router");
+    let etcd = Etcd::start(&tmp.0).await;
+    let mut hap = Haproxy::start(&tmp.0, &["web"]).await;
+    let mut h = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
+    h.wait_standby().await;
+    h.start_agent(&etcd.url);
+    let api = h.torpord_api();
+    let before = api.apps().await.unwrap().apps[0].counters.clone();
+    let ctl = Controller::start(&tmp.0, "c1", &etcd.url, Some(&hap.sock), 4);
+    let mut c = etcd.client().await.unwrap();
+    put_app(&mut c, "web", 1, 1).await;
+
+    wait_eq(
+        "web/h1 in service",
+        || hap.admin("web", "h1"),
+        Some(Admin::Ready),
+    )
+    .await;
+    let (prev, s) = get_one::<Status>(&mut c, &status_key("h1")).await.unwrap();
+    let (prev_p, p) = get_one::<Placement>(&mut c, &placement_key("h1"))
+        .await
+        .unwrap();
+    assert!(prev > 0 && prev_p > 0);
+    assert_eq!(
+        (p.desired, s.outcome, s.placement_rev),
+        (Desired::Running, Outcome::Ready, prev_p)
+    );
+    let direct =
+        local_controller::probe::http_get(&format!("http://127.0.0.1:{}/", h.port("web")), HANG)
+            .unwrap();
+    assert_eq!(through_router(hap.frontend("web")), direct);
+    let ev = ctl.events();
+    assert!(seq(&ev, "place_running", "h1") < seq(&ev, "router_add", "h1"));
+    assert!(seq(&ev, "router_add", "h1") < seq(&ev, "router_ready", "h1"));
+    let ready_ev = ev.iter().find(|e| e.kind == "router_ready").unwrap();
+    assert!(
+        ready_ev.unix_time >= s.done_unix,
+        "in service before the host said ready"
+    );
+    println!(
+        "ready -> in service: {:.3} s (HAProxy runtime API, one controller tick)",
+        ready_ev.seconds
+    );
+
+    // HAProxy restarted: its dynamic server is gone; the controller adds it back.
+    hap = Haproxy::restart(&tmp.0, hap).await;
+    wait_eq(
+        "web/h1 back in service after HAProxy's restart",
+        || hap.admin("web", "h1"),
+        Some(Admin::Ready),
+    )
+    .await;
+    let ev = ctl.events();
+    assert_eq!(ev.iter().filter(|e| e.kind == "haproxy_restart").count(), 1);
+    assert_eq!(ev.iter().filter(|e| e.kind == "router_add").count(), 2);
+
+    scale_to_zero(&etcd, &hap, &ctl).await;
+    let after = api.apps().await.unwrap().apps[0].clone();
+    assert!(after.state.is_frozen(), "{}", after.state);
+    assert_eq!(
+        (after.counters.starts, after.counters.stops),
+        (before.starts + 1, before.stops + 1)
+    );
+    assert_eq!(ctl.metric("torpor_fleet_leader"), Some(1.0));
+}
+
+/// Two controllers: kill -9 the leader; the other leads, and the placement it finds is not
+/// enacted again (no duplicate Start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, torpord and cgroups (make fleet-test)"]
+async fn leader_failover_without_duplicate_start() {
+    let tmp = TempDir::new("failover");
+    let etcd = Etcd::start(&tmp.0).await;
+    let mut h = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
+    h.wait_standby().await;
+    h.start_agent(&etcd.url);
+    let api = h.torpord_api();
+    let before = api.apps().await.unwrap().apps[0].counters.clone();
+    let mut ctls = [
+        Controller::start(&tmp.0, "c1", &etcd.url, None, 1000),
+        Controller::start(&tmp.0, "c2", &etcd.url, None, 1000),
+    ];
+    wait_for("a leader", HANG, || {
+        let n = ctls.iter().filter(|c| c.leads()).count();
+        async move { n == 1 }
+    })
+    .await;
+    let leader = ctls.iter().position(|c| c.leads()).unwrap();
+    assert!(!ctls[1 - leader].leads());
+    let mut c = etcd.client().await.unwrap();
+    put_app(&mut c, "web", 1, 1).await;
+    wait_for("web ready on h1", HANG, || async {
+        let mut c = etcd.client().await.unwrap();
+        matches!(get_one::<Status>(&mut c, &status_key("h1")).await, Some((_, s)) if s.outcome == Outcome::Ready)
+    })
+    .await;
+    let (p_rev, _) = get_one::<Placement>(&mut c, &placement_key("h1"))
+        .await
+        .unwrap();
+    let (s_rev, _) = get_one::<Status>(&mut c, &status_key("h1")).await.unwrap();
+
+    ctls[leader].proc.kill();
+    let t = Instant::now();
+    let other = &ctls[1 - leader];
+    wait_for("the other controller to lead", HANG, || {
+        let l = other.leads();
+        async move { l }
+    })
+    .await;
+    println!(
+        "failover: {:.2} s after kill -9 (lease TTL 2 s)",
+        t.elapsed().as_secs_f64()
+    );
+    // The new leader's ticks see the app placed and ready: nothing to do.
+    let ticks = other.metric("torpor_fleet_leader_ticks_total").unwrap();
+    wait_for("ten ticks of the new leader", HANG, || {
+        let n = other
+            .metric("torpor_fleet_leader_ticks_total")
+            .unwrap_or(0.0);
+        async move { n >= ticks + 10.0 }
+    })
+    .await;
+    assert_eq!(
+        get_one::<Placement>(&mut c, &placement_key("h1"))
+            .await
+            .unwrap()
+            .0,
+        p_rev
+    );
+    assert_eq!(
+        get_one::<Status>(&mut c, &status_key("h1"))
+            .await
+            .unwrap()
+            .0,
+        s_rev
+    );
+    let now = api.apps().await.unwrap().apps[0].clone();
+    assert_eq!(now.state, AppState::Running);
+    assert_eq!(now.counters.starts, before.starts + 1, "a duplicate Start");
+    let ev = other.events();
+    assert_eq!(
+        ev.iter().filter(|e| e.kind.starts_with("place_")).count(),
+        0,
+        "{ev:#?}"
+    );
+}
