@@ -48,11 +48,19 @@ struct Shared {
     unsent: BTreeMap<String, Status>,
 }
 
-type SharedState = Arc<(Mutex<Shared>, Notify)>;
+/// The shared state, a wake-up for the enactor and one for the session (an outcome to flush).
+#[derive(Debug, Default)]
+struct Sync {
+    state: Mutex<Shared>,
+    wake: Notify,
+    flush: Notify,
+}
+
+type SharedState = Arc<Sync>;
 
 fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock leaves plain data: keep using it.
-    s.0.lock().unwrap_or_else(|p| p.into_inner())
+    s.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the agent until the process is killed.
@@ -146,6 +154,7 @@ async fn session(
                 client.put(Key::Report(cfg.host.clone()).path(), encode(&report), with_lease()).await?;
                 flush_statuses(&mut client, shared).await?;
             }
+            _ = shared.flush.notified() => flush_statuses(&mut client, shared).await?,
             w = watch.message() => {
                 let Some(w) = w? else { bail!("the placement watch ended") };
                 if w.canceled() {
@@ -219,7 +228,7 @@ fn want(shared: &SharedState, key: &[u8], value: &[u8], rev: i64) {
     }
     s.wanted.insert(p.app.clone(), (rev, p));
     drop(s);
-    shared.1.notify_one();
+    shared.wake.notify_one();
 }
 
 async fn flush_statuses(client: &mut Client, shared: &SharedState) -> anyhow::Result<()> {
@@ -249,7 +258,7 @@ async fn enactor(host: String, torpord: Torpord, shared: SharedState) {
                 .map(|(_, (rev, p))| (*rev, p.clone()))
         };
         let Some((rev, p)) = next else {
-            shared.1.notified().await;
+            shared.wake.notified().await;
             continue;
         };
         let status = enact(&host, &torpord, rev, &p).await;
@@ -257,6 +266,9 @@ async fn enactor(host: String, torpord: Torpord, shared: SharedState) {
         s.done.insert(p.app.clone(), rev);
         if let Some(st) = status {
             s.unsent.insert(p.app.clone(), st);
+            drop(s);
+            // Written back at once (the router waits for it), or at the next report.
+            shared.flush.notify_one();
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::schema::{
 use anyhow::{bail, Context};
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOp,
+    WatchOptions,
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -29,8 +30,8 @@ pub struct ControllerConfig {
     /// Lease TTL of the leadership, seconds.
     pub ttl: i64,
     pub tick: Duration,
-    /// Lightly loaded ticks before an instance is drained.
-    pub cooldown: u32,
+    /// Seconds of light load before an instance is drained.
+    pub cooldown: f64,
     pub listen: Option<SocketAddr>,
 }
 
@@ -125,11 +126,24 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
     obs.update(|g| g.leader = true);
     let hap = cfg.haproxy.clone().map(Haproxy::new);
     let mut ticker = tokio::time::interval(cfg.tick);
+    // A change of placement, status, host or app is acted on at once (a host's `ready` goes
+    // into service without waiting for the next tick); reports only at the tick.
+    let mut changes = client
+        .watch(PREFIX, Some(WatchOptions::new().with_prefix()))
+        .await?;
     loop {
         tokio::select! {
-            _ = ticker.tick() => tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await?,
+            _ = ticker.tick() => {}
+            w = changes.message() => {
+                let Some(w) = w? else { bail!("the watch on {PREFIX} ended") };
+                let reports = Key::kind_prefix("reports");
+                if w.events().iter().all(|e| e.kv().is_some_and(|kv| kv.key().starts_with(reports.as_bytes()))) {
+                    continue;
+                }
+            }
             why = &mut lost => bail!("leadership lost: {}", why.unwrap_or_default()),
         }
+        tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await?;
     }
 }
 
@@ -144,6 +158,7 @@ async fn tick(
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut view = load_view(client, obs, memo).await?;
+    view.now = unix_now();
     view.drained = match hap {
         Some(h) => sync_router(h, &view, obs, memo).await,
         // No router: nothing to drain.

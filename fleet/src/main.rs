@@ -51,9 +51,10 @@ struct ControllerArgs {
     ttl: i64,
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
-    /// Lightly loaded ticks before an instance is drained.
-    #[arg(long, default_value_t = 30)]
-    cooldown: u32,
+    /// Seconds of light load (every instance's host under 30% of its share) before one
+    /// instance is drained and stopped.
+    #[arg(long, default_value_t = 30.0)]
+    cooldown: f64,
     /// Serve GET /metrics and GET /events here.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -188,7 +189,7 @@ fn main() -> anyhow::Result<()> {
                 haproxy: a.haproxy,
                 ttl: a.ttl,
                 tick: Duration::from_millis(a.tick_ms.max(50)),
-                cooldown: a.cooldown.max(1),
+                cooldown: a.cooldown.max(0.0),
                 listen: a.listen,
             };
             rt.block_on(controller::run(cfg))

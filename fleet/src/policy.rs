@@ -21,6 +21,8 @@ pub struct View {
     /// (host, app) → (mod_revision, placement).
     pub placements: BTreeMap<(String, String), (i64, Placement)>,
     pub statuses: BTreeMap<(String, String), Status>,
+    /// Now (Unix seconds).
+    pub now: f64,
     /// (backend, server) the router has drained: HAProxy shows it out of service (drain or
     /// maintenance) with no session left. Without a router, every draining server.
     pub drained: BTreeSet<(String, String)>,
@@ -43,11 +45,11 @@ pub enum Action {
     },
 }
 
-/// What the policy remembers between ticks: how many consecutive ticks each app has been
-/// lightly loaded.
+/// What the policy remembers between ticks: since when (Unix seconds) each app has been
+/// lightly loaded without a break.
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
-    pub low_ticks: BTreeMap<String, u32>,
+    pub low_since: BTreeMap<String, f64>,
 }
 
 impl View {
@@ -130,9 +132,9 @@ fn place(host: &str, app: &str, desired: Desired, reason: String) -> Action {
     }
 }
 
-/// One tick's decisions. `cooldown` is the number of lightly loaded ticks before an instance
-/// is drained.
-pub fn decide(view: &View, mem: &mut Memory, cooldown: u32) -> Vec<Action> {
+/// One tick's decisions at `view.now`. `cooldown`: seconds of light load before an instance is
+/// drained.
+pub fn decide(view: &View, mem: &mut Memory, cooldown: f64) -> Vec<Action> {
     let mut out = vec![];
     for ((host, app), (_, p)) in &view.placements {
         let reason = if !view.apps.contains_key(app) {
@@ -151,14 +153,14 @@ pub fn decide(view: &View, mem: &mut Memory, cooldown: u32) -> Vec<Action> {
     for (app, spec) in &view.apps {
         out.extend(decide_app(view, mem, cooldown, app, spec));
     }
-    mem.low_ticks.retain(|a, _| view.apps.contains_key(a));
+    mem.low_since.retain(|a, _| view.apps.contains_key(a));
     out
 }
 
 fn decide_app(
     view: &View,
     mem: &mut Memory,
-    cooldown: u32,
+    cooldown: f64,
     app: &str,
     spec: &AppSpec,
 ) -> Vec<Action> {
@@ -198,7 +200,7 @@ fn decide_app(
         None
     };
     if let Some(why) = want_more {
-        mem.low_ticks.remove(app);
+        mem.low_since.remove(app);
         if !pending {
             if let Some(h) = view.standby_host(app) {
                 out.push(place(h, app, Desired::Running, why));
@@ -214,12 +216,12 @@ fn decide_app(
                 .is_some_and(|r| r.cpu.fraction < LOW_LOAD)
         });
     if !(low && live > spec.min_running && !ready.is_empty()) {
-        mem.low_ticks.remove(app);
+        mem.low_since.remove(app);
         return out;
     }
-    let n = mem.low_ticks.entry(app.to_string()).or_default();
-    *n += 1;
-    if *n >= cooldown {
+    let since = *mem.low_since.entry(app.to_string()).or_insert(view.now);
+    let low_for = view.now - since;
+    if low_for >= cooldown {
         // The most recent activation goes first.
         let last = ready
             .iter()
@@ -230,9 +232,9 @@ fn decide_app(
                 h,
                 app,
                 Desired::Draining,
-                format!("load below {LOW_LOAD} of the share for {n} ticks"),
+                format!("load below {LOW_LOAD} of the share for {low_for:.1} s"),
             ));
-            mem.low_ticks.remove(app);
+            mem.low_since.remove(app);
         }
     }
     out

@@ -94,6 +94,12 @@ fn placed(v: &mut View, h: &str, rev: i64, desired: Desired, outcome: Option<Out
     }
 }
 
+/// One tick, one second after the last.
+fn tick(v: &mut View, mem: &mut Memory, cooldown: f64) -> Vec<Action> {
+    v.now += 1.0;
+    decide(v, mem, cooldown)
+}
+
 fn running<'a>(h: &'a str, reason_start: &'a str) -> impl Fn(&Action) -> bool + 'a {
     move |a| {
         matches!(a, Action::Place { host, desired: Desired::Running, reason, .. }
@@ -108,7 +114,7 @@ fn min_running_activates_the_least_loaded_standby_host() {
     host(&mut v, "a", 1, 0.5, AppState::Standby);
     host(&mut v, "b", 2, 0.1, AppState::Standby);
     host(&mut v, "c", 3, 0.0, AppState::Stopped); // not in standby
-    let acts = decide(&v, &mut Memory::default(), 3);
+    let acts = decide(&v, &mut Memory::default(), 2.0);
     assert_eq!(acts.len(), 1, "{acts:?}");
     assert!(
         running("b", "0 running < min_running 1")(&acts[0]),
@@ -124,12 +130,12 @@ fn overload_activates_once_and_waits_for_ready() {
     host(&mut v, "b", 2, 0.2, AppState::Standby);
     placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
     let mut mem = Memory::default();
-    let acts = decide(&v, &mut mem, 3);
+    let acts = tick(&mut v, &mut mem, 2.0);
     assert_eq!(acts.len(), 1, "{acts:?}");
     assert!(running("b", "host a overloaded")(&acts[0]), "{acts:?}");
     // Placed, not ready yet: no second activation.
     placed(&mut v, "b", 11, Desired::Running, None);
-    assert_eq!(decide(&v, &mut mem, 3), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
     // A hotspot flag is overload too; b is ready, max_running 2 reached: nothing more.
     placed(&mut v, "b", 11, Desired::Running, Some(Outcome::Ready));
     v.reports.get_mut("a").unwrap().cpu.fraction = 0.1;
@@ -140,7 +146,7 @@ fn overload_activates_once_and_waits_for_ready() {
         .as_mut()
         .unwrap()
         .hotspot = true;
-    assert_eq!(decide(&v, &mut mem, 3), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
 }
 
 #[test]
@@ -151,7 +157,7 @@ fn overloaded_or_failed_hosts_are_not_candidates() {
     host(&mut v, "b", 2, 0.0, AppState::Standby);
     placed(&mut v, "b", 5, Desired::Running, Some(Outcome::Failed));
     assert_eq!(v.standby_host("web"), None);
-    assert_eq!(decide(&v, &mut Memory::default(), 3), vec![]);
+    assert_eq!(decide(&v, &mut Memory::default(), 2.0), vec![]);
     // The failed placement replaced by a Standby one: b is a candidate again.
     placed(&mut v, "b", 6, Desired::Standby, Some(Outcome::Stopped));
     assert_eq!(v.standby_host("web"), Some("b"));
@@ -166,18 +172,18 @@ fn low_load_drains_the_newest_instance_after_cooldown_then_stops_it_when_drained
     placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
     placed(&mut v, "b", 20, Desired::Running, Some(Outcome::Ready));
     let mut mem = Memory::default();
-    assert_eq!(decide(&v, &mut mem, 3), vec![]);
-    assert_eq!(decide(&v, &mut mem, 3), vec![]);
-    let acts = decide(&v, &mut mem, 3);
+    assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
+    let acts = tick(&mut v, &mut mem, 2.0);
     assert!(
         matches!(&acts[..], [Action::Place { host, desired: Desired::Draining, .. }] if host == "b"),
         "{acts:?}"
     );
     // Draining with a session left: nothing; none left: Standby.
     placed(&mut v, "b", 21, Desired::Draining, None);
-    assert_eq!(decide(&v, &mut mem, 3), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
     v.drained.insert(("be_web".into(), "b".into()));
-    let acts = decide(&v, &mut mem, 3);
+    let acts = tick(&mut v, &mut mem, 2.0);
     assert!(
         matches!(&acts[..], [Action::Place { host, desired: Desired::Standby, .. }] if host == "b"),
         "{acts:?}"
@@ -185,7 +191,7 @@ fn low_load_drains_the_newest_instance_after_cooldown_then_stops_it_when_drained
     // One left = min_running: never drained.
     placed(&mut v, "b", 22, Desired::Standby, Some(Outcome::Stopped));
     for _ in 0..10 {
-        assert_eq!(decide(&v, &mut mem, 3), vec![]);
+        assert_eq!(tick(&mut v, &mut mem, 2.0), vec![]);
     }
 }
 
@@ -196,12 +202,12 @@ fn a_load_spike_resets_the_cooldown() {
     host(&mut v, "a", 1, 0.1, AppState::Running);
     placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
     let mut mem = Memory::default();
-    assert_eq!(decide(&v, &mut mem, 2), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 1.0), vec![]);
     v.reports.get_mut("a").unwrap().cpu.fraction = 0.5;
-    assert_eq!(decide(&v, &mut mem, 2), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 1.0), vec![]);
     v.reports.get_mut("a").unwrap().cpu.fraction = 0.1;
-    assert_eq!(decide(&v, &mut mem, 2), vec![]);
-    assert_eq!(decide(&v, &mut mem, 2).len(), 1);
+    assert_eq!(tick(&mut v, &mut mem, 1.0), vec![]);
+    assert_eq!(tick(&mut v, &mut mem, 1.0).len(), 1);
 }
 
 #[test]
@@ -213,7 +219,7 @@ fn dead_hosts_are_forgotten_and_replaced() {
     placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
     v.hosts.remove("a");
     v.reports.remove("a");
-    let acts = decide(&v, &mut Memory::default(), 3);
+    let acts = decide(&v, &mut Memory::default(), 2.0);
     assert_eq!(acts.len(), 2, "{acts:?}");
     assert!(matches!(&acts[0], Action::Forget { host, .. } if host == "a"));
     assert!(running("b", "0 running")(&acts[1]), "{acts:?}");
@@ -236,7 +242,7 @@ fn placements_of_unknown_apps_are_refused() {
             },
         ),
     );
-    let acts = decide(&v, &mut Memory::default(), 3);
+    let acts = decide(&v, &mut Memory::default(), 2.0);
     assert!(
         matches!(&acts[..], [Action::Forget { host, app, reason }] if host == "a" && app == "ghost" && reason.starts_with("refused")),
         "{acts:?}"

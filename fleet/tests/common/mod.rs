@@ -312,8 +312,13 @@ impl Host {
         self.apps.iter().find(|(a, _)| a == app).unwrap().1
     }
 
-    /// Start the host agent against `etcd`.
+    /// Start the host agent against `etcd`, with a share of one core.
     pub fn start_agent(&mut self, etcd: &str) {
+        self.start_agent_share(etcd, 1.0);
+    }
+
+    /// Start the host agent against `etcd`, its share `cores`.
+    pub fn start_agent_share(&mut self, etcd: &str, cores: f64) {
         let mut cmd = Command::new(FLEET);
         cmd.arg("--etcd")
             .arg(etcd)
@@ -325,7 +330,7 @@ impl Host {
             .arg("--cgroup-parent")
             .arg(&self.parent)
             .arg("--share-cores")
-            .arg("1")
+            .arg(cores.to_string())
             .arg("--ttl")
             .arg("2")
             .env("RUST_LOG", "info");
@@ -333,6 +338,35 @@ impl Host {
             cmd.arg("--serve").arg(format!("{a}=127.0.0.1:{port}"));
         }
         self.agent = Some(Proc::spawn(&self.dir, "agent", &mut cmd));
+    }
+}
+
+/// A busy loop in a cgroup of the host's share (cgroup v2): CPU use the agent measures.
+pub struct Burner {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Burner {
+    pub fn start(h: &Host) -> Burner {
+        let v2 = torpor_fleet::measure::cgroup2_mount().unwrap();
+        let dir = v2.join(&h.parent).join("burn");
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("while :; do :; done")
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        Burner { child, dir }
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -450,6 +484,24 @@ impl Haproxy {
 
     pub fn frontend(&self, app: &str) -> u16 {
         self.frontends.iter().find(|(a, _)| a == app).unwrap().1
+    }
+
+    /// Sessions BACKEND/SERVER has served (`show stat`'s stot; health checks are not sessions).
+    pub async fn served(&self, backend: &str, server: &str) -> u64 {
+        let csv = self.api().command("show stat").await.unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = |n: &str| header.iter().position(|c| *c == n).unwrap();
+        let (px, sv, stot) = (col("pxname"), col("svname"), col("stot"));
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&server))
+            .map_or(0, |f| f[stot].parse().unwrap())
     }
 
     /// The admin state of BACKEND/SERVER, if HAProxy has it.
