@@ -83,11 +83,15 @@ impl View {
     fn placed(&self, app: &str, desired: Desired) -> Vec<&str> {
         self.placements
             .iter()
-            .filter(|((h, a), (_, p))| {
-                a == app && p.desired == desired && self.hosts.contains_key(h)
-            })
+            .filter(|((h, a), (_, p))| a == app && p.desired == desired && self.up(h))
             .map(|((h, _), _)| h.as_str())
             .collect()
+    }
+
+    /// The host is registered and its torpord answered its last report (a host not reported
+    /// yet counts as up).
+    pub fn up(&self, host: &str) -> bool {
+        self.hosts.contains_key(host) && self.reports.get(host).is_none_or(|r| r.torpord.is_some())
     }
 
     fn overloaded(&self, host: &str) -> bool {
@@ -102,7 +106,7 @@ impl View {
             .reports
             .iter()
             .filter(|(h, r)| {
-                self.hosts.contains_key(*h)
+                self.up(h)
                     && r.apps.get(app).is_some_and(|a| a.standby && !a.busy)
                     && !r.overloaded()
                     && !self.failed(h, app)
@@ -141,6 +145,12 @@ pub fn decide(view: &View, mem: &mut Memory, cooldown: f64) -> Vec<Action> {
             format!("refused: no app {app} in apps/")
         } else if !view.hosts.contains_key(host) && p.desired != Desired::Standby {
             format!("host {host} is not registered (its lease expired)")
+        } else if !view.up(host) && p.desired != Desired::Standby {
+            let why = view.reports.get(host).and_then(|r| r.torpord_error.clone());
+            format!(
+                "torpord on {host} does not answer: {}",
+                why.unwrap_or_default()
+            )
         } else {
             continue;
         };
@@ -257,6 +267,9 @@ pub fn router(view: &View) -> BTreeMap<(String, String), Server> {
         let (Some(rec), Some(spec)) = (view.hosts.get(host), view.apps.get(app)) else {
             continue;
         };
+        if !view.up(host) {
+            continue;
+        }
         let Some(addr) = rec.endpoints.get(app) else {
             continue;
         };

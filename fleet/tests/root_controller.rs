@@ -306,13 +306,11 @@ async fn overload_activates_the_standby_host_and_low_load_stops_it() {
     );
 }
 
-/// web runs on h1; h1 is cut off from etcd (its agent killed: its lease expires). Its server is
-/// taken out of service, web is activated on h2 and routed there; h1's torpord keeps the app as
-/// it is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "root: real etcd, HAProxy, torpord and cgroups (make fleet-test)"]
-async fn an_isolated_host_is_taken_out_and_replaced() {
-    let tmp = TempDir::new("isolate");
+/// web runs on h1, h2 holds it in standby; `fault` strikes h1. Its server is taken out of
+/// service before h2's goes in, h1's placement is forgotten with a reason starting with
+/// `reason`, and a request through HAProxy is served by h2. Returns h1.
+async fn replaced_after(tag: &str, fault: impl FnOnce(&mut Host), reason: &str) -> (TempDir, Host) {
+    let tmp = TempDir::new(tag);
     let etcd = Etcd::start(&tmp.0).await;
     let hap = Haproxy::start(&tmp.0, &["web"]).await;
     let mut h1 = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
@@ -338,7 +336,7 @@ async fn an_isolated_host_is_taken_out_and_replaced() {
     })
     .await;
 
-    h1.agent.as_mut().unwrap().kill();
+    fault(&mut h1);
     wait_eq(
         "web/h2 in service",
         || hap.admin("web", "h2"),
@@ -348,8 +346,10 @@ async fn an_isolated_host_is_taken_out_and_replaced() {
     assert_eq!(hap.admin("web", "h1").await, Some(Admin::Maint));
     let ev = ctl.events();
     assert!(seq(&ev, "router_maint", "h1") < seq(&ev, "router_ready", "h2"));
-    let forget = ev.iter().find(|e| e.kind == "forget").unwrap();
-    assert_eq!(forget.host.as_deref(), Some("h1"));
+    let forget: Vec<&Event> = ev.iter().filter(|e| e.kind == "forget").collect();
+    assert_eq!(forget.len(), 1, "{forget:?}");
+    assert_eq!(forget[0].host.as_deref(), Some("h1"));
+    assert!(forget[0].message.starts_with(reason), "{forget:?}");
     assert!(get_one::<Placement>(&mut c, &placement_key("h1"))
         .await
         .is_none());
@@ -357,8 +357,41 @@ async fn an_isolated_host_is_taken_out_and_replaced() {
     assert_eq!(through_router(hap.frontend("web")), (200, b"ok\n".to_vec()));
     let now = (hap.served("web", "h1").await, hap.served("web", "h2").await);
     assert_eq!(now, (served.0, served.1 + 1));
-    assert_eq!(
-        h1.torpord_api().apps().await.unwrap().apps[0].state,
-        AppState::Running
-    );
+
+    // A host publishing garbage: flagged once, ignored, the controller goes on leading.
+    c.put(Key::Report("h9".into()).path(), "garbage", None)
+        .await
+        .unwrap();
+    wait_for("the garbage flagged", HANG, || {
+        let n = ctl
+            .events()
+            .iter()
+            .filter(|e| e.kind == "malformed")
+            .count();
+        async move { n == 1 }
+    })
+    .await;
+    assert!(ctl.leads());
+    (tmp, h1)
+}
+
+/// h1 is cut off from etcd (its agent killed: its lease expires); its torpord keeps the app
+/// as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, HAProxy, torpord and cgroups (make fleet-test)"]
+async fn an_isolated_host_is_taken_out_and_replaced() {
+    let kill_agent = |h: &mut Host| h.agent.as_mut().unwrap().kill();
+    let (_tmp, h1) = replaced_after("isolate", kill_agent, "host h1 is not registered").await;
+    let st = h1.torpord_api().apps().await.unwrap().apps[0].state;
+    assert_eq!(st, AppState::Running);
+}
+
+/// h1's torpord killed (-9): its agent reports it unreachable; the controller re-places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, HAProxy, torpord and cgroups (make fleet-test)"]
+async fn a_host_whose_torpord_died_is_taken_out_and_replaced() {
+    let kill_torpord = |h: &mut Host| h.torpord.as_mut().unwrap().kill();
+    let (_tmp, mut h1) =
+        replaced_after("torpord", kill_torpord, "torpord on h1 does not answer").await;
+    assert!(h1.agent.as_mut().unwrap().alive());
 }

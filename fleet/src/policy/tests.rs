@@ -282,3 +282,26 @@ fn router_serves_ready_drains_draining_and_keeps_the_rest_out() {
         Admin::Maint
     );
 }
+
+#[test]
+fn a_host_whose_torpord_does_not_answer_is_replaced_and_unrouted() {
+    let mut v = View::default();
+    spec(&mut v, 1, 1);
+    host(&mut v, "a", 1, 0.1, AppState::Running);
+    host(&mut v, "b", 2, 0.1, AppState::Standby);
+    placed(&mut v, "a", 10, Desired::Running, Some(Outcome::Ready));
+    assert_eq!(decide(&v, &mut Memory::default(), 2.0), vec![]);
+    let r = v.reports.get_mut("a").unwrap();
+    r.torpord = None;
+    r.torpord_error = Some("connection refused".into());
+    r.apps.clear();
+    let acts = decide(&v, &mut Memory::default(), 2.0);
+    assert_eq!(acts.len(), 2, "{acts:?}");
+    assert!(
+        matches!(&acts[0], Action::Forget { host, reason, .. }
+            if host == "a" && reason == "torpord on a does not answer: connection refused"),
+        "{acts:?}"
+    );
+    assert!(running("b", "0 running")(&acts[1]), "{acts:?}");
+    assert!(router(&v).is_empty());
+}
