@@ -5,7 +5,7 @@
 //! are serialized) and a `st` mutex (held only briefly, to read or change the app's record).
 //! Nothing holds two apps' `op` locks except the reserve enforcer, which only `try_lock`s.
 
-use crate::config::{AppConfig, Config, PrefetchPolicy, Probe, PurgePolicy, VmPrefetch};
+use crate::config::{AppConfig, Config, PrefetchPolicy, PurgePolicy, VmPrefetch};
 use crate::overload::{rate, Hotspot, Sustained};
 use crate::probe;
 use procswap::cgroup::{self, Memcg};
@@ -30,7 +30,6 @@ mod persistence;
 mod status;
 mod vm;
 
-pub use persistence::state_file;
 use persistence::StateFile;
 
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,6 +185,26 @@ pub enum StopError {
     Lookup(#[from] LookupError),
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why the steps of a process app's Start failed (the state it is left in is chosen by
+/// `fail_start`; the API answers [`StartError::Failed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessStartError {
+    #[error("{0}")]
+    Spawn(#[from] SpawnError),
+    #[error("thaw failed: {0}")]
+    Thaw(procswap::Error),
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// Why the steps of a process app's Stop failed (it is left running; the API answers
+/// [`StopError::Failed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessStopError {
+    #[error("freeze failed: {0}")]
+    Freeze(procswap::Error),
 }
 
 /// The prefetch mode a Start runs with.
@@ -489,6 +508,15 @@ impl Controller {
 
     // ---------- observing the kernel ----------
 
+    /// Prefetch options of every Start: the configured threads, the reserve as the floor.
+    fn prefetch_options(&self) -> PrefetchOptions {
+        PrefetchOptions {
+            threads: self.cfg.prefetch_threads,
+            free_floor_bytes: self.cfg.reserve,
+            ..PrefetchOptions::default()
+        }
+    }
+
     fn freezers(&self, cgs: &AppCgroups, pids: &[i32]) -> Vec<Freezer> {
         if let Some(d) = cgs.v2.as_ref().filter(|d| d.join("cgroup.freeze").exists()) {
             return vec![Freezer::CgroupV2(d.clone())];
@@ -619,6 +647,7 @@ impl Controller {
 
     // ---------- spawning ----------
 
+    /// Spawn the app's command (or start its unit) in its cgroups; a thread reaps it.
     fn spawn(&self, slot: &AppSlot) -> Result<i32, SpawnError> {
         let a = &slot.cfg;
         let cgs = lock(&slot.st).cgroups.clone();
@@ -657,64 +686,13 @@ impl Controller {
         if let Some(d) = &a.workdir {
             cmd.current_dir(d);
         }
-        // SAFETY: the hook runs in the forked child before exec and only makes async-signal-safe
-        // system calls (setsid, open, write, close, setgroups, setgid, setuid) on data prepared
-        // before the fork; it allocates nothing and takes no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Own session: no controlling terminal, not in torpord's process group, so a
-                // signal to torpord's group (or its death) does not reach the app.
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Join the app's cgroups before exec, i.e. before the app allocates anything:
-                // "0" moves the writing process itself (v1 and v2).
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                }
-                if let Some((uid, gid)) = ids {
-                    if libc::setgroups(1, &gid) < 0
-                        || libc::setgid(gid) < 0
-                        || libc::setuid(uid) < 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        join_before_exec(&mut cmd, procs, ids);
+        let child = cmd.spawn().map_err(|source| SpawnError::Exec {
             argv0: argv[0].clone(),
             source,
         })?;
-        let pid = child.id() as i32;
-        // Reap it when it exits (torpord is its parent while torpord lives).
-        let name = a.name.clone();
-        let slot_st = Arc::clone(self.apps.get(&name).ok_or(SpawnError::Vanished)?);
-        std::thread::Builder::new()
-            .name(format!("reap-{name}"))
-            .spawn(move || {
-                let st = child.wait();
-                let mut r = lock(&slot_st.st);
-                if r.pid == Some(pid) {
-                    r.counters.exits += 1;
-                    r.last_error = Some(format!(
-                        "process {pid} exited: {}",
-                        st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-                    ));
-                    warn!(app = %name, "{}", r.last_error.as_deref().unwrap_or(""));
-                }
-            })?;
-        Ok(pid)
+        let slot = Arc::clone(self.apps.get(&a.name).ok_or(SpawnError::Vanished)?);
+        reap(child, slot)
     }
 
     fn spawn_unit(&self, slot: &AppSlot, unit: &str, cgs: &AppCgroups) -> Result<i32, SpawnError> {
@@ -761,7 +739,6 @@ impl Controller {
 
     /// Purge the (frozen) app; caller holds its `op` lock. `reserve`: counted as a reserve purge.
     fn purge_app(&self, slot: &AppSlot, reserve: bool) -> Result<PurgeSummary, PurgeError> {
-        let name = slot.cfg.name.clone();
         let cgs = lock(&slot.st).cgroups.clone();
         let o = self.observe(&cgs);
         if o.pids.is_empty() {
@@ -771,60 +748,18 @@ impl Controller {
             .pids
             .first()
             .and_then(|p| Memcg::of_pid(*p).ok().flatten());
-        let usage_before = memcg.as_ref().and_then(|m| m.usage().ok());
         let mut sum = PurgeSummary {
-            memcg_before_bytes: usage_before,
+            memcg_before_bytes: memcg.as_ref().and_then(|m| m.usage().ok()),
             unix_time: now_unix(),
             ..Default::default()
         };
-        let n = o.pids.len();
         let plans = self.keeps_plans() && !slot.cfg.is_vm();
         let mut snapshots = Vec::new();
         for (i, pid) in o.pids.iter().enumerate() {
-            let opts = PurgeOptions {
-                // Reclaim once, after the last process; the cgroup is the app's own, so every
-                // process in it belongs to the app (unit apps: not ours to reclaim if shared).
-                reclaim: i + 1 == n,
-                reclaim_shared: slot.cfg.unit.is_none(),
-                // loading-set mode: the loading set goes out first, in touch order, and the
-                // residency snapshot taken before the page-out is the Start plan's input.
-                snapshot: plans,
-                layout_first: if plans {
-                    self.purge_layout(slot, *pid)
-                } else {
-                    None
-                },
-                layout_rewrite_bytes: activation::LAYOUT_REWRITE_BYTES,
-                ..PurgeOptions::default()
-            };
-            match procswap::purge_with(&*self.backend, *pid, &opts, &NoProgress) {
-                Ok(r) => {
-                    if let Some(snap) = r.snapshot.filter(|_| plans) {
-                        snapshots.push((*pid, snap));
-                    }
-                    sum.resident_bytes += r.resident_bytes;
-                    sum.resident_anon_bytes += r.resident_anon_bytes;
-                    sum.swapped_bytes += r.swapped_bytes;
-                    sum.seconds += r.seconds;
-                    if let Some(s) = r.reclaim_skipped {
-                        sum.reclaim_note = Some(s);
-                    }
-                    if let Some(rc) = r.reclaim.as_ref().and_then(|rc| rc.incomplete.clone()) {
-                        sum.reclaim_note = Some(rc);
-                    }
-                    if let Some(p) = r.partial {
-                        self.event(Some(&name), EventKind::Purge, format!("pid {pid}: {p}"));
-                        sum.partial = Some(format!("pid {pid}: {p}"));
-                    }
-                }
-                Err(procswap::Error::NoSuchProcess(_)) => continue,
-                Err(source) => {
-                    let e = PurgeError::Failed { pid: *pid, source };
-                    let msg = e.to_string();
-                    self.event(Some(&name), EventKind::PurgeFailed, msg.clone());
-                    self.set(slot, |r| r.last_error = Some(msg));
-                    return Err(e);
-                }
+            // Reclaim once, after the last process.
+            let last = i + 1 == o.pids.len();
+            if let Some(snap) = self.purge_pid(slot, *pid, last, plans, &mut sum)? {
+                snapshots.push((*pid, snap));
             }
         }
         // Plans after the last process's purge: the memcg reclaim (which evicts shmem and the
@@ -837,8 +772,69 @@ impl Controller {
             (Some(b), Some(a)) => b.saturating_sub(a),
             _ => 0,
         };
+        self.purged(slot, reserve, &sum);
+        Ok(sum)
+    }
+
+    /// One process's purge, added to `sum`; its residency snapshot when `plans` (loading-set
+    /// mode). A process that is gone is skipped; any other failure ends the purge.
+    fn purge_pid(
+        &self,
+        slot: &AppSlot,
+        pid: i32,
+        last: bool,
+        plans: bool,
+        sum: &mut PurgeSummary,
+    ) -> Result<Option<procswap::ResidencySnapshot>, PurgeError> {
+        let name = &slot.cfg.name;
+        let opts = PurgeOptions {
+            // The cgroup is the app's own, so every process in it belongs to the app (unit
+            // apps: not ours to reclaim if shared).
+            reclaim: last,
+            reclaim_shared: slot.cfg.unit.is_none(),
+            // loading-set mode: the loading set goes out first, in touch order, and the
+            // residency snapshot taken before the page-out is the Start plan's input.
+            snapshot: plans,
+            layout_first: if plans {
+                self.purge_layout(slot, pid)
+            } else {
+                None
+            },
+            layout_rewrite_bytes: activation::LAYOUT_REWRITE_BYTES,
+            ..PurgeOptions::default()
+        };
+        let r = match procswap::purge_with(&*self.backend, pid, &opts, &NoProgress) {
+            Ok(r) => r,
+            Err(procswap::Error::NoSuchProcess(_)) => return Ok(None),
+            Err(source) => {
+                let e = PurgeError::Failed { pid, source };
+                let msg = e.to_string();
+                self.event(Some(name), EventKind::PurgeFailed, msg.clone());
+                self.set(slot, |r| r.last_error = Some(msg));
+                return Err(e);
+            }
+        };
+        sum.resident_bytes += r.resident_bytes;
+        sum.resident_anon_bytes += r.resident_anon_bytes;
+        sum.swapped_bytes += r.swapped_bytes;
+        sum.seconds += r.seconds;
+        if let Some(s) = r.reclaim_skipped {
+            sum.reclaim_note = Some(s);
+        }
+        if let Some(rc) = r.reclaim.as_ref().and_then(|rc| rc.incomplete.clone()) {
+            sum.reclaim_note = Some(rc);
+        }
+        if let Some(p) = r.partial {
+            self.event(Some(name), EventKind::Purge, format!("pid {pid}: {p}"));
+            sum.partial = Some(format!("pid {pid}: {p}"));
+        }
+        Ok(r.snapshot.filter(|_| plans))
+    }
+
+    /// A purge done: its event, the app Suspended -> Standby, the counters and the summary.
+    fn purged(&self, slot: &AppSlot, reserve: bool, sum: &PurgeSummary) {
         self.event(
-            Some(&name),
+            Some(&slot.cfg.name),
             if reserve {
                 EventKind::ReservePurge
             } else {
@@ -865,7 +861,6 @@ impl Controller {
             }
             r.last_purge = Some(s2);
         });
-        Ok(sum)
     }
 
     /// Keep MemAvailable above the reserve by purging suspended apps, least recently stopped
@@ -1018,7 +1013,7 @@ impl Controller {
         let pid = match self.spawn(slot) {
             Ok(p) => p,
             Err(e) => {
-                let e = e.to_string();
+                let e = ProcessStartError::Spawn(e).to_string();
                 self.set(slot, |r| {
                     r.transition(AppState::Stopped);
                     r.in_flight = None;
@@ -1075,10 +1070,22 @@ impl Controller {
                 };
                 self.finish_start_vm(slot, timing, vm)
             }
-            Err(e) => Err(self.fail_start(slot, e)),
+            Err(e) => Err(self.fail_start(slot, ProcessStartError::NotReady(e))),
         }
     }
 
+    /// The common start of a resume: the app marked Starting, then room made first (other
+    /// suspended apps are purged), so the prefetch can fetch without crossing the floor.
+    fn begin_resume(&self, slot: &AppSlot) {
+        self.set(slot, |r| {
+            r.in_flight = Some(Op::Start);
+            r.transition(AppState::Starting);
+        });
+        self.enforce_reserve(Some(&slot.cfg.name));
+    }
+
+    /// Resume a frozen process app: prefetch by `policy` (in `loading-set` mode the plan's first
+    /// part), thaw, the activation's background part, probe.
     fn resume(
         &self,
         slot: &AppSlot,
@@ -1086,16 +1093,7 @@ impl Controller {
         pids: Vec<i32>,
         policy: PrefetchPolicy,
     ) -> Result<api::StartAnswer, StartError> {
-        let name = slot.cfg.name.clone();
-        let prev_state = self.set(slot, |r| {
-            r.in_flight = Some(Op::Start);
-            let p = r.state;
-            r.transition(AppState::Starting);
-            p
-        });
-        let _ = prev_state;
-        // Make room first (other suspended apps), then fetch without crossing the floor.
-        self.enforce_reserve(Some(&name));
+        self.begin_resume(slot);
         let tpf = Instant::now();
         let mut timing = StartTiming {
             prefetch_mode: Some(policy.as_str().to_string()),
@@ -1112,9 +1110,33 @@ impl Controller {
         } else {
             policy
         };
+        self.prefetch_process(slot, &pids, policy, &mut timing);
+        timing.prefetch_s = tpf.elapsed().as_secs_f64();
+        let after_thaw = |armed_probe: bool, timing: &mut StartTiming| {
+            if let Some((plans, recorders, mut at)) = act {
+                at.armed_probe = armed_probe;
+                self.activation_after_thaw(slot, plans, recorders, &mut at);
+                timing.activation = Some(at);
+            }
+        };
+        match self.thaw_and_probe(slot, t0, &pids, after_thaw, &mut timing) {
+            Ok(()) => self.finish_start(slot, timing),
+            Err(e) => Err(self.fail_start(slot, e)),
+        }
+    }
+
+    /// Resume step: prefetch of every process (`full`, or `working-set-only` from the working
+    /// set recorded at the last Stop); nothing in `loading-set` and `none` modes.
+    fn prefetch_process(
+        &self,
+        slot: &AppSlot,
+        pids: &[i32],
+        policy: PrefetchPolicy,
+        timing: &mut StartTiming,
+    ) {
         // Read only by the modes that use it (megabytes of JSON for a large app).
         let ws: Option<WorkingSet> = (policy != PrefetchPolicy::LoadingSet)
-            .then(|| std::fs::read(self.ws_path(&name)).ok())
+            .then(|| std::fs::read(self.ws_path(&slot.cfg.name)).ok())
             .flatten()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let do_prefetch = match policy {
@@ -1123,69 +1145,75 @@ impl Controller {
             PrefetchPolicy::WorkingSetOnly => ws.is_some(),
             PrefetchPolicy::None => false,
         };
-        if do_prefetch
-            && procswap::sys::meminfo()
-                .map(|m| m.swap_total > 0)
-                .unwrap_or(false)
-        {
-            for pid in &pids {
-                let opts = PrefetchOptions {
-                    threads: self.cfg.prefetch_threads,
-                    free_floor_bytes: self.cfg.reserve,
-                    working_set: ws.clone().filter(|w| w.pid == *pid),
-                    working_set_only: policy == PrefetchPolicy::WorkingSetOnly,
-                    ..PrefetchOptions::default()
-                };
-                if opts.working_set_only && opts.working_set.is_none() {
-                    continue;
-                }
-                match procswap::prefetch_with(&*self.backend, *pid, &opts, &NoProgress) {
-                    Ok(r) => {
-                        timing.prefetch_bytes += r.read_issued_bytes;
-                        timing.working_set_pages += r.working_set_pages;
-                        timing.still_swapped_pages += r.still_swapped_pages;
-                        if let Some(s) = r.stopped {
-                            timing.prefetch_stopped = Some(format!("{s:?}"));
-                            self.event(
-                                Some(&name),
-                                EventKind::Reserve,
-                                format!("prefetch of pid {pid} stopped early: {s:?}"),
-                            );
-                        }
-                    }
-                    Err(procswap::Error::NoSuchProcess(_)) => {}
-                    // Prefetch is an optimisation: demand paging still brings everything back.
-                    Err(e) => self.event(
-                        Some(&name),
-                        EventKind::Error,
-                        format!(
-                            "prefetch of pid {pid} failed (continuing with demand paging): {e}"
-                        ),
-                    ),
+        let swap = procswap::sys::meminfo()
+            .map(|m| m.swap_total > 0)
+            .unwrap_or(false);
+        if !do_prefetch || !swap {
+            return;
+        }
+        for pid in pids {
+            let opts = PrefetchOptions {
+                working_set: ws.clone().filter(|w| w.pid == *pid),
+                working_set_only: policy == PrefetchPolicy::WorkingSetOnly,
+                ..self.prefetch_options()
+            };
+            if opts.working_set_only && opts.working_set.is_none() {
+                continue;
+            }
+            self.prefetch_pid(slot, *pid, &opts, timing);
+        }
+        lock(&slot.st).counters.prefetches += 1;
+    }
+
+    /// One process's prefetch, added to the Start's timing. Prefetch is an optimisation: when
+    /// it fails, demand paging still brings everything back.
+    fn prefetch_pid(&self, slot: &AppSlot, pid: i32, opts: &PrefetchOptions, t: &mut StartTiming) {
+        let name = &slot.cfg.name;
+        match procswap::prefetch_with(&*self.backend, pid, opts, &NoProgress) {
+            Ok(r) => {
+                t.prefetch_bytes += r.read_issued_bytes;
+                t.working_set_pages += r.working_set_pages;
+                t.still_swapped_pages += r.still_swapped_pages;
+                if let Some(s) = r.stopped {
+                    t.prefetch_stopped = Some(format!("{s:?}"));
+                    self.event(
+                        Some(name),
+                        EventKind::Reserve,
+                        format!("prefetch of pid {pid} stopped early: {s:?}"),
+                    );
                 }
             }
-            lock(&slot.st).counters.prefetches += 1;
+            Err(procswap::Error::NoSuchProcess(_)) => {}
+            Err(e) => self.event(
+                Some(name),
+                EventKind::Error,
+                format!("prefetch of pid {pid} failed (continuing with demand paging): {e}"),
+            ),
         }
-        timing.prefetch_s = tpf.elapsed().as_secs_f64();
+    }
+
+    /// Resume steps after the prefetch: arm the readiness request, thaw, `after_thaw` (the
+    /// activation's part after thaw, told whether the probe is armed), the probe.
+    fn thaw_and_probe(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+        pids: &[i32],
+        after_thaw: impl FnOnce(bool, &mut StartTiming),
+        timing: &mut StartTiming,
+    ) -> Result<(), ProcessStartError> {
         // The readiness request goes out before thaw (it waits in the frozen app's accept
         // backlog), so its answer marks readiness the moment the app produces it.
         let armed = slot.cfg.ready.as_ref().map(probe::arm);
         let tt = Instant::now();
         let cgs = lock(&slot.st).cgroups.clone();
-        for f in self.freezers(&cgs, &pids) {
-            if let Err(e) = f.thaw(FREEZE_TIMEOUT) {
-                let msg = format!("thaw failed: {e}");
-                return Err(self.fail_start(slot, msg));
-            }
+        for f in self.freezers(&cgs, pids) {
+            f.thaw(FREEZE_TIMEOUT).map_err(ProcessStartError::Thaw)?;
         }
         timing.thaw_s = tt.elapsed().as_secs_f64();
         // Thawed: from here on a restart finds it running (see adopt()).
         let armed_probe = armed.as_ref().is_some_and(probe::Armed::is_armed);
-        if let Some((plans, recorders, mut at)) = act {
-            at.armed_probe = armed_probe;
-            self.activation_after_thaw(slot, plans, recorders, &mut at);
-            timing.activation = Some(at);
-        }
+        after_thaw(armed_probe, timing);
         let tp = Instant::now();
         let res = match (&slot.cfg.ready, armed) {
             (Some(p), Some(armed)) => probe::wait_armed(armed, p, slot.cfg.ready_timeout, || {
@@ -1200,13 +1228,11 @@ impl Controller {
         timing.probe_s = tp.elapsed().as_secs_f64();
         timing.total_s = t0.elapsed().as_secs_f64();
         timing.unix_time = now_unix();
-        if res.is_ok() && timing.activation.is_some() {
+        res.map_err(ProcessStartError::NotReady)?;
+        if timing.activation.is_some() {
             self.activation_first_response(slot);
         }
-        match res {
-            Ok(_) => self.finish_start(slot, timing),
-            Err(e) => Err(self.fail_start(slot, e)),
-        }
+        Ok(())
     }
 
     fn finish_start(
@@ -1262,7 +1288,7 @@ impl Controller {
 
     /// A Start that did not reach "ready": leave the app frozen and purged (not half-started)
     /// when processes remain, else stopped.
-    fn fail_start(&self, slot: &AppSlot, why: String) -> StartError {
+    fn fail_start(&self, slot: &AppSlot, why: impl std::fmt::Display) -> StartError {
         let name = slot.cfg.name.clone();
         let cgs = lock(&slot.st).cgroups.clone();
         let o = self.observe(&cgs);
@@ -1324,8 +1350,8 @@ impl Controller {
 
     /// A Stop that could not complete: the app is left (or put back) running, the error is
     /// recorded and announced.
-    fn stop_failed(&self, slot: &AppSlot, msg: String) -> StopError {
-        let msg = format!("{msg}; app left running");
+    fn stop_failed(&self, slot: &AppSlot, why: impl std::fmt::Display) -> StopError {
+        let msg = format!("{why}; app left running");
         self.set(slot, |r| {
             r.transition(AppState::Running);
             r.in_flight = None;
@@ -1371,59 +1397,28 @@ impl Controller {
         Ok((cgs, o))
     }
 
+    /// Stop of a process app (its `op` lock held): freeze, the activation's recordings, the
+    /// working set, purge per policy, then the record and the answer.
     fn stop_locked(&self, slot: &AppSlot) -> Result<api::StopAnswer, StopError> {
         if slot.cfg.is_vm() {
             return self.stop_vm(slot);
         }
-        let name = slot.cfg.name.clone();
         let t0 = Instant::now();
         let (cgs, o) = match self.begin_stop(slot) {
             Ok(x) => x,
             Err(already) => return Ok(api::StopAnswer::Already(already)),
         };
-        let tf = Instant::now();
-        for f in self.freezers(&cgs, &o.pids) {
-            if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
-                let _ = f.thaw(FREEZE_TIMEOUT);
-                return Err(self.stop_failed(slot, format!("freeze failed: {e}")));
-            }
-        }
-        let freeze_s = tf.elapsed().as_secs_f64();
+        let freeze_s = self
+            .freeze_app(&cgs, &o.pids)
+            .map_err(|e| self.stop_failed(slot, e))?;
         // The last Start's recordings become the loading sets the purge lays out first.
         let activation = self.activation_stop(slot);
-        // Working set by residency (works on every kernel): the pages present now.
-        let tw = Instant::now();
         let pid = lock(&slot.st)
             .pid
             .filter(|p| o.pids.contains(p))
             .unwrap_or(o.pids[0]);
-        let ws_bytes = match procswap::workingset::from_residency(pid) {
-            Ok(ws) => {
-                let b = ws.bytes();
-                let p = self.ws_path(&name);
-                let tmp = p.with_extension("json.tmp");
-                let wr = serde_json::to_vec(&ws)
-                    .map_err(std::io::Error::other)
-                    .and_then(|v| std::fs::write(&tmp, v))
-                    .and_then(|_| std::fs::rename(&tmp, &p));
-                if let Err(e) = wr {
-                    self.event(
-                        Some(&name),
-                        EventKind::Error,
-                        format!("saving working set: {e}"),
-                    );
-                }
-                Some(b)
-            }
-            Err(e) => {
-                self.event(
-                    Some(&name),
-                    EventKind::Error,
-                    format!("working-set recording failed: {e}"),
-                );
-                None
-            }
-        };
+        let tw = Instant::now();
+        let ws_bytes = self.record_working_set(slot, pid);
         let ws_s = tw.elapsed().as_secs_f64();
         self.set(slot, |r| {
             r.transition(AppState::Suspended);
@@ -1437,35 +1432,98 @@ impl Controller {
         if self.cfg.purge == PurgePolicy::Always {
             purge = self.purge_app(slot, false).ok();
         }
-        let purge_s = tp.elapsed().as_secs_f64();
+        let timing = api::StopTiming {
+            freeze_s,
+            working_set_s: ws_s,
+            purge_s: tp.elapsed().as_secs_f64(),
+            total_s: 0.0,
+        };
+        let stopped = api::ProcessStopped {
+            app: slot.cfg.name.clone(),
+            state: AppState::Suspended,
+            timing,
+            working_set_bytes: ws_bytes,
+            purge,
+            activation,
+        };
+        Ok(self.process_stopped(slot, t0, stopped))
+    }
+
+    /// Stop step: freeze every process (procswap purges only frozen targets); on failure the
+    /// app is thawed again. Returns the seconds it took.
+    fn freeze_app(&self, cgs: &AppCgroups, pids: &[i32]) -> Result<f64, ProcessStopError> {
+        let tf = Instant::now();
+        for f in self.freezers(cgs, pids) {
+            if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
+                let _ = f.thaw(FREEZE_TIMEOUT);
+                return Err(ProcessStopError::Freeze(e));
+            }
+        }
+        Ok(tf.elapsed().as_secs_f64())
+    }
+
+    /// Stop step: the working set by residency (works on every kernel: the pages present now),
+    /// saved for a `working-set-only` Start. Failures are events; the Stop goes on.
+    fn record_working_set(&self, slot: &AppSlot, pid: i32) -> Option<u64> {
+        let name = &slot.cfg.name;
+        match procswap::workingset::from_residency(pid) {
+            Ok(ws) => {
+                let p = self.ws_path(name);
+                let tmp = p.with_extension("json.tmp");
+                let wr = serde_json::to_vec(&ws)
+                    .map_err(std::io::Error::other)
+                    .and_then(|v| std::fs::write(&tmp, v))
+                    .and_then(|_| std::fs::rename(&tmp, &p));
+                if let Err(e) = wr {
+                    self.event(
+                        Some(name),
+                        EventKind::Error,
+                        format!("saving working set: {e}"),
+                    );
+                }
+                Some(ws.bytes())
+            }
+            Err(e) => {
+                self.event(
+                    Some(name),
+                    EventKind::Error,
+                    format!("working-set recording failed: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The end of a process Stop: the operation done, the event, the reserve, the answer (its
+    /// state and total time filled in here).
+    fn process_stopped(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+        mut stopped: api::ProcessStopped,
+    ) -> api::StopAnswer {
+        let name = &slot.cfg.name;
         let st = self.set(slot, |r| {
             r.in_flight = None;
             r.state
         });
+        let t = &stopped.timing;
         self.event(
-            Some(&name),
+            Some(name),
             EventKind::Stop,
             format!(
-                "{} (freeze {freeze_s:.3}s, working set {} KiB in {ws_s:.3}s, purge {purge_s:.3}s)",
+                "{} (freeze {:.3}s, working set {} KiB in {:.3}s, purge {:.3}s)",
                 st.as_str(),
-                ws_bytes.unwrap_or(0) >> 10
+                t.freeze_s,
+                stopped.working_set_bytes.unwrap_or(0) >> 10,
+                t.working_set_s,
+                t.purge_s
             ),
         );
-        self.enforce_reserve(Some(&name));
-        let st = lock(&slot.st).state;
-        Ok(api::StopAnswer::Process(api::ProcessStopped {
-            app: name,
-            state: st,
-            timing: api::StopTiming {
-                freeze_s,
-                working_set_s: ws_s,
-                purge_s,
-                total_s: t0.elapsed().as_secs_f64(),
-            },
-            working_set_bytes: ws_bytes,
-            purge,
-            activation,
-        }))
+        self.enforce_reserve(Some(name));
+        stopped.state = lock(&slot.st).state;
+        stopped.timing.total_s = t0.elapsed().as_secs_f64();
+        api::StopAnswer::Process(stopped)
     }
 
     /// The standby pool: cold-start every `prestart` app that is not running, wait until ready,
@@ -1671,6 +1729,68 @@ pub enum SpawnError {
     Cgroup(#[from] procswap::Error),
 }
 
+/// The child's own session, the app's cgroups and user, set in the forked child before exec.
+fn join_before_exec(
+    cmd: &mut std::process::Command,
+    procs: Vec<CString>,
+    ids: Option<(libc::uid_t, libc::gid_t)>,
+) {
+    // SAFETY: the hook runs in the forked child before exec and only makes async-signal-safe
+    // system calls (setsid, open, write, close, setgroups, setgid, setuid) on data prepared
+    // before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session: no controlling terminal, not in torpord's process group, so a
+            // signal to torpord's group (or its death) does not reach the app.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Join the app's cgroups before exec, i.e. before the app allocates anything:
+            // "0" moves the writing process itself (v1 and v2).
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            if let Some((uid, gid)) = ids {
+                if libc::setgroups(1, &gid) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A thread that reaps the spawned app when it exits (torpord is its parent while torpord
+/// lives) and records the exit. Returns its pid.
+fn reap(mut child: std::process::Child, slot: Arc<AppSlot>) -> Result<i32, SpawnError> {
+    let pid = child.id() as i32;
+    let name = slot.cfg.name.clone();
+    std::thread::Builder::new()
+        .name(format!("reap-{name}"))
+        .spawn(move || {
+            let st = child.wait();
+            let mut r = lock(&slot.st);
+            if r.pid == Some(pid) {
+                r.counters.exits += 1;
+                r.last_error = Some(format!(
+                    "process {pid} exited: {}",
+                    st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                ));
+                warn!(app = %name, "{}", r.last_error.as_deref().unwrap_or(""));
+            }
+        })?;
+    Ok(pid)
+}
+
 fn resolve_user(u: &str) -> Result<(libc::uid_t, libc::gid_t), SpawnError> {
     let user = if let Ok(uid) = u.parse::<u32>() {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -1683,14 +1803,4 @@ fn resolve_user(u: &str) -> Result<(libc::uid_t, libc::gid_t), SpawnError> {
     })?
     .ok_or_else(|| SpawnError::NoUser(u.to_string()))?;
     Ok((user.uid.as_raw(), user.gid.as_raw()))
-}
-
-/// Probe kinds for display.
-pub fn describe_probe(p: &Option<Probe>) -> String {
-    match p {
-        None => "-".into(),
-        Some(Probe::Http(u)) => u.clone(),
-        Some(Probe::Tcp(p)) => format!("tcp:{p}"),
-        Some(Probe::Command(c)) => c.join(" "),
-    }
 }

@@ -5,7 +5,7 @@ use super::{lock, AppRecord, AppSlot, Controller};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tracing::{error, warn};
 
 pub(super) const STATE_FILE: &str = "state.json";
@@ -63,9 +63,4 @@ impl Controller {
         self.persist();
         r
     }
-}
-
-/// Unused-path helper kept for symmetry with the CLI.
-pub fn state_file(dir: &Path) -> PathBuf {
-    dir.join(STATE_FILE)
 }

@@ -7,16 +7,16 @@
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
 use super::{
-    lock, now_unix, proc_mem, AppSlot, AppState, Controller, EventKind, Op, StartError,
-    StartTiming, StopError, FREEZE_TIMEOUT,
+    lock, now_unix, proc_mem, AppCgroups, AppSlot, AppState, Controller, EventKind, PurgeSummary,
+    StartError, StartTiming, StopError, FREEZE_TIMEOUT,
 };
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
 use crate::probe;
 use procswap::vm::{
-    self, Background, GuestRam, PageCounts, Plan, Qmp, TwinkleConfig, TwinkleStats,
+    self, Background, GuestRam, PageCounts, Plan, Qmp, QmpError, TwinkleConfig, TwinkleStats,
 };
-use procswap::{NoProgress, PrefetchOptions};
+use procswap::NoProgress;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use torpor_api as api;
@@ -64,12 +64,126 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn qmp_connect(v: &VmConfig, deadline: Option<Instant>) -> Result<Qmp, String> {
+fn qmp_connect(v: &VmConfig, deadline: Option<Instant>) -> Result<Qmp, QmpError> {
     match deadline {
         Some(d) => Qmp::connect_retry(&v.qmp, v.qmp_timeout, d),
         None => Qmp::connect(&v.qmp, v.qmp_timeout),
     }
-    .map_err(|e| e.to_string())
+}
+
+/// Why a VM app's Start failed (after a cold start, or resuming it); the state it is left in is
+/// chosen by [`Controller::fail_start`].
+#[derive(Debug, thiserror::Error)]
+pub enum VmStartError {
+    /// After a cold start: QMP did not answer within the readiness timeout.
+    #[error("{0}")]
+    Qmp(QmpError),
+    #[error("thaw failed: {0}")]
+    Thaw(procswap::Error),
+    /// Connecting to QMP or its `cont` (both answered as one step).
+    #[error("QMP cont: {0}")]
+    Cont(QmpError),
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// Why a VM app's Stop failed: the VM is left (or put back) running.
+#[derive(Debug, thiserror::Error)]
+pub enum VmStopError {
+    #[error("QMP: {0}")]
+    Connect(QmpError),
+    #[error("QMP stop: {0}")]
+    Pause(QmpError),
+    #[error("freeze failed: {0} (VM continued)")]
+    Freeze(procswap::Error),
+}
+
+/// Stop step 1: the guest agent's maps (best effort).
+struct AgentMaps {
+    maps: Option<(GuestMaps, String)>,
+    note: String,
+    ms: f64,
+}
+
+/// Stop steps 2 and 3: QMP `stop` and the guest RAM found behind it.
+struct Paused {
+    before: String,
+    after: String,
+    qmp_stop_ms: f64,
+    ram: Option<GuestRam>,
+}
+
+/// Stop steps 5 and 6: the purge and the evidence around it.
+struct VmPurge {
+    purge: Option<PurgeSummary>,
+    purge_s: f64,
+    evidence: api::StopEvidence,
+}
+
+/// Whether the purge evicted guest RAM: its resident pages fell to 1 % or less (QEMU's resident
+/// bytes to 10 % or less when guest RAM is unknown).
+fn is_evicted(before: &Evidence, after: &Evidence, purged: bool) -> bool {
+    match (before.guest_resident_pages, after.guest_resident_pages) {
+        (Some(b), Some(a)) => purged && a * 100 <= b,
+        _ => purged && after.qemu_resident_bytes * 100 <= before.qemu_resident_bytes.max(1) * 10,
+    }
+}
+
+/// `fresh` when the agent's maps came with the last Stop, else `none`.
+fn maps_word(fresh: bool) -> String {
+    if fresh { "fresh" } else { "none" }.to_string()
+}
+
+/// The guest's page counts in its RAM (when RAM is known).
+fn guest_counts(qpid: i32, ram: Option<&GuestRam>) -> Option<PageCounts> {
+    ram.and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok())
+}
+
+/// The mode a resume runs with (`priority` needs maps and guest RAM, else it runs as `full`),
+/// and the note on the maps it found.
+fn effective_mode(
+    mode: VmPrefetch,
+    maps: Option<&(GuestMaps, String)>,
+    ram: Option<&GuestRam>,
+) -> (VmPrefetch, String) {
+    let mut note = match (maps, ram) {
+        (Some((m, a)), Some(_)) => format!(
+            "maps from {a} at the last Stop{}",
+            if m.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", m.notes.join("; "))
+            }
+        ),
+        (None, _) => "no guest maps from the last Stop".to_string(),
+        (Some(_), None) => "guest RAM unknown (discovery failed at the last Stop)".to_string(),
+    };
+    let effective = match (mode, maps, ram) {
+        (VmPrefetch::Priority, Some(_), Some(_)) => VmPrefetch::Priority,
+        (VmPrefetch::Priority, _, _) => {
+            note.push_str("; priority runs as full");
+            VmPrefetch::Full
+        }
+        (m, _, _) => m,
+    };
+    (effective, note)
+}
+
+/// A prefetch report's bytes and early stop, added to the Start's timing.
+fn add_fetched(timing: &mut StartTiming, r: &procswap::PrefetchReport) {
+    timing.prefetch_bytes += r.read_issued_bytes;
+    if let Some(s) = &r.stopped {
+        timing.prefetch_stopped = Some(format!("{s:?}"));
+    }
+}
+
+/// What a `priority` prefetch works from: the plan, QEMU's own memory, and how many pages of
+/// each (QEMU's own first, then every class) were on swap before it.
+struct PriorityInput {
+    plan: Plan,
+    own: Vec<procswap::Range>,
+    own_before: u64,
+    before: Vec<u64>,
 }
 
 impl Controller {
@@ -124,11 +238,11 @@ impl Controller {
         &self,
         slot: &AppSlot,
         t0: Instant,
-    ) -> Result<api::VmStart, String> {
+    ) -> Result<api::VmStart, VmStartError> {
         let v = self.vm_cfg(slot);
         let deadline = t0 + slot.cfg.ready_timeout.max(v.qmp_timeout);
-        let mut q = qmp_connect(v, Some(deadline))?;
-        let st = q.query_status().map_err(|e| e.to_string())?;
+        let mut q = qmp_connect(v, Some(deadline)).map_err(VmStartError::Qmp)?;
+        let st = q.query_status().map_err(VmStartError::Qmp)?;
         Ok(api::VmStart::Cold(api::VmColdStart {
             cold: true,
             mode: slot.cfg.vm_prefetch_mode().as_str().to_string(),
@@ -137,10 +251,19 @@ impl Controller {
         }))
     }
 
-    /// Stop of a VM app (its `op` lock held).
+    /// The background fetcher of the last Start, stopped (joined outside the lock: status reads
+    /// never wait for an operation); its last statistics kept.
+    fn stop_background(&self, slot: &AppSlot) {
+        let bg = lock(&slot.vm).background.take();
+        if let Some(bg) = bg {
+            let st = bg.stop();
+            lock(&slot.vm).last_background = Some(st);
+        }
+    }
+
+    /// Stop of a VM app (its `op` lock held): the guest's maps, QMP `stop` and guest RAM,
+    /// freeze, purge with evidence, then the record and the answer.
     pub(super) fn stop_vm(&self, slot: &AppSlot) -> Result<api::StopAnswer, StopError> {
-        let name = slot.cfg.name.clone();
-        let v = self.vm_cfg(slot).clone();
         let t0 = Instant::now();
         let (cgs, o) = match self.begin_stop(slot) {
             Ok(x) => x,
@@ -151,16 +274,28 @@ impl Controller {
             .filter(|p| o.pids.contains(p))
             .unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
-        // (Joined outside the lock: status reads never wait for an operation.)
-        let bg = lock(&slot.vm).background.take();
-        if let Some(bg) = bg {
-            let st = bg.stop();
-            lock(&slot.vm).last_background = Some(st);
-        }
-        let fail = |msg: String| -> StopError { self.stop_failed(slot, msg) };
-        // 1. The guest's maps (while it runs). Never fails the Stop.
+        self.stop_background(slot);
+        let v = self.vm_cfg(slot);
+        let fail = |e: VmStopError| self.stop_failed(slot, e);
+        let agent = self.guest_maps(slot, v);
+        let paused = self.pause_vm(slot, v, qpid).map_err(fail)?;
+        let before = self.evidence(qpid, paused.ram.as_ref());
+        let freeze_s = self.freeze_vm(v, &cgs, &o.pids).map_err(fail)?;
+        self.set(slot, |r| {
+            r.transition(AppState::Suspended);
+            r.pid = Some(qpid);
+            r.last_stop_unix = Some(now_unix());
+            r.counters.stops += 1;
+        });
+        let purged = self.purge_vm(slot, qpid, paused.ram.as_ref(), before);
+        self.save_guest_ram(slot, paused.ram.as_ref());
+        Ok(self.vm_stopped(slot, t0, agent, paused, freeze_s, purged))
+    }
+
+    /// Stop step 1: the guest's maps, while it runs. Never fails the Stop.
+    fn guest_maps(&self, slot: &AppSlot, v: &VmConfig) -> AgentMaps {
         let ta = Instant::now();
-        let (maps, agent_note): (Option<(GuestMaps, String)>, String) = match &v.agent {
+        let (maps, note) = match &v.agent {
             None => (None, "no agent configured (vm.agent)".into()),
             Some(p) => match GuestMaps::fetch_from_socket(p, v.agent_timeout, 0) {
                 Ok((m, agent)) => {
@@ -169,77 +304,78 @@ impl Controller {
                 }
                 Err(e) => {
                     let note = format!("agent {}: {e}; stopping without guest maps", p.display());
-                    self.event(Some(&name), EventKind::Agent, note.clone());
+                    self.event(Some(&slot.cfg.name), EventKind::Agent, note.clone());
                     (None, note)
                 }
             },
         };
-        let agent_ms = ms(ta.elapsed());
-        let summary: Option<MapsSummary> = maps.as_ref().map(|(m, a)| m.summary(a));
-        // 2. QMP stop, 3. guest RAM.
-        let tq = Instant::now();
-        let mut q = match qmp_connect(&v, None) {
-            Ok(q) => q,
-            Err(e) => return Err(fail(format!("QMP: {e}"))),
-        };
-        let before = q
-            .query_status()
-            .map(|s| s.status)
-            .unwrap_or_else(|e| format!("unknown ({e})"));
-        if let Err(e) = q.stop() {
-            return Err(fail(format!("QMP stop: {e}")));
+        AgentMaps {
+            maps,
+            note,
+            ms: ms(ta.elapsed()),
         }
+    }
+
+    /// Stop steps 2 and 3: QMP `stop`, then the guest RAM behind it (unknown when discovery
+    /// fails: then the whole QEMU process is purged).
+    fn pause_vm(&self, slot: &AppSlot, v: &VmConfig, qpid: i32) -> Result<Paused, VmStopError> {
+        let tq = Instant::now();
+        let mut q = qmp_connect(v, None).map_err(VmStopError::Connect)?;
+        let status = |q: &mut Qmp| {
+            q.query_status()
+                .map(|s| s.status)
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        };
+        let before = status(&mut q);
+        q.stop().map_err(VmStopError::Pause)?;
         let qmp_stop_ms = ms(tq.elapsed());
-        let after = q
-            .query_status()
-            .map(|s| s.status)
-            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let after = status(&mut q);
         let ram = match GuestRam::discover(&mut q, qpid) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.event(Some(&name), EventKind::Error, format!("guest RAM discovery failed ({e}): the whole QEMU process is purged; the next Start fetches it whole"));
+                self.event(Some(&slot.cfg.name), EventKind::Error, format!("guest RAM discovery failed ({e}): the whole QEMU process is purged; the next Start fetches it whole"));
                 None
             }
         };
-        drop(q);
-        let ev_before = self.evidence(qpid, ram.as_ref());
-        // 4. Freeze (procswap purges only frozen targets).
+        Ok(Paused {
+            before,
+            after,
+            qmp_stop_ms,
+            ram,
+        })
+    }
+
+    /// Stop step 4: freeze (procswap purges only frozen targets); on failure the VM continues.
+    fn freeze_vm(&self, v: &VmConfig, cgs: &AppCgroups, pids: &[i32]) -> Result<f64, VmStopError> {
         let tf = Instant::now();
-        for f in self.freezers(&cgs, &o.pids) {
+        for f in self.freezers(cgs, pids) {
             if let Err(e) = f.freeze(FREEZE_TIMEOUT) {
                 let _ = f.thaw(FREEZE_TIMEOUT);
-                if let Ok(mut q) = qmp_connect(&v, None) {
+                if let Ok(mut q) = qmp_connect(v, None) {
                     let _ = q.cont();
                 }
-                return Err(fail(format!("freeze failed: {e} (VM continued)")));
+                return Err(VmStopError::Freeze(e));
             }
         }
-        let freeze_s = tf.elapsed().as_secs_f64();
-        self.set(slot, |r| {
-            r.transition(AppState::Suspended);
-            r.pid = Some(qpid);
-            r.last_stop_unix = Some(now_unix());
-            r.counters.stops += 1;
-        });
-        // 5. Purge, 6. evidence.
+        Ok(tf.elapsed().as_secs_f64())
+    }
+
+    /// Stop steps 5 and 6: purge (per policy) and the evidence that guest RAM left.
+    fn purge_vm(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: Option<&GuestRam>,
+        before: Evidence,
+    ) -> VmPurge {
         let tp = Instant::now();
         let mut purge = if self.cfg.purge == PurgePolicy::Always {
             self.purge_app(slot, false).ok()
         } else {
             None
         };
-        let mut ev_after = self.evidence(qpid, ram.as_ref());
-        let is_evicted = |after: &Evidence, purged: bool| match (
-            ev_before.guest_resident_pages,
-            after.guest_resident_pages,
-        ) {
-            (Some(b), Some(a)) => purged && a * 100 <= b,
-            _ => {
-                purged
-                    && after.qemu_resident_bytes * 100 <= ev_before.qemu_resident_bytes.max(1) * 10
-            }
-        };
-        let mut evicted = is_evicted(&ev_after, purge.is_some());
+        let mut after = self.evidence(qpid, ram);
+        let mut evicted = is_evicted(&before, &after, purge.is_some());
         // MADV_PAGEOUT cannot isolate pages still in a CPU's LRU batch: with THP-backed guest
         // RAM a batch holds megabytes (seen: 8192 of 16384 fresh pages left once). They reach
         // the LRU shortly after; one more purge takes them.
@@ -250,83 +386,111 @@ impl Controller {
             if let Ok(p2) = self.purge_app(slot, false) {
                 purge = Some(p2);
             }
-            ev_after = self.evidence(qpid, ram.as_ref());
-            evicted = is_evicted(&ev_after, purge.is_some());
+            after = self.evidence(qpid, ram);
+            evicted = is_evicted(&before, &after, purge.is_some());
         }
         let purge_s = tp.elapsed().as_secs_f64();
         if purge.is_some() && !evicted {
             self.event(
-                Some(&name),
+                Some(&slot.cfg.name),
                 EventKind::Error,
-                format!("purge left guest RAM resident: before {ev_before:?}, after {ev_after:?}"),
+                format!("purge left guest RAM resident: before {before:?}, after {after:?}"),
             );
         }
-        if let Some(r) = &ram {
-            let p = self.vm_ram_path(&name);
-            let wr = std::fs::create_dir_all(p.parent().expect("vm dir"))
-                .and_then(|_| serde_json::to_vec(r).map_err(std::io::Error::other))
-                .and_then(|b| std::fs::write(&p, b));
-            if let Err(e) = wr {
-                self.event(
-                    Some(&name),
-                    EventKind::Error,
-                    format!("saving {}: {e}", p.display()),
-                );
-            }
+        VmPurge {
+            purge,
+            purge_s,
+            evidence: api::StopEvidence {
+                before,
+                after,
+                evicted,
+                purge_retries,
+            },
         }
-        let guest_ram = ram.as_ref().map(ram_report);
+    }
+
+    /// The guest RAM map, kept in `state_dir/vm/` for a Start after a torpord restart.
+    fn save_guest_ram(&self, slot: &AppSlot, ram: Option<&GuestRam>) {
+        let Some(r) = ram else { return };
+        let p = self.vm_ram_path(&slot.cfg.name);
+        let wr = std::fs::create_dir_all(p.parent().expect("vm dir"))
+            .and_then(|_| serde_json::to_vec(r).map_err(std::io::Error::other))
+            .and_then(|b| std::fs::write(&p, b));
+        if let Err(e) = wr {
+            self.event(
+                Some(&slot.cfg.name),
+                EventKind::Error,
+                format!("saving {}: {e}", p.display()),
+            );
+        }
+    }
+
+    /// The end of a VM Stop: maps and RAM kept for the next Start, the event, the reserve,
+    /// the answer.
+    fn vm_stopped(
+        &self,
+        slot: &AppSlot,
+        t0: Instant,
+        agent: AgentMaps,
+        paused: Paused,
+        freeze_s: f64,
+        purged: VmPurge,
+    ) -> api::StopAnswer {
+        let name = slot.cfg.name.clone();
+        let summary: Option<MapsSummary> = agent.maps.as_ref().map(|(m, a)| m.summary(a));
+        let guest_ram = paused.ram.as_ref().map(ram_report);
         {
             let mut rt = lock(&slot.vm);
-            rt.maps = maps;
-            rt.ram = ram;
+            rt.maps = agent.maps;
+            rt.ram = paused.ram;
         }
         let st = self.set(slot, |r| {
             r.in_flight = None;
             r.state
         });
+        let ev = &purged.evidence;
         self.event(
             Some(&name),
             EventKind::Stop,
             format!(
-                "{} (vm: maps {}, QMP stop {qmp_stop_ms} ms, freeze {freeze_s:.3}s, purge {purge_s:.3}s, guest resident {:?} -> {:?} pages, evicted {evicted})",
+                "{} (vm: maps {}, QMP stop {} ms, freeze {freeze_s:.3}s, purge {:.3}s, guest resident {:?} -> {:?} pages, evicted {})",
                 st.as_str(),
-                if summary.is_some() { "fresh" } else { "none" },
-                ev_before.guest_resident_pages,
-                ev_after.guest_resident_pages
+                maps_word(summary.is_some()),
+                paused.qmp_stop_ms,
+                purged.purge_s,
+                ev.before.guest_resident_pages,
+                ev.after.guest_resident_pages,
+                ev.evicted
             ),
         );
         self.enforce_reserve(Some(&name));
         let st = lock(&slot.st).state;
-        Ok(api::StopAnswer::Vm(Box::new(api::VmStopped {
+        api::StopAnswer::Vm(Box::new(api::VmStopped {
             app: name,
             state: st,
             timing: api::StopTiming {
                 freeze_s,
                 working_set_s: 0.0,
-                purge_s,
+                purge_s: purged.purge_s,
                 total_s: t0.elapsed().as_secs_f64(),
             },
-            purge,
+            purge: purged.purge,
             vm: api::VmStop {
-                maps: if summary.is_some() { "fresh" } else { "none" }.to_string(),
-                agent_note,
-                agent_ms,
+                maps: maps_word(summary.is_some()),
+                agent_note: agent.note,
+                agent_ms: agent.ms,
                 agent: summary,
-                qmp_stop_ms,
-                status_before: before,
-                status_after: after,
+                qmp_stop_ms: paused.qmp_stop_ms,
+                status_before: paused.before,
+                status_after: paused.after,
                 guest_ram,
-                evidence: api::StopEvidence {
-                    before: ev_before,
-                    after: ev_after,
-                    evicted,
-                    purge_retries,
-                },
+                evidence: purged.evidence,
             },
-        })))
+        }))
     }
 
-    /// Resume a frozen VM app (prefetch by `mode`, thaw, QMP `cont`, probe).
+    /// Resume a frozen VM app: guest RAM and maps, prefetch by `mode`, thaw, QMP `cont`, the
+    /// background fetcher, probe.
     pub(super) fn resume_vm(
         &self,
         slot: &AppSlot,
@@ -334,233 +498,274 @@ impl Controller {
         pids: Vec<i32>,
         mode: VmPrefetch,
     ) -> Result<api::StartAnswer, StartError> {
-        let name = slot.cfg.name.clone();
-        let v = self.vm_cfg(slot).clone();
         let pswpin0 = pswpin();
-        self.set(slot, |r| {
-            r.in_flight = Some(Op::Start);
-            r.transition(AppState::Starting);
-        });
-        self.enforce_reserve(Some(&name));
+        self.begin_resume(slot);
         let qpid = lock(&slot.st)
             .pid
             .filter(|p| pids.contains(p))
             .unwrap_or(pids[0]);
-        // Guest RAM: from the Stop, or (after a torpord restart) from state_dir/vm if it is
-        // the same QEMU process.
-        let (ram, maps) = {
-            let mut rt = lock(&slot.vm);
-            if rt.ram.is_none() {
-                rt.ram = std::fs::read(self.vm_ram_path(&name))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<GuestRam>(&b).ok())
-                    .filter(|r| r.pid == qpid);
-            }
-            (rt.ram.clone(), rt.maps.clone())
-        };
-        let mut maps_note = match (&maps, &ram) {
-            (Some((m, a)), Some(_)) => format!(
-                "maps from {a} at the last Stop{}",
-                if m.notes.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", m.notes.join("; "))
-                }
-            ),
-            (None, _) => "no guest maps from the last Stop".to_string(),
-            (Some(_), None) => "guest RAM unknown (discovery failed at the last Stop)".to_string(),
-        };
-        let effective = match (mode, &maps, &ram) {
-            (VmPrefetch::Priority, Some(_), Some(_)) => VmPrefetch::Priority,
-            (VmPrefetch::Priority, _, _) => {
-                maps_note.push_str("; priority runs as full");
-                VmPrefetch::Full
-            }
-            (m, _, _) => m,
-        };
-        let ps = procswap::sys::page_size();
-        let base = PrefetchOptions {
-            threads: self.cfg.prefetch_threads,
-            free_floor_bytes: self.cfg.reserve,
-            ..PrefetchOptions::default()
-        };
-        let guest_before = ram
-            .as_ref()
-            .and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
-        let tpf = Instant::now();
+        let (ram, maps) = self.guest_ram_and_maps(slot, qpid);
+        let (effective, maps_note) = effective_mode(mode, maps.as_ref(), ram.as_ref());
         let mut timing = StartTiming {
             prefetch_mode: Some(effective.as_str().to_string()),
             ..Default::default()
         };
-        let mut classes: Vec<ClassFetch> = Vec::new();
-        let mut qemu_own_pages = 0u64;
-        let mut qemu_own_ms = 0.0;
-        let mut single_pass = false;
-        let mut plan_ms = 0.0;
-        let mut fetch_call_ms = 0.0;
-        let mut plan: Option<Plan> = None;
-        let note_err = |what: &str, e: &dyn std::fmt::Display| {
-            self.event(
-                Some(&name),
-                EventKind::Error,
-                format!("{what} failed (continuing; demand paging brings the rest): {e}"),
-            );
+        let mut rep = api::VmResume {
+            mode: mode.as_str().to_string(),
+            effective: effective.as_str().to_string(),
+            maps: maps_word(maps.is_some()),
+            maps_note,
+            guest_ram_bytes: ram.as_ref().map(|r| r.bytes()),
+            guest_swapped_before_pages: guest_counts(qpid, ram.as_ref()).map(|g| g.swapped),
+            ..Default::default()
         };
-        let add = |timing: &mut StartTiming, r: &procswap::PrefetchReport| {
-            timing.prefetch_bytes += r.read_issued_bytes;
-            if let Some(s) = &r.stopped {
-                timing.prefetch_stopped = Some(format!("{s:?}"));
+        let tpf = Instant::now();
+        let plan = match (effective, &ram, &maps) {
+            (VmPrefetch::None, _, _) => None,
+            (VmPrefetch::Priority, Some(ram), Some((m, _))) => {
+                Some(self.prefetch_priority(slot, qpid, ram, m, &mut timing, &mut rep))
+            }
+            _ => {
+                self.prefetch_full(slot, qpid, &mut timing);
+                None
             }
         };
-        match effective {
-            VmPrefetch::None => {}
-            VmPrefetch::Full => {
-                match procswap::prefetch_with(&*self.backend, qpid, &base, &NoProgress) {
-                    Ok(r) => add(&mut timing, &r),
-                    Err(e) => note_err("full prefetch", &e),
-                }
-            }
-            VmPrefetch::Priority => {
-                let ram = ram.as_ref().expect("priority needs guest RAM");
-                let (m, _) = maps.as_ref().expect("priority needs maps");
-                let tplan = Instant::now();
-                let p = Plan::build(ram, ps, |pfn| m.classify(pfn));
-                // QEMU itself first (its heap, TCG/KVM state): nothing runs without it; then
-                // guest classes 0..=5, free pages excluded.
-                let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_else(|e| {
-                    note_err("listing QEMU's own memory", &e);
-                    vec![]
-                });
-                let swapped_in = |r: &[procswap::Range]| {
-                    vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0)
-                };
-                let own_before = swapped_in(&own);
-                let before: Vec<u64> = p
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        if c.pages > 0 {
-                            swapped_in(&c.ranges)
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                let pre_pages = own_before
-                    + before
-                        .iter()
-                        .take(BEFORE_CONT_MAX_CLASS as usize + 1)
-                        .sum::<u64>();
-                let avail = procswap::sys::meminfo()
-                    .map(|mi| mi.mem_available)
-                    .unwrap_or(0);
-                // Class order only matters when the fetch can be cut short by the free-memory
-                // floor: then one prefetch call per class, in order. Otherwise one call over all
-                // of it (each call rescans QEMU: ~0.1-0.5 s here), reads in swap-slot order.
-                single_pass = avail >= self.cfg.reserve + pre_pages * ps + (64 << 20);
-                plan_ms = ms(tplan.elapsed());
-                if single_pass {
-                    let mut all = own.clone();
-                    all.extend(p.ranges_of(0, BEFORE_CONT_MAX_CLASS));
-                    let tf = Instant::now();
-                    match vm::fetch_ranges(&*self.backend, qpid, all, &base) {
-                        Ok(r) => add(&mut timing, &r),
-                        Err(e) => note_err("priority prefetch", &e),
-                    }
-                    fetch_call_ms = ms(tf.elapsed());
-                    qemu_own_pages = own_before.saturating_sub(swapped_in(&own));
-                    for (c, &sw) in p.classes.iter().zip(&before) {
-                        let mut cf = class_fetch(c, sw);
-                        if c.class <= BEFORE_CONT_MAX_CLASS && sw > 0 {
-                            cf.fetched_pages = sw.saturating_sub(swapped_in(&c.ranges));
-                            cf.fetched_bytes = cf.fetched_pages * ps;
-                        }
-                        classes.push(cf);
-                    }
-                } else {
-                    // QEMU's own memory, then classes 0..=5, one call each, in order.
-                    let mut sets = vec![own.clone()];
-                    sets.extend(
-                        p.classes
-                            .iter()
-                            .take(BEFORE_CONT_MAX_CLASS as usize + 1)
-                            .map(|c| c.ranges.clone()),
-                    );
-                    let res =
-                        vm::fetch_ordered(&*self.backend, qpid, sets, &base).unwrap_or_else(|e| {
-                            note_err("class-ordered prefetch", &e);
-                            vec![]
-                        });
-                    let mut res = res.into_iter();
-                    if let Some(Some((r, t))) = res.next() {
-                        qemu_own_pages = r.read_issued_bytes / ps;
-                        qemu_own_ms = t;
-                        add(&mut timing, &r);
-                    }
-                    for (c, &sw) in p.classes.iter().zip(&before) {
-                        let mut cf = class_fetch(c, sw);
-                        if let Some(Some((r, t))) = (c.class <= BEFORE_CONT_MAX_CLASS)
-                            .then(|| res.next())
-                            .flatten()
-                        {
-                            cf.fetched_pages = r.read_issued_bytes / ps;
-                            cf.fetched_bytes = r.read_issued_bytes;
-                            cf.ms = t;
-                            add(&mut timing, &r);
-                        }
-                        classes.push(cf);
-                    }
-                }
-                plan = Some(p);
-            }
-        }
         if effective != VmPrefetch::None {
             lock(&slot.st).counters.prefetches += 1;
         }
         let prefetch_d = tpf.elapsed();
         timing.prefetch_s = prefetch_d.as_secs_f64();
-        let guest_after = ram
-            .as_ref()
-            .and_then(|r| vm::page_counts(qpid, &r.hva_ranges()).ok());
-        let pswpin_prefetch = pswpin().saturating_sub(pswpin0);
-        // Thaw, then cont (a frozen QEMU cannot answer QMP).
+        rep.prefetch_ms = ms(prefetch_d);
+        rep.guest_swapped_after_prefetch_pages =
+            guest_counts(qpid, ram.as_ref()).map(|g| g.swapped);
+        rep.pswpin_delta_prefetch = pswpin().saturating_sub(pswpin0);
+        rep.skipped_free_pages = plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0);
+        let run = (qpid, plan.as_ref(), ram.as_ref());
+        if let Err(e) = self.run_vm(slot, &pids, run, &mut timing, &mut rep) {
+            return Err(self.fail_start(slot, e));
+        }
+        timing.total_s = t0.elapsed().as_secs_f64();
+        timing.unix_time = now_unix();
+        rep.prefetched_bytes = timing.prefetch_bytes;
+        rep.prefetched_pages = timing.prefetch_bytes / procswap::sys::page_size();
+        rep.thaw_ms = ms(Duration::from_secs_f64(timing.thaw_s));
+        rep.probe_ms = ms(Duration::from_secs_f64(timing.probe_s));
+        rep.ready_ms = ms(t0.elapsed());
+        rep.pswpin_delta = pswpin().saturating_sub(pswpin0);
+        self.finish_start_vm(slot, timing, Some(api::VmStart::Resume(Box::new(rep))))
+    }
+
+    /// Guest RAM: from the Stop, or (after a torpord restart) from state_dir/vm if it is the same
+    /// QEMU process; and the maps of the last Stop.
+    fn guest_ram_and_maps(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+    ) -> (Option<GuestRam>, Option<(GuestMaps, String)>) {
+        let mut rt = lock(&slot.vm);
+        if rt.ram.is_none() {
+            rt.ram = std::fs::read(self.vm_ram_path(&slot.cfg.name))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<GuestRam>(&b).ok())
+                .filter(|r| r.pid == qpid);
+        }
+        (rt.ram.clone(), rt.maps.clone())
+    }
+
+    /// A failed prefetch step: an event; the Start goes on (demand paging brings the rest).
+    fn note_prefetch_error(&self, slot: &AppSlot, what: &str, e: &dyn std::fmt::Display) {
+        self.event(
+            Some(&slot.cfg.name),
+            EventKind::Error,
+            format!("{what} failed (continuing; demand paging brings the rest): {e}"),
+        );
+    }
+
+    /// `full` mode: the whole QEMU process.
+    fn prefetch_full(&self, slot: &AppSlot, qpid: i32, timing: &mut StartTiming) {
+        let opts = self.prefetch_options();
+        match procswap::prefetch_with(&*self.backend, qpid, &opts, &NoProgress) {
+            Ok(r) => add_fetched(timing, &r),
+            Err(e) => self.note_prefetch_error(slot, "full prefetch", &e),
+        }
+    }
+
+    /// `priority` mode: QEMU itself first (its heap, TCG/KVM state: nothing runs without it),
+    /// then guest classes 0..=5, free pages excluded. Returns the plan (its later classes are
+    /// the background fetcher's).
+    fn prefetch_priority(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: &GuestRam,
+        maps: &GuestMaps,
+        timing: &mut StartTiming,
+        rep: &mut api::VmResume,
+    ) -> Plan {
+        let tplan = Instant::now();
+        let input = self.priority_input(slot, qpid, ram, maps);
+        let ps = procswap::sys::page_size();
+        let pre_pages = input.own_before
+            + input
+                .before
+                .iter()
+                .take(BEFORE_CONT_MAX_CLASS as usize + 1)
+                .sum::<u64>();
+        let avail = procswap::sys::meminfo()
+            .map(|mi| mi.mem_available)
+            .unwrap_or(0);
+        // Class order only matters when the fetch can be cut short by the free-memory floor:
+        // then one prefetch call per class, in order. Otherwise one call over all of it (each
+        // call rescans QEMU: ~0.1-0.5 s here), reads in swap-slot order.
+        rep.single_pass = avail >= self.cfg.reserve + pre_pages * ps + (64 << 20);
+        rep.plan_ms = ms(tplan.elapsed());
+        if rep.single_pass {
+            self.fetch_single_pass(slot, qpid, &input, timing, rep);
+        } else {
+            self.fetch_class_ordered(slot, qpid, &input, timing, rep);
+        }
+        input.plan
+    }
+
+    /// The plan from the guest's maps, QEMU's own memory, and what of each is on swap now.
+    fn priority_input(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: &GuestRam,
+        maps: &GuestMaps,
+    ) -> PriorityInput {
+        let plan = Plan::build(ram, procswap::sys::page_size(), |pfn| maps.classify(pfn));
+        let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_else(|e| {
+            self.note_prefetch_error(slot, "listing QEMU's own memory", &e);
+            vec![]
+        });
+        let own_before = swapped_in(qpid, &own);
+        let before = plan
+            .classes
+            .iter()
+            .map(|c| {
+                if c.pages > 0 {
+                    swapped_in(qpid, &c.ranges)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        PriorityInput {
+            plan,
+            own,
+            own_before,
+            before,
+        }
+    }
+
+    /// `priority` with room to spare: one call over QEMU's own memory and classes 0..=5.
+    fn fetch_single_pass(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        input: &PriorityInput,
+        timing: &mut StartTiming,
+        rep: &mut api::VmResume,
+    ) {
+        let ps = procswap::sys::page_size();
+        let mut all = input.own.clone();
+        all.extend(input.plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
+        let tf = Instant::now();
+        match vm::fetch_ranges(&*self.backend, qpid, all, &self.prefetch_options()) {
+            Ok(r) => add_fetched(timing, &r),
+            Err(e) => self.note_prefetch_error(slot, "priority prefetch", &e),
+        }
+        rep.fetch_call_ms = ms(tf.elapsed());
+        rep.qemu_own_pages = input
+            .own_before
+            .saturating_sub(swapped_in(qpid, &input.own));
+        for (c, &sw) in input.plan.classes.iter().zip(&input.before) {
+            let mut cf = class_fetch(c, sw);
+            if c.class <= BEFORE_CONT_MAX_CLASS && sw > 0 {
+                cf.fetched_pages = sw.saturating_sub(swapped_in(qpid, &c.ranges));
+                cf.fetched_bytes = cf.fetched_pages * ps;
+            }
+            rep.classes.push(cf);
+        }
+    }
+
+    /// `priority` near the free-memory floor: QEMU's own memory, then classes 0..=5, one call
+    /// each, in order.
+    fn fetch_class_ordered(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        input: &PriorityInput,
+        timing: &mut StartTiming,
+        rep: &mut api::VmResume,
+    ) {
+        let ps = procswap::sys::page_size();
+        let mut sets = vec![input.own.clone()];
+        sets.extend(
+            input
+                .plan
+                .classes
+                .iter()
+                .take(BEFORE_CONT_MAX_CLASS as usize + 1)
+                .map(|c| c.ranges.clone()),
+        );
+        let opts = self.prefetch_options();
+        let res = vm::fetch_ordered(&*self.backend, qpid, sets, &opts).unwrap_or_else(|e| {
+            self.note_prefetch_error(slot, "class-ordered prefetch", &e);
+            vec![]
+        });
+        let mut res = res.into_iter();
+        if let Some(Some((r, t))) = res.next() {
+            rep.qemu_own_pages = r.read_issued_bytes / ps;
+            rep.qemu_own_ms = t;
+            add_fetched(timing, &r);
+        }
+        for (c, &sw) in input.plan.classes.iter().zip(&input.before) {
+            let mut cf = class_fetch(c, sw);
+            if let Some(Some((r, t))) = (c.class <= BEFORE_CONT_MAX_CLASS)
+                .then(|| res.next())
+                .flatten()
+            {
+                cf.fetched_pages = r.read_issued_bytes / ps;
+                cf.fetched_bytes = r.read_issued_bytes;
+                cf.ms = t;
+                add_fetched(timing, &r);
+            }
+            rep.classes.push(cf);
+        }
+    }
+
+    /// Resume steps after the prefetch: thaw, then `cont` (a frozen QEMU cannot answer QMP),
+    /// the background fetcher (priority mode), the readiness probe. `run`: QEMU's pid, the
+    /// plan and the guest RAM.
+    fn run_vm(
+        &self,
+        slot: &AppSlot,
+        pids: &[i32],
+        run: (i32, Option<&Plan>, Option<&GuestRam>),
+        timing: &mut StartTiming,
+        rep: &mut api::VmResume,
+    ) -> Result<(), VmStartError> {
+        let v = self.vm_cfg(slot);
         let tt = Instant::now();
         let cgs = lock(&slot.st).cgroups.clone();
-        for f in self.freezers(&cgs, &pids) {
-            if let Err(e) = f.thaw(FREEZE_TIMEOUT) {
-                return Err(self.fail_start(slot, format!("thaw failed: {e}")));
-            }
+        for f in self.freezers(&cgs, pids) {
+            f.thaw(FREEZE_TIMEOUT).map_err(VmStartError::Thaw)?;
         }
         timing.thaw_s = tt.elapsed().as_secs_f64();
         let tc = Instant::now();
-        let cont = qmp_connect(&v, Some(Instant::now() + v.qmp_timeout))
-            .and_then(|mut q| q.cont().map_err(|e| e.to_string()));
-        if let Err(e) = cont {
-            return Err(self.fail_start(slot, format!("QMP cont: {e}")));
-        }
-        let cont_ms = ms(tc.elapsed());
+        qmp_connect(v, Some(Instant::now() + v.qmp_timeout))
+            .and_then(|mut q| q.cont())
+            .map_err(VmStartError::Cont)?;
+        rep.cont_ms = ms(tc.elapsed());
         // The rest in the background (Twinkle), priority mode only.
-        let mut bg_started = false;
-        if let (Some(p), Some(r), true) = (&plan, &ram, v.background) {
-            let pref: procswap::BackendPref = self.cfg.backend.parse().unwrap_or_default();
-            let cfg = TwinkleConfig {
-                prefetch: base.clone(),
-                ..TwinkleConfig::default()
-            };
-            match procswap::select_backend(pref).and_then(|b| {
-                Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg)
-            }) {
-                Ok(bg) => {
-                    lock(&slot.vm).background = Some(bg);
-                    bg_started = true;
-                }
-                Err(e) => self.event(
-                    Some(&name),
-                    EventKind::Error,
-                    format!("background fetcher not started: {e}"),
-                ),
-            }
-        }
+        let (qpid, plan, ram) = run;
+        let bg_started = match (plan, ram, v.background) {
+            (Some(p), Some(r), true) => self.start_background(slot, qpid, p, r),
+            _ => false,
+        };
         let tp = Instant::now();
         let res = match &slot.cfg.ready {
             Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
@@ -573,44 +778,43 @@ impl Controller {
             None => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();
-        timing.total_s = t0.elapsed().as_secs_f64();
-        timing.unix_time = now_unix();
         if let Err(e) = res {
-            let bg = lock(&slot.vm).background.take();
-            if let Some(bg) = bg {
-                let st = bg.stop();
-                lock(&slot.vm).last_background = Some(st);
-            }
-            return Err(self.fail_start(slot, e));
+            self.stop_background(slot);
+            return Err(VmStartError::NotReady(e));
         }
         let bg = lock(&slot.vm).background.as_ref().map(|b| b.stats());
-        let prefetched_pages: u64 = timing.prefetch_bytes / ps;
-        let vmj = api::VmStart::Resume(Box::new(api::VmResume {
-            mode: mode.as_str().to_string(),
-            effective: effective.as_str().to_string(),
-            maps: if maps.is_some() { "fresh" } else { "none" }.to_string(),
-            maps_note,
-            prefetch_ms: ms(prefetch_d),
-            prefetched_pages,
-            prefetched_bytes: timing.prefetch_bytes,
-            qemu_own_pages,
-            qemu_own_ms,
-            single_pass,
-            plan_ms,
-            fetch_call_ms,
-            classes,
-            skipped_free_pages: plan.as_ref().map(|p| p.skipped_free_pages).unwrap_or(0),
-            guest_ram_bytes: ram.as_ref().map(|r| r.bytes()),
-            guest_swapped_before_pages: guest_before.map(|g| g.swapped),
-            guest_swapped_after_prefetch_pages: guest_after.map(|g| g.swapped),
-            thaw_ms: ms(Duration::from_secs_f64(timing.thaw_s)),
-            cont_ms,
-            probe_ms: ms(Duration::from_secs_f64(timing.probe_s)),
-            ready_ms: ms(t0.elapsed()),
-            pswpin_delta: pswpin().saturating_sub(pswpin0),
-            pswpin_delta_prefetch: pswpin_prefetch,
-            background: if bg_started { bg } else { None },
-        }));
-        self.finish_start_vm(slot, timing, Some(vmj))
+        rep.background = if bg_started { bg } else { None };
+        Ok(())
     }
+
+    /// The background fetcher (Twinkle) over the plan's classes after `cont`; false (and an
+    /// event) when it could not start.
+    fn start_background(&self, slot: &AppSlot, qpid: i32, p: &Plan, r: &GuestRam) -> bool {
+        let pref: procswap::BackendPref = self.cfg.backend.parse().unwrap_or_default();
+        let cfg = TwinkleConfig {
+            prefetch: self.prefetch_options(),
+            ..TwinkleConfig::default()
+        };
+        match procswap::select_backend(pref)
+            .and_then(|b| Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg))
+        {
+            Ok(bg) => {
+                lock(&slot.vm).background = Some(bg);
+                true
+            }
+            Err(e) => {
+                self.event(
+                    Some(&slot.cfg.name),
+                    EventKind::Error,
+                    format!("background fetcher not started: {e}"),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Pages of `r` on swap in QEMU (0 when they cannot be counted).
+fn swapped_in(qpid: i32, r: &[procswap::Range]) -> u64 {
+    vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0)
 }
