@@ -54,8 +54,49 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: Invalid },
+}
+
+/// A configuration that parses but does not make sense (one variant per rule).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("socket_mode {0:?}: an octal mode such as \"0660\"")]
+    SocketMode(String),
+    #[error("backend {0:?}: use auto, stock or kmod")]
+    Backend(String),
+    #[error("cgroup_parent {0:?} must be one directory name of [A-Za-z0-9_.-]")]
+    CgroupParent(String),
+    #[error("sample_interval must be at least 50ms")]
+    SampleInterval,
+    #[error("app name {0:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'")]
+    AppName(String),
+    #[error("app {0:?} is defined twice")]
+    Twice(String),
+    #[error("app {0:?}: command is empty")]
+    EmptyCommand(String),
+    #[error("app {0:?}: give exactly one of command (argv) or unit")]
+    CommandOrUnit(String),
+    #[error("app {0:?}: ready.command is empty")]
+    EmptyReadyCommand(String),
+    #[error("app {app:?}: ready.http: {why}")]
+    ReadyUrl { app: String, why: String },
+    #[error("app {0:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}")]
+    VmWithoutVm(String),
+    #[error("app {0:?}: a vm app is started with command (the QEMU argv), not unit")]
+    VmUnit(String),
+    #[error("app {app:?}: vm.{what} {path:?} must be an absolute path")]
+    VmRelative {
+        app: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("app {0:?}: vm.qmp_timeout and vm.agent_timeout must be > 0")]
+    VmTimeout(String),
+    #[error("app {0:?}: vm = {{...}} needs kind = \"vm\"")]
+    VmOnProcess(String),
+    #[error("app {0:?}: vm_prefetch needs kind = \"vm\"")]
+    VmPrefetchOnProcess(String),
 }
 
 /// When a stopped (frozen) app is purged.
@@ -371,9 +412,9 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid {
+        cfg.validate().map_err(|source| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         Ok(cfg)
     }
@@ -386,98 +427,26 @@ impl Config {
         Self::parse(&src, path)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         let mut seen = std::collections::BTreeSet::new();
         parse_mode(&self.socket_mode)?;
         if self.backend.parse::<procswap::BackendPref>().is_err() {
-            return Err(format!(
-                "backend {:?}: use auto, stock or kmod",
-                self.backend
-            ));
+            return Err(Invalid::Backend(self.backend.clone()));
         }
         if self.cgroup_parent.is_empty() || !valid_name(&self.cgroup_parent) {
-            return Err(format!(
-                "cgroup_parent {:?} must be one directory name of [A-Za-z0-9_.-]",
-                self.cgroup_parent
-            ));
+            return Err(Invalid::CgroupParent(self.cgroup_parent.clone()));
         }
         if self.sample_interval < Duration::from_millis(50) {
-            return Err("sample_interval must be at least 50ms".into());
+            return Err(Invalid::SampleInterval);
         }
         for a in &self.apps {
             if !valid_name(&a.name) {
-                return Err(format!(
-                    "app name {:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'",
-                    a.name
-                ));
+                return Err(Invalid::AppName(a.name.clone()));
             }
             if !seen.insert(a.name.clone()) {
-                return Err(format!("app {:?} is defined twice", a.name));
+                return Err(Invalid::Twice(a.name.clone()));
             }
-            match (&a.command, &a.unit) {
-                (Some(c), None) if !c.is_empty() => {}
-                (Some(_), None) => return Err(format!("app {:?}: command is empty", a.name)),
-                (None, Some(u)) if !u.is_empty() => {}
-                _ => {
-                    return Err(format!(
-                        "app {:?}: give exactly one of command (argv) or unit",
-                        a.name
-                    ))
-                }
-            }
-            if let Some(Probe::Command(c)) = &a.ready {
-                if c.is_empty() {
-                    return Err(format!("app {:?}: ready.command is empty", a.name));
-                }
-            }
-            if let Some(Probe::Http(u)) = &a.ready {
-                crate::probe::parse_http_url(u)
-                    .map_err(|e| format!("app {:?}: ready.http: {e}", a.name))?;
-            }
-            match (a.kind, &a.vm) {
-                (AppKind::Vm, None) => {
-                    return Err(format!(
-                        "app {:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}",
-                        a.name
-                    ))
-                }
-                (AppKind::Vm, Some(v)) => {
-                    if a.unit.is_some() {
-                        return Err(format!(
-                            "app {:?}: a vm app is started with command (the QEMU argv), not unit",
-                            a.name
-                        ));
-                    }
-                    if !v.qmp.is_absolute() {
-                        return Err(format!(
-                            "app {:?}: vm.qmp {:?} must be an absolute path",
-                            a.name, v.qmp
-                        ));
-                    }
-                    if let Some(ag) = v.agent.as_ref().filter(|p| !p.is_absolute()) {
-                        return Err(format!(
-                            "app {:?}: vm.agent {:?} must be an absolute path",
-                            a.name, ag
-                        ));
-                    }
-                    if v.qmp_timeout.is_zero() || v.agent_timeout.is_zero() {
-                        return Err(format!(
-                            "app {:?}: vm.qmp_timeout and vm.agent_timeout must be > 0",
-                            a.name
-                        ));
-                    }
-                }
-                (AppKind::Process, Some(_)) => {
-                    return Err(format!(
-                        "app {:?}: vm = {{...}} needs kind = \"vm\"",
-                        a.name
-                    ))
-                }
-                (AppKind::Process, None) => {}
-            }
-            if a.kind == AppKind::Process && a.vm_prefetch.is_some() {
-                return Err(format!("app {:?}: vm_prefetch needs kind = \"vm\"", a.name));
-            }
+            a.validate()?;
         }
         Ok(())
     }
@@ -491,11 +460,68 @@ impl Config {
     }
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+fn parse_mode(s: &str) -> Result<u32, Invalid> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("socket_mode {s:?}: an octal mode such as \"0660\""))
+        .ok_or_else(|| Invalid::SocketMode(s.to_string()))
+}
+
+impl AppConfig {
+    /// One app's rules: how it is started, its probe, its kind.
+    fn validate(&self) -> Result<(), Invalid> {
+        let name = || self.name.clone();
+        match (&self.command, &self.unit) {
+            (Some(c), None) if !c.is_empty() => {}
+            (Some(_), None) => return Err(Invalid::EmptyCommand(name())),
+            (None, Some(u)) if !u.is_empty() => {}
+            _ => return Err(Invalid::CommandOrUnit(name())),
+        }
+        match &self.ready {
+            Some(Probe::Command(c)) if c.is_empty() => {
+                return Err(Invalid::EmptyReadyCommand(name()))
+            }
+            Some(Probe::Http(u)) => {
+                crate::probe::parse_http_url(u).map_err(|e| Invalid::ReadyUrl {
+                    app: name(),
+                    why: e.to_string(),
+                })?;
+            }
+            _ => {}
+        }
+        match (self.kind, &self.vm) {
+            (AppKind::Vm, None) => return Err(Invalid::VmWithoutVm(name())),
+            (AppKind::Vm, Some(v)) => self.validate_vm(v)?,
+            (AppKind::Process, Some(_)) => return Err(Invalid::VmOnProcess(name())),
+            (AppKind::Process, None) => {}
+        }
+        if self.kind == AppKind::Process && self.vm_prefetch.is_some() {
+            return Err(Invalid::VmPrefetchOnProcess(name()));
+        }
+        Ok(())
+    }
+
+    /// A vm app's rules: started by command, absolute sockets, timeouts above zero.
+    fn validate_vm(&self, v: &VmConfig) -> Result<(), Invalid> {
+        let relative = |what, path: &Path| Invalid::VmRelative {
+            app: self.name.clone(),
+            what,
+            path: path.to_owned(),
+        };
+        if self.unit.is_some() {
+            return Err(Invalid::VmUnit(self.name.clone()));
+        }
+        if !v.qmp.is_absolute() {
+            return Err(relative("qmp", &v.qmp));
+        }
+        if let Some(ag) = v.agent.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(relative("agent", ag));
+        }
+        if v.qmp_timeout.is_zero() || v.agent_timeout.is_zero() {
+            return Err(Invalid::VmTimeout(self.name.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// App names become cgroup and file names.

@@ -106,94 +106,107 @@ fn read_all_at(f: &std::fs::File) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let opt = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let port: u16 = opt("--port").context("--port P is required")?.parse()?;
-    let mib: usize = opt("--mib").map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let mut seed: u64 = opt("--seed")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(0x9e3779b97f4a7c15)
-        | 1;
-    let delay: u64 = opt("--startup-delay-ms")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(0);
-    let never = args.iter().any(|a| a == "--never-ready");
-    let all = |k: &str| -> Vec<String> {
-        args.windows(2)
-            .filter(|w| w[0] == k)
-            .map(|w| w[1].clone())
-            .collect()
-    };
-    let mapped: Vec<MappedFile> = all("--map")
-        .iter()
-        .map(|p| MappedFile::open(p))
-        .collect::<Result<_>>()?;
-    let mut read: Vec<(String, std::fs::File)> = Vec::new();
-    for p in all("--read") {
-        let mut f = std::fs::File::open(&p).with_context(|| format!("open {p}"))?;
-        let mut v = Vec::new();
-        f.read_to_end(&mut v).with_context(|| format!("read {p}"))?;
-        read.push((p, f));
+const CHUNK: usize = 1 << 20;
+
+/// The command line (see the file's doc).
+struct Opts {
+    port: u16,
+    mib: usize,
+    seed: u64,
+    delay_ms: u64,
+    never: bool,
+    map: Vec<String>,
+    read: Vec<String>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts> {
+        let opt = |k: &str| {
+            args.iter()
+                .position(|a| a == k)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let all = |k: &str| -> Vec<String> {
+            args.windows(2)
+                .filter(|w| w[0] == k)
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        Ok(Opts {
+            port: opt("--port").context("--port P is required")?.parse()?,
+            mib: opt("--mib").map(|s| s.parse()).transpose()?.unwrap_or(64),
+            seed: opt("--seed")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(0x9e3779b97f4a7c15)
+                | 1,
+            delay_ms: opt("--startup-delay-ms")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(0),
+            never: args.iter().any(|a| a == "--never-ready"),
+            map: all("--map"),
+            read: all("--read"),
+        })
+    }
+}
+
+/// What the server holds: its checksummed memory and the files it maps or keeps open.
+struct App {
+    mib: usize,
+    mem: Vec<u8>,
+    sums: Vec<u64>,
+    mapped: Vec<MappedFile>,
+    read: Vec<(String, std::fs::File)>,
+}
+
+impl App {
+    fn new(o: &Opts) -> Result<App> {
+        let mapped: Vec<MappedFile> = o
+            .map
+            .iter()
+            .map(|p| MappedFile::open(p))
+            .collect::<Result<_>>()?;
+        let mut read: Vec<(String, std::fs::File)> = Vec::new();
+        for p in &o.read {
+            let mut f = std::fs::File::open(p).with_context(|| format!("open {p}"))?;
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).with_context(|| format!("read {p}"))?;
+            read.push((p.clone(), f));
+        }
+        let mut seed = o.seed;
+        let mut mem = vec![0u8; o.mib * CHUNK];
+        for w in mem.chunks_exact_mut(8) {
+            w.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
+        }
+        let sums: Vec<u64> = mem.chunks(CHUNK).map(checksum).collect();
+        Ok(App {
+            mib: o.mib,
+            mem,
+            sums,
+            mapped,
+            read,
+        })
     }
 
-    const CHUNK: usize = 1 << 20;
-    let mut mem = vec![0u8; mib * CHUNK];
-    for w in mem.chunks_exact_mut(8) {
-        w.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
-    }
-    let sums: Vec<u64> = mem.chunks(CHUNK).map(checksum).collect();
-    eprintln!(
-        "torpor-testapp: pid {} holds {mib} MiB (checksummed)",
-        std::process::id()
-    );
-    std::thread::sleep(std::time::Duration::from_millis(delay));
-    if never {
-        eprintln!("torpor-testapp: --never-ready: not listening");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
-    let l =
-        TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("bind 127.0.0.1:{port}"))?;
-    eprintln!("torpor-testapp: listening on 127.0.0.1:{port}");
-    for s in l.incoming() {
-        let Ok(mut s) = s else { continue };
-        let mut buf = [0u8; 2048];
-        let mut n = 0;
-        while n < buf.len() {
-            match s.read(&mut buf[n..]) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    n += k;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            }
-        }
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let (code, body) = match path.as_str() {
+    /// The answer to a GET of `path`: status and body.
+    fn answer(&self, path: &str) -> (u16, String) {
+        let mib = self.mib;
+        match path {
             "/" => (200, "ok\n".to_string()),
             "/touch" => {
                 let mut x = 0u64;
-                for c in mem.chunks(4096) {
+                for c in self.mem.chunks(4096) {
                     x = x.wrapping_add(c[0] as u64);
                 }
                 (200, format!("touched {mib} MiB ({x})\n"))
             }
             "/verify" => {
-                let bad = mem
+                let bad = self
+                    .mem
                     .chunks(CHUNK)
-                    .zip(&sums)
+                    .zip(&self.sums)
                     .filter(|(c, s)| checksum(c) != **s)
                     .count();
                 if bad == 0 {
@@ -202,22 +215,71 @@ fn main() -> Result<()> {
                     (500, format!("CORRUPT: {bad} of {mib} MiB differ\n"))
                 }
             }
-            "/files" => {
-                let mut body = String::new();
-                for m in &mapped {
-                    let (n, h) = m.read_current();
-                    body += &format!("map {} {n} {h:016x}\n", m.path);
-                }
-                for (p, f) in &read {
-                    match read_all_at(f) {
-                        Ok(v) => body += &format!("read {p} {} {:016x}\n", v.len(), fnv(&v)),
-                        Err(e) => body += &format!("read {p} error {e}\n"),
-                    }
-                }
-                (200, body)
-            }
+            "/files" => (200, self.files()),
             _ => (404, "not found\n".to_string()),
-        };
+        }
+    }
+
+    /// `/files`: each mapped file read through its mapping, each kept-open file re-read.
+    fn files(&self) -> String {
+        let mut body = String::new();
+        for m in &self.mapped {
+            let (n, h) = m.read_current();
+            body += &format!("map {} {n} {h:016x}\n", m.path);
+        }
+        for (p, f) in &self.read {
+            match read_all_at(f) {
+                Ok(v) => body += &format!("read {p} {} {:016x}\n", v.len(), fnv(&v)),
+                Err(e) => body += &format!("read {p} error {e}\n"),
+            }
+        }
+        body
+    }
+}
+
+/// The request's path (up to the end of its header, at most 2 KiB read).
+fn request_path(s: &mut std::net::TcpStream) -> String {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                n += k;
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    req.split_whitespace().nth(1).unwrap_or("/").to_string()
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let o = Opts::parse(&args)?;
+    let app = App::new(&o)?;
+    eprintln!(
+        "torpor-testapp: pid {} holds {} MiB (checksummed)",
+        std::process::id(),
+        o.mib
+    );
+    std::thread::sleep(std::time::Duration::from_millis(o.delay_ms));
+    if o.never {
+        eprintln!("torpor-testapp: --never-ready: not listening");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    let port = o.port;
+    let l =
+        TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("bind 127.0.0.1:{port}"))?;
+    eprintln!("torpor-testapp: listening on 127.0.0.1:{port}");
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        let path = request_path(&mut s);
+        let (code, body) = app.answer(&path);
         let _ = write!(
             s,
             "HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

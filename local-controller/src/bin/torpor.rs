@@ -101,13 +101,13 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Stop after this many bytes (e.g. 64M, 1G).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = procswap::units::parse_size)]
         budget: Option<u64>,
         /// Never let MemAvailable drop below this (stop and report).
-        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        #[arg(long, value_parser = procswap::units::parse_size, default_value = "256M")]
         free_floor: u64,
         /// Bytes per read-ahead batch.
-        #[arg(long, value_parser = parse_size, default_value = "16M")]
+        #[arg(long, value_parser = procswap::units::parse_size, default_value = "16M")]
         batch: u64,
         /// A recorded working set (JSON from `torpor record-ws`): fetched first.
         #[arg(long)]
@@ -171,34 +171,6 @@ impl From<Method> for FreezerPref {
             Method::Signal => FreezerPref::Signal,
         }
     }
-}
-
-/// "123", "64k", "16M", "1G", "1.5G" → bytes (binary units).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let unit = s[i..].to_ascii_lowercase();
-            let m: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
-                "" => 1,
-                "k" => 1 << 10,
-                "m" => 1 << 20,
-                "g" => 1 << 30,
-                "t" => 1 << 40,
-                _ => return Err(format!("unknown size unit in {s:?} (use k, M, G, T)")),
-            };
-            (&s[..i], m)
-        }
-        None => (s, 1),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad size {s:?}: {e}"))?;
-    if n < 0.0 {
-        return Err(format!("negative size {s:?}"));
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 /// A command's target: one pid, or the processes of a cgroup.
@@ -286,49 +258,7 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
     let t = &i.totals;
     println!("pid {} ({})", i.pid, i.comm);
     if !no_vmas {
-        println!(
-            "{:>16} {:>16} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  mapping",
-            "start", "end", "perm", "size KiB", "present", "file", "swapped", "unpop", "extents"
-        );
-        for v in i
-            .vmas
-            .iter()
-            .filter(|v| all_vmas || v.present > 0 || v.swapped > 0)
-        {
-            let mut flags = Vec::new();
-            if v.locked {
-                flags.push("mlocked");
-            }
-            if v.hugetlb {
-                flags.push("hugetlb");
-            }
-            if v.shared {
-                flags.push("shared");
-            }
-            if v.pfnmap {
-                flags.push("pfnmap");
-            }
-            let flags = if flags.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", flags.join(","))
-            };
-            println!(
-                "{:>16x} {:>16x} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  {}{}",
-                v.start,
-                v.end,
-                v.perms,
-                (v.end - v.start) / 1024,
-                v.present,
-                v.file_pages,
-                v.swapped,
-                v.unpopulated,
-                v.swap_extents,
-                v.path,
-                flags
-            );
-        }
-        println!("(page counts in {} KiB pages)", ps / 1024);
+        print_vmas(i, all_vmas);
     }
     println!(
         "total: {} VMAs, {} mapped; present {} (file {}, anon {}); swapped {}; unpopulated {}",
@@ -364,40 +294,83 @@ fn print_inspection(i: &Inspection, all_vmas: bool, no_vmas: bool) {
         Some(k) => {
             print_kinds(k);
             if !no_vmas {
-                // Largest first; all of them with --all-vmas.
-                let mut objs: Vec<_> = i.objects.iter().collect();
-                objs.sort_by_key(|o| {
-                    std::cmp::Reverse((o.resident_pages, o.swapped_pages, o.interest_pages))
-                });
-                let shown = if all_vmas {
-                    objs.len()
-                } else {
-                    objs.len().min(20)
-                };
-                for o in &objs[..shown] {
-                    println!(
-                        "    {:5} {:>10} resident of {:>10}{}  {}",
-                        o.kind.as_str(),
-                        mib(o.resident_pages * ps),
-                        mib(o.interest_pages * ps),
-                        o.swapped_pages
-                            .map(|p| format!(", {} on swap", mib(p * ps)))
-                            .unwrap_or_default(),
-                        o.path
-                    );
-                }
-                if shown < objs.len() {
-                    println!(
-                        "    ... {} more objects (--all-vmas lists them)",
-                        objs.len() - shown
-                    );
-                }
+                print_objects(i, all_vmas);
             }
         }
         None => println!(
             "kinds: {}",
             i.kinds_note.as_deref().unwrap_or("not available")
         ),
+    }
+}
+
+/// The VMA table of an inspection: VMAs holding present or swapped pages (all with `all`).
+fn print_vmas(i: &Inspection, all: bool) {
+    println!(
+        "{:>16} {:>16} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  mapping",
+        "start", "end", "perm", "size KiB", "present", "file", "swapped", "unpop", "extents"
+    );
+    for v in i
+        .vmas
+        .iter()
+        .filter(|v| all || v.present > 0 || v.swapped > 0)
+    {
+        let flags: Vec<&str> = [
+            (v.locked, "mlocked"),
+            (v.hugetlb, "hugetlb"),
+            (v.shared, "shared"),
+            (v.pfnmap, "pfnmap"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| *f)
+        .collect();
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(","))
+        };
+        println!(
+            "{:>16x} {:>16x} {:4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}  {}{}",
+            v.start,
+            v.end,
+            v.perms,
+            (v.end - v.start) / 1024,
+            v.present,
+            v.file_pages,
+            v.swapped,
+            v.unpopulated,
+            v.swap_extents,
+            v.path,
+            flags
+        );
+    }
+    println!("(page counts in {} KiB pages)", i.page_size / 1024);
+}
+
+/// An inspection's memory objects, largest first: the first 20, or all of them with `all`.
+fn print_objects(i: &Inspection, all: bool) {
+    let ps = i.page_size;
+    let mut objs: Vec<_> = i.objects.iter().collect();
+    objs.sort_by_key(|o| std::cmp::Reverse((o.resident_pages, o.swapped_pages, o.interest_pages)));
+    let shown = if all { objs.len() } else { objs.len().min(20) };
+    for o in &objs[..shown] {
+        println!(
+            "    {:5} {:>10} resident of {:>10}{}  {}",
+            o.kind.as_str(),
+            mib(o.resident_pages * ps),
+            mib(o.interest_pages * ps),
+            o.swapped_pages
+                .map(|p| format!(", {} on swap", mib(p * ps)))
+                .unwrap_or_default(),
+            o.path
+        );
+    }
+    if shown < objs.len() {
+        println!(
+            "    ... {} more objects (--all-vmas lists them)",
+            objs.len() - shown
+        );
     }
 }
 
@@ -439,22 +412,7 @@ fn print_purge(r: &PurgeReport) {
         r.seconds,
         r.mb_per_s,
         r.pageout_seconds,
-        match (&r.reclaim, &r.reclaim_skipped) {
-            (Some(o), _) => format!(
-                "{} of {} {:.3} s ({} -> {}){}",
-                o.method,
-                o.cgroup.display(),
-                o.seconds,
-                mib(o.usage_before),
-                mib(o.usage_after),
-                o.incomplete
-                    .as_ref()
-                    .map(|s| format!(" [{s}]"))
-                    .unwrap_or_default()
-            ),
-            (None, Some(why)) => format!("skipped: {why}"),
-            (None, None) => "skipped".into(),
-        }
+        reclaim_note(r)
     );
     println!(
         "  before: present {} swapped {}; after: present {} (file {}, anon {}), swapped {}",
@@ -508,9 +466,34 @@ fn print_purge(r: &PurgeReport) {
     for n in &r.kind_notes {
         println!("  note: {n}");
     }
-    let u = &r.unpurged;
     if r.resident_bytes > 0 {
-        println!(
+        print_unpurged(&r.unpurged);
+    }
+}
+
+/// What a purge's reclaim did (or why it was skipped).
+fn reclaim_note(r: &PurgeReport) -> String {
+    match (&r.reclaim, &r.reclaim_skipped) {
+        (Some(o), _) => format!(
+            "{} of {} {:.3} s ({} -> {}){}",
+            o.method,
+            o.cgroup.display(),
+            o.seconds,
+            mib(o.usage_before),
+            mib(o.usage_after),
+            o.incomplete
+                .as_ref()
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default()
+        ),
+        (None, Some(why)) => format!("skipped: {why}"),
+        (None, None) => "skipped".into(),
+    }
+}
+
+/// What a purge left resident, and why, VMA by VMA.
+fn print_unpurged(u: &procswap::purge::Unpurged) {
+    println!(
             "  not purged: mlocked {}, hugetlb {}, special {}, shared {}, file {}, anon {} (of which COW-shared {})",
             mib(u.locked_bytes),
             mib(u.hugetlb_bytes),
@@ -520,20 +503,19 @@ fn print_purge(r: &PurgeReport) {
             mib(u.anon_bytes),
             mib(u.anon_shared_bytes)
         );
-        for v in u
-            .vmas
-            .iter()
-            .filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)")
-        {
-            println!(
-                "    {:x}-{:x} {}: {} ({} KiB)",
-                v.start,
-                v.end,
-                v.path,
-                v.reason,
-                v.resident_bytes / 1024
-            );
-        }
+    for v in u
+        .vmas
+        .iter()
+        .filter(|v| v.reason != "file pages (mapped elsewhere too, or re-read)")
+    {
+        println!(
+            "    {:x}-{:x} {}: {} ({} KiB)",
+            v.start,
+            v.end,
+            v.path,
+            v.reason,
+            v.resident_bytes / 1024
+        );
     }
 }
 
@@ -646,89 +628,28 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    let json = cli.json;
     match cli.cmd {
-        Cmd::Apps => daemon::apps(&cli.socket, cli.json)?,
+        Cmd::Apps => daemon::apps(&cli.socket, json),
         Cmd::Start {
             ref name,
             timeout,
             ref prefetch,
-        } => {
-            let req = torpor_api::StartRequest {
-                prefetch: prefetch.clone(),
-            };
-            daemon::start(&cli.socket, cli.json, name, timeout, &req)?
-        }
-        Cmd::Stop { ref name, timeout } => daemon::stop(&cli.socket, cli.json, name, timeout)?,
-        Cmd::Status { ref name } => daemon::status(&cli.socket, cli.json, name.as_deref())?,
-        Cmd::Module { device } => {
-            let k = Kmod::open_path(&device)?;
-            let v = k.version();
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "device": device,
-                        "abi_version": v.abi_version,
-                        "struct_size": v.size,
-                        "features": v.features,
-                        "feature_names": v.feature_names(),
-                        "release": v.release_str(),
-                    })
-                );
-            } else {
-                println!("device:      {}", device.display());
-                println!("release:     {}", v.release_str());
-                println!("abi version: {} (struct size {})", v.abi_version, v.size);
-                println!(
-                    "features:    {:#x} [{}]",
-                    v.features,
-                    v.feature_names().join(", ")
-                );
-            }
-        }
-        Cmd::Backend { backend } => {
-            let (b, why) = procswap::backend::select_backend_explained(backend)?;
-            let ws = WsMethod::describe_host();
-            if cli.json {
-                print_json(&serde_json::json!({
-                    "backend": b.name(),
-                    "why": why,
-                    "describe": b.describe(),
-                    "working_set": ws,
-                    "working_set_method": WsMethod::detect().map(|m| m.to_string()),
-                }))?;
-            } else {
-                println!("backend: {} ({why})", b.describe());
-                println!("{ws}");
-            }
-        }
+        } => daemon::start(&cli.socket, json, name, timeout, prefetch.clone()),
+        Cmd::Stop { ref name, timeout } => daemon::stop(&cli.socket, json, name, timeout),
+        Cmd::Status { ref name } => daemon::status(&cli.socket, json, name.as_deref()),
+        Cmd::Module { device } => module(json, &device),
+        Cmd::Backend { backend } => backend_cmd(json, backend),
         Cmd::Inspect {
             target,
             all_vmas,
             no_vmas,
             offsets,
         } => {
-            let t = parse_target(&target)?;
-            let mut out = Vec::new();
-            for pid in target_pids(&t)? {
-                let i = procswap::inspect(
-                    pid,
-                    InspectOptions {
-                        swapped_pages: offsets,
-                    },
-                )
-                .with_context(|| format!("inspect pid {pid}"))?;
-                if !cli.json {
-                    print_inspection(&i, all_vmas, no_vmas);
-                }
-                out.push(i);
-            }
-            if cli.json {
-                match t {
-                    Target::Pid(_) => print_json(&out[0])?,
-                    Target::Cgroup(_) => print_json(&out)?,
-                }
-            }
+            let opts = InspectOptions {
+                swapped_pages: offsets,
+            };
+            inspect(json, &target, opts, all_vmas, no_vmas)
         }
         Cmd::Purge {
             target,
@@ -737,31 +658,13 @@ fn run() -> Result<()> {
             reclaim_shared,
             backend,
         } => {
-            let t = parse_target(&target)?;
-            let b = select_backend(backend)?;
             let opts = PurgeOptions {
                 force,
                 reclaim: !no_reclaim,
                 reclaim_shared,
                 ..Default::default()
             };
-            let mut out = Vec::new();
-            for pid in target_pids(&t)? {
-                let bar = Bar::new();
-                let r = procswap::purge_with(b.as_ref(), pid, &opts, &bar)
-                    .with_context(|| format!("purge pid {pid}"))?;
-                drop(bar);
-                if !cli.json {
-                    print_purge(&r);
-                }
-                out.push(r);
-            }
-            if cli.json {
-                match t {
-                    Target::Pid(_) => print_json(&out[0])?,
-                    Target::Cgroup(_) => print_json(&out)?,
-                }
-            }
+            purge(json, &target, backend, &opts)
         }
         Cmd::Prefetch {
             target,
@@ -773,95 +676,204 @@ fn run() -> Result<()> {
             working_set_only,
             backend,
         } => {
-            let t = parse_target(&target)?;
-            let b = select_backend(backend)?;
-            let ws: Option<WorkingSet> = match &working_set {
-                Some(p) => Some(
-                    serde_json::from_slice(
-                        &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-                    )
-                    .with_context(|| format!("parsing working set {}", p.display()))?,
-                ),
-                None => None,
-            };
             let opts = PrefetchOptions {
                 threads,
                 batch_bytes: batch,
                 budget_bytes: budget,
                 free_floor_bytes: free_floor,
-                working_set: ws,
+                working_set: working_set.as_deref().map(read_working_set).transpose()?,
                 working_set_only,
                 ..Default::default()
             };
-            let mut out = Vec::new();
-            for pid in target_pids(&t)? {
-                if let Some(w) = &opts.working_set {
-                    if w.pid != pid {
-                        eprintln!("note: working set was recorded for pid {} ({}), applying it to pid {pid}", w.pid, w.comm);
-                    }
-                }
-                let bar = Bar::new();
-                let r = procswap::prefetch_with(b.as_ref(), pid, &opts, &bar)
-                    .with_context(|| format!("prefetch pid {pid}"))?;
-                drop(bar);
-                if !cli.json {
-                    print_prefetch(&r);
-                }
-                out.push(r);
-            }
-            if cli.json {
-                match t {
-                    Target::Pid(_) => print_json(&out[0])?,
-                    Target::Cgroup(_) => print_json(&out)?,
-                }
-            }
+            prefetch(json, &target, backend, &opts)
         }
         Cmd::Freeze {
             target,
             method,
             timeout,
-        } => freeze_thaw(cli.json, &target, method, timeout, true)?,
+        } => freeze_thaw(json, &target, method, timeout, true),
         Cmd::Thaw {
             target,
             method,
             timeout,
-        } => freeze_thaw(cli.json, &target, method, timeout, false)?,
+        } => freeze_thaw(json, &target, method, timeout, false),
         Cmd::RecordWs {
             pid,
             duration,
             method,
             output,
-        } => {
-            let ws = match method.as_str() {
-                "residency" => procswap::workingset::from_residency(pid)?,
-                m => {
-                    let method = match m {
-                        "auto" => None,
-                        "damon" | "damon-vaddr" => Some(WsMethod::DamonVaddr),
-                        "page-idle" | "page_idle" => Some(WsMethod::PageIdle),
-                        other => bail!("unknown working-set method {other:?} (auto, damon, page-idle, residency)"),
-                    };
-                    eprintln!("{}", WsMethod::describe_host());
-                    procswap::workingset::record(pid, Duration::from_secs_f64(duration), method)?
-                }
-            };
-            let json = serde_json::to_string_pretty(&ws)?;
-            match output {
-                Some(p) => {
-                    std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
-                    if !cli.json {
-                        println!(
-                            "working set of pid {} by {}: {} regions, {}",
-                            ws.pid,
-                            ws.method,
-                            ws.regions.len(),
-                            mib(ws.bytes())
-                        );
-                    }
-                }
-                None => println!("{json}"),
+        } => record_ws(json, pid, duration, &method, output.as_deref()),
+    }
+}
+
+/// `inspect`, `purge`, `prefetch`: `f` on every pid of the target; with `--json` the report of
+/// a pid, or the list of a cgroup's reports.
+fn each_pid<T: serde::Serialize>(
+    json: bool,
+    target: &str,
+    mut f: impl FnMut(i32) -> Result<T>,
+) -> Result<()> {
+    let t = parse_target(target)?;
+    let mut out = Vec::new();
+    for pid in target_pids(&t)? {
+        out.push(f(pid)?);
+    }
+    if json {
+        match t {
+            Target::Pid(_) => print_json(&out[0])?,
+            Target::Cgroup(_) => print_json(&out)?,
+        }
+    }
+    Ok(())
+}
+
+/// `torpor inspect`.
+fn inspect(
+    json: bool,
+    target: &str,
+    opts: InspectOptions,
+    all_vmas: bool,
+    no_vmas: bool,
+) -> Result<()> {
+    each_pid(json, target, |pid| {
+        let i = procswap::inspect(pid, opts).with_context(|| format!("inspect pid {pid}"))?;
+        if !json {
+            print_inspection(&i, all_vmas, no_vmas);
+        }
+        Ok(i)
+    })
+}
+
+/// `torpor purge`.
+fn purge(json: bool, target: &str, backend: BackendPref, opts: &PurgeOptions) -> Result<()> {
+    let b = select_backend(backend)?;
+    each_pid(json, target, |pid| {
+        let bar = Bar::new();
+        let r = procswap::purge_with(b.as_ref(), pid, opts, &bar)
+            .with_context(|| format!("purge pid {pid}"))?;
+        drop(bar);
+        if !json {
+            print_purge(&r);
+        }
+        Ok(r)
+    })
+}
+
+/// `torpor module`: the module's ABI version and features.
+fn module(json: bool, device: &Path) -> Result<()> {
+    let k = Kmod::open_path(device)?;
+    let v = k.version();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": device,
+                "abi_version": v.abi_version,
+                "struct_size": v.size,
+                "features": v.features,
+                "feature_names": v.feature_names(),
+                "release": v.release_str(),
+            })
+        );
+    } else {
+        println!("device:      {}", device.display());
+        println!("release:     {}", v.release_str());
+        println!("abi version: {} (struct size {})", v.abi_version, v.size);
+        println!(
+            "features:    {:#x} [{}]",
+            v.features,
+            v.feature_names().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `torpor backend`: the backend and working-set recorder this host runs.
+fn backend_cmd(json: bool, backend: BackendPref) -> Result<()> {
+    let (b, why) = procswap::backend::select_backend_explained(backend)?;
+    let ws = WsMethod::describe_host();
+    if json {
+        print_json(&serde_json::json!({
+            "backend": b.name(),
+            "why": why,
+            "describe": b.describe(),
+            "working_set": ws,
+            "working_set_method": WsMethod::detect().map(|m| m.to_string()),
+        }))?;
+    } else {
+        println!("backend: {} ({why})", b.describe());
+        println!("{ws}");
+    }
+    Ok(())
+}
+
+/// A working set recorded by `torpor record-ws`.
+fn read_working_set(p: &Path) -> Result<WorkingSet> {
+    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+        .with_context(|| format!("parsing working set {}", p.display()))
+}
+
+/// `torpor prefetch`.
+fn prefetch(json: bool, target: &str, backend: BackendPref, opts: &PrefetchOptions) -> Result<()> {
+    let b = select_backend(backend)?;
+    each_pid(json, target, |pid| {
+        if let Some(w) = &opts.working_set {
+            if w.pid != pid {
+                eprintln!(
+                    "note: working set was recorded for pid {} ({}), applying it to pid {pid}",
+                    w.pid, w.comm
+                );
             }
         }
+        let bar = Bar::new();
+        let r = procswap::prefetch_with(b.as_ref(), pid, opts, &bar)
+            .with_context(|| format!("prefetch pid {pid}"))?;
+        drop(bar);
+        if !json {
+            print_prefetch(&r);
+        }
+        Ok(r)
+    })
+}
+
+/// `torpor record-ws`.
+fn record_ws(
+    json: bool,
+    pid: i32,
+    duration: f64,
+    method: &str,
+    output: Option<&Path>,
+) -> Result<()> {
+    let ws = match method {
+        "residency" => procswap::workingset::from_residency(pid)?,
+        m => {
+            let method = match m {
+                "auto" => None,
+                "damon" | "damon-vaddr" => Some(WsMethod::DamonVaddr),
+                "page-idle" | "page_idle" => Some(WsMethod::PageIdle),
+                other => bail!(
+                    "unknown working-set method {other:?} (auto, damon, page-idle, residency)"
+                ),
+            };
+            eprintln!("{}", WsMethod::describe_host());
+            procswap::workingset::record(pid, Duration::from_secs_f64(duration), method)?
+        }
+    };
+    let text = serde_json::to_string_pretty(&ws)?;
+    match output {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            if !json {
+                println!(
+                    "working set of pid {} by {}: {} regions, {}",
+                    ws.pid,
+                    ws.method,
+                    ws.regions.len(),
+                    mib(ws.bytes())
+                );
+            }
+        }
+        None => println!("{text}"),
     }
     Ok(())
 }
@@ -969,10 +981,11 @@ mod daemon {
         json: bool,
         name: &str,
         timeout: f64,
-        req: &api::StartRequest,
+        prefetch: Option<String>,
     ) -> Result<()> {
-        let body = (*req != api::StartRequest::default())
-            .then(|| serde_json::to_string(req))
+        let req = api::StartRequest { prefetch };
+        let body = (req != api::StartRequest::default())
+            .then(|| serde_json::to_string(&req))
             .transpose()?;
         let r = call(
             socket,
@@ -1111,21 +1124,5 @@ mod daemon {
             o.rate, o.sustained, o.hotspot
         );
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("123"), Ok(123));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert_eq!(parse_size("16M"), Ok(16 << 20));
-        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("-1").is_err());
     }
 }

@@ -81,16 +81,7 @@ fn run(cfg: Config) -> Result<()> {
     procswap::target::require_root("torpord").map_err(|e| anyhow::anyhow!("{e}"))?;
     let group = cfg.socket_group.as_deref().map(group_gid).transpose()?;
     let sock = cfg.socket.clone();
-    if let Some(dir) = sock.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if sock.exists() {
-        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-            bail!("{} is in use: is another torpord running?", sock.display());
-        }
-        std::fs::remove_file(&sock)
-            .with_context(|| format!("removing stale {}", sock.display()))?;
-    }
+    claim_socket(&sock)?;
     let ctl = Controller::new(cfg).context("setting up the controller")?;
     info!(
         "torpord {}: {} apps, backend {} ({}), cgroups: {}",
@@ -105,61 +96,9 @@ fn run(cfg: Config) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&sock)
-            .with_context(|| format!("binding {}", sock.display()))?;
-        std::fs::set_permissions(
-            &sock,
-            std::fs::Permissions::from_mode(ctl.cfg.socket_mode_bits()),
-        )?;
-        if let Some(g) = group {
-            nix::unistd::chown(&sock, None, Some(nix::unistd::Gid::from_raw(g)))
-                .with_context(|| format!("chown {}", sock.display()))?;
-        }
-        info!(
-            "listening on {} (mode {:o})",
-            sock.display(),
-            ctl.cfg.socket_mode_bits()
-        );
+        let listener = listen(&sock, &ctl, group)?;
         tokio::spawn(api::serve(listener, Arc::clone(&ctl), group));
-
-        // Monitoring thread (blocking work: /proc, cgroups, purges for the reserve).
-        let m = Arc::clone(&ctl);
-        std::thread::Builder::new()
-            .name("monitor".into())
-            .spawn(move || loop {
-                std::thread::sleep(m.cfg.sample_interval);
-                m.tick();
-            })?;
-        // Standby pool, then READY=1.
-        let p = Arc::clone(&ctl);
-        notify::notify("STATUS=starting the standby pool");
-        tokio::task::spawn_blocking(move || {
-            p.prestart_pool();
-            let n = p.app_names().len();
-            info!("standby pool ready; serving Start/Stop for {n} apps");
-            notify::notify(&format!("READY=1\nSTATUS=serving {n} apps"));
-        });
-        if let Some(wd) = notify::watchdog_interval() {
-            let w = Arc::clone(&ctl);
-            tokio::spawn(async move {
-                let mut iv = tokio::time::interval(wd / 2);
-                loop {
-                    iv.tick().await;
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let age = now.saturating_sub(w.last_tick.load(Ordering::Relaxed));
-                    // Ping only while the monitor loop is alive.
-                    let limit = (w.cfg.sample_interval * 3).max(wd).as_secs() + 1;
-                    if age <= limit {
-                        notify::notify("WATCHDOG=1");
-                    } else {
-                        warn!("monitor loop stalled for {age}s: not pinging the watchdog");
-                    }
-                }
-            });
-        }
+        start_background(&ctl)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
@@ -176,4 +115,88 @@ fn run(cfg: Config) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// The API socket's directory made, a stale socket removed; an error when another torpord
+/// answers on it.
+fn claim_socket(sock: &std::path::Path) -> Result<()> {
+    if let Some(dir) = sock.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if sock.exists() {
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            bail!("{} is in use: is another torpord running?", sock.display());
+        }
+        std::fs::remove_file(sock).with_context(|| format!("removing stale {}", sock.display()))?;
+    }
+    Ok(())
+}
+
+/// The API socket bound, with the configured mode and group.
+fn listen(
+    sock: &std::path::Path,
+    ctl: &Controller,
+    group: Option<u32>,
+) -> Result<tokio::net::UnixListener> {
+    let listener = tokio::net::UnixListener::bind(sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(
+        sock,
+        std::fs::Permissions::from_mode(ctl.cfg.socket_mode_bits()),
+    )?;
+    if let Some(g) = group {
+        nix::unistd::chown(sock, None, Some(nix::unistd::Gid::from_raw(g)))
+            .with_context(|| format!("chown {}", sock.display()))?;
+    }
+    info!(
+        "listening on {} (mode {:o})",
+        sock.display(),
+        ctl.cfg.socket_mode_bits()
+    );
+    Ok(listener)
+}
+
+/// The monitoring thread, the standby pool (then READY=1) and the watchdog pings.
+fn start_background(ctl: &Arc<Controller>) -> Result<()> {
+    // Monitoring thread (blocking work: /proc, cgroups, purges for the reserve).
+    let m = Arc::clone(ctl);
+    std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || loop {
+            std::thread::sleep(m.cfg.sample_interval);
+            m.tick();
+        })?;
+    // Standby pool, then READY=1.
+    let p = Arc::clone(ctl);
+    notify::notify("STATUS=starting the standby pool");
+    tokio::task::spawn_blocking(move || {
+        p.prestart_pool();
+        let n = p.app_names().len();
+        info!("standby pool ready; serving Start/Stop for {n} apps");
+        notify::notify(&format!("READY=1\nSTATUS=serving {n} apps"));
+    });
+    if let Some(wd) = notify::watchdog_interval() {
+        tokio::spawn(watchdog(Arc::clone(ctl), wd));
+    }
+    Ok(())
+}
+
+/// systemd's watchdog: pinged every half interval, only while the monitor loop is alive.
+async fn watchdog(w: Arc<Controller>, wd: std::time::Duration) {
+    let mut iv = tokio::time::interval(wd / 2);
+    loop {
+        iv.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let age = now.saturating_sub(w.last_tick.load(Ordering::Relaxed));
+        // Ping only while the monitor loop is alive.
+        let limit = (w.cfg.sample_interval * 3).max(wd).as_secs() + 1;
+        if age <= limit {
+            notify::notify("WATCHDOG=1");
+        } else {
+            warn!("monitor loop stalled for {age}s: not pinging the watchdog");
+        }
+    }
 }
