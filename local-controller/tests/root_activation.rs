@@ -1,6 +1,6 @@
-//! Issue 12's bad input and faults for the `loading-set` activation (torpord's default prefetch
-//! mode), each under a real torpord with the default config, the app (torpor-testapp) in its
-//! cgroups, swap on. Run through `local-controller/tests/run-root-tests.sh` (as root, under
+//! Bad input and faults for the `loading-set` activation (torpord's default prefetch mode; see
+//! docs/architecture.md, "Stop and Start of a process app"), each under a real torpord with the
+//! default config, the app (torpor-testapp) in its cgroups, swap on. Run through `local-controller/tests/run-root-tests.sh` (as root, under
 //! with-swap.sh; `swap_full_at_stop_*` under a swapfile smaller than the app):
 //!   cargo test -p local-controller --test root_activation -- --ignored --test-threads=1
 

@@ -4,17 +4,14 @@
 
 mod common;
 
-use common::torpord::{api_call, config_toml, Answer, App};
+use common::torpord::{api_call, Answer, App, Torpord};
 use local_controller::client::request;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use torpor_api::{
-    paths, AppState, AppStatus, ErrorBody, Event, EventKind, EventList, Health, StartAnswer,
-    StopAnswer,
-};
+use torpor_api::{paths, AppState, AppStatus, ErrorBody, EventKind, StartAnswer, StopAnswer};
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
@@ -43,13 +40,7 @@ fn code<T>(a: &Answer<T>) -> Option<&str> {
 }
 
 fn app_get(port: u16, path: &str) -> u16 {
-    match local_controller::probe::http_get(
-        &format!("http://127.0.0.1:{port}{path}"),
-        Duration::from_secs(120),
-    ) {
-        Ok((s, _)) => s,
-        Err(e) => panic!("GET :{port}{path}: {e}"),
-    }
+    common::torpord::http(port, path).0
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -73,147 +64,9 @@ fn app(name: &str, mib: u64, prestart: bool) -> App {
 
 /// A temporary torpord setup: config, state dir, socket, its own cgroup parent. Dropping it
 /// kills torpord and every app process and removes the cgroups.
-struct Fixture {
-    dir: PathBuf,
-    parent: String,
-    cfg: PathBuf,
-    sock: PathBuf,
-    daemon: Option<Child>,
-    apps: Vec<App>,
-    env: Vec<(String, String)>,
-}
-
-impl Fixture {
-    fn new(tag: &str, apps: Vec<App>, extra_global: &str) -> Fixture {
-        assert_eq!(
-            nix::unistd::geteuid().as_raw(),
-            0,
-            "the root suite needs root"
-        );
-        let parent = format!("torpor-test-{tag}-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&parent);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Let an unprivileged peer reach the socket's directory (the socket's mode decides).
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let sock = dir.join("torpord.sock");
-        let global = format!("backend = \"auto\"\n{extra_global}");
-        let toml = config_toml(&sock, &dir.join("state"), &parent, &global, &apps);
-        let cfg = dir.join("torpord.toml");
-        std::fs::write(&cfg, toml).unwrap();
-        Fixture {
-            dir,
-            parent,
-            cfg,
-            sock,
-            daemon: None,
-            apps,
-            env: vec![],
-        }
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("torpord.log"))
-            .unwrap();
-        let child = Command::new(TORPORD)
-            .arg("--config")
-            .arg(&self.cfg)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let sock = self.sock.clone();
-        wait_until("torpord's socket", Duration::from_secs(120), || {
-            request(&sock, "GET", "/v1/health", None, Duration::from_secs(5))
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        });
-    }
-
-    fn wait_pool(&self) {
-        wait_until("the standby pool", HANG, || {
-            self.api::<Health>("GET", paths::HEALTH)
-                .1
-                .unwrap()
-                .pool_ready
-        });
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn api<T: DeserializeOwned + Debug>(&self, method: &str, path: &str) -> (u16, Answer<T>) {
-        api(&self.sock, method, path)
-    }
-
-    fn start(&self, name: &str) -> (u16, Answer<StartAnswer>) {
-        self.api("POST", &paths::start(name))
-    }
-
-    fn stop(&self, name: &str) -> (u16, Answer<StopAnswer>) {
-        self.api("POST", &paths::stop(name))
-    }
-
-    fn status(&self, name: &str) -> AppStatus {
-        let (s, v) = self.api("GET", &paths::app(name));
-        assert_eq!(s, 200, "{v:?}");
-        v.unwrap()
-    }
-
-    fn events(&self) -> Vec<Event> {
-        self.api::<EventList>("GET", paths::EVENTS)
-            .1
-            .unwrap()
-            .events
-    }
-
-    fn port(&self, name: &str) -> u16 {
-        self.apps.iter().find(|a| a.name == name).unwrap().port
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("torpord.log")).unwrap_or_default()
-    }
-
-    fn metric(&self, name_and_labels: &str) -> Option<f64> {
-        let r = request(&self.sock, "GET", "/metrics", None, API_TIMEOUT).unwrap();
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        text.lines().find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-    }
-
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        common::cgroup_dirs(&self.parent)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.kill9();
-        common::remove_app_cgroups(&self.cgroup_dirs());
-        if std::thread::panicking() {
-            eprintln!(
-                "---- torpord log ({}) ----\n{}",
-                self.dir.display(),
-                self.log()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+/// The suite's torpord: `backend = "auto"` and `extra_global` in its config.
+fn fixture(tag: &str, apps: Vec<App>, extra_global: &str) -> Torpord {
+    Torpord::with_global(tag, apps, &format!("backend = \"auto\"\n{extra_global}"))
 }
 
 fn frozen_of(v: &AppStatus) -> bool {
@@ -222,7 +75,7 @@ fn frozen_of(v: &AppStatus) -> bool {
 
 /// An app that is reported standby is frozen, and its memory is out: most of it swapped,
 /// little anonymous memory resident, the memcg purge freed about its size.
-fn assert_standby(f: &Fixture, name: &str, mib: u64) -> AppStatus {
+fn assert_standby(f: &Torpord, name: &str, mib: u64) -> AppStatus {
     let v = assert_frozen_and_out(f, name);
     let swapped = v.memory.swapped_bytes;
     let freed = v.last_purge.as_ref().unwrap().freed_bytes;
@@ -242,7 +95,7 @@ fn assert_standby(f: &Fixture, name: &str, mib: u64) -> AppStatus {
 /// Standby, frozen, purged: whatever anonymous memory the app had is out (for an app frozen
 /// at a moment the test does not choose, e.g. a readiness timeout while it is still filling
 /// its memory, so how much it had is not known).
-fn assert_frozen_and_out(f: &Fixture, name: &str) -> AppStatus {
+fn assert_frozen_and_out(f: &Torpord, name: &str) -> AppStatus {
     let v = f.status(name);
     assert_eq!(v.state, AppState::Standby, "{name}: {v:#?}");
     assert!(frozen_of(&v), "{name} standby but not frozen: {v:#?}");
@@ -265,7 +118,7 @@ fn assert_frozen_and_out(f: &Fixture, name: &str) -> AppStatus {
     v
 }
 
-fn pids_of(f: &Fixture) -> Vec<(String, Vec<i32>)> {
+fn pids_of(f: &Torpord) -> Vec<(String, Vec<i32>)> {
     f.apps
         .iter()
         .map(|a| (a.name.clone(), f.status(&a.name).pids))
@@ -294,9 +147,9 @@ fn standby_pool_then_20_start_stop_cycles() {
         app("gamma", 96, true),
     ];
     let sizes: Vec<(String, u64)> = apps.iter().map(|a| (a.name.clone(), a.mib)).collect();
-    let mut f = Fixture::new("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
+    let mut f = fixture("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
     let t0 = Instant::now();
-    f.start_daemon();
+    f.start_daemon(&[]);
     f.wait_pool();
     eprintln!(
         "standby pool of 3 apps ready in {:.2}s",
@@ -326,7 +179,7 @@ fn standby_pool_then_20_start_stop_cycles() {
     for i in 0..20 {
         let (name, mib) = &sizes[i % 3];
         let port = f.port(name);
-        let (s, v) = f.start(name);
+        let (s, v) = f.try_start(name);
         assert_eq!(s, 200, "start {name}: {v:?}");
         let v = v.unwrap();
         assert_eq!(v.state(), AppState::Running);
@@ -357,7 +210,7 @@ fn standby_pool_then_20_start_stop_cycles() {
             t.total_s
         );
         *starts.entry(name.clone()).or_default() += 1;
-        let (s, v) = f.stop(name);
+        let (s, v) = f.try_stop(name);
         assert_eq!(s, 200, "stop {name}: {v:?}");
         assert_eq!(v.as_ref().unwrap().state(), AppState::Standby, "{v:?}");
         assert_standby(&f, name, *mib);
@@ -414,7 +267,7 @@ fn standby_pool_then_20_start_stop_cycles() {
         "{text}"
     );
     // Events were recorded for the transitions.
-    let ev = f.events();
+    let ev = f.all_events();
     let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
     assert!(
         kinds.iter().filter(|k| **k == EventKind::Start).count() >= 20,
@@ -447,19 +300,19 @@ fn standby_pool_then_20_start_stop_cycles() {
 #[test]
 #[ignore = "root suite"]
 fn overload_events_follow_the_detectors() {
-    let mut f = Fixture::new(
+    let mut f = fixture(
         "overload",
         vec![app("ov", 16, false)],
         "overload_threshold = -1.0",
     );
-    f.start_daemon();
+    f.start_daemon(&[]);
     f.wait_pool();
     let want = [
         "host: sustained overload BEGINS",
         "app ov: sustained overload BEGINS",
         "app ov: hotspot detected",
     ];
-    let messages = || -> Vec<String> { f.events().into_iter().map(|e| e.message).collect() };
+    let messages = || -> Vec<String> { f.all_events().into_iter().map(|e| e.message).collect() };
     wait_until("overload events for the host and the app", HANG, || {
         let m = messages();
         want.iter().all(|w| m.iter().any(|x| x.starts_with(w)))
@@ -471,7 +324,7 @@ fn overload_events_follow_the_detectors() {
     {
         eprintln!("EVENT {e}");
     }
-    let evs = f.events();
+    let evs = f.all_events();
     let ov_app = Some("ov");
     assert!(
         evs.iter()
@@ -520,7 +373,7 @@ fn overload_events_follow_the_detectors() {
 
 /// After a restart, every app is reported in a state that matches the kernel, with its
 /// original processes.
-fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i32>)]) -> Vec<AppState> {
+fn assert_consistent_after_restart(f: &Torpord, before: &[(String, Vec<i32>)]) -> Vec<AppState> {
     let after = pids_of(f);
     assert_eq!(
         before,
@@ -555,8 +408,8 @@ fn assert_consistent_after_restart(f: &Fixture, before: &[(String, Vec<i32>)]) -
 #[ignore = "root suite"]
 fn kill9_mid_start_and_mid_stop_then_restart() {
     let apps = vec![app("one", 192, true), app("two", 64, true)];
-    let mut f = Fixture::new("kill9", apps, "purge = \"always\"");
-    f.start_daemon();
+    let mut f = fixture("kill9", apps, "purge = \"always\"");
+    f.start_daemon(&[]);
     f.wait_pool();
     let before = pids_of(&f);
     // Kill during Start at several points (reserve/prefetch, thaw, probe) and during Stop
@@ -579,9 +432,9 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
         let cur = f.status("one").state;
         if cur != want_from {
             let s = if op == "start" {
-                f.stop("one").0
+                f.try_stop("one").0
             } else {
-                f.start("one").0
+                f.try_start("one").0
             };
             assert_eq!(s, 200);
         }
@@ -602,18 +455,18 @@ fn kill9_mid_start_and_mid_stop_then_restart() {
             "kill -9 torpord {delay_ms} ms into {op}(one): client got {:?}",
             r.as_ref().map(|r| r.status)
         );
-        f.start_daemon();
+        f.start_daemon(&[]);
         f.wait_pool();
         let states = assert_consistent_after_restart(&f, &before);
         // Whatever state it was left in, Start brings it back intact.
-        let (s, v) = f.start("one");
+        let (s, v) = f.try_start("one");
         assert_eq!(s, 200, "{v:?}");
         assert_eq!(app_get(f.port("one"), "/verify"), 200);
         let _ = states;
     }
     // The daemon's death never killed or froze "two" by mistake either.
     assert_eq!(f.status("two").state, AppState::Standby);
-    let (s, _) = f.start("two");
+    let (s, _) = f.try_start("two");
     assert_eq!(s, 200);
     assert_eq!(app_get(f.port("two"), "/verify"), 200);
     let log = f.log();
@@ -670,17 +523,17 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     never.timeout = "2s";
     let apps = vec![app("busy", 96, true), never];
     // Group 4242 may use the API (it need not exist: SO_PEERCRED gives the gid).
-    let mut f = Fixture::new("bad", apps, "socket_group = \"4242\"");
-    f.start_daemon();
+    let mut f = fixture("bad", apps, "socket_group = \"4242\"");
+    f.start_daemon(&[]);
     f.wait_pool();
 
     // Unknown app, unknown endpoint, wrong method.
-    let (s, v) = f.start("nope");
+    let (s, v) = f.try_start("nope");
     assert_eq!(s, 404);
     assert_eq!(code(&v), Some("unknown_app"), "{v:?}");
     let (s, v) = f.api::<AppStatus>("GET", &paths::app("nope"));
     assert_eq!((s, code(&v)), (404, Some("unknown_app")));
-    let (s, v) = f.stop("bad%20name");
+    let (s, v) = f.try_stop("bad%20name");
     assert_eq!((s, code(&v)), (400, Some("bad_request")), "{v:?}");
     let (s, v) = f.api::<()>("GET", "/v2/whatever");
     assert_eq!((s, code(&v)), (404, Some("not_found")));
@@ -688,7 +541,7 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert_eq!((s, code(&v)), (405, Some("method_not_allowed")));
 
     // Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
-    let m = |f: &Fixture, k: &str| {
+    let m = |f: &Torpord, k: &str| {
         f.metric(&format!(
             "torpord_transitions_total{{app=\"busy\",transition=\"{k}\"}}"
         ))
@@ -747,14 +600,14 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     eprintln!(
         "concurrent: 30 requests, {eff_starts} effective starts, {eff_stops} effective stops"
     );
-    let (s, _) = f.start("busy");
+    let (s, _) = f.try_start("busy");
     assert_eq!(s, 200);
     assert_eq!(
         app_get(f.port("busy"), "/verify"),
         200,
         "memory corrupted under concurrent Start/Stop"
     );
-    let (s, _) = f.stop("busy");
+    let (s, _) = f.try_stop("busy");
     assert_eq!(s, 200);
 
     // Per-request prefetch override of a process app: "none" (demand paging), then "full";
@@ -783,14 +636,14 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
         "{v:?}"
     );
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
-    assert_eq!(f.stop("busy").0, 200);
+    assert_eq!(f.try_stop("busy").0, 200);
     let (s, v) = start_body(r#"{"prefetch": "full"}"#);
     assert_eq!(s, 200, "{v:?}");
     let t = timing(&v);
     assert_eq!(t.prefetch_mode.as_deref(), Some("full"), "{v:?}");
     assert!(t.prefetch_bytes >= 64 * MIB, "{v:?}");
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
-    assert_eq!(f.stop("busy").0, 200);
+    assert_eq!(f.try_stop("busy").0, 200);
 
     // Permissions: the socket is 0660 root:4242.
     let setpriv = |gid: u32| {
@@ -838,7 +691,7 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
 
     // An app that never becomes ready: start_failed after its timeout, left frozen and purged.
     let t = Instant::now();
-    let (s, v) = f.start("never");
+    let (s, v) = f.try_start("never");
     eprintln!(
         "never-ready start: {s} {v:?} after {:.2}s",
         t.elapsed().as_secs_f64()
@@ -869,19 +722,19 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     // A reserve no host can meet: every suspended app is purged by the reserve (purge = "never"
     // would otherwise keep it resident), and prefetch stops at once at the free-memory floor.
     let apps = vec![app("r1", 96, true), app("r2", 64, true)];
-    let mut f = Fixture::new("reserve", apps, "purge = \"never\"\nreserve = \"100T\"");
+    let mut f = fixture("reserve", apps, "purge = \"never\"\nreserve = \"100T\"");
     // Override the fixture's reserve line (the later key would be a duplicate).
     let cfg = std::fs::read_to_string(&f.cfg)
         .unwrap()
         .replace("reserve = \"128M\"\n", "");
     std::fs::write(&f.cfg, cfg).unwrap();
-    f.start_daemon();
+    f.start_daemon(&[]);
     f.wait_pool();
     for (n, mib) in [("r1", 96), ("r2", 64)] {
         let v = assert_standby(&f, n, mib);
         assert_eq!(v.counters.reserve_purges, 1, "{v:#?}");
     }
-    let (s, v) = f.start("r1");
+    let (s, v) = f.try_start("r1");
     assert_eq!(s, 200, "{v:?}");
     let v = v.unwrap();
     let t = &v.started().expect("a resume").timing;
@@ -896,7 +749,7 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
     assert_eq!(t.prefetch_bytes, 0);
     // Demand paging brings it back intact.
     assert_eq!(app_get(f.port("r1"), "/verify"), 200);
-    let (s, v) = f.stop("r1");
+    let (s, v) = f.try_stop("r1");
     assert_eq!(s, 200);
     assert_eq!(v.as_ref().unwrap().state(), AppState::Standby, "{v:?}");
     assert_standby(&f, "r1", 96);
@@ -905,7 +758,7 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
         Some(2.0)
     );
     assert!(
-        f.events().iter().any(|e| e.kind == EventKind::Reserve),
+        f.all_events().iter().any(|e| e.kind == EventKind::Reserve),
         "no reserve event"
     );
 }
@@ -913,14 +766,15 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
 #[test]
 #[ignore = "root suite"]
 fn sd_notify_ready_watchdog_and_clean_shutdown() {
-    let mut f = Fixture::new("notify", vec![app("n1", 64, true)], "");
+    let mut f = fixture("notify", vec![app("n1", 64, true)], "");
     let ns = f.dir.join("notify.sock");
     let rx = std::os::unix::net::UnixDatagram::bind(&ns).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    f.env = vec![
-        ("NOTIFY_SOCKET".into(), ns.display().to_string()),
-        ("WATCHDOG_USEC".into(), "1000000".into()),
+    let ns_env = ns.display().to_string();
+    let env = [
+        ("NOTIFY_SOCKET", ns_env.as_str()),
+        ("WATCHDOG_USEC", "1000000"),
     ];
     // Drain the socket all along: torpord's sends block once 10 datagrams wait unread
     // (net.unix.max_dgram_qlen), and a STOPPING=1 blocked that way would never let it exit.
@@ -941,7 +795,7 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     };
     let got = || msgs.lock().unwrap().clone();
     let watchdogs = || got().iter().filter(|m| *m == "WATCHDOG=1").count();
-    f.start_daemon();
+    f.start_daemon(&env);
     f.wait_pool();
     // WATCHDOG_USEC=1 s: torpord pings every 0.5 s while its monitor loop runs. Three pings are
     // waited for, not expected within a fixed window.
@@ -973,7 +827,7 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     drain.join().unwrap();
     // Restarted, it adopts the app as it was.
-    f.start_daemon();
+    f.start_daemon(&[]);
     assert_eq!(f.status("n1").state, AppState::Standby);
     assert_eq!(f.status("n1").pid, Some(pid));
 }

@@ -22,7 +22,7 @@ echo "== torpord root suite (with a temporary swapfile)" >&2
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_torpord -- \
     --ignored --test-threads=1 --nocapture "$@"
 rc=$?
-echo "== loading-set activation: bad input and faults (issue 12)" >&2
+echo "== loading-set activation: bad input and faults" >&2
 # shellcheck disable=SC2086
 nice procswap/tests/with-swap.sh $CARGO test $CARGO_FLAGS -p local-controller --test root_activation -- \
     --ignored --test-threads=1 --nocapture --skip swap_full_at_stop "$@" || rc=1

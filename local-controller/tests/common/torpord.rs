@@ -1,11 +1,12 @@
 //! A torpord under test with real apps (torpor-testapp) in real cgroups: config, state dir,
-//! socket, its own cgroup parent. Used by `root_activation.rs` (issue 12's bad input and faults).
+//! socket, its own cgroup parent. The one fixture of the torpord root suites (`root_torpord.rs`,
+//! and `root_activation.rs`: the loading-set activation's bad input and faults).
 
 use local_controller::client::request;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use torpor_api::{paths, AppStatus, EventList, Health, StartAnswer, StopAnswer};
+use torpor_api::{paths, AppStatus, Event, EventList, Health, StartAnswer, StopAnswer};
 
 pub const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 pub const TESTAPP: &str = env!("CARGO_BIN_EXE_torpor-testapp");
@@ -36,12 +37,10 @@ pub fn unused_port() -> u16 {
 
 /// GET http://127.0.0.1:port/path: (status, body).
 pub fn http(port: u16, path: &str) -> (u16, String) {
-    match local_controller::probe::http_get(
-        &format!("http://127.0.0.1:{port}{path}"),
-        Duration::from_secs(120),
-    ) {
-        Ok((s, b)) => (s, String::from_utf8_lossy(&b).into_owned()),
-        Err(e) => panic!("GET :{port}{path}: {e}"),
+    let addr = ([127, 0, 0, 1], port).into();
+    match torpor_testsupport::http::get(addr, path, Duration::from_secs(120)) {
+        Ok(r) => (r.status, r.body),
+        Err(e) => panic!("GET :{port}{path}: {e:#}"),
     }
 }
 
@@ -199,15 +198,23 @@ pub struct Torpord {
 
 impl Torpord {
     pub fn new(tag: &str, apps: Vec<App>) -> Torpord {
+        Self::with_global(tag, apps, "")
+    }
+
+    /// Like [`Torpord::new`], with more top-level keys in the config (`global`, may be empty).
+    pub fn with_global(tag: &str, apps: Vec<App>, global: &str) -> Torpord {
         assert_eq!(nix::unistd::geteuid().as_raw(), 0, "needs root");
         let parent = format!("torpor-test-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&parent);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // Let an unprivileged peer reach the socket's directory (the socket's mode decides).
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let sock = dir.join("torpord.sock");
         let state = dir.join("state");
         let cfg = dir.join("torpord.toml");
-        std::fs::write(&cfg, config_toml(&sock, &state, &parent, "", &apps)).unwrap();
+        std::fs::write(&cfg, config_toml(&sock, &state, &parent, global, &apps)).unwrap();
         Torpord {
             dir,
             parent,
@@ -221,6 +228,12 @@ impl Torpord {
 
     /// Start torpord (with `env` added) and wait for its socket and standby pool.
     pub fn start(&mut self, env: &[(&str, &str)]) {
+        self.start_daemon(env);
+        self.wait_pool();
+    }
+
+    /// Start torpord (with `env` added) and wait for its socket.
+    pub fn start_daemon(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -242,9 +255,60 @@ impl Torpord {
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
         });
+    }
+
+    /// Wait until torpord's standby pool is ready.
+    pub fn wait_pool(&self) {
         wait_for("the standby pool", HANG, || {
             self.get::<Health>(paths::HEALTH).pool_ready
         });
+    }
+
+    /// Kill torpord (SIGKILL) and reap it; its apps live on in their cgroups.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// METHOD PATH, whatever it answers: the status and the answer, typed.
+    pub fn api<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> (u16, Answer<T>) {
+        api_call(&self.sock, method, path, None, HANG)
+    }
+
+    /// POST /v1/apps/NAME/start, whatever it answers.
+    pub fn try_start(&self, name: &str) -> (u16, Answer<StartAnswer>) {
+        self.api("POST", &paths::start(name))
+    }
+
+    /// POST /v1/apps/NAME/stop, whatever it answers.
+    pub fn try_stop(&self, name: &str) -> (u16, Answer<StopAnswer>) {
+        self.api("POST", &paths::stop(name))
+    }
+
+    /// Every event torpord keeps.
+    pub fn all_events(&self) -> Vec<Event> {
+        self.get::<EventList>(paths::EVENTS).events
+    }
+
+    /// The value of one metric line (`name{labels}`) of /metrics.
+    pub fn metric(&self, name_and_labels: &str) -> Option<f64> {
+        let r = request(&self.sock, "GET", "/metrics", None, HANG).unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.lines().find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// The fixture's cgroup parent under every mount.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        super::cgroup_dirs(&self.parent)
     }
 
     pub fn pid(&self) -> u32 {
@@ -343,11 +407,8 @@ impl Torpord {
 
 impl Drop for Torpord {
     fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        super::remove_app_cgroups(&super::cgroup_dirs(&self.parent));
+        self.kill9();
+        super::remove_app_cgroups(&self.cgroup_dirs());
         if std::thread::panicking() {
             eprintln!(
                 "---- torpord log ({}) ----\n{}",
