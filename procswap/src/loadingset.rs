@@ -185,116 +185,16 @@ impl LoadingSet {
 
     /// Merge this cycle's recording into the previous set (see the module doc).
     pub fn merge(prev: Option<&LoadingSet>, rec: &Recording, policy: &DecayPolicy) -> LoadingSet {
-        let key_of = |objs: &[LsObject], r: &LsRun| -> GroupKey {
-            (r.kind, r.object.map(|i| objs[i as usize].key))
-        };
-        // Touched and observable pages of this cycle, per group.
-        let mut touched: HashMap<GroupKey, Vec<PageRun>> = HashMap::new();
-        for r in &rec.touched {
-            touched
-                .entry(key_of(&rec.objects, r))
-                .or_default()
-                .push(PageRun {
-                    first: r.first,
-                    count: r.count,
-                });
-        }
-        let touched: HashMap<GroupKey, Vec<PageRun>> = touched
-            .into_iter()
-            .map(|(k, v)| (k, normalize(v)))
-            .collect();
-        let observable: HashMap<GroupKey, Vec<PageRun>> = rec
-            .observable
-            .iter()
-            .map(|(kind, o, runs)| {
-                (
-                    (*kind, o.map(|i| rec.objects[i as usize].key)),
-                    normalize(runs.clone()),
-                )
-            })
-            .fold(HashMap::new(), |mut m, (k, v)| {
-                let e: &mut Vec<PageRun> = m.entry(k).or_default();
-                e.extend(v);
-                *e = normalize(std::mem::take(e));
-                m
-            });
         // Objects: this cycle's, then the previous set's others.
-        let mut objects: Vec<LsObject> = rec.objects.clone();
-        let mut index: HashMap<(MemKind, ObjectKey), u32> = objects
-            .iter()
-            .enumerate()
-            .map(|(i, o)| ((o.kind, o.key), i as u32))
-            .collect();
-        let mut obj_index = |o: &LsObject, objects: &mut Vec<LsObject>| -> u32 {
-            *index.entry((o.kind, o.key)).or_insert_with(|| {
-                objects.push(o.clone());
-                (objects.len() - 1) as u32
-            })
-        };
+        let mut objects = ObjectTable::new(rec.objects.clone());
         let mut runs: Vec<LsRun> = rec.touched.clone();
-        let empty: Vec<PageRun> = Vec::new();
         if let Some(p) = prev {
-            for r in &p.runs {
-                let g = key_of(&p.objects, r);
-                let t = touched.get(&g).unwrap_or(&empty);
-                let obs = observable.get(&g).unwrap_or(&empty);
-                let object = r
-                    .object
-                    .map(|i| obj_index(&p.objects[i as usize], &mut objects));
-                let rest = subtract_one(
-                    PageRun {
-                        first: r.first,
-                        count: r.count,
-                    },
-                    t,
-                );
-                // Observable and untouched: decays. Not observable: unchanged.
-                let decayed = LsRun {
-                    age: r.age + 1,
-                    weight: r.weight * policy.decay,
-                    object,
-                    ..*r
-                };
-                if decayed.weight >= policy.min_weight {
-                    for x in intersect(&rest, obs) {
-                        runs.push(LsRun {
-                            first: x.first,
-                            count: x.count,
-                            ..decayed
-                        });
-                    }
-                }
-                for x in subtract(&rest, obs) {
-                    runs.push(LsRun {
-                        first: x.first,
-                        count: x.count,
-                        object,
-                        ..*r
-                    });
-                }
-            }
+            let touched = touched_groups(rec);
+            let observable = observable_groups(rec);
+            carry_over(p, &touched, &observable, policy, &mut objects, &mut runs);
         }
-        let rank = |r: &LsRun| (r.age, r.round, r.kind, r.object, r.first);
-        runs.sort_by_key(rank);
-        let mut merged: Vec<LsRun> = Vec::with_capacity(runs.len());
-        for r in runs {
-            match merged.last_mut() {
-                Some(l) if l.attrs_eq(&r) && l.first + l.count == r.first => l.count += r.count,
-                _ => merged.push(r),
-            }
-        }
-        // Drop objects no run refers to any more, renumbering.
-        let mut used: Vec<Option<u32>> = vec![None; objects.len()];
-        let mut kept: Vec<LsObject> = Vec::new();
-        for r in merged.iter_mut() {
-            if let Some(i) = r.object {
-                let n = *used[i as usize].get_or_insert_with(|| {
-                    kept.push(objects[i as usize].clone());
-                    (kept.len() - 1) as u32
-                });
-                r.object = Some(n);
-            }
-        }
+        let mut merged = coalesce(runs);
+        let kept = renumber_objects(&mut merged, &objects.objects);
         LoadingSet {
             format_version: Self::FORMAT_VERSION,
             pid: rec.pid,
@@ -442,6 +342,155 @@ impl LoadingSet {
         }
         out
     }
+}
+
+/// The (kind, object) group of a run.
+fn group_of(objs: &[LsObject], r: &LsRun) -> GroupKey {
+    (r.kind, r.object.map(|i| objs[i as usize].key))
+}
+
+/// This cycle's touched pages, per group (normalized).
+fn touched_groups(rec: &Recording) -> HashMap<GroupKey, Vec<PageRun>> {
+    let mut touched: HashMap<GroupKey, Vec<PageRun>> = HashMap::new();
+    for r in &rec.touched {
+        touched
+            .entry(group_of(&rec.objects, r))
+            .or_default()
+            .push(PageRun {
+                first: r.first,
+                count: r.count,
+            });
+    }
+    touched
+        .into_iter()
+        .map(|(k, v)| (k, normalize(v)))
+        .collect()
+}
+
+/// This cycle's observable pages, per group (normalized).
+fn observable_groups(rec: &Recording) -> HashMap<GroupKey, Vec<PageRun>> {
+    rec.observable
+        .iter()
+        .map(|(kind, o, runs)| {
+            (
+                (*kind, o.map(|i| rec.objects[i as usize].key)),
+                normalize(runs.clone()),
+            )
+        })
+        .fold(HashMap::new(), |mut m, (k, v)| {
+            let e: &mut Vec<PageRun> = m.entry(k).or_default();
+            e.extend(v);
+            *e = normalize(std::mem::take(e));
+            m
+        })
+}
+
+/// The objects of a merge, indexed by (kind, key).
+struct ObjectTable {
+    objects: Vec<LsObject>,
+    index: HashMap<(MemKind, ObjectKey), u32>,
+}
+
+impl ObjectTable {
+    fn new(objects: Vec<LsObject>) -> Self {
+        let index = objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((o.kind, o.key), i as u32))
+            .collect();
+        Self { objects, index }
+    }
+
+    /// The index of `o`, added if new.
+    fn index_of(&mut self, o: &LsObject) -> u32 {
+        let objects = &mut self.objects;
+        *self.index.entry((o.kind, o.key)).or_insert_with(|| {
+            objects.push(o.clone());
+            (objects.len() - 1) as u32
+        })
+    }
+}
+
+/// The previous set's runs, minus what this cycle touched: observable and untouched pages
+/// decay (dropped below `min_weight`), pages that could not be observed are kept unchanged.
+fn carry_over(
+    p: &LoadingSet,
+    touched: &HashMap<GroupKey, Vec<PageRun>>,
+    observable: &HashMap<GroupKey, Vec<PageRun>>,
+    policy: &DecayPolicy,
+    objects: &mut ObjectTable,
+    runs: &mut Vec<LsRun>,
+) {
+    let empty: Vec<PageRun> = Vec::new();
+    for r in &p.runs {
+        let g = group_of(&p.objects, r);
+        let t = touched.get(&g).unwrap_or(&empty);
+        let obs = observable.get(&g).unwrap_or(&empty);
+        let object = r.object.map(|i| objects.index_of(&p.objects[i as usize]));
+        let rest = subtract_one(
+            PageRun {
+                first: r.first,
+                count: r.count,
+            },
+            t,
+        );
+        // Observable and untouched: decays. Not observable: unchanged.
+        let decayed = LsRun {
+            age: r.age + 1,
+            weight: r.weight * policy.decay,
+            object,
+            ..*r
+        };
+        if decayed.weight >= policy.min_weight {
+            for x in intersect(&rest, obs) {
+                runs.push(LsRun {
+                    first: x.first,
+                    count: x.count,
+                    ..decayed
+                });
+            }
+        }
+        for x in subtract(&rest, obs) {
+            runs.push(LsRun {
+                first: x.first,
+                count: x.count,
+                object,
+                ..*r
+            });
+        }
+    }
+}
+
+/// Runs in the set's order (age, round, kind, object, page), neighbours with the same history
+/// joined.
+fn coalesce(mut runs: Vec<LsRun>) -> Vec<LsRun> {
+    let rank = |r: &LsRun| (r.age, r.round, r.kind, r.object, r.first);
+    runs.sort_by_key(rank);
+    let mut merged: Vec<LsRun> = Vec::with_capacity(runs.len());
+    for r in runs {
+        match merged.last_mut() {
+            Some(l) if l.attrs_eq(&r) && l.first + l.count == r.first => l.count += r.count,
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Drop objects no run refers to any more, renumbering the runs' references. Returns the
+/// objects kept.
+fn renumber_objects(merged: &mut [LsRun], objects: &[LsObject]) -> Vec<LsObject> {
+    let mut used: Vec<Option<u32>> = vec![None; objects.len()];
+    let mut kept: Vec<LsObject> = Vec::new();
+    for r in merged.iter_mut() {
+        if let Some(i) = r.object {
+            let n = *used[i as usize].get_or_insert_with(|| {
+                kept.push(objects[i as usize].clone());
+                (kept.len() - 1) as u32
+            });
+            r.object = Some(n);
+        }
+    }
+    kept
 }
 
 /// `[r] − list` for one run against a normalized list (binary search for the window).
@@ -670,6 +719,85 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
     Ok(intersect(&out, runs))
 }
 
+/// Watch object `i`'s candidate pages (`runs`, file page indexes) through each of its mappings
+/// (pagemap of the VMA's addresses; a page mapped twice is watched once): the watches go to
+/// `mapped`. Returns the file pages some mapping covers, and those observable (not present
+/// now).
+fn watch_mappings(
+    pm: &mut Pagemap,
+    ps: u64,
+    i: u32,
+    o: &MemObject,
+    runs: &[PageRun],
+    mapped: &mut Vec<MappedWatch>,
+) -> Result<(Vec<PageRun>, Vec<PageRun>)> {
+    let mut seen_mapped: Vec<PageRun> = Vec::new();
+    let mut obs: Vec<PageRun> = Vec::new();
+    for h in &o.handles {
+        let Handle::Mapped {
+            start, end, pgoff, ..
+        } = *h
+        else {
+            continue;
+        };
+        let vma = PageRun {
+            first: pgoff,
+            count: (end - start) / ps,
+        };
+        let file_pages = subtract(&intersect(runs, &[vma]), &seen_mapped);
+        if file_pages.is_empty() {
+            continue;
+        }
+        seen_mapped = normalize([seen_mapped, file_pages.clone()].concat());
+        let vma_page = start / ps;
+        let addr: Vec<PageRun> = file_pages
+            .iter()
+            .map(|r| PageRun {
+                first: vma_page + r.first - pgoff,
+                count: r.count,
+            })
+            .collect();
+        let watch = subtract(&addr, &present_in(pm, ps, &addr)?);
+        obs.extend(watch.iter().map(|r| PageRun {
+            first: r.first - vma_page + pgoff,
+            count: r.count,
+        }));
+        mapped.push(MappedWatch {
+            object: i,
+            vma_page,
+            pgoff,
+            runs: watch,
+        });
+    }
+    Ok((seen_mapped, obs))
+}
+
+/// Watch object `i`'s pages no mapping covers (`unmapped`) through `mincore` of our own view
+/// of the file (pages the app reads): the watch goes to `files`. Returns the observable pages
+/// (not cached now); none when the file cannot be opened.
+fn watch_reads(
+    pid: i32,
+    i: u32,
+    o: &MemObject,
+    unmapped: &[PageRun],
+    files: &mut Vec<FileWatch>,
+) -> Vec<PageRun> {
+    let Ok(f) = memkind::open_current(pid, o) else {
+        return Vec::new();
+    };
+    let Ok(v) = ObjectView::new(f, None) else {
+        return Vec::new();
+    };
+    let cached = v.resident(unmapped).unwrap_or_default();
+    let watch = subtract(unmapped, &normalize(cached));
+    files.push(FileWatch {
+        object: i,
+        view: ObjectViewBox(v),
+        runs: watch.clone(),
+    });
+    watch
+}
+
 impl LoadingSetRecorder {
     /// Start watching `cand` in `pid` (typically frozen, right before the thaw). Pages already
     /// mapped (or, for read files, cached) now are not observable and are left out.
@@ -703,61 +831,14 @@ impl LoadingSetRecorder {
         for (i, (o, runs)) in cand.objects.iter().zip(&cand.object_runs).enumerate() {
             let runs = normalize(runs.clone());
             *stats.candidate_pages.get_mut(o.kind) += pages(&runs);
-            let mut seen_mapped: Vec<PageRun> = Vec::new();
-            let mut obs: Vec<PageRun> = Vec::new();
-            for h in &o.handles {
-                let Handle::Mapped {
-                    start, end, pgoff, ..
-                } = *h
-                else {
-                    continue;
-                };
-                let vma = PageRun {
-                    first: pgoff,
-                    count: (end - start) / ps,
-                };
-                let file_pages = subtract(&intersect(&runs, &[vma]), &seen_mapped);
-                if file_pages.is_empty() {
-                    continue;
-                }
-                seen_mapped = normalize([seen_mapped, file_pages.clone()].concat());
-                let vma_page = start / ps;
-                let addr: Vec<PageRun> = file_pages
-                    .iter()
-                    .map(|r| PageRun {
-                        first: vma_page + r.first - pgoff,
-                        count: r.count,
-                    })
-                    .collect();
-                let watch = subtract(&addr, &present_in(&mut pm, ps, &addr)?);
-                obs.extend(watch.iter().map(|r| PageRun {
-                    first: r.first - vma_page + pgoff,
-                    count: r.count,
-                }));
-                mapped.push(MappedWatch {
-                    object: i as u32,
-                    vma_page,
-                    pgoff,
-                    runs: watch,
-                });
-            }
+            let (seen_mapped, mut obs) =
+                watch_mappings(&mut pm, ps, i as u32, o, &runs, &mut mapped)?;
             let unmapped = subtract(&runs, &seen_mapped);
             if opts.files_read
                 && !unmapped.is_empty()
                 && o.handles.iter().any(|h| matches!(h, Handle::Fd { .. }))
             {
-                if let Ok(f) = memkind::open_current(pid, o) {
-                    if let Ok(v) = ObjectView::new(f, None) {
-                        let cached = v.resident(&unmapped).unwrap_or_default();
-                        let watch = subtract(&unmapped, &normalize(cached));
-                        obs.extend(watch.iter().copied());
-                        files.push(FileWatch {
-                            object: i as u32,
-                            view: ObjectViewBox(v),
-                            runs: watch,
-                        });
-                    }
-                }
+                obs.extend(watch_reads(pid, i as u32, o, &unmapped, &mut files));
             }
             let obs = normalize(obs);
             *stats.observable_pages.get_mut(o.kind) += pages(&obs);

@@ -145,173 +145,9 @@ impl ActivationPlan {
             notes.extend(note);
             s
         });
-        let (f_anon, l_anon) = match &ls {
-            Some(l) => (
-                l.runs_of(MemKind::Anon, None, Some(true)),
-                l.runs_of(MemKind::Anon, None, Some(false)),
-            ),
-            None => (vec![], vec![]),
-        };
-        let contains = |v: &[PageRun], p: u64| {
-            let i = v.partition_point(|r| r.first <= p);
-            i > 0 && p < v[i - 1].end()
-        };
-        // Anonymous: swap slots of the snapshot's pages now; those in private file mappings
-        // (copy-on-write pages) apart.
-        let all_vmas = crate::inspect::vmas(&t)?;
-        let mut file_vmas: Vec<(u64, u64)> = all_vmas
-            .iter()
-            .filter(|v| v.kind == crate::inspect::VmaKind::FilePrivate)
-            .map(|v| (v.start, v.end))
-            .collect();
-        file_vmas.sort_unstable();
-        let in_file_vma = |a: u64| {
-            let i = file_vmas.partition_point(|v| v.0 <= a);
-            i > 0 && a < file_vmas[i - 1].1
-        };
-        let mut buckets: [Vec<(u8, u64, u64)>; 6] = Default::default();
-        let mut pm = Pagemap::open(pid)?;
-        // Every private page on swap now, not only the snapshot's: pages fetched by the last
-        // Start's background pass but never mapped by the app were not resident at Stop (they
-        // sat in the swap cache) and went back to swap with the reclaim; left out, each cycle's
-        // plan would shrink to what the app happened to touch, and the rest would come back
-        // one major fault at a time (redis with 1 GiB: 86k faults over 20 s of random GETs).
-        let scan = normalize(
-            snap.anon
-                .iter()
-                .copied()
-                .chain(
-                    all_vmas
-                        .iter()
-                        .filter(|v| {
-                            matches!(
-                                v.kind,
-                                crate::inspect::VmaKind::Anon
-                                    | crate::inspect::VmaKind::FilePrivate
-                            )
-                        })
-                        .map(|v| PageRun {
-                            first: v.start / ps,
-                            count: (v.end - v.start) / ps,
-                        }),
-                )
-                .collect(),
-        );
-        for r in &scan {
-            pm.scan(r.first * ps, r.end() * ps, |addr, info| {
-                if let (false, _, Some((ty, off))) = classify(&info) {
-                    let p = addr / ps;
-                    let b = if contains(&f_anon, p) {
-                        0
-                    } else if contains(&l_anon, p) {
-                        1
-                    } else {
-                        2
-                    };
-                    buckets[b + if in_file_vma(addr) { 3 } else { 0 }].push((ty, off, addr));
-                }
-            })?;
-        }
-        let mut parts = [
-            PlanPart::default(),
-            PlanPart::default(),
-            PlanPart::default(),
-        ];
-        for (i, b) in buckets.iter_mut().enumerate() {
-            b.sort_unstable();
-            let list = if i < 3 {
-                &mut parts[i].anon
-            } else {
-                &mut parts[i - 3].anon_cow
-            };
-            for &(ty, off, addr) in b.iter() {
-                match list.last_mut() {
-                    Some(r)
-                        if r.swap_type == ty
-                            && r.offset + r.pages == off
-                            && r.addr + r.pages * ps == addr =>
-                    {
-                        r.pages += 1
-                    }
-                    _ => list.push(SwapRun {
-                        addr,
-                        pages: 1,
-                        swap_type: ty,
-                        offset: off,
-                    }),
-                }
-            }
-        }
-        // Objects: what was resident at Stop and is out now.
-        let mut objects: Vec<MemObject> = Vec::new();
-        // (part, kind) -> [(first touch rank, ObjectPart)]
-        let mut obj_parts: Vec<Vec<(u64, ObjectPart)>> = vec![vec![], vec![], vec![]];
-        let rank_of: HashMap<(MemKind, memkind::ObjectKey), u64> = match &ls {
-            Some(l) => {
-                let mut m = HashMap::new();
-                for (i, r) in l.runs.iter().enumerate() {
-                    if let Some(o) = l.object_of(r) {
-                        m.entry((o.kind, o.key)).or_insert(i as u64);
-                    }
-                }
-                m
-            }
-            None => HashMap::new(),
-        };
-        for o in &snap.objects {
-            let now = match memkind::reopen(pid, &o.object).and_then(|f| {
-                let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
-                v.resident(&o.resident)
-                    .map_err(|e| Gone::Unreadable(e.to_string()))
-            }) {
-                Ok(r) => normalize(r),
-                Err(g) => {
-                    notes.push(format!(
-                        "{} {}: {g}: left out of the plan",
-                        o.object.kind, o.object.path
-                    ));
-                    continue;
-                }
-            };
-            let out = subtract(&o.resident, &now);
-            if out.is_empty() {
-                continue;
-            }
-            let idx = objects.len() as u32;
-            objects.push(o.object.clone());
-            let (f, l) = match &ls {
-                Some(ls) => {
-                    let k = Some(o.object.key);
-                    let f = intersect(&out, &ls.runs_of(o.object.kind, k, Some(true)));
-                    let l = subtract(
-                        &intersect(&out, &ls.runs_of(o.object.kind, k, Some(false))),
-                        &f,
-                    );
-                    (f, l)
-                }
-                None => (vec![], vec![]),
-            };
-            let rest = subtract(&subtract(&out, &f), &l);
-            let rank = rank_of
-                .get(&(o.object.kind, o.object.key))
-                .copied()
-                .unwrap_or(u64::MAX);
-            for (i, runs) in [f, l, rest].into_iter().enumerate() {
-                if !runs.is_empty() {
-                    obj_parts[i].push((
-                        if i == 2 { idx as u64 } else { rank },
-                        ObjectPart { object: idx, runs },
-                    ));
-                }
-            }
-        }
-        for (i, mut v) in obj_parts.into_iter().enumerate() {
-            v.sort_by_key(|(r, p)| (*r, p.object));
-            for (_, p) in v {
-                let kind = objects[p.object as usize].kind;
-                parts[i].objects_mut(kind).push(p);
-            }
-        }
+        let buckets = anon_buckets(&t, snap, ls.as_ref())?;
+        let mut parts = swap_runs(buckets, ps);
+        let objects = object_parts(pid, snap, ls.as_ref(), &mut notes, &mut parts);
         t.check_alive("activation plan")?;
         let [first, loading_rest, rest] = parts;
         Ok(Self {
@@ -348,6 +184,218 @@ impl ActivationPlan {
         }
         serde_json::from_slice(bytes).map_err(|e| format!("activation plan: {e}: ignored"))
     }
+}
+
+/// Swapped anonymous pages as (swap type, offset, address), in six buckets: the loading set's
+/// `first` part, its rest, everything else; then the same three for copy-on-write pages of
+/// private file mappings.
+type AnonBuckets = [Vec<(u8, u64, u64)>; 6];
+
+/// The pages to walk for swapped anonymous pages: the snapshot's, and every private (anonymous
+/// or private file) mapping.
+fn anon_scan_ranges(
+    snap: &ResidencySnapshot,
+    all_vmas: &[crate::inspect::VmaInfo],
+    ps: u64,
+) -> Vec<PageRun> {
+    // Every private page on swap now, not only the snapshot's: pages fetched by the last
+    // Start's background pass but never mapped by the app were not resident at Stop (they
+    // sat in the swap cache) and went back to swap with the reclaim; left out, each cycle's
+    // plan would shrink to what the app happened to touch, and the rest would come back
+    // one major fault at a time (redis with 1 GiB: 86k faults over 20 s of random GETs).
+    normalize(
+        snap.anon
+            .iter()
+            .copied()
+            .chain(
+                all_vmas
+                    .iter()
+                    .filter(|v| {
+                        matches!(
+                            v.kind,
+                            crate::inspect::VmaKind::Anon | crate::inspect::VmaKind::FilePrivate
+                        )
+                    })
+                    .map(|v| PageRun {
+                        first: v.start / ps,
+                        count: (v.end - v.start) / ps,
+                    }),
+            )
+            .collect(),
+    )
+}
+
+/// Whether sorted, non-overlapping `v` contains page `p`.
+fn runs_contain(v: &[PageRun], p: u64) -> bool {
+    let i = v.partition_point(|r| r.first <= p);
+    i > 0 && p < v[i - 1].end()
+}
+
+/// Anonymous: swap slots of the snapshot's pages now, by plan part; those in private file
+/// mappings (copy-on-write pages) apart.
+fn anon_buckets(
+    t: &Target,
+    snap: &ResidencySnapshot,
+    ls: Option<&LoadingSet>,
+) -> Result<AnonBuckets> {
+    let ps = snap.page_size;
+    let (f_anon, l_anon) = match ls {
+        Some(l) => (
+            l.runs_of(MemKind::Anon, None, Some(true)),
+            l.runs_of(MemKind::Anon, None, Some(false)),
+        ),
+        None => (vec![], vec![]),
+    };
+    let all_vmas = crate::inspect::vmas(t)?;
+    let mut file_vmas: Vec<(u64, u64)> = all_vmas
+        .iter()
+        .filter(|v| v.kind == crate::inspect::VmaKind::FilePrivate)
+        .map(|v| (v.start, v.end))
+        .collect();
+    file_vmas.sort_unstable();
+    let in_file_vma = |a: u64| {
+        let i = file_vmas.partition_point(|v| v.0 <= a);
+        i > 0 && a < file_vmas[i - 1].1
+    };
+    let mut buckets: AnonBuckets = Default::default();
+    let mut pm = Pagemap::open(t.pid())?;
+    for r in &anon_scan_ranges(snap, &all_vmas, ps) {
+        pm.scan(r.first * ps, r.end() * ps, |addr, info| {
+            if let (false, _, Some((ty, off))) = classify(&info) {
+                let p = addr / ps;
+                let b = if runs_contain(&f_anon, p) {
+                    0
+                } else if runs_contain(&l_anon, p) {
+                    1
+                } else {
+                    2
+                };
+                buckets[b + if in_file_vma(addr) { 3 } else { 0 }].push((ty, off, addr));
+            }
+        })?;
+    }
+    Ok(buckets)
+}
+
+/// The three parts' anonymous runs from the buckets: each in slot order, pages consecutive in
+/// both slot and address merged.
+fn swap_runs(mut buckets: AnonBuckets, ps: u64) -> [PlanPart; 3] {
+    let mut parts = [
+        PlanPart::default(),
+        PlanPart::default(),
+        PlanPart::default(),
+    ];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        b.sort_unstable();
+        let list = if i < 3 {
+            &mut parts[i].anon
+        } else {
+            &mut parts[i - 3].anon_cow
+        };
+        for &(ty, off, addr) in b.iter() {
+            match list.last_mut() {
+                Some(r)
+                    if r.swap_type == ty
+                        && r.offset + r.pages == off
+                        && r.addr + r.pages * ps == addr =>
+                {
+                    r.pages += 1
+                }
+                _ => list.push(SwapRun {
+                    addr,
+                    pages: 1,
+                    swap_type: ty,
+                    offset: off,
+                }),
+            }
+        }
+    }
+    parts
+}
+
+/// Each object's first touch in the loading set (its rank in touch order).
+fn first_touch_ranks(ls: Option<&LoadingSet>) -> HashMap<(MemKind, memkind::ObjectKey), u64> {
+    let mut m = HashMap::new();
+    if let Some(l) = ls {
+        for (i, r) in l.runs.iter().enumerate() {
+            if let Some(o) = l.object_of(r) {
+                m.entry((o.kind, o.key)).or_insert(i as u64);
+            }
+        }
+    }
+    m
+}
+
+/// Shmem and file objects: what was resident at Stop and is out now, split into the three
+/// parts (loading-set parts in order of first touch, the rest in snapshot order) and added to
+/// `parts`. Returns the objects the parts refer to; one that cannot be reopened is left out
+/// with a note.
+fn object_parts(
+    pid: i32,
+    snap: &ResidencySnapshot,
+    ls: Option<&LoadingSet>,
+    notes: &mut Vec<String>,
+    parts: &mut [PlanPart; 3],
+) -> Vec<MemObject> {
+    let mut objects: Vec<MemObject> = Vec::new();
+    // part -> [(first touch rank, ObjectPart)]
+    let mut obj_parts: Vec<Vec<(u64, ObjectPart)>> = vec![vec![], vec![], vec![]];
+    let rank_of = first_touch_ranks(ls);
+    for o in &snap.objects {
+        let now = match memkind::reopen(pid, &o.object).and_then(|f| {
+            let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
+            v.resident(&o.resident)
+                .map_err(|e| Gone::Unreadable(e.to_string()))
+        }) {
+            Ok(r) => normalize(r),
+            Err(g) => {
+                notes.push(format!(
+                    "{} {}: {g}: left out of the plan",
+                    o.object.kind, o.object.path
+                ));
+                continue;
+            }
+        };
+        let out = subtract(&o.resident, &now);
+        if out.is_empty() {
+            continue;
+        }
+        let idx = objects.len() as u32;
+        objects.push(o.object.clone());
+        let (f, l) = match ls {
+            Some(ls) => {
+                let k = Some(o.object.key);
+                let f = intersect(&out, &ls.runs_of(o.object.kind, k, Some(true)));
+                let l = subtract(
+                    &intersect(&out, &ls.runs_of(o.object.kind, k, Some(false))),
+                    &f,
+                );
+                (f, l)
+            }
+            None => (vec![], vec![]),
+        };
+        let rest = subtract(&subtract(&out, &f), &l);
+        let rank = rank_of
+            .get(&(o.object.kind, o.object.key))
+            .copied()
+            .unwrap_or(u64::MAX);
+        for (i, runs) in [f, l, rest].into_iter().enumerate() {
+            if !runs.is_empty() {
+                obj_parts[i].push((
+                    if i == 2 { idx as u64 } else { rank },
+                    ObjectPart { object: idx, runs },
+                ));
+            }
+        }
+    }
+    for (i, mut v) in obj_parts.into_iter().enumerate() {
+        v.sort_by_key(|(r, p)| (*r, p.object));
+        for (_, p) in v {
+            let kind = objects[p.object as usize].kind;
+            parts[i].objects_mut(kind).push(p);
+        }
+    }
+    objects
 }
 
 /// How to fetch.
@@ -438,133 +486,16 @@ pub fn fetch_unmapped(
         Some(Ok(g)) => Some(g),
         None => None,
     };
-    let mut spent = 0u64;
-    let mut room = |need: u64, rep: &mut FetchReport| -> Result<bool> {
-        if let Some(b) = opts.budget_bytes {
-            if spent + need > b {
-                rep.stopped = Some(crate::prefetch::StopReason::Budget { budget_bytes: b });
-                return Ok(false);
-            }
-        }
-        let m = sys::meminfo()?;
-        if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
-            rep.stopped = Some(crate::prefetch::StopReason::FreeFloor {
-                available_bytes: m.mem_available,
-                floor_bytes: opts.free_floor_bytes,
-            });
-            return Ok(false);
-        }
-        spent += need;
-        Ok(true)
-    };
-    // Anonymous, in slot order, in batches.
-    let per_batch = (opts.batch_bytes / ps).max(1);
-    let mut batch: Vec<Range> = Vec::new();
-    let mut batch_pages = 0u64;
-    let flush = |batch: &mut Vec<Range>, rep: &mut FetchReport| -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        t.check_alive("fetch")?;
-        let (done, _) = sys::madvise_all(t.pidfd(), batch, libc::MADV_WILLNEED, &mut |_| {})
-            .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", t.pid(), e))?;
-        rep.issued_bytes.anon += done;
-        batch.clear();
-        Ok(())
-    };
-    let mut stopped = false;
-    let anon_pages = part.pages().anon;
-    for r in &part.anon {
-        if batch_pages + r.pages > per_batch && !batch.is_empty() {
-            flush(&mut batch, &mut rep)?;
-            batch_pages = 0;
-        }
-        if batch_pages == 0 && !room(per_batch.min(anon_pages) * ps, &mut rep)? {
-            stopped = true;
-            break;
-        }
-        batch.push(Range {
-            start: r.addr,
-            len: r.pages * ps,
-        });
-        batch_pages += r.pages;
-    }
+    let mut room = Room { opts, spent: 0 };
+    let mut stopped = fetch_anon(t, part, ps, &mut room, &mut rep)?;
     if !stopped {
-        flush(&mut batch, &mut rep)?;
+        stopped = fetch_cow(t, part, ps, &mut room, &mut rep)?;
     }
-    // Copy-on-write pages of private file mappings: only a fault brings them in.
-    if !stopped && !part.anon_cow.is_empty() {
-        let addrs: Vec<u64> = part
-            .anon_cow
-            .iter()
-            .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps))
-            .collect();
-        if room(addrs.len() as u64 * ps, &mut rep)? {
-            let (ok, _) = crate::prefetch::map_pages_vm_readv(t.pid(), &addrs)?;
-            rep.cow_mapped_pages = ok;
-            rep.issued_bytes.anon += ok * ps;
-        } else {
-            stopped = true;
-        }
-    }
-    // Shmem, then files.
-    let mut in_memcg: Vec<(std::fs::File, Vec<PageRun>)> = Vec::new();
-    for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
-        for op in list {
-            if stopped {
-                break;
-            }
-            let o = &plan.objects[op.object as usize];
-            let bytes = pages(&op.runs) * ps;
-            let f = match memkind::reopen(plan.pid, o) {
-                Ok(f) => f,
-                Err(g) => {
-                    rep.skipped.push(SkippedFetch {
-                        kind,
-                        path: o.path.clone(),
-                        reason: g.to_string(),
-                        bytes,
-                    });
-                    continue;
-                }
-            };
-            if !room(bytes, &mut rep)? {
-                stopped = true;
-                break;
-            }
-            if kind == MemKind::File && !opts.populate && opts.charge_files_to.is_some() {
-                // Issued below, all at once, from a helper in the app's memory cgroup.
-                let limit = f.metadata().map(|m| m.len().div_ceil(ps)).unwrap_or(0);
-                let runs = memkind::clip(&op.runs, limit);
-                *rep.issued_bytes.get_mut(kind) += pages(&runs) * ps;
-                in_memcg.push((f, runs));
-                continue;
-            }
-            let res = if kind == MemKind::Shmem || opts.populate {
-                ObjectView::new(f, None).and_then(|v| {
-                    v.madvise(
-                        &op.runs,
-                        if opts.populate {
-                            libc::MADV_POPULATE_READ
-                        } else {
-                            libc::MADV_WILLNEED
-                        },
-                    )
-                })
-            } else {
-                memkind::fadvise(&f, &op.runs, libc::POSIX_FADV_WILLNEED)
-            };
-            match res {
-                Ok(n) => *rep.issued_bytes.get_mut(kind) += n,
-                Err(e) => rep.skipped.push(SkippedFetch {
-                    kind,
-                    path: o.path.clone(),
-                    reason: format!("fetch failed: {e}"),
-                    bytes,
-                }),
-            }
-        }
-    }
+    let in_memcg = if stopped {
+        Vec::new()
+    } else {
+        fetch_objects(plan, part, &mut room, &mut rep)?
+    };
     if let (Some(dir), false) = (&opts.charge_files_to, in_memcg.is_empty()) {
         if let Err(e) = fadvise_in_memcg(dir, &in_memcg, ps) {
             // Not charged to the app, but still fetched: from here, charged to the caller.
@@ -579,6 +510,166 @@ pub fn fetch_unmapped(
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// The budget and free-memory floor of a fetch: what it has spent so far.
+struct Room<'a> {
+    opts: &'a FetchOptions,
+    spent: u64,
+}
+
+impl Room<'_> {
+    /// Whether `need` more bytes fit (under the budget, above the free floor): spent if so,
+    /// else `rep.stopped` says why.
+    fn take(&mut self, need: u64, rep: &mut FetchReport) -> Result<bool> {
+        if let Some(b) = self.opts.budget_bytes {
+            if self.spent + need > b {
+                rep.stopped = Some(crate::prefetch::StopReason::Budget { budget_bytes: b });
+                return Ok(false);
+            }
+        }
+        let m = sys::meminfo()?;
+        if m.mem_available < self.opts.free_floor_bytes.saturating_add(need) {
+            rep.stopped = Some(crate::prefetch::StopReason::FreeFloor {
+                available_bytes: m.mem_available,
+                floor_bytes: self.opts.free_floor_bytes,
+            });
+            return Ok(false);
+        }
+        self.spent += need;
+        Ok(true)
+    }
+}
+
+/// Anonymous pages, in slot order, in batches of `batch_bytes`
+/// (`process_madvise(MADV_WILLNEED)`). Returns whether the room ran out.
+fn fetch_anon(
+    t: &Target,
+    part: &PlanPart,
+    ps: u64,
+    room: &mut Room<'_>,
+    rep: &mut FetchReport,
+) -> Result<bool> {
+    let per_batch = (room.opts.batch_bytes / ps).max(1);
+    let mut batch: Vec<Range> = Vec::new();
+    let mut batch_pages = 0u64;
+    let flush = |batch: &mut Vec<Range>, rep: &mut FetchReport| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        t.check_alive("fetch")?;
+        let (done, _) = sys::madvise_all(t.pidfd(), batch, libc::MADV_WILLNEED, &mut |_| {})
+            .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", t.pid(), e))?;
+        rep.issued_bytes.anon += done;
+        batch.clear();
+        Ok(())
+    };
+    let anon_pages = part.pages().anon;
+    for r in &part.anon {
+        if batch_pages + r.pages > per_batch && !batch.is_empty() {
+            flush(&mut batch, rep)?;
+            batch_pages = 0;
+        }
+        if batch_pages == 0 && !room.take(per_batch.min(anon_pages) * ps, rep)? {
+            return Ok(true);
+        }
+        batch.push(Range {
+            start: r.addr,
+            len: r.pages * ps,
+        });
+        batch_pages += r.pages;
+    }
+    flush(&mut batch, rep)?;
+    Ok(false)
+}
+
+/// Copy-on-write pages of private file mappings: only a fault brings them in
+/// (`process_vm_readv`). Returns whether the room ran out.
+fn fetch_cow(
+    t: &Target,
+    part: &PlanPart,
+    ps: u64,
+    room: &mut Room<'_>,
+    rep: &mut FetchReport,
+) -> Result<bool> {
+    if part.anon_cow.is_empty() {
+        return Ok(false);
+    }
+    let addrs: Vec<u64> = part
+        .anon_cow
+        .iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps))
+        .collect();
+    if !room.take(addrs.len() as u64 * ps, rep)? {
+        return Ok(true);
+    }
+    let (ok, _) = crate::prefetch::map_pages_vm_readv(t.pid(), &addrs)?;
+    rep.cow_mapped_pages = ok;
+    rep.issued_bytes.anon += ok * ps;
+    Ok(false)
+}
+
+/// Shmem, then files: each object reopened and checked (skipped and reported if gone), then
+/// `MADV_WILLNEED` (shmem), `MADV_POPULATE_READ` (with `populate`) or
+/// `posix_fadvise(WILLNEED)`. Returns the file reads left to issue from the app's memory
+/// cgroup ([`FetchOptions::charge_files_to`]).
+fn fetch_objects(
+    plan: &ActivationPlan,
+    part: &PlanPart,
+    room: &mut Room<'_>,
+    rep: &mut FetchReport,
+) -> Result<Vec<(std::fs::File, Vec<PageRun>)>> {
+    let (ps, opts) = (plan.page_size, room.opts);
+    let mut in_memcg: Vec<(std::fs::File, Vec<PageRun>)> = Vec::new();
+    for (kind, list) in [(MemKind::Shmem, &part.shmem), (MemKind::File, &part.file)] {
+        for op in list {
+            let o = &plan.objects[op.object as usize];
+            let bytes = pages(&op.runs) * ps;
+            let f = match memkind::reopen(plan.pid, o) {
+                Ok(f) => f,
+                Err(g) => {
+                    rep.skipped.push(SkippedFetch {
+                        kind,
+                        path: o.path.clone(),
+                        reason: g.to_string(),
+                        bytes,
+                    });
+                    continue;
+                }
+            };
+            if !room.take(bytes, rep)? {
+                return Ok(in_memcg);
+            }
+            if kind == MemKind::File && !opts.populate && opts.charge_files_to.is_some() {
+                // Issued later, all at once, from a helper in the app's memory cgroup.
+                let limit = f.metadata().map(|m| m.len().div_ceil(ps)).unwrap_or(0);
+                let runs = memkind::clip(&op.runs, limit);
+                *rep.issued_bytes.get_mut(kind) += pages(&runs) * ps;
+                in_memcg.push((f, runs));
+                continue;
+            }
+            let res = if kind == MemKind::Shmem || opts.populate {
+                let advice = if opts.populate {
+                    libc::MADV_POPULATE_READ
+                } else {
+                    libc::MADV_WILLNEED
+                };
+                ObjectView::new(f, None).and_then(|v| v.madvise(&op.runs, advice))
+            } else {
+                memkind::fadvise(&f, &op.runs, libc::POSIX_FADV_WILLNEED)
+            };
+            match res {
+                Ok(n) => *rep.issued_bytes.get_mut(kind) += n,
+                Err(e) => rep.skipped.push(SkippedFetch {
+                    kind,
+                    path: o.path.clone(),
+                    reason: format!("fetch failed: {e}"),
+                    bytes,
+                }),
+            }
+        }
+    }
+    Ok(in_memcg)
 }
 
 /// The request queues of the block devices that hold the swap areas, seen through

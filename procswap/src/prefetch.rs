@@ -221,11 +221,7 @@ pub fn prefetch_with(
         (Some(ws), true) => Some(&ws.regions),
         _ => None,
     };
-    let scan = |t: &Target| match scope {
-        Some(rs) => swapped_pages_in(t, rs),
-        None => swapped_pages(t),
-    };
-    let (mut all, vmas0) = match scope {
+    let (all, vmas0) = match scope {
         Some(rs) => (swapped_pages_in(&t, rs)?, None),
         None => {
             let v = crate::inspect::vmas(&t)?;
@@ -233,9 +229,71 @@ pub fn prefetch_with(
         }
     };
     let swapped_before = all.len() as u64;
-    let key = |p: &SwappedPage| (p.swap_type, p.offset);
+    let (ordered, ws_pages, mut stopped) = order_candidates(all, opts, ps);
+    let candidates = ordered.len() as u64;
+    progress.phase("prefetch", candidates * ps);
+    let pass = read_and_map(backend, &t, &ordered, opts, progress, &mut stopped)?;
+    let issued = pass.issued;
+    // Shared memory and file pages.
+    let mut restored = ByKind {
+        anon: issued,
+        ..Default::default()
+    };
+    let (mut restore_skipped, mut restore_notes) = (Vec::new(), Vec::new());
+    if stopped.is_none() {
+        if let Some(snap) = &opts.residency {
+            let r = restore_snapshot(&t, snap, opts, issued, &mut restore_notes)?;
+            restored.shmem = r.issued_bytes.shmem;
+            restored.file = r.issued_bytes.file;
+            restore_skipped = r.skipped;
+            stopped = r.stopped;
+        } else if opts.shmem && !opts.working_set_only {
+            restored.shmem = restore_shmem(&t, vmas0.unwrap_or_default())?;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let still = match scope {
+        Some(rs) => swapped_pages_in(&t, rs),
+        None => swapped_pages(&t),
+    }?
+    .len() as u64;
+    let present = count_present(&t, scope)?;
+    Ok(PrefetchReport {
+        pid,
+        backend: backend.name().to_string(),
+        page_size: ps,
+        swapped_before_pages: swapped_before,
+        candidate_pages: candidates,
+        working_set_method: opts.working_set.as_ref().map(|w| w.method.to_string()),
+        working_set_pages: ws_pages,
+        read_issued_bytes: issued,
+        mapped_pages: pass.mapped,
+        map_failed_pages: pass.failed,
+        still_swapped_pages: still,
+        present_after_pages: present,
+        read_runs: pass.read_runs,
+        stopped,
+        seconds,
+        mb_per_s: if seconds > 0.0 {
+            issued as f64 / 1e6 / seconds
+        } else {
+            0.0
+        },
+        restored_bytes: restored,
+        restore_skipped,
+        restore_notes,
+    })
+}
 
-    // Order: working set first (slot order), then the rest (slot order).
+/// The pages to fetch, in order: the working set first (slot order), then the rest (slot
+/// order; left out with `working_set_only`), cut to the budget. Returns them, how many are in
+/// the working set, and the budget stop if it cut.
+fn order_candidates(
+    mut all: Vec<SwappedPage>,
+    opts: &PrefetchOptions,
+    ps: u64,
+) -> (Vec<SwappedPage>, u64, Option<StopReason>) {
+    let key = |p: &SwappedPage| (p.swap_type, p.offset);
     let mut ws_pages = 0u64;
     let mut ordered: Vec<SwappedPage>;
     if let Some(ws) = &opts.working_set {
@@ -260,150 +318,184 @@ pub fn prefetch_with(
             stopped = Some(StopReason::Budget { budget_bytes: b });
         }
     }
-    let candidates = ordered.len() as u64;
-    progress.phase("prefetch", candidates * ps);
+    (ordered, ws_pages, stopped)
+}
 
-    let per_batch = ((opts.batch_bytes / ps).max(1)) as usize;
+/// What the read and mapping passes did.
+#[derive(Debug, Default)]
+struct Pass {
+    stopped: Option<StopReason>,
+    issued: u64,
+    read_runs: u64,
+    mapped: u64,
+    failed: u64,
+}
+
+/// Reads issued ahead in batches (`MADV_WILLNEED` in slot order), with `opts.threads` mapping
+/// threads pipelined behind them (at most `opts.window` batches behind). Stops at the free
+/// floor (`stopped` says so).
+fn read_and_map(
+    backend: &dyn Backend,
+    t: &Target,
+    ordered: &[SwappedPage],
+    opts: &PrefetchOptions,
+    progress: &dyn Progress,
+    stopped: &mut Option<StopReason>,
+) -> Result<Pass> {
     let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u64>>>(opts.window.max(1));
     let rx = Mutex::new(rx);
     let mapped = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let map_error: Mutex<Option<Error>> = Mutex::new(None);
-    let mut issued = 0u64;
-    let mut read_runs = 0u64;
-
+    let mut pass = Pass {
+        stopped: stopped.take(),
+        ..Pass::default()
+    };
     let issue_result: Result<()> = std::thread::scope(|s| {
         for _ in 0..opts.threads {
-            s.spawn(|| loop {
-                let batch = {
-                    let guard = rx.lock().expect("prefetch channel lock");
-                    guard.recv()
-                };
-                let Ok(batch) = batch else { break };
-                match backend.map_pages(&t, &batch) {
-                    Ok((ok, bad)) => {
-                        let done = mapped.fetch_add(ok, Ordering::Relaxed) + ok;
-                        failed.fetch_add(bad, Ordering::Relaxed);
-                        progress.update(done * ps);
-                    }
-                    Err(e) => {
-                        let mut g = map_error.lock().expect("map error lock");
-                        if g.is_none() {
-                            *g = Some(e);
-                        }
-                    }
-                }
-            });
+            s.spawn(|| map_batches(backend, t, &rx, &mapped, &failed, &map_error, progress));
         }
-        let res = (|| {
-            for chunk in ordered.chunks(per_batch) {
-                if map_error.lock().expect("map error lock").is_some() {
-                    break;
-                }
-                let need = chunk.len() as u64 * ps;
-                let m = sys::meminfo()?;
-                if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
-                    stopped = Some(StopReason::FreeFloor {
-                        available_bytes: m.mem_available,
-                        floor_bytes: opts.free_floor_bytes,
-                    });
-                    break;
-                }
-                t.check_alive("prefetch")?;
-                let ranges = runs(chunk, ps);
-                read_runs += ranges.len() as u64;
-                // Reads are issued in slot order; the kernel merges contiguous slots into large I/Os.
-                backend.read_ahead(&t, &ranges)?;
-                issued += need;
-                if opts.threads > 0 {
-                    let addrs: Vec<u64> = chunk.iter().map(|p| p.addr).collect();
-                    if tx.send(Arc::new(addrs)).is_err() {
-                        break;
-                    }
-                } else {
-                    progress.update(issued);
-                }
-            }
-            Ok(())
-        })();
+        let res = issue_reads(
+            backend,
+            t,
+            ordered,
+            opts,
+            progress,
+            (&tx, &map_error),
+            &mut pass,
+        );
         drop(tx);
         res
     });
+    *stopped = pass.stopped.take();
     issue_result?;
     if let Some(e) = map_error.into_inner().expect("map error lock") {
         return Err(e);
     }
-    // Shared memory and file pages.
-    let mut restored = ByKind {
-        anon: issued,
-        ..Default::default()
-    };
-    let mut restore_skipped = Vec::new();
-    let mut restore_notes = Vec::new();
-    if stopped.is_none() {
-        if let Some(snap) = &opts.residency {
-            let plan = crate::plan::ActivationPlan::compute(
-                pid,
-                &crate::residency::ResidencySnapshot {
-                    anon: vec![],
-                    ..snap.clone()
-                },
-                None,
-            )?;
-            restore_notes.extend(plan.notes.iter().cloned());
-            let fo = crate::plan::FetchOptions {
-                free_floor_bytes: opts.free_floor_bytes,
-                budget_bytes: opts.budget_bytes.map(|b| b.saturating_sub(issued)),
-                ..Default::default()
-            };
-            let r = crate::plan::fetch_unmapped(&t, &plan, &plan.rest, &fo)?;
-            restored.shmem = r.issued_bytes.shmem;
-            restored.file = r.issued_bytes.file;
-            restore_skipped = r.skipped;
-            stopped = r.stopped;
-        } else if opts.shmem && !opts.working_set_only {
-            let shm: Vec<crate::inspect::VmaInfo> = vmas0
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|v| v.shared && v.smaps_swap_bytes > 0 && v.pageout_eligible())
-                .collect();
-            let ranges: Vec<Range> = shm.iter().map(|v| v.range()).collect();
-            if !ranges.is_empty() {
-                sys::madvise_all(t.pidfd(), &ranges, libc::MADV_WILLNEED, &mut |_| {})
-                    .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", pid, e))?;
-                // What the kernel reads: the swapped shmem pages of those mappings (smaps).
-                restored.shmem = shm.iter().map(|v| v.smaps_swap_bytes).sum();
+    pass.mapped = mapped.into_inner();
+    pass.failed = failed.into_inner();
+    Ok(pass)
+}
+
+/// One mapping thread: maps each batch received until the channel closes; the first error is
+/// kept in `map_error` (the issuing loop then stops).
+fn map_batches(
+    backend: &dyn Backend,
+    t: &Target,
+    rx: &Mutex<mpsc::Receiver<Arc<Vec<u64>>>>,
+    mapped: &AtomicU64,
+    failed: &AtomicU64,
+    map_error: &Mutex<Option<Error>>,
+    progress: &dyn Progress,
+) {
+    let ps = sys::page_size();
+    loop {
+        let batch = {
+            let guard = rx.lock().expect("prefetch channel lock");
+            guard.recv()
+        };
+        let Ok(batch) = batch else { break };
+        match backend.map_pages(t, &batch) {
+            Ok((ok, bad)) => {
+                let done = mapped.fetch_add(ok, Ordering::Relaxed) + ok;
+                failed.fetch_add(bad, Ordering::Relaxed);
+                progress.update(done * ps);
+            }
+            Err(e) => {
+                let mut g = map_error.lock().expect("map error lock");
+                if g.is_none() {
+                    *g = Some(e);
+                }
             }
         }
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    let still = scan(&t)?.len() as u64;
-    let present = count_present(&t, scope)?;
-    Ok(PrefetchReport {
-        pid,
-        backend: backend.name().to_string(),
-        page_size: ps,
-        swapped_before_pages: swapped_before,
-        candidate_pages: candidates,
-        working_set_method: opts.working_set.as_ref().map(|w| w.method.to_string()),
-        working_set_pages: ws_pages,
-        read_issued_bytes: issued,
-        mapped_pages: mapped.into_inner(),
-        map_failed_pages: failed.into_inner(),
-        still_swapped_pages: still,
-        present_after_pages: present,
-        read_runs,
-        stopped,
-        seconds,
-        mb_per_s: if seconds > 0.0 {
-            issued as f64 / 1e6 / seconds
+}
+
+/// The issuing loop of [`read_and_map`]: per batch, the free floor, the reads, then the batch
+/// handed to the mapping threads (`to_map`: their channel, and their first error).
+fn issue_reads(
+    backend: &dyn Backend,
+    t: &Target,
+    ordered: &[SwappedPage],
+    opts: &PrefetchOptions,
+    progress: &dyn Progress,
+    to_map: (&mpsc::SyncSender<Arc<Vec<u64>>>, &Mutex<Option<Error>>),
+    pass: &mut Pass,
+) -> Result<()> {
+    let (tx, map_error) = to_map;
+    let ps = sys::page_size();
+    let per_batch = ((opts.batch_bytes / ps).max(1)) as usize;
+    for chunk in ordered.chunks(per_batch) {
+        if map_error.lock().expect("map error lock").is_some() {
+            break;
+        }
+        let need = chunk.len() as u64 * ps;
+        let m = sys::meminfo()?;
+        if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
+            pass.stopped = Some(StopReason::FreeFloor {
+                available_bytes: m.mem_available,
+                floor_bytes: opts.free_floor_bytes,
+            });
+            break;
+        }
+        t.check_alive("prefetch")?;
+        let ranges = runs(chunk, ps);
+        pass.read_runs += ranges.len() as u64;
+        // Reads are issued in slot order; the kernel merges contiguous slots into large I/Os.
+        backend.read_ahead(t, &ranges)?;
+        pass.issued += need;
+        if opts.threads > 0 {
+            let addrs: Vec<u64> = chunk.iter().map(|p| p.addr).collect();
+            if tx.send(Arc::new(addrs)).is_err() {
+                break;
+            }
         } else {
-            0.0
+            progress.update(pass.issued);
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot's shmem and file pages that are out now (a plan without anonymous pages, its
+/// `rest` fetched unmapped), within what is left of the budget.
+fn restore_snapshot(
+    t: &Target,
+    snap: &crate::residency::ResidencySnapshot,
+    opts: &PrefetchOptions,
+    issued: u64,
+    notes: &mut Vec<String>,
+) -> Result<crate::plan::FetchReport> {
+    let plan = crate::plan::ActivationPlan::compute(
+        t.pid(),
+        &crate::residency::ResidencySnapshot {
+            anon: vec![],
+            ..snap.clone()
         },
-        restored_bytes: restored,
-        restore_skipped,
-        restore_notes,
-    })
+        None,
+    )?;
+    notes.extend(plan.notes.iter().cloned());
+    let fo = crate::plan::FetchOptions {
+        free_floor_bytes: opts.free_floor_bytes,
+        budget_bytes: opts.budget_bytes.map(|b| b.saturating_sub(issued)),
+        ..Default::default()
+    };
+    crate::plan::fetch_unmapped(t, &plan, &plan.rest, &fo)
+}
+
+/// Without a snapshot: `MADV_WILLNEED` over every shared mapping with swapped pages. Returns
+/// the bytes the kernel reads (their smaps `Swap:`).
+fn restore_shmem(t: &Target, vmas: Vec<crate::inspect::VmaInfo>) -> Result<u64> {
+    let shm: Vec<crate::inspect::VmaInfo> = vmas
+        .into_iter()
+        .filter(|v| v.shared && v.smaps_swap_bytes > 0 && v.pageout_eligible())
+        .collect();
+    let ranges: Vec<Range> = shm.iter().map(|v| v.range()).collect();
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    sys::madvise_all(t.pidfd(), &ranges, libc::MADV_WILLNEED, &mut |_| {})
+        .map_err(|e| Error::sys("process_madvise(MADV_WILLNEED)", t.pid(), e))?;
+    Ok(shm.iter().map(|v| v.smaps_swap_bytes).sum())
 }
 
 /// Stock mapping pass: `process_vm_readv` of one byte per page, [`sys::IOV_MAX`] pages per

@@ -202,13 +202,7 @@ pub fn purge_with(
 ) -> Result<PurgeReport> {
     let t = Target::open(pid, "purge")?;
     require_swap()?;
-    let q = quiescence(pid)?;
-    if !q.is_quiescent() && !opts.force {
-        let Quiescence::Running(detail) = q else {
-            unreachable!()
-        };
-        return Err(Error::NotQuiesced { pid, detail });
-    }
+    let q = check_quiesced(pid, opts.force)?;
     let t0 = Instant::now();
     let mem0 = sys::meminfo()?;
     let memcg = Memcg::of_pid(pid)?;
@@ -216,148 +210,288 @@ pub fn purge_with(
     let before = backend.inspect(&t, InspectOptions::default())?;
     let ps = before.page_size;
     let mut kind_notes = Vec::new();
-    let snapshot = if opts.snapshot {
-        match ResidencySnapshot::take(&t) {
-            Ok(s) => {
-                kind_notes.extend(
-                    s.skipped
-                        .iter()
-                        .map(|k| format!("{}: {}", k.path, k.reason)),
-                );
-                Some(s)
-            }
-            Err(e @ Error::TargetExited { .. }) => return Err(e),
-            Err(e) => {
-                kind_notes.push(format!("no residency snapshot: {e}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let snapshot = take_snapshot(&t, opts, &mut kind_notes)?;
+    let mut out = PageOut::default();
+    let layout_pre = page_out_layout_first(backend, &t, opts, progress, ps, &mut out)?;
+    let ranges = eligible_ranges(&before.vmas, opts.chunk_bytes.max(ps));
+    progress.phase("page-out", ranges.iter().map(|r| r.len).sum());
+    let tp = Instant::now();
+    page_out_ranges(backend, &t, &ranges, opts, progress, &mut out)?;
+    let pageout_seconds = tp.elapsed().as_secs_f64();
+    let (reclaim, reclaim_skipped) = reclaim_memcg(&t, memcg.as_ref(), opts, progress)?;
+    t.check_alive("purge")?;
+    let (after, layout) = inspect_after(backend, &t, opts, &layout_pre, &out)?;
+    let (snapshot_bytes, evicted_bytes) = eviction(snapshot.as_ref(), pid, ps, &mut kind_notes)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let mem1 = sys::meminfo()?;
+    let paged_out_bytes = after.totals.swapped.saturating_sub(before.totals.swapped) * ps;
+    let unpurged = unpurged(&after.vmas, ps);
+    let partial = partial_note(&unpurged, &mem1);
+    Ok(PurgeReport {
+        pid,
+        backend: backend.name().to_string(),
+        quiescence: q,
+        forced: opts.force,
+        page_size: ps,
+        before: before.totals,
+        after: after.totals,
+        advised_bytes: out.advised,
+        refused_bytes: out.refused,
+        paged_out_bytes,
+        pageout_seconds,
+        reclaim,
+        reclaim_skipped,
+        seconds,
+        mb_per_s: if seconds > 0.0 {
+            paged_out_bytes as f64 / 1e6 / seconds
+        } else {
+            0.0
+        },
+        resident_bytes: after.totals.present * ps,
+        resident_file_bytes: after.totals.file_pages * ps,
+        resident_anon_bytes: after.totals.present_anon * ps,
+        swapped_bytes: after.totals.swapped * ps,
+        swap_cache_bytes: memcg
+            .as_ref()
+            .map(|m| m.swapcached())
+            .transpose()?
+            .flatten(),
+        system_swap_cached_delta: mem1.swap_cached as i64 - mem0.swap_cached as i64,
+        memcg_usage_before: usage0,
+        memcg_usage_after: memcg.as_ref().map(|m| m.usage()).transpose()?,
+        memcg,
+        contiguity: after.contiguity,
+        unpurged,
+        kinds_before: before.kinds,
+        kinds_after: after.kinds,
+        evicted_bytes,
+        snapshot_bytes,
+        kind_notes,
+        layout,
+        partial,
+        snapshot,
+    })
+}
 
-    // Loading set first, in the given order, from one CPU (slots come from per-CPU clusters).
-    let mut layout_pre: Vec<SwappedPage> = Vec::new();
-    let mut first_seconds = 0.0;
-    let mut advised = 0u64;
-    let mut refused = 0u64;
-    let mut rewritten = (0, 0);
-    if let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) {
-        layout_pre = crate::prefetch::swapped_pages_in(&t, first)?;
-        let tf = Instant::now();
-        if opts.layout_rewrite_bytes >= ps {
-            let addrs = exclusive_present(&t, first, opts.layout_rewrite_bytes / ps)?;
-            rewritten = rewrite_pages_vm(pid, &addrs)?;
-        }
-        let _pin = PinCpu::here();
-        progress.phase(
-            "page-out (loading set first)",
-            first.iter().map(|r| r.len).sum(),
-        );
-        for batch in first.chunks(opts.batch_iovecs.clamp(1, sys::IOV_MAX)) {
-            t.check_alive("purge")?;
-            let base = advised + refused;
-            let (a, r) = backend.page_out(&t, batch, &mut |d| progress.update(base + d))?;
-            advised += a;
-            refused += r;
-        }
-        first_seconds = tf.elapsed().as_secs_f64();
+/// The target's quiescence; an error if it runs and the purge is not forced.
+fn check_quiesced(pid: i32, force: bool) -> Result<Quiescence> {
+    let q = quiescence(pid)?;
+    if !q.is_quiescent() && !force {
+        let Quiescence::Running(detail) = q else {
+            unreachable!()
+        };
+        return Err(Error::NotQuiesced { pid, detail });
     }
+    Ok(q)
+}
 
-    // Address-ordered ranges of every eligible VMA that holds present pages, cut into chunks.
+/// The target after the page-out (its swapped pages too with a layout), and the layout report.
+fn inspect_after(
+    backend: &dyn Backend,
+    t: &Target,
+    opts: &PurgeOptions,
+    layout_pre: &[SwappedPage],
+    out: &PageOut,
+) -> Result<(crate::inspect::Inspection, Option<LayoutReport>)> {
+    let after = backend.inspect(
+        t,
+        InspectOptions {
+            swapped_pages: opts.layout_first.is_some(),
+        },
+    )?;
+    let ps = after.page_size;
+    let layout = opts.layout_first.as_ref().map(|first| {
+        let mut l = layout_report(
+            first,
+            layout_pre,
+            &after.swapped_pages,
+            ps,
+            out.first_seconds,
+        );
+        (l.rewritten_pages, l.rewrite_refused_pages) = out.rewritten;
+        l
+    });
+    Ok((after, layout))
+}
+
+/// What the page-out steps did so far.
+#[derive(Debug, Default)]
+struct PageOut {
+    /// Bytes `process_madvise(MADV_PAGEOUT)` accepted, and refused.
+    advised: u64,
+    refused: u64,
+    /// Time of the ordered page-out of the loading set.
+    first_seconds: f64,
+    /// Pages of the layout's head rewritten, and refused.
+    rewritten: (u64, u64),
+}
+
+/// The Stop-time residency snapshot, when asked for (a failure other than the target's exit is
+/// a note, not an error).
+fn take_snapshot(
+    t: &Target,
+    opts: &PurgeOptions,
+    kind_notes: &mut Vec<String>,
+) -> Result<Option<ResidencySnapshot>> {
+    if !opts.snapshot {
+        return Ok(None);
+    }
+    match ResidencySnapshot::take(t) {
+        Ok(s) => {
+            kind_notes.extend(
+                s.skipped
+                    .iter()
+                    .map(|k| format!("{}: {}", k.path, k.reason)),
+            );
+            Ok(Some(s))
+        }
+        Err(e @ Error::TargetExited { .. }) => Err(e),
+        Err(e) => {
+            kind_notes.push(format!("no residency snapshot: {e}"));
+            Ok(None)
+        }
+    }
+}
+
+/// The loading set first ([`PurgeOptions::layout_first`]), in the given order, from one CPU
+/// (slots come from per-CPU clusters). Returns the layout's pages that were on swap before.
+fn page_out_layout_first(
+    backend: &dyn Backend,
+    t: &Target,
+    opts: &PurgeOptions,
+    progress: &dyn Progress,
+    ps: u64,
+    out: &mut PageOut,
+) -> Result<Vec<SwappedPage>> {
+    let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let layout_pre = crate::prefetch::swapped_pages_in(t, first)?;
+    let tf = Instant::now();
+    if opts.layout_rewrite_bytes >= ps {
+        let addrs = exclusive_present(t, first, opts.layout_rewrite_bytes / ps)?;
+        out.rewritten = rewrite_pages_vm(t.pid(), &addrs)?;
+    }
+    let _pin = PinCpu::here();
+    progress.phase(
+        "page-out (loading set first)",
+        first.iter().map(|r| r.len).sum(),
+    );
+    page_out_ranges(backend, t, first, opts, progress, out)?;
+    out.first_seconds = tf.elapsed().as_secs_f64();
+    Ok(layout_pre)
+}
+
+/// Address-ordered ranges of every eligible VMA that holds present pages, cut into chunks of
+/// at most `chunk` bytes.
+fn eligible_ranges(vmas: &[crate::inspect::VmaInfo], chunk: u64) -> Vec<Range> {
     let mut ranges: Vec<Range> = Vec::new();
-    for v in before
-        .vmas
+    for v in vmas
         .iter()
         .filter(|v| v.pageout_eligible() && v.present > 0)
     {
         let mut s = v.start;
         while s < v.end {
-            let len = (v.end - s).min(opts.chunk_bytes.max(ps));
+            let len = (v.end - s).min(chunk);
             ranges.push(Range { start: s, len });
             s += len;
         }
     }
-    let total: u64 = ranges.iter().map(|r| r.len).sum();
-    progress.phase("page-out", total);
-    let tp = Instant::now();
+    ranges
+}
+
+/// `MADV_PAGEOUT` over `ranges`, in batches of [`PurgeOptions::batch_iovecs`], adding to
+/// `out`'s advised and refused bytes (progress counts from what `out` had).
+fn page_out_ranges(
+    backend: &dyn Backend,
+    t: &Target,
+    ranges: &[Range],
+    opts: &PurgeOptions,
+    progress: &dyn Progress,
+    out: &mut PageOut,
+) -> Result<()> {
     for batch in ranges.chunks(opts.batch_iovecs.clamp(1, sys::IOV_MAX)) {
         t.check_alive("purge")?;
-        let base = advised + refused;
-        let (a, r) = backend.page_out(&t, batch, &mut |d| progress.update(base + d))?;
-        advised += a;
-        refused += r;
-        progress.update(advised + refused);
+        let base = out.advised + out.refused;
+        let (a, r) = backend.page_out(t, batch, &mut |d| progress.update(base + d))?;
+        out.advised += a;
+        out.refused += r;
+        progress.update(out.advised + out.refused);
     }
-    let pageout_seconds = tp.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    let mut reclaim = None;
-    let mut reclaim_skipped = None;
-    match (&memcg, opts.reclaim) {
-        (_, false) => reclaim_skipped = Some("disabled by caller".into()),
-        (None, true) => reclaim_skipped = Some("the target has no memory cgroup".into()),
-        (Some(m), true) if m.is_root() => {
-            reclaim_skipped = Some(format!(
-                "the target's memory cgroup {} is a hierarchy root: pages stay in the swap cache",
-                m.dir().display()
-            ))
-        }
-        (Some(m), true) if !opts.reclaim_shared && m.shared_with_others(pid)?.is_some() => {
-            reclaim_skipped = Some(format!(
+/// The memcg reclaim after the page-out (so pages leave the swap cache), or why none ran.
+fn reclaim_memcg(
+    t: &Target,
+    memcg: Option<&Memcg>,
+    opts: &PurgeOptions,
+    progress: &dyn Progress,
+) -> Result<(Option<ReclaimOutcome>, Option<String>)> {
+    let skipped = |s: String| Ok((None, Some(s)));
+    match (memcg, opts.reclaim) {
+        (_, false) => skipped("disabled by caller".into()),
+        (None, true) => skipped("the target has no memory cgroup".into()),
+        (Some(m), true) if m.is_root() => skipped(format!(
+            "the target's memory cgroup {} is a hierarchy root: pages stay in the swap cache",
+            m.dir().display()
+        )),
+        (Some(m), true) if !opts.reclaim_shared && m.shared_with_others(t.pid())?.is_some() => {
+            skipped(format!(
                 "the target's memory cgroup is shared ({}); reclaiming it would evict others too, so pages stay in the swap cache \
                  (start the target in its own cgroup, or allow a shared reclaim)",
-                m.shared_with_others(pid)?.unwrap_or_default()
+                m.shared_with_others(t.pid())?.unwrap_or_default()
             ))
         }
         (Some(m), true) => {
             progress.phase("memcg reclaim", 0);
             t.check_alive("purge")?;
             match m.reclaim_all() {
-                Ok(o) => reclaim = Some(o),
-                Err(e) => reclaim_skipped = Some(format!("reclaim failed: {e}")),
+                Ok(o) => Ok((Some(o), None)),
+                Err(e) => skipped(format!("reclaim failed: {e}")),
             }
         }
     }
-    t.check_alive("purge")?;
-    let after = backend.inspect(
-        &t,
-        InspectOptions {
-            swapped_pages: opts.layout_first.is_some(),
-        },
-    )?;
-    let layout = opts.layout_first.as_ref().map(|first| {
-        let mut l = layout_report(first, &layout_pre, &after.swapped_pages, ps, first_seconds);
-        (l.rewritten_pages, l.rewrite_refused_pages) = rewritten;
-        l
-    });
-    let (snapshot_bytes, evicted_bytes) = match &snapshot {
-        Some(s) => match s.check(pid) {
-            Ok(c) => {
-                kind_notes.extend(c.gone.iter().map(|(p, g)| format!("{p}: {g}")));
-                let out = c.out_pages();
-                (
-                    Some(s.bytes()),
-                    Some(ByKind {
-                        anon: out.anon * ps,
-                        shmem: out.shmem * ps,
-                        file: out.file * ps,
-                    }),
-                )
-            }
-            Err(e @ Error::TargetExited { .. }) => return Err(e),
-            Err(e) => {
-                kind_notes.push(format!("eviction check failed: {e}"));
-                (Some(s.bytes()), None)
-            }
-        },
-        None => (None, None),
-    };
-    let seconds = t0.elapsed().as_secs_f64();
-    let mem1 = sys::meminfo()?;
-    let paged_out_bytes = after.totals.swapped.saturating_sub(before.totals.swapped) * ps;
+}
 
+/// Bytes per kind: the snapshot's resident bytes, and of them those out of RAM now.
+type SnapshotAndEvicted = (Option<ByKind<u64>>, Option<ByKind<u64>>);
+
+/// The snapshot's resident bytes per kind, and how many of them are out of RAM now.
+fn eviction(
+    snapshot: Option<&ResidencySnapshot>,
+    pid: i32,
+    ps: u64,
+    kind_notes: &mut Vec<String>,
+) -> Result<SnapshotAndEvicted> {
+    let Some(s) = snapshot else {
+        return Ok((None, None));
+    };
+    match s.check(pid) {
+        Ok(c) => {
+            kind_notes.extend(c.gone.iter().map(|(p, g)| format!("{p}: {g}")));
+            let out = c.out_pages();
+            Ok((
+                Some(s.bytes()),
+                Some(ByKind {
+                    anon: out.anon * ps,
+                    shmem: out.shmem * ps,
+                    file: out.file * ps,
+                }),
+            ))
+        }
+        Err(e @ Error::TargetExited { .. }) => Err(e),
+        Err(e) => {
+            kind_notes.push(format!("eviction check failed: {e}"));
+            Ok((Some(s.bytes()), None))
+        }
+    }
+}
+
+/// Resident memory left after the purge, by reason.
+fn unpurged(vmas: &[crate::inspect::VmaInfo], ps: u64) -> Unpurged {
     let mut un = Unpurged::default();
-    for v in after.vmas.iter().filter(|v| v.present > 0) {
+    for v in vmas.iter().filter(|v| v.present > 0) {
         let bytes = v.present * ps;
         let reason = if v.locked {
             un.locked_bytes += bytes;
@@ -396,9 +530,14 @@ pub fn purge_with(
             resident_bytes: bytes,
         });
     }
+    un
+}
 
+/// The partial-purge note: private anonymous memory the page-out should have moved to swap is
+/// still resident.
+fn partial_note(un: &Unpurged, mem1: &sys::MemFigures) -> Option<String> {
     let left = un.anon_bytes.saturating_sub(un.anon_shared_bytes);
-    let partial = (left > 0).then(|| {
+    (left > 0).then(|| {
         format!(
             "partial purge: {} KiB of private anonymous memory still resident; swap free {} of {} MiB{}",
             left >> 10,
@@ -410,51 +549,6 @@ pub fn purge_with(
                 ""
             }
         )
-    });
-
-    Ok(PurgeReport {
-        pid,
-        backend: backend.name().to_string(),
-        quiescence: q,
-        forced: opts.force,
-        page_size: ps,
-        before: before.totals,
-        after: after.totals,
-        advised_bytes: advised,
-        refused_bytes: refused,
-        paged_out_bytes,
-        pageout_seconds,
-        reclaim,
-        reclaim_skipped,
-        seconds,
-        mb_per_s: if seconds > 0.0 {
-            paged_out_bytes as f64 / 1e6 / seconds
-        } else {
-            0.0
-        },
-        resident_bytes: after.totals.present * ps,
-        resident_file_bytes: after.totals.file_pages * ps,
-        resident_anon_bytes: after.totals.present_anon * ps,
-        swapped_bytes: after.totals.swapped * ps,
-        swap_cache_bytes: memcg
-            .as_ref()
-            .map(|m| m.swapcached())
-            .transpose()?
-            .flatten(),
-        system_swap_cached_delta: mem1.swap_cached as i64 - mem0.swap_cached as i64,
-        memcg_usage_before: usage0,
-        memcg_usage_after: memcg.as_ref().map(|m| m.usage()).transpose()?,
-        memcg,
-        contiguity: after.contiguity,
-        unpurged: un,
-        kinds_before: before.kinds,
-        kinds_after: after.kinds,
-        evicted_bytes,
-        snapshot_bytes,
-        kind_notes,
-        layout,
-        partial,
-        snapshot,
     })
 }
 

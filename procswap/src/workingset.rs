@@ -269,6 +269,38 @@ impl Drop for Damon {
 }
 
 fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
+    let d = damon_setup(t)?;
+    let sc = "contexts/0/schemes/0";
+    d.w("state", "on")?;
+    let deadline = Instant::now() + duration;
+    // Regions seen accessed are unioned over the second half of the period only: early
+    // snapshots still have coarse regions, whose union would cover cold memory too.
+    let keep_from = Instant::now() + duration / 2;
+    let mut out = Vec::new();
+    let tried = d.kd.join(sc).join("tried_regions");
+    loop {
+        std::thread::sleep(
+            Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
+        );
+        t.check_alive("working-set recording")?;
+        // Blocks until kdamond has applied the schemes once more, then fills tried_regions.
+        d.w("state", "update_schemes_tried_regions")?;
+        let regions = tried_regions(&tried)?;
+        if Instant::now() >= keep_from {
+            out.extend(regions);
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    drop(d);
+    Ok(out)
+}
+
+/// One kdamond with one vaddr context over `t` and one `stat` scheme matching every region
+/// accessed at least once per aggregation (not started). Refuses a DAMON sysfs someone else
+/// uses.
+fn damon_setup(t: &Target) -> Result<Damon> {
     let admin = Path::new(DAMON_ADMIN);
     let nr_path = admin.join("kdamonds/nr_kdamonds");
     let nr: u32 = read_trim(&nr_path)?
@@ -309,57 +341,36 @@ fn record_damon(t: &Target, duration: Duration) -> Result<Vec<Range>> {
     let sc = "contexts/0/schemes/0";
     d.w(&format!("{sc}/action"), "stat")?;
     d.w(&format!("{sc}/access_pattern/sz/min"), "0")?;
-    d.w(
-        &format!("{sc}/access_pattern/sz/max"),
-        &u64::MAX.to_string(),
-    )?;
+    let max = |k: &str, v: String| d.w(&format!("{sc}/access_pattern/{k}"), &v);
+    max("sz/max", u64::MAX.to_string())?;
     d.w(&format!("{sc}/access_pattern/nr_accesses/min"), "1")?;
-    d.w(
-        &format!("{sc}/access_pattern/nr_accesses/max"),
-        &u32::MAX.to_string(),
-    )?;
+    max("nr_accesses/max", u32::MAX.to_string())?;
     d.w(&format!("{sc}/access_pattern/age/min"), "0")?;
-    d.w(
-        &format!("{sc}/access_pattern/age/max"),
-        &u32::MAX.to_string(),
-    )?;
-    d.w("state", "on")?;
-    let deadline = Instant::now() + duration;
-    // Regions seen accessed are unioned over the second half of the period only: early
-    // snapshots still have coarse regions, whose union would cover cold memory too.
-    let keep_from = Instant::now() + duration / 2;
+    max("age/max", u32::MAX.to_string())?;
+    Ok(d)
+}
+
+/// The regions of a scheme's `tried_regions` directory (non-empty ones).
+fn tried_regions(tried: &Path) -> Result<Vec<Range>> {
     let mut out = Vec::new();
-    let tried = d.kd.join(sc).join("tried_regions");
-    loop {
-        std::thread::sleep(
-            Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
-        );
-        t.check_alive("working-set recording")?;
-        // Blocks until kdamond has applied the schemes once more, then fills tried_regions.
-        d.w("state", "update_schemes_tried_regions")?;
-        for e in std::fs::read_dir(&tried).map_err(|e| Error::io(&tried, e))? {
-            let e = e.map_err(|e| Error::io(&tried, e))?;
-            if !e.file_type().map(|f| f.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            let rd = |k: &str| -> Result<u64> {
-                read_trim(&e.path().join(k))?
-                    .parse()
-                    .map_err(|x| Error::WorkingSet(format!("{k}: {x}")))
-            };
-            let (start, end) = (rd("start")?, rd("end")?);
-            if end > start && Instant::now() >= keep_from {
-                out.push(Range {
-                    start,
-                    len: end - start,
-                });
-            }
+    for e in std::fs::read_dir(tried).map_err(|e| Error::io(tried, e))? {
+        let e = e.map_err(|e| Error::io(tried, e))?;
+        if !e.file_type().map(|f| f.is_dir()).unwrap_or(false) {
+            continue;
         }
-        if Instant::now() >= deadline {
-            break;
+        let rd = |k: &str| -> Result<u64> {
+            read_trim(&e.path().join(k))?
+                .parse()
+                .map_err(|x| Error::WorkingSet(format!("{k}: {x}")))
+        };
+        let (start, end) = (rd("start")?, rd("end")?);
+        if end > start {
+            out.push(Range {
+                start,
+                len: end - start,
+            });
         }
     }
-    drop(d);
     Ok(out)
 }
 

@@ -379,17 +379,11 @@ impl Controller {
         let mut at = ActivationTiming::default();
         // Under an unmet reserve nothing is fetched (not even in the background): demand paging
         // brings the app back, and the answer says why.
-        if let Ok(m) = procswap::sys::meminfo() {
-            if m.mem_available < self.cfg.reserve {
-                let s = procswap::StopReason::FreeFloor {
-                    available_bytes: m.mem_available,
-                    floor_bytes: self.cfg.reserve,
-                };
-                timing.prefetch_stopped = Some(format!("{s:?}"));
-                at.notes
-                    .push("free memory below the reserve: nothing fetched".into());
-                return Some((Vec::new(), Vec::new(), at));
-            }
+        if let Some(s) = self.reserve_unmet() {
+            timing.prefetch_stopped = Some(format!("{s:?}"));
+            at.notes
+                .push("free memory below the reserve: nothing fetched".into());
+            return Some((Vec::new(), Vec::new(), at));
         }
         let tl = Instant::now();
         let plans = self.load_plans(slot, pids, &mut at.notes);
@@ -421,64 +415,71 @@ impl Controller {
         let t = Instant::now();
         let mut recorders = Vec::new();
         for plan in &plans {
-            let (f, l, r) = (
-                plan.first.pages(),
-                plan.loading_rest.pages(),
-                plan.rest.pages(),
-            );
-            at.first_pages += f.anon + f.shmem + f.file;
-            at.loading_rest_pages += l.anon + l.shmem + l.file;
-            at.rest_pages += r.anon + r.shmem + r.file;
-            at.notes
-                .extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
-            let ti = Instant::now();
-            let fetched = Target::open(plan.pid, "activation")
-                .and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, &opts));
-            at.first_issue_s += ti.elapsed().as_secs_f64();
-            match fetched {
-                Ok(rep) => {
-                    at.first_issued_bytes +=
-                        rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
-                    at.first_swap_extents += rep.swap_extents;
-                    for s in &rep.skipped {
-                        let n = format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason);
-                        if !at.notes.contains(&n) {
-                            // Reported like the objects found gone after the thaw.
-                            self.event(Some(&slot.cfg.name), EventKind::Activation, n.clone());
-                            at.notes.push(n);
-                        }
-                    }
-                    if let Some(s) = rep.stopped {
-                        timing.prefetch_stopped = Some(format!("{s:?}"));
-                    }
-                }
-                Err(e) => at
-                    .notes
-                    .push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
-            }
+            self.fetch_first(slot, plan, &opts, &mut at, timing);
             let tr = Instant::now();
-            let rec = LoadingSetRecorder::start(
-                plan.pid,
-                &Candidates::from_plan(plan),
-                RecorderOptions::default(),
-            );
-            match rec {
-                Ok(mut rec) => {
-                    // The background fetch must not be mistaken for the app's own reads.
-                    rec.note_fetched_part(plan, &plan.loading_rest);
-                    rec.note_fetched_part(plan, &plan.rest);
-                    recorders.push(rec);
-                }
-                Err(e) => at
-                    .notes
-                    .push(format!("pid {}: no recording this time: {e}", plan.pid)),
-            }
+            recorders.extend(start_recorder(plan, &mut at.notes));
             at.recorder_start_s += tr.elapsed().as_secs_f64();
         }
         at.first_fetch_s = t.elapsed().as_secs_f64();
         at.planned_pids = plans.len();
         timing.prefetch_bytes += at.first_issued_bytes;
         Some((plans, recorders, at))
+    }
+
+    /// Why nothing may be fetched now: free memory below the reserve.
+    fn reserve_unmet(&self) -> Option<procswap::StopReason> {
+        let m = procswap::sys::meminfo().ok()?;
+        (m.mem_available < self.cfg.reserve).then_some(procswap::StopReason::FreeFloor {
+            available_bytes: m.mem_available,
+            floor_bytes: self.cfg.reserve,
+        })
+    }
+
+    /// Before thaw: fetch `plan`'s `first` part (unmapped), counting it in `at`; objects
+    /// skipped are reported as events and notes (once each).
+    fn fetch_first(
+        &self,
+        slot: &AppSlot,
+        plan: &ActivationPlan,
+        opts: &FetchOptions,
+        at: &mut ActivationTiming,
+        timing: &mut StartTiming,
+    ) {
+        let (f, l, r) = (
+            plan.first.pages(),
+            plan.loading_rest.pages(),
+            plan.rest.pages(),
+        );
+        at.first_pages += f.anon + f.shmem + f.file;
+        at.loading_rest_pages += l.anon + l.shmem + l.file;
+        at.rest_pages += r.anon + r.shmem + r.file;
+        at.notes
+            .extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
+        let ti = Instant::now();
+        let fetched = Target::open(plan.pid, "activation")
+            .and_then(|tg| fetch_unmapped(&tg, plan, &plan.first, opts));
+        at.first_issue_s += ti.elapsed().as_secs_f64();
+        match fetched {
+            Ok(rep) => {
+                at.first_issued_bytes +=
+                    rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
+                at.first_swap_extents += rep.swap_extents;
+                for s in &rep.skipped {
+                    let n = format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason);
+                    if !at.notes.contains(&n) {
+                        // Reported like the objects found gone after the thaw.
+                        self.event(Some(&slot.cfg.name), EventKind::Activation, n.clone());
+                        at.notes.push(n);
+                    }
+                }
+                if let Some(s) = rep.stopped {
+                    timing.prefetch_stopped = Some(format!("{s:?}"));
+                }
+            }
+            Err(e) => at
+                .notes
+                .push(format!("pid {}: fetch before thaw failed: {e}", plan.pid)),
+        }
     }
 
     /// Start, right after thaw: the recorder and background threads.
@@ -600,6 +601,27 @@ impl Controller {
     /// Start: the app answered its first request.
     pub(super) fn activation_first_response(&self, slot: &AppSlot) {
         lock(&slot.act).first_response.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A recorder for `plan`'s process (its first pagemap pass), told about the background
+/// fetch's parts so they are not mistaken for the app's own reads; `None` with a note if it
+/// cannot start.
+fn start_recorder(plan: &ActivationPlan, notes: &mut Vec<String>) -> Option<LoadingSetRecorder> {
+    match LoadingSetRecorder::start(
+        plan.pid,
+        &Candidates::from_plan(plan),
+        RecorderOptions::default(),
+    ) {
+        Ok(mut rec) => {
+            rec.note_fetched_part(plan, &plan.loading_rest);
+            rec.note_fetched_part(plan, &plan.rest);
+            Some(rec)
+        }
+        Err(e) => {
+            notes.push(format!("pid {}: no recording this time: {e}", plan.pid));
+            None
+        }
     }
 }
 
