@@ -283,6 +283,11 @@ pub struct Trial {
     pub floor_bytes: u64,
     pub floor_s: Option<f64>,
     pub conditioning_s: f64,
+    /// Active swap areas at the Stop before the timed Start (`/proc/swaps`: name, priority,
+    /// used KiB): the kernel spreads allocations over areas of equal priority, so another at
+    /// the benchmark's priority interleaves the purge's loading-set-first layout.
+    #[serde(default)]
+    pub swap_areas: Vec<String>,
 }
 
 impl Trial {
@@ -320,25 +325,18 @@ struct Ctx<'a> {
     day: String,
 }
 
-fn run_one(
+/// Untimed Stop → Start(mode) → workload cycles (warm: in `full`, then settled), the Stop
+/// before the timed Start, and the memory proven out (in, for warm) — one more cycle if not.
+fn condition_and_prove(
     ctx: &Ctx,
     d: &mut Daemon,
     wl: &mut dyn Workload,
     mode: &str,
     trial: usize,
-    seq: usize,
-) -> Result<Trial> {
+    tr: &mut Trial,
+) -> Result<(Proof, Memcg)> {
     let o = ctx.o;
     let warm = mode == "warm";
-    let mut tr = Trial {
-        seq,
-        trial,
-        mode: mode.into(),
-        load_before: loadavg(),
-        ..Default::default()
-    };
-    d.switch(warm)?;
-    let tc = Instant::now();
     let cond_mode = if warm { "full" } else { mode };
     let cycles = if warm {
         o.condition.max(1)
@@ -354,6 +352,7 @@ fn run_one(
     if warm {
         wl.settle(d).context("settle (warm)")?;
     }
+    tr.swap_areas = swap_areas();
     tr.stop_answer = d.stop_app()?;
     let (mut proof, mut mc) = prove(d, warm, o.max_resident, 1)?;
     if !proof.ok {
@@ -367,6 +366,91 @@ fn run_one(
         tr.stop_answer = d.stop_app()?;
         (proof, mc) = prove(d, warm, o.max_resident, 2)?;
     }
+    Ok((proof, mc))
+}
+
+/// The timed Start: the Start request and the app's first request at the same instant; swap-in
+/// and major faults to the first response and to the end of the workload.
+fn timed_start(
+    d: &mut Daemon,
+    wl: &mut dyn Workload,
+    mode: &str,
+    seed: u64,
+    mc: &Memcg,
+    tr: &mut Trial,
+) -> Result<()> {
+    let (sw0, mf0) = (pswpin(), mc.snap().majflt);
+    let at = At::now();
+    let sock_d = (d.sock.clone(), d.app.clone());
+    let body = body_mode(mode).map(|m| json!({ "prefetch": m }));
+    let h = std::thread::spawn(move || {
+        let r = vm_e2e::torpord::call(
+            &sock_d.0,
+            "POST",
+            &format!("/v1/apps/{}/start", sock_d.1),
+            body.as_ref(),
+            Duration::from_secs(900),
+        );
+        (r, at.secs())
+    });
+    let mut first = None;
+    let res = wl.run(&at, seed, &mut || {
+        first = Some((pswpin(), mc.snap().majflt))
+    });
+    let (ans, ret_s) = h
+        .join()
+        .map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
+    let (sw1, mf1) = (pswpin(), mc.snap().majflt);
+    tr.start_return_s = ret_s;
+    match ans {
+        Ok((200, v)) => {
+            if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true) {
+                tr.error = format!("Start was not a resume: {v}");
+            }
+            tr.effective_mode = effective(&v);
+            tr.start_answer = v;
+        }
+        Ok((st, v)) => {
+            tr.error = format!("Start answered {st}: {v}");
+            tr.start_answer = v;
+        }
+        Err(e) => tr.error = format!("Start request: {e:#}"),
+    }
+    match res {
+        Ok(out) => tr.outcome = Some(out),
+        Err(e) => {
+            if tr.error.is_empty() {
+                tr.error = format!("workload: {e:#}");
+            }
+        }
+    }
+    let (swf, mff) = first.unwrap_or((sw1, mf1));
+    tr.swapin_first_bytes = swf.saturating_sub(sw0) * page_size();
+    tr.swapin_total_bytes = sw1.saturating_sub(sw0) * page_size();
+    tr.majflt_first = mff.saturating_sub(mf0);
+    tr.majflt_total = mf1.saturating_sub(mf0);
+    Ok(())
+}
+
+fn run_one(
+    ctx: &Ctx,
+    d: &mut Daemon,
+    wl: &mut dyn Workload,
+    mode: &str,
+    trial: usize,
+    seq: usize,
+) -> Result<Trial> {
+    let warm = mode == "warm";
+    let mut tr = Trial {
+        seq,
+        trial,
+        mode: mode.into(),
+        load_before: loadavg(),
+        ..Default::default()
+    };
+    d.switch(warm)?;
+    let tc = Instant::now();
+    let (proof, mc) = condition_and_prove(ctx, d, wl, mode, trial, &mut tr)?;
     tr.conditioning_s = tc.elapsed().as_secs_f64();
     let ok = proof.ok;
     tr.proof = Some(proof);
@@ -376,63 +460,26 @@ fn run_one(
         d.start_app(body_mode(mode))?;
         wl.run(&At::now(), seed, &mut || {})?;
     } else {
-        let (sw0, mf0) = (pswpin(), mc.snap().majflt);
-        let at = At::now();
-        let sock_d = (d.sock.clone(), d.app.clone());
-        let body = body_mode(mode).map(|m| json!({ "prefetch": m }));
-        let h = std::thread::spawn(move || {
-            let r = vm_e2e::torpord::call(
-                &sock_d.0,
-                "POST",
-                &format!("/v1/apps/{}/start", sock_d.1),
-                body.as_ref(),
-                Duration::from_secs(900),
-            );
-            (r, at.secs())
-        });
-        let mut first = None;
-        let res = wl.run(&at, seed, &mut || {
-            first = Some((pswpin(), mc.snap().majflt))
-        });
-        let (ans, ret_s) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
-        let (sw1, mf1) = (pswpin(), mc.snap().majflt);
-        tr.start_return_s = ret_s;
-        match ans {
-            Ok((200, v)) => {
-                if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true)
-                {
-                    tr.error = format!("Start was not a resume: {v}");
-                }
-                tr.effective_mode = effective(&v);
-                tr.start_answer = v;
-            }
-            Ok((st, v)) => {
-                tr.error = format!("Start answered {st}: {v}");
-                tr.start_answer = v;
-            }
-            Err(e) => tr.error = format!("Start request: {e:#}"),
-        }
-        match res {
-            Ok(out) => tr.outcome = Some(out),
-            Err(e) => {
-                if tr.error.is_empty() {
-                    tr.error = format!("workload: {e:#}");
-                }
-            }
-        }
-        let (swf, mff) = first.unwrap_or((sw1, mf1));
-        tr.swapin_first_bytes = swf.saturating_sub(sw0) * page_size();
-        tr.swapin_total_bytes = sw1.saturating_sub(sw0) * page_size();
-        tr.majflt_first = mff.saturating_sub(mf0);
-        tr.majflt_total = mf1.saturating_sub(mf0);
+        timed_start(d, wl, mode, seed, &mc, &mut tr)?;
     }
     if warm {
         d.switch(false)?;
     }
     tr.load_after = loadavg();
     Ok(tr)
+}
+
+/// `/proc/swaps` now: "name prio P used U KiB" per active area.
+fn swap_areas() -> Vec<String> {
+    std::fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5).then(|| format!("{} prio {} used {} KiB", f[0], f[4], f[3]))
+        })
+        .collect()
 }
 
 fn mib(b: f64) -> f64 {
@@ -606,133 +653,32 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
     let work = o.work.join(app);
     std::fs::create_dir_all(&work)?;
     let mut wl = make_workload(o, app, &work)?;
-    let vm = wl.is_vm();
-    let accepted = daemon::accepted_modes(&o.torpord, &work, vm)?;
-    let mut modes = match &o.modes {
-        Some(m) => m.clone(),
-        None => std::iter::once("warm".to_string())
-            .chain(accepted.iter().cloned())
-            .collect(),
-    };
-    modes.dedup();
-    for m in &modes {
-        ensure!(
-            m == "warm" || accepted.contains(m),
-            "mode {m:?} is not one torpord accepts for this app ({})",
-            accepted.join(", ")
-        );
-    }
-    let demand_mode = if accepted.iter().any(|m| m == "none") {
-        "none".to_string()
-    } else {
-        String::new()
-    };
+    let accepted = daemon::accepted_modes(&o.torpord, &work, wl.is_vm())?;
+    let modes = select_modes(o, &accepted)?;
     let mut d = Daemon::new(
         &o.torpord,
         &work.join("torpord"),
         &wl.name(),
         &wl.app_toml(),
     )?;
-    let mut res = AppResult {
-        schema: "torpor-activation/1".into(),
-        app: app.into(),
-        date: now_date(),
-        quick: o.quick,
-        tag: o.tag.clone(),
-        machine: serde_json::to_value(ctx.machine)?,
-        machine_md: ctx.machine.markdown_rows(),
-        load_start: loadavg(),
-        load_end: (0.0, 0.0, 0.0),
-        seconds: 0.0,
-        torpord: json!({"binary": o.torpord.display().to_string(), "accepted_modes": accepted,
-            "repo_commit": git(&["rev-parse", "HEAD"]), "repo_dirty_paths": git(&["status", "--porcelain", "--", "local-controller", "procswap"]),
-            "source": std::env::var("ACTIVATION_SOURCE").unwrap_or_default()}),
-        config_default: d.config_text(false),
-        config_warm: d.config_text(true),
-        modes: modes.clone(),
-        default_mode: String::new(),
-        demand_mode,
-        condition: o.condition,
-        max_resident_bytes: o.max_resident,
-        app_info: Value::Null,
-        description: String::new(),
-        trials: Vec::new(),
-        summary: Vec::new(),
-        check: String::new(),
-        error: String::new(),
-        columns: wl
-            .columns()
-            .into_iter()
-            .map(|c| (c.key.to_string(), c.label.to_string(), c.higher_better))
-            .collect(),
-    };
+    let mut res = new_result(ctx, app, &d, wl.as_ref(), &modes, &accepted)?;
     eprintln!(
         "activation: {app}: modes {modes:?} (torpord accepts {accepted:?}), {} trials, work dir {}",
         o.trials,
         work.display()
     );
     let r = (|| -> Result<()> {
-        d.start(false)?;
-        let t = Instant::now();
-        let cold = d.start_app(None).context("cold start")?;
-        eprintln!(
-            "activation: {app}: cold start by torpord in {:.2} s; setting up",
-            t.elapsed().as_secs_f64()
-        );
-        res.app_info = wl.setup(&d).context("setup")?;
-        res.app_info["cold_start_torpord_s"] = cold["timing"]["total_s"].clone();
-        res.description = wl.describe();
-        // One untimed cycle with an empty Start body: which mode is the default.
-        d.stop_app()?;
-        let ans = d.start_app(None)?;
-        res.default_mode = effective(&ans);
-        wl.run(&At::now(), 999, &mut || {})?;
-        eprintln!("activation: {app}: default mode {:?}", res.default_mode);
+        prepare(&mut d, wl.as_mut(), &mut res)?;
         let mut seq = 0;
         for t in 0..o.trials {
-            let floor_bytes = if app == "child-touch" {
-                o.child_mib * MIB
-            } else {
-                256 * MIB
-            };
-            if floor.as_ref().map(|f| f.bytes) != Some(floor_bytes) {
-                let dir = ctx
-                    .machine
-                    .swap
-                    .as_ref()
-                    .and_then(|s| s.path.parent().map(Path::to_path_buf))
-                    .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-                *floor = Some(FloorFile::create(&dir, floor_bytes)?);
-            }
-            let floor_s = floor
-                .as_ref()
-                .map(|f| f.read_direct(DEFAULT_BLOCK))
-                .transpose()?;
+            let (floor_bytes, floor_s) = round_floor(ctx, app, floor)?;
             for k in 0..modes.len() {
                 let mode = &modes[(t + k) % modes.len()];
                 let mut tr = match run_one(ctx, &mut d, wl.as_mut(), mode, t, seq) {
                     Ok(tr) => tr,
                     Err(e) => {
-                        let tr = Trial {
-                            seq,
-                            trial: t,
-                            mode: mode.clone(),
-                            error: format!("{e:#}"),
-                            load_after: loadavg(),
-                            ..Default::default()
-                        };
-                        eprintln!(
-                            "activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}",
-                            d.log_tail(8)
-                        );
-                        res.trials.push(tr);
-                        // Back to a running app with the default configuration, or give up.
-                        d.switch(false).ok();
-                        let st = d.status().ok();
-                        if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
-                            d.start_app(None)
-                                .context("recovering after a failed trial")?;
-                        }
+                        res.trials
+                            .push(failed_trial(&mut d, app, mode, t, seq, &e)?);
                         seq += 1;
                         continue;
                     }
@@ -746,32 +692,7 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
                             .insert("floor_ratio".into(), out.first_response_s / f);
                     }
                 }
-                let p = tr.proof.clone().unwrap_or_default();
-                let line = match &tr.outcome {
-                    Some(out) if tr.error.is_empty() => format!(
-                        "first response {:.3} s, Start answered {:.3} s (torpord total {:.3} s), swap-in {:.1}/{:.1} MiB, majflt {}/{}{}",
-                        out.first_response_s,
-                        tr.start_return_s,
-                        tr.start_answer["timing"]["total_s"].as_f64().unwrap_or(f64::NAN),
-                        mib(tr.swapin_first_bytes as f64),
-                        mib(tr.swapin_total_bytes as f64),
-                        tr.majflt_first,
-                        tr.majflt_total,
-                        out.metrics.iter().map(|(k, v)| format!(", {k} {}", num(*v))).collect::<String>()
-                    ),
-                    _ if tr.refused => "REFUSED (memory not proven)".into(),
-                    _ => format!("FAILED: {}", tr.error),
-                };
-                eprintln!(
-                    "activation: {app} trial {t} {mode:<17} memory {} ({}): memcg resident {} KiB, swap {} MiB, torpord resident {} KiB | {line} | load {:.2}->{:.2}",
-                    p.kind,
-                    if p.ok { "proven" } else { "NOT proven" },
-                    p.memcg.resident >> 10,
-                    p.memcg.swap >> 20,
-                    p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) >> 10,
-                    tr.load_before.0,
-                    tr.load_after.0
-                );
+                log_trial(app, t, mode, &tr);
                 res.trials.push(tr);
                 seq += 1;
             }
@@ -793,6 +714,188 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
     res.summary = modes.iter().map(|m| summarize(&res.trials, m)).collect();
     let _ = std::fs::remove_dir_all(&work);
     Ok(res)
+}
+
+/// The modes to measure: the chosen ones (each must be one torpord accepts), or warm plus
+/// every mode torpord accepts.
+fn select_modes(o: &Opts, accepted: &[String]) -> Result<Vec<String>> {
+    let mut modes = match &o.modes {
+        Some(m) => m.clone(),
+        None => std::iter::once("warm".to_string())
+            .chain(accepted.iter().cloned())
+            .collect(),
+    };
+    modes.dedup();
+    for m in &modes {
+        ensure!(
+            m == "warm" || accepted.iter().any(|a| a == m),
+            "mode {m:?} is not one torpord accepts for this app ({})",
+            accepted.join(", ")
+        );
+    }
+    Ok(modes)
+}
+
+/// An app's result before any trial: setup, configuration, modes.
+fn new_result(
+    ctx: &Ctx,
+    app: &str,
+    d: &Daemon,
+    wl: &dyn Workload,
+    modes: &[String],
+    accepted: &[String],
+) -> Result<AppResult> {
+    let o = ctx.o;
+    let demand_mode = if accepted.iter().any(|m| m == "none") {
+        "none".to_string()
+    } else {
+        String::new()
+    };
+    Ok(AppResult {
+        schema: "torpor-activation/1".into(),
+        app: app.into(),
+        date: now_date(),
+        quick: o.quick,
+        tag: o.tag.clone(),
+        machine: serde_json::to_value(ctx.machine)?,
+        machine_md: ctx.machine.markdown_rows(),
+        load_start: loadavg(),
+        load_end: (0.0, 0.0, 0.0),
+        seconds: 0.0,
+        torpord: json!({"binary": o.torpord.display().to_string(), "accepted_modes": accepted,
+            "repo_commit": git(&["rev-parse", "HEAD"]), "repo_dirty_paths": git(&["status", "--porcelain", "--", "local-controller", "procswap"]),
+            "source": std::env::var("ACTIVATION_SOURCE").unwrap_or_default()}),
+        config_default: d.config_text(false),
+        config_warm: d.config_text(true),
+        modes: modes.to_vec(),
+        default_mode: String::new(),
+        demand_mode,
+        condition: o.condition,
+        max_resident_bytes: o.max_resident,
+        app_info: Value::Null,
+        description: String::new(),
+        trials: Vec::new(),
+        summary: Vec::new(),
+        check: String::new(),
+        error: String::new(),
+        columns: wl
+            .columns()
+            .into_iter()
+            .map(|c| (c.key.to_string(), c.label.to_string(), c.higher_better))
+            .collect(),
+    })
+}
+
+/// torpord started, the app cold-started and set up, and one untimed cycle with an empty
+/// Start body (which mode is the default).
+fn prepare(d: &mut Daemon, wl: &mut dyn Workload, res: &mut AppResult) -> Result<()> {
+    let app = res.app.clone();
+    d.start(false)?;
+    let t = Instant::now();
+    let cold = d.start_app(None).context("cold start")?;
+    eprintln!(
+        "activation: {app}: cold start by torpord in {:.2} s; setting up",
+        t.elapsed().as_secs_f64()
+    );
+    res.app_info = wl.setup(d).context("setup")?;
+    res.app_info["cold_start_torpord_s"] = cold["timing"]["total_s"].clone();
+    res.description = wl.describe();
+    d.stop_app()?;
+    let ans = d.start_app(None)?;
+    res.default_mode = effective(&ans);
+    wl.run(&At::now(), 999, &mut || {})?;
+    eprintln!("activation: {app}: default mode {:?}", res.default_mode);
+    Ok(())
+}
+
+/// This trial round's O_DIRECT floor (1 GiB for touch-all, else 256 MiB): bytes and seconds.
+fn round_floor(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<(u64, Option<f64>)> {
+    let floor_bytes = if app == "child-touch" {
+        ctx.o.child_mib * MIB
+    } else {
+        256 * MIB
+    };
+    if floor.as_ref().map(|f| f.bytes) != Some(floor_bytes) {
+        let dir = ctx
+            .machine
+            .swap
+            .as_ref()
+            .and_then(|s| s.path.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        *floor = Some(FloorFile::create(&dir, floor_bytes)?);
+    }
+    let floor_s = floor
+        .as_ref()
+        .map(|f| f.read_direct(DEFAULT_BLOCK))
+        .transpose()?;
+    Ok((floor_bytes, floor_s))
+}
+
+/// A trial that failed with `e`: recorded, and the app brought back to running with the
+/// default configuration (or an error: give up).
+fn failed_trial(
+    d: &mut Daemon,
+    app: &str,
+    mode: &str,
+    t: usize,
+    seq: usize,
+    e: &anyhow::Error,
+) -> Result<Trial> {
+    let tr = Trial {
+        seq,
+        trial: t,
+        mode: mode.into(),
+        error: format!("{e:#}"),
+        load_after: loadavg(),
+        ..Default::default()
+    };
+    eprintln!(
+        "activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}",
+        d.log_tail(8)
+    );
+    d.switch(false).ok();
+    let st = d.status().ok();
+    if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
+        d.start_app(None)
+            .context("recovering after a failed trial")?;
+    }
+    Ok(tr)
+}
+
+/// The trial's lines in the log.
+fn log_trial(app: &str, t: usize, mode: &str, tr: &Trial) {
+    let p = tr.proof.clone().unwrap_or_default();
+    let line = match &tr.outcome {
+        Some(out) if tr.error.is_empty() => format!(
+            "first response {:.3} s, Start answered {:.3} s (torpord total {:.3} s), swap-in {:.1}/{:.1} MiB, majflt {}/{}{}",
+            out.first_response_s,
+            tr.start_return_s,
+            tr.start_answer["timing"]["total_s"].as_f64().unwrap_or(f64::NAN),
+            mib(tr.swapin_first_bytes as f64),
+            mib(tr.swapin_total_bytes as f64),
+            tr.majflt_first,
+            tr.majflt_total,
+            out.metrics.iter().map(|(k, v)| format!(", {k} {}", num(*v))).collect::<String>()
+        ),
+        _ if tr.refused => "REFUSED (memory not proven)".into(),
+        _ => format!("FAILED: {}", tr.error),
+    };
+    eprintln!(
+        "activation: {app} trial {t} {mode:<17} memory {} ({}): memcg resident {} KiB, swap {} MiB, torpord resident {} KiB | {line} | load {:.2}->{:.2}",
+        p.kind,
+        if p.ok { "proven" } else { "NOT proven" },
+        p.memcg.resident >> 10,
+        p.memcg.swap >> 20,
+        p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) >> 10,
+        tr.load_before.0,
+        tr.load_after.0
+    );
+    eprintln!(
+        "activation: {app} trial {t} {mode}: Start activation {} | Stop activation {} | swap areas: {}",
+        tr.start_answer["timing"]["activation"],
+        tr.stop_answer["activation"],
+        tr.swap_areas.join(", ")
+    );
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -872,6 +975,40 @@ fn fr(s: &ModeSummary) -> Option<f64> {
 
 /// Issue 12's acceptance lines for this app, evaluated for the default mode (informational:
 /// the benchmark prints, it does not assert).
+/// Tomcat's warm-relative lines: first response `a` vs warm `w` (3× warm, or warm + the bytes
+/// the first response needed ÷ the floor bandwidth + 10 ms).
+fn acceptance_tomcat(r: &AppResult, a: f64, w: f64) -> Vec<String> {
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let m = |mode: &str, f: &dyn Fn(&ModeSummary) -> Option<f64>| median_of(r, mode, f);
+    let mut v = Vec::new();
+    v.push(format!(
+        "first response ≤ 3× warm: {:.2}× ({:.3} vs {:.3} s) — {}",
+        a / w,
+        a,
+        w,
+        met(a <= 3.0 * w)
+    ));
+    let need = m(&r.demand_mode, &|s| s.swapin_first_mib.map(|x| x.median));
+    let floor: Vec<f64> = r
+        .trials
+        .iter()
+        .filter_map(|t| t.floor_s.map(|s| t.floor_bytes as f64 / s))
+        .collect();
+    if let (Some(need), Some(bw)) = (need, Spread::of(&floor)) {
+        let bound = w + need * MIB as f64 / bw.median + 0.010;
+        v.push(format!(
+            "first response ≤ warm + bytes the first response needed ÷ floor bandwidth + 10 ms = {:.3} + {:.1} MiB ÷ {:.0} MiB/s + 0.010 = {:.3} s: {:.3} s — {}",
+            w,
+            need,
+            bw.median / MIB as f64,
+            bound,
+            a,
+            met(a <= bound.max(3.0 * w))
+        ));
+    }
+    v
+}
+
 fn acceptance(r: &AppResult) -> Vec<String> {
     let d = r.default_mode.as_str();
     let mut v = Vec::new();
@@ -898,31 +1035,7 @@ fn acceptance(r: &AppResult) -> Vec<String> {
     }
     if r.app == "tomcat" {
         if let (Some(a), Some(w)) = (fd, fw) {
-            v.push(format!(
-                "first response ≤ 3× warm: {:.2}× ({:.3} vs {:.3} s) — {}",
-                a / w,
-                a,
-                w,
-                met(a <= 3.0 * w)
-            ));
-            let need = m(&r.demand_mode, &|s| s.swapin_first_mib.map(|x| x.median));
-            let floor: Vec<f64> = r
-                .trials
-                .iter()
-                .filter_map(|t| t.floor_s.map(|s| t.floor_bytes as f64 / s))
-                .collect();
-            if let (Some(need), Some(bw)) = (need, Spread::of(&floor)) {
-                let bound = w + need * MIB as f64 / bw.median + 0.010;
-                v.push(format!(
-                    "first response ≤ warm + bytes the first response needed ÷ floor bandwidth + 10 ms = {:.3} + {:.1} MiB ÷ {:.0} MiB/s + 0.010 = {:.3} s: {:.3} s — {}",
-                    w,
-                    need,
-                    bw.median / MIB as f64,
-                    bound,
-                    a,
-                    met(a <= bound.max(3.0 * w))
-                ));
-            }
+            v.extend(acceptance_tomcat(r, a, w));
         }
     }
     if r.app == "postgres" {
@@ -974,7 +1087,6 @@ fn acceptance(r: &AppResult) -> Vec<String> {
 }
 
 fn write_md(r: &AppResult, png: &Path) -> String {
-    let cols = &r.columns;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -1000,6 +1112,31 @@ fn write_md(r: &AppResult, png: &Path) -> String {
     if !r.error.is_empty() {
         let _ = writeln!(o, "**The run failed**: {}\n", r.error);
     }
+    md_setup(&mut o, r);
+    md_results(&mut o, r);
+    md_tps(&mut o, r);
+    let acc = acceptance(r);
+    if !acc.is_empty() {
+        let _ = writeln!(o, "\n## Issue 12's acceptance, for the default mode `{}` (informational: printed, not asserted)\n", r.default_mode);
+        for a in acc {
+            let _ = writeln!(o, "- {a}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n![first response per mode]({})\n",
+        png.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let _ = writeln!(o, "## Trials (run order)\n");
+    let _ = writeln!(o, "| # | trial | mode | load before → after | memory before Start (memcg resident / swap, torpord resident) | first response s | Start answered s | torpord breakdown | swap-in MiB (first / total) | major faults (first / total) | app metrics | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for t in &r.trials {
+        let _ = writeln!(o, "{}", md_trial_row(t));
+    }
+    o
+}
+
+/// The results file's setup table and torpord's configuration.
+fn md_setup(o: &mut String, r: &AppResult) {
     let _ = writeln!(o, "## Setup\n\n| | |\n|---|---|");
     o.push_str(&r.machine_md);
     let _ = writeln!(o, "| date | {} |", r.date);
@@ -1018,31 +1155,7 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         })
         .unwrap_or_default();
     let _ = writeln!(o, "| load average | at start {:.2} / {:.2} / {:.2}, at end {:.2} / {:.2} / {:.2}; trials {lr} |", r.load_start.0, r.load_start.1, r.load_start.2, r.load_end.0, r.load_end.1, r.load_end.2);
-    let _ = writeln!(
-        o,
-        "| torpord | `{}`; repository at `{}`{}{} |",
-        r.torpord["binary"].as_str().unwrap_or("?"),
-        r.torpord["repo_commit"].as_str().unwrap_or("?"),
-        {
-            let src = r.torpord["source"].as_str().unwrap_or("");
-            if src.is_empty() {
-                String::new()
-            } else {
-                format!("; built from: {src}")
-            }
-        },
-        {
-            let dirty = r.torpord["repo_dirty_paths"].as_str().unwrap_or("");
-            if dirty.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (uncommitted changes in local-controller/procswap: `{}`)",
-                    dirty.replace('\n', "; ")
-                )
-            }
-        }
-    );
+    let _ = writeln!(o, "{}", md_torpord_row(r));
     let _ = writeln!(
         o,
         "| modes | {} (torpord accepts: {}); default (Start without a body): `{}` |",
@@ -1078,7 +1191,39 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         let _ = writeln!(o, "| data check after the last trial | {} |", r.check);
     }
     let _ = writeln!(o, "\ntorpord's configuration (default; `warm` adds `purge = \"never\"`, torpord restarted around each warm trial and adopting the same app process):\n\n```toml\n{}```\n", r.config_default);
+}
 
+/// The setup table's torpord row: binary, repository commit, source, uncommitted changes.
+fn md_torpord_row(r: &AppResult) -> String {
+    format!(
+        "| torpord | `{}`; repository at `{}`{}{} |",
+        r.torpord["binary"].as_str().unwrap_or("?"),
+        r.torpord["repo_commit"].as_str().unwrap_or("?"),
+        {
+            let src = r.torpord["source"].as_str().unwrap_or("");
+            if src.is_empty() {
+                String::new()
+            } else {
+                format!("; built from: {src}")
+            }
+        },
+        {
+            let dirty = r.torpord["repo_dirty_paths"].as_str().unwrap_or("");
+            if dirty.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (uncommitted changes in local-controller/procswap: `{}`)",
+                    dirty.replace('\n', "; ")
+                )
+            }
+        }
+    )
+}
+
+/// The results table: one row per mode, medians and ratios.
+fn md_results(o: &mut String, r: &AppResult) {
+    let cols = &r.columns;
     let _ = writeln!(o, "## Results (medians of the trials, min–max)\n");
     let base = |m: &str| median_of(r, m, &fr);
     let (w, dm) = (base("warm"), base(&r.demand_mode));
@@ -1128,6 +1273,10 @@ fn write_md(r: &AppResult, png: &Path) -> String {
         }
         let _ = writeln!(o, "{row}");
     }
+}
+
+/// Transactions per second after the Start request, per mode (apps with a series).
+fn md_tps(o: &mut String, r: &AppResult) {
     if r.summary.iter().any(|s| !s.series_median.is_empty()) {
         let n = r
             .summary
@@ -1158,91 +1307,81 @@ fn write_md(r: &AppResult, png: &Path) -> String {
             );
         }
     }
-    let acc = acceptance(r);
-    if !acc.is_empty() {
-        let _ = writeln!(o, "\n## Issue 12's acceptance, for the default mode `{}` (informational: printed, not asserted)\n", r.default_mode);
-        for a in acc {
-            let _ = writeln!(o, "- {a}");
-        }
-    }
-    let _ = writeln!(
-        o,
-        "\n![first response per mode]({})\n",
-        png.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let _ = writeln!(o, "## Trials (run order)\n");
-    let _ = writeln!(o, "| # | trial | mode | load before → after | memory before Start (memcg resident / swap, torpord resident) | first response s | Start answered s | torpord breakdown | swap-in MiB (first / total) | major faults (first / total) | app metrics | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for t in &r.trials {
-        let p = t.proof.clone().unwrap_or_default();
-        let mem = if t.proof.is_some() {
-            format!(
-                "{} {}: {:.2} / {:.1} MiB, {:.1} MiB{}",
-                p.kind,
-                if p.ok { "proven" } else { "**not proven**" },
-                mib(p.memcg.resident as f64),
-                mib(p.memcg.swap as f64),
-                mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
-                if p.ok {
-                    String::new()
-                } else {
-                    format!(" ({})", p.why)
-                }
-            ) + if p.attempts > 1 {
-                " — the first Stop did not get it out: one more Stop/Start cycle"
-            } else {
-                ""
-            }
-        } else {
-            "–".into()
-        };
-        let bd = breakdown(&t.start_answer);
-        let (first, metrics, note) = match &t.outcome {
-            Some(out) => (
-                format!("{:.3}", out.first_response_s),
-                out.metrics
-                    .iter()
-                    .map(|(k, v)| format!("{k} {}", num(*v)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                out.note.clone(),
-            ),
-            None => ("–".into(), String::new(), String::new()),
-        };
-        let note = [
-            note,
-            if t.refused {
-                "REFUSED".into()
-            } else {
+}
+
+/// One row of the trials table.
+fn md_trial_row(t: &Trial) -> String {
+    let p = t.proof.clone().unwrap_or_default();
+    let mem = if t.proof.is_some() {
+        format!(
+            "{} {}: {:.2} / {:.1} MiB, {:.1} MiB{}",
+            p.kind,
+            if p.ok { "proven" } else { "**not proven**" },
+            mib(p.memcg.resident as f64),
+            mib(p.memcg.swap as f64),
+            mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
+            if p.ok {
                 String::new()
-            },
-            t.error.clone(),
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-        let _ = writeln!(
-            o,
-            "| {} | {} | {}{} | {} → {} | {} | {} | {:.3} | {} | {:.1} / {:.1} | {} / {} | {} | {} |",
-            t.seq,
-            t.trial,
-            t.mode,
-            if !t.effective_mode.is_empty() && t.effective_mode != t.mode && t.mode != "warm" { format!(" ({})", t.effective_mode) } else { String::new() },
-            fmt_load(t.load_before),
-            fmt_load(t.load_after),
-            mem,
-            first,
-            t.start_return_s,
-            bd.join(", "),
-            mib(t.swapin_first_bytes as f64),
-            mib(t.swapin_total_bytes as f64),
-            t.majflt_first,
-            t.majflt_total,
-            metrics,
-            note.replace('|', "\\|")
-        );
-    }
-    o
+            } else {
+                format!(" ({})", p.why)
+            }
+        ) + if p.attempts > 1 {
+            " — the first Stop did not get it out: one more Stop/Start cycle"
+        } else {
+            ""
+        }
+    } else {
+        "–".into()
+    };
+    let bd = breakdown(&t.start_answer);
+    let (first, metrics, note) = match &t.outcome {
+        Some(out) => (
+            format!("{:.3}", out.first_response_s),
+            out.metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {}", num(*v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            out.note.clone(),
+        ),
+        None => ("–".into(), String::new(), String::new()),
+    };
+    let note = [
+        note,
+        if t.refused {
+            "REFUSED".into()
+        } else {
+            String::new()
+        },
+        t.error.clone(),
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect::<Vec<_>>()
+    .join("; ");
+    format!(
+        "| {} | {} | {}{} | {} → {} | {} | {} | {:.3} | {} | {:.1} / {:.1} | {} / {} | {} | {} |",
+        t.seq,
+        t.trial,
+        t.mode,
+        if !t.effective_mode.is_empty() && t.effective_mode != t.mode && t.mode != "warm" {
+            format!(" ({})", t.effective_mode)
+        } else {
+            String::new()
+        },
+        fmt_load(t.load_before),
+        fmt_load(t.load_after),
+        mem,
+        first,
+        t.start_return_s,
+        bd.join(", "),
+        mib(t.swapin_first_bytes as f64),
+        mib(t.swapin_total_bytes as f64),
+        t.majflt_first,
+        t.majflt_total,
+        metrics,
+        note.replace('|', "\\|")
+    )
 }
 
 /// torpord's Start breakdown: every positive `*_s` of `timing` and of the objects in it (e.g. the
@@ -1346,6 +1485,82 @@ fn write_results(out: &Path, r: &AppResult, json: bool) -> Result<PathBuf> {
 
 /// Regenerate the index table of `out/README.md` from every result JSON there (the text
 /// outside the markers is kept).
+/// One row of the index: an app's run.
+fn index_row(r: &AppResult) -> String {
+    let (md, _, png) = paths(Path::new(""), r);
+    let loads: Vec<f64> = r
+        .trials
+        .iter()
+        .flat_map(|t| [t.load_before.0, t.load_after.0])
+        .filter(|x| *x > 0.0)
+        .collect();
+    let load = Spread::of(&loads)
+        .map(|s| format!("{:.1}–{:.1}", s.min, s.max))
+        .unwrap_or_else(|| "–".into());
+    let per = r
+        .summary
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.mode,
+                s.first_response
+                    .map(|f| format!("{:.3}", f.median))
+                    .unwrap_or_else(|| "–".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let d = r.default_mode.as_str();
+    let g = |m: &str| median_of(r, m, &fr);
+    let metric = [
+        "gets_done_s",
+        "tps_window",
+        "all_data_s",
+        "floor_ratio",
+        "all_data_back_s",
+    ]
+    .iter()
+    .find_map(|k| {
+        let v = |m: &str| {
+            median_of(r, m, &|s| s.metrics.get(*k).map(|x| x.median))
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        r.summary
+            .iter()
+            .any(|s| s.metrics.contains_key(*k))
+            .then(|| format!("{k}: {} / {} / {}", v(d), v("warm"), v(&r.demand_mode)))
+    });
+    format!(
+        "| {} | {} | {}{}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
+        r.app,
+        r.date,
+        r.trials
+            .iter()
+            .map(|t| t.trial)
+            .max()
+            .map(|x| x + 1)
+            .unwrap_or(0),
+        if r.quick { " (quick)" } else { "" },
+        if r.tag.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", r.tag)
+        },
+        ratio(g(d), g("warm")),
+        ratio(g(d), g(&r.demand_mode)),
+        metric.unwrap_or_else(|| "–".into()),
+        md.display(),
+        png.display(),
+        if r.error.is_empty() {
+            String::new()
+        } else {
+            " — **run failed**".into()
+        }
+    )
+}
+
 pub fn write_index(out: &Path) -> Result<()> {
     const BEGIN: &str = "<!-- activation-index:begin (generated by torpor-bench activation from the .json files) -->";
     const END: &str = "<!-- activation-index:end -->";
@@ -1369,67 +1584,7 @@ pub fn write_index(out: &Path) -> Result<()> {
     let _ = writeln!(t, "{BEGIN}\n");
     let _ = writeln!(t, "| app | date | trials | load (1-min, min–max) | default mode | first response, median s, per mode | default × warm | default × demand paging | app metric (default / warm / demand paging) | files |\n|---|---|---|---|---|---|---|---|---|---|");
     for r in &rs {
-        let (md, _, png) = paths(Path::new(""), r);
-        let loads: Vec<f64> = r
-            .trials
-            .iter()
-            .flat_map(|t| [t.load_before.0, t.load_after.0])
-            .filter(|x| *x > 0.0)
-            .collect();
-        let load = Spread::of(&loads)
-            .map(|s| format!("{:.1}–{:.1}", s.min, s.max))
-            .unwrap_or_else(|| "–".into());
-        let per = r
-            .summary
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} {}",
-                    s.mode,
-                    s.first_response
-                        .map(|f| format!("{:.3}", f.median))
-                        .unwrap_or_else(|| "–".into())
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let d = r.default_mode.as_str();
-        let g = |m: &str| median_of(r, m, &fr);
-        let metric = [
-            "gets_done_s",
-            "tps_window",
-            "all_data_s",
-            "floor_ratio",
-            "all_data_back_s",
-        ]
-        .iter()
-        .find_map(|k| {
-            let v = |m: &str| {
-                median_of(r, m, &|s| s.metrics.get(*k).map(|x| x.median))
-                    .map(|x| format!("{x:.2}"))
-                    .unwrap_or_else(|| "–".into())
-            };
-            r.summary
-                .iter()
-                .any(|s| s.metrics.contains_key(*k))
-                .then(|| format!("{k}: {} / {} / {}", v(d), v("warm"), v(&r.demand_mode)))
-        });
-        let _ =
-            writeln!(
-            t,
-            "| {} | {} | {}{}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
-            r.app,
-            r.date,
-            r.trials.iter().map(|t| t.trial).max().map(|x| x + 1).unwrap_or(0),
-            if r.quick { " (quick)" } else { "" },
-            if r.tag.is_empty() { String::new() } else { format!(", `{}`", r.tag) },
-            ratio(g(d), g("warm")),
-            ratio(g(d), g(&r.demand_mode)),
-            metric.unwrap_or_else(|| "–".into()),
-            md.display(),
-            png.display(),
-            if r.error.is_empty() { String::new() } else { " — **run failed**".into() }
-        );
+        let _ = writeln!(t, "{}", index_row(r));
     }
     let _ = writeln!(t, "\n{END}");
     let path = out.join("README.md");
