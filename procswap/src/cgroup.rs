@@ -302,6 +302,13 @@ impl Memcg {
             )));
         }
         let t0 = Instant::now();
+        // Every process of the cgroup forgets which pages it referenced (`clear_refs` 1): a
+        // page that several processes mapped and touched (shmem shared by forked children, as
+        // PostgreSQL's shared_buffers) is otherwise only moved to the active list by reclaim,
+        // never evicted. Best effort: a process that exits meanwhile is skipped.
+        for pid in procs(self.dir()).unwrap_or_default() {
+            let _ = fs::write(format!("/proc/{pid}/clear_refs"), "1");
+        }
         let usage_before = self.usage()?;
         let mut out = ReclaimOutcome {
             cgroup: self.dir().to_owned(),
