@@ -296,6 +296,19 @@ pub struct ActivationTiming {
     pub notes: Vec<String>,
     /// The armed readiness request answered (no polling interval in the way).
     pub armed_probe: bool,
+    /// Pages of all parts per kind, for the whole app: an object several processes share
+    /// (shmem such as PostgreSQL's `shared_buffers`, a data file) counted once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_pages: Option<KindCounts>,
+}
+
+/// A count per kind of memory: private anonymous, shared memory (shmem/tmpfs/SysV/memfd), page
+/// cache of files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCounts {
+    pub anon: u64,
+    pub shmem: u64,
+    pub file: u64,
 }
 
 /// What a purge achieved (also the app's `last_purge`).
@@ -313,6 +326,11 @@ pub struct PurgeSummary {
     /// The purge is partial (swap full...): procswap's note, per process. Absent when not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<String>,
+    /// Resident at Stop (before the page-out) per kind, in bytes, for the whole app: every
+    /// process of its cgroup, an object several of them share counted once. Absent when no
+    /// snapshot was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_kinds_bytes: Option<KindCounts>,
     pub unix_time: f64,
 }
 
@@ -510,6 +528,8 @@ pub struct TwinkleStats {
 /// `POST /v1/apps/{name}/stop`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+// One answer per request: its size does not matter, matching on it unboxed does.
+#[allow(clippy::large_enum_variant)]
 pub enum StopAnswer {
     /// Nothing to stop: no process left (`stopped`), or frozen already.
     Already(AlreadyStopped),

@@ -41,6 +41,7 @@ fn samples() -> Vec<(&'static str, Value)> {
         EventList,
         Evidence,
         GuestRamReport,
+        KindCounts,
         Health,
         MapsSummary,
         MemoryStatus,

@@ -96,6 +96,16 @@ impl ByKind<u64> {
     }
 }
 
+impl From<ByKind<u64>> for torpor_api::KindCounts {
+    fn from(b: ByKind<u64>) -> Self {
+        Self {
+            anon: b.anon,
+            shmem: b.shmem,
+            file: b.file,
+        }
+    }
+}
+
 /// Memory of one kind, bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KindUsage {
@@ -381,119 +391,152 @@ pub fn open_readonly(path: &Path) -> std::io::Result<File> {
         })
 }
 
+/// The objects found so far, by inode.
+#[derive(Default)]
+struct Collector {
+    by_key: BTreeMap<ObjectKey, MemObject>,
+    skipped: Vec<SkippedObject>,
+}
+
+impl Collector {
+    fn add(
+        &mut self,
+        kind: MemKind,
+        md: &std::fs::Metadata,
+        path: String,
+        h: Handle,
+        interest: PageRun,
+    ) {
+        let key = ObjectKey {
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        let o = self.by_key.entry(key).or_insert_with(|| MemObject {
+            kind,
+            key,
+            by_path: !path.ends_with(" (deleted)")
+                && std::fs::metadata(&path)
+                    .map(|m| m.dev() == md.dev() && m.ino() == md.ino())
+                    .unwrap_or(false),
+            path,
+            size: md.size(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+            handles: Vec::new(),
+            interest: Vec::new(),
+        });
+        o.handles.push(h);
+        o.interest.push(interest);
+    }
+
+    /// The file-backed VMAs of `pid` (`/proc/PID/maps` + `map_files`).
+    fn scan_maps(&mut self, pid: i32) -> Result<()> {
+        use procfs::process::{MMPermissions, MMapPath};
+        let proc = procfs::process::Process::new(pid).map_err(|e| Error::proc(pid, e))?;
+        let maps = proc.maps().map_err(|e| Error::proc(pid, e))?;
+        let ps = sys::page_size();
+        for m in &maps {
+            if m.inode == 0 {
+                continue;
+            }
+            let path = match &m.pathname {
+                MMapPath::Path(p) => p.display().to_string(),
+                MMapPath::Vsys(k) => format!("/SYSV{k:08x} (deleted)"),
+                MMapPath::Other(s) => s.clone(),
+                _ => continue,
+            };
+            let (start, end) = m.address;
+            let h = Handle::Mapped {
+                start,
+                end,
+                pgoff: m.offset / ps,
+                shared: m.perms.contains(MMPermissions::SHARED),
+            };
+            match classify_link(&h.proc_path(pid)) {
+                Ok((kind, md)) => {
+                    let run = PageRun {
+                        first: m.offset / ps,
+                        count: (end - start) / ps,
+                    };
+                    self.add(kind, &md, path, h, run);
+                }
+                Err(reason) => {
+                    if !Path::new(&format!("/proc/{pid}/maps")).exists() {
+                        return Err(Error::TargetExited {
+                            pid,
+                            op: "object scan",
+                        });
+                    }
+                    self.skipped.push(SkippedObject { path, reason });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The open regular files of `pid` (`/proc/PID/fd`): the whole file is of interest.
+    fn scan_fds(&mut self, pid: i32) -> Result<()> {
+        let ps = sys::page_size();
+        let fd_dir = format!("/proc/{pid}/fd");
+        let rd = std::fs::read_dir(&fd_dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => Error::TargetExited {
+                pid,
+                op: "object scan",
+            },
+            _ => Error::io(&fd_dir, e),
+        })?;
+        for e in rd.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let link = e.path();
+            let Ok(target) = std::fs::read_link(&link) else {
+                continue;
+            };
+            let path = target.display().to_string();
+            if !path.starts_with('/') {
+                continue; // socket:[..], pipe:[..], anon_inode:[..]
+            }
+            match classify_link(&link) {
+                Ok((kind, md)) => {
+                    let count = md.size().div_ceil(ps);
+                    self.add(
+                        kind,
+                        &md,
+                        path,
+                        Handle::Fd { fd },
+                        PageRun { first: 0, count },
+                    );
+                }
+                // Devices, pipes, sockets behind a path: not memory of the app's.
+                Err(reason) if reason == NOT_REGULAR => {}
+                Err(reason) => self.skipped.push(SkippedObject { path, reason }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The objects, each one's interest normalized and clipped to its size.
+    fn finish(self) -> (Vec<MemObject>, Vec<SkippedObject>) {
+        let ps = sys::page_size();
+        let mut out: Vec<MemObject> = self.by_key.into_values().collect();
+        for o in out.iter_mut() {
+            o.interest = clip(
+                &normalize(std::mem::take(&mut o.interest)),
+                o.size.div_ceil(ps),
+            );
+        }
+        (out, self.skipped)
+    }
+}
+
 /// The shmem and file objects of `pid`: from its file-backed VMAs (`/proc/PID/maps` +
 /// `map_files`) and its open regular files (`/proc/PID/fd`). Needs root (map_files).
 pub fn objects(pid: i32) -> Result<(Vec<MemObject>, Vec<SkippedObject>)> {
-    let proc = procfs::process::Process::new(pid).map_err(|e| Error::proc(pid, e))?;
-    let maps = proc.maps().map_err(|e| Error::proc(pid, e))?;
-    let ps = sys::page_size();
-    let mut by_key: BTreeMap<ObjectKey, MemObject> = BTreeMap::new();
-    let mut skipped = Vec::new();
-    let mut add =
-        |kind: MemKind, md: &std::fs::Metadata, path: String, h: Handle, interest: Vec<PageRun>| {
-            let key = ObjectKey {
-                dev: md.dev(),
-                ino: md.ino(),
-            };
-            let o = by_key.entry(key).or_insert_with(|| MemObject {
-                kind,
-                key,
-                by_path: !path.ends_with(" (deleted)")
-                    && std::fs::metadata(&path)
-                        .map(|m| m.dev() == md.dev() && m.ino() == md.ino())
-                        .unwrap_or(false),
-                path,
-                size: md.size(),
-                mtime_sec: md.mtime(),
-                mtime_nsec: md.mtime_nsec(),
-                handles: Vec::new(),
-                interest: Vec::new(),
-            });
-            o.handles.push(h);
-            o.interest.extend(interest);
-        };
-    for m in &maps {
-        use procfs::process::{MMPermissions, MMapPath};
-        if m.inode == 0 {
-            continue;
-        }
-        let path = match &m.pathname {
-            MMapPath::Path(p) => p.display().to_string(),
-            MMapPath::Vsys(k) => format!("/SYSV{k:08x} (deleted)"),
-            MMapPath::Other(s) => s.clone(),
-            _ => continue,
-        };
-        let (start, end) = m.address;
-        let h = Handle::Mapped {
-            start,
-            end,
-            pgoff: m.offset / ps,
-            shared: m.perms.contains(MMPermissions::SHARED),
-        };
-        let link = h.proc_path(pid);
-        match classify_link(&link) {
-            Ok((kind, md)) => {
-                let run = PageRun {
-                    first: m.offset / ps,
-                    count: (end - start) / ps,
-                };
-                add(kind, &md, path, h, vec![run]);
-            }
-            Err(reason) => {
-                if !Path::new(&format!("/proc/{pid}/maps")).exists() {
-                    return Err(Error::TargetExited {
-                        pid,
-                        op: "object scan",
-                    });
-                }
-                skipped.push(SkippedObject { path, reason });
-            }
-        }
-    }
-    let fd_dir = format!("/proc/{pid}/fd");
-    let rd = std::fs::read_dir(&fd_dir).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::TargetExited {
-            pid,
-            op: "object scan",
-        },
-        _ => Error::io(&fd_dir, e),
-    })?;
-    for e in rd.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let link = e.path();
-        let Ok(target) = std::fs::read_link(&link) else {
-            continue;
-        };
-        let path = target.display().to_string();
-        if !path.starts_with('/') {
-            continue; // socket:[..], pipe:[..], anon_inode:[..]
-        }
-        match classify_link(&link) {
-            Ok((kind, md)) => {
-                let count = md.size().div_ceil(ps);
-                add(
-                    kind,
-                    &md,
-                    path,
-                    Handle::Fd { fd },
-                    vec![PageRun { first: 0, count }],
-                );
-            }
-            // Devices, pipes, sockets behind a path: not memory of the app's.
-            Err(reason) if reason == NOT_REGULAR => {}
-            Err(reason) => skipped.push(SkippedObject { path, reason }),
-        }
-    }
-    let mut out: Vec<MemObject> = by_key.into_values().collect();
-    for o in out.iter_mut() {
-        o.interest = clip(
-            &normalize(std::mem::take(&mut o.interest)),
-            o.size.div_ceil(ps),
-        );
-    }
-    Ok((out, skipped))
+    let mut c = Collector::default();
+    c.scan_maps(pid)?;
+    c.scan_fds(pid)?;
+    Ok(c.finish())
 }
 
 /// Why an object could not be opened for a restore (or a residency check) any more.
