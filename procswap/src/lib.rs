@@ -14,6 +14,8 @@
 //!   outside; [`residency`]: the Stop-time residency snapshot; [`loadingset`]: what the app
 //!   touches after a thaw, in order, merged across cycles; [`plan`]: the Start plan computed at
 //!   Stop and [`plan::fetch_unmapped`].
+//! - [`app`]: apps of many processes (a server and its forked children): what they share is
+//!   counted once ([`app::app_pages`]) and fetched once ([`app::share_objects`]).
 //! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
 //!
 //! ## Near-warm activation: the calls a Start/Stop pipeline makes (issue 12)
@@ -48,6 +50,7 @@
 //! is written once per dirtied page; a fetched file page is mapped with up to 15 cached
 //! neighbours on one fault (fault-around), so file touches are recorded at 64 KiB granularity.
 
+pub mod app;
 pub mod backend;
 pub mod cgroup;
 pub mod error;
