@@ -1141,3 +1141,133 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     );
     summary(&line);
 }
+
+/// An app of three processes: a parent and two forked children that all map one memfd of
+/// `MEMFD` pages and have read all of it (as PostgreSQL's backends share `shared_buffers`).
+/// Accounted for the app, the memfd is `MEMFD` pages (once, not three times); the purge (one
+/// per process, the memcg reclaim after the last, as torpord runs it) evicts exactly those
+/// pages; the plans, made to share their objects, fetch them once, and the fetch restores
+/// every one of them.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn forked_processes_sharing_a_memfd_count_and_fetch_it_once() {
+    use procswap::app;
+    require_swap();
+    let mut k = Kid::spawn("multi");
+    let m = k.cmd(&format!("MEMFD {MEMFD}"))[0];
+    let a = k.cmd("ANON 64")[0];
+    let kids = k.cmd("FORK 2");
+    assert_eq!(kids.len(), 2);
+    let pids: Vec<i32> = std::iter::once(k.pid)
+        .chain(kids.iter().map(|p| *p as i32))
+        .collect();
+    let memcg = Memcg::of_pid(k.pid).unwrap().unwrap();
+    let mut in_cg = cgroup::procs(memcg.dir()).unwrap();
+    in_cg.sort_unstable();
+    let mut want = pids.clone();
+    want.sort_unstable();
+    assert_eq!(
+        in_cg, want,
+        "the children are in the parent's memory cgroup"
+    );
+    k.stop();
+    let stop = |sig| {
+        for p in &kids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), sig).unwrap();
+        }
+    };
+    stop(nix::sys::signal::Signal::SIGSTOP);
+    for p in &pids {
+        let t0 = Instant::now();
+        while !procswap::quiescence(*p).unwrap().is_quiescent() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{p} did not stop");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(
+        cached(&map_file_of(k.pid, m, MEMFD), MEMFD),
+        vec![run(0, MEMFD)]
+    );
+
+    // Purge every process; the memcg reclaim runs after the last one.
+    let mut snaps = Vec::new();
+    for (i, p) in pids.iter().enumerate() {
+        let opts = PurgeOptions {
+            reclaim: i + 1 == pids.len(),
+            reclaim_shared: true,
+            ..PurgeOptions::default()
+        };
+        let r = purge(*p, &opts);
+        eprintln!(
+            "multi: purge {p}: reclaim {:?} skipped {:?} evicted {:?}",
+            r.reclaim, r.reclaim_skipped, r.evicted_bytes
+        );
+        snaps.push(r.snapshot.expect("snapshot"));
+    }
+    let per_process: u64 = snaps.iter().map(|s| s.pages().shmem).sum();
+    let whole = app::app_pages(&snaps);
+    eprintln!("multi: shmem per process summed {per_process}, for the app {whole:?}");
+    assert_eq!(
+        per_process,
+        3 * MEMFD,
+        "each process's snapshot has the memfd"
+    );
+    assert_eq!(whole.shmem, MEMFD, "the app's shmem: the memfd once");
+    assert!(whole.anon >= 64, "{whole:?}");
+    assert_eq!(
+        cached(&map_file_of(k.pid, m, MEMFD), MEMFD),
+        vec![],
+        "memfd evicted"
+    );
+    assert_eq!(pm_state(k.pid, a, 64), (0, 64));
+
+    // The plans: the memfd once, with the loading set (shared by the processes).
+    let mut plans: Vec<ActivationPlan> = pids
+        .iter()
+        .zip(&snaps)
+        .map(|(p, s)| ActivationPlan::compute(*p, s, None).unwrap())
+        .collect();
+    assert_eq!(app::plan_pages(&plans).shmem, 3 * MEMFD);
+    let sh = app::share_objects(&mut plans);
+    eprintln!("multi: {sh:?}");
+    assert_eq!(sh.shared_shmem_objects, 1);
+    assert_eq!(sh.promoted_pages, 3 * MEMFD);
+    assert_eq!(sh.duplicate_pages.shmem, 2 * MEMFD);
+    assert_eq!(app::plan_pages(&plans).shmem, MEMFD);
+    assert_eq!(plans[0].loading_rest.pages().shmem, MEMFD);
+    let shm: Vec<_> = app::plan_objects(&plans)
+        .into_values()
+        .filter(|(kind, _)| *kind == MemKind::Shmem)
+        .collect();
+    assert_eq!(shm, vec![(MemKind::Shmem, MEMFD)]);
+
+    // Fetch every part of every plan: the memfd is advised once, and all of it comes back.
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        charge_files_to: Some(memcg.dir().to_path_buf()),
+        ..Default::default()
+    };
+    let mut issued = 0;
+    for p in &plans {
+        let t = Target::open(p.pid, "test").unwrap();
+        for part in [&p.first, &p.loading_rest, &p.rest] {
+            let r = fetch_unmapped(&t, p, part, &fo).unwrap();
+            assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+            issued += r.issued_bytes.shmem;
+        }
+    }
+    assert_eq!(issued, MEMFD * ps());
+    wait_objects(&plans[0], &plans[0].loading_rest);
+    assert_eq!(
+        cached(&map_file_of(k.pid, m, MEMFD), MEMFD),
+        vec![run(0, MEMFD)]
+    );
+    stop(nix::sys::signal::Signal::SIGCONT);
+    k.cont();
+    let v = k.cmd("VERIFY");
+    summary(&format!(
+        "kinds multi-process: RAN and PASSED: 3 processes sharing a {MEMFD}-page memfd: app shmem {} pages (per process summed {per_process}), \
+         evicted and fetched once ({issued} B); VERIFY majflt {}",
+        whole.shmem, v[0]
+    ));
+}

@@ -15,6 +15,8 @@
 //! - `TOUCH <area> <page>...` → reads those pages in that order; `OK <majflt> <minflt> <micros>`
 //! - `TOUCHRANGE <area> <from> <to>` → reads pages [from, to) in address order; same answer
 //! - `READ <page>...` → `pread`s those pages of the RFILE; `OK <majflt> <minflt> <micros>`
+//! - `FORK <n>` → forks `n` children that read every page of the shared areas (memfd, SysV),
+//!   then wait (killed with the parent: PR_SET_PDEATHSIG); `OK <pid>...` once all have read;
 //! - `VERIFY` → checks every page of every area; `OK <majflt> <minflt>` or `BAD <what>`
 //! - `EXIT`.
 
@@ -134,6 +136,64 @@ fn touch(a: &Area, idx: &[usize]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `FORK <n>`: children that share the shared areas and have read every page of them.
+fn fork_holders(areas: &[Area], n: usize) -> Result<String, String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let parent = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        // SAFETY: this helper is single-threaded, so the child may run any code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: prctl/getppid/write/pause/_exit with integer arguments or a local byte.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                let shared = areas
+                    .iter()
+                    .filter(|a| a.name == "memfd" || a.name == "sysv");
+                let ok = shared
+                    .map(|a| touch(a, &(0..a.pages).collect::<Vec<_>>()))
+                    .all(|r| r.is_ok());
+                let b = [ok as u8];
+                libc::write(fds[1], b.as_ptr() as *const libc::c_void, 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        pids.push(pid);
+    }
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        // SAFETY: reading one byte into a local buffer from the pipe just made.
+        if unsafe { libc::read(fds[0], b.as_mut_ptr() as *mut libc::c_void, 1) } != 1 || b[0] != 1 {
+            return Err("a child could not read the shared areas".into());
+        }
+    }
+    // SAFETY: closing the pipe we made (the children keep their copies).
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    Ok(format!(
+        "OK {}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))
 }
 
 fn main() {
@@ -266,6 +326,7 @@ fn main() {
                 let (m1, n1) = faults();
                 Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
             })(),
+            Some("FORK") => fork_holders(&areas, n(1)),
             Some("VERIFY") => (|| {
                 let (m0, n0) = faults();
                 for a in &areas {
