@@ -386,7 +386,20 @@ impl Controller {
             return Some((Vec::new(), Vec::new(), at));
         }
         let tl = Instant::now();
-        let plans = self.load_plans(slot, pids, &mut at.notes);
+        let mut plans = self.load_plans(slot, pids, &mut at.notes);
+        // Many processes, one app: what they share is fetched (and counted) once, and shmem
+        // they share belongs to the loading set (children forked after the thaw touch it).
+        let shared = procswap::app::share_objects(&mut plans);
+        if shared.shared_shmem_objects > 0 {
+            at.notes.push(format!(
+                "{} shmem object(s) shared by the app's processes: {} pages with the loading set; duplicates dropped: {} shmem + {} file pages",
+                shared.shared_shmem_objects,
+                shared.promoted_pages,
+                shared.duplicate_pages.shmem,
+                shared.duplicate_pages.file
+            ));
+        }
+        at.planned_pages = Some(procswap::app::plan_pages(&plans).into());
         at.plan_load_s = tl.elapsed().as_secs_f64();
         if plans.is_empty() {
             for n in &at.notes {
