@@ -767,6 +767,11 @@ impl Controller {
         for (pid, snap) in &snapshots {
             self.save_plan(slot, *pid, snap);
         }
+        if !snapshots.is_empty() {
+            // Per kind for the whole app: what its processes share counted once.
+            sum.resident_kinds_bytes =
+                Some(procswap::app::app_bytes(snapshots.iter().map(|(_, s)| s)).into());
+        }
         sum.memcg_after_bytes = memcg.as_ref().and_then(|m| m.usage().ok());
         sum.freed_bytes = match (sum.memcg_before_bytes, sum.memcg_after_bytes) {
             (Some(b), Some(a)) => b.saturating_sub(a),
