@@ -27,6 +27,7 @@
 
 mod apps;
 mod daemon;
+mod postgres;
 
 use crate::floor::{FloorFile, DEFAULT_BLOCK};
 use crate::machine::{loadavg, Machine};
@@ -639,7 +640,7 @@ fn make_workload(o: &Opts, app: &str, work: &Path) -> Result<Box<dyn Workload>> 
         "tomcat" => Box::new(apps::Tomcat::new(work, None)?),
         "tomcat-256" => Box::new(apps::Tomcat::new(work, Some(o.tomcat_app_mib))?),
         "redis" => Box::new(apps::Redis::new(work, o.redis_mib, o.redis_gets)?),
-        "postgres" => Box::new(apps::Postgres::new(work, o.pg_scale, o.pg_sb_mib, 10)?),
+        "postgres" => Box::new(postgres::Postgres::new(work, o.pg_scale, o.pg_sb_mib, 10)?),
         "child-touch" => Box::new(apps::Child::new(&o.bin_dir, o.child_mib, true)?),
         "child-null" => Box::new(apps::Child::new(&o.bin_dir, o.child_mib, false)?),
         "vm" => Box::new(apps::Vm::new(o)?),
