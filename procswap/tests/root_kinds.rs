@@ -1142,6 +1142,62 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     summary(&line);
 }
 
+/// Send `sig` to `pids`; after SIGSTOP, wait until each one is quiescent.
+fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for p in pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig).unwrap();
+    }
+    if sig != nix::sys::signal::Signal::SIGSTOP {
+        return;
+    }
+    for p in pids {
+        let t0 = Instant::now();
+        while !procswap::quiescence(*p).unwrap().is_quiescent() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{p} did not stop");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Purge every process of an app as torpord does (the memcg reclaim after the last one);
+/// their Stop-time snapshots.
+fn purge_all(pids: &[i32]) -> Vec<ResidencySnapshot> {
+    let mut snaps = Vec::new();
+    for (i, p) in pids.iter().enumerate() {
+        let opts = PurgeOptions {
+            reclaim: i + 1 == pids.len(),
+            reclaim_shared: true,
+            ..PurgeOptions::default()
+        };
+        let r = purge(*p, &opts);
+        eprintln!(
+            "multi: purge {p}: reclaim {:?} skipped {:?} evicted {:?}",
+            r.reclaim, r.reclaim_skipped, r.evicted_bytes
+        );
+        snaps.push(r.snapshot.expect("snapshot"));
+    }
+    snaps
+}
+
+/// Fetch every part of every plan (files charged to `memcg`); the shmem bytes issued.
+fn fetch_all(plans: &[ActivationPlan], memcg: &Path) -> u64 {
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        charge_files_to: Some(memcg.to_path_buf()),
+        ..Default::default()
+    };
+    let mut issued = 0;
+    for p in plans {
+        let t = Target::open(p.pid, "test").unwrap();
+        for part in [&p.first, &p.loading_rest, &p.rest] {
+            let r = fetch_unmapped(&t, p, part, &fo).unwrap();
+            assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+            issued += r.issued_bytes.shmem;
+        }
+    }
+    issued
+}
+
 /// An app of three processes: a parent and two forked children that all map one memfd of
 /// `MEMFD` pages and have read all of it (as PostgreSQL's backends share `shared_buffers`).
 /// Accounted for the app, the memfd is `MEMFD` pages (once, not three times); the purge (one
@@ -1171,39 +1227,14 @@ fn forked_processes_sharing_a_memfd_count_and_fetch_it_once() {
         "the children are in the parent's memory cgroup"
     );
     k.stop();
-    let stop = |sig| {
-        for p in &kids {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), sig).unwrap();
-        }
-    };
-    stop(nix::sys::signal::Signal::SIGSTOP);
-    for p in &pids {
-        let t0 = Instant::now();
-        while !procswap::quiescence(*p).unwrap().is_quiescent() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{p} did not stop");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    signal_all(&pids[1..], nix::sys::signal::Signal::SIGSTOP);
     assert_eq!(
         cached(&map_file_of(k.pid, m, MEMFD), MEMFD),
         vec![run(0, MEMFD)]
     );
 
     // Purge every process; the memcg reclaim runs after the last one.
-    let mut snaps = Vec::new();
-    for (i, p) in pids.iter().enumerate() {
-        let opts = PurgeOptions {
-            reclaim: i + 1 == pids.len(),
-            reclaim_shared: true,
-            ..PurgeOptions::default()
-        };
-        let r = purge(*p, &opts);
-        eprintln!(
-            "multi: purge {p}: reclaim {:?} skipped {:?} evicted {:?}",
-            r.reclaim, r.reclaim_skipped, r.evicted_bytes
-        );
-        snaps.push(r.snapshot.expect("snapshot"));
-    }
+    let snaps = purge_all(&pids);
     let per_process: u64 = snaps.iter().map(|s| s.pages().shmem).sum();
     let whole = app::app_pages(&snaps);
     eprintln!("multi: shmem per process summed {per_process}, for the app {whole:?}");
@@ -1242,27 +1273,14 @@ fn forked_processes_sharing_a_memfd_count_and_fetch_it_once() {
     assert_eq!(shm, vec![(MemKind::Shmem, MEMFD)]);
 
     // Fetch every part of every plan: the memfd is advised once, and all of it comes back.
-    let fo = FetchOptions {
-        free_floor_bytes: 0,
-        charge_files_to: Some(memcg.dir().to_path_buf()),
-        ..Default::default()
-    };
-    let mut issued = 0;
-    for p in &plans {
-        let t = Target::open(p.pid, "test").unwrap();
-        for part in [&p.first, &p.loading_rest, &p.rest] {
-            let r = fetch_unmapped(&t, p, part, &fo).unwrap();
-            assert!(r.skipped.is_empty(), "{:?}", r.skipped);
-            issued += r.issued_bytes.shmem;
-        }
-    }
+    let issued = fetch_all(&plans, memcg.dir());
     assert_eq!(issued, MEMFD * ps());
     wait_objects(&plans[0], &plans[0].loading_rest);
     assert_eq!(
         cached(&map_file_of(k.pid, m, MEMFD), MEMFD),
         vec![run(0, MEMFD)]
     );
-    stop(nix::sys::signal::Signal::SIGCONT);
+    signal_all(&pids[1..], nix::sys::signal::Signal::SIGCONT);
     k.cont();
     let v = k.cmd("VERIFY");
     summary(&format!(
