@@ -17,7 +17,12 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 /// The fields written only when present (`skip_serializing_if`).
-const OMITTED_WHEN_ABSENT: [(&str, &str); 2] = [("Started", "vm"), ("PurgeSummary", "partial")];
+const OMITTED_WHEN_ABSENT: [(&str, &str); 4] = [
+    ("Started", "vm"),
+    ("PurgeSummary", "partial"),
+    ("PurgeSummary", "resident_kinds_bytes"),
+    ("ActivationTiming", "planned_pages"),
+];
 
 /// Every object type of the API with a sample value (all optional fields present, as on the
 /// wire).
