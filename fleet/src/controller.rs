@@ -96,6 +96,15 @@ async fn keep_lease(
     }
 }
 
+/// A task aborted when its handle is dropped (the lease's keep-alive ends with the term).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One term: lease, campaign (blocks until elected), then lead until the lease is lost or a
 /// fenced write fails.
 async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Result<()> {
@@ -103,11 +112,11 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
     let lease = client.lease_grant(cfg.ttl, None).await?.id();
     let (keeper, acks) = client.lease_keep_alive(lease).await?;
     let period = Duration::from_millis(cfg.ttl.max(1) as u64 * 1000 / 3);
-    let mut lost = tokio::spawn(keep_lease(keeper, acks, period));
+    let mut lost = AbortOnDrop(tokio::spawn(keep_lease(keeper, acks, period)));
     let t0 = Instant::now();
     let elected = tokio::select! {
         r = client.campaign(ELECTION, cfg.id.clone(), lease) => r.context("campaign")?,
-        why = &mut lost => bail!("lease lost while campaigning: {}", why.unwrap_or_default()),
+        why = &mut lost.0 => bail!("lease lost while campaigning: {}", why.unwrap_or_default()),
     };
     let Some(k) = elected.leader() else {
         bail!("campaign answered without a leader key")
@@ -141,9 +150,15 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
                     continue;
                 }
             }
-            why = &mut lost => bail!("leadership lost: {}", why.unwrap_or_default()),
+            why = &mut lost.0 => bail!("leadership lost: {}", why.unwrap_or_default()),
         }
-        tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await?;
+        if let Err(e) = tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await {
+            // Step down at once: stop the keep-alive and revoke the lease (which deletes the
+            // election key), so that another replica leads without waiting for the TTL.
+            drop(lost);
+            let _ = client.lease_revoke(lease).await;
+            return Err(e);
+        }
     }
 }
 
