@@ -89,10 +89,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
 /// Connect to etcd with bounded waits (a dead endpoint must not hang the agent).
 pub async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
-    let opts = ConnectOptions::new()
+    connect_with(endpoints, Some(Duration::from_secs(5))).await
+}
+
+/// Connect with a bound on each unary request (`None`: unbounded, for a campaign, which
+/// blocks until elected; HTTP/2 keep-alives still detect a dead connection). The keep-alive
+/// interval stays above etcd's `--grpc-keepalive-min-time` (5 s by default): pinging more
+/// often makes etcd close the connection ("too many pings").
+pub async fn connect_with(
+    endpoints: &[String],
+    request_timeout: Option<Duration>,
+) -> anyhow::Result<Client> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(t) = request_timeout {
+        opts = opts.with_timeout(t);
+    }
     Client::connect(endpoints, Some(opts))
         .await
         .with_context(|| format!("connecting to etcd {endpoints:?}"))

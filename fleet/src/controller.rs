@@ -65,10 +65,20 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
     let mut memo = Memo::default();
     let mut backoff = Duration::from_millis(250);
     loop {
+        let t0 = Instant::now();
         let r = term(&cfg, &obs, &mut memo).await;
-        obs.update(|g| g.leader = false);
+        let mut led = false;
+        obs.update(|g| led = std::mem::take(&mut g.leader));
         if let Err(e) = r {
-            obs.event("lost_leadership", None, None, format!("{e:#}"), 0.0);
+            let kind = if led {
+                "lost_leadership"
+            } else {
+                "campaign_error"
+            };
+            obs.event(kind, None, None, format!("{e:#}"), 0.0);
+        }
+        if led || t0.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(250);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(8));
@@ -114,8 +124,10 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
     let period = Duration::from_millis(cfg.ttl.max(1) as u64 * 1000 / 3);
     let mut lost = AbortOnDrop(tokio::spawn(keep_lease(keeper, acks, period)));
     let t0 = Instant::now();
+    // Its own connection: a campaign waits as long as another replica leads.
+    let mut elect = crate::agent::connect_with(&cfg.etcd, None).await?;
     let elected = tokio::select! {
-        r = client.campaign(ELECTION, cfg.id.clone(), lease) => r.context("campaign")?,
+        r = elect.campaign(ELECTION, cfg.id.clone(), lease) => r.context("campaign")?,
         why = &mut lost.0 => bail!("lease lost while campaigning: {}", why.unwrap_or_default()),
     };
     let Some(k) = elected.leader() else {

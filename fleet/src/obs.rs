@@ -13,7 +13,7 @@ pub const KEEP: usize = 4096;
 pub struct Event {
     pub seq: u64,
     pub unix_time: f64,
-    /// `leader`, `lost_leadership`, `place_running`, `place_draining`, `place_standby`,
+    /// `leader`, `lost_leadership`, `campaign_error`, `place_running`, `place_draining`, `place_standby`,
     /// `forget`, `router_add`, `router_ready`, `router_drain`, `router_maint`, `router_weight`,
     /// `router_addr`, `router_error`, `haproxy_restart`, `malformed`, `refused`.
     pub kind: String,
