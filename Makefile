@@ -91,6 +91,14 @@ torpord-test: deps
 fleet-test: deps
 	CARGO=$(CARGO) fleet/tests/run-fleet-tests.sh
 
+# The fleet in one command (fleet/demo.sh): etcd, HAProxy, two emulated hosts, two controllers;
+# activation, a wrk flash crowd, overload -> activation on the standby host, drain and stop,
+# leader failover. Temporary swapfile.
+.PHONY: fleet-demo
+fleet-demo: deps
+	TORPOR_SWAPFILE=$${TORPOR_SWAPFILE:-/var/tmp/torpor-fleet-demo.swap} TORPOR_SWAP_MIB=512 \
+	  CARGO=$(CARGO) procswap/tests/with-swap.sh fleet/demo.sh
+
 # Benchmarks. `make bench`: the quick set (< 10 minutes): resume_touch_all at 64/256 MiB
 # and every paper experiment in quick mode (size sweep, contribution, contiguity, repeated,
 # CPU-load sweep and Tomcat cold start vs resume with a 64 MiB webapp). `make bench-full`:
