@@ -1,10 +1,26 @@
 //! The test and benchmark children (`torpor-testchild`, `torpor-kindchild`,
-//! `torpor-bench-child`) speak a line protocol on stdin/stdout and greet with `HELLO ...`.
+//! `torpor-bench-child`) speak a line protocol on stdin/stdout and greet with `HELLO ...`:
+//! [`serve`] is the child's side, [`LineChild`] the parent's.
 
 use anyhow::{ensure, Context, Result};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// The child's side: prints `HELLO <pid>`, then answers each line read from stdin with what
+/// `answer` returns for it (one line, flushed), until `answer` returns `None` (`EXIT`) or
+/// stdin closes.
+pub fn serve(mut answer: impl FnMut(&str) -> Option<String>) {
+    let mut out = std::io::stdout();
+    writeln!(out, "HELLO {}", std::process::id()).ok();
+    out.flush().ok();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let Some(reply) = answer(&line) else { break };
+        writeln!(out, "{reply}").ok();
+        out.flush().ok();
+    }
+}
 
 /// A started child whose `HELLO` line has been read.
 pub struct LineChild {

@@ -55,6 +55,29 @@ pub fn self_faults() -> (i64, i64) {
     (u.major_page_faults(), u.minor_page_faults())
 }
 
+/// What one measured action cost this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub major_faults: i64,
+    pub minor_faults: i64,
+    pub micros: u128,
+}
+
+/// Runs `f`, measuring this process's page faults and the time it took.
+pub fn measured<R>(f: impl FnOnce() -> R) -> (R, Cost) {
+    let (maj0, min0) = self_faults();
+    let t0 = std::time::Instant::now();
+    let r = f();
+    let micros = t0.elapsed().as_micros();
+    let (maj1, min1) = self_faults();
+    let cost = Cost {
+        major_faults: maj1 - maj0,
+        minor_faults: min1 - min0,
+        micros,
+    };
+    (r, cost)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +97,23 @@ mod tests {
         assert_eq!(p, pattern_bytes(7, 21));
         assert_ne!(p, pattern_bytes(8, 21));
         assert_eq!(pattern_bytes(0, 9), pattern_bytes(1, 9));
+    }
+
+    #[test]
+    fn measured_counts_the_faults_of_first_touches() {
+        // 64 MiB: above glibc's largest mmap threshold (32 MiB), so always a fresh anonymous
+        // mapping whose pages fault when first written (once per page, or per huge page).
+        let (sum, c) = measured(|| {
+            let mut v = vec![0u8; 64 << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            std::hint::black_box(&v)
+                .iter()
+                .map(|&b| u64::from(b))
+                .sum::<u64>()
+        });
+        assert_eq!(sum, 16384);
+        assert!(c.minor_faults >= 1, "{c:?}");
     }
 }

@@ -22,14 +22,13 @@
 //!   `OK` or `BAD <mib index>`;
 //! - `EXIT` (or end of input) → exits 0.
 
-use std::io::{BufRead, Write};
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-use torpor_testsupport::pattern::{checksum, self_faults as faults, Xorshift};
+use torpor_testsupport::child::serve;
+use torpor_testsupport::pattern::{checksum, measured, Xorshift};
 
 /// The benchmarked area: a private anonymous mapping owned by this process until exit.
 struct Area {
@@ -174,22 +173,16 @@ fn in_set(page: u64, pct: u64) -> bool {
 
 /// Run `f`, answering `DONE <majflt> <minflt> <micros> <acc>`.
 fn timed(f: impl FnOnce() -> u64) -> String {
-    let (maj0, min0) = faults();
-    let t0 = Instant::now();
-    let acc = f();
-    let us = t0.elapsed().as_micros();
-    let (maj1, min1) = faults();
-    format!("DONE {} {} {} {}", maj1 - maj0, min1 - min0, us, acc)
+    let (acc, c) = measured(f);
+    format!(
+        "DONE {} {} {} {acc}",
+        c.major_faults, c.minor_faults, c.micros
+    )
 }
 
 fn main() {
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    writeln!(out, "HELLO {}", std::process::id()).ok();
-    out.flush().ok();
     let mut area: Option<Area> = None;
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    serve(|line| {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let arg = |i: usize| parts.get(i).and_then(|v| v.parse::<u64>().ok());
         let reply = match (parts.first().copied(), &mut area) {
@@ -206,14 +199,7 @@ fn main() {
                 }
                 Err(e) => format!("ERR {e}"),
             },
-            (Some("TOUCH"), Some(a)) => {
-                let (maj0, min0) = faults();
-                let t0 = Instant::now();
-                let acc = a.touch();
-                let us = t0.elapsed().as_micros();
-                let (maj1, min1) = faults();
-                format!("DONE {} {} {} {}", maj1 - maj0, min1 - min0, us, acc)
-            }
+            (Some("TOUCH"), Some(a)) => timed(|| a.touch()),
             (Some("NULL"), Some(a)) => timed(|| {
                 // SAFETY: the area is at least one page long; its first word is readable.
                 unsafe { std::ptr::read_volatile(a.words().as_ptr()) }
@@ -234,10 +220,9 @@ fn main() {
             (Some("TOUCH" | "VERIFY" | "NULL" | "TOUCHSET" | "CHURN" | "DIRTY"), None) => {
                 "ERR nothing allocated".into()
             }
-            (Some("EXIT"), _) => break,
+            (Some("EXIT"), _) => return None,
             _ => format!("ERR unknown command {line:?}"),
         };
-        writeln!(out, "{reply}").ok();
-        out.flush().ok();
-    }
+        Some(reply)
+    });
 }

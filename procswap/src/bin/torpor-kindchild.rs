@@ -21,12 +21,13 @@
 //! - `EXIT`.
 
 use std::fs::File;
-use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::time::Instant;
 
-use torpor_testsupport::pattern::self_faults as faults;
+use torpor_testsupport::child::serve;
+use torpor_testsupport::pattern::measured;
+
+const PRW: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 struct Area {
     name: &'static str,
@@ -196,16 +197,126 @@ fn fork_holders(areas: &[Area], n: usize) -> Result<String, String> {
     ))
 }
 
-fn main() {
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    writeln!(out, "HELLO {}", std::process::id()).ok();
-    out.flush().ok();
-    let mut areas: Vec<Area> = Vec::new();
-    let mut rfile: Option<(File, u64, usize)> = None;
-    let prw = libc::PROT_READ | libc::PROT_WRITE;
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+/// `OK <majflt> <minflt> <micros>` for `f`, measured.
+fn timed(f: impl FnOnce() -> Result<(), String>) -> Result<String, String> {
+    let (r, c) = measured(f);
+    r.map(|()| format!("OK {} {} {}", c.major_faults, c.minor_faults, c.micros))
+}
+
+fn memfd_area(pages: usize) -> Result<Area, String> {
+    // SAFETY: a NUL-terminated name literal.
+    let fd = unsafe { libc::memfd_create(c"torpor-kindchild".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: integer arguments on the fd just created.
+    if unsafe { libc::ftruncate(fd, (pages * ps()) as i64) } != 0 {
+        return Err("ftruncate".into());
+    }
+    let p = map(pages, libc::MAP_SHARED, fd, PRW)?;
+    // SAFETY: the mapping holds its own reference to the memfd.
+    unsafe { libc::close(fd) };
+    Ok(writable_area("memfd", 2, p, pages))
+}
+
+fn sysv_area(pages: usize) -> Result<Area, String> {
+    // SAFETY: integer arguments.
+    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, pages * ps(), libc::IPC_CREAT | 0o600) };
+    if id < 0 {
+        return Err(format!("shmget: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: attach the segment just created at a kernel-chosen address.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    // SAFETY: marking it removed: it lives until the last detach.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    if p as isize == -1 {
+        return Err(format!("shmat: {}", std::io::Error::last_os_error()));
+    }
+    Ok(writable_area("sysv", 3, p as *mut u8, pages))
+}
+
+/// The file written, its cache dropped except [from, to), mapped read-only and [from, to) touched.
+fn mfile_area(path: &str, pages: usize, from: usize, to: usize) -> Result<Area, String> {
+    let f = make_file(path, 4, pages, from, to)?;
+    let p = map(pages, libc::MAP_SHARED, f.as_raw_fd(), libc::PROT_READ)?;
+    // SAFETY: advice on our own fresh mapping.
+    unsafe { libc::madvise(p as *mut libc::c_void, pages * ps(), libc::MADV_RANDOM) };
+    let a = Area {
+        name: "mfile",
+        tag: 4,
+        ptr: p,
+        pages,
+    };
+    touch(&a, &(from..to).collect::<Vec<_>>())?;
+    Ok(a)
+}
+
+/// The child's areas and its open (never mapped) file.
+#[derive(Default)]
+struct Kinds {
+    areas: Vec<Area>,
+    /// The RFILE: (file, tag, pages).
+    rfile: Option<(File, u64, usize)>,
+}
+
+impl Kinds {
+    fn add(&mut self, a: Area) -> String {
+        let r = format!("OK {}", a.ptr as usize);
+        self.areas.push(a);
+        r
+    }
+
+    fn area(&self, name: Option<&&str>) -> Result<&Area, String> {
+        let name = name.ok_or("area")?;
+        self.areas
+            .iter()
+            .find(|a| a.name == *name)
+            .ok_or(format!("no area {name}"))
+    }
+
+    fn rfile(
+        &mut self,
+        path: &str,
+        pages: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<String, String> {
+        let f = make_file(path, 5, pages, from, to)?;
+        // SAFETY: integer arguments on an fd we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        let fd = f.as_raw_fd();
+        self.rfile = Some((f, 5, pages));
+        Ok(format!("OK {fd}"))
+    }
+
+    /// `pread`s pages of the RFILE, checking each.
+    fn read(&self, idx: &[usize]) -> Result<(), String> {
+        let (f, tag, pages) = self.rfile.as_ref().ok_or("no RFILE")?;
+        let mut buf = vec![0u8; ps()];
+        for &i in idx {
+            if i >= *pages {
+                return Err(format!("rfile page {i} out of {pages}"));
+            }
+            f.read_exact_at(&mut buf, (i * ps()) as u64)
+                .map_err(|e| e.to_string())?;
+            if buf[..8] != word(*tag, i).to_ne_bytes() {
+                return Err(format!("rfile page {i}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn verify(&self) -> Result<String, String> {
+        let (r, c) = measured(|| {
+            self.areas
+                .iter()
+                .try_for_each(|a| touch(a, &(0..a.pages).collect::<Vec<_>>()))
+        });
+        r.map(|()| format!("OK {} {}", c.major_faults, c.minor_faults))
+    }
+
+    /// The answer to one command line; `None` for `EXIT`.
+    fn answer(&mut self, line: &str) -> Option<Result<String, String>> {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let n = |i: usize| {
             parts
@@ -213,136 +324,53 @@ fn main() {
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(0)
         };
-        let reply: Result<String, String> = match parts.first().copied() {
-            Some("ANON") => map(n(1), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, prw).map(|p| {
-                areas.push(writable_area("anon", 1, p, n(1)));
-                format!("OK {}", p as usize)
-            }),
-            Some("MEMFD") => (|| {
-                // SAFETY: a NUL-terminated name literal.
-                let fd =
-                    unsafe { libc::memfd_create(c"torpor-kindchild".as_ptr(), libc::MFD_CLOEXEC) };
-                if fd < 0 {
-                    return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
-                }
-                // SAFETY: integer arguments on the fd just created.
-                if unsafe { libc::ftruncate(fd, (n(1) * ps()) as i64) } != 0 {
-                    return Err("ftruncate".into());
-                }
-                let p = map(n(1), libc::MAP_SHARED, fd, prw)?;
-                // SAFETY: the mapping holds its own reference to the memfd.
-                unsafe { libc::close(fd) };
-                areas.push(writable_area("memfd", 2, p, n(1)));
-                Ok(format!("OK {}", p as usize))
-            })(),
-            Some("SYSV") => (|| {
-                // SAFETY: integer arguments.
-                let id = unsafe {
-                    libc::shmget(libc::IPC_PRIVATE, n(1) * ps(), libc::IPC_CREAT | 0o600)
-                };
-                if id < 0 {
-                    return Err(format!("shmget: {}", std::io::Error::last_os_error()));
-                }
-                // SAFETY: attach the segment just created at a kernel-chosen address.
-                let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
-                // SAFETY: marking it removed: it lives until the last detach.
-                unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-                if p as isize == -1 {
-                    return Err(format!("shmat: {}", std::io::Error::last_os_error()));
-                }
-                areas.push(writable_area("sysv", 3, p as *mut u8, n(1)));
-                Ok(format!("OK {}", p as usize))
-            })(),
-            Some("MFILE") => (|| {
-                let path = parts.get(1).ok_or("path")?;
-                let (pages, from, to) = (n(2), n(3), n(4));
-                let f = make_file(path, 4, pages, from, to)?;
-                let p = map(pages, libc::MAP_SHARED, f.as_raw_fd(), libc::PROT_READ)?;
-                // SAFETY: advice on our own fresh mapping.
-                unsafe { libc::madvise(p as *mut libc::c_void, pages * ps(), libc::MADV_RANDOM) };
-                let a = Area {
-                    name: "mfile",
-                    tag: 4,
-                    ptr: p,
-                    pages,
-                };
-                touch(&a, &(from..to).collect::<Vec<_>>())?;
-                areas.push(a);
-                Ok(format!("OK {}", p as usize))
-            })(),
-            Some("RFILE") => (|| {
-                let path = parts.get(1).ok_or("path")?;
-                let f = make_file(path, 5, n(2), n(3), n(4))?;
-                // SAFETY: integer arguments on an fd we own.
-                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-                let fd = f.as_raw_fd();
-                rfile = Some((f, 5, n(2)));
-                Ok(format!("OK {fd}"))
-            })(),
-            Some("TOUCH") => (|| {
-                let name = parts.get(1).ok_or("area")?;
-                let a = areas
+        let pages: Vec<usize> = parts
+            .iter()
+            .skip(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Some(match parts.first().copied() {
+            Some("ANON") => map(n(1), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, PRW)
+                .map(|p| self.add(writable_area("anon", 1, p, n(1)))),
+            Some("MEMFD") => memfd_area(n(1)).map(|a| self.add(a)),
+            Some("SYSV") => sysv_area(n(1)).map(|a| self.add(a)),
+            Some("MFILE") => parts
+                .get(1)
+                .ok_or("path".to_string())
+                .and_then(|path| mfile_area(path, n(2), n(3), n(4)))
+                .map(|a| self.add(a)),
+            Some("RFILE") => parts
+                .get(1)
+                .ok_or("path".to_string())
+                .and_then(|path| self.rfile(path, n(2), n(3), n(4))),
+            Some("TOUCH") => self
+                .area(parts.get(1))
+                .and_then(|a| timed(|| touch(a, &pages))),
+            Some("TOUCHRANGE") => self
+                .area(parts.get(1))
+                .and_then(|a| timed(|| touch(a, &(n(2)..n(3).min(a.pages)).collect::<Vec<_>>()))),
+            Some("READ") => {
+                let idx: Vec<usize> = parts
                     .iter()
-                    .find(|a| a.name == *name)
-                    .ok_or(format!("no area {name}"))?;
-                let idx: Vec<usize> = parts[2..].iter().filter_map(|v| v.parse().ok()).collect();
-                let (m0, n0) = faults();
-                let t0 = Instant::now();
-                touch(a, &idx)?;
-                let us = t0.elapsed().as_micros();
-                let (m1, n1) = faults();
-                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
-            })(),
-            Some("TOUCHRANGE") => (|| {
-                let name = parts.get(1).ok_or("area")?;
-                let a = areas
-                    .iter()
-                    .find(|a| a.name == *name)
-                    .ok_or(format!("no area {name}"))?;
-                let idx: Vec<usize> = (n(2)..n(3).min(a.pages)).collect();
-                let (m0, n0) = faults();
-                let t0 = Instant::now();
-                touch(a, &idx)?;
-                let us = t0.elapsed().as_micros();
-                let (m1, n1) = faults();
-                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
-            })(),
-            Some("READ") => (|| {
-                let (f, tag, pages) = rfile.as_ref().ok_or("no RFILE")?;
-                let mut buf = vec![0u8; ps()];
-                let (m0, n0) = faults();
-                let t0 = Instant::now();
-                for i in parts[1..].iter().filter_map(|v| v.parse::<usize>().ok()) {
-                    if i >= *pages {
-                        return Err(format!("rfile page {i} out of {pages}"));
-                    }
-                    f.read_exact_at(&mut buf, (i * ps()) as u64)
-                        .map_err(|e| e.to_string())?;
-                    if buf[..8] != word(*tag, i).to_ne_bytes() {
-                        return Err(format!("rfile page {i}"));
-                    }
-                }
-                let us = t0.elapsed().as_micros();
-                let (m1, n1) = faults();
-                Ok(format!("OK {} {} {us}", m1 - m0, n1 - n0))
-            })(),
-            Some("FORK") => fork_holders(&areas, n(1)),
-            Some("VERIFY") => (|| {
-                let (m0, n0) = faults();
-                for a in &areas {
-                    touch(a, &(0..a.pages).collect::<Vec<_>>())?;
-                }
-                let (m1, n1) = faults();
-                Ok(format!("OK {} {}", m1 - m0, n1 - n0))
-            })(),
-            Some("EXIT") => break,
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                timed(|| self.read(&idx))
+            }
+            Some("FORK") => fork_holders(&self.areas, n(1)),
+            Some("VERIFY") => self.verify(),
+            Some("EXIT") => return None,
             _ => Err(format!("unknown command {line:?}")),
-        };
-        match reply {
-            Ok(r) => writeln!(out, "{r}"),
-            Err(e) => writeln!(out, "BAD {e}"),
-        }
-        .ok();
-        out.flush().ok();
+        })
     }
+}
+
+fn main() {
+    let mut kinds = Kinds::default();
+    serve(|line| {
+        kinds.answer(line).map(|r| match r {
+            Ok(r) => r,
+            Err(e) => format!("BAD {e}"),
+        })
+    });
 }

@@ -13,8 +13,9 @@
 //!   repeatedly for `millis` (at least once, however late it runs); answers `TOUCHED`;
 //! - `EXIT` → exits 0.
 
+use nix::sys::mman;
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
@@ -22,7 +23,8 @@ use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-use torpor_testsupport::pattern::{checksum, self_faults as faults, Xorshift};
+use torpor_testsupport::child::serve;
+use torpor_testsupport::pattern::{checksum, measured, Xorshift};
 
 /// A read-only view of a mapped area.
 struct Mapping {
@@ -45,6 +47,75 @@ struct State {
     extra: Vec<Mapping>,
 }
 
+/// Argument `i` as a number (`default` when absent).
+fn arg(args: &[&str], i: usize, default: &str) -> Result<usize, String> {
+    args.get(i)
+        .copied()
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+/// `file_mib` MiB of pseudo-random data written to `path`, synced, mapped shared read-only;
+/// with its per-MiB checksums.
+fn file_mapping(
+    path: &str,
+    file_mib: usize,
+    rng: &mut Xorshift,
+) -> Result<(Mapping, Vec<u64>), String> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut buf = vec![0u8; MIB];
+    for _ in 0..file_mib {
+        for c in buf.chunks_exact_mut(8) {
+            c.copy_from_slice(&rng.next().to_ne_bytes());
+        }
+        f.write_all(&buf).map_err(|e| e.to_string())?;
+    }
+    f.sync_all().map_err(|e| e.to_string())?;
+    let len = file_mib * MIB;
+    // SAFETY: mapping a file we own read-only and shared; the result is only read through
+    // `Mapping::words` and the file is not truncated while mapped.
+    let ptr = unsafe {
+        mman::mmap(
+            None,
+            NonZeroUsize::new(len).ok_or("empty file")?,
+            mman::ProtFlags::PROT_READ,
+            mman::MapFlags::MAP_SHARED,
+            f.as_fd(),
+            0,
+        )
+    }
+    .map_err(|e| format!("mmap {path}: {e}"))?;
+    let m = Mapping { ptr, len };
+    let sums = m.words().chunks(MIB / 8).map(checksum).collect();
+    Ok((m, sums))
+}
+
+/// `mib` MiB of anonymous memory mapped with `flags` (locked or shared), filled with 0x5a.
+fn extra_mapping(mib: usize, flags: mman::MapFlags) -> Result<Mapping, String> {
+    let len = mib * MIB;
+    // SAFETY: a fresh anonymous mapping; we only write it here through the pointer we got
+    // and then only read it through `Mapping::words`.
+    let ptr = unsafe {
+        mman::mmap_anonymous(
+            None,
+            NonZeroUsize::new(len).ok_or("empty mapping")?,
+            mman::ProtFlags::PROT_READ | mman::ProtFlags::PROT_WRITE,
+            flags,
+        )
+    }
+    .map_err(|e| format!("mmap anon {mib} MiB: {e}"))?;
+    // SAFETY: `ptr` is a fresh, exclusively owned, writable mapping of `len` bytes.
+    unsafe { std::ptr::write_bytes(ptr.as_ptr() as *mut u8, 0x5a, len) };
+    Ok(Mapping { ptr, len })
+}
+
 fn alloc(args: &[&str]) -> Result<State, String> {
     let anon_mib: usize = args
         .first()
@@ -52,93 +123,28 @@ fn alloc(args: &[&str]) -> Result<State, String> {
         .parse()
         .map_err(|e| format!("{e}"))?;
     let file_path = *args.get(1).unwrap_or(&"-");
-    let file_mib: usize = args
-        .get(2)
-        .unwrap_or(&"0")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let locked_mib: usize = args
-        .get(3)
-        .unwrap_or(&"0")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let shared_mib: usize = args
-        .get(4)
-        .unwrap_or(&"0")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let file_mib = arg(args, 2, "0")?;
+    let locked_mib = arg(args, 3, "0")?;
+    let shared_mib = arg(args, 4, "0")?;
 
-    let words_per_mib = MIB / 8;
-    let mut anon = vec![0u64; anon_mib * words_per_mib];
+    let mut anon = vec![0u64; anon_mib * MIB / 8];
     let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
     for w in anon.iter_mut() {
         *w = rng.next();
     }
-    let anon_sums = anon.chunks(words_per_mib).map(checksum).collect();
-
-    let mut file = None;
-    if file_path != "-" && file_mib > 0 {
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(file_path)
-            .map_err(|e| format!("{file_path}: {e}"))?;
-        let mut buf = vec![0u8; MIB];
-        for _ in 0..file_mib {
-            for c in buf.chunks_exact_mut(8) {
-                c.copy_from_slice(&rng.next().to_ne_bytes());
-            }
-            f.write_all(&buf).map_err(|e| e.to_string())?;
-        }
-        f.sync_all().map_err(|e| e.to_string())?;
-        let len = file_mib * MIB;
-        // SAFETY: mapping a file we own read-only and shared; the result is only read through
-        // `Mapping::words` and the file is not truncated while mapped.
-        let ptr = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                NonZeroUsize::new(len).expect("nonzero"),
-                nix::sys::mman::ProtFlags::PROT_READ,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-                f.as_fd(),
-                0,
-            )
-        }
-        .map_err(|e| format!("mmap {file_path}: {e}"))?;
-        let m = Mapping { ptr, len };
-        let sums = m.words().chunks(words_per_mib).map(checksum).collect();
-        file = Some((m, sums));
-    }
-
-    let mut extra = Vec::new();
-    for (mib, flags) in [
-        (
-            locked_mib,
-            nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_LOCKED,
-        ),
-        (shared_mib, nix::sys::mman::MapFlags::MAP_SHARED),
-    ] {
-        if mib == 0 {
-            continue;
-        }
-        let len = mib * MIB;
-        // SAFETY: a fresh anonymous mapping; we only write it here through the pointer we got
-        // and then only read it through `Mapping::words`.
-        let ptr = unsafe {
-            nix::sys::mman::mmap_anonymous(
-                None,
-                NonZeroUsize::new(len).expect("nonzero"),
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                flags,
-            )
-        }
-        .map_err(|e| format!("mmap anon {mib} MiB: {e}"))?;
-        // SAFETY: `ptr` is a fresh, exclusively owned, writable mapping of `len` bytes.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr() as *mut u8, 0x5a, len) };
-        extra.push(Mapping { ptr, len });
-    }
+    let anon_sums = anon.chunks(MIB / 8).map(checksum).collect();
+    let file = (file_path != "-" && file_mib > 0)
+        .then(|| file_mapping(file_path, file_mib, &mut rng))
+        .transpose()?;
+    let locked = mman::MapFlags::MAP_PRIVATE | mman::MapFlags::MAP_LOCKED;
+    let extra = [
+        (locked_mib, locked),
+        (shared_mib, mman::MapFlags::MAP_SHARED),
+    ]
+    .into_iter()
+    .filter(|(mib, _)| *mib > 0)
+    .map(|(mib, flags)| extra_mapping(mib, flags))
+    .collect::<Result<_, _>>()?;
     Ok(State {
         anon,
         anon_sums,
@@ -174,86 +180,79 @@ fn verify_rest(s: &State) -> Result<(), String> {
     Ok(())
 }
 
+impl State {
+    /// `READY <anon_addr> <anon_len> <file_addr> <file_len>`.
+    fn ready(&self) -> String {
+        let (fa, fl) = self
+            .file
+            .as_ref()
+            .map(|(m, _)| (m.ptr.as_ptr() as usize, m.len))
+            .unwrap_or((0, 0));
+        format!(
+            "READY {} {} {} {}",
+            self.anon.as_ptr() as usize,
+            self.anon.len() * 8,
+            fa,
+            fl
+        )
+    }
+
+    /// `OK <majflt> <minflt> <micros> <rest_majflt>` or `BAD <what>`.
+    fn verify(&self) -> String {
+        // Warm the code path on a tiny slice first so the measured window is about data.
+        std::hint::black_box(checksum(&self.anon[..1]));
+        let (r, anon) = measured(|| verify_anon(self));
+        let (r, rest) = measured(|| r.and_then(|()| verify_rest(self)));
+        match r {
+            Ok(()) => format!(
+                "OK {} {} {} {}",
+                anon.major_faults, anon.minor_faults, anon.micros, rest.major_faults
+            ),
+            Err(e) => format!("BAD {e}"),
+        }
+    }
+
+    /// Reads every page of MiB [from, to) of the anon area, repeatedly for `ms` milliseconds.
+    fn touch(&self, from: usize, to: usize, ms: u128) -> String {
+        let to = to.min(self.anon.len() * 8 / MIB);
+        let t0 = Instant::now();
+        let mut acc = 0u64;
+        // At least one whole pass, however late this process gets the CPU: a test
+        // may count on every page of the range having been read once.
+        loop {
+            for w in self.anon[from * MIB / 8..to * MIB / 8].iter().step_by(512) {
+                acc = acc.wrapping_add(*w);
+            }
+            if t0.elapsed().as_millis() >= ms {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::hint::black_box(acc);
+        "TOUCHED".into()
+    }
+}
+
 fn main() {
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    writeln!(out, "HELLO {}", std::process::id()).ok();
-    out.flush().ok();
     let mut state: Option<State> = None;
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    serve(|line| {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let reply = match parts.first().copied() {
-            Some("ALLOC") => match alloc(&parts[1..]) {
-                Ok(s) => {
-                    let (fa, fl) = s
-                        .file
-                        .as_ref()
-                        .map(|(m, _)| (m.ptr.as_ptr() as usize, m.len))
-                        .unwrap_or((0, 0));
-                    let r = format!(
-                        "READY {} {} {} {}",
-                        s.anon.as_ptr() as usize,
-                        s.anon.len() * 8,
-                        fa,
-                        fl
-                    );
-                    state = Some(s);
-                    r
-                }
+        let p = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        Some(match (parts.first().copied(), &state) {
+            (Some("ALLOC"), _) => match alloc(&parts[1..]) {
+                Ok(s) => state.insert(s).ready(),
                 Err(e) => format!("ERR {e}"),
             },
-            Some("VERIFY") => match &state {
-                None => "ERR nothing allocated".into(),
-                Some(s) => {
-                    // Warm the code path on a tiny slice first so the measured window is about data.
-                    std::hint::black_box(checksum(&s.anon[..1]));
-                    let (maj0, min0) = faults();
-                    let t0 = Instant::now();
-                    let r = verify_anon(s);
-                    let us = t0.elapsed().as_micros();
-                    let (maj1, min1) = faults();
-                    let r = r.and_then(|()| verify_rest(s));
-                    let (maj2, _) = faults();
-                    match r {
-                        Ok(()) => {
-                            format!("OK {} {} {} {}", maj1 - maj0, min1 - min0, us, maj2 - maj1)
-                        }
-                        Err(e) => format!("BAD {e}"),
-                    }
-                }
-            },
-            Some("TOUCH") => match &state {
-                None => "ERR nothing allocated".into(),
-                Some(s) => {
-                    let p = |i: usize| {
-                        parts
-                            .get(i)
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0)
-                    };
-                    let (from, to, ms) = (p(1), p(2).min(s.anon.len() * 8 / MIB), p(3));
-                    let t0 = Instant::now();
-                    let mut acc = 0u64;
-                    // At least one whole pass, however late this process gets the CPU: a test
-                    // may count on every page of the range having been read once.
-                    loop {
-                        for w in s.anon[from * MIB / 8..to * MIB / 8].iter().step_by(512) {
-                            acc = acc.wrapping_add(*w);
-                        }
-                        if t0.elapsed().as_millis() >= ms as u128 {
-                            break;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    std::hint::black_box(acc);
-                    "TOUCHED".into()
-                }
-            },
-            Some("EXIT") => break,
+            (Some("VERIFY" | "TOUCH"), None) => "ERR nothing allocated".into(),
+            (Some("VERIFY"), Some(s)) => s.verify(),
+            (Some("TOUCH"), Some(s)) => s.touch(p(1), p(2), p(3) as u128),
+            (Some("EXIT"), _) => return None,
             _ => format!("ERR unknown command {line:?}"),
-        };
-        writeln!(out, "{reply}").ok();
-        out.flush().ok();
-    }
+        })
+    });
 }
