@@ -118,6 +118,16 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+impl Frame {
+    pub fn new(msg_type: u8, request_id: u32, payload: Vec<u8>) -> Frame {
+        Frame {
+            msg_type,
+            request_id,
+            payload,
+        }
+    }
+}
+
 pub fn encode_frame(f: &Frame) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + f.payload.len() + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
@@ -442,6 +452,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b);
 }
 
+/// Decode `f`'s payload with `body`, which must consume all of it.
+fn decode_payload<T>(
+    f: &Frame,
+    body: impl FnOnce(&mut Cursor) -> Result<T, ProtoError>,
+) -> Result<T, ProtoError> {
+    let mut c = Cursor::new(&f.payload);
+    let r = body(&mut c)?;
+    c.end()?;
+    Ok(r)
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -585,39 +606,34 @@ impl Request {
         out
     }
 
-    pub fn to_frame(&self, request_id: u32) -> Frame {
-        Frame {
-            msg_type: self.msg_type(),
-            request_id,
-            payload: self.encode_payload(),
-        }
+    pub fn decode(f: &Frame) -> Result<Request, ProtoError> {
+        decode_payload(f, |c| {
+            Ok(match f.msg_type {
+                msg::HELLO => {
+                    let min_version = c.u8("min version")?;
+                    let max_version = c.u8("max version")?;
+                    let client = c.string("client name")?;
+                    Request::Hello {
+                        min_version,
+                        max_version,
+                        client,
+                    }
+                }
+                msg::PING => Request::Ping {
+                    nonce: c.u64("nonce")?,
+                },
+                msg::GET_LAYOUT => Request::GetLayout,
+                msg::GET_FREE_BITMAP => Request::GetFreeBitmap,
+                msg::GET_PRIORITY_MAP => Request::GetPriorityMap {
+                    window_ms: c.u32("window")?,
+                },
+                t => return Err(ProtoError::UnknownType(t)),
+            })
+        })
     }
 
-    pub fn decode(f: &Frame) -> Result<Request, ProtoError> {
-        let mut c = Cursor::new(&f.payload);
-        let r = match f.msg_type {
-            msg::HELLO => {
-                let min_version = c.u8("min version")?;
-                let max_version = c.u8("max version")?;
-                let client = c.string("client name")?;
-                Request::Hello {
-                    min_version,
-                    max_version,
-                    client,
-                }
-            }
-            msg::PING => Request::Ping {
-                nonce: c.u64("nonce")?,
-            },
-            msg::GET_LAYOUT => Request::GetLayout,
-            msg::GET_FREE_BITMAP => Request::GetFreeBitmap,
-            msg::GET_PRIORITY_MAP => Request::GetPriorityMap {
-                window_ms: c.u32("window")?,
-            },
-            t => return Err(ProtoError::UnknownType(t)),
-        };
-        c.end()?;
-        Ok(r)
+    pub fn to_frame(&self, request_id: u32) -> Frame {
+        Frame::new(self.msg_type(), request_id, self.encode_payload())
     }
 }
 
@@ -661,58 +677,54 @@ impl Response {
         out
     }
 
-    pub fn to_frame(&self, request_id: u32) -> Frame {
-        Frame {
-            msg_type: self.msg_type(),
-            request_id,
-            payload: self.encode_payload(),
-        }
+    pub fn decode(f: &Frame) -> Result<Response, ProtoError> {
+        decode_payload(f, |c| {
+            Ok(match f.msg_type {
+                t if t == msg::HELLO | msg::RESPONSE => {
+                    let version = c.u8("version")?;
+                    let page_size = c.u32("page size")?;
+                    let s = c.u8("source")?;
+                    let source = MapSourceKind::from_u8(s)
+                        .ok_or_else(|| ProtoError::Payload(format!("unknown source {s}")))?;
+                    let agent = c.string("agent name")?;
+                    Response::Hello {
+                        version,
+                        agent,
+                        page_size,
+                        source,
+                    }
+                }
+                t if t == msg::PING | msg::RESPONSE => Response::Pong {
+                    nonce: c.u64("nonce")?,
+                },
+                t if t == msg::GET_LAYOUT | msg::RESPONSE => {
+                    let page_size = c.u32("page size")?;
+                    Response::Layout {
+                        page_size,
+                        layout: get_layout(c)?,
+                    }
+                }
+                t if t == msg::GET_FREE_BITMAP | msg::RESPONSE => {
+                    Response::FreeBitmap(get_map(c, 1)?)
+                }
+                t if t == msg::GET_PRIORITY_MAP | msg::RESPONSE => {
+                    Response::PriorityMap(get_map(c, Category::Other as u8)?)
+                }
+                msg::ERROR => {
+                    let code =
+                        ErrorCode::from_u16(u16::from_le_bytes([c.u8("code")?, c.u8("code")?]));
+                    Response::Error {
+                        code,
+                        message: c.string("message")?,
+                    }
+                }
+                t => return Err(ProtoError::UnknownType(t)),
+            })
+        })
     }
 
-    pub fn decode(f: &Frame) -> Result<Response, ProtoError> {
-        let mut c = Cursor::new(&f.payload);
-        let r = match f.msg_type {
-            t if t == msg::HELLO | msg::RESPONSE => {
-                let version = c.u8("version")?;
-                let page_size = c.u32("page size")?;
-                let s = c.u8("source")?;
-                let source = MapSourceKind::from_u8(s)
-                    .ok_or_else(|| ProtoError::Payload(format!("unknown source {s}")))?;
-                let agent = c.string("agent name")?;
-                Response::Hello {
-                    version,
-                    agent,
-                    page_size,
-                    source,
-                }
-            }
-            t if t == msg::PING | msg::RESPONSE => Response::Pong {
-                nonce: c.u64("nonce")?,
-            },
-            t if t == msg::GET_LAYOUT | msg::RESPONSE => {
-                let page_size = c.u32("page size")?;
-                Response::Layout {
-                    page_size,
-                    layout: get_layout(&mut c)?,
-                }
-            }
-            t if t == msg::GET_FREE_BITMAP | msg::RESPONSE => {
-                Response::FreeBitmap(get_map(&mut c, 1)?)
-            }
-            t if t == msg::GET_PRIORITY_MAP | msg::RESPONSE => {
-                Response::PriorityMap(get_map(&mut c, Category::Other as u8)?)
-            }
-            msg::ERROR => {
-                let code = ErrorCode::from_u16(u16::from_le_bytes([c.u8("code")?, c.u8("code")?]));
-                Response::Error {
-                    code,
-                    message: c.string("message")?,
-                }
-            }
-            t => return Err(ProtoError::UnknownType(t)),
-        };
-        c.end()?;
-        Ok(r)
+    pub fn to_frame(&self, request_id: u32) -> Frame {
+        Frame::new(self.msg_type(), request_id, self.encode_payload())
     }
 }
 

@@ -51,6 +51,17 @@ fn is_root_dir(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Write `cgroup.freeze` and wait until `cgroup.events` confirms it.
+fn v2_set(d: &Path, frozen: bool, timeout: Duration) -> Result<()> {
+    let v = u8::from(frozen);
+    write_file(&d.join("cgroup.freeze"), &v.to_string())?;
+    wait_for(
+        timeout,
+        &format!("{}/cgroup.events frozen {v}", d.display()),
+        || v2_frozen(d).map(|f| f == Some(frozen)),
+    )
+}
+
 impl Freezer {
     /// Pick the freezer for `pid`. Cgroup freezers act on the whole cgroup (every process in
     /// it), so a hierarchy root is never chosen.
@@ -102,14 +113,7 @@ impl Freezer {
     /// Freeze and wait until the kernel confirms it.
     pub fn freeze(&self, timeout: Duration) -> Result<()> {
         match self {
-            Freezer::CgroupV2(d) => {
-                write_file(&d.join("cgroup.freeze"), "1")?;
-                wait_for(
-                    timeout,
-                    &format!("{}/cgroup.events frozen 1", d.display()),
-                    || v2_frozen(d).map(|f| f == Some(true)),
-                )
-            }
+            Freezer::CgroupV2(d) => v2_set(d, true, timeout),
             Freezer::CgroupV1(d) => {
                 write_file(&d.join("freezer.state"), "FROZEN")?;
                 wait_for(
@@ -141,14 +145,7 @@ impl Freezer {
     /// Thaw and wait until the kernel confirms it.
     pub fn thaw(&self, timeout: Duration) -> Result<()> {
         match self {
-            Freezer::CgroupV2(d) => {
-                write_file(&d.join("cgroup.freeze"), "0")?;
-                wait_for(
-                    timeout,
-                    &format!("{}/cgroup.events frozen 0", d.display()),
-                    || v2_frozen(d).map(|f| f == Some(false)),
-                )
-            }
+            Freezer::CgroupV2(d) => v2_set(d, false, timeout),
             Freezer::CgroupV1(d) => {
                 write_file(&d.join("freezer.state"), "THAWED")?;
                 wait_for(

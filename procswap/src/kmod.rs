@@ -132,12 +132,7 @@ impl Kmod {
         // SAFETY: PREFETCH reads and writes exactly one `TorporPrefetch` at the given address
         // (valid, exclusively borrowed) and reads `nr_ranges` `TorporRange`s from `ranges`,
         // which `ranges` (a live slice of that length) provides.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_PREFETCH,
-                &mut req as *mut TorporPrefetch as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PREFETCH, &mut req as *mut _ as usize) }?;
         Ok(req)
     }
 
@@ -155,12 +150,7 @@ impl Kmod {
             ..Default::default()
         };
         // SAFETY: as for `prefetch`: one `TorporDiscard` read and written, `nr_ranges` ranges read.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_DISCARD,
-                &mut req as *mut TorporDiscard as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_DISCARD, &mut req as *mut _ as usize) }?;
         Ok(req)
     }
 
@@ -168,24 +158,14 @@ impl Kmod {
     pub fn free_bitmap(&self) -> Result<(Vec<u8>, TorporFreeBitmap), nix::errno::Errno> {
         let mut req = TorporFreeBitmap::default();
         // SAFETY: with `bitmap == 0` the module only reads and writes the request itself.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_FREE_BITMAP,
-                &mut req as *mut TorporFreeBitmap as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) }?;
         // Headroom in case the node grew between the two calls (it does not without hotplug).
         let mut buf = vec![0u8; (req.end_pfn.div_ceil(8) + 64) as usize];
         req.bitmap = buf.as_mut_ptr() as u64;
         req.bitmap_bytes = buf.len() as u64;
         // SAFETY: the module writes at most `bitmap_bytes` bytes into `buf`, which is live and
         // exclusively borrowed for the call, and reads/writes the request.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_FREE_BITMAP,
-                &mut req as *mut TorporFreeBitmap as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_FREE_BITMAP, &mut req as *mut _ as usize) }?;
         Ok((buf, req))
     }
 
@@ -200,12 +180,7 @@ impl Kmod {
             ..Default::default()
         };
         // SAFETY: with `map == 0` the module only reads and writes the request itself.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_PRIORITY_MAP,
-                &mut req as *mut TorporPriorityMap as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) }?;
         // Headroom in case the node grew between the two calls (it does not without hotplug).
         let mut buf = vec![0u8; (req.end_pfn + 4096) as usize];
         req.map = buf.as_mut_ptr() as u64;
@@ -213,12 +188,7 @@ impl Kmod {
         req.window_ms = window_ms;
         // SAFETY: the module writes at most `map_bytes` bytes into `buf`, which is live and
         // exclusively borrowed for the call, and reads/writes the request.
-        unsafe {
-            self.raw_ioctl(
-                uapi::TORPOR_IOC_PRIORITY_MAP,
-                &mut req as *mut TorporPriorityMap as usize,
-            )
-        }?;
+        unsafe { self.raw_ioctl(uapi::TORPOR_IOC_PRIORITY_MAP, &mut req as *mut _ as usize) }?;
         buf.truncate(req.end_pfn as usize);
         Ok((buf, req))
     }
