@@ -18,7 +18,7 @@
 //!   counted once ([`app::app_pages`]) and fetched once ([`app::share_objects`]).
 //! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
 //!
-//! ## Near-warm activation: the calls a Start/Stop pipeline makes (issue 12)
+//! ## Near-warm activation: the calls a Start/Stop pipeline makes (docs/architecture.md, "Stop and Start of a process app")
 //! **Stop** (target frozen):
 //! 1. if a [`LoadingSetRecorder`] ran since the last Start: `rec.finish()`, then
 //!    [`LoadingSet::merge`]`(previous, &rec, &DecayPolicy::default())`, [`LoadingSet::save`];
