@@ -18,8 +18,13 @@ pub struct SwapArea {
 impl SwapArea {
     /// Parse `/proc/swaps` and return the area the kernel allocates from first.
     pub fn active() -> Result<Option<SwapArea>> {
+        Ok(Self::all()?.into_iter().max_by_key(|a| a.priority))
+    }
+
+    /// Every active swap area, in `/proc/swaps` order.
+    pub fn all() -> Result<Vec<SwapArea>> {
         let s = std::fs::read_to_string("/proc/swaps").context("/proc/swaps")?;
-        Ok(parse_swaps(&s).into_iter().max_by_key(|a| a.priority))
+        Ok(parse_swaps(&s))
     }
 }
 

@@ -160,6 +160,25 @@ pub struct Measurement {
     pub proof: Proof,
 }
 
+/// Freeze (`freeze = true`) or thaw through `freezer`, waiting for the kernel's confirmation;
+/// `frozen` follows (a holder thaws on drop what it left frozen). `timeout` bounds the wait.
+pub fn set_frozen(
+    freezer: &Freezer,
+    frozen: &mut bool,
+    freeze: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let r = if freeze {
+        freezer.freeze(timeout)
+    } else {
+        freezer.thaw(timeout)
+    };
+    let verb = if freeze { "freeze" } else { "thaw" };
+    r.with_context(|| format!("{verb} ({freezer})"))?;
+    *frozen = freeze;
+    Ok(())
+}
+
 /// The child process and its cgroups.
 pub struct Subject {
     proc: std::process::Child,
@@ -339,10 +358,15 @@ impl Subject {
     /// Freeze, purge, and prove the memory is out; then queue the `TOUCH` command (the
     /// frozen child reads it only once resumed).
     pub fn suspend_and_purge(&mut self) -> Result<Proof> {
-        self.freezer
-            .freeze(FREEZE_TIMEOUT)
-            .with_context(|| format!("freeze ({})", self.freezer))?;
-        self.frozen = true;
+        self.freeze()?;
+        let proof = self.purge_until_out("resume_touch_all")?;
+        self.send("TOUCH")?;
+        Ok(proof)
+    }
+
+    /// Purge the frozen child (page-out + memcg reclaim) until its memory is proven out, at
+    /// most 3 times; `who` names the caller in the note of a repeated attempt.
+    pub fn purge_until_out(&mut self, who: &str) -> Result<Proof> {
         let mut purge_seconds = 0.0;
         for attempt in 1..=3 {
             let t0 = Instant::now();
@@ -361,12 +385,13 @@ impl Subject {
             );
             let (proof, failure) = self.prove_out(purge_seconds, attempt)?;
             match failure {
-                None => {
-                    self.send("TOUCH")?;
-                    return Ok(proof);
+                None => return Ok(proof),
+                Some(why) if attempt == 3 => {
+                    bail!("memory is not out after {attempt} purges: {why} ({proof:?})")
                 }
-                Some(why) if attempt == 3 => bail!("memory is not out after {attempt} purges: {why} ({proof:?})"),
-                Some(why) => eprintln!("resume_touch_all: purge attempt {attempt} left memory in: {why}; purging again"),
+                Some(why) => {
+                    eprintln!("{who}: purge attempt {attempt} left memory in: {why}; purging again")
+                }
             }
         }
         unreachable!("the loop returns or bails on its last attempt")
@@ -390,20 +415,12 @@ impl Subject {
 
     /// Freeze (no purge).
     pub fn freeze(&mut self) -> Result<()> {
-        self.freezer
-            .freeze(FREEZE_TIMEOUT)
-            .with_context(|| format!("freeze ({})", self.freezer))?;
-        self.frozen = true;
-        Ok(())
+        set_frozen(&self.freezer, &mut self.frozen, true, FREEZE_TIMEOUT)
     }
 
     /// Thaw (no wait for any reply).
     pub fn thaw(&mut self) -> Result<()> {
-        self.freezer
-            .thaw(FREEZE_TIMEOUT)
-            .with_context(|| format!("thaw ({})", self.freezer))?;
-        self.frozen = false;
-        Ok(())
+        set_frozen(&self.freezer, &mut self.frozen, false, FREEZE_TIMEOUT)
     }
 
     /// Collect the same evidence [`Subject::suspend_and_purge`] does, and whether it proves the
@@ -433,10 +450,7 @@ impl Subject {
     /// Thaw after [`Subject::suspend_and_purge`] and wait for the queued touch to finish
     /// (for callers that time something else while it is frozen). Returns the child's reply.
     pub fn thaw_and_wait(&mut self) -> Result<String> {
-        self.freezer
-            .thaw(FREEZE_TIMEOUT)
-            .with_context(|| format!("thaw ({})", self.freezer))?;
-        self.frozen = false;
+        self.thaw()?;
         self.read_line()
     }
 
@@ -469,10 +483,7 @@ impl Subject {
             ));
         }
         let t_thaw = Instant::now();
-        self.freezer
-            .thaw(FREEZE_TIMEOUT)
-            .with_context(|| format!("thaw ({})", self.freezer))?;
-        self.frozen = false;
+        self.thaw()?;
         let thaw_seconds = t_thaw.elapsed().as_secs_f64();
         let r = self.read_line()?;
         let seconds = t0.elapsed().as_secs_f64();

@@ -126,26 +126,8 @@ impl Tomcat {
     }
 
     fn command(&self, base: &Path, cgroups: &[PathBuf]) -> Command {
-        // A shell moves itself into the cgroups, then execs catalina.sh (which execs java), so
-        // every page the server ever touches is charged to its memcg.
-        let mut script = String::new();
-        for d in cgroups {
-            script.push_str(&format!(
-                "echo $$ > '{}/cgroup.procs' || exit 97; ",
-                d.display()
-            ));
-        }
-        script.push_str(&format!("exec '{TOMCAT_HOME}/bin/catalina.sh' run"));
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c")
-            .arg(script)
-            .env("CATALINA_HOME", TOMCAT_HOME)
-            .env("CATALINA_BASE", base)
-            .env("CATALINA_TMPDIR", base.join("temp"))
-            .env("JAVA_HOME", &self.java_home)
-            .env("TORPOR_APP_MIB", self.info.app_mib.to_string())
-            .stdin(Stdio::null())
-            .process_group(0);
+        let mut c = catalina_run(&self.java_home, base, cgroups);
+        c.env("TORPOR_APP_MIB", self.info.app_mib.to_string());
         c
     }
 
@@ -257,18 +239,10 @@ pub struct Server {
 
 impl Server {
     pub fn freeze(&mut self) -> Result<()> {
-        self.freezer
-            .freeze(FREEZE_TIMEOUT)
-            .with_context(|| format!("freeze {}", self.freezer))?;
-        self.frozen = true;
-        Ok(())
+        crate::resume::set_frozen(&self.freezer, &mut self.frozen, true, FREEZE_TIMEOUT)
     }
     pub fn thaw(&mut self) -> Result<()> {
-        self.freezer
-            .thaw(FREEZE_TIMEOUT)
-            .with_context(|| format!("thaw {}", self.freezer))?;
-        self.frozen = false;
-        Ok(())
+        crate::resume::set_frozen(&self.freezer, &mut self.frozen, false, FREEZE_TIMEOUT)
     }
     /// GET [`REQUEST`]; the body.
     pub fn request(&self) -> Result<String> {
@@ -301,12 +275,30 @@ impl Drop for Server {
 }
 
 fn wait_ready(child: &mut Child, port: u16, t0: Instant, base: &Path) -> Result<()> {
+    wait_http_ok(
+        child,
+        port,
+        REQUEST,
+        t0 + START_TIMEOUT,
+        &base.join("logs/stdout.log"),
+    )
+}
+
+/// Poll `GET path` on 127.0.0.1:`port` every 20 ms until a 200, while `child` (the server)
+/// lives and `deadline` has not passed; a server that exits is reported with its log's tail.
+pub fn wait_http_ok(
+    child: &mut Child,
+    port: u16,
+    path: &str,
+    deadline: Instant,
+    log: &Path,
+) -> Result<()> {
     loop {
-        if let Ok((200, _)) = http_get(port, REQUEST, Duration::from_secs(30)) {
+        if let Ok((200, _)) = http_get(port, path, Duration::from_secs(30)) {
             return Ok(());
         }
         if let Some(st) = child.try_wait()? {
-            let log = std::fs::read_to_string(base.join("logs/stdout.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
             bail!(
                 "Tomcat exited ({st}) before answering; log tail:\n{}",
@@ -314,15 +306,15 @@ fn wait_ready(child: &mut Child, port: u16, t0: Instant, base: &Path) -> Result<
             );
         }
         ensure!(
-            t0.elapsed() < START_TIMEOUT,
-            "Tomcat on :{port} did not answer 200 within {START_TIMEOUT:?}"
+            Instant::now() < deadline,
+            "Tomcat on :{port} did not answer 200 on {path} in time"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// TERM the process group, KILL after 15 s.
-fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     let pg = child.id() as i32;
     // SAFETY: kill(2) on our own child's process group.
     unsafe { libc::kill(-pg, libc::SIGTERM) };
@@ -338,7 +330,8 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn rss_bytes(pid: i32) -> Option<u64> {
+/// VmRSS of `pid` in bytes.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     l.split_whitespace()
@@ -348,7 +341,8 @@ fn rss_bytes(pid: i32) -> Option<u64> {
         .map(|k| k * 1024)
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// The first `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -401,6 +395,30 @@ pub fn catalina_base(base: &Path, port: u16) -> Result<()> {
             .replace("<Server port=\"8005\"", "<Server port=\"-1\""),
     )?;
     Ok(())
+}
+
+/// `catalina.sh run` of Debian's Tomcat for `base`, in its own process group, stdin closed.
+/// With `cgroups`, a shell moves itself into them first, then execs catalina.sh (which execs
+/// java), so every page the server ever touches is charged to its memcg.
+pub fn catalina_run(java_home: &str, base: &Path, cgroups: &[PathBuf]) -> Command {
+    let mut script = String::new();
+    for d in cgroups {
+        script.push_str(&format!(
+            "echo $$ > '{}/cgroup.procs' || exit 97; ",
+            d.display()
+        ));
+    }
+    script.push_str(&format!("exec '{TOMCAT_HOME}/bin/catalina.sh' run"));
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(script)
+        .env("CATALINA_HOME", TOMCAT_HOME)
+        .env("CATALINA_BASE", base)
+        .env("CATALINA_TMPDIR", base.join("temp"))
+        .env("JAVA_HOME", java_home)
+        .stdin(Stdio::null())
+        .process_group(0);
+    c
 }
 
 /// GET on 127.0.0.1: (status, trimmed body).

@@ -212,22 +212,10 @@ fn main() -> Result<()> {
     )?;
     writeln!(md, "| mapping pass | median s | pages |")?;
     writeln!(md, "|---|---|---|")?;
-    writeln!(
-        md,
-        "| process_vm_readv (stock) | {mr:.3} | {} |",
-        maps.iter()
-            .find(|m| m.0 == "process_vm_readv")
-            .map(|m| m.2)
-            .unwrap_or(0)
-    )?;
-    writeln!(
-        md,
-        "| PREFETCH ioctl (module) | {mk:.3} | {} |",
-        maps.iter()
-            .find(|m| m.0 == "kmod PREFETCH")
-            .map(|m| m.2)
-            .unwrap_or(0)
-    )?;
+    let pages = |name: &str| maps.iter().find(|m| m.0 == name).map_or(0, |m| m.2);
+    let (pr, pk) = (pages("process_vm_readv"), pages("kmod PREFETCH"));
+    writeln!(md, "| process_vm_readv (stock) | {mr:.3} | {pr} |")?;
+    writeln!(md, "| PREFETCH ioctl (module) | {mk:.3} | {pk} |")?;
     writeln!(md, "\nRatios: stock/torpor = {:.2}×, stock/torpor_kmod = {:.2}×, torpor/torpor_kmod = {:.2}×; mapping pass process_vm_readv/PREFETCH = {:.2}×.", st / tp, st / tk, tp / tk, mr / mk)?;
     writeln!(md, "\n## Every timed resume\n\n```")?;
     for m in &ms {

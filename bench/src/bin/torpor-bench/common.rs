@@ -1,12 +1,12 @@
 //! Shared by the experiments: the run context, timed resumes with their proofs, the kernel-reclaim layout, tables.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bench::machine::{loadavg, Machine};
 use bench::plot::Bar;
 use bench::resume::{FreezerChoice, Proof, Subject, MIB};
 use bench::stats::Spread;
 use procswap::cgroup::Memcg;
-use procswap::{NoProgress, PrefetchOptions, PurgeOptions, StockBackend};
+use procswap::{NoProgress, PrefetchOptions, StockBackend};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -86,31 +86,7 @@ pub fn timed_resume_with(
     before: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Timed> {
     s.freeze()?;
-    let mut purge_seconds = 0.0;
-    let mut proof = None;
-    for attempt in 1..=3 {
-        let t0 = Instant::now();
-        let rep = procswap::purge_with(&StockBackend, s.pid, &PurgeOptions::default(), &NoProgress)
-            .with_context(|| format!("purge pid {}", s.pid))?;
-        purge_seconds += t0.elapsed().as_secs_f64();
-        ensure!(
-            rep.reclaim.is_some(),
-            "purge ran no memcg reclaim: {:?}",
-            rep.reclaim_skipped
-        );
-        let (p, why) = s.prove_out(purge_seconds, attempt)?;
-        match why {
-            None => {
-                proof = Some(p);
-                break;
-            }
-            Some(why) if attempt == 3 => bail!("memory is not out after 3 purges: {why} ({p:?})"),
-            Some(why) => eprintln!(
-                "torpor-bench: purge attempt {attempt} left memory in: {why}; purging again"
-            ),
-        }
-    }
-    let proof = proof.context("no proof")?;
+    let proof = s.purge_until_out("torpor-bench")?;
     let contig = procswap::inspect(s.pid, Default::default())?.contiguity;
     before()?;
     s.queue(request)?;
@@ -222,6 +198,16 @@ pub fn kernel_layout(s: &mut Subject, churn: u64, seed: u64) -> Result<KernelLay
         churn_seconds,
         total_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The order of `n` configurations in trial `trial` (from 1): forward in odd trials, backward
+/// in even ones, so that no configuration always runs first after a warm-up.
+pub fn trial_order(trial: usize, n: usize) -> Vec<usize> {
+    if trial % 2 == 1 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
 }
 
 pub fn secs_of<'a>(ts: impl Iterator<Item = &'a Timed>) -> Vec<f64> {

@@ -26,12 +26,7 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
     let configs = ["none", "prefetch only", "contiguity only", "all"];
     let mut ts: Vec<Timed> = Vec::new();
     for trial in 1..=trials {
-        let order: Vec<usize> = if trial % 2 == 1 {
-            vec![0, 1, 2, 3]
-        } else {
-            vec![3, 2, 1, 0]
-        };
-        for i in order {
+        for i in trial_order(trial, 4) {
             let (s, how) = match i {
                 0 => (&mut k, How::Stock),
                 1 => (&mut k, full_prefetch()),

@@ -38,12 +38,7 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
         timed_resume(&mut s, "warm-up", 0, &How::Stock, "TOUCH")?;
         let ff = FloorFile::create(&ctx.swap_dir(), mib * MIB)?;
         for trial in 1..=trials {
-            let order: Vec<usize> = if trial % 2 == 1 {
-                vec![0, 1, 2, 3]
-            } else {
-                vec![3, 2, 1, 0]
-            };
-            for i in order {
+            for i in trial_order(trial, 4) {
                 let (name, how, req) = &configs[i];
                 let t = timed_resume(&mut s, name, trial, how, req)?;
                 eprintln!("  {name} trial {trial}: {:.3} s", t.seconds);
