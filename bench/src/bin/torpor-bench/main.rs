@@ -6,6 +6,7 @@
 //!   torpor-bench [--quick] [--out DIR] free-memory    (fills the machine: scripts/vm-free-memory.sh runs it in our guest)
 //!   torpor-bench [--out DIR] disk-models              (table + plot from <out>/vm/vmbench-*.json; measures nothing)
 //!   torpor-bench activation [OPTIONS]                 (the activation benchmark, `bench::activation`)
+//!   torpor-bench demo --swapfile PATH [OPTIONS]       (the measuring part of `make demo`)
 //!
 //! Experiments (numbers as in the bench issue): 1 `cpu-load`, 2 `size-sweep`, 3 `contribution` +
 //! `free-memory`, 4 `contiguity`, 5 `repeated`, 6 `tomcat`, 7 `disk-models`. `cpu-load` and
@@ -20,6 +21,7 @@ mod common;
 mod contiguity;
 mod contribution;
 mod cpu_load;
+mod demo;
 mod disk_models;
 mod free_memory;
 mod repeated;
@@ -128,6 +130,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The measuring part of `make demo` (scripts/demo-host.sh): Tomcat cold start vs torpor
+    /// Start from torpord's standby pool, per prefetch mode.
+    Demo(demo::DemoOpts),
     /// A burner process of `cpu-load`: DUTY PERIOD_MS CPU (spawned by bench::server::Burners).
     #[command(name = "__burn", hide = true)]
     Burn {
@@ -148,7 +153,7 @@ impl Cmd {
             Cmd::Tomcat(t) => (vec![Experiment::Tomcat], t),
             Cmd::All(t) => (Experiment::ALL.to_vec(), t),
             Cmd::FreeMemory(t) => (vec![Experiment::FreeMemory], t),
-            Cmd::DiskModels | Cmd::Activation { .. } | Cmd::Burn { .. } => {
+            Cmd::DiskModels | Cmd::Activation { .. } | Cmd::Demo(_) | Cmd::Burn { .. } => {
                 (vec![], Then::default())
             }
         };
@@ -174,6 +179,7 @@ fn main() -> Result<()> {
             );
             bench::activation::main(&args)
         }
+        Cmd::Demo(o) => std::process::exit(demo::main(o)),
         Cmd::DiskModels => {
             let path = disk_models::disk_models(&cli.out)?;
             println!("{}", std::fs::read_to_string(&path).unwrap_or_default());
