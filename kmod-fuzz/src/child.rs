@@ -225,9 +225,44 @@ impl Churner {
     }
 
     fn step(&mut self) {
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
         let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         match self.rng.below(100) {
+            sel @ 0..=41 => self.step_map(sel),
+            42..=51 => {
+                let (a, l) = self.span(64);
+                // SAFETY: unmaps part of our own window; nothing else lives there.
+                unsafe { libc::munmap(a as *mut c_void, l) };
+            }
+            52..=59 => self.step_remap(),
+            sel @ 60..=80 => self.step_attributes(sel),
+            81..=90 => {
+                let (a, l) = self.span(self.pages);
+                self.touch(a, l, 32);
+            }
+            91..=94 if self.can_fork && self.kids.len() < 2 => self.fork(),
+            91..=94 => {}
+            95..=96 => sleep_ms(1),
+            97 => {
+                // Reset the whole part to one PROT_NONE reservation (everything gone at once).
+                let _ = self.map_fixed(
+                    self.base,
+                    self.pages * PAGE,
+                    libc::PROT_NONE,
+                    anon | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                );
+            }
+            _ => self.step_huge(),
+        }
+        self.reap_kids();
+    }
+
+    /// Map part of the window: private or shared anonymous, a memfd, or the executable.
+    fn step_map(&mut self, sel: u64) {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        match sel {
             0..=19 => {
                 let (a, l) = self.span(64);
                 if self.map_fixed(a, l, rw, anon, -1, 0) {
@@ -254,7 +289,7 @@ impl Churner {
                     self.touch(a, l, 8);
                 }
             }
-            38..=41 => {
+            _ => {
                 // The executable, read-only private: page-cache pages from a real file.
                 let (a, l) = self.span(self.exe_pages);
                 let l = l.min(self.exe_pages * PAGE);
@@ -269,42 +304,46 @@ impl Churner {
                     self.read(a, l, 8);
                 }
             }
-            42..=51 => {
-                let (a, l) = self.span(64);
-                // SAFETY: unmaps part of our own window; nothing else lives there.
-                unsafe { libc::munmap(a as *mut c_void, l) };
+        }
+    }
+
+    /// Move, duplicate (MREMAP_DONTUNMAP) or resize part of the window.
+    fn step_remap(&mut self) {
+        let (old, olen) = self.span(64);
+        let (new, nlen) = self.span(64);
+        let kind = self.rng.below(3);
+        // SAFETY: source and destination both inside our part of the window; with
+        // MREMAP_FIXED the kernel unmaps whatever is at the destination, which is
+        // window memory; an in-place resize never goes past the window's end
+        // (`new_len` bounded by the distance to it).
+        unsafe {
+            match kind {
+                0 => libc::mremap(
+                    old as *mut c_void,
+                    olen,
+                    nlen,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    new as *mut c_void,
+                ),
+                1 => libc::mremap(
+                    old as *mut c_void,
+                    olen,
+                    olen,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+                    new as *mut c_void,
+                ),
+                _ => {
+                    let room = self.base + self.pages * PAGE - old;
+                    libc::mremap(old as *mut c_void, olen, nlen.min(room), 0)
+                }
             }
-            52..=59 => {
-                let (old, olen) = self.span(64);
-                let (new, nlen) = self.span(64);
-                let kind = self.rng.below(3);
-                // SAFETY: source and destination both inside our part of the window; with
-                // MREMAP_FIXED the kernel unmaps whatever is at the destination, which is
-                // window memory; an in-place resize never goes past the window's end
-                // (`new_len` bounded by the distance to it).
-                unsafe {
-                    match kind {
-                        0 => libc::mremap(
-                            old as *mut c_void,
-                            olen,
-                            nlen,
-                            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                            new as *mut c_void,
-                        ),
-                        1 => libc::mremap(
-                            old as *mut c_void,
-                            olen,
-                            olen,
-                            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
-                            new as *mut c_void,
-                        ),
-                        _ => {
-                            let room = self.base + self.pages * PAGE - old;
-                            libc::mremap(old as *mut c_void, olen, nlen.min(room), 0)
-                        }
-                    }
-                };
-            }
+        };
+    }
+
+    /// Change protection, advice or locking of part of the window.
+    fn step_attributes(&mut self, sel: u64) {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        match sel {
             60..=66 => {
                 let (a, l) = self.span(64);
                 let prot = pick(
@@ -347,7 +386,7 @@ impl Churner {
                 // outside the range, and nothing in this process relies on their contents.
                 unsafe { libc::madvise(a as *mut c_void, l, advice) };
             }
-            78..=80 => {
+            _ => {
                 let (a, l) = self.span(16);
                 // SAFETY: (un)locking our own window pages; no memory is changed.
                 unsafe {
@@ -358,41 +397,23 @@ impl Churner {
                     }
                 };
             }
-            81..=90 => {
-                let (a, l) = self.span(self.pages);
-                self.touch(a, l, 32);
-            }
-            91..=94 if self.can_fork && self.kids.len() < 2 => self.fork(),
-            91..=94 => {}
-            95..=96 => sleep_ms(1),
-            97 => {
-                // Reset the whole part to one PROT_NONE reservation (everything gone at once).
-                let _ = self.map_fixed(
-                    self.base,
-                    self.pages * PAGE,
-                    libc::PROT_NONE,
-                    anon | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                );
-            }
-            _ => {
-                // A 2 MiB-aligned THP candidate, touched so the kernel may back it huge.
-                let huge = 512usize;
-                if self.pages >= 2 * huge {
-                    let slot = self.rng.below((self.pages / huge - 1) as u64) as usize;
-                    let a = self.base + slot * huge * PAGE;
-                    if self.map_fixed(a, huge * PAGE, rw, anon, -1, 0) {
-                        // SAFETY: advice on the region just mapped.
-                        unsafe {
-                            libc::madvise(a as *mut c_void, huge * PAGE, libc::MADV_HUGEPAGE)
-                        };
-                        self.touch(a, huge * PAGE, 64);
-                    }
-                }
+        }
+    }
+
+    /// A 2 MiB-aligned THP candidate, touched so the kernel may back it huge.
+    fn step_huge(&mut self) {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let huge = 512usize;
+        if self.pages >= 2 * huge {
+            let slot = self.rng.below((self.pages / huge - 1) as u64) as usize;
+            let a = self.base + slot * huge * PAGE;
+            if self.map_fixed(a, huge * PAGE, rw, anon, -1, 0) {
+                // SAFETY: advice on the region just mapped.
+                unsafe { libc::madvise(a as *mut c_void, huge * PAGE, libc::MADV_HUGEPAGE) };
+                self.touch(a, huge * PAGE, 64);
             }
         }
-        self.reap_kids();
     }
 
     fn fork(&mut self) {
@@ -429,143 +450,155 @@ pub fn run_target(mode: Mode, seed: u64) -> ! {
     // 3 targets in 4 (not the short-lived ones) lock what lies outside the window.
     let protect = mode != Mode::Exit && stream(seed, 5, 0).below(4) != 0;
     match mode {
-        Mode::Churn => {
-            let mut c = Churner::new(stream(seed, 1, 0), base, pages, true);
-            if protect {
-                protect_outside_window();
-            }
-            ready();
-            wait_go();
-            // Paced (a 1 ms nap every other step on average) so that the targets leave CPU to
-            // the callers; now and then (about one step in 50000) a target exits by itself.
-            loop {
-                c.step();
-                if c.rng.below(2) == 0 {
-                    sleep_ms(1);
+        Mode::Churn => run_churn(seed, base, pages, protect),
+        Mode::Exit => run_exit(seed, base, pages),
+        Mode::Steady => run_steady(seed, base, pages, protect),
+        Mode::Threads => run_threads(seed, base, pages, protect),
+    }
+}
+
+/// A churning target: random mapping changes, paced, until killed (or, rarely, it exits).
+fn run_churn(seed: u64, base: usize, pages: usize, protect: bool) -> ! {
+    let mut c = Churner::new(stream(seed, 1, 0), base, pages, true);
+    if protect {
+        protect_outside_window();
+    }
+    ready();
+    wait_go();
+    // Paced (a 1 ms nap every other step on average) so that the targets leave CPU to
+    // the callers; now and then (about one step in 50000) a target exits by itself.
+    loop {
+        c.step();
+        if c.rng.below(2) == 0 {
+            sleep_ms(1);
+        }
+        if c.rng.below(50_000) == 0 {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A short-lived target: a few changes, then it exits by itself.
+fn run_exit(seed: u64, base: usize, pages: usize) -> ! {
+    let mut c = Churner::new(stream(seed, 1, 0), base, pages, true);
+    if c.map_fixed(
+        base,
+        64 * PAGE,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    ) {
+        c.touch(base, 64 * PAGE, 32);
+    }
+    ready();
+    wait_go();
+    for _ in 0..c.rng.below(40) {
+        c.step();
+    }
+    sleep_ms(c.rng.below(300));
+    std::process::exit(0)
+}
+
+/// A steady target: anonymous, shared and memfd memory, retouched, never changed.
+fn run_steady(seed: u64, base: usize, pages: usize, protect: bool) -> ! {
+    let mut c = Churner::new(stream(seed, 1, 0), base, pages, false);
+    let anon_len = base + pages * PAGE - 2 * (1 << 20) - base;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    c.map_fixed(
+        base,
+        anon_len,
+        rw,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    );
+    c.map_fixed(
+        base + anon_len,
+        1 << 20,
+        rw,
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    );
+    c.map_fixed(
+        base + anon_len + (1 << 20),
+        1 << 20,
+        rw,
+        libc::MAP_SHARED,
+        c.memfd.as_raw_fd(),
+        0,
+    );
+    for p in (0..anon_len / 2).step_by(4 * PAGE) {
+        let v = [1u8; 8];
+        let _ = process_vm_writev(
+            Pid::this(),
+            &[IoSlice::new(&v)],
+            &[RemoteIoVec {
+                base: base + p,
+                len: 8,
+            }],
+        );
+    }
+    c.touch(base + anon_len, 2 << 20, 64);
+    if protect {
+        protect_outside_window();
+    }
+    ready();
+    wait_go();
+    loop {
+        sleep_ms(20);
+        c.touch(base, anon_len, 16);
+    }
+}
+
+/// A threaded target: three churning threads; the main thread may exit early.
+fn run_threads(seed: u64, base: usize, pages: usize, protect: bool) -> ! {
+    let part = pages / 4;
+    // Everything is allocated before the lock: the churners here, the threads' stacks
+    // (small: the lock populates them) and their std state at spawn.
+    let go = std::sync::Arc::new(std::sync::Barrier::new(4));
+    for i in 0..3usize {
+        let mut c = Churner::new(
+            stream(seed, 2, i as u64),
+            base + i * part * PAGE,
+            part,
+            false,
+        );
+        let go = go.clone();
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                go.wait();
+                loop {
+                    c.step();
+                    if c.rng.below(2) == 0 {
+                        sleep_ms(1);
+                    }
+                    if c.rng.below(100_000) == 0 {
+                        std::process::exit(0);
+                    }
                 }
-                if c.rng.below(50_000) == 0 {
-                    std::process::exit(0);
-                }
-            }
+            });
+        if spawned.is_err() {
+            std::process::exit(92);
         }
-        Mode::Exit => {
-            let mut c = Churner::new(stream(seed, 1, 0), base, pages, true);
-            if c.map_fixed(
-                base,
-                64 * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            ) {
-                c.touch(base, 64 * PAGE, 32);
-            }
-            ready();
-            wait_go();
-            for _ in 0..c.rng.below(40) {
-                c.step();
-            }
-            sleep_ms(c.rng.below(300));
-            std::process::exit(0)
-        }
-        Mode::Steady => {
-            let mut c = Churner::new(stream(seed, 1, 0), base, pages, false);
-            let anon_len = base + pages * PAGE - 2 * (1 << 20) - base;
-            let rw = libc::PROT_READ | libc::PROT_WRITE;
-            c.map_fixed(
-                base,
-                anon_len,
-                rw,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            c.map_fixed(
-                base + anon_len,
-                1 << 20,
-                rw,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            c.map_fixed(
-                base + anon_len + (1 << 20),
-                1 << 20,
-                rw,
-                libc::MAP_SHARED,
-                c.memfd.as_raw_fd(),
-                0,
-            );
-            for p in (0..anon_len / 2).step_by(4 * PAGE) {
-                let v = [1u8; 8];
-                let _ = process_vm_writev(
-                    Pid::this(),
-                    &[IoSlice::new(&v)],
-                    &[RemoteIoVec {
-                        base: base + p,
-                        len: 8,
-                    }],
-                );
-            }
-            c.touch(base + anon_len, 2 << 20, 64);
-            if protect {
-                protect_outside_window();
-            }
-            ready();
-            wait_go();
-            loop {
-                sleep_ms(20);
-                c.touch(base, anon_len, 16);
-            }
-        }
-        Mode::Threads => {
-            let part = pages / 4;
-            // Everything is allocated before the lock: the churners here, the threads' stacks
-            // (small: the lock populates them) and their std state at spawn.
-            let go = std::sync::Arc::new(std::sync::Barrier::new(4));
-            for i in 0..3usize {
-                let mut c = Churner::new(
-                    stream(seed, 2, i as u64),
-                    base + i * part * PAGE,
-                    part,
-                    false,
-                );
-                let go = go.clone();
-                let spawned = std::thread::Builder::new()
-                    .stack_size(256 << 10)
-                    .spawn(move || {
-                        go.wait();
-                        loop {
-                            c.step();
-                            if c.rng.below(2) == 0 {
-                                sleep_ms(1);
-                            }
-                            if c.rng.below(100_000) == 0 {
-                                std::process::exit(0);
-                            }
-                        }
-                    });
-                if spawned.is_err() {
-                    std::process::exit(92);
-                }
-            }
-            if protect {
-                protect_outside_window();
-            }
-            ready();
-            wait_go();
-            go.wait();
-            let mut r = stream(seed, 3, 0);
-            sleep_ms(5 + r.below(300));
-            if r.below(4) == 0 {
-                // SAFETY: exits only the calling (main) thread; the others keep running and own
-                // everything they use; nothing references the main thread's stack.
-                unsafe { libc::syscall(libc::SYS_exit, 0) };
-            }
-            loop {
-                sleep_ms(1000);
-            }
-        }
+    }
+    if protect {
+        protect_outside_window();
+    }
+    ready();
+    wait_go();
+    go.wait();
+    let mut r = stream(seed, 3, 0);
+    sleep_ms(5 + r.below(300));
+    if r.below(4) == 0 {
+        // SAFETY: exits only the calling (main) thread; the others keep running and own
+        // everything they use; nothing references the main thread's stack.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+    }
+    loop {
+        sleep_ms(1000);
     }
 }
 

@@ -156,87 +156,12 @@ impl Phase {
     }
 
     fn profile(self) -> Profile {
-        use Kind::*;
         match self {
-            Phase::Ranges => Profile {
-                weights: &[
-                    (Prefetch, 45),
-                    (Discard, 45),
-                    (GetVersion, 2),
-                    (GetStats, 2),
-                    (Unknown, 3),
-                    (WrongShape, 3),
-                ],
-                hostile_req: 10,
-                hostile_ranges: 15,
-                hostile_buf: 30,
-                shared: 0,
-                clean: 40,
-            },
-            Phase::Guard => Profile {
-                weights: &[
-                    (Prefetch, 20),
-                    (Discard, 20),
-                    (FreeBitmap, 15),
-                    (PriorityMap, 5),
-                    (GetVersion, 10),
-                    (GetStats, 10),
-                    (Unknown, 10),
-                    (WrongShape, 10),
-                ],
-                hostile_req: 70,
-                hostile_ranges: 70,
-                hostile_buf: 80,
-                shared: 0,
-                clean: 10,
-            },
-            Phase::GuestMaps => Profile {
-                weights: &[
-                    (FreeBitmap, 50),
-                    (PriorityMap, 30),
-                    (Prefetch, 8),
-                    (Discard, 8),
-                    (GetStats, 2),
-                    (GetVersion, 2),
-                ],
-                hostile_req: 25,
-                hostile_ranges: 15,
-                hostile_buf: 50,
-                shared: 0,
-                clean: 30,
-            },
-            Phase::Concurrency => Profile {
-                weights: &[
-                    (Prefetch, 30),
-                    (Discard, 30),
-                    (FreeBitmap, 10),
-                    (PriorityMap, 5),
-                    (GetVersion, 5),
-                    (GetStats, 5),
-                    (Unknown, 7),
-                    (WrongShape, 8),
-                ],
-                hostile_req: 25,
-                hostile_ranges: 25,
-                hostile_buf: 40,
-                shared: 15,
-                clean: 30,
-            },
-            Phase::Exits => Profile {
-                weights: &[
-                    (Prefetch, 50),
-                    (Discard, 40),
-                    (PriorityMap, 3),
-                    (FreeBitmap, 3),
-                    (GetVersion, 2),
-                    (GetStats, 2),
-                ],
-                hostile_req: 5,
-                hostile_ranges: 10,
-                hostile_buf: 20,
-                shared: 0,
-                clean: 40,
-            },
+            Phase::Ranges => profiles::RANGES,
+            Phase::Guard => profiles::GUARD,
+            Phase::GuestMaps => profiles::GUEST_MAPS,
+            Phase::Concurrency => profiles::CONCURRENCY,
+            Phase::Exits => profiles::EXITS,
         }
     }
 }
@@ -253,6 +178,96 @@ struct Profile {
     /// Percent of PREFETCH/DISCARD requests with valid flags, a readable array and no wrapping
     /// range (so that the calls really walk and zap the targets).
     clean: u64,
+}
+
+/// Each phase's [`Profile`].
+mod profiles {
+    use super::Kind::*;
+    use super::Profile;
+
+    pub(super) const RANGES: Profile = Profile {
+        weights: &[
+            (Prefetch, 45),
+            (Discard, 45),
+            (GetVersion, 2),
+            (GetStats, 2),
+            (Unknown, 3),
+            (WrongShape, 3),
+        ],
+        hostile_req: 10,
+        hostile_ranges: 15,
+        hostile_buf: 30,
+        shared: 0,
+        clean: 40,
+    };
+
+    pub(super) const GUARD: Profile = Profile {
+        weights: &[
+            (Prefetch, 20),
+            (Discard, 20),
+            (FreeBitmap, 15),
+            (PriorityMap, 5),
+            (GetVersion, 10),
+            (GetStats, 10),
+            (Unknown, 10),
+            (WrongShape, 10),
+        ],
+        hostile_req: 70,
+        hostile_ranges: 70,
+        hostile_buf: 80,
+        shared: 0,
+        clean: 10,
+    };
+
+    pub(super) const GUEST_MAPS: Profile = Profile {
+        weights: &[
+            (FreeBitmap, 50),
+            (PriorityMap, 30),
+            (Prefetch, 8),
+            (Discard, 8),
+            (GetStats, 2),
+            (GetVersion, 2),
+        ],
+        hostile_req: 25,
+        hostile_ranges: 15,
+        hostile_buf: 50,
+        shared: 0,
+        clean: 30,
+    };
+
+    pub(super) const CONCURRENCY: Profile = Profile {
+        weights: &[
+            (Prefetch, 30),
+            (Discard, 30),
+            (FreeBitmap, 10),
+            (PriorityMap, 5),
+            (GetVersion, 5),
+            (GetStats, 5),
+            (Unknown, 7),
+            (WrongShape, 8),
+        ],
+        hostile_req: 25,
+        hostile_ranges: 25,
+        hostile_buf: 40,
+        shared: 15,
+        clean: 30,
+    };
+
+    pub(super) const EXITS: Profile = Profile {
+        weights: &[
+            (Prefetch, 50),
+            (Discard, 40),
+            (PriorityMap, 3),
+            (FreeBitmap, 3),
+            (GetVersion, 2),
+            (GetStats, 2),
+        ],
+        hostile_req: 5,
+        hostile_ranges: 10,
+        hostile_buf: 20,
+        shared: 0,
+        clean: 40,
+    };
 }
 
 /// ioctl kinds, as counted in the report.
@@ -487,6 +502,261 @@ pub struct Worker<'a> {
     maps: Vec<MapsEntry>,
     fb_need: usize,
     pub tally: Tally,
+}
+
+/// PREFETCH's flags and order from the random `fsel`, `osel` (0..100) and `x`: mostly valid,
+/// sometimes with unknown bits.
+fn prefetch_flags_order(fsel: u64, osel: u64, x: u64) -> (u32, u32) {
+    let flags = match fsel {
+        0..=59 => 0,
+        60..=79 => uapi::PREFETCH_WHOLE,
+        80..=89 => (x as u32) | 2,
+        _ => uapi::PREFETCH_WHOLE | (1 << (1 + x % 31)),
+    };
+    let order = match osel {
+        0..=44 => uapi::ORDER_GIVEN,
+        45..=89 => uapi::ORDER_ADDRESS,
+        _ => (x >> 32) as u32 | 2,
+    };
+    (flags, order)
+}
+
+/// What is wrong with a PREFETCH request's flags, order and range count.
+fn prefetch_request_defects(flags: u32, order: u32, nr: u32) -> Vec<Defect> {
+    let whole = flags & uapi::PREFETCH_WHOLE != 0;
+    let mut defects = Vec::new();
+    if flags & !uapi::PREFETCH_WHOLE != 0 {
+        defects.push(Defect::hard("unknown-flags", Errno::EINVAL));
+    }
+    if order != uapi::ORDER_GIVEN && order != uapi::ORDER_ADDRESS {
+        defects.push(Defect::hard("bad-order", Errno::EINVAL));
+    }
+    // With PREFETCH_WHOLE the ranges are ignored; whether their count is still checked is
+    // not documented, so there a count over the limits may or may not be refused.
+    if nr > MAX_RANGES {
+        defects.push(Defect {
+            what: "nr>MAX_RANGES",
+            errno: Errno::EINVAL,
+            soft: whole,
+        });
+    } else if order == uapi::ORDER_ADDRESS && nr > MAX_SORTED_RANGES {
+        defects.push(Defect {
+            what: "nr>MAX_SORTED_RANGES",
+            errno: Errno::E2BIG,
+            soft: whole,
+        });
+    }
+    defects
+}
+
+/// A range inside the test window: `a` picks the first page, `b` the length; sometimes
+/// (by `c`) misaligned or a byte longer.
+fn window_range(a: u64, b: u64, c: u64) -> (u64, u64) {
+    let pg = PAGE as u64;
+    let off = a % WPAGES;
+    let n = 1 + b % (WPAGES - off);
+    let mut s = WINDOW + off * pg;
+    let mut l = n * pg;
+    if c.is_multiple_of(10) {
+        s += (c >> 40) & 0xfff;
+    }
+    if c.is_multiple_of(7) {
+        l += 1;
+    }
+    (s, l)
+}
+
+/// A hostile range for `sel` in 45..=80 or 88..=99: huge, wrapping, in kernel space, past
+/// user space, empty, starting at or near zero, or unaligned (`first_vma`: the target's first
+/// mapping's start).
+fn wild_range(sel: u64, a: u64, b: u64, c: u64, first_vma: u64) -> (u64, u64) {
+    let pg = PAGE as u64;
+    match sel {
+        45..=54 => {
+            let s = pick(a, &[WINDOW, WINDOW + (b % WPAGES) * pg, first_vma, 0, pg]);
+            (
+                s,
+                pick(
+                    c,
+                    &[u64::MAX / 3, u64::MAX - s, 1 << 47, u64::MAX / 2, 1 << 40],
+                ),
+            )
+        }
+        55..=58 => {
+            let s = pick(
+                a,
+                &[
+                    WINDOW,
+                    u64::MAX - 4095,
+                    KERNEL_DIRECT,
+                    u64::MAX - b % 4095,
+                    1 << 63,
+                ],
+            );
+            (s, (u64::MAX - s).wrapping_add(1 + c % (1 << 20)))
+        }
+        59..=68 => {
+            let s = pick(
+                a,
+                &[
+                    KERNEL_DIRECT + (b % (1 << 30)) * pg,
+                    0xffff_ffff_8000_0000 + (b % 65536) * pg,
+                    0xffff_c900_0000_0000,
+                    0xffff_ea00_0000_0000,
+                ],
+            );
+            (s, pick(c, &[pg, 1, 1 << 30, 0x10_0000]))
+        }
+        69..=73 => match c % 3 {
+            0 => (0x7fff_ffff_f000, 2 * pg),
+            _ => (
+                (0x0000_8000_0000_0000 + a % (1 << 46)) & !(pg - 1),
+                pick(b, &[pg, 1 << 40, 0]),
+            ),
+        },
+        74..=80 => (
+            pick(
+                a,
+                &[
+                    WINDOW + b % WINDOW_LEN,
+                    WINDOW,
+                    0,
+                    KERNEL_DIRECT + 1,
+                    u64::MAX,
+                    u64::MAX - 4095,
+                ],
+            ),
+            0,
+        ),
+        88..=92 => (pick(a, &[0, pg, 1]), WINDOW + (b % WPAGES) * pg),
+        93..=96 => (a, b >> (c % 64)),
+        _ => (WINDOW + a % WINDOW_LEN, 1 + b % pg),
+    }
+}
+
+/// A guest-map request's `end_pfn` that differs from the size query's, when the call wrote it.
+fn end_pfn_mismatch(o: Outcome, got: u64, end_pfn: u64) -> Option<String> {
+    ((o.is_ok() || o == Err(Errno::ENOSPC)) && got != end_pfn)
+        .then(|| format!("end_pfn {got} (size query at start said {end_pfn})"))
+}
+
+/// How many ranges a set has (`cls` 0..100 picks the recipe, `a`/`b` the details), whether
+/// they go into the big array, and the recipe's name.
+fn range_count(cls: u64, a: u64, b: u64, overflow_n: u64) -> (u64, bool, &'static str) {
+    match cls {
+        0..=54 => (1 + a % 16, false, "small"),
+        55..=69 if b.is_multiple_of(2) => (overflow_n, false, "sum-overflow"),
+        55..=69 => (64, false, "64"),
+        70..=79 => (17 + a % (ARR_CAP as u64 - 16), false, "medium"),
+        80..=84 => (0, false, "none"),
+        _ => (
+            pick(
+                a,
+                &[
+                    MAX_SORTED_RANGES as u64 - 1,
+                    MAX_SORTED_RANGES as u64,
+                    MAX_SORTED_RANGES as u64 + 1,
+                    MAX_RANGES as u64 - 1,
+                    MAX_RANGES as u64,
+                    MAX_RANGES as u64 + 1,
+                    u32::MAX as u64,
+                    1 << 20,
+                    BIG_CAP as u64,
+                ],
+            ),
+            true,
+            "big",
+        ),
+    }
+}
+
+/// An output buffer as placed: (address, claimed size, offset into our buffer where the module
+/// writes, the defects it carries, a label).
+type BufPlan = (u64, u64, Option<usize>, Vec<Defect>, String);
+
+/// The random choices of one output-buffer placement.
+#[derive(Clone, Copy)]
+struct BufChoice {
+    /// Our buffer and its guard page.
+    addr: usize,
+    guard: usize,
+    /// The bytes the module needs; a claimed size that suffices and one that does not.
+    need64: u64,
+    enough: u64,
+    short: u64,
+    k: u64,
+    z: u64,
+}
+
+/// A size query (NULL buffer) claiming `b` bytes.
+fn size_query(b: u64) -> BufPlan {
+    (0u64, b, None, vec![], format!("size-query({b:#x})"))
+}
+
+/// A claimed size longer than our buffer (it runs into the guard, or past the end of user
+/// space): kmod/README.md allows EFAULT for a claim that runs into a guard page, and success is
+/// right too when the module writes only the `need` bytes.
+fn claim_past_guard(p: usize, b: u64, guard: usize) -> Vec<Defect> {
+    let end = (p as u64).checked_add(b);
+    if end.is_none_or(|e| e > guard as u64) {
+        vec![Defect::soft("claim-into-guard", Errno::EFAULT)]
+    } else {
+        vec![]
+    }
+}
+
+/// An ioctl number for a bad command of `kind` (`Unknown`: not torpor's; `WrongShape`: a
+/// torpor number with the wrong direction or size), from the random `sel` (0..4), `a` and `b`.
+/// It may still be a known number: the caller moves it off.
+fn bad_cmd_number(kind: Kind, sel: u64, a: u64, b: u64) -> u32 {
+    let sizes = [
+        size_of::<TorporVersion>(),
+        size_of::<TorporPrefetch>(),
+        size_of::<TorporDiscard>(),
+        size_of::<TorporFreeBitmap>(),
+        size_of::<TorporPriorityMap>(),
+        size_of::<TorporStats>(),
+    ];
+    if kind == Kind::Unknown {
+        match sel {
+            0 => a as u32,
+            1 => uapi::ioc(
+                (a % 4) as u32,
+                uapi::TORPOR_IOC_MAGIC,
+                (6 + (a >> 8) % 250) as u8,
+                ((a >> 16) % 16384) as usize,
+            ),
+            2 => {
+                let nr = ((a >> 8) % 6) as usize;
+                let ty = pick(a >> 4, &[0xD6u8, 0xD8, 0, 0xFF, b'T']);
+                uapi::ioc(KNOWN[nr] >> 30, ty, nr as u8, sizes[nr])
+            }
+            _ => (a as u32) & 0xffff,
+        }
+    } else {
+        let nr = (a % 6) as usize;
+        let real_dir = KNOWN[nr] >> 30;
+        let (dir, size) = match sel {
+            0 => (real_dir ^ (1 + (b % 3) as u32), sizes[nr]),
+            1 => (
+                real_dir,
+                pick(
+                    b,
+                    &[
+                        sizes[nr] + 1,
+                        sizes[nr] - 1,
+                        sizes[nr] + 8,
+                        sizes[nr] - 8,
+                        0,
+                        16383,
+                    ],
+                ),
+            ),
+            2 => (real_dir, ((b >> 8) % 16384) as usize),
+            _ => ((b % 4) as u32, ((b >> 8) % 16384) as usize),
+        };
+        uapi::ioc(dir, uapi::TORPOR_IOC_MAGIC, nr as u8, size)
+    }
 }
 
 impl<'a> Worker<'a> {
@@ -757,25 +1027,8 @@ impl<'a> Worker<'a> {
             self.rng.next(),
         );
         let pg = PAGE as u64;
-        let window = |a: u64, b: u64, c: u64| {
-            let off = a % WPAGES;
-            let n = 1 + b % (WPAGES - off);
-            let mut s = WINDOW + off * pg;
-            let mut l = n * pg;
-            if c.is_multiple_of(10) {
-                s += (c >> 40) & 0xfff;
-            }
-            if c.is_multiple_of(7) {
-                l += 1;
-            }
-            TorporRange { start: s, len: l }
-        };
-        let (start, len) = match sel {
-            0..=27 => {
-                let r = window(a, b, c);
-                (r.start, r.len)
-            }
-            28..=44 if !vmas.is_empty() => {
+        let (start, len) = match (sel, prev) {
+            (28..=44, _) if !vmas.is_empty() => {
                 let (vs, ve) = vmas[(a % vmas.len() as u64) as usize];
                 match b % 7 {
                     0 => (vs, ve - vs),
@@ -787,89 +1040,13 @@ impl<'a> Worker<'a> {
                     _ => (vs + (c % (ve - vs)) / pg * pg, pg * (1 + (c >> 32) % 64)),
                 }
             }
-            28..=44 => {
-                let r = window(a, b, c);
-                (r.start, r.len)
-            }
-            45..=54 => {
-                let s = pick(
-                    a,
-                    &[
-                        WINDOW,
-                        WINDOW + (b % WPAGES) * pg,
-                        vmas.first().map_or(WINDOW, |v| v.0),
-                        0,
-                        pg,
-                    ],
-                );
-                (
-                    s,
-                    pick(
-                        c,
-                        &[u64::MAX / 3, u64::MAX - s, 1 << 47, u64::MAX / 2, 1 << 40],
-                    ),
-                )
-            }
-            55..=58 => {
-                let s = pick(
-                    a,
-                    &[
-                        WINDOW,
-                        u64::MAX - 4095,
-                        KERNEL_DIRECT,
-                        u64::MAX - b % 4095,
-                        1 << 63,
-                    ],
-                );
-                (s, (u64::MAX - s).wrapping_add(1 + c % (1 << 20)))
-            }
-            59..=68 => {
-                let s = pick(
-                    a,
-                    &[
-                        KERNEL_DIRECT + (b % (1 << 30)) * pg,
-                        0xffff_ffff_8000_0000 + (b % 65536) * pg,
-                        0xffff_c900_0000_0000,
-                        0xffff_ea00_0000_0000,
-                    ],
-                );
-                (s, pick(c, &[pg, 1, 1 << 30, 0x10_0000]))
-            }
-            69..=73 => match c % 3 {
-                0 => (0x7fff_ffff_f000, 2 * pg),
-                _ => (
-                    (0x0000_8000_0000_0000 + a % (1 << 46)) & !(pg - 1),
-                    pick(b, &[pg, 1 << 40, 0]),
-                ),
+            (81..=87, Some(p)) => match a % 3 {
+                0 => (p.start, p.len),
+                1 => (p.start.wrapping_add(p.len / 2), p.len),
+                _ => (p.start.saturating_sub(pg), p.len.saturating_add(2 * pg)),
             },
-            74..=80 => (
-                pick(
-                    a,
-                    &[
-                        WINDOW + b % WINDOW_LEN,
-                        WINDOW,
-                        0,
-                        KERNEL_DIRECT + 1,
-                        u64::MAX,
-                        u64::MAX - 4095,
-                    ],
-                ),
-                0,
-            ),
-            81..=87 => match prev {
-                Some(p) => match a % 3 {
-                    0 => (p.start, p.len),
-                    1 => (p.start.wrapping_add(p.len / 2), p.len),
-                    _ => (p.start.saturating_sub(pg), p.len.saturating_add(2 * pg)),
-                },
-                None => {
-                    let r = window(a, b, c);
-                    (r.start, r.len)
-                }
-            },
-            88..=92 => (pick(a, &[0, pg, 1]), WINDOW + (b % WPAGES) * pg),
-            93..=96 => (a, b >> (c % 64)),
-            _ => (WINDOW + a % WINDOW_LEN, 1 + b % pg),
+            (0..=44 | 81..=87, _) => window_range(a, b, c),
+            _ => wild_range(sel, a, b, c, vmas.first().map_or(WINDOW, |v| v.0)),
         };
         TorporRange { start, len }
     }
@@ -894,32 +1071,74 @@ impl<'a> Worker<'a> {
         let (cls, a, b) = (self.rng.below(100), self.rng.next(), self.rng.next());
         // A clean set stays readable: none of the counts past the big array.
         let cls = if clean { cls % 85 } else { cls };
-        let (n, big, recipe): (u64, bool, &str) = match cls {
-            0..=54 => (1 + a % 16, false, "small"),
-            55..=69 if b % 2 == 0 => (overflow_n, false, "sum-overflow"),
-            55..=69 => (64, false, "64"),
-            70..=79 => (17 + a % (ARR_CAP as u64 - 16), false, "medium"),
-            80..=84 => (0, false, "none"),
-            _ => (
-                pick(
-                    a,
-                    &[
-                        MAX_SORTED_RANGES as u64 - 1,
-                        MAX_SORTED_RANGES as u64,
-                        MAX_SORTED_RANGES as u64 + 1,
-                        MAX_RANGES as u64 - 1,
-                        MAX_RANGES as u64,
-                        MAX_RANGES as u64 + 1,
-                        u32::MAX as u64,
-                        1 << 20,
-                        BIG_CAP as u64,
-                    ],
-                ),
-                true,
-                "big",
-            ),
-        };
+        let (n, big, recipe) = range_count(cls, a, b, overflow_n);
         let built = if big { BIG_HEAD } else { n as usize };
+        let mut ranges = self.build_ranges(vmas, built, recipe, clean);
+        let (ptr, place, fault) = self.place_ranges(&mut ranges, n, big, clean);
+        let mut defects = vec![];
+        // Ranges the module reads: the built ones, then (big array) the cheap tail.
+        let read = (n as usize).min(if big { BIG_CAP } else { ranges.len() });
+        let mut total: u64 = 0;
+        let mut wraps = 0;
+        for r in ranges.iter().take(read) {
+            match aligned(r) {
+                Some((s, e)) => total = total.saturating_add(e - s),
+                None => wraps += 1,
+            }
+        }
+        if big {
+            total = total.saturating_add(cheap_bytes(read));
+        }
+        if fault {
+            defects.push(Defect {
+                what: "ranges-fault",
+                errno: Errno::EFAULT,
+                soft: soft_fault,
+            });
+        }
+        if wraps > 0 {
+            defects.push(Defect {
+                what: "range-wraps",
+                errno: Errno::EINVAL,
+                soft: soft_wrap,
+            });
+        }
+        let shown: Vec<String> = ranges
+            .iter()
+            .take(3)
+            .map(|r| format!("{:#x}+{:#x}", r.start, r.len))
+            .collect();
+        let desc = format!(
+            "nr={n} {recipe}@{place}{} [{}{}]",
+            if wraps > 0 {
+                format!(" wraps={wraps}")
+            } else {
+                String::new()
+            },
+            shown.join(", "),
+            if ranges.len() > 3 { ", ..." } else { "" }
+        );
+        RangeSet {
+            nr: n.min(u32::MAX as u64) as u32,
+            ptr,
+            total_bytes: if fault || wraps > 0 {
+                None
+            } else {
+                Some(total)
+            },
+            defects,
+            desc,
+        }
+    }
+
+    /// `built` ranges by `recipe` aimed at `vmas` (`clean`: none wraps).
+    fn build_ranges(
+        &mut self,
+        vmas: &[(u64, u64)],
+        built: usize,
+        recipe: &str,
+        clean: bool,
+    ) -> Vec<TorporRange> {
         let mut ranges = Vec::with_capacity(built);
         let mut prev = None;
         for i in 0..built {
@@ -951,9 +1170,21 @@ impl<'a> Worker<'a> {
             prev = Some(r);
             ranges.push(r);
         }
+        ranges
+    }
+
+    /// Where the range array goes (our array, misaligned, into the guard page, a bad pointer,
+    /// the big array): (pointer, label, whether reading the `n` ranges faults). A placement
+    /// into the guard keeps only the ranges that are readable in `ranges`.
+    fn place_ranges(
+        &mut self,
+        ranges: &mut Vec<TorporRange>,
+        n: u64,
+        big: bool,
+        clean: bool,
+    ) -> (u64, String, bool) {
         let (p, k) = (self.rng.below(100), self.rng.next());
         let p = if clean { 100 } else { p };
-        let mut defects = vec![];
         let mut fault = false;
         let (ptr, place) = if big {
             for (i, r) in ranges.iter().enumerate() {
@@ -1010,59 +1241,7 @@ impl<'a> Worker<'a> {
                 }
             }
         };
-        // Ranges the module reads: the built ones, then (big array) the cheap tail.
-        let read = (n as usize).min(if big { BIG_CAP } else { ranges.len() });
-        let mut total: u64 = 0;
-        let mut wraps = 0;
-        for r in ranges.iter().take(read) {
-            match aligned(r) {
-                Some((s, e)) => total = total.saturating_add(e - s),
-                None => wraps += 1,
-            }
-        }
-        if big {
-            total = total.saturating_add(cheap_bytes(read));
-        }
-        if fault {
-            defects.push(Defect {
-                what: "ranges-fault",
-                errno: Errno::EFAULT,
-                soft: soft_fault,
-            });
-        }
-        if wraps > 0 {
-            defects.push(Defect {
-                what: "range-wraps",
-                errno: Errno::EINVAL,
-                soft: soft_wrap,
-            });
-        }
-        let shown: Vec<String> = ranges
-            .iter()
-            .take(3)
-            .map(|r| format!("{:#x}+{:#x}", r.start, r.len))
-            .collect();
-        let desc = format!(
-            "nr={n} {recipe}@{place}{} [{}{}]",
-            if wraps > 0 {
-                format!(" wraps={wraps}")
-            } else {
-                String::new()
-            },
-            shown.join(", "),
-            if ranges.len() > 3 { ", ..." } else { "" }
-        );
-        RangeSet {
-            nr: n.min(u32::MAX as u64) as u32,
-            ptr,
-            total_bytes: if fault || wraps > 0 {
-                None
-            } else {
-                Some(total)
-            },
-            defects,
-            desc,
-        }
+        (ptr, place, fault)
     }
 
     /// With probability `shared`%, the array another thread rewrites during the call.
@@ -1100,17 +1279,7 @@ impl<'a> Worker<'a> {
         } else {
             (fsel, osel)
         };
-        let flags = match fsel {
-            0..=59 => 0,
-            60..=79 => uapi::PREFETCH_WHOLE,
-            80..=89 => (x as u32) | 2,
-            _ => uapi::PREFETCH_WHOLE | (1 << (1 + x % 31)),
-        };
-        let order = match osel {
-            0..=44 => uapi::ORDER_GIVEN,
-            45..=89 => uapi::ORDER_ADDRESS,
-            _ => (x >> 32) as u32 | 2,
-        };
+        let (flags, order) = prefetch_flags_order(fsel, osel, x);
         let budget = pick(bsel, &[0, 0, 0, 0, 1, 4096, 4097, 1 << 20, u64::MAX, x]);
         let whole = flags & uapi::PREFETCH_WHOLE != 0;
         // A budget may stop the walk before a bad range is read (ORDER_GIVEN streams them).
@@ -1126,27 +1295,7 @@ impl<'a> Worker<'a> {
         let any = shared.is_some();
         let rs = shared.unwrap_or(rs);
         let mut defects = t.defects.clone();
-        if flags & !uapi::PREFETCH_WHOLE != 0 {
-            defects.push(Defect::hard("unknown-flags", Errno::EINVAL));
-        }
-        if order != uapi::ORDER_GIVEN && order != uapi::ORDER_ADDRESS {
-            defects.push(Defect::hard("bad-order", Errno::EINVAL));
-        }
-        // With PREFETCH_WHOLE the ranges are ignored; whether their count is still checked is
-        // not documented, so there a count over the limits may or may not be refused.
-        if rs.nr > MAX_RANGES {
-            defects.push(Defect {
-                what: "nr>MAX_RANGES",
-                errno: Errno::EINVAL,
-                soft: whole,
-            });
-        } else if order == uapi::ORDER_ADDRESS && rs.nr > MAX_SORTED_RANGES {
-            defects.push(Defect {
-                what: "nr>MAX_SORTED_RANGES",
-                errno: Errno::E2BIG,
-                soft: whole,
-            });
-        }
+        defects.extend(prefetch_request_defects(flags, order, rs.nr));
         if !whole {
             defects.extend(rs.defects.iter().copied());
         }
@@ -1275,11 +1424,7 @@ impl<'a> Worker<'a> {
 
     /// An output buffer for a map of `need` bytes in `buf`: (pointer, claimed size, offset of
     /// an owned buffer that gets the whole map, defects, label). `ptr == 0` is a size query.
-    fn map_buffer(
-        &mut self,
-        which: u8,
-        need: usize,
-    ) -> (u64, u64, Option<usize>, Vec<Defect>, String) {
+    fn map_buffer(&mut self, which: u8, need: usize) -> BufPlan {
         let (sel, k, z) = (self.rng.below(100), self.rng.next(), self.rng.next());
         let (addr, guard) = if which == 0 {
             (self.fb.addr(), self.fb.guard_addr())
@@ -1297,34 +1442,44 @@ impl<'a> Worker<'a> {
                 need64 + (z % (1 << 20)),
             ],
         );
-        let short = pick(k, &[0, 1, need64 - 1, z % need64]);
-        let hostile = sel < self.prof.hostile_buf;
-        let sq = |b: u64| (0u64, b, None, vec![], format!("size-query({b:#x})"));
-        // A claimed size longer than our buffer (it runs into the guard, or past the end of
-        // user space): kmod/README.md allows EFAULT for a claim that runs into a guard page,
-        // and success is right too when the module writes only the `need` bytes.
-        let past = |p: usize, b: u64| {
-            let end = (p as u64).checked_add(b);
-            if end.is_none_or(|e| e > guard as u64) {
-                vec![Defect::soft("claim-into-guard", Errno::EFAULT)]
-            } else {
-                vec![]
-            }
+        let b = BufChoice {
+            addr,
+            guard,
+            need64,
+            enough,
+            short: pick(k, &[0, 1, need64 - 1, z % need64]),
+            k,
+            z,
         };
-        if !hostile {
-            return match sel % 4 {
-                0 => sq(pick(z, &[0, need64, u64::MAX, z])),
-                _ => (
-                    addr as u64,
-                    enough,
-                    Some(0),
-                    past(addr, enough),
-                    format!("owned({enough:#x})"),
-                ),
-            };
+        if sel < self.prof.hostile_buf {
+            return self.hostile_buffer(&b);
         }
+        match sel % 4 {
+            0 => size_query(pick(z, &[0, need64, u64::MAX, z])),
+            _ => (
+                addr as u64,
+                enough,
+                Some(0),
+                claim_past_guard(addr, enough, guard),
+                format!("owned({enough:#x})"),
+            ),
+        }
+    }
+
+    /// A hostile placement of the output buffer: a size query, too short, misaligned, running
+    /// into the guard page, or a bad pointer.
+    fn hostile_buffer(&mut self, b: &BufChoice) -> BufPlan {
+        let BufChoice {
+            addr,
+            guard,
+            need64,
+            enough,
+            short,
+            k,
+            z,
+        } = *b;
         match k % 6 {
-            0 => sq(pick(z, &[0, 1, u64::MAX])),
+            0 => size_query(pick(z, &[0, 1, u64::MAX])),
             1 => (
                 addr as u64,
                 short,
@@ -1338,7 +1493,7 @@ impl<'a> Worker<'a> {
                     (addr + off) as u64,
                     enough,
                     Some(off),
-                    past(addr + off, enough),
+                    claim_past_guard(addr + off, enough, guard),
                     format!("owned+{off}({enough:#x})"),
                 )
             }
@@ -1362,7 +1517,7 @@ impl<'a> Worker<'a> {
                 }
                 // A NULL pointer is a size query, not a fault.
                 if p == 0 {
-                    return sq(b);
+                    return size_query(b);
                 }
                 (
                     p,
@@ -1505,54 +1660,7 @@ impl<'a> Worker<'a> {
     /// An unknown command, or a known nr with the wrong shape: ENOTTY, whatever the argument.
     fn gen_bad_cmd(&mut self, kind: Kind) -> Prepared {
         let (sel, a, b) = (self.rng.below(4), self.rng.next(), self.rng.next());
-        let sizes = [
-            size_of::<TorporVersion>(),
-            size_of::<TorporPrefetch>(),
-            size_of::<TorporDiscard>(),
-            size_of::<TorporFreeBitmap>(),
-            size_of::<TorporPriorityMap>(),
-            size_of::<TorporStats>(),
-        ];
-        let mut cmd = if kind == Kind::Unknown {
-            match sel {
-                0 => a as u32,
-                1 => uapi::ioc(
-                    (a % 4) as u32,
-                    uapi::TORPOR_IOC_MAGIC,
-                    (6 + (a >> 8) % 250) as u8,
-                    ((a >> 16) % 16384) as usize,
-                ),
-                2 => {
-                    let nr = ((a >> 8) % 6) as usize;
-                    let ty = pick(a >> 4, &[0xD6u8, 0xD8, 0, 0xFF, b'T']);
-                    uapi::ioc(KNOWN[nr] >> 30, ty, nr as u8, sizes[nr])
-                }
-                _ => (a as u32) & 0xffff,
-            }
-        } else {
-            let nr = (a % 6) as usize;
-            let real_dir = KNOWN[nr] >> 30;
-            let (dir, size) = match sel {
-                0 => (real_dir ^ (1 + (b % 3) as u32), sizes[nr]),
-                1 => (
-                    real_dir,
-                    pick(
-                        b,
-                        &[
-                            sizes[nr] + 1,
-                            sizes[nr] - 1,
-                            sizes[nr] + 8,
-                            sizes[nr] - 8,
-                            0,
-                            16383,
-                        ],
-                    ),
-                ),
-                2 => (real_dir, ((b >> 8) % 16384) as usize),
-                _ => ((b % 4) as u32, ((b >> 8) % 16384) as usize),
-            };
-            uapi::ioc(dir, uapi::TORPOR_IOC_MAGIC, nr as u8, size)
-        };
+        let mut cmd = bad_cmd_number(kind, sel, a, b);
         while KNOWN.contains(&cmd) || VFS_CMDS.contains(&cmd) {
             cmd ^= 1 << 16; // another size: no longer a known (or VFS-handled) number
         }
@@ -1661,7 +1769,6 @@ impl<'a> Worker<'a> {
 
     /// Checks on what the module wrote back; `Some(problem)` if it does not add up.
     fn post_check(&self, p: &Prepared, o: Outcome) -> Option<String> {
-        let end_pfn = self.env.end_pfn;
         match (&p.post, o) {
             (
                 &Post::Prefetch {
@@ -1701,68 +1808,11 @@ impl<'a> Worker<'a> {
             }
             (&Post::FreeBitmap { at, buf }, _) => {
                 let At::Req(off) = at else { return None };
-                let r: TorporFreeBitmap = self.req.read(off);
-                if (o.is_ok() || o == Err(Errno::ENOSPC)) && r.end_pfn != end_pfn {
-                    return Some(format!(
-                        "end_pfn {} (size query at start said {end_pfn})",
-                        r.end_pfn
-                    ));
-                }
-                if let (Ok(_), Some(b)) = (o, buf) {
-                    let bits: u64 = self
-                        .fb
-                        .bytes(b, self.fb_need)
-                        .iter()
-                        .map(|x| x.count_ones() as u64)
-                        .sum();
-                    if bits != r.free_pages || r.free_pages > end_pfn {
-                        return Some(format!(
-                            "{bits} bits set in the bitmap, free_pages {} (end_pfn {end_pfn})",
-                            r.free_pages
-                        ));
-                    }
-                }
-                None
+                self.check_free_bitmap(off, buf, o)
             }
             (&Post::PriorityMap { at, buf, window }, _) => {
                 let At::Req(off) = at else { return None };
-                let r: TorporPriorityMap = self.req.read(off);
-                if (o.is_ok() || o == Err(Errno::ENOSPC)) && r.end_pfn != end_pfn {
-                    return Some(format!(
-                        "end_pfn {} (size query at start said {end_pfn})",
-                        r.end_pfn
-                    ));
-                }
-                if let (Ok(_), Some(b)) = (o, buf) {
-                    let want = if window == 0 {
-                        uapi::DEFAULT_WINDOW_MS
-                    } else {
-                        window
-                    };
-                    if r.window_ms != want {
-                        return Some(format!(
-                            "window_ms {} written back, {want} used",
-                            r.window_ms
-                        ));
-                    }
-                    let mut h = [0u64; NR_CATEGORIES];
-                    for &c in &self.pm.bytes(b, end_pfn as usize) {
-                        if c as usize >= NR_CATEGORIES {
-                            return Some(format!("category byte {c} outside 0..=8"));
-                        }
-                        h[c as usize] += 1;
-                    }
-                    if h != r.counts {
-                        return Some(format!("histogram {h:?} != counts {:?}", r.counts));
-                    }
-                    if r.active_procs > r.total_procs {
-                        return Some(format!(
-                            "active_procs {} > total_procs {}",
-                            r.active_procs, r.total_procs
-                        ));
-                    }
-                }
-                None
+                self.check_priority_map(off, buf, window, o)
             }
             (&Post::Version { at: At::Req(off) }, Ok(_)) => {
                 let v: TorporVersion = self.req.read(off);
@@ -1778,6 +1828,75 @@ impl<'a> Worker<'a> {
             }
             _ => None,
         }
+    }
+
+    /// FREE_BITMAP's request (at `off` in our request buffer) and bitmap after outcome `o`.
+    fn check_free_bitmap(&self, off: usize, buf: Option<usize>, o: Outcome) -> Option<String> {
+        let end_pfn = self.env.end_pfn;
+        let r: TorporFreeBitmap = self.req.read(off);
+        if let Some(e) = end_pfn_mismatch(o, r.end_pfn, end_pfn) {
+            return Some(e);
+        }
+        if let (Ok(_), Some(b)) = (o, buf) {
+            let bits: u64 = self
+                .fb
+                .bytes(b, self.fb_need)
+                .iter()
+                .map(|x| x.count_ones() as u64)
+                .sum();
+            if bits != r.free_pages || r.free_pages > end_pfn {
+                return Some(format!(
+                    "{bits} bits set in the bitmap, free_pages {} (end_pfn {end_pfn})",
+                    r.free_pages
+                ));
+            }
+        }
+        None
+    }
+
+    /// PRIORITY_MAP's request (at `off`) and map after outcome `o`.
+    fn check_priority_map(
+        &self,
+        off: usize,
+        buf: Option<usize>,
+        window: u32,
+        o: Outcome,
+    ) -> Option<String> {
+        let end_pfn = self.env.end_pfn;
+        let r: TorporPriorityMap = self.req.read(off);
+        if let Some(e) = end_pfn_mismatch(o, r.end_pfn, end_pfn) {
+            return Some(e);
+        }
+        if let (Ok(_), Some(b)) = (o, buf) {
+            let want = if window == 0 {
+                uapi::DEFAULT_WINDOW_MS
+            } else {
+                window
+            };
+            if r.window_ms != want {
+                return Some(format!(
+                    "window_ms {} written back, {want} used",
+                    r.window_ms
+                ));
+            }
+            let mut h = [0u64; NR_CATEGORIES];
+            for &c in &self.pm.bytes(b, end_pfn as usize) {
+                if c as usize >= NR_CATEGORIES {
+                    return Some(format!("category byte {c} outside 0..=8"));
+                }
+                h[c as usize] += 1;
+            }
+            if h != r.counts {
+                return Some(format!("histogram {h:?} != counts {:?}", r.counts));
+            }
+            if r.active_procs > r.total_procs {
+                return Some(format!(
+                    "active_procs {} > total_procs {}",
+                    r.active_procs, r.total_procs
+                ));
+            }
+        }
+        None
     }
 }
 
