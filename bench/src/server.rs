@@ -62,16 +62,9 @@ impl Tomcat {
             Path::new(TOMCAT_HOME).join("bin/catalina.sh").exists(),
             "{TOMCAT_HOME}/bin/catalina.sh missing: apt-get install tomcat10 (bench/run-experiments.sh does)"
         );
-        let javac = which("javac").context(
+        let (javac, java_home) = java_home("javac").context(
             "no javac: apt-get install openjdk-17-jdk-headless (bench/run-experiments.sh does)",
         )?;
-        let javac = std::fs::canonicalize(&javac).unwrap_or(javac);
-        let java_home = javac
-            .parent()
-            .and_then(Path::parent)
-            .context("JAVA_HOME from javac")?
-            .display()
-            .to_string();
         let dir = std::env::temp_dir().join(format!("torpor-bench-tomcat-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let classes = dir.join("app/WEB-INF/classes");
@@ -316,18 +309,26 @@ pub fn wait_http_ok(
 /// TERM the process group, KILL after 15 s.
 pub fn stop(child: &mut Child) {
     let pg = child.id() as i32;
-    // SAFETY: kill(2) on our own child's process group.
-    unsafe { libc::kill(-pg, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
+    terminate(child, -pg, Duration::from_secs(15));
+}
+
+/// SIGTERM `target` (`child`'s pid, or its process group as the negative pgid), wait up to
+/// `grace` for `child` to exit, else SIGKILL `target` and reap `child`. True when it exited
+/// within `grace`.
+pub fn terminate(child: &mut Child, target: i32, grace: Duration) -> bool {
+    // SAFETY: kill(2) on our own, not yet reaped child (or its process group).
+    unsafe { libc::kill(target, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: as above.
-    unsafe { libc::kill(-pg, libc::SIGKILL) };
+    unsafe { libc::kill(target, libc::SIGKILL) };
     let _ = child.wait();
+    false
 }
 
 /// VmRSS of `pid` in bytes.
@@ -339,6 +340,15 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|k| k * 1024)
+}
+
+/// The JDK/JRE tool `tool` (`java`, `javac`) found on PATH, symbolic links resolved, and the
+/// JAVA_HOME it lives in.
+pub fn java_home(tool: &str) -> Option<(PathBuf, String)> {
+    let t = which(tool)?;
+    let t = std::fs::canonicalize(&t).unwrap_or(t);
+    let home = t.parent()?.parent()?.display().to_string();
+    Some((t, home))
 }
 
 /// The first `name` on PATH.

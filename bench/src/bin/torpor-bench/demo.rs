@@ -78,19 +78,24 @@ pub fn interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Block SIGINT/SIGTERM/SIGHUP in every thread (children start with an empty mask) and note
-/// their arrival in a thread of their own, so the demo's loops end through its cleanup.
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Note SIGINT/SIGTERM/SIGHUP instead of dying, so that the demo's loops end through its
+/// cleanup. (Not by blocking them: children inherit the signal mask, and torpord must still
+/// see its SIGTERM.)
 fn catch_signals() -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(s, &act) }.with_context(|| format!("sigaction {s}"))?;
     }
-    set.thread_block().context("block signals")?;
-    std::thread::spawn(move || {
-        while set.wait().is_err() {}
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    });
     Ok(())
 }
 

@@ -37,15 +37,8 @@ impl Tomcats {
             Path::new(ROOT_WEBAPP).is_dir(),
             "{ROOT_WEBAPP} missing (package tomcat10)"
         );
-        let java = server::which("java")
+        let (_, java_home) = server::java_home("java")
             .context("no java on PATH (apt-get install default-jre-headless)")?;
-        let java = std::fs::canonicalize(&java).unwrap_or(java);
-        let java_home = java
-            .parent()
-            .and_then(Path::parent)
-            .context("JAVA_HOME from java")?
-            .display()
-            .to_string();
         let port = server::free_port()?;
         let port_cold = (0..100)
             .map(|_| server::free_port())
@@ -197,18 +190,12 @@ impl Session {
         let Some(mut c) = self.torpord.take() else {
             return Ok(());
         };
-        // SAFETY: kill(2) on our own child, which we have not reaped yet.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if c.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        bail!("torpord did not exit within {secs} s of SIGTERM (killed)")
+        let pid = c.id() as i32;
+        ensure!(
+            server::terminate(&mut c, pid, Duration::from_secs(secs)),
+            "torpord did not exit within {secs} s of SIGTERM (killed)"
+        );
+        Ok(())
     }
 
     pub fn stop_torpord(&mut self) -> Result<()> {
