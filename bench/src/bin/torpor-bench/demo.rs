@@ -363,9 +363,7 @@ fn mode_cycles(
         o.cycles,
         mode.name()
     );
-    println!(
-        "  1st_resp = from `torpor start` to the first 200 of a curl issued when it returned:"
-    );
+    println!("  1st_resp = from `torpor start` to the first 200 of a GET issued when it returned:");
     println!("{}", Cycle::head());
     let mut cycles = Vec::new();
     for i in 1..=o.cycles {
