@@ -62,7 +62,7 @@ pub struct DemoOpts {
     /// Prefetch modes, in order (one argument, blank-separated, or several).
     #[arg(long, value_enum, num_args = 1.., value_delimiter = ' ',
           default_values_t = [Mode::Full, Mode::DemandPaging, Mode::WorkingSetOnly])]
-    modes: Vec<Mode>,
+    pub modes: Vec<Mode>,
     /// The demo's own swapfile (procswap/tests/with-swap.sh's TORPOR_SWAPFILE).
     #[arg(long)]
     swapfile: PathBuf,

@@ -289,6 +289,20 @@ mod tests {
             _ => panic!("not __burn"),
         }
         assert_eq!(Experiment::CpuLoad.name(), "cpu-load");
+        // scripts/demo-host.sh: `--modes $DEMO_MODES` unquoted (several words) or quoted (one).
+        for modes in [&["full", "none"][..], &["full none"][..]] {
+            let argv = [
+                &["demo", "--swapfile", "/s", "--cycles", "2", "--modes"][..],
+                modes,
+            ]
+            .concat();
+            match parse(&argv).unwrap().cmd {
+                Cmd::Demo(o) => assert_eq!(o.modes, [demo::Mode::Full, demo::Mode::DemandPaging]),
+                _ => panic!("not demo"),
+            }
+        }
+        assert!(parse(&["demo", "--swapfile", "/s", "--modes", "fast"]).is_err());
+        assert!(parse(&["demo"]).is_err(), "--swapfile is required");
     }
 
     #[test]
