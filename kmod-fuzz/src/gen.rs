@@ -505,8 +505,13 @@ pub struct Worker<'a> {
 }
 
 /// PREFETCH's flags and order from the random `fsel`, `osel` (0..100) and `x`: mostly valid,
-/// sometimes with unknown bits.
-fn prefetch_flags_order(fsel: u64, osel: u64, x: u64) -> (u32, u32) {
+/// sometimes with unknown bits (never when `clean`).
+fn prefetch_flags_order(fsel: u64, osel: u64, x: u64, clean: bool) -> (u32, u32) {
+    let (fsel, osel) = if clean {
+        (fsel % 80, osel % 90)
+    } else {
+        (fsel, osel)
+    };
     let flags = match fsel {
         0..=59 => 0,
         60..=79 => uapi::PREFETCH_WHOLE,
@@ -1274,12 +1279,7 @@ impl<'a> Worker<'a> {
             self.rng.next(),
             self.rng.next(),
         );
-        let (fsel, osel) = if clean {
-            (fsel % 80, osel % 90)
-        } else {
-            (fsel, osel)
-        };
-        let (flags, order) = prefetch_flags_order(fsel, osel, x);
+        let (flags, order) = prefetch_flags_order(fsel, osel, x, clean);
         let budget = pick(bsel, &[0, 0, 0, 0, 1, 4096, 4097, 1 << 20, u64::MAX, x]);
         let whole = flags & uapi::PREFETCH_WHOLE != 0;
         // A budget may stop the walk before a bad range is read (ORDER_GIVEN streams them).

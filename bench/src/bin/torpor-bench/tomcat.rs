@@ -53,28 +53,7 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
     let mut o = ctx.header("tomcat", "Experiment 6 of the bench issue: cold start of a real JVM server from Debian vs torpor Start.", load0, t_start.elapsed().as_secs_f64());
     o.push_str(&server_text(&srv.tc, &srv));
     let _ = writeln!(o, "No competing load is added (the machine is shared: see the load average). The four configurations alternate, order rotated every trial.\n");
-    let _ = writeln!(o, "## Results (seconds)\n\n| configuration | start/resume → answer, median (min–max) | speed-up vs cold start | RSS after (MiB, median) | prefetched MiB (median) |\n|---|---|---|---|---|");
-    for c in names {
-        let sel: Vec<&SrvTimed> = ts.iter().filter(|t| t.config == c).collect();
-        let s = get(c);
-        let med = |f: &dyn Fn(&SrvTimed) -> f64| median_by(&sel, f);
-        let _ = writeln!(
-            o,
-            "| {c} | {} | **{}** | {:.0} | {} |",
-            fmt_spread(s),
-            s.map(|s| format!("{:.1}×", cold.median / s.median))
-                .unwrap_or_else(|| "-".into()),
-            med(&|t| t.rss_bytes as f64 / MIB as f64),
-            if c.starts_with("torpor") {
-                format!(
-                    "{:.0}",
-                    med(&|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
-                )
-            } else {
-                "-".into()
-            }
-        );
-    }
+    results_table(&mut o, &ts, &names, cold.median);
     let e = get(names[2])
         .map(|s| cold.median / s.median)
         .unwrap_or(f64::NAN);
@@ -93,6 +72,34 @@ pub fn tomcat(ctx: &Ctx) -> Result<String> {
         &json_path,
         &serde_json::json!({"server": srv.tc.info, "trials": trials, "working_set_bytes": srv.ws.as_ref().map(|w| w.bytes()), "timed": ts}),
     )
+}
+
+/// The results table: each configuration's spread, speed-up over the cold start (median
+/// `cold`), RSS and prefetched MiB.
+fn results_table(o: &mut String, ts: &[SrvTimed], names: &[&str], cold: f64) {
+    let get = |c: &str| Spread::of(&secs_of_srv(ts.iter().filter(|t| t.config == c)));
+    let _ = writeln!(o, "## Results (seconds)\n\n| configuration | start/resume → answer, median (min–max) | speed-up vs cold start | RSS after (MiB, median) | prefetched MiB (median) |\n|---|---|---|---|---|");
+    for &c in names {
+        let sel: Vec<&SrvTimed> = ts.iter().filter(|t| t.config == c).collect();
+        let s = get(c);
+        let med = |f: &dyn Fn(&SrvTimed) -> f64| median_by(&sel, f);
+        let _ = writeln!(
+            o,
+            "| {c} | {} | **{}** | {:.0} | {} |",
+            fmt_spread(s),
+            s.map(|s| format!("{:.1}×", cold / s.median))
+                .unwrap_or_else(|| "-".into()),
+            med(&|t| t.rss_bytes as f64 / MIB as f64),
+            if c.starts_with("torpor") {
+                format!(
+                    "{:.0}",
+                    med(&|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
+                )
+            } else {
+                "-".into()
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------- experiment 7: disk models (from vm-bench runs)
