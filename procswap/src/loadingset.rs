@@ -27,7 +27,8 @@
 //! [`LoadingSet::merge`]: pages touched in this cycle get weight 1 (age 0) with this cycle's
 //! order; a page of the previous set that was **observable** in this cycle (a candidate not
 //! mapped at start) and was not touched decays (weight × `decay`, age + 1) and is dropped below
-//! `min_weight`; a page that could not be observed (already mapped at thaw, e.g. after a full
+//! `min_weight` — and leaves the part touched before the first response (the next Start
+//! fetches it after the thaw, not before); a page that could not be observed (already mapped at thaw, e.g. after a full
 //! prefetch *with* a mapping pass) keeps its weight: no evidence, no change. So a Stop after a
 //! full prefetch never turns the loading set into the whole process: only what the app mapped
 //! counts, never what was merely fetched.
@@ -297,7 +298,11 @@ impl LoadingSet {
 
     /// Address ranges, in touch order, of the set's pages in the target's **current** mappings:
     /// anon runs as they are; shmem and file runs through the VMAs that map them now (`objs`
-    /// from [`memkind::objects`]). For the purge's loading-set-first layout.
+    /// from [`memkind::objects`]). For the purge's loading-set-first layout. Every run touched
+    /// before a first response (whatever its age) comes first: that is the part the next Start
+    /// reads before the thaw ([`crate::ActivationPlan::first`]), so it must be one stretch of
+    /// the layout, not split by a more recent cycle's later touches (runs are kept most recent
+    /// cycle first).
     pub fn address_order(&self, objs: &[MemObject]) -> Vec<sys::Range> {
         let ps = self.page_size;
         let by_key: HashMap<(MemKind, ObjectKey), &MemObject> =
@@ -307,7 +312,9 @@ impl LoadingSet {
             Some(l) if l.end() == start => l.len += len,
             _ => out.push(sys::Range { start, len }),
         };
-        for r in &self.runs {
+        let (first, later): (Vec<&LsRun>, Vec<&LsRun>) =
+            self.runs.iter().partition(|r| r.first_response);
+        for r in first.into_iter().chain(later) {
             match r.object {
                 None => push(r.first * ps, r.count * ps),
                 Some(i) => {
@@ -434,11 +441,14 @@ fn carry_over(
             },
             t,
         );
-        // Observable and untouched: decays. Not observable: unchanged.
+        // Observable and untouched: decays, and leaves the part fetched before the thaw (the
+        // first response did without it this time; it stays in the loading set, fetched
+        // right after the thaw, until it decays out). Not observable: unchanged.
         let decayed = LsRun {
             age: r.age + 1,
             weight: r.weight * policy.decay,
             object,
+            first_response: false,
             ..*r
         };
         if decayed.weight >= policy.min_weight {
@@ -1156,6 +1166,39 @@ mod tests_loadingset {
         }
     }
 
+    /// The layout puts every run touched before a first response first, whatever its age,
+    /// then the rest in the set's order.
+    #[test]
+    fn layout_order_puts_the_first_response_part_first() {
+        let later = |first, round, age| LsRun {
+            age,
+            first_response: false,
+            ..run(first, 1, round)
+        };
+        let old_first = LsRun {
+            age: 1,
+            ..run(50, 2, 1)
+        };
+        let set = LoadingSet::merge(
+            None,
+            &rec(
+                vec![run(10, 1, 1), later(20, 2, 0), later(30, 3, 0)],
+                vec![],
+            ),
+            &DecayPolicy::default(),
+        );
+        let set = LoadingSet {
+            runs: [set.runs, vec![old_first, later(70, 1, 1)]].concat(),
+            ..set
+        };
+        let starts: Vec<u64> = set
+            .address_order(&[])
+            .iter()
+            .map(|r| r.start / 4096)
+            .collect();
+        assert_eq!(starts, vec![10, 50, 20, 30, 70]);
+    }
+
     #[test]
     fn merge_decays_only_observed_pages_and_keeps_touch_order() {
         let p = DecayPolicy::default();
@@ -1198,6 +1241,14 @@ mod tests_loadingset {
             .collect();
         assert_eq!(v, vec![(100, 2, 0, 1.0), (102, 2, 0, 1.0), (10, 2, 1, 0.5)]);
         assert_eq!(s2.cycles, 2);
+        // The decayed run is no longer part of what the next Start reads before the thaw; the
+        // unobserved one keeps its flag.
+        let first: Vec<_> = s2
+            .runs
+            .iter()
+            .map(|r| (r.first, r.first_response))
+            .collect();
+        assert_eq!(first, vec![(100, true), (102, true), (10, false)]);
         // Two more observed cycles without touching 10..12: 0.25, then dropped (< 0.2).
         let obs = vec![PageRun {
             first: 0,
