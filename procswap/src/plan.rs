@@ -417,6 +417,11 @@ pub struct FetchOptions {
     /// I/O priority of the reads issued (e.g. `BestEffort(7)` or `Idle` for the background
     /// parts, so the app's own faults go first). `None`: the caller's.
     pub io_priority: Option<sys::IoPriority>,
+    /// With [`charge_files_to`](Self::charge_files_to): issue the file read-ahead from a
+    /// thread and return without waiting for it. Joining a memory cgroup (the helper's write
+    /// to `cgroup.procs`) waits for an RCU grace period: 10-50 ms on a busy host, for each
+    /// call — longer than reading the few pages a small first part has.
+    pub files_in_background: bool,
 }
 
 impl Default for FetchOptions {
@@ -428,6 +433,7 @@ impl Default for FetchOptions {
             populate: false,
             charge_files_to: None,
             io_priority: None,
+            files_in_background: false,
         }
     }
 }
@@ -497,19 +503,40 @@ pub fn fetch_unmapped(
         fetch_objects(plan, part, &mut room, &mut rep)?
     };
     if let (Some(dir), false) = (&opts.charge_files_to, in_memcg.is_empty()) {
-        if let Err(e) = fadvise_in_memcg(dir, &in_memcg, ps) {
-            // Not charged to the app, but still fetched: from here, charged to the caller.
-            rep.notes.push(format!(
-                "file read-ahead from {}: {e}; issued from this process instead",
-                dir.display()
-            ));
-            for (f, runs) in &in_memcg {
-                let _ = memkind::fadvise(f, runs, libc::POSIX_FADV_WILLNEED);
+        if opts.files_in_background {
+            let dir = dir.clone();
+            let spawned = std::thread::Builder::new()
+                .name("torpor-fadvise".into())
+                .spawn(move || {
+                    let _ = fadvise_in_memcg_or_here(&dir, &in_memcg, ps);
+                });
+            if let Err(e) = spawned {
+                rep.notes
+                    .push(format!("no thread for the file read-ahead: {e}"));
             }
+        } else if let Some(n) = fadvise_in_memcg_or_here(dir, &in_memcg, ps) {
+            rep.notes.push(n);
         }
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// [`fadvise_in_memcg`]; if that fails, the read-ahead is issued from this process (charged
+/// to its cgroup, but still fetched), and the note says so.
+fn fadvise_in_memcg_or_here(
+    dir: &std::path::Path,
+    work: &[(std::fs::File, Vec<PageRun>)],
+    ps: u64,
+) -> Option<String> {
+    let e = fadvise_in_memcg(dir, work, ps).err()?;
+    for (f, runs) in work {
+        let _ = memkind::fadvise(f, runs, libc::POSIX_FADV_WILLNEED);
+    }
+    Some(format!(
+        "file read-ahead from {}: {e}; issued from this process instead",
+        dir.display()
+    ))
 }
 
 /// The budget and free-memory floor of a fetch: what it has spent so far.

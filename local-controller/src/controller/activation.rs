@@ -69,11 +69,16 @@ const FETCH_THREAD: &str = "torpor-fetch";
 /// (so a test can act during the fetch, e.g. kill the app, whatever the machine's speed).
 const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
 
-/// The head of the loading set (in touch order: what the first response needs) that every
-/// purge rewrites so that it lands in consecutive swap slots even where the app only read it
-/// (`procswap::PurgeOptions::layout_rewrite_bytes`). Off: with 32 MiB, Tomcat's `first` part
-/// was still ~1,100-1,500 swap extents for ~4,400-7,500 pages (2026-12-02, bench
-/// `-speed` files), as without it; why is not found yet, and it costs page writes at Stop.
+/// The head of the loading set (the part touched before the first response comes first in the
+/// layout: what the next Start reads before the thaw) that every purge may rewrite so that it
+/// lands in consecutive swap slots even where the app only read it
+/// (`procswap::PurgeOptions::layout_rewrite_bytes`): a page read-faulted from the swap cache
+/// keeps its old slot, and a clean page is dropped at page-out without being written. Off: with
+/// 32 MiB and the benchmark's swap file alone at the top priority (2026-12-02 14:01 UTC,
+/// bench/results/activation/ `-act` files), Tomcat's `first` part was still 1,230-1,480 swap
+/// extents for 4,200-7,200 pages. A likely reason, not verified: without discard the kernel
+/// fills the holes of partly used swap clusters before it takes a free one, so slots freed by
+/// the rewrite (and by the app's own write faults) are handed out again, scattered.
 pub(super) const LAYOUT_REWRITE_BYTES: u64 = 0;
 
 /// The threads a loading-set Start leaves running (runtime only).
@@ -423,6 +428,8 @@ impl Controller {
         let opts = FetchOptions {
             free_floor_bytes: self.cfg.reserve,
             charge_files_to: memcg,
+            // The thaw does not wait for the helper to join the app's memory cgroup.
+            files_in_background: true,
             ..FetchOptions::default()
         };
         let t = Instant::now();
@@ -627,6 +634,9 @@ fn start_recorder(plan: &ActivationPlan, notes: &mut Vec<String>) -> Option<Load
         RecorderOptions::default(),
     ) {
         Ok(mut rec) => {
+            // The `first` part's file read-ahead may still be under way (issued in the
+            // background): not the app's reads either.
+            rec.note_fetched_part(plan, &plan.first);
             rec.note_fetched_part(plan, &plan.loading_rest);
             rec.note_fetched_part(plan, &plan.rest);
             Some(rec)
