@@ -22,6 +22,17 @@ pub fn serve(mut answer: impl FnMut(&str) -> Option<String>) {
     }
 }
 
+/// `path` created (or truncated) for reading and writing; an error names the path.
+pub fn fresh_file(path: &str) -> Result<std::fs::File, String> {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
 /// A started child whose `HELLO` line has been read.
 pub struct LineChild {
     pub proc: Child,

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use torpor_testsupport::child::serve;
+use torpor_testsupport::child::{fresh_file, serve};
 use torpor_testsupport::pattern::measured;
 
 const PRW: i32 = libc::PROT_READ | libc::PROT_WRITE;
@@ -96,13 +96,7 @@ fn writable_area(name: &'static str, tag: u64, ptr: *mut u8, pages: usize) -> Ar
 
 /// Write a file of `pages` pattern pages, sync, and drop its cache except [from, to).
 fn make_file(path: &str, tag: u64, pages: usize, from: usize, to: usize) -> Result<File, String> {
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| format!("{path}: {e}"))?;
+    let f = fresh_file(path)?;
     // Page by page: a large write would get large page-cache folios (ext4, Linux ≥ 6.16), which
     // the partial DONTNEED below cannot split.
     let mut buf = vec![0u8; ps()];

@@ -14,7 +14,6 @@
 //! - `EXIT` → exits 0.
 
 use nix::sys::mman;
-use std::fs::File;
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
@@ -23,7 +22,7 @@ use std::time::Instant;
 
 const MIB: usize = 1 << 20;
 
-use torpor_testsupport::child::serve;
+use torpor_testsupport::child::{fresh_file, serve};
 use torpor_testsupport::pattern::{checksum, measured, Xorshift};
 
 /// A read-only view of a mapped area.
@@ -63,13 +62,7 @@ fn file_mapping(
     file_mib: usize,
     rng: &mut Xorshift,
 ) -> Result<(Mapping, Vec<u64>), String> {
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| format!("{path}: {e}"))?;
+    let mut f = fresh_file(path)?;
     let mut buf = vec![0u8; MIB];
     for _ in 0..file_mib {
         for c in buf.chunks_exact_mut(8) {
