@@ -79,6 +79,7 @@ pub enum Invalid {
     CommandOrUnit(String),
     #[error("app {0:?}: ready.command is empty")]
     EmptyReadyCommand(String),
+    /// The URL's problem, as the probe words it.
     #[error("app {app:?}: ready.http: {why}")]
     ReadyUrl { app: String, why: String },
     #[error("app {0:?}: kind = \"vm\" needs vm = {{ qmp = \"/path/to/qmp.sock\" }}")]

@@ -196,7 +196,7 @@ pub enum ProcessStartError {
     #[error("thaw failed: {0}")]
     Thaw(procswap::Error),
     #[error("{0}")]
-    NotReady(String),
+    NotReady(probe::ProbeError),
 }
 
 /// Why the steps of a process app's Stop failed (it is left running; the API answers
@@ -507,6 +507,22 @@ impl Controller {
     }
 
     // ---------- observing the kernel ----------
+
+    /// A readiness probe's liveness check: `Err(why())` once no process is left in the app's
+    /// cgroups (a dead app fails the probe at once).
+    fn alive<'a>(
+        &'a self,
+        cgs: &'a AppCgroups,
+        why: &'a dyn Fn() -> String,
+    ) -> impl FnMut() -> Result<(), String> + 'a {
+        move || {
+            if self.observe(cgs).pids.is_empty() {
+                Err(why())
+            } else {
+                Ok(())
+            }
+        }
+    }
 
     /// Prefetch options of every Start: the configured threads, the reserve as the floor.
     fn prefetch_options(&self) -> PrefetchOptions {
@@ -1038,20 +1054,19 @@ impl Controller {
         let tp = Instant::now();
         let cgs = lock(&slot.st).cgroups.clone();
         let res = match &slot.cfg.ready {
-            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
-                if self.observe(&cgs).pids.is_empty() {
-                    Err(format!(
+            Some(p) => {
+                let why = || {
+                    format!(
                         "the app exited during startup (see {})",
                         self.cfg
                             .state_dir
                             .join("logs")
                             .join(format!("{name}.log"))
                             .display()
-                    ))
-                } else {
-                    Ok(())
-                }
-            }),
+                    )
+                };
+                probe::wait_ready(p, slot.cfg.ready_timeout, self.alive(&cgs, &why))
+            }
             None => Ok(0),
         };
         let probe_s = tp.elapsed().as_secs_f64();
@@ -1221,13 +1236,10 @@ impl Controller {
         after_thaw(armed_probe, timing);
         let tp = Instant::now();
         let res = match (&slot.cfg.ready, armed) {
-            (Some(p), Some(armed)) => probe::wait_armed(armed, p, slot.cfg.ready_timeout, || {
-                if self.observe(&cgs).pids.is_empty() {
-                    Err("the app exited".into())
-                } else {
-                    Ok(())
-                }
-            }),
+            (Some(p), Some(armed)) => {
+                let alive = self.alive(&cgs, &|| "the app exited".into());
+                probe::wait_armed(armed, p, slot.cfg.ready_timeout, alive)
+            }
             _ => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();

@@ -5,17 +5,85 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+/// Why a probe (or a probe URL) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0:?}: only http:// URLs are supported")]
+    NotHttp(String),
+    #[error("{0:?}: no host")]
+    NoHost(String),
+    #[error("{addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: no address")]
+    NoAddress(String),
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("send to {addr}: {source}")]
+    Send {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("read from {addr}: {source}")]
+    Read {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: no HTTP answer")]
+    NoAnswer(String),
+    #[error("{addr}: bad status line {line:?}")]
+    BadStatusLine { addr: String, line: Option<String> },
+    /// An HTTP answer outside 2xx/3xx.
+    #[error("GET {url}: status {status}")]
+    Status { url: String, status: u16 },
+    #[error("{argv0}: {source}")]
+    Spawn {
+        argv0: String,
+        source: std::io::Error,
+    },
+    /// A command probe that exited unsuccessfully.
+    #[error("{argv:?}: {status}")]
+    Command {
+        argv: Vec<String>,
+        status: std::process::ExitStatus,
+    },
+    /// The caller's liveness check failed (the app exited).
+    #[error("{0}")]
+    Gone(String),
+    #[error("not ready after {secs:.1}s ({attempts} probes; last: {last})")]
+    NotReady {
+        secs: f64,
+        attempts: u32,
+        last: Box<ProbeError>,
+    },
+    #[error("not ready after {secs:.1}s (armed GET {url} unanswered)")]
+    ArmedUnanswered { secs: f64, url: String },
+}
+
+impl ProbeError {
+    /// Nobody listens yet (the connection was refused).
+    fn refused(&self) -> bool {
+        matches!(self, ProbeError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
 /// (host:port, path) of an `http://` URL.
-pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
+pub fn parse_http_url(url: &str) -> Result<(String, String), ProbeError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+        .ok_or_else(|| ProbeError::NotHttp(url.to_string()))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if hostport.is_empty() {
-        return Err(format!("{url:?}: no host"));
+        return Err(ProbeError::NoHost(url.to_string()));
     }
     let hp = if hostport.contains(':') {
         hostport.to_string()
@@ -32,49 +100,67 @@ fn request(path: &str, host: &str) -> String {
     )
 }
 
-/// One HTTP GET; Ok(status) when an HTTP answer came back.
-pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let (hp, path) = parse_http_url(url)?;
-    let addr = hp
-        .to_socket_addrs()
-        .map_err(|e| format!("{hp}: {e}"))?
+/// The first address of `host:port`.
+fn resolve(hp: &str) -> Result<std::net::SocketAddr, ProbeError> {
+    hp.to_socket_addrs()
+        .map_err(|source| ProbeError::Resolve {
+            addr: hp.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{hp}: no address"))?;
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {hp}: {e}"))?;
+        .ok_or_else(|| ProbeError::NoAddress(hp.to_string()))
+}
+
+/// One HTTP GET: the status, when an HTTP answer came back.
+fn http_get(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    let (hp, path) = parse_http_url(url)?;
+    let addr = resolve(&hp)?;
+    let io = |f: fn(String, std::io::Error) -> ProbeError| {
+        let hp = hp.clone();
+        move |e| f(hp, e)
+    };
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(io(|addr, source| ProbeError::Connect { addr, source }))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
     s.write_all(request(&path, host).as_bytes())
-        .map_err(|e| format!("send to {hp}: {e}"))?;
+        .map_err(io(|addr, source| ProbeError::Send { addr, source }))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)
-        .map_err(|e| format!("read from {hp}: {e}"))?;
+        .map_err(io(|addr, source| ProbeError::Read { addr, source }))?;
     let head_end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{hp}: no HTTP answer"))?;
+        .ok_or_else(|| ProbeError::NoAnswer(hp.clone()))?;
     let head = String::from_utf8_lossy(&buf[..head_end]);
-    let status: u16 = head
-        .split_whitespace()
+    head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{hp}: bad status line {:?}", head.lines().next()))?;
-    Ok((status, buf[head_end + 4..].to_vec()))
+        .ok_or_else(|| ProbeError::BadStatusLine {
+            addr: hp.clone(),
+            line: head.lines().next().map(str::to_string),
+        })
 }
 
 /// Probe once. Ok(()) = ready, Err(why not).
-pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
+pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), ProbeError> {
     match p {
         Probe::Http(url) => match http_get(url, timeout)? {
-            (s, _) if (200..400).contains(&s) => Ok(()),
-            (s, _) => Err(format!("GET {url}: status {s}")),
+            s if (200..400).contains(&s) => Ok(()),
+            status => Err(ProbeError::Status {
+                url: url.clone(),
+                status,
+            }),
         },
         Probe::Tcp(port) => {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
             TcpStream::connect_timeout(&addr, timeout)
                 .map(|_| ())
-                .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))
+                .map_err(|source| ProbeError::Connect {
+                    addr: format!("127.0.0.1:{port}"),
+                    source,
+                })
         }
         Probe::Command(argv) => {
             let st = std::process::Command::new(&argv[0])
@@ -83,11 +169,17 @@ pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
-                .map_err(|e| format!("{}: {e}", argv[0]))?;
+                .map_err(|source| ProbeError::Spawn {
+                    argv0: argv[0].clone(),
+                    source,
+                })?;
             if st.success() {
                 Ok(())
             } else {
-                Err(format!("{:?}: {st}", argv))
+                Err(ProbeError::Command {
+                    argv: argv.clone(),
+                    status: st,
+                })
             }
         }
     }
@@ -121,24 +213,17 @@ pub fn arm(p: &Probe) -> Armed {
             url: String::new(),
         };
     };
-    let conn = (|| -> Result<TcpStream, String> {
-        let (hp, path) = parse_http_url(url)?;
-        let addr = hp
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("no address")?;
+    let conn = (|| -> Option<TcpStream> {
+        let (hp, path) = parse_http_url(url).ok()?;
+        let addr = resolve(&hp).ok()?;
         // Loopback to a listening socket completes at once even while the app is frozen; the
         // timeout only bounds a remote or filtered address.
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
         s.set_nodelay(true).ok();
         let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-        s.write_all(request(&path, host).as_bytes())
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    })()
-    .ok();
+        s.write_all(request(&path, host).as_bytes()).ok()?;
+        Some(s)
+    })();
     Armed {
         conn,
         url: url.clone(),
@@ -154,7 +239,7 @@ pub fn wait_armed(
     p: &Probe,
     timeout: Duration,
     mut alive: impl FnMut() -> Result<(), String>,
-) -> Result<u32, String> {
+) -> Result<u32, ProbeError> {
     let deadline = Instant::now() + timeout;
     if let Some(mut s) = a.conn {
         let mut buf = Vec::new();
@@ -175,13 +260,12 @@ pub fn wait_armed(
             if buf.windows(4).any(|w| w == b"\r\n\r\n") {
                 break true;
             }
-            alive()?;
+            alive().map_err(ProbeError::Gone)?;
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {:.1}s (armed GET {} unanswered)",
-                    timeout.as_secs_f64(),
-                    a.url
-                ));
+                return Err(ProbeError::ArmedUnanswered {
+                    secs: timeout.as_secs_f64(),
+                    url: a.url,
+                });
             }
         };
         if answered && http_status(&buf).is_some_and(|c| (200..400).contains(&c)) {
@@ -216,7 +300,7 @@ pub fn wait_ready(
     p: &Probe,
     timeout: Duration,
     mut alive: impl FnMut() -> Result<(), String>,
-) -> Result<u32, String> {
+) -> Result<u32, ProbeError> {
     let deadline = Instant::now() + timeout;
     let mut attempts = 0u32;
     let mut backoff = Duration::from_millis(5);
@@ -229,14 +313,15 @@ pub fn wait_ready(
             Ok(()) => return Ok(attempts),
             Err(e) => e,
         };
-        alive()?;
+        alive().map_err(ProbeError::Gone)?;
         if Instant::now() >= deadline {
-            return Err(format!(
-                "not ready after {:.1}s ({attempts} probes; last: {last})",
-                timeout.as_secs_f64()
-            ));
+            return Err(ProbeError::NotReady {
+                secs: timeout.as_secs_f64(),
+                attempts,
+                last: Box::new(last),
+            });
         }
-        let refused = !matches!(p, Probe::Command(_)) && last.contains("Connection refused");
+        let refused = !matches!(p, Probe::Command(_)) && last.refused();
         let sleep = if refused {
             Duration::from_millis(1)
         } else {
@@ -291,7 +376,7 @@ mod tests {
         // A port nobody listens on (held bound, not listening: no parallel test can get it).
         let (_held, closed) = super::armed_tests::refusing_port();
         let e = wait_ready(&Probe::Tcp(closed), Duration::from_millis(200), || Ok(())).unwrap_err();
-        assert!(e.contains("not ready after"), "{e}");
+        assert!(e.to_string().contains("not ready after"), "{e}");
         wait_ready(
             &Probe::Command(vec!["true".into()]),
             Duration::from_secs(120),
@@ -347,7 +432,7 @@ mod armed_tests {
         // "Thaw": start accepting; the queued request is the first thing read.
         let server = serve(l, vec![200]);
         assert_eq!(
-            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())),
+            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())).map_err(|e| e.to_string()),
             Ok(1)
         );
         let reqs = server.join().unwrap();
@@ -370,7 +455,7 @@ mod armed_tests {
         let server = serve(l, vec![503, 200]);
         // The armed probe (503) and one poll (200).
         assert_eq!(
-            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())),
+            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())).map_err(|e| e.to_string()),
             Ok(2)
         );
         assert_eq!(server.join().unwrap().len(), 2);
@@ -411,7 +496,7 @@ mod armed_tests {
             Err("the app exited".into())
         })
         .unwrap_err();
-        assert_eq!(e, "the app exited");
+        assert_eq!(e.to_string(), "the app exited");
         assert!(!arm(&Probe::Tcp(port)).is_armed());
     }
 }

@@ -84,7 +84,7 @@ pub enum VmStartError {
     #[error("QMP cont: {0}")]
     Cont(QmpError),
     #[error("{0}")]
-    NotReady(String),
+    NotReady(probe::ProbeError),
 }
 
 /// Why a VM app's Stop failed: the VM is left (or put back) running.
@@ -768,13 +768,10 @@ impl Controller {
         };
         let tp = Instant::now();
         let res = match &slot.cfg.ready {
-            Some(p) => probe::wait_ready(p, slot.cfg.ready_timeout, || {
-                if self.observe(&cgs).pids.is_empty() {
-                    Err("QEMU exited".into())
-                } else {
-                    Ok(())
-                }
-            }),
+            Some(p) => {
+                let alive = self.alive(&cgs, &|| "QEMU exited".into());
+                probe::wait_ready(p, slot.cfg.ready_timeout, alive)
+            }
             None => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();
