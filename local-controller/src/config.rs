@@ -265,17 +265,38 @@ impl VmPrefetch {
     }
 }
 
+/// A prefetch mode's name that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?} ({})", choices.join(", "))]
+pub struct UnknownMode {
+    what: &'static str,
+    given: String,
+    choices: Vec<&'static str>,
+}
+
+/// The mode of `modes` named `s`.
+fn mode_named<T: Copy>(
+    s: &str,
+    what: &'static str,
+    modes: &[(&'static str, T)],
+) -> Result<T, UnknownMode> {
+    modes
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| UnknownMode {
+            what,
+            given: s.to_string(),
+            choices: modes.iter().map(|(n, _)| *n).collect(),
+        })
+}
+
 impl std::str::FromStr for VmPrefetch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "priority" => Ok(VmPrefetch::Priority),
-            "full" => Ok(VmPrefetch::Full),
-            "none" => Ok(VmPrefetch::None),
-            _ => Err(format!(
-                "unknown VM prefetch mode {s:?} (priority, full, none)"
-            )),
-        }
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        use VmPrefetch::*;
+        let modes = [Priority, Full, None].map(|m| (m.as_str(), m));
+        mode_named(s, "VM prefetch mode", &modes)
     }
 }
 
@@ -291,17 +312,11 @@ impl PrefetchPolicy {
 }
 
 impl std::str::FromStr for PrefetchPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "loading-set" => Ok(PrefetchPolicy::LoadingSet),
-            "full" => Ok(PrefetchPolicy::Full),
-            "working-set-only" => Ok(PrefetchPolicy::WorkingSetOnly),
-            "none" => Ok(PrefetchPolicy::None),
-            _ => Err(format!(
-                "unknown prefetch mode {s:?} (loading-set, full, working-set-only, none)"
-            )),
-        }
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        use PrefetchPolicy::*;
+        let modes = [LoadingSet, Full, WorkingSetOnly, None].map(|m| (m.as_str(), m));
+        mode_named(s, "prefetch mode", &modes)
     }
 }
 

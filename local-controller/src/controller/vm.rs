@@ -180,10 +180,22 @@ fn add_fetched(timing: &mut StartTiming, r: &procswap::PrefetchReport) {
 /// What a `priority` prefetch works from: the plan, QEMU's own memory, and how many pages of
 /// each (QEMU's own first, then every class) were on swap before it.
 struct PriorityInput {
+    qpid: i32,
     plan: Plan,
     own: Vec<procswap::Range>,
     own_before: u64,
     before: Vec<u64>,
+}
+
+/// What a `priority` prefetch read before `cont`: the prefetch reports (in call order) and
+/// the per-class account.
+#[derive(Default)]
+struct PriorityFetch {
+    reports: Vec<procswap::PrefetchReport>,
+    classes: Vec<ClassFetch>,
+    qemu_own_pages: u64,
+    qemu_own_ms: f64,
+    fetch_call_ms: f64,
 }
 
 impl Controller {
@@ -619,11 +631,18 @@ impl Controller {
         // call rescans QEMU: ~0.1-0.5 s here), reads in swap-slot order.
         rep.single_pass = avail >= self.cfg.reserve + pre_pages * ps + (64 << 20);
         rep.plan_ms = ms(tplan.elapsed());
-        if rep.single_pass {
-            self.fetch_single_pass(slot, qpid, &input, timing, rep);
+        let f = if rep.single_pass {
+            self.fetch_single_pass(slot, &input)
         } else {
-            self.fetch_class_ordered(slot, qpid, &input, timing, rep);
+            self.fetch_class_ordered(slot, &input)
+        };
+        for r in &f.reports {
+            add_fetched(timing, r);
         }
+        rep.classes = f.classes;
+        rep.qemu_own_pages = f.qemu_own_pages;
+        rep.qemu_own_ms = f.qemu_own_ms;
+        rep.fetch_call_ms = f.fetch_call_ms;
         input.plan
     }
 
@@ -653,6 +672,7 @@ impl Controller {
             })
             .collect();
         PriorityInput {
+            qpid,
             plan,
             own,
             own_before,
@@ -661,24 +681,18 @@ impl Controller {
     }
 
     /// `priority` with room to spare: one call over QEMU's own memory and classes 0..=5.
-    fn fetch_single_pass(
-        &self,
-        slot: &AppSlot,
-        qpid: i32,
-        input: &PriorityInput,
-        timing: &mut StartTiming,
-        rep: &mut api::VmResume,
-    ) {
-        let ps = procswap::sys::page_size();
+    fn fetch_single_pass(&self, slot: &AppSlot, input: &PriorityInput) -> PriorityFetch {
+        let (qpid, ps) = (input.qpid, procswap::sys::page_size());
         let mut all = input.own.clone();
         all.extend(input.plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
+        let mut f = PriorityFetch::default();
         let tf = Instant::now();
         match vm::fetch_ranges(&*self.backend, qpid, all, &self.prefetch_options()) {
-            Ok(r) => add_fetched(timing, &r),
+            Ok(r) => f.reports.push(r),
             Err(e) => self.note_prefetch_error(slot, "priority prefetch", &e),
         }
-        rep.fetch_call_ms = ms(tf.elapsed());
-        rep.qemu_own_pages = input
+        f.fetch_call_ms = ms(tf.elapsed());
+        f.qemu_own_pages = input
             .own_before
             .saturating_sub(swapped_in(qpid, &input.own));
         for (c, &sw) in input.plan.classes.iter().zip(&input.before) {
@@ -687,20 +701,14 @@ impl Controller {
                 cf.fetched_pages = sw.saturating_sub(swapped_in(qpid, &c.ranges));
                 cf.fetched_bytes = cf.fetched_pages * ps;
             }
-            rep.classes.push(cf);
+            f.classes.push(cf);
         }
+        f
     }
 
     /// `priority` near the free-memory floor: QEMU's own memory, then classes 0..=5, one call
     /// each, in order.
-    fn fetch_class_ordered(
-        &self,
-        slot: &AppSlot,
-        qpid: i32,
-        input: &PriorityInput,
-        timing: &mut StartTiming,
-        rep: &mut api::VmResume,
-    ) {
+    fn fetch_class_ordered(&self, slot: &AppSlot, input: &PriorityInput) -> PriorityFetch {
         let ps = procswap::sys::page_size();
         let mut sets = vec![input.own.clone()];
         sets.extend(
@@ -712,15 +720,16 @@ impl Controller {
                 .map(|c| c.ranges.clone()),
         );
         let opts = self.prefetch_options();
-        let res = vm::fetch_ordered(&*self.backend, qpid, sets, &opts).unwrap_or_else(|e| {
+        let res = vm::fetch_ordered(&*self.backend, input.qpid, sets, &opts).unwrap_or_else(|e| {
             self.note_prefetch_error(slot, "class-ordered prefetch", &e);
             vec![]
         });
         let mut res = res.into_iter();
+        let mut f = PriorityFetch::default();
         if let Some(Some((r, t))) = res.next() {
-            rep.qemu_own_pages = r.read_issued_bytes / ps;
-            rep.qemu_own_ms = t;
-            add_fetched(timing, &r);
+            f.qemu_own_pages = r.read_issued_bytes / ps;
+            f.qemu_own_ms = t;
+            f.reports.push(r);
         }
         for (c, &sw) in input.plan.classes.iter().zip(&input.before) {
             let mut cf = class_fetch(c, sw);
@@ -731,10 +740,11 @@ impl Controller {
                 cf.fetched_pages = r.read_issued_bytes / ps;
                 cf.fetched_bytes = r.read_issued_bytes;
                 cf.ms = t;
-                add_fetched(timing, &r);
+                f.reports.push(r);
             }
-            rep.classes.push(cf);
+            f.classes.push(cf);
         }
+        f
     }
 
     /// Resume steps after the prefetch: thaw, then `cont` (a frozen QEMU cannot answer QMP),
