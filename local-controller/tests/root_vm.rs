@@ -328,11 +328,22 @@ fn started(v: &Answer<StartAnswer>) -> &torpor_api::Started {
         .expect("a Start, not already running")
 }
 
-#[test]
-#[ignore = "root: run through local-controller/tests/run-root-tests.sh"]
-fn vm_app_stop_purge_start_each_mode_content_unchanged() {
-    let mut f = Fixture::new();
-    // Cold start: QEMU spawned in its cgroup, QMP answers.
+/// The guest under test: QEMU's pid, its RAM map, the pattern written to guest RAM [K, END).
+struct Guest {
+    pid: i32,
+    ram: GuestRam,
+    pat: Vec<u8>,
+}
+
+/// What was on swap in the free region before a Start, and in its untouched tail.
+struct FreeBaseline {
+    swapped: u64,
+    tail_swapped: u64,
+}
+
+/// Cold start: QEMU spawned in its cgroup, QMP answers. Then guest RAM [64, 128) MiB is filled
+/// through QEMU's memory at the translated addresses.
+fn cold_start_and_fill(f: &Fixture) -> Guest {
     let (s, v) = f.start("guest", None);
     assert_eq!(s, 200, "{v:#?}");
     let st = started(&v);
@@ -343,9 +354,8 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
     let pid = st.pid.unwrap();
     assert_eq!(cold.status, "prelaunch", "{v:#?}");
 
-    // Fill guest RAM [64, 128) MiB through QEMU's memory at the translated addresses.
     let ram = {
-        let mut q = qmp(&f);
+        let mut q = qmp(f);
         GuestRam::discover(&mut q, pid).unwrap()
     };
     let pat = pattern((END - K) as usize);
@@ -360,190 +370,213 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         mem.write_all(&pat).unwrap();
     }
     assert!(
-        pmemsave(&f, "initial") == pat,
+        pmemsave(f, "initial") == pat,
         "the pattern is not where the guest sees it"
     );
+    Guest { pid, ram, pat }
+}
+
+/// Stop of round `round`: maps from the agent, QMP stop, freeze, purge, verified evicted.
+fn stop_round(f: &Fixture, g: &Guest, round: usize) -> FreeBaseline {
+    let (pid, ram) = (g.pid, &g.ram);
     let all = REGION_PAGES * 4;
+    let (s, v) = f.stop("guest");
+    assert_eq!(s, 200, "{v:#?}");
+    let v = v.unwrap();
+    let vm = v.vm().expect("a VM Stop");
+    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+    assert_eq!(vm.maps, "fresh", "{v:#?}");
+    assert_eq!(
+        u(vm.agent.as_ref().and_then(|a| a.free_pages)),
+        REGION_PAGES,
+        "{v:#?}"
+    );
+    assert_eq!(
+        vm.status_after,
+        if round == 0 { "prelaunch" } else { "paused" },
+        "{v:#?}"
+    );
+    assert!(vm.evidence.evicted, "{v:#?}");
+    // Once the firmware ran, PAM shadowing makes parts of 0xc0000-0xfffff RAM too: the flat
+    // view (rediscovered at every Stop) grows by those pages.
+    let gb = u(vm.guest_ram.as_ref().map(|g| g.bytes));
+    assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#?}");
+    let ev_after = &vm.evidence.after;
+    assert!(u(ev_after.guest_swapped_pages) >= all, "{v:#?}");
+    // procswap's purge is verified by its own figures; on a loaded host MADV_PAGEOUT can
+    // leave a few pages (seen once: 140 of 16384), hence the 1 % of `evicted`.
+    let c = counts(pid, ram, K, END);
+    eprintln!("round {round}: pattern region after the purge: {c:?}");
+    assert!(
+        c.resident * 100 <= all && c.resident + c.swapped == all,
+        "pattern region after the purge (round {round}): {c:?}"
+    );
+    // Baselines: what is on swap in the free region, and in its untouched tail.
+    FreeBaseline {
+        swapped: counts(pid, ram, F, O).swapped,
+        tail_swapped: counts(pid, ram, F + 12 * MIB, O).swapped,
+    }
+}
 
-    for (round, mode) in ["priority", "full", "none", "priority"]
-        .into_iter()
-        .enumerate()
-    {
-        // Stop: maps from the agent, QMP stop, freeze, purge, verified evicted.
-        let (s, v) = f.stop("guest");
-        assert_eq!(s, 200, "{v:#?}");
-        let v = v.unwrap();
-        let vm = v.vm().expect("a VM Stop");
-        assert_eq!(v.state(), AppState::Standby, "{v:#?}");
-        assert_eq!(vm.maps, "fresh", "{v:#?}");
-        assert_eq!(
-            u(vm.agent.as_ref().and_then(|a| a.free_pages)),
-            REGION_PAGES,
-            "{v:#?}"
-        );
-        assert_eq!(
-            vm.status_after,
-            if round == 0 { "prelaunch" } else { "paused" },
-            "{v:#?}"
-        );
-        assert!(vm.evidence.evicted, "{v:#?}");
-        // Once the firmware ran, PAM shadowing makes parts of 0xc0000-0xfffff RAM too: the flat
-        // view (rediscovered at every Stop) grows by those pages.
-        let gb = u(vm.guest_ram.as_ref().map(|g| g.bytes));
-        assert!(gb >= ram.bytes() && gb <= ram.bytes() + 0x40000, "{v:#?}");
-        let ev_after = &vm.evidence.after;
-        assert!(u(ev_after.guest_swapped_pages) >= all, "{v:#?}");
-        // procswap's purge is verified by its own figures; on a loaded host MADV_PAGEOUT can
-        // leave a few pages (seen once: 140 of 16384), hence the 1 % of `evicted`.
-        let c = counts(pid, &ram, K, END);
-        eprintln!("round {round}: pattern region after the purge: {c:?}");
-        assert!(
-            c.resident * 100 <= all && c.resident + c.swapped == all,
-            "pattern region after the purge (round {round}): {c:?}"
-        );
-        // Baselines: what is on swap in the free region, and in its untouched tail.
-        let f_swapped = counts(pid, &ram, F, O).swapped;
-        let f_tail_swapped = counts(pid, &ram, F + 12 * MIB, O).swapped;
-
-        // Start with the mode given per request.
-        let body = format!("{{\"prefetch\": \"{mode}\"}}");
-        let (s, v) = f.start("guest", Some(&body));
-        assert_eq!(s, 200, "{v:#?}");
-        let st = started(&v);
-        let vm = st
-            .vm
-            .as_ref()
-            .and_then(VmStart::resume)
-            .expect("a VM resume");
+/// Start of round `round` with the mode given per request, and what that mode fetched.
+fn start_round(f: &Fixture, g: &Guest, round: usize, mode: &str, base: &FreeBaseline) {
+    let all = REGION_PAGES * 4;
+    let body = format!("{{\"prefetch\": \"{mode}\"}}");
+    let (s, v) = f.start("guest", Some(&body));
+    assert_eq!(s, 200, "{v:#?}");
+    let st = started(&v);
+    let vm = st
+        .vm
+        .as_ref()
+        .and_then(VmStart::resume)
+        .expect("a VM resume");
+    eprintln!(
+        "round {round} {mode}: prefetch {} ms, {} pages, skipped free {}, ready {} ms, pswpin +{} (+{} during prefetch)",
+        vm.prefetch_ms, vm.prefetched_pages, vm.skipped_free_pages, vm.ready_ms, vm.pswpin_delta, vm.pswpin_delta_prefetch
+    );
+    if mode == "priority" {
+        let c = &vm.classes;
         eprintln!(
-            "round {round} {mode}: prefetch {} ms, {} pages, skipped free {}, ready {} ms, pswpin +{} (+{} during prefetch)",
-            vm.prefetch_ms, vm.prefetched_pages, vm.skipped_free_pages, vm.ready_ms, vm.pswpin_delta, vm.pswpin_delta_prefetch
-        );
-        if mode == "priority" {
-            let c = &vm.classes;
-            eprintln!(
-                "  qemu own {} pages; single pass {}: plan+scans {} ms, fetch call {} ms; per class (ordered calls): qemu {} ms, class 0 {} ms, class 5 {} ms",
-                vm.qemu_own_pages, vm.single_pass, vm.plan_ms, vm.fetch_call_ms, vm.qemu_own_ms, c[0].ms, c[5].ms
-            );
-        }
-        assert_eq!(
-            (vm.mode.as_str(), vm.effective.as_str()),
-            (mode, mode),
-            "{v:#?}"
-        );
-        assert_eq!(st.timing.prefetch_mode.as_deref(), Some(mode));
-        let after = |a, b| counts(pid, &ram, a, b);
-        match mode {
-            "priority" => {
-                let cls = &vm.classes;
-                assert_eq!(cls.len(), 10);
-                let (s0, s5) = (cls[0].swapped_pages, cls[5].swapped_pages);
-                assert!(
-                    s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99,
-                    "{v:#?}"
-                );
-                assert_eq!(
-                    (cls[0].fetched_pages, cls[5].fetched_pages),
-                    (s0, s5),
-                    "{v:#?}"
-                );
-                assert_eq!(
-                    cls[8].fetched_pages, 0,
-                    "class 8 is left to the background: {v:#?}"
-                );
-                assert_eq!(vm.skipped_free_pages, REGION_PAGES, "{v:#?}");
-                assert!(
-                    vm.pswpin_delta_prefetch >= (s0 + s5) * 9 / 10,
-                    "swap-in evidence: {v:#?}"
-                );
-                assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
-                // Second priority round: the "guest" faults every other page of [F, F+8 MiB)
-                // in (reads through /proc/PID/mem fault swapped pages in, as guest accesses
-                // would): every 1024-page segment inside that window passes 30 % and Twinkle
-                // fetches its other half.
-                if round == 3 {
-                    let t = Instant::now();
-                    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-                    let mut b = [0u8; 1];
-                    for p in (0..(8 * MIB / PS)).step_by(2) {
-                        mem.seek(SeekFrom::Start(ram.gpa_to_hva(F + p * PS).unwrap()))
-                            .unwrap();
-                        mem.read_exact(&mut b).unwrap();
-                    }
-                    eprintln!(
-                        "round 3: 1024 faults through /proc/{pid}/mem in {:.3} s",
-                        t.elapsed().as_secs_f64()
-                    );
-                }
-                // The background fetcher takes the rest (class 8) but never the free pages.
-                let background = |st: &AppStatus| {
-                    st.vm
-                        .as_ref()
-                        .and_then(|v| v.background.clone())
-                        .expect("a background fetch in the status")
-                };
-                wait_until("the background fetch", Duration::from_secs(120), || {
-                    let st = f.status("guest");
-                    st.vm.and_then(|v| v.background).is_some_and(|b| !b.running)
-                });
-                let st = f.status("guest");
-                let bg = background(&st);
-                eprintln!("round {round} background: {bg:?}");
-                assert_eq!(bg.ended.as_deref(), Some("finished"), "{st:#?}");
-                assert!(bg.rest_pages * 100 >= REGION_PAGES * 99, "{st:#?}");
-                assert_eq!(
-                    after(O, END).swapped,
-                    0,
-                    "class 8 fetched in the background"
-                );
-                if round == 3 {
-                    assert!(bg.segments_triggered >= 1, "{st:#?}");
-                    assert!(bg.twinkle_pages >= 500, "{st:#?}");
-                    let win = after(F, F + 8 * MIB);
-                    assert!(
-                        win.swapped <= 512,
-                        "Twinkle fetched the triggered segments: {win:?}"
-                    );
-                    // The untouched tail stays on swap unless a segment there was triggered by
-                    // faults this test does not make (seen once in ~8 runs: a 4th segment, fully
-                    // outside the touched window, was faulted in while the VM ran): the rest
-                    // phase itself never fetches free pages.
-                    let tail = after(F + 12 * MIB, O).swapped;
-                    assert!(
-                        tail == f_tail_swapped || bg.segments_triggered > 3,
-                        "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#?}"
-                    );
-                } else {
-                    assert_eq!(bg.segments_triggered, 0, "{st:#?}");
-                    assert_eq!(
-                        after(F, O).swapped,
-                        f_swapped,
-                        "free pages must not be prefetched"
-                    );
-                }
-            }
-            "full" => {
-                assert!(vm.prefetched_pages >= all * 99 / 100, "{v:#?}");
-                assert_eq!(after(K, END).swapped, 0);
-                assert!(vm.background.is_none());
-            }
-            _ => {
-                assert_eq!(vm.prefetched_pages, 0, "{v:#?}");
-                assert!(
-                    after(K, END).swapped >= all * 9 / 10,
-                    "none: demand paging only"
-                );
-            }
-        }
-        assert_eq!(f.status("guest").state, AppState::Running);
-        // Whatever was fetched or skipped: the guest sees exactly what was written.
-        assert!(
-            pmemsave(&f, mode) == pat,
-            "round {round} ({mode}): guest RAM content changed"
+            "  qemu own {} pages; single pass {}: plan+scans {} ms, fetch call {} ms; per class (ordered calls): qemu {} ms, class 0 {} ms, class 5 {} ms",
+            vm.qemu_own_pages, vm.single_pass, vm.plan_ms, vm.fetch_call_ms, vm.qemu_own_ms, c[0].ms, c[5].ms
         );
     }
+    assert_eq!(
+        (vm.mode.as_str(), vm.effective.as_str()),
+        (mode, mode),
+        "{v:#?}"
+    );
+    assert_eq!(st.timing.prefetch_mode.as_deref(), Some(mode));
+    let after = |a, b| counts(g.pid, &g.ram, a, b);
+    match mode {
+        "priority" => {
+            priority_classes_in(g, round, &v);
+            background_rest(f, g, round, base);
+        }
+        "full" => {
+            assert!(vm.prefetched_pages >= all * 99 / 100, "{v:#?}");
+            assert_eq!(after(K, END).swapped, 0);
+            assert!(vm.background.is_none());
+        }
+        _ => {
+            assert_eq!(vm.prefetched_pages, 0, "{v:#?}");
+            assert!(
+                after(K, END).swapped >= all * 9 / 10,
+                "none: demand paging only"
+            );
+        }
+    }
+    assert_eq!(f.status("guest").state, AppState::Running);
+    // Whatever was fetched or skipped: the guest sees exactly what was written.
+    assert!(
+        pmemsave(f, mode) == g.pat,
+        "round {round} ({mode}): guest RAM content changed"
+    );
+}
 
-    // Bad requests: a process-only mode, an unknown mode, not JSON, an unknown field.
+/// A priority Start: classes 0 and 5 fetched before `cont`, class 8 and the free pages not.
+fn priority_classes_in(g: &Guest, round: usize, v: &Answer<StartAnswer>) {
+    let vm = started(v)
+        .vm
+        .as_ref()
+        .and_then(VmStart::resume)
+        .expect("a VM resume");
+    let after = |a, b| counts(g.pid, &g.ram, a, b);
+    let cls = &vm.classes;
+    assert_eq!(cls.len(), 10);
+    let (s0, s5) = (cls[0].swapped_pages, cls[5].swapped_pages);
+    assert!(
+        s0 * 100 >= REGION_PAGES * 99 && s5 * 100 >= REGION_PAGES * 99,
+        "{v:#?}"
+    );
+    assert_eq!(
+        (cls[0].fetched_pages, cls[5].fetched_pages),
+        (s0, s5),
+        "{v:#?}"
+    );
+    assert_eq!(
+        cls[8].fetched_pages, 0,
+        "class 8 is left to the background: {v:#?}"
+    );
+    assert_eq!(vm.skipped_free_pages, REGION_PAGES, "{v:#?}");
+    assert!(
+        vm.pswpin_delta_prefetch >= (s0 + s5) * 9 / 10,
+        "swap-in evidence: {v:#?}"
+    );
+    assert_eq!(after(K, F).swapped, 0, "classes 0 and 5 are in");
+    // Second priority round: the "guest" faults every other page of [F, F+8 MiB) in (reads
+    // through /proc/PID/mem fault swapped pages in, as guest accesses would): every 1024-page
+    // segment inside that window passes 30 % and Twinkle fetches its other half.
+    if round == 3 {
+        let (pid, t) = (g.pid, Instant::now());
+        let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+        let mut b = [0u8; 1];
+        for p in (0..(8 * MIB / PS)).step_by(2) {
+            mem.seek(SeekFrom::Start(g.ram.gpa_to_hva(F + p * PS).unwrap()))
+                .unwrap();
+            mem.read_exact(&mut b).unwrap();
+        }
+        eprintln!(
+            "round 3: 1024 faults through /proc/{pid}/mem in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// After a priority Start: the background fetcher takes the rest (class 8) but never the free
+/// pages (round 3: Twinkle fetched the segments the faults triggered).
+fn background_rest(f: &Fixture, g: &Guest, round: usize, base: &FreeBaseline) {
+    let after = |a, b| counts(g.pid, &g.ram, a, b);
+    let background = |st: &AppStatus| {
+        st.vm
+            .as_ref()
+            .and_then(|v| v.background.clone())
+            .expect("a background fetch in the status")
+    };
+    wait_until("the background fetch", Duration::from_secs(120), || {
+        let st = f.status("guest");
+        st.vm.and_then(|v| v.background).is_some_and(|b| !b.running)
+    });
+    let st = f.status("guest");
+    let bg = background(&st);
+    eprintln!("round {round} background: {bg:?}");
+    assert_eq!(bg.ended.as_deref(), Some("finished"), "{st:#?}");
+    assert!(bg.rest_pages * 100 >= REGION_PAGES * 99, "{st:#?}");
+    assert_eq!(
+        after(O, END).swapped,
+        0,
+        "class 8 fetched in the background"
+    );
+    if round == 3 {
+        assert!(bg.segments_triggered >= 1, "{st:#?}");
+        assert!(bg.twinkle_pages >= 500, "{st:#?}");
+        let win = after(F, F + 8 * MIB);
+        assert!(
+            win.swapped <= 512,
+            "Twinkle fetched the triggered segments: {win:?}"
+        );
+        // The untouched tail stays on swap unless a segment there was triggered by faults
+        // this test does not make (seen once in ~8 runs: a 4th segment, fully outside the
+        // touched window, was faulted in while the VM ran): the rest phase itself never
+        // fetches free pages.
+        let tail = after(F + 12 * MIB, O).swapped;
+        let f_tail_swapped = base.tail_swapped;
+        assert!(
+            tail == f_tail_swapped || bg.segments_triggered > 3,
+            "untouched free pages stay on swap: {tail} of {f_tail_swapped}: {st:#?}"
+        );
+    } else {
+        assert_eq!(bg.segments_triggered, 0, "{st:#?}");
+        assert_eq!(
+            after(F, O).swapped,
+            base.swapped,
+            "free pages must not be prefetched"
+        );
+    }
+}
+
+/// Bad requests: a process-only mode, an unknown mode, not JSON, an unknown field.
+fn bad_start_requests(f: &Fixture) {
     for body in [
         r#"{"prefetch": "working-set-only"}"#,
         r#"{"prefetch": "most"}"#,
@@ -557,8 +590,10 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
             "{body}: {v:#?}"
         );
     }
+}
 
-    // The CLI: torpor stop / start --prefetch none --json.
+/// The CLI: torpor stop / start --prefetch none --json, and a mode it refuses.
+fn cli_stop_and_start(f: &Fixture) {
     let out = Command::new(TORPOR)
         .args(["--socket"])
         .arg(&f.sock)
@@ -596,8 +631,10 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
 
-    // Agent gone: Stop proceeds without maps (and says why); priority then runs as full.
+/// Agent gone: Stop proceeds without maps (and says why); priority then runs as full.
+fn agent_gone(f: &mut Fixture, g: &Guest) {
     let conns = f.agent_conns.load(Ordering::Relaxed);
     assert!(conns >= 5, "agent connections {conns}");
     f.stop_agent();
@@ -615,11 +652,28 @@ fn vm_app_stop_purge_start_each_mode_content_unchanged() {
         Some(("priority", "full")),
         "{v:#?}"
     );
-    assert_eq!(counts(pid, &ram, K, END).swapped, 0);
+    assert_eq!(counts(g.pid, &g.ram, K, END).swapped, 0);
     assert!(
-        pmemsave(&f, "noagent") == pat,
+        pmemsave(f, "noagent") == g.pat,
         "guest RAM content changed (no agent)"
     );
+}
+
+#[test]
+#[ignore = "root: run through local-controller/tests/run-root-tests.sh"]
+fn vm_app_stop_purge_start_each_mode_content_unchanged() {
+    let mut f = Fixture::new();
+    let g = cold_start_and_fill(&f);
+    for (round, mode) in ["priority", "full", "none", "priority"]
+        .into_iter()
+        .enumerate()
+    {
+        let base = stop_round(&f, &g, round);
+        start_round(&f, &g, round, mode, &base);
+    }
+    bad_start_requests(&f);
+    cli_stop_and_start(&f);
+    agent_gone(&mut f, &g);
 
     // QMP socket missing: a clear start failure naming it.
     let (s, v) = f.start("badqmp", None);
