@@ -138,25 +138,10 @@ fn stats(xs: &mut [f64]) -> String {
     )
 }
 
-#[test]
-#[ignore = "root suite"]
-fn standby_pool_then_20_start_stop_cycles() {
-    let apps = vec![
-        app("alpha", 64, true),
-        app("beta", 160, true),
-        app("gamma", 96, true),
-    ];
-    let sizes: Vec<(String, u64)> = apps.iter().map(|a| (a.name.clone(), a.mib)).collect();
-    let mut f = fixture("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
-    let t0 = Instant::now();
-    f.start_daemon(&[]);
-    f.wait_pool();
-    eprintln!(
-        "standby pool of 3 apps ready in {:.2}s",
-        t0.elapsed().as_secs_f64()
-    );
-    for (name, mib) in &sizes {
-        let v = assert_standby(&f, name, *mib);
+/// The standby pool: every app frozen and purged, and the metrics say so.
+fn pool_in_standby(f: &Torpord, sizes: &[(String, u64)]) {
+    for (name, mib) in sizes {
+        let v = assert_standby(f, name, *mib);
         let p = v.last_purge.as_ref().unwrap();
         eprintln!(
             "STANDBY {name}: {mib} MiB app: purge freed {} MiB (memcg {} -> {} MiB) in {:.3}s; swapped {} MiB, anon resident {} KiB",
@@ -174,6 +159,11 @@ fn standby_pool_then_20_start_stop_cycles() {
             Some(1.0)
         );
     }
+}
+
+/// 20 Start/Stop cycles over the apps in turn: each Start answers once the app serves, with
+/// its memory byte-exact; each Stop leaves it standby. Returns the resumes per app.
+fn twenty_cycles(f: &Torpord, sizes: &[(String, u64)]) -> std::collections::BTreeMap<String, u64> {
     let (mut pf, mut th, mut pr, mut tot) = (vec![], vec![], vec![], vec![]);
     let mut starts = std::collections::BTreeMap::<String, u64>::new();
     for i in 0..20 {
@@ -213,7 +203,7 @@ fn standby_pool_then_20_start_stop_cycles() {
         let (s, v) = f.try_stop(name);
         assert_eq!(s, 200, "stop {name}: {v:?}");
         assert_eq!(v.as_ref().unwrap().state(), AppState::Standby, "{v:?}");
-        assert_standby(&f, name, *mib);
+        assert_standby(f, name, *mib);
     }
     eprintln!(
         "START TIMING over 20 resumes (s): prefetch {}",
@@ -231,8 +221,17 @@ fn standby_pool_then_20_start_stop_cycles() {
         "START TIMING over 20 resumes (s): total    {}",
         stats(&mut tot)
     );
+    starts
+}
+
+/// Metrics, the CLI and the events after the cycles: every transition counted.
+fn transitions_counted(
+    f: &Torpord,
+    sizes: &[(String, u64)],
+    starts: &std::collections::BTreeMap<String, u64>,
+) {
     // Metrics reflect every transition: 1 cold start (prestart) + the resumes; stops likewise.
-    for (name, _) in &sizes {
+    for (name, _) in sizes {
         let n = starts[name] as f64;
         let m = |k: &str| {
             f.metric(&format!(
@@ -288,6 +287,28 @@ fn standby_pool_then_20_start_stop_cycles() {
     {
         eprintln!("EVENT \"{}\": {:?}", e.kind, e.message);
     }
+}
+
+#[test]
+#[ignore = "root suite"]
+fn standby_pool_then_20_start_stop_cycles() {
+    let apps = vec![
+        app("alpha", 64, true),
+        app("beta", 160, true),
+        app("gamma", 96, true),
+    ];
+    let sizes: Vec<(String, u64)> = apps.iter().map(|a| (a.name.clone(), a.mib)).collect();
+    let mut f = fixture("cycles", apps, "purge = \"always\"\nprefetch = \"full\"");
+    let t0 = Instant::now();
+    f.start_daemon(&[]);
+    f.wait_pool();
+    eprintln!(
+        "standby pool of 3 apps ready in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    pool_in_standby(&f, &sizes);
+    let starts = twenty_cycles(&f, &sizes);
+    transitions_counted(&f, &sizes, &starts);
 }
 
 /// The overload detectors run on every sample, for the host and for each app, and their
@@ -515,18 +536,8 @@ fn malformed_config_is_refused_with_line_and_column() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-#[ignore = "root suite"]
-fn bad_requests_concurrency_permissions_and_never_ready() {
-    let mut never = app("never", 64, false);
-    never.extra = vec!["--never-ready".into()];
-    never.timeout = "2s";
-    let apps = vec![app("busy", 96, true), never];
-    // Group 4242 may use the API (it need not exist: SO_PEERCRED gives the gid).
-    let mut f = fixture("bad", apps, "socket_group = \"4242\"");
-    f.start_daemon(&[]);
-    f.wait_pool();
-
+/// Unknown app, unknown endpoint, wrong method: the API's error codes.
+fn bad_requests(f: &Torpord) {
     // Unknown app, unknown endpoint, wrong method.
     let (s, v) = f.try_start("nope");
     assert_eq!(s, 404);
@@ -539,7 +550,10 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert_eq!((s, code(&v)), (404, Some("not_found")));
     let (s, v) = f.api::<()>("GET", &paths::start("busy"));
     assert_eq!((s, code(&v)), (405, Some("method_not_allowed")));
+}
 
+/// Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
+fn concurrent_start_stop(f: &Torpord) {
     // Concurrent Start/Stop on one app: serialized, every answer coherent, no corruption.
     let m = |f: &Torpord, k: &str| {
         f.metric(&format!(
@@ -547,7 +561,7 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
         ))
         .unwrap()
     };
-    let (starts0, stops0) = (m(&f, "start"), m(&f, "stop"));
+    let (starts0, stops0) = (m(f, "start"), m(f, "stop"));
     let mut hs = vec![];
     for t in 0..6 {
         let sock = f.sock.clone();
@@ -583,12 +597,12 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
         assert!(ok, "{r:?}");
     }
     assert_eq!(
-        m(&f, "start") - starts0,
+        m(f, "start") - starts0,
         eff_starts,
         "start counter vs effective starts"
     );
     assert_eq!(
-        m(&f, "stop") - stops0,
+        m(f, "stop") - stops0,
         eff_stops,
         "stop counter vs effective stops"
     );
@@ -609,7 +623,10 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     );
     let (s, _) = f.try_stop("busy");
     assert_eq!(s, 200);
+}
 
+/// Per-request prefetch override of a process app.
+fn prefetch_override(f: &Torpord) {
     // Per-request prefetch override of a process app: "none" (demand paging), then "full";
     // a VM-only mode or a malformed body is a 400 and changes nothing.
     let start_body = |body: &str| -> (u16, Answer<StartAnswer>) {
@@ -644,7 +661,10 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert!(t.prefetch_bytes >= 64 * MIB, "{v:?}");
     assert_eq!(app_get(f.port("busy"), "/verify"), 200);
     assert_eq!(f.try_stop("busy").0, 200);
+}
 
+/// Permissions: the socket's mode and group, and the SO_PEERCRED check.
+fn permissions(f: &Torpord) {
     // Permissions: the socket is 0660 root:4242.
     let setpriv = |gid: u32| {
         Command::new("setpriv")
@@ -688,6 +708,24 @@ fn bad_requests_concurrency_permissions_and_never_ready() {
     assert_eq!(v.error.code, "forbidden");
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
     std::fs::set_permissions(&f.sock, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+}
+
+#[test]
+#[ignore = "root suite"]
+fn bad_requests_concurrency_permissions_and_never_ready() {
+    let mut never = app("never", 64, false);
+    never.extra = vec!["--never-ready".into()];
+    never.timeout = "2s";
+    let apps = vec![app("busy", 96, true), never];
+    // Group 4242 may use the API (it need not exist: SO_PEERCRED gives the gid).
+    let mut f = fixture("bad", apps, "socket_group = \"4242\"");
+    f.start_daemon(&[]);
+    f.wait_pool();
+
+    bad_requests(&f);
+    concurrent_start_stop(&f);
+    prefetch_override(&f);
+    permissions(&f);
 
     // An app that never becomes ready: start_failed after its timeout, left frozen and purged.
     let t = Instant::now();
