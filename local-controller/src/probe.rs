@@ -111,8 +111,9 @@ fn resolve(hp: &str) -> Result<std::net::SocketAddr, ProbeError> {
         .ok_or_else(|| ProbeError::NoAddress(hp.to_string()))
 }
 
-/// One HTTP GET: the status, when an HTTP answer came back.
-fn http_get(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
+/// One HTTP GET: the status and the body, when an HTTP answer came back (the probes' GET;
+/// tests use torpor-testsupport's HTTP client).
+pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), ProbeError> {
     let (hp, path) = parse_http_url(url)?;
     let addr = resolve(&hp)?;
     let io = |f: fn(String, std::io::Error) -> ProbeError| {
@@ -134,21 +135,23 @@ fn http_get(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| ProbeError::NoAnswer(hp.clone()))?;
     let head = String::from_utf8_lossy(&buf[..head_end]);
-    head.split_whitespace()
+    let status = head
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| ProbeError::BadStatusLine {
             addr: hp.clone(),
             line: head.lines().next().map(str::to_string),
-        })
+        })?;
+    Ok((status, buf[head_end + 4..].to_vec()))
 }
 
 /// Probe once. Ok(()) = ready, Err(why not).
 pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), ProbeError> {
     match p {
         Probe::Http(url) => match http_get(url, timeout)? {
-            s if (200..400).contains(&s) => Ok(()),
-            status => Err(ProbeError::Status {
+            (s, _) if (200..400).contains(&s) => Ok(()),
+            (status, _) => Err(ProbeError::Status {
                 url: url.clone(),
                 status,
             }),
