@@ -107,23 +107,16 @@ fn read_json(p: &Path) -> Value {
         .unwrap()
 }
 
-/// Fault 1, files the app maps and has open are deleted or truncated while it is suspended: Start
-/// succeeds, every changed object is skipped and named in the Start answer (and in events), nothing
-/// reads past an end (no SIGBUS: the app keeps its pid and serves, torpord runs on), the app still
-/// reads what is left of each file, and later cycles work.
-#[test]
-#[ignore = "root suite"]
-fn files_deleted_or_truncated_while_suspended() {
-    const FILE: usize = 4 << 20;
-    const CUT: u64 = (1 << 20) + 100;
-    let scratch = Scratch::new("gone");
-    let path = |n: &str| scratch.0.join(n).display().to_string();
-    let names = [
-        "map-deleted",
-        "read-deleted",
-        "map-truncated",
-        "read-truncated",
-    ];
+/// The test files' size, and the size two of them are cut to (not a page multiple).
+const FILE: usize = 4 << 20;
+const CUT: u64 = (1 << 20) + 100;
+
+/// What the app reads of each file (`map|read PATH` -> (bytes, FNV)): as written, and after
+/// the two truncations. The files are written uncached.
+type FileSums = std::collections::BTreeMap<String, ((usize, u64), (usize, u64))>;
+
+/// The test files written, and what the app will read of each.
+fn written_files(path: &dyn Fn(&str) -> String, names: &[&str]) -> FileSums {
     let mut want = std::collections::BTreeMap::new();
     for (i, n) in names.iter().enumerate() {
         let data = torpor_testsupport::pattern::pattern_bytes(0x5eed + i as u64, FILE);
@@ -139,38 +132,12 @@ fn files_deleted_or_truncated_while_suspended() {
             ((FILE, fnv(&data)), (now.len(), fnv(now))),
         );
     }
-    let mut a = App::new("files", 64);
-    for n in names {
-        let opt = if n.starts_with("map") {
-            "--map"
-        } else {
-            "--read"
-        };
-        a.extra.extend([opt.to_string(), path(n)]);
-    }
-    let mut f = Torpord::new("gone", vec![a]);
-    f.start(&[]);
-    let port = f.port("files");
-    // One loading-set cycle first, the app reading its files after the Start: the next Stop's
-    // plan holds them (read at startup and after Start, evicted by the purge).
-    let v = f.start_app("files");
-    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
-    let before: std::collections::BTreeMap<_, _> =
-        want.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    assert_eq!(files(port), before, "the files as written");
-    let v = f.stop_app("files");
-    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
-    let pid = f.app_pid("files");
-    let plan = read_json(&f.plan_path("files", pid));
-    let objs = plan_objects(&plan);
-    for n in names {
-        assert!(
-            objs.contains(&path(n)),
-            "the plan does not fetch {} (so this test would prove nothing): {objs:?}",
-            path(n)
-        );
-    }
+    want
+}
 
+/// While suspended: delete two files, truncate two; the Start succeeds and names each changed
+/// object once in its notes and events.
+fn change_files_then_start(f: &Torpord, path: &dyn Fn(&str) -> String, pid: i32) {
     // Suspended: delete two, truncate two (to a size that is not a page multiple).
     std::fs::remove_file(path("map-deleted")).unwrap();
     std::fs::remove_file(path("read-deleted")).unwrap();
@@ -212,15 +179,15 @@ fn files_deleted_or_truncated_while_suspended() {
             "no event {note:?}"
         );
     }
-    // No SIGBUS anywhere: the same process serves, reads what is left of every file, and its
-    // memory is intact; torpord runs on.
-    assert_eq!(f.app_pid("files"), pid);
-    let now: std::collections::BTreeMap<_, _> =
-        want.iter().map(|(k, v)| (k.clone(), v.1)).collect();
-    assert_eq!(files(port), now, "the files as the app sees them now");
-    assert_eq!(http(port, "/verify").0, 200);
-    assert!(f.alive(), "torpord died");
+}
 
+/// The next cycles see the files as they are now (deleted ones only through the app).
+fn later_cycles(
+    f: &mut Torpord,
+    port: u16,
+    pid: i32,
+    now: &std::collections::BTreeMap<String, (usize, u64)>,
+) {
     // The next cycles see the files as they are now (deleted ones only through the app).
     for cycle in 0..2 {
         let v = f.stop_app("files");
@@ -234,7 +201,7 @@ fn files_deleted_or_truncated_while_suspended() {
             "nothing changed since this Stop: {v:#?}"
         );
         assert_eq!(f.app_pid("files"), pid);
-        assert_eq!(files(port), now);
+        assert_eq!(files(port), *now);
         assert_eq!(http(port, "/verify").0, 200);
     }
     assert!(f.alive(), "torpord died");
@@ -246,6 +213,150 @@ fn files_deleted_or_truncated_while_suspended() {
         !log.contains("SIGBUS") && !log.contains("panicked"),
         "torpord log: {log}"
     );
+}
+
+/// Fault 1, files the app maps and has open are deleted or truncated while it is suspended: Start
+/// succeeds, every changed object is skipped and named in the Start answer (and in events), nothing
+/// reads past an end (no SIGBUS: the app keeps its pid and serves, torpord runs on), the app still
+/// reads what is left of each file, and later cycles work.
+#[test]
+#[ignore = "root suite"]
+fn files_deleted_or_truncated_while_suspended() {
+    let scratch = Scratch::new("gone");
+    let path = |n: &str| scratch.0.join(n).display().to_string();
+    let names = [
+        "map-deleted",
+        "read-deleted",
+        "map-truncated",
+        "read-truncated",
+    ];
+    let want = written_files(&path, &names);
+    let mut a = App::new("files", 64);
+    for n in names {
+        let opt = if n.starts_with("map") {
+            "--map"
+        } else {
+            "--read"
+        };
+        a.extra.extend([opt.to_string(), path(n)]);
+    }
+    let mut f = Torpord::new("gone", vec![a]);
+    f.start(&[]);
+    let port = f.port("files");
+    // One loading-set cycle first, the app reading its files after the Start: the next Stop's
+    // plan holds them (read at startup and after Start, evicted by the purge).
+    let v = f.start_app("files");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+    let before: std::collections::BTreeMap<_, _> =
+        want.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    assert_eq!(files(port), before, "the files as written");
+    let v = f.stop_app("files");
+    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+    let pid = f.app_pid("files");
+    let plan = read_json(&f.plan_path("files", pid));
+    let objs = plan_objects(&plan);
+    for n in names {
+        assert!(
+            objs.contains(&path(n)),
+            "the plan does not fetch {} (so this test would prove nothing): {objs:?}",
+            path(n)
+        );
+    }
+
+    change_files_then_start(&f, &path, pid);
+    // No SIGBUS anywhere: the same process serves, reads what is left of every file, and its
+    // memory is intact; torpord runs on.
+    assert_eq!(f.app_pid("files"), pid);
+    let now: std::collections::BTreeMap<_, _> =
+        want.iter().map(|(k, v)| (k.clone(), v.1)).collect();
+    assert_eq!(files(port), now, "the files as the app sees them now");
+    assert_eq!(http(port, "/verify").0, 200);
+    assert!(f.alive(), "torpord died");
+
+    later_cycles(&mut f, port, pid, &now);
+}
+
+/// The app's exit as torpord reports it: stopped, the exit and both activation threads' ends
+/// in the events (the fetch's end says why).
+fn exit_reported(f: &Torpord, pid: i32) {
+    assert_eq!(f.status("victim").state, AppState::Stopped);
+    let ev = f.events("victim");
+    for (k, m) in &ev {
+        eprintln!("EVENT {k}: {m}");
+    }
+    assert!(
+        ev.iter()
+            .any(|(k, m)| k == "exited" && m.contains("was running")),
+        "{ev:?}"
+    );
+    let ended: Vec<&String> = ev
+        .iter()
+        .filter(|(k, m)| k == "activation" && m.starts_with("app exited: background fetch"))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(ended.len(), 1, "{ev:?}");
+    assert!(
+        ended[0].contains(&format!("(ended: pid {pid}")) && ended[0].contains("exited"),
+        "the fetch's end says why: {}",
+        ended[0]
+    );
+    assert!(
+        ev.iter()
+            .any(|(k, m)| k == "activation" && m.starts_with("app exited: recorder ended")),
+        "{ev:?}"
+    );
+}
+
+/// After the app's exit: no activation thread, no descriptor of the dead process, no plan or
+/// loading set naming it.
+fn nothing_left(f: &Torpord, tp: u32, pid: i32) {
+    // Nothing left: no activation thread, no descriptor of the dead process, no plan or
+    // loading set naming it.
+    // (A joined thread leaves /proc/PID/task a moment after the join returns.)
+    wait_for("no activation thread left in torpord", HANG, || {
+        !thread_names(tp)
+            .iter()
+            .any(|x| THREADS.contains(&x.as_str()))
+    });
+    let fds = fd_targets(tp);
+    assert!(
+        !fds.iter()
+            .any(|x| x.contains("pidfd") || x.contains(&format!("/proc/{pid}/"))),
+        "{fds:?}"
+    );
+    assert_eq!(f.state_files("plan", "victim"), Vec::<PathBuf>::new());
+    assert_eq!(
+        f.state_files("loading-set", "victim"),
+        Vec::<PathBuf>::new()
+    );
+}
+
+/// After the app's exit, Stop, Status and Start answer clearly; the cold-started app cycles
+/// again with loading-set activation.
+fn later_requests_answer_clearly(f: &mut Torpord, pid: i32) {
+    // Later requests answer clearly.
+    let v = f.stop_app("victim");
+    assert_eq!(
+        (v.state(), v.already()),
+        (AppState::Stopped, true),
+        "{v:#?}"
+    );
+    let st = f.status("victim");
+    assert_eq!(st.state, AppState::Stopped, "{st:#?}");
+    assert!(st.pid.is_none(), "{st:#?}");
+    let v = f.start_app("victim");
+    assert!(cold(&v), "{v:#?}");
+    let pid2 = f.app_pid("victim");
+    assert_ne!(pid2, pid);
+    assert_eq!(http(f.port("victim"), "/verify").0, 200);
+    // And it cycles again with loading-set activation.
+    let v = f.stop_app("victim");
+    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
+    let v = f.start_app("victim");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+    assert_eq!(f.app_pid("victim"), pid2);
+    assert_eq!(http(f.port("victim"), "/verify").0, 200);
+    assert!(f.alive(), "torpord died");
 }
 
 /// Fault 2, the app is killed while the background fetch runs (held by torpord's test hook until
@@ -292,74 +403,9 @@ fn app_killed_during_the_background_fetch() {
             .iter()
             .any(|(k, m)| k == "activation" && m.starts_with("app exited: recorder ended"))
     });
-    assert_eq!(f.status("victim").state, AppState::Stopped);
-    let ev = f.events("victim");
-    for (k, m) in &ev {
-        eprintln!("EVENT {k}: {m}");
-    }
-    assert!(
-        ev.iter()
-            .any(|(k, m)| k == "exited" && m.contains("was running")),
-        "{ev:?}"
-    );
-    let ended: Vec<&String> = ev
-        .iter()
-        .filter(|(k, m)| k == "activation" && m.starts_with("app exited: background fetch"))
-        .map(|(_, m)| m)
-        .collect();
-    assert_eq!(ended.len(), 1, "{ev:?}");
-    assert!(
-        ended[0].contains(&format!("(ended: pid {pid}")) && ended[0].contains("exited"),
-        "the fetch's end says why: {}",
-        ended[0]
-    );
-    assert!(
-        ev.iter()
-            .any(|(k, m)| k == "activation" && m.starts_with("app exited: recorder ended")),
-        "{ev:?}"
-    );
-    // Nothing left: no activation thread, no descriptor of the dead process, no plan or
-    // loading set naming it.
-    // (A joined thread leaves /proc/PID/task a moment after the join returns.)
-    wait_for("no activation thread left in torpord", HANG, || {
-        !thread_names(tp)
-            .iter()
-            .any(|x| THREADS.contains(&x.as_str()))
-    });
-    let fds = fd_targets(tp);
-    assert!(
-        !fds.iter()
-            .any(|x| x.contains("pidfd") || x.contains(&format!("/proc/{pid}/"))),
-        "{fds:?}"
-    );
-    assert_eq!(f.state_files("plan", "victim"), Vec::<PathBuf>::new());
-    assert_eq!(
-        f.state_files("loading-set", "victim"),
-        Vec::<PathBuf>::new()
-    );
-    // Later requests answer clearly.
-    let v = f.stop_app("victim");
-    assert_eq!(
-        (v.state(), v.already()),
-        (AppState::Stopped, true),
-        "{v:#?}"
-    );
-    let st = f.status("victim");
-    assert_eq!(st.state, AppState::Stopped, "{st:#?}");
-    assert!(st.pid.is_none(), "{st:#?}");
-    let v = f.start_app("victim");
-    assert!(cold(&v), "{v:#?}");
-    let pid2 = f.app_pid("victim");
-    assert_ne!(pid2, pid);
-    assert_eq!(http(f.port("victim"), "/verify").0, 200);
-    // And it cycles again with loading-set activation.
-    let v = f.stop_app("victim");
-    assert_eq!(v.state(), AppState::Standby, "{v:#?}");
-    let v = f.start_app("victim");
-    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
-    assert_eq!(f.app_pid("victim"), pid2);
-    assert_eq!(http(f.port("victim"), "/verify").0, 200);
-    assert!(f.alive(), "torpord died");
+    exit_reported(&f, pid);
+    nothing_left(&f, tp, pid);
+    later_requests_answer_clearly(&mut f, pid);
 }
 
 /// Fault 3, swap is full at Stop (the only swap is a swapfile smaller than the app:
@@ -432,18 +478,10 @@ fn swap_full_at_stop_partial_purge_loses_nothing() {
     assert!(f.alive(), "torpord died");
 }
 
-/// Fault 4, plans and loading sets written by another torpor version (or damaged) in the state
-/// directory are ignored with a note, and Start falls back and works.
-#[test]
-#[ignore = "root suite"]
-fn old_or_malformed_plans_and_loading_sets_are_ignored() {
-    let mut f = Torpord::new("oldfmt", vec![App::new("old", 64)]);
-    f.start(&[]);
-    let port = f.port("old");
-    let pid = f.app_pid("old");
-    let plan_p = f.plan_path("old", pid);
-    let set_p = f.set_path("old", pid);
-    let plan = read_json(&plan_p);
+/// Plans of an older format, damaged, or with a field missing: ignored with a note, the Start
+/// runs as full, and its Stop writes a plan of this version again.
+fn bad_plans_fall_back(f: &Torpord, pid: i32, port: u16, plan_p: &Path) {
+    let plan = read_json(plan_p);
     assert_eq!(plan["format_version"], 1, "a plan after the pool's Stop");
     // Plans: an older format, damaged JSON, the right version with a missing field.
     let mut old = plan.clone();
@@ -465,7 +503,7 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
         ),
     ];
     for (bytes, why) in bad_plans {
-        std::fs::write(&plan_p, &bytes).unwrap();
+        std::fs::write(plan_p, &bytes).unwrap();
         let v = f.start_app("old");
         let ns = notes(&v);
         eprintln!(
@@ -492,8 +530,13 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
         // Stop writes a plan of this version again.
         let v = f.stop_app("old");
         assert_eq!(v.state(), AppState::Standby, "{v:#?}");
-        assert_eq!(read_json(&plan_p)["format_version"], 1);
+        assert_eq!(read_json(plan_p)["format_version"], 1);
     }
+}
+
+/// Loading sets of an older format or damaged: ignored at the Stop that merges a recording into
+/// them, and recorded anew.
+fn bad_loading_sets_recorded_anew(f: &Torpord, pid: i32, port: u16, set_p: &Path) {
     // Loading sets: ignored at the Stop that merges a recording into them, and recorded anew.
     // A loading-set Start records; its Stop saves the set.
     for _ in 0..2 {
@@ -504,7 +547,7 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
     }
     let v = f.start_app("old");
     assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
-    let set = read_json(&set_p);
+    let set = read_json(set_p);
     assert!(set["cycles"].as_u64().unwrap() >= 1, "{set}");
     assert_eq!(set["format_version"], 1);
     let mut old = set.clone();
@@ -517,7 +560,7 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
         (b"\x00\x01 not json".to_vec(), "not a loading set ("),
     ];
     for (bytes, why) in bad_sets {
-        std::fs::write(&set_p, &bytes).unwrap();
+        std::fs::write(set_p, &bytes).unwrap();
         let v = f.stop_app("old");
         assert_eq!(v.state(), AppState::Standby, "{v:#?}");
         let act: Vec<String> = stop_activation(&v);
@@ -537,13 +580,28 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
                 .any(|(k, m)| k == "activation" && m.starts_with(&want)),
             "no event {want:?}"
         );
-        let set = read_json(&set_p);
+        let set = read_json(set_p);
         assert_eq!(set["format_version"], 1, "recorded anew");
         assert_eq!(set["cycles"], 1, "recorded anew: {set}");
         let v = f.start_app("old");
         assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
         assert_eq!(http(port, "/verify").0, 200);
     }
+}
+
+/// Fault 4, plans and loading sets written by another torpor version (or damaged) in the state
+/// directory are ignored with a note, and Start falls back and works.
+#[test]
+#[ignore = "root suite"]
+fn old_or_malformed_plans_and_loading_sets_are_ignored() {
+    let mut f = Torpord::new("oldfmt", vec![App::new("old", 64)]);
+    f.start(&[]);
+    let port = f.port("old");
+    let pid = f.app_pid("old");
+    let plan_p = f.plan_path("old", pid);
+    let set_p = f.set_path("old", pid);
+    bad_plans_fall_back(&f, pid, port, &plan_p);
+    bad_loading_sets_recorded_anew(&f, pid, port, &set_p);
     assert_eq!(f.app_pid("old"), pid);
     assert!(f.alive(), "torpord died");
 }
