@@ -219,12 +219,9 @@ fn bad_targets_have_clear_messages() {
     assert_eq!(o.status.code(), Some(1));
 }
 
-/// Freeze a cgroup by path, purge it by path, record a working set by residency, prefetch by
-/// pid, thaw, and let the child check its data — all through the CLI, JSON output parsed.
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn cli_lifecycle_on_cgroup_paths() {
-    let mut c = TestChild::spawn();
+/// The child in cgroups of its own: the v1 memory and freezer hierarchies (as on this CI host),
+/// else a v2 group with memory. Returns (memory cgroup, freezer cgroup).
+fn own_cgroups(c: &mut TestChild) -> (PathBuf, PathBuf) {
     let own = procswap::cgroup::pid_cgroups(std::process::id() as i32).unwrap();
     let name = format!("torpor-cli-test-{}", c.pid);
     // Memory: the v1 memory hierarchy (as on this CI host) else a v2 group with memory.
@@ -247,6 +244,61 @@ fn cli_lifecycle_on_cgroup_paths() {
         procswap::cgroup::move_pid(&freezedir, c.pid).unwrap();
     }
     procswap::cgroup::move_pid(&memdir, c.pid).unwrap();
+    (memdir, freezedir)
+}
+
+/// An active period on demand paging, then suspend, record by residency, purge, prefetch the
+/// working set first, thaw: the child's data is intact with few major faults.
+fn working_set_round_trip(c: &mut TestChild, pid: &str, fpath: &str) {
+    // Active period on demand paging: touch MiB 16..32; then suspend and record by residency.
+    let o = run(&["thaw", fpath]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(c.cmd("TOUCH 16 32 100"), "TOUCHED");
+    let o = run(&["freeze", fpath]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let wsfile = std::env::temp_dir().join(format!("torpor-cli-ws-{}.json", c.pid));
+    let o = run(&[
+        "record-ws",
+        pid,
+        "--method",
+        "residency",
+        "-o",
+        wsfile.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--json", "purge", pid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Working set first, then the rest.
+    let o = run(&[
+        "--json",
+        "prefetch",
+        pid,
+        "--working-set",
+        wsfile.to_str().unwrap(),
+        "--free-floor",
+        "64M",
+    ]);
+    let _ = std::fs::remove_file(&wsfile);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    eprintln!("prefetch: {p}");
+    assert_eq!(p["working_set_method"], "residency");
+    assert!(p["working_set_pages"].as_u64().unwrap() >= 16 * MIB / 4096);
+    assert!(p["still_swapped_pages"].as_u64().unwrap() * 100 <= 64 * MIB / 4096);
+    let o = run(&["thaw", fpath]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    c.thaw.clear();
+    let majflt = c.verify();
+    assert!(majflt <= 8, "{majflt} major faults after prefetch");
+}
+
+/// Freeze a cgroup by path, purge it by path, record a working set by residency, prefetch by
+/// pid, thaw, and let the child check its data — all through the CLI, JSON output parsed.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn cli_lifecycle_on_cgroup_paths() {
+    let mut c = TestChild::spawn();
+    let (memdir, freezedir) = own_cgroups(&mut c);
     c.alloc(64);
     let pid = c.pid.to_string();
     let (fpath, mpath) = (
@@ -278,44 +330,5 @@ fn cli_lifecycle_on_cgroup_paths() {
         stderr(&o)
     );
 
-    // Active period on demand paging: touch MiB 16..32; then suspend and record by residency.
-    let o = run(&["thaw", &fpath]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(c.cmd("TOUCH 16 32 100"), "TOUCHED");
-    let o = run(&["freeze", &fpath]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let wsfile = std::env::temp_dir().join(format!("torpor-cli-ws-{}.json", c.pid));
-    let o = run(&[
-        "record-ws",
-        &pid,
-        "--method",
-        "residency",
-        "-o",
-        wsfile.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(&["--json", "purge", &pid]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    // Working set first, then the rest.
-    let o = run(&[
-        "--json",
-        "prefetch",
-        &pid,
-        "--working-set",
-        wsfile.to_str().unwrap(),
-        "--free-floor",
-        "64M",
-    ]);
-    let _ = std::fs::remove_file(&wsfile);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    eprintln!("prefetch: {p}");
-    assert_eq!(p["working_set_method"], "residency");
-    assert!(p["working_set_pages"].as_u64().unwrap() >= 16 * MIB / 4096);
-    assert!(p["still_swapped_pages"].as_u64().unwrap() * 100 <= 64 * MIB / 4096);
-    let o = run(&["thaw", &fpath]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    c.thaw.clear();
-    let majflt = c.verify();
-    assert!(majflt <= 8, "{majflt} major faults after prefetch");
+    working_set_round_trip(&mut c, &pid, &fpath);
 }
