@@ -224,8 +224,11 @@ pub enum ControllerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no cgroup hierarchy found (neither cgroup2 nor v1 memory)")]
+    NoCgroupHierarchy,
+    /// The configured backend is none of procswap's (procswap words why).
     #[error("{0}")]
-    Setup(String),
+    Backend(String),
 }
 
 /// Which hierarchies apps are placed in.
@@ -283,9 +286,7 @@ impl Layout {
             }
         }
         if l.v2_parent.is_none() && l.v1_memory_parent.is_none() {
-            return Err(ControllerError::Setup(
-                "no cgroup hierarchy found (neither cgroup2 nor v1 memory)".into(),
-            ));
+            return Err(ControllerError::NoCgroupHierarchy);
         }
         Ok(l)
     }
@@ -331,6 +332,8 @@ impl Layout {
 pub struct Controller {
     pub cfg: Config,
     backend: Box<dyn Backend>,
+    /// The configured backend, parsed once (the VM background fetcher selects its own).
+    backend_pref: procswap::BackendPref,
     pub backend_why: String,
     pub layout: Layout,
     apps: BTreeMap<String, Arc<AppSlot>>,
@@ -418,7 +421,7 @@ impl Controller {
             })?;
         }
         let layout = Layout::setup(&cfg.cgroup_parent)?;
-        let pref: procswap::BackendPref = cfg.backend.parse().map_err(ControllerError::Setup)?;
+        let pref: procswap::BackendPref = cfg.backend.parse().map_err(ControllerError::Backend)?;
         let (backend, backend_why) = procswap::backend::select_backend_explained(pref)?;
         let persisted = StateFile::load(&cfg.state_dir);
         let mut apps = BTreeMap::new();
@@ -453,6 +456,7 @@ impl Controller {
         let c = Arc::new(Controller {
             cfg,
             backend,
+            backend_pref: pref,
             backend_why,
             layout,
             apps,

@@ -797,12 +797,11 @@ impl Controller {
     /// The background fetcher (Twinkle) over the plan's classes after `cont`; false (and an
     /// event) when it could not start.
     fn start_background(&self, slot: &AppSlot, qpid: i32, p: &Plan, r: &GuestRam) -> bool {
-        let pref: procswap::BackendPref = self.cfg.backend.parse().unwrap_or_default();
         let cfg = TwinkleConfig {
             prefetch: self.prefetch_options(),
             ..TwinkleConfig::default()
         };
-        match procswap::select_backend(pref)
+        match procswap::select_backend(self.backend_pref)
             .and_then(|b| Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg))
         {
             Ok(bg) => {
