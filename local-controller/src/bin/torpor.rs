@@ -1,4 +1,5 @@
 //! `torpor`: command-line front end.
+#![deny(clippy::too_many_lines)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
