@@ -49,14 +49,16 @@ fn test_backend() -> Box<dyn procswap::backend::Backend> {
     b
 }
 
-fn lifecycle(mode: Mode) {
+/// The child in the cgroups of `mode`, or None (with a summary line) if the mode is not
+/// selected or cannot run on this host.
+fn lifecycle_setup(mode: Mode) -> Option<(Child, Freezer, String)> {
     require_swap();
     if !selected(mode) {
         summary(&format!(
             "mode {}: NOT SELECTED by TORPOR_TEST_CGROUP (not run)",
             mode.name()
         ));
-        return;
+        return None;
     }
     let mut c = Child::spawn();
     let (freezer, desc) = match setup(mode, &mut c) {
@@ -67,16 +69,17 @@ fn lifecycle(mode: Mode) {
                 mode.name()
             ));
             assert!(!required(mode), "mode {} is required (TORPOR_TEST_REQUIRE/TORPOR_TEST_CGROUP) but cannot run: {why}", mode.name());
-            return;
+            return None;
         }
     };
     eprintln!("mode {}: {desc}", mode.name());
-    c.alloc(ANON_MIB, FILE_MIB, 0, 0);
-    let ps = procswap::sys::page_size();
-    let anon_pages = c.anon.1 / ps;
-    let pid = c.pid;
+    eprintln!("mode {}: {desc}", mode.name());
+    Some((c, freezer, desc))
+}
 
-    // A purge of a running target is refused without force, and changes nothing.
+/// A purge of a running target is refused without force, and changes nothing.
+fn refused_purge_changes_nothing(c: &Child, anon_pages: u64) -> procswap::inspect::Inspection {
+    let pid = c.pid;
     let before = procswap::inspect(pid, InspectOptions::default()).unwrap();
     match procswap::purge(pid, &PurgeOptions::default()) {
         Err(Error::NotQuiesced { .. }) => {}
@@ -88,12 +91,18 @@ fn lifecycle(mode: Mode) {
         "refused purge changed the target: present {p} swapped {s}"
     );
 
-    freezer.freeze(Duration::from_secs(10)).unwrap();
-    c.freezer = Some(freezer.clone());
-    assert!(procswap::quiescence(pid).unwrap().is_quiescent());
+    before
+}
 
-    let backend = test_backend();
-    let rep = purge_with(backend.as_ref(), pid, &PurgeOptions::default(), &NoProgress).unwrap();
+/// Purge the frozen child with `backend` and check that its anonymous memory left RAM.
+fn purge_and_check(
+    c: &Child,
+    backend: &dyn procswap::backend::Backend,
+    before: &procswap::inspect::Inspection,
+    anon_pages: u64,
+) -> procswap::PurgeReport {
+    let (pid, ps) = (c.pid, procswap::sys::page_size());
+    let rep = purge_with(backend, pid, &PurgeOptions::default(), &NoProgress).unwrap();
     eprintln!("purge report: {}", serde_json::to_string(&rep).unwrap());
     let (p, s) = range_state(pid, c.anon.0, c.anon.1);
     let after = procswap::inspect(pid, InspectOptions::default()).unwrap();
@@ -150,9 +159,19 @@ fn lifecycle(mode: Mode) {
     );
     assert!(before.totals.present > after.totals.present);
 
+    rep
+}
+
+/// Prefetch the frozen child with `backend`; returns the report and its duration in seconds.
+fn prefetch_and_check(
+    c: &Child,
+    backend: &dyn procswap::backend::Backend,
+    anon_pages: u64,
+) -> (procswap::PrefetchReport, f64) {
+    let pid = c.pid;
     let t0 = Instant::now();
     let pf = prefetch_with(
-        backend.as_ref(),
+        backend,
         pid,
         &PrefetchOptions {
             free_floor_bytes: 64 * MIB,
@@ -171,6 +190,11 @@ fn lifecycle(mode: Mode) {
     );
     assert!(pf.stopped.is_none());
 
+    (pf, pf_s)
+}
+
+/// Thaw the child and check that reading its prefetched memory takes (almost) no major faults.
+fn thaw_and_verify(c: &mut Child, freezer: &Freezer) -> Verify {
     freezer.thaw(Duration::from_secs(10)).unwrap();
     c.freezer = None;
     let v = c.verify();
@@ -181,7 +205,12 @@ fn lifecycle(mode: Mode) {
         v.anon_majflt
     );
 
-    // For comparison, the same resume on stock demand paging (purge again, thaw, touch).
+    v
+}
+
+/// For comparison, the same resume on stock demand paging (purge again, thaw, touch).
+fn demand_paging_comparison(c: &mut Child, freezer: &Freezer, mode: Mode, pf_s: f64, v: &Verify) {
+    let pid = c.pid;
     freezer.freeze(Duration::from_secs(10)).unwrap();
     c.freezer = Some(freezer.clone());
     let rep2 = purge_with(&StockBackend, pid, &PurgeOptions::default(), &NoProgress).unwrap();
@@ -204,6 +233,28 @@ fn lifecycle(mode: Mode) {
         v.anon_us as f64 / 1e6,
         v.anon_majflt
     ));
+}
+
+fn lifecycle(mode: Mode) {
+    let Some((mut c, freezer, desc)) = lifecycle_setup(mode) else {
+        return;
+    };
+    c.alloc(ANON_MIB, FILE_MIB, 0, 0);
+    let ps = procswap::sys::page_size();
+    let anon_pages = c.anon.1 / ps;
+    let pid = c.pid;
+
+    let before = refused_purge_changes_nothing(&c, anon_pages);
+
+    freezer.freeze(Duration::from_secs(10)).unwrap();
+    c.freezer = Some(freezer.clone());
+    assert!(procswap::quiescence(pid).unwrap().is_quiescent());
+
+    let backend = test_backend();
+    let rep = purge_and_check(&c, backend.as_ref(), &before, anon_pages);
+    let (pf, pf_s) = prefetch_and_check(&c, backend.as_ref(), anon_pages);
+    let v = thaw_and_verify(&mut c, &freezer);
+    demand_paging_comparison(&mut c, &freezer, mode, pf_s, &v);
     summary(&format!(
         "mode {} backend {}: RAN and PASSED ({desc}): purge {:.0} MiB in {:.3} s ({:.0} MB/s, page-out {:.3} s, reclaim {}), {} swap extents; \
          prefetch {:.0} MiB in {:.3} s ({:.0} MB/s, {} read runs); after thaw: {} major / {} minor faults reading {} MiB in {:.3} s",
@@ -433,85 +484,63 @@ fn cpu_ns(pid: i32) -> u64 {
     }
 }
 
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn working_set_record_and_prefetch_first() {
-    require_swap();
-    let Some(_) = procswap::WsMethod::detect() else {
-        summary(&format!(
-            "working set: SKIPPED, CANNOT RUN ON THIS HOST: {}",
-            procswap::WsMethod::describe_host()
-        ));
-        assert!(
-            std::env::var("TORPOR_TEST_REQUIRE_WS").is_err(),
-            "working-set recording required but unavailable"
-        );
-        return;
-    };
-    let mut c = Child::spawn();
-    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
-    c.alloc(128, 0, 0, 0);
-    let ps = procswap::sys::page_size();
-    // Every recorder this kernel offers is checked (page_idle and DAMON vaddr in our guest);
-    // the first one's working set then drives the prefetch below.
-    let methods = procswap::WsMethod::available();
-    let mut first: Option<WorkingSet> = None;
-    for m in methods {
-        // The child reads MiB 32..64 over and over while we record: recording starts only once the
-        // child is running that command (its CPU time moves), and the child keeps reading well past
-        // the recording's end; both are checked, not assumed from sleeps.
-        let pid = c.pid;
-        let cpu0 = cpu_ns(pid);
-        let ws: WorkingSet = std::thread::scope(|sc| {
-            let toucher = sc.spawn(|| c.cmd(&format!("TOUCH 32 64 {}", TOUCH_FOR.as_millis())));
-            let t = Instant::now();
-            while cpu_ns(pid) == cpu0 {
-                assert!(
-                    t.elapsed() < Duration::from_secs(120),
-                    "the child did not start the TOUCH command in 120 s"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let ws = procswap::workingset::record(pid, RECORD_FOR, Some(m)).unwrap();
+/// Record the working set with `m` while the child reads MiB 32..64, and check that it covers
+/// that area and not the rest.
+fn record_and_check(c: &mut Child, m: procswap::WsMethod, ps: u64) -> WorkingSet {
+    // The child reads MiB 32..64 over and over while we record: recording starts only once the
+    // child is running that command (its CPU time moves), and the child keeps reading well past
+    // the recording's end; both are checked, not assumed from sleeps.
+    let pid = c.pid;
+    let cpu0 = cpu_ns(pid);
+    let ws: WorkingSet = std::thread::scope(|sc| {
+        let toucher = sc.spawn(|| c.cmd(&format!("TOUCH 32 64 {}", TOUCH_FOR.as_millis())));
+        let t = Instant::now();
+        while cpu_ns(pid) == cpu0 {
             assert!(
-            !toucher.is_finished(),
-            "the child's {TOUCH_FOR:?} of reading ended before the {RECORD_FOR:?} recording by {m} did: no valid working set to check"
-        );
-            assert_eq!(toucher.join().unwrap(), "TOUCHED");
-            ws
-        });
-        let method = m;
-        let json = serde_json::to_string(&ws).unwrap();
-        let ws: WorkingSet = serde_json::from_str(&json).unwrap();
-        let in_ws = |from: u64, to: u64| -> f64 {
-            let (a, b) = (c.anon.0 + from * MIB, c.anon.0 + to * MIB);
-            let n = (b - a) / ps;
-            (0..n).filter(|i| ws.contains(a + i * ps)).count() as f64 / n as f64
-        };
-        let hot = in_ws(32, 64);
-        let cold = (in_ws(0, 32) * 32.0 + in_ws(64, 128) * 64.0) / 96.0;
-        eprintln!("working set by {method}: {} regions, {} KiB; hot area covered {:.0}%, cold area covered {:.0}%", ws.regions.len(), ws.bytes() / 1024, hot * 100.0, cold * 100.0);
-        assert!(
-            hot >= 0.8,
-            "working set covers only {:.0}% of the touched area",
-            hot * 100.0
-        );
-        assert!(
-            cold <= 0.5,
-            "working set covers {:.0}% of the untouched area",
-            cold * 100.0
-        );
-        summary(&format!(
-            "working set: RAN with {method}: hot covered {:.0}%, cold {:.0}%",
-            hot * 100.0,
-            cold * 100.0
-        ));
-        if first.is_none() {
-            first = Some(ws);
+                t.elapsed() < Duration::from_secs(120),
+                "the child did not start the TOUCH command in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
-    }
-    let ws = first.expect("at least one recorder");
+        let ws = procswap::workingset::record(pid, RECORD_FOR, Some(m)).unwrap();
+        assert!(
+        !toucher.is_finished(),
+        "the child's {TOUCH_FOR:?} of reading ended before the {RECORD_FOR:?} recording by {m} did: no valid working set to check"
+    );
+        assert_eq!(toucher.join().unwrap(), "TOUCHED");
+        ws
+    });
+    let method = m;
+    let json = serde_json::to_string(&ws).unwrap();
+    let ws: WorkingSet = serde_json::from_str(&json).unwrap();
+    let in_ws = |from: u64, to: u64| -> f64 {
+        let (a, b) = (c.anon.0 + from * MIB, c.anon.0 + to * MIB);
+        let n = (b - a) / ps;
+        (0..n).filter(|i| ws.contains(a + i * ps)).count() as f64 / n as f64
+    };
+    let hot = in_ws(32, 64);
+    let cold = (in_ws(0, 32) * 32.0 + in_ws(64, 128) * 64.0) / 96.0;
+    eprintln!("working set by {method}: {} regions, {} KiB; hot area covered {:.0}%, cold area covered {:.0}%", ws.regions.len(), ws.bytes() / 1024, hot * 100.0, cold * 100.0);
+    assert!(
+        hot >= 0.8,
+        "working set covers only {:.0}% of the touched area",
+        hot * 100.0
+    );
+    assert!(
+        cold <= 0.5,
+        "working set covers {:.0}% of the untouched area",
+        cold * 100.0
+    );
+    summary(&format!(
+        "working set: RAN with {method}: hot covered {:.0}%, cold {:.0}%",
+        hot * 100.0,
+        cold * 100.0
+    ));
+    ws
+}
 
+/// Purge, then a working-set-only prefetch of `ws`: the hot area comes back, the cold one not.
+fn ws_only_prefetch_and_check(c: &mut Child, freezer: &Freezer, ws: WorkingSet, ps: u64) {
     freezer.freeze(Duration::from_secs(5)).unwrap();
     c.freezer = Some(freezer.clone());
     purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
@@ -539,6 +568,40 @@ fn working_set_record_and_prefetch_first() {
     freezer.thaw(Duration::from_secs(5)).unwrap();
     c.freezer = None;
     c.verify();
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn working_set_record_and_prefetch_first() {
+    require_swap();
+    let Some(_) = procswap::WsMethod::detect() else {
+        summary(&format!(
+            "working set: SKIPPED, CANNOT RUN ON THIS HOST: {}",
+            procswap::WsMethod::describe_host()
+        ));
+        assert!(
+            std::env::var("TORPOR_TEST_REQUIRE_WS").is_err(),
+            "working-set recording required but unavailable"
+        );
+        return;
+    };
+    let mut c = Child::spawn();
+    let (freezer, _) = setup(Mode::Signals, &mut c).expect("signals mode needs a memory cgroup");
+    c.alloc(128, 0, 0, 0);
+    let ps = procswap::sys::page_size();
+    // Every recorder this kernel offers is checked (page_idle and DAMON vaddr in our guest);
+    // the first one's working set then drives the prefetch below.
+    let methods = procswap::WsMethod::available();
+    let mut first: Option<WorkingSet> = None;
+    for m in methods {
+        let ws = record_and_check(&mut c, m, ps);
+        if first.is_none() {
+            first = Some(ws);
+        }
+    }
+    let ws = first.expect("at least one recorder");
+
+    ws_only_prefetch_and_check(&mut c, &freezer, ws, ps);
 }
 
 /// Working set by residency (works on any kernel): purge, thaw, the child touches MiB 32..64,

@@ -210,41 +210,50 @@ fn v2_memory_parent() -> Option<PathBuf> {
     ctl.split_whitespace().any(|c| c == "memory").then_some(own)
 }
 
+/// Memory: v2 memory controller if we can enable it below our own cgroup, else v1 memory.
+/// Returns the description of the memory cgroup `child` is in.
+fn setup_memory(
+    mode: Mode,
+    name: &str,
+    own: &cgroup::PidCgroups,
+    child: &mut Child,
+    v2_dir: Option<&PathBuf>,
+) -> Result<String, String> {
+    if let (Some(_), Some(d)) = (v2_memory_parent(), v2_dir) {
+        if d.join("memory.current").exists() {
+            return Ok(format!("memory v2 {}", d.display()));
+        }
+    }
+    if mode != Mode::V1 {
+        if let Some(parent) = v2_memory_parent() {
+            if v2_dir.is_none() {
+                if let Ok(d) = cgroup::create_v2(&parent, name, &["memory"]) {
+                    child.cgroups.push(d.clone());
+                    cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
+                    return Ok(format!("memory v2 {}", d.display()));
+                }
+            }
+        }
+    }
+    let parent = own
+        .v1_memory
+        .clone()
+        .ok_or("no v1 memory hierarchy and no usable v2 memory controller")?;
+    let d = cgroup::create_v1(&parent, name).map_err(|e| e.to_string())?;
+    child.cgroups.push(d.clone());
+    cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
+    Ok(format!("memory v1 {}", d.display()))
+}
+
 /// Put `child` (before it allocates) into the cgroups of `mode`. Returns the freezer and a
 /// description, or why the mode cannot run on this host.
 pub fn setup(mode: Mode, child: &mut Child) -> Result<(Freezer, String), String> {
     let m = cgroup::mounts().map_err(|e| e.to_string())?;
     let own = own_cgroups();
     let name = format!("torpor-test-{}-{}", child.pid, mode.name());
-    // Memory: v2 memory controller if we can enable it below our own cgroup, else v1 memory.
     let mut memdesc = String::new();
     let mut setup_memory = |child: &mut Child, v2_dir: Option<&PathBuf>| -> Result<(), String> {
-        if let (Some(_), Some(d)) = (v2_memory_parent(), v2_dir) {
-            if d.join("memory.current").exists() {
-                memdesc = format!("memory v2 {}", d.display());
-                return Ok(());
-            }
-        }
-        if mode != Mode::V1 {
-            if let Some(parent) = v2_memory_parent() {
-                if v2_dir.is_none() {
-                    if let Ok(d) = cgroup::create_v2(&parent, &name, &["memory"]) {
-                        child.cgroups.push(d.clone());
-                        cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
-                        memdesc = format!("memory v2 {}", d.display());
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        let parent = own
-            .v1_memory
-            .clone()
-            .ok_or("no v1 memory hierarchy and no usable v2 memory controller")?;
-        let d = cgroup::create_v1(&parent, &name).map_err(|e| e.to_string())?;
-        child.cgroups.push(d.clone());
-        cgroup::move_pid(&d, child.pid).map_err(|e| e.to_string())?;
-        memdesc = format!("memory v1 {}", d.display());
+        memdesc = setup_memory(mode, &name, &own, child, v2_dir)?;
         Ok(())
     };
     let freezer = match mode {
