@@ -237,17 +237,10 @@ fn every_kind(k: &mut Kid) -> (u64, u64, u64, u64) {
     (a, m, s, f)
 }
 
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn every_kind_is_accounted_purged_and_restored_exactly() {
-    require_swap();
-    let mut k = Kid::spawn("restore");
-    let (a, m, s, f) = every_kind(&mut k);
-    let (mf, rf) = (k.files[0].clone(), k.files[1].clone());
-    let pid = k.pid;
-    k.stop();
-
-    // Inspect: per kind.
+/// Inspect: per kind.
+fn inspect_every_kind(pid: i32, areas: (u64, u64, u64, u64), files: &[PathBuf]) {
+    let (a, _, _, _) = areas;
+    let (mf, rf) = (files[0].clone(), files[1].clone());
     let i = procswap::inspect(pid, Default::default()).unwrap();
     let kinds = i.kinds.expect("per-kind figures");
     eprintln!("kinds before purge: {kinds:?}");
@@ -279,8 +272,16 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
         (MemKind::File, RFILE, 32)
     );
     assert_eq!(pm_state(pid, a, ANON), (ANON, 0));
+}
 
-    // Purge: snapshot first, per-kind eviction.
+/// Purge: snapshot first, per-kind eviction. Returns the snapshot and the evicted bytes.
+fn purge_every_kind(
+    pid: i32,
+    areas: (u64, u64, u64, u64),
+    files: &[PathBuf],
+) -> (ResidencySnapshot, memkind::ByKind<u64>) {
+    let (a, m, s, _) = areas;
+    let (mf, rf) = (files[0].clone(), files[1].clone());
     let rep = purge(pid, &PurgeOptions::default());
     eprintln!(
         "purge: kinds after {:?}, evicted {:?}, snapshot {:?}, notes {:?}",
@@ -322,9 +323,19 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     let ev = rep.evicted_bytes.unwrap();
     assert_eq!(ev.shmem, (MEMFD + SYSV) * ps());
     assert!(ev.anon >= ANON * ps() && ev.file >= 64 * ps(), "{ev:?}");
+    (snap, ev)
+}
 
-    // Plan (no loading set: everything is "rest") and restore without mapping anything.
-    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+/// Plan (no loading set: everything is "rest") and restore without mapping anything.
+fn plan_and_restore_every_kind(
+    pid: i32,
+    snap: &ResidencySnapshot,
+    areas: (u64, u64, u64, u64),
+    files: &[PathBuf],
+) -> procswap::plan::FetchReport {
+    let (a, m, s, f) = areas;
+    let (mf, rf) = (files[0].clone(), files[1].clone());
+    let plan = ActivationPlan::compute(pid, snap, None).unwrap();
     assert!(plan.first.is_empty() && plan.loading_rest.is_empty());
     let part_of = |path: &Path| {
         plan.rest
@@ -381,6 +392,23 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     assert_eq!(pm_state(pid, a, ANON), (0, ANON));
     assert_eq!(pm_state(pid, m, MEMFD).0, 0);
     assert_eq!(pm_state(pid, f, MFILE).0, 0);
+    fr
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn every_kind_is_accounted_purged_and_restored_exactly() {
+    require_swap();
+    let mut k = Kid::spawn("restore");
+    let (a, m, s, f) = every_kind(&mut k);
+    let (mf, rf) = (k.files[0].clone(), k.files[1].clone());
+    let pid = k.pid;
+    k.stop();
+
+    let areas = (a, m, s, f);
+    inspect_every_kind(pid, areas, &k.files);
+    let (snap, ev) = purge_every_kind(pid, areas, &k.files);
+    let fr = plan_and_restore_every_kind(pid, &snap, areas, &k.files);
 
     // Thaw: every page of every area comes from the caches, no major fault.
     k.cont();
@@ -422,34 +450,29 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     ));
 }
 
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn changed_files_are_skipped_and_reported_without_sigbus() {
-    require_swap();
-    let mut k = Kid::spawn("changed");
-    let trunc = k.file("trunc");
-    let repl = k.file("repl");
-    let del = k.file("del");
-    let tf = k.cmd(&format!("MFILE {} 64 0 64", trunc.display()))[0];
-    k.cmd(&format!("MFILE {} 64 0 64", repl.display()));
-    k.cmd(&format!("RFILE {} 64 0 64", del.display()));
-    let pid = k.pid;
-    k.stop();
-    let rep = purge(pid, &PurgeOptions::default());
-    let snap = rep.snapshot.unwrap();
-    // While suspended: truncate one (to 16 pages), replace one (rename over it), delete one.
+/// While suspended: truncate one (to 16 pages), replace one (rename over it), delete one.
+fn change_files(k: &mut Kid, trunc: &Path, repl: &Path, del: &Path) {
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&trunc)
+        .open(trunc)
         .unwrap()
         .set_len(16 * ps())
         .unwrap();
     let other = k.file("other");
     std::fs::write(&other, vec![1u8; (64 * ps()) as usize]).unwrap();
-    std::fs::rename(&other, &repl).unwrap();
-    std::fs::remove_file(&del).unwrap();
+    std::fs::rename(&other, repl).unwrap();
+    std::fs::remove_file(del).unwrap();
+}
 
-    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+/// The plan computed after the change reports each changed file.
+fn plan_reports_changes(
+    pid: i32,
+    snap: &ResidencySnapshot,
+    trunc: &Path,
+    repl: &Path,
+    del: &Path,
+) -> ActivationPlan {
+    let plan = ActivationPlan::compute(pid, snap, None).unwrap();
     eprintln!("plan notes: {:?}", plan.notes);
     let note = |p: &Path, what: &str| {
         plan.notes
@@ -457,12 +480,18 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
             .any(|n| n.contains(&p.display().to_string()) && n.contains(what))
     };
     assert!(
-        note(&trunc, "truncated (262144 -> 65536 bytes)"),
+        note(trunc, "truncated (262144 -> 65536 bytes)"),
         "{:?}",
         plan.notes
     );
-    assert!(note(&repl, "replaced"), "{:?}", plan.notes);
-    assert!(note(&del, "deleted"), "{:?}", plan.notes);
+    assert!(note(repl, "replaced"), "{:?}", plan.notes);
+    assert!(note(del, "deleted"), "{:?}", plan.notes);
+    plan
+}
+
+/// A plan computed before the change, executed after it, and the prefetch path: both skip
+/// and report the changed files.
+fn stale_fetch_and_prefetch_skip(pid: i32, snap: &ResidencySnapshot, plan: &ActivationPlan) {
     // A plan computed before the change, executed after it: skipped at fetch time too.
     let t = Target::open(pid, "test").unwrap();
     let mut rec = snap.clone();
@@ -514,6 +543,26 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
         .filter(|n| n.contains(&prefix))
         .collect();
     assert_eq!(ours.len(), 3, "{:?}", pf.restore_notes);
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn changed_files_are_skipped_and_reported_without_sigbus() {
+    require_swap();
+    let mut k = Kid::spawn("changed");
+    let trunc = k.file("trunc");
+    let repl = k.file("repl");
+    let del = k.file("del");
+    let tf = k.cmd(&format!("MFILE {} 64 0 64", trunc.display()))[0];
+    k.cmd(&format!("MFILE {} 64 0 64", repl.display()));
+    k.cmd(&format!("RFILE {} 64 0 64", del.display()));
+    let pid = k.pid;
+    k.stop();
+    let rep = purge(pid, &PurgeOptions::default());
+    let snap = rep.snapshot.unwrap();
+    change_files(&mut k, &trunc, &repl, &del);
+    let plan = plan_reports_changes(pid, &snap, &trunc, &repl, &del);
+    stale_fetch_and_prefetch_skip(pid, &snap, &plan);
     // Nothing of the truncated file past its new end is touched; the child lives on.
     assert!(
         cached(&trunc, 64)
@@ -538,23 +587,9 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
 
 /// Loading set: the child touches a known sequence after the thaw, one group per poll; the
 /// recording is exactly that set in that order.
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn loading_set_is_exactly_what_was_touched_in_order() {
-    require_swap();
-    let mut k = Kid::spawn("ls");
-    let a = k.cmd("ANON 256")[0];
-    let m = k.cmd("MEMFD 128")[0];
-    let mf = k.file("mfile");
-    let f = k.cmd(&format!("MFILE {} 64 0 64", mf.display()))[0];
-    let rf = k.file("rfile");
-    k.cmd(&format!("RFILE {} 64 0 64", rf.display()));
-    k.cmd("VERIFY");
-    let pid = k.pid;
-    k.stop();
-    let rep = purge(pid, &PurgeOptions::default());
-    let snap = rep.snapshot.unwrap();
-    let plan = ActivationPlan::compute(pid, &snap, None).unwrap();
+/// Fetch everything of `snap` except the files, and wait for it.
+fn fetch_all_but_files(pid: i32, snap: &ResidencySnapshot) {
+    let plan = ActivationPlan::compute(pid, snap, None).unwrap();
     // Fetch everything except the two files (fetched file pages would be mapped by the kernel's
     // fault-around and, for read files, be invisible): anon and shmem into the swap cache.
     let part = PlanPart {
@@ -573,12 +608,21 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     )
     .unwrap();
     wait_objects(&plan, &part);
+}
+
+/// Thaw and record while the child touches five groups, one per poll (the first response
+/// after the third).
+fn record_touch_groups(
+    k: &mut Kid,
+    pid: i32,
+    snap: &ResidencySnapshot,
+) -> procswap::loadingset::Recording {
     // The portable path (pagemap entries read and decoded: any kernel) for this cycle;
     // PAGEMAP_SCAN (≥ 6.7, where present) for the second one below.
     procswap::loadingset::use_pagemap_scan(false);
     let mut r = LoadingSetRecorder::start(
         pid,
-        &Candidates::from_snapshot(&snap),
+        &Candidates::from_snapshot(snap),
         RecorderOptions::default(),
     )
     .unwrap();
@@ -600,7 +644,11 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         }
     }
     eprintln!("faults per group (major, minor, us): {faults:?}");
-    let rec = r.finish();
+    r.finish()
+}
+
+/// The first cycle's recording is exactly the touched pages, in their rounds.
+fn check_first_recording(rec: &procswap::loadingset::Recording, a: u64, mf: &Path, rf: &Path) {
     let mine =
         |kind: MemKind, base: Option<u64>, path: Option<&Path>| -> Vec<(u32, u64, u64, bool)> {
             rec.touched
@@ -643,16 +691,14 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         mine(MemKind::Shmem, None, Some(Path::new(&memfd_path))),
         vec![(2, 3, 1, true), (2, 100, 1, true)]
     );
-    assert_eq!(mine(MemKind::File, None, Some(&mf)), vec![(3, 7, 1, true)]);
-    assert_eq!(
-        mine(MemKind::File, None, Some(&rf)),
-        vec![(4, 11, 2, false)]
-    );
-    let _ = (m, f);
-    eprintln!("recording stats: {:?}", rec.stats);
+    assert_eq!(mine(MemKind::File, None, Some(mf)), vec![(3, 7, 1, true)]);
+    assert_eq!(mine(MemKind::File, None, Some(rf)), vec![(4, 11, 2, false)]);
+}
 
+/// Persist, reload, and ignore an older format; returns the merged set.
+fn persist_and_reload(pid: i32, rec: &procswap::loadingset::Recording) -> LoadingSet {
     // Persist, reload, merge a second cycle in which only anon page 9 is touched again.
-    let set = LoadingSet::merge(None, &rec, &DecayPolicy::default());
+    let set = LoadingSet::merge(None, rec, &DecayPolicy::default());
     let dir = PathBuf::from(format!("/var/tmp/torpor-kinds-ls-{pid}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ls.json");
@@ -670,12 +716,22 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         other => panic!("an old loading set must be ignored with a note, got {other:?}"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    set
+}
 
+/// The plan of the next Start puts the first-response part first.
+fn next_plan_puts_first_response_first(
+    k: &mut Kid,
+    pid: i32,
+    set: &LoadingSet,
+    a: u64,
+    rf: &Path,
+) -> ActivationPlan {
     // The plan of the next Start puts the first-response part first.
     k.stop();
     let rep = purge(pid, &PurgeOptions::default());
     let snap2 = rep.snapshot.unwrap();
-    let plan2 = ActivationPlan::compute(pid, &snap2, Some(&set)).unwrap();
+    let plan2 = ActivationPlan::compute(pid, &snap2, Some(set)).unwrap();
     let anon_first: Vec<u64> = plan2
         .first
         .anon
@@ -704,7 +760,16 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         .map(|p| p.runs.clone())
         .collect();
     assert_eq!(rf_rest, vec![vec![run(11, 2)]]);
+    plan2
+}
 
+/// Cycle 2 from the plan: only anon page 9 is touched.
+fn record_second_cycle(
+    k: &mut Kid,
+    pid: i32,
+    plan2: &ActivationPlan,
+    rf: &Path,
+) -> procswap::loadingset::Recording {
     // Cycle 2, as a Start would run it: fetch the whole plan except the read file (so its pages
     // stay observable), watch the plan's pages, thaw; only anon page 9 is touched.
     let t = Target::open(pid, "test").unwrap();
@@ -715,7 +780,7 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
     procswap::loadingset::use_pagemap_scan(true);
     let mut r = LoadingSetRecorder::start(
         pid,
-        &Candidates::from_plan(&plan2),
+        &Candidates::from_plan(plan2),
         RecorderOptions::default(),
     )
     .unwrap();
@@ -729,15 +794,24 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
                 .collect(),
             ..part.clone()
         };
-        r.note_fetched_part(&plan2, &p);
-        fetch_unmapped(&t, &plan2, &p, &fo).unwrap();
+        r.note_fetched_part(plan2, &p);
+        fetch_unmapped(&t, plan2, &p, &fo).unwrap();
     }
     k.cont();
     k.cmd("TOUCH anon 9");
     r.poll().unwrap();
     r.mark_first_response();
-    let rec2 = r.finish();
-    let set2 = LoadingSet::merge(Some(&set), &rec2, &DecayPolicy::default());
+    r.finish()
+}
+
+/// The merge of the second cycle decays exactly the observed-untouched pages.
+fn check_second_merge(
+    set: &LoadingSet,
+    rec2: &procswap::loadingset::Recording,
+    a: u64,
+    rf: &Path,
+) -> LoadingSet {
+    let set2 = LoadingSet::merge(Some(set), rec2, &DecayPolicy::default());
     let anon_of = |s: &LoadingSet| -> Vec<(u64, u32, f32)> {
         let mut v: Vec<(u64, u32, f32)> = s
             .runs
@@ -772,6 +846,35 @@ fn loading_set_is_exactly_what_was_touched_in_order() {
         vec![(11, 1)],
         "read-file pages observable and unread decay"
     );
+    set2
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn loading_set_is_exactly_what_was_touched_in_order() {
+    require_swap();
+    let mut k = Kid::spawn("ls");
+    let a = k.cmd("ANON 256")[0];
+    let m = k.cmd("MEMFD 128")[0];
+    let mf = k.file("mfile");
+    let f = k.cmd(&format!("MFILE {} 64 0 64", mf.display()))[0];
+    let rf = k.file("rfile");
+    k.cmd(&format!("RFILE {} 64 0 64", rf.display()));
+    k.cmd("VERIFY");
+    let pid = k.pid;
+    k.stop();
+    let rep = purge(pid, &PurgeOptions::default());
+    let snap = rep.snapshot.unwrap();
+    fetch_all_but_files(pid, &snap);
+    let rec = record_touch_groups(&mut k, pid, &snap);
+    check_first_recording(&rec, a, &mf, &rf);
+    let _ = (m, f);
+    eprintln!("recording stats: {:?}", rec.stats);
+
+    let set = persist_and_reload(pid, &rec);
+    let plan2 = next_plan_puts_first_response_first(&mut k, pid, &set, a, &rf);
+    let rec2 = record_second_cycle(&mut k, pid, &plan2, &rf);
+    let set2 = check_second_merge(&set, &rec2, a, &rf);
     // The next purge lays the loading set out first (set2's anon pages in touch order).
     k.stop();
     let ranges = set2.layout_ranges(pid).unwrap();
@@ -963,55 +1066,43 @@ fn wait_pswpin_quiet(quiet: Duration) -> Duration {
     t0.elapsed()
 }
 
-/// Measurements (printed, not asserted beyond counts): loading-set polling cost per round,
-/// minor-fault cost per page of a fetched-but-unmapped page, shmem WILLNEED throughput vs
-/// anon. Size per kind: `TORPOR_KINDS_MEASURE_MIB` (default 64).
-#[test]
-#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
-fn measure_polling_minor_faults_and_shmem_throughput() {
-    require_swap();
-    let mib: u64 = std::env::var("TORPOR_KINDS_MEASURE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let n = mib * 256 * 4096 / ps();
-    let mut k = Kid::spawn("measure");
-    let a = k.cmd(&format!("ANON {n}"))[0];
-    let m = k.cmd(&format!("MEMFD {n}"))[0];
-    k.stop();
-    let rep = purge(k.pid, &PurgeOptions::default());
-    let snap = rep.snapshot.unwrap();
-    assert_eq!(pm_state(k.pid, a, n), (0, n));
-    let fo = FetchOptions {
-        free_floor_bytes: 0,
-        ..Default::default()
-    };
-    let parts = |plan: &ActivationPlan| {
-        (
-            PlanPart {
-                anon: plan.rest.anon.clone(),
-                ..Default::default()
-            },
-            PlanPart {
-                shmem: plan.rest.shmem.clone(),
-                ..Default::default()
-            },
-        )
-    };
-    let t = Target::open(k.pid, "test").unwrap();
+/// The plan's anonymous and shmem parts, each alone.
+fn kind_parts(plan: &ActivationPlan) -> (PlanPart, PlanPart) {
+    (
+        PlanPart {
+            anon: plan.rest.anon.clone(),
+            ..Default::default()
+        },
+        PlanPart {
+            shmem: plan.rest.shmem.clone(),
+            ..Default::default()
+        },
+    )
+}
 
-    // 1. Polling cost, nothing touched yet (every candidate page is read each round).
+/// Loading-set polling cost with nothing touched: candidate pages and median ms per round.
+struct PollCosts {
+    pa: u64,
+    ca_read: f64,
+    ca: f64,
+    psh: u64,
+    csh_read: f64,
+    csh: f64,
+}
+
+/// Step 1, polling cost, nothing touched yet (every candidate page is read each round).
+fn polling_costs(pid: i32, snap: &ResidencySnapshot) -> PollCosts {
     let cand_anon = Candidates {
         anon: snap.anon.clone(),
         ..Default::default()
     };
     let cand_shm = Candidates {
         anon: vec![],
-        ..Candidates::from_snapshot(&snap)
+        ..Candidates::from_snapshot(snap)
     };
     let poll_cost = |c: &Candidates, scan: bool| -> (u64, f64) {
         procswap::loadingset::use_pagemap_scan(scan);
-        let mut r = LoadingSetRecorder::start(k.pid, c, RecorderOptions::default()).unwrap();
+        let mut r = LoadingSetRecorder::start(pid, c, RecorderOptions::default()).unwrap();
         let rounds = 20;
         let mut us: Vec<u64> = (0..rounds).map(|_| r.poll().unwrap().poll_us).collect();
         us.sort();
@@ -1025,35 +1116,25 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     let (_, ca) = poll_cost(&cand_anon, true);
     let (_, csh) = poll_cost(&cand_shm, true);
     procswap::loadingset::use_pagemap_scan(true);
+    PollCosts {
+        pa,
+        ca_read,
+        ca,
+        psh,
+        csh_read,
+        csh,
+    }
+}
 
-    // Stop-side costs: a snapshot of the (purged) target, a plan.
-    let t0 = Instant::now();
-    let _ = ResidencySnapshot::of_pid(k.pid).unwrap();
-    let snap_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let t0 = Instant::now();
-    let plan = ActivationPlan::compute(k.pid, &snap, None).unwrap();
-    let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let plan_json = serde_json::to_vec(&plan).unwrap().len();
-
-    // 2. Throughput, same method for both kinds: WILLNEED, then a process_vm_readv pass over
-    // the area (waits for every read to complete).
-    let (anon_part, shm_part) = parts(&plan);
-    let addrs = |base: u64| (0..n).map(|i| base + i * ps()).collect::<Vec<u64>>();
-    let t0 = Instant::now();
-    let fa = fetch_unmapped(&t, &plan, &anon_part, &fo).unwrap();
-    let issue_a = t0.elapsed();
-    let (ok_a, _) = procswap::prefetch::map_pages_vm_readv(k.pid, &addrs(a)).unwrap();
-    let anon_s = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    let fs = fetch_unmapped(&t, &plan, &shm_part, &fo).unwrap();
-    let issue_s = t0.elapsed();
-    let (ok_s, _) = procswap::prefetch::map_pages_vm_readv(k.pid, &addrs(m)).unwrap();
-    let shm_s = t0.elapsed().as_secs_f64();
-    assert_eq!((ok_a, ok_s), (n, n));
-    assert_eq!(fs.issued_bytes.shmem, n * ps());
-
-    // 3. Minor faults: purge again, fetch without mapping, wait for the reads, thaw, touch
-    // every page once while the recorder watches.
+/// Step 3, minor faults: purge again, fetch without mapping, wait for the reads, thaw, touch
+/// every page once while the recorder watches. Returns the touches' (major, minor, us) for
+/// anon and memfd and the last poll.
+fn minor_fault_touches(
+    k: &mut Kid,
+    t: &Target,
+    fo: &FetchOptions,
+    (a, m, n): (u64, u64, u64),
+) -> (Vec<u64>, Vec<u64>, procswap::loadingset::Poll) {
     let mut rep = purge(k.pid, &PurgeOptions::default());
     // A page busy during the purge (in a per-CPU LRU batch on a loaded machine) stays mapped:
     // purge again (the snapshot of the first purge is the one that counts).
@@ -1069,9 +1150,9 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
         rep = purge(k.pid, &PurgeOptions::default());
     }
     let plan = ActivationPlan::compute(k.pid, &snap, None).unwrap();
-    let (anon_part, shm_part) = parts(&plan);
-    fetch_unmapped(&t, &plan, &anon_part, &fo).unwrap();
-    fetch_unmapped(&t, &plan, &shm_part, &fo).unwrap();
+    let (anon_part, shm_part) = kind_parts(&plan);
+    fetch_unmapped(t, &plan, &anon_part, fo).unwrap();
+    fetch_unmapped(t, &plan, &shm_part, fo).unwrap();
     let waited = wait_pswpin_quiet(Duration::from_millis(300));
     // Printed, not asserted: on a shared machine another suite's swapoff or cgroup reclaim can
     // move these pages (seen: holes in the memfd's cache with two other swapfiles on).
@@ -1117,6 +1198,70 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
             .sum::<u64>(),
         n - pm0
     );
+    (ta, tm, p3)
+}
+
+/// Measurements (printed, not asserted beyond counts): loading-set polling cost per round,
+/// minor-fault cost per page of a fetched-but-unmapped page, shmem WILLNEED throughput vs
+/// anon. Size per kind: `TORPOR_KINDS_MEASURE_MIB` (default 64).
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn measure_polling_minor_faults_and_shmem_throughput() {
+    require_swap();
+    let mib: u64 = std::env::var("TORPOR_KINDS_MEASURE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let n = mib * 256 * 4096 / ps();
+    let mut k = Kid::spawn("measure");
+    let a = k.cmd(&format!("ANON {n}"))[0];
+    let m = k.cmd(&format!("MEMFD {n}"))[0];
+    k.stop();
+    let rep = purge(k.pid, &PurgeOptions::default());
+    let snap = rep.snapshot.unwrap();
+    assert_eq!(pm_state(k.pid, a, n), (0, n));
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        ..Default::default()
+    };
+    let t = Target::open(k.pid, "test").unwrap();
+
+    let PollCosts {
+        pa,
+        ca_read,
+        ca,
+        psh,
+        csh_read,
+        csh,
+    } = polling_costs(k.pid, &snap);
+
+    // Stop-side costs: a snapshot of the (purged) target, a plan.
+    let t0 = Instant::now();
+    let _ = ResidencySnapshot::of_pid(k.pid).unwrap();
+    let snap_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t0 = Instant::now();
+    let plan = ActivationPlan::compute(k.pid, &snap, None).unwrap();
+    let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let plan_json = serde_json::to_vec(&plan).unwrap().len();
+
+    // 2. Throughput, same method for both kinds: WILLNEED, then a process_vm_readv pass over
+    // the area (waits for every read to complete).
+    let (anon_part, shm_part) = kind_parts(&plan);
+    let addrs = |base: u64| (0..n).map(|i| base + i * ps()).collect::<Vec<u64>>();
+    let t0 = Instant::now();
+    let fa = fetch_unmapped(&t, &plan, &anon_part, &fo).unwrap();
+    let issue_a = t0.elapsed();
+    let (ok_a, _) = procswap::prefetch::map_pages_vm_readv(k.pid, &addrs(a)).unwrap();
+    let anon_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let fs = fetch_unmapped(&t, &plan, &shm_part, &fo).unwrap();
+    let issue_s = t0.elapsed();
+    let (ok_s, _) = procswap::prefetch::map_pages_vm_readv(k.pid, &addrs(m)).unwrap();
+    let shm_s = t0.elapsed().as_secs_f64();
+    assert_eq!((ok_a, ok_s), (n, n));
+    assert_eq!(fs.issued_bytes.shmem, n * ps());
+
+    let (ta, tm, p3) = minor_fault_touches(&mut k, &t, &fo, (a, m, n));
     let line = format!(
         "measure ({mib} MiB per kind, {} KiB pages): loading-set poll with nothing touched: anon {pa} pages {ca:.3} ms/round \
          ({:.1} ns/page) with PAGEMAP_SCAN, {ca_read:.2} ms/round reading pagemap entries; shmem {psh} pages {csh:.3} / \
