@@ -135,6 +135,95 @@ fn floor_dir(swap: &bench::machine::SwapArea) -> PathBuf {
     PathBuf::from("/var/tmp")
 }
 
+/// Quick mode: per size, a warm-up pair, then `QUICK_PAIRS` pairs with floor reads between.
+fn run_quick(run: &RefCell<Run>, sizes: &[u64]) {
+    for &mib in sizes {
+        let ff = run.borrow().floor_file(mib);
+        let mut subj = run.borrow_mut().subject(mib);
+        run.borrow_mut().floor(&ff, mib);
+        run.borrow_mut().pair(&mut subj, true);
+        for i in 0..QUICK_PAIRS {
+            run.borrow_mut().pair(&mut subj, false);
+            if i + 1 < FLOOR_READS {
+                run.borrow_mut().floor(&ff, mib);
+            }
+        }
+        run.borrow_mut().finish_size(subj);
+    }
+}
+
+/// Criterion mode: per size, one benchmark group with both variants, floors between.
+fn run_criterion(run: &RefCell<Run>, sizes: &[u64]) {
+    let mut c = Criterion::default().without_plots().configure_from_args();
+    for &mib in sizes {
+        let ff = run.borrow().floor_file(mib);
+        let subj = RefCell::new(run.borrow_mut().subject(mib));
+        run.borrow_mut().floor(&ff, mib);
+        let mut g = c.benchmark_group(format!("resume_touch_all/{mib}MiB"));
+        // Each sample is one resume (iters = 1): the first call is criterion's warm-up.
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_millis(10));
+        for v in [Variant::Stock, Variant::Torpor] {
+            let mut first = true;
+            g.bench_function(v.name(), |b| {
+                b.iter_custom(|iters| {
+                    let warm = std::mem::replace(&mut first, false);
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let (s, t) = run.borrow_mut().pair(&mut subj.borrow_mut(), warm);
+                        total += Duration::from_secs_f64(if v == Variant::Stock {
+                            s.seconds
+                        } else {
+                            t.seconds
+                        });
+                    }
+                    total
+                })
+            });
+            run.borrow_mut().floor(&ff, mib);
+        }
+        g.finish();
+        run.borrow_mut().finish_size(subj.into_inner());
+    }
+    c.final_summary();
+}
+
+/// Write the raw measurements (JSON) and, with `TORPOR_BENCH_RESULTS`, the markdown results.
+fn write_results(rec: &Record, ctx: &RunContext, verdict: &str) -> Result<()> {
+    let json = std::env::var("TORPOR_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("torpor-bench/resume_touch_all.json")
+        });
+    if let Some(d) = json.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(rec)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    let json = json.canonicalize().unwrap_or(json);
+    println!("raw measurements: {}", json.display());
+    if let Ok(md) = std::env::var("TORPOR_BENCH_RESULTS") {
+        let mut text = rec.markdown(ctx);
+        text.push_str("## Target\n\n");
+        text.push_str(verdict);
+        text.push('\n');
+        if ctx.load_before.0 >= 1.0 || ctx.load_after.0 >= 1.0 {
+            text.push_str(&format!(
+                "\nThe machine was busy (1-minute load {:.2} before, {:.2} after, on {} CPUs): other work competed for CPU and disk.\n",
+                ctx.load_before.0, ctx.load_after.0, ctx.machine.nproc
+            ));
+        }
+        std::fs::write(&md, text).with_context(|| format!("write {md}"))?;
+        println!("results: {md}");
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let wall = Instant::now();
     let swap = require_root_and_swap()?;
@@ -163,54 +252,9 @@ fn run() -> Result<()> {
     });
 
     if quick {
-        for &mib in &sizes {
-            let ff = run.borrow().floor_file(mib);
-            let mut subj = run.borrow_mut().subject(mib);
-            run.borrow_mut().floor(&ff, mib);
-            run.borrow_mut().pair(&mut subj, true);
-            for i in 0..QUICK_PAIRS {
-                run.borrow_mut().pair(&mut subj, false);
-                if i + 1 < FLOOR_READS {
-                    run.borrow_mut().floor(&ff, mib);
-                }
-            }
-            run.borrow_mut().finish_size(subj);
-        }
+        run_quick(&run, &sizes);
     } else {
-        let mut c = Criterion::default().without_plots().configure_from_args();
-        for &mib in &sizes {
-            let ff = run.borrow().floor_file(mib);
-            let subj = RefCell::new(run.borrow_mut().subject(mib));
-            run.borrow_mut().floor(&ff, mib);
-            let mut g = c.benchmark_group(format!("resume_touch_all/{mib}MiB"));
-            // Each sample is one resume (iters = 1): the first call is criterion's warm-up.
-            g.sample_size(10)
-                .sampling_mode(SamplingMode::Flat)
-                .warm_up_time(Duration::from_millis(1))
-                .measurement_time(Duration::from_millis(10));
-            for v in [Variant::Stock, Variant::Torpor] {
-                let mut first = true;
-                g.bench_function(v.name(), |b| {
-                    b.iter_custom(|iters| {
-                        let warm = std::mem::replace(&mut first, false);
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let (s, t) = run.borrow_mut().pair(&mut subj.borrow_mut(), warm);
-                            total += Duration::from_secs_f64(if v == Variant::Stock {
-                                s.seconds
-                            } else {
-                                t.seconds
-                            });
-                        }
-                        total
-                    })
-                });
-                run.borrow_mut().floor(&ff, mib);
-            }
-            g.finish();
-            run.borrow_mut().finish_size(subj.into_inner());
-        }
-        c.final_summary();
+        run_criterion(&run, &sizes);
     }
 
     let run = run.into_inner();
@@ -226,36 +270,7 @@ fn run() -> Result<()> {
         ctx.wall_seconds, ctx.load_before.0, ctx.load_after.0
     );
 
-    let json = std::env::var("TORPOR_BENCH_JSON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-            target.join("torpor-bench/resume_touch_all.json")
-        });
-    if let Some(d) = json.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
-    }
-    std::fs::write(&json, serde_json::to_string_pretty(&rec)?)
-        .with_context(|| format!("write {}", json.display()))?;
-    let json = json.canonicalize().unwrap_or(json);
-    println!("raw measurements: {}", json.display());
-    if let Ok(md) = std::env::var("TORPOR_BENCH_RESULTS") {
-        let mut text = rec.markdown(&ctx);
-        text.push_str("## Target\n\n");
-        text.push_str(&verdict);
-        text.push('\n');
-        if ctx.load_before.0 >= 1.0 || ctx.load_after.0 >= 1.0 {
-            text.push_str(&format!(
-                "\nThe machine was busy (1-minute load {:.2} before, {:.2} after, on {} CPUs): other work competed for CPU and disk.\n",
-                ctx.load_before.0, ctx.load_after.0, ctx.machine.nproc
-            ));
-        }
-        std::fs::write(&md, text).with_context(|| format!("write {md}"))?;
-        println!("results: {md}");
-    }
-    Ok(())
+    write_results(&rec, &ctx, &verdict)
 }
 
 fn main() {

@@ -34,17 +34,8 @@ fn raw_header(version: u8, msg_type: u8, id: u32, len: u32) -> Vec<u8> {
     h
 }
 
-#[test]
-fn stdio_agent_survives_garbage() {
-    let mut child = Kill(
-        Command::new(BIN)
-            .args(["serve", "--stdio", "--window", "1s"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agent"),
-    );
+/// Garbage, bad frames and good ones, in the order `check_garbage_answers` expects.
+fn garbage_input() -> Vec<u8> {
     let mut input = Vec::new();
     input.extend_from_slice(b"\x00\xffnot a frame TPGA TPGAxxxxxxxxxxxxxxxxxxxxxxxx");
     input.extend_from_slice(&encode_frame(&Request::Ping { nonce: 42 }.to_frame(1)));
@@ -82,19 +73,22 @@ fn stdio_agent_survives_garbage() {
     // Claimed 4 GiB payload: refused from the header.
     input.extend_from_slice(&raw_header(1, msg::PING, 7, u32::MAX));
     input.extend_from_slice(&encode_frame(&Request::Ping { nonce: 8 }.to_frame(8)));
-    let mut stdin = child.0.stdin.take().unwrap();
-    stdin.write_all(&input).unwrap();
-    drop(stdin); // EOF: the agent exits after answering
-    let mut out = child.0.stdout.take().unwrap();
-    let mut next = || {
-        let f = read_frame(&mut out, DEFAULT_MAX_PAYLOAD).expect("response frame");
-        (
-            f.request_id,
-            Response::decode(&f).expect("decodable response"),
-        )
-    };
-    assert_eq!(next(), (1, Response::Pong { nonce: 42 }));
-    let (id, r) = next();
+    input
+}
+
+/// The next response frame on `out`: (request id, response).
+fn next_answer(out: &mut std::process::ChildStdout) -> (u32, Response) {
+    let f = read_frame(out, DEFAULT_MAX_PAYLOAD).expect("response frame");
+    (
+        f.request_id,
+        Response::decode(&f).expect("decodable response"),
+    )
+}
+
+/// The answers to frames 1 to 4, one per frame, in order.
+fn check_garbage_answers_1_to_4(out: &mut std::process::ChildStdout) {
+    assert_eq!(next_answer(out), (1, Response::Pong { nonce: 42 }));
+    let (id, r) = next_answer(out);
     assert_eq!(id, 2);
     assert!(
         matches!(
@@ -106,7 +100,7 @@ fn stdio_agent_survives_garbage() {
         ),
         "{r:?}"
     );
-    let (id, r) = next();
+    let (id, r) = next_answer(out);
     assert_eq!(id, 3);
     assert!(
         matches!(
@@ -118,7 +112,7 @@ fn stdio_agent_survives_garbage() {
         ),
         "{r:?}"
     );
-    let (id, r) = next();
+    let (id, r) = next_answer(out);
     assert_eq!(id, 4);
     assert!(
         matches!(
@@ -130,7 +124,11 @@ fn stdio_agent_survives_garbage() {
         ),
         "{r:?}"
     );
-    let (id, r) = next();
+}
+
+/// The answers to frames 5 to 8, then the end of the stream.
+fn check_garbage_answers_5_to_8(out: &mut std::process::ChildStdout) {
+    let (id, r) = next_answer(out);
     assert_eq!(id, 5);
     assert!(
         matches!(
@@ -142,7 +140,7 @@ fn stdio_agent_survives_garbage() {
         ),
         "{r:?}"
     );
-    let (id, r) = next();
+    let (id, r) = next_answer(out);
     assert_eq!(id, 6);
     match r {
         Response::Hello {
@@ -153,7 +151,7 @@ fn stdio_agent_survives_garbage() {
         }
         r => panic!("{r:?}"),
     }
-    let (id, r) = next();
+    let (id, r) = next_answer(out);
     assert_eq!(id, 7);
     assert!(
         matches!(
@@ -165,11 +163,31 @@ fn stdio_agent_survives_garbage() {
         ),
         "{r:?}"
     );
-    assert_eq!(next(), (8, Response::Pong { nonce: 8 }));
+    assert_eq!(next_answer(out), (8, Response::Pong { nonce: 8 }));
     assert!(matches!(
-        read_frame(&mut out, DEFAULT_MAX_PAYLOAD),
+        read_frame(out, DEFAULT_MAX_PAYLOAD),
         Err(ProtoError::Closed)
     ));
+}
+
+#[test]
+fn stdio_agent_survives_garbage() {
+    let mut child = Kill(
+        Command::new(BIN)
+            .args(["serve", "--stdio", "--window", "1s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    let input = garbage_input();
+    let mut stdin = child.0.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap();
+    drop(stdin); // EOF: the agent exits after answering
+    let mut out = child.0.stdout.take().unwrap();
+    check_garbage_answers_1_to_4(&mut out);
+    check_garbage_answers_5_to_8(&mut out);
     let status = child.0.wait().unwrap();
     assert!(status.success(), "agent exit: {status:?}");
 }
@@ -216,6 +234,70 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// The agent's free-page bitmap: the local layout, and a free count between local builds
+/// taken on both sides of it.
+fn check_free_bitmap(c: &mut Client<UnixStream>, local_layout: &RamLayout) {
+    let free = c.free_bitmap().unwrap();
+    assert_eq!(free.layout, *local_layout);
+    assert!(free.info.approximate && free.info.source == MapSourceKind::PortableApprox);
+    assert!(free.info.build_us > 0 && free.info.generated_unix_ms > 0);
+    let local_free = || {
+        guest_enlight::portable::build_free_bitmap(local_layout, Default::default())
+            .unwrap()
+            .count_free()
+    };
+    let before = local_free();
+    let free = c.free_bitmap().unwrap();
+    let after = local_free();
+    assert_eq!(free.layout, *local_layout);
+    let remote_free = free.runs.histogram()[1];
+    eprintln!("free pages: agent {remote_free}, local {before} before / {after} after it");
+    // Free memory moves with everything else running: the agent's count is compared with local
+    // builds on both sides of it.
+    let (lo, hi) = (before.min(after), before.max(after));
+    assert!(
+        remote_free as f64 >= lo as f64 * 0.8 && (remote_free as f64) < hi.max(1) as f64 * 1.25,
+        "agent free {remote_free} vs local {before} / {after}"
+    );
+}
+
+/// The agent's priority map: the local layout, every page counted, kernel pages as local.
+fn check_priority_map(c: &mut Client<UnixStream>, local_layout: &RamLayout) {
+    let prio = c.priority_map(1000).unwrap();
+    assert_eq!(prio.layout, *local_layout);
+    assert!(prio.info.approximate);
+    assert!(prio.info.window_ms >= 900, "window {}", prio.info.window_ms);
+    let h = prio.runs.histogram();
+    let mut tracker = guest_enlight::portable::ActivityTracker::new(Duration::from_secs(1));
+    let (local_prio, _) = guest_enlight::portable::build_priority_map(
+        local_layout,
+        &mut tracker,
+        Duration::from_secs(1),
+        &Default::default(),
+    )
+    .unwrap();
+    let lc = local_prio.counts();
+    for c in Category::ALL {
+        eprintln!(
+            "{:<17} agent {:>9} local {:>9}",
+            c.name(),
+            h[c as usize],
+            lc[c as usize]
+        );
+    }
+    assert_eq!(h.iter().sum::<u64>(), local_layout.total_pages());
+    // Kernel (reserved) pages barely move; the rest of a live system does.
+    let (a, b) = (
+        h[Category::Kernel as usize] as f64,
+        lc[Category::Kernel as usize] as f64,
+    );
+    assert!(
+        a > 0.0 && (a - b).abs() / b < 0.05,
+        "Kernel pages agent {a} local {b}"
+    );
+    assert!(h[9..].iter().all(|&n| n == 0));
+}
+
 #[test]
 #[ignore = "root: needs /proc/iomem addresses, /proc/kpageflags and PFNs in pagemap"]
 fn unix_socket_agent_serves_real_maps() {
@@ -251,61 +333,7 @@ fn unix_socket_agent_serves_real_maps() {
     let local_layout = RamLayout::from_proc().unwrap();
     assert_eq!(layout, local_layout);
 
-    let free = c.free_bitmap().unwrap();
-    assert_eq!(free.layout, local_layout);
-    assert!(free.info.approximate && free.info.source == MapSourceKind::PortableApprox);
-    assert!(free.info.build_us > 0 && free.info.generated_unix_ms > 0);
-    let local_free = || {
-        guest_enlight::portable::build_free_bitmap(&local_layout, Default::default())
-            .unwrap()
-            .count_free()
-    };
-    let before = local_free();
-    let free = c.free_bitmap().unwrap();
-    let after = local_free();
-    assert_eq!(free.layout, local_layout);
-    let remote_free = free.runs.histogram()[1];
-    eprintln!("free pages: agent {remote_free}, local {before} before / {after} after it");
-    // Free memory moves with everything else running: the agent's count is compared with local
-    // builds on both sides of it.
-    let (lo, hi) = (before.min(after), before.max(after));
-    assert!(
-        remote_free as f64 >= lo as f64 * 0.8 && (remote_free as f64) < hi.max(1) as f64 * 1.25,
-        "agent free {remote_free} vs local {before} / {after}"
-    );
-
-    let prio = c.priority_map(1000).unwrap();
-    assert_eq!(prio.layout, local_layout);
-    assert!(prio.info.approximate);
-    assert!(prio.info.window_ms >= 900, "window {}", prio.info.window_ms);
-    let h = prio.runs.histogram();
-    let mut tracker = guest_enlight::portable::ActivityTracker::new(Duration::from_secs(1));
-    let (local_prio, _) = guest_enlight::portable::build_priority_map(
-        &local_layout,
-        &mut tracker,
-        Duration::from_secs(1),
-        &Default::default(),
-    )
-    .unwrap();
-    let lc = local_prio.counts();
-    for c in Category::ALL {
-        eprintln!(
-            "{:<17} agent {:>9} local {:>9}",
-            c.name(),
-            h[c as usize],
-            lc[c as usize]
-        );
-    }
-    assert_eq!(h.iter().sum::<u64>(), local_layout.total_pages());
-    // Kernel (reserved) pages barely move; the rest of a live system does.
-    let (a, b) = (
-        h[Category::Kernel as usize] as f64,
-        lc[Category::Kernel as usize] as f64,
-    );
-    assert!(
-        a > 0.0 && (a - b).abs() / b < 0.05,
-        "Kernel pages agent {a} local {b}"
-    );
-    assert!(h[9..].iter().all(|&n| n == 0));
+    check_free_bitmap(&mut c, &local_layout);
+    check_priority_map(&mut c, &local_layout);
     let _ = std::fs::remove_file(&sock);
 }

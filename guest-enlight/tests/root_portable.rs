@@ -79,14 +79,11 @@ fn text_marker(x: u64) -> u64 {
     x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7)
 }
 
-#[test]
-#[ignore = "root: needs PFNs from /proc/PID/pagemap and /proc/kpageflags"]
-fn active_process_pages_are_user_idle_are_not() {
-    let layout = RamLayout::from_proc().expect("layout (root?)");
-    // An idle process: sleeps through the whole window. It must be asleep before the window
-    // begins (exec and startup are CPU time): wait until it sits in its sleep syscall
-    // (nanosleep 35 or clock_nanosleep 230 in /proc/PID/syscall), not a fixed 300 ms.
-    let mut idle = std::process::Command::new("sleep")
+/// An idle process: sleeps through the whole window. It must be asleep before the window
+/// begins (exec and startup are CPU time): wait until it sits in its sleep syscall
+/// (nanosleep 35 or clock_nanosleep 230 in /proc/PID/syscall), not a fixed 300 ms.
+fn spawn_asleep() -> std::process::Child {
+    let idle = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
@@ -103,6 +100,47 @@ fn active_process_pages_are_user_idle_are_not() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    idle
+}
+
+/// The idle process's private stack pages are not User_*.
+fn check_idle_stack(map: &guest_enlight::maps::PriorityMap, idle: &std::process::Child) {
+    let pid = idle.id().to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let stack = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .expect("stack vma");
+    let (a, b) = stack
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let (a, b) = (
+        u64::from_str_radix(a, 16).unwrap(),
+        u64::from_str_radix(b, 16).unwrap(),
+    );
+    let mut checked = 0;
+    for v in (a..b).step_by(4096) {
+        if let Some(pfn) = pfn_of(&pid, v) {
+            let c = map.category_of_pfn(pfn).unwrap();
+            assert!(
+                !matches!(c, Category::UserCode | Category::UserData),
+                "idle stack page {v:#x} is {c:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no present stack page in the idle process");
+    eprintln!("idle process: {checked} stack pages checked, none User_*");
+}
+
+#[test]
+#[ignore = "root: needs PFNs from /proc/PID/pagemap and /proc/kpageflags"]
+fn active_process_pages_are_user_idle_are_not() {
+    let layout = RamLayout::from_proc().expect("layout (root?)");
+    let mut idle = spawn_asleep();
     let mut tracker = ActivityTracker::new(Duration::from_secs(1));
     tracker.sample();
     // This process is active: it runs during the window, touching its heap.
@@ -160,36 +198,7 @@ fn active_process_pages_are_user_idle_are_not() {
     }
     assert!(data_hits >= 15, "heap pages User_Data: {data_hits}/16");
 
-    // The idle process's private stack pages are not User_*.
-    let pid = idle.id().to_string();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let stack = maps
-        .lines()
-        .find(|l| l.ends_with("[stack]"))
-        .expect("stack vma");
-    let (a, b) = stack
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('-')
-        .unwrap();
-    let (a, b) = (
-        u64::from_str_radix(a, 16).unwrap(),
-        u64::from_str_radix(b, 16).unwrap(),
-    );
-    let mut checked = 0;
-    for v in (a..b).step_by(4096) {
-        if let Some(pfn) = pfn_of(&pid, v) {
-            let c = map.category_of_pfn(pfn).unwrap();
-            assert!(
-                !matches!(c, Category::UserCode | Category::UserData),
-                "idle stack page {v:#x} is {c:?}"
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 0, "no present stack page in the idle process");
-    eprintln!("idle process: {checked} stack pages checked, none User_*");
+    check_idle_stack(&map, &idle);
     idle.kill().unwrap();
     idle.wait().unwrap();
 }
