@@ -83,38 +83,20 @@ fn drain_lru_batches() {
     }
 }
 
-#[test]
-#[ignore = "root + swap: run through local-controller/tests/run-root-tests.sh"]
-fn purge_fetch_ranges_twinkle_on_real_qemu() {
-    assert_eq!(nix::unistd::geteuid().as_raw(), 0, "needs root");
-    assert!(
-        procswap::sys::meminfo().unwrap().swap_total > 0,
-        "needs swap (with-swap.sh)"
-    );
-    let q = Qemu::spawn("procswap-vmfetch", "512", None).expect("qemu-system-x86_64");
-    let qmp_path = q.qmp.clone();
-    let pid = q.pid();
-    let mut qmp = Qmp::connect_retry(
-        &qmp_path,
-        Duration::from_secs(10),
-        Instant::now() + Duration::from_secs(20),
-    )
-    .unwrap();
-    let ram = GuestRam::discover(&mut qmp, pid).unwrap();
-    let pat = pattern((END - K) as usize);
-    {
-        let mut mem = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .unwrap();
-        mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap()))
-            .unwrap();
-        mem.write_all(&pat).unwrap();
-    }
-    drop(qmp); // a stopped QEMU cannot answer; reconnect after the thaw.
+/// Write the pattern into guest RAM at [K, END) through /proc/PID/mem.
+fn write_pattern(pid: i32, ram: &GuestRam, pat: &[u8]) {
+    let mut mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .unwrap();
+    mem.seek(SeekFrom::Start(ram.gpa_to_hva(K).unwrap()))
+        .unwrap();
+    mem.write_all(pat).unwrap();
+}
 
-    // QEMU's own memory is everything private outside guest RAM.
-    let own = vm::qemu_own_ranges(pid, &ram).unwrap();
+/// QEMU's own memory is everything private outside guest RAM.
+fn check_own_ranges(pid: i32, ram: &GuestRam) {
+    let own = vm::qemu_own_ranges(pid, ram).unwrap();
     assert!(!own.is_empty());
     for o in &own {
         for g in ram.hva_ranges() {
@@ -124,13 +106,12 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
             );
         }
     }
+}
 
-    let fz = Freezer::Signal(pid);
-    fz.freeze(Duration::from_secs(10)).unwrap();
-    let region = (END - K) / PS;
-    // Fresh pages still in a CPU's LRU batch cannot be paged out yet: drain every CPU's batches,
-    // purge, and repeat until the whole region is out (the deadline only catches a purge that
-    // never gets there; how many rounds it takes is not the point).
+/// Fresh pages still in a CPU's LRU batch cannot be paged out yet: drain every CPU's batches,
+/// purge, and repeat until the whole region is out (the deadline only catches a purge that
+/// never gets there; how many rounds it takes is not the point).
+fn purge_until_out(pid: i32, ram: &GuestRam, region: u64) {
     let t = Instant::now();
     for i in 0.. {
         drain_lru_batches();
@@ -141,7 +122,7 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
             &procswap::NoProgress,
         )
         .unwrap();
-        let c = counts(pid, &ram, K, END);
+        let c = counts(pid, ram, K, END);
         eprintln!(
             "purge {i}: {} MiB swapped in {:.3}s; pattern region {c:?}",
             r.swapped_bytes >> 20,
@@ -155,22 +136,20 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
             "pattern region not out after {i} purges: {c:?}"
         );
     }
-    assert_eq!(counts(pid, &ram, K, END).swapped, region);
+    assert_eq!(counts(pid, ram, K, END).swapped, region);
+}
 
-    let base = PrefetchOptions {
-        threads: 2,
-        free_floor_bytes: 64 * MIB,
-        ..Default::default()
-    };
+/// Nothing asked: nothing fetched; 16 MiB asked: exactly those come back.
+fn fetch_ranges_exactly(pid: i32, ram: &GuestRam, base: &PrefetchOptions, region: u64) {
     // Nothing asked: nothing fetched (and the cost of one call is the scan).
     let t = Instant::now();
-    let e = vm::fetch_ranges(&StockBackend, pid, vec![], &base).unwrap();
+    let e = vm::fetch_ranges(&StockBackend, pid, vec![], base).unwrap();
     eprintln!(
         "fetch_ranges([]): {:.1} ms (scan overhead of one prefetch call on QEMU)",
         t.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!((e.candidate_pages, e.read_issued_bytes), (0, 0));
-    assert_eq!(counts(pid, &ram, K, END).swapped, region);
+    assert_eq!(counts(pid, ram, K, END).swapped, region);
     // 16 MiB asked: exactly those come back.
     let t = Instant::now();
     let a = vm::fetch_ranges(
@@ -180,7 +159,7 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
             start: ram.gpa_to_hva(K).unwrap(),
             len: 16 * MIB,
         }],
-        &base,
+        base,
     )
     .unwrap();
     eprintln!(
@@ -189,16 +168,18 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         a.read_issued_bytes / PS
     );
     assert_eq!(a.read_issued_bytes, 16 * MIB);
-    assert_eq!(counts(pid, &ram, K, K + 16 * MIB).swapped, 0);
-    assert_eq!(counts(pid, &ram, K + 16 * MIB, END).swapped, region - 4096);
+    assert_eq!(counts(pid, ram, K, K + 16 * MIB).swapped, 0);
+    assert_eq!(counts(pid, ram, K + 16 * MIB, END).swapped, region - 4096);
+}
 
-    // Twinkle on real faults: thaw (the VM stays in prelaunch: no guest runs), then "fault" every
-    // other page of [80, 88) MiB in through /proc/PID/mem; no rest phase. The fetcher lingers far
-    // longer than this test can take (it must not give up while the faults are still being
-    // made, however slowly): once a whole poll round has run after the last fault, every
-    // segment those faults trigger has been fetched, and the fetcher is stopped.
-    fz.thaw(Duration::from_secs(10)).unwrap();
-    let plan = Plan::build(&ram, PS, |_| PageClass::Outside);
+/// Twinkle on real faults: a fetcher with no rest phase that watches far longer than the
+/// test; returned once running.
+fn spawn_watching_fetcher(
+    pid: i32,
+    ram: &GuestRam,
+    plan: &Plan,
+    base: &PrefetchOptions,
+) -> Background {
     let watch = Duration::from_secs(3600);
     let cfg = TwinkleConfig {
         rest_pages_per_round: 0,
@@ -207,26 +188,34 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         ..Default::default()
     };
     let bg =
-        Background::spawn(Box::new(StockBackend), pid, &plan, 8, ram.hva_ranges(), cfg).unwrap();
+        Background::spawn(Box::new(StockBackend), pid, plan, 8, ram.hva_ranges(), cfg).unwrap();
     let s0 = bg.stats();
     assert!(
         s0.segments >= 128 && s0.segments_with_swapped >= 12,
         "{s0:?}"
     );
-    {
-        let t = Instant::now();
-        let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-        let mut b = [0u8; 1];
-        for p in (0..(8 * MIB / PS)).step_by(2) {
-            mem.seek(SeekFrom::Start(ram.gpa_to_hva(80 * MIB + p * PS).unwrap()))
-                .unwrap();
-            mem.read_exact(&mut b).unwrap();
-        }
-        eprintln!(
-            "1024 faults through /proc/{pid}/mem in {:.3} s",
-            t.elapsed().as_secs_f64()
-        );
+    bg
+}
+
+/// "Fault" every other page of [80, 88) MiB in through /proc/PID/mem.
+fn fault_every_other_page(pid: i32, ram: &GuestRam) {
+    let t = Instant::now();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8; 1];
+    for p in (0..(8 * MIB / PS)).step_by(2) {
+        mem.seek(SeekFrom::Start(ram.gpa_to_hva(80 * MIB + p * PS).unwrap()))
+            .unwrap();
+        mem.read_exact(&mut b).unwrap();
     }
+    eprintln!(
+        "1024 faults through /proc/{pid}/mem in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Wait until a whole poll round has run after the last fault, stop the fetcher and check
+/// that exactly the triggered segments were fetched.
+fn stop_after_two_rounds(pid: i32, ram: &GuestRam, bg: Background) {
     // The round running now may have scanned some segments before the last fault; the one after
     // it starts after all of them.
     let r0 = bg.stats().rounds;
@@ -257,16 +246,24 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     assert!(s.segments_triggered >= 1 && s.twinkle_pages >= 500, "{s:?}");
     assert_eq!(s.rest_pages, 0);
     assert!(
-        counts(pid, &ram, 80 * MIB, 88 * MIB).swapped <= 512,
+        counts(pid, ram, 80 * MIB, 88 * MIB).swapped <= 512,
         "triggered segments fetched whole"
     );
     assert_eq!(
-        counts(pid, &ram, 96 * MIB, END).swapped,
+        counts(pid, ram, 96 * MIB, END).swapped,
         8192,
         "untouched segments stay on swap"
     );
-    // Without faults and with no rest phase, a fetcher ends by itself once it has lingered,
-    // having fetched nothing.
+}
+
+/// Without faults and with no rest phase, a fetcher ends by itself once it has lingered,
+/// having fetched nothing.
+fn lingering_fetcher_fetches_nothing(
+    pid: i32,
+    ram: &GuestRam,
+    plan: &Plan,
+    base: &PrefetchOptions,
+) {
     let brief = TwinkleConfig {
         rest_pages_per_round: 0,
         linger: Duration::from_millis(200),
@@ -276,7 +273,7 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
     let bg = Background::spawn(
         Box::new(StockBackend),
         pid,
-        &plan,
+        plan,
         8,
         ram.hva_ranges(),
         brief,
@@ -299,13 +296,15 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         "{s:?}"
     );
     assert_eq!(
-        counts(pid, &ram, 96 * MIB, END).swapped,
+        counts(pid, ram, 96 * MIB, END).swapped,
         8192,
         "a lingering fetcher fetches nothing"
     );
+}
 
-    // Class-ordered fetch with one shared budget: the first set whole, the second cut, the
-    // third not fetched at all.
+/// Class-ordered fetch with one shared budget: the first set whole, the second cut, the
+/// third not fetched at all.
+fn class_ordered_fetch(pid: i32, ram: &GuestRam, base: &PrefetchOptions) {
     let hva = |gpa: u64| ram.gpa_to_hva(gpa).unwrap();
     let sets = vec![
         vec![Range {
@@ -347,12 +346,14 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         "{b:?}"
     );
     assert!(res[3].is_none(), "after a cut, later sets are not fetched");
-    assert_eq!(counts(pid, &ram, 96 * MIB, 104 * MIB).swapped, 0);
-    assert_eq!(counts(pid, &ram, 104 * MIB, 112 * MIB).swapped, 2048 - 512);
-    assert_eq!(counts(pid, &ram, 112 * MIB, END).swapped, 4096);
+    assert_eq!(counts(pid, ram, 96 * MIB, 104 * MIB).swapped, 0);
+    assert_eq!(counts(pid, ram, 104 * MIB, 112 * MIB).swapped, 2048 - 512);
+    assert_eq!(counts(pid, ram, 112 * MIB, END).swapped, 4096);
+}
 
-    // The guest sees exactly what was written, fetched or not.
-    let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(10)).unwrap();
+/// The guest sees exactly what was written, fetched or not.
+fn guest_content_unchanged(q: &Qemu, qmp_path: &std::path::Path, pat: &[u8]) {
+    let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(10)).unwrap();
     let out = q.dir.join("pmem");
     let r = qmp
         .hmp(&format!(
@@ -368,4 +369,57 @@ fn purge_fetch_ranges_twinkle_on_real_qemu() {
         .read_to_end(&mut back)
         .unwrap();
     assert!(back == pat, "guest RAM content changed");
+}
+
+#[test]
+#[ignore = "root + swap: run through local-controller/tests/run-root-tests.sh"]
+fn purge_fetch_ranges_twinkle_on_real_qemu() {
+    assert_eq!(nix::unistd::geteuid().as_raw(), 0, "needs root");
+    assert!(
+        procswap::sys::meminfo().unwrap().swap_total > 0,
+        "needs swap (with-swap.sh)"
+    );
+    let q = Qemu::spawn("procswap-vmfetch", "512", None).expect("qemu-system-x86_64");
+    let qmp_path = q.qmp.clone();
+    let pid = q.pid();
+    let mut qmp = Qmp::connect_retry(
+        &qmp_path,
+        Duration::from_secs(10),
+        Instant::now() + Duration::from_secs(20),
+    )
+    .unwrap();
+    let ram = GuestRam::discover(&mut qmp, pid).unwrap();
+    let pat = pattern((END - K) as usize);
+    write_pattern(pid, &ram, &pat);
+    drop(qmp); // a stopped QEMU cannot answer; reconnect after the thaw.
+
+    check_own_ranges(pid, &ram);
+
+    let fz = Freezer::Signal(pid);
+    fz.freeze(Duration::from_secs(10)).unwrap();
+    let region = (END - K) / PS;
+    purge_until_out(pid, &ram, region);
+
+    let base = PrefetchOptions {
+        threads: 2,
+        free_floor_bytes: 64 * MIB,
+        ..Default::default()
+    };
+    fetch_ranges_exactly(pid, &ram, &base, region);
+
+    // Twinkle on real faults: thaw (the VM stays in prelaunch: no guest runs), then "fault" every
+    // other page of [80, 88) MiB in through /proc/PID/mem; no rest phase. The fetcher lingers far
+    // longer than this test can take (it must not give up while the faults are still being
+    // made, however slowly): once a whole poll round has run after the last fault, every
+    // segment those faults trigger has been fetched, and the fetcher is stopped.
+    fz.thaw(Duration::from_secs(10)).unwrap();
+    let plan = Plan::build(&ram, PS, |_| PageClass::Outside);
+    let bg = spawn_watching_fetcher(pid, &ram, &plan, &base);
+    fault_every_other_page(pid, &ram);
+    stop_after_two_rounds(pid, &ram, bg);
+    lingering_fetcher_fetches_nothing(pid, &ram, &plan, &base);
+
+    class_ordered_fetch(pid, &ram, &base);
+
+    guest_content_unchanged(&q, &qmp_path, &pat);
 }
