@@ -1,5 +1,4 @@
 //! `torpor-fleet`: the host agent (`host`) and the placement controller (`controller`).
-#![deny(clippy::too_many_lines)]
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};

@@ -1,8 +1,6 @@
 //! The host agent on a real etcd and a real torpord (root: torpord puts apps in cgroups).
 //! Run by `make fleet-test` (`fleet/tests/run-fleet-tests.sh`).
 
-#![deny(clippy::too_many_lines)]
-
 mod common;
 
 use common::*;

@@ -1,8 +1,6 @@
 //! The controller on a real etcd, a real HAProxy and emulated hosts (root: torpord).
 //! Run by `make fleet-test` (`fleet/tests/run-fleet-tests.sh`).
 
-#![deny(clippy::too_many_lines)]
-
 mod common;
 
 use common::*;

@@ -17,7 +17,6 @@
 //! Safety rule (docs/guest-maps.md): any map generated while the guest runs is stale the
 //! moment it is written. Consumers may use it only to reorder or skip prefetch, never
 //! to discard memory.
-#![deny(clippy::too_many_lines)]
 
 pub mod category;
 pub mod kmod_source;

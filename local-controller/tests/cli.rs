@@ -1,6 +1,5 @@
 //! Root tests of the `torpor` CLI (run by procswap/tests/run-root-tests.sh, with swap on).
 //! `#[ignore]`d so a plain `cargo test` needs neither root nor swap.
-#![deny(clippy::too_many_lines)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,6 @@
 //! default config, the app (torpor-testapp) in its cgroups, swap on. Run through `local-controller/tests/run-root-tests.sh` (as root, under
 //! with-swap.sh; `swap_full_at_stop_*` under a swapfile smaller than the app):
 //!   cargo test -p local-controller --test root_activation -- --ignored --test-threads=1
-#![deny(clippy::too_many_lines)]
 
 mod common;
 

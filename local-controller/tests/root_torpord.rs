@@ -1,7 +1,6 @@
 //! torpord root suite: real apps (torpor-testapp) in real cgroups, with swap.
 //! Run through `local-controller/tests/run-root-tests.sh` (as root, under with-swap.sh):
 //!   cargo test -p local-controller --test root_torpord -- --ignored --test-threads=1 --nocapture
-#![deny(clippy::too_many_lines)]
 
 mod common;
 

@@ -8,7 +8,6 @@
 //! address torpord's mechanism translates to) and read back by QEMU itself (HMP `pmemsave`)
 //! after every Start: the content must be unchanged whatever the mode, and the pages the fake
 //! guest called free (96..112 MiB) must never be prefetched ahead (they come back on demand).
-#![deny(clippy::too_many_lines)]
 
 mod common;
 use common::torpord::{api_call, Answer};

@@ -8,7 +8,6 @@
 //! Options: --port P (required), --mib N (default 64), --seed S, --startup-delay-ms D,
 //! --never-ready (allocate, then never listen), --map FILE (map it shared read-only and read
 //! it; repeatable), --read FILE (read it and keep it open; repeatable).
-#![deny(clippy::too_many_lines)]
 
 use anyhow::{Context, Result};
 use std::io::{Read, Write};

@@ -1,5 +1,4 @@
 //! `torpor`: command-line front end.
-#![deny(clippy::too_many_lines)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};

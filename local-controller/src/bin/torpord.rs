@@ -1,5 +1,4 @@
 //! `torpord`: the torpor local controller daemon.
-#![deny(clippy::too_many_lines)]
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
