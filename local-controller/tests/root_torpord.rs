@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::torpord::{api_call, Answer, App, Torpord};
+use common::torpord::{api_call, wait_for, Answer, App, Torpord};
 use local_controller::client::request;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -41,17 +41,6 @@ fn code<T>(a: &Answer<T>) -> Option<&str> {
 
 fn app_get(port: u16, path: &str) -> u16 {
     common::torpord::http(port, path).0
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A test app (the readiness timeout only catches an app that never serves).
@@ -334,7 +323,7 @@ fn overload_events_follow_the_detectors() {
         "app ov: hotspot detected",
     ];
     let messages = || -> Vec<String> { f.all_events().into_iter().map(|e| e.message).collect() };
-    wait_until("overload events for the host and the app", HANG, || {
+    wait_for("overload events for the host and the app", HANG, || {
         let m = messages();
         want.iter().all(|w| m.iter().any(|x| x.starts_with(w)))
     });
@@ -838,7 +827,7 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     // WATCHDOG_USEC=1 s: torpord pings every 0.5 s while its monitor loop runs. Three pings are
     // waited for, not expected within a fixed window.
     let w0 = watchdogs();
-    wait_until("3 more WATCHDOG=1 pings", HANG, || watchdogs() >= w0 + 3);
+    wait_for("3 more WATCHDOG=1 pings", HANG, || watchdogs() >= w0 + 3);
     let m = got();
     eprintln!("sd_notify messages: {m:?}");
     assert!(m.iter().any(|m| m.starts_with("STATUS=")), "{m:?}");
@@ -859,7 +848,7 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
         "the app died with torpord"
     );
     // Sent before it exited, so queued: it arrives at the next read.
-    wait_until("STOPPING=1", Duration::from_secs(60), || {
+    wait_for("STOPPING=1", Duration::from_secs(60), || {
         got().iter().any(|m| m.contains("STOPPING=1"))
     });
     done.store(true, std::sync::atomic::Ordering::Relaxed);

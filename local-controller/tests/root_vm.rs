@@ -10,7 +10,7 @@
 //! guest called free (96..112 MiB) must never be prefetched ahead (they come back on demand).
 
 mod common;
-use common::torpord::{api_call, Answer};
+use common::torpord::{api_call, wait_for, Answer};
 
 use guest_enlight::protocol::{
     encode_frame, read_frame, Request, Response, WireMap, DEFAULT_MAX_PAYLOAD,
@@ -51,17 +51,6 @@ fn api<T: DeserializeOwned + Debug>(
     body: Option<&str>,
 ) -> (u16, Answer<T>) {
     api_call(sock, method, path, body, Duration::from_secs(300))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The fake agent's maps: a pc guest with 512 MiB (System RAM 4 KiB..636 KiB and 1 MiB..512 MiB).
@@ -216,7 +205,7 @@ impl Fixture {
             agent_conns,
             agent_thread,
         };
-        wait_until("torpord's socket", Duration::from_secs(30), || {
+        wait_for("torpord's socket", Duration::from_secs(30), || {
             request(&f.sock, "GET", "/v1/health", None, Duration::from_secs(5))
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
@@ -533,7 +522,7 @@ fn background_rest(f: &Fixture, g: &Guest, round: usize, base: &FreeBaseline) {
             .and_then(|v| v.background.clone())
             .expect("a background fetch in the status")
     };
-    wait_until("the background fetch", Duration::from_secs(120), || {
+    wait_for("the background fetch", Duration::from_secs(120), || {
         let st = f.status("guest");
         st.vm.and_then(|v| v.background).is_some_and(|b| !b.running)
     });
