@@ -491,25 +491,8 @@ fn fmt_load(l: (f64, f64, f64)) -> String {
     format!("{:.2}", l.0)
 }
 
-/// Median, min and max of some trials (`stats::Spread`, here also read back from the JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Spread {
-    pub n: usize,
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Spread {
-    pub fn of(xs: &[f64]) -> Option<Spread> {
-        stats::Spread::of(xs).map(|s| Spread {
-            n: s.n,
-            median: s.median,
-            min: s.min,
-            max: s.max,
-        })
-    }
-}
+/// Median, min and max of some trials (also read back from the JSON).
+pub use stats::Spread;
 
 /// Per-mode medians.
 #[derive(Debug, Clone, Serialize, Deserialize)]

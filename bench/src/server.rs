@@ -38,7 +38,8 @@ pub struct Tomcat {
     bases: usize,
 }
 
-fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
+/// Runs `c args`, its trimmed standard output, or an error with its standard error.
+pub fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
     let o = Command::new(c)
         .args(args)
         .output()

@@ -897,36 +897,23 @@ pub fn object_usage(
             let v = ObjectView::new(f, None)?;
             Ok((v.resident(&o.interest)?, swapped))
         });
-        match res {
-            Ok((runs, swapped)) => {
-                usage.push(ObjectUsage {
-                    kind: o.kind,
-                    path: o.path.clone(),
-                    key: o.key,
-                    size: o.size,
-                    interest_pages: pages(&o.interest),
-                    resident_pages: pages(&runs),
-                    swapped_pages: swapped,
-                });
-                resident.push(runs);
-            }
-            Err(e) => {
-                skipped.push(SkippedObject {
-                    path: o.path.clone(),
-                    reason: format!("open/mincore: {e}"),
-                });
-                usage.push(ObjectUsage {
-                    kind: o.kind,
-                    path: o.path.clone(),
-                    key: o.key,
-                    size: o.size,
-                    interest_pages: pages(&o.interest),
-                    resident_pages: 0,
-                    swapped_pages: None,
-                });
-                resident.push(Vec::new());
-            }
-        }
+        let (runs, swapped) = res.unwrap_or_else(|e| {
+            skipped.push(SkippedObject {
+                path: o.path.clone(),
+                reason: format!("open/mincore: {e}"),
+            });
+            (Vec::new(), None)
+        });
+        usage.push(ObjectUsage {
+            kind: o.kind,
+            path: o.path.clone(),
+            key: o.key,
+            size: o.size,
+            interest_pages: pages(&o.interest),
+            resident_pages: pages(&runs),
+            swapped_pages: swapped,
+        });
+        resident.push(runs);
     }
     (usage, resident, skipped)
 }

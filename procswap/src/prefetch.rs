@@ -126,32 +126,29 @@ pub fn swapped_pages(t: &Target) -> Result<Vec<SwappedPage>> {
 
 /// [`swapped_pages`] over VMAs already read.
 pub fn swapped_pages_of(t: &Target, vmas: &[crate::inspect::VmaInfo]) -> Result<Vec<SwappedPage>> {
-    let mut pm = Pagemap::open(t.pid())?;
-    let mut out = Vec::new();
-    for v in vmas
-        .iter()
-        .filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special)
-    {
-        pm.scan(v.start, v.end, |addr, info| {
-            if let (false, _, Some((ty, off))) = classify(&info) {
-                out.push(SwappedPage {
-                    addr,
-                    swap_type: ty,
-                    offset: off,
-                });
-            }
-        })?;
-    }
-    Ok(out)
+    swapped_pages_over(
+        t,
+        vmas.iter()
+            .filter(|v| v.smaps_swap_bytes > 0 && v.kind != VmaKind::Special)
+            .map(|v| (v.start, v.end)),
+    )
 }
 
 /// The target's swapped pages inside `ranges` only (sorted, non-overlapping; addresses that
 /// are not mapped read as empty pagemap entries).
 pub fn swapped_pages_in(t: &Target, ranges: &[Range]) -> Result<Vec<SwappedPage>> {
+    swapped_pages_over(t, ranges.iter().map(|r| (r.start, r.end())))
+}
+
+/// The swapped pages of the spans `(start, end)`, read from the target's pagemap in order.
+fn swapped_pages_over(
+    t: &Target,
+    spans: impl Iterator<Item = (u64, u64)>,
+) -> Result<Vec<SwappedPage>> {
     let mut pm = Pagemap::open(t.pid())?;
     let mut out = Vec::new();
-    for r in ranges {
-        pm.scan(r.start, r.end(), |addr, info| {
+    for (start, end) in spans {
+        pm.scan(start, end, |addr, info| {
             if let (false, _, Some((ty, off))) = classify(&info) {
                 out.push(SwappedPage {
                     addr,

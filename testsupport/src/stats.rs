@@ -1,7 +1,7 @@
 //! Small statistics over a handful of samples (medians and spread; no distribution fitting).
 
 /// Median, min and max of `xs` (`None` when empty).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spread {
     pub n: usize,
     pub median: f64,

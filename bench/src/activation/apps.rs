@@ -4,7 +4,7 @@
 //! backlog), and it measures the time to the first successful response itself.
 
 use super::daemon::{q, Daemon};
-use crate::server::{catalina_base, copy_dir, free_port};
+use crate::server::{catalina_base, cmd_out, copy_dir, free_port};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -94,19 +94,6 @@ pub trait Workload {
 
 pub(super) fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn cmd_out(c: &str, args: &[&str]) -> Result<String> {
-    let o = Command::new(c)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {c}"))?;
-    ensure!(
-        o.status.success(),
-        "{c} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 pub(super) fn dpkg_version(pkg: &str) -> String {
