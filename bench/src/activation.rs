@@ -42,6 +42,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use torpor_api::{AppState, MemoryStatus, StartAnswer, StopAnswer, VmStart};
 
 pub const ALL_APPS: [&str; 7] = [
     "tomcat",
@@ -189,7 +190,7 @@ pub struct Proof {
     pub memcg: MemSnap,
     /// torpord's `memory` of the app status (resident = sum of the processes' RSS, which
     /// includes file pages mapped from elsewhere, e.g. shared libraries).
-    pub torpord_memory: Value,
+    pub torpord_memory: MemoryStatus,
     pub state: String,
     pub frozen: bool,
     /// Stop → Start cycles done before the proof held (1 = the first).
@@ -197,12 +198,12 @@ pub struct Proof {
 }
 
 fn prove(d: &Daemon, warm: bool, limit: u64, attempts: usize) -> Result<(Proof, Memcg)> {
-    let st = d.status()?;
+    let st = d.app_status()?;
     let mc = Memcg::from_status(&st).context("no memory cgroup in torpord's app status")?;
     let m = mc.snap();
     let mut why = Vec::new();
-    let state = st["state"].as_str().unwrap_or("?").to_string();
-    let frozen = st["frozen"].as_bool().unwrap_or(false);
+    let state = st.state.as_str().to_string();
+    let frozen = st.frozen;
     if !frozen {
         why.push("not frozen".to_string());
     }
@@ -229,14 +230,13 @@ fn prove(d: &Daemon, warm: bool, limit: u64, attempts: usize) -> Result<(Proof, 
                 limit >> 10
             ));
         }
-        if let Some(ra) = st["memory"]["resident_anon_bytes"].as_u64() {
-            if ra > limit {
-                why.push(format!(
-                    "resident anon (torpord) {} KiB > {} KiB",
-                    ra >> 10,
-                    limit >> 10
-                ));
-            }
+        let ra = st.memory.resident_anon_bytes;
+        if ra > limit {
+            why.push(format!(
+                "resident anon (torpord) {} KiB > {} KiB",
+                ra >> 10,
+                limit >> 10
+            ));
         }
         if state != "standby" {
             why.push(format!("state {state} (expected standby)"));
@@ -247,7 +247,7 @@ fn prove(d: &Daemon, warm: bool, limit: u64, attempts: usize) -> Result<(Proof, 
         ok: why.is_empty(),
         why: why.join("; "),
         memcg: m,
-        torpord_memory: st["memory"].clone(),
+        torpord_memory: st.memory.clone(),
         state,
         frozen,
         attempts,
@@ -302,14 +302,30 @@ fn body_mode(mode: &str) -> Option<&str> {
     Some(if mode == "warm" { "none" } else { mode })
 }
 
-/// The mode torpord reports for a Start answer.
+/// torpord's Start answer, typed (`None`: not an answer of torpord's API).
+fn start_answer(v: &Value) -> Option<StartAnswer> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// torpord's own time for a Start, either kind of answer.
+fn torpord_total_s(v: &Value) -> Option<f64> {
+    start_answer(v).map(|a| match a {
+        StartAnswer::AlreadyRunning(r) => r.timing.total_s,
+        StartAnswer::Started(s) => s.timing.total_s,
+    })
+}
+
+/// The mode torpord reports for a Start answer (a VM's effective mode, else the process
+/// prefetch mode; empty when the answer says none).
 fn effective(ans: &Value) -> String {
-    ans["vm"]["effective"]
-        .as_str()
-        .or(ans["vm"]["mode"].as_str())
-        .or(ans["timing"]["prefetch_mode"].as_str())
-        .unwrap_or("")
-        .to_string()
+    let Some(StartAnswer::Started(s)) = start_answer(ans) else {
+        return String::new();
+    };
+    match s.vm {
+        Some(VmStart::Resume(r)) => r.effective,
+        Some(VmStart::Cold(c)) => c.mode,
+        None => s.timing.prefetch_mode.unwrap_or_default(),
+    }
 }
 
 fn page_size() -> u64 {
@@ -405,8 +421,10 @@ fn timed_start(
     tr.start_return_s = ret_s;
     match ans {
         Ok((200, v)) => {
-            if v["cold"].as_bool() == Some(true) || v["already_running"].as_bool() == Some(true) {
-                tr.error = format!("Start was not a resume: {v}");
+            match start_answer(&v) {
+                Some(StartAnswer::Started(s)) if !s.cold => {}
+                Some(_) => tr.error = format!("Start was not a resume: {v}"),
+                None => tr.error = format!("not a Start answer of torpord's API: {v}"),
             }
             tr.effective_mode = effective(&v);
             tr.start_answer = v;
@@ -561,7 +579,7 @@ fn summarize(trials: &[Trial], mode: &str) -> ModeSummary {
         failed: ts.iter().filter(|t| !t.error.is_empty()).count(),
         first_response: col(&|t| t.outcome.as_ref().map(|o| o.first_response_s)),
         start_return: col(&|t| Some(t.start_return_s)),
-        torpord_total: col(&|t| t.start_answer["timing"]["total_s"].as_f64()),
+        torpord_total: col(&|t| torpord_total_s(&t.start_answer)),
         swapin_first_mib: col(&|t| Some(mib(t.swapin_first_bytes as f64))),
         swapin_total_mib: col(&|t| Some(mib(t.swapin_total_bytes as f64))),
         majflt_first: col(&|t| Some(t.majflt_first as f64)),
@@ -782,7 +800,7 @@ fn prepare(d: &mut Daemon, wl: &mut dyn Workload, res: &mut AppResult) -> Result
         t.elapsed().as_secs_f64()
     );
     res.app_info = wl.setup(d).context("setup")?;
-    res.app_info["cold_start_torpord_s"] = cold["timing"]["total_s"].clone();
+    res.app_info["cold_start_torpord_s"] = json!(torpord_total_s(&cold));
     res.description = wl.describe();
     d.stop_app()?;
     let ans = d.start_app(None)?;
@@ -838,8 +856,7 @@ fn failed_trial(
         d.log_tail(8)
     );
     d.switch(false).ok();
-    let st = d.status().ok();
-    if st.as_ref().and_then(|s| s["state"].as_str()) != Some("running") {
+    if d.app_status().ok().map(|s| s.state) != Some(AppState::Running) {
         d.start_app(None)
             .context("recovering after a failed trial")?;
     }
@@ -854,7 +871,7 @@ fn log_trial(app: &str, t: usize, mode: &str, tr: &Trial) {
             "first response {:.3} s, Start answered {:.3} s (torpord total {:.3} s), swap-in {:.1}/{:.1} MiB, majflt {}/{}{}",
             out.first_response_s,
             tr.start_return_s,
-            tr.start_answer["timing"]["total_s"].as_f64().unwrap_or(f64::NAN),
+            torpord_total_s(&tr.start_answer).unwrap_or(f64::NAN),
             mib(tr.swapin_first_bytes as f64),
             mib(tr.swapin_total_bytes as f64),
             tr.majflt_first,
@@ -870,14 +887,23 @@ fn log_trial(app: &str, t: usize, mode: &str, tr: &Trial) {
         if p.ok { "proven" } else { "NOT proven" },
         p.memcg.resident >> 10,
         p.memcg.swap >> 20,
-        p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) >> 10,
+        p.torpord_memory.resident_bytes >> 10,
         tr.load_before.0,
         tr.load_after.0
     );
     eprintln!(
         "activation: {app} trial {t} {mode}: Start activation {} | Stop activation {} | swap areas: {}",
-        tr.start_answer["timing"]["activation"],
-        tr.stop_answer["activation"],
+        start_answer(&tr.start_answer)
+            .and_then(|a| a.started().and_then(|s| s.timing.activation.clone()))
+            .map(|a| json!(a))
+            .unwrap_or_default(),
+        serde_json::from_value::<StopAnswer>(tr.stop_answer.clone())
+            .ok()
+            .and_then(|a| match a {
+                StopAnswer::Process(p) => Some(json!(p.activation)),
+                _ => None,
+            })
+            .unwrap_or_default(),
         tr.swap_areas.join(", ")
     );
 }
@@ -1303,7 +1329,7 @@ fn md_trial_row(t: &Trial) -> String {
             if p.ok { "proven" } else { "**not proven**" },
             mib(p.memcg.resident as f64),
             mib(p.memcg.swap as f64),
-            mib(p.torpord_memory["resident_bytes"].as_u64().unwrap_or(0) as f64),
+            mib(p.torpord_memory.resident_bytes as f64),
             if p.ok {
                 String::new()
             } else {
@@ -1396,8 +1422,14 @@ fn breakdown(ans: &Value) -> Vec<String> {
             }
         }
     }
-    for k in ["prefetch_ms", "plan_ms", "fetch_call_ms", "ready_ms"] {
-        if let Some(f) = ans["vm"][k].as_f64() {
+    let vm = start_answer(ans).and_then(|a| a.started()?.vm.as_ref()?.resume().cloned());
+    if let Some(r) = vm {
+        for (k, f) in [
+            ("prefetch_ms", r.prefetch_ms),
+            ("plan_ms", r.plan_ms),
+            ("fetch_call_ms", r.fetch_call_ms),
+            ("ready_ms", r.ready_ms),
+        ] {
             bd.push(format!("vm.{k} {f:.0}"));
         }
     }
@@ -1682,9 +1714,35 @@ mod tests {
                 ..Default::default()
             }),
             refused: !ok,
-            start_answer: json!({"timing": {"total_s": fr / 2.0, "prefetch_mode": mode}}),
+            start_answer: process_answer(fr / 2.0, mode),
             ..Default::default()
         }
+    }
+
+    /// A whole process Start answer as torpord gives it (torpor-api's type, on the wire).
+    fn process_answer(total_s: f64, mode: &str) -> Value {
+        serde_json::to_value(StartAnswer::Started(torpor_api::Started {
+            timing: torpor_api::StartTiming {
+                total_s,
+                prefetch_mode: Some(mode.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+        .unwrap()
+    }
+
+    /// A whole VM resume answer, `mode` asked for and `effective` done.
+    fn vm_answer(mode: &str, effective: &str) -> Value {
+        serde_json::to_value(StartAnswer::Started(torpor_api::Started {
+            vm: Some(VmStart::Resume(Box::new(torpor_api::VmResume {
+                mode: mode.into(),
+                effective: effective.into(),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -1704,14 +1762,10 @@ mod tests {
 
     #[test]
     fn effective_mode_of_answers() {
-        assert_eq!(
-            effective(&json!({"timing": {"prefetch_mode": "full"}})),
-            "full"
-        );
-        assert_eq!(
-            effective(&json!({"timing": {}, "vm": {"mode": "priority", "effective": "full"}})),
-            "full"
-        );
+        assert_eq!(effective(&process_answer(0.1, "full")), "full");
+        assert_eq!(effective(&vm_answer("priority", "full")), "full");
+        // Not an answer of torpord's API: no mode.
+        assert_eq!(effective(&json!({"timing": {"prefetch_mode": "full"}})), "");
         assert_eq!(body_mode("warm"), Some("none"));
     }
 

@@ -382,12 +382,11 @@ pub struct Memcg {
 
 impl Memcg {
     /// From torpord's app status (`cgroups.v1_memory`, else `cgroups.v2` with a memory controller).
-    pub fn from_status(st: &Value) -> Option<Memcg> {
-        let st: torpor_api::AppStatus = serde_json::from_value(st.clone()).ok()?;
-        if let Some(d) = st.cgroups.v1_memory {
+    pub fn from_status(st: &torpor_api::AppStatus) -> Option<Memcg> {
+        if let Some(d) = st.cgroups.v1_memory.clone() {
             return Some(Memcg { dir: d, v1: true });
         }
-        let d = st.cgroups.v2?;
+        let d = st.cgroups.v2.clone()?;
         d.join("memory.current")
             .exists()
             .then_some(Memcg { dir: d, v1: false })
