@@ -680,7 +680,17 @@ impl Record {
     /// The markdown results file.
     pub fn markdown(&self, ctx: &RunContext) -> String {
         let mut o = String::new();
-        let m = &ctx.machine;
+        self.md_intro(&mut o, ctx);
+        self.md_machine(&mut o, ctx);
+        self.md_results(&mut o);
+        self.md_breakdown(&mut o);
+        self.md_proofs(&mut o);
+        self.md_all_runs(&mut o);
+        o
+    }
+
+    /// The title and what is measured.
+    fn md_intro(&self, o: &mut String, ctx: &RunContext) {
         let _ = writeln!(o, "# resume_touch_all — {}\n", ctx.date);
         let _ = writeln!(
             o,
@@ -711,6 +721,11 @@ impl Record {
              with `O_DIRECT` in 4 MiB requests from a written (random data, fsynced, page cache dropped) file on \
              the swap file's filesystem, 3 times per size.\n"
         );
+    }
+
+    /// The machine, the suspend method and the load.
+    fn md_machine(&self, o: &mut String, ctx: &RunContext) {
+        let m = &ctx.machine;
         let _ = writeln!(o, "## Machine\n");
         let _ = writeln!(o, "| | |\n|---|---|");
         o.push_str(&m.markdown_rows());
@@ -731,6 +746,10 @@ impl Record {
             ctx.load_after.2
         );
         let _ = writeln!(o);
+    }
+
+    /// The results table, one row per size.
+    fn md_results(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "## Results (seconds; median, min–max over interleaved pairs)\n"
@@ -773,6 +792,10 @@ impl Record {
                     .unwrap_or_else(|| "-".into()),
             );
         }
+    }
+
+    /// The breakdown table (faults, prefetch and touch times, rates).
+    fn md_breakdown(&self, o: &mut String) {
         let _ = writeln!(o, "\nBreakdown (medians):\n");
         let _ = writeln!(o, "| size | stock major faults | torpor prefetch | torpor touch after thaw | torpor major faults | MB/s stock | MB/s torpor | MB/s floor |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
@@ -802,6 +825,10 @@ impl Record {
                 mbs(s.floor),
             );
         }
+    }
+
+    /// The proof that memory was out before every timed resume.
+    fn md_proofs(&self, o: &mut String) {
         let worst = |f: &dyn Fn(&Proof) -> u64| {
             self.measurements
                 .iter()
@@ -827,6 +854,10 @@ impl Record {
             self.measurements.iter().filter(|m| m.proof.purge_attempts > 1).count(),
             self.verified,
         );
+    }
+
+    /// Every timed resume, in run order, and the I/O floor reads.
+    fn md_all_runs(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "<details><summary>All timed resumes, in run order (seconds)</summary>\n"
@@ -868,7 +899,6 @@ impl Record {
             "\nI/O floor reads, in run order: {}.\n\n</details>\n",
             floors.join(", ")
         );
-        o
     }
 }
 

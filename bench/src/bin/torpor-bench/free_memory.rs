@@ -4,11 +4,31 @@ use crate::common::*;
 use anyhow::{ensure, Context, Result};
 use bench::machine::loadavg;
 use bench::plot::{self, Bar};
-use bench::resume::MIB;
+use bench::resume::{Subject, MIB};
 use bench::stats::Spread;
 use procswap::{NoProgress, PrefetchOptions, PurgeOptions, StockBackend};
 use std::fmt::Write as _;
 use std::time::Instant;
+
+/// The memory and hog timings right before one timed resume.
+#[derive(serde::Serialize)]
+struct Mem {
+    config: String,
+    trial: usize,
+    mem_free_mib: u64,
+    mem_available_mib: u64,
+    hog_dirty_seconds: f64,
+    hog_purge_seconds: Option<f64>,
+}
+
+/// The sizes of the child and the hogs.
+struct Sizes {
+    mib: u64,
+    trials: usize,
+    margin_mib: u64,
+    a_mib: u64,
+    b_mib: u64,
+}
 
 pub fn free_memory(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
@@ -26,18 +46,14 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
     let mut c = ctx.spawn(mib)?;
     timed_resume(&mut c, "warm-up", 0, &How::Stock, "TOUCH")?;
     let mut a = ctx.spawn(a_mib)?;
-    // Size hog B so that, with the child out and A and B resident, only `margin_mib` is available.
-    c.freeze()?;
-    procswap::purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress)?;
-    let avail = procswap::sys::meminfo()?.mem_available / MIB;
-    ensure!(
-        avail > margin_mib + 64,
-        "only {avail} MiB available with the child out: nothing to fill"
-    );
-    let b_mib = avail - margin_mib;
-    let mut b = ctx.spawn(b_mib)?;
-    c.thaw()?;
-    eprintln!("  hog B {b_mib} MiB (MemAvailable was {avail} MiB with the child out)");
+    let (mut b, b_mib) = spawn_hog_b(ctx, &mut c, margin_mib)?;
+    let sz = Sizes {
+        mib,
+        trials,
+        margin_mib,
+        a_mib,
+        b_mib,
+    };
     // torpor's prefetch keeps a free-memory floor and stops when the machine is full; the rest of
     // the child then comes back on demand. 32 MiB here (default 256 MiB: sized for big hosts, more
     // than this 2 GiB guest has free even after the pre-purge).
@@ -57,15 +73,6 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
         ("prefetch only (memory full)", false, pf()),
         ("free memory + prefetch", true, pf()),
     ];
-    #[derive(serde::Serialize)]
-    struct Mem {
-        config: String,
-        trial: usize,
-        mem_free_mib: u64,
-        mem_available_mib: u64,
-        hog_dirty_seconds: f64,
-        hog_purge_seconds: Option<f64>,
-    }
     let mut ts: Vec<Timed> = Vec::new();
     let mut mems: Vec<Mem> = Vec::new();
     for trial in 1..=trials {
@@ -73,36 +80,7 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
             let (name, free, how) = &configs[(j + trial) % configs.len()];
             let mut mem = None;
             let mut hook = || -> Result<()> {
-                // Untimed: both hogs fully in memory and dirty (the machine is full), then for the
-                // free-memory configurations torpor pre-purges hog A (an idle app kept out).
-                let t0 = Instant::now();
-                for h in [&mut a, &mut b] {
-                    let r = h.command("DIRTY")?;
-                    ensure!(r.starts_with("DONE "), "hog answered DIRTY with {r:?}");
-                }
-                let dirty = t0.elapsed().as_secs_f64();
-                let mut purge = None;
-                if *free {
-                    let t1 = Instant::now();
-                    a.freeze()?;
-                    procswap::purge_with(
-                        &StockBackend,
-                        a.pid,
-                        &PurgeOptions::default(),
-                        &NoProgress,
-                    )?;
-                    a.thaw()?;
-                    purge = Some(t1.elapsed().as_secs_f64());
-                }
-                let m = procswap::sys::meminfo()?;
-                mem = Some(Mem {
-                    config: name.to_string(),
-                    trial,
-                    mem_free_mib: m.mem_free / MIB,
-                    mem_available_mib: m.mem_available / MIB,
-                    hog_dirty_seconds: dirty,
-                    hog_purge_seconds: purge,
-                });
+                mem = Some(fill_hogs(&mut a, &mut b, *free, name, trial)?);
                 Ok(())
             };
             let t = timed_resume_with(&mut c, name, trial, how, "TOUCH", &mut hook)?;
@@ -118,6 +96,77 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
     c.verify_data()?;
     a.verify_data()?;
     b.verify_data()?;
+    report(ctx, &sz, &configs, &ts, &mems, load0, t_start)
+}
+
+/// Hog B, sized so that, with the child out and hogs A and B resident, only `margin_mib` is
+/// available; and its size.
+fn spawn_hog_b(ctx: &Ctx, c: &mut Subject, margin_mib: u64) -> Result<(Subject, u64)> {
+    c.freeze()?;
+    procswap::purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress)?;
+    let avail = procswap::sys::meminfo()?.mem_available / MIB;
+    ensure!(
+        avail > margin_mib + 64,
+        "only {avail} MiB available with the child out: nothing to fill"
+    );
+    let b_mib = avail - margin_mib;
+    let b = ctx.spawn(b_mib)?;
+    c.thaw()?;
+    eprintln!("  hog B {b_mib} MiB (MemAvailable was {avail} MiB with the child out)");
+    Ok((b, b_mib))
+}
+
+/// Untimed: both hogs fully in memory and dirty (the machine is full), then for the
+/// free-memory configurations torpor pre-purges hog A (an idle app kept out).
+fn fill_hogs(
+    a: &mut Subject,
+    b: &mut Subject,
+    free: bool,
+    name: &str,
+    trial: usize,
+) -> Result<Mem> {
+    let t0 = Instant::now();
+    for h in [&mut *a, b] {
+        let r = h.command("DIRTY")?;
+        ensure!(r.starts_with("DONE "), "hog answered DIRTY with {r:?}");
+    }
+    let dirty = t0.elapsed().as_secs_f64();
+    let mut purge = None;
+    if free {
+        let t1 = Instant::now();
+        a.freeze()?;
+        procswap::purge_with(&StockBackend, a.pid, &PurgeOptions::default(), &NoProgress)?;
+        a.thaw()?;
+        purge = Some(t1.elapsed().as_secs_f64());
+    }
+    let m = procswap::sys::meminfo()?;
+    Ok(Mem {
+        config: name.to_string(),
+        trial,
+        mem_free_mib: m.mem_free / MIB,
+        mem_available_mib: m.mem_available / MIB,
+        hog_dirty_seconds: dirty,
+        hog_purge_seconds: purge,
+    })
+}
+
+/// The plot, the report and the JSON.
+fn report(
+    ctx: &Ctx,
+    sz: &Sizes,
+    configs: &[(&str, bool, How)],
+    ts: &[Timed],
+    mems: &[Mem],
+    load0: (f64, f64, f64),
+    t_start: Instant,
+) -> Result<String> {
+    let Sizes {
+        mib,
+        trials,
+        margin_mib,
+        a_mib,
+        b_mib,
+    } = *sz;
     let (md_path, json_path, png_path) = ctx.files("free-memory")?;
     let get = |cfg: &str| Spread::of(&secs_of(ts.iter().filter(|t| t.config == cfg)));
     let none = get(configs[0].0).context("no none")?;
@@ -154,7 +203,35 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
          The column \"MemFree before\" is read right before the timer starts.\n"
     );
     let _ = writeln!(o, "## Results (seconds, median (min–max) over {trials} trials)\n\n| configuration | resume → touched all | speed-up vs none | MemFree before (MiB, median) | MemAvailable before (MiB, median) | major faults (median) | prefetched MiB (median); prefetch stopped at its free-memory floor |\n|---|---|---|---|---|---|---|");
-    for (cfg, _, _) in &configs {
+    results_table(&mut o, configs, ts, mems, none.median);
+    let fo = get(configs[1].0)
+        .map(|s| none.median / s.median)
+        .unwrap_or(f64::NAN);
+    let _ = writeln!(
+        o,
+        "\nPaper (Figure 9, prose): \"Prefetching contributes the most to the overall performance improvement, while prepurging and contiguous disk \
+         allocation both exhibit similar benefits.\" Here free memory alone gives {fo:.2}× over none{}. Ratios are of medians from this one interleaved run.\n",
+        if fo > 1.05 { "" } else { " — no measurable benefit in this setting (the kernel's reclaim of the clean/dirty hog keeps up with demand paging)" }
+    );
+    plot_and_proofs(&mut o, &png_path, ts);
+    write_results(
+        &md_path,
+        &o,
+        &json_path,
+        &serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}),
+    )
+}
+
+/// The results table: one row per configuration.
+fn results_table(
+    o: &mut String,
+    configs: &[(&str, bool, How)],
+    ts: &[Timed],
+    mems: &[Mem],
+    none_median: f64,
+) {
+    let get = |cfg: &str| Spread::of(&secs_of(ts.iter().filter(|t| t.config == cfg)));
+    for (cfg, _, _) in configs {
         let s = get(cfg);
         let mm = |f: &dyn Fn(&Mem) -> f64| {
             Spread::of(
@@ -179,7 +256,7 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
             o,
             "| {cfg} | {} | **{}** | {:.0} | {:.0} | {mf:.0} | {} |",
             fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none.median / s.median))
+            s.map(|s| format!("{:.2}×", none_median / s.median))
                 .unwrap_or_else(|| "-".into()),
             mm(&|m| m.mem_free_mib as f64),
             mm(&|m| m.mem_available_mib as f64),
@@ -202,20 +279,4 @@ pub fn free_memory(ctx: &Ctx) -> Result<String> {
             }
         );
     }
-    let fo = get(configs[1].0)
-        .map(|s| none.median / s.median)
-        .unwrap_or(f64::NAN);
-    let _ = writeln!(
-        o,
-        "\nPaper (Figure 9, prose): \"Prefetching contributes the most to the overall performance improvement, while prepurging and contiguous disk \
-         allocation both exhibit similar benefits.\" Here free memory alone gives {fo:.2}× over none{}. Ratios are of medians from this one interleaved run.\n",
-        if fo > 1.05 { "" } else { " — no measurable benefit in this setting (the kernel's reclaim of the clean/dirty hog keeps up with demand paging)" }
-    );
-    plot_and_proofs(&mut o, &png_path, &ts);
-    write_results(
-        &md_path,
-        &o,
-        &json_path,
-        &serde_json::json!({"mib": mib, "hog_a_mib": a_mib, "hog_b_mib": b_mib, "trials": trials, "memory": mems, "timed": ts}),
-    )
 }
