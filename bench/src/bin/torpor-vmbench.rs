@@ -75,6 +75,21 @@ fn map_pass_only(subj: &mut Subject, backend: &dyn Backend) -> Result<(f64, u64,
     Ok((map_s, mapped, read_s))
 }
 
+/// A map pass row: which pass, its seconds, the pages it mapped, how long the reads took before.
+type MapRow = (&'static str, f64, u64, f64);
+
+/// What the report says about the run besides its measurements.
+struct Meta {
+    mib: u64,
+    rounds: usize,
+    disk: String,
+    host_load: String,
+    kmod: bool,
+    kmod_why: String,
+    machine: String,
+    desc: String,
+}
+
 fn main() -> Result<()> {
     let mib = env_u64("TORPOR_VMBENCH_MIB", 256);
     let rounds = env_u64("TORPOR_VMBENCH_ROUNDS", 5) as usize;
@@ -83,18 +98,7 @@ fn main() -> Result<()> {
     let swap = bench::machine::require_root_and_swap()?;
     // Without the module (it failed to load: e.g. built for another kernel), the stock rows
     // still count; the file says so.
-    let kmod = match KmodBackend::open() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            eprintln!("vmbench: torpor.ko not usable ({e:#}): stock rows only");
-            None
-        }
-    };
-    let kmod_why = if kmod.is_none() {
-        std::env::var("TORPOR_VMBENCH_KMOD_WHY").unwrap_or_else(|_| "module not loaded".into())
-    } else {
-        String::new()
-    };
+    let (kmod, kmod_why) = open_kmod();
     let host_load = std::env::var("TORPOR_VMBENCH_HOST_LOAD").unwrap_or_default();
     let child = std::env::current_exe()?.with_file_name("torpor-bench-child");
     let mut subj = Subject::spawn(&child, mib, FreezerChoice::from_env()?)?;
@@ -108,6 +112,51 @@ fn main() -> Result<()> {
     } else {
         vec![Variant::Stock, Variant::Torpor]
     };
+    let ms = timed_rounds(&mut subj, &variants, rounds)?;
+    let maps = map_rounds(&mut subj, kmod.as_ref(), rounds)?;
+    let machine = bench::machine::Machine::probe()
+        .map(|m| format!("{m:?}"))
+        .unwrap_or_default();
+    let meta = Meta {
+        mib,
+        rounds,
+        disk,
+        host_load,
+        kmod: kmod.is_some(),
+        kmod_why,
+        machine,
+        desc: subj.desc.clone(),
+    };
+    let md = markdown(&meta, &variants, &ms, &maps)?;
+    std::fs::write(&out, &md).with_context(|| format!("write {out}"))?;
+    write_json(&meta, &out, &ms, &maps)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The module backend, or none and why (then the stock rows still count).
+fn open_kmod() -> (Option<KmodBackend>, String) {
+    let kmod = match KmodBackend::open() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("vmbench: torpor.ko not usable ({e:#}): stock rows only");
+            None
+        }
+    };
+    let kmod_why = if kmod.is_none() {
+        std::env::var("TORPOR_VMBENCH_KMOD_WHY").unwrap_or_else(|_| "module not loaded".into())
+    } else {
+        String::new()
+    };
+    (kmod, kmod_why)
+}
+
+/// One warm-up round and `rounds` timed rounds of every variant, the order rotated each round.
+fn timed_rounds(
+    subj: &mut Subject,
+    variants: &[Variant],
+    rounds: usize,
+) -> Result<Vec<Measurement>> {
     let mut ms: Vec<Measurement> = Vec::new();
     for r in 0..=rounds {
         for k in 0..variants.len() {
@@ -130,69 +179,103 @@ fn main() -> Result<()> {
         }
     }
     subj.verify_data()?;
+    Ok(ms)
+}
 
-    let mut maps: Vec<(&str, f64, u64, f64)> = Vec::new();
+/// The mapping pass alone (reads already in the swap cache), each backend per round.
+fn map_rounds(
+    subj: &mut Subject,
+    kmod: Option<&KmodBackend>,
+    rounds: usize,
+) -> Result<Vec<MapRow>> {
+    let mut maps: Vec<MapRow> = Vec::new();
     for r in 0..rounds.max(1) {
         let mut pair: Vec<(&str, &dyn Backend)> = vec![("process_vm_readv", &StockBackend)];
-        if let Some(k) = &kmod {
+        if let Some(k) = kmod {
             pair.push(("kmod PREFETCH", k));
         }
         for k in 0..pair.len() {
             let (name, b) = pair[(k + r) % pair.len()];
-            let (s, mapped, read_s) = map_pass_only(&mut subj, b)?;
+            let (s, mapped, read_s) = map_pass_only(subj, b)?;
             eprintln!("map pass only, {name:<16}: {s:.3} s for {mapped} pages (reads took {read_s:.3} s before)");
             maps.push((name, s, mapped, read_s));
         }
     }
     subj.verify_data()?;
+    Ok(maps)
+}
 
-    let secs = |v: Variant| -> Vec<f64> {
-        ms.iter()
-            .filter(|m| m.variant == v && !m.warmup)
-            .map(|m| m.seconds)
-            .collect()
-    };
-    let med = |v: Variant| Spread::of(&secs(v)).map(|s| s.median).unwrap_or(f64::NAN);
-    let map_med = |n: &str| {
-        Spread::of(
-            &maps
-                .iter()
-                .filter(|m| m.0 == n)
-                .map(|m| m.1)
-                .collect::<Vec<_>>(),
-        )
+/// The timed (not warm-up) seconds of one variant.
+fn secs(ms: &[Measurement], v: Variant) -> Vec<f64> {
+    ms.iter()
+        .filter(|m| m.variant == v && !m.warmup)
+        .map(|m| m.seconds)
+        .collect()
+}
+
+fn med(ms: &[Measurement], v: Variant) -> f64 {
+    Spread::of(&secs(ms, v))
         .map(|s| s.median)
         .unwrap_or(f64::NAN)
-    };
+}
+
+fn map_med(maps: &[MapRow], n: &str) -> f64 {
+    Spread::of(
+        &maps
+            .iter()
+            .filter(|m| m.0 == n)
+            .map(|m| m.1)
+            .collect::<Vec<_>>(),
+    )
+    .map(|s| s.median)
+    .unwrap_or(f64::NAN)
+}
+
+/// The markdown report.
+fn markdown(
+    meta: &Meta,
+    variants: &[Variant],
+    ms: &[Measurement],
+    maps: &[MapRow],
+) -> Result<String> {
+    let &Meta {
+        mib,
+        rounds,
+        ref disk,
+        ref host_load,
+        ref kmod_why,
+        ref machine,
+        ..
+    } = meta;
     let (st, tp, tk) = (
-        med(Variant::Stock),
-        med(Variant::Torpor),
-        med(Variant::TorporKmod),
+        med(ms, Variant::Stock),
+        med(ms, Variant::Torpor),
+        med(ms, Variant::TorporKmod),
     );
-    let (mr, mk) = (map_med("process_vm_readv"), map_med("kmod PREFETCH"));
-    let machine = bench::machine::Machine::probe()
-        .map(|m| format!("{m:?}"))
-        .unwrap_or_default();
+    let (mr, mk) = (
+        map_med(maps, "process_vm_readv"),
+        map_med(maps, "kmod PREFETCH"),
+    );
     let mut md = String::new();
     writeln!(md, "# In-guest resume benchmark: stock vs stock prefetch vs module prefetch ({mib} MiB touch-all)\n")?;
     writeln!(md, "- date: {}", chrono_like_now())?;
     writeln!(md, "- guest: Linux {} under qemu TCG (`make vm-bench`), swap on a virtio disk, disk profile **{disk}**", uname_r())?;
     writeln!(md, "- machine (guest view): {machine}")?;
-    writeln!(md, "- host load average when the VM started: {} (2-CPU host shared with other work; qemu TCG itself needs CPU)", if host_load.is_empty() { "not recorded" } else { &host_load })?;
+    writeln!(md, "- host load average when the VM started: {} (2-CPU host shared with other work; qemu TCG itself needs CPU)", if host_load.is_empty() { "not recorded" } else { host_load })?;
     writeln!(
         md,
         "- guest load average at the end: {:?}",
         bench::machine::loadavg()
     )?;
-    if kmod.is_none() {
+    if !meta.kmod {
         writeln!(md, "- **module rows missing**: torpor.ko was not usable in this guest ({kmod_why}); stock rows only")?;
     }
-    writeln!(md, "- child: {} ({}); {rounds} interleaved rounds after one warm-up round, order rotated each round", mib, subj.desc)?;
+    writeln!(md, "- child: {} ({}); {rounds} interleaved rounds after one warm-up round, order rotated each round", mib, meta.desc)?;
     writeln!(md, "- memory proven out before every timed resume (pagemap present pages, memcg usage, SwapCached): see the per-run lines below\n")?;
     writeln!(md, "| resume path | median s | min s | max s | vs stock |")?;
     writeln!(md, "|---|---|---|---|---|")?;
-    for &v in &variants {
-        let s = Spread::of(&secs(v));
+    for &v in variants {
+        let s = Spread::of(&secs(ms, v));
         if let Some(s) = s {
             writeln!(
                 md,
@@ -218,10 +301,10 @@ fn main() -> Result<()> {
     writeln!(md, "| PREFETCH ioctl (module) | {mk:.3} | {pk} |")?;
     writeln!(md, "\nRatios: stock/torpor = {:.2}×, stock/torpor_kmod = {:.2}×, torpor/torpor_kmod = {:.2}×; mapping pass process_vm_readv/PREFETCH = {:.2}×.", st / tp, st / tk, tp / tk, mr / mk)?;
     writeln!(md, "\n## Every timed resume\n\n```")?;
-    for m in &ms {
+    for m in ms {
         writeln!(md, "round {} {:<12} {:.3} s warmup={} prefetch={:?} touch={:.3} majflt={} present={}/{} memcg={}KiB swapcached={}KiB", m.pair, m.variant.name(), m.seconds, m.warmup, m.prefetch_seconds, m.touch_seconds, m.child_majflt, m.proof.area_present_pages, m.proof.area_pages, m.proof.memcg_usage_bytes / 1024, m.proof.system_swapcached_bytes / 1024)?;
     }
-    for m in &maps {
+    for m in maps {
         writeln!(
             md,
             "map-only {:<16} {:.3} s pages={} (reads {:.3} s)",
@@ -229,24 +312,32 @@ fn main() -> Result<()> {
         )?;
     }
     writeln!(md, "```")?;
-    std::fs::write(&out, &md).with_context(|| format!("write {out}"))?;
+    Ok(md)
+}
+
+/// The JSON next to the markdown (`.md` replaced by `.json`).
+fn write_json(meta: &Meta, out: &str, ms: &[Measurement], maps: &[MapRow]) -> Result<()> {
+    let (mr, mk) = (
+        map_med(maps, "process_vm_readv"),
+        map_med(maps, "kmod PREFETCH"),
+    );
     let spread = |v: Variant| {
-        Spread::of(&secs(v))
+        Spread::of(&secs(ms, v))
             .map(|s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}))
     };
     let json = serde_json::json!({
         "date": chrono_like_now(),
-        "disk": disk,
-        "mib": mib,
-        "rounds": rounds,
+        "disk": meta.disk,
+        "mib": meta.mib,
+        "rounds": meta.rounds,
         "guest_kernel": uname_r(),
-        "machine": machine,
-        "host_load": host_load,
+        "machine": meta.machine,
+        "host_load": meta.host_load,
         "guest_load_end": bench::machine::loadavg(),
-        "kmod": kmod.is_some(),
-        "kmod_why": kmod_why,
+        "kmod": meta.kmod,
+        "kmod_why": meta.kmod_why,
         "seconds": {"stock": spread(Variant::Stock), "torpor": spread(Variant::Torpor), "torpor_kmod": spread(Variant::TorporKmod)},
-        "map_pass_median": {"process_vm_readv": mr, "kmod_prefetch": if kmod.is_some() { Some(mk) } else { None }},
+        "map_pass_median": {"process_vm_readv": mr, "kmod_prefetch": if meta.kmod { Some(mk) } else { None }},
         "measurements": ms,
     });
     let json_out = out
@@ -255,7 +346,6 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| format!("{out}.json"));
     std::fs::write(&json_out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("write {json_out}"))?;
-    println!("{md}");
     Ok(())
 }
 
