@@ -29,67 +29,9 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
         ("stock null", How::Stock, "NULL"),
         ("torpor null", full_prefetch(), "NULL"),
     ];
-    let mut ts: Vec<Timed> = Vec::new();
-    let mut floors: Vec<(u64, f64)> = Vec::new();
-    for &mib in &sizes {
-        eprintln!("size-sweep: {mib} MiB");
-        let mut s = ctx.spawn(mib)?;
-        // Warm-up (excluded): the first purge writes the layout every later resume reads.
-        timed_resume(&mut s, "warm-up", 0, &How::Stock, "TOUCH")?;
-        let ff = FloorFile::create(&ctx.swap_dir(), mib * MIB)?;
-        for trial in 1..=trials {
-            for i in trial_order(trial, 4) {
-                let (name, how, req) = &configs[i];
-                let t = timed_resume(&mut s, name, trial, how, req)?;
-                eprintln!("  {name} trial {trial}: {:.3} s", t.seconds);
-                ts.push(t);
-            }
-            floors.push((mib, ff.read_direct(DEFAULT_BLOCK)?));
-        }
-        // Data intact after all the purge/prefetch cycles (untimed; pages still out fault back in).
-        s.verify_data()?;
-    }
+    let (ts, floors) = measure(ctx, &sizes, trials, &configs)?;
     let (md_path, json_path, png_path) = ctx.files("size-sweep")?;
-    let get = |mib: u64, c: &str| {
-        Spread::of(&secs_of(
-            ts.iter().filter(|t| t.mib == mib && t.config == c),
-        ))
-    };
-    let floor = |mib: u64| {
-        Spread::of(
-            &floors
-                .iter()
-                .filter(|f| f.0 == mib)
-                .map(|f| f.1)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let mut series: Vec<Series> = configs
-        .iter()
-        .map(|(c, _, _)| Series {
-            name: c.to_string(),
-            points: sizes
-                .iter()
-                .filter_map(|&m| get(m, c).map(|s| (m as f64, s.median, s.min, s.max)))
-                .collect(),
-            reference: false,
-        })
-        .collect();
-    series.push(Series {
-        name: "I/O floor (O_DIRECT sequential read)".into(),
-        points: sizes
-            .iter()
-            .filter_map(|&m| floor(m).map(|s| (m as f64, s.median, s.min, s.max)))
-            .collect(),
-        reference: true,
-    });
-    plot::log_lines(
-        &png_path,
-        "Placement delay vs application size (median, min-max)",
-        "application size (MiB)",
-        "resume request -> answer (s)",
-        &series,
-    )?;
+    plot_series(&png_path, &sizes, &configs, &ts, &floors)?;
     let mut o = ctx.header(
         "size-sweep",
         "Experiment 2 of the bench issue: placement delay vs application size, touch-all and null request.",
@@ -113,7 +55,128 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
     );
     let _ = writeln!(o, "| size | stock touch-all | torpor touch-all | **touch-all speed-up** | stock null | torpor null | **null: torpor / stock** | I/O floor | torpor touch-all / floor |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-    for &m in &sizes {
+    results_rows(&mut o, &sizes, &ts, &floors);
+    o.push_str(
+        "\nRatios are of medians measured in this one interleaved run. **Null request: prefetching makes it slower** — the torpor null \
+         time is the whole prefetch (it reads all N MiB before the thaw), the stock null time is one page fault. This is the paper's \
+         worst case; the paper found enhanced resume \"retains certain performance advantage\" there, presumably because its regular resume \
+         also had to page the AppServ itself (JVM, its heap and code) back in; our child has no such footprint (stock null costs ~1 fault), \
+         so here the penalty is the whole prefetch. A working-set-only prefetch (see `repeated/`) is torpor's answer to this case.\n\n",
+    );
+    o.push_str(FLOOR_NOTE);
+    plot_and_proofs(&mut o, &png_path, &ts);
+    let floors_s: Vec<String> = floors
+        .iter()
+        .map(|f| format!("{} MiB {:.3}", f.0, f.1))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nI/O floor reads, in run order: {}.",
+        floors_s.join(", ")
+    );
+    write_results(
+        &md_path,
+        &o,
+        &json_path,
+        &serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}),
+    )
+}
+
+/// An I/O floor read: size (MiB) and seconds.
+type Floor = (u64, f64);
+
+/// Every size: a warm-up, then `trials` trials of the four configurations and an I/O floor read.
+fn measure(
+    ctx: &Ctx,
+    sizes: &[u64],
+    trials: usize,
+    configs: &[(&str, How, &str)],
+) -> Result<(Vec<Timed>, Vec<Floor>)> {
+    let mut ts: Vec<Timed> = Vec::new();
+    let mut floors: Vec<(u64, f64)> = Vec::new();
+    for &mib in sizes {
+        eprintln!("size-sweep: {mib} MiB");
+        let mut s = ctx.spawn(mib)?;
+        // Warm-up (excluded): the first purge writes the layout every later resume reads.
+        timed_resume(&mut s, "warm-up", 0, &How::Stock, "TOUCH")?;
+        let ff = FloorFile::create(&ctx.swap_dir(), mib * MIB)?;
+        for trial in 1..=trials {
+            for i in trial_order(trial, 4) {
+                let (name, how, req) = &configs[i];
+                let t = timed_resume(&mut s, name, trial, how, req)?;
+                eprintln!("  {name} trial {trial}: {:.3} s", t.seconds);
+                ts.push(t);
+            }
+            floors.push((mib, ff.read_direct(DEFAULT_BLOCK)?));
+        }
+        // Data intact after all the purge/prefetch cycles (untimed; pages still out fault back in).
+        s.verify_data()?;
+    }
+    Ok((ts, floors))
+}
+
+/// One configuration's seconds at one size.
+fn spread_at(ts: &[Timed], mib: u64, c: &str) -> Option<Spread> {
+    Spread::of(&secs_of(
+        ts.iter().filter(|t| t.mib == mib && t.config == c),
+    ))
+}
+
+/// The I/O floor's seconds at one size.
+fn floor_at(floors: &[(u64, f64)], mib: u64) -> Option<Spread> {
+    Spread::of(
+        &floors
+            .iter()
+            .filter(|f| f.0 == mib)
+            .map(|f| f.1)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The plot: one line per configuration and the I/O floor, against the size.
+fn plot_series(
+    png_path: &std::path::Path,
+    sizes: &[u64],
+    configs: &[(&str, How, &str)],
+    ts: &[Timed],
+    floors: &[(u64, f64)],
+) -> Result<()> {
+    let get = |mib: u64, c: &str| spread_at(ts, mib, c);
+    let floor = |mib: u64| floor_at(floors, mib);
+    let mut series: Vec<Series> = configs
+        .iter()
+        .map(|(c, _, _)| Series {
+            name: c.to_string(),
+            points: sizes
+                .iter()
+                .filter_map(|&m| get(m, c).map(|s| (m as f64, s.median, s.min, s.max)))
+                .collect(),
+            reference: false,
+        })
+        .collect();
+    series.push(Series {
+        name: "I/O floor (O_DIRECT sequential read)".into(),
+        points: sizes
+            .iter()
+            .filter_map(|&m| floor(m).map(|s| (m as f64, s.median, s.min, s.max)))
+            .collect(),
+        reference: true,
+    });
+    plot::log_lines(
+        png_path,
+        "Placement delay vs application size (median, min-max)",
+        "application size (MiB)",
+        "resume request -> answer (s)",
+        &series,
+    )?;
+    Ok(())
+}
+
+/// The results table: one row per size.
+fn results_rows(o: &mut String, sizes: &[u64], ts: &[Timed], floors: &[(u64, f64)]) {
+    let get = |mib: u64, c: &str| spread_at(ts, mib, c);
+    let floor = |mib: u64| floor_at(floors, mib);
+    for &m in sizes {
         let (st, tt, sn, tn, fl) = (
             get(m, "stock touch-all"),
             get(m, "torpor touch-all"),
@@ -139,30 +202,6 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
             r(tt, fl)
         );
     }
-    o.push_str(
-        "\nRatios are of medians measured in this one interleaved run. **Null request: prefetching makes it slower** — the torpor null \
-         time is the whole prefetch (it reads all N MiB before the thaw), the stock null time is one page fault. This is the paper's \
-         worst case; the paper found enhanced resume \"retains certain performance advantage\" there, presumably because its regular resume \
-         also had to page the AppServ itself (JVM, its heap and code) back in; our child has no such footprint (stock null costs ~1 fault), \
-         so here the penalty is the whole prefetch. A working-set-only prefetch (see `repeated/`) is torpor's answer to this case.\n\n",
-    );
-    o.push_str(FLOOR_NOTE);
-    plot_and_proofs(&mut o, &png_path, &ts);
-    let floors_s: Vec<String> = floors
-        .iter()
-        .map(|f| format!("{} MiB {:.3}", f.0, f.1))
-        .collect();
-    let _ = writeln!(
-        o,
-        "\nI/O floor reads, in run order: {}.",
-        floors_s.join(", ")
-    );
-    write_results(
-        &md_path,
-        &o,
-        &json_path,
-        &serde_json::json!({"sizes_mib": sizes, "trials": trials, "timed": ts, "floors": floors}),
-    )
 }
 
 // ---------------------------------------------------------------- experiment 4: contiguity
