@@ -10,6 +10,12 @@ use bench::stats::Spread;
 use std::fmt::Write as _;
 use std::time::Instant;
 
+/// A level's load: target %, calibration, whole level, load average after.
+type LevelLoad = (u32, Achieved, Achieved, (f64, f64, f64));
+
+/// The configurations, as the plot and the table name them.
+const NAMES: [&str; 3] = ["cold start", "stock resume", "torpor (purge + prefetch)"];
+
 pub fn cpu_load(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
     let load0 = loadavg();
@@ -19,56 +25,11 @@ pub fn cpu_load(ctx: &Ctx) -> Result<String> {
     let period_ms = 20;
     eprintln!("cpu-load: Tomcat + {mib} MiB webapp, levels {levels:?} %, {trials} trials");
     let mut srv = Servers::start(mib)?;
-    let hows = [SrvHow::Cold, SrvHow::Stock, SrvHow::Enhanced];
-    let mut ts: Vec<SrvTimed> = Vec::new();
-    // (target %, calibration, whole level, load average after)
-    type LevelLoad = (u32, Achieved, Achieved, (f64, f64, f64));
-    let mut achieved: Vec<LevelLoad> = Vec::new();
-    for &lvl in &levels {
-        let b = Burners::start(&ctx.me, lvl as f64 / 100.0, period_ms)?;
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        let cal = b.achieved();
-        eprintln!(
-            "  load {lvl}%: calibration 2 s: burners {:.0}%, all CPUs busy {:.0}%",
-            cal.burners * 100.0,
-            cal.system_busy * 100.0
-        );
-        for trial in 1..=trials {
-            for j in 0..3 {
-                let how = hows[(j + trial + lvl as usize / 20) % 3];
-                let t = srv.run(how, lvl, trial)?;
-                eprintln!("    {} trial {trial}: {:.3} s", t.config, t.seconds);
-                ts.push(t);
-            }
-        }
-        achieved.push((lvl, cal, b.achieved(), loadavg()));
-    }
+    let (ts, achieved) = run_levels(ctx, &mut srv, &levels, trials, period_ms)?;
     let (md_path, json_path, png_path) = ctx.files("cpu-load")?;
-    let names = ["cold start", "stock resume", "torpor (purge + prefetch)"];
-    let get = |lvl: u32, c: &str| {
-        Spread::of(&secs_of_srv(
-            ts.iter().filter(|t| t.load_pct == lvl && t.config == c),
-        ))
-    };
-    let series: Vec<Series> = names
-        .iter()
-        .map(|c| Series {
-            name: c.to_string(),
-            points: levels
-                .iter()
-                .filter_map(|&l| get(l, c).map(|s| (l as f64, s.median, s.min, s.max)))
-                .collect(),
-            reference: false,
-        })
-        .collect();
-    plot::lines(
-        &png_path,
-        &format!("Resume delay vs competing CPU load, Tomcat + {mib} MiB webapp (median, min-max)"),
-        "competing CPU load, target (% of both CPUs)",
-        "start/resume -> first answer (s)",
-        &series,
-        false,
-    )?;
+    let names = NAMES;
+    let get = |lvl: u32, c: &str| spread_at(&ts, lvl, c);
+    plot_levels(&png_path, mib, &levels, &ts)?;
     let mut o = ctx.header("cpu-load", "Experiment 1 of the bench issue: resume delay vs competing CPU load (the paper's first experiment).", load0, t_start.elapsed().as_secs_f64());
     o.push_str(&server_text(&srv.tc, &srv));
     let _ = writeln!(
@@ -83,35 +44,7 @@ pub fn cpu_load(ctx: &Ctx) -> Result<String> {
         o,
         "## Results (seconds, median (min–max) of {trials})\n\n| target load | burners achieved (calib. / level) | all CPUs busy (level) | load avg after | cold start | stock resume | torpor resume | cold / torpor | cold / stock | stock / torpor |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    let mut ratio_at = Vec::new();
-    for (lvl, cal, ach, la) in &achieved {
-        let (c, s, e) = (
-            get(*lvl, names[0]),
-            get(*lvl, names[1]),
-            get(*lvl, names[2]),
-        );
-        let r = |a: Option<Spread>, b: Option<Spread>| match (a, b) {
-            (Some(a), Some(b)) => format!("{:.1}×", a.median / b.median),
-            _ => "-".into(),
-        };
-        if let (Some(c), Some(e)) = (c, e) {
-            ratio_at.push((*lvl, c.median / e.median));
-        }
-        let _ = writeln!(
-            o,
-            "| {lvl}% | {:.0}% / {:.0}% | {:.0}% | {:.2} | {} | {} | {} | **{}** | {} | {} |",
-            cal.burners * 100.0,
-            ach.burners * 100.0,
-            ach.system_busy * 100.0,
-            la.0,
-            fmt_spread(c),
-            fmt_spread(s),
-            fmt_spread(e),
-            r(c, e),
-            r(c, s),
-            r(s, e)
-        );
-    }
+    let ratio_at = results_rows(&mut o, &achieved, &ts);
     let at = |l: u32| ratio_at.iter().find(|r| r.0 == l).map(|r| r.1);
     let verdict = |l: u32, target: f64| match at(l) {
         Some(r) if r > target => format!("{r:.1}× — MET"),
@@ -143,4 +76,112 @@ pub fn cpu_load(ctx: &Ctx) -> Result<String> {
         )?,
     )?;
     Ok(md_path.display().to_string())
+}
+
+/// One configuration's seconds at one load level.
+fn spread_at(ts: &[SrvTimed], lvl: u32, c: &str) -> Option<Spread> {
+    Spread::of(&secs_of_srv(
+        ts.iter().filter(|t| t.load_pct == lvl && t.config == c),
+    ))
+}
+
+/// Every level: burners started and calibrated for 2 s, then `trials` trials of the three
+/// configurations (order rotated); the timings and what the burners achieved.
+fn run_levels(
+    ctx: &Ctx,
+    srv: &mut Servers,
+    levels: &[u32],
+    trials: usize,
+    period_ms: u64,
+) -> Result<(Vec<SrvTimed>, Vec<LevelLoad>)> {
+    let hows = [SrvHow::Cold, SrvHow::Stock, SrvHow::Enhanced];
+    let mut ts: Vec<SrvTimed> = Vec::new();
+    let mut achieved: Vec<LevelLoad> = Vec::new();
+    for &lvl in levels {
+        let b = Burners::start(&ctx.me, lvl as f64 / 100.0, period_ms)?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let cal = b.achieved();
+        eprintln!(
+            "  load {lvl}%: calibration 2 s: burners {:.0}%, all CPUs busy {:.0}%",
+            cal.burners * 100.0,
+            cal.system_busy * 100.0
+        );
+        for trial in 1..=trials {
+            for j in 0..3 {
+                let how = hows[(j + trial + lvl as usize / 20) % 3];
+                let t = srv.run(how, lvl, trial)?;
+                eprintln!("    {} trial {trial}: {:.3} s", t.config, t.seconds);
+                ts.push(t);
+            }
+        }
+        achieved.push((lvl, cal, b.achieved(), loadavg()));
+    }
+    Ok((ts, achieved))
+}
+
+/// The plot: one line per configuration against the load level.
+fn plot_levels(
+    png_path: &std::path::Path,
+    mib: u64,
+    levels: &[u32],
+    ts: &[SrvTimed],
+) -> Result<()> {
+    let names = NAMES;
+    let get = |lvl: u32, c: &str| spread_at(ts, lvl, c);
+    let series: Vec<Series> = names
+        .iter()
+        .map(|c| Series {
+            name: c.to_string(),
+            points: levels
+                .iter()
+                .filter_map(|&l| get(l, c).map(|s| (l as f64, s.median, s.min, s.max)))
+                .collect(),
+            reference: false,
+        })
+        .collect();
+    plot::lines(
+        png_path,
+        &format!("Resume delay vs competing CPU load, Tomcat + {mib} MiB webapp (median, min-max)"),
+        "competing CPU load, target (% of both CPUs)",
+        "start/resume -> first answer (s)",
+        &series,
+        false,
+    )?;
+    Ok(())
+}
+
+/// The results table, one row per level; the cold/torpor ratio at each level.
+fn results_rows(o: &mut String, achieved: &[LevelLoad], ts: &[SrvTimed]) -> Vec<(u32, f64)> {
+    let names = NAMES;
+    let get = |lvl: u32, c: &str| spread_at(ts, lvl, c);
+    let mut ratio_at = Vec::new();
+    for (lvl, cal, ach, la) in achieved {
+        let (c, s, e) = (
+            get(*lvl, names[0]),
+            get(*lvl, names[1]),
+            get(*lvl, names[2]),
+        );
+        let r = |a: Option<Spread>, b: Option<Spread>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.1}×", a.median / b.median),
+            _ => "-".into(),
+        };
+        if let (Some(c), Some(e)) = (c, e) {
+            ratio_at.push((*lvl, c.median / e.median));
+        }
+        let _ = writeln!(
+            o,
+            "| {lvl}% | {:.0}% / {:.0}% | {:.0}% | {:.2} | {} | {} | {} | **{}** | {} | {} |",
+            cal.burners * 100.0,
+            ach.burners * 100.0,
+            ach.system_busy * 100.0,
+            la.0,
+            fmt_spread(c),
+            fmt_spread(s),
+            fmt_spread(e),
+            r(c, e),
+            r(c, s),
+            r(s, e)
+        );
+    }
+    ratio_at
 }
