@@ -132,6 +132,29 @@ impl Postgres {
         Ok(())
     }
 }
+/// The transaction times of every pgbench log file `<prefix>.*` in `dir` (the files are removed
+/// once read); none at all is an error.
+fn pgbench_log_times_of(dir: &Path, prefix: &Path) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    let name = prefix
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.starts_with(&format!("{name}.")) {
+            times.extend(pgbench_log_times(&std::fs::read_to_string(e.path())?));
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    ensure!(
+        !times.is_empty(),
+        "pgbench wrote no transaction log ({}*)",
+        prefix.display()
+    );
+    Ok(times)
+}
 
 /// Completion times (unix seconds) from pgbench per-transaction logs
 /// (`client_id transaction_no time script_no time_epoch time_us`).
@@ -365,24 +388,7 @@ impl Workload for Postgres {
             "pgbench -S: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         );
-        let mut times = Vec::new();
-        let name = prefix
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_string();
-        for e in std::fs::read_dir(&self.dir)?.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with(&format!("{name}.")) {
-                times.extend(pgbench_log_times(&std::fs::read_to_string(e.path())?));
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        ensure!(
-            !times.is_empty(),
-            "pgbench wrote no transaction log ({}*)",
-            prefix.display()
-        );
+        let times = pgbench_log_times_of(&self.dir, &prefix)?;
         let first_tx = times.iter().copied().fold(f64::MAX, f64::min);
         let series = per_second(&times, at.t0_unix, self.seconds as usize);
         let mut out = Outcome {
