@@ -7,7 +7,7 @@
 # allocation takes a free cluster before the holes of partly used ones, so a purge's pages written in
 # touch order get consecutive slots; without it they refill holes the app's own write faults left,
 # scattered (bench/results/activation/README.md, "Swap layout": 2,600-2,900 extents for 5,000 pages
-# without discard, 1-8 with). `swapon --discard=once` does not set that policy.
+# without discard, 1-3 with). `swapon --discard=once` does not set that policy.
 set -euo pipefail
 SWAPFILE=${TORPOR_SWAPFILE:-/var/tmp/torpor-test.swap}
 MIB=${TORPOR_SWAP_MIB:-3072}

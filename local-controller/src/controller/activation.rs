@@ -76,9 +76,13 @@ const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
 /// keeps its old slot, and a clean page is dropped at page-out without being written. Off: with
 /// 32 MiB and the benchmark's swap file alone at the top priority (2026-12-02 14:01 UTC,
 /// bench/results/activation/ `-act` files), Tomcat's `first` part was still 1,230-1,480 swap
-/// extents for 4,200-7,200 pages. A likely reason, not verified: without discard the kernel
-/// fills the holes of partly used swap clusters before it takes a free one, so slots freed by
-/// the rewrite (and by the app's own write faults) are handed out again, scattered.
+/// extents for 4,200-7,200 pages; with the swap file also enabled with `--discard=pages` (so the
+/// kernel takes free clusters before the holes of partly used ones) still 1,088-1,142 for
+/// 4,295-4,463, the same as without the rewrite (1,078-1,130). Measured with a probe: a write to
+/// a page read-faulted from swap does not free its slot (the read fault mapped it writable and
+/// kept it in the swap cache), so the page goes back to its old slot at page-out; the rewrite's
+/// `process_vm_writev` is such a write too (likely why it gained nothing; not measured apart).
+/// See bench/results/activation/README.md, "Swap layout".
 pub(super) const LAYOUT_REWRITE_BYTES: u64 = 0;
 
 /// The threads a loading-set Start leaves running (runtime only).
