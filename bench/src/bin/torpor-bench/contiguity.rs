@@ -56,26 +56,7 @@ pub fn contiguity(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
     let load0 = loadavg();
     let (n, mib) = if ctx.quick { (3, 64) } else { (5, 256) };
-    let mut samples = Vec::new();
-    for i in 1..=n {
-        eprintln!("contiguity: instance {i}");
-        let mut a = ctx.spawn(mib)?;
-        a.freeze()?;
-        let t0 = Instant::now();
-        procswap::purge_with(&StockBackend, a.pid, &PurgeOptions::default(), &NoProgress)?;
-        samples.push(layout_sample(
-            &a,
-            "torpor purge",
-            i,
-            t0.elapsed().as_secs_f64(),
-            None,
-        )?);
-        drop(a);
-        let mut b = ctx.spawn(mib)?;
-        let k = kernel_layout(&mut b, churn_pages(mib), i as u64 * 7919)?;
-        let secs = k.total_seconds;
-        samples.push(layout_sample(&b, "kernel reclaim", i, secs, Some(k))?);
-    }
+    let samples = sample_layouts(ctx, n, mib)?;
     let (md_path, json_path, png_path) = ctx.files("contiguity")?;
     let ext = |h: &str| {
         samples
@@ -89,24 +70,7 @@ pub fn contiguity(ctx: &Ctx) -> Result<String> {
         Spread::of(&ext("kernel reclaim")).context("no samples")?,
     );
     let ratio = kr.median / tp.median;
-    let bars: Vec<Bar> = samples
-        .iter()
-        .map(|s| Bar {
-            label: format!(
-                "{} #{}",
-                if s.how == "torpor purge" {
-                    "purge"
-                } else {
-                    "kernel"
-                },
-                s.instance
-            ),
-            value: s.extents as f64,
-            lo: s.extents as f64,
-            hi: s.extents as f64,
-            color: if s.how == "torpor purge" { 1 } else { 0 },
-        })
-        .collect();
+    let bars = extent_bars(&samples);
     plot::bars(&png_path, &format!("Swap extents per {mib} MiB process: torpor purge (blue) vs kernel reclaim (red), log scale"), "swap extents", &bars, true)?;
     let mut o = ctx.header("contiguity", "Experiment 4 of the bench issue: contiguity of a process's pages on swap (the paper's Table 1).", load0, t_start.elapsed().as_secs_f64());
     let _ = writeln!(
@@ -155,6 +119,54 @@ pub fn contiguity(ctx: &Ctx) -> Result<String> {
         &json_path,
         &serde_json::json!({"mib": mib, "samples": samples, "median_extents_purge": tp.median, "median_extents_kernel": kr.median, "ratio": ratio}),
     )
+}
+
+/// `n` instances of each, one after another: a child purged by torpor, then a child evicted by
+/// kernel reclaim; the swap layout of each.
+fn sample_layouts(ctx: &Ctx, n: usize, mib: u64) -> Result<Vec<LayoutSample>> {
+    let mut samples = Vec::new();
+    for i in 1..=n {
+        eprintln!("contiguity: instance {i}");
+        let mut a = ctx.spawn(mib)?;
+        a.freeze()?;
+        let t0 = Instant::now();
+        procswap::purge_with(&StockBackend, a.pid, &PurgeOptions::default(), &NoProgress)?;
+        samples.push(layout_sample(
+            &a,
+            "torpor purge",
+            i,
+            t0.elapsed().as_secs_f64(),
+            None,
+        )?);
+        drop(a);
+        let mut b = ctx.spawn(mib)?;
+        let k = kernel_layout(&mut b, churn_pages(mib), i as u64 * 7919)?;
+        let secs = k.total_seconds;
+        samples.push(layout_sample(&b, "kernel reclaim", i, secs, Some(k))?);
+    }
+    Ok(samples)
+}
+
+/// One bar per sample: its swap extents (purges blue, kernel reclaim red).
+fn extent_bars(samples: &[LayoutSample]) -> Vec<Bar> {
+    samples
+        .iter()
+        .map(|s| Bar {
+            label: format!(
+                "{} #{}",
+                if s.how == "torpor purge" {
+                    "purge"
+                } else {
+                    "kernel"
+                },
+                s.instance
+            ),
+            value: s.extents as f64,
+            lo: s.extents as f64,
+            hi: s.extents as f64,
+            color: if s.how == "torpor purge" { 1 } else { 0 },
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- experiment 3: contribution

@@ -5,10 +5,12 @@ use crate::contiguity::*;
 use anyhow::{Context, Result};
 use bench::machine::loadavg;
 use bench::plot::{self};
-use bench::resume::MIB;
+use bench::resume::{Subject, MIB};
 use bench::stats::Spread;
 use std::fmt::Write as _;
 use std::time::Instant;
+/// The configurations, in the order the plot and the table show them.
+const CONFIGS: [&str; 4] = ["none", "prefetch only", "contiguity only", "all"];
 
 pub fn contribution(ctx: &Ctx) -> Result<String> {
     let t_start = Instant::now();
@@ -23,24 +25,8 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
     let mut k = ctx.spawn(mib)?;
     let kl = kernel_layout(&mut k, churn_pages(mib), 4242)?;
     k.thaw()?;
-    let configs = ["none", "prefetch only", "contiguity only", "all"];
-    let mut ts: Vec<Timed> = Vec::new();
-    for trial in 1..=trials {
-        for i in trial_order(trial, 4) {
-            let (s, how) = match i {
-                0 => (&mut k, How::Stock),
-                1 => (&mut k, full_prefetch()),
-                2 => (&mut p, How::Stock),
-                _ => (&mut p, full_prefetch()),
-            };
-            let t = timed_resume(s, configs[i], trial, &how, "TOUCH")?;
-            eprintln!(
-                "  {} trial {trial}: {:.3} s (extents {})",
-                configs[i], t.seconds, t.extents
-            );
-            ts.push(t);
-        }
-    }
+    let configs = CONFIGS;
+    let ts = run_trials(&mut p, &mut k, trials)?;
     p.verify_data()?;
     k.verify_data()?;
     let (md_path, json_path, png_path) = ctx.files("contribution")?;
@@ -80,25 +66,7 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
         kl.total_seconds
     );
     let _ = writeln!(o, "## Results (seconds, median (min–max) over {trials} trials)\n\n| configuration | resume → touched all | speed-up vs none | swap extents (median) | major faults (median) | prefetch (median) |\n|---|---|---|---|---|---|");
-    for c in configs {
-        let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == c).collect();
-        let s = get(c);
-        let med = |f: &dyn Fn(&Timed) -> f64| median_by(&sel, f);
-        let _ = writeln!(
-            o,
-            "| {c} | {} | **{}** | {:.0} | {:.0} | {} |",
-            fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none.median / s.median))
-                .unwrap_or_else(|| "-".into()),
-            med(&|t| t.extents as f64),
-            med(&|t| t.majflt as f64),
-            if c.contains("prefetch") || c == "all" {
-                format!("{:.3} s", med(&|t| t.prefetch_seconds.unwrap_or(0.0)))
-            } else {
-                "-".into()
-            }
-        );
-    }
+    results_rows(&mut o, &ts, none.median);
     o.push_str(
         "\nPaper (Figure 9, prose only survived): \"Prefetching contributes the most to the overall performance improvement, while prepurging and \
          contiguous disk allocation both exhibit similar benefits.\" Compare the speed-up column: ratios are of medians from this one interleaved run. \
@@ -113,6 +81,54 @@ pub fn contribution(ctx: &Ctx) -> Result<String> {
         &json_path,
         &serde_json::json!({"mib": mib, "trials": trials, "kernel_layout": kl, "timed": ts}),
     )
+}
+
+/// `trials` trials of the four configurations (order reversed every other trial): none and
+/// prefetch only on `k` (kernel-reclaim layout), contiguity only and all on `p` (torpor purge).
+fn run_trials(p: &mut Subject, k: &mut Subject, trials: usize) -> Result<Vec<Timed>> {
+    let configs = CONFIGS;
+    let mut ts: Vec<Timed> = Vec::new();
+    for trial in 1..=trials {
+        for i in trial_order(trial, 4) {
+            let (s, how) = match i {
+                0 => (&mut *k, How::Stock),
+                1 => (&mut *k, full_prefetch()),
+                2 => (&mut *p, How::Stock),
+                _ => (&mut *p, full_prefetch()),
+            };
+            let t = timed_resume(s, configs[i], trial, &how, "TOUCH")?;
+            eprintln!(
+                "  {} trial {trial}: {:.3} s (extents {})",
+                configs[i], t.seconds, t.extents
+            );
+            ts.push(t);
+        }
+    }
+    Ok(ts)
+}
+
+/// The results table, one row per configuration.
+fn results_rows(o: &mut String, ts: &[Timed], none_median: f64) {
+    let get = |c: &str| Spread::of(&secs_of(ts.iter().filter(|t| t.config == c)));
+    for c in CONFIGS {
+        let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == c).collect();
+        let s = get(c);
+        let med = |f: &dyn Fn(&Timed) -> f64| median_by(&sel, f);
+        let _ = writeln!(
+            o,
+            "| {c} | {} | **{}** | {:.0} | {:.0} | {} |",
+            fmt_spread(s),
+            s.map(|s| format!("{:.2}×", none_median / s.median))
+                .unwrap_or_else(|| "-".into()),
+            med(&|t| t.extents as f64),
+            med(&|t| t.majflt as f64),
+            if c.contains("prefetch") || c == "all" {
+                format!("{:.3} s", med(&|t| t.prefetch_seconds.unwrap_or(0.0)))
+            } else {
+                "-".into()
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------- experiment 5: repeated placement

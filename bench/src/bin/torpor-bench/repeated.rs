@@ -51,25 +51,7 @@ pub fn repeated(ctx: &Ctx) -> Result<String> {
     }
     s.verify_data()?;
     let (md_path, json_path, png_path) = ctx.files("repeated")?;
-    let stats = |c: &str| {
-        let x = secs_of(ts.iter().filter(|t| t.config == c));
-        let (m, sd) = mean_sd(&x);
-        (m, sd, Spread::of(&x))
-    };
-    let bars: Vec<Bar> = configs
-        .iter()
-        .enumerate()
-        .map(|(i, (c, _))| {
-            let (m, _, sp) = stats(c);
-            Bar {
-                label: c.to_string(),
-                value: m,
-                lo: sp.map(|s| s.min).unwrap_or(m),
-                hi: sp.map(|s| s.max).unwrap_or(m),
-                color: i,
-            }
-        })
-        .collect();
+    let bars = bars_of(&configs, &ts);
     plot::bars(&png_path, &format!("Repeated placement, {mib} MiB app, first request touches a {pct}% working set (mean, min-max, {trials} trials)"), "resume request -> answer (s)", &bars, false)?;
     let mut o = ctx.header(
         "repeated",
@@ -90,8 +72,52 @@ pub fn repeated(ctx: &Ctx) -> Result<String> {
          The three alternate (rotating order) for {trials} trials on the same child.\n"
     );
     let _ = writeln!(o, "## Results (seconds)\n\n| variant | mean | sd | median | min | max | mean speed-up vs stock | prefetched MiB (median) |\n|---|---|---|---|---|---|---|---|");
+    results_rows(&mut o, &configs, &ts)?;
+    o.push_str(
+        "\nPaper (Figure 10, prose): on repeated placement regular resume gets faster (only the pages the app used come back) while \
+         \"the enhanced resume time remains stable because it prefetches all the memory footprint anyway\". Ratios above are of means \
+         from this one interleaved run.\n\n",
+    );
+    plot_and_proofs(&mut o, &png_path, &ts);
+    write_results(
+        &md_path,
+        &o,
+        &json_path,
+        &serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}),
+    )
+}
+
+/// One configuration's mean, standard deviation and spread.
+fn stats_of(ts: &[Timed], c: &str) -> (f64, f64, Option<Spread>) {
+    let x = secs_of(ts.iter().filter(|t| t.config == c));
+    let (m, sd) = mean_sd(&x);
+    (m, sd, Spread::of(&x))
+}
+
+/// One bar per configuration: mean, min-max.
+fn bars_of(configs: &[(&str, How)], ts: &[Timed]) -> Vec<Bar> {
+    let stats = |c: &str| stats_of(ts, c);
+    configs
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| {
+            let (m, _, sp) = stats(c);
+            Bar {
+                label: c.to_string(),
+                value: m,
+                lo: sp.map(|s| s.min).unwrap_or(m),
+                hi: sp.map(|s| s.max).unwrap_or(m),
+                color: i,
+            }
+        })
+        .collect()
+}
+
+/// The results table, one row per configuration.
+fn results_rows(o: &mut String, configs: &[(&str, How)], ts: &[Timed]) -> Result<()> {
+    let stats = |c: &str| stats_of(ts, c);
     let (sm, _, _) = stats("stock");
-    for (c, _) in &configs {
+    for (c, _) in configs {
         let (m, sd, sp) = stats(c);
         let sp = sp.context("no samples")?;
         let pf = Spread::of(
@@ -111,18 +137,7 @@ pub fn repeated(ctx: &Ctx) -> Result<String> {
             sm / m
         );
     }
-    o.push_str(
-        "\nPaper (Figure 10, prose): on repeated placement regular resume gets faster (only the pages the app used come back) while \
-         \"the enhanced resume time remains stable because it prefetches all the memory footprint anyway\". Ratios above are of means \
-         from this one interleaved run.\n\n",
-    );
-    plot_and_proofs(&mut o, &png_path, &ts);
-    write_results(
-        &md_path,
-        &o,
-        &json_path,
-        &serde_json::json!({"mib": mib, "trials": trials, "working_set_pct": pct, "working_set_bytes": ws.bytes(), "timed": ts}),
-    )
+    Ok(())
 }
 
 // ---------------------------------------------------------------- experiments 1 and 6: a real server
