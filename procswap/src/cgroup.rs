@@ -167,6 +167,37 @@ pub fn procs(dir: &Path) -> Result<Vec<i32>> {
     Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// Thaws, SIGKILLs and removes every child cgroup of `dir`, then `dir` itself. Best effort,
+/// for teardown that must not fail (tests, benchmarks): every error is ignored.
+pub fn kill_and_remove_children(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+    {
+        let d = e.path();
+        let _ = fs::write(d.join("cgroup.freeze"), "0");
+        let _ = fs::write(d.join("freezer.state"), "THAWED");
+        for _ in 0..100 {
+            let pids = procs(&d).unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = remove(&d);
+    }
+    let _ = remove(dir);
+}
+
 /// Remove the (empty) cgroup `dir`, retrying briefly while the kernel still sees it busy.
 pub fn remove(dir: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -129,6 +129,14 @@ pub fn poll_ok(
     }
 }
 
+/// An unused TCP port on 127.0.0.1 (the kernel's pick; free when this returns).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,13 +64,7 @@ where
     }
 }
 
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use torpor_testsupport::http::unused_port;
 
 /// A process with its log in the test directory.
 pub struct Proc {
@@ -388,30 +382,7 @@ pub fn remove_app_cgroups(parent: &str) {
         return;
     };
     for mt in [m.v2, m.v1_memory, m.v1_freezer].into_iter().flatten() {
-        let p = mt.mount_point.join(parent);
-        let Ok(rd) = std::fs::read_dir(&p) else {
-            continue;
-        };
-        for e in rd.flatten().filter(|e| e.path().is_dir()) {
-            let d = e.path();
-            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
-            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-            for _ in 0..100 {
-                let pids = procswap::cgroup::procs(&d).unwrap_or_default();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = procswap::cgroup::remove(&d);
-        }
-        let _ = procswap::cgroup::remove(&p);
+        procswap::cgroup::kill_and_remove_children(&mt.mount_point.join(parent));
     }
 }
 

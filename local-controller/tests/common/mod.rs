@@ -18,32 +18,8 @@ pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
 /// children and the parents (best effort: a test's cleanup must not panic).
 pub fn remove_app_cgroups(parents: &[PathBuf]) {
     for parent in parents {
-        let Ok(rd) = std::fs::read_dir(parent) else {
-            continue;
-        };
-        for e in rd
-            .flatten()
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        {
-            let d = e.path();
-            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
-            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-            for _ in 0..100 {
-                let pids = procswap::cgroup::procs(&d).unwrap_or_default();
-                if pids.is_empty() {
-                    break;
-                }
-                for p in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = procswap::cgroup::remove(&d);
-        }
-        let _ = procswap::cgroup::remove(parent);
+        procswap::cgroup::kill_and_remove_children(parent);
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

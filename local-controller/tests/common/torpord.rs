@@ -26,14 +26,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// An unused TCP port on 127.0.0.1.
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use torpor_testsupport::http::unused_port;
 
 /// GET http://127.0.0.1:port/path: (status, body).
 pub fn http(port: u16, path: &str) -> (u16, String) {
