@@ -490,13 +490,16 @@ fn run_one(
 
 /// `/proc/swaps` now: "name prio P used U KiB" per active area.
 fn swap_areas() -> Vec<String> {
-    std::fs::read_to_string("/proc/swaps")
+    crate::machine::SwapArea::all()
         .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 5).then(|| format!("{} prio {} used {} KiB", f[0], f[4], f[3]))
+        .iter()
+        .map(|a| {
+            format!(
+                "{} prio {} used {} KiB",
+                a.path.display(),
+                a.priority,
+                a.used_kib
+            )
         })
         .collect()
 }
