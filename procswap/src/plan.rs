@@ -492,10 +492,15 @@ pub fn fetch_unmapped(
         Some(Ok(g)) => Some(g),
         None => None,
     };
-    let mut room = Room { opts, spent: 0 };
-    let mut stopped = fetch_anon(t, part, ps, &mut room, &mut rep)?;
+    let mut room = Room {
+        t,
+        ps,
+        opts,
+        spent: 0,
+    };
+    let mut stopped = fetch_anon(part, &mut room, &mut rep)?;
     if !stopped {
-        stopped = fetch_cow(t, part, ps, &mut room, &mut rep)?;
+        stopped = fetch_cow(part, &mut room, &mut rep)?;
     }
     let in_memcg = if stopped {
         Vec::new()
@@ -539,8 +544,11 @@ fn fadvise_in_memcg_or_here(
     ))
 }
 
-/// The budget and free-memory floor of a fetch: what it has spent so far.
+/// A fetch under way: its target and page size, its budget and free-memory floor, and what it
+/// has spent so far.
 struct Room<'a> {
+    t: &'a Target,
+    ps: u64,
     opts: &'a FetchOptions,
     spent: u64,
 }
@@ -570,13 +578,8 @@ impl Room<'_> {
 
 /// Anonymous pages, in slot order, in batches of `batch_bytes`
 /// (`process_madvise(MADV_WILLNEED)`). Returns whether the room ran out.
-fn fetch_anon(
-    t: &Target,
-    part: &PlanPart,
-    ps: u64,
-    room: &mut Room<'_>,
-    rep: &mut FetchReport,
-) -> Result<bool> {
+fn fetch_anon(part: &PlanPart, room: &mut Room<'_>, rep: &mut FetchReport) -> Result<bool> {
+    let (t, ps) = (room.t, room.ps);
     let per_batch = (room.opts.batch_bytes / ps).max(1);
     let mut batch: Vec<Range> = Vec::new();
     let mut batch_pages = 0u64;
@@ -612,13 +615,8 @@ fn fetch_anon(
 
 /// Copy-on-write pages of private file mappings: only a fault brings them in
 /// (`process_vm_readv`). Returns whether the room ran out.
-fn fetch_cow(
-    t: &Target,
-    part: &PlanPart,
-    ps: u64,
-    room: &mut Room<'_>,
-    rep: &mut FetchReport,
-) -> Result<bool> {
+fn fetch_cow(part: &PlanPart, room: &mut Room<'_>, rep: &mut FetchReport) -> Result<bool> {
+    let (t, ps) = (room.t, room.ps);
     if part.anon_cow.is_empty() {
         return Ok(false);
     }

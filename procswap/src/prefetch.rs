@@ -499,54 +499,28 @@ fn restore_shmem(t: &Target, vmas: Vec<crate::inspect::VmaInfo>) -> Result<u64> 
 /// call. Reading faults each page in through the kernel's GUP path, which installs the PTE in
 /// the target. Returns (pages mapped, pages that could not be read).
 pub fn map_pages_vm_readv(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
-    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    use nix::errno::Errno;
+    use nix::sys::uio::process_vm_readv;
     use std::io::IoSliceMut;
     let npid = nix::unistd::Pid::from_raw(pid);
     let mut scratch = vec![0u8; sys::IOV_MAX];
-    let mut ok = 0u64;
-    let mut bad = 0u64;
-    let mut rest = addrs;
-    while !rest.is_empty() {
-        let n = rest.len().min(sys::IOV_MAX);
-        let remote: Vec<RemoteIoVec> = rest[..n]
-            .iter()
-            .map(|&a| RemoteIoVec {
-                base: a as usize,
-                len: 1,
-            })
-            .collect();
-        let mut local = [IoSliceMut::new(&mut scratch[..n])];
-        match process_vm_readv(npid, &mut local, &remote) {
-            Ok(got) => {
-                ok += got as u64;
-                if got < n {
-                    // The page at index `got` failed: skip it, continue after it.
-                    bad += 1;
-                    rest = &rest[got + 1..];
-                } else {
-                    rest = &rest[n..];
-                }
-            }
-            Err(nix::errno::Errno::ESRCH) => {
-                return Err(Error::TargetExited {
-                    pid,
-                    op: "prefetch mapping pass",
-                })
-            }
-            Err(nix::errno::Errno::EFAULT) => {
-                bad += 1;
-                rest = &rest[1..];
-            }
-            Err(e) => {
-                return Err(Error::Sys {
-                    op: "process_vm_readv",
-                    pid,
-                    source: e.into(),
-                })
-            }
+    sys::per_page_batches(addrs, |remote| {
+        let mut local = [IoSliceMut::new(&mut scratch[..remote.len()])];
+        match process_vm_readv(npid, &mut local, remote) {
+            Ok(got) => Ok(got),
+            // The first page failed: skip it.
+            Err(Errno::EFAULT) => Ok(0),
+            Err(Errno::ESRCH) => Err(Error::TargetExited {
+                pid,
+                op: "prefetch mapping pass",
+            }),
+            Err(e) => Err(Error::Sys {
+                op: "process_vm_readv",
+                pid,
+                source: e.into(),
+            }),
         }
-    }
-    Ok((ok, bad))
+    })
 }
 
 #[cfg(test)]
@@ -585,5 +559,19 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn vm_readv_mapping_pass_skips_an_unmapped_page() {
+        let ps = sys::page_size() as usize;
+        let m = sys::AnonMapping::new(8);
+        // SAFETY: page 5 of the mapping above is unmapped (a hole the pass must skip).
+        let rc = unsafe { libc::munmap(m.base.add(5 * ps) as *mut libc::c_void, ps) };
+        assert_eq!(rc, 0);
+        let addrs = m.addrs();
+        let pid = std::process::id() as i32;
+        assert_eq!(map_pages_vm_readv(pid, &addrs).unwrap(), (7, 1));
+        assert_eq!(map_pages_vm_readv(pid, &addrs[5..6]).unwrap(), (0, 1));
+        assert_eq!(map_pages_vm_readv(pid, &[]).unwrap(), (0, 0));
     }
 }

@@ -615,12 +615,10 @@ fn exclusive_present(t: &Target, ranges: &[Range], max: u64) -> Result<Vec<u64>>
 /// write of its own can come between the read and the write). Returns (pages rewritten, pages
 /// that could not be read or written, e.g. read-only mappings).
 pub fn rewrite_pages_vm(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
-    use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+    use nix::sys::uio::{process_vm_readv, process_vm_writev};
     use std::io::{IoSlice, IoSliceMut};
     let npid = nix::unistd::Pid::from_raw(pid);
     let mut buf = vec![0u8; sys::IOV_MAX];
-    let (mut ok, mut bad) = (0u64, 0u64);
-    let mut rest = addrs;
     let sys_err = |op, e: nix::errno::Errno| match e {
         nix::errno::Errno::ESRCH => Error::TargetExited { pid, op: "rewrite" },
         e => Error::Sys {
@@ -629,39 +627,23 @@ pub fn rewrite_pages_vm(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
             source: e.into(),
         },
     };
-    while !rest.is_empty() {
-        let n = rest.len().min(sys::IOV_MAX);
-        let remote: Vec<RemoteIoVec> = rest[..n]
-            .iter()
-            .map(|&a| RemoteIoVec {
-                base: a as usize,
-                len: 1,
-            })
-            .collect();
-        let got = match process_vm_readv(npid, &mut [IoSliceMut::new(&mut buf[..n])], &remote) {
+    // A short count (read or write) skips the page at that index.
+    sys::per_page_batches(addrs, |remote| {
+        let n = remote.len();
+        let got = match process_vm_readv(npid, &mut [IoSliceMut::new(&mut buf[..n])], remote) {
             Ok(g) => g,
             Err(nix::errno::Errno::EFAULT) => 0,
             Err(e) => return Err(sys_err("process_vm_readv", e)),
         };
-        let put = if got == 0 {
-            0
-        } else {
-            match process_vm_writev(npid, &[IoSlice::new(&buf[..got])], &remote[..got]) {
-                Ok(p) => p,
-                Err(nix::errno::Errno::EFAULT) => 0,
-                Err(e) => return Err(sys_err("process_vm_writev", e)),
-            }
-        };
-        ok += put as u64;
-        // The page at index `put` failed (read or write): skip it, continue after it.
-        if put < n {
-            bad += 1;
-            rest = &rest[put + 1..];
-        } else {
-            rest = &rest[n..];
+        if got == 0 {
+            return Ok(0);
         }
-    }
-    Ok((ok, bad))
+        match process_vm_writev(npid, &[IoSlice::new(&buf[..got])], &remote[..got]) {
+            Ok(p) => Ok(p),
+            Err(nix::errno::Errno::EFAULT) => Ok(0),
+            Err(e) => Err(sys_err("process_vm_writev", e)),
+        }
+    })
 }
 
 /// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
@@ -747,19 +729,8 @@ mod tests {
     fn rewrite_keeps_contents_and_skips_read_only_pages() {
         let ps = sys::page_size() as usize;
         let n = 8usize;
-        // SAFETY: a fresh private anonymous mapping of n pages, unmapped below; nothing else
-        // refers to it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                n * ps,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
+        let m = sys::AnonMapping::new(n);
+        let base = m.base;
         for i in 0..n {
             // SAFETY: page i of the writable mapping above (i < n).
             unsafe { *base.add(i * ps) = 0x40 + i as u8 };
@@ -768,7 +739,7 @@ mod tests {
         let rc =
             unsafe { libc::mprotect(base.add(3 * ps) as *mut libc::c_void, ps, libc::PROT_READ) };
         assert_eq!(rc, 0);
-        let addrs: Vec<u64> = (0..n).map(|i| base as u64 + (i * ps) as u64).collect();
+        let addrs = m.addrs();
         let (ok, bad) = rewrite_pages_vm(std::process::id() as i32, &addrs).unwrap();
         assert_eq!((ok, bad), (7, 1));
         for i in 0..n {
@@ -779,7 +750,5 @@ mod tests {
             rewrite_pages_vm(std::process::id() as i32, &[]).unwrap(),
             (0, 0)
         );
-        // SAFETY: unmapping the mapping made above, no longer used.
-        unsafe { libc::munmap(base as *mut libc::c_void, n * ps) };
     }
 }

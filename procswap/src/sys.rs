@@ -141,6 +141,37 @@ pub fn madvise_all(
     Ok((done, skipped))
 }
 
+/// Walk `addrs` (one page each) in calls of at most [`IOV_MAX`] one-byte remote iovecs.
+/// `call` gets the next batch and returns how many of its leading pages it handled; a short
+/// count means the page at that index failed: it is counted, skipped, and the walk goes on
+/// after it. An error from `call` ends the walk. Returns (pages handled, pages skipped).
+pub fn per_page_batches<E>(
+    addrs: &[u64],
+    mut call: impl FnMut(&[nix::sys::uio::RemoteIoVec]) -> Result<usize, E>,
+) -> Result<(u64, u64), E> {
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let mut rest = addrs;
+    while !rest.is_empty() {
+        let n = rest.len().min(IOV_MAX);
+        let remote: Vec<nix::sys::uio::RemoteIoVec> = rest[..n]
+            .iter()
+            .map(|&a| nix::sys::uio::RemoteIoVec {
+                base: a as usize,
+                len: 1,
+            })
+            .collect();
+        let done = call(&remote)?.min(n);
+        ok += done as u64;
+        if done < n {
+            bad += 1;
+            rest = &rest[done + 1..];
+        } else {
+            rest = &rest[n..];
+        }
+    }
+    Ok((ok, bad))
+}
+
 /// Whether the process behind `pidfd` has exited (the pidfd polls readable).
 pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
     let mut pfd = libc::pollfd {
@@ -225,9 +256,78 @@ impl Drop for IoPriorityGuard {
     }
 }
 
+/// Test support: a private anonymous read-write mapping of `pages` pages in this process,
+/// unmapped when dropped.
+#[cfg(test)]
+pub(crate) struct AnonMapping {
+    pub base: *mut u8,
+    len: usize,
+}
+
+#[cfg(test)]
+impl AnonMapping {
+    pub fn new(pages: usize) -> Self {
+        let len = pages * page_size() as usize;
+        // SAFETY: a fresh private anonymous mapping; the kernel picks the address; no existing
+        // memory is touched; the result is checked against MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        Self {
+            base: base as *mut u8,
+            len,
+        }
+    }
+
+    /// The address of every page, in order.
+    pub fn addrs(&self) -> Vec<u64> {
+        let ps = page_size();
+        (0..self.len as u64 / ps)
+            .map(|i| self.base as u64 + i * ps)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl Drop for AnonMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used (pages already unmapped by a test
+        // are skipped by the kernel).
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests_sys {
     use super::*;
+
+    #[test]
+    fn per_page_batches_skips_the_failed_page_and_goes_on() {
+        let addrs: Vec<u64> = (0..2500u64).map(|i| i * 4096).collect();
+        let mut calls = Vec::new();
+        // Every batch stops at its 10th page: that page is skipped, the walk resumes after it.
+        let (ok, bad) = per_page_batches(&addrs, |b| {
+            calls.push((b[0].base, b.len()));
+            assert!(b.iter().all(|v| v.len == 1));
+            Ok::<_, ()>(b.len().min(10))
+        })
+        .unwrap();
+        assert_eq!(calls[0], (0, IOV_MAX));
+        assert_eq!(calls[1], (11 * 4096, IOV_MAX));
+        assert_eq!(ok + bad, 2500);
+        assert_eq!(bad as usize, calls.len() - 1);
+        // Errors end the walk.
+        let r = per_page_batches(&addrs, |_| Err::<usize, _>("gone"));
+        assert_eq!(r, Err("gone"));
+    }
 
     #[test]
     fn io_priority_is_set_and_restored() {
