@@ -8,15 +8,7 @@ set -u
 KO="${TORPOR_KO:?TORPOR_KO must name torpor.ko}"
 FUZZ="${TORPOR_FUZZ:?TORPOR_FUZZ must name the torpor-kmod-fuzz binary}"
 DURATION="${TORPOR_FUZZ_DURATION:-10m}"
-pass=0 fail=0
-check() {
-  name="$1"; shift
-  if out="$("$@" 2>&1)"; then
-    pass=$((pass + 1)); echo "ok - $name"
-  else
-    fail=$((fail + 1)); echo "not ok - $name"; echo "$out" | sed 's/^/    # /'
-  fi
-}
+. "$(dirname "$0")/guest-checks.sh"
 echo "# kernel $(uname -r), module $KO, fuzzer $FUZZ, $DURATION"
 # Swap on, so the targets' MADV_PAGEOUT really swaps and PREFETCH reads pages back from it.
 if [ -n "${TORPOR_VM_SWAPDEV:-}" ]; then
@@ -31,25 +23,10 @@ echo "# torpor-kmod-fuzz --duration $DURATION${TORPOR_FUZZ_SEED:+ --seed $TORPOR
   tee /tmp/job/kmod-fuzz.log | sed 's/^/#   /'
 check "torpor-kmod-fuzz for $DURATION: documented errnos only, answers the rules allow, 0 references held after each phase" \
   test "$(cat /tmp/kmod-fuzz.rc)" = 0
-# Processes the fuzzer killed in the middle of a slow ioctl finish exiting only when the call
-# returns (seconds under TCG on a loaded host): wait (300 s bound: a hang) until none holds
-# /dev/torpor, then unload.
-unused() {
-  i=0
-  while [ "$(cat /sys/module/torpor/refcnt 2>/dev/null || echo 0)" != 0 ]; do
-    [ $i -ge 3000 ] && { echo "torpor still in use after 300 s"; return 1; }
-    sleep 0.1; i=$((i + 1))
-  done
-}
+# Processes the fuzzer killed mid-ioctl may still hold /dev/torpor: wait for them (unused).
 check "no process holds /dev/torpor" unused
 check "rmmod torpor (unloads cleanly)" rmmod torpor
-unload_zero() {
-  line="$(dmesg | grep -a 'torpor: unloaded, outstanding references' | tail -1)"
-  echo "unload line: ${line:-none}"
-  echo "$line" | grep -qF 'torpor: unloaded, outstanding references: pid 0 task 0 mm 0 page 0'
-}
 check "unload line reports 0 outstanding references (pid 0 task 0 mm 0 page 0)" unload_zero
 dmesg | grep -a 'torpor: unloaded' | tail -1 | sed 's/^/# dmesg: /'
 [ -n "${TORPOR_VM_SWAPDEV:-}" ] && swapoff "$TORPOR_VM_SWAPDEV"
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary

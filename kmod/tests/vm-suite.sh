@@ -7,26 +7,8 @@ set -u
 KO="${TORPOR_KO:?TORPOR_KO must name torpor.ko}"
 TORPOR="${TORPOR_CLI:?TORPOR_CLI must name the torpor binary}"
 ABI_TEST="${TORPOR_ABI_TEST:?TORPOR_ABI_TEST must name the kmod_abi test binary}"
-pass=0 fail=0
-check() {
-  name="$1"; shift
-  if out="$("$@" 2>&1)"; then
-    pass=$((pass + 1)); echo "ok - $name"
-  else
-    fail=$((fail + 1)); echo "not ok - $name"; echo "$out" | sed 's/^/    # /'
-  fi
-}
+. "$(dirname "$0")/guest-checks.sh"
 expect_fail() { ! "$@"; }
-# Wait (up to 300 s, a bound that only catches a hang) until no process holds /dev/torpor open:
-# processes the fuzzer killed in the middle of a slow ioctl finish exiting only when the call
-# returns, which under TCG on a loaded host can take seconds after the fuzzer itself is done.
-unused() {
-  i=0
-  while [ "$(cat /sys/module/torpor/refcnt 2>/dev/null || echo 0)" != 0 ]; do
-    [ $i -ge 3000 ] && { echo "torpor still in use after 300 s:"; ls -l /proc/[0-9]*/fd 2>/dev/null | grep -B8 /dev/torpor | grep -E '^/proc|torpor' | head; return 1; }
-    sleep 0.1; i=$((i + 1))
-  done
-}
 
 loaded() { grep -q '^torpor ' /proc/modules; }
 dev_ok() { [ -c /dev/torpor ] && [ "$(stat -c %a /dev/torpor)" = 600 ] && [ "$(stat -c %u /dev/torpor)" = 0 ]; }
@@ -115,11 +97,6 @@ if [ "${TORPOR_VM_SUITE:-full}" = full ]; then
   check "no process holds /dev/torpor after the stress tests" unused
   check "rmmod torpor after the stress tests" rmmod torpor
   # The module prints what it still holds when it unloads: after all of the above, nothing.
-  unload_zero() {
-    line="$(dmesg | grep -a 'torpor: unloaded, outstanding references' | tail -1)"
-    echo "last unload line: ${line:-none}"
-    echo "$line" | grep -qF 'torpor: unloaded, outstanding references: pid 0 task 0 mm 0 page 0'
-  }
   check "unload after the stress tests: 0 outstanding references (pid 0 task 0 mm 0 page 0)" unload_zero
 fi
 # Every unload of this boot (the 50 cycles included) released everything.
@@ -135,5 +112,4 @@ if [ "${TORPOR_VM_INJECT_FAIL:-0}" = 1 ]; then
   check "deliberately broken test (TORPOR_VM_INJECT_FAIL=1)" false
 fi
 dmesg | grep -E 'torpor' | tail -4 | sed 's/^/# dmesg: /'
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary
