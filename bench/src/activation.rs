@@ -1148,18 +1148,28 @@ fn write_md(r: &AppResult, png: &Path) -> String {
     o
 }
 
-/// The results file's setup table and torpord's configuration.
-fn md_setup(o: &mut String, r: &AppResult) {
-    let _ = writeln!(o, "## Setup\n\n| | |\n|---|---|");
-    o.push_str(&r.machine_md);
-    let _ = writeln!(o, "| date | {} |", r.date);
+/// The 1-min load averages read before and after each trial (0: not read), as a spread.
+fn trial_loads(r: &AppResult) -> Option<Spread> {
     let loads: Vec<f64> = r
         .trials
         .iter()
         .flat_map(|t| [t.load_before.0, t.load_after.0])
         .filter(|x| *x > 0.0)
         .collect();
-    let lr = Spread::of(&loads)
+    Spread::of(&loads)
+}
+
+/// Trials per mode (trials are numbered from 0).
+fn trials_per_mode(r: &AppResult) -> usize {
+    r.trials.iter().map(|t| t.trial).max().map_or(0, |x| x + 1)
+}
+
+/// The results file's setup table and torpord's configuration.
+fn md_setup(o: &mut String, r: &AppResult) {
+    let _ = writeln!(o, "## Setup\n\n| | |\n|---|---|");
+    o.push_str(&r.machine_md);
+    let _ = writeln!(o, "| date | {} |", r.date);
+    let lr = trial_loads(r)
         .map(|s| {
             format!(
                 "{:.2}–{:.2} (1-min, before/after each trial; median {:.2})",
@@ -1186,12 +1196,7 @@ fn md_setup(o: &mut String, r: &AppResult) {
     let _ = writeln!(
         o,
         "| trials | {} per mode{}; run took {:.0} s |",
-        r.trials
-            .iter()
-            .map(|t| t.trial)
-            .max()
-            .map(|x| x + 1)
-            .unwrap_or(0),
+        trials_per_mode(r),
         if r.quick { " (quick)" } else { "" },
         r.seconds
     );
@@ -1507,13 +1512,7 @@ fn write_results(out: &Path, r: &AppResult, json: bool) -> Result<PathBuf> {
 /// One row of the index: an app's run.
 fn index_row(r: &AppResult) -> String {
     let (md, _, png) = paths(Path::new(""), r);
-    let loads: Vec<f64> = r
-        .trials
-        .iter()
-        .flat_map(|t| [t.load_before.0, t.load_after.0])
-        .filter(|x| *x > 0.0)
-        .collect();
-    let load = Spread::of(&loads)
+    let load = trial_loads(r)
         .map(|s| format!("{:.1}–{:.1}", s.min, s.max))
         .unwrap_or_else(|| "–".into());
     let per = r
@@ -1555,12 +1554,7 @@ fn index_row(r: &AppResult) -> String {
         "| {} | {} | {}{}{} | {load} | `{d}` | {per} | {} | {} | {} | [md]({}), [png]({}){} |",
         r.app,
         r.date,
-        r.trials
-            .iter()
-            .map(|t| t.trial)
-            .max()
-            .map(|x| x + 1)
-            .unwrap_or(0),
+        trials_per_mode(r),
         if r.quick { " (quick)" } else { "" },
         if r.tag.is_empty() {
             String::new()

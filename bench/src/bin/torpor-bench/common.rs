@@ -219,6 +219,16 @@ pub fn fmt_spread(s: Option<Spread>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A results row's first cells: the configuration, its times (median (min–max)) and, bold, its
+/// speed-up over `base` (a median time) with `digits` decimals, e.g.
+/// `| all | 0.250 (0.250–0.250) | **10.00×** |`.
+pub fn spread_cells(config: &str, s: Option<Spread>, base: f64, digits: usize) -> String {
+    let speedup = s
+        .map(|s| format!("{:.*}×", digits, base / s.median))
+        .unwrap_or_else(|| "-".into());
+    format!("| {config} | {} | **{speedup}** |", fmt_spread(s))
+}
+
 pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
@@ -411,4 +421,25 @@ pub fn write_results(
     std::fs::write(md_path, md)?;
     std::fs::write(json_path, serde_json::to_string_pretty(json)?)?;
     Ok(md_path.display().to_string())
+}
+
+/// A timed resume with only its configuration, time and counters set (tests of the tables).
+#[cfg(test)]
+pub fn test_timed(config: &str, seconds: f64, majflt: u64, prefetch: Option<(f64, u64)>) -> Timed {
+    Timed {
+        config: config.into(),
+        mib: 64,
+        trial: 1,
+        request: "TOUCH".into(),
+        seconds,
+        prefetch_seconds: prefetch.map(|p| p.0),
+        prefetch_read_bytes: prefetch.map(|p| p.1),
+        request_seconds: 0.0,
+        majflt,
+        minflt: 0,
+        extents: majflt / 10,
+        offset_runs: 0,
+        prefetch_stopped: None,
+        proof: Proof::default(),
+    }
 }

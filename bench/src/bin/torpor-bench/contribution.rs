@@ -116,10 +116,8 @@ fn results_rows(o: &mut String, ts: &[Timed], none_median: f64) {
         let med = |f: &dyn Fn(&Timed) -> f64| median_by(&sel, f);
         let _ = writeln!(
             o,
-            "| {c} | {} | **{}** | {:.0} | {:.0} | {} |",
-            fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none_median / s.median))
-                .unwrap_or_else(|| "-".into()),
+            "{} {:.0} | {:.0} | {} |",
+            spread_cells(c, s, none_median, 2),
             med(&|t| t.extents as f64),
             med(&|t| t.majflt as f64),
             if c.contains("prefetch") || c == "all" {
@@ -132,3 +130,24 @@ fn results_rows(o: &mut String, ts: &[Timed], none_median: f64) {
 }
 
 // ---------------------------------------------------------------- experiment 5: repeated placement
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_rows_text() {
+        let ts = [
+            test_timed("none", 2.0, 1000, None),
+            test_timed("none", 3.0, 1200, None),
+            test_timed("prefetch only", 0.5, 10, Some((0.25, 64 * MIB))),
+            test_timed("all", 0.25, 0, Some((0.125, 64 * MIB))),
+        ];
+        let mut o = String::new();
+        results_rows(&mut o, &ts, 2.5);
+        assert_eq!(
+            o,
+            "| none | 2.500 (2.000–3.000) | **1.00×** | 110 | 1100 | - |\n| prefetch only | 0.500 (0.500–0.500) | **5.00×** | 1 | 10 | 0.250 s |\n| contiguity only | - | **-** | NaN | NaN | - |\n| all | 0.250 (0.250–0.250) | **10.00×** | 0 | 0 | 0.125 s |\n"
+        );
+    }
+}

@@ -230,38 +230,19 @@ fn results_table(
     mems: &[Mem],
     none_median: f64,
 ) {
-    let get = |cfg: &str| Spread::of(&secs_of(ts.iter().filter(|t| t.config == cfg)));
     for (cfg, _, _) in configs {
-        let s = get(cfg);
-        let mm = |f: &dyn Fn(&Mem) -> f64| {
-            Spread::of(
-                &mems
-                    .iter()
-                    .filter(|m| m.config == *cfg)
-                    .map(f)
-                    .collect::<Vec<_>>(),
-            )
-            .map(|s| s.median)
-            .unwrap_or(f64::NAN)
-        };
-        let mf = Spread::of(
-            &ts.iter()
-                .filter(|t| t.config == *cfg)
-                .map(|t| t.majflt as f64)
-                .collect::<Vec<_>>(),
-        )
-        .map(|s| s.median)
-        .unwrap_or(f64::NAN);
+        let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == *cfg).collect();
+        let s = Spread::of(&secs_of(sel.iter().copied()));
+        let sel_mems: Vec<&Mem> = mems.iter().filter(|m| m.config == *cfg).collect();
+        let mm = |f: &dyn Fn(&Mem) -> f64| median_by(&sel_mems, f);
         let _ = writeln!(
             o,
-            "| {cfg} | {} | **{}** | {:.0} | {:.0} | {mf:.0} | {} |",
-            fmt_spread(s),
-            s.map(|s| format!("{:.2}×", none_median / s.median))
-                .unwrap_or_else(|| "-".into()),
+            "{} {:.0} | {:.0} | {:.0} | {} |",
+            spread_cells(cfg, s, none_median, 2),
             mm(&|m| m.mem_free_mib as f64),
             mm(&|m| m.mem_available_mib as f64),
+            median_by(&sel, &|t| t.majflt as f64),
             if cfg.contains("prefetch") {
-                let sel: Vec<&Timed> = ts.iter().filter(|t| t.config == *cfg).collect();
                 let pmib = Spread::of(
                     &sel.iter()
                         .map(|t| t.prefetch_read_bytes.unwrap_or(0) as f64 / MIB as f64)
@@ -277,6 +258,40 @@ fn results_table(
             } else {
                 "-".into()
             }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_table_text() {
+        let ts = [
+            test_timed("none", 2.0, 1000, None),
+            test_timed("prefetch", 0.5, 10, Some((0.25, 64 * MIB))),
+            test_timed("prefetch", 0.75, 20, Some((0.25, 32 * MIB))),
+        ];
+        let mem = |config: &str, free: u64| Mem {
+            config: config.into(),
+            trial: 1,
+            mem_free_mib: free,
+            mem_available_mib: free + 100,
+            hog_dirty_seconds: 0.0,
+            hog_purge_seconds: None,
+        };
+        let mems = [mem("none", 300), mem("prefetch", 200), mem("prefetch", 250)];
+        let configs = [
+            ("none", false, How::Stock),
+            ("prefetch", true, How::Stock),
+            ("free only", false, How::Stock),
+        ];
+        let mut o = String::new();
+        results_table(&mut o, &configs, &ts, &mems, 2.0);
+        assert_eq!(
+            o,
+            "| none | 2.000 (2.000–2.000) | **1.00×** | 300 | 400 | 1000 | - |\n| prefetch | 0.625 (0.500–0.750) | **3.20×** | 225 | 325 | 15 | 48; stopped in 0 of 2 |\n| free only | - | **-** | NaN | NaN | NaN | - |\n"
         );
     }
 }

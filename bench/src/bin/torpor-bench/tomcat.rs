@@ -85,10 +85,8 @@ fn results_table(o: &mut String, ts: &[SrvTimed], names: &[&str], cold: f64) {
         let med = |f: &dyn Fn(&SrvTimed) -> f64| median_by(&sel, f);
         let _ = writeln!(
             o,
-            "| {c} | {} | **{}** | {:.0} | {} |",
-            fmt_spread(s),
-            s.map(|s| format!("{:.1}×", cold / s.median))
-                .unwrap_or_else(|| "-".into()),
+            "{} {:.0} | {} |",
+            spread_cells(c, s, cold, 1),
             med(&|t| t.rss_bytes as f64 / MIB as f64),
             if c.starts_with("torpor") {
                 format!(
@@ -103,3 +101,34 @@ fn results_table(o: &mut String, ts: &[SrvTimed], names: &[&str], cold: f64) {
 }
 
 // ---------------------------------------------------------------- experiment 7: disk models (from vm-bench runs)
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_table_text() {
+        let t = |config: &str, seconds: f64, prefetch: Option<u64>| SrvTimed {
+            config: config.into(),
+            load_pct: 0,
+            trial: 1,
+            seconds,
+            prefetch_seconds: prefetch.map(|_| 0.1),
+            prefetch_read_bytes: prefetch,
+            rss_bytes: 300 * MIB,
+            answer: String::new(),
+            proof: None,
+        };
+        let ts = [
+            t("cold", 12.0, None),
+            t("torpor", 0.5, Some(100 * MIB)),
+            t("torpor", 0.7, Some(120 * MIB)),
+        ];
+        let mut o = String::new();
+        results_table(&mut o, &ts, &["cold", "torpor", "stock"], 12.0);
+        assert_eq!(
+            o,
+            "## Results (seconds)\n\n| configuration | start/resume → answer, median (min–max) | speed-up vs cold start | RSS after (MiB, median) | prefetched MiB (median) |\n|---|---|---|---|---|\n| cold | 12.000 (12.000–12.000) | **1.0×** | 300 | - |\n| torpor | 0.600 (0.500–0.700) | **20.0×** | 300 | 110 |\n| stock | - | **-** | NaN | - |\n"
+        );
+    }
+}
