@@ -31,48 +31,23 @@ has_app() { [[ ",$APPS," == *",$1,"* ]]; }
 [ "$(id -u)" = 0 ] || die "run as root (swapon, cgroups, apt-get)"
 
 # ---------------------------------------------------------------- 1. packages
-POLICY=/usr/sbin/policy-rc.d
-POLICY_BACKUP=""
-POLICY_OURS=0
-restore_policy() {
-    if [ "$POLICY_OURS" = 1 ]; then
-        rm -f "$POLICY"
-        if [ -n "$POLICY_BACKUP" ]; then mv -f "$POLICY_BACKUP" "$POLICY"; fi
-        POLICY_OURS=0
-    fi
-}
-trap restore_policy EXIT
+# shellcheck source=../scripts/apt-lib.sh
+. "$REPO/scripts/apt-lib.sh"
+trap apt_policy_restore EXIT
 
 install_pkgs() {
     local pkgs=(fonts-dejavu-core) missing=() p
     if has_app tomcat || has_app tomcat-256; then pkgs+=(tomcat10 openjdk-17-jdk-headless); fi
     if has_app redis; then pkgs+=(redis-server redis-tools); fi
     if has_app postgres; then pkgs+=(postgresql-15); fi
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
+    mapfile -t missing < <(apt_missing "${pkgs[@]}")
     if [ ${#missing[@]} -eq 0 ]; then
         say "packages present: ${pkgs[*]}"
         return
     fi
     command -v apt-get >/dev/null || die "apt-get not found: this benchmark needs Debian 12"
     say "installing with apt-get: ${missing[*]} (services kept from starting by a temporary policy-rc.d)"
-    if [ -e "$POLICY" ]; then
-        POLICY_BACKUP=$(mktemp "$POLICY.activation-backup.XXXXXX")
-        cp -a "$POLICY" "$POLICY_BACKUP"
-    fi
-    POLICY_OURS=1
-    printf '#!/bin/sh\n# temporary, from torpor bench/run-activation.sh\nexit 101\n' > "$POLICY"
-    chmod 755 "$POLICY"
-    local log=/tmp/torpor-activation-apt.$$.log
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >"$log" 2>&1; then
-        say "apt-get install failed; refreshing the package lists once"
-        apt-get update -q >>"$log" 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >>"$log" 2>&1 \
-            || { tail -20 "$log" >&2; die "apt-get install ${missing[*]} failed (log: $log)"; }
-    fi
-    rm -f "$log"
-    restore_policy
+    apt_install run-activation "${missing[@]}" || die "apt-get install ${missing[*]} failed"
     if command -v systemctl >/dev/null && [ "$(systemctl is-system-running 2>/dev/null || true)" != offline ]; then
         # Installed services are enabled for the next boot; the benchmark never uses them.
         for p in tomcat10 redis-server postgresql; do systemctl disable --quiet "$p.service" >/dev/null 2>&1 || true; done

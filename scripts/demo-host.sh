@@ -31,25 +31,19 @@ now()  { printf '%s' "$EPOCHREALTIME"; }
 # sub A B → A-B with 3 decimals
 sub()  { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
-POLICY=/usr/sbin/policy-rc.d
-POLICY_BACKUP=""
-POLICY_OURS=0
+# shellcheck source=apt-lib.sh
+. "$REPO/scripts/apt-lib.sh"
 outer_cleanup() {
     local rc=$?
-    if [ "$POLICY_OURS" = 1 ]; then
-        rm -f "$POLICY"
-        [ -n "$POLICY_BACKUP" ] && mv -f "$POLICY_BACKUP" "$POLICY"
-    fi
+    apt_policy_restore
     exit $rc
 }
 
 install_deps() {
     hdr "1. Debian packages"
     command -v apt-get >/dev/null || die "apt-get not found: this demo needs Debian 12"
-    local pkgs=(tomcat10) missing=() p
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
+    local pkgs=(tomcat10) missing=()
+    mapfile -t missing < <(apt_missing "${pkgs[@]}")
     if [ ${#missing[@]} -eq 0 ]; then
         say "all present: ${pkgs[*]} ($(dpkg-query -W -f='${Package} ${Version}' tomcat10))"
         return
@@ -63,26 +57,10 @@ install_deps() {
     fi
     [ -n "$cand" ] && [ "$cand" != "(none)" ] || die "no tomcat10 package candidate (apt-cache policy tomcat10)"
     say "tomcat10 candidate: $cand"
-    # Keep the package's service from starting while it installs.
-    if [ -e "$POLICY" ]; then
-        POLICY_BACKUP=$(mktemp "$POLICY.demo-backup.XXXXXX")
-        cp -a "$POLICY" "$POLICY_BACKUP"
-    fi
-    POLICY_OURS=1
-    printf '#!/bin/sh\n# temporary, from torpor scripts/demo-host.sh\nexit 101\n' > "$POLICY"
-    chmod 755 "$POLICY"
     local was_installed=0
     dpkg-query -W -f='${Status}' tomcat10 2>/dev/null | grep -q "install ok installed" && was_installed=1
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/tmp/torpor-demo-apt.log 2>&1; then
-        # The package lists may be stale: refresh once and retry.
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/tmp/torpor-demo-apt.log 2>&1 \
-            || { tail -20 /tmp/torpor-demo-apt.log >&2; die "apt-get install ${missing[*]} failed (log: /tmp/torpor-demo-apt.log)"; }
-    fi
-    rm -f /tmp/torpor-demo-apt.log
-    rm -f "$POLICY"
-    [ -n "$POLICY_BACKUP" ] && mv -f "$POLICY_BACKUP" "$POLICY"
-    POLICY_OURS=0
-    POLICY_BACKUP=""
+    # The package's service is kept from starting while it installs (apt_install's policy-rc.d).
+    apt_install demo "${missing[@]}" || die "apt-get install ${missing[*]} failed"
     if [ "$was_installed" = 0 ] && command -v systemctl >/dev/null; then
         # The package enables tomcat10.service for the next boot; the demo never runs it as a service.
         systemctl disable --quiet tomcat10.service >/dev/null 2>&1 || true

@@ -20,26 +20,17 @@ pkgs=(
   # multi-process app with shared memory; its service is kept from starting (below)
   postgresql-15
 )
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# shellcheck source=apt-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+trap apt_policy_restore EXIT
+mapfile -t missing < <(apt_missing "${pkgs[@]}")
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "deps: need root to install: ${missing[*]}" >&2; exit 1; }
   echo "deps: installing with apt-get: ${missing[*]}"
   apt-get update -qq
-  # No package service starts (postgresql would start a cluster of its own): a temporary
-  # policy-rc.d, the previous one restored after.
-  policy=/usr/sbin/policy-rc.d
-  backup=""
-  if [ -e "$policy" ]; then backup=$(mktemp "$policy.deps-backup.XXXXXX"); cp -a "$policy" "$backup"; fi
-  restore_policy() { rm -f "$policy"; if [ -n "$backup" ]; then mv -f "$backup" "$policy"; fi; }
-  trap restore_policy EXIT
-  printf '#!/bin/sh\n# temporary, from torpor scripts/deps.sh\nexit 101\n' > "$policy"
-  chmod 755 "$policy"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  restore_policy
-  trap - EXIT
+  # No package service starts (postgresql would start a cluster of its own): apt_install's
+  # temporary policy-rc.d, the previous one restored after.
+  apt_install deps "${missing[@]}"
   if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --quiet postgresql.service >/dev/null 2>&1 || true
   fi
