@@ -2,10 +2,13 @@
 # fleet/demo.sh (`make fleet-demo`) — the fleet on one machine: a real etcd and a real HAProxy on
 # loopback, two emulated hosts (a torpord each, own socket, state directory and cgroup parent,
 # app `web` = torpor-testapp in standby on both), a host agent each, two controller replicas.
-#   1. `torpor-fleet app web --min-running 1 --max-running 2`: the leader activates web on the
-#      least-loaded host, HAProxy serves it.
+#   1. Under a steady load through HAProxy (wrk, 4 connections, 10 ms apart),
+#      `torpor-fleet app web --min-running 1 --max-running 2`: the leader activates web on the
+#      least-loaded host, HAProxy serves it. From HAProxy's own log (a line per request) and the
+#      host's status in etcd: its `ready` -> the first request its server answered.
 #   2. A flash crowd (wrk, 20 s) through HAProxy: the host's share (0.25 core) overloads; the
-#      leader activates web on the other host (in standby there) and HAProxy spreads the load.
+#      leader activates web on the other host (in standby there) and HAProxy spreads the load;
+#      again its `ready` -> first request answered, under load.
 #   3. The crowd gone: after the cooldown, the newest instance is drained, then stopped.
 #   4. kill -9 the leading controller: the other leads.
 # Every decision is printed from the controllers' event logs (GET /events). Root; the swapfile
@@ -58,21 +61,7 @@ ETCD=http://127.0.0.1:$(port); PEER=http://127.0.0.1:$(port)
 bg etcd etcd --name demo --data-dir "$TMP/etcd" --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
     --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" --initial-cluster "demo=$PEER"
 FE=$(port)
-cat > "$TMP/haproxy.cfg" <<EOF
-global
-    stats socket $TMP/haproxy.sock mode 600 level admin
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe_web
-    bind 127.0.0.1:$FE
-    default_backend web
-backend web
-    balance roundrobin
-    option httpchk GET /
-EOF
+"$BIN/torpor-fleet" router-config --socket "$TMP/haproxy.sock" --frontend "web=$FE" > "$TMP/haproxy.cfg"
 bg haproxy haproxy -db -f "$TMP/haproxy.cfg"
 for h in h1 h2; do
     parent=torpor-fleet-demo-$h-$$; PARENTS+=("$parent"); p=$(port)
@@ -82,6 +71,9 @@ socket = "$TMP/$h/torpord.sock"
 state_dir = "$TMP/$h/state"
 cgroup_parent = "$parent"
 reserve = "64M"
+# The emulated hosts share one kernel: its paging rate (other work on the machine) is not this
+# host's, so torpord's paging overload flags are off here; the CPU rule decides.
+overload_threshold = 1e12
 [[app]]
 name = "web"
 command = ["$BIN/torpor-testapp", "--port", "$p", "--mib", "256"]
@@ -117,14 +109,30 @@ while (d:=s.recv(65536)): out+=d
 for l in out.decode().splitlines()[2:]:
     f=l.split(); print(f'  HAProxy web/{f[3]} {f[4]}:{f[18]} admin={f[6]} op={f[5]}') if len(f)>18 else None"; }
 
-hdr "1. declare web (min 1, max 2): the leader activates it"
+first_answer() { # HOST: its ready -> the first request its server answered, from HAProxy's log
+    local r; r=$("$BIN/torpor-fleet" --etcd "$ETCD" first-answer --haproxy-log "$TMP/haproxy.log" --app web --host "$1") || return 1
+    read -r ready sent answered <<<"$r"
+    say "  $1 ready at $ready: first request passed on to web/$1 $sent ms later, first answered $answered ms later (HAProxy's log)"
+}
+
+hdr "1. steady load (wrk, 4 connections, 10 ms between requests) while web is declared (min 1, max 2)"
+cat > "$TMP/steady.lua" <<'LUA'
+function delay() return 10 end
+LUA
+bg wrk-steady wrk -t1 -c4 -d600s -s "$TMP/steady.lua" "http://127.0.0.1:$FE/"
+STEADY=$!
+sleep 1
 "$BIN/torpor-fleet" --etcd "$ETCD" app web --min-running 1 --max-running 2 >/dev/null
 wait_for "web through HAProxy" curl -sf "http://127.0.0.1:$FE/"
-events; servers
+sleep 1; events; servers
+FIRST=$(curl -sf "http://127.0.0.1:$(leader)/events" | jq -r '[.[] | select(.kind == "router_ready")][0].host')
+first_answer "$FIRST"
 
 hdr "2. flash crowd: wrk -t2 -c32 -d20s through HAProxy, GET /touch (reads all of the app's pages)"
 wrk -t2 -c32 -d20s --latency "http://127.0.0.1:$FE/touch" | grep -E 'Latency|50%|99%|Requests/sec|requests in'
 events; servers
+for h in h1 h2; do [ "$h" = "$FIRST" ] || first_answer "$h" 2>/dev/null || say "  $h: not activated"; done
+kill "$STEADY" 2>/dev/null || true
 
 hdr "3. the crowd gone: after the 10 s cooldown the newest instance is drained and stopped"
 activated() { curl -sf "http://127.0.0.1:$(leader)/events" | jq -e '[.[] | select(.kind == "place_running")] | length > 1'; }

@@ -1,13 +1,16 @@
 //! HAProxy's runtime API over its stats socket (`stats socket ... level admin`): one command
 //! per connection, never a reload. Servers are added with `add server` (dynamic servers, health
 //! checks on and enabled), put in service with `enable server`, drained and taken out with
-//! `set server ... state drain|maint`.
+//! `set server ... state drain|maint`. [`log`]: the router's configuration and its per-request
+//! log.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod log;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaproxyError {

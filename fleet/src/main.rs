@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use torpor_fleet::{agent, controller, measure, schema};
+use torpor_fleet::{agent, controller, haproxy, measure, schema};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,81 @@ enum Cmd {
     Controller(ControllerArgs),
     /// Declare an app to the fleet (writes /torpor/v1/apps/APP).
     App(AppArgs),
+    /// Print HAProxy's configuration for the fleet: runtime API, a log line per request on
+    /// standard output, a frontend and an empty backend per app.
+    RouterConfig(RouterConfigArgs),
+    /// From etcd and HAProxy's log: HOST's `ready` for APP → the first request HOST answered.
+    FirstAnswer(FirstAnswerArgs),
+}
+
+#[derive(clap::Args)]
+struct RouterConfigArgs {
+    /// The runtime API's unix socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// APP=PORT: a frontend on 127.0.0.1:PORT to backend APP (repeat).
+    #[arg(long = "frontend", value_parser = parse_frontend)]
+    frontends: Vec<(String, u16)>,
+}
+
+fn parse_frontend(s: &str) -> Result<(String, u16), String> {
+    let (app, port) = s.split_once('=').ok_or("expected APP=PORT")?;
+    if !schema::valid_name(app) {
+        return Err(format!("bad app name {app:?} (1-64 of [A-Za-z0-9_.-])"));
+    }
+    let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+    Ok((app.to_string(), port))
+}
+
+#[derive(clap::Args)]
+struct FirstAnswerArgs {
+    /// HAProxy's standard output (its per-request log lines).
+    #[arg(long)]
+    haproxy_log: PathBuf,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    host: String,
+    /// The app's backend (default: the app's name).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// Print `READY_UNIX SENT_MS ANSWERED_MS`: the host's ready (its status for the app, outcome
+/// ready), then, in ms after it, the first request HAProxy passed on to the host's server and
+/// the first the server answered, from HAProxy's own log.
+async fn first_answer(etcd: &[String], a: FirstAnswerArgs) -> anyhow::Result<()> {
+    let key = schema::Key::Status {
+        host: a.host.clone(),
+        app: a.app.clone(),
+    };
+    let mut c = agent::connect(etcd).await?;
+    let r = c.get(key.path(), None).await?;
+    let kv = r
+        .kvs()
+        .first()
+        .with_context(|| format!("no {}", key.path()))?;
+    let st: schema::Status = schema::decode(&key, kv.value())?;
+    if st.outcome != schema::Outcome::Ready {
+        bail!("{}: outcome {:?}, not ready", key.path(), st.outcome);
+    }
+    let logs = haproxy::log::read(&a.haproxy_log)?;
+    let backend = a.backend.unwrap_or(a.app);
+    let none = || format!("HAProxy logged no answer from {backend}/{}", a.host);
+    let sent = haproxy::log::first_sent(&logs, &backend, &a.host)
+        .and_then(|r| r.sent_ms())
+        .with_context(none)?;
+    let answered = haproxy::log::first_answered(&logs, &backend, &a.host)
+        .and_then(|r| r.answered_ms())
+        .with_context(none)?;
+    let ready_ms = st.done_unix * 1000.0;
+    println!(
+        "{:.3} {:.1} {:.1}",
+        st.done_unix,
+        sent as f64 - ready_ms,
+        answered as f64 - ready_ms
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -194,5 +269,10 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(controller::run(cfg))
         }
         Cmd::App(a) => rt.block_on(put_app(&cli.etcd, a)),
+        Cmd::RouterConfig(a) => {
+            print!("{}", haproxy::log::router_config(&a.socket, &a.frontends));
+            Ok(())
+        }
+        Cmd::FirstAnswer(a) => rt.block_on(first_answer(&cli.etcd, a)),
     }
 }

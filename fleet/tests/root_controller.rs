@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::time::Instant;
 use torpor_api::AppState;
+use torpor_fleet::haproxy::log::first_answered;
 use torpor_fleet::haproxy::Admin;
 use torpor_fleet::obs::Event;
 use torpor_fleet::schema::{Desired, Key, Outcome, Placement, Status};
@@ -36,6 +37,31 @@ fn placement_key(host: &str) -> Key {
 /// GET / through HAProxy's frontend: (status, body).
 fn through_router(port: u16) -> (u16, Vec<u8>) {
     local_controller::probe::http_get(&format!("http://127.0.0.1:{port}/"), HANG).unwrap()
+}
+
+/// HAProxy's own log: the first request `host`'s server answered was answered after the host
+/// reported ready (HAProxy logs in whole ms: 2 ms of slack for its truncation).
+async fn first_answer_after_ready(hap: &Haproxy, host: &str, ready_unix: f64) {
+    let ready_ms = (ready_unix * 1000.0) as i64;
+    let mut answered = None;
+    wait_for(
+        "HAProxy's log line of a request web/h1 answered",
+        HANG,
+        || {
+            answered = first_answered(&hap.requests(), "web", host).and_then(|r| r.answered_ms());
+            std::future::ready(answered.is_some())
+        },
+    )
+    .await;
+    let answered = answered.unwrap();
+    assert!(
+        answered >= ready_ms - 2,
+        "HAProxy logged an answer from {host} at {answered} ms, before its ready at {ready_ms} ms"
+    );
+    println!(
+        "ready -> first request answered by {host} (HAProxy's log): {} ms",
+        answered - ready_ms
+    );
 }
 
 /// min_running 0 on an idle app: drained, then Standby, then out of service, in that order.
@@ -115,6 +141,7 @@ async fn routes_after_ready_and_drains_before_stop() {
         "ready -> in service: {:.3} s (status watch, runtime API)",
         ready_ev.seconds
     );
+    first_answer_after_ready(&hap, "h1", s.done_unix).await;
 
     // HAProxy restarted: its dynamic server is gone; the controller adds it back.
     hap = Haproxy::restart(&tmp.0, hap).await;

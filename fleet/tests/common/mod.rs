@@ -387,7 +387,8 @@ pub fn remove_app_cgroups(parent: &str) {
 }
 
 /// A real HAProxy (Debian 2.6) in the foreground: one frontend and one backend per app (no
-/// servers: the controller adds them), the runtime API on a unix socket in `dir`.
+/// servers: the controller adds them), the runtime API on a unix socket in `dir`, one log line
+/// per request on its standard output (its log file).
 pub struct Haproxy {
     pub proc: Proc,
     pub cfg: PathBuf,
@@ -399,18 +400,11 @@ pub struct Haproxy {
 impl Haproxy {
     pub async fn start(dir: &Path, apps: &[&str]) -> Haproxy {
         let sock = dir.join("haproxy.sock");
-        let mut cfg = format!(
-            "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n",
-            sock.display()
-        );
-        let mut frontends = vec![];
-        for a in apps {
-            let port = unused_port();
-            cfg += &format!(
-                "\nfrontend fe_{a}\n    bind 127.0.0.1:{port}\n    default_backend {a}\n\nbackend {a}\n    balance roundrobin\n    option httpchk GET /\n"
-            );
-            frontends.push((a.to_string(), port));
-        }
+        let frontends: Vec<(String, u16)> = apps
+            .iter()
+            .map(|a| (a.to_string(), unused_port()))
+            .collect();
+        let cfg = torpor_fleet::haproxy::log::router_config(&sock, &frontends);
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
         Haproxy::spawn(dir, path, sock, frontends).await
@@ -473,6 +467,11 @@ impl Haproxy {
             .map(|l| l.split(',').collect::<Vec<_>>())
             .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&server))
             .map_or(0, |f| f[stot].parse().unwrap())
+    }
+
+    /// Every request HAProxy logged so far (its standard output, across restarts).
+    pub fn requests(&self) -> Vec<torpor_fleet::haproxy::log::RequestLog> {
+        torpor_fleet::haproxy::log::read(&self.proc.log).unwrap()
     }
 
     /// The admin state of BACKEND/SERVER, if HAProxy has it.

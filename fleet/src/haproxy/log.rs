@@ -1,0 +1,228 @@
+//! HAProxy's own record of every request: the router's configuration (one definition, for the
+//! tests, the demo and the agility benchmark) logs one line per request in [`LOG_FORMAT`] to
+//! its standard output (`log stdout format raw`, HAProxy in the foreground), and [`parse_line`]
+//! reads it back. From it: when a server answered its first request ([`first_answered`]) —
+//! the router's side of "the new instance serves ≤ 100 ms after it reported ready" — and
+//! per-request response times under load.
+
+use std::path::Path;
+
+/// The first word of every request line (HAProxy's other output is skipped).
+pub const LOG_TAG: &str = "torpor-req";
+
+/// HAProxy 2.6 `log-format`: the accept date (epoch seconds `.` milliseconds), then the timers
+/// in ms (Th Ti TR Tw Tc Tr Ta; -1 when the step did not happen), the status, backend, server
+/// (`<NOSRV>` when none was chosen) and the termination state (`--` when normal).
+pub const LOG_FORMAT: &str = "torpor-req %Ts.%ms %Th %Ti %TR %Tw %Tc %Tr %Ta %ST %b %s %ts";
+
+/// One request as HAProxy logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLog {
+    /// When HAProxy accepted the connection, ms since the epoch.
+    pub accept_ms: i64,
+    /// Handshake (Th), idle before the request (Ti), time to receive it (TR), time queued (Tw),
+    /// to connect to the server (Tc), for the server's response headers (Tr), active time from
+    /// the request's first byte to the response's last (Ta). ms, -1 when not reached.
+    pub th: i64,
+    pub ti: i64,
+    pub treq: i64,
+    pub tw: i64,
+    pub tc: i64,
+    pub tr: i64,
+    pub ta: i64,
+    /// HTTP status HAProxy sent (-1 when none).
+    pub status: i32,
+    pub backend: String,
+    pub server: String,
+    /// Termination state: `--` for a normal end.
+    pub term: String,
+}
+
+impl RequestLog {
+    /// When the request's first byte arrived (accept + Th + Ti), ms since the epoch.
+    pub fn request_ms(&self) -> i64 {
+        self.accept_ms + self.th.max(0) + self.ti.max(0)
+    }
+
+    /// Whether a server answered it (response headers came back from a server).
+    pub fn served(&self) -> bool {
+        self.server != "<NOSRV>" && self.tr >= 0 && self.status > 0
+    }
+
+    /// When the response's last byte left HAProxy (request + Ta), ms since the epoch; `None`
+    /// when no server answered.
+    pub fn answered_ms(&self) -> Option<i64> {
+        self.served().then(|| self.request_ms() + self.ta.max(0))
+    }
+
+    /// When HAProxy had connected to the server and passed the request on (request + Tw + Tc),
+    /// ms since the epoch; `None` when it never reached a server.
+    pub fn sent_ms(&self) -> Option<i64> {
+        (self.server != "<NOSRV>" && self.tc >= 0)
+            .then(|| self.request_ms() + self.tw.max(0) + self.tc)
+    }
+
+    /// A normal end with a 2xx or 3xx status.
+    pub fn ok(&self) -> bool {
+        self.served() && self.term == "--" && (200..400).contains(&self.status)
+    }
+}
+
+/// A line tagged [`LOG_TAG`] that is not in [`LOG_FORMAT`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HAProxy request log line not in the expected format ({why}): {line:?}")]
+pub struct LogLineError {
+    pub line: String,
+    pub why: &'static str,
+}
+
+/// Parse one line of HAProxy's output: `None` for lines that are not request lines (HAProxy's
+/// notices and warnings share its standard output).
+pub fn parse_line(line: &str) -> Option<Result<RequestLog, LogLineError>> {
+    let rest = line.trim_end().strip_prefix(LOG_TAG)?.strip_prefix(' ')?;
+    Some(parse_fields(rest).map_err(|why| LogLineError {
+        line: line.into(),
+        why,
+    }))
+}
+
+fn parse_fields(rest: &str) -> Result<RequestLog, &'static str> {
+    let f: Vec<&str> = rest.split(' ').collect();
+    let [date, th, ti, treq, tw, tc, tr, ta, status, backend, server, term] = f[..] else {
+        return Err("not 12 fields");
+    };
+    let (secs, ms) = date.split_once('.').ok_or("no accept date")?;
+    let secs: i64 = secs.parse().map_err(|_| "bad accept date")?;
+    let ms: i64 = ms.parse().map_err(|_| "bad accept date")?;
+    let t = |s: &str| s.parse::<i64>().map_err(|_| "bad timer");
+    Ok(RequestLog {
+        accept_ms: secs * 1000 + ms,
+        th: t(th)?,
+        ti: t(ti)?,
+        treq: t(treq)?,
+        tw: t(tw)?,
+        tc: t(tc)?,
+        tr: t(tr)?,
+        ta: t(ta)?,
+        status: status.parse().map_err(|_| "bad status")?,
+        backend: backend.into(),
+        server: server.into(),
+        term: term.into(),
+    })
+}
+
+/// Every request line of HAProxy's output file, in file order (a request is logged when it
+/// ends). A tagged line in another format is an error; a last line cut short by a writer still
+/// writing is left out.
+pub fn read(path: &Path) -> anyhow::Result<Vec<RequestLog>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading HAProxy's log {}: {e}", path.display()))?;
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete
+        .lines()
+        .filter_map(parse_line)
+        .map(|r| r.map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// The first request `backend`/`server` answered (the earliest answer, whatever the order of
+/// the lines).
+pub fn first_answered<'a>(
+    logs: &'a [RequestLog],
+    backend: &str,
+    server: &str,
+) -> Option<&'a RequestLog> {
+    logs.iter()
+        .filter(|r| r.backend == backend && r.server == server)
+        .filter_map(|r| r.answered_ms().map(|a| (a, r)))
+        .min_by_key(|(a, _)| *a)
+        .map(|(_, r)| r)
+}
+
+/// The first request HAProxy passed on to `backend`/`server` (the earliest [`RequestLog::sent_ms`]).
+pub fn first_sent<'a>(
+    logs: &'a [RequestLog],
+    backend: &str,
+    server: &str,
+) -> Option<&'a RequestLog> {
+    logs.iter()
+        .filter(|r| r.backend == backend && r.server == server)
+        .filter_map(|r| r.sent_ms().map(|a| (a, r)))
+        .min_by_key(|(a, _)| *a)
+        .map(|(_, r)| r)
+}
+
+/// The router's static configuration: the runtime API on `socket` (admin level), one line per
+/// request on standard output in [`LOG_FORMAT`], and per app a frontend on 127.0.0.1:PORT with
+/// its backend (round robin, HTTP health checks; no servers: the controller adds them).
+pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
+    let mut cfg = format!(
+        "global\n    log stdout format raw local0\n    stats socket {} mode 600 level admin\n\n\
+         defaults\n    mode http\n    log global\n    log-format \"{LOG_FORMAT}\"\n    \
+         timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n",
+        socket.display()
+    );
+    for (app, port) in frontends {
+        cfg += &format!(
+            "\nfrontend fe_{app}\n    bind 127.0.0.1:{port}\n    default_backend {app}\n\n\
+             backend {app}\n    balance roundrobin\n    option httpchk GET /\n"
+        );
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines HAProxy 2.6 wrote with [`LOG_FORMAT`].
+    const LINES: &str = "torpor-req 1796227235.267 0 0 0 -1 -1 -1 0 503 web <NOSRV> SC\n\
+        [WARNING]  (29750) : CLI : Server web/h1 is UP/READY (leaving forced maintenance).\n\
+        torpor-req 1796227236.041 0 2 0 0 0 1 5 200 web h1 --\n\
+        torpor-req 1796227236.040 0 0 0 0 0 1 1 200 web h1 --\n";
+
+    #[test]
+    fn parses_haproxy_lines() {
+        let logs: Vec<RequestLog> = LINES
+            .lines()
+            .filter_map(parse_line)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(logs.len(), 3);
+        assert!(!logs[0].served() && logs[0].answered_ms().is_none() && !logs[0].ok());
+        assert_eq!(logs[0].status, 503);
+        assert_eq!(logs[1].request_ms(), 1796227236043);
+        assert_eq!(logs[1].answered_ms(), Some(1796227236048));
+        assert_eq!(logs[1].sent_ms(), Some(1796227236043));
+        assert_eq!(logs[0].sent_ms(), None);
+        assert!(logs[1].ok());
+        let first = first_answered(&logs, "web", "h1").unwrap();
+        assert_eq!(first.answered_ms(), Some(1796227236041));
+        assert!(first_answered(&logs, "web", "h2").is_none());
+        assert_eq!(
+            first_sent(&logs, "web", "h1").unwrap().sent_ms(),
+            Some(1796227236040)
+        );
+    }
+
+    #[test]
+    fn refuses_other_formats() {
+        assert!(parse_line("torpor-reqx 1").is_none());
+        for bad in [
+            "torpor-req 1796227236.041 0 2 0 0 0 1 5 200 web h1",
+            "torpor-req 1796227236 0 2 0 0 0 1 5 200 web h1 --",
+            "torpor-req 1796227236.041 0 x 0 0 0 1 5 200 web h1 --",
+            "torpor-req 1796227236.041 0 2 0 0 0 1 5 OK web h1 --",
+        ] {
+            assert!(parse_line(bad).unwrap().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_logs_every_request() {
+        let c = router_config(Path::new("/x/h.sock"), &[("web".into(), 8080)]);
+        assert!(c.contains(&format!("log-format \"{LOG_FORMAT}\"")));
+        assert!(c.contains("log stdout format raw"));
+        assert!(c.contains("bind 127.0.0.1:8080") && c.contains("backend web"));
+    }
+}
