@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use torpor_fleet::haproxy::log::RequestLog;
 use torpor_fleet::{agent, controller, haproxy, measure, schema};
 
 #[derive(Parser)]
@@ -96,11 +97,11 @@ async fn first_answer(etcd: &[String], a: FirstAnswerArgs) -> anyhow::Result<()>
     let logs = haproxy::log::read(&a.haproxy_log)?;
     let backend = a.backend.unwrap_or(a.app);
     let none = || format!("HAProxy logged no answer from {backend}/{}", a.host);
-    let sent = haproxy::log::first_sent(&logs, &backend, &a.host)
-        .and_then(|r| r.sent_ms())
+    let sent = haproxy::log::earliest(&logs, &backend, &a.host, RequestLog::sent_ms)
+        .and_then(RequestLog::sent_ms)
         .with_context(none)?;
-    let answered = haproxy::log::first_answered(&logs, &backend, &a.host)
-        .and_then(|r| r.answered_ms())
+    let answered = haproxy::log::earliest(&logs, &backend, &a.host, RequestLog::answered_ms)
+        .and_then(RequestLog::answered_ms)
         .with_context(none)?;
     let ready_ms = st.done_unix * 1000.0;
     println!(

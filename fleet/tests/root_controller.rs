@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::time::Instant;
 use torpor_api::AppState;
-use torpor_fleet::haproxy::log::first_answered;
+use torpor_fleet::haproxy::log::{earliest, RequestLog};
 use torpor_fleet::haproxy::Admin;
 use torpor_fleet::obs::Event;
 use torpor_fleet::schema::{Desired, Key, Outcome, Placement, Status};
@@ -48,7 +48,9 @@ async fn first_answer_after_ready(hap: &Haproxy, host: &str, ready_unix: f64) {
         "HAProxy's log line of a request web/h1 answered",
         HANG,
         || {
-            answered = first_answered(&hap.requests(), "web", host).and_then(|r| r.answered_ms());
+            let logs = hap.requests();
+            answered = earliest(&logs, "web", host, RequestLog::answered_ms)
+                .and_then(RequestLog::answered_ms);
             std::future::ready(answered.is_some())
         },
     )

@@ -1,7 +1,7 @@
 //! HAProxy's own record of every request: the router's configuration (one definition, for the
 //! tests, the demo and the agility benchmark) logs one line per request in [`LOG_FORMAT`] to
 //! its standard output (`log stdout format raw`, HAProxy in the foreground), and [`parse_line`]
-//! reads it back. From it: when a server answered its first request ([`first_answered`]) —
+//! reads it back. From it: when a server answered its first request ([`earliest`]) —
 //! the router's side of "the new instance serves ≤ 100 ms after it reported ready" — and
 //! per-request response times under load.
 
@@ -125,30 +125,19 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<RequestLog>> {
         .collect()
 }
 
-/// The first request `backend`/`server` answered (the earliest answer, whatever the order of
-/// the lines).
-pub fn first_answered<'a>(
+/// The request of `backend`/`server` with the earliest `when` (whatever the order of the lines):
+/// with [`RequestLog::answered_ms`], the first it answered; with [`RequestLog::sent_ms`], the
+/// first HAProxy passed on to it.
+pub fn earliest<'a>(
     logs: &'a [RequestLog],
     backend: &str,
     server: &str,
+    when: fn(&RequestLog) -> Option<i64>,
 ) -> Option<&'a RequestLog> {
     logs.iter()
         .filter(|r| r.backend == backend && r.server == server)
-        .filter_map(|r| r.answered_ms().map(|a| (a, r)))
-        .min_by_key(|(a, _)| *a)
-        .map(|(_, r)| r)
-}
-
-/// The first request HAProxy passed on to `backend`/`server` (the earliest [`RequestLog::sent_ms`]).
-pub fn first_sent<'a>(
-    logs: &'a [RequestLog],
-    backend: &str,
-    server: &str,
-) -> Option<&'a RequestLog> {
-    logs.iter()
-        .filter(|r| r.backend == backend && r.server == server)
-        .filter_map(|r| r.sent_ms().map(|a| (a, r)))
-        .min_by_key(|(a, _)| *a)
+        .filter_map(|r| when(r).map(|t| (t, r)))
+        .min_by_key(|(t, _)| *t)
         .map(|(_, r)| r)
 }
 
@@ -196,11 +185,13 @@ mod tests {
         assert_eq!(logs[1].sent_ms(), Some(1796227236043));
         assert_eq!(logs[0].sent_ms(), None);
         assert!(logs[1].ok());
-        let first = first_answered(&logs, "web", "h1").unwrap();
+        let first = earliest(&logs, "web", "h1", RequestLog::answered_ms).unwrap();
         assert_eq!(first.answered_ms(), Some(1796227236041));
-        assert!(first_answered(&logs, "web", "h2").is_none());
+        assert!(earliest(&logs, "web", "h2", RequestLog::answered_ms).is_none());
         assert_eq!(
-            first_sent(&logs, "web", "h1").unwrap().sent_ms(),
+            earliest(&logs, "web", "h1", RequestLog::sent_ms)
+                .unwrap()
+                .sent_ms(),
             Some(1796227236040)
         );
     }
