@@ -64,6 +64,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod purge;
 pub mod residency;
+pub mod reslot;
 pub mod sys;
 pub mod target;
 pub mod uapi;

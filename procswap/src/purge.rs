@@ -37,15 +37,14 @@ pub struct PurgeOptions {
     /// their old slot: the kernel drops them without writing. A layout is written once per
     /// page that was dirtied (or never swapped).
     pub layout_first: Option<Vec<Range>>,
-    /// With [`layout_first`](Self::layout_first): the head of the layout, up to this many
-    /// bytes (the pages the app touched first), is **rewritten** before the page-out — one
-    /// byte of every present, exclusively mapped anonymous page read and written back
-    /// unchanged with `process_vm_readv`/`process_vm_writev` (the target is frozen) — so pages
-    /// read-faulted since their last swap-out lose their old slot (the write fault frees it)
-    /// and are written into the layout's consecutive slots instead of staying scattered. Pages
-    /// shared with another process (copy-on-write after fork, the zero page) are left alone:
-    /// writing would give the target a private copy. Costs one page write per clean page at
-    /// Stop. 0 (the default) rewrites nothing.
+    /// With [`layout_first`](Self::layout_first): in the head of the layout, up to this many
+    /// bytes (the pages the app touched first), the present anonymous pages that kept an old
+    /// swap slot (read-faulted from swap since their last swap-out) are given up their slot
+    /// before the page-out ([`crate::reslot`]: contents read, paged out, read back, written
+    /// back unchanged — a write fault on the swap entry frees the slot), so the ordered
+    /// page-out writes them into the layout's consecutive slots instead of their old scattered
+    /// ones. Only for a quiescent (frozen) target; pages shared with another process are left
+    /// alone. Costs a read and a write of each such page at Stop. 0 (the default) does nothing.
     pub layout_rewrite_bytes: u64,
 }
 
@@ -88,8 +87,9 @@ pub struct LayoutReport {
     pub rest_extents: u64,
     /// Time of the ordered page-out of the loading set.
     pub first_seconds: f64,
-    /// Pages of the layout's head rewritten before the page-out
-    /// ([`PurgeOptions::layout_rewrite_bytes`]), and those that could not be (read-only).
+    /// Pages of the layout's head that kept an old swap slot and were given it up before the
+    /// page-out ([`PurgeOptions::layout_rewrite_bytes`], [`crate::reslot`]), and those left
+    /// alone (the page-out did not take them, read-only, still in the swap cache).
     #[serde(default)]
     pub rewritten_pages: u64,
     #[serde(default)]
@@ -212,7 +212,9 @@ pub fn purge_with(
     let mut kind_notes = Vec::new();
     let snapshot = take_snapshot(&t, opts, &mut kind_notes)?;
     let mut out = PageOut::default();
-    let layout_pre = page_out_layout_first(backend, &t, opts, progress, ps, &mut out)?;
+    let reslot = opts.layout_rewrite_bytes / ps;
+    let reslot = if q.is_quiescent() { reslot } else { 0 };
+    let layout_pre = page_out_layout_first(backend, &t, opts, progress, reslot, &mut out)?;
     let ranges = eligible_ranges(&before.vmas, opts.chunk_bytes.max(ps));
     progress.phase("page-out", ranges.iter().map(|r| r.len).sum());
     let tp = Instant::now();
@@ -354,13 +356,15 @@ fn take_snapshot(
 }
 
 /// The loading set first ([`PurgeOptions::layout_first`]), in the given order, from one CPU
-/// (slots come from per-CPU clusters). Returns the layout's pages that were on swap before.
+/// (slots come from per-CPU clusters), after giving up the old slots of at most
+/// `reslot_pages` of its head ([`crate::reslot`]; 0 with a target that is not quiescent).
+/// Returns the layout's pages that were on swap before.
 fn page_out_layout_first(
     backend: &dyn Backend,
     t: &Target,
     opts: &PurgeOptions,
     progress: &dyn Progress,
-    ps: u64,
+    reslot_pages: u64,
     out: &mut PageOut,
 ) -> Result<Vec<SwappedPage>> {
     let Some(first) = opts.layout_first.as_ref().filter(|f| !f.is_empty()) else {
@@ -368,9 +372,9 @@ fn page_out_layout_first(
     };
     let layout_pre = crate::prefetch::swapped_pages_in(t, first)?;
     let tf = Instant::now();
-    if opts.layout_rewrite_bytes >= ps {
-        let addrs = exclusive_present(t, first, opts.layout_rewrite_bytes / ps)?;
-        out.rewritten = rewrite_pages_vm(t.pid(), &addrs)?;
+    if reslot_pages > 0 {
+        let r = crate::reslot::reslot(t, first, reslot_pages)?;
+        out.rewritten = (r.reslotted, r.candidates - r.reslotted);
     }
     let _pin = PinCpu::here();
     progress.phase(
@@ -588,64 +592,6 @@ impl Drop for PinCpu {
     }
 }
 
-/// Present, exclusively mapped **anonymous** pages of `ranges` (never a file page: writing
-/// it back would write the file, or give a private mapping a copy), in the ranges' order, at
-/// most `max`.
-fn exclusive_present(t: &Target, ranges: &[Range], max: u64) -> Result<Vec<u64>> {
-    let mut pm = crate::inspect::Pagemap::open(t.pid())?;
-    let mut out = Vec::new();
-    for r in ranges {
-        if out.len() as u64 >= max {
-            break;
-        }
-        pm.scan(r.start, r.end(), |addr, info| {
-            let (present, file, _) = crate::inspect::classify(&info);
-            if (out.len() as u64) < max && present && !file && crate::inspect::exclusive(&info) {
-                out.push(addr);
-            }
-        })?;
-    }
-    out.truncate(max as usize);
-    Ok(out)
-}
-
-/// Read one byte of each page at `addrs` in `pid` and write it back unchanged
-/// (`process_vm_readv`/`process_vm_writev`, [`sys::IOV_MAX`] pages per call): a write fault
-/// on each page, which frees a clean swap-cache page's swap slot. Only for a frozen target (no
-/// write of its own can come between the read and the write). Returns (pages rewritten, pages
-/// that could not be read or written, e.g. read-only mappings).
-pub fn rewrite_pages_vm(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
-    use nix::sys::uio::{process_vm_readv, process_vm_writev};
-    use std::io::{IoSlice, IoSliceMut};
-    let npid = nix::unistd::Pid::from_raw(pid);
-    let mut buf = vec![0u8; sys::IOV_MAX];
-    let sys_err = |op, e: nix::errno::Errno| match e {
-        nix::errno::Errno::ESRCH => Error::TargetExited { pid, op: "rewrite" },
-        e => Error::Sys {
-            op,
-            pid,
-            source: e.into(),
-        },
-    };
-    // A short count (read or write) skips the page at that index.
-    sys::per_page_batches(addrs, |remote| {
-        let n = remote.len();
-        let got = match process_vm_readv(npid, &mut [IoSliceMut::new(&mut buf[..n])], remote) {
-            Ok(g) => g,
-            Err(nix::errno::Errno::EFAULT) => 0,
-            Err(e) => return Err(sys_err("process_vm_readv", e)),
-        };
-        if got == 0 {
-            return Ok(0);
-        }
-        match process_vm_writev(npid, &[IoSlice::new(&buf[..got])], &remote[..got]) {
-            Ok(p) => Ok(p),
-            Err(nix::errno::Errno::EFAULT) => Ok(0),
-            Err(e) => Err(sys_err("process_vm_writev", e)),
-        }
-    })
-}
-
 /// Layout figures: the loading set's pages (given order) and the rest (`all`: every swapped
 /// page after the purge, address order); `pre`: the loading set's pages on swap before.
 fn layout_report(
@@ -717,38 +663,4 @@ fn layout_report(
     rep.rest_pages = rest.len() as u64;
     rep.rest_extents = runs(rest);
     rep
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every page is read and written back unchanged; a read-only page is counted as refused
-    /// and the pages after it are still rewritten.
-    #[test]
-    fn rewrite_keeps_contents_and_skips_read_only_pages() {
-        let ps = sys::page_size() as usize;
-        let n = 8usize;
-        let m = sys::AnonMapping::new(n);
-        let base = m.base;
-        for i in 0..n {
-            // SAFETY: page i of the writable mapping above (i < n).
-            unsafe { *base.add(i * ps) = 0x40 + i as u8 };
-        }
-        // SAFETY: page 3 of the mapping above becomes read-only (it stays mapped).
-        let rc =
-            unsafe { libc::mprotect(base.add(3 * ps) as *mut libc::c_void, ps, libc::PROT_READ) };
-        assert_eq!(rc, 0);
-        let addrs = m.addrs();
-        let (ok, bad) = rewrite_pages_vm(std::process::id() as i32, &addrs).unwrap();
-        assert_eq!((ok, bad), (7, 1));
-        for i in 0..n {
-            // SAFETY: page i of the (readable) mapping above.
-            assert_eq!(unsafe { *base.add(i * ps) }, 0x40 + i as u8, "page {i}");
-        }
-        assert_eq!(
-            rewrite_pages_vm(std::process::id() as i32, &[]).unwrap(),
-            (0, 0)
-        );
-    }
 }

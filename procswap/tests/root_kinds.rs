@@ -986,11 +986,7 @@ fn loading_set_first_layout_gives_few_extents() {
 #[test]
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn read_faulted_pages_keep_their_slots() {
-    require_swap();
-    let mut k = Kid::spawn("kept");
-    let a = k.cmd("ANON 1024")[0];
-    k.stop();
-    purge(k.pid, &PurgeOptions::default());
+    let (mut k, a) = read_faulted_kid("kept", false);
     let slots = |pid: i32| -> Vec<u64> {
         let mut pm = Pagemap::open(pid).unwrap();
         let mut v = Vec::new();
@@ -1008,17 +1004,10 @@ fn read_faulted_pages_keep_their_slots() {
     k.cmd("TOUCHRANGE anon 0 64");
     k.stop();
     // Page them out in reverse order: fresh slots would be consecutive in that order.
-    let ranges: Vec<procswap::Range> = (0..64)
-        .rev()
-        .map(|p| procswap::Range {
-            start: a + p * ps(),
-            len: ps(),
-        })
-        .collect();
     let rep = purge(
         k.pid,
         &PurgeOptions {
-            layout_first: Some(ranges),
+            layout_first: Some(reversed_pages(a, 64)),
             ..Default::default()
         },
     );
@@ -1041,6 +1030,69 @@ fn read_faulted_pages_keep_their_slots() {
          (touch-order extents {}): a layout is written once per dirtied page",
         l.loading_set_touch_order_extents
     ));
+}
+
+/// The same read-faulted pages with the layout's head re-slotted (`layout_rewrite_bytes`,
+/// procswap::reslot): each gives up its old slot before the ordered page-out, and the
+/// contents survive the read, page-out, read-back and write-back.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn reslot_gives_read_faulted_pages_new_slots() {
+    let (mut k, a) = read_faulted_kid("reslot", true);
+    assert_eq!(pm_state(k.pid, a, 64), (64, 0), "read-faulted back in");
+    let rep = purge(
+        k.pid,
+        &PurgeOptions {
+            layout_first: Some(reversed_pages(a, 64)),
+            layout_rewrite_bytes: 64 * ps(),
+            ..Default::default()
+        },
+    );
+    let l = rep.layout.unwrap();
+    eprintln!("{l:?}");
+    assert_eq!(
+        (l.rewritten_pages, l.rewrite_refused_pages),
+        (64, 0),
+        "every read-faulted page (clean, in the swap cache) gave up its old slot"
+    );
+    assert_eq!(l.loading_set_swapped_pages, 64);
+    assert_eq!(pm_state(k.pid, a, 64), (0, 64), "all paged out again");
+    k.cont();
+    let v = k.cmd("VERIFY");
+    assert_eq!(v.len(), 2, "contents intact after the re-slot: {v:?}");
+    summary(&format!(
+        "reslot: RAN and PASSED: 64 of 64 read-faulted pages given new slots, contents verified \
+         (touch-order extents {} for 64 pages paged out in reverse order)",
+        l.loading_set_touch_order_extents
+    ));
+}
+
+/// A stopped kindchild with 1024 anonymous pages purged; with `touch`, its first 64 pages then
+/// read-faulted back in (clean, in the swap cache). Returns it and the area's address.
+fn read_faulted_kid(tag: &str, touch: bool) -> (Kid, u64) {
+    require_swap();
+    let mut k = Kid::spawn(tag);
+    let a = k.cmd("ANON 1024")[0];
+    k.stop();
+    purge(k.pid, &PurgeOptions::default());
+    if touch {
+        k.cont();
+        k.cmd("TOUCHRANGE anon 0 64");
+        k.stop();
+    }
+    (k, a)
+}
+
+/// Pages `[a, a + n pages)` as one-page ranges in reverse order (fresh slots would be
+/// consecutive in that order).
+fn reversed_pages(a: u64, n: u64) -> Vec<procswap::Range> {
+    (0..n)
+        .rev()
+        .map(|p| procswap::Range {
+            start: a + p * ps(),
+            len: ps(),
+        })
+        .collect()
 }
 
 /// `pswpin` from /proc/vmstat (machine-wide).

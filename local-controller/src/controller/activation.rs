@@ -70,20 +70,15 @@ const FETCH_THREAD: &str = "torpor-fetch";
 const HOLD_ENV: &str = "TORPORD_TEST_HOLD_BACKGROUND";
 
 /// The head of the loading set (the part touched before the first response comes first in the
-/// layout: what the next Start reads before the thaw) that every purge may rewrite so that it
-/// lands in consecutive swap slots even where the app only read it
-/// (`procswap::PurgeOptions::layout_rewrite_bytes`): a page read-faulted from the swap cache
-/// keeps its old slot, and a clean page is dropped at page-out without being written. Off: with
-/// 32 MiB and the benchmark's swap file alone at the top priority (2026-12-02 14:01 UTC,
-/// bench/results/activation/ `-act` files), Tomcat's `first` part was still 1,230-1,480 swap
-/// extents for 4,200-7,200 pages; with the swap file also enabled with `--discard=pages` (so the
-/// kernel takes free clusters before the holes of partly used ones) still 1,088-1,142 for
-/// 4,295-4,463, the same as without the rewrite (1,078-1,130). Measured with a probe: a write to
-/// a page read-faulted from swap does not free its slot (the read fault mapped it writable and
-/// kept it in the swap cache), so the page goes back to its old slot at page-out; the rewrite's
-/// `process_vm_writev` is such a write too (likely why it gained nothing; not measured apart).
-/// See bench/results/activation/README.md, "Swap layout".
-pub(super) const LAYOUT_REWRITE_BYTES: u64 = 0;
+/// layout: what the next Start reads before the thaw) in which every purge gives the pages that
+/// kept an old swap slot a new one (`procswap::PurgeOptions::layout_rewrite_bytes`,
+/// `procswap::reslot`): a page read-faulted from swap keeps its slot while mapped, and a later
+/// write does not fault, so without this the next page-out puts it back in its old, scattered
+/// slot. The earlier rewrite (one byte read and written back while the page was mapped: no
+/// fault, slot kept) gained nothing; re-slotting pages the page out first, so the write back is
+/// a write fault on the swap entry, which frees the slot. See
+/// bench/results/activation/README.md, "Swap layout".
+pub(super) const LAYOUT_REWRITE_BYTES: u64 = 32 << 20;
 
 /// The threads a loading-set Start leaves running (runtime only).
 #[derive(Default)]
