@@ -485,8 +485,26 @@ pub struct VmResume {
     pub ready_ms: f64,
     pub pswpin_delta: u64,
     pub pswpin_delta_prefetch: u64,
-    /// The background fetcher (`priority` mode).
+    /// The background fetcher (`priority` and `loading-set` modes).
     pub background: Option<TwinkleStats>,
+    /// `loading-set` mode: the set this Start worked from.
+    #[serde(default)]
+    pub loading_set: Option<VmLoadingSet>,
+}
+
+/// The loading set of a VM Start (`loading-set` mode): QEMU's pages touched after `cont` in
+/// earlier cycles, guest-free pages left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmLoadingSet {
+    /// Cycles merged into the set (0: no set yet; this Start fetches nothing before `cont`).
+    pub cycles: u32,
+    /// Pages fetched before `cont` (touched before the first response), and in the
+    /// background first (touched after it), free pages excluded.
+    pub first_pages: u64,
+    pub later_pages: u64,
+    /// Whether this Start records the next set (the candidates from the last Stop).
+    pub recording: bool,
+    pub notes: Vec<String>,
 }
 
 /// Per-class figures of a VM Start.
@@ -518,6 +536,9 @@ pub struct TwinkleStats {
     pub twinkle_pages: u64,
     /// Pages read by the rest phase.
     pub rest_pages: u64,
+    /// Pages read by the preload before watching (a VM loading set's later part, ...).
+    #[serde(default)]
+    pub preload_pages: u64,
     pub rounds: u64,
     pub seconds: f64,
     /// Why it ended: "finished", "stopped", or an error.
@@ -634,6 +655,9 @@ pub struct VmStop {
     pub status_after: String,
     pub guest_ram: Option<GuestRamReport>,
     pub evidence: StopEvidence,
+    /// `loading-set` mode: the recording merged, the layout written, what the next Start watches.
+    #[serde(default)]
+    pub loading_set_notes: Vec<String>,
 }
 
 /// What the guest agent's maps held.
@@ -711,6 +735,10 @@ pub struct VmStatus {
     pub guest_ram_bytes: Option<u64>,
     /// The background fetcher (running, or the last one's final figures).
     pub background: Option<TwinkleStats>,
+    /// `loading-set` mode: the last Start's recorder is still watching (until its stop rule
+    /// or the next Stop).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// `GET /v1/events?since=SEQ`: the events after `since` (the last 1024 are kept).

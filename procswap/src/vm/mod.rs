@@ -8,7 +8,10 @@
 //!   (the controller builds it from the guest agent's maps; procswap does not depend on
 //!   guest-enlight, which depends on procswap);
 //! - [`twinkle`]: the background fetcher (segments of 1024 pages, fetched once 30 % of their
-//!   swapped pages were faulted in, then the remaining classes).
+//!   swapped pages were faulted in, then the remaining classes);
+//! - [`loading`]: the VM's loading set (the process loading set over QEMU's memory): what
+//!   to watch from `cont` on, and the set in fetch order (QEMU first, then guest classes,
+//!   free pages never).
 //!
 //! The fetching itself is procswap's prefetch ([`crate::prefetch_with`]) restricted to given
 //! ranges ([`fetch_ranges`]), so both backends (stock, kmod) work unchanged.
@@ -16,6 +19,7 @@
 //! **Safety rule**: the guest's maps only order and skip prefetch. Nothing in this module
 //! discards memory.
 
+pub mod loading;
 pub mod plan;
 pub mod qmp;
 pub mod ram;

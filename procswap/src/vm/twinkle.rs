@@ -34,6 +34,14 @@ pub struct TwinkleConfig {
     /// Once the rest phase has nothing left, keep watching the segments that are still on swap
     /// (free pages, untouched) this long after the last fetch, then end.
     pub linger: Duration,
+    /// Host ranges fetched first, in this order, before the segments are watched (a VM
+    /// loading set's later part, then what else comes before the rest classes).
+    pub preload: Vec<Range>,
+    /// I/O priority of the fetcher thread (its reads are issued from it), e.g. below the VM's.
+    pub io_priority: Option<sys::IoPriority>,
+    /// Wait until this flag is set (the app answered its first request) or the duration
+    /// passed before the first fetch: the first requests' faults get the device to themselves.
+    pub start_after: Option<(Arc<AtomicBool>, Duration)>,
 }
 
 impl Default for TwinkleConfig {
@@ -45,6 +53,9 @@ impl Default for TwinkleConfig {
             rest_pages_per_round: 4096,
             prefetch: PrefetchOptions::default(),
             linger: Duration::from_secs(10),
+            preload: Vec::new(),
+            io_priority: None,
+            start_after: None,
         }
     }
 }
@@ -292,16 +303,19 @@ impl Background {
             .name(format!("twinkle-{pid}"))
             .spawn(move || {
                 let t0 = Instant::now();
-                let res = run(
-                    &*backend,
-                    pid,
-                    &mut pm,
-                    &mut tracker,
-                    &cfg,
-                    ps,
-                    &stop2,
-                    &stats2,
-                );
+                let _io = cfg.io_priority.and_then(|p| sys::io_priority(p).ok());
+                let res = preload(&*backend, pid, &cfg, ps, &stop2, &stats2).and_then(|_| {
+                    run(
+                        &*backend,
+                        pid,
+                        &mut pm,
+                        &mut tracker,
+                        &cfg,
+                        ps,
+                        &stop2,
+                        &stats2,
+                    )
+                });
                 let mut s = stats2.lock().unwrap_or_else(|p| p.into_inner());
                 s.running = false;
                 s.seconds = t0.elapsed().as_secs_f64();
@@ -345,6 +359,56 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Before the segments are watched: wait for `cfg.start_after`, then fetch `cfg.preload` in
+/// order, at most `rest_pages_per_round` pages (1024 at least) per call, the stop flag checked
+/// between calls.
+fn preload(
+    backend: &dyn Backend,
+    pid: i32,
+    cfg: &TwinkleConfig,
+    ps: u64,
+    stop: &AtomicBool,
+    stats: &Mutex<TwinkleStats>,
+) -> crate::Result<()> {
+    if let Some((flag, max)) = &cfg.start_after {
+        let t = Instant::now();
+        while !flag.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) && t.elapsed() < *max {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let step = cfg.rest_pages_per_round.max(1024) * ps;
+    let mut chunk: Vec<Range> = Vec::new();
+    let mut bytes = 0;
+    let flush = |chunk: &mut Vec<Range>| -> crate::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let r = super::fetch_ranges(backend, pid, std::mem::take(chunk), &cfg.prefetch)?;
+        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.preload_pages += r.read_issued_bytes / ps;
+        Ok(())
+    };
+    for r in &cfg.preload {
+        let mut cur = *r;
+        while cur.len > 0 {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let take = cur.len.min(step - bytes);
+            chunk.push(Range {
+                start: cur.start,
+                len: take,
+            });
+            (cur.start, cur.len, bytes) = (cur.start + take, cur.len - take, bytes + take);
+            if bytes == step {
+                flush(&mut chunk)?;
+                bytes = 0;
+            }
+        }
+    }
+    flush(&mut chunk)
 }
 
 #[allow(clippy::too_many_arguments)]
