@@ -25,7 +25,7 @@
 //! kind = "vm"                                   # default "process"
 //! command = ["qemu-system-x86_64", "...", "-qmp", "unix:/run/x/guest.qmp,server=on,wait=off"]
 //! vm = { qmp = "/run/x/guest.qmp", agent = "/run/x/guest.agent" }
-//! vm_prefetch = "priority"                      # priority | full | none
+//! vm_prefetch = "loading-set"                   # loading-set | priority | full | none
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -201,7 +201,7 @@ pub struct AppConfig {
     /// VM apps: where QEMU's QMP socket and the guest agent's socket are.
     #[serde(default)]
     pub vm: Option<VmConfig>,
-    /// VM apps: what Start fetches before `cont` (default `priority`).
+    /// VM apps: what Start fetches before `cont` (default `loading-set`).
     #[serde(default)]
     pub vm_prefetch: Option<VmPrefetch>,
 }
@@ -210,7 +210,7 @@ impl AppConfig {
     pub fn is_vm(&self) -> bool {
         self.kind == AppKind::Vm
     }
-    /// The prefetch mode of a VM app (its `vm_prefetch`, default `priority`).
+    /// The prefetch mode of a VM app (its `vm_prefetch`, default `loading-set`).
     pub fn vm_prefetch_mode(&self) -> VmPrefetch {
         self.vm_prefetch.unwrap_or_default()
     }
@@ -244,10 +244,16 @@ pub struct VmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmPrefetch {
+    /// The VM's loading set (QEMU's pages touched from `cont` until the app answered, and a
+    /// window after, in earlier cycles): the part touched before the first response before
+    /// `cont`, ordered by the guest's priority classes, guest-free pages never; the rest of it,
+    /// QEMU's own memory and classes 0-5 in the background, then Twinkle. The purge lays the
+    /// set out first. Without guest maps: like `full`.
+    #[default]
+    LoadingSet,
     /// Guest priority classes 0-5 (kernel .. user data of active processes) minus the pages the
     /// guest reported free, before `cont`; the rest in the background (Twinkle). Without guest
     /// maps: like `full`.
-    #[default]
     Priority,
     /// All of guest RAM that is on swap, before `cont`.
     Full,
@@ -258,6 +264,7 @@ pub enum VmPrefetch {
 impl VmPrefetch {
     pub fn as_str(self) -> &'static str {
         match self {
+            VmPrefetch::LoadingSet => "loading-set",
             VmPrefetch::Priority => "priority",
             VmPrefetch::Full => "full",
             VmPrefetch::None => "none",
@@ -295,7 +302,7 @@ impl std::str::FromStr for VmPrefetch {
     type Err = UnknownMode;
     fn from_str(s: &str) -> Result<Self, UnknownMode> {
         use VmPrefetch::*;
-        let modes = [Priority, Full, None].map(|m| (m.as_str(), m));
+        let modes = [LoadingSet, Priority, Full, None].map(|m| (m.as_str(), m));
         mode_named(s, "VM prefetch mode", &modes)
     }
 }
@@ -653,7 +660,7 @@ command = ["/bin/true"]
         assert_eq!(v.agent.as_deref(), Some(Path::new("/run/x/guest.agent")));
         assert_eq!(v.agent_timeout, Duration::from_secs(5));
         assert!(v.background);
-        assert_eq!(c.apps[1].vm_prefetch_mode(), VmPrefetch::Priority);
+        assert_eq!(c.apps[1].vm_prefetch_mode(), VmPrefetch::LoadingSet);
         let v2 = c.apps[1].vm.as_ref().unwrap();
         assert_eq!(v2.agent, None);
         assert_eq!(v2.agent_timeout, Duration::from_secs(2));

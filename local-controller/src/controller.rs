@@ -822,6 +822,10 @@ impl Controller {
             snapshot: plans,
             layout_first: if plans {
                 self.purge_layout(slot, pid)
+            } else if slot.cfg.is_vm() {
+                // A VM's loading set, class-ordered, guest-free pages left out (computed at
+                // its Stop, where the guest's maps are).
+                self.take_vm_layout(slot)
             } else {
                 None
             },

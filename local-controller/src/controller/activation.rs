@@ -168,7 +168,7 @@ fn plan_path(ctl: &Controller, app: &str, pid: i32) -> PathBuf {
     dir(ctl, "plan", app).join(format!("{pid}.json"))
 }
 
-fn set_path(ctl: &Controller, app: &str, pid: i32) -> PathBuf {
+pub(super) fn set_path(ctl: &Controller, app: &str, pid: i32) -> PathBuf {
     dir(ctl, "loading-set", app).join(format!("{pid}.json"))
 }
 
@@ -245,6 +245,17 @@ impl Controller {
             }
         }
         let recordings = recorder.and_then(|h| h.join().ok()).unwrap_or_default();
+        notes.extend(self.merge_recordings(name, recordings));
+        for n in &notes {
+            self.event(Some(name), EventKind::Activation, n.clone());
+        }
+        notes
+    }
+
+    /// Merge each recording into its process's saved loading set (with decay) and save it;
+    /// notes on what was merged, ignored or not saved. VM apps too (QEMU's recording).
+    pub(super) fn merge_recordings(&self, name: &str, recordings: Vec<Recording>) -> Vec<String> {
+        let mut notes = Vec::new();
         for rec in recordings {
             let path = set_path(self, name, rec.pid);
             let prev = match LoadingSet::load(&path) {
@@ -277,9 +288,6 @@ impl Controller {
             if let Err(e) = set.save(&path) {
                 notes.push(format!("pid {}: saving the loading set: {e}", rec.pid));
             }
-        }
-        for n in &notes {
-            self.event(Some(name), EventKind::Activation, n.clone());
         }
         notes
     }
@@ -536,17 +544,9 @@ impl Controller {
             FIRST_WINDOW
         };
         // Named, so that a test (or an operator) sees them in /proc/PID/task/*/comm.
-        a.recorder = std::thread::Builder::new()
-            .name(RECORDER_THREAD.into())
-            .spawn(move || record(recorders, &stop_r, &first_r, window))
-            .map_err(|e| {
-                self.event(
-                    Some(&slot.cfg.name),
-                    EventKind::Error,
-                    format!("no recorder thread: {e}"),
-                )
-            })
-            .ok();
+        a.recorder = self.spawn_recorder(slot, RECORDER_THREAD, move || {
+            record(recorders, &stop_r, &first_r, window)
+        });
         let reserve = self.cfg.reserve;
         let hold = std::env::var_os(HOLD_ENV).map(PathBuf::from);
         let first_b = a.first_response.clone();
@@ -617,6 +617,26 @@ impl Controller {
         }
     }
 
+    /// The recorder thread `name` running `f` (`None`, with an event, when it cannot start).
+    pub(super) fn spawn_recorder(
+        &self,
+        slot: &AppSlot,
+        name: &str,
+        f: impl FnOnce() -> Vec<Recording> + Send + 'static,
+    ) -> Option<JoinHandle<Vec<Recording>>> {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| {
+                self.event(
+                    Some(&slot.cfg.name),
+                    EventKind::Error,
+                    format!("no recorder thread: {e}"),
+                )
+            })
+            .ok()
+    }
+
     /// Start: the app answered its first request.
     pub(super) fn activation_first_response(&self, slot: &AppSlot) {
         lock(&slot.act).first_response.store(true, Ordering::SeqCst);
@@ -648,7 +668,7 @@ fn start_recorder(plan: &ActivationPlan, notes: &mut Vec<String>) -> Option<Load
 }
 
 /// Poll every recorder in rounds until each one's stop rule (or the stop flag) ends it.
-fn record(
+pub(super) fn record(
     mut recs: Vec<LoadingSetRecorder>,
     stop: &AtomicBool,
     first: &AtomicBool,

@@ -1,23 +1,39 @@
 //! VM apps (`kind = "vm"`): Stop and Start of a QEMU process through QMP and the guest agent.
 //!
 //! Stop: guest maps from the agent (best effort, never fails the Stop), QMP `stop`, guest RAM
-//! discovery, freeze, purge, evidence. Start: prefetch by mode (QEMU's own memory and guest
-//! classes 0-5 minus free pages for `priority`; the whole process for `full`; nothing for
-//! `none`), thaw, QMP `cont`, Twinkle in the background (`priority`), probe.
+//! discovery, freeze, purge, evidence. Start: prefetch by mode (the loading set's first part for
+//! `loading-set`, the default; QEMU's own memory and guest classes 0-5 minus free pages for
+//! `priority`; the whole process for `full`; nothing for `none`), thaw, QMP `cont`, Twinkle in
+//! the background (`loading-set`, `priority`), probe.
+//!
+//! `loading-set` (procswap's process loading set over QEMU's memory, `procswap::vm::loading`):
+//! Stop merges the last Start's recording (QEMU's pages touched from `cont` on, first-touch
+//! order) into the saved set with decay, lays the set out first in the purge (QEMU's own pages,
+//! then guest classes, touch order within each, guest-free pages left out), and notes what the
+//! next Start watches (QEMU's pages on swap after the purge, minus guest-free pages). Start
+//! reads the part touched before the first response with `MADV_WILLNEED` only (nothing mapped:
+//! the recorder sees every touch), thaws, `cont`s, records, and fetches the rest of the set,
+//! QEMU's own memory and classes 0-5 in the background at low I/O priority once the probe
+//! answered, then Twinkle's segments and the later classes. Without a set yet nothing is read
+//! before `cont` (demand paging, recorded).
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
 use super::{
-    lock, now_unix, proc_mem, AppCgroups, AppSlot, AppState, Controller, EventKind, PurgeSummary,
-    StartError, StartTiming, StopError, FREEZE_TIMEOUT,
+    activation, lock, now_unix, proc_mem, AppCgroups, AppSlot, AppState, Controller, EventKind,
+    PurgeSummary, StartError, StartTiming, StopError, FREEZE_TIMEOUT,
 };
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
 use crate::probe;
+use procswap::vm::loading::{self, Part};
 use procswap::vm::{
     self, Background, GuestRam, PageCounts, Plan, Qmp, QmpError, TwinkleConfig, TwinkleStats,
 };
-use procswap::NoProgress;
+use procswap::{Candidates, LoadingSetRecorder, NoProgress, PrefetchOptions, Range, Recording};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use torpor_api as api;
 
@@ -32,6 +48,17 @@ pub(crate) struct VmRuntime {
     ram: Option<GuestRam>,
     background: Option<Background>,
     last_background: Option<TwinkleStats>,
+    /// `loading-set`: what the next Start's recorder watches (computed after the purge).
+    candidates: Option<Candidates>,
+    /// `loading-set`: the purge layout computed at this Stop (taken by the purge).
+    layout: Option<Vec<Range>>,
+    /// `loading-set` Start: the recorder prepared before the thaw, the ranges the background
+    /// fetches first, the recorder thread, its stop flag, and the first-response flag.
+    pending_recorder: Option<LoadingSetRecorder>,
+    preload: Vec<Range>,
+    recorder: Option<JoinHandle<Vec<Recording>>>,
+    rec_stop: Arc<AtomicBool>,
+    first_response: Arc<AtomicBool>,
 }
 
 pub use torpor_api::{ClassFetch, Evidence};
@@ -118,6 +145,8 @@ struct VmPurge {
     purge: Option<PurgeSummary>,
     purge_s: f64,
     evidence: api::StopEvidence,
+    /// `loading-set`: the recording merged, the layout, what the next Start watches.
+    loading_notes: Vec<String>,
 }
 
 /// Whether the purge evicted guest RAM: its resident pages fell to 1 % or less (QEMU's resident
@@ -159,9 +188,9 @@ fn effective_mode(
         (Some(_), None) => "guest RAM unknown (discovery failed at the last Stop)".to_string(),
     };
     let effective = match (mode, maps, ram) {
-        (VmPrefetch::Priority, Some(_), Some(_)) => VmPrefetch::Priority,
-        (VmPrefetch::Priority, _, _) => {
-            note.push_str("; priority runs as full");
+        (m @ (VmPrefetch::Priority | VmPrefetch::LoadingSet), Some(_), Some(_)) => m,
+        (m @ (VmPrefetch::Priority | VmPrefetch::LoadingSet), _, _) => {
+            note.push_str(&format!("; {} runs as full", m.as_str()));
             VmPrefetch::Full
         }
         (m, _, _) => m,
@@ -242,6 +271,7 @@ impl Controller {
             maps: rt.maps.as_ref().map(|(m, a)| m.summary(a)),
             guest_ram_bytes: rt.ram.as_ref().map(|r| r.bytes()),
             background: bg,
+            recording: rt.recorder.as_ref().is_some_and(|h| !h.is_finished()),
         }
     }
 
@@ -287,6 +317,7 @@ impl Controller {
             .unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
         self.stop_background(slot);
+        let mut loading_notes = self.vm_recording_stop(slot);
         let v = self.vm_cfg(slot);
         let fail = |e: VmStopError| self.stop_failed(slot, e);
         let agent = self.guest_maps(slot, v);
@@ -299,7 +330,11 @@ impl Controller {
             r.last_stop_unix = Some(now_unix());
             r.counters.stops += 1;
         });
-        let purged = self.purge_vm(slot, qpid, paused.ram.as_ref(), before);
+        let ram = paused.ram.as_ref();
+        let plan = self.vm_layout(slot, qpid, ram, agent.maps.as_ref(), &mut loading_notes);
+        let mut purged = self.purge_vm(slot, qpid, ram, before);
+        self.vm_candidates(slot, qpid, ram, plan.as_ref(), &mut loading_notes);
+        purged.loading_notes = loading_notes;
         self.save_guest_ram(slot, paused.ram.as_ref());
         Ok(self.vm_stopped(slot, t0, agent, paused, freeze_s, purged))
     }
@@ -418,6 +453,7 @@ impl Controller {
                 evicted,
                 purge_retries,
             },
+            loading_notes: Vec::new(),
         }
     }
 
@@ -497,6 +533,7 @@ impl Controller {
                 status_after: paused.after,
                 guest_ram,
                 evidence: purged.evidence,
+                loading_set_notes: purged.loading_notes,
             },
         }))
     }
@@ -536,6 +573,9 @@ impl Controller {
             (VmPrefetch::None, _, _) => None,
             (VmPrefetch::Priority, Some(ram), Some((m, _))) => {
                 Some(self.prefetch_priority(slot, qpid, ram, m, &mut timing, &mut rep))
+            }
+            (VmPrefetch::LoadingSet, Some(ram), Some((m, _))) => {
+                Some(self.prefetch_loading(slot, qpid, ram, m, &mut timing, &mut rep))
             }
             _ => {
                 self.prefetch_full(slot, qpid, &mut timing);
@@ -770,10 +810,14 @@ impl Controller {
             .and_then(|mut q| q.cont())
             .map_err(VmStartError::Cont)?;
         rep.cont_ms = ms(tc.elapsed());
-        // The rest in the background (Twinkle), priority mode only.
+        // The recorder (loading-set mode), the rest in the background (Twinkle).
         let (qpid, plan, ram) = run;
+        let loading = rep.loading_set.is_some();
+        if loading {
+            self.start_recorder_thread(slot);
+        }
         let bg_started = match (plan, ram, v.background) {
-            (Some(p), Some(r), true) => self.start_background(slot, qpid, p, r),
+            (Some(p), Some(r), true) => self.start_background(slot, qpid, p, r, loading),
             _ => false,
         };
         let tp = Instant::now();
@@ -789,6 +833,7 @@ impl Controller {
             self.stop_background(slot);
             return Err(VmStartError::NotReady(e));
         }
+        lock(&slot.vm).first_response.store(true, Ordering::SeqCst);
         let bg = lock(&slot.vm).background.as_ref().map(|b| b.stats());
         rep.background = if bg_started { bg } else { None };
         Ok(())
@@ -796,11 +841,28 @@ impl Controller {
 
     /// The background fetcher (Twinkle) over the plan's classes after `cont`; false (and an
     /// event) when it could not start.
-    fn start_background(&self, slot: &AppSlot, qpid: i32, p: &Plan, r: &GuestRam) -> bool {
-        let cfg = TwinkleConfig {
+    /// `loading`: the fetches map nothing (the recorder must see only the guest's touches),
+    /// the loading set's later part, QEMU's own memory and classes 0-5 come first, at low I/O
+    /// priority, once the probe answered.
+    fn start_background(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        p: &Plan,
+        r: &GuestRam,
+        loading: bool,
+    ) -> bool {
+        let mut cfg = TwinkleConfig {
             prefetch: self.prefetch_options(),
             ..TwinkleConfig::default()
         };
+        if loading {
+            let mut rt = lock(&slot.vm);
+            cfg.prefetch.threads = 0;
+            cfg.preload = std::mem::take(&mut rt.preload);
+            cfg.io_priority = Some(procswap::sys::IoPriority::BestEffort(7));
+            cfg.start_after = Some((rt.first_response.clone(), Duration::from_secs(1)));
+        }
         match procswap::select_backend(self.backend_pref)
             .and_then(|b| Background::spawn(b, qpid, p, BEFORE_CONT_MAX_CLASS, r.hva_ranges(), cfg))
         {
@@ -823,4 +885,199 @@ impl Controller {
 /// Pages of `r` on swap in QEMU (0 when they cannot be counted).
 fn swapped_in(qpid: i32, r: &[procswap::Range]) -> u64 {
     vm::page_counts(qpid, r).map(|k| k.swapped).unwrap_or(0)
+}
+
+/// Pages in `ranges`.
+fn range_pages(ranges: &[Range], ps: u64) -> u64 {
+    ranges.iter().map(|r| r.len / ps).sum()
+}
+
+/// The plan of guest RAM from a Stop's maps (every page `Outside` without maps).
+fn plan_of(ram: &GuestRam, maps: Option<&(GuestMaps, String)>) -> Plan {
+    Plan::build(ram, procswap::sys::page_size(), |pfn| {
+        maps.map_or(vm::PageClass::Outside, |(m, _)| m.classify(pfn))
+    })
+}
+
+/// `loading-set` mode (see the module doc).
+impl Controller {
+    fn vm_keeps_loading_set(&self, slot: &AppSlot) -> bool {
+        slot.cfg.vm_prefetch_mode() == VmPrefetch::LoadingSet
+    }
+
+    /// The purge's layout for a VM (computed by its Stop; taken once).
+    pub(super) fn take_vm_layout(&self, slot: &AppSlot) -> Option<Vec<Range>> {
+        lock(&slot.vm).layout.take()
+    }
+
+    /// Stop: end the last Start's recorder and merge its recording into the saved set.
+    fn vm_recording_stop(&self, slot: &AppSlot) -> Vec<String> {
+        let h = {
+            let mut rt = lock(&slot.vm);
+            rt.rec_stop.store(true, Ordering::SeqCst);
+            rt.pending_recorder = None;
+            rt.recorder.take()
+        };
+        match h.map(|h| h.join()) {
+            Some(Ok(recs)) => self.merge_recordings(&slot.cfg.name, recs),
+            Some(Err(_)) => vec!["loading-set recorder thread panicked".into()],
+            None => Vec::new(),
+        }
+    }
+
+    /// The saved set of QEMU process `qpid` (`None`, with a note, when there is none to use).
+    fn vm_loading_set(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        notes: &mut Vec<String>,
+    ) -> Option<procswap::LoadingSet> {
+        match procswap::LoadingSet::load(&activation::set_path(self, &slot.cfg.name, qpid)) {
+            Ok(procswap::Loaded::Set(s)) => Some(*s),
+            Ok(procswap::Loaded::Missing) => {
+                notes.push("no loading set yet: nothing read before cont".into());
+                None
+            }
+            Ok(procswap::Loaded::Ignored(n)) => {
+                notes.push(n);
+                None
+            }
+            Err(e) => {
+                notes.push(format!("loading set unreadable: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Stop (loading-set mode, guest RAM known): the purge layout from the saved set and this
+    /// Stop's maps. Returns the plan (for [`Self::vm_candidates`]).
+    fn vm_layout(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: Option<&GuestRam>,
+        maps: Option<&(GuestMaps, String)>,
+        notes: &mut Vec<String>,
+    ) -> Option<Plan> {
+        if !self.vm_keeps_loading_set(slot) {
+            return None;
+        }
+        let plan = plan_of(ram?, maps);
+        if let Some(set) = self.vm_loading_set(slot, qpid, &mut Vec::new()) {
+            let l = loading::ordered(&set, &plan, Part::All);
+            let ps = procswap::sys::page_size();
+            notes.push(format!(
+                "purge layout: the loading set first ({} pages in {} ranges, {} cycles merged)",
+                range_pages(&l, ps),
+                l.len(),
+                set.cycles
+            ));
+            lock(&slot.vm).layout = Some(l).filter(|l| !l.is_empty());
+        }
+        Some(plan)
+    }
+
+    /// After the purge (loading-set mode): what the next Start's recorder watches.
+    fn vm_candidates(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: Option<&GuestRam>,
+        plan: Option<&Plan>,
+        notes: &mut Vec<String>,
+    ) {
+        let (Some(ram), Some(plan)) = (ram, plan) else {
+            return;
+        };
+        let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_default();
+        let ps = procswap::sys::page_size();
+        match loading::candidates(qpid, &ram.hva_ranges(), &own, &plan.free_ranges, ps) {
+            Ok(c) => {
+                notes.push(format!(
+                    "the next Start records over {} pages on swap ({} guest-free pages left out)",
+                    procswap::memkind::pages(&c.anon),
+                    plan.skipped_free_pages
+                ));
+                lock(&slot.vm).candidates = Some(c);
+            }
+            Err(e) => notes.push(format!("no recording at the next Start: {e}")),
+        }
+    }
+
+    /// `loading-set` Start before `cont`: the set's first part read (`MADV_WILLNEED` only:
+    /// nothing mapped), the recorder prepared, the background's preload list. Returns the plan.
+    fn prefetch_loading(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        ram: &GuestRam,
+        maps: &GuestMaps,
+        timing: &mut StartTiming,
+        rep: &mut api::VmResume,
+    ) -> Plan {
+        let (ps, tplan) = (procswap::sys::page_size(), Instant::now());
+        let plan = Plan::build(ram, ps, |pfn| maps.classify(pfn));
+        let mut ls = api::VmLoadingSet::default();
+        let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
+        let (first, later) = set.as_ref().map_or_else(Default::default, |s| {
+            (
+                loading::ordered(s, &plan, Part::First),
+                loading::ordered(s, &plan, Part::Later),
+            )
+        });
+        ls.cycles = set.map_or(0, |s| s.cycles);
+        (ls.first_pages, ls.later_pages) = (range_pages(&first, ps), range_pages(&later, ps));
+        rep.plan_ms = ms(tplan.elapsed());
+        if !first.is_empty() {
+            let opts = PrefetchOptions {
+                threads: 0,
+                ..self.prefetch_options()
+            };
+            let tf = Instant::now();
+            match vm::fetch_ranges(&*self.backend, qpid, first, &opts) {
+                Ok(r) => add_fetched(timing, &r),
+                Err(e) => self.note_prefetch_error(slot, "loading-set prefetch", &e),
+            }
+            rep.fetch_call_ms = ms(tf.elapsed());
+        }
+        let mut preload = later;
+        preload.extend(vm::qemu_own_ranges(qpid, ram).unwrap_or_default());
+        preload.extend(plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
+        let rec = match lock(&slot.vm).candidates.take() {
+            Some(c) => LoadingSetRecorder::start(qpid, &c, procswap::RecorderOptions::default())
+                .map_err(|e| ls.notes.push(format!("not recorded this time: {e}")))
+                .ok(),
+            None => {
+                ls.notes
+                    .push("not recorded this time: no candidates from the last Stop".into());
+                None
+            }
+        };
+        ls.recording = rec.is_some();
+        {
+            let mut rt = lock(&slot.vm);
+            rt.pending_recorder = rec;
+            rt.preload = preload;
+        }
+        rep.loading_set = Some(ls);
+        plan
+    }
+
+    /// After `cont` (loading-set mode): fresh stop and first-response flags, and the recorder
+    /// prepared before the thaw polling in its thread.
+    fn start_recorder_thread(&self, slot: &AppSlot) {
+        let mut rt = lock(&slot.vm);
+        let (stop, first) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        rt.rec_stop = stop.clone();
+        rt.first_response = first.clone();
+        let Some(rec) = rt.pending_recorder.take() else {
+            return;
+        };
+        rt.recorder = self.spawn_recorder(slot, "torpor-vmrecord", move || {
+            activation::record(vec![rec], &stop, &first, Duration::ZERO)
+        });
+    }
 }
