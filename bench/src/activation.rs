@@ -370,6 +370,7 @@ fn condition_and_prove(
         wl.settle(d).context("settle (warm)")?;
     }
     tr.swap_areas = swap_areas();
+    wl.before_timed_stop().context("before the timed Stop")?;
     tr.stop_answer = d.stop_app()?;
     let (mut proof, mut mc) = prove(d, warm, o.max_resident, 1)?;
     if !proof.ok {
@@ -380,6 +381,7 @@ fn condition_and_prove(
         if warm {
             wl.settle(d)?;
         }
+        wl.before_timed_stop()?;
         tr.stop_answer = d.stop_app()?;
         (proof, mc) = prove(d, warm, o.max_resident, 2)?;
     }
@@ -436,7 +438,10 @@ fn timed_start(
         Err(e) => tr.error = format!("Start request: {e:#}"),
     }
     match res {
-        Ok(out) => tr.outcome = Some(out),
+        Ok(mut out) => {
+            ready_after_answer(&mut out, &tr.start_answer);
+            tr.outcome = Some(out);
+        }
         Err(e) => {
             if tr.error.is_empty() {
                 tr.error = format!("workload: {e:#}");
@@ -449,6 +454,20 @@ fn timed_start(
     tr.majflt_first = mff.saturating_sub(mf0);
     tr.majflt_total = mf1.saturating_sub(mf0);
     Ok(())
+}
+
+/// An app's answer time to the readiness probe (the workload's [`apps::APP_ANSWER_UNIX`])
+/// becomes the time from it to torpord's `ready` (the Start answer's `timing.unix_time`), ms.
+fn ready_after_answer(out: &mut Outcome, start: &Value) {
+    let Some(answered) = out.metrics.remove(apps::APP_ANSWER_UNIX) else {
+        return;
+    };
+    if let Some(StartAnswer::Started(s)) = start_answer(start) {
+        out.metrics.insert(
+            apps::READY_AFTER_ANSWER_MS.into(),
+            (s.timing.unix_time - answered) * 1e3,
+        );
+    }
 }
 
 fn run_one(

@@ -333,8 +333,12 @@ impl std::str::FromStr for PrefetchPolicy {
 pub enum Probe {
     /// GET this URL (http://host:port/path), any 2xx/3xx status.
     Http(String),
-    /// TCP connect to 127.0.0.1:port.
+    /// TCP connect to 127.0.0.1:port. A frozen app's listening socket accepts too (the kernel
+    /// completes the handshake into the backlog), so this says only that the app listens.
     Tcp(u16),
+    /// A RESP `PING` to 127.0.0.1:port (redis-server and servers speaking its protocol), ready on
+    /// `+PONG`: answered by the app itself, so it is armed before thaw like `http`.
+    Redis(u16),
     /// Run this argv; exit status 0 means ready.
     Command(Vec<String>),
 }
@@ -596,6 +600,14 @@ ready = { http = "http://127.0.0.1:80/" }
         assert_eq!(c.apps[0].ready_timeout, Duration::from_secs(2));
         assert_eq!(c.apps[1].unit.as_deref(), Some("nginx.service"));
         assert_eq!(c.socket_mode_bits(), 0o660);
+    }
+
+    #[test]
+    fn redis_probe() {
+        let redis =
+            "[[app]]\nname = \"r\"\ncommand = [\"redis-server\"]\nready = { redis = 6379 }\n";
+        let c = Config::parse(redis, Path::new("t")).unwrap();
+        assert_eq!(c.apps[0].ready, Some(Probe::Redis(6379)));
     }
 
     #[test]

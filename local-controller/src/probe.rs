@@ -1,4 +1,4 @@
-//! Readiness probes: HTTP GET, TCP connect, or a command.
+//! Readiness probes: HTTP GET, a RESP `PING` (redis), TCP connect, or a command.
 
 use crate::config::Probe;
 use std::io::{Read, Write};
@@ -61,8 +61,11 @@ pub enum ProbeError {
         attempts: u32,
         last: Box<ProbeError>,
     },
-    #[error("not ready after {secs:.1}s (armed GET {url} unanswered)")]
-    ArmedUnanswered { secs: f64, url: String },
+    /// A RESP answer other than `+PONG` (e.g. `-LOADING` while redis loads its data).
+    #[error("PING {addr}: answered {line:?}")]
+    NotPong { addr: String, line: String },
+    #[error("not ready after {secs:.1}s (armed {what} unanswered)")]
+    ArmedUnanswered { secs: f64, what: String },
 }
 
 impl ProbeError {
@@ -98,6 +101,57 @@ fn request(path: &str, host: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: torpord\r\n\r\n"
     )
+}
+
+/// The redis probe's `PING` (RESP array form: what redis-cli sends).
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// The answer that makes a redis probe ready.
+const PONG: &[u8] = b"+PONG\r\n";
+
+/// The loopback address of a `tcp` or `redis` probe's port.
+fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One RESP `PING` to 127.0.0.1:`port`: ready when the answer is `+PONG`.
+pub fn redis_ping(port: u16, timeout: Duration) -> Result<(), ProbeError> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut s = TcpStream::connect_timeout(&loopback(port), timeout).map_err(|source| {
+        ProbeError::Connect {
+            addr: addr.clone(),
+            source,
+        }
+    })?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    s.write_all(PING).map_err(|source| ProbeError::Send {
+        addr: addr.clone(),
+        source,
+    })?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !Answer::Resp.complete(&buf) {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(source) => return Err(ProbeError::Read { addr, source }),
+        }
+    }
+    pong(&addr, &buf)
+}
+
+/// Ok on `+PONG`, else what was answered.
+fn pong(addr: &str, buf: &[u8]) -> Result<(), ProbeError> {
+    if buf.starts_with(PONG) {
+        return Ok(());
+    }
+    Err(ProbeError::NotPong {
+        addr: addr.to_string(),
+        line: String::from_utf8_lossy(buf.split(|&b| b == b'\n').next().unwrap_or_default())
+            .trim_end()
+            .to_string(),
+    })
 }
 
 /// The first address of `host:port`.
@@ -156,15 +210,13 @@ pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), ProbeError> {
                 status,
             }),
         },
-        Probe::Tcp(port) => {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
-            TcpStream::connect_timeout(&addr, timeout)
-                .map(|_| ())
-                .map_err(|source| ProbeError::Connect {
-                    addr: format!("127.0.0.1:{port}"),
-                    source,
-                })
-        }
+        Probe::Redis(port) => redis_ping(*port, timeout),
+        Probe::Tcp(port) => TcpStream::connect_timeout(&loopback(*port), timeout)
+            .map(|_| ())
+            .map_err(|source| ProbeError::Connect {
+                addr: format!("127.0.0.1:{port}"),
+                source,
+            }),
         Probe::Command(argv) => {
             let st = std::process::Command::new(&argv[0])
                 .args(&argv[1..])
@@ -188,6 +240,33 @@ pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), ProbeError> {
     }
 }
 
+/// What an armed probe waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// An HTTP answer's head; ready on a 2xx/3xx status.
+    Http,
+    /// A RESP line; ready on `+PONG`.
+    Resp,
+}
+
+impl Answer {
+    /// Enough of the answer has arrived to judge it (the HTTP head; one RESP line).
+    fn complete(self, buf: &[u8]) -> bool {
+        match self {
+            Answer::Http => buf.windows(4).any(|w| w == b"\r\n\r\n"),
+            Answer::Resp => buf.windows(2).any(|w| w == b"\r\n"),
+        }
+    }
+
+    /// A complete answer that says ready.
+    fn ready(self, buf: &[u8]) -> bool {
+        match self {
+            Answer::Http => http_status(buf).is_some_and(|c| (200..400).contains(&c)),
+            Answer::Resp => buf.starts_with(PONG),
+        }
+    }
+}
+
 /// A readiness probe sent before the app is thawed (see [`arm`]).
 #[derive(Debug)]
 pub struct Armed {
@@ -195,7 +274,9 @@ pub struct Armed {
     /// completes the handshake in the kernel (the accept backlog), so the request waits there
     /// and is the first thing the thawed app reads.
     conn: Option<TcpStream>,
-    url: String,
+    /// The request, for messages (`GET http://…`, `PING 127.0.0.1:6379`).
+    what: String,
+    answer: Answer,
 }
 
 impl Armed {
@@ -203,40 +284,101 @@ impl Armed {
     pub fn is_armed(&self) -> bool {
         self.conn.is_some()
     }
-}
 
-/// Before thaw: for an HTTP probe, connect to the (frozen) app and send the GET, so that the
-/// answer arrives the moment the app has produced it — readiness is seen without a polling
-/// interval in the way. Anything else (TCP and command probes, nobody listening, a send that
-/// fails) gives an unarmed probe, and [`wait_armed`] polls as [`wait_ready`] does.
-pub fn arm(p: &Probe) -> Armed {
-    let Probe::Http(url) = p else {
-        return Armed {
+    fn unarmed() -> Armed {
+        Armed {
             conn: None,
-            url: String::new(),
-        };
-    };
-    let conn = (|| -> Option<TcpStream> {
-        let (hp, path) = parse_http_url(url).ok()?;
-        let addr = resolve(&hp).ok()?;
-        // Loopback to a listening socket completes at once even while the app is frozen; the
-        // timeout only bounds a remote or filtered address.
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-        s.set_nodelay(true).ok();
-        let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
-        s.write_all(request(&path, host).as_bytes()).ok()?;
-        Some(s)
-    })();
-    Armed {
-        conn,
-        url: url.clone(),
+            what: String::new(),
+            answer: Answer::Http,
+        }
     }
 }
 
-/// After thaw: the armed request's answer (2xx/3xx = ready, at the moment it arrives), read in
-/// slices so `alive` is asked at least every 100 ms; if the armed request fails or answers
-/// with an error status, poll with [`wait_ready`] for what is left of `timeout`. Returns the
-/// number of probes (1 when the armed request answered).
+/// Connect to `addr` and write `req`: `None` if either fails. Loopback to a listening socket
+/// completes at once even while the app is frozen; the timeout only bounds a remote or filtered
+/// address.
+fn send_early(addr: std::net::SocketAddr, req: &[u8]) -> Option<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_nodelay(true).ok();
+    s.write_all(req).ok()?;
+    Some(s)
+}
+
+/// Before thaw: for an HTTP or redis probe, connect to the (frozen) app and send the GET or
+/// `PING`, so that the answer arrives the moment the app has produced it — readiness is seen
+/// without a polling interval in the way. Anything else (TCP and command probes, nobody
+/// listening, a send that fails) gives an unarmed probe, and [`wait_armed`] polls as
+/// [`wait_ready`] does.
+pub fn arm(p: &Probe) -> Armed {
+    match p {
+        Probe::Http(url) => {
+            let conn = parse_http_url(url).ok().and_then(|(hp, path)| {
+                let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+                send_early(resolve(&hp).ok()?, request(&path, host).as_bytes())
+            });
+            Armed {
+                conn,
+                what: format!("GET {url}"),
+                answer: Answer::Http,
+            }
+        }
+        Probe::Redis(port) => Armed {
+            conn: send_early(loopback(*port), PING),
+            what: format!("PING 127.0.0.1:{port}"),
+            answer: Answer::Resp,
+        },
+        Probe::Tcp(_) | Probe::Command(_) => Armed::unarmed(),
+    }
+}
+
+/// How reading an armed request's answer ended.
+enum ArmedRead {
+    /// A complete answer (ready or not).
+    Answer(Vec<u8>),
+    /// The connection ended or failed before a complete answer.
+    Failed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Read the armed request's answer, in 100 ms slices, `alive` asked between them.
+fn read_armed(
+    s: &mut TcpStream,
+    answer: Answer,
+    deadline: Instant,
+    alive: &mut impl FnMut() -> Result<(), String>,
+) -> Result<ArmedRead, ProbeError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) if answer.complete(&buf) => return Ok(ArmedRead::Answer(buf)),
+            Ok(0) => return Ok(ArmedRead::Failed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Ok(ArmedRead::Failed),
+        }
+        // The status line (the RESP line) is all readiness needs: don't wait for the body or
+        // the close.
+        if answer.complete(&buf) {
+            return Ok(ArmedRead::Answer(buf));
+        }
+        alive().map_err(ProbeError::Gone)?;
+        if Instant::now() >= deadline {
+            return Ok(ArmedRead::TimedOut);
+        }
+    }
+}
+
+/// After thaw: the armed request's answer (HTTP 2xx/3xx, `+PONG` = ready, at the moment it
+/// arrives), `alive` asked at least every 100 ms; if the armed request fails or answers
+/// otherwise (an error status, redis' `-LOADING`), poll with [`wait_ready`] for what is left of
+/// `timeout`. Returns the number of probes (1 when the armed request answered ready).
 pub fn wait_armed(
     a: Armed,
     p: &Probe,
@@ -244,41 +386,21 @@ pub fn wait_armed(
     mut alive: impl FnMut() -> Result<(), String>,
 ) -> Result<u32, ProbeError> {
     let deadline = Instant::now() + timeout;
-    if let Some(mut s) = a.conn {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        s.set_read_timeout(Some(Duration::from_millis(100))).ok();
-        let answered = loop {
-            match s.read(&mut chunk) {
-                Ok(0) => break true,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break false,
-            }
-            // The status line is all readiness needs: don't wait for the body or the close.
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                break true;
-            }
-            alive().map_err(ProbeError::Gone)?;
-            if Instant::now() >= deadline {
-                return Err(ProbeError::ArmedUnanswered {
-                    secs: timeout.as_secs_f64(),
-                    url: a.url,
-                });
-            }
-        };
-        if answered && http_status(&buf).is_some_and(|c| (200..400).contains(&c)) {
-            return Ok(1);
+    let Some(mut s) = a.conn else {
+        return wait_ready(p, timeout, alive);
+    };
+    match read_armed(&mut s, a.answer, deadline, &mut alive)? {
+        ArmedRead::Answer(buf) if a.answer.ready(&buf) => return Ok(1),
+        ArmedRead::Answer(_) | ArmedRead::Failed => {}
+        ArmedRead::TimedOut => {
+            return Err(ProbeError::ArmedUnanswered {
+                secs: timeout.as_secs_f64(),
+                what: a.what,
+            })
         }
-        // The armed request counts as the first probe.
-        return wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive)
-            .map(|n| n + 1);
     }
-    wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive)
+    // The armed request counts as the first probe.
+    wait_ready(p, deadline.saturating_duration_since(Instant::now()), alive).map(|n| n + 1)
 }
 
 /// The status code of an HTTP answer's status line.
@@ -462,6 +584,102 @@ mod armed_tests {
             Ok(2)
         );
         assert_eq!(server.join().unwrap().len(), 2);
+    }
+
+    /// Answer one RESP request per connection with `answers` in order, after `go` (the "thaw");
+    /// returns each connection's request bytes. `answering` is set just before each answer.
+    fn serve_resp(
+        l: TcpListener,
+        answers: Vec<&'static str>,
+        go: std::sync::mpsc::Receiver<()>,
+        answering: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+        std::thread::spawn(move || {
+            go.recv().unwrap();
+            let mut requests = Vec::new();
+            for a in answers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut req = vec![0u8; PING.len()];
+                s.read_exact(&mut req).unwrap();
+                requests.push(req);
+                answering.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                s.write_all(a.as_bytes()).unwrap();
+            }
+            requests
+        })
+    }
+
+    #[test]
+    fn armed_ping_is_ready_only_once_the_frozen_server_answers() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        // Nobody accepts yet (a frozen redis): the kernel queues the connection and the PING.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Probe::Redis(l.local_addr().unwrap().port());
+        let armed = arm(&p);
+        assert!(armed.is_armed());
+        let answering = std::sync::Arc::new(AtomicU32::new(0));
+        let (go, thawed) = std::sync::mpsc::channel();
+        let server = serve_resp(l, vec!["+PONG\r\n"], thawed, answering.clone());
+        let (p2, seen) = (p.clone(), answering.clone());
+        let waiter = std::thread::spawn(move || {
+            let r = wait_armed(armed, &p2, Duration::from_secs(120), || Ok(()));
+            (r.map_err(|e| e.to_string()), seen.load(Ordering::SeqCst))
+        });
+        // Frozen: no answer, so no readiness (whatever the time waited).
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "ready before the server answered");
+        go.send(()).unwrap();
+        let (r, answers_before_ready) = waiter.join().unwrap();
+        assert_eq!(r, Ok(1), "one probe: the armed PING");
+        assert_eq!(answers_before_ready, 1);
+        // The PING sent before the "thaw" is the one request the server read.
+        assert_eq!(server.join().unwrap(), vec![PING.to_vec()]);
+    }
+
+    #[test]
+    fn armed_ping_answered_loading_falls_back_to_polling() {
+        use std::sync::atomic::AtomicU32;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Probe::Redis(l.local_addr().unwrap().port());
+        let armed = arm(&p);
+        let (go, thawed) = std::sync::mpsc::channel();
+        let answers = vec![
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "+PONG\r\n",
+        ];
+        let server = serve_resp(l, answers, thawed, std::sync::Arc::new(AtomicU32::new(0)));
+        go.send(()).unwrap();
+        // The armed PING (-LOADING) and one poll (+PONG).
+        assert_eq!(
+            wait_armed(armed, &p, Duration::from_secs(120), || Ok(())).map_err(|e| e.to_string()),
+            Ok(2)
+        );
+        assert_eq!(server.join().unwrap(), vec![PING.to_vec(); 2]);
+    }
+
+    #[test]
+    fn a_ping_answered_otherwise_is_not_ready_and_says_what_came_back() {
+        use std::sync::atomic::AtomicU32;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (go, thawed) = std::sync::mpsc::channel();
+        let server = serve_resp(
+            l,
+            vec!["-ERR nope\r\n"],
+            thawed,
+            std::sync::Arc::new(AtomicU32::new(0)),
+        );
+        go.send(()).unwrap();
+        let e = redis_ping(port, Duration::from_secs(120)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("PING 127.0.0.1:{port}: answered \"-ERR nope\"")
+        );
+        server.join().unwrap();
+        // A TCP probe is never armed: a frozen app's backlog would accept it.
+        let (_held, refused) = refusing_port();
+        assert!(!arm(&Probe::Tcp(refused)).is_armed());
+        assert!(!arm(&Probe::Redis(refused)).is_armed());
     }
 
     /// A loopback port that refuses connections for as long as the returned socket lives: bound

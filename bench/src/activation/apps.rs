@@ -14,6 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// An outcome metric: when the app answered torpord's readiness probe (wall clock, s); the
+/// timed Start turns it into [`READY_AFTER_ANSWER_MS`].
+pub const APP_ANSWER_UNIX: &str = "app_answer_unix";
+/// torpord's `ready` (the Start answer's `timing.unix_time`) minus [`APP_ANSWER_UNIX`], ms.
+pub const READY_AFTER_ANSWER_MS: &str = "ready_after_answer_ms";
+
 /// The instant a Start request is sent (monotonic and wall clock).
 #[derive(Debug, Clone, Copy)]
 pub struct At {
@@ -81,6 +87,11 @@ pub trait Workload {
     /// thread). Calls `mark` the moment the first successful response arrives. `seed` picks the
     /// random requests (the same in every mode of one trial).
     fn run(&mut self, at: &At, seed: u64, mark: &mut dyn FnMut()) -> Result<Outcome>;
+    /// Just before the Stop that precedes a timed Start, while the app runs (e.g. open a
+    /// connection that watches the app's answers to torpord's readiness probe).
+    fn before_timed_stop(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// After the last trial: check the app's data (where it can), untimed.
     fn check(&mut self, _d: &Daemon) -> Result<String> {
         Ok(String::new())
@@ -423,6 +434,8 @@ pub struct Redis {
     conns: u64,
     depth: u64,
     info: Value,
+    /// A `MONITOR` connection opened before the timed Stop (see [`Redis::ping_unix`]).
+    monitor: Option<Resp>,
 }
 
 impl Redis {
@@ -441,7 +454,31 @@ impl Redis {
             conns: 4,
             depth: 16,
             info: Value::Null,
+            monitor: None,
         })
+    }
+
+    /// When redis executed torpord's readiness `PING` of the Start sent at `after` (wall clock),
+    /// from the `MONITOR` feed opened before the Stop: redis stamps each command it executes
+    /// (`gettimeofday`, µs) and feeds it to monitors before it writes the command's reply, so
+    /// torpord's `ready` minus this stamp bounds from above how long after redis answered the
+    /// probe torpord saw it.
+    fn ping_unix(m: &mut Resp, after: f64) -> Result<f64> {
+        loop {
+            let line = m
+                .reply()?
+                .context("MONITOR: nil")
+                .map(|l| String::from_utf8_lossy(&l).into_owned())?;
+            let ts: f64 = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .with_context(|| format!("MONITOR line {line:?}"))?;
+            // "1733150000.123456 [0 127.0.0.1:40000] \"PING\"" (the bench's GETs come too).
+            if ts >= after && line.ends_with("\"PING\"") {
+                return Ok(ts);
+            }
+        }
     }
 
     fn get_many(&self, n: u64, seed: u64, conns: u64) -> Result<()> {
@@ -527,7 +564,7 @@ impl Workload for Redis {
             &cmd,
             Some(&self.dir),
             &[],
-            &format!("{{ tcp = {} }}", self.port),
+            &format!("{{ redis = {} }}", self.port),
             "60s",
         )
     }
@@ -600,23 +637,43 @@ impl Workload for Redis {
             "first GET {}: wrong value",
             redis_key(i)
         );
-        let t1 = Instant::now();
-        self.get_many(self.gets, seed, self.conns)?;
         let mut o = Outcome {
             first_response_s: fr,
             ..Default::default()
         };
+        // The monitor ends here (it would slow the GETs down).
+        if let Some(mut m) = self.monitor.take() {
+            let ts =
+                Self::ping_unix(&mut m, at.t0_unix).context("the readiness PING in MONITOR")?;
+            o.metrics.insert(APP_ANSWER_UNIX.into(), ts);
+        }
+        let t1 = Instant::now();
+        self.get_many(self.gets, seed, self.conns)?;
         o.metrics.insert("gets_done_s".into(), at.secs());
         o.metrics
             .insert("gets_only_s".into(), t1.elapsed().as_secs_f64());
         Ok(o)
+    }
+    fn before_timed_stop(&mut self) -> Result<()> {
+        let mut m = Resp::connect(self.port, Duration::from_secs(60))?;
+        m.send(&[b"MONITOR"])?;
+        m.flush()?;
+        ensure!(
+            m.reply()?.as_deref() == Some(b"OK".as_slice()),
+            "MONITOR not OK"
+        );
+        self.monitor = Some(m);
+        Ok(())
     }
     fn describe(&self) -> String {
         format!(
             "redis-server {} from Debian (no persistence), {} keys of {} random letters ({} MiB of values; `used_memory` {} MiB). \
              **First response**: a `GET` of a random key sent the instant the Start request is sent (its value checked). \
              Then **{} random GETs** ({} connections, pipeline depth {}, uniform over all keys, same sequence in every mode of a trial, \
-             every 97th value checked): **GETs done** = from the Start request to the last answer; **GETs alone** = from the first answer.",
+             every 97th value checked): **GETs done** = from the Start request to the last answer; **GETs alone** = from the first answer. \
+             Readiness probe `{{ redis = PORT }}` (a `PING` armed before thaw); **ready after redis' answer** = torpord's `ready` \
+             (the Start answer's `timing.unix_time`, taken the moment its probe returned) minus the time redis stamped on that `PING` \
+             in a `MONITOR` feed opened before the Stop (stamped when the command ran, before its reply is written: an upper bound).",
             self.info["redis_version"].as_str().unwrap_or("?"),
             self.keys,
             self.value_len,
@@ -637,6 +694,11 @@ impl Workload for Redis {
             Col {
                 key: "gets_only_s",
                 label: "GETs alone, s",
+                higher_better: false,
+            },
+            Col {
+                key: READY_AFTER_ANSWER_MS,
+                label: "ready after redis' answer, ms",
                 higher_better: false,
             },
         ]

@@ -49,7 +49,8 @@ const QUEUE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(50)
 
 /// The first response, for the loading set's `first` part (fetched before the next thaw) and
 /// for the start of the background fetch, is the readiness probe's answer; without an armed
-/// probe (an HTTP request answered by the app itself) never earlier than this after the thaw:
+/// probe (an HTTP GET or a redis `PING` answered by the app itself) never earlier than this
+/// after the thaw:
 /// a TCP probe is answered by the kernel before the app has served
 /// anything (redis: its first client request touches ~150 pages after the probe's answer), and
 /// the app's first requests then fault alone, not behind the background's reads.
