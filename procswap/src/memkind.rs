@@ -651,15 +651,9 @@ pub fn open_current(pid: i32, o: &MemObject) -> std::io::Result<File> {
 /// `mincore`/`madvise` (never dereferenced: a truncated file cannot SIGBUS us).
 pub struct ObjectView {
     file: File,
-    ptr: *mut libc::c_void,
-    len: usize,
+    map: sys::FileMapping,
     pages: u64,
 }
-
-// SAFETY: the mapping is only passed to syscalls (mincore, madvise) that the kernel validates;
-// no Rust reference to its memory is ever created, so sharing the raw pointer between threads
-// cannot cause a data race in our address space.
-unsafe impl Send for ObjectView {}
 
 impl ObjectView {
     /// Map `file`'s first `pages` pages (at least one; its size when `None`).
@@ -667,28 +661,8 @@ impl ObjectView {
         let ps = sys::page_size();
         let size = file.metadata()?.len();
         let pages = pages.unwrap_or_else(|| size.div_ceil(ps)).max(1);
-        let len = (pages * ps) as usize;
-        // SAFETY: a fresh read-only shared mapping of an fd we own; the kernel picks the
-        // address; the result is checked against MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            file,
-            ptr,
-            len,
-            pages,
-        })
+        let map = sys::FileMapping::new(&file, (pages * ps) as usize)?;
+        Ok(Self { file, map, pages })
     }
 
     pub fn file(&self) -> &File {
@@ -713,7 +687,7 @@ impl ObjectView {
                 // `pages`); `vec` has room for one byte per page.
                 let rc = unsafe {
                     libc::mincore(
-                        (self.ptr as *mut u8).add((first * ps) as usize) as *mut libc::c_void,
+                        self.map.ptr().add((first * ps) as usize) as *mut libc::c_void,
                         (n * ps) as usize,
                         vec.as_mut_ptr(),
                     )
@@ -746,7 +720,7 @@ impl ObjectView {
             // POPULATE_READ failure past EOF is reported as EFAULT, not a signal).
             let rc = unsafe {
                 libc::madvise(
-                    (self.ptr as *mut u8).add((r.first * ps) as usize) as *mut libc::c_void,
+                    self.map.ptr().add((r.first * ps) as usize) as *mut libc::c_void,
                     (r.count * ps) as usize,
                     advice,
                 )
@@ -757,13 +731,6 @@ impl ObjectView {
             done += r.count * ps;
         }
         Ok(done)
-    }
-}
-
-impl Drop for ObjectView {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`, once.
-        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
 

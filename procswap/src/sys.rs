@@ -172,6 +172,61 @@ pub fn per_page_batches<E>(
     Ok((ok, bad))
 }
 
+/// A read-only shared mapping of a file's first `len` bytes (the kernel picks the address),
+/// unmapped when dropped. It only hands out a raw pointer: reading through it is the caller's
+/// `unsafe`, and never past the file's current size (that would be a SIGBUS).
+pub struct FileMapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping belongs to the process, not to a thread, and this type never dereferences
+// it; whoever reads through `ptr()` answers for those reads in its own `unsafe`.
+unsafe impl Send for FileMapping {}
+
+impl FileMapping {
+    pub fn new(file: &std::fs::File, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh read-only shared mapping of an open fd; the kernel picks the address;
+        // the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    /// The first byte of the mapping.
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr as *mut u8
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (`mmap` refuses an empty mapping).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for FileMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`, once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// Whether the process behind `pidfd` has exited (the pidfd polls readable).
 pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
     let mut pfd = libc::pollfd {

@@ -41,8 +41,7 @@ fn fnv(b: &[u8]) -> u64 {
 struct MappedFile {
     path: String,
     file: std::fs::File,
-    ptr: *const u8,
-    len: usize,
+    map: procswap::sys::FileMapping,
 }
 
 impl MappedFile {
@@ -50,28 +49,13 @@ impl MappedFile {
         let file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
         let len = file.metadata()?.len() as usize;
         anyhow::ensure!(len > 0, "{path} is empty");
-        // SAFETY: a fresh shared read-only mapping of `len` bytes of an open file; it is only
-        // read through `read_current`, never past the file's size at the time of the read.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-            )
-        };
-        anyhow::ensure!(
-            ptr != libc::MAP_FAILED,
-            "mmap {path}: {}",
-            std::io::Error::last_os_error()
-        );
+        // Only read through `read_current`, never past the file's size at the time of the read.
+        let map =
+            procswap::sys::FileMapping::new(&file, len).with_context(|| format!("mmap {path}"))?;
         let m = Self {
             path: path.to_string(),
             file,
-            ptr: ptr as *const u8,
-            len,
+            map,
         };
         m.read_current();
         Ok(m)
@@ -84,11 +68,11 @@ impl MappedFile {
         let n = self
             .file
             .metadata()
-            .map(|m| (m.len() as usize).min(self.len))
+            .map(|m| (m.len() as usize).min(self.map.len()))
             .unwrap_or(0);
-        // SAFETY: `ptr` maps `len` readable bytes and `n <= len` is within the file's current
-        // size, so every byte read is backed by the file.
-        let b = unsafe { std::slice::from_raw_parts(self.ptr, n) };
+        // SAFETY: the mapping has `len()` readable bytes and `n <= len()` is within the file's
+        // current size, so every byte read is backed by the file.
+        let b = unsafe { std::slice::from_raw_parts(self.map.ptr(), n) };
         (n, fnv(b))
     }
 }
