@@ -1904,6 +1904,21 @@ impl<'a> Worker<'a> {
 mod tests {
     use super::*;
 
+    /// A dry run's environment (no module, no shared ranges, no trace) for fuzzer pid 1.
+    fn dry_env<'a>(reg: &'a Registry, none: &GuardBuf, kthreadd: bool, seed: u64) -> Env<'a> {
+        Env {
+            kmod: None,
+            reg,
+            me: 1,
+            end_pfn: 524_288,
+            kthreadd,
+            shared: None,
+            trace: false,
+            none_addr: none.addr() as u64,
+            seed,
+        }
+    }
+
     #[test]
     fn alignment_rule() {
         assert_eq!(
@@ -1967,17 +1982,7 @@ mod tests {
     fn bad_commands_are_never_known() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env {
-            kmod: None,
-            reg: &reg,
-            me: 1,
-            end_pfn: 524_288,
-            kthreadd: false,
-            shared: None,
-            trace: false,
-            none_addr: none.addr() as u64,
-            seed: 9,
-        };
+        let env = dry_env(&reg, &none, false, 9);
         let mut w = Worker::new(&env, Phase::Guard, 0).unwrap();
         for i in 0..2000 {
             let p = w.gen_bad_cmd(if i % 2 == 0 {
@@ -1994,17 +1999,7 @@ mod tests {
     fn generation_is_a_function_of_the_seed() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env {
-            kmod: None,
-            reg: &reg,
-            me: 1,
-            end_pfn: 524_288,
-            kthreadd: true,
-            shared: None,
-            trace: false,
-            none_addr: none.addr() as u64,
-            seed: 7,
-        };
+        let env = dry_env(&reg, &none, true, 7);
         for phase in Phase::ALL {
             let run = || {
                 let mut w = Worker::new(&env, phase, 0).unwrap();
@@ -2039,17 +2034,7 @@ mod tests {
     fn the_crash_recipe_is_generated() {
         let reg = Registry::new(None, 1, 0, &[]).unwrap();
         let none = GuardBuf::inaccessible(65536).unwrap();
-        let env = Env {
-            kmod: None,
-            reg: &reg,
-            me: 1,
-            end_pfn: 524_288,
-            kthreadd: false,
-            shared: None,
-            trace: false,
-            none_addr: none.addr() as u64,
-            seed: 3,
-        };
+        let env = dry_env(&reg, &none, false, 3);
         let mut w = Worker::new(&env, Phase::Ranges, 0).unwrap();
         let descs: Vec<String> = (0..3000)
             .map(|_| {

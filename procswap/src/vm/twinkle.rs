@@ -622,18 +622,18 @@ mod tests {
             guest_pages: 2048,
         };
         let cfg = TwinkleConfig::default();
-        let segs = build_segments(
-            &plan,
-            5,
-            &[Range {
+        // The guest's 2048 pages, all swapped or none.
+        let segments = |swapped: bool| {
+            let all = [Range {
                 start: base,
                 len: 2048 * ps,
-            }],
-            &cfg,
-            ps,
-            |_, n| Ok(vec![true; n as usize]),
-        )
-        .unwrap();
+            }];
+            build_segments(&plan, 5, &all, &cfg, ps, |_, n| {
+                Ok(vec![swapped; n as usize])
+            })
+            .unwrap()
+        };
+        let segs = segments(true);
         assert_eq!(segs.len(), 2);
         assert_eq!(
             segs[0].rest_class, None,
@@ -649,18 +649,7 @@ mod tests {
             }]
         );
         // Nothing swapped: nothing for later.
-        let segs = build_segments(
-            &plan,
-            5,
-            &[Range {
-                start: base,
-                len: 2048 * ps,
-            }],
-            &cfg,
-            ps,
-            |_, n| Ok(vec![false; n as usize]),
-        )
-        .unwrap();
+        let segs = segments(false);
         assert!(segs.iter().all(|s| s.rest_class.is_none()));
         assert!(Tracker::new(segs, 0.3).finished());
     }
