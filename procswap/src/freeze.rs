@@ -62,6 +62,42 @@ fn v2_set(d: &Path, frozen: bool, timeout: Duration) -> Result<()> {
     )
 }
 
+/// cgroup v1: write FROZEN or THAWED to `freezer.state` and wait until it reads back so.
+fn v1_set(d: &Path, frozen: bool, timeout: Duration) -> Result<()> {
+    let state = if frozen { "FROZEN" } else { "THAWED" };
+    let file = d.join("freezer.state");
+    write_file(&file, state)?;
+    wait_for(timeout, &format!("{} {state}", file.display()), || {
+        let s = read_trim(&file)?;
+        if frozen && s == "FREEZING" {
+            // Re-writing FROZEN retries tasks that were busy on the first attempt.
+            write_file(&file, state)?;
+        }
+        Ok(s == state)
+    })
+}
+
+/// No cgroup: SIGSTOP (or SIGCONT) to `pid`, then wait until every thread is (or no thread
+/// is) in state T.
+fn signal_set(pid: i32, frozen: bool, timeout: Duration) -> Result<()> {
+    let (sig, name, op, what) = if frozen {
+        let what = format!("every thread of pid {pid} in state T");
+        (libc::SIGSTOP, "SIGSTOP", "pidfd_send_signal(SIGSTOP)", what)
+    } else {
+        let what = format!("no thread of pid {pid} in state T");
+        (libc::SIGCONT, "SIGCONT", "pidfd_send_signal(SIGCONT)", what)
+    };
+    let t = Target::open(pid, name)?;
+    crate::sys::pidfd_send_signal(t.pidfd(), sig).map_err(|e| Error::sys(op, pid, e))?;
+    wait_for(timeout, &what, || {
+        if frozen {
+            all_threads_stopped(pid)
+        } else {
+            Ok(thread_states(pid)?.iter().all(|s| !matches!(s, 'T')))
+        }
+    })
+}
+
 impl Freezer {
     /// Pick the freezer for `pid`. Cgroup freezers act on the whole cgroup (every process in
     /// it), so a hierarchy root is never chosen.
@@ -112,58 +148,19 @@ impl Freezer {
 
     /// Freeze and wait until the kernel confirms it.
     pub fn freeze(&self, timeout: Duration) -> Result<()> {
-        match self {
-            Freezer::CgroupV2(d) => v2_set(d, true, timeout),
-            Freezer::CgroupV1(d) => {
-                write_file(&d.join("freezer.state"), "FROZEN")?;
-                wait_for(
-                    timeout,
-                    &format!("{}/freezer.state FROZEN", d.display()),
-                    || {
-                        // Re-writing FROZEN retries tasks that were busy on the first attempt.
-                        let s = read_trim(&d.join("freezer.state"))?;
-                        if s == "FREEZING" {
-                            write_file(&d.join("freezer.state"), "FROZEN")?;
-                        }
-                        Ok(s == "FROZEN")
-                    },
-                )
-            }
-            Freezer::Signal(pid) => {
-                let t = Target::open(*pid, "SIGSTOP")?;
-                crate::sys::pidfd_send_signal(t.pidfd(), libc::SIGSTOP)
-                    .map_err(|e| Error::sys("pidfd_send_signal(SIGSTOP)", *pid, e))?;
-                wait_for(
-                    timeout,
-                    &format!("every thread of pid {pid} in state T"),
-                    || all_threads_stopped(*pid),
-                )
-            }
-        }
+        self.set(true, timeout)
     }
 
     /// Thaw and wait until the kernel confirms it.
     pub fn thaw(&self, timeout: Duration) -> Result<()> {
+        self.set(false, timeout)
+    }
+
+    fn set(&self, frozen: bool, timeout: Duration) -> Result<()> {
         match self {
-            Freezer::CgroupV2(d) => v2_set(d, false, timeout),
-            Freezer::CgroupV1(d) => {
-                write_file(&d.join("freezer.state"), "THAWED")?;
-                wait_for(
-                    timeout,
-                    &format!("{}/freezer.state THAWED", d.display()),
-                    || Ok(read_trim(&d.join("freezer.state"))? == "THAWED"),
-                )
-            }
-            Freezer::Signal(pid) => {
-                let t = Target::open(*pid, "SIGCONT")?;
-                crate::sys::pidfd_send_signal(t.pidfd(), libc::SIGCONT)
-                    .map_err(|e| Error::sys("pidfd_send_signal(SIGCONT)", *pid, e))?;
-                wait_for(
-                    timeout,
-                    &format!("no thread of pid {pid} in state T"),
-                    || Ok(thread_states(*pid)?.iter().all(|s| !matches!(s, 'T'))),
-                )
-            }
+            Freezer::CgroupV2(d) => v2_set(d, frozen, timeout),
+            Freezer::CgroupV1(d) => v1_set(d, frozen, timeout),
+            Freezer::Signal(pid) => signal_set(*pid, frozen, timeout),
         }
     }
 
@@ -259,4 +256,40 @@ pub fn quiescence(pid: i32) -> Result<Quiescence> {
     Ok(Quiescence::Running(format!(
         "thread states {s:?}, cgroup freezers not frozen"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_freezer_stops_and_continues_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let f = Freezer::Signal(child.id() as i32);
+        let timeout = Duration::from_secs(30);
+        f.freeze(timeout).unwrap();
+        assert!(f.is_frozen().unwrap());
+        f.thaw(timeout).unwrap();
+        assert!(!f.is_frozen().unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The v1 steps write the state and wait until it reads back (a plain file here).
+    #[test]
+    fn v1_freezer_writes_the_state_and_reads_it_back() {
+        let d = std::env::temp_dir().join(format!("torpor-v1-freezer-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("freezer.state"), "THAWED\n").unwrap();
+        let f = Freezer::CgroupV1(d.clone());
+        f.freeze(Duration::from_secs(5)).unwrap();
+        assert_eq!(read_trim(&d.join("freezer.state")).unwrap(), "FROZEN");
+        assert!(f.is_frozen().unwrap());
+        f.thaw(Duration::from_secs(5)).unwrap();
+        assert!(!f.is_frozen().unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
