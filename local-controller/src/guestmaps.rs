@@ -6,7 +6,7 @@
 //! the controller logs before going on without maps. Safety rule: the maps only order and
 //! skip prefetch; nothing is discarded because of them.
 
-use guest_enlight::protocol::{Client, ProtoError, Response};
+use guest_enlight::protocol::{Client, ProtoError, Response, WireMap};
 use guest_enlight::{FreeBitmap, MapInfo, PriorityMap, RamLayout};
 use procswap::vm::PageClass;
 use std::os::unix::net::UnixStream;
@@ -84,33 +84,38 @@ impl GuestMaps {
             info: None,
             notes: vec![],
         };
-        match client.free_bitmap() {
-            Ok(w) if w.layout != m.layout => m
-                .notes
-                .push("free bitmap indexes another layout: ignored".into()),
-            Ok(w) => match w.to_free_bitmap(MAX_MAP_PAGES) {
-                Some(b) => {
-                    m.info = Some(b.info);
-                    m.free = Some(b);
-                }
-                None => m.notes.push("free bitmap too large: ignored".into()),
-            },
-            Err(e) => m.notes.push(format!("free bitmap unavailable: {e}")),
-        }
-        match client.priority_map(window_ms) {
-            Ok(w) if w.layout != m.layout => m
-                .notes
-                .push("priority map indexes another layout: ignored".into()),
-            Ok(w) => match w.to_priority_map(MAX_MAP_PAGES) {
-                Some(p) => {
-                    m.info = Some(p.info);
-                    m.priority = Some(p);
-                }
-                None => m.notes.push("priority map too large: ignored".into()),
-            },
-            Err(e) => m.notes.push(format!("priority map unavailable: {e}")),
-        }
+        m.free = m.take_map("free bitmap", client.free_bitmap(), |w| {
+            w.to_free_bitmap(MAX_MAP_PAGES)
+        });
+        m.priority = m.take_map("priority map", client.priority_map(window_ms), |w| {
+            w.to_priority_map(MAX_MAP_PAGES)
+        });
+        m.info = m
+            .priority
+            .as_ref()
+            .map(|p| p.info)
+            .or(m.free.as_ref().map(|b| b.info));
         Ok((m, agent))
+    }
+
+    /// A map the agent answered (`what`: its name in the notes): kept when it indexes this
+    /// layout and fits the host's limit (`convert` says), else a note says why it is ignored.
+    fn take_map<M>(
+        &mut self,
+        what: &str,
+        answer: Result<WireMap, ProtoError>,
+        convert: impl FnOnce(&WireMap) -> Option<M>,
+    ) -> Option<M> {
+        let note = match answer {
+            Ok(w) if w.layout != self.layout => format!("{what} indexes another layout: ignored"),
+            Ok(w) => match convert(&w) {
+                Some(map) => return Some(map),
+                None => format!("{what} too large: ignored"),
+            },
+            Err(e) => format!("{what} unavailable: {e}"),
+        };
+        self.notes.push(note);
+        None
     }
 
     /// What the maps say about guest page frame `pfn` (the planner's classifier). Without a
