@@ -357,26 +357,18 @@ fn verify_checks(c: &mut Checks, env: &GuestEnv) {
         "web app GET /verify (192 MiB checksum in the guest)",
         expect_ok(env.app_addr(), "/verify", Duration::from_secs(120)),
     );
-    c.check(
-        "checksum process GET /verify",
+    // Polled for up to 60 s: the first 200 answer's body.
+    let verify = |addr| {
         http::poll_ok(
-            env.check_addr(),
+            addr,
             "/verify",
             Instant::now() + Duration::from_secs(60),
             Duration::from_millis(250),
         )
-        .map(|(r, _)| r.body.trim().to_string()),
-    );
-    c.check(
-        "idle process GET /verify",
-        http::poll_ok(
-            env.idle_addr(),
-            "/verify",
-            Instant::now() + Duration::from_secs(60),
-            Duration::from_millis(250),
-        )
-        .map(|(r, _)| r.body.trim().to_string()),
-    );
+        .map(|(r, _)| r.body.trim().to_string())
+    };
+    c.check("checksum process GET /verify", verify(env.check_addr()));
+    c.check("idle process GET /verify", verify(env.idle_addr()));
 }
 
 /// QEMU's guest-RAM mapping (what the bench measures) holds the apps' memory.
