@@ -889,17 +889,17 @@ impl Record {
                 );
             }
         }
-        let floors: Vec<String> = self
-            .floors
-            .iter()
-            .map(|f| format!("{} MiB {:.3}", f.0, f.1))
-            .collect();
-        let _ = writeln!(
-            o,
-            "\nI/O floor reads, in run order: {}.\n\n</details>\n",
-            floors.join(", ")
-        );
+        let _ = writeln!(o, "\n{}\n\n</details>\n", floor_reads(&self.floors));
     }
+}
+
+/// The I/O floor reads (size in MiB, seconds) as one sentence, in run order.
+pub fn floor_reads(floors: &[(u64, f64)]) -> String {
+    let reads: Vec<String> = floors
+        .iter()
+        .map(|f| format!("{} MiB {:.3}", f.0, f.1))
+        .collect();
+    format!("I/O floor reads, in run order: {}.", reads.join(", "))
 }
 
 /// What the results file needs besides the record.
@@ -984,5 +984,17 @@ impl Record {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn floor_reads_in_run_order() {
+        assert_eq!(
+            super::floor_reads(&[(64, 0.1234), (128, 0.5)]),
+            "I/O floor reads, in run order: 64 MiB 0.123, 128 MiB 0.500."
+        );
+        assert_eq!(super::floor_reads(&[]), "I/O floor reads, in run order: .");
     }
 }

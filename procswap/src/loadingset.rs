@@ -167,6 +167,18 @@ pub enum Loaded {
 
 type GroupKey = (MemKind, Option<ObjectKey>);
 
+/// The `format_version` of a persisted JSON file (loading set, activation plan), read before
+/// the whole file is parsed; `what` names the file in the note when it is not JSON at all.
+pub(crate) fn format_version(bytes: &[u8], what: &str) -> std::result::Result<Option<u32>, String> {
+    #[derive(serde::Deserialize)]
+    struct V {
+        format_version: Option<u32>,
+    }
+    serde_json::from_slice::<V>(bytes)
+        .map(|v| v.format_version)
+        .map_err(|e| format!("not {what} ({e}): ignored"))
+}
+
 impl LoadingSet {
     pub const FORMAT_VERSION: u32 = 1;
 
@@ -271,13 +283,7 @@ impl LoadingSet {
 
     /// Parse; a set of another format version is refused with a note (the caller ignores it).
     pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
-        #[derive(serde::Deserialize)]
-        struct V {
-            format_version: Option<u32>,
-        }
-        let v: V = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a loading set ({e}): ignored"))?;
-        match v.format_version {
+        match format_version(bytes, "a loading set")? {
             Some(Self::FORMAT_VERSION) => {}
             Some(n) => {
                 return Err(format!("loading set format {n}, this torpor reads {}: ignored (recorded anew)", Self::FORMAT_VERSION))

@@ -169,16 +169,10 @@ impl ActivationPlan {
 
     /// Parse; a plan of another format version is refused with a note.
     pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
-        #[derive(serde::Deserialize)]
-        struct V {
-            format_version: Option<u32>,
-        }
-        let v: V = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not an activation plan ({e}): ignored"))?;
-        if v.format_version != Some(Self::FORMAT_VERSION) {
+        let v = crate::loadingset::format_version(bytes, "an activation plan")?;
+        if v != Some(Self::FORMAT_VERSION) {
             return Err(format!(
-                "activation plan format {:?}, this torpor reads {}: ignored",
-                v.format_version,
+                "activation plan format {v:?}, this torpor reads {}: ignored",
                 Self::FORMAT_VERSION
             ));
         }

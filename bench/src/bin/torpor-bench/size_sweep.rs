@@ -65,15 +65,7 @@ pub fn size_sweep(ctx: &Ctx) -> Result<String> {
     );
     o.push_str(FLOOR_NOTE);
     plot_and_proofs(&mut o, &png_path, &ts);
-    let floors_s: Vec<String> = floors
-        .iter()
-        .map(|f| format!("{} MiB {:.3}", f.0, f.1))
-        .collect();
-    let _ = writeln!(
-        o,
-        "\nI/O floor reads, in run order: {}.",
-        floors_s.join(", ")
-    );
+    let _ = writeln!(o, "\n{}", bench::resume::floor_reads(&floors));
     write_results(
         &md_path,
         &o,
