@@ -5,7 +5,8 @@
 //!   GET /files   each --map file read through its mapping and each --read file re-read
 //!                (`map|read <path> <bytes> <fnv>` lines, up to the file's current size: a
 //!                file truncated since is read only as far as it goes now, never past its end)
-//! Options: --port P (required), --mib N (default 64), --seed S, --startup-delay-ms D,
+//! Options: --port P (required), --bind ADDR (an IPv4 or IPv6 address to listen on, default
+//! 127.0.0.1), --mib N (default 64), --seed S, --startup-delay-ms D,
 //! --never-ready (allocate, then never listen), --map FILE (map it shared read-only and read
 //! it; repeatable), --read FILE (read it and keep it open; repeatable).
 
@@ -95,6 +96,7 @@ const CHUNK: usize = 1 << 20;
 /// The command line (see the file's doc).
 struct Opts {
     port: u16,
+    bind: std::net::IpAddr,
     mib: usize,
     seed: u64,
     delay_ms: u64,
@@ -119,6 +121,12 @@ impl Opts {
         };
         Ok(Opts {
             port: opt("--port").context("--port P is required")?.parse()?,
+            bind: match opt("--bind") {
+                Some(a) => a
+                    .parse()
+                    .with_context(|| format!("--bind {a:?}: not an IP address"))?,
+                None => std::net::Ipv4Addr::LOCALHOST.into(),
+            },
             mib: opt("--mib").map(|s| s.parse()).transpose()?.unwrap_or(64),
             seed: opt("--seed")
                 .map(|s| s.parse())
@@ -256,10 +264,9 @@ fn main() -> Result<()> {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
-    let port = o.port;
-    let l =
-        TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("bind 127.0.0.1:{port}"))?;
-    eprintln!("torpor-testapp: listening on 127.0.0.1:{port}");
+    let addr = std::net::SocketAddr::new(o.bind, o.port);
+    let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    eprintln!("torpor-testapp: listening on {addr}");
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
         let path = request_path(&mut s);
