@@ -13,13 +13,17 @@ use crate::schema::{
 };
 use crate::torpord::Torpord;
 use anyhow::{bail, Context};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
-use std::collections::BTreeMap;
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveResponse, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, WatchOptions, WatchResponse, WatchStream,
+};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use torpor_api::AppState;
 
 /// The agent's configuration (its command line).
 #[derive(Debug, Clone)]
@@ -40,8 +44,8 @@ pub struct AgentConfig {
 /// Placements to enact and outcomes to write back, shared by the etcd session and the enactor.
 #[derive(Debug, Default)]
 struct Shared {
-    /// The latest placement per app, with its `mod_revision`.
-    wanted: BTreeMap<String, (i64, Placement)>,
+    /// The latest placement per app, with its `mod_revision`, or [`Job::unplaced`].
+    wanted: BTreeMap<String, Job>,
     /// The revision enacted (or found enacted) per app.
     done: BTreeMap<String, i64>,
     /// Outcomes not yet written to etcd (the latest per app).
@@ -57,6 +61,37 @@ struct Sync {
 }
 
 type SharedState = Arc<Sync>;
+
+/// What to enact for an app.
+#[derive(Debug, Clone)]
+struct Job {
+    /// The placement's `mod_revision` (or, unplaced, the revision that showed it gone).
+    rev: i64,
+    placement: Placement,
+    /// The host has no placement of the app (never had one, or it was deleted, e.g. while
+    /// the host was cut off and its apps were placed elsewhere): if torpord runs it, it is
+    /// stopped (back to standby), since nothing routes to it. `placement` is then `standby`.
+    unplaced: bool,
+}
+
+impl Job {
+    fn unplaced(host: &str, app: &str, rev: i64, why: &str) -> Job {
+        let placement = Placement {
+            schema: SCHEMA,
+            host: host.into(),
+            app: app.into(),
+            desired: Desired::Standby,
+            leader_rev: 0,
+            reason: format!("unplaced: {why}"),
+            unix_time: unix_now(),
+        };
+        Job {
+            rev,
+            placement,
+            unplaced: true,
+        }
+    }
+}
 
 fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding the lock leaves plain data: keep using it.
@@ -111,7 +146,11 @@ pub async fn connect_with(
         .with_context(|| format!("connecting to etcd {endpoints:?}"))
 }
 
-/// One etcd session: lease, registration, the report ticker, the placement watch.
+/// One etcd session: lease, registration, the report ticker, the placement watch. It ends
+/// only when the lease is gone (expired, or no keep-alive answered for a whole TTL): a broken
+/// keep-alive or watch stream (its etcd member died) is re-opened in place on the same client,
+/// which balances over every endpoint, and the watch resumes from the next revision; a failed
+/// report or status write is retried at the next interval.
 async fn session(
     cfg: &AgentConfig,
     torpord: &Torpord,
@@ -119,77 +158,155 @@ async fn session(
     meter: &mut Meter,
     seq: &mut u64,
 ) -> anyhow::Result<()> {
-    let mut client = connect(&cfg.etcd).await?;
-    let lease = client.lease_grant(cfg.ttl, None).await?.id();
-    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
-    let record = HostRecord {
-        schema: SCHEMA,
-        host: cfg.host.clone(),
-        endpoints: cfg.endpoints.clone(),
-        ttl_s: cfg.ttl,
-        agent_pid: std::process::id(),
-        started_unix: unix_now(),
-    };
-    let with_lease = || Some(PutOptions::new().with_lease(lease));
-    client
-        .put(
-            Key::Host(cfg.host.clone()).path(),
-            encode(&record),
-            with_lease(),
-        )
-        .await?;
-    let rev = load_placements(&mut client, &cfg.host, shared).await?;
-    let prefix = Key::placement_prefix(&cfg.host);
-    let mut watch = client
-        .watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        )
-        .await?;
-    tracing::info!(host = %cfg.host, lease, "registered");
+    let mut s = Session::open(cfg, shared).await?;
+    let mut lease = LeaseKeep::open(&mut s.client, s.lease, cfg.ttl).await?;
+    let mut watch = None;
+    s.reopen_watch(&mut watch).await;
     let mut report_tick = tokio::time::interval(cfg.interval);
-    let ka_period = Duration::from_millis((cfg.ttl.max(1) as u64 * 1000) / 3);
-    let mut ka_tick = tokio::time::interval(ka_period);
+    let mut ka_tick = tokio::time::interval(lease.period());
     loop {
         tokio::select! {
-            _ = ka_tick.tick() => keeper.keep_alive().await?,
-            ack = acks.message() => match ack? {
-                Some(a) if a.ttl() > 0 => {}
-                _ => bail!("lease {lease} expired or its keep-alive stream ended"),
-            },
+            _ = ka_tick.tick() => lease.keep_alive(&mut s.client).await.map_err(anyhow::Error::msg)?,
+            ack = lease.next() => lease.ack(ack).map_err(anyhow::Error::msg)?,
             _ = report_tick.tick() => {
                 *seq += 1;
                 let report = measure(cfg, torpord, meter, *seq).await;
-                client.put(Key::Report(cfg.host.clone()).path(), encode(&report), with_lease()).await?;
-                flush_statuses(&mut client, shared).await?;
-            }
-            _ = shared.flush.notified() => flush_statuses(&mut client, shared).await?,
-            w = watch.message() => {
-                let Some(w) = w? else { bail!("the placement watch ended") };
-                if w.canceled() {
-                    bail!("the placement watch was cancelled: {}", w.cancel_reason());
-                }
-                for ev in w.events() {
-                    if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
-                        want(shared, kv.key(), kv.value(), kv.mod_revision());
-                    }
+                s.report(&report).await;
+                s.flush(shared).await;
+                if watch.is_none() {
+                    s.reopen_watch(&mut watch).await;
                 }
             }
+            _ = shared.flush.notified() => s.flush(shared).await,
+            w = next_watched(&mut watch) => s.watched(&mut watch, w, shared).await?,
         }
     }
 }
 
+/// A registered host's connection: the client (balanced over every endpoint), the lease,
+/// when it was last renewed, and the next placement revision to watch from.
+struct Session<'a> {
+    cfg: &'a AgentConfig,
+    client: Client,
+    lease: i64,
+    next_rev: i64,
+}
+
+async fn next_watched(
+    w: &mut Option<WatchStream>,
+) -> Result<Option<WatchResponse>, etcd_client::Error> {
+    match w {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<'a> Session<'a> {
+    /// Connect, take a lease, register, read this host's placements.
+    async fn open(cfg: &'a AgentConfig, shared: &SharedState) -> anyhow::Result<Session<'a>> {
+        let mut client = connect(&cfg.etcd).await?;
+        let lease = client.lease_grant(cfg.ttl, None).await?.id();
+        let record = HostRecord {
+            schema: SCHEMA,
+            host: cfg.host.clone(),
+            endpoints: cfg.endpoints.clone(),
+            ttl_s: cfg.ttl,
+            agent_pid: std::process::id(),
+            started_unix: unix_now(),
+        };
+        let opts = Some(PutOptions::new().with_lease(lease));
+        let key = Key::Host(cfg.host.clone()).path();
+        client.put(key, encode(&record), opts).await?;
+        let rev = load_placements(&mut client, cfg, shared).await?;
+        tracing::info!(host = %cfg.host, lease, "registered");
+        Ok(Session {
+            cfg,
+            client,
+            lease,
+            next_rev: rev + 1,
+        })
+    }
+
+    async fn report(&mut self, report: &Report) {
+        let key = Key::Report(self.cfg.host.clone()).path();
+        let opts = Some(PutOptions::new().with_lease(self.lease));
+        if let Err(e) = self.client.put(key, encode(report), opts).await {
+            tracing::warn!(error = %e, "publishing the report; next interval");
+        }
+    }
+
+    async fn flush(&mut self, shared: &SharedState) {
+        if let Err(e) = flush_statuses(&mut self.client, shared).await {
+            tracing::warn!(error = %e, "writing statuses; next interval");
+        }
+    }
+
+    /// (Re-)open the placement watch from the next revision not seen; on failure it stays
+    /// closed and is tried again at the next report.
+    async fn reopen_watch(&mut self, watch: &mut Option<WatchStream>) {
+        for _ in 0..REOPEN_TRIES {
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(self.next_rev);
+            let prefix = Key::placement_prefix(&self.cfg.host);
+            match self.client.watch(prefix, Some(opts)).await {
+                Ok(w) => {
+                    *watch = Some(w);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "opening the placement watch"),
+            }
+            tokio::time::sleep(REOPEN_PAUSE).await;
+        }
+    }
+
+    /// A watch message: placements to enact; a broken stream is re-opened at once from the
+    /// next revision. A cancelled watch (its revision compacted) ends the session, which
+    /// reads the placements again.
+    async fn watched(
+        &mut self,
+        watch: &mut Option<WatchStream>,
+        w: Result<Option<WatchResponse>, etcd_client::Error>,
+        shared: &SharedState,
+    ) -> anyhow::Result<()> {
+        let w = match w {
+            Ok(Some(w)) => w,
+            Ok(None) | Err(_) => {
+                tracing::warn!(from = self.next_rev, "placement watch broken; re-opening");
+                *watch = None;
+                self.reopen_watch(watch).await;
+                return Ok(());
+            }
+        };
+        if w.canceled() {
+            bail!("the placement watch was cancelled: {}", w.cancel_reason());
+        }
+        for ev in w.events() {
+            if let Some(kv) = ev.kv() {
+                self.next_rev = self.next_rev.max(kv.mod_revision() + 1);
+                match ev.event_type() {
+                    EventType::Put => {
+                        want(shared, kv.key(), kv.value(), kv.mod_revision());
+                    }
+                    EventType::Delete => {
+                        deleted(shared, &self.cfg.host, kv.key(), kv.mod_revision())
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Read this host's placements and statuses: placements already answered (a status with
-/// their revision, not failed) are done; the others are wanted. Returns the read revision.
+/// their revision, not failed) are done; the others are wanted; an app this host serves
+/// without a placement is unplaced (stopped if it runs). Returns the read revision.
 async fn load_placements(
     client: &mut Client,
-    host: &str,
+    cfg: &AgentConfig,
     shared: &SharedState,
 ) -> anyhow::Result<i64> {
+    let host = cfg.host.as_str();
     let opts = || Some(GetOptions::new().with_prefix());
     let placements = client.get(Key::placement_prefix(host), opts()).await?;
     let status_prefix = Key::Status {
@@ -198,8 +315,10 @@ async fn load_placements(
     }
     .path();
     let statuses = client.get(status_prefix, opts()).await?;
+    let rev = placements.header().map(|h| h.revision()).unwrap_or(0);
     {
         let mut s = lock(shared);
+        s.wanted.clear();
         for kv in statuses.kvs() {
             let Some(st) = parse::<Status>(kv.key(), kv.value()) else {
                 continue;
@@ -209,10 +328,19 @@ async fn load_placements(
             }
         }
     }
+    let mut placed = BTreeSet::new();
     for kv in placements.kvs() {
-        want(shared, kv.key(), kv.value(), kv.mod_revision());
+        if let Some(app) = want(shared, kv.key(), kv.value(), kv.mod_revision()) {
+            placed.insert(app);
+        }
     }
-    Ok(placements.header().map(|h| h.revision()).unwrap_or(0))
+    for app in cfg.endpoints.keys().filter(|a| !placed.contains(*a)) {
+        unplace(
+            shared,
+            Job::unplaced(host, app, rev, "no placement at registration"),
+        );
+    }
+    Ok(rev)
 }
 
 /// Parse a key and value of the layout; a malformed one is logged (flagged) and skipped.
@@ -230,16 +358,38 @@ pub fn parse<V: crate::schema::Value>(key: &[u8], value: &[u8]) -> Option<V> {
     }
 }
 
-/// A placement was read or changed: make it the app's latest and wake the enactor.
-fn want(shared: &SharedState, key: &[u8], value: &[u8], rev: i64) {
-    let Some(p) = parse::<Placement>(key, value) else {
-        return;
+/// A placement was read or changed: make it the app's latest and wake the enactor. Returns
+/// the app (also when already done), none for a malformed value.
+fn want(shared: &SharedState, key: &[u8], value: &[u8], rev: i64) -> Option<String> {
+    let p = parse::<Placement>(key, value)?;
+    let app = p.app.clone();
+    let job = Job {
+        rev,
+        placement: p,
+        unplaced: false,
     };
+    unplace(shared, job);
+    Some(app)
+}
+
+/// A placement key of this host was deleted at `rev`.
+fn deleted(shared: &SharedState, host: &str, key: &[u8], rev: i64) {
+    let k = String::from_utf8_lossy(key);
+    if let Ok(Key::Placement { host: h, app }) = Key::parse(&k) {
+        if h == host {
+            unplace(shared, Job::unplaced(host, &app, rev, "placement deleted"));
+        }
+    }
+}
+
+/// Make `job` the app's latest, unless a later revision is done, and wake the enactor.
+fn unplace(shared: &SharedState, job: Job) {
     let mut s = lock(shared);
-    if s.done.get(&p.app).is_some_and(|&d| d >= rev) {
+    let app = job.placement.app.clone();
+    if s.done.get(&app).is_some_and(|&d| d >= job.rev) {
         return;
     }
-    s.wanted.insert(p.app.clone(), (rev, p));
+    s.wanted.insert(app, job);
     drop(s);
     shared.wake.notify_one();
 }
@@ -267,14 +417,19 @@ async fn enactor(host: String, torpord: Torpord, shared: SharedState) {
             let s = lock(&shared);
             s.wanted
                 .iter()
-                .find(|(app, (rev, _))| s.done.get(*app).is_none_or(|d| d < rev))
-                .map(|(_, (rev, p))| (*rev, p.clone()))
+                .find(|(app, j)| s.done.get(*app).is_none_or(|d| *d < j.rev))
+                .map(|(_, j)| j.clone())
         };
-        let Some((rev, p)) = next else {
+        let Some(job) = next else {
             shared.wake.notified().await;
             continue;
         };
-        let status = enact(&host, &torpord, rev, &p).await;
+        let (rev, p) = (job.rev, &job.placement);
+        let status = if job.unplaced && !runs(&torpord, &p.app).await {
+            None
+        } else {
+            enact(&host, &torpord, rev, p).await
+        };
         let mut s = lock(&shared);
         s.done.insert(p.app.clone(), rev);
         if let Some(st) = status {
@@ -282,6 +437,20 @@ async fn enactor(host: String, torpord: Torpord, shared: SharedState) {
             drop(s);
             // Written back at once (the router waits for it), or at the next report.
             shared.flush.notify_one();
+        }
+    }
+}
+
+/// torpord runs `app` (not frozen, not stopped). Unknown (torpord does not answer): no.
+async fn runs(torpord: &Torpord, app: &str) -> bool {
+    match torpord.apps().await {
+        Ok(list) => list
+            .apps
+            .iter()
+            .any(|a| a.name == app && !a.state.is_frozen() && a.state != AppState::Stopped),
+        Err(e) => {
+            tracing::warn!(error = %e, app, "unplaced app: torpord does not answer; left as is");
+            false
         }
     }
 }
@@ -378,4 +547,95 @@ async fn measure(cfg: &AgentConfig, torpord: &Torpord, meter: &mut Meter, seq: u
         Err(e) => report.torpord_error = Some(e.to_string()),
     }
     report
+}
+
+/// Attempts at re-opening a broken stream before waiting for the next tick, and the pause
+/// between them.
+const REOPEN_TRIES: u32 = 5;
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
+
+/// A lease kept alive across broken connections: a broken keep-alive stream is re-opened on
+/// the same client (which balances over every etcd endpoint) at the next tick. The lease is
+/// lost when etcd says so, or when no keep-alive was answered for a whole TTL.
+pub struct LeaseKeep {
+    id: i64,
+    ttl: Duration,
+    last_ack: Instant,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl LeaseKeep {
+    /// Open the keep-alive stream of lease `id` (TTL `ttl` seconds).
+    pub async fn open(client: &mut Client, id: i64, ttl: i64) -> anyhow::Result<LeaseKeep> {
+        let stream = client.lease_keep_alive(id).await?;
+        Ok(LeaseKeep {
+            id,
+            ttl: Duration::from_secs(ttl.max(1) as u64),
+            last_ack: Instant::now(),
+            stream: Some(stream),
+        })
+    }
+
+    /// How often to call [`LeaseKeep::keep_alive`]: a third of the TTL.
+    pub fn period(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// Send a keep-alive, or re-open a broken stream. `Err`: the lease is lost (why).
+    pub async fn keep_alive(&mut self, client: &mut Client) -> Result<(), String> {
+        if self.last_ack.elapsed() > self.ttl {
+            return Err(format!("lease {} not renewed for a whole TTL", self.id));
+        }
+        if let Some((keeper, _)) = &mut self.stream {
+            if keeper.keep_alive().await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.stream = None;
+        // The balanced client may pick the dead member again: try again at once, a few times.
+        for _ in 0..REOPEN_TRIES {
+            match client.lease_keep_alive(self.id).await {
+                Ok(k) => {
+                    // The stream's first answer (a live TTL) was read by the call.
+                    self.last_ack = Instant::now();
+                    self.stream = Some(k);
+                    tracing::info!(lease = self.id, "keep-alive stream re-opened");
+                    return Ok(());
+                }
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                    return Err(format!("lease {} expired", self.id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-opening the keep-alive stream");
+                    tokio::time::sleep(REOPEN_PAUSE).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next answer on the stream (pending while it is closed).
+    pub async fn next(&mut self) -> Result<Option<LeaseKeepAliveResponse>, etcd_client::Error> {
+        match &mut self.stream {
+            Some((_, acks)) => acks.message().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Take an answer from [`LeaseKeep::next`]. `Err`: the lease expired.
+    pub fn ack(
+        &mut self,
+        ack: Result<Option<LeaseKeepAliveResponse>, etcd_client::Error>,
+    ) -> Result<(), String> {
+        match ack {
+            Ok(Some(a)) if a.ttl() > 0 => self.last_ack = Instant::now(),
+            Ok(Some(_)) => return Err(format!("lease {} expired", self.id)),
+            Ok(None) | Err(_) => {
+                // Its connection broke: re-opened at the next tick.
+                tracing::warn!(lease = self.id, "keep-alive stream broken");
+                self.stream = None;
+            }
+        }
+        Ok(())
+    }
 }

@@ -4,17 +4,16 @@
 //! [`policy`](crate::policy)) and writes the placements in transactions fenced by its leader
 //! key, so a deposed leader cannot write.
 
-use crate::agent::connect;
+use crate::agent::{connect, LeaseKeep};
 use crate::haproxy::{Admin, Haproxy, ServerState};
 use crate::obs::Obs;
 use crate::policy::{decide, router, Action, Memory, View};
 use crate::schema::{
     decode, encode, unix_now, Desired, Key, Outcome, Placement, ELECTION, PREFIX, SCHEMA,
 };
-use anyhow::{bail, Context};
+use anyhow::bail;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -85,23 +84,17 @@ pub async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Keep the lease alive until it is lost (returns why).
-async fn keep_lease(
-    mut keeper: LeaseKeeper,
-    mut acks: LeaseKeepAliveStream,
-    period: Duration,
-) -> String {
-    let mut t = tokio::time::interval(period);
+/// Keep the lease alive until it is lost (returns why); a broken keep-alive stream is
+/// re-opened in place (on another etcd member when its member died).
+async fn keep_lease(mut client: Client, mut lease: LeaseKeep) -> String {
+    let mut t = tokio::time::interval(lease.period());
     loop {
-        tokio::select! {
-            _ = t.tick() => if let Err(e) = keeper.keep_alive().await {
-                return format!("keep-alive: {e}");
-            },
-            a = acks.message() => match a {
-                Ok(Some(a)) if a.ttl() > 0 => {}
-                Ok(_) => return "the lease expired".into(),
-                Err(e) => return format!("keep-alive stream: {e}"),
-            },
+        let r = tokio::select! {
+            _ = t.tick() => lease.keep_alive(&mut client).await,
+            a = lease.next() => lease.ack(a),
+        };
+        if let Err(why) = r {
+            return why;
         }
     }
 }
@@ -115,28 +108,101 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A write refused by the fence: another replica leads. Ends the term.
+#[derive(Debug, thiserror::Error)]
+#[error("no longer the leader (the election key's revision changed)")]
+struct Deposed;
+
+/// Campaign with `lease` until elected. A campaign whose connection broke (its etcd member
+/// died) is made again with the same lease: the same election key, its place kept.
+async fn campaign(
+    cfg: &ControllerConfig,
+    lease: i64,
+    lost: &mut AbortOnDrop<String>,
+) -> anyhow::Result<Leadership> {
+    // Its own connection: a campaign waits as long as another replica leads.
+    let mut elect = crate::agent::connect_with(&cfg.etcd, None).await?;
+    loop {
+        let r = tokio::select! {
+            r = elect.campaign(ELECTION, cfg.id.clone(), lease) => r,
+            why = &mut lost.0 => bail!("lease lost while campaigning: {}", why.unwrap_or_default()),
+        };
+        match r {
+            Ok(elected) => {
+                let Some(k) = elected.leader() else {
+                    bail!("campaign answered without a leader key")
+                };
+                return Ok(Leadership {
+                    key: k.key().to_vec(),
+                    rev: k.rev(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "campaign interrupted; campaigning again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// The watch on every key but reports, re-opened in place when its connection breaks.
+struct Changes {
+    stream: Option<WatchStream>,
+    next_rev: Option<i64>,
+}
+
+impl Changes {
+    async fn reopen(&mut self, client: &mut Client) {
+        let mut opts = WatchOptions::new().with_prefix();
+        if let Some(r) = self.next_rev {
+            opts = opts.with_start_revision(r);
+        }
+        match client.watch(PREFIX, Some(opts)).await {
+            Ok(w) => self.stream = Some(w),
+            Err(e) => tracing::warn!(error = %e, "opening the watch on {PREFIX}; next tick"),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<WatchResponse>, etcd_client::Error> {
+        match &mut self.stream {
+            Some(w) => w.message().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether a message calls for a tick now (any change but reports). A broken stream is
+    /// dropped (re-opened by the caller); a cancelled one too (it starts again from now).
+    fn take(&mut self, w: Result<Option<WatchResponse>, etcd_client::Error>) -> bool {
+        let Ok(Some(w)) = w else {
+            tracing::warn!("the watch on {PREFIX} broke; re-opening");
+            self.stream = None;
+            return false;
+        };
+        if w.canceled() {
+            self.stream = None;
+            self.next_rev = None;
+            return false;
+        }
+        if let Some(h) = w.header() {
+            self.next_rev = Some(h.revision() + 1);
+        }
+        let reports = Key::kind_prefix("reports");
+        !w.events().iter().all(|e| {
+            e.kv()
+                .is_some_and(|kv| kv.key().starts_with(reports.as_bytes()))
+        })
+    }
+}
+
 /// One term: lease, campaign (blocks until elected), then lead until the lease is lost or a
-/// fenced write fails.
+/// fenced write fails. An etcd request that fails otherwise (its member died) skips the tick.
 async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Result<()> {
     let mut client = connect(&cfg.etcd).await?;
     let lease = client.lease_grant(cfg.ttl, None).await?.id();
-    let (keeper, acks) = client.lease_keep_alive(lease).await?;
-    let period = Duration::from_millis(cfg.ttl.max(1) as u64 * 1000 / 3);
-    let mut lost = AbortOnDrop(tokio::spawn(keep_lease(keeper, acks, period)));
+    let keep = LeaseKeep::open(&mut client, lease, cfg.ttl).await?;
+    let mut lost = AbortOnDrop(tokio::spawn(keep_lease(client.clone(), keep)));
     let t0 = Instant::now();
-    // Its own connection: a campaign waits as long as another replica leads.
-    let mut elect = crate::agent::connect_with(&cfg.etcd, None).await?;
-    let elected = tokio::select! {
-        r = elect.campaign(ELECTION, cfg.id.clone(), lease) => r.context("campaign")?,
-        why = &mut lost.0 => bail!("lease lost while campaigning: {}", why.unwrap_or_default()),
-    };
-    let Some(k) = elected.leader() else {
-        bail!("campaign answered without a leader key")
-    };
-    let me = Leadership {
-        key: k.key().to_vec(),
-        rev: k.rev(),
-    };
+    let me = campaign(cfg, lease, &mut lost).await?;
     obs.event(
         "leader",
         None,
@@ -149,27 +215,31 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
     let mut ticker = tokio::time::interval(cfg.tick);
     // A change of placement, status, host or app is acted on at once (a host's `ready` goes
     // into service without waiting for the next tick); reports only at the tick.
-    let mut changes = client
-        .watch(PREFIX, Some(WatchOptions::new().with_prefix()))
-        .await?;
+    let mut changes = Changes {
+        stream: None,
+        next_rev: None,
+    };
+    changes.reopen(&mut client).await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            w = changes.message() => {
-                let Some(w) = w? else { bail!("the watch on {PREFIX} ended") };
-                let reports = Key::kind_prefix("reports");
-                if w.events().iter().all(|e| e.kv().is_some_and(|kv| kv.key().starts_with(reports.as_bytes()))) {
-                    continue;
-                }
-            }
+            _ = ticker.tick() => if changes.stream.is_none() {
+                changes.reopen(&mut client).await;
+            },
+            w = changes.next() => if !changes.take(w) {
+                continue;
+            },
             why = &mut lost.0 => bail!("leadership lost: {}", why.unwrap_or_default()),
         }
-        if let Err(e) = tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await {
-            // Step down at once: stop the keep-alive and revoke the lease (which deletes the
-            // election key), so that another replica leads without waiting for the TTL.
-            drop(lost);
-            let _ = client.lease_revoke(lease).await;
-            return Err(e);
+        match tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<Deposed>().is_some() => {
+                // Step down at once: stop the keep-alive and revoke the lease (which deletes
+                // the election key), so that another replica leads without waiting for the TTL.
+                drop(lost);
+                let _ = client.lease_revoke(lease).await;
+                return Err(e);
+            }
+            Err(e) => obs.event("tick_error", None, None, format!("{e:#}"), 0.0),
         }
     }
 }
@@ -316,7 +386,7 @@ async fn apply(client: &mut Client, me: &Leadership, a: &Action, obs: &Obs) -> a
     let fence = Compare::create_revision(me.key.clone(), CompareOp::Equal, me.rev);
     let r = client.txn(Txn::new().when([fence]).and_then([op])).await?;
     if !r.succeeded() {
-        bail!("no longer the leader (the election key's revision changed)");
+        return Err(Deposed.into());
     }
     obs.event(
         kind,

@@ -239,7 +239,9 @@ fn host_config(etcd: Vec<String>, a: HostArgs) -> anyhow::Result<agent::AgentCon
 }
 
 fn main() -> anyhow::Result<()> {
+    // Plain text when logging to a file (no colour escapes in logs that tests and operators grep).
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -57,6 +57,22 @@ async fn place(c: &mut etcd_client::Client, p: &Placement) -> Status {
     }
 }
 
+/// The app listens on its host's own address only (`--bind`, through torpord's app config).
+fn listens_on_its_own_address_only(h: &Host) {
+    let port = h.port("web");
+    let get = |ip: std::net::Ipv4Addr| {
+        let url = format!("http://{ip}:{port}/");
+        local_controller::probe::http_get(&url, HANG).map(|(code, _)| code)
+    };
+    assert_eq!(get(h.addr).unwrap(), 200);
+    let other = get(std::net::Ipv4Addr::LOCALHOST).unwrap_err();
+    assert!(
+        matches!(&other, local_controller::probe::ProbeError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{other}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "root: real etcd, torpord and cgroups (make fleet-test)"]
 async fn agent_enacts_placements_and_reports() {
@@ -81,8 +97,9 @@ async fn agent_enacts_placements_and_reports() {
         .unwrap();
     assert_eq!(
         rec.endpoints["web"],
-        format!("127.0.0.1:{}", h.port("web")).parse().unwrap()
+        std::net::SocketAddr::from((h.addr, h.port("web")))
     );
+    assert_ne!(h.addr, std::net::Ipv4Addr::LOCALHOST);
     let (_, r) = get_one::<Report>(&mut c, &Key::Report("h1".into()))
         .await
         .unwrap();
@@ -104,6 +121,7 @@ async fn agent_enacts_placements_and_reports() {
     let st = api.apps().await.unwrap();
     assert_eq!(st.apps[0].state, AppState::Running);
     assert_eq!(st.apps[0].counters.starts, before.starts + 1);
+    listens_on_its_own_address_only(&h);
 
     // Garbage and unknown apps: refused or ignored, the agent keeps going.
     c.put(

@@ -131,6 +131,13 @@ async fn routes_after_ready_and_drains_before_stop() {
     let served = hap.served("web", "h1").await;
     assert_eq!(through_router(hap.frontend("web")), (200, b"ok\n".to_vec()));
     assert_eq!(hap.served("web", "h1").await, served + 1);
+    // The server is the host's own loopback address (127.0.0.N), as its agent registered it.
+    let servers = hap.api().servers().await.unwrap();
+    let server = &servers[&("web".to_string(), "h1".to_string())];
+    assert_eq!(
+        (server.addr.as_str(), server.port),
+        (h.addr.to_string().as_str(), h.port("web"))
+    );
     let ev = ctl.events();
     assert!(seq(&ev, "place_running", "h1") < seq(&ev, "router_add", "h1"));
     assert!(seq(&ev, "router_add", "h1") < seq(&ev, "router_ready", "h1"));

@@ -66,6 +66,8 @@ where
 
 pub use torpor_testsupport::http::unused_port;
 
+pub mod cluster;
+
 /// A process with its log in the test directory.
 pub struct Proc {
     pub name: String,
@@ -225,10 +227,16 @@ pub async fn get_one<V: Value>(c: &mut Client, key: &Key) -> Option<(i64, V)> {
     Some((kv.mod_revision(), decode::<V>(key, kv.value()).unwrap()))
 }
 
-/// An emulated host: a torpord with test apps under its own cgroup parent, and (when started)
-/// its host agent.
+/// The next emulated host's loopback address, 127.0.0.N (N from 2: 127.0.0.1 is etcd's,
+/// HAProxy's and the controllers').
+static NEXT_HOST_ADDR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// An emulated host: a torpord with test apps under its own cgroup parent, serving on its own
+/// loopback address, and (when started) its host agent.
 pub struct Host {
     pub name: String,
+    /// Where this host's apps listen (127.0.0.N, its own).
+    pub addr: std::net::Ipv4Addr,
     pub dir: PathBuf,
     pub parent: String,
     pub sock: PathBuf,
@@ -248,6 +256,8 @@ impl Host {
             .iter()
             .map(|a| (a.to_string(), unused_port()))
             .collect();
+        let n = NEXT_HOST_ADDR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = std::net::Ipv4Addr::new(127, 0, 0, n);
         let testapp = sibling_bin("torpor-testapp");
         let mut toml = format!(
             "socket = {sock:?}\nstate_dir = {:?}\ncgroup_parent = {parent:?}\nreserve = \"64M\"\nsample_interval = \"200ms\"\n",
@@ -258,11 +268,13 @@ impl Host {
                 testapp.display().to_string(),
                 "--port".into(),
                 port.to_string(),
+                "--bind".into(),
+                addr.to_string(),
                 "--mib".into(),
                 mib.to_string(),
             ];
             toml += &format!(
-                "\n[[app]]\nname = {a:?}\ncommand = {argv:?}\nready = {{ http = \"http://127.0.0.1:{port}/\" }}\nready_timeout = \"300s\"\nprestart = true\n"
+                "\n[[app]]\nname = {a:?}\ncommand = {argv:?}\nready = {{ http = \"http://{addr}:{port}/\" }}\nready_timeout = \"300s\"\nprestart = true\n"
             );
         }
         let cfg = dir.join("torpord.toml");
@@ -277,6 +289,7 @@ impl Host {
         );
         Host {
             name: name.into(),
+            addr,
             dir,
             parent,
             sock,
@@ -313,6 +326,12 @@ impl Host {
 
     /// Start the host agent against `etcd`, its share `cores`.
     pub fn start_agent_share(&mut self, etcd: &str, cores: f64) {
+        self.start_agent_with(etcd, cores, 2);
+    }
+
+    /// Start the host agent against `etcd` (comma-separated endpoints), its share `cores`,
+    /// its lease TTL `ttl` seconds.
+    pub fn start_agent_with(&mut self, etcd: &str, cores: f64, ttl: u32) {
         let mut cmd = Command::new(FLEET);
         cmd.arg("--etcd")
             .arg(etcd)
@@ -326,10 +345,10 @@ impl Host {
             .arg("--share-cores")
             .arg(cores.to_string())
             .arg("--ttl")
-            .arg("2")
+            .arg(ttl.to_string())
             .env("RUST_LOG", "info");
         for (a, port) in &self.apps {
-            cmd.arg("--serve").arg(format!("{a}=127.0.0.1:{port}"));
+            cmd.arg("--serve").arg(format!("{a}={}:{port}", self.addr));
         }
         self.agent = Some(Proc::spawn(&self.dir, "agent", &mut cmd));
     }
@@ -496,6 +515,18 @@ impl Controller {
         haproxy: Option<&Path>,
         cooldown: u32,
     ) -> Controller {
+        Controller::start_ttl(dir, id, etcd, haproxy, cooldown, 2)
+    }
+
+    /// A replica against `etcd` (comma-separated endpoints) with a leadership lease of `ttl` s.
+    pub fn start_ttl(
+        dir: &Path,
+        id: &str,
+        etcd: &str,
+        haproxy: Option<&Path>,
+        cooldown: u32,
+        ttl: u32,
+    ) -> Controller {
         let port = unused_port();
         let mut cmd = Command::new(FLEET);
         cmd.arg("--etcd")
@@ -504,7 +535,7 @@ impl Controller {
             .arg("--id")
             .arg(id)
             .arg("--ttl")
-            .arg("2")
+            .arg(ttl.to_string())
             .arg("--tick-ms")
             .arg("250")
             .arg("--cooldown")
@@ -549,7 +580,7 @@ impl Controller {
     }
 }
 
-/// Write apps/APP.
+/// Write apps/APP (retried: a balanced client may first pick a member that was just killed).
 pub async fn put_app(c: &mut Client, app: &str, min: u32, max: u32) {
     let spec = torpor_fleet::schema::AppSpec {
         schema: torpor_fleet::schema::SCHEMA,
@@ -558,11 +589,16 @@ pub async fn put_app(c: &mut Client, app: &str, min: u32, max: u32) {
         min_running: min,
         max_running: max,
     };
-    c.put(
-        Key::App(app.into()).path(),
-        torpor_fleet::schema::encode(&spec),
-        None,
-    )
-    .await
-    .unwrap();
+    let t = Instant::now();
+    while let Err(e) = c
+        .put(
+            Key::App(app.into()).path(),
+            torpor_fleet::schema::encode(&spec),
+            None,
+        )
+        .await
+    {
+        assert!(t.elapsed() < HANG, "writing apps/{app}: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
