@@ -20,20 +20,6 @@ fn seq(events: &[Event], kind: &str, host: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {kind} event for {host} in {events:#?}"))
 }
 
-fn status_key(host: &str) -> Key {
-    Key::Status {
-        host: host.into(),
-        app: "web".into(),
-    }
-}
-
-fn placement_key(host: &str) -> Key {
-    Key::Placement {
-        host: host.into(),
-        app: "web".into(),
-    }
-}
-
 /// GET / through HAProxy's frontend: (status, body).
 fn through_router(port: u16) -> (u16, Vec<u8>) {
     local_controller::probe::http_get(&format!("http://127.0.0.1:{port}/"), HANG).unwrap()
@@ -345,30 +331,14 @@ async fn overload_activates_the_standby_host_and_low_load_stops_it() {
 /// `reason`, and a request through HAProxy is served by h2. Returns h1.
 async fn replaced_after(tag: &str, fault: impl FnOnce(&mut Host), reason: &str) -> (TempDir, Host) {
     let tmp = TempDir::new(tag);
-    let etcd = Etcd::start(&tmp.0).await;
-    let hap = Haproxy::start(&tmp.0, &["web"]).await;
-    let mut h1 = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
-    let mut h2 = Host::start_torpord(&tmp.0, "h2", &["web"], 16);
-    h1.wait_standby().await;
-    h2.wait_standby().await;
-    h1.start_agent(&etcd.url);
-    let ctl = Controller::start(&tmp.0, "c1", &etcd.url, Some(&hap.sock), 1000);
-    let mut c = etcd.client().await.unwrap();
-    put_app(&mut c, "web", 1, 1).await;
-    wait_eq(
-        "web/h1 in service",
-        || hap.admin("web", "h1"),
-        Some(Admin::Ready),
-    )
-    .await;
-    h2.start_agent(&etcd.url);
-    wait_for("h2 registered", HANG, || async {
-        let mut c = etcd.client().await.unwrap();
-        get_one::<torpor_fleet::schema::Report>(&mut c, &Key::Report("h2".into()))
-            .await
-            .is_some()
-    })
-    .await;
+    let (_etcd, mut c, w) = web_on_h1_one_controller(&tmp).await;
+    let WebOnH1 {
+        hap,
+        mut h1,
+        h2: _h2,
+        ctls,
+    } = w;
+    let ctl = &ctls[0];
 
     fault(&mut h1);
     wait_eq(

@@ -14,20 +14,6 @@ use torpor_fleet::haproxy::Admin;
 use torpor_fleet::obs::Event;
 use torpor_fleet::schema::{Desired, Key, Outcome, Placement, Status};
 
-fn status_key(host: &str) -> Key {
-    Key::Status {
-        host: host.into(),
-        app: "web".into(),
-    }
-}
-
-fn placement_key(host: &str) -> Key {
-    Key::Placement {
-        host: host.into(),
-        app: "web".into(),
-    }
-}
-
 /// The lease a host's registration hangs on.
 async fn host_lease(c: &mut Client, host: &str) -> i64 {
     let r = c.get(Key::Host(host.into()).path(), None).await.unwrap();
@@ -98,41 +84,21 @@ async fn fleet_on_three_members() -> Fleet {
     let tmp = TempDir::new("etcd3");
     let etcd = Cluster::start(&tmp.0, 3).await;
     let eps = etcd.endpoints();
-    let hap = Haproxy::start(&tmp.0, &["web"]).await;
-    let mut h1 = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
-    let mut h2 = Host::start_torpord(&tmp.0, "h2", &["web"], 16);
-    h1.wait_standby().await;
-    h2.wait_standby().await;
-    h1.start_agent_with(&eps, 1.0, TTL);
-    let ctls: Vec<Controller> = ["c1", "c2"]
-        .iter()
-        .map(|id| Controller::start_ttl(&tmp.0, id, &eps, Some(&hap.sock), 1, TTL))
-        .collect();
-    let mut c = etcd.client().await;
-    put_app(&mut c, "web", 1, 1).await;
-    wait_eq(
-        "web/h1 in service",
-        || hap.admin("web", "h1"),
-        Some(Admin::Ready),
-    )
-    .await;
-    h2.start_agent_with(&eps, 1.0, TTL);
-    wait_for("h2's first report", HANG, || {
-        let mut c = c.clone();
-        async move {
-            get_one::<torpor_fleet::schema::Report>(&mut c, &Key::Report("h2".into()))
-                .await
-                .is_some()
-        }
-    })
-    .await;
+    let ctls = |hap: &Haproxy| {
+        ["c1", "c2"]
+            .iter()
+            .map(|id| Controller::start_ttl(&tmp.0, id, &eps, Some(&hap.sock), 1, TTL))
+            .collect()
+    };
+    let c = etcd.client().await;
+    let w = web_on_h1(&tmp.0, &c, &eps, TTL, ctls).await;
     Fleet {
         tmp,
         etcd,
-        hap,
-        h1,
-        h2,
-        ctls,
+        hap: w.hap,
+        h1: w.h1,
+        h2: w.h2,
+        ctls: w.ctls,
     }
 }
 
@@ -142,21 +108,11 @@ async fn scale_out_and_in(f: &Fleet, c: &mut Client) {
     put_app(c, "web", 2, 2).await;
     wait_answered(c, "h2", Desired::Running, Outcome::Ready).await;
     let hap = &f.hap;
-    wait_eq(
-        "web/h2 in service",
-        || hap.admin("web", "h2"),
-        Some(Admin::Ready),
-    )
-    .await;
+    hap.wait_admin("web", "h2", Admin::Ready).await;
     assert_eq!(through_router(hap.frontend("web")), 200);
     put_app(c, "web", 1, 1).await;
     wait_answered(c, "h2", Desired::Standby, Outcome::Stopped).await;
-    wait_eq(
-        "web/h2 out of service",
-        || hap.admin("web", "h2"),
-        Some(Admin::Maint),
-    )
-    .await;
+    hap.wait_admin("web", "h2", Admin::Maint).await;
 }
 
 /// Kill -9 each member of three in turn, the raft leader first (every agent and controller
@@ -294,23 +250,9 @@ async fn check_nothing_interrupted(
 #[ignore = "root: real etcd, HAProxy, torpord and cgroups (make fleet-test)"]
 async fn a_host_back_from_isolation_stops_its_unplaced_app() {
     let tmp = TempDir::new("isolation");
-    let etcd = Etcd::start(&tmp.0).await;
-    let hap = Haproxy::start(&tmp.0, &["web"]).await;
-    let mut h1 = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
-    let mut h2 = Host::start_torpord(&tmp.0, "h2", &["web"], 16);
-    h1.wait_standby().await;
-    h2.wait_standby().await;
-    h1.start_agent(&etcd.url);
-    let ctl = Controller::start(&tmp.0, "c1", &etcd.url, Some(&hap.sock), 1000);
-    let mut c = etcd.client().await.unwrap();
-    put_app(&mut c, "web", 1, 1).await;
-    wait_eq(
-        "web/h1 in service",
-        || hap.admin("web", "h1"),
-        Some(Admin::Ready),
-    )
-    .await;
-    h2.start_agent(&etcd.url);
+    let (_etcd, mut c, w) = web_on_h1_one_controller(&tmp).await;
+    let WebOnH1 { hap, h1, h2, ctls } = w;
+    let ctl = &ctls[0];
     let (p1, _) = get_one::<Placement>(&mut c, &placement_key("h1"))
         .await
         .unwrap();
@@ -319,12 +261,7 @@ async fn a_host_back_from_isolation_stops_its_unplaced_app() {
     let agent = Pid::from_raw(h1.agent.as_ref().unwrap().pid());
     kill(agent, Signal::SIGSTOP).unwrap();
     wait_answered(&c, "h2", Desired::Running, Outcome::Ready).await;
-    wait_eq(
-        "web/h2 in service",
-        || hap.admin("web", "h2"),
-        Some(Admin::Ready),
-    )
-    .await;
+    hap.wait_admin("web", "h2", Admin::Ready).await;
     assert_eq!(hap.admin("web", "h1").await, Some(Admin::Maint));
     assert_eq!(
         counters(&h1).await.0,
@@ -347,7 +284,7 @@ async fn a_host_back_from_isolation_stops_its_unplaced_app() {
     assert!(get_one::<Placement>(&mut c, &placement_key("h1"))
         .await
         .is_none());
-    check_one_routed_instance(&hap, &ctl, &h1, &h2, (before1, before2)).await;
+    check_one_routed_instance(&hap, ctl, &h1, &h2, (before1, before2)).await;
 }
 
 async fn check_one_routed_instance(

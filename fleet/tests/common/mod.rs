@@ -205,6 +205,22 @@ impl Etcd {
     }
 }
 
+/// status/HOST/web.
+pub fn status_key(host: &str) -> Key {
+    Key::Status {
+        host: host.into(),
+        app: "web".into(),
+    }
+}
+
+/// placement/HOST/web.
+pub fn placement_key(host: &str) -> Key {
+    Key::Placement {
+        host: host.into(),
+        app: "web".into(),
+    }
+}
+
 /// Every value under `prefix`, parsed (a malformed one fails the test).
 pub async fn get_all<V: Value>(c: &mut Client, prefix: &str) -> Vec<(i64, V)> {
     let r = c
@@ -493,6 +509,17 @@ impl Haproxy {
         torpor_fleet::haproxy::log::read(&self.proc.log).unwrap()
     }
 
+    /// Wait until BACKEND/SERVER is in admin state `want`.
+    pub async fn wait_admin(
+        &self,
+        backend: &str,
+        server: &str,
+        want: torpor_fleet::haproxy::Admin,
+    ) {
+        let what = format!("{backend}/{server} {want:?}");
+        wait_eq(&what, || self.admin(backend, server), Some(want)).await;
+    }
+
     /// The admin state of BACKEND/SERVER, if HAProxy has it.
     pub async fn admin(&self, backend: &str, server: &str) -> Option<torpor_fleet::haproxy::Admin> {
         let s = self.api().servers().await.unwrap();
@@ -601,4 +628,62 @@ pub async fn put_app(c: &mut Client, app: &str, min: u32, max: u32) {
         assert!(t.elapsed() < HANG, "writing apps/{app}: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The start of the fault tests: web (min 1, max 1) in service on h1 and in standby on h2,
+/// h2's agent reporting; both agents on `eps` (comma-separated etcd endpoints) with lease TTL
+/// `ttl`, the controllers started by `ctls` before web is declared.
+pub struct WebOnH1 {
+    pub hap: Haproxy,
+    pub h1: Host,
+    pub h2: Host,
+    pub ctls: Vec<Controller>,
+}
+
+pub async fn web_on_h1(
+    dir: &Path,
+    c: &Client,
+    eps: &str,
+    ttl: u32,
+    ctls: impl FnOnce(&Haproxy) -> Vec<Controller>,
+) -> WebOnH1 {
+    let hap = Haproxy::start(dir, &["web"]).await;
+    let mut h1 = Host::start_torpord(dir, "h1", &["web"], 16);
+    let mut h2 = Host::start_torpord(dir, "h2", &["web"], 16);
+    h1.wait_standby().await;
+    h2.wait_standby().await;
+    h1.start_agent_with(eps, 1.0, ttl);
+    let ctls = ctls(&hap);
+    put_app(&mut c.clone(), "web", 1, 1).await;
+    let ready = Some(torpor_fleet::haproxy::Admin::Ready);
+    wait_eq("web/h1 in service", || hap.admin("web", "h1"), ready).await;
+    h2.start_agent_with(eps, 1.0, ttl);
+    wait_for("h2's first report", HANG, || {
+        let mut c = c.clone();
+        async move {
+            get_one::<torpor_fleet::schema::Report>(&mut c, &Key::Report("h2".into()))
+                .await
+                .is_some()
+        }
+    })
+    .await;
+    WebOnH1 { hap, h1, h2, ctls }
+}
+
+/// [`web_on_h1`] on a one-member etcd with one controller (c1, no cooldown to speak of) and
+/// lease TTLs of 2 s.
+pub async fn web_on_h1_one_controller(tmp: &TempDir) -> (Etcd, Client, WebOnH1) {
+    let etcd = Etcd::start(&tmp.0).await;
+    let c = etcd.client().await.unwrap();
+    let ctl = |hap: &Haproxy| {
+        vec![Controller::start(
+            &tmp.0,
+            "c1",
+            &etcd.url,
+            Some(&hap.sock),
+            1000,
+        )]
+    };
+    let w = web_on_h1(&tmp.0, &c, &etcd.url, 2, ctl).await;
+    (etcd, c, w)
 }
