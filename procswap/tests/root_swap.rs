@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use procswap::inspect::{InspectOptions, Pagemap};
 use procswap::{
-    prefetch_with, purge_with, Error, Freezer, NoProgress, PrefetchOptions, Progress, PurgeOptions,
-    StockBackend, WorkingSet,
+    prefetch_with, purge_with, Error, Freezer, NoProgress, PrefetchOptions, PrefetchReport,
+    Progress, PurgeOptions, StockBackend, WorkingSet,
 };
 use std::time::{Duration, Instant};
 
@@ -539,10 +539,14 @@ fn record_and_check(c: &mut Child, m: procswap::WsMethod, ps: u64) -> WorkingSet
     ws
 }
 
-/// Purge, then a working-set-only prefetch of `ws`: the hot area comes back, the cold one not.
-fn ws_only_prefetch_and_check(c: &mut Child, freezer: &Freezer, ws: WorkingSet, ps: u64) {
-    freezer.freeze(Duration::from_secs(5)).unwrap();
-    c.freezer = Some(freezer.clone());
+/// Purge the (frozen) child, then a working-set-only prefetch of `ws` (its report printed
+/// under `label`). Returns the report and the pages present in the hot area (32 MiB at
+/// 32 MiB) and in the cold one (64 MiB at 64 MiB).
+fn purge_and_ws_only_prefetch(
+    c: &Child,
+    ws: WorkingSet,
+    label: &str,
+) -> (PrefetchReport, u64, u64) {
     purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
     let opts = PrefetchOptions {
         working_set: Some(ws),
@@ -551,12 +555,17 @@ fn ws_only_prefetch_and_check(c: &mut Child, freezer: &Freezer, ws: WorkingSet, 
         ..Default::default()
     };
     let pf = prefetch_with(&StockBackend, c.pid, &opts, &NoProgress).unwrap();
-    eprintln!(
-        "working-set prefetch: {}",
-        serde_json::to_string(&pf).unwrap()
-    );
+    eprintln!("{label}: {}", serde_json::to_string(&pf).unwrap());
     let (hot_p, _) = range_state(c.pid, c.anon.0 + 32 * MIB, 32 * MIB);
     let (cold_p, _) = range_state(c.pid, c.anon.0 + 64 * MIB, 64 * MIB);
+    (pf, hot_p, cold_p)
+}
+
+/// Purge, then a working-set-only prefetch of `ws`: the hot area comes back, the cold one not.
+fn ws_only_prefetch_and_check(c: &mut Child, freezer: &Freezer, ws: WorkingSet, ps: u64) {
+    freezer.freeze(Duration::from_secs(5)).unwrap();
+    c.freezer = Some(freezer.clone());
+    let (_, hot_p, cold_p) = purge_and_ws_only_prefetch(c, ws, "working-set prefetch");
     assert!(
         hot_p * 100 >= (32 * MIB / ps) * 80,
         "hot area {hot_p} pages present"
@@ -644,21 +653,8 @@ fn working_set_by_residency_and_ws_first_prefetch() {
     // Swap readahead (page-cluster) may bring neighbours of touched pages back: a little.
     assert!(cold <= 0.05, "cold area covered {:.1}%", cold * 100.0);
 
-    purge_with(&StockBackend, c.pid, &PurgeOptions::default(), &NoProgress).unwrap();
-    let opts = PrefetchOptions {
-        working_set: Some(ws),
-        working_set_only: true,
-        free_floor_bytes: 0,
-        ..Default::default()
-    };
-    let pf = prefetch_with(&StockBackend, c.pid, &opts, &NoProgress).unwrap();
-    eprintln!(
-        "working-set-only prefetch: {}",
-        serde_json::to_string(&pf).unwrap()
-    );
+    let (pf, hot_p, cold_p) = purge_and_ws_only_prefetch(&c, ws, "working-set-only prefetch");
     assert_eq!(pf.working_set_method.as_deref(), Some("residency"));
-    let (hot_p, _) = range_state(c.pid, c.anon.0 + 32 * MIB, 32 * MIB);
-    let (cold_p, _) = range_state(c.pid, c.anon.0 + 64 * MIB, 64 * MIB);
     assert!(
         hot_p * 100 >= (32 * MIB / ps) * 99,
         "hot area: {hot_p} pages present"
