@@ -1013,17 +1013,27 @@ const CLEN: usize = 8 << 20;
 
 /// A child that touches CLEN bytes at A once, says so through a pipe, then sleeps.
 fn spawn_touched_child() -> Pid {
-    let (rfd, wfd) = nix::unistd::pipe().unwrap();
-    let child = spawn(move || {
+    spawn_ready(|| {
         let p = child_map(A, CLEN);
         // SAFETY: `p` is our own fresh CLEN-byte private mapping; no huge pages (khugepaged
-        // would move its pages to new frames), touch every page, then tell the parent (raw
-        // write) and sleep until killed.
+        // would move its pages to new frames), touch every page.
         unsafe {
             libc::madvise(p.cast(), CLEN, libc::MADV_NOHUGEPAGE);
             for i in (0..CLEN).step_by(PAGE as usize) {
                 *p.add(i) = 1;
             }
+        }
+    })
+}
+
+/// A child that runs `prepare` (raw syscalls only), then tells the parent through a pipe (raw
+/// write) and sleeps until killed. Returns once the child has told.
+fn spawn_ready(prepare: impl FnOnce()) -> Pid {
+    let (rfd, wfd) = nix::unistd::pipe().unwrap();
+    let child = spawn(move || {
+        prepare();
+        // SAFETY: raw write to the pipe, then sleep until killed (pause only waits for a signal).
+        unsafe {
             libc::write(
                 std::os::fd::AsRawFd::as_raw_fd(&wfd),
                 b"x".as_ptr().cast(),
@@ -1316,27 +1326,10 @@ fn agent_kernel_text_heap(sock_s: &str) {
 
 /// A child that goes idle, through the agent.
 fn agent_idle_child(sock_s: &str) {
-    let (rfd, wfd) = nix::unistd::pipe().unwrap();
     const CLEN: usize = 4 << 20;
-    let child = spawn(move || {
+    let child = spawn_ready(|| {
         child_map(B, CLEN);
-        // SAFETY: raw write to the pipe, then sleep until killed (pause only waits for a signal).
-        unsafe {
-            libc::write(
-                std::os::fd::AsRawFd::as_raw_fd(&wfd),
-                b"x".as_ptr().cast(),
-                1,
-            );
-            loop {
-                libc::pause();
-            }
-        }
     });
-    let mut b = [0u8; 1];
-    assert_eq!(
-        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rfd), &mut b),
-        Ok(1)
-    );
     let cpfns = present_pfns(&child.as_raw().to_string(), B as u64, CLEN as u64);
     assert_eq!(cpfns.len(), CLEN / PAGE as usize);
     let ran = cats_of(sock_s, "child that just ran", "60000", &single(&cpfns));
