@@ -14,6 +14,8 @@ pkgs=(
   # fleet: coordination, request router, load generator; protoc and its well-known types for
   # the etcd client's generated gRPC code
   etcd-server haproxy wrk protobuf-compiler libprotobuf-dev
+  # the torpord root suite's `redis` readiness probe test (Debian's redis-server)
+  redis-server
   # benchmarks: plot labels (plotters reads DejaVu Sans at run time)
   fonts-dejavu-core
   # PostgreSQL 15 (postgres, initdb, pgbench, pg_prewarm): the activation benchmark's

@@ -257,6 +257,13 @@ pub struct StartTiming {
     pub thaw_s: f64,
     pub probe_s: f64,
     pub total_s: f64,
+    /// Readiness probes it took (1 with an armed probe the app answered ready; 0 without a probe).
+    #[serde(default)]
+    pub probes: u32,
+    /// The probe's request was sent before the thaw (an `http` or `redis` probe reaching the
+    /// frozen app's socket backlog): `ready` is the moment the app answered, no polling interval.
+    #[serde(default)]
+    pub probe_armed: bool,
     pub prefetch_bytes: u64,
     pub working_set_pages: u64,
     pub still_swapped_pages: u64,
@@ -268,6 +275,7 @@ pub struct StartTiming {
     /// `loading-set` mode: the plan's parts, what was read before thaw, notes.
     #[serde(default)]
     pub activation: Option<ActivationTiming>,
+    /// When the probe returned (the app was ready), Unix seconds.
     pub unix_time: f64,
 }
 

@@ -1079,11 +1079,12 @@ impl Controller {
         };
         let probe_s = tp.elapsed().as_secs_f64();
         match res {
-            Ok(_) => {
+            Ok(probes) => {
                 let timing = StartTiming {
                     cold: true,
                     spawn_s,
                     probe_s,
+                    probes,
                     total_s: t0.elapsed().as_secs_f64(),
                     unix_time: now_unix(),
                     ..Default::default()
@@ -1241,6 +1242,7 @@ impl Controller {
         timing.thaw_s = tt.elapsed().as_secs_f64();
         // Thawed: from here on a restart finds it running (see adopt()).
         let armed_probe = armed.as_ref().is_some_and(probe::Armed::is_armed);
+        timing.probe_armed = armed_probe;
         after_thaw(armed_probe, timing);
         let tp = Instant::now();
         let res = match (&slot.cfg.ready, armed) {
@@ -1253,7 +1255,7 @@ impl Controller {
         timing.probe_s = tp.elapsed().as_secs_f64();
         timing.total_s = t0.elapsed().as_secs_f64();
         timing.unix_time = now_unix();
-        res.map_err(ProcessStartError::NotReady)?;
+        timing.probes = res.map_err(ProcessStartError::NotReady)?;
         if timing.activation.is_some() {
             self.activation_first_response(slot);
         }

@@ -858,3 +858,92 @@ fn sd_notify_ready_watchdog_and_clean_shutdown() {
     assert_eq!(f.status("n1").state, AppState::Standby);
     assert_eq!(f.status("n1").pid, Some(pid));
 }
+
+/// A RESP round trip on `s`: send `cmd` (an array of bulk strings), read one reply line (and a
+/// bulk string's body).
+fn resp(s: &mut std::net::TcpStream, cmd: &[&str]) -> String {
+    use std::io::{BufRead, Read, Write};
+    let mut req = format!("*{}\r\n", cmd.len());
+    for a in cmd {
+        req += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    if let Some(n) = line
+        .strip_prefix('$')
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0u8; n + 2];
+        r.read_exact(&mut body).unwrap();
+        return String::from_utf8_lossy(&body[..n]).into_owned();
+    }
+    line.trim_end().to_string()
+}
+
+/// The `redis` probe on Debian's redis-server run by torpord: a resume's readiness is the
+/// `PING` armed before the thaw — exactly one probe, answered by redis itself — while a frozen
+/// redis' socket accepts a connection but answers nothing.
+#[test]
+#[ignore]
+fn redis_probe_is_armed_and_answered_by_redis() {
+    let redis = "/usr/bin/redis-server";
+    assert!(
+        Path::new(redis).exists(),
+        "{redis} missing (scripts/deps.sh installs redis-server)"
+    );
+    let mut f = Torpord::new("redis", vec![]);
+    let port = common::torpord::unused_port();
+    let dir = f.dir.join("redis");
+    std::fs::create_dir_all(&dir).unwrap();
+    let argv = [redis, "--port", &port.to_string(), "--bind", "127.0.0.1"]
+        .into_iter()
+        .map(String::from)
+        .chain(["--save", "", "--appendonly", "no", "--dir"].map(String::from))
+        .chain([dir.display().to_string()])
+        .collect::<Vec<_>>();
+    let app = format!(
+        "\n[[app]]\nname = \"redis\"\ncommand = {argv:?}\nready = {{ redis = {port} }}\nready_timeout = \"300s\"\nprestart = false\n"
+    );
+    let cfg = std::fs::read_to_string(&f.cfg).unwrap() + &app;
+    std::fs::write(&f.cfg, cfg).unwrap();
+    f.start(&[]);
+    let cold = f.start_app("redis");
+    assert!(cold.started().expect("a cold start").cold, "{cold:?}");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    assert_eq!(resp(&mut c, &["SET", "k", "v1"]), "+OK");
+    let stop = f.stop_app("redis");
+    assert!(matches!(stop, StopAnswer::Process(_)), "{stop:?}");
+    // Frozen: the kernel completes a connection into the backlog, but no answer comes (what a
+    // TCP-connect probe cannot tell apart from a ready app).
+    let mut early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    std::io::Write::write_all(&mut early, b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let mut b = [0u8; 16];
+    let e = std::io::Read::read(&mut early, &mut b).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    let start = f.start_app("redis");
+    let t = &start.started().expect("a resume").timing;
+    assert!(!t.cold);
+    assert!(t.probe_armed, "{t:?}");
+    assert_eq!(t.probes, 1, "one probe: the armed PING, answered +PONG");
+    // Thawed, redis answers the PING queued while it was frozen, and the data is there.
+    early.set_read_timeout(Some(HANG)).unwrap();
+    let mut r = std::io::BufReader::new(early);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+    assert_eq!(line, "+PONG\r\n");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    assert_eq!(resp(&mut c, &["GET", "k"]), "v1");
+}

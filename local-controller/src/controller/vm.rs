@@ -829,9 +829,12 @@ impl Controller {
             None => Ok(0),
         };
         timing.probe_s = tp.elapsed().as_secs_f64();
-        if let Err(e) = res {
-            self.stop_background(slot);
-            return Err(VmStartError::NotReady(e));
+        match res {
+            Ok(n) => timing.probes = n,
+            Err(e) => {
+                self.stop_background(slot);
+                return Err(VmStartError::NotReady(e));
+            }
         }
         lock(&slot.vm).first_response.store(true, Ordering::SeqCst);
         let bg = lock(&slot.vm).background.as_ref().map(|b| b.stats());
