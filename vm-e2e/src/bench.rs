@@ -18,7 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use torpor_api as api;
 
-pub const MODES: [&str; 3] = ["none", "full", "priority"];
+/// The modes compared, rotated per trial: `warm` (QMP stop and cont, never purged: the
+/// lower bound), `none` (demand paging), `full`, `priority`, `loading-set` (torpord's default).
+pub const MODES: [&str; 5] = ["warm", "none", "full", "priority", "loading-set"];
+
+/// The modes a driver runs (`direct` has no loading set: torpord keeps it).
+fn modes_of(driver: &str) -> Vec<&'static str> {
+    MODES
+        .into_iter()
+        .filter(|m| driver == "torpord" || *m != "loading-set")
+        .collect()
+}
 /// torpord's `cgroup_parent` for the e2e guest.
 const CGROUP_PARENT: &str = "torpor-e2e";
 
@@ -107,6 +117,8 @@ pub struct Trial {
     pub prefetched_bytes: u64,
     pub maps: String,
     pub torpord_evicted: Option<bool>,
+    /// `loading-set`: the set this Start worked from (cycles merged, pages before `cont`).
+    pub loading_set: Option<api::VmLoadingSet>,
     pub torpord_start: Value,
     pub torpord_stop: Value,
     pub error: String,
@@ -467,7 +479,7 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
         ram.len() >> 20
     );
 
-    warm_up(&mut driver, env)?;
+    warm_up(&mut driver, env, &ram)?;
 
     let (trials, mut failures) = run_trials(&mut driver, env, o, &ram, &swap_dev);
     // The idle process was never touched since boot: its data crossed every Stop/Start.
@@ -503,7 +515,7 @@ pub fn run(env: &GuestEnv, o: &Opts) -> Result<()> {
     for w in &written {
         println!("bench: wrote {}", w.display());
     }
-    let want = o.trials * MODES.len();
+    let want = o.trials * modes_of(&o.driver).len();
     if failures > 0 || trials.len() < want {
         bail!("{failures} failed trial(s), {} of {want} run", trials.len());
     }
@@ -602,7 +614,7 @@ fn start_direct(env: &GuestEnv, o: &Opts) -> Result<Driver> {
 }
 
 /// Warm-up (not measured): the guest running and intact, then out of the activity window.
-fn warm_up(driver: &mut Driver, env: &GuestEnv) -> Result<()> {
+fn warm_up(driver: &mut Driver, env: &GuestEnv, ram: &mem::Vma) -> Result<()> {
     if let Driver::Torpord { sock, .. } = &*driver {
         let st = Driver::app_status(sock)?;
         if st.state != api::AppState::Running {
@@ -612,6 +624,19 @@ fn warm_up(driver: &mut Driver, env: &GuestEnv) -> Result<()> {
                 v.get("timing").unwrap_or(&Value::Null)
             );
         }
+        // One loading-set cycle, so that the first measured loading-set Start has a set (the
+        // next torpord Stop merges what this one records: GET /, then /verify).
+        driver.stop(env, ram).context("warm-up stop")?;
+        driver
+            .start(env, "loading-set")
+            .context("warm-up loading-set start")?;
+        http::poll_ok(
+            env.app_addr(),
+            "/",
+            Instant::now() + Duration::from_secs(600),
+            Duration::from_millis(10),
+        )?;
+        println!("bench: warm-up loading-set cycle (recorded for the first measured one)");
     }
     let (ok, a, c) = verify(env);
     if !ok {
@@ -637,9 +662,10 @@ fn run_trials(
 ) -> (Vec<Trial>, usize) {
     let mut trials: Vec<Trial> = Vec::new();
     let mut failures = 0;
+    let modes = modes_of(&o.driver);
     for t in 0..o.trials {
-        for k in 0..MODES.len() {
-            let mode = MODES[(t + k) % MODES.len()];
+        for k in 0..modes.len() {
+            let mode = modes[(t + k) % modes.len()];
             let mut tr = Trial {
                 trial: t,
                 mode: mode.into(),
@@ -680,6 +706,24 @@ fn run_trials(
         }
     }
     (trials, failures)
+}
+
+/// `warm`: QMP `stop` or `cont` alone (the guest paused, nothing frozen or purged).
+fn qmp_pause(env: &GuestEnv, cmd: &str) -> Result<Value> {
+    let mut q = qmp::Qmp::connect(&env.qmp_path(), Duration::from_secs(60))?;
+    q.execute(cmd, None)?;
+    Ok(json!({ "qmp": cmd }))
+}
+
+/// `warm`: the proof is the other way round — nothing left RAM while the guest was paused
+/// (the previous trial's `/verify` read all the app's data back).
+fn judge_warm(tr: &mut Trial) {
+    let (b, a) = (&tr.before_stop, &tr.after_stop);
+    tr.freed_ok = a.ram_swapped_pages <= b.ram_swapped_pages;
+    tr.freed_note = format!(
+        "warm (not purged): resident {} -> {} pages, swapped {} -> {}",
+        b.ram_present_pages, a.ram_present_pages, b.ram_swapped_pages, a.ram_swapped_pages
+    );
 }
 
 /// Whether the Stop really moved the guest's RAM out (resident pages, pages on swap, swap
@@ -734,6 +778,32 @@ fn judge_freed(tr: &mut Trial, app_pages: u64) {
     };
 }
 
+/// A trial's Stop (QMP `stop` alone for `warm`) with the evidence around it, judged.
+fn stop_phase(
+    driver: &mut Driver,
+    env: &GuestEnv,
+    ram: &mem::Vma,
+    tr: &mut Trial,
+) -> Result<Option<api::StopAnswer>> {
+    let pid = driver.pid();
+    tr.before_stop = evidence(pid, ram)?;
+    let t = Instant::now();
+    let (sv, stop_answer) = if tr.mode == "warm" {
+        (qmp_pause(env, "stop")?, None)
+    } else {
+        driver.stop(env, ram)?
+    };
+    tr.stop_s = t.elapsed().as_secs_f64();
+    tr.torpord_stop = sv;
+    tr.after_stop = evidence(pid, ram)?;
+    if tr.mode == "warm" {
+        judge_warm(tr);
+    } else {
+        judge_freed(tr, env.data_pages());
+    }
+    Ok(stop_answer)
+}
+
 fn one_trial(
     driver: &mut Driver,
     env: &GuestEnv,
@@ -742,13 +812,8 @@ fn one_trial(
     tr: &mut Trial,
 ) -> Result<()> {
     let pid = driver.pid();
-    tr.before_stop = evidence(pid, ram)?;
-    let t = Instant::now();
-    let (sv, stop_answer) = driver.stop(env, ram)?;
-    tr.stop_s = t.elapsed().as_secs_f64();
-    tr.torpord_stop = sv;
-    tr.after_stop = evidence(pid, ram)?;
-    judge_freed(tr, env.data_pages());
+    let warm = tr.mode == "warm";
+    let stop_answer = stop_phase(driver, env, ram, tr)?;
 
     // Start with the mode; poll GET / from the moment Start is issued, independently of torpord.
     let c0 = counters(swap_dev);
@@ -773,7 +838,11 @@ fn one_trial(
             Some((at.duration_since(t0), c, present));
         Ok(())
     });
-    let started = driver.start(env, &tr.mode);
+    let started = if warm {
+        qmp_pause(env, "cont").map(|v| (v, None))
+    } else {
+        driver.start(env, &tr.mode)
+    };
     tr.start_return_s = t0.elapsed().as_secs_f64();
     let c1 = counters(swap_dev);
     tr.swapin_bytes_to_start_return = (c1.pswpin - c0.pswpin) * 4096;
@@ -789,6 +858,7 @@ fn one_trial(
         .map(|r| r.effective.clone())
         .unwrap_or_else(|| tr.mode.clone());
     tr.prefetched_bytes = resume.map(|r| r.prefetched_bytes).unwrap_or(0);
+    tr.loading_set = resume.and_then(|r| r.loading_set.clone());
     let vm_stop = stop_answer.as_ref().and_then(|a| a.vm());
     tr.maps = vm_stop.map(|v| v.maps.clone()).unwrap_or_default();
     tr.torpord_evicted = vm_stop.map(|v| v.evidence.evicted);
@@ -889,7 +959,7 @@ fn write_results(
            Each trial: Stop (QMP stop, freeze, purge QEMU to swap) → check the guest's RAM is out (pagemap of QEMU's \
            guest-RAM mapping, QEMU RSS, host SwapCached) → Start with a prefetch mode → time to the first `GET /` \
            answer, polled through hostfwd from the moment Start is issued (independently of torpord's probe) → \
-           `GET /verify` of the app and the checksum process in the guest (every word checked; the app's `/verify` reads all its data, so its completion time is \"all app data back\"). Modes rotate per trial. With `none` only what the first request touches is read before it is answered; `full` reads the whole QEMU process first; `priority` reads QEMU's own memory and the guest's classes 0-5 minus free pages first.\n\n";
+           `GET /verify` of the app and the checksum process in the guest (every word checked; the app's `/verify` reads all its data, so its completion time is \"all app data back\"). Modes rotate per trial. With `none` only what the first request touches is read before it is answered; `full` reads the whole QEMU process first; `priority` reads QEMU's own memory and the guest's classes 0-5 minus free pages first; `loading-set` (torpord's default) reads the part of the VM's loading set (QEMU's pages touched after `cont` in earlier cycles, recorded by torpord) touched before the first response, class-ordered, guest-free pages never, and the rest in the background; `warm` is QMP `stop` and `cont` alone (never purged: the lower bound; its \"memory\" check is that nothing left RAM).\n\n";
     md += &format!("- machine: {}\n", machine());
     md += "- QEMU: `-accel tcg,tb-size=128 -m 512 -smp 1`, user networking with hostfwd, virtio-serial agent port, QMP; QEMU's own memory (outside guest RAM) includes TCG's translated-code cache, which a KVM guest does not have\n";
     md += &format!("- load average: before `{load_before}`, after `{load_after}` (2 cores shared with other jobs)\n");
@@ -969,6 +1039,9 @@ fn modes_table(trials: &[Trial]) -> String {
     for mode in MODES {
         let fr = col(mode, &|t| t.first_response_s);
         let n_all = trials.iter().filter(|t| t.mode == mode).count();
+        if n_all == 0 {
+            continue;
+        }
         let m = stats::median(&fr);
         let (lo, hi) = stats::min_max(&fr).unwrap_or((f64::NAN, f64::NAN));
         let ratio = match (med_none, m) {

@@ -129,7 +129,6 @@ name = "guest"
 kind = "vm"
 command = [{cmd}]
 vm = {{ qmp = {qmp}, agent = {agent}, agent_timeout = "120s", qmp_timeout = "60s" }}
-vm_prefetch = "priority"
 ready = {{ http = {url} }}
 ready_timeout = "600s"
 prestart = true
