@@ -73,6 +73,22 @@ pub struct LsRun {
     pub first_response: bool,
 }
 
+/// Test support: an anon run of `count` pages from page `first`, first touched in `round` of
+/// the last cycle (age 0, weight 1).
+#[cfg(test)]
+pub(crate) fn anon_run(first: u64, count: u64, round: u32, first_response: bool) -> LsRun {
+    LsRun {
+        kind: MemKind::Anon,
+        object: None,
+        first,
+        count,
+        round,
+        age: 0,
+        weight: 1.0,
+        first_response,
+    }
+}
+
 impl LsRun {
     fn attrs_eq(&self, o: &LsRun) -> bool {
         self.kind == o.kind
@@ -1148,16 +1164,7 @@ mod tests_loadingset {
     }
 
     fn run(first: u64, count: u64, round: u32) -> LsRun {
-        LsRun {
-            kind: MemKind::Anon,
-            object: None,
-            first,
-            count,
-            round,
-            age: 0,
-            weight: 1.0,
-            first_response: true,
-        }
+        anon_run(first, count, round, true)
     }
 
     fn rec(touched: Vec<LsRun>, observable: Vec<PageRun>) -> Recording {

@@ -159,7 +159,7 @@ fn ordered_runs(set: &LoadingSet, plan: &Plan, runs: impl Iterator<Item = PageRu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadingset::{DecayPolicy, LsRun, RecordStats, Recording};
+    use crate::loadingset::{anon_run as run, DecayPolicy, LsRun, RecordStats, Recording};
     use crate::vm::plan::ClassPlan;
 
     const PS: u64 = 4096;
@@ -188,19 +188,6 @@ mod tests {
             free_ranges: vec![r(120, 20)],
             skipped_free_pages: 20,
             guest_pages: 100,
-        }
-    }
-
-    fn run(first: u64, count: u64, round: u32, first_response: bool) -> LsRun {
-        LsRun {
-            kind: MemKind::Anon,
-            object: None,
-            first,
-            count,
-            round,
-            age: 0,
-            weight: 1.0,
-            first_response,
         }
     }
 
