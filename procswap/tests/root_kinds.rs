@@ -719,6 +719,15 @@ fn persist_and_reload(pid: i32, rec: &procswap::loadingset::Recording) -> Loadin
     set
 }
 
+/// The pages of `runs` inside the 256-page area at `a`, as page indexes in the area.
+fn area_pages(runs: &[procswap::plan::SwapRun], a: u64) -> Vec<u64> {
+    runs.iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps()))
+        .filter(|x| *x >= a && *x < a + 256 * ps())
+        .map(|x| (x - a) / ps())
+        .collect()
+}
+
 /// The plan of the next Start puts the first-response part first.
 fn next_plan_puts_first_response_first(
     k: &mut Kid,
@@ -732,25 +741,11 @@ fn next_plan_puts_first_response_first(
     let rep = purge(pid, &PurgeOptions::default());
     let snap2 = rep.snapshot.unwrap();
     let plan2 = ActivationPlan::compute(pid, &snap2, Some(set)).unwrap();
-    let anon_first: Vec<u64> = plan2
-        .first
-        .anon
-        .iter()
-        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps()))
-        .filter(|x| *x >= a && *x < a + 256 * ps())
-        .map(|x| (x - a) / ps())
-        .collect();
+    let anon_first = area_pages(&plan2.first.anon, a);
     let mut sorted = anon_first.clone();
     sorted.sort();
     assert_eq!(sorted, vec![5, 9, 200]);
-    let anon_rest: Vec<u64> = plan2
-        .loading_rest
-        .anon
-        .iter()
-        .flat_map(|r| (0..r.pages).map(move |i| r.addr + i * ps()))
-        .filter(|x| *x >= a && *x < a + 256 * ps())
-        .map(|x| (x - a) / ps())
-        .collect();
+    let anon_rest = area_pages(&plan2.loading_rest.anon, a);
     assert_eq!(anon_rest, vec![7]);
     let rf_rest: Vec<Vec<PageRun>> = plan2
         .loading_rest
