@@ -99,12 +99,12 @@ impl Kid {
         p
     }
 
+    fn signal(&self, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
+    }
+
     fn stop(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGSTOP,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
         self.stopped = true;
         for _ in 0..500 {
             if procswap::quiescence(self.pid).unwrap().is_quiescent() {
@@ -116,11 +116,7 @@ impl Kid {
     }
 
     fn cont(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
         self.stopped = false;
     }
 }
@@ -128,10 +124,7 @@ impl Kid {
 impl Drop for Kid {
     fn drop(&mut self) {
         if self.stopped {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGCONT,
-            );
+            let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
         }
         let _ = self.proc.kill();
         let _ = self.proc.wait();
