@@ -504,7 +504,7 @@ pub fn map_pages_vm_readv(pid: i32, addrs: &[u64]) -> Result<(u64, u64)> {
     use std::io::IoSliceMut;
     let npid = nix::unistd::Pid::from_raw(pid);
     let mut scratch = vec![0u8; sys::IOV_MAX];
-    sys::per_page_batches(addrs, |remote| {
+    sys::per_page_batches(addrs, 1, |_, remote| {
         let mut local = [IoSliceMut::new(&mut scratch[..remote.len()])];
         match process_vm_readv(npid, &mut local, remote) {
             Ok(got) => Ok(got),

@@ -206,40 +206,31 @@ fn coalesce(pages: &[u64], ps: u64) -> Vec<Range> {
 fn vm_io(pid: i32, pages: &[u64], buf: &mut [u8], write: bool) -> Result<Vec<bool>> {
     let ps = sys::page_size() as usize;
     let mut ok = vec![false; pages.len()];
-    let mut at = 0usize;
-    while at < pages.len() {
-        let n = (pages.len() - at).min(sys::IOV_MAX);
-        let whole = vm_io_call(
-            pid,
-            &pages[at..at + n],
-            &mut buf[at * ps..(at + n) * ps],
-            write,
-        )?;
+    sys::per_page_batches(pages, ps, |at, remote| -> Result<usize> {
+        let n = remote.len();
+        let whole = vm_io_call(pid, remote, &mut buf[at * ps..(at + n) * ps], write)?;
         ok[at..at + whole].iter_mut().for_each(|d| *d = true);
-        // A partial transfer ends at the page that failed (whole pages each): skip it.
-        at += if whole < n { whole + 1 } else { n };
-    }
+        Ok(whole)
+    })?;
     Ok(ok)
 }
 
 /// One `process_vm_readv`/`process_vm_writev` of whole pages; returns the pages done before
 /// the first that failed.
-fn vm_io_call(pid: i32, pages: &[u64], buf: &mut [u8], write: bool) -> Result<usize> {
-    use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+fn vm_io_call(
+    pid: i32,
+    remote: &[nix::sys::uio::RemoteIoVec],
+    buf: &mut [u8],
+    write: bool,
+) -> Result<usize> {
+    use nix::sys::uio::{process_vm_readv, process_vm_writev};
     use std::io::{IoSlice, IoSliceMut};
     let npid = nix::unistd::Pid::from_raw(pid);
     let ps = sys::page_size() as usize;
-    let remote: Vec<RemoteIoVec> = pages
-        .iter()
-        .map(|&a| RemoteIoVec {
-            base: a as usize,
-            len: ps,
-        })
-        .collect();
     let r = if write {
-        process_vm_writev(npid, &[IoSlice::new(buf)], &remote)
+        process_vm_writev(npid, &[IoSlice::new(buf)], remote)
     } else {
-        process_vm_readv(npid, &mut [IoSliceMut::new(buf)], &remote)
+        process_vm_readv(npid, &mut [IoSliceMut::new(buf)], remote)
     };
     match r {
         Ok(bytes) => Ok(bytes / ps),

@@ -141,32 +141,34 @@ pub fn madvise_all(
     Ok((done, skipped))
 }
 
-/// Walk `addrs` (one page each) in calls of at most [`IOV_MAX`] one-byte remote iovecs.
-/// `call` gets the next batch and returns how many of its leading pages it handled; a short
-/// count means the page at that index failed: it is counted, skipped, and the walk goes on
-/// after it. An error from `call` ends the walk. Returns (pages handled, pages skipped).
+/// Walk `addrs` (one page each) in calls of at most [`IOV_MAX`] remote iovecs of `len` bytes
+/// each (1: a byte per page; the page size: whole pages). `call` gets the index in `addrs` of
+/// the batch's first page and the batch, and returns how many of its leading pages it handled;
+/// a short count means the page at that index failed: it is counted, skipped, and the walk goes
+/// on after it. An error from `call` ends the walk. Returns (pages handled, pages skipped).
 pub fn per_page_batches<E>(
     addrs: &[u64],
-    mut call: impl FnMut(&[nix::sys::uio::RemoteIoVec]) -> Result<usize, E>,
+    len: usize,
+    mut call: impl FnMut(usize, &[nix::sys::uio::RemoteIoVec]) -> Result<usize, E>,
 ) -> Result<(u64, u64), E> {
     let (mut ok, mut bad) = (0u64, 0u64);
-    let mut rest = addrs;
-    while !rest.is_empty() {
-        let n = rest.len().min(IOV_MAX);
-        let remote: Vec<nix::sys::uio::RemoteIoVec> = rest[..n]
+    let mut at = 0usize;
+    while at < addrs.len() {
+        let n = (addrs.len() - at).min(IOV_MAX);
+        let remote: Vec<nix::sys::uio::RemoteIoVec> = addrs[at..at + n]
             .iter()
             .map(|&a| nix::sys::uio::RemoteIoVec {
                 base: a as usize,
-                len: 1,
+                len,
             })
             .collect();
-        let done = call(&remote)?.min(n);
+        let done = call(at, &remote)?.min(n);
         ok += done as u64;
         if done < n {
             bad += 1;
-            rest = &rest[done + 1..];
+            at += done + 1;
         } else {
-            rest = &rest[n..];
+            at += n;
         }
     }
     Ok((ok, bad))
@@ -369,18 +371,18 @@ mod tests_sys {
         let addrs: Vec<u64> = (0..2500u64).map(|i| i * 4096).collect();
         let mut calls = Vec::new();
         // Every batch stops at its 10th page: that page is skipped, the walk resumes after it.
-        let (ok, bad) = per_page_batches(&addrs, |b| {
-            calls.push((b[0].base, b.len()));
+        let (ok, bad) = per_page_batches(&addrs, 1, |at, b| {
+            calls.push((at, b[0].base, b.len()));
             assert!(b.iter().all(|v| v.len == 1));
             Ok::<_, ()>(b.len().min(10))
         })
         .unwrap();
-        assert_eq!(calls[0], (0, IOV_MAX));
-        assert_eq!(calls[1], (11 * 4096, IOV_MAX));
+        assert_eq!(calls[0], (0, 0, IOV_MAX));
+        assert_eq!(calls[1], (11, 11 * 4096, IOV_MAX));
         assert_eq!(ok + bad, 2500);
         assert_eq!(bad as usize, calls.len() - 1);
         // Errors end the walk.
-        let r = per_page_batches(&addrs, |_| Err::<usize, _>("gone"));
+        let r = per_page_batches(&addrs, 4096, |_, _| Err::<usize, _>("gone"));
         assert_eq!(r, Err("gone"));
     }
 
