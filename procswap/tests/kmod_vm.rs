@@ -520,17 +520,18 @@ fn spawn_half_touched() -> Pid {
 /// PREFETCH of touched pages and holes, DISCARD of the touched half and of a range outside
 /// any VMA.
 fn prefetch_then_discard(k: &Kmod, pid: Pid, pages: u64) {
-    let r = k
-        .prefetch(
-            pid.as_raw(),
-            &[TorporRange {
-                start: A as u64,
-                len: 2 * LEN as u64,
-            }],
-            false,
-            0,
-        )
-        .unwrap();
+    let range = |start: usize, len: usize| {
+        [TorporRange {
+            start: start as u64,
+            len: len as u64,
+        }]
+    };
+    let prefetch = |start, len| {
+        k.prefetch(pid.as_raw(), &range(start, len), false, 0)
+            .unwrap()
+    };
+    let discard = |start, len| k.discard(pid.as_raw(), &range(start, len)).unwrap();
+    let r = prefetch(A, 2 * LEN);
     println!("prefetch of a touched+untouched region: {r:?}");
     assert_eq!(r.pages_present, pages, "touched pages are present");
     assert_eq!(
@@ -539,17 +540,7 @@ fn prefetch_then_discard(k: &Kmod, pid: Pid, pages: u64) {
     );
     assert_eq!(r.pages_mapped + r.pages_failed, 0);
     // Holes stayed holes (no zero page mapped): a second pass sees the same.
-    let r2 = k
-        .prefetch(
-            pid.as_raw(),
-            &[TorporRange {
-                start: A as u64,
-                len: 2 * LEN as u64,
-            }],
-            false,
-            0,
-        )
-        .unwrap();
+    let r2 = prefetch(A, 2 * LEN);
     assert_eq!(r2.pages_unpopulated, pages);
     // Whole mode sees at least the touched pages.
     let w = k.prefetch(pid.as_raw(), &[], true, 0).unwrap();
@@ -557,38 +548,12 @@ fn prefetch_then_discard(k: &Kmod, pid: Pid, pages: u64) {
     // Budget: a budget stops the walk only after mapping; nothing to map here, so no stop.
     assert_eq!(r.stop_addr, 0);
     // DISCARD the touched half: zapped, then PREFETCH finds holes only.
-    let d = k
-        .discard(
-            pid.as_raw(),
-            &[TorporRange {
-                start: A as u64,
-                len: LEN as u64,
-            }],
-        )
-        .unwrap();
+    let d = discard(A, LEN);
     assert_eq!(d.bytes_zapped, LEN as u64, "{d:?}");
-    let r3 = k
-        .prefetch(
-            pid.as_raw(),
-            &[TorporRange {
-                start: A as u64,
-                len: LEN as u64,
-            }],
-            false,
-            0,
-        )
-        .unwrap();
+    let r3 = prefetch(A, LEN);
     assert_eq!(r3.pages_unpopulated, pages, "{r3:?}");
     // Range outside any VMA: skipped by DISCARD, nothing for PREFETCH.
-    let d2 = k
-        .discard(
-            pid.as_raw(),
-            &[TorporRange {
-                start: B as u64,
-                len: LEN as u64,
-            }],
-        )
-        .unwrap();
+    let d2 = discard(B, LEN);
     assert_eq!((d2.bytes_zapped, d2.bytes_skipped), (0, LEN as u64));
 }
 
