@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub share_cgroup: PathBuf,
     pub share_memcg: PathBuf,
     pub share_cores: Option<f64>,
+    /// Confine the share to its CPU quota (`--enforce-share`).
+    pub confine: Option<crate::measure::Confine>,
 }
 
 /// Placements to enact and outcomes to write back, shared by the etcd session and the enactor.
@@ -101,6 +103,11 @@ fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
 /// Run the agent until the process is killed.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let shared: SharedState = Arc::default();
+    if let Some(c) = &cfg.confine {
+        c.set_up()
+            .with_context(|| format!("setting the share's CPU quota on {}", c.dir.display()))?;
+        tracing::info!(dir = %c.dir.display(), quota = ?c.quota, "share confined to its CPU quota");
+    }
     let torpord = Torpord::new(cfg.torpord.clone());
     tokio::spawn(enactor(cfg.host.clone(), torpord.clone(), shared.clone()));
     let mut meter = Meter::new(
@@ -170,6 +177,9 @@ async fn session(
             ack = lease.next() => lease.ack(ack).map_err(anyhow::Error::msg)?,
             _ = report_tick.tick() => {
                 *seq += 1;
+                if let Some(c) = &cfg.confine {
+                    c.sweep();
+                }
                 let report = measure(cfg, torpord, meter, *seq).await;
                 s.report(&report).await;
                 s.flush(shared).await;

@@ -187,6 +187,11 @@ struct HostArgs {
     /// The share in cores (default: the cgroup's cpu.max, else the online CPUs).
     #[arg(long)]
     share_cores: Option<f64>,
+    /// Confine the share to --share-cores with a CFS quota (period 100 ms): cgroup v2
+    /// `cpu.max` on the share's cgroup, or on a hybrid system the v1 `cpu` cgroup of the same
+    /// name, into which the agent moves the share's processes every interval.
+    #[arg(long, requires = "share_cores")]
+    enforce_share: bool,
     /// Where this host serves an app: APP=ADDR:PORT (repeat).
     #[arg(long = "serve", value_parser = parse_endpoint)]
     serve: Vec<(String, SocketAddr)>,
@@ -225,6 +230,14 @@ fn host_config(etcd: Vec<String>, a: HostArgs) -> anyhow::Result<agent::AgentCon
         }
     });
     let endpoints: BTreeMap<String, SocketAddr> = a.serve.into_iter().collect();
+    let confine = match (a.enforce_share, a.share_cores) {
+        (true, Some(cores)) if cores > 0.0 => Some(
+            measure::Confine::plan(&share_cgroup, &a.cgroup_parent, cores)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        (true, _) => bail!("--enforce-share needs a positive --share-cores"),
+        (false, _) => None,
+    };
     Ok(agent::AgentConfig {
         host: a.name,
         etcd,
@@ -235,6 +248,7 @@ fn host_config(etcd: Vec<String>, a: HostArgs) -> anyhow::Result<agent::AgentCon
         share_cgroup,
         share_memcg,
         share_cores: a.share_cores,
+        confine,
     })
 }
 

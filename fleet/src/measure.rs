@@ -219,3 +219,87 @@ mod tests {
         assert!(second.mem_available_bytes > 0);
     }
 }
+
+/// The host's share confined to its CPU quota: the limit on `dir` (cgroup v2 `cpu.max` on the
+/// share's own cgroup, or on a hybrid system the v1 `cpu` cgroup of the same name, into which
+/// every process of the share's v2 subtree is moved at each [`Confine::sweep`]).
+#[derive(Debug, Clone)]
+pub struct Confine {
+    pub quota: procswap::cgroup::CpuQuota,
+    pub dir: PathBuf,
+    pub v2: bool,
+    /// The share's cgroup v2 directory (whose processes a v1 limit must hold).
+    pub share: PathBuf,
+}
+
+/// The CFS period of a share's quota, microseconds (the kernel's default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+impl Confine {
+    /// Where to confine a share of `cores` whose v2 directory is `share` (named `parent` under
+    /// the hierarchy's root): v2 when the cpu controller is available there, else v1 `cpu`.
+    pub fn plan(share: &Path, parent: &str, cores: f64) -> Result<Confine, String> {
+        let quota = procswap::cgroup::CpuQuota::of_cores(cores, CPU_PERIOD_US);
+        let root = share.parent().unwrap_or(share);
+        let avail = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if avail.split_whitespace().any(|c| c == "cpu") {
+            let dir = share.to_path_buf();
+            let share = dir.clone();
+            return Ok(Confine {
+                quota,
+                dir,
+                v2: true,
+                share,
+            });
+        }
+        let v1 = procswap::cgroup::v1_mount("cpu")
+            .map_err(|e| e.to_string())?
+            .ok_or("no cgroup hierarchy offers the cpu controller")?;
+        Ok(Confine {
+            quota,
+            dir: v1.mount_point.join(parent),
+            v2: false,
+            share: share.to_path_buf(),
+        })
+    }
+
+    /// Create the cgroup and set the quota.
+    pub fn set_up(&self) -> Result<(), procswap::Error> {
+        use procswap::cgroup::{create_v1, create_v2};
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        if self.v2 {
+            create_v2(parent, &name, &["cpu"])?;
+        } else {
+            create_v1(parent, &name)?;
+        }
+        self.quota.apply(&self.dir, self.v2)
+    }
+
+    /// v1: move every process of the share's v2 subtree into the limited cgroup (new ones
+    /// appear at each Start); v2 needs nothing. Returns how many were moved or already there.
+    pub fn sweep(&self) -> usize {
+        if self.v2 {
+            return 0;
+        }
+        let mut n = 0;
+        for pid in subtree_procs(&self.share) {
+            // A process that exited meanwhile cannot be moved: nothing to confine.
+            n += usize::from(procswap::cgroup::move_pid(&self.dir, pid).is_ok());
+        }
+        n
+    }
+}
+
+/// Every process in the cgroup `dir` and its descendants.
+pub fn subtree_procs(dir: &Path) -> Vec<i32> {
+    let mut out = procswap::cgroup::procs(dir).unwrap_or_default();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(subtree_procs(&e.path()));
+            }
+        }
+    }
+    out
+}

@@ -203,3 +203,64 @@ async fn agent_survives_etcd_outage() {
         (before.starts + 1, before.stops + 1)
     );
 }
+
+/// `--enforce-share` with a share of 0.25 core: the quota is set exactly (25,000 µs per
+/// 100,000 µs, read back from cgroup v2 `cpu.max`, or on this hybrid machine from the v1 cpu
+/// cgroup), every process of the share (torpord's app, a busy loop started in the share's v2
+/// cgroup) is in the limited cgroup, the report's share is the quota's (0.25 core), and the
+/// busy loop's measured use stays within it (load can only lower it: not a timing claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root: real etcd, torpord and cgroups (make fleet-test)"]
+async fn agent_confines_its_share_to_the_cpu_quota() {
+    use procswap::cgroup::CpuQuota;
+    let tmp = TempDir::new("share");
+    let etcd = Etcd::start(&tmp.0).await;
+    let mut h = Host::start_torpord(&tmp.0, "h1", &["web"], 16);
+    h.wait_standby().await;
+    h.enforce_share = true;
+    h.start_agent_share(&etcd.url, 0.25);
+    let burner = Burner::start(&h);
+    let v2 = torpor_fleet::measure::cgroup2_mount()
+        .unwrap()
+        .join(&h.parent);
+    let c = torpor_fleet::measure::Confine::plan(&v2, &h.parent, 0.25).unwrap();
+    let want = CpuQuota {
+        quota_us: 25_000,
+        period_us: 100_000,
+    };
+    wait_eq(
+        "the quota set",
+        || async { CpuQuota::read(&c.dir, c.v2).ok().flatten() },
+        Some(want),
+    )
+    .await;
+    let share_procs = || torpor_fleet::measure::subtree_procs(&v2);
+    wait_for("every process of the share confined", HANG, || async {
+        let inside = procswap::cgroup::procs(&c.dir).unwrap_or_default();
+        c.v2 || share_procs().iter().all(|p| inside.contains(p))
+    })
+    .await;
+    assert!(share_procs().contains(&burner.pid()));
+    assert!(share_procs().len() >= 2, "the app and the busy loop");
+    let mut etc = etcd.client().await.unwrap();
+    // Two full intervals after the move.
+    let key = Key::Report("h1".into());
+    let s0 = get_one::<Report>(&mut etc, &key)
+        .await
+        .map_or(0, |(_, r)| r.seq);
+    let t = std::time::Instant::now();
+    let last = loop {
+        match get_one::<Report>(&mut etc, &key).await {
+            Some((_, r)) if r.seq >= s0 + 2 => break r,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+        assert!(t.elapsed() < HANG, "no report after seq {s0}");
+    };
+    assert_eq!(last.cpu.share_cores, want.cores());
+    assert_eq!(last.cpu.share_cores, 0.25);
+    println!(
+        "busy loop confined to 0.25 core: measured {:.3} cores ({:.2} of the share)",
+        last.cpu.used_cores, last.cpu.fraction
+    );
+    assert!(last.cpu.used_cores <= 0.25 * 1.2, "{:?}", last.cpu);
+}

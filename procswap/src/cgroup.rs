@@ -156,6 +156,78 @@ fn mkdir(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The v1 hierarchy carrying `controller` (e.g. `cpu`), if one is mounted.
+pub fn v1_mount(controller: &str) -> Result<Option<Mount>> {
+    let infos = procfs::process::Process::myself()?.mountinfo()?;
+    Ok(infos
+        .into_iter()
+        .find(|mi| mi.fs_type == "cgroup" && mi.super_options.contains_key(controller))
+        .map(|mi| Mount {
+            mount_point: mi.mount_point,
+            root: mi.root,
+        }))
+}
+
+/// A CPU bandwidth limit (CFS): `quota_us` of CPU time per `period_us`, i.e. quota / period
+/// cores. Written as v2 `cpu.max` (`QUOTA PERIOD`) or v1 `cpu.cfs_period_us` and
+/// `cpu.cfs_quota_us`; the same limit either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+impl CpuQuota {
+    /// `cores` CPUs per `period_us` (the kernel wants quota ≥ 1 ms, period 1 ms..1 s).
+    pub fn of_cores(cores: f64, period_us: u64) -> CpuQuota {
+        let quota_us = (cores * period_us as f64).round().max(1000.0) as u64;
+        CpuQuota {
+            quota_us,
+            period_us,
+        }
+    }
+
+    /// Cores: quota / period.
+    pub fn cores(&self) -> f64 {
+        self.quota_us as f64 / self.period_us as f64
+    }
+
+    /// Set it on the cgroup `dir` (`v2`: a cgroup2 directory, else a v1 `cpu` one).
+    pub fn apply(&self, dir: &Path, v2: bool) -> Result<()> {
+        if v2 {
+            let line = format!("{} {}", self.quota_us, self.period_us);
+            return write_file(&dir.join("cpu.max"), &line);
+        }
+        // Lower the quota first: a period shorter than the old quota's would be refused.
+        write_file(&dir.join("cpu.cfs_quota_us"), "-1")?;
+        write_file(&dir.join("cpu.cfs_period_us"), &self.period_us.to_string())?;
+        write_file(&dir.join("cpu.cfs_quota_us"), &self.quota_us.to_string())
+    }
+
+    /// The limit set on `dir`, read back; `None` when unlimited.
+    pub fn read(dir: &Path, v2: bool) -> Result<Option<CpuQuota>> {
+        let bad =
+            |what: &str, s: &str| Error::Cgroup(format!("{}: bad {what} {s:?}", dir.display()));
+        let (quota, period) = if v2 {
+            let s = read_trim(&dir.join("cpu.max"))?;
+            let (q, p) = s.split_once(' ').ok_or_else(|| bad("cpu.max", &s))?;
+            (q.to_string(), p.to_string())
+        } else {
+            (
+                read_trim(&dir.join("cpu.cfs_quota_us"))?,
+                read_trim(&dir.join("cpu.cfs_period_us"))?,
+            )
+        };
+        if quota == "max" || quota == "-1" {
+            return Ok(None);
+        }
+        Ok(Some(CpuQuota {
+            quota_us: quota.parse().map_err(|_| bad("quota", &quota))?,
+            period_us: period.parse().map_err(|_| bad("period", &period))?,
+        }))
+    }
+}
+
 /// Move `pid` (the whole process) into the cgroup `dir` (v1 or v2).
 pub fn move_pid(dir: &Path, pid: i32) -> Result<()> {
     write_file(&dir.join("cgroup.procs"), &pid.to_string())
@@ -400,6 +472,37 @@ impl Memcg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The quota's files, written and read back in a plain directory (v2 `cpu.max`; v1's
+    /// quota and period); unlimited reads as none, garbage as an error.
+    #[test]
+    fn cpu_quota_round_trips() {
+        let d = std::env::temp_dir().join(format!("procswap-cpuquota-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        // The kernel's files exist; write_file does not create them.
+        for f in ["cpu.max", "cpu.cfs_quota_us", "cpu.cfs_period_us"] {
+            fs::write(d.join(f), "").unwrap();
+        }
+        let q = CpuQuota::of_cores(0.25, 100_000);
+        assert_eq!(
+            (q.quota_us, q.period_us, q.cores()),
+            (25_000, 100_000, 0.25)
+        );
+        assert_eq!(CpuQuota::of_cores(0.0001, 100_000).quota_us, 1000);
+        q.apply(&d, true).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.join("cpu.max")).unwrap(),
+            "25000 100000"
+        );
+        assert_eq!(CpuQuota::read(&d, true).unwrap(), Some(q));
+        q.apply(&d, false).unwrap();
+        assert_eq!(CpuQuota::read(&d, false).unwrap(), Some(q));
+        fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(CpuQuota::read(&d, true).unwrap(), None);
+        fs::write(d.join("cpu.max"), "x\n").unwrap();
+        assert!(CpuQuota::read(&d, true).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn dir_of_handles_mount_roots() {

@@ -259,6 +259,8 @@ pub struct Host {
     pub apps: Vec<(String, u16)>,
     pub torpord: Option<Proc>,
     pub agent: Option<Proc>,
+    /// Start the agent with `--enforce-share` (its share confined to its CPU quota).
+    pub enforce_share: bool,
 }
 
 impl Host {
@@ -312,6 +314,7 @@ impl Host {
             apps,
             torpord: Some(torpord),
             agent: None,
+            enforce_share: false,
         }
     }
 
@@ -366,6 +369,9 @@ impl Host {
         for (a, port) in &self.apps {
             cmd.arg("--serve").arg(format!("{a}={}:{port}", self.addr));
         }
+        if self.enforce_share {
+            cmd.arg("--enforce-share");
+        }
         self.agent = Some(Proc::spawn(&self.dir, "agent", &mut cmd));
     }
 }
@@ -377,6 +383,10 @@ pub struct Burner {
 }
 
 impl Burner {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn start(h: &Host) -> Burner {
         let v2 = torpor_fleet::measure::cgroup2_mount().unwrap();
         let dir = v2.join(&h.parent).join("burn");
@@ -408,6 +418,10 @@ impl Drop for Host {
             t.kill();
         }
         remove_app_cgroups(&self.parent);
+        // The share's v1 cpu cgroup (--enforce-share on a hybrid system), empty by now.
+        if let Ok(Some(m)) = procswap::cgroup::v1_mount("cpu") {
+            let _ = std::fs::remove_dir(m.mount_point.join(&self.parent));
+        }
     }
 }
 
