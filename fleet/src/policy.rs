@@ -143,8 +143,10 @@ pub fn decide(view: &View, mem: &mut Memory, cooldown: f64) -> Vec<Action> {
     for ((host, app), (_, p)) in &view.placements {
         let reason = if !view.apps.contains_key(app) {
             format!("refused: no app {app} in apps/")
-        } else if !view.hosts.contains_key(host) && p.desired != Desired::Standby {
-            format!("host {host} is not registered (its lease expired)")
+        } else if !view.hosts.contains_key(host) {
+            // Unknown, or its lease expired; a standby placement goes too: a host that comes
+            // back stops what it has no placement for.
+            format!("host {host} is not registered (unknown, or its lease expired)")
         } else if !view.up(host) && p.desired != Desired::Standby {
             let why = view.reports.get(host).and_then(|r| r.torpord_error.clone());
             format!(

@@ -376,7 +376,53 @@ async fn replaced_after(tag: &str, fault: impl FnOnce(&mut Host), reason: &str) 
     })
     .await;
     assert!(ctl.leads());
+    bad_placements_are_refused(&mut c, ctl).await;
     (tmp, h1)
+}
+
+/// Placements naming an app without `apps/` (on live h2) or a host never registered (h7):
+/// each refused (deleted) with one `forget` event saying why; the controller goes on leading.
+async fn bad_placements_are_refused(c: &mut etcd_client::Client, ctl: &Controller) {
+    for (host, app) in [("h2", "ghost"), ("h7", "web")] {
+        let p = Placement {
+            schema: torpor_fleet::schema::SCHEMA,
+            host: host.into(),
+            app: app.into(),
+            desired: Desired::Running,
+            leader_rev: 0,
+            reason: "an operator's typo".into(),
+            unix_time: torpor_fleet::schema::unix_now(),
+        };
+        let key = Key::Placement {
+            host: host.into(),
+            app: app.into(),
+        };
+        let bytes = torpor_fleet::schema::encode(&p);
+        c.put(key.path(), bytes, None).await.unwrap();
+        wait_for(&format!("{host}/{app} refused"), HANG, || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { get_one::<Placement>(&mut c, &key).await.is_none() }
+        })
+        .await;
+    }
+    let ev = ctl.events();
+    let refused: Vec<(&str, &str)> = ev
+        .iter()
+        .filter(|e| e.kind == "forget" && e.host.as_deref() != Some("h1"))
+        .map(|e| (e.host.as_deref().unwrap(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("h2", "refused: no app ghost in apps/"),
+            (
+                "h7",
+                "host h7 is not registered (unknown, or its lease expired)"
+            )
+        ]
+    );
+    assert!(ctl.leads());
 }
 
 /// h1 is cut off from etcd (its agent killed: its lease expires); its torpord keeps the app

@@ -305,3 +305,37 @@ fn a_host_whose_torpord_does_not_answer_is_replaced_and_unrouted() {
     assert!(running("b", "0 running")(&acts[1]), "{acts:?}");
     assert!(router(&v).is_empty());
 }
+
+#[test]
+fn placements_on_unknown_hosts_are_refused() {
+    let mut v = View::default();
+    spec(&mut v, 0, 1);
+    host(&mut v, "a", 1, 0.1, AppState::Standby);
+    placed(&mut v, "a", 10, Desired::Standby, None);
+    for (h, desired) in [("x", Desired::Standby), ("y", Desired::Running)] {
+        let p = Placement {
+            host: h.into(),
+            desired,
+            ..v.placements[&("a".into(), "web".into())].1.clone()
+        };
+        v.placements.insert((h.into(), "web".into()), (11, p));
+    }
+    let acts = decide(&v, &mut Memory::default(), 2.0);
+    let forgotten: Vec<(&str, &str)> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Forget { host, reason, .. } => Some((host.as_str(), reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    let why = "is not registered (unknown, or its lease expired)";
+    assert_eq!(
+        forgotten,
+        [
+            ("x", &*format!("host x {why}")),
+            ("y", &*format!("host y {why}"))
+        ],
+        "{acts:?}"
+    );
+    assert!(router(&v).keys().all(|(_, h)| h == "a"), "{:?}", router(&v));
+}
