@@ -8,7 +8,7 @@ PHASE := scripts/phase.sh
 VM := vm-images/run-vm.sh
 KDIR_FILE := target/kdir
 
-.PHONY: fmt-check deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench bench-activation vm-bench bench-full install
+.PHONY: fmt-check deps build kernel kmod vm-test vm-harness-test test demo demo-guest clean clippy host-test root-test torpord-test guest-test bench bench-activation bench-agility vm-bench bench-full install
 
 deps:
 	@scripts/deps.sh
@@ -119,6 +119,15 @@ bench: deps
 # ACTIVATION_QUICK=1 (2 trials). Results: bench/results/activation/ (index in its README.md).
 bench-activation: deps
 	ACTIVATION_APPS="$(ACTIVATION_APPS)" ACTIVATION_TRIALS="$(ACTIVATION_TRIALS)" ACTIVATION_QUICK="$(ACTIVATION_QUICK)" CARGO=$(CARGO) bench/run-activation.sh
+
+# End-to-end agility (Fig. 11 of *Agile application placement in hosting platforms*): two emulated
+# hosts with capped CPU shares, etcd, HAProxy, the controller; an httperf flash crowd; regular
+# startup, suspend/resume (demand paging) and torpor back to back (bench/run-agility.sh, root,
+# ~10 minutes). Results: bench/results/agility/. Env: AGILITY_* (see the script).
+.PHONY: bench-agility
+bench-agility: deps
+	TORPOR_SWAPFILE=$${TORPOR_SWAPFILE:-/var/tmp/torpor-agility.swap} TORPOR_SWAP_MIB=1024 \
+	  CARGO=$(CARGO) procswap/tests/with-swap.sh bench/run-agility.sh
 
 bench-full: deps
 	CARGO=$(CARGO) bench/run-resume-bench.sh

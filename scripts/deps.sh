@@ -16,6 +16,8 @@ pkgs=(
   etcd-server haproxy wrk protobuf-compiler libprotobuf-dev
   # the torpord root suite's `redis` readiness probe test (Debian's redis-server)
   redis-server
+  # the agility benchmark's open-loop load generator (fixed request rates)
+  httperf
   # benchmarks: plot labels (plotters reads DejaVu Sans at run time)
   fonts-dejavu-core
   # PostgreSQL 15 (postgres, initdb, pgbench, pg_prewarm): the activation benchmark's

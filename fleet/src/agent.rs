@@ -547,7 +547,9 @@ async fn measure(cfg: &AgentConfig, torpord: &Torpord, meter: &mut Meter, seq: u
                 .map(|a| {
                     let r = AppReport {
                         state: a.state,
-                        standby: a.state.is_frozen(),
+                        // Frozen, or deployed and not running (a cold standby: Start
+                        // cold-starts it, the paper's "regular startup").
+                        standby: a.state.is_frozen() || a.state == torpor_api::AppState::Stopped,
                         busy: a.busy,
                     };
                     (a.name, r)

@@ -17,6 +17,7 @@
 //! memory is out (pagemap, memcg usage, memcg swapcached); every comparison is interleaved
 //! within one run.
 
+mod agility;
 mod common;
 mod contiguity;
 mod contribution;
@@ -133,6 +134,9 @@ enum Cmd {
     /// The measuring part of `make demo` (scripts/demo-host.sh): Tomcat cold start vs torpor
     /// Start from torpord's standby pool, per prefetch mode.
     Demo(demo::DemoOpts),
+    /// End-to-end agility (Fig. 11): the analysis of a bench/run-agility.sh run (measures
+    /// nothing itself).
+    Agility(agility::AgilityOpts),
     /// A burner process of `cpu-load`: DUTY PERIOD_MS CPU (spawned by bench::server::Burners).
     #[command(name = "__burn", hide = true)]
     Burn {
@@ -153,9 +157,11 @@ impl Cmd {
             Cmd::Tomcat(t) => (vec![Experiment::Tomcat], t),
             Cmd::All(t) => (Experiment::ALL.to_vec(), t),
             Cmd::FreeMemory(t) => (vec![Experiment::FreeMemory], t),
-            Cmd::DiskModels | Cmd::Activation { .. } | Cmd::Demo(_) | Cmd::Burn { .. } => {
-                (vec![], Then::default())
-            }
+            Cmd::DiskModels
+            | Cmd::Activation { .. }
+            | Cmd::Demo(_)
+            | Cmd::Agility(_)
+            | Cmd::Burn { .. } => (vec![], Then::default()),
         };
         first.into_iter().chain(then.then).collect()
     }
@@ -180,6 +186,7 @@ fn main() -> Result<()> {
             bench::activation::main(&args)
         }
         Cmd::Demo(o) => std::process::exit(demo::main(o)),
+        Cmd::Agility(o) => agility::main(&cli.out, o),
         Cmd::DiskModels => {
             let path = disk_models::disk_models(&cli.out)?;
             println!("{}", std::fs::read_to_string(&path).unwrap_or_default());

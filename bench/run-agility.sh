@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# bench/run-agility.sh (`make bench-agility`) — end-to-end agility of a hosting platform
+# (*Agile application placement in hosting platforms*, WWW 2009, section 5, Fig. 11) on this
+# machine. For each mechanism, back to back in one run: a real etcd and a real HAProxy on
+# loopback, two emulated hosts (a torpord each, started inside its own cgroup-v1 cpu group whose
+# CFS quota is the host's share, so the apps it starts inherit the cap), a host agent each, one
+# controller. `web` (torpor-testapp) runs on the base host and is held on the support host:
+#   regular        deployed, not started: Start cold-starts it (regular startup);
+#   demand-paging  frozen and purged, Start thaws it without prefetch (suspend/resume);
+#   torpor         frozen and purged, Start with torpord's default (loading set).
+# httperf (open loop, fixed rates) sends LOW requests/s from t = 0 and HIGH-LOW more from
+# t = FLASH (the flash crowd); the controller sees the base host's CPU reach 80 % of its share,
+# activates web on the support host, HAProxy serves it. HAProxy logs every request; then
+# `torpor-bench agility` writes per-second p50/p99, the degraded-service time, the plot and the
+# data to bench/results/agility/. Root, an active swap area (the Makefile's with-swap.sh).
+# Env (defaults): AGILITY_MODES ("regular demand-paging torpor"), AGILITY_SHARE (0.5 core),
+#   AGILITY_LOW (10 req/s), AGILITY_HIGH (40 req/s), AGILITY_FLASH (20 s), AGILITY_DURATION
+#   (90 s), AGILITY_MIB (256), AGILITY_URI (/touch), AGILITY_COLD_DELAY_MS (8000: the app's
+#   start-up time besides allocating its memory), AGILITY_RUN (a temporary directory, kept),
+#   CARGO, CARGO_TARGET_DIR, AGILITY_SKIP_BUILD=1.
+set -eEuo pipefail
+export LC_ALL=C
+trap 'echo "run-agility: FAILED (line $LINENO): $BASH_COMMAND" >&2' ERR
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CARGO=${CARGO:-cargo}
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET/release
+MODES=${AGILITY_MODES:-regular demand-paging torpor}
+SHARE=${AGILITY_SHARE:-0.5}
+LOW=${AGILITY_LOW:-10}
+HIGH=${AGILITY_HIGH:-40}
+FLASH=${AGILITY_FLASH:-20}
+DURATION=${AGILITY_DURATION:-90}
+MIB=${AGILITY_MIB:-256}
+URI=${AGILITY_URI:-/touch}
+COLD_DELAY_MS=${AGILITY_COLD_DELAY_MS:-8000}
+[ "$(id -u)" = 0 ] || { echo "run-agility: must run as root" >&2; exit 2; }
+for b in etcd haproxy httperf curl jq; do
+    command -v $b >/dev/null || { echo "run-agility: $b missing (make deps)" >&2; exit 2; }
+done
+[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] || { echo "run-agility: no cgroup-v1 cpu controller at /sys/fs/cgroup/cpu (the host's share is enforced there)" >&2; exit 2; }
+if [ -z "${AGILITY_SKIP_BUILD:-}" ]; then
+    (cd "$REPO" && nice "$CARGO" build -q --release -p local-controller --bins -p torpor-fleet -p bench --bin torpor-bench)
+fi
+RUN=${AGILITY_RUN:-$(mktemp -d /tmp/torpor-agility.XXXXXX)}
+mkdir -p "$RUN"
+PIDS=()
+PARENTS=()
+stop_all() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    PIDS=()
+    for parent in "${PARENTS[@]}"; do
+        for d in /sys/fs/cgroup/{unified,memory,freezer,}/"$parent"/*/; do
+            [ -d "$d" ] || continue
+            { echo 0 > "$d/cgroup.freeze"; } 2>/dev/null || true
+            { echo THAWED > "$d/freezer.state"; } 2>/dev/null || true
+            for pid in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+            sleep 0.2; rmdir "$d" 2>/dev/null || true
+        done
+        rmdir /sys/fs/cgroup/{unified,memory,freezer,cpu,}/"$parent" 2>/dev/null || true
+    done
+    PARENTS=()
+}
+trap stop_all EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+say() { printf '%s\n' "$*"; }
+now() { date +%s.%N; }
+wait_for() { # WHAT CMD...: poll every 0.2 s, give up after 600 s
+    local what=$1; shift
+    for _ in $(seq 3000); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "run-agility: timed out waiting for $what" >&2
+    exit 1
+}
+api() { curl -sf --unix-socket "$DIR/$1/torpord.sock" "${@:3}" "http://t/v1/$2"; }
+
+# HOST PREFETCH PRESTART: a torpord in its own cgroup-v1 cpu group, capped at $SHARE cores.
+start_host() {
+    local h=$1 prefetch=$2 prestart=$3 parent="torpor-agility-$1-$$" p
+    p=$(port); PARENTS+=("$parent"); mkdir -p "$DIR/$h"
+    eval "PORT_$h=$p"
+    local cpu=/sys/fs/cgroup/cpu/$parent
+    mkdir -p "$cpu"
+    echo 100000 > "$cpu/cpu.cfs_period_us"
+    python3 -c "print(int($SHARE * 100000))" > "$cpu/cpu.cfs_quota_us"
+    cat > "$DIR/$h/torpord.toml" <<EOF
+socket = "$DIR/$h/torpord.sock"
+state_dir = "$DIR/$h/state"
+cgroup_parent = "$parent"
+reserve = "64M"
+prefetch = "$prefetch"
+# Emulated hosts share one kernel: its paging rate is not this host's; the CPU rule decides.
+overload_threshold = 1e12
+[[app]]
+name = "web"
+command = ["$BIN/torpor-testapp", "--port", "$p", "--mib", "$MIB", "--startup-delay-ms", "$COLD_DELAY_MS"]
+ready = { http = "http://127.0.0.1:$p/" }
+ready_timeout = "600s"
+prestart = $prestart
+EOF
+    sh -c "echo \$\$ > $cpu/cgroup.procs && exec $BIN/torpord --config $DIR/$h/torpord.toml" >"$DIR/$h/torpord.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "torpord $h" api "$h" health
+    [ "$prestart" = false ] || wait_for "torpord $h's standby pool" sh -c "curl -sf --unix-socket $DIR/$h/torpord.sock http://t/v1/health | jq -e .pool_ready"
+}
+
+start_agent() {
+    local h=$1 p; eval "p=\$PORT_$h"
+    "$BIN/torpor-fleet" --etcd "$ETCD" host --name "$h" --torpord "$DIR/$h/torpord.sock" \
+        --cgroup-parent "torpor-agility-$h-$$" --share-cores "$SHARE" --serve "web=127.0.0.1:$p" \
+        >"$DIR/agent-$h.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# Two Start/Stop cycles with requests in between: what a held app has been through before
+# (torpord records the touches of each cycle for the next Start). Leaves it frozen and purged.
+cycle_support() {
+    local p; eval "p=\$PORT_support"
+    for _ in 1 2; do
+        api support apps/web/start -X POST >/dev/null
+        for _ in $(seq 20); do curl -sf "http://127.0.0.1:$p$URI" >/dev/null; done
+        api support apps/web/stop -X POST >/dev/null
+    done
+}
+
+served_by() { echo "show servers state web" | python3 -c "
+import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('$DIR/haproxy.sock'); s.sendall(sys.stdin.read().encode())
+out=b''
+while (d:=s.recv(65536)): out+=d
+sys.exit(0 if any(l.split()[3] == '$1' and l.split()[6] == '0' and l.split()[5] == '2' for l in out.decode().splitlines()[2:] if len(l.split()) > 6) else 1)"; }
+
+run_mode() {
+    local mode=$1 prefetch=loading-set prestart=true
+    DIR=$RUN/$mode; rm -rf "$DIR"; mkdir -p "$DIR"
+    case $mode in
+        regular) prestart=false ;;
+        demand-paging) prefetch=none ;;
+        torpor) ;;
+        *) echo "run-agility: unknown mode $mode (regular, demand-paging, torpor)" >&2; exit 2 ;;
+    esac
+    say "== $mode: $(uptime)"
+    ETCD=http://127.0.0.1:$(port); local peer=http://127.0.0.1:$(port)
+    etcd --name agility --data-dir "$DIR/etcd" --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" --initial-cluster "agility=$peer" >"$DIR/etcd.log" 2>&1 &
+    PIDS+=($!)
+    FE=$(port)
+    "$BIN/torpor-fleet" router-config --socket "$DIR/haproxy.sock" --frontend "web=$FE" > "$DIR/haproxy.cfg"
+    haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 &
+    PIDS+=($!)
+    start_host base loading-set true
+    start_host support "$prefetch" "$prestart"
+    [ "$mode" = regular ] || cycle_support
+    local cport; cport=$(port)
+    "$BIN/torpor-fleet" --etcd "$ETCD" controller --id c1 --haproxy "$DIR/haproxy.sock" --cooldown 3600 \
+        --listen "127.0.0.1:$cport" >"$DIR/controller.log" 2>&1 &
+    PIDS+=($!)
+    start_agent base
+    wait_for "etcd" "$BIN/torpor-fleet" --etcd "$ETCD" app web --min-running 1 --max-running 2
+    wait_for "web served by the base host" served_by base
+    start_agent support
+    sleep 5
+    run_load "$mode" "$cport"
+    stop_all
+}
+
+# The load: LOW req/s for DURATION s, HIGH-LOW more from FLASH s on; then what the run saw.
+run_load() {
+    local mode=$1 cport=$2 t0 tf
+    t0=$(now)
+    httperf --server 127.0.0.1 --port "$FE" --uri "$URI" --rate "$LOW" --num-conns $((LOW * DURATION)) \
+        --timeout 60 > "$DIR/httperf-low.txt" 2>&1 &
+    local low=$!
+    sleep "$FLASH"
+    tf=$(now)
+    httperf --server 127.0.0.1 --port "$FE" --uri "$URI" --rate $((HIGH - LOW)) \
+        --num-conns $(((HIGH - LOW) * (DURATION - FLASH))) --timeout 60 > "$DIR/httperf-flash.txt" 2>&1 &
+    local flash=$!
+    wait "$low" "$flash" || true
+    sleep 1
+    curl -sf "http://127.0.0.1:$cport/events" > "$DIR/events.json"
+    local fa; fa=$("$BIN/torpor-fleet" --etcd "$ETCD" first-answer --haproxy-log "$DIR/haproxy.log" --app web --host support 2>/dev/null) || fa=""
+    "$BIN/torpor-fleet" --etcd "$ETCD" app web --min-running 1 --max-running 2 >/dev/null
+    jq -n --arg mode "$mode" --argjson t0 "$t0" --argjson flash "$tf" --argjson low "$LOW" --argjson high "$HIGH" \
+        --argjson duration "$DURATION" --argjson share "$SHARE" --argjson mib "$MIB" --arg uri "$URI" \
+        --argjson cold_delay_ms "$COLD_DELAY_MS" --arg first_answer "$fa" --arg uptime_after "$(uptime)" \
+        '{mode: $mode, t0_unix: $t0, flash_unix: $flash, low_rps: $low, high_rps: $high, duration_s: $duration,
+          share_cores: $share, mib: $mib, uri: $uri, cold_delay_ms: $cold_delay_ms, first_answer: $first_answer,
+          uptime_after: $uptime_after}' > "$DIR/meta.json"
+    say "   $mode done: support's ready -> first passed on / answered (ms): ${fa:-none}"
+}
+
+say "run-agility: run directory $RUN (kept); modes: $MODES; share $SHARE core per host; $LOW -> $HIGH req/s of $URI at t = $FLASH s, $DURATION s"
+for m in $MODES; do run_mode "$m"; done
+"$BIN/torpor-bench" ${AGILITY_OUT:+--out "$AGILITY_OUT"} agility --run "$RUN" $MODES
