@@ -143,12 +143,15 @@ pub fn earliest<'a>(
 
 /// The router's static configuration: the runtime API on `socket` (admin level), one line per
 /// request on standard output in [`LOG_FORMAT`], and per app a frontend on 127.0.0.1:PORT with
-/// its backend (round robin, HTTP health checks; no servers: the controller adds them).
+/// its backend (round robin, HTTP health checks; no servers: the controller adds them). A check
+/// may wait 30 s for its answer: a busy server that answers its requests in turn (a backlog of
+/// slow requests ahead of the check) is slow, not down; a refused connection still fails at once.
 pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
     let mut cfg = format!(
         "global\n    log stdout format raw local0\n    stats socket {} mode 600 level admin\n\n\
          defaults\n    mode http\n    log global\n    log-format \"{LOG_FORMAT}\"\n    \
-         timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n",
+         timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
+         timeout check 30s\n",
         socket.display()
     );
     for (app, port) in frontends {
