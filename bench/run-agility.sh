@@ -47,22 +47,9 @@ RUN=${AGILITY_RUN:-$(mktemp -d /tmp/torpor-agility.XXXXXX)}
 mkdir -p "$RUN"
 PIDS=()
 PARENTS=()
-stop_all() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    PIDS=()
-    for parent in "${PARENTS[@]}"; do
-        for d in /sys/fs/cgroup/{unified,memory,freezer,}/"$parent"/*/; do
-            [ -d "$d" ] || continue
-            { echo 0 > "$d/cgroup.freeze"; } 2>/dev/null || true
-            { echo THAWED > "$d/freezer.state"; } 2>/dev/null || true
-            for pid in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-            sleep 0.2; rmdir "$d" 2>/dev/null || true
-        done
-        rmdir /sys/fs/cgroup/{unified,memory,freezer,cpu,}/"$parent" 2>/dev/null || true
-    done
-    PARENTS=()
-}
-trap stop_all EXIT
+# shellcheck source=../fleet/hosts-lib.sh
+. "$REPO/fleet/hosts-lib.sh"
+trap stop_hosts EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { printf '%s\n' "$*"; }
 now() { date +%s.%N; }
@@ -163,7 +150,7 @@ run_mode() {
     start_agent support
     sleep 5
     run_load "$mode" "$cport"
-    stop_all
+    stop_hosts
 }
 
 # The load: LOW req/s for DURATION s, HIGH-LOW more from FLASH s on; then what the run saw.

@@ -29,18 +29,10 @@ fi
 TMP=$(mktemp -d /tmp/torpor-fleet-demo.XXXXXX)
 PIDS=()
 PARENTS=()
+# shellcheck source=hosts-lib.sh
+. "$REPO/fleet/hosts-lib.sh"
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    for parent in "${PARENTS[@]}"; do
-        for d in /sys/fs/cgroup/{unified,memory,freezer,}/"$parent"/*/; do
-            [ -d "$d" ] || continue
-            { echo 0 > "$d/cgroup.freeze"; } 2>/dev/null || true
-            { echo THAWED > "$d/freezer.state"; } 2>/dev/null || true
-            for pid in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-            sleep 0.2; rmdir "$d" 2>/dev/null || true
-        done
-        rmdir /sys/fs/cgroup/{unified,memory,freezer,}/"$parent" 2>/dev/null || true
-    done
+    stop_hosts
     rm -rf "$TMP"
 }
 trap cleanup EXIT
