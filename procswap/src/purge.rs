@@ -40,8 +40,8 @@ pub struct PurgeOptions {
     /// With [`layout_first`](Self::layout_first): in the head of the layout, up to this many
     /// bytes (the pages the app touched first), the present anonymous pages that kept an old
     /// swap slot (read-faulted from swap since their last swap-out) are given up their slot
-    /// before the page-out ([`crate::reslot`]: contents read, paged out, read back, written
-    /// back unchanged — a write fault on the swap entry frees the slot), so the ordered
+    /// before the page-out ([`crate::reslot`]: paged out, read back, contents read, paged out
+    /// and read back again, written back unchanged — a write fault on the swap entry frees the slot), so the ordered
     /// page-out writes them into the layout's consecutive slots instead of their old scattered
     /// ones. Only for a quiescent (frozen) target; pages shared with another process are left
     /// alone. Costs a read and a write of each such page at Stop. 0 (the default) does nothing.

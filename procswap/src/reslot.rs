@@ -5,15 +5,17 @@
 //! (or, clean, just drops it): wherever the loading-set-first page-out goes, such pages stay
 //! scattered. Only a **write fault on a swap entry** frees the slot (the kernel's
 //! `do_swap_page` → `should_try_to_free_swap`, for a page mapped once). So, for a frozen
-//! target: read each such page's contents (`process_vm_readv`), page it out
-//! (`process_madvise(MADV_PAGEOUT)`: its pte becomes the swap entry), read it back into the
-//! swap cache (`MADV_WILLNEED`), and write the same contents back (`process_vm_writev`: a write
-//! fault on the swap entry, which frees the slot). The page is then present, dirty and without
+//! target: page each such page out (`process_madvise(MADV_PAGEOUT)`: its pte becomes the swap
+//! entry), read it back into the swap cache (`MADV_WILLNEED`) and read its contents
+//! (`process_vm_readv`: a read fault, the slot stays), page it out and read it back again, and
+//! write the same contents back (`process_vm_writev`: a write fault on the swap entry, which
+//! frees the slot). The page is then present, dirty and without
 //! a slot, and the ordered page-out that follows gives it a new, consecutive one.
 //!
 //! What is written is exactly what was read from the target a moment before, while it was
-//! frozen and the page mapped by it alone: nothing is guessed, and swap devices are never read
-//! directly. A page the page-out did not take (pinned, locked, shared since) is not written.
+//! frozen and the page mapped by it alone, and only after a page-out took it (so nothing had it
+//! pinned for I/O: a write landing between the read and the write-back is excluded): nothing
+//! is guessed, and swap devices are never read directly. A page the page-out did not take (pinned, locked, shared since) is not written.
 //! Which pages kept a slot is read from `/proc/kpageflags` (`KPF_SWAPCACHE`, root); huge
 //! (compound) pages are left alone. Measured on 6.18 with a C probe (8,192 pages, 5,802 of them
 //! in the swap cache, swap file with `--discard=pages`): a page-out in a random order gave 7,494
@@ -129,39 +131,54 @@ fn still_slotted(t: &Target, flags: &File, pages: &[u64]) -> Result<Vec<u64>> {
     slotted_pages(t, flags, &ranges, u64::MAX)
 }
 
-/// One round over at most [`CHUNK`] pages: read, page out, read back, write. Returns (pages
-/// written, pages left alone).
+/// One round over at most [`CHUNK`] pages: page out, read the contents, page out again, write
+/// them back. Returns (pages written, pages left alone).
+///
+/// The contents are read only **after** a page-out took the page, never before it: the kernel
+/// does not unmap a pinned anonymous page, so a page the page-out took had no I/O in flight
+/// into it (a direct-I/O read, a device) and no other process maps it; frozen, the target
+/// cannot pin or write it again. Contents read before the page-out could miss a write that
+/// landed in between (a DMA completing), and writing them back would undo it.
 fn reslot_chunk(t: &Target, pages: &[u64]) -> Result<(u64, u64)> {
     let ps = sys::page_size() as usize;
-    let mut buf = vec![0u8; pages.len() * ps];
-    let read = vm_io(t.pid(), pages, &mut buf, false)?;
-    let readable: Vec<usize> = (0..pages.len()).filter(|&i| read[i]).collect();
-    let addrs: Vec<u64> = readable.iter().map(|&i| pages[i]).collect();
-    madvise(
-        t,
-        &coalesce(&addrs, ps as u64),
-        libc::MADV_PAGEOUT,
-        "MADV_PAGEOUT",
-    )?;
-    // Only pages whose pte is now a swap entry are written: one still present (the page-out
-    // did not take it) keeps its slot either way, and is left exactly as it is.
-    let swapped = swapped_of(t, &addrs)?;
-    let keep: Vec<usize> = (0..addrs.len()).filter(|&k| swapped[k]).collect();
-    let out: Vec<u64> = keep.iter().map(|&k| addrs[k]).collect();
-    let mut contents = Vec::with_capacity(keep.len() * ps);
-    for &k in &keep {
+    // Page out; read back into the swap cache; read the contents (a read fault maps the page
+    // again, keeping its slot).
+    let taken = page_out_and_back(t, pages)?;
+    let mut buf = vec![0u8; taken.len() * ps];
+    let read = vm_io(t.pid(), &taken, &mut buf, false)?;
+    let readable: Vec<usize> = (0..taken.len()).filter(|&i| read[i]).collect();
+    let addrs: Vec<u64> = readable.iter().map(|&i| taken[i]).collect();
+    // Page out again (clean now: unmapped, slot kept) and read back, so the write below is a
+    // write fault on the swap entry, which frees the slot.
+    let again = page_out_and_back(t, &addrs)?;
+    let mut contents = Vec::with_capacity(again.len() * ps);
+    let mut k = 0;
+    for &a in &again {
+        // `again` is a subsequence of `addrs`, in the same order.
+        while addrs[k] != a {
+            k += 1;
+        }
         let i = readable[k];
         contents.extend_from_slice(&buf[i * ps..(i + 1) * ps]);
     }
-    madvise(
-        t,
-        &coalesce(&out, ps as u64),
-        libc::MADV_WILLNEED,
-        "MADV_WILLNEED",
-    )?;
-    let written = vm_io(t.pid(), &out, &mut contents, true)?;
+    let written = vm_io(t.pid(), &again, &mut contents, true)?;
     let written = written.iter().filter(|&&w| w).count();
     Ok((written as u64, (pages.len() - written) as u64))
+}
+
+/// `MADV_PAGEOUT` over `pages`, then `MADV_WILLNEED` over those whose pte became a swap entry
+/// (returned, in order): a page still present (pinned, locked, under write-back) is left
+/// exactly as it is.
+fn page_out_and_back(t: &Target, pages: &[u64]) -> Result<Vec<u64>> {
+    let ps = sys::page_size();
+    madvise(t, &coalesce(pages, ps), libc::MADV_PAGEOUT, "MADV_PAGEOUT")?;
+    let swapped = swapped_of(t, pages)?;
+    let out: Vec<u64> = (0..pages.len())
+        .filter(|&k| swapped[k])
+        .map(|k| pages[k])
+        .collect();
+    madvise(t, &coalesce(&out, ps), libc::MADV_WILLNEED, "MADV_WILLNEED")?;
+    Ok(out)
 }
 
 /// `process_madvise(advice)` over `ranges` (a refused range is skipped: its pages stay as they
