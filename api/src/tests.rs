@@ -61,6 +61,7 @@ fn samples() -> Vec<(&'static str, Value)> {
         StopTiming,
         TwinkleStats,
         VmColdStart,
+        VmLoadingSet,
         VmResume,
         VmStatus,
         VmStop,
