@@ -344,7 +344,7 @@ pub struct PurgeSummary {
 
 /// The optional JSON body of `POST /v1/apps/{name}/start`: `{"prefetch": MODE}` overrides the
 /// configured prefetch for this Start only. MODE for a process app: `full`, `working-set-only`,
-/// `loading-set`, `none`; for a VM app: `priority`, `full`, `none`.
+/// `loading-set`, `none`; for a VM app: `loading-set` (the default), `priority`, `full`, `none`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
