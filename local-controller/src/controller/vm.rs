@@ -206,6 +206,25 @@ fn add_fetched(timing: &mut StartTiming, r: &procswap::PrefetchReport) {
     }
 }
 
+/// The VM a Start prefetches for before `cont`: its slot, QEMU's pid, guest RAM and the
+/// guest's maps.
+#[derive(Clone, Copy)]
+struct Prefetching<'a> {
+    slot: &'a AppSlot,
+    qpid: i32,
+    ram: &'a GuestRam,
+    maps: &'a GuestMaps,
+}
+
+impl Prefetching<'_> {
+    /// The guest's RAM in classes, free pages apart, from its maps.
+    fn plan(&self) -> Plan {
+        Plan::build(self.ram, procswap::sys::page_size(), |pfn| {
+            self.maps.classify(pfn)
+        })
+    }
+}
+
 /// What a `priority` prefetch works from: the plan, QEMU's own memory, and how many pages of
 /// each (QEMU's own first, then every class) were on swap before it.
 struct PriorityInput {
@@ -571,11 +590,18 @@ impl Controller {
         let tpf = Instant::now();
         let plan = match (effective, &ram, &maps) {
             (VmPrefetch::None, _, _) => None,
-            (VmPrefetch::Priority, Some(ram), Some((m, _))) => {
-                Some(self.prefetch_priority(slot, qpid, ram, m, &mut timing, &mut rep))
-            }
-            (VmPrefetch::LoadingSet, Some(ram), Some((m, _))) => {
-                Some(self.prefetch_loading(slot, qpid, ram, m, &mut timing, &mut rep))
+            (m @ (VmPrefetch::Priority | VmPrefetch::LoadingSet), Some(ram), Some((maps, _))) => {
+                let g = Prefetching {
+                    slot,
+                    qpid,
+                    ram,
+                    maps,
+                };
+                Some(if m == VmPrefetch::Priority {
+                    self.prefetch_priority(g, &mut timing, &mut rep)
+                } else {
+                    self.prefetch_loading(g, &mut timing, &mut rep)
+                })
             }
             _ => {
                 self.prefetch_full(slot, qpid, &mut timing);
@@ -647,15 +673,13 @@ impl Controller {
     /// the background fetcher's).
     fn prefetch_priority(
         &self,
-        slot: &AppSlot,
-        qpid: i32,
-        ram: &GuestRam,
-        maps: &GuestMaps,
+        g: Prefetching,
         timing: &mut StartTiming,
         rep: &mut api::VmResume,
     ) -> Plan {
         let tplan = Instant::now();
-        let input = self.priority_input(slot, qpid, ram, maps);
+        let slot = g.slot;
+        let input = self.priority_input(g);
         let ps = procswap::sys::page_size();
         let pre_pages = input.own_before
             + input
@@ -687,16 +711,10 @@ impl Controller {
     }
 
     /// The plan from the guest's maps, QEMU's own memory, and what of each is on swap now.
-    fn priority_input(
-        &self,
-        slot: &AppSlot,
-        qpid: i32,
-        ram: &GuestRam,
-        maps: &GuestMaps,
-    ) -> PriorityInput {
-        let plan = Plan::build(ram, procswap::sys::page_size(), |pfn| maps.classify(pfn));
-        let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_else(|e| {
-            self.note_prefetch_error(slot, "listing QEMU's own memory", &e);
+    fn priority_input(&self, g: Prefetching) -> PriorityInput {
+        let (plan, qpid) = (g.plan(), g.qpid);
+        let own = vm::qemu_own_ranges(qpid, g.ram).unwrap_or_else(|e| {
+            self.note_prefetch_error(g.slot, "listing QEMU's own memory", &e);
             vec![]
         });
         let own_before = swapped_in(qpid, &own);
@@ -1011,15 +1029,13 @@ impl Controller {
     /// nothing mapped), the recorder prepared, the background's preload list. Returns the plan.
     fn prefetch_loading(
         &self,
-        slot: &AppSlot,
-        qpid: i32,
-        ram: &GuestRam,
-        maps: &GuestMaps,
+        g: Prefetching,
         timing: &mut StartTiming,
         rep: &mut api::VmResume,
     ) -> Plan {
+        let (slot, qpid, ram) = (g.slot, g.qpid, g.ram);
         let (ps, tplan) = (procswap::sys::page_size(), Instant::now());
-        let plan = Plan::build(ram, ps, |pfn| maps.classify(pfn));
+        let plan = g.plan();
         let mut ls = api::VmLoadingSet::default();
         let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
         let (first, later) = set.as_ref().map_or_else(Default::default, |s| {
