@@ -20,11 +20,10 @@
 #   start-up time besides allocating its memory), AGILITY_RUN (a temporary directory, kept),
 #   CARGO, CARGO_TARGET_DIR, AGILITY_SKIP_BUILD=1.
 set -eEuo pipefail
-export LC_ALL=C
-trap 'echo "run-agility: FAILED (line $LINENO): $BASH_COMMAND" >&2' ERR
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CARGO=${CARGO:-cargo}
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+# shellcheck source=../fleet/hosts-lib.sh
+. "$REPO/fleet/hosts-lib.sh"
+script_env run-agility
 BIN=$TARGET/release
 MODES=${AGILITY_MODES:-regular demand-paging torpor}
 SHARE=${AGILITY_SHARE:-0.5}
@@ -47,8 +46,6 @@ RUN=${AGILITY_RUN:-$(mktemp -d /tmp/torpor-agility.XXXXXX)}
 mkdir -p "$RUN"
 PIDS=()
 PARENTS=()
-# shellcheck source=../fleet/hosts-lib.sh
-. "$REPO/fleet/hosts-lib.sh"
 trap stop_hosts EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { printf '%s\n' "$*"; }

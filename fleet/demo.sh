@@ -15,11 +15,10 @@
 # is temporary (procswap/tests/with-swap.sh, run by the Makefile). Everything started is
 # stopped on exit. Env: CARGO, CARGO_TARGET_DIR, DEMO_SKIP_BUILD=1.
 set -eEuo pipefail
-export LC_ALL=C
-trap 'echo "fleet-demo: FAILED (line $LINENO): $BASH_COMMAND" >&2' ERR
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CARGO=${CARGO:-cargo}
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+# shellcheck source=hosts-lib.sh
+. "$REPO/fleet/hosts-lib.sh"
+script_env fleet-demo
 BIN=$TARGET/debug
 [ "$(id -u)" = 0 ] || { echo "fleet-demo: must run as root" >&2; exit 2; }
 for b in etcd haproxy wrk curl jq; do command -v $b >/dev/null || { echo "fleet-demo: $b missing (make deps)" >&2; exit 2; }; done
@@ -29,8 +28,6 @@ fi
 TMP=$(mktemp -d /tmp/torpor-fleet-demo.XXXXXX)
 PIDS=()
 PARENTS=()
-# shellcheck source=hosts-lib.sh
-. "$REPO/fleet/hosts-lib.sh"
 cleanup() {
     stop_hosts
     rm -rf "$TMP"

@@ -1,5 +1,16 @@
-# fleet/hosts-lib.sh — sourced by fleet/demo.sh and bench/run-agility.sh: the teardown of
-# emulated hosts started by a script.
+# fleet/hosts-lib.sh — sourced by fleet/demo.sh and bench/run-agility.sh: their common
+# environment, and the teardown of emulated hosts started by a script.
+
+# script_env NAME: C locale, a failure line naming NAME and the failing command (ERR trap), and
+# CARGO and TARGET (CARGO_TARGET_DIR, else the repository's target/; REPO set by the caller).
+script_env() {
+    export LC_ALL=C
+    # shellcheck disable=SC2064 # NAME is expanded now, LINENO and BASH_COMMAND when it fires.
+    trap "echo \"$1: FAILED (line \$LINENO): \$BASH_COMMAND\" >&2" ERR
+    CARGO=${CARGO:-cargo}
+    TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+}
+
 # stop_hosts: kill -9 every pid in PIDS, then thaw, kill and remove the app cgroups under each
 # cgroup parent in PARENTS (cgroup v2 and the v1 memory, freezer and cpu hierarchies), then the
 # parents; empties both arrays.
