@@ -760,6 +760,24 @@ fn kernel_code_pfns() -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The present pages (frame numbers) of `buf`, a buffer of this process, from its first page
+/// boundary on (its last, partial page left out).
+fn buffer_pfns(buf: &[u8]) -> Vec<u64> {
+    present_pfns(
+        "self",
+        buf.as_ptr() as u64 & !(PAGE - 1),
+        buf.len() as u64 - PAGE,
+    )
+}
+
+/// The present pages (frame numbers) of this test binary's executable mappings.
+fn own_text_pfns() -> Vec<u64> {
+    own_text_ranges()
+        .iter()
+        .flat_map(|&(a, b)| present_pfns("self", a, b - a))
+        .collect()
+}
+
 /// Executable mappings of this test binary (`/proc/self/maps`).
 fn own_text_ranges() -> Vec<(u64, u64)> {
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
@@ -940,15 +958,8 @@ fn priority_map_categories() {
     for (i, b) in heap.iter_mut().step_by(PAGE as usize).enumerate() {
         *b = i as u8 | 1;
     }
-    let heap_pfns = present_pfns(
-        "self",
-        heap.as_ptr() as u64 & !(PAGE - 1),
-        heap.len() as u64 - PAGE,
-    );
-    let text: Vec<u64> = own_text_ranges()
-        .iter()
-        .flat_map(|&(a, b)| present_pfns("self", a, b - a))
-        .collect();
+    let heap_pfns = buffer_pfns(&heap);
+    let text = own_text_pfns();
     let kcode = kernel_code_pfns();
     assert!(!kcode.is_empty(), "no Kernel code in /proc/iomem");
     assert!(
@@ -1026,14 +1037,7 @@ fn check_idle_drops_to_other(k: &Kmod, child: Pid, pfns: &[u64], mine: &[u64], h
         pfns,
         &present_pfns(&child.as_raw().to_string(), A as u64, CLEN as u64),
     );
-    let mine = stable(
-        mine,
-        &present_pfns(
-            "self",
-            heap.as_ptr() as u64 & !(PAGE - 1),
-            heap.len() as u64 - PAGE,
-        ),
-    );
+    let mine = stable(mine, &buffer_pfns(heap));
     let (n, hist) = tally(&map, &pfns, CAT_OTHER);
     println!(
         "idle test: child asleep 2.5 s, window 1 s: {n}/{} pages Other {hist} ({} active of {})",
@@ -1077,11 +1081,7 @@ fn priority_map_idle_process_drops_to_other() {
         )
     };
     heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 2);
-    let mine = present_pfns(
-        "self",
-        heap.as_ptr() as u64 & !(PAGE - 1),
-        heap.len() as u64 - PAGE,
-    );
+    let mine = buffer_pfns(&heap);
 
     let (map, rep) = k.priority_map(60_000).unwrap();
     // Pages can move while the map is built (khugepaged collapsing the heap into a huge page,
@@ -1267,15 +1267,8 @@ fn agent_kernel_text_heap(sock_s: &str) {
     );
     let mut heap = vec![0u8; 4 << 20];
     heap.iter_mut().step_by(PAGE as usize).for_each(|b| *b = 7);
-    let heap_pfns = present_pfns(
-        "self",
-        heap.as_ptr() as u64 & !(PAGE - 1),
-        heap.len() as u64 - PAGE,
-    );
-    let text: Vec<u64> = own_text_ranges()
-        .iter()
-        .flat_map(|&(a, b)| present_pfns("self", a, b - a))
-        .collect();
+    let heap_pfns = buffer_pfns(&heap);
+    let text = own_text_pfns();
     assert_eq!(
         cats_of(sock_s, "own text", "16000", &single(&text))[CAT_USER_CODE as usize],
         text.len() as u64,
