@@ -10,7 +10,7 @@
 //! | `GET /v1/apps` | [`AppList`] |
 //! | `GET /v1/apps/{name}` | [`AppStatus`] |
 //! | `POST /v1/apps/{name}/start` (body: [`StartRequest`], optional) | [`StartAnswer`] |
-//! | `POST /v1/apps/{name}/stop` | [`StopAnswer`] |
+//! | `POST /v1/apps/{name}/stop` (body: [`StopRequest`], optional) | [`StopAnswer`] |
 //! | `GET /v1/events?since=SEQ` | [`EventList`] |
 //! | `GET /metrics` | Prometheus text |
 //! | any failure | [`ErrorBody`] with an HTTP status |
@@ -130,6 +130,37 @@ pub enum AppKind {
     /// the VM over QMP, freezes and purges QEMU; Start prefetches guest RAM by priority class,
     /// thaws and `cont`s.
     Vm,
+}
+
+/// How a purge takes an app's memory out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PurgeMethod {
+    /// torpor's own (the default): `process_madvise(MADV_PAGEOUT)` of every range, the loading
+    /// set first in touch order into consecutive swap slots (re-slotted where needed), the Start
+    /// plan computed, then the memcg reclaim for what is left (swap cache, shmem, page cache).
+    #[default]
+    Ordered,
+    /// Stock Linux, as it swaps an idle app out: the frozen app's memory cgroup is reclaimed by
+    /// the kernel alone (v2 `memory.reclaim`, v1 `memory.force_empty`): no ordered page-out, no
+    /// layout, no loading set, no plan. The baseline of "demand paging" in the benchmarks.
+    Kernel,
+}
+
+impl PurgeMethod {
+    pub const ALL: [PurgeMethod; 2] = [PurgeMethod::Ordered, PurgeMethod::Kernel];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeMethod::Ordered => "ordered",
+            PurgeMethod::Kernel => "kernel",
+        }
+    }
+}
+
+impl std::fmt::Display for PurgeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Every failure: `{"error": {"code": ..., "message": ...}}` with a 4xx/5xx status.
@@ -331,6 +362,13 @@ pub struct PurgeSummary {
     pub swapped_bytes: u64,
     pub seconds: f64,
     pub reclaim_note: Option<String>,
+    /// Which purge ran (records written before it existed read as `ordered`).
+    #[serde(default)]
+    pub method: PurgeMethod,
+    /// Growth of the app's swapped anonymous bytes (pagemap) by this purge: what it moved to
+    /// swap. Shmem written to swap is not in it (pagemap shows no swap entry for it).
+    #[serde(default)]
+    pub swap_moved_bytes: u64,
     /// The purge is partial (swap full...): procswap's note, per process. Absent when not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<String>,
@@ -350,6 +388,17 @@ pub struct PurgeSummary {
 pub struct StartRequest {
     #[serde(default)]
     pub prefetch: Option<String>,
+}
+
+/// The optional JSON body of `POST /v1/apps/{name}/stop`: `{"purge": "kernel"}` (or
+/// `"ordered"`) overrides the app's configured purge method (`purge_method`, default `ordered`)
+/// for the purge this Stop does (whether it purges at all stays the `purge` policy's). Process
+/// apps only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub purge: Option<PurgeMethod>,
 }
 
 /// `POST /v1/apps/{name}/start`: the app is ready.

@@ -57,6 +57,7 @@ fn samples() -> Vec<(&'static str, Value)> {
         RamRange,
         StartRequest,
         StartTiming,
+        StopRequest,
         StopEvidence,
         StopTiming,
         TwinkleStats,
@@ -166,6 +167,11 @@ fn document_names_every_enum_value() {
         assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
     }
     assert_eq!(list("AppKind"), ["process", "vm"]);
+    let methods = PurgeMethod::ALL.map(|x| serde_json::to_value(x).unwrap());
+    assert_eq!(list("PurgeMethod"), strs(methods.to_vec()));
+    for m in PurgeMethod::ALL {
+        assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+    }
 }
 
 #[test]
@@ -253,6 +259,22 @@ fn wire_format_stop() {
         "purge": serde_json::to_value(PurgeSummary::default()).unwrap(), "vm": vm
     }));
     assert!(a.vm().is_some() && a.purge().is_some());
+    let req: StopRequest = roundtrip(json!({"purge": "kernel"}));
+    assert_eq!(req.purge, Some(PurgeMethod::Kernel));
+    let req: StopRequest = roundtrip(json!({"purge": "ordered"}));
+    assert_eq!(req.purge, Some(PurgeMethod::Ordered));
+    assert_eq!(
+        serde_json::from_value::<StopRequest>(json!({})).unwrap(),
+        StopRequest::default()
+    );
+    assert!(serde_json::from_value::<StopRequest>(json!({"purge": "stock"})).is_err());
+    assert!(serde_json::from_value::<StopRequest>(json!({"purg": "kernel"})).is_err());
+    // A purge recorded before the method existed reads as ordered.
+    let mut old = serde_json::to_value(PurgeSummary::default()).unwrap();
+    old.as_object_mut().unwrap().remove("method");
+    old.as_object_mut().unwrap().remove("swap_moved_bytes");
+    let p: PurgeSummary = serde_json::from_value(old).unwrap();
+    assert_eq!((p.method, p.swap_moved_bytes), (PurgeMethod::Ordered, 0));
 }
 
 #[test]

@@ -69,6 +69,7 @@ impl From<StopError> for ApiError {
     fn from(e: StopError) -> Self {
         match e {
             StopError::Lookup(l) => l.into(),
+            StopError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
             StopError::Failed(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stop_failed", m)
             }
@@ -154,8 +155,25 @@ async fn start(
 async fn stop(
     State(c): State<Ctl>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<api::StopAnswer>, ApiError> {
-    Ok(Json(blocking(move || c.stop(&name)).await?))
+    let req = parse_stop_request(&body)?;
+    Ok(Json(blocking(move || c.stop_with(&name, &req)).await?))
+}
+
+/// The optional body of a Stop (empty = the app's configured purge method); a malformed body
+/// is a 400 `bad_request`.
+pub fn parse_stop_request(body: &[u8]) -> Result<api::StopRequest, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(api::StopRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("stop body: {e} (expected {{\"purge\": \"ordered\"|\"kernel\"}})"),
+        )
+    })
 }
 
 /// The optional body of a Start (empty = no override); a malformed body is a 400
@@ -336,6 +354,39 @@ mod tests {
         assert!(!super::peer_allowed(1000, 1000, None, None));
         assert!(super::peer_allowed(1000, 4242, None, Some(4242)));
         assert!(!super::peer_allowed(1000, 1000, None, Some(4242)));
+    }
+
+    #[test]
+    fn stop_request_body() {
+        use super::parse_stop_request as parse;
+        use torpor_api::{PurgeMethod, StopRequest};
+        assert_eq!(parse(b"").unwrap(), StopRequest::default());
+        assert_eq!(parse(b" \n").unwrap(), StopRequest::default());
+        assert_eq!(parse(b"{}").unwrap(), StopRequest::default());
+        assert_eq!(
+            parse(br#"{"purge":"kernel"}"#).unwrap().purge,
+            Some(PurgeMethod::Kernel)
+        );
+        assert_eq!(
+            parse(br#"{"purge":"ordered"}"#).unwrap().purge,
+            Some(PurgeMethod::Ordered)
+        );
+        for bad in [
+            &br#"{"purge":"stock"}"#[..],
+            br#"{"purge":1}"#,
+            br#"{"purg":"kernel"}"#,
+            b"kernel",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (400, "bad_request"));
+            assert!(e.message.starts_with("stop body: "), "{}", e.message);
+            assert!(e.message.contains(r#""kernel""#), "{}", e.message);
+        }
+        let st = |e: ApiError| (e.status.as_u16(), e.code);
+        assert_eq!(
+            st(StopError::BadRequest("b".into()).into()),
+            (400, "bad_request")
+        );
     }
 
     #[test]

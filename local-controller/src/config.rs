@@ -19,6 +19,7 @@
 //! ready = { http = "http://127.0.0.1:8080/" }   # or { tcp = 8080 } or { command = ["curl", "-f", "..."] }
 //! ready_timeout = "30s"
 //! prestart = true
+//! purge_method = "ordered"                      # ordered (torpor's, default) | kernel (stock reclaim)
 //!
 //! [[app]]
 //! name = "guest"
@@ -98,6 +99,10 @@ pub enum Invalid {
     VmOnProcess(String),
     #[error("app {0:?}: vm_prefetch needs kind = \"vm\"")]
     VmPrefetchOnProcess(String),
+    #[error(
+        "app {0:?}: purge_method = \"kernel\" is for process apps (a vm app is purged in order)"
+    )]
+    KernelPurgeOnVm(String),
 }
 
 /// When a stopped (frozen) app is purged.
@@ -204,6 +209,11 @@ pub struct AppConfig {
     /// VM apps: what Start fetches before `cont` (default `loading-set`).
     #[serde(default)]
     pub vm_prefetch: Option<VmPrefetch>,
+    /// How this app's purges take its memory out: `ordered` (torpor's own, the default) or
+    /// `kernel` (stock Linux: the kernel reclaims the frozen app's memory cgroup, no layout,
+    /// no loading set, no plan; process apps only). A Stop's `{"purge": ...}` overrides it.
+    #[serde(default)]
+    pub purge_method: PurgeMethod,
 }
 
 impl AppConfig {
@@ -216,7 +226,7 @@ impl AppConfig {
     }
 }
 
-pub use torpor_api::AppKind;
+pub use torpor_api::{AppKind, PurgeMethod};
 
 /// `vm = { qmp = "...", agent = "..." }` of a `kind = "vm"` app.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -525,6 +535,9 @@ impl AppConfig {
         if self.kind == AppKind::Process && self.vm_prefetch.is_some() {
             return Err(Invalid::VmPrefetchOnProcess(name()));
         }
+        if self.is_vm() && self.purge_method == PurgeMethod::Kernel {
+            return Err(Invalid::KernelPurgeOnVm(name()));
+        }
         Ok(())
     }
 
@@ -703,6 +716,35 @@ command = ["/bin/true"]
         assert_eq!(
             "working-set-only".parse::<PrefetchPolicy>(),
             Ok(PrefetchPolicy::WorkingSetOnly)
+        );
+    }
+
+    #[test]
+    fn purge_method() {
+        let app = |extra: &str| format!("[[app]]\nname = \"a\"\ncommand = [\"x\"]\n{extra}");
+        let c = Config::parse(&app(""), Path::new("t")).unwrap();
+        assert_eq!(c.apps[0].purge_method, PurgeMethod::Ordered);
+        let c = Config::parse(&app("purge_method = \"kernel\"\n"), Path::new("t")).unwrap();
+        assert_eq!(c.apps[0].purge_method, PurgeMethod::Kernel);
+        let c = Config::parse(&app("purge_method = \"ordered\"\n"), Path::new("t")).unwrap();
+        assert_eq!(c.apps[0].purge_method, PurgeMethod::Ordered);
+        // Malformed values: where, and what is accepted.
+        let e = Config::parse(&app("purge_method = \"stock\"\n"), Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t:4:16:"), "{e}");
+        assert!(e.contains("ordered") && e.contains("kernel"), "{e}");
+        let e = Config::parse(&app("purge_method = 1\n"), Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t:4:16:"), "{e}");
+        // Not a global key, and not for a vm app.
+        assert!(Config::parse("purge_method = \"kernel\"\n", Path::new("t")).is_err());
+        let vm = "[[app]]\nname = \"g\"\nkind = \"vm\"\ncommand = [\"q\"]\nvm = { qmp = \"/q\" }\npurge_method = \"kernel\"\n";
+        let e = Config::parse(vm, Path::new("t")).unwrap_err().to_string();
+        assert!(
+            e.contains("purge_method = \"kernel\" is for process apps"),
+            "{e}"
         );
     }
 

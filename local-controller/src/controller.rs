@@ -28,6 +28,7 @@ pub mod lifecycle;
 mod metrics;
 mod persistence;
 mod status;
+mod stockpurge;
 mod vm;
 
 use persistence::StateFile;
@@ -36,7 +37,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use torpor_api::{
     ActivationTiming, AppCgroups, AppState, Counters, Event, EventKind, Op, OverloadStatus,
-    PurgeSummary, StartRequest, StartTiming,
+    PurgeMethod, PurgeSummary, StartRequest, StartTiming, StopRequest,
 };
 
 /// The directories of an app's cgroups.
@@ -183,6 +184,9 @@ pub enum StartError {
 pub enum StopError {
     #[error(transparent)]
     Lookup(#[from] LookupError),
+    /// The request asks for what this app cannot do (nothing changed).
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -757,8 +761,22 @@ impl Controller {
 
     // ---------- operations ----------
 
-    /// Purge the (frozen) app; caller holds its `op` lock. `reserve`: counted as a reserve purge.
+    /// Purge the (frozen) app by its configured method; caller holds its `op` lock. `reserve`:
+    /// counted as a reserve purge.
     fn purge_app(&self, slot: &AppSlot, reserve: bool) -> Result<PurgeSummary, PurgeError> {
+        self.purge_app_by(slot, reserve, slot.cfg.purge_method)
+    }
+
+    /// Purge the (frozen) app by `method` (a VM app always in order).
+    fn purge_app_by(
+        &self,
+        slot: &AppSlot,
+        reserve: bool,
+        method: PurgeMethod,
+    ) -> Result<PurgeSummary, PurgeError> {
+        if method == PurgeMethod::Kernel && !slot.cfg.is_vm() {
+            return self.kernel_purge(slot, reserve);
+        }
         let cgs = lock(&slot.st).cgroups.clone();
         let o = self.observe(&cgs);
         if o.pids.is_empty() {
@@ -846,6 +864,7 @@ impl Controller {
         sum.resident_bytes += r.resident_bytes;
         sum.resident_anon_bytes += r.resident_anon_bytes;
         sum.swapped_bytes += r.swapped_bytes;
+        sum.swap_moved_bytes += r.paged_out_bytes;
         sum.seconds += r.seconds;
         if let Some(s) = r.reclaim_skipped {
             sum.reclaim_note = Some(s);
@@ -870,7 +889,8 @@ impl Controller {
                 EventKind::Purge
             },
             format!(
-                "purged in {:.3}s: memcg {} -> {} MiB ({} MiB freed), resident anon {} KiB, swapped {} MiB",
+                "purged ({}) in {:.3}s: memcg {} -> {} MiB ({} MiB freed), resident anon {} KiB, swapped {} MiB",
+                sum.method,
                 sum.seconds,
                 sum.memcg_before_bytes.unwrap_or(0) >> 20,
                 sum.memcg_after_bytes.unwrap_or(0) >> 20,
@@ -1135,6 +1155,7 @@ impl Controller {
             None
         };
         let policy = if policy == PrefetchPolicy::LoadingSet && act.is_none() {
+            self.note_kernel_purge(slot, &mut timing);
             PrefetchPolicy::Full
         } else {
             policy
@@ -1370,9 +1391,15 @@ impl Controller {
 
     /// Stop(app): record the working set, freeze, purge per policy.
     pub fn stop(&self, name: &str) -> Result<api::StopAnswer, StopError> {
+        self.stop_with(name, &StopRequest::default())
+    }
+
+    /// Stop(app) with a per-request override (see [`StopRequest`]).
+    pub fn stop_with(&self, name: &str, req: &StopRequest) -> Result<api::StopAnswer, StopError> {
         let slot = self.slot(name)?;
+        let method = self.stop_purge_method(slot, req)?;
         let _op = lock(&slot.op);
-        self.stop_locked(slot)
+        self.stop_locked_by(slot, method)
     }
 
     /// A Stop that could not complete: the app is left (or put back) running, the error is
@@ -1424,9 +1451,19 @@ impl Controller {
         Ok((cgs, o))
     }
 
-    /// Stop of a process app (its `op` lock held): freeze, the activation's recordings, the
-    /// working set, purge per policy, then the record and the answer.
+    /// Stop (its `op` lock held), purging by the app's configured method.
     fn stop_locked(&self, slot: &AppSlot) -> Result<api::StopAnswer, StopError> {
+        self.stop_locked_by(slot, slot.cfg.purge_method)
+    }
+
+    /// Stop of a process app (its `op` lock held): freeze, the activation's recordings (merged
+    /// into the loading sets only for an ordered purge), the working set, purge per policy by
+    /// `method`, then the record and the answer.
+    fn stop_locked_by(
+        &self,
+        slot: &AppSlot,
+        method: PurgeMethod,
+    ) -> Result<api::StopAnswer, StopError> {
         if slot.cfg.is_vm() {
             return self.stop_vm(slot);
         }
@@ -1438,8 +1475,9 @@ impl Controller {
         let freeze_s = self
             .freeze_app(&cgs, &o.pids)
             .map_err(|e| self.stop_failed(slot, e))?;
-        // The last Start's recordings become the loading sets the purge lays out first.
-        let activation = self.activation_stop(slot);
+        // The last Start's recordings become the loading sets the purge lays out first (a
+        // kernel purge lays nothing out: they are dropped).
+        let activation = self.activation_stop(slot, method == PurgeMethod::Ordered);
         let pid = lock(&slot.st)
             .pid
             .filter(|p| o.pids.contains(p))
@@ -1457,7 +1495,7 @@ impl Controller {
         let tp = Instant::now();
         let mut purge = None;
         if self.cfg.purge == PurgePolicy::Always {
-            purge = self.purge_app(slot, false).ok();
+            purge = self.purge_app_by(slot, false, method).ok();
         }
         let timing = api::StopTiming {
             freeze_s,
@@ -1714,6 +1752,8 @@ pub enum PurgeError {
     NoProcess,
     #[error("purge of pid {pid} failed: {source}")]
     Failed { pid: i32, source: procswap::Error },
+    #[error("kernel purge failed: {0}")]
+    Kernel(String),
 }
 
 /// Starting an app's process (or unit) in its cgroups.

@@ -11,7 +11,9 @@ use std::fmt::Debug;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use torpor_api::{paths, AppState, AppStatus, ErrorBody, EventKind, StartAnswer, StopAnswer};
+use torpor_api::{
+    paths, AppState, AppStatus, ErrorBody, EventKind, PurgeMethod, StartAnswer, StopAnswer,
+};
 
 const TORPORD: &str = env!("CARGO_BIN_EXE_torpord");
 const TORPOR: &str = env!("CARGO_BIN_EXE_torpor");
@@ -788,6 +790,185 @@ fn reserve_purges_suspended_apps_and_caps_prefetch() {
         f.all_events().iter().any(|e| e.kind == EventKind::Reserve),
         "no reserve event"
     );
+}
+
+/// The benchmarks' proof that an app's memory is out (torpor-bench activation's `prove`):
+/// frozen, standby, the memcg's resident anon + page cache and torpord's resident anon each at
+/// most 4 MiB; and most of its `mib` on swap.
+fn assert_proven_out(f: &Torpord, name: &str, mib: u64) -> AppStatus {
+    let v = f.status(name);
+    let stat = std::fs::read_to_string(f.memcg_dir(name).join("memory.stat")).unwrap();
+    let get = |k: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let resident = if v.cgroups.v1_memory.is_some() {
+        get("total_rss") + get("total_cache")
+    } else {
+        get("anon") + get("file")
+    };
+    const LIMIT: u64 = 4 * MIB;
+    assert!(v.frozen && v.state == AppState::Standby, "{name}: {v:#?}");
+    assert!(
+        resident <= LIMIT,
+        "{name}: memcg resident {} KiB: {stat}",
+        resident >> 10
+    );
+    assert!(
+        v.memory.resident_anon_bytes <= LIMIT,
+        "{name}: resident anon {} KiB: {v:#?}",
+        v.memory.resident_anon_bytes >> 10
+    );
+    assert!(
+        v.memory.swapped_bytes >= mib * MIB * 9 / 10,
+        "{name}: only {} MiB swapped of {mib}: {v:#?}",
+        v.memory.swapped_bytes / MIB
+    );
+    v
+}
+
+/// A Stop's purge: by `method`, what it moved (at least 90% of the app when it all was in
+/// memory), where the kernel left pages said.
+fn stopped_by(f: &Torpord, name: &str, body: Option<&str>, method: PurgeMethod, moved_mib: u64) {
+    let (s, v) = api_body::<StopAnswer>(&f.sock, "POST", &paths::stop(name), body);
+    assert_eq!(s, 200, "{body:?}: {v:?}");
+    let v = v.unwrap();
+    let p = v.purge().expect("purged at Stop");
+    eprintln!("stop {body:?}: {p:?}");
+    assert_eq!(p.method, method, "{v:?}");
+    assert!(
+        p.swap_moved_bytes >= moved_mib * MIB * 9 / 10,
+        "moved only {} KiB: {p:?}",
+        p.swap_moved_bytes >> 10
+    );
+    let v = assert_proven_out(f, name, moved_mib);
+    assert_eq!(v.last_purge.unwrap().method, method);
+}
+
+const KERN_MIB: u64 = 64;
+
+/// A Start of the `kern` app with `{"prefetch": mode}`: ready, its memory intact.
+fn start_kern(f: &Torpord, mode: &str) -> StartAnswer {
+    let body = format!("{{\"prefetch\": \"{mode}\"}}");
+    let (s, v) = api_body::<StartAnswer>(&f.sock, "POST", &paths::start("kern"), Some(&body));
+    assert_eq!(s, 200, "{mode}: {v:?}");
+    let v = v.unwrap();
+    assert!(v.ready() && v.state() == AppState::Running, "{mode}: {v:?}");
+    assert_eq!(
+        app_get(f.port("kern"), "/verify"),
+        200,
+        "{mode}: memory corrupted"
+    );
+    v
+}
+
+/// After a kernel purge every prefetch mode starts the app (loading-set, without a plan, as
+/// full, saying why), and each Stop purges it by the kernel again.
+fn every_mode_after_a_kernel_purge(f: &Torpord) {
+    for mode in ["none", "full", "working-set-only", "loading-set"] {
+        let v = start_kern(f, mode);
+        let t = &v.started().expect("a resume").timing;
+        if mode == "loading-set" {
+            assert_eq!(t.prefetch_mode.as_deref(), Some("full"), "{t:?}");
+            let notes = &t.activation.as_ref().expect("activation part").notes;
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.contains("the last purge was the kernel's")),
+                "{notes:?}"
+            );
+        } else {
+            assert_eq!(t.prefetch_mode.as_deref(), Some(mode), "{t:?}");
+        }
+        if mode == "full" {
+            assert!(t.prefetch_bytes >= KERN_MIB * MIB * 9 / 10, "{t:?}");
+        }
+        stopped_by(f, "kern", None, PurgeMethod::Kernel, KERN_MIB);
+        assert!(f.state_files("plan", "kern").is_empty());
+    }
+}
+
+/// A bad Stop body is refused and changes nothing; `{"purge": ...}` overrides the configured
+/// method (an ordered purge computes a plan, a kernel purge forgets it); the CLI's `--purge`.
+fn purge_override_and_cli(f: &Torpord) {
+    start_kern(f, "none");
+    for bad in [
+        r#"{"purge": "stock"}"#,
+        r#"{"purge": 1}"#,
+        r#"{"purg": "kernel"}"#,
+    ] {
+        let (s, v) = api_body::<StopAnswer>(&f.sock, "POST", &paths::stop("kern"), Some(bad));
+        assert_eq!((s, code(&v)), (400, Some("bad_request")), "{bad}: {v:?}");
+        assert_eq!(f.status("kern").state, AppState::Running);
+    }
+    stopped_by(
+        f,
+        "kern",
+        Some(r#"{"purge": "ordered"}"#),
+        PurgeMethod::Ordered,
+        KERN_MIB,
+    );
+    let pid = f.app_pid("kern");
+    assert!(
+        f.plan_path("kern", pid).exists(),
+        "an ordered purge computes a plan"
+    );
+    let v = start_kern(f, "loading-set");
+    let t = &v.started().unwrap().timing;
+    assert_eq!(t.prefetch_mode.as_deref(), Some("loading-set"), "{t:?}");
+    stopped_by(
+        f,
+        "kern",
+        Some(r#"{"purge": "kernel"}"#),
+        PurgeMethod::Kernel,
+        KERN_MIB,
+    );
+    assert!(
+        !f.plan_path("kern", pid).exists(),
+        "the kernel purge forgot the plan"
+    );
+    start_kern(f, "none");
+    let out = Command::new(TORPOR)
+        .arg("--socket")
+        .arg(&f.sock)
+        .args(["stop", "kern", "--purge", "kernel"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("kernel purge: freed"), "{text}");
+    assert_proven_out(f, "kern", KERN_MIB);
+}
+
+#[test]
+#[ignore = "root suite"]
+fn kernel_purge_takes_the_app_out_and_every_mode_starts_it() {
+    // The stock baseline: purge_method = "kernel" (the prestart's Stop too), a Stop's
+    // {"purge": ...} overriding it; a Start in every prefetch mode brings the app back intact.
+    let k = App {
+        keys: "purge_method = \"kernel\"\n".into(),
+        ..app("kern", KERN_MIB, true)
+    };
+    let mut f = fixture("kernpurge", vec![k], "");
+    f.start(&[]);
+    let v = assert_proven_out(&f, "kern", KERN_MIB);
+    assert_eq!(
+        v.last_purge.as_ref().unwrap().method,
+        PurgeMethod::Kernel,
+        "{v:#?}"
+    );
+    assert!(
+        f.state_files("plan", "kern").is_empty(),
+        "a kernel purge computes no plan"
+    );
+    every_mode_after_a_kernel_purge(&f);
+    purge_override_and_cli(&f);
 }
 
 #[test]

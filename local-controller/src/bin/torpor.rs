@@ -12,6 +12,18 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `torpor stop`.
+#[derive(clap::Args)]
+struct StopArgs {
+    name: String,
+    #[arg(long, default_value_t = 600.0)]
+    timeout: f64,
+    /// Override the app's purge method for this Stop: ordered (torpor's) | kernel (stock
+    /// Linux: the kernel reclaims the app's memory cgroup; process apps only).
+    #[arg(long, value_parser = ["ordered", "kernel"])]
+    purge: Option<String>,
+}
+
 #[derive(Parser)]
 #[command(
     name = "torpor",
@@ -45,11 +57,7 @@ enum Cmd {
         prefetch: Option<String>,
     },
     /// Ask torpord to stop (freeze, purge) an app.
-    Stop {
-        name: String,
-        #[arg(long, default_value_t = 600.0)]
-        timeout: f64,
-    },
+    Stop(StopArgs),
     /// torpord's health, or one app's full status.
     Status { name: Option<String> },
     /// Show the torpor kernel module's ABI version and features (GET_VERSION ioctl).
@@ -636,7 +644,7 @@ fn run() -> Result<()> {
             timeout,
             ref prefetch,
         } => daemon::start(&cli.socket, json, name, timeout, prefetch.clone()),
-        Cmd::Stop { ref name, timeout } => daemon::stop(&cli.socket, json, name, timeout),
+        Cmd::Stop(a) => daemon::stop(&cli.socket, json, &a),
         Cmd::Status { ref name } => daemon::status(&cli.socket, json, name.as_deref()),
         Cmd::Module { device } => module(json, &device),
         Cmd::Backend { backend } => backend_cmd(json, backend),
@@ -1054,8 +1062,19 @@ mod daemon {
         Ok(())
     }
 
-    pub fn stop(socket: &Path, json: bool, name: &str, timeout: f64) -> Result<()> {
-        let r = call(socket, "POST", &paths::stop(name), timeout, None)?;
+    pub fn stop(socket: &Path, json: bool, a: &super::StopArgs) -> Result<()> {
+        let name = &a.name;
+        let body = a
+            .purge
+            .as_ref()
+            .map(|p| serde_json::json!({ "purge": p }).to_string());
+        let r = call(
+            socket,
+            "POST",
+            &paths::stop(name),
+            a.timeout,
+            body.as_deref(),
+        )?;
         let Some(a) = answer::<StopAnswer>(&r, json)? else {
             return Ok(());
         };
@@ -1072,9 +1091,15 @@ mod daemon {
             match a.purge() {
                 None => String::new(),
                 Some(p) => format!(
-                    "; freed {} MiB, {} MiB on swap",
+                    "; {} purge: freed {} MiB, {} MiB moved to swap, {} MiB on swap{}",
+                    p.method,
                     mib(p.freed_bytes),
-                    mib(p.swapped_bytes)
+                    mib(p.swap_moved_bytes),
+                    mib(p.swapped_bytes),
+                    p.reclaim_note
+                        .as_ref()
+                        .map(|n| format!("; {n}"))
+                        .unwrap_or_default()
                 ),
             }
         );

@@ -230,9 +230,9 @@ impl Controller {
         self.cfg.prefetch == PrefetchPolicy::LoadingSet
     }
 
-    /// Stop: end the last Start's threads and merge its recordings into the loading sets.
-    /// Returns notes for the Stop answer.
-    pub(super) fn activation_stop(&self, slot: &AppSlot) -> Vec<String> {
+    /// Stop: end the last Start's threads and (`merge`) merge its recordings into the loading
+    /// sets; without `merge` (a kernel purge) they are dropped. Returns notes for the Stop answer.
+    pub(super) fn activation_stop(&self, slot: &AppSlot, merge: bool) -> Vec<String> {
         let name = &slot.cfg.name;
         let (recorder, background) = {
             let mut a = lock(&slot.act);
@@ -246,7 +246,14 @@ impl Controller {
             }
         }
         let recordings = recorder.and_then(|h| h.join().ok()).unwrap_or_default();
-        notes.extend(self.merge_recordings(name, recordings));
+        if merge {
+            notes.extend(self.merge_recordings(name, recordings));
+        } else if !recordings.is_empty() {
+            notes.push(format!(
+                "kernel purge: {} recording(s) of the last Start dropped (no loading set kept)",
+                recordings.len()
+            ));
+        }
         for n in &notes {
             self.event(Some(name), EventKind::Activation, n.clone());
         }
@@ -343,6 +350,15 @@ impl Controller {
                 format!("pid {pid}: activation plan not computed: {e}"),
             ),
         }
+    }
+
+    /// Forget the Start plans of `pids` (in memory and on disk): a kernel purge moved their
+    /// pages to other swap slots. The loading sets stay. Returns how many files were removed.
+    pub(super) fn forget_plans(&self, slot: &AppSlot, pids: &[i32]) -> usize {
+        lock(&slot.act).plans.clear();
+        pids.iter()
+            .filter(|&&pid| std::fs::remove_file(plan_path(self, &slot.cfg.name, pid)).is_ok())
+            .count()
     }
 
     /// The saved plans of `pids` (a missing or unreadable one is left out, with a note).

@@ -138,6 +138,8 @@ pub struct App {
     /// Its readiness timeout: only catches an app that never serves (a cold start fills its
     /// memory with random data, which takes a while on a loaded machine).
     pub timeout: &'static str,
+    /// More keys of its `[[app]]` table (TOML lines, may be empty).
+    pub keys: String,
 }
 
 impl App {
@@ -149,6 +151,7 @@ impl App {
             prestart: true,
             extra: vec![],
             timeout: "300s",
+            keys: String::new(),
         }
     }
 }
@@ -169,8 +172,8 @@ pub fn config_toml(sock: &Path, state: &Path, parent: &str, global: &str, apps: 
         ];
         argv.extend(a.extra.iter().cloned());
         toml += &format!(
-            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n",
-            a.name, argv, a.port, a.timeout, a.prestart
+            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n{}",
+            a.name, argv, a.port, a.timeout, a.prestart, a.keys
         );
     }
     toml
