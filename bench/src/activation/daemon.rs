@@ -27,6 +27,9 @@ pub struct Daemon {
     /// The configuration torpord runs with now: `true` = the warm one (`purge = "never"`).
     pub warm: bool,
     pub restarts: usize,
+    /// The purge method every Stop asks for (`None`: torpord's configured one, the ordered
+    /// purge): `kernel` for the `demand-stock` trials.
+    pub stop_purge: Option<torpor_api::PurgeMethod>,
 }
 
 impl Daemon {
@@ -43,6 +46,7 @@ impl Daemon {
             child: None,
             warm: false,
             restarts: 0,
+            stop_purge: None,
         })
     }
 
@@ -221,13 +225,22 @@ impl Daemon {
     }
 
     pub fn stop_app(&self) -> Result<Value> {
+        let body = self
+            .stop_purge
+            .map(|m| serde_json::to_value(torpor_api::StopRequest { purge: Some(m) }))
+            .transpose()?;
         let (st, v) = self.call(
             "POST",
             &format!("/v1/apps/{}/stop", self.app),
-            None,
+            body.as_ref(),
             Duration::from_secs(900),
         )?;
-        ensure!(st == 200, "stop {}: {st} {v}", self.app);
+        ensure!(
+            st == 200,
+            "stop {} (purge {:?}): {st} {v}",
+            self.app,
+            self.stop_purge
+        );
         Ok(v)
     }
 
@@ -470,6 +483,7 @@ mod tests {
             child: None,
             warm: false,
             restarts: 0,
+            stop_purge: None,
         };
         let def = d.config_text(false);
         for k in ["prefetch", "purge", "reserve", "backend"] {
