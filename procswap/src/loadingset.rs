@@ -27,9 +27,15 @@
 //! [`LoadingSet::merge`]: pages touched in this cycle get weight 1 (age 0) with this cycle's
 //! order; a page of the previous set that was **observable** in this cycle (a candidate not
 //! mapped at start) and was not touched decays (weight × `decay`, age + 1) and is dropped below
-//! `min_weight` — and leaves the part touched before the first response (the next Start
-//! fetches it after the thaw, not before); a page that could not be observed (already mapped at thaw, e.g. after a full
-//! prefetch *with* a mapping pass) keeps its weight: no evidence, no change. So a Stop after a
+//! `min_weight`; a page of the part touched before a first response decays more slowly
+//! (× `first_decay`) and **stays in that part** until it is dropped: what an app touches before
+//! its first response varies from cycle to cycle (Tomcat: a background thread whose timer may
+//! or may not fire in the window, compiler threads, stack depths; 3,100–3,400 pages a cycle of
+//! which ~230 were not touched before the first response of the cycle before — each a major
+//! fault after the thaw), so the part read before the thaw is the union of the last cycles'
+//! (six with the defaults), not the last cycle's alone. A page that could not be observed
+//! (already mapped at thaw, e.g. after a full prefetch *with* a mapping pass) keeps its weight:
+//! no evidence, no change. So a Stop after a
 //! full prefetch never turns the loading set into the whole process: only what the app mapped
 //! counts, never what was merely fetched.
 
@@ -142,14 +148,22 @@ pub struct DecayPolicy {
     pub decay: f32,
     /// Pages whose weight falls below this are dropped.
     pub min_weight: f32,
+    /// Weight multiplier per cycle for a page of the part touched before the first response
+    /// (it keeps that flag until it is dropped).
+    pub first_decay: f32,
 }
 
 impl Default for DecayPolicy {
     fn default() -> Self {
         // 1 → 0.5 → 0.25 → dropped: a page untouched in three observed cycles leaves the set.
+        // Touched before a first response: 1 → 0.75 → … → 0.237 → dropped, i.e. the part read
+        // before the thaw is the union of the last six cycles' (Tomcat, 11 recorded cycles:
+        // the next cycle's pages missing from it 234 → 63 a cycle on average, for 3,227 →
+        // 4,020 pages read before the thaw; bench/results/activation/README.md, "Session 7").
         Self {
             decay: 0.5,
             min_weight: 0.2,
+            first_decay: 0.75,
         }
     }
 }
@@ -463,14 +477,18 @@ fn carry_over(
             },
             t,
         );
-        // Observable and untouched: decays, and leaves the part fetched before the thaw (the
-        // first response did without it this time; it stays in the loading set, fetched
-        // right after the thaw, until it decays out). Not observable: unchanged.
+        // Observable and untouched: decays (more slowly, and staying in the part fetched
+        // before the thaw, if it was touched before a first response: see the module doc).
+        // Not observable: unchanged.
         let decayed = LsRun {
             age: r.age + 1,
-            weight: r.weight * policy.decay,
+            weight: r.weight
+                * if r.first_response {
+                    policy.first_decay
+                } else {
+                    policy.decay
+                },
             object,
-            first_response: false,
             ..*r
         };
         if decayed.weight >= policy.min_weight {
@@ -1215,11 +1233,12 @@ mod tests_loadingset {
     #[test]
     fn merge_decays_only_observed_pages_and_keeps_touch_order() {
         let p = DecayPolicy::default();
-        // Cycle 1: pages 100..104 in round 2, 10..12 in round 1.
+        // Cycle 1: pages 100..104 in round 2, 10..12 in round 1 (both before the first
+        // response), 300..302 after it.
         let s1 = LoadingSet::merge(
             None,
             &rec(
-                vec![run(10, 2, 1), run(100, 4, 2)],
+                vec![run(10, 2, 1), run(100, 4, 2), anon_run(300, 2, 3, false)],
                 vec![PageRun {
                     first: 0,
                     count: 1000,
@@ -1232,46 +1251,107 @@ mod tests_loadingset {
                 .iter()
                 .map(|r| (r.first, r.count, r.round))
                 .collect::<Vec<_>>(),
-            vec![(10, 2, 1), (100, 4, 2)]
+            vec![(10, 2, 1), (100, 4, 2), (300, 2, 3)]
         );
-        // Cycle 2: only 100..102 touched (round 1); 10..12 observable but untouched → 0.5;
-        // 102..104 not observable (already mapped at thaw) → unchanged.
+        // Cycle 2: only 100..102 touched (round 1); 10..12 and 300..302 observable but
+        // untouched → 0.75 (touched before a first response) and 0.5; 102..104 not observable
+        // (already mapped at thaw) → unchanged.
         let s2 = LoadingSet::merge(
             Some(&s1),
             &rec(
                 vec![run(100, 2, 1)],
-                vec![PageRun {
-                    first: 0,
-                    count: 100,
-                }],
+                vec![
+                    PageRun {
+                        first: 0,
+                        count: 100,
+                    },
+                    PageRun {
+                        first: 300,
+                        count: 2,
+                    },
+                ],
             ),
             &p,
         );
         let v: Vec<_> = s2
             .runs
             .iter()
-            .map(|r| (r.first, r.count, r.age, r.weight))
+            .map(|r| (r.first, r.count, r.age, r.weight, r.first_response))
             .collect();
-        assert_eq!(v, vec![(100, 2, 0, 1.0), (102, 2, 0, 1.0), (10, 2, 1, 0.5)]);
+        assert_eq!(
+            v,
+            vec![
+                (100, 2, 0, 1.0, true),
+                (102, 2, 0, 1.0, true),
+                (10, 2, 1, 0.75, true),
+                (300, 2, 1, 0.5, false)
+            ]
+        );
         assert_eq!(s2.cycles, 2);
-        // The decayed run is no longer part of what the next Start reads before the thaw; the
-        // unobserved one keeps its flag.
-        let first: Vec<_> = s2
-            .runs
-            .iter()
-            .map(|r| (r.first, r.first_response))
-            .collect();
-        assert_eq!(first, vec![(100, true), (102, true), (10, false)]);
-        // Two more observed cycles without touching 10..12: 0.25, then dropped (< 0.2).
+    }
+
+    /// Observed cycles without a touch: a later run is dropped at the third (0.5, 0.25, then
+    /// < 0.2); a run touched before a first response stays in that part for five (0.75^5 =
+    /// 0.237) and is dropped at the sixth (0.178).
+    #[test]
+    fn first_response_pages_stay_first_until_they_decay_out() {
+        let p = DecayPolicy::default();
         let obs = vec![PageRun {
             first: 0,
             count: 1000,
         }];
-        let s3 = LoadingSet::merge(Some(&s2), &rec(vec![run(100, 4, 1)], obs.clone()), &p);
-        assert!(s3.runs.iter().any(|r| r.first == 10 && r.weight == 0.25));
-        let s4 = LoadingSet::merge(Some(&s3), &rec(vec![run(100, 4, 1)], obs), &p);
-        assert!(!s4.runs.iter().any(|r| r.first == 10), "{:?}", s4.runs);
-        assert_eq!(s4.pages().anon, 4);
+        let s1 = LoadingSet::merge(
+            None,
+            &rec(
+                vec![run(10, 2, 1), run(100, 4, 2), anon_run(300, 2, 3, false)],
+                obs.clone(),
+            ),
+            &p,
+        );
+        let mut s = s1.clone();
+        let mut kept = Vec::new();
+        for _ in 2..=7 {
+            s = LoadingSet::merge(Some(&s), &rec(vec![run(100, 4, 1)], obs.clone()), &p);
+            kept.push((
+                s.runs
+                    .iter()
+                    .find(|r| r.first == 10)
+                    .map(|r| (r.age, r.first_response)),
+                s.runs.iter().any(|r| r.first == 300),
+            ));
+        }
+        assert_eq!(
+            kept,
+            vec![
+                (Some((1, true)), true),
+                (Some((2, true)), true),
+                (Some((3, true)), false),
+                (Some((4, true)), false),
+                (Some((5, true)), false),
+                (None, false)
+            ]
+        );
+        assert_eq!(s.pages().anon, 4);
+        // The part read before the next thaw: every run still flagged, whatever its age.
+        let s2 = LoadingSet::merge(Some(&s1), &rec(vec![], obs.clone()), &p);
+        let s3 = LoadingSet::merge(Some(&s2), &rec(vec![run(500, 1, 1)], obs), &p);
+        assert_eq!(
+            s3.runs_of(MemKind::Anon, None, Some(true)),
+            vec![
+                PageRun {
+                    first: 10,
+                    count: 2
+                },
+                PageRun {
+                    first: 100,
+                    count: 4
+                },
+                PageRun {
+                    first: 500,
+                    count: 1
+                }
+            ]
+        );
     }
 
     #[test]
