@@ -10,7 +10,12 @@
 //! (`process_vm_readv`: a read fault, the slot stays), page it out and read it back again, and
 //! write the same contents back (`process_vm_writev`: a write fault on the swap entry, which
 //! frees the slot). The page is then present, dirty and without
-//! a slot, and the ordered page-out that follows gives it a new, consecutive one.
+//! a slot, and the ordered page-out that follows gives it a new, consecutive one. A page still
+//! **on swap** (a swap entry: paged out by an earlier purge, fetched by the last Start but not
+//! touched) goes through the same steps — its first page-out is a no-op — so it leaves its old
+//! slot too: without that, every page the loading set's first part keeps from older cycles
+//! stays where an older layout put it (Tomcat: the first part's 33–46 swap extents became
+//! 160–544 once it kept six cycles' pages).
 //!
 //! What is written is exactly what was read from the target a moment before, while it was
 //! frozen and the page mapped by it alone, and only after a page-out took it (so nothing had it
@@ -44,9 +49,10 @@ const ROUNDS: usize = 3;
 /// What [`reslot`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReslotReport {
-    /// Present, exclusively mapped anonymous pages of the ranges that were in the swap cache.
+    /// Anonymous pages of the ranges that held a swap slot: present, exclusively mapped ones in
+    /// the swap cache, and swap entries.
     pub candidates: u64,
-    /// Of those, pages that left the swap cache (no slot any more).
+    /// Of those, pages that hold no slot any more.
     pub reslotted: u64,
     /// Pages written back (a page can be written in more than one round).
     pub written: u64,
@@ -86,10 +92,16 @@ fn page_flags(flags: &File, pfn: u64) -> Result<u64> {
     Ok(u64::from_ne_bytes(b))
 }
 
-/// Whether a pagemap entry is a present, exclusively mapped, small anonymous page that holds
-/// a swap slot (is in the swap cache).
+/// Whether a pagemap entry is an anonymous page that holds a swap slot: a present, exclusively
+/// mapped, small one in the swap cache, or a swap entry (paged out and not mapped since: a page
+/// of the loading set's first part that the last cycle fetched but did not touch keeps the slot
+/// an older layout gave it, scattered among the new ones; the same steps move it: its page-out
+/// is a no-op, the read-back brings it in).
 fn has_slot(flags: &File, info: &procfs::process::PageInfo) -> Result<bool> {
-    let (present, file, _) = classify(info);
+    let (present, file, slot) = classify(info);
+    if let (false, false, Some(_)) = (present, file, slot) {
+        return Ok(true);
+    }
     let procfs::process::PageInfo::MemoryPage(f) = info else {
         return Ok(false);
     };
@@ -102,7 +114,8 @@ fn has_slot(flags: &File, info: &procfs::process::PageInfo) -> Result<bool> {
     Ok(fl & KPF_ANON != 0 && fl & KPF_SWAPCACHE != 0 && fl & huge == 0)
 }
 
-/// The pages of `ranges` (in order, at most `max`) that hold a swap slot while present.
+/// The pages of `ranges` (in order, at most `max`) that hold a swap slot: present ones in the
+/// swap cache and swap entries ([`has_slot`]).
 fn slotted_pages(t: &Target, flags: &File, ranges: &[Range], max: u64) -> Result<Vec<u64>> {
     let mut pm = Pagemap::open(t.pid())?;
     let mut out = Vec::new();
@@ -124,7 +137,7 @@ fn slotted_pages(t: &Target, flags: &File, ranges: &[Range], max: u64) -> Result
     err.map_or(Ok(out), Err)
 }
 
-/// Of `pages`, those that still hold a slot while present.
+/// Of `pages`, those that still hold a slot.
 fn still_slotted(t: &Target, flags: &File, pages: &[u64]) -> Result<Vec<u64>> {
     let ps = sys::page_size();
     let ranges: Vec<Range> = pages.iter().map(|&a| Range { start: a, len: ps }).collect();

@@ -1055,6 +1055,42 @@ fn reslot_gives_read_faulted_pages_new_slots() {
     ));
 }
 
+/// Pages still on swap from an earlier purge (never mapped since) in the layout's re-slotted
+/// head: each leaves its old slot too, so the ordered page-out lays them out with the rest of
+/// the head instead of leaving them where the earlier layout put them; contents survive.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn reslot_moves_pages_still_on_swap() {
+    let (mut k, a) = read_faulted_kid("reslot-swapped", false);
+    assert_eq!(pm_state(k.pid, a, 64), (0, 64), "on swap, not mapped");
+    let rep = purge(
+        k.pid,
+        &PurgeOptions {
+            layout_first: Some(reversed_pages(a, 64)),
+            layout_rewrite_bytes: 64 * ps(),
+            ..Default::default()
+        },
+    );
+    let l = rep.layout.unwrap();
+    eprintln!("{l:?}");
+    assert_eq!(
+        (l.rewritten_pages, l.rewrite_refused_pages),
+        (64, 0),
+        "every page on swap gave up its old slot"
+    );
+    assert_eq!(l.loading_set_swapped_pages, 64);
+    assert_eq!(l.already_swapped_pages, 0, "no page kept its old slot");
+    assert_eq!(pm_state(k.pid, a, 64), (0, 64), "all paged out again");
+    k.cont();
+    let v = k.cmd("VERIFY");
+    assert_eq!(v.len(), 2, "contents intact after the re-slot: {v:?}");
+    summary(&format!(
+        "reslot (on swap): RAN and PASSED: 64 of 64 pages still on swap given new slots, contents verified \
+         (touch-order extents {} for 64 pages paged out in reverse order)",
+        l.loading_set_touch_order_extents
+    ));
+}
+
 /// A stopped kindchild with 1024 anonymous pages purged; with `touch`, its first 64 pages then
 /// read-faulted back in (clean, in the swap cache). Returns it and the area's address.
 fn read_faulted_kid(tag: &str, touch: bool) -> (Kid, u64) {
