@@ -27,13 +27,15 @@
 //! [`LoadingSet::merge`]: pages touched in this cycle get weight 1 (age 0) with this cycle's
 //! order; a page of the previous set that was **observable** in this cycle (a candidate not
 //! mapped at start) and was not touched decays (weight × `decay`, age + 1) and is dropped below
-//! `min_weight`; a page of the part touched before a first response decays more slowly
-//! (× `first_decay`) and **stays in that part** until it is dropped: what an app touches before
+//! `min_weight`; an anonymous page of the part touched before a first response decays more
+//! slowly (× `first_decay`) and **stays in that part** until it is dropped: what an app touches before
 //! its first response varies from cycle to cycle (Tomcat: a background thread whose timer may
 //! or may not fire in the window, compiler threads, stack depths; 3,100–3,400 pages a cycle of
 //! which ~230 were not touched before the first response of the cycle before — each a major
 //! fault after the thaw), so the part read before the thaw is the union of the last cycles'
-//! (six with the defaults), not the last cycle's alone. A page that could not be observed
+//! (six with the defaults), not the last cycle's alone. Shmem and file pages leave that part at
+//! their first missed cycle (Tomcat: 3–9 major faults on file pages per Start either way, and
+//! keeping them six cycles grew the part by ~700 file pages). A page that could not be observed
 //! (already mapped at thaw, e.g. after a full prefetch *with* a mapping pass) keeps its weight:
 //! no evidence, no change. So a Stop after a
 //! full prefetch never turns the loading set into the whole process: only what the app mapped
@@ -148,8 +150,9 @@ pub struct DecayPolicy {
     pub decay: f32,
     /// Pages whose weight falls below this are dropped.
     pub min_weight: f32,
-    /// Weight multiplier per cycle for a page of the part touched before the first response
-    /// (it keeps that flag until it is dropped).
+    /// Weight multiplier per cycle for an anonymous page of the part touched before the first
+    /// response (it keeps that flag until it is dropped; shmem and file pages lose it and decay
+    /// by `decay`).
     pub first_decay: f32,
 }
 
@@ -478,17 +481,19 @@ fn carry_over(
             t,
         );
         // Observable and untouched: decays (more slowly, and staying in the part fetched
-        // before the thaw, if it was touched before a first response: see the module doc).
-        // Not observable: unchanged.
+        // before the thaw, if it is an anonymous page touched before a first response: see the
+        // module doc). Not observable: unchanged.
+        let keep_first = r.first_response && r.kind == MemKind::Anon;
         let decayed = LsRun {
             age: r.age + 1,
             weight: r.weight
-                * if r.first_response {
+                * if keep_first {
                     policy.first_decay
                 } else {
                     policy.decay
                 },
             object,
+            first_response: keep_first,
             ..*r
         };
         if decayed.weight >= policy.min_weight {
@@ -1371,6 +1376,49 @@ mod tests_loadingset {
         // Everything was mapped at thaw: nothing observable, nothing touched.
         let s2 = LoadingSet::merge(Some(&s1), &rec(vec![], vec![]), &p);
         assert_eq!(s2.runs, s1.runs);
+    }
+
+    /// A file page touched before a first response leaves that part at its first observed
+    /// miss (weight × `decay`); an anonymous one keeps it (× `first_decay`).
+    #[test]
+    fn only_anonymous_pages_stay_first_after_a_miss() {
+        let p = DecayPolicy::default();
+        let file = LsObject {
+            kind: MemKind::File,
+            key: ObjectKey { dev: 1, ino: 7 },
+            path: "/lib/x.so".into(),
+        };
+        let all = vec![PageRun {
+            first: 0,
+            count: 1000,
+        }];
+        let cycle = |touched: Vec<LsRun>| Recording {
+            objects: vec![file.clone()],
+            observable: vec![
+                (MemKind::Anon, None, all.clone()),
+                (MemKind::File, Some(0), all.clone()),
+            ],
+            ..rec(touched, vec![])
+        };
+        let f = LsRun {
+            kind: MemKind::File,
+            object: Some(0),
+            ..run(40, 16, 1)
+        };
+        let s1 = LoadingSet::merge(None, &cycle(vec![run(10, 2, 1), f]), &p);
+        let s2 = LoadingSet::merge(Some(&s1), &cycle(vec![]), &p);
+        let v: Vec<_> = s2
+            .runs
+            .iter()
+            .map(|r| (r.kind, r.first, r.weight, r.first_response))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                (MemKind::Anon, 10, 0.75, true),
+                (MemKind::File, 40, 0.5, false)
+            ]
+        );
     }
 
     #[test]
