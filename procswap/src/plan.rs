@@ -721,23 +721,26 @@ impl IoQueue {
     /// system on an anonymous device): then [`IoQueue::wait_below`] never waits.
     pub fn of_swap() -> Self {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let mut files = Vec::new();
         let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-        for line in swaps.lines().skip(1) {
-            let Some(path) = line.split_whitespace().next() else {
-                continue;
-            };
-            let Ok(md) = std::fs::metadata(path) else {
-                continue;
-            };
-            let dev = if md.file_type().is_block_device() {
+        Self::of_devices(swaps.lines().skip(1).filter_map(|line| {
+            let md = std::fs::metadata(line.split_whitespace().next()?).ok()?;
+            Some(if md.file_type().is_block_device() {
                 md.rdev()
             } else {
                 md.dev()
-            };
+            })
+        }))
+    }
+
+    /// The queues of the block devices `devs` (`st_dev` of files on them, or a device's
+    /// `st_rdev`); devices without a queue in sysfs (e.g. a file system on an anonymous device)
+    /// are left out, and an empty list never waits.
+    pub fn of_devices(devs: impl IntoIterator<Item = u64>) -> Self {
+        let mut files = Vec::new();
+        for dev in devs {
             let (maj, min) = dev_major_minor(dev);
             let f = std::path::PathBuf::from(format!("/sys/dev/block/{maj}:{min}/inflight"));
-            if f.exists() && !files.contains(&f) {
+            if !files.contains(&f) && f.exists() {
                 files.push(f);
             }
         }
@@ -968,7 +971,8 @@ mod tests_plan {
         // glibc's makedev(259, 65536): major bits 8..20, minor bits 0..8 and 20..32.
         let big = (259u64 << 8) | ((65536u64 & !0xff) << 12);
         assert_eq!(dev_major_minor(big), (259, 65536));
-        // No queue: never waits, reports nothing.
+        // No queue (dev 0:0 has none in sysfs): never waits, reports nothing.
+        assert!(IoQueue::of_devices([0u64, 0]).is_empty());
         let q = IoQueue::default();
         assert!(q.is_empty());
         assert_eq!(q.reads_in_flight(), None);
