@@ -757,6 +757,46 @@ pub fn fadvise(file: &File, runs: &[PageRun], advice: i32) -> std::io::Result<u6
     Ok(done)
 }
 
+/// The pages of `runs` (file page indexes, normalized) that hold data, by
+/// `lseek(SEEK_DATA/SEEK_HOLE)`: holes (never written, or punched) left out. On tmpfs a page on
+/// swap is data. A file system without the two (they then see the whole file as data) loses
+/// nothing.
+pub fn data_runs(file: &File, runs: &[PageRun]) -> std::io::Result<Vec<PageRun>> {
+    let ps = sys::page_size();
+    let limit = file.metadata()?.len().div_ceil(ps);
+    let seek = |off: u64, whence: i32| -> std::io::Result<Option<u64>> {
+        // SAFETY: integer arguments on an fd we own; the file offset it moves is our own.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data (or no hole) at or after `off`.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    let mut data = Vec::new();
+    let end = limit * ps;
+    let mut off = runs.first().map_or(end, |r| r.first * ps);
+    while off < end {
+        let Some(d) = seek(off, libc::SEEK_DATA)? else {
+            break;
+        };
+        let h = seek(d, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        if h > d {
+            data.push(PageRun {
+                first: d / ps,
+                count: h.div_ceil(ps) - d / ps,
+            });
+        }
+        off = h.max(d + 1);
+    }
+    Ok(intersect(&clip(runs, limit), &normalize(data)))
+}
+
 /// `cachestat(2)` figures of a file range (Linux ≥ 6.5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStat {
@@ -907,6 +947,34 @@ mod tests_memkind {
         let ps = 4096;
         let rs = ranges_of_runs(&a, ps);
         assert_eq!(runs_of_ranges(&rs, ps), a);
+    }
+
+    #[test]
+    fn data_runs_leave_out_the_holes_of_shared_memory() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::fd::FromRawFd;
+        let ps = sys::page_size();
+        // SAFETY: a valid NUL-terminated name; the fd returned is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"torpor-data-runs".as_ptr(), 0) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        f.set_len(10 * ps).unwrap();
+        for p in [0, 1, 5, 9] {
+            f.seek(SeekFrom::Start(p * ps)).unwrap();
+            f.write_all(&[1]).unwrap();
+        }
+        assert_eq!(
+            data_runs(&f, &[r(0, 10)]).unwrap(),
+            vec![r(0, 2), r(5, 1), r(9, 1)]
+        );
+        // Only inside the runs asked about, clipped to the size.
+        assert_eq!(
+            data_runs(&f, &[r(1, 5), r(8, 100)]).unwrap(),
+            vec![r(1, 1), r(5, 1), r(9, 1)]
+        );
+        assert_eq!(data_runs(&f, &[r(2, 3)]).unwrap(), vec![]);
+        assert_eq!(data_runs(&f, &[]).unwrap(), vec![]);
     }
 
     #[test]

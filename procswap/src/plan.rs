@@ -320,6 +320,26 @@ fn first_touch_ranks(ls: Option<&LoadingSet>) -> HashMap<(MemKind, memkind::Obje
     m
 }
 
+/// The pages of a snapshot object that are out now (neither in the page cache nor the swap
+/// cache). Files: of those resident at Stop. Shared memory: of *every* page of the object the
+/// app maps or holds, holes left out (`SEEK_DATA`: a swapped page is data), like anonymous
+/// memory's "every private page on swap now" — pages the last Start fetched but the app never
+/// mapped sat in the swap cache, not resident in the Stop-time view of a process that does not
+/// touch them (PostgreSQL's postmaster never touches most of `shared_buffers`; its backends
+/// do, and exit), so with the Stop-time residency alone each plan held half the segment and the
+/// other half came back one major fault at a time.
+fn out_pages(
+    v: &ObjectView,
+    o: &crate::residency::ObjectResidency,
+) -> std::io::Result<Vec<PageRun>> {
+    let want = if o.object.kind == MemKind::Shmem {
+        memkind::data_runs(v.file(), &o.object.interest)?
+    } else {
+        o.resident.clone()
+    };
+    Ok(subtract(&want, &normalize(v.resident(&want)?)))
+}
+
 /// Shmem and file objects: what was resident at Stop and is out now, split into the three
 /// parts (loading-set parts in order of first touch, the rest in snapshot order) and added to
 /// `parts`. Returns the objects the parts refer to; one that cannot be reopened is left out
@@ -338,10 +358,9 @@ fn object_parts(
     for o in &snap.objects {
         let now = match memkind::reopen(pid, &o.object).and_then(|f| {
             let v = ObjectView::new(f, None).map_err(|e| Gone::Unreadable(e.to_string()))?;
-            v.resident(&o.resident)
-                .map_err(|e| Gone::Unreadable(e.to_string()))
+            out_pages(&v, o).map_err(|e| Gone::Unreadable(e.to_string()))
         }) {
-            Ok(r) => normalize(r),
+            Ok(out) => out,
             Err(g) => {
                 notes.push(format!(
                     "{} {}: {g}: left out of the plan",
@@ -350,7 +369,7 @@ fn object_parts(
                 continue;
             }
         };
-        let out = subtract(&o.resident, &now);
+        let out = now;
         if out.is_empty() {
             continue;
         }
