@@ -393,8 +393,11 @@ fn condition_and_prove(
     if !proof.ok {
         // One more cycle in the same mode, then give up on this trial.
         eprintln!("activation: {} {mode} trial {trial}: memory not {} after Stop: {}; one more Stop/Start cycle", wl.name(), proof.kind, proof.why);
+        // The clock starts before the Start: a workload that looks for the Start's readiness
+        // probe among the app's commands (redis' MONITOR, opened before the Stop) finds it.
+        let at = At::now();
         d.start_app(Some(cond_mode))?;
-        wl.run(&At::now(), 2_000_003 + trial as u64, &mut || {})?;
+        wl.run(&at, 2_000_003 + trial as u64, &mut || {})?;
         if warm {
             wl.settle(d)?;
         }
@@ -512,8 +515,9 @@ fn run_one(
     let seed = trial as u64 + 1;
     if !ok {
         tr.refused = true;
+        let at = At::now();
         d.start_app(body_mode(mode))?;
-        wl.run(&At::now(), seed, &mut || {})?;
+        wl.run(&at, seed, &mut || {})?;
     } else {
         timed_start(d, wl, mode, seed, &mc, &mut tr)?;
     }
