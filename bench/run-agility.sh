@@ -2,12 +2,21 @@
 # bench/run-agility.sh (`make bench-agility`) — end-to-end agility of a hosting platform
 # (*Agile application placement in hosting platforms*, WWW 2009, section 5, Fig. 11) on this
 # machine. For each mechanism, back to back in one run: a real etcd and a real HAProxy on
-# loopback, two emulated hosts (a torpord each, started inside its own cgroup-v1 cpu group whose
-# CFS quota is the host's share, so the apps it starts inherit the cap), a host agent each, one
-# controller. `web` (torpor-testapp) runs on the base host and is held on the support host:
+# loopback, two emulated hosts (a torpord each; the apps it starts are confined to a cgroup-v1
+# cpu group whose CFS quota is the host's share by the host agent's --enforce-share, which moves
+# them in at every sample, every 250 ms; torpord itself, the platform's local controller, and
+# its prefetch and recorder threads are not in the tenant's share), a host agent each, one
+# controller. HAProxy gives each server one request at a time (the app's max_conn 1:
+# torpor-testapp serves one request at a time anyway) and holds the backlog in its backend
+# queue, from which the support host takes requests the moment it is enabled. `web` (torpor-testapp) runs on the base host and is held on the support host:
 #   regular        deployed, not started: Start cold-starts it (regular startup);
-#   demand-paging  frozen and purged, Start thaws it without prefetch (suspend/resume);
-#   torpor         frozen and purged, Start with torpord's default (loading set).
+#   demand-paging  frozen and purged by the kernel's own reclaim (torpord's purge_method =
+#                  "kernel": stock Linux swap-out of the app's memory cgroup, no layout, no
+#                  loading set), Start thaws it without prefetch (suspend/resume, stock paging);
+#   torpor         frozen and purged by torpord (ordered purge), Start with its default
+#                  (loading set).
+# Before the load, the support host's app must be out of memory (resident anon <= 4 MiB, from
+# torpord's status, saved in support-before.json) in the two suspended modes.
 # httperf (open loop, fixed rates) sends LOW requests/s from t = 0 and HIGH-LOW more from
 # t = FLASH (the flash crowd); the controller sees the base host's CPU reach 80 % of its share,
 # activates web on the support host, HAProxy serves it. HAProxy logs every request; then
@@ -58,9 +67,10 @@ wait_for() { # WHAT CMD...: poll every 0.2 s, give up after 600 s
 }
 api() { curl -sf --unix-socket "$DIR/$1/torpord.sock" "${@:3}" "http://t/v1/$2"; }
 
-# HOST PREFETCH PRESTART: a torpord in its own cgroup-v1 cpu group, capped at $SHARE cores.
+# HOST PREFETCH PRESTART PURGE: a torpord whose apps go in the cgroup-v1 cpu group of its cgroup parent,
+# capped at $SHARE cores (the agent's --enforce-share moves them in).
 start_host() {
-    local h=$1 prefetch=$2 prestart=$3 parent="torpor-agility-$1-$$" p
+    local h=$1 prefetch=$2 prestart=$3 purge=$4 parent="torpor-agility-$1-$$" p
     p=$(port); PARENTS+=("$parent"); mkdir -p "$DIR/$h"
     eval "PORT_$h=$p"
     local cpu=/sys/fs/cgroup/cpu/$parent
@@ -84,8 +94,9 @@ command = ["$BIN/torpor-testapp", "--port", "$p", "--mib", "$MIB", "--startup-de
 ready = { http = "http://127.0.0.1:$p/" }
 ready_timeout = "600s"
 prestart = $prestart
+purge_method = "$purge"
 EOF
-    sh -c "echo \$\$ > $cpu/cgroup.procs && exec $BIN/torpord --config $DIR/$h/torpord.toml" >"$DIR/$h/torpord.log" 2>&1 &
+    "$BIN/torpord" --config "$DIR/$h/torpord.toml" >"$DIR/$h/torpord.log" 2>&1 &
     PIDS+=($!)
     wait_for "torpord $h" api "$h" health
     [ "$prestart" = false ] || wait_for "torpord $h's standby pool" sh -c "curl -sf --unix-socket $DIR/$h/torpord.sock http://t/v1/health | jq -e .pool_ready"
@@ -94,7 +105,7 @@ EOF
 start_agent() {
     local h=$1 p; eval "p=\$PORT_$h"
     "$BIN/torpor-fleet" --etcd "$ETCD" host --name "$h" --torpord "$DIR/$h/torpord.sock" \
-        --cgroup-parent "torpor-agility-$h-$$" --share-cores "$SHARE" --serve "web=127.0.0.1:$p" \
+        --cgroup-parent "torpor-agility-$h-$$" --share-cores "$SHARE" --enforce-share --serve "web=127.0.0.1:$p" \
         >"$DIR/agent-$h.log" 2>&1 &
     PIDS+=($!)
 }
@@ -110,6 +121,14 @@ cycle_support() {
     done
 }
 
+# The support host's app is out of memory before the load (resident anon <= 4 MiB).
+support_out() {
+    api support apps/web > "$DIR/support-before.json"
+    local anon; anon=$(jq '.memory.resident_anon_bytes' "$DIR/support-before.json")
+    say "   support's app before the load: $(jq -c '{state, resident_anon_bytes: .memory.resident_anon_bytes, purge: .last_purge.method, swap_moved_bytes: .last_purge.swap_moved_bytes}' "$DIR/support-before.json")"
+    [ "$anon" -le $((4 << 20)) ] || { echo "run-agility: the support host's app keeps $anon bytes of anonymous memory resident after its purge" >&2; exit 1; }
+}
+
 served_by() { echo "show servers state web" | python3 -c "
 import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('$DIR/haproxy.sock'); s.sendall(sys.stdin.read().encode())
 out=b''
@@ -117,11 +136,11 @@ while (d:=s.recv(65536)): out+=d
 sys.exit(0 if any(l.split()[3] == '$1' and l.split()[6] == '0' and l.split()[5] == '2' for l in out.decode().splitlines()[2:] if len(l.split()) > 6) else 1)"; }
 
 run_mode() {
-    local mode=$1 prefetch=loading-set prestart=true
+    local mode=$1 prefetch=loading-set prestart=true purge=ordered
     DIR=$RUN/$mode; rm -rf "$DIR"; mkdir -p "$DIR"
     case $mode in
         regular) prestart=false ;;
-        demand-paging) prefetch=none ;;
+        demand-paging) prefetch=none purge=kernel ;;
         torpor) ;;
         *) echo "run-agility: unknown mode $mode (regular, demand-paging, torpor)" >&2; exit 2 ;;
     esac
@@ -134,15 +153,15 @@ run_mode() {
     "$BIN/torpor-fleet" router-config --socket "$DIR/haproxy.sock" --frontend "web=$FE" > "$DIR/haproxy.cfg"
     haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 &
     PIDS+=($!)
-    start_host base loading-set true
-    start_host support "$prefetch" "$prestart"
-    [ "$mode" = regular ] || cycle_support
+    start_host base loading-set true ordered
+    start_host support "$prefetch" "$prestart" "$purge"
+    [ "$mode" = regular ] || { cycle_support; support_out; }
     local cport; cport=$(port)
     "$BIN/torpor-fleet" --etcd "$ETCD" controller --id c1 --haproxy "$DIR/haproxy.sock" --cooldown 3600 \
         --listen "127.0.0.1:$cport" >"$DIR/controller.log" 2>&1 &
     PIDS+=($!)
     start_agent base
-    wait_for "etcd" "$BIN/torpor-fleet" --etcd "$ETCD" app web --min-running 1 --max-running 2
+    wait_for "etcd" "$BIN/torpor-fleet" --etcd "$ETCD" app web --min-running 1 --max-running 2 --max-conn 1
     wait_for "web served by the base host" served_by base
     start_agent support
     sleep 5

@@ -1,6 +1,7 @@
 //! The host agent (`torpor-fleet host`): registers the host with a lease, publishes a report
-//! every interval, watches the host's placement keys and enacts them through torpord, and
-//! writes back the outcome with its timings.
+//! every interval (and at once when its CPU rule trips or clears: the CPU is measured every
+//! sample, over the last second), watches the host's placement keys and enacts them through
+//! torpord, and writes back the outcome with its timings.
 //!
 //! The enactor lives across etcd sessions: when etcd is unreachable, apps stay as they are
 //! (nothing is started or stopped for want of etcd), finished outcomes wait in memory, and the
@@ -9,7 +10,7 @@
 use crate::measure::{Meter, Sample};
 use crate::schema::{
     decode, encode, unix_now, AppReport, Desired, Flags, HostRecord, Key, Outcome, Placement,
-    Report, Status, SCHEMA,
+    Report, Status, CPU_OVERLOAD, SCHEMA,
 };
 use crate::torpord::Torpord;
 use anyhow::{bail, Context};
@@ -33,7 +34,10 @@ pub struct AgentConfig {
     pub torpord: PathBuf,
     /// Lease TTL, seconds.
     pub ttl: i64,
+    /// Report interval (a report is also published at once when the CPU rule trips or clears).
     pub interval: Duration,
+    /// How often the share is measured (its CPU over the last second, each time).
+    pub sample: Duration,
     pub endpoints: BTreeMap<String, SocketAddr>,
     /// The share's cgroup v2 directory and memory cgroup, and its size in cores if not in `cpu.max`.
     pub share_cgroup: PathBuf,
@@ -169,18 +173,23 @@ async fn session(
     let mut lease = LeaseKeep::open(&mut s.client, s.lease, cfg.ttl).await?;
     let mut watch = None;
     s.reopen_watch(&mut watch).await;
-    let mut report_tick = tokio::time::interval(cfg.interval);
+    let mut sample_tick = tokio::time::interval(cfg.sample.min(cfg.interval));
     let mut ka_tick = tokio::time::interval(lease.period());
+    let mut pacer = Pacer::new(cfg.interval, cfg.sample.min(cfg.interval));
     loop {
         tokio::select! {
             _ = ka_tick.tick() => lease.keep_alive(&mut s.client).await.map_err(anyhow::Error::msg)?,
             ack = lease.next() => lease.ack(ack).map_err(anyhow::Error::msg)?,
-            _ = report_tick.tick() => {
-                *seq += 1;
+            _ = sample_tick.tick() => {
                 if let Some(c) = &cfg.confine {
                     c.sweep();
                 }
-                let report = measure(cfg, torpord, meter, *seq).await;
+                let sample = take_sample(meter);
+                if !pacer.due(Instant::now(), sample.cpu.fraction >= CPU_OVERLOAD) {
+                    continue;
+                }
+                *seq += 1;
+                let report = measure(cfg, torpord, sample, *seq).await;
                 s.report(&report).await;
                 s.flush(shared).await;
                 if watch.is_none() {
@@ -506,9 +515,42 @@ async fn enact(host: &str, torpord: &Torpord, rev: i64, p: &Placement) -> Option
     Some(st)
 }
 
-/// This interval's report: the share's figures and torpord's flags and apps.
-async fn measure(cfg: &AgentConfig, torpord: &Torpord, meter: &mut Meter, seq: u64) -> Report {
-    let sample = meter.sample().unwrap_or_else(|e| {
+/// When to publish a report: every `interval`, and at once when the CPU rule (80 % of the
+/// share over the last second) trips or clears, so that the controller sees an overload within
+/// one sample of it, not up to an interval later.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    /// Slack against timer jitter: a sample this much early for the interval still publishes.
+    slack: Duration,
+    last: Option<(Instant, bool)>,
+}
+
+impl Pacer {
+    pub fn new(interval: Duration, sample: Duration) -> Pacer {
+        Pacer {
+            interval,
+            slack: sample / 2,
+            last: None,
+        }
+    }
+
+    /// Whether the sample taken at `now`, with the CPU rule `tripped` or not, is published
+    /// (then it counts as the last one).
+    pub fn due(&mut self, now: Instant, tripped: bool) -> bool {
+        let due = self.last.is_none_or(|(at, was)| {
+            was != tripped || now.duration_since(at) + self.slack >= self.interval
+        });
+        if due {
+            self.last = Some((now, tripped));
+        }
+        due
+    }
+}
+
+/// The share's figures over the last second (zeros with a warning when unreadable).
+fn take_sample(meter: &mut Meter) -> Sample {
+    meter.sample().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "measuring the share");
         Sample {
             interval_s: 0.0,
@@ -517,7 +559,11 @@ async fn measure(cfg: &AgentConfig, torpord: &Torpord, meter: &mut Meter, seq: u
             share_mem_free_bytes: None,
             paging_rate: 0.0,
         }
-    });
+    })
+}
+
+/// A report: the share's figures and torpord's flags and apps.
+async fn measure(cfg: &AgentConfig, torpord: &Torpord, sample: Sample, seq: u64) -> Report {
     let mut report = Report {
         schema: SCHEMA,
         host: cfg.host.clone(),
@@ -649,5 +695,45 @@ impl LeaseKeep {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+    use std::time::{Duration, Instant};
+
+    /// Samples every 250 ms, reports every second: a trip of the CPU rule is published with
+    /// the sample that saw it, and so is its clearing; otherwise one report a second.
+    #[test]
+    fn reports_every_interval_and_at_once_when_the_rule_trips() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut p = Pacer::new(Duration::from_secs(1), Duration::from_millis(250));
+        let published: Vec<u64> = [
+            (0, false),
+            (250, false),
+            (500, false),
+            (750, false),
+            (1000, false),
+            (1250, false),
+            (1500, true),
+            (1750, true),
+            (2000, true),
+            (2250, true),
+            (2500, true),
+            (2750, false),
+            (3000, false),
+        ]
+        .into_iter()
+        .filter(|&(t, tripped)| p.due(ms(t), tripped))
+        .map(|(t, _)| t)
+        .collect();
+        assert_eq!(published, vec![0, 1000, 1500, 2500, 2750]);
+        // A late tick (timer jitter) a little short of the interval still publishes.
+        let mut p = Pacer::new(Duration::from_secs(1), Duration::from_millis(250));
+        assert!(p.due(ms(0), false));
+        assert!(p.due(ms(900), false));
+        assert!(!p.due(ms(1100), false));
     }
 }

@@ -9,7 +9,7 @@ use crate::haproxy::{Admin, Haproxy, ServerState};
 use crate::obs::Obs;
 use crate::policy::{decide, router, Action, Memory, View};
 use crate::schema::{
-    decode, encode, unix_now, Desired, Key, Outcome, Placement, ELECTION, PREFIX, SCHEMA,
+    decode, encode, unix_now, Desired, Key, Outcome, Placement, Report, ELECTION, PREFIX, SCHEMA,
 };
 use anyhow::bail;
 use etcd_client::{
@@ -145,7 +145,7 @@ async fn campaign(
     }
 }
 
-/// The watch on every key but reports, re-opened in place when its connection breaks.
+/// The watch on the whole layout, re-opened in place when its connection breaks.
 struct Changes {
     stream: Option<WatchStream>,
     next_rev: Option<i64>,
@@ -170,7 +170,7 @@ impl Changes {
         }
     }
 
-    /// Whether a message calls for a tick now (any change but reports). A broken stream is
+    /// Whether a message calls for a tick now ([`wakes`]). A broken stream is
     /// dropped (re-opened by the caller); a cancelled one too (it starts again from now).
     fn take(&mut self, w: Result<Option<WatchResponse>, etcd_client::Error>) -> bool {
         let Ok(Some(w)) = w else {
@@ -186,12 +186,20 @@ impl Changes {
         if let Some(h) = w.header() {
             self.next_rev = Some(h.revision() + 1);
         }
-        let reports = Key::kind_prefix("reports");
-        !w.events().iter().all(|e| {
-            e.kv()
-                .is_some_and(|kv| kv.key().starts_with(reports.as_bytes()))
-        })
+        w.events()
+            .iter()
+            .any(|e| e.kv().is_none_or(|kv| wakes(kv.key(), kv.value())))
     }
+}
+
+/// Whether a changed key calls for a tick at once: any change but a report, and a report of an
+/// overloaded host (the first report that trips the rule is acted on, not the next tick).
+/// A deleted report (its lease expired) has no value and does not.
+pub fn wakes(key: &[u8], value: &[u8]) -> bool {
+    if !key.starts_with(Key::kind_prefix("reports").as_bytes()) {
+        return true;
+    }
+    !value.is_empty() && crate::agent::parse::<Report>(key, value).is_some_and(|r| r.overloaded())
 }
 
 /// One term: lease, campaign (blocks until elected), then lead until the lease is lost or a
@@ -214,7 +222,8 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
     let hap = cfg.haproxy.clone().map(Haproxy::new);
     let mut ticker = tokio::time::interval(cfg.tick);
     // A change of placement, status, host or app is acted on at once (a host's `ready` goes
-    // into service without waiting for the next tick); reports only at the tick.
+    // into service without waiting for the next tick), and so is an overloaded host's report;
+    // other reports at the tick.
     let mut changes = Changes {
         stream: None,
         next_rev: None,
@@ -483,7 +492,8 @@ async fn converge(
     let current = match have {
         None if w.admin == Admin::Maint => return Ok(()),
         None => {
-            hap.add_server(backend, server, w.addr, w.weight).await?;
+            hap.add_server(backend, server, w.addr, (w.weight, w.maxconn))
+                .await?;
             obs.event(
                 "router_add",
                 Some(server),
@@ -547,4 +557,40 @@ fn ready_age(view: &View, host: &str, app: Option<&str>) -> f64 {
     app.and_then(|a| view.statuses.get(&(host.to_string(), a.to_string())))
         .filter(|s| s.outcome == Outcome::Ready)
         .map_or(0.0, |s| (unix_now() - s.done_unix).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wakes;
+    use crate::schema::{encode, Key, Report, SCHEMA};
+
+    /// The first report that trips the CPU rule wakes the controller; other reports wait for
+    /// the tick; every other change wakes it.
+    #[test]
+    fn an_overloaded_report_is_acted_on_at_once() {
+        let key = Key::Report("h1".into()).path();
+        let mut r = Report {
+            schema: SCHEMA,
+            host: "h1".into(),
+            seq: 1,
+            unix_time: 1.0,
+            interval_s: 1.0,
+            cpu: Default::default(),
+            mem_available_bytes: 1,
+            share_mem_free_bytes: None,
+            paging_rate: 0.0,
+            torpord: None,
+            torpord_error: None,
+            apps: Default::default(),
+        };
+        r.cpu.share_cores = 0.5;
+        r.cpu.fraction = 0.79;
+        assert!(!wakes(key.as_bytes(), &encode(&r)));
+        r.cpu.fraction = 0.8;
+        assert!(wakes(key.as_bytes(), &encode(&r)));
+        assert!(!wakes(key.as_bytes(), b""), "a deleted report");
+        assert!(!wakes(key.as_bytes(), b"garbage"));
+        assert!(wakes(Key::Host("h1".into()).path().as_bytes(), b""));
+        assert!(wakes(Key::App("web".into()).path().as_bytes(), b"{}"));
+    }
 }

@@ -212,17 +212,16 @@ impl Haproxy {
     }
 
     /// `add server` with health checks, then `enable health` (dynamic servers start in
-    /// maintenance with their checks disabled).
+    /// maintenance with their checks disabled). `maxconn` 0: unlimited (HAProxy's default;
+    /// a dynamic server takes nothing from a `default-server` line).
     pub async fn add_server(
         &self,
         backend: &str,
         server: &str,
         addr: SocketAddr,
-        weight: u32,
+        (weight, maxconn): (u32, u32),
     ) -> Result<(), HaproxyError> {
-        let cmd = format!(
-            "add server {backend}/{server} {addr} check inter 1s fall 2 rise 1 weight {weight}"
-        );
+        let cmd = log::server_line(backend, server, addr, weight, maxconn);
         self.expect(&cmd, &["New server registered."]).await?;
         self.expect(&format!("enable health {backend}/{server}"), &[])
             .await

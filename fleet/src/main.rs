@@ -145,6 +145,10 @@ struct AppArgs {
     min_running: u32,
     #[arg(long, default_value_t = 1)]
     max_running: u32,
+    /// Requests given to one instance at a time (HAProxy's server `maxconn`; the backlog
+    /// waits in HAProxy's backend queue); 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    max_conn: u32,
 }
 
 async fn put_app(etcd: &[String], a: AppArgs) -> anyhow::Result<()> {
@@ -154,6 +158,7 @@ async fn put_app(etcd: &[String], a: AppArgs) -> anyhow::Result<()> {
         app: a.name.clone(),
         min_running: a.min_running,
         max_running: a.max_running,
+        max_conn: a.max_conn,
     };
     let key = schema::Key::App(a.name.clone());
     // The same checks a reader applies: refuse what the controller would refuse.
@@ -198,9 +203,13 @@ struct HostArgs {
     /// Lease TTL, seconds.
     #[arg(long, default_value_t = 3)]
     ttl: i64,
-    /// Report interval, milliseconds.
+    /// Report interval, milliseconds (a report is also published at once when the CPU rule
+    /// trips or clears).
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// How often the share's CPU over the last second is measured, milliseconds.
+    #[arg(long, default_value_t = 250)]
+    sample_ms: u64,
 }
 
 fn parse_endpoint(s: &str) -> Result<(String, SocketAddr), String> {
@@ -244,6 +253,7 @@ fn host_config(etcd: Vec<String>, a: HostArgs) -> anyhow::Result<agent::AgentCon
         torpord: a.torpord,
         ttl: a.ttl,
         interval: Duration::from_millis(a.interval_ms.max(100)),
+        sample: Duration::from_millis(a.sample_ms.max(50)),
         endpoints,
         share_cgroup,
         share_memcg,

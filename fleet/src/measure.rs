@@ -2,8 +2,13 @@
 //! share from `cpu.max`), the host's MemAvailable, the share's free memory and major-fault rate.
 
 use crate::schema::CpuShare;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// What a sample's rates are over: the last second (the paper's rule is CPU at 80 % of the
+/// share *over the last second*), however often the host samples.
+pub const WINDOW: Duration = Duration::from_secs(1);
 
 /// Figures that only make sense as differences between two samples.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +37,9 @@ pub struct Meter {
     memory_dir: PathBuf,
     /// The share in cores when configured (else `cpu.max`, else the online CPUs).
     share_cores: Option<f64>,
-    last: Option<Counters>,
+    /// Earlier counters, oldest first: the newest one at least [`WINDOW`] old, then every
+    /// later one.
+    history: VecDeque<Counters>,
 }
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
@@ -104,7 +111,7 @@ impl Meter {
             dir,
             memory_dir,
             share_cores,
-            last: None,
+            history: VecDeque::new(),
         }
     }
 
@@ -150,10 +157,11 @@ impl Meter {
         Some(max.saturating_sub(cur))
     }
 
-    /// The figures since the last call (the first call's rates are zero).
+    /// The figures over the last [`WINDOW`]: since the newest earlier sample at least that old
+    /// (the oldest one while there is none yet; the first call's rates are zero).
     pub fn sample(&mut self) -> Result<Sample, MeasureError> {
         let now = self.counters()?;
-        let prev = self.last.replace(now).unwrap_or(now);
+        let prev = window_start(&mut self.history, now, WINDOW);
         let dt = now.at.duration_since(prev.at).as_secs_f64();
         let share = self.share_cores();
         let (used, paging) = if dt > 0.0 {
@@ -179,9 +187,48 @@ impl Meter {
     }
 }
 
+/// Add `now` to `history` and return the counters the window starts from: the newest earlier
+/// entry at least `window` before `now` (older ones are dropped), else the oldest (`now` itself
+/// when there is none).
+fn window_start(history: &mut VecDeque<Counters>, now: Counters, window: Duration) -> Counters {
+    while history
+        .get(1)
+        .is_some_and(|c| now.at.duration_since(c.at) >= window)
+    {
+        history.pop_front();
+    }
+    let start = history.front().copied().unwrap_or(now);
+    history.push_back(now);
+    start
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Samples every 250 ms: each rate is over the last second once a second has passed.
+    #[test]
+    fn rates_are_over_the_last_second() {
+        let t0 = Instant::now();
+        let at = |ms: u64, usage_usec: u64| Counters {
+            at: t0 + Duration::from_millis(ms),
+            usage_usec,
+            majfaults: 0,
+        };
+        let mut h = VecDeque::new();
+        let w = Duration::from_secs(1);
+        assert_eq!(window_start(&mut h, at(0, 0), w).usage_usec, 0);
+        assert_eq!(window_start(&mut h, at(250, 10), w).usage_usec, 0);
+        assert_eq!(window_start(&mut h, at(500, 20), w).usage_usec, 0);
+        assert_eq!(window_start(&mut h, at(1000, 40), w).usage_usec, 0);
+        // 1.25 s: from 0.25 s (the newest at least 1 s old), not from 0 s.
+        let s = window_start(&mut h, at(1250, 90), w);
+        assert_eq!((s.usage_usec, s.at), (10, t0 + Duration::from_millis(250)));
+        assert_eq!(h.len(), 4);
+        // A gap longer than the window: from the sample before the gap.
+        assert_eq!(window_start(&mut h, at(5000, 100), w).usage_usec, 90);
+        assert_eq!(h.len(), 2);
+    }
 
     #[test]
     fn parses_kernel_files() {

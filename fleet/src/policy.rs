@@ -259,6 +259,8 @@ pub struct Server {
     pub admin: Admin,
     /// HAProxy weight: the host's share in hundredths of a core (1..=256).
     pub weight: u32,
+    /// HAProxy `maxconn` (the app's `max_conn`; 0 unlimited).
+    pub maxconn: u32,
 }
 
 /// The router's wanted state: (backend, server) → [`Server`], for every placement on a live
@@ -286,6 +288,7 @@ pub fn router(view: &View) -> BTreeMap<(String, String), Server> {
             addr: *addr,
             admin,
             weight,
+            maxconn: spec.max_conn,
         };
         out.insert((spec.backend.clone(), host.clone()), server);
     }

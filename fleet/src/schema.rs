@@ -336,6 +336,12 @@ pub struct AppSpec {
     pub min_running: u32,
     /// Instances the controller may run under overload.
     pub max_running: u32,
+    /// Requests one instance is given at a time (HAProxy's per-server `maxconn`); the rest
+    /// wait in the backend's queue, from which any server in service takes them, a new one the
+    /// moment it is enabled. 0: unlimited (each server's own accept queue holds its backlog).
+    /// Absent in older values: 0.
+    #[serde(default)]
+    pub max_conn: u32,
 }
 
 impl Value for AppSpec {

@@ -143,9 +143,15 @@ pub fn earliest<'a>(
 
 /// The router's static configuration: the runtime API on `socket` (admin level), one line per
 /// request on standard output in [`LOG_FORMAT`], and per app a frontend on 127.0.0.1:PORT with
-/// its backend (round robin, HTTP health checks; no servers: the controller adds them). A check
-/// may wait 30 s for its answer: a busy server that answers its requests in turn (a backlog of
-/// slow requests ahead of the check) is slow, not down; a refused connection still fails at once.
+/// its backend (round robin, HTTP health checks; no servers: the controller adds them, each
+/// with [`server_line`]). A check may wait 30 s for its answer: a busy server that answers its
+/// requests in turn (a backlog of slow requests ahead of the check) is slow, not down; a
+/// refused connection still fails at once. With a per-server `maxconn` (the app's `max_conn`)
+/// the backlog waits in the backend's queue, not in the servers' accept queues: a server
+/// enabled later takes queued requests at once (HAProxy hands a server that comes up the
+/// backend's pending requests), a request may wait there up to `timeout queue` (60 s; without
+/// it HAProxy would use `timeout connect`, 5 s, and answer 503), and `option redispatch` sends
+/// a request whose server refuses the connection to another server at its last retry.
 pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
     let mut cfg = format!(
         "global\n    log stdout format raw local0\n    stats socket {} mode 600 level admin\n\n\
@@ -157,10 +163,30 @@ pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
     for (app, port) in frontends {
         cfg += &format!(
             "\nfrontend fe_{app}\n    bind 127.0.0.1:{port}\n    default_backend {app}\n\n\
-             backend {app}\n    balance roundrobin\n    option httpchk GET /\n"
+             backend {app}\n    balance roundrobin\n    option httpchk GET /\n    \
+             option redispatch\n    timeout queue 60s\n"
         );
     }
     cfg
+}
+
+/// The runtime API's `add server` command for one of the router's servers: HTTP health
+/// checks every second (down after 2 failures, up after 1 success), `weight`, and `maxconn`
+/// when not 0 (0: unlimited; a dynamic server takes nothing from a `default-server` line).
+pub fn server_line(
+    backend: &str,
+    server: &str,
+    addr: std::net::SocketAddr,
+    weight: u32,
+    maxconn: u32,
+) -> String {
+    let mut cmd = format!(
+        "add server {backend}/{server} {addr} check inter 1s fall 2 rise 1 weight {weight}"
+    );
+    if maxconn > 0 {
+        cmd += &format!(" maxconn {maxconn}");
+    }
+    cmd
 }
 
 #[cfg(test)]
@@ -218,5 +244,12 @@ mod tests {
         assert!(c.contains(&format!("log-format \"{LOG_FORMAT}\"")));
         assert!(c.contains("log stdout format raw"));
         assert!(c.contains("bind 127.0.0.1:8080") && c.contains("backend web"));
+        assert!(c.contains("timeout queue 60s") && c.contains("option redispatch"));
+        let a: std::net::SocketAddr = "127.0.0.2:80".parse().unwrap();
+        assert_eq!(
+            server_line("web", "h1", a, 50, 1),
+            "add server web/h1 127.0.0.2:80 check inter 1s fall 2 rise 1 weight 50 maxconn 1"
+        );
+        assert!(!server_line("web", "h1", a, 50, 0).contains("maxconn"));
     }
 }

@@ -58,6 +58,7 @@ fn spec(v: &mut View, min: u32, max: u32) {
             backend: "be_web".into(),
             min_running: min,
             max_running: max,
+            max_conn: 1,
         },
     );
 }
@@ -268,7 +269,8 @@ fn router_serves_ready_drains_draining_and_keeps_the_rest_out() {
         Server {
             addr: "127.0.0.1:1".parse().unwrap(),
             admin: Admin::Ready,
-            weight: 100
+            weight: 100,
+            maxconn: 1
         }
     );
     assert_eq!(get("b").admin, Admin::Drain);

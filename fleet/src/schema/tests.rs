@@ -161,9 +161,13 @@ fn values_round_trip() {
         backend: "web".into(),
         min_running: 1,
         max_running: 2,
+        max_conn: 1,
     };
     let ak = Key::App("web".into());
     assert_eq!(decode::<AppSpec>(&ak, &encode(&a)).unwrap(), a);
+    // A value written before `max_conn` existed reads as unlimited.
+    let old = br#"{"schema":1,"app":"web","backend":"web","min_running":1,"max_running":2}"#;
+    assert_eq!(decode::<AppSpec>(&ak, old).unwrap().max_conn, 0);
 }
 
 /// The wire format is pinned: a change here is a schema change (a new version).
@@ -244,6 +248,7 @@ fn reports_with_impossible_figures_are_refused() {
         backend: "web".into(),
         min_running: 3,
         max_running: 2,
+        max_conn: 0,
     })
     .unwrap();
     let e = decode::<AppSpec>(&Key::App("web".into()), &serde_json::to_vec(&a).unwrap());

@@ -629,6 +629,7 @@ pub async fn put_app(c: &mut Client, app: &str, min: u32, max: u32) {
         backend: app.into(),
         min_running: min,
         max_running: max,
+        max_conn: 0,
     };
     let t = Instant::now();
     while let Err(e) = c

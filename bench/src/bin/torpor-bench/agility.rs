@@ -56,6 +56,12 @@ struct Second {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     by_support: usize,
+    /// The same per server (requests it answered or failed), `[p50, p99]`; `None` when it
+    /// had none.
+    base_ms: Option<[Option<f64>; 2]>,
+    support_ms: Option<[Option<f64>; 2]>,
+    /// The longest any request of the second waited in HAProxy's queue (Tw), ms.
+    max_queued_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,31 +165,47 @@ fn per_second(logs: &[RequestLog], meta: &Meta) -> Vec<Second> {
     bins.into_iter()
         .filter(|(t, _)| *t <= end)
         .map(|(t, rs)| {
-            let mut ms: Vec<f64> = rs
-                .iter()
-                .map(|r| {
-                    if r.ok() {
-                        r.ta.max(0) as f64
-                    } else {
-                        f64::INFINITY
-                    }
-                })
-                .collect();
-            ms.sort_by(f64::total_cmp);
-            let q = |p: f64| -> Option<f64> {
-                let v = *ms.get(((ms.len() as f64 * p).ceil() as usize).max(1) - 1)?;
-                v.is_finite().then_some(v)
+            let [p50_ms, p99_ms] = quantiles(rs.iter().copied());
+            let on = |server: &'static str| {
+                let mut of = rs
+                    .iter()
+                    .copied()
+                    .filter(move |r| r.server == server)
+                    .peekable();
+                of.peek().is_some().then(|| quantiles(of))
             };
             Second {
                 t,
                 requests: rs.len(),
                 failed: rs.iter().filter(|r| !r.ok()).count(),
-                p50_ms: q(0.5),
-                p99_ms: q(0.99),
+                p50_ms,
+                p99_ms,
                 by_support: rs.iter().filter(|r| r.server == "support").count(),
+                base_ms: on("base"),
+                support_ms: on("support"),
+                max_queued_ms: rs.iter().map(|r| r.tw).max().unwrap_or(-1),
             }
         })
         .collect()
+}
+
+/// p50 and p99 of the requests' response times (HAProxy's Ta, ms); a failed request counts as
+/// infinite, and a quantile that falls on one is `None`, as is any of no requests.
+fn quantiles<'a>(rs: impl Iterator<Item = &'a RequestLog>) -> [Option<f64>; 2] {
+    let mut ms: Vec<f64> = rs
+        .map(|r| {
+            if r.ok() {
+                r.ta.max(0) as f64
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    [0.5, 0.99].map(|p: f64| {
+        let v = *ms.get(((ms.len() as f64 * p).ceil() as usize).max(1) - 1)?;
+        v.is_finite().then_some(v)
+    })
 }
 
 /// The controller's events about the support host, seconds after the flash.
@@ -295,6 +317,15 @@ fn markdown(stamp: &str, name: &str, threshold_ms: f64, results: &[ModeResult]) 
     ratios(&mut o, results)?;
     writeln!(o, "\n![p99]({name}-p99.png)\n![p50]({name}-p50.png)\n")?;
     for r in results {
+        mode_section(&mut o, r)?;
+    }
+    Ok(o)
+}
+
+/// One mechanism's section: the support host's events, httperf's errors, and per second the
+/// requests, p50/p99 overall and per server, and the longest wait in HAProxy's queue.
+fn mode_section(o: &mut String, r: &ModeResult) -> Result<()> {
+    {
         writeln!(
             o,
             "## {}\n\nsupport host events (s after the flash): {:?}; httperf: {:?}\n",
@@ -305,23 +336,29 @@ fn markdown(stamp: &str, name: &str, threshold_ms: f64, results: &[ModeResult]) 
                 .collect::<Vec<_>>(),
             r.httperf_errors
         )?;
-        writeln!(o, "| t (s) | requests | failed | to support | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|---|")?;
+        writeln!(o, "| t (s) | requests | failed | to support | p50 (ms) | p99 (ms) | base p50 / p99 | support p50 / p99 | longest queued (ms) |\n|---|---|---|---|---|---|---|---|---|")?;
         let f = |x: Option<f64>| x.map_or("∞".into(), |v| format!("{v:.0}"));
+        let pair = |q: Option<[Option<f64>; 2]>| {
+            q.map_or("–".into(), |[a, b]| format!("{} / {}", f(a), f(b)))
+        };
         for s in &r.seconds {
             writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.t,
                 s.requests,
                 s.failed,
                 s.by_support,
                 f(s.p50_ms),
-                f(s.p99_ms)
+                f(s.p99_ms),
+                pair(s.base_ms),
+                pair(s.support_ms),
+                s.max_queued_ms
             )?;
         }
         writeln!(o)?;
     }
-    Ok(o)
+    Ok(())
 }
 
 /// The acceptance's ratios, measured in this run: torpor / suspend-resume, torpor / regular.
