@@ -406,6 +406,14 @@ async fn bad_placements_are_refused(c: &mut etcd_client::Client, ctl: &Controlle
         })
         .await;
     }
+    // The controller deletes a placement, then records its event: wait for both events.
+    let forgets = || {
+        ctl.events()
+            .iter()
+            .filter(|e| e.kind == "forget" && e.host.as_deref() != Some("h1"))
+            .count()
+    };
+    wait_for("both forget events", HANG, || async { forgets() >= 2 }).await;
     let ev = ctl.events();
     let refused: Vec<(&str, &str)> = ev
         .iter()
