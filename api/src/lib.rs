@@ -288,6 +288,13 @@ pub struct StartTiming {
     pub thaw_s: f64,
     pub probe_s: f64,
     pub total_s: f64,
+    /// A resume of a process app: from the Start request to the thaw (everything the app
+    /// waits for: the prefetch, arming the probe, the app's locks and cgroup reads), and the
+    /// work between the thaw and the probe wait (the `loading-set` recorders and threads).
+    #[serde(default)]
+    pub to_thaw_s: f64,
+    #[serde(default)]
+    pub after_thaw_s: f64,
     /// Readiness probes it took (1 with an armed probe the app answered ready; 0 without a probe).
     #[serde(default)]
     pub probes: u32,

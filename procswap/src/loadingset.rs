@@ -626,6 +626,34 @@ impl Candidates {
                 })
                 .collect(),
         );
+        Self::with_objects(plan, parts, anon)
+    }
+
+    /// [`Candidates::from_plan`] for a recorder started *after* the plan's `first` part was
+    /// fetched ([`LoadingSetRecorder::start_all_out`]): without that part's copy-on-write
+    /// pages, which the fetch maps itself (`process_vm_readv`) — present, but not the app's
+    /// touches. Every other candidate is out until the app maps it.
+    pub fn from_plan_after_first(plan: &crate::plan::ActivationPlan) -> Self {
+        let mut c = Self::from_plan(plan);
+        let cow: Vec<PageRun> = plan
+            .first
+            .anon_cow
+            .iter()
+            .map(|r| PageRun {
+                first: r.addr / plan.page_size,
+                count: r.pages,
+            })
+            .collect();
+        c.anon = subtract(&c.anon, &normalize(cow));
+        c
+    }
+
+    /// The plan's shmem and file candidates (every part) with `anon`.
+    fn with_objects(
+        plan: &crate::plan::ActivationPlan,
+        parts: [&crate::plan::PlanPart; 3],
+        anon: Vec<PageRun>,
+    ) -> Self {
         let mut object_runs: Vec<Vec<PageRun>> = vec![Vec::new(); plan.objects.len()];
         for p in parts {
             for op in p.shmem.iter().chain(&p.file) {
@@ -777,13 +805,13 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
 /// Watch object `i`'s candidate pages (`runs`, file page indexes) through each of its mappings
 /// (pagemap of the VMA's addresses; a page mapped twice is watched once): the watches go to
 /// `mapped`. Returns the file pages some mapping covers, and those observable (not present
-/// now).
+/// now; with `check` false every one, unread).
 fn watch_mappings(
     pm: &mut Pagemap,
     ps: u64,
-    i: u32,
-    o: &MemObject,
+    (i, o): (u32, &MemObject),
     runs: &[PageRun],
+    check: bool,
     mapped: &mut Vec<MappedWatch>,
 ) -> Result<(Vec<PageRun>, Vec<PageRun>)> {
     let mut seen_mapped: Vec<PageRun> = Vec::new();
@@ -812,7 +840,11 @@ fn watch_mappings(
                 count: r.count,
             })
             .collect();
-        let watch = subtract(&addr, &present_in(pm, ps, &addr)?);
+        let watch = if check {
+            subtract(&addr, &present_in(pm, ps, &addr)?)
+        } else {
+            addr
+        };
         obs.extend(watch.iter().map(|r| PageRun {
             first: r.first - vma_page + pgoff,
             count: r.count,
@@ -829,12 +861,12 @@ fn watch_mappings(
 
 /// Watch object `i`'s pages no mapping covers (`unmapped`) through `mincore` of our own view
 /// of the file (pages the app reads): the watch goes to `files`. Returns the observable pages
-/// (not cached now); none when the file cannot be opened.
+/// (not cached now; with `check` false every one, unread); none when the file cannot be opened.
 fn watch_reads(
     pid: i32,
-    i: u32,
-    o: &MemObject,
+    (i, o): (u32, &MemObject),
     unmapped: &[PageRun],
+    check: bool,
     files: &mut Vec<FileWatch>,
 ) -> Vec<PageRun> {
     let Ok(f) = memkind::open_current(pid, o) else {
@@ -843,7 +875,11 @@ fn watch_reads(
     let Ok(v) = ObjectView::new(f, None) else {
         return Vec::new();
     };
-    let cached = v.resident(unmapped).unwrap_or_default();
+    let cached = if check {
+        v.resident(unmapped).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let watch = subtract(unmapped, &normalize(cached));
     files.push(FileWatch {
         object: i,
@@ -857,6 +893,26 @@ impl LoadingSetRecorder {
     /// Start watching `cand` in `pid` (typically frozen, right before the thaw). Pages already
     /// mapped (or, for read files, cached) now are not observable and are left out.
     pub fn start(pid: i32, cand: &Candidates, opts: RecorderOptions) -> Result<Self> {
+        Self::start_checked(pid, cand, opts, true)
+    }
+
+    /// Start watching `cand`, every one of which is known to be out (not mapped, not cached):
+    /// the candidates of a plan computed after the purge ([`Candidates::from_plan_after_first`])
+    /// of a process frozen since. No pagemap or `mincore` pass, so this can run *after* the
+    /// thaw, off the Start's critical path: a page the app maps (or a file page it reads)
+    /// before the first poll is still seen by that poll. A candidate that was in fact present
+    /// would be recorded as touched at the first poll (never lost; at worst one page too many).
+    pub fn start_all_out(pid: i32, cand: &Candidates, opts: RecorderOptions) -> Result<Self> {
+        Self::start_checked(pid, cand, opts, false)
+    }
+
+    /// [`Self::start`] (`check`: leave out what is present now) or [`Self::start_all_out`].
+    fn start_checked(
+        pid: i32,
+        cand: &Candidates,
+        opts: RecorderOptions,
+        check: bool,
+    ) -> Result<Self> {
         let t = crate::target::Target::open(pid, "loading-set recording")?;
         let ps = sys::page_size();
         let mut pm = Pagemap::open(pid)?;
@@ -877,7 +933,11 @@ impl LoadingSetRecorder {
         // Anon.
         let anon_c = normalize(cand.anon.clone());
         stats.candidate_pages.anon = pages(&anon_c);
-        let anon = subtract(&anon_c, &present_in(&mut pm, ps, &anon_c)?);
+        let anon = if check {
+            subtract(&anon_c, &present_in(&mut pm, ps, &anon_c)?)
+        } else {
+            anon_c
+        };
         stats.observable_pages.anon = pages(&anon);
         observable.push((MemKind::Anon, None, anon.clone()));
         // Objects: through their mappings, and (read files) through mincore.
@@ -887,13 +947,19 @@ impl LoadingSetRecorder {
             let runs = normalize(runs.clone());
             *stats.candidate_pages.get_mut(o.kind) += pages(&runs);
             let (seen_mapped, mut obs) =
-                watch_mappings(&mut pm, ps, i as u32, o, &runs, &mut mapped)?;
+                watch_mappings(&mut pm, ps, (i as u32, o), &runs, check, &mut mapped)?;
             let unmapped = subtract(&runs, &seen_mapped);
             if opts.files_read
                 && !unmapped.is_empty()
                 && o.handles.iter().any(|h| matches!(h, Handle::Fd { .. }))
             {
-                obs.extend(watch_reads(pid, i as u32, o, &unmapped, &mut files));
+                obs.extend(watch_reads(
+                    pid,
+                    (i as u32, o),
+                    &unmapped,
+                    check,
+                    &mut files,
+                ));
             }
             let obs = normalize(obs);
             *stats.observable_pages.get_mut(o.kind) += pages(&obs);

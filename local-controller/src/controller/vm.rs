@@ -567,7 +567,7 @@ impl Controller {
         mode: VmPrefetch,
     ) -> Result<api::StartAnswer, StartError> {
         let pswpin0 = pswpin();
-        self.begin_resume(slot);
+        self.begin_resume(slot, true);
         let qpid = lock(&slot.st)
             .pid
             .filter(|p| pids.contains(p))
