@@ -330,8 +330,9 @@ pub struct ActivationTiming {
     pub first_issued_bytes: u64,
     pub first_swap_extents: u64,
     pub first_fetch_s: f64,
-    /// Where the time before thaw went: loading the saved plans, issuing the `first` reads,
-    /// starting the recorders (their first pagemap pass).
+    /// Where the time before thaw went: loading the saved plans, issuing the `first` reads;
+    /// `recorder_start_s` is 0 since the recorders start after the thaw, in their own thread
+    /// (older answers: their first pagemap pass before the thaw).
     #[serde(default)]
     pub plan_load_s: f64,
     #[serde(default)]

@@ -207,7 +207,7 @@ fn wire_format_start() {
     assert!(a.already_running() && a.started().is_none());
     let timing = json!({
         "cold": false, "spawn_s": 0.0, "prefetch_s": 0.5, "thaw_s": 0.01, "probe_s": 0.1,
-        "total_s": 0.7, "probes": 2, "probe_armed": true, "prefetch_bytes": 1048576, "working_set_pages": 10,
+        "total_s": 0.7, "to_thaw_s": 0.51, "after_thaw_s": 0.001, "probes": 2, "probe_armed": true, "prefetch_bytes": 1048576, "working_set_pages": 10,
         "still_swapped_pages": 0, "prefetch_stopped": null, "prefetch_mode": "full",
         "activation": null, "unix_time": 1.5
     });

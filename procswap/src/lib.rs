@@ -34,9 +34,11 @@
 //! **Start** (walks nothing big):
 //! 1. [`fetch_unmapped`]`(&target, &plan, &plan.first, &FetchOptions { charge_files_to:
 //!    Some(app memcg dir), .. })`: `MADV_WILLNEED` / `posix_fadvise`, nothing mapped;
-//! 2. `LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan), opts)`, then
-//!    `rec.note_fetched_part(&plan, &plan.loading_rest)` and the same for `plan.rest` (the
-//!    background fetch must not be mistaken for the app's reads);
+//! 2. `LoadingSetRecorder::start(pid, &Candidates::from_plan(&plan), opts)` before the thaw,
+//!    or `LoadingSetRecorder::start_all_out(pid, &Candidates::from_plan_after_first(&plan),
+//!    opts)` any time after it (no pagemap pass: a plan's pages stay out until the app maps
+//!    them; torpord does this), then `rec.note_fetched_part(&plan, &plan.loading_rest)` and
+//!    the same for `plan.rest` (the background fetch must not be mistaken for the app's reads);
 //! 3. thaw; on the first response `rec.mark_first_response()`; poll in a thread
 //!    ([`LoadingSetRecorder::run`] until Twinkle's stop rule or a stop flag);
 //! 4. in the background: `fetch_unmapped(loading_rest)`, then `fetch_unmapped(rest)` with

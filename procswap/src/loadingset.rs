@@ -1252,6 +1252,70 @@ mod tests_loadingset {
         unsafe { libc::munmap(base, n * ps as usize) };
     }
 
+    /// `start` leaves out what is present when it starts; `start_all_out` watches every
+    /// candidate, so a page mapped before it started (the app's first touches, when it is
+    /// started after the thaw) is recorded by its first poll. The target is a forked child
+    /// (a recorder refuses its own process): it inherits pages 0 and 3 mapped, and maps page
+    /// 5 when told to, after both recorders started.
+    #[test]
+    fn start_all_out_records_pages_mapped_before_it() {
+        use std::os::fd::AsRawFd;
+        let ps = sys::page_size();
+        let m = sys::AnonMapping::new(8);
+        let page = |i: u64| (m.base as u64 + i * ps) as *mut u8;
+        // SAFETY: pages 0 and 3 of the writable mapping above, alive until the end of the test.
+        unsafe { (*page(0), *page(3)) = (1, 1) };
+        let (go_r, go_w) = nix::unistd::pipe().unwrap();
+        let (done_r, done_w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child only reads and writes its pipes, writes one byte of the mapping
+        // and pauses (no allocation, no locks) until it is killed.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(go_r.as_raw_fd(), &mut b);
+                // SAFETY: page 5 of the child's copy of the mapping.
+                unsafe { std::ptr::write_volatile(page(5), 1) };
+                let _ = nix::unistd::write(&done_w, b"k");
+                loop {
+                    nix::unistd::pause();
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        let p0 = m.base as u64 / ps;
+        let cand = Candidates {
+            anon: vec![PageRun {
+                first: p0,
+                count: 8,
+            }],
+            ..Default::default()
+        };
+        let opts = RecorderOptions::default();
+        let started = LoadingSetRecorder::start(child.as_raw(), &cand, opts).and_then(|c| {
+            LoadingSetRecorder::start_all_out(child.as_raw(), &cand, opts).map(|a| (c, a))
+        });
+        nix::unistd::write(&go_w, b"g").unwrap();
+        let mut b = [0u8; 1];
+        nix::unistd::read(done_r.as_raw_fd(), &mut b).unwrap();
+        let polled = started.and_then(|(mut c, mut a)| {
+            Ok((
+                c.poll()?.new_pages,
+                a.poll()?.new_pages,
+                c.finish(),
+                a.finish(),
+            ))
+        });
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        let (n_checked, n_all_out, checked, all_out) = polled.unwrap();
+        assert_eq!((n_checked, n_all_out), (1, 3));
+        let pages = |r: Recording| -> Vec<(u64, u64)> {
+            r.touched.iter().map(|t| (t.first - p0, t.count)).collect()
+        };
+        assert_eq!(pages(all_out), vec![(0, 1), (3, 1), (5, 1)]);
+        assert_eq!(pages(checked), vec![(5, 1)]);
+    }
+
     fn run(first: u64, count: u64, round: u32) -> LsRun {
         anon_run(first, count, round, true)
     }
