@@ -308,13 +308,33 @@ fn mode_named<T: Copy>(
         })
 }
 
+impl VmPrefetch {
+    /// Every VM prefetch mode, the default first.
+    pub const ALL: [VmPrefetch; 4] = [
+        VmPrefetch::LoadingSet,
+        VmPrefetch::Priority,
+        VmPrefetch::Full,
+        VmPrefetch::None,
+    ];
+}
+
 impl std::str::FromStr for VmPrefetch {
     type Err = UnknownMode;
     fn from_str(s: &str) -> Result<Self, UnknownMode> {
-        use VmPrefetch::*;
-        let modes = [LoadingSet, Priority, Full, None].map(|m| (m.as_str(), m));
+        let modes = Self::ALL.map(|m| (m.as_str(), m));
         mode_named(s, "VM prefetch mode", &modes)
     }
+}
+
+/// Every name a Start's `prefetch` may carry (process and VM modes, each once), for the CLI.
+pub fn start_prefetch_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = PrefetchPolicy::ALL.iter().map(|m| m.as_str()).collect();
+    for m in VmPrefetch::ALL {
+        if !names.contains(&m.as_str()) {
+            names.push(m.as_str());
+        }
+    }
+    names
 }
 
 impl PrefetchPolicy {
@@ -328,11 +348,20 @@ impl PrefetchPolicy {
     }
 }
 
+impl PrefetchPolicy {
+    /// Every process prefetch mode, the default first.
+    pub const ALL: [PrefetchPolicy; 4] = [
+        PrefetchPolicy::LoadingSet,
+        PrefetchPolicy::Full,
+        PrefetchPolicy::WorkingSetOnly,
+        PrefetchPolicy::None,
+    ];
+}
+
 impl std::str::FromStr for PrefetchPolicy {
     type Err = UnknownMode;
     fn from_str(s: &str) -> Result<Self, UnknownMode> {
-        use PrefetchPolicy::*;
-        let modes = [LoadingSet, Full, WorkingSetOnly, None].map(|m| (m.as_str(), m));
+        let modes = Self::ALL.map(|m| (m.as_str(), m));
         mode_named(s, "prefetch mode", &modes)
     }
 }
@@ -576,6 +605,26 @@ pub fn valid_name(n: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_prefetch_names_are_every_mode_once() {
+        let names = start_prefetch_names();
+        assert_eq!(
+            names,
+            [
+                "loading-set",
+                "full",
+                "working-set-only",
+                "none",
+                "priority"
+            ]
+        );
+        for n in names {
+            let process = n.parse::<PrefetchPolicy>().map(PrefetchPolicy::as_str);
+            let vm = n.parse::<VmPrefetch>().map(VmPrefetch::as_str);
+            assert!(process == Ok(n) || vm == Ok(n), "{n}");
+        }
+    }
 
     #[test]
     fn parses_example() {

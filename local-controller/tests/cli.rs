@@ -332,3 +332,27 @@ fn cli_lifecycle_on_cgroup_paths() {
 
     working_set_round_trip(&mut c, &pid, &fpath);
 }
+
+/// `torpor start --prefetch` takes every mode torpord takes (the list comes from torpord's own
+/// mode enums) and refuses others before talking to torpord.
+#[test]
+fn start_prefetch_takes_torpords_modes() {
+    for mode in local_controller::config::start_prefetch_names() {
+        let o = run(&[
+            "--socket",
+            "/nonexistent/torpord.sock",
+            "start",
+            "web",
+            "--prefetch",
+            mode,
+        ]);
+        let e = stderr(&o);
+        assert!(!e.contains("invalid value"), "{mode}: {e}");
+        assert!(e.contains("/nonexistent/torpord.sock"), "{mode}: {e}");
+    }
+    let o = run(&["start", "web", "--prefetch", "bogus"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("invalid value 'bogus'"), "{e}");
+    assert!(e.contains("loading-set"), "{e}");
+}

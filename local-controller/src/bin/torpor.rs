@@ -51,9 +51,9 @@ enum Cmd {
         /// Seconds to wait for torpord's answer.
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
-        /// Override the configured prefetch for this Start: process apps full | working-set-only
-        /// | none; vm apps priority | full | none.
-        #[arg(long, value_parser = ["none", "full", "priority", "working-set-only"])]
+        /// Override the configured prefetch for this Start: process apps loading-set | full |
+        /// working-set-only | none; vm apps loading-set | priority | full | none.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(local_controller::config::start_prefetch_names()))]
         prefetch: Option<String>,
     },
     /// Ask torpord to stop (freeze, purge) an app.
