@@ -426,15 +426,13 @@ pub struct FetchOptions {
     /// Issue file read-ahead from a helper process in this memory cgroup (the app's: see
     /// [`crate::cgroup::Memcg::dir`]) so the page cache is charged to the app and the next
     /// Stop's memcg reclaim evicts it again. `None`: charged to the caller's cgroup.
+    /// The helper's join (its write to `cgroup.procs`) holds the kernel's cgroup locks for an
+    /// RCU grace period (10-50 ms): anything else that writes a cgroup file meanwhile — a
+    /// thaw, the app's own threads being created — waits for it.
     pub charge_files_to: Option<std::path::PathBuf>,
     /// I/O priority of the reads issued (e.g. `BestEffort(7)` or `Idle` for the background
     /// parts, so the app's own faults go first). `None`: the caller's.
     pub io_priority: Option<sys::IoPriority>,
-    /// With [`charge_files_to`](Self::charge_files_to): issue the file read-ahead from a
-    /// thread and return without waiting for it. Joining a memory cgroup (the helper's write
-    /// to `cgroup.procs`) waits for an RCU grace period: 10-50 ms on a busy host, for each
-    /// call — longer than reading the few pages a small first part has.
-    pub files_in_background: bool,
 }
 
 impl Default for FetchOptions {
@@ -446,7 +444,6 @@ impl Default for FetchOptions {
             populate: false,
             charge_files_to: None,
             io_priority: None,
-            files_in_background: false,
         }
     }
 }
@@ -521,18 +518,7 @@ pub fn fetch_unmapped(
         fetch_objects(plan, part, &mut room, &mut rep)?
     };
     if let (Some(dir), false) = (&opts.charge_files_to, in_memcg.is_empty()) {
-        if opts.files_in_background {
-            let dir = dir.clone();
-            let spawned = std::thread::Builder::new()
-                .name("torpor-fadvise".into())
-                .spawn(move || {
-                    let _ = fadvise_in_memcg_or_here(&dir, &in_memcg, ps);
-                });
-            if let Err(e) = spawned {
-                rep.notes
-                    .push(format!("no thread for the file read-ahead: {e}"));
-            }
-        } else if let Some(n) = fadvise_in_memcg_or_here(dir, &in_memcg, ps) {
+        if let Some(n) = fadvise_in_memcg_or_here(dir, &in_memcg, ps) {
             rep.notes.push(n);
         }
     }
