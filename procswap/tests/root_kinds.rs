@@ -792,7 +792,8 @@ fn record_second_cycle(
     r.finish()
 }
 
-/// The merge of the second cycle decays exactly the observed-untouched pages.
+/// The merge of the second cycle decays exactly the observed-untouched pages (first-response
+/// anonymous pages more slowly, keeping their place in the first part).
 fn check_second_merge(
     set: &LoadingSet,
     rec2: &procswap::loadingset::Recording,
@@ -810,9 +811,28 @@ fn check_second_merge(
         v.sort_by_key(|x| x.0);
         v
     };
+    // 9: touched again (age 0, weight 1). 5 and 200: touched before the first response of
+    // cycle 1, observed and untouched in cycle 2: × first_decay (0.75), still in the first
+    // part. 7: touched after cycle 1's first response, untouched now: × decay (0.5).
     assert_eq!(
         anon_of(&set2),
-        vec![(5, 1, 0.5), (7, 1, 0.5), (9, 0, 1.0), (200, 1, 0.5)]
+        vec![(5, 1, 0.75), (7, 1, 0.5), (9, 0, 1.0), (200, 1, 0.75)]
+    );
+    let first_of = |s: &LoadingSet| -> Vec<u64> {
+        let mut v: Vec<u64> = s
+            .runs
+            .iter()
+            .filter(|x| x.kind == MemKind::Anon && x.first_response)
+            .filter(|x| x.first >= a / ps() && x.first < a / ps() + 256)
+            .flat_map(|x| (0..x.count).map(move |i| x.first + i - a / ps()))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        first_of(&set2),
+        vec![5, 9, 200],
+        "first-response pages keep their place (9: touched before cycle 2's first response too)"
     );
     let rf_key = set2
         .objects
@@ -1277,6 +1297,23 @@ fn minor_fault_touches(
     (ta, tm, p3)
 }
 
+/// Pages of `pid`'s shared-memory objects (as in `snap`) resident now (page or swap cache).
+fn shm_resident_pages(pid: i32, snap: &ResidencySnapshot) -> u64 {
+    snap.objects
+        .iter()
+        .filter(|o| o.object.kind == MemKind::Shmem)
+        .map(|o| {
+            let f = memkind::reopen(pid, &o.object).unwrap();
+            let v = ObjectView::new(f, None).unwrap();
+            v.resident(&o.object.interest)
+                .unwrap()
+                .iter()
+                .map(|r| r.count)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Measurements (printed, not asserted beyond counts): loading-set polling cost per round,
 /// minor-fault cost per page of a fetched-but-unmapped page, shmem WILLNEED throughput vs
 /// anon. Size per kind: `TORPOR_KINDS_MEASURE_MIB` (default 64).
@@ -1296,6 +1333,24 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     let rep = purge(k.pid, &PurgeOptions::default());
     let snap = rep.snapshot.unwrap();
     assert_eq!(pm_state(k.pid, a, n), (0, n));
+    // A purge may leave a page of the memfd resident (one seen on a quiet machine: a page the
+    // page-out could not isolate then); the throughput below is of n pages read back, so purge
+    // again until none is (bounded), and assert it exactly.
+    for round in 1..=3 {
+        let left = shm_resident_pages(k.pid, &snap);
+        if left == 0 {
+            break;
+        }
+        eprintln!(
+            "measure: {left} memfd page(s) still resident after purge {round}; purging again"
+        );
+        purge(k.pid, &PurgeOptions::default());
+    }
+    assert_eq!(
+        shm_resident_pages(k.pid, &snap),
+        0,
+        "memfd pages resident after 4 purges"
+    );
     let fo = FetchOptions {
         free_floor_bytes: 0,
         ..Default::default()
