@@ -1297,6 +1297,27 @@ fn minor_fault_touches(
     (ta, tm, p3)
 }
 
+/// A purge may leave a page of a memfd resident (one run here issued n - 1 pages: a page the
+/// page-out could not isolate then); a measurement of n pages read back needs all n out, so
+/// purge again while one is (at most 3 more times), and assert none is.
+fn purge_until_shm_out(pid: i32, snap: &ResidencySnapshot) {
+    for round in 1..=3 {
+        let left = shm_resident_pages(pid, snap);
+        if left == 0 {
+            break;
+        }
+        eprintln!(
+            "measure: {left} memfd page(s) still resident after purge {round}; purging again"
+        );
+        purge(pid, &PurgeOptions::default());
+    }
+    assert_eq!(
+        shm_resident_pages(pid, snap),
+        0,
+        "memfd pages resident after 4 purges"
+    );
+}
+
 /// Pages of `pid`'s shared-memory objects (as in `snap`) resident now (page or swap cache).
 fn shm_resident_pages(pid: i32, snap: &ResidencySnapshot) -> u64 {
     snap.objects
@@ -1333,24 +1354,7 @@ fn measure_polling_minor_faults_and_shmem_throughput() {
     let rep = purge(k.pid, &PurgeOptions::default());
     let snap = rep.snapshot.unwrap();
     assert_eq!(pm_state(k.pid, a, n), (0, n));
-    // A purge may leave a page of the memfd resident (one seen on a quiet machine: a page the
-    // page-out could not isolate then); the throughput below is of n pages read back, so purge
-    // again until none is (bounded), and assert it exactly.
-    for round in 1..=3 {
-        let left = shm_resident_pages(k.pid, &snap);
-        if left == 0 {
-            break;
-        }
-        eprintln!(
-            "measure: {left} memfd page(s) still resident after purge {round}; purging again"
-        );
-        purge(k.pid, &PurgeOptions::default());
-    }
-    assert_eq!(
-        shm_resident_pages(k.pid, &snap),
-        0,
-        "memfd pages resident after 4 purges"
-    );
+    purge_until_shm_out(k.pid, &snap);
     let fo = FetchOptions {
         free_floor_bytes: 0,
         ..Default::default()
