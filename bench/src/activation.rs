@@ -876,13 +876,7 @@ fn round_floor(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<(u
         256 * MIB
     };
     if floor.as_ref().map(|f| f.bytes) != Some(floor_bytes) {
-        let dir = ctx
-            .machine
-            .swap
-            .as_ref()
-            .and_then(|s| s.path.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        *floor = Some(FloorFile::create(&dir, floor_bytes)?);
+        *floor = Some(FloorFile::create(&floor_dir(ctx), floor_bytes)?);
     }
     let floor_s = floor
         .as_ref()
@@ -891,22 +885,27 @@ fn round_floor(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<(u
     Ok((floor_bytes, floor_s))
 }
 
+/// Where floor files go: beside the swap file (the same file system), else /var/tmp.
+fn floor_dir(ctx: &Ctx) -> PathBuf {
+    ctx.machine
+        .swap
+        .as_ref()
+        .and_then(|s| s.path.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
 /// Touch-all only: the O_DIRECT floor of a file written (and fsynced) right before it is read,
 /// as a Stop writes the swap slots a Start reads. [`round_floor`] re-reads one file every
-/// round, and on this virtual disk a re-read gets faster round after round (session 6's quiet
-/// run: 1.15, 0.71, 0.57 s per GiB while `full` stayed at 1.15-1.24 s): the host caches the
-/// file. Recorded beside the re-read floor (`fresh_floor_s`, `fresh_floor_ratio` in the app
-/// metrics), not instead of it: the acceptance line keeps the re-read floor.
+/// round, and in session 6's quiet run a re-read got faster round after round (1.15, 0.71,
+/// 0.57 s per GiB while `full` stayed at 1.15-1.24 s); a host cache was suspected. Session 7's
+/// quiet run measured both side by side: fresh 0.567-0.590 s, re-read 0.565-0.582 s — no cache
+/// effect there. Recorded beside the re-read floor (`fresh_floor_s`, `fresh_floor_ratio` in
+/// the app metrics), not instead of it: the acceptance line keeps the re-read floor.
 fn fresh_floor(ctx: &Ctx, app: &str) -> Result<Option<f64>> {
     if app != "child-touch" {
         return Ok(None);
     }
-    let dir = ctx
-        .machine
-        .swap
-        .as_ref()
-        .and_then(|s| s.path.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let dir = floor_dir(ctx);
     // Its own directory: a FloorFile's name is the pid and size, the same as the round's.
     let dir = dir.join(format!("torpor-bench-fresh-floor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;

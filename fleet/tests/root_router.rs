@@ -74,20 +74,7 @@ fn get_work(port: u16) -> String {
 
 /// The backend's queue (`show stat`'s qcur on its BACKEND line).
 async fn queued(hap: &Haproxy, backend: &str) -> u64 {
-    let csv = hap.api().command("show stat").await.unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let col = |n: &str| header.iter().position(|c| *c == n).unwrap();
-    let (px, sv, qcur) = (col("pxname"), col("svname"), col("qcur"));
-    lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&"BACKEND"))
-        .map_or(0, |f| f[qcur].parse().unwrap_or(0))
+    hap.stat(backend, "BACKEND", "qcur").await
 }
 
 /// Server `a` (maxconn 1) holds one request; four more wait in the backend's queue; server `b`

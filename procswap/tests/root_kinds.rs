@@ -1046,28 +1046,9 @@ fn read_faulted_pages_keep_their_slots() {
 #[test]
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn reslot_gives_read_faulted_pages_new_slots() {
-    let (mut k, a) = read_faulted_kid("reslot", true);
+    let (k, a) = read_faulted_kid("reslot", true);
     assert_eq!(pm_state(k.pid, a, 64), (64, 0), "read-faulted back in");
-    let rep = purge(
-        k.pid,
-        &PurgeOptions {
-            layout_first: Some(reversed_pages(a, 64)),
-            layout_rewrite_bytes: 64 * ps(),
-            ..Default::default()
-        },
-    );
-    let l = rep.layout.unwrap();
-    eprintln!("{l:?}");
-    assert_eq!(
-        (l.rewritten_pages, l.rewrite_refused_pages),
-        (64, 0),
-        "every read-faulted page (clean, in the swap cache) gave up its old slot"
-    );
-    assert_eq!(l.loading_set_swapped_pages, 64);
-    assert_eq!(pm_state(k.pid, a, 64), (0, 64), "all paged out again");
-    k.cont();
-    let v = k.cmd("VERIFY");
-    assert_eq!(v.len(), 2, "contents intact after the re-slot: {v:?}");
+    let l = reslot_all_64(k, a, "read-faulted (clean, in the swap cache)");
     summary(&format!(
         "reslot: RAN and PASSED: 64 of 64 read-faulted pages given new slots, contents verified \
          (touch-order extents {} for 64 pages paged out in reverse order)",
@@ -1081,8 +1062,21 @@ fn reslot_gives_read_faulted_pages_new_slots() {
 #[test]
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn reslot_moves_pages_still_on_swap() {
-    let (mut k, a) = read_faulted_kid("reslot-swapped", false);
+    let (k, a) = read_faulted_kid("reslot-swapped", false);
     assert_eq!(pm_state(k.pid, a, 64), (0, 64), "on swap, not mapped");
+    let l = reslot_all_64(k, a, "on swap");
+    assert_eq!(l.already_swapped_pages, 0, "no page kept its old slot");
+    summary(&format!(
+        "reslot (on swap): RAN and PASSED: 64 of 64 pages still on swap given new slots, contents verified \
+         (touch-order extents {} for 64 pages paged out in reverse order)",
+        l.loading_set_touch_order_extents
+    ));
+}
+
+/// Purge `k` with its first 64 pages at `a` as the layout's re-slotted head (in reverse order);
+/// every one of them (`what`) gives up its old slot, all 64 are out again, and the child's
+/// contents verify after it runs on. Returns the layout report.
+fn reslot_all_64(mut k: Kid, a: u64, what: &str) -> procswap::purge::LayoutReport {
     let rep = purge(
         k.pid,
         &PurgeOptions {
@@ -1096,19 +1090,14 @@ fn reslot_moves_pages_still_on_swap() {
     assert_eq!(
         (l.rewritten_pages, l.rewrite_refused_pages),
         (64, 0),
-        "every page on swap gave up its old slot"
+        "every page {what} gave up its old slot"
     );
     assert_eq!(l.loading_set_swapped_pages, 64);
-    assert_eq!(l.already_swapped_pages, 0, "no page kept its old slot");
     assert_eq!(pm_state(k.pid, a, 64), (0, 64), "all paged out again");
     k.cont();
     let v = k.cmd("VERIFY");
     assert_eq!(v.len(), 2, "contents intact after the re-slot: {v:?}");
-    summary(&format!(
-        "reslot (on swap): RAN and PASSED: 64 of 64 pages still on swap given new slots, contents verified \
-         (touch-order extents {} for 64 pages paged out in reverse order)",
-        l.loading_set_touch_order_extents
-    ));
+    l
 }
 
 /// A stopped kindchild with 1024 anonymous pages purged; with `touch`, its first 64 pages then

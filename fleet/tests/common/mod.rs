@@ -502,6 +502,12 @@ impl Haproxy {
 
     /// Sessions BACKEND/SERVER has served (`show stat`'s stot; health checks are not sessions).
     pub async fn served(&self, backend: &str, server: &str) -> u64 {
+        self.stat(backend, server, "stot").await
+    }
+
+    /// One numeric column of `show stat` for BACKEND's row `row` (a server's name, or
+    /// "BACKEND" for the backend's own line); 0 when the row is not there (yet).
+    pub async fn stat(&self, backend: &str, row: &str, column: &str) -> u64 {
         let csv = self.api().command("show stat").await.unwrap();
         let mut lines = csv.lines();
         let header: Vec<&str> = lines
@@ -511,11 +517,15 @@ impl Haproxy {
             .split(',')
             .collect();
         let col = |n: &str| header.iter().position(|c| *c == n).unwrap();
-        let (px, sv, stot) = (col("pxname"), col("svname"), col("stot"));
+        let (px, sv, want) = (col("pxname"), col("svname"), col(column));
         lines
             .map(|l| l.split(',').collect::<Vec<_>>())
-            .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&server))
-            .map_or(0, |f| f[stot].parse().unwrap())
+            .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&row))
+            .map_or(0, |f| {
+                f[want]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("show stat {backend}/{row} {column}: {e}"))
+            })
     }
 
     /// Every request HAProxy logged so far (its standard output, across restarts).
