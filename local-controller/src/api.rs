@@ -164,31 +164,34 @@ async fn stop(
 /// The optional body of a Stop (empty = the app's configured purge method); a malformed body
 /// is a 400 `bad_request`.
 pub fn parse_stop_request(body: &[u8]) -> Result<api::StopRequest, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(api::StopRequest::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("stop body: {e} (expected {{\"purge\": \"ordered\"|\"kernel\"}})"),
-        )
-    })
+    parse_optional_body(body, "stop", r#"{"purge": "ordered"|"kernel"}"#)
 }
 
 /// The optional body of a Start (empty = no override); a malformed body is a 400
 /// `bad_request`.
 pub fn parse_start_request(body: &[u8]) -> Result<api::StartRequest, ApiError> {
+    parse_optional_body(
+        body,
+        "start",
+        r#"{"prefetch": "none"|"full"|"priority"|"working-set-only"}"#,
+    )
+}
+
+/// A request body that may be empty (all whitespace: `T::default()`); malformed JSON is a 400
+/// `bad_request` naming the request (`what`) and the shape expected.
+fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+    expected: &str,
+) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(api::StartRequest::default());
+        return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!(
-                "start body: {e} (expected {{\"prefetch\": \"none\"|\"full\"|\"priority\"|\"working-set-only\"}})"
-            ),
+            format!("{what} body: {e} (expected {expected})"),
         )
     })
 }
