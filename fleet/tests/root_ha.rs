@@ -194,6 +194,19 @@ async fn check_nothing_interrupted(
     leases: (i64, i64),
     (p1, s1): (i64, i64),
 ) {
+    // Every member was killed once, so each agent's keep-alive stream and placement watch
+    // broke once at least. A keep-alive stream is re-opened at the agent's next tick (a third
+    // of the TTL), which may come after the last member is back: wait for it (the lease checks
+    // below then see the lease renewed through the re-opened stream).
+    for h in [&f.h1, &f.h2] {
+        let a = h.agent.as_ref().unwrap();
+        wait_for(&format!("{}'s streams re-opened", h.name), HANG, || {
+            let broke = log_count(a, "keep-alive stream re-opened") >= 1
+                && log_count(a, "placement watch broken") >= 1;
+            async move { broke }
+        })
+        .await;
+    }
     assert_eq!(
         (host_lease(c, "h1").await, host_lease(c, "h2").await),
         leases
@@ -228,11 +241,6 @@ async fn check_nothing_interrupted(
         let watches = log_count(a, "placement watch broken");
         println!(
             "{}: keep-alive re-opened {reopened}x, watch re-opened {watches}x",
-            h.name
-        );
-        assert!(
-            reopened >= 1 && watches >= 1,
-            "{}: streams never broke",
             h.name
         );
     }
