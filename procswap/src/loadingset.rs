@@ -563,8 +563,13 @@ pub struct RecorderOptions {
     /// Time between polls.
     pub interval: Duration,
     /// Twinkle's stop rule: stop after this many consecutive rounds that each saw fewer than
-    /// `min_new_pages` new pages...
+    /// `min_new_pages` new pages, or once such rounds have lasted `quiet_time` (two rounds at
+    /// least), whichever comes first: a round over a large process takes milliseconds and its
+    /// caller pauses a multiple of that after it, so a count of rounds alone is no time at
+    /// all (PostgreSQL's 200 quiet rounds lasted seconds, each round reading pagemap over a
+    /// gigabyte of shared memory for every one of its processes)...
     pub quiet_rounds: u32,
+    pub quiet_time: Duration,
     pub min_new_pages: u64,
     /// ...but not before this much time has passed (e.g. the first response plus a window)...
     pub min_duration: Duration,
@@ -580,6 +585,7 @@ impl Default for RecorderOptions {
         Self {
             interval: Duration::from_millis(5),
             quiet_rounds: 200,
+            quiet_time: Duration::from_secs(1),
             min_new_pages: 1,
             min_duration: Duration::ZERO,
             max_duration: Duration::from_secs(30),
@@ -717,6 +723,8 @@ pub struct LoadingSetRecorder {
     touched: Vec<LsRun>,
     round: u32,
     quiet: u32,
+    /// When the current run of quiet rounds began (the end of the last round with new pages).
+    quiet_since: Instant,
     t0: Instant,
     stats: RecordStats,
     exited: bool,
@@ -980,6 +988,7 @@ impl LoadingSetRecorder {
             touched: Vec::new(),
             round: 0,
             quiet: 0,
+            quiet_since: Instant::now(),
             t0: Instant::now(),
             stats,
             exited: false,
@@ -1010,6 +1019,11 @@ impl LoadingSetRecorder {
     pub fn poll(&mut self) -> Result<Poll> {
         let t = Instant::now();
         self.round += 1;
+        if self.round == 1 {
+            // Quiet time counts from the first look, not from when the recorder was made
+            // (its caller waits for the first response before polling).
+            self.quiet_since = t;
+        }
         let mut new = 0;
         let res: Result<()> = (|| {
             let hit = present_in(&mut self.pm, self.ps, &self.anon)?;
@@ -1070,6 +1084,7 @@ impl LoadingSetRecorder {
             self.quiet += 1;
         } else {
             self.quiet = 0;
+            self.quiet_since = Instant::now();
         }
         Ok(Poll {
             round: self.round,
@@ -1130,7 +1145,7 @@ impl LoadingSetRecorder {
         let el = self.t0.elapsed();
         self.exited
             || el >= self.opts.max_duration
-            || (el >= self.opts.min_duration && self.quiet >= self.opts.quiet_rounds)
+            || (el >= self.opts.min_duration && self.quiet_enough())
             || (self.anon.is_empty()
                 && self.mapped.iter().all(|m| m.runs.is_empty())
                 && self.files.iter().all(|f| f.runs.is_empty()))
@@ -1138,6 +1153,12 @@ impl LoadingSetRecorder {
 
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// Twinkle's stop rule ([`RecorderOptions::quiet_rounds`], [`RecorderOptions::quiet_time`]).
+    fn quiet_enough(&self) -> bool {
+        self.quiet >= self.opts.quiet_rounds
+            || (self.quiet >= 2 && self.quiet_since.elapsed() >= self.opts.quiet_time)
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -1166,8 +1187,12 @@ impl LoadingSetRecorder {
             "target exited".into()
         } else if el >= self.opts.max_duration {
             "max duration".into()
-        } else if self.quiet >= self.opts.quiet_rounds {
-            format!("{} quiet rounds", self.quiet)
+        } else if self.quiet_enough() {
+            format!(
+                "{} quiet rounds in {:.2} s",
+                self.quiet,
+                self.quiet_since.elapsed().as_secs_f64()
+            )
         } else if self.anon.is_empty() && self.mapped.iter().all(|m| m.runs.is_empty()) {
             "every candidate touched".into()
         } else {
@@ -1314,6 +1339,51 @@ mod tests_loadingset {
         };
         assert_eq!(pages(all_out), vec![(0, 1), (3, 1), (5, 1)]);
         assert_eq!(pages(checked), vec![(5, 1)]);
+    }
+
+    /// Twinkle's stop rule ends a recording after `quiet_rounds` quiet rounds, or after two at
+    /// least once the quiet rounds have lasted `quiet_time`, whichever comes first: exact
+    /// round counts, with the time made zero or an hour (a forked child that touches nothing).
+    #[test]
+    fn quiet_rounds_or_quiet_time_end_a_recording() {
+        let ps = sys::page_size();
+        let m = sys::AnonMapping::new(4);
+        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => loop {
+                nix::unistd::pause();
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        let cand = Candidates {
+            anon: vec![PageRun {
+                first: m.base as u64 / ps,
+                count: 4,
+            }],
+            ..Default::default()
+        };
+        let rounds_to_stop = |quiet_time: Duration| -> Result<u32> {
+            let opts = RecorderOptions {
+                quiet_rounds: 5,
+                quiet_time,
+                ..RecorderOptions::default()
+            };
+            let mut r = LoadingSetRecorder::start_all_out(child.as_raw(), &cand, opts)?;
+            while !r.should_stop() && r.round() < 10 {
+                r.poll()?;
+            }
+            let stop = r.round();
+            let rec = r.finish();
+            assert!(rec.touched.is_empty(), "{:?}", rec.touched);
+            Ok(stop)
+        };
+        let got = (
+            rounds_to_stop(Duration::ZERO),
+            rounds_to_stop(Duration::from_secs(3600)),
+        );
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        assert_eq!((got.0.unwrap(), got.1.unwrap()), (2, 5));
     }
 
     fn run(first: u64, count: u64, round: u32) -> LsRun {

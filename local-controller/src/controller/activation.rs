@@ -122,6 +122,9 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
 pub struct BackgroundReport {
     pub loading_rest_bytes: u64,
     pub rest_bytes: u64,
+    /// Both parts' bytes per kind (anonymous, shared memory, files).
+    #[serde(default)]
+    pub kind_bytes: procswap::memkind::ByKind<u64>,
     pub seconds: f64,
     /// Time spent waiting for the swap devices' queues to drain between steps.
     #[serde(default)]
@@ -145,10 +148,13 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest in {:.2}s ({:.2}s waiting for the queue), after {:.3}s waiting for the first response{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue), after {:.3}s waiting for the first response{}{}",
             self.loading_rest_bytes >> 20,
             self.loading_rest_s,
             self.rest_bytes >> 20,
+            self.kind_bytes.anon >> 20,
+            self.kind_bytes.shmem >> 20,
+            self.kind_bytes.file >> 20,
             self.seconds,
             self.queue_wait_s,
             self.waited_s,
@@ -338,9 +344,19 @@ impl Controller {
             };
             let set = LoadingSet::merge(prev.as_ref(), &rec, &DecayPolicy::default());
             let p = set.pages();
+            let st = &rec.stats;
             notes.push(format!(
-                "pid {}: recorded {} rounds, loading set {} anon + {} shmem + {} file pages",
-                rec.pid, rec.stats.rounds, p.anon, p.shmem, p.file
+                "pid {}: recorded {} rounds in {:.2} s (polls {:.3} s, slowest {:.1} ms; {}), \
+                 loading set {} anon + {} shmem + {} file pages",
+                rec.pid,
+                st.rounds,
+                st.duration_ms as f64 / 1e3,
+                st.poll_us_total as f64 / 1e6,
+                st.poll_us_max as f64 / 1e3,
+                st.stop,
+                p.anon,
+                p.shmem,
+                p.file
             ));
             if let Some(d) = path.parent() {
                 let _ = std::fs::create_dir_all(d);
@@ -893,6 +909,9 @@ fn background(
                 match fetch_unmapped(&tg, plan, &step, &opts) {
                     Ok(r) => {
                         let b = r.issued_bytes.anon + r.issued_bytes.shmem + r.issued_bytes.file;
+                        rep.kind_bytes.anon += r.issued_bytes.anon;
+                        rep.kind_bytes.shmem += r.issued_bytes.shmem;
+                        rep.kind_bytes.file += r.issued_bytes.file;
                         if which == 0 {
                             rep.loading_rest_bytes += b;
                         } else {
