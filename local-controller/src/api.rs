@@ -164,7 +164,8 @@ async fn stop(
 /// The optional body of a Stop (empty = the app's configured purge method); a malformed body
 /// is a 400 `bad_request`.
 pub fn parse_stop_request(body: &[u8]) -> Result<api::StopRequest, ApiError> {
-    parse_optional_body(body, "stop", r#"{"purge": "ordered"|"kernel"}"#)
+    let names: Vec<&str> = api::PurgeMethod::ALL.iter().map(|m| m.as_str()).collect();
+    parse_optional_body(body, "stop", &one_of("purge", &names))
 }
 
 /// The optional body of a Start (empty = no override); a malformed body is a 400
@@ -173,8 +174,15 @@ pub fn parse_start_request(body: &[u8]) -> Result<api::StartRequest, ApiError> {
     parse_optional_body(
         body,
         "start",
-        r#"{"prefetch": "none"|"full"|"priority"|"working-set-only"}"#,
+        &one_of("prefetch", &crate::config::start_prefetch_names()),
     )
+}
+
+/// The shape of a body with one optional key among `names`: `{"key": "a"|"b"}` (the names come
+/// from the modes' own enums, so the message cannot fall behind them).
+fn one_of(key: &str, names: &[&str]) -> String {
+    let alts: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("{{\"{key}\": {}}}", alts.join("|"))
 }
 
 /// A request body that may be empty (all whitespace: `T::default()`); malformed JSON is a 400
@@ -383,7 +391,12 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert_eq!((e.status.as_u16(), e.code), (400, "bad_request"));
             assert!(e.message.starts_with("stop body: "), "{}", e.message);
-            assert!(e.message.contains(r#""kernel""#), "{}", e.message);
+            assert!(
+                e.message
+                    .ends_with(r#"(expected {"purge": "ordered"|"kernel"})"#),
+                "{}",
+                e.message
+            );
         }
         let st = |e: ApiError| (e.status.as_u16(), e.code);
         assert_eq!(
@@ -419,6 +432,14 @@ mod tests {
                 (400, "bad_request"),
                 "{}",
                 String::from_utf8_lossy(bad)
+            );
+            // Every mode a Start accepts is named, the default (loading-set) too.
+            assert!(
+                e.message.ends_with(
+                    r#"(expected {"prefetch": "loading-set"|"full"|"working-set-only"|"none"|"priority"})"#
+                ),
+                "{}",
+                e.message
             );
         }
     }
