@@ -6,7 +6,7 @@
 
 use crate::agent::{connect, LeaseKeep};
 use crate::haproxy::{Admin, Haproxy, ServerState};
-use crate::obs::Obs;
+use crate::obs::{ErrorRun, Obs};
 use crate::policy::{decide, router, Action, Memory, View};
 use crate::schema::{
     decode, encode, unix_now, Desired, Key, Outcome, Placement, Report, ELECTION, PREFIX, SCHEMA,
@@ -229,6 +229,7 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
         next_rev: None,
     };
     changes.reopen(&mut client).await;
+    let mut errors = ErrorRun::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => if changes.stream.is_none() {
@@ -240,7 +241,12 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
             why = &mut lost.0 => bail!("leadership lost: {}", why.unwrap_or_default()),
         }
         match tick(cfg, &mut client, &me, hap.as_ref(), obs, memo).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some((n, secs)) = errors.succeeded() {
+                    let m = format!("ticks act again after {n} failed");
+                    obs.event("tick_recovered", None, None, m, secs);
+                }
+            }
             Err(e) if e.downcast_ref::<Deposed>().is_some() => {
                 // Step down at once: stop the keep-alive and revoke the lease (which deletes
                 // the election key), so that another replica leads without waiting for the TTL.
@@ -248,7 +254,14 @@ async fn term(cfg: &ControllerConfig, obs: &Obs, memo: &mut Memo) -> anyhow::Res
                 let _ = client.lease_revoke(lease).await;
                 return Err(e);
             }
-            Err(e) => obs.event("tick_error", None, None, format!("{e:#}"), 0.0),
+            Err(e) => {
+                let m = format!("{e:#}");
+                if errors.failed(&m) {
+                    obs.event("tick_error", None, None, m, 0.0);
+                } else {
+                    obs.count("tick_error");
+                }
+            }
         }
     }
 }

@@ -15,7 +15,8 @@ pub struct Event {
     pub unix_time: f64,
     /// `leader`, `lost_leadership`, `campaign_error`, `place_running`, `place_draining`, `place_standby`,
     /// `forget`, `router_add`, `router_ready`, `router_drain`, `router_maint`, `router_weight`,
-    /// `router_addr`, `router_error`, `haproxy_restart`, `malformed`, `refused`.
+    /// `router_addr`, `router_error`, `haproxy_restart`, `malformed`, `refused`, `tick_error`
+    /// (the first of a run of identical failures: see [`ErrorRun`]), `tick_recovered`.
     pub kind: String,
     pub host: Option<String>,
     pub app: Option<String>,
@@ -84,6 +85,11 @@ impl Obs {
         i.events.push_back(e);
     }
 
+    /// Count one more `kind` in the metrics without an event (a repeat of the last one).
+    pub fn count(&self, kind: &str) {
+        *self.lock().counts.entry(kind.into()).or_default() += 1;
+    }
+
     pub fn events(&self) -> Vec<Event> {
         self.lock().events.iter().cloned().collect()
     }
@@ -100,6 +106,39 @@ impl Obs {
     pub fn render(&self) -> String {
         let i = self.lock();
         render(&i.counts, i.ticks, &i.gauges)
+    }
+}
+
+/// A failure that repeats at every tick (an etcd member down: each tick's request to it fails the
+/// same way) is one event, not four a second that push every decision out of the event ring: the
+/// first of a run of identical messages is an event, the repeats are only counted (the metric
+/// `torpor_fleet_events_total{kind="tick_error"}` counts every failed tick), and the first tick
+/// that succeeds again says how many failed, over how long.
+#[derive(Debug, Default)]
+pub struct ErrorRun {
+    since: Option<std::time::Instant>,
+    message: String,
+    failed: u64,
+}
+
+impl ErrorRun {
+    /// A failed tick with `message`: whether it is an event (a different failure from the last).
+    pub fn failed(&mut self, message: &str) -> bool {
+        self.failed += 1;
+        self.since.get_or_insert_with(std::time::Instant::now);
+        if self.message == message {
+            return false;
+        }
+        self.message = message.to_string();
+        true
+    }
+
+    /// A tick that succeeded: after a run of failures, how many and the seconds since the first.
+    pub fn succeeded(&mut self) -> Option<(u64, f64)> {
+        let since = self.since.take()?;
+        let n = std::mem::take(&mut self.failed);
+        self.message.clear();
+        Some((n, since.elapsed().as_secs_f64()))
     }
 }
 
@@ -189,6 +228,40 @@ pub async fn serve(addr: std::net::SocketAddr, obs: Obs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Identical failures in a row are one event; another message is another event; a success
+    /// after failures reports them all (and only once); the metric counts every failure.
+    #[test]
+    fn a_run_of_identical_tick_errors_is_one_event() {
+        let obs = Obs::default();
+        let mut run = ErrorRun::default();
+        let fail = |run: &mut ErrorRun, m: &str| {
+            if run.failed(m) {
+                obs.event("tick_error", None, None, m.into(), 0.0);
+            } else {
+                obs.count("tick_error");
+            }
+        };
+        assert_eq!(run.succeeded(), None);
+        for m in [
+            "member down",
+            "member down",
+            "member down",
+            "timeout",
+            "timeout",
+        ] {
+            fail(&mut run, m);
+        }
+        let (n, _) = run.succeeded().unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(run.succeeded(), None);
+        fail(&mut run, "timeout");
+        let msgs: Vec<String> = obs.events().into_iter().map(|e| e.message).collect();
+        assert_eq!(msgs, ["member down", "timeout", "timeout"]);
+        assert!(obs
+            .render()
+            .contains("torpor_fleet_events_total{kind=\"tick_error\"} 6\n"));
+    }
 
     #[test]
     fn renders_the_exposition() {
