@@ -1102,6 +1102,21 @@ impl LoadingSetRecorder {
 
     /// File pages torpor is about to fetch itself (e.g. the background part of a Start): they
     /// will appear in the page cache without the app, so read-file watches stop looking at them.
+    /// Anonymous pages (page numbers: address / page size) that the caller is about to map into
+    /// the target itself (copy-on-write pages of private file mappings, read by
+    /// `process_vm_readv`): not watched from now on, and not observable this cycle (neither
+    /// touched nor decayed), since pagemap cannot tell our fault from the app's. Call it before
+    /// mapping them, never between a poll's start and its end.
+    pub fn note_mapped_by_us(&mut self, pages: &[PageRun]) {
+        let pages = normalize(pages.to_vec());
+        self.anon = subtract(&self.anon, &pages);
+        for (kind, _, obs) in self.observable.iter_mut() {
+            if *kind == MemKind::Anon {
+                *obs = subtract(obs, &pages);
+            }
+        }
+    }
+
     pub fn note_fetched(&mut self, key: ObjectKey, runs: &[PageRun]) {
         let runs = normalize(runs.to_vec());
         for f in self.files.iter_mut() {
@@ -1153,6 +1168,11 @@ impl LoadingSetRecorder {
 
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// The process recorded.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Twinkle's stop rule ([`RecorderOptions::quiet_rounds`], [`RecorderOptions::quiet_time`]).
@@ -1339,6 +1359,56 @@ mod tests_loadingset {
         };
         assert_eq!(pages(all_out), vec![(0, 1), (3, 1), (5, 1)]);
         assert_eq!(pages(checked), vec![(5, 1)]);
+    }
+
+    /// Pages a caller maps into the target itself (announced with `note_mapped_by_us` before it
+    /// reads them with `process_vm_readv`) are neither touched nor observable; a page it maps
+    /// unannounced looks like the app's touch (why the announcement is needed).
+    #[test]
+    fn pages_mapped_by_us_are_not_the_apps_touches() {
+        let ps = sys::page_size();
+        let m = sys::AnonMapping::new(4);
+        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => loop {
+                nix::unistd::pause();
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        let p0 = m.base as u64 / ps;
+        let cand = Candidates {
+            anon: vec![PageRun {
+                first: p0,
+                count: 4,
+            }],
+            ..Default::default()
+        };
+        let got = LoadingSetRecorder::start_all_out(child.as_raw(), &cand, Default::default())
+            .and_then(|mut r| {
+                r.note_mapped_by_us(&[PageRun {
+                    first: p0 + 1,
+                    count: 1,
+                }]);
+                // Our reads of pages 1 and 2 fault them into the child (the zero page).
+                crate::prefetch::map_pages_vm_readv(
+                    child.as_raw(),
+                    &[(p0 + 1) * ps, (p0 + 2) * ps],
+                )?;
+                r.poll()?;
+                Ok(r.finish())
+            });
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        let rec = got.unwrap();
+        let touched: Vec<(u64, u64)> = rec
+            .touched
+            .iter()
+            .map(|t| (t.first - p0, t.count))
+            .collect();
+        assert_eq!(touched, vec![(2, 1)]);
+        let obs: Vec<PageRun> = rec.observable.iter().flat_map(|o| o.2.clone()).collect();
+        let rel: Vec<(u64, u64)> = obs.iter().map(|r| (r.first - p0, r.count)).collect();
+        assert_eq!(rel, vec![(0, 1), (2, 2)]);
     }
 
     /// Twinkle's stop rule ends a recording after `quiet_rounds` quiet rounds, or after two at

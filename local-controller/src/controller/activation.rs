@@ -26,7 +26,7 @@ use super::{lock, AppSlot, Controller, EventKind, StartTiming};
 use crate::config::PrefetchPolicy;
 use procswap::cgroup::Memcg;
 use procswap::memkind::PageRun;
-use procswap::plan::ObjectPart;
+use procswap::plan::{ObjectPart, SwapRun};
 use procswap::sys::IoPriority;
 use procswap::{
     fetch_unmapped, ActivationPlan, Candidates, DecayPolicy, FetchOptions, IoQueue, Loaded,
@@ -36,7 +36,7 @@ use procswap::{
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -205,28 +205,25 @@ fn write_atomic(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
 /// meanwhile is one of them, locked until the whole queue ahead of it is read (the first second
 /// after a Start was nearly idle: 88 transactions vs 4,510 with demand paging).
 fn steps(part: &PlanPart) -> Vec<PlanPart> {
-    let mut out = Vec::new();
-    let mut cur = PlanPart::default();
-    let (mut pages, mut extents) = (0, 0);
-    let mut next_slot: Option<(u8, u64)> = None;
-    for r in &part.anon {
-        let new_extent = next_slot != Some((r.swap_type, r.offset));
-        if !cur.anon.is_empty()
-            && (pages + r.pages > STEP_PAGES || (new_extent && extents == STEP_EXTENTS))
-        {
-            out.push(std::mem::take(&mut cur));
-            (pages, extents) = (0, 0);
-        }
-        if new_extent || cur.anon.is_empty() {
-            extents += 1;
-        }
-        cur.anon.push(*r);
-        pages += r.pages;
-        next_slot = Some((r.swap_type, r.offset + r.pages));
-    }
-    if !cur.anon.is_empty() {
-        out.push(cur);
-    }
+    let mut out: Vec<PlanPart> = swap_steps(&part.anon)
+        .into_iter()
+        .map(|anon| PlanPart {
+            anon,
+            ..Default::default()
+        })
+        .collect();
+    // Copy-on-write pages of private file mappings are on swap too (each is read by a fault
+    // of ours: `process_vm_readv`), cut the same way; they were left out of every step, so the
+    // background never fetched them (Tomcat's and PostgreSQL's outside the first part came
+    // back one major fault at a time).
+    out.extend(
+        swap_steps(&part.anon_cow)
+            .into_iter()
+            .map(|anon_cow| PlanPart {
+                anon_cow,
+                ..Default::default()
+            }),
+    );
     for o in &part.shmem {
         out.extend(object_chunks(o, STEP_PAGES).into_iter().map(|c| PlanPart {
             shmem: vec![c],
@@ -242,6 +239,34 @@ fn steps(part: &PlanPart) -> Vec<PlanPart> {
                     ..Default::default()
                 }),
         );
+    }
+    out
+}
+
+/// Runs on swap cut into steps of at most `STEP_PAGES` pages and `STEP_EXTENTS` runs of
+/// consecutive swap slots, in order.
+fn swap_steps(runs: &[SwapRun]) -> Vec<Vec<SwapRun>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<SwapRun> = Vec::new();
+    let (mut pages, mut extents) = (0, 0);
+    let mut next_slot: Option<(u8, u64)> = None;
+    for r in runs {
+        let new_extent = next_slot != Some((r.swap_type, r.offset));
+        if !cur.is_empty()
+            && (pages + r.pages > STEP_PAGES || (new_extent && extents == STEP_EXTENTS))
+        {
+            out.push(std::mem::take(&mut cur));
+            (pages, extents) = (0, 0);
+        }
+        if new_extent || cur.is_empty() {
+            extents += 1;
+        }
+        cur.push(*r);
+        pages += r.pages;
+        next_slot = Some((r.swap_type, r.offset + r.pages));
+    }
+    if !cur.is_empty() {
+        out.push(cur);
     }
     out
 }
@@ -618,6 +643,8 @@ impl Controller {
         a.stop = stop.clone();
         a.first_response = first.clone();
         let (stop_r, first_r) = (stop.clone(), first);
+        let ours = MappedByUs::default();
+        let ours_r = ours.clone();
         // An armed probe's answer is the app's own first response; any other readiness (a
         // TCP connect, no probe) says nothing about what the app has served yet.
         let window = if at.armed_probe {
@@ -641,7 +668,7 @@ impl Controller {
             for n in notes {
                 tracing::warn!("app {name}: {n}");
             }
-            record_from(recorders, &stop_r, &first_r, (thawed, window))
+            record_from(recorders, &stop_r, &first_r, (thawed, window), &ours_r)
         });
         let reserve = self.cfg.reserve;
         let hold = std::env::var_os(HOLD_ENV).map(PathBuf::from);
@@ -650,7 +677,7 @@ impl Controller {
             .name(FETCH_THREAD.into())
             .spawn(move || {
                 let waited = wait_first_response(&first_b, &stop, window);
-                let mut rep = background(&plans, &stop, reserve, hold.as_deref());
+                let mut rep = background(&plans, &stop, reserve, hold.as_deref(), &ours);
                 rep.waited_s = waited;
                 rep
             })
@@ -783,7 +810,60 @@ pub(super) fn record(
     first: &AtomicBool,
     window: std::time::Duration,
 ) -> Vec<Recording> {
-    record_from(recs, stop, first, (Instant::now(), window))
+    let none = MappedByUs::default();
+    record_from(recs, stop, first, (Instant::now(), window), &none)
+}
+
+/// Anonymous pages the background fetch maps into a process itself (copy-on-write pages of
+/// private file mappings: `process_vm_readv` faults them in), per pid, for the recorders to
+/// leave out ([`LoadingSetRecorder::note_mapped_by_us`]): in pagemap our fault looks like the
+/// app's touch, and the loading set would become every copy-on-write page the background
+/// fetched. The background holds the lock from announcing pages until it has mapped them, and
+/// the recorder from taking the announcements until its round's polls end, so no poll sees a
+/// page of ours it was not told about.
+#[derive(Clone, Default)]
+pub(super) struct MappedByUs(Arc<Mutex<Announced>>);
+
+/// Pages announced by the background, per pid (page numbers).
+type Announced = Vec<(i32, Vec<PageRun>)>;
+
+impl MappedByUs {
+    /// Announce `plan`'s copy-on-write `runs` (none: nothing, no lock); the lock is held until
+    /// the guard returned is dropped (after they are mapped).
+    fn announce<'a>(
+        &'a self,
+        plan: &ActivationPlan,
+        runs: &[SwapRun],
+    ) -> Option<std::sync::MutexGuard<'a, Announced>> {
+        if runs.is_empty() {
+            return None;
+        }
+        let mut told = lock(&self.0);
+        let ps = plan.page_size;
+        let pages = runs.iter().map(|r| PageRun {
+            first: r.addr / ps,
+            count: r.pages,
+        });
+        told.push((plan.pid, pages.collect()));
+        Some(told)
+    }
+}
+
+/// Poll `recs` (those `which` selects) once, after leaving out the pages announced in `ours`.
+fn poll_round(
+    recs: &mut [LoadingSetRecorder],
+    ours: &MappedByUs,
+    which: impl Fn(&LoadingSetRecorder) -> bool,
+) {
+    let mut told = lock(&ours.0);
+    for (pid, pages) in told.drain(..) {
+        for r in recs.iter_mut().filter(|r| r.pid() == pid) {
+            r.note_mapped_by_us(&pages);
+        }
+    }
+    for r in recs.iter_mut().filter(|r| which(r)) {
+        let _ = r.poll();
+    }
 }
 
 /// [`record`] with the thaw's instant given. Recorders that have not polled when the stop
@@ -794,6 +874,7 @@ fn record_from(
     stop: &AtomicBool,
     first: &AtomicBool,
     (thawed, window): (Instant, std::time::Duration),
+    ours: &MappedByUs,
 ) -> Vec<Recording> {
     let interval = RecorderOptions::default().interval;
     let mut marked = false;
@@ -804,9 +885,7 @@ fn record_from(
             std::thread::sleep(std::time::Duration::from_millis(1));
             continue;
         }
-        for r in recs.iter_mut() {
-            let _ = r.poll();
-        }
+        poll_round(&mut recs, ours, |_| true);
         if !marked && answered {
             recs.iter_mut().for_each(|r| r.mark_first_response());
             marked = true;
@@ -816,9 +895,7 @@ fn record_from(
         }
         std::thread::sleep(pause(interval, t.elapsed()));
     }
-    for r in recs.iter_mut().filter(|r| r.round() == 0) {
-        let _ = r.poll();
-    }
+    poll_round(&mut recs, ours, |r| r.round() == 0);
     recs.into_iter().map(|r| r.finish()).collect()
 }
 
@@ -852,6 +929,7 @@ fn background(
     stop: &AtomicBool,
     reserve: u64,
     hold: Option<&std::path::Path>,
+    ours: &MappedByUs,
 ) -> BackgroundReport {
     let t = Instant::now();
     let mut rep = BackgroundReport::default();
@@ -906,6 +984,9 @@ fn background(
                 // not wait behind more than a few reads of ours.
                 let q = if step.file.is_empty() { &queue } else { &files };
                 rep.queue_wait_s += q.wait_below(QUEUE_READS, QUEUE_WAIT_MAX).as_secs_f64();
+                // Copy-on-write pages are mapped by our own faults: announced to the recorders
+                // first, and the lock kept until they are mapped (see [`MappedByUs`]).
+                let _told = ours.announce(plan, &step.anon_cow);
                 match fetch_unmapped(&tg, plan, &step, &opts) {
                     Ok(r) => {
                         let b = r.issued_bytes.anon + r.issued_bytes.shmem + r.issued_bytes.file;
@@ -958,7 +1039,6 @@ fn gone_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procswap::plan::SwapRun;
     use std::time::Duration;
 
     fn run(addr_page: u64, pages: u64, offset: u64) -> SwapRun {
@@ -1000,6 +1080,25 @@ mod tests {
         // Nothing is lost or reordered.
         let back: Vec<SwapRun> = steps(&scattered).into_iter().flat_map(|p| p.anon).collect();
         assert_eq!(back, scattered.anon);
+        // Copy-on-write pages (of private file mappings) are steps of their own, after the
+        // anonymous ones and before shared memory and files, cut by the same limits.
+        let cow = PlanPart {
+            anon: vec![run(0, 1, 0)],
+            anon_cow: (0..20).map(|i| run(100 + i * 2, 1, 500 + i * 9)).collect(),
+            shmem: vec![ObjectPart {
+                object: 0,
+                runs: vec![PageRun { first: 0, count: 2 }],
+            }],
+            ..Default::default()
+        };
+        let s = steps(&cow);
+        let shape: Vec<(usize, usize, usize)> = s
+            .iter()
+            .map(|p| (p.anon.len(), p.anon_cow.len(), p.shmem.len()))
+            .collect();
+        assert_eq!(shape, vec![(1, 0, 0), (0, 16, 0), (0, 4, 0), (0, 0, 1)]);
+        let pages = |p: &PlanPart| p.pages().anon + p.pages().shmem + p.pages().file;
+        assert_eq!(s.iter().map(pages).sum::<u64>(), pages(&cow));
     }
 
     #[test]
