@@ -48,18 +48,10 @@ struct RouterConfigArgs {
     /// The runtime API's unix socket.
     #[arg(long)]
     socket: PathBuf,
-    /// APP=PORT: a frontend on 127.0.0.1:PORT to backend APP (repeat).
-    #[arg(long = "frontend", value_parser = parse_frontend)]
-    frontends: Vec<(String, u16)>,
-}
-
-fn parse_frontend(s: &str) -> Result<(String, u16), String> {
-    let (app, port) = s.split_once('=').ok_or("expected APP=PORT")?;
-    if !schema::valid_name(app) {
-        return Err(format!("bad app name {app:?} (1-64 of [A-Za-z0-9_.-])"));
-    }
-    let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
-    Ok((app.to_string(), port))
+    /// APP=PORT[/CHECK-PATH]: a frontend on 127.0.0.1:PORT to backend APP, whose servers
+    /// HAProxy checks with `GET CHECK-PATH` (default `/`) (repeat).
+    #[arg(long = "frontend", value_parser = haproxy::log::Frontend::parse)]
+    frontends: Vec<haproxy::log::Frontend>,
 }
 
 #[derive(clap::Args)]

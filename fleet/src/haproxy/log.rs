@@ -141,18 +141,68 @@ pub fn earliest<'a>(
         .map(|(_, r)| r)
 }
 
+/// One app's frontend in the router's configuration: HAProxy listens on 127.0.0.1:`port` and
+/// its backend checks each server with `GET check` (the app's health-check path: `/` unless
+/// the app serves something else there, e.g. a Tomcat whose webapp is deployed at `/app/`
+/// and which answers 404 on `/`, which HAProxy's check counts as down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub app: String,
+    pub port: u16,
+    pub check: String,
+}
+
+impl Frontend {
+    /// A frontend whose servers are checked on `/`.
+    pub fn new(app: &str, port: u16) -> Frontend {
+        Frontend {
+            app: app.into(),
+            port,
+            check: "/".into(),
+        }
+    }
+
+    /// `APP=PORT` or `APP=PORT/CHECK/PATH` (the health-check path starts at the first `/`
+    /// after the port: `web=8080/app/` checks `GET /app/`). The path must be printable ASCII
+    /// without spaces (it goes into HAProxy's `option httpchk` line as one word).
+    pub fn parse(s: &str) -> Result<Frontend, String> {
+        let (app, rest) = s
+            .split_once('=')
+            .ok_or("expected APP=PORT or APP=PORT/CHECK-PATH")?;
+        if !crate::schema::valid_name(app) {
+            return Err(format!("bad app name {app:?} (1-64 of [A-Za-z0-9_.-])"));
+        }
+        let (port, check) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+        if !check.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "health-check path {check:?}: printable ASCII without spaces only"
+            ));
+        }
+        Ok(Frontend {
+            app: app.into(),
+            port,
+            check: check.into(),
+        })
+    }
+}
+
 /// The router's static configuration: the runtime API on `socket` (admin level), one line per
 /// request on standard output in [`LOG_FORMAT`], and per app a frontend on 127.0.0.1:PORT with
-/// its backend (round robin, HTTP health checks; no servers: the controller adds them, each
-/// with [`server_line`]). A check may wait 30 s for its answer: a busy server that answers its
-/// requests in turn (a backlog of slow requests ahead of the check) is slow, not down; a
-/// refused connection still fails at once. With a per-server `maxconn` (the app's `max_conn`)
-/// the backlog waits in the backend's queue, not in the servers' accept queues: a server
-/// enabled later takes queued requests at once (HAProxy hands a server that comes up the
-/// backend's pending requests), a request may wait there up to `timeout queue` (60 s; without
-/// it HAProxy would use `timeout connect`, 5 s, and answer 503), and `option redispatch` sends
-/// a request whose server refuses the connection to another server at its last retry.
-pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
+/// its backend (round robin, HTTP health checks on the app's check path; no servers: the
+/// controller adds them, each with [`server_line`]). A check may wait 30 s for its answer: a
+/// busy server that answers its requests in turn (a backlog of slow requests ahead of the
+/// check) is slow, not down; a refused connection still fails at once. With a per-server
+/// `maxconn` (the app's `max_conn`) the backlog waits in the backend's queue, not in the
+/// servers' accept queues: a server enabled later takes queued requests at once (HAProxy hands
+/// a server that comes up the backend's pending requests), a request may wait there up to
+/// `timeout queue` (60 s; without it HAProxy would use `timeout connect`, 5 s, and answer
+/// 503), and `option redispatch` sends a request whose server refuses the connection to
+/// another server at its last retry.
+pub fn router_config(socket: &Path, frontends: &[Frontend]) -> String {
     let mut cfg = format!(
         "global\n    log stdout format raw local0\n    stats socket {} mode 600 level admin\n\n\
          defaults\n    mode http\n    log global\n    log-format \"{LOG_FORMAT}\"\n    \
@@ -160,10 +210,10 @@ pub fn router_config(socket: &Path, frontends: &[(String, u16)]) -> String {
          timeout check 30s\n",
         socket.display()
     );
-    for (app, port) in frontends {
+    for Frontend { app, port, check } in frontends {
         cfg += &format!(
             "\nfrontend fe_{app}\n    bind 127.0.0.1:{port}\n    default_backend {app}\n\n\
-             backend {app}\n    balance roundrobin\n    option httpchk GET /\n    \
+             backend {app}\n    balance roundrobin\n    option httpchk GET {check}\n    \
              option redispatch\n    timeout queue 60s\n"
         );
     }
@@ -240,7 +290,7 @@ mod tests {
 
     #[test]
     fn config_logs_every_request() {
-        let c = router_config(Path::new("/x/h.sock"), &[("web".into(), 8080)]);
+        let c = router_config(Path::new("/x/h.sock"), &[Frontend::new("web", 8080)]);
         assert!(c.contains(&format!("log-format \"{LOG_FORMAT}\"")));
         assert!(c.contains("log stdout format raw"));
         assert!(c.contains("bind 127.0.0.1:8080") && c.contains("backend web"));
@@ -251,5 +301,40 @@ mod tests {
             "add server web/h1 127.0.0.2:80 check inter 1s fall 2 rise 1 weight 50 maxconn 1"
         );
         assert!(!server_line("web", "h1", a, 50, 0).contains("maxconn"));
+    }
+
+    #[test]
+    fn frontends_name_their_health_check_path() {
+        assert_eq!(Frontend::parse("web=8080"), Ok(Frontend::new("web", 8080)));
+        let tomcat = Frontend::parse("web=8080/app/?x=1").unwrap();
+        assert_eq!(
+            tomcat,
+            Frontend {
+                app: "web".into(),
+                port: 8080,
+                check: "/app/?x=1".into()
+            }
+        );
+        let c = router_config(Path::new("/x/h.sock"), &[Frontend::new("a", 1), tomcat]);
+        assert_eq!(
+            c.lines()
+                .filter(|l| l.contains("httpchk"))
+                .collect::<Vec<_>>(),
+            [
+                "    option httpchk GET /",
+                "    option httpchk GET /app/?x=1"
+            ]
+        );
+        for bad in [
+            "web",
+            "web=",
+            "web=x/",
+            "b d=1",
+            "web=80/a b",
+            "web=80/\u{e9}",
+            "web=70000",
+        ] {
+            assert!(Frontend::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -453,7 +453,11 @@ impl Haproxy {
             .iter()
             .map(|a| (a.to_string(), unused_port()))
             .collect();
-        let cfg = torpor_fleet::haproxy::log::router_config(&sock, &frontends);
+        let fe: Vec<_> = frontends
+            .iter()
+            .map(|(a, p)| torpor_fleet::haproxy::log::Frontend::new(a, *p))
+            .collect();
+        let cfg = torpor_fleet::haproxy::log::router_config(&sock, &fe);
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
         Haproxy::spawn(dir, path, sock, frontends).await
