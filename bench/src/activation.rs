@@ -1730,6 +1730,20 @@ fn now_date() -> String {
         .to_string()
 }
 
+/// Tomcat as this benchmark runs it, for another benchmark (the agility one, one definition):
+/// its CATALINA_BASE made in `work/catalina-base`, HTTP on 127.0.0.1:`port`, Debian's default
+/// ROOT webapp, or with `mib` `bench/tomcat-app` holding `mib` MiB as `/app`. Returns its
+/// `[[app]]` entry named `name` and the path its readiness probe asks for.
+pub fn tomcat_entry(
+    work: &Path,
+    name: &str,
+    port: u16,
+    mib: Option<u64>,
+) -> Result<(String, &'static str)> {
+    let t = apps::Tomcat::on_port(work, mib, port)?;
+    Ok((t.entry(name), t.path()))
+}
+
 pub fn main(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("--render") {
         let out = args.get(1).map(PathBuf::from).unwrap_or_else(|| {

@@ -2,7 +2,9 @@
 // (6) experiments. At startup (load-on-startup) it allocates TORPOR_APP_MIB MiB of heap in 1 MiB
 // arrays and fills them with pseudo-random bytes (so swap has real data to write and read back,
 // no zero pages); GET ?touch=all reads one byte of every 4 KiB page of that data (the request
-// the benchmark times), GET without it answers at once.
+// the benchmark times), ?touch=all&rounds=N does that N times (a request with N times the work
+// over the same data: the agility benchmark's, bench/run-agility.sh), GET without it answers
+// at once.
 import jakarta.servlet.ServletException;
 import jakarta.servlet.http.HttpServlet;
 import jakarta.servlet.http.HttpServletRequest;
@@ -44,10 +46,20 @@ public class TorporApp extends HttpServlet {
         long sum = 0;
         long pages = 0;
         if ("all".equals(req.getParameter("touch"))) {
-            for (byte[] b : data) {
-                for (int j = 0; j < b.length; j += 4096) {
-                    sum += b[j];
-                    pages++;
+            String r = req.getParameter("rounds");
+            int rounds = 1;
+            try {
+                rounds = r == null ? 1 : Math.max(1, Integer.parseInt(r.trim()));
+            } catch (NumberFormatException e) {
+                resp.sendError(HttpServletResponse.SC_BAD_REQUEST, "rounds: not a number");
+                return;
+            }
+            for (int i = 0; i < rounds; i++) {
+                for (byte[] b : data) {
+                    for (int j = 0; j < b.length; j += 4096) {
+                        sum += b[j];
+                        pages++;
+                    }
                 }
             }
         }

@@ -182,6 +182,11 @@ pub struct Tomcat {
 
 impl Tomcat {
     pub fn new(work: &Path, mib: Option<u64>) -> Result<Tomcat> {
+        Tomcat::on_port(work, mib, free_port()?)
+    }
+
+    /// Its CATALINA_BASE made in `work/catalina-base`, HTTP on 127.0.0.1:`port`.
+    pub fn on_port(work: &Path, mib: Option<u64>, port: u16) -> Result<Tomcat> {
         ensure!(Path::new(TOMCAT_HOME).join("bin/catalina.sh").exists(), "{TOMCAT_HOME}/bin/catalina.sh missing: apt-get install tomcat10 (bench/run-activation.sh does)");
         let (prep, java_home) = match mib {
             Some(m) => {
@@ -202,7 +207,6 @@ impl Tomcat {
                 (None, jh)
             }
         };
-        let port = free_port()?;
         let base = work.join("catalina-base");
         let _ = std::fs::remove_dir_all(&base);
         catalina_base(&base, port)?;
@@ -238,12 +242,41 @@ impl Tomcat {
         })
     }
 
-    fn path(&self) -> &'static str {
+    /// What its first request and torpord's readiness probe ask for: `/app/` with the webapp
+    /// (which serves nothing at `/`), else `/`.
+    pub fn path(&self) -> &'static str {
         if self.mib.is_some() {
             "/app/"
         } else {
             "/"
         }
+    }
+
+    /// Its `[[app]]` entry, named `name`: `catalina.sh run` in its CATALINA_BASE, ready when
+    /// [`Tomcat::path`] answers 2xx.
+    pub fn entry(&self, name: &str) -> String {
+        let b = self.base.display().to_string();
+        let mut env = vec![
+            ("CATALINA_HOME", TOMCAT_HOME.to_string()),
+            ("CATALINA_BASE", b.clone()),
+            ("CATALINA_TMPDIR", format!("{b}/temp")),
+            ("JAVA_HOME", self.java_home.clone()),
+        ];
+        if let Some(m) = self.mib {
+            env.push(("TORPOR_APP_MIB", m.to_string()));
+        }
+        let ready = format!(
+            "{{ http = {} }}",
+            q(&format!("http://127.0.0.1:{}{}", self.port, self.path()))
+        );
+        app_entry(
+            name,
+            &[format!("{TOMCAT_HOME}/bin/catalina.sh"), "run".into()],
+            Some(&self.base),
+            &env,
+            &ready,
+            "180s",
+        )
     }
 }
 
@@ -263,28 +296,7 @@ impl Workload for Tomcat {
         }
     }
     fn app_toml(&self) -> String {
-        let b = self.base.display().to_string();
-        let mut env = vec![
-            ("CATALINA_HOME", TOMCAT_HOME.to_string()),
-            ("CATALINA_BASE", b.clone()),
-            ("CATALINA_TMPDIR", format!("{b}/temp")),
-            ("JAVA_HOME", self.java_home.clone()),
-        ];
-        if let Some(m) = self.mib {
-            env.push(("TORPOR_APP_MIB", m.to_string()));
-        }
-        let ready = format!(
-            "{{ http = {} }}",
-            q(&format!("http://127.0.0.1:{}{}", self.port, self.path()))
-        );
-        app_entry(
-            &self.name(),
-            &[format!("{TOMCAT_HOME}/bin/catalina.sh"), "run".into()],
-            Some(&self.base),
-            &env,
-            &ready,
-            "180s",
-        )
+        self.entry(&self.name())
     }
     fn setup(&mut self, _d: &Daemon) -> Result<Value> {
         let (_, body) = http_first_ok(self.port, self.path(), &At::now(), Duration::from_secs(60))?;

@@ -32,6 +32,9 @@ pub struct AgilityOpts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     mode: String,
+    /// `testapp` (torpor-testapp; runs before the field existed) or `tomcat`.
+    #[serde(default = "testapp")]
+    app: String,
     t0_unix: f64,
     flash_unix: f64,
     low_rps: u32,
@@ -41,9 +44,36 @@ struct Meta {
     mib: u64,
     uri: String,
     cold_delay_ms: u64,
+    /// The app's `max_conn` (HAProxy's per-server `maxconn`; 1 before the field existed).
+    #[serde(default = "one")]
+    max_conn: u32,
     /// `READY_UNIX SENT_MS ANSWERED_MS` from `torpor-fleet first-answer`, empty when none.
     first_answer: String,
     uptime_after: String,
+}
+
+fn testapp() -> String {
+    "testapp".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Meta {
+    /// The app and its cold start, for the results file.
+    fn app_text(&self) -> String {
+        match self.app.as_str() {
+            "tomcat" => format!(
+                "Debian's Tomcat 10 (`catalina.sh run`, its own CATALINA_BASE per host) with bench/tomcat-app as `/app` holding {} MiB of heap data, `GET {}`, cold start = Tomcat's own (JVM, Catalina, the webapp filling its data) in the host's share",
+                self.mib, self.uri
+            ),
+            _ => format!(
+                "torpor-testapp, {} MiB, `GET {}`, cold start = allocating its memory + {} ms of start-up delay",
+                self.mib, self.uri, self.cold_delay_ms
+            ),
+        }
+    }
 }
 
 /// One second of requests (by when HAProxy received them), t seconds after the flash.
@@ -272,8 +302,8 @@ fn markdown(stamp: &str, name: &str, threshold_ms: f64, results: &[ModeResult]) 
     let m = &results[0].meta;
     let mut o = String::new();
     writeln!(o, "# End-to-end agility (Fig. 11 of *Agile application placement in hosting platforms*), {stamp}\n")?;
-    writeln!(o, "Two emulated hosts (a torpord each, its apps capped at **{} core** by a cgroup-v1 CFS quota), etcd, HAProxy 2.6, one controller (CPU ≥ 80 % of the share → activate on the support host). App: torpor-testapp, {} MiB, `GET {}`, cold start = allocating its memory + {} ms of start-up delay. Load: httperf, open loop, **{} req/s**, then **{} req/s** from the flash crowd at t = {:.0} s of {} s. The mechanisms ran back to back on this machine, in the order of the table.\n",
-        m.share_cores, m.mib, m.uri, m.cold_delay_ms, m.low_rps, m.high_rps, m.flash_unix - m.t0_unix, m.duration_s)?;
+    writeln!(o, "Two emulated hosts (a torpord each, its apps capped at **{} core** by a cgroup-v1 CFS quota), etcd, HAProxy 2.6, one controller (CPU ≥ 80 % of the share → activate on the support host). App: {}; HAProxy gives each server {} request(s) at a time (`maxconn`), the rest wait in its queue. Load: httperf, open loop, **{} req/s**, then **{} req/s** from the flash crowd at t = {:.0} s of {} s. The mechanisms ran back to back on this machine, in the order of the table.\n",
+        m.share_cores, m.app_text(), m.max_conn, m.low_rps, m.high_rps, m.flash_unix - m.t0_unix, m.duration_s)?;
     writeln!(o, "**Degraded-service time**: seconds from the flash crowd to the end of the last second after it whose requests (by the second HAProxy received them) had a p99 response time above {threshold_ms:.0} ms or a failure; \"not recovered\" when fewer than 10 good seconds closed the run. Response time: HAProxy's Ta (request received → last byte answered, queueing included).\n")?;
     writeln!(
         o,
@@ -381,4 +411,28 @@ fn ratios(o: &mut String, results: &[ModeResult]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_names_its_app() {
+        let mut v = serde_json::json!({"mode": "torpor", "t0_unix": 1.0, "flash_unix": 21.0, "low_rps": 4,
+            "high_rps": 18, "duration_s": 90, "share_cores": 0.5, "mib": 256, "uri": "/verify",
+            "cold_delay_ms": 8000, "first_answer": "", "uptime_after": ""});
+        let old: Meta = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            old.app_text(),
+            "torpor-testapp, 256 MiB, `GET /verify`, cold start = allocating its memory + 8000 ms of start-up delay"
+        );
+        v["app"] = "tomcat".into();
+        v["uri"] = "/app/?touch=all".into();
+        let t: Meta = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            t.app_text(),
+            "Debian's Tomcat 10 (`catalina.sh run`, its own CATALINA_BASE per host) with bench/tomcat-app as `/app` holding 256 MiB of heap data, `GET /app/?touch=all`, cold start = Tomcat's own (JVM, Catalina, the webapp filling its data) in the host's share"
+        );
+    }
 }

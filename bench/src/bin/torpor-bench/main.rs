@@ -137,12 +137,33 @@ enum Cmd {
     /// End-to-end agility (Fig. 11): the analysis of a bench/run-agility.sh run (measures
     /// nothing itself).
     Agility(agility::AgilityOpts),
+    /// Make a CATALINA_BASE for Debian's Tomcat as the activation benchmark runs it and print
+    /// its torpord `[[app]]` entry (bench/run-agility.sh's AGILITY_APP=tomcat); the path its
+    /// readiness probe asks for goes to standard error.
+    TomcatEntry(TomcatEntryOpts),
     /// A burner process of `cpu-load`: DUTY PERIOD_MS CPU (spawned by bench::server::Burners).
     #[command(name = "__burn", hide = true)]
     Burn {
         #[arg(allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct TomcatEntryOpts {
+    /// The CATALINA_BASE is made in DIR/catalina-base.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Its HTTP port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// The app's name in torpord.
+    #[arg(long)]
+    name: String,
+    /// bench/tomcat-app as `/app` holding this many MiB (without it: Debian's default ROOT
+    /// webapp).
+    #[arg(long)]
+    webapp_mib: Option<u64>,
 }
 
 impl Cmd {
@@ -161,6 +182,7 @@ impl Cmd {
             | Cmd::Activation { .. }
             | Cmd::Demo(_)
             | Cmd::Agility(_)
+            | Cmd::TomcatEntry(_)
             | Cmd::Burn { .. } => (vec![], Then::default()),
         };
         first.into_iter().chain(then.then).collect()
@@ -187,6 +209,13 @@ fn main() -> Result<()> {
         }
         Cmd::Demo(o) => std::process::exit(demo::main(o)),
         Cmd::Agility(o) => agility::main(&cli.out, o),
+        Cmd::TomcatEntry(o) => {
+            let (entry, path) =
+                bench::activation::tomcat_entry(&o.dir, &o.name, o.port, o.webapp_mib)?;
+            print!("{entry}");
+            eprintln!("{path}");
+            Ok(())
+        }
         Cmd::DiskModels => {
             let path = disk_models::disk_models(&cli.out)?;
             println!("{}", std::fs::read_to_string(&path).unwrap_or_default());
@@ -310,6 +339,27 @@ mod tests {
         }
         assert!(parse(&["demo", "--swapfile", "/s", "--modes", "fast"]).is_err());
         assert!(parse(&["demo"]).is_err(), "--swapfile is required");
+        // bench/run-agility.sh, AGILITY_APP=tomcat.
+        let argv = [
+            "tomcat-entry",
+            "--dir",
+            "/d",
+            "--port",
+            "8080",
+            "--name",
+            "web",
+            "--webapp-mib",
+            "256",
+        ];
+        match parse(&argv).unwrap().cmd {
+            Cmd::TomcatEntry(o) => {
+                assert_eq!(
+                    (o.dir, o.port, o.name, o.webapp_mib),
+                    (PathBuf::from("/d"), 8080, "web".to_string(), Some(256))
+                )
+            }
+            _ => panic!("not tomcat-entry"),
+        }
     }
 
     #[test]
