@@ -329,6 +329,10 @@ pub struct ActivationTiming {
     /// Bytes whose reads were issued before thaw, and in how many swap extents.
     pub first_issued_bytes: u64,
     pub first_swap_extents: u64,
+    /// Of those, copy-on-write pages of private file mappings (read before thaw by our own
+    /// faults, `process_vm_readv`, several at a time).
+    #[serde(default)]
+    pub first_cow_pages: u64,
     pub first_fetch_s: f64,
     /// Where the time before thaw went: loading the saved plans, issuing the `first` reads;
     /// `recorder_start_s` is 0 since the recorders start after the thaw, in their own thread

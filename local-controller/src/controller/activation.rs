@@ -608,6 +608,7 @@ impl Controller {
                 at.first_issued_bytes +=
                     rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
                 at.first_swap_extents += rep.swap_extents;
+                at.first_cow_pages += rep.cow_mapped_pages;
                 for s in &rep.skipped {
                     let n = format!("pid {}: skipped {} ({})", plan.pid, s.path, s.reason);
                     if !at.notes.contains(&n) {
