@@ -423,6 +423,12 @@ pub struct FetchOptions {
     /// Shmem and file: `MADV_POPULATE_READ` on our own mapping (synchronous: returns when the
     /// data is in) instead of `WILLNEED` (asynchronous). Never maps anything into the target.
     pub populate: bool,
+    /// Shmem: after `MADV_WILLNEED`, `MADV_POPULATE_READ` of the same pages on our own mapping
+    /// (then unmapped): waits for the reads, and moves each page from the swap cache into the
+    /// object's page cache. A page left in the swap cache costs the app a fault of its own
+    /// (which moves it); one in the page cache is mapped with its neighbours, 16 a fault
+    /// (fault-around), as a warm app's are. For a background fetch, not before a thaw.
+    pub shmem_to_page_cache: bool,
     /// Issue file read-ahead from a helper process in this memory cgroup (the app's: see
     /// [`crate::cgroup::Memcg::dir`]) so the page cache is charged to the app and the next
     /// Stop's memcg reclaim evicts it again. `None`: charged to the caller's cgroup.
@@ -442,6 +448,7 @@ impl Default for FetchOptions {
             budget_bytes: None,
             batch_bytes: 16 << 20,
             populate: false,
+            shmem_to_page_cache: false,
             charge_files_to: None,
             io_priority: None,
         }
@@ -708,7 +715,16 @@ fn fetch_objects(
                 } else {
                     libc::MADV_WILLNEED
                 };
-                ObjectView::new(f, None).and_then(|v| v.madvise(&op.runs, advice))
+                ObjectView::new(f, None).and_then(|v| {
+                    let n = v.madvise(&op.runs, advice)?;
+                    if kind == MemKind::Shmem
+                        && advice == libc::MADV_WILLNEED
+                        && opts.shmem_to_page_cache
+                    {
+                        v.madvise(&op.runs, libc::MADV_POPULATE_READ)?;
+                    }
+                    Ok(n)
+                })
             } else {
                 memkind::fadvise(&f, &op.runs, libc::POSIX_FADV_WILLNEED)
             };

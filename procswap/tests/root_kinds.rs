@@ -343,10 +343,12 @@ fn plan_and_restore_every_kind(
     assert!(plan.rest.pages().anon >= ANON);
     let t = Target::open(pid, "test").unwrap();
     // File read-ahead issued from the child's memory cgroup: charged to it (checked below).
-    let memcg_dir = Memcg::of_pid(pid).unwrap().unwrap().dir().to_path_buf();
+    let memcg = Memcg::of_pid(pid).unwrap().unwrap();
+    let shmem_before = memcg.stat("shmem").unwrap().unwrap_or(0);
     let fo = FetchOptions {
         free_floor_bytes: 0,
-        charge_files_to: Some(memcg_dir),
+        charge_files_to: Some(memcg.dir().to_path_buf()),
+        shmem_to_page_cache: true,
         ..Default::default()
     };
     let fr = fetch_unmapped(&t, &plan, &plan.rest, &fo).unwrap();
@@ -354,6 +356,23 @@ fn plan_and_restore_every_kind(
     assert!(fr.skipped.is_empty(), "{:?}", fr.skipped);
     assert_eq!(fr.issued_bytes.shmem, (MEMFD + SYSV) * ps());
     wait_objects(&plan, &plan.rest);
+    // `shmem_to_page_cache`: every shared-memory page was moved from the swap cache into its
+    // object's page cache, which the memcg counts as shmem (a page in the swap cache is not).
+    // memcg statistics are flushed lazily: waited for (a hang is the failure).
+    let want = shmem_before + (MEMFD + SYSV) * ps();
+    let t0 = std::time::Instant::now();
+    let mut got = 0;
+    while t0.elapsed() < Duration::from_secs(30) {
+        got = memcg.stat("shmem").unwrap().unwrap_or(0);
+        if got >= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        got >= want,
+        "memcg shmem {got} < {want}: pages left in the swap cache"
+    );
     // Exactly those pages: all shmem, the files' recorded runs and no neighbour.
     assert_eq!(
         cached(&map_file_of(pid, m, MEMFD), MEMFD),

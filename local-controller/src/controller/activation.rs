@@ -975,6 +975,7 @@ fn background(
                     .ok()
                     .flatten()
                     .map(|m| m.dir().to_path_buf()),
+                shmem_to_page_cache: true,
                 ..FetchOptions::default()
             };
             for step in steps(part) {
