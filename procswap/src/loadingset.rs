@@ -1368,13 +1368,7 @@ mod tests_loadingset {
     fn pages_mapped_by_us_are_not_the_apps_touches() {
         let ps = sys::page_size();
         let m = sys::AnonMapping::new(4);
-        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
-        let child = match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => loop {
-                nix::unistd::pause();
-            },
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
+        let child = sys::PausedChild::fork();
         let p0 = m.base as u64 / ps;
         let cand = Candidates {
             anon: vec![PageRun {
@@ -1383,22 +1377,18 @@ mod tests_loadingset {
             }],
             ..Default::default()
         };
-        let got = LoadingSetRecorder::start_all_out(child.as_raw(), &cand, Default::default())
+        let got = LoadingSetRecorder::start_all_out(child.pid(), &cand, Default::default())
             .and_then(|mut r| {
                 r.note_mapped_by_us(&[PageRun {
                     first: p0 + 1,
                     count: 1,
                 }]);
                 // Our reads of pages 1 and 2 fault them into the child (the zero page).
-                crate::prefetch::map_pages_vm_readv(
-                    child.as_raw(),
-                    &[(p0 + 1) * ps, (p0 + 2) * ps],
-                )?;
+                crate::prefetch::map_pages_vm_readv(child.pid(), &[(p0 + 1) * ps, (p0 + 2) * ps])?;
                 r.poll()?;
                 Ok(r.finish())
             });
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(child, None);
+        drop(child);
         let rec = got.unwrap();
         let touched: Vec<(u64, u64)> = rec
             .touched
@@ -1418,13 +1408,7 @@ mod tests_loadingset {
     fn quiet_rounds_or_quiet_time_end_a_recording() {
         let ps = sys::page_size();
         let m = sys::AnonMapping::new(4);
-        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
-        let child = match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => loop {
-                nix::unistd::pause();
-            },
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
+        let child = sys::PausedChild::fork();
         let cand = Candidates {
             anon: vec![PageRun {
                 first: m.base as u64 / ps,
@@ -1438,7 +1422,7 @@ mod tests_loadingset {
                 quiet_time,
                 ..RecorderOptions::default()
             };
-            let mut r = LoadingSetRecorder::start_all_out(child.as_raw(), &cand, opts)?;
+            let mut r = LoadingSetRecorder::start_all_out(child.pid(), &cand, opts)?;
             while !r.should_stop() && r.round() < 10 {
                 r.poll()?;
             }
@@ -1451,8 +1435,7 @@ mod tests_loadingset {
             rounds_to_stop(Duration::ZERO),
             rounds_to_stop(Duration::from_secs(3600)),
         );
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(child, None);
+        drop(child);
         assert_eq!((got.0.unwrap(), got.1.unwrap()), (2, 5));
     }
 

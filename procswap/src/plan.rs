@@ -946,17 +946,11 @@ mod tests_plan {
         use std::os::unix::fs::FileExt;
         let ps = sys::page_size();
         let m = sys::AnonMapping::new(300);
-        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
-        let child = match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => loop {
-                nix::unistd::pause();
-            },
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
+        let child = sys::PausedChild::fork();
         let base = m.base as u64;
         let addrs: Vec<u64> = (0..150).map(|i| base + 2 * i * ps).collect();
-        let got = map_cow_pages(child.as_raw(), &addrs);
-        let pm = std::fs::File::open(format!("/proc/{child}/pagemap")).unwrap();
+        let got = map_cow_pages(child.pid(), &addrs);
+        let pm = std::fs::File::open(format!("/proc/{}/pagemap", child.pid())).unwrap();
         let mut present = Vec::new();
         for i in 0..300u64 {
             let mut e = [0u8; 8];
@@ -965,8 +959,7 @@ mod tests_plan {
                 present.push(i);
             }
         }
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(child, None);
+        drop(child);
         assert_eq!(got.unwrap(), (150, 0));
         assert_eq!(present, (0..150).map(|i| 2 * i).collect::<Vec<u64>>());
     }

@@ -362,6 +362,36 @@ impl Drop for AnonMapping {
     }
 }
 
+/// Test support: a forked child of this process that only pauses (it shares this process's
+/// mappings as they were at the fork, untouched pages unmapped), killed and reaped on drop.
+#[cfg(test)]
+pub(crate) struct PausedChild(pub nix::unistd::Pid);
+
+#[cfg(test)]
+impl PausedChild {
+    pub fn fork() -> Self {
+        // SAFETY: the child only pauses (no allocation, no locks) until it is killed.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => loop {
+                nix::unistd::pause();
+            },
+            nix::unistd::ForkResult::Parent { child } => Self(child),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.as_raw()
+    }
+}
+
+#[cfg(test)]
+impl Drop for PausedChild {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.0, None);
+    }
+}
+
 #[cfg(test)]
 mod tests_sys {
     use super::*;
