@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # fleet/demo.sh (`make fleet-demo`) — the fleet on one machine: a real etcd and a real HAProxy on
-# loopback, two emulated hosts (a torpord each, own socket, state directory and cgroup parent,
-# app `web` = torpor-testapp in standby on both), a host agent each, two controller replicas.
+# loopback, two emulated hosts (a torpord each, own socket, state directory, cgroup parent and
+# loopback address 127.0.0.11 / 127.0.0.12; app `web` = torpor-testapp in standby on both, its
+# CPU capped at the host's share by the agent's --enforce-share), a host agent each, two
+# controller replicas.
 #   1. Under a steady load through HAProxy (wrk, 4 connections, 10 ms apart),
 #      `torpor-fleet app web --min-running 1 --max-running 2`: the leader activates web on the
 #      least-loaded host, HAProxy serves it. From HAProxy's own log (a line per request) and the
@@ -52,7 +54,9 @@ bg etcd etcd --name demo --data-dir "$TMP/etcd" --listen-client-urls "$ETCD" --a
 FE=$(port)
 "$BIN/torpor-fleet" router-config --socket "$TMP/haproxy.sock" --frontend "web=$FE" > "$TMP/haproxy.cfg"
 bg haproxy haproxy -db -f "$TMP/haproxy.cfg"
+i=10
 for h in h1 h2; do
+    i=$((i + 1)); addr=127.0.0.$i
     parent=torpor-fleet-demo-$h-$$; PARENTS+=("$parent"); p=$(port)
     mkdir -p "$TMP/$h"
     cat > "$TMP/$h/torpord.toml" <<EOF
@@ -65,15 +69,15 @@ reserve = "64M"
 overload_threshold = 1e12
 [[app]]
 name = "web"
-command = ["$BIN/torpor-testapp", "--port", "$p", "--mib", "256"]
-ready = { http = "http://127.0.0.1:$p/" }
+command = ["$BIN/torpor-testapp", "--bind", "$addr", "--port", "$p", "--mib", "256"]
+ready = { http = "http://$addr:$p/" }
 prestart = true
 EOF
     bg "torpord-$h" "$BIN/torpord" --config "$TMP/$h/torpord.toml"
     wait_for "torpord $h's standby pool" sh -c "curl -sf --unix-socket $TMP/$h/torpord.sock http://t/v1/health | jq -e .pool_ready"
     bg "agent-$h" "$BIN/torpor-fleet" --etcd "$ETCD" host --name "$h" --torpord "$TMP/$h/torpord.sock" \
-        --cgroup-parent "$parent" --share-cores 0.25 --serve "web=127.0.0.1:$p"
-    say "host $h: torpord with web (torpor-testapp, 256 MiB) in standby on :$p, share 0.25 core"
+        --cgroup-parent "$parent" --share-cores 0.25 --enforce-share --serve "web=$addr:$p"
+    say "host $h: torpord with web (torpor-testapp, 256 MiB) in standby on $addr:$p, share 0.25 core (enforced)"
 done
 C1=$(port); C2=$(port)
 declare -A CPID
