@@ -178,10 +178,7 @@ pub fn plan_pages(plans: &[ActivationPlan]) -> ByKind<u64> {
     let mut by = ByKind::<u64>::default();
     for p in plans {
         for part in [&p.first, &p.loading_rest, &p.rest] {
-            let k = part.pages();
-            by.anon += k.anon;
-            by.shmem += k.shmem;
-            by.file += k.file;
+            by += part.pages();
         }
     }
     by

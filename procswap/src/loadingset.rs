@@ -1328,13 +1328,7 @@ mod tests_loadingset {
             nix::unistd::ForkResult::Parent { child } => child,
         };
         let p0 = m.base as u64 / ps;
-        let cand = Candidates {
-            anon: vec![PageRun {
-                first: p0,
-                count: 8,
-            }],
-            ..Default::default()
-        };
+        let cand = anon_candidates(p0, 8);
         let opts = RecorderOptions::default();
         let started = LoadingSetRecorder::start(child.as_raw(), &cand, opts).and_then(|c| {
             LoadingSetRecorder::start_all_out(child.as_raw(), &cand, opts).map(|a| (c, a))
@@ -1370,13 +1364,7 @@ mod tests_loadingset {
         let m = sys::AnonMapping::new(4);
         let child = sys::PausedChild::fork();
         let p0 = m.base as u64 / ps;
-        let cand = Candidates {
-            anon: vec![PageRun {
-                first: p0,
-                count: 4,
-            }],
-            ..Default::default()
-        };
+        let cand = anon_candidates(p0, 4);
         let got = LoadingSetRecorder::start_all_out(child.pid(), &cand, Default::default())
             .and_then(|mut r| {
                 r.note_mapped_by_us(&[PageRun {
@@ -1409,13 +1397,7 @@ mod tests_loadingset {
         let ps = sys::page_size();
         let m = sys::AnonMapping::new(4);
         let child = sys::PausedChild::fork();
-        let cand = Candidates {
-            anon: vec![PageRun {
-                first: m.base as u64 / ps,
-                count: 4,
-            }],
-            ..Default::default()
-        };
+        let cand = anon_candidates(m.base as u64 / ps, 4);
         let rounds_to_stop = |quiet_time: Duration| -> Result<u32> {
             let opts = RecorderOptions {
                 quiet_rounds: 5,
@@ -1437,6 +1419,14 @@ mod tests_loadingset {
         );
         drop(child);
         assert_eq!((got.0.unwrap(), got.1.unwrap()), (2, 5));
+    }
+
+    /// Candidates of the recorder tests: `count` anonymous pages from page number `first`.
+    fn anon_candidates(first: u64, count: u64) -> Candidates {
+        Candidates {
+            anon: vec![PageRun { first, count }],
+            ..Default::default()
+        }
     }
 
     fn run(first: u64, count: u64, round: u32) -> LsRun {

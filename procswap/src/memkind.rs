@@ -96,6 +96,14 @@ impl ByKind<u64> {
     }
 }
 
+impl std::ops::AddAssign for ByKind<u64> {
+    fn add_assign(&mut self, o: Self) {
+        self.anon += o.anon;
+        self.shmem += o.shmem;
+        self.file += o.file;
+    }
+}
+
 impl From<ByKind<u64>> for torpor_api::KindCounts {
     fn from(b: ByKind<u64>) -> Self {
         Self {

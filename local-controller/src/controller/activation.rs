@@ -441,10 +441,10 @@ impl Controller {
                     EventKind::Activation,
                     format!(
                         "pid {pid}: plan: before thaw {} pages ({} swap extents), loading set {} pages, rest {} pages",
-                        f.anon + f.shmem + f.file,
+                        f.total(),
                         p.first.swap_extents(),
-                        l.anon + l.shmem + l.file,
-                        r.anon + r.shmem + r.file
+                        l.total(),
+                        r.total()
                     ),
                 );
             }
@@ -594,9 +594,9 @@ impl Controller {
             plan.loading_rest.pages(),
             plan.rest.pages(),
         );
-        at.first_pages += f.anon + f.shmem + f.file;
-        at.loading_rest_pages += l.anon + l.shmem + l.file;
-        at.rest_pages += r.anon + r.shmem + r.file;
+        at.first_pages += f.total();
+        at.loading_rest_pages += l.total();
+        at.rest_pages += r.total();
         at.notes
             .extend(plan.notes.iter().map(|n| format!("pid {}: {n}", plan.pid)));
         let ti = Instant::now();
@@ -605,8 +605,7 @@ impl Controller {
         at.first_issue_s += ti.elapsed().as_secs_f64();
         match fetched {
             Ok(rep) => {
-                at.first_issued_bytes +=
-                    rep.issued_bytes.anon + rep.issued_bytes.shmem + rep.issued_bytes.file;
+                at.first_issued_bytes += rep.issued_bytes.total();
                 at.first_swap_extents += rep.swap_extents;
                 at.first_cow_pages += rep.cow_mapped_pages;
                 for s in &rep.skipped {
@@ -1002,10 +1001,8 @@ fn background(
                 let _told = ours.announce(plan, &step.anon_cow);
                 match fetch_unmapped(&tg, plan, &step, &opts) {
                     Ok(r) => {
-                        let b = r.issued_bytes.anon + r.issued_bytes.shmem + r.issued_bytes.file;
-                        rep.kind_bytes.anon += r.issued_bytes.anon;
-                        rep.kind_bytes.shmem += r.issued_bytes.shmem;
-                        rep.kind_bytes.file += r.issued_bytes.file;
+                        let b = r.issued_bytes.total();
+                        rep.kind_bytes += r.issued_bytes;
                         if which == 0 {
                             rep.loading_rest_bytes += b;
                         } else {
@@ -1110,7 +1107,7 @@ mod tests {
             .map(|p| (p.anon.len(), p.anon_cow.len(), p.shmem.len()))
             .collect();
         assert_eq!(shape, vec![(1, 0, 0), (0, 16, 0), (0, 4, 0), (0, 0, 1)]);
-        let pages = |p: &PlanPart| p.pages().anon + p.pages().shmem + p.pages().file;
+        let pages = |p: &PlanPart| p.pages().total();
         assert_eq!(s.iter().map(pages).sum::<u64>(), pages(&cow));
     }
 
