@@ -49,6 +49,38 @@ const STEP_EXTENTS: u64 = 16;
 const QUEUE_READS: u64 = 4;
 const QUEUE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// When the app took a major fault since the background's last step, it is reading on demand
+/// right now, and on a device that serves reads in order each of its faults waits behind every
+/// read of ours queued before it: a 4 MiB step is ~3.6 ms at this disk's ~1.1 GB/s, against
+/// ~30 µs for a fault alone. Tomcat with its 256 MiB webapp answered its first request in
+/// 0.18-0.29 s instead of ~0.035 s (5 of 6 trials, 2026-12-03): the request's few hundred
+/// faults each waited behind a step of the loading set's fetch (and a whole 240 MiB run,
+/// before runs were cut). So the next step is cut into `YIELD_STEP` pieces, each issued once
+/// the queue holds at most `QUEUE_READS_APP_FAULTING` reads: an app fault then waits behind at
+/// most ~256 KiB of ours. Small pieces cost little throughput on this disk (256 KiB reads one
+/// or two at a time: 1.0-1.7 GB/s, like 4 MiB steps, in the same noisy minutes).
+const QUEUE_READS_APP_FAULTING: u64 = 1;
+const YIELD_STEP: StepLimits = StepLimits {
+    anon: 64,
+    shmem: 64,
+    file: 64,
+};
+
+/// The most pages of one kind a background step holds.
+struct StepLimits {
+    anon: u64,
+    shmem: u64,
+    file: u64,
+}
+
+/// The background's steps when the app is not faulting: see `STEP_PAGES`, `SHM_STEP_PAGES`,
+/// `FILE_STEP_PAGES`.
+const STEP: StepLimits = StepLimits {
+    anon: STEP_PAGES,
+    shmem: SHM_STEP_PAGES,
+    file: FILE_STEP_PAGES,
+};
+
 /// The first response, for the loading set's `first` part (fetched before the next thaw) and
 /// for the start of the background fetch, is the readiness probe's answer; without an armed
 /// probe (an HTTP GET or a redis `PING` answered by the app itself) never earlier than this
@@ -142,6 +174,10 @@ pub struct BackgroundReport {
     /// When the rest of the loading set was issued (seconds from the first read).
     #[serde(default)]
     pub loading_rest_s: f64,
+    /// Steps before which the app had taken a major fault since the step before: issued in
+    /// `YIELD_STEP` pieces behind a short queue.
+    #[serde(default)]
+    pub yielded_steps: u64,
     /// Why it ended early: stopped, target exited, free-memory floor.
     pub ended: Option<String>,
     pub skipped: Vec<String>,
@@ -155,7 +191,7 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue), after {:.3}s waiting for the first response{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault), after {:.3}s waiting for the first response{}{}",
             self.loading_rest_bytes >> 20,
             self.loading_rest_s,
             self.rest_bytes >> 20,
@@ -164,6 +200,7 @@ impl BackgroundReport {
             self.kind_bytes.file >> 20,
             self.seconds,
             self.queue_wait_s,
+            self.yielded_steps,
             self.waited_s,
             self.ended
                 .as_ref()
@@ -203,16 +240,17 @@ fn write_atomic(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// A plan part cut into steps: at most `STEP_PAGES` anonymous pages, or `SHM_STEP_PAGES` shmem
-/// pages of one object, or `FILE_STEP_PAGES` file pages of one object.
+/// A plan part cut into steps: at most `limits.anon` anonymous pages (`STEP_PAGES` in a normal
+/// step), or `limits.shmem` shmem pages of one object, or `limits.file` file pages of one
+/// object.
 /// An anonymous step also ends at `STEP_EXTENTS` runs of consecutive swap slots: scattered pages
 /// are one read each, and a step's reads are what the app's next fault may have to wait behind.
 /// Shared memory is cut like anonymous memory: one `MADV_WILLNEED` over a whole segment (1 GB
 /// of PostgreSQL's `shared_buffers`) queues every read at once, and every page the app faults on
 /// meanwhile is one of them, locked until the whole queue ahead of it is read (the first second
 /// after a Start was nearly idle: 88 transactions vs 4,510 with demand paging).
-fn steps(part: &PlanPart) -> Vec<PlanPart> {
-    let mut out: Vec<PlanPart> = swap_steps(&part.anon)
+fn steps(part: &PlanPart, limits: &StepLimits, ps: u64) -> Vec<PlanPart> {
+    let mut out: Vec<PlanPart> = swap_steps(&part.anon, limits.anon, ps)
         .into_iter()
         .map(|anon| PlanPart {
             anon,
@@ -224,7 +262,7 @@ fn steps(part: &PlanPart) -> Vec<PlanPart> {
     // background never fetched them (Tomcat's and PostgreSQL's outside the first part came
     // back one major fault at a time).
     out.extend(
-        swap_steps(&part.anon_cow)
+        swap_steps(&part.anon_cow, limits.anon, ps)
             .into_iter()
             .map(|anon_cow| PlanPart {
                 anon_cow,
@@ -233,7 +271,7 @@ fn steps(part: &PlanPart) -> Vec<PlanPart> {
     );
     for o in &part.shmem {
         out.extend(
-            object_chunks(o, SHM_STEP_PAGES)
+            object_chunks(o, limits.shmem)
                 .into_iter()
                 .map(|c| PlanPart {
                     shmem: vec![c],
@@ -242,37 +280,48 @@ fn steps(part: &PlanPart) -> Vec<PlanPart> {
         );
     }
     for o in &part.file {
-        out.extend(
-            object_chunks(o, FILE_STEP_PAGES)
-                .into_iter()
-                .map(|c| PlanPart {
-                    file: vec![c],
-                    ..Default::default()
-                }),
-        );
+        out.extend(object_chunks(o, limits.file).into_iter().map(|c| PlanPart {
+            file: vec![c],
+            ..Default::default()
+        }));
     }
     out
 }
 
-/// Runs on swap cut into steps of at most `STEP_PAGES` pages and `STEP_EXTENTS` runs of
-/// consecutive swap slots, in order.
-fn swap_steps(runs: &[SwapRun]) -> Vec<Vec<SwapRun>> {
+/// Runs on swap cut into steps of at most `max` pages (`max` ≥ 1) and `STEP_EXTENTS` runs of
+/// consecutive swap slots, in order; `ps` is the page size.
+fn swap_steps(runs: &[SwapRun], max: u64, ps: u64) -> Vec<Vec<SwapRun>> {
     let mut out = Vec::new();
     let mut cur: Vec<SwapRun> = Vec::new();
     let (mut pages, mut extents) = (0, 0);
     let mut next_slot: Option<(u8, u64)> = None;
-    for r in runs {
+    // A run longer than a step is cut into step-sized pieces first: one contiguous run can be
+    // an app's whole heap (Tomcat's 256 MiB of data: ~61,000 pages on consecutive slots), and
+    // issued as one step it queued 240 MiB of reads ahead of the app's own faults.
+    let max = max.max(1);
+    let pieces = runs.iter().flat_map(|r| {
+        (0..r.pages.div_ceil(max)).map(move |i| {
+            // i < pages / max rounded up, so skip < r.pages: the piece lies within the run
+            // (addresses and slots of a run are in range by construction).
+            let skip = i * max;
+            SwapRun {
+                addr: r.addr + skip * ps,
+                pages: (r.pages - skip).min(max),
+                swap_type: r.swap_type,
+                offset: r.offset + skip,
+            }
+        })
+    });
+    for r in pieces {
         let new_extent = next_slot != Some((r.swap_type, r.offset));
-        if !cur.is_empty()
-            && (pages + r.pages > STEP_PAGES || (new_extent && extents == STEP_EXTENTS))
-        {
+        if !cur.is_empty() && (pages + r.pages > max || (new_extent && extents == STEP_EXTENTS)) {
             out.push(std::mem::take(&mut cur));
             (pages, extents) = (0, 0);
         }
         if new_extent || cur.is_empty() {
             extents += 1;
         }
-        cur.push(*r);
+        cur.push(r);
         pages += r.pages;
         next_slot = Some((r.swap_type, r.offset + r.pages));
     }
@@ -285,6 +334,7 @@ fn swap_steps(runs: &[SwapRun]) -> Vec<Vec<SwapRun>> {
 /// `o`'s runs cut into pieces of at most `max` pages each, in order (a run longer than `max`
 /// is split).
 fn object_chunks(o: &ObjectPart, max: u64) -> Vec<ObjectPart> {
+    let max = max.max(1);
     let mut out = Vec::new();
     let mut cur: Vec<PageRun> = Vec::new();
     let mut n = 0;
@@ -944,6 +994,7 @@ fn background(
 ) -> BackgroundReport {
     let t = Instant::now();
     let mut rep = BackgroundReport::default();
+    let mut app = AppFaults::of(plans);
     let queue = IoQueue::of_swap();
     let files = IoQueue::of_devices(plans.iter().flat_map(|p| {
         p.objects
@@ -977,7 +1028,7 @@ fn background(
                 shmem_to_page_cache: true,
                 ..FetchOptions::default()
             };
-            for step in steps(part) {
+            'steps: for step in steps(part, &STEP, plan.page_size) {
                 while hold.is_some_and(|h| h.exists()) && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -991,36 +1042,31 @@ fn background(
                     rep.ended = Some("stopped".into());
                     break 'parts;
                 }
-                // Shared memory comes from swap too; file pages from their own device (the
-                // same disk as the swap on most hosts): either way the app's own faults must
-                // not wait behind more than a few reads of ours.
-                let q = if step.file.is_empty() { &queue } else { &files };
-                rep.queue_wait_s += q.wait_below(QUEUE_READS, QUEUE_WAIT_MAX).as_secs_f64();
-                // Copy-on-write pages are mapped by our own faults: announced to the recorders
-                // first, and the lock kept until they are mapped (see [`MappedByUs`]).
-                let _told = ours.announce(plan, &step.anon_cow);
-                match fetch_unmapped(&tg, plan, &step, &opts) {
-                    Ok(r) => {
-                        let b = r.issued_bytes.total();
-                        rep.kind_bytes += r.issued_bytes;
-                        if which == 0 {
-                            rep.loading_rest_bytes += b;
-                        } else {
-                            rep.rest_bytes += b;
-                        }
-                        rep.skipped.extend(
-                            r.skipped
-                                .iter()
-                                .map(|s| format!("{} ({})", s.path, s.reason)),
-                        );
-                        if let Some(s) = r.stopped {
-                            rep.ended = Some(format!("{s:?}"));
-                            break 'parts;
-                        }
-                    }
-                    Err(e) => {
-                        rep.ended = Some(format!("pid {}: {e}", plan.pid));
-                        break;
+                // The app is reading on demand: this step in small pieces, each behind a
+                // short queue (see `QUEUE_READS_APP_FAULTING`).
+                let (pieces, max_reads) = if app.faulted_since_last() {
+                    rep.yielded_steps += 1;
+                    (
+                        steps(&step, &YIELD_STEP, plan.page_size),
+                        QUEUE_READS_APP_FAULTING,
+                    )
+                } else {
+                    (vec![step], QUEUE_READS)
+                };
+                for piece in pieces {
+                    // Shared memory comes from swap too; file pages from their own device
+                    // (the same disk as the swap on most hosts): either way the app's own
+                    // faults must not wait behind more than a few reads of ours.
+                    let q = if piece.file.is_empty() {
+                        &queue
+                    } else {
+                        &files
+                    };
+                    rep.queue_wait_s += q.wait_below(max_reads, QUEUE_WAIT_MAX).as_secs_f64();
+                    match fetch_piece(&tg, plan, &piece, &opts, ours, which == 0, &mut rep) {
+                        Piece::Fetched => {}
+                        Piece::EndFetch => break 'parts,
+                        Piece::EndProcess => break 'steps,
                     }
                 }
             }
@@ -1028,6 +1074,99 @@ fn background(
     }
     rep.seconds = t.elapsed().as_secs_f64();
     rep
+}
+
+/// What the background does after a piece ([`fetch_piece`]).
+enum Piece {
+    Fetched,
+    /// The free-memory floor: nothing more is fetched.
+    EndFetch,
+    /// This process's fetch failed: on to the next process.
+    EndProcess,
+}
+
+/// One piece of a background step, added to `rep` (as the loading set's rest or the rest).
+fn fetch_piece(
+    tg: &Target,
+    plan: &ActivationPlan,
+    piece: &PlanPart,
+    opts: &FetchOptions,
+    ours: &MappedByUs,
+    loading_rest: bool,
+    rep: &mut BackgroundReport,
+) -> Piece {
+    // Copy-on-write pages are mapped by our own faults: announced to the recorders first, and
+    // the lock kept until they are mapped (see [`MappedByUs`]).
+    let _told = ours.announce(plan, &piece.anon_cow);
+    match fetch_unmapped(tg, plan, piece, opts) {
+        Ok(r) => {
+            let b = r.issued_bytes.total();
+            rep.kind_bytes += r.issued_bytes;
+            if loading_rest {
+                rep.loading_rest_bytes += b;
+            } else {
+                rep.rest_bytes += b;
+            }
+            rep.skipped.extend(
+                r.skipped
+                    .iter()
+                    .map(|s| format!("{} ({})", s.path, s.reason)),
+            );
+            match r.stopped {
+                Some(s) => {
+                    rep.ended = Some(format!("{s:?}"));
+                    Piece::EndFetch
+                }
+                None => Piece::Fetched,
+            }
+        }
+        Err(e) => {
+            rep.ended = Some(format!("pid {}: {e}", plan.pid));
+            Piece::EndProcess
+        }
+    }
+}
+
+/// The app's major faults, summed over its processes, as the background last saw them: a
+/// major fault is a read the app issued itself (a page nobody had fetched), so a rise means
+/// it is reading on demand now.
+struct AppFaults {
+    targets: Vec<Target>,
+    last: u64,
+}
+
+impl AppFaults {
+    fn of(plans: &[ActivationPlan]) -> Self {
+        let targets = plans
+            .iter()
+            .filter_map(|p| Target::open(p.pid, "background fetch").ok())
+            .collect();
+        let mut a = AppFaults { targets, last: 0 };
+        a.last = a.now();
+        a
+    }
+
+    /// Major faults so far (a process gone counts nothing).
+    fn now(&self) -> u64 {
+        self.targets
+            .iter()
+            .filter_map(|t| t.faults().ok())
+            .fold(0u64, |sum, (major, _)| sum.saturating_add(major))
+    }
+
+    /// Whether the app took a major fault since the last call (or since [`AppFaults::of`]).
+    fn faulted_since_last(&mut self) -> bool {
+        let n = self.now();
+        self.update(n)
+    }
+
+    /// Whether `n` (the count now) is above the last one; keeps it. A count that fell (a
+    /// process exited, its faults no longer summed) is not a fault.
+    fn update(&mut self, n: u64) -> bool {
+        let faulted = n > self.last;
+        self.last = n;
+        faulted
+    }
 }
 
 /// The objects of `plan`'s parts that cannot be reopened as they were at Stop, with why.
@@ -1067,7 +1206,7 @@ mod tests {
             anon: (0..40).map(|i| run(i * 2, 1, 1000 + i * 7)).collect(),
             ..Default::default()
         };
-        let s = steps(&scattered);
+        let s = steps(&scattered, &STEP, 4096);
         let sizes: Vec<usize> = s.iter().map(|p| p.anon.len()).collect();
         assert_eq!(sizes, vec![16, 16, 8]);
         // Address-discontiguous runs on consecutive slots are one extent: only the page
@@ -1080,7 +1219,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let s = steps(&sequential);
+        let s = steps(&sequential, &STEP, 4096);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].anon.len(), 2);
         assert_eq!(s[0].swap_extents(), 1);
@@ -1088,7 +1227,10 @@ mod tests {
         assert_eq!(s[2].file.len(), 1);
         assert!(s[2].anon.is_empty());
         // Nothing is lost or reordered.
-        let back: Vec<SwapRun> = steps(&scattered).into_iter().flat_map(|p| p.anon).collect();
+        let back: Vec<SwapRun> = steps(&scattered, &STEP, 4096)
+            .into_iter()
+            .flat_map(|p| p.anon)
+            .collect();
         assert_eq!(back, scattered.anon);
         // Copy-on-write pages (of private file mappings) are steps of their own, after the
         // anonymous ones and before shared memory and files, cut by the same limits.
@@ -1101,7 +1243,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let s = steps(&cow);
+        let s = steps(&cow, &STEP, 4096);
         let shape: Vec<(usize, usize, usize)> = s
             .iter()
             .map(|p| (p.anon.len(), p.anon_cow.len(), p.shmem.len()))
@@ -1109,6 +1251,103 @@ mod tests {
         assert_eq!(shape, vec![(1, 0, 0), (0, 16, 0), (0, 4, 0), (0, 0, 1)]);
         let pages = |p: &PlanPart| p.pages().total();
         assert_eq!(s.iter().map(pages).sum::<u64>(), pages(&cow));
+    }
+
+    #[test]
+    fn a_run_longer_than_a_step_is_cut_into_steps() {
+        // One contiguous run of 2,500 pages (an app's heap on consecutive slots), then a page
+        // elsewhere: steps of 1024, 1024, 452 + 1 pages, each piece's address and slot
+        // advanced by what the pieces before it hold.
+        let part = PlanPart {
+            anon: vec![run(10, 2500, 7000), run(9000, 1, 20)],
+            ..Default::default()
+        };
+        let got: Vec<Vec<(u64, u64, u64)>> = steps(&part, &STEP, 4096)
+            .iter()
+            .map(|p| {
+                p.anon
+                    .iter()
+                    .map(|r| (r.addr / 4096, r.pages, r.offset))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![(10, 1024, 7000)],
+                vec![(1034, 1024, 8024)],
+                vec![(2058, 452, 9048), (9000, 1, 20)],
+            ]
+        );
+        // A run of exactly one step stays whole.
+        let one = PlanPart {
+            anon: vec![run(0, STEP_PAGES, 0)],
+            ..Default::default()
+        };
+        assert_eq!(steps(&one, &STEP, 4096).len(), 1);
+    }
+
+    #[test]
+    fn a_step_is_cut_into_small_pieces_while_the_app_faults() {
+        let pr = |first, count| PageRun { first, count };
+        // A normal anonymous step (1024 pages on consecutive slots) and a file step.
+        let part = PlanPart {
+            anon: vec![run(0, 600, 0), run(5000, 424, 600)],
+            file: vec![ObjectPart {
+                object: 4,
+                runs: vec![pr(0, 100), pr(300, 50)],
+            }],
+            ..Default::default()
+        };
+        let normal = steps(&part, &STEP, 4096);
+        assert_eq!(normal.len(), 2);
+        let pieces = steps(&normal[0], &YIELD_STEP, 4096);
+        // Each run cut into 64-page pieces (a run's last piece is not topped up from the next
+        // run): 600 = 9 × 64 + 24, 424 = 6 × 64 + 40.
+        let sizes: Vec<u64> = pieces.iter().map(|p| p.pages().anon).collect();
+        let mut want = vec![64; 9];
+        want.push(24);
+        want.extend([64; 6]);
+        want.push(40);
+        assert_eq!(sizes, want);
+        // Nothing lost or reordered: the pieces' pages, in order, are the step's.
+        let flat = |runs: Vec<SwapRun>| -> Vec<(u64, u64)> {
+            runs.iter()
+                .flat_map(|r| (0..r.pages).map(move |i| (r.addr / 4096 + i, r.offset + i)))
+                .collect()
+        };
+        assert_eq!(
+            flat(pieces.into_iter().flat_map(|p| p.anon).collect()),
+            flat(normal[0].anon.clone())
+        );
+        let files: Vec<Vec<PageRun>> = steps(&normal[1], &YIELD_STEP, 4096)
+            .into_iter()
+            .map(|p| p.file[0].runs.clone())
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                vec![pr(0, 64)],
+                vec![pr(64, 36), pr(300, 28)],
+                vec![pr(328, 22)]
+            ]
+        );
+    }
+
+    #[test]
+    fn app_faults_rise_only_with_a_higher_count() {
+        let mut a = AppFaults {
+            targets: Vec::new(),
+            last: 10,
+        };
+        assert!(!a.update(10));
+        assert!(a.update(11));
+        assert!(!a.update(11));
+        // A process gone: the sum falls; not a fault, and the next rise counts from there.
+        assert!(!a.update(4));
+        assert!(a.update(5));
+        // Without processes the count is 0 and never rises.
+        assert_eq!(a.now(), 0);
     }
 
     #[test]
@@ -1131,7 +1370,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let s = steps(&part);
+        let s = steps(&part, &STEP, 4096);
         let got: Vec<(u32, Vec<PageRun>)> = s
             .iter()
             .flat_map(|p| p.shmem.iter().chain(&p.file))
