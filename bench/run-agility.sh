@@ -22,7 +22,13 @@
 #            the data ten times (~12-16 ms of CPU: one host at 0.5 core serves ~30/s; one
 #            round, ~1.2 ms of which most is Tomcat's HTTP handling, would need ~400 req/s
 #            to overload a host, beyond what one httperf keeps open at a time when the
-#            backlog grows), torpord's readiness probe and HAProxy's health check ask for /app/ (its CATALINA_BASE has no ROOT webapp: / answers 404).
+#            backlog grows); HAProxy's health check asks for /app/ (its CATALINA_BASE has no
+#            ROOT webapp: / answers 404).
+# torpord's readiness probe (AGILITY_READY) asks for the app's real work by default —
+# testapp /verify, tomcat /app/?touch=all (one round over the data) — so a host reports `ready`
+# once the app serves its requests at speed, not merely once it answers: with a cheap probe
+# (`AGILITY_READY=/` or `/app/`, as before 2026-12-03) a resumed app reported ready and then
+# spent its first routed requests reading its memory back (ready -> first answered 450-1050 ms).
 # The mechanisms:
 #   regular        deployed, not started: Start cold-starts it (regular startup);
 #   demand-paging  frozen and purged by the kernel's own reclaim (torpord's purge_method =
@@ -42,6 +48,7 @@
 #   req/s; tomcat 50), AGILITY_MAX_CONN (1; tomcat 2), AGILITY_FLASH (20 s), AGILITY_DURATION
 #   (90 s), AGILITY_MIB (256), AGILITY_URI (testapp /verify: checksums all of the app's memory,
 #   ~40 ms of CPU, one host at 0.5 core serves ~12/s; tomcat /app/?touch=all&rounds=10),
+#   AGILITY_READY (the readiness probe's path; testapp /verify, tomcat /app/?touch=all),
 #   AGILITY_COLD_DELAY_MS (testapp only, 8000:
 #   its start-up time besides allocating its memory), AGILITY_RUN (a temporary directory,
 #   kept), CARGO, CARGO_TARGET_DIR, AGILITY_SKIP_BUILD=1.
@@ -60,10 +67,12 @@ MIB=${AGILITY_MIB:-256}
 case $APP in
     testapp)
         LOW=${AGILITY_LOW:-4} HIGH=${AGILITY_HIGH:-18} URI=${AGILITY_URI:-/verify} CHECK=/
+        READY=${AGILITY_READY:-/verify}
         MAX_CONN=${AGILITY_MAX_CONN:-1} COLD_DELAY_MS=${AGILITY_COLD_DELAY_MS:-8000} ;;
     tomcat)
         LOW=${AGILITY_LOW:-10} HIGH=${AGILITY_HIGH:-50} URI=${AGILITY_URI:-/app/?touch=all&rounds=10}
-        CHECK=/app/ MAX_CONN=${AGILITY_MAX_CONN:-2} COLD_DELAY_MS=0 ;;
+        CHECK=/app/ MAX_CONN=${AGILITY_MAX_CONN:-2} COLD_DELAY_MS=0
+        READY=${AGILITY_READY:-/app/?touch=all} ;;
     *) echo "run-agility: AGILITY_APP=$APP: testapp or tomcat" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "run-agility: must run as root" >&2; exit 2; }
@@ -114,13 +123,13 @@ prefetch = "$prefetch"
 overload_threshold = 1e12
 EOF
     if [ "$APP" = tomcat ]; then
-        "$BIN/torpor-bench" tomcat-entry --dir "$DIR/$h" --port "$p" --name web --webapp-mib "$MIB" 2>/dev/null
+        "$BIN/torpor-bench" tomcat-entry --dir "$DIR/$h" --port "$p" --name web --webapp-mib "$MIB" --ready-path "$READY" 2>/dev/null
     else
         cat <<EOF
 [[app]]
 name = "web"
 command = ["$BIN/torpor-testapp", "--port", "$p", "--mib", "$MIB", "--startup-delay-ms", "$COLD_DELAY_MS"]
-ready = { http = "http://127.0.0.1:$p/" }
+ready = { http = "http://127.0.0.1:$p$READY" }
 ready_timeout = "600s"
 EOF
     fi

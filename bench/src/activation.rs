@@ -1739,9 +1739,13 @@ pub fn tomcat_entry(
     name: &str,
     port: u16,
     mib: Option<u64>,
+    ready_path: Option<&str>,
 ) -> Result<(String, &'static str)> {
     let t = apps::Tomcat::on_port(work, mib, port)?;
-    Ok((t.entry(name), t.path()))
+    Ok((
+        t.entry_ready(name, ready_path.unwrap_or(t.path())),
+        t.path(),
+    ))
 }
 
 pub fn main(args: &[String]) -> Result<()> {

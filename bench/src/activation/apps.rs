@@ -255,6 +255,11 @@ impl Tomcat {
     /// Its `[[app]]` entry, named `name`: `catalina.sh run` in its CATALINA_BASE, ready when
     /// [`Tomcat::path`] answers 2xx.
     pub fn entry(&self, name: &str) -> String {
+        self.entry_ready(name, self.path())
+    }
+
+    /// [`Tomcat::entry`], ready when `ready_path` answers 2xx.
+    pub fn entry_ready(&self, name: &str, ready_path: &str) -> String {
         let b = self.base.display().to_string();
         let mut env = vec![
             ("CATALINA_HOME", TOMCAT_HOME.to_string()),
@@ -267,7 +272,7 @@ impl Tomcat {
         }
         let ready = format!(
             "{{ http = {} }}",
-            q(&format!("http://127.0.0.1:{}{}", self.port, self.path()))
+            q(&format!("http://127.0.0.1:{}{ready_path}", self.port))
         );
         app_entry(
             name,

@@ -164,6 +164,10 @@ struct TomcatEntryOpts {
     /// webapp).
     #[arg(long)]
     webapp_mib: Option<u64>,
+    /// torpord's readiness probe asks for this path (default: the first request's, `/app/`
+    /// with the webapp, else `/`), e.g. `/app/?touch=all`: ready only once the data is back.
+    #[arg(long)]
+    ready_path: Option<String>,
 }
 
 impl Cmd {
@@ -210,8 +214,13 @@ fn main() -> Result<()> {
         Cmd::Demo(o) => std::process::exit(demo::main(o)),
         Cmd::Agility(o) => agility::main(&cli.out, o),
         Cmd::TomcatEntry(o) => {
-            let (entry, path) =
-                bench::activation::tomcat_entry(&o.dir, &o.name, o.port, o.webapp_mib)?;
+            let (entry, path) = bench::activation::tomcat_entry(
+                &o.dir,
+                &o.name,
+                o.port,
+                o.webapp_mib,
+                o.ready_path.as_deref(),
+            )?;
             print!("{entry}");
             eprintln!("{path}");
             Ok(())
@@ -339,6 +348,10 @@ mod tests {
         }
         assert!(parse(&["demo", "--swapfile", "/s", "--modes", "fast"]).is_err());
         assert!(parse(&["demo"]).is_err(), "--swapfile is required");
+    }
+
+    #[test]
+    fn parses_tomcat_entry() {
         // bench/run-agility.sh, AGILITY_APP=tomcat.
         let argv = [
             "tomcat-entry",
@@ -354,10 +367,21 @@ mod tests {
         match parse(&argv).unwrap().cmd {
             Cmd::TomcatEntry(o) => {
                 assert_eq!(
-                    (o.dir, o.port, o.name, o.webapp_mib),
-                    (PathBuf::from("/d"), 8080, "web".to_string(), Some(256))
+                    (o.dir, o.port, o.name, o.webapp_mib, o.ready_path),
+                    (
+                        PathBuf::from("/d"),
+                        8080,
+                        "web".to_string(),
+                        Some(256),
+                        None
+                    )
                 )
             }
+            _ => panic!("not tomcat-entry"),
+        }
+        let argv = [&argv[..], &["--ready-path", "/app/?touch=all"]].concat();
+        match parse(&argv).unwrap().cmd {
+            Cmd::TomcatEntry(o) => assert_eq!(o.ready_path.as_deref(), Some("/app/?touch=all")),
             _ => panic!("not tomcat-entry"),
         }
     }
