@@ -571,6 +571,14 @@ pub struct VmLoadingSet {
     /// background first (touched after it), free pages excluded.
     pub first_pages: u64,
     pub later_pages: u64,
+    /// Of `first_pages`, copy-on-write pages of QEMU's private file mappings, faulted in
+    /// (`MADV_WILLNEED` does not read those from swap).
+    #[serde(default)]
+    pub first_cow_pages: u64,
+    /// QEMU's file pages (binary, libraries, files it reads) read ahead before `cont`: those
+    /// touched before the first response in earlier cycles and evicted by the purge.
+    #[serde(default)]
+    pub first_file_pages: u64,
     /// Whether this Start records the next set (the candidates from the last Stop).
     pub recording: bool,
     pub notes: Vec<String>,

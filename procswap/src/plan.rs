@@ -146,15 +146,42 @@ impl ActivationPlan {
             s
         });
         let buckets = anon_buckets(&t, snap, ls.as_ref())?;
-        let mut parts = swap_runs(buckets, ps);
-        let objects = object_parts(pid, snap, ls.as_ref(), &mut notes, &mut parts);
+        let parts = swap_runs(buckets, ps);
+        Self::with_objects(&t, snap, ls.as_ref(), parts, notes)
+    }
+
+    /// The plan of a (purged) target's shmem and file objects only, from a snapshot taken
+    /// before the purge ([`ResidencySnapshot::take_objects`]) and its loading set: one `mincore`
+    /// per object, no pagemap walk. A VM's Start fetches QEMU's own file pages by it (QEMU's
+    /// anonymous memory has a plan of its own, [`crate::vm::loading`]).
+    pub fn of_objects(pid: i32, snap: &ResidencySnapshot, ls: Option<&LoadingSet>) -> Result<Self> {
+        let t = Target::open(pid, "activation plan")?;
+        let mut notes = Vec::new();
+        let ls = ls.map(|l| {
+            let (s, note) = l.for_pid(pid);
+            notes.extend(note);
+            s
+        });
+        Self::with_objects(&t, snap, ls.as_ref(), Default::default(), notes)
+    }
+
+    /// The plan of `parts` (anonymous) plus `snap`'s objects by the loading set.
+    fn with_objects(
+        t: &Target,
+        snap: &ResidencySnapshot,
+        ls: Option<&LoadingSet>,
+        mut parts: [PlanPart; 3],
+        mut notes: Vec<String>,
+    ) -> Result<Self> {
+        let pid = t.pid();
+        let objects = object_parts(pid, snap, ls, &mut notes, &mut parts);
         t.check_alive("activation plan")?;
         let [first, loading_rest, rest] = parts;
         Ok(Self {
             format_version: Self::FORMAT_VERSION,
             pid,
             comm: t.comm().to_string(),
-            page_size: ps,
+            page_size: snap.page_size,
             computed_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -642,6 +669,19 @@ fn fetch_cow(part: &PlanPart, room: &mut Room<'_>, rep: &mut FetchReport) -> Res
 
 /// Threads that fault copy-on-write pages in at once ([`map_cow_pages`]).
 const COW_THREADS: usize = 8;
+
+/// The pages of `ranges` of `pid` (in the order given; page size `ps`) faulted in with
+/// `process_vm_readv` from up to eight threads ([`map_cow_pages`]): copy-on-write pages of
+/// private file mappings, which `MADV_WILLNEED` does not read from swap. A page not on swap is
+/// mapped as well (it was there or is read from its file). Returns (pages mapped, pages
+/// unreadable).
+pub fn map_cow_ranges(pid: i32, ranges: &[Range], ps: u64) -> Result<(u64, u64)> {
+    let addrs: Vec<u64> = ranges
+        .iter()
+        .flat_map(|r| (0..r.len / ps).map(move |i| r.start + i * ps))
+        .collect();
+    map_cow_pages(pid, &addrs)
+}
 
 /// Fault `addrs` (in swap-slot order) into `pid` with `process_vm_readv`, from up to
 /// [`COW_THREADS`] threads, each taking a contiguous share. A fault reads its page (and the

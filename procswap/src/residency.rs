@@ -87,29 +87,40 @@ impl ResidencySnapshot {
                 }
             })?;
         }
-        let (objs, mut skipped) = memkind::objects(pid)?;
-        let (_, resident, sk) = memkind::object_usage(pid, &objs);
-        skipped.extend(sk);
-        let objects = objs
-            .into_iter()
-            .zip(resident)
-            .map(|(object, resident)| ObjectResidency { object, resident })
-            .filter(|o| !o.resident.is_empty())
-            .collect();
+        let (objects, skipped) = object_residency(pid, |_| true)?;
         t.check_alive("residency snapshot")?;
-        Ok(Self {
+        Ok(Self::of(t, anon, objects, skipped))
+    }
+
+    /// A snapshot of `t`'s objects of `kind` only (no anonymous pages, no pagemap walk: one
+    /// `mincore` per object). A VM's Stop takes QEMU's file pages this way: its anonymous
+    /// memory (guest RAM and QEMU's own) has a loading set of its own ([`crate::vm::loading`]),
+    /// and a pagemap walk of a QEMU process covers gigabytes of address space.
+    pub fn take_objects(t: &Target, kind: MemKind) -> Result<Self> {
+        let (objects, skipped) = object_residency(t.pid(), |o| o.kind == kind)?;
+        t.check_alive("residency snapshot")?;
+        Ok(Self::of(t, Vec::new(), objects, skipped))
+    }
+
+    fn of(
+        t: &Target,
+        anon: Vec<PageRun>,
+        objects: Vec<ObjectResidency>,
+        skipped: Vec<SkippedObject>,
+    ) -> Self {
+        Self {
             format_version: Self::FORMAT_VERSION,
-            pid,
+            pid: t.pid(),
             comm: t.comm().to_string(),
             taken_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            page_size: ps,
+            page_size: sys::page_size(),
             anon,
             objects,
             skipped,
-        })
+        }
     }
 
     /// Take a snapshot of `pid` (root).
@@ -189,6 +200,25 @@ impl ResidencySnapshot {
         }
         Ok(c)
     }
+}
+
+/// `pid`'s shmem and file objects that `keep` accepts, with their resident pages (objects
+/// with none left out), and the handles not followed.
+fn object_residency(
+    pid: i32,
+    keep: impl Fn(&MemObject) -> bool,
+) -> Result<(Vec<ObjectResidency>, Vec<SkippedObject>)> {
+    let (mut objs, mut skipped) = memkind::objects(pid)?;
+    objs.retain(|o| keep(o));
+    let (_, resident, sk) = memkind::object_usage(pid, &objs);
+    skipped.extend(sk);
+    let objects = objs
+        .into_iter()
+        .zip(resident)
+        .map(|(object, resident)| ObjectResidency { object, resident })
+        .filter(|o| !o.resident.is_empty())
+        .collect();
+    Ok((objects, skipped))
 }
 
 /// Take a snapshot of `pid` (convenience for [`ResidencySnapshot::of_pid`]).

@@ -1577,3 +1577,91 @@ fn forked_processes_sharing_a_memfd_count_and_fetch_it_once() {
         whole.shmem, v[0]
     ));
 }
+
+/// The objects-only path a VM's Stop and Start take for QEMU's own file pages: a snapshot of
+/// one kind without anonymous pages (no pagemap walk), a plan of objects only split by the
+/// loading set, and its first part fetched — exactly the set's pages, nothing mapped.
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn objects_only_snapshot_and_plan_follow_the_set() {
+    require_swap();
+    let mut k = Kid::spawn("objects");
+    let (_, _, _, f) = every_kind(&mut k);
+    let (mf, rf) = (k.files[0].clone(), k.files[1].clone());
+    let pid = k.pid;
+    k.stop();
+    let t = Target::open(pid, "test").unwrap();
+    let snap = ResidencySnapshot::take_objects(&t, MemKind::File).unwrap();
+    assert!(snap.anon.is_empty(), "{:?}", snap.anon);
+    assert!(snap.objects.iter().all(|o| o.object.kind == MemKind::File));
+    let of = |path: &Path| {
+        let p = path.display().to_string();
+        snap.objects.iter().find(|o| o.object.path == p)
+    };
+    let (mo, ro) = (of(&mf).unwrap(), of(&rf).unwrap());
+    assert_eq!(mo.resident, vec![run(16, 32)]);
+    assert_eq!(ro.resident, vec![run(8, 32)]);
+    purge(pid, &PurgeOptions::default());
+    assert_eq!(cached(&mf, MFILE), vec![]);
+    assert_eq!(cached(&rf, RFILE), vec![]);
+    // The set: mapped-file pages 16..24 touched before the first response, 24..32 after.
+    let file_run = |first, count, first_response| procswap::loadingset::LsRun {
+        kind: MemKind::File,
+        object: Some(0),
+        first,
+        count,
+        round: 1,
+        age: 0,
+        weight: 1.0,
+        first_response,
+    };
+    let set = LoadingSet {
+        format_version: LoadingSet::FORMAT_VERSION,
+        pid,
+        comm: String::new(),
+        page_size: ps(),
+        cycles: 1,
+        recorded_at: 0,
+        last: Default::default(),
+        objects: vec![procswap::loadingset::LsObject {
+            kind: MemKind::File,
+            key: mo.object.key,
+            path: mo.object.path.clone(),
+        }],
+        runs: vec![file_run(16, 8, true), file_run(24, 8, false)],
+    };
+    let plan = ActivationPlan::of_objects(pid, &snap, Some(&set)).unwrap();
+    let anon = |p: &PlanPart| p.anon.len() + p.anon_cow.len();
+    assert_eq!(
+        (
+            anon(&plan.first),
+            anon(&plan.loading_rest),
+            anon(&plan.rest)
+        ),
+        (0, 0, 0),
+        "objects only"
+    );
+    let runs_of = |part: &PlanPart, path: &Path| -> Vec<PageRun> {
+        part.file
+            .iter()
+            .filter(|p| plan.objects[p.object as usize].path == path.display().to_string())
+            .flat_map(|p| p.runs.clone())
+            .collect()
+    };
+    assert_eq!(runs_of(&plan.first, &mf), vec![run(16, 8)]);
+    assert_eq!(runs_of(&plan.loading_rest, &mf), vec![run(24, 8)]);
+    assert_eq!(runs_of(&plan.rest, &mf), vec![run(32, 16)]);
+    assert_eq!(runs_of(&plan.rest, &rf), vec![run(8, 32)]);
+    assert_eq!(runs_of(&plan.first, &rf), vec![]);
+    let fo = FetchOptions {
+        free_floor_bytes: 0,
+        ..Default::default()
+    };
+    let fr = fetch_unmapped(&t, &plan, &plan.first, &fo).unwrap();
+    assert_eq!(fr.issued_bytes.file, 8 * ps(), "{fr:?}");
+    wait_objects(&plan, &plan.first);
+    assert_eq!(cached(&mf, MFILE), vec![run(16, 8)]);
+    assert_eq!(cached(&rf, RFILE), vec![]);
+    assert_eq!(pm_state(pid, f, MFILE).0, 0, "nothing mapped");
+    summary("kinds objects-only: RAN and PASSED: file snapshot, plan by the set, first part exactly fetched");
+}

@@ -984,6 +984,28 @@ fn pause(interval: std::time::Duration, poll: std::time::Duration) -> std::time:
 /// recorder takes at most 1/(1+RECORDER_DUTY) of one CPU).
 const RECORDER_DUTY: u32 = 3;
 
+/// A VM's file pages in the background ([`super::vm`]): once QEMU's first response is out
+/// (`first`; at the latest after [`FIRST_RESPONSE_WAIT`]), `plan`'s objects — QEMU's file pages
+/// touched after the first response in earlier cycles, then the others that were resident at
+/// its Stop — fetched as a process app's background fetches its files (steps, the device's
+/// queue kept short, low I/O priority, charged to QEMU's memory cgroup), until `stop`.
+pub(super) fn spawn_file_background(
+    plan: ActivationPlan,
+    stop: Arc<AtomicBool>,
+    first: Arc<AtomicBool>,
+    reserve: u64,
+) -> std::io::Result<JoinHandle<BackgroundReport>> {
+    std::thread::Builder::new()
+        .name("torpor-vmfiles".into())
+        .spawn(move || {
+            let waited = wait_first_response(&first, &stop, std::time::Duration::ZERO);
+            let plans = [plan];
+            let mut rep = background(&plans, &stop, reserve, None, &MappedByUs::default());
+            rep.waited_s = waited;
+            rep
+        })
+}
+
 /// The rest of the loading set, then everything else, in steps, at low I/O priority.
 fn background(
     plans: &[ActivationPlan],

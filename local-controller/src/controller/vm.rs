@@ -9,13 +9,17 @@
 //! `loading-set` (procswap's process loading set over QEMU's memory, `procswap::vm::loading`):
 //! Stop merges the last Start's recording (QEMU's pages touched from `cont` on, first-touch
 //! order) into the saved set with decay, lays the set out first in the purge (QEMU's own pages,
-//! then guest classes, touch order within each, guest-free pages left out), and notes what the
-//! next Start watches (QEMU's pages on swap after the purge, minus guest-free pages). Start
-//! reads the part touched before the first response with `MADV_WILLNEED` only (nothing mapped:
-//! the recorder sees every touch), thaws, `cont`s, records, and fetches the rest of the set,
-//! QEMU's own memory and classes 0-5 in the background at low I/O priority once the probe
-//! answered, then Twinkle's segments and the later classes. Without a set yet nothing is read
-//! before `cont` (demand paging, recorded).
+//! then guest classes, touch order within each, guest-free pages left out), computes the next
+//! Start's plan ([`StartPlan`]: the Start walks nothing big), and notes what the next Start
+//! watches (QEMU's pages on swap after the purge, minus guest-free pages, and QEMU's file pages
+//! — binary, libraries, files it reads — resident before the purge). Start reads the part
+//! touched before the first response — copy-on-write pages of QEMU's private file mappings by
+//! a fault (`MADV_WILLNEED` does not read those from swap), QEMU's evicted file pages by
+//! read-ahead, the rest with `MADV_WILLNEED` (nothing else mapped: the recorder sees every
+//! touch) — thaws, `cont`s, records, and fetches the rest of the set, QEMU's own memory and
+//! classes 0-5 in the background at low I/O priority once the probe answered, then Twinkle's
+//! segments and the later classes; QEMU's other file pages likewise. Without a set yet nothing
+//! is read before `cont` (demand paging, recorded).
 //! Safety: the guest's maps only order and skip prefetch; nothing is discarded on their strength.
 
 use super::{
@@ -25,11 +29,15 @@ use super::{
 use crate::config::{PurgePolicy, VmConfig, VmPrefetch};
 use crate::guestmaps::{GuestMaps, MapsSummary};
 use crate::probe;
+use procswap::memkind::MemKind;
 use procswap::vm::loading::{self, Part};
 use procswap::vm::{
     self, Background, GuestRam, PageCounts, Plan, Qmp, QmpError, TwinkleConfig, TwinkleStats,
 };
-use procswap::{Candidates, LoadingSetRecorder, NoProgress, PrefetchOptions, Range, Recording};
+use procswap::{
+    ActivationPlan, Candidates, FetchOptions, LoadingSetRecorder, NoProgress, PrefetchOptions,
+    Range, Recording, ResidencySnapshot, Target,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,6 +67,58 @@ pub(crate) struct VmRuntime {
     recorder: Option<JoinHandle<Vec<Recording>>>,
     rec_stop: Arc<AtomicBool>,
     first_response: Arc<AtomicBool>,
+    /// `loading-set`: what the next Start fetches, computed by the Stop ([`StartPlan`]).
+    start_plan: Option<StartPlan>,
+    /// `loading-set` Start: QEMU's file pages for the background, then that fetch under way
+    /// (after the first response) and its stop flag.
+    pending_files: Option<ActivationPlan>,
+    files_background: Option<JoinHandle<activation::BackgroundReport>>,
+    files_stop: Arc<AtomicBool>,
+}
+
+/// A VM's `loading-set` Start as its Stop computes it — guest RAM, the guest's maps and QEMU's
+/// mappings stay as they are while the guest is paused and QEMU frozen — so the Start walks
+/// nothing big (computed at Start: 6-9 ms of the time to `cont` with a 512 MiB guest). A Start
+/// after a torpord restart computes it from the saved set (without QEMU's file pages).
+struct StartPlan {
+    /// Cycles merged into the set.
+    cycles: u32,
+    /// Guest RAM in classes, free pages apart (the background's segments).
+    plan: Plan,
+    /// The set's anonymous pages touched before the first response, in fetch order: those read
+    /// with `MADV_WILLNEED`, and the copy-on-write pages of QEMU's private file mappings (its
+    /// own and its libraries' data), which only a fault reads from swap.
+    first: Vec<Range>,
+    first_cow: Vec<Range>,
+    /// The set's other anonymous pages (the background's first ranges).
+    later: Vec<Range>,
+    /// QEMU's file pages by part: its binary's and libraries' pages resident at Stop (the
+    /// purge's memory-cgroup reclaim evicts those charged to QEMU), split by the set.
+    files: Option<ActivationPlan>,
+}
+
+impl StartPlan {
+    /// The anonymous part from `set` over `plan`, cut by QEMU's (`qpid`) private file mappings.
+    fn compute(qpid: i32, plan: Plan, set: Option<&procswap::LoadingSet>) -> Self {
+        let (first, later) = set.map_or_else(Default::default, |s| {
+            (
+                loading::ordered(s, &plan, Part::First),
+                loading::ordered(s, &plan, Part::Later),
+            )
+        });
+        let file_private = vm::qemu_maps(qpid)
+            .map(|m| vm::file_private_ranges(&m))
+            .unwrap_or_default();
+        let (first, first_cow) = loading::split_cow(&first, &file_private);
+        Self {
+            cycles: set.map_or(0, |s| s.cycles),
+            plan,
+            first,
+            first_cow,
+            later,
+            files: None,
+        }
+    }
 }
 
 pub use torpor_api::{ClassFetch, Evidence};
@@ -314,11 +374,21 @@ impl Controller {
 
     /// The background fetcher of the last Start, stopped (joined outside the lock: status reads
     /// never wait for an operation); its last statistics kept.
-    fn stop_background(&self, slot: &AppSlot) {
+    fn stop_background(&self, slot: &AppSlot) -> Option<String> {
         let bg = lock(&slot.vm).background.take();
         if let Some(bg) = bg {
             let st = bg.stop();
             lock(&slot.vm).last_background = Some(st);
+        }
+        let files = {
+            let mut rt = lock(&slot.vm);
+            rt.files_stop.store(true, Ordering::SeqCst);
+            rt.files_background.take()
+        };
+        match files.map(|h| h.join()) {
+            Some(Ok(r)) => Some(format!("QEMU's files: {}", r.describe())),
+            Some(Err(_)) => Some("QEMU's file background thread panicked".into()),
+            None => None,
         }
     }
 
@@ -335,8 +405,9 @@ impl Controller {
             .filter(|p| o.pids.contains(p))
             .unwrap_or(o.pids[0]);
         // The background fetcher of the last Start must not run on a stopped/frozen QEMU.
-        self.stop_background(slot);
+        let files_note = self.stop_background(slot);
         let mut loading_notes = self.vm_recording_stop(slot);
+        loading_notes.extend(files_note);
         let v = self.vm_cfg(slot);
         let fail = |e: VmStopError| self.stop_failed(slot, e);
         let agent = self.guest_maps(slot, v);
@@ -350,9 +421,10 @@ impl Controller {
             r.counters.stops += 1;
         });
         let ram = paused.ram.as_ref();
+        let files = self.vm_files(slot, qpid, &mut loading_notes);
         let plan = self.vm_layout(slot, qpid, ram, agent.maps.as_ref(), &mut loading_notes);
         let mut purged = self.purge_vm(slot, qpid, ram, before);
-        self.vm_candidates(slot, qpid, ram, plan.as_ref(), &mut loading_notes);
+        self.vm_candidates(slot, qpid, ram, (plan, files), &mut loading_notes);
         purged.loading_notes = loading_notes;
         self.save_guest_ram(slot, paused.ram.as_ref());
         Ok(self.vm_stopped(slot, t0, agent, paused, freeze_s, purged))
@@ -833,6 +905,7 @@ impl Controller {
         let loading = rep.loading_set.is_some();
         if loading {
             self.start_recorder_thread(slot);
+            self.start_file_background(slot);
         }
         let bg_started = match (plan, ram, v.background) {
             (Some(p), Some(r), true) => self.start_background(slot, qpid, p, r, loading),
@@ -850,7 +923,7 @@ impl Controller {
         match res {
             Ok(n) => timing.probes = n,
             Err(e) => {
-                self.stop_background(slot);
+                let _ = self.stop_background(slot);
                 return Err(VmStartError::NotReady(e));
             }
         }
@@ -970,8 +1043,25 @@ impl Controller {
         }
     }
 
-    /// Stop (loading-set mode, guest RAM known): the purge layout from the saved set and this
-    /// Stop's maps. Returns the plan (for [`Self::vm_candidates`]).
+    /// Stop, before the purge (loading-set mode): QEMU's file pages resident now (its binary,
+    /// libraries and the files it has open), for the next Start's recorder and file plan.
+    fn vm_files(
+        &self,
+        slot: &AppSlot,
+        qpid: i32,
+        notes: &mut Vec<String>,
+    ) -> Option<ResidencySnapshot> {
+        if !self.vm_keeps_loading_set(slot) {
+            return None;
+        }
+        Target::open(qpid, "QEMU's file pages")
+            .and_then(|t| ResidencySnapshot::take_objects(&t, MemKind::File))
+            .map_err(|e| notes.push(format!("QEMU's file pages left out: {e}")))
+            .ok()
+    }
+
+    /// Stop (loading-set mode, guest RAM known): the next Start's plan and the purge layout
+    /// from the saved set and this Stop's maps.
     fn vm_layout(
         &self,
         slot: &AppSlot,
@@ -979,13 +1069,16 @@ impl Controller {
         ram: Option<&GuestRam>,
         maps: Option<&(GuestMaps, String)>,
         notes: &mut Vec<String>,
-    ) -> Option<Plan> {
+    ) -> Option<(StartPlan, Option<procswap::LoadingSet>)> {
         if !self.vm_keeps_loading_set(slot) {
             return None;
         }
-        let plan = plan_of(ram?, maps);
-        if let Some(set) = self.vm_loading_set(slot, qpid, &mut Vec::new()) {
-            let l = loading::ordered(&set, &plan, Part::All);
+        let set = self.vm_loading_set(slot, qpid, &mut Vec::new());
+        let sp = StartPlan::compute(qpid, plan_of(ram?, maps), set.as_ref());
+        if let Some(set) = &set {
+            let mut l: Vec<Range> = sp.first.clone();
+            l.extend_from_slice(&sp.first_cow);
+            l.extend_from_slice(&sp.later);
             let ps = procswap::sys::page_size();
             notes.push(format!(
                 "purge layout: the loading set first ({} pages in {} ranges, {} cycles merged)",
@@ -995,38 +1088,54 @@ impl Controller {
             ));
             lock(&slot.vm).layout = Some(l).filter(|l| !l.is_empty());
         }
-        Some(plan)
+        Some((sp, set))
     }
 
-    /// After the purge (loading-set mode): what the next Start's recorder watches.
+    /// After the purge (loading-set mode): what the next Start's recorder watches (QEMU's pages
+    /// on swap minus guest-free pages, and its file pages resident before the purge) and the
+    /// next Start's plan, with QEMU's file pages by part (what the purge evicted of them).
     fn vm_candidates(
         &self,
         slot: &AppSlot,
         qpid: i32,
         ram: Option<&GuestRam>,
-        plan: Option<&Plan>,
+        (layout, files): (
+            Option<(StartPlan, Option<procswap::LoadingSet>)>,
+            Option<ResidencySnapshot>,
+        ),
         notes: &mut Vec<String>,
     ) {
-        let (Some(ram), Some(plan)) = (ram, plan) else {
+        let (Some(ram), Some((mut sp, set))) = (ram, layout) else {
             return;
         };
         let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_default();
         let ps = procswap::sys::page_size();
-        match loading::candidates(qpid, &ram.hva_ranges(), &own, &plan.free_ranges, ps) {
+        let ranges = (&ram.hva_ranges()[..], &own[..], &sp.plan.free_ranges[..]);
+        match loading::candidates(qpid, ranges, files.as_ref(), ps) {
             Ok(c) => {
                 notes.push(format!(
-                    "the next Start records over {} pages on swap ({} guest-free pages left out)",
+                    "the next Start records over {} pages on swap ({} guest-free pages left out) and {} of QEMU's file pages",
                     procswap::memkind::pages(&c.anon),
-                    plan.skipped_free_pages
+                    sp.plan.skipped_free_pages,
+                    c.object_runs.iter().map(|r| procswap::memkind::pages(r)).sum::<u64>()
                 ));
                 lock(&slot.vm).candidates = Some(c);
             }
             Err(e) => notes.push(format!("no recording at the next Start: {e}")),
         }
+        sp.files = files.and_then(|f| {
+            ActivationPlan::of_objects(qpid, &f, set.as_ref())
+                .map_err(|e| notes.push(format!("QEMU's file pages not planned: {e}")))
+                .ok()
+        });
+        lock(&slot.vm).start_plan = Some(sp);
     }
 
-    /// `loading-set` Start before `cont`: the set's first part read (`MADV_WILLNEED` only:
-    /// nothing mapped), the recorder prepared, the background's preload list. Returns the plan.
+    /// `loading-set` Start before `cont`: the set's first part read — copy-on-write pages
+    /// faulted in (synchronous: first, on an idle device), QEMU's file pages touched before
+    /// the first response (read-ahead), then the rest with `MADV_WILLNEED` (nothing else mapped:
+    /// the recorder sees every touch) — the recorder prepared, the background's preload list.
+    /// Returns the plan.
     fn prefetch_loading(
         &self,
         g: Prefetching,
@@ -1035,33 +1144,47 @@ impl Controller {
     ) -> Plan {
         let (slot, qpid, ram) = (g.slot, g.qpid, g.ram);
         let (ps, tplan) = (procswap::sys::page_size(), Instant::now());
-        let plan = g.plan();
         let mut ls = api::VmLoadingSet::default();
-        let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
-        let (first, later) = set.as_ref().map_or_else(Default::default, |s| {
-            (
-                loading::ordered(s, &plan, Part::First),
-                loading::ordered(s, &plan, Part::Later),
-            )
+        let taken = lock(&slot.vm).start_plan.take();
+        let sp = taken.unwrap_or_else(|| {
+            let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
+            StartPlan::compute(qpid, g.plan(), set.as_ref())
         });
-        ls.cycles = set.map_or(0, |s| s.cycles);
-        (ls.first_pages, ls.later_pages) = (range_pages(&first, ps), range_pages(&later, ps));
+        ls.cycles = sp.cycles;
+        if sp.cycles == 0 && ls.notes.is_empty() {
+            ls.notes
+                .push("no loading set yet: nothing read before cont".into());
+        }
+        ls.first_pages = range_pages(&sp.first, ps) + range_pages(&sp.first_cow, ps);
+        ls.later_pages = range_pages(&sp.later, ps);
         rep.plan_ms = ms(tplan.elapsed());
-        if !first.is_empty() {
+        let tf = Instant::now();
+        if !sp.first_cow.is_empty() {
+            match procswap::plan::map_cow_ranges(qpid, &sp.first_cow, ps) {
+                Ok((mapped, _)) => {
+                    ls.first_cow_pages = mapped;
+                    timing.prefetch_bytes += mapped * ps;
+                }
+                Err(e) => self.note_prefetch_error(slot, "loading-set copy-on-write pages", &e),
+            }
+        }
+        if let Some(f) = &sp.files {
+            self.fetch_vm_files(slot, f, &mut ls, timing);
+        }
+        if !sp.first.is_empty() {
             let opts = PrefetchOptions {
                 threads: 0,
                 ..self.prefetch_options()
             };
-            let tf = Instant::now();
-            match vm::fetch_ranges(&*self.backend, qpid, first, &opts) {
+            match vm::fetch_ranges(&*self.backend, qpid, sp.first, &opts) {
                 Ok(r) => add_fetched(timing, &r),
                 Err(e) => self.note_prefetch_error(slot, "loading-set prefetch", &e),
             }
-            rep.fetch_call_ms = ms(tf.elapsed());
         }
-        let mut preload = later;
+        rep.fetch_call_ms = ms(tf.elapsed());
+        let mut preload = sp.later;
         preload.extend(vm::qemu_own_ranges(qpid, ram).unwrap_or_default());
-        preload.extend(plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
+        preload.extend(sp.plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
         let rec = match lock(&slot.vm).candidates.take() {
             Some(c) => LoadingSetRecorder::start(qpid, &c, procswap::RecorderOptions::default())
                 .map_err(|e| ls.notes.push(format!("not recorded this time: {e}")))
@@ -1077,9 +1200,73 @@ impl Controller {
             let mut rt = lock(&slot.vm);
             rt.pending_recorder = rec;
             rt.preload = preload;
+            rt.pending_files = sp.files;
         }
         rep.loading_set = Some(ls);
-        plan
+        sp.plan
+    }
+
+    /// Before `cont`: QEMU's file pages of `files`' first part (read-ahead issued by torpord, as
+    /// for a process app's first part: no cgroup join in the way of the thaw); files gone or
+    /// changed since the Stop are skipped and named.
+    fn fetch_vm_files(
+        &self,
+        slot: &AppSlot,
+        files: &ActivationPlan,
+        ls: &mut api::VmLoadingSet,
+        timing: &mut StartTiming,
+    ) {
+        if files.first.is_empty() {
+            return;
+        }
+        let opts = FetchOptions {
+            free_floor_bytes: self.cfg.reserve,
+            charge_files_to: None,
+            ..FetchOptions::default()
+        };
+        match Target::open(files.pid, "QEMU's file pages")
+            .and_then(|t| procswap::fetch_unmapped(&t, files, &files.first, &opts))
+        {
+            Ok(r) => {
+                ls.first_file_pages = r.issued_bytes.file / procswap::sys::page_size();
+                timing.prefetch_bytes += r.issued_bytes.total();
+                for sk in r.skipped {
+                    ls.notes
+                        .push(format!("QEMU's file {} skipped ({})", sk.path, sk.reason));
+                }
+            }
+            Err(e) => self.note_prefetch_error(slot, "QEMU's file pages", &e),
+        }
+    }
+
+    /// After `cont` (loading-set mode): QEMU's other file pages in the background, once the
+    /// probe answered (see [`activation::spawn_file_background`]).
+    fn start_file_background(&self, slot: &AppSlot) {
+        let mut rt = lock(&slot.vm);
+        let Some(files) = rt.pending_files.take() else {
+            return;
+        };
+        if files.loading_rest.is_empty() && files.rest.is_empty() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        rt.files_stop = stop.clone();
+        match activation::spawn_file_background(
+            files,
+            stop,
+            rt.first_response.clone(),
+            self.cfg.reserve,
+        ) {
+            Ok(h) => rt.files_background = Some(h),
+            Err(e) => {
+                drop(rt);
+                self.event(
+                    Some(&slot.cfg.name),
+                    EventKind::Error,
+                    format!("no background fetch of QEMU's files: {e}"),
+                );
+            }
+        }
     }
 
     /// After `cont` (loading-set mode): fresh stop and first-response flags, and the recorder

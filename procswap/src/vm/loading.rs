@@ -23,6 +23,43 @@ use crate::loadingset::{Candidates, LoadingSet};
 use crate::memkind::{normalize, MemKind, PageRun};
 use crate::sys::Range;
 
+/// `ranges` (in fetch order) cut into those outside and those inside `file_private` (sorted,
+/// non-overlapping: [`super::file_private_ranges`]), each in the order given. The second are
+/// copy-on-write pages: fetched by a fault ([`crate::plan::map_cow_ranges`]), not by
+/// `MADV_WILLNEED`.
+pub fn split_cow(ranges: &[Range], file_private: &[Range]) -> (Vec<Range>, Vec<Range>) {
+    let (mut plain, mut cow) = (Vec::new(), Vec::new());
+    for r in ranges {
+        let mut cur = r.start;
+        let first = file_private.partition_point(|f| f.end() <= r.start);
+        for f in file_private[first..]
+            .iter()
+            .take_while(|f| f.start < r.end())
+        {
+            if f.start > cur {
+                plain.push(Range {
+                    start: cur,
+                    len: f.start - cur,
+                });
+            }
+            let end = f.end().min(r.end());
+            let start = f.start.max(cur);
+            cow.push(Range {
+                start,
+                len: end - start,
+            });
+            cur = end;
+        }
+        if cur < r.end() {
+            plain.push(Range {
+                start: cur,
+                len: r.end() - cur,
+            });
+        }
+    }
+    (plain, cow)
+}
+
 /// Pages of `ranges` (host addresses of `pid`) that are on swap now, as page runs.
 pub fn swapped_runs(pid: i32, ranges: &[Range], page_size: u64) -> crate::Result<Vec<PageRun>> {
     let mut pm = Pagemap::open(pid)?;
@@ -54,20 +91,23 @@ fn to_runs(ranges: &[Range], page_size: u64) -> Vec<PageRun> {
 }
 
 /// What a VM's recorder watches from `cont` on: `pid`'s pages on swap now in `guest` (guest
-/// RAM) and `own` (QEMU's own memory), minus `free` (the pages the guest reported free).
+/// RAM) and `own` (QEMU's own memory), minus `free` (the pages the guest reported free); and
+/// the file pages of `files` (QEMU's binary, libraries and other files, as resident before the
+/// purge: [`crate::ResidencySnapshot::take_objects`]).
 pub fn candidates(
     pid: i32,
-    guest: &[Range],
-    own: &[Range],
-    free: &[Range],
+    (guest, own, free): (&[Range], &[Range], &[Range]),
+    files: Option<&crate::ResidencySnapshot>,
     page_size: u64,
 ) -> crate::Result<Candidates> {
     let mut all = guest.to_vec();
     all.extend_from_slice(own);
     let swapped = swapped_runs(pid, &all, page_size)?;
+    let objects = files.map_or(&[][..], |f| &f.objects[..]);
     Ok(Candidates {
         anon: crate::memkind::subtract(&swapped, &to_runs(free, page_size)),
-        ..Candidates::default()
+        objects: objects.iter().map(|o| o.object.clone()).collect(),
+        object_runs: objects.iter().map(|o| o.resident.clone()).collect(),
     })
 }
 
@@ -231,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn copy_on_write_pages_are_cut_out_in_order() {
+        // File-private mappings at pages 10..20 and 30..40; ranges in fetch order.
+        let fp = vec![r(10, 10), r(30, 10)];
+        let ranges = vec![r(35, 10), r(0, 5), r(8, 25), r(12, 2)];
+        let (plain, cow) = split_cow(&ranges, &fp);
+        assert_eq!(plain, vec![r(40, 5), r(0, 5), r(8, 2), r(20, 10)]);
+        assert_eq!(cow, vec![r(35, 5), r(10, 10), r(30, 3), r(12, 2)]);
+        let total = |v: &[Range]| v.iter().map(|x| x.len).sum::<u64>();
+        assert_eq!(
+            total(&plain) + total(&cow),
+            total(&ranges),
+            "nothing lost or doubled"
+        );
+        assert_eq!(split_cow(&ranges, &[]), (ranges.clone(), vec![]));
+    }
+
+    #[test]
     fn candidates_are_swapped_pages_minus_free() {
         // This test process: a fresh mapping has no swapped page, so nothing is a candidate.
         let ps = crate::sys::page_size();
@@ -238,12 +295,15 @@ mod tests {
         let start = v.as_ptr() as u64 / ps * ps;
         let c = candidates(
             std::process::id() as i32,
-            &[Range {
-                start,
-                len: 32 * ps,
-            }],
-            &[],
-            &[],
+            (
+                &[Range {
+                    start,
+                    len: 32 * ps,
+                }],
+                &[],
+                &[],
+            ),
+            None,
             ps,
         )
         .unwrap();

@@ -128,6 +128,11 @@ fn counts(pid: i32, ranges: &[Range], zero: bool) -> Result<PageCounts, crate::E
 /// `/proc/PID/maps` (cheap: no page-table walk, unlike smaps). Inaccessible (`---p`), shared
 /// (never paged out by a purge) and kernel-special mappings are left out.
 pub fn qemu_own_ranges(pid: i32, ram: &GuestRam) -> Result<Vec<Range>, crate::Error> {
+    Ok(own_ranges(&qemu_maps(pid)?, ram))
+}
+
+/// `/proc/PID/maps` of `pid`, parsed.
+pub fn qemu_maps(pid: i32) -> Result<Vec<ram::MapsLine>, crate::Error> {
     let path = format!("/proc/{pid}/maps");
     let text = std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ESRCH) => crate::Error::NoSuchProcess(pid),
@@ -136,8 +141,23 @@ pub fn qemu_own_ranges(pid: i32, ram: &GuestRam) -> Result<Vec<Range>, crate::Er
             source: e,
         },
     })?;
-    let maps = ram::parse_maps(&text).map_err(|e| crate::Error::Unsupported(e.to_string()))?;
-    Ok(own_ranges(&maps, ram))
+    ram::parse_maps(&text).map_err(|e| crate::Error::Unsupported(e.to_string()))
+}
+
+/// The private file mappings of `maps` (a program's data, a library's relocated pages), sorted:
+/// their written pages are anonymous copies on swap after a purge, which `MADV_WILLNEED` does
+/// not read (on a file mapping it reads the *file*): only a fault brings them back.
+pub fn file_private_ranges(maps: &[ram::MapsLine]) -> Vec<Range> {
+    let mut out: Vec<Range> = maps
+        .iter()
+        .filter(|m| m.perms.as_bytes().get(3) == Some(&b'p') && m.path.starts_with('/'))
+        .map(|m| Range {
+            start: m.start,
+            len: m.end - m.start,
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
