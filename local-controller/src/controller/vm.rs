@@ -81,6 +81,8 @@ pub(crate) struct VmRuntime {
 /// nothing big (computed at Start: 6-9 ms of the time to `cont` with a 512 MiB guest). A Start
 /// after a torpord restart computes it from the saved set (without QEMU's file pages).
 struct StartPlan {
+    /// The QEMU process it is for.
+    pid: i32,
     /// Cycles merged into the set.
     cycles: u32,
     /// Guest RAM in classes, free pages apart (the background's segments).
@@ -111,6 +113,7 @@ impl StartPlan {
             .unwrap_or_default();
         let (first, first_cow) = loading::split_cow(&first, &file_private);
         Self {
+            pid: qpid,
             cycles: set.map_or(0, |s| s.cycles),
             plan,
             first,
@@ -1145,7 +1148,8 @@ impl Controller {
         let (slot, qpid, ram) = (g.slot, g.qpid, g.ram);
         let (ps, tplan) = (procswap::sys::page_size(), Instant::now());
         let mut ls = api::VmLoadingSet::default();
-        let taken = lock(&slot.vm).start_plan.take();
+        // The Stop's plan, unless QEMU is another process now.
+        let taken = lock(&slot.vm).start_plan.take().filter(|p| p.pid == qpid);
         let sp = taken.unwrap_or_else(|| {
             let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
             StartPlan::compute(qpid, g.plan(), set.as_ref())
