@@ -45,10 +45,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use torpor_api as api;
 
-/// The longest a Start's answer waits for the background to watch its segments (one pagemap
-/// pass over guest RAM: ~10-14 ms for 512 MiB here).
-const BACKGROUND_WATCH_WAIT: Duration = Duration::from_secs(5);
-
 /// Guest classes fetched before `cont` in `priority` mode: 0..=5 (Kernel .. User_Data).
 pub const BEFORE_CONT_MAX_CLASS: u8 = 5;
 
@@ -935,12 +931,6 @@ impl Controller {
             }
         }
         lock(&slot.vm).first_response.store(true, Ordering::SeqCst);
-        // The background builds its segments while the probe runs; the answer reports them (and
-        // a fault after it counts against segments already watched).
-        let watching = lock(&slot.vm).background.as_ref().map(Background::watching);
-        if let Some(w) = watching {
-            w.wait(BACKGROUND_WATCH_WAIT);
-        }
         let bg = lock(&slot.vm).background.as_ref().map(|b| b.stats());
         rep.background = if bg_started { bg } else { None };
         Ok(())

@@ -28,7 +28,7 @@ pub mod twinkle;
 pub use plan::{class_name, ClassPlan, PageClass, Plan, CLASSES, CLASS_OUTSIDE};
 pub use qmp::{Qmp, QmpError, VmStatus};
 pub use ram::{GuestRam, RamRange};
-pub use twinkle::{Background, TwinkleConfig, TwinkleStats, Watching};
+pub use twinkle::{Background, TwinkleConfig, TwinkleStats};
 
 use crate::backend::Backend;
 use crate::inspect::{classify, Pagemap};

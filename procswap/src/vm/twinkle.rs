@@ -194,8 +194,6 @@ pub struct Background {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<TwinkleStats>>,
     handle: Option<JoinHandle<()>>,
-    /// Set (and notified) once the segments are built and watched, or the thread ended.
-    watching: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl std::fmt::Debug for Background {
@@ -275,11 +273,6 @@ fn scan_bits(
 impl Background {
     /// Start watching `pid` (QEMU, running again). `plan`: the Start's plan; classes
     /// `0..=before_hi` were fetched before `cont`; `guest`: all guest RAM host ranges.
-    ///
-    /// The segments (one pagemap pass over guest RAM and a class lookup per page: ~10-14 ms
-    /// for 512 MiB here) are built by the thread itself, so the caller — a VM Start, between
-    /// `cont` and its readiness probe — does not wait for them; [`Self::wait_watching`] does.
-    /// A page the guest faults in before the pass is simply not counted as swapped.
     pub fn spawn(
         backend: Box<dyn Backend>,
         pid: i32,
@@ -290,35 +283,28 @@ impl Background {
     ) -> crate::Result<Background> {
         let ps = sys::page_size();
         let mut pm = Pagemap::open(pid)?;
-        let plan = plan.clone();
+        let segs = build_segments(plan, before_hi, &guest, &cfg, ps, |s, n| {
+            scan_bits(&mut pm, s, n, ps, true)
+        })?;
+        let mut tracker = Tracker::new(segs, cfg.threshold);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(TwinkleStats {
             running: true,
+            segments: tracker.segments.len() as u64,
+            segments_with_swapped: tracker
+                .segments
+                .iter()
+                .filter(|s| s.swapped_count > 0)
+                .count() as u64,
             ..Default::default()
         }));
-        let watching = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let (stop2, stats2, watching2) = (stop.clone(), stats.clone(), watching.clone());
+        let (stop2, stats2) = (Arc::clone(&stop), Arc::clone(&stats));
         let handle = std::thread::Builder::new()
             .name(format!("twinkle-{pid}"))
             .spawn(move || {
                 let t0 = Instant::now();
-                let res = build_segments(&plan, before_hi, &guest, &cfg, ps, |s, n| {
-                    scan_bits(&mut pm, s, n, ps, true)
-                })
-                .and_then(|segs| {
-                    let mut tracker = Tracker::new(segs, cfg.threshold);
-                    {
-                        let mut s = stats2.lock().unwrap_or_else(|p| p.into_inner());
-                        s.segments = tracker.segments.len() as u64;
-                        s.segments_with_swapped = tracker
-                            .segments
-                            .iter()
-                            .filter(|s| s.swapped_count > 0)
-                            .count() as u64;
-                    }
-                    signal(&watching2);
-                    let _io = cfg.io_priority.and_then(|p| sys::io_priority(p).ok());
-                    preload(&*backend, pid, &cfg, ps, &stop2, &stats2)?;
+                let _io = cfg.io_priority.and_then(|p| sys::io_priority(p).ok());
+                let res = preload(&*backend, pid, &cfg, ps, &stop2, &stats2).and_then(|_| {
                     run(
                         &*backend,
                         pid,
@@ -340,8 +326,6 @@ impl Background {
                         s.error = Some(e.to_string());
                     }
                 }
-                drop(s);
-                signal(&watching2);
             })
             .map_err(|e| {
                 crate::Error::Unsupported(format!("spawning the background fetcher: {e}"))
@@ -350,19 +334,7 @@ impl Background {
             stop,
             stats,
             handle: Some(handle),
-            watching,
         })
-    }
-
-    /// Wait until the thread watches its segments (or ended), at most `timeout`. Returns
-    /// whether it got there.
-    pub fn wait_watching(&self, timeout: Duration) -> bool {
-        self.watching().wait(timeout)
-    }
-
-    /// A handle for [`Self::wait_watching`] that can wait without holding the `Background`.
-    pub fn watching(&self) -> Watching {
-        Watching(self.watching.clone())
     }
 
     pub fn stats(&self) -> TwinkleStats {
@@ -387,27 +359,6 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// See [`Background::watching`].
-pub struct Watching(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Watching {
-    /// See [`Background::wait_watching`].
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let (m, cv) = &*self.0;
-        let g = m.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = cv
-            .wait_timeout_while(g, timeout, |w| !*w)
-            .unwrap_or_else(|p| p.into_inner());
-        *g
-    }
-}
-
-/// Tell [`Background::wait_watching`] that the segments are watched (or the thread ended).
-fn signal(watching: &(Mutex<bool>, std::sync::Condvar)) {
-    *watching.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    watching.1.notify_all();
 }
 
 /// Before the segments are watched: wait for `cfg.start_after`, then fetch `cfg.preload` in
