@@ -345,7 +345,9 @@ pub struct ActivationTiming {
     pub recorder_start_s: f64,
     /// Objects skipped (deleted, truncated, replaced since Stop) and plan notes.
     pub notes: Vec<String>,
-    /// The armed readiness request answered (no polling interval in the way).
+    /// The readiness probe was armed (its request sent before the thaw, like
+    /// `StartTiming.probe_armed`): its answer is the app's own first response, so the background
+    /// fetch starts and the first part is marked right at it, with no extra window.
     pub armed_probe: bool,
     /// Pages of all parts per kind, for the whole app: an object several processes share
     /// (shmem such as PostgreSQL's `shared_buffers`, a data file) counted once.
