@@ -140,11 +140,7 @@ impl ActivationPlan {
         let t = Target::open(pid, "activation plan")?;
         let ps = snap.page_size;
         let mut notes = Vec::new();
-        let ls = ls.map(|l| {
-            let (s, note) = l.for_pid(pid);
-            notes.extend(note);
-            s
-        });
+        let ls = set_for(pid, ls, &mut notes);
         let buckets = anon_buckets(&t, snap, ls.as_ref())?;
         let parts = swap_runs(buckets, ps);
         Self::with_objects(&t, snap, ls.as_ref(), parts, notes)
@@ -157,11 +153,7 @@ impl ActivationPlan {
     pub fn of_objects(pid: i32, snap: &ResidencySnapshot, ls: Option<&LoadingSet>) -> Result<Self> {
         let t = Target::open(pid, "activation plan")?;
         let mut notes = Vec::new();
-        let ls = ls.map(|l| {
-            let (s, note) = l.for_pid(pid);
-            notes.extend(note);
-            s
-        });
+        let ls = set_for(pid, ls, &mut notes);
         Self::with_objects(&t, snap, ls.as_ref(), Default::default(), notes)
     }
 
@@ -205,6 +197,15 @@ impl ActivationPlan {
         }
         serde_json::from_slice(bytes).map_err(|e| format!("activation plan: {e}: ignored"))
     }
+}
+
+/// `ls` as it applies to `pid` ([`LoadingSet::for_pid`]), its note added to `notes`.
+fn set_for(pid: i32, ls: Option<&LoadingSet>, notes: &mut Vec<String>) -> Option<LoadingSet> {
+    ls.map(|l| {
+        let (s, note) = l.for_pid(pid);
+        notes.extend(note);
+        s
+    })
 }
 
 /// Swapped anonymous pages as (swap type, offset, address), in six buckets: the loading set's

@@ -94,24 +94,26 @@ struct StartPlan {
     first_cow: Vec<Range>,
     /// The set's other anonymous pages (the background's first ranges).
     later: Vec<Range>,
+    /// QEMU's own memory (its private mappings outside guest RAM): what the recorder watches
+    /// besides guest RAM, and what the background fetches after the set.
+    own: Vec<Range>,
     /// QEMU's file pages by part: its binary's and libraries' pages resident at Stop (the
     /// purge's memory-cgroup reclaim evicts those charged to QEMU), split by the set.
     files: Option<ActivationPlan>,
 }
 
 impl StartPlan {
-    /// The anonymous part from `set` over `plan`, cut by QEMU's (`qpid`) private file mappings.
-    fn compute(qpid: i32, plan: Plan, set: Option<&procswap::LoadingSet>) -> Self {
+    /// The anonymous part from `set` over `plan`, cut by QEMU's (`qpid`) private file mappings;
+    /// QEMU's own memory outside `ram` (one read of its maps for both).
+    fn compute(qpid: i32, ram: &GuestRam, plan: Plan, set: Option<&procswap::LoadingSet>) -> Self {
         let (first, later) = set.map_or_else(Default::default, |s| {
             (
                 loading::ordered(s, &plan, Part::First),
                 loading::ordered(s, &plan, Part::Later),
             )
         });
-        let file_private = vm::qemu_maps(qpid)
-            .map(|m| vm::file_private_ranges(&m))
-            .unwrap_or_default();
-        let (first, first_cow) = loading::split_cow(&first, &file_private);
+        let maps = vm::qemu_maps(qpid).unwrap_or_default();
+        let (first, first_cow) = loading::split_cow(&first, &vm::file_private_ranges(&maps));
         Self {
             pid: qpid,
             cycles: set.map_or(0, |s| s.cycles),
@@ -119,6 +121,7 @@ impl StartPlan {
             first,
             first_cow,
             later,
+            own: vm::own_ranges(&maps, ram),
             files: None,
         }
     }
@@ -375,8 +378,9 @@ impl Controller {
         }))
     }
 
-    /// The background fetcher of the last Start, stopped (joined outside the lock: status reads
-    /// never wait for an operation); its last statistics kept.
+    /// The background fetchers of the last Start, stopped (joined outside the lock: status reads
+    /// never wait for an operation); Twinkle's last statistics kept, and the report of QEMU's
+    /// file fetch returned for the Stop's notes.
     fn stop_background(&self, slot: &AppSlot) -> Option<String> {
         let bg = lock(&slot.vm).background.take();
         if let Some(bg) = bg {
@@ -1076,8 +1080,9 @@ impl Controller {
         if !self.vm_keeps_loading_set(slot) {
             return None;
         }
+        let ram = ram?;
         let set = self.vm_loading_set(slot, qpid, &mut Vec::new());
-        let sp = StartPlan::compute(qpid, plan_of(ram?, maps), set.as_ref());
+        let sp = StartPlan::compute(qpid, ram, plan_of(ram, maps), set.as_ref());
         if let Some(set) = &set {
             let mut l: Vec<Range> = sp.first.clone();
             l.extend_from_slice(&sp.first_cow);
@@ -1111,9 +1116,8 @@ impl Controller {
         let (Some(ram), Some((mut sp, set))) = (ram, layout) else {
             return;
         };
-        let own = vm::qemu_own_ranges(qpid, ram).unwrap_or_default();
         let ps = procswap::sys::page_size();
-        let ranges = (&ram.hva_ranges()[..], &own[..], &sp.plan.free_ranges[..]);
+        let ranges = (&ram.hva_ranges()[..], &sp.own[..], &sp.plan.free_ranges[..]);
         match loading::candidates(qpid, ranges, files.as_ref(), ps) {
             Ok(c) => {
                 notes.push(format!(
@@ -1152,7 +1156,7 @@ impl Controller {
         let taken = lock(&slot.vm).start_plan.take().filter(|p| p.pid == qpid);
         let sp = taken.unwrap_or_else(|| {
             let set = self.vm_loading_set(slot, qpid, &mut ls.notes);
-            StartPlan::compute(qpid, g.plan(), set.as_ref())
+            StartPlan::compute(qpid, ram, g.plan(), set.as_ref())
         });
         ls.cycles = sp.cycles;
         if sp.cycles == 0 && ls.notes.is_empty() {
@@ -1187,7 +1191,7 @@ impl Controller {
         }
         rep.fetch_call_ms = ms(tf.elapsed());
         let mut preload = sp.later;
-        preload.extend(vm::qemu_own_ranges(qpid, ram).unwrap_or_default());
+        preload.extend(sp.own);
         preload.extend(sp.plan.ranges_of(0, BEFORE_CONT_MAX_CLASS));
         let rec = match lock(&slot.vm).candidates.take() {
             Some(c) => LoadingSetRecorder::start(qpid, &c, procswap::RecorderOptions::default())

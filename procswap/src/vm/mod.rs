@@ -160,7 +160,8 @@ pub fn file_private_ranges(maps: &[ram::MapsLine]) -> Vec<Range> {
     out
 }
 
-fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
+/// [`qemu_own_ranges`] from maps already read.
+pub fn own_ranges(maps: &[ram::MapsLine], ram: &GuestRam) -> Vec<Range> {
     let mut guest = ram.hva_ranges();
     guest.sort_unstable();
     let mut out = Vec::new();
