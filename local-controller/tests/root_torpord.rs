@@ -844,6 +844,12 @@ fn stopped_by(f: &Torpord, name: &str, body: Option<&str>, method: PurgeMethod, 
     );
     let v = assert_proven_out(f, name, moved_mib);
     assert_eq!(v.last_purge.unwrap().method, method);
+    if method == PurgeMethod::Kernel {
+        // The kernel's first reclaim pass leaves the pages it put on the active list (the app's
+        // refaults since the last Start: a few hundred KiB, more every cycle while they stay);
+        // the second pass ages them and takes them (procswap `Memcg::settle`).
+        assert_eq!(p.resident_anon_bytes, 0, "{p:?}");
+    }
 }
 
 const KERN_MIB: u64 = 64;

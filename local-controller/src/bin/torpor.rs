@@ -490,9 +490,10 @@ fn reclaim_note(r: &PurgeReport) -> String {
             mib(o.usage_before),
             mib(o.usage_after),
             o.incomplete
-                .as_ref()
+                .iter()
+                .chain(o.settle.iter())
                 .map(|s| format!(" [{s}]"))
-                .unwrap_or_default()
+                .collect::<String>()
         ),
         (None, Some(why)) => format!("skipped: {why}"),
         (None, None) => "skipped".into(),

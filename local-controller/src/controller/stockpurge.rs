@@ -8,7 +8,9 @@
 //!
 //! `reclaim_all` clears the processes' referenced bits first (`clear_refs`), as the LRU's
 //! aging does for an app idle long enough; without it pages several processes touched
-//! (shared memory of forked children) are only moved to the active list.
+//! (shared memory of forked children) are only moved to the active list. When its first pass
+//! leaves pages (refaults the kernel put on the active list), it ages them with `MADV_COLD` and
+//! reclaims once more (`Memcg::settle`): still no eviction of our choosing.
 
 use super::{lock, now_unix, AppSlot, Controller, EventKind, PurgeError, StartTiming, StopError};
 use procswap::cgroup::Memcg;
@@ -150,6 +152,7 @@ impl Controller {
             passes += 1;
             rc.usage_after = again.usage_after;
             rc.incomplete = again.incomplete.or(rc.incomplete);
+            rc.settle = again.settle.or(rc.settle);
         }
         let seconds = t.elapsed().as_secs_f64();
         let after = inspect_all(&o.pids);
@@ -170,7 +173,10 @@ impl Controller {
             swapped_bytes: after.swapped,
             seconds,
             reclaim_note: left_note(rc.incomplete.as_deref(), Some(rc.usage_after), &after)
-                .map(|n| format!("{n} ({passes} reclaim pass(es))")),
+                .map(|n| format!("{n} ({passes} reclaim pass(es))"))
+                .into_iter()
+                .chain(rc.settle.clone())
+                .reduce(|a, b| format!("{a}; {b}")),
             method: PurgeMethod::Kernel,
             swap_moved_bytes: after.swapped.saturating_sub(before.swapped),
             unix_time: now_unix(),
