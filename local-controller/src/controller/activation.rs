@@ -1252,6 +1252,16 @@ mod tests {
         }
     }
 
+    /// The first response's margin is as long as the answer took, within 5-50 ms.
+    #[test]
+    fn first_margin_is_the_answer_time_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(first_margin(ms(0)), FIRST_MARGIN_MIN);
+        assert_eq!(first_margin(ms(17)), ms(17));
+        assert_eq!(first_margin(ms(3_000)), FIRST_MARGIN_MAX);
+        assert!(FIRST_MARGIN_MIN < FIRST_MARGIN_MAX && FIRST_MARGIN_MAX < FIRST_RESPONSE_WAIT);
+    }
+
     #[test]
     fn steps_end_at_the_page_or_the_extent_limit() {
         // 40 scattered single pages: one read each, cut every STEP_EXTENTS.
