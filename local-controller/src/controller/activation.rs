@@ -874,8 +874,9 @@ fn start_recorder(plan: &ActivationPlan, notes: &mut Vec<String>) -> Option<Load
 /// is polled before the first response and its margin ([`first_margin`]; and `window`; at most
 /// [`FIRST_RESPONSE_WAIT`]): a touched page stays present in pagemap, so the first poll after it
 /// records the whole part touched before the first response (in address order, one round), and
-/// until then the app has the CPUs to itself — a poll over a large loading set costs milliseconds, and before this the
-/// recorder took up to a quarter of a CPU while the first request was served.
+/// until then the app has the CPUs to itself — a poll over a large loading set costs
+/// milliseconds, and before this the recorder took up to a quarter of a CPU while the first
+/// request was served.
 pub(super) fn record(
     recs: Vec<LoadingSetRecorder>,
     stop: &AtomicBool,
