@@ -385,14 +385,21 @@ impl Memcg {
 
     /// One field of `memory.stat` (bytes for the byte-valued ones, e.g. `swapcached`).
     pub fn stat(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.stats(&[key])?[0])
+    }
+
+    /// Fields of `memory.stat`, in the order of `keys`, from one read of the file.
+    pub fn stats<const N: usize>(&self, keys: &[&str; N]) -> Result<[Option<u64>; N]> {
         let f = self.dir().join("memory.stat");
         let s = fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
-        Ok(s.lines().find_map(|l| {
+        let mut out = [None; N];
+        for l in s.lines() {
             let mut it = l.split_whitespace();
-            (it.next() == Some(key))
-                .then(|| it.next().and_then(|v| v.parse().ok()))
-                .flatten()
-        }))
+            if let Some(i) = it.next().and_then(|k| keys.iter().position(|x| *x == k)) {
+                out[i] = it.next().and_then(|v| v.parse().ok());
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes of this cgroup's pages that sit in the swap cache (`memory.stat` `swapcached`).
@@ -405,7 +412,8 @@ impl Memcg {
     /// no reclaim takes, are not in it.
     pub fn charged_pages(&self) -> Result<u64> {
         let (a, b, _) = self.stat_keys();
-        Ok(self.stat(a)?.unwrap_or(0) + self.stat(b)?.unwrap_or(0))
+        let [a, b] = self.stats(&[a, b])?;
+        Ok(a.unwrap_or(0) + b.unwrap_or(0))
     }
 
     /// The `memory.stat` keys of the anonymous pages, the page cache and the pages under
@@ -553,22 +561,17 @@ pub const SETTLE_WRITEBACK_WAIT: Duration = Duration::from_secs(2);
 /// hugetlb or PFN maps, are skipped). Best effort: a process that exits or cannot be advised
 /// is skipped. Returns the bytes advised.
 fn age_process(pid: i32) -> u64 {
-    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+    use procfs::process::MMapPath;
+    let Ok(maps) = procfs::process::Process::new(pid).and_then(|p| p.maps()) else {
         return 0;
     };
     let ranges: Vec<sys::Range> = maps
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            let (a, b) = (
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            );
-            // [vsyscall] is not the process's own mapping (process_madvise refuses it).
-            (b > a && !l.ends_with("[vsyscall]")).then(|| sys::Range {
-                start: a,
-                len: b - a,
-            })
+        .iter()
+        // [vsyscall] is not the process's own mapping (process_madvise refuses it).
+        .filter(|m| m.pathname != MMapPath::Vsyscall && m.address.1 > m.address.0)
+        .map(|m| sys::Range {
+            start: m.address.0,
+            len: m.address.1 - m.address.0,
         })
         .collect();
     let Ok(fd) = sys::pidfd_open(pid) else {
