@@ -391,7 +391,24 @@ pub struct PurgeSummary {
     /// snapshot was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_kinds_bytes: Option<KindCounts>,
+    /// The app's swapped shmem written again in the order its next Start reads it (loading-set
+    /// mode, after the reclaim): see `procswap::shmlayout`. Absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shmem_layout: Option<ShmemLayout>,
     pub unix_time: f64,
+}
+
+/// The shmem re-layout of a purge ([`PurgeSummary::shmem_layout`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShmemLayout {
+    /// Bytes read back and written again.
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Of `seconds`, waiting for the reads.
+    pub read_seconds: f64,
+    /// Why it stopped early, objects skipped: empty when it did everything.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The optional JSON body of `POST /v1/apps/{name}/start`: `{"prefetch": MODE}` overrides the

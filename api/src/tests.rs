@@ -17,10 +17,11 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 /// The fields written only when present (`skip_serializing_if`).
-const OMITTED_WHEN_ABSENT: [(&str, &str); 4] = [
+const OMITTED_WHEN_ABSENT: [(&str, &str); 5] = [
     ("Started", "vm"),
     ("PurgeSummary", "partial"),
     ("PurgeSummary", "resident_kinds_bytes"),
+    ("PurgeSummary", "shmem_layout"),
     ("ActivationTiming", "planned_pages"),
 ];
 
@@ -48,6 +49,7 @@ fn samples() -> Vec<(&'static str, Value)> {
         GuestRamReport,
         KindCounts,
         Health,
+        ShmemLayout,
         MapsSummary,
         MemoryStatus,
         OverloadStatus,

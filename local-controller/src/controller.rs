@@ -806,6 +806,9 @@ impl Controller {
             self.save_plan(slot, *pid, snap);
         }
         if !snapshots.is_empty() {
+            sum.shmem_layout = self.relayout_shmem(slot, &o.pids, memcg.as_ref());
+        }
+        if !snapshots.is_empty() {
             // Per kind for the whole app: what its processes share counted once.
             sum.resident_kinds_bytes =
                 Some(procswap::app::app_bytes(snapshots.iter().map(|(_, s)| s)).into());

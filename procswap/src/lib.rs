@@ -67,6 +67,7 @@ pub mod progress;
 pub mod purge;
 pub mod residency;
 pub mod reslot;
+pub mod shmlayout;
 pub mod sys;
 pub mod target;
 pub mod uapi;

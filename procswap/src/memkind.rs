@@ -724,8 +724,8 @@ impl ObjectView {
         let mut done = 0;
         for r in clip(runs, self.pages) {
             // SAFETY: the range lies inside our live mapping; madvise(WILLNEED/POPULATE_READ/
-            // DONTNEED) on a read-only shared file mapping does not touch our memory safety (a
-            // POPULATE_READ failure past EOF is reported as EFAULT, not a signal).
+            // DONTNEED/PAGEOUT) on a read-only shared file mapping does not touch our memory
+            // safety (a POPULATE_READ failure past EOF is reported as EFAULT, not a signal).
             let rc = unsafe {
                 libc::madvise(
                     self.map.ptr().add((r.first * ps) as usize) as *mut libc::c_void,

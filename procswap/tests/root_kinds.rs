@@ -1665,3 +1665,230 @@ fn objects_only_snapshot_and_plan_follow_the_set() {
     assert_eq!(pm_state(pid, f, MFILE).0, 0, "nothing mapped");
     summary("kinds objects-only: RAN and PASSED: file snapshot, plan by the set, first part exactly fetched");
 }
+
+/// A swap file of this test's own, written through (not preallocated: a page-out writes to
+/// the blocks under the file, and a preallocated extent reads as zeros through the file system
+/// whatever was written there), on at the highest priority so every page-out goes to it.
+/// Switched off and removed on drop.
+struct OwnSwap(PathBuf);
+
+impl OwnSwap {
+    const PRIO: &'static str = "32767";
+
+    /// `Err` when another swap area has the highest priority too (the kernel would stripe
+    /// page-outs across both).
+    fn new(tag: &str, mib: usize) -> Result<OwnSwap, String> {
+        let taken = std::fs::read_to_string("/proc/swaps")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(4) == Some(Self::PRIO))
+            .count();
+        if taken > 0 {
+            return Err(format!(
+                "another swap area has the highest priority ({})",
+                Self::PRIO
+            ));
+        }
+        let path = PathBuf::from(format!("/var/tmp/torpor-{tag}-{}.swap", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            f.write_all(&zeros).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let me = OwnSwap(path);
+        let run = |cmd: &str, args: &[&str]| {
+            let st = std::process::Command::new(cmd).args(args).status().unwrap();
+            assert!(st.success(), "{cmd} {args:?}: {st}");
+        };
+        std::fs::set_permissions(&me.0, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let p = me.0.to_str().unwrap();
+        run("mkswap", &["-q", p]);
+        // Discard policy: a new allocation takes a free cluster first (with-swap.sh).
+        run("swapon", &["-p", Self::PRIO, "--discard=pages", p]);
+        Ok(me)
+    }
+}
+
+impl Drop for OwnSwap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The pattern word of `torpor-kindchild` for (tag, page): `(tag << 48) ^ page * K`.
+const KIND_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// K's inverse mod 2^64 (K is odd): page = (word ^ tag << 48) * K^-1.
+fn kind_k_inverse() -> u64 {
+    let mut x: u64 = 1;
+    for _ in 0..7 {
+        x = x.wrapping_mul(2u64.wrapping_sub(KIND_K.wrapping_mul(x)));
+    }
+    assert_eq!(KIND_K.wrapping_mul(x), 1);
+    x
+}
+
+/// Where the swap file holds the pages of `torpor-kindchild`'s pattern of `tag` (every word of
+/// the page right): per page index below `n`, the slots (page offsets in the file) holding it.
+/// Read with O_DIRECT (a page-out writes to the disk, not through the file's page cache).
+/// Freed slots keep their old contents, so a page written twice may show twice.
+fn slots_holding(swapfile: &Path, tag: u64, n: u64) -> Vec<Vec<u64>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(swapfile)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let ps = ps() as usize;
+    let block = 4 << 20;
+    // O_DIRECT needs a page-aligned buffer: a page-aligned window of a larger one.
+    let mut buf = vec![0u8; block + ps];
+    let align = buf.as_ptr().align_offset(ps);
+    let b = &mut buf[align..align + block];
+    let inv = kind_k_inverse();
+    let mut out = vec![Vec::new(); n as usize];
+    let mut off = 0u64;
+    while off < len {
+        let got = f.read_at(b, off).unwrap();
+        if got == 0 {
+            break;
+        }
+        for (i, p) in b[..got].chunks_exact(ps).enumerate() {
+            let w = u64::from_ne_bytes(p[..8].try_into().unwrap());
+            let page = (w ^ (tag << 48)).wrapping_mul(inv);
+            if page < n && p.chunks_exact(8).all(|c| c == w.to_ne_bytes()) {
+                out[page as usize].push(off / ps as u64 + i as u64);
+            }
+        }
+        off += got as u64;
+    }
+    out
+}
+
+/// Runs of consecutive slots walking pages 0, 1, 2… (one slot chosen per page: the one that
+/// continues the run if any, else the one a run starts from).
+fn slot_extents(slots: &[Vec<u64>]) -> u64 {
+    let mut n = 0;
+    let mut prev: Option<u64> = None;
+    for (i, s) in slots.iter().enumerate() {
+        let next = slots.get(i + 1);
+        let pick = match prev.and_then(|p| s.iter().copied().find(|&c| c == p + 1)) {
+            Some(c) => c,
+            None => {
+                n += 1;
+                s.iter()
+                    .copied()
+                    .find(|&c| next.is_some_and(|x| x.contains(&(c + 1))))
+                    .or_else(|| s.first().copied())
+                    .expect("a page not on swap")
+            }
+        };
+        prev = Some(pick);
+    }
+    n
+}
+
+#[test]
+#[ignore = "root suite: procswap/tests/run-root-tests.sh"]
+fn shmem_relayout_writes_swapped_shmem_in_start_order() {
+    require_swap();
+    // 4096 pages of 16 MiB, written three times at most: 256 MiB is room enough.
+    let swap = match OwnSwap::new("relayout", 256) {
+        Ok(s) => s,
+        Err(why) => {
+            summary(&format!(
+                "shmem relayout: SKIPPED, CANNOT RUN ON THIS HOST NOW: {why}"
+            ));
+            return;
+        }
+    };
+    const N: u64 = 4096;
+    // A tag no other test writes: its pages on swap are this test's.
+    const TAG: u64 = 0x5e1a;
+    let mut k = Kid::spawn("relayout");
+    let m = k.cmd(&format!("MEMFD {N}"))[0];
+    k.stop();
+    purge(k.pid, &PurgeOptions::default());
+    // Rewritten in a scattered order: the pages come back and enter the LRU in that order, so
+    // the next reclaim writes them to slots in about that order (as PostgreSQL's
+    // shared_buffers, touched at random, leave).
+    k.cont();
+    let order: Vec<String> = (0..N).map(|i| ((i * 1597 + 7) % N).to_string()).collect();
+    k.cmd(&format!("RETAG memfd {TAG} {}", order.join(" ")));
+    // Mapped by two processes, as PostgreSQL's backends map its shared_buffers: the purge's
+    // `MADV_PAGEOUT` leaves such pages alone, so the memory cgroup's reclaim writes them, in
+    // LRU order.
+    k.cmd("FORK 1");
+    k.stop();
+    // The cgroup is the child's own: its reclaim may take what its processes share.
+    let rep = purge(
+        k.pid,
+        &PurgeOptions {
+            reclaim_shared: true,
+            ..Default::default()
+        },
+    );
+    let memfd = map_file_of(k.pid, m, N);
+    assert_eq!(cached(&memfd, N), vec![], "the memfd is out");
+    let before = slots_holding(&swap.0, TAG, N);
+    assert!(
+        before.iter().all(|s| s.len() == 1),
+        "every page on swap once: {:?}",
+        before
+            .iter()
+            .filter(|s| s.len() != 1)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let ext_before = slot_extents(&before);
+    let plan = ActivationPlan::compute(k.pid, &rep.snapshot.expect("snapshot"), None).unwrap();
+    assert_eq!(plan.rest.pages().shmem, N);
+    let r = procswap::shmlayout::relayout(&[plan], &Default::default());
+    eprintln!("relayout: {r:?}");
+    assert_eq!((r.objects, r.pages, r.not_read_pages), (1, N, 0));
+    assert!(r.stopped.is_none() && r.skipped.is_empty(), "{r:?}");
+    Memcg::of_pid(k.pid)
+        .unwrap()
+        .unwrap()
+        .reclaim_all()
+        .unwrap();
+    assert_eq!(cached(&memfd, N), vec![], "the memfd is out again");
+    let after = slots_holding(&swap.0, TAG, N);
+    // Each page at its new slot, and maybe still at its old one (a freed slot keeps its
+    // contents until it is written again).
+    assert!(
+        after.iter().all(|s| !s.is_empty()),
+        "pages not on swap after the relayout: {:?}",
+        (0..N)
+            .filter(|&i| after[i as usize].is_empty())
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let ext_after = slot_extents(&after);
+    assert!(
+        ext_before >= N / 8,
+        "the scattered rewrite did not scatter the slots ({ext_before} extents for {N} pages): the test proves nothing"
+    );
+    // Consecutive slots in page order, a break at most every 2 MiB swap cluster.
+    assert!(
+        ext_after <= N / 512 + 1,
+        "after the relayout {ext_after} extents for {N} pages"
+    );
+    k.cont();
+    let v = k.cmd("VERIFY");
+    assert_eq!(v.len(), 2, "the memfd reads back intact");
+    // The child goes before its swap does (swapoff would read every page back).
+    drop(k);
+    drop(swap);
+    summary(&format!(
+        "shmem relayout: RAN and PASSED: {N} memfd pages written to swap in a scattered order: {ext_before} runs of \
+         consecutive slots in page order; after the relayout {ext_after} ({:.3} s, reads {:.3} s)",
+        r.seconds, r.read_seconds
+    ));
+}

@@ -8,7 +8,9 @@
 //! Options: --port P (required), --bind ADDR (an IPv4 or IPv6 address to listen on, default
 //! 127.0.0.1), --mib N (default 64), --seed S, --startup-delay-ms D,
 //! --never-ready (allocate, then never listen), --map FILE (map it shared read-only and read
-//! it; repeatable), --read FILE (read it and keep it open; repeatable).
+//! it; repeatable), --read FILE (read it and keep it open; repeatable), --shm-mib N (N MiB of
+//! shared memory too: a memfd mapped shared, random and checksummed like the rest; `/touch`
+//! and `/verify` cover it).
 
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
@@ -103,6 +105,7 @@ struct Opts {
     never: bool,
     map: Vec<String>,
     read: Vec<String>,
+    shm_mib: usize,
 }
 
 impl Opts {
@@ -140,6 +143,10 @@ impl Opts {
             never: args.iter().any(|a| a == "--never-ready"),
             map: all("--map"),
             read: all("--read"),
+            shm_mib: opt("--shm-mib")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(0),
         })
     }
 }
@@ -151,6 +158,64 @@ struct App {
     sums: Vec<u64>,
     mapped: Vec<MappedFile>,
     read: Vec<(String, std::fs::File)>,
+    shm: Option<Shm>,
+}
+
+/// `--shm-mib`: a memfd mapped shared read-write, filled once, with its checksums.
+struct Shm {
+    ptr: *mut u8,
+    len: usize,
+    sums: Vec<u64>,
+}
+
+impl Shm {
+    fn new(mib: usize, mut seed: u64) -> Result<Shm> {
+        let len = mib * CHUNK;
+        // SAFETY: a NUL-terminated name literal; the fd is checked.
+        let fd = unsafe { libc::memfd_create(c"torpor-testapp".as_ptr(), libc::MFD_CLOEXEC) };
+        anyhow::ensure!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: integer arguments on the fd just created.
+        let rc = unsafe { libc::ftruncate(fd, len as i64) };
+        // SAFETY: a fresh shared mapping of that fd, the kernel picks the address; checked
+        // against MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        // SAFETY: the mapping (if any) holds its own reference to the memfd.
+        unsafe { libc::close(fd) };
+        anyhow::ensure!(rc == 0, "ftruncate of the memfd failed");
+        anyhow::ensure!(
+            ptr != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut shm = Shm {
+            ptr: ptr as *mut u8,
+            len,
+            sums: Vec::new(),
+        };
+        // SAFETY: `ptr` is a fresh writable mapping of `len` bytes, owned by `shm` and never
+        // unmapped while the process runs; no other reference to it exists yet.
+        let b = unsafe { std::slice::from_raw_parts_mut(shm.ptr, len) };
+        for w in b.chunks_exact_mut(8) {
+            w.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
+        }
+        shm.sums = b.chunks(CHUNK).map(checksum).collect();
+        Ok(shm)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a live mapping of `len` bytes (never unmapped); single-threaded server, only
+        // `new` writes it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 impl App {
@@ -173,12 +238,17 @@ impl App {
             w.copy_from_slice(&xorshift(&mut seed).to_le_bytes());
         }
         let sums: Vec<u64> = mem.chunks(CHUNK).map(checksum).collect();
+        let shm = match o.shm_mib {
+            0 => None,
+            n => Some(Shm::new(n, seed)?),
+        };
         Ok(App {
             mib: o.mib,
             mem,
             sums,
             mapped,
             read,
+            shm,
         })
     }
 
@@ -189,7 +259,8 @@ impl App {
             "/" => (200, "ok\n".to_string()),
             "/touch" => {
                 let mut x = 0u64;
-                for c in self.mem.chunks(4096) {
+                let shm = self.shm.as_ref().map(|s| s.bytes()).unwrap_or_default();
+                for c in self.mem.chunks(4096).chain(shm.chunks(4096)) {
                     x = x.wrapping_add(c[0] as u64);
                 }
                 (200, format!("touched {mib} MiB ({x})\n"))
@@ -201,7 +272,19 @@ impl App {
                     .zip(&self.sums)
                     .filter(|(c, s)| checksum(c) != **s)
                     .count();
-                if bad == 0 {
+                let shm_bad = self.shm.as_ref().map_or(0, |s| {
+                    s.bytes()
+                        .chunks(CHUNK)
+                        .zip(&s.sums)
+                        .filter(|(c, s)| checksum(c) != **s)
+                        .count()
+                });
+                if shm_bad > 0 {
+                    (
+                        500,
+                        format!("CORRUPT: {shm_bad} MiB of shared memory differ\n"),
+                    )
+                } else if bad == 0 {
                     (200, format!("verified {mib} MiB\n"))
                 } else {
                     (500, format!("CORRUPT: {bad} of {mib} MiB differ\n"))

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
+use torpor_api as api;
 
 /// Swap extents (separate reads) per background step; see [`steps`].
 const STEP_EXTENTS: u64 = 16;
@@ -504,6 +505,69 @@ impl Controller {
                 format!("pid {pid}: activation plan not computed: {e}"),
             ),
         }
+    }
+
+    /// After the plans of `pids` were saved (the reclaim has run): write the app's swapped
+    /// shmem again in the order the next Start fetches it ([`procswap::shmlayout`]: one read
+    /// and one write of every page, so the Start's read-ahead is sequential), then reclaim the
+    /// memory cgroup again (the pages written sit in the swap cache until their write is done).
+    /// `None` when the plans hold no shmem.
+    pub(super) fn relayout_shmem(
+        &self,
+        slot: &AppSlot,
+        pids: &[i32],
+        memcg: Option<&Memcg>,
+    ) -> Option<api::ShmemLayout> {
+        let mut plans: Vec<ActivationPlan> = {
+            let act = lock(&slot.act);
+            pids.iter()
+                .filter_map(|p| act.plans.get(p).map(|(plan, _)| plan.clone()))
+                .collect()
+        };
+        // The Start's order: what the processes share fetched once, where the Start fetches it.
+        procswap::app::share_objects(&mut plans);
+        if procswap::shmlayout::start_order(&plans).is_empty() {
+            return None;
+        }
+        let rep = procswap::shmlayout::relayout(
+            &plans,
+            &procswap::shmlayout::RelayoutOptions {
+                free_floor_bytes: self.cfg.reserve,
+                ..Default::default()
+            },
+        );
+        let mut notes: Vec<String> = rep.stopped.iter().cloned().collect();
+        notes.extend(rep.skipped.iter().cloned());
+        if let Some(m) = memcg {
+            match m.reclaim_all() {
+                Ok(rc) => notes.extend(rc.incomplete),
+                Err(e) => notes.push(format!("reclaim after the shmem layout: {e}")),
+            }
+        }
+        let ps = procswap::sys::page_size();
+        let out = api::ShmemLayout {
+            bytes: rep.pages * ps,
+            seconds: rep.seconds,
+            read_seconds: rep.read_seconds,
+            notes,
+        };
+        self.event(
+            Some(&slot.cfg.name),
+            EventKind::Activation,
+            format!(
+                "shmem written again in Start order: {} MiB of {} object(s) in {:.2}s (reads {:.2}s){}",
+                out.bytes >> 20,
+                rep.objects,
+                out.seconds,
+                out.read_seconds,
+                if out.notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", out.notes.join("; "))
+                }
+            ),
+        );
+        Some(out)
     }
 
     /// Forget the Start plans of `pids` (in memory and on disk): a kernel purge moved their

@@ -14,6 +14,9 @@
 //!   [from, to), keeps it open (never mapped) with POSIX_FADV_RANDOM; `OK <fd>`
 //! - `TOUCH <area> <page>...` → reads those pages in that order; `OK <majflt> <minflt> <micros>`
 //! - `TOUCHRANGE <area> <from> <to>` → reads pages [from, to) in address order; same answer
+//! - `RETAG <area> <tag> <page>...` → (anon, memfd, SysV) writes the pattern of `tag` into
+//!   those pages in that order, and `tag` becomes the area's (list every page, or `VERIFY`
+//!   fails); `OK`
 //! - `READ <page>...` → `pread`s those pages of the RFILE; `OK <majflt> <minflt> <micros>`
 //! - `FORK <n>` → forks `n` children that read every page of the shared areas (memfd, SysV),
 //!   then wait (killed with the parent: PR_SET_PDEATHSIG); `OK <pid>...` once all have read;
@@ -268,6 +271,27 @@ impl Kinds {
             .ok_or(format!("no area {name}"))
     }
 
+    /// `RETAG`: the pattern of `tag` written into `pages` of a writable area, in that order.
+    fn retag(&mut self, name: Option<&&str>, tag: u64, pages: &[usize]) -> Result<String, String> {
+        let name = name.ok_or("area")?;
+        let a = self
+            .areas
+            .iter_mut()
+            .find(|a| a.name == *name && matches!(a.name, "anon" | "memfd" | "sysv"))
+            .ok_or(format!("no writable area {name}"))?;
+        if let Some(&i) = pages.iter().find(|&&i| i >= a.pages) {
+            return Err(format!("page {i} out of {} in {}", a.pages, a.name));
+        }
+        for &i in pages {
+            // SAFETY: `ptr` is a live writable mapping of `pages` pages owned by this process
+            // (anon, memfd and SysV areas are mapped read-write); page `i` is inside it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(a.ptr.add(i * ps()), ps()) };
+            fill(buf, tag, i);
+        }
+        a.tag = tag;
+        Ok("OK".into())
+    }
+
     fn rfile(
         &mut self,
         path: &str,
@@ -343,6 +367,14 @@ impl Kinds {
             Some("TOUCHRANGE") => self
                 .area(parts.get(1))
                 .and_then(|a| timed(|| touch(a, &(n(2)..n(3).min(a.pages)).collect::<Vec<_>>()))),
+            Some("RETAG") => {
+                let idx: Vec<usize> = parts
+                    .iter()
+                    .skip(3)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                self.retag(parts.get(1), n(2) as u64, &idx)
+            }
             Some("READ") => {
                 let idx: Vec<usize> = parts
                     .iter()
