@@ -157,51 +157,12 @@ pub fn relayout(plans: &[ActivationPlan], opts: &RelayoutOptions) -> RelayoutRep
         let mut failed = false;
         for chunk in chunks(&clip(runs, v.pages()), per_chunk) {
             let need = pages(&chunk) * ps;
-            if let Some(b) = opts.budget_bytes {
-                if spent + need > b {
-                    rep.stopped = Some(format!("budget of {} MiB reached", b >> 20));
-                    break 'objects;
-                }
-            }
-            match sys::meminfo() {
-                Ok(m) if m.mem_available < opts.free_floor_bytes.saturating_add(need) => {
-                    rep.stopped = Some(format!(
-                        "MemAvailable {} MiB: a step of {} MiB would go below the floor of {} MiB",
-                        m.mem_available >> 20,
-                        need >> 20,
-                        opts.free_floor_bytes >> 20
-                    ));
-                    break 'objects;
-                }
-                // The step frees as many slots as it takes, but another tenant may take the
-                // freed ones first: with less free swap than the step, pages read back could
-                // stay in memory.
-                Ok(m) if m.swap_free < need => {
-                    rep.stopped = Some(format!(
-                        "swap nearly full ({} MiB free): a step of {} MiB not taken",
-                        m.swap_free >> 20,
-                        need >> 20
-                    ));
-                    break 'objects;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    rep.stopped = Some(format!("/proc/meminfo: {e}"));
-                    break 'objects;
-                }
+            if let Err(why) = room(spent, need, opts) {
+                rep.stopped = Some(why);
+                break 'objects;
             }
             spent += need;
-            let tr = Instant::now();
-            let read = v
-                .madvise(&chunk, libc::MADV_WILLNEED)
-                .and_then(|_| v.madvise(&chunk, libc::MADV_POPULATE_READ));
-            rep.read_seconds += tr.elapsed().as_secs_f64();
-            let res = read.and_then(|_| {
-                let resident = pages(&v.resident(&chunk)?);
-                v.madvise(&chunk, libc::MADV_PAGEOUT)?;
-                Ok(resident)
-            });
-            match res {
+            match step(v, &chunk, &mut rep.read_seconds) {
                 Ok(resident) => {
                     rep.pages += resident;
                     rep.not_read_pages += pages(&chunk).saturating_sub(resident);
@@ -220,6 +181,48 @@ pub fn relayout(plans: &[ActivationPlan], opts: &RelayoutOptions) -> RelayoutRep
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     rep
+}
+
+/// Whether a step of `need` bytes may run after `spent`: within the budget, above the free
+/// memory floor, with as much free swap as it reads back (it frees as many slots as it takes,
+/// but another tenant may take the freed ones first: pages read back could stay in memory).
+fn room(spent: u64, need: u64, opts: &RelayoutOptions) -> Result<(), String> {
+    if let Some(b) = opts.budget_bytes {
+        if spent.saturating_add(need) > b {
+            return Err(format!("budget of {} MiB reached", b >> 20));
+        }
+    }
+    let m = sys::meminfo().map_err(|e| format!("/proc/meminfo: {e}"))?;
+    if m.mem_available < opts.free_floor_bytes.saturating_add(need) {
+        return Err(format!(
+            "MemAvailable {} MiB: a step of {} MiB would go below the floor of {} MiB",
+            m.mem_available >> 20,
+            need >> 20,
+            opts.free_floor_bytes >> 20
+        ));
+    }
+    if m.swap_free < need {
+        return Err(format!(
+            "swap nearly full ({} MiB free): a step of {} MiB not taken",
+            m.swap_free >> 20,
+            need >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// One step: read `chunk` back (queued at once, then waited for: the time is added to
+/// `read_seconds`) and page it out again from our mapping. Returns the pages that were read.
+fn step(v: &ObjectView, chunk: &[PageRun], read_seconds: &mut f64) -> std::io::Result<u64> {
+    let t = Instant::now();
+    let read = v
+        .madvise(chunk, libc::MADV_WILLNEED)
+        .and_then(|_| v.madvise(chunk, libc::MADV_POPULATE_READ));
+    *read_seconds += t.elapsed().as_secs_f64();
+    read?;
+    let resident = pages(&v.resident(chunk)?);
+    v.madvise(chunk, libc::MADV_PAGEOUT)?;
+    Ok(resident)
 }
 
 #[cfg(test)]

@@ -1794,6 +1794,37 @@ fn slot_extents(slots: &[Vec<u64>]) -> u64 {
     n
 }
 
+/// A child whose memfd of `n` pages (pattern `tag`) went to swap in a scattered order: paged
+/// out, rewritten page by page in a scattered order, mapped by a second process, purged (with
+/// its memory cgroup's reclaim) again. Returns the child (stopped), the memfd's address and the
+/// second purge's report.
+fn scattered_memfd(n: u64, tag: u64) -> (Kid, u64, PurgeReport) {
+    let mut k = Kid::spawn("relayout");
+    let m = k.cmd(&format!("MEMFD {n}"))[0];
+    k.stop();
+    purge(k.pid, &PurgeOptions::default());
+    // Rewritten in a scattered order: the pages come back and enter the LRU in that order, so
+    // the next reclaim writes them to slots in about that order (as PostgreSQL's
+    // shared_buffers, touched at random, leave).
+    k.cont();
+    let order: Vec<String> = (0..n).map(|i| ((i * 1597 + 7) % n).to_string()).collect();
+    k.cmd(&format!("RETAG memfd {tag} {}", order.join(" ")));
+    // Mapped by two processes, as PostgreSQL's backends map its shared_buffers: the purge's
+    // `MADV_PAGEOUT` leaves such pages alone, so the memory cgroup's reclaim writes them, in
+    // LRU order.
+    k.cmd("FORK 1");
+    k.stop();
+    // The cgroup is the child's own: its reclaim may take what its processes share.
+    let rep = purge(
+        k.pid,
+        &PurgeOptions {
+            reclaim_shared: true,
+            ..Default::default()
+        },
+    );
+    (k, m, rep)
+}
+
 #[test]
 #[ignore = "root suite: procswap/tests/run-root-tests.sh"]
 fn shmem_relayout_writes_swapped_shmem_in_start_order() {
@@ -1811,29 +1842,7 @@ fn shmem_relayout_writes_swapped_shmem_in_start_order() {
     const N: u64 = 4096;
     // A tag no other test writes: its pages on swap are this test's.
     const TAG: u64 = 0x5e1a;
-    let mut k = Kid::spawn("relayout");
-    let m = k.cmd(&format!("MEMFD {N}"))[0];
-    k.stop();
-    purge(k.pid, &PurgeOptions::default());
-    // Rewritten in a scattered order: the pages come back and enter the LRU in that order, so
-    // the next reclaim writes them to slots in about that order (as PostgreSQL's
-    // shared_buffers, touched at random, leave).
-    k.cont();
-    let order: Vec<String> = (0..N).map(|i| ((i * 1597 + 7) % N).to_string()).collect();
-    k.cmd(&format!("RETAG memfd {TAG} {}", order.join(" ")));
-    // Mapped by two processes, as PostgreSQL's backends map its shared_buffers: the purge's
-    // `MADV_PAGEOUT` leaves such pages alone, so the memory cgroup's reclaim writes them, in
-    // LRU order.
-    k.cmd("FORK 1");
-    k.stop();
-    // The cgroup is the child's own: its reclaim may take what its processes share.
-    let rep = purge(
-        k.pid,
-        &PurgeOptions {
-            reclaim_shared: true,
-            ..Default::default()
-        },
-    );
+    let (mut k, m, rep) = scattered_memfd(N, TAG);
     let memfd = map_file_of(k.pid, m, N);
     assert_eq!(cached(&memfd, N), vec![], "the memfd is out");
     let before = slots_holding(&swap.0, TAG, N);
