@@ -20,6 +20,7 @@
 //! ready_timeout = "30s"
 //! prestart = true
 //! purge_method = "ordered"                      # ordered (torpor's, default) | kernel (stock reclaim)
+//! shmem_layout = false                          # true: shared memory re-laid in Start order at Stop
 //!
 //! [[app]]
 //! name = "guest"
@@ -214,6 +215,16 @@ pub struct AppConfig {
     /// no loading set, no plan; process apps only). A Stop's `{"purge": ...}` overrides it.
     #[serde(default)]
     pub purge_method: PurgeMethod,
+    /// Process apps in `loading-set` mode: after each Stop's reclaim, write the app's swapped
+    /// shared memory again in the order the next Start reads it (`procswap::shmlayout`: one
+    /// read and one write of every page at Stop), and let the Start's background move it into
+    /// the page cache one step behind its reads. Off by default: with PostgreSQL (1 GB
+    /// `shared_buffers`) it brought the segment back in 1.5-2.5 s instead of 2.6-3.1 s, but TPS
+    /// over the first 10 s moved within the runs' noise (0.72-0.82x warm against 0.73-0.75x) and
+    /// the first query after a Start took 0.05-0.6 s instead of 0.04-0.06 s (2026-12-03,
+    /// bench/results/activation/README.md, "Session 12").
+    #[serde(default)]
+    pub shmem_layout: bool,
 }
 
 impl AppConfig {
@@ -766,6 +777,16 @@ command = ["/bin/true"]
             "working-set-only".parse::<PrefetchPolicy>(),
             Ok(PrefetchPolicy::WorkingSetOnly)
         );
+    }
+
+    #[test]
+    fn shmem_layout_is_off_unless_set() {
+        let app = |extra: &str| format!("[[app]]\nname = \"a\"\ncommand = [\"x\"]\n{extra}");
+        let c = Config::parse(&app(""), Path::new("t")).unwrap();
+        assert!(!c.apps[0].shmem_layout);
+        let c = Config::parse(&app("shmem_layout = true\n"), Path::new("t")).unwrap();
+        assert!(c.apps[0].shmem_layout);
+        assert!(Config::parse(&app("shmem_layout = \"yes\"\n"), Path::new("t")).is_err());
     }
 
     #[test]

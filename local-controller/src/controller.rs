@@ -805,7 +805,7 @@ impl Controller {
         for (pid, snap) in &snapshots {
             self.save_plan(slot, *pid, snap);
         }
-        if !snapshots.is_empty() {
+        if !snapshots.is_empty() && slot.cfg.shmem_layout {
             sum.shmem_layout = self.relayout_shmem(slot, &o.pids, memcg.as_ref());
         }
         if !snapshots.is_empty() {

@@ -425,6 +425,22 @@ impl Memcg {
         }
     }
 
+    /// Wait (up to `max`, polling every 5 ms) until none of the cgroup's pages is under
+    /// writeback (`memory.stat`: v2 `file_writeback`, v1 `total_writeback`; the swap's writes
+    /// are counted there too). Returns the bytes under writeback at first and at the end, and
+    /// how long it waited.
+    pub fn wait_writeback(&self, max: Duration) -> Result<(u64, u64, Duration)> {
+        let (_, _, wb_key) = self.stat_keys();
+        let t = Instant::now();
+        let mut writeback = self.stat(wb_key)?.unwrap_or(0);
+        let first = writeback;
+        while writeback > 0 && t.elapsed() < max {
+            std::thread::sleep(Duration::from_millis(5));
+            writeback = self.stat(wb_key)?.unwrap_or(0);
+        }
+        Ok((first, writeback, t.elapsed()))
+    }
+
     /// Reclaim everything the cgroup holds: v2 `memory.reclaim` (repeated while it makes
     /// progress), v1 `memory.force_empty`, then [`Memcg::settle`] when pages are left.
     /// Refuses hierarchy roots.
@@ -470,15 +486,7 @@ impl Memcg {
     /// residue stays active; after the aging the second pass took it all). The kernel still
     /// chooses the order and the swap slots. Returns what it did, in words.
     fn settle(&self, left: u64, out: &mut ReclaimOutcome) -> Result<String> {
-        let (_, _, wb_key) = self.stat_keys();
-        let t = Instant::now();
-        let mut writeback = self.stat(wb_key)?.unwrap_or(0);
-        let wrote = writeback;
-        while writeback > 0 && t.elapsed() < SETTLE_WRITEBACK_WAIT {
-            std::thread::sleep(Duration::from_millis(5));
-            writeback = self.stat(wb_key)?.unwrap_or(0);
-        }
-        let waited = t.elapsed();
+        let (wrote, writeback, waited) = self.wait_writeback(SETTLE_WRITEBACK_WAIT)?;
         let mut aged = 0u64;
         for pid in procs(self.dir()).unwrap_or_default() {
             aged = aged.saturating_add(age_process(pid));

@@ -16,6 +16,8 @@
 //!   Stop and [`plan::fetch_unmapped`].
 //! - [`app`]: apps of many processes (a server and its forked children): what they share is
 //!   counted once ([`app::app_pages`]) and fetched once ([`app::share_objects`]).
+//! - [`shmlayout`]: an app's swapped shared memory written again in the order a Start reads
+//!   it (shmem two processes map leaves only through the memcg reclaim, its slots scattered).
 //! - [`backend`]: the [`Backend`] trait, [`StockBackend`], [`select_backend`].
 //!
 //! ## Near-warm activation: the calls a Start/Stop pipeline makes (docs/architecture.md, "Stop and Start of a process app")
@@ -29,7 +31,9 @@
 //!    `evicted_bytes` and the [`purge::LayoutReport`];
 //! 4. [`ActivationPlan::compute`]`(pid, &snapshot, Some(&set))` (one pagemap walk over the
 //!    snapshot's anonymous pages, one `mincore` per object); persist it (JSON, versioned:
-//!    [`ActivationPlan::from_json`] refuses other versions with a note).
+//!    [`ActivationPlan::from_json`] refuses other versions with a note);
+//! 5. [`shmlayout::relayout`]`(&plans, opts)` over the app's plans (after
+//!    [`app::share_objects`]), then the memory cgroup's reclaim once more.
 //!
 //! **Start** (walks nothing big):
 //! 1. [`fetch_unmapped`]`(&target, &plan, &plan.first, &FetchOptions { charge_files_to:
