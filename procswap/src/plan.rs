@@ -566,7 +566,7 @@ pub fn fetch_unmapped(
 /// their reads, moves them from the swap cache into the object's page cache, maps nothing
 /// into the target). Issued some steps behind the `MADV_WILLNEED`s, it lets those queue ahead
 /// instead of waiting for each step's reads in turn (1 GiB of shmem on this machine's disk,
-/// 1 MiB steps: 2.0-2.1 s step by step, 0.8-1.2 s with 4-16 steps in flight). Returns the bytes
+/// 1 MiB steps: 2.0-2.3 s step by step, 0.8-1.2 s with 4-16 steps in flight). Returns the bytes
 /// populated and the objects skipped.
 pub fn shmem_to_page_cache(plan: &ActivationPlan, part: &PlanPart) -> (u64, Vec<SkippedFetch>) {
     let ps = plan.page_size;

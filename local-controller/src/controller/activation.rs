@@ -1198,13 +1198,10 @@ struct ShmemLag<'a> {
 
 /// How far behind its reads shared memory is moved into the page cache: one step
 /// (`SHM_STEP_PAGES`). Measured on this machine (2026-12-03, 1 GiB memfd laid out in order on
-/// swap, 1 MiB steps, idle): every step waited for 2.0-2.1 s in all, one step behind 1.4 s,
-/// four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB `shared_buffers`, 3 Starts each): its
-/// 1063 MiB came back in 2.3-3.3 s step by step, 1.6-2.1 s one step behind, 1.45-1.95 s four
-/// behind; but four behind, the first query after the Start took 0.3-0.6 s in 5 of 6 Starts
-/// (each of its faults behind a deeper queue of ours), one behind in 1 of 3, step by step never
-/// (0.09-0.19 s). TPS over the first 10 s varied more between runs (0.74-0.85x warm) than
-/// between these choices.
+/// swap, 1 MiB steps, idle): every step waiting for its own reads 2.0-2.3 s in all, one step
+/// behind 1.4 s, four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB `shared_buffers`) its 1063
+/// MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; the first query after a Start got slower
+/// (see `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 12").
 const SHM_LAG_PAGES: u64 = SHM_STEP_PAGES;
 
 impl<'a> ShmemLag<'a> {
