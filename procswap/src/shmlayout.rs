@@ -22,7 +22,7 @@
 //! stay in the swap cache until their write completes: the caller reclaims the memory cgroup
 //! once more afterwards.
 
-use crate::memkind::{self, clip, pages, ObjectView, PageRun};
+use crate::memkind::{self, chunks, clip, pages, ObjectView, PageRun};
 use crate::plan::{ActivationPlan, Part};
 use crate::sys;
 use std::time::Instant;
@@ -66,37 +66,6 @@ pub struct RelayoutReport {
     pub stopped: Option<String>,
     /// Objects left alone, and why (gone, resized, unreadable).
     pub skipped: Vec<String>,
-}
-
-/// `runs` cut into pieces of at most `max` pages, in order.
-pub fn chunks(runs: &[PageRun], max: u64) -> Vec<Vec<PageRun>> {
-    let max = max.max(1);
-    let mut out: Vec<Vec<PageRun>> = Vec::new();
-    let mut cur: Vec<PageRun> = Vec::new();
-    let mut n = 0u64;
-    for r in runs {
-        let mut r = *r;
-        while r.count > 0 {
-            let take = r.count.min(max - n);
-            cur.push(PageRun {
-                first: r.first,
-                count: take,
-            });
-            n += take;
-            // No overflow: `take <= r.count` and `r.first + r.count` is a page index of a
-            // mapped object (its end fits in u64).
-            r.first += take;
-            r.count -= take;
-            if n == max {
-                out.push(std::mem::take(&mut cur));
-                n = 0;
-            }
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 /// The shmem pages of `plans` in Start order: every plan's `first` part, then every
@@ -223,28 +192,4 @@ fn step(v: &ObjectView, chunk: &[PageRun], read_seconds: &mut f64) -> std::io::R
     let resident = pages(&v.resident(chunk)?);
     v.madvise(chunk, libc::MADV_PAGEOUT)?;
     Ok(resident)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(first: u64, count: u64) -> PageRun {
-        PageRun { first, count }
-    }
-
-    #[test]
-    fn chunks_cut_runs_at_the_size_and_keep_the_order() {
-        let c = chunks(&[r(10, 3), r(20, 6), r(40, 1)], 4);
-        assert_eq!(
-            c,
-            vec![
-                vec![r(10, 3), r(20, 1)],
-                vec![r(21, 4)],
-                vec![r(25, 1), r(40, 1)]
-            ]
-        );
-        assert_eq!(chunks(&[], 4), Vec::<Vec<PageRun>>::new());
-        assert_eq!(chunks(&[r(0, 2)], 0), vec![vec![r(0, 1)], vec![r(1, 1)]]);
-    }
 }

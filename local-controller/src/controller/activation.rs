@@ -339,37 +339,13 @@ fn swap_steps(runs: &[SwapRun], max: u64, ps: u64) -> Vec<Vec<SwapRun>> {
 /// `o`'s runs cut into pieces of at most `max` pages each, in order (a run longer than `max`
 /// is split).
 fn object_chunks(o: &ObjectPart, max: u64) -> Vec<ObjectPart> {
-    let max = max.max(1);
-    let mut out = Vec::new();
-    let mut cur: Vec<PageRun> = Vec::new();
-    let mut n = 0;
-    for r in &o.runs {
-        let mut r = *r;
-        while r.count > 0 {
-            let take = r.count.min(max - n);
-            cur.push(PageRun {
-                first: r.first,
-                count: take,
-            });
-            n += take;
-            r.first += take;
-            r.count -= take;
-            if n == max {
-                out.push(ObjectPart {
-                    object: o.object,
-                    runs: std::mem::take(&mut cur),
-                });
-                n = 0;
-            }
-        }
-    }
-    if !cur.is_empty() {
-        out.push(ObjectPart {
+    procswap::memkind::chunks(&o.runs, max)
+        .into_iter()
+        .map(|runs| ObjectPart {
             object: o.object,
-            runs: cur,
-        });
-    }
-    out
+            runs,
+        })
+        .collect()
 }
 
 impl Controller {

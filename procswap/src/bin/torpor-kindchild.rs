@@ -342,11 +342,14 @@ impl Kinds {
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(0)
         };
-        let pages: Vec<usize> = parts
-            .iter()
-            .skip(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        let nums = |skip: usize| -> Vec<usize> {
+            parts
+                .iter()
+                .skip(skip)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        };
+        let pages = nums(2);
         Some(match parts.first().copied() {
             Some("ANON") => map(n(1), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, PRW)
                 .map(|p| self.add(writable_area("anon", 1, p, n(1)))),
@@ -367,20 +370,9 @@ impl Kinds {
             Some("TOUCHRANGE") => self
                 .area(parts.get(1))
                 .and_then(|a| timed(|| touch(a, &(n(2)..n(3).min(a.pages)).collect::<Vec<_>>()))),
-            Some("RETAG") => {
-                let idx: Vec<usize> = parts
-                    .iter()
-                    .skip(3)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                self.retag(parts.get(1), n(2) as u64, &idx)
-            }
+            Some("RETAG") => self.retag(parts.get(1), n(2) as u64, &nums(3)),
             Some("READ") => {
-                let idx: Vec<usize> = parts
-                    .iter()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
+                let idx = nums(1);
                 timed(|| self.read(&idx))
             }
             Some("FORK") => fork_holders(&self.areas, n(1)),
