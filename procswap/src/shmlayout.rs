@@ -21,6 +21,13 @@
 //! large reads. It costs one read and one write of every page at Stop. Pages written this way
 //! stay in the swap cache until their write completes: the caller reclaims the memory cgroup
 //! once more afterwards.
+//!
+//! What it bought (torpord's per-app `shmem_layout`, off by default): with a 1 GiB memfd,
+//! `MADV_WILLNEED` read the in-order segment in 1.07-1.15 s against 1.9-2.1 s scattered; with
+//! PostgreSQL the segment came back in 1.5-2.5 s instead of 2.6-3.1 s once the Start's
+//! background also stopped waiting for each step's reads, but its TPS over the first 10 s moved
+//! within the runs' noise and its first query after a Start got slower, for a reason not found
+//! (bench/results/activation/README.md, "Session 12").
 
 use crate::memkind::{self, chunks, clip, pages, ObjectView, PageRun};
 use crate::plan::{ActivationPlan, Part};

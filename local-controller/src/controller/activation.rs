@@ -519,9 +519,10 @@ impl Controller {
         let mut notes: Vec<String> = rep.stopped.iter().cloned().collect();
         notes.extend(rep.skipped.iter().cloned());
         if let Some(m) = memcg {
-            // The page-outs' writes are still going when the last step returns: a Start right
-            // after this Stop would read behind them (PostgreSQL's first query took 0.1-0.6 s
-            // instead of 0.02-0.06 s, its ~600 faults each behind up to 1 GiB of writes).
+            // The page-outs' writes are still going when the last step returns: the Stop
+            // answers once they are done, so a Start right after it does not read behind them
+            // (and the reclaim below finds the pages clean). It did not explain PostgreSQL's
+            // slower first query with the re-layout (bench/results/activation, "Session 12").
             match m.wait_writeback(RELAYOUT_WRITEBACK_WAIT) {
                 Ok((_, 0, _)) => {}
                 Ok((_, left, waited)) => notes.push(format!(
