@@ -566,11 +566,10 @@ pub fn fetch_unmapped(
 /// their reads, moves them from the swap cache into the object's page cache, maps nothing
 /// into the target). Issued some steps behind the `MADV_WILLNEED`s, it lets those queue ahead
 /// instead of waiting for each step's reads in turn (1 GiB of shmem on this machine's disk,
-/// 1 MiB steps: 2.0-2.3 s step by step, 0.8-1.2 s with 4-16 steps in flight). Returns the bytes
-/// populated and the objects skipped.
-pub fn shmem_to_page_cache(plan: &ActivationPlan, part: &PlanPart) -> (u64, Vec<SkippedFetch>) {
+/// 1 MiB steps: 2.0-2.3 s step by step, 0.8-1.2 s with 4-16 steps in flight). Returns the
+/// objects skipped.
+pub fn shmem_to_page_cache(plan: &ActivationPlan, part: &PlanPart) -> Vec<SkippedFetch> {
     let ps = plan.page_size;
-    let mut done = 0;
     let mut skipped = Vec::new();
     for op in &part.shmem {
         let o = &plan.objects[op.object as usize];
@@ -581,17 +580,16 @@ pub fn shmem_to_page_cache(plan: &ActivationPlan, part: &PlanPart) -> (u64, Vec<
                 v.madvise(&op.runs, libc::MADV_POPULATE_READ)
                     .map_err(|e| format!("fetch failed: {e}"))
             });
-        match res {
-            Ok(n) => done += n,
-            Err(reason) => skipped.push(SkippedFetch {
+        if let Err(reason) = res {
+            skipped.push(SkippedFetch {
                 kind: MemKind::Shmem,
                 path: o.path.clone(),
                 reason,
                 bytes: pages(&op.runs) * ps,
-            }),
+            });
         }
     }
-    (done, skipped)
+    skipped
 }
 
 /// [`fadvise_in_memcg`]; if that fails, the read-ahead is issued from this process (charged

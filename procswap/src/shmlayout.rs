@@ -29,7 +29,7 @@
 //! within the runs' noise and its first query after a Start got slower, for a reason not found
 //! (bench/results/activation/README.md, "Session 12").
 
-use crate::memkind::{self, chunks, clip, pages, ObjectView, PageRun};
+use crate::memkind::{self, chunks, clip, pages, ObjectKey, ObjectView, PageRun};
 use crate::plan::{ActivationPlan, Part};
 use crate::sys;
 use std::time::Instant;
@@ -59,7 +59,7 @@ impl Default for RelayoutOptions {
 /// What [`relayout`] did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RelayoutReport {
-    /// Shmem objects visited.
+    /// Shmem objects visited (each once, however many plans name it).
     pub objects: u64,
     /// Pages read back and paged out again.
     pub pages: u64,
@@ -100,8 +100,9 @@ pub fn relayout(plans: &[ActivationPlan], opts: &RelayoutOptions) -> RelayoutRep
     let ps = sys::page_size();
     let per_chunk = (opts.chunk_bytes / ps).max(1);
     let mut spent = 0u64;
-    // One view per object (an object can appear in several parts).
-    let mut views: Vec<((usize, u32), Option<ObjectView>)> = Vec::new();
+    // One view per object (an object can appear in several parts, and in several processes'
+    // plans).
+    let mut views: Vec<(ObjectKey, Option<ObjectView>)> = Vec::new();
     'objects: for (pi, oi, runs) in start_order(plans) {
         let plan = &plans[pi];
         let Some(o) = plan.objects.get(oi as usize) else {
@@ -109,7 +110,7 @@ pub fn relayout(plans: &[ActivationPlan], opts: &RelayoutOptions) -> RelayoutRep
                 .push(format!("plan of pid {}: no object {oi}", plan.pid));
             continue;
         };
-        let idx = match views.iter().position(|(k, _)| *k == (pi, oi)) {
+        let idx = match views.iter().position(|(k, _)| *k == o.key) {
             Some(i) => i,
             None => {
                 rep.objects += 1;
@@ -123,7 +124,7 @@ pub fn relayout(plans: &[ActivationPlan], opts: &RelayoutOptions) -> RelayoutRep
                         None
                     }
                 };
-                views.push(((pi, oi), v));
+                views.push((o.key, v));
                 views.len() - 1
             }
         };

@@ -80,6 +80,14 @@ impl MappedFile {
     }
 }
 
+/// How many `CHUNK`s of `b` no longer match their checksums in `sums`.
+fn bad_chunks(b: &[u8], sums: &[u64]) -> usize {
+    b.chunks(CHUNK)
+        .zip(sums)
+        .filter(|(c, s)| checksum(c) != **s)
+        .count()
+}
+
 /// The whole file as it is now, read through the descriptor kept open (`pread` from 0).
 fn read_all_at(f: &std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
@@ -266,19 +274,11 @@ impl App {
                 (200, format!("touched {mib} MiB ({x})\n"))
             }
             "/verify" => {
-                let bad = self
-                    .mem
-                    .chunks(CHUNK)
-                    .zip(&self.sums)
-                    .filter(|(c, s)| checksum(c) != **s)
-                    .count();
-                let shm_bad = self.shm.as_ref().map_or(0, |s| {
-                    s.bytes()
-                        .chunks(CHUNK)
-                        .zip(&s.sums)
-                        .filter(|(c, s)| checksum(c) != **s)
-                        .count()
-                });
+                let bad = bad_chunks(&self.mem, &self.sums);
+                let shm_bad = self
+                    .shm
+                    .as_ref()
+                    .map_or(0, |s| bad_chunks(s.bytes(), &s.sums));
                 if shm_bad > 0 {
                     (
                         500,

@@ -1149,7 +1149,7 @@ fn background(
                 shmem_to_page_cache: !shm_lag,
                 ..FetchOptions::default()
             };
-            if f.part(&tg, plan, part, &opts, (which == 0, shm_lag), &mut rep) {
+            if f.part(&tg, plan, part, &opts, which == 0, &mut rep) {
                 break 'parts;
             }
         }
@@ -1212,7 +1212,7 @@ impl<'a> ShmemLag<'a> {
                 break;
             };
             self.pages = self.pages.saturating_sub(p.pages().shmem);
-            let (_, skipped) = procswap::plan::shmem_to_page_cache(self.plan, &p);
+            let skipped = procswap::plan::shmem_to_page_cache(self.plan, &p);
             rep.skipped
                 .extend(skipped.iter().map(|s| format!("{} ({})", s.path, s.reason)));
         }
@@ -1239,12 +1239,12 @@ impl Fetcher<'_> {
         plan: &ActivationPlan,
         part: &PlanPart,
         opts: &FetchOptions,
-        (loading_rest, shm_lag): (bool, bool),
+        loading_rest: bool,
         rep: &mut BackgroundReport,
     ) -> bool {
-        // With `shm_lag`, shared memory's reads are issued ahead; each step is moved into the
-        // page cache a step behind (see `ShmemLag`).
-        let mut lag = ShmemLag::new(plan, shm_lag);
+        // Unless each step moves its own shared memory into the page cache, the reads are
+        // issued ahead and each step is moved a step behind (see `ShmemLag`).
+        let mut lag = ShmemLag::new(plan, !opts.shmem_to_page_cache);
         let end_all = 'steps: {
             for step in steps(part, &STEP, plan.page_size) {
                 while self.hold.is_some_and(|h| h.exists()) && !self.stop.load(Ordering::SeqCst) {
