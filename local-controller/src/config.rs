@@ -222,7 +222,10 @@ pub struct AppConfig {
     /// `shared_buffers`) it brought the segment back in 1.5-2.5 s instead of 2.6-3.1 s, but TPS
     /// over the first 10 s moved within the runs' noise (0.72-0.82x warm against 0.73-0.75x) and
     /// the first query after a Start took 0.05-0.6 s instead of 0.04-0.06 s (2026-12-03,
-    /// bench/results/activation/README.md, "Session 12").
+    /// bench/results/activation/README.md, "Session 12"). Session 13: better TPS in all six
+    /// interleaved pairs (0.75-0.88x warm vs 0.74-0.78x); the slow first queries came with the
+    /// swap area's discards of the old slots, which the Stop now waits for (six of six fast
+    /// after; too few to change the default).
     #[serde(default)]
     pub shmem_layout: bool,
 }

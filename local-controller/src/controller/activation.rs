@@ -45,6 +45,11 @@ use torpor_api as api;
 /// this machine's disk).
 const RELAYOUT_WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The re-layout's discards are over when the swap disks have had nothing in flight and
+/// completed no discard for this long (the kernel's discard worker issues them cluster by
+/// cluster, ~2 MiB each, back to back: 2026-12-03, ~150-260 MiB per quarter second).
+const DISCARD_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Swap extents (separate reads) per background step; see [`steps`].
 const STEP_EXTENTS: u64 = 16;
 
@@ -537,6 +542,17 @@ impl Controller {
                 Err(e) => notes.push(format!("reclaim after the shmem layout: {e}")),
             }
         }
+        // Every old slot the re-layout freed is discarded by the kernel after the fact (swap
+        // areas with discard): the Stop answers once those are done, so a Start right after
+        // it does not read behind them (see `IoQueue::wait_discards`).
+        let (discards, waited) =
+            IoQueue::of_swap().wait_discards(DISCARD_QUIET, RELAYOUT_WRITEBACK_WAIT);
+        if waited >= RELAYOUT_WRITEBACK_WAIT {
+            notes.push(format!(
+                "swap discards still going after {} ms ({discards} done meanwhile)",
+                waited.as_millis()
+            ));
+        }
         let ps = procswap::sys::page_size();
         let out = api::ShmemLayout {
             bytes: rep.pages * ps,
@@ -548,11 +564,13 @@ impl Controller {
             Some(&slot.cfg.name),
             EventKind::Activation,
             format!(
-                "shmem written again in Start order: {} MiB of {} object(s) in {:.2}s (reads {:.2}s){}",
+                "shmem written again in Start order: {} MiB of {} object(s) in {:.2}s (reads {:.2}s), then {} swap discard(s) waited for in {} ms{}",
                 out.bytes >> 20,
                 rep.objects,
                 out.seconds,
                 out.read_seconds,
+                discards,
+                waited.as_millis(),
                 if out.notes.is_empty() {
                     String::new()
                 } else {
