@@ -45,8 +45,8 @@ use torpor_api as api;
 /// this machine's disk).
 const RELAYOUT_WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The re-layout's discards are over when the swap disks have had nothing in flight and
-/// completed no discard for this long (the kernel's discard worker issues them cluster by
+/// The re-layout's discards are over when the swap disks have completed no discard for this
+/// long (the kernel's discard worker issues them cluster by
 /// cluster, ~2 MiB each, back to back: 2026-12-03, ~150-260 MiB per quarter second).
 const DISCARD_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
