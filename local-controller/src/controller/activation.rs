@@ -42,8 +42,8 @@ use std::time::Instant;
 use torpor_api as api;
 
 /// How long a Stop waits at most for the writes of its shmem re-layout (1 GiB takes ~1 s on
-/// this machine's disk).
-const RELAYOUT_WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// this machine's disk), and then at most again for the discards of the slots it freed.
+const RELAYOUT_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The re-layout's discards are over when the swap disks have completed no discard for this
 /// long (the kernel's discard worker issues them cluster by
@@ -528,7 +528,7 @@ impl Controller {
             // answers once they are done, so a Start right after it does not read behind them
             // (and the reclaim below finds the pages clean). It did not explain PostgreSQL's
             // slower first query with the re-layout (bench/results/activation, "Session 12").
-            match m.wait_writeback(RELAYOUT_WRITEBACK_WAIT) {
+            match m.wait_writeback(RELAYOUT_SETTLE_MAX) {
                 Ok((_, 0, _)) => {}
                 Ok((_, left, waited)) => notes.push(format!(
                     "{} KiB still under writeback after {} ms",
@@ -544,10 +544,14 @@ impl Controller {
         }
         // Every old slot the re-layout freed is discarded by the kernel after the fact (swap
         // areas with discard): the Stop answers once those are done, so a Start right after
-        // it does not read behind them (see `IoQueue::wait_discards`).
-        let (discards, waited) =
-            IoQueue::of_swap().wait_discards(DISCARD_QUIET, RELAYOUT_WRITEBACK_WAIT);
-        if waited >= RELAYOUT_WRITEBACK_WAIT {
+        // it does not read behind them (see `IoQueue::wait_discards`). Nothing re-laid,
+        // nothing freed: no wait.
+        let (discards, waited) = if rep.pages > 0 {
+            IoQueue::of_swap().wait_discards(DISCARD_QUIET, RELAYOUT_SETTLE_MAX)
+        } else {
+            (0, std::time::Duration::ZERO)
+        };
+        if waited >= RELAYOUT_SETTLE_MAX {
             notes.push(format!(
                 "swap discards still going after {} ms ({discards} done meanwhile)",
                 waited.as_millis()
@@ -1195,8 +1199,9 @@ struct ShmemLag<'a> {
 /// (`SHM_STEP_PAGES`). Measured on this machine (2026-12-03, 1 GiB memfd laid out in order on
 /// swap, 1 MiB steps, idle): every step waiting for its own reads 2.0-2.3 s in all, one step
 /// behind 1.4 s, four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB `shared_buffers`) its 1063
-/// MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; the first query after a Start got slower
-/// (see `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 12").
+/// MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; its first query after a Start was
+/// sometimes slower until the Stop waited for the swap discards of the old slots (see
+/// `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 13").
 const SHM_LAG_PAGES: u64 = SHM_STEP_PAGES;
 
 impl<'a> ShmemLag<'a> {
