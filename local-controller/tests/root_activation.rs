@@ -276,6 +276,54 @@ fn files_deleted_or_truncated_while_suspended() {
     later_cycles(&mut f, port, pid, &now);
 }
 
+/// An app that reads all its memory before it answers its readiness probe (the probe GETs
+/// `/touch`: a server whose startup walks its heap, a garbage collector's marking): the
+/// background fetch must not sit out the wait for the first response while the app faults, one
+/// page at a time, on the very pages the fetch would read next (issue 12: touch-all took 2.5×
+/// the disk's floor so). The first Start after the pool's Stop has no loading set: the whole
+/// app is the plan's rest, for the background. Its fetch starts before the probe is answered and
+/// says so; the probe is answered, the memory intact, twice (the second Start has a loading set:
+/// everything was touched before the first response, so it is all fetched before the thaw).
+#[test]
+#[ignore = "root suite"]
+fn the_fetch_starts_at_once_when_the_app_faults_in_its_path() {
+    let a = App {
+        ready_path: "/touch",
+        ..App::new("sweeper", 128)
+    };
+    let mut f = Torpord::new("sweep", vec![a]);
+    f.start(&[]);
+    let port = f.port("sweeper");
+    for cycle in 0..2 {
+        let v = f.start_app("sweeper");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+        let act = timing(&v).activation.expect("a loading-set Start");
+        assert!(
+            act.armed_probe,
+            "an HTTP probe is the app's own answer: {act:#?}"
+        );
+        assert_eq!(http(port, "/verify").0, 200, "cycle {cycle}");
+        let s = f.stop_app("sweeper");
+        assert_eq!(s.state(), AppState::Standby, "{s:#?}");
+        let notes = stop_activation(&s);
+        let bg = notes
+            .iter()
+            .find(|n| n.starts_with("background fetch:"))
+            .unwrap_or_else(|| panic!("no background report: {notes:?}"));
+        if cycle == 0 {
+            // 128 MiB for the background, and the app reads it before it answers.
+            assert!(act.rest_pages >= 128 * MIB / 4096, "{act:#?}");
+            assert_eq!(act.first_pages, 0, "no loading set yet: {act:#?}");
+            assert!(
+                bg.contains("(started early: the app faulted in the fetch's path)"),
+                "the fetch waited for the first response: {bg}"
+            );
+        } else {
+            assert!(act.first_pages >= 128 * MIB / 4096, "{act:#?}");
+        }
+    }
+}
+
 /// The app's exit as torpord reports it: stopped, the exit and both activation threads' ends
 /// in the events (the fetch's end says why).
 fn exit_reported(f: &Torpord, pid: i32) {

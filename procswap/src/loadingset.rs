@@ -810,6 +810,16 @@ fn present_in(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<Vec<PageRun
     Ok(intersect(&out, runs))
 }
 
+/// How many pages of `runs` (address page numbers, in any order, not overlapping) `pm`'s
+/// process has mapped now (pagemap's present bit; `PAGEMAP_SCAN` where the kernel has it).
+/// torpord's background fetch asks it of the pages it is about to read, to tell an app that
+/// faults *ahead of the fetch in the fetch's own order* (it waits for those reads anyway)
+/// from one that faults elsewhere (its faults must not queue behind the fetch).
+pub fn present_pages(pm: &mut Pagemap, ps: u64, runs: &[PageRun]) -> Result<u64> {
+    let runs = normalize(runs.to_vec());
+    Ok(present_in(pm, ps, &runs)?.iter().map(|r| r.count).sum())
+}
+
 /// Watch object `i`'s candidate pages (`runs`, file page indexes) through each of its mappings
 /// (pagemap of the VMA's addresses; a page mapped twice is watched once): the watches go to
 /// `mapped`. Returns the file pages some mapping covers, and those observable (not present
@@ -1291,6 +1301,10 @@ mod tests_loadingset {
                 want,
                 "PAGEMAP_SCAN {scan}"
             );
+            // The count, for runs in any order.
+            let unordered = [r(41, 23), r(1, 5), r(8, 20)];
+            assert_eq!(present_pages(&mut pm, ps, &unordered).unwrap(), 4);
+            assert_eq!(present_pages(&mut pm, ps, &[r(8, 12)]).unwrap(), 0);
         }
         use_pagemap_scan(true);
         // SAFETY: unmapping the mapping made above, no longer used.

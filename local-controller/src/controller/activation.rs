@@ -25,6 +25,7 @@
 use super::{lock, AppSlot, Controller, EventKind, StartTiming};
 use crate::config::PrefetchPolicy;
 use procswap::cgroup::Memcg;
+use procswap::inspect::Pagemap;
 use procswap::memkind::PageRun;
 use procswap::plan::{ObjectPart, SwapRun};
 use procswap::sys::IoPriority;
@@ -34,6 +35,7 @@ use procswap::{
     Target,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +77,18 @@ const YIELD_STEP: StepLimits = StepLimits {
     shmem: 64,
     file: 64,
 };
+
+/// ... unless the app faults *in the fetch's path*: at least 1/`IN_PATH_SHARE` of the next
+/// step's anonymous pages are mapped already (the app got to them before the fetch did), so the
+/// app is reading ahead of the fetch in the fetch's own order — the loading set's order, the
+/// app's last touch order — and each of its faults is a read the fetch would issue next: the
+/// app waits for those pages either way, and small pieces behind a short queue only slow the
+/// fetch it is waiting for. A scan of all its memory after a Start (the bench child's touch-all;
+/// a garbage collector's marking) took 1.20-1.26 s for 1 GiB with every step in pieces (its
+/// faults rose before 198-250 of ~250 steps, 0.48-0.71 s waiting for the queue) against
+/// 0.59-0.63 s for `full` (2026-12-04, "Session 14"). An app that faults here and there
+/// (Tomcat's request) maps a few pages of a step, not a quarter of it.
+const IN_PATH_SHARE: u64 = 4;
 
 /// The most pages of one kind a background step holds.
 struct StepLimits {
@@ -188,6 +202,14 @@ pub struct BackgroundReport {
     /// `YIELD_STEP` pieces behind a short queue.
     #[serde(default)]
     pub yielded_steps: u64,
+    /// Steps before which the app had taken a major fault in the fetch's path
+    /// (`IN_PATH_SHARE`): issued whole.
+    #[serde(default)]
+    pub in_path_steps: u64,
+    /// The fetch started before the first response because the app was faulting in its path
+    /// (see [`Fetcher::wait_first_response`]).
+    #[serde(default)]
+    pub started_in_path: bool,
     /// Why it ended early: stopped, target exited, free-memory floor.
     pub ended: Option<String>,
     pub skipped: Vec<String>,
@@ -201,7 +223,7 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault), after {:.3}s waiting for the first response{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault, {} whole with the app faulting in the fetch's path), after {:.3}s waiting for the first response{}{}{}",
             self.loading_rest_bytes >> 20,
             self.loading_rest_s,
             self.rest_bytes >> 20,
@@ -211,7 +233,13 @@ impl BackgroundReport {
             self.seconds,
             self.queue_wait_s,
             self.yielded_steps,
+            self.in_path_steps,
             self.waited_s,
+            if self.started_in_path {
+                " (started early: the app faulted in the fetch's path)"
+            } else {
+                ""
+            },
             self.ended
                 .as_ref()
                 .map(|e| format!(" (ended: {e})"))
@@ -828,10 +856,16 @@ impl Controller {
         a.background = std::thread::Builder::new()
             .name(FETCH_THREAD.into())
             .spawn(move || {
-                let waited = wait_first_response(&first_b, &stop, window);
-                let mut rep = background(&plans, &stop, reserve, hold.as_deref(), &ours, shm_lag);
-                rep.waited_s = waited;
-                rep
+                let wait = Some((&*first_b, window));
+                background(
+                    &plans,
+                    &stop,
+                    reserve,
+                    hold.as_deref(),
+                    &ours,
+                    shm_lag,
+                    wait,
+                )
             })
             .map_err(|e| {
                 self.event(
@@ -1112,7 +1146,8 @@ pub(super) fn spawn_file_background(
         .spawn(move || {
             let waited = wait_first_response(&first, &stop, std::time::Duration::ZERO);
             let plans = [plan];
-            let mut rep = background(&plans, &stop, reserve, None, &MappedByUs::default(), false);
+            let none = MappedByUs::default();
+            let mut rep = background(&plans, &stop, reserve, None, &none, false, None);
             rep.waited_s = waited;
             rep
         })
@@ -1120,7 +1155,8 @@ pub(super) fn spawn_file_background(
 
 /// The rest of the loading set, then everything else, in steps, at low I/O priority.
 /// `shm_lag`: shared memory is moved into the page cache one step behind its reads
-/// ([`ShmemLag`], the app's `shmem_layout`), else each step waits for its own.
+/// ([`ShmemLag`], the app's `shmem_layout`), else each step waits for its own. `wait`: the
+/// first response's flag and window, waited for first ([`Fetcher::wait_first_response`]).
 fn background(
     plans: &[ActivationPlan],
     stop: &AtomicBool,
@@ -1128,13 +1164,14 @@ fn background(
     hold: Option<&std::path::Path>,
     ours: &MappedByUs,
     shm_lag: bool,
+    wait: Option<(&AtomicBool, std::time::Duration)>,
 ) -> BackgroundReport {
-    let t = Instant::now();
     let mut rep = BackgroundReport::default();
     let mut f = Fetcher {
         stop,
         hold,
         ours,
+        maps: HashMap::new(),
         app: AppFaults::of(plans),
         queue: IoQueue::of_swap(),
         files: IoQueue::of_devices(plans.iter().flat_map(|p| {
@@ -1144,6 +1181,10 @@ fn background(
                 .map(|o| o.key.dev)
         })),
     };
+    if let Some((first, window)) = wait {
+        (rep.waited_s, rep.started_in_path) = f.wait_first_response(plans, first, window);
+    }
+    let t = Instant::now();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
         if which == 1 {
             rep.loading_rest_s = t.elapsed().as_secs_f64();
@@ -1248,12 +1289,84 @@ struct Fetcher<'a> {
     stop: &'a AtomicBool,
     hold: Option<&'a std::path::Path>,
     ours: &'a MappedByUs,
+    /// Each process's pagemap, opened at its first [`Fetcher::in_path`].
+    maps: HashMap<i32, Pagemap>,
     app: AppFaults,
     queue: IoQueue,
     files: IoQueue,
 }
 
 impl Fetcher<'_> {
+    /// [`wait_first_response`], except that the fetch starts at once when the app faults in its
+    /// path (`IN_PATH_SHARE` of the first step of a process's loading-set rest — or of its rest
+    /// — mapped): an app that scans its memory before it answers, or right after a TCP probe's
+    /// answer (made by the kernel), would otherwise read it alone, a fault at a time, for up to
+    /// the whole window. Returns the seconds waited and whether it started early.
+    fn wait_first_response(
+        &mut self,
+        plans: &[ActivationPlan],
+        first: &AtomicBool,
+        window: std::time::Duration,
+    ) -> (f64, bool) {
+        let heads: Vec<(&ActivationPlan, PlanPart)> = plans
+            .iter()
+            .map(|p| {
+                let part = if p.loading_rest.anon.is_empty() {
+                    &p.rest
+                } else {
+                    &p.loading_rest
+                };
+                (p, anon_head(part, STEP.anon))
+            })
+            .filter(|(_, h)| !h.anon.is_empty())
+            .collect();
+        let t = Instant::now();
+        let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= window;
+        while !answered(&t)
+            && !self.stop.load(Ordering::SeqCst)
+            && t.elapsed() < FIRST_RESPONSE_WAIT
+        {
+            // Pagemap is read only after a major fault (one /proc/PID/stat read a millisecond
+            // otherwise).
+            if !heads.is_empty()
+                && self.app.faulted_since_last()
+                && heads.iter().any(|(p, h)| self.in_path(p, h))
+            {
+                return (t.elapsed().as_secs_f64(), true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        (t.elapsed().as_secs_f64(), false)
+    }
+
+    /// Whether the app has mapped at least 1/`IN_PATH_SHARE` of `step`'s anonymous pages (and
+    /// at least one): it is faulting in the fetch's path. No anonymous pages, or no pagemap (the
+    /// process exited): no.
+    fn in_path(&mut self, plan: &ActivationPlan, step: &PlanPart) -> bool {
+        let ps = plan.page_size;
+        let runs: Vec<PageRun> = step
+            .anon
+            .iter()
+            .map(|r| PageRun {
+                first: r.addr / ps,
+                count: r.pages,
+            })
+            .collect();
+        let total: u64 = runs.iter().map(|r| r.count).sum();
+        if total == 0 {
+            return false;
+        }
+        let pm = match self.maps.entry(plan.pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match Pagemap::open(plan.pid) {
+                Ok(pm) => v.insert(pm),
+                Err(_) => return false,
+            },
+        };
+        procswap::loadingset::present_pages(pm, ps, &runs)
+            .is_ok_and(|n| n > 0 && n.saturating_mul(IN_PATH_SHARE) >= total)
+    }
+
     /// One plan's `part` in steps, added to `rep`. Returns whether the whole background ends
     /// (stopped, free-memory floor); a process that exited or failed ends only its own part.
     fn part(
@@ -1284,8 +1397,12 @@ impl Fetcher<'_> {
                     break 'steps true;
                 }
                 // The app is reading on demand: this step in small pieces, each behind a
-                // short queue (see `QUEUE_READS_APP_FAULTING`).
-                let (pieces, max_reads) = if self.app.faulted_since_last() {
+                // short queue (see `QUEUE_READS_APP_FAULTING`) — unless it is reading ahead of
+                // us in our own order (see `IN_PATH_SHARE`).
+                let faulted = self.app.faulted_since_last();
+                let in_path = faulted && self.in_path(plan, &step);
+                rep.in_path_steps += u64::from(in_path);
+                let (pieces, max_reads) = if faulted && !in_path {
                     rep.yielded_steps += 1;
                     (
                         steps(&step, &YIELD_STEP, plan.page_size),
@@ -1315,6 +1432,25 @@ impl Fetcher<'_> {
         };
         lag.catch_up(0, rep);
         end_all
+    }
+}
+
+/// The first `max` anonymous pages of `part`, in its order (nothing else).
+fn anon_head(part: &PlanPart, max: u64) -> PlanPart {
+    let mut anon = Vec::new();
+    let mut n = 0u64;
+    for r in &part.anon {
+        if n >= max {
+            break;
+        }
+        // n < max here.
+        let take = r.pages.min(max - n);
+        anon.push(SwapRun { pages: take, ..*r });
+        n = n.saturating_add(take);
+    }
+    PlanPart {
+        anon,
+        ..Default::default()
     }
 }
 
@@ -1540,6 +1676,108 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(steps(&one, &STEP, 4096).len(), 1);
+    }
+
+    /// A plan of this test's own process (pagemap of itself) with no parts.
+    fn own_plan() -> ActivationPlan {
+        ActivationPlan {
+            format_version: ActivationPlan::FORMAT_VERSION,
+            pid: std::process::id() as i32,
+            comm: "test".into(),
+            page_size: procswap::sys::page_size(),
+            computed_at: 0,
+            objects: Vec::new(),
+            first: PlanPart::default(),
+            loading_rest: PlanPart::default(),
+            rest: PlanPart::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The background's test of whether the app faults in its path (`IN_PATH_SHARE`): at least
+    /// a quarter of the step's anonymous pages, and one, mapped — counted over the step's own
+    /// pages only, whatever their order. Pagemap of this test's own process.
+    #[test]
+    fn a_step_is_in_the_apps_path_once_a_quarter_of_it_is_mapped() {
+        let plan = own_plan();
+        let ps = plan.page_size;
+        let n = 128u64;
+        // SAFETY: a fresh private anonymous mapping of n pages, unmapped at the end; nothing
+        // else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (n * ps) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let touch = |i: u64| {
+            assert!(i < n);
+            // SAFETY: page i < n of the mapping above, writable.
+            unsafe { *(base as *mut u8).add((i * ps) as usize) = 1 };
+        };
+        let at = |page: u64, pages: u64, offset: u64| SwapRun {
+            addr: base as u64 + page * ps,
+            pages,
+            swap_type: 0,
+            offset,
+        };
+        // A 64-page step over pages 0-63, its runs out of address order (slot order).
+        let step = PlanPart {
+            anon: vec![at(32, 32, 10), at(0, 32, 42)],
+            ..Default::default()
+        };
+        let stop = AtomicBool::new(false);
+        let ours = MappedByUs::default();
+        let mut f = Fetcher {
+            stop: &stop,
+            hold: None,
+            ours: &ours,
+            maps: HashMap::new(),
+            app: AppFaults::of(&[]),
+            queue: IoQueue::of_swap(),
+            files: IoQueue::of_devices(std::iter::empty()),
+        };
+        assert!(!f.in_path(&plan, &step), "nothing mapped");
+        // Pages mapped outside the step do not count.
+        (64..n).for_each(touch);
+        assert!(!f.in_path(&plan, &step), "only pages outside the step");
+        (0..15).for_each(touch);
+        assert!(!f.in_path(&plan, &step), "15 of 64");
+        touch(40);
+        assert!(f.in_path(&plan, &step), "16 of 64");
+        // A step of no anonymous pages (shared memory, files) is never in the path.
+        let shm = PlanPart {
+            shmem: vec![ObjectPart {
+                object: 0,
+                runs: vec![PageRun { first: 0, count: 4 }],
+            }],
+            ..Default::default()
+        };
+        assert!(!f.in_path(&plan, &shm));
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(base, (n * ps) as usize) };
+    }
+
+    #[test]
+    fn anon_head_takes_the_first_pages_in_order() {
+        let part = PlanPart {
+            anon: vec![run(100, 600, 0), run(5000, 600, 600), run(9000, 10, 1200)],
+            shmem: vec![ObjectPart {
+                object: 0,
+                runs: vec![PageRun { first: 0, count: 4 }],
+            }],
+            ..Default::default()
+        };
+        let h = anon_head(&part, 1024);
+        assert_eq!(h.anon, vec![run(100, 600, 0), run(5000, 424, 600)]);
+        assert!(h.shmem.is_empty());
+        assert_eq!(anon_head(&part, 5000).anon, part.anon);
+        assert!(anon_head(&PlanPart::default(), 1024).anon.is_empty());
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct App {
     pub timeout: &'static str,
     /// More keys of its `[[app]]` table (TOML lines, may be empty).
     pub keys: String,
+    /// The path its readiness probe GETs (`/`: the null request; `/touch` reads all its
+    /// memory before it answers).
+    pub ready_path: &'static str,
 }
 
 impl App {
@@ -152,6 +155,7 @@ impl App {
             extra: vec![],
             timeout: "300s",
             keys: String::new(),
+            ready_path: "/",
         }
     }
 }
@@ -172,8 +176,8 @@ pub fn config_toml(sock: &Path, state: &Path, parent: &str, global: &str, apps: 
         ];
         argv.extend(a.extra.iter().cloned());
         toml += &format!(
-            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}/\" }}\nready_timeout = {:?}\nprestart = {}\n{}",
-            a.name, argv, a.port, a.timeout, a.prestart, a.keys
+            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}{}\" }}\nready_timeout = {:?}\nprestart = {}\n{}",
+            a.name, argv, a.port, a.ready_path, a.timeout, a.prestart, a.keys
         );
     }
     toml
