@@ -216,15 +216,18 @@ pub struct AppConfig {
     #[serde(default)]
     pub purge_method: PurgeMethod,
     /// Process apps in `loading-set` mode: after each Stop's reclaim, write the app's swapped
-    /// shared memory again in the order the next Start reads it (`procswap::shmlayout`: one
-    /// read and one write of every page at Stop), and let the Start's background move it into
-    /// the page cache one step behind its reads. On by default (an app without swapped shared
-    /// memory costs nothing; `false` saves PostgreSQL's Stop ~2 s and a read and a write of its
-    /// segment): with PostgreSQL (1 GB `shared_buffers`) the segment comes back in 1.5-2.5 s
-    /// instead of 2.6-3.1 s, and TPS over the first 10 s after a Start was higher in every
-    /// interleaved pair of runs (2026-12-03, sessions 12-13: 0.75-0.88x warm against
-    /// 0.72-0.85x). Its first query was sometimes slow (0.13-1.2 s) until the Stop waited for
-    /// the swap discards of the old slots (bench/results/activation/README.md, "Session 13").
+    /// shared memory again in the order the next Start reads it (`procswap::shmlayout`: one read
+    /// and one write of every page at Stop), and let the Start's background read it in 4 MiB steps
+    /// (a few large reads each) behind a deeper queue, moving it into the page cache one step
+    /// behind its reads (without it: 1 MiB steps four reads deep, each moved before the next is
+    /// read, since a step of scattered slots is one read per page). On by default (an app without
+    /// swapped shared memory costs nothing; `false` saves PostgreSQL's Stop ~2 s and a read and a
+    /// write of its segment): with PostgreSQL (1 GB `shared_buffers`) the segment comes back in
+    /// 1.5-2.5 s instead of 2.6-3.1 s, and TPS over the first 10 s after a Start was higher in
+    /// every interleaved pair of runs (2026-12-03, sessions 12-13: 0.75-0.88x warm against
+    /// 0.72-0.85x); with the 4 MiB steps (session 15) in ~1-1.4 s. Its first query was sometimes
+    /// slow (0.13-1.2 s) until the Stop waited for the swap discards of the old slots
+    /// (bench/results/activation/README.md, "Session 13").
     #[serde(default = "shmem_layout_default")]
     pub shmem_layout: bool,
 }

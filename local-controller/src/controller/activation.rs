@@ -105,6 +105,24 @@ const STEP: StepLimits = StepLimits {
     file: FILE_STEP_PAGES,
 };
 
+/// The steps when the app's shared memory is laid out on swap in Start order (its
+/// `shmem_layout`, the default): a shared-memory step is then a few large reads of
+/// consecutive slots, not one read per page (what `SHM_STEP_PAGES` is sized for), so it is as
+/// large as an anonymous one, and is issued once at most `SHM_QUEUE_READS_LAID_OUT` reads are
+/// in flight (not `QUEUE_READS`: the app's own faults on shared memory — PostgreSQL's backends,
+/// a few each — kept the queue above 4 and the fetch waiting 0.4-0.9 s per Start). PostgreSQL
+/// (1 GB `shared_buffers`, pgbench select-only, three interleaved pairs of runs, 2026-12-04,
+/// "Session 15"): its 1 GiB came back in 0.94-1.36 s instead of 1.54-2.04 s, and its first
+/// three seconds after a Start served 5.5k / 42k / 55k transactions a second on average (9
+/// Starts each) instead of 2.1k / 26k / 50k.
+const STEP_LAID_OUT: StepLimits = StepLimits {
+    anon: STEP_PAGES,
+    shmem: STEP_PAGES,
+    file: FILE_STEP_PAGES,
+};
+/// See [`STEP_LAID_OUT`].
+const SHM_QUEUE_READS_LAID_OUT: u64 = 32;
+
 /// The first response, for the loading set's `first` part (fetched before the next thaw) and
 /// for the start of the background fetch, is the readiness probe's answer; without an armed
 /// probe (an HTTP GET or a redis `PING` answered by the app itself) never earlier than this
@@ -1237,13 +1255,13 @@ struct ShmemLag<'a> {
 }
 
 /// How far behind its reads shared memory is moved into the page cache: one step
-/// (`SHM_STEP_PAGES`). Measured on this machine (2026-12-03, 1 GiB memfd laid out in order on
+/// (`STEP_LAID_OUT`'s, 4 MiB since session 15; 1 MiB before). Measured on this machine (2026-12-03, 1 GiB memfd laid out in order on
 /// swap, 1 MiB steps, idle): every step waiting for its own reads 2.0-2.3 s in all, one step
 /// behind 1.4 s, four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB `shared_buffers`) its 1063
 /// MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; its first query after a Start was
 /// sometimes slower until the Stop waited for the swap discards of the old slots (see
 /// `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 13").
-const SHM_LAG_PAGES: u64 = SHM_STEP_PAGES;
+const SHM_LAG_PAGES: u64 = STEP_LAID_OUT.shmem;
 
 impl<'a> ShmemLag<'a> {
     fn new(plan: &'a ActivationPlan, on: bool) -> Self {
@@ -1379,10 +1397,13 @@ impl Fetcher<'_> {
         rep: &mut BackgroundReport,
     ) -> bool {
         // Unless each step moves its own shared memory into the page cache, the reads are
-        // issued ahead and each step is moved a step behind (see `ShmemLag`).
-        let mut lag = ShmemLag::new(plan, !opts.shmem_to_page_cache);
+        // issued ahead and each step is moved a step behind (see `ShmemLag`): the app's
+        // shared memory is laid out on swap in Start order (`shmem_layout`).
+        let laid_out = !opts.shmem_to_page_cache;
+        let mut lag = ShmemLag::new(plan, laid_out);
+        let limits = if laid_out { &STEP_LAID_OUT } else { &STEP };
         let end_all = 'steps: {
-            for step in steps(part, &STEP, plan.page_size) {
+            for step in steps(part, limits, plan.page_size) {
                 while self.hold.is_some_and(|h| h.exists()) && !self.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -1412,6 +1433,12 @@ impl Fetcher<'_> {
                     (vec![step], QUEUE_READS)
                 };
                 for piece in pieces {
+                    let max_reads =
+                        if laid_out && max_reads == QUEUE_READS && !piece.shmem.is_empty() {
+                            SHM_QUEUE_READS_LAID_OUT
+                        } else {
+                            max_reads
+                        };
                     // Shared memory comes from swap too; file pages from their own device
                     // (the same disk as the swap on most hosts): either way the app's own
                     // faults must not wait behind more than a few reads of ours.
