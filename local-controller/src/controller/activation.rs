@@ -1790,6 +1790,32 @@ mod tests {
         unsafe { libc::munmap(base, (n * ps) as usize) };
     }
 
+    /// Shared memory laid out in Start order goes in steps as large as anonymous memory's; on
+    /// scattered slots (no layout) in the small ones.
+    #[test]
+    fn laid_out_shared_memory_goes_in_larger_steps() {
+        let part = PlanPart {
+            shmem: vec![ObjectPart {
+                object: 0,
+                runs: vec![PageRun {
+                    first: 0,
+                    count: 3000,
+                }],
+            }],
+            ..Default::default()
+        };
+        let sizes = |l: &StepLimits| -> Vec<u64> {
+            steps(&part, l, 4096)
+                .iter()
+                .map(|p| p.pages().shmem)
+                .collect()
+        };
+        assert_eq!(sizes(&STEP_LAID_OUT), vec![1024, 1024, 952]);
+        let mut small = vec![256; 11];
+        small.push(184);
+        assert_eq!(sizes(&STEP), small);
+    }
+
     #[test]
     fn anon_head_takes_the_first_pages_in_order() {
         let part = PlanPart {
