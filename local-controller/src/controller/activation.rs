@@ -1255,12 +1255,12 @@ struct ShmemLag<'a> {
 }
 
 /// How far behind its reads shared memory is moved into the page cache: one step
-/// (`STEP_LAID_OUT`'s, 4 MiB since session 15; 1 MiB before). Measured on this machine (2026-12-03, 1 GiB memfd laid out in order on
-/// swap, 1 MiB steps, idle): every step waiting for its own reads 2.0-2.3 s in all, one step
-/// behind 1.4 s, four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB `shared_buffers`) its 1063
-/// MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; its first query after a Start was
-/// sometimes slower until the Stop waited for the swap discards of the old slots (see
-/// `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 13").
+/// (`STEP_LAID_OUT`'s, 4 MiB since session 15; 1 MiB before). Measured on this machine (2026-12-03,
+/// 1 GiB memfd laid out in order on swap, 1 MiB steps, idle): every step waiting for its own reads
+/// 2.0-2.3 s in all, one step behind 1.4 s, four 1.15 s, sixteen 0.8 s. With PostgreSQL (1 GB
+/// `shared_buffers`) its 1063 MiB came back in 1.45-2.5 s instead of 2.6-3.1 s; its first query
+/// after a Start was sometimes slower until the Stop waited for the swap discards of the old slots
+/// (see `shmem_layout` in config.rs and bench/results/activation/README.md, "Session 13").
 const SHM_LAG_PAGES: u64 = STEP_LAID_OUT.shmem;
 
 impl<'a> ShmemLag<'a> {
