@@ -626,10 +626,7 @@ impl Candidates {
             parts
                 .iter()
                 .flat_map(|p| p.anon.iter().chain(&p.anon_cow))
-                .map(|r| PageRun {
-                    first: r.addr / ps,
-                    count: r.pages,
-                })
+                .map(|r| r.page_run(ps))
                 .collect(),
         );
         Self::with_objects(plan, parts, anon)

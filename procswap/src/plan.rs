@@ -27,6 +27,16 @@ pub struct SwapRun {
     pub offset: u64,
 }
 
+impl SwapRun {
+    /// Its pages as address page numbers (`ps`: the page size).
+    pub fn page_run(&self, ps: u64) -> PageRun {
+        PageRun {
+            first: self.addr / ps,
+            count: self.pages,
+        }
+    }
+}
+
 /// File pages of one object in a plan part.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectPart {

@@ -1045,11 +1045,7 @@ impl MappedByUs {
         }
         let mut told = lock(&self.0);
         let ps = plan.page_size;
-        let pages = runs.iter().map(|r| PageRun {
-            first: r.addr / ps,
-            count: r.pages,
-        });
-        told.push((plan.pid, pages.collect()));
+        told.push((plan.pid, runs.iter().map(|r| r.page_run(ps)).collect()));
         Some(told)
     }
 }
@@ -1129,12 +1125,26 @@ const FIRST_MARGIN_MAX: std::time::Duration = std::time::Duration::from_millis(5
 /// requests' faults get the device to themselves), the app is stopped, or
 /// [`FIRST_RESPONSE_WAIT`] passed. Returns the seconds waited.
 fn wait_first_response(first: &AtomicBool, stop: &AtomicBool, window: std::time::Duration) -> f64 {
+    wait_first_response_or(first, stop, window, || false).0
+}
+
+/// [`wait_first_response`], or until `early()` (asked every millisecond) says to go. Returns
+/// the seconds waited and whether `early` ended the wait.
+fn wait_first_response_or(
+    first: &AtomicBool,
+    stop: &AtomicBool,
+    window: std::time::Duration,
+    mut early: impl FnMut() -> bool,
+) -> (f64, bool) {
     let t = Instant::now();
     let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= window;
     while !answered(&t) && !stop.load(Ordering::SeqCst) && t.elapsed() < FIRST_RESPONSE_WAIT {
+        if early() {
+            return (t.elapsed().as_secs_f64(), true);
+        }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), false)
 }
 
 /// The pause after a recorder round that took `poll`: the rest of the interval, but at least
@@ -1201,6 +1211,9 @@ fn background(
     };
     if let Some((first, window)) = wait {
         (rep.waited_s, rep.started_in_path) = f.wait_first_response(plans, first, window);
+        // The first step counts the app's faults from here, as when the fault counts were
+        // first read after the wait (the wait reads them only while it has a step to test).
+        f.app.faulted_since_last();
     }
     let t = Instant::now();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
@@ -1338,23 +1351,14 @@ impl Fetcher<'_> {
             })
             .filter(|(_, h)| !h.anon.is_empty())
             .collect();
-        let t = Instant::now();
-        let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= window;
-        while !answered(&t)
-            && !self.stop.load(Ordering::SeqCst)
-            && t.elapsed() < FIRST_RESPONSE_WAIT
-        {
-            // Pagemap is read only after a major fault (one /proc/PID/stat read a millisecond
-            // otherwise).
-            if !heads.is_empty()
+        let stop = self.stop;
+        // Pagemap is read only after a major fault (one /proc/PID/stat read a millisecond
+        // otherwise).
+        wait_first_response_or(first, stop, window, || {
+            !heads.is_empty()
                 && self.app.faulted_since_last()
                 && heads.iter().any(|(p, h)| self.in_path(p, h))
-            {
-                return (t.elapsed().as_secs_f64(), true);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        (t.elapsed().as_secs_f64(), false)
+        })
     }
 
     /// Whether the app has mapped at least 1/`IN_PATH_SHARE` of `step`'s anonymous pages (and
@@ -1362,14 +1366,7 @@ impl Fetcher<'_> {
     /// process exited): no.
     fn in_path(&mut self, plan: &ActivationPlan, step: &PlanPart) -> bool {
         let ps = plan.page_size;
-        let runs: Vec<PageRun> = step
-            .anon
-            .iter()
-            .map(|r| PageRun {
-                first: r.addr / ps,
-                count: r.pages,
-            })
-            .collect();
+        let runs: Vec<PageRun> = step.anon.iter().map(|r| r.page_run(ps)).collect();
         let total: u64 = runs.iter().map(|r| r.count).sum();
         if total == 0 {
             return false;
