@@ -26,7 +26,9 @@
 //! major faults) → the Start request goes out on one thread while the app's client (its first
 //! request, then its workload) starts on this one → the client's own time to its first
 //! successful response, torpord's answer (breakdown), swap-in and major faults to the first
-//! response and to the end of the workload.
+//! response and to the end of the workload. Then (with conditioning cycles) the app is stopped
+//! at once: that Stop's answer (`timed_stop_answer`) tells what the timed Start's recorder and
+//! background fetch did, and the next trial's conditioning begins from it.
 //!
 //! Results: `<out>/<date>-<app>[-quick].{md,json,png}` and the index table in `<out>/README.md`.
 
@@ -283,6 +285,12 @@ pub struct Trial {
     pub start_return_s: f64,
     pub start_answer: Value,
     pub stop_answer: Value,
+    /// The answer of the Stop that ended this trial's timed Start's cycle, right after its
+    /// workload: what *that* Start's recorder and background fetch did (`stop_answer` is the
+    /// Stop before it, so it tells of the conditioning cycle's). Null without conditioning
+    /// cycles (the next trial's first Stop is then its Stop before the proof).
+    #[serde(default)]
+    pub timed_stop_answer: Value,
     /// Host `pswpin` × page size, Start request → first response / → end of the workload.
     pub swapin_first_bytes: u64,
     pub swapin_total_bytes: u64,
@@ -377,8 +385,13 @@ fn condition_and_prove(
     } else {
         o.condition
     };
+    // The last trial's own Stop (see `Trial::timed_stop_answer`) is this one's first, when it
+    // purged the same way and torpord has not been restarted since.
+    let stopped = d.stopped_after_trial.take() == Some(d.stop_purge);
     for c in 0..cycles {
-        d.stop_app().context("conditioning Stop")?;
+        if c > 0 || !stopped {
+            d.stop_app().context("conditioning Stop")?;
+        }
         d.start_app(Some(cond_mode)).context("conditioning Start")?;
         wl.run(&At::now(), 1_000_003 + (trial * 31 + c) as u64, &mut || {})
             .context("conditioning workload")?;
@@ -520,6 +533,10 @@ fn run_one(
         wl.run(&at, seed, &mut || {})?;
     } else {
         timed_start(d, wl, mode, seed, &mc, &mut tr)?;
+    }
+    if ctx.o.condition > 0 {
+        tr.timed_stop_answer = d.stop_app().context("the Stop after the timed Start")?;
+        d.stopped_after_trial = Some(d.stop_purge);
     }
     if warm {
         d.switch(false)?;
@@ -937,6 +954,7 @@ fn failed_trial(
         "activation: {app} trial {t} {mode}: FAILED: {e:#}\n{}",
         d.log_tail(8)
     );
+    d.stopped_after_trial = None;
     d.switch(false).ok();
     if d.app_status().ok().map(|s| s.state) != Some(AppState::Running) {
         d.start_app(None)
@@ -979,15 +997,25 @@ fn log_trial(app: &str, t: usize, mode: &str, tr: &Trial) {
             .and_then(|a| a.started().and_then(|s| s.timing.activation.clone()))
             .map(|a| json!(a))
             .unwrap_or_default(),
-        serde_json::from_value::<StopAnswer>(tr.stop_answer.clone())
-            .ok()
-            .and_then(|a| match a {
-                StopAnswer::Process(p) => Some(json!(p.activation)),
-                _ => None,
-            })
-            .unwrap_or_default(),
+        json!(stop_activation(&tr.stop_answer)),
         tr.swap_areas.join(", ")
     );
+    let after = stop_activation(&tr.timed_stop_answer);
+    if !after.is_empty() {
+        eprintln!(
+            "activation: {app} trial {t} {mode}: the timed Start's activation (its Stop's answer): {}",
+            json!(after)
+        );
+    }
+}
+
+/// The activation notes of a Stop answer (the recorders and the background fetch of the Start
+/// it ended); none for another answer.
+fn stop_activation(stop: &Value) -> Vec<String> {
+    match serde_json::from_value::<StopAnswer>(stop.clone()) {
+        Ok(StopAnswer::Process(p)) => p.activation,
+        _ => Vec::new(),
+    }
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -1214,7 +1242,9 @@ fn write_md(r: &AppResult, png: &Path) -> String {
          else the trial is refused; then the Start request and the app's first request go out at the same instant. Times are the client's own; \
          \"Start answered\" is torpord's answer arriving, `total_s` torpord's own breakdown total. Swap-in = host `pswpin` delta × page size \
          (host-wide: other work on this shared machine can add to it); major faults = the app memcg's. Modes rotate per trial (round-robin, the \
-         first mode shifting by one each trial). Ratios are of medians of this run.\n",
+         first mode shifting by one each trial). After the workload the app is stopped at once (that Stop's answer is the timed Start's own \
+         report, below the trials; the next trial's conditioning starts from it unless torpord is restarted or the purge differs). \
+         Ratios are of medians of this run.\n",
         r.condition,
         r.max_resident_bytes >> 10
     );
@@ -1240,6 +1270,22 @@ fn write_md(r: &AppResult, png: &Path) -> String {
     let _ = writeln!(o, "| # | trial | mode | load before → after | memory before Start (memcg resident / swap, torpord resident) | first response s | Start answered s | torpord breakdown | swap-in MiB (first / total) | major faults (first / total) | app metrics | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
     for t in &r.trials {
         let _ = writeln!(o, "{}", md_trial_row(t));
+    }
+    let fetches: Vec<(&Trial, String)> = r
+        .trials
+        .iter()
+        .flat_map(|t| {
+            stop_activation(&t.timed_stop_answer)
+                .into_iter()
+                .filter(|n| n.starts_with("background fetch"))
+                .map(move |n| (t, n))
+        })
+        .collect();
+    if !fetches.is_empty() {
+        let _ = writeln!(o, "\nEach timed Start's background fetch, as the Stop that ended its cycle (right after the workload) reported it:\n\n| # | mode | background fetch |\n|---|---|---|");
+        for (t, n) in fetches {
+            let _ = writeln!(o, "| {} | {} | {} |", t.seq, t.mode, n.replace('|', "/"));
+        }
     }
     o
 }

@@ -30,6 +30,11 @@ pub struct Daemon {
     /// The purge method every Stop asks for (`None`: torpord's configured one, the ordered
     /// purge): `kernel` for the `demand-stock` trials.
     pub stop_purge: Option<torpor_api::PurgeMethod>,
+    /// Set when the last trial ended with a Stop (the one that ends its timed Start's cycle)
+    /// and this torpord has not been restarted since: that Stop's purge method. The next
+    /// trial's conditioning starts from that Stop, when it asks for the same purge, instead of
+    /// stopping again.
+    pub stopped_after_trial: Option<Option<torpor_api::PurgeMethod>>,
 }
 
 impl Daemon {
@@ -47,6 +52,7 @@ impl Daemon {
             warm: false,
             restarts: 0,
             stop_purge: None,
+            stopped_after_trial: None,
         })
     }
 
@@ -163,6 +169,7 @@ impl Daemon {
             return Ok(());
         }
         let before = self.app_status().ok().map(|s| s.state);
+        self.stopped_after_trial = None;
         self.stop()?;
         self.start(warm)?;
         self.restarts += 1;
