@@ -770,6 +770,10 @@ fn run_app(ctx: &Ctx, app: &str, floor: &mut Option<FloorFile>) -> Result<AppRes
                 seq += 1;
             }
         }
+        // The last trial ended with a Stop: the check talks to the app, so it runs again.
+        if d.stopped_after_trial.take().is_some() {
+            d.start_app(None).context("Start for the final check")?;
+        }
         res.check = wl.check(&d).unwrap_or_else(|e| format!("FAILED: {e:#}"));
         Ok(())
     })();

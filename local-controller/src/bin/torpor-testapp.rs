@@ -7,7 +7,8 @@
 //!                file truncated since is read only as far as it goes now, never past its end)
 //! Options: --port P (required), --bind ADDR (an IPv4 or IPv6 address to listen on, default
 //! 127.0.0.1), --mib N (default 64), --seed S, --startup-delay-ms D,
-//! --never-ready (allocate, then never listen), --map FILE (map it shared read-only and read
+//! --never-ready (allocate, then never listen), --no-accept (listen, then never accept: a TCP
+//! connect is answered by the kernel while the app sleeps, touching nothing), --map FILE (map it shared read-only and read
 //! it; repeatable), --read FILE (read it and keep it open; repeatable), --shm-mib N (N MiB of
 //! shared memory too: a memfd mapped shared, random and checksummed like the rest; `/touch`
 //! and `/verify` cover it).
@@ -111,6 +112,7 @@ struct Opts {
     seed: u64,
     delay_ms: u64,
     never: bool,
+    no_accept: bool,
     map: Vec<String>,
     read: Vec<String>,
     shm_mib: usize,
@@ -149,6 +151,7 @@ impl Opts {
                 .transpose()?
                 .unwrap_or(0),
             never: args.iter().any(|a| a == "--never-ready"),
+            no_accept: args.iter().any(|a| a == "--no-accept"),
             map: all("--map"),
             read: all("--read"),
             shm_mib: opt("--shm-mib")
@@ -350,6 +353,12 @@ fn main() -> Result<()> {
     let addr = std::net::SocketAddr::new(o.bind, o.port);
     let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
     eprintln!("torpor-testapp: listening on {addr}");
+    if o.no_accept {
+        eprintln!("torpor-testapp: --no-accept: never accepting");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
         let path = request_path(&mut s);

@@ -90,6 +90,33 @@ const YIELD_STEP: StepLimits = StepLimits {
 /// (Tomcat's request) maps a few pages of a step, not a quarter of it.
 const IN_PATH_SHARE: u64 = 4;
 
+/// ... or at least 1/`IN_PATH_SHARE` of the step's first `IN_PATH_HEAD` pages (in the fetch's
+/// order) are: the app has just entered the step, reading in the fetch's order. A scan of its
+/// memory is ahead of the fetch by a few pages, not by a quarter of a 4 MiB step: in the
+/// touch-all (2026-12-04, session 16) 6-103 steps a Start went in pieces behind a one-read
+/// queue "after an app fault", the app waiting for each; an app faulting here and there
+/// rarely maps 16 of a step's first 64 pages.
+const IN_PATH_HEAD: u64 = 64;
+
+/// The first `max` pages of `runs`, in their order.
+fn head(runs: &[PageRun], max: u64) -> Vec<PageRun> {
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    for r in runs {
+        if n >= max {
+            break;
+        }
+        // n < max here.
+        let take = r.count.min(max - n);
+        out.push(PageRun {
+            first: r.first,
+            count: take,
+        });
+        n = n.saturating_add(take);
+    }
+    out
+}
+
 /// The most pages of one kind a background step holds.
 struct StepLimits {
     anon: u64,
@@ -210,7 +237,8 @@ pub struct BackgroundReport {
     /// Time spent waiting for the swap devices' queues to drain between steps.
     #[serde(default)]
     pub queue_wait_s: f64,
-    /// Time spent waiting for the first response before the first read.
+    /// Time spent waiting in the first response's window after the app's first major fault in
+    /// it (see [`Window`]); for a VM's file pages, the wait for the first response.
     #[serde(default)]
     pub waited_s: f64,
     /// When the rest of the loading set was issued (seconds from the first read).
@@ -224,10 +252,17 @@ pub struct BackgroundReport {
     /// (`IN_PATH_SHARE`): issued whole.
     #[serde(default)]
     pub in_path_steps: u64,
-    /// The fetch started before the first response because the app was faulting in its path
-    /// (see [`Fetcher::wait_first_response`]).
+    /// The wait for the window's end (the app faulted in it) was cut short because the app was
+    /// faulting in the fetch's path (see [`Fetcher::window_gate`]).
     #[serde(default)]
     pub started_in_path: bool,
+    /// Pieces read in the first response's window, before the app's first major fault (see
+    /// [`Window`]).
+    #[serde(default)]
+    pub window_pieces: u64,
+    /// When the window ended for the fetch (seconds from the thaw's background start).
+    #[serde(default)]
+    pub window_s: f64,
     /// Why it ended early: stopped, target exited, free-memory floor.
     pub ended: Option<String>,
     pub skipped: Vec<String>,
@@ -241,7 +276,7 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault, {} whole with the app faulting in the fetch's path), after {:.3}s waiting for the first response{}{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault, {} whole with the app faulting in the fetch's path); the first response's window: {} pieces read in it before the app's first fault, {:.3}s waiting in it after, over at {:.3}s{}{}{}",
             self.loading_rest_bytes >> 20,
             self.loading_rest_s,
             self.rest_bytes >> 20,
@@ -252,7 +287,9 @@ impl BackgroundReport {
             self.queue_wait_s,
             self.yielded_steps,
             self.in_path_steps,
+            self.window_pieces,
             self.waited_s,
+            self.window_s,
             if self.started_in_path {
                 " (started early: the app faulted in the fetch's path)"
             } else {
@@ -1125,20 +1162,21 @@ const FIRST_MARGIN_MAX: std::time::Duration = std::time::Duration::from_millis(5
 /// requests' faults get the device to themselves), the app is stopped, or
 /// [`FIRST_RESPONSE_WAIT`] passed. Returns the seconds waited.
 fn wait_first_response(first: &AtomicBool, stop: &AtomicBool, window: std::time::Duration) -> f64 {
-    wait_first_response_or(first, stop, window, || false).0
+    wait_first_response_or(first, stop, window, FIRST_RESPONSE_WAIT, || false).0
 }
 
-/// [`wait_first_response`], or until `early()` (asked every millisecond) says to go. Returns
-/// the seconds waited and whether `early` ended the wait.
+/// [`wait_first_response`] for at most `max`, or until `early()` (asked every millisecond)
+/// says to go. Returns the seconds waited and whether `early` ended the wait.
 fn wait_first_response_or(
     first: &AtomicBool,
     stop: &AtomicBool,
     window: std::time::Duration,
+    max: std::time::Duration,
     mut early: impl FnMut() -> bool,
 ) -> (f64, bool) {
     let t = Instant::now();
     let answered = |t: &Instant| first.load(Ordering::SeqCst) && t.elapsed() >= window;
-    while !answered(&t) && !stop.load(Ordering::SeqCst) && t.elapsed() < FIRST_RESPONSE_WAIT {
+    while !answered(&t) && !stop.load(Ordering::SeqCst) && t.elapsed() < max {
         if early() {
             return (t.elapsed().as_secs_f64(), true);
         }
@@ -1208,13 +1246,8 @@ fn background(
                 .filter(|o| o.kind == procswap::memkind::MemKind::File)
                 .map(|o| o.key.dev)
         })),
+        window: wait.map(|(first, len)| Window::new(first, len, plans)),
     };
-    if let Some((first, window)) = wait {
-        (rep.waited_s, rep.started_in_path) = f.wait_first_response(plans, first, window);
-        // The first step counts the app's faults from here, as when the fault counts were
-        // first read after the wait (the wait reads them only while it has a step to test).
-        f.app.faulted_since_last();
-    }
     let t = Instant::now();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
         if which == 1 {
@@ -1325,50 +1358,130 @@ struct Fetcher<'a> {
     app: AppFaults,
     queue: IoQueue,
     files: IoQueue,
+    /// The first response's window, until it ends (see [`Window`]).
+    window: Option<Window<'a>>,
 }
 
-impl Fetcher<'_> {
-    /// [`wait_first_response`], except that the fetch starts at once when the app faults in its
-    /// path (`IN_PATH_SHARE` of the first step of a process's loading-set rest — or of its rest
-    /// — mapped): an app that scans its memory before it answers, or right after a TCP probe's
-    /// answer (made by the kernel), would otherwise read it alone, a fault at a time, for up to
-    /// the whole window. Returns the seconds waited and whether it started early.
-    fn wait_first_response(
-        &mut self,
-        plans: &[ActivationPlan],
-        first: &AtomicBool,
-        window: std::time::Duration,
-    ) -> (f64, bool) {
-        let heads: Vec<(&ActivationPlan, PlanPart)> = plans
-            .iter()
-            .map(|p| {
-                let part = if p.loading_rest.anon.is_empty() {
-                    &p.rest
-                } else {
-                    &p.loading_rest
-                };
-                (p, anon_head(part, STEP.anon))
-            })
-            .filter(|(_, h)| !h.anon.is_empty())
-            .collect();
-        let stop = self.stop;
-        // Pagemap is read only after a major fault (one /proc/PID/stat read a millisecond
-        // otherwise).
-        wait_first_response_or(first, stop, window, || {
-            !heads.is_empty()
-                && self.app.faulted_since_last()
-                && heads.iter().any(|(p, h)| self.in_path(p, h))
-        })
+/// The first response's window: from the thaw until the first response is out and `len`
+/// ([`FIRST_WINDOW`] without an armed probe) has passed, at most [`FIRST_RESPONSE_WAIT`]. The
+/// app's first requests must not fault behind the background's reads, so until the window ends
+/// the background reads only `YIELD_STEP` pieces behind a one-read queue, and only while the
+/// app takes no major fault; at its first, the background waits the window out (the app has the
+/// device to itself) — unless the app faults in the fetch's path (see
+/// [`Fetcher::wait_window`]). Before session 16 the background sat out the whole window: the
+/// touch-all's 1 GiB, answered after the app read it all, left the disk idle for the window's
+/// 100 ms while the app mapped the part fetched before the thaw (minor faults, ~0.2 s for
+/// 400 MiB) and took no major fault (2026-12-04: 0.30 s first part, 0.10 s idle, 0.39 s rest).
+struct Window<'a> {
+    first: &'a AtomicBool,
+    len: std::time::Duration,
+    t: Instant,
+    /// The app's memory cgroup: its major faults count every process of the app, those forked
+    /// after the thaw too (a PostgreSQL backend serving the first query).
+    memcg: Option<Memcg>,
+    majflt: Option<u64>,
+}
+
+impl<'a> Window<'a> {
+    fn new(first: &'a AtomicBool, len: std::time::Duration, plans: &[ActivationPlan]) -> Self {
+        let memcg = plans
+            .first()
+            .and_then(|p| Memcg::of_pid(p.pid).ok().flatten())
+            .filter(|m| !m.is_root());
+        let mut w = Window {
+            first,
+            len,
+            t: Instant::now(),
+            memcg,
+            majflt: None,
+        };
+        w.majflt = w.majflt_now();
+        w
     }
 
-    /// Whether the app has mapped at least 1/`IN_PATH_SHARE` of `step`'s anonymous pages (and
-    /// at least one): it is faulting in the fetch's path. No anonymous pages, or no pagemap (the
-    /// process exited): no.
+    fn majflt_now(&self) -> Option<u64> {
+        self.memcg
+            .as_ref()
+            .and_then(|m| m.stat(MEMCG_MAJFLT).ok().flatten())
+    }
+
+    /// Whether the window has ended (the first response out and `len` passed, or
+    /// [`FIRST_RESPONSE_WAIT`]).
+    fn over(&self) -> bool {
+        let e = self.t.elapsed();
+        (self.first.load(Ordering::SeqCst) && e >= self.len) || e >= FIRST_RESPONSE_WAIT
+    }
+
+    /// Run `f`, whose own major faults in the app's memory (copy-on-write pages mapped by
+    /// `process_vm_readv`) are counted in its memory cgroup: they are not the app's. (A fault of
+    /// the app's at the same time is missed; an app that faults goes on faulting.)
+    fn excluding<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let before = self.majflt_now();
+        let r = f();
+        if let (Some(base), Some(a), Some(b)) = (self.majflt, before, self.majflt_now()) {
+            self.majflt = Some(base.saturating_add(b.saturating_sub(a)));
+        }
+        r
+    }
+
+    /// Whether the app took a major fault since the window opened. Without its memory
+    /// cgroup's count, any fault is assumed: the background waits as it did before.
+    fn app_faulted(&self) -> bool {
+        match (self.majflt, self.majflt_now()) {
+            (Some(a), Some(b)) => b > a,
+            _ => true,
+        }
+    }
+}
+
+/// The memory cgroup's major-fault counter (`memory.stat`, v1 and v2).
+const MEMCG_MAJFLT: &str = "pgmajfault";
+
+impl Fetcher<'_> {
+    /// Before a piece of `step` while the first response's window may be open: `true` while
+    /// the window is open and the app has taken no major fault (the piece is read, small);
+    /// once the app faults, wait the window out — or until the app faults in the fetch's path
+    /// (`IN_PATH_SHARE` of `step` mapped: it is reading what the fetch would read next, e.g. a
+    /// scan of its memory before it answers) — and `false` from then on.
+    fn window_gate(
+        &mut self,
+        plan: &ActivationPlan,
+        step: &PlanPart,
+        rep: &mut BackgroundReport,
+    ) -> bool {
+        let Some(w) = self.window.take() else {
+            return false;
+        };
+        if !w.over() && !self.stop.load(Ordering::SeqCst) {
+            if !w.app_faulted() {
+                self.window = Some(w);
+                return true;
+            }
+            let t = Instant::now();
+            let stop = self.stop;
+            // The fault counts the in-path test compares start here.
+            self.app.faulted_since_last();
+            let left = w.len.saturating_sub(w.t.elapsed());
+            let max = FIRST_RESPONSE_WAIT.saturating_sub(w.t.elapsed());
+            let (_, early) = wait_first_response_or(w.first, stop, left, max, || {
+                self.app.faulted_since_last() && self.in_path(plan, step)
+            });
+            rep.waited_s += t.elapsed().as_secs_f64();
+            rep.started_in_path |= early;
+        }
+        rep.window_s = w.t.elapsed().as_secs_f64();
+        // The next step counts the app's faults from the window's end.
+        self.app.faulted_since_last();
+        false
+    }
+
+    /// Whether the app has mapped at least 1/`IN_PATH_SHARE` (and at least one) of `step`'s
+    /// anonymous pages, or of the first `IN_PATH_HEAD` of them in the step's order: it is
+    /// faulting in the fetch's path. No anonymous pages, or no pagemap (the process exited): no.
     fn in_path(&mut self, plan: &ActivationPlan, step: &PlanPart) -> bool {
         let ps = plan.page_size;
         let runs: Vec<PageRun> = step.anon.iter().map(|r| r.page_run(ps)).collect();
-        let total: u64 = runs.iter().map(|r| r.count).sum();
-        if total == 0 {
+        if runs.is_empty() {
             return false;
         }
         let pm = match self.maps.entry(plan.pid) {
@@ -1378,8 +1491,12 @@ impl Fetcher<'_> {
                 Err(_) => return false,
             },
         };
-        procswap::loadingset::present_pages(pm, ps, &runs)
-            .is_ok_and(|n| n > 0 && n.saturating_mul(IN_PATH_SHARE) >= total)
+        let mut share = |runs: &[PageRun]| {
+            let total: u64 = runs.iter().map(|r| r.count).sum();
+            procswap::loadingset::present_pages(pm, ps, runs)
+                .is_ok_and(|n| n > 0 && n.saturating_mul(IN_PATH_SHARE) >= total)
+        };
+        share(&head(&runs, IN_PATH_HEAD)) || share(&runs)
     }
 
     /// One plan's `part` in steps, added to `rep`. Returns whether the whole background ends
@@ -1414,22 +1531,30 @@ impl Fetcher<'_> {
                     rep.ended = Some("stopped".into());
                     break 'steps true;
                 }
+                // In the first response's window: small pieces while the app does not fault
+                // (see `Window`).
+                let windowed = self.window_gate(plan, &step, rep);
                 // The app is reading on demand: this step in small pieces, each behind a
                 // short queue (see `QUEUE_READS_APP_FAULTING`) — unless it is reading ahead of
                 // us in our own order (see `IN_PATH_SHARE`).
-                let faulted = self.app.faulted_since_last();
+                let faulted = !windowed && self.app.faulted_since_last();
                 let in_path = faulted && self.in_path(plan, &step);
                 rep.in_path_steps += u64::from(in_path);
-                let (pieces, max_reads) = if faulted && !in_path {
-                    rep.yielded_steps += 1;
+                let (pieces, max_reads) = if windowed || (faulted && !in_path) {
+                    rep.yielded_steps += u64::from(!windowed);
                     (
                         steps(&step, &YIELD_STEP, plan.page_size),
                         QUEUE_READS_APP_FAULTING,
                     )
                 } else {
-                    (vec![step], QUEUE_READS)
+                    (vec![step.clone()], QUEUE_READS)
                 };
                 for piece in pieces {
+                    // Each piece read in the window asks again: the app may have faulted since
+                    // (then the wait, and the step's other pieces go on as after a fault).
+                    if windowed && self.window_gate(plan, &step, rep) {
+                        rep.window_pieces += 1;
+                    }
                     let max_reads =
                         if laid_out && max_reads == QUEUE_READS && !piece.shmem.is_empty() {
                             SHM_QUEUE_READS_LAID_OUT
@@ -1445,7 +1570,15 @@ impl Fetcher<'_> {
                         &self.files
                     };
                     rep.queue_wait_s += q.wait_below(max_reads, QUEUE_WAIT_MAX).as_secs_f64();
-                    match fetch_piece(tg, plan, &piece, opts, self.ours, loading_rest, rep) {
+                    let ours = self.ours;
+                    let mut fetch = || fetch_piece(tg, plan, &piece, opts, ours, loading_rest, rep);
+                    // Copy-on-write pages are mapped by our own faults, counted as the app's
+                    // memory cgroup's major faults: not the app's.
+                    let done = match self.window.as_mut() {
+                        Some(w) if !piece.anon_cow.is_empty() => w.excluding(fetch),
+                        _ => fetch(),
+                    };
+                    match done {
                         Piece::Fetched => lag.fetched(piece, rep),
                         Piece::EndFetch => break 'steps true,
                         Piece::EndProcess => break 'steps false,
@@ -1456,25 +1589,6 @@ impl Fetcher<'_> {
         };
         lag.catch_up(0, rep);
         end_all
-    }
-}
-
-/// The first `max` anonymous pages of `part`, in its order (nothing else).
-fn anon_head(part: &PlanPart, max: u64) -> PlanPart {
-    let mut anon = Vec::new();
-    let mut n = 0u64;
-    for r in &part.anon {
-        if n >= max {
-            break;
-        }
-        // n < max here.
-        let take = r.pages.min(max - n);
-        anon.push(SwapRun { pages: take, ..*r });
-        n = n.saturating_add(take);
-    }
-    PlanPart {
-        anon,
-        ..Default::default()
     }
 }
 
@@ -1722,10 +1836,10 @@ mod tests {
     /// a quarter of the step's anonymous pages, and one, mapped — counted over the step's own
     /// pages only, whatever their order. Pagemap of this test's own process.
     #[test]
-    fn a_step_is_in_the_apps_path_once_a_quarter_of_it_is_mapped() {
+    fn a_step_is_in_the_apps_path_once_a_quarter_of_it_or_of_its_head_is_mapped() {
         let plan = own_plan();
         let ps = plan.page_size;
-        let n = 128u64;
+        let n = 512u64;
         // SAFETY: a fresh private anonymous mapping of n pages, unmapped at the end; nothing
         // else refers to it.
         let base = unsafe {
@@ -1765,15 +1879,28 @@ mod tests {
             app: AppFaults::of(&[]),
             queue: IoQueue::of_swap(),
             files: IoQueue::of_devices(std::iter::empty()),
+            window: None,
         };
         assert!(!f.in_path(&plan, &step), "nothing mapped");
         // Pages mapped outside the step do not count.
-        (64..n).for_each(touch);
+        (64..128).for_each(touch);
         assert!(!f.in_path(&plan, &step), "only pages outside the step");
         (0..15).for_each(touch);
         assert!(!f.in_path(&plan, &step), "15 of 64");
         touch(40);
         assert!(f.in_path(&plan, &step), "16 of 64");
+        // A 256-page step over pages 128-383, in the order 256-383 then 128-255: 16 pages mapped
+        // are not a quarter of it, but they are of its first 64 pages in that order.
+        let step = PlanPart {
+            anon: vec![at(256, 128, 100), at(128, 128, 228)],
+            ..Default::default()
+        };
+        (128..144).for_each(touch);
+        assert!(!f.in_path(&plan, &step), "16 of 256, not at its head");
+        (256..271).for_each(touch);
+        assert!(!f.in_path(&plan, &step), "15 of its first 64");
+        touch(300);
+        assert!(f.in_path(&plan, &step), "16 of its first 64");
         // A step of no anonymous pages (shared memory, files) is never in the path.
         let shm = PlanPart {
             shmem: vec![ObjectPart {
@@ -1811,23 +1938,6 @@ mod tests {
         let mut small = vec![256; 11];
         small.push(184);
         assert_eq!(sizes(&STEP), small);
-    }
-
-    #[test]
-    fn anon_head_takes_the_first_pages_in_order() {
-        let part = PlanPart {
-            anon: vec![run(100, 600, 0), run(5000, 600, 600), run(9000, 10, 1200)],
-            shmem: vec![ObjectPart {
-                object: 0,
-                runs: vec![PageRun { first: 0, count: 4 }],
-            }],
-            ..Default::default()
-        };
-        let h = anon_head(&part, 1024);
-        assert_eq!(h.anon, vec![run(100, 600, 0), run(5000, 424, 600)]);
-        assert!(h.shmem.is_empty());
-        assert_eq!(anon_head(&part, 5000).anon, part.anon);
-        assert!(anon_head(&PlanPart::default(), 1024).anon.is_empty());
     }
 
     #[test]

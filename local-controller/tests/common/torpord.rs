@@ -143,6 +143,9 @@ pub struct App {
     /// The path its readiness probe GETs (`/`: the null request; `/touch` reads all its
     /// memory before it answers).
     pub ready_path: &'static str,
+    /// A TCP readiness probe (a connect: answered by the kernel, not by the app) instead of
+    /// the HTTP one.
+    pub ready_tcp: bool,
 }
 
 impl App {
@@ -156,6 +159,7 @@ impl App {
             timeout: "300s",
             keys: String::new(),
             ready_path: "/",
+            ready_tcp: false,
         }
     }
 }
@@ -175,9 +179,17 @@ pub fn config_toml(sock: &Path, state: &Path, parent: &str, global: &str, apps: 
             a.mib.to_string(),
         ];
         argv.extend(a.extra.iter().cloned());
+        let ready = if a.ready_tcp {
+            format!("{{ tcp = {} }}", a.port)
+        } else {
+            format!(
+                "{{ http = \"http://127.0.0.1:{}{}\" }}",
+                a.port, a.ready_path
+            )
+        };
         toml += &format!(
-            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {{ http = \"http://127.0.0.1:{}{}\" }}\nready_timeout = {:?}\nprestart = {}\n{}",
-            a.name, argv, a.port, a.ready_path, a.timeout, a.prestart, a.keys
+            "\n[[app]]\nname = {:?}\ncommand = {:?}\nready = {ready}\nready_timeout = {:?}\nprestart = {}\n{}",
+            a.name, argv, a.timeout, a.prestart, a.keys
         );
     }
     toml
