@@ -326,6 +326,11 @@ pub struct ActivationTiming {
     pub first_pages: u64,
     pub loading_rest_pages: u64,
     pub rest_pages: u64,
+    /// Pages of the first part read right after the thaw, ahead of the loading set's rest,
+    /// instead of before it (a first part above torpord's cap: the app maps each page read
+    /// before the thaw itself, and can start on them only after it).
+    #[serde(default)]
+    pub first_after_thaw_pages: u64,
     /// Bytes whose reads were issued before thaw, and in how many swap extents.
     pub first_issued_bytes: u64,
     pub first_swap_extents: u64,

@@ -117,6 +117,15 @@ fn head(runs: &[PageRun], max: u64) -> Vec<PageRun> {
     out
 }
 
+/// ... and when the next step is not in the app's path but one of the `FOLLOW_STEPS` after it
+/// is (the app faults further along the fetch's order: its order this time is not quite the
+/// loading set's, recorded last time), the fetch goes there, and the steps it passed over are
+/// read after everything else (pages the app has mapped meanwhile cost nothing then). The
+/// touch-all read 112 steps of a Start in pieces "after an app fault" with only 4 in the path
+/// (2026-12-04, session 16): the app was faulting ahead, not at the fetch's next step. 16
+/// steps (64 MiB) ahead, two `PAGEMAP_SCAN`s a step, only after an app fault.
+const FOLLOW_STEPS: usize = 16;
+
 /// The most pages of one kind a background step holds.
 struct StepLimits {
     anon: u64,
@@ -135,7 +144,7 @@ const STEP: StepLimits = StepLimits {
 /// The steps when the app's shared memory is laid out on swap in Start order (its
 /// `shmem_layout`, the default): a shared-memory step is then a few large reads of
 /// consecutive slots, not one read per page (what `SHM_STEP_PAGES` is sized for), so it is as
-/// large as an anonymous one, and is issued once at most `SHM_QUEUE_READS_LAID_OUT` reads are
+/// large as an anonymous one, and is issued once at most `QUEUE_READS_DEEP` reads are
 /// in flight (not `QUEUE_READS`: the app's own faults on shared memory — PostgreSQL's backends,
 /// a few each — kept the queue above 4 and the fetch waiting 0.4-0.9 s per Start). PostgreSQL
 /// (1 GB `shared_buffers`, pgbench select-only, three interleaved pairs of runs, 2026-12-04,
@@ -147,8 +156,9 @@ const STEP_LAID_OUT: StepLimits = StepLimits {
     shmem: STEP_PAGES,
     file: FILE_STEP_PAGES,
 };
-/// See [`STEP_LAID_OUT`].
-const SHM_QUEUE_READS_LAID_OUT: u64 = 32;
+/// See [`STEP_LAID_OUT`]; also the queue of the first part's pages read after the thaw
+/// ([`cut_first`]): the app waits for them either way.
+const QUEUE_READS_DEEP: u64 = 32;
 
 /// The first response, for the loading set's `first` part (fetched before the next thaw) and
 /// for the start of the background fetch, is the readiness probe's answer; without an armed
@@ -158,6 +168,18 @@ const SHM_QUEUE_READS_LAID_OUT: u64 = 32;
 /// anything (redis: its first client request touches ~150 pages after the probe's answer), and
 /// the app's first requests then fault alone, not behind the background's reads.
 const FIRST_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The most pages of the plans' `first` parts read before the thaw (64 MiB with 4 KiB pages,
+/// 35-60 ms of reads on this machine's disk); the rest of them is read right after it, at the
+/// front of the background ([`cut_first`]). Nothing is mapped before the thaw (the recorder
+/// must see the app's touches), so the app maps each fetched page itself, a minor fault each:
+/// 0.81-0.94 µs a page here (1 GiB out of the swap cache, 2026-12-04), 0.2-0.25 s for a
+/// gigabyte. Before the thaw the app can do none of it; after, it maps what was read while the
+/// rest is read. The touch-all's first part grew to 400-600 MiB over cycles (everything it
+/// touched before torpord's first-response window ended): 0.3-0.58 s of reads with the app
+/// frozen, then ~0.15 s of the app's minor faults. Tomcat's first parts are 20-36 MiB,
+/// PostgreSQL's and redis' under 3 MiB: unchanged.
+const FIRST_BEFORE_THAW_PAGES: u64 = 16384;
 
 /// The longest the background fetch waits for the first response before it starts anyway.
 const FIRST_RESPONSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -256,6 +278,12 @@ pub struct BackgroundReport {
     /// faulting in the fetch's path (see [`Fetcher::window_gate`]).
     #[serde(default)]
     pub started_in_path: bool,
+    /// Times the fetch went ahead to where the app was faulting (see [`FOLLOW_STEPS`]).
+    #[serde(default)]
+    pub followed: u64,
+    /// Steps of the first part's pages read after the thaw (see [`cut_first`]).
+    #[serde(default)]
+    pub first_after_thaw_steps: u64,
     /// Pieces read in the first response's window, before the app's first major fault (see
     /// [`Window`]).
     #[serde(default)]
@@ -276,7 +304,7 @@ impl BackgroundReport {
         skipped.sort();
         skipped.dedup();
         format!(
-            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({:.2}s waiting for the queue; {} steps in small pieces after an app fault, {} whole with the app faulting in the fetch's path); the first response's window: {} pieces read in it before the app's first fault, {:.3}s waiting in it after, over at {:.3}s{}{}{}",
+            "background fetch: {} MiB of the loading set (issued by {:.2}s), {} MiB of the rest (anonymous {}, shared {}, files {} MiB in all) in {:.2}s ({} steps of the first part after the thaw; {:.2}s waiting for the queue; {} steps in small pieces after an app fault, {} whole with the app faulting in the fetch's path, {} of them after following it ahead); the first response's window: {} pieces read in it before the app's first fault, {:.3}s waiting in it after, over at {:.3}s{}{}{}",
             self.loading_rest_bytes >> 20,
             self.loading_rest_s,
             self.rest_bytes >> 20,
@@ -284,9 +312,11 @@ impl BackgroundReport {
             self.kind_bytes.shmem >> 20,
             self.kind_bytes.file >> 20,
             self.seconds,
+            self.first_after_thaw_steps,
             self.queue_wait_s,
             self.yielded_steps,
             self.in_path_steps,
+            self.followed,
             self.window_pieces,
             self.waited_s,
             self.window_s,
@@ -717,7 +747,7 @@ impl Controller {
         slot: &AppSlot,
         pids: &[i32],
         timing: &mut StartTiming,
-    ) -> Option<(Vec<ActivationPlan>, ActivationTiming)> {
+    ) -> Option<(Thawing, ActivationTiming)> {
         let mut at = ActivationTiming::default();
         // Under an unmet reserve nothing is fetched (not even in the background): demand paging
         // brings the app back, and the answer says why.
@@ -725,7 +755,7 @@ impl Controller {
             timing.prefetch_stopped = Some(format!("{s:?}"));
             at.notes
                 .push("free memory below the reserve: nothing fetched".into());
-            return Some((Vec::new(), at));
+            return Some((Thawing::default(), at));
         }
         let tl = Instant::now();
         let mut plans = self.load_plans(slot, pids, &mut at.notes);
@@ -772,6 +802,9 @@ impl Controller {
             charge_files_to: None,
             ..FetchOptions::default()
         };
+        // A first part larger than `FIRST_BEFORE_THAW_PAGES` is read before the thaw up to
+        // that, the rest of it right after, at the front of the background.
+        let tails = cut_first(&mut plans, FIRST_BEFORE_THAW_PAGES);
         let t = Instant::now();
         for plan in &plans {
             self.fetch_first(slot, plan, &opts, &mut at, timing);
@@ -779,7 +812,14 @@ impl Controller {
         at.first_fetch_s = t.elapsed().as_secs_f64();
         at.planned_pids = plans.len();
         timing.prefetch_bytes += at.first_issued_bytes;
-        Some((plans, at))
+        let mut after_thaw = Vec::with_capacity(plans.len());
+        for (plan, tail) in plans.iter_mut().zip(tails) {
+            let n = tail.iter().map(|r| r.pages).sum::<u64>();
+            at.first_after_thaw_pages += n;
+            after_thaw.push(n);
+            plan.loading_rest.anon.splice(0..0, tail);
+        }
+        Some((Thawing { plans, after_thaw }, at))
     }
 
     /// Why nothing may be fetched now: free memory below the reserve.
@@ -843,9 +883,10 @@ impl Controller {
     pub(super) fn activation_after_thaw(
         &self,
         slot: &AppSlot,
-        plans: Vec<ActivationPlan>,
+        thawing: Thawing,
         at: &mut ActivationTiming,
     ) {
+        let Thawing { plans, after_thaw } = thawing;
         let plans = Arc::new(plans);
         // Objects gone since Stop (deleted, truncated, replaced...) are skipped by every fetch
         // and the recorder; the answer names each one, whatever part of the plan it is in.
@@ -914,6 +955,7 @@ impl Controller {
                 let wait = Some((&*first_b, window));
                 background(
                     &plans,
+                    &after_thaw,
                     &stop,
                     reserve,
                     hold.as_deref(),
@@ -1213,18 +1255,66 @@ pub(super) fn spawn_file_background(
             let waited = wait_first_response(&first, &stop, std::time::Duration::ZERO);
             let plans = [plan];
             let none = MappedByUs::default();
-            let mut rep = background(&plans, &stop, reserve, None, &none, false, None);
+            let mut rep = background(&plans, &[], &stop, reserve, None, &none, false, None);
             rep.waited_s = waited;
             rep
         })
 }
 
+/// What a Start carries from before the thaw to after it: the plans, and per plan the pages
+/// of its first part read after the thaw (at the front of its `loading_rest`, see
+/// [`cut_first`]).
+#[derive(Default)]
+pub(super) struct Thawing {
+    plans: Vec<ActivationPlan>,
+    after_thaw: Vec<u64>,
+}
+
+/// Cut the plans' `first` parts to at most `max` anonymous pages in all (in plan order, each
+/// part's anonymous runs in their order); returns, per plan, the anonymous runs cut off (for
+/// the front of its loading set's rest). Copy-on-write pages, shared memory and files stay:
+/// they are small in every app measured, and copy-on-write pages are mapped by our own faults.
+fn cut_first(plans: &mut [ActivationPlan], max: u64) -> Vec<Vec<SwapRun>> {
+    let mut left = max;
+    plans
+        .iter_mut()
+        .map(|p| {
+            let mut keep = Vec::new();
+            let mut tail = Vec::new();
+            for r in p.first.anon.drain(..) {
+                if left >= r.pages {
+                    left -= r.pages;
+                    keep.push(r);
+                } else if left > 0 {
+                    // 0 < left < r.pages: the run is cut in two.
+                    keep.push(SwapRun { pages: left, ..r });
+                    tail.push(SwapRun {
+                        addr: r.addr.saturating_add(left.saturating_mul(p.page_size)),
+                        offset: r.offset.saturating_add(left),
+                        pages: r.pages - left,
+                        ..r
+                    });
+                    left = 0;
+                } else {
+                    tail.push(r);
+                }
+            }
+            p.first.anon = keep;
+            tail
+        })
+        .collect()
+}
+
 /// The rest of the loading set, then everything else, in steps, at low I/O priority.
-/// `shm_lag`: shared memory is moved into the page cache one step behind its reads
-/// ([`ShmemLag`], the app's `shmem_layout`), else each step waits for its own. `wait`: the
-/// first response's flag and window, waited for first ([`Fetcher::wait_first_response`]).
+/// `after_thaw`: per plan, the pages of its first part read after the thaw (see
+/// [`cut_first`]), at the front of its loading set's rest: read first, whole, behind a deep
+/// queue, whatever the window. `shm_lag`: shared memory is moved into the page cache one step
+/// behind its reads ([`ShmemLag`], the app's `shmem_layout`), else each step waits for its own.
+/// `wait`: the first response's flag and window (see [`Window`]).
+#[allow(clippy::too_many_arguments)]
 fn background(
     plans: &[ActivationPlan],
+    after_thaw: &[u64],
     stop: &AtomicBool,
     reserve: u64,
     hold: Option<&std::path::Path>,
@@ -1246,18 +1336,22 @@ fn background(
                 .filter(|o| o.kind == procswap::memkind::MemKind::File)
                 .map(|o| o.key.dev)
         })),
-        window: wait.map(|(first, len)| Window::new(first, len, plans)),
+        // An app whose first part was over the cap (see `cut_first`) reads that much before it
+        // answers: its first response's faults are the fetch's own order, no window for them.
+        window: wait
+            .filter(|_| after_thaw.iter().all(|&n| n == 0))
+            .map(|(first, len)| Window::new(first, len, plans)),
     };
     let t = Instant::now();
     'parts: for (which, prio) in [(0, IoPriority::BestEffort(7)), (1, IoPriority::Idle)] {
         if which == 1 {
             rep.loading_rest_s = t.elapsed().as_secs_f64();
         }
-        for plan in plans {
-            let part = if which == 0 {
-                &plan.loading_rest
+        for (i, plan) in plans.iter().enumerate() {
+            let (part, ungated) = if which == 0 {
+                (&plan.loading_rest, after_thaw.get(i).copied().unwrap_or(0))
             } else {
-                &plan.rest
+                (&plan.rest, 0)
             };
             let Ok(tg) = Target::open(plan.pid, "background fetch") else {
                 rep.ended = Some(format!("pid {} exited", plan.pid));
@@ -1276,7 +1370,7 @@ fn background(
                 shmem_to_page_cache: !shm_lag,
                 ..FetchOptions::default()
             };
-            if f.part(&tg, plan, part, &opts, which == 0, &mut rep) {
+            if f.part(&tg, plan, (part, ungated), &opts, which == 0, &mut rep) {
                 break 'parts;
             }
         }
@@ -1505,7 +1599,7 @@ impl Fetcher<'_> {
         &mut self,
         tg: &Target,
         plan: &ActivationPlan,
-        part: &PlanPart,
+        (part, ungated): (&PlanPart, u64),
         opts: &FetchOptions,
         loading_rest: bool,
         rep: &mut BackgroundReport,
@@ -1516,8 +1610,14 @@ impl Fetcher<'_> {
         let laid_out = !opts.shmem_to_page_cache;
         let mut lag = ShmemLag::new(plan, laid_out);
         let limits = if laid_out { &STEP_LAID_OUT } else { &STEP };
+        let mut ungated_left = ungated;
         let end_all = 'steps: {
-            for step in steps(part, limits, plan.page_size) {
+            let all = steps(part, limits, plan.page_size);
+            // Step indices in the order they are read: the part's order, except that steps
+            // passed over to follow the app go to the back (see `FOLLOW_STEPS`).
+            let mut order: std::collections::VecDeque<usize> = (0..all.len()).collect();
+            while let Some(i) = order.pop_front() {
+                let mut step = &all[i];
                 while self.hold.is_some_and(|h| h.exists()) && !self.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -1531,19 +1631,43 @@ impl Fetcher<'_> {
                     rep.ended = Some("stopped".into());
                     break 'steps true;
                 }
+                // The first part's pages read after the thaw (the front of the loading set's
+                // rest): the app needs them for its first response, now; whole, a deep queue.
+                let anon = step.pages().anon;
+                if ungated_left > 0 && anon > 0 {
+                    ungated_left = ungated_left.saturating_sub(anon);
+                    rep.first_after_thaw_steps += 1;
+                    rep.queue_wait_s += self
+                        .queue
+                        .wait_below(QUEUE_READS_DEEP, QUEUE_WAIT_MAX)
+                        .as_secs_f64();
+                    match fetch_piece(tg, plan, step, opts, self.ours, loading_rest, rep) {
+                        Piece::Fetched => continue,
+                        Piece::EndFetch => break 'steps true,
+                        Piece::EndProcess => break 'steps false,
+                    }
+                }
                 // In the first response's window: small pieces while the app does not fault
                 // (see `Window`).
-                let windowed = self.window_gate(plan, &step, rep);
+                let windowed = self.window_gate(plan, step, rep);
                 // The app is reading on demand: this step in small pieces, each behind a
                 // short queue (see `QUEUE_READS_APP_FAULTING`) — unless it is reading ahead of
-                // us in our own order (see `IN_PATH_SHARE`).
+                // us in our own order (see `IN_PATH_SHARE`), here or a few steps on (then the
+                // fetch goes there: see `FOLLOW_STEPS`).
                 let faulted = !windowed && self.app.faulted_since_last();
-                let in_path = faulted && self.in_path(plan, &step);
+                let mut in_path = faulted && self.in_path(plan, step);
+                if faulted && !in_path {
+                    if let Some(j) = follow(&mut order, i, |j| self.in_path(plan, &all[j])) {
+                        step = &all[j];
+                        in_path = true;
+                        rep.followed += 1;
+                    }
+                }
                 rep.in_path_steps += u64::from(in_path);
                 let (pieces, max_reads) = if windowed || (faulted && !in_path) {
                     rep.yielded_steps += u64::from(!windowed);
                     (
-                        steps(&step, &YIELD_STEP, plan.page_size),
+                        steps(step, &YIELD_STEP, plan.page_size),
                         QUEUE_READS_APP_FAULTING,
                     )
                 } else {
@@ -1552,12 +1676,12 @@ impl Fetcher<'_> {
                 for piece in pieces {
                     // Each piece read in the window asks again: the app may have faulted since
                     // (then the wait, and the step's other pieces go on as after a fault).
-                    if windowed && self.window_gate(plan, &step, rep) {
+                    if windowed && self.window_gate(plan, step, rep) {
                         rep.window_pieces += 1;
                     }
                     let max_reads =
                         if laid_out && max_reads == QUEUE_READS && !piece.shmem.is_empty() {
-                            SHM_QUEUE_READS_LAID_OUT
+                            QUEUE_READS_DEEP
                         } else {
                             max_reads
                         };
@@ -1590,6 +1714,23 @@ impl Fetcher<'_> {
         lag.catch_up(0, rep);
         end_all
     }
+}
+
+/// The step to read instead of `cur` when the app faults further along the fetch's order: the
+/// first of the next `FOLLOW_STEPS` in `order` that is in its path (`in_path`), taken out of
+/// `order`; `cur` and the steps before it go to the back of `order`. `None` (nothing moved):
+/// none of them is.
+fn follow(
+    order: &mut std::collections::VecDeque<usize>,
+    cur: usize,
+    mut in_path: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let ahead = order.len().min(FOLLOW_STEPS);
+    let p = (0..ahead).find(|&p| in_path(order[p]))?;
+    let passed: Vec<usize> = std::iter::once(cur).chain(order.drain(..p)).collect();
+    let j = order.pop_front()?;
+    order.extend(passed);
+    Some(j)
 }
 
 /// What the background does after a piece ([`fetch_piece`]).
@@ -1830,6 +1971,78 @@ mod tests {
             rest: PlanPart::default(),
             notes: Vec::new(),
         }
+    }
+
+    /// Following the app: the fetch goes to the first step in its path among the next
+    /// `FOLLOW_STEPS`, and reads the ones it passed over (with the one it was at) after all
+    /// the others; beyond `FOLLOW_STEPS`, or nowhere in the path, nothing moves.
+    #[test]
+    fn the_fetch_follows_the_app_a_few_steps_ahead() {
+        let mut order: std::collections::VecDeque<usize> = (1..40).collect();
+        assert_eq!(follow(&mut order, 0, |j| j == 4 || j == 9), Some(4));
+        let got: Vec<usize> = order.iter().copied().collect();
+        let want: Vec<usize> = (5..40).chain([0, 1, 2, 3]).collect();
+        assert_eq!(got, want);
+        let before = order.clone();
+        assert_eq!(
+            follow(&mut order, 4, |j| j == 5 + FOLLOW_STEPS),
+            None,
+            "too far"
+        );
+        assert_eq!(follow(&mut order, 4, |_| false), None);
+        assert_eq!(order, before);
+        // The very next step: only the current one goes to the back.
+        assert_eq!(follow(&mut order, 4, |j| j == 5), Some(5));
+        assert_eq!(order.front(), Some(&6));
+        assert_eq!(order.back(), Some(&4));
+        assert_eq!(order.len(), before.len());
+    }
+
+    /// A first part above the cap is cut in its order, across the plans: what is over goes
+    /// after the thaw (runs split at the page, address and slot advanced alike); copy-on-write
+    /// pages and objects stay; nothing is lost or reordered.
+    #[test]
+    fn the_first_part_is_cut_at_the_cap_in_its_order() {
+        let with_first = |anon: Vec<SwapRun>| {
+            let mut p = own_plan();
+            p.first = PlanPart {
+                anon,
+                anon_cow: vec![run(900, 3, 50)],
+                file: vec![ObjectPart {
+                    object: 0,
+                    runs: vec![PageRun { first: 0, count: 9 }],
+                }],
+                ..Default::default()
+            };
+            p
+        };
+        let a = vec![run(0, 600, 1000), run(5000, 600, 10)];
+        let b = vec![run(100, 50, 3000)];
+        let mut plans = vec![with_first(a.clone()), with_first(b.clone())];
+        let tails = cut_first(&mut plans, 1000);
+        assert_eq!(
+            plans[0].first.anon,
+            vec![run(0, 600, 1000), run(5000, 400, 10)]
+        );
+        assert_eq!(tails[0], vec![run(5400, 200, 410)]);
+        assert!(plans[1].first.anon.is_empty(), "the cap is for all plans");
+        assert_eq!(tails[1], b);
+        for p in &plans {
+            assert_eq!(p.first.anon_cow, vec![run(900, 3, 50)]);
+            assert_eq!(p.first.file.len(), 1);
+        }
+        let back: Vec<SwapRun> = plans[0]
+            .first
+            .anon
+            .iter()
+            .chain(&tails[0])
+            .copied()
+            .collect();
+        assert_eq!(back.iter().map(|r| r.pages).sum::<u64>(), 1200);
+        // Under the cap: nothing moves.
+        let mut plans = vec![with_first(a.clone())];
+        assert_eq!(cut_first(&mut plans, 1200), vec![Vec::<SwapRun>::new()]);
+        assert_eq!(plans[0].first.anon, a);
     }
 
     /// The background's test of whether the app faults in its path (`IN_PATH_SHARE`): at least
