@@ -26,8 +26,8 @@
 //! major faults) → the Start request goes out on one thread while the app's client (its first
 //! request, then its workload) starts on this one → the client's own time to its first
 //! successful response, torpord's answer (breakdown), swap-in and major faults to the first
-//! response and to the end of the workload. Then (with conditioning cycles) the app is stopped
-//! at once: that Stop's answer (`timed_stop_answer`) tells what the timed Start's recorder and
+//! response and to the end of the workload. Then (with conditioning cycles, not after `warm`)
+//! the app is stopped at once: that Stop's answer (`timed_stop_answer`) tells what the timed Start's recorder and
 //! background fetch did, and the next trial's conditioning begins from it.
 //!
 //! Results: `<out>/<date>-<app>[-quick].{md,json,png}` and the index table in `<out>/README.md`.
@@ -288,7 +288,7 @@ pub struct Trial {
     /// The answer of the Stop that ended this trial's timed Start's cycle, right after its
     /// workload: what *that* Start's recorder and background fetch did (`stop_answer` is the
     /// Stop before it, so it tells of the conditioning cycle's). Null without conditioning
-    /// cycles (the next trial's first Stop is then its Stop before the proof).
+    /// cycles (the next trial's first Stop is then its Stop before the proof) and for `warm`.
     #[serde(default)]
     pub timed_stop_answer: Value,
     /// Host `pswpin` × page size, Start request → first response / → end of the workload.
@@ -534,7 +534,10 @@ fn run_one(
     } else {
         timed_start(d, wl, mode, seed, &mc, &mut tr)?;
     }
-    if ctx.o.condition > 0 {
+    // Not after `warm`: torpord is restarted with its default configuration next, and the
+    // next trial's conditioning stops the app with it, as before this Stop existed (the app
+    // thawed by `warm` is running, not frozen unpurged by the warm torpord).
+    if ctx.o.condition > 0 && !warm {
         tr.timed_stop_answer = d.stop_app().context("the Stop after the timed Start")?;
         d.stopped_after_trial = Some(d.stop_purge);
     }
@@ -1246,7 +1249,7 @@ fn write_md(r: &AppResult, png: &Path) -> String {
          else the trial is refused; then the Start request and the app's first request go out at the same instant. Times are the client's own; \
          \"Start answered\" is torpord's answer arriving, `total_s` torpord's own breakdown total. Swap-in = host `pswpin` delta × page size \
          (host-wide: other work on this shared machine can add to it); major faults = the app memcg's. Modes rotate per trial (round-robin, the \
-         first mode shifting by one each trial). After the workload the app is stopped at once (that Stop's answer is the timed Start's own \
+         first mode shifting by one each trial). After the workload the app is stopped at once, except after `warm` (that Stop's answer is the timed Start's own \
          report, below the trials; the next trial's conditioning starts from it unless torpord is restarted or the purge differs). \
          Ratios are of medians of this run.\n",
         r.condition,
