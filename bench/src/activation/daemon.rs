@@ -491,6 +491,7 @@ mod tests {
             warm: false,
             restarts: 0,
             stop_purge: None,
+            stopped_after_trial: None,
         };
         let def = d.config_text(false);
         for k in ["prefetch", "purge", "reserve", "backend"] {

@@ -1593,6 +1593,43 @@ impl Fetcher<'_> {
         share(&head(&runs, IN_PATH_HEAD)) || share(&runs)
     }
 
+    /// How `order`'s step `i` of `all` is read: the step (another one when the fetch follows
+    /// the app, see `FOLLOW_STEPS`), its pieces and the most reads in flight before each.
+    /// `windowed`: in the first response's window (small pieces, see [`Window`]).
+    fn pieces<'s>(
+        &mut self,
+        plan: &ActivationPlan,
+        (all, order, i): (
+            &'s [PlanPart],
+            &mut std::collections::VecDeque<usize>,
+            usize,
+        ),
+        windowed: bool,
+        rep: &mut BackgroundReport,
+    ) -> (&'s PlanPart, Vec<PlanPart>, u64) {
+        let mut step = &all[i];
+        // The app is reading on demand: this step in small pieces, each behind a short queue
+        // (see `QUEUE_READS_APP_FAULTING`) — unless it is reading ahead of us in our own order
+        // (see `IN_PATH_SHARE`), here or a few steps on (then the fetch goes there).
+        let faulted = !windowed && self.app.faulted_since_last();
+        let mut in_path = faulted && self.in_path(plan, step);
+        if faulted && !in_path {
+            if let Some(j) = follow(order, i, |j| self.in_path(plan, &all[j])) {
+                step = &all[j];
+                in_path = true;
+                rep.followed += 1;
+            }
+        }
+        rep.in_path_steps += u64::from(in_path);
+        if windowed || (faulted && !in_path) {
+            rep.yielded_steps += u64::from(!windowed);
+            let pieces = steps(step, &YIELD_STEP, plan.page_size);
+            (step, pieces, QUEUE_READS_APP_FAULTING)
+        } else {
+            (step, vec![step.clone()], QUEUE_READS)
+        }
+    }
+
     /// One plan's `part` in steps, added to `rep`. Returns whether the whole background ends
     /// (stopped, free-memory floor); a process that exited or failed ends only its own part.
     fn part(
@@ -1617,7 +1654,7 @@ impl Fetcher<'_> {
             // passed over to follow the app go to the back (see `FOLLOW_STEPS`).
             let mut order: std::collections::VecDeque<usize> = (0..all.len()).collect();
             while let Some(i) = order.pop_front() {
-                let mut step = &all[i];
+                let step = &all[i];
                 while self.hold.is_some_and(|h| h.exists()) && !self.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -1650,29 +1687,8 @@ impl Fetcher<'_> {
                 // In the first response's window: small pieces while the app does not fault
                 // (see `Window`).
                 let windowed = self.window_gate(plan, step, rep);
-                // The app is reading on demand: this step in small pieces, each behind a
-                // short queue (see `QUEUE_READS_APP_FAULTING`) — unless it is reading ahead of
-                // us in our own order (see `IN_PATH_SHARE`), here or a few steps on (then the
-                // fetch goes there: see `FOLLOW_STEPS`).
-                let faulted = !windowed && self.app.faulted_since_last();
-                let mut in_path = faulted && self.in_path(plan, step);
-                if faulted && !in_path {
-                    if let Some(j) = follow(&mut order, i, |j| self.in_path(plan, &all[j])) {
-                        step = &all[j];
-                        in_path = true;
-                        rep.followed += 1;
-                    }
-                }
-                rep.in_path_steps += u64::from(in_path);
-                let (pieces, max_reads) = if windowed || (faulted && !in_path) {
-                    rep.yielded_steps += u64::from(!windowed);
-                    (
-                        steps(step, &YIELD_STEP, plan.page_size),
-                        QUEUE_READS_APP_FAULTING,
-                    )
-                } else {
-                    (vec![step.clone()], QUEUE_READS)
-                };
+                let (step, pieces, max_reads) =
+                    self.pieces(plan, (&all, &mut order, i), windowed, rep);
                 for piece in pieces {
                     // Each piece read in the window asks again: the app may have faulted since
                     // (then the wait, and the step's other pieces go on as after a fault).
