@@ -304,13 +304,7 @@ fn the_fetch_starts_at_once_when_the_app_faults_in_its_path() {
             "an HTTP probe is the app's own answer: {act:#?}"
         );
         assert_eq!(http(port, "/verify").0, 200, "cycle {cycle}");
-        let s = f.stop_app("sweeper");
-        assert_eq!(s.state(), AppState::Standby, "{s:#?}");
-        let notes = stop_activation(&s);
-        let bg = notes
-            .iter()
-            .find(|n| n.starts_with("background fetch:"))
-            .unwrap_or_else(|| panic!("no background report: {notes:?}"));
+        let bg = &stop_for_background_report(&f, "sweeper");
         if cycle == 0 {
             // 128 MiB for the background, and the app reads it before it answers.
             assert!(act.rest_pages >= 128 * MIB / 4096, "{act:#?}");
@@ -330,6 +324,18 @@ fn the_fetch_starts_at_once_when_the_app_faults_in_its_path() {
             assert!(act.first_after_thaw_pages > 0, "{act:#?}");
         }
     }
+}
+
+/// Stop `app` (into standby) and return its answer's background fetch report.
+fn stop_for_background_report(f: &Torpord, app: &str) -> String {
+    let s = f.stop_app(app);
+    assert_eq!(s.state(), AppState::Standby, "{s:#?}");
+    let notes = stop_activation(&s);
+    notes
+        .iter()
+        .find(|n| n.starts_with("background fetch:"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no background report: {notes:?}"))
 }
 
 /// The numbers of the background report's first-response window: pieces read in it before
@@ -386,13 +392,7 @@ fn the_fetch_reads_in_the_first_responses_window_while_the_app_does_not_fault() 
         assert!(!act.armed_probe, "a TCP probe is not armed: {act:#?}");
         // Idle until the fetch is done: the report is the whole background's.
         std::thread::sleep(std::time::Duration::from_secs(3));
-        let s = f.stop_app("idler");
-        assert_eq!(s.state(), AppState::Standby, "{s:#?}");
-        let notes = stop_activation(&s);
-        let bg = notes
-            .iter()
-            .find(|n| n.starts_with("background fetch:"))
-            .unwrap_or_else(|| panic!("no background report: {notes:?}"));
+        let bg = &stop_for_background_report(&f, "idler");
         let (pieces, waited, over) = window_of(bg);
         eprintln!("cycle {cycle}: {bg}");
         if cycle == 1 {
