@@ -1462,7 +1462,7 @@ struct Fetcher<'a> {
 /// the background reads only `YIELD_STEP` pieces behind a one-read queue, and only while the
 /// app takes no major fault; at its first, the background waits the window out (the app has the
 /// device to itself) — unless the app faults in the fetch's path (see
-/// [`Fetcher::wait_window`]). Before session 16 the background sat out the whole window: the
+/// [`Fetcher::window_gate`]). Before session 16 the background sat out the whole window: the
 /// touch-all's 1 GiB, answered after the app read it all, left the disk idle for the window's
 /// 100 ms while the app mapped the part fetched before the thaw (minor faults, ~0.2 s for
 /// 400 MiB) and took no major fault (2026-12-04: 0.30 s first part, 0.10 s idle, 0.39 s rest).
