@@ -642,10 +642,7 @@ impl Candidates {
             .first
             .anon_cow
             .iter()
-            .map(|r| PageRun {
-                first: r.addr / plan.page_size,
-                count: r.pages,
-            })
+            .map(|r| r.page_run(plan.page_size))
             .collect();
         c.anon = subtract(&c.anon, &normalize(cow));
         c

@@ -334,6 +334,13 @@ fn request_path(s: &mut std::net::TcpStream) -> String {
     req.split_whitespace().nth(1).unwrap_or("/").to_string()
 }
 
+/// Sleep until killed (`--never-ready`, `--no-accept`).
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let o = Opts::parse(&args)?;
@@ -346,18 +353,14 @@ fn main() -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(o.delay_ms));
     if o.never {
         eprintln!("torpor-testapp: --never-ready: not listening");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
+        sleep_forever();
     }
     let addr = std::net::SocketAddr::new(o.bind, o.port);
     let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
     eprintln!("torpor-testapp: listening on {addr}");
     if o.no_accept {
         eprintln!("torpor-testapp: --no-accept: never accepting");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
+        sleep_forever();
     }
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };

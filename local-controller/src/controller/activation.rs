@@ -98,25 +98,6 @@ const IN_PATH_SHARE: u64 = 4;
 /// rarely maps 16 of a step's first 64 pages.
 const IN_PATH_HEAD: u64 = 64;
 
-/// The first `max` pages of `runs`, in their order.
-fn head(runs: &[PageRun], max: u64) -> Vec<PageRun> {
-    let mut out = Vec::new();
-    let mut n = 0u64;
-    for r in runs {
-        if n >= max {
-            break;
-        }
-        // n < max here.
-        let take = r.count.min(max - n);
-        out.push(PageRun {
-            first: r.first,
-            count: take,
-        });
-        n = n.saturating_add(take);
-    }
-    out
-}
-
 /// ... and when the next step is not in the app's path but one of the `FOLLOW_STEPS` after it
 /// is (the app faults further along the fetch's order: its order this time is not quite the
 /// loading set's, recorded last time), the fetch goes there, and the steps it passed over are
@@ -1586,11 +1567,15 @@ impl Fetcher<'_> {
             },
         };
         let mut share = |runs: &[PageRun]| {
-            let total: u64 = runs.iter().map(|r| r.count).sum();
-            procswap::loadingset::present_pages(pm, ps, runs)
-                .is_ok_and(|n| n > 0 && n.saturating_mul(IN_PATH_SHARE) >= total)
+            procswap::loadingset::present_pages(pm, ps, runs).is_ok_and(|n| {
+                n > 0 && n.saturating_mul(IN_PATH_SHARE) >= procswap::memkind::pages(runs)
+            })
         };
-        share(&head(&runs, IN_PATH_HEAD)) || share(&runs)
+        let head = procswap::memkind::chunks(&runs, IN_PATH_HEAD)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        share(&head) || share(&runs)
     }
 
     /// How `order`'s step `i` of `all` is read: the step (another one when the fetch follows
@@ -1671,24 +1656,17 @@ impl Fetcher<'_> {
                 // The first part's pages read after the thaw (the front of the loading set's
                 // rest): the app needs them for its first response, now; whole, a deep queue.
                 let anon = step.pages().anon;
-                if ungated_left > 0 && anon > 0 {
-                    ungated_left = ungated_left.saturating_sub(anon);
-                    rep.first_after_thaw_steps += 1;
-                    rep.queue_wait_s += self
-                        .queue
-                        .wait_below(QUEUE_READS_DEEP, QUEUE_WAIT_MAX)
-                        .as_secs_f64();
-                    match fetch_piece(tg, plan, step, opts, self.ours, loading_rest, rep) {
-                        Piece::Fetched => continue,
-                        Piece::EndFetch => break 'steps true,
-                        Piece::EndProcess => break 'steps false,
-                    }
-                }
+                let first_part = ungated_left > 0 && anon > 0;
                 // In the first response's window: small pieces while the app does not fault
                 // (see `Window`).
-                let windowed = self.window_gate(plan, step, rep);
-                let (step, pieces, max_reads) =
-                    self.pieces(plan, (&all, &mut order, i), windowed, rep);
+                let windowed = !first_part && self.window_gate(plan, step, rep);
+                let (step, pieces, max_reads) = if first_part {
+                    ungated_left = ungated_left.saturating_sub(anon);
+                    rep.first_after_thaw_steps += 1;
+                    (step, vec![step.clone()], QUEUE_READS_DEEP)
+                } else {
+                    self.pieces(plan, (&all, &mut order, i), windowed, rep)
+                };
                 for piece in pieces {
                     // Each piece read in the window asks again: the app may have faulted since
                     // (then the wait, and the step's other pieces go on as after a fault).
