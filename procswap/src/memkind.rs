@@ -302,7 +302,10 @@ pub struct MemObject {
     /// The path `/proc` shows (`/memfd:name (deleted)`, `/SYSV0000002a (deleted)`,
     /// `/dev/zero (deleted)` for shared anonymous memory).
     pub path: String,
+    /// Size when found: an object shorter at a restore was truncated ([`reopen`]).
     pub size: u64,
+    /// Modification time when found: for the record only ([`reopen`] accepts an object the
+    /// app wrote to since).
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
     /// The path resolved to this very inode when the object was found (false for memfd, SysV,
@@ -555,10 +558,9 @@ pub enum Gone {
     Deleted,
     /// The path names another inode now.
     Replaced,
-    /// The size changed (truncated or extended).
-    Resized { was: u64, now: u64 },
-    /// Same size, newer modification time.
-    Modified,
+    /// Shorter than when it was recorded (truncated): pages past the new end are gone, and
+    /// which of the rest still hold what the app used is unknown.
+    Truncated { was: u64, now: u64 },
     /// Reachable only through the target, which holds it no more (or exited).
     NotHeld,
     /// Could not be opened or mapped.
@@ -570,20 +572,21 @@ impl std::fmt::Display for Gone {
         match self {
             Gone::Deleted => f.write_str("deleted"),
             Gone::Replaced => f.write_str("replaced (the path names another inode)"),
-            Gone::Resized { was, now } if now < was => {
-                write!(f, "truncated ({was} -> {now} bytes)")
-            }
-            Gone::Resized { was, now } => write!(f, "resized ({was} -> {now} bytes)"),
-            Gone::Modified => f.write_str("modified (mtime changed)"),
+            Gone::Truncated { was, now } => write!(f, "truncated ({was} -> {now} bytes)"),
             Gone::NotHeld => f.write_str("no longer held by the target"),
             Gone::Unreadable(e) => write!(f, "unreadable: {e}"),
         }
     }
 }
 
-/// Reopen an object recorded earlier, checking it is the same, unchanged inode:
-/// - an object reachable by path when recorded is reopened **by path**; deleted, replaced,
-///   resized or modified since → refused with the reason;
+/// Reopen an object recorded earlier, checking it is the same inode, not truncated:
+/// - an object reachable by path when recorded is reopened **by path**; deleted, replaced or
+///   truncated since → refused with the reason. Written to or grown since is fine: the app
+///   runs while the background fetch reopens its objects after the thaw, and an app that
+///   writes its own files (a database's tables and WAL) changes their mtime and size within
+///   milliseconds — refusing those (as sessions 8-16 did, on any mtime change) lost
+///   PostgreSQL's table page cache at every Start. Reading ahead a file whose content changed
+///   is harmless: the page cache holds what the file holds now;
 /// - an object reachable only through the target (memfd, SysV, shared anonymous, a file
 ///   already deleted when recorded) is reopened through the target's own handles, checked
 ///   by inode (it cannot have been replaced under a path; the caller clips to its size).
@@ -592,14 +595,11 @@ pub fn reopen(pid: i32, o: &MemObject) -> std::result::Result<File, Gone> {
         if md.dev() != o.key.dev || md.ino() != o.key.ino {
             return Err(Gone::Replaced);
         }
-        if md.size() != o.size {
-            return Err(Gone::Resized {
+        if md.size() < o.size {
+            return Err(Gone::Truncated {
                 was: o.size,
                 now: md.size(),
             });
-        }
-        if (md.mtime(), md.mtime_nsec()) != (o.mtime_sec, o.mtime_nsec) {
-            return Err(Gone::Modified);
         }
         Ok(())
     };

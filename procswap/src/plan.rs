@@ -507,7 +507,7 @@ pub struct SkippedFetch {
 pub struct FetchReport {
     /// Bytes for which reads were issued (or, with `populate`, completed), per kind.
     pub issued_bytes: ByKind<u64>,
-    /// Objects skipped (deleted, replaced, truncated, modified, not held any more).
+    /// Objects skipped (deleted, replaced, truncated, not held any more).
     pub skipped: Vec<SkippedFetch>,
     /// Runs of consecutive swap slots read (anonymous).
     pub swap_extents: u64,
@@ -525,7 +525,7 @@ pub struct FetchReport {
 /// longer swapped are a no-op). Shmem: `madvise(MADV_WILLNEED)` on our own read-only mapping of
 /// the object (swaps it in; charged to the memcg the pages were swapped out from). Files:
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`. Objects are reopened and checked first
-/// ([`memkind::reopen`]): one deleted, replaced, resized or modified since Stop is skipped and
+/// ([`memkind::reopen`]): one deleted, replaced or truncated since Stop is skipped and
 /// reported; nothing is ever read past the end of a file.
 pub fn fetch_unmapped(
     t: &Target,

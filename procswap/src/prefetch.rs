@@ -43,8 +43,8 @@ pub struct PrefetchOptions {
     /// (not with `working_set_only`).
     pub shmem: bool,
     /// A Stop-time residency snapshot: its shmem and file pages that are out now are fetched
-    /// too (after the anonymous pages; objects deleted, replaced, resized or modified since are
-    /// skipped and reported). Replaces the `shmem` pass.
+    /// too (after the anonymous pages; objects deleted, replaced or truncated since are skipped
+    /// and reported). Replaces the `shmem` pass.
     pub residency: Option<crate::residency::ResidencySnapshot>,
 }
 

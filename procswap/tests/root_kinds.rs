@@ -462,8 +462,19 @@ fn every_kind_is_accounted_purged_and_restored_exactly() {
     ));
 }
 
-/// While suspended: truncate one (to 16 pages), replace one (rename over it), delete one.
-fn change_files(k: &mut Kid, trunc: &Path, repl: &Path, del: &Path) {
+/// While suspended: truncate one (to 16 pages), replace one (rename over it), delete one, and
+/// write to one (mapped) in place and grow it by 16 pages (as a database writes its tables: it is
+/// the app's and is fetched as before).
+fn change_files(k: &mut Kid, trunc: &Path, repl: &Path, del: &Path, written: &Path) {
+    use std::os::unix::fs::FileExt;
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(written)
+        .unwrap();
+    w.write_all_at(b"written while suspended", 4096).unwrap();
+    w.write_all_at(&vec![2u8; (16 * ps()) as usize], 64 * ps())
+        .unwrap();
+    drop(w);
     std::fs::OpenOptions::new()
         .write(true)
         .open(trunc)
@@ -480,9 +491,7 @@ fn change_files(k: &mut Kid, trunc: &Path, repl: &Path, del: &Path) {
 fn plan_reports_changes(
     pid: i32,
     snap: &ResidencySnapshot,
-    trunc: &Path,
-    repl: &Path,
-    del: &Path,
+    [trunc, repl, del, written]: [&Path; 4],
 ) -> ActivationPlan {
     let plan = ActivationPlan::compute(pid, snap, None).unwrap();
     eprintln!("plan notes: {:?}", plan.notes);
@@ -498,6 +507,27 @@ fn plan_reports_changes(
     );
     assert!(note(repl, "replaced"), "{:?}", plan.notes);
     assert!(note(del, "deleted"), "{:?}", plan.notes);
+    // Written to and grown: no note, and its 64 pages (out since the purge) are planned.
+    assert!(
+        !plan
+            .notes
+            .iter()
+            .any(|n| n.contains(&written.display().to_string())),
+        "{:?}",
+        plan.notes
+    );
+    let w = plan
+        .objects
+        .iter()
+        .position(|o| o.path == written.display().to_string())
+        .expect("the written file is in the plan") as u32;
+    let planned: u64 = [&plan.first, &plan.loading_rest, &plan.rest]
+        .iter()
+        .flat_map(|p| p.file.iter().filter(|op| op.object == w))
+        .flat_map(|op| op.runs.iter().map(|r| r.count))
+        .sum();
+    // Page 1 was written (cached again by the write): 63 out.
+    assert_eq!(planned, 63, "{plan:?}");
     plan
 }
 
@@ -509,7 +539,7 @@ fn stale_fetch_and_prefetch_skip(pid: i32, snap: &ResidencySnapshot, plan: &Acti
     let mut rec = snap.clone();
     let prefix = format!("/var/tmp/torpor-kinds-{pid}-");
     rec.objects.retain(|o| o.object.path.starts_with(&prefix));
-    assert_eq!(rec.objects.len(), 3);
+    assert_eq!(rec.objects.len(), 4);
     let stale = ActivationPlan {
         objects: rec.objects.iter().map(|o| o.object.clone()).collect(),
         ..plan.clone()
@@ -534,7 +564,8 @@ fn stale_fetch_and_prefetch_skip(pid: i32, snap: &ResidencySnapshot, plan: &Acti
     )
     .unwrap();
     eprintln!("fetch of a stale plan: {fr:?}");
-    assert_eq!(fr.issued_bytes.file, 0);
+    // The written file's 64 pages only.
+    assert_eq!(fr.issued_bytes.file, 64 * ps());
     assert_eq!(fr.skipped.len(), 3, "{:?}", fr.skipped);
     // The prefetch path reports them too.
     let pf = procswap::prefetch(
@@ -565,15 +596,17 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
     let trunc = k.file("trunc");
     let repl = k.file("repl");
     let del = k.file("del");
+    let written = k.file("written");
     let tf = k.cmd(&format!("MFILE {} 64 0 64", trunc.display()))[0];
     k.cmd(&format!("MFILE {} 64 0 64", repl.display()));
     k.cmd(&format!("RFILE {} 64 0 64", del.display()));
+    k.cmd(&format!("MFILE {} 64 0 64", written.display()));
     let pid = k.pid;
     k.stop();
     let rep = purge(pid, &PurgeOptions::default());
     let snap = rep.snapshot.unwrap();
-    change_files(&mut k, &trunc, &repl, &del);
-    let plan = plan_reports_changes(pid, &snap, &trunc, &repl, &del);
+    change_files(&mut k, &trunc, &repl, &del, &written);
+    let plan = plan_reports_changes(pid, &snap, [&trunc, &repl, &del, &written]);
     stale_fetch_and_prefetch_skip(pid, &snap, &plan);
     // Nothing of the truncated file past its new end is touched; the child lives on.
     assert!(
@@ -594,7 +627,7 @@ fn changed_files_are_skipped_and_reported_without_sigbus() {
         st.success(),
         "child exit status {st:?} (a SIGBUS would show here)"
     );
-    summary("changed files: RAN and PASSED: truncated, replaced and deleted files skipped and reported (plan, fetch, prefetch); no SIGBUS");
+    summary("changed files: RAN and PASSED: truncated, replaced and deleted files skipped and reported (plan, fetch, prefetch), a file written to and grown fetched; no SIGBUS");
 }
 
 /// Loading set: the child touches a known sequence after the thaw, one group per poll; the
