@@ -294,7 +294,8 @@ pub struct Trial {
     /// Host `pswpin` × page size, Start request → first response / → end of the workload.
     pub swapin_first_bytes: u64,
     pub swapin_total_bytes: u64,
-    /// The app memcg's major faults over the same intervals.
+    /// The app memcg's major faults over the same intervals (torpord's own faults of the app's
+    /// pages too; the app's own are `app_majflt_first`/`app_majflt_total` in its metrics).
     pub majflt_first: u64,
     pub majflt_total: u64,
     /// The O_DIRECT floor measured before this trial round: bytes and seconds.
@@ -431,7 +432,7 @@ fn timed_start(
     mc: &Memcg,
     tr: &mut Trial,
 ) -> Result<()> {
-    let (sw0, mf0) = (pswpin(), mc.snap().majflt);
+    let (sw0, mf0, own0) = (pswpin(), mc.snap().majflt, mc.procs_majflt());
     let at = At::now();
     let sock_d = (d.sock.clone(), d.app.clone());
     let body = body_mode(mode).map(|m| json!({ "prefetch": m }));
@@ -447,12 +448,12 @@ fn timed_start(
     });
     let mut first = None;
     let res = wl.run(&at, seed, &mut || {
-        first = Some((pswpin(), mc.snap().majflt))
+        first = Some((pswpin(), mc.snap().majflt, mc.procs_majflt()))
     });
     let (ans, ret_s) = h
         .join()
         .map_err(|_| anyhow::anyhow!("Start thread panicked"))?;
-    let (sw1, mf1) = (pswpin(), mc.snap().majflt);
+    let (sw1, mf1, own1) = (pswpin(), mc.snap().majflt, mc.procs_majflt());
     tr.start_return_s = ret_s;
     match ans {
         Ok((200, v)) => {
@@ -470,9 +471,16 @@ fn timed_start(
         }
         Err(e) => tr.error = format!("Start request: {e:#}"),
     }
+    let (swf, mff, ownf) = first.unwrap_or((sw1, mf1, own1));
     match res {
         Ok(mut out) => {
             ready_after_answer(&mut out, &tr.start_answer);
+            // The app's own major faults (its processes' counters; the memcg's count below
+            // includes torpord's faults charged to the app).
+            out.metrics
+                .insert("app_majflt_first".into(), ownf.saturating_sub(own0) as f64);
+            out.metrics
+                .insert("app_majflt_total".into(), own1.saturating_sub(own0) as f64);
             tr.outcome = Some(out);
         }
         Err(e) => {
@@ -481,7 +489,6 @@ fn timed_start(
             }
         }
     }
-    let (swf, mff) = first.unwrap_or((sw1, mf1));
     tr.swapin_first_bytes = swf.saturating_sub(sw0) * page_size();
     tr.swapin_total_bytes = sw1.saturating_sub(sw0) * page_size();
     tr.majflt_first = mff.saturating_sub(mf0);
@@ -1248,7 +1255,8 @@ fn write_md(r: &AppResult, png: &Path) -> String {
          ≤ {} KiB, torpord's resident anon too; state standby) — for `warm` proven **in** (swap ≤ 1% of resident + that limit; state suspended) — \
          else the trial is refused; then the Start request and the app's first request go out at the same instant. Times are the client's own; \
          \"Start answered\" is torpord's answer arriving, `total_s` torpord's own breakdown total. Swap-in = host `pswpin` delta × page size \
-         (host-wide: other work on this shared machine can add to it); major faults = the app memcg's. Modes rotate per trial (round-robin, the \
+         (host-wide: other work on this shared machine can add to it); major faults = the app memcg's (every swap-in read charged to the app, torpord's own \
+         `process_vm_readv` faults of copy-on-write pages among them); `app_majflt_first`/`_total` in the app metrics = the app's processes' own. Modes rotate per trial (round-robin, the \
          first mode shifting by one each trial). After the workload the app is stopped at once, except after `warm` (that Stop's answer is the timed Start's own \
          report, below the trials; the next trial's conditioning starts from it unless torpord is restarted or the purge differs). \
          Ratios are of medians of this run.\n",
@@ -1398,7 +1406,7 @@ fn md_results(o: &mut String, r: &AppResult) {
     let dms: Vec<Option<f64>> = bases.iter().map(|(m, _)| base(m)).collect();
     let times: String = bases.iter().map(|(_, l)| format!(" × {l} |")).collect();
     let dashes = "---|".repeat(bases.len());
-    let mut head = format!("| mode | ok / refused / failed | first response, s | × warm |{times} Start answered, s | torpord total_s | swap-in to first response, MiB | major faults to first response | swap-in total, MiB | major faults total |");
+    let mut head = format!("| mode | ok / refused / failed | first response, s | × warm |{times} Start answered, s | torpord total_s | swap-in to first response, MiB | major faults to first response (the memcg's: torpord's own faults of the app's pages too) | swap-in total, MiB | major faults total (the memcg's) |");
     let mut sep = format!("|---|---|---|---|{dashes}---|---|---|---|---|---|");
     for (_, label, _) in cols {
         head += &format!(" {label} | × warm |{times}");
