@@ -1378,6 +1378,8 @@ impl Controller {
                     r.last_stop_unix = Some(now_unix());
                 });
                 left = "suspended";
+                // As at a Stop (see `stop_locked_by`): only a purge makes a plan.
+                self.forget_plans(slot, &o.pids);
                 if self.cfg.purge != PurgePolicy::Never && self.purge_app(slot, false).is_ok() {
                     left = "standby";
                 }
@@ -1497,6 +1499,12 @@ impl Controller {
         // The last Start's recordings become the loading sets the purge lays out first (a
         // kernel purge lays nothing out: they are dropped).
         let activation = self.activation_stop(slot, method == PurgeMethod::Ordered);
+        // The saved plans describe what the last purge put out. This Stop may not purge (policy
+        // `never` or `on-pressure`, or the purge fails): a Start from such a plan would fetch
+        // what is in already, and its recorder (which takes the plan's pages as out at the
+        // thaw) would record every resident page as touched before the first response. Made
+        // again by the next purge.
+        self.forget_plans(slot, &o.pids);
         let pid = lock(&slot.st)
             .pid
             .filter(|p| o.pids.contains(p))

@@ -735,6 +735,55 @@ fn old_or_malformed_plans_and_loading_sets_are_ignored() {
     assert!(f.alive(), "torpord died");
 }
 
+/// A Stop that does not purge (here `purge = "never"` after a restart) drops the plans the
+/// last purge made: the next Start has none (it runs as `full`, says why, records nothing), so
+/// the app's resident pages are never taken for touches; the loading set is kept as it was.
+#[test]
+#[ignore = "root suite"]
+fn a_stop_without_a_purge_drops_the_plan() {
+    let mut f = Torpord::new("nopurge", vec![App::new("keep", 64)]);
+    f.start(&[]);
+    let port = f.port("keep");
+    let pid = f.app_pid("keep");
+    let (plan_p, set_p) = (f.plan_path("keep", pid), f.set_path("keep", pid));
+    assert!(plan_p.exists(), "the pool's Stop made no plan");
+    let v = f.start_app("keep");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+    assert_eq!(f.stop_app("keep").state(), AppState::Standby);
+    assert!(plan_p.exists(), "a purging Stop made no plan");
+    let v = f.start_app("keep");
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+    // The same app under a torpord that never purges.
+    f.kill9();
+    let toml =
+        common::torpord::config_toml(&f.sock, &f.state, &f.parent, "purge = \"never\"", &f.apps);
+    std::fs::write(&f.cfg, toml).unwrap();
+    f.start(&[]);
+    assert_eq!(f.app_pid("keep"), pid);
+    let v = f.stop_app("keep");
+    assert_eq!(v.state(), AppState::Suspended, "{v:#?}");
+    assert!(
+        !plan_p.exists(),
+        "a Stop without a purge left the last purge's plan"
+    );
+    let set = std::fs::read(&set_p).expect("the loading set is kept");
+    let v = f.start_app("keep");
+    let ns = notes(&v);
+    assert_eq!(prefetch_mode(&v).as_deref(), Some("full"), "{v:#?}");
+    assert!(
+        ns.iter().any(|n| n == &format!("pid {pid}: no plan yet")),
+        "{ns:?}"
+    );
+    assert_eq!(http(port, "/verify").0, 200);
+    assert_eq!(f.stop_app("keep").state(), AppState::Suspended);
+    assert_eq!(
+        std::fs::read(&set_p).unwrap(),
+        set,
+        "a Start without a plan changed the loading set"
+    );
+    assert!(f.alive(), "torpord died");
+}
+
 /// Shared-memory pages in the saved plans of `app` (every part).
 fn plan_shmem_pages(f: &Torpord, app: &str) -> u64 {
     let mut n = 0;

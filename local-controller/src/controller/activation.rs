@@ -680,7 +680,8 @@ impl Controller {
     }
 
     /// Forget the Start plans of `pids` (in memory and on disk): a kernel purge moved their
-    /// pages to other swap slots. The loading sets stay. Returns how many files were removed.
+    /// pages to other swap slots, or a Stop begins (only its purge makes new ones). The loading
+    /// sets stay. Returns how many files were removed.
     pub(super) fn forget_plans(&self, slot: &AppSlot, pids: &[i32]) -> usize {
         lock(&slot.act).plans.clear();
         pids.iter()
