@@ -851,6 +851,12 @@ impl Controller {
                 None
             },
             layout_rewrite_bytes: activation::LAYOUT_REWRITE_BYTES,
+            remember: if plans {
+                self.remembered_files(slot, pid)
+            } else {
+                Vec::new()
+            },
+            remember_max_unheld: activation::REMEMBER_UNHELD_STOPS,
             ..PurgeOptions::default()
         };
         let r = match procswap::purge_with(&*self.backend, pid, &opts, &NoProgress) {

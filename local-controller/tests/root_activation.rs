@@ -784,6 +784,89 @@ fn a_stop_without_a_purge_drops_the_plan() {
     assert!(f.alive(), "torpord died");
 }
 
+/// The saved plan's entry for the object at `path`, if any part refers to it: its Stops
+/// unheld and its pages planned (every part).
+fn plan_unheld(plan: &Value, path: &str) -> Option<(u64, u64)> {
+    let objs = plan["objects"].as_array().unwrap();
+    let i = objs.iter().position(|o| o["path"] == path)?;
+    let mut n = 0;
+    for part in ["first", "loading_rest", "rest"] {
+        for op in plan[part]["file"].as_array().into_iter().flatten() {
+            if op["object"].as_u64() == Some(i as u64) {
+                n += op["runs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["count"].as_u64().unwrap())
+                    .sum::<u64>();
+            }
+        }
+    }
+    (n > 0).then(|| (objs[i]["unheld_stops"].as_u64().unwrap_or(0), n))
+}
+
+/// A file the app read and has closed since (as PostgreSQL's backends close the tables they
+/// read) is remembered from the last plan: its page cache, which each purge evicts, is planned
+/// and brought back by the next Start, for a few Stops (six) after the last one that found it
+/// held; then it is dropped.
+#[test]
+#[ignore = "root suite"]
+fn a_file_the_app_read_and_closed_is_fetched_for_a_few_stops() {
+    let dir = Scratch::new("closed");
+    let path = dir.0.join("table").display().to_string();
+    let data = torpor_testsupport::pattern::pattern_bytes(0x7ab1e, FILE);
+    write_uncached(Path::new(&path), &data);
+    let a = App {
+        extra: vec!["--read".into(), path.clone()],
+        ..App::new("reader", 64)
+    };
+    let mut f = Torpord::new("closed", vec![a]);
+    f.start(&[]);
+    let port = f.port("reader");
+    let pid = f.app_pid("reader");
+    let plan_p = f.plan_path("reader", pid);
+    let (unheld, planned) =
+        plan_unheld(&read_json(&plan_p), &path).expect("the pool's Stop planned the file");
+    eprintln!("the pool's Stop planned {planned} pages of the file");
+    assert_eq!(unheld, 0, "held at the pool's Stop");
+    let pages = (FILE as u64).div_ceil(procswap::sys::page_size());
+    let cached = || {
+        let f = procswap::memkind::open_readonly(Path::new(&path)).unwrap();
+        let v = procswap::memkind::ObjectView::new(f, None).unwrap();
+        let all = [procswap::memkind::PageRun {
+            first: 0,
+            count: pages,
+        }];
+        procswap::memkind::pages(&v.resident(&all).unwrap())
+    };
+    for stops in 0..=6u64 {
+        if stops > 0 {
+            assert_eq!(f.stop_app("reader").state(), AppState::Standby);
+            let plan = read_json(&plan_p);
+            match plan_unheld(&plan, &path) {
+                Some((unheld, n)) if stops < 6 => {
+                    assert_eq!(unheld, stops, "Stop {stops} ({n} pages planned)");
+                }
+                None if stops == 6 => {}
+                other => panic!("Stop {stops}, {stops} unheld: planned {other:?}"),
+            }
+            assert_eq!(cached(), 0, "the purge left the file's page cache");
+        }
+        let v = f.start_app("reader");
+        assert_eq!(prefetch_mode(&v).as_deref(), Some("loading-set"), "{v:#?}");
+        if stops < 6 {
+            // The background fetch brings the file back (its reads are asynchronous; a Stop
+            // plans what has come by then).
+            wait_for("the file's page cache", HANG, || cached() > 0);
+        }
+        if stops == 0 {
+            assert_eq!(http(port, "/close").0, 200);
+        }
+    }
+    assert_eq!(http(port, "/verify").0, 200);
+    assert!(f.alive(), "torpord died");
+}
+
 /// Shared-memory pages in the saved plans of `app` (every part).
 fn plan_shmem_pages(f: &Torpord, app: &str) -> u64 {
     let mut n = 0;

@@ -216,6 +216,7 @@ mod tests_app {
             size: 1 << 30,
             mtime_sec: 0,
             mtime_nsec: 0,
+            unheld_stops: 0,
             by_path: false,
             handles: vec![Handle::Fd { fd: 3 }],
             interest: vec![r(0, 1 << 18)],

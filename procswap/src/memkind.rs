@@ -314,6 +314,12 @@ pub struct MemObject {
     pub handles: Vec<Handle>,
     /// File page indexes the target uses (normalized; clipped to the size).
     pub interest: Vec<PageRun>,
+    /// Stops since the target last held it (0: it holds it now). A file the app reads and
+    /// closes again (PostgreSQL's tables: a backend's descriptors go with it) is remembered from
+    /// the last plan for a few Stops ([`crate::ResidencySnapshot::remember`]); its `handles`
+    /// are then those of the Stop that found it.
+    #[serde(default)]
+    pub unheld_stops: u32,
 }
 
 /// A handle the scan did not follow, and why (devices, pseudo files, FUSE...).
@@ -435,6 +441,7 @@ impl Collector {
             mtime_nsec: md.mtime_nsec(),
             handles: Vec::new(),
             interest: Vec::new(),
+            unheld_stops: 0,
         });
         o.handles.push(h);
         o.interest.push(interest);

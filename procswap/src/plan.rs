@@ -1109,6 +1109,7 @@ mod tests_plan {
             size: 1 << 20,
             mtime_sec: 0,
             mtime_nsec: 0,
+            unheld_stops: 0,
             by_path: true,
             handles: vec![Handle::Fd { fd: 3 }],
             interest: vec![PageRun {

@@ -46,6 +46,12 @@ pub struct PurgeOptions {
     /// ones. Only for a quiescent (frozen) target; pages shared with another process are left
     /// alone. Costs a read and a write of each such page at Stop. 0 (the default) does nothing.
     pub layout_rewrite_bytes: u64,
+    /// With [`snapshot`](Self::snapshot): the objects of the last plan, whose files the target
+    /// no longer holds are added to the snapshot if unheld for fewer than
+    /// `remember_max_unheld` Stops ([`ResidencySnapshot::remember`]; 0, the default, adds
+    /// none).
+    pub remember: Vec<crate::memkind::MemObject>,
+    pub remember_max_unheld: u32,
 }
 
 impl Default for PurgeOptions {
@@ -59,6 +65,8 @@ impl Default for PurgeOptions {
             snapshot: true,
             layout_first: None,
             layout_rewrite_bytes: 0,
+            remember: Vec::new(),
+            remember_max_unheld: 0,
         }
     }
 }
@@ -339,7 +347,8 @@ fn take_snapshot(
         return Ok(None);
     }
     match ResidencySnapshot::take(t) {
-        Ok(s) => {
+        Ok(mut s) => {
+            s.remember(&opts.remember, opts.remember_max_unheld);
             kind_notes.extend(
                 s.skipped
                     .iter()

@@ -102,6 +102,49 @@ impl ResidencySnapshot {
         Ok(Self::of(t, Vec::new(), objects, skipped))
     }
 
+    /// Add the files of an earlier plan (`earlier`: its objects) that the target no longer
+    /// holds, so their pages resident now are measured, evicted by the purge's reclaim (it
+    /// takes all of the app's page cache) and planned for the next Start like the files it
+    /// holds. Only regular files found by path (same inode, not truncated: [`memkind::reopen`])
+    /// and unheld for fewer than `max_unheld` Stops: a file the app reads through descriptors
+    /// it closes again (PostgreSQL's tables: each backend's descriptors go with it) would
+    /// otherwise lose its page cache at every Stop whenever no process held it, and never come
+    /// back (sessions 16-17: planned file pages 143k, then 34k, then 1.4k; TPS half of warm
+    /// without them). A file the app stopped using leaves after `max_unheld` Stops. Returns
+    /// the number of objects added.
+    pub fn remember(&mut self, earlier: &[MemObject], max_unheld: u32) -> usize {
+        let mut added = 0;
+        for o in earlier {
+            let unheld = o.unheld_stops.saturating_add(1);
+            if o.kind != MemKind::File
+                || !o.by_path
+                || unheld >= max_unheld
+                || self.objects.iter().any(|x| x.object.key == o.key)
+            {
+                continue;
+            }
+            let Ok(f) = memkind::reopen(self.pid, o) else {
+                continue;
+            };
+            let resident = ObjectView::new(f, None)
+                .and_then(|v| v.resident(&o.interest))
+                .map(normalize)
+                .unwrap_or_default();
+            if resident.is_empty() {
+                continue;
+            }
+            self.objects.push(ObjectResidency {
+                object: MemObject {
+                    unheld_stops: unheld,
+                    ..o.clone()
+                },
+                resident,
+            });
+            added += 1;
+        }
+        added
+    }
+
     fn of(
         t: &Target,
         anon: Vec<PageRun>,
@@ -251,6 +294,7 @@ mod tests_residency {
                     size: 8192,
                     mtime_sec: 0,
                     mtime_nsec: 0,
+                    unheld_stops: 0,
                     by_path: false,
                     handles: vec![Handle::Mapped {
                         start: 0x1000,
@@ -278,5 +322,71 @@ mod tests_residency {
         v["format_version"] = 0.into();
         let e = ResidencySnapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(e.contains("ignored"), "{e}");
+    }
+
+    /// A file of an earlier plan, held no more: added with its resident pages and one more
+    /// unheld Stop, until `max_unheld`; never twice, never when gone or not found by path.
+    #[test]
+    fn files_of_an_earlier_plan_are_remembered_for_a_few_stops() {
+        use std::os::unix::fs::MetadataExt;
+        let ps = sys::page_size();
+        let dir = std::env::temp_dir().join(format!("torpor-remember-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("table");
+        std::fs::write(&path, vec![7u8; (8 * ps) as usize]).unwrap();
+        let md = std::fs::metadata(&path).unwrap();
+        let file = MemObject {
+            kind: MemKind::File,
+            key: ObjectKey {
+                dev: md.dev(),
+                ino: md.ino(),
+            },
+            path: path.display().to_string(),
+            size: md.size(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+            by_path: true,
+            handles: vec![Handle::Fd { fd: 9 }],
+            interest: vec![PageRun { first: 0, count: 8 }],
+            unheld_stops: 0,
+        };
+        let empty = || ResidencySnapshot {
+            format_version: ResidencySnapshot::FORMAT_VERSION,
+            pid: std::process::id() as i32,
+            comm: "t".into(),
+            taken_at: 0,
+            page_size: ps,
+            anon: vec![],
+            objects: vec![],
+            skipped: vec![],
+        };
+        let mut s = empty();
+        assert_eq!(s.remember(std::slice::from_ref(&file), 6), 1);
+        assert_eq!(s.objects[0].object.unheld_stops, 1);
+        // Just written: all eight pages are in the page cache.
+        assert_eq!(s.objects[0].resident, vec![PageRun { first: 0, count: 8 }]);
+        // Held again (already in the snapshot): not twice.
+        assert_eq!(s.remember(std::slice::from_ref(&file), 6), 0);
+        assert_eq!(s.objects.len(), 1);
+        // Unheld for five Stops: the sixth drops it.
+        let old = MemObject {
+            unheld_stops: 5,
+            ..file.clone()
+        };
+        assert_eq!(empty().remember(&[old], 6), 0);
+        // Found through the target only (memfd, deleted file), or shared memory: not remembered.
+        let unnamed = MemObject {
+            by_path: false,
+            ..file.clone()
+        };
+        let shmem = MemObject {
+            kind: MemKind::Shmem,
+            ..file.clone()
+        };
+        assert_eq!(empty().remember(&[unnamed, shmem], 6), 0);
+        // Deleted since: not remembered.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(empty().remember(&[file], 6), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

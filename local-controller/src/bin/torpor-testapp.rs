@@ -5,6 +5,7 @@
 //!   GET /files   each --map file read through its mapping and each --read file re-read
 //!                (`map|read <path> <bytes> <fnv>` lines, up to the file's current size: a
 //!                file truncated since is read only as far as it goes now, never past its end)
+//!   GET /close   close the --read files (as a database's backend closes the tables it read)
 //! Options: --port P (required), --bind ADDR (an IPv4 or IPv6 address to listen on, default
 //! 127.0.0.1), --mib N (default 64), --seed S, --startup-delay-ms D,
 //! --never-ready (allocate, then never listen), --no-accept (listen, then never accept: a TCP
@@ -264,10 +265,15 @@ impl App {
     }
 
     /// The answer to a GET of `path`: status and body.
-    fn answer(&self, path: &str) -> (u16, String) {
+    fn answer(&mut self, path: &str) -> (u16, String) {
         let mib = self.mib;
         match path {
             "/" => (200, "ok\n".to_string()),
+            "/close" => {
+                let n = self.read.len();
+                self.read.clear();
+                (200, format!("closed {n}\n"))
+            }
             "/touch" => {
                 let mut x = 0u64;
                 let shm = self.shm.as_ref().map(|s| s.bytes()).unwrap_or_default();
@@ -344,7 +350,7 @@ fn sleep_forever() -> ! {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let o = Opts::parse(&args)?;
-    let app = App::new(&o)?;
+    let mut app = App::new(&o)?;
     eprintln!(
         "torpor-testapp: pid {} holds {} MiB (checksummed)",
         std::process::id(),

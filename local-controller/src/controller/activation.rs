@@ -213,6 +213,35 @@ pub(crate) struct ActRuntime {
     /// it (same length and modification time): otherwise, and after a torpord restart, the
     /// file is read.
     plans: std::collections::HashMap<i32, (ActivationPlan, Option<FileStamp>)>,
+    /// The files of the plans the last Start used (every process's, each once: the fewest
+    /// Stops unheld), for the next purge of the app's main process to remember those it no
+    /// longer holds ([`REMEMBER_UNHELD_STOPS`]).
+    remembered: Vec<procswap::memkind::MemObject>,
+}
+
+/// A file the app read through descriptors it has since closed (PostgreSQL's tables: its
+/// backends come and go) is added to its main process's Stop-time snapshot for this many Stops
+/// after the last one that found it held ([`procswap::ResidencySnapshot::remember`]): the
+/// purge's reclaim evicts its page cache either way, and without it the next Start would not
+/// bring it back — PostgreSQL's planned table pages fell from 143k to 34k to 1.4k over three
+/// cycles, and its TPS with them (sessions 16-17). The same six cycles the part read before the
+/// thaw keeps an anonymous page ([`procswap::DecayPolicy`]).
+pub(super) const REMEMBER_UNHELD_STOPS: u32 = 6;
+
+/// The regular files named by path in `plans`, each once (the fewest Stops unheld).
+fn plan_files(plans: &[ActivationPlan]) -> Vec<procswap::memkind::MemObject> {
+    let mut by_key: HashMap<procswap::memkind::ObjectKey, procswap::memkind::MemObject> =
+        HashMap::new();
+    for o in plans.iter().flat_map(|p| &p.objects) {
+        if o.kind != procswap::memkind::MemKind::File || !o.by_path {
+            continue;
+        }
+        by_key
+            .entry(o.key)
+            .and_modify(|k| k.unheld_stops = k.unheld_stops.min(o.unheld_stops))
+            .or_insert_with(|| o.clone());
+    }
+    by_key.into_values().collect()
 }
 
 /// Length, modification time and first bytes of a file (is it still the one we wrote? The
@@ -534,6 +563,19 @@ impl Controller {
         notes
     }
 
+    /// The files the next purge of `pid` remembers (see [`REMEMBER_UNHELD_STOPS`]): those of
+    /// the last Start's plans for the app's main process, none for the others.
+    pub(super) fn remembered_files(
+        &self,
+        slot: &AppSlot,
+        pid: i32,
+    ) -> Vec<procswap::memkind::MemObject> {
+        if lock(&slot.st).pid != Some(pid) {
+            return Vec::new();
+        }
+        lock(&slot.act).remembered.clone()
+    }
+
     /// The purge layout of `pid`: its loading set's pages first, in touch order.
     pub(super) fn purge_layout(&self, slot: &AppSlot, pid: i32) -> Option<Vec<Range>> {
         match LoadingSet::load(&set_path(self, &slot.cfg.name, pid)) {
@@ -741,6 +783,7 @@ impl Controller {
         }
         let tl = Instant::now();
         let mut plans = self.load_plans(slot, pids, &mut at.notes);
+        lock(&slot.act).remembered = plan_files(&plans);
         // Many processes, one app: what they share is fetched (and counted) once, and shmem
         // they share belongs to the loading set (children forked after the thaw touch it).
         let shared = procswap::app::share_objects(&mut plans);
