@@ -807,8 +807,8 @@ fn plan_unheld(plan: &Value, path: &str) -> Option<(u64, u64)> {
 
 /// A file the app read and has closed since (as PostgreSQL's backends close the tables they
 /// read) is remembered from the last plan: its page cache, which each purge evicts, is planned
-/// and brought back by the next Start, for a few Stops (six) after the last one that found it
-/// held; then it is dropped.
+/// and brought back by the next Start, for five Stops after the last one that found it held;
+/// the sixth drops it.
 #[test]
 #[ignore = "root suite"]
 fn a_file_the_app_read_and_closed_is_fetched_for_a_few_stops() {

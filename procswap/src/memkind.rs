@@ -591,7 +591,7 @@ impl std::fmt::Display for Gone {
 ///   truncated since → refused with the reason. Written to or grown since is fine: the app
 ///   runs while the background fetch reopens its objects after the thaw, and an app that
 ///   writes its own files (a database's tables and WAL) changes their mtime and size within
-///   milliseconds — refusing those (as sessions 8-16 did, on any mtime change) lost
+///   milliseconds — refusing those (as torpor did until session 17, on any mtime or size change) lost
 ///   PostgreSQL's table page cache at every Start. Reading ahead a file whose content changed
 ///   is harmless: the page cache holds what the file holds now;
 /// - an object reachable only through the target (memfd, SysV, shared anonymous, a file

@@ -220,8 +220,8 @@ pub(crate) struct ActRuntime {
 }
 
 /// A file the app read through descriptors it has since closed (PostgreSQL's tables: its
-/// backends come and go) is added to its main process's Stop-time snapshot for this many Stops
-/// after the last one that found it held ([`procswap::ResidencySnapshot::remember`]): the
+/// backends come and go) is added to its main process's Stop-time snapshot at each Stop that
+/// finds it unheld, until the one that would make this many in a row (five Stops with six) ([`procswap::ResidencySnapshot::remember`]): the
 /// purge's reclaim evicts its page cache either way, and without it the next Start would not
 /// bring it back — PostgreSQL's planned table pages fell from 143k to 34k to 1.4k over three
 /// cycles, and its TPS with them (sessions 16-17). The same six cycles the part read before the
