@@ -27,8 +27,8 @@
 //! request, then its workload) starts on this one → the client's own time to its first
 //! successful response, torpord's answer (breakdown), swap-in and major faults to the first
 //! response and to the end of the workload. Then (with conditioning cycles, not after `warm`)
-//! the app is stopped at once: that Stop's answer (`timed_stop_answer`) tells what the timed Start's recorder and
-//! background fetch did, and the next trial's conditioning begins from it.
+//! the app is stopped at once: that Stop's answer (`timed_stop_answer`) tells what the timed
+//! Start's recorder and background fetch did, and the next trial's conditioning begins from it.
 //!
 //! Results: `<out>/<date>-<app>[-quick].{md,json,png}` and the index table in `<out>/README.md`.
 

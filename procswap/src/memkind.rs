@@ -591,9 +591,9 @@ impl std::fmt::Display for Gone {
 ///   truncated since → refused with the reason. Written to or grown since is fine: the app
 ///   runs while the background fetch reopens its objects after the thaw, and an app that
 ///   writes its own files (a database's tables and WAL) changes their mtime and size within
-///   milliseconds — refusing those (as torpor did until session 17, on any mtime or size change) lost
-///   PostgreSQL's table page cache at every Start. Reading ahead a file whose content changed
-///   is harmless: the page cache holds what the file holds now;
+///   milliseconds — refusing those (as torpor did until session 17, on any mtime or size
+///   change) lost PostgreSQL's table page cache at every Start. Reading ahead a file whose
+///   content changed is harmless: the page cache holds what the file holds now;
 /// - an object reachable only through the target (memfd, SysV, shared anonymous, a file
 ///   already deleted when recorded) is reopened through the target's own handles, checked
 ///   by inode (it cannot have been replaced under a path; the caller clips to its size).

@@ -221,11 +221,12 @@ pub(crate) struct ActRuntime {
 
 /// A file the app read through descriptors it has since closed (PostgreSQL's tables: its
 /// backends come and go) is added to its main process's Stop-time snapshot at each Stop that
-/// finds it unheld, until the one that would make this many in a row (five Stops with six) ([`procswap::ResidencySnapshot::remember`]): the
-/// purge's reclaim evicts its page cache either way, and without it the next Start would not
-/// bring it back — PostgreSQL's planned table pages fell from 143k to 34k to 1.4k over three
-/// cycles, and its TPS with them (sessions 16-17). The same six cycles the part read before the
-/// thaw keeps an anonymous page ([`procswap::DecayPolicy`]).
+/// finds it unheld, until the one that would make this many in a row (five Stops with six;
+/// [`procswap::ResidencySnapshot::remember`]): the purge's reclaim evicts its page cache
+/// either way, and without it the next Start would not bring it back — PostgreSQL's planned
+/// table pages fell from 143k to 34k to 1.4k over three cycles, and its TPS with them
+/// (sessions 16-17). The same six cycles the part read before the thaw keeps an anonymous page
+/// ([`procswap::DecayPolicy`]).
 pub(super) const REMEMBER_UNHELD_STOPS: u32 = 6;
 
 /// The regular files named by path in `plans`, each once (the fewest Stops unheld).
